@@ -1,0 +1,135 @@
+"""The ``inference-pio`` command line, built by :func:`build_parser` (never at import time)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from inference_pio.plugins import PluginHost, get_plugin_host
+
+DESCRIPTION = """\
+Run large language models with Inference-PIO's own C/CUDA backend.
+
+Each model family is a separately installed plugin (pip install inference-pio-qwen3-0-6b, ...).
+Use `inference-pio plugins` to see what is installed and whether it loaded, and
+`inference-pio models` for the model names that --model accepts.
+"""
+
+EPILOG = """\
+environment:
+  INFERENCE_PIO_PLUGINS          comma-separated allow-list of plugins (empty: none)
+  INFERENCE_PIO_DISABLE_PLUGINS  comma-separated deny-list of plugins
+  INFERENCE_PIO_STRICT_PLUGINS   1 = a plugin that fails to load is a fatal error
+  INFERENCE_PIO_LIB              path to a different build of libtensor_ops.so
+  INFERENCE_PIO_NUM_THREADS      default CPU thread count
+"""
+
+
+def _version() -> str:
+    from inference_pio import __version__
+
+    return __version__
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
+    records = sorted(host.records.values(), key=lambda r: r.name)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return 0
+    if not records:
+        print("No plugins installed. Install one, e.g.: pip install ./plugins/qwen3_0_6b")
+        return 0
+    rows = [
+        [r.distribution or r.name, r.version, r.status, ", ".join(r.models) or "-"]
+        for r in records
+    ]
+    _print_table(rows, ["distribution", "version", "status", "models"])
+    for r in host.failures:
+        print(f"\nerror in {r.distribution or r.name}: {r.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, host: PluginHost) -> int:
+    specs = list(host.registry)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in specs], indent=2))
+        return 0
+    if not specs:
+        print("No models registered. Install a model plugin, e.g.: pip install ./plugins/qwen3_0_6b")
+        return 0
+    rows = [[s.name, ", ".join(s.architectures), s.hf_repo or "-", s.plugin] for s in specs]
+    _print_table(rows, ["model", "architecture", "hugging face repo", "plugin"])
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, host: PluginHost) -> int:
+    from inference_pio import _native
+    from inference_pio.native_info import native_info
+
+    info: dict[str, Any] = native_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"inference-pio {_version()}")
+        print(f"libtensor_ops {info['version']} (ABI {info['abi_version']}) at {info['path']}")
+        print(info["kernel_report"])
+    del _native
+    return 0
+
+
+def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
+    """Builds the argument parser; ``host`` supplies plugin commands (default: the global host)."""
+    parser = argparse.ArgumentParser(
+        prog="inference-pio",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed plugins, their models and load errors")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(handler=cmd_plugins)
+
+    p = sub.add_parser("models", help="list the model names that --model accepts")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(handler=cmd_models)
+
+    p = sub.add_parser("info", help="show the native library, CPU features and chosen kernels")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(handler=cmd_info)
+
+    if host is not None:
+        host.pm.hook.pio_add_commands(subparsers=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, host: PluginHost | None = None) -> int:
+    """Entry point of the ``inference-pio`` script; returns the exit code."""
+    from inference_pio.errors import InferencePioError
+
+    try:
+        host = host if host is not None else get_plugin_host()
+        parser = build_parser(host)
+        args = parser.parse_args(argv)
+        if getattr(args, "handler", None) is not None:
+            return int(args.handler(args, host))
+        if getattr(args, "func", None) is not None:  # plugin-provided command
+            return int(args.func(args))
+        parser.print_help()
+        return 0
+    except InferencePioError as exc:
+        print(f"inference-pio: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

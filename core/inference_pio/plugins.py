@@ -1,0 +1,200 @@
+"""Plugin discovery and management.
+
+Plugins are found through the ``inference_pio`` entry-point group and loaded **one at a time**:
+a plugin that fails to import, registers an unknown hook or raises during registration is recorded
+(see :class:`PluginRecord`) and skipped, so one broken plugin never takes the others down.
+``INFERENCE_PIO_STRICT_PLUGINS=1`` turns every such failure into an exception.
+
+Environment variables:
+
+``INFERENCE_PIO_PLUGINS``
+    Comma-separated allow-list of plugin (entry point or distribution) names. Set but empty: load
+    no plugins.
+``INFERENCE_PIO_DISABLE_PLUGINS``
+    Comma-separated deny-list.
+``INFERENCE_PIO_STRICT_PLUGINS``
+    ``1`` makes any plugin failure fatal.
+
+Nothing here runs at ``import inference_pio``: :func:`get_plugin_host` discovers plugins on first
+use.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import os
+import threading
+import traceback
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from inference_pio import hookspecs
+from inference_pio.errors import ModelNotFoundError, PluginError
+from inference_pio.registry import ModelRegistry, ModelSpec
+
+ENTRY_POINT_GROUP = "inference_pio"
+STRICT_ENV = "INFERENCE_PIO_STRICT_PLUGINS"
+ALLOW_ENV = "INFERENCE_PIO_PLUGINS"
+DENY_ENV = "INFERENCE_PIO_DISABLE_PLUGINS"
+
+
+def strict_from_env() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _names_from_env(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return {n.strip().lower() for n in raw.split(",") if n.strip()}
+
+
+@dataclass
+class PluginRecord:
+    """What happened to one discovered plugin."""
+
+    name: str
+    distribution: str = ""
+    version: str = ""
+    value: str = ""
+    status: str = "loaded"  # loaded | failed | disabled
+    error: str | None = None
+    models: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PluginHost:
+    """A pluggy PluginManager plus the model registry and per-plugin load records."""
+
+    def __init__(self, strict: bool | None = None) -> None:
+        self.strict = strict_from_env() if strict is None else strict
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = ModelRegistry()
+        self.records: dict[str, PluginRecord] = {}
+        from inference_pio import _builtin
+
+        self.pm.register(_builtin, name="inference_pio.builtin")
+        self.pm.hook.pio_configure.call_historic(kwargs={"settings": {"strict": self.strict}})
+
+    # ---- loading -------------------------------------------------------------------------
+    def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
+        """Loads every plugin of the entry-point group (or the given entry points)."""
+        if entry_points is None:
+            entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        allow, deny = _names_from_env(ALLOW_ENV), _names_from_env(DENY_ENV) or set()
+        for ep in sorted(entry_points, key=lambda e: e.name):
+            dist = ep.dist
+            record = PluginRecord(
+                name=ep.name,
+                distribution=dist.metadata["Name"] if dist is not None else "",
+                version=dist.version if dist is not None else "",
+                value=ep.value,
+            )
+            keys = {ep.name.lower(), record.distribution.lower()}
+            if (allow is not None and not keys & allow) or keys & deny:
+                record.status = "disabled"
+                self.records[ep.name] = record
+                continue
+            self.records[ep.name] = record
+            try:
+                self._load_one(record, lambda ep=ep: ep.load())
+            except Exception as exc:
+                self._fail(record, exc)
+
+    def register_plugin(self, plugin: object, name: str, distribution: str = "") -> PluginRecord:
+        """Registers an already-imported plugin object (tests, embedding applications)."""
+        record = PluginRecord(name=name, distribution=distribution, value=repr(plugin))
+        self.records[name] = record
+        try:
+            self._load_one(record, lambda: plugin)
+        except Exception as exc:
+            self._fail(record, exc)
+        return record
+
+    def _load_one(self, record: PluginRecord, load: Any) -> None:
+        plugin = load()
+        self.pm.register(plugin, name=record.name)
+        try:
+            unknown = [
+                caller.name
+                for caller in self.pm.get_hookcallers(plugin) or []
+                if not caller.has_spec()
+            ]
+            if unknown:
+                known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("pio_")))
+                raise PluginError(
+                    f"unknown hook name(s) {', '.join(sorted(unknown))}; known hooks: {known}"
+                )
+            owner = record.distribution or record.name
+            register = self.registry.registrar(owner)
+            for impl in self.pm.hook.pio_register_models.get_hookimpls():
+                if impl.plugin is plugin:
+                    impl.function(*[{"register": register}[a] for a in impl.argnames])
+            record.models = [s.name for s in self.registry if s.plugin == owner]
+        except Exception:
+            self.pm.unregister(plugin)
+            self.registry.remove_plugin(record.distribution or record.name)
+            raise
+
+    def _fail(self, record: PluginRecord, exc: BaseException) -> None:
+        record.status = "failed"
+        record.error = f"{type(exc).__name__}: {exc}"
+        record.models = []
+        if self.strict:
+            raise PluginError(
+                f"plugin {record.name!r} ({record.distribution or 'no distribution'}) failed: "
+                f"{record.error}\n{''.join(traceback.format_exception(exc))}"
+            ) from exc
+
+    # ---- queries ---------------------------------------------------------------------------
+    @property
+    def failures(self) -> list[PluginRecord]:
+        return [r for r in self.records.values() if r.status == "failed"]
+
+    def resolve_checkpoint(self, path: Path, config: dict[str, Any]) -> ModelSpec:
+        """Chooses the model spec for a checkpoint directory and its parsed config.json."""
+        claimed = self.pm.hook.pio_claim_checkpoint(path=path, config=config)
+        if claimed:
+            return self.registry.get(claimed)
+        keys = [*(config.get("architectures") or []), config.get("model_type", "")]
+        for key in keys:
+            if not key:
+                continue
+            specs = self.registry.by_architecture(key)
+            if len(specs) >= 1:
+                return specs[0]
+        installed = ", ".join(s.name for s in self.registry) or "none"
+        raise ModelNotFoundError(
+            f"no installed plugin handles {path} (architectures={keys[:-1]}, "
+            f"model_type={keys[-1]!r}); installed models: {installed}"
+        )
+
+
+_host: PluginHost | None = None
+_host_lock = threading.Lock()
+
+
+def get_plugin_host() -> PluginHost:
+    """The process-wide plugin host, created and loaded on first use."""
+    global _host
+    if _host is None:
+        with _host_lock:
+            if _host is None:
+                host = PluginHost()
+                host.load_entry_points()
+                _host = host
+    return _host
+
+
+def reset_plugin_host() -> None:
+    """Forgets the process-wide host (tests, or after installing plugins at run time)."""
+    global _host
+    with _host_lock:
+        _host = None

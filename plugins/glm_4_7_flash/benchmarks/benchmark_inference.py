@@ -1,0 +1,22 @@
+"""Benchmark for GLM-4.7-Flash: prefill and batch-1 decode tokens/s.
+
+Run: ``python plugins/glm_4_7_flash/benchmarks/benchmark_inference.py``. Until the model is implemented
+this only reports that loading is not available yet.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from inference_pio.plugins import get_plugin_host
+
+
+def main() -> int:
+    host = get_plugin_host()
+    spec = host.registry.get("glm-4.7-flash")
+    print(f"{spec.name}: model implementation not available yet; nothing to benchmark")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

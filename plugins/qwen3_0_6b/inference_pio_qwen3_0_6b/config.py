@@ -1,0 +1,67 @@
+"""Configuration of Qwen3-0.6B: the real Hugging Face ``config.json`` and ``generation_config.json``.
+
+Values follow ``shared/reference/models.md``; a checkpoint's own files always take precedence when a
+real checkpoint is loaded. These copies build ``synthetic:qwen3-0.6b`` checkpoints at the real size.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+HF_REPO = "Qwen/Qwen3-0.6B"
+ARCHITECTURE = "Qwen3ForCausalLM"
+MODEL_TYPE = "qwen3"
+
+_CONFIG: dict[str, Any] = {
+    "architectures": [
+        "Qwen3ForCausalLM"
+    ],
+    "model_type": "qwen3",
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 3072,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000,
+    "rope_scaling": None,
+    "max_position_embeddings": 40960,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "use_sliding_window": False,
+    "sliding_window": None,
+    "max_window_layers": 28,
+    "initializer_range": 0.02,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645
+}
+
+_GENERATION_CONFIG: dict[str, Any] = {
+    "bos_token_id": 151643,
+    "eos_token_id": [
+        151645,
+        151643
+    ],
+    "pad_token_id": 151643,
+    "do_sample": True,
+    "temperature": 0.6,
+    "top_p": 0.95,
+    "top_k": 20
+}
+
+
+def real_config() -> dict[str, Any]:
+    """A fresh copy of the real ``config.json`` contents."""
+    return copy.deepcopy(_CONFIG)
+
+
+def generation_config() -> dict[str, Any]:
+    """A fresh copy of the real ``generation_config.json`` contents."""
+    return copy.deepcopy(_GENERATION_CONFIG)

@@ -1,0 +1,56 @@
+"""Plugin registration tests for Qwen3-4B-Instruct-2507."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from inference_pio import ModelSpec
+from inference_pio.plugins import PluginHost
+from inference_pio.registry import import_reference
+from inference_pio_qwen3_4b_instruct_2507 import plugin
+from inference_pio_qwen3_4b_instruct_2507.config import generation_config, real_config
+
+
+def test_registers_its_spec_through_a_host() -> None:
+    host = PluginHost(strict=True)
+    record = host.register_plugin(plugin, name="qwen3_4b_instruct_2507", distribution="inference-pio-qwen3-4b-instruct-2507")
+    assert record.status == "loaded", record.error
+    spec = host.registry.get("qwen3-4b-instruct-2507")
+    assert isinstance(spec, ModelSpec)
+    assert spec.hf_repo == "Qwen/Qwen3-4B-Instruct-2507"
+    assert "Qwen3ForCausalLM" in spec.architectures
+    for alias in spec.aliases:
+        assert host.registry.get(alias) is spec
+
+
+def test_checkpoint_config_resolves_to_this_model(tmp_path) -> None:
+    host = PluginHost(strict=True)
+    host.register_plugin(plugin, name="qwen3_4b_instruct_2507", distribution="inference-pio-qwen3-4b-instruct-2507")
+    spec = host.resolve_checkpoint(tmp_path, real_config())
+    assert spec.name == "qwen3-4b-instruct-2507"
+
+
+def test_lazy_references_import() -> None:
+    assert callable(import_reference(plugin.SPEC.factory))
+    assert import_reference(plugin.SPEC.config_factory or "")()["architectures"] == ["Qwen3ForCausalLM"]
+
+
+def test_real_config_copies_are_independent() -> None:
+    a = real_config()
+    a["architectures"].append("x")
+    assert real_config()["architectures"] == ["Qwen3ForCausalLM"]
+    assert generation_config()["eos_token_id"]
+
+
+def test_installed_entry_point_is_listed_by_the_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "inference_pio", "plugins", "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    records = {r["name"]: r for r in json.loads(out.stdout)}
+    assert records["qwen3_4b_instruct_2507"]["status"] == "loaded"
+    assert records["qwen3_4b_instruct_2507"]["models"] == ["qwen3-4b-instruct-2507"]
