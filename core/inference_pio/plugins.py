@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import os
+import re
 import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,25 @@ DENY_ENV = "INFERENCE_PIO_DISABLE_PLUGINS"
 
 
 def strict_from_env() -> bool:
+    """True when ``INFERENCE_PIO_STRICT_PLUGINS`` asks for strict plugin loading."""
     return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def known_hooks() -> str:
+    """Comma-separated names of every hook specification."""
+    return ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("pio_")))
+
+
+def normalize_name(name: str) -> str:
+    """Plugin/distribution name in canonical form: lower case, runs of ``-_.`` become ``-``."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
 def _names_from_env(var: str) -> set[str] | None:
     raw = os.environ.get(var)
     if raw is None:
         return None
-    return {n.strip().lower() for n in raw.split(",") if n.strip()}
+    return {normalize_name(n) for n in raw.split(",") if n.strip()}
 
 
 @dataclass
@@ -97,14 +109,14 @@ class PluginHost:
                 version=dist.version if dist is not None else "",
                 value=ep.value,
             )
-            keys = {ep.name.lower(), record.distribution.lower()}
+            keys = {normalize_name(ep.name), normalize_name(record.distribution)} - {""}
             if (allow is not None and not keys & allow) or keys & deny:
                 record.status = "disabled"
                 self.records[ep.name] = record
                 continue
             self.records[ep.name] = record
             try:
-                self._load_one(record, lambda ep=ep: ep.load())
+                self._load_one(record, ep.load)
             except Exception as exc:
                 self._fail(record, exc)
 
@@ -118,29 +130,30 @@ class PluginHost:
             self._fail(record, exc)
         return record
 
-    def _load_one(self, record: PluginRecord, load: Any) -> None:
+    def _load_one(self, record: PluginRecord, load: Callable[[], object]) -> None:
+        """Imports, registers and validates one plugin; undoes everything if any step fails."""
         plugin = load()
-        self.pm.register(plugin, name=record.name)
+        owner = record.distribution or record.name
         try:
-            unknown = [
+            self.pm.register(plugin, name=record.name)
+            unknown = sorted(
                 caller.name
                 for caller in self.pm.get_hookcallers(plugin) or []
                 if not caller.has_spec()
-            ]
+            )
             if unknown:
-                known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("pio_")))
                 raise PluginError(
-                    f"unknown hook name(s) {', '.join(sorted(unknown))}; known hooks: {known}"
+                    f"unknown hook name(s) {', '.join(unknown)}; known hooks: {known_hooks()}"
                 )
-            owner = record.distribution or record.name
             register = self.registry.registrar(owner)
             for impl in self.pm.hook.pio_register_models.get_hookimpls():
                 if impl.plugin is plugin:
                     impl.function(*[{"register": register}[a] for a in impl.argnames])
             record.models = [s.name for s in self.registry if s.plugin == owner]
         except Exception:
-            self.pm.unregister(plugin)
-            self.registry.remove_plugin(record.distribution or record.name)
+            if self.pm.get_name(plugin) == record.name:
+                self.pm.unregister(plugin)
+            self.registry.remove_plugin(owner)
             raise
 
     def _fail(self, record: PluginRecord, exc: BaseException) -> None:

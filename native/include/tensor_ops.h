@@ -95,6 +95,23 @@ TO_API int to_mul(const void *a, const void *b, void *out, int64_t n, int dtype)
 /* Converts n elements from src_dtype to dst_dtype (f32/f16/bf16/i32/i64/u8/bool). */
 TO_API int to_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n);
 
+/* ---- memory (src/common/memory.c) -------------------------------------------------------- */
+/* 64-byte aligned host allocation served from a size-class pool; *out receives the pointer.
+ * nbytes == 0 returns a valid unique pointer. */
+TO_API int to_alloc(size_t nbytes, void **out);
+/* Returns memory from to_alloc to the pool; NULL is ignored. */
+TO_API int to_free(void *ptr);
+/* Bytes currently handed out, the peak since the last reset, and bytes cached in the pool. */
+TO_API int to_memory_stats(int64_t *in_use, int64_t *peak, int64_t *cached);
+/* Releases cached blocks to the system and resets the peak to the current use. */
+TO_API int to_memory_trim(void);
+
+/* ---- copy (src/cpu/copy.c) ----------------------------------------------------------------- */
+/* Copies a strided view (ndim <= 8, strides in elements, may be negative or 0) into a contiguous
+ * destination of the same dtype. */
+TO_API int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape,
+                           const int64_t *src_strides, int dtype);
+
 #ifdef __cplusplus
 }
 #endif

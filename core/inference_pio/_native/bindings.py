@@ -7,7 +7,7 @@ when they are added to the header; ``declare`` sets ``restype``/``argtypes`` on 
 from __future__ import annotations
 
 import ctypes
-from ctypes import c_char_p, c_int, c_int64, c_size_t, c_uint32, c_void_p
+from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_uint32, c_void_p
 from typing import Any
 
 #: Must equal TO_ABI_VERSION in native/include/tensor_ops.h.
@@ -42,6 +42,19 @@ PROTOTYPES: dict[str, Prototype] = {
     "to_mul": (c_int, [c_void_p, c_void_p, c_void_p, c_int64, c_int]),
     # int to_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n);
     "to_cast": (c_int, [c_void_p, c_int, c_void_p, c_int, c_int64]),
+    # ---- memory ----
+    # int to_alloc(size_t nbytes, void **out);
+    "to_alloc": (c_int, [c_size_t, POINTER(c_void_p)]),
+    # int to_free(void *ptr);
+    "to_free": (c_int, [c_void_p]),
+    # int to_memory_stats(int64_t *in_use, int64_t *peak, int64_t *cached);
+    "to_memory_stats": (c_int, [POINTER(c_int64), POINTER(c_int64), POINTER(c_int64)]),
+    # int to_memory_trim(void);
+    "to_memory_trim": (c_int, []),
+    # ---- copy ----
+    # int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape,
+    #                     const int64_t *src_strides, int dtype);
+    "to_copy_strided": (c_int, [c_void_p, c_void_p, c_int, POINTER(c_int64), POINTER(c_int64), c_int]),
 }
 
 

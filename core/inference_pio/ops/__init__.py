@@ -1,0 +1,6 @@
+"""Tensor ops. Each function validates shapes, dtypes and devices in Python, then calls one C
+dispatch point (CPU: libtensor_ops, CUDA: libtensor_ops_cuda)."""
+
+from inference_pio.ops.elementwise import add, mul
+
+__all__ = ["add", "mul"]

@@ -1,0 +1,85 @@
+"""Validation helpers shared by every op, and the one place that calls into a backend library.
+
+CPU ops are the ``to_<op>`` symbols of libtensor_ops; CUDA ops are the ``toc_<op>`` symbols of
+libtensor_ops_cuda with the same arguments (device pointers), loaded lazily on first CUDA use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from inference_pio._native import check, lib
+from inference_pio.device import Device
+from inference_pio.dtypes import DType
+from inference_pio.tensor import Tensor
+
+
+def native_call(device: Device, op: str, *args: Any) -> None:
+    """Calls op ``op`` on the backend of ``device``; a C error raises NativeError."""
+    if device.type == "cpu":
+        fn = getattr(lib(), "to_" + op)
+    else:
+        from inference_pio import cuda
+
+        fn = cuda.function(op, device)
+    check(fn(*args), op)
+
+
+def require_tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    return t
+
+
+def require(
+    name: str,
+    t: object,
+    *,
+    dtypes: Iterable[DType] | None = None,
+    ndim: int | Iterable[int] | None = None,
+    contiguous: bool = True,
+    nonempty: bool = False,
+    writable: bool = False,
+) -> Tensor:
+    """Checks one argument; raises TypeError/ValueError naming ``name``."""
+    t = require_tensor(name, t)
+    if dtypes is not None:
+        allowed = tuple(dtypes)
+        if t.dtype not in allowed:
+            names = ", ".join(d.name for d in allowed)
+            raise TypeError(f"{name} has dtype {t.dtype.name}; expected {names}")
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.ndim not in dims:
+            raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got shape {t.shape}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous())")
+    if nonempty and t.numel == 0:
+        raise ValueError(f"{name} is empty (shape {t.shape})")
+    if writable and t.readonly:
+        raise ValueError(f"{name} is read-only (borrowed weights); pass a writable tensor")
+    return t
+
+
+def same_device(**tensors: Tensor | None) -> Device:
+    """The common device of the given tensors; mixing devices raises ValueError."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    unique = set(devices.values())
+    if len(unique) > 1:
+        desc = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors are on different devices ({desc}); move them with .to(device)")
+    return next(iter(unique))
+
+
+def out_or_new(out: Tensor | None, shape: tuple[int, ...], dtype: DType, device: Device,
+               name: str = "out") -> Tensor:
+    """``out`` checked against the expected shape/dtype/device, or a new tensor."""
+    if out is None:
+        return Tensor.empty(shape, dtype, device)
+    require(name, out, dtypes=(dtype,), writable=True)
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
+    if out.device != device:
+        raise ValueError(f"{name} is on {out.device}, expected {device}")
+    return out
