@@ -5,38 +5,46 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-
-import pytest
+from pathlib import Path
 
 from inference_pio import ModelSpec
 from inference_pio.plugins import PluginHost
 from inference_pio.registry import import_reference
-from inference_pio_glm_4_7_flash import plugin
+from inference_pio_glm_4_7_flash import MODEL_NAME, plugin
 from inference_pio_glm_4_7_flash.config import generation_config, real_config
+
+ENTRY_POINT = "glm_4_7_flash"
+DISTRIBUTION = "inference-pio-glm-4-7-flash"
+
+
+def make_host() -> PluginHost:
+    host = PluginHost(strict=True)
+    record = host.register_plugin(plugin, name=ENTRY_POINT, distribution=DISTRIBUTION)
+    assert record.status == "loaded", record.error
+    return host
 
 
 def test_registers_its_spec_through_a_host() -> None:
-    host = PluginHost(strict=True)
-    record = host.register_plugin(plugin, name="glm_4_7_flash", distribution="inference-pio-glm-4-7-flash")
-    assert record.status == "loaded", record.error
-    spec = host.registry.get("glm-4.7-flash")
+    host = make_host()
+    spec = host.registry.get(MODEL_NAME)
     assert isinstance(spec, ModelSpec)
+    assert spec.name == "glm-4.7-flash"
     assert spec.hf_repo == "zai-org/GLM-4.7-Flash"
     assert "Glm4MoeLiteForCausalLM" in spec.architectures
+    assert spec.plugin == DISTRIBUTION
     for alias in spec.aliases:
         assert host.registry.get(alias) is spec
 
 
-def test_checkpoint_config_resolves_to_this_model(tmp_path) -> None:
-    host = PluginHost(strict=True)
-    host.register_plugin(plugin, name="glm_4_7_flash", distribution="inference-pio-glm-4-7-flash")
-    spec = host.resolve_checkpoint(tmp_path, real_config())
-    assert spec.name == "glm-4.7-flash"
+def test_checkpoint_config_resolves_to_this_model(tmp_path: Path) -> None:
+    spec = make_host().resolve_checkpoint(tmp_path, real_config())
+    assert spec.name == MODEL_NAME
 
 
 def test_lazy_references_import() -> None:
     assert callable(import_reference(plugin.SPEC.factory))
-    assert import_reference(plugin.SPEC.config_factory or "")()["architectures"] == ["Glm4MoeLiteForCausalLM"]
+    config = import_reference(plugin.SPEC.config_factory or "")()
+    assert config["architectures"] == ["Glm4MoeLiteForCausalLM"]
 
 
 def test_real_config_copies_are_independent() -> None:
@@ -49,8 +57,11 @@ def test_real_config_copies_are_independent() -> None:
 def test_installed_entry_point_is_listed_by_the_cli() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "inference_pio", "plugins", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     records = {r["name"]: r for r in json.loads(out.stdout)}
-    assert records["glm_4_7_flash"]["status"] == "loaded"
-    assert records["glm_4_7_flash"]["models"] == ["glm-4.7-flash"]
+    assert records[ENTRY_POINT]["status"] == "loaded", records[ENTRY_POINT]["error"]
+    assert records[ENTRY_POINT]["distribution"] == DISTRIBUTION
+    assert records[ENTRY_POINT]["models"] == [MODEL_NAME]
