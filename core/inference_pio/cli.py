@@ -18,6 +18,8 @@ Use `inference-pio plugins` to see what is installed and whether it loaded, and
 `inference-pio models` for the model names that --model accepts.
 """
 
+INSTALL_HINT = "pip install ./plugins/qwen3_0_6b"
+
 EPILOG = """\
 environment:
   INFERENCE_PIO_PLUGINS          comma-separated allow-list of plugins (empty: none)
@@ -35,9 +37,9 @@ def _version() -> str:
 
 
 def _print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
@@ -46,11 +48,10 @@ def cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return 0
     if not records:
-        print("No plugins installed. Install one, e.g.: pip install ./plugins/qwen3_0_6b")
+        print(f"No plugins installed. Install one, e.g.: {INSTALL_HINT}")
         return 0
     rows = [
-        [r.distribution or r.name, r.version, r.status, ", ".join(r.models) or "-"]
-        for r in records
+        [r.distribution or r.name, r.version, r.status, ", ".join(r.models) or "-"] for r in records
     ]
     _print_table(rows, ["distribution", "version", "status", "models"])
     for r in host.failures:
@@ -64,7 +65,9 @@ def cmd_models(args: argparse.Namespace, host: PluginHost) -> int:
         print(json.dumps([s.to_dict() for s in specs], indent=2))
         return 0
     if not specs:
-        print("No models registered. Install a model plugin, e.g.: pip install ./plugins/qwen3_0_6b")
+        print(
+            "No models registered. Install a model plugin, e.g.: pip install ./plugins/qwen3_0_6b"
+        )
         return 0
     rows = [[s.name, ", ".join(s.architectures), s.hf_repo or "-", s.plugin] for s in specs]
     _print_table(rows, ["model", "architecture", "hugging face repo", "plugin"])

@@ -35,7 +35,9 @@ class ModelSpec:
             raise ValueError(f"model name {self.name!r} must be non-empty lower-case")
         for ref in (self.factory, self.config_factory):
             if ref is not None and (":" not in ref or ref.startswith(":") or ref.endswith(":")):
-                raise ValueError(f"{self.name}: {ref!r} is not a 'package.module:attribute' reference")
+                raise ValueError(
+                    f"{self.name}: {ref!r} is not a 'package.module:attribute' reference"
+                )
         # Accept lists from plugin authors; store tuples so specs stay hashable.
         for attr in ("architectures", "model_types", "aliases"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))

@@ -14,7 +14,6 @@ from typing import Any
 
 from inference_pio import ModelSpec, hookimpl
 from inference_pio.hookspecs import RegisterModel
-
 from inference_pio_qwen3_0_6b import MODEL_NAME
 from inference_pio_qwen3_0_6b.config import ARCHITECTURE, HF_REPO, MODEL_TYPE, real_config
 

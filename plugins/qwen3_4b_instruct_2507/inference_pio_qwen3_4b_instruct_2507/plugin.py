@@ -14,7 +14,6 @@ from typing import Any
 
 from inference_pio import ModelSpec, hookimpl
 from inference_pio.hookspecs import RegisterModel
-
 from inference_pio_qwen3_4b_instruct_2507 import MODEL_NAME
 from inference_pio_qwen3_4b_instruct_2507.config import (
     ARCHITECTURE,

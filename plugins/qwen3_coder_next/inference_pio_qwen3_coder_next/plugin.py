@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from inference_pio import ModelSpec, hookimpl
 from inference_pio.hookspecs import RegisterModel
-
 from inference_pio_qwen3_coder_next import MODEL_NAME
 from inference_pio_qwen3_coder_next.config import ARCHITECTURE, HF_REPO, MODEL_TYPE
 

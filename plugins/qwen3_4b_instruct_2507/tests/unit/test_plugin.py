@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from inference_pio import ModelSpec, hookimpl
 from inference_pio.hookspecs import RegisterModel
 from inference_pio.plugins import PluginHost
