@@ -112,6 +112,71 @@ TO_API int to_memory_trim(void);
 TO_API int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape,
                            const int64_t *src_strides, int dtype);
 
+/* ---- matmul (src/cpu/matmul.c, probes in src/cpu/probe.c) ----------------------------------- */
+/* Linear layer: y[i, j] = sum_k x[i, k] * w[j, k] (+ bias[j]) for i < m, j < n, k < k.
+ *  x     m rows of k elements, row i at x + i*ldx elements (ldx >= k); x_dtype f32 or bf16.
+ *  w     [n, k] contiguous (safetensors layout [out, in]); w_dtype bf16, f16 or f32. Read only:
+ *        may be a read-only mmapped buffer; only the dtype's natural alignment is assumed.
+ *  bias  NULL (no bias) or n elements of bias_dtype (f32, bf16 or f16; ignored when bias is NULL).
+ *  y     m rows of n elements, row i at y + i*ldy elements (ldy >= n); y_dtype f32 or bf16.
+ *        y must not overlap x, w or bias.
+ * Products and sums in fp32, bias added in fp32, one rounding to y_dtype at the end. With bf16 x
+ * and bf16 w the result is exact-product fp32 accumulation (order of summation unspecified).
+ * f32 x is used at full fp32 precision (w is widened to f32, x is never rounded to bf16).
+ * m == 0 or n == 0 is a no-op; k == 0 gives y = bias (or 0). */
+TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, int64_t m, int64_t n,
+                     int64_t k, int64_t ldx, int64_t ldy, int x_dtype, int w_dtype, int bias_dtype,
+                     int y_dtype);
+/* Probe: sums a `bytes`-sized buffer (allocated and filled once per call, then read repeatedly,
+ * several GB in total) with `threads` threads using the widest vector loads available; writes the
+ * best observed read bandwidth in GB/s (1e9 bytes/s) to *gbps. bytes >= 1 MiB, threads >= 1. */
+TO_API int to_bench_read_bandwidth(int64_t bytes, int threads, double *gbps);
+/* Probe: register-only loop of independent AVX512-BF16 vdpbf16ps (zmm) on `threads` threads;
+ * writes GFLOP/s (one multiply-add = 2 flops, 32 per instruction per lane set => 64 flops per
+ * instruction) to *gflops. TO_ERR_UNSUPPORTED when the CPU lacks AVX512-BF16. */
+TO_API int to_bench_bf16_peak(int threads, double *gflops);
+
+/* ---- tokenizer (src/text/) ------------------------------------------------------------- */
+/* Byte-level BPE with the pre-tokenizers of Qwen2/Qwen3 and GLM-4 (hand-written matchers of their
+ * split regexes over Unicode classes generated at build time). Python handles normalization,
+ * added/special tokens and decoding; C pre-tokenizes UTF-8 text and runs the merge loop. */
+#define TO_PRETOK_QWEN2 0 /* ...|\p{N}|...      one digit per pre-token */
+#define TO_PRETOK_GLM4 1  /* ...|\p{N}{1,3}|... up to three digits */
+#define TO_TOK_IGNORE_MERGES 1 /* a pre-token found whole in the vocab is one token */
+typedef struct to_tokenizer to_tokenizer;
+/* Builds a tokenizer. Vocab entry k has the raw bytes tokens[offsets[k] .. offsets[k+1]) (not
+ * the byte-level-mapped string) and id ids[k]; offsets has n_tokens + 1 entries, from 0 to
+ * tokens_len. merges holds n_merges triples (left id, right id, merged id); the rank of a merge is
+ * its index, and a later duplicate pair replaces an earlier one (as in tokenizers). */
+TO_API int to_tok_create(int pretok, const uint8_t *tokens, int64_t tokens_len,
+                         const int64_t *offsets, const int32_t *ids, int64_t n_tokens,
+                         const int32_t *merges, int64_t n_merges, int flags, to_tokenizer **out);
+/* Pre-tokenizes and encodes len bytes of UTF-8 text (encoded surrogates accepted; other
+ * ill-formed bytes are single "other" characters) into ids; *n_ids receives the count. One text
+ * gives at most len ids, so cap must be >= len. Thread-safe. */
+TO_API int to_tok_encode(to_tokenizer *tok, const char *text, int64_t len, int32_t *ids,
+                         int64_t cap, int64_t *n_ids);
+/* Pre-tokenizer alone: ends[k] is the byte offset where piece k ends; cap must be >= len. */
+TO_API int to_tok_pretokenize(int pretok, const char *text, int64_t len, int64_t *ends,
+                              int64_t cap, int64_t *n_pieces);
+TO_API void to_tok_free(to_tokenizer *tok);          /* NULL is fine */
+TO_API const char *to_tok_unicode_version(void);     /* Unicode version of the class tables */
+
+/* ---- sampling and random fills (src/cpu/sampling.c) ---------------------------------------- */
+/* Draws one token id from a logits row (f32 or bf16, length vocab). Penalties use the history
+ * (distinct ids and their counts). temperature 0 = greedy (first maximum); top_k 0 = off;
+ * top_p in (0, 1]; min_p in [0, 1). rng_state is advanced (keep it per sequence for reproducible
+ * sampling). */
+TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t *history_ids,
+                     const int32_t *history_counts, int64_t n_history, float temperature,
+                     int64_t top_k, float top_p, float min_p, float repetition_penalty,
+                     float presence_penalty, float frequency_penalty, uint64_t *rng_state,
+                     int64_t *out_token);
+/* Fills n elements (f32/bf16/f16) with mean + std * N(0,1) (distribution 0) or
+ * mean + std * U(-1,1) (distribution 1); element i depends only on (seed, i). */
+TO_API int to_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
+                          int distribution);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,7 +7,18 @@ when they are added to the header; ``declare`` sets ``restype``/``argtypes`` on 
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_uint32, c_void_p
+from ctypes import (
+    POINTER,
+    c_char_p,
+    c_double,
+    c_float,
+    c_int,
+    c_int64,
+    c_size_t,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
 from typing import Any
 
 #: Must equal TO_ABI_VERSION in native/include/tensor_ops.h.
@@ -55,12 +66,66 @@ PROTOTYPES: dict[str, Prototype] = {
     # int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape,
     #                     const int64_t *src_strides, int dtype);
     "to_copy_strided": (c_int, [c_void_p, c_void_p, c_int, POINTER(c_int64), POINTER(c_int64), c_int]),
+    # ---- matmul ----
+    # int to_linear(const void *x, const void *w, const void *bias, void *y, int64_t m, int64_t n,
+    #               int64_t k, int64_t ldx, int64_t ldy, int x_dtype, int w_dtype, int bias_dtype,
+    #               int y_dtype);
+    "to_linear": (c_int, [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64,
+                          c_int64, c_int64, c_int, c_int, c_int, c_int]),
+    # int to_bench_read_bandwidth(int64_t bytes, int threads, double *gbps);
+    "to_bench_read_bandwidth": (c_int, [c_int64, c_int, POINTER(c_double)]),
+    # int to_bench_bf16_peak(int threads, double *gflops);
+    "to_bench_bf16_peak": (c_int, [c_int, POINTER(c_double)]),
+    # ---- sampling ----
+    # int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t *history_ids,
+    #               const int32_t *history_counts, int64_t n_history, float temperature,
+    #               int64_t top_k, float top_p, float min_p, float repetition_penalty,
+    #               float presence_penalty, float frequency_penalty, uint64_t *rng_state,
+    #               int64_t *out_token);
+    "to_sample": (c_int, [c_void_p, c_int, c_int64, c_void_p, c_void_p, c_int64, c_float, c_int64,
+                          c_float, c_float, c_float, c_float, c_float, POINTER(c_uint64),
+                          POINTER(c_int64)]),
+    # int to_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
+    #                    int distribution);
+    "to_fill_random": (c_int, [c_void_p, c_int64, c_int, c_uint64, c_float, c_float, c_int]),
+    # ---- tokenizer ----
+    # int to_tok_create(int pretok, const uint8_t *tokens, int64_t tokens_len,
+    #                   const int64_t *offsets, const int32_t *ids, int64_t n_tokens,
+    #                   const int32_t *merges, int64_t n_merges, int flags, to_tokenizer **out);
+    "to_tok_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                     ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+                                     ctypes.POINTER(ctypes.c_void_p)]),
+    # int to_tok_encode(to_tokenizer *tok, const char *text, int64_t len, int32_t *ids,
+    #                   int64_t cap, int64_t *n_ids);
+    "to_tok_encode": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64,
+                                     ctypes.c_void_p, ctypes.c_int64,
+                                     ctypes.POINTER(ctypes.c_int64)]),
+    # int to_tok_pretokenize(int pretok, const char *text, int64_t len, int64_t *ends,
+    #                        int64_t cap, int64_t *n_pieces);
+    "to_tok_pretokenize": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_int64,
+                                          ctypes.c_void_p, ctypes.c_int64,
+                                          ctypes.POINTER(ctypes.c_int64)]),
+    # void to_tok_free(to_tokenizer *tok);
+    "to_tok_free": (None, [ctypes.c_void_p]),
+    # const char *to_tok_unicode_version(void);
+    "to_tok_unicode_version": (ctypes.c_char_p, []),
 }
 
 
-def declare(library: ctypes.CDLL) -> None:
-    """Sets restype and argtypes of every prototype on ``library``."""
+def declare(library: ctypes.CDLL) -> list[str]:
+    """Sets restype and argtypes of every prototype on ``library``.
+
+    Returns the names the library does not export (a stale ``INFERENCE_PIO_LIB`` build); calling
+    one of those raises AttributeError naming it. A test checks a fresh build exports them all.
+    """
+    missing = []
     for name, (restype, argtypes) in PROTOTYPES.items():
-        fn = getattr(library, name)
+        try:
+            fn = getattr(library, name)
+        except AttributeError:
+            missing.append(name)
+            continue
         fn.restype = restype
         fn.argtypes = argtypes
+    return missing

@@ -1,0 +1,155 @@
+"""Sampling parameters and the per-sequence sampler (C: native/src/cpu/sampling.c)."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from inference_pio._native import check, lib
+from inference_pio.dtypes import DType
+from inference_pio.tensor import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> ValueError:
+            return ValueError(f"invalid sampling parameter: {msg}")
+
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise bad(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise bad(f"temperature must be >= 0, got {self.temperature}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise bad(f"min_p must be in [0, 1), got {self.min_p}")
+        if not self.repetition_penalty > 0:
+            raise bad(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or abs(value) > 2.0:
+                raise bad(f"{name} must be in [-2, 2], got {value}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise bad(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise bad("stop strings must be non-empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @classmethod
+    def from_generation_config(
+        cls, generation_config: Mapping[str, Any], **overrides: Any
+    ) -> SamplingParams:
+        """Defaults from a checkpoint's generation_config.json, then explicit overrides.
+
+        Unknown override names raise TypeError; ``None`` overrides are ignored.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        gc = dict(generation_config)
+        for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+            if gc.get(key) is not None:
+                values[key] = gc[key]
+        if gc.get("do_sample") is False:
+            values["temperature"] = 0.0
+        if gc.get("max_new_tokens") is not None:
+            values["max_new_tokens"] = gc["max_new_tokens"]
+        eos = gc.get("eos_token_id")
+        if eos is not None:
+            values["stop_token_ids"] = tuple(eos if isinstance(eos, list) else [eos])
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "stop" and isinstance(value, str):
+                value = (value,)
+            values[key] = value
+        if isinstance(values.get("top_k"), float) and values["top_k"].is_integer():
+            values["top_k"] = int(values["top_k"])
+        return cls(**values)
+
+
+class Sampler:
+    """Draws tokens for one sequence: keeps the RNG state and the token history counts."""
+
+    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int] = ()) -> None:
+        self.params = params
+        seed = params.seed if params.seed is not None else int.from_bytes(_urandom8(), "little")
+        self._rng = ctypes.c_uint64(seed & 0xFFFFFFFFFFFFFFFF)
+        self._counts: Counter[int] = Counter()
+        self._uses_history = (
+            params.repetition_penalty != 1.0
+            or params.presence_penalty != 0.0
+            or params.frequency_penalty != 0.0
+        )
+        if params.repetition_penalty != 1.0:
+            # HF's repetition penalty covers the prompt too; presence/frequency only generated text.
+            self._prompt_ids = set(prompt_ids)
+        else:
+            self._prompt_ids = set()
+        self._out = ctypes.c_int64()
+
+    def observe(self, token: int) -> None:
+        """Records a generated token (for the penalties)."""
+        if self._uses_history:
+            self._counts[token] += 1
+
+    def sample(self, logits: Tensor) -> int:
+        """One token id from a logits row [vocab] (f32 or bf16, contiguous, CPU)."""
+        if logits.dtype not in (DType.float32, DType.bfloat16) or logits.ndim != 1:
+            raise ValueError(f"logits must be a 1-d f32/bf16 tensor, got {logits}")
+        p = self.params
+        n_hist = 0
+        ids_buf: Any = None
+        counts_buf: Any = None
+        if self._uses_history:
+            hist = dict(self._counts)
+            for t in self._prompt_ids:
+                hist.setdefault(t, 0)
+            n_hist = len(hist)
+            ids_buf = (ctypes.c_int32 * n_hist)(*hist.keys())
+            counts_buf = (ctypes.c_int32 * n_hist)(*hist.values())
+        check(
+            lib().to_sample(
+                logits.data_ptr, int(logits.dtype), logits.shape[0], ids_buf, counts_buf, n_hist,
+                p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty,
+                p.presence_penalty, p.frequency_penalty, ctypes.byref(self._rng),
+                ctypes.byref(self._out),
+            ),
+            "to_sample",
+        )
+        return int(self._out.value)
+
+
+def _urandom8() -> bytes:
+    import os
+
+    return os.urandom(8)
