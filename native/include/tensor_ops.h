@@ -177,6 +177,125 @@ TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t
 TO_API int to_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
                           int distribution);
 
+/* ---- norm (src/cpu/norm.c) ------------------------------------------------------------------ */
+/* RMSNorm variants (models.md §1.1). r = rsqrt(mean(x_f32^2 over dim) + eps), all in fp32.
+ *  TO_RMS_PLAIN          y = w * round_x(x*r)                 (Qwen3, GLM, Qwen3-VL text)
+ *  TO_RMS_ZERO_CENTERED  y = (x*r) * (1 + w)  in fp32          (Qwen3-Next norms, q/k norms)
+ *  TO_RMS_GATED          n = w * round_x(x*r); if x and w are both bf16, n is rounded to bf16;
+ *                        y = n * silu(z_f32)                   (Qwen3-Next GDN output norm)
+ * round_x() rounds to x_dtype (identity for f32); y is computed in fp32 and rounded once to
+ * out_dtype. The rows form a 3-D grid [outer, inner, dim]: row (o, i) of x starts at
+ * x + o*x_so + i*x_si elements (likewise z with z_so/z_si and out with o_so/o_si); the dim
+ * elements of a row are contiguous. This covers [rows, dim] (inner = 1) and per-head norms on
+ * views of fused projection buffers [T, heads, hd]. out may equal x (in place, same strides).
+ * z is used only by TO_RMS_GATED (may be NULL otherwise) and has x_dtype.
+ * x_dtype, out_dtype: f32 or bf16; w_dtype: f32, bf16 or f16. */
+#define TO_RMS_PLAIN 0
+#define TO_RMS_ZERO_CENTERED 1
+#define TO_RMS_GATED 2
+TO_API int to_rms_norm(const void *x, const void *w, const void *z, void *out, int64_t outer,
+                       int64_t inner, int64_t dim, int64_t x_so, int64_t x_si, int64_t z_so,
+                       int64_t z_si, int64_t o_so, int64_t o_si, float eps, int variant,
+                       int x_dtype, int w_dtype, int out_dtype);
+/* LayerNorm over the last dim: y = (x - mean) * rsqrt(var + eps) * w + b, biased variance,
+ * statistics and affine in fp32, one rounding to out_dtype. w and/or b may be NULL (1 / 0).
+ * Row i of x at x + i*ldx, of out at out + i*ldo (elements); out may equal x when ldo == ldx.
+ * x_dtype, out_dtype f32/bf16; w_dtype (for w and b) f32/bf16/f16. */
+TO_API int to_layer_norm(const void *x, const void *w, const void *b, void *out, int64_t rows,
+                         int64_t dim, int64_t ldx, int64_t ldo, float eps, int x_dtype,
+                         int w_dtype, int out_dtype);
+
+/* ---- rope (src/cpu/rope.c) ------------------------------------------------------------------ */
+/* Cos/sin tables have T rows of rot_dim elements in HF's duplicated layout: for frequency
+ * i < rot_dim/2, cos[t, i] == cos[t, i + rot_dim/2] = cos(angle[t, i]). The angle is
+ * float32(position) * inv_freq[i] computed in fp32, inv_freq[i] = 1 / theta^(2i/rot_dim) (fp32),
+ * cos/sin rounded once to out_dtype (f32 or bf16). positions: pos_dtype TO_I32 or TO_I64. */
+TO_API int to_rope_cache(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+                         float theta, void *cos, void *sin, int out_dtype);
+/* Qwen3-VL interleaved MRoPE (models.md §6.5): positions [3, T] (rows t, h, w). Frequency
+ * i < rot_dim/2 takes the H position when i % 3 == 1 and i < 3*sec_h, the W position when
+ * i % 3 == 2 and i < 3*sec_w, the T position otherwise. sec_t + sec_h + sec_w == rot_dim/2. */
+TO_API int to_rope_cache_mrope(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+                               float theta, int64_t sec_t, int64_t sec_h, int64_t sec_w, void *cos,
+                               void *sin, int out_dtype);
+/* 2-D axial vision rope (models.md §6.3): positions [2, T] (row, col); q = rot_dim/4 frequencies
+ * inv_freq[i] = 1 / theta^(2i/(rot_dim/2)); angle j < rot_dim/2 is row*inv_freq[j] for j < q and
+ * col*inv_freq[j-q] otherwise, duplicated to rot_dim. rot_dim % 4 == 0. */
+TO_API int to_rope_cache_2d(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+                            float theta, void *cos, void *sin, int out_dtype);
+/* Rotates x in place: x is [T, heads, head_dim] with element (t, h, c) at x + t*stride_t +
+ * h*stride_h + c; only channels c < rot_dim are rotated (partial rotary), the rest untouched.
+ * cos/sin: [T, rot_dim] contiguous tables of table_dtype (f32/bf16) as built above.
+ *  TO_ROPE_NEOX         pairs (c, c + rot_dim/2)   (rotate_half)
+ *  TO_ROPE_INTERLEAVED  pairs (2i, 2i+1), results written back in place (layout kept)
+ *  TO_ROPE_INTERLEAVED_HF  same rotation, output de-interleaved like HF ([even'.., odd'..])
+ * Rounding: with bf16 x and a bf16 table every step rounds to bf16 like torch
+ * (round(round(x*cos) + round(-y*sin))); otherwise the rotation is done in fp32 (each product
+ * and the sum rounded to fp32, no FMA) and rounded once to x_dtype. rot_dim even, <= head_dim,
+ * and <= 8192 for TO_ROPE_INTERLEAVED_HF. */
+#define TO_ROPE_NEOX 0
+#define TO_ROPE_INTERLEAVED 1
+#define TO_ROPE_INTERLEAVED_HF 2
+TO_API int to_rope_apply(void *x, const void *cos, const void *sin, int64_t T, int64_t heads,
+                         int64_t head_dim, int64_t rot_dim, int64_t stride_t, int64_t stride_h,
+                         int mode, int x_dtype, int table_dtype);
+
+/* ---- elementwise, extended (src/cpu/elementwise.c) ------------------------------------------ */
+/* Unary ops on n contiguous elements, dtype f32 or bf16 for x and out (same dtype), computed in
+ * fp32 and rounded once; out may alias x. */
+TO_API int to_scale(const void *x, void *out, int64_t n, float s, int dtype); /* x * s */
+TO_API int to_silu(const void *x, void *out, int64_t n, int dtype);           /* x*sigmoid(x) */
+TO_API int to_sigmoid(const void *x, void *out, int64_t n, int dtype);
+TO_API int to_exp(const void *x, void *out, int64_t n, int dtype);
+/* softplus with beta 1, threshold 20 (torch): x > 20 ? x : log1p(exp(x)). */
+TO_API int to_softplus(const void *x, void *out, int64_t n, int dtype);
+/* approximate = 0: exact 0.5*x*(1+erf(x/sqrt2)); 1: tanh approximation. */
+TO_API int to_gelu(const void *x, void *out, int64_t n, int approximate, int dtype);
+/* SwiGLU: out[r, j] = silu(gate[r, j]) * up[r, j] for r < rows, j < inter; row r of gate at
+ * gate + r*ld_gate, of up at up + r*ld_up, of out at out + r*ld_out (elements). A fused
+ * [rows, 2*inter] buffer (gate first) is gate = buf, up = buf + inter, ld = 2*inter.
+ * bf16: silu(gate) is rounded to bf16 before the multiply, as HF's act_fn(gate) * up. */
+TO_API int to_swiglu(const void *gate, const void *up, void *out, int64_t rows, int64_t inter,
+                     int64_t ld_gate, int64_t ld_up, int64_t ld_out, int dtype);
+/* out[r, j] = x[r, j] + bias[j] (rows x dim, contiguous); bias_dtype f32/bf16/f16; out may
+ * alias x. Computed in fp32, rounded once to dtype. */
+TO_API int to_add_row(const void *x, const void *bias, void *out, int64_t rows, int64_t dim,
+                      int dtype, int bias_dtype);
+/* out[r, j] = x[r, j] * s[r] (rows x dim, contiguous); s_dtype f32/bf16; out may alias x. */
+TO_API int to_mul_rows(const void *x, const void *s, void *out, int64_t rows, int64_t dim,
+                       int dtype, int s_dtype);
+
+/* ---- softmax (src/cpu/softmax.c) ------------------------------------------------------------ */
+/* Softmax (log_ = 0) or log-softmax (log_ = 1) over the last dim of [rows, dim], in fp32 with the
+ * max subtracted; x_dtype f32/bf16, out_dtype f32/bf16; row i of x at x + i*ldx, of out at
+ * out + i*ldo. out may equal x when the dtypes and strides match. dim >= 1. */
+TO_API int to_softmax(const void *x, void *out, int64_t rows, int64_t dim, int64_t ldx,
+                      int64_t ldo, int log_, int x_dtype, int out_dtype);
+
+/* ---- select (src/cpu/select.c) -------------------------------------------------------------- */
+/* Index of the maximum of each row of [rows, dim] (first index among equal maxima, NaN counts
+ * as the maximum, like torch.argmax); x_dtype f32/bf16; idx_dtype TO_I32/TO_I64. dim >= 1. */
+TO_API int to_argmax(const void *x, void *idx, int64_t rows, int64_t dim, int x_dtype,
+                     int idx_dtype);
+/* The k largest values of each row, sorted descending, with their indices; among equal values
+ * the lower index comes first. values: [rows, k] of x_dtype, idx: [rows, k] of idx_dtype.
+ * 1 <= k <= dim. NaN inputs are rejected (TO_ERR_INVALID_ARGUMENT). */
+TO_API int to_topk(const void *x, void *values, void *idx, int64_t rows, int64_t dim, int64_t k,
+                   int x_dtype, int idx_dtype);
+/* Inclusive prefix sum over the last dim with an fp32 accumulator, rounded per element to
+ * out_dtype; x_dtype/out_dtype f32/bf16. */
+TO_API int to_cumsum(const void *x, void *out, int64_t rows, int64_t dim, int x_dtype,
+                     int out_dtype);
+/* out[i] = mask[i] ? a[i] : b[i]; mask u8/bool (nonzero = true); a, b, out of `dtype`
+ * (any dtype of to_dtype_size 1, 2, 4 or 8). */
+TO_API int to_where(const void *mask, const void *a, const void *b, void *out, int64_t n,
+                    int dtype);
+/* Embedding lookup: out[i, :] = table[ids[i], :] for i < n; ids TO_I32/TO_I64, table [vocab, dim]
+ * of table_dtype f32/bf16/f16, out [n, dim] of out_dtype f32/bf16. An id outside [0, vocab)
+ * returns TO_ERR_INVALID_ARGUMENT naming the id and its position (out is then unspecified). */
+TO_API int to_embedding(const void *ids, int ids_dtype, int64_t n, const void *table,
+                        int table_dtype, int64_t vocab, int64_t dim, void *out, int out_dtype);
+
 #ifdef __cplusplus
 }
 #endif
