@@ -1,0 +1,176 @@
+"""Developer and CI sessions. ``nox -l`` lists them; ``nox -s tests`` is what CI runs.
+
+Sessions install what they need into their own virtual environments; nothing here relies on
+packages installed by hand.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+PLUGIN_DIRS = sorted(
+    p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file() and p.name[0] != "_"
+)
+PLUGINS = [p.name for p in PLUGIN_DIRS]
+TEMPLATE = ROOT / "plugins" / "_template"
+DIST = ROOT / "dist"
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def plugin_paths() -> list[str]:
+    return [str(p) for p in PLUGIN_DIRS]
+
+
+def build_and_test_native(session: nox.Session, build_dir: Path, *defines: str) -> None:
+    """Configures native/ with CMake (Ninja), builds it and runs the C tests with ctest."""
+    session.run(
+        "cmake", "-S", str(ROOT / "native"), "-B", str(build_dir), "-G", "Ninja",
+        "-DTENSOR_OPS_TESTS=ON", *defines, external=True,
+    )  # fmt: skip
+    session.run("cmake", "--build", str(build_dir), external=True)
+    session.run("ctest", "--test-dir", str(build_dir), "--output-on-failure", external=True)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Installs the core with its test extras and all six plugins; runs the C and Python tests."""
+    session.install(f"{ROOT}[test]", *plugin_paths())
+    build_and_test_native(session, Path(session.virtualenv.location) / "native-build",
+                          "-DTENSOR_OPS_CUDA=OFF")  # fmt: skip
+    test_dirs = [str(ROOT / "tests"), *(str(p / "tests") for p in PLUGIN_DIRS)]
+    # pytest exits 5 when it collected no test: success_codes keeps that a failure.
+    session.run("pytest", *(session.posargs or test_dirs), success_codes=[0])
+
+
+@nox.session
+@nox.parametrize("plugin", PLUGINS)
+def plugin(session: nox.Session, plugin: str) -> None:
+    """Core + one plugin only (proves plugins do not depend on each other); runs its tests."""
+    session.install(f"{ROOT}", f"{ROOT / 'plugins' / plugin}[test]")
+    session.run("pytest", str(ROOT / "plugins" / plugin / "tests"), *session.posargs,
+                env={"INFERENCE_PIO_STRICT_PLUGINS": "1"})  # fmt: skip
+
+
+@nox.session
+def template(session: nox.Session) -> None:
+    """Core + the plugin template (as a third-party author would start); runs its tests."""
+    session.install(str(ROOT), f"{TEMPLATE}[test]")
+    session.run("pytest", str(TEMPLATE / "tests"), env={"INFERENCE_PIO_STRICT_PLUGINS": "1"})
+
+
+@nox.session
+def native(session: nox.Session) -> None:
+    """Builds libtensor_ops with CMake and runs its C tests. ``-- asan`` adds sanitizers."""
+    session.install("cmake>=3.20", "ninja")
+    defines = ["-DTENSOR_OPS_CUDA=" + os.environ.get("TENSOR_OPS_CUDA", "AUTO")]
+    build_dir = ROOT / "build" / "native"
+    if "asan" in session.posargs:
+        defines += ["-DTENSOR_OPS_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=Debug"]
+        build_dir = ROOT / "build" / "native-asan"
+    build_and_test_native(session, build_dir, *defines)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Builds the core sdist and wheel (wheel from the sdist) and six plugin wheels; checks them."""
+    session.install("build>=1.2")
+    if DIST.exists():
+        shutil.rmtree(DIST)
+    session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT))
+    for p in PLUGIN_DIRS:
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(DIST), str(p))
+    for problem in check_dist(DIST):
+        session.error(problem)
+    session.log(f"7 wheels checked in {DIST}:\n  " + "\n  ".join(sorted(
+        w.name for w in DIST.glob("*.whl"))))  # fmt: skip
+
+
+def _read(wheel: zipfile.ZipFile, suffix: str) -> str:
+    names = [n for n in wheel.namelist() if n.endswith(suffix)]
+    return wheel.read(names[0]).decode() if names else ""
+
+
+def check_dist(dist: Path) -> list[str]:
+    """Problems with the built artifacts in ``dist`` (tags, purelib flag, library, entry points)."""
+    problems: list[str] = []
+    cores = sorted(dist.glob("inference_pio-*.whl"))
+    plugin_wheels = sorted(dist.glob("inference_pio_*.whl"))
+    if len(cores) != 1 or len(plugin_wheels) != len(PLUGINS):
+        found = [w.name for w in cores + plugin_wheels]
+        problems.append(f"expected 1 core and {len(PLUGINS)} plugin wheels, got {found}")
+    for core in cores:
+        if not core.name.endswith("-py3-none-linux_x86_64.whl"):
+            problems.append(f"{core.name}: tag must be py3-none-linux_x86_64")
+        with zipfile.ZipFile(core) as zf:
+            if "Root-Is-Purelib: false" not in _read(zf, ".dist-info/WHEEL"):
+                problems.append(f"{core.name}: WHEEL must say Root-Is-Purelib: false")
+            if "inference_pio/_native/lib/libtensor_ops.so" not in zf.namelist():
+                problems.append(f"{core.name}: libtensor_ops.so missing")
+    for sdist in dist.glob("inference_pio-*.tar.gz"):
+        with tarfile.open(sdist) as tf:
+            if not any(n.endswith("native/include/tensor_ops.h") for n in tf.getnames()):
+                problems.append(f"{sdist.name}: native sources missing")
+    for wheel in plugin_wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            parser = configparser.ConfigParser(delimiters=("=",))
+            parser.read_string(_read(zf, ".dist-info/entry_points.txt"))
+            if not wheel.name.endswith("-py3-none-any.whl"):
+                problems.append(f"{wheel.name}: plugins must be py3-none-any")
+            if not parser.has_section("inference_pio") or len(parser["inference_pio"]) != 1:
+                problems.append(f"{wheel.name}: needs one entry point in group inference_pio")
+    return problems
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy --strict on the core."""
+    session.install(f"{ROOT}[lint]")
+    session.run("ruff", "check", str(ROOT))
+    session.run("ruff", "format", "--check", str(ROOT))
+    session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"), cwd=str(ROOT))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Builds the Sphinx documentation with warnings as errors."""
+    session.install(f"{ROOT}[docs]")
+    out = ROOT / "docs" / "_build" / "html"
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", str(ROOT / "docs"), str(out))
+    session.log(f"open {out / 'index.html'}")
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """Runs benchmarks/*.py and plugins/*/benchmarks/*.py (each script prints its own report)."""
+    session.install(f"{ROOT}[bench]", *plugin_paths())
+    scripts = sorted(ROOT.glob("benchmarks/*.py")) + sorted(ROOT.glob("plugins/*/benchmarks/*.py"))
+    scripts = [s for s in scripts if "_template" not in s.parts]
+    if not scripts:
+        session.skip("no benchmark scripts yet")
+    for script in scripts:
+        session.run("python", str(script), *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """What a new user sees: core + Qwen3-0.6B installed, then the CLI."""
+    session.install(str(ROOT), str(ROOT / "plugins" / "qwen3_0_6b"))
+    session.run("inference-pio", "--version")
+    session.run("inference-pio", "plugins")
+    session.run("inference-pio", "models")
+    session.run("inference-pio", "info")
+
+
+if __name__ == "__main__":
+    sys.exit("run with nox: python3 -m pip install nox && nox -s tests")
