@@ -296,6 +296,105 @@ TO_API int to_where(const void *mask, const void *a, const void *b, void *out, i
 TO_API int to_embedding(const void *ids, int ids_dtype, int64_t n, const void *table,
                         int table_dtype, int64_t vocab, int64_t dim, void *out, int out_dtype);
 
+/* ---- attention (src/cpu/attention.c) -------------------------------------------------------- */
+/* Scaled dot-product attention with GQA, fp32 scores/softmax/accumulation, one rounding at the end.
+ *  q    tq tokens; head j of token i at q + i*ldq + j*hd_qk elements (ldq >= nh*hd_qk); q_dtype
+ *       f32 or bf16. out: same layout with hd_v and ldo (ldo >= nh*hd_v), dtype q_dtype; out must
+ *       not overlap q, k or v.
+ *  k, v kv_len keys of nkv heads, kv_dtype f32 or bf16; key p of kv head h at
+ *       k + h*k_head_stride + p*k_pos_stride (rows of hd_qk contiguous elements), same for v with
+ *       hd_v. The KV cache layout is [nkv, max_len, hd] (head_stride = max_len*hd, pos_stride = hd:
+ *       each head's keys are one contiguous stream for decode); fresh [T, nkv, hd] projections
+ *       use head_stride = hd, pos_stride = nkv*hd. v may alias k (absorbed MLA: v = the first
+ *       hd_v channels of the latent rows, hd_v <= hd_qk).
+ *  GQA: query head j uses kv head j / (nh/nkv); nh % nkv == 0.
+ *  Masking, without segments (cu_seqlens == NULL): causal != 0: query i (absolute position
+ *       q_pos + i) sees keys 0..q_pos+i, which requires q_pos + tq <= kv_len; causal == 0: every
+ *       query sees all kv_len keys. With segments: cu_seqlens holds n_seqs+1 increasing int32 offsets
+ *       from 0 to tq == kv_len (packed sequences, q_pos must be 0); query i of segment s sees the
+ *       keys of segment s only (all of them, or those up to i when causal).
+ *  Batched decode: the caller loops over sequences (each with its own cache and length).
+ *  Rows with no visible key (impossible for valid masks) give zeros. */
+TO_API int to_attention(const void *q, const void *k, const void *v, void *out, int64_t tq,
+                        int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, int64_t ldq,
+                        int64_t ldo, int64_t kv_len, int64_t k_head_stride, int64_t k_pos_stride,
+                        int64_t v_head_stride, int64_t v_pos_stride, int64_t q_pos, int causal,
+                        const int32_t *cu_seqlens, int64_t n_seqs, float scale, int q_dtype,
+                        int kv_dtype);
+/* Writes t new tokens into a [nkv, max_len, hd] cache at positions pos..pos+t-1:
+ * k_cache[h, pos+i, :] = k_new[i, h, :] (k_new [t, nkv, hd_k] contiguous), same for v with hd_v.
+ * v_new and v_cache may both be NULL (a K-only latent cache). src_dtype and cache_dtype are f32 or
+ * bf16 (converted with round-to-nearest-even). pos + t > max_len is TO_ERR_SHAPE. */
+TO_API int to_kv_cache_append(const void *k_new, const void *v_new, void *k_cache, void *v_cache,
+                              int64_t t, int64_t nkv, int64_t hd_k, int64_t hd_v, int64_t max_len,
+                              int64_t pos, int src_dtype, int cache_dtype);
+
+/* ---- moe (src/cpu/moe.c) ------------------------------------------------------------------- */
+/* Softmax top-k router (Qwen3-MoE/Next): per token p = softmax(logits) in fp32 over e experts,
+ * top-k sorted descending (ties: lower expert id first), optionally divided by their sum (no eps);
+ * idx [t, k] int32, weights [t, k] of weights_dtype (f32, or bf16 rounded once at the end).
+ * logits [t, e] f32 or bf16. 1 <= k <= e. */
+TO_API int to_moe_route_softmax(const void *logits, int64_t t, int64_t e, int64_t k,
+                                int renormalize, int logits_dtype, int32_t *idx, void *weights,
+                                int weights_dtype);
+/* Sigmoid noaux_tc router (GLM-4.7-Flash): s = sigmoid(logits) (fp32), selection scores
+ * c = s + bias (bias [e] f32, NULL = zeros); groups: c viewed [n_group, e/n_group], group score = sum
+ * of its top-2 (top-1 if a group has one expert), only the topk_group best groups stay eligible;
+ * idx = top-k of c among eligible experts (sorted by c descending, ties lower id); weights = s[idx],
+ * divided by (sum + 1e-20) when renormalize, times scaling. weights [t, k] f32. */
+TO_API int to_moe_route_sigmoid(const void *logits, const float *bias, int64_t t, int64_t e,
+                                int64_t k, int64_t n_group, int64_t topk_group, int renormalize,
+                                float scaling, int logits_dtype, int32_t *idx, float *weights);
+/* dst[i, :] = src[idx[i], :] for i < n_idx; rows of d elements of dtype (any dtype); every idx
+ * must lie in [0, n_src). */
+TO_API int to_moe_gather_rows(const void *src, const int32_t *idx, void *dst, int64_t n_src,
+                              int64_t n_idx, int64_t d, int dtype);
+/* dst[idx[i], :] += w[i] * src[i, :] for i < n, in order of i (deterministic). src f32/bf16;
+ * weights NULL (= 1) or n values of weights_dtype f32/bf16; dst [n_dst, d] f32 (fp32
+ * accumulation) or bf16 (rounded after every add, like torch index_add_ on bf16). With
+ * round_products != 0 each product w*src is first rounded to src_dtype (HF grouped_mm order). */
+TO_API int to_moe_scatter_add(const void *src, const int32_t *idx, const void *weights, void *dst,
+                              int64_t n, int64_t n_dst, int64_t d, int src_dtype,
+                              int weights_dtype, int dst_dtype, int round_products);
+/* Groups n routing entries idx[p] (p = token*k + slot) by expert (counting sort, stable):
+ * counts[x] = entries for expert x; offsets [e+1] exclusive prefix sums; order[offsets[x] ..
+ * offsets[x+1]) = the positions p routed to x in increasing order. Every idx in [0, e). */
+TO_API int to_moe_group_by_expert(const int32_t *idx, int64_t n, int64_t e, int32_t *counts,
+                                  int32_t *offsets, int32_t *order);
+
+/* ---- conv (src/cpu/conv.c) ----------------------------------------------------------------- */
+/* Causal depthwise conv1d with carried state (Gated DeltaNet): x [t, c], w [c, k] (from [c, 1, k]),
+ * y [t, c]: y[i, ch] = sum_j w[ch, j] * u[i-(k-1)+j, ch], where u is the input preceded by the
+ * k-1 rows of state [k-1, c] (oldest first; NULL = zeros). The state is updated in place to the
+ * last k-1 inputs. silu != 0 applies SiLU after rounding the conv result to x_dtype. x, y dtype
+ * x_dtype (f32/bf16); w f32/bf16/f16; state f32/bf16. y must not overlap x or state. */
+TO_API int to_causal_conv1d(const void *x, const void *w, void *state, void *y, int64_t t,
+                            int64_t c, int64_t k, int silu, int x_dtype, int w_dtype,
+                            int state_dtype);
+/* Vision patchify (Qwen2/3-VL): image [c, h, w] (f32/bf16), h and w multiples of patch*merge ->
+ * out [(h/patch)*(w/patch), c*temporal*patch*patch] (out_dtype f32/bf16) in merge-block order
+ * (block row, block col, mh, mw); each vector is ordered [channel][t][py][px] with the single
+ * frame repeated in every temporal slot. */
+TO_API int to_patchify(const void *image, void *out, int64_t c, int64_t h, int64_t w,
+                       int64_t patch, int64_t temporal, int64_t merge, int in_dtype,
+                       int out_dtype);
+
+/* ---- image (src/cpu/image.c) --------------------------------------------------------------- */
+#define TO_RESAMPLE_LANCZOS 1
+#define TO_RESAMPLE_BILINEAR 2 /* same numbers as PIL.Image.Resampling */
+#define TO_RESAMPLE_BICUBIC 3
+/* Antialiased separable resize matching Pillow's Image.resize (support scaled by the downscale
+ * factor, Keys cubic a = -0.5, horizontal pass first). dtype u8: interleaved [h, w, c] with Pillow's
+ * 22-bit fixed-point rounding and clipping (bit-exact target); dtype f32: planar [c, h, w] in
+ * fp32 without rounding or clipping. */
+TO_API int to_image_resize(const void *src, void *dst, int64_t h, int64_t w, int64_t c,
+                           int64_t out_h, int64_t out_w, int filter, int dtype);
+/* u8 [h, w, c] -> planar [c, h, w] of out_dtype (f32/bf16):
+ * out = (pixel - mean[ch]/rescale) / (std[ch]/rescale), i.e. (pixel*rescale - mean)/std with
+ * HF's fused constants (rescale 1/255, mean = std = 0.5 gives (pixel - 127.5)/127.5). */
+TO_API int to_image_normalize(const uint8_t *src, void *dst, int64_t h, int64_t w, int64_t c,
+                              const float *mean, const float *std, float rescale, int out_dtype);
+
 #ifdef __cplusplus
 }
 #endif

@@ -110,6 +110,67 @@ PROTOTYPES: dict[str, Prototype] = {
     "to_tok_free": (None, [ctypes.c_void_p]),
     # const char *to_tok_unicode_version(void);
     "to_tok_unicode_version": (ctypes.c_char_p, []),
+    # ---- attention ----
+    # int to_attention(const void *q, const void *k, const void *v, void *out, int64_t tq,
+    #                  int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, int64_t ldq,
+    #                  int64_t ldo, int64_t kv_len, int64_t k_head_stride, int64_t k_pos_stride,
+    #                  int64_t v_head_stride, int64_t v_pos_stride, int64_t q_pos, int causal,
+    #                  const int32_t *cu_seqlens, int64_t n_seqs, float scale, int q_dtype,
+    #                  int kv_dtype);
+    "to_attention": (ctypes.c_int, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 13
+                     + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
+                        ctypes.c_int, ctypes.c_int]),
+    # int to_kv_cache_append(const void *k_new, const void *v_new, void *k_cache, void *v_cache,
+    #                        int64_t t, int64_t nkv, int64_t hd_k, int64_t hd_v, int64_t max_len,
+    #                        int64_t pos, int src_dtype, int cache_dtype);
+    "to_kv_cache_append": (ctypes.c_int, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6
+                           + [ctypes.c_int, ctypes.c_int]),
+    # ---- moe ----
+    # int to_moe_route_softmax(const void *logits, int64_t t, int64_t e, int64_t k,
+    #                          int renormalize, int logits_dtype, int32_t *idx, void *weights,
+    #                          int weights_dtype);
+    "to_moe_route_softmax": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                            ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+                                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]),
+    # int to_moe_route_sigmoid(const void *logits, const float *bias, int64_t t, int64_t e,
+    #                          int64_t k, int64_t n_group, int64_t topk_group, int renormalize,
+    #                          float scaling, int logits_dtype, int32_t *idx, float *weights);
+    "to_moe_route_sigmoid": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5
+                             + [ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_void_p,
+                                ctypes.c_void_p]),
+    # int to_moe_gather_rows(const void *src, const int32_t *idx, void *dst, int64_t n_src,
+    #                        int64_t n_idx, int64_t d, int dtype);
+    "to_moe_gather_rows": (ctypes.c_int, [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+                           + [ctypes.c_int]),
+    # int to_moe_scatter_add(const void *src, const int32_t *idx, const void *weights, void *dst,
+    #                        int64_t n, int64_t n_dst, int64_t d, int src_dtype,
+    #                        int weights_dtype, int dst_dtype, int round_products);
+    "to_moe_scatter_add": (ctypes.c_int, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+                           + [ctypes.c_int] * 4),
+    # int to_moe_group_by_expert(const int32_t *idx, int64_t n, int64_t e, int32_t *counts,
+    #                            int32_t *offsets, int32_t *order);
+    "to_moe_group_by_expert": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+                               + [ctypes.c_void_p] * 3),
+    # ---- conv ----
+    # int to_causal_conv1d(const void *x, const void *w, void *state, void *y, int64_t t,
+    #                      int64_t c, int64_t k, int silu, int x_dtype, int w_dtype,
+    #                      int state_dtype);
+    "to_causal_conv1d": (ctypes.c_int, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+                         + [ctypes.c_int] * 4),
+    # int to_patchify(const void *image, void *out, int64_t c, int64_t h, int64_t w,
+    #                 int64_t patch, int64_t temporal, int64_t merge, int in_dtype,
+    #                 int out_dtype);
+    "to_patchify": (ctypes.c_int, [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 6
+                    + [ctypes.c_int] * 2),
+    # ---- image ----
+    # int to_image_resize(const void *src, void *dst, int64_t h, int64_t w, int64_t c,
+    #                     int64_t out_h, int64_t out_w, int filter, int dtype);
+    "to_image_resize": (ctypes.c_int, [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 5
+                        + [ctypes.c_int] * 2),
+    # int to_image_normalize(const uint8_t *src, void *dst, int64_t h, int64_t w, int64_t c,
+    #                        const float *mean, const float *std, float rescale, int out_dtype);
+    "to_image_normalize": (ctypes.c_int, [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3
+                           + [ctypes.c_void_p] * 2 + [ctypes.c_float, ctypes.c_int]),
 }
 
 
