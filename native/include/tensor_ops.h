@@ -395,6 +395,40 @@ TO_API int to_image_resize(const void *src, void *dst, int64_t h, int64_t w, int
 TO_API int to_image_normalize(const uint8_t *src, void *dst, int64_t h, int64_t w, int64_t c,
                               const float *mean, const float *std, float rescale, int out_dtype);
 
+/* ---- safetensors (src/common/safetensors.c) ---- */
+/* A safetensors file mapped read-only (mmap MAP_PRIVATE) with its header fully validated at open:
+ * strict JSON (UTF-8, escapes, no duplicate keys, no trailing garbage, bounded nesting), known
+ * dtypes, non-negative shapes with overflow-checked sizes, data_offsets matching the byte sizes,
+ * and byte ranges that tile the data region exactly (overlaps, holes and trailing bytes are
+ * rejected). Errors name the file and the tensor: TO_ERR_IO (cannot open/stat/map, not a regular
+ * file), TO_ERR_FORMAT (malformed contents), TO_ERR_DTYPE (a valid safetensors dtype this library
+ * has no enum value for, e.g. U32), TO_ERR_UNSUPPORTED (more than TO_ST_MAX_DIMS dimensions).
+ * Tensors are indexed 0..count-1 in byte order of their names. Strings and data pointers returned
+ * stay valid until the last reference to the handle is closed. Output pointers may be NULL. */
+typedef struct to_st_file to_st_file;
+#define TO_ST_MAX_DIMS 8
+#define TO_ST_MAX_HEADER 100000000 /* bytes of JSON */
+#define TO_ST_WILLNEED 1           /* to_st_prefetch: madvise(MADV_WILLNEED), returns at once */
+#define TO_ST_TOUCH 2              /* to_st_prefetch: read one byte per page (faults pages in) */
+TO_API int to_st_open(const char *path, to_st_file **out); /* *out holds one reference */
+TO_API int to_st_retain(to_st_file *f);                   /* adds a reference (thread-safe) */
+TO_API int to_st_close(to_st_file *f); /* drops a reference; unmaps at zero; NULL is ignored */
+TO_API int to_st_count(const to_st_file *f, int64_t *count);
+/* shape receives TO_ST_MAX_DIMS entries (unused ones 0); data points into the mapping. */
+TO_API int to_st_tensor_info(const to_st_file *f, int64_t index, const char **name, int *dtype,
+                             int *ndim, int64_t *shape, const void **data, int64_t *nbytes);
+/* *index = -1 and TO_ERR_INVALID_ARGUMENT when no tensor has that name. */
+TO_API int to_st_find(const to_st_file *f, const char *name, int64_t *index);
+/* __metadata__ entries, sorted by key. */
+TO_API int to_st_metadata_count(const to_st_file *f, int64_t *count);
+TO_API int to_st_metadata_item(const to_st_file *f, int64_t index, const char **key,
+                               const char **value);
+TO_API int to_st_file_info(const to_st_file *f, int64_t *file_size, int64_t *header_size,
+                           int64_t *data_size);
+/* Prefetches bytes [offset, offset + length) of the data region (mode TO_ST_WILLNEED or
+ * TO_ST_TOUCH); call it chunk by chunk to report load progress. */
+TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, int mode);
+
 #ifdef __cplusplus
 }
 #endif
