@@ -171,6 +171,82 @@ PROTOTYPES: dict[str, Prototype] = {
     #                        const float *mean, const float *std, float rescale, int out_dtype);
     "to_image_normalize": (ctypes.c_int, [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3
                            + [ctypes.c_void_p] * 2 + [ctypes.c_float, ctypes.c_int]),
+    # ---- norm ----
+    # int to_rms_norm(const void *x, const void *w, const void *z, void *out, int64_t outer,
+    #                 int64_t inner, int64_t dim, int64_t x_so, int64_t x_si, int64_t z_so,
+    #                 int64_t z_si, int64_t o_so, int64_t o_si, float eps, int variant,
+    #                 int x_dtype, int w_dtype, int out_dtype);
+    "to_rms_norm": (c_int, [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64,
+                            c_int64, c_int64, c_int64, c_int64, c_int64, c_int64, c_float, c_int,
+                            c_int, c_int, c_int]),
+    # int to_layer_norm(const void *x, const void *w, const void *b, void *out, int64_t rows,
+    #                   int64_t dim, int64_t ldx, int64_t ldo, float eps, int x_dtype,
+    #                   int w_dtype, int out_dtype);
+    "to_layer_norm": (c_int, [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64,
+                              c_int64, c_float, c_int, c_int, c_int]),
+    # ---- rope ----
+    # int to_rope_cache(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+    #                   float theta, void *cos, void *sin, int out_dtype);
+    "to_rope_cache": (c_int, [c_void_p, c_int, c_int64, c_int64, c_float, c_void_p, c_void_p, c_int]),
+    # int to_rope_cache_mrope(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+    #                         float theta, int64_t sec_t, int64_t sec_h, int64_t sec_w, void *cos,
+    #                         void *sin, int out_dtype);
+    "to_rope_cache_mrope": (c_int, [c_void_p, c_int, c_int64, c_int64, c_float, c_int64, c_int64,
+                                    c_int64, c_void_p, c_void_p, c_int]),
+    # int to_rope_cache_2d(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+    #                      float theta, void *cos, void *sin, int out_dtype);
+    "to_rope_cache_2d": (c_int, [c_void_p, c_int, c_int64, c_int64, c_float, c_void_p, c_void_p,
+                                 c_int]),
+    # int to_rope_apply(void *x, const void *cos, const void *sin, int64_t T, int64_t heads,
+    #                   int64_t head_dim, int64_t rot_dim, int64_t stride_t, int64_t stride_h,
+    #                   int mode, int x_dtype, int table_dtype);
+    "to_rope_apply": (c_int, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64,
+                              c_int64, c_int64, c_int, c_int, c_int]),
+    # ---- elementwise (extended) ----
+    # int to_scale(const void *x, void *out, int64_t n, float s, int dtype);
+    "to_scale": (c_int, [c_void_p, c_void_p, c_int64, c_float, c_int]),
+    # int to_silu(const void *x, void *out, int64_t n, int dtype);
+    "to_silu": (c_int, [c_void_p, c_void_p, c_int64, c_int]),
+    # int to_sigmoid(const void *x, void *out, int64_t n, int dtype);
+    "to_sigmoid": (c_int, [c_void_p, c_void_p, c_int64, c_int]),
+    # int to_exp(const void *x, void *out, int64_t n, int dtype);
+    "to_exp": (c_int, [c_void_p, c_void_p, c_int64, c_int]),
+    # int to_softplus(const void *x, void *out, int64_t n, int dtype);
+    "to_softplus": (c_int, [c_void_p, c_void_p, c_int64, c_int]),
+    # int to_gelu(const void *x, void *out, int64_t n, int approximate, int dtype);
+    "to_gelu": (c_int, [c_void_p, c_void_p, c_int64, c_int, c_int]),
+    # int to_swiglu(const void *gate, const void *up, void *out, int64_t rows, int64_t inter,
+    #               int64_t ld_gate, int64_t ld_up, int64_t ld_out, int dtype);
+    "to_swiglu": (c_int, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64,
+                          c_int64, c_int]),
+    # int to_add_row(const void *x, const void *bias, void *out, int64_t rows, int64_t dim,
+    #                int dtype, int bias_dtype);
+    "to_add_row": (c_int, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int, c_int]),
+    # int to_mul_rows(const void *x, const void *s, void *out, int64_t rows, int64_t dim,
+    #                 int dtype, int s_dtype);
+    "to_mul_rows": (c_int, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int, c_int]),
+    # ---- softmax ----
+    # int to_softmax(const void *x, void *out, int64_t rows, int64_t dim, int64_t ldx,
+    #                int64_t ldo, int log_, int x_dtype, int out_dtype);
+    "to_softmax": (c_int, [c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int, c_int,
+                           c_int]),
+    # ---- select ----
+    # int to_argmax(const void *x, void *idx, int64_t rows, int64_t dim, int x_dtype,
+    #               int idx_dtype);
+    "to_argmax": (c_int, [c_void_p, c_void_p, c_int64, c_int64, c_int, c_int]),
+    # int to_topk(const void *x, void *values, void *idx, int64_t rows, int64_t dim, int64_t k,
+    #             int x_dtype, int idx_dtype);
+    "to_topk": (c_int, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int, c_int]),
+    # int to_cumsum(const void *x, void *out, int64_t rows, int64_t dim, int x_dtype,
+    #               int out_dtype);
+    "to_cumsum": (c_int, [c_void_p, c_void_p, c_int64, c_int64, c_int, c_int]),
+    # int to_where(const void *mask, const void *a, const void *b, void *out, int64_t n,
+    #              int dtype);
+    "to_where": (c_int, [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int]),
+    # int to_embedding(const void *ids, int ids_dtype, int64_t n, const void *table,
+    #                  int table_dtype, int64_t vocab, int64_t dim, void *out, int out_dtype);
+    "to_embedding": (c_int, [c_void_p, c_int, c_int64, c_void_p, c_int, c_int64, c_int64, c_void_p,
+                             c_int]),
 }
 
 

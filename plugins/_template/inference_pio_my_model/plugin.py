@@ -1,0 +1,42 @@
+"""Registers My-Model with Inference-PIO (the module named by the ``inference_pio`` entry point).
+
+Keep this module import-light: it is imported whenever plugins are discovered (for example by
+``inference-pio --help``). The model code is named by a lazy ``"package.module:attribute"`` string.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inference_pio import ModelSpec, hookimpl
+from inference_pio.hookspecs import RegisterModel
+from inference_pio_my_model import MODEL_NAME
+from inference_pio_my_model.config import ARCHITECTURE, HF_REPO, MODEL_TYPE, real_config
+
+SPEC = ModelSpec(
+    name=MODEL_NAME,
+    factory="inference_pio_my_model.model:load",
+    config_factory="inference_pio_my_model.config:real_config",
+    architectures=(ARCHITECTURE,),
+    model_types=(MODEL_TYPE,),
+    hf_repo=HF_REPO,
+    aliases=("my-model-1b",),
+    description="Template model (replace me)",
+)
+
+
+@hookimpl
+def pio_register_models(register: RegisterModel) -> None:
+    """Called once when the plugin loads: register every model this plugin provides."""
+    register(SPEC)
+
+
+@hookimpl
+def pio_claim_checkpoint(path: Path, config: dict[str, Any]) -> str | None:
+    """Optional: claim checkpoints the architecture alone cannot tell apart (here: by shape)."""
+    if ARCHITECTURE not in (config.get("architectures") or []):
+        return None
+    real = real_config()
+    same_shape = all(config.get(k) == real[k] for k in ("hidden_size", "num_hidden_layers"))
+    return MODEL_NAME if same_shape else None
