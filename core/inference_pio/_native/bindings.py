@@ -171,6 +171,32 @@ PROTOTYPES: dict[str, Prototype] = {
     #                        const float *mean, const float *std, float rescale, int out_dtype);
     "to_image_normalize": (ctypes.c_int, [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3
                            + [ctypes.c_void_p] * 2 + [ctypes.c_float, ctypes.c_int]),
+    # ---- safetensors ----
+    # int to_st_open(const char *path, to_st_file **out);
+    "to_st_open": (c_int, [c_char_p, POINTER(c_void_p)]),
+    # int to_st_retain(to_st_file *f);
+    "to_st_retain": (c_int, [c_void_p]),
+    # int to_st_close(to_st_file *f);
+    "to_st_close": (c_int, [c_void_p]),
+    # int to_st_count(const to_st_file *f, int64_t *count);
+    "to_st_count": (c_int, [c_void_p, POINTER(c_int64)]),
+    # int to_st_tensor_info(const to_st_file *f, int64_t index, const char **name, int *dtype,
+    #                       int *ndim, int64_t *shape, const void **data, int64_t *nbytes);
+    "to_st_tensor_info": (c_int, [c_void_p, c_int64, POINTER(c_char_p), POINTER(c_int),
+                                  POINTER(c_int), POINTER(c_int64), POINTER(c_void_p),
+                                  POINTER(c_int64)]),
+    # int to_st_find(const to_st_file *f, const char *name, int64_t *index);
+    "to_st_find": (c_int, [c_void_p, c_char_p, POINTER(c_int64)]),
+    # int to_st_metadata_count(const to_st_file *f, int64_t *count);
+    "to_st_metadata_count": (c_int, [c_void_p, POINTER(c_int64)]),
+    # int to_st_metadata_item(const to_st_file *f, int64_t index, const char **key,
+    #                         const char **value);
+    "to_st_metadata_item": (c_int, [c_void_p, c_int64, POINTER(c_char_p), POINTER(c_char_p)]),
+    # int to_st_file_info(const to_st_file *f, int64_t *file_size, int64_t *header_size,
+    #                     int64_t *data_size);
+    "to_st_file_info": (c_int, [c_void_p, POINTER(c_int64), POINTER(c_int64), POINTER(c_int64)]),
+    # int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, int mode);
+    "to_st_prefetch": (c_int, [c_void_p, c_int64, c_int64, c_int]),
     # ---- norm ----
     # int to_rms_norm(const void *x, const void *w, const void *z, void *out, int64_t outer,
     #                 int64_t inner, int64_t dim, int64_t x_so, int64_t x_si, int64_t z_so,
