@@ -7,7 +7,8 @@ Rules that follow from pluggy (see the plugin-authoring guide):
 
 * implement only the hooks you need; an implementation may accept fewer arguments than the spec;
 * never give an implementation's parameters default values (pluggy does not pass them);
-* a function named ``pio_*`` that matches no spec is an error in strict mode;
+* a ``@hookimpl`` whose name matches no spec (a typo) makes the plugin fail to load, which is an
+  error in strict mode;
 * implementations run in LIFO registration order; ``tryfirst``/``trylast`` adjust it.
 
 There are deliberately no per-token hooks: a hook call is a chain of Python calls, too slow for the
