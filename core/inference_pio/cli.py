@@ -112,6 +112,10 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(handler=cmd_info)
 
+    from inference_pio.commands import add_commands
+
+    add_commands(sub)
+
     if host is not None:
         host.pm.hook.pio_add_commands(subparsers=sub)
     return parser
@@ -131,7 +135,8 @@ def main(argv: Sequence[str] | None = None, host: PluginHost | None = None) -> i
             return int(args.func(args))
         parser.print_help()
         return 0
-    except InferencePioError as exc:
+    except (InferencePioError, ValueError, NotImplementedError) as exc:
+        # User-facing failures (bad checkpoint, invalid option, unsupported model): one clear line.
         print(f"inference-pio: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

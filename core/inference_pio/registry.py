@@ -27,13 +27,16 @@ class ModelSpec:
     description: str = ""
     #: ``"pkg.module:function"`` returning the real ``config.json`` as a dict (for ``synthetic:``).
     config_factory: str | None = None
+    #: ``"pkg.module:function"`` mapping a config dict to ``{weight name: (shape, kind)}``, used to
+    #: build ``synthetic:`` checkpoints (kind: "normal", "norm" or "zeros").
+    weights_factory: str | None = None
     #: Filled in by the registry: the distribution that registered the spec.
     plugin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip().lower():
             raise ValueError(f"model name {self.name!r} must be non-empty lower-case")
-        for ref in (self.factory, self.config_factory):
+        for ref in (self.factory, self.config_factory, self.weights_factory):
             if ref is not None and (":" not in ref or ref.startswith(":") or ref.endswith(":")):
                 raise ValueError(
                     f"{self.name}: {ref!r} is not a 'package.module:attribute' reference"

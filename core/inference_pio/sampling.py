@@ -139,9 +139,20 @@ class Sampler:
             counts_buf = (ctypes.c_int32 * n_hist)(*hist.values())
         check(
             lib().to_sample(
-                logits.data_ptr, int(logits.dtype), logits.shape[0], ids_buf, counts_buf, n_hist,
-                p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty,
-                p.presence_penalty, p.frequency_penalty, ctypes.byref(self._rng),
+                logits.data_ptr,
+                int(logits.dtype),
+                logits.shape[0],
+                ids_buf,
+                counts_buf,
+                n_hist,
+                p.temperature,
+                p.top_k,
+                p.top_p,
+                p.min_p,
+                p.repetition_penalty,
+                p.presence_penalty,
+                p.frequency_penalty,
+                ctypes.byref(self._rng),
                 ctypes.byref(self._out),
             ),
             "to_sample",

@@ -127,7 +127,9 @@ class Tensor:
         self.shape: Shape = _check_shape(shape)
         self.dtype = DType.parse(dtype)
         self.strides: Shape = (
-            tuple(int(s) for s in strides) if strides is not None else _contiguous_strides(self.shape)
+            tuple(int(s) for s in strides)
+            if strides is not None
+            else _contiguous_strides(self.shape)
         )
         if len(self.strides) != len(self.shape):
             raise ValueError(f"strides {self.strides} do not match shape {self.shape}")
@@ -144,8 +146,9 @@ class Tensor:
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
-    def empty(cls, shape: Sequence[int], dtype: DType | str = DType.float32,
-              device: Device | str = CPU) -> Tensor:
+    def empty(
+        cls, shape: Sequence[int], dtype: DType | str = DType.float32, device: Device | str = CPU
+    ) -> Tensor:
         """Uninitialised tensor."""
         shp = _check_shape(shape)
         dt = DType.parse(dtype)
@@ -153,8 +156,9 @@ class Tensor:
         return cls(storage, shp, dt)
 
     @classmethod
-    def zeros(cls, shape: Sequence[int], dtype: DType | str = DType.float32,
-              device: Device | str = CPU) -> Tensor:
+    def zeros(
+        cls, shape: Sequence[int], dtype: DType | str = DType.float32, device: Device | str = CPU
+    ) -> Tensor:
         """Tensor filled with zeros."""
         t = cls.empty(shape, dtype, device)
         t.zero_()
@@ -192,8 +196,9 @@ class Tensor:
         return t
 
     @classmethod
-    def frombuffer(cls, buffer: Any, dtype: DType | str, shape: Sequence[int] | None = None,
-                   copy: bool = False) -> Tensor:
+    def frombuffer(
+        cls, buffer: Any, dtype: DType | str, shape: Sequence[int] | None = None, copy: bool = False
+    ) -> Tensor:
         """Tensor over a bytes-like object. Writable buffers are borrowed zero-copy unless
         ``copy``; read-only ones (``bytes``) are copied into native memory."""
         dt = DType.parse(dtype)
@@ -262,8 +267,11 @@ class Tensor:
 
     def reshape(self, *shape: int | Sequence[int]) -> Tensor:
         """Same data, new shape (one dimension may be -1); copies only if not contiguous."""
-        dims: list[int] = list(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) \
-            else [int(s) for s in shape]  # type: ignore[arg-type]
+        dims: list[int] = (
+            list(shape[0])
+            if len(shape) == 1 and not isinstance(shape[0], int)
+            else [int(s) for s in shape]
+        )  # type: ignore[arg-type]
         if dims.count(-1) > 1:
             raise ValueError("only one dimension can be -1")
         known = math.prod(d for d in dims if d != -1)
@@ -272,7 +280,9 @@ class Tensor:
                 raise ValueError(f"cannot reshape {self.shape} into {tuple(dims)}")
             dims[dims.index(-1)] = self.numel // known
         if math.prod(dims) != self.numel:
-            raise ValueError(f"cannot reshape {self.shape} ({self.numel} elements) into {tuple(dims)}")
+            raise ValueError(
+                f"cannot reshape {self.shape} ({self.numel} elements) into {tuple(dims)}"
+            )
         src = self if self.is_contiguous() else self.contiguous()
         return Tensor(src.storage, dims, src.dtype, None, src.offset)
 
@@ -283,12 +293,15 @@ class Tensor:
         d = self._dim(dim)
         if start < 0:
             start += self.shape[d]
-        if not (0 <= start and length >= 0 and start + length <= self.shape[d]):
-            raise IndexError(f"narrow({dim}, {start}, {length}) out of range for shape {self.shape}")
+        if not (start >= 0 and length >= 0 and start + length <= self.shape[d]):
+            raise IndexError(
+                f"narrow({dim}, {start}, {length}) out of range for shape {self.shape}"
+            )
         shape = list(self.shape)
         shape[d] = length
-        return Tensor(self.storage, shape, self.dtype, self.strides,
-                      self.offset + start * self.strides[d])
+        return Tensor(
+            self.storage, shape, self.dtype, self.strides, self.offset + start * self.strides[d]
+        )
 
     def select(self, dim: int, index: int) -> Tensor:
         """View with dimension ``dim`` removed at ``index``."""
@@ -296,10 +309,14 @@ class Tensor:
         if index < 0:
             index += self.shape[d]
         if not 0 <= index < self.shape[d]:
-            raise IndexError(f"index {index} out of range for dimension {dim} of size {self.shape[d]}")
-        shape = self.shape[:d] + self.shape[d + 1:]
-        strides = self.strides[:d] + self.strides[d + 1:]
-        return Tensor(self.storage, shape, self.dtype, strides, self.offset + index * self.strides[d])
+            raise IndexError(
+                f"index {index} out of range for dimension {dim} of size {self.shape[d]}"
+            )
+        shape = self.shape[:d] + self.shape[d + 1 :]
+        strides = self.strides[:d] + self.strides[d + 1 :]
+        return Tensor(
+            self.storage, shape, self.dtype, strides, self.offset + index * self.strides[d]
+        )
 
     def __getitem__(self, key: int | slice) -> Tensor:
         if isinstance(key, int):
@@ -316,8 +333,13 @@ class Tensor:
         order = [self._dim(d) for d in dims]
         if sorted(order) != list(range(self.ndim)):
             raise ValueError(f"permute{tuple(dims)} is not a permutation of {self.ndim} dims")
-        return Tensor(self.storage, [self.shape[d] for d in order], self.dtype,
-                      [self.strides[d] for d in order], self.offset)
+        return Tensor(
+            self.storage,
+            [self.shape[d] for d in order],
+            self.dtype,
+            [self.strides[d] for d in order],
+            self.offset,
+        )
 
     def transpose(self, dim0: int, dim1: int) -> Tensor:
         """View with two dimensions swapped."""
@@ -342,8 +364,12 @@ class Tensor:
         out = Tensor.empty(self.shape, self.dtype)
         shape = (ctypes.c_int64 * self.ndim)(*self.shape)
         strides = (ctypes.c_int64 * self.ndim)(*self.strides)
-        check(lib().to_copy_strided(self.data_ptr, out.data_ptr, self.ndim, shape, strides,
-                                    self.dtype), "to_copy_strided")
+        check(
+            lib().to_copy_strided(
+                self.data_ptr, out.data_ptr, self.ndim, shape, strides, self.dtype
+            ),
+            "to_copy_strided",
+        )
         return out
 
     def clone(self) -> Tensor:
@@ -361,7 +387,9 @@ class Tensor:
 
     def to(self, target: DType | Device | str) -> Tensor:
         """Converts to another dtype (``"bf16"``, ``DType.float32``) or device (``"cuda:0"``)."""
-        if isinstance(target, Device) or (isinstance(target, str) and target.startswith(("cpu", "cuda"))):
+        if isinstance(target, Device) or (
+            isinstance(target, str) and target.startswith(("cpu", "cuda"))
+        ):
             dev = Device.parse(target)
             if dev == self.device:
                 return self
@@ -382,7 +410,9 @@ class Tensor:
         if self.readonly:
             raise ValueError("cannot write into a read-only tensor (borrowed weights)")
         if src.shape != self.shape or src.dtype != self.dtype:
-            raise ValueError(f"copy_: {src.shape}/{src.dtype.name} into {self.shape}/{self.dtype.name}")
+            raise ValueError(
+                f"copy_: {src.shape}/{src.dtype.name} into {self.shape}/{self.dtype.name}"
+            )
         if not self.is_contiguous():
             raise ValueError("copy_ destination must be contiguous")
         self._require_cpu("copy_")
@@ -435,7 +465,11 @@ class Tensor:
         """The single element of a one-element tensor."""
         if self.numel != 1:
             raise ValueError(f"item() needs exactly one element, tensor has {self.numel}")
-        return self.reshape(()).tolist() if self.is_contiguous() else self.contiguous().reshape(()).tolist()
+        return (
+            self.reshape(()).tolist()
+            if self.is_contiguous()
+            else self.contiguous().reshape(()).tolist()
+        )
 
 
 def tensor(data: Any, dtype: DType | str | None = None, device: Device | str = CPU) -> Tensor:

@@ -14,9 +14,7 @@ ARCHITECTURE = "Qwen3ForCausalLM"
 MODEL_TYPE = "qwen3"
 
 _CONFIG: dict[str, Any] = {
-    "architectures": [
-        "Qwen3ForCausalLM"
-    ],
+    "architectures": ["Qwen3ForCausalLM"],
     "model_type": "qwen3",
     "hidden_size": 1024,
     "num_hidden_layers": 28,
@@ -40,20 +38,17 @@ _CONFIG: dict[str, Any] = {
     "torch_dtype": "bfloat16",
     "use_cache": True,
     "bos_token_id": 151643,
-    "eos_token_id": 151645
+    "eos_token_id": 151645,
 }
 
 _GENERATION_CONFIG: dict[str, Any] = {
     "bos_token_id": 151643,
-    "eos_token_id": [
-        151645,
-        151643
-    ],
+    "eos_token_id": [151645, 151643],
     "pad_token_id": 151643,
     "do_sample": True,
     "temperature": 0.6,
     "top_p": 0.95,
-    "top_k": 20
+    "top_k": 20,
 }
 
 

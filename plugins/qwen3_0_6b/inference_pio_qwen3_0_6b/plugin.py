@@ -21,6 +21,7 @@ SPEC = ModelSpec(
     name=MODEL_NAME,
     factory="inference_pio_qwen3_0_6b.model:load",
     config_factory="inference_pio_qwen3_0_6b.config:real_config",
+    weights_factory="inference_pio_qwen3_0_6b.model:weight_shapes",
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,

@@ -1,18 +1,24 @@
-"""Qwen3-4B-Instruct-2507 model implementation."""
+"""Qwen3-4B-Instruct-2507: a thin assembly of the core dense-decoder building blocks (models.md §2)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from inference_pio import TextModelPluginInterface
-
+from inference_pio.causal_lm import CausalLM
+from inference_pio.checkpoint import Checkpoint
+from inference_pio.nn import dense
 from inference_pio_qwen3_4b_instruct_2507 import MODEL_NAME
 
 
-def load(path: Path, **options: Any) -> TextModelPluginInterface:
-    """Loads Qwen3-4B-Instruct-2507 from a checkpoint directory (not implemented yet)."""
-    raise NotImplementedError(
-        f"{MODEL_NAME}: the Qwen3ForCausalLM implementation is not available yet in this release "
-        f"of inference-pio-qwen3-4b-instruct-2507; cannot load {path}"
-    )
+def weight_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor names, shapes and init kinds of a checkpoint with this config."""
+    return dense.weight_plan(dense.DenseConfig.from_hf(config, qk_norm=True))
+
+
+def load(path: Path, **options: Any) -> CausalLM:
+    """Loads a Qwen3ForCausalLM checkpoint directory (options: device, dtype)."""
+    checkpoint = Checkpoint.open(path)
+    cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True)
+    model = dense.build(checkpoint.weights, cfg, options.get("device", "cpu"), options.get("dtype"))
+    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model)

@@ -26,6 +26,7 @@ SPEC = ModelSpec(
     name=MODEL_NAME,
     factory="inference_pio_qwen3_4b_instruct_2507.model:load",
     config_factory="inference_pio_qwen3_4b_instruct_2507.config:real_config",
+    weights_factory="inference_pio_qwen3_4b_instruct_2507.model:weight_shapes",
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,

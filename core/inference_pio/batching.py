@@ -1,0 +1,120 @@
+"""BatchManager: first-come-first-served continuous batching over a :class:`ForwardModel`.
+
+Requests wait in a FIFO queue. Each step admits waiting requests into free slots (their prompts
+are prefilled together in one forward call), then runs one decode step for every active sequence
+in one forward call: the weights are read once per step for the whole batch, each sequence keeps
+its own cache and length. Finished sequences leave at once and free their slot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inference_pio.generation import (
+    Detokenizer,
+    ForwardModel,
+    GenerationResult,
+    IncrementalText,
+    SequenceState,
+    check_context,
+)
+from inference_pio.sampling import SamplingParams
+
+
+@dataclass
+class _Request:
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    capacity: int
+
+
+class BatchManager:
+    """Runs many generation requests as real batches; results come back in request order."""
+
+    def __init__(
+        self,
+        model: ForwardModel,
+        detokenizer: Detokenizer,
+        eos_ids: Sequence[int] = (),
+        max_batch_size: int = 8,
+        max_prefill_tokens: int = 4096,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.model = model
+        self.detokenizer = detokenizer
+        self.eos_ids = frozenset(eos_ids)
+        self.max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens
+        self._queue: deque[_Request] = deque()
+        self._results: dict[int, GenerationResult] = {}
+        self._next = 0
+        #: Sizes of the decode batches run so far (observability and tests).
+        self.decode_batch_sizes: list[int] = []
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
+        """Queues a request (validated now); returns its index."""
+        prompt = list(prompt_ids)
+        capacity = check_context(self.model, len(prompt), params)
+        index = self._next
+        self._next += 1
+        self._queue.append(_Request(index, prompt, params, capacity))
+        return index
+
+    def run(self) -> list[GenerationResult]:
+        """Processes every queued request; returns all results ordered by request index."""
+        active: list[tuple[_Request, SequenceState]] = []
+        while self._queue or active:
+            admitted: list[tuple[_Request, SequenceState]] = []
+            budget = self.max_prefill_tokens
+            while self._queue and len(active) + len(admitted) < self.max_batch_size:
+                req = self._queue[0]
+                if admitted and len(req.prompt_ids) > budget:
+                    break
+                self._queue.popleft()
+                budget -= len(req.prompt_ids)
+                state = SequenceState(
+                    req.prompt_ids, req.params, self.eos_ids, IncrementalText(self.detokenizer)
+                )
+                state.cache = self.model.new_cache(req.capacity)
+                admitted.append((req, state))
+            if admitted:
+                logits = self.model.forward([(r.prompt_ids, s.cache) for r, s in admitted])
+                now = time.perf_counter()
+                for (req, state), row in zip(admitted, logits):
+                    state.prefill_done_at = now
+                    state.accept(row)
+                    active.append((req, state))
+            active = self._retire(active)
+            if not active:
+                continue
+            batch = [([s.generated[-1]], s.cache) for _, s in active]
+            self.decode_batch_sizes.append(len(batch))
+            logits = self.model.forward(batch)
+            for (_, state), row in zip(active, logits):
+                state.accept(row)
+            active = self._retire(active)
+        results = [self._results[i] for i in sorted(self._results)]
+        self._results.clear()
+        return results
+
+    def _retire(
+        self, active: list[tuple[_Request, SequenceState]]
+    ) -> list[tuple[_Request, SequenceState]]:
+        keep = []
+        now = time.perf_counter()
+        for req, state in active:
+            if not state.finished and state.cache.length >= req.capacity:
+                state.finish_reason = "length"
+            if state.finished:
+                if state.finish_reason == "length":
+                    state.stops.push(state.detok.flush())
+                    state.stops.flush()
+                self._results[req.index] = state.result(now)
+            else:
+                keep.append((req, state))
+        return keep

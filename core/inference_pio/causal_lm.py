@@ -1,0 +1,108 @@
+"""``CausalLM``: the TextModelPluginInterface implementation shared by every text model.
+
+A plugin builds a :class:`~inference_pio.generation.ForwardModel` from its checkpoint (usually a
+:class:`~inference_pio.nn.DecoderModel`) and wraps it here; tokenization, chat templates,
+sampling, streaming and batching then come from the core.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from inference_pio.batching import BatchManager
+from inference_pio.checkpoint import Checkpoint
+from inference_pio.generation import ForwardModel, GenerationResult, stream_generate
+from inference_pio.interface import BatchRequest, TextModelPluginInterface
+from inference_pio.sampling import SamplingParams
+
+
+class CausalLM(TextModelPluginInterface):
+    """A loaded text model: forward pass + tokenizer + generation defaults."""
+
+    def __init__(
+        self, name: str, checkpoint: Checkpoint, model: ForwardModel, max_batch_size: int = 8
+    ) -> None:
+        from inference_pio.tokenizer import Tokenizer
+
+        self.name = name
+        self.checkpoint = checkpoint
+        self.model = model
+        self.tokenizer = Tokenizer.from_pretrained(checkpoint.path)
+        self.max_batch_size = max_batch_size
+        gc = checkpoint.generation_config
+        eos: Any = gc.get("eos_token_id", checkpoint.config.get("eos_token_id"))
+        ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+        self.eos_ids: tuple[int, ...] = tuple(int(i) for i in ids)
+
+    # ---- tokens --------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize expects str, got {type(text).__name__}")
+        return list(self.tokenizer.encode(text))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
+        """Renders ``messages`` with the checkpoint's chat template (generation prompt added)."""
+        kwargs.setdefault("add_generation_prompt", True)
+        return str(self.tokenizer.apply_chat_template(list(messages), **kwargs))
+
+    # ---- generation ----------------------------------------------------------------------------
+    def sampling_params(self, **sampling: Any) -> SamplingParams:
+        """Generation-config defaults overridden by ``sampling``; invalid values raise."""
+        return SamplingParams.from_generation_config(self.checkpoint.generation_config, **sampling)
+
+    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty")
+        return ids
+
+    def generate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
+        """Full result (text, token ids, timings) for one prompt."""
+        params = self.sampling_params(**sampling)
+        ids = self._prompt_ids(prompt)
+        results: list[GenerationResult] = []
+        start = time.perf_counter()
+        for _ in stream_generate(
+            self.model, self.tokenizer, ids, params, self.eos_ids, on_finish=results.append
+        ):
+            pass
+        result = results[0]
+        if result.prefill_s == 0.0:
+            result.prefill_s = time.perf_counter() - start
+        return result
+
+    def generate_text(self, prompt: str, **sampling: Any) -> str:
+        return self.generate(prompt, **sampling).text
+
+    def stream_text(self, prompt: str, **sampling: Any) -> Iterator[str]:
+        params = self.sampling_params(**sampling)
+        ids = self._prompt_ids(prompt)
+        return stream_generate(self.model, self.tokenizer, ids, params, self.eos_ids)
+
+    def infer_batch(self, requests: Sequence[BatchRequest]) -> list[str]:
+        return [r.text for r in self.generate_batch(requests)]
+
+    def generate_batch(self, requests: Sequence[BatchRequest]) -> list[GenerationResult]:
+        """Runs requests through a BatchManager (real batches); results in request order."""
+        manager = BatchManager(self.model, self.tokenizer, self.eos_ids, self.max_batch_size)
+        for req in requests:
+            if isinstance(req, str):
+                prompt: Any = req
+                options: dict[str, Any] = {}
+            elif isinstance(req, Mapping):
+                options = dict(req)
+                if "prompt" not in options:
+                    raise ValueError("a batch request mapping needs a 'prompt' key")
+                prompt = options.pop("prompt")
+            else:
+                raise TypeError(f"batch requests are str or mappings, got {type(req).__name__}")
+            manager.submit(self._prompt_ids(prompt), self.sampling_params(**options))
+        return manager.run()

@@ -1,0 +1,227 @@
+"""The model-running sub-commands of ``inference-pio``: generate, chat, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import time
+from typing import Any
+
+from inference_pio.plugins import PluginHost
+
+MODEL_HELP = (
+    "checkpoint directory (config.json, *.safetensors, tokenizer.json), "
+    "or synthetic:NAME for random weights of the real size (e.g. synthetic:qwen3-0.6b)"
+)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help=MODEL_HELP)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=["bf16", "f32"],
+        default=None,
+        help="compute dtype (default: bf16 for bf16 checkpoints, f32 for f32 ones)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "sampling (defaults come from the checkpoint's generation_config.json)"
+    )
+    g.add_argument("--max-new-tokens", "-n", type=int, default=256, help="default: 256")
+    g.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None, help="0 = off")
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--presence-penalty", type=float, default=None)
+    g.add_argument("--frequency-penalty", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
+        "presence_penalty": args.presence_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
+
+
+def _load(args: argparse.Namespace, host: PluginHost) -> Any:
+    from inference_pio.loading import load_model
+
+    return load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        host=host,
+        progress=not getattr(args, "json", False) or sys.stderr.isatty(),
+    )
+
+
+def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
+    model = _load(args, host)
+    prompt = args.prompt
+    if args.chat:
+        prompt = model.apply_chat_template(
+            [{"role": "user", "content": prompt}], enable_thinking=not args.no_think
+        )
+    sampling = _sampling(args)
+    if args.json:
+        result = model.generate(prompt, **sampling)
+        print(
+            json.dumps(
+                {
+                    "text": result.text,
+                    "token_ids": result.token_ids,
+                    "prompt_tokens": result.prompt_tokens,
+                    "finish_reason": result.finish_reason,
+                    "prefill_tokens_per_s": round(result.prefill_tokens_per_s, 3),
+                    "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
+                    "time_to_first_token_s": round(result.time_to_first_token_s, 6),
+                    "peak_rss_bytes": peak_rss_bytes(),
+                },
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    for piece in model.stream_text(prompt, **sampling):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
+    model = _load(args, host)
+    history: list[dict[str, str]] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    print(
+        "Chatting with",
+        model.name,
+        "- empty line or Ctrl-D to quit, /reset to clear history.",
+        file=sys.stderr,
+    )
+    sampling = _sampling(args)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not line.strip():
+            return 0
+        if line.strip() == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        history.append({"role": "user", "content": line})
+        prompt = model.apply_chat_template(history, enable_thinking=not args.no_think)
+        reply = []
+        for piece in model.stream_text(prompt, **sampling):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_bench(args: argparse.Namespace, host: PluginHost) -> int:
+    model = _load(args, host)
+    fm = model.model
+    rng = random.Random(0)
+    vocab = min(fm.vocab_size, 151643)
+    prompt = [rng.randrange(vocab) for _ in range(args.prompt_tokens)]
+    # prefill
+    cache = fm.new_cache(args.prompt_tokens + 1)
+    start = time.perf_counter()
+    fm.forward([(prompt, cache)])
+    prefill_s = time.perf_counter() - start
+    # decode after a short prompt
+    short = prompt[: args.decode_prompt_tokens]
+    result = model.generate(short, max_new_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
+    weight_bytes = getattr(fm, "decode_bytes_per_token", lambda: 0)()
+    out = {
+        "model": model.name,
+        "device": args.device,
+        "threads": args.threads,
+        "prompt_tokens": args.prompt_tokens,
+        "prefill_tokens_per_s": round(args.prompt_tokens / prefill_s, 3),
+        "decode_prompt_tokens": len(short),
+        "new_tokens": len(result.token_ids),
+        "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
+        "time_to_first_token_s": round(result.time_to_first_token_s, 6),
+        "decode_bytes_per_token": weight_bytes,
+        "decode_gb_per_s": round(weight_bytes * result.decode_tokens_per_s / 1e9, 3),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:24s} {v}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Registers generate, chat and bench on the CLI's sub-parsers."""
+    p = sub.add_parser(
+        "generate",
+        help="complete a prompt (streams text; --json for one JSON object)",
+        description="Generate text from a prompt with a local checkpoint.",
+    )
+    _add_model_args(p)
+    p.add_argument("--prompt", "-p", required=True, help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument(
+        "--no-think",
+        action="store_true",
+        help="with --chat: disable Qwen3 thinking (enable_thinking=False)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: text, token_ids, prompt_tokens, speeds, peak_rss_bytes",
+    )
+    _add_sampling_args(p)
+    p.set_defaults(handler=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat with history, using the chat template")
+    _add_model_args(p)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--no-think", action="store_true", help="disable Qwen3 thinking")
+    _add_sampling_args(p)
+    p.set_defaults(handler=cmd_chat)
+
+    p = sub.add_parser("bench", help="measure prefill and batch-1 decode speed")
+    _add_model_args(p)
+    p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (default 512)")
+    p.add_argument(
+        "--decode-prompt-tokens",
+        type=int,
+        default=32,
+        help="prompt length before the decode run (default 32)",
+    )
+    p.add_argument("--new-tokens", type=int, default=128, help="decoded tokens (default 128)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_bench)

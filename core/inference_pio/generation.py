@@ -1,0 +1,252 @@
+"""The generation loop shared by every model: prefill, decode, sampling, stopping, streaming.
+
+A model exposes :class:`ForwardModel`: ``new_cache(capacity)`` and ``forward(batch)`` where
+``batch`` is a list of ``(new_token_ids, cache)`` pairs; ``forward`` appends the new tokens to
+each cache and returns the logits of each sequence's last new token. Prefill, decode and batched
+decode are all the same call, so batching needs nothing model-specific.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from inference_pio.sampling import Sampler, SamplingParams
+from inference_pio.tensor import Tensor
+
+
+class TokenCache(Protocol):
+    """Per-sequence state a model keeps between forward calls (KV cache, recurrent state)."""
+
+    length: int
+    capacity: int
+
+
+class ForwardModel(Protocol):
+    """What the generation loop needs from a model."""
+
+    vocab_size: int
+    max_context: int
+
+    def new_cache(self, capacity: int) -> Any: ...
+
+    def forward(self, batch: Sequence[tuple[Sequence[int], Any]]) -> list[Tensor]: ...
+
+
+class Detokenizer(Protocol):
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+class IncrementalText:
+    """Turns a growing list of token ids into text pieces that never split a UTF-8 character.
+
+    Uses the tokenizer's byte-exact :class:`~inference_pio.tokenizer.stream.StreamDecoder` when it
+    has one; otherwise re-decodes a short window of recent tokens and holds back a trailing U+FFFD.
+    """
+
+    def __init__(self, tokenizer: Detokenizer, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self._prefix = 0  # start of the re-decode window
+        self._read = 0  # tokens already turned into emitted text
+        self._stream: Any = None
+        if hasattr(tokenizer, "decode_bytes"):
+            from inference_pio.tokenizer.stream import StreamDecoder
+
+            self._stream = StreamDecoder(tokenizer, skip_special_tokens)  # type: ignore[arg-type]
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        if self._stream is not None:
+            return str(self._stream.add(token))
+        prefix_text = self.tokenizer.decode(self.ids[self._prefix : self._read], self.skip)
+        full_text = self.tokenizer.decode(self.ids[self._prefix :], self.skip)
+        if full_text.endswith("\ufffd") or len(full_text) <= len(prefix_text):
+            return ""
+        piece = full_text[len(prefix_text) :]
+        self._prefix = self._read
+        self._read = len(self.ids)
+        return piece
+
+    def flush(self) -> str:
+        """Whatever remains (an incomplete character at the very end decodes to U+FFFD)."""
+        if self._stream is not None:
+            return str(self._stream.flush())
+        prefix_text = self.tokenizer.decode(self.ids[self._prefix : self._read], self.skip)
+        full_text = self.tokenizer.decode(self.ids[self._prefix :], self.skip)
+        self._prefix = self._read = len(self.ids)
+        return full_text[len(prefix_text) :]
+
+
+class StopStrings:
+    """Finds stop strings in streamed text; holds back text that may start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        """Adds text; returns what may be shown now."""
+        if self.stopped:
+            return ""
+        self.text += piece
+        if not self.stops:
+            out = self.text[self.emitted :]
+            self.emitted = len(self.text)
+            return out
+        longest = max(len(s) for s in self.stops)
+        start = max(0, self.emitted - longest + 1)
+        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if hits:
+            end = min(hits)
+            out = self.text[self.emitted : end]
+            self.text = self.text[:end]
+            self.emitted = end
+            self.stopped = True
+            return out
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
+                if self.text.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        safe = len(self.text) - hold
+        out = self.text[self.emitted : safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return out
+
+    def flush(self) -> str:
+        out = self.text[self.emitted :]
+        self.emitted = len(self.text)
+        return out
+
+
+@dataclass
+class GenerationResult:
+    """The outcome of one generation request."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (eos or stop string), "length"
+    time_to_first_token_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        n = len(self.token_ids) - 1
+        return n / self.decode_s if self.decode_s > 0 and n > 0 else 0.0
+
+
+@dataclass
+class SequenceState:
+    """One request in flight: its cache, sampler, generated tokens and text."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    eos_ids: frozenset[int]
+    detok: IncrementalText
+    cache: Any = None
+    sampler: Sampler = field(init=False)
+    stops: StopStrings = field(init=False)
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float = 0.0
+    prefill_done_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.sampler = Sampler(self.params, self.prompt_ids)
+        self.stops = StopStrings(self.params.stop)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def accept(self, logits: Tensor) -> str:
+        """Samples the next token from ``logits``; returns the text that may be shown now."""
+        token = self.sampler.sample(logits)
+        now = time.perf_counter()
+        if not self.generated:
+            self.first_token_at = now
+        self.generated.append(token)
+        self.sampler.observe(token)
+        stop_ids = self.eos_ids | set(self.params.stop_token_ids)
+        if token in stop_ids and not self.params.ignore_eos:
+            self.finish_reason = "stop"
+            self.generated.pop()  # the eos token is not part of the output
+            return self.stops.push(self.detok.flush()) + self.stops.flush()
+        piece = self.stops.push(self.detok.push(token))
+        if self.stops.stopped:
+            self.finish_reason = "stop"
+        elif len(self.generated) >= self.params.max_new_tokens:
+            self.finish_reason = "length"
+            piece += self.stops.push(self.detok.flush())
+            if not self.stops.stopped:
+                piece += self.stops.flush()
+        return piece
+
+    def result(self, end: float) -> GenerationResult:
+        return GenerationResult(
+            text=self.stops.text,
+            token_ids=list(self.generated),
+            prompt_tokens=len(self.prompt_ids),
+            finish_reason=self.finish_reason or "length",
+            time_to_first_token_s=(self.first_token_at - self.started)
+            if self.first_token_at
+            else 0.0,
+            prefill_s=(self.prefill_done_at - self.started) if self.prefill_done_at else 0.0,
+            decode_s=(end - self.first_token_at) if self.first_token_at else 0.0,
+        )
+
+
+def check_context(model: ForwardModel, prompt_len: int, params: SamplingParams) -> int:
+    """Cache capacity for a request; raises ValueError when the prompt does not fit."""
+    if prompt_len == 0:
+        raise ValueError("the prompt is empty (no tokens)")
+    if prompt_len >= model.max_context:
+        raise ValueError(
+            f"prompt has {prompt_len} tokens; the model's context is {model.max_context} tokens"
+        )
+    return min(model.max_context, prompt_len + params.max_new_tokens)
+
+
+def stream_generate(
+    model: ForwardModel,
+    detokenizer: Detokenizer,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    eos_ids: Sequence[int] = (),
+    on_finish: Callable[[GenerationResult], None] | None = None,
+) -> Iterator[str]:
+    """Generates for one prompt, yielding text pieces as they become final."""
+    prompt = list(prompt_ids)
+    capacity = check_context(model, len(prompt), params)
+    state = SequenceState(prompt, params, frozenset(eos_ids), IncrementalText(detokenizer))
+    state.cache = model.new_cache(capacity)
+    (logits,) = model.forward([(prompt, state.cache)])
+    state.prefill_done_at = time.perf_counter()
+    while True:
+        piece = state.accept(logits)
+        if piece:
+            yield piece
+        if state.finished or state.cache.length >= capacity:
+            if not state.finished:
+                state.finish_reason = "length"
+                tail = state.stops.push(state.detok.flush()) + state.stops.flush()
+                if tail:
+                    yield tail
+            break
+        (logits,) = model.forward([([state.generated[-1]], state.cache)])
+    if on_finish is not None:
+        on_finish(state.result(time.perf_counter()))

@@ -1,0 +1,76 @@
+"""``load_model``: from a checkpoint directory, a ``synthetic:NAME`` or a model name to a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inference_pio.checkpoint import Checkpoint
+from inference_pio.errors import ModelNotFoundError
+from inference_pio.interface import TextModelPluginInterface
+from inference_pio.plugins import PluginHost, get_plugin_host
+from inference_pio.synthetic import PREFIX as SYNTHETIC_PREFIX
+
+
+def resolve_path(
+    model: str | Path, host: PluginHost, progress: bool = True
+) -> tuple[Path, str | None]:
+    """The checkpoint directory for ``model`` and the model name it implies (if any)."""
+    text = str(model)
+    if text.startswith(SYNTHETIC_PREFIX):
+        from inference_pio import synthetic
+
+        name = text[len(SYNTHETIC_PREFIX) :]
+        spec = host.registry.get(name)
+        return synthetic.checkpoint_path(spec.name, host, progress=progress), spec.name
+    path = Path(text).expanduser()
+    if path.exists():
+        return path, None
+    if text in host.registry:
+        spec = host.registry.get(text)
+        raise ModelNotFoundError(
+            f"{text!r} is a registered model but no local checkpoint was given. Download it (for "
+            f"example `huggingface-cli download {spec.hf_repo} --local-dir ./{spec.name}`) and pass "
+            f"the directory, or use `synthetic:{spec.name}` for random weights of the real size."
+        )
+    raise ModelNotFoundError(
+        f"{text!r} is neither a checkpoint directory nor a registered model; "
+        f"registered models: {', '.join(s.name for s in host.registry) or 'none'}"
+    )
+
+
+def load_model(
+    model: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    threads: int | None = None,
+    name: str | None = None,
+    progress: bool = True,
+    host: PluginHost | None = None,
+    **options: Any,
+) -> TextModelPluginInterface:
+    """Loads a model.
+
+    ``model`` is a Hugging Face checkpoint directory, ``synthetic:NAME`` (random weights with the
+    real configuration) or, for a helpful error, a registered name. The plugin is chosen from
+    ``config.json`` (``architectures``; ``name`` picks one when several models share it).
+    ``device`` is ``"cpu"`` or ``"cuda[:N]"``; ``dtype`` the compute dtype (default: bf16 for
+    bf16 checkpoints, f32 for f32 ones); ``threads`` the CPU thread count.
+    """
+    host = host or get_plugin_host()
+    if threads is not None:
+        from inference_pio._native import check, lib
+
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        check(lib().to_set_num_threads(threads), "to_set_num_threads")
+    path, implied = resolve_path(model, host, progress)
+    checkpoint = Checkpoint.open(path)
+    wanted = name or implied
+    spec = host.registry.get(wanted) if wanted else host.resolve_checkpoint(path, checkpoint.config)
+    opts = dict(options, device=device, dtype=dtype, name=spec.name, progress=progress)
+    loaded: TextModelPluginInterface = host.pm.hook.pio_load_model(
+        spec=spec, path=path, options=opts
+    )
+    return loaded

@@ -1,0 +1,25 @@
+"""Reusable model building blocks (embedding, norms, rotary embedding, attention with KV cache,
+SwiGLU MLP, decoder layer and stack, LM head). Plugins assemble models from these.
+
+Blocks validate their weights once, when built; their ``forward`` methods then call the native
+ops directly (one C call per op, no per-call re-validation) because batch-1 decode runs hundreds
+of them per token.
+"""
+
+from inference_pio.nn.attention import Attention, KVCache
+from inference_pio.nn.decoder import DecoderLayer, DecoderModel, LayerCache
+from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
+from inference_pio.nn.mlp import SwiGLU
+
+__all__ = [
+    "Attention",
+    "DecoderLayer",
+    "DecoderModel",
+    "Embedding",
+    "KVCache",
+    "LayerCache",
+    "Linear",
+    "RMSNorm",
+    "Rotary",
+    "SwiGLU",
+]

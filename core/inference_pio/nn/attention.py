@@ -1,0 +1,156 @@
+"""Grouped-query attention with optional per-head q/k RMSNorm and a per-sequence KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inference_pio.backend import Backend
+from inference_pio.device import Device
+from inference_pio.dtypes import DType
+from inference_pio.nn.layers import Linear, RMSNorm, Rotary
+from inference_pio.tensor import Tensor
+
+
+class KVCache:
+    """Keys and values of one layer for one sequence, laid out [nkv, capacity, head_dim] so each
+    head's keys are one contiguous stream for decode."""
+
+    __slots__ = ("capacity", "head_dim", "k", "nkv", "v")
+
+    def __init__(
+        self, nkv: int, capacity: int, head_dim: int, dtype: DType, device: Device
+    ) -> None:
+        self.nkv, self.capacity, self.head_dim = nkv, capacity, head_dim
+        self.k = Tensor.empty((nkv, capacity, head_dim), dtype, device)
+        self.v = Tensor.empty((nkv, capacity, head_dim), dtype, device)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The rows [start, start+count) of a packed batch belong to one sequence whose cache holds
+    ``past`` tokens before them."""
+
+    start: int
+    count: int
+    past: int
+
+
+class Attention:
+    """Qwen3-style attention: q/k/v projections, optional q/k RMSNorm, RoPE, causal GQA."""
+
+    def __init__(
+        self,
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+        o_proj: Linear,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        rotary: Rotary,
+        q_norm: RMSNorm | None = None,
+        k_norm: RMSNorm | None = None,
+        scale: float | None = None,
+    ) -> None:
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}"
+            )
+        if q_proj.out_features != num_heads * head_dim:
+            raise ValueError(
+                f"q_proj has {q_proj.out_features} outputs, expected {num_heads * head_dim}"
+            )
+        for name, proj in (("k_proj", k_proj), ("v_proj", v_proj)):
+            if proj.out_features != num_kv_heads * head_dim:
+                raise ValueError(
+                    f"{name} has {proj.out_features} outputs, expected {num_kv_heads * head_dim}"
+                )
+        if o_proj.in_features != num_heads * head_dim:
+            raise ValueError(
+                f"o_proj takes {o_proj.in_features} inputs, expected {num_heads * head_dim}"
+            )
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
+        self.nh, self.nkv, self.hd = num_heads, num_kv_heads, head_dim
+        self.rotary = rotary
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.scale = head_dim**-0.5 if scale is None else scale
+
+    def new_cache(self, capacity: int, dtype: DType, device: Device) -> KVCache:
+        return KVCache(self.nkv, capacity, self.hd, dtype, device)
+
+    def __call__(
+        self,
+        be: Backend,
+        h: Tensor,
+        segments: list[Segment],
+        caches: list[KVCache],
+        cos: Tensor,
+        sin: Tensor,
+        out: Tensor,
+    ) -> Tensor:
+        t = h.shape[0]
+        act = h.dtype
+        dev = be.device
+        qw, kw = self.nh * self.hd, self.nkv * self.hd
+        q = Tensor.empty((t, qw), act, dev)
+        k = Tensor.empty((t, kw), act, dev)
+        v = Tensor.empty((t, kw), act, dev)
+        self.q_proj(be, h, q)
+        self.k_proj(be, h, k)
+        self.v_proj(be, h, v)
+        if self.q_norm is not None:
+            self.q_norm(be, q, q, rows=t, heads=self.nh)
+        if self.k_norm is not None:
+            self.k_norm(be, k, k, rows=t, heads=self.nkv)
+        self.rotary.apply(be, q, cos, sin, t, self.nh, self.hd, qw)
+        self.rotary.apply(be, k, cos, sin, t, self.nkv, self.hd, kw)
+        attn = Tensor.empty((t, qw), act, dev)
+        es = act.itemsize
+        for seg, cache in zip(segments, caches):
+            if seg.past + seg.count > cache.capacity:
+                raise ValueError(
+                    f"sequence needs {seg.past + seg.count} cache slots, capacity is {cache.capacity}"
+                )
+            be.call(
+                "kv_cache_append",
+                k.data_ptr + seg.start * kw * es,
+                v.data_ptr + seg.start * kw * es,
+                cache.k.data_ptr,
+                cache.v.data_ptr,
+                seg.count,
+                self.nkv,
+                self.hd,
+                self.hd,
+                cache.capacity,
+                seg.past,
+                act,
+                cache.k.dtype,
+            )
+            head_stride = cache.capacity * self.hd
+            be.call(
+                "attention",
+                q.data_ptr + seg.start * qw * es,
+                cache.k.data_ptr,
+                cache.v.data_ptr,
+                attn.data_ptr + seg.start * qw * es,
+                seg.count,
+                self.nh,
+                self.nkv,
+                self.hd,
+                self.hd,
+                qw,
+                qw,
+                seg.past + seg.count,
+                head_stride,
+                self.hd,
+                head_stride,
+                self.hd,
+                seg.past,
+                1,
+                None,
+                0,
+                self.scale,
+                act,
+                cache.k.dtype,
+            )
+        return self.o_proj(be, attn, out)

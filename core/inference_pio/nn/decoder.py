@@ -1,0 +1,164 @@
+"""Pre-norm decoder layer and the decoder-only stack with embedding and LM head.
+
+``DecoderModel.forward(batch)`` takes ``[(new_token_ids, cache), ...]``, packs every sequence's
+new tokens into one [T, hidden] activation so the projections and MLP read each weight once per
+step for the whole batch, runs attention per sequence against its own cache, and returns the
+logits of each sequence's last new token.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Sequence
+
+from inference_pio.backend import Backend, backend
+from inference_pio.device import Device
+from inference_pio.dtypes import DType
+from inference_pio.nn.attention import Attention, KVCache, Segment
+from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
+from inference_pio.tensor import Tensor
+
+Mlp = Callable[[Backend, Tensor, Tensor], Tensor]
+
+
+class DecoderLayer:
+    """``x += attn(norm1(x)); x += mlp(norm2(x))``."""
+
+    def __init__(
+        self, input_norm: RMSNorm, attention: Attention, post_norm: RMSNorm, mlp: Mlp
+    ) -> None:
+        self.input_norm, self.attention = input_norm, attention
+        self.post_norm, self.mlp = post_norm, mlp
+
+    def __call__(
+        self,
+        be: Backend,
+        x: Tensor,
+        segments: list[Segment],
+        caches: list[KVCache],
+        cos: Tensor,
+        sin: Tensor,
+    ) -> None:
+        t, hidden = x.shape
+        h = Tensor.empty((t, hidden), x.dtype, be.device)
+        o = Tensor.empty((t, hidden), x.dtype, be.device)
+        self.input_norm(be, x, h)
+        self.attention(be, h, segments, caches, cos, sin, o)
+        be.call("add", x.data_ptr, o.data_ptr, x.data_ptr, x.numel, x.dtype)
+        self.post_norm(be, x, h)
+        self.mlp(be, h, o)
+        be.call("add", x.data_ptr, o.data_ptr, x.data_ptr, x.numel, x.dtype)
+
+
+class LayerCache:
+    """One sequence's KV caches for every layer, and how many tokens they hold."""
+
+    def __init__(self, layers: list[KVCache], capacity: int) -> None:
+        self.layers = layers
+        self.capacity = capacity
+        self.length = 0
+
+
+class DecoderModel:
+    """Embedding → decoder layers → final norm → LM head (tied or not)."""
+
+    def __init__(
+        self,
+        embed: Embedding,
+        layers: Sequence[DecoderLayer],
+        norm: RMSNorm,
+        lm_head: Linear,
+        rotary: Rotary,
+        act_dtype: DType,
+        max_context: int,
+        device: Device | str = "cpu",
+        cache_dtype: DType | None = None,
+    ) -> None:
+        self.embed, self.layers, self.norm, self.lm_head = embed, list(layers), norm, lm_head
+        self.rotary = rotary
+        self.act_dtype = act_dtype
+        self.cache_dtype = cache_dtype or act_dtype
+        self.max_context = max_context
+        self.vocab_size = lm_head.out_features
+        self.hidden = embed.dim
+        self.device = Device.parse(device)
+        self.be = backend(self.device)
+
+    def new_cache(self, capacity: int) -> LayerCache:
+        """Preallocated caches for ``capacity`` tokens."""
+        if not 0 < capacity <= self.max_context:
+            raise ValueError(f"cache capacity {capacity} not in [1, {self.max_context}]")
+        return LayerCache(
+            [
+                layer.attention.new_cache(capacity, self.cache_dtype, self.device)
+                for layer in self.layers
+            ],
+            capacity,
+        )
+
+    def forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
+        """Appends each sequence's new tokens to its cache; returns last-token logits per sequence."""
+        be = self.be
+        segments: list[Segment] = []
+        ids: list[int] = []
+        positions: list[int] = []
+        for tokens, cache in batch:
+            n = len(tokens)
+            if n == 0:
+                raise ValueError("forward: a sequence has no new tokens")
+            if cache.length + n > cache.capacity:
+                raise ValueError(
+                    f"forward: {cache.length} + {n} tokens exceed the cache capacity {cache.capacity}"
+                )
+            segments.append(Segment(len(ids), n, cache.length))
+            ids.extend(tokens)
+            positions.extend(range(cache.length, cache.length + n))
+        for tok in ids:
+            if not 0 <= tok < self.embed.vocab:
+                raise ValueError(f"token id {tok} outside the vocabulary [0, {self.embed.vocab})")
+        t = len(ids)
+        ids_t = _int32_tensor(ids, self.device)
+        pos_t = _int32_tensor(positions, self.device)
+        x = Tensor.empty((t, self.hidden), self.act_dtype, self.device)
+        self.embed(be, ids_t, x)
+        cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
+        for li, layer in enumerate(self.layers):
+            layer(be, x, segments, [c.layers[li] for _, c in batch], cos, sin)
+        for seg, (_, cache) in zip(segments, batch):
+            cache.length += seg.count
+        b = len(segments)
+        es = self.act_dtype.itemsize
+        last = Tensor.empty((b, self.hidden), self.act_dtype, self.device)
+        for i, seg in enumerate(segments):
+            row = (seg.start + seg.count - 1) * self.hidden * es
+            be.call(
+                "rms_norm",
+                x.data_ptr + row,
+                self.norm.weight.data_ptr,
+                None,
+                last.data_ptr + i * self.hidden * es,
+                1,
+                1,
+                self.hidden,
+                self.hidden,
+                self.hidden,
+                self.hidden,
+                self.hidden,
+                self.hidden,
+                self.hidden,
+                self.norm.eps,
+                self.norm.variant,
+                self.act_dtype,
+                self.norm.weight.dtype,
+                self.act_dtype,
+            )
+        logits = Tensor.empty((b, self.vocab_size), self.act_dtype, self.device)
+        self.lm_head(be, last, logits)
+        return [logits[i] for i in range(b)]
+
+
+def _int32_tensor(values: list[int], device: Device) -> Tensor:
+    t = Tensor.empty((len(values),), DType.int32)
+    arr = (ctypes.c_int32 * len(values))(*values)
+    ctypes.memmove(t.data_ptr, arr, 4 * len(values))
+    return t if device.type == "cpu" else t.to(device)

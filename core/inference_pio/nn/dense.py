@@ -1,0 +1,197 @@
+"""The dense decoder-only layout shared by Qwen3 (and the Llama family): config reading, weight
+plan and model assembly from Hugging Face tensor names.
+
+Tensor names: ``{prefix}embed_tokens.weight``, ``{prefix}layers.{i}.input_layernorm.weight``,
+``…self_attn.{q,k,v,o}_proj.weight`` (+ optional ``q_norm``/``k_norm``), ``…post_attention_layernorm``,
+``…mlp.{gate,up,down}_proj.weight``, ``{prefix}norm.weight`` and ``lm_head.weight`` unless the
+embeddings are tied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from inference_pio.device import Device
+from inference_pio.dtypes import DType
+from inference_pio.errors import CheckpointError
+from inference_pio.nn.attention import Attention
+from inference_pio.nn.decoder import DecoderLayer, DecoderModel
+from inference_pio.nn.layers import ROPE_NEOX, Embedding, Linear, RMSNorm, Rotary, check_weight
+from inference_pio.nn.mlp import SwiGLU
+from inference_pio.tensor import Tensor
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """The fields of an HF config.json that the dense decoder needs."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qk_norm: bool = True
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any], qk_norm: bool = True) -> DenseConfig:
+        """Reads and validates the fields; errors name the missing or bad field."""
+
+        def need(key: str, kind: type = int) -> Any:
+            if key not in config or config[key] is None:
+                raise CheckpointError(f"config.json: required field {key!r} is missing")
+            value = config[key]
+            if kind is float and isinstance(value, int):
+                value = float(value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise CheckpointError(
+                    f"config.json: {key!r} must be {kind.__name__}, got {value!r}"
+                )
+            if kind is int and value <= 0:
+                raise CheckpointError(f"config.json: {key!r} must be positive, got {value}")
+            return value
+
+        hidden, heads = need("hidden_size"), need("num_attention_heads")
+        head_dim = config.get("head_dim") or hidden // heads
+        kv = config.get("num_key_value_heads") or heads
+        if heads % kv:
+            raise CheckpointError(
+                f"config.json: num_attention_heads {heads} is not a multiple of "
+                f"num_key_value_heads {kv}"
+            )
+        scaling = config.get("rope_scaling")
+        if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
+            raise CheckpointError(f"config.json: rope_scaling {scaling} is not supported yet")
+        return cls(
+            hidden_size=hidden,
+            num_layers=need("num_hidden_layers"),
+            num_heads=heads,
+            num_kv_heads=int(kv),
+            head_dim=int(head_dim),
+            intermediate_size=need("intermediate_size"),
+            vocab_size=need("vocab_size"),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(config.get("rope_theta", 10000.0)),
+            max_position_embeddings=need("max_position_embeddings"),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            qk_norm=qk_norm,
+        )
+
+
+def weight_plan(cfg: DenseConfig, prefix: str = "model.") -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every tensor of the checkpoint with its shape and init kind (for synthetic checkpoints)."""
+    h, hd, i = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+    plan: dict[str, tuple[tuple[int, ...], str]] = {
+        f"{prefix}embed_tokens.weight": ((cfg.vocab_size, h), "normal"),
+        f"{prefix}norm.weight": ((h,), "norm"),
+    }
+    if not cfg.tie_word_embeddings:
+        plan["lm_head.weight"] = ((cfg.vocab_size, h), "normal")
+    for layer in range(cfg.num_layers):
+        p = f"{prefix}layers.{layer}."
+        plan.update(
+            {
+                p + "input_layernorm.weight": ((h,), "norm"),
+                p + "post_attention_layernorm.weight": ((h,), "norm"),
+                p + "self_attn.q_proj.weight": ((cfg.num_heads * hd, h), "normal"),
+                p + "self_attn.k_proj.weight": ((cfg.num_kv_heads * hd, h), "normal"),
+                p + "self_attn.v_proj.weight": ((cfg.num_kv_heads * hd, h), "normal"),
+                p + "self_attn.o_proj.weight": ((h, cfg.num_heads * hd), "normal"),
+                p + "mlp.gate_proj.weight": ((i, h), "normal"),
+                p + "mlp.up_proj.weight": ((i, h), "normal"),
+                p + "mlp.down_proj.weight": ((h, i), "normal"),
+            }
+        )
+        if cfg.qk_norm:
+            plan[p + "self_attn.q_norm.weight"] = ((hd,), "norm")
+            plan[p + "self_attn.k_norm.weight"] = ((hd,), "norm")
+    return plan
+
+
+def activation_dtype(
+    weights: Mapping[str, Tensor], name: str, requested: DType | str | None
+) -> DType:
+    """Compute dtype: the requested one, else f32 for f32 checkpoints and bf16 otherwise."""
+    if requested is not None:
+        dt = DType.parse(requested)
+        if dt not in (DType.float32, DType.bfloat16):
+            raise ValueError(f"compute dtype must be float32 or bfloat16, got {dt.name}")
+        return dt
+    return DType.float32 if weights[name].dtype == DType.float32 else DType.bfloat16
+
+
+def build(
+    weights: Mapping[str, Tensor],
+    cfg: DenseConfig,
+    device: Device | str = "cpu",
+    dtype: DType | str | None = None,
+    prefix: str = "model.",
+) -> DecoderModel:
+    """Assembles a :class:`DecoderModel` from checkpoint tensors, checking every shape."""
+    plan = weight_plan(cfg, prefix)
+    for name, (shape, _) in plan.items():
+        if name not in weights:
+            raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
+        check_weight(name, weights[name], shape)
+    dev = Device.parse(device)
+
+    def w(name: str) -> Tensor:
+        t = weights[name]
+        return t if dev.type == "cpu" else t.to(dev)
+
+    act = activation_dtype(weights, f"{prefix}embed_tokens.weight", dtype)
+    rotary = Rotary(cfg.head_dim, cfg.rope_theta, ROPE_NEOX)
+    eps = cfg.rms_norm_eps
+    layers = []
+    for layer in range(cfg.num_layers):
+        p = f"{prefix}layers.{layer}."
+        attn = Attention(
+            Linear(p + "self_attn.q_proj", w(p + "self_attn.q_proj.weight")),
+            Linear(p + "self_attn.k_proj", w(p + "self_attn.k_proj.weight")),
+            Linear(p + "self_attn.v_proj", w(p + "self_attn.v_proj.weight")),
+            Linear(p + "self_attn.o_proj", w(p + "self_attn.o_proj.weight")),
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            rotary,
+            q_norm=RMSNorm(p + "q_norm", w(p + "self_attn.q_norm.weight"), eps)
+            if cfg.qk_norm
+            else None,
+            k_norm=RMSNorm(p + "k_norm", w(p + "self_attn.k_norm.weight"), eps)
+            if cfg.qk_norm
+            else None,
+        )
+        mlp = SwiGLU(
+            Linear(p + "mlp.gate_proj", w(p + "mlp.gate_proj.weight")),
+            Linear(p + "mlp.up_proj", w(p + "mlp.up_proj.weight")),
+            Linear(p + "mlp.down_proj", w(p + "mlp.down_proj.weight")),
+        )
+        layers.append(
+            DecoderLayer(
+                RMSNorm(p + "input_layernorm", w(p + "input_layernorm.weight"), eps),
+                attn,
+                RMSNorm(
+                    p + "post_attention_layernorm", w(p + "post_attention_layernorm.weight"), eps
+                ),
+                mlp,
+            )
+        )
+    embed_w = w(f"{prefix}embed_tokens.weight")
+    head_w = embed_w if cfg.tie_word_embeddings else w("lm_head.weight")
+    return DecoderModel(
+        Embedding(f"{prefix}embed_tokens", embed_w),
+        layers,
+        RMSNorm(f"{prefix}norm", w(f"{prefix}norm.weight"), eps),
+        Linear("lm_head", head_w),
+        rotary,
+        act,
+        cfg.max_position_embeddings,
+        dev,
+    )

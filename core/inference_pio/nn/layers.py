@@ -1,0 +1,204 @@
+"""Linear, Embedding, RMSNorm and rotary-embedding blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inference_pio.backend import Backend
+from inference_pio.dtypes import DType
+from inference_pio.errors import CheckpointError
+from inference_pio.tensor import Tensor
+
+WEIGHT_DTYPES = (DType.float32, DType.bfloat16, DType.float16)
+ACT_DTYPES = (DType.float32, DType.bfloat16)
+
+RMS_PLAIN = 0
+RMS_ZERO_CENTERED = 1
+RMS_GATED = 2
+ROPE_NEOX = 0
+ROPE_INTERLEAVED = 1
+
+
+def check_weight(name: str, t: Tensor, shape: Sequence[int]) -> Tensor:
+    """Validates a weight tensor once, at build time."""
+    if tuple(t.shape) != tuple(shape):
+        raise CheckpointError(f"weight {name!r} has shape {t.shape}, expected {tuple(shape)}")
+    if t.dtype not in WEIGHT_DTYPES:
+        raise CheckpointError(f"weight {name!r} has unsupported dtype {t.dtype.name}")
+    if not t.is_contiguous():
+        raise CheckpointError(f"weight {name!r} is not contiguous")
+    return t
+
+
+class Linear:
+    """``y = x · Wᵀ (+ b)`` with W in the safetensors layout [out, in]."""
+
+    def __init__(self, name: str, weight: Tensor, bias: Tensor | None = None) -> None:
+        if weight.ndim != 2:
+            raise CheckpointError(f"weight {name!r} must be 2-d, got shape {weight.shape}")
+        self.out_features, self.in_features = weight.shape
+        self.weight = check_weight(name, weight, weight.shape)
+        self.bias = (
+            check_weight(name + ".bias", bias, (self.out_features,)) if bias is not None else None
+        )
+
+    def __call__(
+        self,
+        be: Backend,
+        x: Tensor,
+        out: Tensor,
+        rows: int | None = None,
+        ldx: int | None = None,
+        ldy: int | None = None,
+    ) -> Tensor:
+        """Writes ``rows`` rows of x·Wᵀ into ``out`` (row strides default to contiguous)."""
+        m = x.shape[0] if rows is None else rows
+        b = self.bias
+        be.call(
+            "linear",
+            x.data_ptr,
+            self.weight.data_ptr,
+            b.data_ptr if b is not None else None,
+            out.data_ptr,
+            m,
+            self.out_features,
+            self.in_features,
+            self.in_features if ldx is None else ldx,
+            self.out_features if ldy is None else ldy,
+            x.dtype,
+            self.weight.dtype,
+            b.dtype if b is not None else 0,
+            out.dtype,
+        )
+        return out
+
+
+class Embedding:
+    """Token embedding table [vocab, dim]."""
+
+    def __init__(self, name: str, weight: Tensor) -> None:
+        if weight.ndim != 2:
+            raise CheckpointError(f"weight {name!r} must be 2-d, got shape {weight.shape}")
+        self.weight = check_weight(name, weight, weight.shape)
+        self.vocab, self.dim = weight.shape
+
+    def __call__(self, be: Backend, ids: Tensor, out: Tensor) -> Tensor:
+        be.call(
+            "embedding",
+            ids.data_ptr,
+            ids.dtype,
+            ids.numel,
+            self.weight.data_ptr,
+            self.weight.dtype,
+            self.vocab,
+            self.dim,
+            out.data_ptr,
+            out.dtype,
+        )
+        return out
+
+
+class RMSNorm:
+    """RMSNorm over the last ``dim`` values of each row (plain, zero-centred or gated)."""
+
+    def __init__(self, name: str, weight: Tensor, eps: float, variant: int = RMS_PLAIN) -> None:
+        if weight.ndim != 1:
+            raise CheckpointError(f"weight {name!r} must be 1-d, got shape {weight.shape}")
+        self.weight = check_weight(name, weight, weight.shape)
+        self.dim = weight.shape[0]
+        self.eps = float(eps)
+        self.variant = variant
+
+    def __call__(
+        self,
+        be: Backend,
+        x: Tensor,
+        out: Tensor,
+        rows: int | None = None,
+        heads: int = 1,
+        ld: int | None = None,
+        z: Tensor | None = None,
+    ) -> Tensor:
+        """Normalises ``rows`` rows of ``heads`` × dim values each (row stride ``ld``)."""
+        n = x.shape[0] if rows is None else rows
+        row_stride = heads * self.dim if ld is None else ld
+        zp = z.data_ptr if z is not None else None
+        be.call(
+            "rms_norm",
+            x.data_ptr,
+            self.weight.data_ptr,
+            zp,
+            out.data_ptr,
+            n,
+            heads,
+            self.dim,
+            row_stride,
+            self.dim,
+            row_stride,
+            self.dim,
+            row_stride,
+            self.dim,
+            self.eps,
+            self.variant,
+            x.dtype,
+            self.weight.dtype,
+            out.dtype,
+        )
+        return out
+
+
+class Rotary:
+    """Rotary position embedding: builds cos/sin tables for positions and rotates q/k in place."""
+
+    def __init__(self, rot_dim: int, theta: float, mode: int = ROPE_NEOX) -> None:
+        if rot_dim <= 0 or rot_dim % 2:
+            raise ValueError(f"rotary dimension must be positive and even, got {rot_dim}")
+        self.rot_dim = rot_dim
+        self.theta = float(theta)
+        self.mode = mode
+
+    def tables(self, be: Backend, positions: Tensor, dtype: DType) -> tuple[Tensor, Tensor]:
+        """cos/sin [T, rot_dim] for int32/int64 ``positions`` [T], rounded to ``dtype``."""
+        t = positions.numel
+        cos = Tensor.empty((t, self.rot_dim), dtype, be.device)
+        sin = Tensor.empty((t, self.rot_dim), dtype, be.device)
+        be.call(
+            "rope_cache",
+            positions.data_ptr,
+            positions.dtype,
+            t,
+            self.rot_dim,
+            self.theta,
+            cos.data_ptr,
+            sin.data_ptr,
+            dtype,
+        )
+        return cos, sin
+
+    def apply(
+        self,
+        be: Backend,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        tokens: int,
+        heads: int,
+        head_dim: int,
+        stride_t: int,
+    ) -> None:
+        """Rotates ``tokens`` × ``heads`` heads of ``x`` in place (token stride ``stride_t``)."""
+        be.call(
+            "rope_apply",
+            x.data_ptr,
+            cos.data_ptr,
+            sin.data_ptr,
+            tokens,
+            heads,
+            head_dim,
+            self.rot_dim,
+            stride_t,
+            head_dim,
+            self.mode,
+            x.dtype,
+            cos.dtype,
+        )

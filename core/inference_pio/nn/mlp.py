@@ -1,0 +1,37 @@
+"""SwiGLU MLP: ``down(silu(gate(x)) ⊙ up(x))``."""
+
+from __future__ import annotations
+
+from inference_pio.backend import Backend
+from inference_pio.nn.layers import Linear
+from inference_pio.tensor import Tensor
+
+
+class SwiGLU:
+    """The MLP of every text model here (dense layers, experts, shared experts)."""
+
+    def __init__(self, gate: Linear, up: Linear, down: Linear) -> None:
+        if gate.out_features != up.out_features or down.in_features != gate.out_features:
+            raise ValueError("SwiGLU: gate/up/down shapes do not fit together")
+        self.gate, self.up, self.down = gate, up, down
+        self.inter = gate.out_features
+
+    def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
+        rows = x.shape[0]
+        g = Tensor.empty((rows, self.inter), x.dtype, be.device)
+        u = Tensor.empty((rows, self.inter), x.dtype, be.device)
+        self.gate(be, x, g)
+        self.up(be, x, u)
+        be.call(
+            "swiglu",
+            g.data_ptr,
+            u.data_ptr,
+            g.data_ptr,
+            rows,
+            self.inter,
+            self.inter,
+            self.inter,
+            self.inter,
+            x.dtype,
+        )
+        return self.down(be, g, out)

