@@ -12,7 +12,9 @@ object is closed, and the mapping goes away with the last of them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import importlib
 import json
 import os
 import sys
@@ -72,10 +74,9 @@ class _Ref:
             lib().to_st_close(ptr)
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown lib() may be gone: the process unmaps everything anyway.
+        with contextlib.suppress(Exception):
             self.release()
-        except Exception:  # interpreter shutdown: the process unmaps everything anyway
-            pass
 
 
 def _fail(message: str) -> CheckpointError:
@@ -91,7 +92,8 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"SafetensorsFile: path must be str or PathLike, not {type(path).__name__}")
+            kind = type(path).__name__
+            raise TypeError(f"SafetensorsFile: path must be str or PathLike, not {kind}")
         self.path = os.fspath(path)
         raw = os.fsencode(self.path)
         if not raw or b"\0" in raw:
@@ -118,12 +120,22 @@ class SafetensorsFile:
         shape = (ctypes.c_int64 * MAX_DIMS)()
         data, nbytes = ctypes.c_void_p(), ctypes.c_int64()
         for i in range(count.value):
-            _native(L.to_st_tensor_info(h, i, ctypes.byref(name), ctypes.byref(dtype),
-                                        ctypes.byref(ndim), shape, ctypes.byref(data),
-                                        ctypes.byref(nbytes)))
+            _native(
+                L.to_st_tensor_info(
+                    h,
+                    i,
+                    ctypes.byref(name),
+                    ctypes.byref(dtype),
+                    ctypes.byref(ndim),
+                    shape,
+                    ctypes.byref(data),
+                    ctypes.byref(nbytes),
+                )
+            )
             key = (name.value or b"").decode("utf-8")
-            info = TensorInfo(key, DType(dtype.value), tuple(shape[: ndim.value]), nbytes.value,
-                              self.path)
+            info = TensorInfo(
+                key, DType(dtype.value), tuple(shape[: ndim.value]), nbytes.value, self.path
+            )
             self._infos[key] = (i, info, data.value or 0)
         mcount = ctypes.c_int64()
         _native(L.to_st_metadata_count(h, ctypes.byref(mcount)))
@@ -250,10 +262,10 @@ def _want_progress(progress: bool | None, total: int) -> bool:
 
 
 def _make_bar(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                file=sys.stderr)
+    tqdm = importlib.import_module("tqdm.auto").tqdm
+    return tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr
+    )
 
 
 class WeightIndex(Mapping[str, Tensor]):
@@ -263,8 +275,12 @@ class WeightIndex(Mapping[str, Tensor]):
     without touching the data.
     """
 
-    def __init__(self, files: list[SafetensorsFile], owner: dict[str, SafetensorsFile],
-                 metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        files: list[SafetensorsFile],
+        owner: dict[str, SafetensorsFile],
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self.files = files
         self._owner = owner
         #: The index file's "metadata" object, or the single file's ``__metadata__``.
@@ -341,11 +357,13 @@ def _read_index(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a valid index file: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
-        raise CheckpointError(f"{path}: expected a JSON object with a \"weight_map\" object")
+        raise CheckpointError(f'{path}: expected a JSON object with a "weight_map" object')
     weight_map: dict[str, str] = {}
     for name, shard in data["weight_map"].items():
         if not isinstance(shard, str):
-            raise CheckpointError(f"{path}: weight_map[{name!r}] must be a file name, got {shard!r}")
+            raise CheckpointError(
+                f"{path}: weight_map[{name!r}] must be a file name, got {shard!r}"
+            )
         if not shard or Path(shard).is_absolute() or ".." in Path(shard).parts or "\\" in shard:
             raise CheckpointError(
                 f"{path}: weight_map[{name!r}] = {shard!r} is not a file inside the checkpoint"
@@ -370,7 +388,7 @@ def _open_all(paths: list[Path]) -> list[SafetensorsFile]:
 def _union(files: list[SafetensorsFile]) -> dict[str, SafetensorsFile]:
     owner: dict[str, SafetensorsFile] = {}
     for f in files:
-        for name in f.keys():
+        for name in f:
             prev = owner.get(name)
             if prev is not None:
                 raise CheckpointError(
@@ -380,8 +398,9 @@ def _union(files: list[SafetensorsFile]) -> dict[str, SafetensorsFile]:
     return owner
 
 
-def load_checkpoint_weights(path: str | os.PathLike[str], *, prefetch: bool = False,
-                            progress: bool | None = None) -> WeightIndex:
+def load_checkpoint_weights(
+    path: str | os.PathLike[str], *, prefetch: bool = False, progress: bool | None = None
+) -> WeightIndex:
     """Opens the weights of a checkpoint as a lazy mapping name → read-only Tensor.
 
     ``path`` is a checkpoint directory (``model.safetensors.index.json`` with its shards, else
@@ -434,7 +453,7 @@ def load_checkpoint_weights(path: str | os.PathLike[str], *, prefetch: bool = Fa
         files = _open_all([base / s for s in names])
         try:
             owner = _union(files)
-            by_name = dict(zip(names, files))
+            by_name = dict(zip(names, files, strict=True))
             for name, shard in weight_map.items():
                 if owner.get(name) is not by_name[shard]:
                     where = f" (it is in {owner[name].path})" if name in owner else ""

@@ -598,6 +598,7 @@ static int build_index(to_st_file *f, const jparser *p, int32_t root) {
     for (int64_t i = 0; i < f->ntensors; i++) order[i] = &f->tensors[i];
     qsort(order, (size_t)f->ntensors, sizeof *order, tensor_by_offset);
     int64_t pos = 0;
+    const char *last = NULL;
     rc = TO_OK;
     for (int64_t i = 0; i < f->ntensors && rc == TO_OK; i++) {
         const st_tensor *t = order[i];
@@ -614,14 +615,17 @@ static int build_index(to_st_file *f, const jparser *p, int32_t root) {
                               "a hole of %lld bytes no tensor covers (holes are not allowed)",
                               f->path, t->name, (long long)t->begin, (long long)(t->begin - pos));
         pos = t->end;
+        last = t->name;
     }
     free(order);
     if (rc) return rc;
     if (pos != f->data_size)
         return to_set_error(TO_ERR_FORMAT,
-                            "%s: the data region has %lld bytes but the tensors cover only %lld "
-                            "(trailing bytes are not allowed)",
-                            f->path, (long long)f->data_size, (long long)pos);
+                            "%s: the data region has %lld bytes but the tensors cover only %lld; "
+                            "%lld bytes follow %s%.200s%s (trailing bytes are not allowed)",
+                            f->path, (long long)f->data_size, (long long)pos,
+                            (long long)(f->data_size - pos), last ? "the last tensor '" : "",
+                            last ? last : "the header", last ? "'" : "");
     qsort(f->tensors, (size_t)f->ntensors, sizeof *f->tensors, tensor_by_name);
     return TO_OK;
 }
