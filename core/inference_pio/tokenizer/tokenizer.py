@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import operator
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from inference_pio.errors import CheckpointError
 from inference_pio.tokenizer import bytelevel
 from inference_pio.tokenizer.added import AddedTokenSplitter
 from inference_pio.tokenizer.native import NativeBPE
+from inference_pio.tokenizer.normalize import nfc
 from inference_pio.tokenizer.spec import TokenizerSpec, load_spec
 from inference_pio.tokenizer.stream import StreamDecoder
 from inference_pio.tokenizer.utf8 import decode_utf8, encode_utf8
@@ -138,8 +138,8 @@ class Tokenizer:
 
     # ---- encode ---------------------------------------------------------------------------
     def _encode_text(self, text: str, out: list[int]) -> None:
-        if self._nfc and not unicodedata.is_normalized("NFC", text):
-            text = unicodedata.normalize("NFC", text)
+        if self._nfc:
+            text = nfc(text)
         if self._has_norm_added:
             for piece in self._norm_split.split(text):
                 if isinstance(piece, int):
