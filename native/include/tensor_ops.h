@@ -105,6 +105,13 @@ TO_API int to_free(void *ptr);
 TO_API int to_memory_stats(int64_t *in_use, int64_t *peak, int64_t *cached);
 /* Releases cached blocks to the system and resets the peak to the current use. */
 TO_API int to_memory_trim(void);
+/* Bytes held from the system (handed out + cached, in whole size classes), the cache limit, the
+ * number of to_alloc calls and how many of them were served from the cache. */
+TO_API int to_memory_counters(int64_t *reserved, int64_t *cache_limit, int64_t *allocs,
+                              int64_t *cache_hits);
+/* At most `bytes` of freed blocks stay cached (excess is released now and on later frees). */
+TO_API int to_memory_set_cache_limit(int64_t bytes);
+#define TO_MEMORY_DEFAULT_CACHE_LIMIT ((int64_t)512 << 20)
 
 /* ---- copy (src/cpu/copy.c) ----------------------------------------------------------------- */
 /* Copies a strided view (ndim <= 8, strides in elements, may be negative or 0) into a contiguous

@@ -62,6 +62,11 @@ PROTOTYPES: dict[str, Prototype] = {
     "to_memory_stats": (c_int, [POINTER(c_int64), POINTER(c_int64), POINTER(c_int64)]),
     # int to_memory_trim(void);
     "to_memory_trim": (c_int, []),
+    # int to_memory_counters(int64_t *reserved, int64_t *cache_limit, int64_t *allocs,
+    #                        int64_t *cache_hits);
+    "to_memory_counters": (c_int, [POINTER(c_int64)] * 4),
+    # int to_memory_set_cache_limit(int64_t bytes);
+    "to_memory_set_cache_limit": (c_int, [c_int64]),
     # ---- copy ----
     # int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape,
     #                     const int64_t *src_strides, int dtype);
