@@ -81,6 +81,34 @@ def native(session: nox.Session) -> None:
     build_and_test_native(session, build_dir, *defines)
 
 
+#: Python tests that drive the native library hard enough to be worth running under sanitizers.
+SANITIZE_TESTS = ("test_ops_*.py", "test_matmul*.py", "test_safetensors.py", "test_memory.py",
+                  "test_native_loader.py")  # fmt: skip
+
+
+@nox.session
+def sanitize(session: nox.Session) -> None:
+    """ASan + UBSan build of native/ (own build dir): ctest, then the op, weights and memory tests
+    against the sanitized library (libasan preloaded into Python, leak checks off)."""
+    session.install("cmake>=3.20", "ninja", f"{ROOT}[test]")
+    build_dir = ROOT / "build" / "native-sanitize"
+    build_and_test_native(session, build_dir, "-DTENSOR_OPS_CUDA=OFF", "-DTENSOR_OPS_SANITIZE=ON",
+                          "-DCMAKE_BUILD_TYPE=RelWithDebInfo")  # fmt: skip
+    libasan = str(session.run("gcc", "-print-file-name=libasan.so", silent=True, external=True))
+    libasan = libasan.strip()
+    if not Path(libasan).is_file():
+        session.error(f"libasan not found (gcc -print-file-name gave {libasan!r})")
+    tests = sorted({str(p) for pat in SANITIZE_TESTS for p in (ROOT / "tests" / "unit").glob(pat)})
+    env = {
+        "LD_PRELOAD": libasan,
+        "ASAN_OPTIONS": "detect_leaks=0:allocator_may_return_null=1:abort_on_error=0",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        "INFERENCE_PIO_LIB": str(build_dir / "libtensor_ops.so"),
+    }
+    session.run("pytest", "-p", "no:cacheprovider", *tests, *session.posargs, env=env,
+                success_codes=[0])  # fmt: skip
+
+
 @nox.session
 def build(session: nox.Session) -> None:
     """Builds the core sdist and wheel (wheel from the sdist) and six plugin wheels; checks them."""
