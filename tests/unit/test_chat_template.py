@@ -1,0 +1,170 @@
+"""Chat templates render exactly like transformers' apply_chat_template."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tokenizer_fixtures as fx  # noqa: E402
+
+from inference_pio.chat import ChatTemplateError, render_chat  # noqa: E402
+from inference_pio.tokenizer import Tokenizer  # noqa: E402
+
+# A Qwen3-style (hybrid thinking, hermes tools) template written for these tests.
+QWEN3_STYLE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nReturn calls as <tool_call>\n{\"name\": ..., \"arguments\": ...}\n</tool_call><|im_end|>\n" }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string
+          and not (message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- set content = message.content if message.content is string else '' %}
+    {%- if message.role == "user" or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- elif '</think>' in content %}
+            {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index and (loop.last or reasoning_content) %}
+            {{- '<|im_start|>assistant\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+        {%- else %}
+            {{- '<|im_start|>assistant\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or not loop.first %}{{- '\n' }}{%- endif %}
+                {%- if tool_call.function %}{%- set tool_call = tool_call.function %}{%- endif %}
+                {{- '<tool_call>\n{"name": "' + tool_call.name + '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or messages[loop.index0 - 1].role != "tool" %}{{- '<|im_start|>user' }}{%- endif %}
+        {{- '\n<tool_response>\n' + content + '\n</tool_response>' }}
+        {%- if loop.last or messages[loop.index0 + 1].role != "tool" %}{{- '<|im_end|>\n' }}{%- endif %}
+    {%- elif message.role != "system" %}
+        {{- raise_exception('unknown role ' + message.role) }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+{#- eos is {{ eos_token }} #}{{- '' if eos_token is defined else raise_exception('no eos') }}
+"""
+
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather for a city <b>now</b> & later",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "description": "Name, e.g. 'Zürich'"},
+            "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "now", "description": "Time",
+                                      "parameters": {"type": "object", "properties": {}}}},
+]
+CONVERSATIONS: list[list[dict[str, Any]]] = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nHello!"},
+     {"role": "user", "content": "Again 你好 🎉"}],
+    [{"role": "user", "content": "Weather in Zürich?"},
+     {"role": "assistant", "content": "", "reasoning_content": "Need the tool.",
+      "tool_calls": [{"type": "function", "function": {"name": "get_weather",
+                                                       "arguments": {"city": "Zürich"}}}]},
+     {"role": "tool", "content": "{\"temp\": 21}"}, {"role": "tool", "content": "sunny"},
+     {"role": "assistant", "content": "It is 21 °C and sunny."}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "call two"},
+     {"role": "assistant", "content": "Sure", "tool_calls": [
+         {"function": {"name": "now", "arguments": "{}"}},
+         {"function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}}]},
+     {"role": "tool", "content": "12:00"}],
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    transformers = pytest.importorskip("transformers")
+    d = fx.write_glm4(tmp_path_factory.mktemp("chat"))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"),
+                                               eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.chat_template = QWEN3_STYLE
+    return tok
+
+
+@pytest.mark.parametrize("conversation", range(len(CONVERSATIONS)))
+@pytest.mark.parametrize("with_tools", [False, True])
+@pytest.mark.parametrize("thinking", [None, True, False])
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_matches_transformers(reference: Any, conversation: int, with_tools: bool,
+                              thinking: bool | None, generation_prompt: bool) -> None:
+    messages = CONVERSATIONS[conversation]
+    kwargs: dict[str, Any] = {} if thinking is None else {"enable_thinking": thinking}
+    tools = TOOLS if with_tools else None
+    expect = reference.apply_chat_template(messages, tools=tools, tokenize=False,
+                                           add_generation_prompt=generation_prompt, **kwargs)
+    got = render_chat(QWEN3_STYLE, messages, tools=tools, add_generation_prompt=generation_prompt,
+                      special_tokens={"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+                      **kwargs)
+    assert got == expect
+
+
+def test_tokenizer_apply_chat_template(tmp_path: Path, reference: Any) -> None:
+    d = fx.write_glm4(tmp_path)
+    import json
+
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = QWEN3_STYLE
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = Tokenizer.from_pretrained(d)
+    messages = CONVERSATIONS[3]
+    assert tok.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=True) == (
+        reference.apply_chat_template(messages, tools=TOOLS, tokenize=False,
+                                      add_generation_prompt=True))
+
+
+def test_raise_exception_and_sandbox() -> None:
+    with pytest.raises(ChatTemplateError, match="unknown role"):
+        render_chat(QWEN3_STYLE, [{"role": "robot", "content": "x"}], special_tokens={"eos_token": "e"})
+    with pytest.raises(ChatTemplateError):
+        render_chat("{{ ''.__class__.__mro__[1].__subclasses__() }}", [])
+    with pytest.raises(ChatTemplateError):
+        render_chat("{% set ns = namespace(_x=1) %}", [])
+    with pytest.raises(ChatTemplateError, match="syntax"):
+        render_chat("{% if %}", [])
+    with pytest.raises(ChatTemplateError):
+        render_chat("x", "not a list")  # type: ignore[arg-type]
+
+
+def test_strftime_now_and_tojson() -> None:
+    out = render_chat("{{ strftime_now('%Y') }}|{{ {'a': '<é>'} | tojson }}", [])
+    year, js = out.split("|")
+    assert year.isdigit() and js == '{"a": "<é>"}'
