@@ -2,8 +2,24 @@
 dispatch point (CPU: libtensor_ops, CUDA: libtensor_ops_cuda)."""
 
 from inference_pio.ops.attention import attention, kv_cache_append
-from inference_pio.ops.elementwise import add, mul
+from inference_pio.ops.elementwise import (
+    add,
+    add_row,
+    exp,
+    gelu,
+    mul,
+    mul_rows,
+    scale,
+    sigmoid,
+    silu,
+    softplus,
+    swiglu,
+)
 from inference_pio.ops.norm import layer_norm, rms_norm
 from inference_pio.ops.rope import mrope_cache, rope_apply, rope_cache, rope_cache_2d
 
-__all__ = ["attention", "kv_cache_append", "add", "mul", "layer_norm", "rms_norm", "mrope_cache", "rope_apply", "rope_cache", "rope_cache_2d"]
+__all__ = [
+    "attention", "kv_cache_append", "add", "mul",
+    "layer_norm", "rms_norm", "mrope_cache", "rope_apply", "rope_cache", "rope_cache_2d",
+    "add_row", "exp", "gelu", "mul_rows", "scale", "sigmoid", "silu", "softplus", "swiglu",
+]
