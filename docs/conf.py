@@ -10,7 +10,7 @@ sys.path.insert(0, str(HERE / "_ext"))
 
 project = "Inference-PIO"
 author = "Inference-PIO developers"
-copyright = "Inference-PIO developers"  # noqa: A001
+copyright = "Inference-PIO developers"
 
 try:
     from inference_pio import __version__ as release
