@@ -34,10 +34,16 @@ def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _strftime_now(fmt: str) -> str:
@@ -83,7 +89,8 @@ class _GenerationTag(jinja2.ext.Extension):
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
         node: jinja2.nodes.Node = jinja2.nodes.CallBlock(
-            self.call_method("_body"), [], [], body).set_lineno(lineno)
+            self.call_method("_body"), [], [], body
+        ).set_lineno(lineno)
         return node
 
     def _body(self, caller: Any) -> str:
@@ -94,8 +101,9 @@ class _GenerationTag(jinja2.ext.Extension):
 @lru_cache(maxsize=32)
 def compile_template(source: str) -> jinja2.Template:
     """Compiles a chat template in the sandbox (cached by source)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -137,12 +145,16 @@ def _alias_reasoning(message: dict[str, Any]) -> dict[str, Any]:
     return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
-def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *,
-                tools: Sequence[Mapping[str, Any]] | None = None,
-                documents: Sequence[Mapping[str, Any]] | None = None,
-                add_generation_prompt: bool = False,
-                special_tokens: Mapping[str, str | None] | None = None,
-                **kwargs: Any) -> str:
+def render_chat(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    documents: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    special_tokens: Mapping[str, str | None] | None = None,
+    **kwargs: Any,
+) -> str:
     """Renders ``template`` like transformers' ``apply_chat_template(..., tokenize=False)``.
 
     ``special_tokens`` (bos_token, eos_token, ...) are visible to the template as in

@@ -92,8 +92,12 @@ def main() -> int:
     lines.append(f"const uint32_t to_uc_fold_cp[{max(1, len(folds))}] = {{")
     lines.append("    " + ", ".join(f"0x{cp:X}" for cp, _ in folds) + ("" if folds else "0"))
     lines.append("};")
-    lines.append(f"const char to_uc_fold_to[{max(1, len(folds)) + 1}] = " +
-                 '"' + "".join(f for _, f in folds) + '";')
+    lines.append(
+        f"const char to_uc_fold_to[{max(1, len(folds)) + 1}] = "
+        + '"'
+        + "".join(f for _, f in folds)
+        + '";'
+    )
     with open(sys.argv[1], "w", encoding="ascii") as fh:
         fh.write("\n".join(lines) + "\n")
     return 0

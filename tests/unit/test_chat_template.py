@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the template below keeps its natural line lengths)
 """Chat templates render exactly like transformers' apply_chat_template."""
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tokenizer_fixtures as fx  # noqa: E402
+import tokenizer_fixtures as fx
 
-from inference_pio.chat import ChatTemplateError, render_chat  # noqa: E402
-from inference_pio.tokenizer import Tokenizer  # noqa: E402
+from inference_pio.chat import ChatTemplateError, render_chat
+from inference_pio.tokenizer import Tokenizer
 
 # A Qwen3-style (hybrid thinking, hermes tools) template written for these tests.
 QWEN3_STYLE = r"""{%- if tools %}
@@ -83,30 +84,68 @@ QWEN3_STYLE = r"""{%- if tools %}
 """
 
 TOOLS: list[dict[str, Any]] = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Weather for a city <b>now</b> & later",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string", "description": "Name, e.g. 'Zürich'"},
-            "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}},
-    {"type": "function", "function": {"name": "now", "description": "Time",
-                                      "parameters": {"type": "object", "properties": {}}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city <b>now</b> & later",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "description": "Name, e.g. 'Zürich'"},
+                    "unit": {"type": "string", "enum": ["c", "f"]},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "now",
+            "description": "Time",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    },
 ]
 CONVERSATIONS: list[list[dict[str, Any]]] = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nHello!"},
-     {"role": "user", "content": "Again 你好 🎉"}],
-    [{"role": "user", "content": "Weather in Zürich?"},
-     {"role": "assistant", "content": "", "reasoning_content": "Need the tool.",
-      "tool_calls": [{"type": "function", "function": {"name": "get_weather",
-                                                       "arguments": {"city": "Zürich"}}}]},
-     {"role": "tool", "content": "{\"temp\": 21}"}, {"role": "tool", "content": "sunny"},
-     {"role": "assistant", "content": "It is 21 °C and sunny."}],
-    [{"role": "system", "content": "S"}, {"role": "user", "content": "call two"},
-     {"role": "assistant", "content": "Sure", "tool_calls": [
-         {"function": {"name": "now", "arguments": "{}"}},
-         {"function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}}]},
-     {"role": "tool", "content": "12:00"}],
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nHello!"},
+        {"role": "user", "content": "Again 你好 🎉"},
+    ],
+    [
+        {"role": "user", "content": "Weather in Zürich?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": "Need the tool.",
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Zürich"}},
+                }
+            ],
+        },
+        {"role": "tool", "content": '{"temp": 21}'},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "It is 21 °C and sunny."},
+    ],
+    [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "call two"},
+        {
+            "role": "assistant",
+            "content": "Sure",
+            "tool_calls": [
+                {"function": {"name": "now", "arguments": "{}"}},
+                {"function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}},
+            ],
+        },
+        {"role": "tool", "content": "12:00"},
+    ],
 ]
 
 
@@ -114,8 +153,11 @@ CONVERSATIONS: list[list[dict[str, Any]]] = [
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
     transformers = pytest.importorskip("transformers")
     d = fx.write_glm4(tmp_path_factory.mktemp("chat"))
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"),
-                                               eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(d / "tokenizer.json"),
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     tok.chat_template = QWEN3_STYLE
     return tok
 
@@ -124,16 +166,27 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.mark.parametrize("with_tools", [False, True])
 @pytest.mark.parametrize("thinking", [None, True, False])
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_matches_transformers(reference: Any, conversation: int, with_tools: bool,
-                              thinking: bool | None, generation_prompt: bool) -> None:
+def test_matches_transformers(
+    reference: Any,
+    conversation: int,
+    with_tools: bool,
+    thinking: bool | None,
+    generation_prompt: bool,
+) -> None:
     messages = CONVERSATIONS[conversation]
     kwargs: dict[str, Any] = {} if thinking is None else {"enable_thinking": thinking}
     tools = TOOLS if with_tools else None
-    expect = reference.apply_chat_template(messages, tools=tools, tokenize=False,
-                                           add_generation_prompt=generation_prompt, **kwargs)
-    got = render_chat(QWEN3_STYLE, messages, tools=tools, add_generation_prompt=generation_prompt,
-                      special_tokens={"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
-                      **kwargs)
+    expect = reference.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt, **kwargs
+    )
+    got = render_chat(
+        QWEN3_STYLE,
+        messages,
+        tools=tools,
+        add_generation_prompt=generation_prompt,
+        special_tokens={"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+        **kwargs,
+    )
     assert got == expect
 
 
@@ -147,13 +200,17 @@ def test_tokenizer_apply_chat_template(tmp_path: Path, reference: Any) -> None:
     tok = Tokenizer.from_pretrained(d)
     messages = CONVERSATIONS[3]
     assert tok.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=True) == (
-        reference.apply_chat_template(messages, tools=TOOLS, tokenize=False,
-                                      add_generation_prompt=True))
+        reference.apply_chat_template(
+            messages, tools=TOOLS, tokenize=False, add_generation_prompt=True
+        )
+    )
 
 
 def test_raise_exception_and_sandbox() -> None:
     with pytest.raises(ChatTemplateError, match="unknown role"):
-        render_chat(QWEN3_STYLE, [{"role": "robot", "content": "x"}], special_tokens={"eos_token": "e"})
+        render_chat(
+            QWEN3_STYLE, [{"role": "robot", "content": "x"}], special_tokens={"eos_token": "e"}
+        )
     with pytest.raises(ChatTemplateError):
         render_chat("{{ ''.__class__.__mro__[1].__subclasses__() }}", [])
     with pytest.raises(ChatTemplateError):
@@ -167,4 +224,5 @@ def test_raise_exception_and_sandbox() -> None:
 def test_strftime_now_and_tojson() -> None:
     out = render_chat("{{ strftime_now('%Y') }}|{{ {'a': '<é>'} | tojson }}", [])
     year, js = out.split("|")
-    assert year.isdigit() and js == '{"a": "<é>"}'
+    assert year.isdigit()
+    assert js == '{"a": "<é>"}'

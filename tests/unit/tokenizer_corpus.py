@@ -10,18 +10,20 @@ PROSE = [
     "I'm sure they'll say we'd've done it; YOU'RE WRONG, he'S RIGHT, She'Ll Know, I'D, it'LL.",
     "Don't, can't, won't; DON'T, CAN'T; 'Tis the season. ' s ' t 'sup 're 've 'm 'll 'd",
     "Mr. O'Neil paid $1,234.56 (approx. €1.1k) on 2024-03-15T12:34:56Z — 50% off!",
-    "\"Quoted,\" she said… and then—nothing.  Two  spaces.   Three.\tTab.\r\nCRLF line.",
+    '"Quoted," she said… and then—nothing.  Two  spaces.   Three.\tTab.\r\nCRLF line.',
     "Ünïcödé naïve café résumé coöperate façade Ångström Straße ĳ ﬁ ﬂ ǅ ẞ",
     "e\u0301 a\u0308 o\u0302 \u1100\u1161\u11a8 (combining sequences, NFC composes them)",
 ]
 CODE = [
-    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
-    "#include <stdio.h>\nint main(void) {\n\tprintf(\"%d\\n\", 42);\n\treturn 0;\n}\n",
-    "fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n    println!(\"{:?}\", v);\n}",
+    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n"
+    "    return fib(n - 1) + fib(n - 2)\n",
+    '#include <stdio.h>\nint main(void) {\n\tprintf("%d\\n", 42);\n\treturn 0;\n}\n',
+    'fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n'
+    '    println!("{:?}", v);\n}',
     "const f = async (a, b) => { await fetch(`/api/${a}?b=${b}`); return a ?? b; };\n",
     "SELECT id, name FROM users WHERE age >= 18 AND name LIKE '%son' ORDER BY id DESC;",
-    "<html><body><div class=\"x\">&nbsp;&lt;tag&gt;</div></body></html>\n",
-    "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(\"hi\")\n}\n",
+    '<html><body><div class="x">&nbsp;&lt;tag&gt;</div></body></html>\n',
+    'package main\n\nimport "fmt"\n\nfunc main() {\n\tfmt.Println("hi")\n}\n',
     "    \n\n\t\t  \r\n  if (x) {{ y++; }}   \n\n\n",
 ]
 CJK = [
@@ -46,22 +48,56 @@ NUMBERS = [
     "١٢٣ ४५६ ௧௨௩ ⅫⅧ ½ ¾ ² ³ ① ② 𝟙𝟚𝟛 ９８７",
 ]
 WHITESPACE = [
-    " ", "  ", "\n", "\n\n\n", "\t", " \t \n", "   x", "x   ", "x \n y", "a\r\nb\rc\nd",
-    "\u00a0\u2003\u3000 mixed\u2009spaces\u202f", " \u000b\u000c\u0085\u2028\u2029 ",
-    "\u001c\u001d\u001e\u001f separators", "word\n\n   \n  word", "    \n    ", "\t\t\tx",
+    " ",
+    "  ",
+    "\n",
+    "\n\n\n",
+    "\t",
+    " \t \n",
+    "   x",
+    "x   ",
+    "x \n y",
+    "a\r\nb\rc\nd",
+    "\u00a0\u2003\u3000 mixed\u2009spaces\u202f",
+    " \u000b\u000c\u0085\u2028\u2029 ",
+    "\u001c\u001d\u001e\u001f separators",
+    "word\n\n   \n  word",
+    "    \n    ",
+    "\t\t\tx",
 ]
 SPECIAL = [
     "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n",
     "text<|endoftext|>more<|im_end|><|im_end|> <think>\nreasoning\n</think>\n\nanswer",
-    "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call><|fim_prefix|>a<|fim_suffix|>",
+    '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call><|fim_prefix|>a<|fim_suffix|>',
     "almost <|im_start but not <|im_end|| nor <think >",
 ]
-EDGE = ["", "a", "'", "''", "'s", "'S", "'ſ", "'ſt", "x'LL", "\x00\x01\x7f", "\ufeffBOM",
-        "\ufffd replacement", "\U0010ffff\U000e0001 tags", "\u200b\u200c\u200d zero width"]
+EDGE = [
+    "",
+    "a",
+    "'",
+    "''",
+    "'s",
+    "'S",
+    "'ſ",
+    "'ſt",
+    "x'LL",
+    "\x00\x01\x7f",
+    "\ufeffBOM",
+    "\ufffd replacement",
+    "\U0010ffff\U000e0001 tags",
+    "\u200b\u200c\u200d zero width",
+]
 
 CATEGORIES: dict[str, list[str]] = {
-    "prose": PROSE, "code": CODE, "cjk": CJK, "scripts": SCRIPTS, "emoji": EMOJI,
-    "numbers": NUMBERS, "whitespace": WHITESPACE, "special": SPECIAL, "edge": EDGE,
+    "prose": PROSE,
+    "code": CODE,
+    "cjk": CJK,
+    "scripts": SCRIPTS,
+    "emoji": EMOJI,
+    "numbers": NUMBERS,
+    "whitespace": WHITESPACE,
+    "special": SPECIAL,
+    "edge": EDGE,
 }
 FRAGMENTS = [s for group in CATEGORIES.values() for s in group]
 
@@ -96,12 +132,31 @@ def random_text(rng: random.Random, n: int) -> str:
         elif r < 0.6:
             parts.append("".join(random_char(rng) for _ in range(rng.randrange(1, 8))))
         elif r < 0.75:
-            parts.append("".join(rng.choice(" \t\n\r\u00a0\u3000") for _ in range(rng.randrange(1, 6))))
+            parts.append(
+                "".join(rng.choice(" \t\n\r\u00a0\u3000") for _ in range(rng.randrange(1, 6)))
+            )
         elif r < 0.85:
             parts.append(str(rng.randrange(10 ** rng.randrange(1, 12))))
         else:
-            parts.append(rng.choice(["'s", "'T", "'Re", "'VE", "'m", "'Ll", "'D", "'", "<|im_end|>",
-                                     "<think>", "</tool_call>", "http://x.y/z?q=1&r=2", "__init__"]))
+            parts.append(
+                rng.choice(
+                    [
+                        "'s",
+                        "'T",
+                        "'Re",
+                        "'VE",
+                        "'m",
+                        "'Ll",
+                        "'D",
+                        "'",
+                        "<|im_end|>",
+                        "<think>",
+                        "</tool_call>",
+                        "http://x.y/z?q=1&r=2",
+                        "__init__",
+                    ]
+                )
+            )
     return "".join(parts)
 
 

@@ -10,6 +10,7 @@ appended (models.md section 7.1).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
 from pathlib import Path
@@ -19,15 +20,32 @@ from inference_pio.tokenizer.bytelevel import encode_bytes
 from inference_pio.tokenizer.spec import GLM4_PATTERN, QWEN2_PATTERN
 
 QWEN3_ADDED: list[tuple[str, bool]] = [
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
-    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
-    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False),
-    ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False),
-    ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
-    ("<think>", False), ("</think>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
 ]
 
 
@@ -69,31 +87,73 @@ def bpe_model(ranks: dict[bytes, int]) -> dict[str, Any]:
         if len(token) > 1:
             a, b = _last_merge(ranks, token, rank)
             merges.append([encode_bytes(a), encode_bytes(b)])
-    return {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
-            "ignore_merges": False, "vocab": vocab, "merges": merges}
-
-
-def tokenizer_json(model: dict[str, Any], pattern: str, added: list[tuple[str, bool]],
-                   first_added_id: int, nfc: bool = True) -> dict[str, Any]:
     return {
-        "version": "1.0", "truncation": None, "padding": None,
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": None,
+        "continuing_subword_prefix": "",
+        "end_of_word_suffix": "",
+        "fuse_unk": False,
+        "byte_fallback": False,
+        "ignore_merges": False,
+        "vocab": vocab,
+        "merges": merges,
+    }
+
+
+def tokenizer_json(
+    model: dict[str, Any],
+    pattern: str,
+    added: list[tuple[str, bool]],
+    first_added_id: int,
+    nfc: bool = True,
+) -> dict[str, Any]:
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
         "added_tokens": [
-            {"id": first_added_id + k, "content": c, "single_word": False, "lstrip": False,
-             "rstrip": False, "normalized": False, "special": s}
+            {
+                "id": first_added_id + k,
+                "content": c,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": s,
+            }
             for k, (c, s) in enumerate(added)
         ],
         "normalizer": {"type": "NFC"} if nfc else None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
-             "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-             "use_regex": False},
-        ]},
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                           "use_regex": False},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                    "use_regex": False},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": False,
+                    "use_regex": False,
+                },
+            ],
+        },
+        "post_processor": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
         "model": model,
     }
 
@@ -105,10 +165,17 @@ def write_qwen3(directory: Path, chat_template: str | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), "utf-8")
     config: dict[str, Any] = {
-        "add_bos_token": False, "add_prefix_space": False, "bos_token": None,
-        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "errors": "replace",
-        "model_max_length": 131072, "tokenizer_class": "Qwen2Tokenizer",
-        "split_special_tokens": False, "unk_token": None, "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "errors": "replace",
+        "model_max_length": 131072,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "split_special_tokens": False,
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
     }
     if chat_template is not None:
         config["chat_template"] = chat_template
@@ -120,14 +187,16 @@ def write_glm4(directory: Path, seed: int = 4) -> Path:
     """A GLM-4-style tokenizer (GLM pattern) with a synthetic vocabulary learned from samples."""
     rng = random.Random(seed)
     ranks: dict[bytes, int] = {bytes([b]): b for b in range(256)}
-    corpus = ("The quick brown fox jumps over 1234567 lazy dogs. 你好世界，数字 2024 年。"
-              " def main(): return [x**2 for x in range(10)]  Ünïcödé naïve café ") * 3
+    corpus = (
+        "The quick brown fox jumps over 1234567 lazy dogs. 你好世界，数字 2024 年。"
+        " def main(): return [x**2 for x in range(10)]  Ünïcödé naïve café "
+    ) * 3
     data = corpus.encode()
     # Greedy pair merging on the sample text gives a realistic, consistent merge table.
     seq = [data[i : i + 1] for i in range(len(data))]
     while len(ranks) < 700:
         counts: dict[tuple[bytes, bytes], int] = {}
-        for a, b in zip(seq, seq[1:], strict=False):
+        for a, b in itertools.pairwise(seq):
             counts[(a, b)] = counts.get((a, b), 0) + 1
         if not counts:
             break
@@ -144,13 +213,26 @@ def write_glm4(directory: Path, seed: int = 4) -> Path:
                 merged.append(seq[i])
                 i += 1
         seq = merged
-    added = [("<|endoftext|>", True), ("[MASK]", True), ("[gMASK]", True), ("[sMASK]", True),
-             ("<sop>", True), ("<eop>", True), ("<|system|>", True), ("<|user|>", True),
-             ("<|assistant|>", True), ("<|observation|>", True), ("<think>", False),
-             ("</think>", False), ("<tool_call>", False), ("</tool_call>", False)]
+    added = [
+        ("<|endoftext|>", True),
+        ("[MASK]", True),
+        ("[gMASK]", True),
+        ("[sMASK]", True),
+        ("<sop>", True),
+        ("<eop>", True),
+        ("<|system|>", True),
+        ("<|user|>", True),
+        ("<|assistant|>", True),
+        ("<|observation|>", True),
+        ("<think>", False),
+        ("</think>", False),
+        ("<tool_call>", False),
+        ("</tool_call>", False),
+    ]
     spec = tokenizer_json(bpe_model(ranks), GLM4_PATTERN, added, len(ranks), nfc=False)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), "utf-8")
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}), "utf-8")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}), "utf-8"
+    )
     return directory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from array import array
@@ -22,8 +23,13 @@ def _address(buf: array[int]) -> int:
 class NativeBPE:
     """Pre-tokenizer + merge loop over raw bytes; thread-safe."""
 
-    def __init__(self, pretokenizer: int, vocab: Iterable[tuple[bytes, int]],
-                 merges: Iterable[tuple[int, int, int]], ignore_merges: bool = False) -> None:
+    def __init__(
+        self,
+        pretokenizer: int,
+        vocab: Iterable[tuple[bytes, int]],
+        merges: Iterable[tuple[int, int, int]],
+        ignore_merges: bool = False,
+    ) -> None:
         if pretokenizer not in (QWEN2, GLM4):
             raise ValueError(f"unknown pre-tokenizer kind {pretokenizer}")
         chunks: list[bytes] = []
@@ -45,10 +51,21 @@ class NativeBPE:
             raise ValueError("merge ids must be non-negative")
         self._lib = lib()
         handle = ctypes.c_void_p()
-        check(self._lib.to_tok_create(
-            pretokenizer, blob, len(blob), _address(offsets), _address(ids) if ids else None,
-            len(ids), _address(flat) if flat else None, len(flat) // 3,
-            _IGNORE_MERGES if ignore_merges else 0, ctypes.byref(handle)), "to_tok_create")
+        check(
+            self._lib.to_tok_create(
+                pretokenizer,
+                blob,
+                len(blob),
+                _address(offsets),
+                _address(ids) if ids else None,
+                len(ids),
+                _address(flat) if flat else None,
+                len(flat) // 3,
+                _IGNORE_MERGES if ignore_merges else 0,
+                ctypes.byref(handle),
+            ),
+            "to_tok_create",
+        )
         self._handle: int | None = handle.value
         self._local = threading.local()
 
@@ -69,10 +86,13 @@ class NativeBPE:
         big = n > 1 << 20
         out = (ctypes.c_int32 * n)() if big else self._buffer(n)
         count = ctypes.c_int64()
-        check(self._lib.to_tok_encode(self._handle, data, n, out, n, ctypes.byref(count)),
-              "to_tok_encode")
-        result: list[int] = out[: count.value]
-        return result
+        check(
+            self._lib.to_tok_encode(self._handle, data, n, out, n, ctypes.byref(count)),
+            "to_tok_encode",
+        )
+        ids = array("i")
+        ids.frombytes(memoryview(out).cast("B")[: 4 * count.value])
+        return ids.tolist()
 
     def close(self) -> None:
         """Frees the native object (also done on garbage collection)."""
@@ -81,10 +101,8 @@ class NativeBPE:
             self._handle = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
 
 def pretokenize(pretokenizer: int, data: bytes) -> list[int]:
@@ -95,8 +113,12 @@ def pretokenize(pretokenizer: int, data: bytes) -> list[int]:
         return []
     ends = (ctypes.c_int64 * len(data))()
     count = ctypes.c_int64()
-    check(lib().to_tok_pretokenize(pretokenizer, data, len(data), ends, len(data),
-                                   ctypes.byref(count)), "to_tok_pretokenize")
+    check(
+        lib().to_tok_pretokenize(
+            pretokenizer, data, len(data), ends, len(data), ctypes.byref(count)
+        ),
+        "to_tok_pretokenize",
+    )
     result: list[int] = ends[: count.value]
     return result
 

@@ -52,7 +52,8 @@ UNKNOWN_TO_TOKENIZERS: tuple[tuple[int, int], ...] = (
 )
 
 _SPLIT = re.compile(
-    "([" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in UNKNOWN_TO_TOKENIZERS)
+    "(["
+    + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in UNKNOWN_TO_TOKENIZERS)
     + "])"
 )
 
@@ -63,6 +64,14 @@ def _nfc(text: str) -> str:
 
 def nfc(text: str) -> str:
     """NFC of ``text`` as tokenizers' NFC normalizer computes it."""
+    if text.isascii() or (unicodedata.is_normalized("NFC", text) and _SPLIT.search(text) is None):
+        return text
+    if "\n" in text:  # nothing composes or reorders across a line feed: normalize line by line
+        return "\n".join(map(_nfc_unknown, text.split("\n")))
+    return _nfc_unknown(text)
+
+
+def _nfc_unknown(text: str) -> str:
     if _SPLIT.search(text) is None:
         return _nfc(text)
     parts = _SPLIT.split(text)

@@ -77,8 +77,9 @@ class _Reader:
         except json.JSONDecodeError as exc:
             raise self.fail(f"is not valid JSON: {exc}") from exc
 
-    def get(self, obj: Any, key: str, kind: type | tuple[type, ...], where: str,
-            default: Any = ...) -> Any:
+    def get(
+        self, obj: Any, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...
+    ) -> Any:
         if not isinstance(obj, dict):
             raise self.fail(f"{where or 'top level'} must be an object")
         name = f"{where}.{key}" if where else key
@@ -88,7 +89,9 @@ class _Reader:
             return default
         value = obj[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
             raise self.fail(f"'{name}' must be {names}, got {type(value).__name__}")
         return value
 
@@ -136,11 +139,15 @@ def _pretokenizer(r: _Reader, node: Any) -> int:
         split, "invert", bool, f"{where}[0]", False
     ):
         raise r.fail("unsupported pre_tokenizer: Split must be Isolated and not inverted")
-    if r.get(byte_level, "type", str, f"{where}[1]") != "ByteLevel" or r.get(
-        byte_level, "add_prefix_space", bool, f"{where}[1]", False
-    ) or r.get(byte_level, "use_regex", bool, f"{where}[1]", True):
-        raise r.fail("unsupported pre_tokenizer: the second step must be "
-                     "ByteLevel(add_prefix_space=false, use_regex=false)")
+    if (
+        r.get(byte_level, "type", str, f"{where}[1]") != "ByteLevel"
+        or r.get(byte_level, "add_prefix_space", bool, f"{where}[1]", False)
+        or r.get(byte_level, "use_regex", bool, f"{where}[1]", True)
+    ):
+        raise r.fail(
+            "unsupported pre_tokenizer: the second step must be "
+            "ByteLevel(add_prefix_space=false, use_regex=false)"
+        )
     return PATTERNS[regex]
 
 
@@ -173,8 +180,9 @@ def _template(r: _Reader, node: Any) -> tuple[int | None, ...]:
                 raise r.fail(f"post_processor.special_tokens has no ids for {name!r}")
             out.extend(ids)
         else:
-            raise r.fail("post_processor.single has an entry that is neither Sequence nor "
-                         "SpecialToken")
+            raise r.fail(
+                "post_processor.single has an entry that is neither Sequence nor SpecialToken"
+            )
     return tuple(out)
 
 
@@ -182,15 +190,17 @@ def _added_tokens(r: _Reader, items: list[Any]) -> tuple[AddedToken, ...]:
     out = []
     for k, item in enumerate(items):
         where = f"added_tokens[{k}]"
-        out.append(AddedToken(
-            id=r.get(item, "id", int, where),
-            content=r.get(item, "content", str, where),
-            special=r.get(item, "special", bool, where, False),
-            normalized=r.get(item, "normalized", bool, where, False),
-            lstrip=r.get(item, "lstrip", bool, where, False),
-            rstrip=r.get(item, "rstrip", bool, where, False),
-            single_word=r.get(item, "single_word", bool, where, False),
-        ))
+        out.append(
+            AddedToken(
+                id=r.get(item, "id", int, where),
+                content=r.get(item, "content", str, where),
+                special=r.get(item, "special", bool, where, False),
+                normalized=r.get(item, "normalized", bool, where, False),
+                lstrip=r.get(item, "lstrip", bool, where, False),
+                rstrip=r.get(item, "rstrip", bool, where, False),
+                single_word=r.get(item, "single_word", bool, where, False),
+            )
+        )
         if out[-1].id < 0 or not out[-1].content:
             raise r.fail(f"{where} needs a non-negative id and non-empty content")
     return tuple(out)
@@ -214,8 +224,12 @@ def _merges(r: _Reader, items: list[Any]) -> list[tuple[str, str]]:
 def _model(r: _Reader, model: Any) -> tuple[dict[str, int], list[tuple[str, str]], bool]:
     if r.get(model, "type", str, "model", "BPE") != "BPE":
         raise r.fail(f"unsupported model type {model.get('type')!r} (only BPE is supported)")
-    for key, allowed in (("dropout", (None,)), ("continuing_subword_prefix", (None, "")),
-                         ("end_of_word_suffix", (None, "")), ("byte_fallback", (None, False))):
+    for key, allowed in (
+        ("dropout", (None,)),
+        ("continuing_subword_prefix", (None, "")),
+        ("end_of_word_suffix", (None, "")),
+        ("byte_fallback", (None, False)),
+    ):
         value = model.get(key)
         if not any(value is a or (a == "" and value == "") for a in allowed):
             raise r.fail(f"unsupported BPE option model.{key} = {value!r}")
@@ -239,8 +253,11 @@ def read_tokenizer_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_spec(tokenizer_json: Path, tokenizer_config: Path | None = None,
-              chat_template_file: Path | None = None) -> TokenizerSpec:
+def load_spec(
+    tokenizer_json: Path,
+    tokenizer_config: Path | None = None,
+    chat_template_file: Path | None = None,
+) -> TokenizerSpec:
     """Reads and validates the tokenizer files (tokenizer_config.json may be absent)."""
     r = _Reader(tokenizer_json)
     data = r.load()
@@ -270,10 +287,18 @@ def load_spec(tokenizer_json: Path, tokenizer_config: Path | None = None,
         except (OSError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{chat_template_file}: cannot be read: {exc}") from exc
     return TokenizerSpec(
-        vocab=vocab, merges=merges, pretokenizer=pretok, nfc=nfc, ignore_merges=ignore,
-        added_tokens=added, template=template, bos_token=tokens.get("bos_token"),
-        eos_token=tokens.get("eos_token"), pad_token=tokens.get("pad_token"),
-        chat_template=chat, config=cfg,
+        vocab=vocab,
+        merges=merges,
+        pretokenizer=pretok,
+        nfc=nfc,
+        ignore_merges=ignore,
+        added_tokens=added,
+        template=template,
+        bos_token=tokens.get("bos_token"),
+        eos_token=tokens.get("eos_token"),
+        pad_token=tokens.get("pad_token"),
+        chat_template=chat,
+        config=cfg,
     )
 
 

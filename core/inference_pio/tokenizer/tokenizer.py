@@ -50,8 +50,9 @@ class Tokenizer:
             raw = bytelevel.token_bytes(token)
             if raw is not None:
                 raw_vocab.append((raw, idx))
-        self._bpe = NativeBPE(spec.pretokenizer, raw_vocab, _merge_triples(spec, source),
-                              spec.ignore_merges)
+        self._bpe = NativeBPE(
+            spec.pretokenizer, raw_vocab, _merge_triples(spec, source), spec.ignore_merges
+        )
         self._token_to_id: dict[str, int] = dict(spec.vocab)
         id_to_token: dict[int, str] = {i: t for t, i in spec.vocab.items()}
         for added in spec.added_tokens:
@@ -74,18 +75,27 @@ class Tokenizer:
         """Loads tokenizer.json (+ tokenizer_config.json, chat_template.jinja) from a directory."""
         directory = Path(path)
         if not directory.is_dir():
-            raise CheckpointError(f"{directory}: not a directory (expected a checkpoint "
-                                  f"directory containing {TOKENIZER_FILE})")
-        return cls.from_files(directory / TOKENIZER_FILE, directory / CONFIG_FILE,
-                              directory / CHAT_TEMPLATE_FILE)
+            raise CheckpointError(
+                f"{directory}: not a directory (expected a checkpoint "
+                f"directory containing {TOKENIZER_FILE})"
+            )
+        return cls.from_files(
+            directory / TOKENIZER_FILE, directory / CONFIG_FILE, directory / CHAT_TEMPLATE_FILE
+        )
 
     @classmethod
-    def from_files(cls, tokenizer_json: str | Path, tokenizer_config: str | Path | None = None,
-                   chat_template: str | Path | None = None) -> Tokenizer:
+    def from_files(
+        cls,
+        tokenizer_json: str | Path,
+        tokenizer_config: str | Path | None = None,
+        chat_template: str | Path | None = None,
+    ) -> Tokenizer:
         """Loads explicit files; tokenizer_config and chat_template may be absent."""
-        spec = load_spec(Path(tokenizer_json),
-                         Path(tokenizer_config) if tokenizer_config is not None else None,
-                         Path(chat_template) if chat_template is not None else None)
+        spec = load_spec(
+            Path(tokenizer_json),
+            Path(tokenizer_config) if tokenizer_config is not None else None,
+            Path(chat_template) if chat_template is not None else None,
+        )
         return cls(spec, str(tokenizer_json))
 
     # ---- vocabulary ---------------------------------------------------------------------
@@ -170,7 +180,9 @@ class Tokenizer:
             return out
         return ids
 
-    def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = True) -> list[list[int]]:
+    def encode_batch(
+        self, texts: Iterable[str], add_special_tokens: bool = True
+    ) -> list[list[int]]:
         """encode() of each text."""
         return [self.encode(t, add_special_tokens) for t in texts]
 
@@ -201,8 +213,7 @@ class Tokenizer:
         return StreamDecoder(self, skip_special_tokens)
 
     # ---- chat ---------------------------------------------------------------------------
-    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
-                            **kwargs: Any) -> str:
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
         """Renders the checkpoint's chat template (see inference_pio.chat.render_chat)."""
         from inference_pio.chat import render_chat
 
