@@ -17,9 +17,12 @@ from inference_pio.ops.elementwise import (
 )
 from inference_pio.ops.norm import layer_norm, rms_norm
 from inference_pio.ops.rope import mrope_cache, rope_apply, rope_cache, rope_cache_2d
+from inference_pio.ops.select import argmax, cumsum, embedding, topk, where
+from inference_pio.ops.softmax import log_softmax, softmax
 
 __all__ = [
     "attention", "kv_cache_append", "add", "mul",
     "layer_norm", "rms_norm", "mrope_cache", "rope_apply", "rope_cache", "rope_cache_2d",
     "add_row", "exp", "gelu", "mul_rows", "scale", "sigmoid", "silu", "softplus", "swiglu",
+    "argmax", "cumsum", "embedding", "topk", "where", "log_softmax", "softmax",
 ]
