@@ -28,6 +28,15 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 
+def build_env(session: nox.Session) -> dict[str, str]:
+    """Environment for building the core: CMake build dir inside the session's venv, and CUDA
+    off unless ``TENSOR_OPS_CUDA`` (AUTO/ON) asks for it."""
+    return {
+        "SKBUILD_BUILD_DIR": str(Path(session.virtualenv.location) / "cmake-build"),
+        "SKBUILD_CMAKE_DEFINE": "TENSOR_OPS_CUDA=" + os.environ.get("TENSOR_OPS_CUDA", "OFF"),
+    }
+
+
 def plugin_paths() -> list[str]:
     return [str(p) for p in PLUGIN_DIRS]
 
@@ -45,9 +54,9 @@ def build_and_test_native(session: nox.Session, build_dir: Path, *defines: str) 
 @nox.session
 def tests(session: nox.Session) -> None:
     """Installs the core with its test extras and all six plugins; runs the C and Python tests."""
-    session.install(f"{ROOT}[test]", *plugin_paths())
-    build_and_test_native(session, Path(session.virtualenv.location) / "native-build",
-                          "-DTENSOR_OPS_CUDA=OFF")  # fmt: skip
+    session.install(f"{ROOT}[test]", *plugin_paths(), env=build_env(session))
+    cuda = "-DTENSOR_OPS_CUDA=" + os.environ.get("TENSOR_OPS_CUDA", "OFF")
+    build_and_test_native(session, Path(session.virtualenv.location) / "native-build", cuda)
     test_dirs = [str(ROOT / "tests"), *(str(p / "tests") for p in PLUGIN_DIRS)]
     # pytest exits 5 when it collected no test: success_codes keeps that a failure.
     session.run("pytest", *(session.posargs or test_dirs), success_codes=[0])
@@ -57,7 +66,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("plugin", PLUGINS)
 def plugin(session: nox.Session, plugin: str) -> None:
     """Core + one plugin only (proves plugins do not depend on each other); runs its tests."""
-    session.install(f"{ROOT}", f"{ROOT / 'plugins' / plugin}[test]")
+    session.install(f"{ROOT}", f"{ROOT / 'plugins' / plugin}[test]", env=build_env(session))
     session.run("pytest", str(ROOT / "plugins" / plugin / "tests"), *session.posargs,
                 env={"INFERENCE_PIO_STRICT_PLUGINS": "1"})  # fmt: skip
 
@@ -65,7 +74,7 @@ def plugin(session: nox.Session, plugin: str) -> None:
 @nox.session
 def template(session: nox.Session) -> None:
     """Core + the plugin template (as a third-party author would start); runs its tests."""
-    session.install(str(ROOT), f"{TEMPLATE}[test]")
+    session.install(str(ROOT), f"{TEMPLATE}[test]", env=build_env(session))
     session.run("pytest", str(TEMPLATE / "tests"), env={"INFERENCE_PIO_STRICT_PLUGINS": "1"})
 
 
@@ -115,7 +124,7 @@ def build(session: nox.Session) -> None:
     session.install("build>=1.2")
     if DIST.exists():
         shutil.rmtree(DIST)
-    session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT))
+    session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT), env=build_env(session))
     for p in PLUGIN_DIRS:
         session.run("python", "-m", "build", "--wheel", "--outdir", str(DIST), str(p))
     for problem in check_dist(DIST):
@@ -163,7 +172,7 @@ def check_dist(dist: Path) -> list[str]:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on the core."""
-    session.install(f"{ROOT}[lint]")
+    session.install(f"{ROOT}[lint]", env=build_env(session))
     session.run("ruff", "check", str(ROOT))
     session.run("ruff", "format", "--check", str(ROOT))
     session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"), cwd=str(ROOT))
@@ -172,7 +181,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Builds the Sphinx documentation with warnings as errors."""
-    session.install(f"{ROOT}[docs]")
+    session.install(f"{ROOT}[docs]", env=build_env(session))
     out = ROOT / "docs" / "_build" / "html"
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", str(ROOT / "docs"), str(out))
     session.log(f"open {out / 'index.html'}")
@@ -181,7 +190,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def benchmarks(session: nox.Session) -> None:
     """Runs benchmarks/*.py and plugins/*/benchmarks/*.py (each script prints its own report)."""
-    session.install(f"{ROOT}[bench]", *plugin_paths())
+    session.install(f"{ROOT}[bench]", *plugin_paths(), env=build_env(session))
     scripts = sorted(ROOT.glob("benchmarks/*.py")) + sorted(ROOT.glob("plugins/*/benchmarks/*.py"))
     scripts = [s for s in scripts if "_template" not in s.parts]
     if not scripts:
@@ -193,7 +202,7 @@ def benchmarks(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """What a new user sees: core + Qwen3-0.6B installed, then the CLI."""
-    session.install(str(ROOT), str(ROOT / "plugins" / "qwen3_0_6b"))
+    session.install(str(ROOT), str(ROOT / "plugins" / "qwen3_0_6b"), env=build_env(session))
     session.run("inference-pio", "--version")
     session.run("inference-pio", "plugins")
     session.run("inference-pio", "models")

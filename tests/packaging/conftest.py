@@ -45,6 +45,7 @@ def build(source: Path, outdir: Path, *args: str) -> None:
     if _can_build_without_isolation():
         cmd.insert(3, "--no-isolation")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKBUILD_", "CMAKE_ARGS"))}
+    env["SKBUILD_CMAKE_DEFINE"] = "TENSOR_OPS_CUDA=OFF"  # the CPU wheel is what is checked here
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         log = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
