@@ -1,0 +1,129 @@
+/* Shared helpers of libtensor_ops_cuda: thread-local errors, argument checks, the per-device
+ * stream, dtype loads/stores. Every toc_ entry point validates its arguments, checks every CUDA
+ * call and returns a to_status code; nothing aborts and nothing throws across the C ABI. */
+#ifndef TOC_COMMON_CUH
+#define TOC_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tensor_ops.h"
+
+#define TOC_EXPORT extern "C" TO_API
+
+/* Sets the calling thread's message; returns code. */
+int toc_set_error(int code, const char *fmt, ...);
+int toc_cuda_error(cudaError_t e, const char *what);
+cudaStream_t toc_stream(void);        /* stream of the current device (created on first use) */
+int toc_device_ready(void);           /* TO_OK once a device is usable, else an error code */
+int toc_max_smem_optin(void);         /* per-block shared memory limit of the current device */
+int toc_sm_count(void);
+
+#define TOC_CHECK(cond, code, ...)                          \
+    do {                                                    \
+        if (!(cond)) return toc_set_error((code), __VA_ARGS__); \
+    } while (0)
+#define TOC_CUDA(call, what)                                \
+    do {                                                    \
+        cudaError_t e_ = (call);                            \
+        if (e_ != cudaSuccess) return toc_cuda_error(e_, (what)); \
+    } while (0)
+/* After a kernel launch: reports launch-configuration errors (execution errors surface at the
+ * next synchronisation). */
+#define TOC_LAUNCHED(what) TOC_CUDA(cudaGetLastError(), (what))
+#define TOC_READY() do { int r_ = toc_device_ready(); if (r_) return r_; } while (0)
+
+static inline int64_t to_dtype_size_cuda(int dt) {
+    switch (dt) {
+    case TO_F32: case TO_I32: return 4;
+    case TO_F16: case TO_BF16: case TO_I16: return 2;
+    case TO_I64: case TO_F64: return 8;
+    case TO_U8: case TO_BOOL: case TO_I8: case TO_F8_E4M3: return 1;
+    default: return -1;
+    }
+}
+static inline int toc_is_act(int dt) { return dt == TO_F32 || dt == TO_BF16; }
+static inline int toc_is_wt(int dt) { return dt == TO_F32 || dt == TO_BF16 || dt == TO_F16; }
+static inline int64_t toc_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline unsigned toc_grid(int64_t n, int threads, int64_t cap = 65535LL * 16) {
+    int64_t g = toc_cdiv(n, threads);
+    if (g < 1) g = 1;
+    if (g > cap) g = cap;
+    return (unsigned)g;
+}
+
+/* ---- device-side dtype helpers ---- */
+__device__ __forceinline__ float bf2f(uint16_t v) { return __uint_as_float(((uint32_t)v) << 16); }
+__device__ __forceinline__ uint16_t f2bf(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+__device__ __forceinline__ float rbf(float f) { return bf2f(f2bf(f)); }
+__device__ __forceinline__ float h2f(uint16_t v) { return __half2float(__ushort_as_half(v)); }
+__device__ __forceinline__ float ldf(const void *p, int dt, int64_t i) {
+    if (dt == TO_F32) return ((const float *)p)[i];
+    if (dt == TO_BF16) return bf2f(((const uint16_t *)p)[i]);
+    return h2f(((const uint16_t *)p)[i]);
+}
+__device__ __forceinline__ void stf(void *p, int dt, int64_t i, float v) {
+    if (dt == TO_F32) ((float *)p)[i] = v;
+    else if (dt == TO_BF16) ((uint16_t *)p)[i] = f2bf(v);
+    else ((uint16_t *)p)[i] = __half_as_ushort(__float2half_rn(v));
+}
+/* Rounds to the storage precision of dt (identity for f32). */
+__device__ __forceinline__ float rnd(int dt, float v) {
+    if (dt == TO_BF16) return rbf(v);
+    if (dt == TO_F16) return __half2float(__float2half_rn(v));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+/* Block-wide sum (blockDim.x a multiple of 32, <= 1024); every thread gets the result. */
+__device__ __forceinline__ float block_sum(float v, float *red /* >= 33 floats */) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : 0.0f;
+    t = warp_sum(t);
+    return t;
+}
+__device__ __forceinline__ float block_max(float v, float *red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : -INFINITY;
+    return warp_max(t);
+}
+
+/* RoPE of one pair without FMA contraction; bf16 rounds every product like torch. */
+__device__ __forceinline__ void rope_pair_dev(float x1, float x2, float c, float s, bool bf,
+                                              float &o1, float &o2) {
+    float p1 = __fmul_rn(x1, c), p2 = __fmul_rn(x2, s), p3 = __fmul_rn(x2, c), p4 = __fmul_rn(x1, s);
+    if (bf) {
+        p1 = rbf(p1);
+        p2 = rbf(p2);
+        p3 = rbf(p3);
+        p4 = rbf(p4);
+    }
+    o1 = __fsub_rn(p1, p2);
+    o2 = __fadd_rn(p3, p4);
+}
+
+#endif

@@ -1,0 +1,540 @@
+/* Linear layers on the device: y[i, j] = sum_k x[i, k] * w[j, k] (+ bias[j]).
+ *  - m <= 8 with bf16 weights (decode): our GEMV, one warp per output row, 16-byte weight loads,
+ *    x staged in shared memory as fp32, fp32 accumulation; optional fused prologue (RMSNorm of x)
+ *    and epilogues (residual add, SwiGLU of two weight matrices) used by the CUDA-graph decoder.
+ *  - larger m with bf16 x and w: cuBLAS (cublasGemmEx, loaded with dlopen when the library is
+ *    present), else our WMMA tensor-core GEMM.
+ *  - anything else: a generic fp32 tiled kernel. */
+#include <dlfcn.h>
+#include <mma.h>
+#include <mutex>
+#include <stdlib.h>
+
+#include "common.cuh"
+
+using namespace nvcuda;
+
+/* ---------------------------------------------------------------------------------------------
+ * GEMV */
+#define GEMV_WARPS 4
+struct GemvArgs {
+    const void *x;
+    int64_t ldx;
+    int xd;
+    int m;
+    const void *norm_w; /* RMSNorm of each x row first (plain variant), or NULL */
+    int nwd;
+    float eps;
+    const uint16_t *w[3]; /* bf16 weight segments stacked along n (q, k, v), or gate/up */
+    int64_t seg[3];       /* rows of each segment */
+    int nseg;
+    int64_t n, k;
+    const void *bias;
+    int bd;
+    void *y;
+    int64_t ldy;
+    int yd;
+    const void *res; /* y = round(res + round(acc)) */
+    int64_t ldr;
+    int swiglu; /* w[0] = gate, w[1] = up; y = round(round(silu(round(g))) * round(u)) */
+    unsigned long long *argmax; /* packed (value key, ~index) atomicMax of the rounded outputs */
+};
+
+__device__ __forceinline__ void bf8(uint4 v, float *f) {
+    const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t idx) {
+    uint32_t u = __float_as_uint(v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving */
+    return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (uint32_t)idx);
+}
+
+template <int M>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvArgs a) {
+    extern __shared__ float xs[]; /* M * k */
+    __shared__ float red[33];
+    const int64_t k = a.k;
+    /* stage x (normalised when asked) */
+    for (int r = 0; r < M; r++) {
+        if (r >= a.m) {
+            for (int64_t j = threadIdx.x; j < k; j += blockDim.x) xs[r * k + j] = 0.0f;
+            continue;
+        }
+        const char *xr = (const char *)a.x + r * a.ldx * (a.xd == TO_F32 ? 4 : 2);
+        if (a.norm_w) {
+            float ss = 0.0f;
+            for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+                float v = ldf(xr, a.xd, j);
+                ss += v * v;
+            }
+            ss = block_sum(ss, red);
+            float rr = 1.0f / sqrtf(ss / (float)k + a.eps);
+            for (int64_t j = threadIdx.x; j < k; j += blockDim.x)
+                xs[r * k + j] = rnd(a.xd, ldf(a.norm_w, a.nwd, j) * rnd(a.xd, ldf(xr, a.xd, j) * rr));
+        } else {
+            for (int64_t j = threadIdx.x; j < k; j += blockDim.x) xs[r * k + j] = ldf(xr, a.xd, j);
+        }
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= a.n) return;
+    const uint16_t *w0, *w1 = nullptr;
+    if (a.swiglu) {
+        w0 = a.w[0] + row * k;
+        w1 = a.w[1] + row * k;
+    } else {
+        int64_t rr = row;
+        int s = 0;
+        while (s < a.nseg - 1 && rr >= a.seg[s]) {
+            rr -= a.seg[s];
+            s++;
+        }
+        w0 = a.w[s] + rr * k;
+    }
+    float acc[M], acc2[M];
+#pragma unroll
+    for (int r = 0; r < M; r++) acc[r] = acc2[r] = 0.0f;
+    const uint4 *wv = (const uint4 *)w0, *wv1 = (const uint4 *)w1;
+    const int64_t nv = k / 8;
+    int64_t c = lane;
+    for (; c + 96 < nv; c += 128) {
+        uint4 v[4], u[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) v[q] = __ldg(wv + c + 32 * q);
+        if (w1) {
+#pragma unroll
+            for (int q = 0; q < 4; q++) u[q] = __ldg(wv1 + c + 32 * q);
+        }
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            float f[8];
+            bf8(v[q], f);
+            int64_t kk = (c + 32 * q) * 8;
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                const float4 *xp = (const float4 *)(xs + r * k + kk);
+                float4 x0 = xp[0], x1 = xp[1];
+                acc[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
+                          f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
+            }
+            if (w1) {
+                bf8(u[q], f);
+#pragma unroll
+                for (int r = 0; r < M; r++) {
+                    const float4 *xp = (const float4 *)(xs + r * k + kk);
+                    float4 x0 = xp[0], x1 = xp[1];
+                    acc2[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
+                               f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
+                }
+            }
+        }
+    }
+    for (; c < nv; c += 32) {
+        float f[8];
+        bf8(__ldg(wv + c), f);
+        int64_t kk = c * 8;
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            const float4 *xp = (const float4 *)(xs + r * k + kk);
+            float4 x0 = xp[0], x1 = xp[1];
+            acc[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
+                      f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
+        }
+        if (w1) {
+            bf8(__ldg(wv1 + c), f);
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                const float4 *xp = (const float4 *)(xs + r * k + kk);
+                float4 x0 = xp[0], x1 = xp[1];
+                acc2[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
+                           f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        acc[r] = warp_sum(acc[r]);
+        if (w1) acc2[r] = warp_sum(acc2[r]);
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            if (r >= a.m) break;
+            float v = acc[r];
+            if (a.bias) v += ldf(a.bias, a.bd, row);
+            if (a.swiglu) {
+                float g = rnd(a.yd, v), u = rnd(a.yd, acc2[r]);
+                v = rnd(a.yd, g / (1.0f + expf(-g))) * u;
+            } else if (a.res) {
+                v = ldf(a.res, a.yd, r * a.ldr + row) + rnd(a.yd, v);
+            }
+            stf(a.y, a.yd, r * a.ldy + row, v);
+            if (a.argmax) {
+                float rv = rnd(a.yd, v);
+                if (rv == rv) atomicMax(a.argmax, argmax_key(rv, row));
+            }
+        }
+    }
+}
+
+static int launch_gemv(const GemvArgs &a) {
+    size_t smem = (size_t)((a.m + 0) <= 1 ? 1 : a.m <= 2 ? 2 : a.m <= 4 ? 4 : 8) * a.k * 4;
+    int limit = toc_max_smem_optin();
+    TOC_CHECK((int64_t)smem <= limit, TO_ERR_UNSUPPORTED, "gemv: x needs %zu bytes of shared memory",
+              smem);
+    unsigned grid = (unsigned)toc_cdiv(a.n, GEMV_WARPS);
+    cudaStream_t s = toc_stream();
+#define GEMV_CASE(MM)                                                                        \
+    {                                                                                        \
+        static int configured[16];                                                           \
+        int dev = 0;                                                                         \
+        cudaGetDevice(&dev);                                                                 \
+        if (!configured[dev & 15] && smem > 48 * 1024) {                                     \
+            TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM>,                                   \
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, limit), \
+                     "cudaFuncSetAttribute");                                                \
+            configured[dev & 15] = 1;                                                        \
+        }                                                                                    \
+        gemv_kernel<MM><<<grid, GEMV_WARPS * 32, smem, s>>>(a);                              \
+    }
+    if (a.m <= 1) GEMV_CASE(1)
+    else if (a.m <= 2) GEMV_CASE(2)
+    else if (a.m <= 4) GEMV_CASE(4)
+    else GEMV_CASE(8)
+#undef GEMV_CASE
+    TOC_LAUNCHED("gemv_kernel");
+    return TO_OK;
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* ---------------------------------------------------------------------------------------------
+ * cuBLAS through dlopen (no link-time dependency). */
+typedef int (*cublasCreate_t)(void **);
+typedef int (*cublasSetStream_t)(void *, cudaStream_t);
+typedef int (*cublasGemmEx_t)(void *, int, int, int, int, int, const void *, const void *, int, int,
+                              const void *, int, int, const void *, void *, int, int, int, int);
+static struct {
+    std::once_flag once;
+    void *lib = nullptr;
+    cublasCreate_t create = nullptr;
+    cublasSetStream_t set_stream = nullptr;
+    cublasGemmEx_t gemm = nullptr;
+    void *handle[16] = {};
+    char path[512] = {};
+} g_blas;
+
+static void load_cublas(void) {
+    const char *env = getenv("INFERENCE_PIO_CUBLAS");
+    if (env && !strcmp(env, "0")) return;
+    const char *names[] = {env, "libcublas.so.13", "libcublas.so.12", "libcublas.so"};
+    for (const char *n : names) {
+        if (!n || !*n) continue;
+        void *h = dlopen(n, RTLD_NOW | RTLD_LOCAL);
+        if (!h) continue;
+        g_blas.create = (cublasCreate_t)dlsym(h, "cublasCreate_v2");
+        g_blas.set_stream = (cublasSetStream_t)dlsym(h, "cublasSetStream_v2");
+        g_blas.gemm = (cublasGemmEx_t)dlsym(h, "cublasGemmEx");
+        if (g_blas.create && g_blas.set_stream && g_blas.gemm) {
+            g_blas.lib = h;
+            strncpy(g_blas.path, n, sizeof g_blas.path - 1);
+            return;
+        }
+        dlclose(h);
+    }
+}
+
+/* Writes the cuBLAS library in use (or "" when our own GEMM serves) into buf. */
+TOC_EXPORT int toc_blas_info(char *buf, size_t cap) {
+    TOC_CHECK(buf && cap, TO_ERR_INVALID_ARGUMENT, "toc_blas_info: NULL");
+    std::call_once(g_blas.once, load_cublas);
+    strncpy(buf, g_blas.path, cap - 1);
+    buf[cap - 1] = 0;
+    return TO_OK;
+}
+
+static void *blas_handle(void) {
+    std::call_once(g_blas.once, load_cublas);
+    if (!g_blas.lib) return nullptr;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (!g_blas.handle[dev & 15]) {
+        void *h = nullptr;
+        if (g_blas.create(&h) != 0) return nullptr;
+        g_blas.handle[dev & 15] = h;
+    }
+    return g_blas.handle[dev & 15];
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * WMMA GEMM (bf16 in, fp32 accumulate): 128x128 tile, k-step 32, 8 warps of 64x32. */
+#define GT_M 128
+#define GT_N 128
+#define GT_K 32
+#define GT_LD (GT_K + 8)
+__global__ void __launch_bounds__(256) wmma_gemm_kernel(const uint16_t *x, const uint16_t *w,
+                                                        float *ytmp, int64_t m, int64_t n, int64_t k,
+                                                        int64_t ldx) {
+    __shared__ __align__(32) uint16_t xs[GT_M * GT_LD];
+    __shared__ __align__(32) uint16_t ws[GT_N * GT_LD];
+    int warp = threadIdx.x >> 5;
+    int wm = warp >> 2, wn = warp & 3; /* 2 x 4 warps: each 64 rows x 32 cols */
+    int64_t m0 = (int64_t)blockIdx.y * GT_M, n0 = (int64_t)blockIdx.x * GT_N;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int64_t k0 = 0; k0 < k; k0 += GT_K) {
+        /* 128 rows x 32 cols = 512 chunks of 8 per operand; 256 threads x 2 */
+        for (int c = threadIdx.x; c < 512; c += 256) {
+            int r = c >> 2, cc = (c & 3) * 8;
+            uint4 vx = make_uint4(0, 0, 0, 0), vw = make_uint4(0, 0, 0, 0);
+            if (m0 + r < m && k0 + cc < k) vx = *(const uint4 *)(x + (m0 + r) * ldx + k0 + cc);
+            if (n0 + r < n && k0 + cc < k) vw = *(const uint4 *)(w + (n0 + r) * k + k0 + cc);
+            *(uint4 *)(xs + r * GT_LD + cc) = vx;
+            *(uint4 *)(ws + r * GT_LD + cc) = vw;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GT_K; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[4];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                wmma::load_matrix_sync(fa[i], (const __nv_bfloat16 *)(xs + (wm * 64 + i * 16) * GT_LD + kk), GT_LD);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(fb[j], (const __nv_bfloat16 *)(ws + (wn * 32 + j * 16) * GT_LD + kk), GT_LD);
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    /* stage through shared memory (reuse xs/ws as fp32: 16x16 per warp at a time) */
+    __shared__ __align__(32) float stage[8][16 * 16];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            wmma::store_matrix_sync(stage[warp], acc[i][j], 16, wmma::mem_row_major);
+            __syncwarp();
+            int lane = threadIdx.x & 31;
+            for (int e = lane; e < 256; e += 32) {
+                int64_t r = m0 + wm * 64 + i * 16 + e / 16, cidx = n0 + wn * 32 + j * 16 + e % 16;
+                if (r < m && cidx < n) ytmp[r * n + cidx] = stage[warp][e];
+            }
+            __syncwarp();
+        }
+}
+
+/* y = round(acc (+ bias)) from an fp32 [m, n] buffer */
+__global__ void epilogue_kernel(const float *t, const void *bias, int bd, void *y, int64_t m,
+                                int64_t n, int64_t ldy, int yd) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m * n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / n, c = i - r * n;
+        float v = t[i];
+        if (bias) v += ldf(bias, bd, c);
+        stf(y, yd, r * ldy + c, v);
+    }
+}
+
+/* generic fp32 tiled kernel for every dtype combination */
+__global__ void linear_generic_kernel(const void *x, const void *w, const void *bias, void *y,
+                                      int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy,
+                                      int xd, int wd, int bd, int yd) {
+    __shared__ float xt[16][17], wt[16][17];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int64_t r = (int64_t)blockIdx.y * 16 + ty, c = (int64_t)blockIdx.x * 16 + tx;
+    float acc = 0.0f;
+    for (int64_t k0 = 0; k0 < k; k0 += 16) {
+        int64_t xr = (int64_t)blockIdx.y * 16 + ty, wr = (int64_t)blockIdx.x * 16 + ty;
+        xt[ty][tx] = (xr < m && k0 + tx < k) ? ldf(x, xd, xr * ldx + k0 + tx) : 0.0f;
+        wt[ty][tx] = (wr < n && k0 + tx < k) ? ldf(w, wd, wr * k + k0 + tx) : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int q = 0; q < 16; q++) acc += xt[ty][q] * wt[tx][q];
+        __syncthreads();
+    }
+    if (r < m && c < n) {
+        if (bias) acc += ldf(bias, bd, c);
+        stf(y, yd, r * ldy + c, acc);
+    }
+}
+
+/* fp32 scratch for GEMM epilogues; grown outside graph capture only */
+static void *g_scratch[16];
+static size_t g_scratch_size[16];
+static int scratch(size_t bytes, float **out) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    dev &= 15;
+    if (g_scratch_size[dev] < bytes) {
+        if (g_scratch[dev]) {
+            TOC_CUDA(cudaStreamSynchronize(toc_stream()), "cudaStreamSynchronize");
+            cudaFree(g_scratch[dev]);
+            g_scratch[dev] = nullptr;
+            g_scratch_size[dev] = 0;
+        }
+        TOC_CUDA(cudaMalloc(&g_scratch[dev], bytes), "cudaMalloc (linear scratch)");
+        g_scratch_size[dev] = bytes;
+    }
+    *out = (float *)g_scratch[dev];
+    return TO_OK;
+}
+
+TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *y, int64_t m,
+                          int64_t n, int64_t k, int64_t ldx, int64_t ldy, int x_dtype, int w_dtype,
+                          int bias_dtype, int y_dtype) {
+    TOC_CHECK(m >= 0 && n >= 0 && k >= 0 && ldx >= k && ldy >= n, TO_ERR_INVALID_ARGUMENT,
+              "toc_linear: bad sizes m=%lld n=%lld k=%lld ldx=%lld ldy=%lld", (long long)m,
+              (long long)n, (long long)k, (long long)ldx, (long long)ldy);
+    TOC_CHECK(toc_is_act(x_dtype) && toc_is_wt(w_dtype) && toc_is_act(y_dtype), TO_ERR_DTYPE,
+              "toc_linear: dtypes x=%d w=%d y=%d", x_dtype, w_dtype, y_dtype);
+    TOC_CHECK(!bias || toc_is_wt(bias_dtype), TO_ERR_DTYPE, "toc_linear: bias dtype %d", bias_dtype);
+    if (m == 0 || n == 0) return TO_OK;
+    TOC_CHECK(x && w && y, TO_ERR_INVALID_ARGUMENT, "toc_linear: NULL pointer");
+    TOC_READY();
+    cudaStream_t s = toc_stream();
+    bool vec = w_dtype == TO_BF16 && k % 8 == 0 && k > 0 && aligned16(w);
+    if (vec && m <= 8 && (size_t)k * 4 * (m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8) <=
+                             (size_t)toc_max_smem_optin()) {
+        GemvArgs a = {};
+        a.x = x;
+        a.ldx = ldx;
+        a.xd = x_dtype;
+        a.m = (int)m;
+        a.w[0] = (const uint16_t *)w;
+        a.seg[0] = n;
+        a.nseg = 1;
+        a.n = n;
+        a.k = k;
+        a.bias = bias;
+        a.bd = bias_dtype;
+        a.y = y;
+        a.ldy = ldy;
+        a.yd = y_dtype;
+        return launch_gemv(a);
+    }
+    if (k == 0) {
+        /* y = bias or 0 */
+        float *t;
+        int rc = scratch((size_t)m * n * 4, &t);
+        if (rc) return rc;
+        TOC_CUDA(cudaMemsetAsync(t, 0, (size_t)m * n * 4, s), "cudaMemsetAsync");
+        epilogue_kernel<<<toc_grid(m * n, 256), 256, 0, s>>>(t, bias, bias_dtype, y, m, n, ldy, y_dtype);
+        TOC_LAUNCHED("epilogue_kernel");
+        return TO_OK;
+    }
+    bool bf = x_dtype == TO_BF16 && w_dtype == TO_BF16 && k % 8 == 0 && ldx % 8 == 0 &&
+              aligned16(x) && aligned16(w);
+    if (bf && m <= 0x7fffffff && n <= 0x7fffffff && k <= 0x7fffffff) {
+        void *h = blas_handle();
+        if (h) {
+            /* column-major view: y^T [n, m] = w^T [n, k] (w is k x n col-major) * x^T [k, m] */
+            const float one = 1.0f, zero = 0.0f;
+            g_blas.set_stream(h, s);
+            const int R_16BF = 14, R_32F = 0, COMPUTE_32F = 68, GEMM_DEFAULT = -1, OP_N = 0, OP_T = 1;
+            if (!bias && y_dtype == TO_BF16 && ldy <= 0x7fffffff) {
+                int st = g_blas.gemm(h, OP_T, OP_N, (int)n, (int)m, (int)k, &one, w, R_16BF, (int)k, x,
+                                     R_16BF, (int)ldx, &zero, y, R_16BF, (int)ldy, COMPUTE_32F,
+                                     GEMM_DEFAULT);
+                TOC_CHECK(st == 0, TO_ERR_CUDA, "toc_linear: cublasGemmEx failed with status %d", st);
+                TOC_LAUNCHED("cublasGemmEx");
+                return TO_OK;
+            }
+            float *t;
+            int rc = scratch((size_t)m * n * 4, &t);
+            if (rc) return rc;
+            int st = g_blas.gemm(h, OP_T, OP_N, (int)n, (int)m, (int)k, &one, w, R_16BF, (int)k, x,
+                                 R_16BF, (int)ldx, &zero, t, R_32F, (int)n, COMPUTE_32F, GEMM_DEFAULT);
+            TOC_CHECK(st == 0, TO_ERR_CUDA, "toc_linear: cublasGemmEx failed with status %d", st);
+            epilogue_kernel<<<toc_grid(m * n, 256), 256, 0, s>>>(t, bias, bias_dtype, y, m, n, ldy,
+                                                                 y_dtype);
+            TOC_LAUNCHED("epilogue_kernel");
+            return TO_OK;
+        }
+        float *t;
+        int rc = scratch((size_t)m * n * 4, &t);
+        if (rc) return rc;
+        dim3 grid((unsigned)toc_cdiv(n, GT_N), (unsigned)toc_cdiv(m, GT_M));
+        TOC_CHECK(grid.y <= 65535, TO_ERR_UNSUPPORTED, "toc_linear: m too large");
+        wmma_gemm_kernel<<<grid, 256, 0, s>>>((const uint16_t *)x, (const uint16_t *)w, t, m, n, k, ldx);
+        TOC_LAUNCHED("wmma_gemm_kernel");
+        epilogue_kernel<<<toc_grid(m * n, 256), 256, 0, s>>>(t, bias, bias_dtype, y, m, n, ldy, y_dtype);
+        TOC_LAUNCHED("epilogue_kernel");
+        return TO_OK;
+    }
+    dim3 grid((unsigned)toc_cdiv(n, 16), (unsigned)toc_cdiv(m, 16));
+    TOC_CHECK(grid.y <= 65535, TO_ERR_UNSUPPORTED, "toc_linear: m too large");
+    linear_generic_kernel<<<grid, dim3(16, 16), 0, s>>>(x, w, bias, y, m, n, k, ldx, ldy, x_dtype,
+                                                        w_dtype, bias_dtype, y_dtype);
+    TOC_LAUNCHED("linear_generic_kernel");
+    return TO_OK;
+}
+
+/* Fused decode GEMV (batch-1 decode and the CUDA-graph decoder), m rows of x (m <= 8):
+ *  y[:, 0:n] = [w0; w1; w2] x  with segments of seg0/seg1/seg2 rows (pass NULL for unused ones),
+ *  optionally RMSNorm(x) * norm_w first (plain variant, eps), plus residual (y = res + acc, both
+ *  rounded like two separate ops) or swiglu (w0 = gate, w1 = up, n = their rows), and an optional
+ *  packed argmax (unsigned 64-bit, atomicMax; reset it to 0 before) of row 0's rounded outputs.
+ *  Weights bf16 with k % 8 == 0 and 16-byte aligned rows; x/y/res f32 or bf16. */
+TOC_EXPORT int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void *norm_w, int norm_dtype,
+                              float eps, const void *w0, int64_t seg0, const void *w1, int64_t seg1,
+                              const void *w2, int64_t seg2, int64_t k, const void *res, int64_t ldr,
+                              int swiglu, void *y, int64_t ldy, int act_dtype, void *argmax) {
+    TOC_CHECK(m >= 1 && m <= 8 && k >= 8 && k % 8 == 0 && ldx >= k, TO_ERR_INVALID_ARGUMENT,
+              "toc_gemv_fused: need 1 <= m <= 8, k %% 8 == 0, ldx >= k");
+    TOC_CHECK(toc_is_act(act_dtype) && (!norm_w || toc_is_wt(norm_dtype)), TO_ERR_DTYPE,
+              "toc_gemv_fused: dtypes");
+    TOC_CHECK(x && y && w0 && seg0 > 0 && aligned16(w0), TO_ERR_INVALID_ARGUMENT,
+              "toc_gemv_fused: x, y, w0 (16-byte aligned) and seg0 > 0 are required");
+    TOC_CHECK((!w1 || aligned16(w1)) && (!w2 || aligned16(w2)), TO_ERR_INVALID_ARGUMENT,
+              "toc_gemv_fused: weights must be 16-byte aligned");
+    TOC_CHECK(!swiglu || (w1 && seg1 == seg0 && !w2), TO_ERR_INVALID_ARGUMENT,
+              "toc_gemv_fused: swiglu needs gate (w0) and up (w1) of equal rows");
+    TOC_CHECK(!(swiglu && res), TO_ERR_INVALID_ARGUMENT, "toc_gemv_fused: swiglu and residual");
+    TOC_READY();
+    GemvArgs a = {};
+    a.x = x;
+    a.ldx = ldx;
+    a.xd = act_dtype;
+    a.m = (int)m;
+    a.norm_w = norm_w;
+    a.nwd = norm_dtype;
+    a.eps = eps;
+    a.w[0] = (const uint16_t *)w0;
+    a.seg[0] = seg0;
+    a.nseg = 1;
+    if (!swiglu && w1) {
+        a.w[1] = (const uint16_t *)w1;
+        a.seg[1] = seg1;
+        a.nseg = 2;
+        if (w2) {
+            a.w[2] = (const uint16_t *)w2;
+            a.seg[2] = seg2;
+            a.nseg = 3;
+        }
+    }
+    if (swiglu) a.w[1] = (const uint16_t *)w1;
+    a.n = swiglu ? seg0 : seg0 + (a.nseg > 1 ? seg1 : 0) + (a.nseg > 2 ? seg2 : 0);
+    a.k = k;
+    a.y = y;
+    a.ldy = ldy;
+    a.yd = act_dtype;
+    a.res = res;
+    a.ldr = ldr;
+    a.swiglu = swiglu;
+    a.argmax = (unsigned long long *)argmax;
+    return launch_gemv(a);
+}

@@ -1,0 +1,418 @@
+/* Norms, rotary embeddings, softmax and the select ops on the device (semantics of
+ * src/cpu/norm.c, rope.c, softmax.c, select.c). */
+#include "common.cuh"
+
+/* ---- rms_norm: one warp per row ---- */
+struct RmsArgs {
+    const void *x, *w, *z;
+    void *out;
+    int64_t outer, inner, dim, x_so, x_si, z_so, z_si, o_so, o_si;
+    float eps;
+    int variant, xd, wd, od;
+};
+__global__ void rms_norm_kernel(RmsArgs a) {
+    int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= a.outer * a.inner) return;
+    int64_t o = row / a.inner, i = row - o * a.inner;
+    const char *xr = (const char *)a.x + (o * a.x_so + i * a.x_si) * (a.xd == TO_F32 ? 4 : 2);
+    char *orow = (char *)a.out + (o * a.o_so + i * a.o_si) * (a.od == TO_F32 ? 4 : 2);
+    const char *zr = a.z ? (const char *)a.z + (o * a.z_so + i * a.z_si) * (a.xd == TO_F32 ? 4 : 2)
+                         : nullptr;
+    float ss = 0.0f;
+    for (int64_t j = lane; j < a.dim; j += 32) {
+        float v = ldf(xr, a.xd, j);
+        ss += v * v;
+    }
+    ss = warp_sum(ss);
+    float r = 1.0f / sqrtf(ss / (float)a.dim + a.eps);
+    bool nround = a.xd == TO_BF16 && a.wd == TO_BF16;
+    for (int64_t j = lane; j < a.dim; j += 32) {
+        float xn = ldf(xr, a.xd, j) * r, w = ldf(a.w, a.wd, j), y;
+        if (a.variant == TO_RMS_ZERO_CENTERED) {
+            y = xn * (1.0f + w);
+        } else {
+            y = w * rnd(a.xd, xn);
+            if (a.variant == TO_RMS_GATED) {
+                if (nround) y = rbf(y);
+                float zv = ldf(zr, a.xd, j);
+                y = y * (zv / (1.0f + expf(-zv)));
+            }
+        }
+        stf(orow, a.od, j, y);
+    }
+}
+TOC_EXPORT int toc_rms_norm(const void *x, const void *w, const void *z, void *out, int64_t outer,
+                            int64_t inner, int64_t dim, int64_t x_so, int64_t x_si, int64_t z_so,
+                            int64_t z_si, int64_t o_so, int64_t o_si, float eps, int variant,
+                            int x_dtype, int w_dtype, int out_dtype) {
+    TOC_CHECK(outer >= 0 && inner >= 0 && dim >= 1, TO_ERR_INVALID_ARGUMENT,
+              "toc_rms_norm: bad sizes outer=%lld inner=%lld dim=%lld", (long long)outer,
+              (long long)inner, (long long)dim);
+    TOC_CHECK(variant >= 0 && variant <= 2, TO_ERR_INVALID_ARGUMENT, "toc_rms_norm: variant %d",
+              variant);
+    TOC_CHECK(toc_is_act(x_dtype) && toc_is_act(out_dtype) && toc_is_wt(w_dtype), TO_ERR_DTYPE,
+              "toc_rms_norm: dtypes x=%d w=%d out=%d", x_dtype, w_dtype, out_dtype);
+    TOC_CHECK(eps >= 0.0f, TO_ERR_INVALID_ARGUMENT, "toc_rms_norm: eps < 0");
+    if (outer * inner == 0) return TO_OK;
+    TOC_CHECK(x && w && out, TO_ERR_INVALID_ARGUMENT, "toc_rms_norm: NULL pointer");
+    TOC_CHECK(variant != TO_RMS_GATED || z, TO_ERR_INVALID_ARGUMENT, "toc_rms_norm: gated needs z");
+    TOC_READY();
+    RmsArgs a = {x, w, variant == TO_RMS_GATED ? z : nullptr, out, outer, inner, dim, x_so, x_si,
+                 z_so, z_si, o_so, o_si, eps, variant, x_dtype, w_dtype, out_dtype};
+    int64_t rows = outer * inner;
+    rms_norm_kernel<<<(unsigned)toc_cdiv(rows, 8), 256, 0, toc_stream()>>>(a);
+    TOC_LAUNCHED("rms_norm_kernel");
+    return TO_OK;
+}
+
+/* ---- layer_norm: one block per row ---- */
+__global__ void layer_norm_kernel(const void *x, const void *w, const void *b, void *out,
+                                  int64_t dim, int64_t ldx, int64_t ldo, float eps, int xd, int wd,
+                                  int od) {
+    __shared__ float red[33];
+    int64_t r = blockIdx.x;
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) s += ldf(x, xd, r * ldx + j);
+    float mean = block_sum(s, red) / (float)dim;
+    float v = 0.0f;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        float c = ldf(x, xd, r * ldx + j) - mean;
+        v += c * c;
+    }
+    float rstd = 1.0f / sqrtf(block_sum(v, red) / (float)dim + eps);
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        float y = (ldf(x, xd, r * ldx + j) - mean) * rstd;
+        if (w) y = y * ldf(w, wd, j);
+        if (b) y = y + ldf(b, wd, j);
+        stf(out, od, r * ldo + j, y);
+    }
+}
+TOC_EXPORT int toc_layer_norm(const void *x, const void *w, const void *b, void *out, int64_t rows,
+                              int64_t dim, int64_t ldx, int64_t ldo, float eps, int x_dtype,
+                              int w_dtype, int out_dtype) {
+    TOC_CHECK(rows >= 0 && dim >= 1 && ldx >= dim && ldo >= dim, TO_ERR_INVALID_ARGUMENT,
+              "toc_layer_norm: bad sizes");
+    TOC_CHECK(toc_is_act(x_dtype) && toc_is_act(out_dtype) && toc_is_wt(w_dtype), TO_ERR_DTYPE,
+              "toc_layer_norm: dtypes");
+    TOC_CHECK(eps >= 0.0f, TO_ERR_INVALID_ARGUMENT, "toc_layer_norm: eps < 0");
+    if (rows == 0) return TO_OK;
+    TOC_CHECK(x && out, TO_ERR_INVALID_ARGUMENT, "toc_layer_norm: NULL pointer");
+    TOC_READY();
+    layer_norm_kernel<<<(unsigned)rows, 256, 0, toc_stream()>>>(x, w, b, out, dim, ldx, ldo, eps,
+                                                                x_dtype, w_dtype, out_dtype);
+    TOC_LAUNCHED("layer_norm_kernel");
+    return TO_OK;
+}
+
+/* ---- rope tables ---- */
+__device__ __forceinline__ int64_t ld_pos(const void *p, int dt, int64_t i) {
+    return dt == TO_I32 ? ((const int32_t *)p)[i] : ((const int64_t *)p)[i];
+}
+__global__ void rope_cache_kernel(const void *pos, int pdt, int64_t T, int64_t rot, float theta,
+                                  int kind, int64_t sec_h, int64_t sec_w, void *cosb, void *sinb,
+                                  int od) {
+    int64_t half = rot / 2, q = rot / 4;
+    for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < T * half;
+         idx += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = idx / half, i = idx - t * half;
+        float ang;
+        if (kind == 0) {
+            float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
+            ang = (float)ld_pos(pos, pdt, t) * inv;
+        } else if (kind == 1) {
+            int axis = 0;
+            if (i % 3 == 1 && i < 3 * sec_h) axis = 1;
+            else if (i % 3 == 2 && i < 3 * sec_w) axis = 2;
+            float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
+            ang = (float)ld_pos(pos, pdt, axis * T + t) * inv;
+        } else {
+            int axis = i < q ? 0 : 1;
+            int64_t ii = i % q;
+            float inv = 1.0f / powf(theta, (float)(2 * ii) / (float)(rot / 2));
+            ang = (float)ld_pos(pos, pdt, axis * T + t) * inv;
+        }
+        float c = cosf(ang), s = sinf(ang);
+        stf(cosb, od, t * rot + i, c);
+        stf(cosb, od, t * rot + i + half, c);
+        stf(sinb, od, t * rot + i, s);
+        stf(sinb, od, t * rot + i + half, s);
+    }
+}
+static int rope_cache_any(const char *name, const void *positions, int pos_dtype, int64_t T,
+                          int64_t rot_dim, float theta, int kind, int64_t sec_h, int64_t sec_w,
+                          void *cos, void *sin, int out_dtype) {
+    TOC_CHECK(T >= 0 && rot_dim >= 2 && rot_dim % (kind == 2 ? 4 : 2) == 0, TO_ERR_INVALID_ARGUMENT,
+              "%s: T=%lld rot_dim=%lld", name, (long long)T, (long long)rot_dim);
+    TOC_CHECK(theta > 0.0f, TO_ERR_INVALID_ARGUMENT, "%s: theta must be > 0", name);
+    TOC_CHECK(pos_dtype == TO_I32 || pos_dtype == TO_I64, TO_ERR_DTYPE, "%s: positions dtype %d",
+              name, pos_dtype);
+    TOC_CHECK(toc_is_act(out_dtype), TO_ERR_DTYPE, "%s: out dtype %d", name, out_dtype);
+    if (T == 0) return TO_OK;
+    TOC_CHECK(positions && cos && sin, TO_ERR_INVALID_ARGUMENT, "%s: NULL pointer", name);
+    TOC_READY();
+    rope_cache_kernel<<<toc_grid(T * rot_dim / 2, 256), 256, 0, toc_stream()>>>(
+        positions, pos_dtype, T, rot_dim, theta, kind, sec_h, sec_w, cos, sin, out_dtype);
+    TOC_LAUNCHED(name);
+    return TO_OK;
+}
+TOC_EXPORT int toc_rope_cache(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+                              float theta, void *cos, void *sin, int out_dtype) {
+    return rope_cache_any("toc_rope_cache", positions, pos_dtype, T, rot_dim, theta, 0, 0, 0, cos,
+                          sin, out_dtype);
+}
+TOC_EXPORT int toc_rope_cache_mrope(const void *positions, int pos_dtype, int64_t T,
+                                    int64_t rot_dim, float theta, int64_t sec_t, int64_t sec_h,
+                                    int64_t sec_w, void *cos, void *sin, int out_dtype) {
+    TOC_CHECK(sec_t >= 0 && sec_h >= 0 && sec_w >= 0 && sec_t + sec_h + sec_w == rot_dim / 2,
+              TO_ERR_INVALID_ARGUMENT, "toc_rope_cache_mrope: sections must sum to rot_dim/2");
+    return rope_cache_any("toc_rope_cache_mrope", positions, pos_dtype, T, rot_dim, theta, 1, sec_h,
+                          sec_w, cos, sin, out_dtype);
+}
+TOC_EXPORT int toc_rope_cache_2d(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+                                 float theta, void *cos, void *sin, int out_dtype) {
+    return rope_cache_any("toc_rope_cache_2d", positions, pos_dtype, T, rot_dim, theta, 2, 0, 0, cos,
+                          sin, out_dtype);
+}
+
+/* ---- rope_apply: one block per (token, head) row ---- */
+__device__ __forceinline__ void rope_pair(float x1, float x2, float c, float s, bool bf, float &o1,
+                                          float &o2) {
+    float p1 = __fmul_rn(x1, c), p2 = __fmul_rn(x2, s), p3 = __fmul_rn(x2, c), p4 = __fmul_rn(x1, s);
+    if (bf) {
+        p1 = rbf(p1);
+        p2 = rbf(p2);
+        p3 = rbf(p3);
+        p4 = rbf(p4);
+    }
+    o1 = __fsub_rn(p1, p2);
+    o2 = __fadd_rn(p3, p4);
+}
+__global__ void rope_apply_kernel(void *x, const void *cosb, const void *sinb, int64_t heads,
+                                  int64_t rot, int64_t st, int64_t sh, int mode, int xd, int td) {
+    extern __shared__ float tmp[];
+    int64_t row = blockIdx.x;
+    int64_t t = row / heads, h = row - t * heads;
+    char *base = (char *)x + (t * st + h * sh) * (xd == TO_F32 ? 4 : 2);
+    int64_t half = rot / 2;
+    bool bf = xd == TO_BF16 && td == TO_BF16;
+    for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+        int64_t i1 = mode == TO_ROPE_NEOX ? i : 2 * i, i2 = mode == TO_ROPE_NEOX ? i + half : 2 * i + 1;
+        float c = ldf(cosb, td, t * rot + i), s = ldf(sinb, td, t * rot + i), o1, o2;
+        rope_pair(ldf(base, xd, i1), ldf(base, xd, i2), c, s, bf, o1, o2);
+        if (mode == TO_ROPE_INTERLEAVED_HF) {
+            tmp[i] = o1;
+            tmp[i + half] = o2;
+        } else {
+            stf(base, xd, i1, o1);
+            stf(base, xd, i2, o2);
+        }
+    }
+    if (mode == TO_ROPE_INTERLEAVED_HF) {
+        __syncthreads();
+        for (int64_t i = threadIdx.x; i < rot; i += blockDim.x) stf(base, xd, i, tmp[i]);
+    }
+}
+TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t T, int64_t heads,
+                              int64_t head_dim, int64_t rot_dim, int64_t stride_t, int64_t stride_h,
+                              int mode, int x_dtype, int table_dtype) {
+    TOC_CHECK(T >= 0 && heads >= 0 && head_dim >= 1, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: sizes");
+    TOC_CHECK(mode >= 0 && mode <= 2, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: unknown mode %d", mode);
+    TOC_CHECK(rot_dim >= 2 && rot_dim % 2 == 0 && rot_dim <= head_dim, TO_ERR_INVALID_ARGUMENT,
+              "toc_rope_apply: rot_dim %lld must be even, >= 2 and <= head_dim %lld",
+              (long long)rot_dim, (long long)head_dim);
+    TOC_CHECK(rot_dim <= 8192, TO_ERR_UNSUPPORTED, "toc_rope_apply: rot_dim > 8192");
+    TOC_CHECK(stride_t >= 0 && stride_h >= 0, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: strides");
+    TOC_CHECK(toc_is_act(x_dtype) && toc_is_act(table_dtype), TO_ERR_DTYPE, "toc_rope_apply: dtypes");
+    if (T * heads == 0) return TO_OK;
+    TOC_CHECK(x && cos && sin, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: NULL pointer");
+    TOC_CHECK(T * heads <= 0x7fffffffLL, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: too many rows");
+    TOC_READY();
+    size_t smem = mode == TO_ROPE_INTERLEAVED_HF ? (size_t)rot_dim * 4 : 0;
+    rope_apply_kernel<<<(unsigned)(T * heads), 64, smem, toc_stream()>>>(
+        x, cos, sin, heads, rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype);
+    TOC_LAUNCHED("rope_apply_kernel");
+    return TO_OK;
+}
+
+/* ---- softmax: one block per row ---- */
+__global__ void softmax_kernel(const void *x, void *out, int64_t dim, int64_t ldx, int64_t ldo,
+                               int log_, int xd, int od) {
+    __shared__ float red[33];
+    int64_t r = blockIdx.x;
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) m = fmaxf(m, ldf(x, xd, r * ldx + j));
+    m = block_max(m, red);
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) s += expf(ldf(x, xd, r * ldx + j) - m);
+    s = block_sum(s, red);
+    float ls = logf(s), inv = 1.0f / s;
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        float v = ldf(x, xd, r * ldx + j) - m;
+        stf(out, od, r * ldo + j, log_ ? v - ls : expf(v) * inv);
+    }
+}
+TOC_EXPORT int toc_softmax(const void *x, void *out, int64_t rows, int64_t dim, int64_t ldx,
+                           int64_t ldo, int log_, int x_dtype, int out_dtype) {
+    TOC_CHECK(rows >= 0 && dim >= 1 && ldx >= dim && ldo >= dim, TO_ERR_INVALID_ARGUMENT,
+              "toc_softmax: bad sizes");
+    TOC_CHECK(toc_is_act(x_dtype) && toc_is_act(out_dtype), TO_ERR_DTYPE, "toc_softmax: dtypes");
+    if (rows == 0) return TO_OK;
+    TOC_CHECK(x && out, TO_ERR_INVALID_ARGUMENT, "toc_softmax: NULL pointer");
+    TOC_READY();
+    softmax_kernel<<<(unsigned)rows, 256, 0, toc_stream()>>>(x, out, dim, ldx, ldo, log_, x_dtype,
+                                                             out_dtype);
+    TOC_LAUNCHED("softmax_kernel");
+    return TO_OK;
+}
+
+/* ---- argmax / topk: (value, index) keys ordered by value, then lower index; NaN is largest ---- */
+__device__ __forceinline__ bool key_gt(float a, int64_t ia, float b, int64_t ib) {
+    bool na = a != a, nb = b != b;
+    if (na || nb) {
+        if (na && nb) return ia < ib;
+        return na;
+    }
+    if (a != b) return a > b;
+    return ia < ib;
+}
+__global__ void argmax_kernel(const void *x, void *idx, int64_t dim, int xd, int idt,
+                              float prev_v, int use_prev) {
+    __shared__ float sv[32];
+    __shared__ int64_t si[32];
+    int64_t r = blockIdx.x;
+    float bv = -INFINITY;
+    int64_t bi = -1;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        float v = ldf(x, xd, r * dim + j);
+        if (bi < 0 || key_gt(v, j, bv, bi)) {
+            bv = v;
+            bi = j;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (oi >= 0 && (bi < 0 || key_gt(ov, oi, bv, bi))) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) {
+        sv[w] = bv;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int k = 1; k < (int)(blockDim.x >> 5); k++)
+            if (si[k] >= 0 && (bi < 0 || key_gt(sv[k], si[k], bv, bi))) {
+                bv = sv[k];
+                bi = si[k];
+            }
+        if (idt == TO_I32) ((int32_t *)idx)[r] = (int32_t)bi;
+        else ((int64_t *)idx)[r] = bi;
+    }
+}
+TOC_EXPORT int toc_argmax(const void *x, void *idx, int64_t rows, int64_t dim, int x_dtype,
+                          int idx_dtype) {
+    TOC_CHECK(rows >= 0 && dim >= 1, TO_ERR_INVALID_ARGUMENT, "toc_argmax: bad sizes");
+    TOC_CHECK(toc_is_act(x_dtype) && (idx_dtype == TO_I32 || idx_dtype == TO_I64), TO_ERR_DTYPE,
+              "toc_argmax: dtypes");
+    if (rows == 0) return TO_OK;
+    TOC_CHECK(x && idx, TO_ERR_INVALID_ARGUMENT, "toc_argmax: NULL pointer");
+    TOC_READY();
+    argmax_kernel<<<(unsigned)rows, 1024, 0, toc_stream()>>>(x, idx, dim, x_dtype, idx_dtype, 0, 0);
+    TOC_LAUNCHED("argmax_kernel");
+    return TO_OK;
+}
+
+/* topk by k successive block-wide selections of the best key strictly after the previous one. */
+__global__ void topk_kernel(const void *x, void *vals, void *idx, int64_t dim, int64_t k, int xd,
+                            int idt) {
+    __shared__ float sv[32];
+    __shared__ int64_t si[32];
+    __shared__ float pv;
+    __shared__ int64_t pi;
+    int64_t r = blockIdx.x;
+    if (threadIdx.x == 0) pi = -1;
+    __syncthreads();
+    for (int64_t s = 0; s < k; s++) {
+        float prev_v = pv;
+        int64_t prev_i = pi;
+        float bv = -INFINITY;
+        int64_t bi = -1;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float v = ldf(x, xd, r * dim + j);
+            if (prev_i >= 0 && !key_gt(prev_v, prev_i, v, j)) continue;
+            if (bi < 0 || key_gt(v, j, bv, bi)) {
+                bv = v;
+                bi = j;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && (bi < 0 || key_gt(ov, oi, bv, bi))) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+        if (lane == 0) {
+            sv[w] = bv;
+            si[w] = bi;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int q = 1; q < (int)(blockDim.x >> 5); q++)
+                if (si[q] >= 0 && (bi < 0 || key_gt(sv[q], si[q], bv, bi))) {
+                    bv = sv[q];
+                    bi = si[q];
+                }
+            stf(vals, xd, r * k + s, bv);
+            if (idt == TO_I32) ((int32_t *)idx)[r * k + s] = (int32_t)bi;
+            else ((int64_t *)idx)[r * k + s] = bi;
+            pv = bv;
+            pi = bi;
+        }
+        __syncthreads();
+    }
+}
+TOC_EXPORT int toc_topk(const void *x, void *values, void *idx, int64_t rows, int64_t dim, int64_t k,
+                        int x_dtype, int idx_dtype) {
+    TOC_CHECK(rows >= 0 && dim >= 1 && k >= 1 && k <= dim, TO_ERR_INVALID_ARGUMENT,
+              "toc_topk: need 1 <= k <= dim");
+    TOC_CHECK(toc_is_act(x_dtype) && (idx_dtype == TO_I32 || idx_dtype == TO_I64), TO_ERR_DTYPE,
+              "toc_topk: dtypes");
+    if (rows == 0) return TO_OK;
+    TOC_CHECK(x && values && idx, TO_ERR_INVALID_ARGUMENT, "toc_topk: NULL pointer");
+    TOC_READY();
+    topk_kernel<<<(unsigned)rows, 256, 0, toc_stream()>>>(x, values, idx, dim, k, x_dtype, idx_dtype);
+    TOC_LAUNCHED("topk_kernel");
+    return TO_OK;
+}
+
+/* ---- cumsum: one thread per row (rows are short in the models that use it) ---- */
+__global__ void cumsum_kernel(const void *x, void *out, int64_t rows, int64_t dim, int xd, int od) {
+    int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    float acc = 0.0f;
+    for (int64_t j = 0; j < dim; j++) {
+        acc += ldf(x, xd, r * dim + j);
+        stf(out, od, r * dim + j, acc);
+    }
+}
+TOC_EXPORT int toc_cumsum(const void *x, void *out, int64_t rows, int64_t dim, int x_dtype,
+                          int out_dtype) {
+    TOC_CHECK(rows >= 0 && dim >= 0, TO_ERR_INVALID_ARGUMENT, "toc_cumsum: bad sizes");
+    TOC_CHECK(toc_is_act(x_dtype) && toc_is_act(out_dtype), TO_ERR_DTYPE, "toc_cumsum: dtypes");
+    if (rows * dim == 0) return TO_OK;
+    TOC_CHECK(x && out, TO_ERR_INVALID_ARGUMENT, "toc_cumsum: NULL pointer");
+    TOC_READY();
+    cumsum_kernel<<<toc_grid(rows, 128), 128, 0, toc_stream()>>>(x, out, rows, dim, x_dtype,
+                                                                 out_dtype);
+    TOC_LAUNCHED("cumsum_kernel");
+    return TO_OK;
+}
