@@ -14,8 +14,13 @@ from inference_pio._native import lib
 from inference_pio.dtypes import DType
 from inference_pio.tensor import Tensor
 
-TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16,
-       DType.int32: torch.int32, DType.int64: torch.int64}
+TDT = {
+    DType.float32: torch.float32,
+    DType.bfloat16: torch.bfloat16,
+    DType.float16: torch.float16,
+    DType.int32: torch.int32,
+    DType.int64: torch.int64,
+}
 PDT = {v: k for k, v in TDT.items()}
 
 
@@ -48,13 +53,15 @@ def isa(request: pytest.FixtureRequest) -> object:
     lib().to_set_isa_mask(0xFFFFFFFF)
 
 
-def ref_rms(x: torch.Tensor, w: torch.Tensor, eps: float, variant: str,
-            z: torch.Tensor | None = None) -> torch.Tensor:
+def ref_rms(
+    x: torch.Tensor, w: torch.Tensor, eps: float, variant: str, z: torch.Tensor | None = None
+) -> torch.Tensor:
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
     from transformers.models.qwen3_next.modeling_qwen3_next import (
         Qwen3NextRMSNorm,
         Qwen3NextRMSNormGated,
     )
+
     dim = x.shape[-1]
     m: torch.nn.Module
     if variant == "plain":
@@ -74,15 +81,23 @@ VARIANTS = ["plain", "zero_centered", "gated"]
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 64), (2, 128), (4, 300), (1, 2048)])
-def test_rms_norm_matches_hf(variant: str, dt: torch.dtype, shape: tuple[int, int],
-                             isa: object) -> None:
+def test_rms_norm_matches_hf(
+    variant: str, dt: torch.dtype, shape: tuple[int, int], isa: object
+) -> None:
     g = torch.Generator().manual_seed(hash((variant, shape)) % 2**31)
     x = (torch.randn(shape, generator=g) * 3).to(dt)
-    w = (torch.randn(shape[-1], generator=g) * 0.5 + (1.0 if variant != "zero_centered" else 0.0)).to(dt)
+    w = (
+        torch.randn(shape[-1], generator=g) * 0.5 + (1.0 if variant != "zero_centered" else 0.0)
+    ).to(dt)
     z = torch.randn(shape, generator=g).to(dt) if variant == "gated" else None
     ref = ref_rms(x, w, 1e-6, variant, z)
-    got = ops.rms_norm(to_pio(x), to_pio(w), 1e-6, variant=variant,  # type: ignore[arg-type]
-                       gate=to_pio(z) if z is not None else None)
+    got = ops.rms_norm(
+        to_pio(x),
+        to_pio(w),
+        1e-6,
+        variant=variant,  # type: ignore[arg-type]
+        gate=to_pio(z) if z is not None else None,
+    )
     out = to_torch(got)
     assert out.dtype == ref.dtype
     if dt == torch.float32:
@@ -96,7 +111,7 @@ def test_rms_norm_matches_hf(variant: str, dt: torch.dtype, shape: tuple[int, in
 def test_rms_norm_weight_f32_with_bf16_x_and_out_dtype() -> None:
     x = torch.randn(6, 96).bfloat16()
     w = torch.randn(96)
-    ref = (w * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16())
+    ref = w * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
     got = to_torch(ops.rms_norm(to_pio(x), to_pio(w), 1e-5, out_dtype="float32"))
     assert rel(got, ref) < 2e-6
 
@@ -111,10 +126,10 @@ def test_rms_norm_per_head_in_place_on_fused_view(variant: str, isa: object) -> 
     q = Tensor(buf.storage, (T, heads, hd), DType.bfloat16, (fused.shape[1], hd, 1), 17)
     ops.rms_norm(q, to_pio(w), 1e-6, variant=variant, out=q)  # type: ignore[arg-type]
     after = to_torch(buf)
-    ref = ref_rms(fused[:, 17:17 + heads * hd].reshape(T, heads, hd), w, 1e-6, variant)
-    assert ulp_bf16_diff(after[:, 17:17 + heads * hd].reshape(T, heads, hd), ref) <= 1
+    ref = ref_rms(fused[:, 17 : 17 + heads * hd].reshape(T, heads, hd), w, 1e-6, variant)
+    assert ulp_bf16_diff(after[:, 17 : 17 + heads * hd].reshape(T, heads, hd), ref) <= 1
     assert torch.equal(after[:, :17], fused[:, :17])
-    assert torch.equal(after[:, 17 + heads * hd:], fused[:, 17 + heads * hd:])
+    assert torch.equal(after[:, 17 + heads * hd :], fused[:, 17 + heads * hd :])
 
 
 def test_rms_norm_head_stride_interleaved_q_gate() -> None:
@@ -130,9 +145,16 @@ def test_rms_norm_head_stride_interleaved_q_gate() -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(rows=st.integers(1, 9), dim=st.integers(1, 200), variant=st.sampled_from(VARIANTS),
-       bf16=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_rms_norm_simd_matches_generic(rows: int, dim: int, variant: str, bf16: bool, seed: int) -> None:
+@given(
+    rows=st.integers(1, 9),
+    dim=st.integers(1, 200),
+    variant=st.sampled_from(VARIANTS),
+    bf16=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_rms_norm_simd_matches_generic(
+    rows: int, dim: int, variant: str, bf16: bool, seed: int
+) -> None:
     g = torch.Generator().manual_seed(seed)
     dt = torch.bfloat16 if bf16 else torch.float32
     x = to_pio(torch.randn(rows, dim, generator=g).to(dt))
@@ -169,29 +191,29 @@ def test_layer_norm_matches_torch(dt: torch.dtype, shape: tuple[int, int], isa: 
 def test_norm_bad_inputs_raise() -> None:
     x = to_pio(torch.randn(4, 8))
     w = to_pio(torch.ones(8))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weight\\ has\\ shape"):
         ops.rms_norm(x, to_pio(torch.ones(7)))
     with pytest.raises(TypeError):
         ops.rms_norm(to_pio(torch.ones(4, 8, dtype=torch.int32)), w)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="variant"):
         ops.rms_norm(x, w, variant="gated")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown\\ variant"):
         ops.rms_norm(x, w, variant="bogus")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="x\\ is\\ empty"):
         ops.rms_norm(to_pio(torch.randn(0, 8)), w)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the\\ last\\ dim\\ must\\ be\\ contiguou"):
         ops.rms_norm(x.transpose(0, 1), to_pio(torch.ones(4)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="out\\ has\\ shape"):
         ops.rms_norm(x, w, out=to_pio(torch.randn(4, 9)))
     ro = Tensor.frombuffer(bytes(32 * 4), DType.float32, (4, 8))
     ro.storage.readonly = True
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="out\\ is\\ read\\-only"):
         ops.rms_norm(x, w, out=ro)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="eps\\ must\\ be\\ >=\\ 0,\\ got\\ \\-1\\.0"):
         ops.rms_norm(x, w, -1.0)
     with pytest.raises(TypeError):
         ops.rms_norm(x, w, gate=None, out_dtype="int32")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weight\\ has\\ shape"):
         ops.layer_norm(x, to_pio(torch.ones(3)), None)
     with pytest.raises(TypeError):
         ops.layer_norm(x, to_pio(torch.ones(8)), to_pio(torch.ones(8).bfloat16()))

@@ -14,9 +14,15 @@ from inference_pio._native import lib
 from inference_pio.dtypes import DType
 from inference_pio.tensor import Tensor
 
-TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16,
-       DType.int32: torch.int32, DType.int64: torch.int64, DType.bool: torch.bool,
-       DType.uint8: torch.uint8}
+TDT = {
+    DType.float32: torch.float32,
+    DType.bfloat16: torch.bfloat16,
+    DType.float16: torch.float16,
+    DType.int32: torch.int32,
+    DType.int64: torch.int64,
+    DType.bool: torch.bool,
+    DType.uint8: torch.uint8,
+}
 PDT = {v: k for k, v in TDT.items()}
 
 
@@ -60,7 +66,7 @@ def test_argmax_nan_and_inf(isa: object) -> None:
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("dim,k", [(1, 1), (10, 3), (64, 64), (1000, 50), (151936, 300)])
+@pytest.mark.parametrize(("dim", "k"), [(1, 1), (10, 3), (64, 64), (1000, 50), (151936, 300)])
 def test_topk_matches_torch_on_distinct_values(dt: torch.dtype, dim: int, k: int) -> None:
     rows = 2 if dim < 100000 else 1
     # distinct values (also after bf16 rounding): a permutation of a grid exactly representable
@@ -75,7 +81,7 @@ def test_topk_matches_torch_on_distinct_values(dt: torch.dtype, dim: int, k: int
     rv, ri = torch.topk(x, k, dim=-1)
     tv, ti = to_torch(vals), to_torch(idx)
     assert torch.equal(tv, rv)
-    # with duplicate bf16 values torch's index order among ties is unspecified: check gathered values
+    # duplicate bf16 values: torch's order among ties is unspecified, check gathered values
     assert torch.equal(torch.gather(x, -1, ti), rv)
     if len(set(x[0].float().tolist())) == dim:
         assert torch.equal(ti, ri)
@@ -103,7 +109,9 @@ def test_where(dt: torch.dtype) -> None:
     a = (torch.randn(5, 33) * 100).to(dt)
     b = (torch.randn(5, 33) * 100).to(dt)
     assert torch.equal(to_torch(ops.where(to_pio(m), to_pio(a), to_pio(b))), torch.where(m, a, b))
-    assert torch.equal(to_torch(ops.where(to_pio(m.to(torch.uint8)), to_pio(a), to_pio(b))), torch.where(m, a, b))
+    assert torch.equal(
+        to_torch(ops.where(to_pio(m.to(torch.uint8)), to_pio(a), to_pio(b))), torch.where(m, a, b)
+    )
 
 
 @pytest.mark.parametrize("tdt", [torch.float32, torch.bfloat16, torch.float16])
@@ -114,7 +122,8 @@ def test_embedding(tdt: torch.dtype, odt: torch.dtype, idt: torch.dtype) -> None
     ids = torch.tensor([[0, 99, 5], [5, 7, 42]], dtype=idt)
     ref = torch.nn.functional.embedding(ids.long(), table).to(odt)
     got = to_torch(ops.embedding(to_pio(ids), to_pio(table), PDT[odt]))
-    assert got.shape == (2, 3, 24) and torch.equal(got, ref)
+    assert got.shape == (2, 3, 24)
+    assert torch.equal(got, ref)
 
 
 def test_embedding_rejects_out_of_range_ids() -> None:
@@ -126,7 +135,12 @@ def test_embedding_rejects_out_of_range_ids() -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(rows=st.integers(1, 3), dim=st.integers(1, 300), bf16=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    rows=st.integers(1, 3),
+    dim=st.integers(1, 300),
+    bf16=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_argmax_simd_matches_generic(rows: int, dim: int, bf16: bool, seed: int) -> None:
     x = torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed))
     x = to_pio(x.to(torch.bfloat16) if bf16 else x)
@@ -141,19 +155,19 @@ def test_argmax_simd_matches_generic(rows: int, dim: int, bf16: bool, seed: int)
 
 def test_select_bad_inputs_raise() -> None:
     x = to_pio(torch.randn(3, 8))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k\\ must\\ be\\ an\\ int\\ in"):
         ops.topk(x, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k\\ must\\ be\\ an\\ int\\ in"):
         ops.topk(x, 9)
     with pytest.raises(TypeError):
         ops.argmax(x, "float32")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="x\\ must\\ be\\ contiguous"):
         ops.argmax(to_pio(torch.randn(3, 0)))
     nan = torch.randn(2, 5)
     nan[1, 2] = float("nan")
     with pytest.raises(RuntimeError, match="NaN"):
         ops.topk(to_pio(nan), 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shapes\\ differ"):
         ops.where(to_pio(torch.ones(3, 8, dtype=torch.bool)), x, to_pio(torch.randn(3, 7)))
     with pytest.raises(TypeError):
         ops.where(to_pio(torch.ones(3, 8)), x, x)

@@ -15,8 +15,10 @@ def row_grid(name: str, t: Tensor, levels: int = 2) -> tuple[list[int], list[int
     if t.ndim < 1:
         raise ValueError(f"{name} must have at least 1 dim, got a 0-d tensor")
     if t.shape[-1] > 1 and t.strides[-1] != 1:
-        raise ValueError(f"{name}: the last dim must be contiguous (stride 1), got strides {t.strides}")
-    dims = [(n, s) for n, s in zip(t.shape[:-1], t.strides[:-1]) if n != 1]
+        raise ValueError(
+            f"{name}: the last dim must be contiguous (stride 1), got strides {t.strides}"
+        )
+    dims = [(n, s) for n, s in zip(t.shape[:-1], t.strides[:-1], strict=True) if n != 1]
     merged: list[tuple[int, int]] = []
     for n, s in dims:
         if merged and merged[-1][1] == s * n:

@@ -73,7 +73,9 @@ def softplus(x: Tensor, out: Tensor | None = None) -> Tensor:
     return _unary("softplus", x, out)
 
 
-def gelu(x: Tensor, approximate: Literal["none", "tanh"] = "none", out: Tensor | None = None) -> Tensor:
+def gelu(
+    x: Tensor, approximate: Literal["none", "tanh"] = "none", out: Tensor | None = None
+) -> Tensor:
     """GELU: exact erf form (``"none"``) or the tanh approximation (``"tanh"``), as torch."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
@@ -118,8 +120,9 @@ def add_row(x: Tensor, bias: Tensor, out: Tensor | None = None) -> Tensor:
         raise ValueError(f"add_row: bias has shape {bias.shape}, expected ({dim},)")
     device = same_device(x=x, bias=bias, out=out)
     result = out_or_new(out, x.shape, x.dtype, device)
-    native_call(device, "add_row", x.data_ptr, bias.data_ptr, result.data_ptr, x.numel // max(dim, 1),
-                dim, x.dtype, bias.dtype)
+    rows = x.numel // max(dim, 1)
+    native_call(device, "add_row", x.data_ptr, bias.data_ptr, result.data_ptr, rows, dim, x.dtype,
+                bias.dtype)
     return result
 
 

@@ -18,7 +18,11 @@ _VARIANTS: dict[str, int] = {"plain": 0, "zero_centered": 1, "gated": 2}
 
 
 def _output(name: str, x: Tensor, out: Tensor | None, out_dtype: DType | str | None) -> Tensor:
-    dtype = DType.parse(out_dtype) if out_dtype is not None else (out.dtype if out is not None else x.dtype)
+    dtype = (
+        DType.parse(out_dtype)
+        if out_dtype is not None
+        else (out.dtype if out is not None else x.dtype)
+    )
     if dtype not in FLOAT_ACT:
         raise TypeError(f"{name}: out dtype {dtype.name} not supported (float32 or bfloat16)")
     if out is None:
@@ -49,7 +53,9 @@ def rms_norm(
     require("x", x, dtypes=FLOAT_ACT, contiguous=False, nonempty=True)
     require("weight", weight, dtypes=WEIGHT_DTYPES, ndim=1)
     if variant not in _VARIANTS:
-        raise ValueError(f"rms_norm: unknown variant {variant!r}; expected one of {sorted(_VARIANTS)}")
+        raise ValueError(
+            f"rms_norm: unknown variant {variant!r}; expected one of {sorted(_VARIANTS)}"
+        )
     dim = x.shape[-1]
     if weight.shape != (dim,):
         raise ValueError(f"rms_norm: weight has shape {weight.shape}, expected ({dim},)")
@@ -70,9 +76,28 @@ def rms_norm(
     z_so = z_si = 0
     if gate is not None:
         (_, _), (z_so, z_si) = _matching_grid("gate", gate, n_o, n_i)
-    native_call(device, "rms_norm", x.data_ptr, weight.data_ptr, gate.data_ptr if gate is not None else None,
-                result.data_ptr, n_o, n_i, dim, x_so, x_si, z_so, z_si, o_so, o_si, c_float(eps),
-                _VARIANTS[variant], x.dtype, weight.dtype, result.dtype)
+    native_call(
+        device,
+        "rms_norm",
+        x.data_ptr,
+        weight.data_ptr,
+        gate.data_ptr if gate is not None else None,
+        result.data_ptr,
+        n_o,
+        n_i,
+        dim,
+        x_so,
+        x_si,
+        z_so,
+        z_si,
+        o_so,
+        o_si,
+        c_float(eps),
+        _VARIANTS[variant],
+        x.dtype,
+        weight.dtype,
+        result.dtype,
+    )
     return result
 
 
@@ -84,8 +109,10 @@ def _matching_grid(name: str, t: Tensor, n_o: int, n_i: int) -> tuple[list[int],
     # Same shape, different merging: rebuild strides for x's grid from t's flat row index.
     if counts[0] == 1 and n_i > 0 and counts[1] == n_o * n_i:
         return [n_o, n_i], [strides[1] * n_i, strides[1]]
-    raise ValueError(f"{name}: its layout (strides {t.strides}) is not compatible with x's rows; "
-                     "call .contiguous()")
+    raise ValueError(
+        f"{name}: its layout (strides {t.strides}) is not compatible with x's rows; "
+        "call .contiguous()"
+    )
 
 
 def layer_norm(
@@ -111,17 +138,32 @@ def layer_norm(
                 raise ValueError(f"layer_norm: {name} has shape {t.shape}, expected ({dim},)")
             wdtype = t.dtype
     if weight is not None and bias is not None and weight.dtype != bias.dtype:
-        raise TypeError(f"layer_norm: weight ({weight.dtype.name}) and bias ({bias.dtype.name}) "
-                        "must share a dtype")
+        raise TypeError(
+            f"layer_norm: weight ({weight.dtype.name}) and bias ({bias.dtype.name}) "
+            "must share a dtype"
+        )
     if eps < 0:
         raise ValueError(f"layer_norm: eps must be >= 0, got {eps}")
     device = same_device(x=x, weight=weight, bias=bias, out=out)
     result = _output("layer_norm", x, out, out_dtype)
     (rows,), (ldx,) = row_grid("x", x, levels=1)
     _, (ldo,) = row_grid("out", result, levels=1)
-    native_call(device, "layer_norm", x.data_ptr, weight.data_ptr if weight is not None else None,
-                bias.data_ptr if bias is not None else None, result.data_ptr, rows, dim,
-                max(ldx, dim), max(ldo, dim), c_float(eps), x.dtype, wdtype, result.dtype)
+    native_call(
+        device,
+        "layer_norm",
+        x.data_ptr,
+        weight.data_ptr if weight is not None else None,
+        bias.data_ptr if bias is not None else None,
+        result.data_ptr,
+        rows,
+        dim,
+        max(ldx, dim),
+        max(ldo, dim),
+        c_float(eps),
+        x.dtype,
+        wdtype,
+        result.dtype,
+    )
     return result
 
 

@@ -30,11 +30,14 @@ def _table_dtype(dtype: DType | str) -> DType:
 
 def _check_rot(rot_dim: int, multiple: int) -> None:
     if rot_dim < multiple or rot_dim % multiple or rot_dim > 32768:
-        raise ValueError(f"rot_dim must be a positive multiple of {multiple} (<= 32768), got {rot_dim}")
+        raise ValueError(
+            f"rot_dim must be a positive multiple of {multiple} (<= 32768), got {rot_dim}"
+        )
 
 
-def rope_cache(positions: Tensor, rot_dim: int, theta: float,
-               dtype: DType | str = DType.float32) -> tuple[Tensor, Tensor]:
+def rope_cache(
+    positions: Tensor, rot_dim: int, theta: float, dtype: DType | str = DType.float32
+) -> tuple[Tensor, Tensor]:
     """cos/sin tables ``[T, rot_dim]`` for integer ``positions`` ``[T]`` (HF layout and rounding:
     fp32 angles, rounded once to ``dtype``; use bf16 in bf16 runs)."""
     require("positions", positions, dtypes=POS_DTYPES, ndim=1)
@@ -45,13 +48,28 @@ def rope_cache(positions: Tensor, rot_dim: int, theta: float,
     T = positions.shape[0]
     cos = Tensor.empty((T, rot_dim), dt, positions.device)
     sin = Tensor.empty((T, rot_dim), dt, positions.device)
-    native_call(positions.device, "rope_cache", positions.data_ptr, positions.dtype, T, rot_dim,
-                c_float(theta), cos.data_ptr, sin.data_ptr, dt)
+    native_call(
+        positions.device,
+        "rope_cache",
+        positions.data_ptr,
+        positions.dtype,
+        T,
+        rot_dim,
+        c_float(theta),
+        cos.data_ptr,
+        sin.data_ptr,
+        dt,
+    )
     return cos, sin
 
 
-def mrope_cache(positions: Tensor, rot_dim: int, theta: float, sections: Sequence[int] = (24, 20, 20),
-                dtype: DType | str = DType.float32) -> tuple[Tensor, Tensor]:
+def mrope_cache(
+    positions: Tensor,
+    rot_dim: int,
+    theta: float,
+    sections: Sequence[int] = (24, 20, 20),
+    dtype: DType | str = DType.float32,
+) -> tuple[Tensor, Tensor]:
     """Qwen3-VL interleaved MRoPE tables ``[T, rot_dim]`` from ``positions`` ``[3, T]`` (t, h, w)
     and ``sections`` (t, h, w) summing to ``rot_dim / 2``."""
     require("positions", positions, dtypes=POS_DTYPES, ndim=2)
@@ -60,20 +78,34 @@ def mrope_cache(positions: Tensor, rot_dim: int, theta: float, sections: Sequenc
     _check_rot(rot_dim, 2)
     secs = tuple(int(s) for s in sections)
     if len(secs) != 3 or min(secs) < 0 or sum(secs) != rot_dim // 2:
-        raise ValueError(f"sections {secs} must be 3 non-negative ints summing to rot_dim/2 = {rot_dim // 2}")
+        raise ValueError(
+            f"sections {secs} must be 3 non-negative ints summing to rot_dim/2 = {rot_dim // 2}"
+        )
     if not theta > 0:
         raise ValueError(f"theta must be > 0, got {theta}")
     dt = _table_dtype(dtype)
     T = positions.shape[1]
     cos = Tensor.empty((T, rot_dim), dt, positions.device)
     sin = Tensor.empty((T, rot_dim), dt, positions.device)
-    native_call(positions.device, "rope_cache_mrope", positions.data_ptr, positions.dtype, T, rot_dim,
-                c_float(theta), *secs, cos.data_ptr, sin.data_ptr, dt)
+    native_call(
+        positions.device,
+        "rope_cache_mrope",
+        positions.data_ptr,
+        positions.dtype,
+        T,
+        rot_dim,
+        c_float(theta),
+        *secs,
+        cos.data_ptr,
+        sin.data_ptr,
+        dt,
+    )
     return cos, sin
 
 
-def rope_cache_2d(positions: Tensor, rot_dim: int, theta: float = 10000.0,
-                  dtype: DType | str = DType.float32) -> tuple[Tensor, Tensor]:
+def rope_cache_2d(
+    positions: Tensor, rot_dim: int, theta: float = 10000.0, dtype: DType | str = DType.float32
+) -> tuple[Tensor, Tensor]:
     """2-D axial vision tables ``[T, rot_dim]`` from ``positions`` ``[2, T]`` (row, col):
     ``rot_dim/4`` frequencies per axis, angles ``[row·f, col·f]`` duplicated (Qwen3-VL §6.3)."""
     require("positions", positions, dtypes=POS_DTYPES, ndim=2)
@@ -86,8 +118,18 @@ def rope_cache_2d(positions: Tensor, rot_dim: int, theta: float = 10000.0,
     T = positions.shape[1]
     cos = Tensor.empty((T, rot_dim), dt, positions.device)
     sin = Tensor.empty((T, rot_dim), dt, positions.device)
-    native_call(positions.device, "rope_cache_2d", positions.data_ptr, positions.dtype, T, rot_dim,
-                c_float(theta), cos.data_ptr, sin.data_ptr, dt)
+    native_call(
+        positions.device,
+        "rope_cache_2d",
+        positions.data_ptr,
+        positions.dtype,
+        T,
+        rot_dim,
+        c_float(theta),
+        cos.data_ptr,
+        sin.data_ptr,
+        dt,
+    )
     return cos, sin
 
 
@@ -108,8 +150,17 @@ def rope_apply(x: Tensor, cos: Tensor, sin: Tensor, mode: RopeMode = "neox") -> 
     if cos.shape != sin.shape:
         raise ValueError(f"cos {cos.shape} and sin {sin.shape} differ")
     T, rot_dim = cos.shape
-    view = x if x.ndim == 3 else Tensor(x.storage, (x.shape[0], 1, x.shape[1]), x.dtype,
-                                        (x.strides[0], x.shape[1], x.strides[1]), x.offset)
+    view = (
+        x
+        if x.ndim == 3
+        else Tensor(
+            x.storage,
+            (x.shape[0], 1, x.shape[1]),
+            x.dtype,
+            (x.strides[0], x.shape[1], x.strides[1]),
+            x.offset,
+        )
+    )
     if view.shape[0] != T:
         raise ValueError(f"x has {view.shape[0]} tokens but the tables have {T} rows")
     hd = view.shape[2]
@@ -122,8 +173,22 @@ def rope_apply(x: Tensor, cos: Tensor, sin: Tensor, mode: RopeMode = "neox") -> 
     devices = {x.device, cos.device, sin.device}
     if len(devices) > 1:
         raise ValueError(f"x, cos and sin are on different devices: {sorted(map(str, devices))}")
-    native_call(x.device, "rope_apply", x.data_ptr, cos.data_ptr, sin.data_ptr, T, view.shape[1], hd,
-                rot_dim, view.strides[0], view.strides[1], _MODES[mode], x.dtype, cos.dtype)
+    native_call(
+        x.device,
+        "rope_apply",
+        x.data_ptr,
+        cos.data_ptr,
+        sin.data_ptr,
+        T,
+        view.shape[1],
+        hd,
+        rot_dim,
+        view.strides[0],
+        view.strides[1],
+        _MODES[mode],
+        x.dtype,
+        cos.dtype,
+    )
     return x
 
 

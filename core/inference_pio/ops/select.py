@@ -41,8 +41,18 @@ def topk(x: Tensor, k: int, index_dtype: DType | str = DType.int64) -> tuple[Ten
         raise ValueError(f"topk: k must be an int in [1, {dim}], got {k!r}")
     values = Tensor.empty((*x.shape[:-1], k), x.dtype, x.device)
     idx = Tensor.empty((*x.shape[:-1], k), idt, x.device)
-    native_call(x.device, "topk", x.data_ptr, values.data_ptr, idx.data_ptr, x.numel // dim, dim, k,
-                x.dtype, idt)
+    native_call(
+        x.device,
+        "topk",
+        x.data_ptr,
+        values.data_ptr,
+        idx.data_ptr,
+        x.numel // dim,
+        dim,
+        k,
+        x.dtype,
+        idt,
+    )
     return values, idx
 
 
@@ -68,19 +78,26 @@ def where(mask: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tens
         raise ValueError(f"where: shapes differ (mask {mask.shape}, a {a.shape}, b {b.shape})")
     device = same_device(mask=mask, a=a, b=b, out=out)
     result = out_or_new(out, a.shape, a.dtype, device)
-    native_call(device, "where", mask.data_ptr, a.data_ptr, b.data_ptr, result.data_ptr, a.numel, a.dtype)
+    native_call(
+        device, "where", mask.data_ptr, a.data_ptr, b.data_ptr, result.data_ptr, a.numel, a.dtype
+    )
     return result
 
 
-def embedding(ids: Tensor, table: Tensor, out_dtype: DType | str | None = None,
-              out: Tensor | None = None) -> Tensor:
+def embedding(
+    ids: Tensor, table: Tensor, out_dtype: DType | str | None = None, out: Tensor | None = None
+) -> Tensor:
     """Rows of ``table`` (``[vocab, dim]``, f32/bf16/f16) selected by ``ids`` (int32/int64, any
     shape): result ``[*ids.shape, dim]`` in ``out_dtype`` (default: the table's, f16 -> f32).
     An id outside ``[0, vocab)`` raises ValueError naming it."""
     require("ids", ids, dtypes=INDEX)
     require("table", table, dtypes=(DType.float32, DType.bfloat16, DType.float16), ndim=2)
     if out_dtype is None:
-        dt = out.dtype if out is not None else (DType.float32 if table.dtype == DType.float16 else table.dtype)
+        dt = (
+            out.dtype
+            if out is not None
+            else (DType.float32 if table.dtype == DType.float16 else table.dtype)
+        )
     else:
         dt = DType.parse(out_dtype)
     if dt not in FLOAT_ACT:
@@ -89,8 +106,19 @@ def embedding(ids: Tensor, table: Tensor, out_dtype: DType | str | None = None,
     device = same_device(ids=ids, table=table, out=out)
     result = out_or_new(out, (*ids.shape, dim), dt, device)
     try:
-        native_call(device, "embedding", ids.data_ptr, ids.dtype, ids.numel, table.data_ptr,
-                    table.dtype, vocab, dim, result.data_ptr, dt)
+        native_call(
+            device,
+            "embedding",
+            ids.data_ptr,
+            ids.dtype,
+            ids.numel,
+            table.data_ptr,
+            table.dtype,
+            vocab,
+            dim,
+            result.data_ptr,
+            dt,
+        )
     except NativeError as exc:
         raise ValueError(str(exc)) from exc
     return result

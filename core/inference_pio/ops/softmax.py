@@ -12,7 +12,11 @@ FLOAT_ACT = (DType.float32, DType.bfloat16)
 
 def _softmax(x: Tensor, log: bool, out: Tensor | None, out_dtype: DType | str | None) -> Tensor:
     require("x", x, dtypes=FLOAT_ACT, contiguous=False, nonempty=True)
-    dt = DType.parse(out_dtype) if out_dtype is not None else (out.dtype if out is not None else x.dtype)
+    dt = (
+        DType.parse(out_dtype)
+        if out_dtype is not None
+        else (out.dtype if out is not None else x.dtype)
+    )
     if dt not in FLOAT_ACT:
         raise TypeError(f"softmax: out dtype {dt.name} not supported (float32 or bfloat16)")
     device = same_device(x=x, out=out)
@@ -26,18 +30,33 @@ def _softmax(x: Tensor, log: bool, out: Tensor | None, out_dtype: DType | str | 
     dim = x.shape[-1]
     (rows,), (ldx,) = row_grid("x", x, levels=1)
     _, (ldo,) = row_grid("out", result, levels=1)
-    native_call(device, "softmax", x.data_ptr, result.data_ptr, rows, dim, max(ldx, dim),
-                max(ldo, dim), 1 if log else 0, x.dtype, dt)
+    native_call(
+        device,
+        "softmax",
+        x.data_ptr,
+        result.data_ptr,
+        rows,
+        dim,
+        max(ldx, dim),
+        max(ldo, dim),
+        1 if log else 0,
+        x.dtype,
+        dt,
+    )
     return result
 
 
-def softmax(x: Tensor, *, out: Tensor | None = None, out_dtype: DType | str | None = None) -> Tensor:
+def softmax(
+    x: Tensor, *, out: Tensor | None = None, out_dtype: DType | str | None = None
+) -> Tensor:
     """Softmax over the last dim computed in fp32, rounded once to ``out_dtype`` (default: x's).
     ``x`` may have row strides (contiguous last dim); ``out=x`` works in place."""
     return _softmax(x, False, out, out_dtype)
 
 
-def log_softmax(x: Tensor, *, out: Tensor | None = None, out_dtype: DType | str | None = None) -> Tensor:
+def log_softmax(
+    x: Tensor, *, out: Tensor | None = None, out_dtype: DType | str | None = None
+) -> Tensor:
     """``x - max - log(sum(exp(x - max)))`` over the last dim, in fp32."""
     return _softmax(x, True, out, out_dtype)
 
