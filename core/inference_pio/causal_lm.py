@@ -70,7 +70,7 @@ class CausalLM(TextModelPluginInterface):
         ids = self._prompt_ids(prompt)
         results: list[GenerationResult] = []
         start = time.perf_counter()
-        for _ in stream_generate(
+        for _ in self._stream_fn()(
             self.model, self.tokenizer, ids, params, self.eos_ids, on_finish=results.append
         ):
             pass
@@ -85,7 +85,16 @@ class CausalLM(TextModelPluginInterface):
     def stream_text(self, prompt: str, **sampling: Any) -> Iterator[str]:
         params = self.sampling_params(**sampling)
         ids = self._prompt_ids(prompt)
-        return stream_generate(self.model, self.tokenizer, ids, params, self.eos_ids)
+        return self._stream_fn()(self.model, self.tokenizer, ids, params, self.eos_ids)
+
+    def _stream_fn(self) -> Any:
+        """The generation loop for this model's device (CUDA: graph-captured batch-1 decode)."""
+        device = getattr(self.model, "device", None)
+        if getattr(device, "type", "cpu") == "cuda":
+            from inference_pio.nn.cuda_graph import cuda_stream_generate
+
+            return cuda_stream_generate
+        return stream_generate
 
     def infer_batch(self, requests: Sequence[BatchRequest]) -> list[str]:
         return [r.text for r in self.generate_batch(requests)]

@@ -155,7 +155,9 @@ def cmd_bench(args: argparse.Namespace, host: PluginHost) -> int:
     # prefill
     cache = fm.new_cache(args.prompt_tokens + 1)
     start = time.perf_counter()
-    fm.forward([(prompt, cache)])
+    logits = fm.forward([(prompt, cache)])
+    if str(args.device).startswith("cuda"):
+        logits[0].to("cpu")  # waits for the device
     prefill_s = time.perf_counter() - start
     # decode after a short prompt
     short = prompt[: args.decode_prompt_tokens]

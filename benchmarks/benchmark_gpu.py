@@ -1,0 +1,210 @@
+"""GPU benchmark: Inference-PIO CUDA vs transformers (eager, and static cache + torch.compile) in
+the same run, on synthetic real-size bf16 weights (random values; the speed does not depend on them).
+
+Rows per model: batch-1 decode of 128 tokens after a 32-token prompt (greedy) and prefill of 2048
+tokens. Bandwidth: device-to-device copy kernel (bytes read + written). Bytes per decoded token:
+every weight matrix read once (embedding row excluded, LM head included) + the KV cache read.
+
+    PYTHONPATH=core:plugins/qwen3_0_6b:plugins/qwen3_4b_instruct_2507 \
+      python benchmarks/benchmark_gpu.py [--models 0.6b,4b] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from typing import Any
+
+from inference_pio import cuda
+from inference_pio.dtypes import DType
+from inference_pio.nn import dense
+from inference_pio.nn.cuda_graph import _runner, cuda_stream_generate
+from inference_pio.sampling import SamplingParams
+from inference_pio.tensor import Tensor
+
+DEV = "cuda:0"
+
+
+def real_config(name: str) -> dict[str, Any]:
+    if name == "0.6b":
+        from inference_pio_qwen3_0_6b import config
+    else:
+        from inference_pio_qwen3_4b_instruct_2507 import config  # type: ignore[no-redef]
+    return dict(config.real_config())
+
+
+def build_ours(cfg_dict: dict[str, Any]) -> Any:
+    cfg = dense.DenseConfig.from_hf(cfg_dict, qk_norm=True)
+    plan = dense.weight_plan(cfg)
+    lib = cuda.lib()
+    weights = {}
+    for i, (name, (shape, kind)) in enumerate(sorted(plan.items())):
+        t = Tensor.empty(shape, DType.bfloat16, DEV)
+        mean, std = (1.0, 0.1) if kind == "norm" else (0.0, 0.02)
+        cuda.check(lib.toc_fill_random(t.data_ptr, t.numel, int(DType.bfloat16), 1234 + i, mean, std,
+                                       0), "fill")
+        weights[name] = t
+    return dense.build(weights, cfg, DEV), cfg
+
+
+class _NoText:
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        return ""
+
+
+def decode_bytes(cfg: Any, ctx: int) -> int:
+    h, hd, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+    per_layer = (h * cfg.num_heads * hd * 2 + h * cfg.num_kv_heads * hd * 2 + 3 * h * inter) * 2
+    kv = cfg.num_layers * 2 * cfg.num_kv_heads * hd * 2 * ctx
+    return cfg.num_layers * per_layer + cfg.vocab_size * h * 2 + kv
+
+
+def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) -> dict[str, float]:
+    import random
+
+    rng = random.Random(0)
+    prompt = [rng.randrange(1000, 100000) for _ in range(prompt_len)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=new, ignore_eos=True)
+    rates = []
+    for _ in range(4):
+        results: list[Any] = []
+        for _ in cuda_stream_generate(model, _NoText(), prompt, params, (), results.append):
+            pass
+        r = results[0]
+        assert len(r.token_ids) == new, len(r.token_ids)
+        rates.append(r.decode_tokens_per_s)
+    decode = statistics.median(rates[1:])
+    # pure graph replay rate (no Python per token)
+    runner = _runner(model, prompt_len + new + 1)
+    assert runner is not None
+    cuda.synchronize(DEV)
+    t0 = time.perf_counter()
+    done = 0
+    while done < new:
+        n = min(runner.chunk, new - done)
+        runner.greedy(5, prompt_len + done, n)
+        done += n
+    graph_rate = new / (time.perf_counter() - t0)
+    big = [rng.randrange(1000, 100000) for _ in range(prefill)]
+    times = []
+    for _ in range(3):
+        cache = model.new_cache(prefill + 1)
+        cuda.synchronize(DEV)
+        t0 = time.perf_counter()
+        (lg,) = model.forward([(big, cache)])
+        lg.to("cpu")
+        times.append(time.perf_counter() - t0)
+        del cache
+    return {"decode": decode, "graph": graph_rate, "prefill": prefill / min(times[1:])}
+
+
+def bench_hf(cfg_dict: dict[str, Any], prompt_len: int, new: int, prefill: int,
+             compile_: bool) -> dict[str, float]:
+    import torch
+    import transformers
+
+    hcfg = transformers.Qwen3Config(**{k: v for k, v in cfg_dict.items() if k != "architectures"})
+    with torch.device("cuda"):
+        m = transformers.Qwen3ForCausalLM(hcfg).to(torch.bfloat16).eval()
+    ids = torch.randint(1000, 100000, (1, prompt_len), device="cuda")
+    out: dict[str, float] = {}
+
+    def gen() -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            m.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                       pad_token_id=0)
+        torch.cuda.synchronize()
+        return new / (time.perf_counter() - t0)
+
+    gen()
+    out["eager_decode"] = max(gen() for _ in range(2))
+    big = torch.randint(1000, 100000, (1, prefill), device="cuda")
+    ts = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            m(big, logits_to_keep=1)
+        torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    out["eager_prefill"] = prefill / min(ts[1:])
+    if compile_:
+        m.generation_config.cache_implementation = "static"
+        m.forward = torch.compile(m.forward, mode="reduce-overhead", fullgraph=True)
+        gen()
+        gen()
+        out["compiled_decode"] = max(gen() for _ in range(2))
+    del m
+    torch.cuda.empty_cache()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="0.6b,4b")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not cuda.is_available():
+        print(f"CUDA unavailable: {cuda.unavailable_reason()}")
+        return 1
+    info = cuda.device_info(DEV)
+    bw = cuda.copy_bandwidth(2 << 30, 10, DEV)
+    print(f"device: {info['name']} ({info['multiprocessors']} SMs), cuBLAS: "
+          f"{cuda.blas_library() or 'none (own WMMA GEMM)'}, copy bandwidth {bw:.0f} GB/s",
+          flush=True)
+    rows = []
+    for name in args.models.split(","):
+        cfg_dict = real_config(name)
+        model, cfg = build_ours(cfg_dict)
+        ours = bench_ours(model, cfg, 32, 128, 2048)
+        print(f"[{name}] ours {ours}", flush=True)
+        del model
+        import gc
+
+        gc.collect()
+        cuda.empty_cache(DEV)
+        hf: dict[str, float] = {}
+        if not args.no_hf:
+            try:
+                hf = bench_hf(cfg_dict, 32, 128, 2048, not args.no_compile)
+            except Exception as exc:  # report, keep going
+                print(f"[{name}] transformers failed: {type(exc).__name__}: {exc}", flush=True)
+        print(f"[{name}] transformers {hf}", flush=True)
+        nbytes = decode_bytes(cfg, 32 + 64)
+        rows.append((name, ours, hf, nbytes))
+    print()
+    print(f"GPU benchmark on {info['name']} (copy bandwidth {bw:.0f} GB/s); decode: 128 tokens "
+          "after 32, batch 1, greedy; prefill: 2048 tokens")
+    hdr = (f"{'model':6} {'metric':8} {'ours tok/s':>11} {'HF eager':>9} {'HF compiled':>12} "
+           f"{'x eager':>8} {'x compiled':>10} {'MB/token':>9} {'% of BW':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name, ours, hf, nbytes in rows:
+        e, c = hf.get("eager_decode", math.nan), hf.get("compiled_decode", math.nan)
+        frac = nbytes * ours["decode"] / (bw * 1e9) * 100
+        print(f"{name:6} {'decode':8} {ours['decode']:11.1f} {e:9.1f} {c:12.1f} "
+              f"{ours['decode'] / e:8.2f} {ours['decode'] / c:10.2f} {nbytes / 1e6:9.1f} {frac:7.1f}%")
+        gf = nbytes * ours["graph"] / (bw * 1e9) * 100
+        print(f"{name:6} {'graph':8} {ours['graph']:11.1f} {'':9} {'':12} {ours['graph'] / e:8.2f} "
+              f"{ours['graph'] / c:10.2f} {'':9} {gf:7.1f}%")
+        ep = hf.get("eager_prefill", math.nan)
+        print(f"{name:6} {'prefill':8} {ours['prefill']:11.0f} {ep:9.0f} {'':12} "
+              f"{ours['prefill'] / ep:8.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": info["name"], "bandwidth_gbps": bw,
+                       "rows": [{"model": n, "ours": o, "hf": h, "bytes_per_token": b}
+                                for n, o, h, b in rows]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build with CUDA, run the GPU tests, print the benchmark table.
+# Usage: bash benchmarks/gpu_run.sh [benchmark args...]   (OUT=dir keeps logs)
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
+ARCH=${CUDA_ARCH:-90}
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+cmake -S native -B build-gpu -G Ninja -DTENSOR_OPS_CUDA=ON -DTENSOR_OPS_TESTS=OFF \
+  -DCMAKE_CUDA_ARCHITECTURES="$ARCH" > "$OUT/cmake.log" 2>&1 && cmake --build build-gpu > "$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log" "$OUT/cmake.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+export INFERENCE_PIO_LIB=$PWD/build-gpu/libtensor_ops.so
+export PYTHONPATH=$PWD/core:$PWD/plugins/qwen3_0_6b:$PWD/plugins/qwen3_4b_instruct_2507${PYTHONPATH:+:$PYTHONPATH}
+# cuBLAS from the Python environment's nvidia-cublas wheel when the system has none
+if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
+  c=$(python3 -c "import glob,sys;p=[g for s in sys.path for g in glob.glob(s+'/nvidia/cu*/lib/libcublas.so.*')+glob.glob(s+'/nvidia/cublas/lib/libcublas.so.*')];print(p[0] if p else '')" 2>/dev/null)
+  [ -n "$c" ] && export INFERENCE_PIO_CUBLAS=$c
+fi
+python3 -m pytest -q -p no:cacheprovider tests/gpu ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log" | tail -25
+python3 benchmarks/benchmark_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
+echo "total: $(( $(date +%s) - t0 )) s"

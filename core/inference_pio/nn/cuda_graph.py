@@ -1,0 +1,311 @@
+"""Batch-1 decode on a CUDA device as one captured CUDA graph per token.
+
+:class:`CudaGraphDecoder` owns static buffers at fixed device addresses (token id, position, step
+counter, activations, a KV cache of fixed capacity) and captures one decode step of a
+:class:`~inference_pio.nn.decoder.DecoderModel`: embedding, then per layer a fused
+RMSNorm+QKV GEMV, q/k RMSNorm+RoPE+cache append, split-K attention over the cache, o_proj GEMV with
+the residual add, a fused RMSNorm+gate/up GEMV with SwiGLU and the down GEMV with the residual;
+finally RMSNorm+LM head with a fused greedy argmax and a one-thread kernel that feeds the argmax
+back as the next token and advances the position. The position and kv length are read from device
+memory, so the same graph replays for every token; greedy decoding replays it N times back to back
+and copies N token ids back at the end. Sampled decoding replays it once per token and copies the
+logits to the host for the CPU sampler.
+
+:func:`cuda_stream_generate` is the generation loop :class:`~inference_pio.causal_lm.CausalLM` uses
+on a CUDA device (prefill through the op-by-op path, decode through the graph).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from inference_pio.dtypes import DType
+from inference_pio.generation import (
+    Detokenizer,
+    GenerationResult,
+    IncrementalText,
+    SequenceState,
+    check_context,
+)
+from inference_pio.nn.attention import Attention
+from inference_pio.nn.decoder import DecoderModel, LayerCache
+from inference_pio.nn.layers import RMS_PLAIN, ROPE_NEOX, RMSNorm
+from inference_pio.nn.mlp import SwiGLU
+from inference_pio.sampling import SamplingParams
+from inference_pio.tensor import Tensor
+
+CHUNK = 32  # greedy tokens per host round trip
+
+
+def _int32_host(values: Sequence[int]) -> Tensor:
+    t = Tensor.empty((len(values),), DType.int32)
+    arr = (ctypes.c_int32 * len(values))(*values)
+    ctypes.memmove(t.data_ptr, arr, 4 * len(values))
+    return t
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why ``model`` cannot use the graph decoder (None when it can)."""
+    if not isinstance(model, DecoderModel):
+        return "not a DecoderModel"
+    if model.device.type != "cuda":
+        return "not on a CUDA device"
+    if model.rotary.mode != ROPE_NEOX or model.rotary.rot_dim <= 0:
+        return "rotary mode"
+    if model.norm.variant != RMS_PLAIN:
+        return "final norm variant"
+    for layer in model.layers:
+        attn, mlp = layer.attention, layer.mlp
+        if not isinstance(attn, Attention) or not isinstance(mlp, SwiGLU):
+            return "layer type"
+        if attn.rotary.rot_dim != attn.hd or attn.hd > 256 or attn.hd % 2:
+            return "partial rotary or head_dim"
+        norms: list[RMSNorm | None] = [layer.input_norm, layer.post_norm, attn.q_norm, attn.k_norm]
+        if any(n is not None and n.variant != RMS_PLAIN for n in norms):
+            return "norm variant"
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate, mlp.up, mlp.down]
+        for lin in linears:
+            if lin.weight.dtype != DType.bfloat16 or lin.bias is not None or lin.in_features % 8:
+                return "weights must be bf16 without bias, in_features % 8 == 0"
+    lm = model.lm_head
+    if lm.weight.dtype != DType.bfloat16 or lm.bias is not None or lm.in_features % 8:
+        return "LM head must be bf16 without bias"
+    return None
+
+
+class CudaGraphDecoder:
+    """One captured decode step of ``model`` over a static KV cache of ``capacity`` tokens."""
+
+    def __init__(self, model: DecoderModel, capacity: int, chunk: int = CHUNK) -> None:
+        from inference_pio import cuda
+
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"CUDA graph decode is not supported for this model: {reason}")
+        self.model = model
+        self.cuda = cuda
+        self.capacity = capacity
+        self.chunk = chunk
+        self.cache: LayerCache = model.new_cache(capacity)
+        dev, act = model.device, model.act_dtype
+        a0 = model.layers[0].attention
+        self.nh, self.nkv, self.hd = a0.nh, a0.nkv, a0.hd
+        self.inter = model.layers[0].mlp.inter
+        self.qkv_w = (self.nh + 2 * self.nkv) * self.hd
+        # counters: [token, position, step, pad]; the packed argmax as one 64-bit word
+        self.ctr = Tensor.zeros((4,), DType.int32, dev)
+        self.argmax = Tensor.zeros((1,), DType.int64, dev)
+        self.tokens = Tensor.zeros((chunk,), DType.int32, dev)
+        self.x = Tensor.empty((1, model.hidden), act, dev)
+        self.x2 = Tensor.empty((1, model.hidden), act, dev)
+        self.qkv = Tensor.empty((1, self.qkv_w), act, dev)
+        self.attn = Tensor.empty((1, self.nh * self.hd), act, dev)
+        self.h = Tensor.empty((1, self.inter), act, dev)
+        self.logits = Tensor.empty((1, model.vocab_size), act, dev)
+        sms = cuda.device_info(dev)["multiprocessors"]
+        self.nsplit = max(1, min(32, capacity // 128, math.ceil(2 * sms / self.nkv)))
+        self.ws = Tensor.empty((self.nh * self.nsplit * (self.hd + 2),), DType.float32, dev)
+        positions = _int32_host(list(range(capacity))).to(dev)
+        self.cos, self.sin = model.rotary.tables(model.be, positions, act)
+        self.graph: int | None = None
+        self._capture()
+
+    # ---- capture ---------------------------------------------------------------------------------
+    def _record(self) -> None:
+        m, lib, check = self.model, self.cuda.lib(), self.cuda.check
+        act = int(m.act_dtype)
+        cache_dt = int(m.cache_dtype)
+        tok = self.ctr.data_ptr
+        pos = self.ctr.data_ptr + 4
+        step = self.ctr.data_ptr + 8
+        m.be.call("embedding", tok, int(DType.int32), 1, m.embed.weight.data_ptr,
+                  m.embed.weight.dtype, m.embed.vocab, m.embed.dim, self.x.data_ptr, act)
+        hid = m.hidden
+        for li, layer in enumerate(m.layers):
+            at, mlp = layer.attention, layer.mlp
+            kc, vc = self.cache.layers[li].k, self.cache.layers[li].v
+            n_in = layer.input_norm
+            check(lib.toc_gemv_fused(self.x.data_ptr, hid, 1, n_in.weight.data_ptr, n_in.weight.dtype,
+                                     n_in.eps, at.q_proj.weight.data_ptr, at.q_proj.out_features,
+                                     at.k_proj.weight.data_ptr, at.k_proj.out_features,
+                                     at.v_proj.weight.data_ptr, at.v_proj.out_features, hid, None, 0,
+                                     0, self.qkv.data_ptr, self.qkv_w, act, None), "qkv")
+            qn, kn = at.q_norm, at.k_norm
+            ndt = (qn or kn).weight.dtype if (qn or kn) is not None else 0  # type: ignore[union-attr]
+            eps = (qn or kn).eps if (qn or kn) is not None else 0.0  # type: ignore[union-attr]
+            check(lib.toc_qk_rope_append(self.qkv.data_ptr,
+                                         qn.weight.data_ptr if qn is not None else None,
+                                         kn.weight.data_ptr if kn is not None else None, ndt, eps,
+                                         self.cos.data_ptr, self.sin.data_ptr, pos, kc.data_ptr,
+                                         vc.data_ptr, self.nh, self.nkv, self.hd, self.capacity,
+                                         act, cache_dt), "qk_rope_append")
+            check(lib.toc_attention_decode(self.qkv.data_ptr, kc.data_ptr, vc.data_ptr,
+                                           self.attn.data_ptr, self.nh, self.nkv, self.hd,
+                                           self.capacity, pos, at.scale, act, cache_dt, self.nsplit,
+                                           self.ws.data_ptr), "attention_decode")
+            ow = at.o_proj
+            check(lib.toc_gemv_fused(self.attn.data_ptr, ow.in_features, 1, None, 0, 0.0,
+                                     ow.weight.data_ptr, ow.out_features, None, 0, None, 0,
+                                     ow.in_features, self.x.data_ptr, hid, 0, self.x2.data_ptr, hid,
+                                     act, None), "o_proj")
+            n_post = layer.post_norm
+            check(lib.toc_gemv_fused(self.x2.data_ptr, hid, 1, n_post.weight.data_ptr,
+                                     n_post.weight.dtype, n_post.eps, mlp.gate.weight.data_ptr,
+                                     self.inter, mlp.up.weight.data_ptr, self.inter, None, 0, hid,
+                                     None, 0, 1, self.h.data_ptr, self.inter, act, None), "gate_up")
+            dw = mlp.down
+            check(lib.toc_gemv_fused(self.h.data_ptr, self.inter, 1, None, 0, 0.0,
+                                     dw.weight.data_ptr, dw.out_features, None, 0, None, 0,
+                                     self.inter, self.x2.data_ptr, hid, 0, self.x.data_ptr, hid, act,
+                                     None), "down")
+        fn, head = m.norm, m.lm_head
+        check(lib.toc_gemv_fused(self.x.data_ptr, hid, 1, fn.weight.data_ptr, fn.weight.dtype,
+                                 fn.eps, head.weight.data_ptr, head.out_features, None, 0, None, 0,
+                                 hid, None, 0, 0, self.logits.data_ptr, m.vocab_size, act,
+                                 self.argmax.data_ptr), "lm_head")
+        check(lib.toc_decode_step_end(self.argmax.data_ptr, tok, pos, self.tokens.data_ptr, step,
+                                      self.chunk), "step_end")
+
+    def _capture(self) -> None:
+        lib, check = self.cuda.lib(), self.cuda.check
+        self.cuda.synchronize(self.model.device)
+        check(lib.toc_graph_begin(), "toc_graph_begin")
+        try:
+            self._record()
+        except BaseException:
+            lib.toc_graph_abort()
+            raise
+        out = ctypes.c_void_p()
+        check(lib.toc_graph_end(ctypes.byref(out)), "toc_graph_end")
+        self.graph = out.value
+
+    def __del__(self) -> None:
+        g = getattr(self, "graph", None)
+        if g:
+            try:
+                self.cuda.lib().toc_graph_destroy(g)
+            except Exception:
+                pass
+
+    # ---- running ---------------------------------------------------------------------------------
+    def _set(self, token: int, pos: int) -> None:
+        host = _int32_host([token, pos, 0, 0])
+        self.cuda.memcpy(self.ctr.data_ptr, host.data_ptr, 16, self.cuda.H2D, blocking=True)
+
+    def greedy(self, token: int, pos: int, n: int) -> list[int]:
+        """Feeds ``token`` at ``pos`` and decodes ``n`` (<= chunk) greedy tokens."""
+        if not 1 <= n <= self.chunk or pos + n > self.capacity:
+            raise ValueError(f"greedy: {n} steps at {pos} do not fit (chunk {self.chunk}, "
+                             f"capacity {self.capacity})")
+        self._set(token, pos)
+        self.cuda.check(self.cuda.lib().toc_graph_launch(self.graph, n), "toc_graph_launch")
+        out = Tensor.empty((n,), DType.int32)
+        self.cuda.memcpy(out.data_ptr, self.tokens.data_ptr, 4 * n, self.cuda.D2H, blocking=True)
+        return [int(v) for v in out.tolist()]
+
+    def logits_after(self, token: int, pos: int) -> Tensor:
+        """Feeds ``token`` at ``pos``; returns the next-token logits [vocab] on the CPU."""
+        if pos + 1 > self.capacity:
+            raise ValueError("logits_after: the cache is full")
+        self._set(token, pos)
+        self.cuda.check(self.cuda.lib().toc_graph_launch(self.graph, 1), "toc_graph_launch")
+        return self.logits[0].to("cpu")
+
+
+class _GivenToken:
+    """Stands in for a Sampler when the device already chose the token (greedy argmax)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.token = 0
+
+    def sample(self, logits: Any) -> int:
+        return self.token
+
+    def observe(self, token: int) -> None:
+        self.inner.observe(token)
+
+
+def _runner(model: DecoderModel, capacity: int) -> CudaGraphDecoder | None:
+    """The model's graph decoder with at least ``capacity`` cache slots (None if unsupported)."""
+    if unsupported_reason(model) is not None:
+        return None
+    r: CudaGraphDecoder | None = getattr(model, "_cuda_graph_decoder", None)
+    if r is None or r.capacity < capacity:
+        cap = min(model.max_context, max(capacity, 1 << max(0, (capacity - 1).bit_length()), 1024))
+        setattr(model, "_cuda_graph_decoder", None)
+        r = CudaGraphDecoder(model, cap)
+        setattr(model, "_cuda_graph_decoder", r)
+    return r
+
+
+def cuda_stream_generate(
+    model: Any,
+    detokenizer: Detokenizer,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    eos_ids: Sequence[int] = (),
+    on_finish: Callable[[GenerationResult], None] | None = None,
+) -> Iterator[str]:
+    """:func:`~inference_pio.generation.stream_generate` for a model on a CUDA device."""
+    prompt = list(prompt_ids)
+    capacity = check_context(model, len(prompt), params)
+    state = SequenceState(prompt, params, frozenset(eos_ids), IncrementalText(detokenizer))
+    runner = _runner(model, capacity)
+    if runner is not None:
+        state.cache = runner.cache
+        state.cache.length = 0
+    else:
+        state.cache = model.new_cache(capacity)
+    (logits,) = model.forward([(prompt, state.cache)])
+    logits = logits.to("cpu")
+    state.prefill_done_at = time.perf_counter()
+    device_greedy = (
+        runner is not None
+        and params.greedy
+        and params.repetition_penalty == 1.0
+        and params.presence_penalty == 0.0
+        and params.frequency_penalty == 0.0
+    )
+    pending: list[int] = []
+    given = _GivenToken(state.sampler)
+    while True:
+        if pending:
+            given.token = pending.pop(0)
+            state.sampler = given  # type: ignore[assignment]
+            piece = state.accept(logits)
+            state.sampler = given.inner
+        else:
+            piece = state.accept(logits)
+        if piece:
+            yield piece
+        if state.finished or state.cache.length >= capacity:
+            if not state.finished:
+                state.finish_reason = "length"
+                tail = state.stops.push(state.detok.flush()) + state.stops.flush()
+                if tail:
+                    yield tail
+            break
+        last = state.generated[-1]
+        if device_greedy and runner is not None:
+            if not pending:
+                n = min(runner.chunk, capacity - state.cache.length,
+                        params.max_new_tokens - len(state.generated))
+                n = max(1, n)
+                pending = runner.greedy(last, state.cache.length, n)
+            state.cache.length += 1
+        elif runner is not None:
+            logits = runner.logits_after(last, state.cache.length)
+            state.cache.length += 1
+        else:
+            (logits,) = model.forward([([last], state.cache)])
+            logits = logits.to("cpu")
+    if on_finish is not None:
+        on_finish(state.result(time.perf_counter()))
+
+
+__all__ = ["CudaGraphDecoder", "cuda_stream_generate", "unsupported_reason"]

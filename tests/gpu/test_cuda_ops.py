@@ -1,0 +1,286 @@
+"""Each CUDA op against torch (fp32/fp64 reference on the CPU, and torch on the GPU where it has
+the op) and against the CPU backend when libtensor_ops exports that op.
+
+Tolerances (relative error ‖out − ref‖ / ‖ref‖): fp32 ≤ 1e-5 for elementwise/norm/rope/softmax,
+≤ 1e-4 for reductions over long rows (linear, attention); bf16 ≤ 1e-2 (8 mantissa bits: one
+rounding is ~2e-3 relative). Exact ops (copies, casts of representable values, argmax, embedding)
+must match exactly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from inference_pio import cuda, ops  # noqa: E402
+from inference_pio._native import lib  # noqa: E402
+from inference_pio.backend import backend  # noqa: E402
+from inference_pio.dtypes import DType  # noqa: E402
+from inference_pio.tensor import Tensor  # noqa: E402
+
+DEV = "cuda:0"
+TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.int32: torch.int32,
+       DType.int64: torch.int64}
+FLOATS = [DType.float32, DType.bfloat16]
+
+
+def ours(t: Any, device: str = "cpu") -> Tensor:
+    """A torch tensor copied into an inference_pio tensor (CPU, or moved to ``device``)."""
+    t = t.detach().cpu().contiguous()
+    dt = {v: k for k, v in TDT.items()}[t.dtype]
+    out = Tensor.empty(tuple(t.shape), dt)
+    if out.nbytes:
+        ctypes.memmove(out.data_ptr, t.data_ptr(), out.nbytes)
+    return out if device == "cpu" else out.to(device)
+
+
+def theirs(t: Tensor) -> Any:
+    src = t.to("cpu").contiguous()
+    out = torch.empty(src.shape, dtype=TDT[src.dtype])
+    if src.nbytes:
+        ctypes.memmove(out.data_ptr(), src.data_ptr, src.nbytes)
+    return out
+
+
+def rel(a: Any, b: Any) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def tol(dt: DType, fp32: float = 1e-5) -> float:
+    return fp32 if dt == DType.float32 else 1e-2
+
+
+def has_cpu(op: str) -> bool:
+    return hasattr(lib(), "to_" + op)
+
+
+def test_device_and_memory() -> None:
+    info = cuda.device_info(DEV)
+    assert info["name"] and info["multiprocessors"] > 0
+    before = cuda.memory_stats(DEV)
+    t = Tensor.empty((1 << 20,), DType.float32, DEV)
+    mid = cuda.memory_stats(DEV)
+    assert mid["in_use"] >= before["in_use"] + (4 << 20)
+    assert mid["peak"] >= mid["in_use"]
+    del t
+    after = cuda.memory_stats(DEV)
+    assert after["in_use"] == before["in_use"] and after["cached"] >= 4 << 20
+    again = Tensor.empty((1 << 20,), DType.float32, DEV)  # served from the cache
+    assert cuda.memory_stats(DEV)["mallocs"] == after["mallocs"]
+    del again
+
+
+def test_roundtrip_zero_clone_contiguous() -> None:
+    x = torch.randn(37, 19)
+    d = ours(x, DEV)
+    assert torch.equal(theirs(d), x)
+    assert torch.equal(theirs(d.clone()), x)
+    assert torch.equal(theirs(d.transpose(0, 1).contiguous()), x.t().contiguous())
+    z = Tensor.empty((5, 3), DType.float32, DEV).zero_()
+    assert torch.equal(theirs(z), torch.zeros(5, 3))
+    pinned = cuda.PinnedBuffer(1024)
+    assert pinned.ptr
+
+
+def test_mixing_devices_raises() -> None:
+    a = ours(torch.randn(8), DEV)
+    b = ours(torch.randn(8))
+    with pytest.raises(ValueError, match="different devices"):
+        ops.add(a, b)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_binary(op: str, dt: DType) -> None:
+    a, b = torch.randn(10007).to(TDT[dt]), torch.randn(10007).to(TDT[dt])
+    ref = (a.float() + b.float()) if op == "add" else (a.float() * b.float())
+    out = theirs(getattr(ops, op)(ours(a, DEV), ours(b, DEV)))
+    assert torch.equal(out, ref.to(TDT[dt]))  # one rounding of an exact fp32 result
+    assert torch.equal(out, (a + b) if op == "add" else (a * b))
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("op", ["silu", "sigmoid", "exp", "softplus", "gelu"])
+def test_unary(op: str, dt: DType) -> None:
+    x = (torch.randn(4099) * 3).to(TDT[dt])
+    fns = {"silu": torch.nn.functional.silu, "sigmoid": torch.sigmoid, "exp": torch.exp,
+           "softplus": torch.nn.functional.softplus, "gelu": torch.nn.functional.gelu}
+    ref = fns[op](x.double())
+    out = theirs(getattr(ops, op)(ours(x, DEV)))
+    assert rel(out, ref) < tol(dt, 1e-6)
+    if has_cpu(op):
+        cpu = theirs(getattr(ops, op)(ours(x)))
+        assert rel(out, cpu.double()) < tol(dt, 1e-6)
+    gpu_ref = fns[op](x.cuda().float()).cpu()
+    assert rel(out, gpu_ref.double()) < tol(dt, 1e-6)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_swiglu(dt: DType) -> None:
+    g, u = torch.randn(6, 300).to(TDT[dt]), torch.randn(6, 300).to(TDT[dt])
+    ref = torch.nn.functional.silu(g) * u  # HF: act_fn(gate) * up in the model dtype
+    out = Tensor.empty((6, 300), dt, DEV)
+    backend(DEV).call("swiglu", ours(g, DEV).data_ptr, ours(u, DEV).data_ptr, out.data_ptr, 6, 300,
+                      300, 300, 300, dt)
+    assert rel(theirs(out), ref) < tol(dt, 1e-6)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_cast_and_copy_strided(dt: DType) -> None:
+    x = torch.randn(33, 65)
+    d = ours(x, DEV)
+    y = Tensor.empty((33, 65), dt, DEV)
+    backend(DEV).call("cast", d.data_ptr, DType.float32, y.data_ptr, dt, x.numel())
+    assert torch.equal(theirs(y), x.to(TDT[dt]))
+    v = d.transpose(0, 1)
+    assert torch.equal(theirs(v.contiguous()), x.t().contiguous())
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_rms_norm(dt: DType) -> None:
+    x = torch.randn(7, 4, 128).to(TDT[dt])
+    w = (1 + 0.1 * torch.randn(128)).to(TDT[dt])
+    var = x.float().pow(2).mean(-1, keepdim=True)
+    ref = w * (x.float() * torch.rsqrt(var + 1e-6)).to(TDT[dt])  # HF Qwen3RMSNorm
+    out = theirs(ops.rms_norm(ours(x, DEV), ours(w, DEV), 1e-6))
+    assert rel(out, ref) < tol(dt)
+    if has_cpu("rms_norm"):
+        assert rel(out, theirs(ops.rms_norm(ours(x), ours(w), 1e-6))) < tol(dt)
+
+
+def test_layer_norm() -> None:
+    x, w, b = torch.randn(9, 300), torch.randn(300), torch.randn(300)
+    ref = torch.nn.functional.layer_norm(x.double(), (300,), w.double(), b.double(), 1e-6)
+    out = theirs(ops.layer_norm(ours(x, DEV), ours(w, DEV), ours(b, DEV), 1e-6))
+    assert rel(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_rope(dt: DType) -> None:
+    pos = torch.randint(0, 4000, (11,), dtype=torch.int32)
+    cos, sin = ops.rope_cache(ours(pos, DEV), 128, 1e6, dt)
+    inv = 1.0 / (1e6 ** (torch.arange(0, 128, 2, dtype=torch.float32) / 128))
+    ang = pos.float()[:, None] * inv[None]
+    ref_cos = torch.cat([ang.cos(), ang.cos()], -1).to(TDT[dt])
+    assert rel(theirs(cos), ref_cos) < tol(dt, 1e-5)
+    x = torch.randn(11, 4, 128).to(TDT[dt])
+    d = ours(x, DEV)
+    ops.rope_apply(d, cos, sin)
+    c, s = theirs(cos)[:, None], theirs(sin)[:, None]
+    rot = torch.cat([-x[..., 64:], x[..., :64]], -1)
+    ref = x * c + rot * s
+    assert rel(theirs(d), ref) < tol(dt, 1e-5)
+    if has_cpu("rope_apply"):
+        cx = ours(x)
+        ops.rope_apply(cx, cos.to("cpu"), sin.to("cpu"))
+        assert rel(theirs(d), theirs(cx)) < tol(dt, 1e-6)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_softmax_argmax_topk(dt: DType) -> None:
+    x = torch.randn(5, 1000).to(TDT[dt])
+    sm = theirs(ops.softmax(ours(x, DEV), out_dtype=DType.float32))
+    assert rel(sm, torch.softmax(x.double(), -1)) < 1e-5
+    am = theirs(ops.argmax(ours(x, DEV)))
+    assert torch.equal(am, x.float().argmax(-1))
+    vals, idx = ops.topk(ours(x, DEV), 7)
+    ref = torch.topk(x.float(), 7, -1)
+    assert torch.equal(theirs(idx), ref.indices)
+    assert torch.equal(theirs(vals).float(), ref.values)
+
+
+def test_embedding() -> None:
+    table = torch.randn(500, 64).to(torch.bfloat16)
+    ids = torch.randint(0, 500, (17,), dtype=torch.int32)
+    out = Tensor.empty((17, 64), DType.bfloat16, DEV)
+    backend(DEV).call("embedding", ours(ids, DEV).data_ptr, DType.int32, 17, ours(table, DEV).data_ptr,
+                      DType.bfloat16, 500, 64, out.data_ptr, DType.bfloat16)
+    assert torch.equal(theirs(out), table[ids.long()])
+
+
+@pytest.mark.parametrize("m", [1, 3, 8, 64, 300])
+@pytest.mark.parametrize("dt", FLOATS)
+def test_linear(m: int, dt: DType) -> None:
+    n, k = 520, 1024
+    x = torch.randn(m, k).to(TDT[dt])
+    w = (torch.randn(n, k) * 0.05).to(TDT[dt])
+    y = Tensor.empty((m, n), dt, DEV)
+    backend(DEV).call("linear", ours(x, DEV).data_ptr, ours(w, DEV).data_ptr, None, y.data_ptr, m, n,
+                      k, k, n, dt, dt, 0, dt)
+    ref = x.double() @ w.double().t()
+    assert rel(theirs(y), ref) < tol(dt, 1e-5)
+    gpu = (x.cuda() @ w.cuda().t()).cpu()
+    assert rel(theirs(y), gpu.double()) < tol(dt, 1e-3)
+
+
+def test_linear_bias_mixed() -> None:
+    x, w, b = torch.randn(4, 72), torch.randn(40, 72).to(torch.bfloat16), torch.randn(40)
+    y = Tensor.empty((4, 40), DType.float32, DEV)
+    backend(DEV).call("linear", ours(x, DEV).data_ptr, ours(w, DEV).data_ptr, ours(b, DEV).data_ptr,
+                      y.data_ptr, 4, 40, 72, 72, 40, DType.float32, DType.bfloat16, DType.float32,
+                      DType.float32)
+    assert rel(theirs(y), x.double() @ w.double().t() + b.double()) < 1e-5
+
+
+def _sdpa_ref(q: Any, k: Any, v: Any, q_pos: int) -> Any:
+    """q [tq, nh, hd], k/v [kv, nkv, hd] -> [tq, nh, hd] causal at absolute positions q_pos + i."""
+    tq, nh, hd = q.shape
+    kv, nkv, _ = k.shape
+    rep = nh // nkv
+    kk = k.double().repeat_interleave(rep, 1).transpose(0, 1)
+    vv = v.double().repeat_interleave(rep, 1).transpose(0, 1)
+    s = q.double().transpose(0, 1) @ kk.transpose(1, 2) / hd**0.5
+    mask = torch.arange(kv)[None, :] > (q_pos + torch.arange(tq))[:, None]
+    s = s.masked_fill(mask[None], float("-inf"))
+    return (torch.softmax(s, -1) @ vv).transpose(0, 1)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("tq,past", [(1, 0), (1, 700), (5, 40), (200, 0), (130, 70)])
+def test_attention_cache(dt: DType, tq: int, past: int) -> None:
+    nh, nkv, hd, cap = 8, 2, 128, 1024
+    kv = past + tq
+    q = torch.randn(tq, nh, hd).to(TDT[dt])
+    k = torch.randn(kv, nkv, hd).to(TDT[dt])
+    v = torch.randn(kv, nkv, hd).to(TDT[dt])
+    kc = Tensor.zeros((nkv, cap, hd), dt, DEV)
+    vc = Tensor.zeros((nkv, cap, hd), dt, DEV)
+    ops.kv_cache_append(ours(k, DEV), ours(v, DEV), kc, vc, 0)
+    assert torch.equal(theirs(kc)[:, :kv], k.transpose(0, 1))
+    out = theirs(ops.attention(ours(q, DEV), kc, vc, kv_len=kv, q_pos=past))
+    ref = _sdpa_ref(q, k, v, past)
+    assert rel(out, ref) < tol(dt, 1e-4)
+    if has_cpu("attention") and tq * kv < 100_000:
+        ck, cv = kc.to("cpu"), vc.to("cpu")
+        cpu = theirs(ops.attention(ours(q), ck, cv, kv_len=kv, q_pos=past))
+        assert rel(out, cpu) < tol(dt, 1e-4)
+    if dt == DType.bfloat16:
+        sd = torch.nn.functional.scaled_dot_product_attention(
+            q.cuda().transpose(0, 1)[None], k.cuda().transpose(0, 1)[None].repeat_interleave(4, 1),
+            v.cuda().transpose(0, 1)[None].repeat_interleave(4, 1),
+            attn_mask=(torch.arange(kv)[None, :] <= (past + torch.arange(tq))[:, None]).cuda(),
+        )[0].transpose(0, 1).cpu()
+        assert rel(out, sd) < 1e-2
+
+
+def test_attention_segments() -> None:
+    nh, nkv, hd = 4, 4, 64
+    q, k, v = (torch.randn(10, n, hd) for n in (nh, nkv, nkv))
+    out = theirs(ops.attention(ours(q, DEV), ours(k, DEV), ours(v, DEV), kv_layout="tokens",
+                               causal=False, cu_seqlens=[0, 4, 10]))
+    parts = []
+    for a, b in ((0, 4), (4, 10)):
+        s = q[a:b].transpose(0, 1) @ k[a:b].transpose(0, 1).transpose(1, 2) / hd**0.5
+        parts.append((torch.softmax(s, -1) @ v[a:b].transpose(0, 1)).transpose(0, 1))
+    assert rel(out, torch.cat(parts)) < 1e-5
+
+
+def test_errors_are_reported() -> None:
+    x = Tensor.empty((4,), DType.float32, DEV)
+    with pytest.raises(Exception, match="dtype"):
+        backend(DEV).call("add", x.data_ptr, x.data_ptr, x.data_ptr, 4, DType.int32)
