@@ -410,6 +410,10 @@ def test_file_level_errors(tmp_path: Path) -> None:
             header_file(tmp_path, {"a": entry()}, b"\0" * 4, "l2", declared=2**63),
             "exceeds the limit",
         ),
+        "too many JSON values": (
+            header_file(tmp_path, b'{"a": [' + b"0," * (1 << 22) + b"0]}", b"", "l4"),
+            "too many JSON values",
+        ),
         "2^64-1 header": (
             header_file(tmp_path, b"{}", b"", "l3", declared=2**64 - 1),
             "exceeds the limit",

@@ -33,7 +33,7 @@
 #include "internal.h"
 
 #define JSON_MAX_DEPTH 64
-#define JSON_MAX_NODES (1 << 24)
+#define JSON_MAX_NODES (1 << 22) /* ~10 per tensor entry; bounds parser memory (32 B a node) */
 
 /* ---- JSON ------------------------------------------------------------------------------- */
 enum { J_OBJ, J_ARR, J_STR, J_INT, J_BIGINT, J_FLOAT, J_TRUE, J_FALSE, J_NULL };
@@ -73,7 +73,8 @@ static void skip_ws(jparser *p) {
 }
 
 static int32_t new_node(jparser *p, int kind) {
-    if (p->nnodes >= JSON_MAX_NODES) return jfail(p, TO_ERR_FORMAT, "too many JSON values");
+    if (p->nnodes >= JSON_MAX_NODES)
+        return jfail(p, TO_ERR_FORMAT, "too many JSON values (more than 4194304)");
     if (p->nnodes == p->cap) {
         int64_t cap = p->cap ? p->cap * 2 : 256;
         jnode *nodes = realloc(p->nodes, (size_t)cap * sizeof *nodes);
