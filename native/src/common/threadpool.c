@@ -32,9 +32,13 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static unsigned g_start_generation; /* generation when the workers were created */
+
 static void *worker_main(void *arg) {
     int id = (int)(intptr_t)arg; /* 1..g_nworkers */
-    unsigned seen = atomic_load(&g_generation);
+    /* Not atomic_load(&g_generation): a run started before this thread first executes would
+     * already have bumped it, and the worker would wait for the next one (deadlock). */
+    unsigned seen = g_start_generation;
     for (;;) {
         unsigned gen;
         int spins = 0;
@@ -78,6 +82,7 @@ static void stop_workers(void) {
 }
 
 static int start_workers(int n) {
+    g_start_generation = atomic_load(&g_generation);
     for (int i = 1; i < n; i++) {
         if (pthread_create(&g_threads[i], NULL, worker_main, (void *)(intptr_t)i) != 0) {
             g_nworkers = i - 1;
