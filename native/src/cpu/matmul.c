@@ -1,0 +1,591 @@
+/* Linear layers: y[m, n] = x[m, k] · W[n, k]ᵀ (+ bias[n]).
+ *
+ * Kernels (one dispatch point, to_linear):
+ *  - "dot tiles": up to 4 rows of x against 4 rows of W at a time, both read along k (W in its
+ *    safetensors layout, never copied or written). Every W element loaded is used for all rows of
+ *    the tile, so M == 1 (decode GEMV) streams W exactly once and small M (2..16) reuses each
+ *    loaded W row for every row of x. Threads split N. Variants:
+ *      avx512-bf16 dot   x bf16, W bf16: vdpbf16ps (exact bf16 products, fp32 accumulation)
+ *      avx512 f32 dot    any other dtype mix: x and W widened to f32 (bf16 by a 16-bit shift,
+ *                        f16 by vcvtph2ps), FMA in fp32 -- exact fp32 numerics for f32 x
+ *      avx2 f32 dot      same with 8 lanes
+ *      generic           plain C, W row widened once and reused for every row of x
+ *    For larger M the tiles walk a block of W rows (sized to stay in L2) for every row group.
+ *  - "packed GEMM" (x bf16, W bf16, AVX512-BF16, M >= TO_GEMM_MIN_M): x packed once into
+ *    row panels of MR=6 bf16 pairs, W packed per (N block, K block) into panels of NR=64 columns
+ *    of bf16 pairs, a 6x64 register-blocked vdpbf16ps microkernel (24 accumulators) with the x
+ *    pair broadcast; partial sums in an fp32 buffer across K blocks, then bias and one rounding.
+ *    Threads split N blocks (and M when N has too few blocks).
+ *  f32 x with bf16 W keeps fp32 activations exact (no rounding of x to bf16): it runs the f32
+ *  dot tiles at every M. bf16 speed needs bf16 activations.
+ */
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TO_X86 1
+#endif
+
+#include "../common/internal.h"
+
+#define TO_GEMM_MIN_M 8 /* below this, the dot tiles are as fast (W streamed, reused in L1) */
+
+typedef struct {
+    const void *x, *w, *bias;
+    void *y;
+    int64_t m, n, k, ldx, ldy;
+    int xt, wt, bt, yt;
+} lin_t;
+
+static inline float ld_scalar(const void *p, int dt, int64_t i) {
+    switch (dt) {
+    case TO_F32: return ((const float *)p)[i];
+    case TO_BF16: return to_bf16_to_f32(((const uint16_t *)p)[i]);
+    default: return to_f16_to_f32(((const uint16_t *)p)[i]);
+    }
+}
+
+/* y[i, j] = v + bias[j], rounded once to y's dtype. */
+static inline void store_out(const lin_t *a, int64_t i, int64_t j, float v) {
+    if (a->bias) v += ld_scalar(a->bias, a->bt, j);
+    if (a->yt == TO_F32)
+        ((float *)a->y)[i * a->ldy + j] = v;
+    else
+        ((uint16_t *)a->y)[i * a->ldy + j] = to_f32_to_bf16(v);
+}
+
+static inline const char *xrow(const lin_t *a, int64_t i) {
+    return (const char *)a->x + (size_t)(i * a->ldx) * (a->xt == TO_F32 ? 4 : 2);
+}
+static inline const char *wrow(const lin_t *a, int64_t j) {
+    return (const char *)a->w + (size_t)(j * a->k) * (a->wt == TO_F32 ? 4 : 2);
+}
+
+/* Rows of W per block such that the block stays in L2 while every row group of x walks it. */
+static int64_t w_block_rows(const lin_t *a) {
+    int64_t bytes = a->k * (a->wt == TO_F32 ? 4 : 2);
+    int64_t rows = (256 * 1024) / (bytes > 0 ? bytes : 1);
+    rows &= ~(int64_t)3;
+    return rows < 4 ? 4 : rows;
+}
+
+/* ==== generic C ================================================================================ */
+typedef struct {
+    const lin_t *a;
+    float *scratch; /* nth * k floats */
+} gen_ctx;
+
+static void generic_task(void *vctx, int ith, int nth) {
+    gen_ctx *ctx = vctx;
+    const lin_t *a = ctx->a;
+    int64_t j0, j1, K = a->k;
+    to_split_rows(a->n, ith, nth, &j0, &j1);
+    float *wf = ctx->scratch + (size_t)ith * (size_t)(K > 0 ? K : 1);
+    for (int64_t j = j0; j < j1; j++) {
+        const char *wr = wrow(a, j);
+        for (int64_t t = 0; t < K; t++) wf[t] = ld_scalar(wr, a->wt, t);
+        for (int64_t i = 0; i < a->m; i++) {
+            float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            int64_t t = 0;
+            if (a->xt == TO_F32) {
+                const float *xr = (const float *)xrow(a, i);
+                for (; t + 8 <= K; t += 8)
+                    for (int u = 0; u < 8; u++) s[u] += xr[t + u] * wf[t + u];
+                for (; t < K; t++) s[0] += xr[t] * wf[t];
+            } else {
+                const uint16_t *xr = (const uint16_t *)xrow(a, i);
+                for (; t + 8 <= K; t += 8)
+                    for (int u = 0; u < 8; u++) s[u] += to_bf16_to_f32(xr[t + u]) * wf[t + u];
+                for (; t < K; t++) s[0] += to_bf16_to_f32(xr[t]) * wf[t];
+            }
+            store_out(a, i, j, ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
+        }
+    }
+}
+
+/* ==== shared driver of the dot tiles ============================================================ */
+typedef void (*tile_fn)(const lin_t *a, int64_t i0, int rx, int64_t j0);
+
+typedef struct {
+    const lin_t *a;
+    tile_fn tile;
+} dot_ctx;
+
+static void dot_task(void *vctx, int ith, int nth) {
+    const dot_ctx *ctx = vctx;
+    const lin_t *a = ctx->a;
+    int64_t groups = (a->n + 3) / 4, g0, g1;
+    to_split_rows(groups, ith, nth, &g0, &g1);
+    int64_t nb = w_block_rows(a) / 4;
+    for (int64_t gb = g0; gb < g1; gb += nb) {
+        int64_t ge = gb + nb < g1 ? gb + nb : g1;
+        for (int64_t i0 = 0; i0 < a->m; i0 += 4) {
+            int rx = (int)(a->m - i0 < 4 ? a->m - i0 : 4);
+            for (int64_t g = gb; g < ge; g++) ctx->tile(a, i0, rx, g * 4);
+        }
+    }
+}
+
+#ifdef TO_X86
+/* ==== AVX-512 =================================================================================== */
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
+#define T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma,f16c")))
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE T512 __m512 ld16_512(const char *p, int64_t off, int dt, __mmask16 m) {
+    if (dt == TO_F32) return _mm512_maskz_loadu_ps(m, (const float *)p + off);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off);
+    if (dt == TO_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+INLINE T512 __m512 ld16_512_full(const char *p, int64_t off, int dt) {
+    if (dt == TO_F32) return _mm512_loadu_ps((const float *)p + off);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + off));
+    if (dt == TO_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/* Tile pointers: rows past the end of W repeat the last row (results discarded). */
+INLINE void tile_ptrs(const lin_t *a, int64_t i0, int rx, int64_t j0, const char **xr,
+                      const char **wr) {
+    for (int r = 0; r < 4; r++) xr[r] = xrow(a, i0 + (r < rx ? r : rx - 1));
+    for (int c = 0; c < 4; c++) wr[c] = wrow(a, j0 + c < a->n ? j0 + c : a->n - 1);
+}
+
+INLINE void tile_store(const lin_t *a, int64_t i0, int rx, int64_t j0, float s[4][4]) {
+    for (int r = 0; r < rx; r++)
+        for (int c = 0; c < 4; c++)
+            if (j0 + c < a->n) store_out(a, i0 + r, j0 + c, s[r][c]);
+}
+
+INLINE T512 void tile512_f32_impl(const lin_t *a, int64_t i0, int rx, int64_t j0, int xt, int wt) {
+    const char *xr[4], *wr[4];
+    tile_ptrs(a, i0, rx, j0, xr, wr);
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t K = a->k, k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv[4];
+        for (int c = 0; c < 4; c++) wv[c] = ld16_512_full(wr[c], k, wt);
+        for (int r = 0; r < rx; r++) {
+            __m512 xv = ld16_512_full(xr[r], k, xt);
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+        }
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+        __m512 wv[4];
+        for (int c = 0; c < 4; c++) wv[c] = ld16_512(wr[c], k, wt, m);
+        for (int r = 0; r < rx; r++) {
+            __m512 xv = ld16_512(xr[r], k, xt, m);
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+        }
+    }
+    float s[4][4];
+    for (int r = 0; r < rx; r++)
+        for (int c = 0; c < 4; c++) s[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+    tile_store(a, i0, rx, j0, s);
+}
+
+#define TILE512_F32(XT, WT, NAME)                                                                   \
+    static T512 void NAME(const lin_t *a, int64_t i0, int rx, int64_t j0) {                        \
+        switch (rx) {                                                                              \
+        case 1: tile512_f32_impl(a, i0, 1, j0, XT, WT); break;                                     \
+        case 2: tile512_f32_impl(a, i0, 2, j0, XT, WT); break;                                     \
+        case 3: tile512_f32_impl(a, i0, 3, j0, XT, WT); break;                                     \
+        default: tile512_f32_impl(a, i0, 4, j0, XT, WT); break;                                    \
+        }                                                                                          \
+    }
+TILE512_F32(TO_F32, TO_BF16, tile512_f32x_bf16w)
+TILE512_F32(TO_F32, TO_F16, tile512_f32x_f16w)
+TILE512_F32(TO_F32, TO_F32, tile512_f32x_f32w)
+TILE512_F32(TO_BF16, TO_BF16, tile512_bf16x_bf16w)
+TILE512_F32(TO_BF16, TO_F16, tile512_bf16x_f16w)
+TILE512_F32(TO_BF16, TO_F32, tile512_bf16x_f32w)
+
+static tile_fn pick_tile512(int xt, int wt) {
+    if (xt == TO_F32) return wt == TO_BF16 ? tile512_f32x_bf16w : wt == TO_F16 ? tile512_f32x_f16w
+                                                                               : tile512_f32x_f32w;
+    return wt == TO_BF16 ? tile512_bf16x_bf16w : wt == TO_F16 ? tile512_bf16x_f16w
+                                                              : tile512_bf16x_f32w;
+}
+
+/* bf16 x bf16 with vdpbf16ps: 32 k per instruction. */
+INLINE T512BF void tile512_dp_impl(const lin_t *a, int64_t i0, int rx, int64_t j0) {
+    const char *xr[4], *wr[4];
+    tile_ptrs(a, i0, rx, j0, xr, wr);
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t K = a->k, k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512i wv[4];
+        for (int c = 0; c < 4; c++) wv[c] = _mm512_loadu_si512((const uint16_t *)wr[c] + k);
+        for (int r = 0; r < rx; r++) {
+            __m512i xv = _mm512_loadu_si512((const uint16_t *)xr[r] + k);
+            for (int c = 0; c < 4; c++)
+                acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)xv, (__m512bh)wv[c]);
+        }
+    }
+    if (k < K) {
+        __mmask32 m = (__mmask32)((1ull << (K - k)) - 1ull);
+        __m512i wv[4];
+        for (int c = 0; c < 4; c++) wv[c] = _mm512_maskz_loadu_epi16(m, (const uint16_t *)wr[c] + k);
+        for (int r = 0; r < rx; r++) {
+            __m512i xv = _mm512_maskz_loadu_epi16(m, (const uint16_t *)xr[r] + k);
+            for (int c = 0; c < 4; c++)
+                acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)xv, (__m512bh)wv[c]);
+        }
+    }
+    float s[4][4];
+    for (int r = 0; r < rx; r++)
+        for (int c = 0; c < 4; c++) s[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+    tile_store(a, i0, rx, j0, s);
+}
+
+static T512BF void tile512_dp(const lin_t *a, int64_t i0, int rx, int64_t j0) {
+    switch (rx) {
+    case 1: tile512_dp_impl(a, i0, 1, j0); break;
+    case 2: tile512_dp_impl(a, i0, 2, j0); break;
+    case 3: tile512_dp_impl(a, i0, 3, j0); break;
+    default: tile512_dp_impl(a, i0, 4, j0); break;
+    }
+}
+
+/* ---- packed bf16 GEMM ------------------------------------------------------------------------ */
+#define GM_MR 6
+#define GM_NR 64
+#define GM_KC 512 /* k per block (even) */
+#define GM_NC 128 /* columns per task block (multiple of GM_NR) */
+
+typedef struct {
+    const lin_t *a;
+    uint32_t *xp;     /* [ceil(m/MR)][kp2][MR] bf16 pairs */
+    int64_t kp2;      /* ceil(k/2) */
+    int64_t mpanels;  /* ceil(m/MR) */
+    int64_t nblocks;  /* ceil(n/NC) */
+    int64_t mchunks;  /* M split: panels per chunk = ceil(mpanels/mchunks) */
+    int64_t cstride;  /* floats per thread in cbuf */
+    float *cbuf;      /* nth * cstride */
+    uint32_t *wbuf;   /* nth * NC * KC/2 */
+} gemm_ctx;
+
+static void pack_x_task(void *vctx, int ith, int nth) {
+    gemm_ctx *g = vctx;
+    const lin_t *a = g->a;
+    int64_t p0, p1;
+    to_split_rows(g->mpanels, ith, nth, &p0, &p1);
+    for (int64_t p = p0; p < p1; p++) {
+        uint32_t *dst = g->xp + (size_t)(p * g->kp2 * GM_MR);
+        for (int r = 0; r < GM_MR; r++) {
+            int64_t i = p * GM_MR + r;
+            if (i >= a->m) {
+                for (int64_t q = 0; q < g->kp2; q++) dst[q * GM_MR + r] = 0;
+                continue;
+            }
+            const uint16_t *xr = (const uint16_t *)xrow(a, i);
+            int64_t q = 0;
+            for (; 2 * q + 1 < a->k; q++)
+                dst[q * GM_MR + r] = (uint32_t)xr[2 * q] | ((uint32_t)xr[2 * q + 1] << 16);
+            if (q < g->kp2) dst[q * GM_MR + r] = xr[2 * q];
+        }
+    }
+}
+
+/* Packs W[j0 : j0+nc, k0 : k0+kc] into panels of NR columns: [nc/NR][kc2][NR] pairs. */
+static void pack_w_block(const lin_t *a, uint32_t *dst, int64_t j0, int64_t k0, int64_t kc) {
+    int64_t kc2 = (kc + 1) / 2;
+    for (int64_t jj = 0; jj < GM_NC; jj++) {
+        int64_t j = j0 + jj;
+        uint32_t *d = dst + (size_t)((jj / GM_NR) * kc2 * GM_NR + (jj % GM_NR));
+        if (j >= a->n) {
+            for (int64_t q = 0; q < kc2; q++) d[q * GM_NR] = 0;
+            continue;
+        }
+        const uint16_t *wr = (const uint16_t *)wrow(a, j) + k0;
+        int64_t q = 0;
+        for (; 2 * q + 1 < kc; q++) {
+            uint32_t v;
+            memcpy(&v, wr + 2 * q, 4);
+            d[q * GM_NR] = v;
+        }
+        if (q < kc2) d[q * GM_NR] = wr[2 * q];
+    }
+}
+
+/* c[6][64] (row stride ldc) (+)= xp-panel · wp-panel over kc2 pairs. */
+static T512BF void ukr_bf16_6x64(int64_t kc2, const uint32_t *xp, const uint32_t *wp, float *c,
+                                 int64_t ldc, int accumulate) {
+    __m512 acc[GM_MR][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < GM_MR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t q = 0; q < kc2; q++) {
+        const uint32_t *wq = wp + q * GM_NR;
+        __m512i w0 = _mm512_loadu_si512(wq), w1 = _mm512_loadu_si512(wq + 16);
+        __m512i w2 = _mm512_loadu_si512(wq + 32), w3 = _mm512_loadu_si512(wq + 48);
+        const uint32_t *xq = xp + q * GM_MR;
+#pragma GCC unroll 6
+        for (int r = 0; r < GM_MR; r++) {
+            __m512bh xb = (__m512bh)_mm512_set1_epi32((int)xq[r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xb, (__m512bh)w0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xb, (__m512bh)w1);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], xb, (__m512bh)w2);
+            acc[r][3] = _mm512_dpbf16_ps(acc[r][3], xb, (__m512bh)w3);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < GM_MR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            float *cp = c + r * ldc + v * 16;
+            __m512 t = acc[r][v];
+            if (accumulate) t = _mm512_add_ps(t, _mm512_loadu_ps(cp));
+            _mm512_storeu_ps(cp, t);
+        }
+}
+
+/* y rows [i0, i1), columns [j0, j0+nc) from the fp32 block c (row stride GM_NC), plus bias. */
+static T512 void gemm_finalize(const lin_t *a, const float *c, int64_t i0, int64_t i1, int64_t j0,
+                               int64_t nc) {
+    for (int64_t i = i0; i < i1; i++) {
+        const float *cr = c + (i - i0) * GM_NC;
+        for (int64_t jj = 0; jj < nc; jj += 16) {
+            int64_t left = nc - jj;
+            __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+            __m512 v = _mm512_maskz_loadu_ps(m, cr + jj);
+            if (a->bias) {
+                const char *b = (const char *)a->bias;
+                v = _mm512_add_ps(v, a->bt == TO_F32    ? ld16_512(b, j0 + jj, TO_F32, m)
+                                     : a->bt == TO_BF16 ? ld16_512(b, j0 + jj, TO_BF16, m)
+                                                        : ld16_512(b, j0 + jj, TO_F16, m));
+            }
+            if (a->yt == TO_F32) {
+                _mm512_mask_storeu_ps((float *)a->y + i * a->ldy + j0 + jj, m, v);
+            } else {
+                /* round to nearest even, NaN kept quiet: same as to_f32_to_bf16 */
+                __m512i u = _mm512_castps_si512(v);
+                __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+                __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+                r = _mm512_srli_epi32(r, 16);
+                __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                r = _mm512_mask_mov_epi32(
+                    r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+                _mm256_mask_storeu_epi16((uint16_t *)a->y + i * a->ldy + j0 + jj, m,
+                                         _mm512_cvtepi32_epi16(r));
+            }
+        }
+    }
+}
+
+static void gemm_task(void *vctx, int ith, int nth) {
+    gemm_ctx *g = vctx;
+    const lin_t *a = g->a;
+    int64_t ntasks = g->nblocks * g->mchunks, t0, t1;
+    to_split_rows(ntasks, ith, nth, &t0, &t1);
+    float *cbuf = g->cbuf + (size_t)ith * (size_t)g->cstride;
+    uint32_t *wbuf = g->wbuf + (size_t)ith * (GM_NC * GM_KC / 2);
+    int64_t ppc = (g->mpanels + g->mchunks - 1) / g->mchunks; /* panels per chunk */
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t nb = t / g->mchunks, mc = t % g->mchunks;
+        int64_t j0 = nb * GM_NC, nc = a->n - j0 < GM_NC ? a->n - j0 : GM_NC;
+        int64_t p0 = mc * ppc, p1 = p0 + ppc < g->mpanels ? p0 + ppc : g->mpanels;
+        if (p0 >= p1) continue;
+        int64_t nsub = (nc + GM_NR - 1) / GM_NR;
+        for (int64_t k0 = 0; k0 < a->k; k0 += GM_KC) {
+            int64_t kc = a->k - k0 < GM_KC ? a->k - k0 : GM_KC, kc2 = (kc + 1) / 2;
+            pack_w_block(a, wbuf, j0, k0, kc);
+            for (int64_t p = p0; p < p1; p++) {
+                const uint32_t *xp = g->xp + (size_t)((p * g->kp2 + k0 / 2) * GM_MR);
+                float *c = cbuf + (p - p0) * GM_MR * GM_NC;
+                for (int64_t s = 0; s < nsub; s++)
+                    ukr_bf16_6x64(kc2, xp, wbuf + s * kc2 * GM_NR, c + s * GM_NR, GM_NC, k0 > 0);
+            }
+        }
+        int64_t i0 = p0 * GM_MR, i1 = p1 * GM_MR < a->m ? p1 * GM_MR : a->m;
+        gemm_finalize(a, cbuf, i0, i1, j0, nc);
+    }
+}
+
+static int run_gemm_bf16(const lin_t *a) {
+    int nth = to_get_num_threads();
+    gemm_ctx g;
+    memset(&g, 0, sizeof g);
+    g.a = a;
+    g.kp2 = (a->k + 1) / 2;
+    g.mpanels = (a->m + GM_MR - 1) / GM_MR;
+    g.nblocks = (a->n + GM_NC - 1) / GM_NC;
+    g.mchunks = 1;
+    if (g.nblocks < 4 * (int64_t)nth) {
+        g.mchunks = (4 * (int64_t)nth + g.nblocks - 1) / g.nblocks;
+        if (g.mchunks > g.mpanels) g.mchunks = g.mpanels;
+    }
+    int64_t ppc = (g.mpanels + g.mchunks - 1) / g.mchunks;
+    g.cstride = ppc * GM_MR * GM_NC;
+    void *xp = NULL, *cb = NULL, *wb = NULL;
+    int rc = to_alloc((size_t)(g.mpanels * g.kp2 * GM_MR) * 4, &xp);
+    if (rc == TO_OK) rc = to_alloc((size_t)nth * (size_t)g.cstride * 4, &cb);
+    if (rc == TO_OK) rc = to_alloc((size_t)nth * (GM_NC * GM_KC / 2) * 4, &wb);
+    if (rc == TO_OK) {
+        g.xp = xp;
+        g.cbuf = cb;
+        g.wbuf = wb;
+        to_parallel_run(pack_x_task, &g, nth);
+        to_parallel_run(gemm_task, &g, nth);
+    }
+    to_free(xp);
+    to_free(cb);
+    to_free(wb);
+    return rc;
+}
+
+/* ==== AVX2 + FMA ================================================================================ */
+#define T256 __attribute__((target("avx2,fma,f16c")))
+
+INLINE T256 __m256 ld8_256(const char *p, int64_t off, int dt) {
+    if (dt == TO_F32) return _mm256_loadu_ps((const float *)p + off);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + off));
+    if (dt == TO_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+INLINE T256 float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE T256 void tile256_impl(const lin_t *a, int64_t i0, int rx, int64_t j0, int xt, int wt) {
+    const char *xr[4], *wr[4];
+    tile_ptrs(a, i0, rx, j0, xr, wr);
+    __m256 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm256_setzero_ps();
+    int64_t K = a->k, k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 wv[4];
+        for (int c = 0; c < 4; c++) wv[c] = ld8_256(wr[c], k, wt);
+        for (int r = 0; r < rx; r++) {
+            __m256 xv = ld8_256(xr[r], k, xt);
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+        }
+    }
+    float s[4][4];
+    for (int r = 0; r < rx; r++)
+        for (int c = 0; c < 4; c++) {
+            float t = hsum256(acc[r][c]);
+            for (int64_t kk = k; kk < K; kk++) t += ld_scalar(xr[r], xt, kk) * ld_scalar(wr[c], wt, kk);
+            s[r][c] = t;
+        }
+    tile_store(a, i0, rx, j0, s);
+}
+
+#define TILE256(XT, WT, NAME)                                                                       \
+    static T256 void NAME(const lin_t *a, int64_t i0, int rx, int64_t j0) {                        \
+        switch (rx) {                                                                              \
+        case 1: tile256_impl(a, i0, 1, j0, XT, WT); break;                                         \
+        case 2: tile256_impl(a, i0, 2, j0, XT, WT); break;                                         \
+        case 3: tile256_impl(a, i0, 3, j0, XT, WT); break;                                         \
+        default: tile256_impl(a, i0, 4, j0, XT, WT); break;                                        \
+        }                                                                                          \
+    }
+TILE256(TO_F32, TO_BF16, tile256_f32x_bf16w)
+TILE256(TO_F32, TO_F16, tile256_f32x_f16w)
+TILE256(TO_F32, TO_F32, tile256_f32x_f32w)
+TILE256(TO_BF16, TO_BF16, tile256_bf16x_bf16w)
+TILE256(TO_BF16, TO_F16, tile256_bf16x_f16w)
+TILE256(TO_BF16, TO_F32, tile256_bf16x_f32w)
+
+static tile_fn pick_tile256(int xt, int wt) {
+    if (xt == TO_F32) return wt == TO_BF16 ? tile256_f32x_bf16w : wt == TO_F16 ? tile256_f32x_f16w
+                                                                               : tile256_f32x_f32w;
+    return wt == TO_BF16 ? tile256_bf16x_bf16w : wt == TO_F16 ? tile256_bf16x_f16w
+                                                              : tile256_bf16x_f32w;
+}
+#endif /* TO_X86 */
+
+/* ==== dispatch ================================================================================== */
+/* Records the kernel of each size class, only when it changes (decode calls this per layer). */
+static void report(int gemm, const char *kernel) {
+    static const char *last[2];
+    if (last[gemm] != kernel) {
+        to_report_kernel(gemm ? "linear (m >= 8)" : "linear (m < 8)", kernel);
+        last[gemm] = kernel;
+    }
+}
+
+static int fill_bias(const lin_t *a) {
+    for (int64_t i = 0; i < a->m; i++)
+        for (int64_t j = 0; j < a->n; j++) store_out(a, i, j, 0.0f);
+    return TO_OK;
+}
+
+static int float_dtype_ok(int dt) { return dt == TO_F32 || dt == TO_BF16 || dt == TO_F16; }
+
+TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, int64_t m, int64_t n,
+                     int64_t k, int64_t ldx, int64_t ldy, int x_dtype, int w_dtype, int bias_dtype,
+                     int y_dtype) {
+    TO_CHECK_NONNEG(m);
+    TO_CHECK_NONNEG(n);
+    TO_CHECK_NONNEG(k);
+    TO_CHECK(x_dtype == TO_F32 || x_dtype == TO_BF16, TO_ERR_DTYPE,
+             "to_linear: x dtype %d not supported (f32 or bf16)", x_dtype);
+    TO_CHECK(float_dtype_ok(w_dtype), TO_ERR_DTYPE,
+             "to_linear: weight dtype %d not supported (bf16, f16 or f32)", w_dtype);
+    TO_CHECK(y_dtype == TO_F32 || y_dtype == TO_BF16, TO_ERR_DTYPE,
+             "to_linear: y dtype %d not supported (f32 or bf16)", y_dtype);
+    TO_CHECK(bias == NULL || float_dtype_ok(bias_dtype), TO_ERR_DTYPE,
+             "to_linear: bias dtype %d not supported (f32, bf16 or f16)", bias_dtype);
+    TO_CHECK(ldx >= k, TO_ERR_SHAPE,
+             "to_linear: x row stride %lld is smaller than k=%lld", (long long)ldx, (long long)k);
+    TO_CHECK(ldy >= n, TO_ERR_SHAPE, "to_linear: y row stride %lld is smaller than n=%lld",
+             (long long)ldy, (long long)n);
+    if (m == 0 || n == 0) return TO_OK;
+    TO_CHECK_PTR(y);
+    TO_CHECK(k == 0 || (x != NULL && w != NULL), TO_ERR_INVALID_ARGUMENT,
+             "to_linear: x or w is NULL");
+    lin_t a = {x, w, bias, y, m, n, k, ldx, ldy, x_dtype, w_dtype, bias_dtype, y_dtype};
+    if (k == 0) return fill_bias(&a);
+    int op = m >= TO_GEMM_MIN_M;
+#ifdef TO_X86
+    uint32_t isa = to_isa();
+    const uint32_t need512 = TO_ISA_AVX512F | TO_ISA_AVX512BW | TO_ISA_AVX512VL | TO_ISA_FMA |
+                             TO_ISA_F16C;
+    const uint32_t need256 = TO_ISA_AVX2 | TO_ISA_FMA | TO_ISA_F16C;
+    if ((isa & need512) == need512) {
+        dot_ctx ctx = {&a, NULL};
+        if (x_dtype == TO_BF16 && w_dtype == TO_BF16 && (isa & TO_ISA_AVX512_BF16)) {
+            if (m >= TO_GEMM_MIN_M) {
+                report(op, "avx512-bf16 packed gemm 6x64");
+                return run_gemm_bf16(&a);
+            }
+            report(op, "avx512-bf16 dot tiles");
+            ctx.tile = tile512_dp;
+        } else {
+            report(op, "avx512 f32 dot tiles");
+            ctx.tile = pick_tile512(x_dtype, w_dtype);
+        }
+        to_parallel_run(dot_task, &ctx, 0);
+        return TO_OK;
+    }
+    if ((isa & need256) == need256) {
+        report(op, "avx2 f32 dot tiles");
+        dot_ctx ctx = {&a, pick_tile256(x_dtype, w_dtype)};
+        to_parallel_run(dot_task, &ctx, 0);
+        return TO_OK;
+    }
+#endif
+    report(op, "generic c");
+    int nth = to_get_num_threads();
+    void *scratch = NULL;
+    int rc = to_alloc((size_t)nth * (size_t)k * sizeof(float), &scratch);
+    if (rc != TO_OK) return rc;
+    gen_ctx ctx = {&a, scratch};
+    to_parallel_run(generic_task, &ctx, nth);
+    to_free(scratch);
+    return TO_OK;
+}
