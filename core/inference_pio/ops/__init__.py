@@ -15,6 +15,7 @@ from inference_pio.ops.elementwise import (
     softplus,
     swiglu,
 )
+from inference_pio.ops.matmul import get_num_threads, linear, set_num_threads
 from inference_pio.ops.norm import layer_norm, rms_norm
 from inference_pio.ops.rope import mrope_cache, rope_apply, rope_cache, rope_cache_2d
 from inference_pio.ops.select import argmax, cumsum, embedding, topk, where
@@ -29,8 +30,10 @@ __all__ = [
     "embedding",
     "exp",
     "gelu",
+    "get_num_threads",
     "kv_cache_append",
     "layer_norm",
+    "linear",
     "log_softmax",
     "mrope_cache",
     "mul",
@@ -40,6 +43,7 @@ __all__ = [
     "rope_cache",
     "rope_cache_2d",
     "scale",
+    "set_num_threads",
     "sigmoid",
     "silu",
     "softmax",
