@@ -29,7 +29,7 @@ def linear(
     once; f32 ``x`` is never rounded to bf16.
     """
     require("x", x, dtypes=FLOAT_ACT, contiguous=False)
-    require("weight", weight, dtypes=WEIGHT_DTYPES, ndim=2)
+    require("weight", weight, dtypes=WEIGHT_DTYPES, ndim=2, contiguous=False)
     if x.ndim < 1:
         raise ValueError("linear: x must have at least 1 dim, got a 0-d tensor")
     n, k = weight.shape
@@ -38,10 +38,12 @@ def linear(
             f"linear: x has {x.shape[-1]} features (shape {x.shape}), "
             f"weight {weight.shape} expects {k}"
         )
-    if not weight.is_contiguous():
+    if weight.numel and not weight.is_contiguous():
         raise ValueError("linear: weight must be contiguous ([out, in] row-major)")
     if bias is not None:
-        require("bias", bias, dtypes=WEIGHT_DTYPES, ndim=1)
+        require("bias", bias, dtypes=WEIGHT_DTYPES, ndim=1, contiguous=False)
+        if n > 1 and bias.strides[0] != 1:
+            raise ValueError("linear: bias must be contiguous")
         if bias.shape != (n,):
             raise ValueError(f"linear: bias has shape {bias.shape}, expected ({n},)")
     device = same_device(x=x, weight=weight, bias=bias, out=out)
