@@ -1,0 +1,663 @@
+/* Scaled dot-product attention (GQA, causal with a start position, packed bidirectional segments)
+ * and the KV-cache append.
+ *
+ * Algorithm: flash-style online softmax. A work item is (kv head, block of query tokens, key
+ * range). Its rows are the block's tokens x the query heads sharing the kv head, so every key/value
+ * tile (converted to fp32 once if the cache is bf16) is reused by all of them. Visible keys of one
+ * row are always an interval [lo, hi), so masks never need -inf scores. Scores, softmax and the
+ * P.V accumulation are fp32; the output is rounded once. Decode (few rows, few kv heads) splits
+ * the key range across threads and merges the partial (max, sum, acc) triples at the end.
+ * Items are handed out dynamically (atomic counter), most expensive (latest causal) blocks first.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "../common/internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TO_X86 1
+#endif
+
+/* ---- kernels ------------------------------------------------------------------------------- */
+typedef struct {
+    const char *name;
+    /* s[j] = scale * <q, k + j*ldk> for j < n (rows of d floats) */
+    void (*scores)(const float *q, const float *k, int64_t ldk, int n, int64_t d, float scale,
+                   float *s);
+    /* s[j] = exp(s[j] - m) for j < n; returns the sum */
+    float (*expsum)(float *s, int n, float m);
+    /* acc[0:d] = acc * c + sum_j p[j] * v[j*ldv : +d] */
+    void (*pv)(float *acc, float c, const float *p, const float *v, int64_t ldv, int n, int64_t d);
+    void (*cvt)(const uint16_t *src, float *dst, int64_t n);
+} attn_kernels;
+
+static void scores_c(const float *q, const float *k, int64_t ldk, int n, int64_t d, float scale,
+                     float *s) {
+    for (int j = 0; j < n; j++) {
+        const float *kr = k + j * ldk;
+        float a = 0.f;
+        for (int64_t i = 0; i < d; i++) a += q[i] * kr[i];
+        s[j] = a * scale;
+    }
+}
+static float expsum_c(float *s, int n, float m) {
+    float sum = 0.f;
+    for (int j = 0; j < n; j++) {
+        s[j] = expf(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+static void pv_c(float *acc, float c, const float *p, const float *v, int64_t ldv, int n,
+                 int64_t d) {
+    if (c != 1.f)
+        for (int64_t i = 0; i < d; i++) acc[i] *= c;
+    for (int j = 0; j < n; j++) {
+        const float *vr = v + j * ldv;
+        float pj = p[j];
+        for (int64_t i = 0; i < d; i++) acc[i] += pj * vr[i];
+    }
+}
+static void cvt_c(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = to_bf16_to_f32(src[i]);
+}
+static const attn_kernels k_generic = {"generic-c", scores_c, expsum_c, pv_c, cvt_c};
+
+#ifdef TO_X86
+/* ---- AVX2 + FMA ---- */
+#define T2 __attribute__((target("avx2,fma")))
+T2 static inline float hsum256(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+/* exp for x <= 0 (clamped at -87): 2^n * p(r), degree-6 polynomial on |r| <= ln2/2 */
+T2 static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.f / 720.f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+T2 static void scores_avx2(const float *q, const float *k, int64_t ldk, int n, int64_t d,
+                           float scale, float *s) {
+    int64_t d8 = d & ~(int64_t)7;
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float *k0 = k + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < d8; i += 8) {
+            __m256 qv = _mm256_loadu_ps(q + i);
+            a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+            a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+            a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+            a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+        }
+        float r0 = hsum256(a0), r1 = hsum256(a1), r2 = hsum256(a2), r3 = hsum256(a3);
+        for (int64_t i = d8; i < d; i++) {
+            r0 += q[i] * k0[i];
+            r1 += q[i] * k1[i];
+            r2 += q[i] * k2[i];
+            r3 += q[i] * k3[i];
+        }
+        s[j] = r0 * scale;
+        s[j + 1] = r1 * scale;
+        s[j + 2] = r2 * scale;
+        s[j + 3] = r3 * scale;
+    }
+    for (; j < n; j++) {
+        const float *kr = k + j * ldk;
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t i = 0; i < d8; i += 8)
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kr + i), a);
+        float r = hsum256(a);
+        for (int64_t i = d8; i < d; i++) r += q[i] * kr[i];
+        s[j] = r * scale;
+    }
+}
+T2 static float expsum_avx2(float *s, int n, float m) {
+    __m256 mv = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum256(acc);
+    for (; j < n; j++) {
+        s[j] = expf(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+T2 static void pv_avx2(float *acc, float c, const float *p, const float *v, int64_t ldv, int n,
+                       int64_t d) {
+    int64_t i = 0;
+    __m256 cv = _mm256_set1_ps(c);
+    for (; i + 32 <= d; i += 32) {
+        __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(acc + i), cv);
+        __m256 a1 = _mm256_mul_ps(_mm256_loadu_ps(acc + i + 8), cv);
+        __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(acc + i + 16), cv);
+        __m256 a3 = _mm256_mul_ps(_mm256_loadu_ps(acc + i + 24), cv);
+        for (int j = 0; j < n; j++) {
+            const float *vr = v + j * ldv + i;
+            __m256 pj = _mm256_set1_ps(p[j]);
+            a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr), a0);
+            a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 16), a2);
+            a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 24), a3);
+        }
+        _mm256_storeu_ps(acc + i, a0);
+        _mm256_storeu_ps(acc + i + 8, a1);
+        _mm256_storeu_ps(acc + i + 16, a2);
+        _mm256_storeu_ps(acc + i + 24, a3);
+    }
+    for (; i + 8 <= d; i += 8) {
+        __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(acc + i), cv);
+        for (int j = 0; j < n; j++)
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * ldv + i), a0);
+        _mm256_storeu_ps(acc + i, a0);
+    }
+    for (; i < d; i++) {
+        float a = acc[i] * c;
+        for (int j = 0; j < n; j++) a += p[j] * v[j * ldv + i];
+        acc[i] = a;
+    }
+}
+T2 static void cvt_avx2(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
+    }
+    for (; i < n; i++) dst[i] = to_bf16_to_f32(src[i]);
+}
+static const attn_kernels k_avx2 = {"avx2-fma", scores_avx2, expsum_avx2, pv_avx2, cvt_avx2};
+
+/* ---- AVX-512F ---- */
+#define T5 __attribute__((target("avx512f")))
+T5 static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.f / 720.f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+T5 static void scores_avx512(const float *q, const float *k, int64_t ldk, int n, int64_t d,
+                             float scale, float *s) {
+    int64_t d16 = d & ~(int64_t)15;
+    __mmask16 tm = (__mmask16)((1u << (d - d16)) - 1u);
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float *k0 = k + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < d16; i += 16) {
+            __m512 qv = _mm512_loadu_ps(q + i);
+            a0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + i), a0);
+            a1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k1 + i), a1);
+            a2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k2 + i), a2);
+            a3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k3 + i), a3);
+        }
+        if (tm) {
+            __m512 qv = _mm512_maskz_loadu_ps(tm, q + d16);
+            a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tm, k0 + d16), a0);
+            a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tm, k1 + d16), a1);
+            a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tm, k2 + d16), a2);
+            a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tm, k3 + d16), a3);
+        }
+        s[j] = _mm512_reduce_add_ps(a0) * scale;
+        s[j + 1] = _mm512_reduce_add_ps(a1) * scale;
+        s[j + 2] = _mm512_reduce_add_ps(a2) * scale;
+        s[j + 3] = _mm512_reduce_add_ps(a3) * scale;
+    }
+    for (; j < n; j++) {
+        const float *kr = k + j * ldk;
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t i = 0; i < d16; i += 16)
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(kr + i), a);
+        if (tm)
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, q + d16),
+                                _mm512_maskz_loadu_ps(tm, kr + d16), a);
+        s[j] = _mm512_reduce_add_ps(a) * scale;
+    }
+}
+T5 static float expsum_avx512(float *s, int n, float m) {
+    __m512 mv = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
+    int j = 0;
+    for (; j < n; j += 16) {
+        __mmask16 mk = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1u);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + j), mv));
+        _mm512_mask_storeu_ps(s + j, mk, e);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(mk, e));
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+T5 static void pv_avx512(float *acc, float c, const float *p, const float *v, int64_t ldv, int n,
+                         int64_t d) {
+    int64_t i = 0;
+    __m512 cv = _mm512_set1_ps(c);
+    for (; i + 64 <= d; i += 64) {
+        __m512 a0 = _mm512_mul_ps(_mm512_loadu_ps(acc + i), cv);
+        __m512 a1 = _mm512_mul_ps(_mm512_loadu_ps(acc + i + 16), cv);
+        __m512 a2 = _mm512_mul_ps(_mm512_loadu_ps(acc + i + 32), cv);
+        __m512 a3 = _mm512_mul_ps(_mm512_loadu_ps(acc + i + 48), cv);
+        for (int j = 0; j < n; j++) {
+            const float *vr = v + j * ldv + i;
+            __m512 pj = _mm512_set1_ps(p[j]);
+            a0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr), a0);
+            a1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 16), a1);
+            a2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 32), a2);
+            a3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 48), a3);
+        }
+        _mm512_storeu_ps(acc + i, a0);
+        _mm512_storeu_ps(acc + i + 16, a1);
+        _mm512_storeu_ps(acc + i + 32, a2);
+        _mm512_storeu_ps(acc + i + 48, a3);
+    }
+    for (; i < d; i += 16) {
+        __mmask16 mk = d - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (d - i)) - 1u);
+        __m512 a0 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc + i), cv);
+        for (int j = 0; j < n; j++)
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mk, v + j * ldv + i),
+                                 a0);
+        _mm512_mask_storeu_ps(acc + i, mk, a0);
+    }
+}
+T5 static void cvt_avx512(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
+        _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)));
+    }
+    for (; i < n; i++) dst[i] = to_bf16_to_f32(src[i]);
+}
+static const attn_kernels k_avx512 = {"avx512f", scores_avx512, expsum_avx512, pv_avx512,
+                                      cvt_avx512};
+#endif
+
+static const attn_kernels *pick_kernels(void) {
+#ifdef TO_X86
+    uint32_t isa = to_isa();
+    if (isa & TO_ISA_AVX512F) return &k_avx512;
+    if ((isa & TO_ISA_AVX2) && (isa & TO_ISA_FMA)) return &k_avx2;
+#endif
+    return &k_generic;
+}
+
+/* ---- driver -------------------------------------------------------------------------------- */
+typedef struct {
+    int64_t q0, q1; /* query tokens */
+    int64_t seg_lo, seg_hi; /* key interval of the segment (no segments: 0, kv_len) */
+} qblock;
+
+typedef struct {
+    const attn_kernels *kern;
+    const void *q, *k, *v;
+    void *out;
+    int64_t tq, nh, nkv, g, hd, hdv, ldq, ldo, kv_len, khs, kps, vhs, vps, q_pos;
+    int causal, segmented, q_dtype, kv_dtype;
+    float scale;
+    const qblock *blocks;
+    int64_t nblocks, nsplit, bq, bk, max_rows;
+    int64_t n_items;
+    float *partial; /* nsplit > 1: [nkv][nsplit][rows][hdv + 2] */
+    atomic_llong next;
+    atomic_int failed;
+} attn_ctx;
+
+/* visible keys [lo, hi) of query token i in block b */
+static inline void row_range(const attn_ctx *c, const qblock *b, int64_t i, int64_t *lo,
+                             int64_t *hi) {
+    *lo = b->seg_lo;
+    if (!c->causal) *hi = b->seg_hi;
+    else if (c->segmented) *hi = i + 1;
+    else *hi = c->q_pos + i + 1;
+}
+
+static void run_item(attn_ctx *c, int64_t item, float *scratch) {
+    int64_t per_block = c->nkv * c->nsplit;
+    int64_t bi = c->nblocks - 1 - item / per_block; /* latest (most expensive) blocks first */
+    int64_t hk = (item % per_block) / c->nsplit, split = item % c->nsplit;
+    const qblock *b = &c->blocks[bi];
+    int64_t g = c->g, hd = c->hd, hdv = c->hdv, bk = c->bk;
+    int64_t ntok = b->q1 - b->q0, rows = ntok * g;
+    float *qf = scratch;                          /* rows * hd */
+    float *acc = qf + c->max_rows * hd;           /* rows * hdv */
+    float *mrow = acc + c->max_rows * hdv;        /* rows */
+    float *lrow = mrow + c->max_rows;             /* rows */
+    float *kt = lrow + c->max_rows;               /* bk * hd */
+    float *vt = kt + bk * hd;                     /* bk * hdv */
+    float *s = vt + bk * hdv;                     /* bk */
+    int64_t lo_blk, hi_blk, lo_tmp, hi_tmp;
+    row_range(c, b, b->q0, &lo_blk, &hi_tmp);
+    row_range(c, b, b->q1 - 1, &lo_tmp, &hi_blk);
+    if (hi_tmp > hi_blk) hi_blk = hi_tmp;
+    /* this split's share of the key interval, in whole tiles */
+    int64_t span = hi_blk > lo_blk ? hi_blk - lo_blk : 0;
+    int64_t ntiles = (span + bk - 1) / bk;
+    int64_t t_per = (ntiles + c->nsplit - 1) / c->nsplit;
+    int64_t k_beg = lo_blk + split * t_per * bk, k_end = k_beg + t_per * bk;
+    if (k_end > hi_blk) k_end = hi_blk;
+    if (k_beg > hi_blk) k_beg = hi_blk;
+
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t i = b->q0 + r / g, h = hk * g + r % g;
+        const char *qp = (const char *)c->q + (i * c->ldq + h * hd) * (c->q_dtype == TO_F32 ? 4 : 2);
+        if (c->q_dtype == TO_F32) memcpy(qf + r * hd, qp, (size_t)hd * 4);
+        else c->kern->cvt((const uint16_t *)qp, qf + r * hd, hd);
+        memset(acc + r * hdv, 0, (size_t)hdv * 4);
+        mrow[r] = -INFINITY;
+        lrow[r] = 0.f;
+    }
+    int esz = c->kv_dtype == TO_F32 ? 4 : 2;
+    const char *kbase = (const char *)c->k + hk * c->khs * esz;
+    const char *vbase = (const char *)c->v + hk * c->vhs * esz;
+    for (int64_t t0 = k_beg; t0 < k_end; t0 += bk) {
+        int n = (int)(k_end - t0 < bk ? k_end - t0 : bk);
+        const float *ktile, *vtile;
+        int64_t ldk, ldv;
+        if (c->kv_dtype == TO_F32) {
+            ktile = (const float *)kbase + t0 * c->kps;
+            vtile = (const float *)vbase + t0 * c->vps;
+            ldk = c->kps;
+            ldv = c->vps;
+        } else {
+            for (int j = 0; j < n; j++) {
+                c->kern->cvt((const uint16_t *)kbase + (t0 + j) * c->kps, kt + j * hd, hd);
+                c->kern->cvt((const uint16_t *)vbase + (t0 + j) * c->vps, vt + j * hdv, hdv);
+            }
+            ktile = kt;
+            vtile = vt;
+            ldk = hd;
+            ldv = hdv;
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t lo, hi;
+            row_range(c, b, b->q0 + r / g, &lo, &hi);
+            int64_t ja = lo > t0 ? lo - t0 : 0, jb = hi - t0 < n ? hi - t0 : n;
+            if (jb <= ja) continue;
+            int m = (int)(jb - ja);
+            c->kern->scores(qf + r * hd, ktile + ja * ldk, ldk, m, hd, c->scale, s);
+            float mx = s[0];
+            for (int j = 1; j < m; j++) mx = s[j] > mx ? s[j] : mx;
+            float corr = 1.f;
+            if (mx > mrow[r]) {
+                corr = expf(mrow[r] - mx);
+                mrow[r] = mx;
+                lrow[r] *= corr;
+            }
+            lrow[r] += c->kern->expsum(s, m, mrow[r]);
+            c->kern->pv(acc + r * hdv, corr, s, vtile + ja * ldv, ldv, m, hdv);
+        }
+    }
+    if (c->nsplit > 1) {
+        float *part = c->partial + ((hk * c->nsplit + split) * c->max_rows) * (hdv + 2);
+        for (int64_t r = 0; r < rows; r++) {
+            float *pr = part + r * (hdv + 2);
+            pr[0] = mrow[r];
+            pr[1] = lrow[r];
+            memcpy(pr + 2, acc + r * hdv, (size_t)hdv * 4);
+        }
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t i = b->q0 + r / g, h = hk * g + r % g;
+        float inv = lrow[r] > 0.f ? 1.f / lrow[r] : 0.f;
+        const float *a = acc + r * hdv;
+        if (c->q_dtype == TO_F32) {
+            float *o = (float *)c->out + i * c->ldo + h * hdv;
+            for (int64_t x = 0; x < hdv; x++) o[x] = a[x] * inv;
+        } else {
+            uint16_t *o = (uint16_t *)c->out + i * c->ldo + h * hdv;
+            for (int64_t x = 0; x < hdv; x++) o[x] = to_f32_to_bf16(a[x] * inv);
+        }
+    }
+}
+
+static size_t scratch_floats(const attn_ctx *c) {
+    return (size_t)(c->max_rows * (c->hd + c->hdv + 2) + c->bk * (c->hd + c->hdv + 1) + 16);
+}
+
+static void attn_task(void *ctx, int ith, int nth) {
+    attn_ctx *c = ctx;
+    float *scratch = malloc(scratch_floats(c) * sizeof(float));
+    if (!scratch) {
+        atomic_store(&c->failed, 1);
+        return;
+    }
+    for (;;) {
+        long long it = atomic_fetch_add(&c->next, 1);
+        if (it >= c->n_items) break;
+        run_item(c, it, scratch);
+    }
+    free(scratch);
+}
+
+/* merges the nsplit partial results of every row (decode split-K) */
+static void merge_partials(attn_ctx *c) {
+    const qblock *b = &c->blocks[0];
+    int64_t rows = (b->q1 - b->q0) * c->g, hdv = c->hdv;
+    for (int64_t hk = 0; hk < c->nkv; hk++) {
+        for (int64_t r = 0; r < rows; r++) {
+            float M = -INFINITY, L = 0.f;
+            for (int64_t s = 0; s < c->nsplit; s++) {
+                float m = c->partial[((hk * c->nsplit + s) * c->max_rows + r) * (hdv + 2)];
+                if (m > M) M = m;
+            }
+            int64_t i = b->q0 + r / c->g, h = hk * c->g + r % c->g;
+            float *o32 = c->q_dtype == TO_F32 ? (float *)c->out + i * c->ldo + h * hdv : NULL;
+            uint16_t *o16 = c->q_dtype == TO_F32 ? NULL : (uint16_t *)c->out + i * c->ldo + h * hdv;
+            float tmp[1024];
+            float *a = hdv <= 1024 ? tmp : NULL;
+            float *heap = NULL;
+            if (!a) a = heap = malloc((size_t)hdv * 4);
+            if (!a) {
+                atomic_store(&c->failed, 1);
+                return;
+            }
+            memset(a, 0, (size_t)hdv * 4);
+            for (int64_t s = 0; s < c->nsplit; s++) {
+                const float *pr = c->partial + ((hk * c->nsplit + s) * c->max_rows + r) * (hdv + 2);
+                if (pr[1] <= 0.f) continue;
+                float w = expf(pr[0] - M);
+                L += pr[1] * w;
+                for (int64_t x = 0; x < hdv; x++) a[x] += pr[2 + x] * w;
+            }
+            float inv = L > 0.f ? 1.f / L : 0.f;
+            for (int64_t x = 0; x < hdv; x++) {
+                if (o32) o32[x] = a[x] * inv;
+                else o16[x] = to_f32_to_bf16(a[x] * inv);
+            }
+            free(heap);
+        }
+    }
+}
+
+TO_API int to_attention(const void *q, const void *k, const void *v, void *out, int64_t tq,
+                        int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, int64_t ldq,
+                        int64_t ldo, int64_t kv_len, int64_t k_head_stride, int64_t k_pos_stride,
+                        int64_t v_head_stride, int64_t v_pos_stride, int64_t q_pos, int causal,
+                        const int32_t *cu_seqlens, int64_t n_seqs, float scale, int q_dtype,
+                        int kv_dtype) {
+    TO_CHECK_NONNEG(tq);
+    TO_CHECK_NONNEG(kv_len);
+    TO_CHECK_NONNEG(q_pos);
+    TO_CHECK_NONNEG(k_head_stride);
+    TO_CHECK_NONNEG(k_pos_stride);
+    TO_CHECK_NONNEG(v_head_stride);
+    TO_CHECK_NONNEG(v_pos_stride);
+    TO_CHECK(nh >= 1 && nkv >= 1 && nh % nkv == 0, TO_ERR_SHAPE,
+             "to_attention: nh (%lld) must be a positive multiple of nkv (%lld)", (long long)nh,
+             (long long)nkv);
+    TO_CHECK(hd_qk >= 1 && hd_v >= 1, TO_ERR_SHAPE, "to_attention: head dims must be positive");
+    TO_CHECK(ldq >= nh * hd_qk && ldo >= nh * hd_v, TO_ERR_SHAPE,
+             "to_attention: ldq/ldo smaller than nh*hd");
+    TO_CHECK(q_dtype == TO_F32 || q_dtype == TO_BF16, TO_ERR_DTYPE,
+             "to_attention: q dtype %d unsupported (f32 or bf16)", q_dtype);
+    TO_CHECK(kv_dtype == TO_F32 || kv_dtype == TO_BF16, TO_ERR_DTYPE,
+             "to_attention: kv dtype %d unsupported (f32 or bf16)", kv_dtype);
+    TO_CHECK(isfinite(scale), TO_ERR_INVALID_ARGUMENT, "to_attention: scale is not finite");
+    if (tq == 0) return TO_OK;
+    TO_CHECK_PTR(q);
+    TO_CHECK_PTR(out);
+    if (kv_len > 0) {
+        TO_CHECK_PTR(k);
+        TO_CHECK_PTR(v);
+    }
+    int segmented = cu_seqlens != NULL;
+    if (segmented) {
+        TO_CHECK(n_seqs >= 1, TO_ERR_SHAPE, "to_attention: n_seqs must be >= 1 with cu_seqlens");
+        TO_CHECK(tq == kv_len && q_pos == 0, TO_ERR_SHAPE,
+                 "to_attention: segments need tq == kv_len and q_pos == 0");
+        TO_CHECK(cu_seqlens[0] == 0 && cu_seqlens[n_seqs] == tq, TO_ERR_SHAPE,
+                 "to_attention: cu_seqlens must run from 0 to tq (%lld)", (long long)tq);
+        for (int64_t s = 0; s < n_seqs; s++)
+            TO_CHECK(cu_seqlens[s + 1] >= cu_seqlens[s], TO_ERR_SHAPE,
+                     "to_attention: cu_seqlens is not non-decreasing at %lld", (long long)s);
+    } else if (causal) {
+        TO_CHECK(q_pos + tq <= kv_len, TO_ERR_SHAPE,
+                 "to_attention: causal queries at positions %lld..%lld need kv_len >= %lld, got %lld",
+                 (long long)q_pos, (long long)(q_pos + tq - 1), (long long)(q_pos + tq),
+                 (long long)kv_len);
+    }
+
+    attn_ctx c;
+    memset(&c, 0, sizeof c);
+    c.kern = pick_kernels();
+    to_report_kernel("attention", c.kern->name);
+    c.q = q, c.k = k, c.v = v, c.out = out;
+    c.tq = tq, c.nh = nh, c.nkv = nkv, c.g = nh / nkv, c.hd = hd_qk, c.hdv = hd_v;
+    c.ldq = ldq, c.ldo = ldo, c.kv_len = kv_len;
+    c.khs = k_head_stride, c.kps = k_pos_stride, c.vhs = v_head_stride, c.vps = v_pos_stride;
+    c.q_pos = q_pos, c.causal = causal != 0, c.segmented = segmented;
+    c.q_dtype = q_dtype, c.kv_dtype = kv_dtype, c.scale = scale;
+    int64_t hmax = hd_qk > hd_v ? hd_qk : hd_v;
+    c.bk = 8192 / hmax;
+    if (c.bk > 64) c.bk = 64;
+    if (c.bk < 8) c.bk = 8;
+    c.bq = 64 / c.g;
+    if (c.bq < 1) c.bq = 1;
+    c.max_rows = c.bq * c.g;
+
+    /* query blocks, never crossing a segment boundary */
+    int64_t nseg = segmented ? n_seqs : 1;
+    int64_t cap = tq / c.bq + nseg + 1;
+    qblock *blocks = malloc((size_t)cap * sizeof(qblock));
+    if (!blocks) return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_attention: out of memory");
+    int64_t nb = 0;
+    for (int64_t s = 0; s < nseg; s++) {
+        int64_t a = segmented ? cu_seqlens[s] : 0, e = segmented ? cu_seqlens[s + 1] : tq;
+        int64_t klo = segmented ? a : 0, khi = segmented ? e : kv_len;
+        for (int64_t x = a; x < e; x += c.bq) {
+            blocks[nb].q0 = x;
+            blocks[nb].q1 = x + c.bq < e ? x + c.bq : e;
+            blocks[nb].seg_lo = klo;
+            blocks[nb].seg_hi = khi;
+            nb++;
+        }
+    }
+    c.blocks = blocks;
+    c.nblocks = nb;
+
+    int nth = to_get_num_threads();
+    double work = (double)tq * (double)nh * (double)(kv_len + 1) * (double)(hd_qk + hd_v);
+    if (causal && !segmented && tq > 1) work *= 0.5;
+    if (work < 65536.0) nth = 1;
+    c.nsplit = 1;
+    int64_t items = nb * nkv;
+    if (nb == 1 && nth > 1 && items < 2 * nth) {
+        int64_t ntiles = (kv_len + c.bk - 1) / c.bk;
+        int64_t want = (2 * nth + items - 1) / items;
+        int64_t most = ntiles / 2;
+        c.nsplit = want < most ? want : most;
+        if (c.nsplit < 1) c.nsplit = 1;
+    }
+    c.n_items = nb * nkv * c.nsplit;
+    if (c.nsplit > 1) {
+        c.partial = malloc((size_t)(nkv * c.nsplit * c.max_rows * (hd_v + 2)) * sizeof(float));
+        if (!c.partial) {
+            free(blocks);
+            return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_attention: out of memory");
+        }
+    }
+    atomic_init(&c.next, 0);
+    atomic_init(&c.failed, 0);
+    if (nth > c.n_items) nth = (int)c.n_items;
+    if (nth <= 1) attn_task(&c, 0, 1);
+    else to_parallel_run(attn_task, &c, nth);
+    if (c.nsplit > 1 && !atomic_load(&c.failed)) merge_partials(&c);
+    free(c.partial);
+    free(blocks);
+    if (atomic_load(&c.failed))
+        return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_attention: out of scratch memory");
+    return TO_OK;
+}
+
+/* ---- KV cache append ----------------------------------------------------------------------- */
+static void copy_rows(const void *src, void *dst, int64_t n, int src_dtype, int dst_dtype) {
+    if (src_dtype == dst_dtype) {
+        memcpy(dst, src, (size_t)n * (src_dtype == TO_F32 ? 4 : 2));
+    } else if (src_dtype == TO_F32) {
+        const float *s = src;
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = to_f32_to_bf16(s[i]);
+    } else {
+        const uint16_t *s = src;
+        float *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = to_bf16_to_f32(s[i]);
+    }
+}
+
+TO_API int to_kv_cache_append(const void *k_new, const void *v_new, void *k_cache, void *v_cache,
+                              int64_t t, int64_t nkv, int64_t hd_k, int64_t hd_v, int64_t max_len,
+                              int64_t pos, int src_dtype, int cache_dtype) {
+    TO_CHECK_NONNEG(t);
+    TO_CHECK_NONNEG(pos);
+    TO_CHECK_NONNEG(max_len);
+    TO_CHECK(nkv >= 1 && hd_k >= 1, TO_ERR_SHAPE, "to_kv_cache_append: nkv and hd_k must be >= 1");
+    TO_CHECK((v_new == NULL) == (v_cache == NULL), TO_ERR_INVALID_ARGUMENT,
+             "to_kv_cache_append: v_new and v_cache must both be given or both be NULL");
+    TO_CHECK(v_new == NULL || hd_v >= 1, TO_ERR_SHAPE, "to_kv_cache_append: hd_v must be >= 1");
+    TO_CHECK(src_dtype == TO_F32 || src_dtype == TO_BF16, TO_ERR_DTYPE,
+             "to_kv_cache_append: source dtype %d unsupported (f32 or bf16)", src_dtype);
+    TO_CHECK(cache_dtype == TO_F32 || cache_dtype == TO_BF16, TO_ERR_DTYPE,
+             "to_kv_cache_append: cache dtype %d unsupported (f32 or bf16)", cache_dtype);
+    TO_CHECK(pos + t <= max_len, TO_ERR_SHAPE,
+             "to_kv_cache_append: writing %lld tokens at position %lld overflows the cache of %lld",
+             (long long)t, (long long)pos, (long long)max_len);
+    if (t == 0) return TO_OK;
+    TO_CHECK_PTR(k_new);
+    TO_CHECK_PTR(k_cache);
+    int ss = src_dtype == TO_F32 ? 4 : 2, cs = cache_dtype == TO_F32 ? 4 : 2;
+    for (int64_t i = 0; i < t; i++) {
+        for (int64_t h = 0; h < nkv; h++) {
+            copy_rows((const char *)k_new + ((i * nkv + h) * hd_k) * ss,
+                      (char *)k_cache + ((h * max_len + pos + i) * hd_k) * cs, hd_k, src_dtype,
+                      cache_dtype);
+            if (v_new)
+                copy_rows((const char *)v_new + ((i * nkv + h) * hd_v) * ss,
+                          (char *)v_cache + ((h * max_len + pos + i) * hd_v) * cs, hd_v, src_dtype,
+                          cache_dtype);
+        }
+    }
+    return TO_OK;
+}
