@@ -4,7 +4,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 ARCH=${CUDA_ARCH:-90}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 t0=$(date +%s)
 cmake -S native -B build-gpu -G Ninja -DTENSOR_OPS_CUDA=ON -DTENSOR_OPS_TESTS=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" > "$OUT/cmake.log" 2>&1 && cmake --build build-gpu > "$OUT/build.log" 2>&1 \
@@ -17,6 +17,6 @@ if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
   c=$(python3 -c "import glob,sys;p=[g for s in sys.path for g in glob.glob(s+'/nvidia/cu*/lib/libcublas.so.*')+glob.glob(s+'/nvidia/cublas/lib/libcublas.so.*')];print(p[0] if p else '')" 2>/dev/null)
   [ -n "$c" ] && export INFERENCE_PIO_CUBLAS=$c
 fi
-python3 -m pytest -q -p no:cacheprovider tests/gpu ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log" | tail -25
-python3 benchmarks/benchmark_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
+timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 -o faulthandler_timeout=60 tests/gpu ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log" | tail -${TAIL:-25}
+[ -n "${NO_BENCH:-}" ] || timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
 echo "total: $(( $(date +%s) - t0 )) s"

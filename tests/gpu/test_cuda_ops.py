@@ -125,8 +125,8 @@ def test_swiglu(dt: DType) -> None:
     g, u = torch.randn(6, 300).to(TDT[dt]), torch.randn(6, 300).to(TDT[dt])
     ref = torch.nn.functional.silu(g) * u  # HF: act_fn(gate) * up in the model dtype
     out = Tensor.empty((6, 300), dt, DEV)
-    backend(DEV).call("swiglu", ours(g, DEV).data_ptr, ours(u, DEV).data_ptr, out.data_ptr, 6, 300,
-                      300, 300, 300, dt)
+    dg, du = ours(g, DEV), ours(u, DEV)  # keep the device tensors alive across the call
+    backend(DEV).call("swiglu", dg.data_ptr, du.data_ptr, out.data_ptr, 6, 300, 300, 300, 300, dt)
     assert rel(theirs(out), ref) < tol(dt, 1e-6)
 
 
@@ -198,8 +198,9 @@ def test_embedding() -> None:
     table = torch.randn(500, 64).to(torch.bfloat16)
     ids = torch.randint(0, 500, (17,), dtype=torch.int32)
     out = Tensor.empty((17, 64), DType.bfloat16, DEV)
-    backend(DEV).call("embedding", ours(ids, DEV).data_ptr, DType.int32, 17, ours(table, DEV).data_ptr,
-                      DType.bfloat16, 500, 64, out.data_ptr, DType.bfloat16)
+    di, dt_ = ours(ids, DEV), ours(table, DEV)
+    backend(DEV).call("embedding", di.data_ptr, DType.int32, 17, dt_.data_ptr, DType.bfloat16, 500,
+                      64, out.data_ptr, DType.bfloat16)
     assert torch.equal(theirs(out), table[ids.long()])
 
 
@@ -210,8 +211,9 @@ def test_linear(m: int, dt: DType) -> None:
     x = torch.randn(m, k).to(TDT[dt])
     w = (torch.randn(n, k) * 0.05).to(TDT[dt])
     y = Tensor.empty((m, n), dt, DEV)
-    backend(DEV).call("linear", ours(x, DEV).data_ptr, ours(w, DEV).data_ptr, None, y.data_ptr, m, n,
-                      k, k, n, dt, dt, 0, dt)
+    dx, dw = ours(x, DEV), ours(w, DEV)
+    backend(DEV).call("linear", dx.data_ptr, dw.data_ptr, None, y.data_ptr, m, n, k, k, n, dt, dt, 0,
+                      dt)
     ref = x.double() @ w.double().t()
     assert rel(theirs(y), ref) < tol(dt, 1e-5)
     gpu = (x.cuda() @ w.cuda().t()).cpu()
@@ -221,8 +223,8 @@ def test_linear(m: int, dt: DType) -> None:
 def test_linear_bias_mixed() -> None:
     x, w, b = torch.randn(4, 72), torch.randn(40, 72).to(torch.bfloat16), torch.randn(40)
     y = Tensor.empty((4, 40), DType.float32, DEV)
-    backend(DEV).call("linear", ours(x, DEV).data_ptr, ours(w, DEV).data_ptr, ours(b, DEV).data_ptr,
-                      y.data_ptr, 4, 40, 72, 72, 40, DType.float32, DType.bfloat16, DType.float32,
+    dx, dw, db = ours(x, DEV), ours(w, DEV), ours(b, DEV)
+    backend(DEV).call("linear", dx.data_ptr, dw.data_ptr, db.data_ptr, y.data_ptr, 4, 40, 72, 72, 40, DType.float32, DType.bfloat16, DType.float32,
                       DType.float32)
     assert rel(theirs(y), x.double() @ w.double().t() + b.double()) < 1e-5
 
