@@ -1,0 +1,267 @@
+"""CPU kernel speed: Inference-PIO's native kernels versus torch CPU, same run, same threads.
+
+Prints one table: read bandwidth (1 and N threads; native probe vs a torch sum), bf16 GEMV at the
+real decode shapes of Qwen3-0.6B and Qwen3-4B (GB/s of weights and fraction of the measured
+bandwidth), bf16 GEMM at M=512 (GFLOP/s and fraction of the measured AVX512-BF16 peak), and
+attention decode/prefill when ``inference_pio.ops.attention`` is available. Weights rotate over
+enough copies (>= 256 MB) that GEMV reads come from DRAM, not L3, like real decode.
+
+Every measurement interleaves ours and torch for ``--rounds`` rounds and reports the best time
+and the spread (median / best - 1) of each: the machine is shared, contention shows as spread.
+
+    python benchmarks/benchmark_kernels.py [--threads 2] [--rounds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from inference_pio import ops
+from inference_pio._native import check, lib
+from inference_pio.dtypes import DType
+from inference_pio.tensor import Tensor
+
+ROTATE_BYTES = 256 << 20
+
+GEMV_SHAPES = [  # (label, K, N)
+    ("0.6B q_proj", 1024, 2048),
+    ("0.6B k/v_proj", 1024, 1024),
+    ("0.6B gate/up", 1024, 3072),
+    ("0.6B down", 3072, 1024),
+    ("0.6B lm_head", 1024, 151936),
+    ("4B gate/up", 2560, 9728),
+    ("4B down", 9728, 2560),
+]
+GEMM_SHAPES = [
+    ("0.6B gate/up", 1024, 3072),
+    ("0.6B down", 3072, 1024),
+    ("0.6B q_proj", 1024, 2048),
+    ("4B gate/up", 2560, 9728),
+]
+
+
+def wrap(t: torch.Tensor) -> Tensor:
+    """A Tensor over torch's memory (zero-copy; the torch tensor must outlive it)."""
+    dt = {torch.bfloat16: DType.bfloat16, torch.float32: DType.float32}[t.dtype]
+    arr = (ctypes.c_char * (t.numel() * t.element_size())).from_address(t.data_ptr())
+    return Tensor.frombuffer(arr, dt, tuple(t.shape))
+
+
+def timed(fn: Callable[[], object], min_s: float = 0.05) -> float:
+    """Mean seconds per call over a batch of at least ``min_s``."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_s and n >= 3:
+            return dt / n
+
+
+def compare(
+    rounds: int, ours: Callable[[], object], ref: Callable[[], object], min_s: float = 0.05
+) -> tuple[float, float, float, float]:
+    """(best ours, spread ours, best torch, spread torch), rounds interleaved."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(timed(ours, min_s))
+        b.append(timed(ref, min_s))
+    return min(a), statistics.median(a) / min(a) - 1, min(b), statistics.median(b) / min(b) - 1
+
+
+def row(
+    name: str,
+    unit: str,
+    ours: float,
+    s_ours: float,
+    theirs: float,
+    s_theirs: float,
+    extra: str = "",
+) -> None:
+    ratio = ours / theirs if theirs else float("nan")
+    print(
+        f"{name:<34} {ours:9.2f} {unit:<8}(±{100 * s_ours:4.1f}%) {theirs:9.2f} "
+        f"(±{100 * s_theirs:4.1f}%) {ratio:6.2f}x  {extra}"
+    )
+
+
+def native_bandwidth(threads: int, nbytes: int) -> float:
+    g = ctypes.c_double()
+    check(lib().to_bench_read_bandwidth(nbytes, threads, ctypes.byref(g)), "bandwidth")
+    return g.value
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="fewer shapes, 3 rounds")
+    args = ap.parse_args()
+    rounds = 3 if args.quick else args.rounds
+    T = args.threads
+    ops.set_num_threads(T)
+    torch.set_num_threads(T)
+    report = ctypes.create_string_buffer(4096)
+    lib().to_kernel_report(report, 4096)
+    print(report.value.decode())
+    print(
+        f"threads: ours {ops.get_num_threads()}, torch {torch.get_num_threads()}; "
+        f"rounds {rounds}; ± = median/best - 1 over rounds\n"
+    )
+    print(f"{'measurement':<34} {'ours':>9} {'':<8}{'':9} {'torch':>9} {'':9} {'ratio':>7}")
+
+    # ---- bandwidth -------------------------------------------------------------------------
+    big = torch.ones(512 << 20 >> 2, dtype=torch.float32)
+    bw: dict[int, float] = {}
+    for t in sorted({1, T}):
+        torch.set_num_threads(t)
+        ours_l, ref_l = [], []
+        for _ in range(rounds):
+            ours_l.append(native_bandwidth(t, 512 << 20))
+            ref_l.append(big.nbytes / timed(lambda: big.sum(), 0.2) / 1e9)
+        bw[t] = max(ours_l)
+        row(
+            f"read bandwidth {t} thr (GB/s)",
+            "GB/s",
+            max(ours_l),
+            1 - statistics.median(ours_l) / max(ours_l),
+            max(ref_l),
+            1 - statistics.median(ref_l) / max(ref_l),
+        )
+    torch.set_num_threads(T)
+    del big
+    bwT = bw[T]
+
+    # ---- GEMV --------------------------------------------------------------------------------
+    shapes = GEMV_SHAPES if not args.quick else GEMV_SHAPES[2:5]
+    for label, k, n in shapes:
+        nbytes = n * k * 2
+        copies = max(1, -(-ROTATE_BYTES // nbytes))
+        ws = [(torch.randn(n, k) * 0.02).bfloat16() for _ in range(copies)]
+        wp = [wrap(w) for w in ws]
+        x = torch.randn(1, k).bfloat16()
+        xp = wrap(x)
+        yp = Tensor.empty((1, n), DType.bfloat16)
+        i = [0, 0]
+
+        def ours() -> None:
+            i[0] = (i[0] + 1) % copies
+            ops.linear(xp, wp[i[0]], out=yp)
+
+        def ref() -> None:
+            i[1] = (i[1] + 1) % copies
+            torch.nn.functional.linear(x, ws[i[1]])
+
+        a, sa, b, sb = compare(rounds, ours, ref)
+        got = torch.frombuffer(bytearray(yp.tobytes()), dtype=torch.bfloat16).float()
+        want = torch.nn.functional.linear(x.float(), ws[i[0]].float())[0]
+        err = float((got - want).norm() / want.norm())
+        row(
+            f"gemv {label} {k}->{n} (GB/s)",
+            "GB/s",
+            nbytes / a / 1e9,
+            sa,
+            nbytes / b / 1e9,
+            sb,
+            f"{nbytes / a / 1e9 / bwT:5.0%} of bw (torch {nbytes / b / 1e9 / bwT:4.0%}), "
+            f"err {err:.1e}",
+        )
+        del ws, wp
+
+    # ---- GEMM --------------------------------------------------------------------------------
+    peak = ctypes.c_double()
+    peak1 = ctypes.c_double()
+    rc = lib().to_bench_bf16_peak(T, ctypes.byref(peak))
+    lib().to_bench_bf16_peak(1, ctypes.byref(peak1))
+    if rc == 0:
+        print(
+            f"{'avx512-bf16 peak (GFLOP/s)':<34} {peak.value:9.1f} ({T} thr), {peak1.value:.1f} "
+            f"(1 thr) = 64 flop/vdpbf16ps zmm; {peak1.value / 128:.2f} GHz if 2/cycle, "
+            f"{peak1.value / 64:.2f} GHz if 1/cycle"
+        )
+    m = 512
+    for label, k, n in GEMM_SHAPES if not args.quick else GEMM_SHAPES[:1]:
+        w = (torch.randn(n, k) * 0.02).bfloat16()
+        x = torch.randn(m, k).bfloat16()
+        wp1, xp = wrap(w), wrap(x)
+        yp = Tensor.empty((m, n), DType.bfloat16)
+        flops = 2.0 * m * n * k
+        a, sa, b, sb = compare(
+            rounds,
+            lambda: ops.linear(xp, wp1, out=yp),
+            lambda: torch.nn.functional.linear(x, w),
+            0.2,
+        )
+        frac = f"{flops / a / 1e9 / peak.value:5.0%} of peak" if rc == 0 else ""
+        row(
+            f"gemm m={m} {label} {k}->{n} (GFLOP/s)",
+            "GFLOP/s",
+            flops / a / 1e9,
+            sa,
+            flops / b / 1e9,
+            sb,
+            frac,
+        )
+
+    # ---- attention ---------------------------------------------------------------------------
+    attention = getattr(ops, "scaled_dot_product_attention", None) or getattr(
+        ops, "attention", None
+    )
+    if attention is None:
+        print("attention: no inference_pio.ops attention op in this build (skipped)")
+        return
+    nh, nkv, hd = 16, 8, 128
+    for kv_len in (1024, 4096):
+        kc = torch.randn(nkv, kv_len, hd).bfloat16()
+        vc = torch.randn(nkv, kv_len, hd).bfloat16()
+        q = torch.randn(1, nh, hd).bfloat16()
+        kp, vp, qp = wrap(kc), wrap(vc), wrap(q)
+        qt, kt, vt = q.transpose(0, 1).unsqueeze(0), kc.unsqueeze(0), vc.unsqueeze(0)
+        a, sa, b, sb = compare(
+            rounds,
+            lambda: attention(qp, kp, vp, kv_len=kv_len),
+            lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True),
+        )
+        row(
+            f"attn decode kv={kv_len} (ms)",
+            "ms",
+            a * 1e3,
+            sa,
+            b * 1e3,
+            sb,
+            "(lower is better: ratio < 1 = faster)",
+        )
+    t = 512
+    q = torch.randn(t, nh, hd).bfloat16()
+    k = torch.randn(t, nkv, hd).bfloat16()
+    v = torch.randn(t, nkv, hd).bfloat16()
+    qp, kp, vp = wrap(q), wrap(k), wrap(v)
+    qt, kt, vt = (z.transpose(0, 1).unsqueeze(0) for z in (q, k, v))
+    a, sa, b, sb = compare(
+        rounds,
+        lambda: attention(qp, kp, vp, kv_layout="tokens"),
+        lambda: torch.nn.functional.scaled_dot_product_attention(
+            qt, kt, vt, is_causal=True, enable_gqa=True
+        ),
+        0.2,
+    )
+    row(
+        f"attn prefill T={t} causal (ms)",
+        "ms",
+        a * 1e3,
+        sa,
+        b * 1e3,
+        sb,
+        "(lower is better: ratio < 1 = faster)",
+    )
+
+
+if __name__ == "__main__":
+    main()
