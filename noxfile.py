@@ -114,7 +114,9 @@ def sanitize(session: nox.Session) -> None:
         "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
         "INFERENCE_PIO_LIB": str(build_dir / "libtensor_ops.so"),
     }
-    session.run("pytest", "-p", "no:cacheprovider", *tests, *session.posargs, env=env,
+    # -s: a sanitizer report is written to fd 2 just before the process exits; with pytest's fd
+    # capture it would be lost along with the captured output.
+    session.run("pytest", "-s", "-p", "no:cacheprovider", *tests, *session.posargs, env=env,
                 success_codes=[0])  # fmt: skip
 
 
