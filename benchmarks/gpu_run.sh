@@ -19,4 +19,5 @@ if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
 fi
 timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 -o faulthandler_timeout=60 tests/gpu ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log" | tail -${TAIL:-25}
 [ -n "${NO_BENCH:-}" ] || timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
+[ -z "${COMPILE_TOO:-}" ] || timeout ${COMPILE_TIMEOUT:-400} python3 benchmarks/benchmark_gpu.py --json "$OUT/bench_compiled.json" 2>&1 | tee "$OUT/bench_compiled.log"
 echo "total: $(( $(date +%s) - t0 )) s"

@@ -39,6 +39,10 @@ class Backend:
         """Runs ``op``; a nonzero status raises NativeError with the C message."""
         rc = self.fn(op)(*args)
         if rc:
+            if self.device.type == "cuda":
+                from inference_pio import cuda
+
+                cuda.check(rc, op)
             check(rc, op)
 
 

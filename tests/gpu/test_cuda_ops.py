@@ -190,8 +190,13 @@ def test_softmax_argmax_topk(dt: DType) -> None:
     assert torch.equal(am, x.float().argmax(-1))
     vals, idx = ops.topk(ours(x, DEV), 7)
     ref = torch.topk(x.float(), 7, -1)
-    assert torch.equal(theirs(idx), ref.indices)
-    assert torch.equal(theirs(vals).float(), ref.values)
+    got_v, got_i = theirs(vals).float(), theirs(idx)
+    assert torch.equal(got_v, ref.values)  # indices of ties: ours takes the lower index first
+    assert torch.equal(torch.gather(x.float(), 1, got_i), got_v)
+    for r in range(5):
+        for j in range(6):
+            if got_v[r, j] == got_v[r, j + 1]:
+                assert got_i[r, j] < got_i[r, j + 1]
 
 
 def test_embedding() -> None:

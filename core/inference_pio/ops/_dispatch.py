@@ -23,6 +23,8 @@ def native_call(device: Device, op: str, *args: Any) -> None:
         from inference_pio import cuda
 
         fn = cuda.function(op, device)
+        cuda.check(fn(*args), op)
+        return
     check(fn(*args), op)
 
 

@@ -104,6 +104,9 @@ def attention(
     if q_pos < 0 or (causal and cu_seqlens is None and q_pos + tq > kv_len):
         raise ValueError(f"causal queries at {q_pos}..{q_pos + tq - 1} need kv_len >= {q_pos + tq}")
     device = same_device(q=q, k=k, v=v, out=out)
+    if seg_keep is not None and device.type != "cpu":
+        seg_keep = seg_keep.to(device)  # the kernel reads the offsets on the device
+        seg_ptr = seg_keep.data_ptr
     result = out_or_new(out, (tq, nh, hd_v), q.dtype, device)
     if kv_layout == "cache":
         khs, kps, vhs, vps = max_len * hd, hd, max_len * vdim, vdim

@@ -16,7 +16,7 @@ using namespace nvcuda;
 
 /* ---------------------------------------------------------------------------------------------
  * GEMV */
-#define GEMV_WARPS 4
+#define GEMV_MAX_WARPS 16 /* rows per block (one warp each), chosen per launch */
 struct GemvArgs {
     const void *x;
     int64_t ldx;
@@ -56,7 +56,7 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t idx) {
 }
 
 template <int M>
-__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvArgs a) {
+__global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
     extern __shared__ float xs[]; /* M * k */
     __shared__ float red[33];
     const int64_t k = a.k;
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvArgs a) {
     }
     __syncthreads();
     const int lane = threadIdx.x & 31;
-    const int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= a.n) return;
     const uint16_t *w0, *w1 = nullptr;
     if (a.swiglu) {
@@ -189,7 +189,12 @@ static int launch_gemv(const GemvArgs &a) {
     int limit = toc_max_smem_optin();
     TOC_CHECK((int64_t)smem <= limit, TO_ERR_UNSUPPORTED, "gemv: x needs %zu bytes of shared memory",
               smem);
-    unsigned grid = (unsigned)toc_cdiv(a.n, GEMV_WARPS);
+    /* rows per block: as many as keep >= 2 blocks per multiprocessor (x is staged once per block) */
+    int64_t warps = a.n / (2 * (int64_t)toc_sm_count());
+    if (warps < 4) warps = 4;
+    if (warps > GEMV_MAX_WARPS) warps = GEMV_MAX_WARPS;
+    unsigned grid = (unsigned)toc_cdiv(a.n, warps);
+    int threads = (int)warps * 32;
     cudaStream_t s = toc_stream();
 #define GEMV_CASE(MM)                                                                        \
     {                                                                                        \
@@ -202,7 +207,7 @@ static int launch_gemv(const GemvArgs &a) {
                      "cudaFuncSetAttribute");                                                \
             configured[dev & 15] = 1;                                                        \
         }                                                                                    \
-        gemv_kernel<MM><<<grid, GEMV_WARPS * 32, smem, s>>>(a);                              \
+        gemv_kernel<MM><<<grid, threads, smem, s>>>(a);                              \
     }
     if (a.m <= 1) GEMV_CASE(1)
     else if (a.m <= 2) GEMV_CASE(2)
