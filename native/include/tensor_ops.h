@@ -397,10 +397,11 @@ TO_API int to_patchify(const void *image, void *out, int64_t c, int64_t h, int64
 TO_API int to_image_resize(const void *src, void *dst, int64_t h, int64_t w, int64_t c,
                            int64_t out_h, int64_t out_w, int filter, int dtype);
 /* u8 [h, w, c] -> planar [c, h, w] of out_dtype (f32/bf16):
- * out = (pixel - mean[ch]/rescale) / (std[ch]/rescale), i.e. (pixel*rescale - mean)/std with
- * HF's fused constants (rescale 1/255, mean = std = 0.5 gives (pixel - 127.5)/127.5). */
+ * out = (pixel - m) / s with m = mean[ch] * f, s = std[ch] * f, f = (float)(1.0 / rescale), all fp32:
+ * HF's fused form of (pixel*rescale - mean)/std (rescale 1/255, mean = std = 0.5 gives
+ * (pixel - 127.5)/127.5). rescale is a double so that 1/rescale is exact as in Python. */
 TO_API int to_image_normalize(const uint8_t *src, void *dst, int64_t h, int64_t w, int64_t c,
-                              const float *mean, const float *std, float rescale, int out_dtype);
+                              const float *mean, const float *std, double rescale, int out_dtype);
 
 /* ---- safetensors (src/common/safetensors.c) ---- */
 /* A safetensors file mapped read-only (mmap MAP_PRIVATE) with its header fully validated at open:

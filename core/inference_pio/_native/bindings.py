@@ -173,9 +173,9 @@ PROTOTYPES: dict[str, Prototype] = {
     "to_image_resize": (ctypes.c_int, [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 5
                         + [ctypes.c_int] * 2),
     # int to_image_normalize(const uint8_t *src, void *dst, int64_t h, int64_t w, int64_t c,
-    #                        const float *mean, const float *std, float rescale, int out_dtype);
+    #                        const float *mean, const float *std, double rescale, int out_dtype);
     "to_image_normalize": (ctypes.c_int, [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3
-                           + [ctypes.c_void_p] * 2 + [ctypes.c_float, ctypes.c_int]),
+                           + [ctypes.c_void_p] * 2 + [ctypes.c_double, ctypes.c_int]),
     # ---- safetensors ----
     # int to_st_open(const char *path, to_st_file **out);
     "to_st_open": (c_int, [c_char_p, POINTER(c_void_p)]),

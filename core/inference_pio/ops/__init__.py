@@ -2,6 +2,7 @@
 dispatch point (CPU: libtensor_ops, CUDA: libtensor_ops_cuda)."""
 
 from inference_pio.ops.attention import attention, kv_cache_append
+from inference_pio.ops.conv import causal_conv1d, patchify
 from inference_pio.ops.elementwise import (
     add,
     add_row,
@@ -15,7 +16,15 @@ from inference_pio.ops.elementwise import (
     softplus,
     swiglu,
 )
+from inference_pio.ops.image import image_normalize, image_resize
 from inference_pio.ops.matmul import get_num_threads, linear, set_num_threads
+from inference_pio.ops.moe import (
+    gather_rows,
+    group_by_expert,
+    route_sigmoid,
+    route_softmax,
+    scatter_add,
+)
 from inference_pio.ops.norm import layer_norm, rms_norm
 from inference_pio.ops.rope import mrope_cache, rope_apply, rope_cache, rope_cache_2d
 from inference_pio.ops.select import argmax, cumsum, embedding, topk, where
@@ -26,11 +35,16 @@ __all__ = [
     "add_row",
     "argmax",
     "attention",
+    "causal_conv1d",
     "cumsum",
     "embedding",
     "exp",
+    "gather_rows",
     "gelu",
     "get_num_threads",
+    "group_by_expert",
+    "image_normalize",
+    "image_resize",
     "kv_cache_append",
     "layer_norm",
     "linear",
@@ -38,11 +52,15 @@ __all__ = [
     "mrope_cache",
     "mul",
     "mul_rows",
+    "patchify",
     "rms_norm",
     "rope_apply",
     "rope_cache",
     "rope_cache_2d",
+    "route_sigmoid",
+    "route_softmax",
     "scale",
+    "scatter_add",
     "set_num_threads",
     "sigmoid",
     "silu",
