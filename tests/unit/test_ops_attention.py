@@ -101,7 +101,8 @@ def test_attention_cache_causal(case: tuple[int, ...], dtype: DType, isa: object
     kc, vc = make_cache(k, kv_len + 11), make_cache(v, kv_len + 11)
     out = ops.attention(to_pio(q), to_pio(kc), to_pio(vc), kv_len=kv_len, scale=scale)
     ref = ref_attention(q, k, v, past, True, scale)
-    assert out.shape == (tq, nh, hdv) and out.dtype == dtype
+    assert out.shape == (tq, nh, hdv)
+    assert out.dtype == dtype
     assert rel(to_torch(out), ref) < TOL[dtype]
 
 
@@ -133,7 +134,8 @@ def test_attention_sdpa_reference_and_threads() -> None:
     try:
         for n in (1, 2):
             lib().to_set_num_threads(n)
-            outs.append(to_torch(ops.attention(to_pio(q), to_pio(k), to_pio(v), kv_layout="tokens")))
+            res = ops.attention(to_pio(q), to_pio(k), to_pio(v), kv_layout="tokens")
+            outs.append(to_torch(res))
     finally:
         lib().to_set_num_threads(saved)
     assert rel(outs[0], ref) < 2e-5
@@ -197,7 +199,8 @@ def test_kv_cache_append_and_errors() -> None:
     with pytest.raises(ValueError, match="overflows"):
         ops.kv_cache_append(to_pio(k), None, kc, None, 2)
     with pytest.raises(NativeError, match="overflows"):
-        c_call("to_kv_cache_append", to_pio(k).data_ptr, None, kc.data_ptr, None, 3, 2, 8, 0, 4, 2, 0, 0)
+        c_call("to_kv_cache_append", to_pio(k).data_ptr, None, kc.data_ptr, None, 3, 2, 8, 0, 4,
+               2, 0, 0)
     with pytest.raises(ValueError, match="both"):
         ops.kv_cache_append(to_pio(k), to_pio(k), kc, None, 0)
     with pytest.raises(ValueError, match="fit"):
@@ -236,15 +239,19 @@ def test_attention_bad_inputs() -> None:
         ops.attention(q, kc, kc, kv_len=4, out=Tensor.empty((2, 4, 8)))
     # C-level checks (what a CUDA-side or direct caller hits)
     with pytest.raises(NativeError, match="multiple"):
-        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr, 2, 4, 3, 16, 16, 64, 64,
+        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr,
+               2, 4, 3, 16, 16, 64, 64,
                            4, 128, 16, 128, 16, 2, 1, None, 0, 0.25, 0, 0)
     with pytest.raises(NativeError, match="kv_len"):
-        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr, 2, 4, 2, 16, 16, 64, 64,
+        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr,
+               2, 4, 2, 16, 16, 64, 64,
                            2, 128, 16, 128, 16, 2, 1, None, 0, 0.25, 0, 0)
     bad_cu = (ctypes.c_int32 * 3)(0, 3, 1)
     with pytest.raises(NativeError, match="cu_seqlens"):
-        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr, 2, 4, 2, 16, 16, 64, 64,
+        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr,
+               2, 4, 2, 16, 16, 64, 64,
                            2, 128, 16, 128, 16, 0, 0, bad_cu, 2, 0.25, 0, 0)
     with pytest.raises(NativeError, match="dtype"):
-        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr, 2, 4, 2, 16, 16, 64, 64,
+        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr,
+               2, 4, 2, 16, 16, 64, 64,
                            4, 128, 16, 128, 16, 2, 1, None, 0, 0.25, 5, 0)

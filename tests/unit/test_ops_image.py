@@ -36,13 +36,14 @@ def pil_resize(img: torch.Tensor, oh: int, ow: int, resample: int) -> torch.Tens
     return torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8).reshape(oh, ow, 3)
 
 
-SIZES = [((37, 53), (64, 96)), ((120, 90), (33, 47)), ((64, 64), (64, 31)), ((50, 40), (17, 40)),
-         ((7, 300), (96, 32)), ((31, 31), (31, 31))]
+SIZES = [((37, 53), (64, 96)), ((120, 90), (33, 47)), ((64, 64), (64, 31)),
+         ((50, 40), (17, 40)), ((7, 300), (96, 32)), ((31, 31), (31, 31))]
 
 
 @pytest.mark.parametrize("resample", [BILINEAR, BICUBIC, LANCZOS])
 @pytest.mark.parametrize(("src", "dst"), SIZES)
-def test_resize_u8_matches_pillow(src: tuple[int, int], dst: tuple[int, int], resample: int) -> None:
+def test_resize_u8_matches_pillow(src: tuple[int, int], dst: tuple[int, int],
+                                  resample: int) -> None:
     # smooth-ish random image (gradients + noise) so both flat and busy regions are exercised
     h, w = src
     base = torch.randint(0, 256, (h, w, 3), dtype=torch.int32)
@@ -88,15 +89,15 @@ def test_normalize_matches_hf() -> None:
 
 def test_image_bad_inputs() -> None:
     img = to_pio(torch.zeros(4, 4, 3, dtype=torch.uint8))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive"):
         ops.image_resize(img, (0, 3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="filter"):
         ops.image_resize(img, (3, 3), resample=0)
     with pytest.raises(TypeError):
         ops.image_resize(to_pio(torch.zeros(4, 4, 3, dtype=torch.bfloat16)), (3, 3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="values"):
         ops.image_normalize(img, [0.5], [0.5])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-zero"):
         ops.image_normalize(img, [0.5] * 3, [0.5, 0.0, 0.5])
     with pytest.raises(TypeError):
         ops.image_normalize(to_pio(torch.zeros(4, 4, 3)), [0.5] * 3, [0.5] * 3)

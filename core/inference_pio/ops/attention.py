@@ -10,6 +10,7 @@ lengths need no padding).
 from __future__ import annotations
 
 import ctypes
+import itertools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -29,7 +30,7 @@ def _cu_seqlens(cu: Sequence[int] | Tensor, total: int) -> tuple[Tensor, int]:
         t = Tensor.from_list(vals, DType.int32) if vals else Tensor.empty((0,), DType.int32)
     if len(vals) < 2 or vals[0] != 0 or vals[-1] != total:
         raise ValueError(f"cu_seqlens must start at 0 and end at {total}, got {vals}")
-    if any(b < a for a, b in zip(vals, vals[1:])):
+    if any(b < a for a, b in itertools.pairwise(vals)):
         raise ValueError(f"cu_seqlens must be non-decreasing, got {vals}")
     return t, len(vals) - 1
 
@@ -48,7 +49,7 @@ def attention(
     cu_seqlens: Sequence[int] | Tensor | None = None,
     out: Tensor | None = None,
 ) -> Tensor:
-    """Attention of ``q [Tq, nh, hd_qk]`` over keys/values, fp32 softmax; returns ``[Tq, nh, hd_v]``.
+    """Attention of ``q [Tq, nh, hd_qk]`` over keys/values (fp32 softmax) -> ``[Tq, nh, hd_v]``.
 
     ``kv_layout="cache"``: ``k [nkv, max_len, hd_qk]``, ``v [nkv, max_len, hd_v]``, the first
     ``kv_len`` positions valid (default ``q_pos + Tq``). ``kv_layout="tokens"``: ``k [T, nkv, hd]``

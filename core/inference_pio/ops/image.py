@@ -24,7 +24,8 @@ def image_resize(image: Tensor, size: tuple[int, int], resample: int = BICUBIC) 
     if out_h < 1 or out_w < 1:
         raise ValueError(f"output size must be positive, got {size}")
     if resample not in (LANCZOS, BILINEAR, BICUBIC):
-        raise ValueError(f"unsupported resample filter {resample} (1 lanczos, 2 bilinear, 3 bicubic)")
+        raise ValueError(f"unsupported resample filter {resample} (1 lanczos, 2 bilinear, "
+                         "3 bicubic)")
     if image.dtype == DType.uint8:
         h, w, c = image.shape
         shape = (out_h, out_w, c)

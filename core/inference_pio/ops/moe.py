@@ -101,7 +101,7 @@ def group_by_expert(idx: Tensor, num_experts: int) -> tuple[Tensor, Tensor, Tens
     """Counting sort of routing entries ``idx [T, k]`` (or flat) by expert.
 
     Returns ``(counts [E], offsets [E+1], order [T*k])`` (int32): entries of expert x are
-    ``order[offsets[x]:offsets[x+1]]``, flat positions ``p = token*k + slot`` in increasing order."""
+    ``order[offsets[x]:offsets[x+1]]``: flat positions ``p = token*k + slot``, increasing."""
     require("idx", idx, dtypes=(DType.int32,), ndim=(1, 2))
     if num_experts < 1:
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
