@@ -98,16 +98,132 @@ def native_bandwidth(threads: int, nbytes: int) -> float:
     return g.value
 
 
+def bench_bandwidth(rounds: int, threads: int) -> float:
+    big = torch.ones(512 << 20 >> 2, dtype=torch.float32)
+    torch.set_num_threads(threads)
+    ours_l, ref_l = [], []
+    for _ in range(rounds):
+        ours_l.append(native_bandwidth(threads, 512 << 20))
+        ref_l.append(big.nbytes / timed(lambda: big.sum(), 0.2) / 1e9)
+    best, ref_best = max(ours_l), max(ref_l)
+    row(
+        f"read bandwidth {threads} thr (GB/s)",
+        "GB/s",
+        best,
+        1 - statistics.median(ours_l) / best,
+        ref_best,
+        1 - statistics.median(ref_l) / ref_best,
+    )
+    return best
+
+
+def bench_gemv(rounds: int, label: str, k: int, n: int, bw: float) -> None:
+    nbytes = n * k * 2
+    copies = max(1, -(-ROTATE_BYTES // nbytes))
+    ws = [(torch.randn(n, k) * 0.02).bfloat16() for _ in range(copies)]
+    wp = [wrap(w) for w in ws]
+    x = torch.randn(1, k).bfloat16()
+    xp = wrap(x)
+    yp = Tensor.empty((1, n), DType.bfloat16)
+    i = [0, 0]
+
+    def ours() -> None:
+        i[0] = (i[0] + 1) % copies
+        ops.linear(xp, wp[i[0]], out=yp)
+
+    def ref() -> None:
+        i[1] = (i[1] + 1) % copies
+        torch.nn.functional.linear(x, ws[i[1]])
+
+    a, sa, b, sb = compare(rounds, ours, ref)
+    got = torch.frombuffer(bytearray(yp.tobytes()), dtype=torch.bfloat16).float()
+    want = torch.nn.functional.linear(x.float(), ws[i[0]].float())[0]
+    err = float((got - want).norm() / want.norm())
+    row(
+        f"gemv {label} {k}->{n} (GB/s)",
+        "GB/s",
+        nbytes / a / 1e9,
+        sa,
+        nbytes / b / 1e9,
+        sb,
+        f"{nbytes / a / 1e9 / bw:5.0%} of bw (torch {nbytes / b / 1e9 / bw:4.0%}), err {err:.1e}",
+    )
+
+
+def bench_gemm(rounds: int, label: str, k: int, n: int, peak: float) -> None:
+    m = 512
+    w = (torch.randn(n, k) * 0.02).bfloat16()
+    x = torch.randn(m, k).bfloat16()
+    wp, xp = wrap(w), wrap(x)
+    yp = Tensor.empty((m, n), DType.bfloat16)
+    flops = 2.0 * m * n * k
+    a, sa, b, sb = compare(
+        rounds, lambda: ops.linear(xp, wp, out=yp), lambda: torch.nn.functional.linear(x, w), 0.2
+    )
+    frac = f"{flops / a / 1e9 / peak:5.0%} of peak" if peak > 0 else ""
+    row(
+        f"gemm m={m} {label} {k}->{n} (GFLOP/s)",
+        "GFLOP/s",
+        flops / a / 1e9,
+        sa,
+        flops / b / 1e9,
+        sb,
+        frac,
+    )
+
+
+def bench_attention_decode(
+    rounds: int,
+    attention: Callable[..., Tensor],
+    kv_len: int,
+    nh: int,
+    nkv: int,
+    hd: int,
+    note: str,
+) -> None:
+    kc = torch.randn(nkv, kv_len, hd).bfloat16()
+    vc = torch.randn(nkv, kv_len, hd).bfloat16()
+    q = torch.randn(1, nh, hd).bfloat16()
+    kp, vp, qp = wrap(kc), wrap(vc), wrap(q)
+    qt, kt, vt = q.transpose(0, 1).unsqueeze(0), kc.unsqueeze(0), vc.unsqueeze(0)
+    a, sa, b, sb = compare(
+        rounds,
+        lambda: attention(qp, kp, vp, kv_len=kv_len),
+        lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True),
+    )
+    row(f"attn decode kv={kv_len} (ms)", "ms", a * 1e3, sa, b * 1e3, sb, note)
+
+
+def bench_attention(rounds: int, attention: Callable[..., Tensor]) -> None:
+    nh, nkv, hd = 16, 8, 128
+    note = "(lower is better: ratio < 1 = faster)"
+    for kv_len in (1024, 4096):
+        bench_attention_decode(rounds, attention, kv_len, nh, nkv, hd, note)
+    t = 512
+    qn, kn, vn = (torch.randn(t, h, hd).bfloat16() for h in (nh, nkv, nkv))
+    qp, kp, vp = wrap(qn), wrap(kn), wrap(vn)
+    q4, k4, v4 = (z.transpose(0, 1).unsqueeze(0) for z in (qn, kn, vn))
+    a, sa, b, sb = compare(
+        rounds,
+        lambda: attention(qp, kp, vp, kv_layout="tokens"),
+        lambda: torch.nn.functional.scaled_dot_product_attention(
+            q4, k4, v4, is_causal=True, enable_gqa=True
+        ),
+        0.2,
+    )
+    row(f"attn prefill T={t} causal (ms)", "ms", a * 1e3, sa, b * 1e3, sb, note)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="fewer shapes, 3 rounds")
     args = ap.parse_args()
     rounds = 3 if args.quick else args.rounds
-    T = args.threads
-    ops.set_num_threads(T)
-    torch.set_num_threads(T)
+    threads = args.threads
+    ops.set_num_threads(threads)
+    torch.set_num_threads(threads)
     report = ctypes.create_string_buffer(4096)
     lib().to_kernel_report(report, 4096)
     print(report.value.decode())
@@ -116,151 +232,28 @@ def main() -> None:
         f"rounds {rounds}; ± = median/best - 1 over rounds\n"
     )
     print(f"{'measurement':<34} {'ours':>9} {'':<8}{'':9} {'torch':>9} {'':9} {'ratio':>7}")
-
-    # ---- bandwidth -------------------------------------------------------------------------
-    big = torch.ones(512 << 20 >> 2, dtype=torch.float32)
-    bw: dict[int, float] = {}
-    for t in sorted({1, T}):
-        torch.set_num_threads(t)
-        ours_l, ref_l = [], []
-        for _ in range(rounds):
-            ours_l.append(native_bandwidth(t, 512 << 20))
-            ref_l.append(big.nbytes / timed(lambda: big.sum(), 0.2) / 1e9)
-        bw[t] = max(ours_l)
-        row(
-            f"read bandwidth {t} thr (GB/s)",
-            "GB/s",
-            max(ours_l),
-            1 - statistics.median(ours_l) / max(ours_l),
-            max(ref_l),
-            1 - statistics.median(ref_l) / max(ref_l),
-        )
-    torch.set_num_threads(T)
-    del big
-    bwT = bw[T]
-
-    # ---- GEMV --------------------------------------------------------------------------------
-    shapes = GEMV_SHAPES if not args.quick else GEMV_SHAPES[2:5]
-    for label, k, n in shapes:
-        nbytes = n * k * 2
-        copies = max(1, -(-ROTATE_BYTES // nbytes))
-        ws = [(torch.randn(n, k) * 0.02).bfloat16() for _ in range(copies)]
-        wp = [wrap(w) for w in ws]
-        x = torch.randn(1, k).bfloat16()
-        xp = wrap(x)
-        yp = Tensor.empty((1, n), DType.bfloat16)
-        i = [0, 0]
-
-        def ours() -> None:
-            i[0] = (i[0] + 1) % copies
-            ops.linear(xp, wp[i[0]], out=yp)
-
-        def ref() -> None:
-            i[1] = (i[1] + 1) % copies
-            torch.nn.functional.linear(x, ws[i[1]])
-
-        a, sa, b, sb = compare(rounds, ours, ref)
-        got = torch.frombuffer(bytearray(yp.tobytes()), dtype=torch.bfloat16).float()
-        want = torch.nn.functional.linear(x.float(), ws[i[0]].float())[0]
-        err = float((got - want).norm() / want.norm())
-        row(
-            f"gemv {label} {k}->{n} (GB/s)",
-            "GB/s",
-            nbytes / a / 1e9,
-            sa,
-            nbytes / b / 1e9,
-            sb,
-            f"{nbytes / a / 1e9 / bwT:5.0%} of bw (torch {nbytes / b / 1e9 / bwT:4.0%}), "
-            f"err {err:.1e}",
-        )
-        del ws, wp
-
-    # ---- GEMM --------------------------------------------------------------------------------
-    peak = ctypes.c_double()
-    peak1 = ctypes.c_double()
-    rc = lib().to_bench_bf16_peak(T, ctypes.byref(peak))
-    lib().to_bench_bf16_peak(1, ctypes.byref(peak1))
+    bw = {t: bench_bandwidth(rounds, t) for t in sorted({1, threads})}
+    torch.set_num_threads(threads)
+    for label, k, n in GEMV_SHAPES if not args.quick else GEMV_SHAPES[2:5]:
+        bench_gemv(rounds, label, k, n, bw[threads])
+    peak, peak1 = ctypes.c_double(), ctypes.c_double()
+    rc = lib().to_bench_bf16_peak(threads, ctypes.byref(peak))
     if rc == 0:
+        lib().to_bench_bf16_peak(1, ctypes.byref(peak1))
         print(
-            f"{'avx512-bf16 peak (GFLOP/s)':<34} {peak.value:9.1f} ({T} thr), {peak1.value:.1f} "
-            f"(1 thr) = 64 flop/vdpbf16ps zmm; {peak1.value / 128:.2f} GHz if 2/cycle, "
-            f"{peak1.value / 64:.2f} GHz if 1/cycle"
+            f"{'avx512-bf16 peak (GFLOP/s)':<34} {peak.value:9.1f} ({threads} thr), "
+            f"{peak1.value:.1f} (1 thr); 64 flop per zmm vdpbf16ps: {peak1.value / 128:.2f} GHz "
+            f"if 2/cycle, {peak1.value / 64:.2f} GHz if 1/cycle"
         )
-    m = 512
     for label, k, n in GEMM_SHAPES if not args.quick else GEMM_SHAPES[:1]:
-        w = (torch.randn(n, k) * 0.02).bfloat16()
-        x = torch.randn(m, k).bfloat16()
-        wp1, xp = wrap(w), wrap(x)
-        yp = Tensor.empty((m, n), DType.bfloat16)
-        flops = 2.0 * m * n * k
-        a, sa, b, sb = compare(
-            rounds,
-            lambda: ops.linear(xp, wp1, out=yp),
-            lambda: torch.nn.functional.linear(x, w),
-            0.2,
-        )
-        frac = f"{flops / a / 1e9 / peak.value:5.0%} of peak" if rc == 0 else ""
-        row(
-            f"gemm m={m} {label} {k}->{n} (GFLOP/s)",
-            "GFLOP/s",
-            flops / a / 1e9,
-            sa,
-            flops / b / 1e9,
-            sb,
-            frac,
-        )
-
-    # ---- attention ---------------------------------------------------------------------------
+        bench_gemm(rounds, label, k, n, peak.value if rc == 0 else 0.0)
     attention = getattr(ops, "scaled_dot_product_attention", None) or getattr(
         ops, "attention", None
     )
     if attention is None:
         print("attention: no inference_pio.ops attention op in this build (skipped)")
-        return
-    nh, nkv, hd = 16, 8, 128
-    for kv_len in (1024, 4096):
-        kc = torch.randn(nkv, kv_len, hd).bfloat16()
-        vc = torch.randn(nkv, kv_len, hd).bfloat16()
-        q = torch.randn(1, nh, hd).bfloat16()
-        kp, vp, qp = wrap(kc), wrap(vc), wrap(q)
-        qt, kt, vt = q.transpose(0, 1).unsqueeze(0), kc.unsqueeze(0), vc.unsqueeze(0)
-        a, sa, b, sb = compare(
-            rounds,
-            lambda: attention(qp, kp, vp, kv_len=kv_len),
-            lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True),
-        )
-        row(
-            f"attn decode kv={kv_len} (ms)",
-            "ms",
-            a * 1e3,
-            sa,
-            b * 1e3,
-            sb,
-            "(lower is better: ratio < 1 = faster)",
-        )
-    t = 512
-    q = torch.randn(t, nh, hd).bfloat16()
-    k = torch.randn(t, nkv, hd).bfloat16()
-    v = torch.randn(t, nkv, hd).bfloat16()
-    qp, kp, vp = wrap(q), wrap(k), wrap(v)
-    qt, kt, vt = (z.transpose(0, 1).unsqueeze(0) for z in (q, k, v))
-    a, sa, b, sb = compare(
-        rounds,
-        lambda: attention(qp, kp, vp, kv_layout="tokens"),
-        lambda: torch.nn.functional.scaled_dot_product_attention(
-            qt, kt, vt, is_causal=True, enable_gqa=True
-        ),
-        0.2,
-    )
-    row(
-        f"attn prefill T={t} causal (ms)",
-        "ms",
-        a * 1e3,
-        sa,
-        b * 1e3,
-        sb,
-        "(lower is better: ratio < 1 = faster)",
-    )
+    else:
+        bench_attention(rounds, attention)
 
 
 if __name__ == "__main__":
