@@ -23,6 +23,18 @@ from inference_pio.nn.mlp import SwiGLU
 from inference_pio.tensor import Tensor
 
 
+def rope_parameters(config: Mapping[str, Any]) -> tuple[float, str]:
+    """(theta, rope type) from a config: transformers 5 writes ``rope_parameters``, older files
+    (and the released checkpoints) ``rope_theta`` + ``rope_scaling``."""
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+        raise CheckpointError(f"config.json: rope_theta must be a positive number, got {theta!r}")
+    return float(theta), str(rope_type)
+
+
 @dataclass(frozen=True)
 class DenseConfig:
     """The fields of an HF config.json that the dense decoder needs."""
@@ -66,9 +78,9 @@ class DenseConfig:
                 f"config.json: num_attention_heads {heads} is not a multiple of "
                 f"num_key_value_heads {kv}"
             )
-        scaling = config.get("rope_scaling")
-        if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
-            raise CheckpointError(f"config.json: rope_scaling {scaling} is not supported yet")
+        theta, rope_type = rope_parameters(config)
+        if rope_type != "default":
+            raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported yet")
         return cls(
             hidden_size=hidden,
             num_layers=need("num_hidden_layers"),
@@ -78,7 +90,7 @@ class DenseConfig:
             intermediate_size=need("intermediate_size"),
             vocab_size=need("vocab_size"),
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(config.get("rope_theta", 10000.0)),
+            rope_theta=theta,
             max_position_embeddings=need("max_position_embeddings"),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             qk_norm=qk_norm,

@@ -1,0 +1,208 @@
+"""A conformance suite every text-model plugin runs against Hugging Face transformers.
+
+Subclass :class:`CausalLMConformance` in a plugin's ``tests/unit/test_model.py``, set ``load``
+(the plugin's factory), ``hf_class_name`` (the transformers class), ``tiny_config`` (a small config
+of the exact architecture) and ``real_config`` (the real config.json as a dict). pytest then
+runs every ``test_*`` method below for the plugin.
+
+Reference: transformers on CPU, eager attention, norms randomised (so a missing or mis-applied
+norm shows). Tolerances: fp32 logits relative error (‖ours − ref‖ / ‖ref‖ per position) ≤ 1e-4;
+bf16 ≤ 2e-2 (8 mantissa bits: one rounding is ≤ 2^-9 ≈ 2e-3 relative and a few dozen roundings in
+sequence accumulate to ~1e-2). Greedy tokens must be identical; for bf16 the embedding (and a
+separate LM head) is scaled ×8 in the fixture so logits are well separated (near-ties in a tiny
+random model would otherwise flip on rounding noise alone).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from inference_pio.errors import CheckpointError
+from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer
+
+EOS = 511  # tiny configs use vocab 512; the last id is the eos token
+
+
+def _torch() -> Any:
+    return pytest.importorskip("torch")
+
+
+def _transformers() -> Any:
+    return pytest.importorskip("transformers")
+
+
+def save_reference(directory: Path, hf_class_name: str, config: dict[str, Any], dtype: str,
+                   seed: int, logit_scale: float = 1.0) -> Any:
+    """Builds, randomises and saves a transformers model plus tokenizer; returns it (eval)."""
+    torch, transformers = _torch(), _transformers()
+    cls = getattr(transformers, hf_class_name)
+    cfg = cls.config_class(**config)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    with torch.no_grad():
+        if logit_scale != 1.0:
+            model.get_input_embeddings().weight.mul_(logit_scale)
+            head = model.get_output_embeddings()
+            if head is not None and head.weight is not model.get_input_embeddings().weight:
+                head.weight.mul_(logit_scale)
+    randomize_norms(model, seed=seed)
+    model = model.to(getattr(torch, dtype))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    write_byte_tokenizer(directory, config["vocab_size"], EOS)
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": [EOS]}))
+    return model
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    torch = _torch()
+    g = torch.Generator().manual_seed(seed)
+    return [int(i) for i in torch.randint(0, 500, (n,), generator=g)]
+
+
+def rel_error(ours: Any, ref: Any) -> float:
+    """‖ours − ref‖ / ‖ref‖ in float64 (ours: a Tensor or list)."""
+    torch = _torch()
+    values = ours.tolist() if hasattr(ours, "tolist") and not isinstance(ours, list) else ours
+    o = torch.tensor(values, dtype=torch.float64).reshape(-1)
+    r = ref.to(torch.float64).reshape(-1)
+    return float((o - r).norm() / r.norm())
+
+
+def hf_greedy(ref: Any, ids: list[int], n: int) -> list[int]:
+    """n greedy tokens from a transformers model with its KV cache (no eos handling)."""
+    torch = _torch()
+    with torch.no_grad():
+        out = ref(torch.tensor([ids]), use_cache=True)
+        past, toks = out.past_key_values, []
+        tok = int(out.logits[0, -1].float().argmax())
+        for _ in range(n):
+            toks.append(tok)
+            out = ref(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            tok = int(out.logits[0, -1].float().argmax())
+    return toks
+
+
+class CausalLMConformance:
+    """Parity and robustness tests shared by every decoder-only text plugin."""
+
+    load: ClassVar[Callable[..., Any]]
+    hf_class_name: ClassVar[str]
+    tiny_config: ClassVar[dict[str, Any]]
+    real_config: ClassVar[Callable[[], dict[str, Any]]]
+
+    # ---- fixtures ----------------------------------------------------------------------------
+    @pytest.fixture(scope="class")
+    def fp32(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+        d = tmp_path_factory.mktemp("fp32")
+        return d, save_reference(d, self.hf_class_name, self.tiny_config, "float32", seed=1)
+
+    @pytest.fixture(scope="class")
+    def bf16(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+        d = tmp_path_factory.mktemp("bf16")
+        ref = save_reference(d, self.hf_class_name, self.tiny_config, "bfloat16", seed=2,
+                             logit_scale=8.0)
+        return d, ref
+
+    # ---- parity ------------------------------------------------------------------------------
+    @pytest.mark.parametrize("prompt_len", [1, 7, 130])
+    def test_fp32_logits_prefill_then_decode(self, fp32: tuple[Path, Any], prompt_len: int) -> None:
+        torch = _torch()
+        path, ref = fp32
+        ids = prompt(prompt_len + 5, prompt_len)
+        with torch.no_grad():
+            want = ref(torch.tensor([ids])).logits[0]
+        fm = type(self).load(path).model
+        cache = fm.new_cache(len(ids))
+        (logits,) = fm.forward([(ids[:prompt_len], cache)])
+        errors = [rel_error(logits, want[prompt_len - 1])]
+        for i in range(prompt_len, len(ids)):
+            (logits,) = fm.forward([([ids[i]], cache)])
+            errors.append(rel_error(logits, want[i]))
+        assert max(errors) <= 1e-4, f"relative errors per position: {errors}"
+
+    @pytest.mark.parametrize("prompt_len", [5, 300])
+    def test_fp32_greedy_32_tokens_identical(self, fp32: tuple[Path, Any], prompt_len: int) -> None:
+        path, ref = fp32
+        ids = prompt(prompt_len, 100 + prompt_len)
+        got = type(self).load(path).generate(ids, max_new_tokens=32, temperature=0.0,
+                                            ignore_eos=True).token_ids
+        assert got == hf_greedy(ref, ids, 32)
+
+    def test_batch_of_different_lengths(self, fp32: tuple[Path, Any]) -> None:
+        path, ref = fp32
+        prompts = [prompt(n, 7 * n) for n in (3, 70, 11, 1)]
+        results = type(self).load(path).generate_batch(
+            [{"prompt": p, "max_new_tokens": 32 - 5 * i, "temperature": 0.0, "ignore_eos": True}
+             for i, p in enumerate(prompts)]
+        )
+        for i, (p, r) in enumerate(zip(prompts, results, strict=True)):
+            assert r.token_ids == hf_greedy(ref, p, 32 - 5 * i), f"request {i}"
+
+    def test_bf16_logits_and_greedy(self, bf16: tuple[Path, Any]) -> None:
+        torch = _torch()
+        path, ref = bf16
+        ids = prompt(40, 5)
+        with torch.no_grad():
+            want = ref(torch.tensor([ids])).logits[0, -1].float()
+        model = type(self).load(path)
+        fm = model.model
+        (logits,) = fm.forward([(ids, fm.new_cache(len(ids)))])
+        assert rel_error(logits, want) <= 2e-2
+        got = model.generate(ids, max_new_tokens=32, temperature=0.0, ignore_eos=True).token_ids
+        assert got == hf_greedy(ref, ids, 32)
+
+    # ---- text, streaming, sampling -----------------------------------------------------------
+    def test_text_round_trip_and_streaming(self, fp32: tuple[Path, Any]) -> None:
+        model = type(self).load(fp32[0])
+        assert model.detokenize(model.tokenize("héllo wörld ✓")) == "héllo wörld ✓"
+        pieces = list(model.stream_text("hello", max_new_tokens=12, temperature=0.7, seed=3))
+        assert "".join(pieces) == model.generate_text("hello", max_new_tokens=12,
+                                                      temperature=0.7, seed=3)
+
+    def test_seeded_sampling_is_reproducible(self, fp32: tuple[Path, Any]) -> None:
+        model = type(self).load(fp32[0])
+        opts = {"max_new_tokens": 16, "temperature": 1.0, "top_k": 50, "top_p": 0.9, "seed": 11}
+        a, b = model.generate("abc", **opts), model.generate("abc", **opts)
+        assert a.token_ids == b.token_ids
+        assert len(a.token_ids) > 0
+
+    # ---- bad input ---------------------------------------------------------------------------
+    def test_bad_checkpoints_raise_clearly(self, fp32: tuple[Path, Any], tmp_path: Path) -> None:
+        with pytest.raises(CheckpointError, match=r"config\.json"):
+            type(self).load(tmp_path)
+        bad = tmp_path / "bad"
+        shutil.copytree(fp32[0], bad)
+        cfg = json.loads((bad / "config.json").read_text())
+        cfg["intermediate_size"] = cfg["intermediate_size"] * 2
+        (bad / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match="shape"):
+            type(self).load(bad)
+        trunc = tmp_path / "trunc"
+        shutil.copytree(fp32[0], trunc)
+        st = trunc / "model.safetensors"
+        st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+        with pytest.raises(CheckpointError):
+            type(self).load(trunc)
+
+    def test_bad_requests_raise_clearly(self, fp32: tuple[Path, Any]) -> None:
+        model = type(self).load(fp32[0])
+        context = self.tiny_config["max_position_embeddings"]
+        with pytest.raises(ValueError, match="context"):
+            model.generate(prompt(context, 1), max_new_tokens=4)
+        with pytest.raises(ValueError, match="top_p"):
+            model.generate("hi", top_p=0.0)
+        with pytest.raises(ValueError, match="temperature"):
+            model.generate("hi", temperature=-1.0)
+        with pytest.raises(TypeError, match="unknown sampling"):
+            model.generate("hi", nucleus=0.5)
+        with pytest.raises(ValueError, match="vocabulary"):
+            model.generate([self.tiny_config["vocab_size"] + 5], max_new_tokens=1)
