@@ -212,7 +212,7 @@ def checkpoint_path(
     directory = cache_root() / "synthetic" / f"{spec.name}-{dtype.name}-{key}"
     if (directory / "model.safetensors").is_file():
         return directory
-    partial = directory.with_name(directory.name + ".partial")
+    partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     if progress:
         print(
@@ -221,5 +221,10 @@ def checkpoint_path(
             file=sys.stderr,
         )
     build(spec, partial, dtype, progress=progress)
-    partial.replace(directory)
+    try:
+        partial.rename(directory)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (directory / "model.safetensors").is_file():
+            raise
     return directory
