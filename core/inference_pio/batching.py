@@ -85,7 +85,7 @@ class BatchManager:
             if admitted:
                 logits = self.model.forward([(r.prompt_ids, s.cache) for r, s in admitted])
                 now = time.perf_counter()
-                for (req, state), row in zip(admitted, logits):
+                for (req, state), row in zip(admitted, logits, strict=False):
                     state.prefill_done_at = now
                     state.accept(row)
                     active.append((req, state))
@@ -95,7 +95,7 @@ class BatchManager:
             batch = [([s.generated[-1]], s.cache) for _, s in active]
             self.decode_batch_sizes.append(len(batch))
             logits = self.model.forward(batch)
-            for (_, state), row in zip(active, logits):
+            for (_, state), row in zip(active, logits, strict=False):
                 state.accept(row)
             active = self._retire(active)
         results = [self._results[i] for i in sorted(self._results)]

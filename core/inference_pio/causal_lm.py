@@ -56,10 +56,7 @@ class CausalLM(TextModelPluginInterface):
         return SamplingParams.from_generation_config(self.checkpoint.generation_config, **sampling)
 
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
-        if isinstance(prompt, str):
-            ids = self.tokenize(prompt)
-        else:
-            ids = [int(i) for i in prompt]
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         if not ids:
             raise ValueError("the prompt is empty")
         return ids
@@ -85,7 +82,9 @@ class CausalLM(TextModelPluginInterface):
     def stream_text(self, prompt: str, **sampling: Any) -> Iterator[str]:
         params = self.sampling_params(**sampling)
         ids = self._prompt_ids(prompt)
-        return self._stream_fn()(self.model, self.tokenizer, ids, params, self.eos_ids)
+        stream: Iterator[str] = self._stream_fn()(self.model, self.tokenizer, ids, params,
+                                                  self.eos_ids)
+        return stream
 
     def _stream_fn(self) -> Any:
         """The generation loop for this model's device (CUDA: graph-captured batch-1 decode)."""

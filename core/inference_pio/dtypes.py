@@ -1,7 +1,9 @@
-"""Element types, mirroring ``to_dtype`` in native/include/tensor_ops.h (a test checks they agree)."""
+"""Element types, mirroring ``to_dtype`` in native/include/tensor_ops.h (a test checks that
+they agree)."""
 
 from __future__ import annotations
 
+import builtins
 import enum
 
 
@@ -26,12 +28,13 @@ class DType(enum.IntEnum):
         return _ITEMSIZE[self]
 
     @property
-    def is_floating(self) -> bool:
+    def is_floating(self) -> builtins.bool:
         return self in _FLOATING
 
     @classmethod
     def parse(cls, value: DType | str) -> DType:
-        """Accepts a DType, its name, a short alias (``"bf16"``) or a safetensors name (``"BF16"``)."""
+        """Accepts a DType, its name, a short alias (``"bf16"``) or a safetensors name
+        (``"BF16"``)."""
         if isinstance(value, DType):
             return value
         key = str(value).strip()

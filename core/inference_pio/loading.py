@@ -30,7 +30,8 @@ def resolve_path(
         spec = host.registry.get(text)
         raise ModelNotFoundError(
             f"{text!r} is a registered model but no local checkpoint was given. Download it (for "
-            f"example `huggingface-cli download {spec.hf_repo} --local-dir ./{spec.name}`) and pass "
+            f"example `huggingface-cli download {spec.hf_repo} --local-dir ./{spec.name}`) and "
+            f"pass "
             f"the directory, or use `synthetic:{spec.name}` for random weights of the real size."
         )
     raise ModelNotFoundError(

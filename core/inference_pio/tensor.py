@@ -9,6 +9,7 @@ before calling C; see :mod:`inference_pio.ops`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import struct
@@ -71,10 +72,8 @@ class _NativeBlock:
 
     def __del__(self) -> None:
         if self.ptr:
-            try:
+            with contextlib.suppress(Exception):  # interpreter shutdown: the OS frees it anyway
                 lib().to_free(self.ptr)
-            except Exception:  # interpreter shutdown: the process frees it anyway
-                pass
             self.ptr = 0
 
 
@@ -136,8 +135,9 @@ class Tensor:
         self.offset = int(offset)
         # Bounds: every addressable element must lie inside the storage.
         if self.numel:
-            lo = self.offset + sum(min(0, (n - 1) * s) for n, s in zip(self.shape, self.strides))
-            hi = self.offset + sum(max(0, (n - 1) * s) for n, s in zip(self.shape, self.strides))
+            spans = [(n - 1) * s for n, s in zip(self.shape, self.strides, strict=True)]
+            lo = self.offset + sum(min(0, v) for v in spans)
+            hi = self.offset + sum(max(0, v) for v in spans)
             if lo < 0 or (hi + 1) * self.dtype.itemsize > storage.nbytes:
                 raise ValueError(
                     f"view shape={self.shape} strides={self.strides} offset={self.offset} exceeds "
@@ -245,7 +245,7 @@ class Tensor:
 
     def is_contiguous(self) -> bool:
         expected = 1
-        for n, s in zip(reversed(self.shape), reversed(self.strides)):
+        for n, s in zip(reversed(self.shape), reversed(self.strides), strict=False):
             if n != 1 and s != expected:
                 return False
             expected *= n
@@ -267,11 +267,12 @@ class Tensor:
 
     def reshape(self, *shape: int | Sequence[int]) -> Tensor:
         """Same data, new shape (one dimension may be -1); copies only if not contiguous."""
+        first = shape[0] if len(shape) == 1 else None
         dims: list[int] = (
-            list(shape[0])
-            if len(shape) == 1 and not isinstance(shape[0], int)
-            else [int(s) for s in shape]
-        )  # type: ignore[arg-type]
+            [int(s) for s in first]
+            if first is not None and not isinstance(first, int)
+            else [int(s) for s in shape]  # type: ignore[arg-type]
+        )
         if dims.count(-1) > 1:
             raise ValueError("only one dimension can be -1")
         known = math.prod(d for d in dims if d != -1)
@@ -396,7 +397,7 @@ class Tensor:
             from inference_pio import cuda
 
             return cuda.copy_to_device(self, dev)
-        dt = DType.parse(target)  # type: ignore[arg-type]
+        dt = DType.parse(target)
         if dt == self.dtype:
             return self
         self._require_cpu("Tensor.to(dtype)")

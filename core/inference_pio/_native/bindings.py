@@ -70,7 +70,9 @@ PROTOTYPES: dict[str, Prototype] = {
     # ---- copy ----
     # int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape,
     #                     const int64_t *src_strides, int dtype);
-    "to_copy_strided": (c_int, [c_void_p, c_void_p, c_int, POINTER(c_int64), POINTER(c_int64), c_int]),
+    "to_copy_strided": (
+        c_int, [c_void_p, c_void_p, c_int, POINTER(c_int64), POINTER(c_int64), c_int]
+    ),
     # ---- matmul ----
     # int to_linear(const void *x, const void *w, const void *bias, void *y, int64_t m, int64_t n,
     #               int64_t k, int64_t ldx, int64_t ldy, int x_dtype, int w_dtype, int bias_dtype,
@@ -218,7 +220,9 @@ PROTOTYPES: dict[str, Prototype] = {
     # ---- rope ----
     # int to_rope_cache(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
     #                   float theta, void *cos, void *sin, int out_dtype);
-    "to_rope_cache": (c_int, [c_void_p, c_int, c_int64, c_int64, c_float, c_void_p, c_void_p, c_int]),
+    "to_rope_cache": (
+        c_int, [c_void_p, c_int, c_int64, c_int64, c_float, c_void_p, c_void_p, c_int]
+    ),
     # int to_rope_cache_mrope(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
     #                         float theta, int64_t sec_t, int64_t sec_h, int64_t sec_w, void *cos,
     #                         void *sin, int out_dtype);

@@ -106,10 +106,11 @@ class Attention:
         self.rotary.apply(be, k, cos, sin, t, self.nkv, self.hd, kw)
         attn = Tensor.empty((t, qw), act, dev)
         es = act.itemsize
-        for seg, cache in zip(segments, caches):
+        for seg, cache in zip(segments, caches, strict=False):
             if seg.past + seg.count > cache.capacity:
                 raise ValueError(
-                    f"sequence needs {seg.past + seg.count} cache slots, capacity is {cache.capacity}"
+                    f"sequence needs {seg.past + seg.count} cache slots, "
+                    f"capacity is {cache.capacity}"
                 )
             be.call(
                 "kv_cache_append",

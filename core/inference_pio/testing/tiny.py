@@ -86,7 +86,8 @@ def save_tiny_causal_lm(
     eos_id: int | None = None,
     generation_config: dict[str, Any] | None = None,
 ) -> Any:
-    """Builds ``model_class(config)`` with a fixed seed, randomises norms, saves it with a tokenizer.
+    """Builds ``model_class(config)`` with a fixed seed, randomises norms, saves it with a
+    tokenizer.
 
     Returns the model in eval mode (eager attention) for use as the reference.
     """

@@ -1,7 +1,7 @@
 """Benchmark for GLM-4.7-Flash: prefill and batch-1 decode tokens/s.
 
-Run: ``python plugins/glm_4_7_flash/benchmarks/benchmark_inference.py``. Until the model is implemented
-this only reports that loading is not available yet.
+Run: ``python plugins/glm_4_7_flash/benchmarks/benchmark_inference.py``.
+Until the model is implemented this only reports that loading is not available yet.
 """
 
 from __future__ import annotations

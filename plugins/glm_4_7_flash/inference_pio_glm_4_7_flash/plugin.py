@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from inference_pio import ModelSpec, hookimpl
 from inference_pio.hookspecs import RegisterModel
-
 from inference_pio_glm_4_7_flash import MODEL_NAME
 from inference_pio_glm_4_7_flash.config import ARCHITECTURE, HF_REPO, MODEL_TYPE
 

@@ -1,4 +1,5 @@
-"""Qwen3-4B-Instruct-2507: a thin assembly of the core dense-decoder building blocks (models.md §2)."""
+"""Qwen3-4B-Instruct-2507: a thin assembly of the core dense-decoder building blocks
+(models.md §2)."""
 
 from __future__ import annotations
 

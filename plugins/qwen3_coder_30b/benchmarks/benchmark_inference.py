@@ -1,7 +1,7 @@
 """Benchmark for Qwen3-Coder-30B-A3B-Instruct: prefill and batch-1 decode tokens/s.
 
-Run: ``python plugins/qwen3_coder_30b/benchmarks/benchmark_inference.py``. Until the model is implemented
-this only reports that loading is not available yet.
+Run: ``python plugins/qwen3_coder_30b/benchmarks/benchmark_inference.py``.
+Until the model is implemented this only reports that loading is not available yet.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Configuration of Qwen3-Coder-30B-A3B-Instruct: the real Hugging Face ``config.json`` and ``generation_config.json``.
+"""Configuration of Qwen3-Coder-30B-A3B-Instruct: the real Hugging Face ``config.json`` and
+``generation_config.json``.
 
-Values follow ``shared/reference/models.md``; a checkpoint's own files always take precedence when a
-real checkpoint is loaded. These copies build ``synthetic:qwen3-coder-30b-a3b-instruct`` checkpoints at the real size.
+Values follow ``shared/reference/models.md``; a checkpoint's own files always take precedence
+when a real checkpoint is loaded. These copies build ``synthetic:qwen3-coder-30b-a3b-instruct``
+checkpoints at the real size.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark for Qwen3-VL-2B-Instruct: prefill and batch-1 decode tokens/s.
 
-Run: ``python plugins/qwen3_vl_2b/benchmarks/benchmark_inference.py``. Until the model is implemented
-this only reports that loading is not available yet.
+Run: ``python plugins/qwen3_vl_2b/benchmarks/benchmark_inference.py``.
+Until the model is implemented this only reports that loading is not available yet.
 """
 
 from __future__ import annotations

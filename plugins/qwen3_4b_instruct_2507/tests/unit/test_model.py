@@ -1,5 +1,5 @@
-"""Qwen3-4B-Instruct-2507 against transformers' Qwen3ForCausalLM (the shared conformance suite) and one decoder
-layer at the real size."""
+"""Qwen3-4B-Instruct-2507 against transformers' Qwen3ForCausalLM (the shared conformance suite)
+and one decoder layer at the real size."""
 
 from __future__ import annotations
 
