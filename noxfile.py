@@ -201,6 +201,13 @@ def benchmarks(session: nox.Session) -> None:
         session.run("python", str(script), *session.posargs)
 
 
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """On a GPU machine: build with CUDA, run tests/gpu and print the GPU benchmark table (uses the
+    machine's own python3 with torch/transformers; see benchmarks/gpu_run.sh)."""
+    session.run("bash", str(ROOT / "benchmarks" / "gpu_run.sh"), *session.posargs, external=True)
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """What a new user sees: core + Qwen3-0.6B installed, then the CLI."""

@@ -1,13 +1,15 @@
 """Quick CUDA smoke test with progress prints (diagnostics for hangs)."""
+
 import faulthandler
 import sys
 
 faulthandler.dump_traceback_later(60, exit=True)
 from inference_pio import cuda  # noqa: E402
-from inference_pio.dtypes import DType  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
 
 print("avail", cuda.is_available(), cuda.unavailable_reason(), flush=True)
+if not cuda.is_available():
+    sys.exit(0)
 print(cuda.device_info("cuda:0"), flush=True)
 t = Tensor.from_list([1.0, 2.0, 3.0]).to("cuda")
 print("to cuda ok", flush=True)

@@ -10,6 +10,7 @@ in order on one stream per device, and copies to the host synchronise with it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int64, c_size_t, c_uint64, c_void_p
@@ -43,8 +44,18 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     "toc_get_device": (c_int, [POINTER(c_int)]),
     # int toc_device_info(int dev, char *name, size_t cap, int64_t *total_mem, int *sm_count,
     #                     int *cc_major, int *cc_minor);
-    "toc_device_info": (c_int, [c_int, c_char_p, c_size_t, POINTER(c_int64), POINTER(c_int),
-                                POINTER(c_int), POINTER(c_int)]),
+    "toc_device_info": (
+        c_int,
+        [
+            c_int,
+            c_char_p,
+            c_size_t,
+            POINTER(c_int64),
+            POINTER(c_int),
+            POINTER(c_int),
+            POINTER(c_int),
+        ],
+    ),
     # int toc_synchronize(void);
     "toc_synchronize": (c_int, []),
     # int toc_malloc(size_t nbytes, void **out);
@@ -81,21 +92,50 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     #                    float eps, const void *w0, int64_t seg0, const void *w1, int64_t seg1,
     #                    const void *w2, int64_t seg2, int64_t k, const void *res, int64_t ldr,
     #                    int swiglu, void *y, int64_t ldy, int act_dtype, void *argmax);
-    "toc_gemv_fused": (c_int, [c_void_p, c_int64, c_int64, c_void_p, c_int, c_float, c_void_p,
-                               c_int64, c_void_p, c_int64, c_void_p, c_int64, c_int64, c_void_p,
-                               c_int64, c_int, c_void_p, c_int64, c_int, c_void_p]),
+    "toc_gemv_fused": (
+        c_int,
+        [
+            c_void_p,
+            c_int64,
+            c_int64,
+            c_void_p,
+            c_int,
+            c_float,
+            c_void_p,
+            c_int64,
+            c_void_p,
+            c_int64,
+            c_void_p,
+            c_int64,
+            c_int64,
+            c_void_p,
+            c_int64,
+            c_int,
+            c_void_p,
+            c_int64,
+            c_int,
+            c_void_p,
+        ],
+    ),
     # int toc_attention_decode(const void *q, const void *k_cache, const void *v_cache, void *out,
     #                          int64_t nh, int64_t nkv, int64_t hd, int64_t capacity,
     #                          const int32_t *pos, float scale, int q_dtype, int kv_dtype,
     #                          int nsplit, float *workspace);
-    "toc_attention_decode": (c_int, [c_void_p] * 4 + [c_int64] * 4
-                             + [c_void_p, c_float, c_int, c_int, c_int, c_void_p]),
+    "toc_attention_decode": (
+        c_int,
+        [c_void_p] * 4 + [c_int64] * 4 + [c_void_p, c_float, c_int, c_int, c_int, c_void_p],
+    ),
     # int toc_qk_rope_append(void *qkv, const void *q_norm, const void *k_norm, int norm_dtype,
     #                        float eps, const void *cos, const void *sin, const int32_t *pos,
     #                        void *k_cache, void *v_cache, int64_t nh, int64_t nkv, int64_t hd,
     #                        int64_t capacity, int act_dtype, int cache_dtype);
-    "toc_qk_rope_append": (c_int, [c_void_p, c_void_p, c_void_p, c_int, c_float] + [c_void_p] * 5
-                           + [c_int64] * 4 + [c_int, c_int]),
+    "toc_qk_rope_append": (
+        c_int,
+        [c_void_p, c_void_p, c_void_p, c_int, c_float]
+        + [c_void_p] * 5
+        + [c_int64] * 4
+        + [c_int, c_int],
+    ),
     # int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
     #                         int32_t *step, int max_steps);
     "toc_decode_step_end": (c_int, [c_void_p] * 5 + [c_int]),
@@ -106,10 +146,24 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
 
 #: CPU ops whose CUDA twin takes the same arguments (every ``to_<op>`` with a device kernel).
 _HOST_ONLY = {
-    "to_abi_version", "to_version_string", "to_last_error", "to_clear_error", "to_dtype_size",
-    "to_kernel_report", "to_cpu_features", "to_set_isa_mask", "to_set_num_threads",
-    "to_get_num_threads", "to_alloc", "to_free", "to_memory_stats", "to_memory_trim",
-    "to_bench_read_bandwidth", "to_bench_bf16_peak", "to_sample", "to_fill_random",
+    "to_abi_version",
+    "to_version_string",
+    "to_last_error",
+    "to_clear_error",
+    "to_dtype_size",
+    "to_kernel_report",
+    "to_cpu_features",
+    "to_set_isa_mask",
+    "to_set_num_threads",
+    "to_get_num_threads",
+    "to_alloc",
+    "to_free",
+    "to_memory_stats",
+    "to_memory_trim",
+    "to_bench_read_bandwidth",
+    "to_bench_bf16_peak",
+    "to_sample",
+    "to_fill_random",
 }
 OP_PROTOTYPES: dict[str, Prototype] = {
     "toc_" + name[3:]: proto
@@ -239,8 +293,15 @@ def device_info(device: Device | str = "cuda:0") -> dict[str, Any]:
     buf = ctypes.create_string_buffer(256)
     mem, sms, major, minor = c_int64(), c_int(), c_int(), c_int()
     check(
-        lib().toc_device_info(dev.index, buf, 256, ctypes.byref(mem), ctypes.byref(sms),
-                              ctypes.byref(major), ctypes.byref(minor)),
+        lib().toc_device_info(
+            dev.index,
+            buf,
+            256,
+            ctypes.byref(mem),
+            ctypes.byref(sms),
+            ctypes.byref(major),
+            ctypes.byref(minor),
+        ),
         "toc_device_info",
     )
     return {
@@ -279,10 +340,8 @@ class _DeviceBlock:
 
     def __del__(self) -> None:
         if self.ptr and _lib is not None:
-            try:
+            with contextlib.suppress(Exception):  # interpreter shutdown
                 _lib.toc_free(self.ptr)
-            except Exception:  # interpreter shutdown
-                pass
             self.ptr = 0
 
 
@@ -302,8 +361,12 @@ def memory_stats(device: Device | str = "cuda:0") -> dict[str, int]:
     set_device(device)
     vals = [c_int64() for _ in range(4)]
     check(lib().toc_memory_stats(*(ctypes.byref(v) for v in vals)), "toc_memory_stats")
-    return {"in_use": vals[0].value, "peak": vals[1].value, "cached": vals[2].value,
-            "mallocs": vals[3].value}
+    return {
+        "in_use": vals[0].value,
+        "peak": vals[1].value,
+        "cached": vals[2].value,
+        "mallocs": vals[3].value,
+    }
 
 
 def empty_cache(device: Device | str = "cuda:0") -> None:
@@ -324,10 +387,8 @@ class PinnedBuffer:
 
     def __del__(self) -> None:
         if getattr(self, "ptr", 0) and _lib is not None:
-            try:
+            with contextlib.suppress(Exception):
                 _lib.toc_host_free(self.ptr)
-            except Exception:
-                pass
             self.ptr = 0
 
 
@@ -343,8 +404,10 @@ def copy_to_device(t: Tensor, device: Device) -> Tensor:
     dev = Device.parse(device)
     src_dev = t.device
     if src_dev.type == "cuda" and dev.type == "cuda" and src_dev != dev:
-        raise ValueError(f"copies between CUDA devices ({src_dev} -> {dev}) are not supported; "
-                         "go through the CPU")
+        raise ValueError(
+            f"copies between CUDA devices ({src_dev} -> {dev}) are not supported; "
+            "go through the CPU"
+        )
     src = t.contiguous()
     if dev.type == "cuda":
         out = Tensor.empty(src.shape, src.dtype, dev)
@@ -367,8 +430,10 @@ def contiguous(t: Tensor) -> Tensor:
     if t.numel:
         shape = (c_int64 * t.ndim)(*t.shape)
         strides = (c_int64 * t.ndim)(*t.strides)
-        check(lib().toc_copy_strided(t.data_ptr, out.data_ptr, t.ndim, shape, strides, t.dtype),
-              "toc_copy_strided")
+        check(
+            lib().toc_copy_strided(t.data_ptr, out.data_ptr, t.ndim, shape, strides, t.dtype),
+            "toc_copy_strided",
+        )
     return out
 
 
@@ -390,12 +455,15 @@ def memset_zero(t: Tensor) -> None:
         check(lib().toc_memset(t.data_ptr, 0, t.nbytes), "toc_memset")
 
 
-def copy_bandwidth(nbytes: int = 2 << 30, iters: int = 10, device: Device | str = "cuda:0") -> float:
+def copy_bandwidth(
+    nbytes: int = 2 << 30, iters: int = 10, device: Device | str = "cuda:0"
+) -> float:
     """Measured device-to-device copy bandwidth in GB/s (bytes read + bytes written)."""
     set_device(device)
     out = ctypes.c_double()
-    check(lib().toc_bench_copy_bandwidth(nbytes, iters, ctypes.byref(out)),
-          "toc_bench_copy_bandwidth")
+    check(
+        lib().toc_bench_copy_bandwidth(nbytes, iters, ctypes.byref(out)), "toc_bench_copy_bandwidth"
+    )
     return out.value
 
 
@@ -407,8 +475,23 @@ def blas_library() -> str:
 
 
 __all__ = [
-    "CudaUnavailableError", "PinnedBuffer", "allocate_storage", "blas_library", "clone",
-    "contiguous", "copy_bandwidth", "copy_to_device", "device_count", "device_info",
-    "empty_cache", "function", "is_available", "lib", "memory_stats", "memset_zero",
-    "set_device", "synchronize", "unavailable_reason",
+    "CudaUnavailableError",
+    "PinnedBuffer",
+    "allocate_storage",
+    "blas_library",
+    "clone",
+    "contiguous",
+    "copy_bandwidth",
+    "copy_to_device",
+    "device_count",
+    "device_info",
+    "empty_cache",
+    "function",
+    "is_available",
+    "lib",
+    "memory_stats",
+    "memset_zero",
+    "set_device",
+    "synchronize",
+    "unavailable_reason",
 ]

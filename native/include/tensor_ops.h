@@ -437,6 +437,64 @@ TO_API int to_st_file_info(const to_st_file *f, int64_t *file_size, int64_t *hea
  * TO_ST_TOUCH); call it chunk by chunk to report load progress. */
 TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, int mode);
 
+/* ---- CUDA runtime (src/cuda/) ---- */
+/* libtensor_ops_cuda is a separate library (loaded on first CUDA use, RPATH $ORIGIN, cuBLAS
+ * dlopen'ed when present). Every to_<op> with a device kernel has a toc_<op> twin with the same
+ * arguments taking device pointers: toc_add, toc_mul, toc_cast, toc_copy_strided, toc_linear,
+ * toc_rms_norm, toc_layer_norm, toc_rope_cache(_mrope/_2d), toc_rope_apply, toc_scale, toc_silu,
+ * toc_sigmoid, toc_exp, toc_softplus, toc_gelu, toc_swiglu, toc_add_row, toc_mul_rows,
+ * toc_softmax, toc_argmax, toc_topk, toc_cumsum, toc_where, toc_embedding, toc_attention,
+ * toc_kv_cache_append. Work runs in order on one stream per device (the calling thread's current
+ * device); errors are thread-local in the CUDA library (toc_last_error), and kernel execution
+ * errors surface at the next synchronising call. GPU-specific deviations: toc_embedding writes
+ * zeros for an out-of-range id (Python validates ids), toc_topk does not reject NaN. */
+TO_API int toc_abi_version(void);
+TO_API const char *toc_last_error(void);
+TO_API void toc_clear_error(void);
+/* Distinguishes "no NVIDIA driver", "no CUDA device" and "driver too old" in the message. */
+TO_API int toc_device_count(int *count);
+TO_API int toc_driver_version(int *driver, int *runtime);
+TO_API int toc_set_device(int dev); /* current device of the calling thread (initialised once) */
+TO_API int toc_get_device(int *dev);
+TO_API int toc_device_info(int dev, char *name, size_t cap, int64_t *total_mem, int *sm_count,
+                           int *cc_major, int *cc_minor);
+TO_API int toc_synchronize(void);
+/* Caching device allocator (per device; blocks rounded to 512 B / 2 MiB, reused in stream order). */
+TO_API int toc_malloc(size_t nbytes, void **out);
+TO_API int toc_free(void *ptr);
+TO_API int toc_memory_stats(int64_t *in_use, int64_t *peak, int64_t *cached, int64_t *n_malloc);
+TO_API int toc_memory_trim(void);
+TO_API int toc_host_alloc(size_t nbytes, void **out); /* pinned host memory */
+TO_API int toc_host_free(void *ptr);
+/* kind 1 host->device, 2 device->host, 3 device->device; blocking != 0 waits for the stream. */
+TO_API int toc_memcpy(void *dst, const void *src, size_t nbytes, int kind, int blocking);
+TO_API int toc_memset(void *dst, int value, size_t nbytes);
+/* CUDA graphs: capture the toc_ calls made between begin and end; replay `times` times. */
+TO_API int toc_graph_begin(void);
+TO_API int toc_graph_end(void **exec_out);
+TO_API int toc_graph_abort(void);
+TO_API int toc_graph_launch(void *exec, int times);
+TO_API int toc_graph_destroy(void *exec);
+TO_API int toc_bench_copy_bandwidth(int64_t bytes, int iters, double *gbps);
+TO_API int toc_blas_info(char *buf, size_t cap);
+TO_API int toc_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
+                           int distribution); /* 0 normal, 1 uniform; not the CPU's values */
+/* Decode kernels of the CUDA-graph decoder (see src/cuda/linear.cu and attention.cu). */
+TO_API int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void *norm_w, int norm_dtype,
+                          float eps, const void *w0, int64_t seg0, const void *w1, int64_t seg1,
+                          const void *w2, int64_t seg2, int64_t k, const void *res, int64_t ldr,
+                          int swiglu, void *y, int64_t ldy, int act_dtype, void *argmax);
+TO_API int toc_qk_rope_append(void *qkv, const void *q_norm, const void *k_norm, int norm_dtype,
+                              float eps, const void *cos, const void *sin, const int32_t *pos,
+                              void *k_cache, void *v_cache, int64_t nh, int64_t nkv, int64_t hd,
+                              int64_t capacity, int act_dtype, int cache_dtype);
+TO_API int toc_attention_decode(const void *q, const void *k_cache, const void *v_cache, void *out,
+                                int64_t nh, int64_t nkv, int64_t hd, int64_t capacity,
+                                const int32_t *pos, float scale, int q_dtype, int kv_dtype,
+                                int nsplit, float *workspace);
+TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
+                               int32_t *step, int max_steps);
+
 #ifdef __cplusplus
 }
 #endif

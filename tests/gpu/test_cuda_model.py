@@ -20,9 +20,19 @@ from inference_pio.nn.cuda_graph import CudaGraphDecoder, unsupported_reason  # 
 from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
 from inference_pio_qwen3_0_6b.model import load  # noqa: E402
 
-TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=64, rope_theta=1e6,
-            tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-6)
+TINY = dict(
+    vocab_size=512,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    rope_theta=1e6,
+    tie_word_embeddings=True,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+)
 
 
 def _make(d: Path, dtype: Any, seed: int) -> Any:
@@ -49,9 +59,14 @@ def ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def _hf_greedy(ref: Any, prompt: list[int], n: int) -> list[int]:
     with torch.no_grad():
-        out = ref.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, pad_token_id=0)
-    return [int(t) for t in out[0, len(prompt):]]
+        out = ref.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return [int(t) for t in out[0, len(prompt) :]]
 
 
 @pytest.mark.parametrize("plen", [5, 40])
@@ -68,8 +83,9 @@ def test_greedy_matches_transformers_and_cpu(ckpt: Any, plen: int) -> None:
     assert got == want
     try:
         cpu = load(d, device="cpu")
-        cpu_tokens = cpu.generate(prompt, max_new_tokens=n, temperature=0.0,
-                                  ignore_eos=True).token_ids
+        cpu_tokens = cpu.generate(
+            prompt, max_new_tokens=n, temperature=0.0, ignore_eos=True
+        ).token_ids
     except (AttributeError, NotImplementedError) as exc:  # CPU op not landed yet
         pytest.skip(f"CPU path incomplete: {exc}")
     assert got == cpu_tokens
@@ -82,7 +98,7 @@ def test_graph_logits_match_op_path(ckpt: Any) -> None:
     m = load(d, device="cuda").model
     prompt = list(range(3, 40))
     cache = m.new_cache(64)
-    (logits_op,) = m.forward([(prompt, cache)])
+    (_logits_op,) = m.forward([(prompt, cache)])
     (step_op,) = m.forward([([7], cache)])
     runner = CudaGraphDecoder(m, 64)
     runner.cache.length = 0
@@ -97,8 +113,11 @@ def test_graph_logits_match_op_path(ckpt: Any) -> None:
 def test_sampled_decode_runs(ckpt: Any) -> None:
     _, d, _ = ckpt
     gpu = load(d, device="cuda")
-    r1 = gpu.generate([1, 2, 3], max_new_tokens=12, temperature=0.8, top_k=20, seed=5,
-                      ignore_eos=True)
-    r2 = gpu.generate([1, 2, 3], max_new_tokens=12, temperature=0.8, top_k=20, seed=5,
-                      ignore_eos=True)
-    assert len(r1.token_ids) == 12 and r1.token_ids == r2.token_ids
+    r1 = gpu.generate(
+        [1, 2, 3], max_new_tokens=12, temperature=0.8, top_k=20, seed=5, ignore_eos=True
+    )
+    r2 = gpu.generate(
+        [1, 2, 3], max_new_tokens=12, temperature=0.8, top_k=20, seed=5, ignore_eos=True
+    )
+    assert len(r1.token_ids) == 12
+    assert r1.token_ids == r2.token_ids

@@ -23,8 +23,12 @@ from inference_pio.dtypes import DType  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
 
 DEV = "cuda:0"
-TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.int32: torch.int32,
-       DType.int64: torch.int64}
+TDT = {
+    DType.float32: torch.float32,
+    DType.bfloat16: torch.bfloat16,
+    DType.int32: torch.int32,
+    DType.int64: torch.int64,
+}
 FLOATS = [DType.float32, DType.bfloat16]
 
 
@@ -61,7 +65,8 @@ def has_cpu(op: str) -> bool:
 
 def test_device_and_memory() -> None:
     info = cuda.device_info(DEV)
-    assert info["name"] and info["multiprocessors"] > 0
+    assert info["name"]
+    assert info["multiprocessors"] > 0
     before = cuda.memory_stats(DEV)
     t = Tensor.empty((1 << 20,), DType.float32, DEV)
     mid = cuda.memory_stats(DEV)
@@ -69,7 +74,8 @@ def test_device_and_memory() -> None:
     assert mid["peak"] >= mid["in_use"]
     del t
     after = cuda.memory_stats(DEV)
-    assert after["in_use"] == before["in_use"] and after["cached"] >= 4 << 20
+    assert after["in_use"] == before["in_use"]
+    assert after["cached"] >= 4 << 20
     again = Tensor.empty((1 << 20,), DType.float32, DEV)  # served from the cache
     assert cuda.memory_stats(DEV)["mallocs"] == after["mallocs"]
     del again
@@ -108,8 +114,13 @@ def test_binary(op: str, dt: DType) -> None:
 @pytest.mark.parametrize("op", ["silu", "sigmoid", "exp", "softplus", "gelu"])
 def test_unary(op: str, dt: DType) -> None:
     x = (torch.randn(4099) * 3).to(TDT[dt])
-    fns = {"silu": torch.nn.functional.silu, "sigmoid": torch.sigmoid, "exp": torch.exp,
-           "softplus": torch.nn.functional.softplus, "gelu": torch.nn.functional.gelu}
+    fns = {
+        "silu": torch.nn.functional.silu,
+        "sigmoid": torch.sigmoid,
+        "exp": torch.exp,
+        "softplus": torch.nn.functional.softplus,
+        "gelu": torch.nn.functional.gelu,
+    }
     ref = fns[op](x.double())
     out = theirs(getattr(ops, op)(ours(x, DEV)))
     assert rel(out, ref) < tol(dt, 1e-6)
@@ -204,8 +215,18 @@ def test_embedding() -> None:
     ids = torch.randint(0, 500, (17,), dtype=torch.int32)
     out = Tensor.empty((17, 64), DType.bfloat16, DEV)
     di, dt_ = ours(ids, DEV), ours(table, DEV)
-    backend(DEV).call("embedding", di.data_ptr, DType.int32, 17, dt_.data_ptr, DType.bfloat16, 500,
-                      64, out.data_ptr, DType.bfloat16)
+    backend(DEV).call(
+        "embedding",
+        di.data_ptr,
+        DType.int32,
+        17,
+        dt_.data_ptr,
+        DType.bfloat16,
+        500,
+        64,
+        out.data_ptr,
+        DType.bfloat16,
+    )
     assert torch.equal(theirs(out), table[ids.long()])
 
 
@@ -217,8 +238,9 @@ def test_linear(m: int, dt: DType) -> None:
     w = (torch.randn(n, k) * 0.05).to(TDT[dt])
     y = Tensor.empty((m, n), dt, DEV)
     dx, dw = ours(x, DEV), ours(w, DEV)
-    backend(DEV).call("linear", dx.data_ptr, dw.data_ptr, None, y.data_ptr, m, n, k, k, n, dt, dt, 0,
-                      dt)
+    backend(DEV).call(
+        "linear", dx.data_ptr, dw.data_ptr, None, y.data_ptr, m, n, k, k, n, dt, dt, 0, dt
+    )
     ref = x.double() @ w.double().t()
     assert rel(theirs(y), ref) < tol(dt, 1e-5)
     gpu = (x.cuda() @ w.cuda().t()).cpu()
@@ -229,8 +251,22 @@ def test_linear_bias_mixed() -> None:
     x, w, b = torch.randn(4, 72), torch.randn(40, 72).to(torch.bfloat16), torch.randn(40)
     y = Tensor.empty((4, 40), DType.float32, DEV)
     dx, dw, db = ours(x, DEV), ours(w, DEV), ours(b, DEV)
-    backend(DEV).call("linear", dx.data_ptr, dw.data_ptr, db.data_ptr, y.data_ptr, 4, 40, 72, 72, 40, DType.float32, DType.bfloat16, DType.float32,
-                      DType.float32)
+    backend(DEV).call(
+        "linear",
+        dx.data_ptr,
+        dw.data_ptr,
+        db.data_ptr,
+        y.data_ptr,
+        4,
+        40,
+        72,
+        72,
+        40,
+        DType.float32,
+        DType.bfloat16,
+        DType.float32,
+        DType.float32,
+    )
     assert rel(theirs(y), x.double() @ w.double().t() + b.double()) < 1e-5
 
 
@@ -248,7 +284,7 @@ def _sdpa_ref(q: Any, k: Any, v: Any, q_pos: int) -> Any:
 
 
 @pytest.mark.parametrize("dt", FLOATS)
-@pytest.mark.parametrize("tq,past", [(1, 0), (1, 700), (5, 40), (200, 0), (130, 70)])
+@pytest.mark.parametrize(("tq", "past"), [(1, 0), (1, 700), (5, 40), (200, 0), (130, 70)])
 def test_attention_cache(dt: DType, tq: int, past: int) -> None:
     nh, nkv, hd, cap = 8, 2, 128, 1024
     kv = past + tq
@@ -267,19 +303,32 @@ def test_attention_cache(dt: DType, tq: int, past: int) -> None:
         cpu = theirs(ops.attention(ours(q), ck, cv, kv_len=kv, q_pos=past))
         assert rel(out, cpu) < tol(dt, 1e-4)
     if dt == DType.bfloat16:
-        sd = torch.nn.functional.scaled_dot_product_attention(
-            q.cuda().transpose(0, 1)[None], k.cuda().transpose(0, 1)[None].repeat_interleave(4, 1),
-            v.cuda().transpose(0, 1)[None].repeat_interleave(4, 1),
-            attn_mask=(torch.arange(kv)[None, :] <= (past + torch.arange(tq))[:, None]).cuda(),
-        )[0].transpose(0, 1).cpu()
+        sd = (
+            torch.nn.functional.scaled_dot_product_attention(
+                q.cuda().transpose(0, 1)[None],
+                k.cuda().transpose(0, 1)[None].repeat_interleave(4, 1),
+                v.cuda().transpose(0, 1)[None].repeat_interleave(4, 1),
+                attn_mask=(torch.arange(kv)[None, :] <= (past + torch.arange(tq))[:, None]).cuda(),
+            )[0]
+            .transpose(0, 1)
+            .cpu()
+        )
         assert rel(out, sd) < 1e-2
 
 
 def test_attention_segments() -> None:
     nh, nkv, hd = 4, 4, 64
     q, k, v = (torch.randn(10, n, hd) for n in (nh, nkv, nkv))
-    out = theirs(ops.attention(ours(q, DEV), ours(k, DEV), ours(v, DEV), kv_layout="tokens",
-                               causal=False, cu_seqlens=[0, 4, 10]))
+    out = theirs(
+        ops.attention(
+            ours(q, DEV),
+            ours(k, DEV),
+            ours(v, DEV),
+            kv_layout="tokens",
+            causal=False,
+            cu_seqlens=[0, 4, 10],
+        )
+    )
     parts = []
     for a, b in ((0, 4), (4, 10)):
         s = q[a:b].transpose(0, 1) @ k[a:b].transpose(0, 1).transpose(1, 2) / hd**0.5

@@ -13,8 +13,16 @@ pytestmark = pytest.mark.skipif(cuda.is_available(), reason="a CUDA device is av
 def test_reason_is_clear() -> None:
     reason = cuda.unavailable_reason()
     assert reason
-    assert any(key in reason for key in ("library not built", "no NVIDIA driver", "no CUDA device",
-                                         "cannot load", "driver too old"))
+    assert any(
+        key in reason
+        for key in (
+            "library not built",
+            "no NVIDIA driver",
+            "no CUDA device",
+            "cannot load",
+            "driver too old",
+        )
+    )
     assert cuda.device_count() == 0
 
 

@@ -17,6 +17,7 @@ on a CUDA device (prefill through the op-by-op path, decode through the graph).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import time
@@ -94,7 +95,9 @@ class CudaGraphDecoder:
         dev, act = model.device, model.act_dtype
         a0 = model.layers[0].attention
         self.nh, self.nkv, self.hd = a0.nh, a0.nkv, a0.hd
-        self.inter = model.layers[0].mlp.inter
+        mlp0 = model.layers[0].mlp
+        assert isinstance(mlp0, SwiGLU)
+        self.inter = mlp0.inter
         self.qkv_w = (self.nh + 2 * self.nkv) * self.hd
         # counters: [token, position, step, pad]; the packed argmax as one 64-bit word
         self.ctr = Tensor.zeros((4,), DType.int32, dev)
@@ -122,53 +125,202 @@ class CudaGraphDecoder:
         tok = self.ctr.data_ptr
         pos = self.ctr.data_ptr + 4
         step = self.ctr.data_ptr + 8
-        m.be.call("embedding", tok, int(DType.int32), 1, m.embed.weight.data_ptr,
-                  m.embed.weight.dtype, m.embed.vocab, m.embed.dim, self.x.data_ptr, act)
+        m.be.call(
+            "embedding",
+            tok,
+            int(DType.int32),
+            1,
+            m.embed.weight.data_ptr,
+            m.embed.weight.dtype,
+            m.embed.vocab,
+            m.embed.dim,
+            self.x.data_ptr,
+            act,
+        )
         hid = m.hidden
         for li, layer in enumerate(m.layers):
             at, mlp = layer.attention, layer.mlp
+            assert isinstance(mlp, SwiGLU)
             kc, vc = self.cache.layers[li].k, self.cache.layers[li].v
             n_in = layer.input_norm
-            check(lib.toc_gemv_fused(self.x.data_ptr, hid, 1, n_in.weight.data_ptr, n_in.weight.dtype,
-                                     n_in.eps, at.q_proj.weight.data_ptr, at.q_proj.out_features,
-                                     at.k_proj.weight.data_ptr, at.k_proj.out_features,
-                                     at.v_proj.weight.data_ptr, at.v_proj.out_features, hid, None, 0,
-                                     0, self.qkv.data_ptr, self.qkv_w, act, None), "qkv")
+            check(
+                lib.toc_gemv_fused(
+                    self.x.data_ptr,
+                    hid,
+                    1,
+                    n_in.weight.data_ptr,
+                    n_in.weight.dtype,
+                    n_in.eps,
+                    at.q_proj.weight.data_ptr,
+                    at.q_proj.out_features,
+                    at.k_proj.weight.data_ptr,
+                    at.k_proj.out_features,
+                    at.v_proj.weight.data_ptr,
+                    at.v_proj.out_features,
+                    hid,
+                    None,
+                    0,
+                    0,
+                    self.qkv.data_ptr,
+                    self.qkv_w,
+                    act,
+                    None,
+                ),
+                "qkv",
+            )
             qn, kn = at.q_norm, at.k_norm
             ndt = (qn or kn).weight.dtype if (qn or kn) is not None else 0  # type: ignore[union-attr]
             eps = (qn or kn).eps if (qn or kn) is not None else 0.0  # type: ignore[union-attr]
-            check(lib.toc_qk_rope_append(self.qkv.data_ptr,
-                                         qn.weight.data_ptr if qn is not None else None,
-                                         kn.weight.data_ptr if kn is not None else None, ndt, eps,
-                                         self.cos.data_ptr, self.sin.data_ptr, pos, kc.data_ptr,
-                                         vc.data_ptr, self.nh, self.nkv, self.hd, self.capacity,
-                                         act, cache_dt), "qk_rope_append")
-            check(lib.toc_attention_decode(self.qkv.data_ptr, kc.data_ptr, vc.data_ptr,
-                                           self.attn.data_ptr, self.nh, self.nkv, self.hd,
-                                           self.capacity, pos, at.scale, act, cache_dt, self.nsplit,
-                                           self.ws.data_ptr), "attention_decode")
+            check(
+                lib.toc_qk_rope_append(
+                    self.qkv.data_ptr,
+                    qn.weight.data_ptr if qn is not None else None,
+                    kn.weight.data_ptr if kn is not None else None,
+                    ndt,
+                    eps,
+                    self.cos.data_ptr,
+                    self.sin.data_ptr,
+                    pos,
+                    kc.data_ptr,
+                    vc.data_ptr,
+                    self.nh,
+                    self.nkv,
+                    self.hd,
+                    self.capacity,
+                    act,
+                    cache_dt,
+                ),
+                "qk_rope_append",
+            )
+            check(
+                lib.toc_attention_decode(
+                    self.qkv.data_ptr,
+                    kc.data_ptr,
+                    vc.data_ptr,
+                    self.attn.data_ptr,
+                    self.nh,
+                    self.nkv,
+                    self.hd,
+                    self.capacity,
+                    pos,
+                    at.scale,
+                    act,
+                    cache_dt,
+                    self.nsplit,
+                    self.ws.data_ptr,
+                ),
+                "attention_decode",
+            )
             ow = at.o_proj
-            check(lib.toc_gemv_fused(self.attn.data_ptr, ow.in_features, 1, None, 0, 0.0,
-                                     ow.weight.data_ptr, ow.out_features, None, 0, None, 0,
-                                     ow.in_features, self.x.data_ptr, hid, 0, self.x2.data_ptr, hid,
-                                     act, None), "o_proj")
+            check(
+                lib.toc_gemv_fused(
+                    self.attn.data_ptr,
+                    ow.in_features,
+                    1,
+                    None,
+                    0,
+                    0.0,
+                    ow.weight.data_ptr,
+                    ow.out_features,
+                    None,
+                    0,
+                    None,
+                    0,
+                    ow.in_features,
+                    self.x.data_ptr,
+                    hid,
+                    0,
+                    self.x2.data_ptr,
+                    hid,
+                    act,
+                    None,
+                ),
+                "o_proj",
+            )
             n_post = layer.post_norm
-            check(lib.toc_gemv_fused(self.x2.data_ptr, hid, 1, n_post.weight.data_ptr,
-                                     n_post.weight.dtype, n_post.eps, mlp.gate.weight.data_ptr,
-                                     self.inter, mlp.up.weight.data_ptr, self.inter, None, 0, hid,
-                                     None, 0, 1, self.h.data_ptr, self.inter, act, None), "gate_up")
+            check(
+                lib.toc_gemv_fused(
+                    self.x2.data_ptr,
+                    hid,
+                    1,
+                    n_post.weight.data_ptr,
+                    n_post.weight.dtype,
+                    n_post.eps,
+                    mlp.gate.weight.data_ptr,
+                    self.inter,
+                    mlp.up.weight.data_ptr,
+                    self.inter,
+                    None,
+                    0,
+                    hid,
+                    None,
+                    0,
+                    1,
+                    self.h.data_ptr,
+                    self.inter,
+                    act,
+                    None,
+                ),
+                "gate_up",
+            )
             dw = mlp.down
-            check(lib.toc_gemv_fused(self.h.data_ptr, self.inter, 1, None, 0, 0.0,
-                                     dw.weight.data_ptr, dw.out_features, None, 0, None, 0,
-                                     self.inter, self.x2.data_ptr, hid, 0, self.x.data_ptr, hid, act,
-                                     None), "down")
+            check(
+                lib.toc_gemv_fused(
+                    self.h.data_ptr,
+                    self.inter,
+                    1,
+                    None,
+                    0,
+                    0.0,
+                    dw.weight.data_ptr,
+                    dw.out_features,
+                    None,
+                    0,
+                    None,
+                    0,
+                    self.inter,
+                    self.x2.data_ptr,
+                    hid,
+                    0,
+                    self.x.data_ptr,
+                    hid,
+                    act,
+                    None,
+                ),
+                "down",
+            )
         fn, head = m.norm, m.lm_head
-        check(lib.toc_gemv_fused(self.x.data_ptr, hid, 1, fn.weight.data_ptr, fn.weight.dtype,
-                                 fn.eps, head.weight.data_ptr, head.out_features, None, 0, None, 0,
-                                 hid, None, 0, 0, self.logits.data_ptr, m.vocab_size, act,
-                                 self.argmax.data_ptr), "lm_head")
-        check(lib.toc_decode_step_end(self.argmax.data_ptr, tok, pos, self.tokens.data_ptr, step,
-                                      self.chunk), "step_end")
+        check(
+            lib.toc_gemv_fused(
+                self.x.data_ptr,
+                hid,
+                1,
+                fn.weight.data_ptr,
+                fn.weight.dtype,
+                fn.eps,
+                head.weight.data_ptr,
+                head.out_features,
+                None,
+                0,
+                None,
+                0,
+                hid,
+                None,
+                0,
+                0,
+                self.logits.data_ptr,
+                m.vocab_size,
+                act,
+                self.argmax.data_ptr,
+            ),
+            "lm_head",
+        )
+        check(
+            lib.toc_decode_step_end(
+                self.argmax.data_ptr, tok, pos, self.tokens.data_ptr, step, self.chunk
+            ),
+            "step_end",
+        )
 
     def _capture(self) -> None:
         lib, check = self.cuda.lib(), self.cuda.check
@@ -186,10 +338,8 @@ class CudaGraphDecoder:
     def __del__(self) -> None:
         g = getattr(self, "graph", None)
         if g:
-            try:
+            with contextlib.suppress(Exception):
                 self.cuda.lib().toc_graph_destroy(g)
-            except Exception:
-                pass
 
     # ---- running ---------------------------------------------------------------------------------
     def _set(self, token: int, pos: int) -> None:
@@ -199,8 +349,10 @@ class CudaGraphDecoder:
     def greedy(self, token: int, pos: int, n: int) -> list[int]:
         """Feeds ``token`` at ``pos`` and decodes ``n`` (<= chunk) greedy tokens."""
         if not 1 <= n <= self.chunk or pos + n > self.capacity:
-            raise ValueError(f"greedy: {n} steps at {pos} do not fit (chunk {self.chunk}, "
-                             f"capacity {self.capacity})")
+            raise ValueError(
+                f"greedy: {n} steps at {pos} do not fit (chunk {self.chunk}, "
+                f"capacity {self.capacity})"
+            )
         self._set(token, pos)
         self.cuda.check(self.cuda.lib().toc_graph_launch(self.graph, n), "toc_graph_launch")
         out = Tensor.empty((n,), DType.int32)
@@ -237,9 +389,9 @@ def _runner(model: DecoderModel, capacity: int) -> CudaGraphDecoder | None:
     r: CudaGraphDecoder | None = getattr(model, "_cuda_graph_decoder", None)
     if r is None or r.capacity < capacity:
         cap = min(model.max_context, max(capacity, 1 << max(0, (capacity - 1).bit_length()), 1024))
-        setattr(model, "_cuda_graph_decoder", None)
+        vars(model)["_cuda_graph_decoder"] = None  # frees the old graph and cache first
         r = CudaGraphDecoder(model, cap)
-        setattr(model, "_cuda_graph_decoder", r)
+        vars(model)["_cuda_graph_decoder"] = r
     return r
 
 
@@ -293,8 +445,11 @@ def cuda_stream_generate(
         last = state.generated[-1]
         if device_greedy and runner is not None:
             if not pending:
-                n = min(runner.chunk, capacity - state.cache.length,
-                        params.max_new_tokens - len(state.generated))
+                n = min(
+                    runner.chunk,
+                    capacity - state.cache.length,
+                    params.max_new_tokens - len(state.generated),
+                )
                 n = max(1, n)
                 pending = runner.greedy(last, state.cache.length, n)
             state.cache.length += 1
