@@ -94,6 +94,8 @@ def _rows(lead: tuple[int, ...]) -> int:
 
 def _row_stride(name: str, t: Tensor, m: int, width: int) -> int:
     """Elements between consecutive rows of ``t`` seen as ``m`` rows of ``width``."""
+    if m == 1 and (width == 1 or t.strides[-1] == 1):
+        return width  # decode fast path: one row, nothing to merge
     counts, strides = row_grid(name, t, levels=1)
     if m <= 1 or counts[0] <= 1:
         return width
