@@ -1,0 +1,66 @@
+"""The core dense decoder (nn.dense) on several Qwen3 configurations against transformers, fp32.
+
+The plugins' conformance suites use one tiny config each; these cover the other shapes a valid
+config can take: untied LM head, MHA (nkv == nh), head_dim ≠ hidden/heads, sizes that are not
+multiples of any SIMD width, one layer, no qk-norm weights beyond the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from inference_pio.checkpoint import Checkpoint  # noqa: E402
+from inference_pio.nn import dense  # noqa: E402
+from inference_pio.testing.conformance import prompt, rel_error, save_reference  # noqa: E402
+
+BASE: dict[str, Any] = dict(vocab_size=512, max_position_embeddings=512, rms_norm_eps=1e-6,
+                            rope_theta=10000.0)
+CONFIGS = {
+    "untied-mha-hd16": dict(hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+                            num_attention_heads=3, num_key_value_heads=3, head_dim=16,
+                            tie_word_embeddings=False),
+    "gqa4-odd-sizes": dict(hidden_size=40, intermediate_size=94, num_hidden_layers=1,
+                           num_attention_heads=8, num_key_value_heads=2, head_dim=24,
+                           tie_word_embeddings=True),
+    "wide-head": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=128,
+                      tie_word_embeddings=False, rope_theta=5e6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_dense_decoder_matches_transformers(tmp_path: Path, name: str) -> None:
+    cfg = {**BASE, **CONFIGS[name]}
+    ref = save_reference(tmp_path, "Qwen3ForCausalLM", cfg, "float32", seed=3)
+    ids = prompt(70, 4)
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0]
+    ck = Checkpoint.open(tmp_path)
+    model = dense.build(ck.weights, dense.DenseConfig.from_hf(ck.config))
+    cache = model.new_cache(len(ids))
+    (logits,) = model.forward([(ids[:67], cache)])
+    errors = [rel_error(logits, want[66])]
+    for i in range(67, 70):
+        (logits,) = model.forward([([ids[i]], cache)])
+        errors.append(rel_error(logits, want[i]))
+    assert max(errors) <= 1e-4, errors
+
+
+def test_config_errors_name_the_field() -> None:
+    from inference_pio.errors import CheckpointError
+
+    good = {**BASE, **CONFIGS["gqa4-odd-sizes"]}
+    with pytest.raises(CheckpointError, match="num_attention_heads"):
+        dense.DenseConfig.from_hf({**good, "num_attention_heads": 0})
+    with pytest.raises(CheckpointError, match="multiple"):
+        dense.DenseConfig.from_hf({**good, "num_key_value_heads": 3})
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        dense.DenseConfig.from_hf({k: v for k, v in good.items() if k != "hidden_size"})
+    with pytest.raises(CheckpointError, match="rope"):
+        dense.DenseConfig.from_hf({**good, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
