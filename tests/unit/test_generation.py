@@ -1,0 +1,187 @@
+"""Sampling, stop strings, streaming and the BatchManager (core generation machinery)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from inference_pio.batching import BatchManager
+from inference_pio.dtypes import DType
+from inference_pio.generation import StopStrings, stream_generate
+from inference_pio.sampling import Sampler, SamplingParams
+from inference_pio.tensor import Tensor
+
+torch = pytest.importorskip("torch")
+
+
+def _hf_support(logits: list[float], **kw: Any) -> set[int]:
+    """Token ids HF's warpers keep (temperature, top-k, top-p, min-p, in HF's order)."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    scores = torch.tensor([logits])
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    scores = TemperatureLogitsWarper(kw.get("temperature", 1.0))(ids, scores)
+    if kw.get("top_k"):
+        scores = TopKLogitsWarper(kw["top_k"])(ids, scores)
+    if kw.get("top_p", 1.0) < 1.0:
+        scores = TopPLogitsWarper(kw["top_p"])(ids, scores)
+    if kw.get("min_p"):
+        scores = MinPLogitsWarper(kw["min_p"])(ids, scores)
+    return {i for i, v in enumerate(scores[0].tolist()) if v != -math.inf}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"temperature": 1.0},
+        {"temperature": 0.7, "top_k": 5},
+        {"temperature": 1.3, "top_p": 0.6},
+        {"temperature": 1.0, "min_p": 0.2},
+        {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "min_p": 0.05},
+    ],
+)
+def test_sampler_support_and_frequencies_match_hf(options: dict[str, Any]) -> None:
+    rng = random.Random(1)
+    logits = [rng.gauss(0, 2) for _ in range(37)]
+    support = _hf_support(logits, **options)
+    sampler = Sampler(SamplingParams(seed=5, **options))
+    t = Tensor.from_list(logits)
+    n = 6000
+    counts = Counter(sampler.sample(t) for _ in range(n))
+    assert set(counts) <= support
+    kept = sorted(support)
+    z = sum(math.exp(logits[i] / options["temperature"]) for i in kept)
+    for i in kept:
+        p = math.exp(logits[i] / options["temperature"]) / z
+        assert abs(counts[i] / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 2e-3, (i, p)
+
+
+def test_greedy_takes_first_maximum_and_bf16_logits() -> None:
+    sampler = Sampler(SamplingParams(temperature=0.0))
+    assert sampler.sample(Tensor.from_list([1.0, 3.0, 3.0, 2.0])) == 1
+    assert sampler.sample(Tensor.from_list([0.5, -1.0, 2.0], DType.bfloat16)) == 2
+
+
+def test_penalties_follow_hf_rules() -> None:
+    # repetition penalty divides positive and multiplies negative logits of seen tokens
+    sampler = Sampler(SamplingParams(temperature=0.0, repetition_penalty=2.0), prompt_ids=[0])
+    assert sampler.sample(Tensor.from_list([3.0, 2.0])) == 1  # 3/2 = 1.5 < 2
+    sampler = Sampler(SamplingParams(temperature=0.0, frequency_penalty=1.0))
+    sampler.observe(0)
+    sampler.observe(0)
+    assert sampler.sample(Tensor.from_list([2.5, 1.0])) == 1  # 2.5 - 2 = 0.5 < 1
+
+
+def test_seed_reproducible_and_different_seeds_differ() -> None:
+    logits = Tensor.from_list([0.0] * 50)
+    a = [Sampler(SamplingParams(seed=1)).sample(logits) for _ in range(1)]
+    s1, s2 = Sampler(SamplingParams(seed=7)), Sampler(SamplingParams(seed=7))
+    seq1 = [s1.sample(logits) for _ in range(30)]
+    assert seq1 == [s2.sample(logits) for _ in range(30)]
+    s3 = Sampler(SamplingParams(seed=8))
+    assert seq1 != [s3.sample(logits) for _ in range(30)]
+    assert len(a) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"min_p": 1.0}, "min_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"stop": [""]}, "stop"),
+    ],
+)
+def test_invalid_sampling_values_raise(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**kwargs)
+
+
+def test_generation_config_defaults_and_overrides() -> None:
+    gc = {"temperature": 0.6, "top_k": 20, "top_p": 0.95, "eos_token_id": [7, 8], "do_sample": True}
+    p = SamplingParams.from_generation_config(gc, top_k=None, temperature=0.0)
+    assert (p.temperature, p.top_k, p.top_p, p.stop_token_ids) == (0.0, 20, 0.95, (7, 8))
+    assert SamplingParams.from_generation_config({"do_sample": False}).greedy
+    with pytest.raises(TypeError, match="unknown sampling"):
+        SamplingParams.from_generation_config({}, nucleus=0.1)
+
+
+def test_stop_strings_hold_back_possible_prefixes() -> None:
+    s = StopStrings(["</end>", "STOP"])
+    out = [s.push(p) for p in ["Hello </", "e", "nd> more"]]
+    assert "".join(out) == "Hello "
+    assert s.stopped
+    assert s.text == "Hello "
+    s = StopStrings(["xyz"])
+    assert s.push("abx") == "ab"
+    assert s.push("q") == "xq"
+    assert s.flush() == ""
+
+
+class _CountingModel:
+    """A deterministic ForwardModel: the next token is (last token + 1) mod vocab."""
+
+    vocab_size = 16
+    max_context = 64
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    class Cache:
+        def __init__(self, capacity: int) -> None:
+            self.capacity, self.length = capacity, 0
+
+    def new_cache(self, capacity: int) -> Any:
+        return self.Cache(capacity)
+
+    def forward(self, batch: Sequence[tuple[Sequence[int], Any]]) -> list[Tensor]:
+        self.batches.append(len(batch))
+        out = []
+        for tokens, cache in batch:
+            cache.length += len(tokens)
+            nxt = (tokens[-1] + 1) % self.vocab_size
+            out.append(Tensor.from_list([10.0 if i == nxt else 0.0 for i in range(16)]))
+        return out
+
+
+class _Letters:
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def test_stream_generate_stops_on_eos_and_strings() -> None:
+    model = _CountingModel()
+    pieces = list(stream_generate(model, _Letters(), [0], SamplingParams(temperature=0.0,
+                                                                          max_new_tokens=10),
+                                  eos_ids=[5]))
+    assert "".join(pieces) == "bcde"  # eos (5 = "f") is not part of the output
+    pieces = list(stream_generate(model, _Letters(), [0],
+                                  SamplingParams(temperature=0.0, stop=["de"], max_new_tokens=10)))
+    assert "".join(pieces) == "bc"
+
+
+def test_batch_manager_runs_real_batches_in_request_order() -> None:
+    model = _CountingModel()
+    manager = BatchManager(model, _Letters(), eos_ids=[], max_batch_size=3)
+    lengths = [5, 2, 7, 1, 4]
+    for i, n in enumerate(lengths):
+        manager.submit([i], SamplingParams(temperature=0.0, max_new_tokens=n))
+    results = manager.run()
+    assert [len(r.token_ids) for r in results] == lengths
+    assert [r.token_ids[0] for r in results] == [1, 2, 3, 4, 5]
+    assert max(manager.decode_batch_sizes) == 3  # decode steps really ran batched
+    with pytest.raises(ValueError, match="context"):
+        manager.submit(list(range(64)), SamplingParams(max_new_tokens=1))
