@@ -38,6 +38,7 @@ __all__ = [
     "__version__",
     "get_plugin_host",
     "hookimpl",
+    "load_model",
 ]
 
 
@@ -47,4 +48,8 @@ def __getattr__(name: str) -> Any:
         from inference_pio.plugins import get_plugin_host
 
         return get_plugin_host
+    if name == "load_model":
+        from inference_pio.loading import load_model
+
+        return load_model
     raise AttributeError(f"module 'inference_pio' has no attribute {name!r}")
