@@ -12,9 +12,12 @@
  *      generic           plain C, W row widened once and reused for every row of x
  *    For larger M the tiles walk a block of W rows (sized to stay in L2) for every row group.
  *  - "packed GEMM" (x bf16, W bf16, AVX512-BF16, M >= TO_GEMM_MIN_M = 80): x packed once into
- *    row panels of MR=6 bf16 pairs, W packed per (N block, K block) into panels of NR=64 columns
- *    of bf16 pairs, a 6x64 register-blocked vdpbf16ps microkernel (24 accumulators) with the x
- *    pair broadcast; partial sums in an fp32 buffer across K blocks, then bias and one rounding.
+ *    row panels of MR=6 bf16 pairs, W packed per (N block of 256, K block of 256) into panels of
+ *    NR=64 columns of bf16 pairs, a 6x64 register-blocked vdpbf16ps microkernel (24 accumulators)
+ *    with the x pair broadcast from memory; each W sub-panel (32 KiB) stays in L1 while all x
+ *    panels stream past it; partial sums in an fp32 buffer across K blocks, then bias and one
+ *    rounding. (KC/NC/loop order tuned on Zen 5: ~450-500 GFLOP/s per thread, 82-90% of the
+ *    measured vdpbf16ps peak, versus ~400 with x panels outer and KC=512.)
  *    Threads split N blocks (and M when N has too few blocks).
  *  f32 x with bf16 W keeps fp32 activations exact (no rounding of x to bf16): it runs the f32
  *  dot tiles at every M. bf16 speed needs bf16 activations.
@@ -265,10 +268,10 @@ static T512BF void tile512_dp(const lin_t *a, int64_t i0, int rx, int64_t j0) {
 #define GM_MR 6
 #define GM_NR 64
 #ifndef GM_KC
-#define GM_KC 512 /* k per block (even) */
+#define GM_KC 256 /* k per block (even): a 64-column W sub-panel is 32 KiB, fits L1 */
 #endif
 #ifndef GM_NC
-#define GM_NC 128 /* columns per task block (multiple of GM_NR) */
+#define GM_NC 256 /* columns per task block (multiple of GM_NR); W block 128 KiB in L2 */
 #endif
 
 typedef struct {
@@ -409,12 +412,14 @@ static void gemm_task(void *vctx, int ith, int nth) {
         for (int64_t k0 = 0; k0 < a->k; k0 += GM_KC) {
             int64_t kc = a->k - k0 < GM_KC ? a->k - k0 : GM_KC, kc2 = (kc + 1) / 2;
             pack_w_block(a, wbuf, j0, k0, kc);
-            for (int64_t p = p0; p < p1; p++) {
-                const uint32_t *xp = g->xp + (size_t)((p * g->kp2 + k0 / 2) * GM_MR);
-                float *c = cbuf + (p - p0) * GM_MR * GM_NC;
-                for (int64_t s = 0; s < nsub; s++)
-                    ukr_bf16_6x64(kc2, xp, wbuf + s * kc2 * GM_NR, c + s * GM_NR, GM_NC, k0 > 0);
-            }
+            /* one W sub-panel (kc2 x 64 pairs, 32 KiB at KC=256) stays in L1 while every x
+             * panel of the chunk streams past it from L2 */
+            for (int64_t s = 0; s < nsub; s++)
+                for (int64_t p = p0; p < p1; p++) {
+                    const uint32_t *xp = g->xp + (size_t)((p * g->kp2 + k0 / 2) * GM_MR);
+                    float *c = cbuf + (p - p0) * GM_MR * GM_NC + s * GM_NR;
+                    ukr_bf16_6x64(kc2, xp, wbuf + s * kc2 * GM_NR, c, GM_NC, k0 > 0);
+                }
         }
         int64_t i0 = p0 * GM_MR, i1 = p1 * GM_MR < a->m ? p1 * GM_MR : a->m;
         gemm_finalize(a, cbuf, i0, i1, j0, nc);
