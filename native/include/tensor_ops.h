@@ -128,15 +128,18 @@ TO_API int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *
  *  y     m rows of n elements, row i at y + i*ldy elements (ldy >= n); y_dtype f32 or bf16.
  *        y must not overlap x, w or bias.
  * Products and sums in fp32, bias added in fp32, one rounding to y_dtype at the end. With bf16 x
- * and bf16 w the result is exact-product fp32 accumulation (order of summation unspecified).
- * f32 x is used at full fp32 precision (w is widened to f32, x is never rounded to bf16).
- * m == 0 or n == 0 is a no-op; k == 0 gives y = bias (or 0). */
+ * and bf16 w the result is exact-product fp32 accumulation (order of summation unspecified; the
+ * AVX512-BF16 kernels flush denormal products/sums to zero, as vdpbf16ps does). f32 x is used at
+ * full fp32 precision (w is widened to f32, x is never rounded to bf16). Each output is summed
+ * in the same order whatever the thread count. Uses the thread pool: do not call from inside a
+ * to_parallel_run task. m == 0 or n == 0 is a no-op; k == 0 gives y = bias (or 0). */
 TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, int64_t m, int64_t n,
                      int64_t k, int64_t ldx, int64_t ldy, int x_dtype, int w_dtype, int bias_dtype,
                      int y_dtype);
-/* Probe: sums a `bytes`-sized buffer (allocated and filled once per call, then read repeatedly,
- * several GB in total) with `threads` threads using the widest vector loads available; writes the
- * best observed read bandwidth in GB/s (1e9 bytes/s) to *gbps. bytes >= 1 MiB, threads >= 1. */
+/* Probe: sums a `bytes`-sized buffer (allocated and filled once per call, then read repeatedly in
+ * 4 MiB chunks, >= 4 GB in total) with `threads` threads (<= to_get_num_threads()) using the
+ * widest vector loads available; writes the best chunk's read bandwidth in GB/s (1e9 bytes/s) to
+ * *gbps. With bytes well above the last-level cache this is DRAM bandwidth. bytes >= 1 MiB. */
 TO_API int to_bench_read_bandwidth(int64_t bytes, int threads, double *gbps);
 /* Probe: register-only loop of independent AVX512-BF16 vdpbf16ps (zmm) on `threads` threads;
  * writes GFLOP/s (one multiply-add = 2 flops, 32 per instruction per lane set => 64 flops per
