@@ -196,11 +196,33 @@ def benchmarks(session: nox.Session) -> None:
     """Runs benchmarks/*.py and plugins/*/benchmarks/*.py (each script prints its own report)."""
     session.install(f"{ROOT}[bench]", *plugin_paths(), env=build_env(session))
     scripts = sorted(ROOT.glob("benchmarks/*.py")) + sorted(ROOT.glob("plugins/*/benchmarks/*.py"))
-    scripts = [s for s in scripts if "_template" not in s.parts]
+    scripts = [s for s in scripts if "_template" not in s.parts and s.name != "llm_bench.py"]
     if not scripts:
         session.skip("no benchmark scripts yet")
     for script in scripts:
         session.run("python", str(script), *session.posargs)
+
+
+#: Reference engines for ``nox -s bench`` only, never run-time dependencies. llama-cpp-python
+#: compiles llama.cpp (GGML_NATIVE: this CPU's vector extensions; pip caches the wheel);
+#: sentencepiece because llama.cpp's convert_hf_to_gguf.py imports it even for BPE vocabularies.
+BENCH_TOOLS = ("torch==2.13.0", "transformers>=5", "llama-cpp-python", "gguf", "sentencepiece")
+BENCH_PLUGINS = ("qwen3_0_6b", "qwen3_4b_instruct_2507")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Qwen3 bf16 on the CPU, all cores: Inference-PIO vs transformers + torch vs llama.cpp in the
+    same run (benchmarks/llm_bench.py; not CI). ``-- qwen3_0_6b`` picks one model; other
+    arguments go to the scripts (``--engines ours,llama.cpp --repeats 2 --threads 2 --json``)."""
+    plugins = (str(ROOT / "plugins" / p) for p in BENCH_PLUGINS)
+    session.install(str(ROOT), *plugins, env=build_env(session))
+    session.install(*BENCH_TOOLS, env={"CMAKE_ARGS": "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF"})
+    chosen = [a for a in session.posargs if a in BENCH_PLUGINS] or list(BENCH_PLUGINS)
+    args = [a for a in session.posargs if a not in BENCH_PLUGINS]
+    for p in chosen:
+        script = ROOT / "plugins" / p / "benchmarks" / "benchmark_inference.py"
+        session.run("python", str(script), *args)
 
 
 @nox.session(venv_backend="none")
