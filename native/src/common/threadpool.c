@@ -1,7 +1,17 @@
-/* Persistent worker pool. Batch-1 decode runs hundreds of small ops per token, so workers spin
- * briefly on an atomic generation counter before sleeping on a condition variable; the calling
- * thread always takes task 0 itself. */
+/* Persistent worker pool.
+ *
+ * A parallel region has nth tasks (fn(ctx, i, nth) for i < nth). Tasks are not bound to threads:
+ * the caller and the workers claim task indices from one atomic ticket, so when the machine is
+ * oversubscribed and a worker is not scheduled, the caller runs its tasks instead of waiting a
+ * scheduler quantum for it. Batch-1 decode runs hundreds of small regions per token, so idle
+ * workers spin briefly on the ticket before sleeping on a condition variable.
+ *
+ * The ticket packs (generation: 23 bits | nth: 9 bits | next task index: 32 bits). A thread reads
+ * the ticket, then fn/ctx, then claims an index with a compare-and-swap on the same ticket value:
+ * if the CAS succeeds the generation was still current, so fn/ctx belonged to it (the caller only
+ * publishes a new region after every task of the previous one has finished). */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -11,20 +21,25 @@
 #define TO_MAX_THREADS 256
 #define SPIN_ITERS 20000
 
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;  /* guards pool (re)configuration */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;     /* guards pool (re)configuration */
 static pthread_mutex_t g_run_lock = PTHREAD_MUTEX_INITIALIZER; /* one parallel region at a time */
 static pthread_mutex_t g_wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
 
 static pthread_t g_threads[TO_MAX_THREADS];
-static int g_nworkers;         /* threads besides the caller */
-static int g_nthreads = 0;     /* configured total; 0 = not yet chosen */
-static atomic_uint g_generation;
-static atomic_int g_pending;
+static int g_nworkers;     /* threads besides the caller */
+static int g_nthreads = 0; /* configured total; 0 = not yet chosen */
+static _Atomic uint64_t g_ticket;
+static atomic_int g_done;     /* tasks finished in the current region */
+static atomic_int g_sleepers; /* workers blocked on g_wake */
 static atomic_int g_stop;
 static to_task_fn g_fn;
 static void *g_ctx;
-static int g_nth;
+static uint32_t g_gen;        /* generation of the current region (caller side, under g_run_lock) */
+
+#define TICKET(gen, nth, idx) (((uint64_t)(gen) << 41) | ((uint64_t)(nth) << 32) | (uint64_t)(idx))
+#define TICKET_NTH(t) ((uint32_t)(((t) >> 32) & 0x1ffu))
+#define TICKET_IDX(t) ((uint32_t)((t) & 0xffffffffu))
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -32,31 +47,52 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static unsigned g_start_generation; /* generation when the workers were created */
+static inline int has_work(uint64_t t) { return TICKET_IDX(t) < TICKET_NTH(t); }
+
+/* Claims and runs tasks of the current region until none is left. */
+static void run_tasks(void) {
+    for (;;) {
+        uint64_t t = atomic_load_explicit(&g_ticket, memory_order_acquire);
+        if (!has_work(t)) return;
+        to_task_fn fn = g_fn;
+        void *ctx = g_ctx;
+        if (!atomic_compare_exchange_weak_explicit(&g_ticket, &t, t + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        fn(ctx, (int)TICKET_IDX(t), (int)TICKET_NTH(t));
+        atomic_fetch_add_explicit(&g_done, 1, memory_order_release);
+    }
+}
 
 static void *worker_main(void *arg) {
-    int id = (int)(intptr_t)arg; /* 1..g_nworkers */
-    /* Not atomic_load(&g_generation): a run started before this thread first executes would
-     * already have bumped it, and the worker would wait for the next one (deadlock). */
-    unsigned seen = g_start_generation;
+    (void)arg;
     for (;;) {
-        unsigned gen;
         int spins = 0;
-        while ((gen = atomic_load_explicit(&g_generation, memory_order_acquire)) == seen) {
-            if (atomic_load(&g_stop)) return NULL;
+        while (!has_work(atomic_load_explicit(&g_ticket, memory_order_acquire))) {
+            if (atomic_load_explicit(&g_stop, memory_order_relaxed)) return NULL;
             if (++spins < SPIN_ITERS) {
                 cpu_relax();
                 continue;
             }
+            /* Announce the sleep before re-checking the ticket (both seq_cst): the caller
+             * publishes the ticket before reading g_sleepers, so one of the two sees the other. */
             pthread_mutex_lock(&g_wake_lock);
-            while (atomic_load(&g_generation) == seen && !atomic_load(&g_stop))
+            atomic_fetch_add(&g_sleepers, 1);
+            while (!has_work(atomic_load(&g_ticket)) && !atomic_load(&g_stop))
                 pthread_cond_wait(&g_wake, &g_wake_lock);
+            atomic_fetch_sub(&g_sleepers, 1);
             pthread_mutex_unlock(&g_wake_lock);
+            spins = 0;
         }
-        seen = gen;
-        if (atomic_load(&g_stop)) return NULL;
-        if (id < g_nth) g_fn(g_ctx, id, g_nth);
-        atomic_fetch_sub_explicit(&g_pending, 1, memory_order_acq_rel);
+        run_tasks();
+    }
+}
+
+static void wake_sleepers(void) {
+    if (atomic_load(&g_sleepers) > 0) { /* the futex wake only when someone sleeps */
+        pthread_mutex_lock(&g_wake_lock);
+        pthread_cond_broadcast(&g_wake);
+        pthread_mutex_unlock(&g_wake_lock);
     }
 }
 
@@ -73,7 +109,6 @@ static void stop_workers(void) {
     if (g_nworkers == 0) return;
     atomic_store(&g_stop, 1);
     pthread_mutex_lock(&g_wake_lock);
-    atomic_fetch_add(&g_generation, 1);
     pthread_cond_broadcast(&g_wake);
     pthread_mutex_unlock(&g_wake_lock);
     for (int i = 0; i < g_nworkers; i++) pthread_join(g_threads[i + 1], NULL);
@@ -82,7 +117,6 @@ static void stop_workers(void) {
 }
 
 static int start_workers(int n) {
-    g_start_generation = atomic_load(&g_generation);
     for (int i = 1; i < n; i++) {
         if (pthread_create(&g_threads[i], NULL, worker_main, (void *)(intptr_t)i) != 0) {
             g_nworkers = i - 1;
@@ -118,20 +152,25 @@ TO_API int to_get_num_threads(void) {
 void to_parallel_run(to_task_fn fn, void *ctx, int nth) {
     int total = to_get_num_threads();
     if (nth <= 0 || nth > total) nth = total;
-    if (nth == 1) {
-        fn(ctx, 0, 1);
+    if (nth == 1 || g_nworkers == 0) {
+        for (int i = 0; i < nth; i++) fn(ctx, i, nth);
         return;
     }
     pthread_mutex_lock(&g_run_lock);
     g_fn = fn;
     g_ctx = ctx;
-    g_nth = nth;
-    atomic_store(&g_pending, g_nworkers);
-    pthread_mutex_lock(&g_wake_lock);
-    atomic_fetch_add_explicit(&g_generation, 1, memory_order_release);
-    pthread_cond_broadcast(&g_wake);
-    pthread_mutex_unlock(&g_wake_lock);
-    fn(ctx, 0, nth);
-    while (atomic_load_explicit(&g_pending, memory_order_acquire) > 0) cpu_relax();
+    g_gen = (g_gen + 1) & 0x7fffffu;
+    atomic_store_explicit(&g_done, 0, memory_order_relaxed);
+    atomic_store(&g_ticket, TICKET(g_gen, nth, 0)); /* seq_cst: publishes fn/ctx */
+    wake_sleepers();
+    run_tasks();
+    /* Wait for tasks other threads claimed; yield now and then so that, on an oversubscribed
+     * machine, a worker holding a task gets this core instead of the caller spinning on it. */
+    for (unsigned spins = 1; atomic_load_explicit(&g_done, memory_order_acquire) < nth; spins++) {
+        if (spins % 256 == 0)
+            sched_yield();
+        else
+            cpu_relax();
+    }
     pthread_mutex_unlock(&g_run_lock);
 }
