@@ -32,7 +32,12 @@ __attribute__((target("avx512f"))) static double sum512(const char *p, int64_t n
         a3 = _mm512_add_epi64(a3, _mm512_load_si512(p + i + 192));
     }
     a0 = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
-    return (double)_mm512_reduce_add_epi64(a0);
+    /* Reduce as unsigned: the lanes wrap on purpose (the sum only keeps the loads alive), and
+     * _mm512_reduce_add_epi64 adds signed lanes, which is undefined on overflow (UBSan). */
+    uint64_t lanes[8], total = 0;
+    _mm512_storeu_si512(lanes, a0);
+    for (int i = 0; i < 8; i++) total += lanes[i];
+    return (double)total;
 }
 __attribute__((target("avx2"))) static double sum256(const char *p, int64_t n) {
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
@@ -43,7 +48,7 @@ __attribute__((target("avx2"))) static double sum256(const char *p, int64_t n) {
         a3 = _mm256_add_epi64(a3, _mm256_load_si256((const __m256i *)(p + i + 96)));
     }
     a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
-    int64_t t[4];
+    uint64_t t[4];
     _mm256_storeu_si256((__m256i *)t, a0);
     return (double)(t[0] + t[1] + t[2] + t[3]);
 }
