@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import inspect
 import json
 import os
 import random
@@ -406,20 +407,27 @@ def worker_transformers(args: argparse.Namespace) -> None:
     vocab = int(load_config(ckpt)["vocab_size"])
     prompt = prompt_ids(vocab, args.prompt_tokens)
     short = prompt[: args.decode_prompt_tokens]
+    # transformers 5.x renamed past_key_values to cache; logits only for the last position (as
+    # the other engines), where the forward takes logits_to_keep.
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
-    def prefill(ids: list[int]) -> Any:
-        return model(torch.tensor([ids]), use_cache=True)
+    def forward(ids: list[int], past: Any = None) -> tuple[int, Any]:
+        kwargs: dict[str, Any] = {cache_kw: past} if past is not None else {}
+        out = model(torch.tensor([ids]), use_cache=True, **kwargs, **last_only)
+        past = out.cache if cache_kw == "cache" else out.past_key_values
+        return int(out.logits[0, -1].argmax()), past
+
+    def prefill(ids: list[int]) -> None:
+        forward(ids)
 
     def decode(n_new: int) -> tuple[list[int], float]:
-        out = prefill(short)
-        tok = int(out.logits[0, -1].argmax())
+        tok, past = forward(short)
         first = time.perf_counter()
         generated = [tok]
-        past = out.past_key_values
         for _ in range(n_new - 1):
-            out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            tok = int(out.logits[0, -1].argmax())
+            tok, past = forward([tok], past)
             generated.append(tok)
         return generated, time.perf_counter() - first
 
@@ -446,7 +454,7 @@ def worker_llama_cpp(args: argparse.Namespace) -> None:
     import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(
+    llm: Any = llama_cpp.Llama(
         model_path=args.gguf,
         n_threads=args.threads,
         n_threads_batch=args.threads,
