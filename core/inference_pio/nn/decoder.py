@@ -84,6 +84,29 @@ class DecoderModel:
         self.device = Device.parse(device)
         self.be = backend(self.device)
 
+    def decode_bytes_per_token(self, context: int) -> int:
+        """Bytes one batch-1 decode step reads at ``context`` cached tokens: every weight except
+        the embedding table (one row of it), the LM head, and the KV cache."""
+        seen: set[int] = set()
+        total = 0
+
+        def add(t: Tensor) -> None:
+            nonlocal total
+            if t.data_ptr not in seen:  # tied weights count once
+                seen.add(t.data_ptr)
+                total += t.nbytes
+
+        for layer in self.layers:
+            for obj in (layer.input_norm, layer.post_norm, layer.attention, layer.mlp):
+                for t in _weights_of(obj):
+                    add(t)
+        add(self.norm.weight)
+        add(self.lm_head.weight)
+        if self.lm_head.weight.data_ptr != self.embed.weight.data_ptr:
+            total += self.embed.dim * self.embed.weight.dtype.itemsize
+        kv = sum(2 * layer.attention.nkv * layer.attention.hd for layer in self.layers)
+        return total + kv * context * self.cache_dtype.itemsize
+
     def new_cache(self, capacity: int) -> LayerCache:
         """Preallocated caches for ``capacity`` tokens."""
         if not 0 < capacity <= self.max_context:
@@ -157,6 +180,20 @@ class DecoderModel:
         logits = Tensor.empty((b, self.vocab_size), self.act_dtype, self.device)
         self.lm_head(be, last, logits)
         return [logits[i] for i in range(b)]
+
+
+def _weights_of(block: object) -> list[Tensor]:
+    """The weight tensors held by a block (Linear/RMSNorm attributes, one level deep)."""
+    found: list[Tensor] = []
+    for value in vars(block).values():
+        if isinstance(value, Tensor):
+            found.append(value)
+        elif hasattr(value, "weight") and isinstance(value.weight, Tensor):
+            found.append(value.weight)
+            bias = getattr(value, "bias", None)
+            if isinstance(bias, Tensor):
+                found.append(bias)
+    return found
 
 
 def _int32_tensor(values: list[int], device: Device) -> Tensor:
