@@ -136,10 +136,11 @@ TO_API int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *
 TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, int64_t m, int64_t n,
                      int64_t k, int64_t ldx, int64_t ldy, int x_dtype, int w_dtype, int bias_dtype,
                      int y_dtype);
-/* Probe: sums a `bytes`-sized buffer (allocated and filled once per call, then read repeatedly in
- * 4 MiB chunks, >= 4 GB in total) with `threads` threads (<= to_get_num_threads()) using the
- * widest vector loads available; writes the best chunk's read bandwidth in GB/s (1e9 bytes/s) to
- * *gbps. With bytes well above the last-level cache this is DRAM bandwidth. bytes >= 1 MiB. */
+/* Probe: sums a `bytes`-sized buffer (allocated and filled once per call, then read in whole
+ * passes of 4 MiB chunks, >= 3 passes and 2 GB in total) with `threads` threads
+ * (<= to_get_num_threads()) using the widest vector loads available; writes the best pass's
+ * sustained read bandwidth in GB/s (1e9 bytes/s) to *gbps. With bytes well above the last-level
+ * cache this is DRAM bandwidth. bytes >= 1 MiB. */
 TO_API int to_bench_read_bandwidth(int64_t bytes, int threads, double *gbps);
 /* Probe: register-only loop of independent AVX512-BF16 vdpbf16ps (zmm) on `threads` threads;
  * writes GFLOP/s (one multiply-add = 2 flops, 32 per instruction per lane set => 64 flops per
