@@ -35,6 +35,14 @@ class Backend:
             self._fns[op] = f
         return f
 
+    def has(self, op: str) -> bool:
+        """Whether this device's library implements ``op``."""
+        try:
+            self.fn(op)
+        except (AttributeError, NotImplementedError):
+            return False
+        return True
+
     def call(self, op: str, *args: Any) -> None:
         """Runs ``op``; a nonzero status raises NativeError with the C message."""
         rc = self.fn(op)(*args)

@@ -136,6 +136,13 @@ TO_API int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *
 TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, int64_t m, int64_t n,
                      int64_t k, int64_t ldx, int64_t ldy, int x_dtype, int w_dtype, int bias_dtype,
                      int y_dtype);
+/* Several linears sharing one input in one parallel region (q/k/v, gate/up): for i < count,
+ * ys[i][r, j] = sum_k x[r, k] * ws[i][j, k] with ws[i] [ns[i], k] contiguous, no bias, rows of
+ * ys[i] ldys[i] apart. Same numerics as to_linear; count <= 8. Dtype mixes and sizes without a
+ * grouped kernel run one to_linear per matrix. */
+TO_API int to_linear_group(const void *x, int count, const void *const *ws, const int64_t *ns,
+                           void *const *ys, const int64_t *ldys, int64_t m, int64_t k, int64_t ldx,
+                           int x_dtype, int w_dtype, int y_dtype);
 /* Probe: sums a `bytes`-sized buffer (allocated and filled once per call, then read in whole
  * passes of 4 MiB chunks, >= 3 passes and 2 GB in total) with `threads` threads
  * (<= to_get_num_threads()) using the widest vector loads available; writes the best pass's

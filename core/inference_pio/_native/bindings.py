@@ -79,6 +79,14 @@ PROTOTYPES: dict[str, Prototype] = {
     #               int y_dtype);
     "to_linear": (c_int, [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64,
                           c_int64, c_int64, c_int, c_int, c_int, c_int]),
+    # int to_linear_group(const void *x, int count, const void *const *ws, const int64_t *ns,
+    #                     void *const *ys, const int64_t *ldys, int64_t m, int64_t k, int64_t ldx,
+    #                     int x_dtype, int w_dtype, int y_dtype);
+    "to_linear_group": (
+        c_int,
+        [c_void_p, c_int, POINTER(c_void_p), POINTER(c_int64), POINTER(c_void_p),
+         POINTER(c_int64), c_int64, c_int64, c_int64, c_int, c_int, c_int],
+    ),
     # int to_bench_read_bandwidth(int64_t bytes, int threads, double *gbps);
     "to_bench_read_bandwidth": (c_int, [c_int64, c_int, POINTER(c_double)]),
     # int to_bench_bf16_peak(int threads, double *gflops);

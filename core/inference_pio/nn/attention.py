@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from inference_pio.backend import Backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
-from inference_pio.nn.layers import Linear, RMSNorm, Rotary
+from inference_pio.nn.layers import Linear, LinearGroup, RMSNorm, Rotary
 from inference_pio.tensor import Tensor
 
 
@@ -70,6 +70,7 @@ class Attention:
                 f"o_proj takes {o_proj.in_features} inputs, expected {num_heads * head_dim}"
             )
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
+        self._qkv = LinearGroup([q_proj, k_proj, v_proj])
         self.nh, self.nkv, self.hd = num_heads, num_kv_heads, head_dim
         self.rotary = rotary
         self.q_norm, self.k_norm = q_norm, k_norm
@@ -95,9 +96,7 @@ class Attention:
         q = Tensor.empty((t, qw), act, dev)
         k = Tensor.empty((t, kw), act, dev)
         v = Tensor.empty((t, kw), act, dev)
-        self.q_proj(be, h, q)
-        self.k_proj(be, h, k)
-        self.v_proj(be, h, v)
+        self._qkv(be, h, (q, k, v))
         if self.q_norm is not None:
             self.q_norm(be, q, q, rows=t, heads=self.nh)
         if self.k_norm is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 
 from inference_pio.backend import Backend
@@ -71,6 +72,35 @@ class Linear:
             out.dtype,
         )
         return out
+
+
+class LinearGroup:
+    """Several bias-free linears that share one input (q/k/v, gate/up), run as one native call
+    (one parallel region streaming every matrix) where the device has ``linear_group``."""
+
+    def __init__(self, linears: Sequence[Linear]) -> None:
+        if not linears or len(linears) > 8:
+            raise ValueError("LinearGroup takes 1 to 8 linears")
+        k = linears[0].in_features
+        if any(lin.in_features != k or lin.bias is not None for lin in linears):
+            raise ValueError("LinearGroup: linears must share in_features and have no bias")
+        self.linears = list(linears)
+        n = len(linears)
+        self._ws = (ctypes.c_void_p * n)(*(lin.weight.data_ptr for lin in linears))
+        self._ns = (ctypes.c_int64 * n)(*(lin.out_features for lin in linears))
+        self._wdtype = linears[0].weight.dtype
+        self._same_dtype = all(lin.weight.dtype == self._wdtype for lin in linears)
+
+    def __call__(self, be: Backend, x: Tensor, outs: Sequence[Tensor]) -> None:
+        """Writes ``x · Wᵢᵀ`` into ``outs[i]`` (contiguous [rows, out_featuresᵢ])."""
+        if not (self._same_dtype and be.has("linear_group")):
+            for lin, out in zip(self.linears, outs, strict=True):
+                lin(be, x, out)
+            return
+        n = len(self.linears)
+        ys = (ctypes.c_void_p * n)(*(o.data_ptr for o in outs))
+        be.call("linear_group", x.data_ptr, n, self._ws, self._ns, ys, self._ns, x.shape[0],
+                x.shape[1], x.shape[1], x.dtype, self._wdtype, outs[0].dtype)
 
 
 class Embedding:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inference_pio.backend import Backend
-from inference_pio.nn.layers import Linear
+from inference_pio.nn.layers import Linear, LinearGroup
 from inference_pio.tensor import Tensor
 
 
@@ -15,13 +15,13 @@ class SwiGLU:
             raise ValueError("SwiGLU: gate/up/down shapes do not fit together")
         self.gate, self.up, self.down = gate, up, down
         self.inter = gate.out_features
+        self._gate_up = LinearGroup([gate, up])
 
     def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
         rows = x.shape[0]
         g = Tensor.empty((rows, self.inter), x.dtype, be.device)
         u = Tensor.empty((rows, self.inter), x.dtype, be.device)
-        self.gate(be, x, g)
-        self.up(be, x, u)
+        self._gate_up(be, x, (g, u))
         be.call(
             "swiglu",
             g.data_ptr,

@@ -607,3 +607,85 @@ TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, in
     to_free(scratch);
     return TO_OK;
 }
+
+/* ==== grouped linear: several weight matrices sharing one input, one parallel region ============ */
+#define TO_LINEAR_GROUP_MAX 8
+
+typedef struct {
+    lin_t a[TO_LINEAR_GROUP_MAX];
+    int64_t first_group[TO_LINEAR_GROUP_MAX + 1]; /* prefix sums of ceil(n/4) */
+    int count;
+    tile_fn tile;
+} group_ctx;
+
+/* Splits the row groups of all matrices, laid end to end, across the tasks: one parallel region
+ * streams every matrix instead of one region (and one tail) per matrix. */
+static void group_task(void *vctx, int ith, int nth) {
+    const group_ctx *ctx = vctx;
+    int64_t g0, g1;
+    to_split_rows(ctx->first_group[ctx->count], ith, nth, &g0, &g1);
+    for (int mi = 0; mi < ctx->count && g0 < g1; mi++) {
+        int64_t lo = ctx->first_group[mi], hi = ctx->first_group[mi + 1];
+        if (g1 <= lo || g0 >= hi) continue;
+        const lin_t *a = &ctx->a[mi];
+        int64_t b = (g0 > lo ? g0 : lo) - lo, e = (g1 < hi ? g1 : hi) - lo;
+        for (int64_t i0 = 0; i0 < a->m; i0 += 4) {
+            int rx = (int)(a->m - i0 < 4 ? a->m - i0 : 4);
+            for (int64_t g = b; g < e; g++) ctx->tile(a, i0, rx, g * 4);
+        }
+    }
+}
+
+TO_API int to_linear_group(const void *x, int count, const void *const *ws, const int64_t *ns,
+                           void *const *ys, const int64_t *ldys, int64_t m, int64_t k, int64_t ldx,
+                           int x_dtype, int w_dtype, int y_dtype) {
+    TO_CHECK(count >= 1 && count <= TO_LINEAR_GROUP_MAX, TO_ERR_INVALID_ARGUMENT,
+             "to_linear_group: count %d not in [1, %d]", count, TO_LINEAR_GROUP_MAX);
+    TO_CHECK_PTR(ws);
+    TO_CHECK_PTR(ns);
+    TO_CHECK_PTR(ys);
+    TO_CHECK_PTR(ldys);
+    TO_CHECK_NONNEG(m);
+    TO_CHECK_NONNEG(k);
+    for (int i = 0; i < count; i++) {
+        TO_CHECK(ns[i] >= 0 && ldys[i] >= ns[i], TO_ERR_SHAPE,
+                 "to_linear_group: matrix %d has n=%lld and y row stride %lld", i,
+                 (long long)ns[i], (long long)ldys[i]);
+    }
+    int simd = 0;
+#ifdef TO_X86
+    uint32_t isa = to_isa();
+    const uint32_t need512 = TO_ISA_AVX512F | TO_ISA_AVX512BW | TO_ISA_AVX512VL | TO_ISA_FMA |
+                             TO_ISA_F16C;
+    simd = (isa & need512) == need512 && x_dtype == TO_BF16 && w_dtype == TO_BF16 &&
+           y_dtype == TO_BF16 && (isa & TO_ISA_AVX512_BF16) && m < TO_GEMM_MIN_M && k > 0;
+#endif
+    if (!simd) { /* other dtypes, big m, no AVX512-BF16: one to_linear per matrix */
+        for (int i = 0; i < count; i++) {
+            int rc = to_linear(x, ws[i], NULL, ys[i], m, ns[i], k, ldx, ldys[i], x_dtype, w_dtype,
+                               0, y_dtype);
+            if (rc != TO_OK) return rc;
+        }
+        return TO_OK;
+    }
+#ifdef TO_X86
+    TO_CHECK(ldx >= k, TO_ERR_SHAPE, "to_linear_group: x row stride %lld is smaller than k=%lld",
+             (long long)ldx, (long long)k);
+    if (m == 0) return TO_OK;
+    TO_CHECK_PTR(x);
+    group_ctx ctx;
+    memset(&ctx, 0, sizeof ctx);
+    ctx.count = count;
+    ctx.tile = tile512_dp;
+    for (int i = 0; i < count; i++) {
+        TO_CHECK(ws[i] != NULL && (ys[i] != NULL || ns[i] == 0), TO_ERR_INVALID_ARGUMENT,
+                 "to_linear_group: matrix %d has a NULL weight or output", i);
+        lin_t a = {x, ws[i], NULL, ys[i], m, ns[i], k, ldx, ldys[i], x_dtype, w_dtype, 0, y_dtype};
+        ctx.a[i] = a;
+        ctx.first_group[i + 1] = ctx.first_group[i] + (ns[i] + 3) / 4;
+    }
+    report(0, "avx512-bf16 dot tiles");
+    to_parallel_run(group_task, &ctx, 0);
+#endif
+    return TO_OK;
+}
