@@ -36,10 +36,13 @@ class Checkpoint:
     path: Path
     config: dict[str, Any]
     generation_config: dict[str, Any] = field(default_factory=dict)
+    #: Fault the weight pages in when first opened, with a progress bar for large checkpoints
+    #: on a terminal (like llama.cpp's load bar); False maps lazily.
+    progress: bool = False
     _weights: Mapping[str, Tensor] | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> Checkpoint:
+    def open(cls, path: str | Path, progress: bool = False) -> Checkpoint:
         """Reads config.json (required) and generation_config.json (optional)."""
         root = Path(path).expanduser()
         if not root.exists():
@@ -48,7 +51,7 @@ class Checkpoint:
             raise CheckpointError(f"{root}: not a directory (pass the checkpoint directory)")
         config = read_json(root / "config.json")
         generation = read_json(root / "generation_config.json", required=False)
-        return cls(root, config, generation)
+        return cls(root, config, generation, progress)
 
     @property
     def weights(self) -> Mapping[str, Tensor]:
@@ -56,7 +59,7 @@ class Checkpoint:
         if self._weights is None:
             from inference_pio.weights import load_checkpoint_weights
 
-            self._weights = load_checkpoint_weights(self.path)
+            self._weights = load_checkpoint_weights(self.path, prefetch=self.progress)
         return self._weights
 
     def require(self, name: str, shape: tuple[int, ...]) -> Tensor:

@@ -19,7 +19,7 @@ def weight_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], st
 
 def load(path: Path, **options: Any) -> CausalLM:
     """Loads a Qwen3ForCausalLM checkpoint directory (options: device, dtype)."""
-    checkpoint = Checkpoint.open(path)
+    checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
     cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True)
     model = dense.build(checkpoint.weights, cfg, options.get("device", "cpu"), options.get("dtype"))
     return CausalLM(options.get("name", MODEL_NAME), checkpoint, model)
