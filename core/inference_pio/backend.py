@@ -7,20 +7,50 @@ when it loads weights, then uses a Backend per forward step without re-validatin
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from inference_pio._native import check, lib
 from inference_pio.device import Device
+from inference_pio.dtypes import DType
+from inference_pio.tensor import Tensor
 
 
 class Backend:
     """The op functions of one device, looked up once and cached."""
 
-    __slots__ = ("_fns", "device")
+    __slots__ = ("_fns", "_local", "device")
+
+    #: Activations with at most this many rows (decode steps, small batches) reuse scratch
+    #: buffers; larger ones (prefill) are allocated per call so the cache stays small.
+    SCRATCH_MAX_ROWS = 16
 
     def __init__(self, device: Device | str) -> None:
         self.device = Device.parse(device)
         self._fns: dict[str, Any] = {}
+        self._local = threading.local()
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: DType) -> Tensor:
+        """A temporary buffer for one op's output inside a forward step.
+
+        Decode runs the same small shapes every token, so buffers of up to SCRATCH_MAX_ROWS rows
+        are kept per (name, shape, dtype) and calling thread and handed out again; the caller
+        must be done with the previous contents (layers run one after another, so a name's
+        buffer is free again when the next layer asks for it). Never return a scratch buffer
+        to the user.
+        """
+        if shape and shape[0] > self.SCRATCH_MAX_ROWS:
+            return Tensor.empty(shape, dtype, self.device)
+        cache: dict[tuple[str, tuple[int, ...], DType], Tensor] | None = getattr(
+            self._local, "cache", None
+        )
+        if cache is None:
+            cache = self._local.cache = {}
+        key = (name, shape, dtype)
+        t = cache.get(key)
+        if t is None:
+            t = cache[key] = Tensor.empty(shape, dtype, self.device)
+        return t
 
     def fn(self, op: str) -> Any:
         """The ctypes function implementing ``op`` on this device."""

@@ -91,11 +91,10 @@ class Attention:
     ) -> Tensor:
         t = h.shape[0]
         act = h.dtype
-        dev = be.device
         qw, kw = self.nh * self.hd, self.nkv * self.hd
-        q = Tensor.empty((t, qw), act, dev)
-        k = Tensor.empty((t, kw), act, dev)
-        v = Tensor.empty((t, kw), act, dev)
+        q = be.scratch("attn.q", (t, qw), act)
+        k = be.scratch("attn.k", (t, kw), act)
+        v = be.scratch("attn.v", (t, kw), act)
         self._qkv(be, h, (q, k, v))
         if self.q_norm is not None:
             self.q_norm(be, q, q, rows=t, heads=self.nh)
@@ -103,7 +102,7 @@ class Attention:
             self.k_norm(be, k, k, rows=t, heads=self.nkv)
         self.rotary.apply(be, q, cos, sin, t, self.nh, self.hd, qw)
         self.rotary.apply(be, k, cos, sin, t, self.nkv, self.hd, kw)
-        attn = Tensor.empty((t, qw), act, dev)
+        attn = be.scratch("attn.out", (t, qw), act)
         es = act.itemsize
         for seg, cache in zip(segments, caches, strict=False):
             if seg.past + seg.count > cache.capacity:

@@ -40,8 +40,8 @@ class DecoderLayer:
         sin: Tensor,
     ) -> None:
         t, hidden = x.shape
-        h = Tensor.empty((t, hidden), x.dtype, be.device)
-        o = Tensor.empty((t, hidden), x.dtype, be.device)
+        h = be.scratch("layer.h", (t, hidden), x.dtype)
+        o = be.scratch("layer.o", (t, hidden), x.dtype)
         self.input_norm(be, x, h)
         self.attention(be, h, segments, caches, cos, sin, o)
         be.call("add", x.data_ptr, o.data_ptr, x.data_ptr, x.numel, x.dtype)
@@ -153,7 +153,7 @@ class DecoderModel:
             cache.length += seg.count
         b = len(segments)
         es = self.act_dtype.itemsize
-        last = Tensor.empty((b, self.hidden), self.act_dtype, self.device)
+        last = be.scratch("model.last", (b, self.hidden), self.act_dtype)
         for i, seg in enumerate(segments):
             row = (seg.start + seg.count - 1) * self.hidden * es
             be.call(

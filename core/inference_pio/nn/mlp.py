@@ -19,8 +19,8 @@ class SwiGLU:
 
     def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
         rows = x.shape[0]
-        g = Tensor.empty((rows, self.inter), x.dtype, be.device)
-        u = Tensor.empty((rows, self.inter), x.dtype, be.device)
+        g = be.scratch("mlp.gate", (rows, self.inter), x.dtype)
+        u = be.scratch("mlp.up", (rows, self.inter), x.dtype)
         self._gate_up(be, x, (g, u))
         be.call(
             "swiglu",
