@@ -14,6 +14,7 @@ import tokenizer_fixtures as fx
 
 from inference_pio.errors import CheckpointError
 from inference_pio.tokenizer import Tokenizer
+from inference_pio.tokenizer.bytelevel import encode_bytes
 from inference_pio.tokenizer.utf8 import incomplete_tail
 
 
@@ -48,7 +49,7 @@ def test_stream_equals_decode_and_never_emits_broken_text(tok: Tokenizer) -> Non
 
 def test_stream_holds_incomplete_characters(tok: Tokenizer) -> None:
     data = "€".encode()  # e2 82 ac, one byte token each
-    ids = [tok.token_to_id(fx.encode_bytes(bytes([b]))) for b in data]
+    ids = [tok.token_to_id(encode_bytes(bytes([b]))) for b in data]
     dec = tok.stream_decoder()
     assert dec.add(ids[0]) == ""
     assert dec.add(ids[1]) == ""

