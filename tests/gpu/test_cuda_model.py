@@ -18,7 +18,8 @@ transformers = pytest.importorskip("transformers")
 
 from inference_pio.nn.cuda_graph import CudaGraphDecoder, unsupported_reason  # noqa: E402
 from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
-from inference_pio_qwen3_0_6b.model import load  # noqa: E402
+
+load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
 
 TINY = dict(
     vocab_size=512,
