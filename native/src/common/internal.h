@@ -43,7 +43,9 @@ uint32_t to_isa(void); /* detected features & user mask */
 
 /* ---- thread pool (common/threadpool.c) --------------------------------------------------- */
 /* fn(ctx, ith, nth) is called once for each ith in [0, nth) across the pool; the caller thread
- * takes part. nth <= 0 uses the current thread count. Returns when all calls have finished. */
+ * takes part. Tasks are claimed dynamically, so nth may exceed the thread count (finer tasks
+ * balance uneven work; at most 511). nth <= 0 uses the current thread count. Returns when all
+ * calls have finished. */
 typedef void (*to_task_fn)(void *ctx, int ith, int nth);
 void to_parallel_run(to_task_fn fn, void *ctx, int nth);
 /* Rows [*begin, *end) of n for worker ith of nth: contiguous blocks of ceil(n/nth). */

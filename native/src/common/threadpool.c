@@ -151,7 +151,8 @@ TO_API int to_get_num_threads(void) {
 
 void to_parallel_run(to_task_fn fn, void *ctx, int nth) {
     int total = to_get_num_threads();
-    if (nth <= 0 || nth > total) nth = total;
+    if (nth <= 0) nth = total;
+    if (nth > 0x1ff) nth = 0x1ff; /* the ticket holds 9 bits of task count */
     if (nth == 1 || g_nworkers == 0) {
         for (int i = 0; i < nth; i++) fn(ctx, i, nth);
         return;

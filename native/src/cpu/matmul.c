@@ -121,6 +121,19 @@ typedef struct {
     tile_fn tile;
 } dot_ctx;
 
+/* Tasks per region for the dot tiles: a few per thread, claimed dynamically, so a thread that
+ * streams faster (DRAM is shared and uneven) takes more rows instead of waiting at the end. */
+#define TO_DOT_TASKS_PER_THREAD 4
+static int tasks_for_groups(int64_t groups) {
+    int64_t nth = to_get_num_threads();
+    int64_t want = nth * TO_DOT_TASKS_PER_THREAD;
+    int64_t min_groups_per_task = 16; /* 64 rows: keeps tiny matrices in one task per thread */
+    if (want * min_groups_per_task > groups) want = groups / min_groups_per_task;
+    if (want < nth) want = nth;
+    return (int)want;
+}
+static int dot_tasks(const lin_t *a) { return tasks_for_groups((a->n + 3) / 4); }
+
 static void dot_task(void *vctx, int ith, int nth) {
     const dot_ctx *ctx = vctx;
     const lin_t *a = ctx->a;
@@ -587,7 +600,7 @@ TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, in
             report(op, "avx512 f32 dot tiles");
             ctx.tile = pick_tile512(x_dtype, w_dtype);
         }
-        to_parallel_run(dot_task, &ctx, 0);
+        to_parallel_run(dot_task, &ctx, dot_tasks(&a));
         return TO_OK;
     }
     if ((isa & need256) == need256) {
@@ -620,6 +633,8 @@ typedef struct {
 
 /* Splits the row groups of all matrices, laid end to end, across the tasks: one parallel region
  * streams every matrix instead of one region (and one tail) per matrix. */
+static int group_tasks(const group_ctx *ctx) { return tasks_for_groups(ctx->first_group[ctx->count]); }
+
 static void group_task(void *vctx, int ith, int nth) {
     const group_ctx *ctx = vctx;
     int64_t g0, g1;
@@ -685,7 +700,7 @@ TO_API int to_linear_group(const void *x, int count, const void *const *ws, cons
         ctx.first_group[i + 1] = ctx.first_group[i] + (ns[i] + 3) / 4;
     }
     report(0, "avx512-bf16 dot tiles");
-    to_parallel_run(group_task, &ctx, 0);
+    to_parallel_run(group_task, &ctx, group_tasks(&ctx));
 #endif
     return TO_OK;
 }
