@@ -166,20 +166,9 @@ static void rowop_generic(const ew_args *a, int64_t b, int64_t e) {
 }
 
 #define ELEM_PASS 1
-#define VW 16
-#define VTGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define K(name) name##_avx512
-#include "elementwise.c"
-#undef VW
-#undef VTGT
-#undef K
-#define VW 8
-#define VTGT __attribute__((target("avx2,fma")))
-#define K(name) name##_avx2
-#include "elementwise.c"
-#undef VW
-#undef VTGT
-#undef K
+#define TO_PASS_FILE "elementwise.c"
+#include "isa_passes.inc"
+#undef TO_PASS_FILE
 #undef ELEM_PASS
 
 typedef void (*range_fn)(const ew_args *, int64_t, int64_t);

@@ -77,20 +77,9 @@ static void ln_row_generic(const norm_args *a, const void *x, void *o) {
 }
 
 #define NORM_PASS 1
-#define VW 16
-#define VTGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define K(name) name##_avx512
-#include "norm.c"
-#undef VW
-#undef VTGT
-#undef K
-#define VW 8
-#define VTGT __attribute__((target("avx2,fma")))
-#define K(name) name##_avx2
-#include "norm.c"
-#undef VW
-#undef VTGT
-#undef K
+#define TO_PASS_FILE "norm.c"
+#include "isa_passes.inc"
+#undef TO_PASS_FILE
 #undef NORM_PASS
 
 typedef void (*rms_row_fn)(const norm_args *, const void *, const void *, void *);

@@ -39,20 +39,9 @@ static int64_t argmax_row_generic(const void *x, int xd, int64_t d) {
 }
 
 #define SELECT_PASS 1
-#define VW 16
-#define VTGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define K(name) name##_avx512
-#include "select.c"
-#undef VW
-#undef VTGT
-#undef K
-#define VW 8
-#define VTGT __attribute__((target("avx2,fma")))
-#define K(name) name##_avx2
-#include "select.c"
-#undef VW
-#undef VTGT
-#undef K
+#define TO_PASS_FILE "select.c"
+#include "isa_passes.inc"
+#undef TO_PASS_FILE
 #undef SELECT_PASS
 
 TO_API int to_argmax(const void *x, void *idx, int64_t rows, int64_t dim, int x_dtype,

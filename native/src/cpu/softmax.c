@@ -40,20 +40,9 @@ static void sm_row_generic(const sm_args *a, const void *x, void *o) {
 }
 
 #define SOFTMAX_PASS 1
-#define VW 16
-#define VTGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define K(name) name##_avx512
-#include "softmax.c"
-#undef VW
-#undef VTGT
-#undef K
-#define VW 8
-#define VTGT __attribute__((target("avx2,fma")))
-#define K(name) name##_avx2
-#include "softmax.c"
-#undef VW
-#undef VTGT
-#undef K
+#define TO_PASS_FILE "softmax.c"
+#include "isa_passes.inc"
+#undef TO_PASS_FILE
 #undef SOFTMAX_PASS
 
 typedef void (*sm_row_fn)(const sm_args *, const void *, void *);
