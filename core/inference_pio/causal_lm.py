@@ -82,8 +82,9 @@ class CausalLM(TextModelPluginInterface):
     def stream_text(self, prompt: str, **sampling: Any) -> Iterator[str]:
         params = self.sampling_params(**sampling)
         ids = self._prompt_ids(prompt)
-        stream: Iterator[str] = self._stream_fn()(self.model, self.tokenizer, ids, params,
-                                                  self.eos_ids)
+        stream: Iterator[str] = self._stream_fn()(
+            self.model, self.tokenizer, ids, params, self.eos_ids
+        )
         return stream
 
     def _stream_fn(self) -> Any:

@@ -19,18 +19,38 @@ from inference_pio.checkpoint import Checkpoint  # noqa: E402
 from inference_pio.nn import dense  # noqa: E402
 from inference_pio.testing.conformance import prompt, rel_error, save_reference  # noqa: E402
 
-BASE: dict[str, Any] = dict(vocab_size=512, max_position_embeddings=512, rms_norm_eps=1e-6,
-                            rope_theta=10000.0)
+BASE: dict[str, Any] = dict(
+    vocab_size=512, max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0
+)
 CONFIGS = {
-    "untied-mha-hd16": dict(hidden_size=48, intermediate_size=72, num_hidden_layers=2,
-                            num_attention_heads=3, num_key_value_heads=3, head_dim=16,
-                            tie_word_embeddings=False),
-    "gqa4-odd-sizes": dict(hidden_size=40, intermediate_size=94, num_hidden_layers=1,
-                           num_attention_heads=8, num_key_value_heads=2, head_dim=24,
-                           tie_word_embeddings=True),
-    "wide-head": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=128,
-                      tie_word_embeddings=False, rope_theta=5e6),
+    "untied-mha-hd16": dict(
+        hidden_size=48,
+        intermediate_size=72,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        num_key_value_heads=3,
+        head_dim=16,
+        tie_word_embeddings=False,
+    ),
+    "gqa4-odd-sizes": dict(
+        hidden_size=40,
+        intermediate_size=94,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=24,
+        tie_word_embeddings=True,
+    ),
+    "wide-head": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=128,
+        tie_word_embeddings=False,
+        rope_theta=5e6,
+    ),
 }
 
 

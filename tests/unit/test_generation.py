@@ -164,12 +164,17 @@ class _Letters:
 
 def test_stream_generate_stops_on_eos_and_strings() -> None:
     model = _CountingModel()
-    pieces = list(stream_generate(model, _Letters(), [0], SamplingParams(temperature=0.0,
-                                                                          max_new_tokens=10),
-                                  eos_ids=[5]))
+    pieces = list(
+        stream_generate(
+            model, _Letters(), [0], SamplingParams(temperature=0.0, max_new_tokens=10), eos_ids=[5]
+        )
+    )
     assert "".join(pieces) == "bcde"  # eos (5 = "f") is not part of the output
-    pieces = list(stream_generate(model, _Letters(), [0],
-                                  SamplingParams(temperature=0.0, stop=["de"], max_new_tokens=10)))
+    pieces = list(
+        stream_generate(
+            model, _Letters(), [0], SamplingParams(temperature=0.0, stop=["de"], max_new_tokens=10)
+        )
+    )
     assert "".join(pieces) == "bc"
 
 

@@ -20,9 +20,7 @@ from inference_pio import NativeError, ops
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.tensor import Storage, Tensor
-
-TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
-PDT = {v: k for k, v in TDT.items()}
+from inference_pio.testing.torch_bridge import PDT, TDT, rel, to_pio, to_torch
 
 # masks for to_set_isa_mask: each selects one kernel family on an AVX512-BF16 machine
 FULL = 0xFFFFFFFF
@@ -32,23 +30,6 @@ ISAS = {"generic": 0, "avx2": AVX2, "avx512": AVX512, "best": FULL}
 
 M_SIZES = (1, 2, 3, 7, 16, 33, 130)
 KN_SIZES = ((1, 5), (5, 67), (31, 1), (67, 31), (1000, 67), (67, 1000), (1031, 130))
-
-
-def to_pio(t: torch.Tensor) -> Tensor:
-    t = t.contiguous()
-    raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
-    return Tensor.frombuffer(bytearray(raw), PDT[t.dtype], tuple(t.shape))
-
-
-def to_torch(x: Tensor) -> torch.Tensor:
-    if not x.is_contiguous():
-        x = x.contiguous()
-    return torch.frombuffer(bytearray(x.tobytes()), dtype=TDT[x.dtype]).reshape(x.shape).clone()
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def tol(dtype: DType) -> float:

@@ -12,29 +12,13 @@ from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.errors import NativeError
 from inference_pio.tensor import Tensor
+from inference_pio.testing.torch_bridge import TDT, rel, to_pio, to_torch
 
-TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.int32: torch.int32}
-PDT = {v: k for k, v in TDT.items()}
 TOL = {DType.float32: 2e-5, DType.bfloat16: 8e-3}
-
-
-def to_pio(t: torch.Tensor) -> Tensor:
-    t = t.contiguous()
-    raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
-    return Tensor.frombuffer(bytearray(raw), PDT[t.dtype], tuple(t.shape))
-
-
-def to_torch(x: Tensor) -> torch.Tensor:
-    return torch.frombuffer(bytearray(x.tobytes()), dtype=TDT[x.dtype]).reshape(x.shape).clone()
 
 
 def c_call(name: str, *args: object) -> None:
     check(getattr(lib(), name)(*args), name)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 @pytest.fixture(params=["simd", "generic"])
@@ -45,8 +29,15 @@ def isa(request: pytest.FixtureRequest) -> object:
     lib().to_set_isa_mask(0xFFFFFFFF)
 
 
-def ref_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: int, causal: bool,
-                  scale: float, segments: list[int] | None = None) -> torch.Tensor:
+def ref_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: int,
+    causal: bool,
+    scale: float,
+    segments: list[int] | None = None,
+) -> torch.Tensor:
     """q [Tq, nh, d], k/v [L, nkv, d] (token layout), fp64 eager attention."""
     tq, nh, _ = q.shape
     kv_len, nkv, _ = k.shape
@@ -57,7 +48,7 @@ def ref_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: int,
     if segments is not None:
         seg = torch.zeros(tq, dtype=torch.long)
         for i in range(len(segments) - 1):
-            seg[segments[i]:segments[i + 1]] = i
+            seg[segments[i] : segments[i + 1]] = i
         allowed = seg[:, None] == seg[None, :]
         if causal:
             allowed &= torch.ones(tq, tq, dtype=torch.bool).tril()
@@ -97,7 +88,7 @@ def test_attention_cache_causal(case: tuple[int, ...], dtype: DType, isa: object
     q = torch.randn(tq, nh, hd).to(tdt)
     k = torch.randn(kv_len, nkv, hd).to(tdt)
     v = torch.randn(kv_len, nkv, hdv).to(tdt)
-    scale = hd ** -0.5 * 1.7
+    scale = hd**-0.5 * 1.7
     kc, vc = make_cache(k, kv_len + 11), make_cache(v, kv_len + 11)
     out = ops.attention(to_pio(q), to_pio(kc), to_pio(vc), kv_len=kv_len, scale=scale)
     ref = ref_attention(q, k, v, past, True, scale)
@@ -114,9 +105,10 @@ def test_attention_decode_split_keys(dtype: DType, isa: object) -> None:
         q = torch.randn(1, nh, 96).to(tdt)
         k = torch.randn(kv_len, 1, 96).to(tdt) * 2
         v = torch.randn(kv_len, 1, 96).to(tdt)
-        out = ops.attention(to_pio(q), to_pio(make_cache(k, kv_len)), to_pio(make_cache(v, kv_len)),
-                            kv_len=kv_len)
-        ref = ref_attention(q, k, v, kv_len - 1, True, 96 ** -0.5)
+        out = ops.attention(
+            to_pio(q), to_pio(make_cache(k, kv_len)), to_pio(make_cache(v, kv_len)), kv_len=kv_len
+        )
+        ref = ref_attention(q, k, v, kv_len - 1, True, 96**-0.5)
         assert rel(to_torch(out), ref) < TOL[dtype]
 
 
@@ -127,8 +119,8 @@ def test_attention_sdpa_reference_and_threads() -> None:
     k = torch.randn(t, nkv, hd)
     v = torch.randn(t, nkv, hd)
     ref = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True,
-        enable_gqa=True).transpose(0, 1)
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True, enable_gqa=True
+    ).transpose(0, 1)
     saved = lib().to_get_num_threads()
     outs = []
     try:
@@ -150,8 +142,15 @@ def test_attention_segments(dtype: DType, causal: bool, isa: object) -> None:
     n, nh, hd = segs[-1], 4, 64
     qkv = torch.randn(n, 3, nh, hd).to(tdt)  # fused projection layout of the vision tower
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-    out = ops.attention(to_pio(q), to_pio(k), to_pio(v), kv_layout="tokens", causal=causal,
-                        cu_seqlens=segs, scale=0.125)
+    out = ops.attention(
+        to_pio(q),
+        to_pio(k),
+        to_pio(v),
+        kv_layout="tokens",
+        causal=causal,
+        cu_seqlens=segs,
+        scale=0.125,
+    )
     ref = ref_attention(q, k, v, 0, causal, 0.125, segs)
     assert rel(to_torch(out), ref) < TOL[dtype]
 
@@ -164,15 +163,16 @@ def test_attention_noncausal_and_absorbed_mla(dtype: DType) -> None:
     lat = torch.randn(kv_len, 1, 576).to(tdt)
     q = torch.randn(2, nh, 576).to(tdt)
     cache = to_pio(make_cache(lat, 90))
-    out = ops.attention(to_pio(q), cache, cache, kv_len=kv_len, head_dim_v=512, scale=256 ** -0.5)
-    ref = ref_attention(q, lat, lat[:, :, :512], kv_len - 2, True, 256 ** -0.5)
+    out = ops.attention(to_pio(q), cache, cache, kv_len=kv_len, head_dim_v=512, scale=256**-0.5)
+    ref = ref_attention(q, lat, lat[:, :, :512], kv_len - 2, True, 256**-0.5)
     assert rel(to_torch(out), ref) < TOL[dtype]
     # non-causal cross attention over a cache
     qn = torch.randn(3, 4, 32).to(tdt)
     kn, vn = torch.randn(50, 2, 32).to(tdt), torch.randn(50, 2, 32).to(tdt)
-    out2 = ops.attention(to_pio(qn), to_pio(make_cache(kn, 64)), to_pio(make_cache(vn, 64)),
-                         kv_len=50, causal=False)
-    assert rel(to_torch(out2), ref_attention(qn, kn, vn, 0, False, 32 ** -0.5)) < TOL[dtype]
+    out2 = ops.attention(
+        to_pio(qn), to_pio(make_cache(kn, 64)), to_pio(make_cache(vn, 64)), kv_len=50, causal=False
+    )
+    assert rel(to_torch(out2), ref_attention(qn, kn, vn, 0, False, 32**-0.5)) < TOL[dtype]
 
 
 def test_prefill_then_decode_matches_full() -> None:
@@ -183,10 +183,10 @@ def test_prefill_then_decode_matches_full() -> None:
     ops.kv_cache_append(to_pio(k[:40]), to_pio(v[:40]), kc, vc, 0)
     rows = [to_torch(ops.attention(to_pio(q[:40]), kc, vc, kv_len=40))]
     for i in range(40, t):
-        ops.kv_cache_append(to_pio(k[i:i + 1]), to_pio(v[i:i + 1]), kc, vc, i)
-        rows.append(to_torch(ops.attention(to_pio(q[i:i + 1]), kc, vc, kv_len=i + 1)))
+        ops.kv_cache_append(to_pio(k[i : i + 1]), to_pio(v[i : i + 1]), kc, vc, i)
+        rows.append(to_torch(ops.attention(to_pio(q[i : i + 1]), kc, vc, kv_len=i + 1)))
     got = torch.cat(rows)
-    ref = ref_attention(q, k.bfloat16().float(), v.bfloat16().float(), 0, True, hd ** -0.5)
+    ref = ref_attention(q, k.bfloat16().float(), v.bfloat16().float(), 0, True, hd**-0.5)
     assert rel(got, ref) < 2e-5
     assert torch.equal(to_torch(kc)[:, :t], k.bfloat16().transpose(0, 1))
 
@@ -199,8 +199,21 @@ def test_kv_cache_append_and_errors() -> None:
     with pytest.raises(ValueError, match="overflows"):
         ops.kv_cache_append(to_pio(k), None, kc, None, 2)
     with pytest.raises(NativeError, match="overflows"):
-        c_call("to_kv_cache_append", to_pio(k).data_ptr, None, kc.data_ptr, None, 3, 2, 8, 0, 4,
-               2, 0, 0)
+        c_call(
+            "to_kv_cache_append",
+            to_pio(k).data_ptr,
+            None,
+            kc.data_ptr,
+            None,
+            3,
+            2,
+            8,
+            0,
+            4,
+            2,
+            0,
+            0,
+        )
     with pytest.raises(ValueError, match="both"):
         ops.kv_cache_append(to_pio(k), to_pio(k), kc, None, 0)
     with pytest.raises(ValueError, match="fit"):
@@ -233,25 +246,123 @@ def test_attention_bad_inputs() -> None:
     with pytest.raises(ValueError, match="contiguous"):
         ops.attention(q.transpose(0, 1), kc, kc, kv_len=4)
     with pytest.raises(ValueError, match="cu_seqlens"):
-        ops.attention(q, to_pio(torch.randn(2, 2, 16)), to_pio(torch.randn(2, 2, 16)),
-                      kv_layout="tokens", cu_seqlens=[0, 3], causal=False)
+        ops.attention(
+            q,
+            to_pio(torch.randn(2, 2, 16)),
+            to_pio(torch.randn(2, 2, 16)),
+            kv_layout="tokens",
+            cu_seqlens=[0, 3],
+            causal=False,
+        )
     with pytest.raises(ValueError, match="shape"):
         ops.attention(q, kc, kc, kv_len=4, out=Tensor.empty((2, 4, 8)))
     # C-level checks (what a CUDA-side or direct caller hits)
     with pytest.raises(NativeError, match="multiple"):
-        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr,
-               2, 4, 3, 16, 16, 64, 64,
-                           4, 128, 16, 128, 16, 2, 1, None, 0, 0.25, 0, 0)
+        c_call(
+            "to_attention",
+            q.data_ptr,
+            kc.data_ptr,
+            kc.data_ptr,
+            q.data_ptr,
+            2,
+            4,
+            3,
+            16,
+            16,
+            64,
+            64,
+            4,
+            128,
+            16,
+            128,
+            16,
+            2,
+            1,
+            None,
+            0,
+            0.25,
+            0,
+            0,
+        )
     with pytest.raises(NativeError, match="kv_len"):
-        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr,
-               2, 4, 2, 16, 16, 64, 64,
-                           2, 128, 16, 128, 16, 2, 1, None, 0, 0.25, 0, 0)
+        c_call(
+            "to_attention",
+            q.data_ptr,
+            kc.data_ptr,
+            kc.data_ptr,
+            q.data_ptr,
+            2,
+            4,
+            2,
+            16,
+            16,
+            64,
+            64,
+            2,
+            128,
+            16,
+            128,
+            16,
+            2,
+            1,
+            None,
+            0,
+            0.25,
+            0,
+            0,
+        )
     bad_cu = (ctypes.c_int32 * 3)(0, 3, 1)
     with pytest.raises(NativeError, match="cu_seqlens"):
-        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr,
-               2, 4, 2, 16, 16, 64, 64,
-                           2, 128, 16, 128, 16, 0, 0, bad_cu, 2, 0.25, 0, 0)
+        c_call(
+            "to_attention",
+            q.data_ptr,
+            kc.data_ptr,
+            kc.data_ptr,
+            q.data_ptr,
+            2,
+            4,
+            2,
+            16,
+            16,
+            64,
+            64,
+            2,
+            128,
+            16,
+            128,
+            16,
+            0,
+            0,
+            bad_cu,
+            2,
+            0.25,
+            0,
+            0,
+        )
     with pytest.raises(NativeError, match="dtype"):
-        c_call("to_attention", q.data_ptr, kc.data_ptr, kc.data_ptr, q.data_ptr,
-               2, 4, 2, 16, 16, 64, 64,
-                           4, 128, 16, 128, 16, 2, 1, None, 0, 0.25, 5, 0)
+        c_call(
+            "to_attention",
+            q.data_ptr,
+            kc.data_ptr,
+            kc.data_ptr,
+            q.data_ptr,
+            2,
+            4,
+            2,
+            16,
+            16,
+            64,
+            64,
+            4,
+            128,
+            16,
+            128,
+            16,
+            2,
+            1,
+            None,
+            0,
+            0.25,
+            5,
+            0,
+        )

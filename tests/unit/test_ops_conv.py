@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,19 +10,7 @@ from inference_pio import ops
 from inference_pio._native import lib
 from inference_pio.dtypes import DType
 from inference_pio.tensor import Tensor
-
-TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16}
-PDT = {v: k for k, v in TDT.items()}
-
-
-def to_pio(t: torch.Tensor) -> Tensor:
-    t = t.contiguous()
-    raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
-    return Tensor.frombuffer(bytearray(raw), PDT[t.dtype], tuple(t.shape))
-
-
-def to_torch(x: Tensor) -> torch.Tensor:
-    return torch.frombuffer(bytearray(x.tobytes()), dtype=TDT[x.dtype]).reshape(x.shape).clone()
+from inference_pio.testing.torch_bridge import TDT, to_pio, to_torch
 
 
 @pytest.fixture(params=["simd", "generic"])
@@ -38,7 +24,7 @@ def isa(request: pytest.FixtureRequest) -> object:
 def ref_conv(x: torch.Tensor, w: torch.Tensor, state: torch.Tensor, silu: bool) -> torch.Tensor:
     """HF order: conv1d in fp32 over [state; x], rounded to x's dtype, then SiLU."""
     u = torch.cat([state.float(), x.float()], 0).t()[None]  # [1, C, K-1+T]
-    y = F.conv1d(u, w.float()[:, None, :], groups=w.shape[0])[0].t()[-x.shape[0]:]
+    y = F.conv1d(u, w.float()[:, None, :], groups=w.shape[0])[0].t()[-x.shape[0] :]
     assert y.shape[0] == x.shape[0]
     y = y.to(x.dtype)
     return F.silu(y.float()).to(x.dtype) if silu else y
@@ -60,7 +46,7 @@ def test_causal_conv1d_with_state(dtype: DType, t: int, c: int, k: int, isa: obj
         diff = (to_torch(y).view(torch.int16).int() - ref.view(torch.int16).int()).abs()
         assert int(diff.max()) <= 1
         assert float((diff == 0).float().mean()) > 0.97
-    assert torch.equal(to_torch(st), torch.cat([state0, x], 0)[-(k - 1):])
+    assert torch.equal(to_torch(st), torch.cat([state0, x], 0)[-(k - 1) :])
 
 
 def test_conv1d_prefill_then_decode_matches_full() -> None:
@@ -70,11 +56,12 @@ def test_conv1d_prefill_then_decode_matches_full() -> None:
     st = to_pio(torch.zeros(k - 1, c))
     parts = [to_torch(ops.causal_conv1d(to_pio(x[:6]), to_pio(w), st))]
     for i in range(6, t):
-        parts.append(to_torch(ops.causal_conv1d(to_pio(x[i:i + 1]), to_pio(w), st)))
+        parts.append(to_torch(ops.causal_conv1d(to_pio(x[i : i + 1]), to_pio(w), st)))
     full = to_torch(ops.causal_conv1d(to_pio(x), to_pio(w)))  # no state: zero history
     torch.testing.assert_close(torch.cat(parts), full, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(full, ref_conv(x, w, torch.zeros(k - 1, c), False), rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        full, ref_conv(x, w, torch.zeros(k - 1, c), False), rtol=1e-5, atol=1e-5
+    )
 
 
 def hf_patchify(img: torch.Tensor, p: int = 16, tp: int = 2, m: int = 2) -> torch.Tensor:
@@ -95,8 +82,10 @@ def test_patchify(h: int, w: int) -> None:
     out16 = ops.patchify(to_pio(img), out_dtype=DType.bfloat16)
     assert torch.equal(to_torch(out16), hf_patchify(img).bfloat16())
     small = torch.randn(2, 12, 18)
-    assert torch.equal(to_torch(ops.patchify(to_pio(small), patch=3, temporal=1, merge=2)),
-                       hf_patchify(small, 3, 1, 2))
+    assert torch.equal(
+        to_torch(ops.patchify(to_pio(small), patch=3, temporal=1, merge=2)),
+        hf_patchify(small, 3, 1, 2),
+    )
 
 
 def test_conv_bad_inputs() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 import torch
 
@@ -11,22 +9,9 @@ from inference_pio import ops
 from inference_pio.dtypes import DType
 from inference_pio.errors import NativeError
 from inference_pio.ops.image import BICUBIC, BILINEAR, LANCZOS
-from inference_pio.tensor import Tensor
+from inference_pio.testing.torch_bridge import to_pio, to_torch
 
 Image = pytest.importorskip("PIL.Image")
-
-TDT = {DType.float32: torch.float32, DType.uint8: torch.uint8, DType.bfloat16: torch.bfloat16}
-PDT = {v: k for k, v in TDT.items()}
-
-
-def to_pio(t: torch.Tensor) -> Tensor:
-    t = t.contiguous()
-    raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
-    return Tensor.frombuffer(bytearray(raw), PDT[t.dtype], tuple(t.shape))
-
-
-def to_torch(x: Tensor) -> torch.Tensor:
-    return torch.frombuffer(bytearray(x.tobytes()), dtype=TDT[x.dtype]).reshape(x.shape).clone()
 
 
 def pil_resize(img: torch.Tensor, oh: int, ow: int, resample: int) -> torch.Tensor:
@@ -36,14 +21,21 @@ def pil_resize(img: torch.Tensor, oh: int, ow: int, resample: int) -> torch.Tens
     return torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8).reshape(oh, ow, 3)
 
 
-SIZES = [((37, 53), (64, 96)), ((120, 90), (33, 47)), ((64, 64), (64, 31)),
-         ((50, 40), (17, 40)), ((7, 300), (96, 32)), ((31, 31), (31, 31))]
+SIZES = [
+    ((37, 53), (64, 96)),
+    ((120, 90), (33, 47)),
+    ((64, 64), (64, 31)),
+    ((50, 40), (17, 40)),
+    ((7, 300), (96, 32)),
+    ((31, 31), (31, 31)),
+]
 
 
 @pytest.mark.parametrize("resample", [BILINEAR, BICUBIC, LANCZOS])
 @pytest.mark.parametrize(("src", "dst"), SIZES)
-def test_resize_u8_matches_pillow(src: tuple[int, int], dst: tuple[int, int],
-                                  resample: int) -> None:
+def test_resize_u8_matches_pillow(
+    src: tuple[int, int], dst: tuple[int, int], resample: int
+) -> None:
     # smooth-ish random image (gradients + noise) so both flat and busy regions are exercised
     h, w = src
     base = torch.randint(0, 256, (h, w, 3), dtype=torch.int32)
@@ -69,8 +61,9 @@ def test_resize_f32_matches_torch_antialias(resample: int) -> None:
     mode = "bilinear" if resample == BILINEAR else "bicubic"
     for size in ((20, 33), (90, 141), (45, 31)):
         got = to_torch(ops.image_resize(to_pio(img), size, resample))
-        ref = torch.nn.functional.interpolate(img[None], size=size, mode=mode, antialias=True,
-                                              align_corners=False)[0]
+        ref = torch.nn.functional.interpolate(
+            img[None], size=size, mode=mode, antialias=True, align_corners=False
+        )[0]
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=2e-3)
 
 
@@ -83,8 +76,9 @@ def test_normalize_matches_hf() -> None:
     assert torch.equal(out, ref)
     out16 = to_torch(ops.image_normalize(to_pio(img), mean, std, out_dtype=DType.bfloat16))
     assert torch.equal(out16, ref.bfloat16())
-    assert torch.equal(to_torch(ops.image_normalize(to_pio(img), [0.5] * 3, [0.5] * 3)),
-                       (x - 127.5) / 127.5)
+    assert torch.equal(
+        to_torch(ops.image_normalize(to_pio(img), [0.5] * 3, [0.5] * 3)), (x - 127.5) / 127.5
+    )
 
 
 def test_image_bad_inputs() -> None:
@@ -102,5 +96,6 @@ def test_image_bad_inputs() -> None:
     with pytest.raises(TypeError):
         ops.image_normalize(to_pio(torch.zeros(4, 4, 3)), [0.5] * 3, [0.5] * 3)
     from inference_pio._native import check, lib
+
     with pytest.raises(NativeError):
         check(lib().to_image_resize(img.data_ptr, img.data_ptr, 4, 4, 3, 2, 2, 9, 5), "x")

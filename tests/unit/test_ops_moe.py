@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 import torch
 
@@ -11,20 +9,7 @@ from inference_pio import ops
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.errors import NativeError
-from inference_pio.tensor import Tensor
-
-TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.int32: torch.int32}
-PDT = {v: k for k, v in TDT.items()}
-
-
-def to_pio(t: torch.Tensor) -> Tensor:
-    t = t.contiguous()
-    raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
-    return Tensor.frombuffer(bytearray(raw), PDT[t.dtype], tuple(t.shape))
-
-
-def to_torch(x: Tensor) -> torch.Tensor:
-    return torch.frombuffer(bytearray(x.tobytes()), dtype=TDT[x.dtype]).reshape(x.shape).clone()
+from inference_pio.testing.torch_bridge import TDT, to_pio, to_torch
 
 
 @pytest.fixture(params=["simd", "generic"])
@@ -55,16 +40,23 @@ def test_route_softmax(dtype: DType, t: int, e: int, k: int) -> None:
     torch.testing.assert_close(to_torch(w2), torch.topk(p, k, dim=-1)[0], rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize(("e", "k", "n_group", "topk_group"),
-                         [(64, 4, 1, 1), (256, 8, 8, 4), (16, 3, 4, 2)])
+@pytest.mark.parametrize(
+    ("e", "k", "n_group", "topk_group"), [(64, 4, 1, 1), (256, 8, 8, 4), (16, 3, 4, 2)]
+)
 def test_route_sigmoid_matches_hf(e: int, k: int, n_group: int, topk_group: int) -> None:
     from transformers.models.glm4_moe.configuration_glm4_moe import Glm4MoeConfig
     from transformers.models.glm4_moe.modeling_glm4_moe import Glm4MoeTopkRouter
 
     hidden = 32
-    cfg = Glm4MoeConfig(hidden_size=hidden, n_routed_experts=e, num_experts_per_tok=k,
-                        n_group=n_group, topk_group=topk_group, norm_topk_prob=True,
-                        routed_scaling_factor=1.8)
+    cfg = Glm4MoeConfig(
+        hidden_size=hidden,
+        n_routed_experts=e,
+        num_experts_per_tok=k,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=True,
+        routed_scaling_factor=1.8,
+    )
     router = Glm4MoeTopkRouter(cfg)
     with torch.no_grad():
         router.weight.normal_(0, 0.5)
@@ -72,8 +64,14 @@ def test_route_sigmoid_matches_hf(e: int, k: int, n_group: int, topk_group: int)
     x = torch.randn(23, hidden)
     with torch.no_grad():
         logits, ref_w, ref_idx = router(x)
-    idx, w = ops.route_sigmoid(to_pio(logits), k, bias=to_pio(router.e_score_correction_bias.data),
-                               n_group=n_group, topk_group=topk_group, scaling=1.8)
+    idx, w = ops.route_sigmoid(
+        to_pio(logits),
+        k,
+        bias=to_pio(router.e_score_correction_bias.data),
+        n_group=n_group,
+        topk_group=topk_group,
+        scaling=1.8,
+    )
     got_idx, got_w = to_torch(idx).long(), to_torch(w)
     order = ref_idx.sort(-1).indices  # HF's top-k is unsorted: compare as sets with weights
     ref_idx_s, ref_w_s = ref_idx.gather(1, order), ref_w.gather(1, order)
@@ -152,8 +150,11 @@ def test_moe_bad_inputs() -> None:
     with pytest.raises(NativeError, match="outside"):
         ops.scatter_add(to_pio(torch.randn(2, 4)), bad, to_pio(torch.zeros(9, 4)))
     with pytest.raises(ValueError, match="match"):
-        ops.scatter_add(to_pio(torch.randn(2, 4)), to_pio(torch.zeros(3, dtype=torch.int32)),
-                        to_pio(torch.zeros(9, 4)))
+        ops.scatter_add(
+            to_pio(torch.randn(2, 4)),
+            to_pio(torch.zeros(3, dtype=torch.int32)),
+            to_pio(torch.zeros(9, 4)),
+        )
     with pytest.raises(TypeError):
         ops.gather_rows(to_pio(torch.randn(9, 4)), to_pio(torch.zeros(2)))
     with pytest.raises(NativeError):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,21 +9,7 @@ from hypothesis import strategies as st
 
 from inference_pio import ops
 from inference_pio._native import lib
-from inference_pio.dtypes import DType
-from inference_pio.tensor import Tensor
-
-TDT = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.int64: torch.int64}
-PDT = {v: k for k, v in TDT.items()}
-
-
-def to_pio(t: torch.Tensor) -> Tensor:
-    t = t.contiguous()
-    raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
-    return Tensor.frombuffer(bytearray(raw), PDT[t.dtype], tuple(t.shape))
-
-
-def to_torch(x: Tensor) -> torch.Tensor:
-    return torch.frombuffer(bytearray(x.tobytes()), dtype=TDT[x.dtype]).reshape(x.shape).clone()
+from inference_pio.testing.torch_bridge import PDT, to_pio, to_torch
 
 
 def ulps(a: torch.Tensor, b: torch.Tensor) -> int:

@@ -18,7 +18,7 @@ CODE = [
     "def fib(n: int) -> int:\n    if n < 2:\n        return n\n"
     "    return fib(n - 1) + fib(n - 2)\n",
     '#include <stdio.h>\nint main(void) {\n\tprintf("%d\\n", 42);\n\treturn 0;\n}\n',
-    'fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n'
+    "fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n"
     '    println!("{:?}", v);\n}',
     "const f = async (a, b) => { await fetch(`/api/${a}?b=${b}`); return a ?? b; };\n",
     "SELECT id, name FROM users WHERE age >= 18 AND name LIKE '%son' ORDER BY id DESC;",

@@ -37,16 +37,9 @@ from inference_pio.nn.decoder import DecoderModel, LayerCache
 from inference_pio.nn.layers import RMS_PLAIN, ROPE_NEOX, RMSNorm
 from inference_pio.nn.mlp import SwiGLU
 from inference_pio.sampling import SamplingParams
-from inference_pio.tensor import Tensor
+from inference_pio.tensor import Tensor, tensor
 
 CHUNK = 32  # greedy tokens per host round trip
-
-
-def _int32_host(values: Sequence[int]) -> Tensor:
-    t = Tensor.empty((len(values),), DType.int32)
-    arr = (ctypes.c_int32 * len(values))(*values)
-    ctypes.memmove(t.data_ptr, arr, 4 * len(values))
-    return t
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -112,7 +105,7 @@ class CudaGraphDecoder:
         sms = cuda.device_info(dev)["multiprocessors"]
         self.nsplit = max(1, min(32, capacity // 128, math.ceil(2 * sms / self.nkv)))
         self.ws = Tensor.empty((self.nh * self.nsplit * (self.hd + 2),), DType.float32, dev)
-        positions = _int32_host(list(range(capacity))).to(dev)
+        positions = tensor(list(range(capacity)), DType.int32, dev)
         self.cos, self.sin = model.rotary.tables(model.be, positions, act)
         self.graph: int | None = None
         self._capture()
@@ -343,7 +336,7 @@ class CudaGraphDecoder:
 
     # ---- running ---------------------------------------------------------------------------------
     def _set(self, token: int, pos: int) -> None:
-        host = _int32_host([token, pos, 0, 0])
+        host = Tensor.from_list([token, pos, 0, 0], DType.int32)
         self.cuda.memcpy(self.ctr.data_ptr, host.data_ptr, 16, self.cuda.H2D, blocking=True)
 
     def greedy(self, token: int, pos: int, n: int) -> list[int]:

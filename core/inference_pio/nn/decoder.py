@@ -8,7 +8,6 @@ logits of each sequence's last new token.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Sequence
 
 from inference_pio.backend import Backend, backend
@@ -16,7 +15,7 @@ from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.nn.attention import Attention, KVCache, Segment
 from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
-from inference_pio.tensor import Tensor
+from inference_pio.tensor import Tensor, tensor
 
 Mlp = Callable[[Backend, Tensor, Tensor], Tensor]
 
@@ -142,8 +141,8 @@ class DecoderModel:
             if not 0 <= tok < self.embed.vocab:
                 raise ValueError(f"token id {tok} outside the vocabulary [0, {self.embed.vocab})")
         t = len(ids)
-        ids_t = _int32_tensor(ids, self.device)
-        pos_t = _int32_tensor(positions, self.device)
+        ids_t = tensor(ids, DType.int32, self.device)
+        pos_t = tensor(positions, DType.int32, self.device)
         x = Tensor.empty((t, self.hidden), self.act_dtype, self.device)
         self.embed(be, ids_t, x)
         cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
@@ -194,10 +193,3 @@ def _weights_of(block: object) -> list[Tensor]:
             if isinstance(bias, Tensor):
                 found.append(bias)
     return found
-
-
-def _int32_tensor(values: list[int], device: Device) -> Tensor:
-    t = Tensor.empty((len(values),), DType.int32)
-    arr = (ctypes.c_int32 * len(values))(*values)
-    ctypes.memmove(t.data_ptr, arr, 4 * len(values))
-    return t if device.type == "cpu" else t.to(device)

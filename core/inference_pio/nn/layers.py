@@ -99,8 +99,21 @@ class LinearGroup:
             return
         n = len(self.linears)
         ys = (ctypes.c_void_p * n)(*(o.data_ptr for o in outs))
-        be.call("linear_group", x.data_ptr, n, self._ws, self._ns, ys, self._ns, x.shape[0],
-                x.shape[1], x.shape[1], x.dtype, self._wdtype, outs[0].dtype)
+        be.call(
+            "linear_group",
+            x.data_ptr,
+            n,
+            self._ws,
+            self._ns,
+            ys,
+            self._ns,
+            x.shape[0],
+            x.shape[1],
+            x.shape[1],
+            x.dtype,
+            self._wdtype,
+            outs[0].dtype,
+        )
 
 
 class Embedding:

@@ -1,4 +1,5 @@
-"""Validation helpers shared by every op, and the one place that calls into a backend library.
+"""Validation helpers shared by every op, and ``native_call``, which runs an op through
+:mod:`inference_pio.backend` (the one place that resolves and calls backend functions).
 
 CPU ops are the ``to_<op>`` symbols of libtensor_ops; CUDA ops are the ``toc_<op>`` symbols of
 libtensor_ops_cuda with the same arguments (device pointers), loaded lazily on first CUDA use.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from inference_pio._native import check, lib
+from inference_pio.backend import backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.tensor import Tensor
@@ -17,15 +18,7 @@ from inference_pio.tensor import Tensor
 
 def native_call(device: Device, op: str, *args: Any) -> None:
     """Calls op ``op`` on the backend of ``device``; a C error raises NativeError."""
-    if device.type == "cpu":
-        fn = getattr(lib(), "to_" + op)
-    else:
-        from inference_pio import cuda
-
-        fn = cuda.function(op, device)
-        cuda.check(fn(*args), op)
-        return
-    check(fn(*args), op)
+    backend(device).call(op, *args)
 
 
 def require_tensor(name: str, t: object) -> Tensor:
@@ -75,8 +68,9 @@ def same_device(**tensors: Tensor | None) -> Device:
     return next(iter(unique))
 
 
-def out_or_new(out: Tensor | None, shape: tuple[int, ...], dtype: DType, device: Device,
-               name: str = "out") -> Tensor:
+def out_or_new(
+    out: Tensor | None, shape: tuple[int, ...], dtype: DType, device: Device, name: str = "out"
+) -> Tensor:
     """``out`` checked against the expected shape/dtype/device, or a new tensor."""
     if out is None:
         return Tensor.empty(shape, dtype, device)

@@ -114,16 +114,41 @@ def attention(
     else:
         khs, kps, vhs, vps = hd, nkv * hd, vdim, nkv * vdim
     if scale is None:
-        scale = hd ** -0.5
-    native_call(device, "attention", q.data_ptr, k.data_ptr, v.data_ptr, result.data_ptr,
-                tq, nh, nkv, hd, hd_v, nh * hd, nh * hd_v, kv_len, khs, kps, vhs, vps, q_pos,
-                int(causal), ctypes.c_void_p(seg_ptr), n_seqs, float(scale), q.dtype, k.dtype)
+        scale = hd**-0.5
+    native_call(
+        device,
+        "attention",
+        q.data_ptr,
+        k.data_ptr,
+        v.data_ptr,
+        result.data_ptr,
+        tq,
+        nh,
+        nkv,
+        hd,
+        hd_v,
+        nh * hd,
+        nh * hd_v,
+        kv_len,
+        khs,
+        kps,
+        vhs,
+        vps,
+        q_pos,
+        int(causal),
+        ctypes.c_void_p(seg_ptr),
+        n_seqs,
+        float(scale),
+        q.dtype,
+        k.dtype,
+    )
     del seg_keep
     return result
 
 
-def kv_cache_append(k_new: Tensor, v_new: Tensor | None, k_cache: Tensor, v_cache: Tensor | None,
-                    pos: int) -> None:
+def kv_cache_append(
+    k_new: Tensor, v_new: Tensor | None, k_cache: Tensor, v_cache: Tensor | None, pos: int
+) -> None:
     """Writes ``k_new [T, nkv, hd_k]`` (and ``v_new [T, nkv, hd_v]``) into ``k_cache [nkv, max_len,
     hd_k]`` (``v_cache``) at positions ``pos..pos+T-1``; f32/bf16, converted to the cache dtype.
     Pass ``None`` for both v arguments for a K-only (latent) cache."""
@@ -145,7 +170,19 @@ def kv_cache_append(k_new: Tensor, v_new: Tensor | None, k_cache: Tensor, v_cach
     if pos < 0 or pos + t > max_len:
         raise ValueError(f"writing {t} tokens at {pos} overflows the cache of {max_len} positions")
     device = same_device(k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache)
-    native_call(device, "kv_cache_append", k_new.data_ptr,
-                ctypes.c_void_p(v_new.data_ptr if v_new is not None else None), k_cache.data_ptr,
-                ctypes.c_void_p(v_cache.data_ptr if v_cache is not None else None), t, nkv, hd_k,
-                hd_v, max_len, pos, k_new.dtype, k_cache.dtype)
+    native_call(
+        device,
+        "kv_cache_append",
+        k_new.data_ptr,
+        ctypes.c_void_p(v_new.data_ptr if v_new is not None else None),
+        k_cache.data_ptr,
+        ctypes.c_void_p(v_cache.data_ptr if v_cache is not None else None),
+        t,
+        nkv,
+        hd_k,
+        hd_v,
+        max_len,
+        pos,
+        k_new.dtype,
+        k_cache.dtype,
+    )

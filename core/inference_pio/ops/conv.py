@@ -11,8 +11,14 @@ from inference_pio.tensor import Tensor
 FLOAT_ACT = (DType.float32, DType.bfloat16)
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, state: Tensor | None = None, *, silu: bool = False,
-                  out: Tensor | None = None) -> Tensor:
+def causal_conv1d(
+    x: Tensor,
+    weight: Tensor,
+    state: Tensor | None = None,
+    *,
+    silu: bool = False,
+    out: Tensor | None = None,
+) -> Tensor:
     """Depthwise causal conv over time: ``x [T, C]``, ``weight [C, K]`` (or ``[C, 1, K]``).
 
     ``state [K-1, C]`` holds the previous K-1 inputs (oldest first; None = zeros) and is updated
@@ -36,15 +42,32 @@ def causal_conv1d(x: Tensor, weight: Tensor, state: Tensor | None = None, *, sil
             raise ValueError(f"state has shape {state.shape}, expected {(k - 1, c)}")
     device = same_device(x=x, weight=weight, state=state, out=out)
     result = out_or_new(out, (t, c), x.dtype, device)
-    native_call(device, "causal_conv1d", x.data_ptr, weight.data_ptr,
-                ctypes.c_void_p(state.data_ptr if state is not None else None), result.data_ptr,
-                t, c, k, int(silu), x.dtype, weight.dtype,
-                state.dtype if state is not None else DType.float32)
+    native_call(
+        device,
+        "causal_conv1d",
+        x.data_ptr,
+        weight.data_ptr,
+        ctypes.c_void_p(state.data_ptr if state is not None else None),
+        result.data_ptr,
+        t,
+        c,
+        k,
+        int(silu),
+        x.dtype,
+        weight.dtype,
+        state.dtype if state is not None else DType.float32,
+    )
     return result
 
 
-def patchify(image: Tensor, *, patch: int = 16, temporal: int = 2, merge: int = 2,
-             out_dtype: DType | None = None) -> Tensor:
+def patchify(
+    image: Tensor,
+    *,
+    patch: int = 16,
+    temporal: int = 2,
+    merge: int = 2,
+    out_dtype: DType | None = None,
+) -> Tensor:
     """Qwen-VL patchify: ``image [C, H, W]`` -> ``[(H/patch)*(W/patch), C*temporal*patch*patch]``
     in 2x2 merge-block order, each vector ``[channel][t][py][px]`` with the frame repeated in
     every temporal slot (equivalent to HF's reshape/permute of ``pixel_values``)."""
@@ -57,8 +80,21 @@ def patchify(image: Tensor, *, patch: int = 16, temporal: int = 2, merge: int = 
     odt = image.dtype if out_dtype is None else DType.parse(out_dtype)
     if odt not in FLOAT_ACT:
         raise TypeError(f"out_dtype {odt.name} unsupported (float32 or bfloat16)")
-    out = Tensor.empty(((h // patch) * (w // patch), c * temporal * patch * patch), odt,
-                       image.device)
-    native_call(image.device, "patchify", image.data_ptr, out.data_ptr, c, h, w, patch, temporal,
-                merge, image.dtype, odt)
+    out = Tensor.empty(
+        ((h // patch) * (w // patch), c * temporal * patch * patch), odt, image.device
+    )
+    native_call(
+        image.device,
+        "patchify",
+        image.data_ptr,
+        out.data_ptr,
+        c,
+        h,
+        w,
+        patch,
+        temporal,
+        merge,
+        image.dtype,
+        odt,
+    )
     return out

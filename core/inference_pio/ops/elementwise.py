@@ -105,8 +105,19 @@ def swiglu(gate: Tensor, up: Tensor | None = None, out: Tensor | None = None) ->
     result = out_or_new(out, g.shape, g.dtype, device)
     (rows,), (ldg,) = row_grid("gate", g, levels=1)
     _, (ldu,) = row_grid("up", u, levels=1)
-    native_call(device, "swiglu", g.data_ptr, u.data_ptr, result.data_ptr, rows, inter,
-                max(ldg, inter), max(ldu, inter), inter, g.dtype)
+    native_call(
+        device,
+        "swiglu",
+        g.data_ptr,
+        u.data_ptr,
+        result.data_ptr,
+        rows,
+        inter,
+        max(ldg, inter),
+        max(ldu, inter),
+        inter,
+        g.dtype,
+    )
     return result
 
 
@@ -121,8 +132,17 @@ def add_row(x: Tensor, bias: Tensor, out: Tensor | None = None) -> Tensor:
     device = same_device(x=x, bias=bias, out=out)
     result = out_or_new(out, x.shape, x.dtype, device)
     rows = x.numel // max(dim, 1)
-    native_call(device, "add_row", x.data_ptr, bias.data_ptr, result.data_ptr, rows, dim, x.dtype,
-                bias.dtype)
+    native_call(
+        device,
+        "add_row",
+        x.data_ptr,
+        bias.data_ptr,
+        result.data_ptr,
+        rows,
+        dim,
+        x.dtype,
+        bias.dtype,
+    )
     return result
 
 
@@ -136,6 +156,7 @@ def mul_rows(x: Tensor, s: Tensor, out: Tensor | None = None) -> Tensor:
     device = same_device(x=x, s=s, out=out)
     result = out_or_new(out, x.shape, x.dtype, device)
     dim = x.shape[-1]
-    native_call(device, "mul_rows", x.data_ptr, s.data_ptr, result.data_ptr, s.numel, dim, x.dtype,
-                s.dtype)
+    native_call(
+        device, "mul_rows", x.data_ptr, s.data_ptr, result.data_ptr, s.numel, dim, x.dtype, s.dtype
+    )
     return result

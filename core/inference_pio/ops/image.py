@@ -24,8 +24,9 @@ def image_resize(image: Tensor, size: tuple[int, int], resample: int = BICUBIC) 
     if out_h < 1 or out_w < 1:
         raise ValueError(f"output size must be positive, got {size}")
     if resample not in (LANCZOS, BILINEAR, BICUBIC):
-        raise ValueError(f"unsupported resample filter {resample} (1 lanczos, 2 bilinear, "
-                         "3 bicubic)")
+        raise ValueError(
+            f"unsupported resample filter {resample} (1 lanczos, 2 bilinear, 3 bicubic)"
+        )
     if image.dtype == DType.uint8:
         h, w, c = image.shape
         shape = (out_h, out_w, c)
@@ -33,13 +34,30 @@ def image_resize(image: Tensor, size: tuple[int, int], resample: int = BICUBIC) 
         c, h, w = image.shape
         shape = (c, out_h, out_w)
     out = Tensor.empty(shape, image.dtype, image.device)
-    native_call(image.device, "image_resize", image.data_ptr, out.data_ptr, h, w, c, out_h, out_w,
-                resample, image.dtype)
+    native_call(
+        image.device,
+        "image_resize",
+        image.data_ptr,
+        out.data_ptr,
+        h,
+        w,
+        c,
+        out_h,
+        out_w,
+        resample,
+        image.dtype,
+    )
     return out
 
 
-def image_normalize(image: Tensor, mean: Sequence[float], std: Sequence[float], *,
-                    rescale: float = 1 / 255, out_dtype: DType = DType.float32) -> Tensor:
+def image_normalize(
+    image: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    rescale: float = 1 / 255,
+    out_dtype: DType = DType.float32,
+) -> Tensor:
     """uint8 ``[H, W, C]`` -> planar ``[C, H, W]``: ``(pixel*rescale - mean)/std`` per channel,
     computed as HF does, ``(pixel - mean/rescale) / (std/rescale)`` in fp32."""
     import ctypes
@@ -56,6 +74,17 @@ def image_normalize(image: Tensor, mean: Sequence[float], std: Sequence[float], 
     m = (ctypes.c_float * c)(*mean)
     s = (ctypes.c_float * c)(*std)
     out = Tensor.empty((c, h, w), odt, image.device)
-    native_call(image.device, "image_normalize", image.data_ptr, out.data_ptr, h, w, c,
-                ctypes.addressof(m), ctypes.addressof(s), float(rescale), odt)
+    native_call(
+        image.device,
+        "image_normalize",
+        image.data_ptr,
+        out.data_ptr,
+        h,
+        w,
+        c,
+        ctypes.addressof(m),
+        ctypes.addressof(s),
+        float(rescale),
+        odt,
+    )
     return out

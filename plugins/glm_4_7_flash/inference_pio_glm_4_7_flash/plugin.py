@@ -17,7 +17,7 @@ SPEC = ModelSpec(
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,
-    aliases=('glm4.7-flash', 'glm-4.7:flash'),
+    aliases=("glm4.7-flash", "glm-4.7:flash"),
     description="GLM-4.7-Flash: MLA attention, sigmoid-routed 64-expert MoE",
 )
 

@@ -16,9 +16,7 @@ ARCHITECTURE = "Qwen3MoeForCausalLM"
 MODEL_TYPE = "qwen3_moe"
 
 _CONFIG: dict[str, Any] = {
-    "architectures": [
-        "Qwen3MoeForCausalLM"
-    ],
+    "architectures": ["Qwen3MoeForCausalLM"],
     "model_type": "qwen3_moe",
     "hidden_size": 2048,
     "num_hidden_layers": 48,
@@ -50,21 +48,18 @@ _CONFIG: dict[str, Any] = {
     "torch_dtype": "bfloat16",
     "use_cache": True,
     "bos_token_id": 151643,
-    "eos_token_id": 151645
+    "eos_token_id": 151645,
 }
 
 _GENERATION_CONFIG: dict[str, Any] = {
     "bos_token_id": 151643,
-    "eos_token_id": [
-        151645,
-        151643
-    ],
+    "eos_token_id": [151645, 151643],
     "pad_token_id": 151643,
     "do_sample": True,
     "temperature": 0.7,
     "top_p": 0.8,
     "top_k": 20,
-    "repetition_penalty": 1.05
+    "repetition_penalty": 1.05,
 }
 
 

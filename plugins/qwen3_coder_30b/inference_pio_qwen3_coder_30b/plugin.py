@@ -17,7 +17,7 @@ SPEC = ModelSpec(
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,
-    aliases=('qwen3-coder-30b', 'qwen3-coder:30b'),
+    aliases=("qwen3-coder-30b", "qwen3-coder:30b"),
     description="Qwen3-Coder 30B-A3B mixture-of-experts (128 experts, top-8)",
 )
 

@@ -16,9 +16,7 @@ ARCHITECTURE = "Qwen3NextForCausalLM"
 MODEL_TYPE = "qwen3_next"
 
 _CONFIG: dict[str, Any] = {
-    "architectures": [
-        "Qwen3NextForCausalLM"
-    ],
+    "architectures": ["Qwen3NextForCausalLM"],
     "model_type": "qwen3_next",
     "hidden_size": 2048,
     "num_hidden_layers": 48,
@@ -55,20 +53,17 @@ _CONFIG: dict[str, Any] = {
     "torch_dtype": "bfloat16",
     "use_cache": True,
     "bos_token_id": 151643,
-    "eos_token_id": 151645
+    "eos_token_id": 151645,
 }
 
 _GENERATION_CONFIG: dict[str, Any] = {
     "bos_token_id": 151643,
-    "eos_token_id": [
-        151645,
-        151643
-    ],
+    "eos_token_id": [151645, 151643],
     "pad_token_id": 151643,
     "do_sample": True,
     "temperature": 1.0,
     "top_p": 0.95,
-    "top_k": 40
+    "top_k": 40,
 }
 
 

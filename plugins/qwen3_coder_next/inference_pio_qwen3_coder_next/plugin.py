@@ -17,7 +17,7 @@ SPEC = ModelSpec(
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,
-    aliases=('qwen3-coder-next-80b',),
+    aliases=("qwen3-coder-next-80b",),
     description="Qwen3-Coder-Next: Gated DeltaNet + gated attention hybrid, 512-expert MoE",
 )
 

@@ -16,9 +16,7 @@ ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 MODEL_TYPE = "qwen3_vl"
 
 _CONFIG: dict[str, Any] = {
-    "architectures": [
-        "Qwen3VLForConditionalGeneration"
-    ],
+    "architectures": ["Qwen3VLForConditionalGeneration"],
     "model_type": "qwen3_vl",
     "image_token_id": 151655,
     "video_token_id": 151656,
@@ -38,12 +36,8 @@ _CONFIG: dict[str, Any] = {
         "rope_theta": 5000000,
         "rope_scaling": {
             "rope_type": "default",
-            "mrope_section": [
-                24,
-                20,
-                20
-            ],
-            "mrope_interleaved": True
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
         },
         "max_position_embeddings": 262144,
         "vocab_size": 151936,
@@ -53,7 +47,7 @@ _CONFIG: dict[str, Any] = {
         "initializer_range": 0.02,
         "bos_token_id": 151643,
         "eos_token_id": 151645,
-        "dtype": "bfloat16"
+        "dtype": "bfloat16",
     },
     "vision_config": {
         "model_type": "qwen3_vl_vision",
@@ -68,27 +62,20 @@ _CONFIG: dict[str, Any] = {
         "in_channels": 3,
         "num_position_embeddings": 2304,
         "out_hidden_size": 2048,
-        "deepstack_visual_indexes": [
-            5,
-            11,
-            17
-        ],
-        "initializer_range": 0.02
+        "deepstack_visual_indexes": [5, 11, 17],
+        "initializer_range": 0.02,
     },
-    "torch_dtype": "bfloat16"
+    "torch_dtype": "bfloat16",
 }
 
 _GENERATION_CONFIG: dict[str, Any] = {
     "bos_token_id": 151643,
-    "eos_token_id": [
-        151645,
-        151643
-    ],
+    "eos_token_id": [151645, 151643],
     "pad_token_id": 151643,
     "do_sample": True,
     "temperature": 0.7,
     "top_p": 0.8,
-    "top_k": 20
+    "top_k": 20,
 }
 
 

@@ -17,7 +17,7 @@ SPEC = ModelSpec(
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,
-    aliases=('qwen3-vl-2b', 'qwen3-vl:2b'),
+    aliases=("qwen3-vl-2b", "qwen3-vl:2b"),
     description="Qwen3-VL 2B instruct: vision tower with DeepStack + Qwen3 text decoder with MRoPE",
 )
 

@@ -16,9 +16,17 @@ class TestQwen3Conformance(CausalLMConformance):
     hf_class_name = "Qwen3ForCausalLM"
     real_config = staticmethod(real_config)
     tiny_config = dict(  # noqa: RUF012 - read-only class data
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1e6,
-        tie_word_embeddings=True, max_position_embeddings=1024, rms_norm_eps=1e-6,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        rope_theta=1e6,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-6,
     )
 
 
