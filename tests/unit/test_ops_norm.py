@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -59,7 +61,7 @@ VARIANTS = ["plain", "zero_centered", "gated"]
 def test_rms_norm_matches_hf(
     variant: str, dt: torch.dtype, shape: tuple[int, int], isa: object
 ) -> None:
-    g = torch.Generator().manual_seed(hash((variant, shape)) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(repr((variant, shape)).encode()))
     x = (torch.randn(shape, generator=g) * 3).to(dt)
     w = (
         torch.randn(shape[-1], generator=g) * 0.5 + (1.0 if variant != "zero_centered" else 0.0)

@@ -36,12 +36,14 @@ static size_t esz(int dtype) { return dtype == TO_F32 ? 4 : 2; }
 /* ---- generic C reference ---- */
 static void rms_row_generic(const norm_args *a, const void *x, const void *z, void *o) {
     int64_t d = a->dim;
-    float ss = 0.0f;
+    /* The reference path accumulates in double: its result is then the correctly rounded fp32
+     * mean, which is what torch's many-lane fp32 reduction approximates best. */
+    double ss = 0.0;
     for (int64_t j = 0; j < d; j++) {
-        float v = ld1(x, a->x_dtype, j);
+        double v = ld1(x, a->x_dtype, j);
         ss += v * v;
     }
-    float r = 1.0f / sqrtf(ss / (float)d + a->eps);
+    float r = 1.0f / sqrtf((float)(ss / (double)d) + a->eps);
     int nround = a->x_dtype == TO_BF16 && a->w_dtype == TO_BF16;
     for (int64_t j = 0; j < d; j++) {
         float xn = ld1(x, a->x_dtype, j) * r, w = ld1(a->w, a->w_dtype, j), y;
@@ -60,14 +62,14 @@ static void rms_row_generic(const norm_args *a, const void *x, const void *z, vo
 
 static void ln_row_generic(const norm_args *a, const void *x, void *o) {
     int64_t d = a->dim;
-    float s = 0.0f;
+    double s = 0.0, v = 0.0;
     for (int64_t j = 0; j < d; j++) s += ld1(x, a->x_dtype, j);
-    float mean = s / (float)d, v = 0.0f;
+    float mean = (float)(s / (double)d);
     for (int64_t j = 0; j < d; j++) {
-        float c = ld1(x, a->x_dtype, j) - mean;
+        double c = ld1(x, a->x_dtype, j) - mean;
         v += c * c;
     }
-    float rstd = 1.0f / sqrtf(v / (float)d + a->eps);
+    float rstd = 1.0f / sqrtf((float)(v / (double)d) + a->eps);
     for (int64_t j = 0; j < d; j++) {
         float y = (ld1(x, a->x_dtype, j) - mean) * rstd;
         if (a->w) y = y * ld1(a->w, a->w_dtype, j);
