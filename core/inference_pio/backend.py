@@ -7,6 +7,7 @@ when it loads weights, then uses a Backend per forward step without re-validatin
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -19,7 +20,7 @@ from inference_pio.tensor import Tensor
 class Backend:
     """The op functions of one device, looked up once and cached."""
 
-    __slots__ = ("_fns", "_local", "device")
+    __slots__ = ("_fns", "_local", "device", "warm_bytes")
 
     #: Activations with at most this many rows (decode steps, small batches) reuse scratch
     #: buffers; larger ones (prefill) are allocated per call so the cache stays small.
@@ -29,6 +30,8 @@ class Backend:
         self.device = Device.parse(device)
         self._fns: dict[str, Any] = {}
         self._local = threading.local()
+        #: Most bytes of a weight that :meth:`warm` asks idle CPU workers to read ahead.
+        self.warm_bytes = int(os.environ.get("INFERENCE_PIO_WARM_BYTES", 2 << 20))
 
     def scratch(self, name: str, shape: tuple[int, ...], dtype: DType) -> Tensor:
         """A temporary buffer for one op's output inside a forward step.
@@ -52,10 +55,19 @@ class Backend:
             t = cache[key] = Tensor.empty(shape, dtype, self.device)
         return t
 
+    def warm(self, weight: Tensor) -> None:
+        """Hints that ``weight`` is read next (batch-1 decode): idle CPU worker threads load its
+        first ``warm_bytes`` into the caches while the caller runs small ops, until the next
+        parallel region starts. No-op on CUDA and when ``warm_bytes`` is 0."""
+        if self.device.type == "cpu" and self.warm_bytes > 0:
+            self.fn("prefetch")(weight.data_ptr, min(weight.nbytes, self.warm_bytes))
+
     def fn(self, op: str) -> Any:
         """The ctypes function implementing ``op`` on this device."""
         f = self._fns.get(op)
         if f is None:
+            if op in self._fns:
+                raise NotImplementedError(f"{op} is not implemented on {self.device}")
             if self.device.type == "cpu":
                 f = getattr(lib(), "to_" + op)
             else:
@@ -67,9 +79,12 @@ class Backend:
 
     def has(self, op: str) -> bool:
         """Whether this device's library implements ``op``."""
+        if op in self._fns:
+            return self._fns[op] is not None
         try:
             self.fn(op)
         except (AttributeError, NotImplementedError):
+            self._fns[op] = None
             return False
         return True
 

@@ -86,6 +86,10 @@ TO_API int to_set_isa_mask(uint32_t mask);
 /* ---- threads ------------------------------------------------------------------------------- */
 TO_API int to_set_num_threads(int n);             /* n <= 0: default (physical cores) */
 TO_API int to_get_num_threads(void);
+/* Cache warming hint: idle worker threads read [p, p + nbytes) into the caches until the next
+ * parallel region starts (batch-1 decode: the next weight matrix while the caller runs small
+ * ops). A later call replaces the request; one with the same p resumes where it stopped. */
+TO_API int to_prefetch(const void *p, int64_t nbytes);
 
 /* ---- elementwise (src/cpu/elementwise.c) ------------------------------------------------- */
 /* out[i] = a[i] + b[i] for i < n; a, b, out share `dtype` (f32 or bf16); out may alias a or b. */
@@ -215,6 +219,11 @@ TO_API int to_rms_norm(const void *x, const void *w, const void *z, void *out, i
                        int64_t inner, int64_t dim, int64_t x_so, int64_t x_si, int64_t z_so,
                        int64_t z_si, int64_t o_so, int64_t o_si, float eps, int variant,
                        int x_dtype, int w_dtype, int out_dtype);
+/* Residual add then RMSNorm: x[r] = x[r] + delta[r] (in place, rounded to x_dtype), then
+ * out[r] = rms_norm(x[r]) for rows x dim contiguous rows. variant: plain or zero-centred. */
+TO_API int to_add_rms_norm(void *x, const void *delta, const void *w, void *out, int64_t rows,
+                           int64_t dim, float eps, int variant, int x_dtype, int w_dtype,
+                           int out_dtype);
 /* LayerNorm over the last dim: y = (x - mean) * rsqrt(var + eps) * w + b, biased variance,
  * statistics and affine in fp32, one rounding to out_dtype. w and/or b may be NULL (1 / 0).
  * Row i of x at x + i*ldx, of out at out + i*ldo (elements); out may equal x when ldo == ldx.
@@ -257,6 +266,14 @@ TO_API int to_rope_cache_2d(const void *positions, int pos_dtype, int64_t T, int
 TO_API int to_rope_apply(void *x, const void *cos, const void *sin, int64_t T, int64_t heads,
                          int64_t head_dim, int64_t rot_dim, int64_t stride_t, int64_t stride_h,
                          int mode, int x_dtype, int table_dtype);
+
+/* Attention's q/k preparation in one call: per-head RMSNorm of q [T, nh, hd] with q_w and of
+ * k [T, nkv, hd] with k_w (either weight may be NULL: no norm), then to_rope_apply on both, all
+ * in place. Heads are contiguous within a token; q_st/k_st are the token strides (elements). */
+TO_API int to_qk_norm_rope(void *q, void *k, const void *q_w, const void *k_w, const void *cos,
+                           const void *sin, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
+                           int64_t rot_dim, int64_t q_st, int64_t k_st, float eps, int variant,
+                           int mode, int x_dtype, int w_dtype, int table_dtype);
 
 /* ---- elementwise, extended (src/cpu/elementwise.c) ------------------------------------------ */
 /* Unary ops on n contiguous elements, dtype f32 or bf16 for x and out (same dtype), computed in

@@ -43,6 +43,8 @@ PROTOTYPES: dict[str, Prototype] = {
     "to_cpu_features": (c_uint32, []),
     # int to_set_isa_mask(uint32_t mask);
     "to_set_isa_mask": (c_int, [c_uint32]),
+    # int to_prefetch(const void *p, int64_t nbytes);
+    "to_prefetch": (c_int, [c_void_p, c_int64]),
     # int to_set_num_threads(int n);
     "to_set_num_threads": (c_int, [c_int]),
     # int to_get_num_threads(void);
@@ -343,6 +345,22 @@ PROTOTYPES: dict[str, Prototype] = {
     #                 int64_t inner, int64_t dim, int64_t x_so, int64_t x_si, int64_t z_so,
     #                 int64_t z_si, int64_t o_so, int64_t o_si, float eps, int variant,
     #                 int x_dtype, int w_dtype, int out_dtype);
+    # int to_add_rms_norm(void *x, const void *delta, const void *w, void *out, int64_t rows,
+    #                     int64_t dim, float eps, int variant, int x_dtype, int w_dtype,
+    #                     int out_dtype);
+    "to_add_rms_norm": (
+        c_int,
+        [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float]
+        + [c_int] * 4,
+    ),
+    # int to_qk_norm_rope(void *q, void *k, const void *q_w, const void *k_w, const void *cos,
+    #                     const void *sin, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
+    #                     int64_t rot_dim, int64_t q_st, int64_t k_st, float eps, int variant,
+    #                     int mode, int x_dtype, int w_dtype, int table_dtype);
+    "to_qk_norm_rope": (
+        c_int,
+        [c_void_p] * 6 + [c_int64] * 7 + [c_float] + [c_int] * 5,
+    ),
     "to_rms_norm": (
         c_int,
         [

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from inference_pio.backend import Backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
-from inference_pio.nn.layers import Linear, LinearGroup, RMSNorm, Rotary
+from inference_pio.nn.layers import RMS_GATED, Linear, LinearGroup, RMSNorm, Rotary
 from inference_pio.tensor import Tensor
 
 
@@ -76,6 +76,52 @@ class Attention:
         self.q_norm, self.k_norm = q_norm, k_norm
         self.scale = head_dim**-0.5 if scale is None else scale
 
+    def _prepare_qk(
+        self, be: Backend, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, t: int
+    ) -> None:
+        """q/k RMSNorm per head, then RoPE, in place: one native call where the device has
+        the fused op and both norms agree on eps, variant and weight dtype."""
+        qn, kn = self.q_norm, self.k_norm
+        qw, kw = self.nh * self.hd, self.nkv * self.hd
+        norms = [n for n in (qn, kn) if n is not None]
+        fusable = all(
+            n.eps == norms[0].eps
+            and n.variant == norms[0].variant
+            and n.variant != RMS_GATED
+            and n.weight.dtype == norms[0].weight.dtype
+            for n in norms
+        )
+        if fusable and be.has("qk_norm_rope"):
+            be.call(
+                "qk_norm_rope",
+                q.data_ptr,
+                k.data_ptr,
+                qn.weight.data_ptr if qn is not None else None,
+                kn.weight.data_ptr if kn is not None else None,
+                cos.data_ptr,
+                sin.data_ptr,
+                t,
+                self.nh,
+                self.nkv,
+                self.hd,
+                self.rotary.rot_dim,
+                qw,
+                kw,
+                norms[0].eps if norms else 0.0,
+                norms[0].variant if norms else 0,
+                self.rotary.mode,
+                q.dtype,
+                norms[0].weight.dtype if norms else DType.float32,
+                cos.dtype,
+            )
+            return
+        if qn is not None:
+            qn(be, q, q, rows=t, heads=self.nh)
+        if kn is not None:
+            kn(be, k, k, rows=t, heads=self.nkv)
+        self.rotary.apply(be, q, cos, sin, t, self.nh, self.hd, qw)
+        self.rotary.apply(be, k, cos, sin, t, self.nkv, self.hd, kw)
+
     def new_cache(self, capacity: int, dtype: DType, device: Device) -> KVCache:
         return KVCache(self.nkv, capacity, self.hd, dtype, device)
 
@@ -96,12 +142,10 @@ class Attention:
         k = be.scratch("attn.k", (t, kw), act)
         v = be.scratch("attn.v", (t, kw), act)
         self._qkv(be, h, (q, k, v))
-        if self.q_norm is not None:
-            self.q_norm(be, q, q, rows=t, heads=self.nh)
-        if self.k_norm is not None:
-            self.k_norm(be, k, k, rows=t, heads=self.nkv)
-        self.rotary.apply(be, q, cos, sin, t, self.nh, self.hd, qw)
-        self.rotary.apply(be, k, cos, sin, t, self.nkv, self.hd, kw)
+        warm = t <= 8
+        if warm:
+            be.warm(self.o_proj.weight)
+        self._prepare_qk(be, q, k, cos, sin, t)
         attn = be.scratch("attn.out", (t, qw), act)
         es = act.itemsize
         for seg, cache in zip(segments, caches, strict=False):
@@ -152,4 +196,6 @@ class Attention:
                 act,
                 cache.k.dtype,
             )
+        if warm:
+            be.warm(self.o_proj.weight)  # the attention region cancelled the first request
         return self.o_proj(be, attn, out)

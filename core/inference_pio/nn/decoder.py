@@ -19,6 +19,10 @@ from inference_pio.tensor import Tensor, tensor
 
 Mlp = Callable[[Backend, Tensor, Tensor], Tensor]
 
+#: Steps with at most this many rows are memory bound: each layer asks idle workers to warm the
+#: caches with the next weight matrix while it runs the small ops before it (Backend.warm).
+WARM_MAX_ROWS = 8
+
 
 class DecoderLayer:
     """``x += attn(norm1(x)); x += mlp(norm2(x))``."""
@@ -28,6 +32,8 @@ class DecoderLayer:
     ) -> None:
         self.input_norm, self.attention = input_norm, attention
         self.post_norm, self.mlp = post_norm, mlp
+        #: The first weight the step after this layer reads (set by DecoderModel; Backend.warm).
+        self.next_weight: Tensor | None = None
 
     def __call__(
         self,
@@ -38,15 +44,39 @@ class DecoderLayer:
         cos: Tensor,
         sin: Tensor,
     ) -> None:
-        t, hidden = x.shape
-        h = be.scratch("layer.h", (t, hidden), x.dtype)
-        o = be.scratch("layer.o", (t, hidden), x.dtype)
+        h = be.scratch("layer.h", x.shape, x.dtype)
         self.input_norm(be, x, h)
+        self.step(be, x, h, segments, caches, cos, sin, None)
+
+    def step(
+        self,
+        be: Backend,
+        x: Tensor,
+        h: Tensor,
+        segments: list[Segment],
+        caches: list[KVCache],
+        cos: Tensor,
+        sin: Tensor,
+        next_norm: RMSNorm | None,
+    ) -> None:
+        """The layer after its input norm: ``h`` holds ``input_norm(x)``. Updates ``x`` and, when
+        ``next_norm`` is given (the next layer's input norm), leaves ``next_norm(x)`` in ``h``
+        (the last residual add and that norm run as one fused op)."""
+        t = x.shape[0]
+        warm = t <= WARM_MAX_ROWS
+        o = be.scratch("layer.o", x.shape, x.dtype)
         self.attention(be, h, segments, caches, cos, sin, o)
-        be.call("add", x.data_ptr, o.data_ptr, x.data_ptr, x.numel, x.dtype)
-        self.post_norm(be, x, h)
+        mlp_weight: Tensor | None = getattr(self.mlp, "first_weight", None)
+        if warm and mlp_weight is not None:
+            be.warm(mlp_weight)
+        self.post_norm.add_and_norm(be, x, o, h)
         self.mlp(be, h, o)
-        be.call("add", x.data_ptr, o.data_ptr, x.data_ptr, x.numel, x.dtype)
+        if warm and self.next_weight is not None:
+            be.warm(self.next_weight)
+        if next_norm is None:
+            be.call("add", x.data_ptr, o.data_ptr, x.data_ptr, x.numel, x.dtype)
+        else:
+            next_norm.add_and_norm(be, x, o, h)
 
 
 class LayerCache:
@@ -82,6 +112,10 @@ class DecoderModel:
         self.hidden = embed.dim
         self.device = Device.parse(device)
         self.be = backend(self.device)
+        for layer, nxt in zip(self.layers, self.layers[1:], strict=False):
+            layer.next_weight = nxt.attention.q_proj.weight
+        if self.layers:
+            self.layers[-1].next_weight = lm_head.weight
 
     def decode_bytes_per_token(self, context: int) -> int:
         """Bytes one batch-1 decode step reads at ``context`` cached tokens: every weight except
@@ -146,8 +180,14 @@ class DecoderModel:
         x = Tensor.empty((t, self.hidden), self.act_dtype, self.device)
         self.embed(be, ids_t, x)
         cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
+        h = be.scratch("layer.h", (t, self.hidden), self.act_dtype)
+        if t <= WARM_MAX_ROWS:
+            be.warm(self.layers[0].attention.q_proj.weight)
+        self.layers[0].input_norm(be, x, h)
+        last_layer = len(self.layers) - 1
         for li, layer in enumerate(self.layers):
-            layer(be, x, segments, [c.layers[li] for _, c in batch], cos, sin)
+            nxt = self.layers[li + 1].input_norm if li < last_layer else None
+            layer.step(be, x, h, segments, [c.layers[li] for _, c in batch], cos, sin, nxt)
         for seg, (_, cache) in zip(segments, batch, strict=False):
             cache.length += seg.count
         b = len(segments)

@@ -190,6 +190,29 @@ class RMSNorm:
         return out
 
 
+    def add_and_norm(self, be: Backend, x: Tensor, delta: Tensor, out: Tensor) -> Tensor:
+        """``x += delta`` (the residual stream, in place), then ``out = norm(x)``: one native
+        call where the device has the fused op, two otherwise. Same results either way."""
+        if self.variant != RMS_GATED and be.has("add_rms_norm"):
+            be.call(
+                "add_rms_norm",
+                x.data_ptr,
+                delta.data_ptr,
+                self.weight.data_ptr,
+                out.data_ptr,
+                x.shape[0],
+                self.dim,
+                self.eps,
+                self.variant,
+                x.dtype,
+                self.weight.dtype,
+                out.dtype,
+            )
+            return out
+        be.call("add", x.data_ptr, delta.data_ptr, x.data_ptr, x.numel, x.dtype)
+        return self(be, x, out)
+
+
 class Rotary:
     """Rotary position embedding: builds cos/sin tables for positions and rotates q/k in place."""
 

@@ -683,6 +683,14 @@ TO_API int to_st_open(const char *path, to_st_file **out) {
         rc = to_set_error(TO_ERR_IO, "%s: mmap failed: %s", path, strerror(err));
         goto fail;
     }
+#ifdef MADV_HUGEPAGE
+    /* Large weight files: ask for 2 MiB page-cache folios mapped by PMDs where the filesystem
+     * and kernel allow it (page faults read ahead in huge folios). Batch-1 decode streams every
+     * weight once per token, and with 4 KiB pages the hardware prefetchers stop at each page
+     * boundary and every page costs a TLB walk: measured on Zen 4, a bf16 GEMV over a 311 MB
+     * matrix streams 5-20% faster from huge pages. Advisory: failure changes nothing. */
+    if (f->map_size >= ((size_t)4 << 20)) (void)madvise(f->map, f->map_size, MADV_HUGEPAGE);
+#endif
     const uint8_t *base = f->map;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | base[i];

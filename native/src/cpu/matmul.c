@@ -277,6 +277,54 @@ static T512BF void tile512_dp(const lin_t *a, int64_t i0, int rx, int64_t j0) {
     }
 }
 
+/* bf16 x bf16 for decode (m <= 4): the tile's four W rows are streamed one after another, so a
+ * task reads its W rows as one sequential stream (rows are contiguous) instead of four streams
+ * 2-6 KiB apart; measured on Zen 4, one thread streams a 311 MB 1024-wide matrix 8-15% faster
+ * this way. The x rows (<= 4, at most a few KiB each) stay in L1/L2. */
+INLINE T512BF void row512_dp_impl(const lin_t *a, int64_t i0, int rx, int64_t j0) {
+    const char *xr[4], *wr[4];
+    tile_ptrs(a, i0, rx, j0, xr, wr);
+    float s[4][4];
+    int64_t K = a->k, K64 = K & ~(int64_t)63;
+    int cols = a->n - j0 < 4 ? (int)(a->n - j0) : 4;
+    for (int c = 0; c < cols; c++) {
+        const uint16_t *w = (const uint16_t *)wr[c];
+        __m512 acc0[4], acc1[4];
+        for (int r = 0; r < 4; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+        int64_t k = 0;
+        for (; k < K64; k += 64) {
+            __m512i w0 = _mm512_loadu_si512(w + k), w1 = _mm512_loadu_si512(w + k + 32);
+            for (int r = 0; r < rx; r++) {
+                const uint16_t *x = (const uint16_t *)xr[r];
+                acc0[r] = _mm512_dpbf16_ps(acc0[r], (__m512bh)_mm512_loadu_si512(x + k),
+                                           (__m512bh)w0);
+                acc1[r] = _mm512_dpbf16_ps(acc1[r], (__m512bh)_mm512_loadu_si512(x + k + 32),
+                                           (__m512bh)w1);
+            }
+        }
+        for (; k < K; k += 32) {
+            int64_t left = K - k < 32 ? K - k : 32;
+            __mmask32 m = (__mmask32)(left == 32 ? 0xffffffffu : ((1u << left) - 1u));
+            __m512i w0 = _mm512_maskz_loadu_epi16(m, w + k);
+            for (int r = 0; r < rx; r++)
+                acc0[r] = _mm512_dpbf16_ps(
+                    acc0[r], (__m512bh)_mm512_maskz_loadu_epi16(m, (const uint16_t *)xr[r] + k),
+                    (__m512bh)w0);
+        }
+        for (int r = 0; r < rx; r++) s[r][c] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+    }
+    tile_store(a, i0, rx, j0, s);
+}
+
+static T512BF void row512_dp(const lin_t *a, int64_t i0, int rx, int64_t j0) {
+    switch (rx) {
+    case 1: row512_dp_impl(a, i0, 1, j0); break;
+    case 2: row512_dp_impl(a, i0, 2, j0); break;
+    case 3: row512_dp_impl(a, i0, 3, j0); break;
+    default: row512_dp_impl(a, i0, 4, j0); break;
+    }
+}
+
 /* ---- packed bf16 GEMM ------------------------------------------------------------------------ */
 #define GM_MR 6
 #define GM_NR 64
@@ -594,8 +642,13 @@ TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, in
                 report(op, "avx512-bf16 packed gemm 6x64");
                 return run_gemm_bf16(&a);
             }
-            report(op, "avx512-bf16 dot tiles");
-            ctx.tile = tile512_dp;
+            if (m <= 4) {
+                report(op, "avx512-bf16 row stream");
+                ctx.tile = row512_dp;
+            } else {
+                report(op, "avx512-bf16 dot tiles");
+                ctx.tile = tile512_dp;
+            }
         } else {
             report(op, "avx512 f32 dot tiles");
             ctx.tile = pick_tile512(x_dtype, w_dtype);
@@ -691,7 +744,7 @@ TO_API int to_linear_group(const void *x, int count, const void *const *ws, cons
     group_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     ctx.count = count;
-    ctx.tile = tile512_dp;
+    ctx.tile = m <= 4 ? row512_dp : tile512_dp;
     for (int i = 0; i < count; i++) {
         TO_CHECK(ws[i] != NULL && (ys[i] != NULL || ns[i] == 0), TO_ERR_INVALID_ARGUMENT,
                  "to_linear_group: matrix %d has a NULL weight or output", i);
@@ -699,7 +752,7 @@ TO_API int to_linear_group(const void *x, int count, const void *const *ws, cons
         ctx.a[i] = a;
         ctx.first_group[i + 1] = ctx.first_group[i] + (ns[i] + 3) / 4;
     }
-    report(0, "avx512-bf16 dot tiles");
+    report(0, m <= 4 ? "avx512-bf16 row stream" : "avx512-bf16 dot tiles");
     to_parallel_run(group_task, &ctx, group_tasks(&ctx));
 #endif
     return TO_OK;

@@ -166,6 +166,24 @@ TO_API int to_rms_norm(const void *x, const void *w, const void *z, void *out, i
     return TO_OK;
 }
 
+/* Residual add then RMSNorm of the sum (decoder layers: x += attn_out; h = norm(x)). Composed
+ * from to_add and to_rms_norm, so its results equal the two ops run one after the other. */
+TO_API int to_add_rms_norm(void *x, const void *delta, const void *w, void *out, int64_t rows,
+                           int64_t dim, float eps, int variant, int x_dtype, int w_dtype,
+                           int out_dtype) {
+    TO_CHECK_PTR(x);
+    TO_CHECK_PTR(delta);
+    TO_CHECK_NONNEG(rows);
+    TO_CHECK(dim >= 1, TO_ERR_SHAPE, "to_add_rms_norm: dim must be >= 1 (got %lld)",
+             (long long)dim);
+    TO_CHECK(variant == TO_RMS_PLAIN || variant == TO_RMS_ZERO_CENTERED, TO_ERR_INVALID_ARGUMENT,
+             "to_add_rms_norm: variant %d (plain or zero-centred expected)", variant);
+    int rc = to_add(x, delta, x, rows * dim, x_dtype);
+    if (rc != TO_OK) return rc;
+    return to_rms_norm(x, w, NULL, out, rows, 1, dim, dim, dim, 0, 0, dim, dim, eps, variant,
+                       x_dtype, w_dtype, out_dtype);
+}
+
 TO_API int to_layer_norm(const void *x, const void *w, const void *b, void *out, int64_t rows,
                          int64_t dim, int64_t ldx, int64_t ldo, float eps, int x_dtype,
                          int w_dtype, int out_dtype) {

@@ -248,6 +248,33 @@ TO_API int to_rope_apply(void *x, const void *cos, const void *sin, int64_t T, i
     return TO_OK;
 }
 
+/* Per-head RMSNorm (when the weight is given) then RoPE, in place, on q [T, nh, hd] and
+ * k [T, nkv, hd] (token strides q_st, k_st; heads contiguous). Composed from to_rms_norm and
+ * to_rope_apply, so its results equal the four ops run one after the other. */
+TO_API int to_qk_norm_rope(void *q, void *k, const void *q_w, const void *k_w, const void *cos,
+                           const void *sin, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
+                           int64_t rot_dim, int64_t q_st, int64_t k_st, float eps, int variant,
+                           int mode, int x_dtype, int w_dtype, int table_dtype) {
+    TO_CHECK_PTR(q);
+    TO_CHECK_PTR(k);
+    TO_CHECK(hd >= 1, TO_ERR_SHAPE, "to_qk_norm_rope: head_dim must be >= 1");
+    TO_CHECK(q_st >= nh * hd && k_st >= nkv * hd, TO_ERR_SHAPE,
+             "to_qk_norm_rope: token strides %lld/%lld shorter than the heads %lld/%lld",
+             (long long)q_st, (long long)k_st, (long long)(nh * hd), (long long)(nkv * hd));
+    int rc = TO_OK;
+    if (q_w)
+        rc = to_rms_norm(q, q_w, NULL, q, T, nh, hd, q_st, hd, 0, 0, q_st, hd, eps, variant,
+                         x_dtype, w_dtype, x_dtype);
+    if (rc == TO_OK && k_w)
+        rc = to_rms_norm(k, k_w, NULL, k, T, nkv, hd, k_st, hd, 0, 0, k_st, hd, eps, variant,
+                         x_dtype, w_dtype, x_dtype);
+    if (rc == TO_OK)
+        rc = to_rope_apply(q, cos, sin, T, nh, hd, rot_dim, q_st, hd, mode, x_dtype, table_dtype);
+    if (rc == TO_OK)
+        rc = to_rope_apply(k, cos, sin, T, nkv, hd, rot_dim, k_st, hd, mode, x_dtype, table_dtype);
+    return rc;
+}
+
 #else /* ---------------- per-ISA pass ---------------- */
 #include "ops_vec.inc"
 
