@@ -20,7 +20,7 @@ from inference_pio.tensor import Tensor
 class Backend:
     """The op functions of one device, looked up once and cached."""
 
-    __slots__ = ("_fns", "_local", "device", "warm_bytes")
+    __slots__ = ("_fns", "_local", "device", "recording", "warm_bytes")
 
     #: Activations with at most this many rows (decode steps, small batches) reuse scratch
     #: buffers; larger ones (prefill) are allocated per call so the cache stays small.
@@ -32,6 +32,9 @@ class Backend:
         self._local = threading.local()
         #: Most bytes of a weight that :meth:`warm` asks idle CPU workers to read ahead.
         self.warm_bytes = int(os.environ.get("INFERENCE_PIO_WARM_BYTES", 2 << 20))
+        #: When a list, every :meth:`call` also appends ``(op, function, args)`` to it
+        #: (:mod:`inference_pio.nn.decode_plan` records decode steps this way).
+        self.recording: list[tuple[str, Any, tuple[Any, ...]]] | None = None
 
     def scratch(self, name: str, shape: tuple[int, ...], dtype: DType) -> Tensor:
         """A temporary buffer for one op's output inside a forward step.
@@ -60,7 +63,7 @@ class Backend:
         first ``warm_bytes`` into the caches while the caller runs small ops, until the next
         parallel region starts. No-op on CUDA and when ``warm_bytes`` is 0."""
         if self.device.type == "cpu" and self.warm_bytes > 0:
-            self.fn("prefetch")(weight.data_ptr, min(weight.nbytes, self.warm_bytes))
+            self.call("prefetch", weight.data_ptr, min(weight.nbytes, self.warm_bytes))
 
     def fn(self, op: str) -> Any:
         """The ctypes function implementing ``op`` on this device."""
@@ -90,7 +93,10 @@ class Backend:
 
     def call(self, op: str, *args: Any) -> None:
         """Runs ``op``; a nonzero status raises NativeError with the C message."""
-        rc = self.fn(op)(*args)
+        f = self.fn(op)
+        rc = f(*args)
+        if self.recording is not None:
+            self.recording.append((op, f, args))
         if rc:
             if self.device.type == "cuda":
                 from inference_pio import cuda

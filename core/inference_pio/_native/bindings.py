@@ -350,8 +350,7 @@ PROTOTYPES: dict[str, Prototype] = {
     #                     int out_dtype);
     "to_add_rms_norm": (
         c_int,
-        [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float]
-        + [c_int] * 4,
+        [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float] + [c_int] * 4,
     ),
     # int to_qk_norm_rope(void *q, void *k, const void *q_w, const void *k_w, const void *cos,
     #                     const void *sin, int64_t T, int64_t nh, int64_t nkv, int64_t hd,

@@ -8,12 +8,16 @@ logits of each sequence's last new token.
 
 from __future__ import annotations
 
+import ctypes
+import threading
 from collections.abc import Callable, Sequence
 
 from inference_pio.backend import Backend, backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
+from inference_pio.nn import decode_plan
 from inference_pio.nn.attention import Attention, KVCache, Segment
+from inference_pio.nn.decode_plan import DecodePlan
 from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
 from inference_pio.tensor import Tensor, tensor
 
@@ -86,6 +90,8 @@ class LayerCache:
         self.layers = layers
         self.capacity = capacity
         self.length = 0
+        #: Batch-1 CPU decode steps of this sequence, recorded and replayed (decode_plan).
+        self.plan: DecodePlan | None = None
 
 
 class DecoderModel:
@@ -155,6 +161,48 @@ class DecoderModel:
     def forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
         """Appends each sequence's new tokens to its cache; returns the logits of each
         sequence's last new token."""
+        if (
+            len(batch) == 1
+            and len(batch[0][0]) == 1
+            and self.device.type == "cpu"
+            and decode_plan.enabled()
+        ):
+            return [self._decode_one(batch[0][0][0], batch[0][1])]
+        return self._forward(batch)
+
+    def _decode_one(self, token: int, cache: LayerCache) -> Tensor:
+        """One batch-1 CPU decode step: replayed from the cache's plan once it is recorded."""
+        plan = cache.plan
+        if plan is not None and plan.ready and plan.thread == threading.get_ident():
+            if not 0 <= token < self.embed.vocab:
+                raise ValueError(f"token id {token} outside the vocabulary [0, {self.embed.vocab})")
+            if cache.length + 1 > cache.capacity:
+                raise ValueError(
+                    f"forward: {cache.length} + 1 tokens exceed the cache capacity {cache.capacity}"
+                )
+            logits = plan.run(token, cache.length)
+            cache.length += 1
+            return logits
+        if plan is None or plan.thread != threading.get_ident():
+            be = self.be
+            plan = cache.plan = decode_plan.DecodePlan(
+                be.scratch("model.ids", (1,), DType.int32),
+                be.scratch("model.pos", (1,), DType.int32),
+                be.scratch("model.logits", (1, self.vocab_size), self.act_dtype),
+            )
+        if plan.refused:
+            return self._forward([([token], cache)])[0]
+        calls: list[decode_plan.Call] = []
+        length = cache.length
+        self.be.recording = calls
+        try:
+            logits = self._forward([([token], cache)])[0]
+        finally:
+            self.be.recording = None
+        plan.add_recording(length, calls)
+        return logits
+
+    def _forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
         be = self.be
         segments: list[Segment] = []
         ids: list[int] = []
@@ -175,11 +223,22 @@ class DecoderModel:
             if not 0 <= tok < self.embed.vocab:
                 raise ValueError(f"token id {tok} outside the vocabulary [0, {self.embed.vocab})")
         t = len(ids)
-        ids_t = tensor(ids, DType.int32, self.device)
-        pos_t = tensor(positions, DType.int32, self.device)
-        x = Tensor.empty((t, self.hidden), self.act_dtype, self.device)
+        small = self.device.type == "cpu" and t <= Backend.SCRATCH_MAX_ROWS
+        if small:  # fixed buffers: no allocations, and decode plans can replay the calls
+            ids_t = be.scratch("model.ids", (t,), DType.int32)
+            pos_t = be.scratch("model.pos", (t,), DType.int32)
+            ctypes.memmove(ids_t.data_ptr, (ctypes.c_int32 * t)(*ids), 4 * t)
+            ctypes.memmove(pos_t.data_ptr, (ctypes.c_int32 * t)(*positions), 4 * t)
+            x = be.scratch("model.x", (t, self.hidden), self.act_dtype)
+            cos = be.scratch("model.cos", (t, self.rotary.rot_dim), self.act_dtype)
+            sin = be.scratch("model.sin", (t, self.rotary.rot_dim), self.act_dtype)
+            self.rotary.tables(be, pos_t, self.act_dtype, out=(cos, sin))
+        else:
+            ids_t = tensor(ids, DType.int32, self.device)
+            pos_t = tensor(positions, DType.int32, self.device)
+            x = Tensor.empty((t, self.hidden), self.act_dtype, self.device)
+            cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
         self.embed(be, ids_t, x)
-        cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
         h = be.scratch("layer.h", (t, self.hidden), self.act_dtype)
         if t <= WARM_MAX_ROWS:
             be.warm(self.layers[0].attention.q_proj.weight)
@@ -216,8 +275,13 @@ class DecoderModel:
                 self.norm.weight.dtype,
                 self.act_dtype,
             )
-        logits = Tensor.empty((b, self.vocab_size), self.act_dtype, self.device)
-        self.lm_head(be, last, logits)
+        if small:
+            logits = be.scratch("model.logits", (b, self.vocab_size), self.act_dtype)
+            self.lm_head(be, last, logits)
+            logits = decode_plan.copy_logits(logits)
+        else:
+            logits = Tensor.empty((b, self.vocab_size), self.act_dtype, self.device)
+            self.lm_head(be, last, logits)
         return [logits[i] for i in range(b)]
 
 

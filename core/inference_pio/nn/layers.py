@@ -189,7 +189,6 @@ class RMSNorm:
         )
         return out
 
-
     def add_and_norm(self, be: Backend, x: Tensor, delta: Tensor, out: Tensor) -> Tensor:
         """``x += delta`` (the residual stream, in place), then ``out = norm(x)``: one native
         call where the device has the fused op, two otherwise. Same results either way."""
@@ -223,11 +222,21 @@ class Rotary:
         self.theta = float(theta)
         self.mode = mode
 
-    def tables(self, be: Backend, positions: Tensor, dtype: DType) -> tuple[Tensor, Tensor]:
-        """cos/sin [T, rot_dim] for int32/int64 ``positions`` [T], rounded to ``dtype``."""
+    def tables(
+        self,
+        be: Backend,
+        positions: Tensor,
+        dtype: DType,
+        out: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """cos/sin [T, rot_dim] for int32/int64 ``positions`` [T], rounded to ``dtype`` (into
+        ``out`` when given)."""
         t = positions.numel
-        cos = Tensor.empty((t, self.rot_dim), dtype, be.device)
-        sin = Tensor.empty((t, self.rot_dim), dtype, be.device)
+        if out is None:
+            cos = Tensor.empty((t, self.rot_dim), dtype, be.device)
+            sin = Tensor.empty((t, self.rot_dim), dtype, be.device)
+        else:
+            cos, sin = out
         be.call(
             "rope_cache",
             positions.data_ptr,
