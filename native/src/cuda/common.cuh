@@ -21,6 +21,7 @@ cudaStream_t toc_stream(void);        /* stream of the current device (created o
 int toc_device_ready(void);           /* TO_OK once a device is usable, else an error code */
 int toc_max_smem_optin(void);         /* per-block shared memory limit of the current device */
 int toc_sm_count(void);
+int toc_cc_major(void); /* compute capability major of the current device */
 
 #define TOC_CHECK(cond, code, ...)                          \
     do {                                                    \

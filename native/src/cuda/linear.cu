@@ -55,11 +55,72 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t idx) {
     return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (uint32_t)idx);
 }
 
+/* Programmatic dependent launch (sm_90+): a GEMV launched with the PDL attribute may start while
+ * the previous kernel still runs. It loads its first weights (which no kernel writes), then waits
+ * for the previous grid before it reads x, res or writes y. Both instructions are no-ops when the
+ * kernel was launched without the attribute. */
+__device__ __forceinline__ void pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+/* acc[r] += dot(8 bf16 weights in v, x[r, kk .. kk+8]) */
+template <int M>
+__device__ __forceinline__ void dot8(uint4 v, const float *xs, int64_t k, int64_t kk, float *acc) {
+    float f[8];
+    bf8(v, f);
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        const float4 *xp = (const float4 *)(xs + r * k + kk);
+        float4 x0 = xp[0], x1 = xp[1];
+        acc[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
+                  f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
+    }
+}
+
 template <int M>
 __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
     extern __shared__ float xs[]; /* M * k */
     __shared__ float red[33];
     const int64_t k = a.k;
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool live = row < a.n;
+    const uint16_t *w0 = nullptr, *w1 = nullptr;
+    if (live && a.swiglu) {
+        w0 = a.w[0] + row * k;
+        w1 = a.w[1] + row * k;
+    } else if (live) {
+        int64_t rr = row;
+        int s = 0;
+        while (s < a.nseg - 1 && rr >= a.seg[s]) {
+            rr -= a.seg[s];
+            s++;
+        }
+        w0 = a.w[s] + rr * k;
+    }
+    /* Each lane keeps 4 (8 with SwiGLU) 16-byte weight loads in flight; the first batch is issued
+     * before x is staged, so the staging (and, with PDL, the previous kernel's tail) overlaps the
+     * memory latency. Out-of-range slots of a batch load nothing and add nothing. */
+    const uint4 *wv = (const uint4 *)w0, *wv1 = (const uint4 *)w1;
+    const int64_t nv = k / 8;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    uint4 v[4], u[4];
+    int64_t c = lane;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        bool in = live && c + 32 * q < nv;
+        v[q] = in ? __ldg(wv + c + 32 * q) : zero;
+        u[q] = in && w1 ? __ldg(wv1 + c + 32 * q) : zero;
+    }
+    pdl_launch_dependents();
+    pdl_wait();
     /* stage x (normalised when asked) */
     for (int r = 0; r < M; r++) {
         if (r >= a.m) {
@@ -70,8 +131,8 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
         if (a.norm_w) {
             float ss = 0.0f;
             for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-                float v = ldf(xr, a.xd, j);
-                ss += v * v;
+                float vv = ldf(xr, a.xd, j);
+                ss += vv * vv;
             }
             ss = block_sum(ss, red);
             float rr = 1.0f / sqrtf(ss / (float)k + a.eps);
@@ -82,80 +143,25 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
         }
     }
     __syncthreads();
-    const int lane = threadIdx.x & 31;
-    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= a.n) return;
-    const uint16_t *w0, *w1 = nullptr;
-    if (a.swiglu) {
-        w0 = a.w[0] + row * k;
-        w1 = a.w[1] + row * k;
-    } else {
-        int64_t rr = row;
-        int s = 0;
-        while (s < a.nseg - 1 && rr >= a.seg[s]) {
-            rr -= a.seg[s];
-            s++;
-        }
-        w0 = a.w[s] + rr * k;
-    }
+    if (!live) return;
     float acc[M], acc2[M];
 #pragma unroll
     for (int r = 0; r < M; r++) acc[r] = acc2[r] = 0.0f;
-    const uint4 *wv = (const uint4 *)w0, *wv1 = (const uint4 *)w1;
-    const int64_t nv = k / 8;
-    int64_t c = lane;
-    for (; c + 96 < nv; c += 128) {
-        uint4 v[4], u[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) v[q] = __ldg(wv + c + 32 * q);
-        if (w1) {
-#pragma unroll
-            for (int q = 0; q < 4; q++) u[q] = __ldg(wv1 + c + 32 * q);
-        }
+    for (;;) {
 #pragma unroll
         for (int q = 0; q < 4; q++) {
-            float f[8];
-            bf8(v[q], f);
-            int64_t kk = (c + 32 * q) * 8;
-#pragma unroll
-            for (int r = 0; r < M; r++) {
-                const float4 *xp = (const float4 *)(xs + r * k + kk);
-                float4 x0 = xp[0], x1 = xp[1];
-                acc[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
-                          f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
-            }
-            if (w1) {
-                bf8(u[q], f);
-#pragma unroll
-                for (int r = 0; r < M; r++) {
-                    const float4 *xp = (const float4 *)(xs + r * k + kk);
-                    float4 x0 = xp[0], x1 = xp[1];
-                    acc2[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
-                               f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
-                }
+            if (c + 32 * q < nv) {
+                dot8<M>(v[q], xs, k, (c + 32 * q) * 8, acc);
+                if (w1) dot8<M>(u[q], xs, k, (c + 32 * q) * 8, acc2);
             }
         }
-    }
-    for (; c < nv; c += 32) {
-        float f[8];
-        bf8(__ldg(wv + c), f);
-        int64_t kk = c * 8;
+        c += 128;
+        if (c >= nv) break;
 #pragma unroll
-        for (int r = 0; r < M; r++) {
-            const float4 *xp = (const float4 *)(xs + r * k + kk);
-            float4 x0 = xp[0], x1 = xp[1];
-            acc[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
-                      f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
-        }
-        if (w1) {
-            bf8(__ldg(wv1 + c), f);
-#pragma unroll
-            for (int r = 0; r < M; r++) {
-                const float4 *xp = (const float4 *)(xs + r * k + kk);
-                float4 x0 = xp[0], x1 = xp[1];
-                acc2[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
-                           f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
-            }
+        for (int q = 0; q < 4; q++) {
+            bool in = c + 32 * q < nv;
+            v[q] = in ? __ldg(wv + c + 32 * q) : zero;
+            u[q] = in && w1 ? __ldg(wv1 + c + 32 * q) : zero;
         }
     }
 #pragma unroll
@@ -184,7 +190,35 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
     }
 }
 
+/* Whether GEMVs launch with programmatic dependent launch: Hopper or newer, and
+ * INFERENCE_PIO_CUDA_PDL=1 (read once; off by default until measured on the GPU machine). */
+static bool pdl_enabled(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("INFERENCE_PIO_CUDA_PDL");
+        env = e && e[0] == '1';
+    }
+    return env && toc_cc_major() >= 9;
+}
+
+template <typename K>
+static cudaError_t launch_pdl(K kernel, unsigned grid, int threads, size_t smem, cudaStream_t s,
+                              const GemvArgs &a) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3((unsigned)threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, a);
+}
+
 static int launch_gemv(const GemvArgs &a) {
+    const bool pdl = pdl_enabled();
     size_t smem = (size_t)((a.m + 0) <= 1 ? 1 : a.m <= 2 ? 2 : a.m <= 4 ? 4 : 8) * a.k * 4;
     int limit = toc_max_smem_optin();
     TOC_CHECK((int64_t)smem <= limit, TO_ERR_UNSUPPORTED, "gemv: x needs %zu bytes of shared memory",
@@ -207,7 +241,11 @@ static int launch_gemv(const GemvArgs &a) {
                      "cudaFuncSetAttribute");                                                \
             configured[dev & 15] = 1;                                                        \
         }                                                                                    \
-        gemv_kernel<MM><<<grid, threads, smem, s>>>(a);                              \
+        if (pdl)                                                                             \
+            TOC_CUDA(launch_pdl(gemv_kernel<MM>, grid, threads, smem, s, a),                 \
+                     "cudaLaunchKernelEx");                                                  \
+        else                                                                                 \
+            gemv_kernel<MM><<<grid, threads, smem, s>>>(a);                                  \
     }
     if (a.m <= 1) GEMV_CASE(1)
     else if (a.m <= 2) GEMV_CASE(2)

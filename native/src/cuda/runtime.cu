@@ -35,6 +35,7 @@ static std::mutex g_dev_lock;
 static cudaStream_t g_streams[TOC_MAX_DEVICES];
 static int g_smem_optin[TOC_MAX_DEVICES];
 static int g_sms[TOC_MAX_DEVICES];
+static int g_cc_major[TOC_MAX_DEVICES];
 static thread_local int t_device = -1;
 
 /* Number of CUDA devices; distinguishes a missing driver from a machine without devices. */
@@ -79,8 +80,12 @@ static int init_device(int dev) {
              "cudaDeviceGetAttribute");
     TOC_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev),
              "cudaDeviceGetAttribute");
+    int major = 0;
+    TOC_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+             "cudaDeviceGetAttribute");
     g_smem_optin[dev] = optin;
     g_sms[dev] = sms;
+    g_cc_major[dev] = major;
     g_streams[dev] = s;
     return TO_OK;
 }
@@ -112,6 +117,7 @@ int toc_device_ready(void) {
 cudaStream_t toc_stream(void) { return g_streams[t_device < 0 ? 0 : t_device]; }
 int toc_max_smem_optin(void) { return g_smem_optin[t_device < 0 ? 0 : t_device]; }
 int toc_sm_count(void) { return g_sms[t_device < 0 ? 0 : t_device]; }
+int toc_cc_major(void) { return g_cc_major[t_device < 0 ? 0 : t_device]; }
 
 /* name: at least cap bytes; total_mem in bytes; bus width in bits; mem clock in kHz. */
 TOC_EXPORT int toc_device_info(int dev, char *name, size_t cap, int64_t *total_mem, int *sm_count,
