@@ -19,5 +19,12 @@ if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
 fi
 timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 -o faulthandler_timeout=60 tests/gpu ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log" | tail -${TAIL:-25}
 [ -n "${NO_BENCH:-}" ] || timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
+# PDL_TOO=1: the model tests and the benchmark again with programmatic dependent launch of GEMVs
+if [ -n "${PDL_TOO:-}" ]; then
+  INFERENCE_PIO_CUDA_PDL=1 timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 \
+    tests/gpu/test_cuda_model.py 2>&1 | tee "$OUT/pytest_pdl.log" | tail -3
+  INFERENCE_PIO_CUDA_PDL=1 timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py \
+    --json "$OUT/bench_pdl.json" "$@" 2>&1 | tee "$OUT/bench_pdl.log"
+fi
 [ -z "${COMPILE_TOO:-}" ] || timeout ${COMPILE_TIMEOUT:-400} python3 benchmarks/benchmark_gpu.py --json "$OUT/bench_compiled.json" 2>&1 | tee "$OUT/bench_compiled.log"
 echo "total: $(( $(date +%s) - t0 )) s"

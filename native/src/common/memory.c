@@ -15,6 +15,7 @@
  * was never allocated here is checked for alignment first, but cannot be fully validated. */
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
@@ -48,6 +49,23 @@ static size_t class_bytes(int c) {
     return base + (size_t)(j % STEPS_PER_OCTAVE + 1) * (base / STEPS_PER_OCTAVE);
 }
 
+/* Blocks of at least this size ask for transparent huge pages: weights converted at load time
+ * and large activations are streamed whole, and 4 KiB pages cost a TLB walk and a prefetcher
+ * restart every 4 KiB (a bf16 GEMV streams 5-20% faster from huge pages, measured on Zen 4). */
+#define HUGE_PAGE ((uintptr_t)2 << 20)
+#define HUGE_MIN_BLOCK ((size_t)4 << 20)
+
+static void advise_huge_pages(void *p, size_t n) {
+#ifdef MADV_HUGEPAGE
+    uintptr_t a = ((uintptr_t)p + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    uintptr_t e = ((uintptr_t)p + n) & ~(HUGE_PAGE - 1);
+    if (e > a) (void)madvise((void *)a, e - a, MADV_HUGEPAGE); /* advisory */
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
 /* Smallest class holding nbytes plus the header, or -1 when none does. */
 static int size_class_of(size_t nbytes) {
     if (nbytes > class_bytes(NUM_CLASSES - 1) - HEADER) return -1;
@@ -78,6 +96,7 @@ TO_API int to_alloc(size_t nbytes, void **out) {
             return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_alloc: out of memory allocating %zu bytes",
                                 nbytes);
         fresh = 1;
+        if (cb >= HUGE_MIN_BLOCK) advise_huge_pages(raw, cb); /* before the first touch */
     }
     block_header *h = raw;
     h->size_class = c;
