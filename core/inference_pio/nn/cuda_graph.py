@@ -21,7 +21,7 @@ import contextlib
 import ctypes
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from inference_pio.dtypes import DType
@@ -74,8 +74,33 @@ def unsupported_reason(model: Any) -> str | None:
 class CudaGraphDecoder:
     """One captured decode step of ``model`` over a static KV cache of ``capacity`` tokens."""
 
-    def __init__(self, model: DecoderModel, capacity: int, chunk: int = CHUNK) -> None:
+    #: Kernel names of one decode step, in order (``skip`` takes any of them but step_end).
+    KERNELS = (
+        "qkv",
+        "qk_rope_append",
+        "attention_decode",
+        "o_proj",
+        "gate_up",
+        "down",
+        "lm_head",
+        "step_end",
+    )
+
+    def __init__(
+        self,
+        model: DecoderModel,
+        capacity: int,
+        chunk: int = CHUNK,
+        skip: Collection[str] = (),
+    ) -> None:
+        """``skip``: kernels left out of the captured step, for profiling only (the time of a
+        step without them, by difference the time they take; the tokens are then wrong)."""
         from inference_pio import cuda
+
+        unknown = set(skip) - set(self.KERNELS[:-1])
+        if unknown:
+            raise ValueError(f"cannot skip {sorted(unknown)}; choose from {self.KERNELS[:-1]}")
+        self.skip = frozenset(skip)
 
         reason = unsupported_reason(model)
         if reason is not None:
@@ -113,6 +138,11 @@ class CudaGraphDecoder:
     # ---- capture ---------------------------------------------------------------------------------
     def _record(self) -> None:
         m, lib, check = self.model, self.cuda.lib(), self.cuda.check
+
+        def run(name: str, fn: Any, *args: Any) -> None:
+            if name not in self.skip:
+                check(fn(*args), name)
+
         act = int(m.act_dtype)
         cache_dt = int(m.cache_dtype)
         tok = self.ctr.data_ptr
@@ -136,183 +166,180 @@ class CudaGraphDecoder:
             assert isinstance(mlp, SwiGLU)
             kc, vc = self.cache.layers[li].k, self.cache.layers[li].v
             n_in = layer.input_norm
-            check(
-                lib.toc_gemv_fused(
-                    self.x.data_ptr,
-                    hid,
-                    1,
-                    n_in.weight.data_ptr,
-                    n_in.weight.dtype,
-                    n_in.eps,
-                    at.q_proj.weight.data_ptr,
-                    at.q_proj.out_features,
-                    at.k_proj.weight.data_ptr,
-                    at.k_proj.out_features,
-                    at.v_proj.weight.data_ptr,
-                    at.v_proj.out_features,
-                    hid,
-                    None,
-                    0,
-                    0,
-                    self.qkv.data_ptr,
-                    self.qkv_w,
-                    act,
-                    None,
-                ),
+            run(
                 "qkv",
+                lib.toc_gemv_fused,
+                self.x.data_ptr,
+                hid,
+                1,
+                n_in.weight.data_ptr,
+                n_in.weight.dtype,
+                n_in.eps,
+                at.q_proj.weight.data_ptr,
+                at.q_proj.out_features,
+                at.k_proj.weight.data_ptr,
+                at.k_proj.out_features,
+                at.v_proj.weight.data_ptr,
+                at.v_proj.out_features,
+                hid,
+                None,
+                0,
+                0,
+                self.qkv.data_ptr,
+                self.qkv_w,
+                act,
+                None,
             )
             qn, kn = at.q_norm, at.k_norm
             ndt = (qn or kn).weight.dtype if (qn or kn) is not None else 0  # type: ignore[union-attr]
             eps = (qn or kn).eps if (qn or kn) is not None else 0.0  # type: ignore[union-attr]
-            check(
-                lib.toc_qk_rope_append(
-                    self.qkv.data_ptr,
-                    qn.weight.data_ptr if qn is not None else None,
-                    kn.weight.data_ptr if kn is not None else None,
-                    ndt,
-                    eps,
-                    self.cos.data_ptr,
-                    self.sin.data_ptr,
-                    pos,
-                    kc.data_ptr,
-                    vc.data_ptr,
-                    self.nh,
-                    self.nkv,
-                    self.hd,
-                    self.capacity,
-                    act,
-                    cache_dt,
-                ),
+            run(
                 "qk_rope_append",
+                lib.toc_qk_rope_append,
+                self.qkv.data_ptr,
+                qn.weight.data_ptr if qn is not None else None,
+                kn.weight.data_ptr if kn is not None else None,
+                ndt,
+                eps,
+                self.cos.data_ptr,
+                self.sin.data_ptr,
+                pos,
+                kc.data_ptr,
+                vc.data_ptr,
+                self.nh,
+                self.nkv,
+                self.hd,
+                self.capacity,
+                act,
+                cache_dt,
             )
-            check(
-                lib.toc_attention_decode(
-                    self.qkv.data_ptr,
-                    kc.data_ptr,
-                    vc.data_ptr,
-                    self.attn.data_ptr,
-                    self.nh,
-                    self.nkv,
-                    self.hd,
-                    self.capacity,
-                    pos,
-                    at.scale,
-                    act,
-                    cache_dt,
-                    self.nsplit,
-                    self.ws.data_ptr,
-                ),
+            run(
                 "attention_decode",
+                lib.toc_attention_decode,
+                self.qkv.data_ptr,
+                kc.data_ptr,
+                vc.data_ptr,
+                self.attn.data_ptr,
+                self.nh,
+                self.nkv,
+                self.hd,
+                self.capacity,
+                pos,
+                at.scale,
+                act,
+                cache_dt,
+                self.nsplit,
+                self.ws.data_ptr,
             )
             ow = at.o_proj
-            check(
-                lib.toc_gemv_fused(
-                    self.attn.data_ptr,
-                    ow.in_features,
-                    1,
-                    None,
-                    0,
-                    0.0,
-                    ow.weight.data_ptr,
-                    ow.out_features,
-                    None,
-                    0,
-                    None,
-                    0,
-                    ow.in_features,
-                    self.x.data_ptr,
-                    hid,
-                    0,
-                    self.x2.data_ptr,
-                    hid,
-                    act,
-                    None,
-                ),
+            run(
                 "o_proj",
-            )
-            n_post = layer.post_norm
-            check(
-                lib.toc_gemv_fused(
-                    self.x2.data_ptr,
-                    hid,
-                    1,
-                    n_post.weight.data_ptr,
-                    n_post.weight.dtype,
-                    n_post.eps,
-                    mlp.gate.weight.data_ptr,
-                    self.inter,
-                    mlp.up.weight.data_ptr,
-                    self.inter,
-                    None,
-                    0,
-                    hid,
-                    None,
-                    0,
-                    1,
-                    self.h.data_ptr,
-                    self.inter,
-                    act,
-                    None,
-                ),
-                "gate_up",
-            )
-            dw = mlp.down
-            check(
-                lib.toc_gemv_fused(
-                    self.h.data_ptr,
-                    self.inter,
-                    1,
-                    None,
-                    0,
-                    0.0,
-                    dw.weight.data_ptr,
-                    dw.out_features,
-                    None,
-                    0,
-                    None,
-                    0,
-                    self.inter,
-                    self.x2.data_ptr,
-                    hid,
-                    0,
-                    self.x.data_ptr,
-                    hid,
-                    act,
-                    None,
-                ),
-                "down",
-            )
-        fn, head = m.norm, m.lm_head
-        check(
-            lib.toc_gemv_fused(
+                lib.toc_gemv_fused,
+                self.attn.data_ptr,
+                ow.in_features,
+                1,
+                None,
+                0,
+                0.0,
+                ow.weight.data_ptr,
+                ow.out_features,
+                None,
+                0,
+                None,
+                0,
+                ow.in_features,
                 self.x.data_ptr,
                 hid,
-                1,
-                fn.weight.data_ptr,
-                fn.weight.dtype,
-                fn.eps,
-                head.weight.data_ptr,
-                head.out_features,
-                None,
                 0,
+                self.x2.data_ptr,
+                hid,
+                act,
+                None,
+            )
+            n_post = layer.post_norm
+            run(
+                "gate_up",
+                lib.toc_gemv_fused,
+                self.x2.data_ptr,
+                hid,
+                1,
+                n_post.weight.data_ptr,
+                n_post.weight.dtype,
+                n_post.eps,
+                mlp.gate.weight.data_ptr,
+                self.inter,
+                mlp.up.weight.data_ptr,
+                self.inter,
                 None,
                 0,
                 hid,
                 None,
                 0,
-                0,
-                self.logits.data_ptr,
-                m.vocab_size,
+                1,
+                self.h.data_ptr,
+                self.inter,
                 act,
-                self.argmax.data_ptr,
-            ),
+                None,
+            )
+            dw = mlp.down
+            run(
+                "down",
+                lib.toc_gemv_fused,
+                self.h.data_ptr,
+                self.inter,
+                1,
+                None,
+                0,
+                0.0,
+                dw.weight.data_ptr,
+                dw.out_features,
+                None,
+                0,
+                None,
+                0,
+                self.inter,
+                self.x2.data_ptr,
+                hid,
+                0,
+                self.x.data_ptr,
+                hid,
+                act,
+                None,
+            )
+        fn, head = m.norm, m.lm_head
+        run(
             "lm_head",
+            lib.toc_gemv_fused,
+            self.x.data_ptr,
+            hid,
+            1,
+            fn.weight.data_ptr,
+            fn.weight.dtype,
+            fn.eps,
+            head.weight.data_ptr,
+            head.out_features,
+            None,
+            0,
+            None,
+            0,
+            hid,
+            None,
+            0,
+            0,
+            self.logits.data_ptr,
+            m.vocab_size,
+            act,
+            self.argmax.data_ptr,
         )
-        check(
-            lib.toc_decode_step_end(
-                self.argmax.data_ptr, tok, pos, self.tokens.data_ptr, step, self.chunk
-            ),
+        run(
             "step_end",
+            lib.toc_decode_step_end,
+            self.argmax.data_ptr,
+            tok,
+            pos,
+            self.tokens.data_ptr,
+            step,
+            self.chunk,
         )
 
     def _capture(self) -> None:

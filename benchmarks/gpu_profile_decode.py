@@ -1,0 +1,80 @@
+"""Where a CUDA-graph decode step spends its time: the step replayed with one kernel class left out
+at a time (METHOD.md: time variants that leave one stage out, take differences).
+
+For each model (synthetic real-size bf16 weights on the device): ms per token of the full captured
+step, of the step without each kernel class (the tokens are then wrong; only time counts), and of a
+step that keeps only the token feedback kernel (the floor: graph launch and one kernel per token).
+A GEMV class's bytes over its time difference is the bandwidth it reaches inside the real step.
+
+    PYTHONPATH=core:plugins/qwen3_0_6b:plugins/qwen3_4b_instruct_2507 \
+      python benchmarks/gpu_profile_decode.py [--models 0.6b,4b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+from benchmark_gpu import DEV, build_ours, real_config
+
+from inference_pio import cuda
+from inference_pio.nn.cuda_graph import CudaGraphDecoder
+
+PROMPT, NEW = 32, 128
+
+
+def step_ms(model: Any, skip: tuple[str, ...]) -> float:
+    runner = CudaGraphDecoder(model, PROMPT + NEW + 1, skip=skip)
+    runner.greedy(5, PROMPT, 8)  # warm-up
+    rates = []
+    for _ in range(5):
+        cuda.synchronize(DEV)
+        t0 = time.perf_counter()
+        runner.greedy(5, PROMPT, NEW)
+        rates.append((time.perf_counter() - t0) / NEW * 1e3)
+    del runner
+    return statistics.median(rates)
+
+
+def gemv_bytes(cfg: Any) -> dict[str, int]:
+    h, hd, inter, L = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size, cfg.num_layers
+    return {
+        "qkv": L * h * (cfg.num_heads + 2 * cfg.num_kv_heads) * hd * 2,
+        "o_proj": L * cfg.num_heads * hd * h * 2,
+        "gate_up": L * 2 * inter * h * 2,
+        "down": L * inter * h * 2,
+        "lm_head": cfg.vocab_size * h * 2,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="0.6b,4b")
+    args = ap.parse_args()
+    info = cuda.device_info(DEV)
+    bw = cuda.copy_bandwidth(device=DEV)
+    print(f"device: {info['name']}, copy bandwidth {bw:.0f} GB/s (read + write)")
+    classes = [k for k in CudaGraphDecoder.KERNELS if k != "step_end"]
+    for name in args.models.split(","):
+        model, cfg = build_ours(real_config(name))
+        full = step_ms(model, ())
+        floor = step_ms(model, tuple(classes))
+        nbytes = gemv_bytes(cfg)
+        print(
+            f"\n[{name}] full step {full:.3f} ms ({1e3 / full:.0f} tok/s); only step_end {floor:.3f} ms"
+        )
+        print(f"{'left out':18s} {'ms/token':>9s} {'class ms':>9s} {'GB/s':>8s}")
+        for k in [*classes, "qk_rope_append+attention_decode"]:
+            skip = tuple(k.split("+"))
+            ms = step_ms(model, skip)
+            d = full - ms
+            gbs = f"{nbytes[k] / (d * 1e-3) / 1e9:8.0f}" if k in nbytes and d > 0 else "       -"
+            print(f"{k:18s} {ms:9.3f} {d:9.3f} {gbs}")
+        del model
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
