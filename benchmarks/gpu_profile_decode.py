@@ -63,7 +63,8 @@ def main() -> int:
         floor = step_ms(model, tuple(classes))
         nbytes = gemv_bytes(cfg)
         print(
-            f"\n[{name}] full step {full:.3f} ms ({1e3 / full:.0f} tok/s); only step_end {floor:.3f} ms"
+            f"\n[{name}] full step {full:.3f} ms ({1e3 / full:.0f} tok/s); "
+            f"only step_end {floor:.3f} ms"
         )
         print(f"{'left out':18s} {'ms/token':>9s} {'class ms':>9s} {'GB/s':>8s}")
         for k in [*classes, "qk_rope_append+attention_decode"]:
