@@ -29,7 +29,11 @@ WARM_MAX_ROWS = 8
 
 
 class DecoderLayer:
-    """``x += attn(norm1(x)); x += mlp(norm2(x))``."""
+    """``x += attn(norm1(x)); x += mlp(norm2(x))``.
+
+    ``mlp`` is any callable ``(backend, x, out) -> out`` (SwiGLU, or a plugin's MoE block); if it
+    has a ``first_weight`` tensor attribute, batch-1 CPU decode warms the caches with that weight
+    while the attention output is added and normalised (:meth:`Backend.warm`)."""
 
     def __init__(
         self, input_norm: RMSNorm, attention: Attention, post_norm: RMSNorm, mlp: Mlp
