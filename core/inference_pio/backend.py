@@ -20,7 +20,7 @@ from inference_pio.tensor import Tensor
 class Backend:
     """The op functions of one device, looked up once and cached."""
 
-    __slots__ = ("_fns", "_local", "device", "recording", "warm_bytes")
+    __slots__ = ("_fns", "_local", "device", "recording", "recording_thread", "warm_bytes")
 
     #: Activations with at most this many rows (decode steps, small batches) reuse scratch
     #: buffers; larger ones (prefill) are allocated per call so the cache stays small.
@@ -32,9 +32,11 @@ class Backend:
         self._local = threading.local()
         #: Most bytes of a weight that :meth:`warm` asks idle CPU workers to read ahead.
         self.warm_bytes = int(os.environ.get("INFERENCE_PIO_WARM_BYTES", 2 << 20))
-        #: When a list, every :meth:`call` also appends ``(op, function, args)`` to it
-        #: (:mod:`inference_pio.nn.decode_plan` records decode steps this way).
+        #: When a list, every :meth:`call` made by the thread ``recording_thread`` also appends
+        #: ``(op, function, args)`` to it (:mod:`inference_pio.nn.decode_plan` records decode
+        #: steps this way; other threads' calls are never recorded).
         self.recording: list[tuple[str, Any, tuple[Any, ...]]] | None = None
+        self.recording_thread = 0
 
     def scratch(self, name: str, shape: tuple[int, ...], dtype: DType) -> Tensor:
         """A temporary buffer for one op's output inside a forward step.
@@ -95,7 +97,7 @@ class Backend:
         """Runs ``op``; a nonzero status raises NativeError with the C message."""
         f = self.fn(op)
         rc = f(*args)
-        if self.recording is not None:
+        if self.recording is not None and self.recording_thread == threading.get_ident():
             self.recording.append((op, f, args))
         if rc:
             if self.device.type == "cuda":

@@ -27,6 +27,8 @@ Mlp = Callable[[Backend, Tensor, Tensor], Tensor]
 #: caches with the next weight matrix while it runs the small ops before it (Backend.warm).
 WARM_MAX_ROWS = 8
 
+_RECORDING_LOCK = threading.Lock()  # one recording decode step per backend at a time
+
 
 class DecoderLayer:
     """``x += attn(norm1(x)); x += mlp(norm2(x))``.
@@ -198,11 +200,17 @@ class DecoderModel:
             return self._forward([([token], cache)])[0]
         calls: list[decode_plan.Call] = []
         length = cache.length
-        self.be.recording = calls
+        be = self.be
+        with _RECORDING_LOCK:
+            busy = be.recording is not None
+            if not busy:
+                be.recording, be.recording_thread = calls, threading.get_ident()
+        if busy:  # another thread is recording on this backend: run normally
+            return self._forward([([token], cache)])[0]
         try:
             logits = self._forward([([token], cache)])[0]
         finally:
-            self.be.recording = None
+            be.recording = None
         plan.add_recording(length, calls)
         return logits
 
