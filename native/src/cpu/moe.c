@@ -44,12 +44,12 @@ static void softmax_route_rows(softmax_ctx *c, int64_t r0, int64_t r1, float *p)
             p[x] = load_f(c->logits, c->ldt, r * e + x);
             if (p[x] > mx) mx = p[x];
         }
-        float sum = 0.f;
+        double sum = 0.0; /* double: the fp32 sum of e terms drifts ~1e-6 from torch's */
         for (int64_t x = 0; x < e; x++) {
             p[x] = expf(p[x] - mx);
             sum += p[x];
         }
-        float inv = 1.f / sum;
+        float inv = (float)(1.0 / sum);
         int64_t len = 0;
         int32_t *ids = c->idx + r * k;
         for (int64_t x = 0; x < e; x++) topk_insert(vals, ids, &len, k, p[x] * inv, (int32_t)x);
