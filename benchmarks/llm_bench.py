@@ -78,7 +78,16 @@ class BenchConfig:
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     def resolved_threads(self) -> int:
-        return self.threads if self.threads > 0 else (os.cpu_count() or 1)
+        """The explicit count, else our library's default (the physical cores this process may
+        use), given to every engine alike."""
+        if self.threads > 0:
+            return self.threads
+        try:
+            from inference_pio._native import lib
+
+            return int(lib().to_get_num_threads())
+        except Exception:  # the library is not importable here: every logical CPU
+            return os.cpu_count() or 1
 
 
 @dataclass
@@ -733,7 +742,7 @@ def add_arguments(p: argparse.ArgumentParser, default_model: str | None = None) 
             default="synthetic:qwen3-0.6b",
             help="synthetic:NAME or a checkpoint directory",
         )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: physical cores)")
     p.add_argument(
         "--engines",
         default=",".join(ENGINES),

@@ -26,7 +26,7 @@ environment:
   INFERENCE_PIO_DISABLE_PLUGINS  comma-separated deny-list of plugins
   INFERENCE_PIO_STRICT_PLUGINS   1 = a plugin that fails to load is a fatal error
   INFERENCE_PIO_LIB              path to a different build of libtensor_ops.so
-  INFERENCE_PIO_NUM_THREADS      default CPU thread count
+  INFERENCE_PIO_NUM_THREADS      default CPU thread count (else the physical cores)
   INFERENCE_PIO_DECODE_PLAN      0 = no recorded batch-1 CPU decode steps (debugging)
   INFERENCE_PIO_WARM_BYTES       bytes of the next weight idle CPU workers read ahead (0 = off)
 """

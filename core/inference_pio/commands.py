@@ -32,7 +32,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="compute dtype (default: bf16 for bf16 checkpoints, f32 for f32 ones)",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: the physical cores this process may use)",
+    )
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -84,7 +84,9 @@ TO_API uint32_t to_cpu_features(void);
 TO_API int to_set_isa_mask(uint32_t mask);
 
 /* ---- threads ------------------------------------------------------------------------------- */
-TO_API int to_set_num_threads(int n);             /* n <= 0: default (physical cores) */
+/* n <= 0: the default, INFERENCE_PIO_NUM_THREADS if set, else the physical cores (distinct
+ * package/core pairs in sysfs) among the CPUs of the process affinity mask. */
+TO_API int to_set_num_threads(int n);
 TO_API int to_get_num_threads(void);
 /* Cache warming hint: idle worker threads read [p, p + nbytes) into the caches until the next
  * parallel region starts (batch-1 decode: the next weight matrix while the caller runs small

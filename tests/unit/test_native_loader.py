@@ -228,3 +228,36 @@ def test_import_does_not_load_the_library() -> None:
     )
     env = {k: v for k, v in os.environ.items() if k != "INFERENCE_PIO_LIB"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def _physical_cores_from_sysfs() -> int | None:
+    """Distinct (package, core) pairs among the CPUs this process may use, or None."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            core = int((topo / "core_id").read_text())
+            pkg = int((topo / "physical_package_id").read_text())
+        except (OSError, ValueError):
+            return None
+        cores.add((pkg, core))
+    return len(cores)
+
+
+def test_default_thread_count_is_the_physical_cores_of_the_affinity_mask() -> None:
+    want = _physical_cores_from_sysfs()
+    if want is None:
+        pytest.skip("no CPU topology in sysfs")
+    env = {k: v for k, v in os.environ.items() if k != "INFERENCE_PIO_NUM_THREADS"}
+    code = "from inference_pio._native import lib; print(lib().to_get_num_threads())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout) == want
+    env["INFERENCE_PIO_NUM_THREADS"] = "3"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout) == 3

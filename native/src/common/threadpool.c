@@ -19,8 +19,12 @@
  * the next request; a request for the same base resumes where the last one stopped. The request (base, len) lives in one of four slots named by a generation that is
  * packed with the claim offset, so a chunk claim (CAS) succeeds only while its slot is
  * current. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#endif
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -171,8 +175,56 @@ static void wake_sleepers(void) {
     }
 }
 
+/* Reads one small non-negative integer from a sysfs file; -1 when it cannot. */
+static long read_sysfs_long(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    long v = -1;
+    if (fscanf(f, "%ld", &v) != 1) v = -1;
+    fclose(f);
+    return v;
+}
+
+/* Physical cores among the CPUs this process may run on: SMT siblings share a core's load and
+ * store units and its memory-level parallelism, so batch-1 decode gains nothing from them (the
+ * same default as llama.cpp). Counts distinct (package, core) pairs of the affinity mask from
+ * sysfs; falls back to the number of allowed CPUs, then to the online CPUs. */
+static long physical_cores(void) {
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        long allowed = CPU_COUNT(&set);
+        long *seen = malloc((size_t)(allowed > 0 ? allowed : 1) * sizeof *seen);
+        long n = 0;
+        int ok = seen != NULL;
+        for (int cpu = 0; ok && cpu < CPU_SETSIZE && n < allowed; cpu++) {
+            if (!CPU_ISSET(cpu, &set)) continue;
+            char path[128];
+            snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/core_id", cpu);
+            long core = read_sysfs_long(path);
+            snprintf(path, sizeof path,
+                     "/sys/devices/system/cpu/cpu%d/topology/physical_package_id", cpu);
+            long pkg = read_sysfs_long(path);
+            if (core < 0 || pkg < 0) {
+                ok = 0;
+                break;
+            }
+            long key = pkg * 1000003L + core;
+            int dup = 0;
+            for (long i = 0; i < n && !dup; i++) dup = seen[i] == key;
+            if (!dup) seen[n++] = key;
+        }
+        free(seen);
+        if (ok && n > 0) return n;
+        if (allowed > 0) return allowed;
+    }
+#endif
+    return online;
+}
+
 static int default_threads(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    long n = physical_cores();
     const char *env = getenv("INFERENCE_PIO_NUM_THREADS");
     if (env && atoi(env) > 0) n = atoi(env);
     if (n < 1) n = 1;
