@@ -49,16 +49,20 @@ class Backend:
         """
         if shape and shape[0] > self.SCRATCH_MAX_ROWS:
             return Tensor.empty(shape, dtype, self.device)
-        cache: dict[tuple[str, tuple[int, ...], DType], Tensor] | None = getattr(
-            self._local, "cache", None
-        )
-        if cache is None:
-            cache = self._local.cache = {}
+        cache = self.scratch_buffers()
         key = (name, shape, dtype)
         t = cache.get(key)
         if t is None:
             t = cache[key] = Tensor.empty(shape, dtype, self.device)
         return t
+
+    def scratch_buffers(self) -> dict[Any, Tensor]:
+        """The calling thread's scratch buffers (a decode plan keeps them alive: it replays raw
+        pointers into them, possibly after the thread that made them has ended)."""
+        cache: dict[Any, Tensor] | None = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = self._local.cache = {}
+        return cache
 
     def warm(self, weight: Tensor) -> None:
         """Hints that ``weight`` is read next (batch-1 decode): idle CPU worker threads load its

@@ -41,8 +41,13 @@ def enabled() -> bool:
 class DecodePlan:
     """Recorded decode step of one sequence's cache; see the module docstring."""
 
-    def __init__(self, ids: Tensor, positions: Tensor, logits: Tensor) -> None:
+    def __init__(
+        self, ids: Tensor, positions: Tensor, logits: Tensor, buffers: object = None
+    ) -> None:
+        """``buffers``: whatever owns the memory the recorded calls point into besides the
+        model and the cache (the recording thread's scratch buffers), kept alive with the plan."""
         self.thread = threading.get_ident()
+        self.buffers = buffers
         self.ids, self.positions, self.logits = ids, positions, logits
         self.recordings: list[tuple[int, list[Call]]] = []
         self.calls: list[tuple[str, Any, list[Any]]] | None = None

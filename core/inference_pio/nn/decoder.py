@@ -195,6 +195,7 @@ class DecoderModel:
                 be.scratch("model.ids", (1,), DType.int32),
                 be.scratch("model.pos", (1,), DType.int32),
                 be.scratch("model.logits", (1, self.vocab_size), self.act_dtype),
+                be.scratch_buffers(),
             )
         if plan.refused:
             return self._forward([([token], cache)])[0]
