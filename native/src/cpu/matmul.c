@@ -277,10 +277,6 @@ static T512BF void tile512_dp(const lin_t *a, int64_t i0, int rx, int64_t j0) {
     }
 }
 
-/* bf16 x bf16 for decode (m <= TO_ROW_STREAM_MAX_M): the tile's four W rows are streamed one
- * after another, so a task reads its W rows as one sequential stream (rows are contiguous) instead
- * of four streams 2-6 KiB apart; measured on Zen 4, one thread streams a 311 MB 1024-wide matrix
- * 8-15% faster this way. Each call takes up to 4 x rows (a few KiB each, in L1/L2). */
 /* Both cache lines of each 128-byte step are prefetched this far ahead in the weight stream
  * (past the row end into the next rows, which are contiguous; a prefetch past the matrix never
  * faults). In-process A/B on the real models with huge-page weights: Qwen3-0.6B decode step 9%
@@ -291,6 +287,10 @@ static T512BF void tile512_dp(const lin_t *a, int64_t i0, int rx, int64_t j0) {
  * time over each L2-resident W block). Batched decode of Qwen3-0.6B, in-process A/B against the
  * 4x4 tile: 8 sequences 21% faster per step, 16: 11%, 32: 4%, 64: even. */
 #define TO_ROW_STREAM_MAX_M 32
+/* bf16 x bf16 for decode (m <= TO_ROW_STREAM_MAX_M): the tile's four W rows are streamed one
+ * after another, so a task reads its W rows as one sequential stream (rows are contiguous) instead
+ * of four streams 2-6 KiB apart; measured on Zen 4, one thread streams a 311 MB 1024-wide matrix
+ * 8-15% faster this way. Each call takes up to 4 x rows (a few KiB each, in L1/L2). */
 INLINE T512BF void row512_dp_impl(const lin_t *a, int64_t i0, int rx, int64_t j0) {
     const char *xr[4], *wr[4];
     tile_ptrs(a, i0, rx, j0, xr, wr);
