@@ -233,6 +233,7 @@ static int default_threads(void) {
 }
 
 static void stop_workers(void) {
+    prefetch_cancel(); /* new workers must not pick up a range that may be unmapped by then */
     if (g_nworkers == 0) return;
     atomic_store(&g_stop, 1);
     pthread_mutex_lock(&g_wake_lock);
