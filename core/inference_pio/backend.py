@@ -71,6 +71,11 @@ class Backend:
         if self.device.type == "cpu" and self.warm_bytes > 0:
             self.call("prefetch", weight.data_ptr, min(weight.nbytes, self.warm_bytes))
 
+    def cancel_warm(self) -> None:
+        """Ends a pending :meth:`warm` request (before the weight it names may be freed)."""
+        if self.device.type == "cpu" and self.has("prefetch"):
+            self.fn("prefetch")(None, 0)
+
     def fn(self, op: str) -> Any:
         """The ctypes function implementing ``op`` on this device."""
         f = self._fns.get(op)

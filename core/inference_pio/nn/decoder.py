@@ -167,14 +167,20 @@ class DecoderModel:
     def forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
         """Appends each sequence's new tokens to its cache; returns the logits of each
         sequence's last new token."""
-        if (
-            len(batch) == 1
-            and len(batch[0][0]) == 1
-            and self.device.type == "cpu"
-            and decode_plan.enabled()
-        ):
-            return [self._decode_one(batch[0][0][0], batch[0][1])]
-        return self._forward(batch)
+        try:
+            if (
+                len(batch) == 1
+                and len(batch[0][0]) == 1
+                and self.device.type == "cpu"
+                and decode_plan.enabled()
+            ):
+                return [self._decode_one(batch[0][0][0], batch[0][1])]
+            return self._forward(batch)
+        except BaseException:
+            # a step that stopped half-way may leave a warm request on a weight the caller is
+            # about to free; a finished step's last GEMV has already ended it
+            self.be.cancel_warm()
+            raise
 
     def _decode_one(self, token: int, cache: LayerCache) -> Tensor:
         """One batch-1 CPU decode step: replayed from the cache's plan once it is recorded."""

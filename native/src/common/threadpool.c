@@ -307,7 +307,11 @@ void to_parallel_run(to_task_fn fn, void *ctx, int nth) {
 
 TO_API int to_prefetch(const void *p, int64_t nbytes) {
     TO_CHECK(nbytes >= 0, TO_ERR_INVALID_ARGUMENT, "to_prefetch: nbytes must be >= 0");
-    if (g_nworkers == 0 || nbytes == 0 || !p) return TO_OK;
+    if (!p || nbytes == 0) { /* cancels the current request */
+        prefetch_cancel();
+        return TO_OK;
+    }
+    if (g_nworkers == 0) return TO_OK;
     if (nbytes > (int64_t)PF_OFF_MASK) nbytes = (int64_t)PF_OFF_MASK;
     pthread_mutex_lock(&g_pf_lock);
     uint64_t c = atomic_load(&g_pf_claim);
