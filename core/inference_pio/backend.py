@@ -7,7 +7,6 @@ when it loads weights, then uses a Backend per forward step without re-validatin
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -20,7 +19,7 @@ from inference_pio.tensor import Tensor
 class Backend:
     """The op functions of one device, looked up once and cached."""
 
-    __slots__ = ("_fns", "_local", "device", "recording", "recording_thread", "warm_bytes")
+    __slots__ = ("_fns", "_local", "device", "recording", "recording_thread")
 
     #: Activations with at most this many rows (decode steps, small batches) reuse scratch
     #: buffers; larger ones (prefill) are allocated per call so the cache stays small.
@@ -30,8 +29,6 @@ class Backend:
         self.device = Device.parse(device)
         self._fns: dict[str, Any] = {}
         self._local = threading.local()
-        #: Most bytes of a weight that :meth:`warm` asks idle CPU workers to read ahead.
-        self.warm_bytes = int(os.environ.get("INFERENCE_PIO_WARM_BYTES", 2 << 20))
         #: When a list, every :meth:`call` made by the thread ``recording_thread`` also appends
         #: ``(op, function, args)`` to it (:mod:`inference_pio.nn.decode_plan` records decode
         #: steps this way; other threads' calls are never recorded).
@@ -63,18 +60,6 @@ class Backend:
         if cache is None:
             cache = self._local.cache = {}
         return cache
-
-    def warm(self, weight: Tensor) -> None:
-        """Hints that ``weight`` is read next (batch-1 decode): idle CPU worker threads load its
-        first ``warm_bytes`` into the caches while the caller runs small ops, until the next
-        parallel region starts. No-op on CUDA and when ``warm_bytes`` is 0."""
-        if self.device.type == "cpu" and self.warm_bytes > 0:
-            self.call("prefetch", weight.data_ptr, min(weight.nbytes, self.warm_bytes))
-
-    def cancel_warm(self) -> None:
-        """Ends a pending :meth:`warm` request (before the weight it names may be freed)."""
-        if self.device.type == "cpu" and self.has("prefetch"):
-            self.fn("prefetch")(None, 0)
 
     def fn(self, op: str) -> Any:
         """The ctypes function implementing ``op`` on this device."""

@@ -28,7 +28,6 @@ environment:
   INFERENCE_PIO_LIB              path to a different build of libtensor_ops.so
   INFERENCE_PIO_NUM_THREADS      default CPU thread count (else the physical cores)
   INFERENCE_PIO_DECODE_PLAN      0 = no recorded batch-1 CPU decode steps (debugging)
-  INFERENCE_PIO_WARM_BYTES       bytes of the next weight idle CPU workers read ahead (0 = off)
 """
 
 

@@ -156,7 +156,6 @@ _HOST_ONLY = {
     "to_set_isa_mask",
     "to_set_num_threads",
     "to_get_num_threads",
-    "to_prefetch",
     "to_alloc",
     "to_free",
     "to_memory_stats",

@@ -88,12 +88,6 @@ TO_API int to_set_isa_mask(uint32_t mask);
  * package/core pairs in sysfs) among the CPUs of the process affinity mask. */
 TO_API int to_set_num_threads(int n);
 TO_API int to_get_num_threads(void);
-/* Cache warming hint: idle worker threads read [p, p + nbytes) into the caches until the next
- * parallel region starts (batch-1 decode: the next weight matrix while the caller runs small
- * ops). A later call replaces the request; one with the same p resumes where it stopped;
- * to_set_num_threads and to_prefetch(NULL, 0) cancel it. The range must stay mapped until one
- * of those happens. */
-TO_API int to_prefetch(const void *p, int64_t nbytes);
 
 /* ---- elementwise (src/cpu/elementwise.c) ------------------------------------------------- */
 /* out[i] = a[i] + b[i] for i < n; a, b, out share `dtype` (f32 or bf16); out may alias a or b. */

@@ -54,23 +54,3 @@ def test_bad_arguments_raise() -> None:
     assert lib().to_linear_group(x.data_ptr, 9, ws, ns, ys, ns, 1, 8, 8, 2, 2, 2) != 0
     with pytest.raises(ValueError, match="share in_features"):
         LinearGroup([Linear("a", w), Linear("b", _random((4, 9), DType.bfloat16, 4))])
-
-
-def test_cache_warming_hint_leaves_results_unchanged() -> None:
-    """to_prefetch is a hint: idle workers read ahead, results of later ops are unchanged, a bad
-    size is an error, and an empty or NULL range is accepted."""
-    import random
-
-    from inference_pio import ops
-
-    rng = random.Random(3)
-    x = Tensor.from_list([[rng.uniform(-1, 1) for _ in range(256)]], DType.float32)
-    w = Tensor.from_list(
-        [[rng.uniform(-1, 1) for _ in range(256)] for _ in range(512)], DType.float32
-    ).to(DType.bfloat16)
-    want = ops.linear(x, w).tolist()
-    for nbytes in (0, 4096, w.nbytes):
-        check(lib().to_prefetch(w.data_ptr, nbytes), "to_prefetch")
-        assert ops.linear(x, w).tolist() == want
-    check(lib().to_prefetch(None, 0), "to_prefetch")
-    assert lib().to_prefetch(w.data_ptr, -1) != 0

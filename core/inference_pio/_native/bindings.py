@@ -43,8 +43,6 @@ PROTOTYPES: dict[str, Prototype] = {
     "to_cpu_features": (c_uint32, []),
     # int to_set_isa_mask(uint32_t mask);
     "to_set_isa_mask": (c_int, [c_uint32]),
-    # int to_prefetch(const void *p, int64_t nbytes);
-    "to_prefetch": (c_int, [c_void_p, c_int64]),
     # int to_set_num_threads(int n);
     "to_set_num_threads": (c_int, [c_int]),
     # int to_get_num_threads(void);

@@ -142,9 +142,6 @@ class Attention:
         k = be.scratch("attn.k", (t, kw), act)
         v = be.scratch("attn.v", (t, kw), act)
         self._qkv(be, h, (q, k, v))
-        warm = t <= 8
-        if warm:
-            be.warm(self.o_proj.weight)
         self._prepare_qk(be, q, k, cos, sin, t)
         attn = be.scratch("attn.out", (t, qw), act)
         es = act.itemsize
@@ -196,6 +193,4 @@ class Attention:
                 act,
                 cache.k.dtype,
             )
-        if warm:
-            be.warm(self.o_proj.weight)  # the attention region cancelled the first request
         return self.o_proj(be, attn, out)

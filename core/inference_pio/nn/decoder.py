@@ -23,27 +23,19 @@ from inference_pio.tensor import Tensor, tensor
 
 Mlp = Callable[[Backend, Tensor, Tensor], Tensor]
 
-#: Steps with at most this many rows are memory bound: each layer asks idle workers to warm the
-#: caches with the next weight matrix while it runs the small ops before it (Backend.warm).
-WARM_MAX_ROWS = 8
-
 _RECORDING_LOCK = threading.Lock()  # one recording decode step per backend at a time
 
 
 class DecoderLayer:
     """``x += attn(norm1(x)); x += mlp(norm2(x))``.
 
-    ``mlp`` is any callable ``(backend, x, out) -> out`` (SwiGLU, or a plugin's MoE block); if it
-    has a ``first_weight`` tensor attribute, batch-1 CPU decode warms the caches with that weight
-    while the attention output is added and normalised (:meth:`Backend.warm`)."""
+    ``mlp`` is any callable ``(backend, x, out) -> out`` (SwiGLU, or a plugin's MoE block)."""
 
     def __init__(
         self, input_norm: RMSNorm, attention: Attention, post_norm: RMSNorm, mlp: Mlp
     ) -> None:
         self.input_norm, self.attention = input_norm, attention
         self.post_norm, self.mlp = post_norm, mlp
-        #: The first weight the step after this layer reads (set by DecoderModel; Backend.warm).
-        self.next_weight: Tensor | None = None
 
     def __call__(
         self,
@@ -72,17 +64,10 @@ class DecoderLayer:
         """The layer after its input norm: ``h`` holds ``input_norm(x)``. Updates ``x`` and, when
         ``next_norm`` is given (the next layer's input norm), leaves ``next_norm(x)`` in ``h``
         (the last residual add and that norm run as one fused op)."""
-        t = x.shape[0]
-        warm = t <= WARM_MAX_ROWS
         o = be.scratch("layer.o", x.shape, x.dtype)
         self.attention(be, h, segments, caches, cos, sin, o)
-        mlp_weight: Tensor | None = getattr(self.mlp, "first_weight", None)
-        if warm and mlp_weight is not None:
-            be.warm(mlp_weight)
         self.post_norm.add_and_norm(be, x, o, h)
         self.mlp(be, h, o)
-        if warm and self.next_weight is not None:
-            be.warm(self.next_weight)
         if next_norm is None:
             be.call("add", x.data_ptr, o.data_ptr, x.data_ptr, x.numel, x.dtype)
         else:
@@ -124,10 +109,6 @@ class DecoderModel:
         self.hidden = embed.dim
         self.device = Device.parse(device)
         self.be = backend(self.device)
-        for layer, nxt in zip(self.layers, self.layers[1:], strict=False):
-            layer.next_weight = nxt.attention.q_proj.weight
-        if self.layers:
-            self.layers[-1].next_weight = lm_head.weight
 
     def decode_bytes_per_token(self, context: int) -> int:
         """Bytes one batch-1 decode step reads at ``context`` cached tokens: every weight except
@@ -167,20 +148,14 @@ class DecoderModel:
     def forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
         """Appends each sequence's new tokens to its cache; returns the logits of each
         sequence's last new token."""
-        try:
-            if (
-                len(batch) == 1
-                and len(batch[0][0]) == 1
-                and self.device.type == "cpu"
-                and decode_plan.enabled()
-            ):
-                return [self._decode_one(batch[0][0][0], batch[0][1])]
-            return self._forward(batch)
-        except BaseException:
-            # a step that stopped half-way may leave a warm request on a weight the caller is
-            # about to free; a finished step's last GEMV has already ended it
-            self.be.cancel_warm()
-            raise
+        if (
+            len(batch) == 1
+            and len(batch[0][0]) == 1
+            and self.device.type == "cpu"
+            and decode_plan.enabled()
+        ):
+            return [self._decode_one(batch[0][0][0], batch[0][1])]
+        return self._forward(batch)
 
     def _decode_one(self, token: int, cache: LayerCache) -> Tensor:
         """One batch-1 CPU decode step: replayed from the cache's plan once it is recorded."""
@@ -259,8 +234,6 @@ class DecoderModel:
             cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
         self.embed(be, ids_t, x)
         h = be.scratch("layer.h", (t, self.hidden), self.act_dtype)
-        if t <= WARM_MAX_ROWS:
-            be.warm(self.layers[0].attention.q_proj.weight)
         self.layers[0].input_norm(be, x, h)
         last_layer = len(self.layers) - 1
         for li, layer in enumerate(self.layers):

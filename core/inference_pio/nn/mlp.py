@@ -17,18 +17,11 @@ class SwiGLU:
         self.inter = gate.out_features
         self._gate_up = LinearGroup([gate, up])
 
-    @property
-    def first_weight(self) -> Tensor:
-        """The weight this MLP reads first (the decoder warms the caches with it)."""
-        return self.gate.weight
-
     def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
         rows = x.shape[0]
         g = be.scratch("mlp.gate", (rows, self.inter), x.dtype)
         u = be.scratch("mlp.up", (rows, self.inter), x.dtype)
         self._gate_up(be, x, (g, u))
-        if rows <= 8:
-            be.warm(self.down.weight)
         be.call(
             "swiglu",
             g.data_ptr,

@@ -9,16 +9,7 @@
  * The ticket packs (generation: 23 bits | nth: 9 bits | next task index: 32 bits). A thread reads
  * the ticket, then fn/ctx, then claims an index with a compare-and-swap on the same ticket value:
  * if the CAS succeeds the generation was still current, so fn/ctx belonged to it (the caller only
- * publishes a new region after every task of the previous one has finished).
- *
- * Cache warming (to_prefetch): between parallel regions the caller runs small single-threaded
- * ops and Python, and during batch-1 decode the memory bus then sits idle while workers spin.
- * to_prefetch(p, n) posts a request that idle workers serve by reading [p, p+n) in chunks, so
- * the first rows of the next weight matrix are in L2/L3 when its GEMV starts. A request is
- * cancelled by the next parallel region (workers check between 4 KiB steps) and replaced by
- * the next request; a request for the same base resumes where the last one stopped. The request (base, len) lives in one of four slots named by a generation that is
- * packed with the claim offset, so a chunk claim (CAS) succeeds only while its slot is
- * current. */
+ * publishes a new region after every task of the previous one has finished). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #endif
@@ -62,55 +53,6 @@ static inline void cpu_relax(void) {
 
 static inline int has_work(uint64_t t) { return TICKET_IDX(t) < TICKET_NTH(t); }
 
-/* ---- cache warming ---- */
-#define PF_CHUNK (64 * 1024)
-#define PF_STEP 4096
-#define PF_GEN_SHIFT 40
-#define PF_OFF_MASK ((1ull << PF_GEN_SHIFT) - 1)
-typedef struct {
-    _Atomic(const char *) base;
-    _Atomic int64_t len;
-} pf_slot;
-static pf_slot g_pf_slots[4];
-static volatile uint64_t g_pf_sink; /* keeps the warming loads */
-static _Atomic uint64_t g_pf_claim; /* (generation << 40) | next offset */
-static uint32_t g_pf_gen;           /* writer side, under g_pf_lock */
-static pthread_mutex_t g_pf_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Reads one chunk of the current request, if any; returns whether it did any work. */
-static int prefetch_some(void) {
-    uint64_t c = atomic_load_explicit(&g_pf_claim, memory_order_acquire);
-    pf_slot *slot = &g_pf_slots[(c >> PF_GEN_SHIFT) & 3];
-    const char *base = atomic_load_explicit(&slot->base, memory_order_relaxed);
-    int64_t len = atomic_load_explicit(&slot->len, memory_order_relaxed);
-    int64_t off = (int64_t)(c & PF_OFF_MASK);
-    if (!base || off >= len) return 0;
-    if (!atomic_compare_exchange_strong_explicit(&g_pf_claim, &c, c + PF_CHUNK,
-                                                 memory_order_acq_rel, memory_order_acquire))
-        return 1;
-    int64_t end = off + PF_CHUNK < len ? off + PF_CHUNK : len;
-    for (int64_t o = off; o < end; o += PF_STEP) {
-        if (has_work(atomic_load_explicit(&g_ticket, memory_order_relaxed))) break;
-        int64_t stop = o + PF_STEP < end ? o + PF_STEP : end;
-        /* Plain loads, not prefetch instructions: measured on Zen 4, a prefetch loop warms
-         * about half as much per microsecond (prefetches are dropped when miss buffers fill). */
-        uint64_t acc = 0;
-        for (int64_t i = o; i < stop; i += 64) acc += *(const volatile uint64_t *)(base + i);
-        g_pf_sink += acc;
-    }
-    return 1;
-}
-
-/* Publishes (base, len) starting at offset off as the current request. */
-static void prefetch_publish(const char *base, int64_t len, int64_t off) {
-    g_pf_gen = (g_pf_gen + 1) & 0xffffffu;
-    pf_slot *slot = &g_pf_slots[g_pf_gen & 3];
-    atomic_store_explicit(&slot->base, base, memory_order_relaxed);
-    atomic_store_explicit(&slot->len, len, memory_order_relaxed);
-    atomic_store_explicit(&g_pf_claim, ((uint64_t)g_pf_gen << PF_GEN_SHIFT) | (uint64_t)off,
-                          memory_order_release);
-}
-
 /* Claims and runs tasks of the current region until none is left. */
 static void run_tasks(void) {
     for (;;) {
@@ -132,10 +74,6 @@ static void *worker_main(void *arg) {
         int spins = 0;
         while (!has_work(atomic_load_explicit(&g_ticket, memory_order_acquire))) {
             if (atomic_load_explicit(&g_stop, memory_order_relaxed)) return NULL;
-            if (prefetch_some()) {
-                spins = 0;
-                continue;
-            }
             if (++spins < SPIN_ITERS) {
                 cpu_relax();
                 continue;
@@ -152,19 +90,6 @@ static void *worker_main(void *arg) {
         }
         run_tasks();
     }
-}
-
-/* Ends the current request, keeping its base and progress so that it can resume. */
-static void prefetch_cancel(void) {
-    uint64_t c = atomic_load_explicit(&g_pf_claim, memory_order_acquire);
-    pf_slot *cur = &g_pf_slots[(c >> PF_GEN_SHIFT) & 3];
-    if ((int64_t)(c & PF_OFF_MASK) >= atomic_load_explicit(&cur->len, memory_order_relaxed))
-        return; /* nothing pending */
-    pthread_mutex_lock(&g_pf_lock);
-    c = atomic_load(&g_pf_claim);
-    cur = &g_pf_slots[(c >> PF_GEN_SHIFT) & 3];
-    prefetch_publish(atomic_load(&cur->base), 0, (int64_t)(c & PF_OFF_MASK));
-    pthread_mutex_unlock(&g_pf_lock);
 }
 
 static void wake_sleepers(void) {
@@ -233,7 +158,6 @@ static int default_threads(void) {
 }
 
 static void stop_workers(void) {
-    prefetch_cancel(); /* new workers must not pick up a range that may be unmapped by then */
     if (g_nworkers == 0) return;
     atomic_store(&g_stop, 1);
     pthread_mutex_lock(&g_wake_lock);
@@ -286,7 +210,6 @@ void to_parallel_run(to_task_fn fn, void *ctx, int nth) {
         return;
     }
     pthread_mutex_lock(&g_run_lock);
-    prefetch_cancel();
     g_fn = fn;
     g_ctx = ctx;
     g_gen = (g_gen + 1) & 0x7fffffu;
@@ -303,25 +226,4 @@ void to_parallel_run(to_task_fn fn, void *ctx, int nth) {
             cpu_relax();
     }
     pthread_mutex_unlock(&g_run_lock);
-}
-
-TO_API int to_prefetch(const void *p, int64_t nbytes) {
-    TO_CHECK(nbytes >= 0, TO_ERR_INVALID_ARGUMENT, "to_prefetch: nbytes must be >= 0");
-    if (!p || nbytes == 0) { /* cancels the current request */
-        prefetch_cancel();
-        return TO_OK;
-    }
-    if (g_nworkers == 0) return TO_OK;
-    if (nbytes > (int64_t)PF_OFF_MASK) nbytes = (int64_t)PF_OFF_MASK;
-    pthread_mutex_lock(&g_pf_lock);
-    uint64_t c = atomic_load(&g_pf_claim);
-    pf_slot *cur = &g_pf_slots[(c >> PF_GEN_SHIFT) & 3];
-    int64_t off = 0;
-    if (atomic_load(&cur->base) == (const char *)p) { /* the same range again: resume */
-        off = (int64_t)(c & PF_OFF_MASK);
-        if (off > nbytes) off = nbytes;
-    }
-    prefetch_publish(p, nbytes, off);
-    pthread_mutex_unlock(&g_pf_lock);
-    return TO_OK;
 }
