@@ -13,8 +13,9 @@ directly. Any mismatch (a model whose calls depend on the length in another way)
 off for that cache, and every step runs the normal path. Results are bitwise the same either way
 (a test checks).
 
-A plan belongs to the thread that recorded it (the scratch buffers are per thread); another
-thread's steps take the normal path. ``INFERENCE_PIO_DECODE_PLAN=0`` turns plans off.
+A plan belongs to the thread that recorded it (the scratch buffers are per thread) and keeps
+those buffers alive; a step from another thread starts a new plan for that thread (recorded
+normally first). ``INFERENCE_PIO_DECODE_PLAN=0`` turns plans off.
 """
 
 from __future__ import annotations
