@@ -36,3 +36,13 @@ def test_cuda_tensor_raises_with_reason() -> None:
 def test_cpu_library_still_loads() -> None:
     t = Tensor.from_list([1.0, 2.0])
     assert t.tolist() == [1.0, 2.0]
+
+
+def test_graph_decoder_rejects_unknown_or_essential_skips() -> None:
+    """Profiling may leave out any kernel class but the token feedback (checked before any GPU
+    work, so this runs everywhere)."""
+    from inference_pio.nn.cuda_graph import CudaGraphDecoder
+
+    for bad in (["step_end"], ["no_such_kernel"]):
+        with pytest.raises(ValueError, match="cannot skip"):
+            CudaGraphDecoder(None, 8, skip=bad)  # type: ignore[arg-type]
