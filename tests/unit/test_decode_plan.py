@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,33 @@ def test_plan_refuses_arguments_not_linear_in_the_length() -> None:
     for n in (4, 5, 6):
         plan.add_recording(n, fake_calls(n))
     assert plan.ready
+
+
+def test_blocks_that_do_not_declare_replayable_are_never_replayed(tmp_path: Path) -> None:
+    """A plugin block whose calls may depend on the data (an MoE router picking experts) could
+    repeat itself for three steps by chance; without ``replayable = True`` no plan is made."""
+    save_reference(tmp_path, "Qwen3ForCausalLM", CONFIG, "float32", seed=9)
+    ck = Checkpoint.open(tmp_path)
+    cfg = dense.DenseConfig.from_hf(ck.config)
+    want = decode(dense.build(ck.weights, cfg), prompt(4, 3), 8, plan=True)
+
+    class OpaqueMlp:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __call__(self, be: Any, x: Any, out: Any) -> Any:
+            return self.inner(be, x, out)
+
+    m = dense.build(ck.weights, cfg)
+    for layer in m.layers:
+        layer.mlp = OpaqueMlp(layer.mlp)
+    model = DecoderModel(m.embed, m.layers, m.norm, m.lm_head, m.rotary, m.act_dtype, m.max_context)
+    assert not model.replayable
+    ids = prompt(4, 3)
+    cache = model.new_cache(len(ids) + 8)
+    got = [model.forward([(ids, cache)])[0].tobytes()]
+    for i in range(8):
+        tok = (ids[-1] * 7 + i * 13) % CONFIG["vocab_size"]
+        got.append(model.forward([([tok], cache)])[0].tobytes())
+    assert cache.plan is None
+    assert got == want

@@ -38,6 +38,10 @@ class Segment:
 class Attention:
     """Qwen3-style attention: q/k/v projections, optional q/k RMSNorm, RoPE, causal GQA."""
 
+    #: Decode plans may replay this block: its native calls depend on the step only through the
+    #: cache length, linearly (the append slot and the attention length). See nn.decode_plan.
+    replayable = True
+
     def __init__(
         self,
         q_proj: Linear,

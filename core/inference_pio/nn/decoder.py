@@ -29,7 +29,10 @@ _RECORDING_LOCK = threading.Lock()  # one recording decode step per backend at a
 class DecoderLayer:
     """``x += attn(norm1(x)); x += mlp(norm2(x))``.
 
-    ``mlp`` is any callable ``(backend, x, out) -> out`` (SwiGLU, or a plugin's MoE block)."""
+    ``mlp`` is any callable ``(backend, x, out) -> out`` (SwiGLU, or a plugin's MoE block).
+    Batch-1 CPU decode is replayed from recorded native calls (nn.decode_plan) only when the
+    attention and the MLP both have a true ``replayable`` attribute: a block whose calls depend on
+    the data (an MoE router picking experts) or on the step in any other way must not set it."""
 
     def __init__(
         self, input_norm: RMSNorm, attention: Attention, post_norm: RMSNorm, mlp: Mlp
@@ -109,6 +112,12 @@ class DecoderModel:
         self.hidden = embed.dim
         self.device = Device.parse(device)
         self.be = backend(self.device)
+        #: Whether batch-1 CPU decode steps may be recorded and replayed (every block says so).
+        self.replayable = all(
+            getattr(block, "replayable", False) is True
+            for layer in self.layers
+            for block in (layer.attention, layer.mlp)
+        )
 
     def decode_bytes_per_token(self, context: int) -> int:
         """Bytes one batch-1 decode step reads at ``context`` cached tokens: every weight except
@@ -152,6 +161,7 @@ class DecoderModel:
             len(batch) == 1
             and len(batch[0][0]) == 1
             and self.device.type == "cpu"
+            and self.replayable
             and decode_plan.enabled()
         ):
             return [self._decode_one(batch[0][0][0], batch[0][1])]

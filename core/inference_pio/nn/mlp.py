@@ -10,6 +10,9 @@ from inference_pio.tensor import Tensor
 class SwiGLU:
     """The MLP of every text model here (dense layers, experts, shared experts)."""
 
+    #: Decode plans may replay this block: its native calls never depend on the step.
+    replayable = True
+
     def __init__(self, gate: Linear, up: Linear, down: Linear) -> None:
         if gate.out_features != up.out_features or down.in_features != gate.out_features:
             raise ValueError("SwiGLU: gate/up/down shapes do not fit together")
