@@ -24,12 +24,21 @@ def char_to_byte() -> dict[str, int]:
     return {c: b for b, c in enumerate(byte_to_char())}
 
 
+@cache
+def _to_latin1() -> dict[int, str]:
+    """str.translate table: each alphabet character to the Latin-1 character of its byte, every
+    other code point below 256 to one above it (so the Latin-1 encode that follows rejects it)."""
+    table = {ord(c): chr(b) for b, c in enumerate(byte_to_char())}
+    for cp in range(256):
+        table.setdefault(cp, "\uffff")
+    return table
+
+
 def token_bytes(token: str) -> bytes | None:
     """The raw bytes a byte-level vocab string stands for, or None if it is not byte-level."""
-    table = char_to_byte()
     try:
-        return bytes(table[c] for c in token)
-    except KeyError:
+        return token.translate(_to_latin1()).encode("latin-1")
+    except UnicodeEncodeError:
         return None
 
 
