@@ -22,7 +22,7 @@ from typing import Any
 from inference_pio import cuda
 from inference_pio.dtypes import DType
 from inference_pio.nn import dense
-from inference_pio.nn.cuda_graph import _runner, cuda_stream_generate
+from inference_pio.nn.cuda_graph import CudaGraphDecoder, _runner, cuda_stream_generate
 from inference_pio.sampling import SamplingParams
 from inference_pio.tensor import Tensor
 
@@ -91,6 +91,18 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
         runner.greedy(5, prompt_len + done, n)
         done += n
     graph_rate = new / (time.perf_counter() - t0)
+    # the fused one-kernel step (opt-in), for comparison with the default multi-kernel graph
+    multi = CudaGraphDecoder(model, runner.capacity, chunk=runner.chunk, fused=True)
+    multi.greedy(5, prompt_len, 8)
+    cuda.synchronize(DEV)
+    t0 = time.perf_counter()
+    done = 0
+    while done < new:
+        n = min(multi.chunk, new - done)
+        multi.greedy(5, prompt_len + done, n)
+        done += n
+    multi_rate = new / (time.perf_counter() - t0)
+    del multi
     big = [rng.randrange(1000, 100000) for _ in range(prefill)]
     times = []
     for _ in range(3):
@@ -101,7 +113,12 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
         lg.to("cpu")
         times.append(time.perf_counter() - t0)
         del cache
-    return {"decode": decode, "graph": graph_rate, "prefill": prefill / min(times[1:])}
+    return {
+        "decode": decode,
+        "graph": graph_rate,
+        "fused_graph": multi_rate,
+        "prefill": prefill / min(times[1:]),
+    }
 
 
 def bench_hf(
@@ -163,9 +180,11 @@ def main() -> int:
         return 0
     info = cuda.device_info(DEV)
     bw = cuda.copy_bandwidth(2 << 30, 10, DEV)
+    rbw = cuda.read_bandwidth(2 << 30, 10, DEV)
     print(
         f"device: {info['name']} ({info['multiprocessors']} SMs), cuBLAS: "
-        f"{cuda.blas_library() or 'none (own WMMA GEMM)'}, copy bandwidth {bw:.0f} GB/s",
+        f"{cuda.blas_library() or 'none (own WMMA GEMM)'}, copy bandwidth {bw:.0f} GB/s "
+        f"(read + write), read bandwidth {rbw:.0f} GB/s",
         flush=True,
     )
     rows = []
@@ -190,8 +209,9 @@ def main() -> int:
         rows.append((name, ours, hf, nbytes))
     print()
     print(
-        f"GPU benchmark on {info['name']} (copy bandwidth {bw:.0f} GB/s); decode: 128 tokens "
-        "after 32, batch 1, greedy; prefill: 2048 tokens"
+        f"GPU benchmark on {info['name']} (copy bandwidth {bw:.0f} GB/s, read bandwidth "
+        f"{rbw:.0f} GB/s; % of BW is of the read bandwidth); decode: 128 tokens after 32, "
+        "batch 1, greedy; prefill: 2048 tokens"
     )
     hdr = (
         f"{'model':6} {'metric':8} {'ours tok/s':>11} {'HF eager':>9} {'HF compiled':>12} "
@@ -201,16 +221,17 @@ def main() -> int:
     print("-" * len(hdr))
     for name, ours, hf, nbytes in rows:
         e, c = hf.get("eager_decode", math.nan), hf.get("compiled_decode", math.nan)
-        frac = nbytes * ours["decode"] / (bw * 1e9) * 100
+        frac = nbytes * ours["decode"] / (rbw * 1e9) * 100
         print(
             f"{name:6} {'decode':8} {ours['decode']:11.1f} {e:9.1f} {c:12.1f} "
             f"{ours['decode'] / e:8.2f} {ours['decode'] / c:10.2f} {nbytes / 1e6:9.1f} {frac:7.1f}%"
         )
-        gf = nbytes * ours["graph"] / (bw * 1e9) * 100
-        print(
-            f"{name:6} {'graph':8} {ours['graph']:11.1f} {'':9} {'':12} {ours['graph'] / e:8.2f} "
-            f"{ours['graph'] / c:10.2f} {'':9} {gf:7.1f}%"
-        )
+        for key, label in (("graph", "graph"), ("fused_graph", "fused")):
+            gf = nbytes * ours[key] / (rbw * 1e9) * 100
+            print(
+                f"{name:6} {label:8} {ours[key]:11.1f} {'':9} {'':12} {ours[key] / e:8.2f} "
+                f"{ours[key] / c:10.2f} {'':9} {gf:7.1f}%"
+            )
         ep = hf.get("eager_prefill", math.nan)
         print(
             f"{name:6} {'prefill':8} {ours['prefill']:11.0f} {ep:9.0f} {'':12} "
@@ -222,6 +243,7 @@ def main() -> int:
                 {
                     "device": info["name"],
                     "bandwidth_gbps": bw,
+                    "read_bandwidth_gbps": rbw,
                     "rows": [
                         {"model": n, "ours": o, "hf": h, "bytes_per_token": b}
                         for n, o, h, b in rows

@@ -2,9 +2,11 @@
 at a time (METHOD.md: time variants that leave one stage out, take differences).
 
 For each model (synthetic real-size bf16 weights on the device): ms per token of the full captured
-step, of the step without each kernel class (the tokens are then wrong; only time counts), and of a
-step that keeps only the token feedback kernel (the floor: graph launch and one kernel per token).
-A GEMV class's bytes over its time difference is the bandwidth it reaches inside the real step.
+step, of the step without each kernel class / stage (the tokens are then wrong; only time counts),
+and of a step with everything left out (the floor: for the fused step its grid barriers and the
+token feedback, for the multi-kernel step the feedback kernel alone). A GEMV class's bytes over its
+time difference is the bandwidth it reaches inside the real step. Profiles the fused one-kernel
+step unless --multi-kernel is given.
 
     PYTHONPATH=core:plugins/qwen3_0_6b:plugins/qwen3_4b_instruct_2507 \
       python benchmarks/gpu_profile_decode.py [--models 0.6b,4b]
@@ -25,8 +27,8 @@ from inference_pio.nn.cuda_graph import CudaGraphDecoder
 PROMPT, NEW = 32, 128
 
 
-def step_ms(model: Any, skip: tuple[str, ...]) -> float:
-    runner = CudaGraphDecoder(model, PROMPT + NEW + 1, skip=skip)
+def step_ms(model: Any, skip: tuple[str, ...], fused: bool) -> float:
+    runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, skip=skip, fused=fused)
     runner.greedy(5, PROMPT, 8)  # warm-up
     rates = []
     for _ in range(5):
@@ -52,6 +54,7 @@ def gemv_bytes(cfg: Any) -> dict[str, int]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="0.6b,4b")
+    ap.add_argument("--multi-kernel", action="store_true", help="profile the multi-kernel step")
     args = ap.parse_args()
     info = cuda.device_info(DEV)
     bw = cuda.copy_bandwidth(device=DEV)
@@ -59,22 +62,48 @@ def main() -> int:
     classes = [k for k in CudaGraphDecoder.KERNELS if k != "step_end"]
     for name in args.models.split(","):
         model, cfg = build_ours(real_config(name))
-        full = step_ms(model, ())
-        floor = step_ms(model, tuple(classes))
+        fused = not args.multi_kernel
+        full = step_ms(model, (), fused)
+        floor = step_ms(model, tuple(classes), fused)
         nbytes = gemv_bytes(cfg)
         print(
-            f"\n[{name}] full step {full:.3f} ms ({1e3 / full:.0f} tok/s); "
-            f"only step_end {floor:.3f} ms"
+            f"\n[{name}] {'fused' if fused else 'multi-kernel'} step {full:.3f} ms "
+            f"({1e3 / full:.0f} tok/s); everything left out {floor:.3f} ms"
         )
         print(f"{'left out':18s} {'ms/token':>9s} {'class ms':>9s} {'GB/s':>8s}")
         for k in [*classes, "qk_rope_append+attention_decode"]:
             skip = tuple(k.split("+"))
-            ms = step_ms(model, skip)
+            ms = step_ms(model, skip, fused)
             d = full - ms
             gbs = f"{nbytes[k] / (d * 1e-3) / 1e9:8.0f}" if k in nbytes and d > 0 else "       -"
             print(f"{k:18s} {ms:9.3f} {d:9.3f} {gbs}")
+        if fused:
+            stage_table(model)
         del model
     return 0
+
+
+def stage_table(model: Any) -> None:
+    """Per-stage times of layer 1 inside the fused kernel, from barrier timestamps."""
+    runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW)
+    runner.greedy(5, PROMPT, 8)
+    rows = runner.profile_stages(5, PROMPT + 8)
+    names = ["qkv", "attention", "o_proj", "gate_up", "down"]
+    print(
+        f"{'stage (layer 1)':16s} {'work max us':>11s} {'work mean us':>12s} "
+        f"{'barrier us':>10s} {'mean wait us':>12s}"
+    )
+    for i, name in enumerate(names):
+        work = [r[2 * (i + 1)] - r[2 * i + 1] for r in rows]
+        arrive = [r[2 * (i + 1)] for r in rows]
+        depart = [r[2 * (i + 1) + 1] for r in rows]
+        # barrier latency: last arrival to first departure
+        lat = min(depart) - max(arrive)
+        wait = statistics.mean(d - a for a, d in zip(arrive, depart, strict=True))
+        print(
+            f"{name:16s} {max(work) / 1e3:11.2f} {statistics.mean(work) / 1e3:12.2f} "
+            f"{lat / 1e3:10.2f} {wait / 1e3:12.2f}"
+        )
 
 
 if __name__ == "__main__":

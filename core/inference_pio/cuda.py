@@ -86,6 +86,8 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     "toc_graph_destroy": (c_int, [c_void_p]),
     # int toc_bench_copy_bandwidth(int64_t bytes, int iters, double *gbps);
     "toc_bench_copy_bandwidth": (c_int, [c_int64, c_int, POINTER(ctypes.c_double)]),
+    # int toc_bench_read_bandwidth(int64_t bytes, int iters, double *gbps);
+    "toc_bench_read_bandwidth": (c_int, [c_int64, c_int, POINTER(ctypes.c_double)]),
     # int toc_blas_info(char *buf, size_t cap);
     "toc_blas_info": (c_int, [c_char_p, c_size_t]),
     # int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void *norm_w, int norm_dtype,
@@ -139,6 +141,18 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     # int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
     #                         int32_t *step, int max_steps);
     "toc_decode_step_end": (c_int, [c_void_p] * 5 + [c_int]),
+    # int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_layer *layers,
+    #                        void **out);
+    "toc_decoder_create": (c_int, [c_void_p, c_void_p, POINTER(c_void_p)]),
+    # int toc_decoder_step(void *decoder);
+    "toc_decoder_step": (c_int, [c_void_p]),
+    # int toc_decoder_info(void *decoder, int64_t *grid, int64_t *threads, int64_t *smem_bytes,
+    #                      int64_t *kv_splits);
+    "toc_decoder_info": (c_int, [c_void_p] + [POINTER(c_int64)] * 4),
+    # int toc_decoder_profile(void *decoder, int first, int64_t *out);
+    "toc_decoder_profile": (c_int, [c_void_p, c_int, POINTER(c_int64)]),
+    # int toc_decoder_destroy(void *decoder);
+    "toc_decoder_destroy": (c_int, [c_void_p]),
     # int toc_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
     #                     int distribution);
     "toc_fill_random": (c_int, [c_void_p, c_int64, c_int, c_uint64, c_float, c_float, c_int]),
@@ -463,6 +477,19 @@ def copy_bandwidth(
     out = ctypes.c_double()
     check(
         lib().toc_bench_copy_bandwidth(nbytes, iters, ctypes.byref(out)), "toc_bench_copy_bandwidth"
+    )
+    return out.value
+
+
+def read_bandwidth(
+    nbytes: int = 2 << 30, iters: int = 10, device: Device | str = "cuda:0"
+) -> float:
+    """Measured device read bandwidth in GB/s (a kernel that only reads: a batch-1 GEMV's
+    ceiling)."""
+    set_device(device)
+    out = ctypes.c_double()
+    check(
+        lib().toc_bench_read_bandwidth(nbytes, iters, ctypes.byref(out)), "toc_bench_read_bandwidth"
     )
     return out.value
 

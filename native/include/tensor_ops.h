@@ -501,7 +501,8 @@ TO_API int toc_graph_end(void **exec_out);
 TO_API int toc_graph_abort(void);
 TO_API int toc_graph_launch(void *exec, int times);
 TO_API int toc_graph_destroy(void *exec);
-TO_API int toc_bench_copy_bandwidth(int64_t bytes, int iters, double *gbps);
+TO_API int toc_bench_copy_bandwidth(int64_t bytes, int iters, double *gbps); /* read + written */
+TO_API int toc_bench_read_bandwidth(int64_t bytes, int iters, double *gbps);  /* read only */
 TO_API int toc_blas_info(char *buf, size_t cap);
 TO_API int toc_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
                            int distribution); /* 0 normal, 1 uniform; not the CPU's values */
@@ -520,6 +521,50 @@ TO_API int toc_attention_decode(const void *q, const void *k_cache, const void *
                                 int nsplit, float *workspace);
 TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
                                int32_t *step, int max_steps);
+
+/* Fused batch-1 decode step (src/cuda/decoder.cu): one cooperative kernel runs a whole token of a
+ * dense pre-norm decoder in the Qwen3 layout (RMSNorm, q/k per-head RMSNorm or none, NeoX RoPE over
+ * the full head, GQA attention over a static KV cache, SwiGLU MLP, final RMSNorm, LM head with a
+ * greedy argmax). Weights bf16 [out, in], 16-byte aligned; hidden and intermediate multiples of 8;
+ * head_dim a multiple of 32 up to 256; at most 8 query heads per kv head. Per step it reads the
+ * token and position from counters[0..1] (int32 on the device), appends k/v at that position,
+ * writes the logits (act dtype), then sets counters[0] = argmax, tokens[counters[2]] = argmax (when
+ * counters[2] < max_steps), counters[2] += 1 and counters[1] += 1, so the step can be captured once
+ * in a CUDA graph and replayed per token. */
+typedef struct to_decoder_layer {
+    const void *q_proj, *k_proj, *v_proj, *o_proj, *gate_proj, *up_proj, *down_proj;
+    const void *input_norm, *post_norm; /* RMSNorm weights of norm_dtype */
+    const void *q_norm, *k_norm;        /* per-head RMSNorm weights, or NULL for none */
+    void *k_cache, *v_cache;            /* [n_kv_heads, capacity, head_dim] of cache_dtype */
+    float input_eps, post_eps, qk_eps, reserved;
+} to_decoder_layer;
+
+typedef struct to_decoder_desc {
+    const void *embed;      /* [vocab, hidden] of embed_dtype */
+    const void *final_norm; /* [hidden] of norm_dtype */
+    const void *lm_head;    /* bf16 [vocab, hidden] */
+    const void *rope_cos, *rope_sin; /* [capacity, head_dim] of act_dtype */
+    int32_t *counters;      /* [token, position, step, unused] */
+    int32_t *tokens;        /* [max_steps] */
+    void *logits;           /* [vocab] of act_dtype */
+    int32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab, capacity;
+    int32_t act_dtype, norm_dtype, cache_dtype, embed_dtype, max_steps;
+    int32_t profile_skip; /* 0; for profiling only, stages left out (results then wrong): bit 0 qkv,
+                             1 attention, 2 o_proj, 3 gate/up, 4 down, 5 LM head */
+    float attn_scale, final_eps;
+} to_decoder_desc;
+
+/* Validates the description, allocates the decoder's device state (activations, attention
+ * workspace, barrier counters, a device copy of layers) and returns it in *out. */
+TO_API int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_layer *layers, void **out);
+/* Launches one step on the current stream (capturable in a CUDA graph). */
+TO_API int toc_decoder_step(void *decoder);
+TO_API int toc_decoder_info(void *decoder, int64_t *grid, int64_t *threads, int64_t *smem_bytes,
+                            int64_t *kv_splits);
+/* Profiling: one synchronous step recording each block's arrival/departure times (ns) at barriers
+ * first .. first + 7 into out[block * 16 + 2 * i (+ 1)] (grid * 16 values). */
+TO_API int toc_decoder_profile(void *decoder, int first, int64_t *out);
+TO_API int toc_decoder_destroy(void *decoder);
 
 #ifdef __cplusplus
 }

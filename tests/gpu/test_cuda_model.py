@@ -16,7 +16,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from inference_pio.nn.cuda_graph import CudaGraphDecoder, unsupported_reason  # noqa: E402
+from inference_pio.nn.cuda_graph import (  # noqa: E402
+    CudaGraphDecoder,
+    fused_unsupported_reason,
+    unsupported_reason,
+)
 from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
 
 load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
@@ -36,9 +40,9 @@ TINY = dict(
 )
 
 
-def _make(d: Path, dtype: Any, seed: int) -> Any:
+def _make(d: Path, dtype: Any, seed: int, **overrides: Any) -> Any:
     torch.manual_seed(seed)
-    cfg = transformers.Qwen3Config(**TINY)
+    cfg = transformers.Qwen3Config(**{**TINY, **overrides})
     cfg._attn_implementation = "eager"
     ref = transformers.Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -122,3 +126,132 @@ def test_sampled_decode_runs(ckpt: Any) -> None:
     )
     assert len(r1.token_ids) == 12
     assert r1.token_ids == r2.token_ids
+
+
+# Shapes for the fused one-kernel decode step: query heads per kv head 1 / 3 / 4 / 8, head_dim
+# 64 / 96 / 128 / 256, hidden and intermediate sizes that are not multiples of the GEMV unit
+# (256 elements), more layers than the tiny default.
+FUSED_CASES: dict[str, dict[str, Any]] = {
+    "g1-hd64": dict(
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=64,
+        hidden_size=136,
+        intermediate_size=264,
+        num_hidden_layers=4,
+    ),
+    "g3-hd96": dict(
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=96,
+        hidden_size=200,
+        intermediate_size=520,
+    ),
+    "g4-hd128": dict(
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=128,
+        hidden_size=256,
+        intermediate_size=344,
+    ),
+    "g8-hd256": dict(
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+        hidden_size=128,
+        intermediate_size=200,
+        num_hidden_layers=2,
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FUSED_CASES))
+def shaped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    d = tmp_path_factory.mktemp(f"qwen3-fused-{request.param}")
+    return request.param, d, _make(d, torch.bfloat16, seed=11, **FUSED_CASES[request.param])
+
+
+def _step_logits(m: Any, prompt: list[int], capacity: int, fused: bool) -> Any:
+    runner = CudaGraphDecoder(m, capacity, fused=fused)
+    assert runner.fused == fused
+    runner.cache.length = 0
+    m.forward([(prompt, runner.cache)])
+    out = runner.logits_after(7, len(prompt))
+    return torch.tensor(out.to("f32").tolist())
+
+
+@pytest.mark.parametrize("plen", [1, 37, 300])
+def test_fused_step_matches_transformers_and_multi_kernel(
+    shaped: Any, plen: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy tokens of the fused step (generation with INFERENCE_PIO_CUDA_FUSED_DECODE=1) equal
+    transformers'; its logits after a prompt of plen tokens (keys spread over several kv slices at
+    300) match the multi-kernel step."""
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_FUSED_DECODE", "1")
+    _, d, ref = shaped
+    gpu = load(d, device="cuda")
+    assert fused_unsupported_reason(gpu.model) is None
+    g = torch.Generator().manual_seed(plen)
+    prompt = torch.randint(0, 500, (plen,), generator=g).tolist()
+    want = _hf_greedy(ref, prompt, 24)
+    got = gpu.generate(prompt, max_new_tokens=24, temperature=0.0, ignore_eos=True).token_ids
+    assert got == want
+    fused = _step_logits(gpu.model, prompt, 512, True)
+    multi = _step_logits(gpu.model, prompt, 512, False)
+    assert float((fused - multi).norm() / multi.norm()) < 1e-2
+    assert int(fused.argmax()) == int(multi.argmax())
+
+
+def test_fused_step_is_deterministic_and_chunked(shaped: Any) -> None:
+    """Replaying the captured step gives the same tokens every time, whether the tokens are
+    decoded in one graph launch sequence or chunk by chunk."""
+    _, d, _ = shaped
+    m = load(d, device="cuda").model
+    prompt = list(range(5, 60))
+    runs = []
+    for chunk in (8, 32):
+        runner = CudaGraphDecoder(m, 256, chunk=chunk, fused=True)
+        assert runner.fused
+        assert runner.fused_info() is not None
+        runner.cache.length = 0
+        m.forward([(prompt, runner.cache)])
+        toks: list[int] = []
+        tok, pos = 9, len(prompt)
+        while len(toks) < 32:
+            step = runner.greedy(tok, pos, chunk)
+            toks += step
+            tok, pos = step[-1], pos + chunk
+        runs.append(toks)
+    assert runs[0] == runs[1]
+
+
+def test_fused_step_rejects_unsupported_shapes(tmp_path: Path) -> None:
+    _make(
+        tmp_path,
+        torch.bfloat16,
+        seed=1,
+        num_attention_heads=16,
+        num_key_value_heads=1,
+        head_dim=32,
+        hidden_size=128,
+    )
+    m = load(tmp_path, device="cuda").model
+    assert "query heads per kv head" in (fused_unsupported_reason(m) or "")
+    with pytest.raises(ValueError, match="query heads per kv head"):
+        CudaGraphDecoder(m, 64, fused=True)
+    assert not CudaGraphDecoder(m, 64).fused  # the multi-kernel step serves it
+
+
+def test_fused_step_is_opt_in(ckpt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    kind, d, _ = ckpt
+    if kind != "bf16":
+        pytest.skip("the graph decoder needs bf16 weights")
+    m = load(d, device="cuda").model
+    monkeypatch.delenv("INFERENCE_PIO_CUDA_FUSED_DECODE", raising=False)
+    assert not CudaGraphDecoder(m, 64).fused
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_FUSED_DECODE", "1")
+    runner = CudaGraphDecoder(m, 64)
+    assert runner.fused
+    info = runner.fused_info()
+    assert info is not None
+    assert info["threads"] == 512

@@ -1,8 +1,12 @@
 """Batch-1 decode on a CUDA device as one captured CUDA graph per token.
 
 :class:`CudaGraphDecoder` owns static buffers at fixed device addresses (token id, position, step
-counter, activations, a KV cache of fixed capacity) and captures one decode step of a
-:class:`~inference_pio.nn.decoder.DecoderModel`: embedding, then per layer a fused
+counter, a KV cache of fixed capacity) and captures one decode step of a
+:class:`~inference_pio.nn.decoder.DecoderModel`. With ``INFERENCE_PIO_CUDA_FUSED_DECODE=1`` (or
+``fused=True``) the step is the fused decoder of the CUDA library (``toc_decoder_step``,
+src/cuda/decoder.cu): one cooperative kernel for the whole token, with grid-wide barriers between
+its stages (bf16 models; see :func:`fused_unsupported_reason`). Otherwise it is the multi-kernel
+step: embedding, then per layer a fused
 RMSNorm+QKV GEMV, q/k RMSNorm+RoPE+cache append, split-K attention over the cache, o_proj GEMV with
 the residual add, a fused RMSNorm+gate/up GEMV with SwiGLU and the down GEMV with the residual;
 finally RMSNorm+LM head with a fused greedy argmax and a one-thread kernel that feeds the argmax
@@ -20,11 +24,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from inference_pio.dtypes import DType
+from inference_pio.errors import NativeError
 from inference_pio.generation import (
     Detokenizer,
     GenerationResult,
@@ -71,6 +78,124 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
+class DecoderLayerDesc(ctypes.Structure):
+    """``to_decoder_layer`` of tensor_ops.h."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in (
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "input_norm",
+            "post_norm",
+            "q_norm",
+            "k_norm",
+            "k_cache",
+            "v_cache",
+        )
+    ] + [(name, ctypes.c_float) for name in ("input_eps", "post_eps", "qk_eps", "reserved")]
+
+
+class DecoderDesc(ctypes.Structure):
+    """``to_decoder_desc`` of tensor_ops.h."""
+
+    _fields_ = (
+        [
+            (name, ctypes.c_void_p)
+            for name in (
+                "embed",
+                "final_norm",
+                "lm_head",
+                "rope_cos",
+                "rope_sin",
+                "counters",
+                "tokens",
+                "logits",
+            )
+        ]
+        + [
+            (name, ctypes.c_int32)
+            for name in (
+                "n_layers",
+                "hidden",
+                "n_heads",
+                "n_kv_heads",
+                "head_dim",
+                "intermediate",
+                "vocab",
+                "capacity",
+                "act_dtype",
+                "norm_dtype",
+                "cache_dtype",
+                "embed_dtype",
+                "max_steps",
+                "profile_skip",
+            )
+        ]
+        + [("attn_scale", ctypes.c_float), ("final_eps", ctypes.c_float)]
+    )
+
+
+def fused_unsupported_reason(model: Any) -> str | None:
+    """Why the fused one-kernel step cannot run ``model`` (None when it can); the graph decoder
+    then captures the multi-kernel step."""
+    reason = unsupported_reason(model)
+    if reason is not None:
+        return reason
+    a0 = model.layers[0].attention
+    if a0.nh // a0.nkv > 8:
+        return "more than 8 query heads per kv head"
+    if a0.hd % 32 or a0.hd > 256:
+        return "head_dim must be a multiple of 32 up to 256"
+    if model.hidden % 8 or model.layers[0].mlp.inter % 8:
+        return "hidden and intermediate sizes must be multiples of 8"
+    if model.act_dtype != DType.bfloat16 or model.cache_dtype != DType.bfloat16:
+        return "activations and KV cache must be bf16"
+    norms: list[RMSNorm] = [model.norm]
+    for layer in model.layers:
+        at = layer.attention
+        if at.nh != a0.nh or at.nkv != a0.nkv or at.hd != a0.hd:
+            return "layers of different attention shapes"
+        if layer.mlp.inter != model.layers[0].mlp.inter:
+            return "layers of different MLP widths"
+        if (at.q_norm is None) != (at.k_norm is None):
+            return "q and k norms must both be present or both absent"
+        if at.q_norm is not None and at.k_norm is not None and at.q_norm.eps != at.k_norm.eps:
+            return "q and k norms with different eps"
+        norms += [n for n in (layer.input_norm, layer.post_norm, at.q_norm, at.k_norm) if n]
+    if any(n is None for n in (model.layers[0].input_norm, model.layers[0].post_norm)):
+        return "pre-norm layers need input and post-attention norms"
+    if any(n.weight.dtype != DType.bfloat16 for n in norms):
+        return "norm weights must be bf16"
+    if model.embed.weight.dtype != DType.bfloat16:
+        return "the embedding must be bf16"
+    return None
+
+
+# profile_skip bits of the fused step per kernel name of the multi-kernel step
+_FUSED_SKIP_BITS = {
+    "qkv": 1,
+    "qk_rope_append": 0,  # part of the attention stage
+    "attention_decode": 2,
+    "o_proj": 4,
+    "gate_up": 8,
+    "down": 16,
+    "lm_head": 32,
+}
+
+
+def _fused_enabled() -> bool:
+    """The fused step is opt-in (``INFERENCE_PIO_CUDA_FUSED_DECODE=1``) until it beats the
+    multi-kernel step: on an H200 it matched it for Qwen3-0.6B and was 13% slower for Qwen3-4B
+    (benchmarks/GPU_NOTES.md)."""
+    return os.environ.get("INFERENCE_PIO_CUDA_FUSED_DECODE", "0") == "1"
+
+
 class CudaGraphDecoder:
     """One captured decode step of ``model`` over a static KV cache of ``capacity`` tokens."""
 
@@ -92,9 +217,12 @@ class CudaGraphDecoder:
         capacity: int,
         chunk: int = CHUNK,
         skip: Collection[str] = (),
+        fused: bool | None = None,
     ) -> None:
-        """``skip``: kernels left out of the captured step, for profiling only (the time of a
-        step without them, by difference the time they take; the tokens are then wrong)."""
+        """``skip``: kernels (stages of the fused step) left out, for profiling only (the time of
+        a step without them, by difference the time they take; the tokens are then wrong).
+        ``fused``: capture the one-kernel step (default: when the model allows it and
+        ``INFERENCE_PIO_CUDA_FUSED_DECODE=1``)."""
         from inference_pio import cuda
 
         unknown = set(skip) - set(self.KERNELS[:-1])
@@ -133,11 +261,113 @@ class CudaGraphDecoder:
         positions = tensor(list(range(capacity)), DType.int32, dev)
         self.cos, self.sin = model.rotary.tables(model.be, positions, act)
         self.graph: int | None = None
+        self._fused: int | None = None  # toc_decoder handle
+        if fused is None:
+            fused = _fused_enabled() and fused_unsupported_reason(model) is None
+        elif fused:
+            why = fused_unsupported_reason(model)
+            if why is not None:
+                raise ValueError(f"the fused decode step does not support this model: {why}")
+        self.fused = bool(fused)
+        if self.fused:
+            self._create_fused()
         self._capture()
+
+    def _create_fused(self) -> None:
+        m, lib = self.model, self.cuda.lib()
+        layers = (DecoderLayerDesc * len(m.layers))()
+        for i, layer in enumerate(m.layers):
+            at, mlp = layer.attention, layer.mlp
+            assert isinstance(mlp, SwiGLU)
+            qn, kn = at.q_norm, at.k_norm
+            layers[i] = DecoderLayerDesc(
+                at.q_proj.weight.data_ptr,
+                at.k_proj.weight.data_ptr,
+                at.v_proj.weight.data_ptr,
+                at.o_proj.weight.data_ptr,
+                mlp.gate.weight.data_ptr,
+                mlp.up.weight.data_ptr,
+                mlp.down.weight.data_ptr,
+                layer.input_norm.weight.data_ptr,
+                layer.post_norm.weight.data_ptr,
+                qn.weight.data_ptr if qn is not None else None,
+                kn.weight.data_ptr if kn is not None else None,
+                self.cache.layers[i].k.data_ptr,
+                self.cache.layers[i].v.data_ptr,
+                layer.input_norm.eps,
+                layer.post_norm.eps,
+                qn.eps if qn is not None else 0.0,
+                0.0,
+            )
+        a0 = m.layers[0].attention
+        desc = DecoderDesc(
+            m.embed.weight.data_ptr,
+            m.norm.weight.data_ptr,
+            m.lm_head.weight.data_ptr,
+            self.cos.data_ptr,
+            self.sin.data_ptr,
+            self.ctr.data_ptr,
+            self.tokens.data_ptr,
+            self.logits.data_ptr,
+            len(m.layers),
+            m.hidden,
+            self.nh,
+            self.nkv,
+            self.hd,
+            self.inter,
+            m.vocab_size,
+            self.capacity,
+            int(m.act_dtype),
+            int(m.norm.weight.dtype),
+            int(m.cache_dtype),
+            int(m.embed.weight.dtype),
+            self.chunk,
+            sum(_FUSED_SKIP_BITS[k] for k in self.skip),
+            a0.scale,
+            m.norm.eps,
+        )
+        handle = ctypes.c_void_p()
+        self.cuda.check(
+            lib.toc_decoder_create(ctypes.byref(desc), layers, ctypes.byref(handle)),
+            "toc_decoder_create",
+        )
+        self._fused = handle.value
+
+    def fused_info(self) -> dict[str, int] | None:
+        """Launch shape of the fused step (grid, threads, shared memory, kv splits), or None."""
+        if not self._fused:
+            return None
+        vals = [ctypes.c_int64() for _ in range(4)]
+        self.cuda.check(
+            self.cuda.lib().toc_decoder_info(self._fused, *[ctypes.byref(v) for v in vals]),
+            "toc_decoder_info",
+        )
+        keys = ("grid", "threads", "smem_bytes", "kv_splits")
+        return {k: v.value for k, v in zip(keys, vals, strict=True)}
+
+    def profile_stages(self, token: int, pos: int, first: int = 4) -> list[list[int]]:
+        """Profiling (fused step only): runs one step outside the graph and returns, per block,
+        the arrival and departure times (ns) at barriers ``first`` .. ``first + 7``
+        (``[block][2 * i]`` arrival, ``[block][2 * i + 1]`` departure). Barrier 4 is where
+        layer 1 starts; each layer passes 5 barriers (after qkv, attention, o_proj, gate/up,
+        down)."""
+        if not self._fused:
+            raise ValueError("profile_stages needs the fused step")
+        info = self.fused_info()
+        assert info is not None
+        self._set(token, pos)
+        buf = (ctypes.c_int64 * (info["grid"] * 16))()
+        self.cuda.check(
+            self.cuda.lib().toc_decoder_profile(self._fused, first, buf), "toc_decoder_profile"
+        )
+        return [list(buf[b * 16 : (b + 1) * 16]) for b in range(info["grid"])]
 
     # ---- capture ---------------------------------------------------------------------------------
     def _record(self) -> None:
         m, lib, check = self.model, self.cuda.lib(), self.cuda.check
+        if self._fused:
+            check(lib.toc_decoder_step(self._fused), "toc_decoder_step")
+            return
 
         def run(name: str, fn: Any, *args: Any) -> None:
             if name not in self.skip:
@@ -343,6 +573,23 @@ class CudaGraphDecoder:
         )
 
     def _capture(self) -> None:
+        try:
+            self._capture_once()
+        except NativeError as exc:
+            if not self._fused:
+                raise
+            # e.g. a driver that cannot capture cooperative launches: the multi-kernel step
+            warnings.warn(
+                f"fused CUDA decode step unavailable ({exc}); using the multi-kernel graph",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.cuda.lib().toc_decoder_destroy(self._fused)
+            self._fused = None
+            self.fused = False
+            self._capture_once()
+
+    def _capture_once(self) -> None:
         lib, check = self.cuda.lib(), self.cuda.check
         self.cuda.synchronize(self.model.device)
         check(lib.toc_graph_begin(), "toc_graph_begin")
@@ -360,6 +607,10 @@ class CudaGraphDecoder:
         if g:
             with contextlib.suppress(Exception):
                 self.cuda.lib().toc_graph_destroy(g)
+        h = getattr(self, "_fused", None)
+        if h:
+            with contextlib.suppress(Exception):
+                self.cuda.lib().toc_decoder_destroy(h)
 
     # ---- running ---------------------------------------------------------------------------------
     def _set(self, token: int, pos: int) -> None:
