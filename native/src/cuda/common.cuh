@@ -113,6 +113,24 @@ __device__ __forceinline__ float block_max(float v, float *red) {
     return warp_max(t);
 }
 
+/* 8 bf16 values packed in 16 bytes -> fp32 */
+__device__ __forceinline__ void bf8(uint4 v, float *f) {
+    const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+/* Packed greedy-argmax key: order-preserving value bits above ~index (ties -> lowest index), for
+ * a 64-bit atomicMax; 0 means "nothing yet". */
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t idx) {
+    uint32_t u = __float_as_uint(v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (uint32_t)idx);
+}
+
 /* RoPE of one pair without FMA contraction; bf16 rounds every product like torch. */
 __device__ __forceinline__ void rope_pair_dev(float x1, float x2, float c, float s, bool bf,
                                               float &o1, float &o2) {

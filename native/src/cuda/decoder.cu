@@ -119,20 +119,6 @@ __device__ __forceinline__ void dk_sync(DkSync &s) {
     __syncthreads();
 }
 
-__device__ __forceinline__ void bf8(uint4 v, float *f) {
-    const uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(u[i] << 16);
-        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-    }
-}
-
-__device__ __forceinline__ unsigned long long dk_argmax_key(float v, int64_t idx) {
-    uint32_t u = __float_as_uint(v);
-    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving */
-    return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (uint32_t)idx);
-}
 
 /* Weight row of block-local virtual row vr of the current row batch (rb0, nrb rows). */
 __device__ __forceinline__ const uint16_t *dk_row(int mode, const uint16_t *w0, const uint16_t *w1,
@@ -296,7 +282,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float 
                 if (g.mode == DK_ARGMAX) {
                     const float rv = rbf(acc);
                     if (rv == rv) {
-                        const unsigned long long key = dk_argmax_key(rv, row);
+                        const unsigned long long key = argmax_key(rv, row);
                         if (key > best) best = key;
                     }
                 }

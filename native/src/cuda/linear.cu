@@ -40,20 +40,6 @@ struct GemvArgs {
     unsigned long long *argmax; /* packed (value key, ~index) atomicMax of the rounded outputs */
 };
 
-__device__ __forceinline__ void bf8(uint4 v, float *f) {
-    const uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(u[i] << 16);
-        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-    }
-}
-
-__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t idx) {
-    uint32_t u = __float_as_uint(v);
-    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving */
-    return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (uint32_t)idx);
-}
 
 /* Programmatic dependent launch (sm_90+): a GEMV launched with the PDL attribute may start while
  * the previous kernel still runs. It loads its first weights (which no kernel writes), then waits
