@@ -58,7 +58,6 @@ struct DkGemv {
     int64_t k;
     int mode;
     const void *src; /* input vector */
-    int sd;          /* its dtype (staged values are rounded to the act dtype) */
     const void *norm;
     float eps;
     void *y;
@@ -554,7 +553,6 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(DkState st)
     sync.first = st.prof_first;
     const int32_t tok = __ldcg(d.counters), pos = __ldcg(d.counters + 1);
     if (pos < 0 || pos >= d.capacity) return; /* every block returns: no barrier is left waiting */
-    const int ad = d.act_dtype;
     const int64_t hid = d.hidden, nq = (int64_t)d.n_heads * d.head_dim,
                   nkvd = (int64_t)d.n_kv_heads * d.head_dim;
     const int esz = 2;
@@ -582,7 +580,6 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(DkState st)
         g.k = hid;
         g.mode = DK_PLAIN;
         g.src = li == 0 ? erow : st.x;
-        g.sd = li == 0 ? d.embed_dtype : ad;
         g.norm = ly.input_norm;
         g.eps = ly.input_eps;
         g.y = st.qkv;
@@ -598,7 +595,6 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(DkState st)
         g.k = nq;
         g.mode = DK_RES;
         g.src = st.attn;
-        g.sd = ad;
         g.norm = nullptr;
         g.y = st.x2;
         g.res = st.x;
@@ -638,7 +634,6 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(DkState st)
     g.k = hid;
     g.mode = DK_ARGMAX;
     g.src = st.x;
-    g.sd = ad;
     g.norm = d.final_norm;
     g.eps = d.final_eps;
     g.y = d.logits;
