@@ -180,22 +180,25 @@ __device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float 
         lgi = lu - lvr * G;
         lrow = lu < lend ? dk_seek(g, rb0, nrb, lvr, &lbound) : nullptr;
     };
-    auto load = [&](uint4 *v) {
-#pragma unroll
-        for (int q = 0; q < DK_U; q++) {
-            v[q] = make_uint4(0, 0, 0, 0);
-            if (lu + q < lend) {
-                const int c = lgi * 32 + lane;
-                if (c < nv) v[q] = __ldg((const uint4 *)lrow + c);
-                if (++lgi == G) {
-                    lgi = 0;
-                    ++lvr;
-                    lrow += k;
-                    if (lvr == lbound && lu + q + 1 < lend) lrow = dk_seek(g, rb0, nrb, lvr, &lbound);
-                }
+    /* the next unit of this warp's range (zeros past its end); advances the loader */
+    auto load_next = [&]() {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (lu < lend) {
+            const int c = lgi * 32 + lane;
+            if (c < nv) v = __ldg((const uint4 *)lrow + c);
+            if (++lgi == G) {
+                lgi = 0;
+                ++lvr;
+                lrow += k;
+                if (lvr == lbound && lu + 1 < lend) lrow = dk_seek(g, rb0, nrb, lvr, &lbound);
             }
         }
-        lu += DK_U;
+        ++lu;
+        return v;
+    };
+    auto load = [&](uint4 *v) {
+#pragma unroll
+        for (int q = 0; q < DK_U; q++) v[q] = load_next();
     };
     uint4 cur[DK_U];
     start_batch();
@@ -248,19 +251,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float 
                     if (lane == 0) part[cu0 + q] = a;
                     if (++cgi == G) cgi = 0;
                 }
-                /* refill slot q with unit lu (the loader runs DK_U units ahead) */
-                cur[q] = make_uint4(0, 0, 0, 0);
-                if (lu < lend) {
-                    const int c = lgi * 32 + lane;
-                    if (c < nv) cur[q] = __ldg((const uint4 *)lrow + c);
-                    if (++lgi == G) {
-                        lgi = 0;
-                        ++lvr;
-                        lrow += k;
-                        if (lvr == lbound && lu + 1 < lend) lrow = dk_seek(g, rb0, nrb, lvr, &lbound);
-                    }
-                }
-                ++lu;
+                cur[q] = load_next(); /* refill: the loader runs DK_U units ahead */
             }
             cu0 += DK_U;
         }
