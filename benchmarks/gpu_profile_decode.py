@@ -85,7 +85,7 @@ def main() -> int:
 
 def stage_table(model: Any) -> None:
     """Per-stage times of layer 1 inside the fused kernel, from barrier timestamps."""
-    runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW)
+    runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, fused=True)
     runner.greedy(5, PROMPT, 8)
     rows = runner.profile_stages(5, PROMPT + 8)
     names = ["qkv", "attention", "o_proj", "gate_up", "down"]

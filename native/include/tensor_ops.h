@@ -551,6 +551,9 @@ typedef struct to_decoder_desc {
     int32_t act_dtype, norm_dtype, cache_dtype, embed_dtype, max_steps;
     int32_t profile_skip; /* 0; for profiling only, stages left out (results then wrong): bit 0 qkv,
                              1 attention, 2 o_proj, 3 gate/up, 4 down, 5 LM head */
+    int32_t attn_tile;    /* 0; else keys per attention tile in shared memory (at most what fits) */
+    int32_t attn_splits;  /* 0; else at most this many key slices per kv head (else one unit per
+                             block); both are for testing the multi-tile and merge paths */
     float attn_scale, final_eps;
 } to_decoder_desc;
 

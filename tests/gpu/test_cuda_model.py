@@ -202,6 +202,27 @@ def test_fused_step_matches_transformers_and_multi_kernel(
     assert int(fused.argmax()) == int(multi.argmax())
 
 
+def test_fused_attention_tiles_and_slice_merge(shaped: Any) -> None:
+    """Small attention tiles and two key slices per kv head (several tiles per slice, online
+    softmax across tiles, the slice merge) give the same logits as the one-tile default and the
+    multi-kernel step."""
+    _, d, _ = shaped
+    m = load(d, device="cuda").model
+    prompt = torch.randint(0, 500, (300,), generator=torch.Generator().manual_seed(3)).tolist()
+
+    def logits(**kw: Any) -> Any:
+        runner = CudaGraphDecoder(m, 512, **kw)
+        runner.cache.length = 0
+        m.forward([(prompt, runner.cache)])
+        return torch.tensor(runner.logits_after(7, len(prompt)).to("f32").tolist())
+
+    multi = logits(fused=False)
+    for tile, splits in ((32, 2), (64, 0), (0, 1), (96, 3)):
+        got = logits(fused=True, attn_tile=tile, attn_splits=splits)
+        assert float((got - multi).norm() / multi.norm()) < 1e-2, (tile, splits)
+        assert int(got.argmax()) == int(multi.argmax()), (tile, splits)
+
+
 def test_fused_step_is_deterministic_and_chunked(shaped: Any) -> None:
     """Replaying the captured step gives the same tokens every time, whether the tokens are
     decoded in one graph launch sequence or chunk by chunk."""

@@ -135,6 +135,8 @@ class DecoderDesc(ctypes.Structure):
                 "embed_dtype",
                 "max_steps",
                 "profile_skip",
+                "attn_tile",
+                "attn_splits",
             )
         ]
         + [("attn_scale", ctypes.c_float), ("final_eps", ctypes.c_float)]
@@ -218,11 +220,18 @@ class CudaGraphDecoder:
         chunk: int = CHUNK,
         skip: Collection[str] = (),
         fused: bool | None = None,
+        attn_tile: int = 0,
+        attn_splits: int = 0,
     ) -> None:
         """``skip``: kernels (stages of the fused step) left out, for profiling only (the time of
         a step without them, by difference the time they take; the tokens are then wrong).
         ``fused``: capture the one-kernel step (default: when the model allows it and
-        ``INFERENCE_PIO_CUDA_FUSED_DECODE=1``)."""
+        ``INFERENCE_PIO_CUDA_FUSED_DECODE=1``). ``attn_tile`` / ``attn_splits`` (fused step,
+        testing): fewer keys per shared-memory attention tile and fewer key slices per kv head
+        than the defaults, to exercise the multi-tile and slice-merge paths on short contexts."""
+        if attn_tile < 0 or attn_splits < 0:
+            raise ValueError("attn_tile and attn_splits must be >= 0")
+        self.attn_tile, self.attn_splits = attn_tile, attn_splits
         from inference_pio import cuda
 
         unknown = set(skip) - set(self.KERNELS[:-1])
@@ -323,6 +332,8 @@ class CudaGraphDecoder:
             int(m.embed.weight.dtype),
             self.chunk,
             sum(_FUSED_SKIP_BITS[k] for k in self.skip),
+            self.attn_tile,
+            self.attn_splits,
             a0.scale,
             m.norm.eps,
         )

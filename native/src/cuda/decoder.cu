@@ -25,15 +25,20 @@
  * next batch loaded while the current one is computed; unit sums go to shared memory and each row
  * is summed in a fixed order, so results are deterministic. */
 #include <new>
+#include <stdlib.h>
 
 #include "common.cuh"
 
 #define DK_THREADS 512
 #define DK_WARPS (DK_THREADS / 32)
+#define DK_LWARPS (DK_WARPS - 1)       /* warps that load weights; the last one runs the barriers */
+#define DK_BAR_T (DK_THREADS - 32)     /* the barrier thread (lane 0 of the last warp) */
 #define DK_U 8        /* units (one 16-byte load per lane each) in flight per warp */
 #define DK_PART 8192  /* unit sums per row batch (floats of shared memory) */
 #define DK_GMAX 8     /* query heads per kv head (kernels for up to 2, 4 and 8) */
 #define DK_DMAX 8     /* head_dim / 32 (kernels for up to 2, 4 and 8) */
+#define DK_ATT_SMEM (160 * 1024) /* shared memory for attention tiles (keys, values, scores) */
+#define DK_NX 3       /* 16-byte input chunks per thread held in registers while staging */
 
 enum { DK_PLAIN = 0, DK_RES = 1, DK_SWIGLU = 2, DK_ARGMAX = 3 };
 
@@ -46,6 +51,7 @@ struct DkState {
     unsigned *att_cnt;              /* [nkv] finished slices */
     unsigned long long *argmax;
     int nsplit;
+    int tk;   /* keys per attention tile in shared memory */
     int kmax; /* floats of the staging area */
     unsigned long long *prof; /* see DkSync */
     int prof_first;
@@ -101,23 +107,44 @@ __device__ __forceinline__ unsigned long long dk_load_acquire(const unsigned lon
     return v;
 }
 
-__device__ __forceinline__ void dk_sync(DkSync &s) {
+/* A barrier in two halves: arrive (after this block's writes of the stage) and wait. Work that
+ * depends on no other block of this stage (weight loads, cached keys and values of earlier
+ * tokens) goes between them. The barrier thread's warp issues none of it: its release and acquire
+ * would wait for that warp's outstanding loads. */
+__device__ __forceinline__ void dk_arrive(DkSync &s) {
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == DK_BAR_T) {
         const int slot = s.n - s.first;
-        const bool rec = s.prof && slot >= 0 && slot < DK_PROF;
-        if (rec) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot] = dk_now();
+        if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot] = dk_now();
         s.target += gridDim.x;
         __threadfence();
         asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(s.count) : "memory");
+    }
+}
+__device__ __forceinline__ void dk_wait(DkSync &s) {
+    if (threadIdx.x == DK_BAR_T) {
         while (dk_load_acquire(s.count) < s.target) {
         }
-        if (rec) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot + 1] = dk_now();
+        const int slot = s.n - s.first;
+        if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot + 1] = dk_now();
         s.n++;
     }
     __syncthreads();
 }
+__device__ __forceinline__ void dk_sync(DkSync &s) {
+    dk_arrive(s);
+    dk_wait(s);
+}
 
+/* A weight load: read once per step, so it bypasses L1 (which keeps the layer descriptors and
+ * what the stages share). */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
 
 /* Weight row of block-local virtual row vr of the current row batch (rb0, nrb rows). */
 __device__ __forceinline__ const uint16_t *dk_row(int mode, const uint16_t *w0, const uint16_t *w1,
@@ -147,13 +174,100 @@ __device__ __noinline__ const uint16_t *dk_seek(const DkGemv &g, int64_t rb0, in
     return dk_row(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.k, rb0, nrb, vr);
 }
 
+/* 8 floats -> 8 bf16 packed in 16 bytes (round to nearest even) */
+__device__ __forceinline__ uint4 pack_bf8(const float *f) {
+    uint32_t u[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) u[i] = (uint32_t)f2bf(f[2 * i]) | ((uint32_t)f2bf(f[2 * i + 1]) << 16);
+    return make_uint4(u[0], u[1], u[2], u[3]);
+}
+
+/* Per-warp split of a block's row batch: units [lu, lend) of rb0.. (a unit is 32 16-byte chunks
+ * of one row). */
+__device__ __forceinline__ void dk_warp_units(int64_t nrb, int mult, int G, int warp, int *lu, int *lend) {
+    const int64_t units = nrb * mult * G;
+    const int w = warp < DK_LWARPS ? warp : DK_LWARPS; /* the barrier warp: an empty range */
+    *lu = (int)(units * w / DK_LWARPS);
+    *lend = (int)(units * (w + (warp < DK_LWARPS)) / DK_LWARPS);
+}
+
+enum { DK_QKV = 0, DK_O = 1, DK_GU = 2, DK_DOWN = 3, DK_LM = 4 };
+
+/* The GEMV of stage `which` of layer li (DK_LM: the LM head). src of layer 0's qkv: the token's
+ * embedding row. */
+__device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, const void *erow) {
+    const to_decoder_desc &d = st.d;
+    const int64_t hid = d.hidden, nq = (int64_t)d.n_heads * d.head_dim,
+                  nkvd = (int64_t)d.n_kv_heads * d.head_dim;
+    DkGemv g;
+    g.w1 = g.w2 = nullptr;
+    g.s1 = 0;
+    g.norm = nullptr;
+    g.eps = 0.0f;
+    g.res = nullptr;
+    g.n = g.s0 = hid;
+    if (which == DK_LM) {
+        g.w0 = (const uint16_t *)d.lm_head;
+        g.n = g.s0 = d.vocab;
+        g.k = hid;
+        g.mode = DK_ARGMAX;
+        g.src = st.x;
+        g.norm = d.final_norm;
+        g.eps = d.final_eps;
+        g.y = d.logits;
+        return g;
+    }
+    const to_decoder_layer &ly = st.layers[li];
+    if (which == DK_QKV) {
+        g.w0 = (const uint16_t *)ly.q_proj;
+        g.w1 = (const uint16_t *)ly.k_proj;
+        g.w2 = (const uint16_t *)ly.v_proj;
+        g.s0 = nq;
+        g.s1 = nkvd;
+        g.n = nq + 2 * nkvd;
+        g.k = hid;
+        g.mode = DK_PLAIN;
+        g.src = li == 0 ? erow : st.x;
+        g.norm = ly.input_norm;
+        g.eps = ly.input_eps;
+        g.y = st.qkv;
+    } else if (which == DK_O) {
+        g.w0 = (const uint16_t *)ly.o_proj;
+        g.k = nq;
+        g.mode = DK_RES;
+        g.src = st.attn;
+        g.y = st.x2;
+        g.res = st.x;
+    } else if (which == DK_GU) {
+        g.w0 = (const uint16_t *)ly.gate_proj;
+        g.w1 = (const uint16_t *)ly.up_proj;
+        g.s0 = g.s1 = g.n = d.intermediate;
+        g.k = hid;
+        g.mode = DK_SWIGLU;
+        g.src = st.x2;
+        g.norm = ly.post_norm;
+        g.eps = ly.post_eps;
+        g.y = st.h;
+    } else {
+        g.w0 = (const uint16_t *)ly.down_proj;
+        g.k = d.intermediate;
+        g.mode = DK_RES;
+        g.src = st.h;
+        g.y = st.x;
+        g.res = st.x2;
+    }
+    return g;
+}
+
 /* One GEMV stage. sync: the barrier to pass after the first weight loads (NULL at the start of the
- * kernel). write_x: block 0 also stores the staged input into st.x (the embedding of layer 0).
- * Each warp takes a contiguous range of units, so its loads walk each row in order and the unit
- * indices advance without divisions. */
-__device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float *smem, DkSync *sync,
-                                     bool write_x) {
-    const DkGemv g = gp; /* fields in registers, not re-read through the stack */
+ * kernel); the stage is g = dk_make(st, li, which, erow). write_x:
+ * block 0 also stores the staged input into st.x (the embedding of layer 0). Each warp takes a
+ * contiguous range of units, so its loads walk each row in order, the unit indices advance without
+ * divisions, and a lane can sum a whole row run before one warp reduction. */
+__device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const void *erow, float *smem,
+                                     DkSync *sync, bool write_x) {
+    if (sync) dk_arrive(*sync); /* first: nothing below is written by this stage */
+    const DkGemv g = dk_make(st, li, which, erow);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t k = g.k;
     const int nv = (int)(k / 8), G = (nv + 31) / 32;
@@ -162,7 +276,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float 
     const int mult = g.mode == DK_SWIGLU ? 2 : 1;
     int per = DK_PART / (G * mult);
     if (per < 1) per = 1;
-    float *xs = smem;
+    uint4 *xs = (uint4 *)smem; /* the staged input, bf16 */
     float *part = smem + st.kmax;
     float *red = part + DK_PART;
     unsigned long long *redk = (unsigned long long *)(red + 64);
@@ -173,9 +287,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float 
     int lu = 0, lend = 0, lvr = 0, lgi = 0, lbound = 0;
     const uint16_t *lrow = nullptr;
     auto start_batch = [&]() {
-        const int units = nrb * mult * G;
-        lu = (int)((int64_t)units * warp / DK_WARPS);
-        lend = (int)((int64_t)units * (warp + 1) / DK_WARPS);
+        dk_warp_units(nrb, mult, G, warp, &lu, &lend);
         lvr = lu / G;
         lgi = lu - lvr * G;
         lrow = lu < lend ? dk_seek(g, rb0, nrb, lvr, &lbound) : nullptr;
@@ -185,7 +297,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float 
         uint4 v = make_uint4(0, 0, 0, 0);
         if (lu < lend) {
             const int c = lgi * 32 + lane;
-            if (c < nv) v = __ldg((const uint4 *)lrow + c);
+            if (c < nv) v = ld_stream((const uint4 *)lrow + c);
             if (++lgi == G) {
                 lgi = 0;
                 ++lvr;
@@ -204,51 +316,78 @@ __device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float 
     start_batch();
     int cu0 = lu; /* first unit of cur */
     load(cur);
-    /* before the barrier as well: for a residual stage, the residual of this thread's output row
-     * (written two barriers ago) */
-    const bool res_pre = g.mode == DK_RES && nr <= per && nr <= DK_THREADS;
-    const float resv = res_pre && tid < nr ? ldcg(g.res, r0 + tid) : 0.0f;
-    if (sync) dk_sync(*sync);
+    /* before the barrier as well: the residual of this thread's output row (written two barriers
+     * ago) and the norm weights of its first input chunks */
+    const bool res_pre = g.mode == DK_RES && nr <= per && tid < nr && tid < DK_BAR_T;
+    const float resv = res_pre ? ldcg(g.res, r0 + tid) : 0.0f;
+    const uint4 *src = (const uint4 *)g.src, *nw = (const uint4 *)g.norm;
+    uint4 nwv[DK_NX];
+#pragma unroll
+    for (int i = 0; i < DK_NX; i++) {
+        const int c = tid + i * DK_THREADS;
+        nwv[i] = nw && c < nv && tid < DK_BAR_T ? __ldg(nw + c) : make_uint4(0, 0, 0, 0);
+    }
+    if (sync) dk_wait(*sync);
 
-    /* stage the input (RMSNorm'd when asked): each thread normalises the elements it loaded */
-    if (g.norm) {
-        float ss = 0.0f;
-        for (int64_t j = tid; j < k; j += DK_THREADS) {
-            const float v = rbf(ldcg(g.src, j));
-            if (write_x && b == 0) stb(st.x, j, v);
-            xs[j] = v;
-            ss += v * v;
+    /* stage the input (RMSNorm'd when asked): all of a thread's loads are issued at once */
+    uint4 xv[DK_NX];
+#pragma unroll
+    for (int i = 0; i < DK_NX; i++) {
+        const int c = tid + i * DK_THREADS;
+        xv[i] = c < nv ? __ldcg(src + c) : make_uint4(0, 0, 0, 0);
+    }
+    float ss = 0.0f;
+    for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
+        const uint4 v = i < DK_NX ? xv[i] : __ldcg(src + c);
+        xs[c] = v;
+        if (write_x && b == 0) ((uint4 *)st.x)[c] = v;
+        if (nw) {
+            float f[8];
+            bf8(v, f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
         }
+    }
+    if (nw) {
         ss = block_sum(ss, red);
         const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
-        for (int64_t j = tid; j < k; j += DK_THREADS)
-            xs[j] = rbf(ldw(g.norm, j) * rbf(xs[j] * rr));
-    } else {
-        for (int64_t j = tid; j < k; j += DK_THREADS) xs[j] = rbf(ldcg(g.src, j));
+        for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
+            float f[8], w[8];
+            bf8(xs[c], f);
+            bf8(i < DK_NX && tid < DK_BAR_T ? nwv[i] : __ldg(nw + c), w);
+#pragma unroll
+            for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
+            xs[c] = pack_bf8(f);
+        }
     }
     __syncthreads();
 
     unsigned long long best = 0;
     while (nrb > 0) {
         int cgi = cu0 < lend ? cu0 % G : 0; /* group of cur's first unit */
+        float acc = 0.0f;                   /* this lane's sum over the current row run */
         /* a ring of DK_U loads per lane: each slot is refilled with the unit DK_U ahead as soon
          * as it has been used, so DK_U loads stay in flight */
         while (cu0 < lend) {
 #pragma unroll
             for (int q = 0; q < DK_U; q++) {
-                if (cu0 + q < lend) { /* warp-uniform */
+                const int u = cu0 + q;
+                if (u < lend) { /* warp-uniform */
                     const int c = cgi * 32 + lane;
-                    float a = 0.0f;
                     if (c < nv) {
-                        float f[8];
+                        float f[8], x[8];
                         bf8(cur[q], f);
-                        const float4 *xp = (const float4 *)(xs + c * 8);
-                        const float4 x0 = xp[0], x1 = xp[1];
-                        a = f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x +
-                            f[5] * x1.y + f[6] * x1.z + f[7] * x1.w;
+                        bf8(xs[c], x);
+#pragma unroll
+                        for (int e = 0; e < 8; e++) acc += f[e] * x[e];
                     }
-                    a = warp_sum(a);
-                    if (lane == 0) part[cu0 + q] = a;
+                    /* one warp reduction per row run; the other units of the run hold 0 */
+                    float a = 0.0f;
+                    if (cgi == G - 1 || u == lend - 1) {
+                        a = warp_sum(acc);
+                        acc = 0.0f;
+                    }
+                    if (lane == 0) part[u] = a;
                     if (++cgi == G) cgi = 0;
                 }
                 cur[q] = load_next(); /* refill: the loader runs DK_U units ahead */
@@ -303,54 +442,67 @@ __device__ __noinline__ void dk_gemv(const DkState &st, const DkGemv &gp, float 
     }
 }
 
-/* One head of the new token in a warp: row[hd] = RoPE(RMSNorm(src[off..off+hd])) rounded to the
- * act dtype (the q/k path of toc_qk_rope_append). All of its loads are issued first. */
-__device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t off, const void *nw, float eps,
-                        int64_t p, float *row) {
-    const int hd = st.d.head_dim, lane = threadIdx.x & 31;
-    const int half = hd / 2;
-    float cs[4], sn[4], wv[8];
+/* What a head of the new token needs besides its activations, loaded before the barrier: the
+ * RoPE cos/sin of position p and the head's norm weights. */
+struct DkHeadPre {
+    float cs[DK_DMAX / 2], sn[DK_DMAX / 2], wv[DK_DMAX];
+};
+
+__device__ __forceinline__ void dk_head_pre(const DkState &st, const void *nw, int64_t p, DkHeadPre &hp) {
+    const int hd = st.d.head_dim, half = hd / 2, lane = threadIdx.x & 31;
 #pragma unroll
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < DK_DMAX / 2; c++) {
         const int i = lane + 32 * c;
-        cs[c] = i < half ? ldw(st.d.rope_cos, p * hd + i) : 0.0f;
-        sn[c] = i < half ? ldw(st.d.rope_sin, p * hd + i) : 0.0f;
+        hp.cs[c] = i < half ? ldw(st.d.rope_cos, p * hd + i) : 0.0f;
+        hp.sn[c] = i < half ? ldw(st.d.rope_sin, p * hd + i) : 0.0f;
     }
 #pragma unroll
-    for (int c = 0; c < 8; c++) {
+    for (int c = 0; c < DK_DMAX; c++) {
         const int d = lane + 32 * c;
-        wv[c] = nw && d < hd ? ldw(nw, d) : 0.0f;
+        hp.wv[c] = nw && d < hd ? ldw(nw, d) : 0.0f;
     }
-    for (int d = lane; d < hd; d += 32) row[d] = ldcg(src, off + d);
-    __syncwarp();
-    if (nw) {
+}
+
+/* One head of the new token in a warp: row[hd] = RoPE(RMSNorm(src[off..off+hd])) rounded to bf16
+ * (the q/k path of toc_qk_rope_append). Its loads are issued together. */
+__device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t off, bool norm, float eps,
+                                     const DkHeadPre &hp, float *row) {
+    const int hd = st.d.head_dim, lane = threadIdx.x & 31, half = hd / 2;
+    float v[DK_DMAX];
+#pragma unroll
+    for (int c = 0; c < DK_DMAX; c++) {
+        const int d = lane + 32 * c;
+        v[c] = d < hd ? ldcg(src, off + d) : 0.0f;
+    }
+    if (norm) {
         float ss = 0.0f;
-        for (int d = lane; d < hd; d += 32) ss += row[d] * row[d];
+#pragma unroll
+        for (int c = 0; c < DK_DMAX; c++) ss += v[c] * v[c];
         ss = warp_sum(ss);
         const float r = 1.0f / sqrtf(ss / (float)hd + eps);
-        __syncwarp();
 #pragma unroll
-        for (int c = 0; c < 8; c++) {
-            const int d = lane + 32 * c;
-            if (d < hd) row[d] = rbf(wv[c] * rbf(row[d] * r));
-        }
-        __syncwarp();
+        for (int c = 0; c < DK_DMAX; c++) v[c] = rbf(hp.wv[c] * rbf(v[c] * r));
     }
-    const bool bf = true;
-    float o1v[4], o2v[4];
 #pragma unroll
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < DK_DMAX; c++) {
+        const int d = lane + 32 * c;
+        if (d < hd) row[d] = v[c];
+    }
+    __syncwarp();
+    float o1v[DK_DMAX / 2], o2v[DK_DMAX / 2];
+#pragma unroll
+    for (int c = 0; c < DK_DMAX / 2; c++) {
         const int i = lane + 32 * c;
         if (i < half) {
             float o1, o2;
-            rope_pair_dev(row[i], row[i + half], cs[c], sn[c], bf, o1, o2);
+            rope_pair_dev(row[i], row[i + half], hp.cs[c], hp.sn[c], true, o1, o2);
             o1v[c] = rbf(o1);
             o2v[c] = rbf(o2);
         }
     }
     __syncwarp();
 #pragma unroll
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < DK_DMAX / 2; c++) {
         const int i = lane + 32 * c;
         if (i < half) {
             row[i] = o1v[c];
@@ -360,145 +512,246 @@ __device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t
     __syncwarp();
 }
 
-/* Attention of the new token at position p over keys [0, p]; see the file comment. GM >= query
- * heads per kv head, ND >= head_dim / 32 (registers hold GM x ND accumulators per lane). The keys
- * are cut into slices of at least DK_MIN_SLICE, so a short context needs no merge; the first keys
- * of each warp are loaded before the new token's q/k are computed. */
-#define DK_MIN_SLICE 64
-template <int GM, int ND>
-__device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_layer &ly, int64_t p,
-                                          float *smem) {
+__device__ __forceinline__ void dk_cp16(void *smem_dst, const void *src) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem_dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void dk_cp_wait(void) {
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+}
+
+/* Shared-memory layout of the attention stage (bytes from the start of the dynamic area), sized
+ * on the host for tiles of DkState::tk keys. */
+struct DkAttLayout {
+    int ks, vs, qs, s, kn, vn, st, op; /* offsets */
+    int kstride;                       /* bf16 elements per cached key row (hd + 8: no bank conflicts) */
+};
+__host__ __device__ inline DkAttLayout dk_att_layout(int hd, int G, int tk, int *total) {
+    DkAttLayout L;
+    const int pairs = G * hd / 2;
+    L.kstride = hd + 8;
+    int o = 0;
+    L.ks = o, o += tk * L.kstride * 2;
+    L.vs = o, o += tk * hd * 2;
+    L.qs = o, o += G * hd * 4;
+    L.s = o, o += G * tk * 4;
+    L.kn = o, o += hd * 2;
+    L.vn = o, o += hd * 2;
+    L.st = o, o += 4 * DK_GMAX * 4; /* running max, running sum, rescale factor per query head */
+    L.op = o, o += (pairs > DK_THREADS ? pairs : DK_THREADS) * 2 * 4;
+    *total = o;
+    return L;
+}
+
+/* Copies the cached keys and values [t0, t1) of kv head h, except position p (not written yet),
+ * into the shared tiles (asynchronous; dk_cp_wait completes it). Called by all threads; the
+ * barrier warp issues none. */
+__device__ __forceinline__ void dk_att_tile_load(const DkState &st, const to_decoder_layer &ly, const DkAttLayout &L,
+                                                 char *sm, int h, int64_t t0, int64_t t1, int64_t p) {
+    const int hd = st.d.head_dim, cpr = hd / 8;
+    const int64_t cap = st.d.capacity;
+    const int n = (int)(t1 - t0) * cpr; /* at most a tile */
+    const uint4 *kc = (const uint4 *)ly.k_cache + ((int64_t)h * cap + t0) * cpr;
+    const uint4 *vc = (const uint4 *)ly.v_cache + ((int64_t)h * cap + t0) * cpr;
+    for (int c = threadIdx.x < DK_BAR_T ? (int)threadIdx.x : n; c < n; c += DK_BAR_T) {
+        const int j = c / cpr, e = c - j * cpr;
+        if (t0 + j == p) continue;
+        dk_cp16(sm + L.ks + (j * L.kstride + e * 8) * 2, kc + c);
+        dk_cp16(sm + L.vs + (j * hd + e * 8) * 2, vc + c);
+    }
+}
+
+/* Attention of the new token at position p over keys [0, p], after the barrier `sync` (passed
+ * here: the cached keys and values of this block's first slice are copied into shared memory
+ * before it, since they do not depend on this step). Units are (kv head, key slice); a slice is
+ * processed in tiles of st.tk keys with an online softmax:
+ *   scores  one lane per key, the G query heads against the key row (q broadcast from shared)
+ *   softmax warp g < G: tile max, rescale factor, probabilities, running sum
+ *   P.V     one thread per (key group, query head, pair of dims), results kept in registers
+ * Slices are at least a tile long, so a context of up to one tile needs no merge; otherwise the
+ * last slice of a kv head to finish merges them (no extra kernel or barrier). */
+__device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_layer &ly, int64_t p, float *smem,
+                                          DkSync &sync, bool run) {
     const int nh = st.d.n_heads, nkv = st.d.n_kv_heads, hd = st.d.head_dim, G = nh / nkv;
-    const int ns = st.nsplit, nd = hd / 32;
+    const int ns = st.nsplit, tk = st.tk;
     const int64_t cap = st.d.capacity, kv_len = p + 1;
     int64_t chunk = (kv_len + ns - 1) / ns;
-    if (chunk < DK_MIN_SLICE) chunk = DK_MIN_SLICE;
+    if (chunk < tk) chunk = tk;
     const int nact = (int)((kv_len + chunk - 1) / chunk); /* slices with keys */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    float *qs = smem;                /* [G][hd] */
-    float *kn = qs + G * hd;         /* [hd] new key (as stored in the cache) */
-    float *vn = kn + hd;             /* [hd] new value */
-    float *wm = vn + hd;             /* [DK_WARPS][G] */
-    float *wl = wm + DK_WARPS * G;   /* [DK_WARPS][G] */
-    float *wacc = wl + DK_WARPS * G; /* [DK_WARPS][G][hd] */
+    int total;
+    const DkAttLayout L = dk_att_layout(hd, G, tk, &total);
+    char *sm = (char *)smem;
+    float *qs = (float *)(sm + L.qs), *S = (float *)(sm + L.s), *mrun = (float *)(sm + L.st);
+    float *lrun = mrun + DK_GMAX, *alph = lrun + DK_GMAX, *op = (float *)(sm + L.op);
+    uint16_t *ks = (uint16_t *)(sm + L.ks), *vs = (uint16_t *)(sm + L.vs);
+    uint16_t *kn = (uint16_t *)(sm + L.kn), *vn = (uint16_t *)(sm + L.vn);
     __shared__ int last;
     const float scale = st.d.attn_scale;
-    constexpr int KEYS = 2; /* keys in flight per warp */
     float *ws_o = st.ws, *ws_ml = st.ws + (size_t)nh * ns * hd;
-    for (int unit = blockIdx.x; unit < nkv * ns; unit += gridDim.x) {
+    const bool qk_norm = ly.q_norm != nullptr;
+    const int pairs = G * hd / 2, hp2 = hd / 2;
+    const int kgs = pairs < DK_THREADS ? DK_THREADS / pairs : 1; /* key groups of P.V */
+
+    /* before the barrier: the first unit's first tile and the new token's head constants */
+    const int u0 = blockIdx.x;
+    const bool pre = run && u0 < nkv * ns && u0 % ns < nact;
+    DkHeadPre hpre;
+    dk_arrive(sync);
+    if (pre) {
+        const int h = u0 / ns;
+        const int64_t s0 = (int64_t)(u0 % ns) * chunk;
+        dk_att_tile_load(st, ly, L, sm, h, s0, min(kv_len, s0 + tk), p);
+        if (warp <= G) dk_head_pre(st, warp < G ? ly.q_norm : ly.k_norm, p, hpre);
+    }
+    dk_wait(sync);
+    if (!run) return;
+    for (int unit = u0; unit < nkv * ns; unit += gridDim.x) {
         const int h = unit / ns, s = unit - h * ns;
         if (s >= nact) continue; /* block-uniform */
         const int64_t s0 = (int64_t)s * chunk, s1 = min(kv_len, s0 + chunk);
         const bool has_new = s1 == kv_len;
+        if (unit != u0 && warp <= G) dk_head_pre(st, warp < G ? ly.q_norm : ly.k_norm, p, hpre);
         const int64_t qkv_k = (int64_t)nh * hd + (int64_t)h * hd, qkv_v = qkv_k + (int64_t)nkv * hd;
-        const char *kbase = (const char *)ly.k_cache, *vbase = (const char *)ly.v_cache;
-        float kr[KEYS][ND], vr[KEYS][ND];
-        auto load = [&](int64_t base) {
-#pragma unroll
-            for (int i = 0; i < KEYS; i++) {
-                const int64_t pk = base + (int64_t)DK_WARPS * i;
-#pragma unroll
-                for (int j = 0; j < ND; j++) {
-                    kr[i][j] = vr[i][j] = 0.0f;
-                    if (j < nd && pk < s1 && pk != p) {
-                        const int64_t off = ((int64_t)h * cap + pk) * hd + lane + 32 * j;
-                        kr[i][j] = ldcg(kbase, off);
-                        vr[i][j] = ldcg(vbase, off);
-                    }
-                }
-            }
-        };
-        int64_t base = s0 + warp;
-        load(base);
         if (warp < G) {
-            dk_head(st, st.qkv, (int64_t)(h * G + warp) * hd, ly.q_norm, ly.qk_eps, p, qs + warp * hd);
+            dk_head(st, st.qkv, (int64_t)(h * G + warp) * hd, qk_norm, ly.qk_eps, hpre, qs + warp * hd);
         } else if (warp == G && has_new) {
-            dk_head(st, st.qkv, qkv_k, ly.k_norm, ly.qk_eps, p, kn);
+            float *kf = S; /* scratch: S is not in use yet */
+            dk_head(st, st.qkv, qkv_k, qk_norm, ly.qk_eps, hpre, kf);
             for (int d = lane; d < hd; d += 32) {
-                stb(ly.k_cache, ((int64_t)h * cap + p) * hd + d, kn[d]);
-                kn[d] = rbf(kn[d]);
+                const uint16_t b = f2bf(kf[d]);
+                ((uint16_t *)ly.k_cache)[((int64_t)h * cap + p) * hd + d] = b;
+                kn[d] = b;
             }
         } else if (warp == G + 1 && has_new) {
-            for (int d = lane; d < hd; d += 32) {
-                const float v = ldcg(st.qkv, qkv_v + d);
-                stb(ly.v_cache, ((int64_t)h * cap + p) * hd + d, v);
-                vn[d] = rbf(v);
+            uint16_t b[DK_DMAX];
+#pragma unroll
+            for (int c = 0; c < DK_DMAX; c++) {
+                const int d = lane + 32 * c;
+                b[c] = d < hd ? __ldcg((const uint16_t *)st.qkv + qkv_v + d) : 0;
+            }
+#pragma unroll
+            for (int c = 0; c < DK_DMAX; c++) {
+                const int d = lane + 32 * c;
+                if (d < hd) {
+                    ((uint16_t *)ly.v_cache)[((int64_t)h * cap + p) * hd + d] = b[c];
+                    vn[d] = b[c];
+                }
             }
         }
-        __syncthreads();
-        float m[GM], l[GM], acc[GM][ND];
-#pragma unroll
-        for (int g = 0; g < GM; g++) {
-            m[g] = -INFINITY;
-            l[g] = 0.0f;
-#pragma unroll
-            for (int j = 0; j < ND; j++) acc[g][j] = 0.0f;
+        if (tid < G) {
+            mrun[tid] = -INFINITY;
+            lrun[tid] = 0.0f;
         }
-        while (base < s1) {
+        float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}}; /* pairs tid and tid + DK_THREADS */
+        for (int64_t t0 = s0; t0 < s1; t0 += tk) {
+            const int64_t t1 = min(s1, t0 + tk);
+            const int n = (int)(t1 - t0);
+            if (t0 != s0 || unit != u0) dk_att_tile_load(st, ly, L, sm, h, t0, t1, p);
+            dk_cp_wait();
+            __syncthreads();
+            if (p >= t0 && p < t1) { /* the new token's row */
+                for (int d = tid; d < hd; d += DK_THREADS) {
+                    ks[(p - t0) * L.kstride + d] = kn[d];
+                    vs[(p - t0) * hd + d] = vn[d];
+                }
+                __syncthreads();
+            }
+            /* scores: one lane per key */
+            for (int j = tid; j < n; j += DK_THREADS) {
+                float sc[DK_GMAX];
 #pragma unroll
-            for (int i = 0; i < KEYS; i++) {
-                const int64_t pk = base + (int64_t)DK_WARPS * i;
-                if (pk >= s1) break; /* warp-uniform */
-                if (pk == p) {
+                for (int g = 0; g < DK_GMAX; g++) sc[g] = 0.0f;
+                const uint4 *kr = (const uint4 *)(ks + j * L.kstride);
+                for (int c = 0; c < hd / 8; c++) {
+                    float kf[8];
+                    bf8(kr[c], kf);
 #pragma unroll
-                    for (int j = 0; j < ND; j++) {
-                        kr[i][j] = j < nd ? kn[lane + 32 * j] : 0.0f;
-                        vr[i][j] = j < nd ? vn[lane + 32 * j] : 0.0f;
+                    for (int g = 0; g < DK_GMAX; g++) {
+                        if (g < G) {
+                            const float4 *q4 = (const float4 *)(qs + g * hd + c * 8);
+                            const float4 a = q4[0], b = q4[1];
+                            sc[g] += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] +
+                                     b.y * kf[5] + b.z * kf[6] + b.w * kf[7];
+                        }
                     }
                 }
 #pragma unroll
-                for (int g = 0; g < GM; g++) {
-                    if (g >= G) break;
-                    float dot = 0.0f;
-#pragma unroll
-                    for (int j = 0; j < ND; j++)
-                        if (j < nd) dot += qs[g * hd + lane + 32 * j] * kr[i][j];
-                    const float sc = warp_sum(dot) * scale;
-                    const float mn = fmaxf(m[g], sc);
-                    const float alpha = __expf(m[g] - mn), pe = __expf(sc - mn);
-                    l[g] = l[g] * alpha + pe;
-#pragma unroll
-                    for (int j = 0; j < ND; j++) acc[g][j] = acc[g][j] * alpha + pe * vr[i][j];
-                    m[g] = mn;
+                for (int g = 0; g < DK_GMAX; g++)
+                    if (g < G) S[g * tk + j] = sc[g] * scale;
+            }
+            __syncthreads();
+            /* softmax of the tile: warp g for query head g */
+            if (warp < G) {
+                float* Sg = S + warp * tk;
+                float mx = -INFINITY;
+                for (int j = lane; j < n; j += 32) mx = fmaxf(mx, Sg[j]);
+                mx = warp_max(mx);
+                const float mo = mrun[warp], mn = fmaxf(mo, mx);
+                float sum = 0.0f;
+                for (int j = lane; j < n; j += 32) {
+                    const float e = __expf(Sg[j] - mn);
+                    Sg[j] = e;
+                    sum += e;
+                }
+                sum = warp_sum(sum);
+                __syncwarp();
+                if (lane == 0) {
+                    const float a = mo == -INFINITY ? 0.0f : __expf(mo - mn);
+                    alph[warp] = a;
+                    lrun[warp] = lrun[warp] * a + sum;
+                    mrun[warp] = mn;
                 }
             }
-            base += (int64_t)DK_WARPS * KEYS;
-            if (base < s1) load(base);
-        }
+            __syncthreads();
+            /* P.V: thread -> (key group, query head, pair of dims) */
 #pragma unroll
-        for (int g = 0; g < GM; g++) {
-            if (g >= G) break;
-            if (lane == 0) {
-                wm[warp * G + g] = m[g];
-                wl[warp * G + g] = l[g];
+            for (int r = 0; r < 2; r++) {
+                const int id = tid + r * DK_THREADS;
+                if (id < kgs * pairs) {
+                    const int kg = id / pairs, pi = id - kg * pairs, g = pi / hp2, dp = pi - g * hp2;
+                    const int j0 = (int)((int64_t)n * kg / kgs), j1 = (int)((int64_t)n * (kg + 1) / kgs);
+                    const float a = alph[g], *Pg = S + g * tk;
+                    const uint32_t *vp = (const uint32_t *)vs + dp;
+                    float a0 = acc[r][0] * a, a1 = acc[r][1] * a;
+#pragma unroll 4
+                    for (int j = j0; j < j1; j++) {
+                        const float pj = Pg[j];
+                        const uint32_t v2 = vp[j * hp2];
+                        a0 += pj * __uint_as_float(v2 << 16);
+                        a1 += pj * __uint_as_float(v2 & 0xffff0000u);
+                    }
+                    acc[r][0] = a0;
+                    acc[r][1] = a1;
+                }
             }
+            __syncthreads(); /* the tile, S and the factors are reused */
+        }
+        /* sum the key groups in a fixed order */
 #pragma unroll
-            for (int j = 0; j < ND; j++)
-                if (j < nd) wacc[(warp * G + g) * hd + lane + 32 * j] = acc[g][j];
+        for (int r = 0; r < 2; r++) {
+            const int id = tid + r * DK_THREADS;
+            if (id < kgs * pairs) {
+                op[2 * id] = acc[r][0];
+                op[2 * id + 1] = acc[r][1];
+            }
         }
         __syncthreads();
         for (int e = tid; e < G * hd; e += DK_THREADS) {
-            const int g = e / hd, d = e - g * hd;
-            float M = -INFINITY;
-#pragma unroll 1
-            for (int w = 0; w < DK_WARPS; w++) M = fmaxf(M, wm[w * G + g]);
-            float L = 0.0f, O = 0.0f;
-            if (M != -INFINITY)
-#pragma unroll 1
-                for (int w = 0; w < DK_WARPS; w++) {
-                    const float f = __expf(wm[w * G + g] - M);
-                    L += wl[w * G + g] * f;
-                    O += wacc[(w * G + g) * hd + d] * f;
-                }
+            const int g = e / hd;
+            float O = 0.0f;
+            for (int kg = 0; kg < kgs; kg++) O += op[kg * pairs * 2 + e];
+            const float M = mrun[g], Ls = lrun[g];
             const int64_t hq = (int64_t)h * G + g;
+            const int d = e - g * hd;
             if (nact == 1) {
-                stb(st.attn, hq * hd + d, L > 0.0f ? O / L : 0.0f);
+                stb(st.attn, hq * hd + d, Ls > 0.0f ? O / Ls : 0.0f);
             } else {
                 const int64_t slot = hq * ns + s;
                 ws_o[slot * hd + d] = O;
                 if (d == 0) {
                     ws_ml[slot * 2] = M;
-                    ws_ml[slot * 2 + 1] = L;
+                    ws_ml[slot * 2 + 1] = Ls;
                 }
             }
         }
@@ -515,15 +768,15 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                     const int64_t hq = (int64_t)h * G + g;
                     float M = -INFINITY;
                     for (int t = 0; t < nact; t++) M = fmaxf(M, __ldcg(ws_ml + (hq * ns + t) * 2));
-                    float L = 0.0f, O = 0.0f;
+                    float Lsum = 0.0f, O = 0.0f;
                     if (M != -INFINITY)
                         for (int t = 0; t < nact; t++) {
                             const int64_t slot = hq * ns + t;
                             const float f = __expf(__ldcg(ws_ml + slot * 2) - M);
-                            L += __ldcg(ws_ml + slot * 2 + 1) * f;
+                            Lsum += __ldcg(ws_ml + slot * 2 + 1) * f;
                             O += __ldcg(ws_o + slot * hd + d) * f;
                         }
-                    stb(st.attn, hq * hd + d, L > 0.0f ? O / L : 0.0f);
+                    stb(st.attn, hq * hd + d, Lsum > 0.0f ? O / Lsum : 0.0f);
                 }
                 if (tid == 0) atomicExch(&st.att_cnt[h], 0u);
             }
@@ -532,104 +785,37 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
     }
 }
 
-template <int GM, int ND>
-__global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(DkState st) {
+__global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __grid_constant__ DkState st) {
     extern __shared__ __align__(16) float smem[];
     const to_decoder_desc &d = st.d;
     DkSync sync;
     sync.count = st.bar;
-    sync.target = threadIdx.x == 0 ? __ldcg(st.bar + 1) : 0ull;
+    sync.target = threadIdx.x == DK_BAR_T ? __ldcg(st.bar + 1) : 0ull;
     sync.prof = st.prof;
     sync.n = 0;
     sync.first = st.prof_first;
     const int32_t tok = __ldcg(d.counters), pos = __ldcg(d.counters + 1);
     if (pos < 0 || pos >= d.capacity) return; /* every block returns: no barrier is left waiting */
-    const int64_t hid = d.hidden, nq = (int64_t)d.n_heads * d.head_dim,
-                  nkvd = (int64_t)d.n_kv_heads * d.head_dim;
-    const int esz = 2;
     const bool tok_ok = tok >= 0 && tok < d.vocab;
     /* an out-of-range id reads row 0 (the host validates ids; the feedback is always in range) */
-    const void *erow = (const char *)d.embed + (tok_ok ? (int64_t)tok : 0) * hid * esz;
+    const void *erow = (const char *)d.embed + (tok_ok ? (int64_t)tok : 0) * d.hidden * 2;
     const int skip = d.profile_skip;
     /* a stage left out for profiling still passes its barrier */
-    auto gemv = [&](int bit, const DkGemv &g, DkSync *s, bool wx) {
+    auto gemv = [&](int bit, int li, int which, DkSync *s, bool wx) {
         if (skip & bit) {
             if (s) dk_sync(*s);
         } else {
-            dk_gemv(st, g, smem, s, wx);
+            dk_gemv(st, li, which, erow, smem, s, wx);
         }
     };
     for (int li = 0; li < d.n_layers; li++) {
-        const to_decoder_layer ly = st.layers[li];
-        DkGemv g;
-        g.w0 = (const uint16_t *)ly.q_proj;
-        g.w1 = (const uint16_t *)ly.k_proj;
-        g.w2 = (const uint16_t *)ly.v_proj;
-        g.s0 = nq;
-        g.s1 = nkvd;
-        g.n = nq + 2 * nkvd;
-        g.k = hid;
-        g.mode = DK_PLAIN;
-        g.src = li == 0 ? erow : st.x;
-        g.norm = ly.input_norm;
-        g.eps = ly.input_eps;
-        g.y = st.qkv;
-        g.res = nullptr;
-        gemv(1, g, li == 0 ? nullptr : &sync, li == 0);
-        dk_sync(sync);
-        if (!(skip & 2)) dk_attention<GM, ND>(st, ly, pos, smem);
-
-        g.w0 = (const uint16_t *)ly.o_proj;
-        g.s0 = hid;
-        g.s1 = 0;
-        g.n = hid;
-        g.k = nq;
-        g.mode = DK_RES;
-        g.src = st.attn;
-        g.norm = nullptr;
-        g.y = st.x2;
-        g.res = st.x;
-        gemv(4, g, &sync, false);
-
-        g.w0 = (const uint16_t *)ly.gate_proj;
-        g.w1 = (const uint16_t *)ly.up_proj;
-        g.s0 = g.s1 = d.intermediate;
-        g.n = d.intermediate;
-        g.k = hid;
-        g.mode = DK_SWIGLU;
-        g.src = st.x2;
-        g.norm = ly.post_norm;
-        g.eps = ly.post_eps;
-        g.y = st.h;
-        g.res = nullptr;
-        gemv(8, g, &sync, false);
-
-        g.w0 = (const uint16_t *)ly.down_proj;
-        g.s0 = hid;
-        g.s1 = 0;
-        g.n = hid;
-        g.k = d.intermediate;
-        g.mode = DK_RES;
-        g.src = st.h;
-        g.norm = nullptr;
-        g.y = st.x;
-        g.res = st.x2;
-        gemv(16, g, &sync, false);
+        gemv(1, li, DK_QKV, li == 0 ? nullptr : &sync, li == 0);
+        dk_attention(st, st.layers[li], pos, smem, sync, !(skip & 2));
+        gemv(4, li, DK_O, &sync, false);
+        gemv(8, li, DK_GU, &sync, false);
+        gemv(16, li, DK_DOWN, &sync, false);
     }
-    DkGemv g;
-    g.w0 = (const uint16_t *)d.lm_head;
-    g.w1 = g.w2 = nullptr;
-    g.s0 = d.vocab;
-    g.s1 = 0;
-    g.n = d.vocab;
-    g.k = hid;
-    g.mode = DK_ARGMAX;
-    g.src = st.x;
-    g.norm = d.final_norm;
-    g.eps = d.final_eps;
-    g.y = d.logits;
-    g.res = nullptr;
-    gemv(32, g, d.n_layers > 0 ? &sync : nullptr, d.n_layers == 0);
+    gemv(32, 0, DK_LM, d.n_layers > 0 ? &sync : nullptr, d.n_layers == 0);
     dk_sync(sync);
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         /* token feedback: next token, tokens[step], step + 1, position + 1, argmax reset */
@@ -641,22 +827,15 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(DkState st)
         d.counters[2] = s + 1;
         d.counters[1] = pos + 1;
         *st.argmax = 0;
+    }
+    if (blockIdx.x == 0 && threadIdx.x == DK_BAR_T) {
         st.bar[1] = sync.target; /* where the next launch's barriers start */
     }
 }
 
 /* ---------------------------------------------------------------------------------------------
  * Host side */
-typedef void (*DkKernel)(DkState);
-static DkKernel dk_pick(int G, int hd) {
-    const int gi = G <= 2 ? 0 : G <= 4 ? 1 : 2, di = hd <= 64 ? 0 : hd <= 128 ? 1 : 2;
-    static const DkKernel table[3][3] = {
-        {decoder_step_kernel<2, 2>, decoder_step_kernel<2, 4>, decoder_step_kernel<2, 8>},
-        {decoder_step_kernel<4, 2>, decoder_step_kernel<4, 4>, decoder_step_kernel<4, 8>},
-        {decoder_step_kernel<8, 2>, decoder_step_kernel<8, 4>, decoder_step_kernel<8, 8>},
-    };
-    return table[gi][di];
-}
+typedef void (*DkKernel)(const DkState);
 
 struct TocDecoder {
     DkState st;
@@ -695,17 +874,22 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
               TO_ERR_DTYPE, "toc_decoder_create: activations, cache, norms and embedding must be bf16 (act=%d cache=%d norm=%d embed=%d)",
               d.act_dtype, d.cache_dtype, d.norm_dtype, d.embed_dtype);
     TOC_CHECK(d.embed && d.final_norm && d.lm_head && d.rope_cos && d.rope_sin && d.counters &&
-                  d.tokens && d.logits && ((uintptr_t)d.lm_head & 15) == 0,
+                  d.tokens && d.logits && ((uintptr_t)d.lm_head & 15) == 0 &&
+                  ((uintptr_t)d.embed & 15) == 0 && ((uintptr_t)d.final_norm & 15) == 0,
               TO_ERR_INVALID_ARGUMENT,
-              "toc_decoder_create: NULL or misaligned model pointer (the LM head must be 16-byte aligned)");
+              "toc_decoder_create: NULL or misaligned model pointer (the embedding, LM head and final "
+              "norm must be 16-byte aligned)");
     for (int i = 0; i < d.n_layers; i++) {
         const to_decoder_layer &l = layers[i];
         const void *w[7] = {l.q_proj, l.k_proj, l.v_proj, l.o_proj, l.gate_proj, l.up_proj, l.down_proj};
         for (const void *p : w)
             TOC_CHECK(p && ((uintptr_t)p & 15) == 0, TO_ERR_INVALID_ARGUMENT,
                       "toc_decoder_create: layer %d: weights must be non-NULL and 16-byte aligned", i);
-        TOC_CHECK(l.input_norm && l.post_norm && l.k_cache && l.v_cache, TO_ERR_INVALID_ARGUMENT,
-                  "toc_decoder_create: layer %d: NULL norm or cache", i);
+        TOC_CHECK(l.input_norm && l.post_norm && l.k_cache && l.v_cache &&
+                      ((uintptr_t)l.input_norm & 15) == 0 && ((uintptr_t)l.post_norm & 15) == 0 &&
+                      ((uintptr_t)l.k_cache & 15) == 0 && ((uintptr_t)l.v_cache & 15) == 0,
+                  TO_ERR_INVALID_ARGUMENT,
+                  "toc_decoder_create: layer %d: NULL or misaligned (not 16-byte) norm or cache", i);
     }
     TOC_READY();
     int dev = 0;
@@ -720,15 +904,28 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     if (d.intermediate > kmax) kmax = d.intermediate;
     kmax = (kmax + 3) / 4 * 4;
     const int64_t G = d.n_heads / d.n_kv_heads;
-    const int64_t gemv_floats = kmax + DK_PART + 64 + 2 * DK_WARPS;
-    const int64_t att_floats = G * d.head_dim + 2 * d.head_dim + 2 * DK_WARPS * G + DK_WARPS * G * d.head_dim;
+    const int64_t gemv_bytes = (kmax + DK_PART + 64 + 2 * DK_WARPS) * 4;
     TOC_CHECK(2 * toc_cdiv(kmax, 256) <= DK_PART, TO_ERR_UNSUPPORTED,
               "toc_decoder_create: input width %lld is too large", (long long)kmax);
-    const size_t smem = (size_t)(gemv_floats > att_floats ? gemv_floats : att_floats) * 4;
-    TOC_CHECK((int64_t)smem <= toc_max_smem_optin(), TO_ERR_UNSUPPORTED,
+    /* attention tiles: as many keys as fit 160 KB (at most 512, a multiple of 32) */
+    const int smem_cap = toc_max_smem_optin();
+    int att_budget = smem_cap < DK_ATT_SMEM ? smem_cap : DK_ATT_SMEM;
+    const char *att_kb = getenv("INFERENCE_PIO_FUSED_ATT_KB"); /* experiment */
+    if (att_kb && atoi(att_kb) > 0 && atoi(att_kb) * 1024 < att_budget) att_budget = atoi(att_kb) * 1024;
+    int tk = 512, att_bytes = 0;
+    for (; tk >= 32; tk -= 32) {
+        dk_att_layout(d.head_dim, (int)G, tk, &att_bytes);
+        if (att_bytes <= att_budget) break;
+    }
+    TOC_CHECK(tk >= 32, TO_ERR_UNSUPPORTED, "toc_decoder_create: attention tiles do not fit shared memory");
+    TOC_CHECK(d.attn_tile >= 0 && d.attn_splits >= 0, TO_ERR_INVALID_ARGUMENT,
+              "toc_decoder_create: attn_tile and attn_splits must be >= 0");
+    if (d.attn_tile > 0 && d.attn_tile < tk) tk = d.attn_tile;
+    const size_t smem = (size_t)(gemv_bytes > att_bytes ? gemv_bytes : att_bytes);
+    TOC_CHECK((int64_t)smem <= smem_cap, TO_ERR_UNSUPPORTED,
               "toc_decoder_create: needs %zu bytes of shared memory per block (device allows %d)",
-              smem, toc_max_smem_optin());
-    const DkKernel kernel = dk_pick((int)G, d.head_dim);
+              smem, smem_cap);
+    const DkKernel kernel = decoder_step_kernel;
     TOC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)smem),
              "cudaFuncSetAttribute");
@@ -746,8 +943,10 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     DkState &st = dec->st;
     st.d = d;
     st.kmax = (int)kmax;
+    st.tk = tk;
     int ns = (int)(dec->grid / d.n_kv_heads); /* one (kv head, slice) unit per block */
     if (ns > d.capacity) ns = d.capacity;
+    if (d.attn_splits > 0 && ns > d.attn_splits) ns = d.attn_splits;
     if (ns < 1) ns = 1;
     st.nsplit = ns;
     const int asz = d.act_dtype == TO_F32 ? 4 : 2;
