@@ -21,3 +21,18 @@ for name in sys.argv[1].split(","):
     ms = step_ms(model, (), False)
     print(f"[{name}] multi-kernel: {ms:.3f} ms/token ({1e3 / ms:.0f} tok/s) [{PROMPT}+{NEW}]")
     del model
+
+if os.environ.get("PROBE"):
+    from inference_pio.nn.cuda_graph import CudaGraphDecoder
+
+    for name in sys.argv[1].split(","):
+        model, cfg = build_ours(real_config(name))
+        r = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, fused=True)
+        r.greedy(5, PROMPT, 8)
+        rows = r.profile_stages(5, PROMPT + 8)
+        print(f"[{name}] attention probes (us after departure): tile ready, scores, softmax, PV, out (last layer)")
+        for b, row in enumerate(rows):
+            if row[10] and row[11]:
+                dep = row[10]
+                print(b, [round((row[10 + i] - dep) / 1e3, 2) for i in range(1, 6)])
+        del model, r

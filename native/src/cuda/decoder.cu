@@ -94,6 +94,17 @@ struct DkSync {
     int n, first;             /* barriers passed; first one recorded */
 };
 #define DK_PROF 8
+#ifdef DK_PROBE /* experiment: attention phase stamps of layer 1 in barrier slots 5..7 */
+#define DK_PROF_SLOTS 5
+#define DK_PROBE_AT(sync, i)                                                                       \
+    do {                                                                                          \
+        if ((sync).prof && threadIdx.x == DK_BAR_T)                    \
+            (sync).prof[(size_t)blockIdx.x * 2 * DK_PROF + 10 + (i)] = dk_now();                  \
+    } while (0)
+#else
+#define DK_PROF_SLOTS DK_PROF
+#define DK_PROBE_AT(sync, i) do {} while (0)
+#endif
 
 __device__ __forceinline__ unsigned long long dk_now(void) {
     unsigned long long t;
@@ -115,7 +126,7 @@ __device__ __forceinline__ void dk_arrive(DkSync &s) {
     __syncthreads();
     if (threadIdx.x == DK_BAR_T) {
         const int slot = s.n - s.first;
-        if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot] = dk_now();
+        if (s.prof && slot >= 0 && slot < DK_PROF_SLOTS) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot] = dk_now();
         s.target += gridDim.x;
         __threadfence();
         asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(s.count) : "memory");
@@ -126,7 +137,7 @@ __device__ __forceinline__ void dk_wait(DkSync &s) {
         while (dk_load_acquire(s.count) < s.target) {
         }
         const int slot = s.n - s.first;
-        if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot + 1] = dk_now();
+        if (s.prof && slot >= 0 && slot < DK_PROF_SLOTS) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot + 1] = dk_now();
         s.n++;
     }
     __syncthreads();
@@ -337,6 +348,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
         xv[i] = c < nv ? __ldcg(src + c) : make_uint4(0, 0, 0, 0);
     }
     float ss = 0.0f;
+#pragma unroll 1
     for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
         const uint4 v = i < DK_NX ? xv[i] : __ldcg(src + c);
         xs[c] = v;
@@ -351,6 +363,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
     if (nw) {
         ss = block_sum(ss, red);
         const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
+#pragma unroll 1
         for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
             float f[8], w[8];
             bf8(xs[c], f);
@@ -395,12 +408,15 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
             cu0 += DK_U;
         }
         __syncthreads();
+#pragma unroll 1
         for (int vr = tid; vr < nrb; vr += DK_THREADS) {
             const int64_t row = rb0 + vr;
             float acc = 0.0f;
+#pragma unroll 4
             for (int gi = 0; gi < G; gi++) acc += part[vr * G + gi];
             if (g.mode == DK_SWIGLU) {
                 float acc2 = 0.0f;
+#pragma unroll 4
                 for (int gi = 0; gi < G; gi++) acc2 += part[(vr + nrb) * G + gi];
                 const float gv = rbf(acc), uv = rbf(acc2);
                 stb(g.y, row, rbf(gv / (1.0f + __expf(-gv))) * uv);
@@ -435,6 +451,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
         if (lane == 0) redk[warp] = best;
         __syncthreads();
         if (tid == 0) {
+#pragma unroll 1
             for (int w = 1; w < DK_WARPS; w++)
                 if (redk[w] > best) best = redk[w];
             if (best) atomicMax(st.argmax, best);
@@ -448,7 +465,7 @@ struct DkHeadPre {
     float cs[DK_DMAX / 2], sn[DK_DMAX / 2], wv[DK_DMAX];
 };
 
-__device__ __forceinline__ void dk_head_pre(const DkState &st, const void *nw, int64_t p, DkHeadPre &hp) {
+__device__ __noinline__ void dk_head_pre(const DkState &st, const void *nw, int64_t p, DkHeadPre &hp) {
     const int hd = st.d.head_dim, half = hd / 2, lane = threadIdx.x & 31;
 #pragma unroll
     for (int c = 0; c < DK_DMAX / 2; c++) {
@@ -546,13 +563,14 @@ __host__ __device__ inline DkAttLayout dk_att_layout(int hd, int G, int tk, int 
 /* Copies the cached keys and values [t0, t1) of kv head h, except position p (not written yet),
  * into the shared tiles (asynchronous; dk_cp_wait completes it). Called by all threads; the
  * barrier warp issues none. */
-__device__ __forceinline__ void dk_att_tile_load(const DkState &st, const to_decoder_layer &ly, const DkAttLayout &L,
+__device__ __noinline__ void dk_att_tile_load(const DkState &st, const to_decoder_layer &ly, const DkAttLayout &L,
                                                  char *sm, int h, int64_t t0, int64_t t1, int64_t p) {
     const int hd = st.d.head_dim, cpr = hd / 8;
     const int64_t cap = st.d.capacity;
     const int n = (int)(t1 - t0) * cpr; /* at most a tile */
     const uint4 *kc = (const uint4 *)ly.k_cache + ((int64_t)h * cap + t0) * cpr;
     const uint4 *vc = (const uint4 *)ly.v_cache + ((int64_t)h * cap + t0) * cpr;
+#pragma unroll 1
     for (int c = threadIdx.x < DK_BAR_T ? (int)threadIdx.x : n; c < n; c += DK_BAR_T) {
         const int j = c / cpr, e = c - j * cpr;
         if (t0 + j == p) continue;
@@ -606,6 +624,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
     }
     dk_wait(sync);
     if (!run) return;
+    if (u0 % ns == 0) DK_PROBE_AT(sync, 0);
     for (int unit = u0; unit < nkv * ns; unit += gridDim.x) {
         const int h = unit / ns, s = unit - h * ns;
         if (s >= nact) continue; /* block-uniform */
@@ -618,6 +637,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
         } else if (warp == G && has_new) {
             float *kf = S; /* scratch: S is not in use yet */
             dk_head(st, st.qkv, qkv_k, qk_norm, ly.qk_eps, hpre, kf);
+#pragma unroll 1
             for (int d = lane; d < hd; d += 32) {
                 const uint16_t b = f2bf(kf[d]);
                 ((uint16_t *)ly.k_cache)[((int64_t)h * cap + p) * hd + d] = b;
@@ -650,45 +670,47 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
             if (t0 != s0 || unit != u0) dk_att_tile_load(st, ly, L, sm, h, t0, t1, p);
             dk_cp_wait();
             __syncthreads();
+            DK_PROBE_AT(sync, 1);
             if (p >= t0 && p < t1) { /* the new token's row */
+#pragma unroll 1
                 for (int d = tid; d < hd; d += DK_THREADS) {
                     ks[(p - t0) * L.kstride + d] = kn[d];
                     vs[(p - t0) * hd + d] = vn[d];
                 }
                 __syncthreads();
             }
-            /* scores: one lane per key */
+            /* scores: one lane per key, one query head at a time (the key row is re-read from
+             * shared memory; the loop stays small for the instruction cache) */
+#pragma unroll 1
             for (int j = tid; j < n; j += DK_THREADS) {
-                float sc[DK_GMAX];
-#pragma unroll
-                for (int g = 0; g < DK_GMAX; g++) sc[g] = 0.0f;
                 const uint4 *kr = (const uint4 *)(ks + j * L.kstride);
-                for (int c = 0; c < hd / 8; c++) {
-                    float kf[8];
-                    bf8(kr[c], kf);
-#pragma unroll
-                    for (int g = 0; g < DK_GMAX; g++) {
-                        if (g < G) {
-                            const float4 *q4 = (const float4 *)(qs + g * hd + c * 8);
-                            const float4 a = q4[0], b = q4[1];
-                            sc[g] += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] +
-                                     b.y * kf[5] + b.z * kf[6] + b.w * kf[7];
-                        }
+#pragma unroll 1
+                for (int g = 0; g < G; g++) {
+                    const float4 *q4 = (const float4 *)(qs + g * hd);
+                    float sc = 0.0f;
+#pragma unroll 2
+                    for (int c = 0; c < hd / 8; c++) {
+                        float kf[8];
+                        bf8(kr[c], kf);
+                        const float4 a = q4[2 * c], b = q4[2 * c + 1];
+                        sc += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] +
+                              b.y * kf[5] + b.z * kf[6] + b.w * kf[7];
                     }
+                    S[g * tk + j] = sc * scale;
                 }
-#pragma unroll
-                for (int g = 0; g < DK_GMAX; g++)
-                    if (g < G) S[g * tk + j] = sc[g] * scale;
             }
             __syncthreads();
+            DK_PROBE_AT(sync, 2);
             /* softmax of the tile: warp g for query head g */
             if (warp < G) {
                 float* Sg = S + warp * tk;
                 float mx = -INFINITY;
+#pragma unroll 1
                 for (int j = lane; j < n; j += 32) mx = fmaxf(mx, Sg[j]);
                 mx = warp_max(mx);
                 const float mo = mrun[warp], mn = fmaxf(mo, mx);
                 float sum = 0.0f;
+#pragma unroll 1
                 for (int j = lane; j < n; j += 32) {
                     const float e = __expf(Sg[j] - mn);
                     Sg[j] = e;
@@ -704,17 +726,18 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 }
             }
             __syncthreads();
+            DK_PROBE_AT(sync, 3);
             /* P.V: thread -> (key group, query head, pair of dims) */
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 const int id = tid + r * DK_THREADS;
                 if (id < kgs * pairs) {
                     const int kg = id / pairs, pi = id - kg * pairs, g = pi / hp2, dp = pi - g * hp2;
-                    const int j0 = (int)((int64_t)n * kg / kgs), j1 = (int)((int64_t)n * (kg + 1) / kgs);
+                    const int j0 = n * kg / kgs, j1 = n * (kg + 1) / kgs;
                     const float a = alph[g], *Pg = S + g * tk;
                     const uint32_t *vp = (const uint32_t *)vs + dp;
                     float a0 = acc[r][0] * a, a1 = acc[r][1] * a;
-#pragma unroll 4
+#pragma unroll 2
                     for (int j = j0; j < j1; j++) {
                         const float pj = Pg[j];
                         const uint32_t v2 = vp[j * hp2];
@@ -726,6 +749,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 }
             }
             __syncthreads(); /* the tile, S and the factors are reused */
+            DK_PROBE_AT(sync, 4);
         }
         /* sum the key groups in a fixed order */
 #pragma unroll
@@ -737,9 +761,11 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
             }
         }
         __syncthreads();
+#pragma unroll 1
         for (int e = tid; e < G * hd; e += DK_THREADS) {
             const int g = e / hd;
             float O = 0.0f;
+#pragma unroll 1
             for (int kg = 0; kg < kgs; kg++) O += op[kg * pairs * 2 + e];
             const float M = mrun[g], Ls = lrun[g];
             const int64_t hq = (int64_t)h * G + g;
@@ -755,6 +781,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 }
             }
         }
+        DK_PROBE_AT(sync, 5);
         if (nact > 1) {
             /* the last slice of kv head h to finish merges its slices */
             __threadfence();
@@ -763,13 +790,16 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
             __syncthreads();
             if (last) {
                 __threadfence();
+#pragma unroll 1
                 for (int e = tid; e < G * hd; e += DK_THREADS) {
                     const int g = e / hd, d = e - g * hd;
                     const int64_t hq = (int64_t)h * G + g;
                     float M = -INFINITY;
+#pragma unroll 1
                     for (int t = 0; t < nact; t++) M = fmaxf(M, __ldcg(ws_ml + (hq * ns + t) * 2));
                     float Lsum = 0.0f, O = 0.0f;
                     if (M != -INFINITY)
+#pragma unroll 1
                         for (int t = 0; t < nact; t++) {
                             const int64_t slot = hq * ns + t;
                             const float f = __expf(__ldcg(ws_ml + slot * 2) - M);
