@@ -323,60 +323,65 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
 #pragma unroll
         for (int q = 0; q < DK_U; q++) v[q] = load_next();
     };
-    uint4 cur[DK_U];
-    start_batch();
-    int cu0 = lu; /* first unit of cur */
-    load(cur);
-    /* before the barrier as well: the residual of this thread's output row (written two barriers
-     * ago) and the norm weights of its first input chunks */
+    /* resident in registers from before the barrier: the residual of this thread's output row
+     * (written two barriers ago) and the norm weights of its first input chunks */
     const bool res_pre = g.mode == DK_RES && nr <= per && tid < nr && tid < DK_BAR_T;
-    const float resv = res_pre ? ldcg(g.res, r0 + tid) : 0.0f;
+    float resv = 0.0f;
     const uint4 *src = (const uint4 *)g.src, *nw = (const uint4 *)g.norm;
-    uint4 nwv[DK_NX];
-#pragma unroll
-    for (int i = 0; i < DK_NX; i++) {
-        const int c = tid + i * DK_THREADS;
-        nwv[i] = nw && c < nv && tid < DK_BAR_T ? __ldg(nw + c) : make_uint4(0, 0, 0, 0);
-    }
-    if (sync) dk_wait(*sync);
-
-    /* stage the input (RMSNorm'd when asked): all of a thread's loads are issued at once */
-    uint4 xv[DK_NX];
-#pragma unroll
-    for (int i = 0; i < DK_NX; i++) {
-        const int c = tid + i * DK_THREADS;
-        xv[i] = c < nv ? __ldcg(src + c) : make_uint4(0, 0, 0, 0);
-    }
-    float ss = 0.0f;
-#pragma unroll 1
-    for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
-        const uint4 v = i < DK_NX ? xv[i] : __ldcg(src + c);
-        xs[c] = v;
-        if (write_x && b == 0) ((uint4 *)st.x)[c] = v;
-        if (nw) {
-            float f[8];
-            bf8(v, f);
-#pragma unroll
-            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
-        }
-    }
-    if (nw) {
-        ss = block_sum(ss, red);
-        const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
-#pragma unroll 1
-        for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
-            float f[8], w[8];
-            bf8(xs[c], f);
-            bf8(i < DK_NX && tid < DK_BAR_T ? nwv[i] : __ldg(nw + c), w);
-#pragma unroll
-            for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
-            xs[c] = pack_bf8(f);
-        }
-    }
-    __syncthreads();
-
+    uint4 cur[DK_U];
     unsigned long long best = 0;
-    while (nrb > 0) {
+    /* each row batch: the warp's first DK_U units are loaded, then (first batch only) the
+     * barrier is passed and the input staged, then the ring runs */
+    for (bool first = true;; first = false) {
+        start_batch();
+        int cu0 = lu; /* first unit of cur */
+        load(cur);
+        if (first) {
+            if (res_pre) resv = ldcg(g.res, r0 + tid);
+            uint4 nwv[DK_NX];
+#pragma unroll
+            for (int i = 0; i < DK_NX; i++) {
+                const int c = tid + i * DK_THREADS;
+                nwv[i] = nw && c < nv && tid < DK_BAR_T ? __ldg(nw + c) : make_uint4(0, 0, 0, 0);
+            }
+            if (sync) dk_wait(*sync);
+
+            /* stage the input (RMSNorm'd when asked): all of a thread's loads are issued at once */
+            uint4 xv[DK_NX];
+#pragma unroll
+            for (int i = 0; i < DK_NX; i++) {
+                const int c = tid + i * DK_THREADS;
+                xv[i] = c < nv ? __ldcg(src + c) : make_uint4(0, 0, 0, 0);
+            }
+            float ss = 0.0f;
+#pragma unroll 1
+            for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
+                const uint4 v = i < DK_NX ? xv[i] : __ldcg(src + c);
+                xs[c] = v;
+                if (write_x && b == 0) ((uint4 *)st.x)[c] = v;
+                if (nw) {
+                    float f[8];
+                    bf8(v, f);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) ss += f[e] * f[e];
+                }
+            }
+            if (nw) {
+                ss = block_sum(ss, red);
+                const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
+#pragma unroll 1
+                for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
+                    float f[8], w[8];
+                    bf8(xs[c], f);
+                    bf8(i < DK_NX && tid < DK_BAR_T ? nwv[i] : __ldg(nw + c), w);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
+                    xs[c] = pack_bf8(f);
+                }
+            }
+            __syncthreads();
+        }
+
         int cgi = cu0 < lend ? cu0 % G : 0; /* group of cur's first unit */
         float acc = 0.0f;                   /* this lane's sum over the current row run */
         /* a ring of DK_U loads per lane: each slot is refilled with the unit DK_U ahead as soon
@@ -436,11 +441,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
         __syncthreads(); /* part is reused by the next row batch */
         rb0 += nrb;
         nrb = (int)(r1 - rb0 < per ? r1 - rb0 : per);
-        if (nrb > 0) {
-            start_batch();
-            cu0 = lu;
-            load(cur);
-        }
+        if (nrb <= 0) break;
     }
     if (g.mode == DK_ARGMAX) {
 #pragma unroll
@@ -460,75 +461,67 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
 }
 
 /* What a head of the new token needs besides its activations, loaded before the barrier: the
- * RoPE cos/sin of position p and the head's norm weights. */
+ * head's norm weights (lane l: dims 8l..8l+7) and the RoPE cos/sin of position p (lane l: pairs
+ * 4l..4l+3). */
 struct DkHeadPre {
-    float cs[DK_DMAX / 2], sn[DK_DMAX / 2], wv[DK_DMAX];
+    uint4 w;
+    uint2 cs, sn;
 };
 
 __device__ __noinline__ void dk_head_pre(const DkState &st, const void *nw, int64_t p, DkHeadPre &hp) {
-    const int hd = st.d.head_dim, half = hd / 2, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int c = 0; c < DK_DMAX / 2; c++) {
-        const int i = lane + 32 * c;
-        hp.cs[c] = i < half ? ldw(st.d.rope_cos, p * hd + i) : 0.0f;
-        hp.sn[c] = i < half ? ldw(st.d.rope_sin, p * hd + i) : 0.0f;
-    }
-#pragma unroll
-    for (int c = 0; c < DK_DMAX; c++) {
-        const int d = lane + 32 * c;
-        hp.wv[c] = nw && d < hd ? ldw(nw, d) : 0.0f;
-    }
+    const int hd = st.d.head_dim, lane = threadIdx.x & 31;
+    hp.w = nw && 8 * lane < hd ? __ldg((const uint4 *)nw + lane) : make_uint4(0, 0, 0, 0);
+    const bool rope = 4 * lane < hd / 2;
+    hp.cs = rope ? __ldg((const uint2 *)((const uint16_t *)st.d.rope_cos + p * hd) + lane) : make_uint2(0, 0);
+    hp.sn = rope ? __ldg((const uint2 *)((const uint16_t *)st.d.rope_sin + p * hd) + lane) : make_uint2(0, 0);
 }
 
 /* One head of the new token in a warp: row[hd] = RoPE(RMSNorm(src[off..off+hd])) rounded to bf16
- * (the q/k path of toc_qk_rope_append). Its loads are issued together. */
+ * (the q/k path of toc_qk_rope_append); one 16-byte load per lane. */
 __device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t off, bool norm, float eps,
                                      const DkHeadPre &hp, float *row) {
     const int hd = st.d.head_dim, lane = threadIdx.x & 31, half = hd / 2;
-    float v[DK_DMAX];
-#pragma unroll
-    for (int c = 0; c < DK_DMAX; c++) {
-        const int d = lane + 32 * c;
-        v[c] = d < hd ? ldcg(src, off + d) : 0.0f;
-    }
+    const bool mine = 8 * lane < hd;
+    float v[8];
+    bf8(mine ? __ldcg((const uint4 *)((const uint16_t *)src + off) + lane) : make_uint4(0, 0, 0, 0), v);
     if (norm) {
-        float ss = 0.0f;
+        float ss = 0.0f, w[8];
 #pragma unroll
-        for (int c = 0; c < DK_DMAX; c++) ss += v[c] * v[c];
+        for (int e = 0; e < 8; e++) ss += v[e] * v[e];
         ss = warp_sum(ss);
         const float r = 1.0f / sqrtf(ss / (float)hd + eps);
+        bf8(hp.w, w);
 #pragma unroll
-        for (int c = 0; c < DK_DMAX; c++) v[c] = rbf(hp.wv[c] * rbf(v[c] * r));
+        for (int e = 0; e < 8; e++) v[e] = rbf(w[e] * rbf(v[e] * r));
     }
-#pragma unroll
-    for (int c = 0; c < DK_DMAX; c++) {
-        const int d = lane + 32 * c;
-        if (d < hd) row[d] = v[c];
-    }
-    __syncwarp();
-    float o1v[DK_DMAX / 2], o2v[DK_DMAX / 2];
-#pragma unroll
-    for (int c = 0; c < DK_DMAX / 2; c++) {
-        const int i = lane + 32 * c;
-        if (i < half) {
-            float o1, o2;
-            rope_pair_dev(row[i], row[i + half], hp.cs[c], hp.sn[c], true, o1, o2);
-            o1v[c] = rbf(o1);
-            o2v[c] = rbf(o2);
-        }
+    float4 *r4 = (float4 *)row;
+    if (mine) {
+        r4[2 * lane] = make_float4(v[0], v[1], v[2], v[3]);
+        r4[2 * lane + 1] = make_float4(v[4], v[5], v[6], v[7]);
     }
     __syncwarp();
-#pragma unroll
-    for (int c = 0; c < DK_DMAX / 2; c++) {
-        const int i = lane + 32 * c;
-        if (i < half) {
-            row[i] = o1v[c];
-            row[i + half] = o2v[c];
-        }
+    const bool rope = 4 * lane < half;
+    float4 o1, o2;
+    if (rope) {
+        const float4 x1 = r4[lane], x2 = r4[half / 4 + lane];
+        const float c[4] = {bf2f(hp.cs.x & 0xffff), bf2f(hp.cs.x >> 16), bf2f(hp.cs.y & 0xffff), bf2f(hp.cs.y >> 16)};
+        const float sn[4] = {bf2f(hp.sn.x & 0xffff), bf2f(hp.sn.x >> 16), bf2f(hp.sn.y & 0xffff), bf2f(hp.sn.y >> 16)};
+        rope_pair_dev(x1.x, x2.x, c[0], sn[0], true, o1.x, o2.x);
+        rope_pair_dev(x1.y, x2.y, c[1], sn[1], true, o1.y, o2.y);
+        rope_pair_dev(x1.z, x2.z, c[2], sn[2], true, o1.z, o2.z);
+        rope_pair_dev(x1.w, x2.w, c[3], sn[3], true, o1.w, o2.w);
+        o1 = make_float4(rbf(o1.x), rbf(o1.y), rbf(o1.z), rbf(o1.w));
+        o2 = make_float4(rbf(o2.x), rbf(o2.y), rbf(o2.z), rbf(o2.w));
+    }
+    __syncwarp();
+    if (rope) {
+        r4[lane] = o1;
+        r4[half / 4 + lane] = o2;
     }
     __syncwarp();
 }
 
+/* Asynchronous 16-byte copy global -> shared (L2 only); dk_cp_wait completes this thread's. */
 __device__ __forceinline__ void dk_cp16(void *smem_dst, const void *src) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem_dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
@@ -905,10 +898,11 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
               d.act_dtype, d.cache_dtype, d.norm_dtype, d.embed_dtype);
     TOC_CHECK(d.embed && d.final_norm && d.lm_head && d.rope_cos && d.rope_sin && d.counters &&
                   d.tokens && d.logits && ((uintptr_t)d.lm_head & 15) == 0 &&
-                  ((uintptr_t)d.embed & 15) == 0 && ((uintptr_t)d.final_norm & 15) == 0,
+                  ((uintptr_t)d.embed & 15) == 0 && ((uintptr_t)d.final_norm & 15) == 0 &&
+                  ((uintptr_t)d.rope_cos & 15) == 0 && ((uintptr_t)d.rope_sin & 15) == 0,
               TO_ERR_INVALID_ARGUMENT,
-              "toc_decoder_create: NULL or misaligned model pointer (the embedding, LM head and final "
-              "norm must be 16-byte aligned)");
+              "toc_decoder_create: NULL or misaligned model pointer (the embedding, LM head, final "
+              "norm and RoPE tables must be 16-byte aligned)");
     for (int i = 0; i < d.n_layers; i++) {
         const to_decoder_layer &l = layers[i];
         const void *w[7] = {l.q_proj, l.k_proj, l.v_proj, l.o_proj, l.gate_proj, l.up_proj, l.down_proj};
@@ -917,7 +911,8 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
                       "toc_decoder_create: layer %d: weights must be non-NULL and 16-byte aligned", i);
         TOC_CHECK(l.input_norm && l.post_norm && l.k_cache && l.v_cache &&
                       ((uintptr_t)l.input_norm & 15) == 0 && ((uintptr_t)l.post_norm & 15) == 0 &&
-                      ((uintptr_t)l.k_cache & 15) == 0 && ((uintptr_t)l.v_cache & 15) == 0,
+                      ((uintptr_t)l.k_cache & 15) == 0 && ((uintptr_t)l.v_cache & 15) == 0 &&
+                      ((uintptr_t)l.q_norm & 15) == 0 && ((uintptr_t)l.k_norm & 15) == 0,
                   TO_ERR_INVALID_ARGUMENT,
                   "toc_decoder_create: layer %d: NULL or misaligned (not 16-byte) norm or cache", i);
     }
