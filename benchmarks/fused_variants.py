@@ -30,9 +30,9 @@ if os.environ.get("PROBE"):
         r = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, fused=True)
         r.greedy(5, PROMPT, 8)
         rows = r.profile_stages(5, PROMPT + 8)
-        print(f"[{name}] attention probes (us after departure): tile ready, scores, softmax, PV, out (last layer)")
+        print(f"[{name}] probes (us after the first): attention: tile ready, scores, softmax, PV, out; qkv: staged, ring done, rows done (last layer)")
         for b, row in enumerate(rows):
-            if row[10] and row[11]:
+            if row[10] and row[11] and b % 8 == 0:
                 dep = row[10]
                 print(b, [round((row[10 + i] - dep) / 1e3, 2) for i in range(1, 6)])
         del model, r

@@ -316,6 +316,34 @@ def test_attention_cache(dt: DType, tq: int, past: int) -> None:
         assert rel(out, sd) < 1e-2
 
 
+@pytest.mark.parametrize(
+    ("hd", "tq", "past", "causal"),
+    [(64, 700, 0, True), (128, 333, 100, True), (128, 97, 0, False), (64, 64, 1, True)],
+)
+def test_flash_prefill(hd: int, tq: int, past: int, causal: bool) -> None:
+    """The tensor-core prefill kernel (bf16, tq >= 32, head_dim 64/128) against float64 softmax
+    attention: partial query and key tiles, a causal offset, non-causal."""
+    nh, nkv = 6, 2
+    kv = past + tq
+    g = torch.Generator().manual_seed(tq + hd)
+    q = torch.randn(tq, nh, hd, generator=g).to(torch.bfloat16)
+    k = torch.randn(kv, nkv, hd, generator=g).to(torch.bfloat16)
+    v = torch.randn(kv, nkv, hd, generator=g).to(torch.bfloat16)
+    kc = Tensor.zeros((nkv, kv + 3, hd), DType.bfloat16, DEV)
+    vc = Tensor.zeros((nkv, kv + 3, hd), DType.bfloat16, DEV)
+    ops.kv_cache_append(ours(k, DEV), ours(v, DEV), kc, vc, 0)
+    out = theirs(ops.attention(ours(q, DEV), kc, vc, kv_len=kv, q_pos=past, causal=causal))
+    if causal:
+        ref = _sdpa_ref(q, k, v, past)
+    else:
+        rep = nh // nkv
+        kk = k.double().repeat_interleave(rep, 1).transpose(0, 1)
+        vv = v.double().repeat_interleave(rep, 1).transpose(0, 1)
+        s = q.double().transpose(0, 1) @ kk.transpose(1, 2) / hd**0.5
+        ref = (torch.softmax(s, -1) @ vv).transpose(0, 1)
+    assert rel(out, ref) < 1e-2
+
+
 def test_attention_segments() -> None:
     nh, nkv, hd = 4, 4, 64
     q, k, v = (torch.randn(10, n, hd) for n in (nh, nkv, nkv))

@@ -2,15 +2,12 @@
  *  - split-K kernel (any dtype, any tq, GQA groups share each K/V read): decode and small prefill;
  *    each block covers one query token, one kv head (its group of query heads) and one slice of
  *    the keys; slices are merged by a second kernel.
- *  - flash-style prefill (bf16, head_dim 64 or 128): WMMA tensor-core tiles of 64 queries x 64
- *    keys, online softmax in fp32 (probabilities rounded to bf16 for the P.V product).
+ *  - flash prefill (bf16, head_dim 64 or 128): FlashAttention-2 style, mma.sync tensor-core tiles
+ *    of 64 queries x 64 keys with everything per query row in registers, online softmax in fp32
+ *    (probabilities rounded to bf16 for the P.V product).
  *  - the CUDA-graph decoder's step kernels: q/k RMSNorm + RoPE + cache append in one launch, and
  *    attention whose kv length is read from device memory. */
-#include <mma.h>
-
 #include "common.cuh"
-
-using namespace nvcuda;
 
 #define AT_GMAX 8   /* query heads per block */
 #define AT_DMAX 8   /* head_dim / 32 slots per lane (head_dim <= 256) */
@@ -163,149 +160,209 @@ static int launch_split(AttnArgs &a) {
     return TO_OK;
 }
 
-/* ---- flash prefill (bf16, WMMA) ---- */
+/* ---- flash prefill (bf16, mma.sync) ----
+ * FlashAttention-2 layout: a block of 4 warps owns 64 queries of one query head, each warp 16 rows
+ * held in registers (Q fragments, the fp32 output accumulator, the row max and sum); key/value
+ * tiles of 64 rows stream through a two-stage cp.async ring in shared memory. S = Q K^T and
+ * O += P V run on m16n8k16 bf16 tensor-core MMAs; the score fragments become the A operand of the
+ * P V product in registers. Online softmax in fp32; the probabilities are rounded to bf16 for the
+ * P V product (and summed as rounded), as in the op-by-op path. Causal: tiles past the block's last
+ * query are skipped, the diagonal ones masked. Query tiles run heaviest first. */
 #define FA_BQ 64
 #define FA_BK 64
+#define FA_THREADS 128
 template <int HD>
-struct FaSmem {
-    static const int LQ = HD + 8, LS = FA_BK + 4, LP = FA_BK + 8, LO = HD + 4;
-    static const size_t q = FA_BQ * LQ * 2, k = FA_BK * LQ * 2, v = FA_BK * LQ * 2,
-                        s = 4 * 16 * LS * 4, p = 4 * 16 * LP * 2, o = 4 * 16 * LO * 4,
-                        st = FA_BQ * 2 * 4;
-    static const size_t total = q + k + v + s + p + o + st;
+struct Fa2Smem {
+    static const int LD = HD + 8; /* row pitch in bf16 (16-byte aligned rows, no ldmatrix conflicts) */
+    static const size_t q = (size_t)FA_BQ * LD * 2, kv = (size_t)FA_BK * LD * 2;
+    static const size_t total = q + 4 * kv; /* Q, then (K, V) x 2 stages */
 };
 
+__device__ __forceinline__ void fa_ldm_x4(uint32_t *r, const void *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+__device__ __forceinline__ void fa_ldm_x4_t(uint32_t *r, const void *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+/* d += a (16x16 bf16, row) * b (16x8 bf16, col), fp32 accumulate */
+__device__ __forceinline__ void fa_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t fa_pack(float lo, float hi) {
+    return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
+}
+__device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool valid) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    const int n = valid ? 16 : 0; /* 0: zero-fill */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(n) : "memory");
+}
+
 template <int HD>
-__global__ void __launch_bounds__(128) flash_prefill_kernel(AttnArgs a) {
-    typedef FaSmem<HD> L;
+__global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
+    typedef Fa2Smem<HD> L;
+    constexpr int LD = L::LD, KC = HD / 16, NB = FA_BK / 8, ONB = HD / 8;
     extern __shared__ __align__(128) unsigned char smem[];
     uint16_t *Qs = (uint16_t *)smem;
-    uint16_t *Ks = (uint16_t *)(smem + L::q);
-    uint16_t *Vs = (uint16_t *)(smem + L::q + L::k);
-    float *Ss = (float *)(smem + L::q + L::k + L::v);
-    uint16_t *Ps = (uint16_t *)(smem + L::q + L::k + L::v + L::s);
-    float *Os = (float *)(smem + L::q + L::k + L::v + L::s + L::p);
-    float *Ms = (float *)(smem + L::q + L::k + L::v + L::s + L::p + L::o);
-    float *Ls = Ms + FA_BQ;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t qt = blockIdx.x, hq = blockIdx.y, h = hq / (a.nh / a.nkv);
+    uint16_t *KVs = (uint16_t *)(smem + L::q); /* stage s: K at 2s, V at 2s+1 (FA_BK x LD each) */
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
+    const int64_t qt = gridDim.x - 1 - blockIdx.x; /* heaviest (last) query tiles first */
+    const int64_t hq = blockIdx.y, h = hq / (a.nh / a.nkv);
     const int64_t i0 = qt * FA_BQ;
-    /* load Q */
-    for (int c = threadIdx.x; c < FA_BQ * HD / 8; c += 128) {
-        int r = c / (HD / 8), cc = (c % (HD / 8)) * 8;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (i0 + r < a.tq) v = *(const uint4 *)((const uint16_t *)a.q + (i0 + r) * a.ldq + hq * HD + cc);
-        *(uint4 *)(Qs + r * L::LQ + cc) = v;
+    const int64_t last_q = min(a.tq - 1, i0 + FA_BQ - 1);
+    const int64_t key_end = a.causal ? min(a.kv_len, a.q_pos + last_q + 1) : a.kv_len;
+    const int ntiles = (int)((key_end + FA_BK - 1) / FA_BK);
+    const uint16_t *kg = (const uint16_t *)a.k + h * a.khs, *vg = (const uint16_t *)a.v + h * a.vhs;
+
+    auto load_tile = [&](int t, int stage) {
+        uint16_t *Ks = KVs + (size_t)(2 * stage) * FA_BK * LD, *Vs = Ks + FA_BK * LD;
+        const int64_t k0 = (int64_t)t * FA_BK;
+        for (int c = tid; c < FA_BK * HD / 8; c += FA_THREADS) {
+            const int r = c / (HD / 8), cc = (c % (HD / 8)) * 8;
+            const bool ok = k0 + r < a.kv_len;
+            const int64_t kr = ok ? k0 + r : 0;
+            fa_cp16(Ks + r * LD + cc, kg + kr * a.kps + cc, ok);
+            fa_cp16(Vs + r * LD + cc, vg + kr * a.vps + cc, ok);
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    };
+    /* Q tile (rows past tq zero-filled) and the first K/V tile */
+    for (int c = tid; c < FA_BQ * HD / 8; c += FA_THREADS) {
+        const int r = c / (HD / 8), cc = (c % (HD / 8)) * 8;
+        const bool ok = i0 + r < a.tq;
+        fa_cp16(Qs + r * LD + cc, (const uint16_t *)a.q + (ok ? i0 + r : 0) * a.ldq + hq * HD + cc, ok);
     }
-    for (int e = threadIdx.x; e < 4 * 16 * L::LO; e += 128) Os[e] = 0.0f;
-    if (threadIdx.x < FA_BQ) {
-        Ms[threadIdx.x] = -INFINITY;
-        Ls[threadIdx.x] = 0.0f;
-    }
-    int64_t last_q = min(a.tq - 1, i0 + FA_BQ - 1);
-    int64_t key_end = a.causal ? min(a.kv_len, a.q_pos + last_q + 1) : a.kv_len;
-    float *Sw = Ss + warp * 16 * L::LS;
-    uint16_t *Pw = Ps + warp * 16 * L::LP;
-    float *Ow = Os + warp * 16 * L::LO;
-    for (int64_t k0 = 0; k0 < key_end; k0 += FA_BK) {
+    if (ntiles > 0) load_tile(0, 0);
+    else asm volatile("cp.async.commit_group;" ::: "memory");
+
+    float o[ONB][4];
+#pragma unroll
+    for (int j = 0; j < ONB; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; /* rows gid and gid + 8 */
+    uint32_t qf[KC][4];
+    const int64_t qi0 = i0 + warp * 16 + gid, qi1 = qi0 + 8;
+    const float sl2 = a.scale * 1.4426950408889634f; /* scores in log2 units */
+
+    for (int t = 0; t < ntiles; t++) {
+        const int stage = t & 1;
+        if (t + 1 < ntiles) load_tile(t + 1, stage ^ 1);
+        else asm volatile("cp.async.commit_group;" ::: "memory");
+        asm volatile("cp.async.wait_group 1;" ::: "memory");
         __syncthreads();
-        for (int c = threadIdx.x; c < FA_BK * HD / 8; c += 128) {
-            int r = c / (HD / 8), cc = (c % (HD / 8)) * 8;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (k0 + r < a.kv_len) {
-                kv = *(const uint4 *)((const uint16_t *)a.k + h * a.khs + (k0 + r) * a.kps + cc);
-                vv = *(const uint4 *)((const uint16_t *)a.v + h * a.vhs + (k0 + r) * a.vps + cc);
-            }
-            *(uint4 *)(Ks + r * L::LQ + cc) = kv;
-            *(uint4 *)(Vs + r * L::LQ + cc) = vv;
+        if (t == 0) {
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++)
+                fa_ldm_x4(qf[kc], Qs + (warp * 16 + (lane & 15)) * LD + kc * 16 + (lane >> 4) * 8);
         }
-        __syncthreads();
-        /* S = Q K^T for this warp's 16 rows */
-        {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf[FA_BK / 16];
+        const uint16_t *Ks = KVs + (size_t)(2 * stage) * FA_BK * LD, *Vs = Ks + FA_BK * LD;
+        /* S = Q K^T: NB blocks of 8 keys */
+        float s[NB][4];
 #pragma unroll
-            for (int j = 0; j < FA_BK / 16; j++) wmma::fill_fragment(sf[j], 0.0f);
+        for (int nb = 0; nb < NB; nb++) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < HD; kk += 16) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-                wmma::load_matrix_sync(fa, (const __nv_bfloat16 *)(Qs + warp * 16 * L::LQ + kk), L::LQ);
+        for (int kc = 0; kc < KC; kc++) {
 #pragma unroll
-                for (int j = 0; j < FA_BK / 16; j++) {
-                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-                    wmma::load_matrix_sync(fb, (const __nv_bfloat16 *)(Ks + j * 16 * L::LQ + kk), L::LQ);
-                    wmma::mma_sync(sf[j], fa, fb, sf[j]);
+            for (int nb = 0; nb < NB; nb += 2) {
+                uint32_t b[4];
+                const int m = lane >> 3;
+                fa_ldm_x4(b, Ks + (nb * 8 + (m >> 1) * 8 + (lane & 7)) * LD + kc * 16 + (m & 1) * 8);
+                fa_mma(s[nb], qf[kc], b[0], b[1]);
+                fa_mma(s[nb + 1], qf[kc], b[2], b[3]);
+            }
+        }
+        /* scale, mask, row max */
+        const int64_t k0 = (int64_t)t * FA_BK;
+        const bool need_mask = k0 + FA_BK > a.kv_len || (a.causal && k0 + FA_BK - 1 > a.q_pos + i0 + warp * 16);
+        const int64_t lim0 = a.causal ? min(a.kv_len, a.q_pos + qi0 + 1) : a.kv_len;
+        const int64_t lim1 = a.causal ? min(a.kv_len, a.q_pos + qi1 + 1) : a.kv_len;
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int64_t j = k0 + nb * 8 + 2 * tig + e;
+                float v0 = s[nb][e] * sl2, v1 = s[nb][2 + e] * sl2;
+                if (need_mask) {
+                    if (j >= lim0) v0 = -INFINITY;
+                    if (j >= lim1) v1 = -INFINITY;
                 }
-            }
-#pragma unroll
-            for (int j = 0; j < FA_BK / 16; j++)
-                wmma::store_matrix_sync(Sw + j * 16, sf[j], L::LS, wmma::mem_row_major);
-        }
-        __syncwarp();
-        /* online softmax: lane pair (2r, 2r+1) owns row r, 32 columns each */
-        {
-            int r = lane >> 1, half = lane & 1;
-            int64_t qi = i0 + warp * 16 + r;
-            int64_t limit = a.causal ? min(a.kv_len, a.q_pos + qi + 1) : a.kv_len;
-            float mx = -INFINITY;
-            for (int c = half * 32; c < half * 32 + 32; c++) {
-                float s = Sw[r * L::LS + c] * a.scale;
-                if (k0 + c >= limit || qi >= a.tq) s = -INFINITY;
-                Sw[r * L::LS + c] = s;
-                mx = fmaxf(mx, s);
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            int row = warp * 16 + r;
-            float mo = Ms[row], mn = fmaxf(mo, mx);
-            float alpha = mn == -INFINITY ? 1.0f : expf(mo - mn);
-            float sum = 0.0f;
-            for (int c = half * 32; c < half * 32 + 32; c++) {
-                float s = Sw[r * L::LS + c];
-                float p = s == -INFINITY ? 0.0f : rbf(expf(s - mn));
-                sum += p;
-                Pw[r * L::LP + c] = f2bf(p);
-            }
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            for (int c = half * (HD / 2); c < half * (HD / 2) + HD / 2; c++) Ow[r * L::LO + c] *= alpha;
-            __syncwarp();
-            if (half == 0) {
-                Ms[row] = mn;
-                Ls[row] = Ls[row] * alpha + sum;
+                s[nb][e] = v0;
+                s[nb][2 + e] = v1;
+                mx0 = fmaxf(mx0, v0);
+                mx1 = fmaxf(mx1, v1);
             }
         }
-        __syncwarp();
-        /* O += P V */
-        {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float b0 = mx0 == -INFINITY ? 0.0f : mx0, b1 = mx1 == -INFINITY ? 0.0f : mx1;
+        const float al0 = exp2f(m0 - b0), al1 = exp2f(m1 - b1); /* 0 on the first tile */
+        m0 = mx0;
+        m1 = mx1;
+        /* P (bf16, as A fragments) and the row sums of the rounded values */
+        uint32_t pf[FA_BK / 16][4];
+        float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-            for (int j = 0; j < HD / 16; j++) {
-                wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
-                wmma::load_matrix_sync(of, Ow + j * 16, L::LO, wmma::mem_row_major);
+        for (int nb = 0; nb < NB; nb++) {
+            const float p0 = rbf(exp2f(s[nb][0] - b0)), p1 = rbf(exp2f(s[nb][1] - b0));
+            const float p2 = rbf(exp2f(s[nb][2] - b1)), p3 = rbf(exp2f(s[nb][3] - b1));
+            sum0 += p0 + p1;
+            sum1 += p2 + p3;
+            pf[nb >> 1][(nb & 1) * 2] = fa_pack(p0, p1);
+            pf[nb >> 1][(nb & 1) * 2 + 1] = fa_pack(p2, p3);
+        }
+        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+        l0 = l0 * al0 + sum0;
+        l1 = l1 * al1 + sum1;
 #pragma unroll
-                for (int kk = 0; kk < FA_BK; kk += 16) {
-                    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-                    wmma::load_matrix_sync(fa, (const __nv_bfloat16 *)(Pw + kk), L::LP);
-                    wmma::load_matrix_sync(fb, (const __nv_bfloat16 *)(Vs + kk * L::LQ + j * 16), L::LQ);
-                    wmma::mma_sync(of, fa, fb, of);
-                }
-                wmma::store_matrix_sync(Ow + j * 16, of, L::LO, wmma::mem_row_major);
+        for (int j = 0; j < ONB; j++) {
+            o[j][0] *= al0;
+            o[j][1] *= al0;
+            o[j][2] *= al1;
+            o[j][3] *= al1;
+        }
+        /* O += P V: key chunks of 16, output blocks of 8 dims */
+#pragma unroll
+        for (int kc = 0; kc < FA_BK / 16; kc++) {
+#pragma unroll
+            for (int j = 0; j < ONB; j += 2) {
+                uint32_t b[4];
+                const int m = lane >> 3;
+                fa_ldm_x4_t(b, Vs + (kc * 16 + (m & 1) * 8 + (lane & 7)) * LD + j * 8 + (m >> 1) * 8);
+                fa_mma(o[j], pf[kc], b[0], b[1]);
+                fa_mma(o[j + 1], pf[kc], b[2], b[3]);
             }
         }
-        __syncwarp();
+        __syncthreads(); /* this stage is refilled next iteration */
     }
-    __syncthreads();
-    for (int e = threadIdx.x; e < FA_BQ * HD; e += 128) {
-        int r = e / HD, d = e % HD;
-        int64_t qi = i0 + r;
-        if (qi >= a.tq) continue;
-        float l = Ls[r];
-        float o = Os[(r / 16) * 16 * L::LO + (r % 16) * L::LO + d];
-        ((uint16_t *)a.out)[qi * a.ldo + hq * HD + d] = f2bf(l > 0.0f ? o / l : 0.0f);
+    /* out = O / l */
+    const float r0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, r1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    uint16_t *out = (uint16_t *)a.out;
+#pragma unroll
+    for (int j = 0; j < ONB; j++) {
+        const int d = j * 8 + 2 * tig;
+        if (qi0 < a.tq)
+            *(uint32_t *)(out + qi0 * a.ldo + hq * HD + d) = fa_pack(o[j][0] * r0, o[j][1] * r0);
+        if (qi1 < a.tq)
+            *(uint32_t *)(out + qi1 * a.ldo + hq * HD + d) = fa_pack(o[j][2] * r1, o[j][3] * r1);
     }
 }
 
 template <int HD>
 static int launch_flash(AttnArgs &a) {
-    size_t smem = FaSmem<HD>::total;
+    size_t smem = Fa2Smem<HD>::total;
     TOC_CHECK((int64_t)smem <= toc_max_smem_optin(), TO_ERR_UNSUPPORTED, "flash attention smem");
     static int configured[16];
     int dev = 0;
@@ -317,7 +374,7 @@ static int launch_flash(AttnArgs &a) {
         configured[dev & 15] = 1;
     }
     dim3 grid((unsigned)toc_cdiv(a.tq, FA_BQ), (unsigned)a.nh);
-    flash_prefill_kernel<HD><<<grid, 128, smem, toc_stream()>>>(a);
+    flash_prefill_kernel<HD><<<grid, FA_THREADS, smem, toc_stream()>>>(a);
     TOC_LAUNCHED("flash_prefill_kernel");
     return TO_OK;
 }
