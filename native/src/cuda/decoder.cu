@@ -128,7 +128,7 @@ __device__ __forceinline__ void dk_arrive(DkSync &s) {
         const int slot = s.n - s.first;
         if (s.prof && slot >= 0 && slot < DK_PROF_SLOTS) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot] = dk_now();
         s.target += gridDim.x;
-        __threadfence();
+        /* release: the block's writes (ordered before by __syncthreads) become visible first */
         asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(s.count) : "memory");
     }
 }
@@ -533,7 +533,7 @@ __device__ __forceinline__ void dk_cp_wait(void) {
 /* Shared-memory layout of the attention stage (bytes from the start of the dynamic area), sized
  * on the host for tiles of DkState::tk keys. */
 struct DkAttLayout {
-    int ks, vs, qs, s, kn, vn, st, op; /* offsets */
+    int ks, vs, qs, s, kn, vn, st, wm, ls, op; /* offsets */
     int kstride;                       /* bf16 elements per cached key row (hd + 8: no bank conflicts) */
 };
 __host__ __device__ inline DkAttLayout dk_att_layout(int hd, int G, int tk, int *total) {
@@ -547,7 +547,9 @@ __host__ __device__ inline DkAttLayout dk_att_layout(int hd, int G, int tk, int 
     L.s = o, o += G * tk * 4;
     L.kn = o, o += hd * 2;
     L.vn = o, o += hd * 2;
-    L.st = o, o += 4 * DK_GMAX * 4; /* running max, running sum, rescale factor per query head */
+    L.st = o, o += 4 * DK_GMAX * 4; /* running max, running sum, rescale factor, new max per head */
+    L.wm = o, o += DK_WARPS * DK_GMAX * 4; /* tile max per warp and head */
+    L.ls = o, o += 32 * DK_GMAX * 4;       /* tile sum per key group and head */
     L.op = o, o += (pairs > DK_THREADS ? pairs : DK_THREADS) * 2 * 4;
     *total = o;
     return L;
@@ -594,7 +596,8 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
     const DkAttLayout L = dk_att_layout(hd, G, tk, &total);
     char *sm = (char *)smem;
     float *qs = (float *)(sm + L.qs), *S = (float *)(sm + L.s), *mrun = (float *)(sm + L.st);
-    float *lrun = mrun + DK_GMAX, *alph = lrun + DK_GMAX, *op = (float *)(sm + L.op);
+    float *lrun = mrun + DK_GMAX, *alph = lrun + DK_GMAX, *mnew = alph + DK_GMAX, *op = (float *)(sm + L.op);
+    float *wmx = (float *)(sm + L.wm), *lsum = (float *)(sm + L.ls);
     uint16_t *ks = (uint16_t *)(sm + L.ks), *vs = (uint16_t *)(sm + L.vs);
     uint16_t *kn = (uint16_t *)(sm + L.kn), *vn = (uint16_t *)(sm + L.vn);
     __shared__ int last;
@@ -672,74 +675,77 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 }
                 __syncthreads();
             }
-            /* scores: one lane per key, one query head at a time (the key row is re-read from
-             * shared memory; the loop stays small for the instruction cache) */
-#pragma unroll 1
-            for (int j = tid; j < n; j += DK_THREADS) {
-                const uint4 *kr = (const uint4 *)(ks + j * L.kstride);
+            /* scores, one lane per key (a tile holds at most DK_THREADS keys) and one query head
+             * at a time (the key row is re-read from shared memory: the loop stays small for the
+             * instruction cache); each warp leaves the tile max of its keys per head */
+            {
+                const int j = warp * 32 + lane;
+                const bool ok = j < n;
+                const uint4 *kr = (const uint4 *)(ks + (ok ? j : 0) * L.kstride);
 #pragma unroll 1
                 for (int g = 0; g < G; g++) {
                     const float4 *q4 = (const float4 *)(qs + g * hd);
                     float sc = 0.0f;
+                    if (warp * 32 < n) {
 #pragma unroll 2
-                    for (int c = 0; c < hd / 8; c++) {
-                        float kf[8];
-                        bf8(kr[c], kf);
-                        const float4 a = q4[2 * c], b = q4[2 * c + 1];
-                        sc += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] +
-                              b.y * kf[5] + b.z * kf[6] + b.w * kf[7];
+                        for (int c = 0; c < hd / 8; c++) {
+                            float kf[8];
+                            bf8(kr[c], kf);
+                            const float4 a = q4[2 * c], b = q4[2 * c + 1];
+                            sc += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] +
+                                  b.y * kf[5] + b.z * kf[6] + b.w * kf[7];
+                        }
                     }
-                    S[g * tk + j] = sc * scale;
+                    sc = ok ? sc * scale : -INFINITY;
+                    if (ok) S[g * tk + j] = sc;
+                    sc = warp_max(sc);
+                    if (lane == 0) wmx[warp * DK_GMAX + g] = sc;
                 }
             }
             __syncthreads();
             DK_PROBE_AT(sync, 2);
-            /* softmax of the tile: warp g for query head g */
-            if (warp < G) {
-                float* Sg = S + warp * tk;
-                float mx = -INFINITY;
-#pragma unroll 1
-                for (int j = lane; j < n; j += 32) mx = fmaxf(mx, Sg[j]);
-                mx = warp_max(mx);
-                const float mo = mrun[warp], mn = fmaxf(mo, mx);
-                float sum = 0.0f;
-#pragma unroll 1
-                for (int j = lane; j < n; j += 32) {
-                    const float e = __expf(Sg[j] - mn);
-                    Sg[j] = e;
-                    sum += e;
-                }
-                sum = warp_sum(sum);
-                __syncwarp();
-                if (lane == 0) {
-                    const float a = mo == -INFINITY ? 0.0f : __expf(mo - mn);
-                    alph[warp] = a;
-                    lrun[warp] = lrun[warp] * a + sum;
-                    mrun[warp] = mn;
-                }
-            }
-            __syncthreads();
-            DK_PROBE_AT(sync, 3);
-            /* P.V: thread -> (key group, query head, pair of dims) */
+            /* softmax and P.V in one pass: thread -> (key group, query head, pair of dims); every
+             * thread of a head derives the same running max, rescale factor and probabilities */
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 const int id = tid + r * DK_THREADS;
                 if (id < kgs * pairs) {
                     const int kg = id / pairs, pi = id - kg * pairs, g = pi / hp2, dp = pi - g * hp2;
                     const int j0 = n * kg / kgs, j1 = n * (kg + 1) / kgs;
-                    const float a = alph[g], *Pg = S + g * tk;
+                    const float mo = mrun[g];
+                    float mn = mo;
+#pragma unroll 4
+                    for (int w = 0; w < DK_WARPS; w++) mn = fmaxf(mn, wmx[w * DK_GMAX + g]);
+                    const float a = mo == -INFINITY ? 0.0f : __expf(mo - mn), *Sg = S + g * tk;
                     const uint32_t *vp = (const uint32_t *)vs + dp;
-                    float a0 = acc[r][0] * a, a1 = acc[r][1] * a;
+                    float a0 = acc[r][0] * a, a1 = acc[r][1] * a, ls = 0.0f;
 #pragma unroll 2
                     for (int j = j0; j < j1; j++) {
-                        const float pj = Pg[j];
+                        const float pj = __expf(Sg[j] - mn);
                         const uint32_t v2 = vp[j * hp2];
+                        ls += pj;
                         a0 += pj * __uint_as_float(v2 << 16);
                         a1 += pj * __uint_as_float(v2 & 0xffff0000u);
                     }
                     acc[r][0] = a0;
                     acc[r][1] = a1;
+                    if (dp == 0) {
+                        lsum[kg * DK_GMAX + g] = ls;
+                        if (kg == 0) {
+                            alph[g] = a;
+                            mnew[g] = mn;
+                        }
+                    }
                 }
+            }
+            __syncthreads();
+            DK_PROBE_AT(sync, 3);
+            if (tid < G) { /* the running sum and max of head tid */
+                float ls = 0.0f;
+#pragma unroll 1
+                for (int kg = 0; kg < kgs; kg++) ls += lsum[kg * DK_GMAX + tid];
+                lrun[tid] = lrun[tid] * alph[tid] + ls;
+                mrun[tid] = mnew[tid];
             }
             __syncthreads(); /* the tile, S and the factors are reused */
             DK_PROBE_AT(sync, 4);
