@@ -28,8 +28,8 @@ environment:
   INFERENCE_PIO_LIB              path to a different build of libtensor_ops.so
   INFERENCE_PIO_NUM_THREADS      default CPU thread count (else the physical cores)
   INFERENCE_PIO_DECODE_PLAN      0 = no recorded batch-1 CPU decode steps (debugging)
-  INFERENCE_PIO_CUDA_FUSED_DECODE  1 = batch-1 CUDA decode as one fused kernel per token
-                                 (experimental; default: the multi-kernel CUDA graph)
+  INFERENCE_PIO_CUDA_FUSED_DECODE  0 = batch-1 CUDA decode as the multi-kernel CUDA graph
+                                 (default: one fused kernel per token where the model allows it)
 """
 
 

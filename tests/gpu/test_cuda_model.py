@@ -74,8 +74,14 @@ def _hf_greedy(ref: Any, prompt: list[int], n: int) -> list[int]:
     return [int(t) for t in out[0, len(prompt) :]]
 
 
+@pytest.mark.parametrize("step", ["fused", "multi"])
 @pytest.mark.parametrize("plen", [5, 40])
-def test_greedy_matches_transformers_and_cpu(ckpt: Any, plen: int) -> None:
+def test_greedy_matches_transformers_and_cpu(
+    ckpt: Any, plen: int, step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy generation on the GPU (the fused decode step by default, the multi-kernel graph with
+    INFERENCE_PIO_CUDA_FUSED_DECODE=0) equals transformers and the CPU path."""
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_FUSED_DECODE", "1" if step == "fused" else "0")
     kind, d, ref = ckpt
     g = torch.Generator().manual_seed(plen)
     prompt = torch.randint(0, 500, (plen,), generator=g).tolist()
@@ -96,7 +102,8 @@ def test_greedy_matches_transformers_and_cpu(ckpt: Any, plen: int) -> None:
     assert got == cpu_tokens
 
 
-def test_graph_logits_match_op_path(ckpt: Any) -> None:
+@pytest.mark.parametrize("fused", [True, False])
+def test_graph_logits_match_op_path(ckpt: Any, fused: bool) -> None:
     kind, d, _ = ckpt
     if kind != "bf16":
         pytest.skip("the graph decoder needs bf16 weights")
@@ -105,7 +112,8 @@ def test_graph_logits_match_op_path(ckpt: Any) -> None:
     cache = m.new_cache(64)
     (_logits_op,) = m.forward([(prompt, cache)])
     (step_op,) = m.forward([([7], cache)])
-    runner = CudaGraphDecoder(m, 64)
+    runner = CudaGraphDecoder(m, 64, fused=fused)
+    assert runner.fused == fused
     runner.cache.length = 0
     m.forward([(prompt, runner.cache)])
     step_graph = runner.logits_after(7, len(prompt))
@@ -184,7 +192,7 @@ def _step_logits(m: Any, prompt: list[int], capacity: int, fused: bool) -> Any:
 def test_fused_step_matches_transformers_and_multi_kernel(
     shaped: Any, plen: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Greedy tokens of the fused step (generation with INFERENCE_PIO_CUDA_FUSED_DECODE=1) equal
+    """Greedy tokens of the fused step (generation with the default decode path) equal
     transformers'; its logits after a prompt of plen tokens (keys spread over several kv slices at
     300) match the multi-kernel step."""
     monkeypatch.setenv("INFERENCE_PIO_CUDA_FUSED_DECODE", "1")
@@ -263,14 +271,15 @@ def test_fused_step_rejects_unsupported_shapes(tmp_path: Path) -> None:
     assert not CudaGraphDecoder(m, 64).fused  # the multi-kernel step serves it
 
 
-def test_fused_step_is_opt_in(ckpt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fused_step_is_the_default(ckpt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 models decode with the fused step unless INFERENCE_PIO_CUDA_FUSED_DECODE=0."""
     kind, d, _ = ckpt
     if kind != "bf16":
         pytest.skip("the graph decoder needs bf16 weights")
     m = load(d, device="cuda").model
-    monkeypatch.delenv("INFERENCE_PIO_CUDA_FUSED_DECODE", raising=False)
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_FUSED_DECODE", "0")
     assert not CudaGraphDecoder(m, 64).fused
-    monkeypatch.setenv("INFERENCE_PIO_CUDA_FUSED_DECODE", "1")
+    monkeypatch.delenv("INFERENCE_PIO_CUDA_FUSED_DECODE", raising=False)
     runner = CudaGraphDecoder(m, 64)
     assert runner.fused
     info = runner.fused_info()

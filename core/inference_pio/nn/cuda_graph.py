@@ -2,11 +2,11 @@
 
 :class:`CudaGraphDecoder` owns static buffers at fixed device addresses (token id, position, step
 counter, a KV cache of fixed capacity) and captures one decode step of a
-:class:`~inference_pio.nn.decoder.DecoderModel`. With ``INFERENCE_PIO_CUDA_FUSED_DECODE=1`` (or
-``fused=True``) the step is the fused decoder of the CUDA library (``toc_decoder_step``,
-src/cuda/decoder.cu): one cooperative kernel for the whole token, with grid-wide barriers between
-its stages (bf16 models; see :func:`fused_unsupported_reason`). Otherwise it is the multi-kernel
-step: embedding, then per layer a fused
+:class:`~inference_pio.nn.decoder.DecoderModel`. By default (bf16 models; see
+:func:`fused_unsupported_reason`) the step is the fused decoder of the CUDA library
+(``toc_decoder_step``, src/cuda/decoder.cu): one cooperative kernel for the whole token, with
+grid-wide barriers between its stages. Otherwise (or with ``INFERENCE_PIO_CUDA_FUSED_DECODE=0``, or
+``fused=False``) it is the multi-kernel step: embedding, then per layer a fused
 RMSNorm+QKV GEMV, q/k RMSNorm+RoPE+cache append, split-K attention over the cache, o_proj GEMV with
 the residual add, a fused RMSNorm+gate/up GEMV with SwiGLU and the down GEMV with the residual;
 finally RMSNorm+LM head with a fused greedy argmax and a one-thread kernel that feeds the argmax
@@ -176,6 +176,9 @@ def fused_unsupported_reason(model: Any) -> str | None:
         return "norm weights must be bf16"
     if model.embed.weight.dtype != DType.bfloat16:
         return "the embedding must be bf16"
+    weights = [model.embed.weight, model.lm_head.weight] + [n.weight for n in norms]
+    if any(w.data_ptr % 16 for w in weights):
+        return "embedding, LM head and norm weights must be 16-byte aligned"
     return None
 
 
@@ -192,10 +195,10 @@ _FUSED_SKIP_BITS = {
 
 
 def _fused_enabled() -> bool:
-    """The fused step is opt-in (``INFERENCE_PIO_CUDA_FUSED_DECODE=1``) until it beats the
-    multi-kernel step: on an H200 it matched it for Qwen3-0.6B and was 13% slower for Qwen3-4B
-    (benchmarks/GPU_NOTES.md)."""
-    return os.environ.get("INFERENCE_PIO_CUDA_FUSED_DECODE", "0") == "1"
+    """The fused step is the default where the model allows it (on an H200 it decodes Qwen3-0.6B
+    1.6x and Qwen3-4B 1.3x faster than the multi-kernel graph, benchmarks/GPU_NOTES.md);
+    ``INFERENCE_PIO_CUDA_FUSED_DECODE=0`` selects the multi-kernel step."""
+    return os.environ.get("INFERENCE_PIO_CUDA_FUSED_DECODE", "1") != "0"
 
 
 class CudaGraphDecoder:
@@ -225,8 +228,8 @@ class CudaGraphDecoder:
     ) -> None:
         """``skip``: kernels (stages of the fused step) left out, for profiling only (the time of
         a step without them, by difference the time they take; the tokens are then wrong).
-        ``fused``: capture the one-kernel step (default: when the model allows it and
-        ``INFERENCE_PIO_CUDA_FUSED_DECODE=1``). ``attn_tile`` / ``attn_splits`` (fused step,
+        ``fused``: capture the one-kernel step (default: when the model allows it, unless
+        ``INFERENCE_PIO_CUDA_FUSED_DECODE=0``). ``attn_tile`` / ``attn_splits`` (fused step,
         testing): fewer keys per shared-memory attention tile and fewer key slices per kv head
         than the defaults, to exercise the multi-tile and slice-merge paths on short contexts."""
         if attn_tile < 0 or attn_splits < 0:

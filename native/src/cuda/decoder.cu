@@ -25,7 +25,6 @@
  * next batch loaded while the current one is computed; unit sums go to shared memory and each row
  * is summed in a fixed order, so results are deterministic. */
 #include <new>
-#include <stdlib.h>
 
 #include "common.cuh"
 
@@ -94,17 +93,6 @@ struct DkSync {
     int n, first;             /* barriers passed; first one recorded */
 };
 #define DK_PROF 8
-#ifdef DK_PROBE /* experiment: attention phase stamps of layer 1 in barrier slots 5..7 */
-#define DK_PROF_SLOTS 5
-#define DK_PROBE_AT(sync, i)                                                                       \
-    do {                                                                                          \
-        if ((sync).prof && threadIdx.x == DK_BAR_T)                    \
-            (sync).prof[(size_t)blockIdx.x * 2 * DK_PROF + 10 + (i)] = dk_now();                  \
-    } while (0)
-#else
-#define DK_PROF_SLOTS DK_PROF
-#define DK_PROBE_AT(sync, i) do {} while (0)
-#endif
 
 __device__ __forceinline__ unsigned long long dk_now(void) {
     unsigned long long t;
@@ -126,7 +114,7 @@ __device__ __forceinline__ void dk_arrive(DkSync &s) {
     __syncthreads();
     if (threadIdx.x == DK_BAR_T) {
         const int slot = s.n - s.first;
-        if (s.prof && slot >= 0 && slot < DK_PROF_SLOTS) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot] = dk_now();
+        if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot] = dk_now();
         s.target += gridDim.x;
         /* release: the block's writes (ordered before by __syncthreads) become visible first */
         asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(s.count) : "memory");
@@ -137,7 +125,7 @@ __device__ __forceinline__ void dk_wait(DkSync &s) {
         while (dk_load_acquire(s.count) < s.target) {
         }
         const int slot = s.n - s.first;
-        if (s.prof && slot >= 0 && slot < DK_PROF_SLOTS) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot + 1] = dk_now();
+        if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * 2 * DK_PROF + 2 * slot + 1] = dk_now();
         s.n++;
     }
     __syncthreads();
@@ -620,7 +608,6 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
     }
     dk_wait(sync);
     if (!run) return;
-    if (u0 % ns == 0) DK_PROBE_AT(sync, 0);
     for (int unit = u0; unit < nkv * ns; unit += gridDim.x) {
         const int h = unit / ns, s = unit - h * ns;
         if (s >= nact) continue; /* block-uniform */
@@ -666,7 +653,6 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
             if (t0 != s0 || unit != u0) dk_att_tile_load(st, ly, L, sm, h, t0, t1, p);
             dk_cp_wait();
             __syncthreads();
-            DK_PROBE_AT(sync, 1);
             if (p >= t0 && p < t1) { /* the new token's row */
 #pragma unroll 1
                 for (int d = tid; d < hd; d += DK_THREADS) {
@@ -703,7 +689,6 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 }
             }
             __syncthreads();
-            DK_PROBE_AT(sync, 2);
             /* softmax and P.V in one pass: thread -> (key group, query head, pair of dims); every
              * thread of a head derives the same running max, rescale factor and probabilities */
 #pragma unroll
@@ -739,7 +724,6 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 }
             }
             __syncthreads();
-            DK_PROBE_AT(sync, 3);
             if (tid < G) { /* the running sum and max of head tid */
                 float ls = 0.0f;
 #pragma unroll 1
@@ -748,7 +732,6 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 mrun[tid] = mnew[tid];
             }
             __syncthreads(); /* the tile, S and the factors are reused */
-            DK_PROBE_AT(sync, 4);
         }
         /* sum the key groups in a fixed order */
 #pragma unroll
@@ -780,7 +763,6 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 }
             }
         }
-        DK_PROBE_AT(sync, 5);
         if (nact > 1) {
             /* the last slice of kv head h to finish merges its slices */
             __threadfence();
@@ -940,9 +922,7 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
               "toc_decoder_create: input width %lld is too large", (long long)kmax);
     /* attention tiles: as many keys as fit 160 KB (at most 512, a multiple of 32) */
     const int smem_cap = toc_max_smem_optin();
-    int att_budget = smem_cap < DK_ATT_SMEM ? smem_cap : DK_ATT_SMEM;
-    const char *att_kb = getenv("INFERENCE_PIO_FUSED_ATT_KB"); /* experiment */
-    if (att_kb && atoi(att_kb) > 0 && atoi(att_kb) * 1024 < att_budget) att_budget = atoi(att_kb) * 1024;
+    const int att_budget = smem_cap < DK_ATT_SMEM ? smem_cap : DK_ATT_SMEM;
     int tk = 512, att_bytes = 0;
     for (; tk >= 32; tk -= 32) {
         dk_att_layout(d.head_dim, (int)G, tk, &att_bytes);
