@@ -141,6 +141,48 @@ def test_swiglu(dt: DType) -> None:
     assert rel(theirs(out), ref) < tol(dt, 1e-6)
 
 
+@pytest.mark.parametrize("inter", [8, 20, 2560, 9728])
+def test_swiglu_bf16_rows(inter: int) -> None:
+    """bf16 rows (the vectorised kernel where inter % 8 == 0, the scalar one otherwise) equal the
+    rounding of the CPU reference exactly: silu(gate) rounded to bf16, times up."""
+    rows = 37
+    g = torch.randn(rows, inter).to(torch.bfloat16)
+    u = torch.randn(rows, inter).to(torch.bfloat16)
+    ref = (torch.nn.functional.silu(g.float()).to(torch.bfloat16).float() * u.float()).to(
+        torch.bfloat16
+    )
+    out = Tensor.empty((rows, inter), DType.bfloat16, DEV)
+    dg, du = ours(g, DEV), ours(u, DEV)
+    backend(DEV).call(
+        "swiglu",
+        dg.data_ptr,
+        du.data_ptr,
+        out.data_ptr,
+        rows,
+        inter,
+        inter,
+        inter,
+        inter,
+        DType.bfloat16,
+    )
+    assert rel(theirs(out), ref) < 1e-2
+    # against the scalar kernel (an odd row stride forces it)
+    wide = Tensor.empty((rows, inter + 1), DType.bfloat16, DEV)
+    backend(DEV).call(
+        "swiglu",
+        dg.data_ptr,
+        du.data_ptr,
+        wide.data_ptr,
+        rows,
+        inter,
+        inter,
+        inter,
+        inter + 1,
+        DType.bfloat16,
+    )
+    assert torch.equal(theirs(wide)[:, :inter], theirs(out))
+
+
 @pytest.mark.parametrize("dt", FLOATS)
 def test_cast_and_copy_strided(dt: DType) -> None:
     x = torch.randn(33, 65)
@@ -162,6 +204,42 @@ def test_rms_norm(dt: DType) -> None:
     assert rel(out, ref) < tol(dt)
     if has_cpu("rms_norm"):
         assert rel(out, theirs(ops.rms_norm(ours(x), ours(w), 1e-6))) < tol(dt)
+
+
+@pytest.mark.parametrize("dim", [8, 100, 128, 2560, 4096, 4104])
+def test_rms_norm_bf16_rows(dim: int) -> None:
+    """bf16 rows (the vectorised kernel for dim % 8 == 0 up to 4096, the scalar one otherwise):
+    HF's Qwen3RMSNorm, and the same bits as the scalar kernel (reached through an odd stride)."""
+    x = torch.randn(50, dim).to(torch.bfloat16)
+    w = (1 + 0.1 * torch.randn(dim)).to(torch.bfloat16)
+    var = x.float().pow(2).mean(-1, keepdim=True)
+    ref = w * (x.float() * torch.rsqrt(var + 1e-6)).to(torch.bfloat16)
+    dx, dw = ours(x, DEV), ours(w, DEV)
+    out = theirs(ops.rms_norm(dx, dw, 1e-6))
+    assert rel(out, ref) < 1e-2
+    wide = Tensor.empty((50, dim + 1), DType.bfloat16, DEV)
+    backend(DEV).call(
+        "rms_norm",
+        dx.data_ptr,
+        dw.data_ptr,
+        None,
+        wide.data_ptr,
+        1,
+        50,
+        dim,
+        0,
+        dim,
+        0,
+        0,
+        0,
+        dim + 1,
+        1e-6,
+        0,
+        DType.bfloat16,
+        DType.bfloat16,
+        DType.bfloat16,
+    )
+    assert torch.equal(theirs(wide)[:, :dim], out)
 
 
 def test_layer_norm() -> None:

@@ -123,6 +123,14 @@ __device__ __forceinline__ void bf8(uint4 v, float *f) {
     }
 }
 
+/* 8 floats -> 8 bf16 packed in 16 bytes (round to nearest even) */
+__device__ __forceinline__ uint4 pack_bf8(const float *f) {
+    uint32_t u[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) u[i] = (uint32_t)f2bf(f[2 * i]) | ((uint32_t)f2bf(f[2 * i + 1]) << 16);
+    return make_uint4(u[0], u[1], u[2], u[3]);
+}
+
 /* Packed greedy-argmax key: order-preserving value bits above ~index (ties -> lowest index), for
  * a 64-bit atomicMax; 0 means "nothing yet". */
 __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t idx) {

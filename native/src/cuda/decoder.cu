@@ -173,13 +173,6 @@ __device__ __noinline__ const uint16_t *dk_seek(const DkGemv &g, int64_t rb0, in
     return dk_row(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.k, rb0, nrb, vr);
 }
 
-/* 8 floats -> 8 bf16 packed in 16 bytes (round to nearest even) */
-__device__ __forceinline__ uint4 pack_bf8(const float *f) {
-    uint32_t u[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) u[i] = (uint32_t)f2bf(f[2 * i]) | ((uint32_t)f2bf(f[2 * i + 1]) << 16);
-    return make_uint4(u[0], u[1], u[2], u[3]);
-}
 
 /* Per-warp split of a block's row batch: units [lu, lend) of rb0.. (a unit is 32 16-byte chunks
  * of one row). */

@@ -99,6 +99,20 @@ __global__ void swiglu_kernel(const void *g, const void *u, void *o, int64_t row
         stf(o, dt, r * lo + j, act * uv);
     }
 }
+/* bf16, inter % 8 == 0, 16-byte aligned rows: 8 elements per thread and step */
+__global__ void swiglu_bf16_kernel(const uint16_t *g, const uint16_t *u, uint16_t *o, int64_t rows,
+                                   int64_t inter, int64_t lg, int64_t lu, int64_t lo) {
+    const int64_t nv = inter / 8;
+    GRID_STRIDE(i, rows * nv) {
+        const int64_t r = i / nv, j = (i - r * nv) * 8;
+        float gf[8], uf[8];
+        bf8(*(const uint4 *)(g + r * lg + j), gf);
+        bf8(*(const uint4 *)(u + r * lu + j), uf);
+#pragma unroll
+        for (int e = 0; e < 8; e++) gf[e] = rbf(gf[e] / (1.0f + expf(-gf[e]))) * uf[e];
+        *(uint4 *)(o + r * lo + j) = pack_bf8(gf);
+    }
+}
 TOC_EXPORT int toc_swiglu(const void *gate, const void *up, void *out, int64_t rows, int64_t inter,
                           int64_t ld_gate, int64_t ld_up, int64_t ld_out, int dtype) {
     TOC_CHECK(rows >= 0 && inter >= 0 && ld_gate >= inter && ld_up >= inter && ld_out >= inter,
@@ -107,6 +121,14 @@ TOC_EXPORT int toc_swiglu(const void *gate, const void *up, void *out, int64_t r
     if (rows == 0 || inter == 0) return TO_OK;
     TOC_CHECK(gate && up && out, TO_ERR_INVALID_ARGUMENT, "toc_swiglu: NULL pointer");
     TOC_READY();
+    if (dtype == TO_BF16 && inter % 8 == 0 && ld_gate % 8 == 0 && ld_up % 8 == 0 && ld_out % 8 == 0 &&
+        ((uintptr_t)gate & 15) == 0 && ((uintptr_t)up & 15) == 0 && ((uintptr_t)out & 15) == 0) {
+        swiglu_bf16_kernel<<<toc_grid(rows * inter / 8, 256), 256, 0, toc_stream()>>>(
+            (const uint16_t *)gate, (const uint16_t *)up, (uint16_t *)out, rows, inter, ld_gate, ld_up,
+            ld_out);
+        TOC_LAUNCHED("swiglu_bf16_kernel");
+        return TO_OK;
+    }
     swiglu_kernel<<<toc_grid(rows * inter, 256), 256, 0, toc_stream()>>>(
         gate, up, out, rows, inter, ld_gate, ld_up, ld_out, dtype);
     TOC_LAUNCHED("swiglu_kernel");

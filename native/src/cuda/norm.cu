@@ -42,6 +42,47 @@ __global__ void rms_norm_kernel(RmsArgs a) {
         stf(orow, a.od, j, y);
     }
 }
+/* bf16 rows of at most 32 * 8 * NV elements (dim % 8 == 0, 16-byte aligned rows): one warp per
+ * row, one 16-byte load per lane and chunk, the row held in registers between the two passes.
+ * Same arithmetic as rms_norm_kernel (plain and zero-centred variants). */
+template <int NV>
+__global__ void rms_norm_bf16_kernel(RmsArgs a) {
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= a.outer * a.inner) return;
+    const int64_t o = row / a.inner, i = row - o * a.inner;
+    const uint4 *xr = (const uint4 *)((const uint16_t *)a.x + o * a.x_so + i * a.x_si);
+    uint4 *orow = (uint4 *)((uint16_t *)a.out + o * a.o_so + i * a.o_si);
+    const uint4 *w = (const uint4 *)a.w;
+    const int nv = (int)(a.dim / 8);
+    uint4 xv[NV];
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        const int c = lane + 32 * k;
+        xv[k] = c < nv ? xr[c] : make_uint4(0, 0, 0, 0);
+        float f[8];
+        bf8(xv[k], f);
+#pragma unroll
+        for (int e = 0; e < 8; e++) ss += f[e] * f[e];
+    }
+    ss = warp_sum(ss);
+    const float r = 1.0f / sqrtf(ss / (float)a.dim + a.eps);
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        const int c = lane + 32 * k;
+        if (c < nv) {
+            float f[8], wf[8];
+            bf8(xv[k], f);
+            bf8(__ldg(w + c), wf);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                f[e] = a.variant == TO_RMS_ZERO_CENTERED ? f[e] * r * (1.0f + wf[e]) : wf[e] * rbf(f[e] * r);
+            orow[c] = pack_bf8(f);
+        }
+    }
+}
+
 TOC_EXPORT int toc_rms_norm(const void *x, const void *w, const void *z, void *out, int64_t outer,
                             int64_t inner, int64_t dim, int64_t x_so, int64_t x_si, int64_t z_so,
                             int64_t z_si, int64_t o_so, int64_t o_si, float eps, int variant,
@@ -61,7 +102,23 @@ TOC_EXPORT int toc_rms_norm(const void *x, const void *w, const void *z, void *o
     RmsArgs a = {x, w, variant == TO_RMS_GATED ? z : nullptr, out, outer, inner, dim, x_so, x_si,
                  z_so, z_si, o_so, o_si, eps, variant, x_dtype, w_dtype, out_dtype};
     int64_t rows = outer * inner;
-    rms_norm_kernel<<<(unsigned)toc_cdiv(rows, 8), 256, 0, toc_stream()>>>(a);
+    const unsigned blocks = (unsigned)toc_cdiv(rows, 8);
+    const bool vec = x_dtype == TO_BF16 && w_dtype == TO_BF16 && out_dtype == TO_BF16 &&
+                     variant != TO_RMS_GATED && dim % 8 == 0 && dim <= 32 * 8 * 16 &&
+                     ((uintptr_t)x & 15) == 0 && ((uintptr_t)out & 15) == 0 &&
+                     ((uintptr_t)w & 15) == 0 && x_so % 8 == 0 && x_si % 8 == 0 && o_so % 8 == 0 &&
+                     o_si % 8 == 0;
+    if (vec) {
+        const int64_t nv = dim / 8;
+        if (nv <= 32) rms_norm_bf16_kernel<1><<<blocks, 256, 0, toc_stream()>>>(a);
+        else if (nv <= 64) rms_norm_bf16_kernel<2><<<blocks, 256, 0, toc_stream()>>>(a);
+        else if (nv <= 128) rms_norm_bf16_kernel<4><<<blocks, 256, 0, toc_stream()>>>(a);
+        else if (nv <= 256) rms_norm_bf16_kernel<8><<<blocks, 256, 0, toc_stream()>>>(a);
+        else rms_norm_bf16_kernel<16><<<blocks, 256, 0, toc_stream()>>>(a);
+        TOC_LAUNCHED("rms_norm_bf16_kernel");
+        return TO_OK;
+    }
+    rms_norm_kernel<<<blocks, 256, 0, toc_stream()>>>(a);
     TOC_LAUNCHED("rms_norm_kernel");
     return TO_OK;
 }
