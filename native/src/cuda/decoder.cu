@@ -4,15 +4,17 @@
  * Why one kernel: at batch 1 every weight is read once per token, and a step of small GEMVs is
  * bound by launch gaps and by the memory latency at the start of each kernel, not by bandwidth
  * (Qwen3-0.6B has ~170 kernels per token in the multi-kernel graph). Here the grid holds one block
- * per multiprocessor for the whole step and stages are separated by grid-wide barriers; each
- * stage issues its first weight loads *before* waiting at the barrier (weights never depend on
- * activations), so the latency of the next stage overlaps the tail of the previous one.
+ * per multiprocessor for the whole step and stages are separated by grid-wide barriers. A barrier
+ * is split into arrive and wait, and each stage issues its first weight loads in between (weights
+ * never depend on activations), so their latency overlaps the barrier; the attention stage copies
+ * its cached keys and values into shared memory there.
  *
  * Stages per layer (a barrier after each):
  *   qkv      RMSNorm(x) staged in shared memory, [q; k; v] rows split evenly over the blocks
  *   attention one (kv head, key slice) unit per block: q/k RMSNorm + NeoX RoPE of the new token,
- *            cache append, online softmax over the slice; the last slice of a kv head to finish
- *            merges the slices (no extra kernel or barrier)
+ *            cache append, scores (one thread per key) and softmax + P.V over shared-memory tiles
+ *            of keys and values; the last slice of a kv head to finish merges the slices (no
+ *            extra kernel or barrier)
  *   o_proj   + residual add (x2 = x + o)
  *   gate/up  RMSNorm(x2), SwiGLU of the two rows (h)
  *   down     + residual add (x = x2 + d)
@@ -21,9 +23,14 @@
  * store is rounded to the activation dtype at the same point.
  *
  * GEMV work split: a block owns a contiguous range of output rows; a "unit" is 32 consecutive
- * 16-byte chunks of one row (one per lane). Warps take units round-robin, DK_U at a time, with the
- * next batch loaded while the current one is computed; unit sums go to shared memory and each row
- * is summed in a fixed order, so results are deterministic. */
+ * 16-byte chunks of one row (one per lane). Each loading warp takes a contiguous range of units
+ * and keeps DK_U of them in flight in a register ring; a lane sums a whole row run before one warp
+ * reduction, run sums go to shared memory and each row is summed in a fixed order, so results are
+ * deterministic.
+ *
+ * Code size matters: each stage runs once per layer, and machine code that does not stay in the
+ * instruction cache is fetched again every time (a 250 KB first version spent most of each stage
+ * on that; now ~100 KB), so loops that are not hot stay rolled and helpers stay out of line. */
 #include <new>
 
 #include "common.cuh"
@@ -34,8 +41,8 @@
 #define DK_BAR_T (DK_THREADS - 32)     /* the barrier thread (lane 0 of the last warp) */
 #define DK_U 8        /* units (one 16-byte load per lane each) in flight per warp */
 #define DK_PART 8192  /* unit sums per row batch (floats of shared memory) */
-#define DK_GMAX 8     /* query heads per kv head (kernels for up to 2, 4 and 8) */
-#define DK_DMAX 8     /* head_dim / 32 (kernels for up to 2, 4 and 8) */
+#define DK_GMAX 8     /* query heads per kv head, at most */
+#define DK_DMAX 8     /* head_dim / 32, at most */
 #define DK_ATT_SMEM (160 * 1024) /* shared memory for attention tiles (keys, values, scores) */
 #define DK_NX 3       /* 16-byte input chunks per thread held in registers while staging */
 
