@@ -100,10 +100,11 @@ def test_mixing_devices_raises() -> None:
         ops.add(a, b)
 
 
+@pytest.mark.parametrize("n", [10007, 8000])  # 8000: the vectorised bf16 kernel
 @pytest.mark.parametrize("dt", FLOATS)
 @pytest.mark.parametrize("op", ["add", "mul"])
-def test_binary(op: str, dt: DType) -> None:
-    a, b = torch.randn(10007).to(TDT[dt]), torch.randn(10007).to(TDT[dt])
+def test_binary(op: str, dt: DType, n: int) -> None:
+    a, b = torch.randn(n).to(TDT[dt]), torch.randn(n).to(TDT[dt])
     ref = (a.float() + b.float()) if op == "add" else (a.float() * b.float())
     out = theirs(getattr(ops, op)(ours(a, DEV), ours(b, DEV)))
     assert torch.equal(out, ref.to(TDT[dt]))  # one rounding of an exact fp32 result

@@ -270,6 +270,28 @@ __global__ void rope_apply_kernel(void *x, const void *cosb, const void *sinb, i
         for (int64_t i = threadIdx.x; i < rot; i += blockDim.x) stf(base, xd, i, tmp[i]);
     }
 }
+/* In-place modes (NeoX, interleaved): one warp per (token, head) row, 8 rows per block (the
+ * one-block-per-row kernel spends most of its time starting 64-thread blocks). */
+__global__ void rope_apply_rows_kernel(void *x, const void *cosb, const void *sinb, int64_t rows,
+                                       int64_t heads, int64_t rot, int64_t st, int64_t sh, int mode,
+                                       int xd, int td) {
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const int lane = threadIdx.x & 31;
+    const int64_t t = row / heads, h = row - t * heads;
+    char *base = (char *)x + (t * st + h * sh) * (xd == TO_F32 ? 4 : 2);
+    const int64_t half = rot / 2;
+    const bool bf = xd == TO_BF16 && td == TO_BF16;
+    for (int64_t i = lane; i < half; i += 32) {
+        const int64_t i1 = mode == TO_ROPE_NEOX ? i : 2 * i, i2 = mode == TO_ROPE_NEOX ? i + half : 2 * i + 1;
+        float o1, o2;
+        rope_pair(ldf(base, xd, i1), ldf(base, xd, i2), ldf(cosb, td, t * rot + i), ldf(sinb, td, t * rot + i),
+                  bf, o1, o2);
+        stf(base, xd, i1, o1);
+        stf(base, xd, i2, o2);
+    }
+}
+
 TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t T, int64_t heads,
                               int64_t head_dim, int64_t rot_dim, int64_t stride_t, int64_t stride_h,
                               int mode, int x_dtype, int table_dtype) {
@@ -285,6 +307,12 @@ TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t
     TOC_CHECK(x && cos && sin, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: NULL pointer");
     TOC_CHECK(T * heads <= 0x7fffffffLL, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: too many rows");
     TOC_READY();
+    if (mode != TO_ROPE_INTERLEAVED_HF) {
+        rope_apply_rows_kernel<<<(unsigned)toc_cdiv(T * heads, 8), 256, 0, toc_stream()>>>(
+            x, cos, sin, T * heads, heads, rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype);
+        TOC_LAUNCHED("rope_apply_rows_kernel");
+        return TO_OK;
+    }
     size_t smem = mode == TO_ROPE_INTERLEAVED_HF ? (size_t)rot_dim * 4 : 0;
     rope_apply_kernel<<<(unsigned)(T * heads), 64, smem, toc_stream()>>>(
         x, cos, sin, heads, rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype);
