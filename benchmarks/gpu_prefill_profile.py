@@ -8,24 +8,15 @@ with wall times, and with --kernels a per-kernel summary (torch profiler, CUPTI)
 from __future__ import annotations
 
 import sys
-import time
 
-from benchmark_gpu import DEV, build_ours, real_config
-
-from inference_pio import cuda
+from benchmark_gpu import build_ours, prefill_seconds, real_config
 
 name = sys.argv[1] if len(sys.argv) > 1 else "4b"
 n = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 2048
 model, _ = build_ours(real_config(name))
 tokens = [1000 + (i * 7919) % 90000 for i in range(n)]
 for _ in range(3):
-    cache = model.new_cache(n + 1)
-    cuda.synchronize(DEV)
-    t0 = time.perf_counter()
-    (lg,) = model.forward([(tokens, cache)])
-    lg.to("cpu")
-    print(f"prefill {n}: {(time.perf_counter() - t0) * 1e3:.1f} ms")
-    del cache
+    print(f"prefill {n}: {prefill_seconds(model, tokens) * 1e3:.1f} ms")
 
 if "--kernels" in sys.argv:
     # every CUDA kernel of the process (ours included), through CUPTI via torch's profiler
