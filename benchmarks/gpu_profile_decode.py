@@ -55,6 +55,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="0.6b,4b")
     ap.add_argument("--multi-kernel", action="store_true", help="profile the multi-kernel step")
+    ap.add_argument(
+        "--stages-only", action="store_true", help="only the fused step's in-kernel stage table"
+    )
     args = ap.parse_args()
     info = cuda.device_info(DEV)
     bw = cuda.copy_bandwidth(device=DEV)
@@ -63,6 +66,11 @@ def main() -> int:
     for name in args.models.split(","):
         model, cfg = build_ours(real_config(name))
         fused = not args.multi_kernel
+        if args.stages_only and fused:
+            print(f"\n[{name}] fused step {step_ms(model, (), True):.3f} ms")
+            stage_table(model)
+            del model
+            continue
         full = step_ms(model, (), fused)
         floor = step_ms(model, tuple(classes), fused)
         nbytes = gemv_bytes(cfg)
@@ -104,6 +112,25 @@ def stage_table(model: Any) -> None:
             f"{name:16s} {max(work) / 1e3:11.2f} {statistics.mean(work) / 1e3:12.2f} "
             f"{lat / 1e3:10.2f} {wait / 1e3:12.2f}"
         )
+    # inside each stage (layer 1, thread 0 of each block): mean / max us
+    print(
+        f"{'inside (layer 1)':16s} {'staging':>13s} {'weights':>13s} {'row sums':>13s} "
+        f"{'end->arrival':>13s}"
+    )
+
+    def mm(v: list[float]) -> str:
+        return f"{statistics.mean(v) / 1e3:6.2f}/{max(v) / 1e3:6.2f}"
+
+    for i, name in enumerate(names):
+        b = 16 + 4 * i
+        if not all(r[b] and r[b + 3] for r in rows):
+            continue
+        cols = []
+        for lo, hi in ((b, b + 1), (b + 1, b + 2), (b + 2, b + 3)):
+            ok = all(r[lo] and r[hi] for r in rows)
+            cols.append(mm([r[hi] - r[lo] for r in rows]) if ok else "-")
+        cols.append(mm([r[2 * (i + 1)] - r[b + 3] for r in rows]))
+        print(f"{name:16s} " + " ".join(f"{c:>13s}" for c in cols))
 
 
 if __name__ == "__main__":

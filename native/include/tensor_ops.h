@@ -565,7 +565,8 @@ TO_API int toc_decoder_step(void *decoder);
 TO_API int toc_decoder_info(void *decoder, int64_t *grid, int64_t *threads, int64_t *smem_bytes,
                             int64_t *kv_splits);
 /* Profiling: one synchronous step recording each block's arrival/departure times (ns) at barriers
- * first .. first + 7 into out[block * 16 + 2 * i (+ 1)] (grid * 16 values). */
+ * first .. first + 7 into out[block * 64 + 2 * i (+ 1)], then layer 1's stage stamps (grid * 64
+ * values; layout in decoder.cu, DK_PROF_STRIDE). */
 TO_API int toc_decoder_profile(void *decoder, int first, int64_t *out);
 TO_API int toc_decoder_destroy(void *decoder);
 

@@ -254,6 +254,26 @@ def test_fused_step_is_deterministic_and_chunked(shaped: Any) -> None:
     assert runs[0] == runs[1]
 
 
+def test_fused_step_profile_records_barriers(shaped: Any) -> None:
+    """profile_stages returns one 64-value record per block: every block arrives at and leaves
+    each recorded barrier, leaves after the last block arrived, and the step still advances."""
+    _, d, _ = shaped
+    m = load(d, device="cuda").model
+    runner = CudaGraphDecoder(m, 64, fused=True)
+    info = runner.fused_info()
+    assert info is not None
+    n_bar = min(8, 5 * len(m.layers))  # a step passes 5 L + 1 barriers; from the 2nd, 8 recorded
+    rows = runner.profile_stages(5, 3, first=1)
+    assert len(rows) == info["grid"]
+    assert all(len(r) == 64 for r in rows)
+    for i in range(n_bar):
+        arrive = [r[2 * i] for r in rows]
+        depart = [r[2 * i + 1] for r in rows]
+        assert min(arrive) > 0
+        assert min(depart) > 0
+        assert min(depart) >= max(arrive)  # nobody leaves before the last block arrived
+
+
 def test_fused_step_rejects_unsupported_shapes(tmp_path: Path) -> None:
     _make(
         tmp_path,

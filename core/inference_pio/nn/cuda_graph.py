@@ -361,20 +361,23 @@ class CudaGraphDecoder:
 
     def profile_stages(self, token: int, pos: int, first: int = 4) -> list[list[int]]:
         """Profiling (fused step only): runs one step outside the graph and returns, per block,
-        the arrival and departure times (ns) at barriers ``first`` .. ``first + 7``
-        (``[block][2 * i]`` arrival, ``[block][2 * i + 1]`` departure). Barrier 4 is where
-        layer 1 starts; each layer passes 5 barriers (after qkv, attention, o_proj, gate/up,
-        down)."""
+        64 times (ns): the arrival and departure at barriers ``first`` .. ``first + 7``
+        (``[block][2 * i]`` arrival, ``[block][2 * i + 1]`` departure; barrier 4 is where
+        layer 1 starts, each layer passes 5 barriers: after qkv, attention, o_proj, gate/up,
+        down), then layer 1's stamps: ``[16 + 4 * stage + i]`` for stage qkv, attention, o_proj,
+        gate/up, down after its barrier, after staging its input, after its last weight slot and
+        at its end; ``[40 + 2 * j]``, ``[41 + 2 * j]`` the weight producer's first and last copy
+        of GEMV j (qkv, o_proj, gate/up, down). Unrecorded entries are 0."""
         if not self._fused:
             raise ValueError("profile_stages needs the fused step")
         info = self.fused_info()
         assert info is not None
         self._set(token, pos)
-        buf = (ctypes.c_int64 * (info["grid"] * 16))()
+        buf = (ctypes.c_int64 * (info["grid"] * 64))()
         self.cuda.check(
             self.cuda.lib().toc_decoder_profile(self._fused, first, buf), "toc_decoder_profile"
         )
-        return [list(buf[b * 16 : (b + 1) * 16]) for b in range(info["grid"])]
+        return [list(buf[b * 64 : (b + 1) * 64]) for b in range(info["grid"])]
 
     # ---- capture ---------------------------------------------------------------------------------
     def _record(self) -> None:
