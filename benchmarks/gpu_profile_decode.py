@@ -92,7 +92,8 @@ def main() -> int:
 
 
 def stage_table(model: Any) -> None:
-    """Per-stage times of layer 1 inside the fused kernel, from barrier timestamps."""
+    """Per-stage times of layer 1 inside the fused kernel, from barrier timestamps, and (in a
+    library built with -DDK_STAGE_STAMPS=1) the phases inside each stage."""
     runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, fused=True)
     runner.greedy(5, PROMPT, 8)
     rows = runner.profile_stages(5, PROMPT + 8)
@@ -121,6 +122,11 @@ def stage_table(model: Any) -> None:
     def mm(v: list[float]) -> str:
         return f"{statistics.mean(v) / 1e3:6.2f}/{max(v) / 1e3:6.2f}"
 
+    if not any(r[16] for r in rows):
+        print(
+            "(no stage stamps: build the CUDA library with -DDK_STAGE_STAMPS=1 in CMAKE_CUDA_FLAGS)"
+        )
+        return
     for i, name in enumerate(names):
         b = 16 + 4 * i
         if not all(r[b] and r[b + 3] for r in rows):
