@@ -256,7 +256,7 @@ def test_fused_step_is_deterministic_and_chunked(shaped: Any) -> None:
 
 def test_fused_step_profile_records_barriers(shaped: Any) -> None:
     """profile_stages returns one 64-value record per block: every block arrives at and leaves
-    each recorded barrier, leaves after the last block arrived, and the step still advances."""
+    each recorded barrier, and no block leaves before the last one arrived."""
     _, d, _ = shaped
     m = load(d, device="cuda").model
     runner = CudaGraphDecoder(m, 64, fused=True)

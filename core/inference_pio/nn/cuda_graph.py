@@ -364,10 +364,10 @@ class CudaGraphDecoder:
         64 times (ns): the arrival and departure at barriers ``first`` .. ``first + 7``
         (``[block][2 * i]`` arrival, ``[block][2 * i + 1]`` departure; barrier 4 is where
         layer 1 starts, each layer passes 5 barriers: after qkv, attention, o_proj, gate/up,
-        down), then layer 1's stamps: ``[16 + 4 * stage + i]`` for stage qkv, attention, o_proj,
-        gate/up, down after its barrier, after staging its input, after its last weight slot and
-        at its end; ``[40 + 2 * j]``, ``[41 + 2 * j]`` the weight producer's first and last copy
-        of GEMV j (qkv, o_proj, gate/up, down). Unrecorded entries are 0."""
+        down), then, in a library built with ``-DDK_STAGE_STAMPS=1``, layer 1's stamps
+        ``[16 + 4 * stage + i]`` for stage qkv, attention, o_proj, gate/up, down: after its
+        barrier, after staging its input, after its weights and at its end. Unrecorded entries
+        are 0."""
         if not self._fused:
             raise ValueError("profile_stages needs the fused step")
         info = self.fused_info()
