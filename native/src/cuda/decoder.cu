@@ -571,7 +571,7 @@ __host__ __device__ inline DkAttLayout dk_att_layout(int hd, int G, int tk, int 
     L.ks = o, o += tk * L.kstride * 2;
     L.vs = o, o += tk * hd * 2;
     L.qs = o, o += G * hd * 4;
-    L.s = o, o += G * tk * 4;
+    L.s = o, o += (G * tk > hd ? G * tk : hd) * 4; /* scores; first the new key row (scratch) */
     L.kn = o, o += hd * 2;
     L.vn = o, o += hd * 2;
     L.st = o, o += 4 * DK_GMAX * 4; /* running max, running sum, rescale factor, new max per head */
