@@ -111,9 +111,6 @@ __device__ __forceinline__ unsigned long long dk_now(void) {
     return t;
 }
 
-#ifndef DK_ACQ
-#define DK_ACQ 1 /* 0: experiment only, no acquire after the polling (see dk_wait) */
-#endif
 /* profiling stamp idx of layer 1 (see DK_PROF_STRIDE), thread 0; compiled in only with
  * -DDK_STAGE_STAMPS=1 (the checks alone make the kernel spill registers) */
 #ifndef DK_STAGE_STAMPS
@@ -162,9 +159,7 @@ __device__ __forceinline__ void dk_wait(DkSync &s) {
          * PTX memory model, so it is not done. */
         while (dk_load_relaxed(s.count) < s.target) {
         }
-#if DK_ACQ
         (void)dk_load_acquire(s.count); /* reads >= target: synchronizes with every arrival */
-#endif
         const int slot = s.n - s.first;
         if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + 2 * slot + 1] = dk_now();
         s.n++;
