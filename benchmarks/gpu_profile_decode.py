@@ -97,7 +97,7 @@ def stage_table(model: Any) -> None:
     runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, fused=True)
     runner.greedy(5, PROMPT, 8)
     rows = runner.profile_stages(5, PROMPT + 8)
-    names = ["qkv", "attention", "o_proj", "gate_up", "down"]
+    names = ["qkv", "attention", "o_proj", "gate_up+down"]
     print(
         f"{'stage (layer 1)':16s} {'work max us':>11s} {'work mean us':>12s} "
         f"{'barrier us':>10s} {'mean wait us':>12s}"

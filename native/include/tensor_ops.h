@@ -550,7 +550,8 @@ typedef struct to_decoder_desc {
     int32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab, capacity;
     int32_t act_dtype, norm_dtype, cache_dtype, embed_dtype, max_steps;
     int32_t profile_skip; /* 0; for profiling only, stages left out (results then wrong): bit 0 qkv,
-                             1 attention, 2 o_proj, 3 gate/up, 4 down, 5 LM head */
+                             1 attention, 2 o_proj, 3 gate/up, 4 down (the down share inside
+                             the gate/up stage), 5 LM head */
     int32_t attn_tile;    /* 0; else keys per attention tile in shared memory (at most what fits) */
     int32_t attn_splits;  /* 0; else at most this many key slices per kv head (else one unit per
                              block); both are for testing the multi-tile and merge paths */
@@ -558,7 +559,8 @@ typedef struct to_decoder_desc {
 } to_decoder_desc;
 
 /* Validates the description, allocates the decoder's device state (activations, attention
- * workspace, barrier counters, a device copy of layers) and returns it in *out. */
+ * workspace, barrier counters, a device copy of layers, and a transposed copy of every down_proj:
+ * n_layers * intermediate * hidden bf16 values) and returns it in *out. */
 TO_API int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_layer *layers, void **out);
 /* Launches one step on the current stream (capturable in a CUDA graph). */
 TO_API int toc_decoder_step(void *decoder);

@@ -189,7 +189,7 @@ _FUSED_SKIP_BITS = {
     "attention_decode": 2,
     "o_proj": 4,
     "gate_up": 8,
-    "down": 16,
+    "down": 16,  # the down share inside the gate/up stage
     "lm_head": 32,
 }
 
@@ -359,15 +359,15 @@ class CudaGraphDecoder:
         keys = ("grid", "threads", "smem_bytes", "kv_splits")
         return {k: v.value for k, v in zip(keys, vals, strict=True)}
 
-    def profile_stages(self, token: int, pos: int, first: int = 4) -> list[list[int]]:
+    def profile_stages(self, token: int, pos: int, first: int = 3) -> list[list[int]]:
         """Profiling (fused step only): runs one step outside the graph and returns, per block,
         64 times (ns): the arrival and departure at barriers ``first`` .. ``first + 7``
-        (``[block][2 * i]`` arrival, ``[block][2 * i + 1]`` departure; barrier 4 is where
-        layer 1 starts, each layer passes 5 barriers: after qkv, attention, o_proj, gate/up,
-        down), then, in a library built with ``-DDK_STAGE_STAMPS=1``, layer 1's stamps
-        ``[16 + 4 * stage + i]`` for stage qkv, attention, o_proj, gate/up, down: after its
-        barrier, after staging its input, after its weights and at its end. Unrecorded entries
-        are 0."""
+        (``[block][2 * i]`` arrival, ``[block][2 * i + 1]`` departure; barrier 3 is where
+        layer 1 starts, each layer passes 4 barriers: after qkv, attention, o_proj, and
+        gate/up with down), then, in a library built with ``-DDK_STAGE_STAMPS=1``, layer 1's
+        stamps ``[16 + 4 * stage + i]`` for stage qkv, attention, o_proj, gate/up (with down):
+        after its barrier, after staging its input, after its (gate/up) weights and at its end.
+        Unrecorded entries are 0."""
         if not self._fused:
             raise ValueError("profile_stages needs the fused step")
         info = self.fused_info()
