@@ -11,10 +11,11 @@
  *
  * Stages per layer (a barrier after each):
  *   qkv      RMSNorm(x) staged in shared memory, [q; k; v] rows split evenly over the blocks
- *   attention one (kv head, key slice) unit per block: q/k RMSNorm + NeoX RoPE of the new token,
- *            cache append, scores (one thread per key) and softmax + P.V over shared-memory tiles
- *            of keys and values; the last slice of a kv head to finish merges the slices (no
- *            extra kernel or barrier)
+ *   attention one (kv head, query-head group, key slice) unit per block, a group being as few
+ *            query heads as the grid allows (one each for Qwen3-0.6B and 4B on 132 SMs):
+ *            q/k RMSNorm + NeoX RoPE of the new token, cache append (group 0), scores (one
+ *            thread per key) and softmax + P.V over shared-memory tiles of keys and values; the
+ *            last unit of a kv head to finish merges the slices (no extra kernel or barrier)
  *   o_proj   + residual add (x2 = x + o)
  *   gate/up + down  RMSNorm(x2), SwiGLU of the block's rows (h, in shared memory), then the
  *            block's share of down split over the intermediate dimension: W_down[:, rows] h from a
@@ -63,6 +64,7 @@ struct DkState {
     unsigned *att_cnt;              /* [nkv] finished slices */
     unsigned long long *argmax;
     int nsplit;
+    int qsplit; /* blocks per kv head's query heads (each takes G / qsplit of them) */
     int tk;   /* keys per attention tile in shared memory */
     int kmax; /* floats of the staging area */
     unsigned long long *prof; /* see DkSync */
@@ -721,10 +723,13 @@ __device__ __noinline__ void dk_att_tile_load(const DkState &st, const to_decode
 
 /* Attention of the new token at position p over keys [0, p], after the barrier `sync` (passed
  * here: the cached keys and values of this block's first slice are copied into shared memory
- * before it, since they do not depend on this step). Units are (kv head, key slice); a slice is
- * processed in tiles of st.tk keys with an online softmax:
- *   scores  one lane per key, the G query heads against the key row (q broadcast from shared)
- *   softmax warp g < G: tile max, rescale factor, probabilities, running sum
+ * before it, since they do not depend on this step). Units are (kv head, group of Gb = G / qsplit
+ * query heads, key slice): splitting the query heads shortens the serial work of each block
+ * (H200, with down folded into gate/up: Qwen3-4B 294 -> 305 tok/s, 0.6B unchanged). Every group
+ * computes the new key and value rows; group 0 appends them to the cache. A slice is processed in
+ * tiles of st.tk keys with an online softmax:
+ *   scores  one lane per key, the Gb query heads against the key row (q broadcast from shared)
+ *   softmax warp g < Gb: tile max, rescale factor, probabilities, running sum
  *   P.V     one thread per (key group, query head, pair of dims), results kept in registers
  * Slices are at least a tile long, so a context of up to one tile needs no merge; otherwise the
  * last slice of a kv head to finish merges them (no extra kernel or barrier). */
@@ -733,14 +738,14 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
     /* arrive first: the loads below (descriptors, layer pointers) overlap the barrier */
     dk_arrive(sync);
     const int nh = st.d.n_heads, nkv = st.d.n_kv_heads, hd = st.d.head_dim, G = nh / nkv;
-    const int ns = st.nsplit, tk = st.tk;
+    const int ns = st.nsplit, tk = st.tk, QS = st.qsplit, Gb = G / QS, nunits = nkv * QS * ns;
     const int64_t cap = st.d.capacity, kv_len = p + 1;
     int64_t chunk = (kv_len + ns - 1) / ns;
     if (chunk < tk) chunk = tk;
     const int nact = (int)((kv_len + chunk - 1) / chunk); /* slices with keys */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int total;
-    const DkAttLayout L = dk_att_layout(hd, G, tk, &total);
+    const DkAttLayout L = dk_att_layout(hd, Gb, tk, &total);
     char *sm = (char *)smem;
     float *qs = (float *)(sm + L.qs), *S = (float *)(sm + L.s), *mrun = (float *)(sm + L.st);
     float *lrun = mrun + DK_GMAX, *alph = lrun + DK_GMAX, *mnew = alph + DK_GMAX, *op = (float *)(sm + L.op);
@@ -751,41 +756,43 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
     const float scale = st.d.attn_scale;
     float *ws_o = st.ws, *ws_ml = st.ws + (size_t)nh * ns * hd;
     const bool qk_norm = ly.q_norm != nullptr;
-    const int pairs = G * hd / 2, hp2 = hd / 2;
+    const int pairs = Gb * hd / 2, hp2 = hd / 2;
     const int kgs = pairs < DK_THREADS ? DK_THREADS / pairs : 1; /* key groups of P.V */
 
     /* before the barrier: the first unit's first tile and the new token's head constants */
     const int u0 = blockIdx.x;
-    const bool pre = run && u0 < nkv * ns && u0 % ns < nact;
+    const bool pre = run && u0 < nunits && u0 % ns < nact;
     DkHeadPre hpre;
     if (pre) {
-        const int h = u0 / ns;
+        const int h = u0 / (QS * ns);
         const int64_t s0 = (int64_t)(u0 % ns) * chunk;
         dk_att_tile_load(st, ly, L, sm, h, s0, min(kv_len, s0 + tk), p);
-        if (warp <= G) dk_head_pre(st, warp < G ? ly.q_norm : ly.k_norm, p, hpre);
+        if (warp <= Gb) dk_head_pre(st, warp < Gb ? ly.q_norm : ly.k_norm, p, hpre);
     }
     dk_wait(sync);
     if (!run) return;
     dk_stamp(st.prof, li, 20);
-    for (int unit = u0; unit < nkv * ns; unit += gridDim.x) {
-        const int h = unit / ns, s = unit - h * ns;
+    /* units: (kv head h, query-head group qg, key slice s); a group is Gb query heads */
+    for (int unit = u0; unit < nunits; unit += gridDim.x) {
+        const int h = unit / (QS * ns), qg = unit / ns - h * QS, s = unit % ns, g0 = qg * Gb;
         if (s >= nact) continue; /* block-uniform */
         const int64_t s0 = (int64_t)s * chunk, s1 = min(kv_len, s0 + chunk);
         const bool has_new = s1 == kv_len;
-        if (unit != u0 && warp <= G) dk_head_pre(st, warp < G ? ly.q_norm : ly.k_norm, p, hpre);
+        if (unit != u0 && warp <= Gb) dk_head_pre(st, warp < Gb ? ly.q_norm : ly.k_norm, p, hpre);
         const int64_t qkv_k = (int64_t)nh * hd + (int64_t)h * hd, qkv_v = qkv_k + (int64_t)nkv * hd;
-        if (warp < G) {
-            dk_head(st, st.qkv, (int64_t)(h * G + warp) * hd, qk_norm, ly.qk_eps, hpre, qs + warp * hd);
-        } else if (warp == G && has_new) {
+        /* the new token's key and value rows: every group computes them, group 0 appends them */
+        if (warp < Gb) {
+            dk_head(st, st.qkv, (int64_t)(h * G + g0 + warp) * hd, qk_norm, ly.qk_eps, hpre, qs + warp * hd);
+        } else if (warp == Gb && has_new) {
             float *kf = S; /* scratch: S is not in use yet */
             dk_head(st, st.qkv, qkv_k, qk_norm, ly.qk_eps, hpre, kf);
 #pragma unroll 1
             for (int d = lane; d < hd; d += 32) {
                 const uint16_t b = f2bf(kf[d]);
-                ((uint16_t *)ly.k_cache)[((int64_t)h * cap + p) * hd + d] = b;
+                if (qg == 0) ((uint16_t *)ly.k_cache)[((int64_t)h * cap + p) * hd + d] = b;
                 kn[d] = b;
             }
-        } else if (warp == G + 1 && has_new) {
+        } else if (warp == Gb + 1 && has_new) {
             uint16_t b[DK_DMAX];
 #pragma unroll
             for (int c = 0; c < DK_DMAX; c++) {
@@ -796,12 +803,12 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
             for (int c = 0; c < DK_DMAX; c++) {
                 const int d = lane + 32 * c;
                 if (d < hd) {
-                    ((uint16_t *)ly.v_cache)[((int64_t)h * cap + p) * hd + d] = b[c];
+                    if (qg == 0) ((uint16_t *)ly.v_cache)[((int64_t)h * cap + p) * hd + d] = b[c];
                     vn[d] = b[c];
                 }
             }
         }
-        if (tid < G) {
+        if (tid < Gb) {
             mrun[tid] = -INFINITY;
             lrun[tid] = 0.0f;
         }
@@ -828,7 +835,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 const bool ok = j < n;
                 const uint4 *kr = (const uint4 *)(ks + (ok ? j : 0) * L.kstride);
 #pragma unroll 1
-                for (int g = 0; g < G; g++) {
+                for (int g = 0; g < Gb; g++) {
                     const float4 *q4 = (const float4 *)(qs + g * hd);
                     float sc = 0.0f;
                     if (warp * 32 < n) {
@@ -883,7 +890,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
                 }
             }
             __syncthreads();
-            if (tid < G) { /* the running sum and max of head tid */
+            if (tid < Gb) { /* the running sum and max of head tid */
                 float ls = 0.0f;
 #pragma unroll 1
                 for (int kg = 0; kg < kgs; kg++) ls += lsum[kg * DK_GMAX + tid];
@@ -903,13 +910,13 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
         }
         __syncthreads();
 #pragma unroll 1
-        for (int e = tid; e < G * hd; e += DK_THREADS) {
+        for (int e = tid; e < Gb * hd; e += DK_THREADS) {
             const int g = e / hd;
             float O = 0.0f;
 #pragma unroll 1
             for (int kg = 0; kg < kgs; kg++) O += op[kg * pairs * 2 + e];
             const float M = mrun[g], Ls = lrun[g];
-            const int64_t hq = (int64_t)h * G + g;
+            const int64_t hq = (int64_t)h * G + g0 + g;
             const int d = e - g * hd;
             if (nact == 1) {
                 stb(st.attn, hq * hd + d, Ls > 0.0f ? O / Ls : 0.0f);
@@ -926,7 +933,8 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
             /* the last slice of kv head h to finish merges its slices */
             __threadfence();
             __syncthreads();
-            if (tid == 0) last = atomicAdd(&st.att_cnt[h], 1u) == (unsigned)nact - 1;
+            /* the last of the kv head's nact x QS units merges all its query heads */
+            if (tid == 0) last = atomicAdd(&st.att_cnt[h], 1u) == (unsigned)(nact * QS) - 1;
             __syncthreads();
             if (last) {
                 __threadfence();
@@ -1101,9 +1109,18 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     /* attention tiles: as many keys as fit 160 KB (at most 512, a multiple of 32) */
     const int smem_cap = toc_max_smem_optin();
     const int att_budget = smem_cap < DK_ATT_SMEM ? smem_cap : DK_ATT_SMEM;
+    /* query heads of a kv head are split over up to G blocks (each block then scores and sums
+     * fewer heads); the split divides G and keeps every (kv head, group) unit on its own block */
+    int qsplit = 1;
+    const int grid_sms = toc_sm_count();
+    for (int q = (int)G; q >= 1; q--)
+        if (G % q == 0 && (int64_t)d.n_kv_heads * q <= grid_sms) {
+            qsplit = q;
+            break;
+        }
     int tk = 512, att_bytes = 0;
     for (; tk >= 32; tk -= 32) {
-        dk_att_layout(d.head_dim, (int)G, tk, &att_bytes);
+        dk_att_layout(d.head_dim, (int)G / qsplit, tk, &att_bytes);
         if (att_bytes <= att_budget) break;
     }
     TOC_CHECK(tk >= 32, TO_ERR_UNSUPPORTED, "toc_decoder_create: attention tiles do not fit shared memory");
@@ -1133,7 +1150,8 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     st.d = d;
     st.kmax = (int)kmax;
     st.tk = tk;
-    int ns = (int)(dec->grid / d.n_kv_heads); /* one (kv head, slice) unit per block */
+    st.qsplit = qsplit;
+    int ns = (int)(dec->grid / (d.n_kv_heads * qsplit)); /* one (kv head, group, slice) unit per block */
     if (ns > d.capacity) ns = d.capacity;
     if (d.attn_splits > 0 && ns > d.attn_splits) ns = d.attn_splits;
     if (ns < 1) ns = 1;
