@@ -113,7 +113,8 @@ def stage_table(model: Any) -> None:
             f"{name:16s} {max(work) / 1e3:11.2f} {statistics.mean(work) / 1e3:12.2f} "
             f"{lat / 1e3:10.2f} {wait / 1e3:12.2f}"
         )
-    # inside each stage (layer 1, thread 0 of each block): mean / max us
+    # inside each stage (layer 1, thread 0 of each block): mean / max us; for attention (the
+    # blocks that run a unit) the columns are: heads + first key tile ready, scores + P.V, output
     print(
         f"{'inside (layer 1)':16s} {'staging':>13s} {'weights':>13s} {'row sums':>13s} "
         f"{'end->arrival':>13s}"
@@ -129,13 +130,16 @@ def stage_table(model: Any) -> None:
         return
     for i, name in enumerate(names):
         b = 16 + 4 * i
-        if not all(r[b] and r[b + 3] for r in rows):
+        # attention: the blocks that ran a unit (the others have no inner stamps)
+        sel = [r for r in rows if all(r[b + j] for j in range(4))]
+        sel = sel or [r for r in rows if r[b] and r[b + 3]]
+        if not sel:
             continue
         cols = []
         for lo, hi in ((b, b + 1), (b + 1, b + 2), (b + 2, b + 3)):
-            ok = all(r[lo] and r[hi] for r in rows)
-            cols.append(mm([r[hi] - r[lo] for r in rows]) if ok else "-")
-        cols.append(mm([r[2 * (i + 1)] - r[b + 3] for r in rows]))
+            ok = all(r[lo] and r[hi] for r in sel)
+            cols.append(mm([r[hi] - r[lo] for r in sel]) if ok else "-")
+        cols.append(mm([r[2 * (i + 1)] - r[b + 3] for r in sel]))
         print(f"{name:16s} " + " ".join(f"{c:>13s}" for c in cols))
 
 

@@ -366,8 +366,10 @@ class CudaGraphDecoder:
         layer 1 starts, each layer passes 4 barriers: after qkv, attention, o_proj, and
         gate/up with down), then, in a library built with ``-DDK_STAGE_STAMPS=1``, layer 1's
         stamps ``[16 + 4 * stage + i]`` for stage qkv, attention, o_proj, gate/up (with down):
-        after its barrier, after staging its input, after its (gate/up) weights and at its end.
-        Unrecorded entries are 0."""
+        after its barrier, after staging its input, after its (gate/up) weights and at its end
+        (attention, in the blocks that run a unit: after its barrier, with the new token's heads
+        and first key tile ready, after the scores and P.V, at its end). Unrecorded entries are
+        0."""
         if not self._fused:
             raise ValueError("profile_stages needs the fused step")
         info = self.fused_info()

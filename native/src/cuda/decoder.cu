@@ -111,7 +111,9 @@ struct DkSync {
 #define DK_PROF 8
 /* profiling record per block (u64): [0, 16) barrier arrival/departure pairs; layer 1 only, by
  * thread 0: [16 + 4 * stage + i] for stage qkv, attention, o_proj, gate/up (with down): after its
- * barrier, after staging its input, after its (gate/up) weights, at its end */
+ * barrier, after staging its input, after its (gate/up) weights, at its end; for attention (blocks
+ * that run a unit): after its barrier, with the new token's heads and first tile ready, after the
+ * scores and P.V of its first unit, at its end */
 #define DK_PROF_STRIDE 64
 
 __device__ __forceinline__ unsigned long long dk_now(void) {
@@ -819,6 +821,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
             if (t0 != s0 || unit != u0) dk_att_tile_load(st, ly, L, sm, h, t0, t1, p);
             dk_cp_wait();
             __syncthreads();
+            if (t0 == s0 && unit == u0) dk_stamp(st.prof, li, 21);
             if (p >= t0 && p < t1) { /* the new token's row */
 #pragma unroll 1
                 for (int d = tid; d < hd; d += DK_THREADS) {
@@ -899,6 +902,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
             }
             __syncthreads(); /* the tile, S and the factors are reused */
         }
+        if (unit == u0) dk_stamp(st.prof, li, 22);
         /* sum the key groups in a fixed order */
 #pragma unroll
         for (int r = 0; r < 2; r++) {
