@@ -35,7 +35,7 @@
  *
  * Code size matters: each stage runs once per layer, and machine code that does not stay in the
  * instruction cache is fetched again every time (a 250 KB first version spent most of each stage
- * on that; now ~100 KB), so loops that are not hot stay rolled and helpers stay out of line. */
+ * on that; now ~120 KB), so loops that are not hot stay rolled and helpers stay out of line. */
 #include <new>
 
 #include "common.cuh"
@@ -56,7 +56,7 @@ enum { DK_PLAIN = 0, DK_RES = 1, DK_SWIGLU = 2, DK_ARGMAX = 3 };
 struct DkState {
     to_decoder_desc d;
     const to_decoder_layer *layers; /* device copy */
-    void *x, *x2, *qkv, *attn, *h;  /* activations (act dtype) */
+    void *x, *x2, *qkv, *attn;      /* activations (act dtype) */
     float *dacc;                    /* [2][hidden] down_proj sums of even / odd layers (fp32) */
     const uint16_t *wdt;            /* down_proj transposed: [layer][intermediate][hidden] */
     float *ws;                      /* attention slices: [nh][nsplit][hd] then [nh][nsplit][2] */
@@ -289,7 +289,7 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
         g.src = st.x2;
         g.norm = ly.post_norm;
         g.eps = ly.post_eps;
-        g.y = st.h;
+        g.y = nullptr; /* h stays in shared memory */
     }
     return g;
 }
@@ -1161,7 +1161,7 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     if (ns < 1) ns = 1;
     st.nsplit = ns;
     const int asz = d.act_dtype == TO_F32 ? 4 : 2;
-    const size_t act_bytes = (size_t)(2 * d.hidden + nq + 2 * nkvd + nq + d.intermediate + 64) * asz;
+    const size_t act_bytes = (size_t)(2 * d.hidden + nq + 2 * nkvd + nq + 64) * asz;
     const size_t ws_bytes = (size_t)d.n_heads * ns * (d.head_dim + 2) * 4;
     const size_t cnt_bytes = ((size_t)d.n_kv_heads * 4 + 15) / 16 * 16;
     const size_t ctl_bytes = 256 + cnt_bytes + 2 * (size_t)d.hidden * 4;
@@ -1187,7 +1187,6 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     st.x2 = take(d.hidden);
     st.qkv = take(nq + 2 * nkvd);
     st.attn = take(nq);
-    st.h = take(d.intermediate);
     st.ws = (float *)dec->allocs[1];
     char *ctl = (char *)dec->allocs[2];
     st.bar = (unsigned long long *)ctl;
