@@ -555,6 +555,8 @@ typedef struct to_decoder_desc {
     int32_t attn_tile;    /* 0; else keys per attention tile in shared memory (at most what fits) */
     int32_t attn_splits;  /* 0; else at most this many key slices per kv head (else one unit per
                              block); both are for testing the multi-tile and merge paths */
+    int32_t threads;      /* 0: threads per block chosen by the library (384 where a block's share
+                             of a layer's weights is at most 512 KB, else 512); or 384 or 512 */
     float attn_scale, final_eps;
 } to_decoder_desc;
 

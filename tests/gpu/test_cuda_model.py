@@ -225,10 +225,12 @@ def test_fused_attention_tiles_and_slice_merge(shaped: Any) -> None:
         return torch.tensor(runner.logits_after(7, len(prompt)).to("f32").tolist())
 
     multi = logits(fused=False)
-    for tile, splits in ((32, 2), (64, 0), (0, 1), (96, 3)):
-        got = logits(fused=True, attn_tile=tile, attn_splits=splits)
-        assert float((got - multi).norm() / multi.norm()) < 1e-2, (tile, splits)
-        assert int(got.argmax()) == int(multi.argmax()), (tile, splits)
+    for tile, splits, threads in ((32, 2, 0), (64, 0, 512), (0, 1, 384), (96, 3, 512), (0, 0, 512)):
+        got = logits(fused=True, attn_tile=tile, attn_splits=splits, threads=threads)
+        assert float((got - multi).norm() / multi.norm()) < 1e-2, (tile, splits, threads)
+        assert int(got.argmax()) == int(multi.argmax()), (tile, splits, threads)
+    with pytest.raises(ValueError, match="threads"):
+        CudaGraphDecoder(m, 64, fused=True, threads=100)
 
 
 def test_fused_step_is_deterministic_and_chunked(shaped: Any) -> None:
@@ -304,4 +306,4 @@ def test_fused_step_is_the_default(ckpt: Any, monkeypatch: pytest.MonkeyPatch) -
     assert runner.fused
     info = runner.fused_info()
     assert info is not None
-    assert info["threads"] == 512
+    assert info["threads"] in (384, 512)  # 384 for these small models

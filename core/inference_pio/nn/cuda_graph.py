@@ -137,6 +137,7 @@ class DecoderDesc(ctypes.Structure):
                 "profile_skip",
                 "attn_tile",
                 "attn_splits",
+                "threads",
             )
         ]
         + [("attn_scale", ctypes.c_float), ("final_eps", ctypes.c_float)]
@@ -225,16 +226,21 @@ class CudaGraphDecoder:
         fused: bool | None = None,
         attn_tile: int = 0,
         attn_splits: int = 0,
+        threads: int = 0,
     ) -> None:
         """``skip``: kernels (stages of the fused step) left out, for profiling only (the time of
         a step without them, by difference the time they take; the tokens are then wrong).
         ``fused``: capture the one-kernel step (default: when the model allows it, unless
         ``INFERENCE_PIO_CUDA_FUSED_DECODE=0``). ``attn_tile`` / ``attn_splits`` (fused step,
         testing): fewer keys per shared-memory attention tile and fewer key slices per kv head
-        than the defaults, to exercise the multi-tile and slice-merge paths on short contexts."""
+        than the defaults, to exercise the multi-tile and slice-merge paths on short contexts.
+        ``threads`` (fused step): threads per block, 384 or 512; 0 lets the library choose (384
+        for models whose per-block share of a layer's weights is small, e.g. Qwen3-0.6B)."""
         if attn_tile < 0 or attn_splits < 0:
             raise ValueError("attn_tile and attn_splits must be >= 0")
-        self.attn_tile, self.attn_splits = attn_tile, attn_splits
+        if threads not in (0, 384, 512):
+            raise ValueError(f"threads must be 0, 384 or 512, not {threads}")
+        self.attn_tile, self.attn_splits, self.threads = attn_tile, attn_splits, threads
         from inference_pio import cuda
 
         unknown = set(skip) - set(self.KERNELS[:-1])
@@ -337,6 +343,7 @@ class CudaGraphDecoder:
             sum(_FUSED_SKIP_BITS[k] for k in self.skip),
             self.attn_tile,
             self.attn_splits,
+            self.threads,
             a0.scale,
             m.norm.eps,
         )
