@@ -1145,7 +1145,12 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
               "toc_decoder_create: threads must be 0 (chosen here), 384 or 512, not %d", d.threads);
     const int64_t layer_bytes = ((int64_t)d.hidden * (2 * nq + 2 * nkvd) + 3 * (int64_t)d.hidden * d.intermediate) * 2;
     int nt = d.threads ? d.threads : layer_bytes / grid_sms <= DK_SMALL_LAYER ? 384 : 512;
-    if ((G / qsplit) * d.head_dim / 2 > 2 * nt) nt = 512; /* P.V: two (head, dim pair) per thread */
+    if ((G / qsplit) * d.head_dim / 2 > 2 * nt) { /* P.V: two (head, dim pair) per thread */
+        TOC_CHECK(d.threads == 0, TO_ERR_UNSUPPORTED,
+                  "toc_decoder_create: %d threads are too few for %lld query heads of dim %d per block",
+                  d.threads, (long long)(G / qsplit), d.head_dim);
+        nt = 512;
+    }
     int tk = nt, att_bytes = 0; /* scores: one thread per key of a tile */
     for (; tk >= 32; tk -= 32) {
         dk_att_layout(d.head_dim, (int)G / qsplit, tk, nt, &att_bytes);
