@@ -55,7 +55,6 @@
 #define DK_GMAX 8     /* query heads per kv head, at most */
 #define DK_DMAX 8     /* head_dim / 32, at most */
 #define DK_ATT_SMEM (160 * 1024) /* shared memory for attention tiles (keys, values, scores) */
-#define DK_NX 3       /* 16-byte input chunks per thread held in registers while staging */
 
 enum { DK_PLAIN = 0, DK_RES = 1, DK_SWIGLU = 2, DK_ARGMAX = 3 };
 
@@ -470,7 +469,9 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
         for (int q = 0; q < DK_U; q++) v[q] = load_next();
     };
     /* resident in registers from before the barrier: the residual of this thread's output row
-     * (written two barriers ago) and the norm weights of its first input chunks */
+     * (written two barriers ago) and the norm weights of its first input chunk (one variable,
+     * not an array: a loop-indexed array lives on the stack, which the barrier's acquire
+     * evicts from L1) */
     const bool res_pre = g.mode == DK_RES && nr <= per && tid < nr && tid < DK_BAR_T;
     float resv = 0.0f;
     const uint4 *src = (const uint4 *)g.src, *nw = (const uint4 *)g.norm;
@@ -484,12 +485,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
         load(cur);
         if (first) {
             if (res_pre) resv = ldcg(g.res, r0 + tid);
-            uint4 nwv[DK_NX];
-#pragma unroll
-            for (int i = 0; i < DK_NX; i++) {
-                const int c = tid + i * DK_THREADS;
-                nwv[i] = nw && c < nv && tid < DK_BAR_T ? __ldg(nw + c) : make_uint4(0, 0, 0, 0);
-            }
+            const uint4 nw0 = nw && tid < nv && tid < DK_BAR_T ? __ldg(nw + tid) : make_uint4(0, 0, 0, 0);
             if (sync) dk_wait<NT>(*sync);
             dk_stamp(st.prof, li, pb);
             if (g.mode == DK_SWIGLU) {
@@ -499,23 +495,18 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
                 for (int64_t e = b * DK_THREADS + tid; e < k; e += nb * DK_THREADS) dz[e] = 0.0f;
             }
 
-            /* stage the input (RMSNorm'd when asked): all of a thread's loads are issued at once */
-            uint4 xv[DK_NX];
-#pragma unroll
-            for (int i = 0; i < DK_NX; i++) {
-                const int c = tid + i * DK_THREADS;
-                xv[i] = c < nv ? __ldcg(src + c) : make_uint4(0, 0, 0, 0);
-            }
+            /* stage the input (RMSNorm'd when asked); the first chunk's load is issued at once */
+            const uint4 x0 = tid < nv ? __ldcg(src + tid) : make_uint4(0, 0, 0, 0);
             const float4 *s2 = (const float4 *)g.src2;
             float ss = 0.0f;
 #pragma unroll 1
-            for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
+            for (int c = tid; c < nv; c += DK_THREADS) {
                 float4 d0, d1;
                 if (s2) { /* issued before the wait for xv[i]: the two loads overlap */
                     d0 = __ldcg(s2 + 2 * c);
                     d1 = __ldcg(s2 + 2 * c + 1);
                 }
-                uint4 v = i < DK_NX ? xv[i] : __ldcg(src + c);
+                uint4 v = c == tid ? x0 : __ldcg(src + c);
                 if (s2) v = dk_add_res(v, d0, d1);
                 xs[c] = v;
                 if (write_x && b == 0) ((uint4 *)st.x)[c] = v;
@@ -530,10 +521,10 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
                 ss = block_sum(ss, red);
                 const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
 #pragma unroll 1
-                for (int c = tid, i = 0; c < nv; c += DK_THREADS, i++) {
+                for (int c = tid; c < nv; c += DK_THREADS) {
                     float f[8], w[8];
                     bf8(xs[c], f);
-                    bf8(i < DK_NX && tid < DK_BAR_T ? nwv[i] : __ldg(nw + c), w);
+                    bf8(c == tid && tid < DK_BAR_T ? nw0 : __ldg(nw + c), w);
 #pragma unroll
                     for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
                     xs[c] = pack_bf8(f);
