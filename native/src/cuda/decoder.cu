@@ -213,9 +213,13 @@ __device__ __forceinline__ const uint16_t *dk_row(int mode, const uint16_t *w0, 
 }
 
 /* Row pointer of virtual row vr and the first virtual row after it in another segment (kept out
- * of line: the loader calls it only when it crosses a segment). */
-__device__ __noinline__ const uint16_t *dk_seek(const DkGemv &g, int64_t rb0, int64_t nrb, int64_t vr,
-                                                int *bound) {
+ * of line: the loader calls it only when it crosses a segment). Returned by value: an output
+ * through a pointer would keep the loader's bound on the stack. */
+struct DkSeek {
+    const uint16_t *row;
+    int bound;
+};
+__device__ __noinline__ DkSeek dk_seek(const DkGemv &g, int64_t rb0, int64_t nrb, int64_t vr) {
     int64_t end;
     if (g.mode == DK_SWIGLU) {
         end = vr < nrb ? nrb : 2 * nrb;
@@ -224,8 +228,7 @@ __device__ __noinline__ const uint16_t *dk_seek(const DkGemv &g, int64_t rb0, in
         end = (r < g.s0 ? g.s0 : r < g.s0 + g.s1 ? g.s0 + g.s1 : g.n) - rb0;
         if (end > nrb) end = nrb;
     }
-    *bound = (int)end;
-    return dk_row(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.k, rb0, nrb, vr);
+    return DkSeek{dk_row(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.k, rb0, nrb, vr), (int)end};
 }
 
 
@@ -446,7 +449,13 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
         dk_warp_units<NT>(nrb, mult, G, warp, &lu, &lend);
         lvr = lu / G;
         lgi = lu - lvr * G;
-        lrow = lu < lend ? dk_seek(g, rb0, nrb, lvr, &lbound) : nullptr;
+        if (lu < lend) {
+            const DkSeek sk = dk_seek(g, rb0, nrb, lvr);
+            lrow = sk.row;
+            lbound = sk.bound;
+        } else {
+            lrow = nullptr;
+        }
     };
     /* the next unit of this warp's range (zeros past its end); advances the loader */
     auto load_next = [&]() {
@@ -458,7 +467,11 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
                 lgi = 0;
                 ++lvr;
                 lrow += k;
-                if (lvr == lbound && lu + 1 < lend) lrow = dk_seek(g, rb0, nrb, lvr, &lbound);
+                if (lvr == lbound && lu + 1 < lend) {
+                    const DkSeek sk = dk_seek(g, rb0, nrb, lvr);
+                    lrow = sk.row;
+                    lbound = sk.bound;
+                }
             }
         }
         ++lu;
@@ -621,18 +634,20 @@ struct DkHeadPre {
     uint2 cs, sn;
 };
 
-__device__ __noinline__ void dk_head_pre(const DkState &st, const void *nw, int64_t p, DkHeadPre &hp) {
+__device__ __forceinline__ DkHeadPre dk_head_pre(const DkState &st, const void *nw, int64_t p) {
     const int hd = st.d.head_dim, lane = threadIdx.x & 31;
+    DkHeadPre hp;
     hp.w = nw && 8 * lane < hd ? __ldg((const uint4 *)nw + lane) : make_uint4(0, 0, 0, 0);
     const bool rope = 4 * lane < hd / 2;
     hp.cs = rope ? __ldg((const uint2 *)((const uint16_t *)st.d.rope_cos + p * hd) + lane) : make_uint2(0, 0);
     hp.sn = rope ? __ldg((const uint2 *)((const uint16_t *)st.d.rope_sin + p * hd) + lane) : make_uint2(0, 0);
+    return hp;
 }
 
 /* One head of the new token in a warp: row[hd] = RoPE(RMSNorm(src[off..off+hd])) rounded to bf16
  * (the q/k path of toc_qk_rope_append); one 16-byte load per lane. */
 __device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t off, bool norm, float eps,
-                                     const DkHeadPre &hp, float *row) {
+                                     const DkHeadPre hp, float *row) {
     const int hd = st.d.head_dim, lane = threadIdx.x & 31, half = hd / 2;
     const bool mine = 8 * lane < hd;
     float v[8];
@@ -775,7 +790,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
         const int h = u0 / (QS * ns);
         const int64_t s0 = (int64_t)(u0 % ns) * chunk;
         dk_att_tile_load<NT>(st, ly, L, sm, h, s0, min(kv_len, s0 + tk), p);
-        if (warp <= Gb) dk_head_pre(st, warp < Gb ? ly.q_norm : ly.k_norm, p, hpre);
+        if (warp <= Gb) hpre = dk_head_pre(st, warp < Gb ? ly.q_norm : ly.k_norm, p);
     }
     dk_wait<NT>(sync);
     if (!run) return;
@@ -786,7 +801,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
         if (s >= nact) continue; /* block-uniform */
         const int64_t s0 = (int64_t)s * chunk, s1 = min(kv_len, s0 + chunk);
         const bool has_new = s1 == kv_len;
-        if (unit != u0 && warp <= Gb) dk_head_pre(st, warp < Gb ? ly.q_norm : ly.k_norm, p, hpre);
+        if (unit != u0 && warp <= Gb) hpre = dk_head_pre(st, warp < Gb ? ly.q_norm : ly.k_norm, p);
         const int64_t qkv_k = (int64_t)nh * hd + (int64_t)h * hd, qkv_v = qkv_k + (int64_t)nkv * hd;
         /* the new token's key and value rows: every group computes them, group 0 appends them */
         if (warp < Gb) {
