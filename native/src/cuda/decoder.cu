@@ -219,16 +219,18 @@ struct DkSeek {
     const uint16_t *row;
     int bound;
 };
-__device__ __noinline__ DkSeek dk_seek(const DkGemv &g, int64_t rb0, int64_t nrb, int64_t vr) {
+__device__ __noinline__ DkSeek dk_seek(int mode, const uint16_t *w0, const uint16_t *w1, const uint16_t *w2,
+                                       int64_t s0, int64_t s1, int64_t n, int64_t k, int64_t rb0, int64_t nrb,
+                                       int64_t vr) {
     int64_t end;
-    if (g.mode == DK_SWIGLU) {
+    if (mode == DK_SWIGLU) {
         end = vr < nrb ? nrb : 2 * nrb;
     } else {
         const int64_t r = rb0 + vr;
-        end = (r < g.s0 ? g.s0 : r < g.s0 + g.s1 ? g.s0 + g.s1 : g.n) - rb0;
+        end = (r < s0 ? s0 : r < s0 + s1 ? s0 + s1 : n) - rb0;
         if (end > nrb) end = nrb;
     }
-    return DkSeek{dk_row(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.k, rb0, nrb, vr), (int)end};
+    return DkSeek{dk_row(mode, w0, w1, w2, s0, s1, k, rb0, nrb, vr), (int)end};
 }
 
 
@@ -450,7 +452,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
         lvr = lu / G;
         lgi = lu - lvr * G;
         if (lu < lend) {
-            const DkSeek sk = dk_seek(g, rb0, nrb, lvr);
+            const DkSeek sk = dk_seek(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.n, g.k, rb0, nrb, lvr);
             lrow = sk.row;
             lbound = sk.bound;
         } else {
@@ -468,7 +470,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
                 ++lvr;
                 lrow += k;
                 if (lvr == lbound && lu + 1 < lend) {
-                    const DkSeek sk = dk_seek(g, rb0, nrb, lvr);
+                    const DkSeek sk = dk_seek(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.n, g.k, rb0, nrb, lvr);
                     lrow = sk.row;
                     lbound = sk.bound;
                 }
@@ -727,7 +729,7 @@ __host__ __device__ inline DkAttLayout dk_att_layout(int hd, int G, int tk, int 
  * into the shared tiles (asynchronous; dk_cp_wait completes it). Called by all threads; the
  * barrier warp issues none. */
 template <int NT>
-__device__ __noinline__ void dk_att_tile_load(const DkState &st, const to_decoder_layer &ly, const DkAttLayout &L,
+__device__ __noinline__ void dk_att_tile_load(const DkState &st, const to_decoder_layer &ly, const DkAttLayout L,
                                                  char *sm, int h, int64_t t0, int64_t t1, int64_t p) {
     const int hd = st.d.head_dim, cpr = hd / 8;
     const int64_t cap = st.d.capacity;
