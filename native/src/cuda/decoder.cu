@@ -72,7 +72,7 @@ struct DkState {
     int qsplit; /* blocks per kv head's query heads (each takes G / qsplit of them) */
     int tk;   /* keys per attention tile in shared memory */
     int kmax; /* floats of the staging area */
-    unsigned long long *prof; /* see DkSync */
+    unsigned long long *prof; /* profiling record [block][DK_PROF_STRIDE], or NULL */
     int prof_first;
 };
 
@@ -107,12 +107,8 @@ __device__ __forceinline__ void stb(void *p, int64_t i, float v) { ((uint16_t *)
  * bar[1] by the previous launch (after its last barrier, so every block has read it before it can
  * change); barrier i of this launch completes when the count reaches base + i * gridDim.x. One
  * fire-and-forget add and a polling read per block; nothing to reset between launches. */
-struct DkSync {
-    unsigned long long *count;
-    unsigned long long target;
-    unsigned long long *prof; /* profiling record [block][DK_PROF_STRIDE], or NULL */
-    int n, first;             /* barriers passed; first one recorded */
-};
+__shared__ unsigned long long dk_target; /* the count that completes the next barrier */
+__shared__ int dk_nbar;                  /* barriers passed (for the profiling record) */
 #define DK_PROF 8
 /* profiling record per block (u64): [0, 16) barrier arrival/departure pairs; layer 1 only, by
  * thread 0: [16 + 4 * stage + i] for stage qkv, attention, o_proj, gate/up (with down): after its
@@ -156,38 +152,38 @@ __device__ __forceinline__ unsigned long long dk_load_acquire(const unsigned lon
  * tokens) goes between them. The barrier thread's warp issues none of it: its release and acquire
  * would wait for that warp's outstanding loads. */
 template <int NT>
-__device__ __forceinline__ void dk_arrive(DkSync &s) {
+__device__ __forceinline__ void dk_arrive(const DkState &st) {
     __syncthreads();
     if (threadIdx.x == DK_BAR_T) {
-        const int slot = s.n - s.first;
-        if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + 2 * slot] = dk_now();
-        s.target += gridDim.x;
+        const int slot = dk_nbar - st.prof_first;
+        if (st.prof && slot >= 0 && slot < DK_PROF) st.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + 2 * slot] = dk_now();
+        dk_target += gridDim.x;
         /* release: the block's writes (ordered before by __syncthreads) become visible first */
-        asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(s.count) : "memory");
+        asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(st.bar) : "memory");
     }
 }
 template <int NT>
-__device__ __forceinline__ void dk_wait(DkSync &s) {
+__device__ __forceinline__ void dk_wait(const DkState &st) {
     if (threadIdx.x == DK_BAR_T) {
+        const unsigned long long target = dk_target;
+        const int slot = dk_nbar++ - st.prof_first;
         /* poll with relaxed loads, then one acquire load. An acquire load at GPU scope
          * invalidates the multiprocessor's L1 (CCTL.IVALL); polling with acquire loads did that
          * on every iteration (this is 0.7% faster on an H200). Leaving out the last acquire too
          * would gain ~2% more (the stack and descriptors stay in L1), but the reads after the
          * barrier would then be ordered only in practice (all of them go to L2), not by the
          * PTX memory model, so it is not done. */
-        while (dk_load_relaxed(s.count) < s.target) {
+        while (dk_load_relaxed(st.bar) < target) {
         }
-        (void)dk_load_acquire(s.count); /* reads >= target: synchronizes with every arrival */
-        const int slot = s.n - s.first;
-        if (s.prof && slot >= 0 && slot < DK_PROF) s.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + 2 * slot + 1] = dk_now();
-        s.n++;
+        (void)dk_load_acquire(st.bar); /* reads >= target: synchronizes with every arrival */
+        if (st.prof && slot >= 0 && slot < DK_PROF) st.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + 2 * slot + 1] = dk_now();
     }
     __syncthreads();
 }
 template <int NT>
-__device__ __forceinline__ void dk_sync(DkSync &s) {
-    dk_arrive<NT>(s);
-    dk_wait<NT>(s);
+__device__ __forceinline__ void dk_sync(const DkState &st) {
+    dk_arrive<NT>(st);
+    dk_wait<NT>(st);
 }
 
 /* A weight load: read once per step, so it bypasses L1 (which keeps the layer descriptors and
@@ -417,15 +413,15 @@ __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, 
     }
 }
 
-/* One GEMV stage. sync: the barrier to pass after the first weight loads (NULL at the start of the
+/* One GEMV stage. sync: whether a barrier is passed after the first weight loads (not at the start of the
  * kernel); the stage is g = dk_make(st, li, which, erow). write_x:
  * block 0 also stores the staged input into st.x (the embedding of layer 0). Each warp takes a
  * contiguous range of units, so its loads walk each row in order, the unit indices advance without
  * divisions, and a lane can sum a whole row run before one warp reduction. */
 template <int NT>
 __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const void *erow, float *smem,
-                                     DkSync *sync, bool write_x) {
-    if (sync) dk_arrive<NT>(*sync); /* first: nothing below is written by this stage */
+                                     bool sync, bool write_x) {
+    if (sync) dk_arrive<NT>(st); /* first: nothing below is written by this stage */
     const DkGemv g = dk_make(st, li, which, erow);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int pb = 16 + 4 * (which == DK_QKV ? 0 : which + 1); /* profiling stamps */
@@ -501,7 +497,7 @@ __device__ __noinline__ void dk_gemv(const DkState &st, int li, int which, const
         if (first) {
             if (res_pre) resv = ldcg(g.res, r0 + tid);
             const uint4 nw0 = nw && tid < nv && tid < DK_BAR_T ? __ldg(nw + tid) : make_uint4(0, 0, 0, 0);
-            if (sync) dk_wait<NT>(*sync);
+            if (sync) dk_wait<NT>(st);
             dk_stamp(st.prof, li, pb);
             if (g.mode == DK_SWIGLU) {
                 /* layer li + 1 adds its down sums where layer li - 1 did, read by now (qkv staging) */
@@ -759,9 +755,9 @@ __device__ __noinline__ void dk_att_tile_load(const DkState &st, const to_decode
  * last slice of a kv head to finish merges them (no extra kernel or barrier). */
 template <int NT>
 __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_layer &ly, int64_t p, float *smem,
-                                          DkSync &sync, bool run, int li) {
+                                          bool run, int li) {
     /* arrive first: the loads below (descriptors, layer pointers) overlap the barrier */
-    dk_arrive<NT>(sync);
+    dk_arrive<NT>(st);
     const int nh = st.d.n_heads, nkv = st.d.n_kv_heads, hd = st.d.head_dim, G = nh / nkv;
     const int ns = st.nsplit, tk = st.tk, QS = st.qsplit, Gb = G / QS, nunits = nkv * QS * ns;
     const int64_t cap = st.d.capacity, kv_len = p + 1;
@@ -794,7 +790,7 @@ __device__ __noinline__ void dk_attention(const DkState &st, const to_decoder_la
         dk_att_tile_load<NT>(st, ly, L, sm, h, s0, min(kv_len, s0 + tk), p);
         if (warp <= Gb) hpre = dk_head_pre(st, warp < Gb ? ly.q_norm : ly.k_norm, p);
     }
-    dk_wait<NT>(sync);
+    dk_wait<NT>(st);
     if (!run) return;
     dk_stamp(st.prof, li, 20);
     /* units: (kv head h, query-head group qg, key slice s); a group is Gb query heads */
@@ -995,12 +991,10 @@ template <int NT>
 __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __grid_constant__ DkState st) {
     extern __shared__ __align__(16) float smem[];
     const to_decoder_desc &d = st.d;
-    DkSync sync;
-    sync.count = st.bar;
-    sync.target = threadIdx.x == DK_BAR_T ? __ldcg(st.bar + 1) : 0ull;
-    sync.prof = st.prof;
-    sync.n = 0;
-    sync.first = st.prof_first;
+    if (threadIdx.x == DK_BAR_T) { /* the barrier state: the barrier thread's alone */
+        dk_target = __ldcg(st.bar + 1);
+        dk_nbar = 0;
+    }
     const int32_t tok = __ldcg(d.counters), pos = __ldcg(d.counters + 1);
     if (pos < 0 || pos >= d.capacity) return; /* every block returns: no barrier is left waiting */
     const bool tok_ok = tok >= 0 && tok < d.vocab;
@@ -1008,22 +1002,22 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __gri
     const void *erow = (const char *)d.embed + (tok_ok ? (int64_t)tok : 0) * d.hidden * 2;
     const int skip = d.profile_skip;
     /* a stage left out for profiling still passes its barrier */
-    auto gemv = [&](int bit, int li, int which, DkSync *s, bool wx) {
+    auto gemv = [&](int bit, int li, int which, bool s, bool wx) {
         if (skip & bit) {
-            if (s) dk_sync<NT>(*s);
+            if (s) dk_sync<NT>(st);
         } else {
             dk_gemv<NT>(st, li, which, erow, smem, s, wx);
         }
     };
     for (int li = 0; li < d.n_layers; li++) {
         /* block 0 stores the staged input (the residual stream) in st.x for o_proj */
-        gemv(1, li, DK_QKV, li == 0 ? nullptr : &sync, true);
-        dk_attention<NT>(st, st.layers[li], pos, smem, sync, !(skip & 2), li);
-        gemv(4, li, DK_O, &sync, false);
-        gemv(8, li, DK_GU, &sync, false);
+        gemv(1, li, DK_QKV, li > 0, true);
+        dk_attention<NT>(st, st.layers[li], pos, smem, !(skip & 2), li);
+        gemv(4, li, DK_O, true, false);
+        gemv(8, li, DK_GU, true, false);
     }
-    gemv(32, 0, DK_LM, &sync, false);
-    dk_sync<NT>(sync);
+    gemv(32, 0, DK_LM, true, false);
+    dk_sync<NT>(st);
     /* the last layer's down sums are read: zero them (the next step's layer 0 starts from zero) */
     for (int64_t e = (int64_t)blockIdx.x * DK_THREADS + threadIdx.x; e < d.hidden; e += (int64_t)gridDim.x * DK_THREADS)
         st.dacc[(size_t)((d.n_layers - 1) & 1) * d.hidden + e] = 0.0f;
@@ -1039,7 +1033,7 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __gri
         *st.argmax = 0;
     }
     if (blockIdx.x == 0 && threadIdx.x == DK_BAR_T) {
-        st.bar[1] = sync.target; /* where the next launch's barriers start */
+        st.bar[1] = dk_target; /* where the next launch's barriers start */
     }
 }
 
