@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from inference_pio.errors import NativeError  # noqa: E402
 from inference_pio.nn.cuda_graph import (  # noqa: E402
     CudaGraphDecoder,
     fused_unsupported_reason,
@@ -307,3 +308,27 @@ def test_fused_step_is_the_default(ckpt: Any, monkeypatch: pytest.MonkeyPatch) -
     info = runner.fused_info()
     assert info is not None
     assert info["threads"] in (384, 512)  # 384 for these small models
+
+
+def test_fused_step_falls_back_when_it_cannot_be_created(
+    ckpt: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the fused step cannot be created (say, no device memory left for its transposed
+    down_proj copy), the automatic choice warns and captures the multi-kernel step, which decodes
+    the same tokens; an explicit fused=True raises the error."""
+    kind, d, _ = ckpt
+    if kind != "bf16":
+        pytest.skip("the graph decoder needs bf16 weights")
+    m = load(d, device="cuda").model
+    want = CudaGraphDecoder(m, 64, fused=False).greedy(5, 0, 6)
+
+    def no_room(self: Any) -> None:
+        raise NativeError(4, "cuda:0: cannot allocate 1 bytes", "toc_decoder_create")
+
+    monkeypatch.setattr(CudaGraphDecoder, "_create_fused", no_room)
+    with pytest.warns(RuntimeWarning, match="multi-kernel"):
+        runner = CudaGraphDecoder(m, 64)
+    assert not runner.fused
+    assert runner.greedy(5, 0, 6) == want
+    with pytest.raises(NativeError, match="cannot allocate"):
+        CudaGraphDecoder(m, 64, fused=True)

@@ -280,6 +280,7 @@ class CudaGraphDecoder:
         self.cos, self.sin = model.rotary.tables(model.be, positions, act)
         self.graph: int | None = None
         self._fused: int | None = None  # toc_decoder handle
+        auto = fused is None
         if fused is None:
             fused = _fused_enabled() and fused_unsupported_reason(model) is None
         elif fused:
@@ -288,7 +289,19 @@ class CudaGraphDecoder:
                 raise ValueError(f"the fused decode step does not support this model: {why}")
         self.fused = bool(fused)
         if self.fused:
-            self._create_fused()
+            try:
+                self._create_fused()
+            except NativeError as exc:
+                if not auto:
+                    raise
+                # e.g. no room for the fused step's transposed down_proj copy: the multi-kernel
+                # step needs none
+                warnings.warn(
+                    f"fused CUDA decode step unavailable ({exc}); using the multi-kernel graph",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.fused = False
         self._capture()
 
     def _create_fused(self) -> None:
