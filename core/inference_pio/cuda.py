@@ -484,8 +484,9 @@ def copy_bandwidth(
 def read_bandwidth(
     nbytes: int = 2 << 30, iters: int = 10, device: Device | str = "cuda:0"
 ) -> float:
-    """Measured device read bandwidth in GB/s (a kernel that only reads: a batch-1 GEMV's
-    ceiling)."""
+    """Measured device read bandwidth in GB/s: the best of two read-only kernels (a grid-stride
+    loop, and per-block ranges with 8 loads in flight per lane as the fused decode step reads its
+    weights), the ceiling of a batch-1 GEMV."""
     set_device(device)
     out = ctypes.c_double()
     check(

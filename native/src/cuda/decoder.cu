@@ -41,7 +41,7 @@
  * invalidates L1, so a stack value is read back from L2 after each barrier. That rules out
  * loop-indexed local arrays, structs whose address an out-of-line helper takes (pass and return
  * by value instead) and output pointers to locals; the 384-thread kernel has no stack frame
- * (removing 256 B of it gave +9% for Qwen3-0.6B), the 512-thread one spills 40 B. Each stage
+ * (removing 256 B of it gave +9% for Qwen3-0.6B), the 512-thread one spills 48 B. Each stage
  * function has one call site in the step loop and is inlined: no calling-convention saves around
  * it (+6% for both models on an H200 against out-of-line stages). */
 #include <new>
@@ -440,7 +440,9 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
     const int mult = g.mode == DK_SWIGLU ? 2 : 1;
     int per = DK_PART / (G * mult);
     if (per < 1) per = 1;
-    uint4 *xs = (uint4 *)smem; /* the staged input, bf16 */
+    /* the staged input as floats (values of bf16), chunk c's first four in xlo[c], the rest in
+     * xhi[c]: the products read them without conversions and without bank conflicts */
+    float4 *xlo = (float4 *)smem, *xhi = xlo + nv;
     float *part = smem + st.kmax;
     float *red = part + DK_PART;
     unsigned long long *redk = (unsigned long long *)(red + 64);
@@ -527,7 +529,12 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 }
                 uint4 v = c == tid ? x0 : __ldcg(src + c);
                 if (s2) v = dk_add_res(v, d0, d1);
-                xs[c] = v;
+                {
+                    float f[8];
+                    bf8(v, f);
+                    xlo[c] = make_float4(f[0], f[1], f[2], f[3]);
+                    xhi[c] = make_float4(f[4], f[5], f[6], f[7]);
+                }
                 if (write_x && b == 0) ((uint4 *)st.x)[c] = v;
                 if (nw) {
                     float f[8];
@@ -542,11 +549,13 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
 #pragma unroll 1
                 for (int c = tid; c < nv; c += DK_THREADS) {
                     float f[8], w[8];
-                    bf8(xs[c], f);
+                    const float4 lo = xlo[c], hi = xhi[c];
+                    f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w, f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
                     bf8(c == tid && tid < DK_BAR_T ? nw0 : __ldg(nw + c), w);
 #pragma unroll
                     for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
-                    xs[c] = pack_bf8(f);
+                    xlo[c] = make_float4(rbf(f[0]), rbf(f[1]), rbf(f[2]), rbf(f[3]));
+                    xhi[c] = make_float4(rbf(f[4]), rbf(f[5]), rbf(f[6]), rbf(f[7]));
                 }
             }
             __syncthreads();
@@ -564,11 +573,11 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 if (u < lend) { /* warp-uniform */
                     const int c = cgi * 32 + lane;
                     if (c < nv) {
-                        float f[8], x[8];
+                        float f[8];
                         bf8(cur[q], f);
-                        bf8(xs[c], x);
-#pragma unroll
-                        for (int e = 0; e < 8; e++) acc += f[e] * x[e];
+                        const float4 xa = xlo[c], xb = xhi[c];
+                        acc += f[0] * xa.x + f[1] * xa.y + f[2] * xa.z + f[3] * xa.w + f[4] * xb.x + f[5] * xb.y +
+                               f[6] * xb.z + f[7] * xb.w;
                     }
                     /* one warp reduction per row run; the other units of the run hold 0 */
                     float a = 0.0f;
