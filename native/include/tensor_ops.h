@@ -502,7 +502,7 @@ TO_API int toc_graph_abort(void);
 TO_API int toc_graph_launch(void *exec, int times);
 TO_API int toc_graph_destroy(void *exec);
 TO_API int toc_bench_copy_bandwidth(int64_t bytes, int iters, double *gbps); /* read + written */
-TO_API int toc_bench_read_bandwidth(int64_t bytes, int iters, double *gbps);  /* read only */
+TO_API int toc_bench_read_bandwidth(int64_t bytes, int iters, double *gbps);  /* read only: best of two patterns */
 TO_API int toc_blas_info(char *buf, size_t cap);
 TO_API int toc_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
                            int distribution); /* 0 normal, 1 uniform; not the CPU's values */
