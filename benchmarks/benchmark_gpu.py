@@ -2,7 +2,9 @@
 the same run, on synthetic real-size bf16 weights (random values; speed does not depend on them).
 
 Rows per model: batch-1 decode of 128 tokens after a 32-token prompt (greedy) and prefill of 2048
-tokens. Bandwidth: device-to-device copy kernel (bytes read + written). Bytes per decoded token:
+tokens. Bandwidth: device-to-device copy kernel (bytes read + written), and read bandwidth (the
+best of two read-only kernels, `inference_pio.cuda.read_bandwidth`), which the "% of BW" column
+uses. Bytes per decoded token:
 every weight matrix read once (embedding row excluded, LM head included) + the KV cache read.
 
     PYTHONPATH=core:plugins/qwen3_0_6b:plugins/qwen3_4b_instruct_2507 \
