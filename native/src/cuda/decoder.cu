@@ -16,13 +16,13 @@
  *            q/k RMSNorm + NeoX RoPE of the new token, cache append (group 0), scores (one
  *            thread per key) and softmax + P.V over shared-memory tiles of keys and values; the
  *            last unit of a kv head to finish merges the slices (no extra kernel or barrier)
- *   o_proj   + residual add (x2 = x + o)
+ *   o_proj   + residual add (x2 = x + o; each block computes x for its rows, see dk_resid)
  *   gate/up + down  RMSNorm(x2), SwiGLU of the block's rows (h, in shared memory), then the
  *            block's share of down split over the intermediate dimension: W_down[:, rows] h from a
  *            transposed copy of down_proj made at creation (one contiguous run of rows per block),
  *            added to an fp32 sum with vector atomics. The next stage stages x = x2 + d (d the sum
- *            rounded to bf16) and block 0 stores it for o_proj's residual. This saves a barrier
- *            and a stage per layer (+3% / +1.4% tok/s for Qwen3-0.6B / 4B on an H200).
+ *            rounded to bf16). This saves a barrier and a stage per layer (+3% / +1.4% tok/s for
+ *            Qwen3-0.6B / 4B on an H200).
  * then RMSNorm + LM head with a packed greedy argmax, and the token feedback (next token, position,
  * step) in block 0. Rounding follows the op-by-op path: every intermediate that the separate ops
  * store is rounded to the activation dtype at the same point. The down sums are the one place where
@@ -72,7 +72,7 @@ enum { DK_PLAIN = 0, DK_RES = 1, DK_SWIGLU = 2, DK_ARGMAX = 3 };
 struct DkState {
     to_decoder_desc d;
     const to_decoder_layer *layers; /* device copy */
-    void *x, *x2, *qkv, *attn;      /* activations (act dtype) */
+    void *x2, *qkv, *attn;          /* activations (act dtype) */
     float *dacc;                    /* [2][hidden] down_proj sums of even / odd layers (fp32) */
     const uint16_t *wdt;            /* down_proj transposed: [layer][intermediate][hidden] */
     float *ws;                      /* attention slices: [nh][nsplit][hd] then [nh][nsplit][2] */
@@ -98,7 +98,6 @@ struct DkGemv {
     const void *norm;
     float eps;
     void *y;
-    const void *res;
 };
 
 /* Everything the step reads and writes besides the weights is bf16 (activations, KV cache, norm
@@ -266,7 +265,6 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
     g.s1 = 0;
     g.norm = nullptr;
     g.eps = 0.0f;
-    g.res = nullptr;
     g.src2 = nullptr;
     g.n = g.s0 = hid;
     if (which == DK_LM) {
@@ -302,7 +300,6 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
         g.mode = DK_RES;
         g.src = st.attn;
         g.y = st.x2;
-        g.res = st.x;
     } else { /* DK_GU: gate/up, SwiGLU, then this block's share of down (dk_gu_down) */
         g.w0 = (const uint16_t *)ly.gate_proj;
         g.w1 = (const uint16_t *)ly.up_proj;
@@ -426,14 +423,24 @@ __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, 
     }
 }
 
+/* The residual stream of layer li at row r, as the qkv stage staged it: the embedding row for
+ * layer 0, else x2 + bf16(the down sums of layer li - 1). Its inputs are final before the layer's
+ * first barrier, so the o_proj stage computes its rows' residual itself, before its barrier: no
+ * block stores the whole vector for the others, and o_proj depends on no particular block's qkv
+ * stage (the same speed as that store on an H200). */
+__device__ __forceinline__ float dk_resid(const DkState &st, int li, const void *erow, int64_t r) {
+    if (li == 0) return ldw(erow, r);
+    const float d = __ldcg(st.dacc + (size_t)((li - 1) & 1) * st.d.hidden + r);
+    return rbf(ldcg(st.x2, r) + rbf(d));
+}
+
 /* One GEMV stage. sync: whether a barrier is passed after the first weight loads (not at the start of the
- * kernel); the stage is g = dk_make(st, li, which, erow). write_x:
- * block 0 also stores the staged input into st.x (the embedding of layer 0). Each warp takes a
+ * kernel); the stage is g = dk_make(st, li, which, erow). Each warp takes a
  * contiguous range of units, so its loads walk each row in order, the unit indices advance without
  * divisions, and a lane can sum a whole row run before one warp reduction. */
 template <int NT>
 __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, const void *erow, float *smem,
-                                     bool sync, bool write_x) {
+                                        bool sync) {
     if (sync) dk_arrive<NT>(st); /* first: nothing below is written by this stage */
     const DkGemv g = dk_make(st, li, which, erow);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -510,7 +517,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
         int cu0 = lu; /* first unit of cur */
         load(cur);
         if (first) {
-            if (res_pre) resv = ldcg(g.res, r0 + tid);
+            if (res_pre) resv = dk_resid(st, li, erow, r0 + tid);
             const uint4 nw0 = nw && tid < nv && tid < DK_BAR_T ? __ldg(nw + tid) : make_uint4(0, 0, 0, 0);
             if (sync) dk_wait<NT>(st);
             dk_stamp(st.prof, li, pb);
@@ -540,7 +547,6 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                     xlo[c] = make_float4(f[0], f[1], f[2], f[3]);
                     xhi[c] = make_float4(f[4], f[5], f[6], f[7]);
                 }
-                if (write_x && b == 0) ((uint4 *)st.x)[c] = v;
                 if (nw) {
                     float f[8];
                     bf8(v, f);
@@ -610,7 +616,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
 #pragma unroll 4
             for (int gi = 0; gi < G; gi++) acc += part[vr * G + gi];
             if (g.mode == DK_RES) {
-                stb(g.y, row, (res_pre ? resv : ldcg(g.res, row)) + rbf(acc));
+                stb(g.y, row, (res_pre ? resv : dk_resid(st, li, erow, row)) + rbf(acc));
             } else {
                 stb(g.y, row, acc);
                 if (g.mode == DK_ARGMAX) {
@@ -1042,8 +1048,7 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __gri
         if (skip & bit) {
             if (s > 0) dk_sync<NT>(st);
         } else {
-            /* block 0 stores the staged input of qkv (the residual stream) in st.x for o_proj */
-            dk_gemv<NT>(st, lm ? 0 : li, which, erow, smem, s > 0, !lm && stage == 0);
+            dk_gemv<NT>(st, lm ? 0 : li, which, erow, smem, s > 0);
         }
     }
     dk_sync<NT>(st);
@@ -1222,7 +1227,7 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     if (ns < 1) ns = 1;
     st.nsplit = ns;
     const int asz = d.act_dtype == TO_F32 ? 4 : 2;
-    const size_t act_bytes = (size_t)(2 * d.hidden + nq + 2 * nkvd + nq + 64) * asz;
+    const size_t act_bytes = (size_t)(d.hidden + nq + 2 * nkvd + nq + 64) * asz;
     const size_t ws_bytes = (size_t)d.n_heads * ns * (d.head_dim + 2) * 4;
     const size_t cnt_bytes = ((size_t)d.n_kv_heads * 4 + 15) / 16 * 16;
     const size_t ctl_bytes = 256 + cnt_bytes + 2 * (size_t)d.hidden * 4;
@@ -1244,7 +1249,6 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
         a += ((size_t)n * asz + 15) / 16 * 16;
         return p;
     };
-    st.x = take(d.hidden);
     st.x2 = take(d.hidden);
     st.qkv = take(nq + 2 * nkvd);
     st.attn = take(nq);
