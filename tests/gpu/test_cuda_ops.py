@@ -447,3 +447,16 @@ def test_errors_are_reported() -> None:
     x = Tensor.empty((4,), DType.float32, DEV)
     with pytest.raises(Exception, match="dtype"):
         backend(DEV).call("add", x.data_ptr, x.data_ptr, x.data_ptr, 4, DType.int32)
+
+
+def test_bandwidth_probes() -> None:
+    """The device bandwidth probes return a plausible figure (GB/s between 10 and 100 000) and
+    reject a buffer below 1 MiB with the library's message."""
+    from inference_pio.errors import NativeError
+
+    rbw = cuda.read_bandwidth(64 << 20, 2, DEV)
+    cbw = cuda.copy_bandwidth(64 << 20, 2, DEV)
+    assert 10.0 < rbw < 100_000.0
+    assert 10.0 < cbw < 100_000.0
+    with pytest.raises(NativeError, match="1 MiB"):
+        cuda.read_bandwidth(1000, 1, DEV)
