@@ -67,7 +67,7 @@ def decode_bytes(cfg: Any, ctx: int) -> int:
     return cfg.num_layers * per_layer + cfg.vocab_size * h * 2 + kv
 
 
-def _replay_rate(runner: CudaGraphDecoder, prompt_len: int, new: int) -> float:
+def replay_rate(runner: CudaGraphDecoder, prompt_len: int, new: int) -> float:
     """Tokens per second of greedy graph replays (no Python per token)."""
     cuda.synchronize(DEV)
     t0 = time.perf_counter()
@@ -108,10 +108,10 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
     # multi-kernel step
     runner = _runner(model, prompt_len + new + 1)
     assert runner is not None
-    fused_rate = _replay_rate(runner, prompt_len, new)
+    fused_rate = replay_rate(runner, prompt_len, new)
     multi = CudaGraphDecoder(model, runner.capacity, chunk=runner.chunk, fused=False)
     multi.greedy(5, prompt_len, 8)
-    graph_rate = _replay_rate(multi, prompt_len, new)
+    graph_rate = replay_rate(multi, prompt_len, new)
     del multi
     big = [rng.randrange(1000, 100000) for _ in range(prefill)]
     times = [prefill_seconds(model, big) for _ in range(3)]

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-from benchmark_gpu import DEV, build_ours, real_config
+from benchmark_gpu import build_ours, real_config, replay_rate
 
-from inference_pio import cuda
 from inference_pio.nn.cuda_graph import CudaGraphDecoder
 
 PROMPT, NEW, RUNS = 32, 128, 5
@@ -30,12 +28,7 @@ def rate(name: str, threads: int) -> float:
     model, _ = build_ours(real_config(name))
     runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, fused=True, threads=threads)
     runner.greedy(5, PROMPT, 8)  # warm-up
-    rates = []
-    for _ in range(RUNS):
-        cuda.synchronize(DEV)
-        t0 = time.perf_counter()
-        runner.greedy(5, PROMPT, NEW)
-        rates.append(NEW / (time.perf_counter() - t0))
+    rates = [replay_rate(runner, PROMPT, NEW) for _ in range(RUNS)]
     del runner, model
     return statistics.median(rates)
 
