@@ -588,6 +588,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 const float4 xa = xlo[cx], xb = xhi[cx];
                 acc += f[0] * xa.x + f[1] * xa.y + f[2] * xa.z + f[3] * xa.w + f[4] * xb.x + f[5] * xb.y +
                        f[6] * xb.z + f[7] * xb.w;
+                cur[q] = load_next(); /* refill before the row end: the loader runs DK_U units ahead */
                 /* one warp reduction per row run; the other units of the run hold 0 (warp-uniform:
                  * u and cgi are the same in every lane) */
                 float a = 0.0f;
@@ -597,7 +598,6 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 }
                 if (lane == 0 && u < lend) part[u] = a;
                 if (++cgi == G) cgi = 0;
-                cur[q] = load_next(); /* refill: the loader runs DK_U units ahead */
             }
             cu0 += DK_U;
         }
