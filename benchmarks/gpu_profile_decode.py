@@ -96,8 +96,16 @@ def stage_table(model: Any) -> None:
     library built with -DDK_STAGE_STAMPS=1) the phases inside each stage."""
     runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, fused=True)
     runner.greedy(5, PROMPT, 8)
-    rows = runner.profile_stages(5, PROMPT + 8)
-    names = ["qkv", "attention", "o_proj", "gate_up+down"]
+    info = runner.fused_info()
+    assert info is not None
+    folded = info["fold_keys"] >= PROMPT + 9  # attention folded into o_proj: 3 barriers a layer
+    rows = runner.profile_stages(5, PROMPT + 8, first=2 if folded else 3)
+    names = (
+        ["qkv", "attention+o_proj", "gate_up+down"]
+        if folded
+        else ["qkv", "attention", "o_proj", "gate_up+down"]
+    )
+    bases = [16, 20, 28] if folded else [16, 20, 24, 28]  # the stages' stamp indices
     print(
         f"{'stage (layer 1)':16s} {'work max us':>11s} {'work mean us':>12s} "
         f"{'barrier us':>10s} {'mean wait us':>12s}"
@@ -115,6 +123,7 @@ def stage_table(model: Any) -> None:
         )
     # inside each stage (layer 1, thread 0 of each block): mean / max us; for attention (the
     # blocks that run a unit) the columns are: heads + first key tile ready, scores + P.V, output
+    # (folded: heads + keys ready, scores + P.V + o_proj rows ready, products)
     print(
         f"{'inside (layer 1)':16s} {'staging':>13s} {'weights':>13s} {'row sums':>13s} "
         f"{'end->arrival':>13s}"
@@ -129,7 +138,7 @@ def stage_table(model: Any) -> None:
         )
         return
     for i, name in enumerate(names):
-        b = 16 + 4 * i
+        b = bases[i]
         # attention: the blocks that ran a unit (the others have no inner stamps)
         sel = [r for r in rows if all(r[b + j] for j in range(4))]
         sel = sel or [r for r in rows if r[b] and r[b + 3]]

@@ -147,8 +147,8 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     # int toc_decoder_step(void *decoder);
     "toc_decoder_step": (c_int, [c_void_p]),
     # int toc_decoder_info(void *decoder, int64_t *grid, int64_t *threads, int64_t *smem_bytes,
-    #                      int64_t *kv_splits);
-    "toc_decoder_info": (c_int, [c_void_p] + [POINTER(c_int64)] * 4),
+    #                      int64_t *kv_splits, int64_t *fold_keys);
+    "toc_decoder_info": (c_int, [c_void_p] + [POINTER(c_int64)] * 5),
     # int toc_decoder_profile(void *decoder, int first, int64_t *out);
     "toc_decoder_profile": (c_int, [c_void_p, c_int, POINTER(c_int64)]),
     # int toc_decoder_destroy(void *decoder);

@@ -566,8 +566,11 @@ typedef struct to_decoder_desc {
 TO_API int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_layer *layers, void **out);
 /* Launches one step on the current stream (capturable in a CUDA graph). */
 TO_API int toc_decoder_step(void *decoder);
+/* Launch shape (any output may be NULL); fold_keys: the longest context (keys, the new one
+ * included) whose step runs attention folded into o_proj (3 grid barriers per layer instead of
+ * 4), 0 if none does. */
 TO_API int toc_decoder_info(void *decoder, int64_t *grid, int64_t *threads, int64_t *smem_bytes,
-                            int64_t *kv_splits);
+                            int64_t *kv_splits, int64_t *fold_keys);
 /* Profiling: one synchronous step recording each block's arrival/departure times (ns) at barriers
  * first .. first + 7 into out[block * 64 + 2 * i (+ 1)], then layer 1's stage stamps (grid * 64
  * values; layout in decoder.cu, DK_PROF_STRIDE). */

@@ -234,6 +234,40 @@ def test_fused_attention_tiles_and_slice_merge(shaped: Any) -> None:
         CudaGraphDecoder(m, 64, fused=True, threads=100)
 
 
+def test_fused_step_switches_from_folded_to_split_attention(shaped: Any) -> None:
+    """With 32-key tiles, steps of up to 32 keys fold attention into o_proj (one kernel) and longer
+    ones do not (the other kernel): greedy tokens decoded across the switch equal the multi-kernel
+    step's, and so do the logits at a folded and at a split context."""
+    _, d, _ = shaped
+    m = load(d, device="cuda").model
+    prompt = torch.randint(0, 500, (20,), generator=torch.Generator().manual_seed(5)).tolist()
+    toks = {}
+    for fused in (True, False):
+        runner = CudaGraphDecoder(m, 64, chunk=8, fused=fused, attn_tile=32 if fused else 0)
+        if fused:
+            info = runner.fused_info()
+            assert info is not None
+            assert info["fold_keys"] == 32
+        runner.cache.length = 0
+        m.forward([(prompt, runner.cache)])
+        out: list[int] = []
+        tok, pos = 9, len(prompt)
+        while len(out) < 24:  # positions 20 .. 43: keys 21 .. 44
+            step = runner.greedy(tok, pos, 8)
+            out += step
+            tok, pos = step[-1], pos + 8
+        toks[fused] = out
+    assert toks[True] == toks[False]
+    for plen in (31, 40):  # 32 keys (folded) and 41 (split)
+        got = []
+        for fused in (True, False):
+            runner = CudaGraphDecoder(m, 64, fused=fused, attn_tile=32 if fused else 0)
+            runner.cache.length = 0
+            m.forward([((prompt * 2)[:plen], runner.cache)])
+            got.append(torch.tensor(runner.logits_after(7, plen).to("f32").tolist()))
+        assert float((got[0] - got[1]).norm() / got[1].norm()) < 1e-2, plen
+
+
 def test_fused_step_is_deterministic_and_chunked(shaped: Any) -> None:
     """Replaying the captured step gives the same tokens every time, whether the tokens are
     decoded in one graph launch sequence or chunk by chunk."""
@@ -265,7 +299,10 @@ def test_fused_step_profile_records_barriers(shaped: Any) -> None:
     runner = CudaGraphDecoder(m, 64, fused=True)
     info = runner.fused_info()
     assert info is not None
-    n_bar = min(8, 4 * len(m.layers))  # a step passes 4 L + 1 barriers; from the 2nd, 8 recorded
+    # a step passes 4 L + 1 barriers (3 L + 1 when attention is folded into o_proj); from the
+    # 2nd, 8 recorded
+    per_layer = 3 if info["fold_keys"] >= 4 else 4
+    n_bar = min(8, per_layer * len(m.layers))
     rows = runner.profile_stages(5, 3, first=1)
     assert len(rows) == info["grid"]
     assert all(len(r) == 64 for r in rows)

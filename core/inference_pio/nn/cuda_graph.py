@@ -368,15 +368,17 @@ class CudaGraphDecoder:
         self._fused = handle.value
 
     def fused_info(self) -> dict[str, int] | None:
-        """Launch shape of the fused step (grid, threads, shared memory, kv splits), or None."""
+        """Launch shape of the fused step (grid, threads, shared memory, kv splits, and
+        fold_keys: the longest context whose steps fold attention into o_proj, 0 if none), or
+        None."""
         if not self._fused:
             return None
-        vals = [ctypes.c_int64() for _ in range(4)]
+        vals = [ctypes.c_int64() for _ in range(5)]
         self.cuda.check(
             self.cuda.lib().toc_decoder_info(self._fused, *[ctypes.byref(v) for v in vals]),
             "toc_decoder_info",
         )
-        keys = ("grid", "threads", "smem_bytes", "kv_splits")
+        keys = ("grid", "threads", "smem_bytes", "kv_splits", "fold_keys")
         return {k: v.value for k, v in zip(keys, vals, strict=True)}
 
     def profile_stages(self, token: int, pos: int, first: int = 3) -> list[list[int]]:
@@ -384,7 +386,9 @@ class CudaGraphDecoder:
         64 times (ns): the arrival and departure at barriers ``first`` .. ``first + 7``
         (``[block][2 * i]`` arrival, ``[block][2 * i + 1]`` departure; barrier 3 is where
         layer 1 starts, each layer passes 4 barriers: after qkv, attention, o_proj, and
-        gate/up with down), then, in a library built with ``-DDK_STAGE_STAMPS=1``, layer 1's
+        gate/up with down; where the step folds attention into o_proj (``pos + 1 <=
+        fused_info()["fold_keys"]``) 3, and layer 1 starts at barrier 2), then, in a library
+        built with ``-DDK_STAGE_STAMPS=1``, layer 1's
         stamps ``[16 + 4 * stage + i]`` for stage qkv, attention, o_proj, gate/up (with down):
         after its barrier, after staging its input, after its (gate/up) weights and at its end
         (attention, in the blocks that run a unit: after its barrier, with the new token's heads

@@ -24,7 +24,9 @@
  *            rounded to bf16). This saves a barrier and a stage per layer (+3% / +1.4% tok/s for
  *            Qwen3-0.6B / 4B on an H200).
  * then RMSNorm + LM head with a packed greedy argmax, and the token feedback (next token, position,
- * step) in block 0. Rounding follows the op-by-op path: every intermediate that the separate ops
+ * step) in block 0. For contexts of at most one key tile, attention and o_proj are one stage
+ * (dk_att_o): 3 barriers per layer instead of 4. That step is a second instantiation of the kernel
+ * (FOLD), launched before the other in every step; each returns at once for the other's steps. Rounding follows the op-by-op path: every intermediate that the separate ops
  * store is rounded to the activation dtype at the same point. The down sums are the one place where
  * the order of float additions varies from run to run (atomics), so the last bits of d can too.
  *
@@ -66,22 +68,37 @@
 #define DK_GMAX 8     /* query heads per kv head, at most */
 #define DK_DMAX 8     /* head_dim / 32, at most */
 #define DK_ATT_SMEM (160 * 1024) /* shared memory for attention tiles (keys, values, scores) */
+#ifndef DK_FOLD
+#define DK_FOLD 1 /* attention folded into o_proj for short contexts (dk_att_o); 0: never */
+#endif
+#ifndef DK_FOLD_SMEM
+#define DK_FOLD_SMEM (256 * 1024) /* shared memory of the folded kernel, at most (and at most the device's) */
+#endif
+#ifndef DK_FOLD_FIRST
+#define DK_FOLD_FIRST (64 * 1024) /* o_proj bytes a folding block requests before its scores */
+#endif
 
 enum { DK_PLAIN = 0, DK_RES = 1, DK_SWIGLU = 2, DK_ARGMAX = 3 };
 
 struct DkState {
     to_decoder_desc d;
     const to_decoder_layer *layers; /* device copy */
-    void *x2, *qkv, *attn;          /* activations (act dtype) */
+    void *x2, *qkv, *attn;          /* activations (bf16) */
+    void *xres;                     /* fold: x, the layer's input before its norm (bf16) */
     float *dacc;                    /* [2][hidden] down_proj sums of even / odd layers (fp32) */
+    float *oacc;                    /* [2][hidden] o_proj sums of even / odd layers (fp32, fold) */
     const uint16_t *wdt;            /* down_proj transposed: [layer][intermediate][hidden] */
     float *ws;                      /* attention slices: [nh][nsplit][hd] then [nh][nsplit][2] */
     unsigned long long *bar;        /* [0] arrivals, [1] count at the end of the last launch */
     unsigned *att_cnt;              /* [nkv] finished slices */
+    int *fold_ran;                  /* whether the folded kernel computed the current step */
     unsigned long long *argmax;
     int nsplit;
     int qsplit; /* blocks per kv head's query heads (each takes G / qsplit of them) */
     int tk;   /* keys per attention tile in shared memory */
+    int fold_keys; /* attention folded into o_proj for contexts of at most this many keys (0: never) */
+    int frep;      /* fold: blocks per query head (each takes hidden / frep rows of o_proj) */
+    int fsmem;     /* fold: bytes of shared memory the stage may use */
     int kmax; /* floats of the staging area */
     unsigned long long *prof; /* profiling record [block][DK_PROF_STRIDE], or NULL */
     int prof_first;
@@ -95,6 +112,7 @@ struct DkGemv {
     int mode;
     const void *src;  /* input vector */
     const float *src2; /* or NULL: the input is src + round(src2) (the residual add of down) */
+    void *xout;        /* or NULL: this block's share of the input (before the norm) is stored here */
     const void *norm;
     float eps;
     void *y;
@@ -112,6 +130,7 @@ __device__ __forceinline__ float ldw(const void *p, int64_t i) {
     return bf2f(__ldg((const unsigned short *)p + i));
 }
 __device__ __forceinline__ void stb(void *p, int64_t i, float v) { ((uint16_t *)p)[i] = f2bf(v); }
+
 
 /* Grid barrier: a 64-bit arrival counter that only grows. A launch starts from the count saved in
  * bar[1] by the previous launch (after its last barrier, so every block has read it before it can
@@ -256,7 +275,7 @@ enum { DK_QKV = 0, DK_O = 1, DK_GU = 2, DK_LM = 4 };
 
 /* The GEMV of stage `which` of layer li (DK_LM: the LM head). src of layer 0's qkv: the token's
  * embedding row. */
-__device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, const void *erow) {
+__device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, const void *erow, bool fold) {
     const to_decoder_desc &d = st.d;
     const int64_t hid = d.hidden, nq = (int64_t)d.n_heads * d.head_dim,
                   nkvd = (int64_t)d.n_kv_heads * d.head_dim;
@@ -266,6 +285,7 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
     g.norm = nullptr;
     g.eps = 0.0f;
     g.src2 = nullptr;
+    g.xout = nullptr;
     g.n = g.s0 = hid;
     if (which == DK_LM) {
         g.w0 = (const uint16_t *)d.lm_head;
@@ -291,6 +311,7 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
         g.mode = DK_PLAIN;
         g.src = li == 0 ? erow : st.x2;
         g.src2 = li == 0 ? nullptr : st.dacc + (size_t)((li - 1) & 1) * hid;
+        g.xout = fold ? st.xres : nullptr; /* x, for the gate/up staging */
         g.norm = ly.input_norm;
         g.eps = ly.input_eps;
         g.y = st.qkv;
@@ -306,7 +327,13 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
         g.s0 = g.s1 = g.n = d.intermediate;
         g.k = hid;
         g.mode = DK_SWIGLU;
-        g.src = st.x2;
+        if (fold) { /* x2 = x + round(o sums) (dk_att_o), stored for the next layer */
+            g.src = st.xres;
+            g.src2 = st.oacc + (size_t)(li & 1) * hid;
+            g.xout = st.x2;
+        } else {
+            g.src = st.x2;
+        }
         g.norm = ly.post_norm;
         g.eps = ly.post_eps;
         g.y = nullptr; /* h stays in shared memory */
@@ -438,11 +465,11 @@ __device__ __forceinline__ float dk_resid(const DkState &st, int li, const void 
  * kernel); the stage is g = dk_make(st, li, which, erow). Each warp takes a
  * contiguous range of units, so its loads walk each row in order, the unit indices advance without
  * divisions, and a lane can sum a whole row run before one warp reduction. */
-template <int NT>
+template <int NT, bool FOLD>
 __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, const void *erow, float *smem,
                                         bool sync) {
     if (sync) dk_arrive<NT>(st); /* first: nothing below is written by this stage */
-    const DkGemv g = dk_make(st, li, which, erow);
+    const DkGemv g = dk_make(st, li, which, erow, FOLD);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int pb = 16 + 4 * (which == DK_QKV ? 0 : which + 1); /* profiling stamps */
     const int64_t k = g.k;
@@ -526,6 +553,11 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 float *dz = st.dacc + (size_t)((li + 1) & 1) * k;
 #pragma unroll 1
                 for (int64_t e = b * DK_THREADS + tid; e < k; e += nb * DK_THREADS) dz[e] = 0.0f;
+                if (FOLD) { /* likewise the o_proj sums */
+                    float *oz = st.oacc + (size_t)((li + 1) & 1) * k;
+#pragma unroll 1
+                    for (int64_t e = b * DK_THREADS + tid; e < k; e += nb * DK_THREADS) oz[e] = 0.0f;
+                }
             }
 
             /* stage the input (RMSNorm'd when asked); the first chunk's load is issued at once */
@@ -553,6 +585,17 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
 #pragma unroll
                     for (int e = 0; e < 8; e++) ss += f[e] * f[e];
                 }
+            }
+            if (FOLD && g.xout) { /* this block's share of the input before the norm, for a later
+                                    * stage: the chunks this thread staged (exact: bf16 values) */
+                const int xc0 = (int)(nv * b / nb), xc1 = (int)(nv * (b + 1) / nb);
+#pragma unroll 1
+                for (int c = tid; c < xc1; c += DK_THREADS)
+                    if (c >= xc0) {
+                        const float4 lo = xlo[c], hi = xhi[c];
+                        const float f[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+                        ((uint4 *)g.xout)[c] = pack_bf8(f);
+                    }
             }
             if (nw) {
                 ss = block_sum(ss, red);
@@ -1015,10 +1058,252 @@ __device__ __forceinline__ void dk_attention(const DkState &st, const to_decoder
     dk_stamp(st.prof, li, 23);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Attention folded into o_proj (contexts of at most st.fold_keys keys, one key tile): block b
+ * takes query head hq = b / R and rows [hidden r / R, hidden (r + 1) / R) of o_proj (r = b mod R,
+ * R = st.frep blocks per head), restricted to the head's hd columns. Each block computes its
+ * head's attention itself (the R blocks of a head compute the same values) and multiplies the
+ * result into its rows right away; the rows' sums are added to oacc with atomics and the gate/up
+ * staging adds them to the residual (x2 = x + round(o)). This removes a grid barrier, the o_proj
+ * staging and its row sums, and the attention stage in which most blocks had nothing to do. The
+ * o_proj weights do not depend on the step: they are copied into shared memory (cp.async) as soon
+ * as the new token's q, k and v rows have been read (after that the attention reads nothing from
+ * global memory that its result waits for), so they stream while the attention runs; rows that do
+ * not fit go into the key tile once the scores are done, and any rest after the products. The
+ * products run on CUDA cores, one thread per row. */
+struct DkFoldLayout {
+    int ks, vs, qs, s, kn, vn, wm, ls, op, xo, w; /* byte offsets */
+    int kstride; /* bf16 per key row and per weight row (hd + 8: no bank conflicts) */
+    int wrows;   /* weight rows in the area at w (a multiple of 16) */
+    int krows;   /* weight rows that fit the key tile once the scores are done (a multiple of 16) */
+};
+__host__ __device__ inline DkFoldLayout dk_fold_layout(int hd, int64_t kv, int nt, int smem) {
+    DkFoldLayout L;
+    L.kstride = hd + 8;
+    const int kvn = (int)kv, rowb = L.kstride * 2;
+    int o = 0;
+    L.ks = o, o += kvn * rowb;
+    L.vs = o, o += kvn * hd * 2;
+    L.qs = o, o += hd * 4;
+    L.s = o, o += ((kvn > hd ? kvn : hd) * 4 + 15) / 16 * 16; /* scores; first the new key row */
+    L.kn = o, o += hd * 2;
+    L.vn = o, o += hd * 2;
+    L.wm = o, o += (nt / 32) * 4;
+    L.ls = o, o += 32 * 4;
+    o = (o + 15) / 16 * 16;
+    L.op = o, o += 2 * nt * 4; /* P.V partials: key groups x hd */
+    L.xo = o, o += (hd * 2 + 15) / 16 * 16;
+    L.w = o;
+    L.wrows = smem > o ? (smem - o) / rowb / 16 * 16 : 0;
+    L.krows = kvn / 16 * 16;
+    return L;
+}
+
+/* Copies weight rows [r0, r0 + n) of o_proj, the head's columns [c0, c0 + hd), into the rows of a
+ * shared area (pitch kstride); asynchronous, committed as one group. */
 template <int NT>
+__device__ __forceinline__ void dk_fold_copy(const to_decoder_layer &ly, int64_t nq, int hd, int kstride,
+                                             char *area, int64_t r0, int n, int64_t c0) {
+    const int cpr = hd / 8;
+    const uint16_t *w = (const uint16_t *)ly.o_proj + r0 * nq + c0;
+#pragma unroll 1
+    for (int c = threadIdx.x; c < n * cpr; c += DK_THREADS) {
+        const int r = c / cpr, e = c - r * cpr;
+        dk_cp16(area + (r * kstride + e * 8) * 2, w + (int64_t)r * nq + e * 8);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+/* oacc[i] += (row i < n of the area) . xo for the head's share of o: one thread per row (rows are
+ * kstride apart, so the 8 lanes of a shared-memory phase read 8 different bank groups; xo is
+ * broadcast). Tensor cores (mma.sync) measured no faster here: the products are short and the
+ * atomics that follow them are what takes the time. */
+template <int NT>
+__device__ __forceinline__ void dk_fold_rows(const char *area, int n, int kstride, int hd, const uint16_t *xo,
+                                             float *oacc) {
+    const uint4 *xv = (const uint4 *)xo;
+#pragma unroll 1
+    for (int r = threadIdx.x; r < n; r += DK_THREADS) {
+        const uint4 *w = (const uint4 *)(area + (size_t)r * kstride * 2);
+        float acc = 0.0f;
+#pragma unroll 4
+        for (int c = 0; c < hd / 8; c++) {
+            float f[8], x[8];
+            bf8(w[c], f);
+            bf8(xv[c], x);
+#pragma unroll
+            for (int k = 0; k < 8; k++) acc += f[k] * x[k];
+        }
+        atomicAdd(oacc + r, acc);
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_layer &ly, int li, int64_t p, float *smem,
+                                         int skip) {
+    dk_arrive<NT>(st);
+    const int nh = st.d.n_heads, nkv = st.d.n_kv_heads, hd = st.d.head_dim, G = nh / nkv, R = st.frep;
+    const int64_t kv = p + 1, hid = st.d.hidden, cap = st.d.capacity, nq = (int64_t)nh * hd;
+    const int b = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const bool active = b < nh * R;
+    const int hq = b / R, rr = b - hq * R, h = hq / G;
+    const DkFoldLayout L = dk_fold_layout(hd, kv, DK_THREADS, st.fsmem);
+    char *sm = (char *)smem;
+    float *qs = (float *)(sm + L.qs), *S = (float *)(sm + L.s), *wm = (float *)(sm + L.wm);
+    float *lsm = (float *)(sm + L.ls), *op = (float *)(sm + L.op);
+    uint16_t *ks = (uint16_t *)(sm + L.ks), *vs = (uint16_t *)(sm + L.vs);
+    uint16_t *kn = (uint16_t *)(sm + L.kn), *vn = (uint16_t *)(sm + L.vn), *xo = (uint16_t *)(sm + L.xo);
+    const int64_t row0 = hid * rr / R, nrows = hid * (rr + 1) / R - row0;
+    float *oacc = st.oacc + (size_t)(li & 1) * hid + row0;
+    /* before the barrier: the cached keys and values (asynchronous) and the head constants */
+    DkHeadPre hpre;
+    if (active) {
+        DkAttLayout AL;
+        AL.ks = L.ks, AL.vs = L.vs, AL.kstride = L.kstride;
+        dk_att_tile_load<NT>(st, ly, AL, sm, h, 0, kv, p);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+        if (warp < 2) hpre = dk_head_pre(st, warp == 0 ? ly.q_norm : ly.k_norm, p);
+    }
+    dk_wait<NT>(st);
+    if (!active) return;
+    dk_stamp(st.prof, li, 20);
+    /* the new token's rows: warp 0 the query head, warp 1 the key (appended by one block per kv
+     * head), warp 2 the value */
+    const bool app = hq % G == 0 && rr == 0;
+    const int64_t qkv_k = nq + (int64_t)h * hd, qkv_v = qkv_k + (int64_t)nkv * hd;
+    if (warp < 2) dk_head(st, st.qkv, warp == 0 ? (int64_t)hq * hd : qkv_k, ly.q_norm != nullptr, ly.qk_eps, hpre,
+                          warp == 0 ? qs : S);
+    if (warp == 1) {
+#pragma unroll 1
+        for (int d = lane; d < hd; d += 32) {
+            const uint16_t v = f2bf(S[d]);
+            if (app) ((uint16_t *)ly.k_cache)[((int64_t)h * cap + p) * hd + d] = v;
+            kn[d] = v;
+        }
+    } else if (warp == 2) {
+#pragma unroll 1
+        for (int d = lane; d < hd; d += 32) {
+            const uint16_t v = __ldcg((const uint16_t *)st.qkv + qkv_v + d);
+            if (app) ((uint16_t *)ly.v_cache)[((int64_t)h * cap + p) * hd + d] = v;
+            vn[d] = v;
+        }
+    }
+    __syncthreads();
+    /* the o_proj rows stream into shared memory while the attention runs: DK_FOLD_FIRST bytes now
+     * (more would stall the issuing threads until copies finish), the rest after the scores; the
+     * weight area takes na rows, the key tile nbk more once it is free */
+    const int na = (int)(nrows < L.wrows ? nrows : L.wrows);
+    int n1 = DK_FOLD_FIRST / (hd * 2);
+    if (n1 > na) n1 = na;
+    const int64_t c0 = (int64_t)hq * hd;
+    dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w, row0, n1, c0);
+    asm volatile("cp.async.wait_group 1;" ::: "memory"); /* the keys and values */
+    if (tid < hd) {
+        ks[p * L.kstride + tid] = kn[tid];
+        vs[p * hd + tid] = vn[tid];
+    }
+    __syncthreads();
+    dk_stamp(st.prof, li, 21);
+    const bool att = !(skip & 2);
+    /* scores, one thread per key */
+    {
+        const int j = tid;
+        float sc = -INFINITY;
+        if (att && warp * 32 < kv) {
+            const uint4 *kr = (const uint4 *)(ks + (j < kv ? j : 0) * L.kstride);
+            const float4 *q4 = (const float4 *)qs;
+            float a = 0.0f;
+#pragma unroll 2
+            for (int c = 0; c < hd / 8; c++) {
+                float kf[8];
+                bf8(kr[c], kf);
+                const float4 x = q4[2 * c], y = q4[2 * c + 1];
+                a += x.x * kf[0] + x.y * kf[1] + x.z * kf[2] + x.w * kf[3] + y.x * kf[4] + y.y * kf[5] +
+                     y.z * kf[6] + y.w * kf[7];
+            }
+            if (j < kv) {
+                sc = a * st.d.attn_scale;
+                S[j] = sc;
+            }
+        }
+        sc = warp_max(sc);
+        if (lane == 0) wm[warp] = sc;
+    }
+    __syncthreads();
+    /* the rest of the rows that fit the weight area, then the key tile (free now) */
+    if (na > n1) dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w + n1 * L.kstride * 2, row0 + n1, na - n1, c0);
+    const int nbk = (int)(nrows - na < L.krows ? nrows - na : L.krows);
+    if (nbk > 0) dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.ks, row0 + na, nbk, c0);
+    /* softmax and P.V: thread -> (key group, pair of dims) */
+    const int pairs = hd / 2, kgs = DK_THREADS / pairs;
+    if (att && tid < kgs * pairs) {
+        const int kg = tid / pairs, dp = tid - kg * pairs;
+        const int j0 = (int)(kv * kg / kgs), j1 = (int)(kv * (kg + 1) / kgs);
+        float m = -INFINITY;
+#pragma unroll 4
+        for (int w = 0; w < DK_WARPS; w++) m = fmaxf(m, wm[w]);
+        const uint32_t *vp = (const uint32_t *)vs + dp;
+        float a0 = 0.0f, a1 = 0.0f, ls = 0.0f;
+#pragma unroll 2
+        for (int j = j0; j < j1; j++) {
+            const float pj = __expf(S[j] - m);
+            const uint32_t v2 = vp[j * pairs];
+            ls += pj;
+            a0 += pj * __uint_as_float(v2 << 16);
+            a1 += pj * __uint_as_float(v2 & 0xffff0000u);
+        }
+        op[kg * hd + 2 * dp] = a0;
+        op[kg * hd + 2 * dp + 1] = a1;
+        if (dp == 0) lsm[kg] = ls;
+    }
+    __syncthreads();
+    if (tid < hd) { /* the head's output, rounded like the op path's attention output */
+        float O = 0.0f, Ls = 0.0f;
+#pragma unroll 1
+        for (int kg = 0; kg < kgs; kg++) {
+            O += op[kg * hd + tid];
+            Ls += lsm[kg];
+        }
+        xo[tid] = f2bf(Ls > 0.0f ? O / Ls : 0.0f);
+    }
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    __syncthreads();
+    dk_stamp(st.prof, li, 22);
+    if (skip & 4) return;
+    dk_fold_rows<NT>(sm + L.w, na, L.kstride, hd, xo, oacc);
+    if (nbk > 0) dk_fold_rows<NT>(sm + L.ks, nbk, L.kstride, hd, xo, oacc + na);
+    /* rows that fit neither area (large hidden sizes), a batch at a time */
+#pragma unroll 1
+    for (int64_t r = na + nbk; r < nrows && L.wrows > 0; r += L.wrows) {
+        const int n = (int)(nrows - r < L.wrows ? nrows - r : L.wrows);
+        __syncthreads();
+        dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w, row0 + r, n, (int64_t)hq * hd);
+        asm volatile("cp.async.wait_group 0;" ::: "memory");
+        __syncthreads();
+        dk_fold_rows<NT>(sm + L.w, n, L.kstride, hd, xo, oacc + r);
+    }
+    dk_stamp(st.prof, li, 23);
+}
+
+/* The step kernel. With FOLD it computes steps whose context fits st.fold_keys (attention folded
+ * into o_proj, dk_att_o) and returns at once for longer ones; without, it computes the others
+ * (and every step where nothing folds). Both run in every step, the folded one first: each is
+ * compiled on its own, so the folded stage costs the other no registers. */
+template <int NT, bool FOLD>
 __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __grid_constant__ DkState st) {
     extern __shared__ __align__(16) float smem[];
     const to_decoder_desc &d = st.d;
+    {
+        const int32_t p0 = __ldcg(d.counters + 1);
+        if (FOLD) {
+            if ((int64_t)p0 + 1 > st.fold_keys) { /* not this kernel's step: the other one runs */
+                if (blockIdx.x == 0 && threadIdx.x == 0) *st.fold_ran = 0;
+                return;
+            }
+        } else if (st.fold_keys > 0 && __ldcg(st.fold_ran)) {
+            return; /* the folded kernel computed this step */
+        }
+    }
     if (threadIdx.x == DK_BAR_T) { /* the barrier state: the barrier thread's alone */
         dk_target = __ldcg(st.bar + 1);
         dk_nbar = 0;
@@ -1037,22 +1322,29 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __gri
     for (int s = 0; s < nsteps; s++) {
         const int li = s >> 2, stage = s & 3;
         if (s < nsteps - 1 && stage == 1) {
-            dk_attention<NT>(st, st.layers[li], pos, smem, !(skip & 2), li);
+            if (FOLD)
+                dk_att_o<NT>(st, st.layers[li], li, pos, smem, skip);
+            else
+                dk_attention<NT>(st, st.layers[li], pos, smem, !(skip & 2), li);
             continue;
         }
+        if (FOLD && s < nsteps - 1 && stage == 2) continue; /* o_proj ran with the attention */
         const bool lm = s == nsteps - 1;
         const int which = lm ? DK_LM : stage == 0 ? DK_QKV : stage == 2 ? DK_O : DK_GU;
         const int bit = lm ? 32 : stage == 0 ? 1 : stage == 2 ? 4 : 8;
         if (skip & bit) {
             if (s > 0) dk_sync<NT>(st);
         } else {
-            dk_gemv<NT>(st, lm ? 0 : li, which, erow, smem, s > 0);
+            dk_gemv<NT, FOLD>(st, lm ? 0 : li, which, erow, smem, s > 0);
         }
     }
     dk_sync<NT>(st);
     /* the last layer's down sums are read: zero them (the next step's layer 0 starts from zero) */
     for (int64_t e = (int64_t)blockIdx.x * DK_THREADS + threadIdx.x; e < d.hidden; e += (int64_t)gridDim.x * DK_THREADS)
         st.dacc[(size_t)((d.n_layers - 1) & 1) * d.hidden + e] = 0.0f;
+    if (FOLD) /* likewise the o_proj sums */
+        for (int64_t e = (int64_t)blockIdx.x * DK_THREADS + threadIdx.x; e < d.hidden; e += (int64_t)gridDim.x * DK_THREADS)
+            st.oacc[(size_t)((d.n_layers - 1) & 1) * d.hidden + e] = 0.0f;
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         /* token feedback: next token, tokens[step], step + 1, position + 1, argmax reset */
         unsigned long long v = *(volatile unsigned long long *)st.argmax;
@@ -1063,6 +1355,7 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __gri
         d.counters[2] = s + 1;
         d.counters[1] = pos + 1;
         *st.argmax = 0;
+        if (FOLD) *st.fold_ran = 1; /* the other kernel skips this step */
     }
     if (blockIdx.x == 0 && threadIdx.x == DK_BAR_T) {
         st.bar[1] = dk_target; /* where the next launch's barriers start */
@@ -1076,6 +1369,7 @@ typedef void (*DkKernel)(const DkState);
 struct TocDecoder {
     DkState st;
     DkKernel kernel;
+    DkKernel kernel_fold; /* or NULL: launched before kernel in every step (see decoder_step_kernel) */
     int threads;
     int dev;
     unsigned grid;
@@ -1194,23 +1488,49 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     TOC_CHECK(d.attn_tile >= 0 && d.attn_splits >= 0, TO_ERR_INVALID_ARGUMENT,
               "toc_decoder_create: attn_tile and attn_splits must be >= 0");
     if (d.attn_tile > 0 && d.attn_tile < tk) tk = d.attn_tile;
-    const size_t smem = (size_t)(gemv_bytes > att_bytes ? gemv_bytes : att_bytes);
+    size_t smem = (size_t)(gemv_bytes > att_bytes ? gemv_bytes : att_bytes);
+    /* attention folded into o_proj (see dk_att_o) for contexts of one key tile, when every query
+     * head has a block and the stage's shared memory holds the tile and 16 weight rows at least */
+    const int grid_n = toc_sm_count(), frep = grid_n / d.n_heads;
+    const DkKernel kernel = nt == 384 ? decoder_step_kernel<384, false> : decoder_step_kernel<512, false>;
+    const DkKernel kernel_fold = nt == 384 ? decoder_step_kernel<384, true> : decoder_step_kernel<512, true>;
+    int fold_keys = 0, fsmem = 0;
+    {
+        cudaFuncAttributes fa;
+        TOC_CUDA(cudaFuncGetAttributes(&fa, kernel_fold), "cudaFuncGetAttributes");
+        /* shared memory of the folded kernel: what is not shared memory is L1, which also holds
+         * the data of the weight loads in flight */
+        fsmem = smem_cap - (int)fa.sharedSizeBytes;
+        if (fsmem > DK_FOLD_SMEM) fsmem = DK_FOLD_SMEM;
+        if (fsmem < (int)smem) fsmem = (int)smem;
+        if (DK_FOLD && frep >= 1 && fsmem <= smem_cap - (int)fa.sharedSizeBytes &&
+            dk_fold_layout(d.head_dim, tk, nt, fsmem).wrows >= 16)
+            fold_keys = tk;
+    }
     TOC_CHECK((int64_t)smem <= smem_cap, TO_ERR_UNSUPPORTED,
               "toc_decoder_create: needs %zu bytes of shared memory per block (device allows %d)",
               smem, smem_cap);
-    const DkKernel kernel = nt == 384 ? decoder_step_kernel<384> : decoder_step_kernel<512>;
     TOC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)smem),
              "cudaFuncSetAttribute");
+    if (fold_keys)
+        TOC_CUDA(cudaFuncSetAttribute(kernel_fold, cudaFuncAttributeMaxDynamicSharedMemorySize, fsmem),
+                 "cudaFuncSetAttribute");
     int per_sm = 0;
     TOC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, nt, smem),
              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     TOC_CHECK(per_sm >= 1, TO_ERR_UNSUPPORTED, "toc_decoder_create: the step kernel does not fit a multiprocessor");
+    if (fold_keys) {
+        TOC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_fold, nt, (size_t)fsmem),
+                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+        if (per_sm < 1) fold_keys = 0; /* the folded kernel does not fit: the other one computes every step */
+    }
 
     TocDecoder *dec = new (std::nothrow) TocDecoder();
     TOC_CHECK(dec, TO_ERR_OUT_OF_MEMORY, "toc_decoder_create: out of host memory");
     dec->dev = dev;
     dec->kernel = kernel;
+    dec->kernel_fold = fold_keys ? kernel_fold : nullptr;
     dec->threads = nt;
     dec->grid = (unsigned)toc_sm_count();
     dec->smem = smem;
@@ -1219,16 +1539,19 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     st.kmax = (int)kmax;
     st.tk = tk;
     st.qsplit = qsplit;
+    st.fold_keys = fold_keys;
+    st.frep = frep > 0 ? frep : 1;
+    st.fsmem = fsmem;
     int ns = (int)(dec->grid / (d.n_kv_heads * qsplit)); /* one (kv head, group, slice) unit per block */
     if (ns > d.capacity) ns = d.capacity;
     if (d.attn_splits > 0 && ns > d.attn_splits) ns = d.attn_splits;
     if (ns < 1) ns = 1;
     st.nsplit = ns;
     const int asz = d.act_dtype == TO_F32 ? 4 : 2;
-    const size_t act_bytes = (size_t)(d.hidden + nq + 2 * nkvd + nq + 64) * asz;
+    const size_t act_bytes = (size_t)(2 * d.hidden + nq + 2 * nkvd + nq + 64) * asz; /* x2, xres, ... */
     const size_t ws_bytes = (size_t)d.n_heads * ns * (d.head_dim + 2) * 4;
     const size_t cnt_bytes = ((size_t)d.n_kv_heads * 4 + 15) / 16 * 16;
-    const size_t ctl_bytes = 256 + cnt_bytes + 2 * (size_t)d.hidden * 4;
+    const size_t ctl_bytes = 256 + cnt_bytes + 4 * (size_t)d.hidden * 4; /* + dacc, oacc */
     const size_t lay_bytes = (size_t)d.n_layers * sizeof(to_decoder_layer);
     const size_t wdt_bytes = (size_t)d.n_layers * d.intermediate * d.hidden * 2;
     int rc = toc_malloc(act_bytes + 256, &dec->allocs[0]);
@@ -1248,14 +1571,17 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
         return p;
     };
     st.x2 = take(d.hidden);
+    st.xres = take(d.hidden);
     st.qkv = take(nq + 2 * nkvd);
     st.attn = take(nq);
     st.ws = (float *)dec->allocs[1];
     char *ctl = (char *)dec->allocs[2];
     st.bar = (unsigned long long *)ctl;
     st.argmax = (unsigned long long *)(ctl + 64);
+    st.fold_ran = (int *)(ctl + 128);
     st.att_cnt = (unsigned *)(ctl + 256);
     st.dacc = (float *)(ctl + 256 + cnt_bytes);
+    st.oacc = st.dacc + 2 * d.hidden;
     st.layers = (const to_decoder_layer *)dec->allocs[3];
     st.wdt = (const uint16_t *)dec->allocs[4];
     cudaStream_t s = toc_stream();
@@ -1298,18 +1624,24 @@ TOC_EXPORT int toc_decoder_step(void *decoder) {
     attr[0].val.cooperative = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
+    if (dec->kernel_fold) {
+        cfg.dynamicSmemBytes = (size_t)dec->st.fsmem;
+        TOC_CUDA(cudaLaunchKernelEx(&cfg, dec->kernel_fold, dec->st), "toc_decoder_step: launch");
+        cfg.dynamicSmemBytes = dec->smem;
+    }
     TOC_CUDA(cudaLaunchKernelEx(&cfg, dec->kernel, dec->st), "toc_decoder_step: launch");
     return TO_OK;
 }
 
 TOC_EXPORT int toc_decoder_info(void *decoder, int64_t *grid, int64_t *threads, int64_t *smem_bytes,
-                                int64_t *kv_splits) {
+                                int64_t *kv_splits, int64_t *fold_keys) {
     TOC_CHECK(decoder, TO_ERR_INVALID_ARGUMENT, "toc_decoder_info: NULL decoder");
     const TocDecoder *dec = (const TocDecoder *)decoder;
     if (grid) *grid = dec->grid;
     if (threads) *threads = dec->threads;
     if (smem_bytes) *smem_bytes = (int64_t)dec->smem;
     if (kv_splits) *kv_splits = dec->st.nsplit;
+    if (fold_keys) *fold_keys = dec->st.fold_keys;
     return TO_OK;
 }
 
@@ -1340,6 +1672,11 @@ TOC_EXPORT int toc_decoder_profile(void *decoder, int first, int64_t *out) {
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     cudaError_t e = cudaMemsetAsync(buf, 0, n * 8, s);
+    if (e == cudaSuccess && dec->kernel_fold) {
+        cfg.dynamicSmemBytes = (size_t)dec->st.fsmem;
+        e = cudaLaunchKernelEx(&cfg, dec->kernel_fold, st);
+        cfg.dynamicSmemBytes = dec->smem;
+    }
     if (e == cudaSuccess) e = cudaLaunchKernelEx(&cfg, dec->kernel, st);
     if (e == cudaSuccess) e = cudaMemcpyAsync(out, buf, n * 8, cudaMemcpyDeviceToHost, s);
     if (e == cudaSuccess) e = cudaStreamSynchronize(s);
