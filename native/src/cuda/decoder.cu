@@ -59,11 +59,19 @@
 #define DK_LWARPS (NT / 32 - 1) /* warps of the down share and attention tile copies (not the barrier warp's) */
 #define DK_BAR_T (NT - 32)      /* the barrier thread (lane 0 of the last warp) */
 #define DK_MAX_THREADS 512
+#ifndef DK_SMALL_LAYER
 #define DK_SMALL_LAYER (512 * 1024) /* bytes of a layer's weights per block: at most this, 384 threads */
+#endif
 /* units (one 16-byte load per lane each) in flight per warp: 6 in the 384-thread kernel
  * (Qwen3-0.6B on an H200: 1105 tok/s against 1094 with 8, 1097 with 7, 1072 with 5), 8 in the
  * 512-thread one */
-#define DK_U (NT == 384 ? 6 : 8)
+#ifndef DK_U384
+#define DK_U384 6
+#endif
+#ifndef DK_U512
+#define DK_U512 8
+#endif
+#define DK_U (NT == 384 ? DK_U384 : DK_U512)
 #define DK_PART 8192  /* unit sums per row batch (floats of shared memory) */
 #define DK_GMAX 8     /* query heads per kv head, at most */
 #define DK_DMAX 8     /* head_dim / 32, at most */
@@ -1092,7 +1100,7 @@ __host__ __device__ inline DkFoldLayout dk_fold_layout(int hd, int64_t kv, int n
     L.ls = o, o += 32 * 4;
     o = (o + 15) / 16 * 16;
     L.op = o, o += 2 * nt * 4; /* P.V partials: key groups x hd */
-    L.xo = o, o += (hd * 2 + 15) / 16 * 16;
+    L.xo = o, o += hd * 4; /* the head's output (floats of bf16 values) */
     L.w = o;
     L.wrows = smem > o ? (smem - o) / rowb / 16 * 16 : 0;
     L.krows = kvn / 16 * 16;
@@ -1115,26 +1123,28 @@ __device__ __forceinline__ void dk_fold_copy(const to_decoder_layer &ly, int64_t
 }
 
 /* oacc[i] += (row i < n of the area) . xo for the head's share of o: one thread per row (rows are
- * kstride apart, so the 8 lanes of a shared-memory phase read 8 different bank groups; xo is
- * broadcast). Tensor cores (mma.sync) measured no faster here: the products are short and the
- * atomics that follow them are what takes the time. */
+ * kstride apart, so the 8 lanes of a shared-memory phase read 8 different bank groups; xo, as
+ * floats, is broadcast), four partial sums so that the products are not one dependent chain.
+ * Measured no faster: the products on tensor cores (mma.sync), and vector atomics of four rows. */
 template <int NT>
-__device__ __forceinline__ void dk_fold_rows(const char *area, int n, int kstride, int hd, const uint16_t *xo,
+__device__ __forceinline__ void dk_fold_rows(const char *area, int n, int kstride, int hd, const float *xo,
                                              float *oacc) {
-    const uint4 *xv = (const uint4 *)xo;
+    const float4 *x4 = (const float4 *)xo;
 #pragma unroll 1
     for (int r = threadIdx.x; r < n; r += DK_THREADS) {
         const uint4 *w = (const uint4 *)(area + (size_t)r * kstride * 2);
-        float acc = 0.0f;
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
 #pragma unroll 4
         for (int c = 0; c < hd / 8; c++) {
-            float f[8], x[8];
+            float f[8];
             bf8(w[c], f);
-            bf8(xv[c], x);
-#pragma unroll
-            for (int k = 0; k < 8; k++) acc += f[k] * x[k];
+            const float4 x = x4[2 * c], y = x4[2 * c + 1];
+            a0 += f[0] * x.x + f[4] * y.x;
+            a1 += f[1] * x.y + f[5] * y.y;
+            a2 += f[2] * x.z + f[6] * y.z;
+            a3 += f[3] * x.w + f[7] * y.w;
         }
-        atomicAdd(oacc + r, acc);
+        atomicAdd(oacc + r, (a0 + a1) + (a2 + a3));
     }
 }
 
@@ -1152,7 +1162,8 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
     float *qs = (float *)(sm + L.qs), *S = (float *)(sm + L.s), *wm = (float *)(sm + L.wm);
     float *lsm = (float *)(sm + L.ls), *op = (float *)(sm + L.op);
     uint16_t *ks = (uint16_t *)(sm + L.ks), *vs = (uint16_t *)(sm + L.vs);
-    uint16_t *kn = (uint16_t *)(sm + L.kn), *vn = (uint16_t *)(sm + L.vn), *xo = (uint16_t *)(sm + L.xo);
+    uint16_t *kn = (uint16_t *)(sm + L.kn), *vn = (uint16_t *)(sm + L.vn);
+    float *xo = (float *)(sm + L.xo);
     const int64_t row0 = hid * rr / R, nrows = hid * (rr + 1) / R - row0;
     float *oacc = st.oacc + (size_t)(li & 1) * hid + row0;
     /* before the barrier: the cached keys and values (asynchronous) and the head constants */
@@ -1264,7 +1275,7 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
             O += op[kg * hd + tid];
             Ls += lsm[kg];
         }
-        xo[tid] = f2bf(Ls > 0.0f ? O / Ls : 0.0f);
+        xo[tid] = rbf(Ls > 0.0f ? O / Ls : 0.0f);
     }
     asm volatile("cp.async.wait_group 0;" ::: "memory");
     __syncthreads();
