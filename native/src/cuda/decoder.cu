@@ -764,6 +764,20 @@ __device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t
     __syncwarp();
 }
 
+/* Softmax weights and P.V over keys [j0, j1) for one pair of dims: ls += p_j, (a0, a1) += p_j v_j
+ * with p_j = exp(S[j] - m); vp points at the pair in key 0's value row (stride: pairs per row). */
+__device__ __forceinline__ void dk_pv(const float *S, float m, const uint32_t *vp, int stride, int j0, int j1,
+                                      float &a0, float &a1, float &ls) {
+#pragma unroll 2
+    for (int j = j0; j < j1; j++) {
+        const float pj = __expf(S[j] - m);
+        const uint32_t v2 = vp[j * stride];
+        ls += pj;
+        a0 += pj * __uint_as_float(v2 << 16);
+        a1 += pj * __uint_as_float(v2 & 0xffff0000u);
+    }
+}
+
 /* Asynchronous 16-byte copy global -> shared (L2 only); dk_cp_wait completes this thread's. */
 __device__ __forceinline__ void dk_cp16(void *smem_dst, const void *src) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem_dst);
@@ -971,14 +985,7 @@ __device__ __forceinline__ void dk_attention(const DkState &st, const to_decoder
                     const float a = mo == -INFINITY ? 0.0f : __expf(mo - mn), *Sg = S + g * tk;
                     const uint32_t *vp = (const uint32_t *)vs + dp;
                     float a0 = acc[r][0] * a, a1 = acc[r][1] * a, ls = 0.0f;
-#pragma unroll 2
-                    for (int j = j0; j < j1; j++) {
-                        const float pj = __expf(Sg[j] - mn);
-                        const uint32_t v2 = vp[j * hp2];
-                        ls += pj;
-                        a0 += pj * __uint_as_float(v2 << 16);
-                        a1 += pj * __uint_as_float(v2 & 0xffff0000u);
-                    }
+                    dk_pv(Sg, mn, vp, hp2, j0, j1, a0, a1, ls);
                     acc[r][0] = a0;
                     acc[r][1] = a1;
                     if (dp == 0) {
@@ -1255,14 +1262,7 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
         for (int w = 0; w < DK_WARPS; w++) m = fmaxf(m, wm[w]);
         const uint32_t *vp = (const uint32_t *)vs + dp;
         float a0 = 0.0f, a1 = 0.0f, ls = 0.0f;
-#pragma unroll 2
-        for (int j = j0; j < j1; j++) {
-            const float pj = __expf(S[j] - m);
-            const uint32_t v2 = vp[j * pairs];
-            ls += pj;
-            a0 += pj * __uint_as_float(v2 << 16);
-            a1 += pj * __uint_as_float(v2 & 0xffff0000u);
-        }
+        dk_pv(S, m, vp, pairs, j0, j1, a0, a1, ls);
         op[kg * hd + 2 * dp] = a0;
         op[kg * hd + 2 * dp + 1] = a1;
         if (dp == 0) lsm[kg] = ls;
