@@ -15,6 +15,8 @@
 #                  the working tree; untracked, not ignored files travel with it; do not rely on
 #                  git there)
 #   TESTS=name     run tests/gpu against that build first (base: the working tree)
+#   CHECK=1        in the first round, each build's fused-step logits at the real sizes are also
+#                  compared with the multi-kernel step's (CHECK lines; no rate if they differ)
 set -uo pipefail
 ROUNDS=${ROUNDS:-2}
 MODELS=${MODELS:-0.6b,4b}
@@ -56,8 +58,11 @@ out=/tmp/gpu-ab-rates.txt; : > "$out"
 for r in $(seq "$ROUNDS"); do
   for n in "${NAMES[@]}"; do
     [ -f "${LIB[$n]}" ] || continue
-    INFERENCE_PIO_LIB=${LIB[$n]} timeout 200 python3 benchmarks/gpu_decode_rate.py "$n" --models "$MODELS" \
-      >/tmp/gpu-ab-run.log 2>&1
+    extra=()
+    [ "$r" = 1 ] && [ -n "${CHECK:-}" ] && extra=(--check)
+    INFERENCE_PIO_LIB=${LIB[$n]} timeout 300 python3 benchmarks/gpu_decode_rate.py "$n" --models "$MODELS" \
+      "${extra[@]}" >/tmp/gpu-ab-run.log 2>&1
+    grep '^CHECK' /tmp/gpu-ab-run.log
     grep '^RATE' /tmp/gpu-ab-run.log | tee -a "$out" || { echo "no rate for $n:"; tail -3 /tmp/gpu-ab-run.log; }
   done
 done

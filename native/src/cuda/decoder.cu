@@ -80,7 +80,7 @@
 #define DK_FOLD 1 /* attention folded into o_proj for short contexts (dk_att_o); 0: never */
 #endif
 #ifndef DK_FOLD_SMEM
-#define DK_FOLD_SMEM (256 * 1024) /* shared memory of the folded kernel, at most (and at most the device's) */
+#define DK_FOLD_SMEM 0 /* shared memory of the folded kernel if more than the other kernel's */
 #endif
 #ifndef DK_FOLD_FIRST
 #define DK_FOLD_FIRST (64 * 1024) /* o_proj bytes a folding block requests before its scores */
@@ -1155,6 +1155,54 @@ __device__ __forceinline__ void dk_fold_rows(const char *area, int n, int kstrid
     }
 }
 
+/* The rows of a folding block that fit in neither shared area come straight from global memory:
+ * a row takes 16 lanes (hd <= 128) or 32, one 16-byte chunk each, and a warp has DK_FOLD_TU row
+ * slots loaded at once (dk_tail_load, issued before P.V so that they arrive meanwhile);
+ * dk_tail_rows then sums each row over its lanes and adds it to oacc. */
+#ifndef DK_FOLD_TU
+#define DK_FOLD_TU 8
+#endif
+struct DkTail {
+    uint4 v[DK_FOLD_TU];
+};
+template <int NT>
+__device__ __forceinline__ int dk_tail_row(int hd, int r0, int u) {
+    const int lane = threadIdx.x & 31, lpr = hd <= 128 ? 16 : 32;
+    return r0 + ((threadIdx.x >> 5) * DK_FOLD_TU + u) * (32 / lpr) + lane / lpr;
+}
+template <int NT>
+__device__ __forceinline__ DkTail dk_tail_load(const to_decoder_layer &ly, int64_t nq, int hd, int64_t grow0, int64_t c0,
+                                               int r0, int r1) {
+    const int lpr = hd <= 128 ? 16 : 32, c = (threadIdx.x & 31) % lpr;
+    DkTail t;
+#pragma unroll
+    for (int u = 0; u < DK_FOLD_TU; u++) {
+        const int r = dk_tail_row<NT>(hd, r0, u);
+        t.v[u] = r < r1 && c < hd / 8 ? ld_stream((const uint4 *)((const uint16_t *)ly.o_proj + (grow0 + r) * nq + c0) + c)
+                                      : make_uint4(0, 0, 0, 0);
+    }
+    return t;
+}
+template <int NT>
+__device__ __forceinline__ void dk_tail_rows(const DkTail &t, int hd, const float *xo, float *oacc, int r0, int r1) {
+    const int lpr = hd <= 128 ? 16 : 32, lane = threadIdx.x & 31, c = lane % lpr;
+    const float4 *x4 = (const float4 *)xo;
+    const int cc = c < hd / 8 ? c : 0;
+    const float4 xa = x4[2 * cc], xb = x4[2 * cc + 1];
+#pragma unroll
+    for (int u = 0; u < DK_FOLD_TU; u++) {
+        float f[8];
+        bf8(t.v[u], f);
+        float a = f[0] * xa.x + f[1] * xa.y + f[2] * xa.z + f[3] * xa.w + f[4] * xb.x + f[5] * xb.y + f[6] * xb.z +
+                  f[7] * xb.w;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            if (o < lpr) a += __shfl_xor_sync(0xffffffffu, a, o);
+        const int r = dk_tail_row<NT>(hd, r0, u);
+        if (c == 0 && r < r1) atomicAdd(oacc + r, a);
+    }
+}
+
 template <int NT>
 __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_layer &ly, int li, int64_t p, float *smem,
                                          int skip) {
@@ -1252,6 +1300,12 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
     if (na > n1) dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w + n1 * L.kstride * 2, row0 + n1, na - n1, c0);
     const int nbk = (int)(nrows - na < L.krows ? nrows - na : L.krows);
     if (nbk > 0) dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.ks, row0 + na, nbk, c0);
+    /* the first batch of the rows beyond both areas, into registers (the 512-thread kernel; the
+     * 384-thread one copies them into shared memory after the products, see below) */
+    const int TB = DK_WARPS * DK_FOLD_TU * (hd <= 128 ? 2 : 1); /* rows per tail batch */
+    const int t0 = na + nbk;
+    DkTail tail;
+    if (NT == 512) tail = dk_tail_load<NT>(ly, nq, hd, row0, c0, t0, (int)min((int64_t)t0 + TB, nrows));
     /* softmax and P.V: thread -> (key group, pair of dims) */
     const int pairs = hd / 2, kgs = DK_THREADS / pairs;
     if (att && tid < kgs * pairs) {
@@ -1283,15 +1337,23 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
     if (skip & 4) return;
     dk_fold_rows<NT>(sm + L.w, na, L.kstride, hd, xo, oacc);
     if (nbk > 0) dk_fold_rows<NT>(sm + L.ks, nbk, L.kstride, hd, xo, oacc + na);
-    /* rows that fit neither area (large hidden sizes), a batch at a time */
+    if (NT == 512) { /* the rows beyond both areas, a batch of TB at a time from registers */
 #pragma unroll 1
-    for (int64_t r = na + nbk; r < nrows && L.wrows > 0; r += L.wrows) {
-        const int n = (int)(nrows - r < L.wrows ? nrows - r : L.wrows);
-        __syncthreads();
-        dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w, row0 + r, n, (int64_t)hq * hd);
-        asm volatile("cp.async.wait_group 0;" ::: "memory");
-        __syncthreads();
-        dk_fold_rows<NT>(sm + L.w, n, L.kstride, hd, xo, oacc + r);
+        for (int r = t0; r < nrows; r += TB) {
+            if (r > t0) tail = dk_tail_load<NT>(ly, nq, hd, row0, c0, r, (int)min((int64_t)r + TB, nrows));
+            dk_tail_rows<NT>(tail, hd, xo, oacc, r, (int)min((int64_t)r + TB, nrows));
+        }
+    } else { /* a shared-memory batch at a time (the registers are what the 384-thread kernel's
+              * code generation is sensitive to: +1.8% for Qwen3-0.6B on an H100 without this) */
+#pragma unroll 1
+        for (int64_t r = t0; r < nrows && L.wrows > 0; r += L.wrows) {
+            const int n = (int)(nrows - r < L.wrows ? nrows - r : L.wrows);
+            __syncthreads();
+            dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w, row0 + r, n, c0);
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
+            __syncthreads();
+            dk_fold_rows<NT>(sm + L.w, n, L.kstride, hd, xo, oacc + r);
+        }
     }
     dk_stamp(st.prof, li, 23);
 }
@@ -1509,14 +1571,19 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     {
         cudaFuncAttributes fa;
         TOC_CUDA(cudaFuncGetAttributes(&fa, kernel_fold), "cudaFuncGetAttributes");
-        /* shared memory of the folded kernel: what is not shared memory is L1, which also holds
-         * the data of the weight loads in flight */
-        fsmem = smem_cap - (int)fa.sharedSizeBytes;
-        if (fsmem > DK_FOLD_SMEM) fsmem = DK_FOLD_SMEM;
-        if (fsmem < (int)smem) fsmem = (int)smem;
-        if (DK_FOLD && frep >= 1 && fsmem <= smem_cap - (int)fa.sharedSizeBytes &&
-            dk_fold_layout(d.head_dim, tk, nt, fsmem).wrows >= 16)
-            fold_keys = tk;
+        /* shared memory of the folded kernel: all of it where a block's o_proj rows fit beside a
+         * full key tile (Qwen3-0.6B: all rows arrive during the attention), else as much as the
+         * other kernel's (Qwen3-4B): what is not shared memory is L1, which also holds the data
+         * of the weight loads in flight (227 KB made the other stages 1.8% slower on an H200),
+         * and the rows that do not fit come from global memory after the attention */
+        const int full = smem_cap - (int)fa.sharedSizeBytes;
+        const int64_t rows = frep >= 1 ? (d.hidden + frep - 1) / frep : 0;
+        const DkFoldLayout lf = dk_fold_layout(d.head_dim, tk, nt, full);
+        fsmem = lf.wrows >= rows ? full : (int)smem;
+        if (DK_FOLD_SMEM) fsmem = DK_FOLD_SMEM < full ? DK_FOLD_SMEM : full;
+        if (DK_FOLD && frep >= 1 && fsmem >= (int)smem)
+            for (int kv = tk; kv >= 32 && !fold_keys; kv -= 32)
+                if (dk_fold_layout(d.head_dim, kv, nt, fsmem).wrows >= 16) fold_keys = kv;
     }
     TOC_CHECK((int64_t)smem <= smem_cap, TO_ERR_UNSUPPORTED,
               "toc_decoder_create: needs %zu bytes of shared memory per block (device allows %d)",
