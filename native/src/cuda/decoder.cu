@@ -1084,8 +1084,11 @@ __device__ __forceinline__ void dk_attention(const DkState &st, const to_decoder
  * o_proj weights do not depend on the step: they are copied into shared memory (cp.async) as soon
  * as the new token's q, k and v rows have been read (after that the attention reads nothing from
  * global memory that its result waits for), so they stream while the attention runs; rows that do
- * not fit go into the key tile once the scores are done, and any rest after the products. The
- * products run on CUDA cores, one thread per row. */
+ * not fit go into the key tile once the scores are done, and any rest into registers before P.V
+ * (512-thread kernel) or through shared memory after the products (384). The folded kernel takes
+ * all shared memory only where every row fits beside a full key tile: otherwise the L1 left to
+ * the other stages' loads in flight is worth more (see the host side). The products run on CUDA
+ * cores, one thread per row. */
 struct DkFoldLayout {
     int ks, vs, qs, s, kn, vn, wm, ls, op, xo, w; /* byte offsets */
     int kstride; /* bf16 per key row and per weight row (hd + 8: no bank conflicts) */
