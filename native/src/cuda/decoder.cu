@@ -43,7 +43,7 @@
  * invalidates L1, so a stack value is read back from L2 after each barrier. That rules out
  * loop-indexed local arrays, structs whose address an out-of-line helper takes (pass and return
  * by value instead) and output pointers to locals; the 384-thread kernel has no stack frame
- * (removing 256 B of it gave +9% for Qwen3-0.6B), the 512-thread one spills 48 B. Each stage
+ * (removing 256 B of it gave +9% for Qwen3-0.6B), the 512-thread one spills 48 B (72 B folded). Each stage
  * function has one call site in the step loop and is inlined: no calling-convention saves around
  * it (+6% for both models on an H200 against out-of-line stages). */
 #include <new>
