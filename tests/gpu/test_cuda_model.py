@@ -268,6 +268,45 @@ def test_fused_step_switches_from_folded_to_split_attention(shaped: Any) -> None
         assert float((got[0] - got[1]).norm() / got[1].norm()) < 1e-2, plen
 
 
+def test_fused_step_folds_o_proj_rows_beyond_shared_memory(tmp_path: Path) -> None:
+    """64 query heads of dim 128 and hidden 2056: a folding block's o_proj rows (about 1000 of
+    2056, 272 bytes each) do not fit in shared memory, so the 512-thread kernel takes the rest into
+    registers in several batches and the 384-thread kernel through shared memory after its
+    products. Greedy tokens equal transformers', and the logits of both kernels match the
+    multi-kernel step's."""
+    ref = _make(
+        tmp_path,
+        torch.bfloat16,
+        seed=17,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=128,
+        hidden_size=2056,
+        intermediate_size=512,
+        num_hidden_layers=2,
+    )
+    gpu = load(tmp_path, device="cuda")
+    m = gpu.model
+    prompt = torch.randint(0, 500, (40,), generator=torch.Generator().manual_seed(7)).tolist()
+    want = _hf_greedy(ref, prompt, 8)
+    got = gpu.generate(prompt, max_new_tokens=8, temperature=0.0, ignore_eos=True).token_ids
+    assert got == want
+    logits = {}
+    for threads in (0, 384, 512):
+        runner = CudaGraphDecoder(m, 64, fused=threads > 0, threads=threads)
+        if threads:
+            info = runner.fused_info()
+            assert info is not None
+            assert info["fold_keys"] >= len(prompt) + 1
+        runner.cache.length = 0
+        m.forward([(prompt, runner.cache)])
+        logits[threads] = torch.tensor(runner.logits_after(7, len(prompt)).to("f32").tolist())
+    for threads in (384, 512):
+        err = float((logits[threads] - logits[0]).norm() / logits[0].norm())
+        assert err < 1e-2, (threads, err)
+        assert int(logits[threads].argmax()) == int(logits[0].argmax())
+
+
 def test_fused_step_is_deterministic_and_chunked(shaped: Any) -> None:
     """Replaying the captured step gives the same tokens every time, whether the tokens are
     decoded in one graph launch sequence or chunk by chunk."""
