@@ -176,7 +176,12 @@ def main() -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--prompt", type=int, default=32, help="prompt tokens before the decode")
+    ap.add_argument("--new", type=int, default=128, help="greedy tokens decoded")
+    ap.add_argument("--prefill", type=int, default=2048, help="tokens of the prefill row")
     args = ap.parse_args()
+    if args.prompt < 1 or args.new < 2 or args.prefill < 1:
+        ap.error("--prompt and --prefill must be >= 1, --new >= 2")
     if not cuda.is_available():
         print(f"GPU benchmark skipped: CUDA unavailable: {cuda.unavailable_reason()}")
         return 0
@@ -193,7 +198,7 @@ def main() -> int:
     for name in args.models.split(","):
         cfg_dict = real_config(name)
         model, cfg = build_ours(cfg_dict)
-        ours = bench_ours(model, cfg, 32, 128, 2048)
+        ours = bench_ours(model, cfg, args.prompt, args.new, args.prefill)
         print(f"[{name}] ours {ours}", flush=True)
         del model
         import gc
@@ -203,17 +208,17 @@ def main() -> int:
         hf: dict[str, float] = {}
         if not args.no_hf:
             try:
-                hf = bench_hf(cfg_dict, 32, 128, 2048, not args.no_compile)
+                hf = bench_hf(cfg_dict, args.prompt, args.new, args.prefill, not args.no_compile)
             except Exception as exc:  # report, keep going
                 print(f"[{name}] transformers failed: {type(exc).__name__}: {exc}", flush=True)
         print(f"[{name}] transformers {hf}", flush=True)
-        nbytes = decode_bytes(cfg, 32 + 64)
+        nbytes = decode_bytes(cfg, args.prompt + args.new // 2)  # the mean context
         rows.append((name, ours, hf, nbytes))
     print()
     print(
         f"GPU benchmark on {info['name']} (copy bandwidth {bw:.0f} GB/s, read bandwidth "
-        f"{rbw:.0f} GB/s; % of BW is of the read bandwidth); decode: 128 tokens after 32, "
-        "batch 1, greedy; prefill: 2048 tokens"
+        f"{rbw:.0f} GB/s; % of BW is of the read bandwidth); decode: {args.new} tokens after "
+        f"{args.prompt}, batch 1, greedy; prefill: {args.prefill} tokens"
     )
     hdr = (
         f"{'model':6} {'metric':8} {'ours tok/s':>11} {'HF eager':>9} {'HF compiled':>12} "

@@ -15,6 +15,7 @@
 #                  the working tree; untracked, not ignored files travel with it; do not rely on
 #                  git there)
 #   TESTS=name     run tests/gpu against that build first (base: the working tree)
+#   PROMPT=N       context before the timed tokens (default 32: the attention folds into o_proj)
 #   CHECK=1        in the first round, each build's fused-step logits at the real sizes are also
 #                  compared with the multi-kernel step's (CHECK lines; no rate if they differ)
 set -uo pipefail
@@ -60,7 +61,7 @@ for r in $(seq "$ROUNDS"); do
     [ -f "${LIB[$n]}" ] || continue
     extra=()
     [ "$r" = 1 ] && [ -n "${CHECK:-}" ] && extra=(--check)
-    INFERENCE_PIO_LIB=${LIB[$n]} timeout 300 python3 benchmarks/gpu_decode_rate.py "$n" --models "$MODELS" \
+    INFERENCE_PIO_LIB=${LIB[$n]} timeout 300 python3 benchmarks/gpu_decode_rate.py "$n" --models "$MODELS" --prompt "${PROMPT:-32}" \
       "${extra[@]}" >/tmp/gpu-ab-run.log 2>&1
     grep '^CHECK' /tmp/gpu-ab-run.log
     grep '^RATE' /tmp/gpu-ab-run.log | tee -a "$out" || { echo "no rate for $n:"; tail -3 /tmp/gpu-ab-run.log; }

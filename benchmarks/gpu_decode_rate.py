@@ -5,8 +5,10 @@ One line per call, for `benchmarks/gpu_ab.sh`, which times several builds altern
     RATE <label> 0.6b <tok/s> 4b <tok/s>
 
 Each model: synthetic real-size bf16 weights, a captured fused step, a warm-up, then the median
-of 5 runs of 128 greedy tokens after a 32-token prompt (the decode row of benchmark_gpu.py).
-With --check, first the fused step's logits after prompts of 40 and 160 tokens are compared with
+of 5 runs of 128 greedy tokens after a 32-token prompt (the decode row of benchmark_gpu.py;
+--prompt N for longer contexts).
+With --check, first the fused step's logits after prompts of 40 and 160 tokens (and --prompt's
+length where it is longer) are compared with
 the multi-kernel step's (relative error and argmax; printed as a CHECK line, and the exit status is
 1 if the argmax differs or the error exceeds 5e-2): a kernel variant that is fast but wrong at the
 real size shows up here. The two paths round at the same points but sum in different orders, and
@@ -28,24 +30,24 @@ from benchmark_gpu import build_ours, real_config, replay_rate
 
 from inference_pio.nn.cuda_graph import CudaGraphDecoder
 
-PROMPT, NEW, RUNS = 32, 128, 5
+NEW, RUNS = 128, 5
 
 
-def rate(name: str, threads: int) -> float:
+def rate(name: str, threads: int, prompt: int) -> float:
     """Median tok/s of the fused step for model `name` (see the module docstring)."""
     model, _ = build_ours(real_config(name))
-    runner = CudaGraphDecoder(model, PROMPT + NEW + 1, chunk=NEW, fused=True, threads=threads)
-    runner.greedy(5, PROMPT, 8)  # warm-up
-    rates = [replay_rate(runner, PROMPT, NEW) for _ in range(RUNS)]
+    runner = CudaGraphDecoder(model, prompt + NEW + 1, chunk=NEW, fused=True, threads=threads)
+    runner.greedy(5, prompt, 8)  # warm-up
+    rates = [replay_rate(runner, prompt, NEW) for _ in range(RUNS)]
     del runner, model
     return statistics.median(rates)
 
 
-def check(model: Any, threads: int) -> tuple[float, bool]:
+def check(model: Any, threads: int, prompt: int) -> tuple[float, bool]:
     """Worst relative logits error of the fused step against the multi-kernel step, and whether
-    every argmax agrees, after prompts of 40 and 160 tokens."""
+    every argmax agrees, after prompts of 40, 160 and (if longer) `prompt` tokens."""
     worst, same = 0.0, True
-    for plen in (40, 160):
+    for plen in (40, 160, *((prompt,) if prompt > 160 else ())):
         prompt = [(7 * i + 11) % 100000 for i in range(plen)]
         got = []
         for fused in (True, False):
@@ -66,6 +68,7 @@ def main() -> int:
     ap.add_argument("label", help="name printed with the rates (the build's variant)")
     ap.add_argument("--models", default="0.6b,4b")
     ap.add_argument("--threads", type=int, default=0, help="0: the decoder's own choice")
+    ap.add_argument("--prompt", type=int, default=32, help="context before the timed tokens")
     ap.add_argument(
         "--check", action="store_true", help="compare logits with the multi-kernel step"
     )
@@ -74,7 +77,7 @@ def main() -> int:
         bad = False
         for m in args.models.split(","):
             model, _ = build_ours(real_config(m))
-            err, same = check(model, args.threads)
+            err, same = check(model, args.threads, args.prompt)
             bad = bad or err > 5e-2 or not same
             print(
                 f"CHECK {args.label} {m} rel_err {err:.2e} argmax {'same' if same else 'DIFFERENT'}"
@@ -82,7 +85,7 @@ def main() -> int:
             del model
         if bad:
             return 1
-    parts = [f"{m} {rate(m, args.threads):.1f}" for m in args.models.split(",")]
+    parts = [f"{m} {rate(m, args.threads, args.prompt):.1f}" for m in args.models.split(",")]
     print(f"RATE {args.label} " + " ".join(parts), flush=True)
     return 0
 

@@ -212,12 +212,12 @@ def test_fused_step_matches_transformers_and_multi_kernel(
 
 
 def test_fused_attention_tiles_and_slice_merge(shaped: Any) -> None:
-    """Small attention tiles and two key slices per kv head (several tiles per slice, online
-    softmax across tiles, the slice merge) give the same logits as the one-tile default and the
-    multi-kernel step."""
+    """Small attention tiles and several key slices per kv head (several tiles per slice, online
+    softmax across tiles, the slice merge, 12 slices with all query heads of a kv head on each
+    block) give the same logits as the one-tile default and the multi-kernel step."""
     _, d, _ = shaped
     m = load(d, device="cuda").model
-    prompt = torch.randint(0, 500, (300,), generator=torch.Generator().manual_seed(3)).tolist()
+    prompt = torch.randint(0, 500, (450,), generator=torch.Generator().manual_seed(3)).tolist()
 
     def logits(**kw: Any) -> Any:
         runner = CudaGraphDecoder(m, 512, **kw)
@@ -226,7 +226,8 @@ def test_fused_attention_tiles_and_slice_merge(shaped: Any) -> None:
         return torch.tensor(runner.logits_after(7, len(prompt)).to("f32").tolist())
 
     multi = logits(fused=False)
-    for tile, splits, threads in ((32, 2, 0), (64, 0, 512), (0, 1, 384), (96, 3, 512), (0, 0, 512)):
+    cases = ((32, 2, 0), (64, 0, 512), (0, 1, 384), (96, 3, 512), (0, 0, 512), (32, 12, 0))
+    for tile, splits, threads in cases:
         got = logits(fused=True, attn_tile=tile, attn_splits=splits, threads=threads)
         assert float((got - multi).norm() / multi.norm()) < 1e-2, (tile, splits, threads)
         assert int(got.argmax()) == int(multi.argmax()), (tile, splits, threads)
