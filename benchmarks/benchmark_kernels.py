@@ -3,7 +3,9 @@
 Prints one table: read bandwidth (1 and N threads; native probe vs a torch sum), bf16 GEMV at the
 real decode shapes of Qwen3-0.6B and Qwen3-4B (GB/s of weights and fraction of the measured
 bandwidth), bf16 GEMM at M=512 (GFLOP/s and fraction of the measured AVX512-BF16 peak), and
-attention decode/prefill when ``inference_pio.ops.attention`` is available. Weights rotate over
+attention decode/prefill when ``inference_pio.ops.attention`` is available, and token sampling
+over a 151936-entry vocabulary (ours against transformers' logits warpers + torch.multinomial,
+what it runs per token on the host). Weights rotate over
 enough copies (>= 256 MB) that GEMV reads come from DRAM, not L3, like real decode.
 
 Every measurement interleaves ours and torch for ``--rounds`` rounds and reports the fastest
@@ -237,6 +239,58 @@ def bench_attention(rounds: int, attention: Callable[..., Tensor]) -> None:
     row(f"attn prefill T={t} causal (ms)", "ms", a * 1e3, sa, b * 1e3, sb, note)
 
 
+SAMPLING_CASES = [  # (label, temperature, top_k, top_p, min_p)
+    ("T=0.7 top_k=20 top_p=0.8 (Qwen3 chat)", 0.7, 20, 0.8, 0.0),
+    ("T=0.6 top_p=0.95", 0.6, 0, 0.95, 0.0),
+    ("T=1.0 (no truncation)", 1.0, 0, 1.0, 0.0),
+    ("T=1.0 min_p=0.05", 1.0, 0, 1.0, 0.05),
+    ("greedy", 0.0, 0, 1.0, 0.0),
+]
+
+
+def bench_sampling(rounds: int) -> None:
+    """One token drawn from bf16 logits of Qwen3's vocabulary (a few peaks over Gaussian noise,
+    roughly the shape of a language model's distribution)."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from inference_pio.sampling import Sampler, SamplingParams
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 151936, generator=g) * 2.0
+    logits[0, torch.randint(0, 151936, (8,), generator=g)] += 12.0
+    lb = logits.bfloat16()
+    ours_t = wrap(lb[0].contiguous())
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    for label, temp, top_k, top_p, min_p in SAMPLING_CASES:
+        sampler = Sampler(
+            SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=1)
+        )
+        procs = LogitsProcessorList()
+        if temp > 0:
+            procs.append(TemperatureLogitsWarper(temp))
+            if top_k:
+                procs.append(TopKLogitsWarper(top_k))
+            if top_p < 1.0:
+                procs.append(TopPLogitsWarper(top_p))
+            if min_p:
+                procs.append(MinPLogitsWarper(min_p))
+
+        def ref(procs: LogitsProcessorList = procs, temp: float = temp) -> int:
+            scores = procs(ids, lb.float())
+            if temp == 0:
+                return int(scores.argmax())
+            return int(torch.multinomial(torch.softmax(scores, dim=-1), 1))
+
+        a, sa, b, sb = compare(rounds, lambda s=sampler: s.sample(ours_t), ref)
+        row(f"sample {label} (us)", "us", a * 1e6, sa, b * 1e6, sb, "(lower is better)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -277,6 +331,7 @@ def main() -> None:
         print("attention: no inference_pio.ops attention op in this build (skipped)")
     else:
         bench_attention(rounds, attention)
+    bench_sampling(rounds)
 
 
 if __name__ == "__main__":

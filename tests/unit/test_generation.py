@@ -66,6 +66,57 @@ def test_sampler_support_and_frequencies_match_hf(options: dict[str, Any]) -> No
         assert abs(counts[i] / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 2e-3, (i, p)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"temperature": 0.7, "top_p": 0.9},
+        {"temperature": 1.0},
+        {"temperature": 0.6, "top_k": 20, "top_p": 0.95},
+        {"temperature": 1.0, "min_p": 0.1},
+    ],
+)
+def test_sampler_on_a_large_vocabulary_matches_hf(options: dict[str, Any]) -> None:
+    """A 20000-token vocabulary with a few dominant logits: the sampler leaves out most tokens
+    before ordering the rest (weights below what the nucleus could need), which must not change
+    which tokens can be drawn or how often."""
+    rng = random.Random(3)
+    logits = [rng.gauss(0, 1.5) for _ in range(20000)]
+    for i, bump in ((17, 9.0), (4000, 8.5), (12345, 8.0), (19999, 7.0)):
+        logits[i] += bump
+    t = Tensor.from_list(logits, DType.bfloat16)
+    rounded = t.tolist()
+    support = _hf_support(rounded, **options)
+    sampler = Sampler(SamplingParams(seed=11, **options))
+    n = 3000
+    counts = Counter(sampler.sample(t) for _ in range(n))
+    assert set(counts) <= support
+    temp = options["temperature"]
+    z = sum(math.exp(rounded[i] / temp) for i in support)
+    for i in sorted(support, key=lambda j: -rounded[j])[:6]:
+        p = math.exp(rounded[i] / temp) / z
+        assert abs(counts[i] / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 2e-3, (i, p)
+
+
+def test_penalised_greedy_over_a_long_history() -> None:
+    """Penalties over 3000 history tokens of a 50000-token vocabulary: the argmax of the
+    adjusted logits (HF's rules), first index on ties."""
+    rng = random.Random(4)
+    logits = [rng.gauss(0, 1) for _ in range(50000)]
+    logits[777] = 6.0
+    logits[778] = 5.5
+    history = [rng.randrange(50000) for _ in range(3000)] + [777, 777]
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.3, frequency_penalty=0.2)
+    sampler = Sampler(params, prompt_ids=history)
+    counts = Counter(history)
+    adjusted = list(logits)
+    for i, c in counts.items():
+        v = logits[i]
+        v = v / 1.3 if v > 0 else v * 1.3
+        adjusted[i] = v - 0.2 * c
+    want = max(range(len(adjusted)), key=lambda i: (adjusted[i], -i))
+    assert sampler.sample(Tensor.from_list(logits)) == want
+
+
 def test_greedy_takes_first_maximum_and_bf16_logits() -> None:
     sampler = Sampler(SamplingParams(temperature=0.0))
     assert sampler.sample(Tensor.from_list([1.0, 3.0, 3.0, 2.0])) == 1
