@@ -104,6 +104,17 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
         assert len(r.token_ids) == new, len(r.token_ids)
         rates.append(r.decode_tokens_per_s)
     decode = statistics.median(rates[1:])
+    # sampled decode with Qwen3's generation_config defaults (T 0.6, top-k 20, top-p 0.95): each
+    # token's logits go to the host sampler, so this row shows that path's cost per token
+    sampled_params = SamplingParams(
+        temperature=0.6, top_k=20, top_p=0.95, seed=0, max_new_tokens=new, ignore_eos=True
+    )
+    srates = []
+    for _ in range(3):
+        results = []
+        for _ in cuda_stream_generate(model, _NoText(), prompt, sampled_params, (), results.append):
+            pass
+        srates.append(results[0].decode_tokens_per_s)
     # pure graph replay rates (no Python per token): the default fused one-kernel step and the
     # multi-kernel step
     runner = _runner(model, prompt_len + new + 1)
@@ -117,6 +128,7 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
     times = [prefill_seconds(model, big) for _ in range(3)]
     return {
         "decode": decode,
+        "sampled": statistics.median(srates[1:]),
         "graph": graph_rate,
         "fused_graph": fused_rate,
         "prefill": prefill / min(times[1:]),
@@ -218,7 +230,8 @@ def main() -> int:
     print(
         f"GPU benchmark on {info['name']} (copy bandwidth {bw:.0f} GB/s, read bandwidth "
         f"{rbw:.0f} GB/s; % of BW is of the read bandwidth); decode: {args.new} tokens after "
-        f"{args.prompt}, batch 1, greedy; prefill: {args.prefill} tokens"
+        f"{args.prompt}, batch 1, greedy (sampled: T 0.6, top-k 20, top-p 0.95); prefill: "
+        f"{args.prefill} tokens"
     )
     hdr = (
         f"{'model':6} {'metric':8} {'ours tok/s':>11} {'HF eager':>9} {'HF compiled':>12} "
@@ -239,6 +252,11 @@ def main() -> int:
                 f"{name:6} {label:8} {ours[key]:11.1f} {'':9} {'':12} {ours[key] / e:8.2f} "
                 f"{ours[key] / c:10.2f} {'':9} {gf:7.1f}%"
             )
+        # sampled (host sampler per token): its fraction of our greedy rate, not transformers'
+        print(
+            f"{name:6} {'sampled':8} {ours['sampled']:11.1f} {'':9} {'':12} {'':8} {'':10} "
+            f"{'':9} {'':8} ({ours['sampled'] / ours['decode']:.2f} of greedy)"
+        )
         ep = hf.get("eager_prefill", math.nan)
         print(
             f"{name:6} {'prefill':8} {ours['prefill']:11.0f} {ep:9.0f} {'':12} "
