@@ -123,9 +123,14 @@ class Sampler:
             self._counts[token] += 1
 
     def sample(self, logits: Tensor) -> int:
-        """One token id from a logits row [vocab] (f32 or bf16, contiguous, CPU)."""
+        """One token id from a logits row [vocab] (f32 or bf16; a device tensor is copied to the
+        host first: the sampler runs on the CPU)."""
         if logits.dtype not in (DType.float32, DType.bfloat16) or logits.ndim != 1:
             raise ValueError(f"logits must be a 1-d f32/bf16 tensor, got {logits}")
+        if logits.device.type != "cpu":
+            logits = logits.to("cpu")
+        elif not logits.is_contiguous():
+            logits = logits.contiguous()
         p = self.params
         n_hist = 0
         ids_buf: Any = None

@@ -137,6 +137,20 @@ def test_sampled_decode_runs(ckpt: Any) -> None:
     assert r1.token_ids == r2.token_ids
 
 
+def test_sampler_takes_device_logits() -> None:
+    """A logits row on the device is copied to the host sampler (not read as host memory)."""
+    from inference_pio.dtypes import DType
+    from inference_pio.sampling import Sampler, SamplingParams
+    from inference_pio.tensor import Tensor
+
+    host = Tensor.from_list([0.5, -1.0, 4.0, 2.0], DType.bfloat16)
+    dev = host.to("cuda:0")
+    assert Sampler(SamplingParams(temperature=0.0)).sample(dev) == 2
+    a = [Sampler(SamplingParams(temperature=0.9, seed=3)).sample(dev) for _ in range(5)]
+    b = [Sampler(SamplingParams(temperature=0.9, seed=3)).sample(host) for _ in range(5)]
+    assert a == b
+
+
 # Shapes for the fused one-kernel decode step: query heads per kv head 1 / 3 / 4 / 8, head_dim
 # 64 / 96 / 128 / 256, hidden and intermediate sizes that are not multiples of the GEMV unit
 # (256 elements), more layers than the tiny default.

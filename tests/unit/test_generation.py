@@ -120,6 +120,10 @@ def test_penalised_greedy_over_a_long_history() -> None:
 def test_greedy_takes_first_maximum_and_bf16_logits() -> None:
     sampler = Sampler(SamplingParams(temperature=0.0))
     assert sampler.sample(Tensor.from_list([1.0, 3.0, 3.0, 2.0])) == 1
+    # a strided row (a column of a [3, 2] matrix) is read by element, not as raw memory
+    column = Tensor.from_list([0.0, 5.0, 1.0, 2.0, 3.0, 0.5]).reshape(3, 2).transpose(0, 1)[0]
+    assert not column.is_contiguous()
+    assert sampler.sample(column) == 2
     assert sampler.sample(Tensor.from_list([0.5, -1.0, 2.0], DType.bfloat16)) == 2
 
 
