@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
-from collections import Counter
+from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,23 +104,34 @@ class Sampler:
         self.params = params
         seed = params.seed if params.seed is not None else int.from_bytes(_urandom8(), "little")
         self._rng = ctypes.c_uint64(seed & 0xFFFFFFFFFFFFFFFF)
-        self._counts: Counter[int] = Counter()
         self._uses_history = (
             params.repetition_penalty != 1.0
             or params.presence_penalty != 0.0
             or params.frequency_penalty != 0.0
         )
+        # the history the native sampler reads: distinct ids and how often each was generated,
+        # kept as int32 arrays that grow by one entry per new id (no rebuild per token)
+        self._hist_ids = array("i")
+        self._hist_counts = array("i")
+        self._slot: dict[int, int] = {}
         if params.repetition_penalty != 1.0:
             # HF's repetition penalty covers the prompt too; presence/frequency only generated text.
-            self._prompt_ids = set(prompt_ids)
-        else:
-            self._prompt_ids = set()
+            for t in prompt_ids:
+                self._slot_of(int(t))
         self._out = ctypes.c_int64()
+
+    def _slot_of(self, token: int) -> int:
+        s = self._slot.get(token)
+        if s is None:
+            s = self._slot[token] = len(self._hist_ids)
+            self._hist_ids.append(token)
+            self._hist_counts.append(0)
+        return s
 
     def observe(self, token: int) -> None:
         """Records a generated token (for the penalties)."""
         if self._uses_history:
-            self._counts[token] += 1
+            self._hist_counts[self._slot_of(token)] += 1
 
     def sample(self, logits: Tensor) -> int:
         """One token id from a logits row [vocab] (f32 or bf16; a device tensor is copied to the
@@ -132,16 +143,12 @@ class Sampler:
         elif not logits.is_contiguous():
             logits = logits.contiguous()
         p = self.params
-        n_hist = 0
+        n_hist = len(self._hist_ids) if self._uses_history else 0
         ids_buf: Any = None
         counts_buf: Any = None
-        if self._uses_history:
-            hist = dict(self._counts)
-            for t in self._prompt_ids:
-                hist.setdefault(t, 0)
-            n_hist = len(hist)
-            ids_buf = (ctypes.c_int32 * n_hist)(*hist.keys())
-            counts_buf = (ctypes.c_int32 * n_hist)(*hist.values())
+        if n_hist:
+            ids_buf = (ctypes.c_int32 * n_hist).from_buffer(self._hist_ids)
+            counts_buf = (ctypes.c_int32 * n_hist).from_buffer(self._hist_counts)
         check(
             lib().to_sample(
                 logits.data_ptr,
