@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA, run the GPU tests, print the benchmark table.
-# Usage: bash benchmarks/gpu_run.sh [benchmark args...]   (OUT=dir keeps logs)
+# Usage: bash benchmarks/gpu_run.sh [benchmark args...]   (OUT=dir keeps logs; LONG_PROMPT=4096
+# adds the decode table after a 4096-token context)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 ARCH=${CUDA_ARCH:-90}
@@ -19,6 +20,11 @@ if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
 fi
 timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 -o faulthandler_timeout=60 tests/gpu ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log" | tail -${TAIL:-25}
 [ -n "${NO_BENCH:-}" ] || timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
+# LONG_PROMPT=N: the decode table again after an N-token context (prefill row of 256 tokens)
+if [ -n "${LONG_PROMPT:-}" ]; then
+  timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py --prompt "$LONG_PROMPT" --prefill 256 \
+    --json "$OUT/bench_long.json" "$@" 2>&1 | tee "$OUT/bench_long.log"
+fi
 # PDL_TOO=1: the model tests and the benchmark again with programmatic dependent launch of GEMVs
 if [ -n "${PDL_TOO:-}" ]; then
   INFERENCE_PIO_CUDA_PDL=1 timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 \
