@@ -184,7 +184,7 @@ OP_PROTOTYPES: dict[str, Prototype] = {
     for name, proto in PROTOTYPES.items()
     if name.startswith("to_")
     and name not in _HOST_ONLY
-    and not name.startswith(("to_tok_", "to_st_", "to_image_", "to_memory_"))
+    and not name.startswith(("to_tok_", "to_st_", "to_memory_"))
 }
 
 H2D, D2H, D2D = 1, 2, 3

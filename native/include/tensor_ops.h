@@ -470,7 +470,12 @@ TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, i
  * toc_rms_norm, toc_layer_norm, toc_rope_cache(_mrope/_2d), toc_rope_apply, toc_scale, toc_silu,
  * toc_sigmoid, toc_exp, toc_softplus, toc_gelu, toc_swiglu, toc_add_row, toc_mul_rows,
  * toc_softmax, toc_argmax, toc_topk, toc_cumsum, toc_where, toc_embedding, toc_attention,
- * toc_kv_cache_append. Work runs in order on one stream per device (the calling thread's current
+ * toc_kv_cache_append, toc_add_rms_norm, toc_qk_norm_rope, toc_linear_group, toc_causal_conv1d,
+ * toc_patchify, toc_image_normalize (mean and std stay host arrays), toc_moe_route_softmax,
+ * toc_moe_route_sigmoid (at most 4096 experts), toc_moe_gather_rows, toc_moe_scatter_add and
+ * toc_moe_group_by_expert (indices are checked on the device; an out-of-range one is skipped and
+ * reported after the launch, except while a graph is being captured). No device twin yet:
+ * to_sample (the host samples copied logits) and to_image_resize. Work runs in order on one stream per device (the calling thread's current
  * device); errors are thread-local in the CUDA library (toc_last_error), and kernel execution
  * errors surface at the next synchronising call. GPU-specific deviations: toc_embedding writes
  * zeros for an out-of-range id (Python validates ids), toc_topk does not reject NaN. */

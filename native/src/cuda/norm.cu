@@ -501,3 +501,41 @@ TOC_EXPORT int toc_cumsum(const void *x, void *out, int64_t rows, int64_t dim, i
     TOC_LAUNCHED("cumsum_kernel");
     return TO_OK;
 }
+
+/* ---- composites, as on the CPU (src/cpu/norm.c, rope.c): the same ops one after the other, so
+ * the same results ---- */
+extern "C" int toc_add(const void *a, const void *b, void *out, int64_t n, int dtype);
+
+TOC_EXPORT int toc_add_rms_norm(void *x, const void *delta, const void *w, void *out, int64_t rows, int64_t dim,
+                                float eps, int variant, int x_dtype, int w_dtype, int out_dtype) {
+    TOC_CHECK(x && delta, TO_ERR_INVALID_ARGUMENT, "toc_add_rms_norm: NULL pointer");
+    TOC_CHECK(rows >= 0, TO_ERR_INVALID_ARGUMENT, "toc_add_rms_norm: rows is negative");
+    TOC_CHECK(dim >= 1, TO_ERR_SHAPE, "toc_add_rms_norm: dim must be >= 1 (got %lld)", (long long)dim);
+    TOC_CHECK(variant == TO_RMS_PLAIN || variant == TO_RMS_ZERO_CENTERED, TO_ERR_INVALID_ARGUMENT,
+              "toc_add_rms_norm: variant %d (plain or zero-centred expected)", variant);
+    int rc = toc_add(x, delta, x, rows * dim, x_dtype);
+    if (rc != TO_OK) return rc;
+    return toc_rms_norm(x, w, NULL, out, rows, 1, dim, dim, dim, 0, 0, dim, dim, eps, variant, x_dtype, w_dtype,
+                        out_dtype);
+}
+
+TOC_EXPORT int toc_qk_norm_rope(void *q, void *k, const void *q_w, const void *k_w, const void *cos,
+                                const void *sin, int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t rot_dim,
+                                int64_t q_st, int64_t k_st, float eps, int variant, int mode, int x_dtype,
+                                int w_dtype, int table_dtype) {
+    TOC_CHECK(q && k, TO_ERR_INVALID_ARGUMENT, "toc_qk_norm_rope: NULL pointer");
+    TOC_CHECK(hd >= 1, TO_ERR_SHAPE, "toc_qk_norm_rope: head_dim must be >= 1");
+    TOC_CHECK(q_st >= nh * hd && k_st >= nkv * hd, TO_ERR_SHAPE,
+              "toc_qk_norm_rope: token strides %lld/%lld shorter than the heads %lld/%lld", (long long)q_st,
+              (long long)k_st, (long long)(nh * hd), (long long)(nkv * hd));
+    int rc = TO_OK;
+    if (q_w)
+        rc = toc_rms_norm(q, q_w, NULL, q, T, nh, hd, q_st, hd, 0, 0, q_st, hd, eps, variant, x_dtype, w_dtype,
+                          x_dtype);
+    if (rc == TO_OK && k_w)
+        rc = toc_rms_norm(k, k_w, NULL, k, T, nkv, hd, k_st, hd, 0, 0, k_st, hd, eps, variant, x_dtype, w_dtype,
+                          x_dtype);
+    if (rc == TO_OK) rc = toc_rope_apply(q, cos, sin, T, nh, hd, rot_dim, q_st, hd, mode, x_dtype, table_dtype);
+    if (rc == TO_OK) rc = toc_rope_apply(k, cos, sin, T, nkv, hd, rot_dim, k_st, hd, mode, x_dtype, table_dtype);
+    return rc;
+}

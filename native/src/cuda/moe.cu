@@ -1,0 +1,333 @@
+/* MoE routing helpers on the device (semantics of src/cpu/moe.c): softmax top-k and sigmoid
+ * noaux_tc routers, row gather, weighted scatter-add, grouping of routing entries by expert.
+ *
+ * Indices live in device memory, so they are checked by the kernels: an index outside its range
+ * is never followed (the row is skipped, or written as zeros), and it raises a flag that the
+ * entry point reads back after the launch and reports as TO_ERR_INVALID_ARGUMENT. While the
+ * stream is being captured into a CUDA graph the read-back is left out (no synchronisation is
+ * allowed there); the kernels stay in bounds either way. */
+#include "common.cuh"
+
+#define MOE_MAX_E 4096 /* experts per router row (shared memory) */
+#define MOE_MAX_K 1024
+
+__device__ int moe_bad_index; /* set by a kernel that met an index outside its range */
+
+/* Reads back and clears the flag: TO_OK, or the error naming `what`. */
+static int moe_check_indices(const char *what) {
+    cudaStream_t s = toc_stream();
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    TOC_CUDA(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
+    if (cap != cudaStreamCaptureStatusNone) return TO_OK;
+    int bad = 0;
+    TOC_CUDA(cudaMemcpyFromSymbolAsync(&bad, moe_bad_index, sizeof bad, 0, cudaMemcpyDeviceToHost, s),
+             "cudaMemcpyFromSymbolAsync");
+    TOC_CUDA(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    if (bad) {
+        const int zero = 0;
+        TOC_CUDA(cudaMemcpyToSymbolAsync(moe_bad_index, &zero, sizeof zero, 0, cudaMemcpyHostToDevice, s),
+                 "cudaMemcpyToSymbolAsync");
+        TOC_CUDA(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+        return toc_set_error(TO_ERR_INVALID_ARGUMENT, "%s: an index lies outside its range", what);
+    }
+    return TO_OK;
+}
+
+/* Inserts (val, id) into the descending list vals/ids of length *len (capacity k); equal values
+ * keep the earlier (lower) id first. Experts are offered in increasing id order. */
+__device__ void moe_topk_insert(float *vals, int32_t *ids, int *len, int k, float val, int32_t id) {
+    int n = *len;
+    if (n == k && !(val > vals[k - 1])) return;
+    int pos = n < k ? n : k - 1;
+    while (pos > 0 && val > vals[pos - 1]) {
+        vals[pos] = vals[pos - 1];
+        ids[pos] = ids[pos - 1];
+        pos--;
+    }
+    vals[pos] = val;
+    ids[pos] = id;
+    if (n < k) *len = n + 1;
+}
+
+__device__ double block_sum_d(double v, double *red /* >= 32 */) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    double t = lane < nw ? red[lane] : 0.0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
+}
+
+/* ---- softmax top-k router: one block per row; the top-k insertion by one thread, as on the
+ * CPU (experts in id order, so ties keep the lower id) ---- */
+__global__ void __launch_bounds__(256) moe_route_softmax_kernel(const void *logits, int64_t e, int k, int renorm,
+                                                                int ldt, int32_t *idx, void *w, int wdt) {
+    extern __shared__ float sm[]; /* p[e], vals[k] */
+    __shared__ double redd[32];
+    __shared__ float redf[33];
+    float *p = sm, *vals = sm + e;
+    __shared__ int32_t ids_s[MOE_MAX_K];
+    const int64_t r = blockIdx.x;
+    float mx = -INFINITY;
+    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
+        p[x] = ldf(logits, ldt, r * e + x);
+        mx = fmaxf(mx, p[x]);
+    }
+    mx = block_max(mx, redf);
+    double part = 0.0;
+    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
+        p[x] = expf(p[x] - mx);
+        part += (double)p[x];
+    }
+    const double sum = block_sum_d(part, redd);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const float inv = (float)(1.0 / sum);
+        int len = 0;
+        for (int64_t x = 0; x < e; x++) moe_topk_insert(vals, ids_s, &len, k, p[x] * inv, (int32_t)x);
+        if (renorm) {
+            float s = 0.0f;
+            for (int j = 0; j < k; j++) s += vals[j];
+            for (int j = 0; j < k; j++) vals[j] /= s;
+        }
+        for (int j = 0; j < k; j++) {
+            idx[r * k + j] = ids_s[j];
+            if (wdt == TO_F32)
+                ((float *)w)[r * k + j] = vals[j];
+            else
+                ((uint16_t *)w)[r * k + j] = f2bf(vals[j]);
+        }
+    }
+}
+
+TOC_EXPORT int toc_moe_route_softmax(const void *logits, int64_t t, int64_t e, int64_t k, int renormalize,
+                                     int logits_dtype, int32_t *idx, void *weights, int weights_dtype) {
+    TOC_CHECK(t >= 0, TO_ERR_INVALID_ARGUMENT, "toc_moe_route_softmax: t is negative");
+    TOC_CHECK(e >= 1 && k >= 1 && k <= e && k <= MOE_MAX_K, TO_ERR_SHAPE,
+              "toc_moe_route_softmax: need 1 <= k <= e and k <= 1024 (k=%lld, e=%lld)", (long long)k,
+              (long long)e);
+    TOC_CHECK(e <= MOE_MAX_E, TO_ERR_UNSUPPORTED, "toc_moe_route_softmax: at most %d experts on the device",
+              MOE_MAX_E);
+    TOC_CHECK(toc_is_act(logits_dtype), TO_ERR_DTYPE, "toc_moe_route_softmax: logits dtype %d unsupported",
+              logits_dtype);
+    TOC_CHECK(toc_is_act(weights_dtype), TO_ERR_DTYPE, "toc_moe_route_softmax: weights dtype %d unsupported",
+              weights_dtype);
+    if (t == 0) return TO_OK;
+    TOC_CHECK(logits && idx && weights, TO_ERR_INVALID_ARGUMENT, "toc_moe_route_softmax: NULL pointer");
+    TOC_READY();
+    const size_t smem = (size_t)(e + k) * sizeof(float);
+    moe_route_softmax_kernel<<<(unsigned)t, 256, smem, toc_stream()>>>(logits, e, (int)k, renormalize != 0,
+                                                                        logits_dtype, idx, weights, weights_dtype);
+    TOC_LAUNCHED("moe_route_softmax_kernel");
+    return TO_OK;
+}
+
+/* ---- sigmoid noaux_tc router: one block per row, the selection by one thread ---- */
+__global__ void __launch_bounds__(256) moe_route_sigmoid_kernel(const void *logits, const float *bias, int64_t e,
+                                                                int k, int64_t n_group, int64_t topk_group,
+                                                                int renorm, float scaling, int ldt, int32_t *idx,
+                                                                float *weights) {
+    extern __shared__ float sm[]; /* s[e], cs[e], gscore[n_group], gval[n_group], vals[k] */
+    __shared__ int32_t ids_s[MOE_MAX_K];
+    float *s = sm, *cs = sm + e, *gscore = cs + e, *gval = gscore + n_group, *vals = gval + n_group;
+    int32_t *gids = (int32_t *)(vals + k);
+    const int64_t r = blockIdx.x;
+    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
+        const float l = ldf(logits, ldt, r * e + x);
+        s[x] = 1.f / (1.f + expf(-l));
+        cs[x] = s[x] + (bias ? bias[x] : 0.f);
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    const int64_t gsz = e / n_group;
+    if (n_group > 1 && topk_group < n_group) {
+        for (int64_t gi = 0; gi < n_group; gi++) {
+            float a = -INFINITY, b = -INFINITY;
+            for (int64_t x = gi * gsz; x < (gi + 1) * gsz; x++) {
+                if (cs[x] > a) {
+                    b = a;
+                    a = cs[x];
+                } else if (cs[x] > b) {
+                    b = cs[x];
+                }
+            }
+            gscore[gi] = gsz >= 2 ? a + b : a;
+        }
+        int len = 0;
+        for (int64_t gi = 0; gi < n_group; gi++) moe_topk_insert(gval, gids, &len, (int)topk_group, gscore[gi], (int32_t)gi);
+        for (int64_t gi = 0; gi < n_group; gi++) gscore[gi] = 0.f;
+        for (int64_t j = 0; j < topk_group; j++) gscore[gids[j]] = 1.f;
+        for (int64_t gi = 0; gi < n_group; gi++)
+            if (gscore[gi] == 0.f)
+                for (int64_t x = gi * gsz; x < (gi + 1) * gsz; x++) cs[x] = -INFINITY;
+    }
+    int len = 0;
+    for (int64_t x = 0; x < e; x++) moe_topk_insert(vals, ids_s, &len, k, cs[x], (int32_t)x);
+    float *w = weights + r * k;
+    float sum = 0.f;
+    for (int j = 0; j < k; j++) {
+        idx[r * k + j] = ids_s[j];
+        w[j] = s[ids_s[j]];
+        sum += w[j];
+    }
+    if (renorm) {
+        const float den = sum + 1e-20f;
+        for (int j = 0; j < k; j++) w[j] /= den;
+    }
+    for (int j = 0; j < k; j++) w[j] *= scaling;
+}
+
+TOC_EXPORT int toc_moe_route_sigmoid(const void *logits, const float *bias, int64_t t, int64_t e, int64_t k,
+                                     int64_t n_group, int64_t topk_group, int renormalize, float scaling,
+                                     int logits_dtype, int32_t *idx, float *weights) {
+    TOC_CHECK(t >= 0, TO_ERR_INVALID_ARGUMENT, "toc_moe_route_sigmoid: t is negative");
+    TOC_CHECK(e >= 1 && k >= 1 && k <= e && k <= MOE_MAX_K, TO_ERR_SHAPE,
+              "toc_moe_route_sigmoid: need 1 <= k <= e and k <= 1024 (k=%lld, e=%lld)", (long long)k,
+              (long long)e);
+    TOC_CHECK(n_group >= 1 && e % n_group == 0 && topk_group >= 1 && topk_group <= n_group, TO_ERR_SHAPE,
+              "toc_moe_route_sigmoid: n_group (%lld) must divide e (%lld), 1 <= topk_group (%lld) <= n_group",
+              (long long)n_group, (long long)e, (long long)topk_group);
+    TOC_CHECK(k <= topk_group * (e / n_group), TO_ERR_SHAPE,
+              "toc_moe_route_sigmoid: k=%lld exceeds the experts of %lld groups", (long long)k,
+              (long long)topk_group);
+    TOC_CHECK(e <= MOE_MAX_E, TO_ERR_UNSUPPORTED, "toc_moe_route_sigmoid: at most %d experts on the device",
+              MOE_MAX_E);
+    TOC_CHECK(toc_is_act(logits_dtype), TO_ERR_DTYPE, "toc_moe_route_sigmoid: logits dtype %d unsupported",
+              logits_dtype);
+    if (t == 0) return TO_OK;
+    TOC_CHECK(logits && idx && weights, TO_ERR_INVALID_ARGUMENT, "toc_moe_route_sigmoid: NULL pointer");
+    TOC_READY();
+    const size_t smem = (size_t)(2 * e + 2 * n_group + k) * sizeof(float) + (size_t)n_group * sizeof(int32_t);
+    moe_route_sigmoid_kernel<<<(unsigned)t, 256, smem, toc_stream()>>>(
+        logits, bias, e, (int)k, n_group, topk_group, renormalize != 0, scaling, logits_dtype, idx, weights);
+    TOC_LAUNCHED("moe_route_sigmoid_kernel");
+    return TO_OK;
+}
+
+/* ---- gather: one block per destination row, 16-byte copies where the rows allow ---- */
+__global__ void moe_gather_kernel(const char *src, const int32_t *idx, char *dst, int64_t n_src, int64_t row,
+                                  int vec) {
+    const int64_t i = blockIdx.x;
+    const int32_t s = idx[i];
+    const bool ok = s >= 0 && s < n_src;
+    if (!ok && threadIdx.x == 0) atomicExch(&moe_bad_index, 1);
+    char *d = dst + i * row;
+    if (vec) {
+        const uint4 *a = (const uint4 *)(src + (ok ? (int64_t)s : 0) * row);
+        for (int64_t c = threadIdx.x; c < row / 16; c += blockDim.x)
+            ((uint4 *)d)[c] = ok ? a[c] : make_uint4(0, 0, 0, 0);
+    } else {
+        const char *a = src + (ok ? (int64_t)s : 0) * row;
+        for (int64_t c = threadIdx.x; c < row; c += blockDim.x) d[c] = ok ? a[c] : 0;
+    }
+}
+
+TOC_EXPORT int toc_moe_gather_rows(const void *src, const int32_t *idx, void *dst, int64_t n_src, int64_t n_idx,
+                                   int64_t d, int dtype) {
+    TOC_CHECK(n_src >= 0 && n_idx >= 0 && d >= 0, TO_ERR_INVALID_ARGUMENT,
+              "toc_moe_gather_rows: negative size (n_src=%lld, n_idx=%lld, d=%lld)", (long long)n_src,
+              (long long)n_idx, (long long)d);
+    const int64_t es = to_dtype_size_cuda(dtype);
+    TOC_CHECK(es > 0, TO_ERR_DTYPE, "toc_moe_gather_rows: unknown dtype %d", dtype);
+    if (n_idx == 0 || d == 0) return TO_OK;
+    TOC_CHECK(src && idx && dst, TO_ERR_INVALID_ARGUMENT, "toc_moe_gather_rows: NULL pointer");
+    TOC_CHECK(n_idx <= 0x7fffffffLL, TO_ERR_SHAPE, "toc_moe_gather_rows: too many rows");
+    TOC_READY();
+    const int64_t row = d * es;
+    const int vec = row % 16 == 0 && ((uintptr_t)src | (uintptr_t)dst) % 16 == 0;
+    moe_gather_kernel<<<(unsigned)n_idx, 128, 0, toc_stream()>>>((const char *)src, idx, (char *)dst, n_src, row,
+                                                                  vec);
+    TOC_LAUNCHED("moe_gather_kernel");
+    return moe_check_indices("toc_moe_gather_rows");
+}
+
+/* ---- scatter-add: one thread per column walks the entries in order (the CPU's order, so the
+ * same roundings; products and sums without FMA contraction, like the CPU build) ---- */
+__global__ void moe_scatter_kernel(const void *src, const int32_t *idx, const void *w, void *dst, int64_t n,
+                                   int64_t n_dst, int64_t d, int sdt, int wdt, int ddt, int round) {
+    const int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (x >= d) return;
+    for (int64_t i = 0; i < n; i++) {
+        const int32_t r = idx[i];
+        if (r < 0 || r >= n_dst) {
+            if (x == 0) atomicExch(&moe_bad_index, 1);
+            continue;
+        }
+        const float wi = w ? ldf(w, wdt, i) : 1.f;
+        float p = __fmul_rn(wi, ldf(src, sdt, i * d + x));
+        if (round) p = rbf(p);
+        const int64_t o = (int64_t)r * d + x;
+        if (ddt == TO_F32)
+            ((float *)dst)[o] = __fadd_rn(((float *)dst)[o], p);
+        else
+            ((uint16_t *)dst)[o] = f2bf(__fadd_rn(bf2f(((uint16_t *)dst)[o]), p));
+    }
+}
+
+TOC_EXPORT int toc_moe_scatter_add(const void *src, const int32_t *idx, const void *weights, void *dst, int64_t n,
+                                   int64_t n_dst, int64_t d, int src_dtype, int weights_dtype, int dst_dtype,
+                                   int round_products) {
+    TOC_CHECK(n >= 0 && n_dst >= 0 && d >= 0, TO_ERR_INVALID_ARGUMENT, "toc_moe_scatter_add: negative size");
+    TOC_CHECK(toc_is_act(src_dtype), TO_ERR_DTYPE, "toc_moe_scatter_add: src dtype %d unsupported", src_dtype);
+    TOC_CHECK(toc_is_act(dst_dtype), TO_ERR_DTYPE, "toc_moe_scatter_add: dst dtype %d unsupported", dst_dtype);
+    TOC_CHECK(weights == NULL || toc_is_act(weights_dtype), TO_ERR_DTYPE,
+              "toc_moe_scatter_add: weights dtype %d unsupported", weights_dtype);
+    if (n == 0 || d == 0) return TO_OK;
+    TOC_CHECK(src && idx && dst, TO_ERR_INVALID_ARGUMENT, "toc_moe_scatter_add: NULL pointer");
+    TOC_READY();
+    const int round = round_products != 0 && src_dtype == TO_BF16;
+    moe_scatter_kernel<<<toc_grid(d, 128), 128, 0, toc_stream()>>>(src, idx, weights, dst, n, n_dst, d, src_dtype,
+                                                                   weights_dtype, dst_dtype, round);
+    TOC_LAUNCHED("moe_scatter_kernel");
+    return moe_check_indices("toc_moe_scatter_add");
+}
+
+/* ---- group by expert: a stable counting sort in one block (counts by shared atomics, the
+ * prefix sums and the placement in entry order by one thread over shared cursors) ---- */
+__global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *idx, int64_t n, int64_t e, int32_t *counts,
+                                                         int32_t *offsets, int32_t *order) {
+    extern __shared__ int32_t cur[]; /* e */
+    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) cur[x] = 0;
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {
+        const int32_t x = idx[p];
+        if (x >= 0 && x < e)
+            atomicAdd(&cur[x], 1);
+        else
+            atomicExch(&moe_bad_index, 1);
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    int32_t o = 0;
+    for (int64_t x = 0; x < e; x++) {
+        counts[x] = cur[x];
+        offsets[x] = o;
+        const int32_t c = cur[x];
+        cur[x] = o;
+        o += c;
+    }
+    offsets[e] = o;
+    for (int64_t p = 0; p < n; p++) {
+        const int32_t x = idx[p];
+        if (x >= 0 && x < e) order[cur[x]++] = (int32_t)p;
+    }
+}
+
+TOC_EXPORT int toc_moe_group_by_expert(const int32_t *idx, int64_t n, int64_t e, int32_t *counts, int32_t *offsets,
+                                       int32_t *order) {
+    TOC_CHECK(n >= 0, TO_ERR_INVALID_ARGUMENT, "toc_moe_group_by_expert: n is negative");
+    TOC_CHECK(e >= 1, TO_ERR_SHAPE, "toc_moe_group_by_expert: e must be >= 1");
+    TOC_CHECK(n < 0x7fffffffLL, TO_ERR_SHAPE, "toc_moe_group_by_expert: too many entries");
+    TOC_CHECK((size_t)e * 4 <= 48 * 1024, TO_ERR_UNSUPPORTED, "toc_moe_group_by_expert: at most %d experts",
+              48 * 1024 / 4);
+    TOC_CHECK(counts && offsets && (n == 0 || (idx && order)), TO_ERR_INVALID_ARGUMENT,
+              "toc_moe_group_by_expert: NULL pointer");
+    TOC_READY();
+    moe_group_kernel<<<1, 1024, (size_t)e * 4, toc_stream()>>>(idx, n, e, counts, offsets, order);
+    TOC_LAUNCHED("moe_group_kernel");
+    return moe_check_indices("toc_moe_group_by_expert");
+}

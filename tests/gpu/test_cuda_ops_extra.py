@@ -1,0 +1,161 @@
+"""The device twins of the CPU ops added after the first CUDA kernels: causal conv1d with state,
+patchify, image normalisation, and the composites add_rms_norm, qk_norm_rope and linear_group,
+each against the CPU backend on the same inputs (and against the ops run one by one on the
+device for the composites, which must give the same bits)."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from inference_pio import cuda, ops  # noqa: E402
+from inference_pio.backend import backend  # noqa: E402
+from inference_pio.dtypes import DType  # noqa: E402
+from inference_pio.tensor import Tensor  # noqa: E402
+
+if not cuda.is_available():
+    pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
+
+DEV = "cuda:0"
+TDT = {
+    DType.float32: torch.float32,
+    DType.bfloat16: torch.bfloat16,
+    DType.int32: torch.int32,
+    DType.uint8: torch.uint8,
+}
+FLOATS = [DType.float32, DType.bfloat16]
+
+
+def ours(t: Any, device: str = "cpu") -> Tensor:
+    t = t.detach().cpu().contiguous()
+    dt = {v: k for k, v in TDT.items()}[t.dtype]
+    out = Tensor.empty(tuple(t.shape), dt)
+    if out.nbytes:
+        ctypes.memmove(out.data_ptr, t.data_ptr(), out.nbytes)
+    return out if device == "cpu" else out.to(device)
+
+
+def theirs(t: Tensor) -> Any:
+    src = t.to("cpu").contiguous()
+    out = torch.empty(src.shape, dtype=TDT[src.dtype])
+    if src.nbytes:
+        ctypes.memmove(out.data_ptr(), src.data_ptr, src.nbytes)
+    return out
+
+
+def rel(a: Any, b: Any) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("sdt", FLOATS)
+@pytest.mark.parametrize("xdt", FLOATS)
+@pytest.mark.parametrize(("t", "c", "k"), [(1, 300, 4), (7, 5, 4), (2, 64, 1), (3, 33, 6)])
+def test_causal_conv1d(t: int, c: int, k: int, xdt: DType, sdt: DType, silu: bool) -> None:
+    x = torch.randn(t, c).to(TDT[xdt])
+    w = torch.randn(c, k).to(torch.bfloat16)
+    st = torch.randn(k - 1, c).to(TDT[sdt])
+    for state in (None, st):
+        cs = None if state is None else ours(state)
+        gs = None if state is None else ours(state, DEV)
+        cy = ops.causal_conv1d(ours(x), ours(w), cs, silu=silu)
+        gy = ops.causal_conv1d(ours(x, DEV), ours(w, DEV), gs, silu=silu)
+        # the CPU sums with or without FMA depending on its instruction set
+        assert rel(theirs(gy), theirs(cy)) < (1e-6 if xdt == DType.float32 else 1e-2)
+        if state is not None:
+            assert cs is not None
+            assert gs is not None
+            assert torch.equal(theirs(gs), theirs(cs))  # copies of inputs: exact
+
+
+@pytest.mark.parametrize(("odt", "idt"), [(a, b) for a in FLOATS for b in FLOATS])
+def test_patchify(idt: DType, odt: DType) -> None:
+    img = torch.randn(3, 64, 96).to(TDT[idt])
+    for patch, temporal, merge in ((16, 2, 2), (8, 1, 1), (4, 3, 2)):
+        kw: dict[str, Any] = dict(patch=patch, temporal=temporal, merge=merge, out_dtype=odt)
+        cpu = theirs(ops.patchify(ours(img), **kw))
+        gpu = theirs(ops.patchify(ours(img, DEV), **kw))
+        assert torch.equal(gpu, cpu)
+
+
+@pytest.mark.parametrize("odt", FLOATS)
+def test_image_normalize(odt: DType) -> None:
+    img = torch.randint(0, 256, (37, 53, 3), dtype=torch.uint8)
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    cpu = theirs(ops.image_normalize(ours(img), mean, std, out_dtype=odt))
+    gpu = theirs(ops.image_normalize(ours(img, DEV), mean, std, out_dtype=odt))
+    assert torch.equal(gpu, cpu)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_add_rms_norm_equals_add_then_norm(dt: DType) -> None:
+    rows, dim = 5, 1024
+    x, delta = torch.randn(rows, dim).to(TDT[dt]), torch.randn(rows, dim).to(TDT[dt])
+    w = (1 + 0.1 * torch.randn(dim)).to(TDT[dt])
+    be = backend(DEV)
+    fused_x, ref_x = ours(x, DEV), ours(x, DEV)
+    d, dw = ours(delta, DEV), ours(w, DEV)
+    fused_out = Tensor.empty((rows, dim), dt, DEV)
+    be.call(
+        "add_rms_norm", fused_x.data_ptr, d.data_ptr, dw.data_ptr, fused_out.data_ptr, rows, dim,
+        1e-6, 0, dt, dt, dt,
+    )  # fmt: skip
+    be.call("add", ref_x.data_ptr, d.data_ptr, ref_x.data_ptr, rows * dim, dt)
+    ref = ops.rms_norm(ref_x, dw, 1e-6)
+    assert torch.equal(theirs(fused_x), theirs(ref_x))
+    assert torch.equal(theirs(fused_out), theirs(ref))
+    summed = (x.float() + delta.float()).to(TDT[dt])
+    var = summed.float().pow(2).mean(-1, keepdim=True)
+    hf = w * (summed.float() * torch.rsqrt(var + 1e-6)).to(TDT[dt])
+    assert rel(theirs(fused_out), hf) < (1e-5 if dt == DType.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_qk_norm_rope_equals_the_ops_one_by_one(dt: DType) -> None:
+    t, nh, nkv, hd = 6, 4, 2, 128
+    pos = torch.arange(t, dtype=torch.int32) + 40
+    cos, sin = ops.rope_cache(ours(pos, DEV), hd, 1e6, dt)
+    qkv = torch.randn(t, (nh + 2 * nkv) * hd).to(TDT[dt])
+    qw, kw = ((1 + 0.1 * torch.randn(hd)).to(TDT[dt]) for _ in range(2))
+    fused, ref = ours(qkv, DEV), ours(qkv, DEV)
+    dqw, dkw = ours(qw, DEV), ours(kw, DEV)
+    st = (nh + 2 * nkv) * hd
+    esz = 4 if dt == DType.float32 else 2
+    be = backend(DEV)
+    be.call(
+        "qk_norm_rope", fused.data_ptr, fused.data_ptr + nh * hd * esz, dqw.data_ptr,
+        dkw.data_ptr, cos.data_ptr, sin.data_ptr, t, nh, nkv, hd, hd, st, st, 1e-6, 0, 0, dt, dt,
+        dt,
+    )  # fmt: skip
+    for ptr, heads, w in ((ref.data_ptr, nh, dqw), (ref.data_ptr + nh * hd * esz, nkv, dkw)):
+        be.call(
+            "rms_norm", ptr, w.data_ptr, None, ptr, t, heads, hd, st, hd, 0, 0, st, hd, 1e-6, 0,
+            dt, dt, dt,
+        )  # fmt: skip
+        be.call("rope_apply", ptr, cos.data_ptr, sin.data_ptr, t, heads, hd, hd, st, hd, 0, dt, dt)
+    assert torch.equal(theirs(fused), theirs(ref))
+
+
+def test_linear_group_equals_linears() -> None:
+    m, k, ns = 3, 256, (128, 64, 64)
+    dt = DType.bfloat16
+    x = ours(torch.randn(m, k).to(torch.bfloat16), DEV)
+    ws = [ours((torch.randn(n, k) * 0.05).to(torch.bfloat16), DEV) for n in ns]
+    outs = [Tensor.empty((m, n), dt, DEV) for n in ns]
+    refs = [Tensor.empty((m, n), dt, DEV) for n in ns]
+    be = backend(DEV)
+    c = len(ns)
+    be.call(
+        "linear_group", x.data_ptr, c, (ctypes.c_void_p * c)(*(w.data_ptr for w in ws)),
+        (ctypes.c_int64 * c)(*ns), (ctypes.c_void_p * c)(*(o.data_ptr for o in outs)),
+        (ctypes.c_int64 * c)(*ns), m, k, k, dt, dt, dt,
+    )  # fmt: skip
+    for w, r, n in zip(ws, refs, ns, strict=True):
+        be.call("linear", x.data_ptr, w.data_ptr, None, r.data_ptr, m, n, k, k, n, dt, dt, 0, dt)
+    for o, r in zip(outs, refs, strict=True):
+        assert torch.equal(theirs(o), theirs(r))
