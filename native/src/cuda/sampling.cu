@@ -61,9 +61,17 @@ __global__ void __launch_bounds__(DS_THREADS) decode_sample_kernel(DsArgs a) {
     for (int shift = 56; shift >= 0; shift -= 8) {
         for (int j = tid; j < 256; j += DS_THREADS) hist[j] = 0u;
         __syncthreads();
-        for (int64_t i = tid; i < V; i += DS_THREADS) {
-            const unsigned long long key = ds_key(a.logits, a.dt, i, a.inv_t);
-            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        /* most keys share their high bytes: lanes with the same bin add once (one atomic per
+         * distinct bin and warp instead of up to 32 on one address) */
+        for (int64_t base = 0; base < V; base += DS_THREADS) {
+            const int64_t i = base + tid;
+            unsigned bin = 256u;
+            if (i < V) {
+                const unsigned long long key = ds_key(a.logits, a.dt, i, a.inv_t);
+                if ((key & mask) == prefix) bin = (unsigned)(key >> shift) & 255u;
+            }
+            const unsigned peers = __match_any_sync(0xffffffffu, bin);
+            if (bin < 256u && (tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
         }
         __syncthreads();
         if (tid == 0) {
