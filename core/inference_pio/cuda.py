@@ -141,6 +141,25 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     # int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
     #                         int32_t *step, int max_steps);
     "toc_decode_step_end": (c_int, [c_void_p] * 5 + [c_int]),
+    # int toc_decode_sample(const void *logits, int dtype, int64_t vocab, int32_t *counters,
+    #                       int32_t *tokens, int64_t max_steps, float temperature, int64_t top_k,
+    #                       float top_p, float min_p, uint64_t *rng_state);
+    "toc_decode_sample": (
+        c_int,
+        [
+            c_void_p,
+            c_int,
+            c_int64,
+            c_void_p,
+            c_void_p,
+            c_int64,
+            c_float,
+            c_int64,
+            c_float,
+            c_float,
+            c_void_p,
+        ],
+    ),
     # int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_layer *layers,
     #                        void **out);
     "toc_decoder_create": (c_int, [c_void_p, c_void_p, POINTER(c_void_p)]),

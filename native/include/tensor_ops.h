@@ -526,6 +526,13 @@ TO_API int toc_attention_decode(const void *q, const void *k_cache, const void *
                                 int nsplit, float *workspace);
 TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
                                int32_t *step, int max_steps);
+/* Draws the next token on the device after a graph decode step (src/cuda/sampling.cu): the host
+ * sampler's top-k path (temperature > 0, 1 <= top_k <= min(1024, vocab - 1), top_p, min_p; no
+ * penalties) on the step's logits, with the 64-bit RNG state in device memory; writes the token
+ * over the step's feedback: counters[0] (the next input) and tokens[counters[2] - 1]. */
+TO_API int toc_decode_sample(const void *logits, int dtype, int64_t vocab, int32_t *counters,
+                             int32_t *tokens, int64_t max_steps, float temperature, int64_t top_k,
+                             float top_p, float min_p, uint64_t *rng_state);
 
 /* Fused batch-1 decode step (src/cuda/decoder.cu): one cooperative kernel runs a whole token of a
  * dense pre-norm decoder in the Qwen3 layout (RMSNorm, q/k per-head RMSNorm or none, NeoX RoPE over

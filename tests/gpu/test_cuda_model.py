@@ -151,6 +151,61 @@ def test_sampler_takes_device_logits() -> None:
     assert a == b
 
 
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p", "min_p"),
+    [(0.7, 20, 0.8, 0.0), (1.0, 1, 1.0, 0.0), (0.6, 1024, 0.95, 0.0), (1.3, 50, 1.0, 0.1)],
+)
+def test_device_sampler_draws_like_the_host_sampler(
+    temperature: float, top_k: int, top_p: float, min_p: float
+) -> None:
+    """toc_decode_sample draws the host sampler's tokens from the same logits and seed: the same
+    top-k set (bf16 logits with many ties: lower id first), weights, nucleus and RNG stream."""
+    from inference_pio import cuda
+    from inference_pio.dtypes import DType
+    from inference_pio.sampling import Sampler, SamplingParams
+    from inference_pio.tensor import Tensor
+
+    g = torch.Generator().manual_seed(top_k)
+    vals = (torch.randn(5000, generator=g) * 2).tolist()
+    host = Tensor.from_list(vals, DType.bfloat16)
+    dev = host.to("cuda:0")
+    ctr = Tensor.from_list([0, 0, 1, 0], DType.int32).to("cuda:0")
+    toks = Tensor.zeros((4,), DType.int32, "cuda:0")
+    rng = Tensor.from_list([123456789], DType.int64).to("cuda:0")
+    params = SamplingParams(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=123456789
+    )
+    sampler = Sampler(params)
+    got, want = [], []
+    for _ in range(40):
+        rc = cuda.lib().toc_decode_sample(
+            dev.data_ptr, DType.bfloat16, 5000, ctr.data_ptr, toks.data_ptr, 4,
+            temperature, top_k, top_p, min_p, rng.data_ptr,
+        )  # fmt: skip
+        cuda.check(rc, "toc_decode_sample")
+        got.append(int(toks.to("cpu").tolist()[0]))
+        want.append(sampler.sample(host))
+    assert got == want
+
+
+def test_device_sampled_decode_equals_host_sampled(
+    ckpt: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Generation with tokens drawn on the device after each replayed step gives the tokens of
+    the host sampler (same seed) and is reproducible."""
+    _, d, _ = ckpt
+    gpu = load(d, device="cuda")
+    kw: dict[str, Any] = dict(
+        max_new_tokens=40, temperature=0.9, top_k=20, top_p=0.9, seed=11, ignore_eos=True
+    )
+    dev1 = gpu.generate([1, 2, 3], **kw).token_ids
+    dev2 = gpu.generate([1, 2, 3], **kw).token_ids
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_DEVICE_SAMPLING", "0")
+    host = gpu.generate([1, 2, 3], **kw).token_ids
+    assert len(dev1) == 40
+    assert dev1 == dev2 == host
+
+
 # Shapes for the fused one-kernel decode step: query heads per kv head 1 / 3 / 4 / 8, head_dim
 # 64 / 96 / 128 / 256, hidden and intermediate sizes that are not multiples of the GEMV unit
 # (256 elements), more layers than the tiny default.

@@ -673,6 +673,46 @@ class CudaGraphDecoder:
         self.cuda.memcpy(out.data_ptr, self.tokens.data_ptr, 4 * n, self.cuda.D2H, blocking=True)
         return [int(v) for v in out.tolist()]
 
+    def sampled(self, token: int, pos: int, n: int, params: Any, rng: ctypes.c_uint64) -> list[int]:
+        """Feeds ``token`` at ``pos`` and decodes ``n`` (<= chunk) tokens drawn on the device
+        after each step (:func:`device_sampling_supported` params); ``rng`` (the host sampler's
+        state) is advanced as the host sampler would have advanced it."""
+        if not 1 <= n <= self.chunk or pos + n > self.capacity:
+            raise ValueError(
+                f"sampled: {n} steps at {pos} do not fit (chunk {self.chunk}, "
+                f"capacity {self.capacity})"
+            )
+        lib, check = self.cuda.lib(), self.cuda.check
+        if getattr(self, "_rng_dev", None) is None:
+            self._rng_dev = Tensor.zeros((1,), DType.int64, self.model.device)
+        host = (ctypes.c_uint64 * 1)(rng.value)
+        h2d, d2h = self.cuda.H2D, self.cuda.D2H
+        self.cuda.memcpy(self._rng_dev.data_ptr, ctypes.addressof(host), 8, h2d, blocking=True)
+        self._set(token, pos)
+        for _ in range(n):
+            check(lib.toc_graph_launch(self.graph, 1), "toc_graph_launch")
+            check(
+                lib.toc_decode_sample(
+                    self.logits.data_ptr,
+                    self.logits.dtype,
+                    self.logits.shape[1],
+                    self.ctr.data_ptr,
+                    self.tokens.data_ptr,
+                    self.chunk,
+                    params.temperature,
+                    params.top_k,
+                    params.top_p,
+                    params.min_p,
+                    self._rng_dev.data_ptr,
+                ),
+                "toc_decode_sample",
+            )
+        out = Tensor.empty((n,), DType.int32)
+        self.cuda.memcpy(out.data_ptr, self.tokens.data_ptr, 4 * n, self.cuda.D2H, blocking=True)
+        self.cuda.memcpy(ctypes.addressof(host), self._rng_dev.data_ptr, 8, d2h, blocking=True)
+        rng.value = host[0]
+        return [int(v) for v in out.tolist()]
+
     def logits_after(self, token: int, pos: int) -> Tensor:
         """Feeds ``token`` at ``pos``; returns the next-token logits [vocab] on the CPU."""
         if pos + 1 > self.capacity:
@@ -694,6 +734,21 @@ class _GivenToken:
 
     def observe(self, token: int) -> None:
         self.inner.observe(token)
+
+
+def device_sampling_supported(params: SamplingParams, vocab: int) -> bool:
+    """Whether the graph decoder draws tokens on the device for ``params``: temperature > 0,
+    1 <= top_k <= 1024 (and below the vocabulary), no penalties (their history stays on the
+    host); ``INFERENCE_PIO_CUDA_DEVICE_SAMPLING=0`` turns it off."""
+    return (
+        os.environ.get("INFERENCE_PIO_CUDA_DEVICE_SAMPLING", "1") != "0"
+        and params.temperature > 0.0
+        and 1 <= params.top_k <= 1024
+        and params.top_k < vocab
+        and params.repetition_penalty == 1.0
+        and params.presence_penalty == 0.0
+        and params.frequency_penalty == 0.0
+    )
 
 
 def _runner(model: DecoderModel, capacity: int) -> CudaGraphDecoder | None:
@@ -737,6 +792,12 @@ def cuda_stream_generate(
         and params.presence_penalty == 0.0
         and params.frequency_penalty == 0.0
     )
+    device_sampled = (
+        runner is not None
+        and not device_greedy
+        and device_sampling_supported(params, model.vocab_size)
+        and hasattr(state.sampler, "_rng")
+    )
     pending: list[int] = []
     given = _GivenToken(state.sampler)
     while True:
@@ -766,6 +827,19 @@ def cuda_stream_generate(
                 )
                 n = max(1, n)
                 pending = runner.greedy(last, state.cache.length, n)
+            state.cache.length += 1
+        elif device_sampled and runner is not None:
+            if not pending:
+                n = max(
+                    1,
+                    min(
+                        runner.chunk,
+                        capacity - state.cache.length,
+                        params.max_new_tokens - len(state.generated),
+                    ),
+                )
+                rng = state.sampler._rng  # the host sampler's stream, continued on the device
+                pending = runner.sampled(last, state.cache.length, n, params, rng)
             state.cache.length += 1
         elif runner is not None:
             logits = runner.logits_after(last, state.cache.length)
