@@ -83,10 +83,7 @@ static void load_scaled(const void *logits, int dtype, int64_t vocab, float inv_
     } else {
         const uint16_t *l = logits;
         for (int64_t i = 0; i < vocab; i++) {
-            uint32_t u = (uint32_t)l[i] << 16;
-            float x;
-            memcpy(&x, &u, 4);
-            x *= inv_t;
+            const float x = to_bf16_to_f32(l[i]) * inv_t;
             v[i] = x == x ? x : -INFINITY;
         }
     }
@@ -117,7 +114,7 @@ static float sum_of(const float *v, int64_t n) {
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
-/* The k largest (v desc, id asc) of v[0 .. n) into out[0 .. k), sorted: a min-heap of the best k
+/* The k largest (v desc, id asc) of v[0 .. n) into out[0 .. k), sorted (k < n): a min-heap of the best k
  * so far; blocks whose maximum cannot enter it are skipped after one vectorised pass. */
 static void top_k_select(const float *v, int64_t n, int64_t k, cand *out) {
     int64_t len = 0;
@@ -137,8 +134,6 @@ static void top_k_select(const float *v, int64_t n, int64_t k, cand *out) {
             }
         }
     }
-    if (len < k) /* n < k cannot happen (k < vocab), kept for safety */
-        for (int64_t j = len / 2 - 1; j >= 0; j--) sift_down(out, len, j, 1);
     /* heap sort: pop the minimum to the end, leaving out[] in descending order */
     for (int64_t m = len; m > 1; m--) {
         cand t = out[0]; out[0] = out[m - 1]; out[m - 1] = t;
@@ -150,10 +145,10 @@ static void top_k_select(const float *v, int64_t n, int64_t k, cand *out) {
  * is_w): the smallest prefix whose mass reaches top_p of z, without those below min_p of the
  * top weight (the first is always kept). */
 static int64_t draw_sorted(const cand *c, int64_t n, int is_w, float vmax, double z, float top_p,
-                           float min_p, uint64_t *rng, int64_t max_keep) {
+                           float min_p, uint64_t *rng) {
     double mass = 0.0;
     int64_t keep = 0;
-    for (int64_t i = 0; i < n && i < max_keep; i++) {
+    for (int64_t i = 0; i < n; i++) {
         const double w = is_w ? (double)c[i].v : exp((double)(c[i].v - vmax));
         const double p = w / z;
         if (i > 0 && (mass >= (double)top_p || p < (double)min_p / z)) break;
@@ -232,7 +227,7 @@ TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t
         top_k_select(v, vocab, top_k, c);
         double z = 0.0;
         for (int64_t i = 0; i < top_k; i++) z += exp((double)(c[i].v - vmax));
-        pick = draw_sorted(c, top_k, 0, vmax, z, top_p, min_p, rng_state, top_k);
+        pick = draw_sorted(c, top_k, 0, vmax, z, top_p, min_p, rng_state);
         free(c);
     } else {
         /* weights w = exp(v - vmax) (the top one is 1) and their sum over the vocabulary */
@@ -292,7 +287,7 @@ TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t
             /* c[n - kept .. n) holds the nucleus in ascending order: reverse it in place */
             cand *s = c + n - kept;
             for (int64_t i = 0, j = kept - 1; i < j; i++, j--) { cand t = s[i]; s[i] = s[j]; s[j] = t; }
-            pick = draw_sorted(s, kept, 1, 0.0f, z, top_p, min_p, rng_state, kept);
+            pick = draw_sorted(s, kept, 1, 0.0f, z, top_p, min_p, rng_state);
             free(c);
         }
     }

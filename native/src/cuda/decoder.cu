@@ -1664,16 +1664,17 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     st.fold_keys = fold_keys;
     st.frep = frep > 0 ? frep : 1;
     st.fsmem = fsmem;
-    int ns = (int)(dec->grid / (d.n_kv_heads * qsplit)); /* one (kv head, group, slice) unit per block */
-    if (ns > d.capacity) ns = d.capacity;
-    if (d.attn_splits > 0 && ns > d.attn_splits) ns = d.attn_splits;
-    if (ns < 1) ns = 1;
-    st.nsplit = ns;
-    int nsl = (int)(dec->grid / d.n_kv_heads);
-    if (nsl > d.capacity) nsl = d.capacity;
-    if (d.attn_splits > 0 && nsl > d.attn_splits) nsl = d.attn_splits;
-    st.nsplit_long = qs_long ? (nsl < 1 ? 1 : nsl) : 0;
-    if (st.nsplit_long > ns) ns = st.nsplit_long; /* slots of the workspace */
+    /* key slices per (kv head, query-head group): one unit per block, at most capacity and
+     * attn_splits */
+    auto splits = [&](int64_t groups) {
+        int64_t n = dec->grid / (d.n_kv_heads * groups);
+        if (n > d.capacity) n = d.capacity;
+        if (d.attn_splits > 0 && n > d.attn_splits) n = d.attn_splits;
+        return (int)(n < 1 ? 1 : n);
+    };
+    st.nsplit = splits(qsplit);
+    st.nsplit_long = qs_long ? splits(1) : 0;
+    const int ns = st.nsplit > st.nsplit_long ? st.nsplit : st.nsplit_long; /* workspace slots */
     const int asz = d.act_dtype == TO_F32 ? 4 : 2;
     const size_t act_bytes = (size_t)(2 * d.hidden + nq + 2 * nkvd + nq + 64) * asz; /* x2, xres, ... */
     const size_t ws_bytes = (size_t)d.n_heads * ns * (d.head_dim + 2) * 4;
