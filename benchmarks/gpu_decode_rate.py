@@ -54,7 +54,7 @@ def check(model: Any, threads: int, prompt: int) -> tuple[float, bool]:
             runner = CudaGraphDecoder(model, plen + 8, fused=fused, threads=threads if fused else 0)
             runner.cache.length = 0
             model.forward([(prompt, runner.cache)])
-            got.append(runner.logits_after(7, plen).to("f32").tolist())
+            got.append(runner.logits_after(7, plen).to("cpu").to("f32").tolist())
             del runner
         a, b = got
         num = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))

@@ -195,7 +195,6 @@ _HOST_ONLY = {
     "to_memory_trim",
     "to_bench_read_bandwidth",
     "to_bench_bf16_peak",
-    "to_sample",
     "to_fill_random",
 }
 OP_PROTOTYPES: dict[str, Prototype] = {

@@ -134,14 +134,20 @@ class Sampler:
             self._hist_counts[self._slot_of(token)] += 1
 
     def sample(self, logits: Tensor) -> int:
-        """One token id from a logits row [vocab] (f32 or bf16; a device tensor is copied to the
-        host first: the sampler runs on the CPU)."""
+        """One token id from a logits row [vocab] (f32 or bf16). A CUDA row is sampled on its
+        device where :func:`device_supports` the settings (greedy, or 1 <= top_k <= 1024), with
+        the same draws as the CPU; otherwise it is copied to the host first."""
         if logits.dtype not in (DType.float32, DType.bfloat16) or logits.ndim != 1:
             raise ValueError(f"logits must be a 1-d f32/bf16 tensor, got {logits}")
-        if logits.device.type != "cpu":
-            logits = logits.to("cpu")
-        elif not logits.is_contiguous():
+        fn: Any = None
+        if not logits.is_contiguous():
             logits = logits.contiguous()
+        if logits.device.type == "cuda" and device_supports(self.params, logits.shape[0]):
+            from inference_pio import cuda
+
+            fn = cuda.function("sample", logits.device)
+        elif logits.device.type != "cpu":
+            logits = logits.to("cpu")
         p = self.params
         n_hist = len(self._hist_ids) if self._uses_history else 0
         ids_buf: Any = None
@@ -149,27 +155,36 @@ class Sampler:
         if n_hist:
             ids_buf = (ctypes.c_int32 * n_hist).from_buffer(self._hist_ids)
             counts_buf = (ctypes.c_int32 * n_hist).from_buffer(self._hist_counts)
-        check(
-            lib().to_sample(
-                logits.data_ptr,
-                int(logits.dtype),
-                logits.shape[0],
-                ids_buf,
-                counts_buf,
-                n_hist,
-                p.temperature,
-                p.top_k,
-                p.top_p,
-                p.min_p,
-                p.repetition_penalty,
-                p.presence_penalty,
-                p.frequency_penalty,
-                ctypes.byref(self._rng),
-                ctypes.byref(self._out),
-            ),
-            "to_sample",
+        rc = (fn or lib().to_sample)(
+            logits.data_ptr,
+            int(logits.dtype),
+            logits.shape[0],
+            ids_buf,
+            counts_buf,
+            n_hist,
+            p.temperature,
+            p.top_k,
+            p.top_p,
+            p.min_p,
+            p.repetition_penalty,
+            p.presence_penalty,
+            p.frequency_penalty,
+            ctypes.byref(self._rng),
+            ctypes.byref(self._out),
         )
+        if fn is not None:
+            from inference_pio import cuda
+
+            cuda.check(rc, "toc_sample")
+        else:
+            check(rc, "to_sample")
         return int(self._out.value)
+
+
+def device_supports(params: SamplingParams, vocab: int) -> bool:
+    """Whether ``toc_sample`` draws for ``params`` on the GPU: greedy, or
+    1 <= top_k <= min(1024, vocab - 1) (any top-p, min-p and penalties)."""
+    return params.temperature == 0.0 or 1 <= params.top_k <= min(1024, vocab - 1)
 
 
 def _urandom8() -> bytes:

@@ -474,8 +474,12 @@ TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, i
  * toc_patchify, toc_image_normalize (mean and std stay host arrays), toc_moe_route_softmax,
  * toc_moe_route_sigmoid (at most 4096 experts), toc_moe_gather_rows, toc_moe_scatter_add and
  * toc_moe_group_by_expert (indices are checked on the device; an out-of-range one is skipped and
- * reported after the launch, except while a graph is being captured). No device twin yet:
- * to_sample (the host samples copied logits) and to_image_resize. Work runs in order on one stream per device (the calling thread's current
+ * reported after the launch, except while a graph is being captured). toc_image_resize uploads
+ * weights computed on the host, so it refuses graph capture.
+ * toc_sample takes logits on the device and everything else on the host (history,
+ * rng_state, out_token), like to_sample, and covers greedy and 1 <= top_k <= min(1024, vocab - 1)
+ * (any top-p, min-p, penalties; TO_ERR_UNSUPPORTED otherwise: sample those on the host), with the
+ * host's draws. Work runs in order on one stream per device (the calling thread's current
  * device); errors are thread-local in the CUDA library (toc_last_error), and kernel execution
  * errors surface at the next synchronising call. GPU-specific deviations: toc_embedding writes
  * zeros for an out-of-range id (Python validates ids), toc_topk does not reject NaN. */
@@ -526,9 +530,9 @@ TO_API int toc_attention_decode(const void *q, const void *k_cache, const void *
                                 int nsplit, float *workspace);
 TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
                                int32_t *step, int max_steps);
-/* Draws the next token on the device after a graph decode step (src/cuda/sampling.cu): the host
- * sampler's top-k path (temperature > 0, 1 <= top_k <= min(1024, vocab - 1), top_p, min_p; no
- * penalties) on the step's logits, with the 64-bit RNG state in device memory; writes the token
+/* Draws the next token on the device after a graph decode step (src/cuda/sampling.cu): toc_sample's
+ * draw (temperature > 0, 1 <= top_k <= min(1024, vocab - 1), top_p, min_p; no penalties) on the
+ * step's logits, with the 64-bit RNG state in device memory, no host synchronisation; writes the token
  * over the step's feedback: counters[0] (the next input) and tokens[counters[2] - 1]. */
 TO_API int toc_decode_sample(const void *logits, int dtype, int64_t vocab, int32_t *counters,
                              int32_t *tokens, int64_t max_steps, float temperature, int64_t top_k,

@@ -119,7 +119,7 @@ def test_graph_logits_match_op_path(ckpt: Any, fused: bool) -> None:
     m.forward([(prompt, runner.cache)])
     step_graph = runner.logits_after(7, len(prompt))
     a = torch.tensor(step_op.to("cpu").to("f32").tolist())
-    b = torch.tensor(step_graph.to("f32").tolist())
+    b = torch.tensor(step_graph.to("cpu").to("f32").tolist())
     assert float((a - b).norm() / a.norm()) < 2e-2
     assert int(a.argmax()) == int(b.argmax())
 
@@ -255,7 +255,7 @@ def _step_logits(m: Any, prompt: list[int], capacity: int, fused: bool) -> Any:
     runner.cache.length = 0
     m.forward([(prompt, runner.cache)])
     out = runner.logits_after(7, len(prompt))
-    return torch.tensor(out.to("f32").tolist())
+    return torch.tensor(out.to("cpu").to("f32").tolist())
 
 
 @pytest.mark.parametrize("plen", [1, 37, 300])
@@ -292,7 +292,7 @@ def test_fused_attention_tiles_and_slice_merge(shaped: Any) -> None:
         runner = CudaGraphDecoder(m, 512, **kw)
         runner.cache.length = 0
         m.forward([(prompt, runner.cache)])
-        return torch.tensor(runner.logits_after(7, len(prompt)).to("f32").tolist())
+        return torch.tensor(runner.logits_after(7, len(prompt)).to("cpu").to("f32").tolist())
 
     multi = logits(fused=False)
     cases = ((32, 2, 0), (64, 0, 512), (0, 1, 384), (96, 3, 512), (0, 0, 512), (32, 12, 0))
@@ -334,7 +334,7 @@ def test_fused_step_switches_from_folded_to_split_attention(shaped: Any) -> None
             runner = CudaGraphDecoder(m, 64, fused=fused, attn_tile=32 if fused else 0)
             runner.cache.length = 0
             m.forward([((prompt * 2)[:plen], runner.cache)])
-            got.append(torch.tensor(runner.logits_after(7, plen).to("f32").tolist()))
+            got.append(torch.tensor(runner.logits_after(7, plen).to("cpu").to("f32").tolist()))
         assert float((got[0] - got[1]).norm() / got[1].norm()) < 1e-2, plen
 
 
@@ -370,7 +370,9 @@ def test_fused_step_folds_o_proj_rows_beyond_shared_memory(tmp_path: Path) -> No
             assert info["fold_keys"] >= len(prompt) + 1
         runner.cache.length = 0
         m.forward([(prompt, runner.cache)])
-        logits[threads] = torch.tensor(runner.logits_after(7, len(prompt)).to("f32").tolist())
+        logits[threads] = torch.tensor(
+            runner.logits_after(7, len(prompt)).to("cpu").to("f32").tolist()
+        )
     for threads in (384, 512):
         err = float((logits[threads] - logits[0]).norm() / logits[0].norm())
         assert err < 1e-2, (threads, err)

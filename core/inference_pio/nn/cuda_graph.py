@@ -714,12 +714,13 @@ class CudaGraphDecoder:
         return [int(v) for v in out.tolist()]
 
     def logits_after(self, token: int, pos: int) -> Tensor:
-        """Feeds ``token`` at ``pos``; returns the next-token logits [vocab] on the CPU."""
+        """Feeds ``token`` at ``pos``; returns the next-token logits [vocab], a view of the
+        graph's output buffer on the device (valid until the next replay)."""
         if pos + 1 > self.capacity:
             raise ValueError("logits_after: the cache is full")
         self._set(token, pos)
         self.cuda.check(self.cuda.lib().toc_graph_launch(self.graph, 1), "toc_graph_launch")
-        return self.logits[0].to("cpu")
+        return self.logits[0]
 
 
 class _GivenToken:
@@ -782,8 +783,8 @@ def cuda_stream_generate(
         state.cache.length = 0
     else:
         state.cache = model.new_cache(capacity)
+    # logits stay on the device: the sampler draws there (or copies them where it cannot)
     (logits,) = model.forward([(prompt, state.cache)])
-    logits = logits.to("cpu")
     state.prefill_done_at = time.perf_counter()
     device_greedy = (
         runner is not None
@@ -846,7 +847,6 @@ def cuda_stream_generate(
             state.cache.length += 1
         else:
             (logits,) = model.forward([([last], state.cache)])
-            logits = logits.to("cpu")
     if on_finish is not None:
         on_finish(state.result(time.perf_counter()))
 

@@ -1,31 +1,45 @@
-/* Token sampling on the device for the graph decoder: after a replayed step, one block draws the
- * next token from the step's logits with temperature, top-k (1 <= k <= 1024), top-p and min-p,
- * and writes it where the step's own feedback (the greedy argmax) went, so that steps chain on
- * the device without a host round trip per token.
+/* Token sampling on the device: toc_sample (the twin of to_sample for a logits row in device
+ * memory) and toc_decode_sample (the graph decoder's draw after each replayed step, written where
+ * the step's own feedback went so that steps chain on the device without a host round trip).
  *
- * The draw is that of the host sampler (src/cpu/sampling.c, top-k path): the k best scaled logits
- * (ties: lower id), weights exp(v - max) in double, the smallest prefix whose mass reaches top_p
- * without tokens below min_p of the top weight, u from the same splitmix64 stream. The k best are
- * found by a radix select over 64-bit keys (order-preserving value bits, then ~id: every key is
- * distinct), 8 bits per pass, then sorted in shared memory. */
+ * Both draw what the host sampler (src/cpu/sampling.c) draws, bit for bit: penalties over the
+ * history, temperature, the k best scaled logits (ties: lower id), weights exp(v - max) in
+ * double, the smallest prefix whose mass reaches top_p without tokens below min_p of the top
+ * weight, u from the same splitmix64 stream; temperature 0 is the first maximum. The device
+ * covers greedy and 1 <= top_k <= 1024 (top_k < vocab); other settings return TO_ERR_UNSUPPORTED
+ * (the Python sampler copies such rows to the host).
+ *
+ * Selection works on 64-bit keys (order-preserving value bits, then ~id, so every key is
+ * distinct) in two launches: each block of the first takes a chunk of the vocabulary into shared
+ * memory and keeps its chunk's k best by a radix select (8 bits per pass, stopping as soon as a
+ * bin is taken whole); one block then selects the k best of those candidates, sorts them
+ * (bitonic) and walks them. For Qwen3's 151936 logits and k 20 that is 149 blocks of 1024 keys,
+ * then 2980 candidates. */
 #include "common.cuh"
 
-#define DS_THREADS 1024
+#define SEL_THREADS 512
+#define SEL_CHUNK_MAX 4096
+#define FIN_THREADS 1024
 #define DS_KMAX 1024
 
-__device__ __forceinline__ unsigned long long ds_key(const void *logits, int dt, int64_t i, float inv_t) {
-    float v = ldf(logits, dt, i) * inv_t;
+/* key of the scaled logit: NaN reads as -inf and -0 as +0 (the host compares floats) */
+__device__ __forceinline__ unsigned long long ds_key(const void *src, int dt, int64_t i, float inv_t) {
+    float v = ldf(src, dt, i) * inv_t;
+    if (v != v) v = -INFINITY;
     uint32_t u = __float_as_uint(v);
-    if (v != v) u = 0u; /* NaN: below every value (the host sampler reads it as -inf) */
-    else u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    if ((u << 1) == 0u) u = 0u;
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
     return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (uint32_t)i);
 }
 
 __device__ __forceinline__ float ds_value(unsigned long long key) {
     uint32_t u = (uint32_t)(key >> 32);
-    if (u == 0u) return -INFINITY;
     u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
     return __uint_as_float(u);
+}
+
+__device__ __forceinline__ int32_t ds_id(unsigned long long key) {
+    return (int32_t)(0xffffffffu - (uint32_t)key);
 }
 
 __device__ __forceinline__ uint64_t ds_splitmix64(uint64_t *state) {
@@ -35,79 +49,139 @@ __device__ __forceinline__ uint64_t ds_splitmix64(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
-struct DsArgs {
-    const void *logits;
-    int dt;
-    int64_t vocab;
-    int32_t *counters; /* [token, position, step, pad]: the step kernel's feedback */
-    int32_t *tokens;
-    int64_t max_steps;
-    float inv_t, top_p, min_p;
-    int k;
-    uint64_t *rng; /* device */
+struct SelShared {
+    unsigned hist[256];
+    unsigned long long prefix;
+    unsigned remaining, done, count;
 };
 
-__global__ void __launch_bounds__(DS_THREADS) decode_sample_kernel(DsArgs a) {
-    __shared__ unsigned hist[256];
-    __shared__ unsigned long long ck[DS_KMAX];
-    __shared__ double w[DS_KMAX];
-    __shared__ unsigned long long prefix_s;
-    __shared__ unsigned remaining_s, ncand;
-    const int tid = threadIdx.x;
-    const int64_t V = a.vocab;
-    /* radix select of the k-th largest key, most significant byte first */
+/* The smallest key T such that exactly k of keys[0 .. n) are >= T (keys distinct, 1 <= k); 1
+ * when n <= k (every real key is >= 1). keys may be in shared or global memory. Every thread of
+ * the block calls it and gets T. */
+__device__ unsigned long long kth_threshold(const unsigned long long *keys, int64_t n, int64_t k, SelShared &sh) {
+    if (n <= k) return 1ull;
+    const int tid = threadIdx.x, lane = tid & 31;
     unsigned long long prefix = 0ull, mask = 0ull;
-    unsigned remaining = (unsigned)a.k;
+    unsigned remaining = (unsigned)k;
     for (int shift = 56; shift >= 0; shift -= 8) {
-        for (int j = tid; j < 256; j += DS_THREADS) hist[j] = 0u;
+        for (int j = tid; j < 256; j += blockDim.x) sh.hist[j] = 0u;
         __syncthreads();
-        /* most keys share their high bytes: lanes with the same bin add once (one atomic per
-         * distinct bin and warp instead of up to 32 on one address) */
-        for (int64_t base = 0; base < V; base += DS_THREADS) {
+        for (int64_t base = 0; base < n; base += blockDim.x) {
             const int64_t i = base + tid;
             unsigned bin = 256u;
-            if (i < V) {
-                const unsigned long long key = ds_key(a.logits, a.dt, i, a.inv_t);
+            if (i < n) {
+                const unsigned long long key = keys[i];
                 if ((key & mask) == prefix) bin = (unsigned)(key >> shift) & 255u;
             }
-            const unsigned peers = __match_any_sync(0xffffffffu, bin);
-            if (bin < 256u && (tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+            /* most keys share their high bytes: one atomic per distinct bin and warp */
+            const unsigned active = __activemask();
+            const unsigned peers = __match_any_sync(active, bin);
+            if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&sh.hist[bin], __popc(peers));
         }
         __syncthreads();
-        if (tid == 0) {
-            unsigned cum = 0;
-            int d = 255;
-            for (; d > 0; d--) {
-                if (cum + hist[d] >= remaining) break;
-                cum += hist[d];
+        if (tid < 32) {
+            /* lane l owns the digits 255 - 8l .. 248 - 8l; find the largest digit d whose count
+             * with all larger digits reaches `remaining` */
+            unsigned h[8], s = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) s += (h[j] = sh.hist[255 - 8 * lane - j]);
+            unsigned incl = s;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned t = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += t;
             }
-            prefix_s = prefix | ((unsigned long long)d << shift);
-            remaining_s = remaining - cum;
+            unsigned cum = incl - s, above = 0, hd = 0;
+            int d = -1;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                if (d < 0 && cum + h[j] >= remaining) {
+                    d = 255 - 8 * lane - j;
+                    above = cum;
+                    hd = h[j];
+                }
+                cum += h[j];
+            }
+            const unsigned found = __ballot_sync(0xffffffffu, d >= 0);
+            if (lane == __ffs(found) - 1) {
+                sh.prefix = prefix | ((unsigned long long)d << shift);
+                sh.remaining = remaining - above;
+                sh.done = hd == remaining - above; /* the whole bin is taken */
+            }
         }
         __syncthreads();
-        prefix = prefix_s;
-        remaining = remaining_s;
+        prefix = sh.prefix;
+        remaining = sh.remaining;
+        const unsigned done = sh.done;
+        __syncthreads(); /* sh is rewritten by the next pass */
+        if (done) break;
         mask |= 255ull << shift;
     }
-    /* the k keys >= the k-th, sorted descending (bitonic, padded with zeros) */
-    if (tid == 0) ncand = 0u;
-    for (int j = tid; j < DS_KMAX; j += DS_THREADS) ck[j] = 0ull;
+    return prefix; /* the digits below the last chosen one are zero */
+}
+
+struct SelArgs {
+    const void *src;
+    int dt;
+    float inv_t;
+    int64_t vocab;
+    int k, chunk;
+    unsigned long long *cand; /* [gridDim.x, k] */
+};
+
+/* the k best keys of each chunk (fewer when the chunk is shorter; the rest of its slots 0) */
+__global__ void __launch_bounds__(SEL_THREADS) select_chunk_kernel(SelArgs a) {
+    __shared__ unsigned long long keys[SEL_CHUNK_MAX];
+    __shared__ SelShared sh;
+    const int64_t b0 = (int64_t)blockIdx.x * a.chunk;
+    const int n = (int)min((int64_t)a.chunk, a.vocab - b0);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) keys[i] = ds_key(a.src, a.dt, b0 + i, a.inv_t);
+    if (threadIdx.x == 0) sh.count = 0u;
     __syncthreads();
-    for (int64_t i = tid; i < V; i += DS_THREADS) {
-        const unsigned long long key = ds_key(a.logits, a.dt, i, a.inv_t);
-        if (key >= prefix) {
-            const unsigned s = atomicAdd(&ncand, 1u);
-            if (s < DS_KMAX) ck[s] = key;
-        }
+    const unsigned long long t = kth_threshold(keys, n, a.k, sh);
+    unsigned long long *out = a.cand + (int64_t)blockIdx.x * a.k;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (keys[i] >= t) out[atomicAdd(&sh.count, 1u)] = keys[i];
+    for (int i = n + threadIdx.x; i < a.k; i += blockDim.x) out[i] = 0ull;
+}
+
+struct FinArgs {
+    const unsigned long long *cand;
+    int64_t n_cand;
+    int k;
+    int greedy;
+    float top_p, min_p;
+    uint64_t *rng;       /* device state, advanced unless greedy */
+    int64_t *out_token;  /* toc_sample: the drawn id, or NULL */
+    int32_t *counters;   /* toc_decode_sample: [token, position, step, pad], or NULL */
+    int32_t *tokens;
+    int64_t max_steps;
+};
+
+/* the k best candidates, sorted descending, then the host sampler's walk by one thread */
+__global__ void __launch_bounds__(FIN_THREADS) finish_kernel(FinArgs a) {
+    __shared__ unsigned long long ck[DS_KMAX];
+    __shared__ double w[DS_KMAX];
+    __shared__ SelShared sh;
+    const int tid = threadIdx.x, k = a.k;
+    if (tid == 0) sh.count = 0u;
+    const unsigned long long t = kth_threshold(a.cand, a.n_cand, k, sh);
+    int P = 1;
+    while (P < k) P <<= 1;
+    for (int j = tid; j < P; j += blockDim.x) ck[j] = 0ull;
+    __syncthreads();
+    for (int64_t i = tid; i < a.n_cand; i += blockDim.x) {
+        const unsigned long long key = a.cand[i];
+        if (key >= t) ck[atomicAdd(&sh.count, 1u)] = key;
     }
     __syncthreads();
-    for (unsigned size = 2; size <= DS_KMAX; size <<= 1) {
-        for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
-            const unsigned j = (unsigned)tid, p = j ^ stride;
-            if (p > j) {
-                const bool up = (j & size) == 0;
+    for (int size = 2; size <= P; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            const int j = tid, p = j ^ stride;
+            if (j < P && p > j) {
+                const bool down = (j & size) == 0;
                 const unsigned long long x = ck[j], y = ck[p];
-                if ((x < y) == up) {
+                if ((x < y) == down) {
                     ck[j] = y;
                     ck[p] = x;
                 }
@@ -115,36 +189,193 @@ __global__ void __launch_bounds__(DS_THREADS) decode_sample_kernel(DsArgs a) {
             __syncthreads();
         }
     }
-    /* weights of the k candidates (double, like the host), then the walk by one thread */
-    const int k = a.k;
     const float vmax = ds_value(ck[0]);
-    if (tid < k) w[tid] = exp((double)(ds_value(ck[tid]) - vmax));
+    const bool walk = !a.greedy && vmax != -INFINITY;
+    if (walk && tid < k) w[tid] = exp((double)(ds_value(ck[tid]) - vmax));
     __syncthreads();
     if (tid != 0) return;
-    double z = 0.0;
-    for (int i = 0; i < k; i++) z += w[i];
-    double mass = 0.0;
-    int keep = 0;
-    for (int i = 0; i < k; i++) {
-        const double p = w[i] / z;
-        if (i > 0 && (mass >= (double)a.top_p || p < (double)a.min_p / z)) break;
-        mass += p;
-        keep++;
+    int32_t pick = ds_id(ck[0]);
+    if (walk) {
+        double z = 0.0;
+        for (int i = 0; i < k; i++) z += w[i];
+        double mass = 0.0;
+        int keep = 0;
+        for (int i = 0; i < k; i++) {
+            const double p = w[i] / z;
+            if (i > 0 && (mass >= (double)a.top_p || p < (double)a.min_p / z)) break;
+            mass += p;
+            keep++;
+        }
+        uint64_t st = *a.rng;
+        const double u = (double)(ds_splitmix64(&st) >> 11) * (1.0 / 9007199254740992.0) * mass;
+        *a.rng = st;
+        double acc = 0.0;
+        for (int i = 0; i < keep; i++) {
+            acc += w[i] / z;
+            pick = ds_id(ck[i]);
+            if (u < acc) break;
+        }
     }
-    uint64_t st = *a.rng;
-    const double u = (double)(ds_splitmix64(&st) >> 11) * (1.0 / 9007199254740992.0) * mass;
-    *a.rng = st;
-    double acc = 0.0;
-    int32_t pick = (int32_t)(0xffffffffu - (uint32_t)ck[0]);
-    for (int i = 0; i < keep; i++) {
-        acc += w[i] / z;
-        pick = (int32_t)(0xffffffffu - (uint32_t)ck[i]);
-        if (u < acc) break;
+    if (a.out_token) *a.out_token = pick;
+    if (a.counters) { /* over the step's argmax: the next step's input token and this step's output */
+        a.counters[0] = pick;
+        const int32_t s = a.counters[2] - 1;
+        if (s >= 0 && s < a.max_steps) a.tokens[s] = pick;
     }
-    /* over the step's argmax: the next step's input token and this step's output */
-    a.counters[0] = pick;
-    const int32_t s = a.counters[2] - 1;
-    if (s >= 0 && s < a.max_steps) a.tokens[s] = pick;
+}
+
+/* v = logits * inv_t (NaN -> -inf), then the penalised values of the history ids (the host's
+ * fp32 arithmetic, no contraction) */
+__global__ void scale_kernel(const void *logits, int dt, int64_t vocab, float inv_t, float *v) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vocab; i += (int64_t)gridDim.x * blockDim.x) {
+        const float x = __fmul_rn(ldf(logits, dt, i), inv_t);
+        v[i] = x == x ? x : -INFINITY;
+    }
+}
+
+__global__ void penalty_kernel(const void *logits, int dt, const int32_t *ids, const int32_t *counts, int64_t n,
+                               float inv_t, float rep, float pres, float freq, float *v) {
+    const int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const int32_t id = ids[j];
+    float l = ldf(logits, dt, id);
+    if (rep != 1.0f) l = l > 0 ? __fdiv_rn(l, rep) : __fmul_rn(l, rep);
+    l = __fsub_rn(l, __fadd_rn(__fmul_rn(freq, (float)counts[j]), counts[j] > 0 ? pres : 0.0f));
+    l = __fmul_rn(l, inv_t);
+    v[id] = l == l ? l : -INFINITY;
+}
+
+/* per-device scratch: candidates, scaled values, history, rng and token (grown outside capture) */
+struct SampleWs {
+    void *buf;
+    size_t size;
+};
+static SampleWs g_ws[16];
+
+static int workspace(size_t bytes, char **out) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    SampleWs &ws = g_ws[dev & 15];
+    if (ws.size < bytes) {
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        TOC_CUDA(cudaStreamIsCapturing(toc_stream(), &cs), "cudaStreamIsCapturing");
+        TOC_CHECK(cs == cudaStreamCaptureStatusNone, TO_ERR_UNSUPPORTED,
+                  "sampling: workspace must grow, but a graph is being captured (sample once before capturing)");
+        if (ws.buf) {
+            TOC_CUDA(cudaStreamSynchronize(toc_stream()), "cudaStreamSynchronize");
+            cudaFree(ws.buf);
+            ws.buf = nullptr;
+            ws.size = 0;
+        }
+        TOC_CUDA(cudaMalloc(&ws.buf, bytes), "cudaMalloc (sampling workspace)");
+        ws.size = bytes;
+    }
+    *out = (char *)ws.buf;
+    return TO_OK;
+}
+
+static int chunk_for(int64_t k) {
+    int c = 1024;
+    while (c < 4 * k && c < SEL_CHUNK_MAX) c <<= 1;
+    return c;
+}
+
+static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+/* the two selection launches over src and the walk; cand has room for cdiv(vocab, chunk) * k */
+static int launch_draw(const void *src, int dt, float inv_t, int64_t vocab, int64_t k, int greedy, float top_p,
+                       float min_p, unsigned long long *cand, FinArgs fin) {
+    const int chunk = chunk_for(k);
+    const int64_t g = toc_cdiv(vocab, chunk);
+    SelArgs s = {src, dt, inv_t, vocab, (int)k, chunk, cand};
+    select_chunk_kernel<<<(unsigned)g, SEL_THREADS, 0, toc_stream()>>>(s);
+    TOC_LAUNCHED("select_chunk_kernel");
+    fin.cand = cand;
+    fin.n_cand = g * k;
+    fin.k = (int)k;
+    fin.greedy = greedy;
+    fin.top_p = top_p;
+    fin.min_p = min_p;
+    finish_kernel<<<1, FIN_THREADS, 0, toc_stream()>>>(fin);
+    TOC_LAUNCHED("finish_kernel");
+    return TO_OK;
+}
+
+static size_t cand_bytes(int64_t vocab, int64_t k) { return align256((size_t)toc_cdiv(vocab, chunk_for(k)) * k * 8); }
+
+TOC_EXPORT int toc_sample(const void *logits, int dtype, int64_t vocab, const int32_t *history_ids,
+                          const int32_t *history_counts, int64_t n_history, float temperature, int64_t top_k,
+                          float top_p, float min_p, float repetition_penalty, float presence_penalty,
+                          float frequency_penalty, uint64_t *rng_state, int64_t *out_token) {
+    TOC_CHECK(logits && out_token, TO_ERR_INVALID_ARGUMENT, "toc_sample: NULL pointer");
+    TOC_CHECK(toc_is_act(dtype), TO_ERR_DTYPE, "toc_sample: logits must be f32 or bf16");
+    TOC_CHECK(vocab > 0 && vocab <= 0x7fffffffLL, TO_ERR_SHAPE, "toc_sample: vocab %lld out of range", (long long)vocab);
+    TOC_CHECK(n_history >= 0 && (n_history == 0 || (history_ids && history_counts)), TO_ERR_INVALID_ARGUMENT,
+              "toc_sample: history arrays are NULL");
+    TOC_CHECK(temperature >= 0.0f && temperature == temperature, TO_ERR_INVALID_ARGUMENT,
+              "toc_sample: temperature %g must be >= 0", (double)temperature);
+    TOC_CHECK(top_k >= 0, TO_ERR_INVALID_ARGUMENT, "toc_sample: top_k must be >= 0");
+    TOC_CHECK(top_p > 0.0f && top_p <= 1.0f, TO_ERR_INVALID_ARGUMENT, "toc_sample: top_p %g not in (0, 1]",
+              (double)top_p);
+    TOC_CHECK(min_p >= 0.0f && min_p < 1.0f, TO_ERR_INVALID_ARGUMENT, "toc_sample: min_p %g not in [0, 1)",
+              (double)min_p);
+    TOC_CHECK(repetition_penalty > 0.0f, TO_ERR_INVALID_ARGUMENT, "toc_sample: repetition_penalty must be > 0");
+    TOC_CHECK(temperature == 0.0f || rng_state != NULL, TO_ERR_INVALID_ARGUMENT, "toc_sample: rng_state is NULL");
+    for (int64_t j = 0; j < n_history; j++)
+        TOC_CHECK(history_ids[j] >= 0 && history_ids[j] < vocab, TO_ERR_INVALID_ARGUMENT,
+                  "toc_sample: history id %d outside vocab %lld", history_ids[j], (long long)vocab);
+    const int greedy = temperature == 0.0f;
+    TOC_CHECK(greedy || (top_k >= 1 && top_k <= DS_KMAX && top_k < vocab), TO_ERR_UNSUPPORTED,
+              "toc_sample: the device samples greedy or 1 <= top_k <= min(1024, vocab - 1) (top_k %lld)",
+              (long long)top_k);
+    TOC_READY();
+    const int64_t k = greedy ? 1 : top_k;
+    const int penalised = n_history > 0 && (repetition_penalty != 1.0f || presence_penalty != 0.0f ||
+                                            frequency_penalty != 0.0f);
+    const float inv_t = greedy ? 1.0f : 1.0f / temperature;
+    /* layout: candidates | rng, token | values (penalised) | history ids | history counts */
+    const size_t o_state = cand_bytes(vocab, k);
+    const size_t o_v = o_state + 256;
+    const size_t o_ids = o_v + (penalised ? align256((size_t)vocab * 4) : 0);
+    const size_t o_counts = o_ids + (penalised ? align256((size_t)n_history * 4) : 0);
+    const size_t total = o_counts + (penalised ? align256((size_t)n_history * 4) : 0);
+    char *ws = nullptr;
+    int rc = workspace(total, &ws);
+    if (rc) return rc;
+    cudaStream_t st = toc_stream();
+    uint64_t *rng_dev = (uint64_t *)(ws + o_state);
+    int64_t *tok_dev = (int64_t *)(ws + o_state + 8);
+    if (!greedy) TOC_CUDA(cudaMemcpyAsync(rng_dev, rng_state, 8, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync");
+    const void *src = logits;
+    int src_dt = dtype;
+    float src_inv_t = inv_t;
+    if (penalised) {
+        float *v = (float *)(ws + o_v);
+        int32_t *ids = (int32_t *)(ws + o_ids), *counts = (int32_t *)(ws + o_counts);
+        TOC_CUDA(cudaMemcpyAsync(ids, history_ids, (size_t)n_history * 4, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync");
+        TOC_CUDA(cudaMemcpyAsync(counts, history_counts, (size_t)n_history * 4, cudaMemcpyHostToDevice, st),
+                 "cudaMemcpyAsync");
+        scale_kernel<<<toc_grid(vocab, 256, 4 * (int64_t)toc_sm_count()), 256, 0, st>>>(logits, dtype, vocab, inv_t, v);
+        TOC_LAUNCHED("scale_kernel");
+        penalty_kernel<<<toc_grid(n_history, 256), 256, 0, st>>>(logits, dtype, ids, counts, n_history, inv_t,
+                                                                   repetition_penalty, presence_penalty,
+                                                                   frequency_penalty, v);
+        TOC_LAUNCHED("penalty_kernel");
+        src = v;
+        src_dt = TO_F32;
+        src_inv_t = 1.0f;
+    }
+    FinArgs fin = {};
+    fin.rng = rng_dev;
+    fin.out_token = tok_dev;
+    rc = launch_draw(src, src_dt, src_inv_t, vocab, k, greedy, top_p, min_p, (unsigned long long *)ws, fin);
+    if (rc) return rc;
+    uint64_t back[2];
+    TOC_CUDA(cudaMemcpyAsync(back, rng_dev, 16, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync");
+    TOC_CUDA(cudaStreamSynchronize(st), "toc_sample");
+    if (!greedy) *rng_state = back[0];
+    *out_token = (int64_t)back[1];
+    return TO_OK;
 }
 
 TOC_EXPORT int toc_decode_sample(const void *logits, int dtype, int64_t vocab, int32_t *counters, int32_t *tokens,
@@ -163,9 +394,14 @@ TOC_EXPORT int toc_decode_sample(const void *logits, int dtype, int64_t vocab, i
               (double)min_p);
     TOC_CHECK(logits && counters && tokens && rng_state, TO_ERR_INVALID_ARGUMENT, "toc_decode_sample: NULL pointer");
     TOC_READY();
-    DsArgs a = {logits, dtype, vocab, counters, tokens, max_steps, 1.0f / temperature, top_p, min_p, (int)top_k,
-                rng_state};
-    decode_sample_kernel<<<1, DS_THREADS, 0, toc_stream()>>>(a);
-    TOC_LAUNCHED("decode_sample_kernel");
-    return TO_OK;
+    char *ws = nullptr;
+    int rc = workspace(cand_bytes(vocab, top_k), &ws);
+    if (rc) return rc;
+    FinArgs fin = {};
+    fin.rng = rng_state;
+    fin.counters = counters;
+    fin.tokens = tokens;
+    fin.max_steps = max_steps;
+    return launch_draw(logits, dtype, 1.0f / temperature, vocab, top_k, 0, top_p, min_p, (unsigned long long *)ws,
+                       fin);
 }
