@@ -475,11 +475,10 @@ TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, i
  * toc_moe_route_sigmoid (at most 4096 experts), toc_moe_gather_rows, toc_moe_scatter_add and
  * toc_moe_group_by_expert (indices are checked on the device; an out-of-range one is skipped and
  * reported after the launch, except while a graph is being captured). toc_image_resize uploads
- * weights computed on the host, so it refuses graph capture.
- * toc_sample takes logits on the device and everything else on the host (history,
- * rng_state, out_token), like to_sample, and covers greedy and 1 <= top_k <= min(1024, vocab - 1)
- * (any top-p, min-p, penalties; TO_ERR_UNSUPPORTED otherwise: sample those on the host), with the
- * host's draws. Work runs in order on one stream per device (the calling thread's current
+ * weights computed on the host, so it refuses graph capture. toc_sample takes the logits on the
+ * device and everything else on the host (history, rng_state, out_token), like to_sample, and
+ * draws the host's tokens for greedy and 1 <= top_k <= min(1024, vocab - 1) with any top-p, min-p
+ * and penalties (TO_ERR_UNSUPPORTED otherwise: sample those on the host). Work runs in order on one stream per device (the calling thread's current
  * device); errors are thread-local in the CUDA library (toc_last_error), and kernel execution
  * errors surface at the next synchronising call. GPU-specific deviations: toc_embedding writes
  * zeros for an out-of-range id (Python validates ids), toc_topk does not reject NaN. */

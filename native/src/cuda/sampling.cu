@@ -15,6 +15,8 @@
  * bin is taken whole); one block then selects the k best of those candidates, sorts them
  * (bitonic) and walks them. For Qwen3's 151936 logits and k 20 that is 149 blocks of 1024 keys,
  * then 2980 candidates. */
+#include <mutex>
+
 #include "common.cuh"
 
 #define SEL_THREADS 512
@@ -251,6 +253,9 @@ struct SampleWs {
     size_t size;
 };
 static SampleWs g_ws[16];
+/* one caller at a time per process: the candidates of a draw must not be overwritten by another
+ * thread's launches between its two kernels (the stream orders the rest) */
+static std::mutex g_sample_lock;
 
 static int workspace(size_t bytes, char **out) {
     int dev = 0;
@@ -329,6 +334,7 @@ TOC_EXPORT int toc_sample(const void *logits, int dtype, int64_t vocab, const in
               "toc_sample: the device samples greedy or 1 <= top_k <= min(1024, vocab - 1) (top_k %lld)",
               (long long)top_k);
     TOC_READY();
+    std::lock_guard<std::mutex> guard(g_sample_lock);
     const int64_t k = greedy ? 1 : top_k;
     const int penalised = n_history > 0 && (repetition_penalty != 1.0f || presence_penalty != 0.0f ||
                                             frequency_penalty != 0.0f);
@@ -394,6 +400,7 @@ TOC_EXPORT int toc_decode_sample(const void *logits, int dtype, int64_t vocab, i
               (double)min_p);
     TOC_CHECK(logits && counters && tokens && rng_state, TO_ERR_INVALID_ARGUMENT, "toc_decode_sample: NULL pointer");
     TOC_READY();
+    std::lock_guard<std::mutex> guard(g_sample_lock);
     char *ws = nullptr;
     int rc = workspace(cand_bytes(vocab, top_k), &ws);
     if (rc) return rc;
