@@ -395,6 +395,37 @@ def test_attention_cache(dt: DType, tq: int, past: int) -> None:
         assert rel(out, sd) < 1e-2
 
 
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize(
+    ("hd", "nh", "nkv", "tq", "past"),
+    [
+        (32, 3, 3, 1, 0),
+        (64, 16, 8, 1, 4098),
+        (96, 6, 2, 2, 37),
+        (128, 32, 8, 1, 1001),
+        (192, 12, 1, 1, 130),
+        (256, 8, 1, 3, 515),
+        (80, 24, 2, 1, 9),
+    ],
+)
+def test_split_k_decode_attention(
+    dt: DType, hd: int, nh: int, nkv: int, tq: int, past: int
+) -> None:
+    """The split-K kernel (a few query tokens over a long cache): head_dim not a multiple of 32
+    or up to 256, more than 8 query heads per kv head, key counts that leave partial steps of
+    four keys per warp and splits with a single key."""
+    kv = past + tq
+    g = torch.Generator().manual_seed(hd + nh + past)
+    q = torch.randn(tq, nh, hd, generator=g).to(TDT[dt])
+    k = (torch.randn(kv, nkv, hd, generator=g) * 2).to(TDT[dt])
+    v = torch.randn(kv, nkv, hd, generator=g).to(TDT[dt])
+    kc = Tensor.zeros((nkv, kv + 5, hd), dt, DEV)
+    vc = Tensor.zeros((nkv, kv + 5, hd), dt, DEV)
+    ops.kv_cache_append(ours(k, DEV), ours(v, DEV), kc, vc, 0)
+    out = theirs(ops.attention(ours(q, DEV), kc, vc, kv_len=kv, q_pos=past))
+    assert rel(out, _sdpa_ref(q, k, v, past)) < tol(dt, 1e-4)
+
+
 @pytest.mark.parametrize(
     ("hd", "tq", "past", "causal"),
     [(64, 700, 0, True), (128, 333, 100, True), (128, 97, 0, False), (64, 64, 1, True)],

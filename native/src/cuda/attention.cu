@@ -1,7 +1,10 @@
 /* Attention and KV cache on the device (semantics of src/cpu/attention.c).
  *  - split-K kernel (any dtype, any tq, GQA groups share each K/V read): decode and small prefill;
  *    each block covers one query token, one kv head (its group of query heads) and one slice of
- *    the keys; slices are merged by a second kernel.
+ *    the keys; slices are merged by a second kernel. Each warp loads the K/V rows of 4 keys
+ *    before using any (the cache dtype is a template argument: a dtype switch around each load
+ *    made the compiler wait for each load in turn), with 16-byte vector loads for bf16 rows of
+ *    64/128/256; H200, 8 kv heads x 128 over 4096 keys: 17 us against 105 us before.
  *  - flash prefill (bf16, head_dim 64 or 128): FlashAttention-2 style, mma.sync tensor-core tiles
  *    of 64 queries x 64 keys with everything per query row in registers, online softmax in fp32
  *    (probabilities rounded to bf16 for the P.V product).
@@ -26,6 +29,37 @@ struct AttnArgs {
     float *ws_o, *ws_ml; /* [tq, nh, nsplit, hdv], [tq, nh, nsplit, 2] when nsplit > 1 */
 };
 
+/* ND: head_dim / 32 slots per lane (2, 4 or 8); each warp takes AT_U keys per step, their K/V
+ * rows loaded before any of them is used, so that the loads of a warp overlap */
+#define AT_U 4
+/* a cached key/value element of dtype KD (a compile-time dtype: a runtime switch around each load
+ * makes the compiler convert each value right after its load, which serialises the loads) */
+template <int KD>
+__device__ __forceinline__ float ld_kv(const void *p, int64_t i) {
+    if (KD == TO_F32) return ((const float *)p)[i];
+    if (KD == TO_BF16) return bf2f(((const uint16_t *)p)[i]);
+    return h2f(((const uint16_t *)p)[i]);
+}
+/* VEC (bf16, head_dim == 32 * ND for q/k and v, rows 16-byte aligned): lane l holds elements
+ * l * ND .. l * ND + ND - 1 of each row and loads them with one vector load; otherwise lane l holds
+ * elements l + 32 j (any head_dim, any alignment) */
+template <int ND>
+__device__ __forceinline__ void ld_bf_vec(const uint16_t *p, float *out) {
+    if (ND == 8) {
+        bf8(*(const uint4 *)p, out);
+    } else if (ND == 4) {
+        const uint2 v = *(const uint2 *)p;
+        out[0] = __uint_as_float(v.x << 16);
+        out[1] = __uint_as_float(v.x & 0xffff0000u);
+        out[2] = __uint_as_float(v.y << 16);
+        out[3] = __uint_as_float(v.y & 0xffff0000u);
+    } else {
+        const uint32_t v = *(const uint32_t *)p;
+        out[0] = __uint_as_float(v << 16);
+        out[1] = __uint_as_float(v & 0xffff0000u);
+    }
+}
+template <int ND, int KD, bool VEC>
 __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
     __shared__ float qs[AT_GMAX][AT_DMAX * 32];
     __shared__ float wm[4][AT_GMAX], wl[4][AT_GMAX];
@@ -56,53 +90,89 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
     int64_t span = hi > lo ? hi - lo : 0;
     int64_t chunk = (span + a.nsplit - 1) / a.nsplit;
     int64_t s0 = lo + split * chunk, s1 = min(hi, s0 + chunk);
-    const int nd = (int)((a.hd + 31) / 32), ndv = (int)((a.hdv + 31) / 32);
+    const int ndv = (int)((a.hdv + 31) / 32);
     for (int g = 0; g < gc; g++)
-        for (int64_t d = threadIdx.x; d < a.hd; d += blockDim.x)
-            qs[g][d] = ldf(a.q, a.qd, i * a.ldq + (h * G + g0 + g) * a.hd + d);
+        for (int64_t d = threadIdx.x; d < 32 * ND; d += blockDim.x) /* zeros past head_dim */
+            qs[g][d] = d < a.hd ? ldf(a.q, a.qd, i * a.ldq + (h * G + g0 + g) * a.hd + d) : 0.0f;
     __syncthreads();
-    float m[AT_GMAX], l[AT_GMAX], acc[AT_GMAX][AT_DMAX];
+    float m[AT_GMAX], l[AT_GMAX], acc[AT_GMAX][ND];
 #pragma unroll
     for (int g = 0; g < AT_GMAX; g++) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
 #pragma unroll
-        for (int j = 0; j < AT_DMAX; j++) acc[g][j] = 0.0f;
+        for (int j = 0; j < ND; j++) acc[g][j] = 0.0f;
     }
-    for (int64_t p = s0 + warp; p < s1; p += 4) {
-        float kr[AT_DMAX], vr[AT_DMAX];
+    for (int64_t p = s0 + warp * AT_U; p < s1; p += 4 * AT_U) {
+        float kr[AT_U][ND], vr[AT_U][ND];
 #pragma unroll
-        for (int j = 0; j < AT_DMAX; j++) {
-            int64_t d = lane + 32 * j;
-            kr[j] = (j < nd && d < a.hd) ? ldf(a.k, a.kd, h * a.khs + p * a.kps + d) : 0.0f;
-            vr[j] = (j < ndv && d < a.hdv) ? ldf(a.v, a.kd, h * a.vhs + p * a.vps + d) : 0.0f;
+        for (int u = 0; u < AT_U; u++) {
+            const bool ok = p + u < s1;
+            if (VEC) {
+                const int64_t q = ok ? p + u : s0; /* s0 < s1: a row that exists */
+                ld_bf_vec<ND>((const uint16_t *)a.k + h * a.khs + q * a.kps + lane * ND, kr[u]);
+                ld_bf_vec<ND>((const uint16_t *)a.v + h * a.vhs + q * a.vps + lane * ND, vr[u]);
+#pragma unroll
+                for (int j = 0; j < ND; j++) vr[u][j] = ok ? vr[u][j] : 0.0f; /* weight 0, and no NaN */
+            } else {
+#pragma unroll
+                for (int j = 0; j < ND; j++) {
+                    const int64_t d = lane + 32 * j;
+                    kr[u][j] = (ok && d < a.hd) ? ld_kv<KD>(a.k, h * a.khs + (p + u) * a.kps + d) : 0.0f;
+                    vr[u][j] = (ok && d < a.hdv) ? ld_kv<KD>(a.v, h * a.vhs + (p + u) * a.vps + d) : 0.0f;
+                }
+            }
         }
 #pragma unroll
         for (int g = 0; g < AT_GMAX; g++) {
             if (g >= gc) break;
-            float dot = 0.0f;
+            float s[AT_U];
 #pragma unroll
-            for (int j = 0; j < AT_DMAX; j++)
-                if (j < nd && lane + 32 * j < a.hd) dot += qs[g][lane + 32 * j] * kr[j];
-            float s = warp_sum(dot) * a.scale;
-            float mn = fmaxf(m[g], s);
-            float alpha = expf(m[g] - mn), pe = expf(s - mn);
-            l[g] = l[g] * alpha + pe;
+            for (int u = 0; u < AT_U; u++) {
+                float dot = 0.0f;
 #pragma unroll
-            for (int j = 0; j < AT_DMAX; j++) acc[g][j] = acc[g][j] * alpha + pe * vr[j];
+                for (int j = 0; j < ND; j++) dot += qs[g][VEC ? lane * ND + j : lane + 32 * j] * kr[u][j];
+                s[u] = dot;
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+                for (int u = 0; u < AT_U; u++) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
+            float mn = m[g];
+#pragma unroll
+            for (int u = 0; u < AT_U; u++) {
+                s[u] = p + u < s1 ? s[u] * a.scale : -INFINITY;
+                mn = fmaxf(mn, s[u]);
+            }
+            const float alpha = expf(m[g] - mn); /* key p is visible: mn is finite */
+            float pe[AT_U], lsum = 0.0f;
+#pragma unroll
+            for (int u = 0; u < AT_U; u++) lsum += (pe[u] = expf(s[u] - mn));
+            l[g] = l[g] * alpha + lsum;
+#pragma unroll
+            for (int j = 0; j < ND; j++) {
+                float o = acc[g][j] * alpha;
+#pragma unroll
+                for (int u = 0; u < AT_U; u++) o += pe[u] * vr[u][j];
+                acc[g][j] = o;
+            }
             m[g] = mn;
         }
     }
     /* merge the 4 warps */
-    if (lane == 0)
-        for (int g = 0; g < gc; g++) {
+#pragma unroll
+    for (int g = 0; g < AT_GMAX; g++) { /* unrolled: the register arrays stay in registers */
+        if (g >= gc) break;
+        if (lane == 0) {
             wm[warp][g] = m[g];
             wl[warp][g] = l[g];
         }
-    for (int g = 0; g < gc; g++)
 #pragma unroll
-        for (int j = 0; j < AT_DMAX; j++)
-            if (j < ndv) wacc[warp][g][lane + 32 * j] = acc[g][j];
+        for (int j = 0; j < ND; j++) {
+            if (VEC) wacc[warp][g][lane * ND + j] = acc[g][j];
+            else if (j < ndv) wacc[warp][g][lane + 32 * j] = acc[g][j];
+        }
+    }
     __syncthreads();
     for (int e = threadIdx.x; e < gc * ndv * 32; e += blockDim.x) {
         int g = e / (ndv * 32), d = e % (ndv * 32);
@@ -151,7 +221,24 @@ __global__ void attn_merge_kernel(AttnArgs a) {
 static int launch_split(AttnArgs &a) {
     int64_t G = a.nh / a.nkv, gchunks = (G + AT_GMAX - 1) / AT_GMAX;
     dim3 grid((unsigned)a.nsplit, (unsigned)(a.nkv * gchunks), (unsigned)a.tq);
-    attn_split_kernel<<<grid, 128, 0, toc_stream()>>>(a);
+    const int64_t nd = ((a.hd > a.hdv ? a.hd : a.hdv) + 31) / 32;
+    cudaStream_t st = toc_stream();
+    const bool vec = a.kd == TO_BF16 && a.hd == a.hdv && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
+                     a.khs % 8 == 0 && a.kps % 8 == 0 && a.vhs % 8 == 0 && a.vps % 8 == 0 &&
+                     ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
+    if (vec) {
+        if (a.hd == 64) attn_split_kernel<2, TO_BF16, true><<<grid, 128, 0, st>>>(a);
+        else if (a.hd == 128) attn_split_kernel<4, TO_BF16, true><<<grid, 128, 0, st>>>(a);
+        else attn_split_kernel<AT_DMAX, TO_BF16, true><<<grid, 128, 0, st>>>(a);
+    } else if (a.kd == TO_BF16) {
+        if (nd <= 2) attn_split_kernel<2, TO_BF16, false><<<grid, 128, 0, st>>>(a);
+        else if (nd <= 4) attn_split_kernel<4, TO_BF16, false><<<grid, 128, 0, st>>>(a);
+        else attn_split_kernel<AT_DMAX, TO_BF16, false><<<grid, 128, 0, st>>>(a);
+    } else {
+        if (nd <= 2) attn_split_kernel<2, TO_F32, false><<<grid, 128, 0, st>>>(a);
+        else if (nd <= 4) attn_split_kernel<4, TO_F32, false><<<grid, 128, 0, st>>>(a);
+        else attn_split_kernel<AT_DMAX, TO_F32, false><<<grid, 128, 0, st>>>(a);
+    }
     TOC_LAUNCHED("attn_split_kernel");
     if (a.nsplit > 1) {
         attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
