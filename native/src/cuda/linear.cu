@@ -70,7 +70,47 @@ __device__ __forceinline__ void dot8(uint4 v, const float *xs, int64_t k, int64_
     }
 }
 
-template <int M>
+/* An element of a compile-time dtype (a runtime dtype switch around each load makes the compiler
+ * convert each value right after its load, so the loads of a loop run one after another). */
+template <int DT>
+__device__ __forceinline__ float ld_dt(const void *p, int64_t i) {
+    if (DT == TO_F32) return ((const float *)p)[i];
+    if (DT == TO_BF16) return bf2f(((const uint16_t *)p)[i]);
+    return h2f(((const uint16_t *)p)[i]);
+}
+
+/* dst[0 .. k) = src[0 .. k) (dtype XD), each thread with 4 loads in flight */
+template <int XD>
+__device__ __forceinline__ void stage_row(float *dst, const void *src, int64_t k) {
+    const int64_t bd = blockDim.x;
+    int64_t j = threadIdx.x;
+    for (; j + 3 * bd < k; j += 4 * bd) {
+        const float t0 = ld_dt<XD>(src, j), t1 = ld_dt<XD>(src, j + bd);
+        const float t2 = ld_dt<XD>(src, j + 2 * bd), t3 = ld_dt<XD>(src, j + 3 * bd);
+        dst[j] = t0;
+        dst[j + bd] = t1;
+        dst[j + 2 * bd] = t2;
+        dst[j + 3 * bd] = t3;
+    }
+    for (; j < k; j += bd) dst[j] = ld_dt<XD>(src, j);
+}
+
+/* row[j] = round(w[j] * round(row[j] * rr)) in the activation dtype XD (w of dtype WD) */
+template <int XD, int WD>
+__device__ __forceinline__ void norm_row(float *row, const void *w, int64_t k, float rr) {
+    const int64_t bd = blockDim.x;
+    int64_t j = threadIdx.x;
+    for (; j + 3 * bd < k; j += 4 * bd) {
+        float t[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) t[u] = ld_dt<WD>(w, j + u * bd);
+#pragma unroll
+        for (int u = 0; u < 4; u++) row[j + u * bd] = rnd(XD, t[u] * rnd(XD, row[j + u * bd] * rr));
+    }
+    for (; j < k; j += bd) row[j] = rnd(XD, ld_dt<WD>(w, j) * rnd(XD, row[j] * rr));
+}
+
+template <int M, int XD>
 __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
     extern __shared__ float xs[]; /* M * k */
     __shared__ float red[33];
@@ -113,19 +153,19 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
             for (int64_t j = threadIdx.x; j < k; j += blockDim.x) xs[r * k + j] = 0.0f;
             continue;
         }
-        const char *xr = (const char *)a.x + r * a.ldx * (a.xd == TO_F32 ? 4 : 2);
-        if (a.norm_w) {
+        const char *xr = (const char *)a.x + r * a.ldx * (XD == TO_F32 ? 4 : 2);
+        stage_row<XD>(xs + r * k, xr, k);
+        if (a.norm_w) { /* each thread reads back the elements it staged */
             float ss = 0.0f;
             for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-                float vv = ldf(xr, a.xd, j);
+                const float vv = xs[r * k + j];
                 ss += vv * vv;
             }
             ss = block_sum(ss, red);
-            float rr = 1.0f / sqrtf(ss / (float)k + a.eps);
-            for (int64_t j = threadIdx.x; j < k; j += blockDim.x)
-                xs[r * k + j] = rnd(a.xd, ldf(a.norm_w, a.nwd, j) * rnd(a.xd, ldf(xr, a.xd, j) * rr));
-        } else {
-            for (int64_t j = threadIdx.x; j < k; j += blockDim.x) xs[r * k + j] = ldf(xr, a.xd, j);
+            const float rr = 1.0f / sqrtf(ss / (float)k + a.eps);
+            if (a.nwd == TO_BF16) norm_row<XD, TO_BF16>(xs + r * k, a.norm_w, k, rr);
+            else if (a.nwd == TO_F32) norm_row<XD, TO_F32>(xs + r * k, a.norm_w, k, rr);
+            else norm_row<XD, TO_F16>(xs + r * k, a.norm_w, k, rr);
         }
     }
     __syncthreads();
@@ -221,17 +261,20 @@ static int launch_gemv(const GemvArgs &a) {
         static int configured[16];                                                           \
         int dev = 0;                                                                         \
         cudaGetDevice(&dev);                                                                 \
+        auto kern = a.xd == TO_F32 ? gemv_kernel<MM, TO_F32> : gemv_kernel<MM, TO_BF16>;     \
         if (!configured[dev & 15] && smem > 48 * 1024) {                                     \
-            TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM>,                                   \
+            TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM, TO_F32>,                           \
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, limit), \
+                     "cudaFuncSetAttribute");                                                \
+            TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM, TO_BF16>,                          \
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, limit), \
                      "cudaFuncSetAttribute");                                                \
             configured[dev & 15] = 1;                                                        \
         }                                                                                    \
         if (pdl)                                                                             \
-            TOC_CUDA(launch_pdl(gemv_kernel<MM>, grid, threads, smem, s, a),                 \
-                     "cudaLaunchKernelEx");                                                  \
+            TOC_CUDA(launch_pdl(kern, grid, threads, smem, s, a), "cudaLaunchKernelEx");      \
         else                                                                                 \
-            gemv_kernel<MM><<<grid, threads, smem, s>>>(a);                                  \
+            kern<<<grid, threads, smem, s>>>(a);                                             \
     }
     if (a.m <= 1) GEMV_CASE(1)
     else if (a.m <= 2) GEMV_CASE(2)
