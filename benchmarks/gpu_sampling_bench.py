@@ -26,6 +26,9 @@ SETTINGS = {
     "top-k 50": dict(temperature=1.0, top_k=50),
     "top-k 1024, min-p 0.05": dict(temperature=1.0, top_k=1024, min_p=0.05),
     "top-k 20 + rep. penalty 1.1, 200 ids": dict(temperature=0.7, top_k=20, repetition_penalty=1.1),
+    "top-p 0.95, no top-k": dict(temperature=1.0, top_p=0.95),
+    "min-p 0.05, no top-k": dict(temperature=1.0, min_p=0.05),
+    "no truncation": dict(temperature=1.0),
 }
 
 

@@ -135,8 +135,8 @@ class Sampler:
 
     def sample(self, logits: Tensor) -> int:
         """One token id from a logits row [vocab] (f32 or bf16). A CUDA row is sampled on its
-        device where :func:`device_supports` the settings (greedy, or 1 <= top_k <= 1024), with
-        the same draws as the CPU; otherwise it is copied to the host first."""
+        device where :func:`device_supports` the settings, with the CPU's draws; otherwise it is
+        copied to the host first."""
         if logits.dtype not in (DType.float32, DType.bfloat16) or logits.ndim != 1:
             raise ValueError(f"logits must be a 1-d f32/bf16 tensor, got {logits}")
         fn: Any = None
@@ -172,19 +172,27 @@ class Sampler:
             ctypes.byref(self._rng),
             ctypes.byref(self._out),
         )
-        if fn is not None:
+        if fn is None:
+            check(rc, "to_sample")
+        elif rc == _TO_ERR_UNSUPPORTED:
+            # a nucleus wider than the device orders (16384 candidates): the RNG state is untouched
+            return self.sample(logits.to("cpu"))
+        else:
             from inference_pio import cuda
 
             cuda.check(rc, "toc_sample")
-        else:
-            check(rc, "to_sample")
         return int(self._out.value)
 
 
+_TO_ERR_UNSUPPORTED = 7
+
+
 def device_supports(params: SamplingParams, vocab: int) -> bool:
-    """Whether ``toc_sample`` draws for ``params`` on the GPU: greedy, or
-    1 <= top_k <= min(1024, vocab - 1) (any top-p, min-p and penalties)."""
-    return params.temperature == 0.0 or 1 <= params.top_k <= min(1024, vocab - 1)
+    """Whether ``toc_sample`` draws for ``params`` on the GPU: greedy, top_k 1..1024 or no top-k
+    cut (0 or >= vocab), with any top-p, min-p and penalties. A top-p / min-p nucleus of more than
+    16384 candidates is still drawn on the host (``Sampler.sample`` does that by itself)."""
+    k = params.top_k
+    return params.temperature == 0.0 or k == 0 or k >= vocab or 1 <= k <= 1024
 
 
 def _urandom8() -> bytes:

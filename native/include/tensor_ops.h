@@ -477,8 +477,9 @@ TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, i
  * reported after the launch, except while a graph is being captured). toc_image_resize uploads
  * weights computed on the host, so it refuses graph capture. toc_sample takes the logits on the
  * device and everything else on the host (history, rng_state, out_token), like to_sample, and
- * draws the host's tokens for greedy and 1 <= top_k <= min(1024, vocab - 1) with any top-p, min-p
- * and penalties (TO_ERR_UNSUPPORTED otherwise: sample those on the host). Work runs in order on one stream per device (the calling thread's current
+ * draws the host's tokens for top_k 0, 1..1024 or >= vocab with any temperature, top-p, min-p and
+ * penalties; TO_ERR_UNSUPPORTED (rng_state untouched: sample on the host) for 1024 < top_k < vocab
+ * and for a top-p / min-p nucleus of more than 16384 candidates. Work runs in order on one stream per device (the calling thread's current
  * device); errors are thread-local in the CUDA library (toc_last_error), and kernel execution
  * errors surface at the next synchronising call. GPU-specific deviations: toc_embedding writes
  * zeros for an out-of-range id (Python validates ids), toc_topk does not reject NaN. */

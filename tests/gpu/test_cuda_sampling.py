@@ -66,6 +66,12 @@ CASES = [
     dict(temperature=2.0, top_k=1024),
     dict(temperature=0.8, top_k=40, repetition_penalty=1.3, presence_penalty=0.5),
     dict(temperature=1.0, top_k=10, frequency_penalty=-0.4, presence_penalty=-1.0),
+    # no top-k cut: the host's fp32 weights and block sums, the walk in id order or the nucleus
+    dict(temperature=0.8),
+    dict(temperature=0.8, top_p=0.9),
+    dict(temperature=1.0, min_p=0.05),
+    dict(temperature=0.7, top_p=0.5, repetition_penalty=1.2, frequency_penalty=0.1),
+    dict(temperature=1.1, top_k=10**6, top_p=0.95),
 ]
 
 
@@ -81,29 +87,49 @@ def test_device_sampler_draws_like_the_host(dtype: DType, vocab: int, case: int)
     want = _draws(params, row, 25, history)
     got = _draws(params, row.to(DEV), 25, history)
     assert got == want
-    assert device_supports(params, vocab) == (
-        params.temperature == 0.0 or 1 <= params.top_k <= min(1024, vocab - 1)
-    )
+    assert device_supports(params, vocab)
 
 
-@pytest.mark.parametrize(
-    "kw",
-    [
-        dict(temperature=0.8),  # no truncation
-        dict(temperature=0.8, top_p=0.9),  # nucleus without top-k
-        dict(temperature=0.8, top_k=2000, min_p=0.05),  # top-k above the device's 1024
-    ],
-)
-def test_settings_without_a_device_path_fall_back_to_the_host(kw: dict[str, Any]) -> None:
-    params = SamplingParams(seed=7, **kw)
+def test_top_k_above_1024_falls_back_to_the_host() -> None:
+    params = SamplingParams(temperature=0.8, top_k=2000, min_p=0.05, seed=7)
     row = _row(5000, DType.bfloat16, seed=3, special=False)
     assert not device_supports(params, 5000)
     assert _draws(params, row.to(DEV), 20, []) == _draws(params, row, 20, [])
 
 
+def _tiers(sizes: list[tuple[int, float]]) -> Tensor:
+    """bf16-exact logits in tiers (many exact ties), shuffled deterministically."""
+    vals = [v for n, v in sizes for _ in range(n)]
+    random.Random(5).shuffle(vals)
+    return Tensor.from_list(vals, DType.bfloat16)
+
+
+def test_nucleus_among_more_candidates_than_the_device_orders() -> None:
+    """21000 tokens pass the host's cut, the nucleus takes ~570 of the 1000 at the top: the
+    device selects the 16384 best candidates first, ties broken by id as on the host."""
+    row = _tiers([(1000, 10.0), (20000, 5.0), (130936, 0.0)])
+    for kw in (dict(temperature=1.0, top_p=0.5), dict(temperature=1.0, top_p=0.5, min_p=0.001)):
+        params = SamplingParams(seed=9, **kw)
+        assert _draws(params, row.to(DEV), 30, []) == _draws(params, row, 30, [])
+
+
+def test_nucleus_wider_than_the_device_falls_back_to_the_host() -> None:
+    """A flat row: the nucleus of top-p 0.9 holds ~136000 tokens, which the device does not
+    order; the sampler draws on the host with an untouched RNG stream."""
+    row = _tiers([(151936, 1.0)])
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=11)
+    assert _draws(params, row.to(DEV), 10, []) == _draws(params, row, 10, [])
+
+
 def test_all_minus_infinity_row_gives_the_first_id() -> None:
     row = Tensor.from_list([float("-inf")] * 300 + [float("nan")] * 10, DType.float32)
-    for kw in (dict(temperature=0.0), dict(temperature=1.0, top_k=5)):
+    cases = (
+        dict(temperature=0.0),
+        dict(temperature=1.0, top_k=5),
+        dict(temperature=1.0),
+        dict(temperature=1.0, top_p=0.9),
+    )
+    for kw in cases:
         params = SamplingParams(seed=1, **kw)
         assert _draws(params, row.to(DEV), 3, []) == _draws(params, row, 3, []) == ([0] * 3, 1)
 
@@ -125,8 +151,9 @@ def test_bad_arguments_are_errors_not_crashes() -> None:
             0.0, ctypes.byref(rng), ctypes.byref(out))  # fmt: skip
     with pytest.raises(NativeError, match="history id"):
         cuda.check(rc, "toc_sample")
-    rc = fn(row.data_ptr, int(DType.float32), 100, None, None, 0, 0.7, 0, 0.9, 0.0, 1.0, 0.0,
-            0.0, ctypes.byref(rng), ctypes.byref(out))  # fmt: skip
+    wide = _row(3000, DType.float32, seed=2, special=False).to(DEV)
+    rc = fn(wide.data_ptr, int(DType.float32), 3000, None, None, 0, 0.7, 2000, 0.9, 0.0, 1.0,
+            0.0, 0.0, ctypes.byref(rng), ctypes.byref(out))  # fmt: skip
     with pytest.raises(NativeError, match="top_k"):
         cuda.check(rc, "toc_sample")
     rc = fn(row.data_ptr, int(DType.int32), 100, None, None, 0, 0.7, 5, 0.9, 0.0, 1.0, 0.0,

@@ -5,9 +5,11 @@
  * Both draw what the host sampler (src/cpu/sampling.c) draws, bit for bit: penalties over the
  * history, temperature, the k best scaled logits (ties: lower id), weights exp(v - max) in
  * double, the smallest prefix whose mass reaches top_p without tokens below min_p of the top
- * weight, u from the same splitmix64 stream; temperature 0 is the first maximum. The device
- * covers greedy and 1 <= top_k <= 1024 (top_k < vocab); other settings return TO_ERR_UNSUPPORTED
- * (the Python sampler copies such rows to the host).
+ * weight, u from the same splitmix64 stream; temperature 0 is the first maximum. Without a top-k
+ * cut (top_k 0 or >= vocab) the weights are the host's fp32 polynomial and block sums, op for op;
+ * the draw walks the vocabulary in id order, or (top-p / min-p) orders the candidates that can be in
+ * the nucleus, at most 16384 of them (a wider nucleus returns TO_ERR_UNSUPPORTED, as does
+ * 1024 < top_k < vocab: the Python sampler copies such rows to the host).
  *
  * Selection works on 64-bit keys (order-preserving value bits, then ~id, so every key is
  * distinct) in two launches: each block of the first takes a chunk of the vocabulary into shared
@@ -147,6 +149,69 @@ __global__ void __launch_bounds__(SEL_THREADS) select_chunk_kernel(SelArgs a) {
     for (int i = n + threadIdx.x; i < a.k; i += blockDim.x) out[i] = 0ull;
 }
 
+/* The host's draw_sorted over probabilities p[0 .. n) in candidate order, by a whole warp: every
+ * lane runs the sums in the host's order on 32 values fetched at once (the shuffles do not wait
+ * on the sums) and gets the same result.
+ * warp_keep: the smallest prefix whose mass reaches top_p without entries below mpz (the first is
+ * always kept); its length, and its mass in *mass. */
+__device__ int warp_keep(const double *p, int n, double top_p, double mpz, double *mass_out) {
+    const int lane = threadIdx.x & 31;
+    double mass = 0.0;
+    int keep = 0;
+    bool stop = false;
+    for (int base = 0; base < n && !stop; base += 32) {
+        const double mine = base + lane < n ? p[base + lane] : 0.0;
+        for (int h = 0; h < 32 && !stop; h += 16) { /* 16 at a time: 1024-thread blocks have 64 registers */
+            double q[16];
+#pragma unroll
+            for (int t = 0; t < 16; t++) q[t] = __shfl_sync(0xffffffffu, mine, h + t);
+#pragma unroll
+            for (int t = 0; t < 16; t++) {
+                const int i = base + h + t;
+                if (stop || i >= n) break;
+                if (i > 0 && (mass >= top_p || q[t] < mpz)) stop = true;
+                else {
+                    mass += q[t];
+                    keep++;
+                }
+            }
+        }
+    }
+    *mass_out = mass;
+    return keep;
+}
+
+/* warp_pick: u = uniform x mass from *rng (advanced), then the first index whose running sum
+ * passes u (else the last kept) */
+__device__ int warp_pick(const double *p, int keep, double mass, uint64_t *rng) {
+    const int lane = threadIdx.x & 31;
+    double u = 0.0;
+    if (lane == 0) {
+        uint64_t st = *rng;
+        u = (double)(ds_splitmix64(&st) >> 11) * (1.0 / 9007199254740992.0) * mass;
+        *rng = st;
+    }
+    u = __shfl_sync(0xffffffffu, u, 0);
+    double acc = 0.0;
+    int pick = -1;
+    for (int base = 0; base < keep && pick < 0; base += 32) {
+        const double mine = base + lane < keep ? p[base + lane] : 0.0;
+        for (int h = 0; h < 32 && pick < 0; h += 16) {
+            double q[16];
+#pragma unroll
+            for (int t = 0; t < 16; t++) q[t] = __shfl_sync(0xffffffffu, mine, h + t);
+#pragma unroll
+            for (int t = 0; t < 16; t++) {
+                const int i = base + h + t;
+                if (pick >= 0 || i >= keep) break;
+                acc += q[t];
+                if (u < acc) pick = i;
+            }
+        }
+    }
+    return pick >= 0 ? pick : keep - 1;
+}
+
 struct FinArgs {
     const unsigned long long *cand;
     int64_t n_cand;
@@ -160,7 +225,9 @@ struct FinArgs {
     int64_t max_steps;
 };
 
-/* the k best candidates, sorted descending, then the host sampler's walk by one thread */
+__device__ void finish_write(const FinArgs &a, int32_t pick);
+
+/* the k best candidates, sorted descending, then the host sampler's walk by one warp */
 __global__ void __launch_bounds__(FIN_THREADS) finish_kernel(FinArgs a) {
     __shared__ unsigned long long ck[DS_KMAX];
     __shared__ double w[DS_KMAX];
@@ -193,31 +260,30 @@ __global__ void __launch_bounds__(FIN_THREADS) finish_kernel(FinArgs a) {
     }
     const float vmax = ds_value(ck[0]);
     const bool walk = !a.greedy && vmax != -INFINITY;
+    __shared__ double z_s;
     if (walk && tid < k) w[tid] = exp((double)(ds_value(ck[tid]) - vmax));
     __syncthreads();
-    if (tid != 0) return;
-    int32_t pick = ds_id(ck[0]);
-    if (walk) {
+    if (!walk) {
+        if (tid == 0) finish_write(a, ds_id(ck[0]));
+        return;
+    }
+    if (tid == 0) { /* the normaliser in the host's order */
         double z = 0.0;
         for (int i = 0; i < k; i++) z += w[i];
-        double mass = 0.0;
-        int keep = 0;
-        for (int i = 0; i < k; i++) {
-            const double p = w[i] / z;
-            if (i > 0 && (mass >= (double)a.top_p || p < (double)a.min_p / z)) break;
-            mass += p;
-            keep++;
-        }
-        uint64_t st = *a.rng;
-        const double u = (double)(ds_splitmix64(&st) >> 11) * (1.0 / 9007199254740992.0) * mass;
-        *a.rng = st;
-        double acc = 0.0;
-        for (int i = 0; i < keep; i++) {
-            acc += w[i] / z;
-            pick = ds_id(ck[i]);
-            if (u < acc) break;
-        }
+        z_s = z;
     }
+    __syncthreads();
+    const double z = z_s;
+    if (tid < k) w[tid] = w[tid] / z; /* probabilities, as the host divides them */
+    __syncthreads();
+    if (tid >= 32) return;
+    double mass;
+    const int keep = warp_keep(w, k, (double)a.top_p, (double)a.min_p / z, &mass);
+    const int i = warp_pick(w, keep, mass, a.rng);
+    if (tid == 0) finish_write(a, ds_id(ck[i]));
+}
+
+__device__ void finish_write(const FinArgs &a, int32_t pick) {
     if (a.out_token) *a.out_token = pick;
     if (a.counters) { /* over the step's argmax: the next step's input token and this step's output */
         a.counters[0] = pick;
@@ -245,6 +311,198 @@ __global__ void penalty_kernel(const void *logits, int dt, const int32_t *ids, c
     l = __fsub_rn(l, __fadd_rn(__fmul_rn(freq, (float)counts[j]), counts[j] > 0 ? pres : 0.0f));
     l = __fmul_rn(l, inv_t);
     v[id] = l == l ? l : -INFINITY;
+}
+
+/* ---- no top-k: the whole distribution (the host's exact fp32 weights and block sums) ---- */
+#define FD_BLOCK 1024 /* the host's block of weights: exp and sum per block */
+#define FD_NCAP_MAX 16384 /* the most nucleus candidates ordered on the device (128 KB of keys) */
+#define FD_NCAP_MIN 4096  /* where a block cannot opt in to that much shared memory */
+
+/* the host's exp_shifted element: exp(x - vmax) by the Cephes polynomial, op for op in fp32 */
+__device__ __forceinline__ float fd_exp_shifted(float v, float vmax) {
+    float x = __fsub_rn(v, vmax);
+    x = x > -87.3f ? x : -87.3f;
+    const float k = __fsub_rn(__fadd_rn(__fmul_rn(x, 1.44269504f), 12582912.0f), 12582912.0f);
+    const float r = __fsub_rn(__fsub_rn(x, __fmul_rn(k, 0.693145751953125f)), __fmul_rn(k, 1.428606765330187e-06f));
+    float p = 1.9875691e-4f;
+    p = __fadd_rn(__fmul_rn(p, r), 1.3981999e-3f);
+    p = __fadd_rn(__fmul_rn(p, r), 8.3334519e-3f);
+    p = __fadd_rn(__fmul_rn(p, r), 4.1665795e-2f);
+    p = __fadd_rn(__fmul_rn(p, r), 1.6666665e-1f);
+    p = __fadd_rn(__fmul_rn(p, r), 5.0000001e-1f);
+    p = __fadd_rn(__fadd_rn(__fmul_rn(__fmul_rn(p, r), r), r), 1.0f);
+    const float sc = __int_as_float(((int32_t)k + 127) << 23);
+    const float res = __fmul_rn(p, sc);
+    return x > -87.2f ? res : 0.0f;
+}
+
+/* the host's sum_of over n <= FD_BLOCK values in shared memory: 8 running sums, then a fixed tree
+ * (one thread) */
+__device__ float fd_sum_of(const float *v, int n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+#pragma unroll
+        for (int j = 0; j < 8; j++) a[j] = __fadd_rn(a[j], v[i + j]);
+    for (; i < n; i++) a[0] = __fadd_rn(a[0], v[i]);
+    return __fadd_rn(__fadd_rn(__fadd_rn(a[0], a[1]), __fadd_rn(a[2], a[3])),
+                     __fadd_rn(__fadd_rn(a[4], a[5]), __fadd_rn(a[6], a[7])));
+}
+
+/* scaled value of element i: logits * inv_t (NaN -> -inf) or the penalised buffer */
+__device__ __forceinline__ float fd_value(const void *src, int dt, int64_t i, float inv_t) {
+    const float x = __fmul_rn(ldf(src, dt, i), inv_t);
+    return x == x ? x : -INFINITY;
+}
+
+struct FdArgs {
+    const void *src;
+    int dt;
+    float inv_t;
+    int64_t vocab;
+    float *bmax;  /* [blocks] maxima, then */
+    float *w;     /* [vocab] weights exp(v - vmax) */
+    float *part;  /* [blocks] the host's block sums */
+    unsigned long long *keys; /* [vocab] nucleus candidates (weight bits, ~id) */
+    double *pbuf;             /* [ncap] their probabilities in order */
+    float top_p, min_p;
+    uint64_t *rng;
+    int64_t *out_token; /* the id, or -1 where the nucleus is wider than ncap (host) */
+    int ncap;           /* keys of dynamic shared memory */
+};
+
+__global__ void __launch_bounds__(256) fd_max_kernel(FdArgs a) {
+    __shared__ float red[33];
+    const int64_t b0 = (int64_t)blockIdx.x * FD_BLOCK;
+    float m = -INFINITY;
+    for (int64_t i = b0 + threadIdx.x; i < min(b0 + FD_BLOCK, a.vocab); i += blockDim.x)
+        m = fmaxf(m, fd_value(a.src, a.dt, i, a.inv_t));
+    m = block_max(m, red);
+    if (threadIdx.x == 0) a.bmax[blockIdx.x] = m;
+}
+
+/* weights of one block and their sum (every block reduces the maxima itself) */
+__global__ void __launch_bounds__(256) fd_weight_kernel(FdArgs a) {
+    __shared__ float wv[FD_BLOCK];
+    __shared__ float red[33];
+    const int nb = (int)((a.vocab + FD_BLOCK - 1) / FD_BLOCK);
+    float m = -INFINITY;
+    for (int b = threadIdx.x; b < nb; b += blockDim.x) m = fmaxf(m, a.bmax[b]);
+    const float vmax = block_max(m, red);
+    const int64_t b0 = (int64_t)blockIdx.x * FD_BLOCK;
+    const int n = (int)min((int64_t)FD_BLOCK, a.vocab - b0);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float w = vmax == -INFINITY ? 0.0f : fd_exp_shifted(fd_value(a.src, a.dt, b0 + i, a.inv_t), vmax);
+        wv[i] = w;
+        a.w[b0 + i] = w;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) a.part[blockIdx.x] = fd_sum_of(wv, n);
+}
+
+/* z, then the untruncated walk in id order, or the nucleus: candidates >= tau ordered by weight
+ * (ties: lower id) and walked as the host's draw_sorted */
+__global__ void __launch_bounds__(1024) fd_draw_kernel(FdArgs a) {
+    extern __shared__ unsigned long long ck[]; /* [a.ncap] */
+    __shared__ SelShared sh;
+    __shared__ double z_s;
+    __shared__ float tau_s;
+    __shared__ int mode_s; /* 0 done (greedy fallback), 1 walk in id order, 2 nucleus */
+    const int tid = threadIdx.x;
+    const int nb = (int)((a.vocab + FD_BLOCK - 1) / FD_BLOCK);
+    if (tid == 0) {
+        float vmax = -INFINITY;
+        for (int b = 0; b < nb; b++) vmax = fmaxf(vmax, a.bmax[b]);
+        double z = 0.0;
+        for (int b = 0; b < nb; b++) z += (double)a.part[b];
+        z_s = z;
+        sh.count = 0u;
+        if (vmax == -INFINITY) { /* every value -inf: the first id, no draw */
+            *a.out_token = 0;
+            mode_s = 0;
+        } else if (a.top_p >= 1.0f && a.min_p == 0.0f) {
+            mode_s = 1;
+            uint64_t st = *a.rng;
+            const double u = (double)(ds_splitmix64(&st) >> 11) * (1.0 / 9007199254740992.0) * z;
+            *a.rng = st;
+            double acc = 0.0;
+            int64_t pick = -1;
+            for (int b = 0; b < nb && pick < 0; b++) {
+                const int64_t b0 = (int64_t)b * FD_BLOCK, b1 = min(b0 + FD_BLOCK, a.vocab);
+                const float part = a.part[b];
+                if (acc + (double)part <= u && b1 < a.vocab) {
+                    acc += (double)part;
+                    continue;
+                }
+                for (int64_t i = b0; i < b1; i++) {
+                    const float w = a.w[i];
+                    if (w > 0.0f) pick = i;
+                    acc += (double)w;
+                    if (u < acc && w > 0.0f) break;
+                }
+            }
+            *a.out_token = pick < 0 ? 0 : pick;
+        } else {
+            mode_s = 2;
+            float tau = (float)((1.0 - (double)a.top_p) * z / (double)a.vocab) * 0.999f;
+            if (a.min_p * 0.999f > tau) tau = a.min_p * 0.999f;
+            tau_s = tau;
+        }
+    }
+    __syncthreads();
+    if (mode_s != 2) return;
+    const float tau = tau_s;
+    const double z = z_s;
+    /* candidates as keys (weights are >= 0: their bits order them) */
+    for (int64_t i = tid; i < a.vocab; i += blockDim.x) {
+        const float w = a.w[i];
+        if (w >= tau)
+            a.keys[atomicAdd(&sh.count, 1u)] = ((unsigned long long)__float_as_uint(w) << 32) |
+                                               (unsigned long long)(0xffffffffu - (uint32_t)i);
+    }
+    __syncthreads();
+    const int64_t n = sh.count;
+    __syncthreads();
+    const int64_t m = n < a.ncap ? n : a.ncap;
+    const unsigned long long t = kth_threshold(a.keys, n, m, sh); /* 1 when all n are kept */
+    int P = 1;
+    while (P < m) P <<= 1;
+    if (tid == 0) sh.count = 0u;
+    for (int j = tid; j < P; j += blockDim.x) ck[j] = 0ull;
+    __syncthreads();
+    for (int64_t i = tid; i < n; i += blockDim.x) {
+        const unsigned long long key = a.keys[i];
+        if (key >= t) ck[atomicAdd(&sh.count, 1u)] = key;
+    }
+    __syncthreads();
+    for (int size = 2; size <= P; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int j = tid; j < P; j += blockDim.x) {
+                const int p = j ^ stride;
+                if (p > j) {
+                    const bool down = (j & size) == 0;
+                    const unsigned long long x = ck[j], y = ck[p];
+                    if ((x < y) == down) {
+                        ck[j] = y;
+                        ck[p] = x;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+    for (int64_t j = tid; j < m; j += blockDim.x) /* probabilities, as the host divides them */
+        a.pbuf[j] = (double)__uint_as_float((uint32_t)(ck[j] >> 32)) / z;
+    __syncthreads();
+    if (tid >= 32) return;
+    double mass;
+    const int keep = warp_keep(a.pbuf, (int)m, (double)a.top_p, (double)a.min_p / z, &mass);
+    if (keep == m && m < n) { /* the nucleus may go on past the candidates kept: the host's job */
+        if (tid == 0) *a.out_token = -1;
+        return;
+    }
+    const int i = warp_pick(a.pbuf, keep, mass, a.rng);
+    if (tid == 0) *a.out_token = ds_id(ck[i]);
 }
 
 /* per-device scratch: candidates, scaled values, history, rng and token (grown outside capture) */
@@ -277,6 +535,24 @@ static int workspace(size_t bytes, char **out) {
     }
     *out = (char *)ws.buf;
     return TO_OK;
+}
+
+/* nucleus keys fd_draw_kernel orders on the current device (its shared memory opted in once) */
+static int draw_capacity(void) {
+    static int cap[16];
+    int dev = 0;
+    cudaGetDevice(&dev);
+    int &c = cap[dev & 15];
+    if (!c) {
+        const int want = FD_NCAP_MAX * 8 + 2048; /* keys + the static part */
+        c = toc_max_smem_optin() >= want &&
+                    cudaFuncSetAttribute(fd_draw_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         FD_NCAP_MAX * 8) == cudaSuccess
+                ? FD_NCAP_MAX
+                : FD_NCAP_MIN;
+        cudaGetLastError();
+    }
+    return c;
 }
 
 static int chunk_for(int64_t k) {
@@ -330,21 +606,28 @@ TOC_EXPORT int toc_sample(const void *logits, int dtype, int64_t vocab, const in
         TOC_CHECK(history_ids[j] >= 0 && history_ids[j] < vocab, TO_ERR_INVALID_ARGUMENT,
                   "toc_sample: history id %d outside vocab %lld", history_ids[j], (long long)vocab);
     const int greedy = temperature == 0.0f;
-    TOC_CHECK(greedy || (top_k >= 1 && top_k <= DS_KMAX && top_k < vocab), TO_ERR_UNSUPPORTED,
-              "toc_sample: the device samples greedy or 1 <= top_k <= min(1024, vocab - 1) (top_k %lld)",
-              (long long)top_k);
+    const int full = !greedy && (top_k == 0 || top_k >= vocab); /* no top-k cut */
+    TOC_CHECK(greedy || full || top_k <= DS_KMAX, TO_ERR_UNSUPPORTED,
+              "toc_sample: top_k %lld: the device takes top_k 0 (off), 1..1024 or >= vocab", (long long)top_k);
     TOC_READY();
     std::lock_guard<std::mutex> guard(g_sample_lock);
     const int64_t k = greedy ? 1 : top_k;
     const int penalised = n_history > 0 && (repetition_penalty != 1.0f || presence_penalty != 0.0f ||
                                             frequency_penalty != 0.0f);
     const float inv_t = greedy ? 1.0f : 1.0f / temperature;
-    /* layout: candidates | rng, token | values (penalised) | history ids | history counts */
-    const size_t o_state = cand_bytes(vocab, k);
+    /* layout: candidates | rng, token | values (penalised) | history ids | history counts, then
+     * for the whole distribution: block maxima | block sums | weights | nucleus keys */
+    const int64_t nb = toc_cdiv(vocab, FD_BLOCK);
+    const size_t o_state = full ? 0 : cand_bytes(vocab, k);
     const size_t o_v = o_state + 256;
     const size_t o_ids = o_v + (penalised ? align256((size_t)vocab * 4) : 0);
     const size_t o_counts = o_ids + (penalised ? align256((size_t)n_history * 4) : 0);
-    const size_t total = o_counts + (penalised ? align256((size_t)n_history * 4) : 0);
+    const size_t o_bmax = o_counts + (penalised ? align256((size_t)n_history * 4) : 0);
+    const size_t o_part = o_bmax + (full ? align256((size_t)nb * 4) : 0);
+    const size_t o_w = o_part + (full ? align256((size_t)nb * 4) : 0);
+    const size_t o_keys = o_w + (full ? align256((size_t)vocab * 4) : 0);
+    const size_t o_p = o_keys + (full ? align256((size_t)vocab * 8) : 0);
+    const size_t total = o_p + (full ? align256((size_t)FD_NCAP_MAX * 8) : 0);
     char *ws = nullptr;
     int rc = workspace(total, &ws);
     if (rc) return rc;
@@ -371,14 +654,29 @@ TOC_EXPORT int toc_sample(const void *logits, int dtype, int64_t vocab, const in
         src_dt = TO_F32;
         src_inv_t = 1.0f;
     }
-    FinArgs fin = {};
-    fin.rng = rng_dev;
-    fin.out_token = tok_dev;
-    rc = launch_draw(src, src_dt, src_inv_t, vocab, k, greedy, top_p, min_p, (unsigned long long *)ws, fin);
-    if (rc) return rc;
+    if (full) {
+        FdArgs f = {src, src_dt, src_inv_t, vocab, (float *)(ws + o_bmax), (float *)(ws + o_w),
+                    (float *)(ws + o_part), (unsigned long long *)(ws + o_keys), (double *)(ws + o_p),
+                    top_p, min_p, rng_dev, tok_dev, 0};
+        fd_max_kernel<<<(unsigned)nb, 256, 0, st>>>(f);
+        TOC_LAUNCHED("fd_max_kernel");
+        fd_weight_kernel<<<(unsigned)nb, 256, 0, st>>>(f);
+        TOC_LAUNCHED("fd_weight_kernel");
+        f.ncap = draw_capacity();
+        fd_draw_kernel<<<1, 1024, (size_t)f.ncap * 8, st>>>(f);
+        TOC_LAUNCHED("fd_draw_kernel");
+    } else {
+        FinArgs fin = {};
+        fin.rng = rng_dev;
+        fin.out_token = tok_dev;
+        rc = launch_draw(src, src_dt, src_inv_t, vocab, k, greedy, top_p, min_p, (unsigned long long *)ws, fin);
+        if (rc) return rc;
+    }
     uint64_t back[2];
     TOC_CUDA(cudaMemcpyAsync(back, rng_dev, 16, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync");
     TOC_CUDA(cudaStreamSynchronize(st), "toc_sample");
+    TOC_CHECK((int64_t)back[1] >= 0, TO_ERR_UNSUPPORTED,
+              "toc_sample: the nucleus has more than %d candidates; sample this row on the host", draw_capacity());
     if (!greedy) *rng_state = back[0];
     *out_token = (int64_t)back[1];
     return TO_OK;
