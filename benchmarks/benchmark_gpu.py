@@ -1,8 +1,9 @@
 """GPU benchmark: Inference-PIO CUDA vs transformers (eager, and static cache + torch.compile) in
 the same run, on synthetic real-size bf16 weights (random values; speed does not depend on them).
 
-Rows per model: batch-1 decode of 128 tokens after a 32-token prompt (greedy) and prefill of 2048
-tokens. Bandwidth: device-to-device copy kernel (bytes read + written), and read bandwidth (the
+Rows per model: batch-1 decode of 128 tokens after a 32-token prompt (greedy; also sampled with
+Qwen3's defaults, and the fused / multi-kernel graph replayed without Python per token), 8 greedy
+sequences of 64 tokens through the BatchManager (summed rate), and prefill of 2048 tokens. Bandwidth: device-to-device copy kernel (bytes read + written), and read bandwidth (the
 best of two read-only kernels, `inference_pio.cuda.read_bandwidth`), which the "% of BW" column
 uses. Bytes per decoded token:
 every weight matrix read once (embedding row excluded, LM head included) + the KV cache read.
@@ -105,7 +106,7 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
         rates.append(r.decode_tokens_per_s)
     decode = statistics.median(rates[1:])
     # sampled decode with Qwen3's generation_config defaults (T 0.6, top-k 20, top-p 0.95): each
-    # token's logits go to the host sampler, so this row shows that path's cost per token
+    # replayed step is followed by the device sampler (toc_decode_sample)
     sampled_params = SamplingParams(
         temperature=0.6, top_k=20, top_p=0.95, seed=0, max_new_tokens=new, ignore_eos=True
     )
@@ -124,9 +125,22 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
     multi.greedy(5, prompt_len, 8)
     graph_rate = replay_rate(multi, prompt_len, new)
     del multi
+    # batch 8 through the BatchManager: prefill together, then decode steps of 8 sequences on the
+    # op path (GEMVs of 8 rows, attention per sequence, rows sampled on the device); the sum of the
+    # sequences' decode rates
+    from inference_pio.batching import BatchManager
+
+    bparams = SamplingParams(temperature=0.0, max_new_tokens=64, ignore_eos=True)
+    brates = []
+    for _ in range(2):
+        mgr = BatchManager(model, _NoText(), (), max_batch_size=8)
+        for i in range(8):
+            mgr.submit([(t + 97 * i) % 100000 for t in prompt], bparams)
+        brates.append(sum(r.decode_tokens_per_s for r in mgr.run()))
     big = [rng.randrange(1000, 100000) for _ in range(prefill)]
     times = [prefill_seconds(model, big) for _ in range(3)]
     return {
+        "batch8": brates[-1],
         "decode": decode,
         "sampled": statistics.median(srates[1:]),
         "graph": graph_rate,
@@ -252,10 +266,14 @@ def main() -> int:
                 f"{name:6} {label:8} {ours[key]:11.1f} {'':9} {'':12} {ours[key] / e:8.2f} "
                 f"{ours[key] / c:10.2f} {'':9} {gf:7.1f}%"
             )
-        # sampled (host sampler per token): its fraction of our greedy rate, not transformers'
+        # sampled (device sampler per token): its fraction of our greedy rate, not transformers'
         print(
             f"{name:6} {'sampled':8} {ours['sampled']:11.1f} {'':9} {'':12} {'':8} {'':10} "
             f"{'':9} {'':8} ({ours['sampled'] / ours['decode']:.2f} of greedy)"
+        )
+        print(
+            f"{name:6} {'batch8':8} {ours['batch8']:11.1f} {'':9} {'':12} {'':8} {'':10} "
+            f"{'':9} {'':8} (8 sequences, summed; {ours['batch8'] / ours['decode']:.2f}x batch 1)"
         )
         ep = hf.get("eager_prefill", math.nan)
         print(

@@ -103,6 +103,34 @@ def test_greedy_matches_transformers_and_cpu(
     assert got == cpu_tokens
 
 
+def test_batched_generation_on_the_device(ckpt: Any) -> None:
+    """generate_batch on cuda (prefill together, decode steps of several sequences through the op
+    path, each row sampled on the device) gives every request its single-sequence greedy tokens;
+    seeded sampled requests with a penalty repeat."""
+    _, d, _ = ckpt
+    gpu = load(d, device="cuda")
+    prompts = [[1, 2, 3], list(range(10, 47)), [400, 5]]
+    lengths = (20, 12, 30)
+    single = [
+        gpu.generate(p, max_new_tokens=n, temperature=0.0, ignore_eos=True).token_ids
+        for p, n in zip(prompts, lengths, strict=True)
+    ]
+    reqs = [
+        dict(prompt=p, max_new_tokens=n, temperature=0.0, ignore_eos=True)
+        for p, n in zip(prompts, lengths, strict=True)
+    ]
+    assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
+    sampled = [
+        dict(prompt=p, max_new_tokens=15, temperature=0.8, top_k=20, top_p=0.9, seed=i,
+             repetition_penalty=1.1, ignore_eos=True)
+        for i, p in enumerate(prompts)
+    ]  # fmt: skip
+    a = [r.token_ids for r in gpu.generate_batch(sampled)]
+    b = [r.token_ids for r in gpu.generate_batch(sampled)]
+    assert a == b
+    assert [len(t) for t in a] == [15, 15, 15]
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_graph_logits_match_op_path(ckpt: Any, fused: bool) -> None:
     kind, d, _ = ckpt

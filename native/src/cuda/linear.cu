@@ -243,11 +243,13 @@ static cudaError_t launch_pdl(K kernel, unsigned grid, int threads, size_t smem,
     return cudaLaunchKernelEx(&cfg, kernel, a);
 }
 
+/* dynamic shared memory a GEMV block may take: the opt-in limit less its static red[33] */
+static int64_t gemv_smem_limit(void) { return toc_max_smem_optin() - 33 * 4; }
+
 static int launch_gemv(const GemvArgs &a) {
     const bool pdl = pdl_enabled();
     size_t smem = (size_t)((a.m + 0) <= 1 ? 1 : a.m <= 2 ? 2 : a.m <= 4 ? 4 : 8) * a.k * 4;
-    int limit = toc_max_smem_optin();
-    TOC_CHECK((int64_t)smem <= limit, TO_ERR_UNSUPPORTED, "gemv: x needs %zu bytes of shared memory",
+    TOC_CHECK((int64_t)smem <= gemv_smem_limit(), TO_ERR_UNSUPPORTED, "gemv: x needs %zu bytes of shared memory",
               smem);
     /* rows per block: as many as keep >= 2 blocks per multiprocessor (x is staged once per block) */
     int64_t warps = a.n / (2 * (int64_t)toc_sm_count());
@@ -256,25 +258,26 @@ static int launch_gemv(const GemvArgs &a) {
     unsigned grid = (unsigned)toc_cdiv(a.n, warps);
     int threads = (int)warps * 32;
     cudaStream_t s = toc_stream();
-#define GEMV_CASE(MM)                                                                        \
-    {                                                                                        \
-        static int configured[16];                                                           \
-        int dev = 0;                                                                         \
-        cudaGetDevice(&dev);                                                                 \
-        auto kern = a.xd == TO_F32 ? gemv_kernel<MM, TO_F32> : gemv_kernel<MM, TO_BF16>;     \
-        if (!configured[dev & 15] && smem > 48 * 1024) {                                     \
-            TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM, TO_F32>,                           \
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, limit), \
-                     "cudaFuncSetAttribute");                                                \
-            TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM, TO_BF16>,                          \
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, limit), \
-                     "cudaFuncSetAttribute");                                                \
-            configured[dev & 15] = 1;                                                        \
-        }                                                                                    \
-        if (pdl)                                                                             \
-            TOC_CUDA(launch_pdl(kern, grid, threads, smem, s, a), "cudaLaunchKernelEx");      \
-        else                                                                                 \
-            kern<<<grid, threads, smem, s>>>(a);                                             \
+    /* dynamic shared memory past 48 KB is opted into per kernel, up to the largest size asked */
+#define GEMV_CASE(MM)                                                                          \
+    {                                                                                          \
+        static size_t configured[16];                                                          \
+        int dev = 0;                                                                           \
+        cudaGetDevice(&dev);                                                                   \
+        auto kern = a.xd == TO_F32 ? gemv_kernel<MM, TO_F32> : gemv_kernel<MM, TO_BF16>;       \
+        if (smem > 48 * 1024 && smem > configured[dev & 15]) {                                 \
+            TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM, TO_F32>,                             \
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), \
+                     "cudaFuncSetAttribute");                                                  \
+            TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM, TO_BF16>,                            \
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), \
+                     "cudaFuncSetAttribute");                                                  \
+            configured[dev & 15] = smem;                                                       \
+        }                                                                                      \
+        if (pdl)                                                                               \
+            TOC_CUDA(launch_pdl(kern, grid, threads, smem, s, a), "cudaLaunchKernelEx");        \
+        else                                                                                   \
+            kern<<<grid, threads, smem, s>>>(a);                                               \
     }
     if (a.m <= 1) GEMV_CASE(1)
     else if (a.m <= 2) GEMV_CASE(2)
@@ -479,8 +482,7 @@ TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *
     TOC_READY();
     cudaStream_t s = toc_stream();
     bool vec = w_dtype == TO_BF16 && k % 8 == 0 && k > 0 && aligned16(w);
-    if (vec && m <= 8 && (size_t)k * 4 * (m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8) <=
-                             (size_t)toc_max_smem_optin()) {
+    if (vec && m <= 8 && (int64_t)k * 4 * (m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8) <= gemv_smem_limit()) {
         GemvArgs a = {};
         a.x = x;
         a.ldx = ldx;
