@@ -3,8 +3,9 @@ the same run, on synthetic real-size bf16 weights (random values; speed does not
 
 Rows per model: batch-1 decode of 128 tokens after a 32-token prompt (greedy; also sampled with
 Qwen3's defaults, and the fused / multi-kernel graph replayed without Python per token), 8 greedy
-sequences of 64 tokens through the BatchManager (summed rate), and prefill of 2048 tokens. Bandwidth: device-to-device copy kernel (bytes read + written), and read bandwidth (the
-best of two read-only kernels, `inference_pio.cuda.read_bandwidth`), which the "% of BW" column
+sequences of 64 tokens through the BatchManager (summed rate), and prefill of 2048 tokens.
+Bandwidth: device-to-device copy kernel (bytes read + written), and read bandwidth (the best of
+two read-only kernels, `inference_pio.cuda.read_bandwidth`), which the "% of BW" column
 uses. Bytes per decoded token:
 every weight matrix read once (embedding row excluded, LM head included) + the KV cache read.
 
