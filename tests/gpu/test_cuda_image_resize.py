@@ -5,9 +5,7 @@ host by the same code in both libraries)."""
 
 from __future__ import annotations
 
-import ctypes
 import platform
-from typing import Any
 
 import pytest
 
@@ -17,32 +15,19 @@ from inference_pio import cuda, ops  # noqa: E402
 from inference_pio.dtypes import DType  # noqa: E402
 from inference_pio.errors import NativeError  # noqa: E402
 from inference_pio.ops.image import BICUBIC, BILINEAR, LANCZOS  # noqa: E402
-from inference_pio.tensor import Tensor  # noqa: E402
+from inference_pio.testing import torch_bridge as tb  # noqa: E402
+
+theirs = tb.from_device
+ours = tb.to_device
 
 if not cuda.is_available():
     pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
 
 DEV = "cuda:0"
-TDT = {DType.float32: torch.float32, DType.uint8: torch.uint8}
 # An fp64 sum of products differs from its fused form in the last bits of fp64 only, so after
 # rounding to fp32 the two agree except for an occasional last-bit flip (more where the negative
 # lobes cancel); a CPU build that fuses (e.g. aarch64, where FMA is baseline) gets that tolerance.
 EXACT_F32 = platform.machine().lower() in ("x86_64", "amd64")
-
-
-def ours(t: Any, device: str = "cpu") -> Tensor:
-    t = t.contiguous()
-    dt = {v: k for k, v in TDT.items()}[t.dtype]
-    out = Tensor.empty(tuple(t.shape), dt)
-    ctypes.memmove(out.data_ptr, t.data_ptr(), out.nbytes)
-    return out if device == "cpu" else out.to(device)
-
-
-def theirs(t: Tensor) -> Any:
-    src = t.to("cpu").contiguous()
-    out = torch.empty(src.shape, dtype=TDT[src.dtype])
-    ctypes.memmove(out.data_ptr(), src.data_ptr, src.nbytes)
-    return out
 
 
 SIZES = [

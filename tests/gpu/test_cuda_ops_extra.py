@@ -16,40 +16,18 @@ from inference_pio import cuda, ops  # noqa: E402
 from inference_pio.backend import backend  # noqa: E402
 from inference_pio.dtypes import DType  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
+from inference_pio.testing import torch_bridge as tb  # noqa: E402
+
+TDT = tb.TDT
+rel = tb.rel
+theirs = tb.from_device
+ours = tb.to_device
 
 if not cuda.is_available():
     pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
 
 DEV = "cuda:0"
-TDT = {
-    DType.float32: torch.float32,
-    DType.bfloat16: torch.bfloat16,
-    DType.int32: torch.int32,
-    DType.uint8: torch.uint8,
-}
 FLOATS = [DType.float32, DType.bfloat16]
-
-
-def ours(t: Any, device: str = "cpu") -> Tensor:
-    t = t.detach().cpu().contiguous()
-    dt = {v: k for k, v in TDT.items()}[t.dtype]
-    out = Tensor.empty(tuple(t.shape), dt)
-    if out.nbytes:
-        ctypes.memmove(out.data_ptr, t.data_ptr(), out.nbytes)
-    return out if device == "cpu" else out.to(device)
-
-
-def theirs(t: Tensor) -> Any:
-    src = t.to("cpu").contiguous()
-    out = torch.empty(src.shape, dtype=TDT[src.dtype])
-    if src.nbytes:
-        ctypes.memmove(out.data_ptr(), src.data_ptr, src.nbytes)
-    return out
-
-
-def rel(a: Any, b: Any) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 @pytest.mark.parametrize("silu", [False, True])

@@ -29,13 +29,28 @@ PDT: dict[Any, DType] = {v: k for k, v in TDT.items()}
 def to_pio(t: Any) -> Tensor:
     """A contiguous native copy of a CPU torch tensor."""
     t = t.contiguous()
+    if t.numel() == 0:
+        return Tensor.empty(tuple(t.shape), PDT[t.dtype])
     raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
     return Tensor.frombuffer(bytearray(raw), PDT[t.dtype], tuple(t.shape))
 
 
 def to_torch(x: Tensor) -> Any:
     """A torch copy of a (CPU) Inference-PIO tensor."""
+    if x.numel == 0:
+        return torch.empty(tuple(x.shape), dtype=TDT[x.dtype])
     return torch.frombuffer(bytearray(x.tobytes()), dtype=TDT[x.dtype]).reshape(x.shape).clone()
+
+
+def to_device(t: Any, device: str = "cpu") -> Tensor:
+    """A native copy of a torch tensor from any device, placed on ``device``."""
+    x = to_pio(t.detach().cpu())
+    return x if device == "cpu" else x.to(device)
+
+
+def from_device(x: Tensor) -> Any:
+    """A torch CPU copy of a native tensor on any device, strided or not."""
+    return to_torch(x.to("cpu").contiguous())
 
 
 def rel(a: Any, b: Any) -> float:

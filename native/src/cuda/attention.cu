@@ -32,14 +32,6 @@ struct AttnArgs {
 /* ND: head_dim / 32 slots per lane (2, 4 or 8); each warp takes AT_U keys per step, their K/V
  * rows loaded before any of them is used, so that the loads of a warp overlap */
 #define AT_U 4
-/* a cached key/value element of dtype KD (a compile-time dtype: a runtime switch around each load
- * makes the compiler convert each value right after its load, which serialises the loads) */
-template <int KD>
-__device__ __forceinline__ float ld_kv(const void *p, int64_t i) {
-    if (KD == TO_F32) return ((const float *)p)[i];
-    if (KD == TO_BF16) return bf2f(((const uint16_t *)p)[i]);
-    return h2f(((const uint16_t *)p)[i]);
-}
 /* VEC (bf16, head_dim == 32 * ND for q/k and v, rows 16-byte aligned): lane l holds elements
  * l * ND .. l * ND + ND - 1 of each row and loads them with one vector load; otherwise lane l holds
  * elements l + 32 j (any head_dim, any alignment) */
@@ -118,8 +110,8 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
 #pragma unroll
                 for (int j = 0; j < ND; j++) {
                     const int64_t d = lane + 32 * j;
-                    kr[u][j] = (ok && d < a.hd) ? ld_kv<KD>(a.k, h * a.khs + (p + u) * a.kps + d) : 0.0f;
-                    vr[u][j] = (ok && d < a.hdv) ? ld_kv<KD>(a.v, h * a.vhs + (p + u) * a.vps + d) : 0.0f;
+                    kr[u][j] = (ok && d < a.hd) ? ld_as<KD>(a.k, h * a.khs + (p + u) * a.kps + d) : 0.0f;
+                    vr[u][j] = (ok && d < a.hdv) ? ld_as<KD>(a.v, h * a.vhs + (p + u) * a.vps + d) : 0.0f;
                 }
             }
         }

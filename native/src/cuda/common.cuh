@@ -71,6 +71,14 @@ __device__ __forceinline__ float ldf(const void *p, int dt, int64_t i) {
     if (dt == TO_BF16) return bf2f(((const uint16_t *)p)[i]);
     return h2f(((const uint16_t *)p)[i]);
 }
+/* The same load for a compile-time dtype: in a loop, a runtime dtype switch around each load makes
+ * the compiler convert each value right after its load, so the loads run one after another. */
+template <int DT>
+__device__ __forceinline__ float ld_as(const void *p, int64_t i) {
+    if (DT == TO_F32) return ((const float *)p)[i];
+    if (DT == TO_BF16) return bf2f(((const uint16_t *)p)[i]);
+    return h2f(((const uint16_t *)p)[i]);
+}
 __device__ __forceinline__ void stf(void *p, int dt, int64_t i, float v) {
     if (dt == TO_F32) ((float *)p)[i] = v;
     else if (dt == TO_BF16) ((uint16_t *)p)[i] = f2bf(v);

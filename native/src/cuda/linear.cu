@@ -70,29 +70,20 @@ __device__ __forceinline__ void dot8(uint4 v, const float *xs, int64_t k, int64_
     }
 }
 
-/* An element of a compile-time dtype (a runtime dtype switch around each load makes the compiler
- * convert each value right after its load, so the loads of a loop run one after another). */
-template <int DT>
-__device__ __forceinline__ float ld_dt(const void *p, int64_t i) {
-    if (DT == TO_F32) return ((const float *)p)[i];
-    if (DT == TO_BF16) return bf2f(((const uint16_t *)p)[i]);
-    return h2f(((const uint16_t *)p)[i]);
-}
-
 /* dst[0 .. k) = src[0 .. k) (dtype XD), each thread with 4 loads in flight */
 template <int XD>
 __device__ __forceinline__ void stage_row(float *dst, const void *src, int64_t k) {
     const int64_t bd = blockDim.x;
     int64_t j = threadIdx.x;
     for (; j + 3 * bd < k; j += 4 * bd) {
-        const float t0 = ld_dt<XD>(src, j), t1 = ld_dt<XD>(src, j + bd);
-        const float t2 = ld_dt<XD>(src, j + 2 * bd), t3 = ld_dt<XD>(src, j + 3 * bd);
+        const float t0 = ld_as<XD>(src, j), t1 = ld_as<XD>(src, j + bd);
+        const float t2 = ld_as<XD>(src, j + 2 * bd), t3 = ld_as<XD>(src, j + 3 * bd);
         dst[j] = t0;
         dst[j + bd] = t1;
         dst[j + 2 * bd] = t2;
         dst[j + 3 * bd] = t3;
     }
-    for (; j < k; j += bd) dst[j] = ld_dt<XD>(src, j);
+    for (; j < k; j += bd) dst[j] = ld_as<XD>(src, j);
 }
 
 /* row[j] = round(w[j] * round(row[j] * rr)) in the activation dtype XD (w of dtype WD) */
@@ -103,11 +94,11 @@ __device__ __forceinline__ void norm_row(float *row, const void *w, int64_t k, f
     for (; j + 3 * bd < k; j += 4 * bd) {
         float t[4];
 #pragma unroll
-        for (int u = 0; u < 4; u++) t[u] = ld_dt<WD>(w, j + u * bd);
+        for (int u = 0; u < 4; u++) t[u] = ld_as<WD>(w, j + u * bd);
 #pragma unroll
         for (int u = 0; u < 4; u++) row[j + u * bd] = rnd(XD, t[u] * rnd(XD, row[j + u * bd] * rr));
     }
-    for (; j < k; j += bd) row[j] = rnd(XD, ld_dt<WD>(w, j) * rnd(XD, row[j] * rr));
+    for (; j < k; j += bd) row[j] = rnd(XD, ld_as<WD>(w, j) * rnd(XD, row[j] * rr));
 }
 
 template <int M, int XD>

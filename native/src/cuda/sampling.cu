@@ -149,6 +149,36 @@ __global__ void __launch_bounds__(SEL_THREADS) select_chunk_kernel(SelArgs a) {
     for (int i = n + threadIdx.x; i < a.k; i += blockDim.x) out[i] = 0ull;
 }
 
+/* ck[0 .. P) = the keys of keys[0 .. n) that are >= t (there are at most P of them), zeros after,
+ * sorted descending (bitonic); sh.count must be 0 on entry. Every thread of the block calls it. */
+__device__ void gather_sorted(const unsigned long long *keys, int64_t n, unsigned long long t, unsigned long long *ck,
+                              int P, SelShared &sh) {
+    const int tid = threadIdx.x;
+    for (int j = tid; j < P; j += blockDim.x) ck[j] = 0ull;
+    __syncthreads();
+    for (int64_t i = tid; i < n; i += blockDim.x) {
+        const unsigned long long key = keys[i];
+        if (key >= t) ck[atomicAdd(&sh.count, 1u)] = key;
+    }
+    __syncthreads();
+    for (int size = 2; size <= P; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int j = tid; j < P; j += blockDim.x) {
+                const int p = j ^ stride;
+                if (p > j) {
+                    const bool down = (j & size) == 0;
+                    const unsigned long long x = ck[j], y = ck[p];
+                    if ((x < y) == down) {
+                        ck[j] = y;
+                        ck[p] = x;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
 /* The host's draw_sorted over probabilities p[0 .. n) in candidate order, by a whole warp: every
  * lane runs the sums in the host's order on 32 values fetched at once (the shuffles do not wait
  * on the sums) and gets the same result.
@@ -237,27 +267,7 @@ __global__ void __launch_bounds__(FIN_THREADS) finish_kernel(FinArgs a) {
     const unsigned long long t = kth_threshold(a.cand, a.n_cand, k, sh);
     int P = 1;
     while (P < k) P <<= 1;
-    for (int j = tid; j < P; j += blockDim.x) ck[j] = 0ull;
-    __syncthreads();
-    for (int64_t i = tid; i < a.n_cand; i += blockDim.x) {
-        const unsigned long long key = a.cand[i];
-        if (key >= t) ck[atomicAdd(&sh.count, 1u)] = key;
-    }
-    __syncthreads();
-    for (int size = 2; size <= P; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            const int j = tid, p = j ^ stride;
-            if (j < P && p > j) {
-                const bool down = (j & size) == 0;
-                const unsigned long long x = ck[j], y = ck[p];
-                if ((x < y) == down) {
-                    ck[j] = y;
-                    ck[p] = x;
-                }
-            }
-            __syncthreads();
-        }
-    }
+    gather_sorted(a.cand, a.n_cand, t, ck, P, sh);
     const float vmax = ds_value(ck[0]);
     const bool walk = !a.greedy && vmax != -INFINITY;
     __shared__ double z_s;
@@ -468,29 +478,8 @@ __global__ void __launch_bounds__(1024) fd_draw_kernel(FdArgs a) {
     int P = 1;
     while (P < m) P <<= 1;
     if (tid == 0) sh.count = 0u;
-    for (int j = tid; j < P; j += blockDim.x) ck[j] = 0ull;
     __syncthreads();
-    for (int64_t i = tid; i < n; i += blockDim.x) {
-        const unsigned long long key = a.keys[i];
-        if (key >= t) ck[atomicAdd(&sh.count, 1u)] = key;
-    }
-    __syncthreads();
-    for (int size = 2; size <= P; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int j = tid; j < P; j += blockDim.x) {
-                const int p = j ^ stride;
-                if (p > j) {
-                    const bool down = (j & size) == 0;
-                    const unsigned long long x = ck[j], y = ck[p];
-                    if ((x < y) == down) {
-                        ck[j] = y;
-                        ck[p] = x;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    }
+    gather_sorted(a.keys, n, t, ck, P, sh);
     for (int64_t j = tid; j < m; j += blockDim.x) /* probabilities, as the host divides them */
         a.pbuf[j] = (double)__uint_as_float((uint32_t)(ck[j] >> 32)) / z;
     __syncthreads();
