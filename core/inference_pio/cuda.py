@@ -127,6 +127,15 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
         c_int,
         [c_void_p] * 4 + [c_int64] * 4 + [c_void_p, c_float, c_int, c_int, c_int, c_void_p],
     ),
+    # int toc_attention_decode_batch(const void *q, const void *k_new, const void *v_new,
+    #                                void *out, int64_t n, int64_t nh, int64_t nkv, int64_t hd,
+    #                                void *const *k_caches, void *const *v_caches,
+    #                                const int64_t *capacities, const int64_t *lengths,
+    #                                float scale, int act_dtype, int cache_dtype);
+    "toc_attention_decode_batch": (
+        c_int,
+        [c_void_p] * 4 + [c_int64] * 4 + [c_void_p] * 4 + [c_float, c_int, c_int],
+    ),
     # int toc_qk_rope_append(void *qkv, const void *q_norm, const void *k_norm, int norm_dtype,
     #                        float eps, const void *cos, const void *sin, const int32_t *pos,
     #                        void *k_cache, void *v_cache, int64_t nh, int64_t nkv, int64_t hd,

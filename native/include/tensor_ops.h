@@ -528,6 +528,17 @@ TO_API int toc_attention_decode(const void *q, const void *k_cache, const void *
                                 int64_t nh, int64_t nkv, int64_t hd, int64_t capacity,
                                 const int32_t *pos, float scale, int q_dtype, int kv_dtype,
                                 int nsplit, float *workspace);
+/* Decode attention for n sequences with one new token each, every sequence with its own cache
+ * ([nkv, capacity, hd], act/cache dtypes as toc_attention): row s of k_new / v_new ([n, nkv * hd])
+ * is appended at position lengths[s] of cache s, then row s of q ([n, nh * hd]) attends to the
+ * lengths[s] + 1 keys; out [n, nh * hd]. k_caches, v_caches, capacities and lengths are host
+ * arrays of n entries (the device pointers of each sequence's caches), checked and uploaded by
+ * the call: the BatchManager's decode step makes one call per layer instead of two per sequence. */
+TO_API int toc_attention_decode_batch(const void *q, const void *k_new, const void *v_new, void *out,
+                                      int64_t n, int64_t nh, int64_t nkv, int64_t hd,
+                                      void *const *k_caches, void *const *v_caches,
+                                      const int64_t *capacities, const int64_t *lengths, float scale,
+                                      int act_dtype, int cache_dtype);
 TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
                                int32_t *step, int max_steps);
 /* Draws the next token on the device after a graph decode step (src/cuda/sampling.cu): toc_sample's

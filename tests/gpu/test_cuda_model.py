@@ -103,7 +103,7 @@ def test_greedy_matches_transformers_and_cpu(
     assert got == cpu_tokens
 
 
-def test_batched_generation_on_the_device(ckpt: Any) -> None:
+def test_batched_generation_on_the_device(ckpt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """generate_batch on cuda (prefill together, decode steps of several sequences through the op
     path, each row sampled on the device) gives every request its single-sequence greedy tokens;
     seeded sampled requests with a penalty repeat."""
@@ -120,6 +120,10 @@ def test_batched_generation_on_the_device(ckpt: Any) -> None:
         for p, n in zip(prompts, lengths, strict=True)
     ]
     assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
+    # the same through two calls per sequence instead of one batched attention call per layer
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_BATCH_ATTENTION", "0")
+    assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
+    monkeypatch.delenv("INFERENCE_PIO_CUDA_BATCH_ATTENTION")
     sampled = [
         dict(prompt=p, max_new_tokens=15, temperature=0.8, top_k=20, top_p=0.9, seed=i,
              repetition_penalty=1.1, ignore_eos=True)

@@ -9,6 +9,7 @@ must match exactly.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from inference_pio import cuda, ops  # noqa: E402
 from inference_pio._native import lib  # noqa: E402
 from inference_pio.backend import backend  # noqa: E402
 from inference_pio.dtypes import DType  # noqa: E402
+from inference_pio.errors import NativeError  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
 from inference_pio.testing import torch_bridge as tb  # noqa: E402
 
@@ -402,6 +404,59 @@ def test_split_k_decode_attention(
     ops.kv_cache_append(ours(k, DEV), ours(v, DEV), kc, vc, 0)
     out = theirs(ops.attention(ours(q, DEV), kc, vc, kv_len=kv, q_pos=past))
     assert rel(out, _sdpa_ref(q, k, v, past)) < tol(dt, 1e-4)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize(("hd", "nh", "nkv"), [(128, 16, 8), (64, 12, 2), (96, 6, 3), (256, 8, 1)])
+def test_attention_decode_batch(dt: DType, hd: int, nh: int, nkv: int) -> None:
+    """One call appends each sequence's new key/value row to its own cache (capacities and
+    lengths differ) and attends: the caches and outputs of the per-sequence ops."""
+    g = torch.Generator().manual_seed(hd + nh)
+    past = [0, 5, 700, 64, 1, 3000]
+    caps = [8, 40, 1024, 65, 2, 3001]
+    n = len(past)
+    q = torch.randn(n, nh, hd, generator=g).to(TDT[dt])
+    kn = torch.randn(n, nkv, hd, generator=g).to(TDT[dt])
+    vn = torch.randn(n, nkv, hd, generator=g).to(TDT[dt])
+    olds = [
+        (
+            (torch.randn(p, nkv, hd, generator=g) * 2).to(TDT[dt]),
+            torch.randn(p, nkv, hd, generator=g).to(TDT[dt]),
+        )
+        for p in past
+    ]
+    caches = []
+    for (k0, v0), cap in zip(olds, caps, strict=True):
+        kc, vc = Tensor.zeros((nkv, cap, hd), dt, DEV), Tensor.zeros((nkv, cap, hd), dt, DEV)
+        if k0.shape[0]:
+            ops.kv_cache_append(ours(k0, DEV), ours(v0, DEV), kc, vc, 0)
+        caches.append((kc, vc))
+    out = Tensor.empty((n, nh * hd), dt, DEV)
+    ptrs = ctypes.c_void_p * n
+    i64 = ctypes.c_int64 * n
+    dq, dk, dv = ours(q, DEV), ours(kn, DEV), ours(vn, DEV)
+    rc = cuda.lib().toc_attention_decode_batch(
+        dq.data_ptr, dk.data_ptr, dv.data_ptr, out.data_ptr, n, nh, nkv, hd,
+        ptrs(*[c[0].data_ptr for c in caches]), ptrs(*[c[1].data_ptr for c in caches]),
+        i64(*caps), i64(*past), hd**-0.5, int(dt), int(dt),
+    )  # fmt: skip
+    cuda.check(rc, "toc_attention_decode_batch")
+    got = theirs(out).reshape(n, nh, hd)
+    for s in range(n):
+        k_all = torch.cat([olds[s][0], kn[s : s + 1]])
+        v_all = torch.cat([olds[s][1], vn[s : s + 1]])
+        assert torch.equal(theirs(caches[s][0])[:, : past[s] + 1], k_all.transpose(0, 1))
+        assert torch.equal(theirs(caches[s][1])[:, : past[s] + 1], v_all.transpose(0, 1))
+        ref = _sdpa_ref(q[s : s + 1], k_all, v_all, past[s])
+        assert rel(got[s : s + 1], ref) < tol(dt, 1e-4), s
+    full = i64(*caps)  # no room for one more token: an error, nothing written
+    rc = cuda.lib().toc_attention_decode_batch(
+        dq.data_ptr, dk.data_ptr, dv.data_ptr, out.data_ptr, n, nh, nkv, hd,
+        ptrs(*[c[0].data_ptr for c in caches]), ptrs(*[c[1].data_ptr for c in caches]),
+        i64(*caps), full, hd**-0.5, int(dt), int(dt),
+    )  # fmt: skip
+    with pytest.raises(NativeError, match="no room"):
+        cuda.check(rc, "toc_attention_decode_batch")
 
 
 @pytest.mark.parametrize(

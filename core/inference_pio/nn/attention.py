@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 from dataclasses import dataclass
+from typing import Any
 
 from inference_pio.backend import Backend
 from inference_pio.device import Device
@@ -126,6 +129,29 @@ class Attention:
         self.rotary.apply(be, q, cos, sin, t, self.nh, self.hd, qw)
         self.rotary.apply(be, k, cos, sin, t, self.nkv, self.hd, kw)
 
+    def _decode_batch(
+        self,
+        be: Backend,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attn: Tensor,
+        caches: list[KVCache],
+        past: list[int],
+    ) -> None:
+        from inference_pio import cuda
+
+        n = len(caches)
+        ptrs = ctypes.c_void_p * n
+        i64 = ctypes.c_int64 * n
+        rc = _batch_decode_fn(be)(
+            q.data_ptr, k.data_ptr, v.data_ptr, attn.data_ptr, n, self.nh, self.nkv, self.hd,
+            ptrs(*[c.k.data_ptr for c in caches]), ptrs(*[c.v.data_ptr for c in caches]),
+            i64(*[c.capacity for c in caches]), i64(*past),
+            self.scale, q.dtype, caches[0].k.dtype,
+        )  # fmt: skip
+        cuda.check(rc, "attention_decode_batch")
+
     def new_cache(self, capacity: int, dtype: DType, device: Device) -> KVCache:
         return KVCache(self.nkv, capacity, self.hd, dtype, device)
 
@@ -148,6 +174,11 @@ class Attention:
         self._qkv(be, h, (q, k, v))
         self._prepare_qk(be, q, k, cos, sin, t)
         attn = be.scratch("attn.out", (t, qw), act)
+        if len(segments) > 1 and t == len(segments) and _batch_decode_fn(be) is not None:
+            # a decode step of several sequences on the GPU: one call appends every new key/value
+            # row to its own cache and attends (instead of two calls per sequence)
+            self._decode_batch(be, q, k, v, attn, caches, [seg.past for seg in segments])
+            return self.o_proj(be, attn, out)
         es = act.itemsize
         for seg, cache in zip(segments, caches, strict=False):
             if seg.past + seg.count > cache.capacity:
@@ -198,3 +229,19 @@ class Attention:
                 cache.k.dtype,
             )
         return self.o_proj(be, attn, out)
+
+
+_BATCH_FNS: dict[Device, Any] = {}
+
+
+def _batch_decode_fn(be: Backend) -> Any:
+    """The CUDA library's batched decode attention for ``be``'s device, or None (CPU, or a
+    library without it, or ``INFERENCE_PIO_CUDA_BATCH_ATTENTION=0``)."""
+    if be.device.type != "cuda" or os.environ.get("INFERENCE_PIO_CUDA_BATCH_ATTENTION") == "0":
+        return None
+    if be.device not in _BATCH_FNS:
+        from inference_pio import cuda
+
+        cuda.set_device(be.device)
+        _BATCH_FNS[be.device] = getattr(cuda.lib(), "toc_attention_decode_batch", None)
+    return _BATCH_FNS[be.device]

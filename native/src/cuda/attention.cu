@@ -27,6 +27,11 @@ struct AttnArgs {
     const int32_t *pos_dev; /* graph decode: q_pos = *pos_dev, kv_len = q_pos + tq */
     int nsplit;
     float *ws_o, *ws_ml; /* [tq, nh, nsplit, hdv], [tq, nh, nsplit, 2] when nsplit > 1 */
+    /* batched decode (toc_attention_decode_batch): query row i is sequence i's new token, over its
+     * own cache (base pointers, capacity) holding lens[i] + 1 keys; NULL otherwise */
+    const unsigned long long *kp, *vp;
+    const int64_t *caps, *lens;
+    int batch_unaligned; /* some cache of the batch is not 16-byte aligned: no vector loads */
 };
 
 /* ND: head_dim / 32 slots per lane (2, 4 or 8); each warp takes AT_U keys per step, their K/V
@@ -68,9 +73,18 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
         q_pos = *a.pos_dev;
         kv_len = q_pos + a.tq;
     }
+    const void *kbase = a.k, *vbase = a.v;
+    int64_t khs = a.khs, vhs = a.vhs;
+    if (a.lens) {
+        kbase = (const void *)a.kp[i];
+        vbase = (const void *)a.vp[i];
+        khs = vhs = a.caps[i] * a.hd;
+        kv_len = a.lens[i] + 1;
+    }
     /* visible keys [lo, hi) */
     int64_t lo = 0, hi = kv_len;
-    if (a.cu) {
+    if (a.lens) {
+    } else if (a.cu) {
         int64_t s = 0;
         while (s + 1 < a.n_seqs && a.cu[s + 1] <= i) s++;
         lo = a.cu[s];
@@ -102,16 +116,16 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
             const bool ok = p + u < s1;
             if (VEC) {
                 const int64_t q = ok ? p + u : s0; /* s0 < s1: a row that exists */
-                ld_bf_vec<ND>((const uint16_t *)a.k + h * a.khs + q * a.kps + lane * ND, kr[u]);
-                ld_bf_vec<ND>((const uint16_t *)a.v + h * a.vhs + q * a.vps + lane * ND, vr[u]);
+                ld_bf_vec<ND>((const uint16_t *)kbase + h * khs + q * a.kps + lane * ND, kr[u]);
+                ld_bf_vec<ND>((const uint16_t *)vbase + h * vhs + q * a.vps + lane * ND, vr[u]);
 #pragma unroll
                 for (int j = 0; j < ND; j++) vr[u][j] = ok ? vr[u][j] : 0.0f; /* weight 0, and no NaN */
             } else {
 #pragma unroll
                 for (int j = 0; j < ND; j++) {
                     const int64_t d = lane + 32 * j;
-                    kr[u][j] = (ok && d < a.hd) ? ld_as<KD>(a.k, h * a.khs + (p + u) * a.kps + d) : 0.0f;
-                    vr[u][j] = (ok && d < a.hdv) ? ld_as<KD>(a.v, h * a.vhs + (p + u) * a.vps + d) : 0.0f;
+                    kr[u][j] = (ok && d < a.hd) ? ld_as<KD>(kbase, h * khs + (p + u) * a.kps + d) : 0.0f;
+                    vr[u][j] = (ok && d < a.hdv) ? ld_as<KD>(vbase, h * vhs + (p + u) * a.vps + d) : 0.0f;
                 }
             }
         }
@@ -217,7 +231,7 @@ static int launch_split(AttnArgs &a) {
     cudaStream_t st = toc_stream();
     const bool vec = a.kd == TO_BF16 && a.hd == a.hdv && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
                      a.khs % 8 == 0 && a.kps % 8 == 0 && a.vhs % 8 == 0 && a.vps % 8 == 0 &&
-                     ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
+                     ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0 && !a.batch_unaligned;
     if (vec) {
         if (a.hd == 64) attn_split_kernel<2, TO_BF16, true><<<grid, 128, 0, st>>>(a);
         else if (a.hd == 128) attn_split_kernel<4, TO_BF16, true><<<grid, 128, 0, st>>>(a);
@@ -551,6 +565,73 @@ TOC_EXPORT int toc_attention_decode(const void *q, const void *k_cache, const vo
     AttnArgs a = {q, k_cache, v_cache, out, 1, nh, nkv, hd, hd, nh * hd, nh * hd, 0,
                   capacity * hd, hd, capacity * hd, hd, 0, 1, nullptr, 0, scale, q_dtype, kv_dtype,
                   pos, nsplit, workspace_buf, workspace_buf ? workspace_buf + (size_t)nh * nsplit * hd : nullptr};
+    return launch_split(a);
+}
+
+/* ---- batched decode: one new token for each of n sequences, each with its own cache ---- */
+__global__ void kv_append_batch_kernel(const void *k_new, const void *v_new, AttnArgs a, int src_dtype) {
+    const int64_t row = a.nkv * a.hd, total = a.tq * row;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t s = e / row, rem = e - s * row, h = rem / a.hd, d = rem - h * a.hd;
+        const int64_t dst = (h * a.caps[s] + a.lens[s]) * a.hd + d;
+        stf((void *)a.kp[s], a.kd, dst, ldf(k_new, src_dtype, e));
+        stf((void *)a.vp[s], a.kd, dst, ldf(v_new, src_dtype, e));
+    }
+}
+
+TOC_EXPORT int toc_attention_decode_batch(const void *q, const void *k_new, const void *v_new, void *out, int64_t n,
+                                          int64_t nh, int64_t nkv, int64_t hd, void *const *k_caches,
+                                          void *const *v_caches, const int64_t *capacities, const int64_t *lengths,
+                                          float scale, int act_dtype, int cache_dtype) {
+    TOC_CHECK(n >= 1 && nh >= 1 && nkv >= 1 && nh % nkv == 0 && hd >= 1 && hd <= 32 * AT_DMAX,
+              TO_ERR_INVALID_ARGUMENT, "toc_attention_decode_batch: bad sizes (n %lld, heads %lld/%lld, hd %lld)",
+              (long long)n, (long long)nh, (long long)nkv, (long long)hd);
+    TOC_CHECK(toc_is_act(act_dtype) && toc_is_act(cache_dtype), TO_ERR_DTYPE, "toc_attention_decode_batch: dtypes");
+    TOC_CHECK(q && k_new && v_new && out && k_caches && v_caches && capacities && lengths, TO_ERR_INVALID_ARGUMENT,
+              "toc_attention_decode_batch: NULL pointer");
+    int64_t max_keys = 1;
+    bool aligned = true;
+    for (int64_t s = 0; s < n; s++) {
+        TOC_CHECK(k_caches[s] && v_caches[s], TO_ERR_INVALID_ARGUMENT, "toc_attention_decode_batch: NULL cache %lld",
+                  (long long)s);
+        TOC_CHECK(lengths[s] >= 0 && lengths[s] < capacities[s], TO_ERR_SHAPE,
+                  "toc_attention_decode_batch: sequence %lld has %lld of %lld cache slots filled: no room for one more",
+                  (long long)s, (long long)lengths[s], (long long)capacities[s]);
+        if (lengths[s] + 1 > max_keys) max_keys = lengths[s] + 1;
+        aligned = aligned && ((uintptr_t)k_caches[s] & 15) == 0 && ((uintptr_t)v_caches[s] & 15) == 0 &&
+                  (capacities[s] * hd) % 8 == 0;
+    }
+    TOC_READY();
+    const int64_t G = nh / nkv;
+    const int nsplit = choose_splits(n, nkv, G, max_keys);
+    /* split partials, then the tables (8-byte aligned) */
+    const size_t part = nsplit > 1 ? (size_t)n * nh * nsplit * (hd + 2) : 0;
+    const size_t table_floats = (size_t)n * 8; /* 4 x 8 bytes per sequence */
+    float *ws = nullptr;
+    int rc = workspace(((part + 1) & ~(size_t)1) + table_floats, &ws);
+    if (rc) return rc;
+    unsigned long long *table = (unsigned long long *)(ws + ((part + 1) & ~(size_t)1));
+    /* one upload: k pointers | v pointers | capacities | lengths */
+    unsigned long long host[4 * 64];
+    unsigned long long *staging = n <= 64 ? host : (unsigned long long *)malloc((size_t)n * 32);
+    TOC_CHECK(staging, TO_ERR_OUT_OF_MEMORY, "toc_attention_decode_batch: out of memory");
+    for (int64_t s = 0; s < n; s++) {
+        staging[s] = (unsigned long long)(uintptr_t)k_caches[s];
+        staging[n + s] = (unsigned long long)(uintptr_t)v_caches[s];
+        staging[2 * n + s] = (unsigned long long)capacities[s];
+        staging[3 * n + s] = (unsigned long long)lengths[s];
+    }
+    cudaError_t e = cudaMemcpyAsync(table, staging, (size_t)n * 32, cudaMemcpyHostToDevice, toc_stream());
+    if (staging != host) free(staging);
+    TOC_CUDA(e, "cudaMemcpyAsync (attention tables)");
+    AttnArgs a = {q, k_caches[0], v_caches[0], out, n, nh, nkv, hd, hd,
+                  nh * hd, nh * hd, 0, 0, hd, 0, hd, 0, 0, nullptr, 0, scale, act_dtype, cache_dtype, nullptr,
+                  nsplit, nsplit > 1 ? ws : nullptr, nsplit > 1 ? ws + (size_t)n * nh * nsplit * hd : nullptr,
+                  table, table + n, (const int64_t *)(table + 2 * n), (const int64_t *)(table + 3 * n),
+                  aligned ? 0 : 1};
+    kv_append_batch_kernel<<<toc_grid(n * nkv * hd, 256, 4 * (int64_t)toc_sm_count()), 256, 0, toc_stream()>>>(
+        k_new, v_new, a, act_dtype);
+    TOC_LAUNCHED("kv_append_batch_kernel");
     return launch_split(a);
 }
 
