@@ -190,7 +190,12 @@ _TO_ERR_UNSUPPORTED = 7
 def device_supports(params: SamplingParams, vocab: int) -> bool:
     """Whether ``toc_sample`` draws for ``params`` on the GPU: greedy, top_k 1..1024 or no top-k
     cut (0 or >= vocab), with any top-p, min-p and penalties. A top-p / min-p nucleus of more than
-    16384 candidates is still drawn on the host (``Sampler.sample`` does that by itself)."""
+    16384 candidates is still drawn on the host (``Sampler.sample`` does that by itself).
+    ``INFERENCE_PIO_CUDA_DEVICE_SAMPLING=0`` samples every row on the host."""
+    import os
+
+    if os.environ.get("INFERENCE_PIO_CUDA_DEVICE_SAMPLING", "1") == "0":
+        return False
     k = params.top_k
     return params.temperature == 0.0 or k == 0 or k >= vocab or 1 <= k <= 1024
 
