@@ -97,6 +97,33 @@ def test_sampler_on_a_large_vocabulary_matches_hf(options: dict[str, Any]) -> No
         assert abs(counts[i] / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 2e-3, (i, p)
 
 
+@pytest.mark.parametrize(
+    ("kw", "vocab", "device"),
+    [
+        (dict(temperature=0.0), 151936, True),
+        (dict(temperature=0.0, repetition_penalty=1.3), 100, True),
+        (dict(temperature=0.7, top_k=20, top_p=0.8), 151936, True),
+        (dict(temperature=0.7, top_k=1024), 151936, True),
+        (dict(temperature=0.7, top_k=1025), 151936, False),
+        (dict(temperature=0.7, top_k=1025), 1025, True),  # top_k >= vocab: no cut
+        (dict(temperature=1.0), 151936, True),
+        (dict(temperature=1.0, top_p=0.9, min_p=0.05), 50, True),
+    ],
+)
+def test_which_settings_the_device_sampler_takes(
+    kw: dict[str, Any], vocab: int, device: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA rows are drawn on the device for top-k off, 1..1024 or >= vocab (any top-p, min-p,
+    penalties), else copied to the host; INFERENCE_PIO_CUDA_DEVICE_SAMPLING=0 sends all to the
+    host. (The draws themselves are compared with the host's in tests/gpu.)"""
+    from inference_pio.sampling import device_supports
+
+    params = SamplingParams(**kw)
+    assert device_supports(params, vocab) is device
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_DEVICE_SAMPLING", "0")
+    assert device_supports(params, vocab) is False
+
+
 def test_penalised_greedy_over_a_long_history() -> None:
     """Penalties over 3000 history tokens of a 50000-token vocabulary: the argmax of the
     adjusted logits (HF's rules), first index on ties."""
