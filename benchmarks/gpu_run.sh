@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with CUDA, run the GPU tests, print the benchmark table.
 # Usage: bash benchmarks/gpu_run.sh [benchmark args...]   (OUT=dir keeps logs; LONG_PROMPT=4096
-# adds the decode table after a 4096-token context)
+# adds the decode table after a 4096-token context; PYTEST_K="a or b" selects tests, NO_BENCH=1
+# skips the benchmark)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 ARCH=${CUDA_ARCH:-90}
@@ -18,7 +19,7 @@ if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
   c=$(python3 -c "import glob,sys;p=[g for s in sys.path for g in glob.glob(s+'/nvidia/cu*/lib/libcublas.so.*')+glob.glob(s+'/nvidia/cublas/lib/libcublas.so.*')];print(p[0] if p else '')" 2>/dev/null)
   [ -n "$c" ] && export INFERENCE_PIO_CUBLAS=$c
 fi
-timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 -o faulthandler_timeout=60 tests/gpu ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log" | tail -${TAIL:-25}
+timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 -o faulthandler_timeout=60 tests/gpu ${PYTEST_ARGS:-} ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 | tee "$OUT/pytest.log" | tail -${TAIL:-25}
 [ -n "${NO_BENCH:-}" ] || timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
 # LONG_PROMPT=N: the decode table again after an N-token context (prefill row of 256 tokens)
 if [ -n "${LONG_PROMPT:-}" ]; then
