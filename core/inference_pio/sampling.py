@@ -145,8 +145,11 @@ class Sampler:
         if logits.device.type == "cuda" and device_supports(self.params, logits.shape[0]):
             from inference_pio import cuda
 
-            fn = cuda.function("sample", logits.device)
-        elif logits.device.type != "cpu":
+            try:
+                fn = cuda.function("sample", logits.device)
+            except NotImplementedError:  # a CUDA library older than toc_sample
+                fn = None
+        if fn is None and logits.device.type != "cpu":
             logits = logits.to("cpu")
         p = self.params
         n_hist = len(self._hist_ids) if self._uses_history else 0
