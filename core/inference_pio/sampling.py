@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
+import os
 from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -195,8 +196,6 @@ def device_supports(params: SamplingParams, vocab: int) -> bool:
     cut (0 or >= vocab), with any top-p, min-p and penalties. A top-p / min-p nucleus of more than
     16384 candidates is still drawn on the host (``Sampler.sample`` does that by itself).
     ``INFERENCE_PIO_CUDA_DEVICE_SAMPLING=0`` samples every row on the host."""
-    import os
-
     if os.environ.get("INFERENCE_PIO_CUDA_DEVICE_SAMPLING", "1") == "0":
         return False
     k = params.top_k
@@ -204,6 +203,4 @@ def device_supports(params: SamplingParams, vocab: int) -> bool:
 
 
 def _urandom8() -> bytes:
-    import os
-
     return os.urandom(8)

@@ -43,7 +43,7 @@ from inference_pio.nn.attention import Attention
 from inference_pio.nn.decoder import DecoderModel, LayerCache
 from inference_pio.nn.layers import RMS_PLAIN, ROPE_NEOX, RMSNorm
 from inference_pio.nn.mlp import SwiGLU
-from inference_pio.sampling import SamplingParams
+from inference_pio.sampling import SamplingParams, device_supports
 from inference_pio.tensor import Tensor, tensor
 
 CHUNK = 32  # greedy tokens per host round trip
@@ -742,7 +742,7 @@ def device_sampling_supported(params: SamplingParams, vocab: int) -> bool:
     1 <= top_k <= 1024 (and below the vocabulary), no penalties (their history stays on the
     host); ``INFERENCE_PIO_CUDA_DEVICE_SAMPLING=0`` turns it off."""
     return (
-        os.environ.get("INFERENCE_PIO_CUDA_DEVICE_SAMPLING", "1") != "0"
+        device_supports(params, vocab)
         and params.temperature > 0.0
         and 1 <= params.top_k <= 1024
         and params.top_k < vocab
