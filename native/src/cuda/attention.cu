@@ -473,24 +473,9 @@ static int launch_flash(AttnArgs &a) {
 }
 
 /* attention workspace for split-K (grown outside graph capture) */
-static float *g_ws[16];
-static size_t g_ws_size[16];
+static TocBuffer g_ws;
 static int workspace(size_t floats, float **out) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    dev &= 15;
-    if (g_ws_size[dev] < floats) {
-        if (g_ws[dev]) {
-            TOC_CUDA(cudaStreamSynchronize(toc_stream()), "cudaStreamSynchronize");
-            cudaFree(g_ws[dev]);
-            g_ws[dev] = nullptr;
-            g_ws_size[dev] = 0;
-        }
-        TOC_CUDA(cudaMalloc((void **)&g_ws[dev], floats * 4), "cudaMalloc (attention workspace)");
-        g_ws_size[dev] = floats;
-    }
-    *out = g_ws[dev];
-    return TO_OK;
+    return toc_buffer_reserve(&g_ws, floats * 4, (void **)out, "attention workspace");
 }
 
 static int choose_splits(int64_t tq, int64_t nkv, int64_t G, int64_t span) {

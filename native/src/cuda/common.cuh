@@ -23,6 +23,15 @@ int toc_max_smem_optin(void);         /* per-block shared memory limit of the cu
 int toc_sm_count(void);
 int toc_cc_major(void); /* compute capability major of the current device */
 
+/* A per-device scratch buffer that grows on demand (one static TocBuffer per use). Growing waits
+ * for the stream before freeing the old buffer, and is refused (TO_ERR_UNSUPPORTED) while the
+ * stream is being captured into a graph. *out gets at least `bytes` of the current device. */
+struct TocBuffer {
+    void *p[16];
+    size_t size[16];
+};
+int toc_buffer_reserve(TocBuffer *b, size_t bytes, void **out, const char *what);
+
 #define TOC_CHECK(cond, code, ...)                          \
     do {                                                    \
         if (!(cond)) return toc_set_error((code), __VA_ARGS__); \

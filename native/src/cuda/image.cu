@@ -186,24 +186,9 @@ static int launch(const T *src, T *dst, int64_t h, int64_t w, int64_t c, int64_t
 
 /* weights + intermediate, per device; grown outside graph capture (the op refuses capture) */
 static std::mutex g_ws_lock;
-static char *g_ws[16];
-static size_t g_ws_size[16];
+static TocBuffer g_ws;
 static int workspace(size_t bytes, char **out) {
-    int dev = 0;
-    TOC_CUDA(cudaGetDevice(&dev), "cudaGetDevice");
-    dev &= 15;
-    if (g_ws_size[dev] < bytes) {
-        if (g_ws[dev]) {
-            TOC_CUDA(cudaStreamSynchronize(toc_stream()), "cudaStreamSynchronize");
-            cudaFree(g_ws[dev]);
-            g_ws[dev] = nullptr;
-            g_ws_size[dev] = 0;
-        }
-        TOC_CUDA(cudaMalloc((void **)&g_ws[dev], bytes), "cudaMalloc (image_resize workspace)");
-        g_ws_size[dev] = bytes;
-    }
-    *out = g_ws[dev];
-    return TO_OK;
+    return toc_buffer_reserve(&g_ws, bytes, (void **)out, "image_resize workspace");
 }
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }

@@ -439,24 +439,9 @@ __global__ void linear_generic_kernel(const void *x, const void *w, const void *
 }
 
 /* fp32 scratch for GEMM epilogues; grown outside graph capture only */
-static void *g_scratch[16];
-static size_t g_scratch_size[16];
+static TocBuffer g_scratch;
 static int scratch(size_t bytes, float **out) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    dev &= 15;
-    if (g_scratch_size[dev] < bytes) {
-        if (g_scratch[dev]) {
-            TOC_CUDA(cudaStreamSynchronize(toc_stream()), "cudaStreamSynchronize");
-            cudaFree(g_scratch[dev]);
-            g_scratch[dev] = nullptr;
-            g_scratch_size[dev] = 0;
-        }
-        TOC_CUDA(cudaMalloc(&g_scratch[dev], bytes), "cudaMalloc (linear scratch)");
-        g_scratch_size[dev] = bytes;
-    }
-    *out = (float *)g_scratch[dev];
-    return TO_OK;
+    return toc_buffer_reserve(&g_scratch, bytes, (void **)out, "linear scratch");
 }
 
 TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *y, int64_t m,

@@ -507,3 +507,26 @@ TOC_EXPORT int toc_fill_random(void *out, int64_t n, int dtype, uint64_t seed, f
     TOC_LAUNCHED("fill_random_kernel");
     return TO_OK;
 }
+
+int toc_buffer_reserve(TocBuffer *b, size_t bytes, void **out, const char *what) {
+    int dev = 0;
+    TOC_CUDA(cudaGetDevice(&dev), "cudaGetDevice");
+    dev &= 15;
+    if (b->size[dev] < bytes) {
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        TOC_CUDA(cudaStreamIsCapturing(toc_stream(), &cs), "cudaStreamIsCapturing");
+        TOC_CHECK(cs == cudaStreamCaptureStatusNone, TO_ERR_UNSUPPORTED,
+                  "%s: the workspace must grow to %zu bytes while a graph is being captured (run the op once "
+                  "before capturing)", what, bytes);
+        if (b->p[dev]) {
+            TOC_CUDA(cudaStreamSynchronize(toc_stream()), "cudaStreamSynchronize");
+            cudaFree(b->p[dev]);
+            b->p[dev] = nullptr;
+            b->size[dev] = 0;
+        }
+        TOC_CUDA(cudaMalloc(&b->p[dev], bytes), what);
+        b->size[dev] = bytes;
+    }
+    *out = b->p[dev];
+    return TO_OK;
+}

@@ -495,35 +495,13 @@ __global__ void __launch_bounds__(1024) fd_draw_kernel(FdArgs a) {
 }
 
 /* per-device scratch: candidates, scaled values, history, rng and token (grown outside capture) */
-struct SampleWs {
-    void *buf;
-    size_t size;
-};
-static SampleWs g_ws[16];
+static TocBuffer g_ws;
 /* one caller at a time per process: the candidates of a draw must not be overwritten by another
  * thread's launches between its two kernels (the stream orders the rest) */
 static std::mutex g_sample_lock;
 
 static int workspace(size_t bytes, char **out) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    SampleWs &ws = g_ws[dev & 15];
-    if (ws.size < bytes) {
-        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-        TOC_CUDA(cudaStreamIsCapturing(toc_stream(), &cs), "cudaStreamIsCapturing");
-        TOC_CHECK(cs == cudaStreamCaptureStatusNone, TO_ERR_UNSUPPORTED,
-                  "sampling: workspace must grow, but a graph is being captured (sample once before capturing)");
-        if (ws.buf) {
-            TOC_CUDA(cudaStreamSynchronize(toc_stream()), "cudaStreamSynchronize");
-            cudaFree(ws.buf);
-            ws.buf = nullptr;
-            ws.size = 0;
-        }
-        TOC_CUDA(cudaMalloc(&ws.buf, bytes), "cudaMalloc (sampling workspace)");
-        ws.size = bytes;
-    }
-    *out = (char *)ws.buf;
-    return TO_OK;
+    return toc_buffer_reserve(&g_ws, bytes, (void **)out, "sampling workspace");
 }
 
 /* nucleus keys fd_draw_kernel orders on the current device (its shared memory opted in once) */
