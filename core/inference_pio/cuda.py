@@ -136,6 +136,19 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
         c_int,
         [c_void_p] * 4 + [c_int64] * 4 + [c_void_p] * 4 + [c_float, c_int, c_int],
     ),
+    # int toc_attention_decode_batch_dev(const void *q, const void *k_new, const void *v_new,
+    #                                    void *out, int64_t n, int64_t nh, int64_t nkv, int64_t hd,
+    #                                    const uint64_t *k_ptrs, const uint64_t *v_ptrs,
+    #                                    const int64_t *capacities, const int32_t *lengths,
+    #                                    float scale, int act_dtype, int cache_dtype, int nsplit,
+    #                                    float *workspace, int flags);
+    "toc_attention_decode_batch_dev": (
+        c_int,
+        [c_void_p] * 4
+        + [c_int64] * 4
+        + [c_void_p] * 4
+        + [c_float, c_int, c_int, c_int, c_void_p, c_int],
+    ),
     # int toc_qk_rope_append(void *qkv, const void *q_norm, const void *k_norm, int norm_dtype,
     #                        float eps, const void *cos, const void *sin, const int32_t *pos,
     #                        void *k_cache, void *v_cache, int64_t nh, int64_t nkv, int64_t hd,

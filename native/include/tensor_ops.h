@@ -539,6 +539,18 @@ TO_API int toc_attention_decode_batch(const void *q, const void *k_new, const vo
                                       void *const *k_caches, void *const *v_caches,
                                       const int64_t *capacities, const int64_t *lengths, float scale,
                                       int act_dtype, int cache_dtype);
+/* toc_attention_decode_batch for a captured graph (the BatchManager's decode steps): k_ptrs,
+ * v_ptrs (uint64) and capacities (int64) are device arrays of n entries, fixed while the graph
+ * lives; lengths (int32, device) is written before each replay, and a row whose length leaves no
+ * room for its new token is skipped (zeros out, nothing appended). nsplit key slices per row with a
+ * workspace of n * nh * nsplit * (hd + 2) floats when nsplit > 1; flags bit 0: every cache is
+ * 16-byte aligned and capacity * hd is a multiple of 8. */
+TO_API int toc_attention_decode_batch_dev(const void *q, const void *k_new, const void *v_new,
+                                          void *out, int64_t n, int64_t nh, int64_t nkv, int64_t hd,
+                                          const uint64_t *k_ptrs, const uint64_t *v_ptrs,
+                                          const int64_t *capacities, const int32_t *lengths,
+                                          float scale, int act_dtype, int cache_dtype, int nsplit,
+                                          float *workspace, int flags);
 TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
                                int32_t *step, int max_steps);
 /* Draws the next token on the device after a graph decode step (src/cuda/sampling.cu): toc_sample's

@@ -107,7 +107,7 @@ def test_batched_generation_on_the_device(ckpt: Any, monkeypatch: pytest.MonkeyP
     """generate_batch on cuda (prefill together, decode steps of several sequences through the op
     path, each row sampled on the device) gives every request its single-sequence greedy tokens;
     seeded sampled requests with a penalty repeat."""
-    _, d, _ = ckpt
+    kind, d, _ = ckpt
     gpu = load(d, device="cuda")
     prompts = [[1, 2, 3], list(range(10, 47)), [400, 5]]
     lengths = (20, 12, 30)
@@ -120,10 +120,29 @@ def test_batched_generation_on_the_device(ckpt: Any, monkeypatch: pytest.MonkeyP
         for p, n in zip(prompts, lengths, strict=True)
     ]
     assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
-    # the same through two calls per sequence instead of one batched attention call per layer
+    graphs = getattr(gpu.model, "_cuda_batch_graph", None)
+    if kind == "bf16":  # decode steps replayed from captured graphs (one per row count)
+        assert graphs is not None
+        assert graphs._graphs
+        assert not graphs.captures_failed
+    else:
+        assert graphs is None
+    # more requests than slots: finished sequences free their slot for a waiting one, which is
+    # prefilled while the others decode (rows of free slots are skipped)
+    gpu.max_batch_size = 2
+    extra = dict(prompt=[7, 8, 9, 10], max_new_tokens=9, temperature=0.0, ignore_eos=True)
+    more = [*reqs, extra]
+    want = [*single, gpu.generate(**extra).token_ids]
+    assert [r.token_ids for r in gpu.generate_batch(more)] == want
+    gpu.max_batch_size = 8
+    # the op path: steps run call by call (INFERENCE_PIO_CUDA_BATCH_GRAPH=0), and with two calls
+    # per sequence instead of one batched attention call per layer
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_BATCH_GRAPH", "0")
+    assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
     monkeypatch.setenv("INFERENCE_PIO_CUDA_BATCH_ATTENTION", "0")
     assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
     monkeypatch.delenv("INFERENCE_PIO_CUDA_BATCH_ATTENTION")
+    monkeypatch.delenv("INFERENCE_PIO_CUDA_BATCH_GRAPH")
     sampled = [
         dict(prompt=p, max_new_tokens=15, temperature=0.8, top_k=20, top_p=0.9, seed=i,
              repetition_penalty=1.1, ignore_eos=True)

@@ -21,7 +21,7 @@ from inference_pio._native import lib  # noqa: E402
 from inference_pio.backend import backend  # noqa: E402
 from inference_pio.dtypes import DType  # noqa: E402
 from inference_pio.errors import NativeError  # noqa: E402
-from inference_pio.tensor import Tensor  # noqa: E402
+from inference_pio.tensor import Tensor, tensor  # noqa: E402
 from inference_pio.testing import torch_bridge as tb  # noqa: E402
 
 TDT = tb.TDT
@@ -457,6 +457,41 @@ def test_attention_decode_batch(dt: DType, hd: int, nh: int, nkv: int) -> None:
     )  # fmt: skip
     with pytest.raises(NativeError, match="no room"):
         cuda.check(rc, "toc_attention_decode_batch")
+    # the graph variant: tables and lengths in device memory, any number of key slices; a row
+    # without room is skipped (zeros out, its cache untouched)
+    for nsplit in (1, 5):
+        fresh = []
+        for (k0, v0), cap in zip(olds, caps, strict=True):
+            kc, vc = Tensor.zeros((nkv, cap, hd), dt, DEV), Tensor.zeros((nkv, cap, hd), dt, DEV)
+            if k0.shape[0]:
+                ops.kv_cache_append(ours(k0, DEV), ours(v0, DEV), kc, vc, 0)
+            fresh.append((kc, vc))
+        lens = past[:]
+        lens[2] = caps[2]  # full: skipped
+        ptab = tensor(
+            [c[0].data_ptr for c in fresh] + [c[1].data_ptr for c in fresh] + caps,
+            DType.int64,
+            DEV,
+        )
+        dlen = tensor(lens, DType.int32, DEV)
+        ws = Tensor.empty((n * nh * nsplit * (hd + 2),), DType.float32, DEV)
+        out2 = Tensor.empty((n, nh * hd), dt, DEV)
+        rc = cuda.lib().toc_attention_decode_batch_dev(
+            dq.data_ptr, dk.data_ptr, dv.data_ptr, out2.data_ptr, n, nh, nkv, hd,
+            ptab.data_ptr, ptab.data_ptr + 8 * n, ptab.data_ptr + 16 * n, dlen.data_ptr,
+            hd**-0.5, int(dt), int(dt), nsplit, ws.data_ptr, 1,
+        )  # fmt: skip
+        cuda.check(rc, "toc_attention_decode_batch_dev")
+        got2 = theirs(out2).reshape(n, nh, hd)
+        for s in range(n):
+            if s == 2:
+                assert not theirs(out2)[s].any()
+                assert torch.equal(theirs(fresh[s][0])[:, : past[s]], olds[s][0].transpose(0, 1))
+                assert not theirs(fresh[s][0])[:, past[s] :].any()
+                continue
+            assert torch.equal(theirs(fresh[s][0]), theirs(caches[s][0])), s
+            assert torch.equal(theirs(fresh[s][1]), theirs(caches[s][1])), s
+            assert rel(got2[s], got[s]) < tol(dt, 1e-5), (s, nsplit)
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,52 @@ class KVCache:
         self.v = Tensor.empty((nkv, capacity, head_dim), dtype, device)
 
 
+class KVTable:
+    """One layer's KV caches of several sequences as device arrays, for decode steps captured in
+    a CUDA graph (nn.cuda_batch_graph): base pointers of the key and value caches (uint64), their
+    capacities (int64) and the sequences' lengths (int32, written before each replay). Row i of
+    the step is sequence i's new token; a row whose length leaves no room is skipped."""
+
+    __slots__ = (
+        "cache_dtype",
+        "capacities",
+        "capacity",
+        "flags",
+        "k_ptrs",
+        "lengths",
+        "sms",
+        "v_ptrs",
+        "workspace",
+    )
+
+    def __init__(
+        self,
+        k_ptrs: int,
+        v_ptrs: int,
+        capacities: int,
+        lengths: int,
+        capacity: int,
+        cache_dtype: DType,
+        workspace: Tensor,
+        aligned: bool,
+        sms: int,
+    ) -> None:
+        """``capacity``: the largest of the capacities; ``sms``: the device's multiprocessors;
+        ``workspace``: float32 scratch for the key slices of each row."""
+        self.k_ptrs, self.v_ptrs = k_ptrs, v_ptrs
+        self.capacities, self.lengths = capacities, lengths
+        self.capacity, self.cache_dtype, self.sms = capacity, cache_dtype, sms
+        self.workspace = workspace
+        self.flags = 1 if aligned else 0
+
+    def splits(self, rows: int, nh: int, nkv: int, hd: int) -> int:
+        """Key slices per row: about two blocks per multiprocessor, a slice of 128 keys at least,
+        no more than the workspace holds."""
+        want = max(1, min(32, self.capacity // 128, -(-2 * self.sms // (nkv * rows))))
+        room = self.workspace.numel // max(1, rows * nh * (hd + 2))
+        return max(1, min(want, room))
+
+
 @dataclass(frozen=True)
 class Segment:
     """The rows [start, start+count) of a packed batch belong to one sequence whose cache holds
@@ -152,6 +198,17 @@ class Attention:
         )  # fmt: skip
         cuda.check(rc, "attention_decode_batch")
 
+    def _decode_table(
+        self, be: Backend, q: Tensor, k: Tensor, v: Tensor, attn: Tensor, table: KVTable, rows: int
+    ) -> None:
+        nsplit = table.splits(rows, self.nh, self.nkv, self.hd)
+        be.call(
+            "attention_decode_batch_dev",
+            q.data_ptr, k.data_ptr, v.data_ptr, attn.data_ptr, rows, self.nh, self.nkv, self.hd,
+            table.k_ptrs, table.v_ptrs, table.capacities, table.lengths, self.scale, q.dtype,
+            table.cache_dtype, nsplit, table.workspace.data_ptr, table.flags,
+        )  # fmt: skip
+
     def new_cache(self, capacity: int, dtype: DType, device: Device) -> KVCache:
         return KVCache(self.nkv, capacity, self.hd, dtype, device)
 
@@ -160,7 +217,7 @@ class Attention:
         be: Backend,
         h: Tensor,
         segments: list[Segment],
-        caches: list[KVCache],
+        caches: list[KVCache] | KVTable,
         cos: Tensor,
         sin: Tensor,
         out: Tensor,
@@ -174,6 +231,9 @@ class Attention:
         self._qkv(be, h, (q, k, v))
         self._prepare_qk(be, q, k, cos, sin, t)
         attn = be.scratch("attn.out", (t, qw), act)
+        if isinstance(caches, KVTable):  # a decode step of t sequences captured in a CUDA graph
+            self._decode_table(be, q, k, v, attn, caches, t)
+            return self.o_proj(be, attn, out)
         if len(segments) > 1 and t == len(segments) and _batch_decode_fn(be) is not None:
             # a decode step of several sequences on the GPU: one call appends every new key/value
             # row to its own cache and attends (instead of two calls per sequence)

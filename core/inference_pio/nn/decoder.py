@@ -16,7 +16,7 @@ from inference_pio.backend import Backend, backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.nn import decode_plan
-from inference_pio.nn.attention import Attention, KVCache, Segment
+from inference_pio.nn.attention import Attention, KVCache, KVTable, Segment
 from inference_pio.nn.decode_plan import DecodePlan
 from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
 from inference_pio.tensor import Tensor, tensor
@@ -45,7 +45,7 @@ class DecoderLayer:
         be: Backend,
         x: Tensor,
         segments: list[Segment],
-        caches: list[KVCache],
+        caches: list[KVCache] | KVTable,
         cos: Tensor,
         sin: Tensor,
     ) -> None:
@@ -59,7 +59,7 @@ class DecoderLayer:
         x: Tensor,
         h: Tensor,
         segments: list[Segment],
-        caches: list[KVCache],
+        caches: list[KVCache] | KVTable,
         cos: Tensor,
         sin: Tensor,
         next_norm: RMSNorm | None,

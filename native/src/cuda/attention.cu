@@ -32,7 +32,16 @@ struct AttnArgs {
     const unsigned long long *kp, *vp;
     const int64_t *caps, *lens;
     int batch_unaligned; /* some cache of the batch is not 16-byte aligned: no vector loads */
+    const int32_t *lens32; /* toc_attention_decode_batch_dev: the lengths as int32 (lens is NULL) */
 };
+
+/* Batched decode: cached tokens of sequence i before its new one, or -1 where that leaves no room
+ * for the new token (the row is then skipped: no append, zeros out). The host checks the lengths
+ * it passes; a captured graph reads them from device memory, so the kernels check them too. */
+__device__ __forceinline__ int64_t batch_len(const AttnArgs &a, int64_t i) {
+    const int64_t n = a.lens32 ? (int64_t)a.lens32[i] : a.lens[i];
+    return n >= 0 && n < a.caps[i] ? n : -1;
+}
 
 /* ND: head_dim / 32 slots per lane (2, 4 or 8); each warp takes AT_U keys per step, their K/V
  * rows loaded before any of them is used, so that the loads of a warp overlap */
@@ -75,15 +84,16 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
     }
     const void *kbase = a.k, *vbase = a.v;
     int64_t khs = a.khs, vhs = a.vhs;
-    if (a.lens) {
+    const bool batch = a.lens || a.lens32;
+    if (batch) {
         kbase = (const void *)a.kp[i];
         vbase = (const void *)a.vp[i];
         khs = vhs = a.caps[i] * a.hd;
-        kv_len = a.lens[i] + 1;
+        kv_len = batch_len(a, i) + 1; /* 0 for a skipped row */
     }
     /* visible keys [lo, hi) */
     int64_t lo = 0, hi = kv_len;
-    if (a.lens) {
+    if (batch) {
     } else if (a.cu) {
         int64_t s = 0;
         while (s + 1 < a.n_seqs && a.cu[s + 1] <= i) s++;
@@ -558,7 +568,9 @@ __global__ void kv_append_batch_kernel(const void *k_new, const void *v_new, Att
     const int64_t row = a.nkv * a.hd, total = a.tq * row;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
         const int64_t s = e / row, rem = e - s * row, h = rem / a.hd, d = rem - h * a.hd;
-        const int64_t dst = (h * a.caps[s] + a.lens[s]) * a.hd + d;
+        const int64_t len = batch_len(a, s);
+        if (len < 0) continue;
+        const int64_t dst = (h * a.caps[s] + len) * a.hd + d;
         stf((void *)a.kp[s], a.kd, dst, ldf(k_new, src_dtype, e));
         stf((void *)a.vp[s], a.kd, dst, ldf(v_new, src_dtype, e));
     }
@@ -614,6 +626,41 @@ TOC_EXPORT int toc_attention_decode_batch(const void *q, const void *k_new, cons
                   nsplit, nsplit > 1 ? ws : nullptr, nsplit > 1 ? ws + (size_t)n * nh * nsplit * hd : nullptr,
                   table, table + n, (const int64_t *)(table + 2 * n), (const int64_t *)(table + 3 * n),
                   aligned ? 0 : 1};
+    kv_append_batch_kernel<<<toc_grid(n * nkv * hd, 256, 4 * (int64_t)toc_sm_count()), 256, 0, toc_stream()>>>(
+        k_new, v_new, a, act_dtype);
+    TOC_LAUNCHED("kv_append_batch_kernel");
+    return launch_split(a);
+}
+
+/* The same for a captured graph (the BatchManager's decode steps on the GPU): every per-sequence
+ * value lives in device memory, so the graph replays with new lengths. k_ptrs / v_ptrs /
+ * capacities: n cache base pointers and capacities (fixed while the graph lives); lengths: n int32
+ * cached-token counts, written before each replay (a row whose length leaves no room is skipped and
+ * gets zeros). nsplit key slices per row (fixed at capture; slices past a row's keys are empty)
+ * and a workspace of n * nh * nsplit * (hd + 2) floats when nsplit > 1. flags bit 0: every cache is
+ * 16-byte aligned with capacity * hd a multiple of 8 (vector loads). */
+TOC_EXPORT int toc_attention_decode_batch_dev(const void *q, const void *k_new, const void *v_new, void *out,
+                                              int64_t n, int64_t nh, int64_t nkv, int64_t hd,
+                                              const uint64_t *k_ptrs, const uint64_t *v_ptrs,
+                                              const int64_t *capacities, const int32_t *lengths, float scale,
+                                              int act_dtype, int cache_dtype, int nsplit, float *workspace_buf,
+                                              int flags) {
+    TOC_CHECK(n >= 1 && nh >= 1 && nkv >= 1 && nh % nkv == 0 && hd >= 1 && hd <= 32 * AT_DMAX && nsplit >= 1 &&
+                  nsplit <= 1024,
+              TO_ERR_INVALID_ARGUMENT,
+              "toc_attention_decode_batch_dev: bad sizes (n %lld, heads %lld/%lld, hd %lld, nsplit %d)", (long long)n,
+              (long long)nh, (long long)nkv, (long long)hd, nsplit);
+    TOC_CHECK(toc_is_act(act_dtype) && toc_is_act(cache_dtype), TO_ERR_DTYPE, "toc_attention_decode_batch_dev: dtypes");
+    TOC_CHECK(q && k_new && v_new && out && k_ptrs && v_ptrs && capacities && lengths &&
+                  (nsplit == 1 || workspace_buf),
+              TO_ERR_INVALID_ARGUMENT, "toc_attention_decode_batch_dev: NULL pointer");
+    TOC_READY();
+    AttnArgs a = {q, nullptr, nullptr, out, n, nh, nkv, hd, hd,
+                  nh * hd, nh * hd, 0, 0, hd, 0, hd, 0, 0, nullptr, 0, scale, act_dtype, cache_dtype, nullptr,
+                  nsplit, nsplit > 1 ? workspace_buf : nullptr,
+                  nsplit > 1 ? workspace_buf + (size_t)n * nh * nsplit * hd : nullptr,
+                  (const unsigned long long *)k_ptrs, (const unsigned long long *)v_ptrs, capacities, nullptr,
+                  (flags & 1) ? 0 : 1, lengths};
     kv_append_batch_kernel<<<toc_grid(n * nkv * hd, 256, 4 * (int64_t)toc_sm_count()), 256, 0, toc_stream()>>>(
         k_new, v_new, a, act_dtype);
     TOC_LAUNCHED("kv_append_batch_kernel");
