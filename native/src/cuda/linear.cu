@@ -234,8 +234,10 @@ static cudaError_t launch_pdl(K kernel, unsigned grid, int threads, size_t smem,
     return cudaLaunchKernelEx(&cfg, kernel, a);
 }
 
-/* dynamic shared memory a GEMV block may take: the opt-in limit less its static red[33] */
-static int64_t gemv_smem_limit(void) { return toc_max_smem_optin() - 33 * 4; }
+/* a GEMV block's static shared memory (red[33]), and the dynamic part it may take: the opt-in
+ * limit less the static part */
+#define GEMV_STATIC_SMEM (33 * 4)
+static int64_t gemv_smem_limit(void) { return toc_max_smem_optin() - GEMV_STATIC_SMEM; }
 
 static int launch_gemv(const GemvArgs &a) {
     const bool pdl = pdl_enabled();
@@ -249,14 +251,15 @@ static int launch_gemv(const GemvArgs &a) {
     unsigned grid = (unsigned)toc_cdiv(a.n, warps);
     int threads = (int)warps * 32;
     cudaStream_t s = toc_stream();
-    /* dynamic shared memory past 48 KB is opted into per kernel, up to the largest size asked */
+    /* a block's shared memory past 48 KB (static part included: 4 rows of k 3072 are exactly 48 KB
+     * of x) is opted into per kernel, up to the largest size asked */
 #define GEMV_CASE(MM)                                                                          \
     {                                                                                          \
         static size_t configured[16];                                                          \
         int dev = 0;                                                                           \
         cudaGetDevice(&dev);                                                                   \
         auto kern = a.xd == TO_F32 ? gemv_kernel<MM, TO_F32> : gemv_kernel<MM, TO_BF16>;       \
-        if (smem > 48 * 1024 && smem > configured[dev & 15]) {                                 \
+        if (smem + GEMV_STATIC_SMEM > 48 * 1024 && smem > configured[dev & 15]) {              \
             TOC_CUDA(cudaFuncSetAttribute(gemv_kernel<MM, TO_F32>,                             \
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), \
                      "cudaFuncSetAttribute");                                                  \
