@@ -287,14 +287,15 @@ def test_embedding() -> None:
     assert torch.equal(theirs(out), table[ids.long()])
 
 
-@pytest.mark.parametrize("m", [1, 3, 8, 64, 300])
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 12, 16, 64, 300])
 @pytest.mark.parametrize("dt", FLOATS)
 @pytest.mark.parametrize("k", [1024, 3072, 4096])
 def test_linear(m: int, dt: DType, k: int) -> None:
-    """k 4096 with 5-8 rows stages 128 KB of x in the GEMV's shared memory (opted in past 48 KB);
-    k 3072 with 3 rows (staged as 4) exactly 48 KB, which with the block's static part needs the
-    opt-in too (the BatchManager's 4-row steps of Qwen3-0.6B's down_proj failed without it)."""
-    n = 520
+    """2-16 rows of bf16 run on the tensor-core GEMV (a tail of 3 weight rows past the last full
+    tile of 8); fp32 rows up to 8 on the scalar GEMV: k 4096 with 5-8 rows stages 128 KB of x in
+    shared memory (opted in past 48 KB), k 3072 with 3 rows (staged as 4) exactly 48 KB, which with
+    the block's static part needs the opt-in too."""
+    n = 523
     x = torch.randn(m, k).to(TDT[dt])
     w = (torch.randn(n, k) * 0.05).to(TDT[dt])
     y = Tensor.empty((m, n), dt, DEV)

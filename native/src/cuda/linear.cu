@@ -1,5 +1,7 @@
 /* Linear layers on the device: y[i, j] = sum_k x[i, k] * w[j, k] (+ bias[j]).
- *  - m <= 8 with bf16 weights (decode): our GEMV, one warp per output row, 16-byte weight loads,
+ *  - 2 <= m <= 16 rows of bf16 x with bf16 weights (batched decode): a GEMV on tensor cores
+ *    (gemv_mma_kernel), weights read once at full bandwidth whatever m;
+ *  - m <= 8 with bf16 weights otherwise (batch-1 decode): our GEMV, one warp per output row, 16-byte weight loads,
  *    x staged in shared memory as fp32, fp32 accumulation; optional fused prologue (RMSNorm of x)
  *    and epilogues (residual add, SwiGLU of two weight matrices) used by the CUDA-graph decoder.
  *  - larger m with bf16 x and w: cuBLAS (cublasGemmEx, loaded with dlopen when the library is
@@ -285,6 +287,107 @@ static int launch_gemv(const GemvArgs &a) {
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* ---------------------------------------------------------------------------------------------
+ * Small-batch GEMV on tensor cores (2 <= m <= 16 rows of bf16 x, bf16 weights: the BatchManager's
+ * decode steps). The scalar GEMV above re-reads m rows of staged x from shared memory for every
+ * weight chunk, which for m >= 2 makes it shared-memory bound (Qwen3-4B, 8 rows: 0.5 TB/s of
+ * weights on an H200). Here y^T = W x^T runs on mma.sync m16n8k16 with x as the A operand (its m
+ * rows padded with zeros to 16) and 8 weight rows as B: a block owns 8 weight rows and its warps
+ * split k. The reduction over k does not depend on the order of k inside an MMA, so each lane
+ * loads 16 contiguous bytes of one weight row (8 k values) and the matching 16 bytes of x, and the
+ * two MMAs of a 32-wide k step take halves of them (the A and B fragments use the same k order).
+ * Weights stream through a ring of GM_U loads per lane (x, small and shared by every block, comes
+ * through L1 with them); the warps' partial tiles are summed in a fixed order in shared memory. */
+#define GM_WARPS 8
+#define GM_U 4
+struct GemvMmaArgs {
+    const uint16_t *x, *w;
+    const void *bias;
+    int bd;
+    void *y;
+    int yd;
+    int m;
+    int64_t n, k, ldx, ldy;
+};
+
+__device__ __forceinline__ uint4 gm_ld_stream(const uint16_t *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+/* c += A (16 x 16 bf16: rows a0/a2 = x row gid, a1/a3 = x row gid + 8) * B (16 x 8: column gid =
+ * weight row gid) */
+__device__ __forceinline__ void gm_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <bool M16>
+__global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) {
+    __shared__ float part[GM_WARPS][32][4];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    const int64_t r0 = (int64_t)blockIdx.x * 8, row = r0 + gid;
+    const int64_t steps = (a.k + 31) / 32;
+    const int64_t s0 = steps * warp / GM_WARPS, s1 = steps * (warp + 1) / GM_WARPS;
+    const uint16_t *wr = a.w + (row < a.n ? row : 0) * a.k + tig * 8;
+    const uint16_t *xa = a.x + (int64_t)gid * a.ldx + tig * 8, *xb = xa + 8 * a.ldx;
+    const bool wok = row < a.n, aok = gid < a.m, bok = M16 && gid + 8 < a.m;
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    uint4 wv[GM_U], av[GM_U], bv[GM_U];
+#pragma unroll
+    for (int u = 0; u < GM_U; u++) {
+        const int64_t s = s0 + u, kk = s * 32 + tig * 8;
+        const bool in = s < s1 && kk < a.k;
+        wv[u] = in && wok ? gm_ld_stream(wr + s * 32) : z;
+        av[u] = in && aok ? __ldg((const uint4 *)(xa + s * 32)) : z;
+        bv[u] = in && bok ? __ldg((const uint4 *)(xb + s * 32)) : z;
+    }
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 1
+    for (int64_t s = s0; s < s1; s += GM_U) {
+#pragma unroll
+        for (int u = 0; u < GM_U; u++) {
+            /* past the range the slots hold zeros: the products add nothing */
+            gm_mma(c, av[u].x, bv[u].x, av[u].y, bv[u].y, wv[u].x, wv[u].y);
+            gm_mma(c, av[u].z, bv[u].z, av[u].w, bv[u].w, wv[u].z, wv[u].w);
+            const int64_t t = s + u + GM_U, kk = t * 32 + tig * 8;
+            const bool in = t < s1 && kk < a.k;
+            wv[u] = in && wok ? gm_ld_stream(wr + t * 32) : z;
+            av[u] = in && aok ? __ldg((const uint4 *)(xa + t * 32)) : z;
+            bv[u] = in && bok ? __ldg((const uint4 *)(xb + t * 32)) : z;
+        }
+    }
+    /* c0, c1: x row gid, weight rows 2 tig, 2 tig + 1; c2, c3: x row gid + 8 */
+    *(float4 *)part[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
+    __syncthreads();
+    if (threadIdx.x < 128) {
+        const int xr = threadIdx.x >> 3, j = threadIdx.x & 7; /* x row, weight row of the tile */
+        const int l = (xr & 7) * 4 + (j >> 1), e = (xr >> 3) * 2 + (j & 1);
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < GM_WARPS; w++) v += part[w][l][e];
+        const int64_t r = r0 + j;
+        if (xr < a.m && r < a.n) {
+            if (a.bias) v += ldf(a.bias, a.bd, r);
+            stf(a.y, a.yd, xr * a.ldy + r, v);
+        }
+    }
+}
+
+static int launch_gemv_mma(const GemvMmaArgs &a) {
+    const unsigned grid = (unsigned)toc_cdiv(a.n, 8);
+    if (a.m > 8) gemv_mma_kernel<true><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
+    else gemv_mma_kernel<false><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
+    TOC_LAUNCHED("gemv_mma_kernel");
+    return TO_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * cuBLAS through dlopen (no link-time dependency). */
 typedef int (*cublasCreate_t)(void **);
 typedef int (*cublasSetStream_t)(void *, cudaStream_t);
@@ -461,6 +564,11 @@ TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *
     TOC_READY();
     cudaStream_t s = toc_stream();
     bool vec = w_dtype == TO_BF16 && k % 8 == 0 && k > 0 && aligned16(w);
+    if (vec && m >= 2 && m <= 16 && x_dtype == TO_BF16 && ldx % 8 == 0 && aligned16(x) && n <= 0x7fffffffLL * 8) {
+        GemvMmaArgs a = {(const uint16_t *)x, (const uint16_t *)w, bias, bias_dtype, y, y_dtype, (int)m, n, k, ldx,
+                         ldy};
+        return launch_gemv_mma(a);
+    }
     if (vec && m <= 8 && (int64_t)k * 4 * (m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8) <= gemv_smem_limit()) {
         GemvArgs a = {};
         a.x = x;
