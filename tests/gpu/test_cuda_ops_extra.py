@@ -119,8 +119,14 @@ def test_qk_norm_rope_equals_the_ops_one_by_one(dt: DType) -> None:
     assert torch.equal(theirs(fused), theirs(ref))
 
 
-def test_linear_group_equals_linears() -> None:
-    m, k, ns = 3, 256, (128, 64, 64)
+@pytest.mark.parametrize(
+    ("m", "k", "ns"),
+    [(3, 256, (128, 64, 64)), (1, 256, (128, 64, 64)), (8, 2560, (4096, 1024, 1024)),
+     (16, 1024, (300, 52, 9)), (5, 3072, (1000, 1000))],
+)  # fmt: skip
+def test_linear_group_equals_linears(m: int, k: int, ns: tuple[int, ...]) -> None:
+    """Bit for bit the linears one by one: the scalar GEMV (1 row) and the tensor-core GEMV (2-16
+    rows, every matrix in one launch, partial tiles of weight rows)."""
     dt = DType.bfloat16
     x = ours(torch.randn(m, k).to(torch.bfloat16), DEV)
     ws = [ours((torch.randn(n, k) * 0.05).to(torch.bfloat16), DEV) for n in ns]

@@ -22,6 +22,11 @@ int toc_device_ready(void);           /* TO_OK once a device is usable, else an 
 int toc_max_smem_optin(void);         /* per-block shared memory limit of the current device */
 int toc_sm_count(void);
 int toc_cc_major(void); /* compute capability major of the current device */
+/* toc_linear_group's one-launch path for 2-16 rows of bf16 (src/cuda/linear.cu): TO_ERR_UNSUPPORTED,
+ * with nothing launched, where the inputs do not qualify */
+int toc_gemv_mma_group(const void *x, int count, const void *const *ws, const int64_t *ns, void *const *ys,
+                       const int64_t *ldys, int64_t m, int64_t k, int64_t ldx, int x_dtype, int w_dtype,
+                       int y_dtype);
 
 /* A per-device scratch buffer that grows on demand (one static TocBuffer per use). Growing waits
  * for the stream before freeing the old buffer, and is refused (TO_ERR_UNSUPPORTED) while the

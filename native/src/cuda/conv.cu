@@ -147,8 +147,9 @@ TOC_EXPORT int toc_image_normalize(const uint8_t *src, void *dst, int64_t h, int
     return TO_OK;
 }
 
-/* ---- grouped linears: one toc_linear per matrix (the CPU op's semantics; the pointer arrays
- * are host arrays of device pointers) ---- */
+/* ---- grouped linears: one tensor-core GEMV launch for up to 3 matrices against 2-16 rows of bf16,
+ * else one toc_linear per matrix (the CPU op's semantics; the pointer arrays are host arrays of
+ * device pointers) ---- */
 extern "C" int toc_linear(const void *x, const void *w, const void *bias, void *y, int64_t m, int64_t n, int64_t k,
                           int64_t ldx, int64_t ldy, int x_dtype, int w_dtype, int bias_dtype, int y_dtype);
 
@@ -162,9 +163,13 @@ TOC_EXPORT int toc_linear_group(const void *x, int count, const void *const *ws,
         TOC_CHECK(ns[i] >= 0 && ldys[i] >= ns[i], TO_ERR_SHAPE,
                   "toc_linear_group: matrix %d has n=%lld and y row stride %lld", i, (long long)ns[i],
                   (long long)ldys[i]);
+    TOC_READY();
+    /* 2-16 rows of bf16 (batched decode): every matrix in one tensor-core GEMV launch */
+    const int rc = toc_gemv_mma_group(x, count, ws, ns, ys, ldys, m, k, ldx, x_dtype, w_dtype, y_dtype);
+    if (rc != TO_ERR_UNSUPPORTED) return rc;
     for (int i = 0; i < count; i++) {
-        const int rc = toc_linear(x, ws[i], NULL, ys[i], m, ns[i], k, ldx, ldys[i], x_dtype, w_dtype, 0, y_dtype);
-        if (rc != TO_OK) return rc;
+        const int rci = toc_linear(x, ws[i], NULL, ys[i], m, ns[i], k, ldx, ldys[i], x_dtype, w_dtype, 0, y_dtype);
+        if (rci != TO_OK) return rci;
     }
     return TO_OK;
 }

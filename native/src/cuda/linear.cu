@@ -299,14 +299,16 @@ static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
  * through L1 with them); the warps' partial tiles are summed in a fixed order in shared memory. */
 #define GM_WARPS 8
 #define GM_U 4
+#define GM_SEG 3 /* weight matrices of one launch (toc_linear_group: q/k/v, gate/up) */
 struct GemvMmaArgs {
-    const uint16_t *x, *w;
-    const void *bias;
-    int bd;
-    void *y;
-    int yd;
-    int m;
-    int64_t n, k, ldx, ldy;
+    const uint16_t *x;
+    const uint16_t *w0, *w1, *w2;
+    void *y0, *y1, *y2;
+    int64_t n0, n1, n2, ldy0, ldy1, ldy2;
+    int64_t t1, t2, tiles; /* first tile of matrices 1 and 2; tiles of all (8 rows each) */
+    const void *bias;      /* single matrix only */
+    int bd, yd, m, wpt;    /* wpt: warps per tile, each a k range */
+    int64_t k, ldx;
 };
 
 __device__ __forceinline__ uint4 gm_ld_stream(const uint16_t *p) {
@@ -327,16 +329,31 @@ __device__ __forceinline__ void gm_mma(float *c, uint32_t a0, uint32_t a1, uint3
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+/* tile -> (matrix, its first row), by value (no indexing of the parameter arrays) */
+struct GmTile {
+    const uint16_t *w;
+    void *y;
+    int64_t n, ldy, r0;
+};
+__device__ __forceinline__ GmTile gm_tile(const GemvMmaArgs &a, int64_t t) {
+    if (t >= a.t2) return GmTile{a.w2, a.y2, a.n2, a.ldy2, (t - a.t2) * 8};
+    if (t >= a.t1) return GmTile{a.w1, a.y1, a.n1, a.ldy1, (t - a.t1) * 8};
+    return GmTile{a.w0, a.y0, a.n0, a.ldy0, t * 8};
+}
+
 template <bool M16>
 __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) {
     __shared__ float part[GM_WARPS][32][4];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-    const int64_t r0 = (int64_t)blockIdx.x * 8, row = r0 + gid;
+    const int tpb = GM_WARPS / a.wpt, kp = warp % a.wpt;
+    const int64_t tile = (int64_t)blockIdx.x * tpb + warp / a.wpt;
+    const GmTile T = gm_tile(a, tile < a.tiles ? tile : 0);
+    const int64_t row = T.r0 + gid;
     const int64_t steps = (a.k + 31) / 32;
-    const int64_t s0 = steps * warp / GM_WARPS, s1 = steps * (warp + 1) / GM_WARPS;
-    const uint16_t *wr = a.w + (row < a.n ? row : 0) * a.k + tig * 8;
+    const int64_t s0 = steps * kp / a.wpt, s1 = tile < a.tiles ? steps * (kp + 1) / a.wpt : s0;
+    const uint16_t *wr = T.w + (row < T.n ? row : 0) * a.k + tig * 8;
     const uint16_t *xa = a.x + (int64_t)gid * a.ldx + tig * 8, *xb = xa + 8 * a.ldx;
-    const bool wok = row < a.n, aok = gid < a.m, bok = M16 && gid + 8 < a.m;
+    const bool wok = row < T.n, aok = gid < a.m, bok = M16 && gid + 8 < a.m;
     const uint4 z = make_uint4(0, 0, 0, 0);
     uint4 wv[GM_U], av[GM_U], bv[GM_U];
 #pragma unroll
@@ -365,26 +382,58 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
     /* c0, c1: x row gid, weight rows 2 tig, 2 tig + 1; c2, c3: x row gid + 8 */
     *(float4 *)part[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
     __syncthreads();
-    if (threadIdx.x < 128) {
-        const int xr = threadIdx.x >> 3, j = threadIdx.x & 7; /* x row, weight row of the tile */
+    /* each output: the tile's warps' partials summed in k order */
+#pragma unroll 1
+    for (int o = threadIdx.x; o < tpb * 128; o += GM_WARPS * 32) {
+        const int tt = o >> 7, xr = (o >> 3) & 15, j = o & 7; /* tile of the block, x row, weight row */
         const int l = (xr & 7) * 4 + (j >> 1), e = (xr >> 3) * 2 + (j & 1);
         float v = 0.0f;
-#pragma unroll
-        for (int w = 0; w < GM_WARPS; w++) v += part[w][l][e];
-        const int64_t r = r0 + j;
-        if (xr < a.m && r < a.n) {
+#pragma unroll 1
+        for (int w = 0; w < a.wpt; w++) v += part[tt * a.wpt + w][l][e];
+        const int64_t t = (int64_t)blockIdx.x * tpb + tt;
+        if (t >= a.tiles || xr >= a.m) continue;
+        const GmTile U = gm_tile(a, t);
+        const int64_t r = U.r0 + j;
+        if (r < U.n) {
             if (a.bias) v += ldf(a.bias, a.bd, r);
-            stf(a.y, a.yd, xr * a.ldy + r, v);
+            stf(U.y, a.yd, xr * U.ldy + r, v);
         }
     }
 }
 
-static int launch_gemv_mma(const GemvMmaArgs &a) {
-    const unsigned grid = (unsigned)toc_cdiv(a.n, 8);
+/* warps per tile: a tile's k range is split so that each warp gets 16 steps of 32 or more (fewer
+ * ring start-ups), over at most 8 warps. It depends on k alone, so a matrix gives the same bits
+ * alone (toc_linear) and in a group (toc_linear_group), as on the CPU. */
+static int launch_gemv_mma(GemvMmaArgs a) {
+    a.t1 = toc_cdiv(a.n0, 8);
+    a.t2 = a.t1 + toc_cdiv(a.n1, 8);
+    a.tiles = a.t2 + toc_cdiv(a.n2, 8);
+    const int64_t per = toc_cdiv(a.k, 32) / 16;
+    a.wpt = per >= 8 ? 8 : per >= 4 ? 4 : per >= 2 ? 2 : 1;
+    const unsigned grid = (unsigned)toc_cdiv(a.tiles, GM_WARPS / a.wpt);
     if (a.m > 8) gemv_mma_kernel<true><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
     else gemv_mma_kernel<false><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
     TOC_LAUNCHED("gemv_mma_kernel");
     return TO_OK;
+}
+
+/* toc_linear_group's fast path: up to GM_SEG bf16 matrices against 2-16 rows of bf16 x in one
+ * launch; TO_ERR_UNSUPPORTED (nothing launched, no error recorded) where they do not qualify */
+int toc_gemv_mma_group(const void *x, int count, const void *const *ws, const int64_t *ns, void *const *ys,
+                       const int64_t *ldys, int64_t m, int64_t k, int64_t ldx, int x_dtype, int w_dtype,
+                       int y_dtype) {
+    if (count < 1 || count > GM_SEG || m < 2 || m > 16 || x_dtype != TO_BF16 || w_dtype != TO_BF16 ||
+        !toc_is_act(y_dtype) || !x || k < 8 || k % 8 || ldx < k || ldx % 8 || !aligned16(x))
+        return TO_ERR_UNSUPPORTED;
+    for (int i = 0; i < count; i++)
+        if (!ws[i] || !ys[i] || !aligned16(ws[i]) || ns[i] < 1 || ldys[i] < ns[i]) return TO_ERR_UNSUPPORTED;
+    GemvMmaArgs a = {};
+    a.x = (const uint16_t *)x;
+    a.w0 = (const uint16_t *)ws[0], a.y0 = ys[0], a.n0 = ns[0], a.ldy0 = ldys[0];
+    if (count > 1) a.w1 = (const uint16_t *)ws[1], a.y1 = ys[1], a.n1 = ns[1], a.ldy1 = ldys[1];
+    if (count > 2) a.w2 = (const uint16_t *)ws[2], a.y2 = ys[2], a.n2 = ns[2], a.ldy2 = ldys[2];
+    a.yd = y_dtype, a.m = (int)m, a.k = k, a.ldx = ldx;
+    return launch_gemv_mma(a);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -565,8 +614,10 @@ TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *
     cudaStream_t s = toc_stream();
     bool vec = w_dtype == TO_BF16 && k % 8 == 0 && k > 0 && aligned16(w);
     if (vec && m >= 2 && m <= 16 && x_dtype == TO_BF16 && ldx % 8 == 0 && aligned16(x) && n <= 0x7fffffffLL * 8) {
-        GemvMmaArgs a = {(const uint16_t *)x, (const uint16_t *)w, bias, bias_dtype, y, y_dtype, (int)m, n, k, ldx,
-                         ldy};
+        GemvMmaArgs a = {};
+        a.x = (const uint16_t *)x;
+        a.w0 = (const uint16_t *)w, a.y0 = y, a.n0 = n, a.ldy0 = ldy;
+        a.bias = bias, a.bd = bias_dtype, a.yd = y_dtype, a.m = (int)m, a.k = k, a.ldx = ldx;
         return launch_gemv_mma(a);
     }
     if (vec && m <= 8 && (int64_t)k * 4 * (m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8) <= gemv_smem_limit()) {
