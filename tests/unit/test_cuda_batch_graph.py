@@ -1,0 +1,81 @@
+"""Which models and settings the batched CUDA graph decoder takes (checks that need no GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from inference_pio.checkpoint import Checkpoint
+from inference_pio.dtypes import DType
+from inference_pio.nn import cuda_batch_graph, dense
+from inference_pio.nn.attention import Attention, KVTable
+from inference_pio.nn.decoder import DecoderModel
+from inference_pio.tensor import Tensor
+from inference_pio.testing.conformance import save_reference
+
+CONFIG = dict(
+    vocab_size=512,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    tie_word_embeddings=True,
+)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> DecoderModel:
+    path: Path = tmp_path_factory.mktemp("batch-graph")
+    save_reference(path, "Qwen3ForCausalLM", CONFIG, "bfloat16", seed=2)
+    ck = Checkpoint.open(path)
+    return dense.build(ck.weights, dense.DenseConfig.from_hf(ck.config))
+
+
+def test_cpu_models_and_other_objects_decode_call_by_call(model: DecoderModel) -> None:
+    assert cuda_batch_graph.for_model(model, 8, 64) is None
+    assert cuda_batch_graph.unsupported_reason(model, 8) == "not on a CUDA device"
+    assert cuda_batch_graph.unsupported_reason(object(), 8) == "not a DecoderModel"
+    assert cuda_batch_graph.for_model(object(), 8, 64) is None
+
+
+def test_blocks_with_their_own_call_are_refused(
+    model: DecoderModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reasons past the device check, on the CPU model with its device patched to cuda."""
+    monkeypatch.setattr(model, "device", type(model.device).parse("cuda:0"))
+    assert cuda_batch_graph.unsupported_reason(model, 8) is None
+    assert "at most 16" in str(cuda_batch_graph.unsupported_reason(model, 17))
+    monkeypatch.setenv("INFERENCE_PIO_CUDA_BATCH_GRAPH", "0")
+    assert "INFERENCE_PIO_CUDA_BATCH_GRAPH=0" in str(cuda_batch_graph.unsupported_reason(model, 8))
+    monkeypatch.delenv("INFERENCE_PIO_CUDA_BATCH_GRAPH")
+
+    class Logged(Attention):
+        def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return super().__call__(*args, **kwargs)
+
+    at = model.layers[1].attention
+    monkeypatch.setattr(at, "__class__", Logged)
+    assert "attention" in str(cuda_batch_graph.unsupported_reason(model, 8))
+
+
+@pytest.mark.parametrize(
+    ("rows", "capacity", "want"), [(1, 4096, 32), (8, 4096, 5), (16, 256, 2), (2, 100, 1)]
+)
+def test_key_slices_per_row(rows: int, capacity: int, want: int) -> None:
+    """About two blocks per multiprocessor over the rows' kv heads, slices of 128 keys or more,
+    at most 32, and never more than the workspace holds."""
+    ws = Tensor.empty((16 * 32 * 64 * (128 + 2),), DType.float32)
+    t = KVTable(0, 0, 0, 0, capacity, DType.bfloat16, ws, True, sms=132)
+    assert t.splits(rows, 32, 8, 128) == want
+    little = ws.narrow(0, 0, rows * 32 * 130)  # room for one slice per row
+    small = KVTable(0, 0, 0, 0, capacity, DType.bfloat16, little, True, sms=132)
+    assert small.splits(rows, 32, 8, 128) == 1
