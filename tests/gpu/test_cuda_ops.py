@@ -409,6 +409,19 @@ def test_split_k_decode_attention(
     assert rel(out, _sdpa_ref(q, k, v, past)) < tol(dt, 1e-4)
 
 
+def _caches_holding(
+    olds: list[tuple[Any, Any]], caps: list[int], nkv: int, hd: int, dt: DType
+) -> list[tuple[Tensor, Tensor]]:
+    """Zeroed [nkv, cap, hd] key/value caches with each sequence's earlier rows appended."""
+    caches = []
+    for (k0, v0), cap in zip(olds, caps, strict=True):
+        kc, vc = Tensor.zeros((nkv, cap, hd), dt, DEV), Tensor.zeros((nkv, cap, hd), dt, DEV)
+        if k0.shape[0]:
+            ops.kv_cache_append(ours(k0, DEV), ours(v0, DEV), kc, vc, 0)
+        caches.append((kc, vc))
+    return caches
+
+
 @pytest.mark.parametrize("dt", FLOATS)
 @pytest.mark.parametrize(("hd", "nh", "nkv"), [(128, 16, 8), (64, 12, 2), (96, 6, 3), (256, 8, 1)])
 def test_attention_decode_batch(dt: DType, hd: int, nh: int, nkv: int) -> None:
@@ -428,12 +441,7 @@ def test_attention_decode_batch(dt: DType, hd: int, nh: int, nkv: int) -> None:
         )
         for p in past
     ]
-    caches = []
-    for (k0, v0), cap in zip(olds, caps, strict=True):
-        kc, vc = Tensor.zeros((nkv, cap, hd), dt, DEV), Tensor.zeros((nkv, cap, hd), dt, DEV)
-        if k0.shape[0]:
-            ops.kv_cache_append(ours(k0, DEV), ours(v0, DEV), kc, vc, 0)
-        caches.append((kc, vc))
+    caches = _caches_holding(olds, caps, nkv, hd, dt)
     out = Tensor.empty((n, nh * hd), dt, DEV)
     ptrs = ctypes.c_void_p * n
     i64 = ctypes.c_int64 * n
@@ -463,12 +471,7 @@ def test_attention_decode_batch(dt: DType, hd: int, nh: int, nkv: int) -> None:
     # the graph variant: tables and lengths in device memory, any number of key slices; a row
     # without room is skipped (zeros out, its cache untouched)
     for nsplit in (1, 5):
-        fresh = []
-        for (k0, v0), cap in zip(olds, caps, strict=True):
-            kc, vc = Tensor.zeros((nkv, cap, hd), dt, DEV), Tensor.zeros((nkv, cap, hd), dt, DEV)
-            if k0.shape[0]:
-                ops.kv_cache_append(ours(k0, DEV), ours(v0, DEV), kc, vc, 0)
-            fresh.append((kc, vc))
+        fresh = _caches_holding(olds, caps, nkv, hd, dt)
         lens = past[:]
         lens[2] = caps[2]  # full: skipped
         ptab = tensor(

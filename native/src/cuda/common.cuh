@@ -71,6 +71,14 @@ static inline unsigned toc_grid(int64_t n, int threads, int64_t cap = 65535LL * 
 }
 
 /* ---- device-side dtype helpers ---- */
+/* 16 bytes read once (weights streamed by a GEMV): no L1 allocation, so L1 keeps what is reused */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
 __device__ __forceinline__ float bf2f(uint16_t v) { return __uint_as_float(((uint32_t)v) << 16); }
 __device__ __forceinline__ uint16_t f2bf(float f) {
     uint32_t u = __float_as_uint(f);

@@ -232,15 +232,8 @@ __device__ __forceinline__ void dk_sync(const DkState &st) {
     dk_wait<NT>(st);
 }
 
-/* A weight load: read once per step, so it bypasses L1 (which keeps the layer descriptors and
- * what the stages share). */
-__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
+/* Weight loads (read once per step) bypass L1, which keeps the layer descriptors and what the
+ * stages share: ld_stream (common.cuh). */
 
 /* Weight row of block-local virtual row vr of the current row batch (rb0, nrb rows). */
 __device__ __forceinline__ const uint16_t *dk_row(int mode, const uint16_t *w0, const uint16_t *w1,

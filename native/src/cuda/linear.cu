@@ -311,14 +311,6 @@ struct GemvMmaArgs {
     int64_t k, ldx;
 };
 
-__device__ __forceinline__ uint4 gm_ld_stream(const uint16_t *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 /* c += A (16 x 16 bf16: rows a0/a2 = x row gid, a1/a3 = x row gid + 8) * B (16 x 8: column gid =
  * weight row gid) */
 __device__ __forceinline__ void gm_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
@@ -360,7 +352,7 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
     for (int u = 0; u < GM_U; u++) {
         const int64_t s = s0 + u, kk = s * 32 + tig * 8;
         const bool in = s < s1 && kk < a.k;
-        wv[u] = in && wok ? gm_ld_stream(wr + s * 32) : z;
+        wv[u] = in && wok ? ld_stream((const uint4 *)(wr + s * 32)) : z;
         av[u] = in && aok ? __ldg((const uint4 *)(xa + s * 32)) : z;
         bv[u] = in && bok ? __ldg((const uint4 *)(xb + s * 32)) : z;
     }
@@ -374,7 +366,7 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
             gm_mma(c, av[u].z, bv[u].z, av[u].w, bv[u].w, wv[u].z, wv[u].w);
             const int64_t t = s + u + GM_U, kk = t * 32 + tig * 8;
             const bool in = t < s1 && kk < a.k;
-            wv[u] = in && wok ? gm_ld_stream(wr + t * 32) : z;
+            wv[u] = in && wok ? ld_stream((const uint4 *)(wr + t * 32)) : z;
             av[u] = in && aok ? __ldg((const uint4 *)(xa + t * 32)) : z;
             bv[u] = in && bok ? __ldg((const uint4 *)(xb + t * 32)) : z;
         }
