@@ -1,9 +1,10 @@
 """Decode steps of several sequences on a CUDA device as captured CUDA graphs (the BatchManager's).
 
-Run op by op, a decode step of n sequences makes ~14 native calls per layer from Python; on a GPU
-that is ~13 us of host time per call, far more than the kernels take (Qwen3-4B, 8 sequences:
-~16 ms of host time per step against ~3 ms of GPU work). :class:`BatchGraphDecoder` captures the
-step once per row count and replays it:
+Run op by op, a decode step of n sequences makes ~10 native calls per layer from Python, each with
+host costs (ctypes, argument checks, the launch) that a small model's kernels cannot hide: on an
+H200, 8 sequences of Qwen3-0.6B decode 2.7x faster replayed than call by call with the same
+kernels, Qwen3-4B 1.15x (benchmarks/GPU_NOTES.md). :class:`BatchGraphDecoder` captures the step
+once per row count and replays it:
 
 - it owns ``slots`` KV caches of one capacity at fixed device addresses; a sequence takes a free
   slot for its whole life (its prompt is prefilled into that slot's cache by the op path as usual);
