@@ -206,12 +206,8 @@ class BatchGraphDecoder:
         lengths = self.io.narrow(0, self.slots, n)
         m.embed(be, ids, x)
         m.rotary.tables(be, lengths, act, out=(cos, sin))
-        m.layers[0].input_norm(be, x, h)
-        segments = [Segment(i, 1, 0) for i in range(n)]  # positions come from the table
-        last = len(m.layers) - 1
-        for li, layer in enumerate(m.layers):
-            nxt = m.layers[li + 1].input_norm if li < last else None
-            layer.step(be, x, h, segments, self.tables[li], cos, sin, nxt)
+        segments = [Segment(i, 1, 0) for i in range(n)]  # positions come from the tables
+        m.run_layers(be, x, h, segments, self.tables, cos, sin)
         m.norm(be, x, h)
         m.lm_head(be, h, logits)
         scratch = be.scratch_buffers()

@@ -206,6 +206,24 @@ class DecoderModel:
         plan.add_recording(length, calls)
         return logits
 
+    def run_layers(
+        self,
+        be: Backend,
+        x: Tensor,
+        h: Tensor,
+        segments: list[Segment],
+        caches: Sequence[list[KVCache] | KVTable],
+        cos: Tensor,
+        sin: Tensor,
+    ) -> None:
+        """Every layer over the embedded rows ``x`` (updated in place; ``h`` is scratch of the
+        same shape), layer i attending over ``caches[i]``."""
+        self.layers[0].input_norm(be, x, h)
+        last = len(self.layers) - 1
+        for li, layer in enumerate(self.layers):
+            nxt = self.layers[li + 1].input_norm if li < last else None
+            layer.step(be, x, h, segments, caches[li], cos, sin, nxt)
+
     def _forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
         be = self.be
         segments: list[Segment] = []
@@ -244,11 +262,8 @@ class DecoderModel:
             cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
         self.embed(be, ids_t, x)
         h = be.scratch("layer.h", (t, self.hidden), self.act_dtype)
-        self.layers[0].input_norm(be, x, h)
-        last_layer = len(self.layers) - 1
-        for li, layer in enumerate(self.layers):
-            nxt = self.layers[li + 1].input_norm if li < last_layer else None
-            layer.step(be, x, h, segments, [c.layers[li] for _, c in batch], cos, sin, nxt)
+        caches = [[c.layers[li] for _, c in batch] for li in range(len(self.layers))]
+        self.run_layers(be, x, h, segments, caches, cos, sin)
         for seg, (_, cache) in zip(segments, batch, strict=False):
             cache.length += seg.count
         b = len(segments)

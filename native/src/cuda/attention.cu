@@ -576,6 +576,14 @@ __global__ void kv_append_batch_kernel(const void *k_new, const void *v_new, Att
     }
 }
 
+/* both batched decode entries: every row's new key/value appended to its cache, then attention */
+static int launch_batch_decode(AttnArgs &a, const void *k_new, const void *v_new, int act_dtype) {
+    kv_append_batch_kernel<<<toc_grid(a.tq * a.nkv * a.hd, 256, 4 * (int64_t)toc_sm_count()), 256, 0,
+                             toc_stream()>>>(k_new, v_new, a, act_dtype);
+    TOC_LAUNCHED("kv_append_batch_kernel");
+    return launch_split(a);
+}
+
 TOC_EXPORT int toc_attention_decode_batch(const void *q, const void *k_new, const void *v_new, void *out, int64_t n,
                                           int64_t nh, int64_t nkv, int64_t hd, void *const *k_caches,
                                           void *const *v_caches, const int64_t *capacities, const int64_t *lengths,
@@ -626,10 +634,7 @@ TOC_EXPORT int toc_attention_decode_batch(const void *q, const void *k_new, cons
                   nsplit, nsplit > 1 ? ws : nullptr, nsplit > 1 ? ws + (size_t)n * nh * nsplit * hd : nullptr,
                   table, table + n, (const int64_t *)(table + 2 * n), (const int64_t *)(table + 3 * n),
                   aligned ? 0 : 1};
-    kv_append_batch_kernel<<<toc_grid(n * nkv * hd, 256, 4 * (int64_t)toc_sm_count()), 256, 0, toc_stream()>>>(
-        k_new, v_new, a, act_dtype);
-    TOC_LAUNCHED("kv_append_batch_kernel");
-    return launch_split(a);
+    return launch_batch_decode(a, k_new, v_new, act_dtype);
 }
 
 /* The same for a captured graph (the BatchManager's decode steps on the GPU): every per-sequence
@@ -661,10 +666,7 @@ TOC_EXPORT int toc_attention_decode_batch_dev(const void *q, const void *k_new, 
                   nsplit > 1 ? workspace_buf + (size_t)n * nh * nsplit * hd : nullptr,
                   (const unsigned long long *)k_ptrs, (const unsigned long long *)v_ptrs, capacities, nullptr,
                   (flags & 1) ? 0 : 1, lengths};
-    kv_append_batch_kernel<<<toc_grid(n * nkv * hd, 256, 4 * (int64_t)toc_sm_count()), 256, 0, toc_stream()>>>(
-        k_new, v_new, a, act_dtype);
-    TOC_LAUNCHED("kv_append_batch_kernel");
-    return launch_split(a);
+    return launch_batch_decode(a, k_new, v_new, act_dtype);
 }
 
 /* ---- kv cache append ---- */
