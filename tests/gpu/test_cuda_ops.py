@@ -423,10 +423,13 @@ def _caches_holding(
 
 
 @pytest.mark.parametrize("dt", FLOATS)
-@pytest.mark.parametrize(("hd", "nh", "nkv"), [(128, 16, 8), (64, 12, 2), (96, 6, 3), (256, 8, 1)])
+@pytest.mark.parametrize(
+    ("hd", "nh", "nkv"), [(128, 16, 8), (64, 12, 2), (96, 6, 3), (256, 8, 1), (64, 24, 2)]
+)
 def test_attention_decode_batch(dt: DType, hd: int, nh: int, nkv: int) -> None:
     """One call appends each sequence's new key/value row to its own cache (capacities and
-    lengths differ) and attends: the caches and outputs of the per-sequence ops."""
+    lengths differ) and attends: the caches and outputs of the per-sequence ops. (With 12 query
+    heads per kv head, two blocks share a kv head's keys; one writes the new row to the cache.)"""
     g = torch.Generator().manual_seed(hd + nh)
     past = [0, 5, 700, 64, 1, 3000]
     caps = [8, 40, 1024, 65, 2, 3001]

@@ -70,9 +70,12 @@ def test_image_normalize(odt: DType) -> None:
     assert torch.equal(gpu, cpu)
 
 
+@pytest.mark.parametrize("variant", [0, 1])
+@pytest.mark.parametrize(("rows", "dim"), [(5, 1024), (3, 100), (2, 4104), (9, 2560), (1, 8)])
 @pytest.mark.parametrize("dt", FLOATS)
-def test_add_rms_norm_equals_add_then_norm(dt: DType) -> None:
-    rows, dim = 5, 1024
+def test_add_rms_norm_equals_add_then_norm(dt: DType, rows: int, dim: int, variant: int) -> None:
+    """One kernel (the vectorised or the generic row norm, whichever rms_norm takes) gives the
+    bits of add then rms_norm."""
     x, delta = torch.randn(rows, dim).to(TDT[dt]), torch.randn(rows, dim).to(TDT[dt])
     w = (1 + 0.1 * torch.randn(dim)).to(TDT[dt])
     be = backend(DEV)
@@ -81,23 +84,38 @@ def test_add_rms_norm_equals_add_then_norm(dt: DType) -> None:
     fused_out = Tensor.empty((rows, dim), dt, DEV)
     be.call(
         "add_rms_norm", fused_x.data_ptr, d.data_ptr, dw.data_ptr, fused_out.data_ptr, rows, dim,
-        1e-6, 0, dt, dt, dt,
+        1e-6, variant, dt, dt, dt,
     )  # fmt: skip
     be.call("add", ref_x.data_ptr, d.data_ptr, ref_x.data_ptr, rows * dim, dt)
-    ref = ops.rms_norm(ref_x, dw, 1e-6)
+    ref = Tensor.empty((rows, dim), dt, DEV)
+    be.call(
+        "rms_norm", ref_x.data_ptr, dw.data_ptr, None, ref.data_ptr, rows, 1, dim, dim, dim, 0, 0,
+        dim, dim, 1e-6, variant, dt, dt, dt,
+    )  # fmt: skip
     assert torch.equal(theirs(fused_x), theirs(ref_x))
     assert torch.equal(theirs(fused_out), theirs(ref))
-    summed = (x.float() + delta.float()).to(TDT[dt])
-    var = summed.float().pow(2).mean(-1, keepdim=True)
-    hf = w * (summed.float() * torch.rsqrt(var + 1e-6)).to(TDT[dt])
-    assert rel(theirs(fused_out), hf) < (1e-5 if dt == DType.float32 else 1e-2)
+    if variant == 0:
+        summed = (x.float() + delta.float()).to(TDT[dt])
+        var = summed.float().pow(2).mean(-1, keepdim=True)
+        hf = w * (summed.float() * torch.rsqrt(var + 1e-6)).to(TDT[dt])
+        assert rel(theirs(fused_out), hf) < (1e-5 if dt == DType.float32 else 1e-2)
 
 
+@pytest.mark.parametrize(
+    ("hd", "rot", "mode", "variant", "q_norm"),
+    [(128, 128, 0, 0, True), (64, 32, 1, 1, True), (100, 100, 0, 0, True), (256, 256, 0, 1, True),
+     (128, 64, 2, 0, True), (128, 128, 0, 0, False), (2048, 2048, 0, 0, True)],
+)  # fmt: skip
 @pytest.mark.parametrize("dt", FLOATS)
-def test_qk_norm_rope_equals_the_ops_one_by_one(dt: DType) -> None:
-    t, nh, nkv, hd = 6, 4, 2, 128
+def test_qk_norm_rope_equals_the_ops_one_by_one(
+    dt: DType, hd: int, rot: int, mode: int, variant: int, q_norm: bool
+) -> None:
+    """One kernel per call (norm then rotation per head row) gives the bits of the ops one by one,
+    for the vectorised and the generic norm, partial rotary, both in-place RoPE layouts; the
+    de-interleaving layout (mode 2) runs the ops one by one."""
+    t, nh, nkv = 6, 4, 2
     pos = torch.arange(t, dtype=torch.int32) + 40
-    cos, sin = ops.rope_cache(ours(pos, DEV), hd, 1e6, dt)
+    cos, sin = ops.rope_cache(ours(pos, DEV), rot, 1e6, dt)
     qkv = torch.randn(t, (nh + 2 * nkv) * hd).to(TDT[dt])
     qw, kw = ((1 + 0.1 * torch.randn(hd)).to(TDT[dt]) for _ in range(2))
     fused, ref = ours(qkv, DEV), ours(qkv, DEV)
@@ -105,17 +123,23 @@ def test_qk_norm_rope_equals_the_ops_one_by_one(dt: DType) -> None:
     st = (nh + 2 * nkv) * hd
     esz = 4 if dt == DType.float32 else 2
     be = backend(DEV)
+    qwp = dqw.data_ptr if q_norm else None
     be.call(
-        "qk_norm_rope", fused.data_ptr, fused.data_ptr + nh * hd * esz, dqw.data_ptr,
-        dkw.data_ptr, cos.data_ptr, sin.data_ptr, t, nh, nkv, hd, hd, st, st, 1e-6, 0, 0, dt, dt,
-        dt,
+        "qk_norm_rope", fused.data_ptr, fused.data_ptr + nh * hd * esz, qwp, dkw.data_ptr,
+        cos.data_ptr, sin.data_ptr, t, nh, nkv, hd, rot, st, st, 1e-6, variant, mode, dt, dt, dt,
     )  # fmt: skip
-    for ptr, heads, w in ((ref.data_ptr, nh, dqw), (ref.data_ptr + nh * hd * esz, nkv, dkw)):
+    for ptr, heads, w in (
+        (ref.data_ptr, nh, qwp),
+        (ref.data_ptr + nh * hd * esz, nkv, dkw.data_ptr),
+    ):
+        if w is not None:
+            be.call(
+                "rms_norm", ptr, w, None, ptr, t, heads, hd, st, hd, 0, 0, st, hd, 1e-6, variant,
+                dt, dt, dt,
+            )  # fmt: skip
         be.call(
-            "rms_norm", ptr, w.data_ptr, None, ptr, t, heads, hd, st, hd, 0, 0, st, hd, 1e-6, 0,
-            dt, dt, dt,
-        )  # fmt: skip
-        be.call("rope_apply", ptr, cos.data_ptr, sin.data_ptr, t, heads, hd, hd, st, hd, 0, dt, dt)
+            "rope_apply", ptr, cos.data_ptr, sin.data_ptr, t, heads, hd, rot, st, hd, mode, dt, dt
+        )
     assert torch.equal(theirs(fused), theirs(ref))
 
 

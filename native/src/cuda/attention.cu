@@ -33,6 +33,10 @@ struct AttnArgs {
     const int64_t *caps, *lens;
     int batch_unaligned; /* some cache of the batch is not 16-byte aligned: no vector loads */
     const int32_t *lens32; /* toc_attention_decode_batch_dev: the lengths as int32 (lens is NULL) */
+    /* batched decode with the append folded in (new rows [tq, nkv * hd] already in the cache
+     * dtype): the new key/value are read from here, and one block per row and kv head writes
+     * them to the cache; NULL: a kernel appended them before */
+    const void *kn, *vn;
 };
 
 /* Batched decode: cached tokens of sequence i before its new one, or -1 where that leaves no room
@@ -106,6 +110,14 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
     int64_t span = hi > lo ? hi - lo : 0;
     int64_t chunk = (span + a.nsplit - 1) / a.nsplit;
     int64_t s0 = lo + split * chunk, s1 = min(hi, s0 + chunk);
+    /* folded append: key `fresh` comes from the new rows, and the block of its slice that holds
+     * the first query heads writes it to the cache (nothing in this launch reads it there) */
+    const int64_t fresh = a.kn ? hi - 1 : -1, nrow = (i * a.nkv + h) * a.hd;
+    if (fresh >= s0 && fresh < s1 && g0 == 0)
+        for (int64_t d = threadIdx.x; d < a.hd; d += blockDim.x) {
+            stf((void *)kbase, a.kd, h * khs + fresh * a.kps + d, ld_as<KD>(a.kn, nrow + d));
+            stf((void *)vbase, a.kd, h * vhs + fresh * a.vps + d, ld_as<KD>(a.vn, nrow + d));
+        }
     const int ndv = (int)((a.hdv + 31) / 32);
     for (int g = 0; g < gc; g++)
         for (int64_t d = threadIdx.x; d < 32 * ND; d += blockDim.x) /* zeros past head_dim */
@@ -126,16 +138,26 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
             const bool ok = p + u < s1;
             if (VEC) {
                 const int64_t q = ok ? p + u : s0; /* s0 < s1: a row that exists */
-                ld_bf_vec<ND>((const uint16_t *)kbase + h * khs + q * a.kps + lane * ND, kr[u]);
-                ld_bf_vec<ND>((const uint16_t *)vbase + h * vhs + q * a.vps + lane * ND, vr[u]);
+                const bool nw = q == fresh;
+                ld_bf_vec<ND>(nw ? (const uint16_t *)a.kn + nrow + lane * ND
+                                 : (const uint16_t *)kbase + h * khs + q * a.kps + lane * ND,
+                              kr[u]);
+                ld_bf_vec<ND>(nw ? (const uint16_t *)a.vn + nrow + lane * ND
+                                 : (const uint16_t *)vbase + h * vhs + q * a.vps + lane * ND,
+                              vr[u]);
 #pragma unroll
                 for (int j = 0; j < ND; j++) vr[u][j] = ok ? vr[u][j] : 0.0f; /* weight 0, and no NaN */
             } else {
+                const bool nw = p + u == fresh;
 #pragma unroll
                 for (int j = 0; j < ND; j++) {
                     const int64_t d = lane + 32 * j;
-                    kr[u][j] = (ok && d < a.hd) ? ld_as<KD>(kbase, h * khs + (p + u) * a.kps + d) : 0.0f;
-                    vr[u][j] = (ok && d < a.hdv) ? ld_as<KD>(vbase, h * vhs + (p + u) * a.vps + d) : 0.0f;
+                    kr[u][j] = (ok && d < a.hd)
+                                   ? (nw ? ld_as<KD>(a.kn, nrow + d) : ld_as<KD>(kbase, h * khs + (p + u) * a.kps + d))
+                                   : 0.0f;
+                    vr[u][j] = (ok && d < a.hdv)
+                                   ? (nw ? ld_as<KD>(a.vn, nrow + d) : ld_as<KD>(vbase, h * vhs + (p + u) * a.vps + d))
+                                   : 0.0f;
                 }
             }
         }
@@ -576,8 +598,13 @@ __global__ void kv_append_batch_kernel(const void *k_new, const void *v_new, Att
     }
 }
 
-/* both batched decode entries: every row's new key/value appended to its cache, then attention */
+/* both batched decode entries: every row's new key/value appended to its cache, then attention
+ * (one launch fewer where the new rows already have the cache dtype: the attention appends them) */
 static int launch_batch_decode(AttnArgs &a, const void *k_new, const void *v_new, int act_dtype) {
+    if (act_dtype == a.kd && (((uintptr_t)k_new | (uintptr_t)v_new) & 15) == 0) {
+        a.kn = k_new, a.vn = v_new;
+        return launch_split(a);
+    }
     kv_append_batch_kernel<<<toc_grid(a.tq * a.nkv * a.hd, 256, 4 * (int64_t)toc_sm_count()), 256, 0,
                              toc_stream()>>>(k_new, v_new, a, act_dtype);
     TOC_LAUNCHED("kv_append_batch_kernel");

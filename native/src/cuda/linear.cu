@@ -287,10 +287,11 @@ static int launch_gemv(const GemvArgs &a) {
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* ---------------------------------------------------------------------------------------------
- * Small-batch GEMV on tensor cores (2 <= m <= 16 rows of bf16 x, bf16 weights: the BatchManager's
- * decode steps). The scalar GEMV above re-reads m rows of staged x from shared memory for every
- * weight chunk, which for m >= 2 makes it shared-memory bound (Qwen3-4B, 8 rows: 0.5 TB/s of
- * weights on an H200). Here y^T = W x^T runs on mma.sync m16n8k16 with x as the A operand (its m
+ * Small-batch GEMV on tensor cores (1 <= m <= 16 rows of bf16 x, bf16 weights: the BatchManager's
+ * decode steps, and single rows of the op path). The scalar GEMV above re-reads m rows of staged x
+ * from shared memory for every weight chunk, which for m >= 2 makes it shared-memory bound
+ * (Qwen3-4B, 8 rows: 0.5 TB/s of weights on an H200); for one row it streams 1.7-4.0 TB/s against
+ * 3.3-4.2 here (4B shapes, H200). Here y^T = W x^T runs on mma.sync m16n8k16 with x as the A operand (its m
  * rows padded with zeros to 16) and 8 weight rows as B: a block owns 8 weight rows and its warps
  * split k. The reduction over k does not depend on the order of k inside an MMA, so each lane
  * loads 16 contiguous bytes of one weight row (8 k values) and the matching 16 bytes of x, and the
@@ -409,12 +410,24 @@ static int launch_gemv_mma(GemvMmaArgs a) {
     return TO_OK;
 }
 
+/* Fewest rows the tensor-core GEMV takes. One row too by default: with x in one row of A it still
+ * streams the weights faster than the scalar GEMV on the decode shapes (GPU_NOTES.md);
+ * INFERENCE_PIO_CUDA_GEMV_MMA1=0 keeps single rows on the scalar GEMV. */
+static int gemv_mma_min_rows(void) {
+    static int rows = 0;
+    if (!rows) {
+        const char *e = getenv("INFERENCE_PIO_CUDA_GEMV_MMA1");
+        rows = e && e[0] == '0' ? 2 : 1;
+    }
+    return rows;
+}
+
 /* toc_linear_group's fast path: up to GM_SEG bf16 matrices against 2-16 rows of bf16 x in one
  * launch; TO_ERR_UNSUPPORTED (nothing launched, no error recorded) where they do not qualify */
 int toc_gemv_mma_group(const void *x, int count, const void *const *ws, const int64_t *ns, void *const *ys,
                        const int64_t *ldys, int64_t m, int64_t k, int64_t ldx, int x_dtype, int w_dtype,
                        int y_dtype) {
-    if (count < 1 || count > GM_SEG || m < 2 || m > 16 || x_dtype != TO_BF16 || w_dtype != TO_BF16 ||
+    if (count < 1 || count > GM_SEG || m < gemv_mma_min_rows() || m > 16 || x_dtype != TO_BF16 || w_dtype != TO_BF16 ||
         !toc_is_act(y_dtype) || !x || k < 8 || k % 8 || ldx < k || ldx % 8 || !aligned16(x))
         return TO_ERR_UNSUPPORTED;
     for (int i = 0; i < count; i++)
@@ -605,7 +618,7 @@ TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *
     TOC_READY();
     cudaStream_t s = toc_stream();
     bool vec = w_dtype == TO_BF16 && k % 8 == 0 && k > 0 && aligned16(w);
-    if (vec && m >= 2 && m <= 16 && x_dtype == TO_BF16 && ldx % 8 == 0 && aligned16(x) && n <= 0x7fffffffLL * 8) {
+    if (vec && m >= gemv_mma_min_rows() && m <= 16 && x_dtype == TO_BF16 && ldx % 8 == 0 && aligned16(x) && n <= 0x7fffffffLL * 8) {
         GemvMmaArgs a = {};
         a.x = (const uint16_t *)x;
         a.w0 = (const uint16_t *)w, a.y0 = y, a.n0 = n, a.ldy0 = ldy;

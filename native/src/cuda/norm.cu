@@ -9,78 +9,198 @@ struct RmsArgs {
     int64_t outer, inner, dim, x_so, x_si, z_so, z_si, o_so, o_si;
     float eps;
     int variant, xd, wd, od;
+    const void *add; /* add_rms_norm: x = round(x + add) is stored first (add has x's layout) */
 };
+/* One row, one warp, lanes strided over the row. With ar, the row is first replaced by the
+ * rounded sum x + a (each lane reads back only what it wrote), as toc_add then toc_rms_norm. */
+__device__ __forceinline__ void rms_row(char *xr, const char *ar, const char *zr, char *orow, const void *wt,
+                                        int64_t dim, float eps, int variant, int xd, int wd, int od) {
+    /* Batches of RB elements per lane, every load of a batch before its stores (which the loads
+     * could alias, as far as the compiler knows); the sums run in the same order as one by one. */
+    constexpr int RB = 4;
+    const int lane = threadIdx.x & 31;
+    float ss = 0.0f;
+    for (int64_t j0 = lane; j0 < dim; j0 += 32 * RB) {
+        float v[RB];
+#pragma unroll
+        for (int u = 0; u < RB; u++) {
+            const int64_t j = j0 + 32 * u;
+            v[u] = j < dim ? ldf(xr, xd, j) : 0.0f;
+        }
+        if (ar) {
+            float d[RB];
+#pragma unroll
+            for (int u = 0; u < RB; u++) {
+                const int64_t j = j0 + 32 * u;
+                d[u] = j < dim ? ldf(ar, xd, j) : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < RB; u++) {
+                const int64_t j = j0 + 32 * u;
+                v[u] = rnd(xd, v[u] + d[u]);
+                if (j < dim) stf(xr, xd, j, v[u]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < RB; u++)
+            if (j0 + 32 * u < dim) ss += v[u] * v[u];
+    }
+    ss = warp_sum(ss);
+    float r = 1.0f / sqrtf(ss / (float)dim + eps);
+    bool nround = xd == TO_BF16 && wd == TO_BF16;
+    for (int64_t j0 = lane; j0 < dim; j0 += 32 * RB) {
+        float xv[RB], wv[RB], zv[RB];
+#pragma unroll
+        for (int u = 0; u < RB; u++) {
+            const int64_t j = j0 + 32 * u;
+            const bool in = j < dim;
+            xv[u] = in ? ldf(xr, xd, j) : 0.0f;
+            wv[u] = in ? ldf(wt, wd, j) : 0.0f;
+            zv[u] = in && variant == TO_RMS_GATED ? ldf(zr, xd, j) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < RB; u++) {
+            const int64_t j = j0 + 32 * u;
+            float xn = xv[u] * r, w = wv[u], y;
+            if (variant == TO_RMS_ZERO_CENTERED) {
+                y = xn * (1.0f + w);
+            } else {
+                y = w * rnd(xd, xn);
+                if (variant == TO_RMS_GATED) {
+                    if (nround) y = rbf(y);
+                    y = y * (zv[u] / (1.0f + expf(-zv[u])));
+                }
+            }
+            if (j < dim) stf(orow, od, j, y);
+        }
+    }
+}
 __global__ void rms_norm_kernel(RmsArgs a) {
     int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
     if (row >= a.outer * a.inner) return;
     int64_t o = row / a.inner, i = row - o * a.inner;
-    const char *xr = (const char *)a.x + (o * a.x_so + i * a.x_si) * (a.xd == TO_F32 ? 4 : 2);
+    const int64_t xo = (o * a.x_so + i * a.x_si) * (a.xd == TO_F32 ? 4 : 2);
+    char *xr = (char *)a.x + xo;
+    const char *ar = a.add ? (const char *)a.add + xo : nullptr;
     char *orow = (char *)a.out + (o * a.o_so + i * a.o_si) * (a.od == TO_F32 ? 4 : 2);
     const char *zr = a.z ? (const char *)a.z + (o * a.z_so + i * a.z_si) * (a.xd == TO_F32 ? 4 : 2)
                          : nullptr;
-    float ss = 0.0f;
-    for (int64_t j = lane; j < a.dim; j += 32) {
-        float v = ldf(xr, a.xd, j);
-        ss += v * v;
-    }
-    ss = warp_sum(ss);
-    float r = 1.0f / sqrtf(ss / (float)a.dim + a.eps);
-    bool nround = a.xd == TO_BF16 && a.wd == TO_BF16;
-    for (int64_t j = lane; j < a.dim; j += 32) {
-        float xn = ldf(xr, a.xd, j) * r, w = ldf(a.w, a.wd, j), y;
-        if (a.variant == TO_RMS_ZERO_CENTERED) {
-            y = xn * (1.0f + w);
-        } else {
-            y = w * rnd(a.xd, xn);
-            if (a.variant == TO_RMS_GATED) {
-                if (nround) y = rbf(y);
-                float zv = ldf(zr, a.xd, j);
-                y = y * (zv / (1.0f + expf(-zv)));
-            }
-        }
-        stf(orow, a.od, j, y);
-    }
+    rms_row(xr, ar, zr, orow, a.w, a.dim, a.eps, a.variant, a.xd, a.wd, a.od);
 }
-/* bf16 rows of at most 32 * 8 * NV elements (dim % 8 == 0, 16-byte aligned rows): one warp per
- * row, one 16-byte load per lane and chunk, the row held in registers between the two passes.
- * Same arithmetic as rms_norm_kernel (plain and zero-centred variants). */
+/* bf16 rows (dim % 8 == 0, 16-byte aligned rows): `wpr` warps per row (1, 2, 4 or 8, by dim
+ * alone: one warp was issue-bound on 2560-wide rows), one 16-byte chunk per thread and step (chunk
+ * t + 32 wpr k for the row's thread t), the row held in registers between the two passes. Same
+ * arithmetic as rms_row (plain and zero-centred variants), summed in another order: each thread
+ * over its chunks, a warp sum, then the row's warps in order through `red`. Every thread of the
+ * block must call it when wpr > 1 (block barrier); `live` false: no memory access. */
 template <int NV>
-__global__ void rms_norm_bf16_kernel(RmsArgs a) {
-    const int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (row >= a.outer * a.inner) return;
-    const int64_t o = row / a.inner, i = row - o * a.inner;
-    const uint4 *xr = (const uint4 *)((const uint16_t *)a.x + o * a.x_so + i * a.x_si);
-    uint4 *orow = (uint4 *)((uint16_t *)a.out + o * a.o_so + i * a.o_si);
-    const uint4 *w = (const uint4 *)a.w;
-    const int nv = (int)(a.dim / 8);
+__device__ __forceinline__ void rms_row_vec(uint4 *xr, const uint4 *ar, uint4 *orow, const uint4 *w, int64_t dim,
+                                            float eps, int variant, bool live, int wpr, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int t = (warp % wpr) * 32 + lane, step = 32 * wpr;
+    const int nv = live ? (int)(dim / 8) : 0;
     uint4 xv[NV];
+#pragma unroll
+    for (int k = 0; k < NV; k++) xv[k] = t + step * k < nv ? xr[t + step * k] : make_uint4(0, 0, 0, 0);
+    if (ar) {
+        /* every load before the first store (x and a may alias), so the loads are all in flight */
+        uint4 av[NV];
+#pragma unroll
+        for (int k = 0; k < NV; k++) av[k] = t + step * k < nv ? ar[t + step * k] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            float f[8], g[8];
+            bf8(xv[k], f);
+            bf8(av[k], g);
+#pragma unroll
+            for (int e = 0; e < 8; e++) f[e] = f[e] + g[e];
+            xv[k] = pack_bf8(f);
+        }
+#pragma unroll
+        for (int k = 0; k < NV; k++)
+            if (t + step * k < nv) xr[t + step * k] = xv[k];
+    }
     float ss = 0.0f;
 #pragma unroll
     for (int k = 0; k < NV; k++) {
-        const int c = lane + 32 * k;
-        xv[k] = c < nv ? xr[c] : make_uint4(0, 0, 0, 0);
         float f[8];
         bf8(xv[k], f);
 #pragma unroll
         for (int e = 0; e < 8; e++) ss += f[e] * f[e];
     }
     ss = warp_sum(ss);
-    const float r = 1.0f / sqrtf(ss / (float)a.dim + a.eps);
+    if (wpr > 1) {
+        if (lane == 0) red[warp] = ss;
+        __syncthreads();
+        const int first = warp - warp % wpr;
+        ss = 0.0f;
+        for (int i = 0; i < wpr; i++) ss += red[first + i];
+    }
+    const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+    /* the weights loaded together, before the first store (which they could alias, as far as the
+     * compiler knows: loads after it would wait one round trip each) */
+    uint4 wv[NV];
+#pragma unroll
+    for (int k = 0; k < NV; k++) wv[k] = t + step * k < nv ? __ldg(w + t + step * k) : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int k = 0; k < NV; k++) {
-        const int c = lane + 32 * k;
+        const int c = t + step * k;
         if (c < nv) {
             float f[8], wf[8];
             bf8(xv[k], f);
-            bf8(__ldg(w + c), wf);
+            bf8(wv[k], wf);
 #pragma unroll
             for (int e = 0; e < 8; e++)
-                f[e] = a.variant == TO_RMS_ZERO_CENTERED ? f[e] * r * (1.0f + wf[e]) : wf[e] * rbf(f[e] * r);
+                f[e] = variant == TO_RMS_ZERO_CENTERED ? f[e] * r * (1.0f + wf[e]) : wf[e] * rbf(f[e] * r);
             orow[c] = pack_bf8(f);
         }
     }
+}
+/* 256 threads: 8 / wpr rows per block */
+template <int NV>
+__global__ void __launch_bounds__(256) rms_norm_bf16_kernel(RmsArgs a, int wpr) {
+    __shared__ float red[8];
+    const int64_t row = blockIdx.x * (int64_t)(8 / wpr) + (threadIdx.x >> 5) / wpr;
+    const bool live = row < a.outer * a.inner;
+    const int64_t o = live ? row / a.inner : 0, i = live ? row - o * a.inner : 0, xo = o * a.x_so + i * a.x_si;
+    rms_row_vec<NV>((uint4 *)((uint16_t *)a.x + xo), a.add ? (const uint4 *)((const uint16_t *)a.add + xo) : nullptr,
+                    (uint4 *)((uint16_t *)a.out + o * a.o_so + i * a.o_si), (const uint4 *)a.w, a.dim, a.eps,
+                    a.variant, live, wpr, red);
+}
+
+/* Warps per row of the vectorised kernel, and its chunks per thread (a template argument). */
+static int rms_wpr(int64_t dim) {
+    const int64_t nv = dim / 8;
+    return nv >= 256 ? 8 : nv >= 128 ? 4 : nv >= 64 ? 2 : 1;
+}
+static int rms_bf16_chunks(int64_t dim) {
+    const int64_t per = toc_cdiv(dim / 8, 32 * rms_wpr(dim));
+    return per <= 1 ? 1 : per <= 2 ? 2 : per <= 4 ? 4 : per <= 8 ? 8 : 16;
+}
+static bool rms_vec(const RmsArgs &a) {
+    return a.xd == TO_BF16 && a.wd == TO_BF16 && a.od == TO_BF16 && a.variant != TO_RMS_GATED && a.dim % 8 == 0 &&
+           a.dim <= 8 * 256 * 16 && ((uintptr_t)a.x & 15) == 0 && ((uintptr_t)a.out & 15) == 0 &&
+           ((uintptr_t)a.w & 15) == 0 && a.x_so % 8 == 0 && a.x_si % 8 == 0 &&
+           a.o_so % 8 == 0 && a.o_si % 8 == 0;
+}
+static int launch_rms(const RmsArgs &a) {
+    if (rms_vec(a)) {
+        const int wpr = rms_wpr(a.dim);
+        const unsigned blocks = (unsigned)toc_cdiv(a.outer * a.inner, 8 / wpr);
+        switch (rms_bf16_chunks(a.dim)) {
+        case 1: rms_norm_bf16_kernel<1><<<blocks, 256, 0, toc_stream()>>>(a, wpr); break;
+        case 2: rms_norm_bf16_kernel<2><<<blocks, 256, 0, toc_stream()>>>(a, wpr); break;
+        case 4: rms_norm_bf16_kernel<4><<<blocks, 256, 0, toc_stream()>>>(a, wpr); break;
+        case 8: rms_norm_bf16_kernel<8><<<blocks, 256, 0, toc_stream()>>>(a, wpr); break;
+        default: rms_norm_bf16_kernel<16><<<blocks, 256, 0, toc_stream()>>>(a, wpr);
+        }
+        TOC_LAUNCHED("rms_norm_bf16_kernel");
+        return TO_OK;
+    }
+    const unsigned blocks = (unsigned)toc_cdiv(a.outer * a.inner, 8);
+    rms_norm_kernel<<<blocks, 256, 0, toc_stream()>>>(a);
+    TOC_LAUNCHED("rms_norm_kernel");
+    return TO_OK;
 }
 
 TOC_EXPORT int toc_rms_norm(const void *x, const void *w, const void *z, void *out, int64_t outer,
@@ -100,27 +220,8 @@ TOC_EXPORT int toc_rms_norm(const void *x, const void *w, const void *z, void *o
     TOC_CHECK(variant != TO_RMS_GATED || z, TO_ERR_INVALID_ARGUMENT, "toc_rms_norm: gated needs z");
     TOC_READY();
     RmsArgs a = {x, w, variant == TO_RMS_GATED ? z : nullptr, out, outer, inner, dim, x_so, x_si,
-                 z_so, z_si, o_so, o_si, eps, variant, x_dtype, w_dtype, out_dtype};
-    int64_t rows = outer * inner;
-    const unsigned blocks = (unsigned)toc_cdiv(rows, 8);
-    const bool vec = x_dtype == TO_BF16 && w_dtype == TO_BF16 && out_dtype == TO_BF16 &&
-                     variant != TO_RMS_GATED && dim % 8 == 0 && dim <= 32 * 8 * 16 &&
-                     ((uintptr_t)x & 15) == 0 && ((uintptr_t)out & 15) == 0 &&
-                     ((uintptr_t)w & 15) == 0 && x_so % 8 == 0 && x_si % 8 == 0 && o_so % 8 == 0 &&
-                     o_si % 8 == 0;
-    if (vec) {
-        const int64_t nv = dim / 8;
-        if (nv <= 32) rms_norm_bf16_kernel<1><<<blocks, 256, 0, toc_stream()>>>(a);
-        else if (nv <= 64) rms_norm_bf16_kernel<2><<<blocks, 256, 0, toc_stream()>>>(a);
-        else if (nv <= 128) rms_norm_bf16_kernel<4><<<blocks, 256, 0, toc_stream()>>>(a);
-        else if (nv <= 256) rms_norm_bf16_kernel<8><<<blocks, 256, 0, toc_stream()>>>(a);
-        else rms_norm_bf16_kernel<16><<<blocks, 256, 0, toc_stream()>>>(a);
-        TOC_LAUNCHED("rms_norm_bf16_kernel");
-        return TO_OK;
-    }
-    rms_norm_kernel<<<blocks, 256, 0, toc_stream()>>>(a);
-    TOC_LAUNCHED("rms_norm_kernel");
-    return TO_OK;
+                 z_so, z_si, o_so, o_si, eps, variant, x_dtype, w_dtype, out_dtype, nullptr};
+    return launch_rms(a);
 }
 
 /* ---- layer_norm: one block per row ---- */
@@ -272,24 +373,43 @@ __global__ void rope_apply_kernel(void *x, const void *cosb, const void *sinb, i
 }
 /* In-place modes (NeoX, interleaved): one warp per (token, head) row, 8 rows per block (the
  * one-block-per-row kernel spends most of its time starting 64-thread blocks). */
+__device__ __forceinline__ void rope_row(char *base, const void *cosb, const void *sinb, int64_t t, int64_t rot,
+                                         int mode, int xd, int td) {
+    /* pairs in batches of 2 per lane, loads before stores (see rms_row) */
+    const int lane = threadIdx.x & 31;
+    const int64_t half = rot / 2;
+    const bool bf = xd == TO_BF16 && td == TO_BF16;
+    for (int64_t i0 = lane; i0 < half; i0 += 64) {
+        float x1[2], x2[2], c[2], s[2];
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int64_t i = i0 + 32 * u;
+            const int64_t i1 = mode == TO_ROPE_NEOX ? i : 2 * i, i2 = mode == TO_ROPE_NEOX ? i + half : 2 * i + 1;
+            const bool in = i < half;
+            x1[u] = in ? ldf(base, xd, i1) : 0.0f;
+            x2[u] = in ? ldf(base, xd, i2) : 0.0f;
+            c[u] = in ? ldf(cosb, td, t * rot + i) : 0.0f;
+            s[u] = in ? ldf(sinb, td, t * rot + i) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int64_t i = i0 + 32 * u;
+            if (i >= half) continue;
+            const int64_t i1 = mode == TO_ROPE_NEOX ? i : 2 * i, i2 = mode == TO_ROPE_NEOX ? i + half : 2 * i + 1;
+            float o1, o2;
+            rope_pair(x1[u], x2[u], c[u], s[u], bf, o1, o2);
+            stf(base, xd, i1, o1);
+            stf(base, xd, i2, o2);
+        }
+    }
+}
 __global__ void rope_apply_rows_kernel(void *x, const void *cosb, const void *sinb, int64_t rows,
                                        int64_t heads, int64_t rot, int64_t st, int64_t sh, int mode,
                                        int xd, int td) {
     const int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
-    const int lane = threadIdx.x & 31;
     const int64_t t = row / heads, h = row - t * heads;
-    char *base = (char *)x + (t * st + h * sh) * (xd == TO_F32 ? 4 : 2);
-    const int64_t half = rot / 2;
-    const bool bf = xd == TO_BF16 && td == TO_BF16;
-    for (int64_t i = lane; i < half; i += 32) {
-        const int64_t i1 = mode == TO_ROPE_NEOX ? i : 2 * i, i2 = mode == TO_ROPE_NEOX ? i + half : 2 * i + 1;
-        float o1, o2;
-        rope_pair(ldf(base, xd, i1), ldf(base, xd, i2), ldf(cosb, td, t * rot + i), ldf(sinb, td, t * rot + i),
-                  bf, o1, o2);
-        stf(base, xd, i1, o1);
-        stf(base, xd, i2, o2);
-    }
+    rope_row((char *)x + (t * st + h * sh) * (xd == TO_F32 ? 4 : 2), cosb, sinb, t, rot, mode, xd, td);
 }
 
 TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t T, int64_t heads,
@@ -503,7 +623,8 @@ TOC_EXPORT int toc_cumsum(const void *x, void *out, int64_t rows, int64_t dim, i
 }
 
 /* ---- composites, as on the CPU (src/cpu/norm.c, rope.c): the same ops one after the other, so
- * the same results ---- */
+ * the same results. Each runs as one kernel where its arguments are valid (the row kernels above,
+ * chained per row); otherwise the ops run one by one and report the error. ---- */
 extern "C" int toc_add(const void *a, const void *b, void *out, int64_t n, int dtype);
 
 TOC_EXPORT int toc_add_rms_norm(void *x, const void *delta, const void *w, void *out, int64_t rows, int64_t dim,
@@ -513,10 +634,56 @@ TOC_EXPORT int toc_add_rms_norm(void *x, const void *delta, const void *w, void 
     TOC_CHECK(dim >= 1, TO_ERR_SHAPE, "toc_add_rms_norm: dim must be >= 1 (got %lld)", (long long)dim);
     TOC_CHECK(variant == TO_RMS_PLAIN || variant == TO_RMS_ZERO_CENTERED, TO_ERR_INVALID_ARGUMENT,
               "toc_add_rms_norm: variant %d (plain or zero-centred expected)", variant);
+    const RmsArgs a = {x, w, nullptr, out, rows, 1, dim, dim, dim, 0, 0, dim, dim, eps, variant, x_dtype, w_dtype,
+                       out_dtype, delta};
+    const bool valid = toc_is_act(x_dtype) && toc_is_act(out_dtype) && toc_is_wt(w_dtype) && eps >= 0.0f && w &&
+                       out && rows * dim <= 0x7fffffffffffLL;
+    if (valid && (!rms_vec(a) || ((uintptr_t)delta & 15) == 0)) {
+        if (rows == 0) return TO_OK;
+        TOC_READY();
+        return launch_rms(a);
+    }
     int rc = toc_add(x, delta, x, rows * dim, x_dtype);
     if (rc != TO_OK) return rc;
     return toc_rms_norm(x, w, NULL, out, rows, 1, dim, dim, dim, 0, 0, dim, dim, eps, variant, x_dtype, w_dtype,
                         out_dtype);
+}
+
+/* q/k norm + RoPE, one warp per (token, head) row of q then k: the row is normalised in place
+ * (as toc_rms_norm's kernel for it would: NV > 0 the vectorised one, one warp per row) and then
+ * rotated. */
+struct QkArgs {
+    char *q, *k;
+    const void *qw, *kw, *cos, *sin;
+    int64_t T, nh, nkv, hd, rot, q_st, k_st;
+    float eps;
+    int variant, mode, xd, wd, td;
+};
+template <int NV>
+__global__ void qk_norm_rope_kernel(QkArgs a) {
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int64_t nq = a.T * a.nh;
+    if (row >= nq + a.T * a.nkv) return;
+    const bool isq = row < nq;
+    const int64_t r = isq ? row : row - nq, heads = isq ? a.nh : a.nkv, t = r / heads, h = r - t * heads;
+    const int esz = a.xd == TO_F32 ? 4 : 2;
+    char *base = isq ? a.q + (t * a.q_st + h * a.hd) * esz : a.k + (t * a.k_st + h * a.hd) * esz;
+    const void *w = isq ? a.qw : a.kw;
+    if (w) {
+        if (NV > 0)
+            rms_row_vec<(NV > 0 ? NV : 1)>((uint4 *)base, nullptr, (uint4 *)base, (const uint4 *)w, a.hd, a.eps,
+                                           a.variant, true, 1, nullptr);
+        else
+            rms_row(base, nullptr, nullptr, base, w, a.hd, a.eps, a.variant, a.xd, a.wd, a.xd);
+        __syncwarp(); /* the rotation reads elements other lanes normalised */
+    }
+    rope_row(base, a.cos, a.sin, t, a.rot, a.mode, a.xd, a.td);
+}
+
+/* Whether toc_rms_norm would take the vectorised kernel for these heads (as qk_norm_rope calls it). */
+static bool qk_vec(const void *x, const void *w, int64_t hd, int64_t st, int xd, int wd, int variant) {
+    RmsArgs a = {x, w, nullptr, (void *)x, 1, 1, hd, st, hd, 0, 0, st, hd, 0.0f, variant, xd, wd, xd, nullptr};
+    return rms_vec(a);
 }
 
 TOC_EXPORT int toc_qk_norm_rope(void *q, void *k, const void *q_w, const void *k_w, const void *cos,
@@ -528,6 +695,36 @@ TOC_EXPORT int toc_qk_norm_rope(void *q, void *k, const void *q_w, const void *k
     TOC_CHECK(q_st >= nh * hd && k_st >= nkv * hd, TO_ERR_SHAPE,
               "toc_qk_norm_rope: token strides %lld/%lld shorter than the heads %lld/%lld", (long long)q_st,
               (long long)k_st, (long long)(nh * hd), (long long)(nkv * hd));
+    const bool qv = q_w && qk_vec(q, q_w, hd, q_st, x_dtype, w_dtype, variant);
+    const bool kv = k_w && qk_vec(k, k_w, hd, k_st, x_dtype, w_dtype, variant);
+    /* one kernel for both only where q's and k's norms take the same kernel, with one warp per
+     * head row (heads below 512: the rotation then needs no block barrier) */
+    const bool same = (!q_w || !k_w || qv == kv) && (!(qv || kv) || rms_wpr(hd) == 1);
+    const bool valid = T >= 0 && nh >= 0 && nkv >= 0 && (variant == TO_RMS_PLAIN || variant == TO_RMS_ZERO_CENTERED) &&
+                       toc_is_act(x_dtype) && toc_is_act(table_dtype) && ((!q_w && !k_w) || toc_is_wt(w_dtype)) &&
+                       eps >= 0.0f && (mode == TO_ROPE_NEOX || mode == TO_ROPE_INTERLEAVED) && rot_dim >= 2 &&
+                       rot_dim % 2 == 0 && rot_dim <= hd && rot_dim <= 8192 && cos && sin &&
+                       T * (nh + nkv) <= 0x7fffffffLL && same;
+    if (valid) {
+        if (T * (nh + nkv) == 0) return TO_OK;
+        TOC_READY();
+        const QkArgs a = {(char *)q, (char *)k, q_w, k_w, cos, sin, T, nh, nkv, hd, rot_dim, q_st, k_st, eps,
+                          variant, mode, x_dtype, w_dtype, table_dtype};
+        const unsigned blocks = (unsigned)toc_cdiv(T * (nh + nkv), 8);
+        if (qv || kv) {
+            switch (rms_bf16_chunks(hd)) {
+            case 1: qk_norm_rope_kernel<1><<<blocks, 256, 0, toc_stream()>>>(a); break;
+            case 2: qk_norm_rope_kernel<2><<<blocks, 256, 0, toc_stream()>>>(a); break;
+            case 4: qk_norm_rope_kernel<4><<<blocks, 256, 0, toc_stream()>>>(a); break;
+            case 8: qk_norm_rope_kernel<8><<<blocks, 256, 0, toc_stream()>>>(a); break;
+            default: qk_norm_rope_kernel<16><<<blocks, 256, 0, toc_stream()>>>(a);
+            }
+        } else {
+            qk_norm_rope_kernel<0><<<blocks, 256, 0, toc_stream()>>>(a);
+        }
+        TOC_LAUNCHED("qk_norm_rope_kernel");
+        return TO_OK;
+    }
     int rc = TO_OK;
     if (q_w)
         rc = toc_rms_norm(q, q_w, NULL, q, T, nh, hd, q_st, hd, 0, 0, q_st, hd, eps, variant, x_dtype, w_dtype,
