@@ -26,7 +26,7 @@ from inference_pio.generation import (
     SequenceState,
     check_context,
 )
-from inference_pio.sampling import SamplingParams
+from inference_pio.sampling import SamplingParams, greedy_rows
 
 
 @dataclass
@@ -113,12 +113,21 @@ class BatchManager:
             if not active:
                 continue
             self.decode_batch_sizes.append(len(active))
+            greedy: list[int] | None = None
             if graphs is not None:
                 logits = graphs.step([(s.generated[-1], s.cache) for _, s in active])
+                if any(s.sampler.plain_greedy for _, s in active):
+                    # every row's argmax in one call instead of one draw (and copy) per row
+                    by_slot = greedy_rows(graphs.last_logits)
+                    if by_slot is not None:
+                        greedy = [by_slot[slot] for slot in graphs.last_slots]
             else:
                 logits = self.model.forward([([s.generated[-1]], s.cache) for _, s in active])
-            for (_, state), row in zip(active, logits, strict=False):
-                state.accept(row)
+            for i, ((_, state), row) in enumerate(zip(active, logits, strict=False)):
+                if greedy is not None and state.sampler.plain_greedy:
+                    state.accept_token(greedy[i])
+                else:
+                    state.accept(row)
             active = self._retire(active, graphs)
         results = [self._results[i] for i in sorted(self._results)]
         self._results.clear()

@@ -182,6 +182,9 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
             c_void_p,
         ],
     ),
+    # int toc_sample_greedy_rows(const void *logits, int dtype, int64_t rows, int64_t vocab,
+    #                            int64_t ld, int64_t *out_tokens);
+    "toc_sample_greedy_rows": (c_int, [c_void_p, c_int, c_int64, c_int64, c_int64, c_void_p]),
     # int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_layer *layers,
     #                        void **out);
     "toc_decoder_create": (c_int, [c_void_p, c_void_p, POINTER(c_void_p)]),

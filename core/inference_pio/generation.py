@@ -175,7 +175,11 @@ class SequenceState:
 
     def accept(self, logits: Tensor) -> str:
         """Samples the next token from ``logits``; returns the text that may be shown now."""
-        token = self.sampler.sample(logits)
+        return self.accept_token(self.sampler.sample(logits))
+
+    def accept_token(self, token: int) -> str:
+        """Takes ``token`` (sampled by the caller with this sequence's sampler settings) as the
+        next one; returns the text that may be shown now."""
         now = time.perf_counter()
         if not self.generated:
             self.first_token_at = now

@@ -121,6 +121,11 @@ class Sampler:
                 self._slot_of(int(t))
         self._out = ctypes.c_int64()
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy without penalties: the token is the row's argmax (see :func:`greedy_rows`)."""
+        return self.params.greedy and not self._uses_history
+
     def _slot_of(self, token: int) -> int:
         s = self._slot.get(token)
         if s is None:
@@ -189,6 +194,34 @@ class Sampler:
 
 
 _TO_ERR_UNSUPPORTED = 7
+
+
+def greedy_rows(logits: Tensor) -> list[int] | None:
+    """The greedy id of every row of CUDA logits ``[rows, vocab]`` (contiguous rows, f32 or bf16) in
+    one device call and one copy back: what :meth:`Sampler.sample` draws for a greedy row without
+    penalties. None where that call is not available (not CUDA, device sampling turned off, an older
+    library): sample the rows one by one."""
+    if (
+        logits.device.type != "cuda"
+        or logits.ndim != 2
+        or logits.dtype not in (DType.float32, DType.bfloat16)
+        or not logits.is_contiguous()
+        or not 0 < logits.shape[0] <= 65535
+        or os.environ.get("INFERENCE_PIO_CUDA_DEVICE_SAMPLING", "1") == "0"
+    ):
+        return None
+    from inference_pio import cuda
+
+    try:
+        fn = cuda.function("sample_greedy_rows", logits.device)
+    except NotImplementedError:
+        return None
+    rows, vocab = logits.shape
+    out = (ctypes.c_int64 * rows)()
+    cuda.check(
+        fn(logits.data_ptr, int(logits.dtype), rows, vocab, vocab, out), "toc_sample_greedy_rows"
+    )
+    return list(out)
 
 
 def device_supports(params: SamplingParams, vocab: int) -> bool:

@@ -553,6 +553,11 @@ TO_API int toc_attention_decode_batch_dev(const void *q, const void *k_new, cons
                                           float *workspace, int flags);
 TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
                                int32_t *step, int max_steps);
+/* Greedy tokens of `rows` logits rows (row r at logits + r * ld elements, f32 or bf16) in one pair
+ * of launches and one copy back (the BatchManager's decode steps): out_tokens[r] is exactly
+ * toc_sample's greedy id of row r (NaN reads as -inf, ties to the lowest id). rows <= 65535. */
+TO_API int toc_sample_greedy_rows(const void *logits, int dtype, int64_t rows, int64_t vocab,
+                                  int64_t ld, int64_t *out_tokens);
 /* Draws the next token on the device after a graph decode step (src/cuda/sampling.cu): toc_sample's
  * draw (temperature > 0, 1 <= top_k <= min(1024, vocab - 1), top_p, min_p; no penalties) on the
  * step's logits, with the 64-bit RNG state in device memory, no host synchronisation; writes the token

@@ -16,7 +16,12 @@ torch = pytest.importorskip("torch")
 from inference_pio import cuda  # noqa: E402
 from inference_pio.dtypes import DType  # noqa: E402
 from inference_pio.errors import NativeError  # noqa: E402
-from inference_pio.sampling import Sampler, SamplingParams, device_supports  # noqa: E402
+from inference_pio.sampling import (  # noqa: E402
+    Sampler,
+    SamplingParams,
+    device_supports,
+    greedy_rows,
+)
 from inference_pio.tensor import Tensor  # noqa: E402
 
 if not cuda.is_available():
@@ -163,3 +168,22 @@ def test_bad_arguments_are_errors_not_crashes() -> None:
     # the device still works afterwards
     params = SamplingParams(temperature=0.7, top_k=20, seed=4)
     assert _draws(params, row, 5, []) == _draws(params, row.to("cpu"), 5, [])
+
+
+@pytest.mark.parametrize("dtype", [DType.float32, DType.bfloat16])
+@pytest.mark.parametrize("vocab", [3, 5000, 151936])
+def test_greedy_rows_equal_the_sampler_row_by_row(dtype: DType, vocab: int) -> None:
+    """toc_sample_greedy_rows (the BatchManager's batched greedy draw) gives every row the id that
+    the sampler draws for it alone, with ties, NaN and -inf entries, and an all -inf row."""
+    rows = [_row(vocab, dtype, seed=i, special=i % 2 == 1) for i in range(6)]
+    rows.append(Tensor.from_list([float("-inf")] * vocab, dtype))
+    flat = [v for r in rows for v in r.tolist()]
+    logits = Tensor.from_list(flat, dtype).reshape(len(rows), vocab).to(DEV)
+    got = greedy_rows(logits)
+    want = [Sampler(SamplingParams(temperature=0.0)).sample(r) for r in rows]
+    assert got == want
+    assert greedy_rows(logits.to("cpu")) is None  # host logits: row by row
+    fn = cuda.function("sample_greedy_rows", DEV)
+    out = (ctypes.c_int64 * 1)()
+    with pytest.raises(NativeError, match="row stride"):
+        cuda.check(fn(logits.data_ptr, int(dtype), 1, vocab, vocab - 1, out), "x")

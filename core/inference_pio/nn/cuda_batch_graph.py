@@ -185,6 +185,8 @@ class BatchGraphDecoder:
         for _, cache in batch:
             cache.length += 1
         logits = self._buffers[n][-1]
+        #: the step's logits [rows, vocab] and each sequence's row (for batched greedy sampling)
+        self.last_logits, self.last_slots = logits, slots
         return [logits[slot] for slot in slots]
 
     def _record(self, n: int) -> None:

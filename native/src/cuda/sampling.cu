@@ -130,20 +130,22 @@ struct SelArgs {
     float inv_t;
     int64_t vocab;
     int k, chunk;
-    unsigned long long *cand; /* [gridDim.x, k] */
+    unsigned long long *cand; /* [gridDim.y rows][gridDim.x, k] */
+    int64_t ld;               /* row stride of src in elements (rows = gridDim.y) */
 };
 
 /* the k best keys of each chunk (fewer when the chunk is shorter; the rest of its slots 0) */
 __global__ void __launch_bounds__(SEL_THREADS) select_chunk_kernel(SelArgs a) {
     __shared__ unsigned long long keys[SEL_CHUNK_MAX];
     __shared__ SelShared sh;
-    const int64_t b0 = (int64_t)blockIdx.x * a.chunk;
+    const int64_t b0 = (int64_t)blockIdx.x * a.chunk, r0 = (int64_t)blockIdx.y * a.ld;
     const int n = (int)min((int64_t)a.chunk, a.vocab - b0);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) keys[i] = ds_key(a.src, a.dt, b0 + i, a.inv_t);
+    const void *row = (const char *)a.src + r0 * (a.dt == TO_F32 ? 4 : 2); /* keys hold ids within the row */
+    for (int i = threadIdx.x; i < n; i += blockDim.x) keys[i] = ds_key(row, a.dt, b0 + i, a.inv_t);
     if (threadIdx.x == 0) sh.count = 0u;
     __syncthreads();
     const unsigned long long t = kth_threshold(keys, n, a.k, sh);
-    unsigned long long *out = a.cand + (int64_t)blockIdx.x * a.k;
+    unsigned long long *out = a.cand + ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * a.k;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         if (keys[i] >= t) out[atomicAdd(&sh.count, 1u)] = keys[i];
     for (int i = n + threadIdx.x; i < a.k; i += blockDim.x) out[i] = 0ull;
@@ -264,10 +266,11 @@ __global__ void __launch_bounds__(FIN_THREADS) finish_kernel(FinArgs a) {
     __shared__ SelShared sh;
     const int tid = threadIdx.x, k = a.k;
     if (tid == 0) sh.count = 0u;
-    const unsigned long long t = kth_threshold(a.cand, a.n_cand, k, sh);
+    const unsigned long long *cand = a.cand + (int64_t)blockIdx.x * a.n_cand; /* row blockIdx.x (greedy rows) */
+    const unsigned long long t = kth_threshold(cand, a.n_cand, k, sh);
     int P = 1;
     while (P < k) P <<= 1;
-    gather_sorted(a.cand, a.n_cand, t, ck, P, sh);
+    gather_sorted(cand, a.n_cand, t, ck, P, sh);
     const float vmax = ds_value(ck[0]);
     const bool walk = !a.greedy && vmax != -INFINITY;
     __shared__ double z_s;
@@ -294,7 +297,7 @@ __global__ void __launch_bounds__(FIN_THREADS) finish_kernel(FinArgs a) {
 }
 
 __device__ void finish_write(const FinArgs &a, int32_t pick) {
-    if (a.out_token) *a.out_token = pick;
+    if (a.out_token) a.out_token[blockIdx.x] = pick;
     if (a.counters) { /* over the step's argmax: the next step's input token and this step's output */
         a.counters[0] = pick;
         const int32_t s = a.counters[2] - 1;
@@ -532,11 +535,11 @@ static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 /* the two selection launches over src and the walk; cand has room for cdiv(vocab, chunk) * k */
 static int launch_draw(const void *src, int dt, float inv_t, int64_t vocab, int64_t k, int greedy, float top_p,
-                       float min_p, unsigned long long *cand, FinArgs fin) {
+                       float min_p, unsigned long long *cand, FinArgs fin, int64_t rows = 1, int64_t ld = 0) {
     const int chunk = chunk_for(k);
     const int64_t g = toc_cdiv(vocab, chunk);
-    SelArgs s = {src, dt, inv_t, vocab, (int)k, chunk, cand};
-    select_chunk_kernel<<<(unsigned)g, SEL_THREADS, 0, toc_stream()>>>(s);
+    SelArgs s = {src, dt, inv_t, vocab, (int)k, chunk, cand, ld};
+    select_chunk_kernel<<<dim3((unsigned)g, (unsigned)rows), SEL_THREADS, 0, toc_stream()>>>(s);
     TOC_LAUNCHED("select_chunk_kernel");
     fin.cand = cand;
     fin.n_cand = g * k;
@@ -544,7 +547,7 @@ static int launch_draw(const void *src, int dt, float inv_t, int64_t vocab, int6
     fin.greedy = greedy;
     fin.top_p = top_p;
     fin.min_p = min_p;
-    finish_kernel<<<1, FIN_THREADS, 0, toc_stream()>>>(fin);
+    finish_kernel<<<(unsigned)rows, FIN_THREADS, 0, toc_stream()>>>(fin);
     TOC_LAUNCHED("finish_kernel");
     return TO_OK;
 }
@@ -646,6 +649,33 @@ TOC_EXPORT int toc_sample(const void *logits, int dtype, int64_t vocab, const in
               "toc_sample: the nucleus has more than %d candidates; sample this row on the host", draw_capacity());
     if (!greedy) *rng_state = back[0];
     *out_token = (int64_t)back[1];
+    return TO_OK;
+}
+
+TOC_EXPORT int toc_sample_greedy_rows(const void *logits, int dtype, int64_t rows, int64_t vocab, int64_t ld,
+                                     int64_t *out_tokens) {
+    TOC_CHECK(logits && out_tokens, TO_ERR_INVALID_ARGUMENT, "toc_sample_greedy_rows: NULL pointer");
+    TOC_CHECK(toc_is_act(dtype), TO_ERR_DTYPE, "toc_sample_greedy_rows: logits must be f32 or bf16");
+    TOC_CHECK(vocab > 0 && vocab <= 0x7fffffffLL && ld >= vocab, TO_ERR_SHAPE,
+              "toc_sample_greedy_rows: vocab %lld / row stride %lld", (long long)vocab, (long long)ld);
+    TOC_CHECK(rows >= 0 && rows <= 65535, TO_ERR_SHAPE, "toc_sample_greedy_rows: rows %lld outside 0..65535",
+              (long long)rows);
+    if (rows == 0) return TO_OK;
+    TOC_READY();
+    std::lock_guard<std::mutex> guard(g_sample_lock);
+    const size_t per = cand_bytes(vocab, 1), o_tok = per * (size_t)rows;
+    char *ws = nullptr;
+    int rc = workspace(o_tok + align256((size_t)rows * 8), &ws);
+    if (rc) return rc;
+    FinArgs fin = {};
+    fin.out_token = (int64_t *)(ws + o_tok);
+    /* candidates of row r at cand + r * n_cand: the rows' chunks are laid out one row after another */
+    rc = launch_draw(logits, dtype, 1.0f, vocab, 1, 1, 1.0f, 0.0f, (unsigned long long *)ws, fin, rows, ld);
+    if (rc) return rc;
+    cudaStream_t st = toc_stream();
+    TOC_CUDA(cudaMemcpyAsync(out_tokens, fin.out_token, (size_t)rows * 8, cudaMemcpyDeviceToHost, st),
+             "cudaMemcpyAsync");
+    TOC_CUDA(cudaStreamSynchronize(st), "toc_sample_greedy_rows");
     return TO_OK;
 }
 
