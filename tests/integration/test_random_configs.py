@@ -23,6 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 from inference_pio import cuda  # noqa: E402
 from inference_pio.nn.cuda_graph import fused_unsupported_reason, unsupported_reason  # noqa: E402
+from inference_pio.testing.conformance import hf_greedy_with_logits  # noqa: E402
 from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
 
 load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
@@ -77,20 +78,6 @@ def _make(d: Path, seed: int) -> tuple[Any, dict[str, Any]]:
     return ref, cfg_kw
 
 
-def _hf(ref: Any, prompt: list[int]) -> tuple[list[int], list[Any]]:
-    with torch.no_grad():
-        out = ref.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            do_sample=False,
-            pad_token_id=0,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    return [int(t) for t in out.sequences[0, len(prompt) :]], [s[0].float() for s in out.scores]
-
-
 def _check(got: list[int], want: list[int], scores: list[Any], what: str) -> None:
     assert len(got) == len(want), what
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
@@ -123,7 +110,7 @@ def test_random_config_greedy_matches_transformers(seed: int, device: str, tmp_p
     rng = random.Random(1000 + seed)
     prompts = [[rng.randrange(0, 500)], [rng.randrange(0, 500) for _ in range(rng.randint(2, 90))]]
     what = f"seed {seed} ({_path(m.model, device)}): {cfg}"
-    hf = [_hf(ref, p) for p in prompts]
+    hf = [hf_greedy_with_logits(ref, p, NEW) for p in prompts]
     for p, (want, scores) in zip(prompts, hf, strict=True):
         got = m.generate(p, max_new_tokens=NEW, temperature=0.0, ignore_eos=True).token_ids
         _check(got, want, scores, f"{what}, prompt of {len(p)}")

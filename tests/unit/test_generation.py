@@ -13,7 +13,7 @@ import pytest
 from inference_pio.batching import BatchManager
 from inference_pio.dtypes import DType
 from inference_pio.generation import StopStrings, stream_generate
-from inference_pio.sampling import Sampler, SamplingParams
+from inference_pio.sampling import Sampler, SamplingParams, greedy_rows
 from inference_pio.tensor import Tensor
 
 torch = pytest.importorskip("torch")
@@ -152,6 +152,18 @@ def test_greedy_takes_first_maximum_and_bf16_logits() -> None:
     assert not column.is_contiguous()
     assert sampler.sample(column) == 2
     assert sampler.sample(Tensor.from_list([0.5, -1.0, 2.0], DType.bfloat16)) == 2
+
+
+def test_batched_greedy_is_for_device_rows_only() -> None:
+    """greedy_rows (one device call for a batch's greedy rows) declines host logits, which are
+    sampled row by row; plain_greedy tells which samplers it may serve."""
+    rows = Tensor.from_list([[1.0, 3.0, 3.0], [2.0, 0.0, -1.0]], DType.float32)
+    assert greedy_rows(rows) is None
+    greedy = Sampler(SamplingParams(temperature=0.0))
+    assert [greedy.sample(rows[0]), greedy.sample(rows[1])] == [1, 0]
+    assert greedy.plain_greedy
+    assert not Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.2)).plain_greedy
+    assert not Sampler(SamplingParams(temperature=0.7)).plain_greedy
 
 
 def test_penalties_follow_hf_rules() -> None:

@@ -82,19 +82,26 @@ def rel_error(ours: Any, ref: Any) -> float:
     return float((o - r).norm() / r.norm())
 
 
-def hf_greedy(ref: Any, ids: list[int], n: int) -> list[int]:
-    """n greedy tokens from a transformers model with its KV cache (no eos handling)."""
+def hf_greedy_with_logits(ref: Any, ids: list[int], n: int) -> tuple[list[int], list[Any]]:
+    """n greedy tokens from a transformers model with its KV cache (no eos handling), and the
+    float logits row each token was taken from."""
     torch = _torch()
+    toks: list[int] = []
+    rows: list[Any] = []
     with torch.no_grad():
         out = ref(torch.tensor([ids]), use_cache=True)
-        past, toks = out.past_key_values, []
-        tok = int(out.logits[0, -1].float().argmax())
-        for _ in range(n):
-            toks.append(tok)
-            out = ref(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            tok = int(out.logits[0, -1].float().argmax())
-    return toks
+        for i in range(n):
+            rows.append(out.logits[0, -1].float())
+            toks.append(int(rows[-1].argmax()))
+            if i + 1 < n:
+                past = out.past_key_values
+                out = ref(torch.tensor([[toks[-1]]]), past_key_values=past, use_cache=True)
+    return toks, rows
+
+
+def hf_greedy(ref: Any, ids: list[int], n: int) -> list[int]:
+    """n greedy tokens from a transformers model with its KV cache (no eos handling)."""
+    return hf_greedy_with_logits(ref, ids, n)[0]
 
 
 class CausalLMConformance:
