@@ -100,8 +100,11 @@ class CausalLM(TextModelPluginInterface):
         return [r.text for r in self.generate_batch(requests)]
 
     def generate_batch(self, requests: Sequence[BatchRequest]) -> list[GenerationResult]:
-        """Runs requests through a BatchManager (real batches); results in request order."""
+        """Runs requests through a BatchManager (real batches); results in request order. On a
+        CUDA device, requests that would decode alone (one request, or a batch size of 1) take
+        the batch-1 path instead, whose fused decode step is faster than a batched step of one."""
         manager = BatchManager(self.model, self.tokenizer, self.eos_ids, self.max_batch_size)
+        parsed: list[tuple[list[int], SamplingParams]] = []
         for req in requests:
             if isinstance(req, str):
                 prompt: Any = req
@@ -113,5 +116,15 @@ class CausalLM(TextModelPluginInterface):
                 prompt = options.pop("prompt")
             else:
                 raise TypeError(f"batch requests are str or mappings, got {type(req).__name__}")
-            manager.submit(self._prompt_ids(prompt), self.sampling_params(**options))
+            parsed.append((self._prompt_ids(prompt), self.sampling_params(**options)))
+            manager.submit(*parsed[-1])  # validates the request now
+        on_cuda = getattr(getattr(self.model, "device", None), "type", "cpu") == "cuda"
+        if on_cuda and (len(parsed) == 1 or self.max_batch_size == 1):
+            results: list[GenerationResult] = []
+            for ids, params in parsed:
+                for _ in self._stream_fn()(
+                    self.model, self.tokenizer, ids, params, self.eos_ids, on_finish=results.append
+                ):
+                    pass
+            return results
         return manager.run()

@@ -134,7 +134,11 @@ def test_batched_generation_on_the_device(ckpt: Any, monkeypatch: pytest.MonkeyP
     more = [*reqs, extra]
     want = [*single, gpu.generate(**extra).token_ids]
     assert [r.token_ids for r in gpu.generate_batch(more)] == want
+    # requests that decode alone take the batch-1 path (the fused step for bf16)
+    gpu.max_batch_size = 1
+    assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
     gpu.max_batch_size = 8
+    assert [r.token_ids for r in gpu.generate_batch(reqs[1:2])] == single[1:2]
     # the op path: steps run call by call (INFERENCE_PIO_CUDA_BATCH_GRAPH=0), and with two calls
     # per sequence instead of one batched attention call per layer
     monkeypatch.setenv("INFERENCE_PIO_CUDA_BATCH_GRAPH", "0")
