@@ -182,6 +182,10 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
             c_void_p,
         ],
     ),
+    # int toc_gate_up_swiglu(const void *x, const void *w_gate, const void *w_up, void *gate,
+    #                        void *up, void *out, int64_t m, int64_t inter, int64_t k, int64_t ldx,
+    #                        int x_dtype, int w_dtype, int y_dtype);
+    "toc_gate_up_swiglu": (c_int, [c_void_p] * 6 + [c_int64] * 4 + [c_int] * 3),
     # int toc_sample_greedy_rows(const void *logits, int dtype, int64_t rows, int64_t vocab,
     #                            int64_t ld, int64_t *out_tokens);
     "toc_sample_greedy_rows": (c_int, [c_void_p, c_int, c_int64, c_int64, c_int64, c_void_p]),

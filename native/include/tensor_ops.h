@@ -553,6 +553,14 @@ TO_API int toc_attention_decode_batch_dev(const void *q, const void *k_new, cons
                                           float *workspace, int flags);
 TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
                                int32_t *step, int max_steps);
+/* SwiGLU's two matrices and its activation in one call (src/cuda/linear.cu): out = swiglu(x gate^T,
+ * x up^T) with the bits of toc_linear_group then toc_swiglu (x [m, ldx], weights [inter, k], out
+ * [m, inter] of y_dtype). For 1-16 bf16 rows with k below 4096 one tensor-core launch writes out;
+ * otherwise the two ops run with gate and up ([m, inter] each, y_dtype) as their outputs. out may
+ * be gate. */
+TO_API int toc_gate_up_swiglu(const void *x, const void *w_gate, const void *w_up, void *gate,
+                              void *up, void *out, int64_t m, int64_t inter, int64_t k, int64_t ldx,
+                              int x_dtype, int w_dtype, int y_dtype);
 /* Greedy tokens of `rows` logits rows (row r at logits + r * ld elements, f32 or bf16) in one pair
  * of launches and one copy back (the BatchManager's decode steps): out_tokens[r] is exactly
  * toc_sample's greedy id of row r (NaN reads as -inf, ties to the lowest id). rows <= 65535. */

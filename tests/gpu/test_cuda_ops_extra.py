@@ -1,7 +1,8 @@
 """The device twins of the CPU ops added after the first CUDA kernels: causal conv1d with state,
 patchify, image normalisation, and the composites add_rms_norm, qk_norm_rope and linear_group,
 each against the CPU backend on the same inputs (and against the ops run one by one on the
-device for the composites, which must give the same bits)."""
+device for the composites, which must give the same bits); and gate_up_swiglu, a composite the
+CPU does not have (SwiGLU's two matrices and activation)."""
 
 from __future__ import annotations
 
@@ -141,6 +142,35 @@ def test_qk_norm_rope_equals_the_ops_one_by_one(
             "rope_apply", ptr, cos.data_ptr, sin.data_ptr, t, heads, hd, rot, st, hd, mode, dt, dt
         )
     assert torch.equal(theirs(fused), theirs(ref))
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "inter"),
+    [(1, 1024, 3072), (8, 2560, 9728), (16, 1024, 100), (5, 3000, 64), (3, 4096, 520),
+     (17, 256, 64)],
+)  # fmt: skip
+@pytest.mark.parametrize("dt", FLOATS)
+def test_gate_up_swiglu_equals_the_two_ops(dt: DType, m: int, k: int, inter: int) -> None:
+    """SwiGLU's matrices and activation in one call: bit for bit linear_group then swiglu, on the
+    one-launch path (1-16 bf16 rows, k below 4096) and on the ops (k 4096, 17 rows, f32 x)."""
+    x = ours(torch.randn(m, k).to(TDT[dt]), DEV)
+    wg, wu = (ours((torch.randn(inter, k) * 0.05).to(torch.bfloat16), DEV) for _ in range(2))
+    bf = DType.bfloat16
+    g, u, out = (Tensor.empty((m, inter), dt, DEV) for _ in range(3))
+    be = backend(DEV)
+    be.call(
+        "gate_up_swiglu", x.data_ptr, wg.data_ptr, wu.data_ptr, g.data_ptr, u.data_ptr,
+        out.data_ptr, m, inter, k, k, dt, bf, dt,
+    )  # fmt: skip
+    g2, u2, ref = (Tensor.empty((m, inter), dt, DEV) for _ in range(3))
+    ws, ns = (ctypes.c_void_p * 2)(wg.data_ptr, wu.data_ptr), (ctypes.c_int64 * 2)(inter, inter)
+    ys = (ctypes.c_void_p * 2)(g2.data_ptr, u2.data_ptr)
+    be.call("linear_group", x.data_ptr, 2, ws, ns, ys, ns, m, k, k, dt, bf, dt)
+    be.call("swiglu", g2.data_ptr, u2.data_ptr, ref.data_ptr, m, inter, inter, inter, inter, dt)
+    assert torch.equal(theirs(out), theirs(ref))
+    gate = theirs(x).float() @ theirs(wg).float().T
+    hf = torch.nn.functional.silu(gate) * (theirs(x).float() @ theirs(wu).float().T)
+    assert rel(theirs(out), hf) < (1e-5 if dt == DType.float32 else 2e-2)
 
 
 @pytest.mark.parametrize(

@@ -310,6 +310,9 @@ struct GemvMmaArgs {
     const void *bias;      /* single matrix only */
     int bd, yd, m, wpt;    /* wpt: warps per tile, each a k range */
     int64_t k, ldx;
+    /* toc_gate_up_swiglu: tiles alternate between w0 (gate) and w1 (up) over the same 8 rows,
+     * and y2 [m, ldy2] gets swiglu(gate, up) rounded as the two ops would (n0 = n1 rows) */
+    int pair;
 };
 
 /* c += A (16 x 16 bf16: rows a0/a2 = x row gid, a1/a3 = x row gid + 8) * B (16 x 8: column gid =
@@ -329,6 +332,7 @@ struct GmTile {
     int64_t n, ldy, r0;
 };
 __device__ __forceinline__ GmTile gm_tile(const GemvMmaArgs &a, int64_t t) {
+    if (a.pair) return (t & 1) ? GmTile{a.w1, a.y1, a.n1, a.ldy1, (t >> 1) * 8} : GmTile{a.w0, a.y0, a.n0, a.ldy0, (t >> 1) * 8};
     if (t >= a.t2) return GmTile{a.w2, a.y2, a.n2, a.ldy2, (t - a.t2) * 8};
     if (t >= a.t1) return GmTile{a.w1, a.y1, a.n1, a.ldy1, (t - a.t1) * 8};
     return GmTile{a.w0, a.y0, a.n0, a.ldy0, t * 8};
@@ -375,6 +379,23 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
     /* c0, c1: x row gid, weight rows 2 tig, 2 tig + 1; c2, c3: x row gid + 8 */
     *(float4 *)part[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
     __syncthreads();
+    if (a.pair) { /* a gate tile and its up tile: SwiGLU of the two sums, each summed as below */
+#pragma unroll 1
+        for (int o = threadIdx.x; o < tpb * 64; o += GM_WARPS * 32) {
+            const int pp = o >> 7, xr = (o >> 3) & 15, j = o & 7;
+            const int l = (xr & 7) * 4 + (j >> 1), e = (xr >> 3) * 2 + (j & 1);
+            float g = 0.0f, u = 0.0f;
+#pragma unroll 1
+            for (int w = 0; w < a.wpt; w++) g += part[2 * pp * a.wpt + w][l][e];
+#pragma unroll 1
+            for (int w = 0; w < a.wpt; w++) u += part[(2 * pp + 1) * a.wpt + w][l][e];
+            const int64_t t = (int64_t)blockIdx.x * tpb + 2 * pp, r = (t >> 1) * 8 + j;
+            if (t >= a.tiles || xr >= a.m || r >= a.n0) continue;
+            const float gv = rnd(a.yd, g), uv = rnd(a.yd, u); /* as linear_group stores them */
+            stf(a.y2, a.yd, xr * a.ldy2 + r, rnd(a.yd, gv / (1.0f + expf(-gv))) * uv); /* as toc_swiglu */
+        }
+        return;
+    }
     /* each output: the tile's warps' partials summed in k order */
 #pragma unroll 1
     for (int o = threadIdx.x; o < tpb * 128; o += GM_WARPS * 32) {
@@ -397,12 +418,15 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
 /* warps per tile: a tile's k range is split so that each warp gets 16 steps of 32 or more (fewer
  * ring start-ups), over at most 8 warps. It depends on k alone, so a matrix gives the same bits
  * alone (toc_linear) and in a group (toc_linear_group), as on the CPU. */
+static int gm_wpt(int64_t k) {
+    const int64_t per = toc_cdiv(k, 32) / 16;
+    return per >= 8 ? 8 : per >= 4 ? 4 : per >= 2 ? 2 : 1;
+}
 static int launch_gemv_mma(GemvMmaArgs a) {
     a.t1 = toc_cdiv(a.n0, 8);
     a.t2 = a.t1 + toc_cdiv(a.n1, 8);
-    a.tiles = a.t2 + toc_cdiv(a.n2, 8);
-    const int64_t per = toc_cdiv(a.k, 32) / 16;
-    a.wpt = per >= 8 ? 8 : per >= 4 ? 4 : per >= 2 ? 2 : 1;
+    a.tiles = a.pair ? 2 * a.t1 : a.t2 + toc_cdiv(a.n2, 8);
+    a.wpt = gm_wpt(a.k);
     const unsigned grid = (unsigned)toc_cdiv(a.tiles, GM_WARPS / a.wpt);
     if (a.m > 8) gemv_mma_kernel<true><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
     else gemv_mma_kernel<false><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
@@ -439,6 +463,46 @@ int toc_gemv_mma_group(const void *x, int count, const void *const *ws, const in
     if (count > 2) a.w2 = (const uint16_t *)ws[2], a.y2 = ys[2], a.n2 = ns[2], a.ldy2 = ldys[2];
     a.yd = y_dtype, a.m = (int)m, a.k = k, a.ldx = ldx;
     return launch_gemv_mma(a);
+}
+
+/* SwiGLU's two matrices and the activation: out = swiglu(x w_gate^T, x w_up^T), with the bits of
+ * toc_linear_group then toc_swiglu. Where the tensor-core GEMV takes the rows and a block holds
+ * whole tile pairs (k below 4096: 2-8 tiles per block), one launch writes out and gate / up are
+ * left alone; otherwise the two ops run, with gate and up as their outputs ([m, inter] each). */
+extern "C" int toc_linear_group(const void *x, int count, const void *const *ws, const int64_t *ns, void *const *ys,
+                                const int64_t *ldys, int64_t m, int64_t k, int64_t ldx, int x_dtype, int w_dtype,
+                                int y_dtype);
+extern "C" int toc_swiglu(const void *gate, const void *up, void *out, int64_t rows, int64_t inter, int64_t ld_gate,
+                          int64_t ld_up, int64_t ld_out, int dtype);
+TOC_EXPORT int toc_gate_up_swiglu(const void *x, const void *w_gate, const void *w_up, void *gate, void *up,
+                                  void *out, int64_t m, int64_t inter, int64_t k, int64_t ldx, int x_dtype,
+                                  int w_dtype, int y_dtype) {
+    TOC_CHECK(m >= 0 && inter >= 0 && k >= 0 && ldx >= k, TO_ERR_INVALID_ARGUMENT,
+              "toc_gate_up_swiglu: bad sizes m=%lld inter=%lld k=%lld ldx=%lld", (long long)m, (long long)inter,
+              (long long)k, (long long)ldx);
+    TOC_CHECK(toc_is_act(x_dtype) && toc_is_wt(w_dtype) && toc_is_act(y_dtype), TO_ERR_DTYPE,
+              "toc_gate_up_swiglu: dtypes x=%d w=%d y=%d", x_dtype, w_dtype, y_dtype);
+    if (m == 0 || inter == 0) return TO_OK;
+    TOC_CHECK(x && w_gate && w_up && gate && up && out, TO_ERR_INVALID_ARGUMENT, "toc_gate_up_swiglu: NULL pointer");
+    TOC_READY();
+    const bool pair = m >= gemv_mma_min_rows() && m <= 16 && x_dtype == TO_BF16 && w_dtype == TO_BF16 && k >= 8 &&
+                      k % 8 == 0 && ldx % 8 == 0 && aligned16(x) && aligned16(w_gate) && aligned16(w_up) &&
+                      gm_wpt(k) <= GM_WARPS / 2 && inter <= 0x7fffffffLL * 4;
+    if (pair) {
+        GemvMmaArgs a = {};
+        a.x = (const uint16_t *)x;
+        a.w0 = (const uint16_t *)w_gate, a.w1 = (const uint16_t *)w_up;
+        a.n0 = a.n1 = inter, a.ldy0 = a.ldy1 = inter;
+        a.y2 = out, a.ldy2 = inter;
+        a.yd = y_dtype, a.m = (int)m, a.k = k, a.ldx = ldx, a.pair = 1;
+        return launch_gemv_mma(a);
+    }
+    const void *ws[2] = {w_gate, w_up};
+    const int64_t ns[2] = {inter, inter};
+    void *ys[2] = {gate, up};
+    int rc = toc_linear_group(x, 2, ws, ns, ys, ns, m, k, ldx, x_dtype, w_dtype, y_dtype);
+    if (rc != TO_OK) return rc;
+    return toc_swiglu(gate, up, out, m, inter, inter, inter, inter, y_dtype);
 }
 
 /* ---------------------------------------------------------------------------------------------
