@@ -415,12 +415,19 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
     }
 }
 
-/* warps per tile: a tile's k range is split so that each warp gets 16 steps of 32 or more (fewer
- * ring start-ups), over at most 8 warps. It depends on k alone, so a matrix gives the same bits
- * alone (toc_linear) and in a group (toc_linear_group), as on the CPU. */
+/* warps per tile: a tile's k range is split over 1-8 warps. It depends on k alone, so a matrix
+ * gives the same bits alone (toc_linear) and in a group (toc_linear_group), as on the CPU. More
+ * warps help small grids (Qwen3-0.6B: k 1024 at 4 warps instead of 2, down's k 3072 at 8 instead
+ * of 4: batched step -7%) and cost large ones with short k (Qwen3-4B's k 2560 at 8 warps: LM head
+ * 191 -> 216 us at 8 rows), hence steps of k rather than a steps-per-warp minimum. H200 numbers
+ * in GPU_NOTES.md; -DGM_WPT_STEPS=16 builds the earlier rule (16 steps of 32 per warp, at least). */
 static int gm_wpt(int64_t k) {
-    const int64_t per = toc_cdiv(k, 32) / 16;
+#ifdef GM_WPT_STEPS /* the earlier rule: warps of at least this many 32-wide k steps */
+    const int64_t per = toc_cdiv(k, 32) / GM_WPT_STEPS;
     return per >= 8 ? 8 : per >= 4 ? 4 : per >= 2 ? 2 : 1;
+#else
+    return k >= 3072 ? 8 : k >= 1024 ? 4 : k >= 512 ? 2 : 1;
+#endif
 }
 static int launch_gemv_mma(GemvMmaArgs a) {
     a.t1 = toc_cdiv(a.n0, 8);
