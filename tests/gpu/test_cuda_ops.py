@@ -185,10 +185,11 @@ def test_rms_norm(dt: DType) -> None:
         assert rel(out, theirs(ops.rms_norm(ours(x), ours(w), 1e-6))) < tol(dt)
 
 
-@pytest.mark.parametrize("dim", [8, 100, 128, 2560, 4096, 4104])
+@pytest.mark.parametrize("dim", [8, 100, 128, 2560, 4096, 4104, 12288, 32768])
 def test_rms_norm_bf16_rows(dim: int) -> None:
-    """bf16 rows (the vectorised kernel for dim % 8 == 0 up to 4096, the scalar one otherwise):
-    HF's Qwen3RMSNorm, and the same bits as the scalar kernel (reached through an odd stride)."""
+    """bf16 rows (the vectorised kernel for dim % 8 == 0, 1-8 warps a row by width, up to 32768;
+    the scalar one otherwise): HF's Qwen3RMSNorm, and up to 4104 the same bits as the scalar
+    kernel (reached through an odd stride; wider rows may round one element differently)."""
     x = torch.randn(50, dim).to(torch.bfloat16)
     w = (1 + 0.1 * torch.randn(dim)).to(torch.bfloat16)
     var = x.float().pow(2).mean(-1, keepdim=True)
@@ -218,7 +219,10 @@ def test_rms_norm_bf16_rows(dim: int) -> None:
         DType.bfloat16,
         DType.bfloat16,
     )
-    assert torch.equal(theirs(wide)[:, :dim], out)
+    if dim <= 4104:
+        assert torch.equal(theirs(wide)[:, :dim], out)
+    else:
+        assert rel(theirs(wide)[:, :dim], out) < 1e-3
 
 
 def test_layer_norm() -> None:
