@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import random
 import resource
@@ -21,6 +22,25 @@ MODEL_HELP = (
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def read_bandwidth_gbps(device: str) -> float:
+    """The device's measured read bandwidth in GB/s, the ceiling of batch-1 decode: the CUDA
+    library's probe (2 GiB read 10 times) or the CPU library's (512 MiB with this process's
+    threads)."""
+    if device.startswith("cuda"):
+        from inference_pio import cuda
+
+        return cuda.read_bandwidth(2 << 30, 10, device)
+    from inference_pio._native import check, lib
+
+    out = ctypes.c_double(0.0)
+    check(
+        lib().to_bench_read_bandwidth(512 << 20, lib().to_get_num_threads(), ctypes.byref(out)),
+        "to_bench_read_bandwidth",
+    )
+    lib().to_memory_trim()  # the probe's buffer goes back
+    return float(out.value)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -195,11 +215,15 @@ def cmd_bench(args: argparse.Namespace, host: PluginHost) -> int:
         "decode_gb_per_s": round(bytes_per_token * result.decode_tokens_per_s / 1e9, 3),
         "peak_rss_bytes": peak_rss_bytes(),
     }
+    if args.bandwidth:
+        read = read_bandwidth_gbps(str(args.device))
+        out["read_gb_per_s"] = round(read, 3)
+        out["decode_bandwidth_fraction"] = round(out["decode_gb_per_s"] / read, 4) if read else 0.0
     if args.json:
         print(json.dumps(out))
     else:
         for k, v in out.items():
-            print(f"{k:24s} {v}")
+            print(f"{k:26s} {v}")
     return 0
 
 
@@ -245,4 +269,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--new-tokens", type=int, default=128, help="decoded tokens (default 128)")
     p.add_argument("--repeats", type=int, default=2, help="runs per measurement, best kept")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--bandwidth",
+        action="store_true",
+        help="also measure the device's read bandwidth and print the fraction of it that decode "
+        "reaches (decode_gb_per_s / read_gb_per_s; batch-1 decode is bound by it)",
+    )
     p.set_defaults(handler=cmd_bench)

@@ -104,11 +104,16 @@ def test_bench_json(checkpoint: tuple[Path, object]) -> None:
         "--new-tokens",
         "8",
         "--json",
+        "--bandwidth",
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["prefill_tokens_per_s"] > 0
     assert data["new_tokens"] == 8
+    # the machine's read bandwidth and the decode's share of it
+    assert data["read_gb_per_s"] > 0
+    want = data["decode_gb_per_s"] / data["read_gb_per_s"]
+    assert data["decode_bandwidth_fraction"] == pytest.approx(want, abs=1e-3)
 
 
 @pytest.mark.parametrize(
