@@ -33,5 +33,5 @@ a, b = (json.load(open(p)) for p in sys.argv[1:3])
 same = next((i for i, (x, y) in enumerate(zip(a["token_ids"], b["token_ids"])) if x != y), None)
 print("cuda vs cpu greedy tokens:", "identical" if same is None else f"first difference at {same}")
 PY
-pio bench --model synthetic:qwen3-0.6b --device cuda --prompt-tokens 2048 --new-tokens 128 --json | tee "$OUT/bench_cuda.json"
+pio bench --model synthetic:qwen3-0.6b --device cuda --prompt-tokens 2048 --new-tokens 128 --bandwidth --json | tee "$OUT/bench_cuda.json"
 echo "total: $(( $(date +%s) - t0 )) s"
