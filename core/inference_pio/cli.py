@@ -79,15 +79,30 @@ def cmd_models(args: argparse.Namespace, host: PluginHost) -> int:
 
 def cmd_info(args: argparse.Namespace, host: PluginHost) -> int:
     from inference_pio import _native
-    from inference_pio.native_info import native_info
+    from inference_pio.native_info import cuda_info, native_info
 
     info: dict[str, Any] = native_info()
+    info["cuda"] = cuda_info()
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print(f"inference-pio {_version()}")
         print(f"libtensor_ops {info['version']} (ABI {info['abi_version']}) at {info['path']}")
         print(info["kernel_report"])
+        gpu = info["cuda"]
+        if not gpu["available"]:
+            print(f"cuda: unavailable ({gpu['reason']})")
+        else:
+            print(
+                f"cuda: driver {gpu['driver']}, runtime {gpu['runtime']}, library {gpu['library']}"
+            )
+            print(f"cublas: {gpu['cublas'] or 'not found (large products use our own GEMM)'}")
+            for d in gpu["devices"]:
+                gib = d["total_memory"] / (1 << 30)
+                print(
+                    f"{d['device']}: {d['name']}, {gib:.1f} GiB, {d['multiprocessors']} "
+                    f"multiprocessors, compute capability {d['compute_capability']}"
+                )
     del _native
     return 0
 
@@ -111,7 +126,9 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(handler=cmd_models)
 
-    p = sub.add_parser("info", help="show the native library, CPU features and chosen kernels")
+    p = sub.add_parser(
+        "info", help="show the native library, CPU features, chosen kernels and CUDA devices"
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(handler=cmd_info)
 

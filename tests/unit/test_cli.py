@@ -159,3 +159,21 @@ def test_console_script_runs() -> None:
         check=True,
     )
     assert out.stdout.startswith("inference-pio ")
+
+
+def test_info_says_whether_cuda_can_be_used(capsys: pytest.CaptureFixture[str]) -> None:
+    """`info` reports CUDA: the devices where it is usable, otherwise why not (no library built,
+    no driver, no device), as inference_pio.cuda does."""
+    from inference_pio import cuda
+
+    assert main(["info", "--json"], host=PluginHost(strict=True)) == 0
+    gpu = json.loads(capsys.readouterr().out)["cuda"]
+    assert gpu["available"] == cuda.is_available()
+    if gpu["available"]:
+        assert gpu["devices"]
+        assert all(d["name"] and d["total_memory"] > 0 for d in gpu["devices"])
+    else:
+        assert gpu["reason"] == cuda.unavailable_reason()
+    assert main(["info"], host=PluginHost(strict=True)) == 0
+    text = capsys.readouterr().out
+    assert ("cuda: unavailable" in text) != gpu["available"]
