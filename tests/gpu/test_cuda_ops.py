@@ -59,6 +59,23 @@ def test_device_and_memory() -> None:
     del again
 
 
+def test_info_lists_the_devices() -> None:
+    """`inference-pio info`'s CUDA section where CUDA is usable: versions and every device."""
+    from inference_pio.native_info import cuda_info
+
+    gpu = cuda_info()
+    assert gpu["available"]
+    assert gpu["driver"]
+    assert gpu["runtime"]
+    names = [d["device"] for d in gpu["devices"]]
+    assert names == [f"cuda:{i}" for i in range(cuda.device_count())]
+    first = gpu["devices"][0]
+    assert first["name"] == cuda.device_info(DEV)["name"]
+    assert first["total_memory"] > 0
+    assert first["multiprocessors"] > 0
+    assert tuple(int(v) for v in first["compute_capability"].split(".")) >= (8, 0)
+
+
 def test_roundtrip_zero_clone_contiguous() -> None:
     x = torch.randn(37, 19)
     d = ours(x, DEV)
