@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 cmake -S native -B build-gpu -G Ninja -DTENSOR_OPS_CUDA=ON -DTENSOR_OPS_TESTS=OFF \
-  -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} > "$OUT/cmake.log" 2>&1 \
+  -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90a} > "$OUT/cmake.log" 2>&1 \
   && cmake --build build-gpu > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 SITE=$(mktemp -d)
