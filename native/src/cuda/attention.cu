@@ -11,6 +11,7 @@
  *    algorithm with wgmma over 128-query blocks (flash_wgmma_kernel), 1.2-1.35x faster on an H200.
  *  - the CUDA-graph decoder's step kernels: q/k RMSNorm + RoPE + cache append in one launch, and
  *    attention whose kv length is read from device memory. */
+#include <cuda.h> /* CUtensorMap (types only: the encoder comes from the runtime's driver entry point) */
 #include <stdlib.h>
 
 #include "common.cuh"
@@ -493,25 +494,22 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
  * FW_NWG queries of one query head; each warpgroup computes S = Q K^T for its 64 queries over a
  * 64-key tile with wgmma (Q and K from shared memory), the online softmax on the accumulator
  * registers (each warp holds 16 query rows, the mma.sync fragment layout), then O += P V with P
- * from registers and V from shared memory (transposed operand). Tiles are stored in the canonical
- * "no swizzle" core-matrix layout: 8 rows x 16 bytes contiguous, core matrices along the head
- * dimension 128 bytes apart, 8-row groups HD * 16 bytes apart; a 16-byte chunk i of a tile is
- * copied (cp.async) to byte 16 i. Rounding as the kernel above: P rounded to bf16, the row sums
- * of the rounded values. */
+ * from registers and V from shared memory (transposed operand). Tiles are copied by TMA (one
+ * thread issues them; each stage completes on an mbarrier) into the 128-byte-swizzled layout that
+ * wgmma reads. Rounding as the kernel above: P rounded to bf16, the row sums of the rounded
+ * values. */
 #ifndef FW_NWG
 #define FW_NWG 2
 #endif
 #define FW_BK 64
-#ifndef FW_MINB
-#define FW_MINB 1 /* blocks per multiprocessor the registers are sized for */
-#endif
 #ifndef FW_ST
 #define FW_ST 4 /* key/value tiles in the shared-memory ring (at least 4: tiles t - 1 .. t + 1 in use) */
 #endif
 template <int HD>
 struct FwSmem {
     static const size_t q = (size_t)64 * FW_NWG * HD * 2, kv = (size_t)FW_BK * HD * 2;
-    static const size_t total = 1024 + q + 2 * FW_ST * kv; /* Q, then (K, V) x FW_ST stages (1 KB aligned) */
+    /* Q, then (K, V) x FW_ST stages (1 KB aligned), then an mbarrier per stage and one for Q */
+    static const size_t total = 1024 + q + 2 * FW_ST * kv + 8 * (FW_ST + 1);
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -523,6 +521,29 @@ __device__ __forceinline__ uint64_t fw_desc(uint32_t a, uint32_t lbo, uint32_t s
 __device__ __forceinline__ void fw_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void fw_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void fw_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void fw_bar_init(uint32_t bar) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
+}
+/* the producer's arrival, announcing the bytes the phase's copies will deliver */
+__device__ __forceinline__ void fw_bar_expect(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void fw_bar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n.reg .pred P1;\nLAB_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                 "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(bar), "r"(parity)
+                 : "memory");
+}
+/* TMA: a box of the tensor map at the given coordinates into shared memory, completing on bar */
+__device__ __forceinline__ void fw_tma2(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+                 ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+__device__ __forceinline__ void fw_tma3(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
+                 ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
+}
+
 #define FW_R8(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 #define FW_R32(d) FW_R8(d, 0), FW_R8(d, 8), FW_R8(d, 16), FW_R8(d, 24)
 #define FW_R64(d) FW_R32(d), FW_R8(d, 32), FW_R8(d, 40), FW_R8(d, 48), FW_R8(d, 56)
@@ -562,10 +583,12 @@ __device__ __forceinline__ void fw_rs128(float *d, const uint32_t *a, uint64_t d
 #endif
 
 template <int HD>
-__global__ void __launch_bounds__(128 * FW_NWG, FW_MINB) flash_wgmma_kernel(AttnArgs a) {
+__global__ void __launch_bounds__(128 * FW_NWG, 1)
+    flash_wgmma_kernel(AttnArgs a, const __grid_constant__ CUtensorMap qmap, const __grid_constant__ CUtensorMap kmap,
+                       const __grid_constant__ CUtensorMap vmap) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     typedef FwSmem<HD> L;
-    constexpr int BQ = 64 * FW_NWG, NB = FW_BK / 8, CPR = HD / 8; /* 16-byte chunks per row */
+    constexpr int BQ = 64 * FW_NWG, NB = FW_BK / 8;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     /* 128-byte swizzle: a tile of R rows is HD / 64 regions of R x 128 bytes (region = 64 columns);
      * 16-byte chunk c of row r sits at region c / 8, byte r * 128 + ((c % 8) ^ (r % 8)) * 16. The
@@ -580,36 +603,32 @@ __global__ void __launch_bounds__(128 * FW_NWG, FW_MINB) flash_wgmma_kernel(Attn
     const int64_t last_q = min(a.tq - 1, i0 + BQ - 1);
     const int64_t key_end = a.causal ? min(a.kv_len, a.q_pos + last_q + 1) : a.kv_len;
     const int ntiles = (int)((key_end + FW_BK - 1) / FW_BK);
-    const uint16_t *kg = (const uint16_t *)a.k + h * a.khs, *vg = (const uint16_t *)a.v + h * a.vhs;
-    auto cp16 = [](uint32_t dst, const void *src, bool valid) {
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
-    };
-    /* chunk i of a tile: row i / CPR, chunk i % CPR (a warp copies whole 128-byte lines) */
-    auto sw_at = [](uint32_t base, int rows, int r, int c) {
-        return base + (uint32_t)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-    };
-    auto load_tile = [&](int t, int stage) {
-        const uint32_t Ks = KVs + (uint32_t)(2 * stage) * (uint32_t)L::kv, Vs = Ks + (uint32_t)L::kv;
-        const int64_t k0 = (int64_t)t * FW_BK;
-        for (int i = tid; i < FW_BK * CPR; i += 128 * FW_NWG) {
-            const int r = i / CPR, c = i % CPR;
-            const bool ok = k0 + r < a.kv_len;
-            const int64_t kr = ok ? k0 + r : 0;
-            cp16(sw_at(Ks, FW_BK, r, c), kg + kr * a.kps + c * 8, ok);
-            cp16(sw_at(Vs, FW_BK, r, c), vg + kr * a.vps + c * 8, ok);
-        }
-        asm volatile("cp.async.commit_group;" ::: "memory");
-    };
-    for (int i = tid; i < BQ * CPR; i += 128 * FW_NWG) {
-        const int r = i / CPR, c = i % CPR;
-        const bool ok = i0 + r < a.tq;
-        cp16(sw_at(Qs, BQ, r, c), (const uint16_t *)a.q + (ok ? i0 + r : 0) * a.ldq + hq * HD + c * 8, ok);
-    }
-    const int nt2 = (ntiles + 1) & ~1;
+    /* copies by TMA (thread 0), each completing on its stage's mbarrier; the tensor maps give
+     * rows past the keys (and queries past tq) as zeros */
+    const uint32_t bars = KVs + 2u * FW_ST * (uint32_t)L::kv, qbar = bars + 8u * FW_ST;
+    if (tid == 0) {
 #pragma unroll 1
-    for (int p = 0; p < FW_ST - 2; p++) { /* the first group also holds Q */
-        if (p < nt2) load_tile(p, p);
-        else asm volatile("cp.async.commit_group;" ::: "memory");
+        for (int st = 0; st <= FW_ST; st++) fw_bar_init(bars + 8u * st);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    auto load_tile = [&](int t, int stage) { /* thread 0 */
+        const uint32_t Ks = KVs + (uint32_t)(2 * stage) * (uint32_t)L::kv, Vs = Ks + (uint32_t)L::kv;
+        const uint32_t bar = bars + 8u * stage;
+        fw_bar_expect(bar, 2u * FW_BK * HD * 2);
+#pragma unroll
+        for (int r = 0; r < HD / 64; r++) {
+            fw_tma3(Ks + r * FW_BK * 128, &kmap, r * 64, t * FW_BK, (int)h, bar);
+            fw_tma3(Vs + r * FW_BK * 128, &vmap, r * 64, t * FW_BK, (int)h, bar);
+        }
+    };
+    const int nt2 = (ntiles + 1) & ~1;
+    if (tid == 0) {
+        fw_bar_expect(qbar, (uint32_t)BQ * HD * 2);
+#pragma unroll
+        for (int r = 0; r < HD / 64; r++) fw_tma2(Qs + r * BQ * 128, &qmap, (int)(hq * HD) + r * 64, (int)i0, qbar);
+#pragma unroll 1
+        for (int p = 0; p < FW_ST - 2 && p < nt2; p++) load_tile(p, p);
     }
 
     float o[HD / 2];
@@ -636,21 +655,18 @@ __global__ void __launch_bounds__(128 * FW_NWG, FW_MINB) flash_wgmma_kernel(Attn
         for (int ks = 1; ks < HD / 16; ks++) fw_ss64(sacc, da[ks], db[ks], 1);
         fw_commit();
     };
-    /* tile t: after the wait for the previous tiles, every thread's copies of tile t + 1 have
-     * landed (a barrier), the copies of tile t + FW_ST - 2 are issued into the stage of tile t - 2
-     * (its P V finished before the barrier) and S of tile t + 1 is issued; the softmax of tile t
+    /* tile t: after a block barrier the copies of tile t + FW_ST - 2 are issued into the stage of
+     * tile t - 2 (its P V finished before the barrier), and once tile t + 1 has landed its S is issued; the softmax of tile t
      * runs while it and the P V of tile t - 1 are on the tensor cores, and P V of tile t runs
      * into the next step. The tiles are counted up
      * to an even number (nt2) and the steps have no branches around a wgmma, so that ptxas keeps
      * them asynchronous: a tile past the keys is fully masked and adds nothing, and the S issued
      * after the last tile is never read. */
     auto step = [&](int t, float *sc, float *sn, uint32_t (*pf)[4]) {
-        asm volatile("cp.async.wait_group %0;" ::"n"(FW_ST - 4) : "memory");
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); /* cp.async writes -> wgmma reads */
-        __syncthreads();
+        __syncthreads(); /* every P V of tile t - 2 has finished: its stage is free */
         const int nt = t + FW_ST - 2;
-        if (nt < nt2) load_tile(nt, nt % FW_ST);
-        else asm volatile("cp.async.commit_group;" ::: "memory");
+        if (tid == 0 && nt < nt2) load_tile(nt, nt % FW_ST);
+        if (t + 1 < nt2) fw_bar_wait(bars + 8u * ((t + 1) % FW_ST), ((t + 1) / FW_ST) & 1);
         issue_s(sn, t + 1);
         /* scale, mask, row max (sc[4 nb + e]: row gid (e < 2) or gid + 8, key 8 nb + 2 tig + (e & 1)) */
         const int64_t k0 = (int64_t)t * FW_BK;
@@ -721,9 +737,8 @@ __global__ void __launch_bounds__(128 * FW_NWG, FW_MINB) flash_wgmma_kernel(Attn
     uint32_t pa[FW_BK / 16][4], pb[FW_BK / 16][4]; /* P of even / odd tiles: the A operand of a P V
                                                     * in flight is not overwritten */
     if (ntiles > 0) {
-        asm volatile("cp.async.wait_group %0;" ::"n"(FW_ST - 3) : "memory"); /* Q and tile 0 */
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        __syncthreads();
+        fw_bar_wait(qbar, 0);
+        fw_bar_wait(bars, 0);
         issue_s(sa, 0);
         fw_wait0();
     }
@@ -746,12 +761,42 @@ __global__ void __launch_bounds__(128 * FW_NWG, FW_MINB) flash_wgmma_kernel(Attn
 #endif
 }
 
+typedef CUresult (*FwEncode)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                              const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+/* the driver's tensor-map encoder, through the runtime (no link against libcuda); NULL if absent */
+static FwEncode fw_encoder(void) {
+    static FwEncode fn = nullptr;
+    static int tried = 0;
+    if (!tried) {
+        tried = 1;
+        cudaDriverEntryPointQueryResult q;
+        void *p = nullptr;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
+                cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (FwEncode)p;
+        else
+            (void)cudaGetLastError();
+    }
+    return fn;
+}
+/* a bf16 tensor map of rank 2 or 3 (dims innermost first, strides in bytes for dims 1..), boxes of
+ * 64 columns (128 bytes, the swizzle span) x rows, 128-byte swizzle, out-of-range elements zero */
+static bool fw_map(CUtensorMap *m, const void *base, int rank, const cuuint64_t *dims, const cuuint64_t *strides,
+                   cuuint32_t rows) {
+    const cuuint32_t box[3] = {64, rows, 1}, es[3] = {1, 1, 1};
+    return fw_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, (cuuint32_t)rank, (void *)base, dims, strides, box, es,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 /* whether this build has the wgmma kernel (a CUDA architecture list with 90a) and the device runs
  * it (compute capability 9.0); INFERENCE_PIO_CUDA_FLASH_WGMMA=0 keeps the mma.sync kernel */
 static bool use_wgmma_flash(void) {
 #if defined(TOC_HAVE_SM90A)
     const char *e = getenv("INFERENCE_PIO_CUDA_FLASH_WGMMA"); /* read per call: tests switch it */
-    return !(e && e[0] == '0') && toc_cc_major() == 9;
+    return !(e && e[0] == '0') && toc_cc_major() == 9 && fw_encoder();
 #else
     return false;
 #endif
@@ -760,6 +805,16 @@ static bool use_wgmma_flash(void) {
 template <int HD>
 static int launch_flash_wgmma(AttnArgs &a) {
     size_t smem = FwSmem<HD>::total;
+    CUtensorMap qm, km, vm;
+    {
+        const cuuint64_t qd[2] = {(cuuint64_t)a.ldq, (cuuint64_t)a.tq}, qs[1] = {(cuuint64_t)a.ldq * 2};
+        const cuuint64_t kd[3] = {(cuuint64_t)HD, (cuuint64_t)a.kv_len, (cuuint64_t)a.nkv},
+                         ks[2] = {(cuuint64_t)a.kps * 2, (cuuint64_t)a.khs * 2};
+        const cuuint64_t vs[2] = {(cuuint64_t)a.vps * 2, (cuuint64_t)a.vhs * 2};
+        TOC_CHECK(fw_map(&qm, a.q, 2, qd, qs, 64 * FW_NWG) && fw_map(&km, a.k, 3, kd, ks, FW_BK) &&
+                      fw_map(&vm, a.v, 3, kd, vs, FW_BK),
+                  TO_ERR_UNSUPPORTED, "flash attention: tensor maps");
+    }
     TOC_CHECK((int64_t)smem <= toc_max_smem_optin(), TO_ERR_UNSUPPORTED, "flash attention smem");
     static int configured[16];
     int dev = 0;
@@ -770,7 +825,7 @@ static int launch_flash_wgmma(AttnArgs &a) {
         configured[dev & 15] = 1;
     }
     dim3 grid((unsigned)toc_cdiv(a.tq, 64 * FW_NWG), (unsigned)a.nh);
-    flash_wgmma_kernel<HD><<<grid, 128 * FW_NWG, smem, toc_stream()>>>(a);
+    flash_wgmma_kernel<HD><<<grid, 128 * FW_NWG, smem, toc_stream()>>>(a, qm, km, vm);
     TOC_LAUNCHED("flash_wgmma_kernel");
     return TO_OK;
 }
