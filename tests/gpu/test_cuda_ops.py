@@ -595,6 +595,29 @@ def test_flash_prefill_kernels_agree(
     assert rel(outs["1"], outs["0"]) < 5e-3
 
 
+def test_flash_prefill_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queries over an empty key range (non-causal, kv_len 0) give zeros on both prefill kernels,
+    as on the CPU."""
+    q = torch.randn(40, 4, 64, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    kc = Tensor.zeros((2, 8, 64), DType.bfloat16, DEV)
+    vc = Tensor.zeros((2, 8, 64), DType.bfloat16, DEV)
+    cpu = theirs(
+        ops.attention(
+            ours(q, "cpu"),
+            Tensor.zeros((2, 8, 64), DType.bfloat16, "cpu"),
+            Tensor.zeros((2, 8, 64), DType.bfloat16, "cpu"),
+            kv_len=0,
+            q_pos=0,
+            causal=False,
+        )
+    )
+    for flag in ("1", "0"):
+        monkeypatch.setenv("INFERENCE_PIO_CUDA_FLASH_WGMMA", flag)
+        out = theirs(ops.attention(ours(q, DEV), kc, vc, kv_len=0, q_pos=0, causal=False))
+        assert torch.equal(out, cpu), flag
+        assert not out.any(), flag
+
+
 def test_attention_segments() -> None:
     nh, nkv, hd = 4, 4, 64
     q, k, v = (torch.randn(10, n, hd) for n in (nh, nkv, nkv))

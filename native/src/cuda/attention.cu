@@ -736,8 +736,8 @@ __global__ void __launch_bounds__(128 * FW_NWG, 1)
     float sa[32], sb[32]; /* S of even / odd tiles */
     uint32_t pa[FW_BK / 16][4], pb[FW_BK / 16][4]; /* P of even / odd tiles: the A operand of a P V
                                                     * in flight is not overwritten */
+    fw_bar_wait(qbar, 0); /* also with no keys: no copy may land after the block has exited */
     if (ntiles > 0) {
-        fw_bar_wait(qbar, 0);
         fw_bar_wait(bars, 0);
         issue_s(sa, 0);
         fw_wait0();
@@ -802,19 +802,24 @@ static bool use_wgmma_flash(void) {
 #endif
 }
 
+/* launches the wgmma kernel, or leaves *done false where its tensor maps cannot describe the
+ * operands (the mma.sync kernel runs then) */
 template <int HD>
-static int launch_flash_wgmma(AttnArgs &a) {
+static int launch_flash_wgmma(AttnArgs &a, bool *done) {
     size_t smem = FwSmem<HD>::total;
     CUtensorMap qm, km, vm;
+    *done = false;
+    if (a.tq >= (1ll << 31) - 256 || a.kv_len >= (1ll << 31) - 256) return TO_OK; /* int coordinates */
     {
         const cuuint64_t qd[2] = {(cuuint64_t)a.ldq, (cuuint64_t)a.tq}, qs[1] = {(cuuint64_t)a.ldq * 2};
-        const cuuint64_t kd[3] = {(cuuint64_t)HD, (cuuint64_t)a.kv_len, (cuuint64_t)a.nkv},
+        const cuuint64_t kd[3] = {(cuuint64_t)HD, (cuuint64_t)(a.kv_len > 0 ? a.kv_len : 1), (cuuint64_t)a.nkv},
                          ks[2] = {(cuuint64_t)a.kps * 2, (cuuint64_t)a.khs * 2};
         const cuuint64_t vs[2] = {(cuuint64_t)a.vps * 2, (cuuint64_t)a.vhs * 2};
-        TOC_CHECK(fw_map(&qm, a.q, 2, qd, qs, 64 * FW_NWG) && fw_map(&km, a.k, 3, kd, ks, FW_BK) &&
-                      fw_map(&vm, a.v, 3, kd, vs, FW_BK),
-                  TO_ERR_UNSUPPORTED, "flash attention: tensor maps");
+        if (!(fw_map(&qm, a.q, 2, qd, qs, 64 * FW_NWG) && fw_map(&km, a.k, 3, kd, ks, FW_BK) &&
+              fw_map(&vm, a.v, 3, kd, vs, FW_BK)))
+            return TO_OK;
     }
+    *done = true;
     TOC_CHECK((int64_t)smem <= toc_max_smem_optin(), TO_ERR_UNSUPPORTED, "flash attention smem");
     static int configured[16];
     int dev = 0;
@@ -897,7 +902,11 @@ TOC_EXPORT int toc_attention(const void *q, const void *k, const void *v, void *
                  k_head_stride % 8 == 0 && k_pos_stride % 8 == 0 && v_head_stride % 8 == 0 &&
                  v_pos_stride % 8 == 0 && ((uintptr_t)q & 15) == 0 && ((uintptr_t)k & 15) == 0 &&
                  ((uintptr_t)v & 15) == 0;
-    if (flash && use_wgmma_flash()) return hd_qk == 128 ? launch_flash_wgmma<128>(a) : launch_flash_wgmma<64>(a);
+    if (flash && use_wgmma_flash()) {
+        bool done = false;
+        const int rc = hd_qk == 128 ? launch_flash_wgmma<128>(a, &done) : launch_flash_wgmma<64>(a, &done);
+        if (rc || done) return rc;
+    }
     if (flash) return hd_qk == 128 ? launch_flash<128>(a) : launch_flash<64>(a);
     a.nsplit = choose_splits(tq, nkv, nh / nkv, cu_seqlens ? tq : kv_len);
     if (a.nsplit > 1) {
