@@ -353,6 +353,15 @@ def test_linear_bias_mixed() -> None:
     assert rel(theirs(y), x.double() @ w.double().t() + b.double()) < 1e-5
 
 
+def _full_ref(q: Any, k: Any, v: Any) -> Any:
+    """q [tq, nh, hd], k/v [kv, nkv, hd] -> [tq, nh, hd], every query over every key (float64)."""
+    rep = q.shape[1] // k.shape[1]
+    kk = k.double().repeat_interleave(rep, 1).transpose(0, 1)
+    vv = v.double().repeat_interleave(rep, 1).transpose(0, 1)
+    s = q.double().transpose(0, 1) @ kk.transpose(1, 2) / q.shape[2] ** 0.5
+    return (torch.softmax(s, -1) @ vv).transpose(0, 1)
+
+
 def _sdpa_ref(q: Any, k: Any, v: Any, q_pos: int) -> Any:
     """q [tq, nh, hd], k/v [kv, nkv, hd] -> [tq, nh, hd] causal at absolute positions q_pos + i."""
     tq, nh, hd = q.shape
@@ -541,14 +550,7 @@ def test_flash_prefill(hd: int, tq: int, past: int, causal: bool) -> None:
     vc = Tensor.zeros((nkv, kv + 3, hd), DType.bfloat16, DEV)
     ops.kv_cache_append(ours(k, DEV), ours(v, DEV), kc, vc, 0)
     out = theirs(ops.attention(ours(q, DEV), kc, vc, kv_len=kv, q_pos=past, causal=causal))
-    if causal:
-        ref = _sdpa_ref(q, k, v, past)
-    else:
-        rep = nh // nkv
-        kk = k.double().repeat_interleave(rep, 1).transpose(0, 1)
-        vv = v.double().repeat_interleave(rep, 1).transpose(0, 1)
-        s = q.double().transpose(0, 1) @ kk.transpose(1, 2) / hd**0.5
-        ref = (torch.softmax(s, -1) @ vv).transpose(0, 1)
+    ref = _sdpa_ref(q, k, v, past) if causal else _full_ref(q, k, v)
     assert rel(out, ref) < 1e-2
 
 
@@ -582,14 +584,7 @@ def test_flash_prefill_kernels_agree(
         outs[flag] = theirs(
             ops.attention(ours(q, DEV), kc, vc, kv_len=kv, q_pos=past, causal=causal)
         ).double()
-    if causal:
-        ref = _sdpa_ref(q, k, v, past)
-    else:
-        rep = nh // nkv
-        kk = k.double().repeat_interleave(rep, 1).transpose(0, 1)
-        vv = v.double().repeat_interleave(rep, 1).transpose(0, 1)
-        s = q.double().transpose(0, 1) @ kk.transpose(1, 2) / hd**0.5
-        ref = (torch.softmax(s, -1) @ vv).transpose(0, 1)
+    ref = _sdpa_ref(q, k, v, past) if causal else _full_ref(q, k, v)
     for flag, out in outs.items():
         assert rel(out, ref) < 1e-2, flag
     assert rel(outs["1"], outs["0"]) < 5e-3

@@ -329,6 +329,27 @@ __device__ __forceinline__ void fa_mma(float *d, const uint32_t *a, uint32_t b0,
 __device__ __forceinline__ uint32_t fa_pack(float lo, float hi) {
     return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
 }
+/* the four lanes of a quad hold one query row's scores: their max and their sum */
+__device__ __forceinline__ float fa_quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float fa_quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+/* P of an 8-key block (scores in log2 units of rows gid: c0, c1 and gid + 8: c2, c3, less the row
+ * maxima b0 / b1), rounded to bf16 as the op-by-op path does, packed into the A-fragment halves
+ * lo / hi; the rounded values are added to the row sums */
+__device__ __forceinline__ void fa_p8(float c0, float c1, float c2, float c3, float b0, float b1, float &sum0,
+                                      float &sum1, uint32_t &lo, uint32_t &hi) {
+    const float p0 = rbf(exp2f(c0 - b0)), p1 = rbf(exp2f(c1 - b0));
+    const float p2 = rbf(exp2f(c2 - b1)), p3 = rbf(exp2f(c3 - b1));
+    sum0 += p0 + p1;
+    sum1 += p2 + p3;
+    lo = fa_pack(p0, p1);
+    hi = fa_pack(p2, p3);
+}
 __device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool valid) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
     const int n = valid ? 16 : 0; /* 0: zero-fill */
@@ -429,10 +450,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
                 mx1 = fmaxf(mx1, v1);
             }
         }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        mx0 = fa_quad_max(mx0);
+        mx1 = fa_quad_max(mx1);
         const float b0 = mx0 == -INFINITY ? 0.0f : mx0, b1 = mx1 == -INFINITY ? 0.0f : mx1;
         const float al0 = exp2f(m0 - b0), al1 = exp2f(m1 - b1); /* 0 on the first tile */
         m0 = mx0;
@@ -441,18 +460,11 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
         uint32_t pf[FA_BK / 16][4];
         float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-        for (int nb = 0; nb < NB; nb++) {
-            const float p0 = rbf(exp2f(s[nb][0] - b0)), p1 = rbf(exp2f(s[nb][1] - b0));
-            const float p2 = rbf(exp2f(s[nb][2] - b1)), p3 = rbf(exp2f(s[nb][3] - b1));
-            sum0 += p0 + p1;
-            sum1 += p2 + p3;
-            pf[nb >> 1][(nb & 1) * 2] = fa_pack(p0, p1);
-            pf[nb >> 1][(nb & 1) * 2 + 1] = fa_pack(p2, p3);
-        }
-        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
-        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
-        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
-        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+        for (int nb = 0; nb < NB; nb++)
+            fa_p8(s[nb][0], s[nb][1], s[nb][2], s[nb][3], b0, b1, sum0, sum1, pf[nb >> 1][(nb & 1) * 2],
+                  pf[nb >> 1][(nb & 1) * 2 + 1]);
+        sum0 = fa_quad_sum(sum0);
+        sum1 = fa_quad_sum(sum1);
         l0 = l0 * al0 + sum0;
         l1 = l1 * al1 + sum1;
 #pragma unroll
@@ -687,28 +699,19 @@ __global__ void __launch_bounds__(128 * FW_NWG, 1)
             mx0 = fmaxf(mx0, fmaxf(score(4 * nb), score(4 * nb + 1)));
             mx1 = fmaxf(mx1, fmaxf(score(4 * nb + 2), score(4 * nb + 3)));
         }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        mx0 = fa_quad_max(mx0);
+        mx1 = fa_quad_max(mx1);
         const float b0 = mx0 == -INFINITY ? 0.0f : mx0, b1 = mx1 == -INFINITY ? 0.0f : mx1;
         const float al0 = exp2f(m0 - b0), al1 = exp2f(m1 - b1);
         m0 = mx0;
         m1 = mx1;
         float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-        for (int nb = 0; nb < NB; nb++) {
-            const float p0 = rbf(exp2f(score(4 * nb) - b0)), p1 = rbf(exp2f(score(4 * nb + 1) - b0));
-            const float p2 = rbf(exp2f(score(4 * nb + 2) - b1)), p3 = rbf(exp2f(score(4 * nb + 3) - b1));
-            sum0 += p0 + p1;
-            sum1 += p2 + p3;
-            pf[nb >> 1][(nb & 1) * 2] = fa_pack(p0, p1);
-            pf[nb >> 1][(nb & 1) * 2 + 1] = fa_pack(p2, p3);
-        }
-        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
-        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
-        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
-        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+        for (int nb = 0; nb < NB; nb++)
+            fa_p8(score(4 * nb), score(4 * nb + 1), score(4 * nb + 2), score(4 * nb + 3), b0, b1, sum0, sum1,
+                  pf[nb >> 1][(nb & 1) * 2], pf[nb >> 1][(nb & 1) * 2 + 1]);
+        sum0 = fa_quad_sum(sum0);
+        sum1 = fa_quad_sum(sum1);
         l0 = l0 * al0 + sum0;
         l1 = l1 * al1 + sum1;
         fw_wait0(); /* S of tile t + 1 and P V of tile t - 1 ran during the softmax */
