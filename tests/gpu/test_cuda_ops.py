@@ -353,6 +353,22 @@ def test_linear_bias_mixed() -> None:
     assert rel(theirs(y), x.double() @ w.double().t() + b.double()) < 1e-5
 
 
+def _prefill_case(
+    tq: int, past: int, nh: int, nkv: int, hd: int, seed: int, spare: int
+) -> tuple[Any, Any, Any, Tensor, Tensor]:
+    """Random bf16 queries [tq, nh, hd] and past + tq keys / values [kv, nkv, hd], and device
+    caches holding those keys and values with `spare` free slots."""
+    kv = past + tq
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(tq, nh, hd, generator=g).to(torch.bfloat16)
+    k = torch.randn(kv, nkv, hd, generator=g).to(torch.bfloat16)
+    v = torch.randn(kv, nkv, hd, generator=g).to(torch.bfloat16)
+    kc = Tensor.zeros((nkv, kv + spare, hd), DType.bfloat16, DEV)
+    vc = Tensor.zeros((nkv, kv + spare, hd), DType.bfloat16, DEV)
+    ops.kv_cache_append(ours(k, DEV), ours(v, DEV), kc, vc, 0)
+    return q, k, v, kc, vc
+
+
 def _full_ref(q: Any, k: Any, v: Any) -> Any:
     """q [tq, nh, hd], k/v [kv, nkv, hd] -> [tq, nh, hd], every query over every key (float64)."""
     rep = q.shape[1] // k.shape[1]
@@ -540,15 +556,8 @@ def test_attention_decode_batch(dt: DType, hd: int, nh: int, nkv: int) -> None:
 def test_flash_prefill(hd: int, tq: int, past: int, causal: bool) -> None:
     """The tensor-core prefill kernel (bf16, tq >= 32, head_dim 64/128) against float64 softmax
     attention: partial query and key tiles, a causal offset, non-causal."""
-    nh, nkv = 6, 2
+    q, k, v, kc, vc = _prefill_case(tq, past, 6, 2, hd, seed=tq + hd, spare=3)
     kv = past + tq
-    g = torch.Generator().manual_seed(tq + hd)
-    q = torch.randn(tq, nh, hd, generator=g).to(torch.bfloat16)
-    k = torch.randn(kv, nkv, hd, generator=g).to(torch.bfloat16)
-    v = torch.randn(kv, nkv, hd, generator=g).to(torch.bfloat16)
-    kc = Tensor.zeros((nkv, kv + 3, hd), DType.bfloat16, DEV)
-    vc = Tensor.zeros((nkv, kv + 3, hd), DType.bfloat16, DEV)
-    ops.kv_cache_append(ours(k, DEV), ours(v, DEV), kc, vc, 0)
     out = theirs(ops.attention(ours(q, DEV), kc, vc, kv_len=kv, q_pos=past, causal=causal))
     ref = _sdpa_ref(q, k, v, past) if causal else _full_ref(q, k, v)
     assert rel(out, ref) < 1e-2
@@ -570,14 +579,8 @@ def test_flash_prefill_kernels_agree(
     """Hopper's wgmma prefill kernel (the default on compute capability 9.0 where the library was
     built for 90a) and the mma.sync one (INFERENCE_PIO_CUDA_FLASH_WGMMA=0) against float64
     attention and each other: partial 128-query and 64-key tiles, causal offsets, GQA."""
+    q, k, v, kc, vc = _prefill_case(tq, past, nh, nkv, hd, seed=tq * 3 + hd + nh, spare=5)
     kv = past + tq
-    g = torch.Generator().manual_seed(tq * 3 + hd + nh)
-    q = torch.randn(tq, nh, hd, generator=g).to(torch.bfloat16)
-    k = torch.randn(kv, nkv, hd, generator=g).to(torch.bfloat16)
-    v = torch.randn(kv, nkv, hd, generator=g).to(torch.bfloat16)
-    kc = Tensor.zeros((nkv, kv + 5, hd), DType.bfloat16, DEV)
-    vc = Tensor.zeros((nkv, kv + 5, hd), DType.bfloat16, DEV)
-    ops.kv_cache_append(ours(k, DEV), ours(v, DEV), kc, vc, 0)
     outs = {}
     for flag in ("1", "0"):
         monkeypatch.setenv("INFERENCE_PIO_CUDA_FLASH_WGMMA", flag)

@@ -356,6 +356,24 @@ __device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool valid) 
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(n) : "memory");
 }
 
+/* A prefill block's work: query head hq (kv head h), queries i0 .. i0 + BQ - 1 of its tile (the
+ * heaviest, last tiles first) and the key tiles of BK keys those queries see */
+struct FaTile {
+    int64_t hq, h, i0;
+    int ntiles;
+};
+__device__ __forceinline__ FaTile fa_tile(const AttnArgs &a, int BQ, int BK) {
+    FaTile f;
+    const int64_t qt = gridDim.x - 1 - blockIdx.x;
+    f.hq = blockIdx.y;
+    f.h = f.hq / (a.nh / a.nkv);
+    f.i0 = qt * BQ;
+    const int64_t last_q = min(a.tq - 1, f.i0 + BQ - 1);
+    const int64_t key_end = a.causal ? min(a.kv_len, a.q_pos + last_q + 1) : a.kv_len;
+    f.ntiles = (int)((key_end + BK - 1) / BK);
+    return f;
+}
+
 template <int HD>
 __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
     typedef Fa2Smem<HD> L;
@@ -364,12 +382,9 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
     uint16_t *Qs = (uint16_t *)smem;
     uint16_t *KVs = (uint16_t *)(smem + L::q); /* stage s: K at 2s, V at 2s+1 (FA_BK x LD each) */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
-    const int64_t qt = gridDim.x - 1 - blockIdx.x; /* heaviest (last) query tiles first */
-    const int64_t hq = blockIdx.y, h = hq / (a.nh / a.nkv);
-    const int64_t i0 = qt * FA_BQ;
-    const int64_t last_q = min(a.tq - 1, i0 + FA_BQ - 1);
-    const int64_t key_end = a.causal ? min(a.kv_len, a.q_pos + last_q + 1) : a.kv_len;
-    const int ntiles = (int)((key_end + FA_BK - 1) / FA_BK);
+    const FaTile ft = fa_tile(a, FA_BQ, FA_BK);
+    const int64_t hq = ft.hq, h = ft.h, i0 = ft.i0;
+    const int ntiles = ft.ntiles;
     const uint16_t *kg = (const uint16_t *)a.k + h * a.khs, *vg = (const uint16_t *)a.v + h * a.vhs;
 
     auto load_tile = [&](int t, int stage) {
@@ -609,12 +624,9 @@ __global__ void __launch_bounds__(128 * FW_NWG, 1)
     const uint32_t Qs = s0, KVs = s0 + (uint32_t)L::q; /* stage s: K at 2s, V at 2s + 1 */
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, gid = lane >> 2,
               tig = lane & 3;
-    const int64_t qt = gridDim.x - 1 - blockIdx.x; /* heaviest (last) query tiles first */
-    const int64_t hq = blockIdx.y, h = hq / (a.nh / a.nkv);
-    const int64_t i0 = qt * BQ;
-    const int64_t last_q = min(a.tq - 1, i0 + BQ - 1);
-    const int64_t key_end = a.causal ? min(a.kv_len, a.q_pos + last_q + 1) : a.kv_len;
-    const int ntiles = (int)((key_end + FW_BK - 1) / FW_BK);
+    const FaTile ft = fa_tile(a, BQ, FW_BK);
+    const int64_t hq = ft.hq, h = ft.h, i0 = ft.i0;
+    const int ntiles = ft.ntiles;
     /* copies by TMA (thread 0), each completing on its stage's mbarrier; the tensor maps give
      * rows past the keys (and queries past tq) as zeros */
     const uint32_t bars = KVs + 2u * FW_ST * (uint32_t)L::kv, qbar = bars + 8u * FW_ST;
