@@ -680,12 +680,12 @@ __global__ void __launch_bounds__(128 * FW_NWG, 1)
         fw_commit();
     };
     /* tile t: after a block barrier the copies of tile t + FW_ST - 2 are issued into the stage of
-     * tile t - 2 (its P V finished before the barrier), and once tile t + 1 has landed its S is issued; the softmax of tile t
-     * runs while it and the P V of tile t - 1 are on the tensor cores, and P V of tile t runs
-     * into the next step. The tiles are counted up
-     * to an even number (nt2) and the steps have no branches around a wgmma, so that ptxas keeps
-     * them asynchronous: a tile past the keys is fully masked and adds nothing, and the S issued
-     * after the last tile is never read. */
+     * tile t - 2 (its P V finished before the barrier), and once tile t + 1 has landed its S is
+     * issued; the softmax of tile t runs while it and the P V of tile t - 1 are on the tensor
+     * cores, and the P V of tile t runs into the next step. The tiles are counted up to an even
+     * number (nt2) and the steps have no branches around a wgmma, so that ptxas keeps them
+     * asynchronous: a tile past the keys is fully masked and adds nothing, and the S issued after
+     * the last tile (over a stage no copy is writing) is never read. */
     auto step = [&](int t, float *sc, float *sn, uint32_t (*pf)[4]) {
         __syncthreads(); /* every P V of tile t - 2 has finished: its stage is free */
         const int nt = t + FW_ST - 2;
