@@ -18,20 +18,9 @@ from inference_pio.nn.decode_plan import Call, DecodePlan  # noqa: E402
 from inference_pio.nn.decoder import DecoderModel  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
 from inference_pio.testing.conformance import prompt, save_reference  # noqa: E402
+from inference_pio.testing.tiny import tiny_qwen3_config  # noqa: E402
 
-CONFIG = dict(
-    vocab_size=512,
-    max_position_embeddings=256,
-    rms_norm_eps=1e-6,
-    rope_theta=10000.0,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    tie_word_embeddings=True,
-)
+CONFIG = tiny_qwen3_config()
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])

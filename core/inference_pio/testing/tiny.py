@@ -9,6 +9,26 @@ from typing import Any
 from inference_pio.synthetic.templates import QWEN3_CHAT_TEMPLATE
 
 
+def tiny_qwen3_config(**overrides: Any) -> dict[str, Any]:
+    """A two-layer Qwen3 config (vocab 512, hidden 64, GQA 4:2, head_dim 16) for fast unit tests;
+    ``overrides`` replace or add keys."""
+    cfg: dict[str, Any] = dict(
+        vocab_size=512,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+    )
+    cfg.update(overrides)
+    return cfg
+
+
 def write_byte_tokenizer(directory: Path, vocab_size: int, eos_id: int) -> None:
     """A byte-level tokenizer.json for tiny vocabularies: 256 byte tokens + an eos token.
 
