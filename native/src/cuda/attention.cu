@@ -578,12 +578,12 @@ __device__ __forceinline__ void fw_tma3(uint32_t dst, const CUtensorMap *map, in
 #define FW_L64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31," \
                "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
 
-/* d (64 x 64, fp32) (+)= A (64 x 16, smem) * B (64 x 16, smem, K-major)^T */
-__device__ __forceinline__ void fw_ss64(float *d, uint64_t da, uint64_t db, int acc) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+/* d (64 x 64, fp32) += A (64 x 16, smem) * B (64 x 16, smem, K-major)^T */
+__device__ __forceinline__ void fw_ss64(float *d, uint64_t da, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FW_L32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
                  : FW_R32(d)
-                 : "l"(da), "l"(db), "r"(acc));
+                 : "l"(da), "l"(db));
 }
 #define FW_W32(d) "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), \
     "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), \
@@ -676,7 +676,7 @@ __global__ void __launch_bounds__(128 * FW_NWG, 1)
         fw_fence();
         fw_ss64_first(sacc, da[0], db[0]);
 #pragma unroll
-        for (int ks = 1; ks < HD / 16; ks++) fw_ss64(sacc, da[ks], db[ks], 1);
+        for (int ks = 1; ks < HD / 16; ks++) fw_ss64(sacc, da[ks], db[ks]);
         fw_commit();
     };
     /* tile t: after a block barrier the copies of tile t + FW_ST - 2 are issued into the stage of
