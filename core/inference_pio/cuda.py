@@ -532,8 +532,8 @@ def read_bandwidth(
     nbytes: int = 2 << 30, iters: int = 10, device: Device | str = "cuda:0"
 ) -> float:
     """Measured device read bandwidth in GB/s: the best of two read-only kernels (a grid-stride
-    loop, and per-block ranges with 8 loads in flight per lane as the fused decode step reads its
-    weights), the ceiling of a batch-1 GEMV."""
+    loop with 8 loads in flight per thread, and per-block ranges with 8 loads in flight per lane
+    as the fused decode step reads its weights), the ceiling of a batch-1 GEMV."""
     set_device(device)
     out = ctypes.c_double()
     check(

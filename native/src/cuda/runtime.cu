@@ -407,19 +407,26 @@ TOC_EXPORT int toc_bench_copy_bandwidth(int64_t bytes, int iters, double *gbps) 
     return TO_OK;
 }
 
+/* Grid-stride read with 8 independent 16-byte loads in flight per thread (4 blocks of 512 threads
+ * per multiprocessor). On an H200 this reads ~4.5-4.6 TB/s; the same loop with one load in flight
+ * read ~3.9-4.2 and the decode-pattern kernel below ~4.3-4.4, so the probe took the lower ceiling
+ * until the fourteenth session (benchmarks/GPU_NOTES.md). */
 __global__ void read_kernel(const uint4 *a, int64_t n, unsigned *sink) {
     unsigned acc = 0;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        uint4 v = __ldcs(a + i);
-        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    const int64_t T = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i0 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i0 < n; i0 += 8 * T) {
+        uint4 v[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) v[q] = i0 + q * T < n ? ld_stream(a + i0 + q * T) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int q = 0; q < 8; q++) acc ^= v[q].x ^ v[q].y ^ v[q].z ^ v[q].w;
     }
     if (acc == 0x9e3779b9u) sink[0] = acc; /* keeps the loads; practically never stores */
 }
 
 /* The read pattern of the fused decode step: one block per multiprocessor owns a contiguous range,
  * each warp a contiguous part of it in 512-byte units (16 bytes a lane), 8 units in flight per
- * warp. On an H200 this reads ~4.3-4.4 TB/s where the grid-stride loop above reads ~3.9-4.2. */
+ * warp (one block per multiprocessor, 64 KB in flight each). On an H200 this reads ~4.3-4.4 TB/s. */
 __global__ void read_kernel_ranges(const uint4 *a, int64_t units, unsigned *sink) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int64_t b0 = units * blockIdx.x / gridDim.x, b1 = units * (blockIdx.x + 1) / gridDim.x;

@@ -183,32 +183,39 @@ __device__ void gather_sorted(const unsigned long long *keys, int64_t n, unsigne
 
 /* The host's draw_sorted over probabilities p[0 .. n) in candidate order, by a whole warp: every
  * lane runs the sums in the host's order on 32 values fetched at once (the shuffles do not wait
- * on the sums) and gets the same result.
- * warp_keep: the smallest prefix whose mass reaches top_p without entries below mpz (the first is
- * always kept); its length, and its mass in *mass. */
-__device__ int warp_keep(const double *p, int n, double top_p, double mpz, double *mass_out) {
+ * on the sums) and gets the same result. warp_walk calls step(i, p[i]) for i = 0, 1, ... in
+ * order until it returns false or i reaches n. */
+template <class Step>
+__device__ __forceinline__ void warp_walk(const double *p, int n, Step step) {
     const int lane = threadIdx.x & 31;
-    double mass = 0.0;
-    int keep = 0;
-    bool stop = false;
-    for (int base = 0; base < n && !stop; base += 32) {
+    bool go = true;
+    for (int base = 0; base < n && go; base += 32) {
         const double mine = base + lane < n ? p[base + lane] : 0.0;
-        for (int h = 0; h < 32 && !stop; h += 16) { /* 16 at a time: 1024-thread blocks have 64 registers */
+        for (int h = 0; h < 32 && go; h += 16) { /* 16 at a time: 1024-thread blocks have 64 registers */
             double q[16];
 #pragma unroll
             for (int t = 0; t < 16; t++) q[t] = __shfl_sync(0xffffffffu, mine, h + t);
 #pragma unroll
             for (int t = 0; t < 16; t++) {
                 const int i = base + h + t;
-                if (stop || i >= n) break;
-                if (i > 0 && (mass >= top_p || q[t] < mpz)) stop = true;
-                else {
-                    mass += q[t];
-                    keep++;
-                }
+                if (!go || i >= n) break;
+                go = step(i, q[t]);
             }
         }
     }
+}
+
+/* warp_keep: the smallest prefix whose mass reaches top_p without entries below mpz (the first is
+ * always kept); its length, and its mass in *mass_out. */
+__device__ int warp_keep(const double *p, int n, double top_p, double mpz, double *mass_out) {
+    double mass = 0.0;
+    int keep = 0;
+    warp_walk(p, n, [&](int i, double v) {
+        if (i > 0 && (mass >= top_p || v < mpz)) return false;
+        mass += v;
+        keep++;
+        return true;
+    });
     *mass_out = mass;
     return keep;
 }
@@ -226,21 +233,11 @@ __device__ int warp_pick(const double *p, int keep, double mass, uint64_t *rng) 
     u = __shfl_sync(0xffffffffu, u, 0);
     double acc = 0.0;
     int pick = -1;
-    for (int base = 0; base < keep && pick < 0; base += 32) {
-        const double mine = base + lane < keep ? p[base + lane] : 0.0;
-        for (int h = 0; h < 32 && pick < 0; h += 16) {
-            double q[16];
-#pragma unroll
-            for (int t = 0; t < 16; t++) q[t] = __shfl_sync(0xffffffffu, mine, h + t);
-#pragma unroll
-            for (int t = 0; t < 16; t++) {
-                const int i = base + h + t;
-                if (pick >= 0 || i >= keep) break;
-                acc += q[t];
-                if (u < acc) pick = i;
-            }
-        }
-    }
+    warp_walk(p, keep, [&](int i, double v) {
+        acc += v;
+        if (u < acc) pick = i;
+        return pick < 0;
+    });
     return pick >= 0 ? pick : keep - 1;
 }
 
