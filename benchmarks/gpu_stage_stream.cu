@@ -4,20 +4,24 @@
 // A synthetic batch-1 decode token of Qwen3-4B's weight shapes: 36 layers of four GEMV stages
 // (q/k/v 6144 x 2560, o 2560 x 4096, gate/up 19456 x 2560, down 2560 x 9728; bf16), then the LM
 // head (151936 x 2560): 8.05 GB per token, 145 stages, each stage's input the previous stage's
-// output (fp32, written by every block), so a grid-wide barrier separates the stages. One
-// persistent block per multiprocessor owns a contiguous run of rows of every matrix, i.e. one
-// contiguous byte range. A producer warp copies that range into a shared-memory ring with TMA
-// bulk copies (mbarrier per slot); consumer warps wait for the stage's input (grid counter),
-// stage it in shared memory and take the ring's slots. The producer never waits for a barrier
-// unless `gate` pieces of a stage are already issued: gate = 0 is no run-ahead at all, a large
-// gate lets the ring fill with the next stage's rows while the grid waits (the structure the
-// fused decode kernel lacks: its weight loads run ahead by one register ring only).
+// output (fp32, written by every block), so a grid-wide barrier separates the stages. Nothing
+// else: no attention, norms or residuals, so this is a ceiling for the fused decode kernel's
+// structure. One persistent block per multiprocessor; kernels (one table row each):
+//   direct_kernel  the fused kernel's structure: each warp owns a contiguous run of the block's
+//                  rows in 512-byte units and keeps U loads per lane in flight in a register
+//                  ring, the first U issued before the stage's barrier wait
+//   chain_kernel   a producer warp copies the block's contiguous byte range into a shared-memory
+//                  ring with TMA bulk copies; it waits for a stage's input only once `gate`
+//                  pieces of the stage are issued (0: no run-ahead, 1000: only the ring limits it)
+//   mma_kernel     the register ring with the products on tensor cores (mma.sync; units of 8 rows
+//                  x 32 columns, or contiguous units when tiled, timing only)
+//   dyn_kernel     rows handed out at run time from a counter per stage instead of a static split
 //   nvcc -O3 -arch=sm_90a -o /tmp/gss benchmarks/gpu_stage_stream.cu && /tmp/gss
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <vector>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -41,6 +45,7 @@ struct Params {
     int maxk;   // floats of the input area
     int maxrows;
     unsigned long long *prof; // [block][4 stages of layer 1][5 stamps] or NULL
+    unsigned *ctr;            // [stage] rows handed out (dyn_kernel), zero at launch
 };
 
 __device__ __forceinline__ unsigned long long now_ns(void) {
@@ -311,6 +316,172 @@ __global__ void __launch_bounds__(32 * NW, 1) direct_kernel(const Params P) {
     }
 }
 
+// The register-ring kernel with the products on tensor cores: a unit is 8 rows x 32 columns (lane
+// gid, tig loads 16 bytes of row gid at column 8 tig), which is the B operand of two m16n8k16
+// MMAs once the 16 k slots of each are mapped to columns 8 tig + 0..3 and 8 tig + 4..7; A is x
+// in every row, read as 16 bytes per lane. No conversions and no per-unit reductions.
+__device__ __forceinline__ void mma16816(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <int NW, int U, bool TILED>
+__global__ void __launch_bounds__(32 * NW, 1) mma_kernel(const Params P) {
+    extern __shared__ __align__(1024) unsigned char sm[];
+    uint16_t *xs = (uint16_t *)sm;
+    float *racc = (float *)(xs + P.maxk);
+    const int G = gridDim.x, b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tig = lane & 3;
+    for (int s = 0; s < P.nst; s++) {
+        const Stage S = P.st[s];
+        int r0, r1;
+        rows_of(S.n, b, G, r0, r1);
+        const int nr = r1 - r0, k = S.k, KC = k / 32;
+        const int noct = (nr + 7) / 8, nu = noct * KC;
+        const int u0 = (int)((long long)nu * warp / NW), u1 = (int)((long long)nu * (warp + 1) / NW);
+        // this lane's pointer for unit u: row r0 + 8 (u / KC) + gid, column 32 (u % KC) + 8 tig
+        auto addr = [&](int u) -> const uint4 * {
+            // TILED: the weights as if stored unit by unit (512 contiguous bytes per unit; timing
+            // only, the products then do not match the row-major check)
+            if (TILED) return (const uint4 *)(S.w + (size_t)r0 * k) + (size_t)u * 32 + lane;
+            const int oct = u / KC, kc = u - oct * KC;
+            const int row = oct * 8 + gid;
+            return row < nr ? (const uint4 *)(S.w + (size_t)(r0 + row) * k + kc * 32 + tig * 8) : nullptr;
+        };
+        uint4 ring[U];
+#pragma unroll
+        for (int q = 0; q < U; q++) {
+            const uint4 *a = u0 + q < u1 ? addr(u0 + q) : nullptr;
+            ring[q] = a ? ldnc(a) : make_uint4(0, 0, 0, 0);
+        }
+        if (s > 0) {
+            if (threadIdx.x == 0) {
+                while (ld_relaxed(P.bar) < (unsigned long long)s * G) {
+                }
+                (void)ld_acquire(P.bar);
+            }
+            __syncthreads();
+        }
+        stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
+        for (int i = threadIdx.x; i < nr; i += 32 * NW) racc[i] = 0.0f;
+        __syncthreads();
+        int oct = u0 / KC, kc = u0 - oct * KC;
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int u = u0; u < u1; u += U) {
+#pragma unroll
+            for (int q = 0; q < U; q++) {
+                if (u + q < u1) {
+                    const uint4 xv = *(const uint4 *)(xs + kc * 32 + tig * 8);
+                    mma16816(c, xv.x, xv.x, xv.y, xv.y, ring[q].x, ring[q].y);
+                    mma16816(c, xv.z, xv.z, xv.w, xv.w, ring[q].z, ring[q].w);
+                    const uint4 *a = u + q + U < u1 ? addr(u + q + U) : nullptr;
+                    ring[q] = a ? ldnc(a) : make_uint4(0, 0, 0, 0);
+                    if (++kc == KC) {
+                        if (gid == 0) {
+                            const int rr = oct * 8 + 2 * tig;
+                            if (rr < nr) atomicAdd(&racc[rr], c[0]);
+                            if (rr + 1 < nr) atomicAdd(&racc[rr + 1], c[1]);
+                        }
+                        c[0] = c[1] = c[2] = c[3] = 0.0f;
+                        kc = 0;
+                        oct++;
+                    }
+                }
+            }
+        }
+        if (kc != 0 && gid == 0) {
+            const int rr = oct * 8 + 2 * tig;
+            if (rr < nr) atomicAdd(&racc[rr], c[0]);
+            if (rr + 1 < nr) atomicAdd(&racc[rr + 1], c[1]);
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
+        __syncthreads();
+        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+    }
+}
+
+// Rows handed out at run time: each warp claims RC rows at a time from the stage's counter
+// (claimed one chunk ahead, so the claim's round trip overlaps the products) and writes each
+// finished row itself; no static split, so no block waits for a slower multiprocessor's share.
+template <int NW, int U, int RC>
+__global__ void __launch_bounds__(32 * NW, 1) dyn_kernel(const Params P) {
+    extern __shared__ __align__(1024) unsigned char sm[];
+    uint16_t *xs = (uint16_t *)sm;
+    const int G = gridDim.x, lane = threadIdx.x & 31;
+    for (int s = 0; s < P.nst; s++) {
+        const Stage S = P.st[s];
+        const int k = S.k, KU = k / 256, nch = (S.n + RC - 1) / RC;
+        unsigned *ctr = P.ctr + s;
+        auto claim = [&]() -> int {
+            int c = 0;
+            if (lane == 0) c = (int)atomicAdd(ctr, 1u);
+            return __shfl_sync(0xffffffffu, c, 0);
+        };
+        // loader: chunk lc, unit lu (of RC * KU); next chunk ln claimed ahead
+        int lc = claim(), ln = claim(), lu = 0;
+        auto next_load = [&]() -> uint4 {
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (lc < nch) {
+                const int row = lc * RC + lu / KU;
+                if (row < S.n) v = ldnc(S.w + (size_t)row * k + (lu % KU) * 256 + lane * 8);
+                if (++lu == RC * KU) {
+                    lu = 0;
+                    lc = ln;
+                    ln = lc < nch ? claim() : nch;
+                }
+            }
+            return v;
+        };
+        uint4 ring[U];
+        int cc = lc, cu = 0; // consumer: chunk, unit
+#pragma unroll
+        for (int q = 0; q < U; q++) ring[q] = next_load();
+        if (s > 0) {
+            if (threadIdx.x == 0) {
+                while (ld_relaxed(P.bar) < (unsigned long long)s * G) {
+                }
+                (void)ld_acquire(P.bar);
+            }
+            __syncthreads();
+        }
+        stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
+        __syncthreads();
+        // the consumer's chunk sequence is the loader's, U units behind: keep the chunks claimed
+        // since in a small queue (chunks are at least U units long, so two are enough)
+        int qn = -1; // the chunk after cc, once the loader has moved past cc
+        float acc = 0.0f;
+        int lcs = lc; // loader chunk seen
+        while (cc < nch) {
+#pragma unroll
+            for (int q = 0; q < U; q++) {
+                if (cc < nch) {
+                    acc += dot8(ring[q], *(const uint4 *)(xs + (cu % KU) * 256 + lane * 8));
+                    ring[q] = next_load();
+                    if (lc != lcs) { // the loader entered a new chunk
+                        if (qn < 0) qn = lc;
+                        lcs = lc;
+                    }
+                    if (++cu % KU == 0) {
+#pragma unroll
+                        for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                        const int row = cc * RC + cu / KU - 1;
+                        if (lane == 0 && row < S.n) __stcg(S.out + row, acc);
+                        acc = 0.0f;
+                        if (cu == RC * KU) {
+                            cu = 0;
+                            cc = qn < 0 ? nch : qn;
+                            qn = lc != cc ? lc : -1;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+    }
+}
+
 // plain read probe: every 16-byte chunk once, 8 loads in flight per thread
 __global__ void read_probe(const uint4 *a, size_t n, unsigned *sink) {
     unsigned x = 0;
@@ -409,6 +580,8 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&bar, 8));
     unsigned *sink;
     CK(cudaMalloc(&sink, 4));
+    unsigned *ctr;
+    CK(cudaMalloc(&ctr, 4 * st.size()));
     CK(cudaDeviceSynchronize());
     const double gb = total * 2.0 / 1e9;
     printf("weights per token %.3f GB, %zu stages\n", gb, st.size());
@@ -430,11 +603,13 @@ int main(int argc, char **argv) {
     const double probe_bw = gb / (best_probe / 1e3);
     printf("read probe: %.3f ms, %.0f GB/s\n", best_probe, probe_bw);
 
-    struct Var { int ncw, slot, nslot, gate; }; // ncw 0: direct_kernel<16, 8> (gate = U)
+    // ncw 0: direct_kernel<16, U = gate>; -1 / -2: mma_kernel<16, U = gate, tiled>; -3:
+    // dyn_kernel<16, 8, RC = gate>
+    struct Var { int ncw, slot, nslot, gate; };
     std::vector<Var> vars = {
-        {0, 0, 0, 8},        {0, 0, 0, 6},        {16, 32768, 5, 0},   {16, 32768, 5, 1},
-        {16, 32768, 5, 2},   {16, 32768, 5, 4},   {16, 32768, 5, 1000}, {16, 65536, 3, 1},
-        {16, 65536, 3, 1000}, {0, 0, 0, 8},
+        {0, 0, 0, 8},       {0, 0, 0, 6},       {16, 32768, 5, 0},  {16, 32768, 5, 2}, {16, 32768, 5, 1000},
+        {16, 65536, 3, 1},  {16, 65536, 3, 1000}, {8, 65536, 3, 1000}, {-1, 0, 0, 8},   {-2, 0, 0, 6},
+        {-3, 0, 0, 1},      {0, 0, 0, 8},
     };
     printf("| consumer warps | slot KB | slots | gate (pieces) | ms/token | GB/s | of probe | tok/s | check |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
@@ -449,11 +624,21 @@ int main(int argc, char **argv) {
         P.maxk = I;
         P.maxrows = ((V + sms - 1) / sms + 4) / 4 * 4; // keeps the mbarriers 8-byte aligned
         P.prof = nullptr;
-        const size_t smem = (size_t)v.nslot * v.slot + 2 * (size_t)P.maxk + 4 * (size_t)P.maxrows + 16 * v.nslot + 64;
+        P.ctr = ctr;
+        const size_t smem = (size_t)std::max(v.nslot, 0) * v.slot + 2 * (size_t)P.maxk + 4 * (size_t)P.maxrows + 16 * v.nslot + 64;
         void (*kern)(const Params) = v.ncw == 4 ? chain_kernel<4> : v.ncw == 8 ? chain_kernel<8> : chain_kernel<16>;
         int nthreads = 32 * (v.ncw + 1);
         if (v.ncw == 0) {
             kern = v.gate == 6 ? direct_kernel<16, 6> : v.gate == 12 ? direct_kernel<16, 12> : direct_kernel<16, 8>;
+            nthreads = 512;
+        } else if (v.ncw == -1) {
+            kern = mma_kernel<16, 8, false>;
+            nthreads = 512;
+        } else if (v.ncw == -3) {
+            kern = v.gate == 1 ? dyn_kernel<16, 8, 1> : v.gate == 2 ? dyn_kernel<16, 8, 2> : dyn_kernel<16, 8, 4>;
+            nthreads = 512;
+        } else if (v.ncw == -2) {
+            kern = v.gate == 6 ? mma_kernel<16, 6, true> : v.gate == 12 ? mma_kernel<16, 12, true> : v.gate == 16 ? mma_kernel<16, 16, true> : mma_kernel<16, 8, true>;
             nthreads = 512;
         }
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -462,6 +647,7 @@ int main(int argc, char **argv) {
         double chk = 0;
         for (int r = 0; r < 6; r++) {
             CK(cudaMemset(bar, 0, 8));
+            CK(cudaMemset(ctr, 0, 4 * st.size()));
             CK(cudaEventRecord(e0));
             CK(cudaLaunchCooperativeKernel((void *)kern, dim3(sms), dim3(nthreads), args, smem, 0));
             CK(cudaEventRecord(e1));
