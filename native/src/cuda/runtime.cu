@@ -443,8 +443,8 @@ __global__ void read_kernel_ranges(const uint4 *a, int64_t units, unsigned *sink
 }
 
 /* Device read bandwidth: kernels that only read `bytes` (>= 1 MiB), GB/s of bytes read, best of
- * `iters` timed runs after a warm-up, best of two access patterns (a grid-stride loop and the
- * decode step's per-block ranges): the ceiling of a batch-1 GEMV. */
+ * `iters` timed runs (of TOC_BW_REPS launches each) after a warm-up, best of two access patterns
+ * (a grid-stride loop and the decode step's per-block ranges): the ceiling of a batch-1 GEMV. */
 TOC_EXPORT int toc_bench_read_bandwidth(int64_t bytes, int iters, double *gbps) {
     TOC_CHECK(gbps && bytes >= (1 << 20) && iters >= 1, TO_ERR_INVALID_ARGUMENT,
               "toc_bench_read_bandwidth: bytes >= 1 MiB, iters >= 1, gbps non-NULL");
@@ -458,19 +458,24 @@ TOC_EXPORT int toc_bench_read_bandwidth(int64_t bytes, int iters, double *gbps) 
     cudaEventCreate(&e1);
     const unsigned sms = (unsigned)toc_sm_count();
     double best = 0.0; /* GB/s */
+    /* each timed run is TOC_BW_REPS launches back to back: a single launch's start and drain
+     * (~20 us on an H200) would count as ~4% of a 2 GiB read */
+    enum { TOC_BW_REPS = 8 };
     for (int it = 0; it <= 2 * iters + 1; it++) {
         const bool ranges = it > iters;
         cudaEventRecord(e0, toc_stream());
-        if (ranges)
-            read_kernel_ranges<<<sms, 512, 0, toc_stream()>>>((const uint4 *)a, n / 32, (unsigned *)((char *)a + n * 16));
-        else
-            read_kernel<<<sms * 4, 512, 0, toc_stream()>>>((const uint4 *)a, n, (unsigned *)((char *)a + n * 16));
+        for (int r = 0; r < TOC_BW_REPS; r++) {
+            if (ranges)
+                read_kernel_ranges<<<sms, 512, 0, toc_stream()>>>((const uint4 *)a, n / 32, (unsigned *)((char *)a + n * 16));
+            else
+                read_kernel<<<sms * 4, 512, 0, toc_stream()>>>((const uint4 *)a, n, (unsigned *)((char *)a + n * 16));
+        }
         cudaEventRecord(e1, toc_stream());
         cudaEventSynchronize(e1);
         float ms = 0;
         cudaEventElapsedTime(&ms, e0, e1);
         /* the ranges kernel reads whole 512-byte units; the first run of each kernel is a warm-up */
-        const double gb = (double)(ranges ? n / 32 * 512 : n * 16) / 1e9;
+        const double gb = (double)TOC_BW_REPS * (double)(ranges ? n / 32 * 512 : n * 16) / 1e9;
         if (it != 0 && it != iters + 1 && ms > 0 && gb / (ms * 1e-3) > best) best = gb / (ms * 1e-3);
     }
     cudaError_t e = cudaGetLastError();
