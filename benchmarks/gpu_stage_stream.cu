@@ -103,6 +103,22 @@ __device__ __forceinline__ uint4 ldnc(const void *p) {
     return v;
 }
 
+// stage s's input is ready once every block has arrived s times (one thread polls, then the
+// block syncs); a block arrives after its stage's outputs are written
+__device__ __forceinline__ void grid_wait(const Params &P, int s) {
+    if (s == 0) return;
+    if (threadIdx.x == 0) {
+        while (ld_relaxed(P.bar) < (unsigned long long)s * gridDim.x) {
+        }
+        (void)ld_acquire(P.bar);
+    }
+    __syncthreads();
+}
+__device__ __forceinline__ void grid_arrive(const Params &P) {
+    __syncthreads();
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+}
+
 // the stage's input (fp32, written by every block) into shared memory as bf16: all of a thread's
 // loads issued before its first store (one L2 round trip, not one per element)
 __device__ __forceinline__ void stage_x(const float *in, uint16_t *xs, int k, int t, int nt) {
@@ -268,14 +284,7 @@ __global__ void __launch_bounds__(32 * NW, 1) direct_kernel(const Params P) {
         for (int u = 0; u < U; u++) ring[u] = g0 + u < g1 ? ldnc(wb + (size_t)(g0 + u) * 512) : make_uint4(0, 0, 0, 0);
         unsigned long long *pr = P.prof && s >= 4 && s < 8 && threadIdx.x == 0 ? P.prof + ((size_t)b * 4 + (s - 4)) * 5 : nullptr;
         if (pr) pr[0] = now_ns();
-        if (s > 0) {
-            if (threadIdx.x == 0) {
-                while (ld_relaxed(P.bar) < (unsigned long long)s * G) {
-                }
-                (void)ld_acquire(P.bar);
-            }
-            __syncthreads();
-        }
+        grid_wait(P, s);
         stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
         for (int i = threadIdx.x; i < nr; i += 32 * NW) racc[i] = 0.0f;
         if (pr) pr[1] = now_ns();
@@ -354,14 +363,7 @@ __global__ void __launch_bounds__(32 * NW, 1) mma_kernel(const Params P) {
             const uint4 *a = u0 + q < u1 ? addr(u0 + q) : nullptr;
             ring[q] = a ? ldnc(a) : make_uint4(0, 0, 0, 0);
         }
-        if (s > 0) {
-            if (threadIdx.x == 0) {
-                while (ld_relaxed(P.bar) < (unsigned long long)s * G) {
-                }
-                (void)ld_acquire(P.bar);
-            }
-            __syncthreads();
-        }
+        grid_wait(P, s);
         stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
         for (int i = threadIdx.x; i < nr; i += 32 * NW) racc[i] = 0.0f;
         __syncthreads();
@@ -396,8 +398,7 @@ __global__ void __launch_bounds__(32 * NW, 1) mma_kernel(const Params P) {
         }
         __syncthreads();
         for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
-        __syncthreads();
-        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+        grid_arrive(P);
     }
 }
 
@@ -408,7 +409,7 @@ template <int NW, int U, int RC>
 __global__ void __launch_bounds__(32 * NW, 1) dyn_kernel(const Params P) {
     extern __shared__ __align__(1024) unsigned char sm[];
     uint16_t *xs = (uint16_t *)sm;
-    const int G = gridDim.x, lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;
     for (int s = 0; s < P.nst; s++) {
         const Stage S = P.st[s];
         const int k = S.k, KU = k / 256, nch = (S.n + RC - 1) / RC;
@@ -437,14 +438,7 @@ __global__ void __launch_bounds__(32 * NW, 1) dyn_kernel(const Params P) {
         int cc = lc, cu = 0; // consumer: chunk, unit
 #pragma unroll
         for (int q = 0; q < U; q++) ring[q] = next_load();
-        if (s > 0) {
-            if (threadIdx.x == 0) {
-                while (ld_relaxed(P.bar) < (unsigned long long)s * G) {
-                }
-                (void)ld_acquire(P.bar);
-            }
-            __syncthreads();
-        }
+        grid_wait(P, s);
         stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
         __syncthreads();
         // the consumer's chunk sequence is the loader's, U units behind: keep the chunks claimed
@@ -477,8 +471,7 @@ __global__ void __launch_bounds__(32 * NW, 1) dyn_kernel(const Params P) {
                 }
             }
         }
-        __syncthreads();
-        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+        grid_arrive(P);
     }
 }
 
