@@ -600,7 +600,7 @@ int main(int argc, char **argv) {
     // dyn_kernel<16, 8, RC = gate>
     struct Var { int ncw, slot, nslot, gate; };
     std::vector<Var> vars = {
-        {0, 0, 0, 8},       {0, 0, 0, 6},       {16, 32768, 5, 0},  {16, 32768, 5, 2}, {16, 32768, 5, 1000},
+        {0, 0, 0, 8},       {0, 0, 0, 6},       {0, 0, 0, 12},      {0, 0, 0, 16},      {16, 32768, 5, 0},  {16, 32768, 5, 2}, {16, 32768, 5, 1000},
         {16, 65536, 3, 1},  {16, 65536, 3, 1000}, {8, 65536, 3, 1000}, {-1, 0, 0, 8},   {-2, 0, 0, 6},
         {-3, 0, 0, 1},      {0, 0, 0, 8},
     };
@@ -622,7 +622,10 @@ int main(int argc, char **argv) {
         void (*kern)(const Params) = v.ncw == 4 ? chain_kernel<4> : v.ncw == 8 ? chain_kernel<8> : chain_kernel<16>;
         int nthreads = 32 * (v.ncw + 1);
         if (v.ncw == 0) {
-            kern = v.gate == 6 ? direct_kernel<16, 6> : v.gate == 12 ? direct_kernel<16, 12> : direct_kernel<16, 8>;
+            kern = v.gate == 6    ? direct_kernel<16, 6>
+                   : v.gate == 12 ? direct_kernel<16, 12>
+                   : v.gate == 16 ? direct_kernel<16, 16>
+                                  : direct_kernel<16, 8>;
             nthreads = 512;
         } else if (v.ncw == -1) {
             kern = mma_kernel<16, 8, false>;
