@@ -526,8 +526,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
  * wgmma reads. With FW_WS (the default) that thread is in a producer warpgroup of its own, which
  * refills a stage once every consumer thread has arrived on the stage's "empty" mbarrier, so the
  * consumer warpgroups never meet at a block barrier (H200, q [8192, 32, 128], GQA 4, causal:
- * 2.11-2.12 ms against 2.20 with the block barrier per tile). Rounding as the kernel above: P rounded to bf16, the row sums of the rounded
- * values. */
+ * 2.11-2.12 ms against 2.20 with the block barrier per tile). Rounding as the kernel above: P
+ * rounded to bf16, the row sums of the rounded values. */
 #ifndef FW_NWG
 #define FW_NWG 2
 #endif
@@ -715,9 +715,9 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
         fw_commit();
     };
     /* tile t: without FW_WS, after a block barrier the copies of tile t + FW_ST - 2 are issued
-     * into the stage of tile t - 2 (its P V finished before the barrier); once tile t + 1 has landed its S is
-     * issued; the softmax of tile t runs while it and the P V of tile t - 1 are on the tensor
-     * cores, and the P V of tile t runs into the next step. The tiles are counted up to an even
+     * into the stage of tile t - 2 (its P V finished before the barrier). Once tile t + 1 has
+     * landed its S is issued; the softmax of tile t runs while it and the P V of tile t - 1 are on
+     * the tensor cores, and the P V of tile t runs into the next step. The tiles are counted up to an even
      * number (nt2) and the steps have no branches around a wgmma, so that ptxas keeps them
      * asynchronous: a tile past the keys is fully masked and adds nothing, and the S issued after
      * the last tile (over a stage no copy is writing) is never read. */

@@ -408,9 +408,7 @@ TOC_EXPORT int toc_bench_copy_bandwidth(int64_t bytes, int iters, double *gbps) 
 }
 
 /* Grid-stride read with 8 independent 16-byte loads in flight per thread (4 blocks of 512 threads
- * per multiprocessor). On an H200 this reads ~4.5-4.6 TB/s; the same loop with one load in flight
- * read ~3.9-4.2 and the decode-pattern kernel below ~4.3-4.4, so the probe took the lower ceiling
- * until the fourteenth session (benchmarks/GPU_NOTES.md). */
+ * per multiprocessor): ~4.6 TB/s on an H200, where one load in flight per thread read ~3.9-4.2. */
 __global__ void read_kernel(const uint4 *a, int64_t n, unsigned *sink) {
     unsigned acc = 0;
     const int64_t T = (int64_t)gridDim.x * blockDim.x;
