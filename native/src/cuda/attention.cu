@@ -338,17 +338,36 @@ __device__ __forceinline__ float fa_quad_sum(float x) {
     x += __shfl_xor_sync(0xffffffffu, x, 1);
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
-/* P of an 8-key block (scores in log2 units of rows gid: c0, c1 and gid + 8: c2, c3, less the row
- * maxima b0 / b1), rounded to bf16 as the op-by-op path does, packed into the A-fragment halves
- * lo / hi; the rounded values are added to the row sums */
+/* 2^x on the special-function unit (0 for -inf; results below 2^-126 flush to 0) */
+__device__ __forceinline__ float fa_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+/* lo, hi rounded to bf16 (to nearest even, as f2bf for every finite value) in one instruction,
+ * lo in the low half */
+__device__ __forceinline__ uint32_t fa_bf2(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+/* the two halves of fa_bf2's result, as floats */
+__device__ __forceinline__ float fa_lo(uint32_t p) { return __uint_as_float(p << 16); }
+__device__ __forceinline__ float fa_hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
+/* P of an 8-key block from four exponents (log2 units; rows gid: e0, e1 and gid + 8: e2, e3),
+ * rounded to bf16 as the op-by-op path does, packed into the A-fragment halves lo / hi; the
+ * rounded values are added to the row sums */
+__device__ __forceinline__ void fa_p8e(float e0, float e1, float e2, float e3, float &sum0, float &sum1,
+                                       uint32_t &lo, uint32_t &hi) {
+    lo = fa_bf2(fa_ex2(e0), fa_ex2(e1));
+    hi = fa_bf2(fa_ex2(e2), fa_ex2(e3));
+    sum0 += fa_lo(lo) + fa_hi(lo);
+    sum1 += fa_lo(hi) + fa_hi(hi);
+}
+/* the same from scores in log2 units (c0 .. c3) less the row maxima b0 / b1 */
 __device__ __forceinline__ void fa_p8(float c0, float c1, float c2, float c3, float b0, float b1, float &sum0,
                                       float &sum1, uint32_t &lo, uint32_t &hi) {
-    const float p0 = rbf(exp2f(c0 - b0)), p1 = rbf(exp2f(c1 - b0));
-    const float p2 = rbf(exp2f(c2 - b1)), p3 = rbf(exp2f(c3 - b1));
-    sum0 += p0 + p1;
-    sum1 += p2 + p3;
-    lo = fa_pack(p0, p1);
-    hi = fa_pack(p2, p3);
+    fa_p8e(c0 - b0, c1 - b0, c2 - b1, c3 - b1, sum0, sum1, lo, hi);
 }
 __device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool valid) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
@@ -356,16 +375,19 @@ __device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool valid) 
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(n) : "memory");
 }
 
-/* A prefill block's work: query head hq (kv head h), queries i0 .. i0 + BQ - 1 of its tile (the
- * heaviest, last tiles first) and the key tiles of BK keys those queries see */
+/* A prefill block's work: query head hq = blockIdx.x (kv head h), queries i0 .. i0 + BQ - 1 of
+ * its tile and the key tiles of BK keys those queries see. Blocks start in the order of their
+ * linear index, x fastest: every head's heaviest (last) tile first, the lightest last, so no
+ * heavy block starts near the end (with the head as y, the last head's heavy tiles started after
+ * 31 / 32 of the work of 32 heads and ran on alone). */
 struct FaTile {
     int64_t hq, h, i0;
     int ntiles;
 };
 __device__ __forceinline__ FaTile fa_tile(const AttnArgs &a, int BQ, int BK) {
     FaTile f;
-    const int64_t qt = gridDim.x - 1 - blockIdx.x;
-    f.hq = blockIdx.y;
+    const int64_t qt = gridDim.y - 1 - blockIdx.y;
+    f.hq = blockIdx.x;
     f.h = f.hq / (a.nh / a.nkv);
     f.i0 = qt * BQ;
     const int64_t last_q = min(a.tq - 1, f.i0 + BQ - 1);
@@ -539,6 +561,12 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
 #define FW_WS 1
 #endif
 #define FW_THREADS (128 * (FW_NWG + FW_WS))
+#ifndef FW_LAZY
+#define FW_LAZY 1 /* O is rescaled only where a row maximum of the warp changed */
+#endif
+#ifndef FW_PLAIN
+#define FW_PLAIN 1 /* unmasked tiles take the short softmax (see step below); 0: every tile masks */
+#endif
 #ifndef FW_ST
 #define FW_ST 4 /* key/value tiles in the shared-memory ring (at least 4: tiles t - 1 .. t + 1 in use) */
 #endif
@@ -742,11 +770,26 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
             const float v = sc[i] * sl2;
             return need_mask && j >= ((i & 2) ? lim1 : lim0) ? -INFINITY : v;
         };
+        /* tiles off the diagonal and inside the keys (all but one or two per block): no masks,
+         * the row maxima of the raw scores scaled once (the same value: rounding a product by a
+         * positive constant keeps the order), each exponent one FFMA */
+        const bool plain = FW_PLAIN && !need_mask && sl2 > 0.0f;
         float mx0 = m0, mx1 = m1;
+        if (plain) {
+            float r0 = sc[0], r1 = sc[2];
 #pragma unroll
-        for (int nb = 0; nb < NB; nb++) {
-            mx0 = fmaxf(mx0, fmaxf(score(4 * nb), score(4 * nb + 1)));
-            mx1 = fmaxf(mx1, fmaxf(score(4 * nb + 2), score(4 * nb + 3)));
+            for (int nb = 0; nb < NB; nb++) {
+                r0 = fmaxf(r0, fmaxf(sc[4 * nb], sc[4 * nb + 1]));
+                r1 = fmaxf(r1, fmaxf(sc[4 * nb + 2], sc[4 * nb + 3]));
+            }
+            mx0 = fmaxf(mx0, r0 * sl2);
+            mx1 = fmaxf(mx1, r1 * sl2);
+        } else {
+#pragma unroll
+            for (int nb = 0; nb < NB; nb++) {
+                mx0 = fmaxf(mx0, fmaxf(score(4 * nb), score(4 * nb + 1)));
+                mx1 = fmaxf(mx1, fmaxf(score(4 * nb + 2), score(4 * nb + 3)));
+            }
         }
         mx0 = fa_quad_max(mx0);
         mx1 = fa_quad_max(mx1);
@@ -755,24 +798,36 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
         m0 = mx0;
         m1 = mx1;
         float sum0 = 0.0f, sum1 = 0.0f;
+        if (plain) {
 #pragma unroll
-        for (int nb = 0; nb < NB; nb++)
-            fa_p8(score(4 * nb), score(4 * nb + 1), score(4 * nb + 2), score(4 * nb + 3), b0, b1, sum0, sum1,
-                  pf[nb >> 1][(nb & 1) * 2], pf[nb >> 1][(nb & 1) * 2 + 1]);
+            for (int nb = 0; nb < NB; nb++)
+                fa_p8e(fmaf(sc[4 * nb], sl2, -b0), fmaf(sc[4 * nb + 1], sl2, -b0), fmaf(sc[4 * nb + 2], sl2, -b1),
+                       fmaf(sc[4 * nb + 3], sl2, -b1), sum0, sum1, pf[nb >> 1][(nb & 1) * 2],
+                       pf[nb >> 1][(nb & 1) * 2 + 1]);
+        } else {
+#pragma unroll
+            for (int nb = 0; nb < NB; nb++)
+                fa_p8(score(4 * nb), score(4 * nb + 1), score(4 * nb + 2), score(4 * nb + 3), b0, b1, sum0, sum1,
+                      pf[nb >> 1][(nb & 1) * 2], pf[nb >> 1][(nb & 1) * 2 + 1]);
+        }
         sum0 = fa_quad_sum(sum0);
         sum1 = fa_quad_sum(sum1);
         l0 = l0 * al0 + sum0;
         l1 = l1 * al1 + sum1;
-        fw_wait0(); /* S of tile t + 1 and P V of tile t - 1 ran during the softmax */
+        fw_wait0(); /* S of tile t + 1 and P V of tile t - 1 ran during the softmax (waiting for the
+                     * P V alone, wait_group 1, made ptxas serialize every wgmma) */
 #if FW_WS
         if (t >= 1) fw_bar_arrive(ebars + 8u * ((t - 1) % FW_ST)); /* this thread is done with tile t - 1 */
 #endif
+        /* a factor of exactly 1 (no row maximum of the warp moved) changes nothing */
+        if (!FW_LAZY || __any_sync(0xffffffffu, al0 != 1.0f || al1 != 1.0f)) {
 #pragma unroll
-        for (int j = 0; j < HD / 8; j++) {
-            o[4 * j] *= al0;
-            o[4 * j + 1] *= al0;
-            o[4 * j + 2] *= al1;
-            o[4 * j + 3] *= al1;
+            for (int j = 0; j < HD / 8; j++) {
+                o[4 * j] *= al0;
+                o[4 * j + 1] *= al0;
+                o[4 * j + 2] *= al1;
+                o[4 * j + 3] *= al1;
+            }
         }
         /* O += P V: 16 keys (2 KB of each region) per step; regions FW_BK * 128 bytes apart */
         const uint32_t Vs = KVs + (uint32_t)(2 * (t % FW_ST) + 1) * (uint32_t)L::kv;
@@ -884,7 +939,9 @@ static int launch_flash_wgmma(AttnArgs &a, bool *done) {
                  "cudaFuncSetAttribute");
         configured[dev & 15] = 1;
     }
-    dim3 grid((unsigned)toc_cdiv(a.tq, 64 * FW_NWG), (unsigned)a.nh);
+    TOC_CHECK(toc_cdiv(a.tq, 64 * FW_NWG) <= 65535, TO_ERR_UNSUPPORTED,
+              "flash attention: %lld queries in one call (at most %d)", (long long)a.tq, 65535 * 64 * FW_NWG);
+    dim3 grid((unsigned)a.nh, (unsigned)toc_cdiv(a.tq, 64 * FW_NWG));
     flash_wgmma_kernel<HD><<<grid, FW_THREADS, smem, toc_stream()>>>(a, qm, km, vm);
     TOC_LAUNCHED("flash_wgmma_kernel");
     return TO_OK;
@@ -903,7 +960,9 @@ static int launch_flash(AttnArgs &a) {
                  "cudaFuncSetAttribute");
         configured[dev & 15] = 1;
     }
-    dim3 grid((unsigned)toc_cdiv(a.tq, FA_BQ), (unsigned)a.nh);
+    TOC_CHECK(toc_cdiv(a.tq, FA_BQ) <= 65535, TO_ERR_UNSUPPORTED,
+              "flash attention: %lld queries in one call (at most %d)", (long long)a.tq, 65535 * FA_BQ);
+    dim3 grid((unsigned)a.nh, (unsigned)toc_cdiv(a.tq, FA_BQ));
     flash_prefill_kernel<HD><<<grid, FA_THREADS, smem, toc_stream()>>>(a);
     TOC_LAUNCHED("flash_prefill_kernel");
     return TO_OK;

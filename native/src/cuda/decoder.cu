@@ -776,10 +776,12 @@ __device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t
         r4[2 * lane + 1] = make_float4(v[4], v[5], v[6], v[7]);
     }
     __syncwarp();
-    const bool rope = 4 * lane < half;
-    float4 o1, o2;
-    if (rope) {
+    /* lane l < hd / 8 rotates float4s l and hd / 8 + l in place: no other lane reads them, so no
+     * barrier between the reads and the writes (the rotated values held across a __syncwarp were
+     * spilled, and the spill reload went to L2 after the barrier's L1 invalidation) */
+    if (4 * lane < half) {
         const float4 x1 = r4[lane], x2 = r4[half / 4 + lane];
+        float4 o1, o2;
         const float c[4] = {bf2f(hp.cs.x & 0xffff), bf2f(hp.cs.x >> 16), bf2f(hp.cs.y & 0xffff), bf2f(hp.cs.y >> 16)};
         const float sn[4] = {bf2f(hp.sn.x & 0xffff), bf2f(hp.sn.x >> 16), bf2f(hp.sn.y & 0xffff), bf2f(hp.sn.y >> 16)};
         rope_pair_dev(x1.x, x2.x, c[0], sn[0], true, o1.x, o2.x);
@@ -788,9 +790,6 @@ __device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t
         rope_pair_dev(x1.w, x2.w, c[3], sn[3], true, o1.w, o2.w);
         o1 = make_float4(rbf(o1.x), rbf(o1.y), rbf(o1.z), rbf(o1.w));
         o2 = make_float4(rbf(o2.x), rbf(o2.y), rbf(o2.z), rbf(o2.w));
-    }
-    __syncwarp();
-    if (rope) {
         r4[lane] = o1;
         r4[half / 4 + lane] = o2;
     }
