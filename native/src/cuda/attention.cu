@@ -762,13 +762,17 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
         const bool need_mask = k0 + FW_BK > a.kv_len || (a.causal && k0 + FW_BK - 1 > a.q_pos + i0 + 64 * wg + 16 * warp);
         const int64_t lim0 = a.causal ? min(a.kv_len, a.q_pos + qi0 + 1) : a.kv_len;
         const int64_t lim1 = a.causal ? min(a.kv_len, a.q_pos + qi1 + 1) : a.kv_len;
-        /* the scaled, masked score of accumulator entry i (sc is only read: registers that a
-         * wgmma wrote are not redefined while others are in flight) */
+        /* the keys of this lane's entries that rows gid / gid + 8 see, counted from its first
+         * entry's key (entry i: 8 (i >> 2) + (i & 1) on); int: keys stay below 2^31 here */
+        const int64_t jb = k0 + 2 * tig;
+        const int see0 = (int)max((int64_t)-1, min(lim0 - jb, (int64_t)FW_BK));
+        const int see1 = (int)max((int64_t)-1, min(lim1 - jb, (int64_t)FW_BK));
+        /* the scaled, masked score of accumulator entry i, computed where it is used (sc is only
+         * read: registers that a wgmma wrote are not redefined while others are in flight; a copy
+         * of the tile's scores would not fit the 168 registers) */
         auto score = [&](int i) {
-            const int nb = i >> 2, e = i & 1;
-            const int64_t j = k0 + nb * 8 + 2 * tig + e;
-            const float v = sc[i] * sl2;
-            return need_mask && j >= ((i & 2) ? lim1 : lim0) ? -INFINITY : v;
+            const int j = 8 * (i >> 2) + (i & 1);
+            return need_mask && j >= ((i & 2) ? see1 : see0) ? -INFINITY : sc[i] * sl2;
         };
         /* tiles off the diagonal and inside the keys (all but one or two per block): no masks,
          * the row maxima of the raw scores scaled once (the same value: rounding a product by a
