@@ -296,7 +296,8 @@ static int launch_split(AttnArgs &a) {
  * O += P V run on m16n8k16 bf16 tensor-core MMAs; the score fragments become the A operand of the
  * P V product in registers. Online softmax in fp32; the probabilities are rounded to bf16 for the
  * P V product (and summed as rounded), as in the op-by-op path. Causal: tiles past the block's last
- * query are skipped, the diagonal ones masked. Query tiles run heaviest first. */
+ * query are skipped, the diagonal ones masked. Every head's heaviest query tile runs first
+ * (fa_tile). */
 #define FA_BQ 64
 #define FA_BK 64
 #define FA_THREADS 128
@@ -548,8 +549,9 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
  * wgmma reads. With FW_WS (the default) that thread is in a producer warpgroup of its own, which
  * refills a stage once every consumer thread has arrived on the stage's "empty" mbarrier, so the
  * consumer warpgroups never meet at a block barrier (H200, q [8192, 32, 128], GQA 4, causal:
- * 2.11-2.12 ms against 2.20 with the block barrier per tile). Rounding as the kernel above: P
- * rounded to bf16, the row sums of the rounded values. */
+ * 2.11-2.12 ms against 2.20 with the block barrier per tile; 1.15 ms since the block order, the
+ * short softmax of unmasked tiles and the lazy rescale, benchmarks/GPU_NOTES.md). Rounding as the
+ * kernel above: P rounded to bf16, the row sums of the rounded values. */
 #ifndef FW_NWG
 #define FW_NWG 2
 #endif
