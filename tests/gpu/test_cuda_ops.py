@@ -570,6 +570,8 @@ def test_flash_prefill(hd: int, tq: int, past: int, causal: bool) -> None:
         (128, 300, 77, True, 4, 4),
         (64, 129, 0, True, 6, 2),
         (128, 65, 0, False, 4, 1),
+        (128, 201, 45, True, 8, 4),
+        (64, 97, 0, True, 12, 2),
         (64, 190, 33, False, 2, 2),
     ],
 )
@@ -578,7 +580,8 @@ def test_flash_prefill_kernels_agree(
 ) -> None:
     """Hopper's wgmma prefill kernel (the default on compute capability 9.0 where the library was
     built for 90a) and the mma.sync one (INFERENCE_PIO_CUDA_FLASH_WGMMA=0) against float64
-    attention and each other: partial 128-query and 64-key tiles, causal offsets, GQA."""
+    attention and each other: partial 128-query and 64-key tiles, causal offsets, GQA with an odd
+    and an even number of query heads per kv head (blocks of one head or of a pair)."""
     q, k, v, kc, vc = _prefill_case(tq, past, nh, nkv, hd, seed=tq * 3 + hd + nh, spare=5)
     kv = past + tq
     outs = {}
