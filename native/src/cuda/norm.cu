@@ -680,6 +680,67 @@ __global__ void qk_norm_rope_kernel(QkArgs a) {
     rope_row(base, a.cos, a.sin, t, a.rot, a.mode, a.xd, a.td);
 }
 
+/* The common case in one pass: bf16 rows, norm weights and tables, both norms, a NeoX rotation of
+ * the whole head, head_dim a multiple of 16 up to 256 (one 16-byte chunk per lane, as the
+ * vectorised norm takes them, so its sum of squares in the same order). A warp per head row as
+ * above, but the normalised row stays in registers (the halves trade chunks by shuffles), every
+ * load (row, weights, cos, sin) is issued before the first use, and the bf16 roundings are single
+ * conversions (cvt.rn: the bits of f2bf for every value but NaN payloads). The arithmetic is
+ * rms_row_vec's then rope_row's. */
+__device__ __forceinline__ float rbf_cvt(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+__device__ __forceinline__ uint32_t bf2_cvt(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+__device__ __forceinline__ uint4 pack_bf8_cvt(const float *f) {
+    return make_uint4(bf2_cvt(f[0], f[1]), bf2_cvt(f[2], f[3]), bf2_cvt(f[4], f[5]), bf2_cvt(f[6], f[7]));
+}
+__global__ void __launch_bounds__(256) qk_norm_rope_bf16_kernel(QkArgs a) {
+    const int64_t row = blockIdx.x * 8LL + (threadIdx.x >> 5);
+    const int64_t nq = a.T * a.nh;
+    if (row >= nq + a.T * a.nkv) return; /* the whole warp: row is the warp's */
+    const bool isq = row < nq;
+    const int64_t r = isq ? row : row - nq, heads = isq ? a.nh : a.nkv, t = r / heads, h = r - t * heads;
+    uint4 *base = (uint4 *)((uint16_t *)(isq ? a.q : a.k) + t * (isq ? a.q_st : a.k_st) + h * a.hd);
+    const uint4 *w = (const uint4 *)(isq ? a.qw : a.kw);
+    const int lane = threadIdx.x & 31, nv = (int)(a.hd / 8), h2 = nv / 2;
+    const bool live = lane < nv, first = lane < h2;
+    const int ti = first ? lane : lane - h2; /* the pair's table chunk */
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    const uint4 xv = live ? base[lane] : z;
+    const uint4 wv = live ? __ldg(w + lane) : z;
+    const uint4 cv = live ? __ldg((const uint4 *)((const uint16_t *)a.cos + t * a.rot) + ti) : z;
+    const uint4 sv = live ? __ldg((const uint4 *)((const uint16_t *)a.sin + t * a.rot) + ti) : z;
+    float f[8], g[8];
+    bf8(xv, f);
+    float ss = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; e++) ss += f[e] * f[e];
+    ss = warp_sum(ss);
+    const float rr = 1.0f / sqrtf(ss / (float)a.hd + a.eps);
+    bf8(wv, g);
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+        f[e] = a.variant == TO_RMS_ZERO_CENTERED ? f[e] * rr * (1.0f + g[e]) : g[e] * rbf_cvt(f[e] * rr);
+    const uint4 nrm = pack_bf8_cvt(f); /* the normalised chunk as the norm would store it */
+    const int src = (first ? lane + h2 : lane - h2) & 31;
+    const uint4 pv = make_uint4(__shfl_sync(0xffffffffu, nrm.x, src), __shfl_sync(0xffffffffu, nrm.y, src),
+                                __shfl_sync(0xffffffffu, nrm.z, src), __shfl_sync(0xffffffffu, nrm.w, src));
+    float own[8], par[8], c[8], sn[8], o[8];
+    bf8(nrm, own);
+    bf8(pv, par);
+    bf8(cv, c);
+    bf8(sv, sn);
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        const float x1 = first ? own[e] : par[e], x2 = first ? par[e] : own[e];
+        const float p1 = rbf_cvt(__fmul_rn(x1, c[e])), p2 = rbf_cvt(__fmul_rn(x2, sn[e]));
+        const float p3 = rbf_cvt(__fmul_rn(x2, c[e])), p4 = rbf_cvt(__fmul_rn(x1, sn[e]));
+        o[e] = first ? __fsub_rn(p1, p2) : __fadd_rn(p3, p4); /* rope_pair's o1 / o2 */
+    }
+    if (live) base[lane] = pack_bf8_cvt(o);
+}
+
 /* Whether toc_rms_norm would take the vectorised kernel for these heads (as qk_norm_rope calls it). */
 static bool qk_vec(const void *x, const void *w, int64_t hd, int64_t st, int xd, int wd, int variant) {
     RmsArgs a = {x, w, nullptr, (void *)x, 1, 1, hd, st, hd, 0, 0, st, hd, 0.0f, variant, xd, wd, xd, nullptr};
@@ -711,7 +772,12 @@ TOC_EXPORT int toc_qk_norm_rope(void *q, void *k, const void *q_w, const void *k
         const QkArgs a = {(char *)q, (char *)k, q_w, k_w, cos, sin, T, nh, nkv, hd, rot_dim, q_st, k_st, eps,
                           variant, mode, x_dtype, w_dtype, table_dtype};
         const unsigned blocks = (unsigned)toc_cdiv(T * (nh + nkv), 8);
-        if (qv || kv) {
+        const bool one_pass = qv && kv && x_dtype == TO_BF16 && table_dtype == TO_BF16 && mode == TO_ROPE_NEOX &&
+                              rot_dim == hd && hd % 16 == 0 && hd <= 256 && ((uintptr_t)cos & 15) == 0 &&
+                              ((uintptr_t)sin & 15) == 0;
+        if (one_pass) {
+            qk_norm_rope_bf16_kernel<<<blocks, 256, 0, toc_stream()>>>(a);
+        } else if (qv || kv) {
             switch (rms_bf16_chunks(hd)) {
             case 1: qk_norm_rope_kernel<1><<<blocks, 256, 0, toc_stream()>>>(a); break;
             case 2: qk_norm_rope_kernel<2><<<blocks, 256, 0, toc_stream()>>>(a); break;
