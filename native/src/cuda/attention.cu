@@ -345,14 +345,7 @@ __device__ __forceinline__ float fa_ex2(float x) {
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
-/* lo, hi rounded to bf16 (to nearest even, as f2bf for every finite value) in one instruction,
- * lo in the low half */
-__device__ __forceinline__ uint32_t fa_bf2(float lo, float hi) {
-    uint32_t r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-/* the two halves of fa_bf2's result, as floats */
+/* the two halves of a bf2_rn result, as floats */
 __device__ __forceinline__ float fa_lo(uint32_t p) { return __uint_as_float(p << 16); }
 __device__ __forceinline__ float fa_hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
 /* P of an 8-key block from four exponents (log2 units; rows gid: e0, e1 and gid + 8: e2, e3),
@@ -360,8 +353,8 @@ __device__ __forceinline__ float fa_hi(uint32_t p) { return __uint_as_float(p & 
  * rounded values are added to the row sums */
 __device__ __forceinline__ void fa_p8e(float e0, float e1, float e2, float e3, float &sum0, float &sum1,
                                        uint32_t &lo, uint32_t &hi) {
-    lo = fa_bf2(fa_ex2(e0), fa_ex2(e1));
-    hi = fa_bf2(fa_ex2(e2), fa_ex2(e3));
+    lo = bf2_rn(fa_ex2(e0), fa_ex2(e1));
+    hi = bf2_rn(fa_ex2(e2), fa_ex2(e3));
     sum0 += fa_lo(lo) + fa_hi(lo);
     sum1 += fa_lo(hi) + fa_hi(hi);
 }

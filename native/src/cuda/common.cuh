@@ -161,6 +161,19 @@ __device__ __forceinline__ uint4 pack_bf8(const float *f) {
     return make_uint4(u[0], u[1], u[2], u[3]);
 }
 
+/* The same roundings in conversion instructions (cvt.rn: f2bf's bits for every value but NaN
+ * payloads, which come out canonical), for kernels whose bf16 roundings are on the critical path:
+ * two values in one cvt.rn.bf16x2 (lo in the low half), one value there and back, eight packed. */
+__device__ __forceinline__ uint32_t bf2_rn(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ float rbf_rn(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+__device__ __forceinline__ uint4 pack_bf8_rn(const float *f) {
+    return make_uint4(bf2_rn(f[0], f[1]), bf2_rn(f[2], f[3]), bf2_rn(f[4], f[5]), bf2_rn(f[6], f[7]));
+}
+
 /* Packed greedy-argmax key: order-preserving value bits above ~index (ties -> lowest index), for
  * a 64-bit atomicMax; 0 means "nothing yet". */
 __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t idx) {

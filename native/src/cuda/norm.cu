@@ -684,17 +684,9 @@ __global__ void qk_norm_rope_kernel(QkArgs a) {
  * the whole head, head_dim a multiple of 16 up to 256 (one 16-byte chunk per lane, as the
  * vectorised norm takes them, so its sum of squares in the same order). A warp per head row as
  * above, but the normalised row stays in registers (the halves trade chunks by shuffles), every
- * load (row, weights, cos, sin) is issued before the first use, and the bf16 roundings are single
- * conversions (cvt.rn: the bits of f2bf for every value but NaN payloads). The arithmetic is
- * rms_row_vec's then rope_row's. */
-__device__ __forceinline__ float rbf_cvt(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
-__device__ __forceinline__ uint32_t bf2_cvt(float lo, float hi) {
-    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
-           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
-}
-__device__ __forceinline__ uint4 pack_bf8_cvt(const float *f) {
-    return make_uint4(bf2_cvt(f[0], f[1]), bf2_cvt(f[2], f[3]), bf2_cvt(f[4], f[5]), bf2_cvt(f[6], f[7]));
-}
+ * load (row, weights, cos, sin) is issued before the first use, and the bf16 roundings are
+ * conversion instructions (rbf_rn, pack_bf8_rn). The arithmetic is rms_row_vec's then
+ * rope_row's. */
 __global__ void __launch_bounds__(256) qk_norm_rope_bf16_kernel(QkArgs a) {
     const int64_t row = blockIdx.x * 8LL + (threadIdx.x >> 5);
     const int64_t nq = a.T * a.nh;
@@ -721,8 +713,8 @@ __global__ void __launch_bounds__(256) qk_norm_rope_bf16_kernel(QkArgs a) {
     bf8(wv, g);
 #pragma unroll
     for (int e = 0; e < 8; e++)
-        f[e] = a.variant == TO_RMS_ZERO_CENTERED ? f[e] * rr * (1.0f + g[e]) : g[e] * rbf_cvt(f[e] * rr);
-    const uint4 nrm = pack_bf8_cvt(f); /* the normalised chunk as the norm would store it */
+        f[e] = a.variant == TO_RMS_ZERO_CENTERED ? f[e] * rr * (1.0f + g[e]) : g[e] * rbf_rn(f[e] * rr);
+    const uint4 nrm = pack_bf8_rn(f); /* the normalised chunk as the norm would store it */
     const int src = (first ? lane + h2 : lane - h2) & 31;
     const uint4 pv = make_uint4(__shfl_sync(0xffffffffu, nrm.x, src), __shfl_sync(0xffffffffu, nrm.y, src),
                                 __shfl_sync(0xffffffffu, nrm.z, src), __shfl_sync(0xffffffffu, nrm.w, src));
@@ -734,11 +726,11 @@ __global__ void __launch_bounds__(256) qk_norm_rope_bf16_kernel(QkArgs a) {
 #pragma unroll
     for (int e = 0; e < 8; e++) {
         const float x1 = first ? own[e] : par[e], x2 = first ? par[e] : own[e];
-        const float p1 = rbf_cvt(__fmul_rn(x1, c[e])), p2 = rbf_cvt(__fmul_rn(x2, sn[e]));
-        const float p3 = rbf_cvt(__fmul_rn(x2, c[e])), p4 = rbf_cvt(__fmul_rn(x1, sn[e]));
+        const float p1 = rbf_rn(__fmul_rn(x1, c[e])), p2 = rbf_rn(__fmul_rn(x2, sn[e]));
+        const float p3 = rbf_rn(__fmul_rn(x2, c[e])), p4 = rbf_rn(__fmul_rn(x1, sn[e]));
         o[e] = first ? __fsub_rn(p1, p2) : __fadd_rn(p3, p4); /* rope_pair's o1 / o2 */
     }
-    if (live) base[lane] = pack_bf8_cvt(o);
+    if (live) base[lane] = pack_bf8_rn(o);
 }
 
 /* Whether toc_rms_norm would take the vectorised kernel for these heads (as qk_norm_rope calls it). */
