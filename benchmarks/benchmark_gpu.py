@@ -17,14 +17,19 @@ every weight matrix read once (embedding row excluded, LM head included) + the K
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import ctypes
 import json
 import math
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from inference_pio import cuda
+from inference_pio.backend import Backend
 from inference_pio.dtypes import DType
 from inference_pio.nn import dense
 from inference_pio.nn.cuda_graph import CudaGraphDecoder, _runner, cuda_stream_generate
@@ -56,6 +61,57 @@ def build_ours(cfg_dict: dict[str, Any]) -> Any:
         )
         weights[name] = t
     return dense.build(weights, cfg, DEV), cfg
+
+
+@contextlib.contextmanager
+def recorded_calls() -> Iterator[list[tuple[Backend, str, tuple[Any, ...]]]]:
+    """Every backend call made inside the block (backend, op, arguments), run as usual."""
+    calls: list[tuple[Backend, str, tuple[Any, ...]]] = []
+    original = Backend.call
+
+    def spy(self: Backend, op: str, *args: Any) -> None:
+        calls.append((self, op, args))
+        original(self, op, *args)
+
+    Backend.call = spy  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        Backend.call = original  # type: ignore[method-assign]
+
+
+def op_gpu_times(calls: list[tuple[Backend, str, tuple[Any, ...]]]) -> list[tuple[str, int, float]]:
+    """GPU seconds of recorded calls summed per op, most first: (op, calls, seconds). Each call
+    is captured ten times in a CUDA graph and replayed (a call that cannot be captured is timed
+    alone, five times); repeats of a call partly find its operands in L2."""
+    lib = cuda.lib()
+    total: dict[str, float] = collections.defaultdict(float)
+    count: collections.Counter[str] = collections.Counter()
+    for be, op, args in calls:
+        try:
+            cuda.check(lib.toc_graph_begin(), "toc_graph_begin")
+            for _ in range(10):
+                Backend.call(be, op, *args)
+            graph = ctypes.c_void_p()
+            cuda.check(lib.toc_graph_end(ctypes.byref(graph)), "toc_graph_end")
+            cuda.check(lib.toc_graph_launch(graph.value, 1), "toc_graph_launch")
+            cuda.synchronize(DEV)
+            t0 = time.perf_counter()
+            cuda.check(lib.toc_graph_launch(graph.value, 3), "toc_graph_launch")
+            cuda.synchronize(DEV)
+            dt = (time.perf_counter() - t0) / 30
+            lib.toc_graph_destroy(graph.value)
+        except Exception:
+            lib.toc_graph_abort()
+            cuda.synchronize(DEV)
+            t0 = time.perf_counter()
+            for _ in range(5):
+                Backend.call(be, op, *args)
+            cuda.synchronize(DEV)
+            dt = (time.perf_counter() - t0) / 5
+        total[op] += dt
+        count[op] += 1
+    return [(op, count[op], t) for op, t in sorted(total.items(), key=lambda kv: -kv[1])]
 
 
 class _NoText:

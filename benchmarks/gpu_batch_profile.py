@@ -10,8 +10,6 @@ GEMV rows read low for the smaller matrices.
 from __future__ import annotations
 
 import argparse
-import collections
-import ctypes
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import benchmark_gpu as bg  # type: ignore[import-not-found]
 
 from inference_pio import cuda
-from inference_pio.backend import Backend
 from inference_pio.nn import cuda_batch_graph
 
 DEV = "cuda:0"
@@ -53,37 +50,11 @@ def replay_ms(dec: Any, caches: list[Any], steps: int = 30) -> float:
 
 
 def per_op(dec: Any, rows: int) -> list[tuple[str, int, float]]:
-    lib = cuda.lib()
-    calls: list[tuple[Backend, str, tuple[Any, ...]]] = []
-    original = Backend.call
-
-    def spy(self: Backend, op: str, *args: Any) -> None:
-        calls.append((self, op, args))
-        original(self, op, *args)
-
-    Backend.call = spy  # type: ignore[method-assign]
-    try:
+    with bg.recorded_calls() as calls:
         dec._record(rows)
-    finally:
-        Backend.call = original  # type: ignore[method-assign]
     cuda.synchronize(DEV)
-    total: dict[str, float] = collections.defaultdict(float)
-    count: collections.Counter[str] = collections.Counter()
-    for be, op, args in calls:
-        cuda.check(lib.toc_graph_begin(), "toc_graph_begin")
-        for _ in range(10):
-            original(be, op, *args)
-        graph = ctypes.c_void_p()
-        cuda.check(lib.toc_graph_end(ctypes.byref(graph)), "toc_graph_end")
-        cuda.check(lib.toc_graph_launch(graph.value, 1), "toc_graph_launch")
-        cuda.synchronize(DEV)
-        t0 = time.perf_counter()
-        cuda.check(lib.toc_graph_launch(graph.value, 3), "toc_graph_launch")
-        cuda.synchronize(DEV)
-        total[op] += (time.perf_counter() - t0) / 30
-        count[op] += 1
-        lib.toc_graph_destroy(graph.value)
-    return [(op, count[op], t) for op, t in sorted(total.items(), key=lambda kv: -kv[1])]
+    result: list[tuple[str, int, float]] = bg.op_gpu_times(calls)
+    return result
 
 
 def main() -> int:
