@@ -46,7 +46,16 @@ struct Params {
     int maxrows;
     unsigned long long *prof; // [block][4 stages of layer 1][5 stamps] or NULL
     unsigned *ctr;            // [stage] rows handed out (dyn_kernel), zero at launch
+    const float *pre;         // direct_kernel: NULL (even split) or the prefix of row shares by rank [G + 1]
+    const int *rank_of_sm;    // [SM id] the rank of the multiprocessor in pre
+    unsigned long long *tl;   // direct_kernel: NULL or [block][stage][2] (barrier seen + staged, weights done)
+    int *smid;                // [block] the multiprocessor it ran on (when tl is set)
 };
+__device__ __forceinline__ int sm_id(void) {
+    int v;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(v));
+    return v;
+}
 
 __device__ __forceinline__ unsigned long long now_ns(void) {
     unsigned long long t;
@@ -271,10 +280,17 @@ __global__ void __launch_bounds__(32 * NW, 1) direct_kernel(const Params P) {
     uint16_t *xs = (uint16_t *)sm;
     float *racc = (float *)(xs + P.maxk);
     const int G = gridDim.x, b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int rank = P.pre ? P.rank_of_sm[sm_id()] : b;
+    if (P.tl && threadIdx.x == 0) P.smid[b] = sm_id();
     for (int s = 0; s < P.nst; s++) {
         const Stage S = P.st[s];
         int r0, r1;
-        rows_of(S.n, b, G, r0, r1);
+        if (P.pre) {
+            r0 = __float2int_rn((float)S.n * P.pre[rank]);
+            r1 = __float2int_rn((float)S.n * P.pre[rank + 1]);
+        } else {
+            rows_of(S.n, b, G, r0, r1);
+        }
         const int nr = r1 - r0, k = S.k;
         const int ng = (int)((size_t)nr * k / 256);
         const int g0 = (int)((long long)ng * warp / NW), g1 = (int)((long long)ng * (warp + 1) / NW);
@@ -288,6 +304,7 @@ __global__ void __launch_bounds__(32 * NW, 1) direct_kernel(const Params P) {
         stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
         for (int i = threadIdx.x; i < nr; i += 32 * NW) racc[i] = 0.0f;
         if (pr) pr[1] = now_ns();
+        if (P.tl && threadIdx.x == 0) P.tl[((size_t)b * P.nst + s) * 2] = now_ns();
         __syncthreads();
         if (pr) pr[2] = now_ns();
         const uint32_t eb = (uint32_t)g0 * 256u;
@@ -318,6 +335,7 @@ __global__ void __launch_bounds__(32 * NW, 1) direct_kernel(const Params P) {
         }
         if (pr) pr[3] = now_ns();
         __syncthreads();
+        if (P.tl && threadIdx.x == 0) P.tl[((size_t)b * P.nst + s) * 2 + 1] = now_ns();
         for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
         __syncthreads();
         if (pr) pr[4] = now_ns();
@@ -475,6 +493,107 @@ __global__ void __launch_bounds__(32 * NW, 1) dyn_kernel(const Params P) {
     }
 }
 
+// A static split with a dynamic tail: the first (100 - PCT)% of a stage's rows are split over the
+// blocks as in direct_kernel, the last PCT% are handed out one row at a time from the stage's
+// counter. Each warp streams its static units, then claimed rows, through one register ring; a
+// claim is issued one row ahead and its result read only when the loader reaches that row, so the
+// atomic's round trip overlaps the loads (dyn_kernel reads its claim at once and stalls on it).
+// Each ring slot carries its unit's row and column, so the products need no queue of segments.
+template <int NW, int U, int PCT>
+__global__ void __launch_bounds__(32 * NW, 1) steal_kernel(const Params P) {
+    extern __shared__ __align__(1024) unsigned char sm[];
+    uint16_t *xs = (uint16_t *)sm;
+    float *racc = (float *)(xs + P.maxk);
+    const int G = gridDim.x, b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int s = 0; s < P.nst; s++) {
+        const Stage S = P.st[s];
+        const int k = S.k, ku = k / 256;
+        const int nd = (int)((long long)S.n * PCT / 100), ns = S.n - nd;
+        int r0, r1;
+        rows_of(ns, b, G, r0, r1);
+        const int nr = r1 - r0, ng = nr * ku;
+        const int g0 = (int)((long long)ng * warp / NW), g1 = (int)((long long)ng * (warp + 1) / NW);
+        int lrow = r0 + g0 / ku, lcu = g0 % ku, lrem = g1 - g0; // loader position, units left in segment
+        int claim_raw = 0;
+        if (lane == 0 && nd > 0) claim_raw = (int)atomicAdd(P.ctr + s, 1u);
+        bool done = false;
+        auto next = [&](uint4 &v, int &tag) {
+            if (lrem == 0 && !done) {
+                const int d = __shfl_sync(0xffffffffu, claim_raw, 0);
+                if (d >= nd) {
+                    done = true;
+                } else {
+                    lrow = ns + d;
+                    lcu = 0;
+                    lrem = ku;
+                    if (lane == 0) claim_raw = (int)atomicAdd(P.ctr + s, 1u);
+                }
+            }
+            if (done) {
+                v = make_uint4(0, 0, 0, 0);
+                tag = -1;
+                return;
+            }
+            v = ldnc((const char *)(S.w + (size_t)lrow * k) + lcu * 512 + lane * 16);
+            tag = (lrow << 6) | lcu;
+            lrem--;
+            if (++lcu == ku) {
+                lcu = 0;
+                lrow++;
+            }
+        };
+        uint4 ring[U];
+        int tag[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) next(ring[u], tag[u]);
+        unsigned long long *pr = P.prof && s >= 4 && s < 8 && threadIdx.x == 0 ? P.prof + ((size_t)b * 4 + (s - 4)) * 5 : nullptr;
+        if (pr) pr[0] = now_ns();
+        grid_wait(P, s);
+        stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
+        for (int i = threadIdx.x; i < nr; i += 32 * NW) racc[i] = 0.0f;
+        if (pr) pr[1] = now_ns();
+        __syncthreads();
+        if (pr) pr[2] = now_ns();
+        float acc = 0.0f;
+        int cur = -1;
+        auto flush = [&]() {
+            if (cur < 0) return;
+#pragma unroll
+            for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+            if (lane == 0) {
+                if (cur < ns) atomicAdd(&racc[cur - r0], acc);
+                else __stcg(S.out + cur, acc);
+            }
+            acc = 0.0f;
+        };
+        bool more = true;
+        while (more) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int t = tag[u];
+                if (t < 0) {
+                    more = false;
+                } else if (more) {
+                    const int row = t >> 6, cu = t & 63;
+                    if (row != cur) {
+                        flush();
+                        cur = row;
+                    }
+                    acc += dot8(ring[u], *(const uint4 *)(xs + cu * 256 + lane * 8));
+                    next(ring[u], tag[u]);
+                }
+            }
+        }
+        flush();
+        if (pr) pr[3] = now_ns();
+        __syncthreads();
+        for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
+        __syncthreads();
+        if (pr) pr[4] = now_ns();
+        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+    }
+}
+
 // plain read probe: every 16-byte chunk once, 8 loads in flight per thread
 __global__ void read_probe(const uint4 *a, size_t n, unsigned *sink) {
     unsigned x = 0;
@@ -596,6 +715,114 @@ int main(int argc, char **argv) {
     const double probe_bw = gb / (best_probe / 1e3);
     printf("read probe: %.3f ms, %.0f GB/s\n", best_probe, probe_bw);
 
+    if (argc > 2 && strcmp(argv[2], "balance") == 0) {
+        // Row shares per multiprocessor from measured finish times: is a slow block slow because of
+        // its SM (then a static split by SM can even out the stages' ends) or at random?
+        const int nst = (int)st.size();
+        unsigned long long *tl;
+        int *smid_d, *rank_d;
+        float *pre_d;
+        CK(cudaMalloc(&tl, 8 * (size_t)sms * nst * 2));
+        CK(cudaMalloc(&smid_d, 4 * sms));
+        CK(cudaMalloc(&rank_d, 4 * 1024));
+        CK(cudaMalloc(&pre_d, 4 * (sms + 1)));
+        Params P;
+        P.st = st_d; P.nst = nst; P.slot = 0; P.nslot = 0; P.gate = 8; P.bar = bar; P.maxk = I;
+        P.maxrows = ((V + sms - 1) / sms * 3 / 2 + 4) / 4 * 4; P.prof = nullptr; P.ctr = ctr;
+        P.pre = nullptr; P.rank_of_sm = rank_d; P.tl = tl; P.smid = smid_d;
+        const size_t smem = 2 * (size_t)P.maxk + 4 * (size_t)P.maxrows + 64;
+        CK(cudaFuncSetAttribute(direct_kernel<16, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        std::vector<double> w(sms, 1.0), prev_e;
+        std::vector<int> rank(1024, 0);
+        std::vector<unsigned long long> h((size_t)sms * nst * 2);
+        std::vector<int> sid(sms);
+        auto launch = [&](bool weighted, bool record) -> float {
+            Params Q = P;
+            Q.pre = weighted ? pre_d : nullptr;
+            Q.tl = record ? tl : nullptr;
+            void *args[] = {(void *)&Q};
+            CK(cudaMemset(bar, 0, 8));
+            CK(cudaEventRecord(e0));
+            CK(cudaLaunchCooperativeKernel((void *)direct_kernel<16, 8>, dim3(sms), dim3(512), args, smem, 0));
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            return ms;
+        };
+        auto set_pre = [&]() {
+            std::vector<float> pre(sms + 1);
+            double tot = 0;
+            for (double x : w) tot += x;
+            double c = 0;
+            pre[0] = 0.0f;
+            for (int i = 0; i < sms; i++) { c += w[i]; pre[i + 1] = (float)(c / tot); }
+            pre[sms] = 1.0f;
+            CK(cudaMemcpy(pre_d, pre.data(), 4 * (sms + 1), cudaMemcpyHostToDevice));
+        };
+        // ranks: the order of the blocks of a first launch
+        launch(false, true);
+        CK(cudaMemcpy(sid.data(), smid_d, 4 * sms, cudaMemcpyDeviceToHost));
+        for (int b = 0; b < sms; b++) rank[sid[b]] = b;
+        CK(cudaMemcpy(rank_d, rank.data(), 4 * 1024, cudaMemcpyHostToDevice));
+        set_pre();
+        printf("\n| iteration | shares | ms/token (best of 3) | of probe | mean over stages of (last - mean) finish, us | max share / min share | corr with previous |\n|---|---|---|---|---|---|---|\n");
+        for (int it = 0; it < 9; it++) {
+            const bool weighted = it >= 2 && it < 8;
+            float best = 1e30f;
+            for (int r = 0; r < 3; r++) best = std::min(best, launch(weighted, false));
+            launch(weighted, true);
+            CK(cudaMemcpy(h.data(), tl, 8 * h.size(), cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(sid.data(), smid_d, 4 * sms, cudaMemcpyDeviceToHost));
+            std::vector<double> e(sms, 0.0); // by rank: summed finish offsets
+            double tail = 0;
+            for (int s2 = 1; s2 < nst; s2++) {
+                unsigned long long open0 = ~0ull;
+                for (int b = 0; b < sms; b++) open0 = std::min(open0, h[((size_t)b * nst + s2) * 2]);
+                double mean = 0, mx = 0;
+                for (int b = 0; b < sms; b++) {
+                    const double f = (h[((size_t)b * nst + s2) * 2 + 1] - open0) / 1e3;
+                    e[rank[sid[b]]] += f;
+                    mean += f / sms;
+                    mx = std::max(mx, f);
+                }
+                tail += (mx - mean) / (nst - 1);
+            }
+            double corr = 0;
+            if (!prev_e.empty()) {
+                double ma = 0, mb = 0, sab = 0, saa = 0, sbb = 0;
+                for (int i = 0; i < sms; i++) { ma += e[i] / sms; mb += prev_e[i] / sms; }
+                for (int i = 0; i < sms; i++) { sab += (e[i] - ma) * (prev_e[i] - mb); saa += (e[i] - ma) * (e[i] - ma); sbb += (prev_e[i] - mb) * (prev_e[i] - mb); }
+                corr = sab / sqrt(saa * sbb + 1e-30);
+            }
+            prev_e = e;
+            double wmax = 0, wmin = 1e30;
+            for (double x : w) { wmax = std::max(wmax, x); wmin = std::min(wmin, x); }
+            printf("| %d | %s | %.3f | %.1f%% | %.2f | %.3f | %.2f |\n", it, weighted ? "measured" : "even", best,
+                   100.0 * (gb / (best / 1e3)) / probe_bw, tail, weighted ? wmax / wmin : 1.0, corr);
+            if (it >= 1 && it < 7) { // new shares from this run's finish offsets (even runs: from scratch)
+                double me = 0;
+                for (double x : e) me += x / sms;
+                for (int i = 0; i < sms; i++) w[i] *= pow(me / e[i], 0.7);
+                set_pre();
+            }
+        }
+        // alternate even and measured shares
+        for (int r = 0; r < 3; r++) {
+            float be = 1e30f, bm = 1e30f;
+            for (int q = 0; q < 3; q++) { be = std::min(be, launch(false, false)); bm = std::min(bm, launch(true, false)); }
+            printf("alternating round %d: even %.3f ms (%.1f tok/s), measured shares %.3f ms (%.1f tok/s)\n", r, be, 1e3 / be, bm, 1e3 / bm);
+        }
+        { // the last stage (LM head) of the weighted split is right
+            launch(true, false);
+            const Stage &L = st.back();
+            std::vector<float> in_prev(L.k), out(L.n);
+            CK(cudaMemcpy(in_prev.data(), L.in, 4 * (size_t)L.k, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(out.data(), L.out, 4 * (size_t)L.n, cudaMemcpyDeviceToHost));
+            printf("weighted split LM head check %.1e\n", check_stage(L, in_prev, out, L.w));
+        }
+        return 0;
+    }
     // ncw 0: direct_kernel<16, U = gate>; -1 / -2: mma_kernel<16, U = gate, tiled>; -3:
     // dyn_kernel<16, 8, RC = gate>
     struct Var { int ncw, slot, nslot, gate; };
@@ -604,6 +831,11 @@ int main(int argc, char **argv) {
         {16, 65536, 3, 1},  {16, 65536, 3, 1000}, {8, 65536, 3, 1000}, {-1, 0, 0, 8},   {-2, 0, 0, 6},
         {-3, 0, 0, 1},      {0, 0, 0, 8},
     };
+    // argv[2] == "steal": the register ring against the static split with a dynamic tail
+    // (ncw -4: steal_kernel<16, 8, PCT = gate>), alternating
+    if (argc > 2 && strcmp(argv[2], "steal") == 0)
+        vars = {{0, 0, 0, 8}, {-4, 0, 0, 5}, {-4, 0, 0, 10}, {-4, 0, 0, 20}, {-4, 0, 0, 100},
+                {0, 0, 0, 8}, {-4, 0, 0, 5}, {-4, 0, 0, 10}, {-4, 0, 0, 20}, {-4, 0, 0, 100}};
     printf("| consumer warps | slot KB | slots | gate (pieces) | ms/token | GB/s | of probe | tok/s | check |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
     for (const Var &v : vars) {
@@ -617,6 +849,7 @@ int main(int argc, char **argv) {
         P.maxk = I;
         P.maxrows = ((V + sms - 1) / sms + 4) / 4 * 4; // keeps the mbarriers 8-byte aligned
         P.prof = nullptr;
+        P.pre = nullptr; P.rank_of_sm = nullptr; P.tl = nullptr; P.smid = nullptr;
         P.ctr = ctr;
         const size_t smem = (size_t)std::max(v.nslot, 0) * v.slot + 2 * (size_t)P.maxk + 4 * (size_t)P.maxrows + 16 * v.nslot + 64;
         void (*kern)(const Params) = v.ncw == 4 ? chain_kernel<4> : v.ncw == 8 ? chain_kernel<8> : chain_kernel<16>;
@@ -632,6 +865,9 @@ int main(int argc, char **argv) {
             nthreads = 512;
         } else if (v.ncw == -3) {
             kern = v.gate == 1 ? dyn_kernel<16, 8, 1> : v.gate == 2 ? dyn_kernel<16, 8, 2> : dyn_kernel<16, 8, 4>;
+            nthreads = 512;
+        } else if (v.ncw == -4) {
+            kern = v.gate == 5 ? steal_kernel<16, 8, 5> : v.gate == 10 ? steal_kernel<16, 8, 10> : v.gate == 20 ? steal_kernel<16, 8, 20> : steal_kernel<16, 8, 100>;
             nthreads = 512;
         } else if (v.ncw == -2) {
             kern = v.gate == 6 ? mma_kernel<16, 6, true> : v.gate == 12 ? mma_kernel<16, 12, true> : v.gate == 16 ? mma_kernel<16, 16, true> : mma_kernel<16, 8, true>;
@@ -663,24 +899,29 @@ int main(int argc, char **argv) {
         printf("| %d | %d | %d | %d | %.3f | %.0f | %.1f%% | %.1f | %.1e |\n", v.ncw, v.slot / 1024, v.nslot, v.gate, best, bw,
                100.0 * bw / probe_bw, 1e3 / best, chk);
     }
-    { // stamps of the register-ring kernel, layer 1 (thread 0 of every block)
+    for (int sk = 0; sk < 2; sk++) { // stamps of the register ring (sk 0) and steal_kernel<16, 8, 10> (sk 1), layer 1 (thread 0 of every block)
+        void (*kern)(const Params) = sk ? steal_kernel<16, 8, 10> : direct_kernel<16, 8>;
         unsigned long long *prof;
         CK(cudaMalloc(&prof, sizeof(unsigned long long) * sms * 20));
         Params P;
         P.st = st_d; P.nst = (int)st.size(); P.slot = 0; P.nslot = 0; P.gate = 8; P.bar = bar; P.maxk = I;
         P.maxrows = ((V + sms - 1) / sms + 4) / 4 * 4; P.prof = prof;
+        P.pre = nullptr; P.rank_of_sm = nullptr; P.tl = nullptr; P.smid = nullptr;
         const size_t smem = 2 * (size_t)P.maxk + 4 * (size_t)P.maxrows + 64;
-        CK(cudaFuncSetAttribute(direct_kernel<16, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        P.ctr = ctr;
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         void *args[] = {(void *)&P};
         for (int r = 0; r < 3; r++) {
             CK(cudaMemset(bar, 0, 8));
-            CK(cudaLaunchCooperativeKernel((void *)direct_kernel<16, 8>, dim3(sms), dim3(512), args, smem, 0));
+            CK(cudaMemset(ctr, 0, 4 * st.size()));
+            CK(cudaLaunchCooperativeKernel((void *)kern, dim3(sms), dim3(512), args, smem, 0));
         }
         CK(cudaDeviceSynchronize());
         std::vector<unsigned long long> h((size_t)sms * 20);
         CK(cudaMemcpy(h.data(), prof, 8 * h.size(), cudaMemcpyDeviceToHost));
         const char *names[4] = {"qkv", "o", "gate/up", "down"};
-        printf("\nregister ring, layer 1, us (mean / max over blocks): after issue->wait done | staging | weights | row sums+out\n");
+        printf("\n%s, layer 1, us (mean / max over blocks): after issue->wait done | staging | weights | row sums+out\n",
+               sk ? "static split + 10%% dynamic tail" : "register ring");
         for (int st4 = 0; st4 < 4; st4++) {
             double m[4] = {0, 0, 0, 0}, mx[4] = {0, 0, 0, 0};
             for (int bb = 0; bb < sms; bb++) {
@@ -692,6 +933,17 @@ int main(int argc, char **argv) {
                 }
             }
             printf("%-8s %5.2f/%5.2f | %5.2f/%5.2f | %5.2f/%5.2f | %5.2f/%5.2f\n", names[st4], m[0], mx[0], m[1], mx[1], m[2], mx[2], m[3], mx[3]);
+            // skew: when each block saw the barrier open (stamp 1) and finished its weights
+            // (stamp 3), relative to the first block to see it open
+            unsigned long long open0 = ~0ull;
+            for (int bb = 0; bb < sms; bb++) open0 = std::min(open0, h[((size_t)bb * 4 + st4) * 5 + 1]);
+            double o_mean = 0, o_max = 0, f_min = 1e30, f_mean = 0, f_max = 0;
+            for (int bb = 0; bb < sms; bb++) {
+                const double o = (h[((size_t)bb * 4 + st4) * 5 + 1] - open0) / 1e3, f = (h[((size_t)bb * 4 + st4) * 5 + 3] - open0) / 1e3;
+                o_mean += o / sms; o_max = std::max(o_max, o);
+                f_mean += f / sms; f_max = std::max(f_max, f); f_min = std::min(f_min, f);
+            }
+            printf("         barrier seen +%.2f mean / +%.2f max; weights done %.2f min / %.2f mean / %.2f max\n", o_mean, o_max, f_min, f_mean, f_max);
         }
         unsigned long long a = ~0ull, z = 0;
         for (int bb = 0; bb < sms; bb++) { a = std::min(a, h[(size_t)bb * 20 + 0]); z = std::max(z, h[(size_t)bb * 20 + 19]); }
