@@ -7,7 +7,9 @@ when it loads weights, then uses a Backend per forward step without re-validatin
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from inference_pio._native import check, lib
@@ -41,17 +43,39 @@ class Backend:
         Decode runs the same small shapes every token, so buffers of up to SCRATCH_MAX_ROWS rows
         are kept per (name, shape, dtype) and calling thread and handed out again; the caller
         must be done with the previous contents (layers run one after another, so a name's
-        buffer is free again when the next layer asks for it). Never return a scratch buffer
-        to the user.
+        buffer is free again when the next layer asks for it). Larger ones are kept only inside
+        :meth:`scratch_scope`, else allocated per call. Never return a scratch buffer to the
+        user.
         """
-        if shape and shape[0] > self.SCRATCH_MAX_ROWS:
-            return Tensor.empty(shape, dtype, self.device)
-        cache = self.scratch_buffers()
         key = (name, shape, dtype)
+        if shape and shape[0] > self.SCRATCH_MAX_ROWS:
+            scope: dict[Any, Tensor] | None = getattr(self._local, "scope", None)
+            if scope is None:
+                return Tensor.empty(shape, dtype, self.device)
+            t = scope.get(key)
+            if t is None:
+                t = scope[key] = Tensor.empty(shape, dtype, self.device)
+            return t
+        cache = self.scratch_buffers()
         t = cache.get(key)
         if t is None:
             t = cache[key] = Tensor.empty(shape, dtype, self.device)
         return t
+
+    @contextlib.contextmanager
+    def scratch_scope(self) -> Iterator[None]:
+        """Within the block, :meth:`scratch` also keeps buffers of more than SCRATCH_MAX_ROWS rows
+        and hands them out again (one forward call: its layers reuse one set of buffers instead
+        of allocating and freeing them per layer); they are released when the outermost scope of
+        the calling thread ends, so no prefill length stays cached."""
+        if getattr(self._local, "scope", None) is not None:
+            yield
+            return
+        self._local.scope = {}
+        try:
+            yield
+        finally:
+            self._local.scope = None
 
     def scratch_buffers(self) -> dict[Any, Tensor]:
         """The calling thread's scratch buffers (a decode plan keeps them alive: it replays raw

@@ -19,7 +19,7 @@ from inference_pio.nn import decode_plan
 from inference_pio.nn.attention import Attention, KVCache, KVTable, Segment
 from inference_pio.nn.decode_plan import DecodePlan
 from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
-from inference_pio.tensor import Tensor, tensor
+from inference_pio.tensor import Tensor
 
 Mlp = Callable[[Backend, Tensor, Tensor], Tensor]
 
@@ -244,22 +244,29 @@ class DecoderModel:
         for tok in ids:
             if not 0 <= tok < self.embed.vocab:
                 raise ValueError(f"token id {tok} outside the vocabulary [0, {self.embed.vocab})")
+        # one set of activation buffers for the whole call, whatever its length (a prefill's
+        # layers reuse them instead of allocating and freeing ~8 per layer)
+        with be.scratch_scope():
+            return self._run(batch, segments, ids, positions)
+
+    def _run(
+        self,
+        batch: Sequence[tuple[Sequence[int], LayerCache]],
+        segments: list[Segment],
+        ids: list[int],
+        positions: list[int],
+    ) -> list[Tensor]:
+        """``_forward`` once the batch is checked: every buffer but the logits is scratch."""
+        be = self.be
         t = len(ids)
+        # CPU calls of up to SCRATCH_MAX_ROWS rows: fixed buffers, so decode plans can replay them
         small = self.device.type == "cpu" and t <= Backend.SCRATCH_MAX_ROWS
-        if small:  # fixed buffers: no allocations, and decode plans can replay the calls
-            ids_t = be.scratch("model.ids", (t,), DType.int32)
-            pos_t = be.scratch("model.pos", (t,), DType.int32)
-            ctypes.memmove(ids_t.data_ptr, (ctypes.c_int32 * t)(*ids), 4 * t)
-            ctypes.memmove(pos_t.data_ptr, (ctypes.c_int32 * t)(*positions), 4 * t)
-            x = be.scratch("model.x", (t, self.hidden), self.act_dtype)
-            cos = be.scratch("model.cos", (t, self.rotary.rot_dim), self.act_dtype)
-            sin = be.scratch("model.sin", (t, self.rotary.rot_dim), self.act_dtype)
-            self.rotary.tables(be, pos_t, self.act_dtype, out=(cos, sin))
-        else:
-            ids_t = tensor(ids, DType.int32, self.device)
-            pos_t = tensor(positions, DType.int32, self.device)
-            x = Tensor.empty((t, self.hidden), self.act_dtype, self.device)
-            cos, sin = self.rotary.tables(be, pos_t, self.act_dtype)
+        ids_t = _int32_scratch(be, "model.ids", ids)
+        pos_t = _int32_scratch(be, "model.pos", positions)
+        x = be.scratch("model.x", (t, self.hidden), self.act_dtype)
+        cos = be.scratch("model.cos", (t, self.rotary.rot_dim), self.act_dtype)
+        sin = be.scratch("model.sin", (t, self.rotary.rot_dim), self.act_dtype)
+        self.rotary.tables(be, pos_t, self.act_dtype, out=(cos, sin))
         self.embed(be, ids_t, x)
         h = be.scratch("layer.h", (t, self.hidden), self.act_dtype)
         caches = [[c.layers[li] for _, c in batch] for li in range(len(self.layers))]
@@ -300,6 +307,22 @@ class DecoderModel:
             logits = Tensor.empty((b, self.vocab_size), self.act_dtype, self.device)
             self.lm_head(be, last, logits)
         return [logits[i] for i in range(b)]
+
+
+def _int32_scratch(be: Backend, name: str, values: list[int]) -> Tensor:
+    """Scratch int32 [len(values)] on ``be``'s device holding ``values`` (one packed copy; on a
+    CUDA device an asynchronous copy on the op stream, so it is ordered after earlier kernels
+    that read the buffer)."""
+    n = len(values)
+    out = be.scratch(name, (n,), DType.int32)
+    host = (ctypes.c_int32 * n)(*values)
+    if be.device.type == "cpu":
+        ctypes.memmove(out.data_ptr, host, 4 * n)
+    else:
+        from inference_pio import cuda
+
+        cuda.memcpy(out.data_ptr, ctypes.addressof(host), 4 * n, cuda.H2D, blocking=False)
+    return out
 
 
 def _weights_of(block: object) -> list[Tensor]:
