@@ -4,7 +4,7 @@ the same run, on synthetic real-size bf16 weights (random values; speed does not
 Rows per model: batch-1 decode of 128 tokens after a 32-token prompt (greedy; also sampled with
 Qwen3's defaults, and the fused / multi-kernel graph replayed without Python per token), 8 greedy
 sequences of 64 tokens through the BatchManager (summed rate; decode steps replayed from a captured
-graph, and run call by call), and prefill of 2048 tokens.
+graph, and run call by call), and prefill of 2048 tokens and of a 128-token prompt.
 Bandwidth: device-to-device copy kernel (bytes read + written), and read bandwidth (the best of
 two read-only kernels, `inference_pio.cuda.read_bandwidth`), which the "% of BW" column
 uses. Bytes per decoded token:
@@ -148,7 +148,9 @@ def prefill_seconds(model: Any, tokens: list[int]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) -> dict[str, float]:
+def bench_ours(
+    model: Any, cfg: Any, prompt_len: int, new: int, prefill: int, short: int
+) -> dict[str, float]:
     import random
 
     rng = random.Random(0)
@@ -207,7 +209,11 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
         del os.environ["INFERENCE_PIO_CUDA_BATCH_GRAPH"]
     big = [rng.randrange(1000, 100000) for _ in range(prefill)]
     times = [prefill_seconds(model, big) for _ in range(3)]
+    # a short prompt's prefill (time to the first token): host-bound where the kernels are short
+    few = [rng.randrange(1000, 100000) for _ in range(short)]
+    short_times = [prefill_seconds(model, few) for _ in range(6)]
     return {
+        "short_prefill_s": min(short_times[1:]),
         "batch8": max(brates[1:]),
         "batch8_ops": oprates[-1],
         "decode": decode,
@@ -219,7 +225,7 @@ def bench_ours(model: Any, cfg: Any, prompt_len: int, new: int, prefill: int) ->
 
 
 def bench_hf(
-    cfg_dict: dict[str, Any], prompt_len: int, new: int, prefill: int, compile_: bool
+    cfg_dict: dict[str, Any], prompt_len: int, new: int, prefill: int, short: int, compile_: bool
 ) -> dict[str, float]:
     import torch
     import transformers
@@ -250,6 +256,16 @@ def bench_hf(
         torch.cuda.synchronize()
         ts.append(time.perf_counter() - t0)
     out["eager_prefill"] = prefill / min(ts[1:])
+    few = torch.randint(1000, 100000, (1, short), device="cuda")
+    ts = []
+    for _ in range(6):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            m(few, logits_to_keep=1)
+        torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    out["eager_short_prefill_s"] = min(ts[1:])
     if compile_:
         try:
             # transformers compiles the forward itself for a static cache (generation's
@@ -274,9 +290,10 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens before the decode")
     ap.add_argument("--new", type=int, default=128, help="greedy tokens decoded")
     ap.add_argument("--prefill", type=int, default=2048, help="tokens of the prefill row")
+    ap.add_argument("--short", type=int, default=128, help="tokens of the short-prompt prefill row")
     args = ap.parse_args()
-    if args.prompt < 1 or args.new < 2 or args.prefill < 1:
-        ap.error("--prompt and --prefill must be >= 1, --new >= 2")
+    if args.prompt < 1 or args.new < 2 or args.prefill < 1 or args.short < 1:
+        ap.error("--prompt, --prefill and --short must be >= 1, --new >= 2")
     if not cuda.is_available():
         print(f"GPU benchmark skipped: CUDA unavailable: {cuda.unavailable_reason()}")
         return 0
@@ -293,7 +310,7 @@ def main() -> int:
     for name in args.models.split(","):
         cfg_dict = real_config(name)
         model, cfg = build_ours(cfg_dict)
-        ours = bench_ours(model, cfg, args.prompt, args.new, args.prefill)
+        ours = bench_ours(model, cfg, args.prompt, args.new, args.prefill, args.short)
         print(f"[{name}] ours {ours}", flush=True)
         del model
         import gc
@@ -303,7 +320,9 @@ def main() -> int:
         hf: dict[str, float] = {}
         if not args.no_hf:
             try:
-                hf = bench_hf(cfg_dict, args.prompt, args.new, args.prefill, not args.no_compile)
+                hf = bench_hf(
+                    cfg_dict, args.prompt, args.new, args.prefill, args.short, not args.no_compile
+                )
             except Exception as exc:  # report, keep going
                 print(f"[{name}] transformers failed: {type(exc).__name__}: {exc}", flush=True)
         print(f"[{name}] transformers {hf}", flush=True)
@@ -350,6 +369,12 @@ def main() -> int:
         print(
             f"{name:6} {'prefill':8} {ours['prefill']:11.0f} {ep:9.0f} {'':12} "
             f"{ours['prefill'] / ep:8.2f}"
+        )
+        ss, hs = ours["short_prefill_s"], hf.get("eager_short_prefill_s", math.nan)
+        print(
+            f"{name:6} {'prefill' + str(args.short):8} {args.short / ss:11.0f} "
+            f"{args.short / hs:9.0f} {'':12} {hs / ss:8.2f} {'':10} {'':9} {'':8} "
+            f"({ss * 1e3:.2f} ms against {hs * 1e3:.2f}: time to the first token)"
         )
     if args.json:
         with open(args.json, "w") as f:

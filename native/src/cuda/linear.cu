@@ -4,14 +4,13 @@
  *  - m <= 8 with bf16 weights otherwise (batch-1 decode): our GEMV, one warp per output row, 16-byte weight loads,
  *    x staged in shared memory as fp32, fp32 accumulation; optional fused prologue (RMSNorm of x)
  *    and epilogues (residual add, SwiGLU of two weight matrices) used by the CUDA-graph decoder.
- *  - larger m with bf16 x and w: cuBLAS (cublasGemmEx, loaded with dlopen when the library is
- *    present), else our WMMA tensor-core GEMM.
+ *  - larger m with bf16 x and w: cuBLAS (loaded with dlopen when the library is present; a
+ *    cuBLASLt plan kept per shape, else cublasGemmEx), else our WMMA tensor-core GEMM.
  *  - anything else: a generic fp32 tiled kernel. */
-#include <dlfcn.h>
 #include <mma.h>
-#include <mutex>
 #include <stdlib.h>
 
+#include "blas.cuh"
 #include "common.cuh"
 
 using namespace nvcuda;
@@ -513,64 +512,6 @@ TOC_EXPORT int toc_gate_up_swiglu(const void *x, const void *w_gate, const void 
 }
 
 /* ---------------------------------------------------------------------------------------------
- * cuBLAS through dlopen (no link-time dependency). */
-typedef int (*cublasCreate_t)(void **);
-typedef int (*cublasSetStream_t)(void *, cudaStream_t);
-typedef int (*cublasGemmEx_t)(void *, int, int, int, int, int, const void *, const void *, int, int,
-                              const void *, int, int, const void *, void *, int, int, int, int);
-static struct {
-    std::once_flag once;
-    void *lib = nullptr;
-    cublasCreate_t create = nullptr;
-    cublasSetStream_t set_stream = nullptr;
-    cublasGemmEx_t gemm = nullptr;
-    void *handle[16] = {};
-    char path[512] = {};
-} g_blas;
-
-static void load_cublas(void) {
-    const char *env = getenv("INFERENCE_PIO_CUBLAS");
-    if (env && !strcmp(env, "0")) return;
-    const char *names[] = {env, "libcublas.so.13", "libcublas.so.12", "libcublas.so"};
-    for (const char *n : names) {
-        if (!n || !*n) continue;
-        void *h = dlopen(n, RTLD_NOW | RTLD_LOCAL);
-        if (!h) continue;
-        g_blas.create = (cublasCreate_t)dlsym(h, "cublasCreate_v2");
-        g_blas.set_stream = (cublasSetStream_t)dlsym(h, "cublasSetStream_v2");
-        g_blas.gemm = (cublasGemmEx_t)dlsym(h, "cublasGemmEx");
-        if (g_blas.create && g_blas.set_stream && g_blas.gemm) {
-            g_blas.lib = h;
-            strncpy(g_blas.path, n, sizeof g_blas.path - 1);
-            return;
-        }
-        dlclose(h);
-    }
-}
-
-/* Writes the cuBLAS library in use (or "" when our own GEMM serves) into buf. */
-TOC_EXPORT int toc_blas_info(char *buf, size_t cap) {
-    TOC_CHECK(buf && cap, TO_ERR_INVALID_ARGUMENT, "toc_blas_info: NULL");
-    std::call_once(g_blas.once, load_cublas);
-    strncpy(buf, g_blas.path, cap - 1);
-    buf[cap - 1] = 0;
-    return TO_OK;
-}
-
-static void *blas_handle(void) {
-    std::call_once(g_blas.once, load_cublas);
-    if (!g_blas.lib) return nullptr;
-    int dev = 0;
-    cudaGetDevice(&dev);
-    if (!g_blas.handle[dev & 15]) {
-        void *h = nullptr;
-        if (g_blas.create(&h) != 0) return nullptr;
-        g_blas.handle[dev & 15] = h;
-    }
-    return g_blas.handle[dev & 15];
-}
-
-/* ---------------------------------------------------------------------------------------------
  * WMMA GEMM (bf16 in, fp32 accumulate): 128x128 tile, k-step 32, 8 warps of 64x32. */
 #define GT_M 128
 #define GT_N 128
@@ -727,30 +668,20 @@ TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *
     bool bf = x_dtype == TO_BF16 && w_dtype == TO_BF16 && k % 8 == 0 && ldx % 8 == 0 &&
               aligned16(x) && aligned16(w);
     if (bf && m <= 0x7fffffff && n <= 0x7fffffff && k <= 0x7fffffff) {
-        void *h = blas_handle();
-        if (h) {
-            /* column-major view: y^T [n, m] = w^T [n, k] (w is k x n col-major) * x^T [k, m] */
-            const float one = 1.0f, zero = 0.0f;
-            g_blas.set_stream(h, s);
-            const int R_16BF = 14, R_32F = 0, COMPUTE_32F = 68, GEMM_DEFAULT = -1, OP_N = 0, OP_T = 1;
-            if (!bias && y_dtype == TO_BF16 && ldy <= 0x7fffffff) {
-                int st = g_blas.gemm(h, OP_T, OP_N, (int)n, (int)m, (int)k, &one, w, R_16BF, (int)k, x,
-                                     R_16BF, (int)ldx, &zero, y, R_16BF, (int)ldy, COMPUTE_32F,
-                                     GEMM_DEFAULT);
-                TOC_CHECK(st == 0, TO_ERR_CUDA, "toc_linear: cublasGemmEx failed with status %d", st);
-                TOC_LAUNCHED("cublasGemmEx");
-                return TO_OK;
-            }
+        if (!bias && y_dtype == TO_BF16 && ldy <= 0x7fffffff) {
+            const int rc = toc_blas_gemm_bf16(s, w, x, y, m, n, k, ldx, ldy, false);
+            if (rc != TO_ERR_UNSUPPORTED) return rc;
+        } else if (toc_blas_available()) {
             float *t;
             int rc = scratch((size_t)m * n * 4, &t);
             if (rc) return rc;
-            int st = g_blas.gemm(h, OP_T, OP_N, (int)n, (int)m, (int)k, &one, w, R_16BF, (int)k, x,
-                                 R_16BF, (int)ldx, &zero, t, R_32F, (int)n, COMPUTE_32F, GEMM_DEFAULT);
-            TOC_CHECK(st == 0, TO_ERR_CUDA, "toc_linear: cublasGemmEx failed with status %d", st);
-            epilogue_kernel<<<toc_grid(m * n, 256), 256, 0, s>>>(t, bias, bias_dtype, y, m, n, ldy,
-                                                                 y_dtype);
-            TOC_LAUNCHED("epilogue_kernel");
-            return TO_OK;
+            rc = toc_blas_gemm_bf16(s, w, x, t, m, n, k, ldx, n, true);
+            if (rc != TO_ERR_UNSUPPORTED) {
+                if (rc) return rc;
+                epilogue_kernel<<<toc_grid(m * n, 256), 256, 0, s>>>(t, bias, bias_dtype, y, m, n, ldy, y_dtype);
+                TOC_LAUNCHED("epilogue_kernel");
+                return TO_OK;
+            }
         }
         float *t;
         int rc = scratch((size_t)m * n * 4, &t);
