@@ -330,6 +330,30 @@ def test_linear(m: int, dt: DType, k: int) -> None:
     assert rel(theirs(y), gpu.double()) < tol(dt, 1e-3)
 
 
+@pytest.mark.parametrize("m", [40, 300])
+def test_linear_strided_and_unaligned_rows(m: int) -> None:
+    """bf16 products of more than 16 rows (cuBLAS where present, whose plans are kept per shape
+    and alignment): x rows with a stride past k, y starting one element into its buffer with a
+    stride past n (rows 2-byte aligned), then the same shape again with aligned rows."""
+    n, k, ldx, ldy = 523, 1024, 1032, 530
+    dt = DType.bfloat16
+    x = torch.randn(m, ldx).to(torch.bfloat16)
+    w = (torch.randn(n, k) * 0.05).to(torch.bfloat16)
+    dx, dw = ours(x, DEV), ours(w, DEV)
+    ref = x[:, :k].double() @ w.double().t()
+    for offset in (1, 0):
+        y = Tensor.zeros((m * ldy + 1,), dt, DEV)
+        backend(DEV).call(
+            "linear", dx.data_ptr, dw.data_ptr, None, y.data_ptr + 2 * offset, m, n, k, ldx, ldy,
+            dt, dt, 0, dt,
+        )  # fmt: skip
+        flat = theirs(y)
+        got = flat[offset : offset + m * ldy].reshape(m, ldy)
+        assert rel(got[:, :n], ref) < 1e-2
+        assert torch.count_nonzero(got[:, n:]) == 0  # nothing written past n
+        assert offset == 0 or flat[0] == 0
+
+
 def test_linear_bias_mixed() -> None:
     x, w, b = torch.randn(4, 72), torch.randn(40, 72).to(torch.bfloat16), torch.randn(40)
     y = Tensor.empty((4, 40), DType.float32, DEV)

@@ -90,6 +90,7 @@ struct LtPlan {
     bool ok; /* false: cuBLASLt offers no algorithm for this shape (cublasGemmEx serves it) */
     int dev, ytype;
     int64_t n, m, k, ldx, ldy;
+    uint32_t align_w, align_x, align_y; /* bytes every row start of w, x, y is aligned to (<= 256) */
     void *desc, *a, *b, *c;
     uint64_t algo[8];
     size_t ws;
@@ -166,7 +167,13 @@ static bool lt_make_plan(LtPlan &p, void *h) {
     const uint64_t wsb = LT_WORKSPACE;
     LtHeuristic r[1];
     int got = 0;
+    /* the heuristic assumes 256-byte aligned matrices unless told: A is w, B is x, C and D are y */
+    const int PREF_ALIGN_A = 5, PREF_ALIGN_B = 6, PREF_ALIGN_C = 7, PREF_ALIGN_D = 8;
     ok = ok && g_lt.pref_create(&pref) == 0 && g_lt.pref_set(pref, PREF_MAX_WORKSPACE, &wsb, sizeof wsb) == 0 &&
+         g_lt.pref_set(pref, PREF_ALIGN_A, &p.align_w, sizeof p.align_w) == 0 &&
+         g_lt.pref_set(pref, PREF_ALIGN_B, &p.align_x, sizeof p.align_x) == 0 &&
+         g_lt.pref_set(pref, PREF_ALIGN_C, &p.align_y, sizeof p.align_y) == 0 &&
+         g_lt.pref_set(pref, PREF_ALIGN_D, &p.align_y, sizeof p.align_y) == 0 &&
          g_lt.heuristic(h, p.desc, p.a, p.b, p.c, p.c, pref, 1, r, &got) == 0 && got >= 1 && r[0].state == 0;
     if (pref) g_lt.pref_destroy(pref);
     if (ok) {
@@ -176,6 +183,13 @@ static bool lt_make_plan(LtPlan &p, void *h) {
         lt_free_plan(p);
     }
     return ok;
+}
+
+/* The alignment (a power of two, at most 256 bytes) of every row of a matrix at p with rows of
+ * stride_bytes. */
+static uint32_t row_alignment(const void *p, int64_t stride_bytes) {
+    const uint64_t v = (uint64_t)(uintptr_t)p | (uint64_t)stride_bytes | 256u;
+    return (uint32_t)(v & (~v + 1)); /* lowest set bit */
 }
 
 /* y = w x through a kept cuBLASLt plan; TO_ERR_UNSUPPORTED when cuBLASLt cannot serve it (the
@@ -202,16 +216,20 @@ static int lt_gemm(void *h, cudaStream_t s, const void *w, const void *x, void *
             return TO_ERR_UNSUPPORTED;
         }
     }
+    const uint32_t aw = row_alignment(w, k * 2), ax = row_alignment(x, ldx * 2),
+                   ay = row_alignment(y, ldy * (ytype == 0 ? 4 : 2));
     LtPlan *p = nullptr;
     for (int i = 0; i < g_lt.nplans && !p; i++) {
         LtPlan &q = g_lt.plans[i];
-        if (q.dev == dev && q.n == n && q.m == m && q.k == k && q.ldx == ldx && q.ldy == ldy && q.ytype == ytype)
+        if (q.dev == dev && q.n == n && q.m == m && q.k == k && q.ldx == ldx && q.ldy == ldy && q.ytype == ytype &&
+            q.align_w == aw && q.align_x == ax && q.align_y == ay)
             p = &q;
     }
     if (!p) { /* a free slot, else the oldest plan's */
         p = &g_lt.plans[g_lt.nplans < LT_PLANS ? g_lt.nplans++ : (g_lt.next++ % LT_PLANS)];
         lt_free_plan(*p); /* (static storage: a never-used slot holds null descriptors) */
         p->dev = dev, p->ytype = ytype, p->n = n, p->m = m, p->k = k, p->ldx = ldx, p->ldy = ldy;
+        p->align_w = aw, p->align_x = ax, p->align_y = ay;
         p->ok = lt_make_plan(*p, g_lt.handle[dev]);
     }
     if (!p->ok) return TO_ERR_UNSUPPORTED;
