@@ -7,7 +7,9 @@ its own cache and length. Finished sequences leave at once and free their slot.
 
 On a CUDA device the decode steps replay captured CUDA graphs where the model allows it
 (nn.cuda_batch_graph: each sequence decodes in one of a fixed set of device caches), so a step
-costs one graph launch instead of ~10 native calls per layer from Python.
+costs one graph launch instead of ~10 native calls per layer from Python. When one sequence is
+left with nothing queued, it moves to the batch-1 path (its cache copied into the batch-1 graph
+decoder's), whose fused step is faster than a batched step of one row.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from inference_pio.generation import (
     check_context,
 )
 from inference_pio.sampling import SamplingParams, greedy_rows
+
+#: Tokens a last remaining sequence must have left for the BatchManager to move it to the
+#: batch-1 path (copying its cache costs about a step).
+ALONE_MIN_TOKENS = 16
 
 
 @dataclass
@@ -60,6 +66,8 @@ class BatchManager:
         self._next = 0
         #: Sizes of the decode batches run so far (observability and tests).
         self.decode_batch_sizes: list[int] = []
+        #: Sequences finished on the batch-1 path after the others ended (observability, tests).
+        self.finished_alone = 0
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
         """Queues a request (validated now); returns its index."""
@@ -129,9 +137,31 @@ class BatchManager:
                 else:
                     state.accept(row)
             active = self._retire(active, graphs)
+            alone = graphs is not None and len(active) == 1 and not self._queue
+            if alone and self._finish_alone(*active[0], graphs):
+                active = []
         results = [self._results[i] for i in sorted(self._results)]
         self._results.clear()
         return results
+
+    def _finish_alone(self, req: _Request, state: SequenceState, graphs: Any) -> bool:
+        """Runs the last active sequence to its end on the batch-1 path (one fused decode step
+        per token on CUDA, faster than the batched graph at one row) when enough tokens are left
+        to repay copying its cache; False where it stays in the batched graph."""
+        if state.params.max_new_tokens - len(state.generated) < ALONE_MIN_TOKENS:
+            return False
+        from inference_pio.nn.cuda_graph import continue_alone
+
+        slot = state.cache
+        rest = continue_alone(self.model, state, req.capacity)  # type: ignore[arg-type]
+        if rest is None:
+            return False
+        graphs.release(slot)
+        for _ in rest:
+            pass
+        self._results[req.index] = state.result(time.perf_counter())
+        self.finished_alone += 1
+        return True
 
     def _retire(
         self, active: list[tuple[_Request, SequenceState]], graphs: Any = None

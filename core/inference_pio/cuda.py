@@ -72,6 +72,9 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     "toc_host_free": (c_int, [c_void_p]),
     # int toc_memcpy(void *dst, const void *src, size_t nbytes, int kind, int blocking);
     "toc_memcpy": (c_int, [c_void_p, c_void_p, c_size_t, c_int, c_int]),
+    # int toc_memcpy2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+    #                  size_t height, int kind);
+    "toc_memcpy2d": (c_int, [c_void_p, c_size_t, c_void_p, c_size_t, c_size_t, c_size_t, c_int]),
     # int toc_memset(void *dst, int value, size_t nbytes);
     "toc_memset": (c_int, [c_void_p, c_int, c_size_t]),
     # int toc_graph_begin(void);
@@ -456,6 +459,14 @@ class PinnedBuffer:
 def memcpy(dst: int, src: int, nbytes: int, kind: int, blocking: bool = True) -> None:
     """Raw copy on the current device's stream (kind H2D, D2H or D2D)."""
     check(lib().toc_memcpy(dst, src, nbytes, kind, int(blocking)), "toc_memcpy")
+
+
+def memcpy2d(
+    dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, kind: int
+) -> None:
+    """``height`` rows of ``width`` bytes, ``spitch`` / ``dpitch`` bytes apart, queued on the
+    current device's stream (kind H2D, D2H or D2D; pageable host memory is staged first)."""
+    check(lib().toc_memcpy2d(dst, dpitch, src, spitch, width, height, kind), "toc_memcpy2d")
 
 
 def copy_to_device(t: Tensor, device: Device) -> Tensor:

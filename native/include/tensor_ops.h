@@ -503,6 +503,10 @@ TO_API int toc_host_alloc(size_t nbytes, void **out); /* pinned host memory */
 TO_API int toc_host_free(void *ptr);
 /* kind 1 host->device, 2 device->host, 3 device->device; blocking != 0 waits for the stream. */
 TO_API int toc_memcpy(void *dst, const void *src, size_t nbytes, int kind, int blocking);
+/* height rows of width bytes, src rows spitch bytes apart, dst rows dpitch apart (kind as above),
+ * asynchronous on the device's stream. */
+TO_API int toc_memcpy2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                        size_t height, int kind);
 TO_API int toc_memset(void *dst, int value, size_t nbytes);
 /* CUDA graphs: capture the toc_ calls made between begin and end; replay `times` times. */
 TO_API int toc_graph_begin(void);

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from inference_pio.batching import BatchManager  # noqa: E402
 from inference_pio.errors import NativeError  # noqa: E402
 from inference_pio.nn.cuda_graph import (  # noqa: E402
     CudaGraphDecoder,
@@ -73,6 +74,40 @@ def _hf_greedy(ref: Any, prompt: list[int], n: int) -> list[int]:
             pad_token_id=0,
         )
     return [int(t) for t in out[0, len(prompt) :]]
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_last_sequence_finishes_on_the_batch1_path(ckpt: Any, sampled: bool) -> None:
+    """A BatchManager's last sequence with tokens to go moves to the batch-1 graph decoder (its
+    cache copied over): the same greedy tokens as generating it alone; seeded sampled runs
+    repeat and keep their lengths."""
+    kind, d, _ = ckpt
+    gpu = load(d, device="cuda")
+    prompts = [[1, 2, 3, 4, 5], list(range(60, 101))]
+    lengths = (6, 70)
+    opts: dict[str, Any] = (
+        dict(temperature=0.8, top_k=20, top_p=0.9) if sampled else dict(temperature=0.0)
+    )
+
+    def run() -> tuple[list[list[int]], BatchManager]:
+        mgr = BatchManager(gpu.model, gpu.tokenizer, gpu.eos_ids, 8)
+        for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
+            mgr.submit(p, gpu.sampling_params(max_new_tokens=n, ignore_eos=True, seed=i, **opts))
+        return [r.token_ids for r in mgr.run()], mgr
+
+    got, mgr = run()
+    assert [len(t) for t in got] == list(lengths)
+    assert mgr.finished_alone == (1 if kind == "bf16" else 0)
+    if kind == "bf16":  # the batched steps stopped once the short sequence ended
+        assert len(mgr.decode_batch_sizes) < lengths[1]
+    if sampled:
+        assert run()[0] == got
+    else:
+        single = [
+            gpu.generate(p, max_new_tokens=n, temperature=0.0, ignore_eos=True).token_ids
+            for p, n in zip(prompts, lengths, strict=True)
+        ]
+        assert got == single
 
 
 @pytest.mark.parametrize("step", ["fused", "multi"])

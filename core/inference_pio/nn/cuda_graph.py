@@ -786,6 +786,51 @@ def cuda_stream_generate(
     # logits stay on the device: the sampler draws there (or copies them where it cannot)
     (logits,) = model.forward([(prompt, state.cache)])
     state.prefill_done_at = time.perf_counter()
+    yield from _decode(model, runner, state, capacity, logits)
+    if on_finish is not None:
+        on_finish(state.result(time.perf_counter()))
+
+
+def continue_alone(
+    model: DecoderModel, state: SequenceState, capacity: int
+) -> Iterator[str] | None:
+    """The rest of one sequence's generation on the batch-1 path (the BatchManager's last
+    sequence): its cached keys and values are copied into the model's graph decoder's cache,
+    then its steps replay the batch-1 graph. ``state`` has accepted its latest token, which is
+    not in its cache yet. None (nothing copied) where the model has no batch-1 graph decoder."""
+    from inference_pio import cuda
+
+    runner = _runner(model, capacity)
+    if runner is None or state.finished:
+        return None
+    src, dst = state.cache, runner.cache
+    n = src.length
+    for a, b in zip(src.layers, dst.layers, strict=True):
+        for s_t, d_t in ((a.k, b.k), (a.v, b.v)):
+            # [kv heads, capacity, head_dim]: the first n positions of every head
+            nkv, cap_s, hd = s_t.shape
+            es = s_t.dtype.itemsize
+            if d_t.shape[0] != nkv or d_t.shape[2] != hd or d_t.dtype != s_t.dtype:
+                raise ValueError("the graph decoder's cache does not match the sequence's")
+            cuda.memcpy2d(
+                d_t.data_ptr, d_t.shape[1] * hd * es, s_t.data_ptr, cap_s * hd * es,
+                n * hd * es, nkv, cuda.D2D,
+            )  # fmt: skip
+    dst.length = n
+    state.cache = dst
+    return _decode(model, runner, state, capacity, None)
+
+
+def _decode(
+    model: Any,
+    runner: CudaGraphDecoder | None,
+    state: SequenceState,
+    capacity: int,
+    logits: Tensor | None,
+) -> Iterator[str]:
+    """Decodes ``state`` until it finishes: first ``logits`` are sampled (None: the latest
+    token is accepted already and the next step runs first)."""
+    params = state.params
     device_greedy = (
         runner is not None
         and params.greedy
@@ -802,15 +847,16 @@ def cuda_stream_generate(
     pending: list[int] = []
     given = _GivenToken(state.sampler)
     while True:
-        if pending:
-            given.token = pending.pop(0)
-            state.sampler = given  # type: ignore[assignment]
-            piece = state.accept(logits)
-            state.sampler = given.inner
-        else:
-            piece = state.accept(logits)
-        if piece:
-            yield piece
+        if logits is not None or pending:
+            if pending:
+                given.token = pending.pop(0)
+                state.sampler = given  # type: ignore[assignment]
+                piece = state.accept(logits)  # type: ignore[arg-type]
+                state.sampler = given.inner
+            else:
+                piece = state.accept(logits)  # type: ignore[arg-type]
+            if piece:
+                yield piece
         if state.finished or state.cache.length >= capacity:
             if not state.finished:
                 state.finish_reason = "length"
@@ -847,8 +893,6 @@ def cuda_stream_generate(
             state.cache.length += 1
         else:
             (logits,) = model.forward([([last], state.cache)])
-    if on_finish is not None:
-        on_finish(state.result(time.perf_counter()))
 
 
-__all__ = ["CudaGraphDecoder", "cuda_stream_generate", "unsupported_reason"]
+__all__ = ["CudaGraphDecoder", "continue_alone", "cuda_stream_generate", "unsupported_reason"]

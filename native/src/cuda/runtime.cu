@@ -295,6 +295,20 @@ TOC_EXPORT int toc_memcpy(void *dst, const void *src, size_t nbytes, int kind, i
     return TO_OK;
 }
 
+TOC_EXPORT int toc_memcpy2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                            size_t height, int kind) {
+    TOC_CHECK(kind >= 1 && kind <= 3, TO_ERR_INVALID_ARGUMENT, "toc_memcpy2d: kind %d", kind);
+    if (width == 0 || height == 0) return TO_OK;
+    TOC_CHECK(dst && src, TO_ERR_INVALID_ARGUMENT, "toc_memcpy2d: NULL pointer");
+    TOC_CHECK(width <= dpitch && width <= spitch, TO_ERR_INVALID_ARGUMENT,
+              "toc_memcpy2d: width %zu exceeds a pitch (%zu, %zu)", width, dpitch, spitch);
+    TOC_READY();
+    cudaMemcpyKind k = kind == 1 ? cudaMemcpyHostToDevice
+                       : kind == 2 ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;
+    TOC_CUDA(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, k, toc_stream()), "cudaMemcpy2DAsync");
+    return TO_OK;
+}
+
 TOC_EXPORT int toc_memset(void *dst, int value, size_t nbytes) {
     if (nbytes == 0) return TO_OK;
     TOC_CHECK(dst, TO_ERR_INVALID_ARGUMENT, "toc_memset: NULL pointer");
