@@ -796,17 +796,29 @@ __device__ __noinline__ void dk_head(const DkState &st, const void *src, int64_t
     __syncwarp();
 }
 
-/* Softmax weights and P.V over keys [j0, j1) for one pair of dims: ls += p_j, (a0, a1) += p_j v_j
- * with p_j = exp(S[j] - m); vp points at the pair in key 0's value row (stride: pairs per row). */
-__device__ __forceinline__ void dk_pv(const float *S, float m, const uint32_t *vp, int stride, int j0, int j1,
-                                      float &a0, float &a1, float &ls) {
+/* P.V over keys [j0, j1) for one pair of dims: ls += P[j], (a0, a1) += P[j] v_j, the
+ * probabilities P[j] = exp(S[j] - m) computed once per key and head beforehand (dk_probs; every
+ * thread of a head used to compute each exp itself: hd / 2 times over); vp points at the pair in
+ * key 0's value row (stride: pairs per row). */
+__device__ __forceinline__ void dk_pv(const float *P, const uint32_t *vp, int stride, int j0, int j1, float &a0,
+                                      float &a1, float &ls) {
 #pragma unroll 2
     for (int j = j0; j < j1; j++) {
-        const float pj = __expf(S[j] - m);
+        const float pj = P[j];
         const uint32_t v2 = vp[j * stride];
         ls += pj;
         a0 += pj * __uint_as_float(v2 << 16);
         a1 += pj * __uint_as_float(v2 & 0xffff0000u);
+    }
+}
+
+/* S[g * stride + j] = exp(S[g * stride + j] - m[g]) for heads g < ng and keys j < n, in place,
+ * spread over the block's threads (the caller synchronises before and after). */
+__device__ __forceinline__ void dk_probs(float *S, const float *m, int ng, int n, int stride) {
+#pragma unroll 1
+    for (int e = threadIdx.x; e < ng * n; e += blockDim.x) {
+        const int g = e / n, j = e - g * n;
+        S[g * stride + j] = __expf(S[g * stride + j] - m[g]);
     }
 }
 
@@ -1012,31 +1024,33 @@ __device__ __forceinline__ void dk_attention(const DkState &st, const to_decoder
                 }
             }
             __syncthreads();
-            /* softmax and P.V in one pass: thread -> (key group, query head, pair of dims); every
-             * thread of a head derives the same running max, rescale factor and probabilities */
+            /* the new running max and rescale factor per head, then the tile's probabilities once
+             * per key and head */
+            if (tid < Gb) {
+                const float mo = mrun[tid];
+                float mn = mo;
+#pragma unroll 4
+                for (int w = 0; w < DK_WARPS; w++) mn = fmaxf(mn, wmx[w * DK_GMAX + tid]);
+                alph[tid] = mo == -INFINITY ? 0.0f : __expf(mo - mn);
+                mnew[tid] = mn;
+            }
+            __syncthreads();
+            dk_probs(S, mnew, Gb, n, tk);
+            __syncthreads();
+            /* P.V: thread -> (key group, query head, pair of dims) */
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 const int id = tid + r * DK_THREADS;
                 if (id < kgs * pairs) {
                     const int kg = id / pairs, pi = id - kg * pairs, g = pi / hp2, dp = pi - g * hp2;
                     const int j0 = n * kg / kgs, j1 = n * (kg + 1) / kgs;
-                    const float mo = mrun[g];
-                    float mn = mo;
-#pragma unroll 4
-                    for (int w = 0; w < DK_WARPS; w++) mn = fmaxf(mn, wmx[w * DK_GMAX + g]);
-                    const float a = mo == -INFINITY ? 0.0f : __expf(mo - mn), *Sg = S + g * tk;
+                    const float a = alph[g];
                     const uint32_t *vp = (const uint32_t *)vs + dp;
                     float a0 = acc[r][0] * a, a1 = acc[r][1] * a, ls = 0.0f;
-                    dk_pv(Sg, mn, vp, hp2, j0, j1, a0, a1, ls);
+                    dk_pv(S + g * tk, vp, hp2, j0, j1, a0, a1, ls);
                     acc[r][0] = a0;
                     acc[r][1] = a1;
-                    if (dp == 0) {
-                        lsum[kg * DK_GMAX + g] = ls;
-                        if (kg == 0) {
-                            alph[g] = a;
-                            mnew[g] = mn;
-                        }
-                    }
+                    if (dp == 0) lsum[kg * DK_GMAX + g] = ls;
                 }
             }
             __syncthreads();
@@ -1371,17 +1385,21 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
     const int t0 = na + nbk;
     DkTail tail;
     if (NT == 512) tail = dk_tail_load<NT>(ly, nq, hd, row0, c0, t0, (int)min((int64_t)t0 + TB, nrows));
-    /* softmax and P.V: thread -> (key group, pair of dims) */
+    /* the probabilities, once per key, then P.V: thread -> (key group, pair of dims) */
+    if (att) {
+        float m = -INFINITY;
+#pragma unroll 4
+        for (int w = 0; w < DK_WARPS; w++) m = fmaxf(m, wm[w]);
+        dk_probs(S, &m, 1, (int)kv, 0);
+    }
+    __syncthreads();
     const int pairs = hd / 2, kgs = DK_THREADS / pairs;
     if (att && tid < kgs * pairs) {
         const int kg = tid / pairs, dp = tid - kg * pairs;
         const int j0 = (int)(kv * kg / kgs), j1 = (int)(kv * (kg + 1) / kgs);
-        float m = -INFINITY;
-#pragma unroll 4
-        for (int w = 0; w < DK_WARPS; w++) m = fmaxf(m, wm[w]);
         const uint32_t *vp = (const uint32_t *)vs + dp;
         float a0 = 0.0f, a1 = 0.0f, ls = 0.0f;
-        dk_pv(S, m, vp, pairs, j0, j1, a0, a1, ls);
+        dk_pv(S, vp, pairs, j0, j1, a0, a1, ls);
         op[kg * hd + 2 * dp] = a0;
         op[kg * hd + 2 * dp + 1] = a1;
         if (dp == 0) lsm[kg] = ls;
