@@ -320,13 +320,6 @@ __device__ __forceinline__ void fa_ldm_x4_t(uint32_t *r, const void *p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
 }
-/* d += a (16x16 bf16, row) * b (16x8 bf16, col), fp32 accumulate */
-__device__ __forceinline__ void fa_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ uint32_t fa_pack(float lo, float hi) {
     return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
 }
@@ -455,8 +448,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
                 uint32_t b[4];
                 const int m = lane >> 3;
                 fa_ldm_x4(b, Ks + (nb * 8 + (m >> 1) * 8 + (lane & 7)) * LD + kc * 16 + (m & 1) * 8);
-                fa_mma(s[nb], qf[kc], b[0], b[1]);
-                fa_mma(s[nb + 1], qf[kc], b[2], b[3]);
+                mma_bf16_16816(s[nb], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3], b[0], b[1]);
+                mma_bf16_16816(s[nb + 1], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3], b[2], b[3]);
             }
         }
         /* scale, mask, row max */
@@ -513,8 +506,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_prefill_kernel(AttnArgs a) {
                 uint32_t b[4];
                 const int m = lane >> 3;
                 fa_ldm_x4_t(b, Vs + (kc * 16 + (m & 1) * 8 + (lane & 7)) * LD + j * 8 + (m >> 1) * 8);
-                fa_mma(o[j], pf[kc], b[0], b[1]);
-                fa_mma(o[j + 1], pf[kc], b[2], b[3]);
+                mma_bf16_16816(o[j], pf[kc][0], pf[kc][1], pf[kc][2], pf[kc][3], b[0], b[1]);
+                mma_bf16_16816(o[j + 1], pf[kc][0], pf[kc][1], pf[kc][2], pf[kc][3], b[2], b[3]);
             }
         }
         __syncthreads(); /* this stage is refilled next iteration */

@@ -196,4 +196,17 @@ __device__ __forceinline__ void rope_pair_dev(float x1, float x2, float c, float
     o2 = __fadd_rn(p3, p4);
 }
 
+/* c += A * B on tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate). Lane (gid = lane / 4,
+ * tig = lane % 4) holds a0 = A[gid][2 tig, +1], a1 = A[gid + 8][2 tig, +1], a2 = A[gid][2 tig + 8,
+ * +9], a3 = A[gid + 8][2 tig + 8, +9] (A 16 x 16, the lower column in the low half), b0 = B[2 tig,
+ * +1][gid], b1 = B[2 tig + 8, +9][gid] (B 16 x 8), and c0, c1 = C[gid][2 tig, +1], c2, c3 =
+ * C[gid + 8][2 tig, +1]. */
+__device__ __forceinline__ void mma_bf16_16816(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 #endif

@@ -314,16 +314,6 @@ struct GemvMmaArgs {
     int pair;
 };
 
-/* c += A (16 x 16 bf16: rows a0/a2 = x row gid, a1/a3 = x row gid + 8) * B (16 x 8: column gid =
- * weight row gid) */
-__device__ __forceinline__ void gm_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                       uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 /* tile -> (matrix, its first row), by value (no indexing of the parameter arrays) */
 struct GmTile {
     const uint16_t *w;
@@ -366,8 +356,8 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
 #pragma unroll
         for (int u = 0; u < GM_U; u++) {
             /* past the range the slots hold zeros: the products add nothing */
-            gm_mma(c, av[u].x, bv[u].x, av[u].y, bv[u].y, wv[u].x, wv[u].y);
-            gm_mma(c, av[u].z, bv[u].z, av[u].w, bv[u].w, wv[u].z, wv[u].w);
+            mma_bf16_16816(c, av[u].x, bv[u].x, av[u].y, bv[u].y, wv[u].x, wv[u].y);
+            mma_bf16_16816(c, av[u].z, bv[u].z, av[u].w, bv[u].w, wv[u].z, wv[u].w);
             const int64_t t = s + u + GM_U, kk = t * 32 + tig * 8;
             const bool in = t < s1 && kk < a.k;
             wv[u] = in && wok ? ld_stream((const uint4 *)(wr + t * 32)) : z;
