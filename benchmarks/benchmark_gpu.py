@@ -244,28 +244,23 @@ def bench_hf(
         torch.cuda.synchronize()
         return new / (time.perf_counter() - t0)
 
+    def prefill_s(tokens: int, runs: int) -> float:
+        """Best wall time of a prefill of ``tokens`` random ids, the first run left out."""
+        ids = torch.randint(1000, 100000, (1, tokens), device="cuda")
+        ts = []
+        for _ in range(runs):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                m(ids, logits_to_keep=1)
+            torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+        return min(ts[1:])
+
     gen()
     out["eager_decode"] = max(gen() for _ in range(2))
-    big = torch.randint(1000, 100000, (1, prefill), device="cuda")
-    ts = []
-    for _ in range(3):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            m(big, logits_to_keep=1)
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    out["eager_prefill"] = prefill / min(ts[1:])
-    few = torch.randint(1000, 100000, (1, short), device="cuda")
-    ts = []
-    for _ in range(6):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            m(few, logits_to_keep=1)
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    out["eager_short_prefill_s"] = min(ts[1:])
+    out["eager_prefill"] = prefill / prefill_s(prefill, 3)
+    out["eager_short_prefill_s"] = prefill_s(short, 6)
     if compile_:
         try:
             # transformers compiles the forward itself for a static cache (generation's
