@@ -800,8 +800,10 @@ def continue_alone(
     not in its cache yet. None (nothing copied) where the model has no batch-1 graph decoder."""
     from inference_pio import cuda
 
+    if state.finished:
+        return None
     runner = _runner(model, capacity)
-    if runner is None or state.finished:
+    if runner is None:
         return None
     src, dst = state.cache, runner.cache
     n = src.length

@@ -194,7 +194,7 @@ static uint32_t row_alignment(const void *p, int64_t stride_bytes) {
 
 /* y = w x through a kept cuBLASLt plan; TO_ERR_UNSUPPORTED when cuBLASLt cannot serve it (the
  * caller then uses cublasGemmEx). */
-static int lt_gemm(void *h, cudaStream_t s, const void *w, const void *x, void *y, int64_t m, int64_t n,
+static int lt_gemm(cudaStream_t s, const void *w, const void *x, void *y, int64_t m, int64_t n,
                    int64_t k, int64_t ldx, int64_t ldy, int ytype) {
     std::call_once(g_lt.once, load_cublaslt);
     if (!g_lt.ok) return TO_ERR_UNSUPPORTED;
@@ -252,7 +252,7 @@ int toc_blas_gemm_bf16(cudaStream_t s, const void *w, const void *x, void *y, in
     if (!h) return TO_ERR_UNSUPPORTED;
     const int R_16BF = 14, R_32F = 0, COMPUTE_32F = 68, GEMM_DEFAULT = -1, OP_N = 0, OP_T = 1;
     const int yt = y_f32 ? R_32F : R_16BF;
-    const int lt = lt_gemm(h, s, w, x, y, m, n, k, ldx, ldy, yt);
+    const int lt = lt_gemm(s, w, x, y, m, n, k, ldx, ldy, yt);
     if (lt != TO_ERR_UNSUPPORTED) return lt;
     /* column-major view: y^T [n, m] = w^T [n, k] (w is k x n col-major) * x^T [k, m] */
     const float one = 1.0f, zero = 0.0f;
