@@ -667,7 +667,7 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&W, total * 2));
     fill<<<4 * sms, 512>>>(W, total, 1234u);
     float *act;
-    const int maxn = V;
+    const int maxn = std::max(V, layers * 39424); // the "curve" mode's single stage of every layer
     CK(cudaMalloc(&act, sizeof(float) * (size_t)maxn * 2));
     std::vector<float> h0(maxn);
     for (int i = 0; i < maxn; i++) h0[i] = (float)((i * 37 % 101) - 50) * 0.02f;
@@ -715,6 +715,65 @@ int main(int argc, char **argv) {
     const double probe_bw = gb / (best_probe / 1e3);
     printf("read probe: %.3f ms, %.0f GB/s\n", best_probe, probe_bw);
 
+    if (argc > 2 && strcmp(argv[2], "curve") == 0) {
+        // The same bytes cut into fewer stages: 4 per layer (the real dependencies), 2 (q/k/v with
+        // o, gate/up with down: what split-K folding would leave), 1, and one stage for all layers;
+        // the LM head stays its own stage. Rows of 2560 elements in the merged stages (timing only).
+        const int cfgs[4] = {4, 2, 1, 0};
+        std::vector<Stage *> devs(4);
+        std::vector<int> nsts(4);
+        for (int c = 0; c < 4; c++) {
+            std::vector<Shape> sh;
+            if (cfgs[c] == 4) sh.assign(shapes.begin(), shapes.end() - 1);
+            else if (cfgs[c] == 2) for (int l = 0; l < layers; l++) { sh.push_back({10240, H}); sh.push_back({29184, H}); }
+            else if (cfgs[c] == 1) for (int l = 0; l < layers; l++) sh.push_back({39424, H});
+            else sh.push_back({39424 * layers, H});
+            sh.push_back({V, H});
+            std::vector<Stage> v;
+            size_t o2 = 0;
+            for (size_t i = 0; i < sh.size(); i++) {
+                Stage s;
+                s.w = W + o2;
+                o2 += (size_t)sh[i].n * sh[i].k;
+                s.n = sh[i].n; s.k = sh[i].k;
+                s.in = act + (i % 2) * maxn; s.out = act + ((i + 1) % 2) * maxn;
+                v.push_back(s);
+            }
+            if (o2 != total) { printf("curve: bytes differ\n"); return 1; }
+            CK(cudaMalloc(&devs[c], sizeof(Stage) * v.size()));
+            CK(cudaMemcpy(devs[c], v.data(), sizeof(Stage) * v.size(), cudaMemcpyHostToDevice));
+            nsts[c] = (int)v.size();
+        }
+        const int maxrows = ((39424 * layers + sms - 1) / sms + 4) / 4 * 4;
+        const size_t smem = 2 * (size_t)I + 4 * (size_t)maxrows + 64;
+        CK(cudaFuncSetAttribute(direct_kernel<16, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        auto launch = [&](int c) -> float {
+            Params P;
+            P.st = devs[c]; P.nst = nsts[c]; P.slot = 0; P.nslot = 0; P.gate = 8; P.bar = bar; P.maxk = I;
+            P.maxrows = maxrows; P.prof = nullptr; P.ctr = ctr;
+            P.pre = nullptr; P.rank_of_sm = nullptr; P.tl = nullptr; P.smid = nullptr;
+            void *args[] = {(void *)&P};
+            CK(cudaMemset(bar, 0, 8));
+            CK(cudaEventRecord(e0));
+            CK(cudaLaunchCooperativeKernel((void *)direct_kernel<16, 8>, dim3(sms), dim3(512), args, smem, 0));
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            return ms;
+        };
+        std::vector<float> best(4, 1e30f);
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < 4; c++) {
+                launch(c);
+                for (int q = 0; q < 3; q++) best[c] = std::min(best[c], launch(c));
+            }
+        printf("\n| stages per layer | grid barriers per token | ms/token | tok/s | of probe | us per barrier over the single stage |\n|---|---|---|---|---|---|\n");
+        for (int c = 0; c < 4; c++)
+            printf("| %d | %d | %.3f | %.1f | %.1f%% | %.2f |\n", cfgs[c], nsts[c] - 1, best[c], 1e3 / best[c],
+                   100.0 * (gb / (best[c] / 1e3)) / probe_bw, nsts[c] > 2 ? (best[c] - best[3]) * 1e3 / (nsts[c] - 2) : 0.0);
+        return 0;
+    }
     if (argc > 2 && strcmp(argv[2], "balance") == 0) {
         // Row shares per multiprocessor from measured finish times: is a slow block slow because of
         // its SM (then a static split by SM can even out the stages' ends) or at random?
