@@ -644,6 +644,40 @@ static double check_stage(const Stage &S_h, const std::vector<float> &in_prev, c
     return worst;
 }
 
+struct Shape { int n, k; };
+
+// stages reading consecutive matrices of W with these shapes, each stage's input the previous
+// one's output (two activation buffers of maxn floats, alternating); *used: elements of W used
+static std::vector<Stage> chain_of(const std::vector<Shape> &sh, const uint16_t *W, float *act, int maxn, size_t *used) {
+    std::vector<Stage> v;
+    size_t o = 0;
+    for (size_t i = 0; i < sh.size(); i++) {
+        Stage s;
+        s.w = W + o;
+        o += (size_t)sh[i].n * sh[i].k;
+        s.n = sh[i].n;
+        s.k = sh[i].k;
+        s.in = act + (i % 2) * maxn;
+        s.out = act + ((i + 1) % 2) * maxn;
+        v.push_back(s);
+    }
+    *used = o;
+    return v;
+}
+
+// one timed cooperative launch of direct_kernel<16, 8> (barrier counter reset first), ms
+static float timed_direct(Params P, int sms, size_t smem, cudaEvent_t e0, cudaEvent_t e1) {
+    void *args[] = {(void *)&P};
+    CK(cudaMemset(P.bar, 0, 8));
+    CK(cudaEventRecord(e0));
+    CK(cudaLaunchCooperativeKernel((void *)direct_kernel<16, 8>, dim3(sms), dim3(512), args, smem, 0));
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    return ms;
+}
+
 int main(int argc, char **argv) {
     const int layers = argc > 1 ? atoi(argv[1]) : 36;
     int sms;
@@ -652,7 +686,6 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("%s, %d SMs\n", prop.name, sms);
     const int H = 2560, QKV = 6144, QO = 4096, I = 9728, V = 151936;
-    struct Shape { int n, k; };
     std::vector<Shape> shapes;
     for (int l = 0; l < layers; l++) {
         shapes.push_back({QKV, H});
@@ -673,18 +706,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < maxn; i++) h0[i] = (float)((i * 37 % 101) - 50) * 0.02f;
     CK(cudaMemcpy(act, h0.data(), sizeof(float) * maxn, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(act + maxn, h0.data(), sizeof(float) * maxn, cudaMemcpyHostToDevice));
-    std::vector<Stage> st;
     size_t off = 0;
-    for (size_t i = 0; i < shapes.size(); i++) {
-        Stage s;
-        s.w = W + off;
-        off += (size_t)shapes[i].n * shapes[i].k;
-        s.n = shapes[i].n;
-        s.k = shapes[i].k;
-        s.in = act + (i % 2) * maxn;
-        s.out = act + ((i + 1) % 2) * maxn;
-        st.push_back(s);
-    }
+    const std::vector<Stage> st = chain_of(shapes, W, act, maxn, &off);
     Stage *st_d;
     CK(cudaMalloc(&st_d, sizeof(Stage) * st.size()));
     CK(cudaMemcpy(st_d, st.data(), sizeof(Stage) * st.size(), cudaMemcpyHostToDevice));
@@ -729,16 +752,8 @@ int main(int argc, char **argv) {
             else if (cfgs[c] == 1) for (int l = 0; l < layers; l++) sh.push_back({39424, H});
             else sh.push_back({39424 * layers, H});
             sh.push_back({V, H});
-            std::vector<Stage> v;
             size_t o2 = 0;
-            for (size_t i = 0; i < sh.size(); i++) {
-                Stage s;
-                s.w = W + o2;
-                o2 += (size_t)sh[i].n * sh[i].k;
-                s.n = sh[i].n; s.k = sh[i].k;
-                s.in = act + (i % 2) * maxn; s.out = act + ((i + 1) % 2) * maxn;
-                v.push_back(s);
-            }
+            const std::vector<Stage> v = chain_of(sh, W, act, maxn, &o2);
             if (o2 != total) { printf("curve: bytes differ\n"); return 1; }
             CK(cudaMalloc(&devs[c], sizeof(Stage) * v.size()));
             CK(cudaMemcpy(devs[c], v.data(), sizeof(Stage) * v.size(), cudaMemcpyHostToDevice));
@@ -752,15 +767,7 @@ int main(int argc, char **argv) {
             P.st = devs[c]; P.nst = nsts[c]; P.slot = 0; P.nslot = 0; P.gate = 8; P.bar = bar; P.maxk = I;
             P.maxrows = maxrows; P.prof = nullptr; P.ctr = ctr;
             P.pre = nullptr; P.rank_of_sm = nullptr; P.tl = nullptr; P.smid = nullptr;
-            void *args[] = {(void *)&P};
-            CK(cudaMemset(bar, 0, 8));
-            CK(cudaEventRecord(e0));
-            CK(cudaLaunchCooperativeKernel((void *)direct_kernel<16, 8>, dim3(sms), dim3(512), args, smem, 0));
-            CK(cudaEventRecord(e1));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            return ms;
+            return timed_direct(P, sms, smem, e0, e1);
         };
         std::vector<float> best(4, 1e30f);
         for (int r = 0; r < 4; r++)
@@ -799,15 +806,7 @@ int main(int argc, char **argv) {
             Params Q = P;
             Q.pre = weighted ? pre_d : nullptr;
             Q.tl = record ? tl : nullptr;
-            void *args[] = {(void *)&Q};
-            CK(cudaMemset(bar, 0, 8));
-            CK(cudaEventRecord(e0));
-            CK(cudaLaunchCooperativeKernel((void *)direct_kernel<16, 8>, dim3(sms), dim3(512), args, smem, 0));
-            CK(cudaEventRecord(e1));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            return ms;
+            return timed_direct(Q, sms, smem, e0, e1);
         };
         auto set_pre = [&]() {
             std::vector<float> pre(sms + 1);
