@@ -1702,8 +1702,12 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     /* contexts longer than a tile put all G query heads on a block (the tile is sized for that)
      * where P.V has two (head, dim pair) per thread for them */
     const bool qs_long = DK_QS_LONG && G * d.head_dim / 2 <= 2 * nt;
+    /* keys per tile: the most that fit the budget, in steps of 16 (the tensor-core scores take
+     * 16 keys at a time). Steps of 32 gave Qwen3-4B tiles of 256 keys, so after 4096 tokens
+     * each of its 16 key slices (257-264 keys) took a second tile of a few keys: one more copy
+     * round trip and softmax pass on the stage's critical path; 272 fit. */
     int tk = nt, att_bytes = 0; /* scores: one thread per key of a tile */
-    for (; tk >= 32; tk -= 32) {
+    for (; tk >= 32; tk -= 16) {
         dk_att_layout(d.head_dim, qs_long ? (int)G : (int)G / qsplit, tk, nt, &att_bytes);
         if (att_bytes <= att_budget) break;
     }
