@@ -385,7 +385,15 @@ def test_fused_attention_tiles_and_slice_merge(shaped: Any) -> None:
         return torch.tensor(runner.logits_after(7, len(prompt)).to("cpu").to("f32").tolist())
 
     multi = logits(fused=False)
-    cases = ((32, 2, 0), (48, 2, 0), (64, 0, 512), (0, 1, 384), (96, 3, 512), (0, 0, 512), (32, 12, 0))
+    cases = (
+        (32, 2, 0),
+        (48, 2, 0),
+        (64, 0, 512),
+        (0, 1, 384),
+        (96, 3, 512),
+        (0, 0, 512),
+        (32, 12, 0),
+    )
     for tile, splits, threads in cases:
         got = logits(fused=True, attn_tile=tile, attn_splits=splits, threads=threads)
         assert float((got - multi).norm() / multi.norm()) < 1e-2, (tile, splits, threads)
