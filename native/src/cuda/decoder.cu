@@ -1675,7 +1675,7 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     const int64_t gemv_bytes = (kmax + DK_PART + 64 + 2 * (DK_MAX_THREADS / 32) + DK_PART / 2) * 4;
     TOC_CHECK(2 * toc_cdiv(kmax, 256) <= DK_PART, TO_ERR_UNSUPPORTED,
               "toc_decoder_create: input width %lld is too large", (long long)kmax);
-    /* attention tiles: as many keys as fit 160 KB (at most 512, a multiple of 32) */
+    /* attention tiles: as many keys as fit 160 KB (at most 512, a multiple of 16) */
     const int smem_cap = toc_max_smem_optin();
     const int att_budget = smem_cap < DK_ATT_SMEM ? smem_cap : DK_ATT_SMEM;
     /* query heads of a kv head are split over up to G blocks (each block then scores and sums
