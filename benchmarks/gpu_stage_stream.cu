@@ -156,6 +156,20 @@ __device__ __forceinline__ void rows_of(int n, int b, int G, int &r0, int &r1) {
     r1 = (int)((long long)n * (b + 1) / G);
 }
 
+// The start of stage s in the register-ring kernels, after the first loads are issued: block b's
+// stamps of layer 1 (returned: NULL unless profiling and thread 0), the barrier, the staged
+// input and zeroed row sums.
+__device__ __forceinline__ unsigned long long *stage_open(const Params &P, const Stage &S, int s, int b, uint16_t *xs,
+                                                         float *racc, int nr, int nt) {
+    unsigned long long *pr = P.prof && s >= 4 && s < 8 && threadIdx.x == 0 ? P.prof + ((size_t)b * 4 + (s - 4)) * 5 : nullptr;
+    if (pr) pr[0] = now_ns();
+    grid_wait(P, s);
+    stage_x(S.in, xs, S.k, threadIdx.x, nt);
+    for (int i = threadIdx.x; i < nr; i += nt) racc[i] = 0.0f;
+    if (pr) pr[1] = now_ns();
+    return pr;
+}
+
 template <int NCW>
 __global__ void __launch_bounds__(32 * (NCW + 1), 1) chain_kernel(const Params P) {
     extern __shared__ __align__(1024) unsigned char sm[];
@@ -298,12 +312,7 @@ __global__ void __launch_bounds__(32 * NW, 1) direct_kernel(const Params P) {
         uint4 ring[U];
 #pragma unroll
         for (int u = 0; u < U; u++) ring[u] = g0 + u < g1 ? ldnc(wb + (size_t)(g0 + u) * 512) : make_uint4(0, 0, 0, 0);
-        unsigned long long *pr = P.prof && s >= 4 && s < 8 && threadIdx.x == 0 ? P.prof + ((size_t)b * 4 + (s - 4)) * 5 : nullptr;
-        if (pr) pr[0] = now_ns();
-        grid_wait(P, s);
-        stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
-        for (int i = threadIdx.x; i < nr; i += 32 * NW) racc[i] = 0.0f;
-        if (pr) pr[1] = now_ns();
+        unsigned long long *pr = stage_open(P, S, s, b, xs, racc, nr, 32 * NW);
         if (P.tl && threadIdx.x == 0) P.tl[((size_t)b * P.nst + s) * 2] = now_ns();
         __syncthreads();
         if (pr) pr[2] = now_ns();
@@ -546,12 +555,7 @@ __global__ void __launch_bounds__(32 * NW, 1) steal_kernel(const Params P) {
         int tag[U];
 #pragma unroll
         for (int u = 0; u < U; u++) next(ring[u], tag[u]);
-        unsigned long long *pr = P.prof && s >= 4 && s < 8 && threadIdx.x == 0 ? P.prof + ((size_t)b * 4 + (s - 4)) * 5 : nullptr;
-        if (pr) pr[0] = now_ns();
-        grid_wait(P, s);
-        stage_x(S.in, xs, k, threadIdx.x, 32 * NW);
-        for (int i = threadIdx.x; i < nr; i += 32 * NW) racc[i] = 0.0f;
-        if (pr) pr[1] = now_ns();
+        unsigned long long *pr = stage_open(P, S, s, b, xs, racc, nr, 32 * NW);
         __syncthreads();
         if (pr) pr[2] = now_ns();
         float acc = 0.0f;
