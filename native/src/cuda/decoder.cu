@@ -182,6 +182,7 @@ __shared__ int dk_nbar;                  /* barriers passed (for the profiling r
  * that run a unit): after its barrier, with the new token's heads and first tile ready, after the
  * scores and P.V of its first unit, at its end */
 #define DK_PROF_STRIDE 64
+#define DK_PROF_SMID 48 /* [48]: the multiprocessor (%smid) that ran the block */
 
 __device__ __forceinline__ unsigned long long dk_now(void) {
     unsigned long long t;
@@ -1523,6 +1524,11 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __gri
         } else if (st.fold_keys > 0 && __ldcg(st.fold_ran)) {
             return; /* the folded kernel computed this step */
         }
+    }
+    if (st.prof && threadIdx.x == 0) { /* profiling: which multiprocessor ran this block */
+        unsigned sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        st.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + DK_PROF_SMID] = sm;
     }
     if (threadIdx.x == DK_BAR_T) { /* the barrier state: the barrier thread's alone */
         dk_target = __ldcg(st.bar + 1);
