@@ -9,10 +9,13 @@ also names its multiprocessor), per stage kind:
 - SM spread: max - min over multiprocessors of their mean work (us), and the split-half
   correlation of those means (two halves of the samples: near 1 means the same SMs are slow
   every time, near 0 means chance);
-- clock offsets: %globaltimer differs between multiprocessors, so arrival times of different
-  blocks are compared only after removing each SM's mean offset (departures from one barrier are
-  within ~1 us of each other; an SM whose departures are always microseconds early or late runs
-  an offset clock). The table lists the SMs with offsets over 1 us.
+- clock offsets: arrivals of different blocks are compared on %globaltimer, which is only
+  meaningful if every multiprocessor reads the same clock; departures from one barrier are
+  within ~1 us of each other, so an SM whose departures are always microseconds early or late
+  would run an offset clock. The table lists such SMs (none so far on an H200).
+
+In the folded step the blocks past n_heads * (blocks per head) run no attention unit and arrive
+at the barrier after attention + o_proj at once: that stage's SM spread is theirs.
 
     PYTHONPATH=core:plugins/qwen3_0_6b:plugins/qwen3_4b_instruct_2507:benchmarks \
       python benchmarks/gpu_barrier_skew.py [--models 4b,0.6b] [--reps 4]
