@@ -9,7 +9,7 @@ time difference is the bandwidth it reaches inside the real step. Profiles the f
 step unless --multi-kernel is given.
 
     PYTHONPATH=core:plugins/qwen3_0_6b:plugins/qwen3_4b_instruct_2507 \
-      python benchmarks/gpu_profile_decode.py [--models 0.6b,4b]
+      python benchmarks/gpu_profile_decode.py [--models 0.6b,4b] [--prompt 4096]
 """
 
 from __future__ import annotations
@@ -52,13 +52,18 @@ def gemv_bytes(cfg: Any) -> dict[str, int]:
 
 
 def main() -> int:
+    global PROMPT
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="0.6b,4b")
     ap.add_argument("--multi-kernel", action="store_true", help="profile the multi-kernel step")
     ap.add_argument(
         "--stages-only", action="store_true", help="only the fused step's in-kernel stage table"
     )
+    ap.add_argument(
+        "--prompt", type=int, default=PROMPT, help="context before the timed tokens (default 32)"
+    )
     args = ap.parse_args()
+    PROMPT = args.prompt
     info = cuda.device_info(DEV)
     bw = cuda.copy_bandwidth(device=DEV)
     print(f"device: {info['name']}, copy bandwidth {bw:.0f} GB/s (read + write)")
