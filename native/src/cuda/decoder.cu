@@ -95,6 +95,10 @@
 #ifndef DK_FOLD_SMEM
 #define DK_FOLD_SMEM 0 /* shared memory of the folded kernel if more than the other kernel's */
 #endif
+#ifndef DK_FASTNORM
+#define DK_FASTNORM 384 /* GEMV staging of kernels of at most this many threads: a normed input stays
+                         * in registers until its scale is known (0: never) */
+#endif
 #ifndef DK_QS_LONG
 #define DK_QS_LONG 1 /* contexts longer than a tile: query heads together, keys split (see dk_attention) */
 #endif
@@ -592,9 +596,13 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 }
             }
 
-            /* stage the input (RMSNorm'd when asked); the first chunk's load is issued at once */
+            /* stage the input (RMSNorm'd when asked); the first chunk's load is issued at once.
+             * Where every thread stages one chunk at most (fast), a normed input keeps it in
+             * registers until the norm's scale is known and is stored once, normed. */
             const uint4 x0 = tid < nv ? __ldcg(src + tid) : make_uint4(0, 0, 0, 0);
             const float4 *s2 = (const float4 *)g.src2;
+            const bool fast = NT <= DK_FASTNORM && nw && nv <= DK_THREADS;
+            uint4 vk = make_uint4(0, 0, 0, 0); /* fast: this thread's chunk */
             float ss = 0.0f;
 #pragma unroll 1
             for (int c = tid; c < nv; c += DK_THREADS) {
@@ -605,7 +613,9 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 }
                 uint4 v = c == tid ? x0 : __ldcg(src + c);
                 if (s2) v = dk_add_res(v, d0, d1);
-                if (DK_XBF) {
+                if (fast) {
+                    vk = v;
+                } else if (DK_XBF) {
                     xs16[c] = v;
                 } else {
                     float f[8];
@@ -626,7 +636,9 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
 #pragma unroll 1
                 for (int c = tid; c < xc1; c += DK_THREADS)
                     if (c >= xc0) {
-                        if (DK_XBF) {
+                        if (fast) {
+                            ((uint4 *)g.xout)[c] = vk; /* c == tid */
+                        } else if (DK_XBF) {
                             ((uint4 *)g.xout)[c] = xs16[c];
                         } else {
                             const float4 lo = xlo[c], hi = xhi[c];
@@ -635,7 +647,28 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                         }
                     }
             }
-            if (nw) {
+            if (fast) {
+                /* block_sum without its leading barrier: red was last read before the barriers
+                 * that ended the previous stage */
+                ss = warp_sum(ss);
+                if (lane == 0) red[warp] = ss;
+                __syncthreads();
+                ss = warp_sum(lane < DK_WARPS ? red[lane] : 0.0f);
+                const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
+                if (tid < nv) {
+                    float f[8], w[8];
+                    bf8(vk, f);
+                    bf8(tid < DK_BAR_T ? nw0 : __ldg(nw + tid), w);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
+                    if (DK_XBF) {
+                        xs16[tid] = pack_bf8(f);
+                    } else {
+                        xlo[tid] = make_float4(rbf(f[0]), rbf(f[1]), rbf(f[2]), rbf(f[3]));
+                        xhi[tid] = make_float4(rbf(f[4]), rbf(f[5]), rbf(f[6]), rbf(f[7]));
+                    }
+                }
+            } else if (nw) {
                 ss = block_sum(ss, red);
                 const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
 #pragma unroll 1
