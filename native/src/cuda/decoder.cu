@@ -485,6 +485,23 @@ __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, 
     }
 }
 
+/* Chunk c of a staged GEMV input, f (8 values), RMSNorm'd with scale rr and the weights wv (8 bf16)
+ * like the separate ops (w * bf16(x * rr)), stored in the staging layout (bf16, or floats of bf16
+ * values in two halves). */
+template <int NT>
+__device__ __forceinline__ void dk_norm_store(float *f, uint4 wv, float rr, uint4 *xs16, float4 *xlo, float4 *xhi, int c) {
+    float w[8];
+    bf8(wv, w);
+#pragma unroll
+    for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
+    if (DK_XBF) {
+        xs16[c] = pack_bf8(f);
+    } else {
+        xlo[c] = make_float4(rbf(f[0]), rbf(f[1]), rbf(f[2]), rbf(f[3]));
+        xhi[c] = make_float4(rbf(f[4]), rbf(f[5]), rbf(f[6]), rbf(f[7]));
+    }
+}
+
 /* The residual stream of layer li at row r, as the qkv stage staged it: the embedding row for
  * layer 0, else x2 + bf16(the down sums of layer li - 1). Its inputs are final before the layer's
  * first barrier, so the o_proj stage computes its rows' residual itself, before its barrier: no
@@ -656,39 +673,23 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 ss = warp_sum(lane < DK_WARPS ? red[lane] : 0.0f);
                 const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
                 if (tid < nv) {
-                    float f[8], w[8];
+                    float f[8];
                     bf8(vk, f);
-                    bf8(tid < DK_BAR_T ? nw0 : __ldg(nw + tid), w);
-#pragma unroll
-                    for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
-                    if (DK_XBF) {
-                        xs16[tid] = pack_bf8(f);
-                    } else {
-                        xlo[tid] = make_float4(rbf(f[0]), rbf(f[1]), rbf(f[2]), rbf(f[3]));
-                        xhi[tid] = make_float4(rbf(f[4]), rbf(f[5]), rbf(f[6]), rbf(f[7]));
-                    }
+                    dk_norm_store<NT>(f, tid < DK_BAR_T ? nw0 : __ldg(nw + tid), rr, xs16, xlo, xhi, tid);
                 }
             } else if (nw) {
                 ss = block_sum(ss, red);
                 const float rr = 1.0f / sqrtf(ss / (float)k + g.eps);
 #pragma unroll 1
                 for (int c = tid; c < nv; c += DK_THREADS) {
-                    float f[8], w[8];
+                    float f[8];
                     if (DK_XBF) {
                         bf8(xs16[c], f);
                     } else {
                         const float4 lo = xlo[c], hi = xhi[c];
                         f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w, f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
                     }
-                    bf8(c == tid && tid < DK_BAR_T ? nw0 : __ldg(nw + c), w);
-#pragma unroll
-                    for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
-                    if (DK_XBF) {
-                        xs16[c] = pack_bf8(f);
-                    } else {
-                        xlo[c] = make_float4(rbf(f[0]), rbf(f[1]), rbf(f[2]), rbf(f[3]));
-                        xhi[c] = make_float4(rbf(f[4]), rbf(f[5]), rbf(f[6]), rbf(f[7]));
-                    }
+                    dk_norm_store<NT>(f, c == tid && tid < DK_BAR_T ? nw0 : __ldg(nw + c), rr, xs16, xlo, xhi, c);
                 }
             }
             __syncthreads();
