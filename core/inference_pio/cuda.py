@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from inference_pio._native.bindings import ABI_VERSION, PROTOTYPES, Prototype
 from inference_pio.device import Device
-from inference_pio.errors import NativeError
+from inference_pio.errors import InferencePioError, NativeError
 
 if TYPE_CHECKING:
     from inference_pio.tensor import Storage, Tensor
@@ -240,8 +240,9 @@ OP_PROTOTYPES: dict[str, Prototype] = {
 H2D, D2H, D2D = 1, 2, 3
 
 
-class CudaUnavailableError(RuntimeError):
-    """CUDA cannot be used here; the message says why."""
+class CudaUnavailableError(InferencePioError, RuntimeError):
+    """CUDA cannot be used here; the message says why (the command line prints it as one error
+    line)."""
 
 
 _lock = threading.Lock()

@@ -132,3 +132,16 @@ def test_bad_input_is_one_clear_error(
     assert out.returncode == 1
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cuda_device_without_cuda_is_one_clear_error(checkpoint: tuple[Path, object]) -> None:
+    """`--device cuda` where CUDA cannot be used says why in one line, like any bad option."""
+    from inference_pio import cuda
+
+    if cuda.is_available():
+        pytest.skip("CUDA is available here: the command would run")
+    out = _cli("generate", "--model", str(checkpoint[0]), "--prompt", "x", "--device", "cuda")
+    assert out.returncode == 1
+    assert "CUDA is not available" in out.stderr
+    assert cuda.unavailable_reason() in out.stderr
+    assert "Traceback" not in out.stderr
