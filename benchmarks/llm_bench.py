@@ -154,9 +154,15 @@ def safetensors_sizes(ckpt: Path) -> dict[str, int]:
 def decode_bytes_per_token(ckpt: Path, context: int) -> int:
     """Bytes one batch-1 decode step must read: every weight except the embedding table (a lookup
     reads one row) plus the lm_head (for tied embeddings the table itself, counted once), plus
-    the KV cache (bf16) at ``context`` tokens."""
+    the KV cache (bf16) at ``context`` tokens. Of a mixture of experts' ``mlp.experts.{e}.``
+    tensors a token reads its ``num_experts_per_tok`` experts' share."""
     cfg = load_config(ckpt)
     sizes = safetensors_sizes(ckpt)
+    experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    if experts:
+        k = int(cfg["num_experts_per_tok"])
+        for name in [n for n in sizes if ".mlp.experts." in n]:
+            sizes[name] = sizes[name] * k // experts
     total = sum(sizes.values())
     tied = bool(cfg.get("tie_word_embeddings", False))
     if not tied:

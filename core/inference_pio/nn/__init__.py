@@ -1,5 +1,6 @@
 """Reusable model building blocks (embedding, norms, rotary embedding, attention with KV cache,
-SwiGLU MLP, decoder layer and stack, LM head). Plugins assemble models from these.
+SwiGLU MLP, softmax top-k mixture of experts, decoder layer and stack, LM head). Plugins assemble
+models from these.
 
 Blocks validate their weights once, when built; their ``forward`` methods then call the native
 ops directly (one C call per op, no per-call re-validation) because batch-1 decode runs hundreds
@@ -10,6 +11,7 @@ from inference_pio.nn.attention import Attention, KVCache
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, LayerCache
 from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
 from inference_pio.nn.mlp import SwiGLU
+from inference_pio.nn.moe import SoftmaxTopKMoE
 
 __all__ = [
     "Attention",
@@ -21,5 +23,6 @@ __all__ = [
     "Linear",
     "RMSNorm",
     "Rotary",
+    "SoftmaxTopKMoE",
     "SwiGLU",
 ]

@@ -121,7 +121,9 @@ class DecoderModel:
 
     def decode_bytes_per_token(self, context: int) -> int:
         """Bytes one batch-1 decode step reads at ``context`` cached tokens: every weight except
-        the embedding table (one row of it), the LM head, and the KV cache."""
+        the embedding table (one row of it), the LM head, and the KV cache. A block with a
+        ``decode_weight_bytes()`` method (a mixture of experts: the experts one token runs)
+        says itself what it reads."""
         seen: set[int] = set()
         total = 0
 
@@ -133,6 +135,10 @@ class DecoderModel:
 
         for layer in self.layers:
             for obj in (layer.input_norm, layer.post_norm, layer.attention, layer.mlp):
+                own = getattr(obj, "decode_weight_bytes", None)
+                if own is not None:
+                    total += int(own())
+                    continue
                 for t in _weights_of(obj):
                     add(t)
         add(self.norm.weight)

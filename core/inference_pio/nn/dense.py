@@ -5,12 +5,13 @@ Tensor names: ``{prefix}embed_tokens.weight``, ``{prefix}layers.{i}.input_layern
 ``…self_attn.{q,k,v,o}_proj.weight`` (+ optional ``q_norm``/``k_norm``),
 ``…post_attention_layernorm``,
 ``…mlp.{gate,up,down}_proj.weight``, ``{prefix}norm.weight`` and ``lm_head.weight`` unless the
-embeddings are tied.
+embeddings are tied. A plugin whose layers have another MLP (a mixture of experts) passes its own
+``mlp_plan`` (the layer's MLP tensors) and ``mlp`` (the block built from them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.errors import CheckpointError
 from inference_pio.nn.attention import Attention
-from inference_pio.nn.decoder import DecoderLayer, DecoderModel
+from inference_pio.nn.decoder import DecoderLayer, DecoderModel, Mlp
 from inference_pio.nn.layers import ROPE_NEOX, Embedding, Linear, RMSNorm, Rotary, check_weight
 from inference_pio.nn.mlp import SwiGLU
 from inference_pio.tensor import Tensor
@@ -100,9 +101,43 @@ class DenseConfig:
         )
 
 
-def weight_plan(cfg: DenseConfig, prefix: str = "model.") -> dict[str, tuple[tuple[int, ...], str]]:
-    """Every tensor of the checkpoint with its shape and init kind (for synthetic checkpoints)."""
-    h, hd, i = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+WeightPlan = dict[str, tuple[tuple[int, ...], str]]
+#: ``(layer index, layer prefix) -> {tensor name: (shape, init kind)}`` of a layer's MLP
+MlpPlan = Callable[[int, str], WeightPlan]
+#: ``(layer index, layer prefix, tensor getter) -> the layer's MLP block``
+MlpFactory = Callable[[int, str, Callable[[str], Tensor]], Mlp]
+
+
+def swiglu_plan(cfg: DenseConfig) -> MlpPlan:
+    """The dense layers' MLP tensors: ``mlp.{gate,up,down}_proj.weight``."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+
+    def plan(layer: int, p: str) -> WeightPlan:
+        return {
+            p + "mlp.gate_proj.weight": ((i, h), "normal"),
+            p + "mlp.up_proj.weight": ((i, h), "normal"),
+            p + "mlp.down_proj.weight": ((h, i), "normal"),
+        }
+
+    return plan
+
+
+def swiglu_mlp(layer: int, p: str, w: Callable[[str], Tensor]) -> SwiGLU:
+    """The dense layers' MLP block from its tensors (:func:`swiglu_plan`)."""
+    return SwiGLU(
+        Linear(p + "mlp.gate_proj", w(p + "mlp.gate_proj.weight")),
+        Linear(p + "mlp.up_proj", w(p + "mlp.up_proj.weight")),
+        Linear(p + "mlp.down_proj", w(p + "mlp.down_proj.weight")),
+    )
+
+
+def weight_plan(
+    cfg: DenseConfig, prefix: str = "model.", mlp_plan: MlpPlan | None = None
+) -> WeightPlan:
+    """Every tensor of the checkpoint with its shape and init kind (for synthetic checkpoints);
+    ``mlp_plan`` gives each layer's MLP tensors (default: :func:`swiglu_plan`)."""
+    h, hd = cfg.hidden_size, cfg.head_dim
+    layer_mlp = mlp_plan if mlp_plan is not None else swiglu_plan(cfg)
     plan: dict[str, tuple[tuple[int, ...], str]] = {
         f"{prefix}embed_tokens.weight": ((cfg.vocab_size, h), "normal"),
         f"{prefix}norm.weight": ((h,), "norm"),
@@ -119,11 +154,9 @@ def weight_plan(cfg: DenseConfig, prefix: str = "model.") -> dict[str, tuple[tup
                 p + "self_attn.k_proj.weight": ((cfg.num_kv_heads * hd, h), "normal"),
                 p + "self_attn.v_proj.weight": ((cfg.num_kv_heads * hd, h), "normal"),
                 p + "self_attn.o_proj.weight": ((h, cfg.num_heads * hd), "normal"),
-                p + "mlp.gate_proj.weight": ((i, h), "normal"),
-                p + "mlp.up_proj.weight": ((i, h), "normal"),
-                p + "mlp.down_proj.weight": ((h, i), "normal"),
             }
         )
+        plan.update(layer_mlp(layer, p))
         if cfg.qk_norm:
             plan[p + "self_attn.q_norm.weight"] = ((hd,), "norm")
             plan[p + "self_attn.k_norm.weight"] = ((hd,), "norm")
@@ -148,9 +181,17 @@ def build(
     device: Device | str = "cpu",
     dtype: DType | str | None = None,
     prefix: str = "model.",
+    mlp_plan: MlpPlan | None = None,
+    mlp: MlpFactory | None = None,
 ) -> DecoderModel:
-    """Assembles a :class:`DecoderModel` from checkpoint tensors, checking every shape."""
-    plan = weight_plan(cfg, prefix)
+    """Assembles a :class:`DecoderModel` from checkpoint tensors, checking every shape.
+
+    ``mlp_plan`` and ``mlp`` replace the dense SwiGLU of each layer (both or neither): the
+    layer's MLP tensors, then the block built from them."""
+    if (mlp_plan is None) != (mlp is None):
+        raise ValueError("dense.build: pass mlp_plan and mlp together")
+    plan = weight_plan(cfg, prefix, mlp_plan)
+    make_mlp = mlp if mlp is not None else swiglu_mlp
     for name, (shape, _) in plan.items():
         if name not in weights:
             raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
@@ -183,11 +224,7 @@ def build(
             if cfg.qk_norm
             else None,
         )
-        mlp = SwiGLU(
-            Linear(p + "mlp.gate_proj", w(p + "mlp.gate_proj.weight")),
-            Linear(p + "mlp.up_proj", w(p + "mlp.up_proj.weight")),
-            Linear(p + "mlp.down_proj", w(p + "mlp.down_proj.weight")),
-        )
+        block = make_mlp(layer, p, w)
         layers.append(
             DecoderLayer(
                 RMSNorm(p + "input_layernorm", w(p + "input_layernorm.weight"), eps),
@@ -195,7 +232,7 @@ def build(
                 RMSNorm(
                     p + "post_attention_layernorm", w(p + "post_attention_layernorm.weight"), eps
                 ),
-                mlp,
+                block,
             )
         )
     embed_w = w(f"{prefix}embed_tokens.weight")

@@ -3,14 +3,16 @@
 Subclass :class:`CausalLMConformance` in a plugin's ``tests/unit/test_model.py``, set ``load``
 (the plugin's factory), ``hf_class_name`` (the transformers class), ``tiny_config`` (a small config
 of the exact architecture) and ``real_config`` (the real config.json as a dict). pytest then
-runs every ``test_*`` method below for the plugin.
+runs every ``test_*`` method below for the plugin. ``shape_field`` names a config field that sets
+weight shapes (default ``intermediate_size``).
 
-Reference: transformers on CPU, eager attention, norms randomised (so a missing or mis-applied
-norm shows). Tolerances: fp32 logits relative error (‖ours − ref‖ / ‖ref‖ per position) ≤ 1e-4;
-bf16 ≤ 2e-2 (8 mantissa bits: one rounding is ≤ 2^-9 ≈ 2e-3 relative and a few dozen roundings in
-sequence accumulate to ~1e-2). Greedy tokens must be identical; for bf16 the embedding (and a
-separate LM head) is scaled ×8 in the fixture so logits are well separated (near-ties in a tiny
-random model would otherwise flip on rounding noise alone).
+Reference: transformers on CPU, eager attention (and eager experts), norms randomised (so a
+missing or mis-applied norm shows). Tolerances: fp32 logits relative error (‖ours − ref‖ /
+‖ref‖ per position) ≤ 1e-4; bf16 ≤ 2e-2 (8 mantissa bits: one rounding is ≤ 2^-9 ≈ 2e-3
+relative and a few dozen roundings in sequence accumulate to ~1e-2). Greedy tokens must be
+identical; for bf16 the embedding (and a separate LM head) is scaled ×8 in the fixture so logits
+are well separated (near-ties in a tiny random model would otherwise flip on rounding noise
+alone).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def save_reference(
     cls = getattr(transformers, hf_class_name)
     cfg = cls.config_class(**config)
     cfg._attn_implementation = "eager"
+    # mixtures of experts: transformers' eager experts (each expert's weighted output added into
+    # the result in turn), the rounding order the models here follow (design.md)
+    cfg._experts_implementation = "eager"
     torch.manual_seed(seed)
     model = cls(cfg).eval()
     with torch.no_grad():
@@ -111,6 +116,9 @@ class CausalLMConformance:
     hf_class_name: ClassVar[str]
     tiny_config: ClassVar[dict[str, Any]]
     real_config: ClassVar[Callable[[], dict[str, Any]]]
+    #: a config.json field that sets weight shapes: doubled, loading must fail on a shape
+    #: (a mixture of experts whose layers are all sparse has no use for intermediate_size)
+    shape_field: ClassVar[str] = "intermediate_size"
 
     # ---- fixtures ----------------------------------------------------------------------------
     @pytest.fixture(scope="class")
@@ -212,7 +220,7 @@ class CausalLMConformance:
         bad = tmp_path / "bad"
         shutil.copytree(fp32[0], bad)
         cfg = json.loads((bad / "config.json").read_text())
-        cfg["intermediate_size"] = cfg["intermediate_size"] * 2
+        cfg[self.shape_field] = cfg[self.shape_field] * 2
         (bad / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(CheckpointError, match="shape"):
             type(self).load(bad)

@@ -1,0 +1,127 @@
+"""Sparse mixture-of-experts MLP with a softmax top-k router (Qwen3-MoE; models.md §1.5).
+
+``out = Σ_j w_j · expert_{idx_j}(x)`` over each token's k best experts. Rounding follows
+transformers' eager experts: the router's logits in the activation dtype, softmax and top-k in
+fp32 (renormalised when asked), the weights rounded to the activation dtype; each expert's
+output times its weight rounded to the activation dtype and added into a zeroed output, expert
+by expert in ascending order (a bf16 output rounds after every add, as ``index_add_`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inference_pio.backend import Backend
+from inference_pio.dtypes import DType
+from inference_pio.nn.layers import Linear
+from inference_pio.nn.mlp import SwiGLU
+from inference_pio.tensor import Tensor
+
+
+class SoftmaxTopKMoE:
+    """Router ``[E, hidden]`` and E SwiGLU experts; each token runs ``k`` of them.
+
+    Callable as ``(backend, x [T, hidden], out [T, hidden]) -> out`` (the MLP slot of
+    :class:`~inference_pio.nn.DecoderLayer`). The experts a token runs depend on its values, so
+    the block is not replayable by decode plans. Runs on the CPU.
+    """
+
+    #: Decode plans must not replay this block: which experts run depends on the data.
+    replayable = False
+
+    def __init__(
+        self, router: Linear, experts: Sequence[SwiGLU], k: int, *, renormalize: bool = True
+    ) -> None:
+        if not experts:
+            raise ValueError("SoftmaxTopKMoE needs at least one expert")
+        hidden = router.in_features
+        if router.out_features != len(experts):
+            raise ValueError(f"router has {router.out_features} outputs for {len(experts)} experts")
+        for i, ex in enumerate(experts):
+            if ex.gate.in_features != hidden or ex.down.out_features != hidden:
+                raise ValueError(f"expert {i} does not map hidden size {hidden} to itself")
+        if not 1 <= k <= min(len(experts), 1024):
+            raise ValueError(f"k={k} must lie in 1..{min(len(experts), 1024)}")
+        self.router, self.experts, self.k = router, list(experts), k
+        self.renormalize = renormalize
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    def decode_weight_bytes(self) -> int:
+        """Weight bytes one token reads: the router and, on average, k of the E experts."""
+        experts = sum(lin.weight.nbytes for ex in self.experts for lin in (ex.gate, ex.up, ex.down))
+        return self.router.weight.nbytes + experts * self.k // self.num_experts
+
+    def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
+        if be.device.type != "cpu":
+            raise NotImplementedError("SoftmaxTopKMoE runs on the CPU only in this release")
+        t, hidden = x.shape
+        e, k = self.num_experts, self.k
+        logits = be.scratch("moe.logits", (t, e), x.dtype)
+        self.router(be, x, logits)
+        idx = be.scratch("moe.idx", (t, k), DType.int32)
+        weights = be.scratch("moe.weights", (t, k), x.dtype)
+        be.call(
+            "moe_route_softmax",
+            logits.data_ptr,
+            t,
+            e,
+            k,
+            int(self.renormalize),
+            logits.dtype,
+            idx.data_ptr,
+            weights.data_ptr,
+            weights.dtype,
+        )
+        counts = be.scratch("moe.counts", (e,), DType.int32)
+        offsets = be.scratch("moe.offsets", (e + 1,), DType.int32)
+        order = be.scratch("moe.order", (t * k,), DType.int32)
+        be.call(
+            "moe_group_by_expert",
+            idx.data_ptr,
+            t * k,
+            e,
+            counts.data_ptr,
+            offsets.data_ptr,
+            order.data_ptr,
+        )
+        # routing entries (flat positions token * k + slot) sorted by expert, then by position
+        offs: list[int] = offsets.tolist()
+        tokens = Tensor.from_list([p // k for p in order.tolist()], DType.int32)
+        n = t * k
+        xs = be.scratch("moe.x", (n, hidden), x.dtype)
+        be.call("moe_gather_rows", x.data_ptr, tokens.data_ptr, xs.data_ptr, t, n, hidden, x.dtype)
+        ws = be.scratch("moe.w", (n, 1), weights.dtype)
+        be.call(
+            "moe_gather_rows",
+            weights.data_ptr,
+            order.data_ptr,
+            ws.data_ptr,
+            n,
+            n,
+            1,
+            weights.dtype,
+        )
+        ys = be.scratch("moe.y", (n, hidden), x.dtype)
+        for ex in range(e):
+            lo, hi = offs[ex], offs[ex + 1]
+            if hi > lo:
+                self.experts[ex](be, xs.narrow(0, lo, hi - lo), ys.narrow(0, lo, hi - lo))
+        out.zero_()
+        be.call(
+            "moe_scatter_add",
+            ys.data_ptr,
+            tokens.data_ptr,
+            ws.data_ptr,
+            out.data_ptr,
+            n,
+            t,
+            hidden,
+            ys.dtype,
+            ws.dtype,
+            out.dtype,
+            1,
+        )
+        return out
