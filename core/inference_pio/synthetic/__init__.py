@@ -21,6 +21,7 @@ from typing import Any
 
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
+from inference_pio.errors import CheckpointError
 from inference_pio.registry import ModelSpec, import_reference
 from inference_pio.synthetic.qwen_vocab import (
     QWEN3_ADDED_TOKENS,
@@ -70,6 +71,13 @@ def write_random_safetensors(path: Path, plan: WeightPlan, dtype: DType, progres
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     total = offset
+    free = shutil.disk_usage(path.parent).free
+    if total + len(raw) + 8 > free:  # checked before writing anything (the real MoE is 61 GB)
+        raise CheckpointError(
+            f"the synthetic checkpoint needs {(total + len(raw) + 8) / 1e9:.1f} GB and "
+            f"{free / 1e9:.1f} GB are free in {path.parent}; set INFERENCE_PIO_CACHE to a "
+            "directory on a larger disk"
+        )
     bar = _progress(total, f"writing {path.name}") if progress else None
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as f:
@@ -176,7 +184,11 @@ def checkpoint_path(
             "(random weights: the text will be meaningless)",
             file=sys.stderr,
         )
-    build(spec, partial, dtype, progress=progress)
+    try:
+        build(spec, partial, dtype, progress=progress)
+    except BaseException:  # no half-written checkpoint is left behind (disk full, Ctrl-C)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     try:
         partial.rename(directory)
     except OSError:  # another process finished first: keep its copy
