@@ -27,6 +27,8 @@ environment:
   INFERENCE_PIO_STRICT_PLUGINS   1 = a plugin that fails to load is a fatal error
   INFERENCE_PIO_LIB              path to a different build of libtensor_ops.so
   INFERENCE_PIO_NUM_THREADS      default CPU thread count (else the physical cores)
+  INFERENCE_PIO_CACHE            where synthetic:NAME checkpoints are built (else
+                                 ~/.cache/inference-pio)
   INFERENCE_PIO_DECODE_PLAN      0 = no recorded batch-1 CPU decode steps (debugging)
   INFERENCE_PIO_CUDA_FUSED_DECODE  0 = batch-1 CUDA decode as the multi-kernel CUDA graph
                                  (default: one fused kernel per token where the model allows it)
