@@ -108,27 +108,33 @@ MlpPlan = Callable[[int, str], WeightPlan]
 MlpFactory = Callable[[int, str, Callable[[str], Tensor]], Mlp]
 
 
+def swiglu_shapes(q: str, hidden: int, inter: int) -> WeightPlan:
+    """The tensors of one SwiGLU named ``{q}{gate,up,down}_proj.weight`` (a layer's MLP with
+    ``q = "…mlp."``, an expert with ``q = "…mlp.experts.{e}."``)."""
+    return {
+        q + "gate_proj.weight": ((inter, hidden), "normal"),
+        q + "up_proj.weight": ((inter, hidden), "normal"),
+        q + "down_proj.weight": ((hidden, inter), "normal"),
+    }
+
+
+def swiglu_block(q: str, w: Callable[[str], Tensor]) -> SwiGLU:
+    """The SwiGLU of the tensors :func:`swiglu_shapes` names, from the getter ``w``."""
+    return SwiGLU(
+        Linear(q + "gate_proj", w(q + "gate_proj.weight")),
+        Linear(q + "up_proj", w(q + "up_proj.weight")),
+        Linear(q + "down_proj", w(q + "down_proj.weight")),
+    )
+
+
 def swiglu_plan(cfg: DenseConfig) -> MlpPlan:
     """The dense layers' MLP tensors: ``mlp.{gate,up,down}_proj.weight``."""
-    h, i = cfg.hidden_size, cfg.intermediate_size
-
-    def plan(layer: int, p: str) -> WeightPlan:
-        return {
-            p + "mlp.gate_proj.weight": ((i, h), "normal"),
-            p + "mlp.up_proj.weight": ((i, h), "normal"),
-            p + "mlp.down_proj.weight": ((h, i), "normal"),
-        }
-
-    return plan
+    return lambda layer, p: swiglu_shapes(p + "mlp.", cfg.hidden_size, cfg.intermediate_size)
 
 
 def swiglu_mlp(layer: int, p: str, w: Callable[[str], Tensor]) -> SwiGLU:
     """The dense layers' MLP block from its tensors (:func:`swiglu_plan`)."""
-    return SwiGLU(
-        Linear(p + "mlp.gate_proj", w(p + "mlp.gate_proj.weight")),
-        Linear(p + "mlp.up_proj", w(p + "mlp.up_proj.weight")),
-        Linear(p + "mlp.down_proj", w(p + "mlp.down_proj.weight")),
-    )
+    return swiglu_block(p + "mlp.", w)
 
 
 def weight_plan(

@@ -20,7 +20,6 @@ from inference_pio.device import Device
 from inference_pio.errors import CheckpointError
 from inference_pio.nn import dense
 from inference_pio.nn.layers import Linear
-from inference_pio.nn.mlp import SwiGLU
 from inference_pio.nn.moe import SoftmaxTopKMoE
 from inference_pio.tensor import Tensor
 from inference_pio_qwen3_coder_30b import MODEL_NAME
@@ -92,10 +91,7 @@ def mlp_plan(cfg: dense.DenseConfig, moe: MoeConfig) -> dense.MlpPlan:
             return dense_plan(layer, p)
         out: dense.WeightPlan = {p + "mlp.gate.weight": ((moe.num_experts, h), "normal")}
         for e in range(moe.num_experts):
-            q = f"{p}mlp.experts.{e}."
-            out[q + "gate_proj.weight"] = ((i, h), "normal")
-            out[q + "up_proj.weight"] = ((i, h), "normal")
-            out[q + "down_proj.weight"] = ((h, i), "normal")
+            out.update(dense.swiglu_shapes(f"{p}mlp.experts.{e}.", h, i))
         return out
 
     return plan
@@ -107,16 +103,7 @@ def mlp_factory(moe: MoeConfig) -> dense.MlpFactory:
     def make(layer: int, p: str, w: Callable[[str], Tensor]) -> Any:
         if not moe.sparse(layer):
             return dense.swiglu_mlp(layer, p, w)
-        experts = []
-        for e in range(moe.num_experts):
-            q = f"{p}mlp.experts.{e}."
-            experts.append(
-                SwiGLU(
-                    Linear(q + "gate_proj", w(q + "gate_proj.weight")),
-                    Linear(q + "up_proj", w(q + "up_proj.weight")),
-                    Linear(q + "down_proj", w(q + "down_proj.weight")),
-                )
-            )
+        experts = [dense.swiglu_block(f"{p}mlp.experts.{e}.", w) for e in range(moe.num_experts)]
         router = Linear(p + "mlp.gate", w(p + "mlp.gate.weight"))
         return SoftmaxTopKMoE(
             router, experts, moe.experts_per_token, renormalize=moe.norm_topk_prob
