@@ -2,7 +2,7 @@
 # One call on the GPU machine: build with CUDA, run the GPU tests, print the benchmark table.
 # Usage: bash benchmarks/gpu_run.sh [benchmark args...]   (OUT=dir keeps logs; LONG_PROMPT=4096
 # adds the decode table after a 4096-token context; PYTEST_K="a or b" selects tests, NO_BENCH=1
-# skips the benchmark)
+# skips the benchmark, MOE_BENCH=1 adds the Qwen3-Coder-30B-A3B table, MOE_ARGS passes it options)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 ARCH=${CUDA_ARCH:-90a}
@@ -13,7 +13,7 @@ cmake -S native -B build-gpu -G Ninja -DTENSOR_OPS_CUDA=ON -DTENSOR_OPS_TESTS=OF
   || { tail -40 "$OUT/build.log" "$OUT/cmake.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 export INFERENCE_PIO_LIB=$PWD/build-gpu/libtensor_ops.so
-export PYTHONPATH=$PWD/core:$PWD/plugins/qwen3_0_6b:$PWD/plugins/qwen3_4b_instruct_2507${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD/core:$PWD/plugins/qwen3_0_6b:$PWD/plugins/qwen3_4b_instruct_2507:$PWD/plugins/qwen3_coder_30b${PYTHONPATH:+:$PYTHONPATH}
 # cuBLAS from the Python environment's nvidia-cublas wheel when the system has none
 if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
   c=$(python3 -c "import glob,sys;p=[g for s in sys.path for g in glob.glob(s+'/nvidia/cu*/lib/libcublas.so.*')+glob.glob(s+'/nvidia/cublas/lib/libcublas.so.*')];print(p[0] if p else '')" 2>/dev/null)
@@ -25,6 +25,11 @@ timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 
 if [ -n "${LONG_PROMPT:-}" ]; then
   timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py --prompt "$LONG_PROMPT" --prefill 256 \
     --json "$OUT/bench_long.json" "$@" 2>&1 | tee "$OUT/bench_long.log"
+fi
+# MOE_BENCH=1: Qwen3-Coder-30B-A3B (48 layers of the real shapes) against transformers
+if [ -n "${MOE_BENCH:-}" ]; then
+  timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/gpu_moe_bench.py --json "$OUT/bench_moe.json" ${MOE_ARGS:-} \
+    2>&1 | tee "$OUT/bench_moe.log"
 fi
 # PDL_TOO=1: the model tests and the benchmark again with programmatic dependent launch of GEMVs
 if [ -n "${PDL_TOO:-}" ]; then

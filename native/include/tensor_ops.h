@@ -524,6 +524,17 @@ TO_API int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void *nor
                           float eps, const void *w0, int64_t seg0, const void *w1, int64_t seg1,
                           const void *w2, int64_t seg2, int64_t k, const void *res, int64_t ldr,
                           int swiglu, void *y, int64_t ldy, int act_dtype, void *argmax);
+/* Mixture-of-experts decode without a host round trip (src/cuda/linear.cu, moe.cu): the GEMVs of
+ * the experts a router chose, read from the device (sel[slot]; tab0 / tab1 are device arrays of
+ * n_experts bf16 [n, k] weight pointers; tab1 given: y = swiglu(tab0 x, tab1 x)); then each
+ * token's k expert outputs y [t * k, d] weighted and added in ascending expert order (rounded as
+ * toc_moe_scatter_add with round_products into a zeroed output), plus res [t, d] when given. */
+TO_API int toc_moe_gemv(const void *x, int64_t ldx_slot, const void *norm_w, int norm_dtype, float eps,
+                        const int32_t *sel, int64_t slots, int64_t n_experts, const void *tab0,
+                        const void *tab1, int64_t n, int64_t k, void *y, int64_t ldy_slot, int act_dtype);
+TO_API int toc_moe_combine(const void *y, const int32_t *idx, const void *weights, const void *res, void *out,
+                           int64_t t, int64_t k, int64_t e, int64_t d, int y_dtype, int weights_dtype,
+                           int out_dtype);
 TO_API int toc_qk_rope_append(void *qkv, const void *q_norm, const void *k_norm, int norm_dtype,
                               float eps, const void *cos, const void *sin, const int32_t *pos,
                               void *k_cache, void *v_cache, int64_t nh, int64_t nkv, int64_t hd,

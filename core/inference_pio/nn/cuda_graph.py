@@ -43,10 +43,12 @@ from inference_pio.nn.attention import Attention
 from inference_pio.nn.decoder import DecoderModel, LayerCache
 from inference_pio.nn.layers import RMS_PLAIN, ROPE_NEOX, RMSNorm
 from inference_pio.nn.mlp import SwiGLU
+from inference_pio.nn.moe import SoftmaxTopKMoE
 from inference_pio.sampling import SamplingParams, device_supports
 from inference_pio.tensor import Tensor, tensor
 
 CHUNK = 32  # greedy tokens per host round trip
+MOE_MAX_K = 64  # experts per token of toc_moe_combine
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -61,14 +63,24 @@ def unsupported_reason(model: Any) -> str | None:
         return "final norm variant"
     for layer in model.layers:
         attn, mlp = layer.attention, layer.mlp
-        if not isinstance(attn, Attention) or not isinstance(mlp, SwiGLU):
+        if not isinstance(attn, Attention) or not isinstance(mlp, (SwiGLU, SoftmaxTopKMoE)):
             return "layer type"
         if attn.rotary.rot_dim != attn.hd or attn.hd > 256 or attn.hd % 2:
             return "partial rotary or head_dim"
         norms: list[RMSNorm | None] = [layer.input_norm, layer.post_norm, attn.q_norm, attn.k_norm]
         if any(n is not None and n.variant != RMS_PLAIN for n in norms):
             return "norm variant"
-        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate, mlp.up, mlp.down]
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
+        if isinstance(mlp, SwiGLU):
+            linears += [mlp.gate, mlp.up, mlp.down]
+        else:
+            if type(mlp).__call__ is not SoftmaxTopKMoE.__call__:
+                return "a mixture of experts with its own __call__"
+            if mlp.k > MOE_MAX_K:
+                return f"more than {MOE_MAX_K} experts per token"
+            linears += [mlp.router] + [x for ex in mlp.experts for x in (ex.gate, ex.up, ex.down)]
+            if any(lin.weight.data_ptr % 16 for lin in linears):
+                return "expert weights must be 16-byte aligned"
         for lin in linears:
             if lin.weight.dtype != DType.bfloat16 or lin.bias is not None or lin.in_features % 8:
                 return "weights must be bf16 without bias, in_features % 8 == 0"
@@ -150,6 +162,8 @@ def fused_unsupported_reason(model: Any) -> str | None:
     reason = unsupported_reason(model)
     if reason is not None:
         return reason
+    if any(isinstance(layer.mlp, SoftmaxTopKMoE) for layer in model.layers):
+        return "a mixture-of-experts MLP"
     a0 = model.layers[0].attention
     if a0.nh // a0.nkv > 8:
         return "more than 8 query heads per kv head"
@@ -260,8 +274,14 @@ class CudaGraphDecoder:
         a0 = model.layers[0].attention
         self.nh, self.nkv, self.hd = a0.nh, a0.nkv, a0.hd
         mlp0 = model.layers[0].mlp
-        assert isinstance(mlp0, SwiGLU)
-        self.inter = mlp0.inter
+        self.inter = mlp0.inter if isinstance(mlp0, SwiGLU) else 0
+        # the MLP's hidden activations: a SwiGLU's [inter], an MoE layer's [k, its inter]
+        h_len = max(
+            mlp.inter if isinstance(mlp, SwiGLU) else mlp.k * mlp.experts[0].inter
+            for mlp in (layer.mlp for layer in model.layers)
+            if isinstance(mlp, (SwiGLU, SoftmaxTopKMoE))
+        )
+        self._moe_setup(model)
         self.qkv_w = (self.nh + 2 * self.nkv) * self.hd
         # counters: [token, position, step, pad]; the packed argmax as one 64-bit word
         self.ctr = Tensor.zeros((4,), DType.int32, dev)
@@ -271,7 +291,7 @@ class CudaGraphDecoder:
         self.x2 = Tensor.empty((1, model.hidden), act, dev)
         self.qkv = Tensor.empty((1, self.qkv_w), act, dev)
         self.attn = Tensor.empty((1, self.nh * self.hd), act, dev)
-        self.h = Tensor.empty((1, self.inter), act, dev)
+        self.h = Tensor.empty((1, h_len), act, dev)
         self.logits = Tensor.empty((1, model.vocab_size), act, dev)
         sms = cuda.device_info(dev)["multiprocessors"]
         self.nsplit = max(1, min(32, capacity // 128, math.ceil(2 * sms / self.nkv)))
@@ -303,6 +323,76 @@ class CudaGraphDecoder:
                 )
                 self.fused = False
         self._capture()
+
+    def _moe_setup(self, model: DecoderModel) -> None:
+        """Buffers of the mixture-of-experts layers (router logits, the chosen experts and
+        their weights, the experts' outputs) and, per such layer, device tables of its experts'
+        gate / up / down weight pointers, which the expert GEMVs index by the router's choice."""
+        dev, act = model.device, model.act_dtype
+        moes = [layer.mlp for layer in model.layers if isinstance(layer.mlp, SoftmaxTopKMoE)]
+        self.moe_tables: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        if not moes:
+            return
+        e_max = max(m.num_experts for m in moes)
+        k_max = max(m.k for m in moes)
+        self.moe_logits = Tensor.empty((1, e_max), act, dev)
+        self.moe_idx = Tensor.empty((1, k_max), DType.int32, dev)
+        self.moe_w = Tensor.empty((1, k_max), act, dev)
+        self.moe_y = Tensor.empty((k_max, model.hidden), act, dev)
+        for li, layer in enumerate(model.layers):
+            mlp = layer.mlp
+            if isinstance(mlp, SoftmaxTopKMoE):
+                self.moe_tables[li] = tuple(  # type: ignore[assignment]
+                    Tensor.from_list(
+                        [getattr(ex, name).weight.data_ptr for ex in mlp.experts], DType.int64
+                    ).to(dev)
+                    for name in ("gate", "up", "down")
+                )
+
+    def _record_moe(self, li: int, mlp: SoftmaxTopKMoE, post_norm: RMSNorm, run: Any) -> None:
+        """One mixture-of-experts MLP of the multi-kernel step, from ``x2`` to ``x``: RMSNorm +
+        router GEMV, the softmax top-k router, the chosen experts' RMSNorm + gate/up GEMVs with
+        SwiGLU, their down GEMVs, then the weighted sum in expert order plus the residual; the
+        experts are read from device tables, so nothing comes back to the host."""
+        m, lib = self.model, self.cuda.lib()
+        act, hid = int(m.act_dtype), m.hidden
+        e, k, inter = mlp.num_experts, mlp.k, mlp.experts[0].inter
+        gate_t, up_t, down_t = self.moe_tables[li]
+        nw = post_norm.weight
+        router = mlp.router.weight
+        run(
+            "gate_up",
+            lib.toc_gemv_fused,
+            self.x2.data_ptr, hid, 1, nw.data_ptr, nw.dtype, post_norm.eps,
+            router.data_ptr, e, None, 0, None, 0, hid, None, 0, 0,
+            self.moe_logits.data_ptr, e, act, None,
+        )  # fmt: skip
+        run(
+            "gate_up",
+            lib.toc_moe_route_softmax,
+            self.moe_logits.data_ptr, 1, e, k, int(mlp.renormalize), act,
+            self.moe_idx.data_ptr, self.moe_w.data_ptr, act,
+        )  # fmt: skip
+        run(
+            "gate_up",
+            lib.toc_moe_gemv,
+            self.x2.data_ptr, 0, nw.data_ptr, nw.dtype, post_norm.eps,
+            self.moe_idx.data_ptr, k, e, gate_t.data_ptr, up_t.data_ptr, inter, hid,
+            self.h.data_ptr, inter, act,
+        )  # fmt: skip
+        run(
+            "down",
+            lib.toc_moe_gemv,
+            self.h.data_ptr, inter, None, 0, 0.0,
+            self.moe_idx.data_ptr, k, e, down_t.data_ptr, None, hid, inter,
+            self.moe_y.data_ptr, hid, act,
+        )  # fmt: skip
+        run(
+            "down",
+            lib.toc_moe_combine,
+            self.moe_y.data_ptr, self.moe_idx.data_ptr, self.moe_w.data_ptr, self.x2.data_ptr,
+            self.x.data_ptr, 1, k, e, hid, act, act, act,
+        )  # fmt: skip
 
     def _create_fused(self) -> None:
         m, lib = self.model, self.cuda.lib()
@@ -436,7 +526,6 @@ class CudaGraphDecoder:
         hid = m.hidden
         for li, layer in enumerate(m.layers):
             at, mlp = layer.attention, layer.mlp
-            assert isinstance(mlp, SwiGLU)
             kc, vc = self.cache.layers[li].k, self.cache.layers[li].v
             n_in = layer.input_norm
             run(
@@ -530,6 +619,11 @@ class CudaGraphDecoder:
                 None,
             )
             n_post = layer.post_norm
+            if isinstance(mlp, SoftmaxTopKMoE):
+                self._record_moe(li, mlp, n_post, run)
+                continue
+            assert isinstance(mlp, SwiGLU)
+            inter = mlp.inter
             run(
                 "gate_up",
                 lib.toc_gemv_fused,
@@ -540,9 +634,9 @@ class CudaGraphDecoder:
                 n_post.weight.dtype,
                 n_post.eps,
                 mlp.gate.weight.data_ptr,
-                self.inter,
+                inter,
                 mlp.up.weight.data_ptr,
-                self.inter,
+                inter,
                 None,
                 0,
                 hid,
@@ -550,7 +644,7 @@ class CudaGraphDecoder:
                 0,
                 1,
                 self.h.data_ptr,
-                self.inter,
+                inter,
                 act,
                 None,
             )
@@ -559,7 +653,7 @@ class CudaGraphDecoder:
                 "down",
                 lib.toc_gemv_fused,
                 self.h.data_ptr,
-                self.inter,
+                inter,
                 1,
                 None,
                 0,
@@ -570,7 +664,7 @@ class CudaGraphDecoder:
                 0,
                 None,
                 0,
-                self.inter,
+                inter,
                 self.x2.data_ptr,
                 hid,
                 0,

@@ -17,13 +17,19 @@ from inference_pio.nn.layers import Linear
 from inference_pio.nn.mlp import SwiGLU
 from inference_pio.tensor import Tensor
 
+#: Experts per token of the device's ordered combine (toc_moe_combine).
+COMBINE_MAX_K = 64
+COMBINE_MAX_T = 65535
+
 
 class SoftmaxTopKMoE:
     """Router ``[E, hidden]`` and E SwiGLU experts; each token runs ``k`` of them.
 
     Callable as ``(backend, x [T, hidden], out [T, hidden]) -> out`` (the MLP slot of
     :class:`~inference_pio.nn.DecoderLayer`). The experts a token runs depend on its values, so
-    the block is not replayable by decode plans. Runs on the CPU.
+    the block is not replayable by CPU decode plans. Runs on the CPU and on CUDA devices (there,
+    batch-1 decode steps run from a captured graph without reading the routing back:
+    :class:`~inference_pio.nn.cuda_graph.CudaGraphDecoder`).
     """
 
     #: Decode plans must not replay this block: which experts run depends on the data.
@@ -55,8 +61,6 @@ class SoftmaxTopKMoE:
         return self.router.weight.nbytes + experts * self.k // self.num_experts
 
     def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
-        if be.device.type != "cpu":
-            raise NotImplementedError("SoftmaxTopKMoE runs on the CPU only in this release")
         t, hidden = x.shape
         e, k = self.num_experts, self.k
         logits = be.scratch("moe.logits", (t, e), x.dtype)
@@ -89,26 +93,49 @@ class SoftmaxTopKMoE:
         )
         # routing entries (flat positions token * k + slot) sorted by expert, then by position
         offs: list[int] = offsets.tolist()
-        tokens = Tensor.from_list([p // k for p in order.tolist()], DType.int32)
+        positions: list[int] = order.tolist()
+        tokens = Tensor.from_list([p // k for p in positions], DType.int32)
+        on_device = be.device.type != "cpu"
+        if on_device:
+            tokens = tokens.to(be.device)
         n = t * k
         xs = be.scratch("moe.x", (n, hidden), x.dtype)
         be.call("moe_gather_rows", x.data_ptr, tokens.data_ptr, xs.data_ptr, t, n, hidden, x.dtype)
-        ws = be.scratch("moe.w", (n, 1), weights.dtype)
-        be.call(
-            "moe_gather_rows",
-            weights.data_ptr,
-            order.data_ptr,
-            ws.data_ptr,
-            n,
-            n,
-            1,
-            weights.dtype,
-        )
         ys = be.scratch("moe.y", (n, hidden), x.dtype)
         for ex in range(e):
             lo, hi = offs[ex], offs[ex + 1]
             if hi > lo:
                 self.experts[ex](be, xs.narrow(0, lo, hi - lo), ys.narrow(0, lo, hi - lo))
+        if on_device and k <= COMBINE_MAX_K and t <= COMBINE_MAX_T:
+            # the outputs back in (token, slot) order, then one thread per (token, column) adds
+            # its token's k products in expert order (the scatter-add below walks every entry
+            # in turn, one column per thread)
+            inverse = [0] * n
+            for i, p in enumerate(positions):
+                inverse[p] = i
+            inv = Tensor.from_list(inverse, DType.int32).to(be.device)
+            yt = be.scratch("moe.yt", (n, hidden), x.dtype)
+            be.call(
+                "moe_gather_rows", ys.data_ptr, inv.data_ptr, yt.data_ptr, n, n, hidden, x.dtype
+            )
+            be.call(
+                "moe_combine",
+                yt.data_ptr,
+                idx.data_ptr,
+                weights.data_ptr,
+                None,
+                out.data_ptr,
+                t,
+                k,
+                e,
+                hidden,
+                yt.dtype,
+                weights.dtype,
+                out.dtype,
+            )
+            return out
+        ws = be.scratch("moe.w", (n, 1), weights.dtype)
+        be.call("moe_gather_rows", weights.data_ptr, order.data_ptr, ws.data_ptr, n, n, 1, ws.dtype)
         out.zero_()
         be.call(
             "moe_scatter_add",

@@ -39,6 +39,13 @@ struct GemvArgs {
     int64_t ldr;
     int swiglu; /* w[0] = gate, w[1] = up; y = round(round(silu(round(g))) * round(u)) */
     unsigned long long *argmax; /* packed (value key, ~index) atomicMax of the rounded outputs */
+    /* toc_moe_gemv: blockIdx.y is a routing slot whose weights are tab[0] (and tab[1], swiglu)
+     * at its expert sel[slot]; its x row is x + slot * ldx_slot, its y row y + slot * ldy_slot.
+     * NULL sel: one plain GEMV (w[]). */
+    const int32_t *sel;
+    const unsigned long long *tab[2];
+    int64_t n_experts, ldx_slot, ldy_slot;
+    int slots;
 };
 
 
@@ -111,9 +118,21 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = row < a.n;
     const uint16_t *w0 = nullptr, *w1 = nullptr;
+    const uint16_t *base0 = a.w[0], *base1 = a.w[1];
+    int64_t xoff = 0, yoff = 0; /* elements */
+    if (a.sel) {
+        /* the expert ids come from the previous kernel (the router): wait for it first */
+        pdl_wait();
+        const int32_t e = a.sel[blockIdx.y];
+        if (e < 0 || e >= a.n_experts) return; /* the whole block; toc_moe_combine reports it */
+        base0 = (const uint16_t *)a.tab[0][e];
+        base1 = a.tab[1] ? (const uint16_t *)a.tab[1][e] : nullptr;
+        xoff = (int64_t)blockIdx.y * a.ldx_slot;
+        yoff = (int64_t)blockIdx.y * a.ldy_slot;
+    }
     if (live && a.swiglu) {
-        w0 = a.w[0] + row * k;
-        w1 = a.w[1] + row * k;
+        w0 = base0 + row * k;
+        w1 = base1 + row * k;
     } else if (live) {
         int64_t rr = row;
         int s = 0;
@@ -121,7 +140,7 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
             rr -= a.seg[s];
             s++;
         }
-        w0 = a.w[s] + rr * k;
+        w0 = (s == 0 ? base0 : a.w[s]) + rr * k;
     }
     /* Each lane keeps 4 (8 with SwiGLU) 16-byte weight loads in flight; the first batch is issued
      * before x is staged, so the staging (and, with PDL, the previous kernel's tail) overlaps the
@@ -145,7 +164,7 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
             for (int64_t j = threadIdx.x; j < k; j += blockDim.x) xs[r * k + j] = 0.0f;
             continue;
         }
-        const char *xr = (const char *)a.x + r * a.ldx * (XD == TO_F32 ? 4 : 2);
+        const char *xr = (const char *)a.x + (xoff + r * a.ldx) * (XD == TO_F32 ? 4 : 2);
         stage_row<XD>(xs + r * k, xr, k);
         if (a.norm_w) { /* each thread reads back the elements it staged */
             float ss = 0.0f;
@@ -199,7 +218,7 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
             } else if (a.res) {
                 v = ldf(a.res, a.yd, r * a.ldr + row) + rnd(a.yd, v);
             }
-            stf(a.y, a.yd, r * a.ldy + row, v);
+            stf(a.y, a.yd, yoff + r * a.ldy + row, v);
             if (a.argmax) {
                 float rv = rnd(a.yd, v);
                 if (rv == rv) atomicMax(a.argmax, argmax_key(rv, row));
@@ -223,7 +242,7 @@ template <typename K>
 static cudaError_t launch_pdl(K kernel, unsigned grid, int threads, size_t smem, cudaStream_t s,
                               const GemvArgs &a) {
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
+    cfg.gridDim = dim3(grid, (unsigned)(a.slots > 1 ? a.slots : 1));
     cfg.blockDim = dim3((unsigned)threads);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
@@ -246,7 +265,8 @@ static int launch_gemv(const GemvArgs &a) {
     TOC_CHECK((int64_t)smem <= gemv_smem_limit(), TO_ERR_UNSUPPORTED, "gemv: x needs %zu bytes of shared memory",
               smem);
     /* rows per block: as many as keep >= 2 blocks per multiprocessor (x is staged once per block) */
-    int64_t warps = a.n / (2 * (int64_t)toc_sm_count());
+    const int64_t slots = a.slots > 1 ? a.slots : 1;
+    int64_t warps = a.n * slots / (2 * (int64_t)toc_sm_count());
     if (warps < 4) warps = 4;
     if (warps > GEMV_MAX_WARPS) warps = GEMV_MAX_WARPS;
     unsigned grid = (unsigned)toc_cdiv(a.n, warps);
@@ -272,7 +292,7 @@ static int launch_gemv(const GemvArgs &a) {
         if (pdl)                                                                               \
             TOC_CUDA(launch_pdl(kern, grid, threads, smem, s, a), "cudaLaunchKernelEx");        \
         else                                                                                   \
-            kern<<<grid, threads, smem, s>>>(a);                                               \
+            kern<<<dim3(grid, (unsigned)slots), threads, smem, s>>>(a);                        \
     }
     if (a.m <= 1) GEMV_CASE(1)
     else if (a.m <= 2) GEMV_CASE(2)
@@ -745,5 +765,51 @@ TOC_EXPORT int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void 
     a.ldr = ldr;
     a.swiglu = swiglu;
     a.argmax = (unsigned long long *)argmax;
+    return launch_gemv(a);
+}
+
+/* Batch-1 decode GEMVs of the experts a router chose, without a host round trip (the CUDA-graph
+ * decoder's mixture-of-experts layers): for each of `slots` routing slots, the expert
+ * e = sel[slot] (device int32), y[slot * ldy_slot + j] = W_e[j, :] . x_slot for j < n, where W_e
+ * is the bf16 [n, k] matrix at tab0[e] (a device array of n_experts pointers) and x_slot the
+ * row x + slot * ldx_slot (ldx_slot 0: every slot reads the same row). With tab1 (the up
+ * projections), y = swiglu(gate, up) rounded as the two ops would. norm_w: RMSNorm of x first,
+ * as toc_gemv_fused. A slot whose expert id is out of range writes nothing (toc_moe_combine
+ * reports it). Every expert matrix must be 16-byte aligned (the caller checks; the table is on
+ * the device). */
+TOC_EXPORT int toc_moe_gemv(const void *x, int64_t ldx_slot, const void *norm_w, int norm_dtype, float eps,
+                            const int32_t *sel, int64_t slots, int64_t n_experts, const void *tab0,
+                            const void *tab1, int64_t n, int64_t k, void *y, int64_t ldy_slot, int act_dtype) {
+    TOC_CHECK(slots >= 1 && slots <= 65535 && n_experts >= 1 && n >= 1, TO_ERR_INVALID_ARGUMENT,
+              "toc_moe_gemv: need 1 <= slots <= 65535, n_experts >= 1, n >= 1");
+    TOC_CHECK(k >= 8 && k % 8 == 0, TO_ERR_INVALID_ARGUMENT, "toc_moe_gemv: k must be a multiple of 8");
+    TOC_CHECK(ldx_slot == 0 || ldx_slot >= k, TO_ERR_INVALID_ARGUMENT, "toc_moe_gemv: ldx_slot must be 0 or >= k");
+    TOC_CHECK(ldy_slot >= n, TO_ERR_INVALID_ARGUMENT, "toc_moe_gemv: ldy_slot must be >= n");
+    TOC_CHECK(toc_is_act(act_dtype) && (!norm_w || toc_is_wt(norm_dtype)), TO_ERR_DTYPE, "toc_moe_gemv: dtypes");
+    TOC_CHECK(x && y && sel && tab0, TO_ERR_INVALID_ARGUMENT, "toc_moe_gemv: x, y, sel and tab0 are required");
+    TOC_READY();
+    GemvArgs a = {};
+    a.x = x;
+    a.ldx = k;
+    a.xd = act_dtype;
+    a.m = 1;
+    a.norm_w = norm_w;
+    a.nwd = norm_dtype;
+    a.eps = eps;
+    a.seg[0] = n;
+    a.nseg = 1;
+    a.n = n;
+    a.k = k;
+    a.y = y;
+    a.ldy = n;
+    a.yd = act_dtype;
+    a.swiglu = tab1 != NULL;
+    a.sel = sel;
+    a.tab[0] = (const unsigned long long *)tab0;
+    a.tab[1] = (const unsigned long long *)tab1;
+    a.n_experts = n_experts;
+    a.ldx_slot = ldx_slot;
+    a.ldy_slot = ldy_slot;
+    a.slots = (int)slots;
     return launch_gemv(a);
 }

@@ -331,3 +331,56 @@ TOC_EXPORT int toc_moe_group_by_expert(const int32_t *idx, int64_t n, int64_t e,
     TOC_LAUNCHED("moe_group_kernel");
     return moe_check_indices("toc_moe_group_by_expert");
 }
+
+/* ---- combine (decode): each token's expert outputs in ascending expert order, as the zeroed
+ * output, toc_moe_scatter_add with rounded products and the residual add would give them; one
+ * thread per (token, column) sorts its token's k slots by (expert, slot) itself ---- */
+#define MOE_COMBINE_MAX_K 64
+__global__ void moe_combine_kernel(const void *y, const int32_t *idx, const void *w, const void *res, void *out,
+                                   int64_t e, int k, int64_t d, int ydt, int wdt, int odt) {
+    const int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    const int64_t t = blockIdx.y;
+    if (x >= d) return;
+    const int32_t *ti = idx + t * k;
+    uint8_t ord[MOE_COMBINE_MAX_K];
+    int n = 0;
+    for (int j = 0; j < k; j++) { /* insertion by (expert, slot): stable */
+        const int32_t ej = ti[j];
+        int p = n++;
+        while (p > 0 && ti[ord[p - 1]] > ej) {
+            ord[p] = ord[p - 1];
+            p--;
+        }
+        ord[p] = (uint8_t)j;
+    }
+    float acc = 0.0f;
+    for (int q = 0; q < k; q++) {
+        const int j = ord[q];
+        if (ti[j] < 0 || ti[j] >= e) {
+            if (x == 0) atomicExch(&moe_bad_index, 1);
+            continue;
+        }
+        float p = __fmul_rn(ldf(w, wdt, t * k + j), ldf(y, ydt, (t * k + j) * d + x));
+        acc = rnd(odt, __fadd_rn(acc, rnd(ydt, p)));
+    }
+    if (res) acc = rnd(odt, __fadd_rn(ldf(res, odt, t * d + x), acc));
+    stf(out, odt, t * d + x, acc);
+}
+
+TOC_EXPORT int toc_moe_combine(const void *y, const int32_t *idx, const void *weights, const void *res, void *out,
+                               int64_t t, int64_t k, int64_t e, int64_t d, int y_dtype, int weights_dtype,
+                               int out_dtype) {
+    TOC_CHECK(t >= 0 && d >= 0 && e >= 1, TO_ERR_INVALID_ARGUMENT, "toc_moe_combine: negative size or no experts");
+    TOC_CHECK(k >= 1 && k <= MOE_COMBINE_MAX_K, TO_ERR_UNSUPPORTED, "toc_moe_combine: need 1 <= k <= %d (k=%lld)",
+              MOE_COMBINE_MAX_K, (long long)k);
+    TOC_CHECK(t <= 65535, TO_ERR_UNSUPPORTED, "toc_moe_combine: at most 65535 tokens (t=%lld)", (long long)t);
+    TOC_CHECK(toc_is_act(y_dtype) && toc_is_act(weights_dtype) && toc_is_act(out_dtype), TO_ERR_DTYPE,
+              "toc_moe_combine: dtypes (%d, %d, %d) unsupported", y_dtype, weights_dtype, out_dtype);
+    if (t == 0 || d == 0) return TO_OK;
+    TOC_CHECK(y && idx && weights && out, TO_ERR_INVALID_ARGUMENT, "toc_moe_combine: NULL pointer");
+    TOC_READY();
+    moe_combine_kernel<<<dim3((unsigned)toc_cdiv(d, 128), (unsigned)t), 128, 0, toc_stream()>>>(
+        y, idx, weights, res, out, e, (int)k, d, y_dtype, weights_dtype, out_dtype);
+    TOC_LAUNCHED("moe_combine_kernel");
+    return moe_check_indices("toc_moe_combine");
+}
