@@ -228,6 +228,11 @@ class CudaGraphDecoder:
         "gate_up",
         "down",
         "lm_head",
+        "moe_router",
+        "moe_route",
+        "moe_gate_up",
+        "moe_down",
+        "moe_combine",
         "step_end",
     )
 
@@ -242,7 +247,8 @@ class CudaGraphDecoder:
         attn_splits: int = 0,
         threads: int = 0,
     ) -> None:
-        """``skip``: kernels (stages of the fused step) left out, for profiling only (the time of
+        """``skip``: kernels (stages of the fused step; ``moe_*``: the mixture-of-experts
+        kernels of the multi-kernel step) left out, for profiling only (the time of
         a step without them, by difference the time they take; the tokens are then wrong).
         ``fused``: capture the one-kernel step (default: when the model allows it, unless
         ``INFERENCE_PIO_CUDA_FUSED_DECODE=0``). ``attn_tile`` / ``attn_splits`` (fused step,
@@ -361,34 +367,34 @@ class CudaGraphDecoder:
         nw = post_norm.weight
         router = mlp.router.weight
         run(
-            "gate_up",
+            "moe_router",
             lib.toc_gemv_fused,
             self.x2.data_ptr, hid, 1, nw.data_ptr, nw.dtype, post_norm.eps,
             router.data_ptr, e, None, 0, None, 0, hid, None, 0, 0,
             self.moe_logits.data_ptr, e, act, None,
         )  # fmt: skip
         run(
-            "gate_up",
+            "moe_route",
             lib.toc_moe_route_softmax,
             self.moe_logits.data_ptr, 1, e, k, int(mlp.renormalize), act,
             self.moe_idx.data_ptr, self.moe_w.data_ptr, act,
         )  # fmt: skip
         run(
-            "gate_up",
+            "moe_gate_up",
             lib.toc_moe_gemv,
             self.x2.data_ptr, 0, nw.data_ptr, nw.dtype, post_norm.eps,
             self.moe_idx.data_ptr, k, e, gate_t.data_ptr, up_t.data_ptr, inter, hid,
             self.h.data_ptr, inter, act,
         )  # fmt: skip
         run(
-            "down",
+            "moe_down",
             lib.toc_moe_gemv,
             self.h.data_ptr, inter, None, 0, 0.0,
             self.moe_idx.data_ptr, k, e, down_t.data_ptr, None, hid, inter,
             self.moe_y.data_ptr, hid, act,
         )  # fmt: skip
         run(
-            "down",
+            "moe_combine",
             lib.toc_moe_combine,
             self.moe_y.data_ptr, self.moe_idx.data_ptr, self.moe_w.data_ptr, self.x2.data_ptr,
             self.x.data_ptr, 1, k, e, hid, act, act, act,
@@ -443,7 +449,7 @@ class CudaGraphDecoder:
             int(m.cache_dtype),
             int(m.embed.weight.dtype),
             self.chunk,
-            sum(_FUSED_SKIP_BITS[k] for k in self.skip),
+            sum(_FUSED_SKIP_BITS.get(k, 0) for k in self.skip),
             self.attn_tile,
             self.attn_splits,
             self.threads,
