@@ -146,6 +146,13 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
             c_int,
         ],
     ),
+    # int toc_moe_grouped_linear(const void *x, const int32_t *tiles, int64_t n_tiles,
+    #                            const void *tab, int64_t n_experts, int64_t n, int64_t k, void *y,
+    #                            int act_dtype);
+    "toc_moe_grouped_linear": (
+        c_int,
+        [c_void_p, c_void_p, c_int64, c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int],
+    ),
     # int toc_moe_combine(const void *y, const int32_t *idx, const void *weights, const void *res,
     #                     void *out, int64_t t, int64_t k, int64_t e, int64_t d, int y_dtype,
     #                     int weights_dtype, int out_dtype);

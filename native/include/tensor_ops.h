@@ -532,6 +532,11 @@ TO_API int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void *nor
 TO_API int toc_moe_gemv(const void *x, int64_t ldx_slot, const void *norm_w, int norm_dtype, float eps,
                         const int32_t *sel, int64_t slots, int64_t n_experts, const void *tab0,
                         const void *tab1, int64_t n, int64_t k, void *y, int64_t ldy_slot, int act_dtype);
+/* Prefill / batched decode: rows of x [*, k] grouped by expert, tile t of tiles ([n_tiles][3]
+ * int32 on the device: expert, first row, rows <= 64) times that expert's [n, k] weights (tab as
+ * above) into the same rows of y [*, n]; bf16 only. */
+TO_API int toc_moe_grouped_linear(const void *x, const int32_t *tiles, int64_t n_tiles, const void *tab,
+                                  int64_t n_experts, int64_t n, int64_t k, void *y, int act_dtype);
 TO_API int toc_moe_combine(const void *y, const int32_t *idx, const void *weights, const void *res, void *out,
                            int64_t t, int64_t k, int64_t e, int64_t d, int y_dtype, int weights_dtype,
                            int out_dtype);

@@ -258,3 +258,41 @@ def test_moe_combine_reports_a_bad_expert_id() -> None:
         ),
         "toc_moe_combine",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(("e", "n", "kd"), [(8, 192, 128), (4, 100, 40), (16, 64, 2048)])
+def test_moe_grouped_linear_against_torch(e: int, n: int, kd: int) -> None:
+    """Rows grouped by expert (some experts without rows, some with more than one 64-row tile)
+    times each expert's weights, rounded to bf16 once."""
+    from inference_pio.nn.moe import GROUPED_TILE_ROWS
+    from inference_pio.tensor import Tensor
+
+    g = torch.Generator().manual_seed(e + n)
+    counts = [int(c) for c in torch.randint(0, 150, (e,), generator=g)]
+    counts[0] = 0
+    ws = [(torch.randn(n, kd, generator=g) * 0.05).bfloat16() for _ in range(e)]
+    rows = sum(counts)
+    x = torch.randn(rows, kd, generator=g).bfloat16()
+    tiles: list[int] = []
+    lo = 0
+    for ex, c in enumerate(counts):
+        for r0 in range(lo, lo + c, GROUPED_TILE_ROWS):
+            tiles += [ex, r0, min(GROUPED_TILE_ROWS, lo + c - r0)]
+        lo += c
+    _w_dev, tab = _table(ws)
+    xd = tb.to_device(x, DEV)
+    td = Tensor.from_list(tiles, DType.int32).to(DEV)
+    y = Tensor.zeros((rows, n), DType.bfloat16, DEV)
+    cuda.check(
+        cuda.lib().toc_moe_grouped_linear(
+            xd.data_ptr, td.data_ptr, len(tiles) // 3, tab.data_ptr, e, n, kd, y.data_ptr,
+            int(DType.bfloat16),
+        ),
+        "toc_moe_grouped_linear",
+    )  # fmt: skip
+    got = tb.from_device(y).float()
+    lo = 0
+    for ex, c in enumerate(counts):
+        want = (x[lo : lo + c].float() @ ws[ex].float().T).bfloat16().float()
+        assert torch.allclose(got[lo : lo + c], want, rtol=1e-2, atol=1e-2), ex
+        lo += c

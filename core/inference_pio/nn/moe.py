@@ -20,6 +20,9 @@ from inference_pio.tensor import Tensor
 #: Experts per token of the device's ordered combine (toc_moe_combine).
 COMBINE_MAX_K = 64
 COMBINE_MAX_T = 65535
+#: Rows of one tile of the device's grouped expert GEMM (toc_moe_grouped_linear).
+GROUPED_TILE_ROWS = 64
+MAX_LAUNCH_TILES = 65535
 
 
 class SoftmaxTopKMoE:
@@ -102,10 +105,13 @@ class SoftmaxTopKMoE:
         xs = be.scratch("moe.x", (n, hidden), x.dtype)
         be.call("moe_gather_rows", x.data_ptr, tokens.data_ptr, xs.data_ptr, t, n, hidden, x.dtype)
         ys = be.scratch("moe.y", (n, hidden), x.dtype)
-        for ex in range(e):
-            lo, hi = offs[ex], offs[ex + 1]
-            if hi > lo:
-                self.experts[ex](be, xs.narrow(0, lo, hi - lo), ys.narrow(0, lo, hi - lo))
+        if on_device and self._grouped_ok(be, x.dtype):
+            self._grouped_experts(be, xs, offs, ys)
+        else:
+            for ex in range(e):
+                lo, hi = offs[ex], offs[ex + 1]
+                if hi > lo:
+                    self.experts[ex](be, xs.narrow(0, lo, hi - lo), ys.narrow(0, lo, hi - lo))
         if on_device and k <= COMBINE_MAX_K and t <= COMBINE_MAX_T:
             # the outputs back in (token, slot) order, then one thread per (token, column) adds
             # its token's k products in expert order (the scatter-add below walks every entry
@@ -152,3 +158,70 @@ class SoftmaxTopKMoE:
             1,
         )
         return out
+
+    def _grouped_ok(self, be: Backend, act: DType) -> bool:
+        """Whether the device's grouped expert GEMM can run this block: bf16 activations and
+        weights, one expert width, rows a multiple of 8 elements, no biases."""
+        if act != DType.bfloat16 or not be.has("moe_grouped_linear"):
+            return False
+        inter = self.experts[0].inter
+        for ex in self.experts:
+            lins = (ex.gate, ex.up, ex.down)
+            if ex.inter != inter or any(
+                lin.weight.dtype != DType.bfloat16 or lin.bias is not None or lin.in_features % 8
+                for lin in lins
+            ):
+                return False
+        return True
+
+    def _tables(self, be: Backend) -> tuple[Tensor, Tensor, Tensor]:
+        """Device tables of the experts' gate / up / down weight pointers (made once)."""
+        key = str(be.device)
+        cached: dict[str, tuple[Tensor, Tensor, Tensor]] = self.__dict__.setdefault("_tabs", {})
+        if key not in cached:
+            cached[key] = tuple(  # type: ignore[assignment]
+                Tensor.from_list(
+                    [getattr(ex, name).weight.data_ptr for ex in self.experts], DType.int64
+                ).to(be.device)
+                for name in ("gate", "up", "down")
+            )
+        return cached[key]
+
+    def _grouped_experts(self, be: Backend, xs: Tensor, offs: list[int], ys: Tensor) -> None:
+        """Every expert's SwiGLU on its rows of ``xs`` (grouped by expert at ``offs``) in three
+        grouped GEMM launches and one SwiGLU, each output rounded as the per-expert ops round."""
+        n, hidden = xs.shape
+        inter, e = self.experts[0].inter, self.num_experts
+        tiles: list[int] = []
+        for ex in range(e):
+            for r0 in range(offs[ex], offs[ex + 1], GROUPED_TILE_ROWS):
+                tiles += [ex, r0, min(GROUPED_TILE_ROWS, offs[ex + 1] - r0)]
+        n_tiles = len(tiles) // 3
+        if n_tiles == 0:
+            return
+        tile_t = Tensor.from_list(tiles, DType.int32).to(be.device)
+        gate_t, up_t, down_t = self._tables(be)
+        g = be.scratch("moe.g", (n, inter), xs.dtype)
+        u = be.scratch("moe.u", (n, inter), xs.dtype)
+
+        def grouped(src: Tensor, tab: Tensor, out: Tensor, n_out: int, k_in: int) -> None:
+            for t0 in range(0, n_tiles, MAX_LAUNCH_TILES):  # a launch's grid.y limit
+                be.call(
+                    "moe_grouped_linear",
+                    src.data_ptr,
+                    tile_t.data_ptr + 12 * t0,
+                    min(MAX_LAUNCH_TILES, n_tiles - t0),
+                    tab.data_ptr,
+                    e,
+                    n_out,
+                    k_in,
+                    out.data_ptr,
+                    src.dtype,
+                )
+
+        grouped(xs, gate_t, g, inter, hidden)
+        grouped(xs, up_t, u, inter, hidden)
+        be.call(
+            "swiglu", g.data_ptr, u.data_ptr, g.data_ptr, n, inter, inter, inter, inter, xs.dtype
+        )
+        grouped(g, down_t, ys, hidden, inter)

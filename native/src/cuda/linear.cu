@@ -585,6 +585,93 @@ __global__ void __launch_bounds__(256) wmma_gemm_kernel(const uint16_t *x, const
         }
 }
 
+/* Grouped GEMM of a mixture of experts (prefill and batched decode): rows of x [*, k] grouped by
+ * expert; tile t of `tiles` ([n_tiles][3] int32 on the device: expert, first row, rows <= 64)
+ * multiplies its rows by that expert's bf16 [n, k] weights (tab: device array of pointers) into
+ * the same rows of y [*, n], rounded to bf16 once, as toc_linear would. 64x128 tiles, k-step 32,
+ * 8 warps of 32x32 on WMMA; a tile with a bad expert id writes nothing. */
+#define GG_M 64
+__global__ void __launch_bounds__(256) moe_grouped_gemm_kernel(const uint16_t *x, const int32_t *tiles,
+                                                               const unsigned long long *tab, int64_t n_experts,
+                                                               uint16_t *y, int64_t n, int64_t k) {
+    __shared__ __align__(32) uint16_t xs[GG_M * GT_LD];
+    __shared__ __align__(32) uint16_t ws[GT_N * GT_LD];
+    __shared__ __align__(32) float stage[8][16 * 16];
+    const int32_t e = tiles[3 * blockIdx.y], r0 = tiles[3 * blockIdx.y + 1], rows = tiles[3 * blockIdx.y + 2];
+    if (e < 0 || e >= n_experts || rows <= 0) return;
+    const uint16_t *w = (const uint16_t *)tab[e];
+    const int warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3; /* 2 x 4 warps of 32 x 32 */
+    const int64_t n0 = (int64_t)blockIdx.x * GT_N;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int64_t k0 = 0; k0 < k; k0 += GT_K) {
+        { /* x: 64 rows x 32 cols = 256 chunks of 8, one a thread */
+            const int r = threadIdx.x >> 2, cc = (threadIdx.x & 3) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r < rows && k0 + cc < k) v = *(const uint4 *)(x + ((int64_t)r0 + r) * k + k0 + cc);
+            *(uint4 *)(xs + r * GT_LD + cc) = v;
+        }
+        for (int c = threadIdx.x; c < GT_N * 4; c += 256) { /* w: 128 rows x 32 cols */
+            const int r = c >> 2, cc = (c & 3) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (n0 + r < n && k0 + cc < k) v = __ldg((const uint4 *)(w + (n0 + r) * k + k0 + cc));
+            *(uint4 *)(ws + r * GT_LD + cc) = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GT_K; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(fa[i], (const __nv_bfloat16 *)(xs + (wm * 32 + i * 16) * GT_LD + kk), GT_LD);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(fb[j], (const __nv_bfloat16 *)(ws + (wn * 32 + j * 16) * GT_LD + kk), GT_LD);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            wmma::store_matrix_sync(stage[warp], acc[i][j], 16, wmma::mem_row_major);
+            __syncwarp();
+            for (int q = lane; q < 256; q += 32) {
+                const int r = wm * 32 + i * 16 + q / 16;
+                const int64_t c = n0 + wn * 32 + j * 16 + q % 16;
+                if (r < rows && c < n) y[((int64_t)r0 + r) * n + c] = f2bf(stage[warp][q]);
+            }
+            __syncwarp();
+        }
+}
+
+TOC_EXPORT int toc_moe_grouped_linear(const void *x, const int32_t *tiles, int64_t n_tiles, const void *tab,
+                                      int64_t n_experts, int64_t n, int64_t k, void *y, int act_dtype) {
+    TOC_CHECK(n_tiles >= 0 && n_tiles <= 65535 && n_experts >= 1 && n >= 1, TO_ERR_INVALID_ARGUMENT,
+              "toc_moe_grouped_linear: need 0 <= n_tiles <= 65535, n_experts >= 1, n >= 1");
+    TOC_CHECK(k >= 8 && k % 8 == 0, TO_ERR_INVALID_ARGUMENT, "toc_moe_grouped_linear: k must be a multiple of 8");
+    TOC_CHECK(act_dtype == TO_BF16, TO_ERR_DTYPE, "toc_moe_grouped_linear: bf16 activations only (dtype %d)",
+              act_dtype);
+    if (n_tiles == 0) return TO_OK;
+    TOC_CHECK(x && tiles && tab && y, TO_ERR_INVALID_ARGUMENT, "toc_moe_grouped_linear: NULL pointer");
+    TOC_READY();
+    dim3 grid((unsigned)toc_cdiv(n, GT_N), (unsigned)n_tiles);
+    moe_grouped_gemm_kernel<<<grid, 256, 0, toc_stream()>>>((const uint16_t *)x, tiles,
+                                                            (const unsigned long long *)tab, n_experts,
+                                                            (uint16_t *)y, n, k);
+    TOC_LAUNCHED("moe_grouped_gemm_kernel");
+    return TO_OK;
+}
+
 /* y = round(acc (+ bias)) from an fp32 [m, n] buffer */
 __global__ void epilogue_kernel(const float *t, const void *bias, int bd, void *y, int64_t m,
                                 int64_t n, int64_t ldy, int yd) {

@@ -49,6 +49,40 @@ __device__ void moe_topk_insert(float *vals, int32_t *ids, int *len, int k, floa
     if (n < k) *len = n + 1;
 }
 
+/* The k largest of q[0 .. e) (probabilities: >= 0; NaN ranks below every number) into vals / ids
+ * in descending order, equal values by increasing id: the list moe_topk_insert builds from the
+ * experts in id order. One warp, k rounds of a warp argmax; a chosen entry of q is overwritten. */
+__device__ void moe_topk_warp(float *q, int64_t e, int k, float *vals, int32_t *ids) {
+    const int lane = threadIdx.x & 31;
+    for (int j = 0; j < k; j++) {
+        float bv = -3.0f; /* taken entries hold -2 */
+        int32_t bi = 0x7fffffff;
+        for (int64_t x = lane; x < e; x += 32) {
+            float v = q[x];
+            if (v != v) v = -1.0f;
+            if (v > bv) { /* ids rise along a lane: the first of equal values stays */
+                bv = v;
+                bi = (int32_t)x;
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (lane == 0) {
+            vals[j] = q[bi];
+            ids[j] = bi;
+            q[bi] = -2.0f;
+        }
+        __syncwarp();
+    }
+}
+
 __device__ double block_sum_d(double v, double *red /* >= 32 */) {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
 #pragma unroll
@@ -62,8 +96,8 @@ __device__ double block_sum_d(double v, double *red /* >= 32 */) {
     return t;
 }
 
-/* ---- softmax top-k router: one block per row; the top-k insertion by one thread, as on the
- * CPU (experts in id order, so ties keep the lower id) ---- */
+/* ---- softmax top-k router: one block per row; the top k by one warp (the CPU's choice and
+ * order: ties keep the lower id), the renormalisation by one thread in the CPU's order ---- */
 __global__ void __launch_bounds__(256) moe_route_softmax_kernel(const void *logits, int64_t e, int k, int renorm,
                                                                 int ldt, int32_t *idx, void *w, int wdt) {
     extern __shared__ float sm[]; /* p[e], vals[k] */
@@ -84,11 +118,11 @@ __global__ void __launch_bounds__(256) moe_route_softmax_kernel(const void *logi
         part += (double)p[x];
     }
     const double sum = block_sum_d(part, redd);
+    const float inv = (float)(1.0 / sum);
+    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) p[x] *= inv;
     __syncthreads();
+    if (threadIdx.x < 32) moe_topk_warp(p, e, k, vals, ids_s);
     if (threadIdx.x == 0) {
-        const float inv = (float)(1.0 / sum);
-        int len = 0;
-        for (int64_t x = 0; x < e; x++) moe_topk_insert(vals, ids_s, &len, k, p[x] * inv, (int32_t)x);
         if (renorm) {
             float s = 0.0f;
             for (int j = 0; j < k; j++) s += vals[j];
@@ -341,29 +375,31 @@ __global__ void moe_combine_kernel(const void *y, const int32_t *idx, const void
     const int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     const int64_t t = blockIdx.y;
     if (x >= d) return;
-    const int32_t *ti = idx + t * k;
-    uint8_t ord[MOE_COMBINE_MAX_K];
-    int n = 0;
-    for (int j = 0; j < k; j++) { /* insertion by (expert, slot): stable */
-        const int32_t ej = ti[j];
-        int p = n++;
-        while (p > 0 && ti[ord[p - 1]] > ej) {
-            ord[p] = ord[p - 1];
-            p--;
-        }
-        ord[p] = (uint8_t)j;
+    /* every load first (independent, so they overlap), then the order, then the sum */
+    int32_t ex[MOE_COMBINE_MAX_K];
+    float pr[MOE_COMBINE_MAX_K];
+    for (int j = 0; j < k; j++) {
+        ex[j] = idx[t * k + j];
+        pr[j] = rnd(ydt, __fmul_rn(ldf(w, wdt, t * k + j), ldf(y, ydt, (t * k + j) * d + x)));
     }
+    const float r0 = res ? ldf(res, odt, t * d + x) : 0.0f;
     float acc = 0.0f;
-    for (int q = 0; q < k; q++) {
-        const int j = ord[q];
-        if (ti[j] < 0 || ti[j] >= e) {
+    int32_t last = -1, last_j = -1;
+    for (int q = 0; q < k; q++) { /* the next (expert, slot) after (last, last_j): k is small */
+        int bj = -1;
+        for (int j = 0; j < k; j++) {
+            const bool after = ex[j] > last || (ex[j] == last && j > last_j);
+            if (after && (bj < 0 || ex[j] < ex[bj])) bj = j;
+        }
+        last = ex[bj];
+        last_j = bj;
+        if (last < 0 || last >= e) {
             if (x == 0) atomicExch(&moe_bad_index, 1);
             continue;
         }
-        float p = __fmul_rn(ldf(w, wdt, t * k + j), ldf(y, ydt, (t * k + j) * d + x));
-        acc = rnd(odt, __fadd_rn(acc, rnd(ydt, p)));
+        acc = rnd(odt, __fadd_rn(acc, pr[bj]));
     }
-    if (res) acc = rnd(odt, __fadd_rn(ldf(res, odt, t * d + x), acc));
+    if (res) acc = rnd(odt, __fadd_rn(r0, acc));
     stf(out, odt, t * d + x, acc);
 }
 
