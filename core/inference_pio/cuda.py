@@ -153,6 +153,13 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
         c_int,
         [c_void_p, c_void_p, c_int64, c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int],
     ),
+    # int toc_moe_plan(const int32_t *idx, int64_t n, int64_t e, int64_t k, int64_t tile_rows,
+    #                  int32_t *counts, int32_t *offsets, int32_t *order, int32_t *tokens,
+    #                  int32_t *inverse, int32_t *tiles, int64_t max_tiles);
+    "toc_moe_plan": (
+        c_int,
+        [c_void_p, c_int64, c_int64, c_int64, c_int64, *([c_void_p] * 6), c_int64],
+    ),
     # int toc_moe_combine(const void *y, const int32_t *idx, const void *weights, const void *res,
     #                     void *out, int64_t t, int64_t k, int64_t e, int64_t d, int y_dtype,
     #                     int weights_dtype, int out_dtype);

@@ -537,6 +537,13 @@ TO_API int toc_moe_gemv(const void *x, int64_t ldx_slot, const void *norm_w, int
  * above) into the same rows of y [*, n]; bf16 only. */
 TO_API int toc_moe_grouped_linear(const void *x, const int32_t *tiles, int64_t n_tiles, const void *tab,
                                   int64_t n_experts, int64_t n, int64_t k, void *y, int act_dtype);
+/* The routing plan of toc_moe_grouped_linear on the device: counts [e], offsets [e + 1], the
+ * entries of idx [n] stably sorted by expert (order [n]), their tokens (entry / k) and each
+ * entry's sorted position (inverse [n]), and tiles [max_tiles][3] of at most tile_rows rows
+ * (unused ones have 0 rows; max_tiles >= n / tile_rows + e). */
+TO_API int toc_moe_plan(const int32_t *idx, int64_t n, int64_t e, int64_t k, int64_t tile_rows, int32_t *counts,
+                        int32_t *offsets, int32_t *order, int32_t *tokens, int32_t *inverse, int32_t *tiles,
+                        int64_t max_tiles);
 TO_API int toc_moe_combine(const void *y, const int32_t *idx, const void *weights, const void *res, void *out,
                            int64_t t, int64_t k, int64_t e, int64_t d, int y_dtype, int weights_dtype,
                            int out_dtype);

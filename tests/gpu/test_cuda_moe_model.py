@@ -296,3 +296,57 @@ def test_moe_grouped_linear_against_torch(e: int, n: int, kd: int) -> None:
         want = (x[lo : lo + c].float() @ ws[ex].float().T).bfloat16().float()
         assert torch.allclose(got[lo : lo + c], want, rtol=1e-2, atol=1e-2), ex
         lo += c
+
+
+@pytest.mark.parametrize(("t", "e", "k"), [(1, 128, 8), (37, 16, 4), (600, 128, 8), (5, 3, 3)])
+def test_moe_plan_against_a_stable_sort(t: int, e: int, k: int) -> None:
+    """toc_moe_plan: counts, offsets, the entries stably sorted by expert, their tokens, the
+    inverse order and the tiles, as the host would compute them; a bad id is reported."""
+    from inference_pio.nn.moe import GROUPED_TILE_ROWS as rows_per_tile
+    from inference_pio.tensor import Tensor
+
+    g = torch.Generator().manual_seed(t * e + k)
+    idx = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)]).to(torch.int32)
+    n, max_tiles = t * k, t * k // rows_per_tile + e
+    flat = idx.reshape(-1).tolist()
+    order = sorted(range(n), key=lambda p: (flat[p], p))
+    counts = [flat.count(x) for x in range(e)]
+    offsets = [sum(counts[:x]) for x in range(e + 1)]
+    tiles: list[list[int]] = []
+    for x in range(e):
+        for r in range(0, counts[x], rows_per_tile):
+            tiles.append([x, offsets[x] + r, min(rows_per_tile, counts[x] - r)])
+    tiles += [[0, 0, 0]] * (max_tiles - len(tiles))
+    bufs = {
+        name: Tensor.empty(shape, DType.int32, DEV)
+        for name, shape in (
+            ("counts", (e,)), ("offsets", (e + 1,)), ("order", (n,)), ("tokens", (n,)),
+            ("inverse", (n,)), ("tiles", (max_tiles, 3)),
+        )
+    }  # fmt: skip
+    idd = tb.to_device(idx, DEV)
+
+    def plan(src: Any) -> None:
+        cuda.check(
+            cuda.lib().toc_moe_plan(
+                src.data_ptr, n, e, k, rows_per_tile, *(bufs[b].data_ptr for b in (
+                    "counts", "offsets", "order", "tokens", "inverse", "tiles")), max_tiles,
+            ),
+            "toc_moe_plan",
+        )  # fmt: skip
+
+    plan(idd)
+    assert bufs["counts"].tolist() == counts
+    assert bufs["offsets"].tolist() == offsets
+    assert bufs["order"].tolist() == order
+    assert bufs["tokens"].tolist() == [p // k for p in order]
+    inverse = [0] * n
+    for i, p in enumerate(order):
+        inverse[p] = i
+    assert bufs["inverse"].tolist() == inverse
+    assert bufs["tiles"].tolist() == tiles
+    bad = idx.clone()
+    bad[0, 0] = e
+    with pytest.raises(NativeError, match="outside its range"):
+        plan(tb.to_device(bad, DEV))
+    plan(idd)  # the flag was cleared

@@ -82,6 +82,14 @@ class SoftmaxTopKMoE:
             weights.data_ptr,
             weights.dtype,
         )
+        on_device = be.device.type != "cpu"
+        if (
+            on_device
+            and k <= COMBINE_MAX_K
+            and t <= COMBINE_MAX_T
+            and self._grouped_ok(be, x.dtype)
+        ):
+            return self._device_experts(be, x, idx, weights, out)
         counts = be.scratch("moe.counts", (e,), DType.int32)
         offsets = be.scratch("moe.offsets", (e + 1,), DType.int32)
         order = be.scratch("moe.order", (t * k,), DType.int32)
@@ -98,20 +106,16 @@ class SoftmaxTopKMoE:
         offs: list[int] = offsets.tolist()
         positions: list[int] = order.tolist()
         tokens = Tensor.from_list([p // k for p in positions], DType.int32)
-        on_device = be.device.type != "cpu"
         if on_device:
             tokens = tokens.to(be.device)
         n = t * k
         xs = be.scratch("moe.x", (n, hidden), x.dtype)
         be.call("moe_gather_rows", x.data_ptr, tokens.data_ptr, xs.data_ptr, t, n, hidden, x.dtype)
         ys = be.scratch("moe.y", (n, hidden), x.dtype)
-        if on_device and self._grouped_ok(be, x.dtype):
-            self._grouped_experts(be, xs, offs, ys)
-        else:
-            for ex in range(e):
-                lo, hi = offs[ex], offs[ex + 1]
-                if hi > lo:
-                    self.experts[ex](be, xs.narrow(0, lo, hi - lo), ys.narrow(0, lo, hi - lo))
+        for ex in range(e):
+            lo, hi = offs[ex], offs[ex + 1]
+            if hi > lo:
+                self.experts[ex](be, xs.narrow(0, lo, hi - lo), ys.narrow(0, lo, hi - lo))
         if on_device and k <= COMBINE_MAX_K and t <= COMBINE_MAX_T:
             # the outputs back in (token, slot) order, then one thread per (token, column) adds
             # its token's k products in expert order (the scatter-add below walks every entry
@@ -187,41 +191,86 @@ class SoftmaxTopKMoE:
             )
         return cached[key]
 
-    def _grouped_experts(self, be: Backend, xs: Tensor, offs: list[int], ys: Tensor) -> None:
-        """Every expert's SwiGLU on its rows of ``xs`` (grouped by expert at ``offs``) in three
-        grouped GEMM launches and one SwiGLU, each output rounded as the per-expert ops round."""
-        n, hidden = xs.shape
-        inter, e = self.experts[0].inter, self.num_experts
-        tiles: list[int] = []
-        for ex in range(e):
-            for r0 in range(offs[ex], offs[ex + 1], GROUPED_TILE_ROWS):
-                tiles += [ex, r0, min(GROUPED_TILE_ROWS, offs[ex + 1] - r0)]
-        n_tiles = len(tiles) // 3
-        if n_tiles == 0:
-            return
-        tile_t = Tensor.from_list(tiles, DType.int32).to(be.device)
+    def _device_experts(
+        self, be: Backend, x: Tensor, idx: Tensor, weights: Tensor, out: Tensor
+    ) -> Tensor:
+        """The experts on a CUDA device without a host round trip: the routing plan
+        (toc_moe_plan: entries sorted by expert, their tokens, the inverse order and tiles of
+        at most GROUPED_TILE_ROWS rows of one expert), the rows gathered, every expert's SwiGLU in
+        three grouped GEMM launches and one SwiGLU (each output rounded as the per-expert ops
+        round), the outputs gathered back into (token, slot) order and summed in expert order."""
+        t, hidden = x.shape
+        e, k = self.num_experts, self.k
+        inter = self.experts[0].inter
+        n = t * k
+        max_tiles = n // GROUPED_TILE_ROWS + e
+        i32 = DType.int32
+        counts = be.scratch("moe.counts", (e,), i32)
+        offsets = be.scratch("moe.offsets", (e + 1,), i32)
+        order = be.scratch("moe.order", (n,), i32)
+        tokens = be.scratch("moe.tokens", (n,), i32)
+        inverse = be.scratch("moe.inverse", (n,), i32)
+        tiles = be.scratch("moe.tiles", (max_tiles, 3), i32)
+        be.call(
+            "moe_plan",
+            idx.data_ptr,
+            n,
+            e,
+            k,
+            GROUPED_TILE_ROWS,
+            counts.data_ptr,
+            offsets.data_ptr,
+            order.data_ptr,
+            tokens.data_ptr,
+            inverse.data_ptr,
+            tiles.data_ptr,
+            max_tiles,
+        )
+        xs = be.scratch("moe.x", (n, hidden), x.dtype)
+        be.call("moe_gather_rows", x.data_ptr, tokens.data_ptr, xs.data_ptr, t, n, hidden, x.dtype)
         gate_t, up_t, down_t = self._tables(be)
-        g = be.scratch("moe.g", (n, inter), xs.dtype)
-        u = be.scratch("moe.u", (n, inter), xs.dtype)
+        g = be.scratch("moe.g", (n, inter), x.dtype)
+        u = be.scratch("moe.u", (n, inter), x.dtype)
+        ys = be.scratch("moe.y", (n, hidden), x.dtype)
 
-        def grouped(src: Tensor, tab: Tensor, out: Tensor, n_out: int, k_in: int) -> None:
-            for t0 in range(0, n_tiles, MAX_LAUNCH_TILES):  # a launch's grid.y limit
+        def grouped(src: Tensor, tab: Tensor, dst: Tensor, n_out: int, k_in: int) -> None:
+            for t0 in range(0, max_tiles, MAX_LAUNCH_TILES):  # a launch's grid.y limit
                 be.call(
                     "moe_grouped_linear",
                     src.data_ptr,
-                    tile_t.data_ptr + 12 * t0,
-                    min(MAX_LAUNCH_TILES, n_tiles - t0),
+                    tiles.data_ptr + 12 * t0,
+                    min(MAX_LAUNCH_TILES, max_tiles - t0),
                     tab.data_ptr,
                     e,
                     n_out,
                     k_in,
-                    out.data_ptr,
+                    dst.data_ptr,
                     src.dtype,
                 )
 
         grouped(xs, gate_t, g, inter, hidden)
         grouped(xs, up_t, u, inter, hidden)
         be.call(
-            "swiglu", g.data_ptr, u.data_ptr, g.data_ptr, n, inter, inter, inter, inter, xs.dtype
+            "swiglu", g.data_ptr, u.data_ptr, g.data_ptr, n, inter, inter, inter, inter, x.dtype
         )
         grouped(g, down_t, ys, hidden, inter)
+        yt = be.scratch("moe.yt", (n, hidden), x.dtype)
+        be.call(
+            "moe_gather_rows", ys.data_ptr, inverse.data_ptr, yt.data_ptr, n, n, hidden, x.dtype
+        )
+        be.call(
+            "moe_combine",
+            yt.data_ptr,
+            idx.data_ptr,
+            weights.data_ptr,
+            None,
+            out.data_ptr,
+            t,
+            k,
+            e,
+            hidden,
+            yt.dtype,
+            weights.dtype,
+            out.dtype,
+        )
+        return out

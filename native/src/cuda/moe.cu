@@ -370,34 +370,48 @@ TOC_EXPORT int toc_moe_group_by_expert(const int32_t *idx, int64_t n, int64_t e,
  * output, toc_moe_scatter_add with rounded products and the residual add would give them; one
  * thread per (token, column) sorts its token's k slots by (expert, slot) itself ---- */
 #define MOE_COMBINE_MAX_K 64
+template <int KM> /* k <= KM: the per-slot arrays stay in registers when KM is small */
 __global__ void moe_combine_kernel(const void *y, const int32_t *idx, const void *w, const void *res, void *out,
                                    int64_t e, int k, int64_t d, int ydt, int wdt, int odt) {
     const int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     const int64_t t = blockIdx.y;
     if (x >= d) return;
     /* every load first (independent, so they overlap), then the order, then the sum */
-    int32_t ex[MOE_COMBINE_MAX_K];
-    float pr[MOE_COMBINE_MAX_K];
-    for (int j = 0; j < k; j++) {
-        ex[j] = idx[t * k + j];
-        pr[j] = rnd(ydt, __fmul_rn(ldf(w, wdt, t * k + j), ldf(y, ydt, (t * k + j) * d + x)));
+    int32_t ex[KM];
+    float pr[KM];
+#pragma unroll
+    for (int j = 0; j < KM; j++) {
+        ex[j] = 0x7fffffff;
+        pr[j] = 0.0f;
+        if (j < k) {
+            ex[j] = idx[t * k + j];
+            pr[j] = rnd(ydt, __fmul_rn(ldf(w, wdt, t * k + j), ldf(y, ydt, (t * k + j) * d + x)));
+        }
     }
     const float r0 = res ? ldf(res, odt, t * d + x) : 0.0f;
     float acc = 0.0f;
-    int32_t last = -1, last_j = -1;
-    for (int q = 0; q < k; q++) { /* the next (expert, slot) after (last, last_j): k is small */
+    int32_t last = -0x7fffffff - 1;
+    int last_j = -1;
+    for (int q = 0; q < k; q++) { /* the next (expert, slot) after (last, last_j) */
+        int32_t be = 0x7fffffff;
         int bj = -1;
-        for (int j = 0; j < k; j++) {
-            const bool after = ex[j] > last || (ex[j] == last && j > last_j);
-            if (after && (bj < 0 || ex[j] < ex[bj])) bj = j;
+        float bp = 0.0f;
+#pragma unroll
+        for (int j = 0; j < KM; j++) {
+            const bool after = j < k && (ex[j] > last || (ex[j] == last && j > last_j));
+            if (after && (bj < 0 || ex[j] < be)) {
+                be = ex[j];
+                bj = j;
+                bp = pr[j];
+            }
         }
-        last = ex[bj];
+        last = be;
         last_j = bj;
-        if (last < 0 || last >= e) {
+        if (be < 0 || be >= e) {
             if (x == 0) atomicExch(&moe_bad_index, 1);
             continue;
         }
-        acc = rnd(odt, __fadd_rn(acc, pr[bj]));
+        acc = rnd(odt, __fadd_rn(acc, bp));
     }
     if (res) acc = rnd(odt, __fadd_rn(r0, acc));
     stf(out, odt, t * d + x, acc);
@@ -415,8 +429,117 @@ TOC_EXPORT int toc_moe_combine(const void *y, const int32_t *idx, const void *we
     if (t == 0 || d == 0) return TO_OK;
     TOC_CHECK(y && idx && weights && out, TO_ERR_INVALID_ARGUMENT, "toc_moe_combine: NULL pointer");
     TOC_READY();
-    moe_combine_kernel<<<dim3((unsigned)toc_cdiv(d, 128), (unsigned)t), 128, 0, toc_stream()>>>(
-        y, idx, weights, res, out, e, (int)k, d, y_dtype, weights_dtype, out_dtype);
+    const dim3 grid((unsigned)toc_cdiv(d, 128), (unsigned)t);
+    if (k <= 8)
+        moe_combine_kernel<8><<<grid, 128, 0, toc_stream()>>>(y, idx, weights, res, out, e, (int)k, d, y_dtype,
+                                                              weights_dtype, out_dtype);
+    else if (k <= 16)
+        moe_combine_kernel<16><<<grid, 128, 0, toc_stream()>>>(y, idx, weights, res, out, e, (int)k, d, y_dtype,
+                                                               weights_dtype, out_dtype);
+    else
+        moe_combine_kernel<MOE_COMBINE_MAX_K><<<grid, 128, 0, toc_stream()>>>(y, idx, weights, res, out, e, (int)k,
+                                                                              d, y_dtype, weights_dtype, out_dtype);
     TOC_LAUNCHED("moe_combine_kernel");
     return moe_check_indices("toc_moe_combine");
+}
+
+/* ---- a routing plan on the device (prefill and batched decode: nothing comes back to the host
+ * but the index check): counts per expert, offsets, the entries sorted by expert (stable),
+ * each sorted entry's token and each entry's sorted position, and the tiles of at most
+ * tile_rows rows of one expert for toc_moe_grouped_linear (unused tiles have 0 rows) ---- */
+__global__ void moe_count_kernel(const int32_t *idx, int64_t n, int64_t e, int32_t *counts) {
+    for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < n; p += (int64_t)gridDim.x * blockDim.x) {
+        const int32_t x = idx[p];
+        if (x >= 0 && x < e)
+            atomicAdd(&counts[x], 1);
+        else
+            atomicExch(&moe_bad_index, 1);
+    }
+}
+
+__global__ void __launch_bounds__(1024) moe_plan_kernel(const int32_t *counts, int64_t e, int tile_rows,
+                                                        int32_t *offsets, int32_t *tiles, int64_t max_tiles) {
+    extern __shared__ int32_t cs[]; /* e */
+    __shared__ int32_t used;
+    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) cs[x] = counts[x];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t o = 0;
+        int64_t t = 0;
+        for (int64_t x = 0; x < e; x++) {
+            offsets[x] = o;
+            const int32_t c = cs[x];
+            for (int32_t r = 0; r < c && t < max_tiles; r += tile_rows, t++) {
+                tiles[3 * t] = (int32_t)x;
+                tiles[3 * t + 1] = o + r;
+                tiles[3 * t + 2] = c - r < tile_rows ? c - r : tile_rows;
+            }
+            o += c;
+        }
+        offsets[e] = o;
+        used = (int32_t)t;
+    }
+    __syncthreads();
+    for (int64_t t = used + threadIdx.x; t < max_tiles; t += blockDim.x) {
+        tiles[3 * t] = 0;
+        tiles[3 * t + 1] = 0;
+        tiles[3 * t + 2] = 0;
+    }
+}
+
+/* one block per expert walks the entries in order: a stable placement by ballots */
+__global__ void __launch_bounds__(1024) moe_place_kernel(const int32_t *idx, int64_t n, int k, const int32_t *offsets,
+                                                         int32_t *order, int32_t *tokens, int32_t *inverse) {
+    __shared__ int32_t wc[32];
+    const int32_t x = (int32_t)blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int32_t pos = offsets[x];
+    for (int64_t c0 = 0; c0 < n; c0 += blockDim.x) {
+        const int64_t p = c0 + threadIdx.x;
+        const bool hit = p < n && idx[p] == x;
+        const unsigned b = __ballot_sync(0xffffffffu, hit);
+        if (lane == 0) wc[warp] = __popc(b);
+        __syncthreads();
+        int32_t before = 0, all = 0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) {
+            if (w < warp) before += wc[w];
+            all += wc[w];
+        }
+        if (hit) {
+            const int32_t q = pos + before + __popc(b & ((1u << lane) - 1u));
+            order[q] = (int32_t)p;
+            tokens[q] = (int32_t)(p / k);
+            inverse[p] = q;
+        }
+        pos += all;
+        __syncthreads();
+    }
+}
+
+TOC_EXPORT int toc_moe_plan(const int32_t *idx, int64_t n, int64_t e, int64_t k, int64_t tile_rows, int32_t *counts,
+                            int32_t *offsets, int32_t *order, int32_t *tokens, int32_t *inverse, int32_t *tiles,
+                            int64_t max_tiles) {
+    TOC_CHECK(n >= 0 && n < 0x7fffffffLL && k >= 1 && e >= 1 && e <= MOE_MAX_E && tile_rows >= 1 && max_tiles >= 0,
+              TO_ERR_INVALID_ARGUMENT, "toc_moe_plan: bad sizes (n=%lld, e=%lld, k=%lld)", (long long)n,
+              (long long)e, (long long)k);
+    TOC_CHECK(max_tiles >= n / tile_rows + e || max_tiles >= n, TO_ERR_INVALID_ARGUMENT,
+              "toc_moe_plan: max_tiles %lld cannot hold the tiles of %lld entries", (long long)max_tiles,
+              (long long)n);
+    TOC_CHECK(counts && offsets && (n == 0 || (idx && order && tokens && inverse)) && (max_tiles == 0 || tiles),
+              TO_ERR_INVALID_ARGUMENT, "toc_moe_plan: NULL pointer");
+    TOC_READY();
+    cudaStream_t s = toc_stream();
+    TOC_CUDA(cudaMemsetAsync(counts, 0, (size_t)e * 4, s), "cudaMemsetAsync");
+    if (n > 0) {
+        moe_count_kernel<<<(unsigned)(toc_cdiv(n, 256) < 1024 ? toc_cdiv(n, 256) : 1024), 256, 0, s>>>(idx, n, e, counts);
+        TOC_LAUNCHED("moe_count_kernel");
+    }
+    moe_plan_kernel<<<1, 1024, (size_t)e * 4, s>>>(counts, e, (int)tile_rows, offsets, tiles, max_tiles);
+    TOC_LAUNCHED("moe_plan_kernel");
+    if (n > 0) {
+        const int threads = n >= 1024 ? 1024 : (int)toc_cdiv(n, 32) * 32;
+        moe_place_kernel<<<(unsigned)e, threads, 0, s>>>(idx, n, (int)k, offsets, order, tokens, inverse);
+        TOC_LAUNCHED("moe_place_kernel");
+    }
+    return moe_check_indices("toc_moe_plan");
 }
