@@ -205,10 +205,13 @@ def test_rms_norm(dt: DType) -> None:
 @pytest.mark.parametrize("dim", [8, 100, 128, 2560, 4096, 4104, 12288, 32768])
 def test_rms_norm_bf16_rows(dim: int) -> None:
     """bf16 rows (the vectorised kernel for dim % 8 == 0, 1-8 warps a row by width, up to 32768;
-    the scalar one otherwise): HF's Qwen3RMSNorm, and up to 4104 the same bits as the scalar
-    kernel (reached through an odd stride; wider rows may round one element differently)."""
-    x = torch.randn(50, dim).to(torch.bfloat16)
-    w = (1 + 0.1 * torch.randn(dim)).to(torch.bfloat16)
+    the scalar one otherwise): HF's Qwen3RMSNorm, and the scalar kernel (reached through an odd
+    stride). The two kernels sum the squares in different orders, so a row's scale may differ in
+    its last bit and round an element one bf16 step apart: at most 0.1% of the elements may
+    differ, by at most one step."""
+    g = torch.Generator().manual_seed(dim)
+    x = torch.randn(50, dim, generator=g).to(torch.bfloat16)
+    w = (1 + 0.1 * torch.randn(dim, generator=g)).to(torch.bfloat16)
     var = x.float().pow(2).mean(-1, keepdim=True)
     ref = w * (x.float() * torch.rsqrt(var + 1e-6)).to(torch.bfloat16)
     dx, dw = ours(x, DEV), ours(w, DEV)
@@ -236,10 +239,11 @@ def test_rms_norm_bf16_rows(dim: int) -> None:
         DType.bfloat16,
         DType.bfloat16,
     )
-    if dim <= 4104:
-        assert torch.equal(theirs(wide)[:, :dim], out)
-    else:
-        assert rel(theirs(wide)[:, :dim], out) < 1e-3
+    scalar = theirs(wide)[:, :dim]
+    differ = scalar != out
+    assert int(differ.sum()) <= max(1, out.numel() // 1000)
+    step = (out.float().abs() * 2.0**-7).clamp_min(1e-30)  # one bf16 step at most
+    assert bool(((scalar.float() - out.float()).abs() <= step * 1.01).all())
 
 
 def test_layer_norm() -> None:
