@@ -4,7 +4,7 @@ Random weights with the real shapes (hidden 2048, 32/4 heads of 128, 128 experts
 151,936-token vocabulary) filled on the device, ``--layers`` of them (48: the real model, 61 GB;
 the same number of layers for both engines). Reports batch-1 greedy decode (``--new`` tokens after
 ``--prompt``: the CUDA-graph step, whose expert GEMVs read the router's choice on the device),
-the graph's replay rate, a sampled decode, and a prefill of ``--prefill`` tokens (the op path:
+the graph's replay rate, a sampled decode, 8 sequences through the BatchManager, and a prefill of ``--prefill`` tokens (the op path:
 experts grouped over the prompt's rows); transformers eager (its default experts implementation)
 and, with ``--compile``, its static cache + torch.compile. Bytes per token count the router and
 k of the E experts of each layer, attention, the LM head and the KV cache.
@@ -85,9 +85,31 @@ def bench_ours(model: Any, prompt_len: int, new: int, prefill: int) -> dict[str,
     assert runner is not None
     assert not runner.fused
     replay = replay_rate(runner, prompt_len, new)
+    # 8 sequences through the BatchManager: decode steps replayed from captured graphs (the
+    # experts' device path is captured with the step), then run call by call
+    import os
+
+    from inference_pio.batching import BatchManager
+
+    bparams = SamplingParams(temperature=0.0, max_new_tokens=64, ignore_eos=True)
+
+    def batch_rate() -> float:
+        mgr = BatchManager(model, _NoText(), (), max_batch_size=8)
+        for i in range(8):
+            mgr.submit([(t + 97 * i) % 100000 for t in prompt], bparams)
+        return sum(r.decode_tokens_per_s for r in mgr.run())
+
+    brates = [batch_rate() for _ in range(3)]
+    os.environ["INFERENCE_PIO_CUDA_BATCH_GRAPH"] = "0"
+    try:
+        oprates = [batch_rate() for _ in range(2)]
+    finally:
+        del os.environ["INFERENCE_PIO_CUDA_BATCH_GRAPH"]
     big = [rng.randrange(1000, 100000) for _ in range(prefill)]
     times = [prefill_seconds(model, big) for _ in range(3)]
     return {
+        "batch8": max(brates[1:]),
+        "batch8_ops": oprates[-1],
         "decode": statistics.median(rates[1:]),
         "replay": replay,
         "sampled": statistics.median(srates[1:]),
@@ -193,6 +215,12 @@ def main() -> int:
             f"{label:9} {ours[key]:11.1f} {hv[0]:9.1f} {hv[1]:12.1f} {ours[key] / e:8.2f} "
             f"{frac:7.1f}%"
         )
+    print(
+        f"{'batch8':9} {ours['batch8']:11.1f} {'':9} {'':12} {'':8} {'':8} (8 sequences, "
+        f"summed; {ours['batch8'] / ours['decode']:.2f}x batch 1; "
+        f"{ours['batch8'] / ours['batch8_ops']:.2f}x the steps run call by call, "
+        f"{ours['batch8_ops']:.0f} tok/s)"
+    )
     ep = hf.get("eager_prefill", math.nan)
     print(f"{'prefill':9} {ours['prefill']:11.0f} {ep:9.0f} {'':12} {ours['prefill'] / ep:8.2f}")
     if args.json:

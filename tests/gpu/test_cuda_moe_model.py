@@ -124,9 +124,10 @@ def test_logits_prefill_then_decode(ckpt: Any) -> None:
 
 
 def test_batched_and_sampled_generation(ckpt: Any) -> None:
-    """generate_batch on cuda (the op path: experts grouped over the batch's rows) gives each
-    request its single-sequence greedy tokens; seeded sampling repeats."""
-    _, d, _ = ckpt
+    """generate_batch on cuda (experts grouped over the batch's rows) gives each request its
+    single-sequence greedy tokens (bf16: decode steps replayed from captured graphs); seeded
+    sampling repeats."""
+    kind, d, _ = ckpt
     gpu = load(d, device="cuda")
     prompts = [[1, 2, 3], list(range(10, 47)), [400, 5]]
     lengths = (14, 9, 20)
@@ -139,6 +140,13 @@ def test_batched_and_sampled_generation(ckpt: Any) -> None:
         for p, n in zip(prompts, lengths, strict=True)
     ]
     assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
+    graphs = getattr(gpu.model, "_cuda_batch_graph", None)
+    if kind == "bf16":  # the device path of the experts is captured with the rest of the step
+        assert graphs is not None
+        assert graphs._graphs
+        assert not graphs.captures_failed
+    else:
+        assert graphs is None
     kw: dict[str, Any] = dict(max_new_tokens=12, temperature=0.8, top_k=20, seed=5, ignore_eos=True)
     r1, r2 = gpu.generate([1, 2, 3], **kw), gpu.generate([1, 2, 3], **kw)
     assert len(r1.token_ids) == 12

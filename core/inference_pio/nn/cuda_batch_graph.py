@@ -38,6 +38,7 @@ from inference_pio.nn.attention import Attention, KVTable, Segment
 from inference_pio.nn.cuda_graph import unsupported_reason as graph_unsupported_reason
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, LayerCache
 from inference_pio.nn.mlp import SwiGLU
+from inference_pio.nn.moe import SoftmaxTopKMoE
 from inference_pio.tensor import Tensor, tensor
 
 
@@ -57,7 +58,14 @@ def unsupported_reason(model: Any, slots: int) -> str | None:
             return "a decoder layer with its own step"
         if type(layer.attention).__call__ is not Attention.__call__:
             return "an attention block with its own __call__"
-        if type(layer.mlp).__call__ is not SwiGLU.__call__:
+        mlp = layer.mlp
+        if isinstance(mlp, SoftmaxTopKMoE):
+            # the device path of the block reads nothing back to the host: capturable
+            if type(mlp).__call__ is not SoftmaxTopKMoE.__call__:
+                return "a mixture of experts with its own __call__"
+            if not mlp.device_path_ok(model.be, model.act_dtype, slots):
+                return "a mixture of experts outside the device path (bf16, k <= 64)"
+        elif type(mlp).__call__ is not SwiGLU.__call__:
             return "an MLP with its own __call__"
     return None
 

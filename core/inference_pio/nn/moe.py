@@ -83,12 +83,7 @@ class SoftmaxTopKMoE:
             weights.dtype,
         )
         on_device = be.device.type != "cpu"
-        if (
-            on_device
-            and k <= COMBINE_MAX_K
-            and t <= COMBINE_MAX_T
-            and self._grouped_ok(be, x.dtype)
-        ):
+        if on_device and self.device_path_ok(be, x.dtype, t):
             return self._device_experts(be, x, idx, weights, out)
         counts = be.scratch("moe.counts", (e,), DType.int32)
         offsets = be.scratch("moe.offsets", (e + 1,), DType.int32)
@@ -162,6 +157,16 @@ class SoftmaxTopKMoE:
             1,
         )
         return out
+
+    def device_path_ok(self, be: Backend, act: DType, rows: int) -> bool:
+        """Whether ``rows`` rows run on the device path (routing plan, grouped GEMMs, ordered
+        combine), which reads nothing back to the host, so a CUDA graph can capture it."""
+        return (
+            be.device.type == "cuda"
+            and 1 <= rows <= COMBINE_MAX_T
+            and self.k <= COMBINE_MAX_K
+            and self._grouped_ok(be, act)
+        )
 
     def _grouped_ok(self, be: Backend, act: DType) -> bool:
         """Whether the device's grouped expert GEMM can run this block: bf16 activations and
