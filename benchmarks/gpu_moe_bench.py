@@ -4,8 +4,9 @@ Random weights with the real shapes (hidden 2048, 32/4 heads of 128, 128 experts
 151,936-token vocabulary) filled on the device, ``--layers`` of them (48: the real model, 61 GB;
 the same number of layers for both engines). Reports batch-1 greedy decode (``--new`` tokens after
 ``--prompt``: the CUDA-graph step, whose expert GEMVs read the router's choice on the device),
-the graph's replay rate, a sampled decode, 8 sequences through the BatchManager, and a prefill of ``--prefill`` tokens (the op path:
-experts grouped over the prompt's rows); transformers eager (its default experts implementation)
+the graph's replay rate, a sampled decode, 8 sequences through the BatchManager (captured steps,
+then call by call), and a prefill of ``--prefill`` tokens (routing on the device, experts in
+grouped GEMMs); transformers eager (its default experts implementation)
 and, with ``--compile``, its static cache + torch.compile. Bytes per token count the router and
 k of the E experts of each layer, attention, the LM head and the KV cache.
 
