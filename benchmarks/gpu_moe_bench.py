@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from benchmark_gpu import _NoText, prefill_seconds, replay_rate
+from benchmark_gpu import _NoText, batch8_rates, prefill_seconds, replay_rate
 
 from inference_pio import cuda
 from inference_pio.dtypes import DType
@@ -86,31 +86,12 @@ def bench_ours(model: Any, prompt_len: int, new: int, prefill: int) -> dict[str,
     assert runner is not None
     assert not runner.fused
     replay = replay_rate(runner, prompt_len, new)
-    # 8 sequences through the BatchManager: decode steps replayed from captured graphs (the
-    # experts' device path is captured with the step), then run call by call
-    import os
-
-    from inference_pio.batching import BatchManager
-
-    bparams = SamplingParams(temperature=0.0, max_new_tokens=64, ignore_eos=True)
-
-    def batch_rate() -> float:
-        mgr = BatchManager(model, _NoText(), (), max_batch_size=8)
-        for i in range(8):
-            mgr.submit([(t + 97 * i) % 100000 for t in prompt], bparams)
-        return sum(r.decode_tokens_per_s for r in mgr.run())
-
-    brates = [batch_rate() for _ in range(3)]
-    os.environ["INFERENCE_PIO_CUDA_BATCH_GRAPH"] = "0"
-    try:
-        oprates = [batch_rate() for _ in range(2)]
-    finally:
-        del os.environ["INFERENCE_PIO_CUDA_BATCH_GRAPH"]
+    brate, oprate = batch8_rates(model, prompt)
     big = [rng.randrange(1000, 100000) for _ in range(prefill)]
     times = [prefill_seconds(model, big) for _ in range(3)]
     return {
-        "batch8": max(brates[1:]),
-        "batch8_ops": oprates[-1],
+        "batch8": brate,
+        "batch8_ops": oprate,
         "decode": statistics.median(rates[1:]),
         "replay": replay,
         "sampled": statistics.median(srates[1:]),

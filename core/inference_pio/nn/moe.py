@@ -119,26 +119,7 @@ class SoftmaxTopKMoE:
             for i, p in enumerate(positions):
                 inverse[p] = i
             inv = Tensor.from_list(inverse, DType.int32).to(be.device)
-            yt = be.scratch("moe.yt", (n, hidden), x.dtype)
-            be.call(
-                "moe_gather_rows", ys.data_ptr, inv.data_ptr, yt.data_ptr, n, n, hidden, x.dtype
-            )
-            be.call(
-                "moe_combine",
-                yt.data_ptr,
-                idx.data_ptr,
-                weights.data_ptr,
-                None,
-                out.data_ptr,
-                t,
-                k,
-                e,
-                hidden,
-                yt.dtype,
-                weights.dtype,
-                out.dtype,
-            )
-            return out
+            return self._combine(be, ys, inv, idx, weights, out)
         ws = be.scratch("moe.w", (n, 1), weights.dtype)
         be.call("moe_gather_rows", weights.data_ptr, order.data_ptr, ws.data_ptr, n, n, 1, ws.dtype)
         out.zero_()
@@ -259,9 +240,19 @@ class SoftmaxTopKMoE:
             "swiglu", g.data_ptr, u.data_ptr, g.data_ptr, n, inter, inter, inter, inter, x.dtype
         )
         grouped(g, down_t, ys, hidden, inter)
-        yt = be.scratch("moe.yt", (n, hidden), x.dtype)
+        return self._combine(be, ys, inverse, idx, weights, out)
+
+    def _combine(
+        self, be: Backend, ys: Tensor, inverse: Tensor, idx: Tensor, weights: Tensor, out: Tensor
+    ) -> Tensor:
+        """On the device: the expert outputs ``ys`` (sorted by expert) gathered back into
+        (token, slot) order by ``inverse``, then each token's k weighted outputs added in expert
+        order (toc_moe_combine: the roundings of the zeroed output plus moe_scatter_add)."""
+        n, hidden = ys.shape
+        t, k = idx.shape
+        yt = be.scratch("moe.yt", (n, hidden), ys.dtype)
         be.call(
-            "moe_gather_rows", ys.data_ptr, inverse.data_ptr, yt.data_ptr, n, n, hidden, x.dtype
+            "moe_gather_rows", ys.data_ptr, inverse.data_ptr, yt.data_ptr, n, n, hidden, ys.dtype
         )
         be.call(
             "moe_combine",
@@ -272,7 +263,7 @@ class SoftmaxTopKMoE:
             out.data_ptr,
             t,
             k,
-            e,
+            self.num_experts,
             hidden,
             yt.dtype,
             weights.dtype,
