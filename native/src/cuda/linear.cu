@@ -113,6 +113,14 @@ template <int M, int XD>
 __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
     extern __shared__ float xs[]; /* M * k */
     __shared__ float red[33];
+    /* the argmax of the block's rows, and how many of its rows are done: one global atomic a
+     * block instead of one a row (a 151936-row LM head's rows all hit one address) */
+    __shared__ unsigned long long amax;
+    __shared__ int adone;
+    if (threadIdx.x == 0) {
+        amax = 0;
+        adone = 0;
+    }
     const int64_t k = a.k;
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -207,6 +215,7 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
         if (w1) acc2[r] = warp_sum(acc2[r]);
     }
     if (lane == 0) {
+        unsigned long long key = 0;
 #pragma unroll
         for (int r = 0; r < M; r++) {
             if (r >= a.m) break;
@@ -221,7 +230,21 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
             stf(a.y, a.yd, yoff + r * a.ldy + row, v);
             if (a.argmax) {
                 float rv = rnd(a.yd, v);
-                if (rv == rv) atomicMax(a.argmax, argmax_key(rv, row));
+                if (rv == rv) {
+                    const unsigned long long kr = argmax_key(rv, row);
+                    key = kr > key ? kr : key;
+                }
+            }
+        }
+        if (a.argmax) { /* the block's last live row publishes the block's maximum */
+            atomicMax(&amax, key);
+            __threadfence_block();
+            const int64_t warps = blockDim.x >> 5;
+            const int64_t left = a.n - (int64_t)blockIdx.x * warps;
+            const int live_rows = (int)(left < warps ? left : warps);
+            if (atomicAdd(&adone, 1) == live_rows - 1) {
+                const unsigned long long best = atomicMax(&amax, 0ULL);
+                if (best) atomicMax(a.argmax, best);
             }
         }
     }
