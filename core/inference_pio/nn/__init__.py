@@ -1,5 +1,6 @@
 """Reusable model building blocks (embedding, norms, rotary embedding, attention with KV cache,
-SwiGLU MLP, softmax top-k mixture of experts, decoder layer and stack, LM head). Plugins assemble
+multi-head latent attention, SwiGLU MLP, mixtures of experts with softmax or sigmoid routers,
+decoder layer and stack, LM head). Plugins assemble
 models from these.
 
 Blocks validate their weights once, when built; their ``forward`` methods then call the native
@@ -10,8 +11,9 @@ of them per token.
 from inference_pio.nn.attention import Attention, KVCache
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, LayerCache
 from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
+from inference_pio.nn.mla import LatentCache, MLAttention
 from inference_pio.nn.mlp import SwiGLU
-from inference_pio.nn.moe import SoftmaxTopKMoE
+from inference_pio.nn.moe import RoutedExperts, SigmoidTopKMoE, SoftmaxTopKMoE
 
 __all__ = [
     "Attention",
@@ -19,10 +21,14 @@ __all__ = [
     "DecoderModel",
     "Embedding",
     "KVCache",
+    "LatentCache",
     "LayerCache",
     "Linear",
+    "MLAttention",
     "RMSNorm",
     "Rotary",
+    "RoutedExperts",
+    "SigmoidTopKMoE",
     "SoftmaxTopKMoE",
     "SwiGLU",
 ]

@@ -145,7 +145,7 @@ class DecoderModel:
         add(self.lm_head.weight)
         if self.lm_head.weight.data_ptr != self.embed.weight.data_ptr:
             total += self.embed.dim * self.embed.weight.dtype.itemsize
-        kv = sum(2 * layer.attention.nkv * layer.attention.hd for layer in self.layers)
+        kv = sum(_kv_values_per_token(layer.attention) for layer in self.layers)
         return total + kv * context * self.cache_dtype.itemsize
 
     def new_cache(self, capacity: int) -> LayerCache:
@@ -329,6 +329,15 @@ def _int32_scratch(be: Backend, name: str, values: list[int]) -> Tensor:
 
         cuda.memcpy(out.data_ptr, ctypes.addressof(host), 4 * n, cuda.H2D, blocking=False)
     return out
+
+
+def _kv_values_per_token(attention: object) -> int:
+    """Cached values a token adds to one layer: keys and values of every kv head, or what the
+    block says (``kv_values_per_token()``: a latent cache, say)."""
+    own = getattr(attention, "kv_values_per_token", None)
+    if own is not None:
+        return int(own())
+    return 2 * int(attention.nkv) * int(attention.hd)  # type: ignore[attr-defined]
 
 
 def _weights_of(block: object) -> list[Tensor]:

@@ -18,6 +18,7 @@ RMS_ZERO_CENTERED = 1
 RMS_GATED = 2
 ROPE_NEOX = 0
 ROPE_INTERLEAVED = 1
+ROPE_INTERLEAVED_HF = 2  # pairs (2i, 2i+1), output de-interleaved like transformers' GLM code
 
 
 def check_weight(name: str, t: Tensor, shape: Sequence[int]) -> Tensor:

@@ -1,10 +1,12 @@
-"""Sparse mixture-of-experts MLP with a softmax top-k router (Qwen3-MoE; models.md §1.5).
+"""Sparse mixture-of-experts MLPs: SwiGLU experts behind a softmax top-k router (Qwen3-MoE;
+models.md §1.5) or a sigmoid "noaux_tc" router with a shared expert (GLM-4.7-Flash; §1.6).
 
-``out = Σ_j w_j · expert_{idx_j}(x)`` over each token's k best experts. Rounding follows
-transformers' eager experts: the router's logits in the activation dtype, softmax and top-k in
-fp32 (renormalised when asked), the weights rounded to the activation dtype; each expert's
-output times its weight rounded to the activation dtype and added into a zeroed output, expert
-by expert in ascending order (a bf16 output rounds after every add, as ``index_add_`` does).
+``out = Σ_j w_j · expert_{idx_j}(x)`` over each token's k chosen experts. Rounding follows
+transformers' eager experts: each expert's output times its weight rounded to the activation
+dtype and added into a zeroed output, expert by expert in ascending order (a bf16 output rounds
+after every add, as ``index_add_`` does). The softmax router computes its logits in the
+activation dtype, softmax and top-k in fp32 and rounds the weights to the activation dtype; the
+sigmoid router computes in fp32 throughout and keeps fp32 weights.
 """
 
 from __future__ import annotations
@@ -25,63 +27,43 @@ GROUPED_TILE_ROWS = 64
 MAX_LAUNCH_TILES = 65535
 
 
-class SoftmaxTopKMoE:
-    """Router ``[E, hidden]`` and E SwiGLU experts; each token runs ``k`` of them.
+class RoutedExperts:
+    """E SwiGLU experts of one width; each token runs the ``k`` its router picks. Subclasses
+    route (``__call__``) and hand the choice to :meth:`run_experts`.
 
     Callable as ``(backend, x [T, hidden], out [T, hidden]) -> out`` (the MLP slot of
     :class:`~inference_pio.nn.DecoderLayer`). The experts a token runs depend on its values, so
-    the block is not replayable by CPU decode plans. Runs on the CPU and on CUDA devices (there,
-    batch-1 decode steps run from a captured graph without reading the routing back:
-    :class:`~inference_pio.nn.cuda_graph.CudaGraphDecoder`).
+    the block is not replayable by CPU decode plans.
     """
 
     #: Decode plans must not replay this block: which experts run depends on the data.
     replayable = False
 
-    def __init__(
-        self, router: Linear, experts: Sequence[SwiGLU], k: int, *, renormalize: bool = True
-    ) -> None:
+    def __init__(self, experts: Sequence[SwiGLU], k: int, hidden: int) -> None:
         if not experts:
-            raise ValueError("SoftmaxTopKMoE needs at least one expert")
-        hidden = router.in_features
-        if router.out_features != len(experts):
-            raise ValueError(f"router has {router.out_features} outputs for {len(experts)} experts")
+            raise ValueError(f"{type(self).__name__} needs at least one expert")
         for i, ex in enumerate(experts):
             if ex.gate.in_features != hidden or ex.down.out_features != hidden:
                 raise ValueError(f"expert {i} does not map hidden size {hidden} to itself")
         if not 1 <= k <= min(len(experts), 1024):
             raise ValueError(f"k={k} must lie in 1..{min(len(experts), 1024)}")
-        self.router, self.experts, self.k = router, list(experts), k
-        self.renormalize = renormalize
+        self.experts, self.k = list(experts), k
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def decode_weight_bytes(self) -> int:
-        """Weight bytes one token reads: the router and, on average, k of the E experts."""
+    def expert_bytes(self) -> int:
+        """Weight bytes of the k experts one token runs, on average."""
         experts = sum(lin.weight.nbytes for ex in self.experts for lin in (ex.gate, ex.up, ex.down))
-        return self.router.weight.nbytes + experts * self.k // self.num_experts
+        return experts * self.k // self.num_experts
 
-    def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
+    def run_experts(
+        self, be: Backend, x: Tensor, idx: Tensor, weights: Tensor, out: Tensor
+    ) -> Tensor:
+        """``out = Σ_j weights[:, j] · expert_{idx[:, j]}(x)`` (idx, weights [T, k])."""
         t, hidden = x.shape
         e, k = self.num_experts, self.k
-        logits = be.scratch("moe.logits", (t, e), x.dtype)
-        self.router(be, x, logits)
-        idx = be.scratch("moe.idx", (t, k), DType.int32)
-        weights = be.scratch("moe.weights", (t, k), x.dtype)
-        be.call(
-            "moe_route_softmax",
-            logits.data_ptr,
-            t,
-            e,
-            k,
-            int(self.renormalize),
-            logits.dtype,
-            idx.data_ptr,
-            weights.data_ptr,
-            weights.dtype,
-        )
         on_device = be.device.type != "cpu"
         if on_device and self.device_path_ok(be, x.dtype, t):
             return self._device_experts(be, x, idx, weights, out)
@@ -269,4 +251,134 @@ class SoftmaxTopKMoE:
             weights.dtype,
             out.dtype,
         )
+        return out
+
+
+class SoftmaxTopKMoE(RoutedExperts):
+    """Qwen3-MoE: router ``[E, hidden]`` in the activation dtype, softmax and top-k in fp32,
+    optionally renormalised, weights rounded to the activation dtype. Runs on the CPU and on CUDA
+    devices (there, batch-1 decode steps run from a captured graph without reading the routing
+    back: :class:`~inference_pio.nn.cuda_graph.CudaGraphDecoder`)."""
+
+    def __init__(
+        self, router: Linear, experts: Sequence[SwiGLU], k: int, *, renormalize: bool = True
+    ) -> None:
+        if router.out_features != len(experts):
+            raise ValueError(f"router has {router.out_features} outputs for {len(experts)} experts")
+        super().__init__(experts, k, router.in_features)
+        self.router = router
+        self.renormalize = renormalize
+
+    def decode_weight_bytes(self) -> int:
+        """Weight bytes one token reads: the router and, on average, k of the E experts."""
+        return self.router.weight.nbytes + self.expert_bytes()
+
+    def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
+        t = x.shape[0]
+        e, k = self.num_experts, self.k
+        logits = be.scratch("moe.logits", (t, e), x.dtype)
+        self.router(be, x, logits)
+        idx = be.scratch("moe.idx", (t, k), DType.int32)
+        weights = be.scratch("moe.weights", (t, k), x.dtype)
+        be.call(
+            "moe_route_softmax",
+            logits.data_ptr,
+            t,
+            e,
+            k,
+            int(self.renormalize),
+            logits.dtype,
+            idx.data_ptr,
+            weights.data_ptr,
+            weights.dtype,
+        )
+        return self.run_experts(be, x, idx, weights, out)
+
+
+class SigmoidTopKMoE(RoutedExperts):
+    """GLM-4.7-Flash (DeepSeek-V3 lineage): fp32 router logits (the input widened to fp32),
+    sigmoid scores, the experts chosen by score + ``bias`` within the ``topk_group`` best of
+    ``n_group`` groups, their scores (without the bias) renormalised with +1e-20 when asked and
+    times ``scaling``, kept in fp32; then the routed sum plus a shared SwiGLU expert, added in
+    the activation dtype (``routed + shared``, transformers' order)."""
+
+    def __init__(
+        self,
+        router: Linear,
+        bias: Tensor,
+        experts: Sequence[SwiGLU],
+        k: int,
+        *,
+        n_group: int = 1,
+        topk_group: int = 1,
+        renormalize: bool = True,
+        scaling: float = 1.0,
+        shared: SwiGLU | None = None,
+    ) -> None:
+        e = len(experts)
+        if router.out_features != e:
+            raise ValueError(f"router has {router.out_features} outputs for {e} experts")
+        if bias.shape != (e,) or bias.dtype != DType.float32:
+            raise ValueError(
+                f"the router bias must be float32 [{e}], got {bias.dtype.name} {bias.shape}"
+            )
+        if n_group < 1 or e % n_group or not 1 <= topk_group <= n_group:
+            raise ValueError(
+                f"n_group {n_group} must divide the {e} experts and "
+                f"1 <= topk_group {topk_group} <= n_group"
+            )
+        if k > topk_group * (e // n_group):
+            raise ValueError(f"k={k} exceeds the experts of {topk_group} groups")
+        super().__init__(experts, k, router.in_features)
+        if shared is not None and (
+            shared.gate.in_features != router.in_features
+            or shared.down.out_features != router.in_features
+        ):
+            raise ValueError("the shared expert does not map the hidden size to itself")
+        self.router, self.bias, self.shared = router, bias, shared
+        self.n_group, self.topk_group = n_group, topk_group
+        self.renormalize, self.scaling = renormalize, float(scaling)
+
+    def decode_weight_bytes(self) -> int:
+        """Weight bytes one token reads: router, bias, k of the E experts and the shared one."""
+        shared = self.shared
+        extra = (
+            sum(lin.weight.nbytes for lin in (shared.gate, shared.up, shared.down))
+            if shared is not None
+            else 0
+        )
+        return self.router.weight.nbytes + self.bias.nbytes + self.expert_bytes() + extra
+
+    def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
+        t, hidden = x.shape
+        e, k = self.num_experts, self.k
+        f32 = DType.float32
+        x32 = x
+        if x.dtype != f32:  # transformers widens the input and the router weight to fp32
+            x32 = be.scratch("moe.x32", (t, hidden), f32)
+            be.call("cast", x.data_ptr, x.dtype, x32.data_ptr, f32, t * hidden)
+        logits = be.scratch("moe.logits32", (t, e), f32)
+        self.router(be, x32, logits)
+        idx = be.scratch("moe.idx", (t, k), DType.int32)
+        weights = be.scratch("moe.weights32", (t, k), f32)
+        be.call(
+            "moe_route_sigmoid",
+            logits.data_ptr,
+            self.bias.data_ptr,
+            t,
+            e,
+            k,
+            self.n_group,
+            self.topk_group,
+            int(self.renormalize),
+            self.scaling,
+            f32,
+            idx.data_ptr,
+            weights.data_ptr,
+        )
+        self.run_experts(be, x, idx, weights, out)
+        if self.shared is not None:
+            sh = be.scratch("moe.shared", (t, hidden), x.dtype)
+            self.shared(be, x, sh)
+            be.call("add", out.data_ptr, sh.data_ptr, out.data_ptr, t * hidden, x.dtype)
         return out

@@ -14,6 +14,7 @@ SPEC = ModelSpec(
     name=MODEL_NAME,
     factory="inference_pio_glm_4_7_flash.model:load",
     config_factory="inference_pio_glm_4_7_flash.config:real_config",
+    weights_factory="inference_pio_glm_4_7_flash.model:weight_shapes",
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,

@@ -1,0 +1,268 @@
+"""Multi-head latent attention (MLA: DeepSeek-V2/V3, GLM-4.7-Flash; models.md §5.2), absorbed.
+
+Per token the layer caches what transformers caches: the normalised latent ``c`` [kv_lora] and
+the rotated rope key ``k_pe`` [rope] shared by every head, one row ``[c | k_pe]`` of a
+``[1, capacity, kv_lora + rope]`` cache. The per-head keys and values are never expanded: with
+``kv_b_proj``'s rows of head h split into ``W_UK_h`` [nope, kv_lora] and ``W_UV_h`` [v, kv_lora],
+
+- the query of head h becomes ``[W_UK_hᵀ q_nope_h | rope(q_pe_h)]`` (kv_lora + rope values),
+  whose dot product with a cache row equals ``q_nope_h · k_nope_h + q_pe_h · k_pe`` (exact in real
+  arithmetic), so attention runs as one kv head shared by all query heads, with the scale of the
+  unabsorbed head width (nope + rope)^-0.5;
+- the attention output of head h over the cached latents is mapped by ``W_UV_h`` to its values'
+  width before ``o_proj``.
+
+Rounding differs from transformers' expanded form only where the products are grouped
+differently (a few bf16 roundings per score), within the conformance tolerances.
+"""
+
+from __future__ import annotations
+
+from inference_pio.backend import Backend
+from inference_pio.device import Device
+from inference_pio.dtypes import DType
+from inference_pio.nn.attention import KVTable, Segment
+from inference_pio.nn.layers import Linear, RMSNorm, Rotary
+from inference_pio.tensor import Tensor
+
+
+class LatentCache:
+    """One layer's cache for one sequence: rows ``[c | k_pe]`` laid out [1, capacity, width].
+    ``v`` is the same tensor (the values are the first kv_lora entries of each row)."""
+
+    __slots__ = ("capacity", "head_dim", "k", "nkv", "v")
+
+    def __init__(self, capacity: int, width: int, dtype: DType, device: Device) -> None:
+        self.nkv, self.capacity, self.head_dim = 1, capacity, width
+        self.k = Tensor.empty((1, capacity, width), dtype, device)
+        self.v = self.k
+
+
+class MLAttention:
+    """MLA with an optional low-rank query (``q_a_proj`` → ``q_a_layernorm`` → ``q_b_proj``, or
+    one ``q_proj``), ``kv_a_proj_with_mqa`` → ``kv_a_layernorm`` → ``kv_b_proj``, RoPE on the
+    rope part of each query head and on the shared ``k_pe``, causal attention, ``o_proj``."""
+
+    #: CPU decode plans do not replay this block (it makes per-head calls the plan would record).
+    replayable = False
+
+    def __init__(
+        self,
+        kv_a_proj: Linear,
+        kv_a_norm: RMSNorm,
+        kv_b_proj: Linear,
+        o_proj: Linear,
+        num_heads: int,
+        nope_dim: int,
+        rope_dim: int,
+        v_dim: int,
+        rotary: Rotary,
+        *,
+        q_proj: Linear | None = None,
+        q_a_proj: Linear | None = None,
+        q_a_norm: RMSNorm | None = None,
+        q_b_proj: Linear | None = None,
+    ) -> None:
+        nh, dn, dr, dv = num_heads, nope_dim, rope_dim, v_dim
+        if min(nh, dn, dr, dv) < 1:
+            raise ValueError("heads and head widths must be >= 1")
+        lora = kv_a_norm.dim
+        qk = dn + dr
+        low_rank = (q_a_proj, q_a_norm, q_b_proj)
+        full_q = q_proj is not None and all(p is None for p in low_rank)
+        if not full_q and (q_proj is not None or any(p is None for p in low_rank)):
+            raise ValueError("MLA needs q_proj, or q_a_proj + q_a_norm + q_b_proj")
+        q_last = q_proj if q_proj is not None else q_b_proj
+        assert q_last is not None
+        checks = [
+            ("kv_a_proj_with_mqa outputs", kv_a_proj.out_features, lora + dr),
+            ("kv_b_proj outputs", kv_b_proj.out_features, nh * (dn + dv)),
+            ("kv_b_proj inputs", kv_b_proj.in_features, lora),
+            ("query outputs", q_last.out_features, nh * qk),
+            ("o_proj inputs", o_proj.in_features, nh * dv),
+            ("rotary dimension", rotary.rot_dim, dr),
+        ]
+        if q_a_proj is not None and q_a_norm is not None and q_b_proj is not None:
+            checks += [
+                ("q_a_layernorm width", q_a_norm.dim, q_a_proj.out_features),
+                ("q_b_proj inputs", q_b_proj.in_features, q_a_proj.out_features),
+            ]
+        for what, got, want in checks:
+            if got != want:
+                raise ValueError(f"MLA: {what} {got}, expected {want}")
+        self.kv_a_proj, self.kv_a_norm, self.kv_b_proj, self.o_proj = (
+            kv_a_proj,
+            kv_a_norm,
+            kv_b_proj,
+            o_proj,
+        )
+        self.q_proj, self.q_a_proj, self.q_a_norm, self.q_b_proj = (
+            q_proj,
+            q_a_proj,
+            q_a_norm,
+            q_b_proj,
+        )
+        self.nh, self.nope, self.rope, self.vdim, self.lora = nh, dn, dr, dv, lora
+        #: one shared kv head of a cache row's width (the attention's view of the cache)
+        self.nkv, self.hd = 1, lora + dr
+        self.rotary = rotary
+        self.scale = qk**-0.5
+        kvb = kv_b_proj.weight.reshape(nh, dn + dv, lora)
+        # W_UK_hᵀ [lora, nope] per head, one contiguous copy; W_UV_h and q_pe's rows are views
+        w_uk_t = kvb.narrow(1, 0, dn).permute(0, 2, 1).contiguous()
+        self._uk = [
+            Linear(f"{i}.w_uk_t", w_uk_t.narrow(0, i, 1).reshape(lora, dn)) for i in range(nh)
+        ]
+        self._uv = [
+            Linear(f"{i}.w_uv", kv_b_proj.weight.narrow(0, i * (dn + dv) + dn, dv))
+            for i in range(nh)
+        ]
+        self._q_pe = [
+            Linear(f"{i}.q_pe", q_last.weight.narrow(0, i * qk + dn, dr)) for i in range(nh)
+        ]
+
+    def kv_values_per_token(self) -> int:
+        """Values one token adds to the cache: its latent and its rope key."""
+        return self.lora + self.rope
+
+    def decode_weight_bytes(self) -> int:
+        """Weight bytes one decode step reads (the rope rows of the query are read twice)."""
+        total = sum(
+            lin.weight.nbytes + (lin.bias.nbytes if lin.bias is not None else 0)
+            for lin in (self.q_proj, self.q_a_proj, self.q_b_proj, self.kv_a_proj, self.o_proj)
+            if lin is not None
+        )
+        total += self.kv_b_proj.weight.nbytes + self.kv_a_norm.weight.nbytes
+        if self.q_a_norm is not None:
+            total += self.q_a_norm.weight.nbytes
+        return total + sum(lin.weight.nbytes for lin in self._q_pe)
+
+    def new_cache(self, capacity: int, dtype: DType, device: Device) -> LatentCache:
+        return LatentCache(capacity, self.lora + self.rope, dtype, device)
+
+    def _rope(
+        self,
+        be: Backend,
+        x: Tensor,
+        cs: tuple[Tensor, Tensor],
+        t: int,
+        heads: int,
+        stride_t: int,
+        stride_h: int,
+    ) -> None:
+        """RoPE in place on ``heads`` rope parts of ``rope`` values per token (x: their start)."""
+        be.call(
+            "rope_apply",
+            x.data_ptr,
+            cs[0].data_ptr,
+            cs[1].data_ptr,
+            t,
+            heads,
+            self.rope,
+            self.rope,
+            stride_t,
+            stride_h,
+            self.rotary.mode,
+            x.dtype,
+            cs[0].dtype,
+        )
+
+    def __call__(
+        self,
+        be: Backend,
+        h: Tensor,
+        segments: list[Segment],
+        caches: list[LatentCache] | KVTable,
+        cos: Tensor,
+        sin: Tensor,
+        out: Tensor,
+    ) -> Tensor:
+        if isinstance(caches, KVTable):
+            raise NotImplementedError("MLA has no captured batched decode step")
+        t, act = h.shape[0], h.dtype
+        nh, dn, dr, lora = self.nh, self.nope, self.rope, self.lora
+        qk, row = dn + dr, lora + dr
+        # the latent and the shared rope key: [c | k_pe], c normalised, k_pe rotated, in place
+        ckv = be.scratch("mla.ckv", (t, row), act)
+        self.kv_a_proj(be, h, ckv)
+        self.kv_a_norm(be, ckv, ckv, rows=t, ld=row)
+        self._rope(be, ckv.narrow(1, lora, dr), (cos, sin), t, 1, row, dr)
+        # queries: q [t, nh, nope + rope], then per head [W_UK_hᵀ q_nope_h | rope(q_pe_h)]
+        q = be.scratch("mla.q", (t, nh * qk), act)
+        src = h
+        if self.q_proj is not None:
+            self.q_proj(be, h, q)
+        else:
+            assert self.q_a_proj is not None
+            assert self.q_a_norm is not None
+            assert self.q_b_proj is not None
+            src = be.scratch("mla.cq", (t, self.q_a_proj.out_features), act)
+            self.q_a_proj(be, h, src)
+            self.q_a_norm(be, src, src)
+            self.q_b_proj(be, src, q)
+        qa = be.scratch("mla.qa", (t, nh * row), act)
+        for i in range(nh):
+            self._uk[i](
+                be, q.narrow(1, i * qk, dn), qa.narrow(1, i * row, lora), t, nh * qk, nh * row
+            )
+            self._q_pe[i](be, src, qa.narrow(1, i * row + lora, dr), t, src.shape[1], nh * row)
+        self._rope(be, qa.narrow(1, lora, nh * row - lora), (cos, sin), t, nh, nh * row, row)
+        # one shared kv head: keys are the cache rows, values their latent part
+        lat = be.scratch("mla.lat", (t, nh * lora), act)
+        es = act.itemsize
+        for seg, cache in zip(segments, caches, strict=False):
+            if seg.past + seg.count > cache.capacity:
+                raise ValueError(
+                    f"sequence needs {seg.past + seg.count} cache slots, "
+                    f"capacity is {cache.capacity}"
+                )
+            kc = cache.k
+            be.call(
+                "kv_cache_append",
+                ckv.data_ptr + seg.start * row * es,
+                None,
+                kc.data_ptr,
+                None,
+                seg.count,
+                1,
+                row,
+                0,
+                cache.capacity,
+                seg.past,
+                act,
+                kc.dtype,
+            )
+            be.call(
+                "attention",
+                qa.data_ptr + seg.start * nh * row * es,
+                kc.data_ptr,
+                kc.data_ptr,
+                lat.data_ptr + seg.start * nh * lora * es,
+                seg.count,
+                nh,
+                1,
+                row,
+                lora,
+                nh * row,
+                nh * lora,
+                seg.past + seg.count,
+                cache.capacity * row,
+                row,
+                cache.capacity * row,
+                row,
+                seg.past,
+                1,
+                None,
+                0,
+                self.scale,
+                act,
+                kc.dtype,
+            )
+        # each head's latent output to its values' width, then o_proj
+        dv = self.vdim
+        o = be.scratch("mla.o", (t, nh * dv), act)
+        for i in range(nh):
+            self._uv[i](
+                be, lat.narrow(1, i * lora, lora), o.narrow(1, i * dv, dv), t, nh * lora, nh * dv
+            )
+        return self.o_proj(be, o, out)
