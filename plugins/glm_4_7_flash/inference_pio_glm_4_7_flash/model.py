@@ -275,7 +275,8 @@ def build(
     dev = Device.parse(device)
 
     def w(name: str) -> Tensor:
-        return weights[name]
+        t = weights[name]
+        return t if dev.type == "cpu" else t.to(dev)
 
     act = dense.activation_dtype(weights, f"{prefix}embed_tokens.weight", dtype)
     mode = ROPE_INTERLEAVED_HF if cfg.rope_interleave else ROPE_NEOX
@@ -316,11 +317,6 @@ def build(
 def load(path: Path, **options: Any) -> CausalLM:
     """Loads a Glm4MoeLiteForCausalLM checkpoint directory (options: device, dtype)."""
     device = Device.parse(options.get("device", "cpu"))
-    if device.type != "cpu":
-        raise NotImplementedError(
-            f"{MODEL_NAME}: this release runs GLM-4.7-Flash on the CPU only "
-            f"(device {device} was asked for)"
-        )
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
     cfg = GlmConfig.from_hf(checkpoint.config)
     model = build(checkpoint.weights, cfg, device, options.get("dtype"))

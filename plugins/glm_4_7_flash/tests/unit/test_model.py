@@ -148,9 +148,14 @@ def test_bad_config_fields_are_clear_errors(field: str, value: object, message: 
         GlmConfig.from_hf({**real_config(), field: value})
 
 
-def test_cuda_is_refused_clearly(tmp_path: Path) -> None:
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    """On a machine without CUDA, ``device="cuda"`` names the reason (tests/gpu runs it on one)."""
+    from inference_pio import cuda
+
+    if cuda.is_available():
+        pytest.skip("CUDA is available here; tests/gpu/test_cuda_glm_model.py covers it")
     save_reference(tmp_path, "Glm4MoeLiteForCausalLM", TINY, "float32", seed=1)
-    with pytest.raises(NotImplementedError, match="CPU only"):
+    with pytest.raises(cuda.CudaUnavailableError, match="CUDA is not available"):
         load(tmp_path, device="cuda")
 
 
