@@ -240,13 +240,17 @@ def _attention(cfg: GlmConfig, a: str, w: Callable[[str], Tensor], rotary: Rotar
     )
 
 
-def _moe(cfg: GlmConfig, p: str, w: Callable[[str], Tensor]) -> SigmoidTopKMoE:
+def _moe(
+    cfg: GlmConfig, p: str, w: Callable[[str], Tensor], host: Mapping[str, Tensor], dev: Device
+) -> SigmoidTopKMoE:
     m = p + "mlp."
     experts = [dense.swiglu_block(f"{m}experts.{x}.", w) for x in range(cfg.n_routed_experts)]
     shared = dense.swiglu_block(m + "shared_experts.", w) if cfg.n_shared_experts else None
-    bias = w(m + "gate.e_score_correction_bias")
+    bias = host[m + "gate.e_score_correction_bias"]  # the router adds it in fp32
     if bias.dtype != DType.float32:
         bias = bias.to(DType.float32)
+    if dev.type != "cpu":
+        bias = bias.to(dev)
     return SigmoidTopKMoE(
         Linear(m + "gate", w(m + "gate.weight")),
         bias,
@@ -288,7 +292,7 @@ def build(
         mlp = (
             dense.swiglu_block(p + "mlp.", w)
             if cfg.mlp_layer_types[layer] == "dense"
-            else _moe(cfg, p, w)
+            else _moe(cfg, p, w, weights, dev)
         )
         layers.append(
             DecoderLayer(
