@@ -43,12 +43,12 @@ from inference_pio.nn.attention import Attention
 from inference_pio.nn.decoder import DecoderModel, LayerCache
 from inference_pio.nn.layers import RMS_PLAIN, ROPE_NEOX, RMSNorm
 from inference_pio.nn.mlp import SwiGLU
+from inference_pio.nn.moe import COMBINE_MAX_K as MOE_MAX_K
 from inference_pio.nn.moe import SoftmaxTopKMoE
 from inference_pio.sampling import SamplingParams, device_supports
 from inference_pio.tensor import Tensor, tensor
 
 CHUNK = 32  # greedy tokens per host round trip
-MOE_MAX_K = 64  # experts per token of toc_moe_combine
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -78,6 +78,8 @@ def unsupported_reason(model: Any) -> str | None:
                 return "a mixture of experts with its own __call__"
             if mlp.k > MOE_MAX_K:
                 return f"more than {MOE_MAX_K} experts per token"
+            if any(ex.inter != mlp.experts[0].inter for ex in mlp.experts):
+                return "experts of different widths"
             linears += [mlp.router] + [x for ex in mlp.experts for x in (ex.gate, ex.up, ex.down)]
             if any(lin.weight.data_ptr % 16 for lin in linears):
                 return "expert weights must be 16-byte aligned"

@@ -136,15 +136,21 @@ class RoutedExperts:
         weights, one expert width, rows a multiple of 8 elements, no biases."""
         if act != DType.bfloat16 or not be.has("moe_grouped_linear"):
             return False
-        inter = self.experts[0].inter
-        for ex in self.experts:
-            lins = (ex.gate, ex.up, ex.down)
-            if ex.inter != inter or any(
-                lin.weight.dtype != DType.bfloat16 or lin.bias is not None or lin.in_features % 8
-                for lin in lins
-            ):
-                return False
-        return True
+        known: bool | None = self.__dict__.get("_weights_grouped_ok")
+        if known is None:
+            inter = self.experts[0].inter
+            known = all(
+                ex.inter == inter
+                and all(
+                    lin.weight.dtype == DType.bfloat16
+                    and lin.bias is None
+                    and lin.in_features % 8 == 0
+                    for lin in (ex.gate, ex.up, ex.down)
+                )
+                for ex in self.experts
+            )
+            self.__dict__["_weights_grouped_ok"] = known
+        return known
 
     def _tables(self, be: Backend) -> tuple[Tensor, Tensor, Tensor]:
         """Device tables of the experts' gate / up / down weight pointers (made once)."""
