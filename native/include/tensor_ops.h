@@ -404,6 +404,17 @@ TO_API int to_moe_group_by_expert(const int32_t *idx, int64_t n, int64_t e, int3
 TO_API int to_causal_conv1d(const void *x, const void *w, void *state, void *y, int64_t t,
                             int64_t c, int64_t k, int silu, int x_dtype, int w_dtype,
                             int state_dtype);
+/* Gated delta rule (Qwen3-Next Gated DeltaNet, models.md §4.4), recurrent form: for each of the t
+ * tokens (row strides ldq/ldk/ldv/ldab/ldo) and each value head h (key head h / (nv/nk)):
+ * q, k l2-normalised in fp32 (eps 1e-6 on the sum of squares), q / sqrt(dk);
+ * beta = sigmoid(b[h]) rounded to x_dtype; g = decay[h] * softplus(a[h] + dt_bias[h]) (fp32,
+ * softplus(x) = x above 20); S = exp(g) S; m = S^T k; S += k (beta (v - m))^T; out = S^T q.
+ * q, k [t, nk, dk], v [t, nv, dv], a, b [t, nv] in x_dtype (f32/bf16); decay (= -exp(A_log)),
+ * dt_bias [nv] f32; state [nv, dk, dv] f32, read and updated in place; out [t, nv, dv] out_dtype. */
+TO_API int to_gated_delta_rule(const void *q, const void *k, const void *v, const void *a, const void *b,
+                               const float *decay, const float *dt_bias, float *state, void *out, int64_t t,
+                               int64_t nk, int64_t nv, int64_t dk, int64_t dv, int64_t ldq, int64_t ldk,
+                               int64_t ldv, int64_t ldab, int64_t ldo, int x_dtype, int out_dtype);
 /* Vision patchify (Qwen2/3-VL): image [c, h, w] (f32/bf16), h and w multiples of patch*merge ->
  * out [(h/patch)*(w/patch), c*temporal*patch*patch] (out_dtype f32/bf16) in merge-block order
  * (block row, block col, mh, mw); each vector is ordered [channel][t][py][px] with the single

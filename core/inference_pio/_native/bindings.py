@@ -279,6 +279,15 @@ PROTOTYPES: dict[str, Prototype] = {
         ctypes.c_int,
         [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 4,
     ),
+    # int to_gated_delta_rule(const void *q, const void *k, const void *v, const void *a,
+    #                         const void *b, const float *decay, const float *dt_bias,
+    #                         float *state, void *out, int64_t t, int64_t nk, int64_t nv,
+    #                         int64_t dk, int64_t dv, int64_t ldq, int64_t ldk, int64_t ldv,
+    #                         int64_t ldab, int64_t ldo, int x_dtype, int out_dtype);
+    "to_gated_delta_rule": (
+        ctypes.c_int,
+        [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 10 + [ctypes.c_int] * 2,
+    ),
     # int to_patchify(const void *image, void *out, int64_t c, int64_t h, int64_t w,
     #                 int64_t patch, int64_t temporal, int64_t merge, int in_dtype,
     #                 int out_dtype);

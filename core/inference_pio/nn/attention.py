@@ -104,15 +104,18 @@ class Attention:
         q_norm: RMSNorm | None = None,
         k_norm: RMSNorm | None = None,
         scale: float | None = None,
+        gated: bool = False,
     ) -> None:
+        """``gated`` (Qwen3-Next): q_proj also yields an output gate, per head ``[q | gate]``
+        (2 x head_dim rows a head), and the attention output is multiplied by sigmoid(gate)
+        before o_proj."""
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}"
             )
-        if q_proj.out_features != num_heads * head_dim:
-            raise ValueError(
-                f"q_proj has {q_proj.out_features} outputs, expected {num_heads * head_dim}"
-            )
+        q_rows = num_heads * head_dim * (2 if gated else 1)
+        if q_proj.out_features != q_rows:
+            raise ValueError(f"q_proj has {q_proj.out_features} outputs, expected {q_rows}")
         for name, proj in (("k_proj", k_proj), ("v_proj", v_proj)):
             if proj.out_features != num_kv_heads * head_dim:
                 raise ValueError(
@@ -128,6 +131,7 @@ class Attention:
         self.rotary = rotary
         self.q_norm, self.k_norm = q_norm, k_norm
         self.scale = head_dim**-0.5 if scale is None else scale
+        self.gated = gated
 
     def _prepare_qk(
         self, be: Backend, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, t: int
@@ -225,20 +229,50 @@ class Attention:
         t = h.shape[0]
         act = h.dtype
         qw, kw = self.nh * self.hd, self.nkv * self.hd
-        q = be.scratch("attn.q", (t, qw), act)
-        k = be.scratch("attn.k", (t, kw), act)
-        v = be.scratch("attn.v", (t, kw), act)
-        self._qkv(be, h, (q, k, v))
+        gate: Tensor | None = None
+        if self.gated:
+            qg = be.scratch("attn.qg", (t, 2 * qw), act)
+            k = be.scratch("attn.k", (t, kw), act)
+            v = be.scratch("attn.v", (t, kw), act)
+            self._qkv(be, h, (qg, k, v))
+            per_head = qg.reshape(t, self.nh, 2 * self.hd)
+            q = per_head.narrow(2, 0, self.hd).contiguous().reshape(t, qw)
+            gate = per_head.narrow(2, self.hd, self.hd).contiguous().reshape(t, qw)
+        else:
+            q = be.scratch("attn.q", (t, qw), act)
+            k = be.scratch("attn.k", (t, kw), act)
+            v = be.scratch("attn.v", (t, kw), act)
+            self._qkv(be, h, (q, k, v))
         self._prepare_qk(be, q, k, cos, sin, t)
         attn = be.scratch("attn.out", (t, qw), act)
+        self._attend(be, q, k, v, attn, segments, caches, t)
+        if gate is not None:  # attn * sigmoid(gate), each rounded as the two ops would
+            be.call("sigmoid", gate.data_ptr, gate.data_ptr, t * qw, act)
+            be.call("mul", attn.data_ptr, gate.data_ptr, attn.data_ptr, t * qw, act)
+        return self.o_proj(be, attn, out)
+
+    def _attend(
+        self,
+        be: Backend,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attn: Tensor,
+        segments: list[Segment],
+        caches: list[KVCache] | KVTable,
+        t: int,
+    ) -> None:
+        """Appends k/v to each sequence's cache and writes the attention of q into ``attn``."""
+        act = q.dtype
+        qw, kw = self.nh * self.hd, self.nkv * self.hd
         if isinstance(caches, KVTable):  # a decode step of t sequences captured in a CUDA graph
             self._decode_table(be, q, k, v, attn, caches, t)
-            return self.o_proj(be, attn, out)
+            return
         if len(segments) > 1 and t == len(segments) and _batch_decode_fn(be) is not None:
             # a decode step of several sequences on the GPU: one call appends every new key/value
             # row to its own cache and attends (instead of two calls per sequence)
             self._decode_batch(be, q, k, v, attn, caches, [seg.past for seg in segments])
-            return self.o_proj(be, attn, out)
+            return
         es = act.itemsize
         for seg, cache in zip(segments, caches, strict=False):
             if seg.past + seg.count > cache.capacity:
@@ -288,7 +322,6 @@ class Attention:
                 act,
                 cache.k.dtype,
             )
-        return self.o_proj(be, attn, out)
 
 
 _BATCH_FNS: dict[Device, Any] = {}

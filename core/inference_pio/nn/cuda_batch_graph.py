@@ -63,6 +63,8 @@ def unsupported_reason(model: Any, slots: int) -> str | None:
             # the device path of the block reads nothing back to the host: capturable
             if type(mlp).__call__ is not SoftmaxTopKMoE.__call__:
                 return "a mixture of experts with its own __call__"
+            if mlp.shared is not None:
+                return "a mixture of experts with a shared expert"
             if not mlp.device_path_ok(model.be, model.act_dtype, slots):
                 return "a mixture of experts outside the device path (bf16, k <= 64)"
         elif type(mlp).__call__ is not SwiGLU.__call__:

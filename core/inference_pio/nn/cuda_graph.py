@@ -65,6 +65,8 @@ def unsupported_reason(model: Any) -> str | None:
         attn, mlp = layer.attention, layer.mlp
         if not isinstance(attn, Attention) or not isinstance(mlp, (SwiGLU, SoftmaxTopKMoE)):
             return "layer type"
+        if attn.gated:
+            return "gated attention"
         if attn.rotary.rot_dim != attn.hd or attn.hd > 256 or attn.hd % 2:
             return "partial rotary or head_dim"
         norms: list[RMSNorm | None] = [layer.input_norm, layer.post_norm, attn.q_norm, attn.k_norm]
@@ -76,6 +78,8 @@ def unsupported_reason(model: Any) -> str | None:
         else:
             if type(mlp).__call__ is not SoftmaxTopKMoE.__call__:
                 return "a mixture of experts with its own __call__"
+            if mlp.shared is not None:
+                return "a mixture of experts with a shared expert"
             if mlp.k > MOE_MAX_K:
                 return f"more than {MOE_MAX_K} experts per token"
             if any(ex.inter != mlp.experts[0].inter for ex in mlp.experts):

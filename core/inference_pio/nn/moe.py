@@ -264,20 +264,43 @@ class SoftmaxTopKMoE(RoutedExperts):
     """Qwen3-MoE: router ``[E, hidden]`` in the activation dtype, softmax and top-k in fp32,
     optionally renormalised, weights rounded to the activation dtype. Runs on the CPU and on CUDA
     devices (there, batch-1 decode steps run from a captured graph without reading the routing
-    back: :class:`~inference_pio.nn.cuda_graph.CudaGraphDecoder`)."""
+    back: :class:`~inference_pio.nn.cuda_graph.CudaGraphDecoder`). Qwen3-Next adds a shared
+    SwiGLU expert scaled per token by ``sigmoid(shared_gate(x))`` (``shared_gate`` [1, hidden]):
+    ``routed + sigmoid(g) * shared``, each op rounded to the activation dtype."""
 
     def __init__(
-        self, router: Linear, experts: Sequence[SwiGLU], k: int, *, renormalize: bool = True
+        self,
+        router: Linear,
+        experts: Sequence[SwiGLU],
+        k: int,
+        *,
+        renormalize: bool = True,
+        shared: SwiGLU | None = None,
+        shared_gate: Linear | None = None,
     ) -> None:
         if router.out_features != len(experts):
             raise ValueError(f"router has {router.out_features} outputs for {len(experts)} experts")
         super().__init__(experts, k, router.in_features)
+        if (shared is None) != (shared_gate is None):
+            raise ValueError("a shared expert and its gate come together")
+        if shared_gate is not None and (
+            shared_gate.out_features != 1 or shared_gate.in_features != router.in_features
+        ):
+            raise ValueError(f"the shared expert's gate must be [1, {router.in_features}]")
         self.router = router
         self.renormalize = renormalize
+        self.shared, self.shared_gate = shared, shared_gate
 
     def decode_weight_bytes(self) -> int:
-        """Weight bytes one token reads: the router and, on average, k of the E experts."""
-        return self.router.weight.nbytes + self.expert_bytes()
+        """Weight bytes one token reads: the router, on average k of the E experts, and the
+        shared expert with its gate."""
+        extra = 0
+        if self.shared is not None and self.shared_gate is not None:
+            sh = self.shared
+            extra = self.shared_gate.weight.nbytes + sum(
+                lin.weight.nbytes for lin in (sh.gate, sh.up, sh.down)
+            )
+        return self.router.weight.nbytes + self.expert_bytes() + extra
 
     def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
         t = x.shape[0]
@@ -298,7 +321,17 @@ class SoftmaxTopKMoE(RoutedExperts):
             weights.data_ptr,
             weights.dtype,
         )
-        return self.run_experts(be, x, idx, weights, out)
+        self.run_experts(be, x, idx, weights, out)
+        if self.shared is not None and self.shared_gate is not None:
+            hidden = x.shape[1]
+            sh = be.scratch("moe.shared", (t, hidden), x.dtype)
+            self.shared(be, x, sh)
+            g = be.scratch("moe.shared_gate", (t, 1), x.dtype)
+            self.shared_gate(be, x, g)
+            be.call("sigmoid", g.data_ptr, g.data_ptr, t, x.dtype)
+            be.call("mul_rows", sh.data_ptr, g.data_ptr, sh.data_ptr, t, hidden, x.dtype, x.dtype)
+            be.call("add", out.data_ptr, sh.data_ptr, out.data_ptr, t * hidden, x.dtype)
+        return out
 
 
 class SigmoidTopKMoE(RoutedExperts):

@@ -3,6 +3,7 @@ dispatch point (CPU: libtensor_ops, CUDA: libtensor_ops_cuda)."""
 
 from inference_pio.ops.attention import attention, kv_cache_append
 from inference_pio.ops.conv import causal_conv1d, patchify
+from inference_pio.ops.deltanet import gated_delta_rule
 from inference_pio.ops.elementwise import (
     add,
     add_row,
@@ -39,6 +40,7 @@ __all__ = [
     "cumsum",
     "embedding",
     "exp",
+    "gated_delta_rule",
     "gather_rows",
     "gelu",
     "get_num_threads",

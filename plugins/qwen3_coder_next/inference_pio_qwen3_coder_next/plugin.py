@@ -14,6 +14,7 @@ SPEC = ModelSpec(
     name=MODEL_NAME,
     factory="inference_pio_qwen3_coder_next.model:load",
     config_factory="inference_pio_qwen3_coder_next.config:real_config",
+    weights_factory="inference_pio_qwen3_coder_next.model:weight_shapes",
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,

@@ -1,0 +1,207 @@
+"""Gated DeltaNet (Qwen3-Next's linear-attention layers; models.md §4.4).
+
+Per token: ``in_proj_qkvz`` and ``in_proj_ba`` give, per key-head group, ``q | k | v | z`` and
+``b | a``; q, k and v go through a causal depthwise conv1d (kernel K, carried state of the last
+K-1 inputs) with SiLU; the gated delta rule (``to_gated_delta_rule``: l2-normalised q and k,
+``beta = sigmoid(b)``, ``g = -exp(A_log) * softplus(a + dt_bias)``, an fp32 state [dk, dv] per value
+head) gives each value head's output; a gated RMSNorm with ``z`` and ``out_proj`` finish. The
+per-sequence state (conv inputs and recurrent state) lives in :class:`RecurrentState`, which the
+decoder keeps in the layer's cache slot; it does not grow with the context.
+"""
+
+from __future__ import annotations
+
+from inference_pio.backend import Backend
+from inference_pio.device import Device
+from inference_pio.dtypes import DType
+from inference_pio.nn.attention import KVTable, Segment
+from inference_pio.nn.layers import RMS_GATED, Linear, RMSNorm
+from inference_pio.tensor import Tensor
+
+
+class RecurrentState:
+    """One sequence's state of one Gated DeltaNet layer: the last K-1 conv inputs of q, k and v
+    ([K-1, channels] each, activation dtype) and the recurrent state [nv, dk, dv] (fp32)."""
+
+    __slots__ = ("capacity", "conv", "ssm")
+
+    def __init__(
+        self, widths: tuple[int, int, int], kernel: int, heads: tuple[int, int, int], dtype: DType,
+        device: Device, capacity: int,
+    ) -> None:  # fmt: skip
+        self.capacity = capacity
+        self.conv = [Tensor.zeros((kernel - 1, w), dtype, device) for w in widths]
+        nv, dk, dv = heads
+        self.ssm = Tensor.zeros((nv, dk, dv), DType.float32, device)
+
+    def reset(self) -> None:
+        for t in self.conv:
+            t.zero_()
+        self.ssm.zero_()
+
+
+class GatedDeltaNet:
+    """The linear-attention block: ``(backend, h, segments, caches, cos, sin, out) -> out``
+    like :class:`~inference_pio.nn.Attention` (cos / sin unused)."""
+
+    #: CPU decode plans do not replay it (its state is updated in place each step).
+    replayable = False
+
+    def __init__(
+        self,
+        in_proj_qkvz: Linear,
+        in_proj_ba: Linear,
+        conv_weight: Tensor,
+        dt_bias: Tensor,
+        a_log: Tensor,
+        norm: RMSNorm,
+        out_proj: Linear,
+        num_k_heads: int,
+        num_v_heads: int,
+        k_head_dim: int,
+        v_head_dim: int,
+    ) -> None:
+        nk, nv, dk, dv = num_k_heads, num_v_heads, k_head_dim, v_head_dim
+        if min(nk, nv, dk, dv) < 1 or nv % nk:
+            raise ValueError(f"value heads {nv} must be a positive multiple of key heads {nk}")
+        r = nv // nk
+        conv_dim = 2 * nk * dk + nv * dv
+        checks = [
+            ("in_proj_qkvz outputs", in_proj_qkvz.out_features, nk * (2 * dk + 2 * r * dv)),
+            ("in_proj_ba outputs", in_proj_ba.out_features, 2 * nv),
+            ("conv1d channels", conv_weight.shape[0], conv_dim),
+            ("dt_bias", dt_bias.numel, nv),
+            ("A_log", a_log.numel, nv),
+            ("norm width", norm.dim, dv),
+            ("out_proj inputs", out_proj.in_features, nv * dv),
+        ]
+        for what, got, want in checks:
+            if got != want:
+                raise ValueError(f"Gated DeltaNet: {what} {got}, expected {want}")
+        if conv_weight.ndim != 3 or conv_weight.shape[1] != 1:
+            raise ValueError(f"conv1d weight must be [channels, 1, K], got {conv_weight.shape}")
+        if norm.variant != RMS_GATED:
+            raise ValueError("the Gated DeltaNet output norm must be the gated variant")
+        self.in_proj_qkvz, self.in_proj_ba, self.out_proj, self.norm = (
+            in_proj_qkvz,
+            in_proj_ba,
+            out_proj,
+            norm,
+        )
+        self.nk, self.nv, self.dk, self.dv = nk, nv, dk, dv
+        self.kernel = conv_weight.shape[2]
+        w = conv_weight.reshape(conv_dim, self.kernel)
+        self._conv_w = [w.narrow(0, 0, nk * dk), w.narrow(0, nk * dk, nk * dk)]
+        self._conv_w.append(w.narrow(0, 2 * nk * dk, nv * dv))
+        f32 = DType.float32
+        self.dt_bias = dt_bias.reshape(nv) if dt_bias.dtype == f32 else dt_bias.to(f32)
+        # decay = -exp(A_log), fp32 as transformers computes it
+        a32 = a_log.reshape(nv) if a_log.dtype == f32 else a_log.to(f32)
+        self.decay = Tensor.from_list([-_exp32(x) for x in a32.tolist()], f32)
+        if conv_weight.device.type != "cpu":
+            self.dt_bias = self.dt_bias.to(conv_weight.device)
+            self.decay = self.decay.to(conv_weight.device)
+
+    def kv_values_per_token(self) -> int:
+        """The state does not grow with the context."""
+        return 0
+
+    def new_cache(self, capacity: int, dtype: DType, device: Device) -> RecurrentState:
+        nk, dk = self.nk, self.dk
+        return RecurrentState(
+            (nk * dk, nk * dk, self.nv * self.dv),
+            self.kernel,
+            (self.nv, dk, self.dv),
+            dtype,
+            device,
+            capacity,
+        )
+
+    def __call__(
+        self,
+        be: Backend,
+        h: Tensor,
+        segments: list[Segment],
+        caches: list[RecurrentState] | KVTable,
+        cos: Tensor,
+        sin: Tensor,
+        out: Tensor,
+    ) -> Tensor:
+        if isinstance(caches, KVTable):
+            raise NotImplementedError("Gated DeltaNet has no captured batched decode step")
+        t, act = h.shape[0], h.dtype
+        nk, nv, dk, dv = self.nk, self.nv, self.dk, self.dv
+        r = nv // nk
+        group = 2 * dk + 2 * r * dv
+        qkvz = be.scratch("gdn.qkvz", (t, nk * group), act)
+        self.in_proj_qkvz(be, h, qkvz)
+        ba = be.scratch("gdn.ba", (t, 2 * nv), act)
+        self.in_proj_ba(be, h, ba)
+        # per key-head group [q | k | v (r heads) | z (r heads)] and [b (r) | a (r)]
+        g3 = qkvz.reshape(t, nk, group)
+        parts = [
+            g3.narrow(2, 0, dk).contiguous().reshape(t, nk * dk),
+            g3.narrow(2, dk, dk).contiguous().reshape(t, nk * dk),
+            g3.narrow(2, 2 * dk, r * dv).contiguous().reshape(t, nv * dv),
+        ]
+        z = g3.narrow(2, 2 * dk + r * dv, r * dv).contiguous().reshape(t, nv * dv)
+        ba3 = ba.reshape(t, nk, 2 * r)
+        b = ba3.narrow(2, 0, r).contiguous().reshape(t, nv)
+        a = ba3.narrow(2, r, r).contiguous().reshape(t, nv)
+        conv = [be.scratch(f"gdn.conv{i}", p.shape, act) for i, p in enumerate(parts)]
+        o = be.scratch("gdn.o", (t, nv * dv), act)
+        es = act.itemsize
+        for seg, cache in zip(segments, caches, strict=False):
+            if seg.past == 0:
+                cache.reset()
+            for x, y, w, st in zip(parts, conv, self._conv_w, cache.conv, strict=True):
+                c = x.shape[1]
+                be.call(
+                    "causal_conv1d",
+                    x.data_ptr + seg.start * c * es,
+                    w.data_ptr,
+                    st.data_ptr,
+                    y.data_ptr + seg.start * c * es,
+                    seg.count,
+                    c,
+                    self.kernel,
+                    1,
+                    act,
+                    w.dtype,
+                    st.dtype,
+                )
+            qc, kc, vc = conv
+            be.call(
+                "gated_delta_rule",
+                qc.data_ptr + seg.start * nk * dk * es,
+                kc.data_ptr + seg.start * nk * dk * es,
+                vc.data_ptr + seg.start * nv * dv * es,
+                a.data_ptr + seg.start * nv * es,
+                b.data_ptr + seg.start * nv * es,
+                self.decay.data_ptr,
+                self.dt_bias.data_ptr,
+                cache.ssm.data_ptr,
+                o.data_ptr + seg.start * nv * dv * es,
+                seg.count,
+                nk,
+                nv,
+                dk,
+                dv,
+                nk * dk,
+                nk * dk,
+                nv * dv,
+                nv,
+                nv * dv,
+                act,
+                act,
+            )
+        self.norm(be, o, o, rows=t, heads=nv, z=z)
+        return self.out_proj(be, o, out)
+
+
+def _exp32(x: float) -> float:
+    """exp in double, rounded to fp32 (transformers exponentiates in fp32: at most an ulp apart)."""
+    import math
+    import struct
+
+    return float(struct.unpack("f", struct.pack("f", math.exp(x)))[0])
