@@ -132,6 +132,10 @@ class Attention:
         self.q_norm, self.k_norm = q_norm, k_norm
         self.scale = head_dim**-0.5 if scale is None else scale
         self.gated = gated
+        if (
+            gated
+        ):  # the gate split allocates per call: a recorded CPU decode plan must not replay it
+            self.replayable = False
 
     def _prepare_qk(
         self, be: Backend, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, t: int
