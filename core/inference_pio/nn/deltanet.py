@@ -94,10 +94,10 @@ class GatedDeltaNet:
         self._conv_w = [w.narrow(0, 0, nk * dk), w.narrow(0, nk * dk, nk * dk)]
         self._conv_w.append(w.narrow(0, 2 * nk * dk, nv * dv))
         f32 = DType.float32
-        self.dt_bias = dt_bias.reshape(nv) if dt_bias.dtype == f32 else dt_bias.to(f32)
-        # decay = -exp(A_log), fp32 as transformers computes it
-        a32 = a_log.reshape(nv) if a_log.dtype == f32 else a_log.to(f32)
-        self.decay = Tensor.from_list([-_exp32(x) for x in a32.tolist()], f32)
+        # dt_bias and decay = -exp(A_log) in fp32 (as transformers computes them), made on the host
+        dt_host = dt_bias.to("cpu").reshape(nv)
+        self.dt_bias = dt_host if dt_host.dtype == f32 else dt_host.to(f32)
+        self.decay = Tensor.from_list([-_exp32(x) for x in a_log.to("cpu").tolist()], f32)
         if conv_weight.device.type != "cpu":
             self.dt_bias = self.dt_bias.to(conv_weight.device)
             self.decay = self.decay.to(conv_weight.device)
