@@ -1,22 +1,67 @@
-"""Benchmark for Qwen3-Coder-Next: prefill and batch-1 decode tokens/s.
+"""Qwen3-Coder-Next bf16 on the CPU: Inference-PIO vs transformers, same run.
 
-Run: ``python plugins/qwen3_coder_next/benchmarks/benchmark_inference.py``.
-Until the model is implemented this only reports that loading is not available yet.
+The real model is 159 GB in bf16. By default this builds (once, cached next to the other
+synthetic checkpoints) a checkpoint with the real layer shapes and vocabulary (hidden 2048,
+Gated DeltaNet with 16 key / 32 value heads of 128, gated attention with 16 / 2 heads of 256,
+512 experts of 512 + a gated shared one, top-10) but only ``--layers`` layers (default 2: one
+Gated DeltaNet layer and one attention layer, random weights), then reports prefill tokens/s,
+batch-1 decode tokens/s, peak RSS and the fraction of the measured memory bandwidth for each
+engine through the shared harness (benchmarks/llm_bench.py; engines ``ours,transformers`` unless
+``--engines`` says otherwise). ``--layers 48`` is the real model.
+
+    python plugins/qwen3_coder_next/benchmarks/benchmark_inference.py [--layers 2] [--threads N] \
+        [--repeats 3] [--prompt-tokens 512] [--new-tokens 128] [--json]
 """
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-from inference_pio.plugins import get_plugin_host
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+
+import llm_bench
 
 
-def main() -> int:
-    host = get_plugin_host()
-    spec = host.registry.get("qwen3-coder-next")
-    print(f"{spec.name}: model implementation not available yet; nothing to benchmark")
-    return 0
+def checkpoint(layers: int) -> Path:
+    """The cached synthetic checkpoint with ``layers`` layers of the real shapes."""
+    from inference_pio.plugins import get_plugin_host
+    from inference_pio.synthetic import FORMAT_VERSION, build, cache_root
+    from inference_pio_qwen3_coder_next import MODEL_NAME
+    from inference_pio_qwen3_coder_next.config import real_config
+
+    cfg = real_config()
+    cfg["num_hidden_layers"] = layers
+    # every fourth layer is attention; a short stack ends with one so that it has each kind
+    cfg["layer_types"] = [
+        "full_attention" if (i + 1) % 4 == 0 or i == layers - 1 else "linear_attention"
+        for i in range(layers)
+    ]
+    d = cache_root() / "synthetic" / f"{MODEL_NAME}-{layers}-layers-bfloat16-v{FORMAT_VERSION}"
+    if not (d / "model.safetensors").is_file():
+        partial = d.with_name(d.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"building a {layers}-layer synthetic checkpoint in {d}", file=sys.stderr)
+        build(get_plugin_host().registry.get(MODEL_NAME), partial, config=cfg)
+        partial.rename(d)
+    return d
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--layers", type=int, default=2, help="layers of the real shapes (48: all)")
+    args, rest = p.parse_known_args(argv)
+    if args.layers < 1:
+        raise SystemExit("--layers must be at least 1")
+    if "-h" in rest or "--help" in rest:
+        print(__doc__)
+    if not any(a.startswith("--engines") for a in rest):
+        rest = [*rest, "--engines", "ours,transformers"]
+    return llm_bench.main(rest, model=str(checkpoint(args.layers)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
