@@ -18,6 +18,8 @@ alone).
 from __future__ import annotations
 
 import json
+import math
+import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -244,3 +246,55 @@ class CausalLMConformance:
             model.generate("hi", nucleus=0.5)
         with pytest.raises(ValueError, match="vocabulary"):
             model.generate([self.tiny_config["vocab_size"] + 5], max_new_tokens=1)
+
+
+def assert_greedy_matches(
+    got: list[int], want: list[int], scores: list[Any], bf16: bool, what: str
+) -> None:
+    """Greedy tokens equal transformers' ``want`` (with the logits rows ``scores`` each was taken
+    from), except where transformers' own two best logits are within a few rounding steps of each
+    other (bf16: 8 ulps at the row's largest logit; fp32: 1e-4 of it): a near tie may flip, and
+    the sequences diverge from there on."""
+    assert len(got) == len(want), what
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        if a == b:
+            continue
+        top = scores[i].float().topk(2).values
+        margin = float(top[0] - top[1])
+        scale = float(scores[i].float().abs().max())
+        tie = 8 * 2.0 ** (math.floor(math.log2(scale)) - 7) if bf16 else 1e-4 * scale
+        assert margin <= tie, f"{what}: token {i} is {a}, transformers' {b} wins by {margin:.4g}"
+        return
+
+
+def check_random_config(
+    load: Callable[..., Any],
+    hf_class_name: str,
+    config: dict[str, Any],
+    dtype: str,
+    seed: int,
+    directory: Path,
+    max_prompt: int = 70,
+    new_tokens: int = 12,
+) -> None:
+    """A random config's checkpoint against transformers: greedy tokens for a one-token prompt
+    and a prompt of 2..max_prompt tokens, each alone and the two batched
+    (:func:`assert_greedy_matches`); bf16 checkpoints scale the embedding and head x8."""
+    bf16 = dtype == "bfloat16"
+    ref = save_reference(directory, hf_class_name, config, dtype, seed, 8.0 if bf16 else 1.0)
+    m = load(directory)
+    rng = random.Random(1000 + seed)
+    prompts = [
+        [rng.randrange(0, 500)],
+        [rng.randrange(0, 500) for _ in range(rng.randint(2, max_prompt))],
+    ]
+    hf = [hf_greedy_with_logits(ref, p, new_tokens) for p in prompts]
+    what = f"seed {seed} {dtype}: {config}"
+    for p, (want, scores) in zip(prompts, hf, strict=True):
+        got = m.generate(p, max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True).token_ids
+        assert_greedy_matches(got, want, scores, bf16, f"{what}, prompt of {len(p)}")
+    reqs = [
+        dict(prompt=p, max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True) for p in prompts
+    ]
+    for r, (want, scores) in zip(m.generate_batch(reqs), hf, strict=True):
+        assert_greedy_matches(r.token_ids, want, scores, bf16, f"{what}, batched")
