@@ -132,6 +132,22 @@ def checkpoint_dir(model: str) -> Path:
     return Path(model).expanduser().resolve()
 
 
+def reduced_checkpoint(model_name: str, config: dict[str, Any], layers: int) -> Path:
+    """The cached synthetic checkpoint of ``model_name`` with ``config`` (the real shapes with
+    ``layers`` layers), built once next to the other synthetic checkpoints."""
+    from inference_pio.plugins import get_plugin_host
+    from inference_pio.synthetic import FORMAT_VERSION, build, cache_root
+
+    d = cache_root() / "synthetic" / f"{model_name}-{layers}-layers-bfloat16-v{FORMAT_VERSION}"
+    if not (d / "model.safetensors").is_file():
+        partial = d.with_name(d.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"building a {layers}-layer synthetic checkpoint in {d}", file=sys.stderr)
+        build(get_plugin_host().registry.get(model_name), partial, config=config)
+        partial.rename(d)
+    return d
+
+
 def load_config(ckpt: Path) -> dict[str, Any]:
     cfg: dict[str, Any] = json.loads((ckpt / "config.json").read_text())
     return cfg.get("text_config", cfg) if "hidden_size" not in cfg else cfg

@@ -15,7 +15,6 @@ memory bandwidth for each engine through the shared harness (benchmarks/llm_benc
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,22 +26,13 @@ import llm_bench
 
 def checkpoint(layers: int) -> Path:
     """The cached synthetic checkpoint with ``layers`` layers of the real shapes."""
-    from inference_pio.plugins import get_plugin_host
-    from inference_pio.synthetic import FORMAT_VERSION, build, cache_root
     from inference_pio_glm_4_7_flash import MODEL_NAME
     from inference_pio_glm_4_7_flash.config import real_config
 
     cfg = real_config()
     cfg["num_hidden_layers"] = layers
     cfg["mlp_layer_types"] = ["dense"] + ["sparse"] * (layers - 1)
-    d = cache_root() / "synthetic" / f"{MODEL_NAME}-{layers}-layers-bfloat16-v{FORMAT_VERSION}"
-    if not (d / "model.safetensors").is_file():
-        partial = d.with_name(d.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        print(f"building a {layers}-layer synthetic checkpoint in {d}", file=sys.stderr)
-        build(get_plugin_host().registry.get(MODEL_NAME), partial, config=cfg)
-        partial.rename(d)
-    return d
+    return llm_bench.reduced_checkpoint(MODEL_NAME, cfg, layers)
 
 
 def main(argv: Sequence[str]) -> int:

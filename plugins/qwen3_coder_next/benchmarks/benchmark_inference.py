@@ -16,7 +16,6 @@ engine through the shared harness (benchmarks/llm_bench.py; engines ``ours,trans
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +27,6 @@ import llm_bench
 
 def checkpoint(layers: int) -> Path:
     """The cached synthetic checkpoint with ``layers`` layers of the real shapes."""
-    from inference_pio.plugins import get_plugin_host
-    from inference_pio.synthetic import FORMAT_VERSION, build, cache_root
     from inference_pio_qwen3_coder_next import MODEL_NAME
     from inference_pio_qwen3_coder_next.config import real_config
 
@@ -40,14 +37,7 @@ def checkpoint(layers: int) -> Path:
         "full_attention" if (i + 1) % 4 == 0 or i == layers - 1 else "linear_attention"
         for i in range(layers)
     ]
-    d = cache_root() / "synthetic" / f"{MODEL_NAME}-{layers}-layers-bfloat16-v{FORMAT_VERSION}"
-    if not (d / "model.safetensors").is_file():
-        partial = d.with_name(d.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        print(f"building a {layers}-layer synthetic checkpoint in {d}", file=sys.stderr)
-        build(get_plugin_host().registry.get(MODEL_NAME), partial, config=cfg)
-        partial.rename(d)
-    return d
+    return llm_bench.reduced_checkpoint(MODEL_NAME, cfg, layers)
 
 
 def main(argv: Sequence[str]) -> int:
