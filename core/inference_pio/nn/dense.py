@@ -169,6 +169,23 @@ def weight_plan(
     return plan
 
 
+def checked_weights(
+    weights: Mapping[str, Tensor], plan: WeightPlan, device: Device
+) -> Callable[[str], Tensor]:
+    """Checks that every tensor of ``plan`` is in ``weights`` with its shape (CheckpointError
+    naming the first that is not) and returns a getter that places a tensor on ``device``."""
+    for name, (shape, _) in plan.items():
+        if name not in weights:
+            raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
+        check_weight(name, weights[name], shape)
+
+    def w(name: str) -> Tensor:
+        t = weights[name]
+        return t if device.type == "cpu" else t.to(device)
+
+    return w
+
+
 def activation_dtype(
     weights: Mapping[str, Tensor], name: str, requested: DType | str | None
 ) -> DType:
@@ -196,17 +213,9 @@ def build(
     layer's MLP tensors, then the block built from them."""
     if (mlp_plan is None) != (mlp is None):
         raise ValueError("dense.build: pass mlp_plan and mlp together")
-    plan = weight_plan(cfg, prefix, mlp_plan)
     make_mlp = mlp if mlp is not None else swiglu_mlp
-    for name, (shape, _) in plan.items():
-        if name not in weights:
-            raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
-        check_weight(name, weights[name], shape)
     dev = Device.parse(device)
-
-    def w(name: str) -> Tensor:
-        t = weights[name]
-        return t if dev.type == "cpu" else t.to(dev)
+    w = checked_weights(weights, weight_plan(cfg, prefix, mlp_plan), dev)
 
     act = activation_dtype(weights, f"{prefix}embed_tokens.weight", dtype)
     rotary = Rotary(cfg.head_dim, cfg.rope_theta, ROPE_NEOX)

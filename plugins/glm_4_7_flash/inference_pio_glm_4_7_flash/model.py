@@ -34,7 +34,6 @@ from inference_pio.nn.layers import (
     Linear,
     RMSNorm,
     Rotary,
-    check_weight,
 )
 from inference_pio.nn.mla import MLAttention
 from inference_pio.nn.moe import SigmoidTopKMoE
@@ -272,15 +271,8 @@ def build(
     prefix: str = "model.",
 ) -> DecoderModel:
     """Assembles the model from checkpoint tensors, checking every shape."""
-    for name, (shape, _) in weight_plan(cfg, prefix).items():
-        if name not in weights:
-            raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
-        check_weight(name, weights[name], shape)
     dev = Device.parse(device)
-
-    def w(name: str) -> Tensor:
-        t = weights[name]
-        return t if dev.type == "cpu" else t.to(dev)
+    w = dense.checked_weights(weights, weight_plan(cfg, prefix), dev)
 
     act = dense.activation_dtype(weights, f"{prefix}embed_tokens.weight", dtype)
     mode = ROPE_INTERLEAVED_HF if cfg.rope_interleave else ROPE_NEOX
