@@ -39,6 +39,16 @@ def rope_parameters(config: Mapping[str, Any]) -> tuple[float, str]:
     return float(theta), str(rope_type)
 
 
+def config_int(config: Mapping[str, Any], key: str, minimum: int = 1, default: Any = None) -> int:
+    """An integer field of a config.json, at least ``minimum`` (CheckpointError naming it)."""
+    value = config.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise CheckpointError(
+            f"config.json: {key!r} must be an integer >= {minimum}, got {value!r}"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class DenseConfig:
     """The fields of an HF config.json that the dense decoder needs."""

@@ -79,12 +79,7 @@ class GlmConfig:
         """Reads and validates the fields; errors name the missing or bad field."""
 
         def count(key: str, minimum: int = 1, default: Any = None) -> int:
-            value = config.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise CheckpointError(
-                    f"config.json: {key!r} must be an integer >= {minimum}, got {value!r}"
-                )
-            return value
+            return dense.config_int(config, key, minimum, default)
 
         def number(key: str, default: float) -> float:
             value = config.get(key, default)

@@ -78,12 +78,7 @@ class NextConfig:
         """Reads and validates the fields; errors name the missing or bad field."""
 
         def count(key: str, minimum: int = 1, default: Any = None) -> int:
-            value = config.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise CheckpointError(
-                    f"config.json: {key!r} must be an integer >= {minimum}, got {value!r}"
-                )
-            return value
+            return dense.config_int(config, key, minimum, default)
 
         layers, heads = count("num_hidden_layers"), count("num_attention_heads")
         kv = count("num_key_value_heads", default=heads)
