@@ -47,20 +47,24 @@ def real_config(name: str) -> dict[str, Any]:
     return dict(config.real_config())
 
 
-def build_ours(cfg_dict: dict[str, Any]) -> Any:
-    cfg = dense.DenseConfig.from_hf(cfg_dict, qk_norm=True)
-    plan = dense.weight_plan(cfg)
+def random_weights(plan: dense.WeightPlan, seed: int) -> dict[str, Tensor]:
+    """bf16 tensors of ``plan`` filled on the device (norms around 1, the rest around 0)."""
     lib = cuda.lib()
     weights = {}
     for i, (name, (shape, kind)) in enumerate(sorted(plan.items())):
         t = Tensor.empty(shape, DType.bfloat16, DEV)
         mean, std = (1.0, 0.1) if kind == "norm" else (0.0, 0.02)
         cuda.check(
-            lib.toc_fill_random(t.data_ptr, t.numel, int(DType.bfloat16), 1234 + i, mean, std, 0),
+            lib.toc_fill_random(t.data_ptr, t.numel, int(DType.bfloat16), seed + i, mean, std, 0),
             "fill",
         )
         weights[name] = t
-    return dense.build(weights, cfg, DEV), cfg
+    return weights
+
+
+def build_ours(cfg_dict: dict[str, Any]) -> Any:
+    cfg = dense.DenseConfig.from_hf(cfg_dict, qk_norm=True)
+    return dense.build(random_weights(dense.weight_plan(cfg), 1234), cfg, DEV), cfg
 
 
 @contextlib.contextmanager

@@ -24,14 +24,12 @@ import sys
 import time
 from typing import Any
 
-from benchmark_gpu import _NoText, batch8_rates, prefill_seconds, replay_rate
+from benchmark_gpu import _NoText, batch8_rates, prefill_seconds, random_weights, replay_rate
 
 from inference_pio import cuda
-from inference_pio.dtypes import DType
 from inference_pio.nn import dense
 from inference_pio.nn.cuda_graph import _runner, cuda_stream_generate
 from inference_pio.sampling import SamplingParams
-from inference_pio.tensor import Tensor
 
 DEV = "cuda:0"
 
@@ -49,17 +47,7 @@ def build_ours(cfg_dict: dict[str, Any]) -> Any:
 
     cfg = dense.DenseConfig.from_hf(cfg_dict, qk_norm=True)
     moe = MoeConfig.from_hf(cfg_dict)
-    plan = dense.weight_plan(cfg, mlp_plan=mlp_plan(cfg, moe))
-    lib = cuda.lib()
-    weights = {}
-    for i, (name, (shape, kind)) in enumerate(sorted(plan.items())):
-        t = Tensor.empty(shape, DType.bfloat16, DEV)
-        mean, std = (1.0, 0.1) if kind == "norm" else (0.0, 0.02)
-        cuda.check(
-            lib.toc_fill_random(t.data_ptr, t.numel, int(DType.bfloat16), 99 + i, mean, std, 0),
-            "fill",
-        )
-        weights[name] = t
+    weights = random_weights(dense.weight_plan(cfg, mlp_plan=mlp_plan(cfg, moe)), 99)
     return dense.build(weights, cfg, DEV, mlp_plan=mlp_plan(cfg, moe), mlp=mlp_factory(moe))
 
 

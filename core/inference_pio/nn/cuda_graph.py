@@ -352,14 +352,8 @@ class CudaGraphDecoder:
         self.moe_w = Tensor.empty((1, k_max), act, dev)
         self.moe_y = Tensor.empty((k_max, model.hidden), act, dev)
         for li, layer in enumerate(model.layers):
-            mlp = layer.mlp
-            if isinstance(mlp, SoftmaxTopKMoE):
-                self.moe_tables[li] = tuple(  # type: ignore[assignment]
-                    Tensor.from_list(
-                        [getattr(ex, name).weight.data_ptr for ex in mlp.experts], DType.int64
-                    ).to(dev)
-                    for name in ("gate", "up", "down")
-                )
+            if isinstance(layer.mlp, SoftmaxTopKMoE):
+                self.moe_tables[li] = layer.mlp.pointer_tables(model.be)
 
     def _record_moe(self, li: int, mlp: SoftmaxTopKMoE, post_norm: RMSNorm, run: Any) -> None:
         """One mixture-of-experts MLP of the multi-kernel step, from ``x2`` to ``x``: RMSNorm +

@@ -152,8 +152,9 @@ class RoutedExperts:
             self.__dict__["_weights_grouped_ok"] = known
         return known
 
-    def _tables(self, be: Backend) -> tuple[Tensor, Tensor, Tensor]:
-        """Device tables of the experts' gate / up / down weight pointers (made once)."""
+    def pointer_tables(self, be: Backend) -> tuple[Tensor, Tensor, Tensor]:
+        """Device tables of the experts' gate / up / down weight pointers (made once per
+        device), which the device's expert kernels index by expert id."""
         key = str(be.device)
         cached: dict[str, tuple[Tensor, Tensor, Tensor]] = self.__dict__.setdefault("_tabs", {})
         if key not in cached:
@@ -202,7 +203,7 @@ class RoutedExperts:
         )
         xs = be.scratch("moe.x", (n, hidden), x.dtype)
         be.call("moe_gather_rows", x.data_ptr, tokens.data_ptr, xs.data_ptr, t, n, hidden, x.dtype)
-        gate_t, up_t, down_t = self._tables(be)
+        gate_t, up_t, down_t = self.pointer_tables(be)
         g = be.scratch("moe.g", (n, inter), x.dtype)
         u = be.scratch("moe.u", (n, inter), x.dtype)
         ys = be.scratch("moe.y", (n, hidden), x.dtype)
