@@ -114,11 +114,12 @@ class DecodePlan:
         for args, j, offset in self.patches:
             args[j] = length + offset
 
-    def run(self, token: int, length: int) -> Tensor:
-        """Replays one step at cache ``length`` for ``token``; returns a fresh logits tensor."""
+    def run(self, token: int, length: int, position_offset: int = 0) -> Tensor:
+        """Replays one step at cache ``length`` for ``token`` (rotary position ``length +
+        position_offset``); returns a fresh logits tensor."""
         assert self.calls is not None
         ctypes.c_int32.from_address(self.ids.data_ptr).value = token
-        ctypes.c_int32.from_address(self.positions.data_ptr).value = length
+        ctypes.c_int32.from_address(self.positions.data_ptr).value = length + position_offset
         self._patch(length)
         for op, f, args in self.calls:
             rc = f(*args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from inference_pio.backend import Backend, backend
 from inference_pio.device import Device
@@ -22,6 +22,8 @@ from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
 from inference_pio.tensor import Tensor
 
 Mlp = Callable[[Backend, Tensor, Tensor], Tensor]
+#: ``(backend, x)``: work on the residual stream ``x`` between two layers (DecoderModel.run_layers)
+LayerHook = Callable[[Backend, Tensor], None]
 
 _RECORDING_LOCK = threading.Lock()  # one recording decode step per backend at a time
 
@@ -84,6 +86,9 @@ class LayerCache:
         self.layers = layers
         self.capacity = capacity
         self.length = 0
+        #: Added to the cache length to give a new token's rotary position (Qwen3-VL's MRoPE
+        #: delta after an image prompt: images advance the position by less than their tokens).
+        self.position_offset = 0
         #: Batch-1 CPU decode steps of this sequence, recorded and replayed (decode_plan).
         self.plan: DecodePlan | None = None
 
@@ -183,7 +188,7 @@ class DecoderModel:
                 raise ValueError(
                     f"forward: {cache.length} + 1 tokens exceed the cache capacity {cache.capacity}"
                 )
-            logits = plan.run(token, cache.length)
+            logits = plan.run(token, cache.length, cache.position_offset)
             cache.length += 1
             return logits
         if plan is None or plan.thread != threading.get_ident():
@@ -221,14 +226,66 @@ class DecoderModel:
         caches: Sequence[list[KVCache] | KVTable],
         cos: Tensor,
         sin: Tensor,
+        after_layer: Mapping[int, LayerHook] | None = None,
     ) -> None:
         """Every layer over the embedded rows ``x`` (updated in place; ``h`` is scratch of the
-        same shape), layer i attending over ``caches[i]``."""
+        same shape), layer i attending over ``caches[i]``; ``after_layer[i](be, x)`` runs on the
+        residual stream once layer i is done."""
+        hooks = after_layer or {}
         self.layers[0].input_norm(be, x, h)
         last = len(self.layers) - 1
         for li, layer in enumerate(self.layers):
             nxt = self.layers[li + 1].input_norm if li < last else None
-            layer.step(be, x, h, segments, caches[li], cos, sin, nxt)
+            hook = hooks.get(li)
+            if hook is None:
+                layer.step(be, x, h, segments, caches[li], cos, sin, nxt)
+                continue
+            layer.step(be, x, h, segments, caches[li], cos, sin, None)
+            hook(be, x)
+            if nxt is not None:
+                nxt(be, x, h)
+
+    def prefill_embedded(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        cache: LayerCache,
+        after_layer: Mapping[int, LayerHook] | None = None,
+    ) -> Tensor:
+        """One sequence's prefill from rows already embedded: ``x [T, hidden]`` (the compute
+        dtype, on this device; used as the residual stream and overwritten) with its rotary
+        tables ``cos``/``sin`` ``[T, rot_dim]`` (multimodal positions, say). ``after_layer`` as in
+        :meth:`run_layers`. Appends the T tokens to ``cache``; returns the last token's logits."""
+        t = x.shape[0] if x.ndim == 2 else 0
+        if x.shape != (t, self.hidden) or t == 0 or x.dtype != self.act_dtype:
+            raise ValueError(
+                f"prefill_embedded: x must be [T, {self.hidden}] {self.act_dtype.name}, "
+                f"got {x.shape} {x.dtype.name}"
+            )
+        for name, table in (("cos", cos), ("sin", sin)):
+            if table.shape != (t, self.rotary.rot_dim) or table.dtype != self.act_dtype:
+                raise ValueError(
+                    f"prefill_embedded: {name} must be [{t}, {self.rotary.rot_dim}] "
+                    f"{self.act_dtype.name}, got {table.shape} {table.dtype.name}"
+                )
+            if table.device != self.device:
+                raise ValueError(f"prefill_embedded: {name} is on {table.device}, not {self.device}")
+        if x.device != self.device:
+            raise ValueError(f"prefill_embedded: x is on {x.device}, not {self.device}")
+        if cache.length + t > cache.capacity:
+            raise ValueError(
+                f"prefill_embedded: {cache.length} + {t} tokens exceed the cache capacity "
+                f"{cache.capacity}"
+            )
+        be = self.be
+        segments = [Segment(0, t, cache.length)]
+        with be.scratch_scope():
+            h = be.scratch("layer.h", (t, self.hidden), self.act_dtype)
+            caches = [[layer_cache] for layer_cache in cache.layers]
+            self.run_layers(be, x, h, segments, caches, cos, sin, after_layer)
+            cache.length += t
+            return self._logits(segments, x, small=False)[0]
 
     def _forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
         be = self.be
@@ -246,7 +303,8 @@ class DecoderModel:
                 )
             segments.append(Segment(len(ids), n, cache.length))
             ids.extend(tokens)
-            positions.extend(range(cache.length, cache.length + n))
+            first = cache.length + cache.position_offset
+            positions.extend(range(first, first + n))
         for tok in ids:
             if not 0 <= tok < self.embed.vocab:
                 raise ValueError(f"token id {tok} outside the vocabulary [0, {self.embed.vocab})")
@@ -279,6 +337,12 @@ class DecoderModel:
         self.run_layers(be, x, h, segments, caches, cos, sin)
         for seg, (_, cache) in zip(segments, batch, strict=False):
             cache.length += seg.count
+        return self._logits(segments, x, small)
+
+    def _logits(self, segments: list[Segment], x: Tensor, small: bool) -> list[Tensor]:
+        """The final norm and LM head over each segment's last row of ``x``; ``small`` puts the
+        logits in scratch and returns copies (CPU decode plans replay the calls)."""
+        be = self.be
         b = len(segments)
         es = self.act_dtype.itemsize
         last = be.scratch("model.last", (b, self.hidden), self.act_dtype)

@@ -9,11 +9,19 @@ checkpoints at the real size.
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from inference_pio.errors import CheckpointError
+from inference_pio.nn.dense import DenseConfig, config_int
 
 HF_REPO = "Qwen/Qwen3-VL-2B-Instruct"
 ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 MODEL_TYPE = "qwen3_vl"
+#: ``hidden_act`` values of the vision blocks -> the ``approximate`` argument of ``ops.gelu``
+GELU_KINDS = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
 _CONFIG: dict[str, Any] = {
     "architectures": ["Qwen3VLForConditionalGeneration"],
@@ -87,3 +95,159 @@ def real_config() -> dict[str, Any]:
 def generation_config() -> dict[str, Any]:
     """A fresh copy of the real ``generation_config.json`` contents."""
     return copy.deepcopy(_GENERATION_CONFIG)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The fields of ``vision_config`` the vision tower needs (models.md §6.1, §6.3)."""
+
+    depth: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    hidden_act: str
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    in_channels: int
+    num_position_embeddings: int
+    out_hidden_size: int
+    deepstack_visual_indexes: tuple[int, ...]
+    rope_theta: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def grid_side(self) -> int:
+        """Side of the learned square position grid (48 for 2304 embeddings)."""
+        return math.isqrt(self.num_position_embeddings)
+
+    @property
+    def patch_values(self) -> int:
+        """Values of one flattened patch: channels x temporal x patch x patch (1536)."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @property
+    def merged_size(self) -> int:
+        """Width of a merged 2x2 block before the merger MLP (4096)."""
+        return self.hidden_size * self.spatial_merge_size**2
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any]) -> VisionConfig:
+        """Reads and validates the fields; errors name the missing or bad field."""
+
+        def count(key: str, default: Any = None, minimum: int = 1) -> int:
+            return config_int(config, key, minimum, default)
+
+        hidden, heads = count("hidden_size"), count("num_heads")
+        if hidden % heads or (hidden // heads) % 4:
+            raise CheckpointError(
+                f"vision_config: hidden_size {hidden} / num_heads {heads} must give a head dim "
+                "divisible by 4 (2-D rotary)"
+            )
+        act = config.get("hidden_act", "gelu_pytorch_tanh")
+        if act not in GELU_KINDS:
+            raise CheckpointError(f"vision_config: hidden_act {act!r} is not supported")
+        positions = count("num_position_embeddings")
+        if math.isqrt(positions) ** 2 != positions:
+            raise CheckpointError(
+                f"vision_config: num_position_embeddings {positions} is not a square grid"
+            )
+        depth = count("depth")
+        taps = config.get("deepstack_visual_indexes") or []
+        if not isinstance(taps, list) or any(
+            not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < depth for i in taps
+        ):
+            raise CheckpointError(
+                f"vision_config: deepstack_visual_indexes must be block indexes below {depth}, "
+                f"got {taps!r}"
+            )
+        rope = config.get("rope_parameters") or {}
+        theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+            raise CheckpointError(f"vision_config: rope_theta must be positive, got {theta!r}")
+        return cls(
+            depth=depth,
+            hidden_size=hidden,
+            num_heads=heads,
+            intermediate_size=count("intermediate_size"),
+            hidden_act=str(act),
+            patch_size=count("patch_size", 16),
+            temporal_patch_size=count("temporal_patch_size", 2),
+            spatial_merge_size=count("spatial_merge_size", 2),
+            in_channels=count("in_channels", 3),
+            num_position_embeddings=positions,
+            out_hidden_size=count("out_hidden_size"),
+            deepstack_visual_indexes=tuple(taps),
+            rope_theta=float(theta),
+        )
+
+
+@dataclass(frozen=True)
+class VLConfig:
+    """A ``qwen3_vl`` config.json: the text decoder, the vision tower and the special ids."""
+
+    text: DenseConfig
+    vision: VisionConfig
+    mrope_section: tuple[int, int, int]
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any]) -> VLConfig:
+        """Reads and validates both halves; errors name the missing or bad field."""
+        text_cfg = config.get("text_config")
+        vision_cfg = config.get("vision_config")
+        if not isinstance(text_cfg, Mapping) or not isinstance(vision_cfg, Mapping):
+            raise CheckpointError("config.json: 'text_config' and 'vision_config' are required")
+        text_cfg = dict(text_cfg)
+        # the word embeddings are tied at the top level of a qwen3_vl config
+        if "tie_word_embeddings" in config:
+            text_cfg["tie_word_embeddings"] = config["tie_word_embeddings"]
+        text = DenseConfig.from_hf(text_cfg)
+        vision = VisionConfig.from_hf(vision_cfg)
+        if vision.out_hidden_size != text.hidden_size:
+            raise CheckpointError(
+                f"vision_config: out_hidden_size {vision.out_hidden_size} must equal the text "
+                f"hidden_size {text.hidden_size}"
+            )
+        if len(vision.deepstack_visual_indexes) > text.num_layers:
+            raise CheckpointError("vision_config: more deepstack taps than text layers")
+        rope = text_cfg.get("rope_parameters") or text_cfg.get("rope_scaling") or {}
+        section = rope.get("mrope_section", [24, 20, 20])
+        if (
+            not isinstance(section, list)
+            or len(section) != 3
+            or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in section)
+            or sum(section) != text.head_dim // 2
+        ):
+            raise CheckpointError(
+                f"text_config: mrope_section {section!r} must be three counts summing to "
+                f"head_dim / 2 = {text.head_dim // 2}"
+            )
+        if rope.get("mrope_interleaved", True) is not True:
+            raise CheckpointError("text_config: only interleaved MRoPE (Qwen3-VL) is supported")
+
+        def token(key: str, default: int) -> int:
+            value = config.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise CheckpointError(f"config.json: {key!r} must be an integer, got {value!r}")
+            if not 0 <= value < text.vocab_size:
+                raise CheckpointError(
+                    f"config.json: {key!r} {value} is outside the vocabulary ({text.vocab_size})"
+                )
+            return value
+
+        return cls(
+            text=text,
+            vision=vision,
+            mrope_section=(section[0], section[1], section[2]),
+            image_token_id=token("image_token_id", 151655),
+            video_token_id=token("video_token_id", 151656),
+            vision_start_token_id=token("vision_start_token_id", 151652),
+            vision_end_token_id=token("vision_end_token_id", 151653),
+        )

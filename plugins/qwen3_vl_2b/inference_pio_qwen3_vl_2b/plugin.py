@@ -14,6 +14,7 @@ SPEC = ModelSpec(
     name=MODEL_NAME,
     factory="inference_pio_qwen3_vl_2b.model:load",
     config_factory="inference_pio_qwen3_vl_2b.config:real_config",
+    weights_factory="inference_pio_qwen3_vl_2b.model:weight_shapes",
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,

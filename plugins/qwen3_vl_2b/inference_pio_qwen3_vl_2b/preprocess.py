@@ -1,0 +1,171 @@
+"""Image preprocessing of Qwen3-VL (models.md §6.2): decode with Pillow, then our native ops.
+
+An image is decoded and converted to RGB by Pillow, resized with ``ops.image_resize`` (bicubic,
+Pillow's rounding) to the "smart" size (both sides a multiple of patch x merge = 32, the pixel
+count within the processor's bounds), normalised to fp32 and cut into patches in the 2x2
+merge-block order the vision tower expects. This is transformers' ``Qwen2VLImageProcessorPil``
+path: the same sizes, the same patch order, values within fp32 rounding.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference_pio import ops
+from inference_pio.dtypes import DType
+from inference_pio.ops.image import BICUBIC
+from inference_pio.tensor import Tensor
+
+#: Anything :func:`load_image` takes: a path, encoded image bytes, or a ``PIL.Image.Image``.
+ImageSource = str | Path | bytes | Any
+
+MAX_ASPECT = 200
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """The fields of ``preprocessor_config.json`` that change the result."""
+
+    min_pixels: int = 256 * 256
+    max_pixels: int = 4096 * 4096
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    rescale_factor: float = 1 / 255
+
+    @classmethod
+    def from_file(cls, path: Path) -> ProcessorConfig:
+        """Reads ``preprocessor_config.json`` when it exists (Qwen3-VL's defaults otherwise)."""
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        size = data.get("size") or {}
+        base = cls()
+        values = {
+            "min_pixels": size.get("shortest_edge", data.get("min_pixels", base.min_pixels)),
+            "max_pixels": size.get("longest_edge", data.get("max_pixels", base.max_pixels)),
+            "patch_size": data.get("patch_size", base.patch_size),
+            "temporal_patch_size": data.get("temporal_patch_size", base.temporal_patch_size),
+            "merge_size": data.get("merge_size", base.merge_size),
+            "rescale_factor": data.get("rescale_factor", base.rescale_factor),
+        }
+        for key, value in values.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{path.name}: {key!r} must be a positive number, got {value!r}")
+        mean = tuple(float(v) for v in data.get("image_mean", base.image_mean))
+        std = tuple(float(v) for v in data.get("image_std", base.image_std))
+        if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
+            raise ValueError(f"{path.name}: image_mean / image_std need 3 values, std non-zero")
+        return cls(
+            min_pixels=int(values["min_pixels"]),
+            max_pixels=int(values["max_pixels"]),
+            patch_size=int(values["patch_size"]),
+            temporal_patch_size=int(values["temporal_patch_size"]),
+            merge_size=int(values["merge_size"]),
+            image_mean=(mean[0], mean[1], mean[2]),
+            image_std=(std[0], std[1], std[2]),
+            rescale_factor=float(values["rescale_factor"]),
+        )
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image ready for the vision tower."""
+
+    patches: Tensor  #: fp32 ``[grid_h * grid_w, 3 * temporal * patch * patch]``, merge-block order
+    grid_h: int  #: patches down
+    grid_w: int  #: patches across
+    merge: int  #: spatial merge size (2: four patches make one text token)
+
+    @property
+    def tokens(self) -> int:
+        """Text tokens the image takes (one per merged block)."""
+        return self.grid_h * self.grid_w // (self.merge * self.merge)
+
+
+def smart_resize(
+    height: int, width: int, factor: int = 32, min_pixels: int = 256 * 256, max_pixels: int = 4096**2
+) -> tuple[int, int]:
+    """The processor's target size: both sides multiples of ``factor``, as close to the original
+    as possible (Python's round-half-to-even), the pixel count within [min_pixels, max_pixels]."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ValueError(
+            f"image aspect ratio {max(height, width) / min(height, width):.1f} exceeds "
+            f"{MAX_ASPECT} ({height}x{width})"
+        )
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def load_image(source: ImageSource) -> Tensor:
+    """Decodes an image (path, encoded bytes or PIL image) to RGB uint8 ``[H, W, 3]``."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            if isinstance(source, (bytes, bytearray)):
+                image = Image.open(io.BytesIO(bytes(source)))
+            elif isinstance(source, (str, Path)):
+                image = Image.open(Path(source))
+            else:
+                raise TypeError(
+                    f"an image is a path, bytes or a PIL image, got {type(source).__name__}"
+                )
+            image.load()
+        except FileNotFoundError:
+            raise ValueError(f"image file not found: {source}") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            name = source if isinstance(source, (str, Path)) else f"{len(source)} bytes"
+            raise ValueError(f"cannot decode image {name}: {exc}") from None
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    return Tensor.frombuffer(bytearray(rgb.tobytes()), DType.uint8, (h, w, 3))
+
+
+def prepare_image(source: ImageSource | Tensor, config: ProcessorConfig) -> PreparedImage:
+    """Decodes (unless given uint8 ``[H, W, 3]``), resizes, normalises and patchifies an image."""
+    pixels = source if isinstance(source, Tensor) else load_image(source)
+    if pixels.dtype != DType.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"an image tensor must be uint8 [H, W, 3], got {pixels.shape}")
+    h, w, _ = pixels.shape
+    factor = config.patch_size * config.merge_size
+    th, tw = smart_resize(h, w, factor, config.min_pixels, config.max_pixels)
+    resized = pixels if (th, tw) == (h, w) else ops.image_resize(pixels, (th, tw), BICUBIC)
+    planar = ops.image_normalize(
+        resized, config.image_mean, config.image_std, rescale=config.rescale_factor
+    )
+    patches = ops.patchify(
+        planar,
+        patch=config.patch_size,
+        temporal=config.temporal_patch_size,
+        merge=config.merge_size,
+    )
+    return PreparedImage(patches, th // config.patch_size, tw // config.patch_size, config.merge_size)
+
+
+def prepare_images(
+    sources: Sequence[ImageSource | Tensor], config: ProcessorConfig
+) -> list[PreparedImage]:
+    """:func:`prepare_image` of each source, in order."""
+    return [prepare_image(s, config) for s in sources]
