@@ -1,8 +1,9 @@
-"""Image preprocessing of Qwen3-VL (models.md §6.2): decode with Pillow, then our native ops.
+"""Image preprocessing of Qwen3-VL (models.md §6.2): Pillow decodes and resizes, our native ops
+normalise and cut patches.
 
-An image is decoded and converted to RGB by Pillow, resized with ``ops.image_resize`` (bicubic,
-Pillow's rounding) to the "smart" size (both sides a multiple of patch x merge = 32, the pixel
-count within the processor's bounds), normalised to fp32 and cut into patches in the 2x2
+An image is decoded, converted to RGB and resized by Pillow (bicubic) to the "smart" size (both
+sides a multiple of patch x merge = 32, the pixel count within the processor's bounds),
+normalised to fp32 (``ops.image_normalize``) and cut into patches (``ops.patchify``) in the 2x2
 merge-block order the vision tower expects. This is transformers' ``Qwen2VLImageProcessorPil``
 path: the same sizes, the same patch order, values within fp32 rounding.
 """
@@ -19,7 +20,6 @@ from typing import Any
 
 from inference_pio import ops
 from inference_pio.dtypes import DType
-from inference_pio.ops.image import BICUBIC
 from inference_pio.tensor import Tensor
 
 #: Anything :func:`load_image` takes: a path, encoded image bytes, or a ``PIL.Image.Image``.
@@ -116,10 +116,16 @@ def smart_resize(
     return h, w
 
 
-def load_image(source: ImageSource) -> Tensor:
-    """Decodes an image (path, encoded bytes or PIL image) to RGB uint8 ``[H, W, 3]``."""
+def open_image(source: ImageSource | Tensor) -> Any:
+    """An RGB ``PIL.Image`` of ``source``: a path, encoded bytes, a PIL image or a uint8
+    ``[H, W, 3]`` tensor. Files that are missing or cannot be decoded raise ValueError."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(source, Tensor):
+        if source.dtype != DType.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise ValueError(f"an image tensor must be uint8 [H, W, 3], got {source.shape}")
+        h, w, _ = source.shape
+        return Image.frombytes("RGB", (w, h), source.to("cpu").tobytes())
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -138,22 +144,33 @@ def load_image(source: ImageSource) -> Tensor:
         except (UnidentifiedImageError, OSError) as exc:
             name = source if isinstance(source, (str, Path)) else f"{len(source)} bytes"
             raise ValueError(f"cannot decode image {name}: {exc}") from None
-    rgb = image.convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(source: ImageSource | Tensor) -> Tensor:
+    """Decodes an image (path, encoded bytes or PIL image) to RGB uint8 ``[H, W, 3]``."""
+    rgb = open_image(source)
     w, h = rgb.size
     return Tensor.frombuffer(bytearray(rgb.tobytes()), DType.uint8, (h, w, 3))
 
 
 def prepare_image(source: ImageSource | Tensor, config: ProcessorConfig) -> PreparedImage:
-    """Decodes (unless given uint8 ``[H, W, 3]``), resizes, normalises and patchifies an image."""
-    pixels = source if isinstance(source, Tensor) else load_image(source)
-    if pixels.dtype != DType.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"an image tensor must be uint8 [H, W, 3], got {pixels.shape}")
-    h, w, _ = pixels.shape
+    """Decodes, resizes, normalises and patchifies an image.
+
+    The resize is Pillow's bicubic ``Image.resize``, the call transformers' Pillow path makes,
+    so the pixels are those of the installed Pillow (Pillow 13 orders its two passes in a way
+    ``ops.image_resize``, which does the horizontal pass first, does not always follow)."""
+    from PIL import Image
+
+    rgb = open_image(source)
+    w, h = rgb.size
     factor = config.patch_size * config.merge_size
     th, tw = smart_resize(h, w, factor, config.min_pixels, config.max_pixels)
-    resized = pixels if (th, tw) == (h, w) else ops.image_resize(pixels, (th, tw), BICUBIC)
+    if (th, tw) != (h, w):
+        rgb = rgb.resize((tw, th), Image.Resampling.BICUBIC)
+    pixels = Tensor.frombuffer(bytearray(rgb.tobytes()), DType.uint8, (th, tw, 3))
     planar = ops.image_normalize(
-        resized, config.image_mean, config.image_std, rescale=config.rescale_factor
+        pixels, config.image_mean, config.image_std, rescale=config.rescale_factor
     )
     patches = ops.patchify(
         planar,

@@ -1,0 +1,120 @@
+"""Image preprocessing against transformers' ``Qwen2VLImageProcessorPil`` (the Pillow path of the
+Qwen3-VL processor): target sizes, patch order and values."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inference_pio.testing.torch_bridge import to_pio, to_torch
+from inference_pio_qwen3_vl_2b.preprocess import (
+    ProcessorConfig,
+    load_image,
+    prepare_image,
+    smart_resize,
+)
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize(
+    ("size", "target"),
+    [
+        ((224, 224), (256, 256)),
+        ((480, 640), (480, 640)),
+        ((1080, 1920), (1088, 1920)),
+        ((720, 1280), (704, 1280)),  # 22.5 rounds half to even
+        ((48, 1000), (64, 1184)),
+        ((336, 336), (320, 320)),
+        ((4000, 3000), (4000, 3008)),
+        ((32, 32), (256, 256)),
+        ((8000, 8000), (4096, 4096)),
+    ],
+)
+def test_smart_resize_targets(size: tuple[int, int], target: tuple[int, int]) -> None:
+    assert smart_resize(*size) == target
+
+
+def test_smart_resize_rejects_extreme_aspect_ratios() -> None:
+    with pytest.raises(ValueError, match="aspect ratio"):
+        smart_resize(10, 2500)
+    with pytest.raises(ValueError, match="positive"):
+        smart_resize(0, 10)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "bounds"),
+    [
+        (70, 100, (32 * 32, 256 * 256)),  # upscaled to the minimum
+        (300, 200, (32 * 32, 128 * 128)),  # downscaled to the maximum
+        (96, 64, (32 * 32, 256 * 256)),  # already a multiple of 32: no resize
+        (333, 517, (256 * 256, 4096 * 4096)),  # the real bounds
+    ],
+)
+def test_patches_match_the_transformers_processor(h: int, w: int, bounds: tuple[int, int]) -> None:
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(h * w)
+    pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g)
+    pil = Image.frombytes("RGB", (w, h), to_pio(pixels).tobytes())
+    proc = transformers.Qwen2VLImageProcessorPil(
+        size={"shortest_edge": bounds[0], "longest_edge": bounds[1]},
+        patch_size=16, temporal_patch_size=2, merge_size=2,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+    want = proc(images=[pil], return_tensors="pt")
+    got = prepare_image(pil, ProcessorConfig(min_pixels=bounds[0], max_pixels=bounds[1]))
+    assert [1, got.grid_h, got.grid_w] == want["image_grid_thw"][0].tolist()
+    patches = to_torch(got.patches)
+    assert patches.shape == want["pixel_values"].shape
+    # the same resized pixels; normalisation fused into one fp32 step: one rounding apart
+    assert float((patches - want["pixel_values"].float()).abs().max()) < 1e-6
+    assert got.tokens == got.grid_h * got.grid_w // 4
+
+
+def test_load_image_sources_and_modes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgba = Image.new("RGBA", (5, 3), (10, 20, 30, 40))
+    gray = Image.new("L", (4, 2), 77)
+    path = tmp_path / "a.png"
+    rgba.save(path)
+    buf = io.BytesIO()
+    gray.save(buf, format="PNG")
+    for source in (path, str(path), rgba):
+        t = load_image(source)
+        assert t.shape == (3, 5, 3) and to_torch(t)[0, 0].tolist() == [10, 20, 30]
+    t = load_image(buf.getvalue())
+    assert t.shape == (2, 4, 3) and to_torch(t)[1, 3].tolist() == [77, 77, 77]
+    with pytest.raises(ValueError, match="cannot decode"):
+        load_image(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ValueError, match="not found"):
+        load_image(tmp_path / "missing.jpg")
+    with pytest.raises(TypeError, match="path, bytes or a PIL image"):
+        load_image(42)
+
+
+def test_processor_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "preprocessor_config.json"
+    assert ProcessorConfig.from_file(path) == ProcessorConfig()
+    path.write_text(json.dumps({"size": {"shortest_edge": 1024, "longest_edge": 65536},
+                                "image_mean": [0.1, 0.2, 0.3]}))  # fmt: skip
+    cfg = ProcessorConfig.from_file(path)
+    assert (cfg.min_pixels, cfg.max_pixels, cfg.image_mean) == (1024, 65536, (0.1, 0.2, 0.3))
+    path.write_text(json.dumps({"patch_size": 0}))
+    with pytest.raises(ValueError, match="patch_size"):
+        ProcessorConfig.from_file(path)
+
+
+def test_bad_pixel_tensors_are_rejected() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        prepare_image(to_pio(torch.zeros(8, 8, 4, dtype=torch.uint8)), ProcessorConfig())
+    with pytest.raises(ValueError, match="uint8"):
+        prepare_image(to_pio(torch.zeros(8, 8, 3)), ProcessorConfig())
+
+
