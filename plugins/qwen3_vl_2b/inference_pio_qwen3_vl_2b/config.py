@@ -215,8 +215,6 @@ class VLConfig:
                 f"vision_config: out_hidden_size {vision.out_hidden_size} must equal the text "
                 f"hidden_size {text.hidden_size}"
             )
-        if len(vision.deepstack_visual_indexes) > text.num_layers:
-            raise CheckpointError("vision_config: more deepstack taps than text layers")
         rope = text_cfg.get("rope_parameters") or text_cfg.get("rope_scaling") or {}
         section = rope.get("mrope_section", [24, 20, 20])
         if (
