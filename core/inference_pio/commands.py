@@ -104,14 +104,26 @@ def _load(args: argparse.Namespace, host: PluginHost) -> Any:
     )
 
 
+def _with_images(model: Any, prompt: str, images: list[str]) -> tuple[str, dict[str, Any]]:
+    """The prompt with an image placeholder per image (unless it holds them already) and the
+    ``images`` keyword, for a model that takes images; ValueError for one that does not."""
+    if not images:
+        return prompt, {}
+    if not getattr(model, "accepts_images", False):
+        raise ValueError(f"model {model.name} does not take images (--image)")
+    if model.image_pad_text not in prompt:
+        prompt = model.image_placeholder() * len(images) + prompt
+    return prompt, {"images": images}
+
+
 def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
     model = _load(args, host)
-    prompt = args.prompt
+    prompt, extra = _with_images(model, args.prompt, args.image or [])
     if args.chat:
         prompt = model.apply_chat_template(
             [{"role": "user", "content": prompt}], enable_thinking=not args.no_think
         )
-    sampling = _sampling(args)
+    sampling = {**_sampling(args), **extra}
     if args.json:
         result = model.generate(prompt, **sampling)
         print(
@@ -236,6 +248,14 @@ def add_commands(sub: Any) -> None:
     )
     _add_model_args(p)
     p.add_argument("--prompt", "-p", required=True, help="the prompt text")
+    p.add_argument(
+        "--image",
+        "-i",
+        action="append",
+        metavar="PATH",
+        help="an image for a vision-language model (repeatable); the prompt gets one image "
+        "placeholder per image in front unless it already holds them",
+    )
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument(
         "--no-think",

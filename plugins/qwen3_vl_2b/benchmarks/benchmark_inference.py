@@ -21,6 +21,7 @@ measured read bandwidth (bytes of the text weights read per token).
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,12 +34,24 @@ import llm_bench
 
 
 def checkpoint(text_layers: int) -> Path:
+    """The cached synthetic checkpoint (built from the plugin's spec, installed or not)."""
+    import shutil
+
+    from inference_pio.synthetic import FORMAT_VERSION, build, cache_root
     from inference_pio_qwen3_vl_2b import MODEL_NAME
     from inference_pio_qwen3_vl_2b.config import real_config
+    from inference_pio_qwen3_vl_2b.plugin import SPEC
 
     cfg = real_config()
     cfg["text_config"]["num_hidden_layers"] = text_layers
-    return llm_bench.reduced_checkpoint(MODEL_NAME, cfg, text_layers)
+    d = cache_root() / "synthetic" / f"{MODEL_NAME}-{text_layers}-layers-bfloat16-v{FORMAT_VERSION}"
+    if not (d / "model.safetensors").is_file():
+        partial = d.with_name(d.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"building a synthetic checkpoint in {d}", file=sys.stderr)
+        build(SPEC, partial, config=cfg, progress=False)
+        partial.rename(d)
+    return d
 
 
 def best(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
@@ -140,6 +153,9 @@ def main(argv: Sequence[str]) -> int:
     )  # fmt: skip
 
     n = args.new_tokens
+    cache_kw = "cache" if "cache" in inspect.signature(ref.forward).parameters else (
+        "past_key_values"
+    )
     decode_ours: list[float] = []
     for _ in range(args.repeats):
         r = ours.generate(ids, images=[pil], max_new_tokens=n, temperature=0, ignore_eos=True)
@@ -155,7 +171,7 @@ def main(argv: Sequence[str]) -> int:
             sync()
             t0 = time.perf_counter()
             for _ in range(n - 1):
-                out = ref(input_ids=tok, cache=past, use_cache=True)
+                out = ref(input_ids=tok, **{cache_kw: past}, use_cache=True)
                 past = out.past_key_values
                 tok = out.logits[:, -1:].argmax(-1)
             sync()
@@ -165,7 +181,7 @@ def main(argv: Sequence[str]) -> int:
 
     nbytes = ours.vl.text.decode_bytes_per_token(len(full) + n // 2)
     if on_gpu:
-        bw = cuda.read_bandwidth(args.device) / 1e9
+        bw = cuda.read_bandwidth(device=args.device)
     else:
         bw = llm_bench.memory_bandwidth_gbps(args.threads or ops.get_num_threads())
     frac = d_ours * nbytes / 1e9 / bw

@@ -133,6 +133,16 @@ class Qwen3VL(CausalLM):
         self.vl = model
         self.processor = processor
 
+    @property
+    def image_pad_text(self) -> str:
+        """The image pad token as text (``<|image_pad|>``); ValueError if the tokenizer has no
+        text that encodes to it."""
+        token = self.vl.cfg.image_token_id
+        text = self.detokenize([token])
+        if not text or self.tokenize(text) != [token]:
+            raise ValueError(f"the tokenizer has no text for the image pad token {token}")
+        return text
+
     def image_placeholder(self) -> str:
         """The text that marks one image in a prompt."""
         cfg = self.vl.cfg

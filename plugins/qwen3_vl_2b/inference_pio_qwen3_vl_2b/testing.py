@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer
+from inference_pio.synthetic.qwen_vocab import write_byte_tokenizer
+from inference_pio.synthetic.templates import QWEN3_CHAT_TEMPLATE
+from inference_pio.testing.tiny import randomize_norms
 from inference_pio.testing.torch_bridge import to_torch
 from inference_pio_qwen3_vl_2b.preprocess import PreparedImage, ProcessorConfig
 
@@ -92,7 +94,10 @@ def save_vl_reference(
     model = model.to(getattr(torch, dtype))
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    write_byte_tokenizer(directory, config["text_config"]["vocab_size"], EOS)
+    # bytes, then the end-of-turn and vision tokens at their ids (499..503)
+    specials = ["<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                "<|vision_end|>"]  # fmt: skip
+    write_byte_tokenizer(directory, [(t, True) for t in specials], EOS, QWEN3_CHAT_TEMPLATE)
     (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": [EOS]}))
     return model
 
@@ -111,8 +116,14 @@ def hf_greedy_with_logits(
 ) -> tuple[list[int], list[Any]]:
     """n greedy tokens of a transformers Qwen3-VL for an expanded prompt with its images, and
     the fp32 logits each was taken from."""
+    import inspect
+
     import torch
 
+    # transformers renamed past_key_values to cache (5.2x); take whichever this version has
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else (
+        "past_key_values"
+    )
     inp = torch.tensor([list(ids)])
     extra = hf_images(model, images) if images else {}
     if images:
@@ -127,5 +138,6 @@ def hf_greedy_with_logits(
             toks.append(int(rows[-1].argmax()))
             if i + 1 < n:
                 past = getattr(out, "cache", None) or out.past_key_values
-                out = model(input_ids=torch.tensor([[toks[-1]]]), cache=past, use_cache=True)
+                step = {"input_ids": torch.tensor([[toks[-1]]]), cache_kw: past}
+                out = model(**step, use_cache=True)
     return toks, rows

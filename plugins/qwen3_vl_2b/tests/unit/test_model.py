@@ -199,3 +199,33 @@ def test_bad_configs_are_rejected(change: Any, message: str) -> None:
     change(cfg)
     with pytest.raises(CheckpointError, match=message):
         VLConfig.from_hf(cfg)
+
+
+def test_cli_generate_with_images(pair: tuple[Any, Qwen3VL, str], tmp_path: Path) -> None:
+    """``inference-pio generate --image``: placeholders added in front of the prompt, the same
+    tokens as the API; a text model refuses images."""
+    from PIL import Image
+
+    from inference_pio.cli import main
+
+    _, ours, dtype = pair
+    path = tmp_path / "red.png"
+    Image.new("RGB", (300, 200), (200, 30, 40)).save(path)
+    ckpt = Path(ours.checkpoint.path)
+    # the CLI loads the checkpoint's own processor config: write the small bounds used here
+    (ckpt / "preprocessor_config.json").write_text(
+        json.dumps({"size": {"shortest_edge": 32 * 32, "longest_edge": 256 * 256}})
+    )
+    out = tmp_path / "out.json"
+    argv = ["generate", "-m", str(ckpt), "-i", str(path), "-p", "hi", "-n", "5", "-t", "0",
+            "--json"]  # fmt: skip
+    import contextlib
+
+    with out.open("w") as fh, contextlib.redirect_stdout(fh):
+        assert main(argv) == 0
+    got = json.loads(out.read_text())
+    prompt = ours.image_placeholder() + "hi"
+    want = ours.generate(prompt, images=[path], max_new_tokens=5, temperature=0)
+    assert got["token_ids"] == want.token_ids
+    assert got["prompt_tokens"] == want.prompt_tokens
+    assert ours.tokenize(ours.image_placeholder()) == [START, IMAGE, END]
