@@ -270,7 +270,9 @@ class DecoderModel:
                     f"{self.act_dtype.name}, got {table.shape} {table.dtype.name}"
                 )
             if table.device != self.device:
-                raise ValueError(f"prefill_embedded: {name} is on {table.device}, not {self.device}")
+                raise ValueError(
+                    f"prefill_embedded: {name} is on {table.device}, not {self.device}"
+                )
         if x.device != self.device:
             raise ValueError(f"prefill_embedded: x is on {x.device}, not {self.device}")
         if cache.length + t > cache.capacity:

@@ -98,11 +98,16 @@ def main(argv: Sequence[str]) -> int:
 
     ckpt = checkpoint(args.text_layers)
     ours = load(ckpt, device=args.device)
-    ref = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
-        ckpt, dtype=torch.bfloat16, attn_implementation="sdpa"
-    ).to(tdev).eval()
+    ref = (
+        transformers.Qwen3VLForConditionalGeneration.from_pretrained(
+            ckpt, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+        .to(tdev)
+        .eval()
+    )
+    bounds = ours.processor
     proc = transformers.Qwen2VLImageProcessorPil(
-        size={"shortest_edge": ours.processor.min_pixels, "longest_edge": ours.processor.max_pixels},
+        size={"shortest_edge": bounds.min_pixels, "longest_edge": bounds.max_pixels},
         patch_size=16, temporal_patch_size=2, merge_size=2,
         image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )  # fmt: skip
@@ -112,7 +117,7 @@ def main(argv: Sequence[str]) -> int:
     pil = Image.frombytes("RGB", (side, side), tb.to_pio(pixels).tobytes())
     cfg = ours.vl.cfg
     text_ids = [151644, 872, 198]  # <|im_start|>user\n
-    ids = text_ids + [cfg.vision_start_token_id, cfg.image_token_id, cfg.vision_end_token_id]
+    ids = [*text_ids, cfg.vision_start_token_id, cfg.image_token_id, cfg.vision_end_token_id]
     ids += [74785, 419, 2168, 13, 151645, 198, 151644, 77091, 198]  # "Describe this image." ...
 
     rows: list[tuple[str, float, float, str]] = []
@@ -153,8 +158,8 @@ def main(argv: Sequence[str]) -> int:
     )  # fmt: skip
 
     n = args.new_tokens
-    cache_kw = "cache" if "cache" in inspect.signature(ref.forward).parameters else (
-        "past_key_values"
+    cache_kw = (
+        "cache" if "cache" in inspect.signature(ref.forward).parameters else ("past_key_values")
     )
     decode_ours: list[float] = []
     for _ in range(args.repeats):
@@ -190,7 +195,9 @@ def main(argv: Sequence[str]) -> int:
     print(f"{'metric':<40} {'ours':>12} {'transformers':>14} {'x':>6}")
     for name, a, b, x in rows:
         print(f"{name:<40} {a:>12.1f} {b:>14.1f} {x:>6}")
-    print(f"decode reads {nbytes / 1e6:.0f} MB/token: {frac:.1%} of the {bw:.0f} GB/s read bandwidth")
+    print(
+        f"decode reads {nbytes / 1e6:.0f} MB/token: {frac:.1%} of the {bw:.0f} GB/s read bandwidth"
+    )
     return 0
 
 

@@ -92,7 +92,11 @@ class PreparedImage:
 
 
 def smart_resize(
-    height: int, width: int, factor: int = 32, min_pixels: int = 256 * 256, max_pixels: int = 4096**2
+    height: int,
+    width: int,
+    factor: int = 32,
+    min_pixels: int = 256 * 256,
+    max_pixels: int = 4096**2,
 ) -> tuple[int, int]:
     """The processor's target size: both sides multiples of ``factor``, as close to the original
     as possible (Python's round-half-to-even), the pixel count within [min_pixels, max_pixels]."""
@@ -142,7 +146,7 @@ def open_image(source: ImageSource | Tensor) -> Any:
         except FileNotFoundError:
             raise ValueError(f"image file not found: {source}") from None
         except (UnidentifiedImageError, OSError) as exc:
-            name = source if isinstance(source, (str, Path)) else f"{len(source)} bytes"
+            name = str(source) if isinstance(source, (str, Path)) else f"{len(source)} bytes"
             raise ValueError(f"cannot decode image {name}: {exc}") from None
     return image.convert("RGB")
 
@@ -178,7 +182,9 @@ def prepare_image(source: ImageSource | Tensor, config: ProcessorConfig) -> Prep
         temporal=config.temporal_patch_size,
         merge=config.merge_size,
     )
-    return PreparedImage(patches, th // config.patch_size, tw // config.patch_size, config.merge_size)
+    return PreparedImage(
+        patches, th // config.patch_size, tw // config.patch_size, config.merge_size
+    )
 
 
 def prepare_images(

@@ -121,8 +121,8 @@ def hf_greedy_with_logits(
     import torch
 
     # transformers renamed past_key_values to cache (5.2x); take whichever this version has
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else (
-        "past_key_values"
+    cache_kw = (
+        "cache" if "cache" in inspect.signature(model.forward).parameters else ("past_key_values")
     )
     inp = torch.tensor([list(ids)])
     extra = hf_images(model, images) if images else {}

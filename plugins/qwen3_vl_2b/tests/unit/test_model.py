@@ -208,7 +208,7 @@ def test_cli_generate_with_images(pair: tuple[Any, Qwen3VL, str], tmp_path: Path
 
     from inference_pio.cli import main
 
-    _, ours, dtype = pair
+    _, ours, _dtype = pair
     path = tmp_path / "red.png"
     Image.new("RGB", (300, 200), (200, 30, 40)).save(path)
     ckpt = Path(ours.checkpoint.path)

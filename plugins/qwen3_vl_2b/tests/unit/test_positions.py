@@ -24,7 +24,8 @@ def test_the_reference_example() -> None:
 
 def test_text_only_positions_are_plain() -> None:
     (t, h, w), delta = mrope_positions([5, 6, 7], IMG, [])
-    assert t == h == w == [0, 1, 2] and delta == 0
+    assert t == h == w == [0, 1, 2]
+    assert delta == 0
 
 
 def test_expand_and_mismatches() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -88,9 +87,11 @@ def test_load_image_sources_and_modes(tmp_path: Path) -> None:
     gray.save(buf, format="PNG")
     for source in (path, str(path), rgba):
         t = load_image(source)
-        assert t.shape == (3, 5, 3) and to_torch(t)[0, 0].tolist() == [10, 20, 30]
+        assert t.shape == (3, 5, 3)
+        assert to_torch(t)[0, 0].tolist() == [10, 20, 30]
     t = load_image(buf.getvalue())
-    assert t.shape == (2, 4, 3) and to_torch(t)[1, 3].tolist() == [77, 77, 77]
+    assert t.shape == (2, 4, 3)
+    assert to_torch(t)[1, 3].tolist() == [77, 77, 77]
     with pytest.raises(ValueError, match="cannot decode"):
         load_image(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match="not found"):
@@ -116,5 +117,3 @@ def test_bad_pixel_tensors_are_rejected() -> None:
         prepare_image(to_pio(torch.zeros(8, 8, 4, dtype=torch.uint8)), ProcessorConfig())
     with pytest.raises(ValueError, match="uint8"):
         prepare_image(to_pio(torch.zeros(8, 8, 3)), ProcessorConfig())
-
-
