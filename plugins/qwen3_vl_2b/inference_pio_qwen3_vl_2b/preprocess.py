@@ -144,7 +144,7 @@ def open_image(source: ImageSource | Tensor) -> Any:
                 )
             image.load()
         except FileNotFoundError:
-            raise ValueError(f"image file not found: {source}") from None
+            raise ValueError(f"image file not found: {source!s}") from None
         except (UnidentifiedImageError, OSError) as exc:
             name = str(source) if isinstance(source, (str, Path)) else f"{len(source)} bytes"
             raise ValueError(f"cannot decode image {name}: {exc}") from None
