@@ -13,7 +13,7 @@ cmake -S native -B build-gpu -G Ninja -DTENSOR_OPS_CUDA=ON -DTENSOR_OPS_TESTS=OF
   || { tail -40 "$OUT/build.log" "$OUT/cmake.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 export INFERENCE_PIO_LIB=$PWD/build-gpu/libtensor_ops.so
-export PYTHONPATH=$PWD/core:$PWD/plugins/qwen3_0_6b:$PWD/plugins/qwen3_4b_instruct_2507:$PWD/plugins/qwen3_coder_30b:$PWD/plugins/glm_4_7_flash:$PWD/plugins/qwen3_coder_next${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD/core$(for d in plugins/*/; do [ "$d" != plugins/_template/ ] && printf ":%s" "$PWD/${d%/}"; done)${PYTHONPATH:+:$PYTHONPATH}
 # cuBLAS from the Python environment's nvidia-cublas wheel when the system has none
 if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
   c=$(python3 -c "import glob,sys;p=[g for s in sys.path for g in glob.glob(s+'/nvidia/cu*/lib/libcublas.so.*')+glob.glob(s+'/nvidia/cublas/lib/libcublas.so.*')];print(p[0] if p else '')" 2>/dev/null)
