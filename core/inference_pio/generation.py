@@ -232,13 +232,19 @@ def stream_generate(
     params: SamplingParams,
     eos_ids: Sequence[int] = (),
     on_finish: Callable[[GenerationResult], None] | None = None,
+    prefill: Callable[[Any], Tensor] | None = None,
 ) -> Iterator[str]:
-    """Generates for one prompt, yielding text pieces as they become final."""
+    """Generates for one prompt, yielding text pieces as they become final. ``prefill(cache)``,
+    when given, runs the prompt into the new cache instead of ``model.forward`` and returns the
+    last logits (a multimodal prefill: the model embeds more than the token ids)."""
     prompt = list(prompt_ids)
     capacity = check_context(model, len(prompt), params)
     state = SequenceState(prompt, params, frozenset(eos_ids), IncrementalText(detokenizer))
     state.cache = model.new_cache(capacity)
-    (logits,) = model.forward([(prompt, state.cache)])
+    if prefill is not None:
+        logits = prefill(state.cache)
+    else:
+        (logits,) = model.forward([(prompt, state.cache)])
     state.prefill_done_at = time.perf_counter()
     while True:
         piece = state.accept(logits)

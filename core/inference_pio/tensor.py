@@ -400,7 +400,13 @@ class Tensor:
         dt = DType.parse(target)
         if dt == self.dtype:
             return self
-        self._require_cpu("Tensor.to(dtype)")
+        if self.device.type != "cpu":  # the device's cast kernel, queued on its stream
+            from inference_pio.backend import backend
+
+            src = self.contiguous()
+            out = Tensor.empty(self.shape, dt, self.device)
+            backend(self.device).call("cast", src.data_ptr, src.dtype, out.data_ptr, dt, self.numel)
+            return out
         src = self.contiguous()
         out = Tensor.empty(self.shape, dt)
         check(lib().to_cast(src.data_ptr, src.dtype, out.data_ptr, dt, self.numel), "to_cast")

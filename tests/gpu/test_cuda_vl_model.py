@@ -71,6 +71,19 @@ def test_image_prompt_on_cuda(models: tuple[Any, Any, Any, str]) -> None:
     got = gpu.generate(ids, images=sources, **options)
     assert got.token_ids == want
     assert got.token_ids == cpu.generate(ids, images=sources, **options).token_ids
+    # the decode replayed the text decoder's graph with its rotary tables shifted by the delta
+    runner = getattr(gpu.model, "_cuda_graph_decoder", None)
+    if dtype == "bfloat16":
+        assert runner is not None and runner.position_offset == cache.position_offset < 0
+    # a text prompt next puts the tables back; the image prompt again gives the same tokens
+    text_ids = [3, 14, 15, 92]
+    want_text, _ = vt.hf_greedy_with_logits(ref, text_ids, [], 6)
+    assert gpu.generate(text_ids, max_new_tokens=6, temperature=0, ignore_eos=True).token_ids == (
+        want_text
+    )
+    if runner is not None:
+        assert runner.position_offset == 0
+    assert gpu.generate(ids, images=sources, **options).token_ids == want
 
 
 def test_text_prompt_on_cuda_uses_the_graph_decoder(models: tuple[Any, Any, Any, str]) -> None:

@@ -310,6 +310,7 @@ class CudaGraphDecoder:
         self.ws = Tensor.empty((self.nh * self.nsplit * (self.hd + 2),), DType.float32, dev)
         positions = tensor(list(range(capacity)), DType.int32, dev)
         self.cos, self.sin = model.rotary.tables(model.be, positions, act)
+        self.position_offset = 0
         self.graph: int | None = None
         self._fused: int | None = None  # toc_decoder handle
         auto = fused is None
@@ -756,6 +757,18 @@ class CudaGraphDecoder:
                 self.cuda.lib().toc_decoder_destroy(h)
 
     # ---- running ---------------------------------------------------------------------------------
+    def set_position_offset(self, offset: int) -> None:
+        """Makes cache slot i rotate as position ``i + offset`` (a sequence whose cache has a
+        ``position_offset``, Qwen3-VL after an image prompt): the captured step reads its
+        rotary tables from fixed buffers, which are rewritten in place."""
+        if offset == self.position_offset:
+            return
+        m = self.model
+        first = [max(0, i + offset) for i in range(self.capacity)]
+        positions = Tensor.from_list(first, DType.int32).to(m.device)
+        m.rotary.tables(m.be, positions, self.cos.dtype, out=(self.cos, self.sin))
+        self.position_offset = offset
+
     def _set(self, token: int, pos: int) -> None:
         host = Tensor.from_list([token, pos, 0, 0], DType.int32)
         self.cuda.memcpy(self.ctr.data_ptr, host.data_ptr, 16, self.cuda.H2D, blocking=True)
@@ -872,8 +885,13 @@ def cuda_stream_generate(
     params: SamplingParams,
     eos_ids: Sequence[int] = (),
     on_finish: Callable[[GenerationResult], None] | None = None,
+    prefill: Callable[[Any], Tensor] | None = None,
 ) -> Iterator[str]:
-    """:func:`~inference_pio.generation.stream_generate` for a model on a CUDA device."""
+    """:func:`~inference_pio.generation.stream_generate` for a model on a CUDA device.
+
+    ``prefill(cache)``, when given, runs the prompt into the (empty) cache instead of
+    ``model.forward`` and returns the last logits (a multimodal prefill); a ``position_offset``
+    it leaves on the cache is honoured by the graph decode."""
     prompt = list(prompt_ids)
     capacity = check_context(model, len(prompt), params)
     state = SequenceState(prompt, params, frozenset(eos_ids), IncrementalText(detokenizer))
@@ -881,10 +899,16 @@ def cuda_stream_generate(
     if runner is not None:
         state.cache = runner.cache
         state.cache.length = 0
+        state.cache.position_offset = 0
     else:
         state.cache = model.new_cache(capacity)
     # logits stay on the device: the sampler draws there (or copies them where it cannot)
-    (logits,) = model.forward([(prompt, state.cache)])
+    if prefill is not None:
+        logits = prefill(state.cache)
+    else:
+        (logits,) = model.forward([(prompt, state.cache)])
+    if runner is not None:
+        runner.set_position_offset(getattr(state.cache, "position_offset", 0))
     state.prefill_done_at = time.perf_counter()
     yield from _decode(model, runner, state, capacity, logits)
     if on_finish is not None:
@@ -919,6 +943,8 @@ def continue_alone(
                 n * hd * es, nkv, cuda.D2D,
             )  # fmt: skip
     dst.length = n
+    dst.position_offset = getattr(src, "position_offset", 0)
+    runner.set_position_offset(dst.position_offset)
     state.cache = dst
     return _decode(model, runner, state, capacity, None)
 

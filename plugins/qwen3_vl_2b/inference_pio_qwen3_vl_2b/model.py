@@ -13,14 +13,15 @@ three equal position axes is plain RoPE), CUDA graph decode included. A prompt w
    come from the (t, h, w) positions, and after text layer j the j-th deepstack rows are added at
    the image positions (``DecoderModel.prefill_embedded``);
 4. decoding continues as text, each position shifted by the prompt's rope delta
-   (``LayerCache.position_offset``).
+   (``LayerCache.position_offset``); on CUDA through the text decoder's captured graph, its
+   rotary tables shifted by the delta.
 """
 
 from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,11 @@ from inference_pio.causal_lm import CausalLM
 from inference_pio.checkpoint import Checkpoint
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
-from inference_pio.generation import GenerationResult, stream_generate
+from inference_pio.generation import GenerationResult
 from inference_pio.interface import BatchRequest
 from inference_pio.nn import dense
 from inference_pio.nn.decoder import DecoderModel, LayerCache, LayerHook
+from inference_pio.sampling import SamplingParams
 from inference_pio.tensor import Tensor
 from inference_pio_qwen3_vl_2b import MODEL_NAME
 from inference_pio_qwen3_vl_2b.config import VLConfig
@@ -98,25 +100,6 @@ class Qwen3VLModel:
         return logits
 
 
-class _ImagePrompt:
-    """A ForwardModel view of the text decoder whose first call is one image prompt's prefill
-    (the generation loop then decodes through the text decoder as usual)."""
-
-    def __init__(self, model: Qwen3VLModel, ids: list[int], images: list[PreparedImage]) -> None:
-        self.model, self.ids, self.images = model, ids, images
-        self.vocab_size = model.text.vocab_size
-        self.max_context = model.text.max_context
-        self.device = model.text.device
-
-    def new_cache(self, capacity: int) -> LayerCache:
-        return self.model.text.new_cache(capacity)
-
-    def forward(self, batch: Sequence[tuple[Sequence[int], Any]]) -> list[Tensor]:
-        if len(batch) == 1 and batch[0][1].length == 0 and list(batch[0][0]) == self.ids:
-            return [self.model.prefill(self.ids, self.images, batch[0][1])]
-        return self.model.text.forward(batch)
-
-
 class Qwen3VL(CausalLM):
     """A loaded Qwen3-VL: a text model whose generation methods also take ``images``.
 
@@ -155,14 +138,27 @@ class Qwen3VL(CausalLM):
         """The vision tower's rows for ``images`` (for inspection and benchmarks)."""
         return self.vl.vision(prepare_images(images, self.processor))
 
-    def _image_request(
-        self, prompt: str | Sequence[int], images: Sequence[ImageSource | Tensor]
-    ) -> tuple[_ImagePrompt, list[int]]:
+    def _image_stream(
+        self,
+        prompt: str | Sequence[int],
+        images: Sequence[ImageSource | Tensor],
+        params: SamplingParams,
+        on_finish: Callable[[GenerationResult], None] | None = None,
+    ) -> Iterator[str]:
+        """The generation loop of this device with the image prefill in front (on CUDA the
+        decode then replays the text decoder's graph, shifted by the rope delta)."""
         prepared = prepare_images(images, self.processor)
         ids = expand_image_pads(
             self._prompt_ids(prompt), self.vl.cfg.image_token_id, [p.tokens for p in prepared]
         )
-        return _ImagePrompt(self.vl, ids, prepared), ids
+
+        def prefill(cache: LayerCache) -> Tensor:
+            return self.vl.prefill(ids, prepared, cache)
+
+        stream: Iterator[str] = self._stream_fn()(
+            self.model, self.tokenizer, ids, params, self.eos_ids, on_finish, prefill=prefill
+        )
+        return stream
 
     def generate(
         self,
@@ -174,11 +170,8 @@ class Qwen3VL(CausalLM):
             return super().generate(prompt, **sampling)
         params = self.sampling_params(**sampling)
         start = time.perf_counter()
-        view, ids = self._image_request(prompt, images)
         results: list[GenerationResult] = []
-        for _ in stream_generate(
-            view, self.tokenizer, ids, params, self.eos_ids, on_finish=results.append
-        ):
+        for _ in self._image_stream(prompt, images, params, on_finish=results.append):
             pass
         result = results[0]
         if result.prefill_s == 0.0:
@@ -195,9 +188,7 @@ class Qwen3VL(CausalLM):
     ) -> Iterator[str]:
         if not images:
             return super().stream_text(prompt, **sampling)
-        params = self.sampling_params(**sampling)
-        view, ids = self._image_request(prompt, images)
-        return stream_generate(view, self.tokenizer, ids, params, self.eos_ids)
+        return self._image_stream(prompt, images, self.sampling_params(**sampling))
 
     def generate_batch(self, requests: Sequence[BatchRequest]) -> list[GenerationResult]:
         """Requests without images run as batches; a request mapping with ``"images"`` runs on
@@ -289,9 +280,7 @@ def build(
     dev = Device.parse(device)
     text = dense.build(weights, cfg.text, dev, dtype, prefix=TEXT_PREFIX)
     w = dense.checked_weights(weights, vision_plan(cfg.vision, VISION_PREFIX), dev)
-    vision = VisionTower(
-        cfg.vision, w, lambda name: weights[name], dev, text.act_dtype, VISION_PREFIX
-    )
+    vision = VisionTower(cfg.vision, w, dev, text.act_dtype, VISION_PREFIX)
     return Qwen3VLModel(text, vision, cfg)
 
 

@@ -3,14 +3,15 @@ the image's grid, 2-D rotary, pre-norm ViT blocks with bidirectional attention i
 image, and the mergers that turn every 2x2 block of patches into one text-width vector (the
 final merger, and the deepstack mergers tapped after some blocks).
 
-Everything runs through ``inference_pio.ops`` on the model's device; the position embedding and
-the rotary tables depend only on the grid and are made on the host.
+Everything runs through ``inference_pio.ops`` on the model's device; only the indexes and
+weights of the position grid's taps and the patches' (row, col) are made on the host.
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from inference_pio_qwen3_vl_2b.preprocess import PreparedImage
 
 WeightPlan = dict[str, tuple[tuple[int, ...], str]]
 LAYER_NORM_EPS = 1e-6
+#: grids whose position embeddings a tower keeps
+POSITION_CACHE = 8
 
 
 def vision_plan(cfg: VisionConfig, prefix: str = "model.visual.") -> WeightPlan:
@@ -127,12 +130,11 @@ class VisionTower:
         self,
         cfg: VisionConfig,
         w: Callable[[str], Tensor],
-        host: Callable[[str], Tensor],
         device: Device,
         dtype: DType,
         prefix: str = "model.visual.",
     ) -> None:
-        """``w`` gives a tensor on ``device``, ``host`` the checkpoint's own (CPU) tensor."""
+        """``w`` gives a checkpoint tensor on ``device``."""
         self.cfg, self.device, self.dtype = cfg, device, dtype
         p = prefix
 
@@ -146,7 +148,8 @@ class VisionTower:
         self.patch_embed = _Linear(
             proj.reshape(cfg.hidden_size, cfg.patch_values), w(p + "patch_embed.proj.bias")
         )
-        self.pos_table = host(p + "pos_embed.weight")
+        self.pos_table = w(p + "pos_embed.weight")
+        self._pos_cache: dict[tuple[int, int], Tensor] = {}
         d = cfg.hidden_size
         self.blocks: list[_Block] = []
         for i in range(cfg.depth):
@@ -198,12 +201,12 @@ class VisionTower:
         grids = [(im.grid_h, im.grid_w) for im in images]
         patches = _on(_concat_rows([im.patches for im in images]).to(self.dtype), self.device)
         x = self.patch_embed(patches)
-        pos = _on(self.position_embeddings(grids).to(self.dtype), self.device)
-        ops.add(x, pos, out=x)
-        cos, sin = (_on(t, self.device) for t in self.rotary_tables(grids))
         cu = [0]
-        for gh, gw in grids:
-            cu.append(cu[-1] + gh * gw)
+        for grid in grids:
+            rows = x.narrow(0, cu[-1], grid[0] * grid[1])
+            ops.add(rows, self.position_embeddings(grid), out=rows)
+            cu.append(cu[-1] + grid[0] * grid[1])
+        cos, sin = self.rotary_tables(grids)
         n, d, heads = x.shape[0], cfg.hidden_size, cfg.num_heads
         hd = cfg.head_dim
         taps: list[Tensor] = []
@@ -224,47 +227,54 @@ class VisionTower:
                 taps.append(merger(x, cfg.merged_size))
         return VisionOutput(self.merger(x, cfg.merged_size), taps)
 
-    def position_embeddings(self, grids: Sequence[tuple[int, int]]) -> Tensor:
-        """fp32 ``[patches, hidden]``: the learned square grid resampled to each image's grid
-        (bilinear, align_corners, four taps summed in fp32 as transformers does), in the
-        merge-block patch order."""
+    def position_embeddings(self, grid: tuple[int, int]) -> Tensor:
+        """``[patches, hidden]`` in the compute dtype on the model's device: the learned square
+        grid resampled to a ``grid`` of patches (bilinear, align_corners, the four taps summed
+        in fp32 and rounded once, as transformers does), in the merge-block patch order. Kept
+        for the last few grids (images of one size repeat)."""
+        cached = self._pos_cache.get(grid)
+        if cached is not None:
+            return cached
+        gh, gw = grid
         side = self.cfg.grid_side
-        merge = self.cfg.spatial_merge_size
-        ids: list[list[int]] = [[], [], [], []]
-        weights: list[list[float]] = [[], [], [], []]
-        for gh, gw in grids:
-            rows = [_axis_taps(r, gh, side) for r in range(gh)]
-            cols = [_axis_taps(c, gw, side) for c in range(gw)]
-            for r, c in _block_order(gh, gw, merge):
-                (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = rows[r], cols[c]
-                for tap, (row, col, wr, wc) in enumerate(
-                    ((r0, c0, wr0, wc0), (r0, c1, wr0, wc1), (r1, c0, wr1, wc0), (r1, c1, wr1, wc1))
-                ):
-                    ids[tap].append(row * side + col)
-                    weights[tap].append(_f32(wr * wc))
-        n = len(ids[0])
-        idx = Tensor.from_list(ids, DType.int32)
-        wt = Tensor.from_list(weights, DType.float32)
-        table = self.pos_table if self.pos_table.device.type == "cpu" else self.pos_table.to("cpu")
-        rows_ = ops.embedding(idx, table, out_dtype=DType.float32)  # [4, n, hidden]
-        ops.mul_rows(rows_, wt, out=rows_)
-        total = ops.add(rows_[0], rows_[1])
-        ops.add(total, rows_[2], out=total)
-        ops.add(total, rows_[3], out=total)
-        assert total.shape == (n, self.cfg.hidden_size)
-        return total
+        rows = [_axis_taps(r, gh, side) for r in range(gh)]
+        cols = [_axis_taps(c, gw, side) for c in range(gw)]
+        order = _block_order(gh, gw, self.cfg.spatial_merge_size)
+        ids = array("i")
+        weights = array("f")  # float32: each product of two fp32 weights rounded once
+        for ri, ci in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            ids.extend(rows[r][0][ri] * side + cols[c][0][ci] for r, c in order)
+            weights.extend(rows[r][1][ri] * cols[c][1][ci] for r, c in order)
+        n = len(order)
+        idx = _on(Tensor.frombuffer(bytearray(ids.tobytes()), DType.int32, (4, n)), self.device)
+        wt = _on(
+            Tensor.frombuffer(bytearray(weights.tobytes()), DType.float32, (4, n)), self.device
+        )
+        taps = ops.embedding(idx, self.pos_table, out_dtype=DType.float32)  # [4, n, hidden]
+        ops.mul_rows(taps, wt, out=taps)
+        total = ops.add(taps[0], taps[1])
+        ops.add(total, taps[2], out=total)
+        ops.add(total, taps[3], out=total)
+        pos = total.to(self.dtype)
+        if len(self._pos_cache) >= POSITION_CACHE:
+            self._pos_cache.pop(next(iter(self._pos_cache)))
+        self._pos_cache[grid] = pos
+        return pos
 
     def rotary_tables(self, grids: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-        """fp32 cos/sin ``[patches, head_dim]`` of each patch's (row, col), merge-block order."""
-        rows: list[int] = []
-        cols: list[int] = []
+        """fp32 cos/sin ``[patches, head_dim]`` of each patch's (row, col), merge-block order,
+        on the model's device."""
+        rows = array("i")
+        cols = array("i")
         for gh, gw in grids:
-            for r, c in _block_order(gh, gw, self.cfg.spatial_merge_size):
-                rows.append(r)
-                cols.append(c)
-        positions = Tensor.from_list([rows, cols], DType.int32)
+            order = _block_order(gh, gw, self.cfg.spatial_merge_size)
+            rows.extend(r for r, _ in order)
+            cols.extend(c for _, c in order)
+        positions = Tensor.frombuffer(
+            bytearray(rows.tobytes() + cols.tobytes()), DType.int32, (2, len(rows))
+        )
         return ops.rope_cache_2d(
-            positions, self.cfg.head_dim, self.cfg.rope_theta, dtype=DType.float32
+            _on(positions, self.device), self.cfg.head_dim, self.cfg.rope_theta, dtype=DType.float32
         )
 
 
@@ -286,14 +296,14 @@ def _f32(v: float) -> float:
     return float(struct.unpack("f", struct.pack("f", v))[0])
 
 
-def _axis_taps(index: int, size: int, side: int) -> tuple[int, int, float, float]:
+def _axis_taps(index: int, size: int, side: int) -> tuple[tuple[int, int], tuple[float, float]]:
     """The two source rows (clamped) and their bilinear weights for ``index`` of ``size`` on a
     ``side``-long grid with aligned corners, in fp32 as transformers computes them."""
     src = _f32(_f32(float(index) * (side - 1)) / max(size - 1, 1))
     lo = int(src // 1)
     w0 = max(0.0, _f32(1.0 - abs(_f32(src - lo))))
     w1 = max(0.0, _f32(1.0 - abs(_f32(_f32(src - lo) - 1.0))))
-    return min(lo, side - 1), min(lo + 1, side - 1), w0, w1
+    return (min(lo, side - 1), min(lo + 1, side - 1)), (w0, w1)
 
 
 def _concat_rows(parts: Sequence[Tensor]) -> Tensor:
