@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from inference_pio import cuda  # noqa: E402
 from inference_pio.testing import torch_bridge as tb  # noqa: E402
+from inference_pio.nn.cuda_graph import unsupported_reason  # noqa: E402
 from inference_pio.testing.conformance import rel_error  # noqa: E402
 
 if not cuda.is_available():
@@ -74,6 +75,7 @@ def test_image_prompt_on_cuda(models: tuple[Any, Any, Any, str]) -> None:
     # the decode replayed the text decoder's graph with its rotary tables shifted by the delta
     runner = getattr(gpu.model, "_cuda_graph_decoder", None)
     if dtype == "bfloat16":
+        assert unsupported_reason(gpu.model) is None
         assert runner is not None and runner.position_offset == cache.position_offset < 0
     # a text prompt next puts the tables back; the image prompt again gives the same tokens
     text_ids = [3, 14, 15, 92]
