@@ -16,6 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import itertools
+
 from inference_pio import cuda, ops  # noqa: E402
 from inference_pio._native import lib  # noqa: E402
 from inference_pio.backend import backend  # noqa: E402
@@ -665,6 +667,31 @@ def test_attention_segments() -> None:
         s = q[a:b].transpose(0, 1) @ k[a:b].transpose(0, 1).transpose(1, 2) / hd**0.5
         parts.append((torch.softmax(s, -1) @ v[a:b].transpose(0, 1)).transpose(0, 1))
     assert rel(out, torch.cat(parts)) < 1e-5
+
+
+@pytest.mark.parametrize(("nh", "nkv", "hd"), [(16, 16, 64), (8, 2, 128)])
+def test_attention_segments_bf16_take_the_flash_kernels(nh: int, nkv: int, hd: int) -> None:
+    """Vision-tower shapes: bidirectional attention inside each image of a packed batch; each
+    segment of 32 or more queries runs the flash kernels (one call per segment)."""
+    g = torch.Generator().manual_seed(nh + hd)
+    bounds = [0, 784, 784, 1040, 1073]  # an empty segment, then 256 and 33 tokens
+    t = bounds[-1]
+    q, k, v = (torch.randn(t, n, hd, generator=g).to(torch.bfloat16) for n in (nh, nkv, nkv))
+    out = theirs(
+        ops.attention(
+            ours(q, DEV), ours(k, DEV), ours(v, DEV), kv_layout="tokens", causal=False,
+            cu_seqlens=bounds,
+        )
+    )  # fmt: skip
+    parts = []
+    for a, b in itertools.pairwise(bounds):
+        if b == a:
+            continue
+        kk = k[a:b].float().repeat_interleave(nh // nkv, 1).transpose(0, 1)
+        vv = v[a:b].float().repeat_interleave(nh // nkv, 1).transpose(0, 1)
+        s = q[a:b].float().transpose(0, 1) @ kk.transpose(1, 2) / hd**0.5
+        parts.append((torch.softmax(s, -1) @ vv).transpose(0, 1))
+    assert rel(out.float(), torch.cat(parts)) < 1e-2
 
 
 def test_errors_are_reported() -> None:

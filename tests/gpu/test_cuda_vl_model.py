@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from inference_pio import cuda  # noqa: E402
-from inference_pio.testing import torch_bridge as tb  # noqa: E402
 from inference_pio.nn.cuda_graph import unsupported_reason  # noqa: E402
+from inference_pio.testing import torch_bridge as tb  # noqa: E402
 from inference_pio.testing.conformance import rel_error  # noqa: E402
 
 if not cuda.is_available():
@@ -76,7 +76,8 @@ def test_image_prompt_on_cuda(models: tuple[Any, Any, Any, str]) -> None:
     runner = getattr(gpu.model, "_cuda_graph_decoder", None)
     if dtype == "bfloat16":
         assert unsupported_reason(gpu.model) is None
-        assert runner is not None and runner.position_offset == cache.position_offset < 0
+        assert runner is not None
+        assert runner.position_offset == cache.position_offset < 0
     # a text prompt next puts the tables back; the image prompt again gives the same tokens
     text_ids = [3, 14, 15, 92]
     want_text, _ = vt.hf_greedy_with_logits(ref, text_ids, [], 6)

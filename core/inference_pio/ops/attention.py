@@ -21,7 +21,7 @@ from inference_pio.tensor import Tensor
 FLOAT_ACT = (DType.float32, DType.bfloat16)
 
 
-def _cu_seqlens(cu: Sequence[int] | Tensor, total: int) -> tuple[Tensor, int]:
+def _cu_seqlens(cu: Sequence[int] | Tensor, total: int) -> tuple[Tensor, list[int]]:
     if isinstance(cu, Tensor):
         t = require("cu_seqlens", cu, dtypes=(DType.int32,), ndim=1)
         vals = [int(x) for x in t.tolist()]
@@ -32,7 +32,7 @@ def _cu_seqlens(cu: Sequence[int] | Tensor, total: int) -> tuple[Tensor, int]:
         raise ValueError(f"cu_seqlens must start at 0 and end at {total}, got {vals}")
     if any(b < a for a, b in itertools.pairwise(vals)):
         raise ValueError(f"cu_seqlens must be non-decreasing, got {vals}")
-    return t, len(vals) - 1
+    return t, vals
 
 
 def attention(
@@ -91,13 +91,15 @@ def attention(
         raise ValueError(f"kv_len {kv_len} out of range 0..{max_len}")
     seg_ptr: int | None = None
     n_seqs = 0
+    bounds: list[int] = []
     seg_keep: Tensor | None = None
     if cu_seqlens is not None:
         if kv_len != tq:
             raise ValueError(f"segments need as many keys as queries ({kv_len} != {tq})")
         if q_pos not in (None, 0):
             raise ValueError("q_pos must be 0 with cu_seqlens")
-        seg_keep, n_seqs = _cu_seqlens(cu_seqlens, tq)
+        seg_keep, bounds = _cu_seqlens(cu_seqlens, tq)
+        n_seqs = len(bounds) - 1
         seg_ptr = seg_keep.data_ptr
         q_pos = 0
     elif q_pos is None:
@@ -115,33 +117,48 @@ def attention(
         khs, kps, vhs, vps = hd, nkv * hd, vdim, nkv * vdim
     if scale is None:
         scale = hd**-0.5
-    native_call(
-        device,
-        "attention",
-        q.data_ptr,
-        k.data_ptr,
-        v.data_ptr,
-        result.data_ptr,
-        tq,
-        nh,
-        nkv,
-        hd,
-        hd_v,
-        nh * hd,
-        nh * hd_v,
-        kv_len,
-        khs,
-        kps,
-        vhs,
-        vps,
-        q_pos,
-        int(causal),
-        ctypes.c_void_p(seg_ptr),
-        n_seqs,
-        float(scale),
-        q.dtype,
-        k.dtype,
-    )
+
+    def run(rows: int, first: int, keys: int, segs: int, seg_at: int | None, qp: int) -> None:
+        """Queries ``first..first+rows-1`` over ``keys`` keys from token ``first`` (tokens
+        layout) or from the cache's start."""
+        kv_off = first if kv_layout == "tokens" else 0
+        es = q.dtype.itemsize
+        native_call(
+            device,
+            "attention",
+            q.data_ptr + first * nh * hd * es,
+            k.data_ptr + kv_off * kps * k.dtype.itemsize,
+            v.data_ptr + kv_off * vps * v.dtype.itemsize,
+            result.data_ptr + first * nh * hd_v * es,
+            rows,
+            nh,
+            nkv,
+            hd,
+            hd_v,
+            nh * hd,
+            nh * hd_v,
+            keys,
+            khs,
+            kps,
+            vhs,
+            vps,
+            qp,
+            int(causal),
+            ctypes.c_void_p(seg_at),
+            segs,
+            float(scale),
+            q.dtype,
+            k.dtype,
+        )
+
+    if seg_keep is not None and device.type == "cuda" and not causal and kv_layout == "tokens":
+        # one call per segment: each is then a plain bidirectional attention, which the device's
+        # flash kernels take (segments in one call go through the split kernel, built for decode)
+        for a, b in itertools.pairwise(bounds):
+            if b > a:
+                run(b - a, a, b - a, 0, None, 0)
+    else:
+        run(tq, 0, kv_len, n_seqs, seg_ptr, q_pos)
     del seg_keep
     return result
 
