@@ -10,13 +10,12 @@ must match exactly.
 from __future__ import annotations
 
 import ctypes
+import itertools
 from typing import Any
 
 import pytest
 
 torch = pytest.importorskip("torch")
-
-import itertools
 
 from inference_pio import cuda, ops  # noqa: E402
 from inference_pio._native import lib  # noqa: E402
