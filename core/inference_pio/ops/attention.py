@@ -107,7 +107,13 @@ def attention(
     if q_pos < 0 or (causal and cu_seqlens is None and q_pos + tq > kv_len):
         raise ValueError(f"causal queries at {q_pos}..{q_pos + tq - 1} need kv_len >= {q_pos + tq}")
     device = same_device(q=q, k=k, v=v, out=out)
-    if seg_keep is not None and device.type != "cpu":
+    # on CUDA, bidirectional packed segments run one call each (below): each is then a plain
+    # attention, which the device's flash kernels take (segments in one call go through the
+    # split kernel, built for decode), and the offsets need no upload
+    per_segment = (
+        seg_keep is not None and device.type == "cuda" and not causal and kv_layout == "tokens"
+    )
+    if seg_keep is not None and device.type != "cpu" and not per_segment:
         seg_keep = seg_keep.to(device)  # the kernel reads the offsets on the device
         seg_ptr = seg_keep.data_ptr
     result = out_or_new(out, (tq, nh, hd_v), q.dtype, device)
@@ -151,9 +157,7 @@ def attention(
             k.dtype,
         )
 
-    if seg_keep is not None and device.type == "cuda" and not causal and kv_layout == "tokens":
-        # one call per segment: each is then a plain bidirectional attention, which the device's
-        # flash kernels take (segments in one call go through the split kernel, built for decode)
+    if per_segment:
         for a, b in itertools.pairwise(bounds):
             if b > a:
                 run(b - a, a, b - a, 0, None, 0)
