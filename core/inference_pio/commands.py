@@ -58,6 +58,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU threads (default: the physical cores this process may use)",
     )
+    p.add_argument(
+        "--gpu-layers",
+        "-ngl",
+        default=None,
+        metavar="N|auto",
+        help="with --device cuda: run only the last N layers (and the LM head) on the GPU, the "
+        "rest on the CPU; 'auto' fits as many as the GPU's memory holds (default: the whole "
+        "model on the GPU)",
+    )
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -99,6 +108,7 @@ def _load(args: argparse.Namespace, host: PluginHost) -> Any:
         device=args.device,
         dtype=args.dtype,
         threads=args.threads,
+        gpu_layers=args.gpu_layers,
         host=host,
         progress=not getattr(args, "json", False) or sys.stderr.isatty(),
     )

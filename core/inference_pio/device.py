@@ -17,6 +17,12 @@ class Device:
         """Parses ``"cpu"``, ``"cuda"`` (= ``"cuda:0"``) or ``"cuda:N"``."""
         if isinstance(value, Device):
             return value
+        if not isinstance(value, str):
+            # e.g. a hybrid Placement handed to a model builder that places everything at once
+            raise ValueError(
+                f"expected a device ('cpu', 'cuda' or 'cuda:N'), got {type(value).__name__}: this "
+                "model cannot be split between the CPU and a GPU (--gpu-layers)"
+            )
         text = str(value).strip().lower()
         kind, _, index = text.partition(":")
         if kind == "cpu" and not index:

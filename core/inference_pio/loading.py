@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def load_model(
     name: str | None = None,
     progress: bool = True,
     host: PluginHost | None = None,
+    gpu_layers: int | str | None = None,
     **options: Any,
 ) -> TextModelPluginInterface:
     """Loads a model.
@@ -57,7 +59,11 @@ def load_model(
     real configuration) or, for a helpful error, a registered name. The plugin is chosen from
     ``config.json`` (``architectures``; ``name`` picks one when several models share it).
     ``device`` is ``"cpu"`` or ``"cuda[:N]"``; ``dtype`` the compute dtype (default: bf16 for
-    bf16 checkpoints, f32 for f32 ones); ``threads`` the CPU thread count.
+    bf16 checkpoints, f32 for f32 ones); ``threads`` the CPU thread count. ``gpu_layers`` (with a
+    CUDA ``device``) splits the model: that many of its last layers, the final norm and the LM
+    head on the GPU, the rest on the CPU; ``"auto"`` takes as many as the GPU's memory holds
+    (:class:`~inference_pio.scheduler.HybridScheduler`). Models whose plugin builds through
+    ``nn.dense.build`` take it; others say they cannot be split.
     """
     host = host or get_plugin_host()
     if threads is not None:
@@ -70,8 +76,33 @@ def load_model(
     checkpoint = Checkpoint.open(path)
     wanted = name or implied
     spec = host.registry.get(wanted) if wanted else host.resolve_checkpoint(path, checkpoint.config)
-    opts = dict(options, device=device, dtype=dtype, name=spec.name, progress=progress)
+    placed: Any = device
+    if gpu_layers is not None:
+        placed = _placement(checkpoint, device, gpu_layers)
+        if progress:
+            print(f"{spec.name}: {placed.describe()}", file=sys.stderr)
+    opts = dict(options, device=placed, dtype=dtype, name=spec.name, progress=progress)
     loaded: TextModelPluginInterface = host.pm.hook.pio_load_model(
         spec=spec, path=path, options=opts
     )
     return loaded
+
+
+def _placement(checkpoint: Checkpoint, device: str, gpu_layers: int | str) -> Any:
+    """The hybrid placement ``gpu_layers`` asks for (an int, or ``"auto"``)."""
+    from inference_pio.device import Device
+    from inference_pio.scheduler import plan_for_checkpoint
+
+    if Device.parse(device).type != "cuda":
+        raise ValueError("gpu_layers needs a CUDA device (--device cuda)")
+    if isinstance(gpu_layers, str):
+        if gpu_layers.strip().lower() != "auto":
+            try:
+                gpu_layers = int(gpu_layers)
+            except ValueError:
+                raise ValueError(
+                    f"gpu_layers must be a layer count or 'auto', got {gpu_layers!r}"
+                ) from None
+    count = None if isinstance(gpu_layers, str) else int(gpu_layers)
+    sizes = {name: t.nbytes for name, t in checkpoint.weights.items()}
+    return plan_for_checkpoint(checkpoint.config, sizes, device, count)

@@ -57,6 +57,8 @@ def unsupported_reason(model: Any) -> str | None:
         return "not a DecoderModel"
     if model.device.type != "cuda":
         return "not on a CUDA device"
+    if model.hybrid:
+        return "layers split between the CPU and the GPU"
     if model.rotary.mode != ROPE_NEOX or model.rotary.rot_dim <= 0:
         return "rotary mode"
     if model.norm.variant != RMS_PLAIN:

@@ -107,7 +107,12 @@ class DecoderModel:
         max_context: int,
         device: Device | str = "cpu",
         cache_dtype: DType | None = None,
+        layer_devices: Sequence[Device] | None = None,
+        embed_device: Device | None = None,
     ) -> None:
+        """``device`` holds the final norm, the LM head and the logits; ``layer_devices`` and
+        ``embed_device`` (default: ``device``) place the layers and the embedding elsewhere
+        (a hybrid CPU/GPU model, :mod:`inference_pio.scheduler`)."""
         self.embed, self.layers, self.norm, self.lm_head = embed, list(layers), norm, lm_head
         self.rotary = rotary
         self.act_dtype = act_dtype
@@ -117,6 +122,18 @@ class DecoderModel:
         self.hidden = embed.dim
         self.device = Device.parse(device)
         self.be = backend(self.device)
+        if layer_devices is not None and len(layer_devices) != len(self.layers):
+            raise ValueError(f"{len(layer_devices)} layer devices for {len(self.layers)} layers")
+        self.layer_devices = (
+            [Device.parse(d) for d in layer_devices]
+            if layer_devices is not None
+            else [self.device] * len(self.layers)
+        )
+        self.embed_device = Device.parse(embed_device) if embed_device else self.device
+        #: Whether parts of the model run on another device than ``device``.
+        self.hybrid = self.embed_device != self.device or any(
+            d != self.device for d in self.layer_devices
+        )
         #: Whether batch-1 CPU decode steps may be recorded and replayed (every block says so).
         self.replayable = all(
             getattr(block, "replayable", False) is True
@@ -159,8 +176,8 @@ class DecoderModel:
             raise ValueError(f"cache capacity {capacity} not in [1, {self.max_context}]")
         return LayerCache(
             [
-                layer.attention.new_cache(capacity, self.cache_dtype, self.device)
-                for layer in self.layers
+                layer.attention.new_cache(capacity, self.cache_dtype, dev)
+                for layer, dev in zip(self.layers, self.layer_devices, strict=True)
             ],
             capacity,
         )
@@ -257,6 +274,8 @@ class DecoderModel:
         dtype, on this device; used as the residual stream and overwritten) with its rotary
         tables ``cos``/``sin`` ``[T, rot_dim]`` (multimodal positions, say). ``after_layer`` as in
         :meth:`run_layers`. Appends the T tokens to ``cache``; returns the last token's logits."""
+        if self.hybrid:
+            raise ValueError("prefill_embedded: not available for a model split across devices")
         t = x.shape[0] if x.ndim == 2 else 0
         if x.shape != (t, self.hidden) or t == 0 or x.dtype != self.act_dtype:
             raise ValueError(
@@ -310,10 +329,69 @@ class DecoderModel:
         for tok in ids:
             if not 0 <= tok < self.embed.vocab:
                 raise ValueError(f"token id {tok} outside the vocabulary [0, {self.embed.vocab})")
+        if self.hybrid:
+            return self._run_hybrid(batch, segments, ids, positions)
         # one set of activation buffers for the whole call, whatever its length (a prefill's
         # layers reuse them instead of allocating and freeing ~8 per layer)
         with be.scratch_scope():
             return self._run(batch, segments, ids, positions)
+
+    def _run_hybrid(
+        self,
+        batch: Sequence[tuple[Sequence[int], LayerCache]],
+        segments: list[Segment],
+        ids: list[int],
+        positions: list[int],
+    ) -> list[Tensor]:
+        """``_forward`` over layers on several devices: each run of layers on one device gets
+        the residual stream copied to it (once a step at a CPU/GPU boundary) and its own rotary
+        tables; the final norm and the LM head run on ``device``."""
+        t = len(ids)
+        ebe = backend(self.embed_device)
+        ids_t = Tensor.from_list(ids, DType.int32)
+        if self.embed_device.type != "cpu":
+            ids_t = ids_t.to(self.embed_device)
+        x = Tensor.empty((t, self.hidden), self.act_dtype, self.embed_device)
+        self.embed(ebe, ids_t, x)
+        pos = Tensor.from_list(positions, DType.int32)
+        lo = 0
+        while lo < len(self.layers):
+            dev = self.layer_devices[lo]
+            hi = lo
+            while hi < len(self.layers) and self.layer_devices[hi] == dev:
+                hi += 1
+            be = backend(dev)
+            x = x.to(dev)
+            cos, sin = self.rotary.tables(be, pos if dev.type == "cpu" else pos.to(dev), x.dtype)
+            h = Tensor.empty(x.shape, x.dtype, dev)
+            caches = [[c.layers[li] for _, c in batch] for li in range(lo, hi)]
+            with be.scratch_scope():
+                self._run_range(be, x, h, segments, caches, cos, sin, lo, hi)
+            lo = hi
+        x = x.to(self.device)
+        for seg, (_, cache) in zip(segments, batch, strict=False):
+            cache.length += seg.count
+        with self.be.scratch_scope():
+            return self._logits(segments, x, small=False)
+
+    def _run_range(
+        self,
+        be: Backend,
+        x: Tensor,
+        h: Tensor,
+        segments: list[Segment],
+        caches: Sequence[list[KVCache]],
+        cos: Tensor,
+        sin: Tensor,
+        lo: int,
+        hi: int,
+    ) -> None:
+        """Layers ``lo..hi-1`` (one device) over the residual stream ``x``."""
+        layers = self.layers[lo:hi]
+        layers[0].input_norm(be, x, h)
+        for j, layer in enumerate(layers):
+            nxt = layers[j + 1].input_norm if j + 1 < len(layers) else None
+            layer.step(be, x, h, segments, caches[j], cos, sin, nxt)
 
     def _run(
         self,

@@ -22,6 +22,7 @@ from inference_pio.nn.attention import Attention
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, Mlp
 from inference_pio.nn.layers import ROPE_NEOX, Embedding, Linear, RMSNorm, Rotary, check_weight
 from inference_pio.nn.mlp import SwiGLU
+from inference_pio.scheduler import Placement
 from inference_pio.tensor import Tensor
 
 
@@ -211,7 +212,7 @@ def activation_dtype(
 def build(
     weights: Mapping[str, Tensor],
     cfg: DenseConfig,
-    device: Device | str = "cpu",
+    device: Device | str | Placement = "cpu",
     dtype: DType | str | None = None,
     prefix: str = "model.",
     mlp_plan: MlpPlan | None = None,
@@ -220,12 +221,35 @@ def build(
     """Assembles a :class:`DecoderModel` from checkpoint tensors, checking every shape.
 
     ``mlp_plan`` and ``mlp`` replace the dense SwiGLU of each layer (both or neither): the
-    layer's MLP tensors, then the block built from them."""
+    layer's MLP tensors, then the block built from them. ``device`` may be a
+    :class:`~inference_pio.scheduler.Placement` (layers split between the CPU and a GPU)."""
     if (mlp_plan is None) != (mlp is None):
         raise ValueError("dense.build: pass mlp_plan and mlp together")
     make_mlp = mlp if mlp is not None else swiglu_mlp
-    dev = Device.parse(device)
-    w = checked_weights(weights, weight_plan(cfg, prefix, mlp_plan), dev)
+    placement: Placement | None = None
+    if isinstance(device, Placement):
+        placement = device
+        if placement.num_layers != cfg.num_layers:
+            raise ValueError(
+                f"the placement is for {placement.num_layers} layers, the model has "
+                f"{cfg.num_layers}"
+            )
+        dev = placement.head_device
+    else:
+        dev = Device.parse(device)
+    w_head = checked_weights(weights, weight_plan(cfg, prefix, mlp_plan), dev)
+    getters = {dev: w_head}
+
+    def on(target: Device) -> Callable[[str], Tensor]:
+        if target not in getters:
+            getters[target] = lambda name: (
+                weights[name] if target.type == "cpu" else (weights[name].to(target))
+            )
+        return getters[target]
+
+    layer_devices = [
+        placement.layer_device(i) if placement is not None else dev for i in range(cfg.num_layers)
+    ]
 
     act = activation_dtype(weights, f"{prefix}embed_tokens.weight", dtype)
     rotary = Rotary(cfg.head_dim, cfg.rope_theta, ROPE_NEOX)
@@ -233,6 +257,7 @@ def build(
     layers = []
     for layer in range(cfg.num_layers):
         p = f"{prefix}layers.{layer}."
+        w = on(layer_devices[layer])
         attn = Attention(
             Linear(p + "self_attn.q_proj", w(p + "self_attn.q_proj.weight")),
             Linear(p + "self_attn.k_proj", w(p + "self_attn.k_proj.weight")),
@@ -260,15 +285,22 @@ def build(
                 block,
             )
         )
-    embed_w = w(f"{prefix}embed_tokens.weight")
-    head_w = embed_w if cfg.tie_word_embeddings else w("lm_head.weight")
+    embed_dev = placement.embed_device if placement is not None else dev
+    embed_w = on(embed_dev)(f"{prefix}embed_tokens.weight")
+    head_w = (
+        on(dev)(f"{prefix}embed_tokens.weight")
+        if cfg.tie_word_embeddings
+        else w_head("lm_head.weight")
+    )
     return DecoderModel(
         Embedding(f"{prefix}embed_tokens", embed_w),
         layers,
-        RMSNorm(f"{prefix}norm", w(f"{prefix}norm.weight"), eps),
+        RMSNorm(f"{prefix}norm", w_head(f"{prefix}norm.weight"), eps),
         Linear("lm_head", head_w),
         rotary,
         act,
         cfg.max_position_embeddings,
         dev,
+        layer_devices=layer_devices,
+        embed_device=embed_dev,
     )

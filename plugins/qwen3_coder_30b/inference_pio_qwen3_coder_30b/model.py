@@ -17,7 +17,6 @@ from typing import Any
 
 from inference_pio.causal_lm import CausalLM
 from inference_pio.checkpoint import Checkpoint
-from inference_pio.device import Device
 from inference_pio.errors import CheckpointError
 from inference_pio.nn import dense
 from inference_pio.nn.layers import Linear
@@ -120,8 +119,9 @@ def weight_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], st
 
 
 def load(path: Path, **options: Any) -> CausalLM:
-    """Loads a Qwen3MoeForCausalLM checkpoint directory (options: device, dtype)."""
-    device = Device.parse(options.get("device", "cpu"))
+    """Loads a Qwen3MoeForCausalLM checkpoint directory (options: device, dtype; the device may
+    be a hybrid :class:`~inference_pio.scheduler.Placement`)."""
+    device = options.get("device", "cpu")
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
     cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True)
     moe = MoeConfig.from_hf(checkpoint.config)
