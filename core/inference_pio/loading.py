@@ -95,14 +95,13 @@ def _placement(checkpoint: Checkpoint, device: str, gpu_layers: int | str) -> An
 
     if Device.parse(device).type != "cuda":
         raise ValueError("gpu_layers needs a CUDA device (--device cuda)")
-    if isinstance(gpu_layers, str):
-        if gpu_layers.strip().lower() != "auto":
-            try:
-                gpu_layers = int(gpu_layers)
-            except ValueError:
-                raise ValueError(
-                    f"gpu_layers must be a layer count or 'auto', got {gpu_layers!r}"
-                ) from None
+    if isinstance(gpu_layers, str) and gpu_layers.strip().lower() != "auto":
+        try:
+            gpu_layers = int(gpu_layers)
+        except ValueError:
+            raise ValueError(
+                f"gpu_layers must be a layer count or 'auto', got {gpu_layers!r}"
+            ) from None
     count = None if isinstance(gpu_layers, str) else int(gpu_layers)
     sizes = {name: t.nbytes for name, t in checkpoint.weights.items()}
     return plan_for_checkpoint(checkpoint.config, sizes, device, count)

@@ -3,7 +3,8 @@ not wanted) whole on the GPU, like llama.cpp's ``--n-gpu-layers``.
 
 The last ``gpu_layers`` layers, the final norm and the LM head run on the GPU; the embedding and
 the first layers on the CPU (the embedding is a row lookup, and the LM head, the largest single
-matrix, gains most from the GPU). A step crosses devices once: the residual stream and its
+matrix, gains most from the GPU). With every layer on the GPU the embedding goes there too and
+the model is a plain GPU model. A step crosses devices once: the residual stream and its
 normalised copy are copied to the GPU after the last CPU layer. Every layer's KV cache lives with
 its layer. ``HybridScheduler.plan`` picks ``gpu_layers`` from the GPU's memory when it is not
 given: as many layers as fit after the head, the KV caches of those layers for the planned
@@ -52,7 +53,9 @@ class Placement:
 
     @property
     def embed_device(self) -> Device:
-        return CPU
+        """The CPU, unless every layer is on the GPU (then nothing is split and the model runs
+        as a plain GPU model, captured decode graph included)."""
+        return self.gpu if self.gpu_layers == self.num_layers else CPU
 
     @property
     def head_device(self) -> Device:
@@ -68,7 +71,7 @@ class Placement:
             if self.gpu_layers
             else f"no layer on {self.gpu}"
         )
-        return f"{cpu}{gpu}; embedding on cpu; final norm and LM head on {self.gpu}"
+        return f"{cpu}{gpu}; embedding on {self.embed_device}; final norm and LM head on {self.gpu}"
 
 
 def checkpoint_sizes(

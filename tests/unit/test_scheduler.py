@@ -30,7 +30,11 @@ def test_placement_puts_the_last_layers_and_the_head_on_the_gpu() -> None:
         "final norm and LM head on cuda:0"
     )
     assert Placement(GPU, 0, 2).describe().startswith("layers 0-1 on cpu, no layer on cuda:0")
-    assert Placement(GPU, 2, 2).describe().startswith("layers 0-1 on cuda:0")
+    whole = Placement(GPU, 2, 2)
+    assert whole.describe() == (
+        "layers 0-1 on cuda:0; embedding on cuda:0; final norm and LM head on cuda:0"
+    )
+    assert whole.embed_device == GPU
     with pytest.raises(ValueError, match=r"outside 0\.\.5"):
         Placement(GPU, 6, 5)
     with pytest.raises(ValueError, match="CUDA device"):
