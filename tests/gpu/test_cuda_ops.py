@@ -189,6 +189,11 @@ def test_cast_and_copy_strided(dt: DType) -> None:
     assert torch.equal(theirs(y), x.to(TDT[dt]))
     v = d.transpose(0, 1)
     assert torch.equal(theirs(v.contiguous()), x.t().contiguous())
+    # Tensor.to(dtype) on the device: the same bits as the CPU's conversion, strided source too
+    assert d.to(dt).device == d.device
+    assert torch.equal(theirs(d.to(dt)), theirs(ours(x).to(dt)))
+    assert torch.equal(theirs(v.to(dt)), x.t().contiguous().to(TDT[dt]))
+    assert torch.equal(theirs(d.to(dt).to(DType.float32)), x.to(TDT[dt]).float())
 
 
 @pytest.mark.parametrize("dt", FLOATS)
