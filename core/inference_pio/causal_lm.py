@@ -8,7 +8,7 @@ sampling, streaming and batching then come from the core.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from inference_pio.batching import BatchManager
@@ -80,10 +80,21 @@ class CausalLM(TextModelPluginInterface):
         return self.generate(prompt, **sampling).text
 
     def stream_text(self, prompt: str, **sampling: Any) -> Iterator[str]:
+        return self.stream(prompt, **sampling)
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        on_finish: Callable[[GenerationResult], None] | None = None,
+        **sampling: Any,
+    ) -> Iterator[str]:
+        """Text pieces as :meth:`stream_text` yields them; when the generation ends,
+        ``on_finish`` receives its :class:`GenerationResult` (token counts, finish reason).
+        Invalid arguments raise before the iterator is returned."""
         params = self.sampling_params(**sampling)
         ids = self._prompt_ids(prompt)
         stream: Iterator[str] = self._stream_fn()(
-            self.model, self.tokenizer, ids, params, self.eos_ids
+            self.model, self.tokenizer, ids, params, self.eos_ids, on_finish
         )
         return stream
 

@@ -249,6 +249,20 @@ def cmd_bench(args: argparse.Namespace, host: PluginHost) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
+    try:
+        from inference_pio.server import serve
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    model = _load(args, host)
+    print(
+        f"serving {model.name} on http://{args.host}:{args.port}/v1 (OpenAI API; Ctrl-C stops)",
+        file=sys.stderr,
+    )
+    serve(model, args.host, args.port, args.served_name)
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Registers generate, chat and bench on the CLI's sub-parsers."""
     p = sub.add_parser(
@@ -286,6 +300,21 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--no-think", action="store_true", help="disable Qwen3 thinking")
     _add_sampling_args(p)
     p.set_defaults(handler=cmd_chat)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (needs inference-pio[server])",
+        description="Serve one model: GET /v1/models, POST /v1/completions and "
+        "/v1/chat/completions (streaming with server-sent events), GET /health. Requests run one "
+        "at a time; images go in chat messages as data: URLs.",
+    )
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--served-name", default=None, help="model name clients use (default: the model's name)"
+    )
+    p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("bench", help="measure prefill and batch-1 decode speed")
     _add_model_args(p)

@@ -186,9 +186,18 @@ class Qwen3VL(CausalLM):
     def stream_text(
         self, prompt: str, images: Sequence[ImageSource | Tensor] | None = None, **sampling: Any
     ) -> Iterator[str]:
+        return self.stream(prompt, images=images, **sampling)
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        on_finish: Callable[[GenerationResult], None] | None = None,
+        images: Sequence[ImageSource | Tensor] | None = None,
+        **sampling: Any,
+    ) -> Iterator[str]:
         if not images:
-            return super().stream_text(prompt, **sampling)
-        return self._image_stream(prompt, images, self.sampling_params(**sampling))
+            return super().stream(prompt, on_finish, **sampling)
+        return self._image_stream(prompt, images, self.sampling_params(**sampling), on_finish)
 
     def generate_batch(self, requests: Sequence[BatchRequest]) -> list[GenerationResult]:
         """Requests without images run as batches; a request mapping with ``"images"`` runs on

@@ -229,3 +229,38 @@ def test_cli_generate_with_images(pair: tuple[Any, Qwen3VL, str], tmp_path: Path
     assert got["token_ids"] == want.token_ids
     assert got["prompt_tokens"] == want.prompt_tokens
     assert ours.tokenize(ours.image_placeholder()) == [START, IMAGE, END]
+
+
+def test_server_chat_with_a_data_url_image(pair: tuple[Any, Qwen3VL, str], tmp_path: Path) -> None:
+    """An OpenAI chat request with an ``image_url`` part (data: URL) answers what
+    ``generate(images=...)`` answers for the template's prompt."""
+    import base64
+
+    pytest.importorskip("starlette")
+    pytest.importorskip("httpx")
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from inference_pio.server import create_app
+
+    _, ours, _ = pair
+    buf = io.BytesIO()
+    Image.new("RGB", (90, 60), (10, 200, 30)).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}]
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 5, "temperature": 0}
+    with TestClient(create_app(ours)) as client:
+        got = client.post("/v1/chat/completions", json=body).json()
+        bad = client.post(
+            "/v1/chat/completions",
+            json={**body, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+        )  # fmt: skip
+    prompt = ours.apply_chat_template(
+        [{"role": "user", "content": ours.image_placeholder() + "what?"}]
+    )
+    want = ours.generate(prompt, images=[buf.getvalue()], max_new_tokens=5, temperature=0)
+    assert got["choices"][0]["message"]["content"] == want.text
+    assert got["usage"]["prompt_tokens"] == want.prompt_tokens
+    assert bad.status_code == 400
+    assert "data: URLs" in bad.json()["error"]["message"]

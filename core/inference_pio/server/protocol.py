@@ -1,0 +1,296 @@
+"""The OpenAI API's request and response shapes for ``/v1/completions`` and
+``/v1/chat/completions``: validation into a prompt and sampling options, and the JSON bodies and
+stream chunks. No web framework here (``inference_pio.server.app`` serves it)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_pio.generation import GenerationResult
+
+#: OpenAI's default ``max_tokens`` for /v1/completions; chat completions default to the context.
+COMPLETIONS_MAX_TOKENS = 16
+#: Request fields mapped onto the sampling keywords of ``CausalLM.generate``.
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
+}
+#: Message roles (``developer`` is read as ``system``).
+ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+class RequestError(ValueError):
+    """A request the API refuses: HTTP ``status`` and OpenAI's error ``param``."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.param, self.status = param, status
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        code = "model_not_found" if self.status == 404 else None
+        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": code}}
+
+
+@dataclass
+class Request:
+    """A validated request: what to generate and how."""
+
+    prompt: str | list[int]
+    sampling: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    images: list[bytes] = field(default_factory=list)
+
+
+def _number(body: Mapping[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"{key!r} must be a number, got {value!r}", key)
+    return value
+
+
+def _common(body: Mapping[str, Any], default_max: int | None) -> tuple[dict[str, Any], bool, bool]:
+    """Sampling keywords, ``stream`` and ``stream_options.include_usage`` of a request."""
+    n = body.get("n", 1)
+    if n != 1:
+        raise RequestError("only n = 1 is supported", "n")
+    for key in ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions"):
+        if body.get(key):
+            raise RequestError(f"{key!r} is not supported", key)
+    if body.get("best_of") not in (None, 1):
+        raise RequestError("only best_of = 1 is supported", "best_of")
+    sampling: dict[str, Any] = {}
+    for key, name in _SAMPLING.items():
+        value = _number(body, key)
+        if value is not None:
+            sampling[name] = int(value) if key in ("top_k", "seed") else float(value)
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = default_max
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise RequestError(
+                f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens"
+            )
+        sampling["max_new_tokens"] = max_tokens
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise RequestError("'stop' must be a string or a list of strings", "stop")
+        if len(stops) > 16:
+            raise RequestError("at most 16 stop strings", "stop")
+        sampling["stop"] = stops
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError("'stream' must be a boolean", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, Mapping):
+        raise RequestError("'stream_options' must be an object", "stream_options")
+    return sampling, stream, bool(options.get("include_usage", False))
+
+
+def completion_request(body: Mapping[str, Any]) -> Request:
+    """``/v1/completions``: ``prompt`` is a string or a list of token ids."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        if not prompt or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise RequestError(
+                "'prompt' must be a string or a list of token ids (one prompt)", "prompt"
+            )
+    elif not isinstance(prompt, str) or not prompt:
+        raise RequestError("'prompt' must be a non-empty string", "prompt")
+    sampling, stream, usage = _common(body, COMPLETIONS_MAX_TOKENS)
+    return Request(prompt, sampling, stream, usage)
+
+
+def _image_bytes(part: Mapping[str, Any]) -> bytes:
+    """The bytes of an ``image_url`` content part (``data:`` URLs only: the server fetches
+    nothing from the network)."""
+    ref = part.get("image_url")
+    url = ref.get("url") if isinstance(ref, Mapping) else ref
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise RequestError("images must be given as data: URLs (base64)", "messages")
+    header, _, data = url.partition(",")
+    if ";base64" not in header:
+        raise RequestError("image data URLs must be base64-encoded", "messages")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("an image data URL is not valid base64", "messages") from None
+
+
+def chat_messages(
+    messages: Any, image_placeholder: str | None
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Messages with string contents for the chat template, and the images of their
+    ``image_url`` parts in order (each replaced by ``image_placeholder`` in its text)."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list", "messages")
+    out: list[dict[str, Any]] = []
+    images: list[bytes] = []
+    for m in messages:
+        if not isinstance(m, Mapping) or m.get("role") not in ROLES:
+            raise RequestError(
+                "each message needs a role (system, user, assistant or tool)", "messages"
+            )
+        content = m.get("content")
+        if content is None:
+            text = ""
+        elif isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            pieces = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    pieces.append(part["text"])
+                elif kind == "image_url":
+                    if image_placeholder is None:
+                        raise RequestError("this model does not take images", "messages")
+                    images.append(_image_bytes(part))
+                    pieces.append(image_placeholder)
+                else:
+                    raise RequestError(f"unsupported content part {kind!r}", "messages")
+            text = "".join(pieces)
+        else:
+            raise RequestError(
+                "a message's content must be a string or a list of parts", "messages"
+            )
+        role = "system" if m["role"] == "developer" else m["role"]
+        out.append({"role": role, "content": text})
+    return out, images
+
+
+def chat_request(body: Mapping[str, Any], render: Any, image_placeholder: str | None) -> Request:
+    """``/v1/chat/completions``; ``render(messages, **kwargs)`` applies the chat template
+    (``chat_template_kwargs``, e.g. ``{"enable_thinking": false}``, are passed to it)."""
+    messages, images = chat_messages(body.get("messages"), image_placeholder)
+    extra = body.get("chat_template_kwargs") or {}
+    if not isinstance(extra, Mapping):
+        raise RequestError("'chat_template_kwargs' must be an object", "chat_template_kwargs")
+    prompt = str(render(messages, **dict(extra)))
+    sampling, stream, usage = _common(body, None)
+    return Request(prompt, sampling, stream, usage, images)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(result: GenerationResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": len(result.token_ids),
+        "total_tokens": result.prompt_tokens + len(result.token_ids),
+    }
+
+
+def completion_body(rid: str, model: str, result: GenerationResult) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "text": result.text,
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": usage(result),
+    }
+
+
+def chat_body(rid: str, model: str, result: GenerationResult) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": usage(result),
+    }
+
+
+def chunk(
+    rid: str,
+    model: str,
+    chat: bool,
+    text: str | None,
+    finish: str | None = None,
+    first: bool = False,
+) -> dict[str, Any]:
+    """One streamed chunk: a piece of text, or the last one with ``finish``."""
+    if chat:
+        delta: dict[str, Any] = {}
+        if first:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        obj = "text_completion"
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+    }
+
+
+def usage_chunk(rid: str, model: str, chat: bool, result: GenerationResult) -> dict[str, Any]:
+    """The final chunk of ``stream_options.include_usage``: no choices, the usage."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage(result),
+    }
+
+
+def model_list(names: Sequence[str]) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "object": "list",
+        "data": [
+            {"id": n, "object": "model", "created": now, "owned_by": "inference-pio"} for n in names
+        ],
+    }

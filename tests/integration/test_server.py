@@ -1,0 +1,187 @@
+"""The OpenAI-compatible server (``inference-pio serve``) with the real ``openai`` client over
+HTTP, on a tiny random Qwen3 checkpoint: every answer is checked against the same model called
+directly (greedy, so the tokens are determined)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+transformers = pytest.importorskip("transformers")
+
+from inference_pio.server import create_app  # noqa: E402
+from inference_pio.testing.tiny import save_tiny_causal_lm, tiny_qwen3_config  # noqa: E402
+
+NAME = "tiny-qwen3"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
+    d: Path = tmp_path_factory.mktemp("served")
+    cfg = transformers.Qwen3Config(**tiny_qwen3_config(num_hidden_layers=2))
+    save_tiny_causal_lm(d, transformers.Qwen3ForCausalLM, cfg, eos_id=511)
+    model = load(d)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(model, NAME), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    yield model, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def client(url: str) -> Any:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_models_and_health(served: tuple[Any, str]) -> None:
+    _, url = served
+    assert [m.id for m in client(url).models.list().data] == [NAME]
+    assert httpx.get(url + "/health").json() == {"status": "ok", "model": NAME}
+
+
+def test_completion_equals_the_model(served: tuple[Any, str]) -> None:
+    model, url = served
+    got = client(url).completions.create(
+        model=NAME, prompt="The quick brown fox", max_tokens=12, temperature=0
+    )
+    want = model.generate("The quick brown fox", max_new_tokens=12, temperature=0)
+    assert got.choices[0].text == want.text
+    assert got.choices[0].finish_reason == want.finish_reason
+    assert got.usage.prompt_tokens == want.prompt_tokens
+    assert got.usage.completion_tokens == len(want.token_ids)
+    ids = model.tokenize("abc")
+    by_ids = client(url).completions.create(model=NAME, prompt=ids, max_tokens=4, temperature=0)
+    assert by_ids.choices[0].text == model.generate(ids, max_new_tokens=4, temperature=0).text
+
+
+def test_chat_equals_the_template_and_the_model(served: tuple[Any, str]) -> None:
+    model, url = served
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there"},
+    ]
+    got = client(url).chat.completions.create(
+        model=NAME, messages=messages, max_tokens=10, temperature=0, seed=1
+    )
+    prompt = model.apply_chat_template(messages)
+    want = model.generate(prompt, max_new_tokens=10, temperature=0)
+    assert got.choices[0].message.role == "assistant"
+    assert got.choices[0].message.content == want.text
+    assert got.usage.total_tokens == want.prompt_tokens + len(want.token_ids)
+
+
+def test_streaming_joins_to_the_whole_answer(served: tuple[Any, str]) -> None:
+    model, url = served
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Count"}]}]
+    stream = client(url).chat.completions.create(
+        model=NAME,
+        messages=messages,
+        max_tokens=15,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    want = model.generate(
+        model.apply_chat_template([{"role": "user", "content": "Count"}]),
+        max_new_tokens=15,
+        temperature=0,
+    )
+    assert text == want.text
+    assert finish == [want.finish_reason]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage.completion_tokens == len(want.token_ids)
+    pieces = client(url).completions.create(
+        model=NAME, prompt="xyz", max_tokens=8, temperature=0, stream=True
+    )
+    assert (
+        "".join(c.choices[0].text for c in pieces)
+        == model.generate("xyz", max_new_tokens=8, temperature=0).text
+    )
+
+
+def test_stop_strings_and_sampling_options(served: tuple[Any, str]) -> None:
+    model, url = served
+    full = model.generate("hello", max_new_tokens=20, temperature=0).text
+    stop = full[3:5] if len(full) >= 5 else None
+    got = client(url).completions.create(
+        model=NAME, prompt="hello", max_tokens=20, temperature=0, stop=stop
+    )
+    assert (
+        got.choices[0].text
+        == model.generate(
+            "hello", max_new_tokens=20, temperature=0, stop=[stop] if stop else None
+        ).text
+    )
+    seeded = [
+        client(url)
+        .completions.create(
+            model=NAME, prompt="hi", max_tokens=8, temperature=0.9, top_p=0.9, seed=7
+        )
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
+    assert (
+        seeded[0]
+        == seeded[1]
+        == model.generate("hi", max_new_tokens=8, temperature=0.9, top_p=0.9, seed=7).text
+    )
+
+
+def test_bad_requests_get_openai_errors(served: tuple[Any, str]) -> None:
+    _, url = served
+    c = client(url)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        c.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        c.completions.create(model=NAME, prompt="x", max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="top_p"):
+        c.completions.create(model=NAME, prompt="x", max_tokens=2, top_p=1.5)
+    with pytest.raises(openai.BadRequestError, match="n = 1"):
+        c.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "x"}], n=2, max_tokens=2
+        )
+    with pytest.raises(openai.BadRequestError, match="does not take images"):
+        c.chat.completions.create(
+            model=NAME,
+            max_tokens=2,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                    ],
+                }
+            ],
+        )
+    with pytest.raises(openai.BadRequestError, match="context"):
+        c.completions.create(model=NAME, prompt="x" * 300, max_tokens=2)
+    r = httpx.post(url + "/v1/completions", content=b"{not json")
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
