@@ -14,9 +14,11 @@ decoder's), whose fused step is faster than a batched step of one row.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +37,20 @@ from inference_pio.sampling import SamplingParams, greedy_rows
 ALONE_MIN_TOKENS = 16
 
 
+#: ``on_piece(index, text)``: a streamed request's text as it becomes final.
+PieceCallback = Callable[[int, str], None]
+#: ``on_finish(index, result)``: a request's result, once it is done.
+FinishCallback = Callable[[int, GenerationResult], None]
+
+
 @dataclass
 class _Request:
     index: int
     prompt_ids: list[int]
     params: SamplingParams
     capacity: int
+    on_piece: PieceCallback | None = None
+    on_finish: FinishCallback | None = None
 
 
 class BatchManager:
@@ -64,19 +74,37 @@ class BatchManager:
         self._queue: deque[_Request] = deque()
         self._results: dict[int, GenerationResult] = {}
         self._next = 0
+        # submit() may be called from other threads while serve() runs
+        self._lock = threading.Condition()
+        self._cancelled: set[int] = set()
         #: Sizes of the decode batches run so far (observability and tests).
         self.decode_batch_sizes: list[int] = []
         #: Sequences finished on the batch-1 path after the others ended (observability, tests).
         self.finished_alone = 0
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
-        """Queues a request (validated now); returns its index."""
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        on_piece: PieceCallback | None = None,
+        on_finish: FinishCallback | None = None,
+    ) -> int:
+        """Queues a request (validated now); returns its index. ``on_piece`` receives its text
+        as it is produced, ``on_finish`` its result (both called from the thread that runs the
+        batches). Safe to call from any thread while :meth:`serve` runs."""
         prompt = list(prompt_ids)
         capacity = check_context(self.model, len(prompt), params)
-        index = self._next
-        self._next += 1
-        self._queue.append(_Request(index, prompt, params, capacity))
+        with self._lock:
+            index = self._next
+            self._next += 1
+            self._queue.append(_Request(index, prompt, params, capacity, on_piece, on_finish))
+            self._lock.notify()
         return index
+
+    def cancel(self, index: int) -> None:
+        """Stops a request at the next step (its client went away); it gets no result."""
+        with self._lock:
+            self._cancelled.add(index)
 
     def _graph_decoder(self) -> Any:
         """The model's batched CUDA graph decoder for the queued requests, or None (CPU, an
@@ -96,12 +124,48 @@ class BatchManager:
         active: list[tuple[_Request, SequenceState]] = []
         graphs = self._graph_decoder()
         while self._queue or active:
-            admitted: list[tuple[_Request, SequenceState]] = []
-            budget = self.max_prefill_tokens
-            while self._queue and len(active) + len(admitted) < self.max_batch_size:
+            active = self._step(active, graphs, alone=True)
+        results = [self._results[i] for i in sorted(self._results)]
+        self._results.clear()
+        return results
+
+    def serve(self, stop: threading.Event, model_lock: Any = None) -> None:
+        """Runs batches as requests arrive (from :meth:`submit` in other threads) until ``stop``
+        is set: continuous batching for a server. Results go only to the requests' callbacks.
+        A request whose cache does not fit the decode graphs' slots waits until the running
+        batch is done (the slots are then resized). ``model_lock`` (a lock) is held during each
+        step, so that other work on the same model can run between steps."""
+        active: list[tuple[_Request, SequenceState]] = []
+        graphs: Any = None
+        held = model_lock if model_lock is not None else contextlib.nullcontext()
+        while not stop.is_set():
+            with self._lock:
+                while not self._queue and not active and not stop.is_set():
+                    self._lock.wait(timeout=0.5)
+            if stop.is_set():
+                break
+            with held:
+                if not active:
+                    graphs = self._graph_decoder()  # sized for what waits now
+                active = self._step(active, graphs, alone=False)
+            self._results.clear()
+        for req, _ in active:  # stopped mid-run: these get no result
+            self._cancelled.discard(req.index)
+
+    def _admit(self, active_count: int, graphs: Any) -> list[tuple[_Request, SequenceState]]:
+        admitted: list[tuple[_Request, SequenceState]] = []
+        budget = self.max_prefill_tokens
+        with self._lock:
+            while self._queue and active_count + len(admitted) < self.max_batch_size:
                 req = self._queue[0]
+                if req.index in self._cancelled:
+                    self._queue.popleft()
+                    self._cancelled.discard(req.index)
+                    continue
                 if admitted and len(req.prompt_ids) > budget:
                     break
+                if graphs is not None and req.capacity > graphs.capacity:
+                    break  # waits for the running batch to end and the slots to grow
                 self._queue.popleft()
                 budget -= len(req.prompt_ids)
                 state = SequenceState(
@@ -110,39 +174,45 @@ class BatchManager:
                 slot = graphs.acquire() if graphs is not None else None
                 state.cache = slot if slot is not None else self.model.new_cache(req.capacity)
                 admitted.append((req, state))
-            if admitted:
-                logits = self.model.forward([(r.prompt_ids, s.cache) for r, s in admitted])
-                now = time.perf_counter()
-                for (req, state), row in zip(admitted, logits, strict=False):
-                    state.prefill_done_at = now
-                    state.accept(row)
-                    active.append((req, state))
-            active = self._retire(active, graphs)
-            if not active:
-                continue
-            self.decode_batch_sizes.append(len(active))
-            greedy: list[int] | None = None
-            if graphs is not None:
-                logits = graphs.step([(s.generated[-1], s.cache) for _, s in active])
-                if any(s.sampler.plain_greedy for _, s in active):
-                    # every row's argmax in one call instead of one draw (and copy) per row
-                    by_slot = greedy_rows(graphs.last_logits)
-                    if by_slot is not None:
-                        greedy = [by_slot[slot] for slot in graphs.last_slots]
+        return admitted
+
+    def _step(
+        self, active: list[tuple[_Request, SequenceState]], graphs: Any, alone: bool
+    ) -> list[tuple[_Request, SequenceState]]:
+        """Admits what fits (one prefill call), then one decode step for every active
+        sequence; returns the sequences still running."""
+        admitted = self._admit(len(active), graphs)
+        if admitted:
+            logits = self.model.forward([(r.prompt_ids, s.cache) for r, s in admitted])
+            now = time.perf_counter()
+            for (req, state), row in zip(admitted, logits, strict=False):
+                state.prefill_done_at = now
+                _emit(req, state.accept(row))
+                active.append((req, state))
+        active = self._retire(active, graphs)
+        if not active:
+            return active
+        self.decode_batch_sizes.append(len(active))
+        greedy: list[int] | None = None
+        if graphs is not None:
+            logits = graphs.step([(s.generated[-1], s.cache) for _, s in active])
+            if any(s.sampler.plain_greedy for _, s in active):
+                # every row's argmax in one call instead of one draw (and copy) per row
+                by_slot = greedy_rows(graphs.last_logits)
+                if by_slot is not None:
+                    greedy = [by_slot[slot] for slot in graphs.last_slots]
+        else:
+            logits = self.model.forward([([s.generated[-1]], s.cache) for _, s in active])
+        for i, ((req, state), row) in enumerate(zip(active, logits, strict=False)):
+            if greedy is not None and state.sampler.plain_greedy:
+                _emit(req, state.accept_token(greedy[i]))
             else:
-                logits = self.model.forward([([s.generated[-1]], s.cache) for _, s in active])
-            for i, ((_, state), row) in enumerate(zip(active, logits, strict=False)):
-                if greedy is not None and state.sampler.plain_greedy:
-                    state.accept_token(greedy[i])
-                else:
-                    state.accept(row)
-            active = self._retire(active, graphs)
-            alone = graphs is not None and len(active) == 1 and not self._queue
-            if alone and self._finish_alone(*active[0], graphs):
-                active = []
-        results = [self._results[i] for i in sorted(self._results)]
-        self._results.clear()
-        return results
+                _emit(req, state.accept(row))
+        active = self._retire(active, graphs)
+        single = alone and graphs is not None and len(active) == 1 and not self._queue
+        if single and self._finish_alone(*active[0], graphs):
+            return []
+        return active
 
     def _finish_alone(self, req: _Request, state: SequenceState, graphs: Any) -> bool:
         """Runs the last active sequence to its end on the batch-1 path (one fused decode step
@@ -157,9 +227,12 @@ class BatchManager:
         if rest is None:
             return False
         graphs.release(slot)
-        for _ in rest:
-            pass
-        self._results[req.index] = state.result(time.perf_counter())
+        for piece in rest:
+            _emit(req, piece)
+        result = state.result(time.perf_counter())
+        self._results[req.index] = result
+        if req.on_finish is not None:
+            req.on_finish(req.index, result)
         self.finished_alone += 1
         return True
 
@@ -169,15 +242,28 @@ class BatchManager:
         keep = []
         now = time.perf_counter()
         for req, state in active:
+            if req.index in self._cancelled:
+                with self._lock:
+                    self._cancelled.discard(req.index)
+                if graphs is not None:
+                    graphs.release(state.cache)
+                continue
             if not state.finished and state.cache.length >= req.capacity:
                 state.finish_reason = "length"
             if state.finished:
                 if state.finish_reason == "length":
-                    state.stops.push(state.detok.flush())
-                    state.stops.flush()
-                self._results[req.index] = state.result(now)
+                    _emit(req, state.stops.push(state.detok.flush()) + state.stops.flush())
+                result = state.result(now)
+                self._results[req.index] = result
+                if req.on_finish is not None:
+                    req.on_finish(req.index, result)
                 if graphs is not None:
                     graphs.release(state.cache)
             else:
                 keep.append((req, state))
         return keep
+
+
+def _emit(req: _Request, piece: str) -> None:
+    if piece and req.on_piece is not None:
+        req.on_piece(req.index, piece)

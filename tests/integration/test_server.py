@@ -23,6 +23,7 @@ from inference_pio.server import create_app  # noqa: E402
 from inference_pio.testing.tiny import save_tiny_causal_lm, tiny_qwen3_config  # noqa: E402
 
 NAME = "tiny-qwen3"
+served_app: Any = None
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    global served_app
+    served_app = create_app(model, NAME)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(model, NAME), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(served_app, host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -185,3 +188,23 @@ def test_bad_requests_get_openai_errors(served: tuple[Any, str]) -> None:
     r = httpx.post(url + "/v1/completions", content=b"{not json")
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_concurrent_requests_share_batches(served: tuple[Any, str]) -> None:
+    """Clients at the same time: each gets the answer it gets alone, and the engine ran
+    decode steps of several sequences at once (continuous batching)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, url = served
+    prompts = [f"prompt number {i}: " + "ab" * i for i in range(6)]
+    manager = served_app.state.service.manager
+    before = len(manager.decode_batch_sizes)
+
+    def ask(p: str) -> str:
+        got = client(url).completions.create(model=NAME, prompt=p, max_tokens=24, temperature=0)
+        return str(got.choices[0].text)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert answers == [model.generate(p, max_new_tokens=24, temperature=0).text for p in prompts]
+    assert max(manager.decode_batch_sizes[before:]) > 1

@@ -2,15 +2,17 @@
 extra: ``pip install 'inference-pio[server]'``).
 
 Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
-``stream`` as server-sent events, ``stream_options.include_usage``), ``GET /health``. Requests
-are generated one at a time (a model holds one set of caches and scratch buffers); others wait
-their turn. A streamed request whose client goes away stops generating at its next token.
-Vision-language models take ``image_url`` parts with ``data:`` URLs.
+``stream`` as server-sent events, ``stream_options.include_usage``), ``GET /health``. Text
+requests are batched continuously (``BatchManager.serve``: requests join and leave the running
+batch at every step); a request with images runs alone between two steps. A request whose client
+goes away stops at its next token. Vision-language models take ``image_url`` parts with
+``data:`` URLs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,12 +26,33 @@ _END = object()
 
 
 class ModelService:
-    """The model behind the API: one generation at a time, in a worker thread."""
+    """The model behind the API. Text requests of a :class:`~inference_pio.causal_lm.CausalLM`
+    join one continuously batched loop (``BatchManager.serve`` in an engine thread: concurrent
+    clients share each step's weight reads); requests with images, and models without a batch
+    path, run alone between its steps."""
 
     def __init__(self, model: Any, names: list[str]) -> None:
         self.model = model
         self.names = names
-        self.lock = threading.Lock()
+        self.model_lock = threading.RLock()
+        self.stop = threading.Event()
+        self.manager: Any = None
+        if all(hasattr(model, a) for a in ("model", "tokenizer", "eos_ids", "sampling_params")):
+            from inference_pio.batching import BatchManager
+
+            self.manager = BatchManager(
+                model.model, model.tokenizer, model.eos_ids, getattr(model, "max_batch_size", 8)
+            )
+            self.engine = threading.Thread(
+                target=self.manager.serve,
+                args=(self.stop, self.model_lock),
+                name="inference-pio-batches",
+                daemon=True,
+            )
+            self.engine.start()
+
+    def close(self) -> None:
+        self.stop.set()
 
     def check_model(self, requested: Any) -> None:
         if requested is not None and requested not in self.names:
@@ -39,37 +62,59 @@ class ModelService:
                 404,
             )
 
-    def pieces(self, req: Request, on_finish: Callable[[GenerationResult], None]) -> Iterator[str]:
-        """The generation's text pieces (validation errors raise here, before any piece)."""
+    def start(
+        self,
+        req: Request,
+        on_piece: Callable[[str | RequestError], None],
+        on_finish: Callable[[GenerationResult], None],
+        cancelled: threading.Event,
+    ) -> Callable[[], None] | None:
+        """Validates ``req`` (RequestError) and starts it: pieces and the result go to the
+        callbacks (from another thread; an error found while generating comes as a
+        RequestError piece). Returns the cancel function of a batched request, or
+        None for one run alone (``cancelled`` stops it)."""
         kwargs = dict(req.sampling)
+        if req.images and not getattr(self.model, "accepts_images", False):
+            raise RequestError("this model does not take images", "messages")
+        if self.manager is not None and not req.images:
+            try:
+                params = self.model.sampling_params(**kwargs)
+                ids = (
+                    self.model.tokenize(req.prompt)
+                    if isinstance(req.prompt, str)
+                    else [int(t) for t in req.prompt]
+                )
+                if not ids:
+                    raise ValueError("the prompt is empty")
+                index = self.manager.submit(
+                    ids,
+                    params,
+                    on_piece=lambda _, piece: on_piece(piece),
+                    on_finish=lambda _, result: on_finish(result),
+                )
+            except (TypeError, ValueError) as exc:
+                raise RequestError(str(exc)) from None
+            manager = self.manager
+            return lambda: manager.cancel(index)
         if req.images:
-            if not getattr(self.model, "accepts_images", False):
-                raise RequestError("this model does not take images", "messages")
             kwargs["images"] = req.images
         try:
-            stream: Iterator[str] = self.model.stream(req.prompt, on_finish=on_finish, **kwargs)
-        except TypeError as exc:
+            pieces: Iterator[str] = self.model.stream(req.prompt, on_finish=on_finish, **kwargs)
+        except (TypeError, ValueError) as exc:
             raise RequestError(str(exc)) from None
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
-        return stream
 
-    def run(self, req: Request) -> GenerationResult:
-        """The whole generation (blocking; call from a worker thread)."""
-        results: list[GenerationResult] = []
-        with self.lock:
-            for _ in self._guarded(self.pieces(req, results.append)):
-                pass
-        return results[0]
+        def alone() -> None:
+            with self.model_lock:  # between two of the batch loop's steps
+                try:
+                    for piece in pieces:
+                        if cancelled.is_set():
+                            return
+                        on_piece(piece)
+                except ValueError as exc:  # found while generating (context too long, ...)
+                    on_piece(RequestError(str(exc)))
 
-    @staticmethod
-    def _guarded(stream: Iterator[str]) -> Iterator[str]:
-        """``stream`` with bad input found while generating (a prompt longer than the
-        context, say) turned into a RequestError."""
-        try:
-            yield from stream
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
+        threading.Thread(target=alone, name="inference-pio-request", daemon=True).start()
+        return None
 
 
 def create_app(model: Any, name: str | None = None) -> Any:
@@ -103,67 +148,59 @@ def create_app(model: Any, name: str | None = None) -> Any:
 
     async def respond(req: Request, chat: bool) -> Any:
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
-        if not req.stream:
-            try:
-                result = await asyncio.to_thread(service.run, req)
-            except RequestError as exc:
-                return error(exc)
-            body = (protocol.chat_body if chat else protocol.completion_body)(rid, served, result)
-            return JSONResponse(body)
-        return await stream_response(req, chat, rid)
-
-    async def stream_response(req: Request, chat: bool, rid: str) -> Any:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
         results: list[GenerationResult] = []
-        started: asyncio.Future[Any] = loop.create_future()
 
-        def produce() -> None:
+        def on_piece(piece: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+        def on_finish(result: GenerationResult) -> None:
+            results.append(result)
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        try:
+            cancel = service.start(req, on_piece, on_finish, cancelled)
+        except RequestError as exc:
+            return error(exc)
+
+        def stop() -> None:
+            cancelled.set()
+            if cancel is not None:
+                cancel()
+
+        if not req.stream:
             try:
-                with service.lock:
-                    try:
-                        pieces = service.pieces(req, results.append)
-                    except RequestError as exc:
-                        loop.call_soon_threadsafe(started.set_result, exc)
-                        return
-                    loop.call_soon_threadsafe(started.set_result, None)
-                    for piece in service._guarded(pieces):
-                        if cancelled.is_set():
-                            break
-                        loop.call_soon_threadsafe(queue.put_nowait, piece)
-            except Exception as exc:  # reported as the stream's last event
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-        worker = threading.Thread(target=produce, name="inference-pio-request", daemon=True)
-        worker.start()
-        failure = await started
-        if isinstance(failure, RequestError):
-            return error(failure)
+                while (item := await queue.get()) is not _END:
+                    if isinstance(item, RequestError):
+                        return error(item)
+            except asyncio.CancelledError:
+                stop()
+                raise
+            body = (protocol.chat_body if chat else protocol.completion_body)(
+                rid, served, results[0]
+            )
+            return JSONResponse(body)
 
         async def events() -> AsyncIterator[str]:
+            finished = False
             try:
                 yield _sse(protocol.chunk(rid, served, chat, "" if chat else None, first=True))
-                while True:
-                    item = await queue.get()
-                    if item is _END:
-                        break
-                    if isinstance(item, Exception):
-                        message = str(item)
-                        status = item.status if isinstance(item, RequestError) else 500
-                        yield _sse(RequestError(message, status=status).body())
+                while (item := await queue.get()) is not _END:
+                    if isinstance(item, RequestError):
+                        yield _sse(item.body())
                         return
                     yield _sse(protocol.chunk(rid, served, chat, item))
-                if results:
-                    finish = results[0].finish_reason
-                    yield _sse(protocol.chunk(rid, served, chat, None, finish))
-                    if req.include_usage:
-                        yield _sse(protocol.usage_chunk(rid, served, chat, results[0]))
+                finished = True
+                result = results[0]
+                yield _sse(protocol.chunk(rid, served, chat, None, result.finish_reason))
+                if req.include_usage:
+                    yield _sse(protocol.usage_chunk(rid, served, chat, result))
                 yield "data: [DONE]\n\n"
             finally:
-                cancelled.set()
+                if not finished:
+                    stop()  # the client went away: the request stops at its next token
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -193,14 +230,22 @@ def create_app(model: Any, name: str | None = None) -> Any:
     async def health(request: HttpRequest) -> Any:
         return JSONResponse({"status": "ok", "model": served})
 
-    return Starlette(
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        service.close()  # the batch loop ends with the server
+
+    app = Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
-        ]
+        ],
     )
+    app.state.service = service
+    return app
 
 
 def _sse(obj: dict[str, Any]) -> str:
