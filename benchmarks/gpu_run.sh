@@ -2,7 +2,8 @@
 # One call on the GPU machine: build with CUDA, run the GPU tests, print the benchmark table.
 # Usage: bash benchmarks/gpu_run.sh [benchmark args...]   (OUT=dir keeps logs; LONG_PROMPT=4096
 # adds the decode table after a 4096-token context; PYTEST_K="a or b" selects tests, NO_BENCH=1
-# skips the benchmark, MOE_BENCH=1 adds the Qwen3-Coder-30B-A3B table, MOE_ARGS passes it options)
+# skips the benchmark, MOE_BENCH=1 adds the Qwen3-Coder-30B-A3B table, MOE_ARGS passes it options,
+# WHEELS=dir installs starlette and httpx from carried wheels for the server's GPU test)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 ARCH=${CUDA_ARCH:-90a}
@@ -13,6 +14,9 @@ cmake -S native -B build-gpu -G Ninja -DTENSOR_OPS_CUDA=ON -DTENSOR_OPS_TESTS=OF
   || { tail -40 "$OUT/build.log" "$OUT/cmake.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 export INFERENCE_PIO_LIB=$PWD/build-gpu/libtensor_ops.so
+if [ -n "${WHEELS:-}" ]; then  # the GPU machine has no network
+  python3 -m pip install -q --no-index --find-links "$WHEELS" starlette httpx || true
+fi
 export PYTHONPATH=$PWD/core$(for d in plugins/*/; do [ "$d" != plugins/_template/ ] && printf ":%s" "$PWD/${d%/}"; done)${PYTHONPATH:+:$PYTHONPATH}
 # cuBLAS from the Python environment's nvidia-cublas wheel when the system has none
 if [ -z "${INFERENCE_PIO_CUBLAS:-}" ]; then
