@@ -41,6 +41,8 @@ ALONE_MIN_TOKENS = 16
 PieceCallback = Callable[[int, str], None]
 #: ``on_finish(index, result)``: a request's result, once it is done.
 FinishCallback = Callable[[int, GenerationResult], None]
+#: ``on_error(index, exc)``: a request that failed while running (``serve`` keeps going).
+ErrorCallback = Callable[[int, Exception], None]
 
 
 @dataclass
@@ -51,6 +53,7 @@ class _Request:
     capacity: int
     on_piece: PieceCallback | None = None
     on_finish: FinishCallback | None = None
+    on_error: ErrorCallback | None = None
 
 
 class BatchManager:
@@ -88,16 +91,23 @@ class BatchManager:
         params: SamplingParams,
         on_piece: PieceCallback | None = None,
         on_finish: FinishCallback | None = None,
+        on_error: ErrorCallback | None = None,
     ) -> int:
-        """Queues a request (validated now); returns its index. ``on_piece`` receives its text
-        as it is produced, ``on_finish`` its result (both called from the thread that runs the
-        batches). Safe to call from any thread while :meth:`serve` runs."""
+        """Queues a request (validated now: token ids, context); returns its index.
+        ``on_piece`` receives its text as it is produced, ``on_finish`` its result, ``on_error``
+        a failure while it runs (all called from the thread that runs the batches). Safe to call
+        from any thread while :meth:`serve` runs."""
         prompt = list(prompt_ids)
         capacity = check_context(self.model, len(prompt), params)
+        vocab = self.model.vocab_size
+        bad = next((t for t in prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} outside the vocabulary [0, {vocab})")
         with self._lock:
             index = self._next
             self._next += 1
-            self._queue.append(_Request(index, prompt, params, capacity, on_piece, on_finish))
+            request = _Request(index, prompt, params, capacity, on_piece, on_finish, on_error)
+            self._queue.append(request)
             self._lock.notify()
         return index
 
@@ -144,10 +154,19 @@ class BatchManager:
                     self._lock.wait(timeout=0.5)
             if stop.is_set():
                 break
-            with held:
-                if not active:
-                    graphs = self._graph_decoder()  # sized for what waits now
-                active = self._step(active, graphs, alone=False)
+            running = active  # _step appends the requests it admits to this list
+            try:
+                with held:
+                    if not active:
+                        graphs = self._graph_decoder()  # sized for what waits now
+                    active = self._step(active, graphs, alone=False)
+            except Exception as exc:  # one bad step fails its requests, not the server
+                for req, _ in running:
+                    if req.on_error is not None:
+                        req.on_error(req.index, exc)
+                active = []
+                if graphs is not None:
+                    graphs.reset()
             self._results.clear()
         for req, _ in active:  # stopped mid-run: these get no result
             self._cancelled.discard(req.index)
@@ -180,15 +199,16 @@ class BatchManager:
         self, active: list[tuple[_Request, SequenceState]], graphs: Any, alone: bool
     ) -> list[tuple[_Request, SequenceState]]:
         """Admits what fits (one prefill call), then one decode step for every active
-        sequence; returns the sequences still running."""
+        sequence; returns the sequences still running. The admitted requests are appended to
+        ``active`` itself first (a caller keeping that list knows every request of the step)."""
         admitted = self._admit(len(active), graphs)
+        active.extend(admitted)
         if admitted:
             logits = self.model.forward([(r.prompt_ids, s.cache) for r, s in admitted])
             now = time.perf_counter()
             for (req, state), row in zip(admitted, logits, strict=False):
                 state.prefill_done_at = now
                 _emit(req, state.accept(row))
-                active.append((req, state))
         active = self._retire(active, graphs)
         if not active:
             return active

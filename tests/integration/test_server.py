@@ -208,3 +208,28 @@ def test_concurrent_requests_share_batches(served: tuple[Any, str]) -> None:
         answers = list(pool.map(ask, prompts))
     assert answers == [model.generate(p, max_new_tokens=24, temperature=0).text for p in prompts]
     assert max(manager.decode_batch_sizes[before:]) > 1
+
+
+def test_bad_token_ids_and_a_failing_step_leave_the_server_working(
+    served: tuple[Any, str],
+) -> None:
+    model, url = served
+    c = client(url)
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        c.completions.create(model=NAME, prompt=[1, 2, 99999], max_tokens=2)
+    # a step that fails inside the engine (a model error) answers 500 to its request only
+    manager = served_app.state.service.manager
+    real = manager.model.forward
+
+    def broken(batch: Any) -> Any:
+        manager.model.forward = real  # fails once
+        raise RuntimeError("simulated device error")
+
+    manager.model.forward = broken
+    try:
+        with pytest.raises(openai.InternalServerError, match="simulated device error"):
+            c.completions.create(model=NAME, prompt="abc", max_tokens=3, temperature=0)
+    finally:
+        manager.model.forward = real
+    got = c.completions.create(model=NAME, prompt="abc", max_tokens=3, temperature=0)
+    assert got.choices[0].text == model.generate("abc", max_new_tokens=3, temperature=0).text

@@ -91,6 +91,7 @@ class ModelService:
                     params,
                     on_piece=lambda _, piece: on_piece(piece),
                     on_finish=lambda _, result: on_finish(result),
+                    on_error=lambda _, exc: on_piece(RequestError(str(exc), status=500)),
                 )
             except (TypeError, ValueError) as exc:
                 raise RequestError(str(exc)) from None
