@@ -97,3 +97,28 @@ def test_batched_generation_on_the_device(ckpt: Any) -> None:
         for p, n in zip(prompts, lengths, strict=True)
     ]
     assert [r.token_ids for r in gpu.generate_batch(reqs)] == single
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_the_real_head_widths(tmp_path: Any, dtype: str) -> None:
+    """GLM-4.7-Flash's own widths (latent 512, rope 64, nope 192, values 256): the absorbed
+    attention runs on [latent | rope key] rows of 576 values, 512 of them values, wider than
+    the device's other attention kernels take."""
+    cfg = dict(TINY, kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=192,
+               v_head_dim=256, q_lora_rank=96, num_hidden_layers=2)  # fmt: skip
+    scale = 8.0 if dtype == "bfloat16" else 1.0
+    ref = save_reference(tmp_path, "Glm4MoeLiteForCausalLM", cfg, dtype, seed=9, logit_scale=scale)
+    prompt = [
+        int(i) for i in torch.randint(0, 500, (40,), generator=torch.Generator().manual_seed(1))
+    ]
+    want, rows = hf_greedy_with_logits(ref, prompt, 8)
+    gpu = load(tmp_path, device="cuda")
+    assert (
+        gpu.generate(prompt, max_new_tokens=8, temperature=0.0, ignore_eos=True).token_ids == want
+    )
+    cache = gpu.model.new_cache(len(prompt) + 2)
+    (lg,) = gpu.model.forward([(prompt, cache)])
+    tol = 1e-4 if dtype == "float32" else 2e-2
+    assert rel_error(tb.from_device(lg).float().reshape(-1), rows[0]) <= tol
+    (lg,) = gpu.model.forward([([want[0]], cache)])
+    assert rel_error(tb.from_device(lg).float().reshape(-1), rows[1]) <= tol

@@ -698,6 +698,28 @@ def test_attention_segments_bf16_take_the_flash_kernels(nh: int, nkv: int, hd: i
     assert rel(out.float(), torch.cat(parts)) < 1e-2
 
 
+@pytest.mark.parametrize(("tq", "q_pos"), [(1, 70), (37, 0), (5, 20)])
+@pytest.mark.parametrize("dt", FLOATS)
+def test_attention_wide_heads(tq: int, q_pos: int, dt: DType) -> None:
+    """Absorbed MLA's shape: 20 query heads over one kv head of 576 values whose first 512 are
+    the values (head_dim_v < the key width), from a cache."""
+    g = torch.Generator().manual_seed(tq + q_pos)
+    nh, hd, hdv, cap = 20, 576, 512, 96
+    kv_len = q_pos + tq
+    q = torch.randn(tq, nh, hd, generator=g).to(TDT[dt])
+    kc = torch.randn(1, cap, hd, generator=g).to(TDT[dt])
+    out = theirs(
+        ops.attention(ours(q, DEV), ours(kc, DEV), ours(kc, DEV), kv_len=kv_len, q_pos=q_pos,
+                      head_dim_v=hdv, scale=0.06)
+    )  # fmt: skip
+    k = kc[0, :kv_len].float()
+    s = torch.einsum("thd,kd->htk", q.float(), k) * 0.06
+    mask = torch.arange(kv_len)[None, :] > (q_pos + torch.arange(tq))[:, None]
+    s = s.masked_fill(mask[None], float("-inf"))
+    ref = torch.einsum("htk,kd->thd", torch.softmax(s, -1), k[:, :hdv])
+    assert rel(out.float(), ref) < (1e-5 if dt == DType.float32 else 1e-2)
+
+
 def test_errors_are_reported() -> None:
     x = Tensor.empty((4,), DType.float32, DEV)
     with pytest.raises(Exception, match="dtype"):

@@ -18,6 +18,11 @@
 
 #define AT_GMAX 8   /* query heads per block */
 #define AT_DMAX 8   /* head_dim / 32 slots per lane (head_dim <= 256) */
+/* Wide heads (absorbed MLA: a [latent | rope key] of 576 values, 512 of them values, one kv head
+ * shared by every query head): 18 slots a lane, 2 query heads a block (shared memory and
+ * registers of a block scale with both). */
+#define AT_DMAX_WIDE 18
+#define AT_GMAX_WIDE 2
 
 struct AttnArgs {
     const void *q, *k, *v;
@@ -73,16 +78,16 @@ __device__ __forceinline__ void ld_bf_vec(const uint16_t *p, float *out) {
         out[1] = __uint_as_float(v & 0xffff0000u);
     }
 }
-template <int ND, int KD, bool VEC>
+template <int ND, int KD, bool VEC, int GM = AT_GMAX>
 __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
-    __shared__ float qs[AT_GMAX][AT_DMAX * 32];
-    __shared__ float wm[4][AT_GMAX], wl[4][AT_GMAX];
-    __shared__ float wacc[4][AT_GMAX][AT_DMAX * 32];
+    __shared__ float qs[GM][ND * 32];
+    __shared__ float wm[4][GM], wl[4][GM];
+    __shared__ float wacc[4][GM][ND * 32];
     const int64_t i = blockIdx.z;
     const int64_t G = a.nh / a.nkv;
-    const int64_t gchunks = (G + AT_GMAX - 1) / AT_GMAX;
-    const int64_t h = blockIdx.y / gchunks, g0 = (blockIdx.y % gchunks) * AT_GMAX;
-    const int gc = (int)min((int64_t)AT_GMAX, G - g0);
+    const int64_t gchunks = (G + GM - 1) / GM;
+    const int64_t h = blockIdx.y / gchunks, g0 = (blockIdx.y % gchunks) * GM;
+    const int gc = (int)min((int64_t)GM, G - g0);
     const int split = blockIdx.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int64_t q_pos = a.q_pos, kv_len = a.kv_len;
@@ -127,9 +132,9 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
         for (int64_t d = threadIdx.x; d < 32 * ND; d += blockDim.x) /* zeros past head_dim */
             qs[g][d] = d < a.hd ? ldf(a.q, a.qd, i * a.ldq + (h * G + g0 + g) * a.hd + d) : 0.0f;
     __syncthreads();
-    float m[AT_GMAX], l[AT_GMAX], acc[AT_GMAX][ND];
+    float m[GM], l[GM], acc[GM][ND];
 #pragma unroll
-    for (int g = 0; g < AT_GMAX; g++) {
+    for (int g = 0; g < GM; g++) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
 #pragma unroll
@@ -166,7 +171,7 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
             }
         }
 #pragma unroll
-        for (int g = 0; g < AT_GMAX; g++) {
+        for (int g = 0; g < GM; g++) {
             if (g >= gc) break;
             float s[AT_U];
 #pragma unroll
@@ -203,7 +208,7 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
     }
     /* merge the 4 warps */
 #pragma unroll
-    for (int g = 0; g < AT_GMAX; g++) { /* unrolled: the register arrays stay in registers */
+    for (int g = 0; g < GM; g++) { /* unrolled: the register arrays stay in registers */
         if (g >= gc) break;
         if (lane == 0) {
             wm[warp][g] = m[g];
@@ -261,10 +266,21 @@ __global__ void attn_merge_kernel(AttnArgs a) {
 }
 
 static int launch_split(AttnArgs &a) {
-    int64_t G = a.nh / a.nkv, gchunks = (G + AT_GMAX - 1) / AT_GMAX;
-    dim3 grid((unsigned)a.nsplit, (unsigned)(a.nkv * gchunks), (unsigned)a.tq);
     const int64_t nd = ((a.hd > a.hdv ? a.hd : a.hdv) + 31) / 32;
+    const int64_t gm = nd > AT_DMAX ? AT_GMAX_WIDE : AT_GMAX;
+    int64_t G = a.nh / a.nkv, gchunks = (G + gm - 1) / gm;
+    dim3 grid((unsigned)a.nsplit, (unsigned)(a.nkv * gchunks), (unsigned)a.tq);
     cudaStream_t st = toc_stream();
+    if (nd > AT_DMAX) { /* wide heads: elementwise loads, any alignment */
+        if (a.kd == TO_BF16) attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
+        else attn_split_kernel<AT_DMAX_WIDE, TO_F32, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
+        TOC_LAUNCHED("attn_split_kernel");
+        if (a.nsplit > 1) {
+            attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
+            TOC_LAUNCHED("attn_merge_kernel");
+        }
+        return TO_OK;
+    }
     const bool vec = a.kd == TO_BF16 && a.hd == a.hdv && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
                      a.khs % 8 == 0 && a.kps % 8 == 0 && a.vhs % 8 == 0 && a.vps % 8 == 0 &&
                      ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0 && !a.batch_unaligned;
@@ -966,8 +982,8 @@ static int workspace(size_t floats, float **out) {
     return toc_buffer_reserve(&g_ws, floats * 4, (void **)out, "attention workspace");
 }
 
-static int choose_splits(int64_t tq, int64_t nkv, int64_t G, int64_t span) {
-    int64_t blocks = tq * nkv * ((G + AT_GMAX - 1) / AT_GMAX);
+static int choose_splits(int64_t tq, int64_t nkv, int64_t G, int64_t span, int64_t gm = AT_GMAX) {
+    int64_t blocks = tq * nkv * ((G + gm - 1) / gm);
     int64_t want = toc_cdiv(2 * toc_sm_count(), blocks);
     int64_t by_len = toc_cdiv(span, 64);
     int64_t s = min(want, by_len);
@@ -985,9 +1001,9 @@ TOC_EXPORT int toc_attention(const void *q, const void *k, const void *v, void *
     TOC_CHECK(tq >= 0 && nh >= 1 && nkv >= 1 && nh % nkv == 0, TO_ERR_INVALID_ARGUMENT,
               "toc_attention: nh %lld must be a positive multiple of nkv %lld", (long long)nh,
               (long long)nkv);
-    TOC_CHECK(hd_qk >= 1 && hd_qk <= 32 * AT_DMAX && hd_v >= 1 && hd_v <= 32 * AT_DMAX,
+    TOC_CHECK(hd_qk >= 1 && hd_qk <= 32 * AT_DMAX_WIDE && hd_v >= 1 && hd_v <= 32 * AT_DMAX_WIDE,
               TO_ERR_UNSUPPORTED, "toc_attention: head dims %lld/%lld (<= %d supported)",
-              (long long)hd_qk, (long long)hd_v, 32 * AT_DMAX);
+              (long long)hd_qk, (long long)hd_v, 32 * AT_DMAX_WIDE);
     TOC_CHECK(ldq >= nh * hd_qk && ldo >= nh * hd_v && kv_len >= 0 && q_pos >= 0,
               TO_ERR_INVALID_ARGUMENT, "toc_attention: bad strides or lengths");
     TOC_CHECK(toc_is_act(q_dtype) && toc_is_act(kv_dtype), TO_ERR_DTYPE, "toc_attention: dtypes");
@@ -1014,7 +1030,9 @@ TOC_EXPORT int toc_attention(const void *q, const void *k, const void *v, void *
         if (rc || done) return rc;
     }
     if (flash) return hd_qk == 128 ? launch_flash<128>(a) : launch_flash<64>(a);
-    a.nsplit = choose_splits(tq, nkv, nh / nkv, cu_seqlens ? tq : kv_len);
+    const bool wide = hd_qk > 32 * AT_DMAX || hd_v > 32 * AT_DMAX;
+    a.nsplit = choose_splits(tq, nkv, nh / nkv, cu_seqlens ? tq : kv_len,
+                             wide ? AT_GMAX_WIDE : AT_GMAX);
     if (a.nsplit > 1) {
         float *ws;
         size_t slots = (size_t)tq * nh * a.nsplit;
