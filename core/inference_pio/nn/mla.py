@@ -25,6 +25,11 @@ from inference_pio.nn.attention import KVTable, Segment
 from inference_pio.nn.layers import Linear, RMSNorm, Rotary
 from inference_pio.tensor import Tensor
 
+#: Segments of at least this many new tokens (prefills) take the expanded form: one kv_b_proj
+#: product over the cached latents and attention at the heads' own widths, instead of per-head
+#: maps into and out of the latent space and attention over [latent | rope key] rows.
+EXPAND_MIN_TOKENS = 32
+
 
 class LatentCache:
     """One layer's cache for one sequence: rows ``[c | k_pe]`` laid out [1, capacity, width].
@@ -120,6 +125,17 @@ class MLAttention:
         self._q_pe = [
             Linear(f"{i}.q_pe", q_last.weight.narrow(0, i * qk + dn, dr)) for i in range(nh)
         ]
+        # the expanded form's per-head key rows: W_UK_h [nope, lora] (views of kv_b_proj), and
+        # an identity [rope, rope] that copies the shared rope key into every head's key
+        self._uk_rows = [
+            Linear(f"{i}.w_uk", kv_b_proj.weight.narrow(0, i * (dn + dv), dn)) for i in range(nh)
+        ]
+        eye = Tensor.from_list(
+            [[1.0 if r == c else 0.0 for c in range(dr)] for r in range(dr)], DType.float32
+        ).to(kv_b_proj.weight.dtype)
+        if kv_b_proj.weight.device.type != "cpu":
+            eye = eye.to(kv_b_proj.weight.device)
+        self._rope_copy = Linear("rope_copy", eye)
 
     def kv_values_per_token(self) -> int:
         """Values one token adds to the cache: its latent and its rope key."""
@@ -200,13 +216,15 @@ class MLAttention:
             self.q_a_proj(be, h, src)
             self.q_a_norm(be, src, src)
             self.q_b_proj(be, src, q)
+        absorbed = any(seg.count < EXPAND_MIN_TOKENS for seg in segments)
         qa = be.scratch("mla.qa", (t, nh * row), act)
-        for i in range(nh):
-            self._uk[i](
-                be, q.narrow(1, i * qk, dn), qa.narrow(1, i * row, lora), t, nh * qk, nh * row
-            )
-            self._q_pe[i](be, src, qa.narrow(1, i * row + lora, dr), t, src.shape[1], nh * row)
-        self._rope(be, qa.narrow(1, lora, nh * row - lora), (cos, sin), t, nh, nh * row, row)
+        if absorbed:
+            for i in range(nh):
+                self._uk[i](
+                    be, q.narrow(1, i * qk, dn), qa.narrow(1, i * row, lora), t, nh * qk, nh * row
+                )
+                self._q_pe[i](be, src, qa.narrow(1, i * row + lora, dr), t, src.shape[1], nh * row)
+            self._rope(be, qa.narrow(1, lora, nh * row - lora), (cos, sin), t, nh, nh * row, row)
         # one shared kv head: keys are the cache rows, values their latent part
         lat = be.scratch("mla.lat", (t, nh * lora), act)
         es = act.itemsize
@@ -232,6 +250,8 @@ class MLAttention:
                 act,
                 kc.dtype,
             )
+            if seg.count >= EXPAND_MIN_TOKENS:
+                continue  # below, in the expanded form
             be.call(
                 "attention",
                 qa.data_ptr + seg.start * nh * row * es,
@@ -261,8 +281,83 @@ class MLAttention:
         # each head's latent output to its values' width, then o_proj
         dv = self.vdim
         o = be.scratch("mla.o", (t, nh * dv), act)
-        for i in range(nh):
-            self._uv[i](
-                be, lat.narrow(1, i * lora, lora), o.narrow(1, i * dv, dv), t, nh * lora, nh * dv
-            )
+        if absorbed:
+            for i in range(nh):
+                self._uv[i](
+                    be,
+                    lat.narrow(1, i * lora, lora),
+                    o.narrow(1, i * dv, dv),
+                    t,
+                    nh * lora,
+                    nh * dv,
+                )
+        for seg, cache in zip(segments, caches, strict=False):
+            if seg.count >= EXPAND_MIN_TOKENS:  # overwrites the segment's rows of o
+                self._expanded(be, q, seg, cache, cos, sin, o)
         return self.o_proj(be, o, out)
+
+    def _expanded(
+        self,
+        be: Backend,
+        q: Tensor,
+        seg: Segment,
+        cache: LatentCache,
+        cos: Tensor,
+        sin: Tensor,
+        o: Tensor,
+    ) -> None:
+        """One segment's attention in the expanded form (a prefill): every cached latent mapped
+        to its per-head keys and values by ``kv_b_proj``, then attention over heads of
+        nope + rope key values and ``v`` values; the outputs go to the segment's rows of ``o``
+        (``[t, nh * v]``). ``q`` holds the queries as ``q_proj`` / ``q_b_proj`` gave them."""
+        act = q.dtype
+        es = act.itemsize
+        nh, dn, dr, dv, lora = self.nh, self.nope, self.rope, self.vdim, self.lora
+        qk, row = dn + dr, lora + dr
+        kv_len = seg.past + seg.count
+        kc = cache.k
+        latents = kc.narrow(1, 0, kv_len).reshape(kv_len, row)
+        kvb = be.scratch("mla.kvb", (kv_len, nh * (dn + dv)), act)
+        self.kv_b_proj(be, latents, kvb, kv_len, row, nh * (dn + dv))
+        keys = be.scratch("mla.keys", (kv_len, nh * qk), act)
+        k_pe = Tensor(kc.storage, (kv_len, dr), kc.dtype, (row, 1), kc.offset + lora)
+        for i in range(nh):
+            self._uk_rows[i](be, latents, keys.narrow(1, i * qk, dn), kv_len, row, nh * qk)
+            self._rope_copy(be, k_pe, keys.narrow(1, i * qk + dn, dr), kv_len, row, nh * qk)
+        # the segment's queries: rope on their q_pe parts (the absorbed form reads only q_nope)
+        qs = q.narrow(0, seg.start, seg.count)
+        self._rope(
+            be,
+            qs.narrow(1, dn, nh * qk - dn),
+            (cos.narrow(0, seg.start, seg.count), sin.narrow(0, seg.start, seg.count)),
+            seg.count,
+            nh,
+            nh * qk,
+            qk,
+        )
+        be.call(
+            "attention",
+            qs.data_ptr,
+            keys.data_ptr,
+            kvb.data_ptr + dn * es,
+            o.data_ptr + seg.start * nh * dv * es,
+            seg.count,
+            nh,
+            nh,
+            qk,
+            dv,
+            nh * qk,
+            nh * dv,
+            kv_len,
+            qk,
+            nh * qk,
+            dn + dv,
+            nh * (dn + dv),
+            seg.past,
+            1,
+            None,
+            0,
+            self.scale,
+            act,
+            act,
+        )
