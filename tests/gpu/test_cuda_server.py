@@ -11,8 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-pytest.importorskip("starlette")
-httpx = pytest.importorskip("httpx")
+TestClient = pytest.importorskip("starlette.testclient").TestClient  # needs httpx(2)
 
 from inference_pio import cuda  # noqa: E402
 from inference_pio.testing.conformance import save_reference  # noqa: E402
@@ -30,8 +29,6 @@ TINY = dict(
 
 
 def test_concurrent_requests_on_cuda(tmp_path: Path) -> None:
-    from starlette.testclient import TestClient
-
     from inference_pio.server import create_app
 
     save_reference(tmp_path, "Qwen3ForCausalLM", TINY, "bfloat16", seed=3, logit_scale=8.0)

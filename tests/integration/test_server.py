@@ -4,9 +4,12 @@ directly (greedy, so the tokens are determined)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,6 @@ import pytest
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
 transformers = pytest.importorskip("transformers")
 
 from inference_pio.server import create_app  # noqa: E402
@@ -60,7 +62,8 @@ def client(url: str) -> Any:
 def test_models_and_health(served: tuple[Any, str]) -> None:
     _, url = served
     assert [m.id for m in client(url).models.list().data] == [NAME]
-    assert httpx.get(url + "/health").json() == {"status": "ok", "model": NAME}
+    with urllib.request.urlopen(url + "/health") as r:
+        assert json.loads(r.read()) == {"status": "ok", "model": NAME}
 
 
 def test_completion_equals_the_model(served: tuple[Any, str]) -> None:
@@ -185,9 +188,11 @@ def test_bad_requests_get_openai_errors(served: tuple[Any, str]) -> None:
         )
     with pytest.raises(openai.BadRequestError, match="context"):
         c.completions.create(model=NAME, prompt="x" * 300, max_tokens=2)
-    r = httpx.post(url + "/v1/completions", content=b"{not json")
-    assert r.status_code == 400
-    assert r.json()["error"]["type"] == "invalid_request_error"
+    req = urllib.request.Request(url + "/v1/completions", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req)
+    assert info.value.code == 400
+    assert json.loads(info.value.read())["error"]["type"] == "invalid_request_error"
 
 
 def test_concurrent_requests_share_batches(served: tuple[Any, str]) -> None:

@@ -236,10 +236,8 @@ def test_server_chat_with_a_data_url_image(pair: tuple[Any, Qwen3VL, str], tmp_p
     ``generate(images=...)`` answers for the template's prompt."""
     import base64
 
-    pytest.importorskip("starlette")
-    pytest.importorskip("httpx")
+    TestClient = pytest.importorskip("starlette.testclient").TestClient  # needs httpx(2)
     from PIL import Image
-    from starlette.testclient import TestClient
 
     from inference_pio.server import create_app
 
