@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import llm_bench
+
 
 def checkpoint(model: str, layers: int) -> tuple[Path, Any]:
     """The cached synthetic checkpoint and the plugin's ``load`` (built from the plugin's spec,
     installed or not)."""
-    from inference_pio.synthetic import FORMAT_VERSION, build, cache_root
-
     if model == "glm":
         from inference_pio_glm_4_7_flash.config import real_config
         from inference_pio_glm_4_7_flash.model import load
@@ -43,13 +42,7 @@ def checkpoint(model: str, layers: int) -> tuple[Path, Any]:
             "full_attention" if (i + 1) % 4 == 0 or i == layers - 1 else "linear_attention"
             for i in range(layers)
         ]
-    d = cache_root() / "synthetic" / f"{SPEC.name}-{layers}-layers-bfloat16-v{FORMAT_VERSION}"
-    if not (d / "model.safetensors").is_file():
-        partial = d.with_name(d.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        print(f"building {d}", file=sys.stderr)
-        build(SPEC, partial, config=cfg, progress=False)
-        partial.rename(d)
+    d = llm_bench.reduced_checkpoint(SPEC, cfg, layers)
     return d, load
 
 

@@ -132,18 +132,20 @@ def checkpoint_dir(model: str) -> Path:
     return Path(model).expanduser().resolve()
 
 
-def reduced_checkpoint(model_name: str, config: dict[str, Any], layers: int) -> Path:
-    """The cached synthetic checkpoint of ``model_name`` with ``config`` (the real shapes with
+def reduced_checkpoint(model: Any, config: dict[str, Any], layers: int) -> Path:
+    """The cached synthetic checkpoint of ``model`` (a registered name, or a plugin's
+    ``ModelSpec`` where the plugin is not installed) with ``config`` (the real shapes with
     ``layers`` layers), built once next to the other synthetic checkpoints."""
     from inference_pio.plugins import get_plugin_host
     from inference_pio.synthetic import FORMAT_VERSION, build, cache_root
 
-    d = cache_root() / "synthetic" / f"{model_name}-{layers}-layers-bfloat16-v{FORMAT_VERSION}"
+    spec = get_plugin_host().registry.get(model) if isinstance(model, str) else model
+    d = cache_root() / "synthetic" / f"{spec.name}-{layers}-layers-bfloat16-v{FORMAT_VERSION}"
     if not (d / "model.safetensors").is_file():
         partial = d.with_name(d.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         print(f"building a {layers}-layer synthetic checkpoint in {d}", file=sys.stderr)
-        build(get_plugin_host().registry.get(model_name), partial, config=config)
+        build(spec, partial, config=config, progress=False)
         partial.rename(d)
     return d
 

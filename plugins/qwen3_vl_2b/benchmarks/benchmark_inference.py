@@ -35,23 +35,12 @@ import llm_bench
 
 def checkpoint(text_layers: int) -> Path:
     """The cached synthetic checkpoint (built from the plugin's spec, installed or not)."""
-    import shutil
-
-    from inference_pio.synthetic import FORMAT_VERSION, build, cache_root
-    from inference_pio_qwen3_vl_2b import MODEL_NAME
     from inference_pio_qwen3_vl_2b.config import real_config
     from inference_pio_qwen3_vl_2b.plugin import SPEC
 
     cfg = real_config()
     cfg["text_config"]["num_hidden_layers"] = text_layers
-    d = cache_root() / "synthetic" / f"{MODEL_NAME}-{text_layers}-layers-bfloat16-v{FORMAT_VERSION}"
-    if not (d / "model.safetensors").is_file():
-        partial = d.with_name(d.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        print(f"building a synthetic checkpoint in {d}", file=sys.stderr)
-        build(SPEC, partial, config=cfg, progress=False)
-        partial.rename(d)
-    return d
+    return llm_bench.reduced_checkpoint(SPEC, cfg, text_layers)
 
 
 def best(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
