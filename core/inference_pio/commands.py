@@ -171,6 +171,9 @@ def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
         file=sys.stderr,
     )
     sampling = _sampling(args)
+    images: list[str] = args.image or []
+    pending_images = bool(images)  # the placeholders go into the first user turn
+    _with_images(model, "", images)  # refuses images for a text model before any input
     while True:
         try:
             line = input(">>> ")
@@ -181,11 +184,18 @@ def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
             return 0
         if line.strip() == "/reset":
             history = history[:1] if args.system else []
+            pending_images = bool(images)
             continue
+        extra: dict[str, Any] = {}
+        if images:
+            if pending_images:
+                line, _ = _with_images(model, line, images)
+                pending_images = False
+            extra["images"] = images  # every turn's prompt holds the first turn's placeholders
         history.append({"role": "user", "content": line})
         prompt = model.apply_chat_template(history, enable_thinking=not args.no_think)
         reply = []
-        for piece in model.stream_text(prompt, **sampling):
+        for piece in model.stream_text(prompt, **sampling, **extra):
             reply.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -297,6 +307,13 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("chat", help="interactive chat with history, using the chat template")
     _add_model_args(p)
     p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument(
+        "--image",
+        "-i",
+        action="append",
+        metavar="PATH",
+        help="an image for a vision-language model (repeatable), shown with the first message",
+    )
     p.add_argument("--no-think", action="store_true", help="disable Qwen3 thinking")
     _add_sampling_args(p)
     p.set_defaults(handler=cmd_chat)

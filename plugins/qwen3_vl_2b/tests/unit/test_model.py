@@ -262,3 +262,32 @@ def test_server_chat_with_a_data_url_image(pair: tuple[Any, Qwen3VL, str], tmp_p
     assert got["usage"]["prompt_tokens"] == want.prompt_tokens
     assert bad.status_code == 400
     assert "data: URLs" in bad.json()["error"]["message"]
+
+
+def test_cli_chat_with_an_image(
+    pair: tuple[Any, Qwen3VL, str], tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """``inference-pio chat --image``: the first turn carries the placeholder, every turn the
+    image; the reply is what the API gives for the same conversation."""
+    from PIL import Image
+
+    from inference_pio.cli import main
+
+    _, ours, _ = pair
+    path = tmp_path / "blue.png"
+    Image.new("RGB", (120, 80), (20, 40, 220)).save(path)
+    ckpt = Path(ours.checkpoint.path)
+    (ckpt / "preprocessor_config.json").write_text(
+        json.dumps({"size": {"shortest_edge": 32 * 32, "longest_edge": 256 * 256}})
+    )
+    lines = iter(["what is it", "again", ""])
+    monkeypatch.setattr("builtins.input", lambda _prompt="": next(lines))
+    assert main(["chat", "-m", str(ckpt), "-i", str(path), "-n", "4", "-t", "0"]) == 0
+    out = capsys.readouterr().out
+    history = [{"role": "user", "content": ours.image_placeholder() + "what is it"}]
+    first = ours.generate(ours.apply_chat_template(history), images=[path], max_new_tokens=4,
+                          temperature=0).text  # fmt: skip
+    history += [{"role": "assistant", "content": first}, {"role": "user", "content": "again"}]
+    second = ours.generate(ours.apply_chat_template(history), images=[path], max_new_tokens=4,
+                           temperature=0).text  # fmt: skip
+    assert out == first + "\n" + second + "\n"
