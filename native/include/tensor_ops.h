@@ -145,6 +145,14 @@ TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, in
 TO_API int to_linear_group(const void *x, int count, const void *const *ws, const int64_t *ns,
                            void *const *ys, const int64_t *ldys, int64_t m, int64_t k, int64_t ldx,
                            int x_dtype, int w_dtype, int y_dtype);
+/* Many linears of one shape, each with its own input (a mixture's experts over their rows), in
+ * one parallel region: for i < count, ys[i][r, j] = sum_k xs[i][r, k] * ws[i][j, k] for
+ * r < ms[i], with ws[i] [n, k] contiguous, rows of xs[i] ldxs[i] apart and of ys[i] ldys[i]. Each
+ * problem gets the bits of its own to_linear call (the same kernel for its rows). */
+TO_API int to_linear_batched(int count, const void *const *xs, const int64_t *ms,
+                             const int64_t *ldxs, const void *const *ws, void *const *ys,
+                             const int64_t *ldys, int64_t n, int64_t k, int x_dtype, int w_dtype,
+                             int y_dtype);
 /* Probe: sums a `bytes`-sized buffer (allocated and filled once per call, then read in whole
  * passes of 4 MiB chunks, >= 3 passes and 2 GB in total) with `threads` threads
  * (<= to_get_num_threads()) using the widest vector loads available; writes the best pass's

@@ -96,6 +96,27 @@ PROTOTYPES: dict[str, Prototype] = {
             c_int,
         ],
     ),
+    # int to_linear_batched(int count, const void *const *xs, const int64_t *ms,
+    #                       const int64_t *ldxs, const void *const *ws, void *const *ys,
+    #                       const int64_t *ldys, int64_t n, int64_t k, int x_dtype, int w_dtype,
+    #                       int y_dtype);
+    "to_linear_batched": (
+        c_int,
+        [
+            c_int,
+            POINTER(c_void_p),
+            POINTER(c_int64),
+            POINTER(c_int64),
+            POINTER(c_void_p),
+            POINTER(c_void_p),
+            POINTER(c_int64),
+            c_int64,
+            c_int64,
+            c_int,
+            c_int,
+            c_int,
+        ],
+    ),
     # int to_linear_group(const void *x, int count, const void *const *ws, const int64_t *ns,
     #                     void *const *ys, const int64_t *ldys, int64_t m, int64_t k, int64_t ldx,
     #                     int x_dtype, int w_dtype, int y_dtype);

@@ -11,6 +11,7 @@ sigmoid router computes in fp32 throughout and keeps fp32 weights.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 
 from inference_pio.backend import Backend
@@ -48,6 +49,16 @@ class RoutedExperts:
         if not 1 <= k <= min(len(experts), 1024):
             raise ValueError(f"k={k} must lie in 1..{min(len(experts), 1024)}")
         self.experts, self.k = list(experts), k
+        first = self.experts[0]
+        #: Whether the CPU may run all experts in batched calls (one width, one weight dtype,
+        #: no biases; see _batched_experts).
+        self._batchable = all(
+            lin.bias is None
+            and lin.weight.dtype == first.gate.weight.dtype
+            and lin.weight.shape == ref.weight.shape
+            for ex in self.experts
+            for lin, ref in ((ex.gate, first.gate), (ex.up, first.up), (ex.down, first.down))
+        )
 
     @property
     def num_experts(self) -> int:
@@ -89,10 +100,13 @@ class RoutedExperts:
         xs = be.scratch("moe.x", (n, hidden), x.dtype)
         be.call("moe_gather_rows", x.data_ptr, tokens.data_ptr, xs.data_ptr, t, n, hidden, x.dtype)
         ys = be.scratch("moe.y", (n, hidden), x.dtype)
-        for ex in range(e):
-            lo, hi = offs[ex], offs[ex + 1]
-            if hi > lo:
-                self.experts[ex](be, xs.narrow(0, lo, hi - lo), ys.narrow(0, lo, hi - lo))
+        if not on_device and self._batchable and be.has("linear_batched"):
+            self._batched_experts(be, xs, ys, offs)
+        else:
+            for ex in range(e):
+                lo, hi = offs[ex], offs[ex + 1]
+                if hi > lo:
+                    self.experts[ex](be, xs.narrow(0, lo, hi - lo), ys.narrow(0, lo, hi - lo))
         if on_device and k <= COMBINE_MAX_K and t <= COMBINE_MAX_T:
             # the outputs back in (token, slot) order, then one thread per (token, column) adds
             # its token's k products in expert order (the scatter-add below walks every entry
@@ -120,6 +134,67 @@ class RoutedExperts:
             1,
         )
         return out
+
+    def _batched_experts(self, be: Backend, xs: Tensor, ys: Tensor, offs: list[int]) -> None:
+        """Every expert with rows over its rows of ``xs`` (sorted by expert, ``offs``) into
+        ``ys``: gate and up of all of them in one native call, SwiGLU over all rows, down in one
+        call (``linear_batched``: each expert gets the bits of its own calls)."""
+        act, hidden = xs.dtype, xs.shape[1]
+        inter = self.experts[0].inter
+        es = act.itemsize
+        runs = [(ex, offs[ex], offs[ex + 1]) for ex in range(self.num_experts)]
+        runs = [r for r in runs if r[2] > r[1]]
+        rows = xs.shape[0]
+        g = be.scratch("moe.g", (rows, inter), act)
+        u = be.scratch("moe.u", (rows, inter), act)
+        wdt = self.experts[0].gate.weight.dtype
+
+        def batched(
+            srcs: list[int], ms: list[int], ldx: int, ws: list[int], dsts: list[int], ldy: int,
+            n_out: int, k_in: int,
+        ) -> None:  # fmt: skip
+            c = len(srcs)
+            be.call(
+                "linear_batched",
+                c,
+                (ctypes.c_void_p * c)(*srcs),
+                (ctypes.c_int64 * c)(*ms),
+                (ctypes.c_int64 * c)(*([ldx] * c)),
+                (ctypes.c_void_p * c)(*ws),
+                (ctypes.c_void_p * c)(*dsts),
+                (ctypes.c_int64 * c)(*([ldy] * c)),
+                n_out,
+                k_in,
+                act,
+                wdt,
+                act,
+            )
+
+        src = [xs.data_ptr + lo * hidden * es for _, lo, _ in runs]
+        ms = [hi - lo for _, lo, hi in runs]
+        batched(
+            src + src,
+            ms + ms,
+            hidden,
+            [self.experts[ex].gate.weight.data_ptr for ex, _, _ in runs]
+            + [self.experts[ex].up.weight.data_ptr for ex, _, _ in runs],
+            [g.data_ptr + lo * inter * es for _, lo, _ in runs]
+            + [u.data_ptr + lo * inter * es for _, lo, _ in runs],
+            inter,
+            inter,
+            hidden,
+        )
+        be.call("swiglu", g.data_ptr, u.data_ptr, g.data_ptr, rows, inter, inter, inter, inter, act)
+        batched(
+            [g.data_ptr + lo * inter * es for _, lo, _ in runs],
+            ms,
+            inter,
+            [self.experts[ex].down.weight.data_ptr for ex, _, _ in runs],
+            [ys.data_ptr + lo * hidden * es for _, lo, _ in runs],
+            hidden,
+            hidden,
+            inter,
+        )
 
     def device_path_ok(self, be: Backend, act: DType, rows: int) -> bool:
         """Whether ``rows`` rows run on the device path (routing plan, grouped GEMMs, ordered

@@ -690,10 +690,10 @@ TO_API int to_linear(const void *x, const void *w, const void *bias, void *y, in
 #define TO_LINEAR_GROUP_MAX 8
 
 typedef struct {
-    lin_t a[TO_LINEAR_GROUP_MAX];
-    int64_t first_group[TO_LINEAR_GROUP_MAX + 1]; /* prefix sums of ceil(n/4) */
+    const lin_t *a;             /* count problems */
+    const tile_fn *tiles;       /* the dot tile of each */
+    const int64_t *first_group; /* count + 1 prefix sums of ceil(n/4) */
     int count;
-    tile_fn tile;
 } group_ctx;
 
 /* Splits the row groups of all matrices, laid end to end, across the tasks: one parallel region
@@ -711,7 +711,7 @@ static void group_task(void *vctx, int ith, int nth) {
         int64_t b = (g0 > lo ? g0 : lo) - lo, e = (g1 < hi ? g1 : hi) - lo;
         for (int64_t i0 = 0; i0 < a->m; i0 += 4) {
             int rx = (int)(a->m - i0 < 4 ? a->m - i0 : 4);
-            for (int64_t g = b; g < e; g++) ctx->tile(a, i0, rx, g * 4);
+            for (int64_t g = b; g < e; g++) ctx->tiles[mi](a, i0, rx, g * 4);
         }
     }
 }
@@ -753,19 +753,99 @@ TO_API int to_linear_group(const void *x, int count, const void *const *ws, cons
              (long long)ldx, (long long)k);
     if (m == 0) return TO_OK;
     TO_CHECK_PTR(x);
-    group_ctx ctx;
-    memset(&ctx, 0, sizeof ctx);
-    ctx.count = count;
-    ctx.tile = m <= TO_ROW_STREAM_MAX_M ? row512_dp : tile512_dp;
+    lin_t as[TO_LINEAR_GROUP_MAX];
+    tile_fn tiles[TO_LINEAR_GROUP_MAX];
+    int64_t first[TO_LINEAR_GROUP_MAX + 1] = {0};
     for (int i = 0; i < count; i++) {
         TO_CHECK(ws[i] != NULL && (ys[i] != NULL || ns[i] == 0), TO_ERR_INVALID_ARGUMENT,
                  "to_linear_group: matrix %d has a NULL weight or output", i);
         lin_t a = {x, ws[i], NULL, ys[i], m, ns[i], k, ldx, ldys[i], x_dtype, w_dtype, 0, y_dtype};
-        ctx.a[i] = a;
-        ctx.first_group[i + 1] = ctx.first_group[i] + (ns[i] + 3) / 4;
+        as[i] = a;
+        tiles[i] = m <= TO_ROW_STREAM_MAX_M ? row512_dp : tile512_dp;
+        first[i + 1] = first[i] + (ns[i] + 3) / 4;
     }
+    group_ctx ctx = {as, tiles, first, count};
     report(0, m <= TO_ROW_STREAM_MAX_M ? "avx512-bf16 row stream" : "avx512-bf16 dot tiles");
     to_parallel_run(group_task, &ctx, group_tasks(&ctx));
 #endif
     return TO_OK;
+}
+
+/* ==== batched linear: many (x_i, W_i) pairs of one shape (a mixture's experts), one region ====== */
+TO_API int to_linear_batched(int count, const void *const *xs, const int64_t *ms,
+                             const int64_t *ldxs, const void *const *ws, void *const *ys,
+                             const int64_t *ldys, int64_t n, int64_t k, int x_dtype, int w_dtype,
+                             int y_dtype) {
+    TO_CHECK(count >= 0, TO_ERR_INVALID_ARGUMENT, "to_linear_batched: count %d", count);
+    if (count == 0) return TO_OK;
+    TO_CHECK_PTR(xs);
+    TO_CHECK_PTR(ms);
+    TO_CHECK_PTR(ldxs);
+    TO_CHECK_PTR(ws);
+    TO_CHECK_PTR(ys);
+    TO_CHECK_PTR(ldys);
+    TO_CHECK_NONNEG(n);
+    TO_CHECK_NONNEG(k);
+    for (int i = 0; i < count; i++) {
+        TO_CHECK(ms[i] >= 0 && ldxs[i] >= k && ldys[i] >= n, TO_ERR_SHAPE,
+                 "to_linear_batched: problem %d has m=%lld, x stride %lld, y stride %lld "
+                 "(n=%lld, k=%lld)",
+                 i, (long long)ms[i], (long long)ldxs[i], (long long)ldys[i], (long long)n,
+                 (long long)k);
+        TO_CHECK(ms[i] == 0 || n == 0 || (ys[i] != NULL && (k == 0 || (xs[i] && ws[i]))),
+                 TO_ERR_INVALID_ARGUMENT, "to_linear_batched: problem %d has a NULL pointer", i);
+    }
+    int simd = 0;
+#ifdef TO_X86
+    uint32_t isa = to_isa();
+    const uint32_t need512 = TO_ISA_AVX512F | TO_ISA_AVX512BW | TO_ISA_AVX512VL | TO_ISA_FMA |
+                             TO_ISA_F16C;
+    simd = (isa & need512) == need512 && x_dtype == TO_BF16 && w_dtype == TO_BF16 &&
+           y_dtype == TO_BF16 && (isa & TO_ISA_AVX512_BF16) && k > 0 && n > 0;
+#endif
+    /* big problems (the packed GEMM), and every problem without the bf16 dot tiles: one
+     * to_linear each, the kernel to_linear picks for its rows, so the bits are those of
+     * per-problem calls */
+    int small = 0;
+    for (int i = 0; i < count; i++) {
+        if (ms[i] == 0) continue;
+        if (simd && ms[i] < TO_GEMM_MIN_M) {
+            small++;
+            continue;
+        }
+        int rc = to_linear(xs[i], ws[i], NULL, ys[i], ms[i], n, k, ldxs[i], ldys[i], x_dtype,
+                           w_dtype, 0, y_dtype);
+        if (rc != TO_OK) return rc;
+    }
+    if (small == 0) return TO_OK;
+#ifdef TO_X86
+    lin_t *as = NULL;
+    tile_fn *tiles = NULL;
+    int64_t *first = NULL;
+    int rc = to_alloc((size_t)small * sizeof *as, (void **)&as);
+    if (rc == TO_OK) rc = to_alloc((size_t)small * sizeof *tiles, (void **)&tiles);
+    if (rc == TO_OK) rc = to_alloc((size_t)(small + 1) * sizeof *first, (void **)&first);
+    if (rc == TO_OK) {
+        int c = 0;
+        first[0] = 0;
+        for (int i = 0; i < count; i++) {
+            if (ms[i] == 0 || ms[i] >= TO_GEMM_MIN_M) continue;
+            lin_t a = {xs[i], ws[i], NULL, ys[i], ms[i], n, k, ldxs[i], ldys[i],
+                       x_dtype, w_dtype, 0, y_dtype};
+            as[c] = a;
+            tiles[c] = ms[i] <= TO_ROW_STREAM_MAX_M ? row512_dp : tile512_dp;
+            first[c + 1] = first[c] + (n + 3) / 4;
+            c++;
+        }
+        group_ctx ctx = {as, tiles, first, small};
+        report(0, "avx512-bf16 batched dot tiles");
+        to_parallel_run(group_task, &ctx, group_tasks(&ctx));
+    }
+    to_free(as);
+    to_free(tiles);
+    to_free(first);
+    return rc;
+#else
+    return TO_OK;
+#endif
 }
