@@ -113,6 +113,8 @@ class ModelService:
                         on_piece(piece)
                 except ValueError as exc:  # found while generating (context too long, ...)
                     on_piece(RequestError(str(exc)))
+                except Exception as exc:  # a device error, say: this request fails, not the server
+                    on_piece(RequestError(str(exc), status=500))
 
         threading.Thread(target=alone, name="inference-pio-request", daemon=True).start()
         return None
