@@ -348,9 +348,7 @@ class DecoderModel:
         tables; the final norm and the LM head run on ``device``."""
         t = len(ids)
         ebe = backend(self.embed_device)
-        ids_t = Tensor.from_list(ids, DType.int32)
-        if self.embed_device.type != "cpu":
-            ids_t = ids_t.to(self.embed_device)
+        ids_t = Tensor.from_list(ids, DType.int32).to(self.embed_device)
         x = Tensor.empty((t, self.hidden), self.act_dtype, self.embed_device)
         self.embed(ebe, ids_t, x)
         pos = Tensor.from_list(positions, DType.int32)
@@ -362,7 +360,7 @@ class DecoderModel:
                 hi += 1
             be = backend(dev)
             x = x.to(dev)
-            cos, sin = self.rotary.tables(be, pos if dev.type == "cpu" else pos.to(dev), x.dtype)
+            cos, sin = self.rotary.tables(be, pos.to(dev), x.dtype)
             h = Tensor.empty(x.shape, x.dtype, dev)
             caches = [[c.layers[li] for _, c in batch] for li in range(lo, hi)]
             with be.scratch_scope():

@@ -242,9 +242,7 @@ def build(
 
     def on(target: Device) -> Callable[[str], Tensor]:
         if target not in getters:
-            getters[target] = lambda name: (
-                weights[name] if target.type == "cpu" else (weights[name].to(target))
-            )
+            getters[target] = lambda name: weights[name].to(target)
         return getters[target]
 
     layer_devices = [

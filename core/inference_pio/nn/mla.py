@@ -133,8 +133,7 @@ class MLAttention:
         eye = Tensor.from_list(
             [[1.0 if r == c else 0.0 for c in range(dr)] for r in range(dr)], DType.float32
         ).to(kv_b_proj.weight.dtype)
-        if kv_b_proj.weight.device.type != "cpu":
-            eye = eye.to(kv_b_proj.weight.device)
+        eye = eye.to(kv_b_proj.weight.device)
         self._rope_copy = Linear("rope_copy", eye)
 
     def kv_values_per_token(self) -> int:

@@ -86,11 +86,11 @@ class Qwen3VLModel:
                 raise ValueError(f"token id {tok} outside the vocabulary [0, {text.embed.vocab})")
         dev = text.device
         vis = self.vision(images)
-        ids_t = _on(Tensor.from_list(list(ids), DType.int32), dev)
+        ids_t = Tensor.from_list(list(ids), DType.int32).to(dev)
         x = ops.embedding(ids_t, text.embed.weight, out_dtype=text.act_dtype)
         runs = _image_runs(ids, cfg.image_token_id)
         _place_rows(x, vis.embeds, runs)
-        pos = _on(Tensor.from_list(positions, DType.int32), dev)
+        pos = Tensor.from_list(positions, DType.int32).to(dev)
         cos, sin = ops.mrope_cache(
             pos, text.rotary.rot_dim, text.rotary.theta, cfg.mrope_section, text.act_dtype
         )
@@ -273,10 +273,6 @@ def _copy(dst: int, src: int, nbytes: int, device: Device) -> None:
         from inference_pio import cuda
 
         cuda.memcpy(dst, src, nbytes, cuda.D2D, blocking=False)
-
-
-def _on(t: Tensor, device: Device) -> Tensor:
-    return t if device.type == "cpu" else t.to(device)
 
 
 def build(

@@ -199,7 +199,7 @@ class VisionTower:
                     f"patch; the tower takes merge {cfg.spatial_merge_size} and {cfg.patch_values}"
                 )
         grids = [(im.grid_h, im.grid_w) for im in images]
-        patches = _on(_concat_rows([im.patches for im in images]).to(self.dtype), self.device)
+        patches = _concat_rows([im.patches for im in images]).to(self.dtype).to(self.device)
         x = self.patch_embed(patches)
         cu = [0]
         for grid in grids:
@@ -246,10 +246,9 @@ class VisionTower:
             ids.extend(rows[r][0][ri] * side + cols[c][0][ci] for r, c in order)
             weights.extend(rows[r][1][ri] * cols[c][1][ci] for r, c in order)
         n = len(order)
-        idx = _on(Tensor.frombuffer(bytearray(ids.tobytes()), DType.int32, (4, n)), self.device)
-        wt = _on(
-            Tensor.frombuffer(bytearray(weights.tobytes()), DType.float32, (4, n)), self.device
-        )
+        idx = Tensor.frombuffer(bytearray(ids.tobytes()), DType.int32, (4, n)).to(self.device)
+        wt = Tensor.frombuffer(bytearray(weights.tobytes()), DType.float32, (4, n))
+        wt = wt.to(self.device)
         taps = ops.embedding(idx, self.pos_table, out_dtype=DType.float32)  # [4, n, hidden]
         ops.mul_rows(taps, wt, out=taps)
         total = ops.add(taps[0], taps[1])
@@ -274,7 +273,7 @@ class VisionTower:
             bytearray(rows.tobytes() + cols.tobytes()), DType.int32, (2, len(rows))
         )
         return ops.rope_cache_2d(
-            _on(positions, self.device), self.cfg.head_dim, self.cfg.rope_theta, dtype=DType.float32
+            positions.to(self.device), self.cfg.head_dim, self.cfg.rope_theta, dtype=DType.float32
         )
 
 
@@ -318,7 +317,3 @@ def _concat_rows(parts: Sequence[Tensor]) -> Tensor:
         ctypes.memmove(at, src.data_ptr, src.nbytes)
         at += src.nbytes
     return out
-
-
-def _on(t: Tensor, device: Device) -> Tensor:
-    return t if device.type == "cpu" else t.to(device)
