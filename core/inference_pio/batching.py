@@ -9,7 +9,9 @@ On a CUDA device the decode steps replay captured CUDA graphs where the model al
 (nn.cuda_batch_graph: each sequence decodes in one of a fixed set of device caches), so a step
 costs one graph launch instead of ~10 native calls per layer from Python. When one sequence is
 left with nothing queued, it moves to the batch-1 path (its cache copied into the batch-1 graph
-decoder's), whose fused step is faster than a batched step of one row.
+decoder's), whose fused step is faster than a batched step of one row. In :meth:`BatchManager.serve`
+it goes back into the batch as soon as another request arrives (it is checked every
+:data:`ALONE_CHUNK` tokens).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from inference_pio.sampling import SamplingParams, greedy_rows
 #: Tokens a last remaining sequence must have left for the BatchManager to move it to the
 #: batch-1 path (copying its cache costs about a step).
 ALONE_MIN_TOKENS = 16
+#: Tokens a lone sequence of :meth:`BatchManager.serve` decodes between two looks at the queue:
+#: a request arriving meanwhile waits at most this many batch-1 steps.
+ALONE_CHUNK = 8
 
 
 #: ``on_piece(index, text)``: a streamed request's text as it becomes final.
@@ -84,6 +89,9 @@ class BatchManager:
         self.decode_batch_sizes: list[int] = []
         #: Sequences finished on the batch-1 path after the others ended (observability, tests).
         self.finished_alone = 0
+        #: Times a lone sequence left the batch-1 path for the batch again (serve; tests).
+        self.rejoined = 0
+        self._no_alone = False  # the model has no batch-1 graph decoder
 
     def submit(
         self,
@@ -139,12 +147,28 @@ class BatchManager:
         self._results.clear()
         return results
 
-    def serve(self, stop: threading.Event, model_lock: Any = None) -> None:
+    def serve(
+        self,
+        stop: threading.Event,
+        model_lock: Any = None,
+        wanted: Callable[[], bool] | None = None,
+    ) -> None:
         """Runs batches as requests arrive (from :meth:`submit` in other threads) until ``stop``
         is set: continuous batching for a server. Results go only to the requests' callbacks.
         A request whose cache does not fit the decode graphs' slots waits until the running
         batch is done (the slots are then resized). ``model_lock`` (a lock) is held during each
-        step, so that other work on the same model can run between steps."""
+        step, so that other work on the same model can run between steps. On CUDA a sequence
+        left alone decodes on the batch-1 path until a request arrives, it is cancelled,
+        ``stop`` is set or ``wanted()`` (someone waits for ``model_lock``) is true."""
+
+        def interrupt_for(req: _Request) -> Callable[[], bool]:
+            return lambda: bool(
+                self._queue
+                or stop.is_set()
+                or req.index in self._cancelled
+                or (wanted is not None and wanted())
+            )
+
         active: list[tuple[_Request, SequenceState]] = []
         graphs: Any = None
         held = model_lock if model_lock is not None else contextlib.nullcontext()
@@ -159,7 +183,7 @@ class BatchManager:
                 with held:
                     if not active:
                         graphs = self._graph_decoder()  # sized for what waits now
-                    active = self._step(active, graphs, alone=False)
+                    active = self._step(active, graphs, alone=interrupt_for)
             except Exception as exc:  # one bad step fails its requests, not the server
                 for req, _ in running:
                     if req.on_error is not None:
@@ -196,11 +220,16 @@ class BatchManager:
         return admitted
 
     def _step(
-        self, active: list[tuple[_Request, SequenceState]], graphs: Any, alone: bool
+        self,
+        active: list[tuple[_Request, SequenceState]],
+        graphs: Any,
+        alone: bool | Callable[[_Request], Callable[[], bool]],
     ) -> list[tuple[_Request, SequenceState]]:
         """Admits what fits (one prefill call), then one decode step for every active
         sequence; returns the sequences still running. The admitted requests are appended to
-        ``active`` itself first (a caller keeping that list knows every request of the step)."""
+        ``active`` itself first (a caller keeping that list knows every request of the step).
+        ``alone``: whether a last sequence moves to the batch-1 path (True: to its end; a
+        function of the request: until the interrupt it returns says so)."""
         admitted = self._admit(len(active), graphs)
         active.extend(admitted)
         if admitted:
@@ -230,25 +259,45 @@ class BatchManager:
                 _emit(req, state.accept(row))
         active = self._retire(active, graphs)
         single = alone and graphs is not None and len(active) == 1 and not self._queue
-        if single and self._finish_alone(*active[0], graphs):
-            return []
+        if single and not self._no_alone:
+            interrupt = alone(active[0][0]) if callable(alone) else None
+            if self._go_alone(*active[0], graphs, interrupt):
+                return []
         return active
 
-    def _finish_alone(self, req: _Request, state: SequenceState, graphs: Any) -> bool:
-        """Runs the last active sequence to its end on the batch-1 path (one fused decode step
-        per token on CUDA, faster than the batched graph at one row) when enough tokens are left
-        to repay copying its cache; False where it stays in the batched graph."""
+    def _go_alone(
+        self,
+        req: _Request,
+        state: SequenceState,
+        graphs: Any,
+        interrupt: Callable[[], bool] | None,
+    ) -> bool:
+        """Runs the last active sequence on the batch-1 path (one fused decode step per token
+        on CUDA, faster than the batched graph at one row) when enough tokens are left to repay
+        copying its cache: to its end (True), or until ``interrupt()`` (its cache is copied back
+        into its batch slot: False, as where it stays in the batched graph)."""
         if state.params.max_new_tokens - len(state.generated) < ALONE_MIN_TOKENS:
             return False
-        from inference_pio.nn.cuda_graph import continue_alone
+        from inference_pio.nn.cuda_graph import continue_alone, move_cache
 
         slot = state.cache
-        rest = continue_alone(self.model, state, req.capacity)  # type: ignore[arg-type]
+        rest = continue_alone(
+            self.model,  # type: ignore[arg-type]
+            state,
+            req.capacity,
+            interrupt,
+            ALONE_CHUNK if interrupt is not None else None,
+        )
         if rest is None:
+            self._no_alone = not state.finished
             return False
-        graphs.release(slot)
         for piece in rest:
             _emit(req, piece)
+        if not state.finished:  # interrupted (a full cache finishes with "length")
+            move_cache(state, slot)
+            self.rejoined += 1
+            return False
+        graphs.release(slot)
         result = state.result(time.perf_counter())
         self._results[req.index] = result
         if req.on_finish is not None:

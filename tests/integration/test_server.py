@@ -144,6 +144,12 @@ def test_stop_strings_and_sampling_options(served: tuple[Any, str]) -> None:
             "hello", max_new_tokens=20, temperature=0, stop=[stop] if stop else None
         ).text
     )
+    ignoring = client(url).completions.create(
+        model=NAME, prompt="hello", max_tokens=20, temperature=0, extra_body={"ignore_eos": True}
+    )
+    want = model.generate("hello", max_new_tokens=20, temperature=0, ignore_eos=True)
+    assert ignoring.choices[0].text == want.text
+    assert ignoring.usage.completion_tokens == 20
     seeded = [
         client(url)
         .completions.create(
@@ -169,6 +175,8 @@ def test_bad_requests_get_openai_errors(served: tuple[Any, str]) -> None:
         c.completions.create(model=NAME, prompt="x", max_tokens=0)
     with pytest.raises(openai.BadRequestError, match="top_p"):
         c.completions.create(model=NAME, prompt="x", max_tokens=2, top_p=1.5)
+    with pytest.raises(openai.BadRequestError, match="ignore_eos"):
+        c.completions.create(model=NAME, prompt="x", max_tokens=2, extra_body={"ignore_eos": 1})
     with pytest.raises(openai.BadRequestError, match="n = 1"):
         c.chat.completions.create(
             model=NAME, messages=[{"role": "user", "content": "x"}], n=2, max_tokens=2

@@ -918,37 +918,55 @@ def cuda_stream_generate(
 
 
 def continue_alone(
-    model: DecoderModel, state: SequenceState, capacity: int
+    model: DecoderModel,
+    state: SequenceState,
+    capacity: int,
+    interrupt: Callable[[], bool] | None = None,
+    max_chunk: int | None = None,
 ) -> Iterator[str] | None:
     """The rest of one sequence's generation on the batch-1 path (the BatchManager's last
     sequence): its cached keys and values are copied into the model's graph decoder's cache,
     then its steps replay the batch-1 graph. ``state`` has accepted its latest token, which is
-    not in its cache yet. None (nothing copied) where the model has no batch-1 graph decoder."""
-    from inference_pio import cuda
+    not in its cache yet. None (nothing copied) where the model has no batch-1 graph decoder.
 
+    ``interrupt`` (checked before each device round trip of at most ``max_chunk`` tokens) stops
+    the generator early, every drawn token accepted: ``state`` is then unfinished, its cache the
+    graph decoder's, and :func:`move_cache` takes it back (a server's batch resuming)."""
     if state.finished:
         return None
     runner = _runner(model, capacity)
     if runner is None:
         return None
-    src, dst = state.cache, runner.cache
+    move_cache(state, runner.cache)
+    runner.set_position_offset(state.cache.position_offset)
+    return _decode(model, runner, state, capacity, None, interrupt, max_chunk)
+
+
+def move_cache(state: SequenceState, dst: LayerCache) -> None:
+    """Copies ``state``'s cached keys and values (the first ``length`` positions of every layer
+    and kv head) into ``dst``, a cache of the same model on the same device, and makes ``dst``
+    the sequence's cache."""
+    from inference_pio import cuda
+
+    src = state.cache
     n = src.length
+    if n > dst.capacity:
+        raise ValueError(f"{n} cached tokens do not fit a cache of {dst.capacity}")
     for a, b in zip(src.layers, dst.layers, strict=True):
         for s_t, d_t in ((a.k, b.k), (a.v, b.v)):
             # [kv heads, capacity, head_dim]: the first n positions of every head
             nkv, cap_s, hd = s_t.shape
             es = s_t.dtype.itemsize
             if d_t.shape[0] != nkv or d_t.shape[2] != hd or d_t.dtype != s_t.dtype:
-                raise ValueError("the graph decoder's cache does not match the sequence's")
-            cuda.memcpy2d(
-                d_t.data_ptr, d_t.shape[1] * hd * es, s_t.data_ptr, cap_s * hd * es,
-                n * hd * es, nkv, cuda.D2D,
-            )  # fmt: skip
+                raise ValueError("the two caches do not match")
+            if n:
+                cuda.memcpy2d(
+                    d_t.data_ptr, d_t.shape[1] * hd * es, s_t.data_ptr, cap_s * hd * es,
+                    n * hd * es, nkv, cuda.D2D,
+                )  # fmt: skip
     dst.length = n
     dst.position_offset = getattr(src, "position_offset", 0)
-    runner.set_position_offset(dst.position_offset)
     state.cache = dst
-    return _decode(model, runner, state, capacity, None)
 
 
 def _decode(
@@ -957,9 +975,13 @@ def _decode(
     state: SequenceState,
     capacity: int,
     logits: Tensor | None,
+    interrupt: Callable[[], bool] | None = None,
+    max_chunk: int | None = None,
 ) -> Iterator[str]:
-    """Decodes ``state`` until it finishes: first ``logits`` are sampled (None: the latest
-    token is accepted already and the next step runs first)."""
+    """Decodes ``state`` until it finishes, or until ``interrupt()`` is true before a device
+    round trip (see :func:`continue_alone`): first ``logits`` are sampled (None: the latest
+    token is accepted already and the next step runs first). A round trip decodes at most
+    ``max_chunk`` tokens (default: the graph decoder's chunk)."""
     params = state.params
     device_greedy = (
         runner is not None
@@ -976,6 +998,9 @@ def _decode(
     )
     pending: list[int] = []
     given = _GivenToken(state.sampler)
+    chunk = runner.chunk if runner is not None else 1
+    if max_chunk is not None:
+        chunk = max(1, min(chunk, max_chunk))
     while True:
         if logits is not None or pending:
             if pending:
@@ -994,11 +1019,13 @@ def _decode(
                 if tail:
                     yield tail
             break
+        if interrupt is not None and not pending and interrupt():
+            return
         last = state.generated[-1]
         if device_greedy and runner is not None:
             if not pending:
                 n = min(
-                    runner.chunk,
+                    chunk,
                     capacity - state.cache.length,
                     params.max_new_tokens - len(state.generated),
                 )
@@ -1010,7 +1037,7 @@ def _decode(
                 n = max(
                     1,
                     min(
-                        runner.chunk,
+                        chunk,
                         capacity - state.cache.length,
                         params.max_new_tokens - len(state.generated),
                     ),
@@ -1025,4 +1052,10 @@ def _decode(
             (logits,) = model.forward([([last], state.cache)])
 
 
-__all__ = ["CudaGraphDecoder", "continue_alone", "cuda_stream_generate", "unsupported_reason"]
+__all__ = [
+    "CudaGraphDecoder",
+    "continue_alone",
+    "cuda_stream_generate",
+    "move_cache",
+    "unsupported_reason",
+]

@@ -36,6 +36,8 @@ class ModelService:
         self.names = names
         self.model_lock = threading.RLock()
         self.stop = threading.Event()
+        self._waiting = 0  # requests run alone that wait for model_lock
+        self._waiting_lock = threading.Lock()
         self.manager: Any = None
         if all(hasattr(model, a) for a in ("model", "tokenizer", "eos_ids", "sampling_params")):
             from inference_pio.batching import BatchManager
@@ -45,7 +47,7 @@ class ModelService:
             )
             self.engine = threading.Thread(
                 target=self.manager.serve,
-                args=(self.stop, self.model_lock),
+                args=(self.stop, self.model_lock, lambda: self._waiting > 0),
                 name="inference-pio-batches",
                 daemon=True,
             )
@@ -105,7 +107,11 @@ class ModelService:
             raise RequestError(str(exc)) from None
 
         def alone() -> None:
+            with self._waiting_lock:  # a lone batch sequence checks this to make way
+                self._waiting += 1
             with self.model_lock:  # between two of the batch loop's steps
+                with self._waiting_lock:
+                    self._waiting -= 1
                 try:
                     for piece in pieces:
                         if cancelled.is_set():

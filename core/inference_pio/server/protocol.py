@@ -79,6 +79,11 @@ def _common(body: Mapping[str, Any], default_max: int | None) -> tuple[dict[str,
         value = _number(body, key)
         if value is not None:
             sampling[name] = int(value) if key in ("top_k", "seed") else float(value)
+    ignore_eos = body.get("ignore_eos")  # vLLM's extension (benchmarks on synthetic weights)
+    if ignore_eos is not None:
+        if not isinstance(ignore_eos, bool):
+            raise RequestError("'ignore_eos' must be a boolean", "ignore_eos")
+        sampling["ignore_eos"] = ignore_eos
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
         max_tokens = default_max
