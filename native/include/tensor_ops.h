@@ -153,6 +153,15 @@ TO_API int to_linear_batched(int count, const void *const *xs, const int64_t *ms
                              const int64_t *ldxs, const void *const *ws, void *const *ys,
                              const int64_t *ldys, int64_t n, int64_t k, int x_dtype, int w_dtype,
                              int y_dtype);
+/* Many linears of one shape at fixed element strides (per-head maps of MLA): for i < count,
+ * y_i = x_i W_i^T with x_i = x + i * sx, W_i = w + i * sw ([n, k] contiguous), y_i = y + i * sy,
+ * m rows each (x rows ldx apart, y rows ldy apart); sx may be 0 (one shared input). Each problem
+ * gets the bits of its own to_linear call. The CUDA twin runs the batch as one launch where
+ * to_linear would take the tensor-core GEMV (bf16, m <= 16, 16-byte aligned problems), else one
+ * toc_linear per problem. */
+TO_API int to_linear_strided_batched(int count, const void *x, int64_t ldx, int64_t sx, const void *w,
+                                     int64_t sw, void *y, int64_t ldy, int64_t sy, int64_t m,
+                                     int64_t n, int64_t k, int x_dtype, int w_dtype, int y_dtype);
 /* Probe: sums a `bytes`-sized buffer (allocated and filled once per call, then read in whole
  * passes of 4 MiB chunks, >= 3 passes and 2 GB in total) with `threads` threads
  * (<= to_get_num_threads()) using the widest vector loads available; writes the best pass's
@@ -489,7 +498,8 @@ TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, i
  * toc_rms_norm, toc_layer_norm, toc_rope_cache(_mrope/_2d), toc_rope_apply, toc_scale, toc_silu,
  * toc_sigmoid, toc_exp, toc_softplus, toc_gelu, toc_swiglu, toc_add_row, toc_mul_rows,
  * toc_softmax, toc_argmax, toc_topk, toc_cumsum, toc_where, toc_embedding, toc_attention,
- * toc_kv_cache_append, toc_add_rms_norm, toc_qk_norm_rope, toc_linear_group, toc_causal_conv1d,
+ * toc_kv_cache_append, toc_add_rms_norm, toc_qk_norm_rope, toc_linear_group,
+ * toc_linear_strided_batched, toc_causal_conv1d,
  * toc_patchify, toc_image_normalize (mean and std stay host arrays), toc_moe_route_softmax,
  * toc_moe_route_sigmoid (at most 4096 experts), toc_moe_gather_rows, toc_moe_scatter_add and
  * toc_moe_group_by_expert (indices are checked on the device; an out-of-range one is skipped and

@@ -197,3 +197,21 @@ def test_linear_group_equals_linears(m: int, k: int, ns: tuple[int, ...]) -> Non
         be.call("linear", x.data_ptr, w.data_ptr, None, r.data_ptr, m, n, k, k, n, dt, dt, 0, dt)
     for o, r in zip(outs, refs, strict=True):
         assert torch.equal(theirs(o), theirs(r))
+
+
+@pytest.mark.parametrize("dt", [DType.bfloat16, DType.float32])
+@pytest.mark.parametrize(("m", "k"), [(1, 64), (3, 40), (16, 512), (20, 96), (1, 36)])
+@pytest.mark.parametrize("shared", [False, True])
+def test_linear_strided_batched_equals_linears(dt: DType, m: int, k: int, shared: bool) -> None:
+    """One launch for every head where the tensor-core GEMV takes them (bf16, m <= 16, aligned),
+    one toc_linear each otherwise: the bits of per-head linears on the device either way."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "unit" / "test_linear_strided_batched.py"
+    spec = importlib.util.spec_from_file_location("strided_batched_checks", path)
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.check_device("cuda:0", dt, m, k, shared)

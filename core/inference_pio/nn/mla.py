@@ -48,7 +48,8 @@ class MLAttention:
     one ``q_proj``), ``kv_a_proj_with_mqa`` → ``kv_a_layernorm`` → ``kv_b_proj``, RoPE on the
     rope part of each query head and on the shared ``k_pe``, causal attention, ``o_proj``."""
 
-    #: CPU decode plans do not replay this block (it makes per-head calls the plan would record).
+    #: CPU decode plans do not replay this block (GLM-4.7-Flash pairs it with routed experts,
+    #: which no plan replays, so replaying it alone was never built or checked).
     replayable = False
 
     def __init__(
@@ -113,23 +114,12 @@ class MLAttention:
         self.rotary = rotary
         self.scale = qk**-0.5
         kvb = kv_b_proj.weight.reshape(nh, dn + dv, lora)
-        # W_UK_hᵀ [lora, nope] per head, one contiguous copy; W_UV_h and q_pe's rows are views
-        w_uk_t = kvb.narrow(1, 0, dn).permute(0, 2, 1).contiguous()
-        self._uk = [
-            Linear(f"{i}.w_uk_t", w_uk_t.narrow(0, i, 1).reshape(lora, dn)) for i in range(nh)
-        ]
-        self._uv = [
-            Linear(f"{i}.w_uv", kv_b_proj.weight.narrow(0, i * (dn + dv) + dn, dv))
-            for i in range(nh)
-        ]
-        self._q_pe = [
-            Linear(f"{i}.q_pe", q_last.weight.narrow(0, i * qk + dn, dr)) for i in range(nh)
-        ]
-        # the expanded form's per-head key rows: W_UK_h [nope, lora] (views of kv_b_proj), and
-        # an identity [rope, rope] that copies the shared rope key into every head's key
-        self._uk_rows = [
-            Linear(f"{i}.w_uk", kv_b_proj.weight.narrow(0, i * (dn + dv), dn)) for i in range(nh)
-        ]
+        # W_UK_hᵀ [lora, nope] of every head, one contiguous copy [nh, lora, nope]; W_UV_h, the
+        # q_pe rows and (expanded form) W_UK_h are read in place, every head at a fixed stride
+        # (one strided batched linear call for all heads)
+        self._w_uk_t = kvb.narrow(1, 0, dn).permute(0, 2, 1).contiguous()
+        self._q_last = q_last
+        # the expanded form's identity [rope, rope] copies the shared rope key into every head
         eye = Tensor.from_list(
             [[1.0 if r == c else 0.0 for c in range(dr)] for r in range(dr)], DType.float32
         ).to(kv_b_proj.weight.dtype)
@@ -150,7 +140,8 @@ class MLAttention:
         total += self.kv_b_proj.weight.nbytes + self.kv_a_norm.weight.nbytes
         if self.q_a_norm is not None:
             total += self.q_a_norm.weight.nbytes
-        return total + sum(lin.weight.nbytes for lin in self._q_pe)
+        q_pe_rows = self.nh * self.rope * self._q_last.in_features
+        return total + q_pe_rows * self._q_last.weight.dtype.itemsize
 
     def new_cache(self, capacity: int, dtype: DType, device: Device) -> LatentCache:
         return LatentCache(capacity, self.lora + self.rope, dtype, device)
@@ -180,6 +171,43 @@ class MLAttention:
             self.rotary.mode,
             x.dtype,
             cs[0].dtype,
+        )
+
+    def _heads(
+        self,
+        be: Backend,
+        w: Tensor,
+        first_row: int,
+        n: int,
+        head_rows: int,
+        x: Tensor,
+        ldx: int,
+        sx: int,
+        y: Tensor,
+        ldy: int,
+        sy: int,
+        t: int,
+    ) -> None:
+        """One linear per head in one call: head i maps its x (``x + i * sx``) by the ``n`` rows
+        of ``w`` from ``first_row + i * head_rows`` into ``y + i * sy``."""
+        k = w.shape[-1]
+        be.call(
+            "linear_strided_batched",
+            self.nh,
+            x.data_ptr,
+            ldx,
+            sx,
+            w.data_ptr + first_row * k * w.dtype.itemsize,
+            head_rows * k,
+            y.data_ptr,
+            ldy,
+            sy,
+            t,
+            n,
+            k,
+            x.dtype,
+            w.dtype,
+            y.dtype,
         )
 
     def __call__(
@@ -218,11 +246,11 @@ class MLAttention:
         absorbed = any(seg.count < EXPAND_MIN_TOKENS for seg in segments)
         qa = be.scratch("mla.qa", (t, nh * row), act)
         if absorbed:
-            for i in range(nh):
-                self._uk[i](
-                    be, q.narrow(1, i * qk, dn), qa.narrow(1, i * row, lora), t, nh * qk, nh * row
-                )
-                self._q_pe[i](be, src, qa.narrow(1, i * row + lora, dr), t, src.shape[1], nh * row)
+            w_uk_t = self._w_uk_t.reshape(nh * lora, dn)
+            self._heads(be, w_uk_t, 0, lora, lora, q, nh * qk, qk, qa, nh * row, row, t)
+            qa_pe = qa.narrow(1, lora, nh * row - lora)
+            w_q = self._q_last.weight
+            self._heads(be, w_q, dn, dr, qk, src, src.shape[1], 0, qa_pe, nh * row, row, t)
             self._rope(be, qa.narrow(1, lora, nh * row - lora), (cos, sin), t, nh, nh * row, row)
         # one shared kv head: keys are the cache rows, values their latent part
         lat = be.scratch("mla.lat", (t, nh * lora), act)
@@ -281,15 +309,8 @@ class MLAttention:
         dv = self.vdim
         o = be.scratch("mla.o", (t, nh * dv), act)
         if absorbed:
-            for i in range(nh):
-                self._uv[i](
-                    be,
-                    lat.narrow(1, i * lora, lora),
-                    o.narrow(1, i * dv, dv),
-                    t,
-                    nh * lora,
-                    nh * dv,
-                )
+            w_kvb = self.kv_b_proj.weight
+            self._heads(be, w_kvb, dn, dv, dn + dv, lat, nh * lora, lora, o, nh * dv, dv, t)
         for seg, cache in zip(segments, caches, strict=False):
             if seg.count >= EXPAND_MIN_TOKENS:  # overwrites the segment's rows of o
                 self._expanded(be, q, seg, cache, cos, sin, o)
@@ -320,8 +341,9 @@ class MLAttention:
         self.kv_b_proj(be, latents, kvb, kv_len, row, nh * (dn + dv))
         keys = be.scratch("mla.keys", (kv_len, nh * qk), act)
         k_pe = Tensor(kc.storage, (kv_len, dr), kc.dtype, (row, 1), kc.offset + lora)
+        w_kvb = self.kv_b_proj.weight
+        self._heads(be, w_kvb, 0, dn, dn + dv, latents, row, 0, keys, nh * qk, qk, kv_len)
         for i in range(nh):
-            self._uk_rows[i](be, latents, keys.narrow(1, i * qk, dn), kv_len, row, nh * qk)
             self._rope_copy(be, k_pe, keys.narrow(1, i * qk + dn, dr), kv_len, row, nh * qk)
         # the segment's queries: rope on their q_pe parts (the absorbed form reads only q_nope)
         qs = q.narrow(0, seg.start, seg.count)

@@ -849,3 +849,43 @@ TO_API int to_linear_batched(int count, const void *const *xs, const int64_t *ms
     return TO_OK;
 #endif
 }
+
+/* ==== strided batched linear: problem i at fixed element strides (MLA's per-head maps) ========= */
+TO_API int to_linear_strided_batched(int count, const void *x, int64_t ldx, int64_t sx, const void *w,
+                                     int64_t sw, void *y, int64_t ldy, int64_t sy, int64_t m,
+                                     int64_t n, int64_t k, int x_dtype, int w_dtype, int y_dtype) {
+    TO_CHECK(count >= 0 && count <= (1 << 20), TO_ERR_INVALID_ARGUMENT,
+             "to_linear_strided_batched: count %d", count);
+    TO_CHECK(sx >= 0 && sw >= 0 && sy >= 0, TO_ERR_SHAPE,
+             "to_linear_strided_batched: negative stride (x %lld, w %lld, y %lld)", (long long)sx,
+             (long long)sw, (long long)sy);
+    TO_CHECK(to_dtype_size(x_dtype) > 0 && to_dtype_size(w_dtype) > 0 && to_dtype_size(y_dtype) > 0,
+             TO_ERR_DTYPE, "to_linear_strided_batched: dtypes x=%d w=%d y=%d", x_dtype, w_dtype,
+             y_dtype);
+    if (count == 0) return TO_OK;
+    const size_t ex = (size_t)to_dtype_size(x_dtype), ew = (size_t)to_dtype_size(w_dtype),
+                 ey = (size_t)to_dtype_size(y_dtype);
+    const void **xs = NULL, **ws = NULL;
+    void **ys = NULL;
+    int64_t *ms = NULL, *ldxs = NULL, *ldys = NULL;
+    int rc = to_alloc((size_t)count * sizeof *xs, (void **)&xs);
+    if (rc == TO_OK) rc = to_alloc((size_t)count * sizeof *ws, (void **)&ws);
+    if (rc == TO_OK) rc = to_alloc((size_t)count * sizeof *ys, (void **)&ys);
+    if (rc == TO_OK) rc = to_alloc((size_t)count * 3 * sizeof *ms, (void **)&ms);
+    if (rc == TO_OK) {
+        ldxs = ms + count;
+        ldys = ms + 2 * count;
+        for (int i = 0; i < count; i++) {
+            xs[i] = x ? (const char *)x + (size_t)i * (size_t)sx * ex : NULL;
+            ws[i] = w ? (const char *)w + (size_t)i * (size_t)sw * ew : NULL;
+            ys[i] = y ? (char *)y + (size_t)i * (size_t)sy * ey : NULL;
+            ms[i] = m, ldxs[i] = ldx, ldys[i] = ldy;
+        }
+        rc = to_linear_batched(count, xs, ms, ldxs, ws, ys, ldys, n, k, x_dtype, w_dtype, y_dtype);
+    }
+    to_free((void *)xs);
+    to_free((void *)ws);
+    to_free(ys);
+    to_free(ms);
+    return rc;
+}

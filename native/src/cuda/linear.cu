@@ -355,6 +355,9 @@ struct GemvMmaArgs {
     /* toc_gate_up_swiglu: tiles alternate between w0 (gate) and w1 (up) over the same 8 rows,
      * and y2 [m, ldy2] gets swiglu(gate, up) rounded as the two ops would (n0 = n1 rows) */
     int pair;
+    /* toc_linear_strided_batched: blockIdx.y is a problem of one matrix (w0, y0), its x, weights
+     * and y at these element strides (0 for one launch of one problem) */
+    int64_t sx, sw, sy;
 };
 
 /* tile -> (matrix, its first row), by value (no indexing of the parameter arrays) */
@@ -380,8 +383,9 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
     const int64_t row = T.r0 + gid;
     const int64_t steps = (a.k + 31) / 32;
     const int64_t s0 = steps * kp / a.wpt, s1 = tile < a.tiles ? steps * (kp + 1) / a.wpt : s0;
-    const uint16_t *wr = T.w + (row < T.n ? row : 0) * a.k + tig * 8;
-    const uint16_t *xa = a.x + (int64_t)gid * a.ldx + tig * 8, *xb = xa + 8 * a.ldx;
+    const int64_t bz = blockIdx.y; /* the problem of a strided batch */
+    const uint16_t *wr = T.w + bz * a.sw + (row < T.n ? row : 0) * a.k + tig * 8;
+    const uint16_t *xa = a.x + bz * a.sx + (int64_t)gid * a.ldx + tig * 8, *xb = xa + 8 * a.ldx;
     const bool wok = row < T.n, aok = gid < a.m, bok = M16 && gid + 8 < a.m;
     const uint4 z = make_uint4(0, 0, 0, 0);
     uint4 wv[GM_U], av[GM_U], bv[GM_U];
@@ -442,7 +446,7 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
         const int64_t r = U.r0 + j;
         if (r < U.n) {
             if (a.bias) v += ldf(a.bias, a.bd, r);
-            stf(U.y, a.yd, xr * U.ldy + r, v);
+            stf(U.y, a.yd, bz * a.sy + xr * U.ldy + r, v);
         }
     }
 }
@@ -461,12 +465,12 @@ static int gm_wpt(int64_t k) {
     return k >= 3072 ? 8 : k >= 1024 ? 4 : k >= 512 ? 2 : 1;
 #endif
 }
-static int launch_gemv_mma(GemvMmaArgs a) {
+static int launch_gemv_mma(GemvMmaArgs a, unsigned batch = 1) {
     a.t1 = toc_cdiv(a.n0, 8);
     a.t2 = a.t1 + toc_cdiv(a.n1, 8);
     a.tiles = a.pair ? 2 * a.t1 : a.t2 + toc_cdiv(a.n2, 8);
     a.wpt = gm_wpt(a.k);
-    const unsigned grid = (unsigned)toc_cdiv(a.tiles, GM_WARPS / a.wpt);
+    const dim3 grid((unsigned)toc_cdiv(a.tiles, GM_WARPS / a.wpt), batch);
     if (a.m > 8) gemv_mma_kernel<true><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
     else gemv_mma_kernel<false><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
     TOC_LAUNCHED("gemv_mma_kernel");
@@ -819,6 +823,52 @@ TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *
     linear_generic_kernel<<<grid, dim3(16, 16), 0, s>>>(x, w, bias, y, m, n, k, ldx, ldy, x_dtype,
                                                         w_dtype, bias_dtype, y_dtype);
     TOC_LAUNCHED("linear_generic_kernel");
+    return TO_OK;
+}
+
+TOC_EXPORT int toc_linear_strided_batched(int count, const void *x, int64_t ldx, int64_t sx, const void *w,
+                                          int64_t sw, void *y, int64_t ldy, int64_t sy, int64_t m,
+                                          int64_t n, int64_t k, int x_dtype, int w_dtype, int y_dtype) {
+    TOC_CHECK(count >= 0 && count <= (1 << 20), TO_ERR_INVALID_ARGUMENT,
+              "toc_linear_strided_batched: count %d", count);
+    TOC_CHECK(sx >= 0 && sw >= 0 && sy >= 0, TO_ERR_SHAPE,
+              "toc_linear_strided_batched: negative stride (x %lld, w %lld, y %lld)", (long long)sx,
+              (long long)sw, (long long)sy);
+    TOC_CHECK(toc_is_act(x_dtype) && toc_is_wt(w_dtype) && toc_is_act(y_dtype), TO_ERR_DTYPE,
+              "toc_linear_strided_batched: dtypes x=%d w=%d y=%d", x_dtype, w_dtype, y_dtype);
+    TOC_CHECK(m >= 0 && n >= 0 && k >= 0 && ldx >= k && ldy >= n, TO_ERR_INVALID_ARGUMENT,
+              "toc_linear_strided_batched: bad sizes m=%lld n=%lld k=%lld ldx=%lld ldy=%lld",
+              (long long)m, (long long)n, (long long)k, (long long)ldx, (long long)ldy);
+    if (count == 0 || m == 0 || n == 0) return TO_OK;
+    TOC_CHECK(x && w && y, TO_ERR_INVALID_ARGUMENT, "toc_linear_strided_batched: NULL pointer");
+    TOC_READY();
+    /* toc_linear's choice for every problem: the tensor-core GEMV where it takes them all */
+    const bool mma = w_dtype == TO_BF16 && x_dtype == TO_BF16 && k % 8 == 0 && k > 0 && aligned16(w) &&
+                     aligned16(x) && (count == 1 || (sw % 8 == 0 && sx % 8 == 0)) && ldx % 8 == 0 &&
+                     m >= gemv_mma_min_rows() && m <= 16 && n <= 0x7fffffffLL * 8;
+    if (mma) {
+        for (int i0 = 0; i0 < count; i0 += 65535) {
+            const int c = count - i0 < 65535 ? count - i0 : 65535;
+            const int64_t ey = to_dtype_size_cuda(y_dtype);
+            GemvMmaArgs a = {};
+            a.x = (const uint16_t *)x + (int64_t)i0 * sx;
+            a.w0 = (const uint16_t *)w + (int64_t)i0 * sw;
+            a.y0 = (char *)y + (int64_t)i0 * sy * ey, a.n0 = n, a.ldy0 = ldy;
+            a.yd = y_dtype, a.m = (int)m, a.k = k, a.ldx = ldx;
+            a.sx = sx, a.sw = sw, a.sy = sy;
+            const int rc = launch_gemv_mma(a, (unsigned)c);
+            if (rc) return rc;
+        }
+        return TO_OK;
+    }
+    const int64_t ex = to_dtype_size_cuda(x_dtype), ew = to_dtype_size_cuda(w_dtype),
+                  ey = to_dtype_size_cuda(y_dtype);
+    for (int i = 0; i < count; i++) {
+        const int rc = toc_linear((const char *)x + (int64_t)i * sx * ex, (const char *)w + (int64_t)i * sw * ew,
+                                  nullptr, (char *)y + (int64_t)i * sy * ey, m, n, k, ldx, ldy, x_dtype, w_dtype,
+                                  0, y_dtype);
+        if (rc) return rc;
+    }
     return TO_OK;
 }
 
