@@ -343,8 +343,9 @@ class MLAttention:
         k_pe = Tensor(kc.storage, (kv_len, dr), kc.dtype, (row, 1), kc.offset + lora)
         w_kvb = self.kv_b_proj.weight
         self._heads(be, w_kvb, 0, dn, dn + dv, latents, row, 0, keys, nh * qk, qk, kv_len)
-        for i in range(nh):
-            self._rope_copy(be, k_pe, keys.narrow(1, i * qk + dn, dr), kv_len, row, nh * qk)
+        keys_pe = keys.narrow(1, dn, nh * qk - dn)  # every head's rope part: the shared k_pe
+        eye = self._rope_copy.weight  # one identity for every head: a weight stride of 0
+        self._heads(be, eye, 0, dr, 0, k_pe, row, 0, keys_pe, nh * qk, qk, kv_len)
         # the segment's queries: rope on their q_pe parts (the absorbed form reads only q_nope)
         qs = q.narrow(0, seg.start, seg.count)
         self._rope(
