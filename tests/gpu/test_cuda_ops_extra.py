@@ -34,7 +34,11 @@ FLOATS = [DType.float32, DType.bfloat16]
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("sdt", FLOATS)
 @pytest.mark.parametrize("xdt", FLOATS)
-@pytest.mark.parametrize(("t", "c", "k"), [(1, 300, 4), (7, 5, 4), (2, 64, 1), (3, 33, 6)])
+@pytest.mark.parametrize(
+    ("t", "c", "k"),
+    # 50 and 40 rows: several row chunks; k 20: chunks of k - 1 rows, the first reads the state
+    [(1, 300, 4), (7, 5, 4), (2, 64, 1), (3, 33, 6), (50, 260, 4), (40, 9, 20)],
+)
 def test_causal_conv1d(t: int, c: int, k: int, xdt: DType, sdt: DType, silu: bool) -> None:
     x = torch.randn(t, c).to(TDT[xdt])
     w = torch.randn(c, k).to(torch.bfloat16)

@@ -252,6 +252,8 @@ class RoutedExperts:
         t, hidden = x.shape
         e, k = self.num_experts, self.k
         inter = self.experts[0].inter
+        if t == 1 and self._aligned():
+            return self._device_gemv(be, x, idx, weights, out)
         n = t * k
         max_tiles = n // GROUPED_TILE_ROWS + e
         i32 = DType.int32
@@ -305,6 +307,48 @@ class RoutedExperts:
         )
         grouped(g, down_t, ys, hidden, inter)
         return self._combine(be, ys, inverse, idx, weights, out)
+
+    def _aligned(self) -> bool:
+        """Whether every expert weight starts on 16 bytes (the decode GEMV's vector loads)."""
+        known: bool | None = self.__dict__.get("_weights_aligned")
+        if known is None:
+            known = all(
+                lin.weight.data_ptr % 16 == 0
+                for ex in self.experts
+                for lin in (ex.gate, ex.up, ex.down)
+            )
+            self.__dict__["_weights_aligned"] = known
+        return known
+
+    def _device_gemv(
+        self, be: Backend, x: Tensor, idx: Tensor, weights: Tensor, out: Tensor
+    ) -> Tensor:
+        """One token (batch-1 decode): the k chosen experts' gate/up GEMVs with SwiGLU in one
+        launch and their down GEMVs in another (toc_moe_gemv: a block row per routing slot,
+        the weights found through the pointer tables), then the ordered combine, as the CUDA
+        graph decoder runs them. A grouped GEMM's 64-row tiles would hold one row each here."""
+        hidden = x.shape[1]
+        e, k = self.num_experts, self.k
+        inter = self.experts[0].inter
+        gate_t, up_t, down_t = self.pointer_tables(be)
+        h = be.scratch("moe.h1", (k, inter), x.dtype)
+        ys = be.scratch("moe.y1", (k, hidden), x.dtype)
+        be.call(
+            "moe_gemv",
+            x.data_ptr, 0, None, 0, 0.0, idx.data_ptr, k, e, gate_t.data_ptr, up_t.data_ptr,
+            inter, hidden, h.data_ptr, inter, x.dtype,
+        )  # fmt: skip
+        be.call(
+            "moe_gemv",
+            h.data_ptr, inter, None, 0, 0.0, idx.data_ptr, k, e, down_t.data_ptr, None,
+            hidden, inter, ys.data_ptr, hidden, x.dtype,
+        )  # fmt: skip
+        be.call(
+            "moe_combine",
+            ys.data_ptr, idx.data_ptr, weights.data_ptr, None, out.data_ptr, 1, k, e, hidden,
+            ys.dtype, weights.dtype, out.dtype,
+        )  # fmt: skip
+        return out
 
     def _combine(
         self, be: Backend, ys: Tensor, inverse: Tensor, idx: Tensor, weights: Tensor, out: Tensor

@@ -5,15 +5,22 @@
 
 #define CONV_KMAX 64
 
-/* ---- causal depthwise conv1d: one thread per channel walks the rows in order (products fused
- * into the sum, as the CPU's FMA builds do) ---- */
+/* ---- causal depthwise conv1d: a thread per (channel, chunk of CONV_ROWS rows) walks its rows in
+ * order (products fused into the sum, as the CPU's FMA builds do); an output row reads only the k
+ * input rows up to it, so the chunks are independent. Only the first chunk reads the carried
+ * state (a chunk is at least k - 1 rows), and its threads write the new state after those reads
+ * (a thread touches only its own channel), so nothing races. ---- */
+#define CONV_ROWS 16
+
 __global__ void causal_conv1d_kernel(const void *x, const void *w, void *state, void *y, int64_t t, int64_t c,
-                                     int k, int silu, int xdt, int wdt, int sdt) {
+                                     int k, int silu, int xdt, int wdt, int sdt, int64_t rows) {
     const int64_t ch = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (ch >= c) return;
+    const int64_t i0 = (int64_t)blockIdx.y * rows;
+    const int64_t i1 = i0 + rows < t ? i0 + rows : t;
     float wr[CONV_KMAX];
     for (int j = 0; j < k; j++) wr[j] = ldf(w, wdt, ch * k + j);
-    for (int64_t i = 0; i < t; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         float acc = 0.f;
         for (int j = 0; j < k; j++) {
             const int64_t r = i - (k - 1) + j;
@@ -31,7 +38,7 @@ __global__ void causal_conv1d_kernel(const void *x, const void *w, void *state, 
             ((uint16_t *)y)[i * c + ch] = f2bf(acc);
         }
     }
-    if (!state) return;
+    if (!state || blockIdx.y != 0) return;
     /* new state = the last k - 1 rows of [state; x], read before any is written */
     float ns[CONV_KMAX];
     for (int s = 0; s < k - 1; s++) {
@@ -55,8 +62,11 @@ TOC_EXPORT int toc_causal_conv1d(const void *x, const void *w, void *state, void
     if (t == 0 || c == 0) return TO_OK;
     TOC_CHECK(x && w && y, TO_ERR_INVALID_ARGUMENT, "toc_causal_conv1d: NULL pointer");
     TOC_READY();
-    causal_conv1d_kernel<<<toc_grid(c, 128), 128, 0, toc_stream()>>>(x, w, state, y, t, c, (int)k, silu != 0,
-                                                                     x_dtype, w_dtype, state_dtype);
+    int64_t rows = k - 1 > CONV_ROWS ? k - 1 : CONV_ROWS;
+    if (toc_cdiv(t, rows) > 65535) rows = toc_cdiv(t, 65535);
+    const dim3 grid((unsigned)toc_cdiv(c, 128), (unsigned)toc_cdiv(t, rows));
+    causal_conv1d_kernel<<<grid, 128, 0, toc_stream()>>>(x, w, state, y, t, c, (int)k, silu != 0, x_dtype,
+                                                         w_dtype, state_dtype, rows);
     TOC_LAUNCHED("causal_conv1d_kernel");
     return TO_OK;
 }

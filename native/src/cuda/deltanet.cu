@@ -1,64 +1,89 @@
 /* Gated delta rule on the device (semantics of src/cpu/deltanet.c, models.md §4.4): one block per
  * value head keeps the head's fp32 state [dk][dv] in shared memory for all t tokens; a thread
- * owns state columns (j), so the sums over the key dimension run in the CPU's order. */
+ * owns state columns (j), so the sums over the key dimension run in the CPU's order.
+ *
+ * Tokens go in chunks of up to DN_CHUNK: the block first loads the chunk's q, k, v rows and gates
+ * into shared memory (all loads in flight together) and normalises q and k of every token of
+ * the chunk (a warp per token), then walks the chunk's tokens with nothing but the state update
+ * on the path: a thread's columns depend on no other thread's, so the walk needs no barrier. */
 #include "common.cuh"
+
+#define DN_CHUNK 32
 
 __global__ void __launch_bounds__(128) dn_kernel(const void *q, const void *k, const void *v, const void *a,
                                                  const void *b, const float *decay, const float *dt_bias,
                                                  float *state, void *out, int64_t t, int64_t nk, int64_t nv,
                                                  int64_t dk, int64_t dv, int64_t ldq, int64_t ldk, int64_t ldv,
-                                                 int64_t ldab, int64_t ldo, int xdt, int odt) {
-    extern __shared__ float sm[]; /* S [dk][dv], qn [dk], kn [dk], gates [2] */
-    __shared__ float red[33];
+                                                 int64_t ldab, int64_t ldo, int xdt, int odt, int chunk) {
+    /* S [dk][dv], then per chunk: qn, kn [chunk][dk], vc [chunk][dv], beta, eg [chunk] */
+    extern __shared__ float sm[];
     const int64_t h = blockIdx.x, hk = h / (nv / nk);
-    float *S = sm, *qn = sm + dk * dv, *kn = qn + dk, *gates = kn + dk;
+    float *S = sm, *qn = sm + dk * dv, *kn = qn + chunk * dk, *vc = kn + chunk * dk;
+    float *betas = vc + chunk * dv, *egs = betas + chunk;
     float *Sg = state + h * dk * dv;
     for (int64_t e = threadIdx.x; e < dk * dv; e += blockDim.x) S[e] = Sg[e];
     const float qdiv = sqrtf((float)dk);
-    for (int64_t i = 0; i < t; i++) {
-        float sq = 0.0f, sk = 0.0f;
-        for (int64_t x = threadIdx.x; x < dk; x += blockDim.x) {
-            const float qv = ldf(q, xdt, i * ldq + hk * dk + x), kv = ldf(k, xdt, i * ldk + hk * dk + x);
-            qn[x] = qv;
-            kn[x] = kv;
-            sq += qv * qv;
-            sk += kv * kv;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int64_t i0 = 0; i0 < t; i0 += chunk) {
+        const int n = (int)(t - i0 < chunk ? t - i0 : chunk);
+        __syncthreads(); /* the previous chunk's inputs are read */
+#pragma unroll 4
+        for (int64_t e = threadIdx.x; e < n * dk; e += blockDim.x) {
+            const int64_t c = e / dk, x = e - c * dk;
+            qn[e] = ldf(q, xdt, (i0 + c) * ldq + hk * dk + x);
+            kn[e] = ldf(k, xdt, (i0 + c) * ldk + hk * dk + x);
         }
-        sq = block_sum(sq, red);
-        sk = block_sum(sk, red);
-        if (threadIdx.x == 0) {
-            const float bv = ldf(b, xdt, i * ldab + h);
-            gates[0] = rnd(xdt, 1.0f / (1.0f + expf(-bv)));
-            const float av = ldf(a, xdt, i * ldab + h) + dt_bias[h];
+#pragma unroll 4
+        for (int64_t e = threadIdx.x; e < n * dv; e += blockDim.x) {
+            const int64_t c = e / dv, j = e - c * dv;
+            vc[e] = ldf(v, xdt, (i0 + c) * ldv + h * dv + j);
+        }
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            const float bv = ldf(b, xdt, (i0 + c) * ldab + h);
+            betas[c] = rnd(xdt, 1.0f / (1.0f + expf(-bv)));
+            const float av = ldf(a, xdt, (i0 + c) * ldab + h) + dt_bias[h];
             const float sp = av > 20.0f ? av : log1pf(expf(av));
-            gates[1] = expf(decay[h] * sp);
+            egs[c] = expf(decay[h] * sp);
         }
         __syncthreads();
-        const float rq = 1.0f / sqrtf(sq + 1e-6f), rk = 1.0f / sqrtf(sk + 1e-6f);
-        for (int64_t x = threadIdx.x; x < dk; x += blockDim.x) {
-            qn[x] = __fdiv_rn(qn[x] * rq, qdiv);
-            kn[x] = kn[x] * rk;
-        }
-        __syncthreads();
-        const float beta = gates[0], eg = gates[1];
-        for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
-            float m = 0.0f;
-            for (int64_t x = 0; x < dk; x++) {
-                const float s = S[x * dv + j] * eg;
-                S[x * dv + j] = s;
-                m = __fadd_rn(m, __fmul_rn(s, kn[x]));
+        for (int c = warp; c < n; c += nwarps) { /* l2 norms: a warp per token */
+            float sq = 0.0f, sk = 0.0f;
+            for (int64_t x = lane; x < dk; x += 32) {
+                const float qv = qn[c * dk + x], kv = kn[c * dk + x];
+                sq += qv * qv;
+                sk += kv * kv;
             }
-            const float d = (ldf(v, xdt, i * ldv + h * dv + j) - m) * beta;
-            float o = 0.0f;
-            for (int64_t x = 0; x < dk; x++) {
-                const float s = __fadd_rn(S[x * dv + j], __fmul_rn(kn[x], d));
-                S[x * dv + j] = s;
-                o = __fadd_rn(o, __fmul_rn(s, qn[x]));
+            sq = warp_sum(sq);
+            sk = warp_sum(sk);
+            const float rq = 1.0f / sqrtf(sq + 1e-6f), rk = 1.0f / sqrtf(sk + 1e-6f);
+            for (int64_t x = lane; x < dk; x += 32) {
+                qn[c * dk + x] = __fdiv_rn(qn[c * dk + x] * rq, qdiv);
+                kn[c * dk + x] = kn[c * dk + x] * rk;
             }
-            stf(out, odt, i * ldo + h * dv + j, o);
         }
         __syncthreads();
+        for (int c = 0; c < n; c++) {
+            const float beta = betas[c], eg = egs[c];
+            const float *qc = qn + c * dk, *kc = kn + c * dk;
+            for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
+                float m = 0.0f;
+                for (int64_t x = 0; x < dk; x++) {
+                    const float s = S[x * dv + j] * eg;
+                    S[x * dv + j] = s;
+                    m = __fadd_rn(m, __fmul_rn(s, kc[x]));
+                }
+                const float d = (vc[c * dv + j] - m) * beta;
+                float o = 0.0f;
+                for (int64_t x = 0; x < dk; x++) {
+                    const float s = __fadd_rn(S[x * dv + j], __fmul_rn(kc[x], d));
+                    S[x * dv + j] = s;
+                    o = __fadd_rn(o, __fmul_rn(s, qc[x]));
+                }
+                stf(out, odt, (i0 + c) * ldo + h * dv + j, o);
+            }
+        }
     }
+    __syncthreads();
     for (int64_t e = threadIdx.x; e < dk * dv; e += blockDim.x) Sg[e] = S[e];
 }
 
@@ -79,15 +104,22 @@ TOC_EXPORT int toc_gated_delta_rule(const void *q, const void *k, const void *v,
     if (t == 0) return TO_OK;
     TOC_CHECK(q && k && v && a && b && out, TO_ERR_INVALID_ARGUMENT, "toc_gated_delta_rule: NULL pointer");
     TOC_READY();
-    const size_t smem = (size_t)(dk * dv + 2 * dk + 2) * sizeof(float);
-    TOC_CHECK((int64_t)smem <= toc_max_smem_optin() - 33 * 4, TO_ERR_UNSUPPORTED,
+    /* the state, and chunks of as many tokens as fit (DN_CHUNK at most) */
+    const int64_t room = toc_max_smem_optin() - (int64_t)(dk * dv) * 4;
+    const int64_t per_token = (2 * dk + dv + 2) * 4;
+    int64_t chunk = room / per_token;
+    if (chunk > DN_CHUNK) chunk = DN_CHUNK;
+    if (chunk > t) chunk = t;
+    TOC_CHECK(chunk >= 1, TO_ERR_UNSUPPORTED,
               "toc_gated_delta_rule: a %lld x %lld state does not fit shared memory", (long long)dk,
               (long long)dv);
+    const size_t smem = (size_t)(dk * dv + chunk * (2 * dk + dv + 2)) * sizeof(float);
     if (smem > 48 * 1024)
         TOC_CUDA(cudaFuncSetAttribute(dn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                  "cudaFuncSetAttribute");
     dn_kernel<<<(unsigned)nv, 128, smem, toc_stream()>>>(q, k, v, a, b, decay, dt_bias, state, out, t, nk, nv, dk,
-                                                         dv, ldq, ldk, ldv, ldab, ldo, x_dtype, out_dtype);
+                                                         dv, ldq, ldk, ldv, ldab, ldo, x_dtype, out_dtype,
+                                                         (int)chunk);
     TOC_LAUNCHED("dn_kernel");
     return TO_OK;
 }
