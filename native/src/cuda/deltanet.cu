@@ -21,7 +21,15 @@ __global__ void __launch_bounds__(128) dn_kernel(const void *q, const void *k, c
     float *S = sm, *qn = sm + dk * dv, *kn = qn + chunk * dk, *vc = kn + chunk * dk;
     float *betas = vc + chunk * dv, *egs = betas + chunk;
     float *Sg = state + h * dk * dv;
-    for (int64_t e = threadIdx.x; e < dk * dv; e += blockDim.x) S[e] = Sg[e];
+    const int64_t ns = dk * dv;
+    const bool vec = ns % 4 == 0 && ((uintptr_t)Sg & 15) == 0; /* S is 16-byte aligned (offset 0) */
+    if (vec) { /* the state in: many 16-byte loads in flight per thread, not one at a time */
+#pragma unroll 8
+        for (int64_t e = threadIdx.x; e < ns / 4; e += blockDim.x) ((float4 *)S)[e] = ((const float4 *)Sg)[e];
+    } else {
+#pragma unroll 8
+        for (int64_t e = threadIdx.x; e < ns; e += blockDim.x) S[e] = Sg[e];
+    }
     const float qdiv = sqrtf((float)dk);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     for (int64_t i0 = 0; i0 < t; i0 += chunk) {
@@ -65,26 +73,39 @@ __global__ void __launch_bounds__(128) dn_kernel(const void *q, const void *k, c
         for (int c = 0; c < n; c++) {
             const float beta = betas[c], eg = egs[c];
             const float *qc = qn + c * dk, *kc = kn + c * dk;
-            for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
+            for (int j = threadIdx.x; j < (int)dv; j += blockDim.x) {
+                /* unrolled: the shared-memory loads of a stretch of x issue together, and only
+                 * the sums (in x order) stay sequential */
+                float *__restrict__ Sj = S + j; /* disjoint from the chunk's q, k, v rows */
+                const float *__restrict__ kr = kc, *__restrict__ qr = qc;
+                const int ndk = (int)dk, ndv = (int)dv;
                 float m = 0.0f;
-                for (int64_t x = 0; x < dk; x++) {
-                    const float s = S[x * dv + j] * eg;
-                    S[x * dv + j] = s;
-                    m = __fadd_rn(m, __fmul_rn(s, kc[x]));
+#pragma unroll 8
+                for (int x = 0; x < ndk; x++) {
+                    const float s = Sj[x * ndv] * eg;
+                    Sj[x * ndv] = s;
+                    m = __fadd_rn(m, __fmul_rn(s, kr[x]));
                 }
                 const float d = (vc[c * dv + j] - m) * beta;
                 float o = 0.0f;
-                for (int64_t x = 0; x < dk; x++) {
-                    const float s = __fadd_rn(S[x * dv + j], __fmul_rn(kc[x], d));
-                    S[x * dv + j] = s;
-                    o = __fadd_rn(o, __fmul_rn(s, qc[x]));
+#pragma unroll 8
+                for (int x = 0; x < ndk; x++) {
+                    const float s = __fadd_rn(Sj[x * ndv], __fmul_rn(kr[x], d));
+                    Sj[x * ndv] = s;
+                    o = __fadd_rn(o, __fmul_rn(s, qr[x]));
                 }
                 stf(out, odt, (i0 + c) * ldo + h * dv + j, o);
             }
         }
     }
     __syncthreads();
-    for (int64_t e = threadIdx.x; e < dk * dv; e += blockDim.x) Sg[e] = S[e];
+    if (vec) {
+#pragma unroll 8
+        for (int64_t e = threadIdx.x; e < ns / 4; e += blockDim.x) ((float4 *)Sg)[e] = ((const float4 *)S)[e];
+    } else {
+#pragma unroll 8
+        for (int64_t e = threadIdx.x; e < ns; e += blockDim.x) Sg[e] = S[e];
+    }
 }
 
 TOC_EXPORT int toc_gated_delta_rule(const void *q, const void *k, const void *v, const void *a, const void *b,

@@ -634,20 +634,29 @@ __global__ void __launch_bounds__(256) moe_grouped_gemm_kernel(const uint16_t *x
     for (int i = 0; i < 2; i++)
 #pragma unroll
         for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+    /* each thread's share of a k step: one 8-value chunk of x (64 rows x 32 cols) and two of w
+     * (128 rows x 32 cols); the next step's are loaded into registers before this step's
+     * products, so their latency overlaps the tensor-core work */
+    const int xr = threadIdx.x >> 2, cc = (threadIdx.x & 3) * 8;
+    const int wr0 = threadIdx.x >> 2, wr1 = (threadIdx.x + 256) >> 2;
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    auto load_x = [&](int64_t k0) {
+        return xr < rows && k0 + cc < k ? *(const uint4 *)(x + ((int64_t)r0 + xr) * k + k0 + cc) : z;
+    };
+    auto load_w = [&](int wr, int64_t k0) {
+        return n0 + wr < n && k0 + cc < k ? __ldg((const uint4 *)(w + (n0 + wr) * k + k0 + cc)) : z;
+    };
+    uint4 xv = load_x(0), wv0 = load_w(wr0, 0), wv1 = load_w(wr1, 0);
     for (int64_t k0 = 0; k0 < k; k0 += GT_K) {
-        { /* x: 64 rows x 32 cols = 256 chunks of 8, one a thread */
-            const int r = threadIdx.x >> 2, cc = (threadIdx.x & 3) * 8;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (r < rows && k0 + cc < k) v = *(const uint4 *)(x + ((int64_t)r0 + r) * k + k0 + cc);
-            *(uint4 *)(xs + r * GT_LD + cc) = v;
-        }
-        for (int c = threadIdx.x; c < GT_N * 4; c += 256) { /* w: 128 rows x 32 cols */
-            const int r = c >> 2, cc = (c & 3) * 8;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (n0 + r < n && k0 + cc < k) v = __ldg((const uint4 *)(w + (n0 + r) * k + k0 + cc));
-            *(uint4 *)(ws + r * GT_LD + cc) = v;
-        }
+        *(uint4 *)(xs + xr * GT_LD + cc) = xv;
+        *(uint4 *)(ws + wr0 * GT_LD + cc) = wv0;
+        *(uint4 *)(ws + wr1 * GT_LD + cc) = wv1;
         __syncthreads();
+        if (k0 + GT_K < k) {
+            xv = load_x(k0 + GT_K);
+            wv0 = load_w(wr0, k0 + GT_K);
+            wv1 = load_w(wr1, k0 + GT_K);
+        }
 #pragma unroll
         for (int kk = 0; kk < GT_K; kk += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
