@@ -9,6 +9,7 @@
 #include "common.cuh"
 
 #define DN_CHUNK 32
+#define DN_RUN 16 /* state values of a column loaded together */
 
 __global__ void __launch_bounds__(128) dn_kernel(const void *q, const void *k, const void *v, const void *a,
                                                  const void *b, const float *decay, const float *dt_bias,
@@ -74,25 +75,47 @@ __global__ void __launch_bounds__(128) dn_kernel(const void *q, const void *k, c
             const float beta = betas[c], eg = egs[c];
             const float *qc = qn + c * dk, *kc = kn + c * dk;
             for (int j = threadIdx.x; j < (int)dv; j += blockDim.x) {
-                /* unrolled: the shared-memory loads of a stretch of x issue together, and only
-                 * the sums (in x order) stay sequential */
-                float *__restrict__ Sj = S + j; /* disjoint from the chunk's q, k, v rows */
-                const float *__restrict__ kr = kc, *__restrict__ qr = qc;
+                /* the column in runs of DN_RUN: a run's state values and inputs are loaded into
+                 * registers first (no load waits behind a store), then used in x order */
+                float *Sj = S + j;
                 const int ndk = (int)dk, ndv = (int)dv;
                 float m = 0.0f;
-#pragma unroll 8
-                for (int x = 0; x < ndk; x++) {
-                    const float s = Sj[x * ndv] * eg;
-                    Sj[x * ndv] = s;
-                    m = __fadd_rn(m, __fmul_rn(s, kr[x]));
+                for (int x0 = 0; x0 < ndk; x0 += DN_RUN) {
+                    float sv[DN_RUN], kv[DN_RUN];
+#pragma unroll
+                    for (int u = 0; u < DN_RUN; u++) {
+                        const bool in = x0 + u < ndk;
+                        sv[u] = in ? Sj[(x0 + u) * ndv] : 0.0f;
+                        kv[u] = in ? kc[x0 + u] : 0.0f;
+                    }
+#pragma unroll
+                    for (int u = 0; u < DN_RUN; u++) {
+                        if (x0 + u < ndk) {
+                            const float st = sv[u] * eg;
+                            Sj[(x0 + u) * ndv] = st;
+                            m = __fadd_rn(m, __fmul_rn(st, kv[u]));
+                        }
+                    }
                 }
                 const float d = (vc[c * dv + j] - m) * beta;
                 float o = 0.0f;
-#pragma unroll 8
-                for (int x = 0; x < ndk; x++) {
-                    const float s = __fadd_rn(Sj[x * ndv], __fmul_rn(kr[x], d));
-                    Sj[x * ndv] = s;
-                    o = __fadd_rn(o, __fmul_rn(s, qr[x]));
+                for (int x0 = 0; x0 < ndk; x0 += DN_RUN) {
+                    float sv[DN_RUN], kv[DN_RUN], qv[DN_RUN];
+#pragma unroll
+                    for (int u = 0; u < DN_RUN; u++) {
+                        const bool in = x0 + u < ndk;
+                        sv[u] = in ? Sj[(x0 + u) * ndv] : 0.0f;
+                        kv[u] = in ? kc[x0 + u] : 0.0f;
+                        qv[u] = in ? qc[x0 + u] : 0.0f;
+                    }
+#pragma unroll
+                    for (int u = 0; u < DN_RUN; u++) {
+                        if (x0 + u < ndk) {
+                            const float st = __fadd_rn(sv[u], __fmul_rn(kv[u], d));
+                            Sj[(x0 + u) * ndv] = st;
+                            o = __fadd_rn(o, __fmul_rn(st, qv[u]));
+                        }
+                    }
                 }
                 stf(out, odt, (i0 + c) * ldo + h * dv + j, o);
             }
