@@ -93,8 +93,8 @@ def native(session: nox.Session) -> None:
 
 
 #: Python tests that drive the native library hard enough to be worth running under sanitizers.
-SANITIZE_TESTS = ("test_ops_*.py", "test_matmul*.py", "test_safetensors.py", "test_memory.py",
-                  "test_native_loader.py")  # fmt: skip
+SANITIZE_TESTS = ("test_ops_*.py", "test_matmul*.py", "test_linear_*.py", "test_safetensors.py",
+                  "test_memory.py", "test_native_loader.py")  # fmt: skip
 
 
 @nox.session
