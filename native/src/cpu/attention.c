@@ -292,6 +292,136 @@ T5 static void cvt_avx512(const uint16_t *src, float *dst, int64_t n) {
 }
 static const attn_kernels k_avx512 = {"avx512f", scores_avx512, expsum_avx512, pv_avx512,
                                       cvt_avx512};
+
+/* A block's tiles with its rows as the vector dimension (prefill: 16 or more rows). Scores are a
+ * small GEMM, S^T[j][r] = sum_d K[j][d] Q^T[d][r] (broadcast key values times 16 rows of the
+ * transposed queries: no horizontal sums), the online softmax runs over 16 rows at once with
+ * per-row visibility masks, and P.V adds each key's value row to two rows' accumulators at a
+ * time. Same state as the row path (acc, running max and sum per row); R = rows padded to 16. */
+typedef struct {
+    float *qt, *st, *mv, *lv, *corr, *kt, *vt;
+    int32_t *lo, *hi;
+} blk_scratch;
+
+T5 static void scores_blocked(const float *kt, int64_t n4, int64_t hd, const float *qt, int64_t R,
+                              float scale, float *st) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int64_t r0 = 0; r0 < R; r0 += 32) {
+        const int two = r0 + 16 < R;
+        for (int64_t j0 = 0; j0 < n4; j0 += 4) {
+            const float *k0 = kt + j0 * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
+            __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00;
+            __m512 a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+            if (two) {
+                for (int64_t d = 0; d < hd; d++) {
+                    const __m512 q0 = _mm512_loadu_ps(qt + d * R + r0), q1 = _mm512_loadu_ps(qt + d * R + r0 + 16);
+                    const __m512 b0 = _mm512_set1_ps(k0[d]), b1 = _mm512_set1_ps(k1[d]);
+                    const __m512 b2 = _mm512_set1_ps(k2[d]), b3 = _mm512_set1_ps(k3[d]);
+                    a00 = _mm512_fmadd_ps(b0, q0, a00), a01 = _mm512_fmadd_ps(b0, q1, a01);
+                    a10 = _mm512_fmadd_ps(b1, q0, a10), a11 = _mm512_fmadd_ps(b1, q1, a11);
+                    a20 = _mm512_fmadd_ps(b2, q0, a20), a21 = _mm512_fmadd_ps(b2, q1, a21);
+                    a30 = _mm512_fmadd_ps(b3, q0, a30), a31 = _mm512_fmadd_ps(b3, q1, a31);
+                }
+                _mm512_storeu_ps(st + (j0 + 0) * R + r0 + 16, _mm512_mul_ps(a01, sc));
+                _mm512_storeu_ps(st + (j0 + 1) * R + r0 + 16, _mm512_mul_ps(a11, sc));
+                _mm512_storeu_ps(st + (j0 + 2) * R + r0 + 16, _mm512_mul_ps(a21, sc));
+                _mm512_storeu_ps(st + (j0 + 3) * R + r0 + 16, _mm512_mul_ps(a31, sc));
+            } else {
+                for (int64_t d = 0; d < hd; d++) {
+                    const __m512 q0 = _mm512_loadu_ps(qt + d * R + r0);
+                    a00 = _mm512_fmadd_ps(_mm512_set1_ps(k0[d]), q0, a00);
+                    a10 = _mm512_fmadd_ps(_mm512_set1_ps(k1[d]), q0, a10);
+                    a20 = _mm512_fmadd_ps(_mm512_set1_ps(k2[d]), q0, a20);
+                    a30 = _mm512_fmadd_ps(_mm512_set1_ps(k3[d]), q0, a30);
+                }
+            }
+            _mm512_storeu_ps(st + (j0 + 0) * R + r0, _mm512_mul_ps(a00, sc));
+            _mm512_storeu_ps(st + (j0 + 1) * R + r0, _mm512_mul_ps(a10, sc));
+            _mm512_storeu_ps(st + (j0 + 2) * R + r0, _mm512_mul_ps(a20, sc));
+            _mm512_storeu_ps(st + (j0 + 3) * R + r0, _mm512_mul_ps(a30, sc));
+        }
+    }
+}
+
+/* online softmax of one tile (keys t0 .. t0 + n) for every row vector: st becomes P^T (0 where a
+ * key is not visible to a row), corr the rows' rescale factors; mv / lv updated */
+T5 static void softmax_blocked(float *st, int64_t n, int64_t R, int64_t t0, const int32_t *lo,
+                               const int32_t *hi, float *mv, float *lv, float *corr) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int64_t r0 = 0; r0 < R; r0 += 16) {
+        const __m512i lov = _mm512_loadu_si512(lo + r0), hiv = _mm512_loadu_si512(hi + r0);
+        /* every key of the tile visible to all 16 rows (no causal edge, no segment edge): no masks */
+        const int all = _mm512_reduce_max_epi32(lov) <= t0 && _mm512_reduce_min_epi32(hiv) >= t0 + n;
+        __m512 mx = ninf;
+        if (all) {
+            for (int64_t j = 0; j < n; j++) mx = _mm512_max_ps(mx, _mm512_loadu_ps(st + j * R + r0));
+        } else {
+            for (int64_t j = 0; j < n; j++) {
+                const __m512i jv = _mm512_set1_epi32((int32_t)(t0 + j));
+                const __mmask16 vis = _mm512_cmpge_epi32_mask(jv, lov) & _mm512_cmplt_epi32_mask(jv, hiv);
+                mx = _mm512_mask_max_ps(mx, vis, mx, _mm512_loadu_ps(st + j * R + r0));
+            }
+        }
+        const __m512 mo = _mm512_loadu_ps(mv + r0), mn = _mm512_max_ps(mo, mx);
+        const __mmask16 valid = _mm512_cmp_ps_mask(mn, ninf, _CMP_GT_OQ);
+        const __m512 ms = _mm512_maskz_mov_ps(valid, mn); /* rows with nothing visible yet: 0 */
+        const __m512 cr = exp512(_mm512_sub_ps(mo, ms));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; j++) {
+            __mmask16 vis = (__mmask16)0xffff;
+            if (!all) {
+                const __m512i jv = _mm512_set1_epi32((int32_t)(t0 + j));
+                vis = _mm512_cmpge_epi32_mask(jv, lov) & _mm512_cmplt_epi32_mask(jv, hiv);
+            }
+            const __m512 e = _mm512_maskz_mov_ps(vis, exp512(_mm512_sub_ps(_mm512_loadu_ps(st + j * R + r0), ms)));
+            _mm512_storeu_ps(st + j * R + r0, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        _mm512_storeu_ps(mv + r0, mn);
+        _mm512_storeu_ps(lv + r0, _mm512_fmadd_ps(_mm512_loadu_ps(lv + r0), cr, sum));
+        _mm512_storeu_ps(corr + r0, cr);
+    }
+}
+
+/* acc[r] = acc[r] * corr[r] + sum_j P^T[j][r] v[j] for r < rows (two rows at a time) */
+T5 static void pv_blocked(float *acc, int64_t rows, int64_t hdv, const float *pt, int64_t R,
+                          const float *corr, const float *v, int64_t ldv, int64_t n) {
+    for (int64_t r = 0; r < rows; r += 2) {
+        const int64_t r1 = r + 1 < rows ? r + 1 : r; /* an odd last row pairs with itself */
+        float *x0 = acc + r * hdv, *x1 = acc + r1 * hdv;
+        const __m512 c0 = _mm512_set1_ps(corr[r]), c1 = _mm512_set1_ps(corr[r1]);
+        for (int64_t i = 0; i < hdv; i += 64) {
+            __mmask16 mk[4];
+            for (int u = 0; u < 4; u++) {
+                const int64_t left = hdv - i - 16 * u;
+                mk[u] = left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u);
+            }
+            __m512 a0 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[0], x0 + i), c0);
+            __m512 a1 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[1], x0 + i + 16), c0);
+            __m512 a2 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[2], x0 + i + 32), c0);
+            __m512 a3 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[3], x0 + i + 48), c0);
+            __m512 b0 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[0], x1 + i), c1);
+            __m512 b1 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[1], x1 + i + 16), c1);
+            __m512 b2 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[2], x1 + i + 32), c1);
+            __m512 b3 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[3], x1 + i + 48), c1);
+            for (int64_t j = 0; j < n; j++) {
+                const float *vr = v + j * ldv + i;
+                const __m512 p0 = _mm512_set1_ps(pt[j * R + r]), p1 = _mm512_set1_ps(pt[j * R + r1]);
+                const __m512 v0 = _mm512_maskz_loadu_ps(mk[0], vr), v1 = _mm512_maskz_loadu_ps(mk[1], vr + 16);
+                const __m512 v2 = _mm512_maskz_loadu_ps(mk[2], vr + 32), v3 = _mm512_maskz_loadu_ps(mk[3], vr + 48);
+                a0 = _mm512_fmadd_ps(p0, v0, a0), a1 = _mm512_fmadd_ps(p0, v1, a1);
+                a2 = _mm512_fmadd_ps(p0, v2, a2), a3 = _mm512_fmadd_ps(p0, v3, a3);
+                b0 = _mm512_fmadd_ps(p1, v0, b0), b1 = _mm512_fmadd_ps(p1, v1, b1);
+                b2 = _mm512_fmadd_ps(p1, v2, b2), b3 = _mm512_fmadd_ps(p1, v3, b3);
+            }
+            /* x1 first: when r1 == r the row's own sums (a) are the ones kept */
+            _mm512_mask_storeu_ps(x1 + i, mk[0], b0), _mm512_mask_storeu_ps(x1 + i + 16, mk[1], b1);
+            _mm512_mask_storeu_ps(x1 + i + 32, mk[2], b2), _mm512_mask_storeu_ps(x1 + i + 48, mk[3], b3);
+            _mm512_mask_storeu_ps(x0 + i, mk[0], a0), _mm512_mask_storeu_ps(x0 + i + 16, mk[1], a1);
+            _mm512_mask_storeu_ps(x0 + i + 32, mk[2], a2), _mm512_mask_storeu_ps(x0 + i + 48, mk[3], a3);
+        }
+    }
+}
 #endif
 
 static const attn_kernels *pick_kernels(void) {
@@ -315,6 +445,7 @@ typedef struct {
     void *out;
     int64_t tq, nh, nkv, g, hd, hdv, ldq, ldo, kv_len, khs, kps, vhs, vps, q_pos;
     int causal, segmented, q_dtype, kv_dtype;
+    int blocked; /* the AVX-512 kernels: blocks of 16+ rows take run_blocked */
     float scale;
     const qblock *blocks;
     int64_t nblocks, nsplit, bq, bk, max_rows;
@@ -333,6 +464,71 @@ static inline void row_range(const attn_ctx *c, const qblock *b, int64_t i, int6
     else *hi = c->q_pos + i + 1;
 }
 
+#ifdef TO_X86
+/* rows padded to whole vectors, and key tiles to whole groups of 4 (run_blocked's layout) */
+static inline int64_t blk_rows(const attn_ctx *c) { return (c->max_rows + 15) & ~(int64_t)15; }
+static inline int64_t blk_keys(const attn_ctx *c) { return (c->bk + 3) & ~(int64_t)3; }
+
+/* A work item's key range [k_beg, k_end) for its rows with the row-vector kernels (see
+ * scores_blocked); leaves the same running max, sum and accumulators as the row path. `area`:
+ * hd * R + bk4 * R + 5 * R floats. kt holds bk4 key rows. */
+T5 static void run_blocked(attn_ctx *c, const qblock *b, int64_t hk, int64_t rows, int64_t k_beg,
+                           int64_t k_end, float *acc, float *mrow, float *lrow, float *kt, float *vt,
+                           float *area) {
+    const int64_t g = c->g, hd = c->hd, hdv = c->hdv, bk = c->bk, R = blk_rows(c);
+    float *qt = area, *st = qt + hd * R, *mv = st + blk_keys(c) * R, *lv = mv + R, *corr = lv + R;
+    int32_t *lo = (int32_t *)(corr + R), *hi = lo + R;
+    for (int64_t r = 0; r < R; r++) {
+        mv[r] = -INFINITY;
+        lv[r] = 0.f;
+        if (r >= rows) { /* padding: zero queries that see no key */
+            lo[r] = hi[r] = 0;
+            for (int64_t d = 0; d < hd; d++) qt[d * R + r] = 0.f;
+            continue;
+        }
+        int64_t i = b->q0 + r / g, h = hk * g + r % g, l, e;
+        row_range(c, b, i, &l, &e);
+        lo[r] = (int32_t)l;
+        hi[r] = (int32_t)e;
+        if (c->q_dtype == TO_F32) {
+            const float *qp = (const float *)c->q + i * c->ldq + h * hd;
+            for (int64_t d = 0; d < hd; d++) qt[d * R + r] = qp[d];
+        } else {
+            const uint16_t *qp = (const uint16_t *)c->q + i * c->ldq + h * hd;
+            for (int64_t d = 0; d < hd; d++) qt[d * R + r] = to_bf16_to_f32(qp[d]);
+        }
+    }
+    memset(acc, 0, (size_t)(rows * hdv) * 4);
+    const int f32 = c->kv_dtype == TO_F32, esz = f32 ? 4 : 2;
+    const char *kbase = (const char *)c->k + hk * c->khs * esz;
+    const char *vbase = (const char *)c->v + hk * c->vhs * esz;
+    for (int64_t t0 = k_beg; t0 < k_end; t0 += bk) {
+        const int64_t n = k_end - t0 < bk ? k_end - t0 : bk, n4 = (n + 3) & ~(int64_t)3;
+        for (int64_t j = 0; j < n; j++) {
+            if (f32) memcpy(kt + j * hd, (const float *)kbase + (t0 + j) * c->kps, (size_t)hd * 4);
+            else cvt_avx512((const uint16_t *)kbase + (t0 + j) * c->kps, kt + j * hd, hd);
+        }
+        memset(kt + n * hd, 0, (size_t)((n4 - n) * hd) * 4);
+        const float *vtile = vt;
+        int64_t ldv = hdv;
+        if (f32) {
+            vtile = (const float *)vbase + t0 * c->vps;
+            ldv = c->vps;
+        } else {
+            for (int64_t j = 0; j < n; j++)
+                cvt_avx512((const uint16_t *)vbase + (t0 + j) * c->vps, vt + j * hdv, hdv);
+        }
+        scores_blocked(kt, n4, hd, qt, R, c->scale, st);
+        softmax_blocked(st, n, R, t0, lo, hi, mv, lv, corr);
+        pv_blocked(acc, rows, hdv, st, R, corr, vtile, ldv, n);
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        mrow[r] = mv[r];
+        lrow[r] = lv[r];
+    }
+}
+#endif
+
 static void run_item(attn_ctx *c, int64_t item, float *scratch) {
     int64_t per_block = c->nkv * c->nsplit;
     int64_t bi = c->nblocks - 1 - item / per_block; /* latest (most expensive) blocks first */
@@ -345,7 +541,7 @@ static void run_item(attn_ctx *c, int64_t item, float *scratch) {
     float *mrow = acc + c->max_rows * hdv;        /* rows */
     float *lrow = mrow + c->max_rows;             /* rows */
     float *kt = lrow + c->max_rows;               /* bk * hd */
-    float *vt = kt + bk * hd;                     /* bk * hdv */
+    float *vt = kt + (c->blocked ? (bk + 3) & ~(int64_t)3 : bk) * hd; /* bk * hdv */
     float *s = vt + bk * hdv;                     /* bk */
     int64_t lo_blk, hi_blk, lo_tmp, hi_tmp;
     row_range(c, b, b->q0, &lo_blk, &hi_tmp);
@@ -359,6 +555,12 @@ static void run_item(attn_ctx *c, int64_t item, float *scratch) {
     if (k_end > hi_blk) k_end = hi_blk;
     if (k_beg > hi_blk) k_beg = hi_blk;
 
+#ifdef TO_X86
+    if (c->blocked && rows >= 16) {
+        run_blocked(c, b, hk, rows, k_beg, k_end, acc, mrow, lrow, kt, vt, s + bk);
+        goto done;
+    }
+#endif
     for (int64_t r = 0; r < rows; r++) {
         int64_t i = b->q0 + r / g, h = hk * g + r % g;
         const char *qp = (const char *)c->q + (i * c->ldq + h * hd) * (c->q_dtype == TO_F32 ? 4 : 2);
@@ -409,6 +611,9 @@ static void run_item(attn_ctx *c, int64_t item, float *scratch) {
             c->kern->pv(acc + r * hdv, corr, s, vtile + ja * ldv, ldv, m, hdv);
         }
     }
+#ifdef TO_X86
+done:
+#endif
     if (c->nsplit > 1) {
         float *part = c->partial + ((hk * c->nsplit + split) * c->max_rows) * (hdv + 2);
         for (int64_t r = 0; r < rows; r++) {
@@ -434,7 +639,12 @@ static void run_item(attn_ctx *c, int64_t item, float *scratch) {
 }
 
 static size_t scratch_floats(const attn_ctx *c) {
-    return (size_t)(c->max_rows * (c->hd + c->hdv + 2) + c->bk * (c->hd + c->hdv + 1) + 16);
+    size_t n = (size_t)(c->max_rows * (c->hd + c->hdv + 2) + c->bk * (c->hd + c->hdv + 1) + 16);
+#ifdef TO_X86
+    if (c->blocked) /* kt padded to bk4 rows, then run_blocked's area after s */
+        n += (size_t)(4 * c->hd + (c->hd + blk_keys(c) + 5) * blk_rows(c));
+#endif
+    return n;
 }
 
 static void attn_task(void *ctx, int ith, int nth) {
@@ -543,6 +753,9 @@ TO_API int to_attention(const void *q, const void *k, const void *v, void *out, 
     attn_ctx c;
     memset(&c, 0, sizeof c);
     c.kern = pick_kernels();
+#ifdef TO_X86
+    c.blocked = c.kern == &k_avx512;
+#endif
     to_report_kernel("attention", c.kern->name);
     c.q = q, c.k = k, c.v = v, c.out = out;
     c.tq = tq, c.nh = nh, c.nkv = nkv, c.g = nh / nkv, c.hd = hd_qk, c.hdv = hd_v;
