@@ -142,13 +142,18 @@ typedef struct {
 
 __attribute__((target("avx512f,avx512bf16"))) static void peak_task(void *vctx, int ith, int nth) {
     peak_ctx *ctx = vctx;
-    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0,
-           c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+    /* every chain starts from its own value: chains with equal starts and inputs are one value,
+     * which the compiler computed once (a single dependent chain, so the probe read the
+     * instruction's latency as 12 instructions: twice the real peak on a Zen 4 core) */
+    __m512 c0 = _mm512_set1_ps(0.0f), c1 = _mm512_set1_ps(1.0f), c2 = _mm512_set1_ps(2.0f),
+           c3 = _mm512_set1_ps(3.0f), c4 = _mm512_set1_ps(4.0f), c5 = _mm512_set1_ps(5.0f),
+           c6 = _mm512_set1_ps(6.0f), c7 = _mm512_set1_ps(7.0f), c8 = _mm512_set1_ps(8.0f),
+           c9 = _mm512_set1_ps(9.0f), c10 = _mm512_set1_ps(10.0f), c11 = _mm512_set1_ps(11.0f);
     __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80 + ith);
     __m512bh b = (__m512bh)_mm512_set1_epi32(0x3c003c00);
     for (int64_t i = 0; i < ctx->iters; i++) {
         /* 12 independent chains: enough to cover latency x throughput on current cores */
-        __asm__ volatile("" : "+v"(a), "+v"(b));
+        __asm__ volatile("" : "+v"(a), "+v"(b), "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3));
         c0 = _mm512_dpbf16_ps(c0, a, b);
         c1 = _mm512_dpbf16_ps(c1, a, b);
         c2 = _mm512_dpbf16_ps(c2, a, b);
