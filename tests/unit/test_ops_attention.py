@@ -175,6 +175,35 @@ def test_attention_noncausal_and_absorbed_mla(dtype: DType) -> None:
     assert rel(to_torch(out2), ref_attention(qn, kn, vn, 0, False, 32**-0.5)) < TOL[dtype]
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_attention_random_shapes(seed: int, isa: object) -> None:
+    """Random shapes around the kernels' edges: 16+ query rows (the row-vector kernels) and fewer,
+    query heads per kv head that leave padded row vectors (3, 6), head widths off every vector
+    size, key tiles of widths that are not a multiple of 4, a past, segments."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(options: list[int]) -> int:
+        return options[int(torch.randint(len(options), (1,), generator=g))]
+
+    dtype = DType.bfloat16 if pick([0, 1]) else DType.float32
+    tdt = TDT[dtype]
+    nkv, grp = pick([1, 2, 3]), pick([1, 2, 3, 4, 6])
+    nh, hd = nkv * grp, pick([8, 13, 40, 64, 100, 136, 200, 600])
+    hdv = pick([hd, 24, 72]) if hd <= 200 else hd - 88  # the MLA shape: hd_v below hd_qk
+    tq, past = pick([1, 3, 15, 16, 17, 37, 70, 130]), pick([0, 0, 5, 61])
+    causal = bool(pick([0, 1, 1]))
+    q = torch.randn(tq, nh, hd, generator=g).to(tdt)
+    k = torch.randn(past + tq, nkv, hd, generator=g).to(tdt)
+    v = torch.randn(past + tq, nkv, hdv, generator=g).to(tdt)
+    kc, vc = make_cache(k, past + tq + 3), make_cache(v, past + tq + 3)
+    scale = hd**-0.5
+    out = ops.attention(
+        to_pio(q), to_pio(kc), to_pio(vc), kv_len=past + tq, causal=causal, scale=scale
+    )
+    ref = ref_attention(q, k, v, past, causal, scale)
+    assert rel(to_torch(out), ref) < TOL[dtype], (tq, past, nh, nkv, hd, hdv, causal, dtype)
+
+
 def test_prefill_then_decode_matches_full() -> None:
     nh, nkv, hd, t = 8, 4, 64, 45
     q, k, v = torch.randn(t, nh, hd), torch.randn(t, nkv, hd), torch.randn(t, nkv, hd)
