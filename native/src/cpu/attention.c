@@ -298,11 +298,6 @@ static const attn_kernels k_avx512 = {"avx512f", scores_avx512, expsum_avx512, p
  * transposed queries: no horizontal sums), the online softmax runs over 16 rows at once with
  * per-row visibility masks, and P.V adds each key's value row to two rows' accumulators at a
  * time. Same state as the row path (acc, running max and sum per row); R = rows padded to 16. */
-typedef struct {
-    float *qt, *st, *mv, *lv, *corr, *kt, *vt;
-    int32_t *lo, *hi;
-} blk_scratch;
-
 T5 static void scores_blocked(const float *kt, int64_t n4, int64_t hd, const float *qt, int64_t R,
                               float scale, float *st) {
     const __m512 sc = _mm512_set1_ps(scale);
