@@ -1,9 +1,11 @@
 """GLM-4.7-Flash or Qwen3-Coder-Next (bf16) on the GPU: Inference-PIO against transformers, same
 process, same synthetic checkpoint (the real layer shapes, ``--layers`` of them).
 
-Both models run op by op on CUDA here (no captured graph takes MLA or Gated DeltaNet yet), so the
-numbers say what a user gets today and where a graph would pay. Reports batch-1 greedy decode of
-``--new`` tokens after ``--prompt`` and a prefill of ``--prefill`` tokens, best of ``--repeats``.
+Batch-1 decode replays the model's op-by-op step captured in a CUDA graph (nn.cuda_capture); the
+same run also decodes op by op (``INFERENCE_PIO_CUDA_CAPTURE=0``) to show what the capture buys.
+Reports batch-1 greedy decode of ``--new`` tokens after ``--prompt`` (tok/s, the bytes a token
+reads and that rate's share of the measured read bandwidth) and a prefill of ``--prefill``
+tokens, best of ``--repeats``.
 
     python benchmarks/gpu_model_bench.py --model glm|next [--layers 4] [--new 64] [--prefill 512]
 """
@@ -70,14 +72,28 @@ def main(argv: list[str]) -> int:
         torch.cuda.synchronize()
         cuda.synchronize("cuda:0")
 
+    import os
+
+    from inference_pio.nn import cuda_capture
+
     ours = load(d, device="cuda:0")
-    ours.generate(prompt, max_new_tokens=4, temperature=0, ignore_eos=True)
-    o_dec = max(
-        ours.generate(
-            prompt, max_new_tokens=args.new, temperature=0, ignore_eos=True
-        ).decode_tokens_per_s
-        for _ in range(args.repeats)
-    )
+
+    def decode_rate(lm: Any) -> float:
+        lm.generate(prompt, max_new_tokens=4, temperature=0, ignore_eos=True)
+        return max(
+            lm.generate(
+                prompt, max_new_tokens=args.new, temperature=0, ignore_eos=True
+            ).decode_tokens_per_s
+            for _ in range(args.repeats)
+        )
+
+    captured = cuda_capture.unsupported_reason(ours.model) is None
+    o_dec = decode_rate(ours)
+    os.environ["INFERENCE_PIO_CUDA_CAPTURE"] = "0"
+    o_eager = decode_rate(ours)
+    del os.environ["INFERENCE_PIO_CUDA_CAPTURE"]
+    step_bytes = ours.model.decode_bytes_per_token(args.prompt + args.new // 2)
+    read_bw = cuda.read_bandwidth(device="cuda:0")
     o_pre = 0.0
     for _ in range(args.repeats):
         cache = ours.model.new_cache(len(long) + 1)
@@ -112,7 +128,12 @@ def main(argv: list[str]) -> int:
     print(f"{name}, {args.layers} layers of the real shapes, bf16, {device}")
     print(f"{'metric':<34} {'ours':>10} {'transformers':>13} {'x':>6}")
     print(f"{f'decode {args.new} after {args.prompt} (tok/s)':<34} {o_dec:>10.1f} {h_dec:>13.1f} "
-          f"{o_dec / h_dec:>6.2f}")  # fmt: skip
+          f"{o_dec / h_dec:>6.2f}   {'captured graph' if captured else 'op by op'}")  # fmt: skip
+    print(f"{'  ... op by op (tok/s)':<34} {o_eager:>10.1f} {h_dec:>13.1f} {o_eager / h_dec:>6.2f}"
+          f"   capture {o_dec / o_eager:.2f}x")  # fmt: skip
+    gbs = step_bytes * o_dec / 1e9
+    share = f", {100 * gbs / read_bw:.1f}% of the {read_bw:.0f} GB/s read probe" if read_bw else ""
+    print(f"  {step_bytes / 1e6:.1f} MB a token: {gbs:.0f} GB/s{share}")
     print(f"{f'prefill {args.prefill} (tok/s)':<34} {o_pre:>10.0f} {h_pre:>13.0f} "
           f"{o_pre / h_pre:>6.2f}")  # fmt: skip
     print("(transformers' decode rate includes its prefill of the short prompt)")

@@ -77,6 +77,20 @@ class Backend:
         finally:
             self._local.scope = None
 
+    @contextlib.contextmanager
+    def private_scratch(self, buffers: dict[Any, Tensor]) -> Iterator[None]:
+        """Within the block, the calling thread's :meth:`scratch` hands out ``buffers`` (filled
+        as needed) instead of its own, and keeps every size there: a decode step captured in a
+        CUDA graph owns the buffers it writes through, so no later call of the thread reuses
+        or frees them (nn.cuda_capture)."""
+        local = self._local
+        saved = getattr(local, "cache", None), getattr(local, "scope", None)
+        local.cache, local.scope = buffers, buffers
+        try:
+            yield
+        finally:
+            local.cache, local.scope = saved
+
     def scratch_buffers(self) -> dict[Any, Tensor]:
         """The calling thread's scratch buffers (a decode plan keeps them alive: it replays raw
         pointers into them, possibly after the thread that made them has ended)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
+from collections.abc import Iterator
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int64, c_size_t, c_uint64, c_void_p
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -221,6 +222,23 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
         + [c_int64] * 4
         + [c_int, c_int],
     ),
+    # int toc_kv_cache_append_dev(const void *k_new, const void *v_new, void *k_cache,
+    #                             void *v_cache, int64_t t, int64_t nkv, int64_t hd_k, int64_t hd_v,
+    #                             int64_t max_len, const int32_t *pos, int src_dtype,
+    #                             int cache_dtype);
+    "toc_kv_cache_append_dev": (c_int, [c_void_p] * 4 + [c_int64] * 5 + [c_void_p, c_int, c_int]),
+    # int toc_attention_dev(const void *q, const void *k, const void *v, void *out, int64_t tq,
+    #                       int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, int64_t ldq,
+    #                       int64_t ldo, int64_t max_len, int64_t k_head_stride,
+    #                       int64_t k_pos_stride, int64_t v_head_stride, int64_t v_pos_stride,
+    #                       const int32_t *pos, float scale, int q_dtype, int kv_dtype,
+    #                       float *workspace, int64_t workspace_floats);
+    "toc_attention_dev": (
+        c_int,
+        [c_void_p] * 4 + [c_int64] * 12 + [c_void_p, c_float, c_int, c_int, c_void_p, c_int64],
+    ),
+    # int toc_decode_argmax(const void *logits, int dtype, int64_t vocab, void *argmax);
+    "toc_decode_argmax": (c_int, [c_void_p, c_int, c_int64, c_void_p]),
     # int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
     #                         int32_t *step, int max_steps);
     "toc_decode_step_end": (c_int, [c_void_p] * 5 + [c_int]),
@@ -468,6 +486,22 @@ class _DeviceBlock:
             self.ptr = 0
 
 
+_capture_local = threading.local()
+
+
+@contextlib.contextmanager
+def keep_allocations(kept: list[Storage]) -> Iterator[None]:
+    """Within the block, every device allocation of the calling thread is also appended to
+    ``kept``, so none of it returns to the caching allocator while ``kept`` lives: a captured
+    CUDA graph keeps pointers to buffers its Python code made and dropped (nn.cuda_capture)."""
+    prev = getattr(_capture_local, "kept", None)
+    _capture_local.kept = kept
+    try:
+        yield
+    finally:
+        _capture_local.kept = prev
+
+
 def allocate_storage(nbytes: int, device: Device) -> Storage:
     """Uninitialised device memory of ``nbytes`` from the caching allocator."""
     from inference_pio.tensor import Storage
@@ -476,7 +510,11 @@ def allocate_storage(nbytes: int, device: Device) -> Storage:
     out = c_void_p()
     check(lib().toc_malloc(nbytes, ctypes.byref(out)), "toc_malloc")
     ptr = out.value or 0
-    return Storage(ptr, nbytes, dev, _DeviceBlock(ptr, dev.index))
+    storage = Storage(ptr, nbytes, dev, _DeviceBlock(ptr, dev.index))
+    kept: list[Storage] | None = getattr(_capture_local, "kept", None)
+    if kept is not None:
+        kept.append(storage)
+    return storage
 
 
 def memory_stats(device: Device | str = "cuda:0") -> dict[str, int]:

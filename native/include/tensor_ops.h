@@ -607,6 +607,25 @@ TO_API int toc_attention_decode_batch_dev(const void *q, const void *k_new, cons
                                           const int64_t *capacities, const int32_t *lengths,
                                           float scale, int act_dtype, int cache_dtype, int nsplit,
                                           float *workspace, int flags);
+/* Ops of a decode step captured as it runs op by op (any layer mix; nn.cuda_capture): the cache
+ * slot is read from the device when the kernels run, so one graph replays for every token.
+ * toc_kv_cache_append_dev is toc_kv_cache_append with the first slot *pos (rows at or past max_len
+ * are skipped); toc_attention_dev is toc_attention, causal, with the tq queries at *pos ..
+ * *pos + tq - 1 over keys [0, *pos + tq) of caches of max_len positions, in key slices chosen
+ * from max_len that fit `workspace` (tq * nh * (hd_v + 2) floats a slice; NULL: one slice).
+ * toc_decode_argmax folds the greedy id of the logits (NaN skipped, ties to the lowest id) into
+ * the packed word toc_decode_step_end reads (atomicMax; the word starts at 0 and step_end resets
+ * it). */
+TO_API int toc_kv_cache_append_dev(const void *k_new, const void *v_new, void *k_cache, void *v_cache,
+                                   int64_t t, int64_t nkv, int64_t hd_k, int64_t hd_v, int64_t max_len,
+                                   const int32_t *pos, int src_dtype, int cache_dtype);
+TO_API int toc_attention_dev(const void *q, const void *k, const void *v, void *out, int64_t tq,
+                             int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, int64_t ldq,
+                             int64_t ldo, int64_t max_len, int64_t k_head_stride,
+                             int64_t k_pos_stride, int64_t v_head_stride, int64_t v_pos_stride,
+                             const int32_t *pos, float scale, int q_dtype, int kv_dtype,
+                             float *workspace, int64_t workspace_floats);
+TO_API int toc_decode_argmax(const void *logits, int dtype, int64_t vocab, void *argmax);
 TO_API int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int32_t *tokens,
                                int32_t *step, int max_steps);
 /* SwiGLU's two matrices and its activation in one call (src/cuda/linear.cu): out = swiglu(x gate^T,

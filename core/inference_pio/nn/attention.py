@@ -77,11 +77,51 @@ class KVTable:
 @dataclass(frozen=True)
 class Segment:
     """The rows [start, start+count) of a packed batch belong to one sequence whose cache holds
-    ``past`` tokens before them."""
+    ``past`` tokens before them.
+
+    ``past_dev`` (a decode step captured in a CUDA graph, :mod:`inference_pio.nn.cuda_capture`):
+    the device address of an int32 holding the cache length when the graph replays; ``past`` is
+    then only its value at capture time. Blocks that read the cache length pass this pointer to
+    the device ops (``kv_cache_append_dev``, ``attention_dev``) instead of ``past``."""
 
     start: int
     count: int
     past: int
+    past_dev: int = 0
+
+
+#: Key slices per query head that a captured decode step's attention workspace holds.
+CAPTURED_SPLITS = 32
+
+
+def attend_captured(
+    be: Backend,
+    seg: Segment,
+    q: int,
+    k: int,
+    v: int,
+    out: int,
+    nh: int,
+    nkv: int,
+    hd_qk: int,
+    hd_v: int,
+    ldq: int,
+    ldo: int,
+    capacity: int,
+    strides: tuple[int, int, int, int],
+    scale: float,
+    q_dtype: DType,
+    kv_dtype: DType,
+) -> None:
+    """Causal attention of ``seg``'s queries over its cache with the length read from the device
+    (``seg.past_dev``): toc_attention_dev with a scratch workspace of CAPTURED_SPLITS slices."""
+    per = seg.count * nh * (hd_v + 2)
+    ws = be.scratch("attn.captured_ws", (CAPTURED_SPLITS * per,), DType.float32)
+    be.call(
+        "attention_dev",
+        q, k, v, out, seg.count, nh, nkv, hd_qk, hd_v, ldq, ldo, capacity, *strides,
+        seg.past_dev, scale, q_dtype, kv_dtype, ws.data_ptr, ws.numel,
+    )  # fmt: skip
 
 
 class Attention:
@@ -90,6 +130,9 @@ class Attention:
     #: Decode plans may replay this block: its native calls depend on the step only through the
     #: cache length, linearly (the append slot and the attention length). See nn.decode_plan.
     replayable = True
+    #: A CUDA decode step may be captured with this block in it (nn.cuda_capture): at one token
+    #: its calls depend on the step only through the cache length, read on the device.
+    cuda_capturable = True
 
     def __init__(
         self,
@@ -284,6 +327,21 @@ class Attention:
                     f"sequence needs {seg.past + seg.count} cache slots, "
                     f"capacity is {cache.capacity}"
                 )
+            head_stride = cache.capacity * self.hd
+            if seg.past_dev:  # a step captured in a CUDA graph: the length is read on the device
+                be.call(
+                    "kv_cache_append_dev",
+                    k.data_ptr + seg.start * kw * es, v.data_ptr + seg.start * kw * es,
+                    cache.k.data_ptr, cache.v.data_ptr, seg.count, self.nkv, self.hd, self.hd,
+                    cache.capacity, seg.past_dev, act, cache.k.dtype,
+                )  # fmt: skip
+                attend_captured(
+                    be, seg, q.data_ptr + seg.start * qw * es, cache.k.data_ptr,
+                    cache.v.data_ptr, attn.data_ptr + seg.start * qw * es, self.nh, self.nkv,
+                    self.hd, self.hd, qw, qw, cache.capacity,
+                    (head_stride, self.hd, head_stride, self.hd), self.scale, act, cache.k.dtype,
+                )  # fmt: skip
+                continue
             be.call(
                 "kv_cache_append",
                 k.data_ptr + seg.start * kw * es,
@@ -299,7 +357,6 @@ class Attention:
                 act,
                 cache.k.dtype,
             )
-            head_stride = cache.capacity * self.hd
             be.call(
                 "attention",
                 q.data_ptr + seg.start * qw * es,

@@ -224,8 +224,132 @@ def _fused_enabled() -> bool:
     return os.environ.get("INFERENCE_PIO_CUDA_FUSED_DECODE", "1") != "0"
 
 
-class CudaGraphDecoder:
-    """One captured decode step of ``model`` over a static KV cache of ``capacity`` tokens."""
+class GraphStepRunner:
+    """A decode step of ``model`` captured once in a CUDA graph and replayed per token, over the
+    runner's own cache of ``capacity`` tokens. The step reads the token and the cache slot from
+    ``ctr`` ([token, slot, step, unused], int32 on the device), writes ``logits`` [1, vocab] and
+    ends with toc_decode_step_end (the greedy token fed back, ``tokens[step]`` written, slot and
+    step advanced). Subclasses set those buffers up and record the step in :meth:`_record`."""
+
+    model: DecoderModel
+    cuda: Any
+    capacity: int
+    chunk: int
+    cache: LayerCache
+    ctr: Tensor
+    tokens: Tensor
+    logits: Tensor
+    cos: Tensor
+    sin: Tensor
+    position_offset: int
+    graph: int | None
+
+    def _record(self) -> None:
+        raise NotImplementedError
+
+    def _capture_once(self) -> None:
+        lib, check = self.cuda.lib(), self.cuda.check
+        self.cuda.synchronize(self.model.device)
+        check(lib.toc_graph_begin(), "toc_graph_begin")
+        try:
+            self._record()
+        except BaseException:
+            lib.toc_graph_abort()
+            raise
+        out = ctypes.c_void_p()
+        check(lib.toc_graph_end(ctypes.byref(out)), "toc_graph_end")
+        self.graph = out.value
+
+    def __del__(self) -> None:
+        g = getattr(self, "graph", None)
+        if g:
+            with contextlib.suppress(Exception):
+                self.cuda.lib().toc_graph_destroy(g)
+
+    # ---- running ---------------------------------------------------------------------------------
+    def set_position_offset(self, offset: int) -> None:
+        """Makes cache slot i rotate as position ``i + offset`` (a sequence whose cache has a
+        ``position_offset``, Qwen3-VL after an image prompt): the captured step reads its
+        rotary tables from fixed buffers, which are rewritten in place."""
+        if offset == self.position_offset:
+            return
+        m = self.model
+        first = [max(0, i + offset) for i in range(self.capacity)]
+        positions = Tensor.from_list(first, DType.int32).to(m.device)
+        m.rotary.tables(m.be, positions, self.cos.dtype, out=(self.cos, self.sin))
+        self.position_offset = offset
+
+    def _set(self, token: int, pos: int) -> None:
+        host = Tensor.from_list([token, pos, 0, 0], DType.int32)
+        self.cuda.memcpy(self.ctr.data_ptr, host.data_ptr, 16, self.cuda.H2D, blocking=True)
+
+    def greedy(self, token: int, pos: int, n: int) -> list[int]:
+        """Feeds ``token`` at ``pos`` and decodes ``n`` (<= chunk) greedy tokens."""
+        if not 1 <= n <= self.chunk or pos + n > self.capacity:
+            raise ValueError(
+                f"greedy: {n} steps at {pos} do not fit (chunk {self.chunk}, "
+                f"capacity {self.capacity})"
+            )
+        self._set(token, pos)
+        self.cuda.check(self.cuda.lib().toc_graph_launch(self.graph, n), "toc_graph_launch")
+        out = Tensor.empty((n,), DType.int32)
+        self.cuda.memcpy(out.data_ptr, self.tokens.data_ptr, 4 * n, self.cuda.D2H, blocking=True)
+        return [int(v) for v in out.tolist()]
+
+    def sampled(self, token: int, pos: int, n: int, params: Any, rng: ctypes.c_uint64) -> list[int]:
+        """Feeds ``token`` at ``pos`` and decodes ``n`` (<= chunk) tokens drawn on the device
+        after each step (:func:`device_sampling_supported` params); ``rng`` (the host sampler's
+        state) is advanced as the host sampler would have advanced it."""
+        if not 1 <= n <= self.chunk or pos + n > self.capacity:
+            raise ValueError(
+                f"sampled: {n} steps at {pos} do not fit (chunk {self.chunk}, "
+                f"capacity {self.capacity})"
+            )
+        lib, check = self.cuda.lib(), self.cuda.check
+        if getattr(self, "_rng_dev", None) is None:
+            self._rng_dev = Tensor.zeros((1,), DType.int64, self.model.device)
+        host = (ctypes.c_uint64 * 1)(rng.value)
+        h2d, d2h = self.cuda.H2D, self.cuda.D2H
+        self.cuda.memcpy(self._rng_dev.data_ptr, ctypes.addressof(host), 8, h2d, blocking=True)
+        self._set(token, pos)
+        for _ in range(n):
+            check(lib.toc_graph_launch(self.graph, 1), "toc_graph_launch")
+            check(
+                lib.toc_decode_sample(
+                    self.logits.data_ptr,
+                    self.logits.dtype,
+                    self.logits.shape[1],
+                    self.ctr.data_ptr,
+                    self.tokens.data_ptr,
+                    self.chunk,
+                    params.temperature,
+                    params.top_k,
+                    params.top_p,
+                    params.min_p,
+                    self._rng_dev.data_ptr,
+                ),
+                "toc_decode_sample",
+            )
+        out = Tensor.empty((n,), DType.int32)
+        self.cuda.memcpy(out.data_ptr, self.tokens.data_ptr, 4 * n, self.cuda.D2H, blocking=True)
+        self.cuda.memcpy(ctypes.addressof(host), self._rng_dev.data_ptr, 8, d2h, blocking=True)
+        rng.value = host[0]
+        return [int(v) for v in out.tolist()]
+
+    def logits_after(self, token: int, pos: int) -> Tensor:
+        """Feeds ``token`` at ``pos``; returns the next-token logits [vocab], a view of the
+        graph's output buffer on the device (valid until the next replay)."""
+        if pos + 1 > self.capacity:
+            raise ValueError("logits_after: the cache is full")
+        self._set(token, pos)
+        self.cuda.check(self.cuda.lib().toc_graph_launch(self.graph, 1), "toc_graph_launch")
+        return self.logits[0]
+
+
+class CudaGraphDecoder(GraphStepRunner):
+    """One captured decode step of ``model`` over a static KV cache of ``capacity`` tokens: the
+    fused one-kernel step or the multi-kernel step (dense and Qwen3-MoE layers; other models get
+    :class:`~inference_pio.nn.cuda_capture.CapturedStepDecoder`)."""
 
     #: Kernel names of one decode step, in order (``skip`` takes any of them but step_end).
     KERNELS = (
@@ -735,107 +859,12 @@ class CudaGraphDecoder:
             self.fused = False
             self._capture_once()
 
-    def _capture_once(self) -> None:
-        lib, check = self.cuda.lib(), self.cuda.check
-        self.cuda.synchronize(self.model.device)
-        check(lib.toc_graph_begin(), "toc_graph_begin")
-        try:
-            self._record()
-        except BaseException:
-            lib.toc_graph_abort()
-            raise
-        out = ctypes.c_void_p()
-        check(lib.toc_graph_end(ctypes.byref(out)), "toc_graph_end")
-        self.graph = out.value
-
     def __del__(self) -> None:
-        g = getattr(self, "graph", None)
-        if g:
-            with contextlib.suppress(Exception):
-                self.cuda.lib().toc_graph_destroy(g)
+        super().__del__()
         h = getattr(self, "_fused", None)
         if h:
             with contextlib.suppress(Exception):
                 self.cuda.lib().toc_decoder_destroy(h)
-
-    # ---- running ---------------------------------------------------------------------------------
-    def set_position_offset(self, offset: int) -> None:
-        """Makes cache slot i rotate as position ``i + offset`` (a sequence whose cache has a
-        ``position_offset``, Qwen3-VL after an image prompt): the captured step reads its
-        rotary tables from fixed buffers, which are rewritten in place."""
-        if offset == self.position_offset:
-            return
-        m = self.model
-        first = [max(0, i + offset) for i in range(self.capacity)]
-        positions = Tensor.from_list(first, DType.int32).to(m.device)
-        m.rotary.tables(m.be, positions, self.cos.dtype, out=(self.cos, self.sin))
-        self.position_offset = offset
-
-    def _set(self, token: int, pos: int) -> None:
-        host = Tensor.from_list([token, pos, 0, 0], DType.int32)
-        self.cuda.memcpy(self.ctr.data_ptr, host.data_ptr, 16, self.cuda.H2D, blocking=True)
-
-    def greedy(self, token: int, pos: int, n: int) -> list[int]:
-        """Feeds ``token`` at ``pos`` and decodes ``n`` (<= chunk) greedy tokens."""
-        if not 1 <= n <= self.chunk or pos + n > self.capacity:
-            raise ValueError(
-                f"greedy: {n} steps at {pos} do not fit (chunk {self.chunk}, "
-                f"capacity {self.capacity})"
-            )
-        self._set(token, pos)
-        self.cuda.check(self.cuda.lib().toc_graph_launch(self.graph, n), "toc_graph_launch")
-        out = Tensor.empty((n,), DType.int32)
-        self.cuda.memcpy(out.data_ptr, self.tokens.data_ptr, 4 * n, self.cuda.D2H, blocking=True)
-        return [int(v) for v in out.tolist()]
-
-    def sampled(self, token: int, pos: int, n: int, params: Any, rng: ctypes.c_uint64) -> list[int]:
-        """Feeds ``token`` at ``pos`` and decodes ``n`` (<= chunk) tokens drawn on the device
-        after each step (:func:`device_sampling_supported` params); ``rng`` (the host sampler's
-        state) is advanced as the host sampler would have advanced it."""
-        if not 1 <= n <= self.chunk or pos + n > self.capacity:
-            raise ValueError(
-                f"sampled: {n} steps at {pos} do not fit (chunk {self.chunk}, "
-                f"capacity {self.capacity})"
-            )
-        lib, check = self.cuda.lib(), self.cuda.check
-        if getattr(self, "_rng_dev", None) is None:
-            self._rng_dev = Tensor.zeros((1,), DType.int64, self.model.device)
-        host = (ctypes.c_uint64 * 1)(rng.value)
-        h2d, d2h = self.cuda.H2D, self.cuda.D2H
-        self.cuda.memcpy(self._rng_dev.data_ptr, ctypes.addressof(host), 8, h2d, blocking=True)
-        self._set(token, pos)
-        for _ in range(n):
-            check(lib.toc_graph_launch(self.graph, 1), "toc_graph_launch")
-            check(
-                lib.toc_decode_sample(
-                    self.logits.data_ptr,
-                    self.logits.dtype,
-                    self.logits.shape[1],
-                    self.ctr.data_ptr,
-                    self.tokens.data_ptr,
-                    self.chunk,
-                    params.temperature,
-                    params.top_k,
-                    params.top_p,
-                    params.min_p,
-                    self._rng_dev.data_ptr,
-                ),
-                "toc_decode_sample",
-            )
-        out = Tensor.empty((n,), DType.int32)
-        self.cuda.memcpy(out.data_ptr, self.tokens.data_ptr, 4 * n, self.cuda.D2H, blocking=True)
-        self.cuda.memcpy(ctypes.addressof(host), self._rng_dev.data_ptr, 8, d2h, blocking=True)
-        rng.value = host[0]
-        return [int(v) for v in out.tolist()]
-
-    def logits_after(self, token: int, pos: int) -> Tensor:
-        """Feeds ``token`` at ``pos``; returns the next-token logits [vocab], a view of the
-        graph's output buffer on the device (valid until the next replay)."""
-        if pos + 1 > self.capacity:
-            raise ValueError("logits_after: the cache is full")
-        self._set(token, pos)
-        self.cuda.check(self.cuda.lib().toc_graph_launch(self.graph, 1), "toc_graph_launch")
-        return self.logits[0]
 
 
 class _GivenToken:
@@ -867,15 +896,35 @@ def device_sampling_supported(params: SamplingParams, vocab: int) -> bool:
     )
 
 
-def _runner(model: DecoderModel, capacity: int) -> CudaGraphDecoder | None:
-    """The model's graph decoder with at least ``capacity`` cache slots (None if unsupported)."""
-    if unsupported_reason(model) is not None:
+def _runner(model: DecoderModel, capacity: int) -> GraphStepRunner | None:
+    """The model's graph decoder with at least ``capacity`` cache slots: a
+    :class:`CudaGraphDecoder` where it takes the model, else the model's own step captured
+    (:class:`~inference_pio.nn.cuda_capture.CapturedStepDecoder`); None where neither can (the
+    steps then run op by op; a failed capture warns once)."""
+    from inference_pio.nn import cuda_capture
+
+    known = unsupported_reason(model) is None
+    if not known and (
+        cuda_capture.unsupported_reason(model) is not None or "_cuda_capture_failed" in vars(model)
+    ):
         return None
-    r: CudaGraphDecoder | None = getattr(model, "_cuda_graph_decoder", None)
+    r: GraphStepRunner | None = getattr(model, "_cuda_graph_decoder", None)
     if r is None or r.capacity < capacity:
         cap = min(model.max_context, max(capacity, 1 << max(0, (capacity - 1).bit_length()), 1024))
         vars(model)["_cuda_graph_decoder"] = None  # frees the old graph and cache first
-        r = CudaGraphDecoder(model, cap)
+        if known:
+            r = CudaGraphDecoder(model, cap)
+        else:
+            try:
+                r = cuda_capture.CapturedStepDecoder(model, cap)
+            except (NativeError, NotImplementedError, ValueError) as exc:
+                vars(model)["_cuda_capture_failed"] = str(exc)
+                warnings.warn(
+                    f"capturing the decode step failed ({exc}); decoding op by op",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return None
         vars(model)["_cuda_graph_decoder"] = r
     return r
 
@@ -935,7 +984,7 @@ def continue_alone(
     if state.finished:
         return None
     runner = _runner(model, capacity)
-    if runner is None:
+    if not isinstance(runner, CudaGraphDecoder):  # only its KV caches are moved between caches
         return None
     move_cache(state, runner.cache)
     runner.set_position_offset(state.cache.position_offset)
@@ -971,7 +1020,7 @@ def move_cache(state: SequenceState, dst: LayerCache) -> None:
 
 def _decode(
     model: Any,
-    runner: CudaGraphDecoder | None,
+    runner: GraphStepRunner | None,
     state: SequenceState,
     capacity: int,
     logits: Tensor | None,
@@ -1054,6 +1103,7 @@ def _decode(
 
 __all__ = [
     "CudaGraphDecoder",
+    "GraphStepRunner",
     "continue_alone",
     "cuda_stream_generate",
     "move_cache",

@@ -308,6 +308,34 @@ class DecoderModel:
             cache.length += t
             return self._logits(segments, x, small=False)[0]
 
+    def captured_step(
+        self, counters: Tensor, cos_table: Tensor, sin_table: Tensor, cache: LayerCache
+    ) -> Tensor:
+        """The ops of one batch-1 decode step with its inputs read on the device, for capture in
+        a CUDA graph (:mod:`inference_pio.nn.cuda_capture`): the token id is ``counters[0]`` and
+        the cache slot ``counters[1]`` (int32 on this device, read when the graph replays); the
+        rotary tables are those rows of ``cos_table`` / ``sin_table`` ([capacity, rot_dim]).
+        The blocks see ``Segment(0, 1, 1, past_dev=&counters[1])``. Returns the logits [1, vocab];
+        ``cache.length`` is not touched."""
+        be, act = self.be, self.act_dtype
+        ids, slot = counters.narrow(0, 0, 1), counters.narrow(0, 1, 1)
+        x = be.scratch("model.x", (1, self.hidden), act)
+        self.embed(be, ids, x)
+        rot = self.rotary.rot_dim
+        cos = be.scratch("model.cos", (1, rot), act)
+        sin = be.scratch("model.sin", (1, rot), act)
+        for table, out in ((cos_table, cos), (sin_table, sin)):
+            be.call(
+                "embedding", slot.data_ptr, DType.int32, 1, table.data_ptr, table.dtype,
+                table.shape[0], rot, out.data_ptr, act,
+            )  # fmt: skip
+        h = be.scratch("layer.h", (1, self.hidden), act)
+        # past=1 stands for the length at replay: no block may take this for a first step
+        segments = [Segment(0, 1, 1, slot.data_ptr)]
+        self.run_layers(be, x, h, segments, [[c] for c in cache.layers], cos, sin)
+        (row,) = self._logits(segments, x, small=False)
+        return row.reshape(1, self.vocab_size)
+
     def _forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
         be = self.be
         segments: list[Segment] = []

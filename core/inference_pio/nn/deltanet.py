@@ -46,6 +46,9 @@ class GatedDeltaNet:
 
     #: CPU decode plans do not replay it (its state is updated in place each step).
     replayable = False
+    #: A CUDA decode step may be captured with it (nn.cuda_capture): its calls never read the
+    #: cache length, and the graph updates the same state buffers in place each replay.
+    cuda_capturable = True
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from inference_pio.backend import Backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
-from inference_pio.nn.attention import KVTable, Segment
+from inference_pio.nn.attention import KVTable, Segment, attend_captured
 from inference_pio.nn.layers import Linear, RMSNorm, Rotary
 from inference_pio.tensor import Tensor
 
@@ -51,6 +51,9 @@ class MLAttention:
     #: CPU decode plans do not replay this block (GLM-4.7-Flash pairs it with routed experts,
     #: which no plan replays, so replaying it alone was never built or checked).
     replayable = False
+    #: A CUDA decode step may be captured with this block (nn.cuda_capture): at one token it
+    #: reads the cache length only on the device (kv_cache_append_dev, attention_dev).
+    cuda_capturable = True
 
     def __init__(
         self,
@@ -262,6 +265,20 @@ class MLAttention:
                     f"capacity is {cache.capacity}"
                 )
             kc = cache.k
+            if seg.past_dev:  # a step captured in a CUDA graph: the length is read on the device
+                cap_row = cache.capacity * row
+                be.call(
+                    "kv_cache_append_dev",
+                    ckv.data_ptr + seg.start * row * es, None, kc.data_ptr, None, seg.count, 1,
+                    row, 0, cache.capacity, seg.past_dev, act, kc.dtype,
+                )  # fmt: skip
+                attend_captured(
+                    be, seg, qa.data_ptr + seg.start * nh * row * es, kc.data_ptr, kc.data_ptr,
+                    lat.data_ptr + seg.start * nh * lora * es, nh, 1, row, lora, nh * row,
+                    nh * lora, cache.capacity, (cap_row, row, cap_row, row), self.scale, act,
+                    kc.dtype,
+                )  # fmt: skip
+                continue
             be.call(
                 "kv_cache_append",
                 ckv.data_ptr + seg.start * row * es,

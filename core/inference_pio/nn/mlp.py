@@ -12,6 +12,8 @@ class SwiGLU:
 
     #: Decode plans may replay this block: its native calls never depend on the step.
     replayable = True
+    #: A CUDA decode step may be captured with this block (nn.cuda_capture).
+    cuda_capturable = True
 
     def __init__(self, gate: Linear, up: Linear, down: Linear) -> None:
         if gate.out_features != up.out_features or down.in_features != gate.out_features:

@@ -40,6 +40,15 @@ class RoutedExperts:
     #: Decode plans must not replay this block: which experts run depends on the data.
     replayable = False
 
+    def cuda_capturable(self, be: Backend, act: DType) -> bool:
+        """Whether a CUDA decode step may be captured with this block (nn.cuda_capture): one
+        token takes the device path, which reads nothing back to the host."""
+        return self.device_path_ok(be, act, 1) and all(
+            getattr(sh, "cuda_capturable", False) is True
+            for sh in (getattr(self, "shared", None),)
+            if sh is not None
+        )
+
     def __init__(self, experts: Sequence[SwiGLU], k: int, hidden: int) -> None:
         if not experts:
             raise ValueError(f"{type(self).__name__} needs at least one expert")

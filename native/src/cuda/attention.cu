@@ -33,7 +33,7 @@ struct AttnArgs {
     int64_t n_seqs;
     float scale;
     int qd, kd;
-    const int32_t *pos_dev; /* graph decode: q_pos = *pos_dev, kv_len = q_pos + tq */
+    const int32_t *pos_dev; /* graph decode: q_pos = *pos_dev, kv_len = min(q_pos + tq, kv_len) */
     int nsplit;
     float *ws_o, *ws_ml; /* [tq, nh, nsplit, hdv], [tq, nh, nsplit, 2] when nsplit > 1 */
     /* batched decode (toc_attention_decode_batch): query row i is sequence i's new token, over its
@@ -91,9 +91,9 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
     const int split = blockIdx.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int64_t q_pos = a.q_pos, kv_len = a.kv_len;
-    if (a.pos_dev) {
+    if (a.pos_dev) { /* keys past the caches' a.kv_len positions are never read */
         q_pos = *a.pos_dev;
-        kv_len = q_pos + a.tq;
+        kv_len = min(q_pos + a.tq, a.kv_len);
     }
     const void *kbase = a.k, *vbase = a.v;
     int64_t khs = a.khs, vhs = a.vhs;
@@ -1058,9 +1058,41 @@ TOC_EXPORT int toc_attention_decode(const void *q, const void *k_cache, const vo
     TOC_CHECK(q && k_cache && v_cache && out && pos && (nsplit == 1 || workspace_buf),
               TO_ERR_INVALID_ARGUMENT, "toc_attention_decode: NULL pointer");
     TOC_READY();
-    AttnArgs a = {q, k_cache, v_cache, out, 1, nh, nkv, hd, hd, nh * hd, nh * hd, 0,
+    AttnArgs a = {q, k_cache, v_cache, out, 1, nh, nkv, hd, hd, nh * hd, nh * hd, capacity,
                   capacity * hd, hd, capacity * hd, hd, 0, 1, nullptr, 0, scale, q_dtype, kv_dtype,
                   pos, nsplit, workspace_buf, workspace_buf ? workspace_buf + (size_t)nh * nsplit * hd : nullptr};
+    return launch_split(a);
+}
+
+/* toc_attention for a captured graph: causal, the tq queries at positions *pos .. *pos + tq - 1
+ * (device int32, read when the kernels run) over keys [0, *pos + tq) of caches holding max_len
+ * positions. The key slices per query head are chosen from max_len, at most what `workspace`
+ * (workspace_floats floats) holds: tq * nh * (hd_v + 2) floats a slice. */
+TOC_EXPORT int toc_attention_dev(const void *q, const void *k, const void *v, void *out, int64_t tq, int64_t nh,
+                                 int64_t nkv, int64_t hd_qk, int64_t hd_v, int64_t ldq, int64_t ldo,
+                                 int64_t max_len, int64_t k_head_stride, int64_t k_pos_stride,
+                                 int64_t v_head_stride, int64_t v_pos_stride, const int32_t *pos, float scale,
+                                 int q_dtype, int kv_dtype, float *workspace_buf, int64_t workspace_floats) {
+    TOC_CHECK(tq >= 1 && nh >= 1 && nkv >= 1 && nh % nkv == 0 && max_len >= 1, TO_ERR_INVALID_ARGUMENT,
+              "toc_attention_dev: bad sizes (tq %lld, heads %lld/%lld, max_len %lld)", (long long)tq,
+              (long long)nh, (long long)nkv, (long long)max_len);
+    TOC_CHECK(hd_qk >= 1 && hd_qk <= 32 * AT_DMAX_WIDE && hd_v >= 1 && hd_v <= 32 * AT_DMAX_WIDE,
+              TO_ERR_UNSUPPORTED, "toc_attention_dev: head dims %lld/%lld (<= %d supported)",
+              (long long)hd_qk, (long long)hd_v, 32 * AT_DMAX_WIDE);
+    TOC_CHECK(ldq >= nh * hd_qk && ldo >= nh * hd_v && workspace_floats >= 0, TO_ERR_INVALID_ARGUMENT,
+              "toc_attention_dev: bad strides");
+    TOC_CHECK(toc_is_act(q_dtype) && toc_is_act(kv_dtype), TO_ERR_DTYPE, "toc_attention_dev: dtypes");
+    TOC_CHECK(q && k && v && out && pos, TO_ERR_INVALID_ARGUMENT, "toc_attention_dev: NULL pointer");
+    TOC_READY();
+    const bool wide = hd_qk > 32 * AT_DMAX || hd_v > 32 * AT_DMAX;
+    int nsplit = choose_splits(tq, nkv, nh / nkv, max_len, wide ? AT_GMAX_WIDE : AT_GMAX);
+    const int64_t per = tq * nh * (hd_v + 2);
+    if (!workspace_buf || nsplit > workspace_floats / per) nsplit = workspace_buf ? (int)(workspace_floats / per) : 1;
+    if (nsplit < 1) nsplit = 1;
+    AttnArgs a = {q, k, v, out, tq, nh, nkv, hd_qk, hd_v, ldq, ldo, max_len, k_head_stride,
+                  k_pos_stride, v_head_stride, v_pos_stride, 0, 1, nullptr, 0, scale, q_dtype, kv_dtype,
+                  pos, nsplit, nsplit > 1 ? workspace_buf : nullptr,
+                  nsplit > 1 ? workspace_buf + (size_t)tq * nh * nsplit * hd_v : nullptr};
     return launch_split(a);
 }
 
@@ -1176,12 +1208,15 @@ TOC_EXPORT int toc_attention_decode_batch_dev(const void *q, const void *k_new, 
 }
 
 /* ---- kv cache append ---- */
+/* pos_dev (graph capture): the first slot is read from the device, rows past max_len skipped */
 __global__ void kv_append_kernel(const void *src, void *cache, int64_t t, int64_t nkv, int64_t hd,
-                                 int64_t max_len, int64_t pos, int sd, int cd) {
+                                 int64_t max_len, int64_t pos, const int32_t *pos_dev, int sd, int cd) {
+    if (pos_dev) pos = *pos_dev;
     int64_t n = t * nkv * hd;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
         int64_t i = e / (nkv * hd), rem = e - i * nkv * hd, h = rem / hd, d = rem - h * hd;
+        if (pos < 0 || pos + i >= max_len) continue;
         stf(cache, cd, (h * max_len + pos + i) * hd + d, ldf(src, sd, e));
     }
 }
@@ -1189,25 +1224,27 @@ __global__ void kv_append_kernel(const void *src, void *cache, int64_t t, int64_
  * token row, a thread per chunk, no 64-bit division per element (the kernel above spent 28 us on a
  * 4 MB copy, Qwen3-4B's keys of 2048 tokens). */
 __global__ void kv_append16_kernel(const uint4 *src, uint4 *cache, int64_t t, int nkv, int cpr, int64_t max_len,
-                                   int64_t pos) {
+                                   int64_t pos, const int32_t *pos_dev) {
+    if (pos_dev) pos = *pos_dev;
     const int rc = nkv * cpr;
     for (int64_t i = blockIdx.x; i < t; i += gridDim.x)
         for (int c = threadIdx.x; c < rc; c += blockDim.x) {
+            if (pos < 0 || pos + i >= max_len) break;
             const int h = c / cpr, d = c - h * cpr;
             cache[((int64_t)h * max_len + pos + i) * cpr + d] = src[i * rc + c];
         }
 }
 static void kv_append_launch(const void *src, void *cache, int64_t t, int64_t nkv, int64_t hd, int64_t max_len,
-                             int64_t pos, int sd, int cd) {
+                             int64_t pos, const int32_t *pos_dev, int sd, int cd) {
     const int64_t esz = sd == TO_F32 ? 4 : 2, cpr = hd * esz / 16;
     if (sd == cd && (hd * esz) % 16 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)cache & 15) == 0 &&
         nkv * cpr <= (1 << 20)) {
         const int rc = (int)(nkv * cpr), threads = rc >= 256 ? 256 : (rc + 31) / 32 * 32;
         kv_append16_kernel<<<(unsigned)(t < 65536 ? t : 65536), threads, 0, toc_stream()>>>(
-            (const uint4 *)src, (uint4 *)cache, t, (int)nkv, (int)cpr, max_len, pos);
+            (const uint4 *)src, (uint4 *)cache, t, (int)nkv, (int)cpr, max_len, pos, pos_dev);
     } else {
         kv_append_kernel<<<toc_grid(t * nkv * hd, 256), 256, 0, toc_stream()>>>(src, cache, t, nkv, hd, max_len, pos,
-                                                                               sd, cd);
+                                                                               pos_dev, sd, cd);
     }
 }
 TOC_EXPORT int toc_kv_cache_append(const void *k_new, const void *v_new, void *k_cache,
@@ -1225,11 +1262,35 @@ TOC_EXPORT int toc_kv_cache_append(const void *k_new, const void *v_new, void *k
     if (t == 0) return TO_OK;
     TOC_CHECK(k_new && k_cache, TO_ERR_INVALID_ARGUMENT, "toc_kv_cache_append: NULL pointer");
     TOC_READY();
-    kv_append_launch(k_new, k_cache, t, nkv, hd_k, max_len, pos, src_dtype, cache_dtype);
+    kv_append_launch(k_new, k_cache, t, nkv, hd_k, max_len, pos, nullptr, src_dtype, cache_dtype);
     TOC_LAUNCHED("kv_append_kernel");
     if (v_new) {
         TOC_CHECK(hd_v >= 1, TO_ERR_INVALID_ARGUMENT, "toc_kv_cache_append: hd_v");
-        kv_append_launch(v_new, v_cache, t, nkv, hd_v, max_len, pos, src_dtype, cache_dtype);
+        kv_append_launch(v_new, v_cache, t, nkv, hd_v, max_len, pos, nullptr, src_dtype, cache_dtype);
+        TOC_LAUNCHED("kv_append_kernel");
+    }
+    return TO_OK;
+}
+
+/* toc_kv_cache_append for a captured graph: the first slot is *pos (device int32), read when the
+ * kernels run; rows that would land at or past max_len are skipped. */
+TOC_EXPORT int toc_kv_cache_append_dev(const void *k_new, const void *v_new, void *k_cache, void *v_cache,
+                                       int64_t t, int64_t nkv, int64_t hd_k, int64_t hd_v, int64_t max_len,
+                                       const int32_t *pos, int src_dtype, int cache_dtype) {
+    TOC_CHECK(t >= 0 && nkv >= 1 && hd_k >= 1 && max_len >= 1, TO_ERR_INVALID_ARGUMENT,
+              "toc_kv_cache_append_dev: bad sizes");
+    TOC_CHECK((v_new == NULL) == (v_cache == NULL), TO_ERR_INVALID_ARGUMENT,
+              "toc_kv_cache_append_dev: v_new and v_cache must both be given or both be NULL");
+    TOC_CHECK(toc_is_act(src_dtype) && toc_is_act(cache_dtype), TO_ERR_DTYPE,
+              "toc_kv_cache_append_dev: dtypes");
+    TOC_CHECK(!v_new || hd_v >= 1, TO_ERR_INVALID_ARGUMENT, "toc_kv_cache_append_dev: hd_v");
+    if (t == 0) return TO_OK;
+    TOC_CHECK(k_new && k_cache && pos, TO_ERR_INVALID_ARGUMENT, "toc_kv_cache_append_dev: NULL pointer");
+    TOC_READY();
+    kv_append_launch(k_new, k_cache, t, nkv, hd_k, max_len, 0, pos, src_dtype, cache_dtype);
+    TOC_LAUNCHED("kv_append_kernel");
+    if (v_new) {
+        kv_append_launch(v_new, v_cache, t, nkv, hd_v, max_len, 0, pos, src_dtype, cache_dtype);
         TOC_LAUNCHED("kv_append_kernel");
     }
     return TO_OK;

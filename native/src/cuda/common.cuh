@@ -30,10 +30,13 @@ int toc_gemv_mma_group(const void *x, int count, const void *const *ws, const in
 
 /* A per-device scratch buffer that grows on demand (one static TocBuffer per use). Growing waits
  * for the stream before freeing the old buffer, and is refused (TO_ERR_UNSUPPORTED) while the
- * stream is being captured into a graph. *out gets at least `bytes` of the current device. */
+ * stream is being captured into a graph; a buffer handed out during a capture is never freed
+ * (a graph may still point into it: growing then leaves the old one allocated). *out gets at
+ * least `bytes` of the current device. */
 struct TocBuffer {
     void *p[16];
     size_t size[16];
+    bool captured[16];
 };
 int toc_buffer_reserve(TocBuffer *b, size_t bytes, void **out, const char *what);
 

@@ -319,11 +319,13 @@ TOC_EXPORT int toc_memset(void *dst, int value, size_t nbytes) {
 
 /* ---- CUDA graphs ----
  * toc_graph_begin starts capturing the device stream: toc_ calls made until toc_graph_end are
- * recorded, not run (they must not allocate or synchronise). toc_graph_end instantiates the graph;
- * toc_graph_launch replays it `times` times back to back on the stream. */
+ * recorded, not run (they must not synchronise). toc_graph_end instantiates the graph;
+ * toc_graph_launch replays it `times` times back to back on the stream. Relaxed mode: a step
+ * captured as it runs op by op (nn.cuda_capture) allocates its buffers as it goes, and the caching
+ * allocator's cudaMalloc touches no stream. */
 TOC_EXPORT int toc_graph_begin(void) {
     TOC_READY();
-    TOC_CUDA(cudaStreamBeginCapture(toc_stream(), cudaStreamCaptureModeThreadLocal),
+    TOC_CUDA(cudaStreamBeginCapture(toc_stream(), cudaStreamCaptureModeRelaxed),
              "cudaStreamBeginCapture");
     return TO_OK;
 }
@@ -544,12 +546,17 @@ int toc_buffer_reserve(TocBuffer *b, size_t bytes, void **out, const char *what)
                   "before capturing)", what, bytes);
         if (b->p[dev]) {
             TOC_CUDA(cudaStreamSynchronize(toc_stream()), "cudaStreamSynchronize");
-            cudaFree(b->p[dev]);
+            if (!b->captured[dev]) cudaFree(b->p[dev]); /* else a graph may replay into it */
             b->p[dev] = nullptr;
             b->size[dev] = 0;
+            b->captured[dev] = false;
         }
         TOC_CUDA(cudaMalloc(&b->p[dev], bytes), what);
         b->size[dev] = bytes;
+    } else {
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        TOC_CUDA(cudaStreamIsCapturing(toc_stream(), &cs), "cudaStreamIsCapturing");
+        if (cs != cudaStreamCaptureStatusNone) b->captured[dev] = true;
     }
     *out = b->p[dev];
     return TO_OK;

@@ -676,6 +676,44 @@ TOC_EXPORT int toc_sample_greedy_rows(const void *logits, int dtype, int64_t row
     return TO_OK;
 }
 
+/* The greedy id of a graph step's logits packed for toc_decode_step_end: every block folds its
+ * elements' argmax_key (NaN skipped, ties to the lowest id) into *argmax with atomicMax. */
+__global__ void decode_argmax_kernel(const void *logits, int dtype, int64_t vocab, unsigned long long *argmax) {
+    unsigned long long best = 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vocab; i += (int64_t)gridDim.x * blockDim.x) {
+        const float v = ldf(logits, dtype, i);
+        if (v == v) {
+            const unsigned long long k = argmax_key(v, i);
+            if (k > best) best = k;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long other = __shfl_xor_sync(0xffffffffu, best, o);
+        if (other > best) best = other;
+    }
+    __shared__ unsigned long long red[32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) red[warp] = best;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (red[w] > best) best = red[w];
+        if (best) atomicMax(argmax, best);
+    }
+}
+
+TOC_EXPORT int toc_decode_argmax(const void *logits, int dtype, int64_t vocab, void *argmax) {
+    TOC_CHECK(logits && argmax && vocab >= 1 && vocab <= 0x7fffffff, TO_ERR_INVALID_ARGUMENT,
+              "toc_decode_argmax: bad arguments (vocab %lld)", (long long)vocab);
+    TOC_CHECK(toc_is_act(dtype), TO_ERR_DTYPE, "toc_decode_argmax: dtype %d", dtype);
+    TOC_READY();
+    const int64_t blocks = (vocab + 4095) / 4096;
+    decode_argmax_kernel<<<(unsigned)(blocks < 2 * toc_sm_count() ? blocks : 2 * toc_sm_count()), 256, 0,
+                           toc_stream()>>>(logits, dtype, vocab, (unsigned long long *)argmax);
+    TOC_LAUNCHED("decode_argmax_kernel");
+    return TO_OK;
+}
+
 TOC_EXPORT int toc_decode_sample(const void *logits, int dtype, int64_t vocab, int32_t *counters, int32_t *tokens,
                                  int64_t max_steps, float temperature, int64_t top_k, float top_p, float min_p,
                                  uint64_t *rng_state) {
