@@ -128,6 +128,48 @@ def test_attention_dev_latent_rows(dt: DType) -> None:
 
 
 @pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize(
+    ("nh", "nkv", "dq", "dv", "past", "tq", "cap"),
+    [
+        (20, 1, 576, 512, 40, 1, 128),
+        (20, 1, 576, 512, 700, 1, 1024),
+        (8, 2, 320, 288, 100, 3, 256),
+        (4, 4, 576, 512, 5, 2, 16),
+        (32, 1, 300, 600, 33, 1, 64),
+    ],
+)
+def test_wide_heads(
+    dt: DType, nh: int, nkv: int, dq: int, dv: int, past: int, tq: int, cap: int
+) -> None:
+    """Heads wider than 256 (the wide-head decode kernel: every query head of a kv head in one
+    block, key tiles of 32): toc_attention with the length on the host and toc_attention_dev,
+    against the float64 reference; one slice or many, several tiles a slice, several queries."""
+    g = torch.Generator().manual_seed(past + dq)
+    kv = past + tq
+    q = torch.randn(tq, nh, dq, generator=g).to(TDT[dt])
+    k = torch.randn(kv, nkv, dq, generator=g).to(TDT[dt])
+    v = torch.randn(kv, nkv, dv, generator=g).to(TDT[dt])
+    kc, vc = Tensor.zeros((nkv, cap, dq), dt, DEV), Tensor.zeros((nkv, cap, dv), dt, DEV)
+    ops.kv_cache_append(ours(k), None, kc, None, 0)
+    ops.kv_cache_append(ours(v), None, vc, None, 0)
+    dqt = ours(q)
+    ref = _ref(q, k, v, past, dq**-0.5)
+    want = 1e-5 if dt == DType.float32 else 1e-2
+    out = Tensor.empty((tq, nh * dv), dt, DEV)
+    rc = cuda.lib().toc_attention(
+        dqt.data_ptr, kc.data_ptr, vc.data_ptr, out.data_ptr, tq, nh, nkv, dq, dv, nh * dq,
+        nh * dv, kv, cap * dq, dq, cap * dv, dv, past, 1, None, 0, dq**-0.5, int(dt), int(dt),
+    )  # fmt: skip
+    cuda.check(rc, "toc_attention")
+    assert rel(theirs(out).reshape(tq, nh, dv), ref) < want
+    pos = tensor([past], DType.int32, DEV)
+    for splits in (1, 7, 32):
+        ws = Tensor.empty((splits * tq * nh * (dv + 2),), DType.float32, DEV)
+        got = _attention_dev(dqt, kc, vc, (tq, nh, nkv, dq, dv, cap, dq, dv), pos, ws)
+        assert rel(theirs(got).reshape(tq, nh, dv), ref) < want, splits
+
+
+@pytest.mark.parametrize("dt", FLOATS)
 def test_kv_cache_append_dev(dt: DType) -> None:
     """The rows land at the slot read on the device; rows past the capacity are skipped."""
     nkv, hd, cap = 3, 40, 16

@@ -247,22 +247,204 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
     }
 }
 
+/* Each slice's factor exp(m_s - M) is computed once into shared memory, then every dim sums its
+ * slices with independent loads (the same sums in the same order as one loop per dim). */
+#define AT_MERGE_MAX 1024 /* slices per row, at most */
 __global__ void attn_merge_kernel(AttnArgs a) {
+    __shared__ float fs[AT_MERGE_MAX];
     int64_t row = blockIdx.x; /* i * nh + hq */
     int64_t i = row / a.nh, hq = row - i * a.nh;
+    const float *ml = a.ws_ml + row * a.nsplit * 2;
     float M = -INFINITY;
-    for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, a.ws_ml[(row * a.nsplit + s) * 2]);
+    for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, ml[s * 2]);
+    for (int s = threadIdx.x; s < a.nsplit; s += blockDim.x) fs[s] = M != -INFINITY ? expf(ml[s * 2] - M) : 0.0f;
+    __syncthreads();
+    float L = 0.0f;
+    for (int s = 0; s < a.nsplit; s++) L += ml[s * 2 + 1] * fs[s];
+    const float *wo = a.ws_o + row * a.nsplit * a.hdv;
     for (int64_t d = threadIdx.x; d < a.hdv; d += blockDim.x) {
-        float L = 0.0f, O = 0.0f;
-        if (M != -INFINITY)
-            for (int s = 0; s < a.nsplit; s++) {
-                int64_t slot = row * a.nsplit + s;
-                float f = expf(a.ws_ml[slot * 2] - M);
-                L += a.ws_ml[slot * 2 + 1] * f;
-                O += a.ws_o[slot * a.hdv + d] * f;
-            }
+        float O = 0.0f;
+        for (int s = 0; s < a.nsplit; s++) O += wo[s * a.hdv + d] * fs[s];
         stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d, L > 0.0f ? O / L : 0.0f);
     }
+}
+
+/* ---- decode of wide heads ----
+ * Absorbed MLA (GLM-4.7-Flash: one kv head, key rows of 576 values whose first 512 are the values,
+ * 20 query heads): block (split, kv head, query) stages the G query heads of its kv head in shared
+ * memory and walks its key slice in tiles of AW_KEYS keys. Each warp scores its keys against every
+ * head (a key row is read once for all G heads), a warp per head updates that head's running max
+ * and sum over the tile, then each thread adds the tile's P.V to its AW_DV dims of every head.
+ * Partials go to the workspace (attn_merge_kernel) or, with one slice, normalised to out. */
+#define AW_THREADS 256
+#define AW_KEYS 32
+#define AW_GMAX 32 /* query heads per kv head */
+#define AW_DV 3    /* value dims per thread: hd_v <= 768 */
+static size_t wide_smem(int64_t G, int64_t hd_qk) {
+    return (size_t)(G * hd_qk + G * AW_KEYS + 3 * G) * sizeof(float);
+}
+static bool wide_decode_ok(int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, const int32_t *cu) {
+    const int64_t G = nh / nkv;
+    return !cu && (hd_qk > 32 * AT_DMAX || hd_v > 32 * AT_DMAX) && G <= AW_GMAX && hd_qk <= 32 * AT_DMAX_WIDE &&
+           hd_v <= AW_DV * AW_THREADS && (int64_t)wide_smem(G, hd_qk) <= toc_max_smem_optin();
+}
+template <int KD>
+__global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
+    extern __shared__ float aw_sm[];
+    const int G = (int)(a.nh / a.nkv);
+    float *qs = aw_sm;                   /* [G][hd] */
+    float *P = qs + G * a.hd;            /* [G][AW_KEYS] scores, then probabilities */
+    float *mrun = P + G * AW_KEYS, *lrun = mrun + G, *alpha = lrun + G;
+    const int64_t i = blockIdx.z, h = blockIdx.y;
+    const int split = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t q_pos = a.q_pos, kv_len = a.kv_len;
+    if (a.pos_dev) {
+        q_pos = *a.pos_dev;
+        kv_len = min(q_pos + a.tq, a.kv_len);
+    }
+    int64_t hi = a.causal ? min(q_pos + i + 1, kv_len) : kv_len;
+    if (hi < 0) hi = 0;
+    const int64_t chunk = (hi + a.nsplit - 1) / a.nsplit;
+    const int64_t s0 = min(hi, (int64_t)split * chunk), s1 = min(hi, s0 + chunk);
+    for (int64_t e = threadIdx.x; e < (int64_t)G * a.hd; e += AW_THREADS)
+        qs[e] = ldf(a.q, a.qd, i * a.ldq + h * G * a.hd + e);
+    for (int g = threadIdx.x; g < G; g += AW_THREADS) {
+        mrun[g] = -INFINITY;
+        lrun[g] = 0.0f;
+    }
+    float acc[AW_GMAX][AW_DV];
+#pragma unroll
+    for (int g = 0; g < AW_GMAX; g++)
+#pragma unroll
+        for (int c = 0; c < AW_DV; c++) acc[g][c] = 0.0f;
+    __syncthreads();
+    const int nkd = (int)((a.hd + 31) / 32);
+    for (int64_t t0 = s0; t0 < s1; t0 += AW_KEYS) {
+        const int nt = (int)min((int64_t)AW_KEYS, s1 - t0);
+        /* scores: warp w takes keys 2w, 2w + 1, 2w + 16, ... of the tile */
+        for (int j = warp * 2; j < nt; j += 2 * (AW_THREADS / 32)) {
+            float kr[2][AT_DMAX_WIDE];
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+#pragma unroll
+                for (int c = 0; c < AT_DMAX_WIDE; c++) {
+                    const int64_t d = lane + 32 * c;
+                    kr[u][c] = (c < nkd && d < a.hd && j + u < nt)
+                                   ? ld_as<KD>(a.k, h * a.khs + (t0 + j + u) * a.kps + d)
+                                   : 0.0f;
+                }
+            for (int g = 0; g < G; g++) {
+                const float *qg = qs + g * a.hd;
+                float s[2] = {0.0f, 0.0f};
+#pragma unroll
+                for (int c = 0; c < AT_DMAX_WIDE; c++) {
+                    const int64_t d = lane + 32 * c;
+                    const float qv = (c < nkd && d < a.hd) ? qg[d] : 0.0f;
+                    s[0] += qv * kr[0][c];
+                    s[1] += qv * kr[1][c];
+                }
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) {
+                    s[0] += __shfl_xor_sync(0xffffffffu, s[0], o);
+                    s[1] += __shfl_xor_sync(0xffffffffu, s[1], o);
+                }
+                if (lane == 0) {
+                    P[g * AW_KEYS + j] = s[0] * a.scale;
+                    if (j + 1 < nt) P[g * AW_KEYS + j + 1] = s[1] * a.scale;
+                }
+            }
+        }
+        __syncthreads();
+        /* a warp per head: the tile's max, probabilities and sum (lane = key) */
+        for (int g = warp; g < G; g += AW_THREADS / 32) {
+            const float sv = lane < nt ? P[g * AW_KEYS + lane] : -INFINITY;
+            float mx = sv;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float mo = mrun[g], mn = fmaxf(mo, mx);
+            const float pe = lane < nt ? expf(sv - mn) : 0.0f;
+            float sum = pe;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            P[g * AW_KEYS + lane] = pe;
+            __syncwarp();
+            if (lane == 0) {
+                const float al = mo == -INFINITY ? 0.0f : expf(mo - mn);
+                alpha[g] = al;
+                lrun[g] = lrun[g] * al + sum;
+                mrun[g] = mn;
+            }
+        }
+        __syncthreads();
+        /* P.V: the thread owns dims tid + AW_THREADS * c of every head */
+#pragma unroll
+        for (int g = 0; g < AW_GMAX; g++) {
+            if (g >= G) break;
+            const float al = alpha[g];
+#pragma unroll
+            for (int c = 0; c < AW_DV; c++) acc[g][c] *= al;
+        }
+        for (int j = 0; j < nt; j++) {
+            float vr[AW_DV];
+#pragma unroll
+            for (int c = 0; c < AW_DV; c++) {
+                const int64_t d = threadIdx.x + AW_THREADS * c;
+                vr[c] = d < a.hdv ? ld_as<KD>(a.v, h * a.vhs + (t0 + j) * a.vps + d) : 0.0f;
+            }
+#pragma unroll
+            for (int g = 0; g < AW_GMAX; g++) {
+                if (g >= G) break;
+                const float p = P[g * AW_KEYS + j];
+#pragma unroll
+                for (int c = 0; c < AW_DV; c++) acc[g][c] += p * vr[c];
+            }
+        }
+        __syncthreads(); /* P and alpha are rewritten by the next tile */
+    }
+#pragma unroll
+    for (int g = 0; g < AW_GMAX; g++) {
+        if (g >= G) break;
+        const int64_t hq = h * G + g;
+        const float M = mrun[g], L = lrun[g];
+#pragma unroll
+        for (int c = 0; c < AW_DV; c++) {
+            const int64_t d = threadIdx.x + AW_THREADS * c;
+            if (d >= a.hdv) continue;
+            if (a.nsplit == 1) {
+                stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d, L > 0.0f ? acc[g][c] / L : 0.0f);
+            } else {
+                const int64_t slot = (i * a.nh + hq) * a.nsplit + split;
+                a.ws_o[slot * a.hdv + d] = acc[g][c];
+                if (d == 0) {
+                    a.ws_ml[slot * 2] = M;
+                    a.ws_ml[slot * 2 + 1] = L;
+                }
+            }
+        }
+    }
+}
+
+static int launch_wide(AttnArgs &a) {
+    const size_t smem = wide_smem(a.nh / a.nkv, a.hd);
+    static size_t configured[16][2];
+    int dev = 0;
+    cudaGetDevice(&dev);
+    const int kd = a.kd == TO_BF16 ? 1 : 0;
+    if (configured[dev & 15][kd] < smem) {
+        TOC_CUDA(cudaFuncSetAttribute(kd ? attn_wide_kernel<TO_BF16> : attn_wide_kernel<TO_F32>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                 "cudaFuncSetAttribute");
+        configured[dev & 15][kd] = smem;
+    }
+    dim3 grid((unsigned)a.nsplit, (unsigned)a.nkv, (unsigned)a.tq);
+    if (kd) attn_wide_kernel<TO_BF16><<<grid, AW_THREADS, smem, toc_stream()>>>(a);
+    else attn_wide_kernel<TO_F32><<<grid, AW_THREADS, smem, toc_stream()>>>(a);
+    TOC_LAUNCHED("attn_wide_kernel");
+    if (a.nsplit > 1) {
+        attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
+        TOC_LAUNCHED("attn_merge_kernel");
+    }
+    return TO_OK;
 }
 
 static int launch_split(AttnArgs &a) {
@@ -271,6 +453,7 @@ static int launch_split(AttnArgs &a) {
     int64_t G = a.nh / a.nkv, gchunks = (G + gm - 1) / gm;
     dim3 grid((unsigned)a.nsplit, (unsigned)(a.nkv * gchunks), (unsigned)a.tq);
     cudaStream_t st = toc_stream();
+    if (!a.lens && !a.lens32 && !a.kn && wide_decode_ok(a.nh, a.nkv, a.hd, a.hdv, a.cu)) return launch_wide(a);
     if (nd > AT_DMAX) { /* wide heads: elementwise loads, any alignment */
         if (a.kd == TO_BF16) attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
         else attn_split_kernel<AT_DMAX_WIDE, TO_F32, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
@@ -982,6 +1165,12 @@ static int workspace(size_t floats, float **out) {
     return toc_buffer_reserve(&g_ws, floats * 4, (void **)out, "attention workspace");
 }
 
+/* query heads a block of the split kernels takes (all of a kv head's in the wide-head kernel) */
+static int64_t heads_per_block(int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, const int32_t *cu) {
+    if (wide_decode_ok(nh, nkv, hd_qk, hd_v, cu)) return nh / nkv;
+    return hd_qk > 32 * AT_DMAX || hd_v > 32 * AT_DMAX ? AT_GMAX_WIDE : AT_GMAX;
+}
+
 static int choose_splits(int64_t tq, int64_t nkv, int64_t G, int64_t span, int64_t gm = AT_GMAX) {
     int64_t blocks = tq * nkv * ((G + gm - 1) / gm);
     int64_t want = toc_cdiv(2 * toc_sm_count(), blocks);
@@ -1030,9 +1219,8 @@ TOC_EXPORT int toc_attention(const void *q, const void *k, const void *v, void *
         if (rc || done) return rc;
     }
     if (flash) return hd_qk == 128 ? launch_flash<128>(a) : launch_flash<64>(a);
-    const bool wide = hd_qk > 32 * AT_DMAX || hd_v > 32 * AT_DMAX;
     a.nsplit = choose_splits(tq, nkv, nh / nkv, cu_seqlens ? tq : kv_len,
-                             wide ? AT_GMAX_WIDE : AT_GMAX);
+                             heads_per_block(nh, nkv, hd_qk, hd_v, cu_seqlens));
     if (a.nsplit > 1) {
         float *ws;
         size_t slots = (size_t)tq * nh * a.nsplit;
@@ -1084,10 +1272,10 @@ TOC_EXPORT int toc_attention_dev(const void *q, const void *k, const void *v, vo
     TOC_CHECK(toc_is_act(q_dtype) && toc_is_act(kv_dtype), TO_ERR_DTYPE, "toc_attention_dev: dtypes");
     TOC_CHECK(q && k && v && out && pos, TO_ERR_INVALID_ARGUMENT, "toc_attention_dev: NULL pointer");
     TOC_READY();
-    const bool wide = hd_qk > 32 * AT_DMAX || hd_v > 32 * AT_DMAX;
-    int nsplit = choose_splits(tq, nkv, nh / nkv, max_len, wide ? AT_GMAX_WIDE : AT_GMAX);
+    int nsplit = choose_splits(tq, nkv, nh / nkv, max_len, heads_per_block(nh, nkv, hd_qk, hd_v, nullptr));
     const int64_t per = tq * nh * (hd_v + 2);
     if (!workspace_buf || nsplit > workspace_floats / per) nsplit = workspace_buf ? (int)(workspace_floats / per) : 1;
+    if (nsplit > AT_MERGE_MAX) nsplit = AT_MERGE_MAX;
     if (nsplit < 1) nsplit = 1;
     AttnArgs a = {q, k, v, out, tq, nh, nkv, hd_qk, hd_v, ldq, ldo, max_len, k_head_stride,
                   k_pos_stride, v_head_stride, v_pos_stride, 0, 1, nullptr, 0, scale, q_dtype, kv_dtype,
