@@ -424,20 +424,208 @@ __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
     }
 }
 
+/* The same with the key (and value) rows of each tile staged in shared memory by cp.async, two
+ * tiles in flight (bf16 caches, rows of whole 16-byte chunks, 16-byte aligned): the scores and
+ * P.V then read shared memory, and the next tile's rows load while this one is computed. Values
+ * that are the leading part of the key rows (a.v == a.k with the same strides: absorbed MLA) are
+ * read from the key tile. */
+__device__ __forceinline__ void aw_cp16(void *dst, const void *src) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+}
+static bool wide_shared_v(const AttnArgs &a) { return a.v == a.k && a.vps == a.kps && a.vhs == a.khs && a.hdv <= a.hd; }
+/* bytes before the staged tiles (16-byte aligned for cp.async) */
+__host__ __device__ __forceinline__ size_t wide_tiles_at(int64_t G, int64_t hd) {
+    return ((size_t)(G * hd + G * AW_KEYS + 3 * G) * sizeof(float) + 15) & ~(size_t)15;
+}
+static size_t wide_staged_smem(const AttnArgs &a) {
+    const int64_t G = a.nh / a.nkv;
+    const int64_t rows = a.hd + (wide_shared_v(a) ? 0 : a.hdv); /* bf16 values a key stages */
+    return wide_tiles_at(G, a.hd) + (size_t)2 * AW_KEYS * rows * 2;
+}
+static bool wide_staged_ok(const AttnArgs &a) {
+    const bool vec = a.kd == TO_BF16 && a.hd % 8 == 0 && a.hdv % 8 == 0 && a.kps % 8 == 0 && a.khs % 8 == 0 &&
+                     a.vps % 8 == 0 && a.vhs % 8 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
+    return vec && (int64_t)wide_staged_smem(a) <= toc_max_smem_optin();
+}
+__global__ void __launch_bounds__(AW_THREADS) attn_wide_staged_kernel(AttnArgs a) {
+    extern __shared__ float aw_sm[];
+    const int G = (int)(a.nh / a.nkv);
+    const bool vshared = a.v == a.k && a.vps == a.kps && a.vhs == a.khs;
+    float *qs = aw_sm;                   /* [G][hd] */
+    float *P = qs + G * a.hd;            /* [G][AW_KEYS] scores, then probabilities */
+    float *mrun = P + G * AW_KEYS, *lrun = mrun + G, *alpha = lrun + G;
+    const int kp = (int)a.hd, vp = vshared ? 0 : (int)a.hdv; /* staged bf16 per key */
+    uint16_t *tiles = (uint16_t *)((char *)aw_sm + wide_tiles_at(G, a.hd)); /* [2][AW_KEYS][kp + vp] */
+    const int64_t i = blockIdx.z, h = blockIdx.y;
+    const int split = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t q_pos = a.q_pos, kv_len = a.kv_len;
+    if (a.pos_dev) {
+        q_pos = *a.pos_dev;
+        kv_len = min(q_pos + a.tq, a.kv_len);
+    }
+    int64_t hi = a.causal ? min(q_pos + i + 1, kv_len) : kv_len;
+    if (hi < 0) hi = 0;
+    const int64_t chunk = (hi + a.nsplit - 1) / a.nsplit;
+    const int64_t s0 = min(hi, (int64_t)split * chunk), s1 = min(hi, s0 + chunk);
+    const uint16_t *kb = (const uint16_t *)a.k + h * a.khs, *vb = (const uint16_t *)a.v + h * a.vhs;
+    const int kc = kp / 8, vc = vp / 8, rowc = kc + vc; /* 16-byte chunks a key */
+    auto issue = [&](int64_t t0, int buf) {
+        const int nt = (int)min((int64_t)AW_KEYS, s1 - t0);
+        uint16_t *dst = tiles + (size_t)buf * AW_KEYS * (kp + vp);
+        for (int e = threadIdx.x; e < nt * rowc; e += AW_THREADS) {
+            const int r = e / rowc, c = e - r * rowc;
+            const uint16_t *src = c < kc ? kb + (t0 + r) * a.kps + 8 * c : vb + (t0 + r) * a.vps + 8 * (c - kc);
+            aw_cp16(dst + (size_t)r * (kp + vp) + 8 * c, src);
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    };
+    if (s0 < s1) issue(s0, 0);
+    for (int64_t e = threadIdx.x; e < (int64_t)G * a.hd; e += AW_THREADS)
+        qs[e] = ldf(a.q, a.qd, i * a.ldq + h * G * a.hd + e);
+    for (int g = threadIdx.x; g < G; g += AW_THREADS) {
+        mrun[g] = -INFINITY;
+        lrun[g] = 0.0f;
+    }
+    float acc[AW_GMAX][AW_DV];
+#pragma unroll
+    for (int g = 0; g < AW_GMAX; g++)
+#pragma unroll
+        for (int c = 0; c < AW_DV; c++) acc[g][c] = 0.0f;
+    const int npair = (int)(a.hd / 2); /* bf16 pairs of a key row */
+    __syncthreads(); /* the running max and sum are set (an empty slice writes them as they are) */
+    int buf = 0;
+    for (int64_t t0 = s0; t0 < s1; t0 += AW_KEYS, buf ^= 1) {
+        const int nt = (int)min((int64_t)AW_KEYS, s1 - t0);
+        if (t0 + AW_KEYS < s1) {
+            issue(t0 + AW_KEYS, buf ^ 1);
+            asm volatile("cp.async.wait_group 1;" ::: "memory");
+        } else {
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
+        }
+        __syncthreads();
+        const uint16_t *kt = tiles + (size_t)buf * AW_KEYS * (kp + vp);
+        /* scores: warp w takes keys 2w, 2w + 1, 2w + 16, ...; lane l the pairs l, l + 32, ... */
+        for (int j = warp * 2; j < nt; j += 2 * (AW_THREADS / 32)) {
+            float2 kr[2][(32 * AT_DMAX_WIDE) / 64];
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+#pragma unroll
+                for (int c = 0; c < (32 * AT_DMAX_WIDE) / 64; c++) {
+                    const int pr = lane + 32 * c;
+                    const uint32_t w = (pr < npair && j + u < nt)
+                                           ? *(const uint32_t *)(kt + (size_t)(j + u) * (kp + vp) + 2 * pr)
+                                           : 0u;
+                    kr[u][c] = make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+                }
+            for (int g = 0; g < G; g++) {
+                const float2 *qg = (const float2 *)(qs + g * a.hd);
+                float s[2] = {0.0f, 0.0f};
+#pragma unroll
+                for (int c = 0; c < (32 * AT_DMAX_WIDE) / 64; c++) {
+                    const int pr = lane + 32 * c;
+                    const float2 qv = pr < npair ? qg[pr] : make_float2(0.0f, 0.0f);
+                    s[0] += qv.x * kr[0][c].x + qv.y * kr[0][c].y;
+                    s[1] += qv.x * kr[1][c].x + qv.y * kr[1][c].y;
+                }
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) {
+                    s[0] += __shfl_xor_sync(0xffffffffu, s[0], o);
+                    s[1] += __shfl_xor_sync(0xffffffffu, s[1], o);
+                }
+                if (lane == 0) {
+                    P[g * AW_KEYS + j] = s[0] * a.scale;
+                    if (j + 1 < nt) P[g * AW_KEYS + j + 1] = s[1] * a.scale;
+                }
+            }
+        }
+        __syncthreads();
+        for (int g = warp; g < G; g += AW_THREADS / 32) {
+            const float sv = lane < nt ? P[g * AW_KEYS + lane] : -INFINITY;
+            float mx = sv;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float mo = mrun[g], mn = fmaxf(mo, mx);
+            const float pe = lane < nt ? expf(sv - mn) : 0.0f;
+            float sum = pe;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            P[g * AW_KEYS + lane] = pe;
+            __syncwarp();
+            if (lane == 0) {
+                const float al = mo == -INFINITY ? 0.0f : expf(mo - mn);
+                alpha[g] = al;
+                lrun[g] = lrun[g] * al + sum;
+                mrun[g] = mn;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int g = 0; g < AW_GMAX; g++) {
+            if (g >= G) break;
+            const float al = alpha[g];
+#pragma unroll
+            for (int c = 0; c < AW_DV; c++) acc[g][c] *= al;
+        }
+        const uint16_t *vt = kt + (vshared ? 0 : kp);
+        for (int j = 0; j < nt; j++) {
+            float vr[AW_DV];
+#pragma unroll
+            for (int c = 0; c < AW_DV; c++) {
+                const int d = threadIdx.x + AW_THREADS * c;
+                vr[c] = d < a.hdv ? __uint_as_float((uint32_t)vt[(size_t)j * (kp + vp) + d] << 16) : 0.0f;
+            }
+#pragma unroll
+            for (int g = 0; g < AW_GMAX; g++) {
+                if (g >= G) break;
+                const float p = P[g * AW_KEYS + j];
+#pragma unroll
+                for (int c = 0; c < AW_DV; c++) acc[g][c] += p * vr[c];
+            }
+        }
+        __syncthreads(); /* P, alpha and this tile's buffer are rewritten next */
+    }
+#pragma unroll
+    for (int g = 0; g < AW_GMAX; g++) {
+        if (g >= G) break;
+        const int64_t hq = h * G + g;
+        const float M = mrun[g], L = lrun[g];
+#pragma unroll
+        for (int c = 0; c < AW_DV; c++) {
+            const int64_t d = threadIdx.x + AW_THREADS * c;
+            if (d >= a.hdv) continue;
+            if (a.nsplit == 1) {
+                stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d, L > 0.0f ? acc[g][c] / L : 0.0f);
+            } else {
+                const int64_t slot = (i * a.nh + hq) * a.nsplit + split;
+                a.ws_o[slot * a.hdv + d] = acc[g][c];
+                if (d == 0) {
+                    a.ws_ml[slot * 2] = M;
+                    a.ws_ml[slot * 2 + 1] = L;
+                }
+            }
+        }
+    }
+}
+
 static int launch_wide(AttnArgs &a) {
-    const size_t smem = wide_smem(a.nh / a.nkv, a.hd);
-    static size_t configured[16][2];
+    const bool staged = wide_staged_ok(a);
+    const size_t smem = staged ? wide_staged_smem(a) : wide_smem(a.nh / a.nkv, a.hd);
+    static size_t configured[16][3];
     int dev = 0;
     cudaGetDevice(&dev);
-    const int kd = a.kd == TO_BF16 ? 1 : 0;
+    const int kd = staged ? 2 : a.kd == TO_BF16 ? 1 : 0;
     if (configured[dev & 15][kd] < smem) {
-        TOC_CUDA(cudaFuncSetAttribute(kd ? attn_wide_kernel<TO_BF16> : attn_wide_kernel<TO_F32>,
+        TOC_CUDA(cudaFuncSetAttribute(kd == 2   ? attn_wide_staged_kernel
+                                      : kd == 1 ? attn_wide_kernel<TO_BF16>
+                                                : attn_wide_kernel<TO_F32>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                  "cudaFuncSetAttribute");
         configured[dev & 15][kd] = smem;
     }
     dim3 grid((unsigned)a.nsplit, (unsigned)a.nkv, (unsigned)a.tq);
-    if (kd) attn_wide_kernel<TO_BF16><<<grid, AW_THREADS, smem, toc_stream()>>>(a);
+    if (kd == 2) attn_wide_staged_kernel<<<grid, AW_THREADS, smem, toc_stream()>>>(a);
+    else if (kd == 1) attn_wide_kernel<TO_BF16><<<grid, AW_THREADS, smem, toc_stream()>>>(a);
     else attn_wide_kernel<TO_F32><<<grid, AW_THREADS, smem, toc_stream()>>>(a);
     TOC_LAUNCHED("attn_wide_kernel");
     if (a.nsplit > 1) {
