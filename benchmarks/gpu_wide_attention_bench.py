@@ -1,0 +1,59 @@
+"""Decode attention of wide heads (GLM-4.7-Flash's absorbed MLA: one kv head, 576-value key rows
+whose first 512 are the values, 20 query heads) and of Qwen3-4B's heads, host-timed over 300
+back-to-back calls: ``toc_attention_dev`` (the length read on the device) with workspaces for 1 to
+32 key slices, and ``toc_attention`` with the length on the host.
+
+    python benchmarks/gpu_wide_attention_bench.py
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def bench(fn: Any, args: tuple[Any, ...], n: int = 300) -> float:
+    """Microseconds a call of ``fn(*args)`` (a CUDA library function) takes, back to back."""
+    from inference_pio import cuda
+
+    cuda.check(fn(*args), "call")
+    cuda.synchronize("cuda:0")
+    t = time.perf_counter()
+    for _ in range(n):
+        fn(*args)
+    cuda.synchronize("cuda:0")
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def main() -> int:
+    import torch
+
+    from inference_pio import cuda
+    from inference_pio.dtypes import DType
+    from inference_pio.tensor import Tensor, tensor
+    from inference_pio.testing import torch_bridge as tb
+
+    dev, lib, bf = "cuda:0", cuda.lib(), int(DType.bfloat16)
+    print(f"{'heads':>5} {'kv':>3} {'dq':>4} {'dv':>4} {'keys':>5} {'slices':>7} {'us':>8}")
+    for nh, nkv, dq, dv, cap in ((20, 1, 576, 512, 1024), (32, 8, 128, 128, 1024)):
+        for past in (40, 500):
+            q = tb.to_device(torch.randn(1, nh * dq).bfloat16(), dev)
+            kc = tb.to_device(torch.randn(nkv, cap, dq).bfloat16(), dev)
+            out = Tensor.empty((1, nh * dv), DType.bfloat16, dev)
+            pos = tensor([past], DType.int32, dev)
+            head = (q.data_ptr, kc.data_ptr, kc.data_ptr, out.data_ptr, 1, nh, nkv, dq, dv)
+            lds = (nh * dq, nh * dv)
+            strides = (cap * dq, dq, cap * dq, dq)
+            for splits in (1, 4, 16, 32):
+                ws = Tensor.empty((splits * nh * (dv + 2),), DType.float32, dev)
+                tail = (pos.data_ptr, dq**-0.5, bf, bf, ws.data_ptr, ws.numel)
+                us = bench(lib.toc_attention_dev, (*head, *lds, cap, *strides, *tail))
+                print(f"{nh:>5} {nkv:>3} {dq:>4} {dv:>4} {past + 1:>5} {splits:>7} {us:>8.1f}")
+            rest = (past + 1, *strides, past, 1, None, 0, dq**-0.5, bf, bf)
+            us = bench(lib.toc_attention, (*head, *lds, *rest))
+            print(f"{nh:>5} {nkv:>3} {dq:>4} {dv:>4} {past + 1:>5} {'host':>7} {us:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
