@@ -141,9 +141,10 @@ def test_attention_dev_latent_rows(dt: DType) -> None:
 def test_wide_heads(
     dt: DType, nh: int, nkv: int, dq: int, dv: int, past: int, tq: int, cap: int
 ) -> None:
-    """Heads wider than 256 (the wide-head decode kernel: every query head of a kv head in one
-    block, key tiles of 32): toc_attention with the length on the host and toc_attention_dev,
-    against the float64 reference; one slice or many, several tiles a slice, several queries."""
+    """Heads wider than 256 (bf16 rows of whole 16-byte chunks: the wide-head decode kernel, every
+    query head of a kv head in one block, key tiles of 32; fp32 or a width of 300: the split
+    kernel's wide path): toc_attention with the length on the host and toc_attention_dev, against
+    the float64 reference; one slice or many, several tiles a slice, several queries."""
     g = torch.Generator().manual_seed(past + dq)
     kv = past + tq
     q = torch.randn(tq, nh, dq, generator=g).to(TDT[dt])

@@ -31,7 +31,7 @@ from typing import Any
 
 from inference_pio.backend import Backend
 from inference_pio.dtypes import DType
-from inference_pio.nn.cuda_graph import GraphStepRunner
+from inference_pio.nn.cuda_graph import GraphStepRunner, graph_basics_reason
 from inference_pio.nn.decoder import DecoderModel
 from inference_pio.tensor import Storage, Tensor, tensor
 
@@ -51,12 +51,9 @@ def block_capturable(block: Any, be: Backend, act: DType) -> bool:
 
 def unsupported_reason(model: Any) -> str | None:
     """Why ``model``'s decode step cannot be captured (None when it can)."""
-    if not isinstance(model, DecoderModel):
-        return "not a DecoderModel"
-    if model.device.type != "cuda":
-        return "not on a CUDA device"
-    if model.hybrid:
-        return "layers split between the CPU and the GPU"
+    basics = graph_basics_reason(model)
+    if basics is not None:
+        return basics
     if not enabled():
         return "INFERENCE_PIO_CUDA_CAPTURE=0"
     for i, layer in enumerate(model.layers):

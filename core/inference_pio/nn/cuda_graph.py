@@ -51,14 +51,23 @@ from inference_pio.tensor import Tensor, tensor
 CHUNK = 32  # greedy tokens per host round trip
 
 
-def unsupported_reason(model: Any) -> str | None:
-    """Why ``model`` cannot use the graph decoder (None when it can)."""
+def graph_basics_reason(model: Any) -> str | None:
+    """Why no captured graph can run ``model``'s decode step at all (None when one may): it must be
+    a :class:`~inference_pio.nn.decoder.DecoderModel` wholly on one CUDA device."""
     if not isinstance(model, DecoderModel):
         return "not a DecoderModel"
     if model.device.type != "cuda":
         return "not on a CUDA device"
     if model.hybrid:
         return "layers split between the CPU and the GPU"
+    return None
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why ``model`` cannot use the graph decoder (None when it can)."""
+    basics = graph_basics_reason(model)
+    if basics is not None:
+        return basics
     if model.rotary.mode != ROPE_NEOX or model.rotary.rot_dim <= 0:
         return "rotary mode"
     if model.norm.variant != RMS_PLAIN:

@@ -280,155 +280,11 @@ __global__ void attn_merge_kernel(AttnArgs a) {
 #define AW_KEYS 32
 #define AW_GMAX 32 /* query heads per kv head */
 #define AW_DV 3    /* value dims per thread: hd_v <= 768 */
-static size_t wide_smem(int64_t G, int64_t hd_qk) {
-    return (size_t)(G * hd_qk + G * AW_KEYS + 3 * G) * sizeof(float);
-}
-static bool wide_decode_ok(int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, const int32_t *cu) {
-    const int64_t G = nh / nkv;
-    return !cu && (hd_qk > 32 * AT_DMAX || hd_v > 32 * AT_DMAX) && G <= AW_GMAX && hd_qk <= 32 * AT_DMAX_WIDE &&
-           hd_v <= AW_DV * AW_THREADS && (int64_t)wide_smem(G, hd_qk) <= toc_max_smem_optin();
-}
-template <int KD>
-__global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
-    extern __shared__ float aw_sm[];
-    const int G = (int)(a.nh / a.nkv);
-    float *qs = aw_sm;                   /* [G][hd] */
-    float *P = qs + G * a.hd;            /* [G][AW_KEYS] scores, then probabilities */
-    float *mrun = P + G * AW_KEYS, *lrun = mrun + G, *alpha = lrun + G;
-    const int64_t i = blockIdx.z, h = blockIdx.y;
-    const int split = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int64_t q_pos = a.q_pos, kv_len = a.kv_len;
-    if (a.pos_dev) {
-        q_pos = *a.pos_dev;
-        kv_len = min(q_pos + a.tq, a.kv_len);
-    }
-    int64_t hi = a.causal ? min(q_pos + i + 1, kv_len) : kv_len;
-    if (hi < 0) hi = 0;
-    const int64_t chunk = (hi + a.nsplit - 1) / a.nsplit;
-    const int64_t s0 = min(hi, (int64_t)split * chunk), s1 = min(hi, s0 + chunk);
-    for (int64_t e = threadIdx.x; e < (int64_t)G * a.hd; e += AW_THREADS)
-        qs[e] = ldf(a.q, a.qd, i * a.ldq + h * G * a.hd + e);
-    for (int g = threadIdx.x; g < G; g += AW_THREADS) {
-        mrun[g] = -INFINITY;
-        lrun[g] = 0.0f;
-    }
-    float acc[AW_GMAX][AW_DV];
-#pragma unroll
-    for (int g = 0; g < AW_GMAX; g++)
-#pragma unroll
-        for (int c = 0; c < AW_DV; c++) acc[g][c] = 0.0f;
-    __syncthreads();
-    const int nkd = (int)((a.hd + 31) / 32);
-    for (int64_t t0 = s0; t0 < s1; t0 += AW_KEYS) {
-        const int nt = (int)min((int64_t)AW_KEYS, s1 - t0);
-        /* scores: warp w takes keys 2w, 2w + 1, 2w + 16, ... of the tile */
-        for (int j = warp * 2; j < nt; j += 2 * (AW_THREADS / 32)) {
-            float kr[2][AT_DMAX_WIDE];
-#pragma unroll
-            for (int u = 0; u < 2; u++)
-#pragma unroll
-                for (int c = 0; c < AT_DMAX_WIDE; c++) {
-                    const int64_t d = lane + 32 * c;
-                    kr[u][c] = (c < nkd && d < a.hd && j + u < nt)
-                                   ? ld_as<KD>(a.k, h * a.khs + (t0 + j + u) * a.kps + d)
-                                   : 0.0f;
-                }
-            for (int g = 0; g < G; g++) {
-                const float *qg = qs + g * a.hd;
-                float s[2] = {0.0f, 0.0f};
-#pragma unroll
-                for (int c = 0; c < AT_DMAX_WIDE; c++) {
-                    const int64_t d = lane + 32 * c;
-                    const float qv = (c < nkd && d < a.hd) ? qg[d] : 0.0f;
-                    s[0] += qv * kr[0][c];
-                    s[1] += qv * kr[1][c];
-                }
-#pragma unroll
-                for (int o = 16; o > 0; o >>= 1) {
-                    s[0] += __shfl_xor_sync(0xffffffffu, s[0], o);
-                    s[1] += __shfl_xor_sync(0xffffffffu, s[1], o);
-                }
-                if (lane == 0) {
-                    P[g * AW_KEYS + j] = s[0] * a.scale;
-                    if (j + 1 < nt) P[g * AW_KEYS + j + 1] = s[1] * a.scale;
-                }
-            }
-        }
-        __syncthreads();
-        /* a warp per head: the tile's max, probabilities and sum (lane = key) */
-        for (int g = warp; g < G; g += AW_THREADS / 32) {
-            const float sv = lane < nt ? P[g * AW_KEYS + lane] : -INFINITY;
-            float mx = sv;
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float mo = mrun[g], mn = fmaxf(mo, mx);
-            const float pe = lane < nt ? expf(sv - mn) : 0.0f;
-            float sum = pe;
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            P[g * AW_KEYS + lane] = pe;
-            __syncwarp();
-            if (lane == 0) {
-                const float al = mo == -INFINITY ? 0.0f : expf(mo - mn);
-                alpha[g] = al;
-                lrun[g] = lrun[g] * al + sum;
-                mrun[g] = mn;
-            }
-        }
-        __syncthreads();
-        /* P.V: the thread owns dims tid + AW_THREADS * c of every head */
-#pragma unroll
-        for (int g = 0; g < AW_GMAX; g++) {
-            if (g >= G) break;
-            const float al = alpha[g];
-#pragma unroll
-            for (int c = 0; c < AW_DV; c++) acc[g][c] *= al;
-        }
-        for (int j = 0; j < nt; j++) {
-            float vr[AW_DV];
-#pragma unroll
-            for (int c = 0; c < AW_DV; c++) {
-                const int64_t d = threadIdx.x + AW_THREADS * c;
-                vr[c] = d < a.hdv ? ld_as<KD>(a.v, h * a.vhs + (t0 + j) * a.vps + d) : 0.0f;
-            }
-#pragma unroll
-            for (int g = 0; g < AW_GMAX; g++) {
-                if (g >= G) break;
-                const float p = P[g * AW_KEYS + j];
-#pragma unroll
-                for (int c = 0; c < AW_DV; c++) acc[g][c] += p * vr[c];
-            }
-        }
-        __syncthreads(); /* P and alpha are rewritten by the next tile */
-    }
-#pragma unroll
-    for (int g = 0; g < AW_GMAX; g++) {
-        if (g >= G) break;
-        const int64_t hq = h * G + g;
-        const float M = mrun[g], L = lrun[g];
-#pragma unroll
-        for (int c = 0; c < AW_DV; c++) {
-            const int64_t d = threadIdx.x + AW_THREADS * c;
-            if (d >= a.hdv) continue;
-            if (a.nsplit == 1) {
-                stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d, L > 0.0f ? acc[g][c] / L : 0.0f);
-            } else {
-                const int64_t slot = (i * a.nh + hq) * a.nsplit + split;
-                a.ws_o[slot * a.hdv + d] = acc[g][c];
-                if (d == 0) {
-                    a.ws_ml[slot * 2] = M;
-                    a.ws_ml[slot * 2 + 1] = L;
-                }
-            }
-        }
-    }
-}
-
-/* The same with the key (and value) rows of each tile staged in shared memory by cp.async, two
- * tiles in flight (bf16 caches, rows of whole 16-byte chunks, 16-byte aligned): the scores and
- * P.V then read shared memory, and the next tile's rows load while this one is computed. Values
- * that are the leading part of the key rows (a.v == a.k with the same strides: absorbed MLA) are
- * read from the key tile. */
+/* The key (and value) rows of each tile are staged in shared memory by cp.async, two tiles in
+ * flight (bf16 caches, rows of whole 16-byte chunks, 16-byte aligned): the scores and P.V read
+ * shared memory, and the next tile's rows load while this one is computed. Values that are the
+ * leading part of the key rows (a.v == a.k with the same strides: absorbed MLA) are read from the
+ * key tile. Other wide heads take the split kernel's wide path. */
 __device__ __forceinline__ void aw_cp16(void *dst, const void *src) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
@@ -443,12 +299,16 @@ static size_t wide_staged_smem(const AttnArgs &a) {
     const int64_t rows = a.hd + (wide_shared_v(a) ? 0 : a.hdv); /* bf16 values a key stages */
     return wide_tiles_at(G, a.hd) + (size_t)2 * AW_KEYS * rows * 2;
 }
-static bool wide_staged_ok(const AttnArgs &a) {
+/* Whether the wide-head kernel takes a's attention (pointers, dtypes and strides set). */
+static bool wide_ok(const AttnArgs &a) {
+    const int64_t G = a.nh / a.nkv;
+    const bool shape = !a.cu && !a.lens && !a.lens32 && !a.kn && (a.hd > 32 * AT_DMAX || a.hdv > 32 * AT_DMAX) &&
+                       G <= AW_GMAX && a.hd <= 32 * AT_DMAX_WIDE && a.hdv <= AW_DV * AW_THREADS;
     const bool vec = a.kd == TO_BF16 && a.hd % 8 == 0 && a.hdv % 8 == 0 && a.kps % 8 == 0 && a.khs % 8 == 0 &&
                      a.vps % 8 == 0 && a.vhs % 8 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
-    return vec && (int64_t)wide_staged_smem(a) <= toc_max_smem_optin();
+    return shape && vec && (int64_t)wide_staged_smem(a) <= toc_max_smem_optin();
 }
-__global__ void __launch_bounds__(AW_THREADS) attn_wide_staged_kernel(AttnArgs a) {
+__global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
     extern __shared__ float aw_sm[];
     const int G = (int)(a.nh / a.nkv);
     const bool vshared = a.v == a.k && a.vps == a.kps && a.vhs == a.khs;
@@ -609,24 +469,17 @@ __global__ void __launch_bounds__(AW_THREADS) attn_wide_staged_kernel(AttnArgs a
 }
 
 static int launch_wide(AttnArgs &a) {
-    const bool staged = wide_staged_ok(a);
-    const size_t smem = staged ? wide_staged_smem(a) : wide_smem(a.nh / a.nkv, a.hd);
-    static size_t configured[16][3];
+    const size_t smem = wide_staged_smem(a);
+    static size_t configured[16];
     int dev = 0;
     cudaGetDevice(&dev);
-    const int kd = staged ? 2 : a.kd == TO_BF16 ? 1 : 0;
-    if (configured[dev & 15][kd] < smem) {
-        TOC_CUDA(cudaFuncSetAttribute(kd == 2   ? attn_wide_staged_kernel
-                                      : kd == 1 ? attn_wide_kernel<TO_BF16>
-                                                : attn_wide_kernel<TO_F32>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    if (configured[dev & 15] < smem) {
+        TOC_CUDA(cudaFuncSetAttribute(attn_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                  "cudaFuncSetAttribute");
-        configured[dev & 15][kd] = smem;
+        configured[dev & 15] = smem;
     }
     dim3 grid((unsigned)a.nsplit, (unsigned)a.nkv, (unsigned)a.tq);
-    if (kd == 2) attn_wide_staged_kernel<<<grid, AW_THREADS, smem, toc_stream()>>>(a);
-    else if (kd == 1) attn_wide_kernel<TO_BF16><<<grid, AW_THREADS, smem, toc_stream()>>>(a);
-    else attn_wide_kernel<TO_F32><<<grid, AW_THREADS, smem, toc_stream()>>>(a);
+    attn_wide_kernel<<<grid, AW_THREADS, smem, toc_stream()>>>(a);
     TOC_LAUNCHED("attn_wide_kernel");
     if (a.nsplit > 1) {
         attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
@@ -641,7 +494,7 @@ static int launch_split(AttnArgs &a) {
     int64_t G = a.nh / a.nkv, gchunks = (G + gm - 1) / gm;
     dim3 grid((unsigned)a.nsplit, (unsigned)(a.nkv * gchunks), (unsigned)a.tq);
     cudaStream_t st = toc_stream();
-    if (!a.lens && !a.lens32 && !a.kn && wide_decode_ok(a.nh, a.nkv, a.hd, a.hdv, a.cu)) return launch_wide(a);
+    if (wide_ok(a)) return launch_wide(a);
     if (nd > AT_DMAX) { /* wide heads: elementwise loads, any alignment */
         if (a.kd == TO_BF16) attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
         else attn_split_kernel<AT_DMAX_WIDE, TO_F32, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
@@ -1354,9 +1207,9 @@ static int workspace(size_t floats, float **out) {
 }
 
 /* query heads a block of the split kernels takes (all of a kv head's in the wide-head kernel) */
-static int64_t heads_per_block(int64_t nh, int64_t nkv, int64_t hd_qk, int64_t hd_v, const int32_t *cu) {
-    if (wide_decode_ok(nh, nkv, hd_qk, hd_v, cu)) return nh / nkv;
-    return hd_qk > 32 * AT_DMAX || hd_v > 32 * AT_DMAX ? AT_GMAX_WIDE : AT_GMAX;
+static int64_t heads_per_block(const AttnArgs &a) {
+    if (wide_ok(a)) return a.nh / a.nkv;
+    return a.hd > 32 * AT_DMAX || a.hdv > 32 * AT_DMAX ? AT_GMAX_WIDE : AT_GMAX;
 }
 
 static int choose_splits(int64_t tq, int64_t nkv, int64_t G, int64_t span, int64_t gm = AT_GMAX) {
@@ -1407,8 +1260,7 @@ TOC_EXPORT int toc_attention(const void *q, const void *k, const void *v, void *
         if (rc || done) return rc;
     }
     if (flash) return hd_qk == 128 ? launch_flash<128>(a) : launch_flash<64>(a);
-    a.nsplit = choose_splits(tq, nkv, nh / nkv, cu_seqlens ? tq : kv_len,
-                             heads_per_block(nh, nkv, hd_qk, hd_v, cu_seqlens));
+    a.nsplit = choose_splits(tq, nkv, nh / nkv, cu_seqlens ? tq : kv_len, heads_per_block(a));
     if (a.nsplit > 1) {
         float *ws;
         size_t slots = (size_t)tq * nh * a.nsplit;
@@ -1460,15 +1312,19 @@ TOC_EXPORT int toc_attention_dev(const void *q, const void *k, const void *v, vo
     TOC_CHECK(toc_is_act(q_dtype) && toc_is_act(kv_dtype), TO_ERR_DTYPE, "toc_attention_dev: dtypes");
     TOC_CHECK(q && k && v && out && pos, TO_ERR_INVALID_ARGUMENT, "toc_attention_dev: NULL pointer");
     TOC_READY();
-    int nsplit = choose_splits(tq, nkv, nh / nkv, max_len, heads_per_block(nh, nkv, hd_qk, hd_v, nullptr));
+    AttnArgs a = {q, k, v, out, tq, nh, nkv, hd_qk, hd_v, ldq, ldo, max_len, k_head_stride,
+                  k_pos_stride, v_head_stride, v_pos_stride, 0, 1, nullptr, 0, scale, q_dtype, kv_dtype,
+                  pos, 1, nullptr, nullptr};
+    int nsplit = choose_splits(tq, nkv, nh / nkv, max_len, heads_per_block(a));
     const int64_t per = tq * nh * (hd_v + 2);
     if (!workspace_buf || nsplit > workspace_floats / per) nsplit = workspace_buf ? (int)(workspace_floats / per) : 1;
     if (nsplit > AT_MERGE_MAX) nsplit = AT_MERGE_MAX;
     if (nsplit < 1) nsplit = 1;
-    AttnArgs a = {q, k, v, out, tq, nh, nkv, hd_qk, hd_v, ldq, ldo, max_len, k_head_stride,
-                  k_pos_stride, v_head_stride, v_pos_stride, 0, 1, nullptr, 0, scale, q_dtype, kv_dtype,
-                  pos, nsplit, nsplit > 1 ? workspace_buf : nullptr,
-                  nsplit > 1 ? workspace_buf + (size_t)tq * nh * nsplit * hd_v : nullptr};
+    a.nsplit = nsplit;
+    if (nsplit > 1) {
+        a.ws_o = workspace_buf;
+        a.ws_ml = workspace_buf + (size_t)tq * nh * nsplit * hd_v;
+    }
     return launch_split(a);
 }
 
