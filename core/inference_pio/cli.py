@@ -32,6 +32,9 @@ environment:
   INFERENCE_PIO_DECODE_PLAN      0 = no recorded batch-1 CPU decode steps (debugging)
   INFERENCE_PIO_CUDA_FUSED_DECODE  0 = batch-1 CUDA decode as the multi-kernel CUDA graph
                                  (default: one fused kernel per token where the model allows it)
+  INFERENCE_PIO_CUDA_CAPTURE     0 = models no hand-written CUDA graph takes (GLM-4.7-Flash,
+                                 Qwen3-Coder-Next) decode op by op instead of replaying
+                                 their captured step
 """
 
 
