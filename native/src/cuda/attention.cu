@@ -78,6 +78,24 @@ __device__ __forceinline__ void ld_bf_vec(const uint16_t *p, float *out) {
         out[1] = __uint_as_float(v & 0xffff0000u);
     }
 }
+/* dst[r * ld + c] = src[src0 + r * width + c] as float for c < width (0 for width <= c < ld), rows
+ * < nrows, with the dtype branch outside the loop: ldf's runtime switch converts each value right
+ * after its load, which runs a thread's loads one after another (see ld_as). */
+template <int NT, int DT>
+__device__ __forceinline__ void stage_q_as(float *dst, int nrows, int ld, int width, const void *src, int64_t src0) {
+    const int n = nrows * ld;
+#pragma unroll 4
+    for (int e = threadIdx.x; e < n; e += NT) {
+        const int r = e / ld, c = e - r * ld;
+        dst[e] = c < width ? ld_as<DT>(src, src0 + (int64_t)r * width + c) : 0.0f;
+    }
+}
+template <int NT>
+__device__ __forceinline__ void stage_q(float *dst, int nrows, int ld, int width, const void *src, int dt, int64_t src0) {
+    if (dt == TO_BF16) stage_q_as<NT, TO_BF16>(dst, nrows, ld, width, src, src0);
+    else stage_q_as<NT, TO_F32>(dst, nrows, ld, width, src, src0);
+}
+
 template <int ND, int KD, bool VEC, int GM = AT_GMAX>
 __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
     __shared__ float qs[GM][ND * 32];
@@ -128,9 +146,13 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
             stf((void *)vbase, a.kd, h * vhs + fresh * a.vps + d, ld_as<KD>(a.vn, nrow + d));
         }
     const int ndv = (int)((a.hdv + 31) / 32);
-    for (int g = 0; g < gc; g++)
-        for (int64_t d = threadIdx.x; d < 32 * ND; d += blockDim.x) /* zeros past head_dim */
-            qs[g][d] = d < a.hd ? ldf(a.q, a.qd, i * a.ldq + (h * G + g0 + g) * a.hd + d) : 0.0f;
+    if (ND > AT_DMAX) { /* the wide path's registers have no room for the unrolled staging */
+        for (int g = 0; g < gc; g++)
+            for (int64_t d = threadIdx.x; d < 32 * ND; d += blockDim.x) /* zeros past head_dim */
+                qs[g][d] = d < a.hd ? ldf(a.q, a.qd, i * a.ldq + (h * G + g0 + g) * a.hd + d) : 0.0f;
+    } else {
+        stage_q<128>(&qs[0][0], gc, 32 * ND, (int)a.hd, a.q, a.qd, i * a.ldq + (h * G + g0) * a.hd);
+    }
     __syncthreads();
     float m[GM], l[GM], acc[GM][ND];
 #pragma unroll
@@ -341,8 +363,7 @@ __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
         asm volatile("cp.async.commit_group;" ::: "memory");
     };
     if (s0 < s1) issue(s0, 0);
-    for (int64_t e = threadIdx.x; e < (int64_t)G * a.hd; e += AW_THREADS)
-        qs[e] = ldf(a.q, a.qd, i * a.ldq + h * G * a.hd + e);
+    stage_q<AW_THREADS>(qs, G, (int)a.hd, (int)a.hd, a.q, a.qd, i * a.ldq + h * G * a.hd);
     for (int g = threadIdx.x; g < G; g += AW_THREADS) {
         mrun[g] = -INFINITY;
         lrun[g] = 0.0f;
