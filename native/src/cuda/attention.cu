@@ -307,11 +307,15 @@ __global__ void attn_merge_kernel(AttnArgs a) {
  * shared memory, and the next tile's rows load while this one is computed. Values that are the
  * leading part of the key rows (a.v == a.k with the same strides: absorbed MLA) are read from the
  * key tile. Other wide heads take the split kernel's wide path. */
-__device__ __forceinline__ void aw_cp16(void *dst, const void *src) {
+/* 16-byte asynchronous copy global -> shared (L2 only; valid false: zero-fill) */
+__device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool valid) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+    const int n = valid ? 16 : 0; /* 0: zero-fill */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(n) : "memory");
 }
-static bool wide_shared_v(const AttnArgs &a) { return a.v == a.k && a.vps == a.kps && a.vhs == a.khs && a.hdv <= a.hd; }
+__host__ __device__ __forceinline__ bool wide_shared_v(const AttnArgs &a) {
+    return a.v == a.k && a.vps == a.kps && a.vhs == a.khs && a.hdv <= a.hd;
+}
 /* bytes before the staged tiles (16-byte aligned for cp.async) */
 __host__ __device__ __forceinline__ size_t wide_tiles_at(int64_t G, int64_t hd) {
     return ((size_t)(G * hd + G * AW_KEYS + 3 * G) * sizeof(float) + 15) & ~(size_t)15;
@@ -333,7 +337,7 @@ static bool wide_ok(const AttnArgs &a) {
 __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
     extern __shared__ float aw_sm[];
     const int G = (int)(a.nh / a.nkv);
-    const bool vshared = a.v == a.k && a.vps == a.kps && a.vhs == a.khs;
+    const bool vshared = wide_shared_v(a); /* the host sized the tiles by the same test */
     float *qs = aw_sm;                   /* [G][hd] */
     float *P = qs + G * a.hd;            /* [G][AW_KEYS] scores, then probabilities */
     float *mrun = P + G * AW_KEYS, *lrun = mrun + G, *alpha = lrun + G;
@@ -358,7 +362,7 @@ __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
         for (int e = threadIdx.x; e < nt * rowc; e += AW_THREADS) {
             const int r = e / rowc, c = e - r * rowc;
             const uint16_t *src = c < kc ? kb + (t0 + r) * a.kps + 8 * c : vb + (t0 + r) * a.vps + 8 * (c - kc);
-            aw_cp16(dst + (size_t)r * (kp + vp) + 8 * c, src);
+            fa_cp16(dst + (size_t)r * (kp + vp) + 8 * c, src, true);
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
     };
@@ -616,11 +620,6 @@ __device__ __forceinline__ void fa_p8e(float e0, float e1, float e2, float e3, f
 __device__ __forceinline__ void fa_p8(float c0, float c1, float c2, float c3, float b0, float b1, float &sum0,
                                       float &sum1, uint32_t &lo, uint32_t &hi) {
     fa_p8e(c0 - b0, c1 - b0, c2 - b1, c3 - b1, sum0, sum1, lo, hi);
-}
-__device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool valid) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    const int n = valid ? 16 : 0; /* 0: zero-fill */
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(n) : "memory");
 }
 
 /* A prefill block's work: query head hq = blockIdx.x (kv head h), queries i0 .. i0 + BQ - 1 of
