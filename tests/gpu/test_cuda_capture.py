@@ -129,44 +129,55 @@ def test_attention_dev_latent_rows(dt: DType) -> None:
 
 @pytest.mark.parametrize("dt", FLOATS)
 @pytest.mark.parametrize(
-    ("nh", "nkv", "dq", "dv", "past", "tq", "cap"),
+    ("nh", "nkv", "dq", "dv", "past", "tq", "cap", "shared"),
     [
-        (20, 1, 576, 512, 40, 1, 128),
-        (20, 1, 576, 512, 700, 1, 1024),
-        (8, 2, 320, 288, 100, 3, 256),
-        (4, 4, 576, 512, 5, 2, 16),
-        (32, 1, 300, 576, 33, 1, 64),
+        (20, 1, 576, 512, 40, 1, 128, False),
+        (20, 1, 576, 512, 700, 1, 1024, False),
+        (8, 2, 320, 288, 100, 3, 256, False),
+        (4, 4, 576, 512, 5, 2, 16, False),
+        (32, 1, 300, 576, 33, 1, 64, False),
+        (20, 1, 576, 512, 40, 1, 128, True),
+        (20, 1, 576, 512, 700, 1, 1024, True),
+        (32, 1, 576, 512, 130, 3, 256, True),
+        (16, 2, 320, 256, 300, 1, 512, True),
+        (3, 1, 576, 512, 1, 2, 8, True),
+        (8, 2, 320, 288, 100, 3, 256, True),
     ],
 )
 def test_wide_heads(
-    dt: DType, nh: int, nkv: int, dq: int, dv: int, past: int, tq: int, cap: int
+    dt: DType, nh: int, nkv: int, dq: int, dv: int, past: int, tq: int, cap: int, shared: bool
 ) -> None:
-    """Heads wider than 256 (bf16 rows of whole 16-byte chunks: the wide-head decode kernel, every
-    query head of a kv head in one block, key tiles of 32; fp32 or a width of 300: the split
-    kernel's wide path): toc_attention with the length on the host and toc_attention_dev, against
-    the float64 reference; one slice or many, several tiles a slice, several queries."""
+    """Heads wider than 256 against the float64 reference, toc_attention with the length on the
+    host and toc_attention_dev; one slice or many, several tiles a slice, several queries. Which
+    kernel: values in the key rows (``shared``, absorbed MLA) with a bf16 query and 128k-wide
+    values, the tensor-core kernel; other bf16 rows of whole 16-byte chunks, the wide-head
+    kernel; fp32 or a width of 300, the split kernel's wide path."""
     g = torch.Generator().manual_seed(past + dq)
     kv = past + tq
     q = torch.randn(tq, nh, dq, generator=g).to(TDT[dt])
     k = torch.randn(kv, nkv, dq, generator=g).to(TDT[dt])
-    v = torch.randn(kv, nkv, dv, generator=g).to(TDT[dt])
-    kc, vc = Tensor.zeros((nkv, cap, dq), dt, DEV), Tensor.zeros((nkv, cap, dv), dt, DEV)
+    v = k[:, :, :dv].clone() if shared else torch.randn(kv, nkv, dv, generator=g).to(TDT[dt])
+    kc = Tensor.zeros((nkv, cap, dq), dt, DEV)
     ops.kv_cache_append(ours(k), None, kc, None, 0)
-    ops.kv_cache_append(ours(v), None, vc, None, 0)
+    if shared:
+        vc, vhs, vps = kc, cap * dq, dq
+    else:
+        vc, vhs, vps = Tensor.zeros((nkv, cap, dv), dt, DEV), cap * dv, dv
+        ops.kv_cache_append(ours(v), None, vc, None, 0)
     dqt = ours(q)
     ref = _ref(q, k, v, past, dq**-0.5)
     want = 1e-5 if dt == DType.float32 else 1e-2
     out = Tensor.empty((tq, nh * dv), dt, DEV)
     rc = cuda.lib().toc_attention(
         dqt.data_ptr, kc.data_ptr, vc.data_ptr, out.data_ptr, tq, nh, nkv, dq, dv, nh * dq,
-        nh * dv, kv, cap * dq, dq, cap * dv, dv, past, 1, None, 0, dq**-0.5, int(dt), int(dt),
+        nh * dv, kv, cap * dq, dq, vhs, vps, past, 1, None, 0, dq**-0.5, int(dt), int(dt),
     )  # fmt: skip
     cuda.check(rc, "toc_attention")
     assert rel(theirs(out).reshape(tq, nh, dv), ref) < want
     pos = tensor([past], DType.int32, DEV)
     for splits in (1, 7, 32):
         ws = Tensor.empty((splits * tq * nh * (dv + 2),), DType.float32, DEV)
-        got = _attention_dev(dqt, kc, vc, (tq, nh, nkv, dq, dv, cap, dq, dv), pos, ws)
+        got = _attention_dev(dqt, kc, vc, (tq, nh, nkv, dq, dv, cap, dq, vps), pos, ws)
         assert rel(theirs(got).reshape(tq, nh, dv), ref) < want, splits
 
 

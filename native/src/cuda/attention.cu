@@ -313,6 +313,19 @@ __device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool valid) 
     const int n = valid ? 16 : 0; /* 0: zero-fill */
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(n) : "memory");
 }
+/* four 8 x 8 bf16 matrices from shared memory (lanes 8m .. 8m + 7 address matrix m's rows) */
+__device__ __forceinline__ void fa_ldm_x4(uint32_t *r, const void *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+__device__ __forceinline__ void fa_ldm_x4_t(uint32_t *r, const void *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
 __host__ __device__ __forceinline__ bool wide_shared_v(const AttnArgs &a) {
     return a.v == a.k && a.vps == a.kps && a.vhs == a.khs && a.hdv <= a.hd;
 }
@@ -325,14 +338,18 @@ static size_t wide_staged_smem(const AttnArgs &a) {
     const int64_t rows = a.hd + (wide_shared_v(a) ? 0 : a.hdv); /* bf16 values a key stages */
     return wide_tiles_at(G, a.hd) + (size_t)2 * AW_KEYS * rows * 2;
 }
-/* Whether the wide-head kernel takes a's attention (pointers, dtypes and strides set). */
-static bool wide_ok(const AttnArgs &a) {
+/* Wide heads whose rows the wide-head kernels can stage (bf16, whole 16-byte chunks, aligned). */
+static bool wide_rows_ok(const AttnArgs &a) {
     const int64_t G = a.nh / a.nkv;
     const bool shape = !a.cu && !a.lens && !a.lens32 && !a.kn && (a.hd > 32 * AT_DMAX || a.hdv > 32 * AT_DMAX) &&
                        G <= AW_GMAX && a.hd <= 32 * AT_DMAX_WIDE && a.hdv <= AW_DV * AW_THREADS;
     const bool vec = a.kd == TO_BF16 && a.hd % 8 == 0 && a.hdv % 8 == 0 && a.kps % 8 == 0 && a.khs % 8 == 0 &&
                      a.vps % 8 == 0 && a.vhs % 8 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
-    return shape && vec && (int64_t)wide_staged_smem(a) <= toc_max_smem_optin();
+    return shape && vec;
+}
+/* Whether the wide-head kernel takes a's attention (pointers, dtypes and strides set). */
+static bool wide_ok(const AttnArgs &a) {
+    return wide_rows_ok(a) && (int64_t)wide_staged_smem(a) <= toc_max_smem_optin();
 }
 __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
     extern __shared__ float aw_sm[];
@@ -513,12 +530,249 @@ static int launch_wide(AttnArgs &a) {
     return TO_OK;
 }
 
+/* ---- decode of wide heads on tensor cores ----
+ * Absorbed MLA with a bf16 query (the values the leading hdv columns of the key rows): block
+ * (split, kv head, query) holds its G query heads as a 16- or 32-row bf16 tile in shared memory and
+ * walks its key slice in tiles of WM_KEYS keys staged by cp.async (two in flight). Per tile,
+ * S = Q K^T on mma.sync (warp w: keys 8w .. 8w + 7, every head), an online softmax per head (a warp
+ * a head, in fp32 as the CUDA-core kernels), then O += P V on mma.sync with P split into two bf16
+ * parts (hi + lo: ~16 bits of the fp32 probability, so the products round as the fp32 path does to
+ * well under a bf16 ulp); each warp owns hdv / 8 of the value dims of every head, in registers. */
+#define WM_THREADS 256
+#define WM_KEYS 64
+#define WM_SLD (WM_KEYS + 4) /* score row pitch (floats) */
+#define WM_PLD (WM_KEYS + 8) /* probability row pitch (bf16; odd 16-byte chunks: no ldmatrix conflicts) */
+#define WM_NPW 8             /* value column blocks of 8 a warp, at most: hdv <= 512 */
+static size_t wide_mma_smem(const AttnArgs &a, int mt) {
+    const size_t R = 16 * (size_t)mt, ldk = (size_t)a.hd + 8;
+    return (R * ldk + 2 * (size_t)WM_KEYS * ldk) * 2 + R * WM_SLD * 4 + 2 * R * WM_PLD * 2 + 3 * 32 * 4;
+}
+static bool wide_mma_ok(const AttnArgs &a) {
+    const int64_t G = a.nh / a.nkv;
+    return wide_rows_ok(a) && a.qd == TO_BF16 && wide_shared_v(a) && G <= 32 && a.hd % 32 == 0 &&
+           a.hdv % 128 == 0 && a.hdv <= 8 * 8 * WM_NPW &&
+           (int64_t)wide_mma_smem(a, G > 16 ? 2 : 1) <= toc_max_smem_optin();
+}
+template <int MT>
+__global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
+    extern __shared__ __align__(128) unsigned char wm_sm[];
+    constexpr int R = 16 * MT;
+    const int G = (int)(a.nh / a.nkv), hd = (int)a.hd, hdv = (int)a.hdv, LDK = hd + 8, kc8 = hd / 8;
+    const int npw = hdv / 64; /* value column blocks of 8 a warp */
+    uint16_t *Qs = (uint16_t *)wm_sm;                    /* [R][LDK] */
+    uint16_t *Ks = Qs + R * LDK;                         /* [2][WM_KEYS][LDK] */
+    float *Sf = (float *)(Ks + 2 * WM_KEYS * LDK);       /* [R][WM_SLD] */
+    uint16_t *Ph = (uint16_t *)(Sf + R * WM_SLD);        /* [R][WM_PLD] */
+    uint16_t *Pl = Ph + R * WM_PLD;                      /* [R][WM_PLD] */
+    float *mrun = (float *)(Pl + R * WM_PLD), *lrun = mrun + 32, *alpha = lrun + 32;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
+    const int64_t i = blockIdx.z, h = blockIdx.y;
+    const int split = blockIdx.x;
+    int64_t q_pos = a.q_pos, kv_len = a.kv_len;
+    if (a.pos_dev) {
+        q_pos = *a.pos_dev;
+        kv_len = min(q_pos + a.tq, a.kv_len);
+    }
+    int64_t hi = a.causal ? min(q_pos + i + 1, kv_len) : kv_len;
+    if (hi < 0) hi = 0;
+    const int64_t chunk = (hi + a.nsplit - 1) / a.nsplit;
+    const int64_t s0 = min(hi, (int64_t)split * chunk), s1 = min(hi, s0 + chunk);
+    const uint16_t *kb = (const uint16_t *)a.k + h * a.khs;
+    auto issue = [&](int64_t t0, int buf) { /* keys past the slice zero-filled (P is 0 there) */
+        uint16_t *dst = Ks + buf * WM_KEYS * LDK;
+        for (int e = tid; e < WM_KEYS * kc8; e += WM_THREADS) {
+            const int r = e / kc8, c = e - r * kc8;
+            const bool ok = t0 + r < s1;
+            fa_cp16(dst + r * LDK + 8 * c, kb + (ok ? t0 + r : s0) * a.kps + 8 * c, ok);
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    };
+    /* the query heads (rows past G zero), committed with the first tile */
+    const uint16_t *qg = (const uint16_t *)a.q + i * a.ldq + h * G * hd;
+    const bool qvec = ((uintptr_t)qg & 15) == 0;
+    for (int e = tid; e < R * kc8; e += WM_THREADS) {
+        const int r = e / kc8, c = e - r * kc8;
+        uint16_t *d = Qs + r * LDK + 8 * c;
+        if (qvec) {
+            fa_cp16(d, qg + (r < G ? r : 0) * hd + 8 * c, r < G);
+        } else {
+#pragma unroll
+            for (int u = 0; u < 8; u++) d[u] = r < G ? qg[r * hd + 8 * c + u] : (uint16_t)0;
+        }
+    }
+    if (s0 < s1) issue(s0, 0);
+    else asm volatile("cp.async.commit_group;" ::: "memory");
+    for (int e = tid; e < 2 * R * WM_PLD; e += WM_THREADS) Ph[e] = 0; /* Ph and Pl: rows past G stay 0 */
+    if (tid < 32) {
+        mrun[tid] = -INFINITY;
+        lrun[tid] = 0.0f;
+        alpha[tid] = 0.0f;
+    }
+    float o[MT][WM_NPW][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int j = 0; j < WM_NPW; j++) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+    int buf = 0;
+    for (int64_t t0 = s0; t0 < s1; t0 += WM_KEYS, buf ^= 1) {
+        const int nt = (int)min((int64_t)WM_KEYS, s1 - t0);
+        if (t0 + WM_KEYS < s1) {
+            issue(t0 + WM_KEYS, buf ^ 1);
+            asm volatile("cp.async.wait_group 1;" ::: "memory");
+        } else {
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
+        }
+        __syncthreads();
+        const uint16_t *kt = Ks + buf * WM_KEYS * LDK;
+        /* S = Q K^T: warp w the keys 8w .. 8w + 7, two 16-column chunks of the rows a step */
+        float s[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.0f;
+        for (int kc = 0; kc < hd / 16; kc += 2) {
+            uint32_t b[4];
+            fa_ldm_x4(b, kt + (warp * 8 + (lane & 7)) * LDK + kc * 16 + (lane >> 3) * 8);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                uint32_t qa[4], qb[4];
+                const uint16_t *qr = Qs + (mt * 16 + (lane & 15)) * LDK + kc * 16 + (lane >> 4) * 8;
+                fa_ldm_x4(qa, qr);
+                fa_ldm_x4(qb, qr + 16);
+                mma_bf16_16816(s[mt], qa[0], qa[1], qa[2], qa[3], b[0], b[1]);
+                mma_bf16_16816(s[mt], qb[0], qb[1], qb[2], qb[3], b[2], b[3]);
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            float *sr = Sf + (mt * 16 + gid) * WM_SLD + warp * 8 + 2 * tig;
+            *(float2 *)sr = make_float2(s[mt][0], s[mt][1]);
+            *(float2 *)(sr + 8 * WM_SLD) = make_float2(s[mt][2], s[mt][3]);
+        }
+        __syncthreads();
+        /* online softmax, a warp a head: lane l the keys l and l + 32 */
+        for (int g = warp; g < G; g += WM_THREADS / 32) {
+            const float *sr = Sf + g * WM_SLD;
+            const float v0 = lane < nt ? sr[lane] * a.scale : -INFINITY;
+            const float v1 = lane + 32 < nt ? sr[lane + 32] * a.scale : -INFINITY;
+            float mx = fmaxf(v0, v1);
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+            const float mo = mrun[g], mn = fmaxf(mo, mx);
+            const float p0 = lane < nt ? expf(v0 - mn) : 0.0f, p1 = lane + 32 < nt ? expf(v1 - mn) : 0.0f;
+            float sum = p0 + p1;
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+            const uint16_t h0 = f2bf(p0), h1 = f2bf(p1);
+            Ph[g * WM_PLD + lane] = h0;
+            Ph[g * WM_PLD + lane + 32] = h1;
+            Pl[g * WM_PLD + lane] = f2bf(p0 - bf2f(h0));
+            Pl[g * WM_PLD + lane + 32] = f2bf(p1 - bf2f(h1));
+            if (lane == 0) {
+                const float al = mo == -INFINITY ? 0.0f : expf(mo - mn);
+                alpha[g] = al;
+                lrun[g] = lrun[g] * al + sum;
+                mrun[g] = mn;
+            }
+        }
+        __syncthreads();
+        /* O = alpha O + P V: warp w the value columns 64 npw w / 8 .., 16 keys a step */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            const float a0 = alpha[mt * 16 + gid], a1 = alpha[mt * 16 + gid + 8];
+#pragma unroll
+            for (int j = 0; j < WM_NPW; j++) {
+                o[mt][j][0] *= a0;
+                o[mt][j][1] *= a0;
+                o[mt][j][2] *= a1;
+                o[mt][j][3] *= a1;
+            }
+        }
+#pragma unroll
+        for (int kc = 0; kc < WM_KEYS / 16; kc++) {
+            uint32_t ph[MT][4], pl[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                const int off = (mt * 16 + (lane & 15)) * WM_PLD + kc * 16 + (lane >> 4) * 8;
+                fa_ldm_x4(ph[mt], Ph + off);
+                fa_ldm_x4(pl[mt], Pl + off);
+            }
+#pragma unroll
+            for (int j = 0; j < WM_NPW; j += 2) {
+                if (j >= npw) break;
+                uint32_t b[4];
+                const int m = lane >> 3;
+                fa_ldm_x4_t(b, kt + (kc * 16 + (m & 1) * 8 + (lane & 7)) * LDK + (warp * npw + j) * 8 + (m >> 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16_16816(o[mt][j], ph[mt][0], ph[mt][1], ph[mt][2], ph[mt][3], b[0], b[1]);
+                    mma_bf16_16816(o[mt][j], pl[mt][0], pl[mt][1], pl[mt][2], pl[mt][3], b[0], b[1]);
+                    mma_bf16_16816(o[mt][j + 1], ph[mt][0], ph[mt][1], ph[mt][2], ph[mt][3], b[2], b[3]);
+                    mma_bf16_16816(o[mt][j + 1], pl[mt][0], pl[mt][1], pl[mt][2], pl[mt][3], b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads(); /* the scores, P and this tile's buffer are rewritten next */
+    }
+    asm volatile("cp.async.wait_group 0;" ::: "memory"); /* an empty slice's query copies */
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int r = mt * 16 + gid + 8 * half;
+            if (r >= G) continue;
+            const int64_t hq = h * G + r;
+            const float M = mrun[r], L = lrun[r];
+            const int64_t slot = (i * a.nh + hq) * a.nsplit + split;
+#pragma unroll
+            for (int j = 0; j < WM_NPW; j++) {
+                if (j >= npw) break;
+                const int64_t d = (int64_t)(warp * npw + j) * 8 + 2 * tig;
+                const float v0 = o[mt][j][2 * half], v1 = o[mt][j][2 * half + 1];
+                if (a.nsplit == 1) {
+                    const float rl = L > 0.0f ? 1.0f / L : 0.0f;
+                    stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d, v0 * rl);
+                    stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d + 1, v1 * rl);
+                } else {
+                    *(float2 *)(a.ws_o + slot * a.hdv + d) = make_float2(v0, v1);
+                    if (d == 0) {
+                        a.ws_ml[slot * 2] = M;
+                        a.ws_ml[slot * 2 + 1] = L;
+                    }
+                }
+            }
+        }
+}
+
+static int launch_wide_mma(AttnArgs &a) {
+    const int mt = a.nh / a.nkv > 16 ? 2 : 1;
+    const size_t smem = wide_mma_smem(a, mt);
+    static size_t configured[2][16];
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (configured[mt - 1][dev & 15] < smem) {
+        TOC_CUDA(cudaFuncSetAttribute(mt == 2 ? attn_wide_mma_kernel<2> : attn_wide_mma_kernel<1>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                 "cudaFuncSetAttribute");
+        configured[mt - 1][dev & 15] = smem;
+    }
+    dim3 grid((unsigned)a.nsplit, (unsigned)a.nkv, (unsigned)a.tq);
+    if (mt == 2) attn_wide_mma_kernel<2><<<grid, WM_THREADS, smem, toc_stream()>>>(a);
+    else attn_wide_mma_kernel<1><<<grid, WM_THREADS, smem, toc_stream()>>>(a);
+    TOC_LAUNCHED("attn_wide_mma_kernel");
+    if (a.nsplit > 1) {
+        attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
+        TOC_LAUNCHED("attn_merge_kernel");
+    }
+    return TO_OK;
+}
+
 static int launch_split(AttnArgs &a) {
     const int64_t nd = ((a.hd > a.hdv ? a.hd : a.hdv) + 31) / 32;
     const int64_t gm = nd > AT_DMAX ? AT_GMAX_WIDE : AT_GMAX;
     int64_t G = a.nh / a.nkv, gchunks = (G + gm - 1) / gm;
     dim3 grid((unsigned)a.nsplit, (unsigned)(a.nkv * gchunks), (unsigned)a.tq);
     cudaStream_t st = toc_stream();
+    if (wide_mma_ok(a)) return launch_wide_mma(a);
     if (wide_ok(a)) return launch_wide(a);
     if (nd > AT_DMAX) { /* wide heads: elementwise loads, any alignment */
         if (a.kd == TO_BF16) attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
@@ -573,18 +827,6 @@ struct Fa2Smem {
     static const size_t total = q + 4 * kv; /* Q, then (K, V) x 2 stages */
 };
 
-__device__ __forceinline__ void fa_ldm_x4(uint32_t *r, const void *p) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-__device__ __forceinline__ void fa_ldm_x4_t(uint32_t *r, const void *p) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
 __device__ __forceinline__ uint32_t fa_pack(float lo, float hi) {
     return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
 }
