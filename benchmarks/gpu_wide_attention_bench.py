@@ -1,7 +1,7 @@
 """Decode attention of wide heads (GLM-4.7-Flash's absorbed MLA: one kv head, 576-value key rows
 whose first 512 are the values, 20 query heads) and of Qwen3-4B's heads, host-timed over 300
 back-to-back calls: ``toc_attention_dev`` (the length read on the device) with workspaces for 1 to
-32 key slices, and ``toc_attention`` with the length on the host. Wide heads twice: values in the
+64 key slices, and ``toc_attention`` with the length on the host. Wide heads twice: values in the
 key rows (absorbed MLA: the tensor-core kernel) and apart (the CUDA-core wide-head kernel).
 
     python benchmarks/gpu_wide_attention_bench.py
@@ -53,7 +53,7 @@ def main() -> int:
                 lds = (nh * dq, nh * dv)
                 strides = (cap * dq, dq, *vstrides)
                 row = f"{nh:>5} {nkv:>3} {dq:>4} {dv:>4} {layout:>8} {past + 1:>5}"
-                for splits in (1, 4, 16, 32):
+                for splits in (1, 4, 16, 32, 64):
                     ws = Tensor.empty((splits * nh * (dv + 2),), DType.float32, dev)
                     tail = (pos.data_ptr, dq**-0.5, bf, bf, ws.data_ptr, ws.numel)
                     us = bench(lib.toc_attention_dev, (*head, *lds, cap, *strides, *tail))

@@ -91,7 +91,7 @@ class Segment:
 
 
 #: Key slices per query head that a captured decode step's attention workspace holds.
-CAPTURED_SPLITS = 32
+CAPTURED_SPLITS = 64
 
 
 def attend_captured(

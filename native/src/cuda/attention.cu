@@ -284,11 +284,19 @@ __global__ void attn_merge_kernel(AttnArgs a) {
     float L = 0.0f;
     for (int s = 0; s < a.nsplit; s++) L += ml[s * 2 + 1] * fs[s];
     const float *wo = a.ws_o + row * a.nsplit * a.hdv;
-    for (int64_t d = threadIdx.x; d < a.hdv; d += blockDim.x) {
+    for (int64_t d = blockIdx.y * blockDim.x + threadIdx.x; d < a.hdv; d += (int64_t)blockDim.x * gridDim.y) {
         float O = 0.0f;
         for (int s = 0; s < a.nsplit; s++) O += wo[s * a.hdv + d] * fs[s];
         stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d, L > 0.0f ? O / L : 0.0f);
     }
+}
+
+/* the merge of the slices' partials: a block a query row and head, and 128 of its value dims */
+static int launch_merge(const AttnArgs &a) {
+    dim3 grid((unsigned)(a.tq * a.nh), (unsigned)((a.hdv + 127) / 128));
+    attn_merge_kernel<<<grid, 128, 0, toc_stream()>>>(a);
+    TOC_LAUNCHED("attn_merge_kernel");
+    return TO_OK;
 }
 
 /* ---- decode of wide heads ----
@@ -373,13 +381,20 @@ __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
     const int64_t s0 = min(hi, (int64_t)split * chunk), s1 = min(hi, s0 + chunk);
     const uint16_t *kb = (const uint16_t *)a.k + h * a.khs, *vb = (const uint16_t *)a.v + h * a.vhs;
     const int kc = kp / 8, vc = vp / 8, rowc = kc + vc; /* 16-byte chunks a key */
+    const int r0 = threadIdx.x / rowc, c0 = threadIdx.x - r0 * rowc, rstep = AW_THREADS / rowc,
+              cstep = AW_THREADS - rstep * rowc;
     auto issue = [&](int64_t t0, int buf) {
         const int nt = (int)min((int64_t)AW_KEYS, s1 - t0);
         uint16_t *dst = tiles + (size_t)buf * AW_KEYS * (kp + vp);
-        for (int e = threadIdx.x; e < nt * rowc; e += AW_THREADS) {
-            const int r = e / rowc, c = e - r * rowc;
+        for (int r = r0, c = c0; r < nt;) { /* as the tensor-core kernel's: no division per chunk */
             const uint16_t *src = c < kc ? kb + (t0 + r) * a.kps + 8 * c : vb + (t0 + r) * a.vps + 8 * (c - kc);
             fa_cp16(dst + (size_t)r * (kp + vp) + 8 * c, src, true);
+            r += rstep;
+            c += cstep;
+            if (c >= rowc) {
+                c -= rowc;
+                r++;
+            }
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
     };
@@ -523,48 +538,52 @@ static int launch_wide(AttnArgs &a) {
     dim3 grid((unsigned)a.nsplit, (unsigned)a.nkv, (unsigned)a.tq);
     attn_wide_kernel<<<grid, AW_THREADS, smem, toc_stream()>>>(a);
     TOC_LAUNCHED("attn_wide_kernel");
-    if (a.nsplit > 1) {
-        attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
-        TOC_LAUNCHED("attn_merge_kernel");
-    }
-    return TO_OK;
+    return a.nsplit > 1 ? launch_merge(a) : TO_OK;
 }
 
 /* ---- decode of wide heads on tensor cores ----
  * Absorbed MLA with a bf16 query (the values the leading hdv columns of the key rows): block
- * (split, kv head, query) holds its G query heads as a 16- or 32-row bf16 tile in shared memory and
- * walks its key slice in tiles of WM_KEYS keys staged by cp.async (two in flight). Per tile,
- * S = Q K^T on mma.sync (warp w: keys 8w .. 8w + 7, every head), an online softmax per head (a warp
- * a head, in fp32 as the CUDA-core kernels), then O += P V on mma.sync with P split into two bf16
- * parts (hi + lo: ~16 bits of the fp32 probability, so the products round as the fp32 path does to
- * well under a bf16 ulp); each warp owns hdv / 8 of the value dims of every head, in registers. */
-#define WM_THREADS 256
+ * (split, kv head, query) holds its G query heads (padded to NT x 8 rows, zeros) in shared memory
+ * and walks its key slice in tiles of WM_KEYS keys staged by cp.async (two in flight). The products
+ * are transposed so that the heads are the narrow n side of mma.sync m16n8k16 (8 heads a block of
+ * columns, not 16 rows: GLM's 20 heads pad to 24, not 32):
+ *   S^T = K Q^T  (keys x heads; warp w the keys 16 (w % 4) .., quarter w / 4 of the row's columns,
+ *                 the four parts added in the softmax),
+ *   online softmax per head in fp32 (a warp a head), P rounded to bf16 and summed as rounded (as
+ *   the flash kernels),
+ *   O^T = alpha O^T + V^T P^T  (value dims x heads; warp w the dims 16 w .., 16 (w + 16) .., in
+ *                 registers).
+ * 16 warps: with 8 a tile took ~1700 instructions a warp at ~5 cycles each (the latency of
+ * dependent mma / ldmatrix / shuffles, two warps a scheduler). 
+ * Partials go to the workspace (attn_merge_kernel) or, with one slice, normalised to out. */
+#define WM_THREADS 512
+#define WM_WARPS (WM_THREADS / 32)
+#define WM_NP (WM_WARPS / 4) /* parts of a key row's columns in S^T (4 blocks of 16 keys) */
 #define WM_KEYS 64
-#define WM_SLD (WM_KEYS + 4) /* score row pitch (floats) */
+#define WM_SLD (WM_KEYS + 4) /* score row pitch (floats): the fragment stores hit distinct banks */
 #define WM_PLD (WM_KEYS + 8) /* probability row pitch (bf16; odd 16-byte chunks: no ldmatrix conflicts) */
-#define WM_NPW 8             /* value column blocks of 8 a warp, at most: hdv <= 512 */
-static size_t wide_mma_smem(const AttnArgs &a, int mt) {
-    const size_t R = 16 * (size_t)mt, ldk = (size_t)a.hd + 8;
-    return (R * ldk + 2 * (size_t)WM_KEYS * ldk) * 2 + R * WM_SLD * 4 + 2 * R * WM_PLD * 2 + 3 * 32 * 4;
+#define WM_MPW 2             /* value row blocks of 16 a warp, at most: hdv <= 512 */
+static size_t wide_mma_smem(const AttnArgs &a, int nt) {
+    const size_t R = 8 * (size_t)nt, ldk = (size_t)a.hd + 8;
+    return (R * ldk + 2 * (size_t)WM_KEYS * ldk) * 2 + WM_NP * R * WM_SLD * 4 + R * WM_PLD * 2 + 3 * 32 * 4;
 }
+static int wide_mma_nt(const AttnArgs &a) { return (int)((a.nh / a.nkv + 7) / 8); }
 static bool wide_mma_ok(const AttnArgs &a) {
-    const int64_t G = a.nh / a.nkv;
-    return wide_rows_ok(a) && a.qd == TO_BF16 && wide_shared_v(a) && G <= 32 && a.hd % 32 == 0 &&
-           a.hdv % 128 == 0 && a.hdv <= 8 * 8 * WM_NPW &&
-           (int64_t)wide_mma_smem(a, G > 16 ? 2 : 1) <= toc_max_smem_optin();
+    return wide_rows_ok(a) && a.qd == TO_BF16 && wide_shared_v(a) && a.nh / a.nkv <= 32 && a.hd % 32 == 0 &&
+           a.hdv % 16 == 0 && a.hdv <= 16 * WM_WARPS * WM_MPW &&
+           (int64_t)wide_mma_smem(a, wide_mma_nt(a)) <= toc_max_smem_optin();
 }
-template <int MT>
+template <int NT>
 __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
     extern __shared__ __align__(128) unsigned char wm_sm[];
-    constexpr int R = 16 * MT;
+    constexpr int R = 8 * NT;
     const int G = (int)(a.nh / a.nkv), hd = (int)a.hd, hdv = (int)a.hdv, LDK = hd + 8, kc8 = hd / 8;
-    const int npw = hdv / 64; /* value column blocks of 8 a warp */
-    uint16_t *Qs = (uint16_t *)wm_sm;                    /* [R][LDK] */
-    uint16_t *Ks = Qs + R * LDK;                         /* [2][WM_KEYS][LDK] */
-    float *Sf = (float *)(Ks + 2 * WM_KEYS * LDK);       /* [R][WM_SLD] */
-    uint16_t *Ph = (uint16_t *)(Sf + R * WM_SLD);        /* [R][WM_PLD] */
-    uint16_t *Pl = Ph + R * WM_PLD;                      /* [R][WM_PLD] */
-    float *mrun = (float *)(Pl + R * WM_PLD), *lrun = mrun + 32, *alpha = lrun + 32;
+    const int nmt = hdv / 16; /* value row blocks of 16 */
+    uint16_t *Qs = (uint16_t *)wm_sm;              /* [R][LDK] */
+    uint16_t *Ks = Qs + R * LDK;                   /* [2][WM_KEYS][LDK] */
+    float *St = (float *)(Ks + 2 * WM_KEYS * LDK);       /* [WM_NP parts][R heads][WM_SLD keys] */
+    uint16_t *Pb = (uint16_t *)(St + WM_NP * R * WM_SLD); /* [R heads][WM_PLD keys] */
+    float *mrun = (float *)(Pb + R * WM_PLD), *lrun = mrun + 32, *alpha = lrun + 32;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
     const int64_t i = blockIdx.z, h = blockIdx.y;
     const int split = blockIdx.x;
@@ -578,19 +597,27 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
     const int64_t chunk = (hi + a.nsplit - 1) / a.nsplit;
     const int64_t s0 = min(hi, (int64_t)split * chunk), s1 = min(hi, s0 + chunk);
     const uint16_t *kb = (const uint16_t *)a.k + h * a.khs;
+    /* a thread's 16-byte chunks of a tile: row r0, chunk c0, then WM_THREADS chunks on (no
+     * division per chunk: a runtime divisor costs ~20 instructions, and a tile has 18 a thread) */
+    const int r0 = tid / kc8, c0 = tid - r0 * kc8, rstep = WM_THREADS / kc8, cstep = WM_THREADS - rstep * kc8;
     auto issue = [&](int64_t t0, int buf) { /* keys past the slice zero-filled (P is 0 there) */
         uint16_t *dst = Ks + buf * WM_KEYS * LDK;
-        for (int e = tid; e < WM_KEYS * kc8; e += WM_THREADS) {
-            const int r = e / kc8, c = e - r * kc8;
+        for (int r = r0, c = c0; r < WM_KEYS;) {
             const bool ok = t0 + r < s1;
             fa_cp16(dst + r * LDK + 8 * c, kb + (ok ? t0 + r : s0) * a.kps + 8 * c, ok);
+            r += rstep;
+            c += cstep;
+            if (c >= kc8) {
+                c -= kc8;
+                r++;
+            }
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
     };
     /* the query heads (rows past G zero), committed with the first tile */
     const uint16_t *qg = (const uint16_t *)a.q + i * a.ldq + h * G * hd;
     const bool qvec = ((uintptr_t)qg & 15) == 0;
-    for (int e = tid; e < R * kc8; e += WM_THREADS) {
+    for (int e = tid; e < R * kc8; e += WM_THREADS) { /* once a block: the divisions stay */
         const int r = e / kc8, c = e - r * kc8;
         uint16_t *d = Qs + r * LDK + 8 * c;
         if (qvec) {
@@ -602,17 +629,18 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
     }
     if (s0 < s1) issue(s0, 0);
     else asm volatile("cp.async.commit_group;" ::: "memory");
-    for (int e = tid; e < 2 * R * WM_PLD; e += WM_THREADS) Ph[e] = 0; /* Ph and Pl: rows past G stay 0 */
+    for (int e = tid; e < R * WM_PLD; e += WM_THREADS) Pb[e] = 0; /* rows past G stay 0 */
     if (tid < 32) {
         mrun[tid] = -INFINITY;
         lrun[tid] = 0.0f;
         alpha[tid] = 0.0f;
     }
-    float o[MT][WM_NPW][4];
+    float o[WM_MPW][NT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+    for (int m = 0; m < WM_MPW; m++)
 #pragma unroll
-        for (int j = 0; j < WM_NPW; j++) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+        for (int n = 0; n < NT; n++) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.0f;
+    const int nk = hd / 16; /* 16-column chunks of a row */
     int buf = 0;
     for (int64_t t0 = s0; t0 < s1; t0 += WM_KEYS, buf ^= 1) {
         const int nt = (int)min((int64_t)WM_KEYS, s1 - t0);
@@ -624,48 +652,69 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
         }
         __syncthreads();
         const uint16_t *kt = Ks + buf * WM_KEYS * LDK;
-        /* S = Q K^T: warp w the keys 8w .. 8w + 7, two 16-column chunks of the rows a step */
-        float s[MT][4];
+        { /* S^T = K Q^T: keys 16 (warp % 4) .. + 15, part warp / 4 of the row's 16-column chunks */
+            const int mk = (warp & 3) * 16, part = warp >> 2;
+            const int kc0 = part * nk / WM_NP, kc1 = (part + 1) * nk / WM_NP;
+            float s[NT][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.0f;
-        for (int kc = 0; kc < hd / 16; kc += 2) {
-            uint32_t b[4];
-            fa_ldm_x4(b, kt + (warp * 8 + (lane & 7)) * LDK + kc * 16 + (lane >> 3) * 8);
+            for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            const uint16_t *ar = kt + (mk + (lane & 15)) * LDK + (lane >> 4) * 8;
+            const uint16_t *br = Qs + (lane & 7) * LDK + (lane >> 3) * 8;
+            int kc = kc0;
+            for (; kc + 1 < kc1; kc += 2) {
+                uint32_t a0[4], a1[4];
+                fa_ldm_x4(a0, ar + kc * 16);
+                fa_ldm_x4(a1, ar + kc * 16 + 16);
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                uint32_t qa[4], qb[4];
-                const uint16_t *qr = Qs + (mt * 16 + (lane & 15)) * LDK + kc * 16 + (lane >> 4) * 8;
-                fa_ldm_x4(qa, qr);
-                fa_ldm_x4(qb, qr + 16);
-                mma_bf16_16816(s[mt], qa[0], qa[1], qa[2], qa[3], b[0], b[1]);
-                mma_bf16_16816(s[mt], qb[0], qb[1], qb[2], qb[3], b[2], b[3]);
+                for (int n = 0; n < NT; n++) {
+                    uint32_t b[4];
+                    fa_ldm_x4(b, br + n * 8 * LDK + kc * 16);
+                    mma_bf16_16816(s[n], a0[0], a0[1], a0[2], a0[3], b[0], b[1]);
+                    mma_bf16_16816(s[n], a1[0], a1[1], a1[2], a1[3], b[2], b[3]);
+                }
             }
-        }
+            if (kc < kc1) { /* an odd count of chunks: the last one alone */
+                uint32_t a0[4];
+                fa_ldm_x4(a0, ar + kc * 16);
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            float *sr = Sf + (mt * 16 + gid) * WM_SLD + warp * 8 + 2 * tig;
-            *(float2 *)sr = make_float2(s[mt][0], s[mt][1]);
-            *(float2 *)(sr + 8 * WM_SLD) = make_float2(s[mt][2], s[mt][3]);
+                for (int n = 0; n < NT; n++) {
+                    uint32_t b[4];
+                    fa_ldm_x4(b, br + n * 8 * LDK + kc * 16); /* b[2], b[3] unused */
+                    mma_bf16_16816(s[n], a0[0], a0[1], a0[2], a0[3], b[0], b[1]);
+                }
+            }
+            float *sh = St + part * R * WM_SLD;
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                float *c = sh + (n * 8 + 2 * tig) * WM_SLD + mk + gid;
+                c[0] = s[n][0];
+                c[WM_SLD] = s[n][1];
+                c[8] = s[n][2];
+                c[WM_SLD + 8] = s[n][3];
+            }
         }
         __syncthreads();
         /* online softmax, a warp a head: lane l the keys l and l + 32 */
-        for (int g = warp; g < G; g += WM_THREADS / 32) {
-            const float *sr = Sf + g * WM_SLD;
-            const float v0 = lane < nt ? sr[lane] * a.scale : -INFINITY;
-            const float v1 = lane + 32 < nt ? sr[lane + 32] * a.scale : -INFINITY;
+        for (int g = warp; g < G; g += WM_WARPS) {
+            float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+            for (int p = 0; p < WM_NP; p++) {
+                v0 += St[(p * R + g) * WM_SLD + lane];
+                v1 += St[(p * R + g) * WM_SLD + lane + 32];
+            }
+            v0 = lane < nt ? v0 * a.scale : -INFINITY;
+            v1 = lane + 32 < nt ? v1 * a.scale : -INFINITY;
             float mx = fmaxf(v0, v1);
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
             const float mo = mrun[g], mn = fmaxf(mo, mx);
-            const float p0 = lane < nt ? expf(v0 - mn) : 0.0f, p1 = lane + 32 < nt ? expf(v1 - mn) : 0.0f;
-            float sum = p0 + p1;
+            const uint16_t p0 = f2bf(lane < nt ? expf(v0 - mn) : 0.0f);
+            const uint16_t p1 = f2bf(lane + 32 < nt ? expf(v1 - mn) : 0.0f);
+            float sum = bf2f(p0) + bf2f(p1);
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-            const uint16_t h0 = f2bf(p0), h1 = f2bf(p1);
-            Ph[g * WM_PLD + lane] = h0;
-            Ph[g * WM_PLD + lane + 32] = h1;
-            Pl[g * WM_PLD + lane] = f2bf(p0 - bf2f(h0));
-            Pl[g * WM_PLD + lane + 32] = f2bf(p1 - bf2f(h1));
+            Pb[g * WM_PLD + lane] = p0;
+            Pb[g * WM_PLD + lane + 32] = p1;
             if (lane == 0) {
                 const float al = mo == -INFINITY ? 0.0f : expf(mo - mn);
                 alpha[g] = al;
@@ -674,39 +723,39 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
             }
         }
         __syncthreads();
-        /* O = alpha O + P V: warp w the value columns 64 npw w / 8 .., 16 keys a step */
+        { /* O^T = alpha O^T + V^T P^T: warp w the value dims 16 w .. + 15, 16 (w + WM_WARPS) .. */
+            uint32_t pb[NT][8]; /* B fragments of P^T: heads n * 8 .., keys 16 kc .. */
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            const float a0 = alpha[mt * 16 + gid], a1 = alpha[mt * 16 + gid + 8];
-#pragma unroll
-            for (int j = 0; j < WM_NPW; j++) {
-                o[mt][j][0] *= a0;
-                o[mt][j][1] *= a0;
-                o[mt][j][2] *= a1;
-                o[mt][j][3] *= a1;
-            }
-        }
-#pragma unroll
-        for (int kc = 0; kc < WM_KEYS / 16; kc++) {
-            uint32_t ph[MT][4], pl[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                const int off = (mt * 16 + (lane & 15)) * WM_PLD + kc * 16 + (lane >> 4) * 8;
-                fa_ldm_x4(ph[mt], Ph + off);
-                fa_ldm_x4(pl[mt], Pl + off);
+            for (int n = 0; n < NT; n++) {
+                const uint16_t *pr = Pb + (n * 8 + (lane & 7)) * WM_PLD + (lane >> 3) * 8;
+                fa_ldm_x4(pb[n], pr);
+                fa_ldm_x4(pb[n] + 4, pr + 32);
             }
 #pragma unroll
-            for (int j = 0; j < WM_NPW; j += 2) {
-                if (j >= npw) break;
-                uint32_t b[4];
-                const int m = lane >> 3;
-                fa_ldm_x4_t(b, kt + (kc * 16 + (m & 1) * 8 + (lane & 7)) * LDK + (warp * npw + j) * 8 + (m >> 1) * 8);
+            for (int n = 0; n < NT; n++) {
+                const float a0 = alpha[n * 8 + 2 * tig], a1 = alpha[n * 8 + 2 * tig + 1];
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma_bf16_16816(o[mt][j], ph[mt][0], ph[mt][1], ph[mt][2], ph[mt][3], b[0], b[1]);
-                    mma_bf16_16816(o[mt][j], pl[mt][0], pl[mt][1], pl[mt][2], pl[mt][3], b[0], b[1]);
-                    mma_bf16_16816(o[mt][j + 1], ph[mt][0], ph[mt][1], ph[mt][2], ph[mt][3], b[2], b[3]);
-                    mma_bf16_16816(o[mt][j + 1], pl[mt][0], pl[mt][1], pl[mt][2], pl[mt][3], b[2], b[3]);
+                for (int m = 0; m < WM_MPW; m++) {
+                    o[m][n][0] *= a0;
+                    o[m][n][1] *= a1;
+                    o[m][n][2] *= a0;
+                    o[m][n][3] *= a1;
+                }
+            }
+            /* A = V^T from the key rows (transposed): lanes 0-7 / 8-15 / 16-23 / 24-31 address
+             * (keys 0-7, dims 0-7) / (keys 0-7, dims 8-15) / (keys 8-15, dims 0-7) / (8-15, 8-15) */
+            const uint16_t *vr = kt + ((lane & 7) + ((lane >> 4) & 1) * 8) * LDK + ((lane >> 3) & 1) * 8;
+#pragma unroll
+            for (int m = 0; m < WM_MPW; m++) {
+                if (warp + m * WM_WARPS >= nmt) break;
+                const int d0 = (warp + m * WM_WARPS) * 16;
+#pragma unroll
+                for (int kc = 0; kc < WM_KEYS / 16; kc++) {
+                    uint32_t av[4];
+                    fa_ldm_x4_t(av, vr + kc * 16 * LDK + d0);
+#pragma unroll
+                    for (int n = 0; n < NT; n++)
+                        mma_bf16_16816(o[m][n], av[0], av[1], av[2], av[3], pb[n][2 * kc], pb[n][2 * kc + 1]);
                 }
             }
         }
@@ -715,25 +764,25 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
     asm volatile("cp.async.wait_group 0;" ::: "memory"); /* an empty slice's query copies */
     __syncthreads();
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+    for (int n = 0; n < NT; n++)
 #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int r = mt * 16 + gid + 8 * half;
+        for (int e = 0; e < 2; e++) {
+            const int r = n * 8 + 2 * tig + e; /* the head */
             if (r >= G) continue;
             const int64_t hq = h * G + r;
-            const float M = mrun[r], L = lrun[r];
+            const float M = mrun[r], L = lrun[r], rl = L > 0.0f ? 1.0f / L : 0.0f;
             const int64_t slot = (i * a.nh + hq) * a.nsplit + split;
 #pragma unroll
-            for (int j = 0; j < WM_NPW; j++) {
-                if (j >= npw) break;
-                const int64_t d = (int64_t)(warp * npw + j) * 8 + 2 * tig;
-                const float v0 = o[mt][j][2 * half], v1 = o[mt][j][2 * half + 1];
+            for (int m = 0; m < WM_MPW; m++) {
+                if (warp + m * WM_WARPS >= nmt) break;
+                const int64_t d = (int64_t)(warp + m * WM_WARPS) * 16 + gid;
+                const float v0 = o[m][n][e], v1 = o[m][n][2 + e]; /* dims d and d + 8 */
                 if (a.nsplit == 1) {
-                    const float rl = L > 0.0f ? 1.0f / L : 0.0f;
                     stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d, v0 * rl);
-                    stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d + 1, v1 * rl);
+                    stf(a.out, a.qd, i * a.ldo + hq * a.hdv + d + 8, v1 * rl);
                 } else {
-                    *(float2 *)(a.ws_o + slot * a.hdv + d) = make_float2(v0, v1);
+                    a.ws_o[slot * a.hdv + d] = v0;
+                    a.ws_o[slot * a.hdv + d + 8] = v1;
                     if (d == 0) {
                         a.ws_ml[slot * 2] = M;
                         a.ws_ml[slot * 2 + 1] = L;
@@ -744,26 +793,22 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
 }
 
 static int launch_wide_mma(AttnArgs &a) {
-    const int mt = a.nh / a.nkv > 16 ? 2 : 1;
-    const size_t smem = wide_mma_smem(a, mt);
-    static size_t configured[2][16];
+    const int nt = wide_mma_nt(a);
+    const size_t smem = wide_mma_smem(a, nt);
+    static size_t configured[4][16];
+    void (*const kernels[4])(AttnArgs) = {attn_wide_mma_kernel<1>, attn_wide_mma_kernel<2>, attn_wide_mma_kernel<3>,
+                                          attn_wide_mma_kernel<4>};
     int dev = 0;
     cudaGetDevice(&dev);
-    if (configured[mt - 1][dev & 15] < smem) {
-        TOC_CUDA(cudaFuncSetAttribute(mt == 2 ? attn_wide_mma_kernel<2> : attn_wide_mma_kernel<1>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    if (configured[nt - 1][dev & 15] < smem) {
+        TOC_CUDA(cudaFuncSetAttribute(kernels[nt - 1], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                  "cudaFuncSetAttribute");
-        configured[mt - 1][dev & 15] = smem;
+        configured[nt - 1][dev & 15] = smem;
     }
     dim3 grid((unsigned)a.nsplit, (unsigned)a.nkv, (unsigned)a.tq);
-    if (mt == 2) attn_wide_mma_kernel<2><<<grid, WM_THREADS, smem, toc_stream()>>>(a);
-    else attn_wide_mma_kernel<1><<<grid, WM_THREADS, smem, toc_stream()>>>(a);
+    kernels[nt - 1]<<<grid, WM_THREADS, smem, toc_stream()>>>(a);
     TOC_LAUNCHED("attn_wide_mma_kernel");
-    if (a.nsplit > 1) {
-        attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
-        TOC_LAUNCHED("attn_merge_kernel");
-    }
-    return TO_OK;
+    return a.nsplit > 1 ? launch_merge(a) : TO_OK;
 }
 
 static int launch_split(AttnArgs &a) {
@@ -778,11 +823,7 @@ static int launch_split(AttnArgs &a) {
         if (a.kd == TO_BF16) attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
         else attn_split_kernel<AT_DMAX_WIDE, TO_F32, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
         TOC_LAUNCHED("attn_split_kernel");
-        if (a.nsplit > 1) {
-            attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
-            TOC_LAUNCHED("attn_merge_kernel");
-        }
-        return TO_OK;
+        return a.nsplit > 1 ? launch_merge(a) : TO_OK;
     }
     const bool vec = a.kd == TO_BF16 && a.hd == a.hdv && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
                      a.khs % 8 == 0 && a.kps % 8 == 0 && a.vhs % 8 == 0 && a.vps % 8 == 0 &&
@@ -801,11 +842,7 @@ static int launch_split(AttnArgs &a) {
         else attn_split_kernel<AT_DMAX, TO_F32, false><<<grid, 128, 0, st>>>(a);
     }
     TOC_LAUNCHED("attn_split_kernel");
-    if (a.nsplit > 1) {
-        attn_merge_kernel<<<(unsigned)(a.tq * a.nh), 128, 0, toc_stream()>>>(a);
-        TOC_LAUNCHED("attn_merge_kernel");
-    }
-    return TO_OK;
+    return a.nsplit > 1 ? launch_merge(a) : TO_OK;
 }
 
 /* ---- flash prefill (bf16, mma.sync) ----
@@ -1470,7 +1507,7 @@ static int workspace(size_t floats, float **out) {
 
 /* query heads a block of the split kernels takes (all of a kv head's in the wide-head kernel) */
 static int64_t heads_per_block(const AttnArgs &a) {
-    if (wide_ok(a)) return a.nh / a.nkv;
+    if (wide_mma_ok(a) || wide_ok(a)) return a.nh / a.nkv;
     return a.hd > 32 * AT_DMAX || a.hdv > 32 * AT_DMAX ? AT_GMAX_WIDE : AT_GMAX;
 }
 
