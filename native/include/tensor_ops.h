@@ -537,7 +537,9 @@ TO_API int toc_memcpy(void *dst, const void *src, size_t nbytes, int kind, int b
 TO_API int toc_memcpy2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
                         size_t height, int kind);
 TO_API int toc_memset(void *dst, int value, size_t nbytes);
-/* CUDA graphs: capture the toc_ calls made between begin and end; replay `times` times. */
+/* CUDA graphs: capture the toc_ calls made between begin and end; replay `times` times.
+ * toc_graph_destroy, toc_host_free and toc_decoder_destroy called while the stream is being
+ * captured (a finaliser run by a garbage collector) release when the capture ends. */
 TO_API int toc_graph_begin(void);
 TO_API int toc_graph_end(void **exec_out);
 TO_API int toc_graph_abort(void);

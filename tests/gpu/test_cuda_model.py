@@ -8,6 +8,7 @@ logits are well separated (near-ties in a tiny random model would flip on roundi
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,17 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from inference_pio import cuda  # noqa: E402
 from inference_pio.batching import BatchManager  # noqa: E402
+from inference_pio.dtypes import DType  # noqa: E402
 from inference_pio.errors import NativeError  # noqa: E402
 from inference_pio.nn.cuda_graph import (  # noqa: E402
     CudaGraphDecoder,
     fused_unsupported_reason,
     unsupported_reason,
 )
+from inference_pio.tensor import Tensor  # noqa: E402
+from inference_pio.testing import torch_bridge as tb  # noqa: E402
 from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
 
 load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
@@ -400,6 +405,37 @@ def test_fused_attention_tiles_and_slice_merge(shaped: Any) -> None:
         assert int(got.argmax()) == int(multi.argmax()), (tile, splits, threads)
     with pytest.raises(ValueError, match="threads"):
         CudaGraphDecoder(m, 64, fused=True, threads=100)
+
+
+def test_a_decoder_collected_during_a_capture_is_released_after_it(shaped: Any) -> None:
+    """Python's garbage collector may run a finaliser at any allocation, in the middle of another
+    decoder's capture: a fused graph decoder (its graph, its buffers, and the stream synchronise
+    before they are freed) and pinned memory collected then are released when the capture ends,
+    and the capture succeeds. The synchronise during the capture invalidated it: a flaky failure
+    of these tests (``cudaErrorStreamCaptureInvalidated`` at the next op)."""
+    _, d, _ = shaped
+    m = load(d, device="cuda").model
+    lib = cuda.lib()
+    dropped: list[Any] = [CudaGraphDecoder(m, 64, fused=True), cuda.PinnedBuffer(1 << 20)]
+    assert dropped[0].fused
+    buf = Tensor.zeros((256,), DType.float32, "cuda:0")
+    cuda.check(lib.toc_graph_begin(), "toc_graph_begin")
+    try:
+        dropped.clear()  # last references: toc_graph_destroy, toc_decoder_destroy, toc_host_free
+        cuda.check(lib.toc_memset(buf.data_ptr, 2, 1024), "toc_memset")
+    except BaseException:
+        lib.toc_graph_abort()
+        raise
+    graph = ctypes.c_void_p()
+    cuda.check(lib.toc_graph_end(ctypes.byref(graph)), "toc_graph_end")
+    cuda.check(lib.toc_graph_launch(graph.value, 1), "toc_graph_launch")
+    cuda.synchronize("cuda:0")
+    assert set(tb.from_device(buf).view(torch.uint8).tolist()) == {2}
+    cuda.check(lib.toc_graph_destroy(graph.value), "toc_graph_destroy")
+    runner = CudaGraphDecoder(m, 64, fused=True)  # the library still captures and replays
+    runner.cache.length = 0
+    m.forward([([5, 6, 7], runner.cache)])
+    assert len(runner.greedy(9, 3, 4)) == 4
 
 
 def test_fused_step_switches_from_folded_to_split_attention(shaped: Any) -> None:

@@ -40,6 +40,13 @@ struct TocBuffer {
 };
 int toc_buffer_reserve(TocBuffer *b, size_t bytes, void **out, const char *what);
 
+/* A release that synchronises or frees (a fused decoder, a graph, pinned memory) must not run while
+ * the device's stream is being captured: Python's garbage collector can run a finaliser at any
+ * allocation, in the middle of a capture, and a synchronising call there invalidates it. Returns
+ * true if the stream is being captured, after queueing release(p) to run when the capture ends
+ * (toc_graph_end, toc_graph_abort); false (nothing queued) otherwise. */
+bool toc_defer_while_capturing(void (*release)(void *), void *p);
+
 #define TOC_CHECK(cond, code, ...)                          \
     do {                                                    \
         if (!(cond)) return toc_set_error((code), __VA_ARGS__); \

@@ -1963,11 +1963,15 @@ TOC_EXPORT int toc_decoder_profile(void *decoder, int first, int64_t *out) {
     return TO_OK;
 }
 
-TOC_EXPORT int toc_decoder_destroy(void *decoder) {
-    if (!decoder) return TO_OK;
+static void decoder_destroy_now(void *decoder) {
     TocDecoder *dec = (TocDecoder *)decoder;
     cudaStreamSynchronize(toc_stream());
     dk_free_all(dec);
     delete dec;
+}
+TOC_EXPORT int toc_decoder_destroy(void *decoder) {
+    if (!decoder) return TO_OK;
+    if (toc_defer_while_capturing(decoder_destroy_now, decoder)) return TO_OK; /* it synchronises */
+    decoder_destroy_now(decoder);
     return TO_OK;
 }

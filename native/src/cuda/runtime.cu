@@ -6,6 +6,8 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "common.cuh"
 
@@ -273,8 +275,10 @@ TOC_EXPORT int toc_host_alloc(size_t nbytes, void **out) {
     TOC_CUDA(cudaMallocHost(out, nbytes ? nbytes : 1), "cudaMallocHost");
     return TO_OK;
 }
+static void host_free_now(void *ptr) { cudaFreeHost(ptr); }
 TOC_EXPORT int toc_host_free(void *ptr) {
     if (!ptr) return TO_OK;
+    if (toc_defer_while_capturing(host_free_now, ptr)) return TO_OK; /* cudaFreeHost synchronises */
     TOC_CUDA(cudaFreeHost(ptr), "cudaFreeHost");
     return TO_OK;
 }
@@ -317,6 +321,31 @@ TOC_EXPORT int toc_memset(void *dst, int value, size_t nbytes) {
     return TO_OK;
 }
 
+/* ---- releases deferred past a capture (see common.cuh) ---- */
+static std::mutex g_deferred_lock;
+static std::vector<std::pair<void (*)(void *), void *>> g_deferred;
+
+bool toc_defer_while_capturing(void (*release)(void *), void *p) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(toc_stream(), &cs) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    if (cs == cudaStreamCaptureStatusNone) return false;
+    std::lock_guard<std::mutex> g(g_deferred_lock);
+    g_deferred.emplace_back(release, p);
+    return true;
+}
+
+static void run_deferred(void) {
+    std::vector<std::pair<void (*)(void *), void *>> todo;
+    {
+        std::lock_guard<std::mutex> g(g_deferred_lock);
+        todo.swap(g_deferred);
+    }
+    for (auto &d : todo) d.first(d.second);
+}
+
 /* ---- CUDA graphs ----
  * toc_graph_begin starts capturing the device stream: toc_ calls made until toc_graph_end are
  * recorded, not run (they must not synchronise). toc_graph_end instantiates the graph;
@@ -336,6 +365,7 @@ TOC_EXPORT int toc_graph_end(void **exec_out) {
     TOC_READY();
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(toc_stream(), &graph);
+    run_deferred();
     if (e != cudaSuccess) {
         cudaGetLastError();
         return toc_cuda_error(e, "cudaStreamEndCapture (an op failed or synchronised during capture)");
@@ -359,6 +389,7 @@ TOC_EXPORT int toc_graph_abort(void) {
         if (graph) cudaGraphDestroy(graph);
     }
     cudaGetLastError();
+    run_deferred();
     return TO_OK;
 }
 
@@ -371,8 +402,10 @@ TOC_EXPORT int toc_graph_launch(void *exec, int times) {
     return TO_OK;
 }
 
+static void graph_destroy_now(void *exec) { cudaGraphExecDestroy((cudaGraphExec_t)exec); }
 TOC_EXPORT int toc_graph_destroy(void *exec) {
     if (!exec) return TO_OK;
+    if (toc_defer_while_capturing(graph_destroy_now, exec)) return TO_OK;
     TOC_CUDA(cudaGraphExecDestroy((cudaGraphExec_t)exec), "cudaGraphExecDestroy");
     return TO_OK;
 }
