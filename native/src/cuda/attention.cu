@@ -359,6 +359,40 @@ static bool wide_rows_ok(const AttnArgs &a) {
 static bool wide_ok(const AttnArgs &a) {
     return wide_rows_ok(a) && (int64_t)wide_staged_smem(a) <= toc_max_smem_optin();
 }
+/* The keys [s0, s1) that slice `split` of query row i covers (the length read on the device
+ * where a.pos_dev is set). */
+__device__ __forceinline__ void wide_slice(const AttnArgs &a, int64_t i, int split, int64_t &s0, int64_t &s1) {
+    int64_t q_pos = a.q_pos, kv_len = a.kv_len;
+    if (a.pos_dev) {
+        q_pos = *a.pos_dev;
+        kv_len = min(q_pos + a.tq, a.kv_len);
+    }
+    int64_t hi = a.causal ? min(q_pos + i + 1, kv_len) : kv_len;
+    if (hi < 0) hi = 0;
+    const int64_t chunk = (hi + a.nsplit - 1) / a.nsplit;
+    s0 = min(hi, (int64_t)split * chunk);
+    s1 = min(hi, s0 + chunk);
+}
+/* A thread's 16-byte chunks of a tile of rows `width` chunks wide: row r, chunk c, then nthreads
+ * chunks on each step (no division per chunk: a runtime divisor costs ~20 instructions) */
+struct ChunkWalk {
+    int r, c, rstep, cstep, width;
+    __device__ ChunkWalk(int tid, int nthreads, int w)
+        : r(tid / w), c(tid - (tid / w) * w), rstep(nthreads / w), cstep(nthreads - (nthreads / w) * w), width(w) {}
+    __device__ __forceinline__ void next() {
+        r += rstep;
+        c += cstep;
+        if (c >= width) {
+            c -= width;
+            r++;
+        }
+    }
+};
+/* Waits for the tile being computed: with the next one issued, all but the newest group */
+__device__ __forceinline__ void wait_tile(bool next_issued) {
+    if (next_issued) asm volatile("cp.async.wait_group 1;" ::: "memory");
+    else asm volatile("cp.async.wait_group 0;" ::: "memory");
+}
 __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
     extern __shared__ float aw_sm[];
     const int G = (int)(a.nh / a.nkv);
@@ -370,31 +404,17 @@ __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
     uint16_t *tiles = (uint16_t *)((char *)aw_sm + wide_tiles_at(G, a.hd)); /* [2][AW_KEYS][kp + vp] */
     const int64_t i = blockIdx.z, h = blockIdx.y;
     const int split = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int64_t q_pos = a.q_pos, kv_len = a.kv_len;
-    if (a.pos_dev) {
-        q_pos = *a.pos_dev;
-        kv_len = min(q_pos + a.tq, a.kv_len);
-    }
-    int64_t hi = a.causal ? min(q_pos + i + 1, kv_len) : kv_len;
-    if (hi < 0) hi = 0;
-    const int64_t chunk = (hi + a.nsplit - 1) / a.nsplit;
-    const int64_t s0 = min(hi, (int64_t)split * chunk), s1 = min(hi, s0 + chunk);
+    int64_t s0, s1;
+    wide_slice(a, i, split, s0, s1);
     const uint16_t *kb = (const uint16_t *)a.k + h * a.khs, *vb = (const uint16_t *)a.v + h * a.vhs;
-    const int kc = kp / 8, vc = vp / 8, rowc = kc + vc; /* 16-byte chunks a key */
-    const int r0 = threadIdx.x / rowc, c0 = threadIdx.x - r0 * rowc, rstep = AW_THREADS / rowc,
-              cstep = AW_THREADS - rstep * rowc;
+    const int kc = kp / 8, vc = vp / 8; /* 16-byte chunks a key */
     auto issue = [&](int64_t t0, int buf) {
         const int nt = (int)min((int64_t)AW_KEYS, s1 - t0);
         uint16_t *dst = tiles + (size_t)buf * AW_KEYS * (kp + vp);
-        for (int r = r0, c = c0; r < nt;) { /* as the tensor-core kernel's: no division per chunk */
+        for (ChunkWalk w(threadIdx.x, AW_THREADS, kc + vc); w.r < nt; w.next()) {
+            const int r = w.r, c = w.c;
             const uint16_t *src = c < kc ? kb + (t0 + r) * a.kps + 8 * c : vb + (t0 + r) * a.vps + 8 * (c - kc);
             fa_cp16(dst + (size_t)r * (kp + vp) + 8 * c, src, true);
-            r += rstep;
-            c += cstep;
-            if (c >= rowc) {
-                c -= rowc;
-                r++;
-            }
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
     };
@@ -414,12 +434,8 @@ __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
     int buf = 0;
     for (int64_t t0 = s0; t0 < s1; t0 += AW_KEYS, buf ^= 1) {
         const int nt = (int)min((int64_t)AW_KEYS, s1 - t0);
-        if (t0 + AW_KEYS < s1) {
-            issue(t0 + AW_KEYS, buf ^ 1);
-            asm volatile("cp.async.wait_group 1;" ::: "memory");
-        } else {
-            asm volatile("cp.async.wait_group 0;" ::: "memory");
-        }
+        if (t0 + AW_KEYS < s1) issue(t0 + AW_KEYS, buf ^ 1);
+        wait_tile(t0 + AW_KEYS < s1);
         __syncthreads();
         const uint16_t *kt = tiles + (size_t)buf * AW_KEYS * (kp + vp);
         /* scores: warp w takes keys 2w, 2w + 1, 2w + 16, ...; lane l the pairs l, l + 32, ... */
@@ -587,30 +603,14 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
     const int64_t i = blockIdx.z, h = blockIdx.y;
     const int split = blockIdx.x;
-    int64_t q_pos = a.q_pos, kv_len = a.kv_len;
-    if (a.pos_dev) {
-        q_pos = *a.pos_dev;
-        kv_len = min(q_pos + a.tq, a.kv_len);
-    }
-    int64_t hi = a.causal ? min(q_pos + i + 1, kv_len) : kv_len;
-    if (hi < 0) hi = 0;
-    const int64_t chunk = (hi + a.nsplit - 1) / a.nsplit;
-    const int64_t s0 = min(hi, (int64_t)split * chunk), s1 = min(hi, s0 + chunk);
+    int64_t s0, s1;
+    wide_slice(a, i, split, s0, s1);
     const uint16_t *kb = (const uint16_t *)a.k + h * a.khs;
-    /* a thread's 16-byte chunks of a tile: row r0, chunk c0, then WM_THREADS chunks on (no
-     * division per chunk: a runtime divisor costs ~20 instructions, and a tile has 18 a thread) */
-    const int r0 = tid / kc8, c0 = tid - r0 * kc8, rstep = WM_THREADS / kc8, cstep = WM_THREADS - rstep * kc8;
     auto issue = [&](int64_t t0, int buf) { /* keys past the slice zero-filled (P is 0 there) */
         uint16_t *dst = Ks + buf * WM_KEYS * LDK;
-        for (int r = r0, c = c0; r < WM_KEYS;) {
-            const bool ok = t0 + r < s1;
-            fa_cp16(dst + r * LDK + 8 * c, kb + (ok ? t0 + r : s0) * a.kps + 8 * c, ok);
-            r += rstep;
-            c += cstep;
-            if (c >= kc8) {
-                c -= kc8;
-                r++;
-            }
+        for (ChunkWalk w(tid, WM_THREADS, kc8); w.r < WM_KEYS; w.next()) {
+            const bool ok = t0 + w.r < s1;
+            fa_cp16(dst + w.r * LDK + 8 * w.c, kb + (ok ? t0 + w.r : s0) * a.kps + 8 * w.c, ok);
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
     };
@@ -644,12 +644,8 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
     int buf = 0;
     for (int64_t t0 = s0; t0 < s1; t0 += WM_KEYS, buf ^= 1) {
         const int nt = (int)min((int64_t)WM_KEYS, s1 - t0);
-        if (t0 + WM_KEYS < s1) {
-            issue(t0 + WM_KEYS, buf ^ 1);
-            asm volatile("cp.async.wait_group 1;" ::: "memory");
-        } else {
-            asm volatile("cp.async.wait_group 0;" ::: "memory");
-        }
+        if (t0 + WM_KEYS < s1) issue(t0 + WM_KEYS, buf ^ 1);
+        wait_tile(t0 + WM_KEYS < s1);
         __syncthreads();
         const uint16_t *kt = Ks + buf * WM_KEYS * LDK;
         { /* S^T = K Q^T: keys 16 (warp % 4) .. + 15, part warp / 4 of the row's 16-column chunks */
