@@ -388,6 +388,14 @@ struct ChunkWalk {
         }
     }
 };
+/* Head g's running max and sum after a tile whose maximum is mn (at least the old one) and whose
+ * probabilities exp(s - mn) sum to sum; alpha[g] rescales the head's output accumulated so far */
+__device__ __forceinline__ void wide_running(float *mrun, float *lrun, float *alpha, int g, float mn, float sum) {
+    const float mo = mrun[g], al = mo == -INFINITY ? 0.0f : expf(mo - mn);
+    alpha[g] = al;
+    lrun[g] = lrun[g] * al + sum;
+    mrun[g] = mn;
+}
 /* Waits for the tile being computed: with the next one issued, all but the newest group */
 __device__ __forceinline__ void wait_tile(bool next_issued) {
     if (next_issued) asm volatile("cp.async.wait_group 1;" ::: "memory");
@@ -475,22 +483,12 @@ __global__ void __launch_bounds__(AW_THREADS) attn_wide_kernel(AttnArgs a) {
         __syncthreads();
         for (int g = warp; g < G; g += AW_THREADS / 32) {
             const float sv = lane < nt ? P[g * AW_KEYS + lane] : -INFINITY;
-            float mx = sv;
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float mo = mrun[g], mn = fmaxf(mo, mx);
+            const float mn = fmaxf(mrun[g], warp_max(sv));
             const float pe = lane < nt ? expf(sv - mn) : 0.0f;
-            float sum = pe;
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            const float sum = warp_sum(pe);
             P[g * AW_KEYS + lane] = pe;
             __syncwarp();
-            if (lane == 0) {
-                const float al = mo == -INFINITY ? 0.0f : expf(mo - mn);
-                alpha[g] = al;
-                lrun[g] = lrun[g] * al + sum;
-                mrun[g] = mn;
-            }
+            if (lane == 0) wide_running(mrun, lrun, alpha, g, mn, sum);
         }
         __syncthreads();
 #pragma unroll
@@ -700,23 +698,13 @@ __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
             }
             v0 = lane < nt ? v0 * a.scale : -INFINITY;
             v1 = lane + 32 < nt ? v1 * a.scale : -INFINITY;
-            float mx = fmaxf(v0, v1);
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-            const float mo = mrun[g], mn = fmaxf(mo, mx);
+            const float mn = fmaxf(mrun[g], warp_max(fmaxf(v0, v1)));
             const uint16_t p0 = f2bf(lane < nt ? expf(v0 - mn) : 0.0f);
             const uint16_t p1 = f2bf(lane + 32 < nt ? expf(v1 - mn) : 0.0f);
-            float sum = bf2f(p0) + bf2f(p1);
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+            const float sum = warp_sum(bf2f(p0) + bf2f(p1));
             Pb[g * WM_PLD + lane] = p0;
             Pb[g * WM_PLD + lane + 32] = p1;
-            if (lane == 0) {
-                const float al = mo == -INFINITY ? 0.0f : expf(mo - mn);
-                alpha[g] = al;
-                lrun[g] = lrun[g] * al + sum;
-                mrun[g] = mn;
-            }
+            if (lane == 0) wide_running(mrun, lrun, alpha, g, mn, sum);
         }
         __syncthreads();
         { /* O^T = alpha O^T + V^T P^T: warp w the value dims 16 w .. + 15, 16 (w + WM_WARPS) .. */
