@@ -609,6 +609,22 @@ static void report(int gemm, const char *kernel) {
     }
 }
 
+/* Whether the AVX-512 bf16 dot tiles take an all-bf16 problem on this CPU (the group and batched
+ * paths; to_linear dispatches over more instruction sets itself). */
+static int bf16_dot_tiles(int x_dtype, int w_dtype, int y_dtype) {
+#ifdef TO_X86
+    const uint32_t isa = to_isa();
+    const uint32_t need512 = TO_ISA_AVX512F | TO_ISA_AVX512BW | TO_ISA_AVX512VL | TO_ISA_FMA |
+                             TO_ISA_F16C | TO_ISA_AVX512_BF16;
+    return (isa & need512) == need512 && x_dtype == TO_BF16 && w_dtype == TO_BF16 && y_dtype == TO_BF16;
+#else
+    (void)x_dtype;
+    (void)w_dtype;
+    (void)y_dtype;
+    return 0;
+#endif
+}
+
 static int fill_bias(const lin_t *a) {
     for (int64_t i = 0; i < a->m; i++)
         for (int64_t j = 0; j < a->n; j++) store_out(a, i, j, 0.0f);
@@ -732,14 +748,7 @@ TO_API int to_linear_group(const void *x, int count, const void *const *ws, cons
                  "to_linear_group: matrix %d has n=%lld and y row stride %lld", i,
                  (long long)ns[i], (long long)ldys[i]);
     }
-    int simd = 0;
-#ifdef TO_X86
-    uint32_t isa = to_isa();
-    const uint32_t need512 = TO_ISA_AVX512F | TO_ISA_AVX512BW | TO_ISA_AVX512VL | TO_ISA_FMA |
-                             TO_ISA_F16C;
-    simd = (isa & need512) == need512 && x_dtype == TO_BF16 && w_dtype == TO_BF16 &&
-           y_dtype == TO_BF16 && (isa & TO_ISA_AVX512_BF16) && m < TO_GEMM_MIN_M && k > 0;
-#endif
+    const int simd = bf16_dot_tiles(x_dtype, w_dtype, y_dtype) && m < TO_GEMM_MIN_M && k > 0;
     if (!simd) { /* other dtypes, big m, no AVX512-BF16: one to_linear per matrix */
         for (int i = 0; i < count; i++) {
             int rc = to_linear(x, ws[i], NULL, ys[i], m, ns[i], k, ldx, ldys[i], x_dtype, w_dtype,
@@ -795,14 +804,7 @@ TO_API int to_linear_batched(int count, const void *const *xs, const int64_t *ms
         TO_CHECK(ms[i] == 0 || n == 0 || (ys[i] != NULL && (k == 0 || (xs[i] && ws[i]))),
                  TO_ERR_INVALID_ARGUMENT, "to_linear_batched: problem %d has a NULL pointer", i);
     }
-    int simd = 0;
-#ifdef TO_X86
-    uint32_t isa = to_isa();
-    const uint32_t need512 = TO_ISA_AVX512F | TO_ISA_AVX512BW | TO_ISA_AVX512VL | TO_ISA_FMA |
-                             TO_ISA_F16C;
-    simd = (isa & need512) == need512 && x_dtype == TO_BF16 && w_dtype == TO_BF16 &&
-           y_dtype == TO_BF16 && (isa & TO_ISA_AVX512_BF16) && k > 0 && n > 0;
-#endif
+    const int simd = bf16_dot_tiles(x_dtype, w_dtype, y_dtype) && k > 0 && n > 0;
     /* big problems (the packed GEMM), and every problem without the bf16 dot tiles: one
      * to_linear each, the kernel to_linear picks for its rows, so the bits are those of
      * per-problem calls */
