@@ -2,7 +2,9 @@
 process, same synthetic checkpoint (the real layer shapes, ``--layers`` of them).
 
 Batch-1 decode replays the model's op-by-op step captured in a CUDA graph (nn.cuda_capture); the
-same run also decodes op by op (``INFERENCE_PIO_CUDA_CAPTURE=0``) to show what the capture buys.
+same run also decodes op by op (``INFERENCE_PIO_CUDA_CAPTURE=0``) to show what the capture buys,
+and runs one request through the server's batch loop (``BatchManager``: a lone sequence moves to
+the captured step), with the capture and without.
 Reports batch-1 greedy decode of ``--new`` tokens after ``--prompt`` (tok/s, the bytes a token
 reads and that rate's share of the measured read bandwidth) and a prefill of ``--prefill``
 tokens, best of ``--repeats``.
@@ -87,10 +89,27 @@ def main(argv: list[str]) -> int:
             for _ in range(args.repeats)
         )
 
+    def batch_rate(lm: Any) -> float:
+        """One request through the server's batch loop (BatchManager), decode tok/s."""
+        from inference_pio.batching import BatchManager
+
+        best = 0.0
+        for _ in range(args.repeats):
+            mgr = BatchManager(lm.model, lm.tokenizer, lm.eos_ids, 8)
+            mgr.submit(
+                prompt,
+                lm.sampling_params(max_new_tokens=args.new, temperature=0, ignore_eos=True),
+            )
+            (res,) = mgr.run()
+            best = max(best, res.decode_tokens_per_s)
+        return best
+
     captured = cuda_capture.unsupported_reason(ours.model) is None
     o_dec = decode_rate(ours)
+    o_batch = batch_rate(ours)
     os.environ["INFERENCE_PIO_CUDA_CAPTURE"] = "0"
     o_eager = decode_rate(ours)
+    o_batch_eager = batch_rate(ours)
     del os.environ["INFERENCE_PIO_CUDA_CAPTURE"]
     step_bytes = ours.model.decode_bytes_per_token(args.prompt + args.new // 2)
     read_bw = cuda.read_bandwidth(device="cuda:0")
@@ -131,6 +150,8 @@ def main(argv: list[str]) -> int:
           f"{o_dec / h_dec:>6.2f}   {'captured graph' if captured else 'op by op'}")  # fmt: skip
     print(f"{'  ... op by op (tok/s)':<34} {o_eager:>10.1f} {h_dec:>13.1f} {o_eager / h_dec:>6.2f}"
           f"   capture {o_dec / o_eager:.2f}x")  # fmt: skip
+    print(f"{'  server loop, one request (tok/s)':<34} {o_batch:>10.1f} {h_dec:>13.1f} "
+          f"{o_batch / h_dec:>6.2f}   {o_batch_eager:.1f} op by op")  # fmt: skip
     gbs = step_bytes * o_dec / 1e9
     share = f", {100 * gbs / read_bw:.1f}% of the {read_bw:.0f} GB/s read probe" if read_bw else ""
     print(f"  {step_bytes / 1e6:.1f} MB a token: {gbs:.0f} GB/s{share}")

@@ -9,7 +9,9 @@ On a CUDA device the decode steps replay captured CUDA graphs where the model al
 (nn.cuda_batch_graph: each sequence decodes in one of a fixed set of device caches), so a step
 costs one graph launch instead of ~10 native calls per layer from Python. When one sequence is
 left with nothing queued, it moves to the batch-1 path (its cache copied into the batch-1 graph
-decoder's), whose fused step is faster than a batched step of one row. In :meth:`BatchManager.serve`
+decoder's), whose fused step is faster than a batched step of one row; a model without batched
+graphs (GLM-4.7-Flash, Qwen3-Coder-Next) moves there too, to its own decode step captured in a
+graph (nn.cuda_capture), instead of decoding op by op. In :meth:`BatchManager.serve`
 it goes back into the batch as soon as another request arrives (it is checked every
 :data:`ALONE_CHUNK` tokens).
 """
@@ -124,10 +126,13 @@ class BatchManager:
         with self._lock:
             self._cancelled.add(index)
 
+    def _device_type(self) -> str:
+        return str(getattr(getattr(self.model, "device", None), "type", "cpu"))
+
     def _graph_decoder(self) -> Any:
         """The model's batched CUDA graph decoder for the queued requests, or None (CPU, an
         unsupported model, or turned off: steps then run through ``model.forward``)."""
-        if getattr(getattr(self.model, "device", None), "type", "cpu") != "cuda" or not self._queue:
+        if self._device_type() != "cuda" or not self._queue:
             return None
         from inference_pio.nn import cuda_batch_graph
 
@@ -258,7 +263,8 @@ class BatchManager:
             else:
                 _emit(req, state.accept(row))
         active = self._retire(active, graphs)
-        single = alone and graphs is not None and len(active) == 1 and not self._queue
+        on_cuda = graphs is not None or self._device_type() == "cuda"
+        single = alone and on_cuda and len(active) == 1 and not self._queue
         if single and not self._no_alone:
             interrupt = alone(active[0][0]) if callable(alone) else None
             if self._go_alone(*active[0], graphs, interrupt):
@@ -272,10 +278,11 @@ class BatchManager:
         graphs: Any,
         interrupt: Callable[[], bool] | None,
     ) -> bool:
-        """Runs the last active sequence on the batch-1 path (one fused decode step per token
-        on CUDA, faster than the batched graph at one row) when enough tokens are left to repay
-        copying its cache: to its end (True), or until ``interrupt()`` (its cache is copied back
-        into its batch slot: False, as where it stays in the batched graph)."""
+        """Runs the last active sequence on the batch-1 path (one fused or captured decode step
+        per token on CUDA, faster than a batched step of one row, and than op-by-op steps where
+        the model has no batched graphs) when enough tokens are left to repay copying its cache:
+        to its end (True), or until ``interrupt()`` (its cache is copied back into its batch
+        slot or its own cache: False, as where it stays in the batch)."""
         if state.params.max_new_tokens - len(state.generated) < ALONE_MIN_TOKENS:
             return False
         from inference_pio.nn.cuda_graph import continue_alone, move_cache
@@ -297,7 +304,8 @@ class BatchManager:
             move_cache(state, slot)
             self.rejoined += 1
             return False
-        graphs.release(slot)
+        if graphs is not None:
+            graphs.release(slot)
         result = state.result(time.perf_counter())
         self._results[req.index] = result
         if req.on_finish is not None:

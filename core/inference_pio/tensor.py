@@ -413,7 +413,8 @@ class Tensor:
         return out
 
     def copy_(self, src: Tensor) -> Tensor:
-        """Copies ``src`` (same shape and dtype) into this contiguous tensor."""
+        """Copies ``src`` (same shape, dtype and device) into this contiguous tensor (on a CUDA
+        device: queued on the device's stream; ``src`` must be contiguous there)."""
         if self.readonly:
             raise ValueError("cannot write into a read-only tensor (borrowed weights)")
         if src.shape != self.shape or src.dtype != self.dtype:
@@ -422,8 +423,15 @@ class Tensor:
             )
         if not self.is_contiguous():
             raise ValueError("copy_ destination must be contiguous")
-        self._require_cpu("copy_")
-        src._require_cpu("copy_")
+        if src.device != self.device:
+            raise ValueError(f"copy_: from {src.device} into {self.device} (use .to(device))")
+        if self.device.type != "cpu":
+            if not src.is_contiguous():
+                raise ValueError("copy_ on a CUDA device needs a contiguous source")
+            from inference_pio import cuda
+
+            cuda.memcpy(self.data_ptr, src.data_ptr, self.nbytes, cuda.D2D, blocking=False)
+            return self
         s = src.contiguous()
         ctypes.memmove(self.data_ptr, s.data_ptr, self.nbytes)
         return self

@@ -27,6 +27,47 @@ class KVCache:
         self.k = Tensor.empty((nkv, capacity, head_dim), dtype, device)
         self.v = Tensor.empty((nkv, capacity, head_dim), dtype, device)
 
+    def copy_to(self, dst: object, length: int) -> None:
+        """Copies the first ``length`` positions into ``dst``, a KVCache of the same heads,
+        head_dim, dtype and device (any capacity of at least ``length``)."""
+        if type(dst) is not type(self):
+            raise ValueError(f"cannot copy a {type(self).__name__} into a {type(dst).__name__}")
+        assert isinstance(dst, KVCache)
+        copy_positions(self.k, dst.k, length)
+        copy_positions(self.v, dst.v, length)
+
+
+def copy_positions(src: Tensor, dst: Tensor, n: int) -> None:
+    """Copies the first ``n`` positions of every head of ``src`` [heads, capacity, width] into
+    ``dst`` [heads, capacity', width]: the same heads, width, dtype and device, ``n`` at most
+    both capacities (on a CUDA device the copy is queued on its stream)."""
+    if src.ndim != 3 or dst.ndim != 3:
+        raise ValueError(f"copy_positions: shapes {src.shape} and {dst.shape}, want 3 dims each")
+    heads, cap_s, width = src.shape
+    if dst.shape[0] != heads or dst.shape[2] != width or dst.dtype != src.dtype:
+        raise ValueError(
+            f"copy_positions: {src.shape}/{src.dtype.name} into {dst.shape}/{dst.dtype.name}"
+        )
+    if src.device != dst.device:
+        raise ValueError(f"copy_positions: from {src.device} into {dst.device}")
+    if not 0 <= n <= min(cap_s, dst.shape[1]):
+        raise ValueError(f"copy_positions: {n} positions, capacities {cap_s} and {dst.shape[1]}")
+    if not (src.is_contiguous() and dst.is_contiguous()):
+        raise ValueError("copy_positions needs contiguous tensors")
+    if dst.readonly:
+        raise ValueError("cannot write into a read-only tensor")
+    if n == 0:
+        return
+    es = src.dtype.itemsize
+    s_pitch, d_pitch, width_b = cap_s * width * es, dst.shape[1] * width * es, n * width * es
+    if src.device.type == "cpu":
+        for h in range(heads):
+            ctypes.memmove(dst.data_ptr + h * d_pitch, src.data_ptr + h * s_pitch, width_b)
+        return
+    from inference_pio import cuda
+
+    cuda.memcpy2d(dst.data_ptr, d_pitch, src.data_ptr, s_pitch, width_b, heads, cuda.D2D)
+
 
 class KVTable:
     """One layer's KV caches of several sequences as device arrays, for decode steps captured in

@@ -983,9 +983,11 @@ def continue_alone(
     max_chunk: int | None = None,
 ) -> Iterator[str] | None:
     """The rest of one sequence's generation on the batch-1 path (the BatchManager's last
-    sequence): its cached keys and values are copied into the model's graph decoder's cache,
-    then its steps replay the batch-1 graph. ``state`` has accepted its latest token, which is
-    not in its cache yet. None (nothing copied) where the model has no batch-1 graph decoder.
+    sequence): its cache is copied into the model's graph decoder's (the fused or multi-kernel
+    :class:`CudaGraphDecoder`, or the model's own step captured), then its steps replay the
+    batch-1 graph. ``state`` has accepted its latest token, which is not in its cache yet. None
+    (nothing copied) where the model has no batch-1 graph decoder or its cache cannot be copied
+    (see :meth:`~inference_pio.nn.decoder.LayerCache.copyable_to`).
 
     ``interrupt`` (checked before each device round trip of at most ``max_chunk`` tokens) stops
     the generator early, every drawn token accepted: ``state`` is then unfinished, its cache the
@@ -993,7 +995,7 @@ def continue_alone(
     if state.finished:
         return None
     runner = _runner(model, capacity)
-    if not isinstance(runner, CudaGraphDecoder):  # only its KV caches are moved between caches
+    if runner is None or not state.cache.copyable_to(runner.cache):
         return None
     move_cache(state, runner.cache)
     runner.set_position_offset(state.cache.position_offset)
@@ -1001,29 +1003,10 @@ def continue_alone(
 
 
 def move_cache(state: SequenceState, dst: LayerCache) -> None:
-    """Copies ``state``'s cached keys and values (the first ``length`` positions of every layer
-    and kv head) into ``dst``, a cache of the same model on the same device, and makes ``dst``
-    the sequence's cache."""
-    from inference_pio import cuda
-
-    src = state.cache
-    n = src.length
-    if n > dst.capacity:
-        raise ValueError(f"{n} cached tokens do not fit a cache of {dst.capacity}")
-    for a, b in zip(src.layers, dst.layers, strict=True):
-        for s_t, d_t in ((a.k, b.k), (a.v, b.v)):
-            # [kv heads, capacity, head_dim]: the first n positions of every head
-            nkv, cap_s, hd = s_t.shape
-            es = s_t.dtype.itemsize
-            if d_t.shape[0] != nkv or d_t.shape[2] != hd or d_t.dtype != s_t.dtype:
-                raise ValueError("the two caches do not match")
-            if n:
-                cuda.memcpy2d(
-                    d_t.data_ptr, d_t.shape[1] * hd * es, s_t.data_ptr, cap_s * hd * es,
-                    n * hd * es, nkv, cuda.D2D,
-                )  # fmt: skip
-    dst.length = n
-    dst.position_offset = getattr(src, "position_offset", 0)
+    """Copies what ``state``'s cache holds into ``dst``, a cache of the same model on the same
+    device (:meth:`~inference_pio.nn.decoder.LayerCache.copy_into`: keys and values, latent
+    rows or recurrent states), and makes ``dst`` the sequence's cache."""
+    state.cache.copy_into(dst)
     state.cache = dst
 
 

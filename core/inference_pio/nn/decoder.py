@@ -92,6 +92,28 @@ class LayerCache:
         #: Batch-1 CPU decode steps of this sequence, recorded and replayed (decode_plan).
         self.plan: DecodePlan | None = None
 
+    def copyable_to(self, dst: LayerCache) -> bool:
+        """Whether :meth:`copy_into` can copy this cache into ``dst``: as many layers, each of
+        the same type with a ``copy_to(dst, length)`` method (the core's caches have one; a
+        plugin's own cache type opts in by defining it)."""
+        return len(self.layers) == len(dst.layers) and all(
+            type(a) is type(b) and callable(getattr(a, "copy_to", None))
+            for a, b in zip(self.layers, dst.layers, strict=True)
+        )
+
+    def copy_into(self, dst: LayerCache) -> None:
+        """Copies what this cache holds (its ``length`` tokens, every layer) into ``dst``, a cache
+        of the same model on the same device, and gives ``dst`` the same length and position
+        offset. On a CUDA device the copies are queued on the device's stream."""
+        if not self.copyable_to(dst):
+            raise ValueError("the two caches do not match (or a layer's cache cannot be copied)")
+        if self.length > dst.capacity:
+            raise ValueError(f"{self.length} cached tokens do not fit a cache of {dst.capacity}")
+        for a, b in zip(self.layers, dst.layers, strict=True):
+            a.copy_to(b, self.length)
+        dst.length = self.length
+        dst.position_offset = self.position_offset
+
 
 class DecoderModel:
     """Embedding → decoder layers → final norm → LM head (tied or not)."""

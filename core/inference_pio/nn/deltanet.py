@@ -39,6 +39,18 @@ class RecurrentState:
             t.zero_()
         self.ssm.zero_()
 
+    def copy_to(self, dst: object, length: int) -> None:
+        """Copies the state into ``dst``, a RecurrentState of the same layer (the state does not
+        depend on ``length``)."""
+        if type(dst) is not type(self):
+            raise ValueError(f"cannot copy a {type(self).__name__} into a {type(dst).__name__}")
+        assert isinstance(dst, RecurrentState)
+        if len(dst.conv) != len(self.conv):
+            raise ValueError("the two recurrent states do not match")
+        for a, b in zip(self.conv, dst.conv, strict=True):
+            b.copy_(a)
+        dst.ssm.copy_(self.ssm)
+
 
 class GatedDeltaNet:
     """The linear-attention block: ``(backend, h, segments, caches, cos, sin, out) -> out``

@@ -21,7 +21,7 @@ from __future__ import annotations
 from inference_pio.backend import Backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
-from inference_pio.nn.attention import KVTable, Segment, attend_captured
+from inference_pio.nn.attention import KVTable, Segment, attend_captured, copy_positions
 from inference_pio.nn.layers import Linear, RMSNorm, Rotary
 from inference_pio.tensor import Tensor
 
@@ -41,6 +41,14 @@ class LatentCache:
         self.nkv, self.capacity, self.head_dim = 1, capacity, width
         self.k = Tensor.empty((1, capacity, width), dtype, device)
         self.v = self.k
+
+    def copy_to(self, dst: object, length: int) -> None:
+        """Copies the first ``length`` rows into ``dst``, a LatentCache of the same width, dtype
+        and device."""
+        if type(dst) is not type(self):
+            raise ValueError(f"cannot copy a {type(self).__name__} into a {type(dst).__name__}")
+        assert isinstance(dst, LatentCache)
+        copy_positions(self.k, dst.k, length)
 
 
 class MLAttention:
