@@ -103,8 +103,18 @@ def test_batched_generation_on_the_device(ckpt: Any) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     ("t", "nk", "nv", "dk", "dv"),
-    # 70 / 45 / 33 tokens: chunks of 32 and a partial one; dv 160: threads own two columns
-    [(1, 2, 4, 16, 24), (70, 16, 32, 128, 128), (45, 2, 4, 16, 24), (33, 1, 2, 64, 160)],
+    # 70 / 45 / 33 tokens: chunks of 32 and a partial one; dv 160: threads own two columns;
+    # one token: a warp per 32 columns (dv 40: a partial warp), dk 192 takes the chunked kernel
+    [
+        (1, 2, 4, 16, 24),
+        (70, 16, 32, 128, 128),
+        (45, 2, 4, 16, 24),
+        (33, 1, 2, 64, 160),
+        (1, 16, 32, 128, 128),
+        (1, 2, 6, 128, 40),
+        (1, 1, 2, 192, 32),
+        (1, 4, 4, 100, 64),
+    ],
 )
 def test_gated_delta_rule_on_the_device_matches_the_cpu(
     dtype: Any, t: int, nk: int, nv: int, dk: int, dv: int

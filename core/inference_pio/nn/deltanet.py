@@ -7,6 +7,10 @@ K-1 inputs) with SiLU; the gated delta rule (``to_gated_delta_rule``: l2-normali
 head) gives each value head's output; a gated RMSNorm with ``z`` and ``out_proj`` finish. The
 per-sequence state (conv inputs and recurrent state) lives in :class:`RecurrentState`, which the
 decoder keeps in the layer's cache slot; it does not grow with the context.
+
+On a CUDA device the two projections' rows are reordered once at construction, so that their
+outputs come out as ``q | k | v | z`` and ``b | a`` over all heads: a one-token step (decode, and
+the captured decode step) then reads every part in place instead of copying six strided slices.
 """
 
 from __future__ import annotations
@@ -104,6 +108,11 @@ class GatedDeltaNet:
             norm,
         )
         self.nk, self.nv, self.dk, self.dv = nk, nv, dk, dv
+        #: Whether the projections' outputs are [q | k | v | z] and [b | a] over all heads
+        #: (reordered rows, see the module docstring) rather than per key-head group.
+        self.flat = False
+        if in_proj_qkvz.weight.device.type == "cuda":
+            self.flatten()
         self.kernel = conv_weight.shape[2]
         w = conv_weight.reshape(conv_dim, self.kernel)
         self._conv_w = [w.narrow(0, 0, nk * dk), w.narrow(0, nk * dk, nk * dk)]
@@ -116,6 +125,27 @@ class GatedDeltaNet:
         if conv_weight.device.type != "cpu":
             self.dt_bias = self.dt_bias.to(conv_weight.device)
             self.decay = self.decay.to(conv_weight.device)
+
+    def flatten(self) -> None:
+        """Reorders the projections' rows from per key-head group to per part (a copy of both
+        weights; done at construction on CUDA devices). The outputs are the same numbers; a
+        projection with a bias keeps its order."""
+        if self.flat or self.in_proj_qkvz.bias is not None or self.in_proj_ba.bias is not None:
+            return
+        from inference_pio.ops import gather_rows
+
+        nk, nv, dk, dv = self.nk, self.nv, self.dk, self.dv
+        r = nv // nk
+        group = 2 * dk + 2 * r * dv
+        qkvz: list[int] = []
+        for start, width in ((0, dk), (dk, dk), (2 * dk, r * dv), (2 * dk + r * dv, r * dv)):
+            qkvz += [g * group + start + i for g in range(nk) for i in range(width)]
+        ba = [g * 2 * r + start + i for start in (0, r) for g in range(nk) for i in range(r)]
+        for name, idx in (("in_proj_qkvz", qkvz), ("in_proj_ba", ba)):
+            w = getattr(self, name).weight
+            rows = Tensor.from_list(idx, DType.int32).to(w.device)
+            setattr(self, name, Linear(name, gather_rows(w, rows)))
+        self.flat = True
 
     def kv_values_per_token(self) -> int:
         """The state does not grow with the context."""
@@ -152,17 +182,22 @@ class GatedDeltaNet:
         self.in_proj_qkvz(be, h, qkvz)
         ba = be.scratch("gdn.ba", (t, 2 * nv), act)
         self.in_proj_ba(be, h, ba)
-        # per key-head group [q | k | v (r heads) | z (r heads)] and [b (r) | a (r)]
-        g3 = qkvz.reshape(t, nk, group)
-        parts = [
-            g3.narrow(2, 0, dk).contiguous().reshape(t, nk * dk),
-            g3.narrow(2, dk, dk).contiguous().reshape(t, nk * dk),
-            g3.narrow(2, 2 * dk, r * dv).contiguous().reshape(t, nv * dv),
-        ]
-        z = g3.narrow(2, 2 * dk + r * dv, r * dv).contiguous().reshape(t, nv * dv)
-        ba3 = ba.reshape(t, nk, 2 * r)
-        b = ba3.narrow(2, 0, r).contiguous().reshape(t, nv)
-        a = ba3.narrow(2, r, r).contiguous().reshape(t, nv)
+        if self.flat:  # [q | k | v | z] and [b | a] over all heads
+            qk, vz = nk * dk, nv * dv
+            parts = [_cols(qkvz, 0, qk), _cols(qkvz, qk, qk), _cols(qkvz, 2 * qk, vz)]
+            z = _cols(qkvz, 2 * qk + vz, vz)
+            b, a = _cols(ba, 0, nv), _cols(ba, nv, nv)
+        else:  # per key-head group [q | k | v (r heads) | z (r heads)] and [b (r) | a (r)]
+            g3 = qkvz.reshape(t, nk, group)
+            parts = [
+                g3.narrow(2, 0, dk).contiguous().reshape(t, nk * dk),
+                g3.narrow(2, dk, dk).contiguous().reshape(t, nk * dk),
+                g3.narrow(2, 2 * dk, r * dv).contiguous().reshape(t, nv * dv),
+            ]
+            z = g3.narrow(2, 2 * dk + r * dv, r * dv).contiguous().reshape(t, nv * dv)
+            ba3 = ba.reshape(t, nk, 2 * r)
+            b = ba3.narrow(2, 0, r).contiguous().reshape(t, nv)
+            a = ba3.narrow(2, r, r).contiguous().reshape(t, nv)
         conv = [be.scratch(f"gdn.conv{i}", p.shape, act) for i, p in enumerate(parts)]
         o = be.scratch("gdn.o", (t, nv * dv), act)
         es = act.itemsize
@@ -212,6 +247,13 @@ class GatedDeltaNet:
             )
         self.norm(be, o, o, rows=t, heads=nv, z=z)
         return self.out_proj(be, o, out)
+
+
+def _cols(x: Tensor, start: int, n: int) -> Tensor:
+    """Columns [start, start + n) of ``x`` [t, width]: a view for one row, a copy for more."""
+    if x.shape[0] == 1:
+        return x.reshape(x.shape[1]).narrow(0, start, n).reshape(1, n)
+    return x.narrow(1, start, n).contiguous()
 
 
 def _exp32(x: float) -> float:

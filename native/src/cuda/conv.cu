@@ -12,13 +12,17 @@
  * (a thread touches only its own channel), so nothing races. ---- */
 #define CONV_ROWS 16
 
+/* KC: the kernel size when it is known at compile time (the weights and the new state then stay
+ * in registers; Qwen3-Next's 4), 0: any size up to CONV_KMAX (arrays on the stack) */
+template <int KC>
 __global__ void causal_conv1d_kernel(const void *x, const void *w, void *state, void *y, int64_t t, int64_t c,
-                                     int k, int silu, int xdt, int wdt, int sdt, int64_t rows) {
+                                     int k_any, int silu, int xdt, int wdt, int sdt, int64_t rows) {
+    const int k = KC ? KC : k_any;
     const int64_t ch = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (ch >= c) return;
     const int64_t i0 = (int64_t)blockIdx.y * rows;
     const int64_t i1 = i0 + rows < t ? i0 + rows : t;
-    float wr[CONV_KMAX];
+    float wr[KC ? KC : CONV_KMAX];
     for (int j = 0; j < k; j++) wr[j] = ldf(w, wdt, ch * k + j);
     for (int64_t i = i0; i < i1; i++) {
         float acc = 0.f;
@@ -40,7 +44,7 @@ __global__ void causal_conv1d_kernel(const void *x, const void *w, void *state, 
     }
     if (!state || blockIdx.y != 0) return;
     /* new state = the last k - 1 rows of [state; x], read before any is written */
-    float ns[CONV_KMAX];
+    float ns[KC ? KC : CONV_KMAX];
     for (int s = 0; s < k - 1; s++) {
         const int64_t r = t - (k - 1) + s;
         ns[s] = r < 0 ? ldf(state, sdt, (k - 1 + r) * c + ch) : ldf(x, xdt, r * c + ch);
@@ -65,8 +69,12 @@ TOC_EXPORT int toc_causal_conv1d(const void *x, const void *w, void *state, void
     int64_t rows = k - 1 > CONV_ROWS ? k - 1 : CONV_ROWS;
     if (toc_cdiv(t, rows) > 65535) rows = toc_cdiv(t, 65535);
     const dim3 grid((unsigned)toc_cdiv(c, 128), (unsigned)toc_cdiv(t, rows));
-    causal_conv1d_kernel<<<grid, 128, 0, toc_stream()>>>(x, w, state, y, t, c, (int)k, silu != 0, x_dtype,
-                                                         w_dtype, state_dtype, rows);
+    if (k == 4)
+        causal_conv1d_kernel<4><<<grid, 128, 0, toc_stream()>>>(x, w, state, y, t, c, 4, silu != 0, x_dtype, w_dtype,
+                                                                state_dtype, rows);
+    else
+        causal_conv1d_kernel<0><<<grid, 128, 0, toc_stream()>>>(x, w, state, y, t, c, (int)k, silu != 0, x_dtype,
+                                                                w_dtype, state_dtype, rows);
     TOC_LAUNCHED("causal_conv1d_kernel");
     return TO_OK;
 }

@@ -1,6 +1,7 @@
 /* Gated delta rule on the device (semantics of src/cpu/deltanet.c, models.md §4.4): one block per
  * value head keeps the head's fp32 state [dk][dv] in shared memory for all t tokens; a thread
- * owns state columns (j), so the sums over the key dimension run in the CPU's order.
+ * owns state columns (j), so the sums over the key dimension run in the CPU's order. One token
+ * (decode) takes dn_step_kernel instead, which spreads the state over more blocks and warps.
  *
  * Tokens go in chunks of up to DN_CHUNK: the block first loads the chunk's q, k, v rows and gates
  * into shared memory (all loads in flight together) and normalises q and k of every token of
@@ -131,6 +132,88 @@ __global__ void __launch_bounds__(128) dn_kernel(const void *q, const void *k, c
     }
 }
 
+/* One token (decode): the state is read and written once, and the sums over the key dimension
+ * are the only chains. A block takes 32 state columns of a value head (Qwen3-Next: 128 blocks, not
+ * 32), a lane one column, and its 4 warps a quarter of the key rows each, held in registers (every
+ * load in flight at once); the quarters' sums are added in a fixed order. So the sums are not in
+ * the CPU's order (dn_kernel's): a different rounding, not a different result. */
+#define DN1_WARPS 4
+
+template <int RM> /* state rows a warp holds (key dims / 4, at most) */
+__global__ void __launch_bounds__(DN1_WARPS * 32) dn_step_kernel(const void *q, const void *k, const void *v,
+                                                                 const void *a, const void *b, const float *decay,
+                                                                 const float *dt_bias, float *state, void *out,
+                                                                 int64_t nk, int64_t nv, int64_t dk, int64_t dv,
+                                                                 int xdt, int odt) {
+    __shared__ float qs[DN1_WARPS * RM], ks[DN1_WARPS * RM], red[2][DN1_WARPS][32];
+    const int64_t h = blockIdx.y, hk = h / (nv / nk);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, ndk = (int)dk, ndv = (int)dv;
+    const int64_t j = (int64_t)blockIdx.x * 32 + lane;
+    const bool col = j < dv;
+    const int per = (ndk + DN1_WARPS - 1) / DN1_WARPS, x0 = w * per;
+    const int nr = ndk - x0 < per ? ndk - x0 : per; /* this warp's rows (<= 0: none) */
+    float *Sg = state + h * dk * dv + (col ? j : 0); /* a lane past the columns reads column 0 */
+    float s[RM];
+#pragma unroll
+    for (int i = 0; i < RM; i++) /* the column's loads first: they take longest */
+        s[i] = Sg[(i < nr ? x0 + i : 0) * ndv];
+    const float vj = col ? ldf(v, xdt, h * dv + j) : 0.0f;
+    for (int x = threadIdx.x; x < ndk; x += DN1_WARPS * 32) {
+        qs[x] = ldf(q, xdt, hk * dk + x);
+        ks[x] = ldf(k, xdt, hk * dk + x);
+    }
+    __syncthreads();
+    float sq = 0.0f, sk = 0.0f; /* every warp takes the l2 norms (the order of dn_kernel's) */
+    for (int x = lane; x < ndk; x += 32) {
+        sq += qs[x] * qs[x];
+        sk += ks[x] * ks[x];
+    }
+    sq = warp_sum(sq);
+    sk = warp_sum(sk);
+    const float rq = 1.0f / sqrtf(sq + 1e-6f), rk = 1.0f / sqrtf(sk + 1e-6f), qdiv = sqrtf((float)dk);
+    __syncthreads(); /* every warp has read the raw values */
+    for (int x = threadIdx.x; x < ndk; x += DN1_WARPS * 32) {
+        qs[x] = __fdiv_rn(qs[x] * rq, qdiv);
+        ks[x] = ks[x] * rk;
+    }
+    const float beta = rnd(xdt, 1.0f / (1.0f + expf(-ldf(b, xdt, h))));
+    const float av = ldf(a, xdt, h) + dt_bias[h];
+    const float sp = av > 20.0f ? av : log1pf(expf(av));
+    const float eg = expf(decay[h] * sp);
+    __syncthreads();
+    float m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        if (i < nr) {
+            const float st = s[i] * eg;
+            s[i] = st;
+            m = __fadd_rn(m, __fmul_rn(st, ks[x0 + i]));
+        }
+    }
+    red[0][w][lane] = m;
+    __syncthreads();
+    m = red[0][0][lane];
+#pragma unroll
+    for (int u = 1; u < DN1_WARPS; u++) m = __fadd_rn(m, red[0][u][lane]);
+    const float d = (vj - m) * beta;
+    float o = 0.0f;
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        if (i < nr) {
+            const float st = __fadd_rn(s[i], __fmul_rn(ks[x0 + i], d));
+            if (col) Sg[(x0 + i) * ndv] = st;
+            o = __fadd_rn(o, __fmul_rn(st, qs[x0 + i]));
+        }
+    }
+    red[1][w][lane] = o;
+    __syncthreads();
+    if (w != 0 || !col) return;
+    o = red[1][0][lane];
+#pragma unroll
+    for (int u = 1; u < DN1_WARPS; u++) o = __fadd_rn(o, red[1][u][lane]);
+    stf(out, odt, h * dv + j, o);
+}
+
 TOC_EXPORT int toc_gated_delta_rule(const void *q, const void *k, const void *v, const void *a, const void *b,
                                     const float *decay, const float *dt_bias, float *state, void *out, int64_t t,
                                     int64_t nk, int64_t nv, int64_t dk, int64_t dv, int64_t ldq, int64_t ldk,
@@ -148,6 +231,17 @@ TOC_EXPORT int toc_gated_delta_rule(const void *q, const void *k, const void *v,
     if (t == 0) return TO_OK;
     TOC_CHECK(q && k && v && a && b && out, TO_ERR_INVALID_ARGUMENT, "toc_gated_delta_rule: NULL pointer");
     TOC_READY();
+    if (t == 1 && dk <= DN1_WARPS * 64 && dk * dv <= INT32_MAX && nv <= 65535) {
+        const dim3 grid((unsigned)((dv + 31) / 32), (unsigned)nv);
+        if (dk <= DN1_WARPS * 32)
+            dn_step_kernel<32><<<grid, DN1_WARPS * 32, 0, toc_stream()>>>(q, k, v, a, b, decay, dt_bias, state, out,
+                                                                          nk, nv, dk, dv, x_dtype, out_dtype);
+        else
+            dn_step_kernel<64><<<grid, DN1_WARPS * 32, 0, toc_stream()>>>(q, k, v, a, b, decay, dt_bias, state, out,
+                                                                          nk, nv, dk, dv, x_dtype, out_dtype);
+        TOC_LAUNCHED("dn_step_kernel");
+        return TO_OK;
+    }
     /* the state, and chunks of as many tokens as fit (DN_CHUNK at most) */
     const int64_t room = toc_max_smem_optin() - (int64_t)(dk * dv) * 4;
     const int64_t per_token = (2 * dk + dv + 2) * 4;
