@@ -42,11 +42,16 @@ def test_route_softmax(t: int, e: int, k: int, ldt: DType, wdt: DType) -> None:
 @pytest.mark.parametrize("ldt", FLOATS)
 @pytest.mark.parametrize(
     ("e", "k", "n_group", "topk_group"),
-    [(64, 4, 1, 1), (64, 4, 8, 3), (256, 8, 8, 4), (12, 2, 12, 2)],
+    [(64, 4, 1, 1), (64, 4, 8, 3), (256, 8, 8, 4), (12, 2, 12, 2), (512, 10, 1, 1), (40, 40, 1, 1)],
 )
-def test_route_sigmoid(e: int, k: int, n_group: int, topk_group: int, ldt: DType) -> None:
+@pytest.mark.parametrize("ties", [False, True])
+def test_route_sigmoid(
+    e: int, k: int, n_group: int, topk_group: int, ldt: DType, ties: bool
+) -> None:
+    """The same experts in the same order as the CPU (a warp's rounds of argmax there, one
+    insertion sort here); ``ties``: logits of a few values, so equal scores pick by lower id."""
     t = 9
-    logits = (torch.randn(t, e) * 2).to(TDT[ldt])
+    logits = (torch.randint(-2, 3, (t, e)).float() if ties else torch.randn(t, e) * 2).to(TDT[ldt])
     bias = torch.randn(e) * 0.1
     for b in (None, bias):
         kw: dict[str, Any] = dict(n_group=n_group, topk_group=topk_group, scaling=2.5)

@@ -212,15 +212,24 @@ def test_moe_gemv_against_torch(
 
 
 @pytest.mark.parametrize("dt", [DType.float32, DType.bfloat16])
-@pytest.mark.parametrize(("t", "k", "e", "d"), [(1, 8, 128, 2048), (3, 4, 16, 100), (2, 1, 4, 7)])
-def test_moe_combine_against_the_ordered_sum(t: int, k: int, e: int, d: int, dt: DType) -> None:
-    """Each token's expert outputs in ascending expert order, products and every partial sum
-    rounded to the dtype, then the residual: bitwise the CPU path's arithmetic."""
+@pytest.mark.parametrize(
+    ("t", "k", "e", "d"),
+    [(1, 8, 128, 2048), (3, 4, 16, 100), (2, 1, 4, 7), (1, 10, 512, 300), (2, 40, 64, 129)],
+)
+@pytest.mark.parametrize("repeats", [False, True])
+def test_moe_combine_against_the_ordered_sum(
+    t: int, k: int, e: int, d: int, dt: DType, repeats: bool
+) -> None:
+    """Each token's expert outputs in ascending expert order (an expert named twice: by slot),
+    products and every partial sum rounded to the dtype, then the residual: bitwise the CPU
+    path's arithmetic."""
     from inference_pio.tensor import Tensor
 
     tdt = tb.TDT[dt]
     g = torch.Generator().manual_seed(t * 100 + k)
     idx = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)]).to(torch.int32)
+    if repeats:
+        idx = idx % max(1, k // 2)  # every expert id at most k // 2: most named twice
     w = torch.rand(t, k, generator=g).to(tdt)
     y = torch.randn(t * k, d, generator=g).to(tdt)
     res = torch.randn(t, d, generator=g).to(tdt)

@@ -160,7 +160,40 @@ TOC_EXPORT int toc_moe_route_softmax(const void *logits, int64_t t, int64_t e, i
     return TO_OK;
 }
 
-/* ---- sigmoid noaux_tc router: one block per row, the selection by one thread ---- */
+/* The k largest of keys[0 .. e) (moe_key_of values: numbers in their order, then NaN; 0 for
+ * taken) into ids in descending order, equal keys by increasing id: what moe_topk_insert builds
+ * from the experts in id order, NaN ranked below every number. One warp, k rounds of a warp
+ * argmax over (key, lower id) packed in 64 bits; a chosen key is set to 0. */
+__device__ __forceinline__ uint32_t moe_key_of(float v) {
+    const uint32_t u = __float_as_uint(v);
+    if (v != v) return 1u;                           /* NaN: below -inf (0x007fffff) */
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving for numbers */
+}
+
+__device__ void moe_topk_warp_keys(uint32_t *keys, int64_t e, int k, int32_t *ids) {
+    const int lane = threadIdx.x & 31;
+    for (int j = 0; j < k; j++) {
+        unsigned long long best = 0ull;
+        for (int64_t x = lane; x < e; x += 32) {
+            const unsigned long long c = ((unsigned long long)keys[x] << 32) | (uint32_t)~(uint32_t)x;
+            if (c > best) best = c;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const unsigned long long ob = __shfl_xor_sync(0xffffffffu, best, o);
+            if (ob > best) best = ob;
+        }
+        const int32_t id = (int32_t)~(uint32_t)best;
+        if (lane == 0) {
+            ids[j] = id;
+            keys[id] = 0u;
+        }
+        __syncwarp();
+    }
+}
+
+/* ---- sigmoid noaux_tc router: one block per row; the group stage (when groups are dropped) by
+ * one thread, the top k by one warp ---- */
 __global__ void __launch_bounds__(256) moe_route_sigmoid_kernel(const void *logits, const float *bias, int64_t e,
                                                                 int k, int64_t n_group, int64_t topk_group,
                                                                 int renorm, float scaling, int ldt, int32_t *idx,
@@ -176,9 +209,9 @@ __global__ void __launch_bounds__(256) moe_route_sigmoid_kernel(const void *logi
         cs[x] = s[x] + (bias ? bias[x] : 0.f);
     }
     __syncthreads();
-    if (threadIdx.x != 0) return;
+    if (threadIdx.x >= 32) return;
     const int64_t gsz = e / n_group;
-    if (n_group > 1 && topk_group < n_group) {
+    if (n_group > 1 && topk_group < n_group && threadIdx.x == 0) {
         for (int64_t gi = 0; gi < n_group; gi++) {
             float a = -INFINITY, b = -INFINITY;
             for (int64_t x = gi * gsz; x < (gi + 1) * gsz; x++) {
@@ -199,8 +232,12 @@ __global__ void __launch_bounds__(256) moe_route_sigmoid_kernel(const void *logi
             if (gscore[gi] == 0.f)
                 for (int64_t x = gi * gsz; x < (gi + 1) * gsz; x++) cs[x] = -INFINITY;
     }
-    int len = 0;
-    for (int64_t x = 0; x < e; x++) moe_topk_insert(vals, ids_s, &len, k, cs[x], (int32_t)x);
+    __syncwarp();
+    uint32_t *keys = (uint32_t *)cs; /* the corrected scores, as ordered keys in place */
+    for (int64_t x = threadIdx.x; x < e; x += 32) keys[x] = moe_key_of(cs[x]);
+    __syncwarp();
+    moe_topk_warp_keys(keys, e, k, ids_s);
+    if (threadIdx.x != 0) return;
     float *w = weights + r * k;
     float sum = 0.f;
     for (int j = 0; j < k; j++) {
@@ -370,49 +407,42 @@ TOC_EXPORT int toc_moe_group_by_expert(const int32_t *idx, int64_t n, int64_t e,
  * output, toc_moe_scatter_add with rounded products and the residual add would give them; one
  * thread per (token, column) sorts its token's k slots by (expert, slot) itself ---- */
 #define MOE_COMBINE_MAX_K 64
-template <int KM> /* k <= KM: the per-slot arrays stay in registers when KM is small */
+template <int KM> /* k <= KM: the products stay in registers when KM is small */
 __global__ void moe_combine_kernel(const void *y, const int32_t *idx, const void *w, const void *res, void *out,
                                    int64_t e, int k, int64_t d, int ydt, int wdt, int odt) {
+    __shared__ int32_t order[KM]; /* the token's slots by (expert, slot) */
+    __shared__ int32_t valid[KM];
     const int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     const int64_t t = blockIdx.y;
+    if (threadIdx.x < k) { /* slot j's place: the slots before it in (expert, slot) order */
+        const int j = threadIdx.x;
+        const int32_t ej = idx[t * k + j];
+        int rank = 0;
+        for (int i = 0; i < k; i++) {
+            const int32_t ei = idx[t * k + i];
+            rank += ei < ej || (ei == ej && i < j);
+        }
+        order[rank] = j;
+        valid[rank] = ej >= 0 && ej < e;
+        if (!(ej >= 0 && ej < e) && blockIdx.x == 0) atomicExch(&moe_bad_index, 1);
+    }
+    __syncthreads();
     if (x >= d) return;
-    /* every load first (independent, so they overlap), then the order, then the sum */
-    int32_t ex[KM];
+    /* every load first (independent, so they overlap), then the sum in that order */
     float pr[KM];
 #pragma unroll
-    for (int j = 0; j < KM; j++) {
-        ex[j] = 0x7fffffff;
-        pr[j] = 0.0f;
-        if (j < k) {
-            ex[j] = idx[t * k + j];
-            pr[j] = rnd(ydt, __fmul_rn(ldf(w, wdt, t * k + j), ldf(y, ydt, (t * k + j) * d + x)));
+    for (int q = 0; q < KM; q++) {
+        pr[q] = 0.0f;
+        if (q < k) {
+            const int j = order[q];
+            pr[q] = rnd(ydt, __fmul_rn(ldf(w, wdt, t * k + j), ldf(y, ydt, (t * k + j) * d + x)));
         }
     }
     const float r0 = res ? ldf(res, odt, t * d + x) : 0.0f;
     float acc = 0.0f;
-    int32_t last = -0x7fffffff - 1;
-    int last_j = -1;
-    for (int q = 0; q < k; q++) { /* the next (expert, slot) after (last, last_j) */
-        int32_t be = 0x7fffffff;
-        int bj = -1;
-        float bp = 0.0f;
 #pragma unroll
-        for (int j = 0; j < KM; j++) {
-            const bool after = j < k && (ex[j] > last || (ex[j] == last && j > last_j));
-            if (after && (bj < 0 || ex[j] < be)) {
-                be = ex[j];
-                bj = j;
-                bp = pr[j];
-            }
-        }
-        last = be;
-        last_j = bj;
-        if (be < 0 || be >= e) {
-            if (x == 0) atomicExch(&moe_bad_index, 1);
-            continue;
-        }
-        acc = rnd(odt, __fadd_rn(acc, bp));
-    }
+    for (int q = 0; q < KM; q++)
+        if (q < k && valid[q]) acc = rnd(odt, __fadd_rn(acc, pr[q]));
     if (res) acc = rnd(odt, __fadd_rn(r0, acc));
     stf(out, odt, t * d + x, acc);
 }
