@@ -6,12 +6,15 @@ transformers and the op-by-op steps on tiny random checkpoints."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
 
 from inference_pio import cuda, ops  # noqa: E402
 from inference_pio.dtypes import DType  # noqa: E402
@@ -20,6 +23,9 @@ from inference_pio.nn.cuda_graph import _runner  # noqa: E402
 from inference_pio.tensor import Tensor, tensor  # noqa: E402
 from inference_pio.testing import torch_bridge as tb  # noqa: E402
 from inference_pio.testing.conformance import hf_greedy_with_logits, save_reference  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
+from lone_sequence import run_requests, serve_two  # noqa: E402
 
 if not cuda.is_available():
     pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
@@ -292,8 +298,6 @@ def test_last_sequence_finishes_on_the_captured_step(ckpt: Any, sampled: bool) -
     """A BatchManager's last sequence leaves the op-by-op batched steps for the captured batch-1
     step (its latent rows or recurrent states copied over): greedy tokens as generated alone,
     seeded sampled runs repeat and keep their lengths."""
-    from inference_pio.batching import BatchManager
-
     load, d, _ = ckpt
     gpu = load(d, device="cuda")
     prompts = [[1, 2, 3, 4, 5], list(range(60, 101))]
@@ -301,19 +305,12 @@ def test_last_sequence_finishes_on_the_captured_step(ckpt: Any, sampled: bool) -
     opts: dict[str, Any] = (
         dict(temperature=0.8, top_k=20, top_p=0.9) if sampled else dict(temperature=0.0)
     )
-
-    def run() -> tuple[list[list[int]], BatchManager]:
-        mgr = BatchManager(gpu.model, gpu.tokenizer, gpu.eos_ids, 8)
-        for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
-            mgr.submit(p, gpu.sampling_params(max_new_tokens=n, ignore_eos=True, seed=i, **opts))
-        return [r.token_ids for r in mgr.run()], mgr
-
-    got, mgr = run()
+    got, mgr = run_requests(gpu, prompts, lengths, **opts)
     assert [len(t) for t in got] == list(lengths)
     assert mgr.finished_alone == 1
     assert len(mgr.decode_batch_sizes) < lengths[1]  # the op-by-op steps stopped early
     if sampled:
-        assert run()[0] == got
+        assert run_requests(gpu, prompts, lengths, **opts)[0] == got
     else:
         single = [
             gpu.generate(p, max_new_tokens=n, temperature=0.0, ignore_eos=True).token_ids
@@ -326,51 +323,20 @@ def test_a_lone_sequence_rejoins_the_op_by_op_batch(ckpt: Any) -> None:
     """The serve loop moves a lone sequence to the captured step and, when another request
     arrives, copies its cache back and batches it op by op again: both answers equal their solo
     generations (the recurrent states and latent rows survive both copies)."""
-    import threading
-
-    from inference_pio.batching import BatchManager
-
     load, d, _ = ckpt
     gpu = load(d, device="cuda")
     first, second = [5, 6, 7, 8], [9, 10, 11]
     greedy = dict(temperature=0.0, ignore_eos=True)
-    solo_a = gpu.generate(first, max_new_tokens=400, **greedy).token_ids
-    solo_b = gpu.generate(second, max_new_tokens=30, **greedy).token_ids
-    manager = BatchManager(gpu.model, gpu.tokenizer, gpu.eos_ids)
-    stop = threading.Event()
-    engine = threading.Thread(target=manager.serve, args=(stop,), daemon=True)
-    engine.start()
-    count = {0: 0, 1: 0}
-    results: dict[int, Any] = {}
-    done, started = threading.Event(), threading.Event()
-
-    def on_piece(i: int, piece: str) -> None:
-        count[i] += 1
-        if i == 0 and count[i] >= 40:
-            started.set()
-
-    def on_finish(i: int, result: Any) -> None:
-        results[i] = result
-        if len(results) == 2:
-            done.set()
-
-    try:
-        a = manager.submit(
-            first, gpu.sampling_params(max_new_tokens=400, **greedy), on_piece, on_finish
-        )
-        assert started.wait(60)
-        b = manager.submit(
-            second, gpu.sampling_params(max_new_tokens=30, **greedy), on_piece, on_finish
-        )
-        assert done.wait(120)
-    finally:
-        stop.set()
-        engine.join(timeout=30)
-    assert results[a].token_ids == solo_a
-    assert results[b].token_ids == solo_b
-    assert manager.rejoined >= 1
-    assert manager.finished_alone >= 1
-    assert max(manager.decode_batch_sizes) == 2
+    solo = [
+        gpu.generate(first, max_new_tokens=400, **greedy).token_ids,
+        gpu.generate(second, max_new_tokens=30, **greedy).token_ids,
+    ]
+    served = serve_two(gpu, first, 400, second, 30)
+    assert [r.token_ids for r in served.results] == solo
+    assert served.alone_before_second
+    assert served.manager.rejoined >= 1
+    assert served.manager.finished_alone >= 1
+    assert max(served.manager.decode_batch_sizes) == 2
 
 
 def test_a_block_that_does_not_opt_in_is_named(ckpt: Any) -> None:

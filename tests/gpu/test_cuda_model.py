@@ -9,6 +9,7 @@ logits are well separated (near-ties in a tiny random model would flip on roundi
 from __future__ import annotations
 
 import ctypes
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
 
 from inference_pio import cuda  # noqa: E402
 from inference_pio.batching import BatchManager  # noqa: E402
@@ -29,6 +31,9 @@ from inference_pio.nn.cuda_graph import (  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
 from inference_pio.testing import torch_bridge as tb  # noqa: E402
 from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
+from lone_sequence import run_requests  # noqa: E402
 
 load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
 
@@ -95,10 +100,7 @@ def test_last_sequence_finishes_on_the_batch1_path(ckpt: Any, sampled: bool) -> 
     )
 
     def run() -> tuple[list[list[int]], BatchManager]:
-        mgr = BatchManager(gpu.model, gpu.tokenizer, gpu.eos_ids, 8)
-        for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
-            mgr.submit(p, gpu.sampling_params(max_new_tokens=n, ignore_eos=True, seed=i, **opts))
-        return [r.token_ids for r in mgr.run()], mgr
+        return run_requests(gpu, prompts, lengths, **opts)
 
     got, mgr = run()
     assert [len(t) for t in got] == list(lengths)

@@ -3,6 +3,7 @@ graphs (slots resized for a longer request), each gets its solo answer."""
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 TestClient = pytest.importorskip("starlette.testclient").TestClient  # needs httpx(2)
 
+
 from inference_pio import cuda  # noqa: E402
 from inference_pio.testing.conformance import save_reference  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
+from lone_sequence import serve_two  # noqa: E402
 
 if not cuda.is_available():
     pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
@@ -58,48 +63,17 @@ def test_concurrent_requests_on_cuda(tmp_path: Path) -> None:
 def test_a_lone_sequence_leaves_the_batch_and_rejoins_it(tmp_path: Path) -> None:
     """The serve loop moves a lone sequence to the batch-1 fused step and takes it back into
     the batch when another request arrives: both answers equal their solo generations."""
-    import threading
-
-    from inference_pio.batching import BatchManager
-
     save_reference(tmp_path, "Qwen3ForCausalLM", TINY, "bfloat16", seed=5, logit_scale=8.0)
     model = load(tmp_path, device="cuda:0")
     first, second = [5, 6, 7, 8], [9, 10, 11]
-    params_a = model.sampling_params(max_new_tokens=600, temperature=0, ignore_eos=True)
-    params_b = model.sampling_params(max_new_tokens=40, temperature=0, ignore_eos=True)
     solo_a = model.generate(first, max_new_tokens=600, temperature=0, ignore_eos=True)
     solo_b = model.generate(second, max_new_tokens=40, temperature=0, ignore_eos=True)
-    manager = BatchManager(model.model, model.tokenizer, model.eos_ids)
-    stop = threading.Event()
-    engine = threading.Thread(target=manager.serve, args=(stop,), daemon=True)
-    engine.start()
-    texts: dict[int, list[str]] = {0: [], 1: []}
-    results: dict[int, Any] = {}
-    done = threading.Event()
-    started = threading.Event()
-
-    def on_piece(i: int, piece: str) -> None:
-        texts[i].append(piece)
-        if i == 0 and len(texts[i]) >= 40:  # a (the first request of this manager)
-            started.set()
-
-    def on_finish(i: int, result: Any) -> None:
-        results[i] = result
-        if len(results) == 2:
-            done.set()
-
-    try:
-        a = manager.submit(first, params_a, on_piece=on_piece, on_finish=on_finish)
-        assert started.wait(60)
-        assert manager.rejoined == 0  # alone by now, and not interrupted yet
-        b = manager.submit(second, params_b, on_piece=on_piece, on_finish=on_finish)
-        assert done.wait(120)
-    finally:
-        stop.set()
-        engine.join(timeout=30)
-    assert results[a].token_ids == solo_a.token_ids
-    assert results[b].token_ids == solo_b.token_ids
-    assert "".join(texts[a]) == solo_a.text
+    served = serve_two(model, first, 600, second, 40)
+    assert served.results[0].token_ids == solo_a.token_ids
+    assert served.results[1].token_ids == solo_b.token_ids
+    assert served.texts[0] == solo_a.text
+    assert served.alone_before_second  # alone by then, and not interrupted yet
+    manager = served.manager
     assert manager.rejoined >= 1  # b's arrival took a back into the batch
     assert manager.finished_alone >= 1  # and a finished alone after b
     assert max(manager.decode_batch_sizes) == 2
