@@ -34,8 +34,8 @@ def _heads(t: Tensor, n: int) -> list[list[list[float]]]:
 def _caches(capacity: int, dtype: DType, seed: int) -> LayerCache:
     kv = KVCache(3, capacity, 8, dtype, CPU)
     lat = LatentCache(capacity, 12, dtype, CPU)
-    rec = RecurrentState((8, 8, 16), 4, (2, 4, 8), dtype, CPU, capacity)
-    for i, t in enumerate([kv.k, kv.v, lat.k, *rec.conv, rec.ssm]):
+    rec = RecurrentState(32, 4, (2, 4, 8), dtype, CPU, capacity)
+    for i, t in enumerate([kv.k, kv.v, lat.k, rec.conv, rec.ssm]):
         _fill(t, seed * 10 + i)
     return LayerCache([kv, lat, rec], capacity)  # type: ignore[list-item]
 
@@ -57,7 +57,7 @@ def test_copy_into_copies_what_the_cache_holds(
     assert lat_d.v is lat_d.k  # type: ignore[attr-defined]
     # positions past the length are not written
     assert [head[length:] for head in kv_d.k.to(DType.float32).tolist()] == kv_tail  # type: ignore[attr-defined]
-    for a, b in zip([*rec_s.conv, rec_s.ssm], [*rec_d.conv, rec_d.ssm], strict=True):  # type: ignore[attr-defined]
+    for a, b in ((rec_s.conv, rec_d.conv), (rec_s.ssm, rec_d.ssm)):  # type: ignore[attr-defined]
         assert b.tolist() == a.tolist()
 
 

@@ -8,9 +8,10 @@ head) gives each value head's output; a gated RMSNorm with ``z`` and ``out_proj`
 per-sequence state (conv inputs and recurrent state) lives in :class:`RecurrentState`, which the
 decoder keeps in the layer's cache slot; it does not grow with the context.
 
-On a CUDA device the two projections' rows are reordered once at construction, so that their
-outputs come out as ``q | k | v | z`` and ``b | a`` over all heads: a one-token step (decode, and
-the captured decode step) then reads every part in place instead of copying six strided slices.
+The two projections' rows are reordered once at construction, so that their outputs come out as
+``q | k | v | z`` and ``b | a`` over all heads: one conv call covers q, k and v (its channels are
+in that order in the checkpoint), the delta rule reads them from its output by row strides, and a
+one-token step (decode, and the captured decode step) reads every part in place.
 """
 
 from __future__ import annotations
@@ -25,22 +26,22 @@ from inference_pio.tensor import Tensor
 
 class RecurrentState:
     """One sequence's state of one Gated DeltaNet layer: the last K-1 conv inputs of q, k and v
-    ([K-1, channels] each, activation dtype) and the recurrent state [nv, dk, dv] (fp32)."""
+    ([K-1, channels], the conv's channels in the checkpoint's order q | k | v, activation dtype)
+    and the recurrent state [nv, dk, dv] (fp32)."""
 
     __slots__ = ("capacity", "conv", "ssm")
 
     def __init__(
-        self, widths: tuple[int, int, int], kernel: int, heads: tuple[int, int, int], dtype: DType,
+        self, channels: int, kernel: int, heads: tuple[int, int, int], dtype: DType,
         device: Device, capacity: int,
     ) -> None:  # fmt: skip
         self.capacity = capacity
-        self.conv = [Tensor.zeros((kernel - 1, w), dtype, device) for w in widths]
+        self.conv = Tensor.zeros((kernel - 1, channels), dtype, device)
         nv, dk, dv = heads
         self.ssm = Tensor.zeros((nv, dk, dv), DType.float32, device)
 
     def reset(self) -> None:
-        for t in self.conv:
-            t.zero_()
+        self.conv.zero_()
         self.ssm.zero_()
 
     def copy_to(self, dst: object, length: int) -> None:
@@ -49,10 +50,7 @@ class RecurrentState:
         if type(dst) is not type(self):
             raise ValueError(f"cannot copy a {type(self).__name__} into a {type(dst).__name__}")
         assert isinstance(dst, RecurrentState)
-        if len(dst.conv) != len(self.conv):
-            raise ValueError("the two recurrent states do not match")
-        for a, b in zip(self.conv, dst.conv, strict=True):
-            b.copy_(a)
+        dst.conv.copy_(self.conv)
         dst.ssm.copy_(self.ssm)
 
 
@@ -108,15 +106,9 @@ class GatedDeltaNet:
             norm,
         )
         self.nk, self.nv, self.dk, self.dv = nk, nv, dk, dv
-        #: Whether the projections' outputs are [q | k | v | z] and [b | a] over all heads
-        #: (reordered rows, see the module docstring) rather than per key-head group.
-        self.flat = False
-        if in_proj_qkvz.weight.device.type == "cuda":
-            self.flatten()
+        self._flatten()
         self.kernel = conv_weight.shape[2]
-        w = conv_weight.reshape(conv_dim, self.kernel)
-        self._conv_w = [w.narrow(0, 0, nk * dk), w.narrow(0, nk * dk, nk * dk)]
-        self._conv_w.append(w.narrow(0, 2 * nk * dk, nv * dv))
+        self._conv_w = conv_weight.reshape(conv_dim, self.kernel)
         f32 = DType.float32
         # dt_bias and decay = -exp(A_log) in fp32 (as transformers computes them), made on the host
         dt_host = dt_bias.to("cpu").reshape(nv)
@@ -126,12 +118,11 @@ class GatedDeltaNet:
             self.dt_bias = self.dt_bias.to(conv_weight.device)
             self.decay = self.decay.to(conv_weight.device)
 
-    def flatten(self) -> None:
-        """Reorders the projections' rows from per key-head group to per part (a copy of both
-        weights; done at construction on CUDA devices). The outputs are the same numbers; a
-        projection with a bias keeps its order."""
-        if self.flat or self.in_proj_qkvz.bias is not None or self.in_proj_ba.bias is not None:
-            return
+    def _flatten(self) -> None:
+        """Reorders the projections' rows (and biases) from per key-head group to per part, so
+        that their outputs are ``q | k | v | z`` and ``b | a`` over all heads (a copy of both
+        weights, made once): the conv then runs over one contiguous run of q, k and v channels,
+        and a one-token step reads every part in place."""
         from inference_pio.ops import gather_rows
 
         nk, nv, dk, dv = self.nk, self.nv, self.dk, self.dv
@@ -142,10 +133,12 @@ class GatedDeltaNet:
             qkvz += [g * group + start + i for g in range(nk) for i in range(width)]
         ba = [g * 2 * r + start + i for start in (0, r) for g in range(nk) for i in range(r)]
         for name, idx in (("in_proj_qkvz", qkvz), ("in_proj_ba", ba)):
-            w = getattr(self, name).weight
-            rows = Tensor.from_list(idx, DType.int32).to(w.device)
-            setattr(self, name, Linear(name, gather_rows(w, rows)))
-        self.flat = True
+            lin: Linear = getattr(self, name)
+            rows = Tensor.from_list(idx, DType.int32).to(lin.weight.device)
+            bias = lin.bias
+            if bias is not None:
+                bias = gather_rows(bias.reshape(bias.numel, 1), rows).reshape(bias.numel)
+            setattr(self, name, Linear(name, gather_rows(lin.weight, rows), bias))
 
     def kv_values_per_token(self) -> int:
         """The state does not grow with the context."""
@@ -154,7 +147,7 @@ class GatedDeltaNet:
     def new_cache(self, capacity: int, dtype: DType, device: Device) -> RecurrentState:
         nk, dk = self.nk, self.dk
         return RecurrentState(
-            (nk * dk, nk * dk, self.nv * self.dv),
+            2 * nk * dk + self.nv * self.dv,
             self.kernel,
             (self.nv, dk, self.dv),
             dtype,
@@ -176,72 +169,59 @@ class GatedDeltaNet:
             raise NotImplementedError("Gated DeltaNet has no captured batched decode step")
         t, act = h.shape[0], h.dtype
         nk, nv, dk, dv = self.nk, self.nv, self.dk, self.dv
-        r = nv // nk
-        group = 2 * dk + 2 * r * dv
-        qkvz = be.scratch("gdn.qkvz", (t, nk * group), act)
+        qk, vz = nk * dk, nv * dv
+        cd = 2 * qk + vz  # the conv's channels: q | k | v
+        qkvz = be.scratch("gdn.qkvz", (t, cd + vz), act)
         self.in_proj_qkvz(be, h, qkvz)
         ba = be.scratch("gdn.ba", (t, 2 * nv), act)
         self.in_proj_ba(be, h, ba)
-        if self.flat:  # [q | k | v | z] and [b | a] over all heads
-            qk, vz = nk * dk, nv * dv
-            parts = [_cols(qkvz, 0, qk), _cols(qkvz, qk, qk), _cols(qkvz, 2 * qk, vz)]
-            z = _cols(qkvz, 2 * qk + vz, vz)
-            b, a = _cols(ba, 0, nv), _cols(ba, nv, nv)
-        else:  # per key-head group [q | k | v (r heads) | z (r heads)] and [b (r) | a (r)]
-            g3 = qkvz.reshape(t, nk, group)
-            parts = [
-                g3.narrow(2, 0, dk).contiguous().reshape(t, nk * dk),
-                g3.narrow(2, dk, dk).contiguous().reshape(t, nk * dk),
-                g3.narrow(2, 2 * dk, r * dv).contiguous().reshape(t, nv * dv),
-            ]
-            z = g3.narrow(2, 2 * dk + r * dv, r * dv).contiguous().reshape(t, nv * dv)
-            ba3 = ba.reshape(t, nk, 2 * r)
-            b = ba3.narrow(2, 0, r).contiguous().reshape(t, nv)
-            a = ba3.narrow(2, r, r).contiguous().reshape(t, nv)
-        conv = [be.scratch(f"gdn.conv{i}", p.shape, act) for i, p in enumerate(parts)]
-        o = be.scratch("gdn.o", (t, nv * dv), act)
+        # [q | k | v | z] and [b | a] over all heads (rows reordered at construction)
+        x, z = _cols(qkvz, 0, cd), _cols(qkvz, cd, vz)
+        b, a = _cols(ba, 0, nv), _cols(ba, nv, nv)
+        y = be.scratch("gdn.conv", (t, cd), act)
+        o = be.scratch("gdn.o", (t, vz), act)
         es = act.itemsize
+        w = self._conv_w
         for seg, cache in zip(segments, caches, strict=False):
             if seg.past == 0:
                 cache.reset()
-            for x, y, w, st in zip(parts, conv, self._conv_w, cache.conv, strict=True):
-                c = x.shape[1]
-                be.call(
-                    "causal_conv1d",
-                    x.data_ptr + seg.start * c * es,
-                    w.data_ptr,
-                    st.data_ptr,
-                    y.data_ptr + seg.start * c * es,
-                    seg.count,
-                    c,
-                    self.kernel,
-                    1,
-                    act,
-                    w.dtype,
-                    st.dtype,
-                )
-            qc, kc, vc = conv
+            st = cache.conv
+            be.call(
+                "causal_conv1d",
+                x.data_ptr + seg.start * cd * es,
+                w.data_ptr,
+                st.data_ptr,
+                y.data_ptr + seg.start * cd * es,
+                seg.count,
+                cd,
+                self.kernel,
+                1,
+                act,
+                w.dtype,
+                st.dtype,
+            )
+            q0 = y.data_ptr + seg.start * cd * es
             be.call(
                 "gated_delta_rule",
-                qc.data_ptr + seg.start * nk * dk * es,
-                kc.data_ptr + seg.start * nk * dk * es,
-                vc.data_ptr + seg.start * nv * dv * es,
+                q0,
+                q0 + qk * es,
+                q0 + 2 * qk * es,
                 a.data_ptr + seg.start * nv * es,
                 b.data_ptr + seg.start * nv * es,
                 self.decay.data_ptr,
                 self.dt_bias.data_ptr,
                 cache.ssm.data_ptr,
-                o.data_ptr + seg.start * nv * dv * es,
+                o.data_ptr + seg.start * vz * es,
                 seg.count,
                 nk,
                 nv,
                 dk,
                 dv,
-                nk * dk,
-                nk * dk,
-                nv * dv,
+                cd,
+                cd,
+                cd,
                 nv,
-                nv * dv,
+                vz,
                 act,
                 act,
             )

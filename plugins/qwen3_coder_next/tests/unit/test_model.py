@@ -162,26 +162,3 @@ def test_the_recurrent_state_does_not_grow_with_the_context(tmp_path: Path) -> N
     m = load(tmp_path).model
     grow = m.decode_bytes_per_token(11) - m.decode_bytes_per_token(10)
     assert grow == 2 * 2 * 32 * 4  # one attention layer: 2 kv heads of 32, keys and values, fp32
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_projections_reordered_per_part_give_the_same_tokens(tmp_path: Path, dtype: str) -> None:
-    """GatedDeltaNet.flatten (done at load on CUDA) reorders the projections' rows so each part
-    is read in place at one token: logits and greedy tokens stay the same, through prefill
-    (copies of the parts) and one-token decode steps (views of them)."""
-    from inference_pio.nn.deltanet import GatedDeltaNet
-
-    save_reference(tmp_path, "Qwen3NextForCausalLM", TINY, dtype, seed=4, logit_scale=8.0)
-    plain, flat = load(tmp_path), load(tmp_path)
-    blocks = [ly.attention for ly in flat.model.layers if isinstance(ly.attention, GatedDeltaNet)]
-    assert len(blocks) == 3
-    assert not any(b.flat for b in blocks)
-    for b in blocks:
-        b.flatten()
-    assert all(b.flat for b in blocks)
-    p = prompt(23, seed=5)
-    want = plain.generate(p, max_new_tokens=12, temperature=0.0, ignore_eos=True).token_ids
-    assert flat.generate(p, max_new_tokens=12, temperature=0.0, ignore_eos=True).token_ids == want
-    lp = plain.model.forward([(p, plain.model.new_cache(64))])[0]
-    lf = flat.model.forward([(p, flat.model.new_cache(64))])[0]
-    assert lf.tolist() == lp.tolist()
