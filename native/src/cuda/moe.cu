@@ -198,10 +198,10 @@ __global__ void __launch_bounds__(256) moe_route_sigmoid_kernel(const void *logi
                                                                 int k, int64_t n_group, int64_t topk_group,
                                                                 int renorm, float scaling, int ldt, int32_t *idx,
                                                                 float *weights) {
-    extern __shared__ float sm[]; /* s[e], cs[e], gscore[n_group], gval[n_group], vals[k] */
+    extern __shared__ float sm[]; /* s[e], cs[e], gscore[n_group], gval[n_group], gids[n_group] */
     __shared__ int32_t ids_s[MOE_MAX_K];
-    float *s = sm, *cs = sm + e, *gscore = cs + e, *gval = gscore + n_group, *vals = gval + n_group;
-    int32_t *gids = (int32_t *)(vals + k);
+    float *s = sm, *cs = sm + e, *gscore = cs + e, *gval = gscore + n_group;
+    int32_t *gids = (int32_t *)(gval + n_group);
     const int64_t r = blockIdx.x;
     for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
         const float l = ldf(logits, ldt, r * e + x);
@@ -272,7 +272,7 @@ TOC_EXPORT int toc_moe_route_sigmoid(const void *logits, const float *bias, int6
     if (t == 0) return TO_OK;
     TOC_CHECK(logits && idx && weights, TO_ERR_INVALID_ARGUMENT, "toc_moe_route_sigmoid: NULL pointer");
     TOC_READY();
-    const size_t smem = (size_t)(2 * e + 2 * n_group + k) * sizeof(float) + (size_t)n_group * sizeof(int32_t);
+    const size_t smem = (size_t)(2 * e + 2 * n_group) * sizeof(float) + (size_t)n_group * sizeof(int32_t);
     moe_route_sigmoid_kernel<<<(unsigned)t, 256, smem, toc_stream()>>>(
         logits, bias, e, (int)k, n_group, topk_group, renormalize != 0, scaling, logits_dtype, idx, weights);
     TOC_LAUNCHED("moe_route_sigmoid_kernel");
