@@ -50,6 +50,9 @@ struct Params {
     const int *rank_of_sm;    // [SM id] the rank of the multiprocessor in pre
     unsigned long long *tl;   // direct_kernel: NULL or [block][stage][2] (barrier seen + staged, weights done)
     int *smid;                // [block] the multiprocessor it ran on (when tl is set)
+    int pf = 0;               // direct_kernel: bytes per warp of the stage's weights after its first
+                              // U loads prefetched into L2 before the barrier wait (0: none)
+    int pfd = 0;              // direct_kernel: keep that prefetch running pf bytes ahead of the loads
 };
 __device__ __forceinline__ int sm_id(void) {
     int v;
@@ -93,6 +96,12 @@ __device__ __forceinline__ unsigned long long ld_acquire(const unsigned long lon
     unsigned long long v;
     asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
     return v;
+}
+// a bulk prefetch of global memory into L2 (sm_90; nothing on older GPUs): bytes a multiple of 16
+__device__ __forceinline__ void l2_prefetch(const void *p, unsigned bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
 }
 __device__ __forceinline__ void cbar(int nthreads) { asm volatile("bar.sync 1, %0;" ::"r"(nthreads) : "memory"); }
 
@@ -312,6 +321,9 @@ __global__ void __launch_bounds__(32 * NW, 1) direct_kernel(const Params P) {
         uint4 ring[U];
 #pragma unroll
         for (int u = 0; u < U; u++) ring[u] = g0 + u < g1 ? ldnc(wb + (size_t)(g0 + u) * 512) : make_uint4(0, 0, 0, 0);
+        const int pfg = P.pf / 512; // prefetch distance in groups
+        if (pfg && lane == 0 && g0 + U < g1)
+            l2_prefetch(wb + (size_t)(g0 + U) * 512, (unsigned)(min(pfg, g1 - g0 - U) * 512));
         unsigned long long *pr = stage_open(P, S, s, b, xs, racc, nr, 32 * NW);
         if (P.tl && threadIdx.x == 0) P.tl[((size_t)b * P.nst + s) * 2] = now_ns();
         __syncthreads();
@@ -320,6 +332,10 @@ __global__ void __launch_bounds__(32 * NW, 1) direct_kernel(const Params P) {
         int row = (int)(eb / (uint32_t)k), col = (int)(eb - (uint32_t)row * (uint32_t)k);
         float acc = 0.0f;
         for (int g = g0; g < g1; g += U) {
+            if (P.pfd && lane == 0 && ((g - g0) & 15) == 0) { // the next 16 groups pf bytes ahead
+                const int a = g + U + pfg < g1 ? g + U + pfg : g1, z = a + 16 < g1 ? a + 16 : g1;
+                if (z > a) l2_prefetch(wb + (size_t)a * 512, (unsigned)((z - a) * 512));
+            }
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 if (g + u < g1) {
@@ -742,6 +758,30 @@ int main(int argc, char **argv) {
     const double probe_bw = gb / (best_probe / 1e3);
     printf("read probe: %.3f ms, %.0f GB/s\n", best_probe, probe_bw);
 
+    if (argc > 2 && strcmp(argv[2], "l2pf") == 0) {
+        // The register ring with an L2 bulk prefetch of each warp's next bytes issued before the
+        // barrier wait (pf bytes per warp), alone or kept pf ahead of the loads (pfd); alternating
+        const int pfs[][2] = {{0, 0}, {2048, 0}, {4096, 0}, {8192, 0}, {16384, 0}, {4096, 1}, {16384, 1}};
+        const int nv = sizeof(pfs) / sizeof(pfs[0]);
+        const int maxrows = ((V + sms - 1) / sms + 4) / 4 * 4;
+        const size_t smem = 2 * (size_t)I + 4 * (size_t)maxrows + 64;
+        CK(cudaFuncSetAttribute(direct_kernel<16, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        std::vector<float> best(nv, 1e30f);
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < nv; c++) {
+                Params P;
+                P.st = st_d; P.nst = (int)st.size(); P.slot = 0; P.nslot = 0; P.gate = 8; P.bar = bar; P.maxk = I;
+                P.maxrows = maxrows; P.prof = nullptr; P.ctr = ctr;
+                P.pre = nullptr; P.rank_of_sm = nullptr; P.tl = nullptr; P.smid = nullptr;
+                P.pf = pfs[c][0]; P.pfd = pfs[c][1];
+                for (int q = 0; q < 3; q++) best[c] = std::min(best[c], timed_direct(P, sms, smem, e0, e1));
+            }
+        printf("\n| L2 prefetch per warp | kept ahead | ms/token | tok/s | of probe |\n|---|---|---|---|---|\n");
+        for (int c = 0; c < nv; c++)
+            printf("| %d KB | %s | %.3f | %.1f | %.1f%% |\n", pfs[c][0] / 1024, pfs[c][1] ? "yes" : "no", best[c], 1e3 / best[c],
+                   100.0 * (gb / (best[c] / 1e3)) / probe_bw);
+        return 0;
+    }
     if (argc > 2 && strcmp(argv[2], "curve") == 0) {
         // The same bytes cut into fewer stages: 4 per layer (the real dependencies), 2 (q/k/v with
         // o, gate/up with down: what split-K folding would leave), 1, and one stage for all layers;

@@ -98,6 +98,7 @@ __device__ __forceinline__ void stage_q(float *dst, int nrows, int ld, int width
 
 template <int ND, int KD, bool VEC, int GM = AT_GMAX>
 __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
+    pdl_enter(); /* launched by toc_launch */
     __shared__ float qs[GM][ND * 32];
     __shared__ float wm[4][GM], wl[4][GM];
     __shared__ float wacc[4][GM][ND * 32];
@@ -273,6 +274,7 @@ __global__ void __launch_bounds__(128) attn_split_kernel(AttnArgs a) {
  * slices with independent loads (the same sums in the same order as one loop per dim). */
 #define AT_MERGE_MAX 1024 /* slices per row, at most */
 __global__ void attn_merge_kernel(AttnArgs a) {
+    pdl_enter(); /* launched by toc_launch */
     __shared__ float fs[AT_MERGE_MAX];
     int64_t row = blockIdx.x; /* i * nh + hq */
     int64_t i = row / a.nh, hq = row - i * a.nh;
@@ -294,7 +296,7 @@ __global__ void attn_merge_kernel(AttnArgs a) {
 /* the merge of the slices' partials: a block a query row and head, and 128 of its value dims */
 static int launch_merge(const AttnArgs &a) {
     dim3 grid((unsigned)(a.tq * a.nh), (unsigned)((a.hdv + 127) / 128));
-    attn_merge_kernel<<<grid, 128, 0, toc_stream()>>>(a);
+    TOC_CUDA((toc_launch(attn_merge_kernel, dim3(grid), dim3(128), 0, a)), "attn_merge_kernel");
     TOC_LAUNCHED("attn_merge_kernel");
     return TO_OK;
 }
@@ -589,6 +591,7 @@ static bool wide_mma_ok(const AttnArgs &a) {
 }
 template <int NT>
 __global__ void __launch_bounds__(WM_THREADS) attn_wide_mma_kernel(AttnArgs a) {
+    pdl_enter(); /* launched by toc_launch */
     extern __shared__ __align__(128) unsigned char wm_sm[];
     constexpr int R = 8 * NT;
     const int G = (int)(a.nh / a.nkv), hd = (int)a.hd, hdv = (int)a.hdv, LDK = hd + 8, kc8 = hd / 8;
@@ -790,7 +793,7 @@ static int launch_wide_mma(AttnArgs &a) {
         configured[nt - 1][dev & 15] = smem;
     }
     dim3 grid((unsigned)a.nsplit, (unsigned)a.nkv, (unsigned)a.tq);
-    kernels[nt - 1]<<<grid, WM_THREADS, smem, toc_stream()>>>(a);
+    TOC_CUDA(toc_launch(kernels[nt - 1], grid, dim3(WM_THREADS), smem, a), "attn_wide_mma_kernel");
     TOC_LAUNCHED("attn_wide_mma_kernel");
     return a.nsplit > 1 ? launch_merge(a) : TO_OK;
 }
@@ -800,12 +803,13 @@ static int launch_split(AttnArgs &a) {
     const int64_t gm = nd > AT_DMAX ? AT_GMAX_WIDE : AT_GMAX;
     int64_t G = a.nh / a.nkv, gchunks = (G + gm - 1) / gm;
     dim3 grid((unsigned)a.nsplit, (unsigned)(a.nkv * gchunks), (unsigned)a.tq);
-    cudaStream_t st = toc_stream();
     if (wide_mma_ok(a)) return launch_wide_mma(a);
     if (wide_ok(a)) return launch_wide(a);
     if (nd > AT_DMAX) { /* wide heads: elementwise loads, any alignment */
-        if (a.kd == TO_BF16) attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
-        else attn_split_kernel<AT_DMAX_WIDE, TO_F32, false, AT_GMAX_WIDE><<<grid, 128, 0, st>>>(a);
+        if (a.kd == TO_BF16) TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE>,
+            dim3(grid), dim3(128), 0, a)), "attn_split_kernel");
+        else TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX_WIDE, TO_F32, false, AT_GMAX_WIDE>, dim3(grid),
+            dim3(128), 0, a)), "attn_split_kernel");
         TOC_LAUNCHED("attn_split_kernel");
         return a.nsplit > 1 ? launch_merge(a) : TO_OK;
     }
@@ -813,17 +817,26 @@ static int launch_split(AttnArgs &a) {
                      a.khs % 8 == 0 && a.kps % 8 == 0 && a.vhs % 8 == 0 && a.vps % 8 == 0 &&
                      ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0 && !a.batch_unaligned;
     if (vec) {
-        if (a.hd == 64) attn_split_kernel<2, TO_BF16, true><<<grid, 128, 0, st>>>(a);
-        else if (a.hd == 128) attn_split_kernel<4, TO_BF16, true><<<grid, 128, 0, st>>>(a);
-        else attn_split_kernel<AT_DMAX, TO_BF16, true><<<grid, 128, 0, st>>>(a);
+        if (a.hd == 64) TOC_CUDA((toc_launch(attn_split_kernel<2, TO_BF16, true>, dim3(grid), dim3(128), 0, a)),
+            "attn_split_kernel");
+        else if (a.hd == 128) TOC_CUDA((toc_launch(attn_split_kernel<4, TO_BF16, true>, dim3(grid), dim3(128), 0,
+            a)), "attn_split_kernel");
+        else TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX, TO_BF16, true>, dim3(grid), dim3(128), 0, a)),
+            "attn_split_kernel");
     } else if (a.kd == TO_BF16) {
-        if (nd <= 2) attn_split_kernel<2, TO_BF16, false><<<grid, 128, 0, st>>>(a);
-        else if (nd <= 4) attn_split_kernel<4, TO_BF16, false><<<grid, 128, 0, st>>>(a);
-        else attn_split_kernel<AT_DMAX, TO_BF16, false><<<grid, 128, 0, st>>>(a);
+        if (nd <= 2) TOC_CUDA((toc_launch(attn_split_kernel<2, TO_BF16, false>, dim3(grid), dim3(128), 0, a)),
+            "attn_split_kernel");
+        else if (nd <= 4) TOC_CUDA((toc_launch(attn_split_kernel<4, TO_BF16, false>, dim3(grid), dim3(128), 0, a)),
+            "attn_split_kernel");
+        else TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX, TO_BF16, false>, dim3(grid), dim3(128), 0, a)),
+            "attn_split_kernel");
     } else {
-        if (nd <= 2) attn_split_kernel<2, TO_F32, false><<<grid, 128, 0, st>>>(a);
-        else if (nd <= 4) attn_split_kernel<4, TO_F32, false><<<grid, 128, 0, st>>>(a);
-        else attn_split_kernel<AT_DMAX, TO_F32, false><<<grid, 128, 0, st>>>(a);
+        if (nd <= 2) TOC_CUDA((toc_launch(attn_split_kernel<2, TO_F32, false>, dim3(grid), dim3(128), 0, a)),
+            "attn_split_kernel");
+        else if (nd <= 4) TOC_CUDA((toc_launch(attn_split_kernel<4, TO_F32, false>, dim3(grid), dim3(128), 0, a)),
+            "attn_split_kernel");
+        else TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX, TO_F32, false>, dim3(grid), dim3(128), 0, a)),
+            "attn_split_kernel");
     }
     TOC_LAUNCHED("attn_split_kernel");
     return a.nsplit > 1 ? launch_merge(a) : TO_OK;
@@ -1740,6 +1753,7 @@ __global__ void kv_append_kernel(const void *src, void *cache, int64_t t, int64_
  * 4 MB copy, Qwen3-4B's keys of 2048 tokens). */
 __global__ void kv_append16_kernel(const uint4 *src, uint4 *cache, int64_t t, int nkv, int cpr, int64_t max_len,
                                    int64_t pos, const int32_t *pos_dev) {
+    pdl_enter(); /* launched by toc_launch */
     if (pos_dev) pos = *pos_dev;
     const int rc = nkv * cpr;
     for (int64_t i = blockIdx.x; i < t; i += gridDim.x)
@@ -1755,8 +1769,9 @@ static void kv_append_launch(const void *src, void *cache, int64_t t, int64_t nk
     if (sd == cd && (hd * esz) % 16 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)cache & 15) == 0 &&
         nkv * cpr <= (1 << 20)) {
         const int rc = (int)(nkv * cpr), threads = rc >= 256 ? 256 : (rc + 31) / 32 * 32;
-        kv_append16_kernel<<<(unsigned)(t < 65536 ? t : 65536), threads, 0, toc_stream()>>>(
-            (const uint4 *)src, (uint4 *)cache, t, (int)nkv, (int)cpr, max_len, pos, pos_dev);
+        /* an error is the stream's last error, which the callers check (TOC_LAUNCHED) */
+        (void)toc_launch(kv_append16_kernel, dim3((unsigned)(t < 65536 ? t : 65536)), dim3(threads), 0,
+                         (const uint4 *)src, (uint4 *)cache, t, nkv, cpr, max_len, pos, pos_dev);
     } else {
         kv_append_kernel<<<toc_grid(t * nkv * hd, 256), 256, 0, toc_stream()>>>(src, cache, t, nkv, hd, max_len, pos,
                                                                                pos_dev, sd, cd);
@@ -1818,6 +1833,7 @@ __global__ void qk_rope_append_kernel(void *qkv, const void *qn, const void *kn,
                                       const void *cosb, const void *sinb, const int32_t *pos,
                                       void *kc, void *vc, int64_t nh, int64_t nkv, int64_t hd,
                                       int64_t cap, int ad, int cd) {
+    pdl_enter(); /* launched by toc_launch */
     __shared__ float buf[4][256];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int64_t head = (int64_t)blockIdx.x * 4 + warp;
@@ -1880,9 +1896,9 @@ TOC_EXPORT int toc_qk_rope_append(void *qkv, const void *q_norm, const void *k_n
               "toc_qk_rope_append: NULL pointer");
     TOC_READY();
     int64_t heads = nh + 2 * nkv;
-    qk_rope_append_kernel<<<(unsigned)toc_cdiv(heads, 4), 128, 0, toc_stream()>>>(
-        qkv, q_norm, k_norm, norm_dtype, eps, cos, sin, pos, k_cache, v_cache, nh, nkv, hd, capacity,
-        act_dtype, cache_dtype);
+    TOC_CUDA((toc_launch(qk_rope_append_kernel, dim3((unsigned)toc_cdiv(heads, 4)), dim3(128), 0, qkv, q_norm,
+        k_norm, norm_dtype, eps, cos, sin, pos, k_cache, v_cache, nh, nkv, hd, capacity, act_dtype, cache_dtype)),
+        "qk_rope_append_kernel");
     TOC_LAUNCHED("qk_rope_append_kernel");
     return TO_OK;
 }
@@ -1892,6 +1908,7 @@ TOC_EXPORT int toc_qk_rope_append(void *qkv, const void *q_norm, const void *k_n
  * *step < max_steps); *step += 1; *pos += 1; the packed argmax is reset to 0. */
 __global__ void step_end_kernel(unsigned long long *am, int32_t *tok, int32_t *pos, int32_t *tokens,
                                 int32_t *step, int max_steps) {
+    pdl_enter(); /* launched by toc_launch */
     unsigned long long v = *am;
     int32_t t = (int32_t)(0xffffffffu - (uint32_t)(v & 0xffffffffu));
     if (v == 0) t = 0;
@@ -1907,8 +1924,8 @@ TOC_EXPORT int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int
     TOC_CHECK(argmax && tok && pos && tokens && step && max_steps >= 1, TO_ERR_INVALID_ARGUMENT,
               "toc_decode_step_end: bad arguments");
     TOC_READY();
-    step_end_kernel<<<1, 1, 0, toc_stream()>>>((unsigned long long *)argmax, tok, pos, tokens, step,
-                                               max_steps);
+    TOC_CUDA((toc_launch(step_end_kernel, dim3(1), dim3(1), 0, (unsigned long long *)argmax, tok, pos, tokens, step,
+        max_steps)), "step_end_kernel");
     TOC_LAUNCHED("step_end_kernel");
     return TO_OK;
 }

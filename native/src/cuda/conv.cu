@@ -17,6 +17,7 @@
 template <int KC>
 __global__ void causal_conv1d_kernel(const void *x, const void *w, void *state, void *y, int64_t t, int64_t c,
                                      int k_any, int silu, int xdt, int wdt, int sdt, int64_t rows) {
+    pdl_enter(); /* launched by toc_launch */
     const int k = KC ? KC : k_any;
     const int64_t ch = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (ch >= c) return;
@@ -70,11 +71,11 @@ TOC_EXPORT int toc_causal_conv1d(const void *x, const void *w, void *state, void
     if (toc_cdiv(t, rows) > 65535) rows = toc_cdiv(t, 65535);
     const dim3 grid((unsigned)toc_cdiv(c, 128), (unsigned)toc_cdiv(t, rows));
     if (k == 4)
-        causal_conv1d_kernel<4><<<grid, 128, 0, toc_stream()>>>(x, w, state, y, t, c, 4, silu != 0, x_dtype, w_dtype,
-                                                                state_dtype, rows);
+        TOC_CUDA((toc_launch(causal_conv1d_kernel<4>, dim3(grid), dim3(128), 0, x, w, state, y, t, c, 4, silu != 0,
+            x_dtype, w_dtype, state_dtype, rows)), "causal_conv1d_kernel");
     else
-        causal_conv1d_kernel<0><<<grid, 128, 0, toc_stream()>>>(x, w, state, y, t, c, (int)k, silu != 0, x_dtype,
-                                                                w_dtype, state_dtype, rows);
+        TOC_CUDA((toc_launch(causal_conv1d_kernel<0>, dim3(grid), dim3(128), 0, x, w, state, y, t, c, (int)k,
+            silu != 0, x_dtype, w_dtype, state_dtype, rows)), "causal_conv1d_kernel");
     TOC_LAUNCHED("causal_conv1d_kernel");
     return TO_OK;
 }

@@ -145,6 +145,7 @@ __global__ void __launch_bounds__(DN1_WARPS * 32) dn_step_kernel(const void *q, 
                                                                  const float *dt_bias, float *state, void *out,
                                                                  int64_t nk, int64_t nv, int64_t dk, int64_t dv,
                                                                  int xdt, int odt) {
+    pdl_enter(); /* launched by toc_launch */
     __shared__ float qs[DN1_WARPS * RM], ks[DN1_WARPS * RM], red[2][DN1_WARPS][32];
     const int64_t h = blockIdx.y, hk = h / (nv / nk);
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, ndk = (int)dk, ndv = (int)dv;
@@ -234,11 +235,11 @@ TOC_EXPORT int toc_gated_delta_rule(const void *q, const void *k, const void *v,
     if (t == 1 && dk <= DN1_WARPS * 64 && dk * dv <= INT32_MAX && nv <= 65535) {
         const dim3 grid((unsigned)((dv + 31) / 32), (unsigned)nv);
         if (dk <= DN1_WARPS * 32)
-            dn_step_kernel<32><<<grid, DN1_WARPS * 32, 0, toc_stream()>>>(q, k, v, a, b, decay, dt_bias, state, out,
-                                                                          nk, nv, dk, dv, x_dtype, out_dtype);
+            TOC_CUDA((toc_launch(dn_step_kernel<32>, dim3(grid), dim3(DN1_WARPS * 32), 0, q, k, v, a, b, decay,
+                dt_bias, state, out, nk, nv, dk, dv, x_dtype, out_dtype)), "dn_step_kernel");
         else
-            dn_step_kernel<64><<<grid, DN1_WARPS * 32, 0, toc_stream()>>>(q, k, v, a, b, decay, dt_bias, state, out,
-                                                                          nk, nv, dk, dv, x_dtype, out_dtype);
+            TOC_CUDA((toc_launch(dn_step_kernel<64>, dim3(grid), dim3(DN1_WARPS * 32), 0, q, k, v, a, b, decay,
+                dt_bias, state, out, nk, nv, dk, dv, x_dtype, out_dtype)), "dn_step_kernel");
         TOC_LAUNCHED("dn_step_kernel");
         return TO_OK;
     }

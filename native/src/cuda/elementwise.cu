@@ -19,6 +19,7 @@ __global__ void binary_kernel(const void *a, const void *b, void *out, int64_t n
 /* bf16, n % 8 == 0, 16-byte aligned: 8 elements per thread and step */
 template <int OP>
 __global__ void binary_bf16_kernel(const uint4 *a, const uint4 *b, uint4 *out, int64_t n8) {
+    pdl_enter(); /* launched by toc_launch */
     GRID_STRIDE(i, n8) {
         float x[8], y[8];
         bf8(a[i], x);
@@ -30,6 +31,7 @@ __global__ void binary_bf16_kernel(const uint4 *a, const uint4 *b, uint4 *out, i
 }
 
 __global__ void unary_kernel(const void *x, void *out, int64_t n, int op, float s, int dt) {
+    pdl_enter(); /* launched by toc_launch */
     GRID_STRIDE(i, n) {
         float v = ldf(x, dt, i), r;
         switch (op) {
@@ -59,9 +61,11 @@ static int binary(const char *name, int op, const void *a, const void *b, void *
         const uint4 *a4 = (const uint4 *)a, *b4 = (const uint4 *)b;
         uint4 *o4 = (uint4 *)out;
         if (op == OP_ADD)
-            binary_bf16_kernel<OP_ADD><<<toc_grid(n / 8, 256), 256, 0, toc_stream()>>>(a4, b4, o4, n / 8);
+            TOC_CUDA((toc_launch(binary_bf16_kernel<OP_ADD>, dim3(toc_grid(n / 8, 256)), dim3(256), 0, a4, b4, o4,
+                n / 8)), "binary_bf16_kernel");
         else
-            binary_bf16_kernel<OP_MUL><<<toc_grid(n / 8, 256), 256, 0, toc_stream()>>>(a4, b4, o4, n / 8);
+            TOC_CUDA((toc_launch(binary_bf16_kernel<OP_MUL>, dim3(toc_grid(n / 8, 256)), dim3(256), 0, a4, b4, o4,
+                n / 8)), "binary_bf16_kernel");
         TOC_LAUNCHED(name);
         return TO_OK;
     }
@@ -86,7 +90,7 @@ static int unary(const char *name, int op, const void *x, void *out, int64_t n, 
     if (n == 0) return TO_OK;
     TOC_CHECK(x && out, TO_ERR_INVALID_ARGUMENT, "%s: NULL pointer", name);
     TOC_READY();
-    unary_kernel<<<toc_grid(n, 256), 256, 0, toc_stream()>>>(x, out, n, op, s, dt);
+    TOC_CUDA((toc_launch(unary_kernel, dim3(toc_grid(n, 256)), dim3(256), 0, x, out, n, op, s, dt)), "unary_kernel");
     TOC_LAUNCHED(name);
     return TO_OK;
 }
@@ -161,6 +165,7 @@ TOC_EXPORT int toc_swiglu(const void *gate, const void *up, void *out, int64_t r
 /* ---- row ops ---- */
 __global__ void add_row_kernel(const void *x, const void *b, void *o, int64_t rows, int64_t dim,
                                int dt, int bdt, int mul_rows) {
+    pdl_enter(); /* launched by toc_launch */
     GRID_STRIDE(i, rows * dim) {
         int64_t r = i / dim, j = i - r * dim;
         float v = ldf(x, dt, i);
@@ -175,8 +180,8 @@ TOC_EXPORT int toc_add_row(const void *x, const void *bias, void *out, int64_t r
     if (rows * dim == 0) return TO_OK;
     TOC_CHECK(x && bias && out, TO_ERR_INVALID_ARGUMENT, "toc_add_row: NULL pointer");
     TOC_READY();
-    add_row_kernel<<<toc_grid(rows * dim, 256), 256, 0, toc_stream()>>>(x, bias, out, rows, dim,
-                                                                        dtype, bias_dtype, 0);
+    TOC_CUDA((toc_launch(add_row_kernel, dim3(toc_grid(rows * dim, 256)), dim3(256), 0, x, bias, out, rows, dim,
+        dtype, bias_dtype, 0)), "add_row_kernel");
     TOC_LAUNCHED("add_row_kernel");
     return TO_OK;
 }
@@ -188,8 +193,8 @@ TOC_EXPORT int toc_mul_rows(const void *x, const void *s, void *out, int64_t row
     if (rows * dim == 0) return TO_OK;
     TOC_CHECK(x && s && out, TO_ERR_INVALID_ARGUMENT, "toc_mul_rows: NULL pointer");
     TOC_READY();
-    add_row_kernel<<<toc_grid(rows * dim, 256), 256, 0, toc_stream()>>>(x, s, out, rows, dim, dtype,
-                                                                        s_dtype, 1);
+    TOC_CUDA((toc_launch(add_row_kernel, dim3(toc_grid(rows * dim, 256)), dim3(256), 0, x, s, out, rows, dim, dtype,
+        s_dtype, 1)), "add_row_kernel");
     TOC_LAUNCHED("add_row_kernel");
     return TO_OK;
 }
@@ -210,6 +215,7 @@ __device__ __forceinline__ double ld_any(const void *p, int dt, int64_t i) {
     }
 }
 __global__ void cast_kernel(const void *src, int sdt, void *dst, int ddt, int64_t n) {
+    pdl_enter(); /* launched by toc_launch */
     GRID_STRIDE(i, n) {
         if (sdt == TO_I64 && ddt == TO_I32) {
             ((int32_t *)dst)[i] = (int32_t)((const int64_t *)src)[i];
@@ -238,7 +244,8 @@ TOC_EXPORT int toc_cast(const void *src, int src_dtype, void *dst, int dst_dtype
     if (n == 0) return TO_OK;
     TOC_CHECK(src && dst, TO_ERR_INVALID_ARGUMENT, "toc_cast: NULL pointer");
     TOC_READY();
-    cast_kernel<<<toc_grid(n, 256), 256, 0, toc_stream()>>>(src, src_dtype, dst, dst_dtype, n);
+    TOC_CUDA((toc_launch(cast_kernel, dim3(toc_grid(n, 256)), dim3(256), 0, src, src_dtype, dst, dst_dtype, n)),
+        "cast_kernel");
     TOC_LAUNCHED("cast_kernel");
     return TO_OK;
 }
@@ -250,6 +257,7 @@ struct StridedArgs {
 };
 template <typename T>
 __global__ void copy_strided_kernel(const T *src, T *dst, int64_t n, StridedArgs a) {
+    pdl_enter(); /* launched by toc_launch */
     GRID_STRIDE(i, n) {
         int64_t rem = i, off = 0;
         for (int d = a.ndim - 1; d >= 0; d--) {
@@ -280,11 +288,14 @@ TOC_EXPORT int toc_copy_strided(const void *src, void *dst, int ndim, const int6
     TOC_CHECK(src && dst, TO_ERR_INVALID_ARGUMENT, "toc_copy_strided: NULL pointer");
     TOC_READY();
     unsigned g = toc_grid(n, 256);
-    cudaStream_t s = toc_stream();
-    if (es == 1) copy_strided_kernel<uint8_t><<<g, 256, 0, s>>>((const uint8_t *)src, (uint8_t *)dst, n, a);
-    else if (es == 2) copy_strided_kernel<uint16_t><<<g, 256, 0, s>>>((const uint16_t *)src, (uint16_t *)dst, n, a);
-    else if (es == 4) copy_strided_kernel<uint32_t><<<g, 256, 0, s>>>((const uint32_t *)src, (uint32_t *)dst, n, a);
-    else copy_strided_kernel<uint64_t><<<g, 256, 0, s>>>((const uint64_t *)src, (uint64_t *)dst, n, a);
+    if (es == 1) TOC_CUDA((toc_launch(copy_strided_kernel<uint8_t>, dim3(g), dim3(256), 0, (const uint8_t *)src,
+        (uint8_t *)dst, n, a)), "copy_strided_kernel");
+    else if (es == 2) TOC_CUDA((toc_launch(copy_strided_kernel<uint16_t>, dim3(g), dim3(256), 0,
+        (const uint16_t *)src, (uint16_t *)dst, n, a)), "copy_strided_kernel");
+    else if (es == 4) TOC_CUDA((toc_launch(copy_strided_kernel<uint32_t>, dim3(g), dim3(256), 0,
+        (const uint32_t *)src, (uint32_t *)dst, n, a)), "copy_strided_kernel");
+    else TOC_CUDA((toc_launch(copy_strided_kernel<uint64_t>, dim3(g), dim3(256), 0, (const uint64_t *)src,
+        (uint64_t *)dst, n, a)), "copy_strided_kernel");
     TOC_LAUNCHED("copy_strided_kernel");
     return TO_OK;
 }
@@ -318,6 +329,7 @@ TOC_EXPORT int toc_where(const void *mask, const void *a, const void *b, void *o
  * synchronisation: its row is written as zeros (Python validates ids before calling). */
 __global__ void embedding_kernel(const void *ids, int idt, int64_t n, const void *table, int tdt,
                                  int64_t vocab, int64_t dim, void *out, int odt) {
+    pdl_enter(); /* launched by toc_launch */
     int64_t r = blockIdx.x;
     if (r >= n) return;
     int64_t id = idt == TO_I32 ? ((const int32_t *)ids)[r] : ((const int64_t *)ids)[r];
@@ -342,8 +354,8 @@ TOC_EXPORT int toc_embedding(const void *ids, int ids_dtype, int64_t n, const vo
     TOC_CHECK(ids && table && out, TO_ERR_INVALID_ARGUMENT, "toc_embedding: NULL pointer");
     TOC_CHECK(n <= 0x7fffffff, TO_ERR_INVALID_ARGUMENT, "toc_embedding: too many ids");
     TOC_READY();
-    embedding_kernel<<<(unsigned)n, 128, 0, toc_stream()>>>(ids, ids_dtype, n, table, table_dtype,
-                                                            vocab, dim, out, out_dtype);
+    TOC_CUDA((toc_launch(embedding_kernel, dim3((unsigned)n), dim3(128), 0, ids, ids_dtype, n, table, table_dtype,
+        vocab, dim, out, out_dtype)), "embedding_kernel");
     TOC_LAUNCHED("embedding_kernel");
     return TO_OK;
 }

@@ -49,20 +49,8 @@ struct GemvArgs {
 };
 
 
-/* Programmatic dependent launch (sm_90+): a GEMV launched with the PDL attribute may start while
- * the previous kernel still runs. It loads its first weights (which no kernel writes), then waits
- * for the previous grid before it reads x, res or writes y. Both instructions are no-ops when the
- * kernel was launched without the attribute. */
-__device__ __forceinline__ void pdl_wait(void) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_launch_dependents(void) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
+/* gemv_kernel with programmatic dependent launch (toc_launch): it loads its first weights (which no
+ * kernel writes), then waits for the previous grid before it reads x, res or writes y. */
 
 /* acc[r] += dot(8 bf16 weights in v, x[r, kk .. kk+8]) */
 template <int M>
@@ -164,8 +152,7 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
         v[q] = in ? __ldg(wv + c + 32 * q) : zero;
         u[q] = in && w1 ? __ldg(wv1 + c + 32 * q) : zero;
     }
-    pdl_launch_dependents();
-    pdl_wait();
+    pdl_enter_gemv();
     /* stage x (normalised when asked) */
     for (int r = 0; r < M; r++) {
         if (r >= a.m) {
@@ -250,40 +237,12 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
     }
 }
 
-/* Whether GEMVs launch with programmatic dependent launch: Hopper or newer, and
- * INFERENCE_PIO_CUDA_PDL=1 (read once; off by default until measured on the GPU machine). */
-static bool pdl_enabled(void) {
-    static int env = -1;
-    if (env < 0) {
-        const char *e = getenv("INFERENCE_PIO_CUDA_PDL");
-        env = e && e[0] == '1';
-    }
-    return env && toc_cc_major() >= 9;
-}
-
-template <typename K>
-static cudaError_t launch_pdl(K kernel, unsigned grid, int threads, size_t smem, cudaStream_t s,
-                              const GemvArgs &a) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid, (unsigned)(a.slots > 1 ? a.slots : 1));
-    cfg.blockDim = dim3((unsigned)threads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, kernel, a);
-}
-
 /* a GEMV block's static shared memory (red[33]), and the dynamic part it may take: the opt-in
  * limit less the static part */
 #define GEMV_STATIC_SMEM (33 * 4)
 static int64_t gemv_smem_limit(void) { return toc_max_smem_optin() - GEMV_STATIC_SMEM; }
 
 static int launch_gemv(const GemvArgs &a) {
-    const bool pdl = pdl_enabled();
     size_t smem = (size_t)((a.m + 0) <= 1 ? 1 : a.m <= 2 ? 2 : a.m <= 4 ? 4 : 8) * a.k * 4;
     TOC_CHECK((int64_t)smem <= gemv_smem_limit(), TO_ERR_UNSUPPORTED, "gemv: x needs %zu bytes of shared memory",
               smem);
@@ -294,7 +253,6 @@ static int launch_gemv(const GemvArgs &a) {
     if (warps > GEMV_MAX_WARPS) warps = GEMV_MAX_WARPS;
     unsigned grid = (unsigned)toc_cdiv(a.n, warps);
     int threads = (int)warps * 32;
-    cudaStream_t s = toc_stream();
     /* a block's shared memory past 48 KB (static part included: 4 rows of k 3072 are exactly 48 KB
      * of x) is opted into per kernel, up to the largest size asked */
 #define GEMV_CASE(MM)                                                                          \
@@ -312,10 +270,7 @@ static int launch_gemv(const GemvArgs &a) {
                      "cudaFuncSetAttribute");                                                  \
             configured[dev & 15] = smem;                                                       \
         }                                                                                      \
-        if (pdl)                                                                               \
-            TOC_CUDA(launch_pdl(kern, grid, threads, smem, s, a), "cudaLaunchKernelEx");        \
-        else                                                                                   \
-            kern<<<dim3(grid, (unsigned)slots), threads, smem, s>>>(a);                        \
+        TOC_CUDA(toc_launch(kern, dim3(grid, (unsigned)slots), dim3(threads), smem, a), "gemv_kernel"); \
     }
     if (a.m <= 1) GEMV_CASE(1)
     else if (a.m <= 2) GEMV_CASE(2)
@@ -392,8 +347,14 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
 #pragma unroll
     for (int u = 0; u < GM_U; u++) {
         const int64_t s = s0 + u, kk = s * 32 + tig * 8;
+        wv[u] = s < s1 && kk < a.k && wok ? ld_stream((const uint4 *)(wr + s * 32)) : z;
+    }
+    /* the first weights are requested; x comes from the previous kernel (toc_launch) */
+    pdl_enter_gemv();
+#pragma unroll
+    for (int u = 0; u < GM_U; u++) {
+        const int64_t s = s0 + u, kk = s * 32 + tig * 8;
         const bool in = s < s1 && kk < a.k;
-        wv[u] = in && wok ? ld_stream((const uint4 *)(wr + s * 32)) : z;
         av[u] = in && aok ? __ldg((const uint4 *)(xa + s * 32)) : z;
         bv[u] = in && bok ? __ldg((const uint4 *)(xb + s * 32)) : z;
     }
@@ -471,9 +432,8 @@ static int launch_gemv_mma(GemvMmaArgs a, unsigned batch = 1) {
     a.tiles = a.pair ? 2 * a.t1 : a.t2 + toc_cdiv(a.n2, 8);
     a.wpt = gm_wpt(a.k);
     const dim3 grid((unsigned)toc_cdiv(a.tiles, GM_WARPS / a.wpt), batch);
-    if (a.m > 8) gemv_mma_kernel<true><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
-    else gemv_mma_kernel<false><<<grid, GM_WARPS * 32, 0, toc_stream()>>>(a);
-    TOC_LAUNCHED("gemv_mma_kernel");
+    TOC_CUDA(toc_launch(a.m > 8 ? gemv_mma_kernel<true> : gemv_mma_kernel<false>, grid, dim3(GM_WARPS * 32), 0, a),
+             "gemv_mma_kernel");
     return TO_OK;
 }
 

@@ -100,6 +100,7 @@ __device__ double block_sum_d(double v, double *red /* >= 32 */) {
  * order: ties keep the lower id), the renormalisation by one thread in the CPU's order ---- */
 __global__ void __launch_bounds__(256) moe_route_softmax_kernel(const void *logits, int64_t e, int k, int renorm,
                                                                 int ldt, int32_t *idx, void *w, int wdt) {
+    pdl_enter(); /* launched by toc_launch */
     extern __shared__ float sm[]; /* p[e], vals[k] */
     __shared__ double redd[32];
     __shared__ float redf[33];
@@ -154,8 +155,8 @@ TOC_EXPORT int toc_moe_route_softmax(const void *logits, int64_t t, int64_t e, i
     TOC_CHECK(logits && idx && weights, TO_ERR_INVALID_ARGUMENT, "toc_moe_route_softmax: NULL pointer");
     TOC_READY();
     const size_t smem = (size_t)(e + k) * sizeof(float);
-    moe_route_softmax_kernel<<<(unsigned)t, 256, smem, toc_stream()>>>(logits, e, (int)k, renormalize != 0,
-                                                                        logits_dtype, idx, weights, weights_dtype);
+    TOC_CUDA((toc_launch(moe_route_softmax_kernel, dim3((unsigned)t), dim3(256), smem, logits, e, (int)k,
+        renormalize != 0, logits_dtype, idx, weights, weights_dtype)), "moe_route_softmax_kernel");
     TOC_LAUNCHED("moe_route_softmax_kernel");
     return TO_OK;
 }
@@ -198,6 +199,7 @@ __global__ void __launch_bounds__(256) moe_route_sigmoid_kernel(const void *logi
                                                                 int k, int64_t n_group, int64_t topk_group,
                                                                 int renorm, float scaling, int ldt, int32_t *idx,
                                                                 float *weights) {
+    pdl_enter(); /* launched by toc_launch */
     extern __shared__ float sm[]; /* s[e], cs[e], gscore[n_group], gval[n_group], gids[n_group] */
     __shared__ int32_t ids_s[MOE_MAX_K];
     float *s = sm, *cs = sm + e, *gscore = cs + e, *gval = gscore + n_group;
@@ -273,8 +275,8 @@ TOC_EXPORT int toc_moe_route_sigmoid(const void *logits, const float *bias, int6
     TOC_CHECK(logits && idx && weights, TO_ERR_INVALID_ARGUMENT, "toc_moe_route_sigmoid: NULL pointer");
     TOC_READY();
     const size_t smem = (size_t)(2 * e + 2 * n_group) * sizeof(float) + (size_t)n_group * sizeof(int32_t);
-    moe_route_sigmoid_kernel<<<(unsigned)t, 256, smem, toc_stream()>>>(
-        logits, bias, e, (int)k, n_group, topk_group, renormalize != 0, scaling, logits_dtype, idx, weights);
+    TOC_CUDA((toc_launch(moe_route_sigmoid_kernel, dim3((unsigned)t), dim3(256), smem, logits, bias, e, (int)k,
+        n_group, topk_group, renormalize != 0, scaling, logits_dtype, idx, weights)), "moe_route_sigmoid_kernel");
     TOC_LAUNCHED("moe_route_sigmoid_kernel");
     return TO_OK;
 }
@@ -410,6 +412,7 @@ TOC_EXPORT int toc_moe_group_by_expert(const int32_t *idx, int64_t n, int64_t e,
 template <int KM> /* k <= KM: the products stay in registers when KM is small */
 __global__ void moe_combine_kernel(const void *y, const int32_t *idx, const void *w, const void *res, void *out,
                                    int64_t e, int k, int64_t d, int ydt, int wdt, int odt) {
+    pdl_enter(); /* launched by toc_launch */
     __shared__ int32_t order[KM]; /* the token's slots by (expert, slot) */
     __shared__ int32_t valid[KM];
     const int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -461,14 +464,14 @@ TOC_EXPORT int toc_moe_combine(const void *y, const int32_t *idx, const void *we
     TOC_READY();
     const dim3 grid((unsigned)toc_cdiv(d, 128), (unsigned)t);
     if (k <= 8)
-        moe_combine_kernel<8><<<grid, 128, 0, toc_stream()>>>(y, idx, weights, res, out, e, (int)k, d, y_dtype,
-                                                              weights_dtype, out_dtype);
+        TOC_CUDA((toc_launch(moe_combine_kernel<8>, dim3(grid), dim3(128), 0, y, idx, weights, res, out, e, (int)k,
+            d, y_dtype, weights_dtype, out_dtype)), "moe_combine_kernel");
     else if (k <= 16)
-        moe_combine_kernel<16><<<grid, 128, 0, toc_stream()>>>(y, idx, weights, res, out, e, (int)k, d, y_dtype,
-                                                               weights_dtype, out_dtype);
+        TOC_CUDA((toc_launch(moe_combine_kernel<16>, dim3(grid), dim3(128), 0, y, idx, weights, res, out, e, (int)k,
+            d, y_dtype, weights_dtype, out_dtype)), "moe_combine_kernel");
     else
-        moe_combine_kernel<MOE_COMBINE_MAX_K><<<grid, 128, 0, toc_stream()>>>(y, idx, weights, res, out, e, (int)k,
-                                                                              d, y_dtype, weights_dtype, out_dtype);
+        TOC_CUDA((toc_launch(moe_combine_kernel<MOE_COMBINE_MAX_K>, dim3(grid), dim3(128), 0, y, idx, weights, res,
+            out, e, (int)k, d, y_dtype, weights_dtype, out_dtype)), "moe_combine_kernel");
     TOC_LAUNCHED("moe_combine_kernel");
     return moe_check_indices("toc_moe_combine");
 }

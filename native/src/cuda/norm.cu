@@ -76,6 +76,7 @@ __device__ __forceinline__ void rms_row(char *xr, const char *ar, const char *zr
     }
 }
 __global__ void rms_norm_kernel(RmsArgs a) {
+    pdl_enter(); /* launched by toc_launch */
     int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= a.outer * a.inner) return;
     int64_t o = row / a.inner, i = row - o * a.inner;
@@ -159,6 +160,7 @@ __device__ __forceinline__ void rms_row_vec(uint4 *xr, const uint4 *ar, uint4 *o
 /* 256 threads: 8 / wpr rows per block */
 template <int NV>
 __global__ void __launch_bounds__(256) rms_norm_bf16_kernel(RmsArgs a, int wpr) {
+    pdl_enter(); /* launched by toc_launch */
     __shared__ float red[8];
     const int64_t row = blockIdx.x * (int64_t)(8 / wpr) + (threadIdx.x >> 5) / wpr;
     const bool live = row < a.outer * a.inner;
@@ -188,17 +190,22 @@ static int launch_rms(const RmsArgs &a) {
         const int wpr = rms_wpr(a.dim);
         const unsigned blocks = (unsigned)toc_cdiv(a.outer * a.inner, 8 / wpr);
         switch (rms_bf16_chunks(a.dim)) {
-        case 1: rms_norm_bf16_kernel<1><<<blocks, 256, 0, toc_stream()>>>(a, wpr); break;
-        case 2: rms_norm_bf16_kernel<2><<<blocks, 256, 0, toc_stream()>>>(a, wpr); break;
-        case 4: rms_norm_bf16_kernel<4><<<blocks, 256, 0, toc_stream()>>>(a, wpr); break;
-        case 8: rms_norm_bf16_kernel<8><<<blocks, 256, 0, toc_stream()>>>(a, wpr); break;
-        default: rms_norm_bf16_kernel<16><<<blocks, 256, 0, toc_stream()>>>(a, wpr);
+        case 1: TOC_CUDA((toc_launch(rms_norm_bf16_kernel<1>, dim3(blocks), dim3(256), 0, a, wpr)),
+            "rms_norm_bf16_kernel"); break;
+        case 2: TOC_CUDA((toc_launch(rms_norm_bf16_kernel<2>, dim3(blocks), dim3(256), 0, a, wpr)),
+            "rms_norm_bf16_kernel"); break;
+        case 4: TOC_CUDA((toc_launch(rms_norm_bf16_kernel<4>, dim3(blocks), dim3(256), 0, a, wpr)),
+            "rms_norm_bf16_kernel"); break;
+        case 8: TOC_CUDA((toc_launch(rms_norm_bf16_kernel<8>, dim3(blocks), dim3(256), 0, a, wpr)),
+            "rms_norm_bf16_kernel"); break;
+        default: TOC_CUDA((toc_launch(rms_norm_bf16_kernel<16>, dim3(blocks), dim3(256), 0, a, wpr)),
+            "rms_norm_bf16_kernel");
         }
         TOC_LAUNCHED("rms_norm_bf16_kernel");
         return TO_OK;
     }
     const unsigned blocks = (unsigned)toc_cdiv(a.outer * a.inner, 8);
-    rms_norm_kernel<<<blocks, 256, 0, toc_stream()>>>(a);
+    TOC_CUDA((toc_launch(rms_norm_kernel, dim3(blocks), dim3(256), 0, a)), "rms_norm_kernel");
     TOC_LAUNCHED("rms_norm_kernel");
     return TO_OK;
 }
@@ -348,6 +355,7 @@ __device__ __forceinline__ void rope_pair(float x1, float x2, float c, float s, 
 }
 __global__ void rope_apply_kernel(void *x, const void *cosb, const void *sinb, int64_t heads,
                                   int64_t rot, int64_t st, int64_t sh, int mode, int xd, int td) {
+    pdl_enter(); /* launched by toc_launch */
     extern __shared__ float tmp[];
     int64_t row = blockIdx.x;
     int64_t t = row / heads, h = row - t * heads;
@@ -434,8 +442,8 @@ TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t
         return TO_OK;
     }
     size_t smem = mode == TO_ROPE_INTERLEAVED_HF ? (size_t)rot_dim * 4 : 0;
-    rope_apply_kernel<<<(unsigned)(T * heads), 64, smem, toc_stream()>>>(
-        x, cos, sin, heads, rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype);
+    TOC_CUDA((toc_launch(rope_apply_kernel, dim3((unsigned)(T * heads)), dim3(64), smem, x, cos, sin, heads,
+        rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype)), "rope_apply_kernel");
     TOC_LAUNCHED("rope_apply_kernel");
     return TO_OK;
 }

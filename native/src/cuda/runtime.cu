@@ -1,6 +1,7 @@
 /* CUDA runtime of libtensor_ops_cuda: errors, devices, the per-device stream, a caching device
  * allocator with statistics, pinned host buffers, copies, memset, CUDA graphs, probes. */
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <map>
@@ -120,6 +121,15 @@ cudaStream_t toc_stream(void) { return g_streams[t_device < 0 ? 0 : t_device]; }
 int toc_max_smem_optin(void) { return g_smem_optin[t_device < 0 ? 0 : t_device]; }
 int toc_sm_count(void) { return g_sms[t_device < 0 ? 0 : t_device]; }
 int toc_cc_major(void) { return g_cc_major[t_device < 0 ? 0 : t_device]; }
+/* programmatic dependent launch: on for Hopper or newer unless INFERENCE_PIO_CUDA_PDL=0 */
+bool toc_pdl_enabled(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("INFERENCE_PIO_CUDA_PDL");
+        env = !(e && e[0] == '0');
+    }
+    return env && toc_cc_major() >= 9;
+}
 
 /* name: at least cap bytes; total_mem in bytes; bus width in bits; mem clock in kHz. */
 TOC_EXPORT int toc_device_info(int dev, char *name, size_t cap, int64_t *total_mem, int *sm_count,

@@ -679,6 +679,7 @@ TOC_EXPORT int toc_sample_greedy_rows(const void *logits, int dtype, int64_t row
 /* The greedy id of a graph step's logits packed for toc_decode_step_end: every block folds its
  * elements' argmax_key (NaN skipped, ties to the lowest id) into *argmax with atomicMax. */
 __global__ void decode_argmax_kernel(const void *logits, int dtype, int64_t vocab, unsigned long long *argmax) {
+    pdl_enter(); /* launched by toc_launch */
     unsigned long long best = 0;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vocab; i += (int64_t)gridDim.x * blockDim.x) {
         const float v = ldf(logits, dtype, i);
@@ -708,8 +709,9 @@ TOC_EXPORT int toc_decode_argmax(const void *logits, int dtype, int64_t vocab, v
     TOC_CHECK(toc_is_act(dtype), TO_ERR_DTYPE, "toc_decode_argmax: dtype %d", dtype);
     TOC_READY();
     const int64_t blocks = (vocab + 4095) / 4096;
-    decode_argmax_kernel<<<(unsigned)(blocks < 2 * toc_sm_count() ? blocks : 2 * toc_sm_count()), 256, 0,
-                           toc_stream()>>>(logits, dtype, vocab, (unsigned long long *)argmax);
+    TOC_CUDA((toc_launch(decode_argmax_kernel,
+        dim3((unsigned)(blocks < 2 * toc_sm_count() ? blocks : 2 * toc_sm_count())), dim3(256), 0, logits, dtype,
+        vocab, (unsigned long long *)argmax)), "decode_argmax_kernel");
     TOC_LAUNCHED("decode_argmax_kernel");
     return TO_OK;
 }
