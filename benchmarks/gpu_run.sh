@@ -3,7 +3,8 @@
 # Usage: bash benchmarks/gpu_run.sh [benchmark args...]   (OUT=dir keeps logs; LONG_PROMPT=4096
 # adds the decode table after a 4096-token context; PYTEST_K="a or b" selects tests, NO_BENCH=1
 # skips the benchmark, MOE_BENCH=1 adds the Qwen3-Coder-30B-A3B table, MOE_ARGS passes it options,
-# WHEELS=dir installs starlette and httpx from carried wheels for the server's GPU test)
+# WHEELS=dir installs starlette and httpx from carried wheels for the server's GPU test, PDL_OFF=1
+# runs the model tests and the benchmark again with programmatic dependent launch off)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 ARCH=${CUDA_ARCH:-90a}
@@ -35,12 +36,12 @@ if [ -n "${MOE_BENCH:-}" ]; then
   timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/gpu_moe_bench.py --json "$OUT/bench_moe.json" ${MOE_ARGS:-} \
     2>&1 | tee "$OUT/bench_moe.log"
 fi
-# PDL_TOO=1: the model tests and the benchmark again with programmatic dependent launch of GEMVs
-if [ -n "${PDL_TOO:-}" ]; then
-  INFERENCE_PIO_CUDA_PDL=1 timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 \
-    tests/gpu/test_cuda_model.py 2>&1 | tee "$OUT/pytest_pdl.log" | tail -3
-  INFERENCE_PIO_CUDA_PDL=1 timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py \
-    --json "$OUT/bench_pdl.json" "$@" 2>&1 | tee "$OUT/bench_pdl.log"
+# PDL_OFF=1: the model tests and the benchmark again without programmatic dependent launch
+if [ -n "${PDL_OFF:-}" ]; then
+  INFERENCE_PIO_CUDA_PDL=0 timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider --timeout 120 \
+    tests/gpu/test_cuda_model.py 2>&1 | tee "$OUT/pytest_nopdl.log" | tail -3
+  INFERENCE_PIO_CUDA_PDL=0 timeout ${BENCH_TIMEOUT:-500} python3 benchmarks/benchmark_gpu.py \
+    --json "$OUT/bench_nopdl.json" "$@" 2>&1 | tee "$OUT/bench_nopdl.log"
 fi
 [ -z "${COMPILE_TOO:-}" ] || timeout ${COMPILE_TIMEOUT:-400} python3 benchmarks/benchmark_gpu.py --json "$OUT/bench_compiled.json" 2>&1 | tee "$OUT/bench_compiled.log"
 echo "total: $(( $(date +%s) - t0 )) s"

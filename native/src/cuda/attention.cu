@@ -1626,6 +1626,7 @@ TOC_EXPORT int toc_attention_dev(const void *q, const void *k, const void *v, vo
 
 /* ---- batched decode: one new token for each of n sequences, each with its own cache ---- */
 __global__ void kv_append_batch_kernel(const void *k_new, const void *v_new, AttnArgs a, int src_dtype) {
+    pdl_enter(); /* launched by toc_launch */
     const int64_t row = a.nkv * a.hd, total = a.tq * row;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
         const int64_t s = e / row, rem = e - s * row, h = rem / a.hd, d = rem - h * a.hd;
@@ -1644,8 +1645,8 @@ static int launch_batch_decode(AttnArgs &a, const void *k_new, const void *v_new
         a.kn = k_new, a.vn = v_new;
         return launch_split(a);
     }
-    kv_append_batch_kernel<<<toc_grid(a.tq * a.nkv * a.hd, 256, 4 * (int64_t)toc_sm_count()), 256, 0,
-                             toc_stream()>>>(k_new, v_new, a, act_dtype);
+    TOC_CUDA((toc_launch(kv_append_batch_kernel, dim3(toc_grid(a.tq * a.nkv * a.hd, 256,
+        4 * (int64_t)toc_sm_count())), dim3(256), 0, k_new, v_new, a, act_dtype)), "kv_append_batch_kernel");
     TOC_LAUNCHED("kv_append_batch_kernel");
     return launch_split(a);
 }

@@ -10,6 +10,7 @@ enum { U_SCALE, U_SILU, U_SIGMOID, U_EXP, U_SOFTPLUS, U_GELU, U_GELU_TANH };
 
 template <int OP>
 __global__ void binary_kernel(const void *a, const void *b, void *out, int64_t n, int dt) {
+    pdl_enter(); /* launched by toc_launch */
     GRID_STRIDE(i, n) {
         float x = ldf(a, dt, i), y = ldf(b, dt, i);
         stf(out, dt, i, OP == OP_ADD ? x + y : x * y);
@@ -70,9 +71,11 @@ static int binary(const char *name, int op, const void *a, const void *b, void *
         return TO_OK;
     }
     if (op == OP_ADD)
-        binary_kernel<OP_ADD><<<toc_grid(n, 256), 256, 0, toc_stream()>>>(a, b, out, n, dt);
+        TOC_CUDA((toc_launch(binary_kernel<OP_ADD>, dim3(toc_grid(n, 256)), dim3(256), 0, a, b, out, n, dt)),
+            "binary_kernel");
     else
-        binary_kernel<OP_MUL><<<toc_grid(n, 256), 256, 0, toc_stream()>>>(a, b, out, n, dt);
+        TOC_CUDA((toc_launch(binary_kernel<OP_MUL>, dim3(toc_grid(n, 256)), dim3(256), 0, a, b, out, n, dt)),
+            "binary_kernel");
     TOC_LAUNCHED(name);
     return TO_OK;
 }
@@ -118,6 +121,7 @@ TOC_EXPORT int toc_gelu(const void *x, void *out, int64_t n, int approximate, in
 /* ---- swiglu ---- */
 __global__ void swiglu_kernel(const void *g, const void *u, void *o, int64_t rows, int64_t inter,
                               int64_t lg, int64_t lu, int64_t lo, int dt) {
+    pdl_enter(); /* launched by toc_launch */
     int64_t n = rows * inter;
     GRID_STRIDE(i, n) {
         int64_t r = i / inter, j = i - r * inter;
@@ -129,6 +133,7 @@ __global__ void swiglu_kernel(const void *g, const void *u, void *o, int64_t row
 /* bf16, inter % 8 == 0, 16-byte aligned rows: 8 elements per thread and step */
 __global__ void swiglu_bf16_kernel(const uint16_t *g, const uint16_t *u, uint16_t *o, int64_t rows,
                                    int64_t inter, int64_t lg, int64_t lu, int64_t lo) {
+    pdl_enter(); /* launched by toc_launch */
     const int64_t nv = inter / 8;
     GRID_STRIDE(i, rows * nv) {
         const int64_t r = i / nv, j = (i - r * nv) * 8;
@@ -150,14 +155,14 @@ TOC_EXPORT int toc_swiglu(const void *gate, const void *up, void *out, int64_t r
     TOC_READY();
     if (dtype == TO_BF16 && inter % 8 == 0 && ld_gate % 8 == 0 && ld_up % 8 == 0 && ld_out % 8 == 0 &&
         ((uintptr_t)gate & 15) == 0 && ((uintptr_t)up & 15) == 0 && ((uintptr_t)out & 15) == 0) {
-        swiglu_bf16_kernel<<<toc_grid(rows * inter / 8, 256), 256, 0, toc_stream()>>>(
-            (const uint16_t *)gate, (const uint16_t *)up, (uint16_t *)out, rows, inter, ld_gate, ld_up,
-            ld_out);
+        TOC_CUDA((toc_launch(swiglu_bf16_kernel, dim3(toc_grid(rows * inter / 8, 256)), dim3(256), 0,
+            (const uint16_t *)gate, (const uint16_t *)up, (uint16_t *)out, rows, inter, ld_gate, ld_up, ld_out)),
+            "swiglu_bf16_kernel");
         TOC_LAUNCHED("swiglu_bf16_kernel");
         return TO_OK;
     }
-    swiglu_kernel<<<toc_grid(rows * inter, 256), 256, 0, toc_stream()>>>(
-        gate, up, out, rows, inter, ld_gate, ld_up, ld_out, dtype);
+    TOC_CUDA((toc_launch(swiglu_kernel, dim3(toc_grid(rows * inter, 256)), dim3(256), 0, gate, up, out, rows, inter,
+        ld_gate, ld_up, ld_out, dtype)), "swiglu_kernel");
     TOC_LAUNCHED("swiglu_kernel");
     return TO_OK;
 }

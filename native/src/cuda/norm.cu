@@ -414,6 +414,7 @@ __device__ __forceinline__ void rope_row(char *base, const void *cosb, const voi
 __global__ void rope_apply_rows_kernel(void *x, const void *cosb, const void *sinb, int64_t rows,
                                        int64_t heads, int64_t rot, int64_t st, int64_t sh, int mode,
                                        int xd, int td) {
+    pdl_enter(); /* launched by toc_launch */
     const int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
     const int64_t t = row / heads, h = row - t * heads;
@@ -436,8 +437,9 @@ TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t
     TOC_CHECK(T * heads <= 0x7fffffffLL, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: too many rows");
     TOC_READY();
     if (mode != TO_ROPE_INTERLEAVED_HF) {
-        rope_apply_rows_kernel<<<(unsigned)toc_cdiv(T * heads, 8), 256, 0, toc_stream()>>>(
-            x, cos, sin, T * heads, heads, rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype);
+        TOC_CUDA((toc_launch(rope_apply_rows_kernel, dim3((unsigned)toc_cdiv(T * heads, 8)), dim3(256), 0, x, cos,
+            sin, T * heads, heads, rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype)),
+            "rope_apply_rows_kernel");
         TOC_LAUNCHED("rope_apply_rows_kernel");
         return TO_OK;
     }
@@ -669,6 +671,7 @@ struct QkArgs {
 };
 template <int NV>
 __global__ void qk_norm_rope_kernel(QkArgs a) {
+    pdl_enter(); /* launched by toc_launch */
     const int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5);
     const int64_t nq = a.T * a.nh;
     if (row >= nq + a.T * a.nkv) return;
@@ -696,6 +699,7 @@ __global__ void qk_norm_rope_kernel(QkArgs a) {
  * conversion instructions (rbf_rn, pack_bf8_rn). The arithmetic is rms_row_vec's then
  * rope_row's. */
 __global__ void __launch_bounds__(256) qk_norm_rope_bf16_kernel(QkArgs a) {
+    pdl_enter(); /* launched by toc_launch */
     const int64_t row = blockIdx.x * 8LL + (threadIdx.x >> 5);
     const int64_t nq = a.T * a.nh;
     if (row >= nq + a.T * a.nkv) return; /* the whole warp: row is the warp's */
@@ -776,17 +780,23 @@ TOC_EXPORT int toc_qk_norm_rope(void *q, void *k, const void *q_w, const void *k
                               rot_dim == hd && hd % 16 == 0 && hd <= 256 && ((uintptr_t)cos & 15) == 0 &&
                               ((uintptr_t)sin & 15) == 0;
         if (one_pass) {
-            qk_norm_rope_bf16_kernel<<<blocks, 256, 0, toc_stream()>>>(a);
+            TOC_CUDA((toc_launch(qk_norm_rope_bf16_kernel, dim3(blocks), dim3(256), 0, a)),
+                "qk_norm_rope_bf16_kernel");
         } else if (qv || kv) {
             switch (rms_bf16_chunks(hd)) {
-            case 1: qk_norm_rope_kernel<1><<<blocks, 256, 0, toc_stream()>>>(a); break;
-            case 2: qk_norm_rope_kernel<2><<<blocks, 256, 0, toc_stream()>>>(a); break;
-            case 4: qk_norm_rope_kernel<4><<<blocks, 256, 0, toc_stream()>>>(a); break;
-            case 8: qk_norm_rope_kernel<8><<<blocks, 256, 0, toc_stream()>>>(a); break;
-            default: qk_norm_rope_kernel<16><<<blocks, 256, 0, toc_stream()>>>(a);
+            case 1: TOC_CUDA((toc_launch(qk_norm_rope_kernel<1>, dim3(blocks), dim3(256), 0, a)),
+                "qk_norm_rope_kernel"); break;
+            case 2: TOC_CUDA((toc_launch(qk_norm_rope_kernel<2>, dim3(blocks), dim3(256), 0, a)),
+                "qk_norm_rope_kernel"); break;
+            case 4: TOC_CUDA((toc_launch(qk_norm_rope_kernel<4>, dim3(blocks), dim3(256), 0, a)),
+                "qk_norm_rope_kernel"); break;
+            case 8: TOC_CUDA((toc_launch(qk_norm_rope_kernel<8>, dim3(blocks), dim3(256), 0, a)),
+                "qk_norm_rope_kernel"); break;
+            default: TOC_CUDA((toc_launch(qk_norm_rope_kernel<16>, dim3(blocks), dim3(256), 0, a)),
+                "qk_norm_rope_kernel");
             }
         } else {
-            qk_norm_rope_kernel<0><<<blocks, 256, 0, toc_stream()>>>(a);
+            TOC_CUDA((toc_launch(qk_norm_rope_kernel<0>, dim3(blocks), dim3(256), 0, a)), "qk_norm_rope_kernel");
         }
         TOC_LAUNCHED("qk_norm_rope_kernel");
         return TO_OK;
