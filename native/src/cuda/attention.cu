@@ -805,39 +805,28 @@ static int launch_split(AttnArgs &a) {
     dim3 grid((unsigned)a.nsplit, (unsigned)(a.nkv * gchunks), (unsigned)a.tq);
     if (wide_mma_ok(a)) return launch_wide_mma(a);
     if (wide_ok(a)) return launch_wide(a);
+    void (*kern)(AttnArgs);
     if (nd > AT_DMAX) { /* wide heads: elementwise loads, any alignment */
-        if (a.kd == TO_BF16) TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE>,
-            dim3(grid), dim3(128), 0, a)), "attn_split_kernel");
-        else TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX_WIDE, TO_F32, false, AT_GMAX_WIDE>, dim3(grid),
-            dim3(128), 0, a)), "attn_split_kernel");
-        TOC_LAUNCHED("attn_split_kernel");
-        return a.nsplit > 1 ? launch_merge(a) : TO_OK;
-    }
-    const bool vec = a.kd == TO_BF16 && a.hd == a.hdv && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
-                     a.khs % 8 == 0 && a.kps % 8 == 0 && a.vhs % 8 == 0 && a.vps % 8 == 0 &&
-                     ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0 && !a.batch_unaligned;
-    if (vec) {
-        if (a.hd == 64) TOC_CUDA((toc_launch(attn_split_kernel<2, TO_BF16, true>, dim3(grid), dim3(128), 0, a)),
-            "attn_split_kernel");
-        else if (a.hd == 128) TOC_CUDA((toc_launch(attn_split_kernel<4, TO_BF16, true>, dim3(grid), dim3(128), 0,
-            a)), "attn_split_kernel");
-        else TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX, TO_BF16, true>, dim3(grid), dim3(128), 0, a)),
-            "attn_split_kernel");
-    } else if (a.kd == TO_BF16) {
-        if (nd <= 2) TOC_CUDA((toc_launch(attn_split_kernel<2, TO_BF16, false>, dim3(grid), dim3(128), 0, a)),
-            "attn_split_kernel");
-        else if (nd <= 4) TOC_CUDA((toc_launch(attn_split_kernel<4, TO_BF16, false>, dim3(grid), dim3(128), 0, a)),
-            "attn_split_kernel");
-        else TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX, TO_BF16, false>, dim3(grid), dim3(128), 0, a)),
-            "attn_split_kernel");
+        kern = a.kd == TO_BF16 ? attn_split_kernel<AT_DMAX_WIDE, TO_BF16, false, AT_GMAX_WIDE>
+                               : attn_split_kernel<AT_DMAX_WIDE, TO_F32, false, AT_GMAX_WIDE>;
     } else {
-        if (nd <= 2) TOC_CUDA((toc_launch(attn_split_kernel<2, TO_F32, false>, dim3(grid), dim3(128), 0, a)),
-            "attn_split_kernel");
-        else if (nd <= 4) TOC_CUDA((toc_launch(attn_split_kernel<4, TO_F32, false>, dim3(grid), dim3(128), 0, a)),
-            "attn_split_kernel");
-        else TOC_CUDA((toc_launch(attn_split_kernel<AT_DMAX, TO_F32, false>, dim3(grid), dim3(128), 0, a)),
-            "attn_split_kernel");
+        const bool vec = a.kd == TO_BF16 && a.hd == a.hdv && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
+                         a.khs % 8 == 0 && a.kps % 8 == 0 && a.vhs % 8 == 0 && a.vps % 8 == 0 &&
+                         ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0 && !a.batch_unaligned;
+        if (vec)
+            kern = a.hd == 64    ? attn_split_kernel<2, TO_BF16, true>
+                   : a.hd == 128 ? attn_split_kernel<4, TO_BF16, true>
+                                 : attn_split_kernel<AT_DMAX, TO_BF16, true>;
+        else if (a.kd == TO_BF16)
+            kern = nd <= 2   ? attn_split_kernel<2, TO_BF16, false>
+                   : nd <= 4 ? attn_split_kernel<4, TO_BF16, false>
+                             : attn_split_kernel<AT_DMAX, TO_BF16, false>;
+        else
+            kern = nd <= 2   ? attn_split_kernel<2, TO_F32, false>
+                   : nd <= 4 ? attn_split_kernel<4, TO_F32, false>
+                             : attn_split_kernel<AT_DMAX, TO_F32, false>;
     }
+    TOC_CUDA(toc_launch(kern, grid, dim3(128), 0, a), "attn_split_kernel");
     TOC_LAUNCHED("attn_split_kernel");
     return a.nsplit > 1 ? launch_merge(a) : TO_OK;
 }

@@ -77,6 +77,18 @@ __device__ __forceinline__ void pdl_enter_gemv(void) {
     pdl_launch_dependents();
     pdl_wait();
 }
+/* A cudaLaunchKernelEx configuration on the device's stream with one attribute (*attr must outlive
+ * the launch call). */
+static inline cudaLaunchConfig_t toc_launch_config(dim3 grid, dim3 block, size_t smem, cudaLaunchAttribute *attr) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = toc_stream();
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cfg;
+}
 /* kernel<<<grid, block, smem, toc_stream()>>>(args...), with the PDL attribute when it is on */
 template <typename... KArgs, typename... Args>
 static inline cudaError_t toc_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
@@ -84,16 +96,10 @@ static inline cudaError_t toc_launch(void (*kernel)(KArgs...), dim3 grid, dim3 b
         kernel<<<grid, block, smem, toc_stream()>>>(args...);
         return cudaGetLastError();
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = toc_stream();
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    const cudaLaunchConfig_t cfg = toc_launch_config(grid, block, smem, &attr);
     return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 

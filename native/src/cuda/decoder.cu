@@ -1892,16 +1892,10 @@ TOC_EXPORT int toc_decoder_step(void *decoder) {
     TOC_CUDA(cudaGetDevice(&dev), "cudaGetDevice");
     TOC_CHECK(dev == dec->dev, TO_ERR_INVALID_ARGUMENT,
               "toc_decoder_step: decoder belongs to cuda:%d, current device is cuda:%d", dec->dev, dev);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(dec->grid);
-    cfg.blockDim = dim3(dec->threads);
-    cfg.dynamicSmemBytes = dec->smem;
-    cfg.stream = toc_stream();
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeCooperative;
+    attr.val.cooperative = 1;
+    cudaLaunchConfig_t cfg = toc_launch_config(dim3(dec->grid), dim3(dec->threads), dec->smem, &attr);
     if (dec->kernel_fold) {
         cfg.dynamicSmemBytes = (size_t)dec->st.fsmem;
         TOC_CUDA(cudaLaunchKernelEx(&cfg, dec->kernel_fold, dec->st), "toc_decoder_step: launch");
