@@ -4,6 +4,8 @@
  *  - m <= 8 with bf16 weights otherwise (batch-1 decode): our GEMV, one warp per output row, 16-byte weight loads,
  *    x staged in shared memory as fp32, fp32 accumulation; optional fused prologue (RMSNorm of x)
  *    and epilogues (residual add, SwiGLU of two weight matrices) used by the CUDA-graph decoder.
+ *    One plain bf16 row (no norm, SwiGLU or argmax: o_proj and down with their residual, the MoE
+ *    experts' down projections) goes to the tensor-core GEMV instead, which streams it faster.
  *  - larger m with bf16 x and w: cuBLAS (loaded with dlopen when the library is present; a
  *    cuBLASLt plan kept per shape, else cublasGemmEx), else our WMMA tensor-core GEMM.
  *  - anything else: a generic fp32 tiled kernel. */
@@ -313,6 +315,15 @@ struct GemvMmaArgs {
     /* toc_linear_strided_batched: blockIdx.y is a problem of one matrix (w0, y0), its x, weights
      * and y at these element strides (0 for one launch of one problem) */
     int64_t sx, sw, sy;
+    /* toc_moe_gemv's one-token down projections: problem blockIdx.y takes the weights of expert
+     * sel[blockIdx.y] from tab (a device array of n_experts pointers) instead of w0 + y * sw; a
+     * problem whose id is out of range writes nothing */
+    const int32_t *sel;
+    const unsigned long long *tab;
+    int64_t n_experts;
+    /* single matrix: y = round(res + round(sum)), res [m, ldr] (toc_gemv_fused's residual) */
+    const void *res;
+    int64_t ldr;
 };
 
 /* tile -> (matrix, its first row), by value (no indexing of the parameter arrays) */
@@ -339,7 +350,14 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
     const int64_t steps = (a.k + 31) / 32;
     const int64_t s0 = steps * kp / a.wpt, s1 = tile < a.tiles ? steps * (kp + 1) / a.wpt : s0;
     const int64_t bz = blockIdx.y; /* the problem of a strided batch */
-    const uint16_t *wr = T.w + bz * a.sw + (row < T.n ? row : 0) * a.k + tig * 8;
+    const uint16_t *wbase = T.w + bz * a.sw;
+    if (a.sel) { /* the expert ids come from the previous kernel: wait for it first */
+        pdl_wait();
+        const int32_t e = a.sel[bz];
+        if (e < 0 || e >= a.n_experts) return; /* the whole block; toc_moe_combine reports it */
+        wbase = (const uint16_t *)a.tab[e];
+    }
+    const uint16_t *wr = wbase + (row < T.n ? row : 0) * a.k + tig * 8;
     const uint16_t *xa = a.x + bz * a.sx + (int64_t)gid * a.ldx + tig * 8, *xb = xa + 8 * a.ldx;
     const bool wok = row < T.n, aok = gid < a.m, bok = M16 && gid + 8 < a.m;
     const uint4 z = make_uint4(0, 0, 0, 0);
@@ -407,6 +425,7 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
         const int64_t r = U.r0 + j;
         if (r < U.n) {
             if (a.bias) v += ldf(a.bias, a.bd, r);
+            if (a.res) v = ldf(a.res, a.yd, xr * a.ldr + r) + rnd(a.yd, v);
             stf(U.y, a.yd, bz * a.sy + xr * U.ldy + r, v);
         }
     }
@@ -863,6 +882,14 @@ TOC_EXPORT int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void 
               "toc_gemv_fused: swiglu needs gate (w0) and up (w1) of equal rows");
     TOC_CHECK(!(swiglu && res), TO_ERR_INVALID_ARGUMENT, "toc_gemv_fused: swiglu and residual");
     TOC_READY();
+    if (m == 1 && !norm_w && !w1 && !swiglu && !argmax && act_dtype == TO_BF16 && gemv_mma_min_rows() <= 1 &&
+        aligned16(x)) { /* a plain row (o_proj, down): the tensor-core GEMV streams it faster */
+        GemvMmaArgs g = {};
+        g.x = (const uint16_t *)x, g.ldx = k, g.k = k, g.m = 1, g.yd = act_dtype;
+        g.w0 = (const uint16_t *)w0, g.y0 = y, g.n0 = seg0, g.ldy0 = ldy;
+        g.res = res, g.ldr = ldr;
+        return launch_gemv_mma(g);
+    }
     GemvArgs a = {};
     a.x = x;
     a.ldx = ldx;
@@ -917,6 +944,15 @@ TOC_EXPORT int toc_moe_gemv(const void *x, int64_t ldx_slot, const void *norm_w,
     TOC_CHECK(toc_is_act(act_dtype) && (!norm_w || toc_is_wt(norm_dtype)), TO_ERR_DTYPE, "toc_moe_gemv: dtypes");
     TOC_CHECK(x && y && sel && tab0, TO_ERR_INVALID_ARGUMENT, "toc_moe_gemv: x, y, sel and tab0 are required");
     TOC_READY();
+    if (!norm_w && !tab1 && act_dtype == TO_BF16 && gemv_mma_min_rows() <= 1 && aligned16(x) && ldx_slot % 8 == 0) {
+        /* the down projections: on the tensor-core GEMV, one problem per slot */
+        GemvMmaArgs g = {};
+        g.x = (const uint16_t *)x, g.ldx = k, g.sx = ldx_slot, g.k = k, g.m = 1, g.yd = act_dtype;
+        g.y0 = y, g.n0 = n, g.ldy0 = n, g.sy = ldy_slot;
+        g.sel = sel, g.tab = (const unsigned long long *)tab0, g.n_experts = n_experts;
+        g.w0 = (const uint16_t *)tab0; /* not read: the table gives each problem's weights */
+        return launch_gemv_mma(g, (unsigned)slots);
+    }
     GemvArgs a = {};
     a.x = x;
     a.ldx = k;
