@@ -51,9 +51,6 @@ struct GemvArgs {
 };
 
 
-/* gemv_kernel with programmatic dependent launch (toc_launch): it loads its first weights (which no
- * kernel writes), then waits for the previous grid before it reads x, res or writes y. */
-
 /* acc[r] += dot(8 bf16 weights in v, x[r, kk .. kk+8]) */
 template <int M>
 __device__ __forceinline__ void dot8(uint4 v, const float *xs, int64_t k, int64_t kk, float *acc) {
@@ -154,7 +151,7 @@ __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32) gemv_kernel(GemvArgs a) {
         v[q] = in ? __ldg(wv + c + 32 * q) : zero;
         u[q] = in && w1 ? __ldg(wv1 + c + 32 * q) : zero;
     }
-    pdl_enter_gemv();
+    pdl_enter_gemv(); /* the first weights are requested; x, res and y belong to earlier kernels */
     /* stage x (normalised when asked) */
     for (int r = 0; r < M; r++) {
         if (r >= a.m) {
