@@ -297,7 +297,6 @@ __global__ void attn_merge_kernel(AttnArgs a) {
 static int launch_merge(const AttnArgs &a) {
     dim3 grid((unsigned)(a.tq * a.nh), (unsigned)((a.hdv + 127) / 128));
     TOC_CUDA((toc_launch(attn_merge_kernel, dim3(grid), dim3(128), 0, a)), "attn_merge_kernel");
-    TOC_LAUNCHED("attn_merge_kernel");
     return TO_OK;
 }
 
@@ -794,7 +793,6 @@ static int launch_wide_mma(AttnArgs &a) {
     }
     dim3 grid((unsigned)a.nsplit, (unsigned)a.nkv, (unsigned)a.tq);
     TOC_CUDA(toc_launch(kernels[nt - 1], grid, dim3(WM_THREADS), smem, a), "attn_wide_mma_kernel");
-    TOC_LAUNCHED("attn_wide_mma_kernel");
     return a.nsplit > 1 ? launch_merge(a) : TO_OK;
 }
 
@@ -827,7 +825,6 @@ static int launch_split(AttnArgs &a) {
                              : attn_split_kernel<AT_DMAX, TO_F32, false>;
     }
     TOC_CUDA(toc_launch(kern, grid, dim3(128), 0, a), "attn_split_kernel");
-    TOC_LAUNCHED("attn_split_kernel");
     return a.nsplit > 1 ? launch_merge(a) : TO_OK;
 }
 
@@ -1636,7 +1633,6 @@ static int launch_batch_decode(AttnArgs &a, const void *k_new, const void *v_new
     }
     TOC_CUDA((toc_launch(kv_append_batch_kernel, dim3(toc_grid(a.tq * a.nkv * a.hd, 256,
         4 * (int64_t)toc_sm_count())), dim3(256), 0, k_new, v_new, a, act_dtype)), "kv_append_batch_kernel");
-    TOC_LAUNCHED("kv_append_batch_kernel");
     return launch_split(a);
 }
 
@@ -1889,7 +1885,6 @@ TOC_EXPORT int toc_qk_rope_append(void *qkv, const void *q_norm, const void *k_n
     TOC_CUDA((toc_launch(qk_rope_append_kernel, dim3((unsigned)toc_cdiv(heads, 4)), dim3(128), 0, qkv, q_norm,
         k_norm, norm_dtype, eps, cos, sin, pos, k_cache, v_cache, nh, nkv, hd, capacity, act_dtype, cache_dtype)),
         "qk_rope_append_kernel");
-    TOC_LAUNCHED("qk_rope_append_kernel");
     return TO_OK;
 }
 
@@ -1916,6 +1911,5 @@ TOC_EXPORT int toc_decode_step_end(void *argmax, int32_t *tok, int32_t *pos, int
     TOC_READY();
     TOC_CUDA((toc_launch(step_end_kernel, dim3(1), dim3(1), 0, (unsigned long long *)argmax, tok, pos, tokens, step,
         max_steps)), "step_end_kernel");
-    TOC_LAUNCHED("step_end_kernel");
     return TO_OK;
 }

@@ -76,7 +76,6 @@ TOC_EXPORT int toc_causal_conv1d(const void *x, const void *w, void *state, void
     else
         TOC_CUDA((toc_launch(causal_conv1d_kernel<0>, dim3(grid), dim3(128), 0, x, w, state, y, t, c, (int)k,
             silu != 0, x_dtype, w_dtype, state_dtype, rows)), "causal_conv1d_kernel");
-    TOC_LAUNCHED("causal_conv1d_kernel");
     return TO_OK;
 }
 

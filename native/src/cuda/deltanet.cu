@@ -240,7 +240,6 @@ TOC_EXPORT int toc_gated_delta_rule(const void *q, const void *k, const void *v,
         else
             TOC_CUDA((toc_launch(dn_step_kernel<64>, dim3(grid), dim3(DN1_WARPS * 32), 0, q, k, v, a, b, decay,
                 dt_bias, state, out, nk, nv, dk, dv, x_dtype, out_dtype)), "dn_step_kernel");
-        TOC_LAUNCHED("dn_step_kernel");
         return TO_OK;
     }
     /* the state, and chunks of as many tokens as fit (DN_CHUNK at most) */

@@ -67,7 +67,6 @@ static int binary(const char *name, int op, const void *a, const void *b, void *
         else
             TOC_CUDA((toc_launch(binary_bf16_kernel<OP_MUL>, dim3(toc_grid(n / 8, 256)), dim3(256), 0, a4, b4, o4,
                 n / 8)), "binary_bf16_kernel");
-        TOC_LAUNCHED(name);
         return TO_OK;
     }
     if (op == OP_ADD)
@@ -76,7 +75,6 @@ static int binary(const char *name, int op, const void *a, const void *b, void *
     else
         TOC_CUDA((toc_launch(binary_kernel<OP_MUL>, dim3(toc_grid(n, 256)), dim3(256), 0, a, b, out, n, dt)),
             "binary_kernel");
-    TOC_LAUNCHED(name);
     return TO_OK;
 }
 
@@ -94,7 +92,6 @@ static int unary(const char *name, int op, const void *x, void *out, int64_t n, 
     TOC_CHECK(x && out, TO_ERR_INVALID_ARGUMENT, "%s: NULL pointer", name);
     TOC_READY();
     TOC_CUDA((toc_launch(unary_kernel, dim3(toc_grid(n, 256)), dim3(256), 0, x, out, n, op, s, dt)), "unary_kernel");
-    TOC_LAUNCHED(name);
     return TO_OK;
 }
 TOC_EXPORT int toc_scale(const void *x, void *out, int64_t n, float s, int dtype) {
@@ -158,12 +155,10 @@ TOC_EXPORT int toc_swiglu(const void *gate, const void *up, void *out, int64_t r
         TOC_CUDA((toc_launch(swiglu_bf16_kernel, dim3(toc_grid(rows * inter / 8, 256)), dim3(256), 0,
             (const uint16_t *)gate, (const uint16_t *)up, (uint16_t *)out, rows, inter, ld_gate, ld_up, ld_out)),
             "swiglu_bf16_kernel");
-        TOC_LAUNCHED("swiglu_bf16_kernel");
         return TO_OK;
     }
     TOC_CUDA((toc_launch(swiglu_kernel, dim3(toc_grid(rows * inter, 256)), dim3(256), 0, gate, up, out, rows, inter,
         ld_gate, ld_up, ld_out, dtype)), "swiglu_kernel");
-    TOC_LAUNCHED("swiglu_kernel");
     return TO_OK;
 }
 
@@ -187,7 +182,6 @@ TOC_EXPORT int toc_add_row(const void *x, const void *bias, void *out, int64_t r
     TOC_READY();
     TOC_CUDA((toc_launch(add_row_kernel, dim3(toc_grid(rows * dim, 256)), dim3(256), 0, x, bias, out, rows, dim,
         dtype, bias_dtype, 0)), "add_row_kernel");
-    TOC_LAUNCHED("add_row_kernel");
     return TO_OK;
 }
 TOC_EXPORT int toc_mul_rows(const void *x, const void *s, void *out, int64_t rows, int64_t dim,
@@ -200,7 +194,6 @@ TOC_EXPORT int toc_mul_rows(const void *x, const void *s, void *out, int64_t row
     TOC_READY();
     TOC_CUDA((toc_launch(add_row_kernel, dim3(toc_grid(rows * dim, 256)), dim3(256), 0, x, s, out, rows, dim, dtype,
         s_dtype, 1)), "add_row_kernel");
-    TOC_LAUNCHED("add_row_kernel");
     return TO_OK;
 }
 
@@ -251,7 +244,6 @@ TOC_EXPORT int toc_cast(const void *src, int src_dtype, void *dst, int dst_dtype
     TOC_READY();
     TOC_CUDA((toc_launch(cast_kernel, dim3(toc_grid(n, 256)), dim3(256), 0, src, src_dtype, dst, dst_dtype, n)),
         "cast_kernel");
-    TOC_LAUNCHED("cast_kernel");
     return TO_OK;
 }
 
@@ -301,7 +293,6 @@ TOC_EXPORT int toc_copy_strided(const void *src, void *dst, int ndim, const int6
         (const uint32_t *)src, (uint32_t *)dst, n, a)), "copy_strided_kernel");
     else TOC_CUDA((toc_launch(copy_strided_kernel<uint64_t>, dim3(g), dim3(256), 0, (const uint64_t *)src,
         (uint64_t *)dst, n, a)), "copy_strided_kernel");
-    TOC_LAUNCHED("copy_strided_kernel");
     return TO_OK;
 }
 
@@ -361,6 +352,5 @@ TOC_EXPORT int toc_embedding(const void *ids, int ids_dtype, int64_t n, const vo
     TOC_READY();
     TOC_CUDA((toc_launch(embedding_kernel, dim3((unsigned)n), dim3(128), 0, ids, ids_dtype, n, table, table_dtype,
         vocab, dim, out, out_dtype)), "embedding_kernel");
-    TOC_LAUNCHED("embedding_kernel");
     return TO_OK;
 }

@@ -157,7 +157,6 @@ TOC_EXPORT int toc_moe_route_softmax(const void *logits, int64_t t, int64_t e, i
     const size_t smem = (size_t)(e + k) * sizeof(float);
     TOC_CUDA((toc_launch(moe_route_softmax_kernel, dim3((unsigned)t), dim3(256), smem, logits, e, (int)k,
         renormalize != 0, logits_dtype, idx, weights, weights_dtype)), "moe_route_softmax_kernel");
-    TOC_LAUNCHED("moe_route_softmax_kernel");
     return TO_OK;
 }
 
@@ -277,7 +276,6 @@ TOC_EXPORT int toc_moe_route_sigmoid(const void *logits, const float *bias, int6
     const size_t smem = (size_t)(2 * e + 2 * n_group) * sizeof(float) + (size_t)n_group * sizeof(int32_t);
     TOC_CUDA((toc_launch(moe_route_sigmoid_kernel, dim3((unsigned)t), dim3(256), smem, logits, bias, e, (int)k,
         n_group, topk_group, renormalize != 0, scaling, logits_dtype, idx, weights)), "moe_route_sigmoid_kernel");
-    TOC_LAUNCHED("moe_route_sigmoid_kernel");
     return TO_OK;
 }
 
@@ -472,7 +470,6 @@ TOC_EXPORT int toc_moe_combine(const void *y, const int32_t *idx, const void *we
     else
         TOC_CUDA((toc_launch(moe_combine_kernel<MOE_COMBINE_MAX_K>, dim3(grid), dim3(128), 0, y, idx, weights, res,
             out, e, (int)k, d, y_dtype, weights_dtype, out_dtype)), "moe_combine_kernel");
-    TOC_LAUNCHED("moe_combine_kernel");
     return moe_check_indices("toc_moe_combine");
 }
 

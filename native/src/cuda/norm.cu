@@ -201,12 +201,10 @@ static int launch_rms(const RmsArgs &a) {
         default: TOC_CUDA((toc_launch(rms_norm_bf16_kernel<16>, dim3(blocks), dim3(256), 0, a, wpr)),
             "rms_norm_bf16_kernel");
         }
-        TOC_LAUNCHED("rms_norm_bf16_kernel");
         return TO_OK;
     }
     const unsigned blocks = (unsigned)toc_cdiv(a.outer * a.inner, 8);
     TOC_CUDA((toc_launch(rms_norm_kernel, dim3(blocks), dim3(256), 0, a)), "rms_norm_kernel");
-    TOC_LAUNCHED("rms_norm_kernel");
     return TO_OK;
 }
 
@@ -440,13 +438,11 @@ TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t
         TOC_CUDA((toc_launch(rope_apply_rows_kernel, dim3((unsigned)toc_cdiv(T * heads, 8)), dim3(256), 0, x, cos,
             sin, T * heads, heads, rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype)),
             "rope_apply_rows_kernel");
-        TOC_LAUNCHED("rope_apply_rows_kernel");
         return TO_OK;
     }
     size_t smem = mode == TO_ROPE_INTERLEAVED_HF ? (size_t)rot_dim * 4 : 0;
     TOC_CUDA((toc_launch(rope_apply_kernel, dim3((unsigned)(T * heads)), dim3(64), smem, x, cos, sin, heads,
         rot_dim, stride_t, stride_h, mode, x_dtype, table_dtype)), "rope_apply_kernel");
-    TOC_LAUNCHED("rope_apply_kernel");
     return TO_OK;
 }
 
@@ -798,7 +794,6 @@ TOC_EXPORT int toc_qk_norm_rope(void *q, void *k, const void *q_w, const void *k
         } else {
             TOC_CUDA((toc_launch(qk_norm_rope_kernel<0>, dim3(blocks), dim3(256), 0, a)), "qk_norm_rope_kernel");
         }
-        TOC_LAUNCHED("qk_norm_rope_kernel");
         return TO_OK;
     }
     int rc = TO_OK;

@@ -712,7 +712,6 @@ TOC_EXPORT int toc_decode_argmax(const void *logits, int dtype, int64_t vocab, v
     TOC_CUDA((toc_launch(decode_argmax_kernel,
         dim3((unsigned)(blocks < 2 * toc_sm_count() ? blocks : 2 * toc_sm_count())), dim3(256), 0, logits, dtype,
         vocab, (unsigned long long *)argmax)), "decode_argmax_kernel");
-    TOC_LAUNCHED("decode_argmax_kernel");
     return TO_OK;
 }
 
