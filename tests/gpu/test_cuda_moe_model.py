@@ -367,3 +367,154 @@ def test_moe_plan_against_a_stable_sort(t: int, e: int, k: int) -> None:
     with pytest.raises(NativeError, match="outside its range"):
         plan(tb.to_device(bad, DEV))
     plan(idd)  # the flag was cleared
+
+
+# ---- the one-launch MoE step (toc_moe_step) -------------------------------------------------
+
+
+def _five_kernels(
+    lib: Any,
+    x: Any,
+    nw: Any,
+    router: Any,
+    tabs: Any,
+    e: int,
+    k: int,
+    d: int,
+    inter: int,
+    renorm: bool,
+) -> tuple[Any, Any, Any, Any, Any]:
+    """The graph step's five launches (router GEMV with RMSNorm, softmax top-k, gate/up with
+    SwiGLU, down, combine): logits, (ids, weights), h and the output."""
+    from inference_pio.tensor import Tensor
+
+    bf = int(DType.bfloat16)
+    gtab, utab, dtab = tabs
+    logits = Tensor.empty((1, e), DType.bfloat16, DEV)
+    idx = Tensor.empty((1, k), DType.int32, DEV)
+    w = Tensor.empty((1, k), DType.bfloat16, DEV)
+    h = Tensor.empty((k, inter), DType.bfloat16, DEV)
+    y = Tensor.empty((k, d), DType.bfloat16, DEV)
+    out = Tensor.empty((1, d), DType.bfloat16, DEV)
+    steps = [
+        ("toc_gemv_fused", (x.data_ptr, d, 1, nw.data_ptr, bf, 1e-6, router.data_ptr, e, None, 0,
+                            None, 0, d, None, 0, 0, logits.data_ptr, e, bf, None)),
+        ("toc_moe_route_softmax", (logits.data_ptr, 1, e, k, int(renorm), bf, idx.data_ptr,
+                                   w.data_ptr, bf)),
+        ("toc_moe_gemv", (x.data_ptr, 0, nw.data_ptr, bf, 1e-6, idx.data_ptr, k, e, gtab.data_ptr,
+                          utab.data_ptr, inter, d, h.data_ptr, inter, bf)),
+        ("toc_moe_gemv", (h.data_ptr, inter, None, 0, 0.0, idx.data_ptr, k, e, dtab.data_ptr, None,
+                          d, inter, y.data_ptr, d, bf)),
+        ("toc_moe_combine", (y.data_ptr, idx.data_ptr, w.data_ptr, x.data_ptr, out.data_ptr, 1, k,
+                             e, d, bf, bf, bf)),
+    ]  # fmt: skip
+    for name, args in steps:
+        cuda.check(getattr(lib, name)(*args), name)
+    return (tb.from_device(t) for t in (logits, idx, w, h, out))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("e", "k", "d", "inter", "renorm"),
+    [
+        (128, 8, 2048, 768, True),  # Qwen3-Coder-30B-A3B
+        (512, 10, 2048, 512, True),  # Qwen3-Coder-Next's experts
+        (8, 3, 128, 64, True),
+        (16, 4, 520, 136, False),  # rows of 65 16-byte chunks: a partial last round per lane
+        (5, 5, 8, 8, True),  # every expert chosen, one chunk a row
+        (300, 1, 96, 40, False),
+        (64, 64, 264, 24, True),  # k at its limit
+    ],
+)
+def test_moe_step_matches_the_five_kernels(
+    e: int, k: int, d: int, inter: int, renorm: bool
+) -> None:
+    """toc_moe_step against the five launches it replaces, on random weights: the same experts,
+    weights and order; h and the output within a bf16 rounding step of theirs (the products'
+    partial sums run in another order)."""
+    from inference_pio.tensor import Tensor
+
+    lib = cuda.lib()
+    bf = int(DType.bfloat16)
+    if lib.toc_moe_step_supported(e, k, d, inter, bf) != 0:
+        pytest.skip(lib.toc_last_error().decode())
+    g = torch.Generator().manual_seed(e * 7 + k * 3 + d)
+    # router rows far apart (a scaled random matrix): the k-th and (k+1)-th logits are well
+    # separated, so the two summation orders choose the same experts
+    x = torch.randn(1, d, generator=g).bfloat16()
+    nw = (1.0 + 0.1 * torch.randn(d, generator=g)).bfloat16()
+    router = (torch.randn(e, d, generator=g) * (3.0 / d**0.5)).bfloat16()
+    mats = [
+        [(torch.randn(rows, cols, generator=g) * 0.05).bfloat16() for _ in range(e)]
+        for rows, cols in ((inter, d), (inter, d), (d, inter))
+    ]
+    keep = [_table(m) for m in mats]  # device copies must outlive the calls
+    tabs = tuple(t for _, t in keep)
+    xd, nwd, rd = (tb.to_device(a, DEV) for a in (x, nw, router))
+    logits0, idx0, w0, h0, out0 = _five_kernels(lib, xd, nwd, rd, tabs, e, k, d, inter, renorm)
+    logits = Tensor.empty((1, e), DType.bfloat16, DEV)
+    idx = Tensor.empty((1, k), DType.int32, DEV)
+    w = Tensor.empty((1, k), DType.bfloat16, DEV)
+    h = Tensor.empty((k, inter), DType.bfloat16, DEV)
+    out = Tensor.empty((1, d), DType.bfloat16, DEV)
+    for _ in range(2):  # twice: the grid barrier's state carries over between launches
+        cuda.check(
+            lib.toc_moe_step(
+                xd.data_ptr, nwd.data_ptr, bf, 1e-6, rd.data_ptr, e, k, int(renorm),
+                tabs[0].data_ptr, tabs[1].data_ptr, tabs[2].data_ptr, d, inter,
+                logits.data_ptr, idx.data_ptr, w.data_ptr, h.data_ptr, out.data_ptr, bf,
+            ),
+            "toc_moe_step",
+        )  # fmt: skip
+    lg = tb.from_device(logits).float()
+    assert torch.allclose(lg, logits0.float(), rtol=1e-2, atol=1e-2)
+    top = torch.sort(logits0.float().reshape(-1), descending=True).values
+    if k < e and float(top[k - 1] - top[k]) < 0.05:
+        pytest.skip("the k-th and (k+1)-th logits are too close for this draw")
+    assert torch.equal(tb.from_device(idx), idx0)
+    assert torch.equal(tb.from_device(w), w0)
+    hv = tb.from_device(h).float()
+    assert torch.allclose(hv, h0.float(), rtol=1.6e-2, atol=1e-4), (hv - h0.float()).abs().max()
+    ov = tb.from_device(out).float()
+    assert torch.allclose(ov, out0.float(), rtol=1.6e-2, atol=1e-3), (ov - out0.float()).abs().max()
+
+
+def test_moe_step_refuses_what_it_does_not_take() -> None:
+    lib = cuda.lib()
+    bf, f32 = int(DType.bfloat16), int(DType.float32)
+    assert lib.toc_moe_step_supported(128, 8, 2048, 768, bf) == 0
+    refused = [
+        (128, 8, 2048, 768, f32),  # f32 activations
+        (128, 65, 2048, 768, bf),  # k above 64
+        (8, 9, 64, 64, bf),  # k above e
+        (128, 8, 2044, 768, bf),  # hidden % 8
+        (128, 8, 2048, 100, bf),  # intermediate % 8
+        (5000, 8, 2048, 768, bf),  # more than 4096 experts
+    ]
+    for args in refused:
+        assert lib.toc_moe_step_supported(*args) != 0, args
+    with pytest.raises(NativeError, match="NULL"):
+        cuda.check(
+            lib.toc_moe_step(None, None, bf, 1e-6, None, 8, 2, 1, None, None, None, 64, 64,
+                             None, None, None, None, None, bf),
+            "toc_moe_step",
+        )  # fmt: skip
+
+
+def test_graph_step_with_and_without_the_one_launch_moe(
+    ckpt: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph decoder's tokens are the same with the MoE MLPs as one launch (the default)
+    and as five kernels (INFERENCE_PIO_CUDA_MOE_STEP=0)."""
+    kind, d, _ = ckpt
+    if kind != "bf16":
+        pytest.skip("the graph decoder takes bf16 checkpoints")
+    assert cuda.lib().toc_moe_step_supported(8, 3, 128, 64, int(DType.bfloat16)) == 0  # TINY's
+    prompt = _prompt(20, 3)
+    runs = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("INFERENCE_PIO_CUDA_MOE_STEP", flag)
+        gpu = load(d, device="cuda")
+        runs.append(
+            gpu.generate(prompt, max_new_tokens=40, temperature=0.0, ignore_eos=True).token_ids
+        )
+    assert runs[0] == runs[1]

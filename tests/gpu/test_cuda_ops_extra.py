@@ -219,3 +219,57 @@ def test_linear_strided_batched_equals_linears(dt: DType, m: int, k: int, shared
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.check_device("cuda:0", dt, m, k, shared)
+
+
+@pytest.mark.parametrize("ndt", [DType.bfloat16, DType.float32])
+@pytest.mark.parametrize(
+    ("k", "segs", "res"),
+    # q/k/v of Qwen3-30B-A3B's attention; a k below one 32-wide step; k not a multiple of 32;
+    # one matrix with a residual (o_proj, down); the scalar GEMV's limit is not this one's
+    [
+        (2048, (4096, 512, 512), False),
+        (24, (8, 16, 8), False),
+        (1000, (300, 7, 21), False),
+        (2560, (2560,), True),
+        (5120, (40,), False),
+    ],
+)
+def test_gemv_fused_one_row_against_torch(
+    k: int, segs: tuple[int, ...], res: bool, ndt: DType
+) -> None:
+    """toc_gemv_fused on one bf16 row (the graph step's q/k/v with its RMSNorm, o_proj and down
+    with their residual; the tensor-core GEMV takes these): RMSNorm rounded like the norm op,
+    each segment's products within a bf16 step of fp32 sums, segments written one after another."""
+    g = torch.Generator().manual_seed(k + len(segs))
+    x = torch.randn(1, k, generator=g).bfloat16()
+    nw = None if res else (1.0 + 0.1 * torch.randn(k, generator=g)).to(TDT[ndt])
+    ws = [(torch.randn(n, k, generator=g) * 0.05).bfloat16() for n in segs]
+    r = torch.randn(1, segs[0], generator=g).bfloat16() if res else None
+    n = sum(segs)
+    xd, *wd = (ours(a, DEV) for a in [x, *ws])
+    nwd = ours(nw, DEV) if nw is not None else None
+    rd = ours(r, DEV) if r is not None else None
+    y = Tensor.empty((1, n), DType.bfloat16, DEV)
+    w3 = [*wd, None, None][:3]
+    n3 = [*segs, 0, 0][:3]
+    cuda.check(
+        cuda.lib().toc_gemv_fused(
+            xd.data_ptr, k, 1, nwd.data_ptr if nwd is not None else None, int(ndt), 1e-6,
+            w3[0].data_ptr, n3[0], w3[1].data_ptr if w3[1] is not None else None, n3[1],
+            w3[2].data_ptr if w3[2] is not None else None, n3[2], k,
+            rd.data_ptr if rd is not None else None, segs[0], 0, y.data_ptr, n,
+            int(DType.bfloat16), None,
+        ),
+        "toc_gemv_fused",
+    )  # fmt: skip
+    xs = x.float()
+    if nw is not None:
+        rr = torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-6)
+        xs = (nw.float() * (xs * rr).bfloat16().float()).bfloat16().float()
+    want = torch.cat([xs @ w.float().T for w in ws], dim=1)
+    if r is not None:
+        want = r.float() + want.bfloat16().float()
+    got = theirs(y).float()
+    assert torch.allclose(got, want.bfloat16().float(), rtol=1.6e-2, atol=2e-3), (
+        (got - want).abs().max()
+    )

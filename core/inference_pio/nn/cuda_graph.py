@@ -233,6 +233,12 @@ def _fused_enabled() -> bool:
     return os.environ.get("INFERENCE_PIO_CUDA_FUSED_DECODE", "1") != "0"
 
 
+def _moe_step_enabled() -> bool:
+    """A Qwen3-MoE layer's MLP runs as one cooperative launch (toc_moe_step) where the shapes
+    allow it; ``INFERENCE_PIO_CUDA_MOE_STEP=0`` selects the five kernels it replaces."""
+    return os.environ.get("INFERENCE_PIO_CUDA_MOE_STEP", "1") != "0"
+
+
 class GraphStepRunner:
     """A decode step of ``model`` captured once in a CUDA graph and replayed per token, over the
     runner's own cache of ``capacity`` tokens. The step reads the token and the cache slot from
@@ -374,6 +380,7 @@ class CudaGraphDecoder(GraphStepRunner):
         "moe_gate_up",
         "moe_down",
         "moe_combine",
+        "moe_step",
         "step_end",
     )
 
@@ -389,7 +396,8 @@ class CudaGraphDecoder(GraphStepRunner):
         threads: int = 0,
     ) -> None:
         """``skip``: kernels (stages of the fused step; ``moe_*``: the mixture-of-experts
-        kernels of the multi-kernel step) left out, for profiling only (the time of
+        kernels of the multi-kernel step, ``moe_step`` their one-launch form, which naming any
+        of the five others turns off) left out, for profiling only (the time of
         a step without them, by difference the time they take; the tokens are then wrong).
         ``fused``: capture the one-kernel step (default: when the model allows it, unless
         ``INFERENCE_PIO_CUDA_FUSED_DECODE=0``). ``attn_tile`` / ``attn_splits`` (fused step,
@@ -495,13 +503,31 @@ class CudaGraphDecoder(GraphStepRunner):
         """One mixture-of-experts MLP of the multi-kernel step, from ``x2`` to ``x``: RMSNorm +
         router GEMV, the softmax top-k router, the chosen experts' RMSNorm + gate/up GEMVs with
         SwiGLU, their down GEMVs, then the weighted sum in expert order plus the residual; the
-        experts are read from device tables, so nothing comes back to the host."""
+        experts are read from device tables, so nothing comes back to the host. All of it in one
+        cooperative launch (toc_moe_step, two grid barriers) where the library supports the
+        shapes, else five kernels."""
         m, lib = self.model, self.cuda.lib()
         act, hid = int(m.act_dtype), m.hidden
         e, k, inter = mlp.num_experts, mlp.k, mlp.experts[0].inter
         gate_t, up_t, down_t = self.moe_tables[li]
         nw = post_norm.weight
         router = mlp.router.weight
+        five = {"moe_router", "moe_route", "moe_gate_up", "moe_down", "moe_combine"}
+        if (
+            _moe_step_enabled()
+            and not self.skip & five
+            and lib.toc_moe_step_supported(e, k, hid, inter, act) == 0
+        ):
+            run(
+                "moe_step",
+                lib.toc_moe_step,
+                self.x2.data_ptr, nw.data_ptr, nw.dtype, post_norm.eps,
+                router.data_ptr, e, k, int(mlp.renormalize),
+                gate_t.data_ptr, up_t.data_ptr, down_t.data_ptr, hid, inter,
+                self.moe_logits.data_ptr, self.moe_idx.data_ptr, self.moe_w.data_ptr,
+                self.h.data_ptr, self.x.data_ptr, act,
+            )  # fmt: skip
+            return
         run(
             "moe_router",
             lib.toc_gemv_fused,

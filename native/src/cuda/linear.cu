@@ -321,7 +321,19 @@ struct GemvMmaArgs {
     /* single matrix: y = round(res + round(sum)), res [m, ldr] (toc_gemv_fused's residual) */
     const void *res;
     int64_t ldr;
+    /* one row of x, RMSNorm(x) * norm_w first (toc_gemv_fused's norm): gemv_mma_kernel<false, true>
+     * stages the normalised row once per block in shared memory (k * 2 bytes) */
+    const void *norm_w;
+    int nwd;
+    float eps;
 };
+#define GM_NORM_MAX_K (20 * 1024) /* k of a normalised row, at most (40 KB of shared memory) */
+
+/* 16 bytes of x: the staged row in shared memory (NORM) or global memory through L1 */
+template <bool NORM>
+__device__ __forceinline__ uint4 gm_ldx(const uint16_t *p) {
+    return NORM ? *(const uint4 *)p : __ldg((const uint4 *)p);
+}
 
 /* tile -> (matrix, its first row), by value (no indexing of the parameter arrays) */
 struct GmTile {
@@ -336,9 +348,36 @@ __device__ __forceinline__ GmTile gm_tile(const GemvMmaArgs &a, int64_t t) {
     return GmTile{a.w0, a.y0, a.n0, a.ldy0, t * 8};
 }
 
-template <bool M16>
+/* x row 0 normalised as toc_gemv_fused's scalar staging rounds it (round(w * round(x * r))), into
+ * xs [k] bf16; the whole block, then a block barrier */
+__device__ __forceinline__ void gm_stage_norm(const GemvMmaArgs &a, uint16_t *xs, float *red) {
+    const int64_t nv = a.k / 8;
+    float ss = 0.0f;
+    for (int64_t c = threadIdx.x; c < nv; c += blockDim.x) {
+        const uint4 v = *((const uint4 *)a.x + c);
+        float f[8];
+        bf8(v, f);
+#pragma unroll
+        for (int i = 0; i < 8; i++) ss += f[i] * f[i];
+        ((uint4 *)xs)[c] = v;
+    }
+    ss = block_sum(ss, red);
+    const float rr = 1.0f / sqrtf(ss / (float)a.k + a.eps);
+    for (int64_t c = threadIdx.x; c < nv; c += blockDim.x) {
+        float f[8];
+        bf8(((const uint4 *)xs)[c], f);
+#pragma unroll
+        for (int i = 0; i < 8; i++) f[i] = rbf(ldf(a.norm_w, a.nwd, c * 8 + i) * rbf(f[i] * rr));
+        ((uint4 *)xs)[c] = pack_bf8(f);
+    }
+    __syncthreads();
+}
+
+template <bool M16, bool NORM>
 __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) {
     __shared__ float part[GM_WARPS][32][4];
+    __shared__ float red[NORM ? 33 : 1];
+    extern __shared__ __align__(16) uint16_t gm_xs[]; /* NORM: the normalised row */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int tpb = GM_WARPS / a.wpt, kp = warp % a.wpt;
     const int64_t tile = (int64_t)blockIdx.x * tpb + warp / a.wpt;
@@ -355,7 +394,7 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
         wbase = (const uint16_t *)a.tab[e];
     }
     const uint16_t *wr = wbase + (row < T.n ? row : 0) * a.k + tig * 8;
-    const uint16_t *xa = a.x + bz * a.sx + (int64_t)gid * a.ldx + tig * 8, *xb = xa + 8 * a.ldx;
+    const uint16_t *xa = (NORM ? gm_xs : a.x + bz * a.sx + (int64_t)gid * a.ldx) + tig * 8, *xb = xa + 8 * a.ldx;
     const bool wok = row < T.n, aok = gid < a.m, bok = M16 && gid + 8 < a.m;
     const uint4 z = make_uint4(0, 0, 0, 0);
     uint4 wv[GM_U], av[GM_U], bv[GM_U];
@@ -366,12 +405,13 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
     }
     /* the first weights are requested; x comes from the previous kernel (toc_launch) */
     pdl_enter_gemv();
+    if (NORM) gm_stage_norm(a, gm_xs, red);
 #pragma unroll
     for (int u = 0; u < GM_U; u++) {
         const int64_t s = s0 + u, kk = s * 32 + tig * 8;
         const bool in = s < s1 && kk < a.k;
-        av[u] = in && aok ? __ldg((const uint4 *)(xa + s * 32)) : z;
-        bv[u] = in && bok ? __ldg((const uint4 *)(xb + s * 32)) : z;
+        av[u] = in && aok ? gm_ldx<NORM>(xa + s * 32) : z;
+        bv[u] = in && bok ? gm_ldx<NORM>(xb + s * 32) : z;
     }
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll 1
@@ -384,8 +424,8 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
             const int64_t t = s + u + GM_U, kk = t * 32 + tig * 8;
             const bool in = t < s1 && kk < a.k;
             wv[u] = in && wok ? ld_stream((const uint4 *)(wr + t * 32)) : z;
-            av[u] = in && aok ? __ldg((const uint4 *)(xa + t * 32)) : z;
-            bv[u] = in && bok ? __ldg((const uint4 *)(xb + t * 32)) : z;
+            av[u] = in && aok ? gm_ldx<NORM>(xa + t * 32) : z;
+            bv[u] = in && bok ? gm_ldx<NORM>(xb + t * 32) : z;
         }
     }
     /* c0, c1: x row gid, weight rows 2 tig, 2 tig + 1; c2, c3: x row gid + 8 */
@@ -448,8 +488,15 @@ static int launch_gemv_mma(GemvMmaArgs a, unsigned batch = 1) {
     a.tiles = a.pair ? 2 * a.t1 : a.t2 + toc_cdiv(a.n2, 8);
     a.wpt = gm_wpt(a.k);
     const dim3 grid((unsigned)toc_cdiv(a.tiles, GM_WARPS / a.wpt), batch);
-    TOC_CUDA(toc_launch(a.m > 8 ? gemv_mma_kernel<true> : gemv_mma_kernel<false>, grid, dim3(GM_WARPS * 32), 0, a),
-             "gemv_mma_kernel");
+    if (a.norm_w) {
+        TOC_CHECK(a.m == 1 && a.k <= GM_NORM_MAX_K && a.k % 8 == 0, TO_ERR_UNSUPPORTED,
+                  "gemv_mma: a normalised x is one row of k <= %d, k %% 8 == 0", GM_NORM_MAX_K);
+        TOC_CUDA(toc_launch(gemv_mma_kernel<false, true>, grid, dim3(GM_WARPS * 32), (size_t)a.k * 2, a),
+                 "gemv_mma_kernel");
+        return TO_OK;
+    }
+    TOC_CUDA(toc_launch(a.m > 8 ? gemv_mma_kernel<true, false> : gemv_mma_kernel<false, false>, grid,
+                        dim3(GM_WARPS * 32), 0, a), "gemv_mma_kernel");
     return TO_OK;
 }
 
@@ -463,6 +510,17 @@ static int gemv_mma_min_rows(void) {
         rows = e && e[0] == '0' ? 2 : 1;
     }
     return rows;
+}
+
+/* Whether a normalised row (toc_gemv_fused with norm_w) takes the tensor-core GEMV, its RMSNorm
+ * staged once per block; INFERENCE_PIO_CUDA_GEMV_MMA_NORM=0 keeps it on the scalar GEMV. */
+static bool gemv_mma_norm(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("INFERENCE_PIO_CUDA_GEMV_MMA_NORM");
+        on = !(e && e[0] == '0');
+    }
+    return on == 1;
 }
 
 /* toc_linear_group's fast path: up to GM_SEG bf16 matrices against 2-16 rows of bf16 x in one
@@ -879,12 +937,17 @@ TOC_EXPORT int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void 
               "toc_gemv_fused: swiglu needs gate (w0) and up (w1) of equal rows");
     TOC_CHECK(!(swiglu && res), TO_ERR_INVALID_ARGUMENT, "toc_gemv_fused: swiglu and residual");
     TOC_READY();
-    if (m == 1 && !norm_w && !w1 && !swiglu && !argmax && act_dtype == TO_BF16 && gemv_mma_min_rows() <= 1 &&
-        aligned16(x)) { /* a plain row (o_proj, down): the tensor-core GEMV streams it faster */
+    if (m == 1 && !swiglu && !argmax && act_dtype == TO_BF16 && gemv_mma_min_rows() <= 1 && aligned16(x) &&
+        !(res && w1) && (!norm_w || (gemv_mma_norm() && k <= GM_NORM_MAX_K))) {
+        /* one row (q/k/v with their RMSNorm, o_proj and down with their residual): the tensor-core
+         * GEMV streams it faster; segments 1 and 2 write on where segment 0 ends */
         GemvMmaArgs g = {};
         g.x = (const uint16_t *)x, g.ldx = k, g.k = k, g.m = 1, g.yd = act_dtype;
         g.w0 = (const uint16_t *)w0, g.y0 = y, g.n0 = seg0, g.ldy0 = ldy;
+        if (w1) g.w1 = (const uint16_t *)w1, g.y1 = (uint16_t *)y + seg0, g.n1 = seg1, g.ldy1 = ldy;
+        if (w1 && w2) g.w2 = (const uint16_t *)w2, g.y2 = (uint16_t *)y + seg0 + seg1, g.n2 = seg2, g.ldy2 = ldy;
         g.res = res, g.ldr = ldr;
+        g.norm_w = norm_w, g.nwd = norm_dtype, g.eps = eps;
         return launch_gemv_mma(g);
     }
     GemvArgs a = {};

@@ -7,6 +7,7 @@
  * stream is being captured into a CUDA graph the read-back is left out (no synchronisation is
  * allowed there); the kernels stay in bounds either way. */
 #include "common.cuh"
+#include "moe.cuh"
 
 #define MOE_MAX_E 4096 /* experts per router row (shared memory) */
 #define MOE_MAX_K 1024
@@ -47,53 +48,6 @@ __device__ void moe_topk_insert(float *vals, int32_t *ids, int *len, int k, floa
     vals[pos] = val;
     ids[pos] = id;
     if (n < k) *len = n + 1;
-}
-
-/* The k largest of q[0 .. e) (probabilities: >= 0; NaN ranks below every number) into vals / ids
- * in descending order, equal values by increasing id: the list moe_topk_insert builds from the
- * experts in id order. One warp, k rounds of a warp argmax; a chosen entry of q is overwritten. */
-__device__ void moe_topk_warp(float *q, int64_t e, int k, float *vals, int32_t *ids) {
-    const int lane = threadIdx.x & 31;
-    for (int j = 0; j < k; j++) {
-        float bv = -3.0f; /* taken entries hold -2 */
-        int32_t bi = 0x7fffffff;
-        for (int64_t x = lane; x < e; x += 32) {
-            float v = q[x];
-            if (v != v) v = -1.0f;
-            if (v > bv) { /* ids rise along a lane: the first of equal values stays */
-                bv = v;
-                bi = (int32_t)x;
-            }
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
-        if (lane == 0) {
-            vals[j] = q[bi];
-            ids[j] = bi;
-            q[bi] = -2.0f;
-        }
-        __syncwarp();
-    }
-}
-
-__device__ double block_sum_d(double v, double *red /* >= 32 */) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    double t = lane < nw ? red[lane] : 0.0;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-    return t;
 }
 
 /* ---- softmax top-k router: one block per row; the top k by one warp (the CPU's choice and

@@ -1,0 +1,358 @@
+/* The mixture-of-experts MLP of one token in one cooperative launch (the CUDA-graph decoder's
+ * Qwen3-MoE layers: softmax top-k router, no shared expert), instead of five kernels (router GEMV,
+ * route, the experts' gate / up with SwiGLU, their down projections, combine), each of which paid
+ * its own ramp and tail (2.6-7 us apiece on an H200). Three stages behind two grid barriers:
+ *
+ *  A. every block normalises x itself (RMSNorm) into shared memory; the router's rows are spread
+ *     one per block, so each block streams a few KB; logits (bf16) to global;
+ *  B. every block reads the logits, takes the softmax top-k itself (the same choice everywhere),
+ *     then its even share of the k x inter (slot, row) pairs of gate / up: h [k, inter] to global;
+ *  C. every block stages h and takes a range of output columns for all k slots (the down rows of
+ *     its columns, contiguous in each expert's matrix), then combines its columns in expert order
+ *     and adds the residual: no third barrier.
+ *
+ * Roundings are those of toc_gemv_fused (router, SwiGLU), toc_moe_route_softmax, toc_moe_gemv and
+ * toc_moe_combine; the products' partial sums run in another order, so a value can differ from that
+ * sequence in its last bf16 bit. bf16 activations and weights only. */
+#include "common.cuh"
+#include "moe.cuh"
+
+#define MS_THREADS 512
+#define MS_WARPS (MS_THREADS / 32)
+#define MS_MAX_K 64   /* experts a token, at most (toc_moe_combine's limit) */
+#define MS_MAX_E 4096 /* router rows (shared memory) */
+#ifndef MS_DOWN_ROWS
+#define MS_DOWN_ROWS 4 /* down rows a warp takes at once */
+#endif
+#ifndef MS_DOWN_U
+#define MS_DOWN_U 4 /* ... and 16-byte loads a lane and row in flight */
+#endif
+#ifndef MS_GU_U
+#define MS_GU_U 8 /* 16-byte loads a lane in flight for each of gate and up */
+#endif
+
+struct MsArgs {
+    const uint16_t *x; /* [d]: the RMSNorm's input and out's residual */
+    const void *norm_w;
+    int nwd;
+    float eps;
+    const uint16_t *router;                 /* [e, d] */
+    const unsigned long long *tg, *tu, *td; /* device tables of e pointers: gate, up [inter, d], down [d, inter] */
+    int64_t e, d, inter;
+    int k, renorm;
+    uint16_t *logits; /* [e] */
+    int32_t *idx;     /* [k]: the choice, written by block 0 (the other blocks keep their own) */
+    uint16_t *wts;    /* [k] */
+    uint16_t *h;      /* [k, inter] */
+    uint16_t *out;    /* [d] */
+};
+
+/* The grid barrier's state: arrivals of the current barrier and its generation. A launch leaves
+ * the arrivals at 0, so any grid size may come next. */
+__device__ unsigned ms_bar[2];
+
+__device__ __forceinline__ unsigned ms_ld_relaxed(const unsigned *p) {
+    unsigned v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* Every block's writes before it are visible to every block after it. Thread 0 reads the
+ * generation before arriving (it cannot move before this block arrives), the last block to
+ * arrive resets the arrivals and releases the next generation; the others poll with relaxed loads,
+ * then one acquire load (an acquire invalidates the multiprocessor's L1). */
+__device__ __forceinline__ void ms_grid_sync(void) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned gen = ms_ld_relaxed(ms_bar + 1);
+        unsigned old;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(ms_bar) : "memory");
+        if (old == gridDim.x - 1) {
+            asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(ms_bar), "r"(0u) : "memory");
+            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(ms_bar + 1) : "memory");
+        } else {
+            while (ms_ld_relaxed(ms_bar + 1) == gen) {
+            }
+            asm volatile("{ .reg .u32 t; ld.acquire.gpu.global.u32 t, [%0]; }" ::"l"(ms_bar + 1) : "memory");
+        }
+    }
+    __syncthreads();
+}
+
+/* bytes [p, p + n) into L2 (weights: nothing writes them), a warp's lanes in turn */
+__device__ __forceinline__ void ms_prefetch_l2(const void *p, int64_t n) {
+    const char *c = (const char *)p;
+    for (int64_t o = (int64_t)(threadIdx.x & 31) * 128; o < n; o += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
+}
+
+/* sums[r] = rows[r] . x for R bf16 rows of nv 16-byte chunks (rows[r] NULL: 0), by the whole warp,
+ * each lane with R x U loads in flight. x is two float4 arrays (elements 8c .. 8c+3 in lo[c],
+ * 8c+4 .. 8c+7 in hi[c]), so a warp's reads of it are conflict-free. Every lane gets the sums. */
+template <int R, int U>
+__device__ __forceinline__ void ms_dots(const uint16_t *const *rows, int64_t nv, const float4 *lo,
+                                        const float4 *hi, float *sums) {
+    const int lane = threadIdx.x & 31;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    for (int64_t c0 = lane; c0 < nv; c0 += 32 * U) {
+        uint4 v[R][U];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t c = c0 + 32 * u;
+                v[r][u] = rows[r] && c < nv ? ld_stream((const uint4 *)rows[r] + c) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t c = c0 + 32 * u;
+            if (c >= nv) break;
+            const float4 a = lo[c], b = hi[c];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float f[8];
+                bf8(v[r][u], f);
+                acc[r] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y +
+                          f[6] * b.z + f[7] * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) sums[r] = warp_sum(acc[r]);
+}
+
+/* 8 bf16 values into the two float4 arrays at chunk c */
+__device__ __forceinline__ void ms_put8(float4 *lo, float4 *hi, int64_t c, const float *f) {
+    lo[c] = make_float4(f[0], f[1], f[2], f[3]);
+    hi[c] = make_float4(f[4], f[5], f[6], f[7]);
+}
+
+__global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_constant__ MsArgs a) {
+    extern __shared__ __align__(16) float smem[];
+    __shared__ float red[33];
+    __shared__ double redd[32];
+    __shared__ float vals[MS_MAX_K], wsl[MS_MAX_K];
+    __shared__ int32_t ids[MS_MAX_K], order[MS_MAX_K];
+    __shared__ const uint16_t *gp[MS_MAX_K]; /* the chosen experts' gate, up and down matrices */
+    __shared__ const uint16_t *up[MS_MAX_K];
+    __shared__ const uint16_t *dp[MS_MAX_K];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int G = gridDim.x, k = a.k;
+    const int64_t d = a.d, e = a.e, inter = a.inter, nv = d / 8, nv2 = inter / 8;
+    const int64_t nw = (int64_t)G * MS_WARPS;
+
+    /* ---- A: RMSNorm of x, the router rows (row r on block r % G: every block streams a little) */
+    const int64_t rw = (int64_t)warp * G + blockIdx.x; /* this warp's first router row */
+    for (int64_t r = rw; r < e; r += nw) ms_prefetch_l2(a.router + r * d, d * 2);
+    float4 *xlo = (float4 *)smem, *xhi = xlo + nv;
+    float *p = (float *)(xhi + nv);
+    float ss = 0.0f;
+    for (int64_t c = tid; c < nv; c += MS_THREADS) {
+        float f[8];
+        bf8(__ldcg((const uint4 *)a.x + c), f);
+#pragma unroll
+        for (int i = 0; i < 8; i++) ss += f[i] * f[i];
+        ms_put8(xlo, xhi, c, f);
+    }
+    ss = block_sum(ss, red);
+    const float rr = 1.0f / sqrtf(ss / (float)d + a.eps);
+    for (int64_t c = tid; c < nv; c += MS_THREADS) { /* rounded as toc_gemv_fused's staging */
+        const float4 l = xlo[c], h = xhi[c];
+        const float f[8] = {l.x, l.y, l.z, l.w, h.x, h.y, h.z, h.w};
+        float g[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) g[i] = rbf(ldf(a.norm_w, a.nwd, c * 8 + i) * rbf(f[i] * rr));
+        ms_put8(xlo, xhi, c, g);
+    }
+    __syncthreads();
+    for (int64_t r = rw; r < e; r += nw) {
+        const uint16_t *row[1] = {a.router + r * d};
+        float s[1];
+        ms_dots<1, 8>(row, nv, xlo, xhi, s);
+        if (lane == 0) a.logits[r] = f2bf(s[0]);
+    }
+    ms_grid_sync();
+
+    /* ---- B: softmax top-k (toc_moe_route_softmax's), then gate / up with SwiGLU */
+    float mx = -INFINITY;
+    for (int64_t x = tid; x < e; x += MS_THREADS) {
+        p[x] = bf2f(__ldcg(a.logits + x));
+        mx = fmaxf(mx, p[x]);
+    }
+    mx = block_max(mx, red);
+    double part = 0.0;
+    for (int64_t x = tid; x < e; x += MS_THREADS) {
+        p[x] = expf(p[x] - mx);
+        part += (double)p[x];
+    }
+    const double sum = block_sum_d(part, redd);
+    const float inv = (float)(1.0 / sum);
+    for (int64_t x = tid; x < e; x += MS_THREADS) p[x] *= inv;
+    __syncthreads();
+    if (tid < 32) moe_topk_warp(p, e, k, vals, ids);
+    __syncthreads();
+    if (tid == 0 && a.renorm) {
+        float s = 0.0f;
+        for (int j = 0; j < k; j++) s += vals[j];
+        for (int j = 0; j < k; j++) vals[j] /= s;
+    }
+    __syncthreads();
+    if (tid < k) { /* slot tid: its weight as stored (bf16), its place in (expert, slot) order, its matrices */
+        const int j = tid;
+        wsl[j] = rbf(vals[j]);
+        int rank = 0;
+        for (int i = 0; i < k; i++) rank += ids[i] < ids[j] || (ids[i] == ids[j] && i < j);
+        order[rank] = j;
+        gp[j] = (const uint16_t *)a.tg[ids[j]];
+        up[j] = (const uint16_t *)a.tu[ids[j]];
+        dp[j] = (const uint16_t *)a.td[ids[j]];
+        if (blockIdx.x == 0) {
+            a.idx[j] = ids[j];
+            a.wts[j] = f2bf(vals[j]);
+        }
+    }
+    __syncthreads();
+    {
+        const int64_t P = (int64_t)k * inter, gw = (int64_t)blockIdx.x * MS_WARPS + warp;
+        const int64_t q1 = (gw + 1) * P / nw;
+        for (int64_t q = gw * P / nw; q < q1; q++) {
+            const int j = (int)(q / inter);
+            const int64_t r = q - (int64_t)j * inter;
+            const uint16_t *rows[2] = {gp[j] + r * d, up[j] + r * d};
+            float s[2];
+            ms_dots<2, MS_GU_U>(rows, nv, xlo, xhi, s);
+            if (lane == 0) { /* toc_gemv_fused's SwiGLU: round(round(silu(round(g))) * round(u)) */
+                const float g = rbf(s[0]), u = rbf(s[1]);
+                a.h[q] = f2bf(rbf(g / (1.0f + expf(-g))) * u);
+            }
+        }
+    }
+    /* Requesting this block's down rows into L2 here, before the barrier, measured 1.5-2% slower
+     * (Qwen3-MoE, 12 layers, H200): the early blocks' requests slow the late ones' gate / up. */
+    ms_grid_sync();
+
+    /* ---- C: stage h, the down rows of columns [o0, o1) for every slot, then the combine */
+    const int64_t o0 = (int64_t)blockIdx.x * d / G, o1 = (int64_t)(blockIdx.x + 1) * d / G, nc = o1 - o0;
+    float4 *hlo = (float4 *)smem, *hhi = hlo + k * nv2;
+    float *ys = (float *)(hhi + k * nv2); /* [k, nc] */
+    for (int64_t c = tid; c < k * nv2; c += MS_THREADS) {
+        float f[8];
+        bf8(__ldcg((const uint4 *)a.h + c), f);
+        ms_put8(hlo, hhi, c, f);
+    }
+    __syncthreads();
+    const int64_t ng = (nc + MS_DOWN_ROWS - 1) / MS_DOWN_ROWS; /* row groups a slot */
+    for (int64_t g = warp; g < k * ng; g += MS_WARPS) {
+        const int j = (int)(g / ng);
+        const int64_t o = o0 + (g - (int64_t)j * ng) * MS_DOWN_ROWS;
+        const uint16_t *rows[MS_DOWN_ROWS];
+#pragma unroll
+        for (int r = 0; r < MS_DOWN_ROWS; r++) rows[r] = o + r < o1 ? dp[j] + (o + r) * inter : nullptr;
+        float s[MS_DOWN_ROWS];
+        ms_dots<MS_DOWN_ROWS, MS_DOWN_U>(rows, nv2, hlo + j * nv2, hhi + j * nv2, s);
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < MS_DOWN_ROWS; r++)
+                if (o + r < o1) ys[j * nc + (o + r - o0)] = rbf(s[r]);
+    }
+    __syncthreads();
+    for (int64_t t = tid; t < nc; t += MS_THREADS) { /* toc_moe_combine's order and roundings */
+        float acc = 0.0f;
+        for (int q = 0; q < k; q++) {
+            const int j = order[q];
+            acc = rbf(__fadd_rn(acc, rbf(__fmul_rn(wsl[j], ys[j * nc + t]))));
+        }
+        a.out[o0 + t] = f2bf(__fadd_rn(bf2f(__ldcg(a.x + o0 + t)), acc));
+    }
+}
+
+/* ---- host side */
+static bool ms_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* shared memory of a launch: stage A / B (x, probabilities) and C (h, the block's outputs) share it */
+static size_t ms_smem(int64_t e, int64_t k, int64_t d, int64_t inter, int grid) {
+    const int64_t ab = d * 4 + e * 4;
+    const int64_t c = k * inter * 4 + k * toc_cdiv(d, grid) * 4;
+    return (size_t)(ab > c ? ab : c);
+}
+
+/* Checks the shapes and the device: TO_OK with the launch's grid and shared memory, or an error
+ * saying what does not fit (the caller then takes the five-kernel path). */
+static int ms_plan(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype, int *grid, size_t *smem) {
+    TOC_CHECK(act_dtype == TO_BF16, TO_ERR_UNSUPPORTED, "toc_moe_step: bf16 activations only");
+    TOC_CHECK(e >= 1 && e <= MS_MAX_E && k >= 1 && k <= e && k <= MS_MAX_K, TO_ERR_UNSUPPORTED,
+              "toc_moe_step: need 1 <= k <= e, k <= %d and e <= %d (k=%lld, e=%lld)", MS_MAX_K, MS_MAX_E,
+              (long long)k, (long long)e);
+    TOC_CHECK(d >= 8 && d % 8 == 0 && inter >= 8 && inter % 8 == 0, TO_ERR_UNSUPPORTED,
+              "toc_moe_step: hidden and intermediate sizes must be multiples of 8 (%lld, %lld)", (long long)d,
+              (long long)inter);
+    TOC_READY();
+    int dev = 0, coop = 0;
+    TOC_CUDA(cudaGetDevice(&dev), "cudaGetDevice");
+    TOC_CUDA(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev), "cudaDeviceGetAttribute");
+    TOC_CHECK(coop, TO_ERR_UNSUPPORTED, "toc_moe_step: the device has no cooperative launch");
+    const int g = toc_sm_count();
+    const size_t s = ms_smem(e, k, d, inter, g);
+    TOC_CHECK((int64_t)s <= (int64_t)toc_max_smem_optin() - 4096, TO_ERR_UNSUPPORTED,
+              "toc_moe_step: needs %zu bytes of shared memory a block", s);
+    static size_t configured[16];
+    if (s > 48 * 1024 && s > configured[dev & 15]) {
+        TOC_CUDA(cudaFuncSetAttribute(moe_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s),
+                 "cudaFuncSetAttribute");
+        configured[dev & 15] = s;
+    }
+    int per_sm = 0;
+    TOC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, moe_step_kernel, MS_THREADS, s),
+             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    TOC_CHECK(per_sm >= 1, TO_ERR_UNSUPPORTED, "toc_moe_step: a block does not fit a multiprocessor");
+    *grid = g;
+    *smem = s;
+    return TO_OK;
+}
+
+TOC_EXPORT int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype) {
+    int grid = 0;
+    size_t smem = 0;
+    return ms_plan(e, k, d, inter, act_dtype, &grid, &smem);
+}
+
+TOC_EXPORT int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, float eps, const void *router_w,
+                            int64_t e, int64_t k, int renormalize, const void *tab_gate, const void *tab_up,
+                            const void *tab_down, int64_t d, int64_t inter, void *logits, int32_t *idx,
+                            void *weights, void *h, void *out, int act_dtype) {
+    TOC_CHECK(x && norm_w && router_w && tab_gate && tab_up && tab_down && logits && idx && weights && h && out,
+              TO_ERR_INVALID_ARGUMENT, "toc_moe_step: NULL pointer");
+    TOC_CHECK(toc_is_wt(norm_dtype), TO_ERR_DTYPE, "toc_moe_step: norm weight dtype %d unsupported", norm_dtype);
+    TOC_CHECK(ms_aligned16(x) && ms_aligned16(router_w) && ms_aligned16(h) && (d * 2) % 16 == 0,
+              TO_ERR_INVALID_ARGUMENT, "toc_moe_step: x, the router weights and h must be 16-byte aligned");
+    int grid = 0;
+    size_t smem = 0;
+    const int rc = ms_plan(e, k, d, inter, act_dtype, &grid, &smem);
+    if (rc) return rc;
+    MsArgs a = {};
+    a.x = (const uint16_t *)x;
+    a.norm_w = norm_w;
+    a.nwd = norm_dtype;
+    a.eps = eps;
+    a.router = (const uint16_t *)router_w;
+    a.tg = (const unsigned long long *)tab_gate;
+    a.tu = (const unsigned long long *)tab_up;
+    a.td = (const unsigned long long *)tab_down;
+    a.e = e, a.d = d, a.inter = inter;
+    a.k = (int)k, a.renorm = renormalize != 0;
+    a.logits = (uint16_t *)logits;
+    a.idx = idx;
+    a.wts = (uint16_t *)weights;
+    a.h = (uint16_t *)h;
+    a.out = (uint16_t *)out;
+    /* cooperative: every block resident at once (the grid barriers). With programmatic dependent
+     * launch as well it started during the o_proj GEMV's tail, and measured the same. */
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeCooperative;
+    attr.val.cooperative = 1;
+    const cudaLaunchConfig_t cfg = toc_launch_config(dim3(grid), dim3(MS_THREADS), smem, &attr);
+    TOC_CUDA(cudaLaunchKernelEx(&cfg, moe_step_kernel, a), "moe_step_kernel");
+    return TO_OK;
+}
