@@ -1,13 +1,17 @@
 """Where the Qwen3-MoE decode step's time goes on the GPU: the graph step's replay time with each
 kernel left out, per layer (the tokens are then wrong; only the time counts).
 
-Random bf16 weights with Qwen3-Coder-30B-A3B's shapes, ``layers`` of them (default 12).
+Random bf16 weights with Qwen3-Coder-30B-A3B's shapes, ``layers`` of them (default 12). The MLP
+kernels are left out one by one from the five-kernel MLP (leaving out any of them selects it),
+against that step in full; then the one-launch MLP (``toc_moe_step``, the default) in full and
+without it.
 
     python benchmarks/gpu_moe_profile.py [layers]
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -28,6 +32,7 @@ KERNELS = (
     "moe_combine",
     "lm_head",
 )
+FIVE = ("moe_router", "moe_route", "moe_gate_up", "moe_down", "moe_combine")
 
 
 def ms_per_token(runner: CudaGraphDecoder) -> float:
@@ -50,11 +55,18 @@ def main() -> int:
         print(f"skipped: CUDA unavailable: {cuda.unavailable_reason()}")
         return 0
     model = build_ours(config(layers))
+    one = ms_per_token(CudaGraphDecoder(model, 256))
+    # the five-kernel MLP in full, and every kernel left out one by one against it
+    os.environ["INFERENCE_PIO_CUDA_MOE_STEP"] = "0"
     full = ms_per_token(CudaGraphDecoder(model, 256))
-    print(f"{layers} layers: step {full:.3f} ms ({full / layers * 1e3:.1f} us a layer)")
+    print(f"{layers} layers, five-kernel MLP: {full:.3f} ms ({full / layers * 1e3:.1f} us a layer)")
     for name in KERNELS:
         t = ms_per_token(CudaGraphDecoder(model, 256, skip=[name]))
         print(f"  without {name:18} {t:.3f} ms -> {(full - t) / layers * 1e3:6.2f} us a layer")
+    del os.environ["INFERENCE_PIO_CUDA_MOE_STEP"]
+    t = ms_per_token(CudaGraphDecoder(model, 256, skip=["moe_step"]))
+    print(f"{layers} layers, one-launch MLP: {one:.3f} ms ({one / layers * 1e3:.1f} us a layer)")
+    print(f"  without {'moe_step':18} {t:.3f} ms -> {(one - t) / layers * 1e3:6.2f} us a layer")
     return 0
 
 

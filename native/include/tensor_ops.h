@@ -550,7 +550,10 @@ TO_API int toc_bench_read_bandwidth(int64_t bytes, int iters, double *gbps);  /*
 TO_API int toc_blas_info(char *buf, size_t cap);
 TO_API int toc_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
                            int distribution); /* 0 normal, 1 uniform; not the CPU's values */
-/* Decode kernels of the CUDA-graph decoder (see src/cuda/linear.cu and attention.cu). */
+/* Decode kernels of the CUDA-graph decoder (see src/cuda/linear.cu and attention.cu). toc_gemv_fused
+ * on one bf16 row without SwiGLU or argmax runs on the tensor-core GEMV, its RMSNorm (if any)
+ * staged once per block (k <= 20480; INFERENCE_PIO_CUDA_GEMV_MMA_NORM=0 keeps normalised rows on
+ * the scalar GEMV). */
 TO_API int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void *norm_w, int norm_dtype,
                           float eps, const void *w0, int64_t seg0, const void *w1, int64_t seg1,
                           const void *w2, int64_t seg2, int64_t k, const void *res, int64_t ldr,
@@ -563,6 +566,21 @@ TO_API int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void *nor
 TO_API int toc_moe_gemv(const void *x, int64_t ldx_slot, const void *norm_w, int norm_dtype, float eps,
                         const int32_t *sel, int64_t slots, int64_t n_experts, const void *tab0,
                         const void *tab1, int64_t n, int64_t k, void *y, int64_t ldy_slot, int act_dtype);
+/* One token's softmax top-k mixture-of-experts MLP in one cooperative launch (src/cuda/moe_step.cu;
+ * the CUDA-graph decoder's Qwen3-MoE layers): xn = RMSNorm(x) * norm_w, logits [e] = router_w xn,
+ * the k experts of toc_moe_route_softmax (weights renormalised when asked; idx [k] int32 and
+ * weights [k] written), h [k, inter] = swiglu(gate_e xn, up_e xn) per chosen expert, then
+ * out [d] = x + their down projections weighted and added in expert order: the roundings of
+ * toc_gemv_fused, toc_moe_route_softmax, toc_moe_gemv and toc_moe_combine in turn (sums in another
+ * order). tab_gate / tab_up / tab_down: device arrays of e pointers to bf16 [inter, d] / [inter, d]
+ * / [d, inter] matrices (16-byte aligned; the caller checks). bf16 activations only; logits, idx,
+ * weights and h are scratch the call writes. toc_moe_step_supported: TO_OK where the shapes and
+ * the device allow the launch (else the error says why, and the five launches remain). */
+TO_API int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, float eps, const void *router_w,
+                        int64_t e, int64_t k, int renormalize, const void *tab_gate, const void *tab_up,
+                        const void *tab_down, int64_t d, int64_t inter, void *logits, int32_t *idx,
+                        void *weights, void *h, void *out, int act_dtype);
+TO_API int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype);
 /* Prefill / batched decode: rows of x [*, k] grouped by expert, tile t of tiles ([n_tiles][3]
  * int32 on the device: expert, first row, rows <= 64) times that expert's [n, k] weights (tab as
  * above) into the same rows of y [*, n]; bf16 only. */
