@@ -154,21 +154,11 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     #                  void *out, int act_dtype);
     "toc_moe_step": (
         c_int,
-        [
-            c_void_p,
-            c_void_p,
-            c_int,
-            c_float,
-            c_void_p,
-            c_int64,
-            c_int64,
-            c_int,
-            *([c_void_p] * 3),
-            c_int64,
-            c_int64,
-            *([c_void_p] * 5),
-            c_int,
-        ],
+        [c_void_p, c_void_p, c_int, c_float, c_void_p, c_int64, c_int64, c_int]
+        + [c_void_p] * 3  # the expert tables
+        + [c_int64, c_int64]
+        + [c_void_p] * 5  # logits, idx, weights, h, out
+        + [c_int],
     ),
     # int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype);
     "toc_moe_step_supported": (c_int, [c_int64, c_int64, c_int64, c_int64, c_int]),
