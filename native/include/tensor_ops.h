@@ -551,7 +551,8 @@ TO_API int toc_blas_info(char *buf, size_t cap);
 TO_API int toc_fill_random(void *out, int64_t n, int dtype, uint64_t seed, float mean, float std,
                            int distribution); /* 0 normal, 1 uniform; not the CPU's values */
 /* Decode kernels of the CUDA-graph decoder (see src/cuda/linear.cu and attention.cu). toc_gemv_fused
- * on one bf16 row without SwiGLU or argmax runs on the tensor-core GEMV, its RMSNorm (if any)
+ * on one bf16 row without SwiGLU (the argmax of one matrix without a residual included) runs on
+ * the tensor-core GEMV, its RMSNorm (if any)
  * staged once per block (k <= 20480; INFERENCE_PIO_CUDA_GEMV_MMA_NORM=0 keeps normalised rows on
  * the scalar GEMV). */
 TO_API int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void *norm_w, int norm_dtype,

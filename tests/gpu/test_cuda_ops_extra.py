@@ -232,14 +232,17 @@ def test_linear_strided_batched_equals_linears(dt: DType, m: int, k: int, shared
         (1000, (300, 7, 21), False),
         (2560, (2560,), True),
         (5120, (40,), False),
+        (1024, (30001,), False),  # an LM head's shape, with the argmax
     ],
 )
 def test_gemv_fused_one_row_against_torch(
     k: int, segs: tuple[int, ...], res: bool, ndt: DType
 ) -> None:
     """toc_gemv_fused on one bf16 row (the graph step's q/k/v with its RMSNorm, o_proj and down
-    with their residual; the tensor-core GEMV takes these): RMSNorm rounded like the norm op,
-    each segment's products within a bf16 step of fp32 sums, segments written one after another."""
+    with their residual, the LM head with its argmax; the tensor-core GEMV takes these): RMSNorm
+    rounded like the norm op, each segment's products within a bf16 step of fp32 sums, segments
+    written one after another; one matrix without a residual also gives the packed argmax of
+    its rounded outputs (the first of equal maxima)."""
     g = torch.Generator().manual_seed(k + len(segs))
     x = torch.randn(1, k, generator=g).bfloat16()
     nw = None if res else (1.0 + 0.1 * torch.randn(k, generator=g)).to(TDT[ndt])
@@ -250,6 +253,7 @@ def test_gemv_fused_one_row_against_torch(
     nwd = ours(nw, DEV) if nw is not None else None
     rd = ours(r, DEV) if r is not None else None
     y = Tensor.empty((1, n), DType.bfloat16, DEV)
+    amax = Tensor.zeros((1,), DType.int64, DEV) if len(segs) == 1 and not res else None
     w3 = [*wd, None, None][:3]
     n3 = [*segs, 0, 0][:3]
     cuda.check(
@@ -258,7 +262,7 @@ def test_gemv_fused_one_row_against_torch(
             w3[0].data_ptr, n3[0], w3[1].data_ptr if w3[1] is not None else None, n3[1],
             w3[2].data_ptr if w3[2] is not None else None, n3[2], k,
             rd.data_ptr if rd is not None else None, segs[0], 0, y.data_ptr, n,
-            int(DType.bfloat16), None,
+            int(DType.bfloat16), amax.data_ptr if amax is not None else None,
         ),
         "toc_gemv_fused",
     )  # fmt: skip
@@ -273,3 +277,6 @@ def test_gemv_fused_one_row_against_torch(
     assert torch.allclose(got, want.bfloat16().float(), rtol=1.6e-2, atol=2e-3), (
         (got - want).abs().max()
     )
+    if amax is not None:
+        key = int(theirs(amax).reshape(-1)[0]) & 0xFFFFFFFF
+        assert 0xFFFFFFFF - key == int(torch.argmax(got.reshape(-1)))  # the first maximum

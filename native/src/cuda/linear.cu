@@ -326,6 +326,9 @@ struct GemvMmaArgs {
     const void *norm_w;
     int nwd;
     float eps;
+    /* single matrix, one row: packed argmax of the rounded outputs (toc_gemv_fused's; one global
+     * atomicMax a block) */
+    unsigned long long *argmax;
 };
 #define GM_NORM_MAX_K (20 * 1024) /* k of a normalised row, at most (40 KB of shared memory) */
 
@@ -377,7 +380,9 @@ template <bool M16, bool NORM>
 __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) {
     __shared__ float part[GM_WARPS][32][4];
     __shared__ float red[NORM ? 33 : 1];
+    __shared__ unsigned long long amax; /* the block's argmax key (a.argmax) */
     extern __shared__ __align__(16) uint16_t gm_xs[]; /* NORM: the normalised row */
+    if (threadIdx.x == 0) amax = 0; /* read after the block barrier before the epilogue */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int tpb = GM_WARPS / a.wpt, kp = warp % a.wpt;
     const int64_t tile = (int64_t)blockIdx.x * tpb + warp / a.wpt;
@@ -449,6 +454,7 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
         return;
     }
     /* each output: the tile's warps' partials summed in k order */
+    unsigned long long key = 0;
 #pragma unroll 1
     for (int o = threadIdx.x; o < tpb * 128; o += GM_WARPS * 32) {
         const int tt = o >> 7, xr = (o >> 3) & 15, j = o & 7; /* tile of the block, x row, weight row */
@@ -464,7 +470,17 @@ __global__ void __launch_bounds__(GM_WARPS * 32) gemv_mma_kernel(GemvMmaArgs a) 
             if (a.bias) v += ldf(a.bias, a.bd, r);
             if (a.res) v = ldf(a.res, a.yd, xr * a.ldr + r) + rnd(a.yd, v);
             stf(U.y, a.yd, bz * a.sy + xr * U.ldy + r, v);
+            const float rv = rnd(a.yd, v);
+            if (a.argmax && xr == 0 && rv == rv) {
+                const unsigned long long kr = argmax_key(rv, r);
+                key = kr > key ? kr : key;
+            }
         }
+    }
+    if (a.argmax) {
+        if (key) atomicMax(&amax, key);
+        __syncthreads();
+        if (threadIdx.x == 0 && amax) atomicMax(a.argmax, amax);
     }
 }
 
@@ -937,10 +953,11 @@ TOC_EXPORT int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void 
               "toc_gemv_fused: swiglu needs gate (w0) and up (w1) of equal rows");
     TOC_CHECK(!(swiglu && res), TO_ERR_INVALID_ARGUMENT, "toc_gemv_fused: swiglu and residual");
     TOC_READY();
-    if (m == 1 && !swiglu && !argmax && act_dtype == TO_BF16 && gemv_mma_min_rows() <= 1 && aligned16(x) &&
-        !(res && w1) && (!norm_w || (gemv_mma_norm() && k <= GM_NORM_MAX_K))) {
-        /* one row (q/k/v with their RMSNorm, o_proj and down with their residual): the tensor-core
-         * GEMV streams it faster; segments 1 and 2 write on where segment 0 ends */
+    if (m == 1 && !swiglu && act_dtype == TO_BF16 && gemv_mma_min_rows() <= 1 && aligned16(x) &&
+        !(res && w1) && !(argmax && (w1 || res)) && (!norm_w || (gemv_mma_norm() && k <= GM_NORM_MAX_K))) {
+        /* one row (q/k/v with their RMSNorm, o_proj and down with their residual, the LM head with
+         * its argmax): the tensor-core GEMV streams it faster; segments 1 and 2 write on where
+         * segment 0 ends */
         GemvMmaArgs g = {};
         g.x = (const uint16_t *)x, g.ldx = k, g.k = k, g.m = 1, g.yd = act_dtype;
         g.w0 = (const uint16_t *)w0, g.y0 = y, g.n0 = seg0, g.ldy0 = ldy;
@@ -948,6 +965,7 @@ TOC_EXPORT int toc_gemv_fused(const void *x, int64_t ldx, int64_t m, const void 
         if (w1 && w2) g.w2 = (const uint16_t *)w2, g.y2 = (uint16_t *)y + seg0 + seg1, g.n2 = seg2, g.ldy2 = ldy;
         g.res = res, g.ldr = ldr;
         g.norm_w = norm_w, g.nwd = norm_dtype, g.eps = eps;
+        g.argmax = (unsigned long long *)argmax;
         return launch_gemv_mma(g);
     }
     GemvArgs a = {};
