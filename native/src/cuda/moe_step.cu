@@ -16,6 +16,7 @@
  * sequence in its last bf16 bit. bf16 activations and weights only. */
 #include "common.cuh"
 #include "moe.cuh"
+#include "step.cuh"
 
 #define MS_THREADS 512
 #define MS_WARPS (MS_THREADS / 32)
@@ -47,88 +48,6 @@ struct MsArgs {
     uint16_t *out;    /* [d] */
 };
 
-/* The grid barrier's state: arrivals of the current barrier and its generation. A launch leaves
- * the arrivals at 0, so any grid size may come next. */
-__device__ unsigned ms_bar[2];
-
-__device__ __forceinline__ unsigned ms_ld_relaxed(const unsigned *p) {
-    unsigned v;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-/* Every block's writes before it are visible to every block after it. Thread 0 reads the
- * generation before arriving (it cannot move before this block arrives), the last block to
- * arrive resets the arrivals and releases the next generation; the others poll with relaxed loads,
- * then one acquire load (an acquire invalidates the multiprocessor's L1). */
-__device__ __forceinline__ void ms_grid_sync(void) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const unsigned gen = ms_ld_relaxed(ms_bar + 1);
-        unsigned old;
-        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(ms_bar) : "memory");
-        if (old == gridDim.x - 1) {
-            asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(ms_bar), "r"(0u) : "memory");
-            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(ms_bar + 1) : "memory");
-        } else {
-            while (ms_ld_relaxed(ms_bar + 1) == gen) {
-            }
-            asm volatile("{ .reg .u32 t; ld.acquire.gpu.global.u32 t, [%0]; }" ::"l"(ms_bar + 1) : "memory");
-        }
-    }
-    __syncthreads();
-}
-
-/* bytes [p, p + n) into L2 (weights: nothing writes them), a warp's lanes in turn */
-__device__ __forceinline__ void ms_prefetch_l2(const void *p, int64_t n) {
-    const char *c = (const char *)p;
-    for (int64_t o = (int64_t)(threadIdx.x & 31) * 128; o < n; o += 32 * 128)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
-}
-
-/* sums[r] = rows[r] . x for R bf16 rows of nv 16-byte chunks (rows[r] NULL: 0), by the whole warp,
- * each lane with R x U loads in flight. x is two float4 arrays (elements 8c .. 8c+3 in lo[c],
- * 8c+4 .. 8c+7 in hi[c]), so a warp's reads of it are conflict-free. Every lane gets the sums. */
-template <int R, int U>
-__device__ __forceinline__ void ms_dots(const uint16_t *const *rows, int64_t nv, const float4 *lo,
-                                        const float4 *hi, float *sums) {
-    const int lane = threadIdx.x & 31;
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
-    for (int64_t c0 = lane; c0 < nv; c0 += 32 * U) {
-        uint4 v[R][U];
-#pragma unroll
-        for (int r = 0; r < R; r++)
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int64_t c = c0 + 32 * u;
-                v[r][u] = rows[r] && c < nv ? ld_stream((const uint4 *)rows[r] + c) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t c = c0 + 32 * u;
-            if (c >= nv) break;
-            const float4 a = lo[c], b = hi[c];
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                float f[8];
-                bf8(v[r][u], f);
-                acc[r] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y +
-                          f[6] * b.z + f[7] * b.w;
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++) sums[r] = warp_sum(acc[r]);
-}
-
-/* 8 bf16 values into the two float4 arrays at chunk c */
-__device__ __forceinline__ void ms_put8(float4 *lo, float4 *hi, int64_t c, const float *f) {
-    lo[c] = make_float4(f[0], f[1], f[2], f[3]);
-    hi[c] = make_float4(f[4], f[5], f[6], f[7]);
-}
-
 __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_constant__ MsArgs a) {
     extern __shared__ __align__(16) float smem[];
     __shared__ float red[33];
@@ -148,25 +67,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
     for (int64_t r = rw; r < e; r += nw) ms_prefetch_l2(a.router + r * d, d * 2);
     float4 *xlo = (float4 *)smem, *xhi = xlo + nv;
     float *p = (float *)(xhi + nv);
-    float ss = 0.0f;
-    for (int64_t c = tid; c < nv; c += MS_THREADS) {
-        float f[8];
-        bf8(__ldcg((const uint4 *)a.x + c), f);
-#pragma unroll
-        for (int i = 0; i < 8; i++) ss += f[i] * f[i];
-        ms_put8(xlo, xhi, c, f);
-    }
-    ss = block_sum(ss, red);
-    const float rr = 1.0f / sqrtf(ss / (float)d + a.eps);
-    for (int64_t c = tid; c < nv; c += MS_THREADS) { /* rounded as toc_gemv_fused's staging */
-        const float4 l = xlo[c], h = xhi[c];
-        const float f[8] = {l.x, l.y, l.z, l.w, h.x, h.y, h.z, h.w};
-        float g[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) g[i] = rbf(ldf(a.norm_w, a.nwd, c * 8 + i) * rbf(f[i] * rr));
-        ms_put8(xlo, xhi, c, g);
-    }
-    __syncthreads();
+    ms_stage_norm(a.x, a.norm_w, a.nwd, a.eps, d, xlo, xhi, red);
     for (int64_t r = rw; r < e; r += nw) {
         const uint16_t *row[1] = {a.router + r * d};
         float s[1];
@@ -289,27 +190,8 @@ static int ms_plan(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype
               "toc_moe_step: hidden and intermediate sizes must be multiples of 8 (%lld, %lld)", (long long)d,
               (long long)inter);
     TOC_READY();
-    int dev = 0, coop = 0;
-    TOC_CUDA(cudaGetDevice(&dev), "cudaGetDevice");
-    TOC_CUDA(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev), "cudaDeviceGetAttribute");
-    TOC_CHECK(coop, TO_ERR_UNSUPPORTED, "toc_moe_step: the device has no cooperative launch");
-    const int g = toc_sm_count();
-    const size_t s = ms_smem(e, k, d, inter, g);
-    TOC_CHECK((int64_t)s <= (int64_t)toc_max_smem_optin() - 4096, TO_ERR_UNSUPPORTED,
-              "toc_moe_step: needs %zu bytes of shared memory a block", s);
-    static size_t configured[16];
-    if (s > 48 * 1024 && s > configured[dev & 15]) {
-        TOC_CUDA(cudaFuncSetAttribute(moe_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s),
-                 "cudaFuncSetAttribute");
-        configured[dev & 15] = s;
-    }
-    int per_sm = 0;
-    TOC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, moe_step_kernel, MS_THREADS, s),
-             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    TOC_CHECK(per_sm >= 1, TO_ERR_UNSUPPORTED, "toc_moe_step: a block does not fit a multiprocessor");
-    *grid = g;
-    *smem = s;
-    return TO_OK;
+    *smem = ms_smem(e, k, d, inter, toc_sm_count());
+    return ms_plan_launch(moe_step_kernel, MS_THREADS, *smem, grid, "toc_moe_step");
 }
 
 TOC_EXPORT int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype) {
@@ -347,12 +229,8 @@ TOC_EXPORT int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, f
     a.wts = (uint16_t *)weights;
     a.h = (uint16_t *)h;
     a.out = (uint16_t *)out;
-    /* cooperative: every block resident at once (the grid barriers). With programmatic dependent
-     * launch as well it started during the o_proj GEMV's tail, and measured the same. */
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeCooperative;
-    attr.val.cooperative = 1;
-    const cudaLaunchConfig_t cfg = toc_launch_config(dim3(grid), dim3(MS_THREADS), smem, &attr);
-    TOC_CUDA(cudaLaunchKernelEx(&cfg, moe_step_kernel, a), "moe_step_kernel");
+    /* With programmatic dependent launch on top of the cooperative one it started during the o_proj
+     * GEMV's tail, and measured the same. */
+    TOC_CUDA(ms_launch(moe_step_kernel, grid, MS_THREADS, smem, a), "moe_step_kernel");
     return TO_OK;
 }
