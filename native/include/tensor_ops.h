@@ -568,20 +568,27 @@ TO_API int toc_moe_gemv(const void *x, int64_t ldx_slot, const void *norm_w, int
                         const int32_t *sel, int64_t slots, int64_t n_experts, const void *tab0,
                         const void *tab1, int64_t n, int64_t k, void *y, int64_t ldy_slot, int act_dtype);
 /* One token's softmax top-k mixture-of-experts MLP in one cooperative launch (src/cuda/moe_step.cu;
- * the CUDA-graph decoder's Qwen3-MoE layers): xn = RMSNorm(x) * norm_w, logits [e] = router_w xn,
- * the k experts of toc_moe_route_softmax (weights renormalised when asked; idx [k] int32 and
- * weights [k] written), h [k, inter] = swiglu(gate_e xn, up_e xn) per chosen expert, then
- * out [d] = x + their down projections weighted and added in expert order: the roundings of
- * toc_gemv_fused, toc_moe_route_softmax, toc_moe_gemv and toc_moe_combine in turn (sums in another
- * order). tab_gate / tab_up / tab_down: device arrays of e pointers to bf16 [inter, d] / [inter, d]
- * / [d, inter] matrices (16-byte aligned; the caller checks). bf16 activations only; logits, idx,
- * weights and h are scratch the call writes. toc_moe_step_supported: TO_OK where the shapes and
- * the device allow the launch (else the error says why, and the five launches remain). */
+ * the CUDA-graph decoder's Qwen3-MoE layers and single tokens of the op path): xn = x, or
+ * RMSNorm(x) * norm_w when norm_w is given; logits [e] = router_w xn; the k experts of
+ * toc_moe_route_softmax (weights renormalised when asked; idx [k] int32 and weights [k] written);
+ * h = swiglu(gate_e xn, up_e xn) per chosen expert; y = their down projections weighted and added in
+ * expert order (toc_moe_combine's roundings). With a shared expert (shared_gate / shared_up
+ * [shared_inter, d], shared_down [d, shared_inter], shared_gate_w [1, d]; all NULL and
+ * shared_inter 0 for none): y = y + sigmoid(shared_gate_w xn) * shared(xn), each op rounded (its
+ * gate logit is logits[e]). out [d] = y, plus res [d] when given. tab_gate / tab_up / tab_down:
+ * device arrays of e pointers to bf16 [inter, d] / [inter, d] / [d, inter] matrices (16-byte
+ * aligned; the caller checks). bf16 activations only; logits [e + 1 with a shared expert], idx,
+ * weights and h [k * inter + shared_inter] are scratch the call writes.
+ * toc_moe_step_supported: TO_OK where the shapes and the device allow the launch (else the error
+ * says why, and the kernels it replaces remain). */
 TO_API int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, float eps, const void *router_w,
                         int64_t e, int64_t k, int renormalize, const void *tab_gate, const void *tab_up,
-                        const void *tab_down, int64_t d, int64_t inter, void *logits, int32_t *idx,
-                        void *weights, void *h, void *out, int act_dtype);
-TO_API int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype);
+                        const void *tab_down, int64_t d, int64_t inter, const void *shared_gate,
+                        const void *shared_up, const void *shared_down, const void *shared_gate_w,
+                        int64_t shared_inter, const void *res, void *logits, int32_t *idx, void *weights,
+                        void *h, void *out, int act_dtype);
+TO_API int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t shared_inter,
+                                  int act_dtype);
 /* Prefill / batched decode: rows of x [*, k] grouped by expert, tile t of tiles ([n_tiles][3]
  * int32 on the device: expert, first row, rows <= 64) times that expert's [n, k] weights (tab as
  * above) into the same rows of y [*, n]; bf16 only. */

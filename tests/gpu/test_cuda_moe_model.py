@@ -383,13 +383,16 @@ def _five_kernels(
     d: int,
     inter: int,
     renorm: bool,
+    res: bool,
 ) -> tuple[Any, Any, Any, Any, Any]:
-    """The graph step's five launches (router GEMV with RMSNorm, softmax top-k, gate/up with
-    SwiGLU, down, combine): logits, (ids, weights), h and the output."""
+    """The graph step's five launches (router GEMV with RMSNorm when ``nw`` is given, softmax
+    top-k, gate/up with SwiGLU, down, combine with ``x`` as the residual when ``res``): logits,
+    (ids, weights), h and the output."""
     from inference_pio.tensor import Tensor
 
     bf = int(DType.bfloat16)
     gtab, utab, dtab = tabs
+    nwp = nw.data_ptr if nw is not None else None
     logits = Tensor.empty((1, e), DType.bfloat16, DEV)
     idx = Tensor.empty((1, k), DType.int32, DEV)
     w = Tensor.empty((1, k), DType.bfloat16, DEV)
@@ -397,20 +400,24 @@ def _five_kernels(
     y = Tensor.empty((k, d), DType.bfloat16, DEV)
     out = Tensor.empty((1, d), DType.bfloat16, DEV)
     steps = [
-        ("toc_gemv_fused", (x.data_ptr, d, 1, nw.data_ptr, bf, 1e-6, router.data_ptr, e, None, 0,
+        ("toc_gemv_fused", (x.data_ptr, d, 1, nwp, bf, 1e-6, router.data_ptr, e, None, 0,
                             None, 0, d, None, 0, 0, logits.data_ptr, e, bf, None)),
         ("toc_moe_route_softmax", (logits.data_ptr, 1, e, k, int(renorm), bf, idx.data_ptr,
                                    w.data_ptr, bf)),
-        ("toc_moe_gemv", (x.data_ptr, 0, nw.data_ptr, bf, 1e-6, idx.data_ptr, k, e, gtab.data_ptr,
+        ("toc_moe_gemv", (x.data_ptr, 0, nwp, bf, 1e-6, idx.data_ptr, k, e, gtab.data_ptr,
                           utab.data_ptr, inter, d, h.data_ptr, inter, bf)),
         ("toc_moe_gemv", (h.data_ptr, inter, None, 0, 0.0, idx.data_ptr, k, e, dtab.data_ptr, None,
                           d, inter, y.data_ptr, d, bf)),
-        ("toc_moe_combine", (y.data_ptr, idx.data_ptr, w.data_ptr, x.data_ptr, out.data_ptr, 1, k,
-                             e, d, bf, bf, bf)),
+        ("toc_moe_combine", (y.data_ptr, idx.data_ptr, w.data_ptr, x.data_ptr if res else None,
+                             out.data_ptr, 1, k, e, d, bf, bf, bf)),
     ]  # fmt: skip
     for name, args in steps:
         cuda.check(getattr(lib, name)(*args), name)
-    return (tb.from_device(t) for t in (logits, idx, w, h, out))  # type: ignore[return-value]
+    return tuple(tb.from_device(t) for t in (logits, idx, w, h, out))  # type: ignore[return-value]
+
+
+def _rbf(t: Any) -> Any:
+    return t.bfloat16().float()
 
 
 @pytest.mark.parametrize(
@@ -425,55 +432,90 @@ def _five_kernels(
         (64, 64, 264, 24, True),  # k at its limit
     ],
 )
-def test_moe_step_matches_the_five_kernels(
-    e: int, k: int, d: int, inter: int, renorm: bool
+@pytest.mark.parametrize("variant", ["graph", "op", "shared"])
+def test_moe_step_matches_the_kernels_it_replaces(
+    e: int, k: int, d: int, inter: int, renorm: bool, variant: str
 ) -> None:
-    """toc_moe_step against the five launches it replaces, on random weights: the same experts,
-    weights and order; h and the output within a bf16 rounding step of theirs (the products'
-    partial sums run in another order)."""
+    """toc_moe_step against the launches it replaces, on random weights: ``graph`` (the CUDA-graph
+    step: RMSNorm first, the residual added), ``op`` (a single token of the op path: neither),
+    ``shared`` (Qwen3-Next: a shared expert of another width, times the sigmoid of its gate,
+    against the same arithmetic in torch). The same experts, weights and order; h and the output
+    within a bf16 rounding step (the products' partial sums run in another order)."""
     from inference_pio.tensor import Tensor
 
     lib = cuda.lib()
     bf = int(DType.bfloat16)
-    if lib.toc_moe_step_supported(e, k, d, inter, bf) != 0:
+    si = 2 * inter + 8 if variant == "shared" else 0
+    if lib.toc_moe_step_supported(e, k, d, inter, si, bf) != 0:
         pytest.skip(lib.toc_last_error().decode())
     g = torch.Generator().manual_seed(e * 7 + k * 3 + d)
-    # router rows far apart (a scaled random matrix): the k-th and (k+1)-th logits are well
-    # separated, so the two summation orders choose the same experts
     x = torch.randn(1, d, generator=g).bfloat16()
-    nw = (1.0 + 0.1 * torch.randn(d, generator=g)).bfloat16()
-    router = (torch.randn(e, d, generator=g) * (3.0 / d**0.5)).bfloat16()
+    nw = (1.0 + 0.1 * torch.randn(d, generator=g)).bfloat16() if variant == "graph" else None
+    xn = x.float()
+    if nw is not None:
+        xn = xn * torch.rsqrt(xn.pow(2).mean(-1, keepdim=True) + 1e-6) * nw.float()
+    # router rows spread wide (a scaled random matrix), drawn again until the k-th and (k+1)-th
+    # logits lie well apart (many bf16 steps), so the two summation orders choose the same experts
+    for _ in range(100):
+        router = (torch.randn(e, d, generator=g) * (3.0 / d**0.5)).bfloat16()
+        top = torch.sort((xn @ router.float().T).reshape(-1), descending=True).values
+        if k == e or float(top[k - 1] - top[k]) > 0.15:
+            break
+    else:
+        raise AssertionError("no router draw with separated logits")
     mats = [
         [(torch.randn(rows, cols, generator=g) * 0.05).bfloat16() for _ in range(e)]
         for rows, cols in ((inter, d), (inter, d), (d, inter))
     ]
     keep = [_table(m) for m in mats]  # device copies must outlive the calls
     tabs = tuple(t for _, t in keep)
-    xd, nwd, rd = (tb.to_device(a, DEV) for a in (x, nw, router))
-    logits0, idx0, w0, h0, out0 = _five_kernels(lib, xd, nwd, rd, tabs, e, k, d, inter, renorm)
-    logits = Tensor.empty((1, e), DType.bfloat16, DEV)
+    xd, rd = tb.to_device(x, DEV), tb.to_device(router, DEV)
+    nwd = tb.to_device(nw, DEV) if nw is not None else None
+    res = variant == "graph"
+    logits0, idx0, w0, h0, out0 = _five_kernels(lib, xd, nwd, rd, tabs, e, k, d, inter, renorm, res)
+    shared_args: list[Any] = [None, None, None, None, 0]
+    if si:
+        s_gate, s_up = ((torch.randn(si, d, generator=g) * 0.05).bfloat16() for _ in range(2))
+        s_down = (torch.randn(d, si, generator=g) * 0.05).bfloat16()
+        s_gw = (torch.randn(1, d, generator=g) * 0.05).bfloat16()
+        sdev = [tb.to_device(t, DEV) for t in (s_gate, s_up, s_down, s_gw)]
+        shared_args = [t.data_ptr for t in sdev] + [si]
+        # the op path's shared expert: gate_up_swiglu, down, the gate's linear, sigmoid,
+        # mul_rows, add, each rounded to bf16
+        xs = x.float()
+        hs = _rbf(
+            _rbf(torch.nn.functional.silu(_rbf(xs @ s_gate.float().T))) * _rbf(xs @ s_up.float().T)
+        )
+        sh = _rbf(hs @ s_down.float().T)
+        sgate = _rbf(torch.sigmoid(_rbf(xs @ s_gw.float().T)))
+        out0 = _rbf(out0.float() + _rbf(sh * sgate))
+    logits = Tensor.empty((1, e + (1 if si else 0)), DType.bfloat16, DEV)
     idx = Tensor.empty((1, k), DType.int32, DEV)
     w = Tensor.empty((1, k), DType.bfloat16, DEV)
-    h = Tensor.empty((k, inter), DType.bfloat16, DEV)
+    h = Tensor.empty((1, k * inter + si), DType.bfloat16, DEV)
     out = Tensor.empty((1, d), DType.bfloat16, DEV)
     for _ in range(2):  # twice: the grid barrier's state carries over between launches
         cuda.check(
             lib.toc_moe_step(
-                xd.data_ptr, nwd.data_ptr, bf, 1e-6, rd.data_ptr, e, k, int(renorm),
-                tabs[0].data_ptr, tabs[1].data_ptr, tabs[2].data_ptr, d, inter,
-                logits.data_ptr, idx.data_ptr, w.data_ptr, h.data_ptr, out.data_ptr, bf,
+                xd.data_ptr, nwd.data_ptr if nwd is not None else None, bf, 1e-6, rd.data_ptr, e,
+                k, int(renorm), tabs[0].data_ptr, tabs[1].data_ptr, tabs[2].data_ptr, d, inter,
+                *shared_args, xd.data_ptr if res else None, logits.data_ptr, idx.data_ptr,
+                w.data_ptr, h.data_ptr, out.data_ptr, bf,
             ),
             "toc_moe_step",
         )  # fmt: skip
-    lg = tb.from_device(logits).float()
+    lg = tb.from_device(logits).float()[:, :e]
     assert torch.allclose(lg, logits0.float(), rtol=1e-2, atol=1e-2)
-    top = torch.sort(logits0.float().reshape(-1), descending=True).values
-    if k < e and float(top[k - 1] - top[k]) < 0.05:
-        pytest.skip("the k-th and (k+1)-th logits are too close for this draw")
     assert torch.equal(tb.from_device(idx), idx0)
     assert torch.equal(tb.from_device(w), w0)
-    hv = tb.from_device(h).float()
-    assert torch.allclose(hv, h0.float(), rtol=1.6e-2, atol=1e-4), (hv - h0.float()).abs().max()
+    hv = tb.from_device(h).float().reshape(-1)
+    assert torch.allclose(hv[: k * inter], h0.float().reshape(-1), rtol=1.6e-2, atol=1e-4)
+    if si:
+        assert torch.allclose(hv[k * inter :], hs.reshape(-1), rtol=1.6e-2, atol=1e-4)
+        gate_logit = tb.from_device(logits).float()[0, e:]
+        assert torch.allclose(
+            gate_logit, _rbf(xs @ s_gw.float().T).reshape(-1), rtol=1e-2, atol=1e-3
+        )
     ov = tb.from_device(out).float()
     assert torch.allclose(ov, out0.float(), rtol=1.6e-2, atol=1e-3), (ov - out0.float()).abs().max()
 
@@ -481,21 +523,23 @@ def test_moe_step_matches_the_five_kernels(
 def test_moe_step_refuses_what_it_does_not_take() -> None:
     lib = cuda.lib()
     bf, f32 = int(DType.bfloat16), int(DType.float32)
-    assert lib.toc_moe_step_supported(128, 8, 2048, 768, bf) == 0
+    assert lib.toc_moe_step_supported(128, 8, 2048, 768, 0, bf) == 0
+    assert lib.toc_moe_step_supported(512, 10, 2048, 512, 512, bf) == 0
     refused = [
-        (128, 8, 2048, 768, f32),  # f32 activations
-        (128, 65, 2048, 768, bf),  # k above 64
-        (8, 9, 64, 64, bf),  # k above e
-        (128, 8, 2044, 768, bf),  # hidden % 8
-        (128, 8, 2048, 100, bf),  # intermediate % 8
-        (5000, 8, 2048, 768, bf),  # more than 4096 experts
+        (128, 8, 2048, 768, 0, f32),  # f32 activations
+        (128, 65, 2048, 768, 0, bf),  # k above 64
+        (8, 9, 64, 64, 0, bf),  # k above e
+        (128, 8, 2044, 768, 0, bf),  # hidden % 8
+        (128, 8, 2048, 100, 0, bf),  # intermediate % 8
+        (128, 8, 2048, 768, 100, bf),  # the shared expert's width % 8
+        (5000, 8, 2048, 768, 0, bf),  # more than 4096 experts
     ]
     for args in refused:
         assert lib.toc_moe_step_supported(*args) != 0, args
     with pytest.raises(NativeError, match="NULL"):
         cuda.check(
             lib.toc_moe_step(None, None, bf, 1e-6, None, 8, 2, 1, None, None, None, 64, 64,
-                             None, None, None, None, None, bf),
+                             None, None, None, None, 0, None, None, None, None, None, None, bf),
             "toc_moe_step",
         )  # fmt: skip
 
@@ -508,7 +552,7 @@ def test_graph_step_with_and_without_the_one_launch_moe(
     kind, d, _ = ckpt
     if kind != "bf16":
         pytest.skip("the graph decoder takes bf16 checkpoints")
-    assert cuda.lib().toc_moe_step_supported(8, 3, 128, 64, int(DType.bfloat16)) == 0  # TINY's
+    assert cuda.lib().toc_moe_step_supported(8, 3, 128, 64, 0, int(DType.bfloat16)) == 0  # TINY's
     prompt = _prompt(20, 3)
     runs = []
     for flag in ("1", "0"):

@@ -516,7 +516,7 @@ class CudaGraphDecoder(GraphStepRunner):
         if (
             _moe_step_enabled()
             and not self.skip & five
-            and lib.toc_moe_step_supported(e, k, hid, inter, act) == 0
+            and lib.toc_moe_step_supported(e, k, hid, inter, 0, act) == 0
         ):
             run(
                 "moe_step",
@@ -524,6 +524,7 @@ class CudaGraphDecoder(GraphStepRunner):
                 self.x2.data_ptr, nw.data_ptr, nw.dtype, post_norm.eps,
                 router.data_ptr, e, k, int(mlp.renormalize),
                 gate_t.data_ptr, up_t.data_ptr, down_t.data_ptr, hid, inter,
+                None, None, None, None, 0, self.x2.data_ptr,
                 self.moe_logits.data_ptr, self.moe_idx.data_ptr, self.moe_w.data_ptr,
                 self.h.data_ptr, self.x.data_ptr, act,
             )  # fmt: skip

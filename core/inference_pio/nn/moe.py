@@ -12,6 +12,7 @@ sigmoid router computes in fp32 throughout and keeps fp32 weights.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Sequence
 
 from inference_pio.backend import Backend
@@ -431,9 +432,67 @@ class SoftmaxTopKMoE(RoutedExperts):
             )
         return self.router.weight.nbytes + self.expert_bytes() + extra
 
+    def _one_launch_ok(self, be: Backend, x: Tensor) -> bool:
+        """Whether one token's MLP runs as one cooperative launch (toc_moe_step: router, top-k,
+        experts, ordered combine and the shared expert behind two grid barriers) on this device:
+        bf16, 16-byte aligned weights, shapes the library takes;
+        ``INFERENCE_PIO_CUDA_MOE_STEP=0`` keeps the separate kernels."""
+        if x.shape[0] != 1 or be.device.type != "cuda" or x.dtype != DType.bfloat16:
+            return False
+        if os.environ.get("INFERENCE_PIO_CUDA_MOE_STEP", "1") == "0" or not be.has("moe_step"):
+            return False
+        known: bool | None = self.__dict__.get("_one_launch_known")
+        if known is None:
+            from inference_pio import cuda
+
+            sh, sg = self.shared, self.shared_gate
+            lins = [self.router] + ([sh.gate, sh.up, sh.down, sg] if sh and sg else [])
+            si = sh.inter if sh is not None else 0
+            known = (
+                self._grouped_ok(be, x.dtype)
+                and self._aligned()
+                and self.k <= COMBINE_MAX_K
+                and all(
+                    lin.weight.dtype == DType.bfloat16
+                    and lin.bias is None
+                    and lin.weight.data_ptr % 16 == 0
+                    for lin in lins
+                )
+                and cuda.lib().toc_moe_step_supported(
+                    self.num_experts, self.k, x.shape[1], self.experts[0].inter, si, x.dtype
+                )
+                == 0
+            )
+            self.__dict__["_one_launch_known"] = known
+        return known
+
+    def _one_launch(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
+        hidden, e, k = x.shape[1], self.num_experts, self.k
+        inter = self.experts[0].inter
+        sh, sg = self.shared, self.shared_gate
+        si = sh.inter if sh is not None else 0
+        gate_t, up_t, down_t = self.pointer_tables(be)
+        logits = be.scratch("moe.logits1", (1, e + (1 if sh else 0)), x.dtype)
+        idx = be.scratch("moe.idx", (1, k), DType.int32)
+        weights = be.scratch("moe.weights", (1, k), x.dtype)
+        h = be.scratch("moe.h_step", (1, k * inter + si), x.dtype)
+        shared: list[int | None] = [None, None, None, None, 0]
+        if sh is not None and sg is not None:
+            shared = [sh.gate.weight.data_ptr, sh.up.weight.data_ptr, sh.down.weight.data_ptr]
+            shared += [sg.weight.data_ptr, si]
+        be.call(
+            "moe_step",
+            x.data_ptr, None, 0, 0.0, self.router.weight.data_ptr, e, k, int(self.renormalize),
+            gate_t.data_ptr, up_t.data_ptr, down_t.data_ptr, hidden, inter, *shared, None,
+            logits.data_ptr, idx.data_ptr, weights.data_ptr, h.data_ptr, out.data_ptr, x.dtype,
+        )  # fmt: skip
+        return out
+
     def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
         t = x.shape[0]
         e, k = self.num_experts, self.k
+        if self._one_launch_ok(be, x):
+            return self._one_launch(be, x, out)
         logits = be.scratch("moe.logits", (t, e), x.dtype)
         self.router(be, x, logits)
         idx = be.scratch("moe.idx", (t, k), DType.int32)

@@ -1,18 +1,23 @@
-/* The mixture-of-experts MLP of one token in one cooperative launch (the CUDA-graph decoder's
- * Qwen3-MoE layers: softmax top-k router, no shared expert), instead of five kernels (router GEMV,
- * route, the experts' gate / up with SwiGLU, their down projections, combine), each of which paid
- * its own ramp and tail (2.6-7 us apiece on an H200). Three stages behind two grid barriers:
+/* The mixture-of-experts MLP of one token in one cooperative launch (softmax top-k routers: the
+ * CUDA-graph decoder's Qwen3-MoE layers, and any single token of the op path on CUDA, Qwen3-Next's
+ * shared expert included), instead of five kernels or more (router GEMV, route, the experts' gate /
+ * up with SwiGLU, their down projections, combine; the shared expert's GEMVs, gate and sums), each
+ * of which paid its own ramp and tail (2.6-7 us apiece on an H200). Three stages behind two grid
+ * barriers:
  *
- *  A. every block normalises x itself (RMSNorm) into shared memory; the router's rows are spread
- *     one per block, so each block streams a few KB; logits (bf16) to global;
+ *  A. every block normalises x itself (RMSNorm, when asked) into shared memory; the router's rows
+ *     (and the shared expert's gate row) are spread one per block, so each block streams a few KB;
+ *     logits (bf16) to global;
  *  B. every block reads the logits, takes the softmax top-k itself (the same choice everywhere),
- *     then its even share of the k x inter (slot, row) pairs of gate / up: h [k, inter] to global;
- *  C. every block stages h and takes a range of output columns for all k slots (the down rows of
- *     its columns, contiguous in each expert's matrix), then combines its columns in expert order
- *     and adds the residual: no third barrier.
+ *     then its even share of the (slot, row) pairs of gate / up, the shared expert a slot of its
+ *     own: h to global;
+ *  C. every block stages h and takes a range of output columns for every slot (the down rows of
+ *     its columns, contiguous in each expert's matrix), then combines its columns in expert order,
+ *     adds the shared expert times its sigmoid gate and the residual: no third barrier.
  *
- * Roundings are those of toc_gemv_fused (router, SwiGLU), toc_moe_route_softmax, toc_moe_gemv and
- * toc_moe_combine; the products' partial sums run in another order, so a value can differ from that
+ * Roundings are those of the kernels it replaces: toc_gemv_fused (router, SwiGLU),
+ * toc_moe_route_softmax, toc_moe_gemv, toc_moe_combine, then sigmoid, mul_rows and add for the
+ * shared expert; the products' partial sums run in another order, so a value can differ from that
  * sequence in its last bf16 bit. bf16 activations and weights only. */
 #include "common.cuh"
 #include "moe.cuh"
@@ -33,19 +38,21 @@
 #endif
 
 struct MsArgs {
-    const uint16_t *x; /* [d]: the RMSNorm's input and out's residual */
-    const void *norm_w;
+    const uint16_t *x;  /* [d]: the MLP's input */
+    const void *norm_w; /* RMSNorm of x first, or NULL */
     int nwd;
     float eps;
     const uint16_t *router;                 /* [e, d] */
     const unsigned long long *tg, *tu, *td; /* device tables of e pointers: gate, up [inter, d], down [d, inter] */
-    int64_t e, d, inter;
+    const uint16_t *sg, *sgu, *sgd, *sgw;   /* the shared expert: gate, up [si, d], down [d, si], gate row [d]; or NULL */
+    int64_t e, d, inter, si;
     int k, renorm;
-    uint16_t *logits; /* [e] */
-    int32_t *idx;     /* [k]: the choice, written by block 0 (the other blocks keep their own) */
-    uint16_t *wts;    /* [k] */
-    uint16_t *h;      /* [k, inter] */
-    uint16_t *out;    /* [d] */
+    const uint16_t *res; /* out = res + ..., or NULL */
+    uint16_t *logits;    /* [e (+ 1: the shared expert's gate)] */
+    int32_t *idx;        /* [k]: the choice, written by block 0 (the other blocks keep their own) */
+    uint16_t *wts;       /* [k] */
+    uint16_t *h;         /* [k inter (+ si)] */
+    uint16_t *out;       /* [d] */
 };
 
 __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_constant__ MsArgs a) {
@@ -54,22 +61,23 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
     __shared__ double redd[32];
     __shared__ float vals[MS_MAX_K], wsl[MS_MAX_K];
     __shared__ int32_t ids[MS_MAX_K], order[MS_MAX_K];
-    __shared__ const uint16_t *gp[MS_MAX_K]; /* the chosen experts' gate, up and down matrices */
-    __shared__ const uint16_t *up[MS_MAX_K];
-    __shared__ const uint16_t *dp[MS_MAX_K];
+    __shared__ const uint16_t *gp[MS_MAX_K + 1]; /* each slot's gate, up and down (the shared expert last) */
+    __shared__ const uint16_t *up[MS_MAX_K + 1];
+    __shared__ const uint16_t *dp[MS_MAX_K + 1];
+    __shared__ int64_t hoff[MS_MAX_K + 2]; /* each slot's first element of h; [slots]: h's length */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int G = gridDim.x, k = a.k;
-    const int64_t d = a.d, e = a.e, inter = a.inter, nv = d / 8, nv2 = inter / 8;
+    const int G = gridDim.x, k = a.k, sh = a.sg != nullptr, slots = k + sh;
+    const int64_t d = a.d, e = a.e, inter = a.inter, nv = d / 8;
     const int64_t nw = (int64_t)G * MS_WARPS;
 
     /* ---- A: RMSNorm of x, the router rows (row r on block r % G: every block streams a little) */
     const int64_t rw = (int64_t)warp * G + blockIdx.x; /* this warp's first router row */
-    for (int64_t r = rw; r < e; r += nw) ms_prefetch_l2(a.router + r * d, d * 2);
+    for (int64_t r = rw; r < e + sh; r += nw) ms_prefetch_l2(r < e ? a.router + r * d : a.sgw, d * 2);
     float4 *xlo = (float4 *)smem, *xhi = xlo + nv;
     float *p = (float *)(xhi + nv);
     ms_stage_norm(a.x, a.norm_w, a.nwd, a.eps, d, xlo, xhi, red);
-    for (int64_t r = rw; r < e; r += nw) {
-        const uint16_t *row[1] = {a.router + r * d};
+    for (int64_t r = rw; r < e + sh; r += nw) {
+        const uint16_t *row[1] = {r < e ? a.router + r * d : a.sgw};
         float s[1];
         ms_dots<1, 8>(row, nv, xlo, xhi, s);
         if (lane == 0) a.logits[r] = f2bf(s[0]);
@@ -113,14 +121,17 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
             a.idx[j] = ids[j];
             a.wts[j] = f2bf(vals[j]);
         }
+    } else if (tid == k && sh) {
+        gp[k] = a.sg, up[k] = a.sgu, dp[k] = a.sgd;
     }
+    if (tid <= slots) hoff[tid] = (int64_t)(tid < k ? tid : k) * inter + (tid > k ? a.si : 0);
     __syncthreads();
     {
-        const int64_t P = (int64_t)k * inter, gw = (int64_t)blockIdx.x * MS_WARPS + warp;
+        const int64_t P = hoff[slots], gw = (int64_t)blockIdx.x * MS_WARPS + warp;
         const int64_t q1 = (gw + 1) * P / nw;
         for (int64_t q = gw * P / nw; q < q1; q++) {
-            const int j = (int)(q / inter);
-            const int64_t r = q - (int64_t)j * inter;
+            const int j = q < (int64_t)k * inter ? (int)(q / inter) : k;
+            const int64_t r = q - hoff[j];
             const uint16_t *rows[2] = {gp[j] + r * d, up[j] + r * d};
             float s[2];
             ms_dots<2, MS_GU_U>(rows, nv, xlo, xhi, s);
@@ -130,29 +141,32 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
             }
         }
     }
+    /* the shared expert's gate as the sigmoid op rounds it */
+    const float sgate = sh ? rbf(1.0f / (1.0f + expf(-bf2f(__ldcg(a.logits + e))))) : 0.0f;
     /* Requesting this block's down rows into L2 here, before the barrier, measured 1.5-2% slower
      * (Qwen3-MoE, 12 layers, H200): the early blocks' requests slow the late ones' gate / up. */
     ms_grid_sync();
 
     /* ---- C: stage h, the down rows of columns [o0, o1) for every slot, then the combine */
     const int64_t o0 = (int64_t)blockIdx.x * d / G, o1 = (int64_t)(blockIdx.x + 1) * d / G, nc = o1 - o0;
-    float4 *hlo = (float4 *)smem, *hhi = hlo + k * nv2;
-    float *ys = (float *)(hhi + k * nv2); /* [k, nc] */
-    for (int64_t c = tid; c < k * nv2; c += MS_THREADS) {
+    const int64_t nh8 = hoff[slots] / 8;
+    float4 *hlo = (float4 *)smem, *hhi = hlo + nh8;
+    float *ys = (float *)(hhi + nh8); /* [slots, nc] */
+    for (int64_t c = tid; c < nh8; c += MS_THREADS) {
         float f[8];
         bf8(__ldcg((const uint4 *)a.h + c), f);
         ms_put8(hlo, hhi, c, f);
     }
     __syncthreads();
     const int64_t ng = (nc + MS_DOWN_ROWS - 1) / MS_DOWN_ROWS; /* row groups a slot */
-    for (int64_t g = warp; g < k * ng; g += MS_WARPS) {
+    for (int64_t g = warp; g < slots * ng; g += MS_WARPS) {
         const int j = (int)(g / ng);
-        const int64_t o = o0 + (g - (int64_t)j * ng) * MS_DOWN_ROWS;
+        const int64_t o = o0 + (g - (int64_t)j * ng) * MS_DOWN_ROWS, n = j < k ? inter : a.si;
         const uint16_t *rows[MS_DOWN_ROWS];
 #pragma unroll
-        for (int r = 0; r < MS_DOWN_ROWS; r++) rows[r] = o + r < o1 ? dp[j] + (o + r) * inter : nullptr;
+        for (int r = 0; r < MS_DOWN_ROWS; r++) rows[r] = o + r < o1 ? dp[j] + (o + r) * n : nullptr;
         float s[MS_DOWN_ROWS];
-        ms_dots<MS_DOWN_ROWS, MS_DOWN_U>(rows, nv2, hlo + j * nv2, hhi + j * nv2, s);
+        ms_dots<MS_DOWN_ROWS, MS_DOWN_U>(rows, n / 8, hlo + hoff[j] / 8, hhi + hoff[j] / 8, s);
         if (lane == 0)
 #pragma unroll
             for (int r = 0; r < MS_DOWN_ROWS; r++)
@@ -165,7 +179,9 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
             const int j = order[q];
             acc = rbf(__fadd_rn(acc, rbf(__fmul_rn(wsl[j], ys[j * nc + t]))));
         }
-        a.out[o0 + t] = f2bf(__fadd_rn(bf2f(__ldcg(a.x + o0 + t)), acc));
+        if (sh) acc = rbf(__fadd_rn(acc, rbf(__fmul_rn(ys[k * nc + t], sgate)))); /* mul_rows, then add */
+        if (a.res) acc = __fadd_rn(bf2f(__ldcg(a.res + o0 + t)), acc);
+        a.out[o0 + t] = f2bf(acc);
     }
 }
 
@@ -173,45 +189,56 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
 static bool ms_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* shared memory of a launch: stage A / B (x, probabilities) and C (h, the block's outputs) share it */
-static size_t ms_smem(int64_t e, int64_t k, int64_t d, int64_t inter, int grid) {
+static size_t ms_smem(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t si, int grid) {
     const int64_t ab = d * 4 + e * 4;
-    const int64_t c = k * inter * 4 + k * toc_cdiv(d, grid) * 4;
+    const int64_t c = (k * inter + si) * 4 + (k + (si > 0)) * toc_cdiv(d, grid) * 4;
     return (size_t)(ab > c ? ab : c);
 }
 
 /* Checks the shapes and the device: TO_OK with the launch's grid and shared memory, or an error
- * saying what does not fit (the caller then takes the five-kernel path). */
-static int ms_plan(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype, int *grid, size_t *smem) {
+ * saying what does not fit (the caller then takes the kernels it replaces). */
+static int ms_plan(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t si, int act_dtype, int *grid,
+                   size_t *smem) {
     TOC_CHECK(act_dtype == TO_BF16, TO_ERR_UNSUPPORTED, "toc_moe_step: bf16 activations only");
     TOC_CHECK(e >= 1 && e <= MS_MAX_E && k >= 1 && k <= e && k <= MS_MAX_K, TO_ERR_UNSUPPORTED,
               "toc_moe_step: need 1 <= k <= e, k <= %d and e <= %d (k=%lld, e=%lld)", MS_MAX_K, MS_MAX_E,
               (long long)k, (long long)e);
-    TOC_CHECK(d >= 8 && d % 8 == 0 && inter >= 8 && inter % 8 == 0, TO_ERR_UNSUPPORTED,
-              "toc_moe_step: hidden and intermediate sizes must be multiples of 8 (%lld, %lld)", (long long)d,
-              (long long)inter);
+    TOC_CHECK(d >= 8 && d % 8 == 0 && inter >= 8 && inter % 8 == 0 && si >= 0 && si % 8 == 0, TO_ERR_UNSUPPORTED,
+              "toc_moe_step: hidden and intermediate sizes must be multiples of 8 (%lld, %lld, shared %lld)",
+              (long long)d, (long long)inter, (long long)si);
     TOC_READY();
-    *smem = ms_smem(e, k, d, inter, toc_sm_count());
+    *smem = ms_smem(e, k, d, inter, si, toc_sm_count());
     return ms_plan_launch(moe_step_kernel, MS_THREADS, *smem, grid, "toc_moe_step");
 }
 
-TOC_EXPORT int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int act_dtype) {
+TOC_EXPORT int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t shared_inter,
+                                      int act_dtype) {
     int grid = 0;
     size_t smem = 0;
-    return ms_plan(e, k, d, inter, act_dtype, &grid, &smem);
+    return ms_plan(e, k, d, inter, shared_inter, act_dtype, &grid, &smem);
 }
 
 TOC_EXPORT int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, float eps, const void *router_w,
                             int64_t e, int64_t k, int renormalize, const void *tab_gate, const void *tab_up,
-                            const void *tab_down, int64_t d, int64_t inter, void *logits, int32_t *idx,
-                            void *weights, void *h, void *out, int act_dtype) {
-    TOC_CHECK(x && norm_w && router_w && tab_gate && tab_up && tab_down && logits && idx && weights && h && out,
+                            const void *tab_down, int64_t d, int64_t inter, const void *shared_gate,
+                            const void *shared_up, const void *shared_down, const void *shared_gate_w,
+                            int64_t shared_inter, const void *res, void *logits, int32_t *idx, void *weights,
+                            void *h, void *out, int act_dtype) {
+    TOC_CHECK(x && router_w && tab_gate && tab_up && tab_down && logits && idx && weights && h && out,
               TO_ERR_INVALID_ARGUMENT, "toc_moe_step: NULL pointer");
-    TOC_CHECK(toc_is_wt(norm_dtype), TO_ERR_DTYPE, "toc_moe_step: norm weight dtype %d unsupported", norm_dtype);
-    TOC_CHECK(ms_aligned16(x) && ms_aligned16(router_w) && ms_aligned16(h) && (d * 2) % 16 == 0,
-              TO_ERR_INVALID_ARGUMENT, "toc_moe_step: x, the router weights and h must be 16-byte aligned");
+    const bool sh = shared_gate != NULL;
+    TOC_CHECK(sh ? (shared_up && shared_down && shared_gate_w && shared_inter >= 8) : shared_inter == 0,
+              TO_ERR_INVALID_ARGUMENT,
+              "toc_moe_step: a shared expert needs its gate, up, down, gate row and width together");
+    TOC_CHECK(!norm_w || toc_is_wt(norm_dtype), TO_ERR_DTYPE, "toc_moe_step: norm weight dtype %d unsupported",
+              norm_dtype);
+    TOC_CHECK(ms_aligned16(x) && ms_aligned16(router_w) && ms_aligned16(h) &&
+                  (!sh || (ms_aligned16(shared_gate) && ms_aligned16(shared_up) && ms_aligned16(shared_down) &&
+                           ms_aligned16(shared_gate_w))),
+              TO_ERR_INVALID_ARGUMENT, "toc_moe_step: x, the weights and h must be 16-byte aligned");
     int grid = 0;
     size_t smem = 0;
-    const int rc = ms_plan(e, k, d, inter, act_dtype, &grid, &smem);
+    const int rc = ms_plan(e, k, d, inter, sh ? shared_inter : 0, act_dtype, &grid, &smem);
     if (rc) return rc;
     MsArgs a = {};
     a.x = (const uint16_t *)x;
@@ -222,8 +249,14 @@ TOC_EXPORT int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, f
     a.tg = (const unsigned long long *)tab_gate;
     a.tu = (const unsigned long long *)tab_up;
     a.td = (const unsigned long long *)tab_down;
+    if (sh) {
+        a.sg = (const uint16_t *)shared_gate, a.sgu = (const uint16_t *)shared_up;
+        a.sgd = (const uint16_t *)shared_down, a.sgw = (const uint16_t *)shared_gate_w;
+        a.si = shared_inter;
+    }
     a.e = e, a.d = d, a.inter = inter;
     a.k = (int)k, a.renorm = renormalize != 0;
+    a.res = (const uint16_t *)res;
     a.logits = (uint16_t *)logits;
     a.idx = idx;
     a.wts = (uint16_t *)weights;

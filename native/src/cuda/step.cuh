@@ -89,8 +89,8 @@ __device__ __forceinline__ void ms_put8(float4 *lo, float4 *hi, int64_t c, const
 }
 
 /* x [d] (bf16, 16-byte aligned, d % 8 == 0) normalised into lo / hi as toc_gemv_fused's staging
- * rounds it: round(w * round(x * r)), r = 1 / sqrt(mean(x^2) + eps). The whole block; ends with a
- * block barrier. */
+ * rounds it: round(w * round(x * r)), r = 1 / sqrt(mean(x^2) + eps); w NULL: x as it is. The
+ * whole block; ends with a block barrier. */
 __device__ __forceinline__ void ms_stage_norm(const uint16_t *x, const void *w, int wd, float eps, int64_t d,
                                               float4 *lo, float4 *hi, float *red /* 33 */) {
     const int64_t nv = d / 8;
@@ -101,6 +101,10 @@ __device__ __forceinline__ void ms_stage_norm(const uint16_t *x, const void *w, 
 #pragma unroll
         for (int i = 0; i < 8; i++) ss += f[i] * f[i];
         ms_put8(lo, hi, c, f);
+    }
+    if (!w) {
+        __syncthreads();
+        return;
     }
     ss = block_sum(ss, red);
     const float rr = 1.0f / sqrtf(ss / (float)d + eps);
