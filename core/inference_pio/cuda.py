@@ -167,6 +167,30 @@ CUDA_PROTOTYPES: dict[str, Prototype] = {
     # int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter,
     #                            int64_t shared_inter, int act_dtype);
     "toc_moe_step_supported": (c_int, [c_int64] * 5 + [c_int]),
+    # int toc_moe_step_sigmoid(const void *x, const void *norm_w, int norm_dtype, float eps,
+    #                          const void *router_w, const float *bias, int64_t e, int64_t k,
+    #                          int64_t n_group, int64_t topk_group, int renormalize, float scaling,
+    #                          const void *tab_gate, const void *tab_up, const void *tab_down,
+    #                          int64_t d, int64_t inter, const void *shared_gate,
+    #                          const void *shared_up, const void *shared_down, int64_t shared_inter,
+    #                          const void *res, float *logits, int32_t *idx, float *weights,
+    #                          void *h, void *out, int act_dtype);
+    "toc_moe_step_sigmoid": (
+        c_int,
+        [c_void_p, c_void_p, c_int, c_float, c_void_p, c_void_p]
+        + [c_int64] * 4
+        + [c_int, c_float]
+        + [c_void_p] * 3  # the expert tables
+        + [c_int64, c_int64]
+        + [c_void_p] * 3  # the shared expert
+        + [c_int64]
+        + [c_void_p] * 6  # res, logits, idx, weights, h, out
+        + [c_int],
+    ),
+    # int toc_moe_step_sigmoid_supported(int64_t e, int64_t k, int64_t n_group,
+    #                                    int64_t topk_group, int64_t d, int64_t inter,
+    #                                    int64_t shared_inter, int act_dtype);
+    "toc_moe_step_sigmoid_supported": (c_int, [c_int64] * 7 + [c_int]),
     # int toc_moe_grouped_linear(const void *x, const int32_t *tiles, int64_t n_tiles,
     #                            const void *tab, int64_t n_experts, int64_t n, int64_t k, void *y,
     #                            int act_dtype);

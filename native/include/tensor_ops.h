@@ -589,6 +589,19 @@ TO_API int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, float
                         void *h, void *out, int act_dtype);
 TO_API int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t shared_inter,
                                   int act_dtype);
+/* toc_moe_step with the sigmoid noaux_tc router of toc_moe_route_sigmoid (GLM-4.7-Flash): logits
+ * [e] and weights [k] in fp32, the experts chosen by sigmoid score + bias (fp32 [e]) within the
+ * topk_group best of n_group groups (n_group <= 64), the scores renormalised (+1e-20) when asked and
+ * times scaling; a shared expert, if any, is added ungated (y = y + shared(xn), rounded). */
+TO_API int toc_moe_step_sigmoid(const void *x, const void *norm_w, int norm_dtype, float eps, const void *router_w,
+                                const float *bias, int64_t e, int64_t k, int64_t n_group, int64_t topk_group,
+                                int renormalize, float scaling, const void *tab_gate, const void *tab_up,
+                                const void *tab_down, int64_t d, int64_t inter, const void *shared_gate,
+                                const void *shared_up, const void *shared_down, int64_t shared_inter,
+                                const void *res, float *logits, int32_t *idx, float *weights, void *h, void *out,
+                                int act_dtype);
+TO_API int toc_moe_step_sigmoid_supported(int64_t e, int64_t k, int64_t n_group, int64_t topk_group, int64_t d,
+                                          int64_t inter, int64_t shared_inter, int act_dtype);
 /* Prefill / batched decode: rows of x [*, k] grouped by expert, tile t of tiles ([n_tiles][3]
  * int32 on the device: expert, first row, rows <= 64) times that expert's [n, k] weights (tab as
  * above) into the same rows of y [*, n]; bf16 only. */

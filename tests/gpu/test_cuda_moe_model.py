@@ -520,6 +520,95 @@ def test_moe_step_matches_the_kernels_it_replaces(
     assert torch.allclose(ov, out0.float(), rtol=1.6e-2, atol=1e-3), (ov - out0.float()).abs().max()
 
 
+@pytest.mark.parametrize(
+    ("e", "k", "n_group", "topk_group", "d", "inter", "si"),
+    [
+        (64, 4, 1, 1, 2048, 1536, 1536),  # GLM-4.7-Flash
+        (16, 4, 4, 2, 128, 64, 64),  # groups dropped before the choice
+        (8, 8, 2, 2, 96, 40, 0),  # every expert, no shared expert
+    ],
+)
+def test_moe_step_sigmoid_matches_the_kernels_it_replaces(
+    e: int, k: int, n_group: int, topk_group: int, d: int, inter: int, si: int
+) -> None:
+    """toc_moe_step_sigmoid (a single token of GLM-4.7-Flash's op path): fp32 logits against
+    torch's; the choice and fp32 weights bitwise those of toc_moe_route_sigmoid on the same
+    logits; h and the output within a bf16 step of the expert GEMVs and the ordered combine, plus
+    the ungated shared expert (torch, each op rounded)."""
+    from inference_pio.tensor import Tensor
+
+    lib = cuda.lib()
+    bf, f32 = int(DType.bfloat16), int(DType.float32)
+    if lib.toc_moe_step_sigmoid_supported(e, k, n_group, topk_group, d, inter, si, bf) != 0:
+        pytest.skip(lib.toc_last_error().decode())
+    g = torch.Generator().manual_seed(e + d + si)
+    x = torch.randn(1, d, generator=g).bfloat16()
+    router = (torch.randn(e, d, generator=g) * (1.0 / d**0.5)).bfloat16()
+    bias = 0.1 * torch.randn(e, generator=g)
+    mats = [
+        [(torch.randn(rows, cols, generator=g) * 0.05).bfloat16() for _ in range(e)]
+        for rows, cols in ((inter, d), (inter, d), (d, inter))
+    ]
+    keep = [_table(m) for m in mats]  # device copies must outlive the calls
+    gtab, utab, dtab = (t for _, t in keep)
+    xd, rd, bd = tb.to_device(x, DEV), tb.to_device(router, DEV), tb.to_device(bias, DEV)
+    shared_args: list[Any] = [None, None, None, 0]
+    if si:
+        s_gate, s_up = ((torch.randn(si, d, generator=g) * 0.05).bfloat16() for _ in range(2))
+        s_down = (torch.randn(d, si, generator=g) * 0.05).bfloat16()
+        sdev = [tb.to_device(t, DEV) for t in (s_gate, s_up, s_down)]
+        shared_args = [t.data_ptr for t in sdev] + [si]
+    logits = Tensor.empty((1, e), DType.float32, DEV)
+    idx = Tensor.empty((1, k), DType.int32, DEV)
+    w = Tensor.empty((1, k), DType.float32, DEV)
+    h = Tensor.empty((1, k * inter + si), DType.bfloat16, DEV)
+    out = Tensor.empty((1, d), DType.bfloat16, DEV)
+    for _ in range(2):
+        cuda.check(
+            lib.toc_moe_step_sigmoid(
+                xd.data_ptr, None, 0, 0.0, rd.data_ptr, bd.data_ptr, e, k, n_group, topk_group, 1,
+                2.5, gtab.data_ptr, utab.data_ptr, dtab.data_ptr, d, inter, *shared_args, None,
+                logits.data_ptr, idx.data_ptr, w.data_ptr, h.data_ptr, out.data_ptr, bf,
+            ),
+            "toc_moe_step_sigmoid",
+        )  # fmt: skip
+    xs = x.float()
+    lg = tb.from_device(logits)
+    assert torch.allclose(lg, xs @ router.float().T, rtol=1e-4, atol=1e-5)
+    # the kernels it replaces, routed on the same logits
+    idx0 = Tensor.empty((1, k), DType.int32, DEV)
+    w0 = Tensor.empty((1, k), DType.float32, DEV)
+    h0 = Tensor.empty((k, inter), DType.bfloat16, DEV)
+    y0 = Tensor.empty((k, d), DType.bfloat16, DEV)
+    out0 = Tensor.empty((1, d), DType.bfloat16, DEV)
+    steps = [
+        ("toc_moe_route_sigmoid", (logits.data_ptr, bd.data_ptr, 1, e, k, n_group, topk_group, 1,
+                                   2.5, f32, idx0.data_ptr, w0.data_ptr)),
+        ("toc_moe_gemv", (xd.data_ptr, 0, None, 0, 0.0, idx0.data_ptr, k, e, gtab.data_ptr,
+                          utab.data_ptr, inter, d, h0.data_ptr, inter, bf)),
+        ("toc_moe_gemv", (h0.data_ptr, inter, None, 0, 0.0, idx0.data_ptr, k, e, dtab.data_ptr,
+                          None, d, inter, y0.data_ptr, d, bf)),
+        ("toc_moe_combine", (y0.data_ptr, idx0.data_ptr, w0.data_ptr, None, out0.data_ptr, 1, k, e,
+                             d, bf, f32, bf)),
+    ]  # fmt: skip
+    for name, args in steps:
+        cuda.check(getattr(lib, name)(*args), name)
+    assert torch.equal(tb.from_device(idx), tb.from_device(idx0))
+    assert torch.equal(tb.from_device(w), tb.from_device(w0))
+    hv = tb.from_device(h).float().reshape(-1)
+    want_h = tb.from_device(h0).float().reshape(-1)
+    assert torch.allclose(hv[: k * inter], want_h, rtol=1.6e-2, atol=1e-4)
+    want = tb.from_device(out0).float()
+    if si:
+        hs = _rbf(
+            _rbf(torch.nn.functional.silu(_rbf(xs @ s_gate.float().T))) * _rbf(xs @ s_up.float().T)
+        )
+        assert torch.allclose(hv[k * inter :], hs.reshape(-1), rtol=1.6e-2, atol=1e-4)
+        want = _rbf(want + _rbf(hs @ s_down.float().T))
+    ov = tb.from_device(out).float()
+    assert torch.allclose(ov, want, rtol=1.6e-2, atol=1e-3), (ov - want).abs().max()
+
+
 def test_moe_step_refuses_what_it_does_not_take() -> None:
     lib = cuda.lib()
     bf, f32 = int(DType.bfloat16), int(DType.float32)
@@ -536,6 +625,15 @@ def test_moe_step_refuses_what_it_does_not_take() -> None:
     ]
     for args in refused:
         assert lib.toc_moe_step_supported(*args) != 0, args
+    assert lib.toc_moe_step_sigmoid_supported(64, 4, 1, 1, 2048, 1536, 1536, bf) == 0
+    sigmoid_refused = [
+        (64, 4, 3, 1, 2048, 1536, 0, bf),  # 3 groups do not divide 64 experts
+        (64, 4, 4, 5, 2048, 1536, 0, bf),  # topk_group above n_group
+        (64, 40, 4, 1, 2048, 1536, 0, bf),  # k above one group's 16 experts
+        (128, 4, 128, 1, 2048, 768, 0, bf),  # more than 64 groups
+    ]
+    for args in sigmoid_refused:
+        assert lib.toc_moe_step_sigmoid_supported(*args) != 0, args
     with pytest.raises(NativeError, match="NULL"):
         cuda.check(
             lib.toc_moe_step(None, None, bf, 1e-6, None, 8, 2, 1, None, None, None, 64, 64,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from inference_pio.backend import Backend
 from inference_pio.dtypes import DType
@@ -318,6 +319,41 @@ class RoutedExperts:
         grouped(g, down_t, ys, hidden, inter)
         return self._combine(be, ys, inverse, idx, weights, out)
 
+    def step_ok(
+        self,
+        be: Backend,
+        x: Tensor,
+        op: str,
+        lins: Sequence[Linear],
+        supported: Callable[[Any], int],
+    ) -> bool:
+        """Whether one token's MLP runs as the one cooperative launch ``op`` (toc_moe_step or
+        toc_moe_step_sigmoid) on this device: one bf16 row on CUDA, bf16 16-byte aligned weights
+        (the experts' and ``lins``), shapes the library takes (``supported``, given the CUDA
+        library, returns 0); ``INFERENCE_PIO_CUDA_MOE_STEP=0`` keeps the separate kernels."""
+        if x.shape[0] != 1 or be.device.type != "cuda" or x.dtype != DType.bfloat16:
+            return False
+        if os.environ.get("INFERENCE_PIO_CUDA_MOE_STEP", "1") == "0" or not be.has(op):
+            return False
+        known: bool | None = self.__dict__.get("_step_known")
+        if known is None:
+            from inference_pio import cuda
+
+            known = (
+                self._grouped_ok(be, x.dtype)
+                and self._aligned()
+                and self.k <= COMBINE_MAX_K
+                and all(
+                    lin.weight.dtype == DType.bfloat16
+                    and lin.bias is None
+                    and lin.weight.data_ptr % 16 == 0
+                    for lin in lins
+                )
+                and supported(cuda.lib()) == 0
+            )
+            self.__dict__["_step_known"] = known
+        return known
+
     def _aligned(self) -> bool:
         """Whether every expert weight starts on 16 bytes (the decode GEMV's vector loads)."""
         known: bool | None = self.__dict__.get("_weights_aligned")
@@ -434,37 +470,19 @@ class SoftmaxTopKMoE(RoutedExperts):
 
     def _one_launch_ok(self, be: Backend, x: Tensor) -> bool:
         """Whether one token's MLP runs as one cooperative launch (toc_moe_step: router, top-k,
-        experts, ordered combine and the shared expert behind two grid barriers) on this device:
-        bf16, 16-byte aligned weights, shapes the library takes;
-        ``INFERENCE_PIO_CUDA_MOE_STEP=0`` keeps the separate kernels."""
-        if x.shape[0] != 1 or be.device.type != "cuda" or x.dtype != DType.bfloat16:
-            return False
-        if os.environ.get("INFERENCE_PIO_CUDA_MOE_STEP", "1") == "0" or not be.has("moe_step"):
-            return False
-        known: bool | None = self.__dict__.get("_one_launch_known")
-        if known is None:
-            from inference_pio import cuda
+        experts, ordered combine and the shared expert behind two grid barriers)."""
+        sh, sg = self.shared, self.shared_gate
+        lins = [self.router] + ([sh.gate, sh.up, sh.down, sg] if sh and sg else [])
+        si = sh.inter if sh is not None else 0
 
-            sh, sg = self.shared, self.shared_gate
-            lins = [self.router] + ([sh.gate, sh.up, sh.down, sg] if sh and sg else [])
-            si = sh.inter if sh is not None else 0
-            known = (
-                self._grouped_ok(be, x.dtype)
-                and self._aligned()
-                and self.k <= COMBINE_MAX_K
-                and all(
-                    lin.weight.dtype == DType.bfloat16
-                    and lin.bias is None
-                    and lin.weight.data_ptr % 16 == 0
-                    for lin in lins
-                )
-                and cuda.lib().toc_moe_step_supported(
+        def supported(lib: Any) -> int:
+            return int(
+                lib.toc_moe_step_supported(
                     self.num_experts, self.k, x.shape[1], self.experts[0].inter, si, x.dtype
                 )
-                == 0
             )
-            self.__dict__["_one_launch_known"] = known
-        return known
+
+        return self.step_ok(be, x, "moe_step", lins, supported)
 
     def _one_launch(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
         hidden, e, k = x.shape[1], self.num_experts, self.k
@@ -576,9 +594,47 @@ class SigmoidTopKMoE(RoutedExperts):
         )
         return self.router.weight.nbytes + self.bias.nbytes + self.expert_bytes() + extra
 
+    def _try_one_launch(self, be: Backend, x: Tensor, out: Tensor) -> bool:
+        """One token's MLP as one cooperative launch (toc_moe_step_sigmoid) where it runs; False
+        (nothing done) otherwise."""
+        sh = self.shared
+        si = sh.inter if sh is not None else 0
+        hidden, e, k = x.shape[1], self.num_experts, self.k
+        inter = self.experts[0].inter
+
+        def supported(lib: Any) -> int:
+            return int(
+                lib.toc_moe_step_sigmoid_supported(
+                    e, k, self.n_group, self.topk_group, hidden, inter, si, x.dtype
+                )
+            )
+
+        lins = [self.router] + ([sh.gate, sh.up, sh.down] if sh is not None else [])
+        if not self.step_ok(be, x, "moe_step_sigmoid", lins, supported):
+            return False
+        gate_t, up_t, down_t = self.pointer_tables(be)
+        f32 = DType.float32
+        logits = be.scratch("moe.logits32", (1, e), f32)
+        idx = be.scratch("moe.idx", (1, k), DType.int32)
+        weights = be.scratch("moe.weights32", (1, k), f32)
+        h = be.scratch("moe.h_step", (1, k * inter + si), x.dtype)
+        shared: list[int | None] = [None, None, None, 0]
+        if sh is not None:
+            shared = [sh.gate.weight.data_ptr, sh.up.weight.data_ptr, sh.down.weight.data_ptr, si]
+        be.call(
+            "moe_step_sigmoid",
+            x.data_ptr, None, 0, 0.0, self.router.weight.data_ptr, self.bias.data_ptr, e, k,
+            self.n_group, self.topk_group, int(self.renormalize), self.scaling,
+            gate_t.data_ptr, up_t.data_ptr, down_t.data_ptr, hidden, inter, *shared, None,
+            logits.data_ptr, idx.data_ptr, weights.data_ptr, h.data_ptr, out.data_ptr, x.dtype,
+        )  # fmt: skip
+        return True
+
     def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
         t, hidden = x.shape
         e, k = self.num_experts, self.k
+        if self._try_one_launch(be, x, out):
+            return out
         f32 = DType.float32
         x32 = x
         if x.dtype != f32:  # transformers widens the input and the router weight to fp32

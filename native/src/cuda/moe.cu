@@ -34,22 +34,6 @@ static int moe_check_indices(const char *what) {
     return TO_OK;
 }
 
-/* Inserts (val, id) into the descending list vals/ids of length *len (capacity k); equal values
- * keep the earlier (lower) id first. Experts are offered in increasing id order. */
-__device__ void moe_topk_insert(float *vals, int32_t *ids, int *len, int k, float val, int32_t id) {
-    int n = *len;
-    if (n == k && !(val > vals[k - 1])) return;
-    int pos = n < k ? n : k - 1;
-    while (pos > 0 && val > vals[pos - 1]) {
-        vals[pos] = vals[pos - 1];
-        ids[pos] = ids[pos - 1];
-        pos--;
-    }
-    vals[pos] = val;
-    ids[pos] = id;
-    if (n < k) *len = n + 1;
-}
-
 /* ---- softmax top-k router: one block per row; the top k by one warp (the CPU's choice and
  * order: ties keep the lower id), the renormalisation by one thread in the CPU's order ---- */
 __global__ void __launch_bounds__(256) moe_route_softmax_kernel(const void *logits, int64_t e, int k, int renorm,
@@ -114,38 +98,6 @@ TOC_EXPORT int toc_moe_route_softmax(const void *logits, int64_t t, int64_t e, i
     return TO_OK;
 }
 
-/* The k largest of keys[0 .. e) (moe_key_of values: numbers in their order, then NaN; 0 for
- * taken) into ids in descending order, equal keys by increasing id: what moe_topk_insert builds
- * from the experts in id order, NaN ranked below every number. One warp, k rounds of a warp
- * argmax over (key, lower id) packed in 64 bits; a chosen key is set to 0. */
-__device__ __forceinline__ uint32_t moe_key_of(float v) {
-    const uint32_t u = __float_as_uint(v);
-    if (v != v) return 1u;                           /* NaN: below -inf (0x007fffff) */
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving for numbers */
-}
-
-__device__ void moe_topk_warp_keys(uint32_t *keys, int64_t e, int k, int32_t *ids) {
-    const int lane = threadIdx.x & 31;
-    for (int j = 0; j < k; j++) {
-        unsigned long long best = 0ull;
-        for (int64_t x = lane; x < e; x += 32) {
-            const unsigned long long c = ((unsigned long long)keys[x] << 32) | (uint32_t)~(uint32_t)x;
-            if (c > best) best = c;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const unsigned long long ob = __shfl_xor_sync(0xffffffffu, best, o);
-            if (ob > best) best = ob;
-        }
-        const int32_t id = (int32_t)~(uint32_t)best;
-        if (lane == 0) {
-            ids[j] = id;
-            keys[id] = 0u;
-        }
-        __syncwarp();
-    }
-}
-
 /* ---- sigmoid noaux_tc router: one block per row; the group stage (when groups are dropped) by
  * one thread, the top k by one warp ---- */
 __global__ void __launch_bounds__(256) moe_route_sigmoid_kernel(const void *logits, const float *bias, int64_t e,
@@ -165,46 +117,10 @@ __global__ void __launch_bounds__(256) moe_route_sigmoid_kernel(const void *logi
     }
     __syncthreads();
     if (threadIdx.x >= 32) return;
-    const int64_t gsz = e / n_group;
-    if (n_group > 1 && topk_group < n_group && threadIdx.x == 0) {
-        for (int64_t gi = 0; gi < n_group; gi++) {
-            float a = -INFINITY, b = -INFINITY;
-            for (int64_t x = gi * gsz; x < (gi + 1) * gsz; x++) {
-                if (cs[x] > a) {
-                    b = a;
-                    a = cs[x];
-                } else if (cs[x] > b) {
-                    b = cs[x];
-                }
-            }
-            gscore[gi] = gsz >= 2 ? a + b : a;
-        }
-        int len = 0;
-        for (int64_t gi = 0; gi < n_group; gi++) moe_topk_insert(gval, gids, &len, (int)topk_group, gscore[gi], (int32_t)gi);
-        for (int64_t gi = 0; gi < n_group; gi++) gscore[gi] = 0.f;
-        for (int64_t j = 0; j < topk_group; j++) gscore[gids[j]] = 1.f;
-        for (int64_t gi = 0; gi < n_group; gi++)
-            if (gscore[gi] == 0.f)
-                for (int64_t x = gi * gsz; x < (gi + 1) * gsz; x++) cs[x] = -INFINITY;
-    }
-    __syncwarp();
-    uint32_t *keys = (uint32_t *)cs; /* the corrected scores, as ordered keys in place */
-    for (int64_t x = threadIdx.x; x < e; x += 32) keys[x] = moe_key_of(cs[x]);
-    __syncwarp();
-    moe_topk_warp_keys(keys, e, k, ids_s);
-    if (threadIdx.x != 0) return;
-    float *w = weights + r * k;
-    float sum = 0.f;
-    for (int j = 0; j < k; j++) {
-        idx[r * k + j] = ids_s[j];
-        w[j] = s[ids_s[j]];
-        sum += w[j];
-    }
-    if (renorm) {
-        const float den = sum + 1e-20f;
-        for (int j = 0; j < k; j++) w[j] /= den;
-    }
-    for (int j = 0; j < k; j++) w[j] *= scaling;
+    moe_sigmoid_select(s, cs, e, k, n_group, topk_group, renorm, scaling, gscore, gval, gids, ids_s,
+                       weights + r * k);
+    if (threadIdx.x == 0)
+        for (int j = 0; j < k; j++) idx[r * k + j] = ids_s[j];
 }
 
 TOC_EXPORT int toc_moe_route_sigmoid(const void *logits, const float *bias, int64_t t, int64_t e, int64_t k,

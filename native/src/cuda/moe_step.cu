@@ -27,6 +27,7 @@
 #define MS_WARPS (MS_THREADS / 32)
 #define MS_MAX_K 64   /* experts a token, at most (toc_moe_combine's limit) */
 #define MS_MAX_E 4096 /* router rows (shared memory) */
+#define MS_MAX_GROUPS 64 /* expert groups of the sigmoid router */
 #ifndef MS_DOWN_ROWS
 #define MS_DOWN_ROWS 4 /* down rows a warp takes at once */
 #endif
@@ -47,10 +48,15 @@ struct MsArgs {
     const uint16_t *sg, *sgu, *sgd, *sgw;   /* the shared expert: gate, up [si, d], down [d, si], gate row [d]; or NULL */
     int64_t e, d, inter, si;
     int k, renorm;
+    /* the sigmoid noaux_tc router (GLM-4.7-Flash) instead of the softmax one: fp32 logits and
+     * weights, the correction bias, groups, scaling */
+    int sigmoid, n_group, topk_group;
+    const float *bias;
+    float scaling;
     const uint16_t *res; /* out = res + ..., or NULL */
-    uint16_t *logits;    /* [e (+ 1: the shared expert's gate)] */
+    void *logits;        /* [e (+ 1: the shared expert's gate)], bf16 (fp32: sigmoid router) */
     int32_t *idx;        /* [k]: the choice, written by block 0 (the other blocks keep their own) */
-    uint16_t *wts;       /* [k] */
+    void *wts;           /* [k], bf16 (fp32: sigmoid router) */
     uint16_t *h;         /* [k inter (+ si)] */
     uint16_t *out;       /* [d] */
 };
@@ -65,52 +71,71 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
     __shared__ const uint16_t *up[MS_MAX_K + 1];
     __shared__ const uint16_t *dp[MS_MAX_K + 1];
     __shared__ int64_t hoff[MS_MAX_K + 2]; /* each slot's first element of h; [slots]: h's length */
+    __shared__ float gscore[MS_MAX_GROUPS], gval[MS_MAX_GROUPS];
+    __shared__ int32_t gids[MS_MAX_GROUPS];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int G = gridDim.x, k = a.k, sh = a.sg != nullptr, slots = k + sh;
+    const int G = gridDim.x, k = a.k, sh = a.sg != nullptr, slots = k + sh, gate_row = a.sgw != nullptr;
     const int64_t d = a.d, e = a.e, inter = a.inter, nv = d / 8;
     const int64_t nw = (int64_t)G * MS_WARPS;
 
     /* ---- A: RMSNorm of x, the router rows (row r on block r % G: every block streams a little) */
     const int64_t rw = (int64_t)warp * G + blockIdx.x; /* this warp's first router row */
-    for (int64_t r = rw; r < e + sh; r += nw) ms_prefetch_l2(r < e ? a.router + r * d : a.sgw, d * 2);
+    for (int64_t r = rw; r < e + gate_row; r += nw) ms_prefetch_l2(r < e ? a.router + r * d : a.sgw, d * 2);
     float4 *xlo = (float4 *)smem, *xhi = xlo + nv;
     float *p = (float *)(xhi + nv);
     ms_stage_norm(a.x, a.norm_w, a.nwd, a.eps, d, xlo, xhi, red);
-    for (int64_t r = rw; r < e + sh; r += nw) {
+    for (int64_t r = rw; r < e + gate_row; r += nw) {
         const uint16_t *row[1] = {r < e ? a.router + r * d : a.sgw};
         float s[1];
         ms_dots<1, 8>(row, nv, xlo, xhi, s);
-        if (lane == 0) a.logits[r] = f2bf(s[0]);
+        if (lane == 0) {
+            if (a.sigmoid) ((float *)a.logits)[r] = s[0]; /* the router's fp32 product */
+            else ((uint16_t *)a.logits)[r] = f2bf(s[0]);
+        }
     }
     ms_grid_sync();
 
-    /* ---- B: softmax top-k (toc_moe_route_softmax's), then gate / up with SwiGLU */
-    float mx = -INFINITY;
-    for (int64_t x = tid; x < e; x += MS_THREADS) {
-        p[x] = bf2f(__ldcg(a.logits + x));
-        mx = fmaxf(mx, p[x]);
+    /* ---- B: the router's choice (toc_moe_route_softmax's or toc_moe_route_sigmoid's), then
+     * gate / up with SwiGLU */
+    if (a.sigmoid) {
+        float *sc = p, *cs = p + e;
+        for (int64_t x = tid; x < e; x += MS_THREADS) {
+            sc[x] = 1.f / (1.f + expf(-__ldcg((const float *)a.logits + x)));
+            cs[x] = sc[x] + a.bias[x];
+        }
+        __syncthreads();
+        if (tid < 32)
+            moe_sigmoid_select(sc, cs, e, k, a.n_group, a.topk_group, a.renorm, a.scaling, gscore, gval, gids, ids,
+                               vals);
+        __syncthreads();
+    } else {
+        float mx = -INFINITY;
+        for (int64_t x = tid; x < e; x += MS_THREADS) {
+            p[x] = bf2f(__ldcg((const uint16_t *)a.logits + x));
+            mx = fmaxf(mx, p[x]);
+        }
+        mx = block_max(mx, red);
+        double part = 0.0;
+        for (int64_t x = tid; x < e; x += MS_THREADS) {
+            p[x] = expf(p[x] - mx);
+            part += (double)p[x];
+        }
+        const double sum = block_sum_d(part, redd);
+        const float inv = (float)(1.0 / sum);
+        for (int64_t x = tid; x < e; x += MS_THREADS) p[x] *= inv;
+        __syncthreads();
+        if (tid < 32) moe_topk_warp(p, e, k, vals, ids);
+        __syncthreads();
+        if (tid == 0 && a.renorm) {
+            float s = 0.0f;
+            for (int j = 0; j < k; j++) s += vals[j];
+            for (int j = 0; j < k; j++) vals[j] /= s;
+        }
+        __syncthreads();
     }
-    mx = block_max(mx, red);
-    double part = 0.0;
-    for (int64_t x = tid; x < e; x += MS_THREADS) {
-        p[x] = expf(p[x] - mx);
-        part += (double)p[x];
-    }
-    const double sum = block_sum_d(part, redd);
-    const float inv = (float)(1.0 / sum);
-    for (int64_t x = tid; x < e; x += MS_THREADS) p[x] *= inv;
-    __syncthreads();
-    if (tid < 32) moe_topk_warp(p, e, k, vals, ids);
-    __syncthreads();
-    if (tid == 0 && a.renorm) {
-        float s = 0.0f;
-        for (int j = 0; j < k; j++) s += vals[j];
-        for (int j = 0; j < k; j++) vals[j] /= s;
-    }
-    __syncthreads();
-    if (tid < k) { /* slot tid: its weight as stored (bf16), its place in (expert, slot) order, its matrices */
+    if (tid < k) { /* slot tid: its weight as stored, its place in (expert, slot) order, its matrices */
         const int j = tid;
-        wsl[j] = rbf(vals[j]);
+        wsl[j] = a.sigmoid ? vals[j] : rbf(vals[j]);
         int rank = 0;
         for (int i = 0; i < k; i++) rank += ids[i] < ids[j] || (ids[i] == ids[j] && i < j);
         order[rank] = j;
@@ -119,7 +144,8 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
         dp[j] = (const uint16_t *)a.td[ids[j]];
         if (blockIdx.x == 0) {
             a.idx[j] = ids[j];
-            a.wts[j] = f2bf(vals[j]);
+            if (a.sigmoid) ((float *)a.wts)[j] = vals[j];
+            else ((uint16_t *)a.wts)[j] = f2bf(vals[j]);
         }
     } else if (tid == k && sh) {
         gp[k] = a.sg, up[k] = a.sgu, dp[k] = a.sgd;
@@ -142,7 +168,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
         }
     }
     /* the shared expert's gate as the sigmoid op rounds it */
-    const float sgate = sh ? rbf(1.0f / (1.0f + expf(-bf2f(__ldcg(a.logits + e))))) : 0.0f;
+    const float sgate = gate_row ? rbf(1.0f / (1.0f + expf(-bf2f(__ldcg((const uint16_t *)a.logits + e))))) : 1.0f;
     /* Requesting this block's down rows into L2 here, before the barrier, measured 1.5-2% slower
      * (Qwen3-MoE, 12 layers, H200): the early blocks' requests slow the late ones' gate / up. */
     ms_grid_sync();
@@ -179,7 +205,8 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
             const int j = order[q];
             acc = rbf(__fadd_rn(acc, rbf(__fmul_rn(wsl[j], ys[j * nc + t]))));
         }
-        if (sh) acc = rbf(__fadd_rn(acc, rbf(__fmul_rn(ys[k * nc + t], sgate)))); /* mul_rows, then add */
+        if (sh && gate_row) acc = rbf(__fadd_rn(acc, rbf(__fmul_rn(ys[k * nc + t], sgate)))); /* mul_rows, add */
+        else if (sh) acc = rbf(__fadd_rn(acc, ys[k * nc + t]));                                  /* add */
         if (a.res) acc = __fadd_rn(bf2f(__ldcg(a.res + o0 + t)), acc);
         a.out[o0 + t] = f2bf(acc);
     }
@@ -190,7 +217,7 @@ static bool ms_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* shared memory of a launch: stage A / B (x, probabilities) and C (h, the block's outputs) share it */
 static size_t ms_smem(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t si, int grid) {
-    const int64_t ab = d * 4 + e * 4;
+    const int64_t ab = d * 4 + 2 * e * 4; /* x; the probabilities (sigmoid: scores and corrected scores) */
     const int64_t c = (k * inter + si) * 4 + (k + (si > 0)) * toc_cdiv(d, grid) * 4;
     return (size_t)(ab > c ? ab : c);
 }
@@ -211,6 +238,17 @@ static int ms_plan(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t si, i
     return ms_plan_launch(moe_step_kernel, MS_THREADS, *smem, grid, "toc_moe_step");
 }
 
+/* the sigmoid router's own limits */
+static int ms_sigmoid_ok(int64_t e, int64_t k, int64_t n_group, int64_t topk_group) {
+    TOC_CHECK(n_group >= 1 && n_group <= MS_MAX_GROUPS && e % n_group == 0 && topk_group >= 1 &&
+                  topk_group <= n_group && k <= topk_group * (e / n_group),
+              TO_ERR_UNSUPPORTED,
+              "toc_moe_step_sigmoid: need n_group (%lld) <= %d dividing e (%lld), 1 <= topk_group (%lld) <= "
+              "n_group and k (%lld) within the experts of topk_group groups",
+              (long long)n_group, MS_MAX_GROUPS, (long long)e, (long long)topk_group, (long long)k);
+    return TO_OK;
+}
+
 TOC_EXPORT int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t shared_inter,
                                       int act_dtype) {
     int grid = 0;
@@ -218,33 +256,36 @@ TOC_EXPORT int toc_moe_step_supported(int64_t e, int64_t k, int64_t d, int64_t i
     return ms_plan(e, k, d, inter, shared_inter, act_dtype, &grid, &smem);
 }
 
-TOC_EXPORT int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, float eps, const void *router_w,
-                            int64_t e, int64_t k, int renormalize, const void *tab_gate, const void *tab_up,
-                            const void *tab_down, int64_t d, int64_t inter, const void *shared_gate,
-                            const void *shared_up, const void *shared_down, const void *shared_gate_w,
-                            int64_t shared_inter, const void *res, void *logits, int32_t *idx, void *weights,
-                            void *h, void *out, int act_dtype) {
+TOC_EXPORT int toc_moe_step_sigmoid_supported(int64_t e, int64_t k, int64_t n_group, int64_t topk_group, int64_t d,
+                                              int64_t inter, int64_t shared_inter, int act_dtype) {
+    const int rc = ms_sigmoid_ok(e, k, n_group, topk_group);
+    return rc ? rc : toc_moe_step_supported(e, k, d, inter, shared_inter, act_dtype);
+}
+
+/* the checks and the launch both entry points share; a has every field but the shapes' checks */
+static int ms_run(MsArgs &a, const void *x, const void *norm_w, int norm_dtype, const void *router_w,
+                  const void *tab_gate, const void *tab_up, const void *tab_down, const void *shared_gate,
+                  const void *shared_up, const void *shared_down, const void *shared_gate_w, int64_t shared_inter,
+                  const void *logits, const void *idx, const void *weights, const void *h, const void *out,
+                  int act_dtype) {
     TOC_CHECK(x && router_w && tab_gate && tab_up && tab_down && logits && idx && weights && h && out,
               TO_ERR_INVALID_ARGUMENT, "toc_moe_step: NULL pointer");
     const bool sh = shared_gate != NULL;
-    TOC_CHECK(sh ? (shared_up && shared_down && shared_gate_w && shared_inter >= 8) : shared_inter == 0,
-              TO_ERR_INVALID_ARGUMENT,
-              "toc_moe_step: a shared expert needs its gate, up, down, gate row and width together");
+    TOC_CHECK(sh ? (shared_up && shared_down && shared_inter >= 8) : (shared_inter == 0 && !shared_gate_w),
+              TO_ERR_INVALID_ARGUMENT, "toc_moe_step: a shared expert needs its gate, up, down and width together");
     TOC_CHECK(!norm_w || toc_is_wt(norm_dtype), TO_ERR_DTYPE, "toc_moe_step: norm weight dtype %d unsupported",
               norm_dtype);
     TOC_CHECK(ms_aligned16(x) && ms_aligned16(router_w) && ms_aligned16(h) &&
-                  (!sh || (ms_aligned16(shared_gate) && ms_aligned16(shared_up) && ms_aligned16(shared_down) &&
-                           ms_aligned16(shared_gate_w))),
+                  (!sh || (ms_aligned16(shared_gate) && ms_aligned16(shared_up) && ms_aligned16(shared_down))) &&
+                  (!shared_gate_w || ms_aligned16(shared_gate_w)),
               TO_ERR_INVALID_ARGUMENT, "toc_moe_step: x, the weights and h must be 16-byte aligned");
     int grid = 0;
     size_t smem = 0;
-    const int rc = ms_plan(e, k, d, inter, sh ? shared_inter : 0, act_dtype, &grid, &smem);
+    const int rc = ms_plan(a.e, a.k, a.d, a.inter, sh ? shared_inter : 0, act_dtype, &grid, &smem);
     if (rc) return rc;
-    MsArgs a = {};
     a.x = (const uint16_t *)x;
     a.norm_w = norm_w;
     a.nwd = norm_dtype;
-    a.eps = eps;
     a.router = (const uint16_t *)router_w;
     a.tg = (const unsigned long long *)tab_gate;
     a.tu = (const unsigned long long *)tab_up;
@@ -254,16 +295,48 @@ TOC_EXPORT int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, f
         a.sgd = (const uint16_t *)shared_down, a.sgw = (const uint16_t *)shared_gate_w;
         a.si = shared_inter;
     }
-    a.e = e, a.d = d, a.inter = inter;
-    a.k = (int)k, a.renorm = renormalize != 0;
-    a.res = (const uint16_t *)res;
-    a.logits = (uint16_t *)logits;
-    a.idx = idx;
-    a.wts = (uint16_t *)weights;
+    a.logits = (void *)logits;
+    a.idx = (int32_t *)idx;
+    a.wts = (void *)weights;
     a.h = (uint16_t *)h;
     a.out = (uint16_t *)out;
     /* With programmatic dependent launch on top of the cooperative one it started during the o_proj
      * GEMV's tail, and measured the same. */
     TOC_CUDA(ms_launch(moe_step_kernel, grid, MS_THREADS, smem, a), "moe_step_kernel");
     return TO_OK;
+}
+
+TOC_EXPORT int toc_moe_step(const void *x, const void *norm_w, int norm_dtype, float eps, const void *router_w,
+                            int64_t e, int64_t k, int renormalize, const void *tab_gate, const void *tab_up,
+                            const void *tab_down, int64_t d, int64_t inter, const void *shared_gate,
+                            const void *shared_up, const void *shared_down, const void *shared_gate_w,
+                            int64_t shared_inter, const void *res, void *logits, int32_t *idx, void *weights,
+                            void *h, void *out, int act_dtype) {
+    MsArgs a = {};
+    a.eps = eps;
+    a.e = e, a.d = d, a.inter = inter;
+    a.k = (int)k, a.renorm = renormalize != 0;
+    a.res = (const uint16_t *)res;
+    return ms_run(a, x, norm_w, norm_dtype, router_w, tab_gate, tab_up, tab_down, shared_gate, shared_up,
+                  shared_down, shared_gate_w, shared_inter, logits, idx, weights, h, out, act_dtype);
+}
+
+TOC_EXPORT int toc_moe_step_sigmoid(const void *x, const void *norm_w, int norm_dtype, float eps,
+                                    const void *router_w, const float *bias, int64_t e, int64_t k, int64_t n_group,
+                                    int64_t topk_group, int renormalize, float scaling, const void *tab_gate,
+                                    const void *tab_up, const void *tab_down, int64_t d, int64_t inter,
+                                    const void *shared_gate, const void *shared_up, const void *shared_down,
+                                    int64_t shared_inter, const void *res, float *logits, int32_t *idx,
+                                    float *weights, void *h, void *out, int act_dtype) {
+    TOC_CHECK(bias, TO_ERR_INVALID_ARGUMENT, "toc_moe_step_sigmoid: NULL bias");
+    const int rc = ms_sigmoid_ok(e, k, n_group, topk_group);
+    if (rc) return rc;
+    MsArgs a = {};
+    a.eps = eps;
+    a.e = e, a.d = d, a.inter = inter;
+    a.k = (int)k, a.renorm = renormalize != 0;
+    a.res = (const uint16_t *)res;
+    a.sigmoid = 1, a.n_group = (int)n_group, a.topk_group = (int)topk_group, a.bias = bias, a.scaling = scaling;
+    return ms_run(a, x, norm_w, norm_dtype, router_w, tab_gate, tab_up, tab_down, shared_gate, shared_up,
+                  shared_down, nullptr, shared_inter, logits, idx, weights, h, out, act_dtype);
 }
