@@ -372,6 +372,21 @@ def test_moe_plan_against_a_stable_sort(t: int, e: int, k: int) -> None:
 # ---- the one-launch MoE step (toc_moe_step) -------------------------------------------------
 
 
+def _expert_buffers(k: int, inter: int, d: int, wdt: DType) -> tuple[Any, Any, Any, Any, Any]:
+    """One token's routing and expert buffers on the device: ids, weights (``wdt``), h, the
+    experts' outputs and the MLP's output."""
+    from inference_pio.tensor import Tensor
+
+    bf = DType.bfloat16
+    return (
+        Tensor.empty((1, k), DType.int32, DEV),
+        Tensor.empty((1, k), wdt, DEV),
+        Tensor.empty((k, inter), bf, DEV),
+        Tensor.empty((k, d), bf, DEV),
+        Tensor.empty((1, d), bf, DEV),
+    )
+
+
 def _five_kernels(
     lib: Any,
     x: Any,
@@ -394,11 +409,7 @@ def _five_kernels(
     gtab, utab, dtab = tabs
     nwp = nw.data_ptr if nw is not None else None
     logits = Tensor.empty((1, e), DType.bfloat16, DEV)
-    idx = Tensor.empty((1, k), DType.int32, DEV)
-    w = Tensor.empty((1, k), DType.bfloat16, DEV)
-    h = Tensor.empty((k, inter), DType.bfloat16, DEV)
-    y = Tensor.empty((k, d), DType.bfloat16, DEV)
-    out = Tensor.empty((1, d), DType.bfloat16, DEV)
+    idx, w, h, y, out = _expert_buffers(k, inter, d, DType.bfloat16)
     steps = [
         ("toc_gemv_fused", (x.data_ptr, d, 1, nwp, bf, 1e-6, router.data_ptr, e, None, 0,
                             None, 0, d, None, 0, 0, logits.data_ptr, e, bf, None)),
@@ -576,11 +587,7 @@ def test_moe_step_sigmoid_matches_the_kernels_it_replaces(
     lg = tb.from_device(logits)
     assert torch.allclose(lg, xs @ router.float().T, rtol=1e-4, atol=1e-5)
     # the kernels it replaces, routed on the same logits
-    idx0 = Tensor.empty((1, k), DType.int32, DEV)
-    w0 = Tensor.empty((1, k), DType.float32, DEV)
-    h0 = Tensor.empty((k, inter), DType.bfloat16, DEV)
-    y0 = Tensor.empty((k, d), DType.bfloat16, DEV)
-    out0 = Tensor.empty((1, d), DType.bfloat16, DEV)
+    idx0, w0, h0, y0, out0 = _expert_buffers(k, inter, d, DType.float32)
     steps = [
         ("toc_moe_route_sigmoid", (logits.data_ptr, bd.data_ptr, 1, e, k, n_group, topk_group, 1,
                                    2.5, f32, idx0.data_ptr, w0.data_ptr)),
