@@ -44,7 +44,7 @@ from inference_pio.nn.decoder import DecoderModel, LayerCache
 from inference_pio.nn.layers import RMS_PLAIN, ROPE_NEOX, RMSNorm
 from inference_pio.nn.mlp import SwiGLU
 from inference_pio.nn.moe import COMBINE_MAX_K as MOE_MAX_K
-from inference_pio.nn.moe import SoftmaxTopKMoE
+from inference_pio.nn.moe import SoftmaxTopKMoE, moe_step_enabled
 from inference_pio.sampling import SamplingParams, device_supports
 from inference_pio.tensor import Tensor, tensor
 
@@ -231,12 +231,6 @@ def _fused_enabled() -> bool:
     1.6x and Qwen3-4B 1.3x faster than the multi-kernel graph, benchmarks/GPU_NOTES.md);
     ``INFERENCE_PIO_CUDA_FUSED_DECODE=0`` selects the multi-kernel step."""
     return os.environ.get("INFERENCE_PIO_CUDA_FUSED_DECODE", "1") != "0"
-
-
-def _moe_step_enabled() -> bool:
-    """A Qwen3-MoE layer's MLP runs as one cooperative launch (toc_moe_step) where the shapes
-    allow it; ``INFERENCE_PIO_CUDA_MOE_STEP=0`` selects the five kernels it replaces."""
-    return os.environ.get("INFERENCE_PIO_CUDA_MOE_STEP", "1") != "0"
 
 
 class GraphStepRunner:
@@ -514,7 +508,7 @@ class CudaGraphDecoder(GraphStepRunner):
         router = mlp.router.weight
         five = {"moe_router", "moe_route", "moe_gate_up", "moe_down", "moe_combine"}
         if (
-            _moe_step_enabled()
+            moe_step_enabled()
             and not self.skip & five
             and lib.toc_moe_step_supported(e, k, hid, inter, 0, act) == 0
         ):

@@ -30,6 +30,13 @@ GROUPED_TILE_ROWS = 64
 MAX_LAUNCH_TILES = 65535
 
 
+def moe_step_enabled() -> bool:
+    """Whether one token's mixture-of-experts MLP runs as one cooperative launch on CUDA
+    (toc_moe_step / toc_moe_step_sigmoid) where the shapes allow it;
+    ``INFERENCE_PIO_CUDA_MOE_STEP=0`` keeps the separate kernels it replaces."""
+    return os.environ.get("INFERENCE_PIO_CUDA_MOE_STEP", "1") != "0"
+
+
 class RoutedExperts:
     """E SwiGLU experts of one width; each token runs the ``k`` its router picks. Subclasses
     route (``__call__``) and hand the choice to :meth:`run_experts`.
@@ -333,7 +340,7 @@ class RoutedExperts:
         library, returns 0); ``INFERENCE_PIO_CUDA_MOE_STEP=0`` keeps the separate kernels."""
         if x.shape[0] != 1 or be.device.type != "cuda" or x.dtype != DType.bfloat16:
             return False
-        if os.environ.get("INFERENCE_PIO_CUDA_MOE_STEP", "1") == "0" or not be.has(op):
+        if not moe_step_enabled() or not be.has(op):
             return False
         known: bool | None = self.__dict__.get("_step_known")
         if known is None:

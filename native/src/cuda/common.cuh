@@ -128,6 +128,7 @@ static inline int64_t to_dtype_size_cuda(int dt) {
 }
 static inline int toc_is_act(int dt) { return dt == TO_F32 || dt == TO_BF16; }
 static inline int toc_is_wt(int dt) { return dt == TO_F32 || dt == TO_BF16 || dt == TO_F16; }
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 static inline int64_t toc_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline unsigned toc_grid(int64_t n, int threads, int64_t cap = 65535LL * 16) {
     int64_t g = toc_cdiv(n, threads);

@@ -280,8 +280,6 @@ static int launch_gemv(const GemvArgs &a) {
     return TO_OK;
 }
 
-static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 /* ---------------------------------------------------------------------------------------------
  * Small-batch GEMV on tensor cores (1 <= m <= 16 rows of bf16 x, bf16 weights: the BatchManager's
  * decode steps, and single rows of the op path). The scalar GEMV above re-reads m rows of staged x

@@ -213,8 +213,6 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
 }
 
 /* ---- host side */
-static bool ms_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 /* shared memory of a launch: stage A / B (x, probabilities) and C (h, the block's outputs) share it */
 static size_t ms_smem(int64_t e, int64_t k, int64_t d, int64_t inter, int64_t si, int grid) {
     const int64_t ab = d * 4 + 2 * e * 4; /* x; the probabilities (sigmoid: scores and corrected scores) */
@@ -275,9 +273,9 @@ static int ms_run(MsArgs &a, const void *x, const void *norm_w, int norm_dtype, 
               TO_ERR_INVALID_ARGUMENT, "toc_moe_step: a shared expert needs its gate, up, down and width together");
     TOC_CHECK(!norm_w || toc_is_wt(norm_dtype), TO_ERR_DTYPE, "toc_moe_step: norm weight dtype %d unsupported",
               norm_dtype);
-    TOC_CHECK(ms_aligned16(x) && ms_aligned16(router_w) && ms_aligned16(h) &&
-                  (!sh || (ms_aligned16(shared_gate) && ms_aligned16(shared_up) && ms_aligned16(shared_down))) &&
-                  (!shared_gate_w || ms_aligned16(shared_gate_w)),
+    TOC_CHECK(aligned16(x) && aligned16(router_w) && aligned16(h) &&
+                  (!sh || (aligned16(shared_gate) && aligned16(shared_up) && aligned16(shared_down))) &&
+                  (!shared_gate_w || aligned16(shared_gate_w)),
               TO_ERR_INVALID_ARGUMENT, "toc_moe_step: x, the weights and h must be 16-byte aligned");
     int grid = 0;
     size_t smem = 0;
