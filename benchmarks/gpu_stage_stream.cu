@@ -53,6 +53,8 @@ struct Params {
     int pf = 0;               // direct_kernel: bytes per warp of the stage's weights after its first
                               // U loads prefetched into L2 before the barrier wait (0: none)
     int pfd = 0;              // direct_kernel: keep that prefetch running pf bytes ahead of the loads
+    int thr = 0;              // chain_kernel: pieces past `gate` wait only until all but thr blocks
+                              // have arrived at the stage's barrier (0: until it completes)
 };
 __device__ __forceinline__ int sm_id(void) {
     int v;
@@ -209,7 +211,7 @@ __global__ void __launch_bounds__(32 * (NCW + 1), 1) chain_kernel(const Params P
             int piece = 0;
             for (size_t o = 0; o < bytes; o += P.slot, piece++, it++) {
                 if (piece == P.gate && s > 0) {
-                    while (ld_relaxed(P.bar) < (unsigned long long)s * G) {
+                    while (ld_relaxed(P.bar) + (unsigned long long)P.thr < (unsigned long long)s * G) {
                     }
                 }
                 const unsigned slot = it % P.nslot, round = it / P.nslot;
@@ -927,7 +929,7 @@ int main(int argc, char **argv) {
     }
     // ncw 0: direct_kernel<16, U = gate>; -1 / -2: mma_kernel<16, U = gate, tiled>; -3:
     // dyn_kernel<16, 8, RC = gate>
-    struct Var { int ncw, slot, nslot, gate; };
+    struct Var { int ncw, slot, nslot, gate, thr = 0; };
     std::vector<Var> vars = {
         {0, 0, 0, 8},       {0, 0, 0, 6},       {0, 0, 0, 12},      {0, 0, 0, 16},      {16, 32768, 5, 0},  {16, 32768, 5, 2}, {16, 32768, 5, 1000},
         {16, 65536, 3, 1},  {16, 65536, 3, 1000}, {8, 65536, 3, 1000}, {-1, 0, 0, 8},   {-2, 0, 0, 6},
@@ -938,8 +940,18 @@ int main(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[2], "steal") == 0)
         vars = {{0, 0, 0, 8}, {-4, 0, 0, 5}, {-4, 0, 0, 10}, {-4, 0, 0, 20}, {-4, 0, 0, 100},
                 {0, 0, 0, 8}, {-4, 0, 0, 5}, {-4, 0, 0, 10}, {-4, 0, 0, 20}, {-4, 0, 0, 100}};
-    printf("| consumer warps | slot KB | slots | gate (pieces) | ms/token | GB/s | of probe | tok/s | check |\n");
-    printf("|---|---|---|---|---|---|---|---|---|\n");
+    // argv[2] == "thr": the TMA ring whose pieces past the gate wait only until all but thr blocks
+    // reached the barrier (the early blocks' run-ahead confined to the stage's tail), alternating
+    if (argc > 2 && strcmp(argv[2], "thr") == 0) {
+        vars.clear();
+        for (int r = 0; r < 3; r++) {
+            vars.push_back({0, 0, 0, 8});
+            for (int t : {0, 4, 16, 48, 132}) vars.push_back({16, 65536, 3, 1, t});
+            for (int t : {0, 8, 32}) vars.push_back({16, 32768, 6, 2, t});
+        }
+    }
+    printf("| consumer warps | slot KB | slots | gate (pieces) | thr | ms/token | GB/s | of probe | tok/s | check |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
     for (const Var &v : vars) {
         Params P;
         P.st = st_d;
@@ -947,6 +959,7 @@ int main(int argc, char **argv) {
         P.slot = v.slot;
         P.nslot = v.nslot;
         P.gate = v.gate;
+        P.thr = v.thr;
         P.bar = bar;
         P.maxk = I;
         P.maxrows = ((V + sms - 1) / sms + 4) / 4 * 4; // keeps the mbarriers 8-byte aligned
@@ -998,9 +1011,10 @@ int main(int argc, char **argv) {
             chk = check_stage(L, in_prev, out, L.w);
         }
         const double bw = gb / (best / 1e3);
-        printf("| %d | %d | %d | %d | %.3f | %.0f | %.1f%% | %.1f | %.1e |\n", v.ncw, v.slot / 1024, v.nslot, v.gate, best, bw,
+        printf("| %d | %d | %d | %d | %d | %.3f | %.0f | %.1f%% | %.1f | %.1e |\n", v.ncw, v.slot / 1024, v.nslot, v.gate, v.thr, best, bw,
                100.0 * bw / probe_bw, 1e3 / best, chk);
     }
+    if (argc > 2 && strcmp(argv[2], "thr") == 0) return 0;
     for (int sk = 0; sk < 2; sk++) { // stamps of the register ring (sk 0) and steal_kernel<16, 8, 10> (sk 1), layer 1 (thread 0 of every block)
         void (*kern)(const Params) = sk ? steal_kernel<16, 8, 10> : direct_kernel<16, 8>;
         unsigned long long *prof;

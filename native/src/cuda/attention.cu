@@ -11,7 +11,6 @@
  *    algorithm with wgmma over 128-query blocks (flash_wgmma_kernel), 1.2-1.35x faster on an H200.
  *  - the CUDA-graph decoder's step kernels: q/k RMSNorm + RoPE + cache append in one launch, and
  *    attention whose kv length is read from device memory. */
-#include <cuda.h> /* CUtensorMap (types only: the encoder comes from the runtime's driver entry point) */
 #include <stdlib.h>
 
 #include "common.cuh"
@@ -1096,27 +1095,6 @@ __device__ __forceinline__ uint64_t fw_desc(uint32_t a, uint32_t lbo, uint32_t s
 __device__ __forceinline__ void fw_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void fw_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void fw_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-__device__ __forceinline__ void fw_bar_init(uint32_t bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void fw_bar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-/* the producer's arrival, announcing the bytes the phase's copies will deliver */
-__device__ __forceinline__ void fw_bar_expect(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void fw_bar_wait(uint32_t bar, uint32_t parity) {
-    asm volatile("{\n.reg .pred P1;\nLAB_WAIT:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-                 "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(bar), "r"(parity)
-                 : "memory");
-}
-/* TMA: a box of the tensor map at the given coordinates into shared memory, completing on bar */
-__device__ __forceinline__ void fw_tma2(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
-                 ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar) : "memory");
-}
 __device__ __forceinline__ void fw_tma3(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, uint32_t bar) {
     asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
                  ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
@@ -1184,16 +1162,16 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
     const uint32_t ebars = qbar + 8u; /* empty[stage] (FW_WS): every consumer thread arrives once per use */
     if (tid == 0) {
 #pragma unroll 1
-        for (int st = 0; st <= FW_ST; st++) fw_bar_init(bars + 8u * st, 1);
+        for (int st = 0; st <= FW_ST; st++) mbar_init(bars + 8u * st, 1);
 #pragma unroll 1
-        for (int st = 0; st < FW_ST; st++) fw_bar_init(ebars + 8u * st, 128 * FW_NWG);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        for (int st = 0; st < FW_ST; st++) mbar_init(ebars + 8u * st, 128 * FW_NWG);
+        mbar_init_fence();
     }
     __syncthreads();
     auto load_tile = [&](int t, int stage) { /* thread 0 */
         const uint32_t Ks = KVs + (uint32_t)(2 * stage) * (uint32_t)L::kv, Vs = Ks + (uint32_t)L::kv;
         const uint32_t bar = bars + 8u * stage;
-        fw_bar_expect(bar, 2u * FW_BK * HD * 2);
+        mbar_expect(bar, 2u * FW_BK * HD * 2);
 #pragma unroll
         for (int r = 0; r < HD / 64; r++) {
             fw_tma3(Ks + r * FW_BK * 128, &kmap, r * 64, t * FW_BK, (int)h, bar);
@@ -1205,13 +1183,13 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
     if (wg == FW_NWG) { /* the producer warpgroup: Q, then every tile once its stage is empty */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
         if (tid == 128 * FW_NWG) {
-            fw_bar_expect(qbar, (uint32_t)BQ * HD * 2);
+            mbar_expect(qbar, (uint32_t)BQ * HD * 2);
 #pragma unroll
             for (int r = 0; r < HD / 64; r++)
-                fw_tma2(Qs + r * BQ * 128, &qmap, (int)(hq * HD) + r * 64, (int)i0, qbar);
+                tma_load_2d(Qs + r * BQ * 128, &qmap, (int)(hq * HD) + r * 64, (int)i0, qbar);
 #pragma unroll 1
             for (int t = 0; t < nt2; t++) {
-                if (t >= FW_ST) fw_bar_wait(ebars + 8u * (t % FW_ST), ((t / FW_ST) - 1) & 1);
+                if (t >= FW_ST) mbar_wait(ebars + 8u * (t % FW_ST), ((t / FW_ST) - 1) & 1);
                 load_tile(t, t % FW_ST);
             }
         }
@@ -1220,9 +1198,9 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
 #else
     if (tid == 0) {
-        fw_bar_expect(qbar, (uint32_t)BQ * HD * 2);
+        mbar_expect(qbar, (uint32_t)BQ * HD * 2);
 #pragma unroll
-        for (int r = 0; r < HD / 64; r++) fw_tma2(Qs + r * BQ * 128, &qmap, (int)(hq * HD) + r * 64, (int)i0, qbar);
+        for (int r = 0; r < HD / 64; r++) tma_load_2d(Qs + r * BQ * 128, &qmap, (int)(hq * HD) + r * 64, (int)i0, qbar);
 #pragma unroll 1
         for (int p = 0; p < FW_ST - 2 && p < nt2; p++) load_tile(p, p);
     }
@@ -1265,7 +1243,7 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
         const int nt = t + FW_ST - 2;
         if (tid == 0 && nt < nt2) load_tile(nt, nt % FW_ST);
 #endif
-        if (t + 1 < nt2) fw_bar_wait(bars + 8u * ((t + 1) % FW_ST), ((t + 1) / FW_ST) & 1);
+        if (t + 1 < nt2) mbar_wait(bars + 8u * ((t + 1) % FW_ST), ((t + 1) / FW_ST) & 1);
         issue_s(sn, t + 1);
         /* scale, mask, row max (sc[4 nb + e]: row gid (e < 2) or gid + 8, key 8 nb + 2 tig + (e & 1)) */
         const int64_t k0 = (int64_t)t * FW_BK;
@@ -1331,7 +1309,7 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
         fw_wait0(); /* S of tile t + 1 and P V of tile t - 1 ran during the softmax (waiting for the
                      * P V alone, wait_group 1, made ptxas serialize every wgmma) */
 #if FW_WS
-        if (t >= 1) fw_bar_arrive(ebars + 8u * ((t - 1) % FW_ST)); /* this thread is done with tile t - 1 */
+        if (t >= 1) mbar_arrive(ebars + 8u * ((t - 1) % FW_ST)); /* this thread is done with tile t - 1 */
 #endif
         /* a factor of exactly 1 (no row maximum of the warp moved) changes nothing */
         if (!FW_LAZY || __any_sync(0xffffffffu, al0 != 1.0f || al1 != 1.0f)) {
@@ -1360,9 +1338,9 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
     float sa[32], sb[32]; /* S of even / odd tiles */
     uint32_t pa[FW_BK / 16][4], pb[FW_BK / 16][4]; /* P of even / odd tiles: the A operand of a P V
                                                     * in flight is not overwritten */
-    fw_bar_wait(qbar, 0); /* also with no keys: no copy may land after the block has exited */
+    mbar_wait(qbar, 0); /* also with no keys: no copy may land after the block has exited */
     if (ntiles > 0) {
-        fw_bar_wait(bars, 0);
+        mbar_wait(bars, 0);
         issue_s(sa, 0);
         fw_wait0();
     }
@@ -1385,34 +1363,11 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
 #endif
 }
 
-typedef CUresult (*FwEncode)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
-                              const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
-                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-/* the driver's tensor-map encoder, through the runtime (no link against libcuda); NULL if absent */
-static FwEncode fw_encoder(void) {
-    static FwEncode fn = nullptr;
-    static int tried = 0;
-    if (!tried) {
-        tried = 1;
-        cudaDriverEntryPointQueryResult q;
-        void *p = nullptr;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
-                cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            fn = (FwEncode)p;
-        else
-            (void)cudaGetLastError();
-    }
-    return fn;
-}
 /* a bf16 tensor map of rank 2 or 3 (dims innermost first, strides in bytes for dims 1..), boxes of
  * 64 columns (128 bytes, the swizzle span) x rows, 128-byte swizzle, out-of-range elements zero */
 static bool fw_map(CUtensorMap *m, const void *base, int rank, const cuuint64_t *dims, const cuuint64_t *strides,
                    cuuint32_t rows) {
-    const cuuint32_t box[3] = {64, rows, 1}, es[3] = {1, 1, 1};
-    return fw_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, (cuuint32_t)rank, (void *)base, dims, strides, box, es,
-                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    return toc_tensor_map_bf16(m, base, rank, dims, strides, 64, rows, true);
 }
 
 /* whether this build has the wgmma kernel (a CUDA architecture list with 90a) and the device runs
@@ -1420,7 +1375,7 @@ static bool fw_map(CUtensorMap *m, const void *base, int rank, const cuuint64_t 
 static bool use_wgmma_flash(void) {
 #if defined(TOC_HAVE_SM90A)
     const char *e = getenv("INFERENCE_PIO_CUDA_FLASH_WGMMA"); /* read per call: tests switch it */
-    return !(e && e[0] == '0') && toc_cc_major() == 9 && fw_encoder();
+    return !(e && e[0] == '0') && toc_cc_major() == 9 && toc_tensor_maps_available();
 #else
     return false;
 #endif

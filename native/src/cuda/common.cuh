@@ -4,6 +4,7 @@
 #ifndef TOC_COMMON_CUH
 #define TOC_COMMON_CUH
 
+#include <cuda.h> /* CUtensorMap (types only: the encoder comes from the runtime's driver entry point) */
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,6 +23,13 @@ int toc_device_ready(void);           /* TO_OK once a device is usable, else an 
 int toc_max_smem_optin(void);         /* per-block shared memory limit of the current device */
 int toc_sm_count(void);
 int toc_cc_major(void); /* compute capability major of the current device */
+/* A bf16 tensor map of rank 2 or 3 over base (dims innermost first; strides in bytes of dims 1..;
+ * boxes of box_cols x box_rows (x 1) elements, out-of-range elements zero; swizzle128: 128-byte
+ * swizzle, else none) for TMA copies (sm_90). False where the driver has no tensor-map encoder or
+ * the map cannot describe the tensor. */
+bool toc_tensor_map_bf16(CUtensorMap *m, const void *base, int rank, const cuuint64_t *dims,
+                         const cuuint64_t *strides, unsigned box_cols, unsigned box_rows, bool swizzle128);
+bool toc_tensor_maps_available(void); /* whether the driver has the tensor-map encoder */
 /* toc_linear_group's one-launch path for 2-16 rows of bf16 (src/cuda/linear.cu): TO_ERR_UNSUPPORTED,
  * with nothing launched, where the inputs do not qualify */
 int toc_gemv_mma_group(const void *x, int count, const void *const *ws, const int64_t *ns, void *const *ys,
@@ -136,6 +144,40 @@ static inline unsigned toc_grid(int64_t n, int threads, int64_t cap = 65535LL * 
     if (g > cap) g = cap;
     return (unsigned)g;
 }
+
+/* ---- shared-memory barriers (mbarrier) and TMA copies (sm_90) ----
+ * An mbarrier counts arrivals and, for TMA copies, bytes in flight; a phase completes when both
+ * reach zero, and waiting for a phase by its parity also makes the copied bytes visible. */
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+/* after initialising barriers, before any thread or copy uses them */
+__device__ __forceinline__ void mbar_init_fence(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n.reg .pred P1;\nMB_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                 "@!P1 bra MB_WAIT;\n}\n" ::"r"(bar), "r"(parity)
+                 : "memory");
+}
+/* the producer's arrival, announcing the bytes the phase's copies will deliver */
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+/* a box of a 2-D tensor map at (column c0, row c1) into shared memory, completing on bar */
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+                 ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+#endif
 
 /* ---- device-side dtype helpers ---- */
 /* 16 bytes read once (weights streamed by a GEMV): no L1 allocation, so L1 keeps what is reused */

@@ -50,23 +50,8 @@ __global__ void __launch_bounds__(256) moe_route_softmax_kernel(const void *logi
         p[x] = ldf(logits, ldt, r * e + x);
         mx = fmaxf(mx, p[x]);
     }
-    mx = block_max(mx, redf);
-    double part = 0.0;
-    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
-        p[x] = expf(p[x] - mx);
-        part += (double)p[x];
-    }
-    const double sum = block_sum_d(part, redd);
-    const float inv = (float)(1.0 / sum);
-    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) p[x] *= inv;
-    __syncthreads();
-    if (threadIdx.x < 32) moe_topk_warp(p, e, k, vals, ids_s);
+    moe_softmax_select(p, e, k, renorm != 0, mx, redf, redd, vals, ids_s);
     if (threadIdx.x == 0) {
-        if (renorm) {
-            float s = 0.0f;
-            for (int j = 0; j < k; j++) s += vals[j];
-            for (int j = 0; j < k; j++) vals[j] /= s;
-        }
         for (int j = 0; j < k; j++) {
             idx[r * k + j] = ids_s[j];
             if (wdt == TO_F32)

@@ -53,6 +53,33 @@ static __device__ double block_sum_d(double v, double *red /* >= 32 */) {
     return t;
 }
 
+/* The softmax top-k router's choice for one row, by the whole block: p[0..e) holds the logits (mx:
+ * each thread's maximum of those it stored) and gets their probabilities (max, exp, a double sum);
+ * warp 0 takes the top k into vals / ids and thread 0 divides them by their sum where renorm.
+ * Every thread calls it; vals and ids are complete on return. red / redd: >= 33 floats / 32
+ * doubles of shared memory. */
+static __device__ void moe_softmax_select(float *p, int64_t e, int k, bool renorm, float mx, float *red, double *redd,
+                                          float *vals, int32_t *ids) {
+    mx = block_max(mx, red);
+    double part = 0.0;
+    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
+        p[x] = expf(p[x] - mx);
+        part += (double)p[x];
+    }
+    const double sum = block_sum_d(part, redd);
+    const float inv = (float)(1.0 / sum);
+    for (int64_t x = threadIdx.x; x < e; x += blockDim.x) p[x] *= inv;
+    __syncthreads();
+    if (threadIdx.x < 32) moe_topk_warp(p, e, k, vals, ids);
+    __syncthreads();
+    if (threadIdx.x == 0 && renorm) {
+        float s = 0.0f;
+        for (int j = 0; j < k; j++) s += vals[j];
+        for (int j = 0; j < k; j++) vals[j] /= s;
+    }
+    __syncthreads();
+}
+
 /* Inserts (val, id) into the descending list vals/ids of length *len (capacity k); equal values
  * keep the earlier (lower) id first. Experts are offered in increasing id order. */
 static __device__ void moe_topk_insert(float *vals, int32_t *ids, int *len, int k, float val, int32_t id) {

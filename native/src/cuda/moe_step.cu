@@ -114,24 +114,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) moe_step_kernel(const __grid_co
             p[x] = bf2f(__ldcg((const uint16_t *)a.logits + x));
             mx = fmaxf(mx, p[x]);
         }
-        mx = block_max(mx, red);
-        double part = 0.0;
-        for (int64_t x = tid; x < e; x += MS_THREADS) {
-            p[x] = expf(p[x] - mx);
-            part += (double)p[x];
-        }
-        const double sum = block_sum_d(part, redd);
-        const float inv = (float)(1.0 / sum);
-        for (int64_t x = tid; x < e; x += MS_THREADS) p[x] *= inv;
-        __syncthreads();
-        if (tid < 32) moe_topk_warp(p, e, k, vals, ids);
-        __syncthreads();
-        if (tid == 0 && a.renorm) {
-            float s = 0.0f;
-            for (int j = 0; j < k; j++) s += vals[j];
-            for (int j = 0; j < k; j++) vals[j] /= s;
-        }
-        __syncthreads();
+        moe_softmax_select(p, e, k, a.renorm, mx, red, redd, vals, ids);
     }
     if (tid < k) { /* slot tid: its weight as stored, its place in (expert, slot) order, its matrices */
         const int j = tid;

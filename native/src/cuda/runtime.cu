@@ -121,6 +121,35 @@ cudaStream_t toc_stream(void) { return g_streams[t_device < 0 ? 0 : t_device]; }
 int toc_max_smem_optin(void) { return g_smem_optin[t_device < 0 ? 0 : t_device]; }
 int toc_sm_count(void) { return g_sms[t_device < 0 ? 0 : t_device]; }
 int toc_cc_major(void) { return g_cc_major[t_device < 0 ? 0 : t_device]; }
+typedef CUresult (*TocEncodeTiled)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                   const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+/* the driver's tensor-map encoder, through the runtime (no link against libcuda); NULL if absent */
+static TocEncodeTiled toc_encoder(void) {
+    static TocEncodeTiled fn = nullptr;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        cudaDriverEntryPointQueryResult q;
+        void *p = nullptr;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (TocEncodeTiled)p;
+        else
+            (void)cudaGetLastError();
+    });
+    return fn;
+}
+bool toc_tensor_maps_available(void) { return toc_encoder() != nullptr; }
+bool toc_tensor_map_bf16(CUtensorMap *m, const void *base, int rank, const cuuint64_t *dims,
+                         const cuuint64_t *strides, unsigned box_cols, unsigned box_rows, bool swizzle128) {
+    TocEncodeTiled enc = toc_encoder();
+    if (!enc) return false;
+    const cuuint32_t box[3] = {box_cols, box_rows, 1}, es[3] = {1, 1, 1};
+    return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, (cuuint32_t)rank, (void *)base, dims, strides, box, es,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 /* programmatic dependent launch: on for Hopper or newer unless INFERENCE_PIO_CUDA_PDL=0 */
 bool toc_pdl_enabled(void) {
     static int env = -1;

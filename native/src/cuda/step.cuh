@@ -4,6 +4,8 @@
 #ifndef TOC_STEP_CUH
 #define TOC_STEP_CUH
 
+#include <mutex>
+
 #include "common.cuh"
 
 /* The grid barrier's state: arrivals of the current barrier and its generation. A launch leaves
@@ -121,12 +123,30 @@ __device__ __forceinline__ void ms_stage_norm(const uint16_t *x, const void *w, 
 
 /* The launch of a step kernel: one block of `threads` per multiprocessor, `smem` bytes of dynamic
  * shared memory (opted into past 48 KB), cooperative (the grid barriers need every block resident).
- * TO_ERR_UNSUPPORTED where the device cannot. */
+ * TO_ERR_UNSUPPORTED where the device cannot. The checks run once per device, kernel and thread
+ * count, and again only for more shared memory than passed them (a model decoding op by op plans
+ * every layer of every token). */
 template <typename Kernel>
 static int ms_plan_launch(Kernel kernel, int threads, size_t smem, int *grid, const char *what) {
     TOC_READY();
-    int dev = 0, coop = 0;
+    int dev = 0;
     TOC_CUDA(cudaGetDevice(&dev), "cudaGetDevice");
+    struct Planned {
+        const void *kernel;
+        int threads;
+        size_t smem;
+    };
+    static Planned planned[16]; /* per device: the kernel last checked and the most shared memory that fit */
+    static std::mutex mu;
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        const Planned &pl = planned[dev & 15];
+        if (dev < 16 && pl.kernel == (const void *)kernel && pl.threads == threads && smem <= pl.smem) {
+            *grid = toc_sm_count();
+            return TO_OK;
+        }
+    }
+    int coop = 0;
     TOC_CUDA(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev), "cudaDeviceGetAttribute");
     TOC_CHECK(coop, TO_ERR_UNSUPPORTED, "%s: the device has no cooperative launch", what);
     TOC_CHECK((int64_t)smem <= (int64_t)toc_max_smem_optin() - 4096, TO_ERR_UNSUPPORTED,
@@ -138,6 +158,12 @@ static int ms_plan_launch(Kernel kernel, int threads, size_t smem, int *grid, co
     TOC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem),
              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     TOC_CHECK(per_sm >= 1, TO_ERR_UNSUPPORTED, "%s: a block does not fit a multiprocessor", what);
+    if (dev < 16) {
+        std::lock_guard<std::mutex> lock(mu);
+        Planned &pl = planned[dev];
+        if (pl.kernel != (const void *)kernel || pl.threads != threads) pl = Planned{(const void *)kernel, threads, 0};
+        if (smem > pl.smem) pl.smem = smem;
+    }
     *grid = toc_sm_count();
     return TO_OK;
 }
