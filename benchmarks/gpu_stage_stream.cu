@@ -16,6 +16,9 @@
 //   mma_kernel     the register ring with the products on tensor cores (mma.sync; units of 8 rows
 //                  x 32 columns, or contiguous units when tiled, timing only)
 //   dyn_kernel     rows handed out at run time from a counter per stage instead of a static split
+// Modes (argv[2]; none: the table of kernels): l2pf, curve, balance, steal, thr (chain_kernel's
+// run-ahead allowed only once all but thr blocks reached the barrier), slots (chain_kernel's copy
+// size at the same ring bytes).
 //   nvcc -O3 -arch=sm_90a -o /tmp/gss benchmarks/gpu_stage_stream.cu && /tmp/gss
 #include <algorithm>
 #include <cstdint>
@@ -950,6 +953,18 @@ int main(int argc, char **argv) {
             for (int t : {0, 8, 32}) vars.push_back({16, 32768, 6, 2, t});
         }
     }
+    // argv[2] == "slots": the TMA ring's copy size at the same ring bytes (192 KB) and the same
+    // bytes ahead of the barrier (64 KB), alternating
+    if (argc > 2 && strcmp(argv[2], "slots") == 0) {
+        vars.clear();
+        for (int r = 0; r < 3; r++) {
+            vars.push_back({0, 0, 0, 8});
+            vars.push_back({16, 8192, 24, 8});
+            vars.push_back({16, 16384, 12, 4});
+            vars.push_back({16, 32768, 6, 2});
+            vars.push_back({16, 65536, 3, 1});
+        }
+    }
     printf("| consumer warps | slot KB | slots | gate (pieces) | thr | ms/token | GB/s | of probe | tok/s | check |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|\n");
     for (const Var &v : vars) {
@@ -1014,7 +1029,7 @@ int main(int argc, char **argv) {
         printf("| %d | %d | %d | %d | %d | %.3f | %.0f | %.1f%% | %.1f | %.1e |\n", v.ncw, v.slot / 1024, v.nslot, v.gate, v.thr, best, bw,
                100.0 * bw / probe_bw, 1e3 / best, chk);
     }
-    if (argc > 2 && strcmp(argv[2], "thr") == 0) return 0;
+    if (argc > 2 && (strcmp(argv[2], "thr") == 0 || strcmp(argv[2], "slots") == 0)) return 0;
     for (int sk = 0; sk < 2; sk++) { // stamps of the register ring (sk 0) and steal_kernel<16, 8, 10> (sk 1), layer 1 (thread 0 of every block)
         void (*kern)(const Params) = sk ? steal_kernel<16, 8, 10> : direct_kernel<16, 8>;
         unsigned long long *prof;
