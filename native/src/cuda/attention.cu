@@ -1095,10 +1095,6 @@ __device__ __forceinline__ uint64_t fw_desc(uint32_t a, uint32_t lbo, uint32_t s
 __device__ __forceinline__ void fw_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void fw_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void fw_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-__device__ __forceinline__ void fw_tma3(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, uint32_t bar) {
-    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
-                 ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
-}
 
 #define FW_R8(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 #define FW_R32(d) FW_R8(d, 0), FW_R8(d, 8), FW_R8(d, 16), FW_R8(d, 24)
@@ -1174,8 +1170,8 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
         mbar_expect(bar, 2u * FW_BK * HD * 2);
 #pragma unroll
         for (int r = 0; r < HD / 64; r++) {
-            fw_tma3(Ks + r * FW_BK * 128, &kmap, r * 64, t * FW_BK, (int)h, bar);
-            fw_tma3(Vs + r * FW_BK * 128, &vmap, r * 64, t * FW_BK, (int)h, bar);
+            tma_load_3d(Ks + r * FW_BK * 128, &kmap, r * 64, t * FW_BK, (int)h, bar);
+            tma_load_3d(Vs + r * FW_BK * 128, &vmap, r * 64, t * FW_BK, (int)h, bar);
         }
     };
     const int nt2 = (ntiles + 1) & ~1;
@@ -1363,13 +1359,6 @@ __global__ void __launch_bounds__(FW_THREADS, 1)
 #endif
 }
 
-/* a bf16 tensor map of rank 2 or 3 (dims innermost first, strides in bytes for dims 1..), boxes of
- * 64 columns (128 bytes, the swizzle span) x rows, 128-byte swizzle, out-of-range elements zero */
-static bool fw_map(CUtensorMap *m, const void *base, int rank, const cuuint64_t *dims, const cuuint64_t *strides,
-                   cuuint32_t rows) {
-    return toc_tensor_map_bf16(m, base, rank, dims, strides, 64, rows, true);
-}
-
 /* whether this build has the wgmma kernel (a CUDA architecture list with 90a) and the device runs
  * it (compute capability 9.0); INFERENCE_PIO_CUDA_FLASH_WGMMA=0 keeps the mma.sync kernel */
 static bool use_wgmma_flash(void) {
@@ -1394,8 +1383,8 @@ static int launch_flash_wgmma(AttnArgs &a, bool *done) {
         const cuuint64_t kd[3] = {(cuuint64_t)HD, (cuuint64_t)(a.kv_len > 0 ? a.kv_len : 1), (cuuint64_t)a.nkv},
                          ks[2] = {(cuuint64_t)a.kps * 2, (cuuint64_t)a.khs * 2};
         const cuuint64_t vs[2] = {(cuuint64_t)a.vps * 2, (cuuint64_t)a.vhs * 2};
-        if (!(fw_map(&qm, a.q, 2, qd, qs, 64 * FW_NWG) && fw_map(&km, a.k, 3, kd, ks, FW_BK) &&
-              fw_map(&vm, a.v, 3, kd, vs, FW_BK)))
+        if (!(toc_tensor_map_bf16(&qm, a.q, 2, qd, qs, 64 * FW_NWG) &&
+              toc_tensor_map_bf16(&km, a.k, 3, kd, ks, FW_BK) && toc_tensor_map_bf16(&vm, a.v, 3, kd, vs, FW_BK)))
             return TO_OK;
     }
     *done = true;

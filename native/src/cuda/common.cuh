@@ -23,12 +23,12 @@ int toc_device_ready(void);           /* TO_OK once a device is usable, else an 
 int toc_max_smem_optin(void);         /* per-block shared memory limit of the current device */
 int toc_sm_count(void);
 int toc_cc_major(void); /* compute capability major of the current device */
-/* A bf16 tensor map of rank 2 or 3 over base (dims innermost first; strides in bytes of dims 1..;
- * boxes of box_cols x box_rows (x 1) elements, out-of-range elements zero; swizzle128: 128-byte
- * swizzle, else none) for TMA copies (sm_90). False where the driver has no tensor-map encoder or
- * the map cannot describe the tensor. */
+/* A bf16 tensor map of rank 2 or 3 over base (dims innermost first; strides in bytes of dims 1..)
+ * for TMA copies (sm_90): boxes of 64 columns (128 bytes, the swizzle span) x box_rows (x 1),
+ * 128-byte swizzle, out-of-range elements zero. False where the driver has no tensor-map encoder
+ * or the map cannot describe the tensor. */
 bool toc_tensor_map_bf16(CUtensorMap *m, const void *base, int rank, const cuuint64_t *dims,
-                         const cuuint64_t *strides, unsigned box_cols, unsigned box_rows, bool swizzle128);
+                         const cuuint64_t *strides, unsigned box_rows);
 bool toc_tensor_maps_available(void); /* whether the driver has the tensor-map encoder */
 /* toc_linear_group's one-launch path for 2-16 rows of bf16 (src/cuda/linear.cu): TO_ERR_UNSUPPORTED,
  * with nothing launched, where the inputs do not qualify */
@@ -172,10 +172,15 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 __device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
-/* a box of a 2-D tensor map at (column c0, row c1) into shared memory, completing on bar */
+/* a box of a 2-D / 3-D tensor map at the given coordinates (innermost first) into shared memory,
+ * completing on bar */
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
                  ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
+                 ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
 #endif
 

@@ -141,13 +141,13 @@ static TocEncodeTiled toc_encoder(void) {
 }
 bool toc_tensor_maps_available(void) { return toc_encoder() != nullptr; }
 bool toc_tensor_map_bf16(CUtensorMap *m, const void *base, int rank, const cuuint64_t *dims,
-                         const cuuint64_t *strides, unsigned box_cols, unsigned box_rows, bool swizzle128) {
+                         const cuuint64_t *strides, unsigned box_rows) {
     TocEncodeTiled enc = toc_encoder();
     if (!enc) return false;
-    const cuuint32_t box[3] = {box_cols, box_rows, 1}, es[3] = {1, 1, 1};
+    const cuuint32_t box[3] = {64, box_rows, 1}, es[3] = {1, 1, 1};
     return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, (cuuint32_t)rank, (void *)base, dims, strides, box, es,
-               CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
-               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 /* programmatic dependent launch: on for Hopper or newer unless INFERENCE_PIO_CUDA_PDL=0 */
