@@ -645,8 +645,10 @@ class CudaGraphDecoder(GraphStepRunner):
         stamps ``[16 + 4 * stage + i]`` for stage qkv, attention, o_proj, gate/up (with down):
         after its barrier, after staging its input, after its (gate/up) weights and at its end
         (attention, in the blocks that run a unit: after its barrier, with the new token's heads
-        and first key tile ready, after the scores and P.V, at its end). Unrecorded entries are
-        0."""
+        and first key tile ready, after the scores and P.V, at its end); ``[48]`` the block's
+        multiprocessor; in a stamps build also ``[50 + i]`` when the block's poll first read
+        barrier ``first + i``'s target and ``[58 + i]`` (``i < 6``) right after its arrival's
+        release. Unrecorded entries are 0."""
         if not self._fused:
             raise ValueError("profile_stages needs the fused step")
         info = self.fused_info()

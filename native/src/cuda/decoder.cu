@@ -187,6 +187,10 @@ __shared__ int dk_nbar;                  /* barriers passed (for the profiling r
  * scores and P.V of its first unit, at its end */
 #define DK_PROF_STRIDE 64
 #define DK_PROF_SMID 48 /* [48]: the multiprocessor (%smid) that ran the block */
+/* stamps builds, by the barrier thread: [50 + i] when its poll first read barrier i's target,
+ * [58 + i] (i < 6) right after its arrival's release */
+#define DK_PROF_SEEN 50
+#define DK_PROF_REL 58
 
 __device__ __forceinline__ unsigned long long dk_now(void) {
     unsigned long long t;
@@ -232,6 +236,9 @@ __device__ __forceinline__ void dk_arrive(const DkState &st) {
         dk_target += gridDim.x;
         /* release: the block's writes (ordered before by __syncthreads) become visible first */
         asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(st.bar) : "memory");
+#if DK_STAGE_STAMPS
+        if (st.prof && slot >= 0 && slot < DK_PROF - 2) st.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + DK_PROF_REL + slot] = dk_now();
+#endif
     }
 }
 template <int NT>
@@ -247,6 +254,9 @@ __device__ __forceinline__ void dk_wait(const DkState &st) {
          * PTX memory model, so it is not done. */
         while (dk_load_relaxed(st.bar) < target) {
         }
+#if DK_STAGE_STAMPS
+        if (st.prof && slot >= 0 && slot < DK_PROF) st.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + DK_PROF_SEEN + slot] = dk_now();
+#endif
         (void)dk_load_acquire(st.bar); /* reads >= target: synchronizes with every arrival */
         if (st.prof && slot >= 0 && slot < DK_PROF) st.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + 2 * slot + 1] = dk_now();
     }
