@@ -277,9 +277,14 @@ def check_random_config(
     max_prompt: int = 70,
     new_tokens: int = 12,
 ) -> None:
-    """A random config's checkpoint against transformers: greedy tokens for a one-token prompt
-    and a prompt of 2..max_prompt tokens, each alone and the two batched
-    (:func:`assert_greedy_matches`); bf16 checkpoints scale the embedding and head x8."""
+    """A random config's checkpoint against transformers: in fp32 each prompt's prefill logits
+    (relative error at most 1e-4; checked even where the greedy tokens repeat), then greedy tokens
+    for a one-token prompt and a prompt of 2..max_prompt tokens, each alone and the two batched
+    (:func:`assert_greedy_matches`); bf16 checkpoints scale the embedding and head x8. bf16
+    prefill logits are not compared: bf16 router logits tie exactly now and then (about one seed
+    in 400), our top-k keeps the lower expert index and ``torch.topk``'s order for ties is
+    unspecified, and with one expert a token the swapped expert moves the logits by more than any
+    bf16 tolerance."""
     bf16 = dtype == "bfloat16"
     ref = save_reference(directory, hf_class_name, config, dtype, seed, 8.0 if bf16 else 1.0)
     m = load(directory)
@@ -290,6 +295,13 @@ def check_random_config(
     ]
     hf = [hf_greedy_with_logits(ref, p, new_tokens) for p in prompts]
     what = f"seed {seed} {dtype}: {config}"
+    fm = m.model
+    for p, (_, scores) in zip(prompts, hf, strict=True):
+        if bf16:
+            break
+        (logits,) = fm.forward([(p, fm.new_cache(len(p)))])
+        err = rel_error(logits, scores[0])
+        assert err <= 1e-4, f"{what}, prompt of {len(p)}: prefill logits' error {err:.3g}"
     for p, (want, scores) in zip(prompts, hf, strict=True):
         got = m.generate(p, max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True).token_ids
         assert_greedy_matches(got, want, scores, bf16, f"{what}, prompt of {len(p)}")
