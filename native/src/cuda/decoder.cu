@@ -237,7 +237,8 @@ __device__ __forceinline__ void dk_arrive(const DkState &st) {
         /* release: the block's writes (ordered before by __syncthreads) become visible first */
         asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(st.bar) : "memory");
 #if DK_STAGE_STAMPS
-        if (st.prof && slot >= 0 && slot < DK_PROF - 2) st.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + DK_PROF_REL + slot] = dk_now();
+        if (st.prof && slot >= 0 && DK_PROF_REL + slot < DK_PROF_STRIDE)
+            st.prof[(size_t)blockIdx.x * DK_PROF_STRIDE + DK_PROF_REL + slot] = dk_now();
 #endif
     }
 }
@@ -1429,7 +1430,7 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
     int n1 = DK_FOLD_FIRST / (hd * 2);
     if (n1 > na) n1 = na;
     const int64_t c0 = (int64_t)hq * hd;
-    dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w, row0, n1, c0, 96);
+    dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w, row0, n1, c0, 3 * 32); /* warps 0-2: below */
     /* the new token's rows: warp 0 the query head, warp 1 the key (appended by one block per kv
      * head), warp 2 the value */
     const bool app = hq % G == 0 && rr == 0;
@@ -1485,8 +1486,8 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
         if (lane == 0) wm[warp] = sc;
     }
     __syncthreads();
-    /* the rest of the rows that fit the weight area (issued before the scores, the copies would
-     * stall the threads that read the heads), then the key tile (free now) */
+    /* the rest of the rows that fit the weight area (not at the barrier: more copies there stall
+     * the issuing warps, and the heads' __syncthreads waits for them), then the key tile (free now) */
     if (na > n1) dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.w + n1 * L.kstride * 2, row0 + n1, na - n1, c0);
     const int nbk = (int)(nrows - na < L.krows ? nrows - na : L.krows);
     if (nbk > 0) dk_fold_copy<NT>(ly, nq, hd, L.kstride, sm + L.ks, row0 + na, nbk, c0);
