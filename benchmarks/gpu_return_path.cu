@@ -1,14 +1,11 @@
 // Does a multiprocessor's own weight stream delay its latency-critical reads, or does everybody's?
 // (benchmarks/GPU_NOTES.md, thirtieth session.)
 //
-// One persistent block per multiprocessor. Block 0's first lane times chains of dependent loads
-// while the other blocks and / or the other warps of block 0 stream a 2 GB buffer the way the
-// fused decode kernel streams its weights:
-//   hot  - L2 hits (`ld.global.cg` on 4 lines that only this chain touches: a barrier counter or a
-//          freshly written input vector is read the same way)
-//   cold - one line each of a 1 GB area in random order (meant as HBM misses; many of its lines
-//          stay in L2 between configurations, e.g. 149 ns in a second `alone` row, so only the
-//          hot column compares placements)
+// One persistent block per multiprocessor. Block 0's first lane times chains of dependent reads of
+// 4 lines that only this chain touches, all L2 hits (a barrier counter or a freshly written input
+// vector is read the same way), while the other blocks and / or the other warps of block 0 stream
+// a 2 GB buffer the way the fused decode kernel streams its weights. The chain runs three ways:
+// `ld.global.cg`, a 16-byte TMA bulk copy into shared memory per hop, and `atom.global.add` of 0.
 // Stream kinds: reg (8 x 16-byte `ld.global.nc` a lane, the fused kernel's register ring),
 // cpasync (8 x 16-byte `cp.async` a lane into shared memory), tma (one thread keeps 4 x 32 KB
 // `cp.async.bulk` copies in flight into shared memory).
@@ -30,14 +27,12 @@ struct Params {
     const uint4 *big;        // streamed
     size_t big16;            // its 16-byte chunks
     const unsigned *hot;     // hot chain (word indices)
-    const unsigned *cold;    // cold chain (word indices)
-    unsigned cold0;          // cold chain start
     int nhops;
     int others, own;         // who streams
     int nstream;             // blocks 1..nstream stream when others is set
     int kind;                // 0 reg, 1 cp.async, 2 tma
     int *done;
-    unsigned long long *out; // [0] hot ns, [1] cold ns, [2] bytes streamed, [3] t0, [4] t1, [5] sink
+    unsigned long long *out; // [0] hot ns, [1] TMA ns, [2] bytes streamed, [3] t0, [4] t1, [5] sink, [6] atom ns
 };
 
 __device__ __forceinline__ unsigned long long now_ns() {
@@ -173,13 +168,35 @@ __global__ void __launch_bounds__(NT, 1) probe_kernel(Params P) {
     unsigned long long a = now_ns();
     for (int h = 0; h < P.nhops; h++) i = ldcg_u32(P.hot + i);
     unsigned long long b = now_ns();
-    unsigned j = P.cold0;
-    for (int h = 0; h < P.nhops; h++) j = ldcg_u32(P.cold + j);
+    /* the same chain through the TMA unit: a 16-byte bulk copy into shared memory per hop */
+    __shared__ __align__(128) unsigned tbuf[4];
+    __shared__ __align__(8) unsigned long long tmb;
+    const unsigned mba = (unsigned)__cvta_generic_to_shared(&tmb), dst = (unsigned)__cvta_generic_to_shared(tbuf);
+    asm volatile("mbarrier.init.shared.b64 [%0], 1;" ::"r"(mba));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    unsigned ph = 0, j = 0;
+    for (int h = 0; h < P.nhops; h++) {
+        asm volatile("mbarrier.arrive.expect_tx.shared.b64 _, [%0], 16;" ::"r"(mba) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], 16, [%2];"
+                     ::"r"(dst), "l"(P.hot + j), "r"(mba) : "memory");
+        unsigned ok = 0;
+        while (!ok)
+            asm volatile("{.reg .pred p; mbarrier.try_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p;}"
+                         : "=r"(ok) : "r"(mba), "r"(ph) : "memory");
+        ph ^= 1;
+        j = *(volatile unsigned *)tbuf;
+    }
     unsigned long long c = now_ns();
+    /* and by atomics (add 0), which go to L2 without an L1 lookup */
+    unsigned k = 0;
+    for (int h = 0; h < P.nhops; h++)
+        asm volatile("atom.global.add.u32 %0, [%1], 0;" : "=r"(k) : "l"(P.hot + k) : "memory");
+    unsigned long long d = now_ns();
     P.out[0] = b - a + (i == 0xffffffffu);
     P.out[1] = c - b + (j == 0xffffffffu);
+    P.out[6] = d - c + (k == 0xffffffffu);
     P.out[3] = ts + 30000;
-    P.out[4] = c;
+    P.out[4] = d;
     __threadfence();
     atomicExch(P.done, 1);
 }
@@ -191,41 +208,26 @@ int main() {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, dev));
     printf("device: %s, %d SMs\n", prop.name, nsm);
-    const size_t big_bytes = (size_t)2 << 30, cold_bytes = (size_t)1 << 30;
+    const size_t big_bytes = (size_t)2 << 30;
     const int nhops = 4000;
     uint4 *big;
-    unsigned *hot, *cold;
+    unsigned *hot;
     int *done;
     unsigned long long *out;
     CK(cudaMalloc(&big, big_bytes));
     CK(cudaMemset(big, 1, big_bytes));
     CK(cudaMalloc(&hot, 4096));
-    CK(cudaMalloc(&cold, cold_bytes));
     CK(cudaMalloc(&done, 4));
     CK(cudaMalloc(&out, 64));
     /* hot chain: 4 lines in a cycle (words 0, 32, 64, 96) */
     std::vector<unsigned> h(1024, 0);
     h[0] = 32, h[32] = 64, h[64] = 96, h[96] = 0;
     CK(cudaMemcpy(hot, h.data(), 4096, cudaMemcpyHostToDevice));
-    /* cold chain: nhops + 1 distinct random lines of the 1 GB area */
-    const unsigned lines = (unsigned)(cold_bytes / 128);
-    std::vector<unsigned> seq;
-    srand(7);
-    std::vector<char> used(lines, 0);
-    while ((int)seq.size() < nhops + 1) {
-        unsigned l = (unsigned)(((unsigned long long)rand() * RAND_MAX + rand()) % lines);
-        if (!used[l]) used[l] = 1, seq.push_back(l);
-    }
-    CK(cudaMemset(cold, 0, cold_bytes));
-    for (int k = 0; k < nhops; k++) {
-        unsigned v = seq[k + 1] * 32;
-        CK(cudaMemcpy(cold + (size_t)seq[k] * 32, &v, 4, cudaMemcpyHostToDevice));
-    }
     const int smem = 200 * 1024;
     CK(cudaFuncSetAttribute(probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const char *kinds[3] = {"reg", "cpasync", "tma"};
     const char *places[4] = {"alone", "others", "all", "own"};
-    printf("| stream | placement | streaming SMs | L2 hit ns | HBM miss ns | streamed GB/s |\n|---|---|---|---|---|---|\n");
+    printf("| stream | placement | streaming SMs | L2 hit ns (ld.cg) | by TMA | by atom | streamed GB/s |\n|---|---|---|---|---|---|---|\n");
     const int counts[4] = {33, 66, 99, nsm - 1};
     for (int rep = 0; rep < 2; rep++)
         for (int kind = 0; kind < 3; kind++)
@@ -234,7 +236,7 @@ int main() {
                     if (kind > 0 && pl == 0) continue;
                     if ((pl == 0 || pl == 3) && ci < 3) continue;
                     Params P{};
-                    P.big = big, P.big16 = big_bytes / 16, P.hot = hot, P.cold = cold, P.cold0 = seq[0] * 32;
+                    P.big = big, P.big16 = big_bytes / 16, P.hot = hot;
                     P.nhops = nhops, P.others = pl == 1 || pl == 2, P.own = pl == 2 || pl == 3, P.kind = kind;
                     P.nstream = counts[ci];
                     P.done = done, P.out = out;
@@ -247,8 +249,8 @@ int main() {
                     CK(cudaMemcpy(o, out, 64, cudaMemcpyDeviceToHost));
                     double gbs = o[4] > o[3] ? (double)o[2] / (double)(o[4] - o[3]) : 0.0;
                     const int nst = (P.others ? counts[ci] : 0) + (P.own ? 1 : 0);
-                    printf("| %s | %s | %d | %.0f | %.0f | %.0f |\n", pl == 0 ? "-" : kinds[kind], places[pl], nst,
-                           (double)o[0] / nhops, (double)o[1] / nhops, gbs);
+                    printf("| %s | %s | %d | %.0f | %.0f | %.0f | %.0f |\n", pl == 0 ? "-" : kinds[kind], places[pl], nst,
+                           (double)o[0] / nhops, (double)o[1] / nhops, (double)o[6] / nhops, gbs);
                 }
     return 0;
 }
