@@ -7,10 +7,10 @@
 // a 2 GB buffer the way the fused decode kernel streams its weights. The chain runs three ways:
 // `ld.global.cg`, a 16-byte TMA bulk copy into shared memory per hop, and `atom.global.add` of 0.
 // Stream kinds: reg (8 x 16-byte `ld.global.nc` a lane, the fused kernel's register ring),
-// cpasync (8 x 16-byte `cp.async` a lane into shared memory), tma (one thread keeps 4 x 32 KB
-// `cp.async.bulk` copies in flight into shared memory).
-// Placements: alone (nothing streams), others (every block but the probe's), all (also the probe
-// block's other warps), own (only the probe block's other warps).
+// cpasync (8 x 16-byte `cp.async` a lane into shared memory, then a wait for all 8: in bursts),
+// tma (one thread keeps 4 x 32 KB `cp.async.bulk` copies in flight into shared memory).
+// Placements: alone (nothing streams), others (33, 66, 99 or all other blocks stream), all (the
+// same plus the probe block's other warps), own (only the probe block's other warps).
 //   nvcc -O3 -arch=sm_90a -o /tmp/grp benchmarks/gpu_return_path.cu && /tmp/grp
 #include <cstdint>
 #include <cstdio>
