@@ -13,6 +13,7 @@ from typing import Any
 
 from inference_pio.batching import BatchManager
 from inference_pio.checkpoint import Checkpoint
+from inference_pio.errors import CheckpointError
 from inference_pio.generation import ForwardModel, GenerationResult, stream_generate
 from inference_pio.interface import BatchRequest, TextModelPluginInterface
 from inference_pio.sampling import SamplingParams
@@ -34,7 +35,13 @@ class CausalLM(TextModelPluginInterface):
         gc = checkpoint.generation_config
         eos: Any = gc.get("eos_token_id", checkpoint.config.get("eos_token_id"))
         ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
-        self.eos_ids: tuple[int, ...] = tuple(int(i) for i in ids)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise CheckpointError(f"eos_token_id must be an integer or a list of them, got {eos!r}")
+        self.eos_ids: tuple[int, ...] = tuple(ids)
+        try:  # a bad default is the checkpoint's fault: found at load, not in every request
+            SamplingParams.from_generation_config(gc)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"generation_config.json: {exc}") from None
 
     # ---- tokens --------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

@@ -98,10 +98,49 @@ class _GenerationTag(jinja2.ext.Extension):
         return result
 
 
+#: The most characters (or items) one string or list operation of a template may make, and the
+#: most bits of an integer power: a template from a checkpoint must not exhaust memory or time.
+MAX_TEMPLATE_SIZE = 1 << 24
+MAX_POWER_BITS = 4096
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with bounds on what ``*``, ``+`` and ``**`` may build (jinja2's own sandbox
+    limits ``range`` and attribute access, not sizes)."""
+
+    intercepted_binops = frozenset({"*", "+", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        sized = (str, list, tuple)
+        if operator == "**" and isinstance(left, int) and isinstance(right, int):
+            if right > 0 and abs(left) > 1 and right * abs(left).bit_length() > MAX_POWER_BITS:
+                raise jinja2.exceptions.SecurityError("a power too large for a chat template")
+        elif operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, sized)
+                    and isinstance(n, int)
+                    and len(seq) * n > MAX_TEMPLATE_SIZE
+                ):
+                    raise jinja2.exceptions.SecurityError(
+                        "a repetition too long for a chat template"
+                    )
+        elif (
+            operator == "+"
+            and isinstance(left, sized)
+            and isinstance(right, sized)
+            and len(left) + len(right) > MAX_TEMPLATE_SIZE
+        ):
+            raise jinja2.exceptions.SecurityError("a concatenation too long for a chat template")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=32)
 def compile_template(source: str) -> jinja2.Template:
     """Compiles a chat template in the sandbox (cached by source)."""
-    env = ImmutableSandboxedEnvironment(
+    if not isinstance(source, str):
+        raise ChatTemplateError(f"a chat template is a string, got {type(source).__name__}")
+    env = _Sandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
@@ -162,7 +201,10 @@ def render_chat(
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise ChatTemplateError("messages must be a list of {'role': ..., 'content': ...} dicts")
-    chat = plain_data(list(messages))
+    try:
+        chat = plain_data(list(messages))
+    except RecursionError:
+        raise ChatTemplateError("messages are nested too deeply (or contain themselves)") from None
     for k, message in enumerate(chat):
         if not isinstance(message, dict):
             raise ChatTemplateError(f"messages[{k}] must be a dict, got {type(message).__name__}")
@@ -183,4 +225,7 @@ def render_chat(
         )
     except jinja2.exceptions.TemplateError as exc:
         raise ChatTemplateError(f"chat template error: {exc}") from exc
+    except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
+        # raised by an operation inside the template (a bad message shape, a division by zero)
+        raise ChatTemplateError(f"chat template error: {type(exc).__name__}: {exc}") from exc
     return rendered

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import random
 import resource
+import socket
 import sys
 import time
 from typing import Any
@@ -127,8 +129,11 @@ def _with_images(model: Any, prompt: str, images: list[str]) -> tuple[str, dict[
 
 
 def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
+    if args.no_think and not args.chat:
+        raise ValueError("--no-think applies to the chat template: add --chat")
+    text = sys.stdin.read() if args.prompt == "-" else args.prompt
     model = _load(args, host)
-    prompt, extra = _with_images(model, args.prompt, args.image or [])
+    prompt, extra = _with_images(model, text, args.image or [])
     if args.chat:
         prompt = model.apply_chat_template(
             [{"role": "user", "content": prompt}], enable_thinking=not args.no_think
@@ -159,53 +164,112 @@ def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
     return 0
 
 
+CHAT_HELP = """\
+/reset          clear the conversation (the system prompt stays)
+/bye, /exit     quit (so does Ctrl-D)
+/help           this list
+Ctrl-C stops a reply; what was generated stays in the conversation."""
+
+
 def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
+    interactive = sys.stdin.isatty()
+    if interactive:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (line editing and history for input())
     model = _load(args, host)
     history: list[dict[str, str]] = []
     if args.system:
         history.append({"role": "system", "content": args.system})
-    print(
-        "Chatting with",
-        model.name,
-        "- empty line or Ctrl-D to quit, /reset to clear history.",
-        file=sys.stderr,
-    )
+    model.apply_chat_template([*history, {"role": "user", "content": "-"}])  # no template: now
     sampling = _sampling(args)
     images: list[str] = args.image or []
     pending_images = bool(images)  # the placeholders go into the first user turn
     _with_images(model, "", images)  # refuses images for a text model before any input
+    print(
+        f"Chatting with {model.name}: /bye or Ctrl-D quits, /reset clears the conversation, "
+        "/help lists the commands.",
+        file=sys.stderr,
+    )
     while True:
         try:
-            line = input(">>> ")
+            line = input(">>> " if interactive else "")
         except EOFError:
-            print(file=sys.stderr)
+            if interactive:
+                print(file=sys.stderr)
             return 0
-        if not line.strip():
+        except KeyboardInterrupt:
+            print("\n(/bye or Ctrl-D quits)", file=sys.stderr)
+            continue
+        command = line.strip()
+        if not command:
+            continue
+        if command in ("/bye", "/exit", "/quit"):
             return 0
-        if line.strip() == "/reset":
+        if command == "/help":
+            print(CHAT_HELP, file=sys.stderr)
+            continue
+        if command == "/reset":
             history = history[:1] if args.system else []
             pending_images = bool(images)
+            print("(conversation cleared)", file=sys.stderr)
             continue
         extra: dict[str, Any] = {}
+        placed = False
         if images:
             if pending_images:
                 line, _ = _with_images(model, line, images)
-                pending_images = False
+                pending_images, placed = False, True
             extra["images"] = images  # every turn's prompt holds the first turn's placeholders
         history.append({"role": "user", "content": line})
-        prompt = model.apply_chat_template(history, enable_thinking=not args.no_think)
-        reply = []
-        for piece in model.stream_text(prompt, **sampling, **extra):
-            reply.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        reply: list[str] = []
+        try:
+            prompt = model.apply_chat_template(history, enable_thinking=not args.no_think)
+            for piece in model.stream_text(prompt, **sampling, **extra):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            print("(reply stopped)", file=sys.stderr)
+        except ValueError as exc:  # too long for the context, say: this turn is dropped
+            history.pop()
+            pending_images = pending_images or placed
+            if reply:
+                sys.stdout.write("\n")
+            print(
+                f"inference-pio: error: {exc}\n(the message was dropped; /reset clears the "
+                "conversation)",
+                file=sys.stderr,
+            )
+            continue
+        else:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
         history.append({"role": "assistant", "content": "".join(reply)})
 
 
 def cmd_bench(args: argparse.Namespace, host: PluginHost) -> int:
+    for flag in ("prompt_tokens", "decode_prompt_tokens", "new_tokens", "repeats"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.decode_prompt_tokens > args.prompt_tokens:
+        raise ValueError(
+            f"--decode-prompt-tokens {args.decode_prompt_tokens} is more than --prompt-tokens "
+            f"{args.prompt_tokens} (the decode prompt is the prefill prompt's start)"
+        )
     model = _load(args, host)
     fm = model.model
+    context = int(getattr(fm, "max_context", 0) or 0)
+    if context and args.prompt_tokens + 1 > context:
+        raise ValueError(
+            f"--prompt-tokens {args.prompt_tokens} does not fit the model's context of "
+            f"{context} tokens (at most {context - 1})"
+        )
+    if context and args.decode_prompt_tokens + args.new_tokens > context:
+        raise ValueError(
+            f"--decode-prompt-tokens + --new-tokens ({args.decode_prompt_tokens} + "
+            f"{args.new_tokens}) exceed the model's context of {context} tokens"
+        )
     rng = random.Random(0)
     vocab = min(fm.vocab_size, 151643)
     prompt = [rng.randrange(vocab) for _ in range(args.prompt_tokens)]
@@ -236,7 +300,7 @@ def cmd_bench(args: argparse.Namespace, host: PluginHost) -> int:
     out = {
         "model": model.name,
         "device": args.device,
-        "threads": args.threads,
+        "threads": None if on_gpu else lib_threads(),
         "prompt_tokens": args.prompt_tokens,
         "prefill_tokens_per_s": round(args.prompt_tokens / prefill_s, 3),
         "decode_prompt_tokens": len(short),
@@ -261,9 +325,20 @@ def cmd_bench(args: argparse.Namespace, host: PluginHost) -> int:
 
 def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
     try:
+        import starlette  # noqa: F401  (the server extra, checked before the model loads)
+        import uvicorn  # noqa: F401
+
         from inference_pio.server import serve
-    except ImportError as exc:
-        raise ValueError(str(exc)) from None
+    except ImportError:
+        raise ValueError(
+            "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
+        ) from None
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:  # a taken port is found before the model loads, not after
+            probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     model = _load(args, host)
     print(
         f"serving {model.name} on http://{args.host}:{args.port}/v1 (OpenAI API; Ctrl-C stops)",
@@ -271,6 +346,24 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
     )
     serve(model, args.host, args.port, args.served_name)
     return 0
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number (0 = any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
+
+
+def lib_threads() -> int:
+    """The CPU library's thread count (what --threads or the default chose)."""
+    from inference_pio._native import lib
+
+    return int(lib().to_get_num_threads())
 
 
 def add_commands(sub: Any) -> None:
@@ -281,7 +374,7 @@ def add_commands(sub: Any) -> None:
         description="Generate text from a prompt with a local checkpoint.",
     )
     _add_model_args(p)
-    p.add_argument("--prompt", "-p", required=True, help="the prompt text")
+    p.add_argument("--prompt", "-p", required=True, help="the prompt text ('-': read stdin)")
     p.add_argument(
         "--image",
         "-i",
@@ -304,7 +397,13 @@ def add_commands(sub: Any) -> None:
     _add_sampling_args(p)
     p.set_defaults(handler=cmd_generate)
 
-    p = sub.add_parser("chat", help="interactive chat with history, using the chat template")
+    p = sub.add_parser(
+        "chat",
+        help="interactive chat with history, using the chat template",
+        description="Chat with a model in the terminal: the conversation goes through the "
+        "checkpoint's chat template; replies stream. Commands:\n" + CHAT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_model_args(p)
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument(
@@ -322,18 +421,25 @@ def add_commands(sub: Any) -> None:
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API (needs inference-pio[server])",
         description="Serve one model: GET /v1/models, POST /v1/completions and "
-        "/v1/chat/completions (streaming with server-sent events), GET /health. Requests run one "
-        "at a time; images go in chat messages as data: URLs.",
+        "/v1/chat/completions (streaming with server-sent events), GET /health. Concurrent "
+        "text requests are batched continuously (they share each decode step); images go in "
+        "chat messages as data: URLs.",
     )
     _add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
     p.add_argument(
         "--served-name", default=None, help="model name clients use (default: the model's name)"
     )
     p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("bench", help="measure prefill and batch-1 decode speed")
+    p = sub.add_parser(
+        "bench",
+        help="measure prefill and batch-1 decode speed",
+        description="Time a prefill of --prompt-tokens random tokens and a greedy batch-1 "
+        "decode of --new-tokens after the first --decode-prompt-tokens of them (best of "
+        "--repeats runs each, after a warm-up).",
+    )
     _add_model_args(p)
     p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (default 512)")
     p.add_argument(
@@ -343,7 +449,9 @@ def add_commands(sub: Any) -> None:
         help="prompt length before the decode run (default 32)",
     )
     p.add_argument("--new-tokens", type=int, default=128, help="decoded tokens (default 128)")
-    p.add_argument("--repeats", type=int, default=2, help="runs per measurement, best kept")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="runs per measurement, best kept (default 2)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--bandwidth",

@@ -26,6 +26,7 @@ import os
 import re
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +102,7 @@ class PluginHost:
         if entry_points is None:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         allow, deny = _names_from_env(ALLOW_ENV), _names_from_env(DENY_ENV) or set()
+        seen: set[str] = set()
         for ep in sorted(entry_points, key=lambda e: e.name):
             dist = ep.dist
             record = PluginRecord(
@@ -110,6 +112,7 @@ class PluginHost:
                 value=ep.value,
             )
             keys = {normalize_name(ep.name), normalize_name(record.distribution)} - {""}
+            seen |= keys
             if (allow is not None and not keys & allow) or keys & deny:
                 record.status = "disabled"
                 self.records[ep.name] = record
@@ -119,6 +122,13 @@ class PluginHost:
                 self._load_one(record, ep.load)
             except Exception as exc:
                 self._fail(record, exc)
+        unknown = sorted((allow or set()) - seen)
+        if unknown:  # a typo would otherwise disable plugins without a word
+            warnings.warn(
+                f"{ALLOW_ENV} names no installed plugin: {', '.join(unknown)} (installed: "
+                f"{', '.join(sorted(seen)) or 'none'})",
+                stacklevel=2,
+            )
 
     def register_plugin(self, plugin: object, name: str, distribution: str = "") -> PluginRecord:
         """Registers an already-imported plugin object (tests, embedding applications)."""

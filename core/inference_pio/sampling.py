@@ -36,11 +36,26 @@ class SamplingParams:
         def bad(msg: str) -> ValueError:
             return ValueError(f"invalid sampling parameter: {msg}")
 
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        for name in (
+            "temperature",
+            "top_p",
+            "min_p",
+            "repetition_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(f"{name} must be a number, got {value!r}")
+        if (
+            isinstance(self.max_new_tokens, bool)
+            or not isinstance(self.max_new_tokens, int)
+            or self.max_new_tokens < 1
+        ):
             raise bad(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise bad(f"temperature must be >= 0, got {self.temperature}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise bad(f"top_p must be in (0, 1], got {self.top_p}")
@@ -52,9 +67,12 @@ class SamplingParams:
             value = getattr(self, name)
             if not math.isfinite(value) or abs(value) > 2.0:
                 raise bad(f"{name} must be in [-2, 2], got {value}")
-        if self.seed is not None and not isinstance(self.seed, int):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
             raise bad(f"seed must be an integer, got {self.seed!r}")
-        object.__setattr__(self, "stop", tuple(self.stop))
+        stops = (self.stop,) if isinstance(self.stop, str) else self.stop  # one string, not chars
+        object.__setattr__(self, "stop", tuple(stops))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop strings must be non-empty strings")

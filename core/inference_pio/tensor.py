@@ -51,7 +51,7 @@ class Storage:
     @classmethod
     def allocate(cls, nbytes: int, device: Device = CPU) -> Storage:
         """New uninitialised memory of ``nbytes`` from the device's allocator."""
-        if nbytes < 0:
+        if nbytes < 0 or nbytes >= 1 << 62:  # a size_t would wrap (and nothing holds 4 EiB)
             raise ValueError(f"cannot allocate {nbytes} bytes")
         if device.type == "cuda":
             from inference_pio import cuda

@@ -145,3 +145,114 @@ def test_cuda_device_without_cuda_is_one_clear_error(checkpoint: tuple[Path, obj
     assert "CUDA is not available" in out.stderr
     assert cuda.unavailable_reason() in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _chat(path: Path, stdin: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inference_pio", "chat", "-m", str(path), "-t", "0", *extra],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_chat_survives_a_message_too_long_and_knows_its_commands(
+    checkpoint: tuple[Path, object],
+) -> None:
+    """A message that does not fit the context is reported and dropped; the session goes on.
+    Blank lines are skipped, /help and /reset answer on stderr, /bye ends the session, and
+    piped input prints no prompts."""
+    path = checkpoint[0]
+    out = _chat(
+        path, "\n".join(["hi", "z" * 400, "", "/help", "/reset", "hi", "/bye", "x"]), "-n", "3"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "context" in out.stderr
+    assert "dropped" in out.stderr
+    assert "/reset" in out.stderr
+    assert "(conversation cleared)" in out.stderr
+    assert "Traceback" not in out.stderr
+    half = len(out.stdout) // 2  # two replies to "hi" in a fresh conversation, each + "\n"
+    assert out.stdout.endswith("\n")
+    assert out.stdout[:half] == out.stdout[half:]
+    assert ">>>" not in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--repeats", "0"], "--repeats must be at least 1"),
+        (["bench", "--prompt-tokens", "512"], "does not fit the model's context of 256"),
+        (["bench", "--prompt-tokens", "16", "--decode-prompt-tokens", "32"], "more than"),
+        (["generate", "-p", "x", "--no-think"], "add --chat"),
+    ],
+)
+def test_bad_command_options_are_one_clear_error(
+    checkpoint: tuple[Path, object], args: list[str], message: str
+) -> None:
+    out = _cli(*args, "--model", str(checkpoint[0]))
+    assert out.returncode == 1, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_generate_reads_the_prompt_from_stdin(checkpoint: tuple[Path, object]) -> None:
+    args = ["generate", "-m", str(checkpoint[0]), "-n", "4", "-t", "0", "--json"]
+    piped = subprocess.run(
+        [sys.executable, "-m", "inference_pio", *args, "-p", "-"],
+        input="hello world",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    direct = _cli(*args, "-p", "hello world")
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["token_ids"] == json.loads(direct.stdout)["token_ids"]
+
+
+def test_serve_refuses_a_bad_or_taken_port_before_loading(checkpoint: tuple[Path, object]) -> None:
+    pytest.importorskip("uvicorn")
+    import socket
+
+    bad = _cli("serve", "-m", str(checkpoint[0]), "--port", "99999")
+    assert bad.returncode == 2
+    assert "0 to 65535" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _cli("serve", "-m", "/nonexistent/dir", "--port", str(port))
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr  # before the model is looked for
+    assert "Traceback" not in out.stderr
+
+
+def test_a_closed_stdout_ends_quietly() -> None:
+    """`inference-pio models | head -1`: no BrokenPipeError traceback."""
+    out = subprocess.run(
+        f"{sys.executable} -m inference_pio plugins | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in out.stderr
+    assert "BrokenPipe" not in out.stderr
+
+
+def test_a_bad_generation_config_is_the_checkpoints_error(
+    checkpoint: tuple[Path, object], tmp_path: Path
+) -> None:
+    """A wrong default in generation_config.json is reported at load, naming the file, rather
+    than failing every request later."""
+    import shutil
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(checkpoint[0], d)
+    (d / "generation_config.json").write_text(json.dumps({"temperature": "hot"}))
+    out = _cli("generate", "-m", str(d), "-p", "x")
+    assert out.returncode == 1
+    assert "generation_config.json" in out.stderr
+    assert "temperature" in out.stderr
+    assert "Traceback" not in out.stderr

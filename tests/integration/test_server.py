@@ -246,3 +246,72 @@ def test_bad_token_ids_and_a_failing_step_leave_the_server_working(
         manager.model.forward = real
     got = c.completions.create(model=NAME, prompt="abc", max_tokens=3, temperature=0)
     assert got.choices[0].text == model.generate("abc", max_new_tokens=3, temperature=0).text
+
+
+def test_unsupported_fields_and_unknown_routes_get_openai_errors(served: tuple[Any, str]) -> None:
+    """What the server cannot honour is refused (400), never silently ignored; unknown routes
+    and wrong methods answer OpenAI-style JSON too; one model can be looked up by name."""
+    _, url = served
+    c = client(url)
+    msgs = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        c.chat.completions.create(
+            model=NAME, messages=msgs, max_tokens=2, response_format={"type": "json_object"}
+        )
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        c.completions.create(model=NAME, prompt="x", max_tokens=2, logit_bias={"5": 10})
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        c.chat.completions.create(model=NAME, messages=msgs, max_tokens=2, tool_choice="auto")
+    with pytest.raises(openai.BadRequestError, match="seed"):
+        c.completions.create(model=NAME, prompt="x", max_tokens=2, extra_body={"seed": 1.5})
+    with pytest.raises(openai.BadRequestError, match="content"):
+        c.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": None}], max_tokens=2
+        )
+    text = c.chat.completions.create(
+        model=NAME, messages=msgs, max_tokens=2, response_format={"type": "text"}
+    )
+    assert text.choices[0].message.content is not None
+    assert c.models.retrieve(NAME).id == NAME
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        c.models.retrieve("gpt-4")
+    for method, path, status in (("GET", "/", 404), ("GET", "/v1/chat/completions", 405)):
+        req = urllib.request.Request(url + path, method=method)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req)
+        assert info.value.code == status
+        assert path in json.loads(info.value.read())["error"]["message"]
+
+
+def test_a_client_that_leaves_stops_its_plain_request(served: tuple[Any, str]) -> None:
+    """A non-streamed request whose client disconnects stops at its next step instead of
+    generating every token for nobody."""
+    _, url = served
+    manager = served_app.state.service.manager
+    real = manager.model.forward
+
+    def slow(batch: Any) -> Any:
+        time.sleep(0.02)
+        return real(batch)
+
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {"model": NAME, "prompt": "abc", "max_tokens": 200, "ignore_eos": True}
+    ).encode()
+    manager.model.forward = slow
+    try:
+        before = len(manager.decode_batch_sizes)
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.5)  # some steps run
+        time.sleep(0.5)  # the server notices the closed connection
+        stopped = len(manager.decode_batch_sizes)
+        time.sleep(0.5)
+        assert len(manager.decode_batch_sizes) == stopped  # no step runs any more
+        assert 0 < stopped - before < 100  # 200 tokens take >= 4 s at 20 ms a step
+    finally:
+        manager.model.forward = real

@@ -226,3 +226,36 @@ def test_strftime_now_and_tojson() -> None:
     year, js = out.split("|")
     assert year.isdigit()
     assert js == '{"a": "<é>"}'
+
+
+@pytest.mark.parametrize(
+    ("template", "match"),
+    [
+        ("{{ 9**99999999 }}", "power too large"),
+        ("{{ 'a' * 3000000000 }}", "repetition too long"),
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(100) %}"
+            "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}",
+            "concatenation too long",
+        ),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("{{ messages[0].content + 1 }}", "TypeError"),
+    ],
+)
+def test_a_hostile_or_broken_template_is_one_clear_error(template: str, match: str) -> None:
+    """Templates come with checkpoints from strangers: sizes are bounded (no hang, no memory
+    exhaustion) and whatever a template raises is a ChatTemplateError."""
+    with pytest.raises(ChatTemplateError, match=match):
+        render_chat(template, [{"role": "user", "content": "x"}])
+
+
+def test_small_arithmetic_in_templates_still_works() -> None:
+    got = render_chat("{{ 2 ** 10 }} {{ 'ab' * 3 }} {{ [1] + [2] }}", [])
+    assert got == "1024 ababab [1, 2]"
+
+
+def test_messages_that_contain_themselves_are_refused() -> None:
+    message: dict[str, object] = {"role": "user", "content": "x"}
+    message["self"] = message
+    with pytest.raises(ChatTemplateError, match="nested too deeply"):
+        render_chat("{{ messages }}", [message])

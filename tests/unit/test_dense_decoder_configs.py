@@ -87,3 +87,49 @@ def test_config_errors_name_the_field() -> None:
         dense.DenseConfig.from_hf({k: v for k, v in good.items() if k != "hidden_size"})
     with pytest.raises(CheckpointError, match="rope"):
         dense.DenseConfig.from_hf({**good, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"attention_bias": True}, "attention_bias"),
+        ({"mlp_bias": True}, "mlp_bias"),
+        ({"use_sliding_window": True, "sliding_window": 64}, "sliding-window"),
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings"),
+        ({"head_dim": 16.7}, "head_dim"),
+        ({"head_dim": 0}, "head_dim"),
+        ({"num_key_value_heads": 2.0}, "num_key_value_heads"),
+        ({"num_key_value_heads": 0}, "num_key_value_heads"),
+        ({"rms_norm_eps": "abc"}, "rms_norm_eps"),
+        ({"rms_norm_eps": -1e-6}, "rms_norm_eps"),
+        ({"rope_theta": float("inf")}, "rope_theta"),
+        ({"rope_theta": 1e-300}, "rope_theta"),
+        ({"rope_parameters": "default"}, "rope_parameters"),
+    ],
+)
+def test_unsupported_or_malformed_fields_are_refused(change: dict[str, Any], match: str) -> None:
+    """What the dense decoder does not implement (an activation other than SiLU, projection
+    biases, sliding windows) or cannot read is a CheckpointError, never a silently different
+    model."""
+    from inference_pio.errors import CheckpointError
+
+    good = {**BASE, **CONFIGS["gqa4-odd-sizes"], "hidden_act": "silu", "attention_bias": False}
+    dense.DenseConfig.from_hf(good)
+    with pytest.raises(CheckpointError, match=match):
+        dense.DenseConfig.from_hf({**good, **change})
+
+
+def test_bias_tensors_and_a_layer_count_beyond_the_weights_are_refused(tmp_path: Path) -> None:
+    from inference_pio.errors import CheckpointError
+
+    cfg = {**BASE, **CONFIGS["gqa4-odd-sizes"]}
+    save_reference(tmp_path, "Qwen3ForCausalLM", cfg, "float32", seed=3)
+    ck = Checkpoint.open(tmp_path)
+    config = dense.DenseConfig.from_hf(ck.config)
+    weights = dict(ck.weights)
+    with pytest.raises(CheckpointError, match="num_hidden_layers 1000000000"):
+        dense.build(weights, dense.DenseConfig.from_hf({**ck.config, "num_hidden_layers": 10**9}))
+    weights["model.layers.0.self_attn.q_proj.bias"] = weights["model.norm.weight"]
+    with pytest.raises(CheckpointError, match="biases are not supported"):
+        dense.build(weights, config)

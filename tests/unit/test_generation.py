@@ -197,11 +197,46 @@ def test_seed_reproducible_and_different_seeds_differ() -> None:
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"stop": [""]}, "stop"),
+        ({"temperature": "hot"}, "temperature must be a number"),
+        ({"temperature": math.inf}, "finite"),
+        ({"top_p": None}, "top_p must be a number"),
+        ({"max_new_tokens": True}, "max_new_tokens"),
+        ({"top_k": 2.0}, "top_k"),
     ],
 )
 def test_invalid_sampling_values_raise(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SamplingParams(**kwargs)
+
+
+def test_one_stop_string_is_not_split_into_characters() -> None:
+    assert SamplingParams(stop="abc").stop == ("abc",)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"min_p": 0.1},
+        {"top_p": 0.5},
+        {"top_k": 2},
+        {"top_k": 2, "min_p": 0.05, "temperature": 1e-3},
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_infinite_logits_are_sampled_among_themselves(options: dict[str, Any], dtype: str) -> None:
+    """+inf logits (or finite ones that overflow when divided by the temperature) take all the
+    mass, shared between them; the draw is always a real id of the vocabulary."""
+    logits = Tensor.from_list([0.0, math.inf, 1.0, -math.inf, math.inf, math.nan], dtype)
+    picks = {Sampler(SamplingParams(seed=s, **options)).sample(logits) for s in range(40)}
+    assert picks <= {1, 4}
+    assert picks
+    if "top_p" not in options:
+        assert picks == {1, 4}
+    huge = Tensor.from_list([3e38, -1.0], "float32")  # x 1000 overflows
+    for s in range(10):
+        got = Sampler(SamplingParams(seed=s, temperature=1e-3, top_k=2, min_p=0.05)).sample(huge)
+        assert got == 0
 
 
 def test_generation_config_defaults_and_overrides() -> None:

@@ -156,3 +156,11 @@ def test_threads_keep_counters_consistent() -> None:
     assert s["allocs"] - base["allocs"] == 1600
     assert s["cached"] <= s["cache_limit"]
     assert s["reserved"] - base["reserved"] == s["cached"] - base["cached"]
+
+
+@pytest.mark.parametrize("shape", [(2**62 + 4,), (2**32, 2**32), (2**31, 2**31, 4)])
+def test_sizes_that_overflow_size_t_are_refused(shape: tuple[int, ...]) -> None:
+    """A byte count of 2**64 or more would wrap in the C allocator's size_t (a tiny block for a
+    huge tensor): refused before the call."""
+    with pytest.raises(ValueError, match="cannot allocate"):
+        Tensor.empty(shape, "float32")

@@ -11,6 +11,7 @@ embeddings are tied. A plugin whose layers have another MLP (a mixture of expert
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +32,50 @@ def rope_parameters(config: Mapping[str, Any]) -> tuple[float, str]:
     (and the released checkpoints) ``rope_theta`` + ``rope_scaling``."""
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
+    for key, value in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if not isinstance(value, Mapping):
+            raise CheckpointError(f"config.json: {key!r} must be an object, got {value!r}")
     theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
     rope_type = (
         params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     )
-    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+    if (
+        not isinstance(theta, (int, float))
+        or isinstance(theta, bool)
+        or not math.isfinite(theta)
+        or theta < 1e-30  # positive in float32 too
+    ):
         raise CheckpointError(f"config.json: rope_theta must be a positive number, got {theta!r}")
     return float(theta), str(rope_type)
+
+
+def config_number(
+    config: Mapping[str, Any], key: str, default: float, minimum: float = 0.0
+) -> float:
+    """A finite number field of a config.json, at least ``minimum`` (CheckpointError naming it)."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise CheckpointError(
+            f"config.json: {key!r} must be a finite number >= {minimum}, got {value!r}"
+        )
+    return float(value)
+
+
+def config_bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A boolean field of a config.json (CheckpointError for a string such as "false")."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise CheckpointError(f"config.json: {key!r} must be true or false, got {value!r}")
+    return value
 
 
 def config_int(config: Mapping[str, Any], key: str, minimum: int = 1, default: Any = None) -> int:
@@ -86,8 +124,19 @@ class DenseConfig:
             return value
 
         hidden, heads = need("hidden_size"), need("num_attention_heads")
-        head_dim = config.get("head_dim") or hidden // heads
-        kv = config.get("num_key_value_heads") or heads
+        head_dim = config_int(config, "head_dim") if config.get("head_dim") is not None else 0
+        if not head_dim:
+            if hidden % heads:
+                raise CheckpointError(
+                    f"config.json: hidden_size {hidden} is not a multiple of "
+                    f"num_attention_heads {heads} (and no head_dim is given)"
+                )
+            head_dim = hidden // heads
+        kv = (
+            config_int(config, "num_key_value_heads")
+            if config.get("num_key_value_heads") is not None
+            else heads
+        )
         if heads % kv:
             raise CheckpointError(
                 f"config.json: num_attention_heads {heads} is not a multiple of "
@@ -96,6 +145,7 @@ class DenseConfig:
         theta, rope_type = rope_parameters(config)
         if rope_type != "default":
             raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported yet")
+        refuse_unsupported(config)
         return cls(
             hidden_size=hidden,
             num_layers=need("num_hidden_layers"),
@@ -104,12 +154,30 @@ class DenseConfig:
             head_dim=int(head_dim),
             intermediate_size=need("intermediate_size"),
             vocab_size=need("vocab_size"),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rms_norm_eps=config_number(config, "rms_norm_eps", 1e-6),
             rope_theta=theta,
             max_position_embeddings=need("max_position_embeddings"),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            tie_word_embeddings=config_bool(config, "tie_word_embeddings", False),
             qk_norm=qk_norm,
         )
+
+
+def refuse_unsupported(config: Mapping[str, Any]) -> None:
+    """CheckpointError for the fields of a Llama-style ``config.json`` that this decoder does not
+    implement (rather than running them wrongly): an activation other than SiLU, biases on the
+    attention or MLP projections, sliding-window attention."""
+    act = config.get("hidden_act", config.get("hidden_activation")) or "silu"
+    if act not in ("silu", "swish"):
+        raise CheckpointError(
+            f"config.json: hidden_act {act!r} is not supported (the MLP is SwiGLU: 'silu')"
+        )
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            raise CheckpointError(
+                f"config.json: {key} = true is not supported (projections without biases only)"
+            )
+    if config.get("use_sliding_window") and config.get("sliding_window"):
+        raise CheckpointError("config.json: sliding-window attention is not supported")
 
 
 WeightPlan = dict[str, tuple[tuple[int, ...], str]]
@@ -237,7 +305,28 @@ def build(
         dev = placement.head_device
     else:
         dev = Device.parse(device)
+    last = f"{prefix}layers.{cfg.num_layers - 1}.input_layernorm.weight"
+    if last not in weights:  # before a plan of every layer: num_hidden_layers may be absurd
+        raise CheckpointError(
+            f"weight {last!r} is missing from the checkpoint (config.json: num_hidden_layers "
+            f"{cfg.num_layers})"
+        )
     w_head = checked_weights(weights, weight_plan(cfg, prefix, mlp_plan), dev)
+    for layer in range(cfg.num_layers):  # biases the config did not announce
+        p = f"{prefix}layers.{layer}."
+        for proj in (
+            "self_attn.q",
+            "self_attn.k",
+            "self_attn.v",
+            "self_attn.o",
+            "mlp.gate",
+            "mlp.up",
+            "mlp.down",
+        ):
+            if f"{p}{proj}_proj.bias" in weights:
+                raise CheckpointError(
+                    f"weight {p}{proj}_proj.bias: projection biases are not supported"
+                )
     getters = {dev: w_head}
 
     def on(target: Device) -> Callable[[str], Tensor]:

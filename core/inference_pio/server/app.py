@@ -5,7 +5,8 @@ Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completion
 ``stream`` as server-sent events, ``stream_options.include_usage``), ``GET /health``. Text
 requests are batched continuously (``BatchManager.serve``: requests join and leave the running
 batch at every step); a request with images runs alone between two steps. A request whose client
-goes away stops at its next token. Vision-language models take ``image_url`` parts with
+goes away stops at its next token, streamed or not. Errors, unknown routes included, are
+OpenAI-style JSON. Vision-language models take ``image_url`` parts with
 ``data:`` URLs.
 """
 
@@ -131,8 +132,9 @@ def create_app(model: Any, name: str | None = None) -> Any:
     its aliases are accepted too)."""
     try:
         from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
         from starlette.requests import Request as HttpRequest
-        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.responses import JSONResponse, Response, StreamingResponse
         from starlette.routing import Route
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
@@ -155,7 +157,7 @@ def create_app(model: Any, name: str | None = None) -> Any:
         service.check_model(body.get("model"))
         return body
 
-    async def respond(req: Request, chat: bool) -> Any:
+    async def respond(http: HttpRequest, req: Request, chat: bool) -> Any:
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -180,13 +182,25 @@ def create_app(model: Any, name: str | None = None) -> Any:
                 cancel()
 
         if not req.stream:
+            watcher = asyncio.ensure_future(_disconnected(http))
             try:
-                while (item := await queue.get()) is not _END:
+                while True:
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():  # the client went away: stop at the next token
+                        getter.cancel()
+                        stop()
+                        return Response(status_code=499)
+                    item = getter.result()
+                    if item is _END:
+                        break
                     if isinstance(item, RequestError):
                         return error(item)
             except asyncio.CancelledError:
                 stop()
                 raise
+            finally:
+                watcher.cancel()
             body = (protocol.chat_body if chat else protocol.completion_body)(
                 rid, served, results[0]
             )
@@ -218,7 +232,7 @@ def create_app(model: Any, name: str | None = None) -> Any:
             req = protocol.completion_request(await body_of(request))
         except RequestError as exc:
             return error(exc)
-        return await respond(req, chat=False)
+        return await respond(request, req, chat=False)
 
     async def chat_completions(request: HttpRequest) -> Any:
         try:
@@ -231,10 +245,24 @@ def create_app(model: Any, name: str | None = None) -> Any:
             return error(exc)
         except ValueError as exc:  # the chat template refused the messages
             return error(RequestError(str(exc), "messages"))
-        return await respond(req, chat=True)
+        return await respond(request, req, chat=True)
 
     async def models(request: HttpRequest) -> Any:
         return JSONResponse(protocol.model_list(service.names))
+
+    async def model_card(request: HttpRequest) -> Any:
+        name = request.path_params["name"]
+        try:
+            service.check_model(name)
+        except RequestError as exc:
+            return error(exc)
+        return JSONResponse(protocol.model_card(name))
+
+    async def http_error(request: HttpRequest, exc: Exception) -> Any:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        message = f"{detail}: {request.method} {request.url.path}"
+        return JSONResponse(protocol.http_error(status, message), status_code=status)
 
     async def health(request: HttpRequest) -> Any:
         return JSONResponse({"status": "ok", "model": served})
@@ -246,8 +274,10 @@ def create_app(model: Any, name: str | None = None) -> Any:
 
     app = Starlette(
         lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{name:path}", model_card, methods=["GET"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
@@ -255,6 +285,12 @@ def create_app(model: Any, name: str | None = None) -> Any:
     )
     app.state.service = service
     return app
+
+
+async def _disconnected(request: Any) -> None:
+    """Returns once the client of ``request`` (its body already read) has gone away."""
+    while (await request.receive()).get("type") != "http.disconnect":
+        pass
 
 
 def _sse(obj: dict[str, Any]) -> str:

@@ -74,11 +74,27 @@ def _common(body: Mapping[str, Any], default_max: int | None) -> tuple[dict[str,
             raise RequestError(f"{key!r} is not supported", key)
     if body.get("best_of") not in (None, 1):
         raise RequestError("only best_of = 1 is supported", "best_of")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, Mapping) and fmt.get("type") == "text"):
+        raise RequestError(
+            "only response_format {'type': 'text'} is supported (no constrained decoding)",
+            "response_format",
+        )
+    if body.get("logit_bias"):
+        raise RequestError("'logit_bias' is not supported", "logit_bias")
+    if body.get("tool_choice") not in (None, "none"):
+        raise RequestError("tools are not supported", "tool_choice")
     sampling: dict[str, Any] = {}
     for key, name in _SAMPLING.items():
         value = _number(body, key)
-        if value is not None:
-            sampling[name] = int(value) if key in ("top_k", "seed") else float(value)
+        if value is None:
+            continue
+        if key in ("top_k", "seed"):
+            if isinstance(value, float) and not value.is_integer():
+                raise RequestError(f"{key!r} must be an integer, got {value!r}", key)
+            sampling[name] = int(value)
+        else:
+            sampling[name] = float(value)
     ignore_eos = body.get("ignore_eos")  # vLLM's extension (benchmarks on synthetic weights)
     if ignore_eos is not None:
         if not isinstance(ignore_eos, bool):
@@ -158,6 +174,8 @@ def chat_messages(
             )
         content = m.get("content")
         if content is None:
+            if m["role"] != "assistant":  # an assistant turn of tool calls may have none
+                raise RequestError(f"a {m['role']} message needs a content", "messages")
             text = ""
         elif isinstance(content, str):
             text = content
@@ -291,11 +309,17 @@ def usage_chunk(rid: str, model: str, chat: bool, result: GenerationResult) -> d
     }
 
 
+def model_card(name: str) -> dict[str, Any]:
+    """``GET /v1/models/{name}``: one model object."""
+    return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "inference-pio"}
+
+
 def model_list(names: Sequence[str]) -> dict[str, Any]:
-    now = int(time.time())
-    return {
-        "object": "list",
-        "data": [
-            {"id": n, "object": "model", "created": now, "owned_by": "inference-pio"} for n in names
-        ],
-    }
+    return {"object": "list", "data": [model_card(n) for n in names]}
+
+
+def http_error(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's error body for a failure outside the API's validation (unknown route, wrong
+    method)."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}

@@ -72,19 +72,22 @@ __attribute__((optimize("no-trapping-math"))) static void exp_shifted(float *v, 
     }
 }
 
-/* v[i] = logits[i] * inv_t (NaN -> -inf) */
+/* A scaled logit as the sampler reads it: NaN -> -inf, +inf (or an overflow of the scaling) ->
+ * FLT_MAX, so that the largest value is finite, the weights exp(v - vmax) are never NaN and the
+ * +inf entries share the mass (the CUDA sampler does the same). */
+static inline float sample_value(float x) { return x == x ? (x > FLT_MAX ? FLT_MAX : x) : -INFINITY; }
+
+/* v[i] = sample_value(logits[i] * inv_t) */
 static void load_scaled(const void *logits, int dtype, int64_t vocab, float inv_t, float *v) {
     if (dtype == TO_F32) {
         const float *l = logits;
         for (int64_t i = 0; i < vocab; i++) {
-            float x = l[i] * inv_t;
-            v[i] = x == x ? x : -INFINITY;
+            v[i] = sample_value(l[i] * inv_t);
         }
     } else {
         const uint16_t *l = logits;
         for (int64_t i = 0; i < vocab; i++) {
-            const float x = to_bf16_to_f32(l[i]) * inv_t;
-            v[i] = x == x ? x : -INFINITY;
+            v[i] = sample_value(to_bf16_to_f32(l[i]) * inv_t);
         }
     }
 }
@@ -207,8 +210,7 @@ TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t
                                       : to_bf16_to_f32(((const uint16_t *)logits)[id]);
             if (repetition_penalty != 1.0f) l = l > 0 ? l / repetition_penalty : l * repetition_penalty;
             l -= frequency_penalty * (float)history_counts[j] + (history_counts[j] > 0 ? presence_penalty : 0.0f);
-            l *= inv_t;
-            v[id] = l == l ? l : -INFINITY;
+            v[id] = sample_value(l * inv_t);
         }
     const float vmax = max_of(v, vocab);
     if (temperature == 0.0f || vmax == -INFINITY) { /* greedy: first index of the maximum */
@@ -270,6 +272,11 @@ TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t
             n = 0;
             for (int64_t i = 0; i < vocab; i++)
                 if (v[i] >= tau) c[n++] = (cand){v[i], (int32_t)i};
+            if (n == 0) { /* not reached (the top weight is 1 >= tau); never an unset candidate */
+                free(c);
+                free(v);
+                return to_set_error(TO_ERR_INTERNAL, "to_sample: no candidate (weights not finite)");
+            }
             /* pop in descending order until the nucleus is complete, into the array's tail */
             for (int64_t j = n / 2 - 1; j >= 0; j--) sift_down(c, n, j, 0);
             double mass = 0.0;

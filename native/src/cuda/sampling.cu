@@ -17,6 +17,7 @@
  * bin is taken whole); one block then selects the k best of those candidates, sorts them
  * (bitonic) and walks them. For Qwen3's 151936 logits and k 20 that is 149 blocks of 1024 keys,
  * then 2980 candidates. */
+#include <cfloat>
 #include <mutex>
 
 #include "common.cuh"
@@ -26,10 +27,15 @@
 #define FIN_THREADS 1024
 #define DS_KMAX 1024
 
-/* key of the scaled logit: NaN reads as -inf and -0 as +0 (the host compares floats) */
+/* the host's sample_value: NaN -> -inf, +inf (or an overflow of the scaling) -> FLT_MAX */
+__device__ __forceinline__ float ds_sample_value(float x) {
+    return x == x ? (x > FLT_MAX ? FLT_MAX : x) : -INFINITY;
+}
+
+/* key of the scaled logit: NaN reads as -inf, +inf as FLT_MAX and -0 as +0 (the host compares
+ * floats) */
 __device__ __forceinline__ unsigned long long ds_key(const void *src, int dt, int64_t i, float inv_t) {
-    float v = ldf(src, dt, i) * inv_t;
-    if (v != v) v = -INFINITY;
+    float v = ds_sample_value(ldf(src, dt, i) * inv_t);
     uint32_t u = __float_as_uint(v);
     if ((u << 1) == 0u) u = 0u;
     u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
@@ -302,12 +308,11 @@ __device__ void finish_write(const FinArgs &a, int32_t pick) {
     }
 }
 
-/* v = logits * inv_t (NaN -> -inf), then the penalised values of the history ids (the host's
+/* v = ds_sample_value(logits * inv_t), then the penalised values of the history ids (the host's
  * fp32 arithmetic, no contraction) */
 __global__ void scale_kernel(const void *logits, int dt, int64_t vocab, float inv_t, float *v) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vocab; i += (int64_t)gridDim.x * blockDim.x) {
-        const float x = __fmul_rn(ldf(logits, dt, i), inv_t);
-        v[i] = x == x ? x : -INFINITY;
+        v[i] = ds_sample_value(__fmul_rn(ldf(logits, dt, i), inv_t));
     }
 }
 
@@ -319,8 +324,7 @@ __global__ void penalty_kernel(const void *logits, int dt, const int32_t *ids, c
     float l = ldf(logits, dt, id);
     if (rep != 1.0f) l = l > 0 ? __fdiv_rn(l, rep) : __fmul_rn(l, rep);
     l = __fsub_rn(l, __fadd_rn(__fmul_rn(freq, (float)counts[j]), counts[j] > 0 ? pres : 0.0f));
-    l = __fmul_rn(l, inv_t);
-    v[id] = l == l ? l : -INFINITY;
+    v[id] = ds_sample_value(__fmul_rn(l, inv_t));
 }
 
 /* ---- no top-k: the whole distribution (the host's exact fp32 weights and block sums) ---- */
@@ -359,10 +363,9 @@ __device__ float fd_sum_of(const float *v, int n) {
                      __fadd_rn(__fadd_rn(a[4], a[5]), __fadd_rn(a[6], a[7])));
 }
 
-/* scaled value of element i: logits * inv_t (NaN -> -inf) or the penalised buffer */
+/* scaled value of element i: ds_sample_value(logits * inv_t) or the penalised buffer */
 __device__ __forceinline__ float fd_value(const void *src, int dt, int64_t i, float inv_t) {
-    const float x = __fmul_rn(ldf(src, dt, i), inv_t);
-    return x == x ? x : -INFINITY;
+    return ds_sample_value(__fmul_rn(ldf(src, dt, i), inv_t));
 }
 
 struct FdArgs {

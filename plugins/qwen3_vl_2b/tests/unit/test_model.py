@@ -280,8 +280,15 @@ def test_cli_chat_with_an_image(
     (ckpt / "preprocessor_config.json").write_text(
         json.dumps({"size": {"shortest_edge": 32 * 32, "longest_edge": 256 * 256}})
     )
-    lines = iter(["what is it", "again", ""])
-    monkeypatch.setattr("builtins.input", lambda _prompt="": next(lines))
+    lines = iter(["what is it", "again"])
+
+    def typed(_prompt: str = "") -> str:
+        line = next(lines, None)
+        if line is None:
+            raise EOFError  # Ctrl-D
+        return line
+
+    monkeypatch.setattr("builtins.input", typed)
     assert main(["chat", "-m", str(ckpt), "-i", str(path), "-n", "4", "-t", "0"]) == 0
     out = capsys.readouterr().out
     history = [{"role": "user", "content": ours.image_placeholder() + "what is it"}]
