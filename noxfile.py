@@ -59,9 +59,16 @@ def tests(session: nox.Session) -> None:
     session.install(f"{ROOT}[test]", *plugin_paths(), env=build_env(session))
     cuda = "-DTENSOR_OPS_CUDA=" + os.environ.get("TENSOR_OPS_CUDA", "AUTO")
     build_and_test_native(session, Path(session.virtualenv.location) / "native-build", cuda)
-    test_dirs = [str(ROOT / "tests"), *(str(p / "tests") for p in PLUGIN_DIRS)]
+    # the plugin template's tests too (importable from its directory, not installed: it would
+    # register a model in this environment), so CI proves the skeleton third parties start from
+    test_dirs = [
+        str(ROOT / "tests"),
+        *(str(p / "tests") for p in PLUGIN_DIRS),
+        str(TEMPLATE / "tests"),
+    ]
     # pytest exits 5 when it collected no test: success_codes keeps that a failure.
-    session.run("pytest", *(session.posargs or test_dirs), success_codes=[0])
+    session.run("pytest", *(session.posargs or test_dirs), success_codes=[0],
+                env={"PYTHONPATH": str(TEMPLATE)})  # fmt: skip
 
 
 @nox.session

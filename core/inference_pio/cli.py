@@ -79,8 +79,11 @@ def cmd_models(args: argparse.Namespace, host: PluginHost) -> int:
             "No models registered. Install a model plugin, e.g.: pip install ./plugins/qwen3_0_6b"
         )
         return 0
-    rows = [[s.name, ", ".join(s.architectures), s.hf_repo or "-", s.plugin] for s in specs]
-    _print_table(rows, ["model", "architecture", "hugging face repo", "plugin"])
+    rows = []
+    for s in specs:
+        aliases, archs = ", ".join(s.aliases) or "-", ", ".join(s.architectures)
+        rows.append([s.name, aliases, archs, s.hf_repo or "-", s.plugin])
+    _print_table(rows, ["model", "aliases", "architecture", "hugging face repo", "plugin"])
     return 0
 
 

@@ -155,6 +155,13 @@ class PluginHost:
                 raise PluginError(
                     f"unknown hook name(s) {', '.join(unknown)}; known hooks: {known_hooks()}"
                 )
+            for caller in self.pm.get_hookcallers(plugin) or []:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and impl.kwargnames:  # pluggy never passes those
+                        raise PluginError(
+                            f"hook {caller.name}: parameter(s) {', '.join(impl.kwargnames)} "
+                            "have a default value, which pluggy never passes; remove the default"
+                        )
             register = self.registry.registrar(owner)
             for impl in self.pm.hook.pio_register_models.get_hookimpls():
                 if impl.plugin is plugin:

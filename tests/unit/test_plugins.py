@@ -130,6 +130,32 @@ def test_hookimpl_with_an_argument_the_spec_lacks_is_rejected_cleanly(make_ep: A
     assert host.pm.hook.pio_claim_checkpoint(path=Path("."), config={}) is None
 
 
+def test_hookimpl_parameter_with_a_default_fails_the_plugin(make_ep: Any) -> None:
+    """pluggy never passes a parameter that has a default: the hook would silently see None."""
+    source = """
+    from inference_pio import hookimpl
+
+    @hookimpl
+    def pio_claim_checkpoint(path, config=None):
+        return "x" if config else None
+    """
+    host = PluginHost(strict=False)
+    host.load_entry_points([make_ep("defaulted", source)])
+    assert host.records["defaulted"].status == "failed"
+    assert "default value" in (host.records["defaulted"].error or "")
+    assert host.pm.get_plugin("defaulted") is None
+
+
+def test_allow_list_naming_no_installed_plugin_warns(
+    make_ep: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ALLOW_ENV, "typo")
+    host = PluginHost(strict=False)
+    with pytest.warns(UserWarning, match="names no installed plugin: typo"):
+        host.load_entry_points([good(make_ep)])
+    assert host.records["good"].status == "disabled"
+
+
 def test_allow_list(make_ep: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ALLOW_ENV, " Second-Plugin ")
     host = PluginHost(strict=True)

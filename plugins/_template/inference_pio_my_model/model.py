@@ -1,52 +1,41 @@
-"""My-Model: the model implementation, imported only when the model is loaded."""
+"""My-Model: the model implementation, imported only when the model is loaded.
+
+The template assembles a Llama-style dense decoder from the core's building blocks
+(``inference_pio.nn.dense``) and wraps it in :class:`~inference_pio.causal_lm.CausalLM`, which
+adds the tokenizer, chat template, sampling, streaming, batching and the CUDA paths. A model
+that differs (another MLP, another attention) keeps this shape and changes the assembly; see the
+plugin tutorial's section on ``model.py``.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from inference_pio import CheckpointError, TextModelPluginInterface
-from inference_pio.interface import BatchRequest
+from inference_pio.causal_lm import CausalLM
+from inference_pio.checkpoint import Checkpoint
+from inference_pio.nn import dense
 from inference_pio_my_model import MODEL_NAME
 
-
-class MyModel(TextModelPluginInterface):
-    """Replace the bodies with your model (tokenizer, weights, forward pass, sampling)."""
-
-    name = MODEL_NAME
-
-    def __init__(self, path: Path, config: dict[str, Any]) -> None:
-        self.path = path
-        self.config = config
-
-    def tokenize(self, text: str) -> list[int]:
-        raise NotImplementedError(f"{MODEL_NAME}: tokenize")
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        raise NotImplementedError(f"{MODEL_NAME}: detokenize")
-
-    def generate_text(self, prompt: str, **sampling: Any) -> str:
-        return "".join(self.stream_text(prompt, **sampling))
-
-    def stream_text(self, prompt: str, **sampling: Any) -> Iterator[str]:
-        raise NotImplementedError(f"{MODEL_NAME}: stream_text")
-
-    def infer_batch(self, requests: Sequence[BatchRequest]) -> list[str]:
-        results = []
-        for request in requests:
-            if isinstance(request, str):
-                results.append(self.generate_text(request))
-            else:
-                options = {k: v for k, v in request.items() if k != "prompt"}
-                results.append(self.generate_text(request["prompt"], **options))
-        return results
+#: Whether the attention normalises q and k per head (Qwen3 does, Llama does not).
+QK_NORM = False
 
 
-def load(path: Path, **options: Any) -> TextModelPluginInterface:
-    """The factory named by the plugin's ModelSpec: builds the model from a checkpoint directory."""
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{MODEL_NAME}: {config_file} not found")
-    return MyModel(Path(path), json.loads(config_file.read_text()))
+def weight_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every tensor of a checkpoint with this config: name -> (shape, init kind). The core builds
+    ``synthetic:my-model`` checkpoints (random weights of the real size) from it."""
+    return dense.weight_plan(dense.DenseConfig.from_hf(config, qk_norm=QK_NORM))
+
+
+def load(path: Path, **options: Any) -> CausalLM:
+    """The factory named by the plugin's ModelSpec: the model of a checkpoint directory.
+
+    The core passes ``device`` (``"cpu"``, ``"cuda:0"`` or a CPU/GPU ``Placement``), ``dtype``
+    (``None``: the checkpoint's), ``name`` (the name the model was asked for) and ``progress``
+    (show a progress bar while mapping the weights); accept ``**options`` so that options added
+    later do not break the plugin. Raises CheckpointError for a missing or malformed checkpoint.
+    """
+    checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
+    cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=QK_NORM)
+    model = dense.build(checkpoint.weights, cfg, options.get("device", "cpu"), options.get("dtype"))
+    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model)

@@ -18,6 +18,7 @@ SPEC = ModelSpec(
     name=MODEL_NAME,
     factory="inference_pio_my_model.model:load",
     config_factory="inference_pio_my_model.config:real_config",
+    weights_factory="inference_pio_my_model.model:weight_shapes",
     architectures=(ARCHITECTURE,),
     model_types=(MODEL_TYPE,),
     hf_repo=HF_REPO,

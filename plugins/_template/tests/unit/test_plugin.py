@@ -1,8 +1,8 @@
-"""Tests every plugin should have: registration, lazy references, checkpoint claims, loading."""
+"""Tests every plugin should have: registration, lazy references, checkpoint claims, loading
+(``test_model.py`` checks the model itself against transformers)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,21 @@ from inference_pio.plugins import PluginHost
 from inference_pio.registry import import_reference
 from inference_pio_my_model import MODEL_NAME, plugin
 from inference_pio_my_model.config import real_config
+
+#: A tiny random checkpoint of the same layout (the tests build it with transformers).
+TINY = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rope_theta=10000.0,
+    tie_word_embeddings=False,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-5,
+)
 
 
 def make_host() -> PluginHost:
@@ -38,8 +53,11 @@ def test_claims_its_own_checkpoints(tmp_path: Path) -> None:
     assert plugin.pio_claim_checkpoint(tmp_path, {**real_config(), "hidden_size": 8}) is None
 
 
-def test_load_builds_the_model(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps(real_config()))
+def test_load_builds_the_model_through_the_hook(tmp_path: Path) -> None:
+    """The core's loading path (the pio_load_model hook) on a tiny random checkpoint."""
+    from inference_pio.testing.conformance import save_reference
+
+    save_reference(tmp_path, "LlamaForCausalLM", TINY, "float32", seed=3)
     spec = make_host().registry.get(MODEL_NAME)
     model = make_host().pm.hook.pio_load_model(spec=spec, path=tmp_path, options={})
     assert isinstance(model, TextModelPluginInterface)
@@ -49,3 +67,16 @@ def test_load_builds_the_model(tmp_path: Path) -> None:
 def test_load_rejects_a_directory_without_config(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"config\.json"):
         import_reference(plugin.SPEC.factory)(tmp_path)
+
+
+def test_synthetic_checkpoints_load_and_generate(tmp_path: Path) -> None:
+    """``synthetic:my-model`` (random weights of a config's size, from weights_factory): built
+    here with a small config, then loaded and run like a real checkpoint."""
+    from inference_pio import synthetic
+
+    spec = make_host().registry.get(MODEL_NAME)
+    small = {**real_config(), **TINY}
+    synthetic.build(spec, tmp_path, config=small, progress=False)
+    model = import_reference(plugin.SPEC.factory)(tmp_path)
+    result = model.generate("Hello", max_new_tokens=4, temperature=0.0, ignore_eos=True)
+    assert len(result.token_ids) == 4
