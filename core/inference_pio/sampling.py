@@ -6,6 +6,7 @@ import ctypes
 import dataclasses
 import math
 import os
+import struct
 from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,6 +14,14 @@ from typing import Any
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.tensor import Tensor
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to float32 (what the native sampler receives); inf beyond its range."""
+    try:
+        return float(struct.unpack("f", struct.pack("f", x))[0])
+    except OverflowError:
+        return math.copysign(math.inf, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +66,11 @@ class SamplingParams:
             raise bad(f"temperature must be a finite number >= 0, got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not 0.0 < self.top_p <= 1.0:
+        if not 0.0 < _f32(self.top_p) <= 1.0:  # as the sampler reads it (float32)
             raise bad(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p < 1.0:
             raise bad(f"min_p must be in [0, 1), got {self.min_p}")
-        if not self.repetition_penalty > 0:
+        if not _f32(self.repetition_penalty) > 0:
             raise bad(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
@@ -136,6 +145,8 @@ class Sampler:
         if params.repetition_penalty != 1.0:
             # HF's repetition penalty covers the prompt too; presence/frequency only generated text.
             for t in prompt_ids:
+                if not 0 <= int(t) < 1 << 31:
+                    raise ValueError(f"token id {t} is not a valid id")
                 self._slot_of(int(t))
         self._out = ctypes.c_int64()
 

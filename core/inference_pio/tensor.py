@@ -306,6 +306,8 @@ class Tensor:
 
     def select(self, dim: int, index: int) -> Tensor:
         """View with dimension ``dim`` removed at ``index``."""
+        if self.ndim == 0:
+            raise IndexError("select() cannot be applied to a 0-d tensor")
         d = self._dim(dim)
         if index < 0:
             index += self.shape[d]

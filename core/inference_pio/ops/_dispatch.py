@@ -39,6 +39,8 @@ def require(
 ) -> Tensor:
     """Checks one argument; raises TypeError/ValueError naming ``name``."""
     t = require_tensor(name, t)
+    if nonempty and t.ndim == 0:  # row-wise ops: a scalar has no row
+        raise ValueError(f"{name} must have at least 1 dim, got a 0-d tensor")
     if dtypes is not None:
         allowed = tuple(dtypes)
         if t.dtype not in allowed:

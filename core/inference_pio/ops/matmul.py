@@ -106,8 +106,10 @@ def _row_stride(name: str, t: Tensor, m: int, width: int) -> int:
 
 def set_num_threads(n: int) -> None:
     """Worker threads of the CPU backend (``n <= 0``: one per core)."""
-    if not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if n > 4096:  # the C int would wrap (2**32 + 2 read as 2)
+        raise ValueError(f"set_num_threads: {n} threads is more than 4096")
     check(lib().to_set_num_threads(n), "to_set_num_threads")
 
 

@@ -37,7 +37,7 @@ def topk(x: Tensor, k: int, index_dtype: DType | str = DType.int64) -> tuple[Ten
     require("x", x, dtypes=FLOAT_ACT, ndim=(1, 2, 3, 4), nonempty=True)
     idt = _index_dtype(index_dtype)
     dim = x.shape[-1]
-    if not isinstance(k, int) or not 1 <= k <= dim:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= dim:
         raise ValueError(f"topk: k must be an int in [1, {dim}], got {k!r}")
     values = Tensor.empty((*x.shape[:-1], k), x.dtype, x.device)
     idx = Tensor.empty((*x.shape[:-1], k), idt, x.device)
