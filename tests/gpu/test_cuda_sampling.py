@@ -139,6 +139,23 @@ def test_all_minus_infinity_row_gives_the_first_id() -> None:
         assert _draws(params, row.to(DEV), 3, []) == _draws(params, row, 3, []) == ([0] * 3, 1)
 
 
+@pytest.mark.parametrize("dtype", [DType.bfloat16, DType.float32])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_infinite_logits_draw_like_the_host(dtype: DType, case: int) -> None:
+    """+inf logits, and finite ones that overflow when divided by a small temperature, read as
+    the largest float on both sides: the same draws, always among them."""
+    vocab = 3000
+    out = _row(vocab, dtype, seed=case, special=True).tolist()
+    out[10] = out[2000] = float("inf")
+    out[77] = 3e38  # x (1 / temperature) overflows for temperatures below ~1.1
+    row = Tensor.from_list(out, dtype)
+    kw: dict[str, Any] = {**CASES[case], "temperature": max(CASES[case]["temperature"], 0.0)}
+    params = SamplingParams(seed=7 + case, **kw)
+    want = _draws(params, row, 10, [])
+    assert _draws(params, row.to(DEV), 10, []) == want
+    assert set(want[0]) <= {10, 77, 2000}
+
+
 def test_strided_device_row_is_sampled_by_its_values() -> None:
     base = _row(2 * 3000, DType.bfloat16, seed=9, special=False).to(DEV)
     row = base.reshape(3000, 2).select(1, 1)
