@@ -315,3 +315,27 @@ def test_a_client_that_leaves_stops_its_plain_request(served: tuple[Any, str]) -
         assert 0 < stopped - before < 100  # 200 tokens take >= 4 s at 20 ms a step
     finally:
         manager.model.forward = real
+
+
+def test_a_body_over_the_limit_is_refused_unread(served: tuple[Any, str]) -> None:
+    """A declared body over the limit is answered 413 before it is read."""
+    from inference_pio.server.app import MAX_BODY_BYTES
+
+    _, url = served
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {MAX_BODY_BYTES + 10}\r\n\r\n".encode()
+            + b'{"prompt": "'
+        )
+        s.settimeout(10)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            part = s.recv(65536)
+            if not part:
+                break
+            reply += part
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert "larger than" in json.loads(body)["error"]["message"]

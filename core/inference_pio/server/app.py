@@ -24,6 +24,8 @@ from inference_pio.server import protocol
 from inference_pio.server.protocol import Request, RequestError
 
 _END = object()
+#: The largest request body read (a prompt, or images as data: URLs); larger ones get a 413.
+MAX_BODY_BYTES = 32 << 20
 
 
 class ModelService:
@@ -148,8 +150,20 @@ def create_app(model: Any, name: str | None = None) -> Any:
         return JSONResponse(exc.body(), status_code=exc.status)
 
     async def body_of(request: HttpRequest) -> dict[str, Any]:
+        too_big = RequestError(
+            f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", status=413
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise too_big
+            chunks.append(chunk)
         try:
-            body = await request.json()
+            body = json.loads(b"".join(chunks))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RequestError("the request body is not valid JSON") from None
         if not isinstance(body, dict):
