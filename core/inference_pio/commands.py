@@ -157,11 +157,31 @@ def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
             )
         )
         return 0
-    for piece in model.stream_text(prompt, **sampling):
+    results: list[Any] = []
+    pieces = (
+        model.stream(prompt, on_finish=results.append, **sampling)
+        if hasattr(model, "stream")  # CausalLM; a plugin's own model may offer stream_text only
+        else model.stream_text(prompt, **sampling)
+    )
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    _note_context_full(results, args.max_new_tokens)
     return 0
+
+
+def _note_context_full(results: list[Any], max_new_tokens: int) -> None:
+    """Says on stderr when generation stopped because the context filled up, not at the
+    requested number of tokens (llama.cpp's "context full")."""
+    if results and results[0].finish_reason == "length":
+        made = len(results[0].token_ids)
+        if made < max_new_tokens:
+            print(
+                f"inference-pio: stopped after {made} of {max_new_tokens} tokens: the model's "
+                "context is full",
+                file=sys.stderr,
+            )
 
 
 CHAT_HELP = """\

@@ -256,3 +256,17 @@ def test_a_bad_generation_config_is_the_checkpoints_error(
     assert "generation_config.json" in out.stderr
     assert "temperature" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_generate_says_when_the_context_filled_up(checkpoint: tuple[Path, object]) -> None:
+    """Asking for more tokens than the context holds ends with a note on stderr (unless an eos
+    ended the text first, which --json tells)."""
+    args = ["generate", "-m", str(checkpoint[0]), "-p", "x" * 250, "-n", "100", "-t", "0"]
+    data = json.loads(_cli(*args, "--json").stdout)
+    out = _cli(*args)
+    assert out.returncode == 0, out.stderr
+    if data["finish_reason"] == "length":
+        assert len(data["token_ids"]) < 100
+        assert f"stopped after {len(data['token_ids'])} of 100 tokens" in out.stderr
+    else:
+        assert "context is full" not in out.stderr
