@@ -173,8 +173,9 @@ def test_bad_requests_get_openai_errors(served: tuple[Any, str]) -> None:
         c.completions.create(model="gpt-4", prompt="x", max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         c.completions.create(model=NAME, prompt="x", max_tokens=0)
-    with pytest.raises(openai.BadRequestError, match="top_p"):
+    with pytest.raises(openai.BadRequestError, match="top_p") as info:
         c.completions.create(model=NAME, prompt="x", max_tokens=2, top_p=1.5)
+    assert info.value.body["param"] == "top_p"
     with pytest.raises(openai.BadRequestError, match="ignore_eos"):
         c.completions.create(model=NAME, prompt="x", max_tokens=2, extra_body={"ignore_eos": 1})
     with pytest.raises(openai.BadRequestError, match="n = 1"):

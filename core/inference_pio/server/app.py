@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -84,6 +85,9 @@ class ModelService:
         if self.manager is not None and not req.images:
             try:
                 params = self.model.sampling_params(**kwargs)
+            except (TypeError, ValueError) as exc:
+                raise RequestError(str(exc), _sampling_param(str(exc))) from None
+            try:
                 ids = (
                     self.model.tokenize(req.prompt)
                     if isinstance(req.prompt, str)
@@ -299,6 +303,14 @@ def create_app(model: Any, name: str | None = None) -> Any:
     )
     app.state.service = service
     return app
+
+
+def _sampling_param(message: str) -> str | None:
+    """The request field a sampling error names ("invalid sampling parameter: top_p must ...")."""
+    match = re.match(r"invalid sampling parameter: (\w+)", message)
+    if match is None:
+        return None
+    return {"max_new_tokens": "max_tokens"}.get(match.group(1), match.group(1))
 
 
 async def _disconnected(request: Any) -> None:
