@@ -82,6 +82,12 @@ class ModelService:
         kwargs = dict(req.sampling)
         if req.images and not getattr(self.model, "accepts_images", False):
             raise RequestError("this model does not take images", "messages")
+        refuse = getattr(self.model, "refuse_stray_image_pads", None)
+        if refuse is not None and not req.images:
+            try:  # a vision-language model: placeholders need their images
+                refuse(req.prompt)
+            except ValueError as exc:
+                raise RequestError(str(exc), "prompt") from None
         if self.manager is not None and not req.images:
             try:
                 params = self.model.sampling_params(**kwargs)

@@ -160,13 +160,27 @@ class Qwen3VL(CausalLM):
         )
         return stream
 
+    def refuse_stray_image_pads(self, prompt: str | Sequence[int]) -> None:
+        """ValueError for a prompt that holds image placeholders when no image is given (it
+        would run with the pad token's embedding in place of an image)."""
+        token = self.vl.cfg.image_token_id
+        stray = (
+            self.image_pad_text in prompt
+            if isinstance(prompt, str)
+            else any(int(t) == token for t in prompt)
+        )
+        if stray:
+            raise ValueError("the prompt holds image placeholders but no images were given")
+
     def generate(
         self,
         prompt: str | Sequence[int],
         images: Sequence[ImageSource | Tensor] | None = None,
         **sampling: Any,
     ) -> GenerationResult:
+        images = image_list(images)
         if not images:
+            self.refuse_stray_image_pads(prompt)
             return super().generate(prompt, **sampling)
         params = self.sampling_params(**sampling)
         start = time.perf_counter()
@@ -195,7 +209,9 @@ class Qwen3VL(CausalLM):
         images: Sequence[ImageSource | Tensor] | None = None,
         **sampling: Any,
     ) -> Iterator[str]:
+        images = image_list(images)
         if not images:
+            self.refuse_stray_image_pads(prompt)
             return super().stream(prompt, on_finish, **sampling)
         return self._image_stream(prompt, images, self.sampling_params(**sampling), on_finish)
 
@@ -205,20 +221,36 @@ class Qwen3VL(CausalLM):
         plain: list[tuple[int, BatchRequest]] = []
         results: dict[int, GenerationResult] = {}
         for i, req in enumerate(requests):
-            if isinstance(req, Mapping) and req.get("images"):
+            if isinstance(req, Mapping) and "images" in req:
                 options = dict(req)
                 if "prompt" not in options:
                     raise ValueError("a batch request mapping needs a 'prompt' key")
-                prompt = options.pop("prompt")
-                images = options.pop("images")
-                results[i] = self.generate(prompt, images, **options)
+                images = image_list(options.pop("images"))
+                if images:
+                    results[i] = self.generate(options.pop("prompt"), images, **options)
+                    continue
+                self.refuse_stray_image_pads(options.get("prompt", ""))
+                plain.append((i, options))  # "images": [] or None: a text request
             else:
+                if isinstance(req, (str, Mapping)):
+                    prompt = req if isinstance(req, str) else req.get("prompt", "")
+                    self.refuse_stray_image_pads(prompt)
                 plain.append((i, req))
         if plain:
             done = super().generate_batch([r for _, r in plain])
             for (i, _), res in zip(plain, done, strict=True):
                 results[i] = res
         return [results[i] for i in range(len(requests))]
+
+
+def image_list(images: Any) -> list[Any]:
+    """``images`` as a list: None is none, one image (a path, bytes, a PIL image, a tensor) is
+    one, any other sequence is taken as it is."""
+    if images is None:
+        return []
+    if isinstance(images, (str, bytes, bytearray, Path, Tensor)) or hasattr(images, "getbands"):
+        return [images]
+    return list(images)
 
 
 def _image_runs(ids: Sequence[int], image_token: int) -> list[tuple[int, int]]:

@@ -48,10 +48,35 @@ class ProcessorConfig:
             return cls()
         data = json.loads(path.read_text(encoding="utf-8"))
         size = data.get("size") or {}
+        if not isinstance(size, dict) or (
+            size and not {"shortest_edge", "longest_edge"} <= set(size)
+        ):
+            raise ValueError(
+                f"{path.name}: 'size' needs 'shortest_edge' and 'longest_edge' (pixel counts), "
+                f"got {size!r}"
+            )
+        # the processor's own steps, which this one does not make optional
+        for key, default in (
+            ("do_resize", True),
+            ("do_rescale", True),
+            ("do_normalize", True),
+            ("do_convert_rgb", True),
+        ):
+            if data.get(key, default) is not default:
+                raise ValueError(f"{path.name}: {key} = {data[key]!r} is not supported")
+        if data.get("resample", 3) != 3:
+            raise ValueError(f"{path.name}: only bicubic resampling (resample 3) is supported")
         base = cls()
+        # top-level min_pixels / max_pixels override size, as in transformers
+        min_pixels = data.get("min_pixels")
+        max_pixels = data.get("max_pixels")
         values = {
-            "min_pixels": size.get("shortest_edge", data.get("min_pixels", base.min_pixels)),
-            "max_pixels": size.get("longest_edge", data.get("max_pixels", base.max_pixels)),
+            "min_pixels": min_pixels
+            if min_pixels is not None
+            else size.get("shortest_edge", base.min_pixels),
+            "max_pixels": max_pixels
+            if max_pixels is not None
+            else size.get("longest_edge", base.max_pixels),
             "patch_size": data.get("patch_size", base.patch_size),
             "temporal_patch_size": data.get("temporal_patch_size", base.temporal_patch_size),
             "merge_size": data.get("merge_size", base.merge_size),
@@ -123,7 +148,7 @@ def smart_resize(
 def open_image(source: ImageSource | Tensor) -> Any:
     """An RGB ``PIL.Image`` of ``source``: a path, encoded bytes, a PIL image or a uint8
     ``[H, W, 3]`` tensor. Files that are missing or cannot be decoded raise ValueError."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(source, Tensor):
         if source.dtype != DType.uint8 or source.ndim != 3 or source.shape[2] != 3:
@@ -131,7 +156,11 @@ def open_image(source: ImageSource | Tensor) -> Any:
         h, w, _ = source.shape
         return Image.frombytes("RGB", (w, h), source.to("cpu").tobytes())
     if isinstance(source, Image.Image):
-        image = source
+        # transformers' convert_to_rgb for images given as objects: transparency onto white
+        if "A" in source.getbands() or source.info.get("transparency") is not None:
+            white = Image.new("RGBA", source.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, source.convert("RGBA")).convert("RGB")
+        return source.convert("RGB")
     else:
         try:
             if isinstance(source, (bytes, bytearray)):
@@ -143,9 +172,12 @@ def open_image(source: ImageSource | Tensor) -> Any:
                     f"an image is a path, bytes or a PIL image, got {type(source).__name__}"
                 )
             image.load()
+            # transformers' load_image for files and bytes: EXIF orientation applied, alpha
+            # dropped
+            image = ImageOps.exif_transpose(image)
         except FileNotFoundError:
             raise ValueError(f"image file not found: {source!s}") from None
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             name = str(source) if isinstance(source, (str, Path)) else f"{len(source)} bytes"
             raise ValueError(f"cannot decode image {name}: {exc}") from None
     return image.convert("RGB")

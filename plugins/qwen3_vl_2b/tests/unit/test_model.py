@@ -147,6 +147,23 @@ def test_image_placeholders_must_match_the_images(pair: tuple[Any, Qwen3VL, str]
         ours.generate([5, IMAGE], images=["/nonexistent/cat.png"], max_new_tokens=1)
 
 
+def test_placeholders_without_images_and_single_images(pair: tuple[Any, Qwen3VL, str]) -> None:
+    """Image placeholders need images (else the pad's embedding would stand in for one); one
+    image may be given without a list; "images": [] in a batch request is a text request."""
+    _, ours, _ = pair
+    with pytest.raises(ValueError, match="no images were given"):
+        ours.generate([5, START, IMAGE, END], max_new_tokens=1)
+    with pytest.raises(ValueError, match="no images were given"):
+        ours.generate_batch([{"prompt": [5, IMAGE], "images": []}])
+    image = random_image(40, 40, 6)
+    options = dict(max_new_tokens=3, temperature=0, ignore_eos=True)
+    prompt = [5, START, IMAGE, END]
+    want = ours.generate(prompt, images=[image], **options).token_ids  # type: ignore[arg-type]
+    assert ours.generate(prompt, images=image, **options).token_ids == want  # type: ignore[arg-type]
+    text = ours.generate_batch([{"prompt": [5, 6, 7], "images": [], **options}])
+    assert text[0].token_ids == ours.generate([5, 6, 7], **options).token_ids  # type: ignore[arg-type]
+
+
 def test_images_from_files_and_pil(pair: tuple[Any, Qwen3VL, str], tmp_path: Path) -> None:
     """A PNG path, its bytes and the PIL image give the same tokens as the pixels themselves."""
     from PIL import Image

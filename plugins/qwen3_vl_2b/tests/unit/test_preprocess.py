@@ -85,10 +85,15 @@ def test_load_image_sources_and_modes(tmp_path: Path) -> None:
     rgba.save(path)
     buf = io.BytesIO()
     gray.save(buf, format="PNG")
-    for source in (path, str(path), rgba):
+    for source in (path, str(path)):  # files: alpha dropped (transformers' load_image)
         t = load_image(source)
         assert t.shape == (3, 5, 3)
         assert to_torch(t)[0, 0].tolist() == [10, 20, 30]
+    # an image object: transparency composited onto white (transformers' convert_to_rgb)
+    from transformers.image_transforms import convert_to_rgb
+
+    want = convert_to_rgb(rgba, return_numpy=True)[0, 0].tolist()
+    assert to_torch(load_image(rgba))[0, 0].tolist() == want != [10, 20, 30]
     t = load_image(buf.getvalue())
     assert t.shape == (2, 4, 3)
     assert to_torch(t)[1, 3].tolist() == [77, 77, 77]
@@ -117,3 +122,59 @@ def test_bad_pixel_tensors_are_rejected() -> None:
         prepare_image(to_pio(torch.zeros(8, 8, 4, dtype=torch.uint8)), ProcessorConfig())
     with pytest.raises(ValueError, match="uint8"):
         prepare_image(to_pio(torch.zeros(8, 8, 3)), ProcessorConfig())
+
+
+def test_exif_orientation_is_applied_to_files_like_transformers(tmp_path: Path) -> None:
+    """A phone photo's EXIF orientation: files and bytes are turned upright, as transformers'
+    load_image does."""
+    from PIL import Image
+    from transformers.image_utils import load_image as hf_load_image
+
+    g = torch.Generator().manual_seed(5)
+    pixels = torch.randint(0, 256, (30, 50, 3), dtype=torch.uint8, generator=g)
+    image = Image.fromarray(pixels.numpy())
+    exif = image.getexif()
+    for orientation in (3, 6, 8):
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.jpg"
+        image.save(path, exif=exif, quality=95)
+        upright = hf_load_image(str(path))
+        w, h = upright.size
+        want = torch.frombuffer(bytearray(upright.tobytes()), dtype=torch.uint8).view(h, w, 3)
+        for source in (path, path.read_bytes()):
+            got = to_torch(load_image(source))
+            assert got.shape == want.shape
+            assert torch.equal(got, want)
+
+
+def test_preprocessor_config_fields(tmp_path: Path) -> None:
+    """Top-level min_pixels / max_pixels override size (as in transformers); processing steps
+    this processor always makes cannot be switched off silently."""
+    path = tmp_path / "preprocessor_config.json"
+    size = {"shortest_edge": 1024, "longest_edge": 65536}
+    path.write_text(json.dumps({"size": size, "max_pixels": 16384, "min_pixels": 2048}))
+    cfg = ProcessorConfig.from_file(path)
+    assert (cfg.min_pixels, cfg.max_pixels) == (2048, 16384)
+    for change, message in (
+        ({"do_normalize": False}, "do_normalize"),
+        ({"do_rescale": False}, "do_rescale"),
+        ({"resample": 2}, "bicubic"),
+        ({"size": {"min_pixels": 1, "max_pixels": 2}}, "shortest_edge"),
+    ):
+        path.write_text(json.dumps({"size": size, **change}))
+        with pytest.raises(ValueError, match=message):
+            ProcessorConfig.from_file(path)
+
+
+def test_a_decompression_bomb_is_a_clear_error(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.new("L", (1, 1)).save(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 0.4  # a 1-pixel image is then more than twice the limit
+    try:
+        with pytest.raises(ValueError, match="cannot decode image"):
+            load_image(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
