@@ -133,3 +133,15 @@ def test_bias_tensors_and_a_layer_count_beyond_the_weights_are_refused(tmp_path:
     weights["model.layers.0.self_attn.q_proj.bias"] = weights["model.norm.weight"]
     with pytest.raises(CheckpointError, match="biases are not supported"):
         dense.build(weights, config)
+
+
+def test_head_dim_default_and_sliding_windows_that_do_not_apply() -> None:
+    """Without head_dim, Qwen3's plugins take transformers' Qwen3 default (128), others
+    hidden / heads; a sliding window that starts past the last layer (max_window_layers) slides
+    nowhere, as in transformers."""
+    good = {**BASE, **CONFIGS["gqa4-odd-sizes"]}
+    config = {k: v for k, v in good.items() if k != "head_dim"}
+    assert dense.DenseConfig.from_hf(config).head_dim == 40 // 8
+    assert dense.DenseConfig.from_hf(config, default_head_dim=128).head_dim == 128
+    window = {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 28}
+    dense.DenseConfig.from_hf({**good, **window})

@@ -106,8 +106,12 @@ class DenseConfig:
     qk_norm: bool = True
 
     @classmethod
-    def from_hf(cls, config: Mapping[str, Any], qk_norm: bool = True) -> DenseConfig:
-        """Reads and validates the fields; errors name the missing or bad field."""
+    def from_hf(
+        cls, config: Mapping[str, Any], qk_norm: bool = True, default_head_dim: int | None = None
+    ) -> DenseConfig:
+        """Reads and validates the fields; errors name the missing or bad field.
+        ``default_head_dim``: the head size when config.json gives none (transformers' default
+        for the architecture: 128 for Qwen3; None: hidden_size / num_attention_heads)."""
 
         def need(key: str, kind: type = int) -> Any:
             if key not in config or config[key] is None:
@@ -125,6 +129,7 @@ class DenseConfig:
 
         hidden, heads = need("hidden_size"), need("num_attention_heads")
         head_dim = config_int(config, "head_dim") if config.get("head_dim") is not None else 0
+        head_dim = head_dim or default_head_dim or 0
         if not head_dim:
             if hidden % heads:
                 raise CheckpointError(
@@ -162,22 +167,30 @@ class DenseConfig:
         )
 
 
-def refuse_unsupported(config: Mapping[str, Any]) -> None:
-    """CheckpointError for the fields of a Llama-style ``config.json`` that this decoder does not
+def refuse_unsupported(config: Mapping[str, Any], attention_bias: bool = False) -> None:
+    """CheckpointError for the fields of a Llama-style ``config.json`` that these decoders do not
     implement (rather than running them wrongly): an activation other than SiLU, biases on the
-    attention or MLP projections, sliding-window attention."""
+    projections (``attention_bias``: the model implements those of the attention), sliding-window
+    attention on any layer."""
     act = config.get("hidden_act", config.get("hidden_activation")) or "silu"
     if act not in ("silu", "swish"):
         raise CheckpointError(
             f"config.json: hidden_act {act!r} is not supported (the MLP is SwiGLU: 'silu')"
         )
-    for key in ("attention_bias", "mlp_bias"):
+    for key in ("mlp_bias",) if attention_bias else ("attention_bias", "mlp_bias"):
         if config.get(key):
             raise CheckpointError(
                 f"config.json: {key} = true is not supported (projections without biases only)"
             )
-    if config.get("use_sliding_window") and config.get("sliding_window"):
+    types = config.get("layer_types")
+    if isinstance(types, list) and "sliding_attention" in types:
         raise CheckpointError("config.json: sliding-window attention is not supported")
+    if config.get("use_sliding_window") and config.get("sliding_window"):
+        # as transformers' Qwen3: layers from max_window_layers on slide
+        window_from = config.get("max_window_layers", 0)
+        layers = config.get("num_hidden_layers", 0)
+        if not isinstance(window_from, int) or not isinstance(layers, int) or layers > window_from:
+            raise CheckpointError("config.json: sliding-window attention is not supported")
 
 
 WeightPlan = dict[str, tuple[tuple[int, ...], str]]

@@ -87,6 +87,7 @@ class GlmConfig:
                 raise CheckpointError(f"config.json: {key!r} must be a positive number")
             return float(value)
 
+        dense.refuse_unsupported(config, attention_bias=True)  # another activation
         layers = count("num_hidden_layers")
         heads = count("num_attention_heads")
         kv_heads = config.get("num_key_value_heads") or heads
@@ -145,7 +146,7 @@ class GlmConfig:
             n_group=n_group,
             topk_group=topk_group,
             norm_topk_prob=bool(config.get("norm_topk_prob", True)),
-            routed_scaling_factor=number("routed_scaling_factor", 1.0),
+            routed_scaling_factor=number("routed_scaling_factor", 1.8),  # transformers' default
             vocab_size=count("vocab_size"),
             rms_norm_eps=number("rms_norm_eps", 1e-5),
             rope_theta=theta,

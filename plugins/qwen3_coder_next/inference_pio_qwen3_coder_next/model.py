@@ -80,15 +80,16 @@ class NextConfig:
         def count(key: str, minimum: int = 1, default: Any = None) -> int:
             return dense.config_int(config, key, minimum, default)
 
+        dense.refuse_unsupported(config)  # another activation, biases
         layers, heads = count("num_hidden_layers"), count("num_attention_heads")
-        kv = count("num_key_value_heads", default=heads)
+        kv = count("num_key_value_heads", default=2)  # transformers' Qwen3NextConfig default
         if heads % kv:
             raise CheckpointError(
                 f"config.json: num_attention_heads {heads} is not a multiple of "
                 f"num_key_value_heads {kv}"
             )
         hidden = count("hidden_size")
-        head_dim = count("head_dim", default=hidden // heads)
+        head_dim = count("head_dim", default=256)  # likewise
         params = config.get("rope_parameters") or {}
         partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 0.25))
         if not isinstance(partial, (int, float)) or not 0 < partial <= 1:

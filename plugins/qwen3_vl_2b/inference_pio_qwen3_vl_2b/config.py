@@ -208,7 +208,7 @@ class VLConfig:
         # the word embeddings are tied at the top level of a qwen3_vl config
         if "tie_word_embeddings" in config:
             text_cfg["tie_word_embeddings"] = config["tie_word_embeddings"]
-        text = DenseConfig.from_hf(text_cfg)
+        text = DenseConfig.from_hf(text_cfg, default_head_dim=128)  # transformers' default
         vision = VisionConfig.from_hf(vision_cfg)
         if vision.out_hidden_size != text.hidden_size:
             raise CheckpointError(

@@ -141,11 +141,17 @@ def test_real_config_plan_has_the_published_parameter_count() -> None:
         ("kv_lora_rank", None, "kv_lora_rank"),
         ("topk_method", "greedy", "topk_method"),
         ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "rope type"),
+        ("hidden_act", "relu", "hidden_act"),
     ],
 )
 def test_bad_config_fields_are_clear_errors(field: str, value: object, message: str) -> None:
     with pytest.raises(CheckpointError, match=message):
         GlmConfig.from_hf({**real_config(), field: value})
+
+
+def test_missing_routed_scaling_factor_takes_transformers_default() -> None:
+    config = {k: v for k, v in real_config().items() if k != "routed_scaling_factor"}
+    assert GlmConfig.from_hf(config).routed_scaling_factor == 1.8
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:

@@ -137,11 +137,23 @@ def test_real_config_plan_has_the_published_parameter_count() -> None:
         ("partial_rotary_factor", 1.5, "partial_rotary_factor"),
         ("num_attention_heads", 3, "num_attention_heads"),
         ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "rope type"),
+        ("hidden_act", "relu", "hidden_act"),
+        ("attention_bias", True, "attention_bias"),
     ],
 )
 def test_bad_config_fields_are_clear_errors(field: str, value: object, message: str) -> None:
     with pytest.raises(CheckpointError, match=message):
         NextConfig.from_hf({**real_config(), field: value})
+
+
+def test_missing_fields_take_transformers_defaults() -> None:
+    """num_key_value_heads 2 and head_dim 256 when config.json leaves them out, as
+    transformers' Qwen3NextConfig."""
+    config = {
+        k: v for k, v in real_config().items() if k not in ("num_key_value_heads", "head_dim")
+    }
+    cfg = NextConfig.from_hf(config)
+    assert (cfg.num_kv_heads, cfg.head_dim) == (2, 256)
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
