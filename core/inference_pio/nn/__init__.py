@@ -1,7 +1,7 @@
 """Reusable model building blocks (embedding, norms, rotary embedding, attention with KV cache,
-multi-head latent attention, SwiGLU MLP, mixtures of experts with softmax or sigmoid routers,
-decoder layer and stack, LM head). Plugins assemble
-models from these.
+multi-head latent attention, gated DeltaNet linear attention with its recurrent state, SwiGLU
+MLP, mixtures of experts with softmax or sigmoid routers, decoder layer and stack, LM head).
+Plugins assemble models from these.
 
 Blocks validate their weights once, when built; their ``forward`` methods then call the native
 ops directly (one C call per op, no per-call re-validation) because batch-1 decode runs hundreds
@@ -10,6 +10,7 @@ of them per token.
 
 from inference_pio.nn.attention import Attention, KVCache
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, LayerCache
+from inference_pio.nn.deltanet import GatedDeltaNet, RecurrentState
 from inference_pio.nn.layers import Embedding, Linear, RMSNorm, Rotary
 from inference_pio.nn.mla import LatentCache, MLAttention
 from inference_pio.nn.mlp import SwiGLU
@@ -20,12 +21,14 @@ __all__ = [
     "DecoderLayer",
     "DecoderModel",
     "Embedding",
+    "GatedDeltaNet",
     "KVCache",
     "LatentCache",
     "LayerCache",
     "Linear",
     "MLAttention",
     "RMSNorm",
+    "RecurrentState",
     "Rotary",
     "RoutedExperts",
     "SigmoidTopKMoE",

@@ -140,8 +140,8 @@ class ModelService:
 
 
 def create_app(model: Any, name: str | None = None) -> Any:
-    """The Starlette application serving ``model`` under ``name`` (default: the model's name;
-    its aliases are accepted too)."""
+    """The Starlette application serving ``model`` under ``name`` (default: the model's name);
+    requests naming another model get a 404."""
     try:
         from starlette.applications import Starlette
         from starlette.exceptions import HTTPException
