@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class _Request:
     on_piece: PieceCallback | None = None
     on_finish: FinishCallback | None = None
     on_error: ErrorCallback | None = None
+    failed: bool = False  # a callback of its own raised: it got on_error and is being dropped
 
 
 class BatchManager:
@@ -87,6 +89,7 @@ class BatchManager:
         # submit() may be called from other threads while serve() runs
         self._lock = threading.Condition()
         self._cancelled: set[int] = set()
+        self._live: set[int] = set()  # submitted and not yet finished, failed or dropped
         #: Sizes of the decode batches run so far (observability and tests).
         self.decode_batch_sizes: list[int] = []
         #: Sequences finished on the batch-1 path after the others ended (observability, tests).
@@ -118,13 +121,16 @@ class BatchManager:
             self._next += 1
             request = _Request(index, prompt, params, capacity, on_piece, on_finish, on_error)
             self._queue.append(request)
+            self._live.add(index)
             self._lock.notify()
         return index
 
     def cancel(self, index: int) -> None:
-        """Stops a request at the next step (its client went away); it gets no result."""
+        """Stops a request at the next step (its client went away); it gets no result. An index
+        that is not queued or running (finished, failed, unknown) is ignored."""
         with self._lock:
-            self._cancelled.add(index)
+            if index in self._live:
+                self._cancelled.add(index)
 
     def _device_type(self) -> str:
         return str(getattr(getattr(self.model, "device", None), "type", "cpu"))
@@ -190,15 +196,16 @@ class BatchManager:
                         graphs = self._graph_decoder()  # sized for what waits now
                     active = self._step(active, graphs, alone=interrupt_for)
             except Exception as exc:  # one bad step fails its requests, not the server
-                for req, _ in running:
-                    if req.on_error is not None:
-                        req.on_error(req.index, exc)
+                for req, state in running:
+                    if not state.finished and not req.failed:  # not those already answered
+                        _report_error(req, exc)
+                    self._forget(req.index)
                 active = []
                 if graphs is not None:
                     graphs.reset()
             self._results.clear()
         for req, _ in active:  # stopped mid-run: these get no result
-            self._cancelled.discard(req.index)
+            self._forget(req.index)
 
     def _admit(self, active_count: int, graphs: Any) -> list[tuple[_Request, SequenceState]]:
         admitted: list[tuple[_Request, SequenceState]] = []
@@ -209,6 +216,7 @@ class BatchManager:
                 if req.index in self._cancelled:
                     self._queue.popleft()
                     self._cancelled.discard(req.index)
+                    self._live.discard(req.index)
                     continue
                 if admitted and len(req.prompt_ids) > budget:
                     break
@@ -242,7 +250,7 @@ class BatchManager:
             now = time.perf_counter()
             for (req, state), row in zip(admitted, logits, strict=False):
                 state.prefill_done_at = now
-                _emit(req, state.accept(row))
+                self._emit(req, state.accept(row))
         active = self._retire(active, graphs)
         if not active:
             return active
@@ -259,9 +267,9 @@ class BatchManager:
             logits = self.model.forward([([s.generated[-1]], s.cache) for _, s in active])
         for i, ((req, state), row) in enumerate(zip(active, logits, strict=False)):
             if greedy is not None and state.sampler.plain_greedy:
-                _emit(req, state.accept_token(greedy[i]))
+                self._emit(req, state.accept_token(greedy[i]))
             else:
-                _emit(req, state.accept(row))
+                self._emit(req, state.accept(row))
         active = self._retire(active, graphs)
         on_cuda = graphs is not None or self._device_type() == "cuda"
         single = alone and on_cuda and len(active) == 1 and not self._queue
@@ -299,7 +307,9 @@ class BatchManager:
             self._no_alone = not state.finished
             return False
         for piece in rest:
-            _emit(req, piece)
+            self._emit(req, piece)
+            if req.failed:  # dropped at the next retire (its cache goes back first)
+                break
         if not state.finished:  # interrupted (a full cache finishes with "length")
             move_cache(state, slot)
             self.rejoined += 1
@@ -308,10 +318,36 @@ class BatchManager:
             graphs.release(slot)
         result = state.result(time.perf_counter())
         self._results[req.index] = result
-        if req.on_finish is not None:
-            req.on_finish(req.index, result)
+        self._finish(req, result)
         self.finished_alone += 1
         return True
+
+    def _forget(self, index: int) -> None:
+        with self._lock:
+            self._cancelled.discard(index)
+            self._live.discard(index)
+
+    def _emit(self, req: _Request, piece: str) -> None:
+        """Streams ``piece`` to ``req``; a callback that raises fails that request alone (its
+        on_error, then it is dropped at the next retire), not the others of the step."""
+        if not piece or req.on_piece is None or req.failed:
+            return
+        try:
+            req.on_piece(req.index, piece)
+        except Exception as exc:
+            req.failed = True
+            _report_error(req, exc)
+            with self._lock:
+                self._cancelled.add(req.index)
+
+    def _finish(self, req: _Request, result: GenerationResult) -> None:
+        self._forget(req.index)
+        if req.on_finish is None or req.failed:
+            return
+        try:
+            req.on_finish(req.index, result)
+        except Exception as exc:  # the request is done; its own callback failed
+            warnings.warn(f"on_finish of request {req.index} raised {exc!r}", stacklevel=2)
 
     def _retire(
         self, active: list[tuple[_Request, SequenceState]], graphs: Any = None
@@ -320,8 +356,7 @@ class BatchManager:
         now = time.perf_counter()
         for req, state in active:
             if req.index in self._cancelled:
-                with self._lock:
-                    self._cancelled.discard(req.index)
+                self._forget(req.index)
                 if graphs is not None:
                     graphs.release(state.cache)
                 continue
@@ -329,11 +364,10 @@ class BatchManager:
                 state.finish_reason = "length"
             if state.finished:
                 if state.finish_reason == "length":
-                    _emit(req, state.stops.push(state.detok.flush()) + state.stops.flush())
+                    self._emit(req, state.stops.push(state.detok.flush()) + state.stops.flush())
                 result = state.result(now)
                 self._results[req.index] = result
-                if req.on_finish is not None:
-                    req.on_finish(req.index, result)
+                self._finish(req, result)
                 if graphs is not None:
                     graphs.release(state.cache)
             else:
@@ -341,6 +375,11 @@ class BatchManager:
         return keep
 
 
-def _emit(req: _Request, piece: str) -> None:
-    if piece and req.on_piece is not None:
-        req.on_piece(req.index, piece)
+def _report_error(req: _Request, exc: Exception) -> None:
+    """``req``'s on_error, which must not take the engine down if it raises itself."""
+    if req.on_error is None:
+        return
+    try:
+        req.on_error(req.index, exc)
+    except Exception as err:  # e.g. a server whose event loop has closed
+        warnings.warn(f"on_error of request {req.index} raised {err!r}", stacklevel=2)

@@ -39,7 +39,7 @@ class CausalLM(TextModelPluginInterface):
             raise CheckpointError(f"eos_token_id must be an integer or a list of them, got {eos!r}")
         self.eos_ids: tuple[int, ...] = tuple(ids)
         try:  # a bad default is the checkpoint's fault: found at load, not in every request
-            SamplingParams.from_generation_config(gc)
+            SamplingParams.from_generation_config({**gc, "do_sample": True})  # every value
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"generation_config.json: {exc}") from None
 

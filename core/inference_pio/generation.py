@@ -101,9 +101,11 @@ class StopStrings:
             return out
         longest = max(len(s) for s in self.stops)
         start = max(0, self.emitted - longest + 1)
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        # the stop that completes first (then the one that starts first), whatever the pieces:
+        # streaming character by character would meet that one first
+        hits = [(i + len(s), i) for s in self.stops if (i := self.text.find(s, start)) >= 0]
         if hits:
-            end = min(hits)
+            end = min(hits)[1]
             out = self.text[self.emitted : end]
             self.text = self.text[:end]
             self.emitted = end

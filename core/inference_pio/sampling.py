@@ -96,7 +96,10 @@ class SamplingParams:
     ) -> SamplingParams:
         """Defaults from a checkpoint's generation_config.json, then explicit overrides.
 
-        Unknown override names raise TypeError; ``None`` overrides are ignored.
+        As in transformers, the defaults decode greedily unless ``do_sample`` is true (then
+        ``temperature``, ``top_k`` (default 50), ``top_p``, ``min_p`` and
+        ``repetition_penalty`` come from the file). Unknown override names raise TypeError;
+        ``None`` overrides are ignored.
         """
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - fields
@@ -107,8 +110,12 @@ class SamplingParams:
         for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
             if gc.get(key) is not None:
                 values[key] = gc[key]
-        if gc.get("do_sample") is False:
+        # transformers' GenerationConfig: greedy unless do_sample is true; sampling without a
+        # top_k keeps the 50 best
+        if gc.get("do_sample") is not True:
             values["temperature"] = 0.0
+        elif gc.get("top_k") is None:
+            values["top_k"] = 50
         if gc.get("max_new_tokens") is not None:
             values["max_new_tokens"] = gc["max_new_tokens"]
         eos = gc.get("eos_token_id")

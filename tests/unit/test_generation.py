@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+import threading
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -244,6 +246,10 @@ def test_generation_config_defaults_and_overrides() -> None:
     p = SamplingParams.from_generation_config(gc, top_k=None, temperature=0.0)
     assert (p.temperature, p.top_k, p.top_p, p.stop_token_ids) == (0.0, 20, 0.95, (7, 8))
     assert SamplingParams.from_generation_config({"do_sample": False}).greedy
+    # transformers: greedy unless do_sample is true; sampling without top_k keeps 50
+    assert SamplingParams.from_generation_config({"temperature": 0.7}).greedy
+    sampled = SamplingParams.from_generation_config({"do_sample": True})
+    assert (sampled.temperature, sampled.top_k) == (1.0, 50)
     with pytest.raises(TypeError, match="unknown sampling"):
         SamplingParams.from_generation_config({}, nucleus=0.1)
 
@@ -319,3 +325,64 @@ def test_batch_manager_runs_real_batches_in_request_order() -> None:
     assert max(manager.decode_batch_sizes) == 3  # decode steps really ran batched
     with pytest.raises(ValueError, match="context"):
         manager.submit(list(range(64)), SamplingParams(max_new_tokens=1))
+
+
+@pytest.mark.parametrize("pieces", [["xabcd"], list("xabcd"), ["xa", "bcd"], ["x", "abc", "d"]])
+def test_overlapping_stops_cut_the_same_whatever_the_pieces(pieces: list[str]) -> None:
+    """The stop that completes first wins ("bc" before "abcd"), however the text arrives."""
+    stops = StopStrings(["abcd", "bc"])
+    out = "".join(stops.push(p) for p in pieces)
+    assert stops.stopped
+    assert out + stops.flush() == "xa"
+
+
+def _serve(manager: BatchManager) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=manager.serve, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def test_a_request_whose_callback_raises_fails_alone() -> None:
+    """In serve(), a request's own callback raising fails that request (one on_error, no
+    on_finish); its batch-mates finish normally, and a raising on_error does not stop the
+    engine."""
+    model = _CountingModel()
+    manager = BatchManager(model, _Letters(), eos_ids=[], max_batch_size=4)
+    events: list[tuple[str, int, str]] = []
+    done = threading.Event()
+
+    def bad_piece(i: int, piece: str) -> None:
+        raise RuntimeError("client bug")
+
+    def bad_error(i: int, exc: Exception) -> None:
+        events.append(("error", i, str(exc)))
+        raise RuntimeError("closed loop")
+
+    def finish(i: int, result: Any) -> None:
+        events.append(("finish", i, result.finish_reason))
+        if sum(e[0] == "finish" for e in events) == 2:
+            done.set()
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=6)
+    stop, thread = _serve(manager)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # raised in the engine's thread
+            warnings.simplefilter("always")
+            manager.submit([0], params, on_finish=finish)
+            manager.submit([1], params, on_piece=bad_piece, on_finish=finish, on_error=bad_error)
+            manager.submit([2], params, on_finish=finish)
+            assert done.wait(10)
+        assert any("on_error of request 1" in str(w.message) for w in caught)
+        assert sorted(events) == [
+            ("error", 1, "client bug"),
+            ("finish", 0, "length"),
+            ("finish", 2, "length"),
+        ]
+        assert thread.is_alive()
+        manager.cancel(12345)  # unknown, finished: nothing is kept for them
+        manager.cancel(0)
+        assert not manager._cancelled
+    finally:
+        stop.set()
+        thread.join(5)
