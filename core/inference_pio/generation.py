@@ -187,8 +187,9 @@ class SequenceState:
             self.first_token_at = now
         self.generated.append(token)
         self.sampler.observe(token)
-        stop_ids = self.eos_ids | set(self.params.stop_token_ids)
-        if token in stop_ids and not self.params.ignore_eos:
+        # ignore_eos (vLLM's) ignores the model's eos ids, not the request's stop_token_ids
+        eos = token in self.eos_ids and not self.params.ignore_eos
+        if eos or token in self.params.stop_token_ids:
             self.finish_reason = "stop"
             self.generated.pop()  # the eos token is not part of the output
             return self.stops.push(self.detok.flush()) + self.stops.flush()

@@ -118,9 +118,6 @@ class SamplingParams:
             values["top_k"] = 50
         if gc.get("max_new_tokens") is not None:
             values["max_new_tokens"] = gc["max_new_tokens"]
-        eos = gc.get("eos_token_id")
-        if eos is not None:
-            values["stop_token_ids"] = tuple(eos if isinstance(eos, list) else [eos])
         for key, value in overrides.items():
             if value is None:
                 continue

@@ -244,7 +244,8 @@ def test_infinite_logits_are_sampled_among_themselves(options: dict[str, Any], d
 def test_generation_config_defaults_and_overrides() -> None:
     gc = {"temperature": 0.6, "top_k": 20, "top_p": 0.95, "eos_token_id": [7, 8], "do_sample": True}
     p = SamplingParams.from_generation_config(gc, top_k=None, temperature=0.0)
-    assert (p.temperature, p.top_k, p.top_p, p.stop_token_ids) == (0.0, 20, 0.95, (7, 8))
+    assert (p.temperature, p.top_k, p.top_p) == (0.0, 20, 0.95)
+    assert p.stop_token_ids == ()  # the eos ids are the model's (CausalLM.eos_ids), not stops
     assert SamplingParams.from_generation_config({"do_sample": False}).greedy
     # transformers: greedy unless do_sample is true; sampling without top_k keeps 50
     assert SamplingParams.from_generation_config({"temperature": 0.7}).greedy
@@ -386,3 +387,13 @@ def test_a_request_whose_callback_raises_fails_alone() -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_ignore_eos_keeps_explicit_stop_token_ids() -> None:
+    """vLLM's ignore_eos ignores the model's eos ids; stop_token_ids still stop."""
+    model = _CountingModel()
+    params = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True)
+    text = "".join(stream_generate(model, _Letters(), [0], params, eos_ids=[3]))
+    assert text == "bcdefghijk"  # eos 3 ("d") ignored
+    params = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True, stop_token_ids=[4])
+    assert "".join(stream_generate(model, _Letters(), [0], params, eos_ids=[3])) == "bcd"
