@@ -90,7 +90,7 @@ def template(session: nox.Session) -> None:
 @nox.session
 def native(session: nox.Session) -> None:
     """Builds libtensor_ops with CMake and runs its C tests. ``-- asan`` adds sanitizers."""
-    session.install("cmake>=3.20", "ninja")
+    session.install("cmake>=3.20", "ninja", "unicodedata2==16.0.0")
     defines = ["-DTENSOR_OPS_CUDA=" + os.environ.get("TENSOR_OPS_CUDA", "AUTO")]
     build_dir = ROOT / "build" / "native"
     if "asan" in session.posargs:

@@ -47,7 +47,14 @@ class CausalLM(TextModelPluginInterface):
     def tokenize(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"tokenize expects str, got {type(text).__name__}")
-        return list(self.tokenizer.encode(text))
+        ids = list(self.tokenizer.encode(text))
+        template = getattr(getattr(self.tokenizer, "spec", None), "template", (None,))
+        first = template[0] if template else None
+        if first is not None and len(ids) >= 2 and ids[0] == ids[1] == first:
+            # the text starts with the BOS the post-processor adds (a rendered chat template
+            # writes it): once, as transformers' apply_chat_template(tokenize=True) gives
+            del ids[0]
+        return ids
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))

@@ -177,6 +177,10 @@ def plain_data(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+#: Appended to the message continue_final_message names, found again in the rendered text
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
 def _alias_reasoning(message: dict[str, Any]) -> dict[str, Any]:
     reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
     if reasoning is None:
@@ -191,13 +195,17 @@ def render_chat(
     tools: Sequence[Mapping[str, Any]] | None = None,
     documents: Sequence[Mapping[str, Any]] | None = None,
     add_generation_prompt: bool = False,
-    special_tokens: Mapping[str, str | None] | None = None,
+    continue_final_message: bool | str = False,
+    special_tokens: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> str:
     """Renders ``template`` like transformers' ``apply_chat_template(..., tokenize=False)``.
 
-    ``special_tokens`` (bos_token, eos_token, ...) are visible to the template as in
-    transformers; extra keywords (enable_thinking, ...) are passed through.
+    Message keys whose value is None are dropped, as transformers does. ``special_tokens``
+    (bos_token, eos_token, ...) are visible to the template as in transformers; extra keywords
+    (enable_thinking, ...) are passed through. ``continue_final_message`` (True: the last
+    message's ``content``, or the name of another field) ends the text inside that message, for
+    the model to continue it, instead of closing it.
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise ChatTemplateError("messages must be a list of {'role': ..., 'content': ...} dicts")
@@ -208,6 +216,31 @@ def render_chat(
     for k, message in enumerate(chat):
         if not isinstance(message, dict):
             raise ChatTemplateError(f"messages[{k}] must be a dict, got {type(message).__name__}")
+    chat = [{key: v for key, v in m.items() if v is not None} for m in chat]
+    chat = [_alias_reasoning(m) for m in chat]
+    final = ""
+    if continue_final_message:
+        if add_generation_prompt:
+            raise ChatTemplateError(
+                "continue_final_message and add_generation_prompt are not compatible"
+            )
+        field_name = (
+            continue_final_message if isinstance(continue_final_message, str) else "content"
+        )
+        if not chat or not isinstance(chat[-1].get(field_name), str):
+            raise ChatTemplateError(
+                f"continue_final_message: the final message has no {field_name!r} text to continue"
+            )
+        final = chat[-1][field_name]
+        fields = [field_name]
+        if field_name in _REASONING_FIELDS:  # copied under several names: tag every copy
+            fields = [f for f in _REASONING_FIELDS if chat[-1].get(f) == final]
+        if not any(f in template for f in fields):
+            raise ChatTemplateError(
+                f"continue_final_message: the chat template does not read {field_name!r}"
+            )
+        for f in fields:
+            chat[-1][f] = chat[-1][f] + _CONTINUE_TAG
     if tools is not None and not all(isinstance(t, Mapping) for t in tools):
         raise ChatTemplateError("tools must be JSON-schema dicts")
     if documents is not None and not all(isinstance(d, Mapping) for d in documents):
@@ -217,7 +250,7 @@ def render_chat(
     compiled = compile_template(template)
     try:
         rendered: str = compiled.render(
-            messages=[_alias_reasoning(m) for m in chat],
+            messages=chat,
             tools=plain_data(list(tools)) if tools is not None else None,
             documents=plain_data(list(documents)) if documents is not None else None,
             add_generation_prompt=add_generation_prompt,
@@ -228,4 +261,15 @@ def render_chat(
     except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
         # raised by an operation inside the template (a bad message shape, a division by zero)
         raise ChatTemplateError(f"chat template error: {type(exc).__name__}: {exc}") from exc
+    if continue_final_message:  # cut after the final message's text, as transformers does
+        tag = _CONTINUE_TAG.strip()
+        if final.strip() not in rendered or tag not in rendered:
+            raise ChatTemplateError(
+                "continue_final_message: the final message does not appear in the rendered chat"
+            )
+        at = rendered.rindex(tag)
+        kept = rendered[:at]
+        rendered = (
+            kept if rendered[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else kept.rstrip()
+        )
     return rendered

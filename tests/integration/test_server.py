@@ -340,3 +340,25 @@ def test_a_body_over_the_limit_is_refused_unread(served: tuple[Any, str]) -> Non
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413")
     assert "larger than" in json.loads(body)["error"]["message"]
+
+
+def test_tool_calls_and_reasoning_stay_in_the_history() -> None:
+    """An assistant turn's tool_calls and reasoning_content, and a tool message's id, reach the
+    chat template as in transformers (the server keeps them); a None content is dropped."""
+    from inference_pio.server import protocol
+
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {
+        "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "reasoning_content": "r", "tool_calls": [call]},
+            {"role": "tool", "content": "42", "tool_call_id": "c1"},
+        ]
+    }
+    seen: list[Any] = []
+    protocol.chat_request(body, lambda messages, **kw: seen.append(messages) or "x", None)
+    assert seen[0] == [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "reasoning_content": "r", "tool_calls": [call]},
+        {"role": "tool", "content": "42", "tool_call_id": "c1"},
+    ]

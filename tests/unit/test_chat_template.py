@@ -259,3 +259,78 @@ def test_messages_that_contain_themselves_are_refused() -> None:
     message["self"] = message
     with pytest.raises(ChatTemplateError, match="nested too deeply"):
         render_chat("{{ messages }}", [message])
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The answer is"}],
+        [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,  # a turn of tool calls only: the key is dropped
+                "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "x"}}}],
+            },
+            {"role": "tool", "content": "sunny"},
+            {"role": "assistant", "content": "It is"},
+        ],
+    ],
+)
+def test_continue_final_message_and_none_keys_match_transformers(
+    reference: Any, messages: list[dict[str, Any]]
+) -> None:
+    special = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    for continue_final in (False, True):
+        expect = reference.apply_chat_template(
+            messages, tokenize=False, continue_final_message=continue_final
+        )
+        got = render_chat(
+            QWEN3_STYLE, messages, special_tokens=special, continue_final_message=continue_final
+        )
+        assert got == expect
+    with pytest.raises(ChatTemplateError, match="not compatible"):
+        render_chat(QWEN3_STYLE, messages, add_generation_prompt=True, continue_final_message=True)
+
+
+def test_every_special_token_reaches_the_template(tmp_path: Path) -> None:
+    """As transformers' special_tokens_map: unk / sep / cls / mask and the additional ones too."""
+    import json
+
+    d = fx.write_glm4(tmp_path)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["unk_token"] = {"content": "<unk>", "special": True}
+    cfg["additional_special_tokens"] = ["<a>", "<b>"]
+    cfg["chat_template"] = "{{ unk_token }}|{{ additional_special_tokens | join(',') }}"
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert Tokenizer.from_pretrained(d).apply_chat_template([]) == "<unk>|<a>,<b>"
+
+
+def test_a_rendered_prompt_that_starts_with_bos_gets_it_once(tmp_path: Path) -> None:
+    """A post-processor that adds BOS and a chat template that writes it: the model's prompt
+    ids hold it once, as transformers' apply_chat_template(tokenize=True)."""
+    import json
+    from types import SimpleNamespace
+
+    from inference_pio.causal_lm import CausalLM
+
+    d = fx.write_glm4(tmp_path)
+    data = json.loads((d / "tokenizer.json").read_text())
+    bos = next(t for t in data["added_tokens"] if t["special"])
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [
+            {"SpecialToken": {"id": bos["content"], "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+        ],
+        "pair": [],
+        "special_tokens": {
+            bos["content"]: {"id": bos["content"], "ids": [bos["id"]], "tokens": [bos["content"]]}
+        },
+    }
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    tok = Tokenizer.from_pretrained(d)
+    model = SimpleNamespace(tokenizer=tok)
+    plain = CausalLM.tokenize(model, "Hi")  # type: ignore[arg-type]
+    assert plain[0] == bos["id"]
+    assert CausalLM.tokenize(model, bos["content"] + "Hi") == plain  # type: ignore[arg-type]

@@ -27,6 +27,8 @@ _SAMPLING = {
     "frequency_penalty": "frequency_penalty",
     "repetition_penalty": "repetition_penalty",
 }
+#: Message fields given to the chat template besides role and content (as JSON came in).
+_PASSED_THROUGH = ("tool_calls", "reasoning_content", "tool_call_id", "name")
 #: Message roles (``developer`` is read as ``system``).
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -198,7 +200,13 @@ def chat_messages(
                 "a message's content must be a string or a list of parts", "messages"
             )
         role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": text})
+        message: dict[str, Any] = {"role": role}
+        if content is not None:  # an assistant turn of tool calls only has none (key dropped)
+            message["content"] = text
+        for key in _PASSED_THROUGH:  # earlier tool calls and reasoning stay in the history
+            if m.get(key) is not None:
+                message[key] = m[key]
+        out.append(message)
     return out, images
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import threading
 from array import array
@@ -101,8 +100,11 @@ class NativeBPE:
             self._handle = None
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # interpreter shutdown
+        # no contextlib here: at interpreter shutdown modules may be gone already
+        try:  # noqa: SIM105
             self.close()
+        except Exception:  # nothing can be reported from a finaliser
+            pass
 
 
 def pretokenize(pretokenizer: int, data: bytes) -> list[int]:

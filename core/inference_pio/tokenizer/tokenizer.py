@@ -219,9 +219,39 @@ class Tokenizer:
 
         if self.chat_template is None:
             raise CheckpointError("this tokenizer has no chat_template")
-        special = {key: getattr(self.spec, key) for key in ("bos_token", "eos_token", "pad_token")}
-        return render_chat(self.chat_template, messages, special_tokens=special, **kwargs)
+        return render_chat(
+            self.chat_template, messages, special_tokens=self.special_tokens_map, **kwargs
+        )
+
+    @property
+    def special_tokens_map(self) -> dict[str, Any]:
+        """The special tokens a chat template sees, as transformers' ``special_tokens_map``:
+        bos / eos / unk / sep / pad / cls / mask tokens that are set, and
+        ``additional_special_tokens``."""
+        out: dict[str, Any] = {}
+        for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token"):
+            value = getattr(self.spec, key, None) or _token_text(self.spec.config.get(key))
+            if value:
+                out[key] = value
+        mask = _token_text(self.spec.config.get("mask_token"))
+        if mask:
+            out["mask_token"] = mask
+        extra = self.spec.config.get("additional_special_tokens")
+        if isinstance(extra, list):
+            texts = [t for t in map(_token_text, extra) if t]
+            if texts:
+                out["additional_special_tokens"] = texts
+        return out
 
     def close(self) -> None:
         """Frees the native tokenizer now rather than at garbage collection."""
         self._bpe.close()
+
+
+def _token_text(value: Any) -> str | None:
+    """A token of tokenizer_config.json: its text (a string, or an AddedToken object)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return None
