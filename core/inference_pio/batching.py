@@ -65,6 +65,10 @@ class _Request:
     failed: bool = False  # a callback of its own raised: it got on_error and is being dropped
 
 
+#: Decode batch sizes serve() keeps (the older half goes past this many).
+_KEEP_SIZES = 100_000
+
+
 class BatchManager:
     """Runs many generation requests as real batches; results come back in request order."""
 
@@ -203,7 +207,10 @@ class BatchManager:
                 active = []
                 if graphs is not None:
                     graphs.reset()
+            running = []  # finished sequences' caches go now, not when the next request comes
             self._results.clear()
+            if len(self.decode_batch_sizes) > _KEEP_SIZES:  # a server runs for days
+                del self.decode_batch_sizes[: _KEEP_SIZES // 2]
         for req, _ in active:  # stopped mid-run: these get no result
             self._forget(req.index)
 

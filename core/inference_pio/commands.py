@@ -129,6 +129,8 @@ def _with_images(model: Any, prompt: str, images: list[str]) -> tuple[str, dict[
 
 
 def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
+    from inference_pio.tokenizer.utf8 import replace_lone_surrogates  # text a terminal can take
+
     if args.no_think and not args.chat:
         raise ValueError("--no-think applies to the chat template: add --chat")
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -144,7 +146,7 @@ def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
         print(
             json.dumps(
                 {
-                    "text": result.text,
+                    "text": replace_lone_surrogates(result.text),
                     "token_ids": result.token_ids,
                     "prompt_tokens": result.prompt_tokens,
                     "finish_reason": result.finish_reason,
@@ -164,7 +166,7 @@ def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
         else model.stream_text(prompt, **sampling)
     )
     for piece in pieces:
-        sys.stdout.write(piece)
+        sys.stdout.write(replace_lone_surrogates(piece))
         sys.stdout.flush()
     sys.stdout.write("\n")
     _note_context_full(results, args.max_new_tokens)
@@ -192,6 +194,8 @@ Ctrl-C stops a reply; what was generated stays in the conversation."""
 
 
 def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
+    from inference_pio.tokenizer.utf8 import replace_lone_surrogates  # text a terminal can take
+
     interactive = sys.stdin.isatty()
     if interactive:
         with contextlib.suppress(ImportError):
@@ -246,7 +250,7 @@ def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
             prompt = model.apply_chat_template(history, enable_thinking=not args.no_think)
             for piece in model.stream_text(prompt, **sampling, **extra):
                 reply.append(piece)
-                sys.stdout.write(piece)
+                sys.stdout.write(replace_lone_surrogates(piece))
                 sys.stdout.flush()
         except KeyboardInterrupt:
             sys.stdout.write("\n")

@@ -362,3 +362,19 @@ def test_tool_calls_and_reasoning_stay_in_the_history() -> None:
         {"role": "assistant", "reasoning_content": "r", "tool_calls": [call]},
         {"role": "tool", "content": "42", "tool_call_id": "c1"},
     ]
+
+
+def test_text_with_a_lone_surrogate_is_valid_json() -> None:
+    """Sampled ids can decode to a lone surrogate (kept by the decoder); the API's UTF-8 JSON
+    carries U+FFFD there instead of failing with a 500."""
+    from inference_pio.generation import GenerationResult
+    from inference_pio.server import protocol
+
+    result = GenerationResult("a\udb8eb", [1, 2, 3], 2, "length")
+    for body in (
+        protocol.completion_body("id", NAME, result),
+        protocol.chat_body("id", NAME, result),
+        protocol.chunk("id", NAME, True, "\udb8e"),
+    ):
+        text = json.dumps(body, ensure_ascii=False).encode("utf-8").decode()
+        assert "\ufffd" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -397,3 +398,42 @@ def test_ignore_eos_keeps_explicit_stop_token_ids() -> None:
     assert text == "bcdefghijk"  # eos 3 ("d") ignored
     params = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True, stop_token_ids=[4])
     assert "".join(stream_generate(model, _Letters(), [0], params, eos_ids=[3])) == "bcd"
+
+
+def test_an_idle_engine_holds_no_finished_caches() -> None:
+    """serve() lets go of a finished batch's caches while it waits for the next request (a
+    server's idle memory), not when the next request arrives."""
+    import gc
+    import weakref
+
+    model = _CountingModel()
+    made: list[Any] = []
+    real = model.new_cache
+
+    def new_cache(capacity: int) -> Any:
+        cache = real(capacity)
+        made.append(weakref.ref(cache))
+        return cache
+
+    model.new_cache = new_cache  # type: ignore[method-assign]
+    manager = BatchManager(model, _Letters(), eos_ids=[], max_batch_size=4)
+    done = threading.Event()
+    left = [3]
+
+    def finish(i: int, result: Any) -> None:
+        left[0] -= 1
+        if not left[0]:
+            done.set()
+
+    stop, thread = _serve(manager)
+    try:
+        for i in range(3):
+            manager.submit([i], SamplingParams(temperature=0.0, max_new_tokens=5), on_finish=finish)
+        assert done.wait(10)
+        time.sleep(0.3)  # the engine is back to waiting
+        gc.collect()
+        assert made
+        assert all(ref() is None for ref in made)
+    finally:
+        stop.set()
+        thread.join(5)

@@ -329,12 +329,23 @@ def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+#: Seconds Ctrl-C (or SIGTERM) waits for running requests before it cancels them.
+SHUTDOWN_GRACE_S = 3
+
+
 def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, name: str | None = None) -> None:
-    """Serves ``model`` until interrupted (uvicorn)."""
+    """Serves ``model`` until interrupted (uvicorn). On Ctrl-C / SIGTERM, requests still running
+    after ``SHUTDOWN_GRACE_S`` are cancelled (they stop at their next token)."""
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from exc
-    uvicorn.run(create_app(model, name), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(model, name),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference_pio.generation import GenerationResult
+from inference_pio.tokenizer.utf8 import replace_lone_surrogates
 
 #: OpenAI's default ``max_tokens`` for /v1/completions; chat completions default to the context.
 COMPLETIONS_MAX_TOKENS = 16
@@ -222,6 +223,11 @@ def chat_request(body: Mapping[str, Any], render: Any, image_placeholder: str | 
     return Request(prompt, sampling, stream, usage, images)
 
 
+def json_text(text: str) -> str:
+    """``text`` as JSON can carry it in UTF-8 (a lone surrogate becomes U+FFFD)."""
+    return replace_lone_surrogates(text)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
@@ -243,7 +249,7 @@ def completion_body(rid: str, model: str, result: GenerationResult) -> dict[str,
         "choices": [
             {
                 "index": 0,
-                "text": result.text,
+                "text": json_text(result.text),
                 "logprobs": None,
                 "finish_reason": result.finish_reason,
             }
@@ -261,7 +267,7 @@ def chat_body(rid: str, model: str, result: GenerationResult) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text},
+                "message": {"role": "assistant", "content": json_text(result.text)},
                 "logprobs": None,
                 "finish_reason": result.finish_reason,
             }
@@ -284,7 +290,7 @@ def chunk(
         if first:
             delta["role"] = "assistant"
         if text is not None:
-            delta["content"] = text
+            delta["content"] = json_text(text)
         choice: dict[str, Any] = {
             "index": 0,
             "delta": delta,
@@ -293,7 +299,12 @@ def chunk(
         }
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        choice = {
+            "index": 0,
+            "text": json_text(text or ""),
+            "logprobs": None,
+            "finish_reason": finish,
+        }
         obj = "text_completion"
     return {
         "id": rid,

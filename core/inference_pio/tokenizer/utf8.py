@@ -9,6 +9,7 @@ encoder produces for a lone surrogate in the input: it decodes back to that surr
 from __future__ import annotations
 
 import codecs
+import re
 
 ERRORS = "inference_pio.surrogates"
 
@@ -68,3 +69,12 @@ def incomplete_tail(data: bytes | bytearray) -> int:
             return 0
         return back
     return 0
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate (kept by the decoder for ids that encode one) as U+FFFD:
+    what strict UTF-8 output (a terminal, JSON) can carry."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
