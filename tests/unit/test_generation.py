@@ -437,3 +437,21 @@ def test_an_idle_engine_holds_no_finished_caches() -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_top_k_keeps_every_token_tied_with_the_kth_value() -> None:
+    """As transformers' TopKLogitsWarper (and vLLM): a tie at the k-th value keeps all of it."""
+    logits = [5.0, 4.0, 3.0, 3.0, 3.0, 1.0, 0.0]
+    row = Tensor.from_list(logits, "float32")
+    drawn = {Sampler(SamplingParams(seed=s, top_k=3)).sample(row) for s in range(400)}
+    assert drawn == _hf_support(logits, top_k=3) == {0, 1, 2, 3, 4}
+    g = torch.Generator().manual_seed(0)
+    tied_rows = 0
+    for _ in range(20):  # bf16 rows: ties among the top values are common
+        vals = torch.randn(300, generator=g).to(torch.bfloat16).float().tolist()
+        want = _hf_support(vals, top_k=8)
+        tied_rows += len(want) > 8
+        row = Tensor.from_list(vals, "bfloat16")
+        got = {Sampler(SamplingParams(seed=s, top_k=8)).sample(row) for s in range(600)}
+        assert got == want
+    assert tied_rows > 0

@@ -19,6 +19,12 @@
 
 #include "../common/internal.h"
 
+/* Tokens tied with the k-th value that a top-k draw keeps beyond k: at most TO_TOPK_TIES_EXTRA,
+ * and TO_TOPK_TIES_MAX candidates in all (the CUDA sampler selects k + 64, up to 1024, per chunk;
+ * the same rule on both, so their draws stay equal). */
+#define TO_TOPK_TIES_EXTRA 64
+#define TO_TOPK_TIES_MAX 1024
+
 /* ---- RNG: splitmix64 (state advances by a constant; output is a strong mix) ---------------- */
 static inline uint64_t splitmix64(uint64_t *state) {
     uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
@@ -223,13 +229,30 @@ TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t
 
     int64_t pick;
     if (top_k > 0 && top_k < vocab) {
-        /* top-k: the k best, sorted; the normaliser over them */
+        /* top-k: the k best, sorted, then every other token tied with the k-th value (as
+         * transformers and vLLM keep them), in id order, at most TO_TOPK_TIES_EXTRA of them and
+         * TO_TOPK_TIES_MAX candidates in all; the normaliser over them */
         cand *c = malloc((size_t)top_k * sizeof *c);
         if (!c) { free(v); return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_sample: out of memory"); }
         top_k_select(v, vocab, top_k, c);
+        int64_t n = top_k;
+        const float kth = c[top_k - 1].v;
+        if (kth != -INFINITY && top_k < TO_TOPK_TIES_MAX) {
+            int64_t ties = 0;
+            for (int64_t i = c[top_k - 1].id + 1; i < vocab; i++) ties += v[i] == kth;
+            if (ties > TO_TOPK_TIES_EXTRA) ties = TO_TOPK_TIES_EXTRA;
+            if (ties > TO_TOPK_TIES_MAX - top_k) ties = TO_TOPK_TIES_MAX - top_k;
+            if (ties > 0) {
+                cand *grown = realloc(c, (size_t)(top_k + ties) * sizeof *c);
+                if (!grown) { free(c); free(v); return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_sample: out of memory"); }
+                c = grown;
+                for (int64_t i = c[top_k - 1].id + 1; i < vocab && n < top_k + ties; i++)
+                    if (v[i] == kth) c[n++] = (cand){v[i], (int32_t)i};
+            }
+        }
         double z = 0.0;
-        for (int64_t i = 0; i < top_k; i++) z += exp((double)(c[i].v - vmax));
-        pick = draw_sorted(c, top_k, 0, vmax, z, top_p, min_p, rng_state);
+        for (int64_t i = 0; i < n; i++) z += exp((double)(c[i].v - vmax));
+        pick = draw_sorted(c, n, 0, vmax, z, top_p, min_p, rng_state);
         free(c);
     } else {
         /* weights w = exp(v - vmax) (the top one is 1) and their sum over the vocabulary */

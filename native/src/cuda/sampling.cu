@@ -26,6 +26,7 @@
 #define SEL_CHUNK_MAX 4096
 #define FIN_THREADS 1024
 #define DS_KMAX 1024
+#define DS_TIES 64 /* tokens tied with the k-th value kept beyond k at most (the host's TO_TOPK_TIES_EXTRA) */
 
 /* the host's sample_value: NaN -> -inf, +inf (or an overflow of the scaling) -> FLT_MAX */
 __device__ __forceinline__ float ds_sample_value(float x) {
@@ -251,6 +252,7 @@ struct FinArgs {
     const unsigned long long *cand;
     int64_t n_cand;
     int k;
+    int ks; /* keys selected per chunk and overall: k plus room for ties (sel_count) */
     int greedy;
     float top_p, min_p;
     uint64_t *rng;       /* device state, advanced unless greedy */
@@ -262,22 +264,34 @@ struct FinArgs {
 
 __device__ void finish_write(const FinArgs &a, int32_t pick);
 
-/* the k best candidates, sorted descending, then the host sampler's walk by one warp */
+/* the ks best candidates, sorted descending; the k best and the tokens after them tied with the
+ * k-th value (the host's rule: at most DS_TIES, id order), then the host sampler's walk by one
+ * warp */
 __global__ void __launch_bounds__(FIN_THREADS) finish_kernel(FinArgs a) {
     __shared__ unsigned long long ck[DS_KMAX];
     __shared__ double w[DS_KMAX];
     __shared__ SelShared sh;
-    const int tid = threadIdx.x, k = a.k;
+    __shared__ int n_s;
+    const int tid = threadIdx.x, k = a.k, ks = a.ks;
     if (tid == 0) sh.count = 0u;
     const unsigned long long *cand = a.cand + (int64_t)blockIdx.x * a.n_cand; /* row blockIdx.x (greedy rows) */
-    const unsigned long long t = kth_threshold(cand, a.n_cand, k, sh);
+    const unsigned long long t = kth_threshold(cand, a.n_cand, ks, sh);
     int P = 1;
-    while (P < k) P <<= 1;
+    while (P < ks) P <<= 1;
     gather_sorted(cand, a.n_cand, t, ck, P, sh);
     const float vmax = ds_value(ck[0]);
     const bool walk = !a.greedy && vmax != -INFINITY;
+    if (tid == 0) {
+        int n = k;
+        const float kv = ds_value(ck[k - 1]);
+        if (walk && kv != -INFINITY)
+            while (n < ks && ck[n] != 0ull && ds_value(ck[n]) == kv) n++;
+        n_s = n;
+    }
+    __syncthreads();
+    const int n = n_s;
     __shared__ double z_s;
-    if (walk && tid < k) w[tid] = exp((double)(ds_value(ck[tid]) - vmax));
+    if (walk && tid < n) w[tid] = exp((double)(ds_value(ck[tid]) - vmax));
     __syncthreads();
     if (!walk) {
         if (tid == 0) finish_write(a, ds_id(ck[0]));
@@ -285,16 +299,16 @@ __global__ void __launch_bounds__(FIN_THREADS) finish_kernel(FinArgs a) {
     }
     if (tid == 0) { /* the normaliser in the host's order */
         double z = 0.0;
-        for (int i = 0; i < k; i++) z += w[i];
+        for (int i = 0; i < n; i++) z += w[i];
         z_s = z;
     }
     __syncthreads();
     const double z = z_s;
-    if (tid < k) w[tid] = w[tid] / z; /* probabilities, as the host divides them */
+    if (tid < n) w[tid] = w[tid] / z; /* probabilities, as the host divides them */
     __syncthreads();
     if (tid >= 32) return;
     double mass;
-    const int keep = warp_keep(w, k, (double)a.top_p, (double)a.min_p / z, &mass);
+    const int keep = warp_keep(w, n, (double)a.top_p, (double)a.min_p / z, &mass);
     const int i = warp_pick(w, keep, mass, a.rng);
     if (tid == 0) finish_write(a, ds_id(ck[i]));
 }
@@ -533,17 +547,26 @@ static int chunk_for(int64_t k) {
 
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
-/* the two selection launches over src and the walk; cand has room for cdiv(vocab, chunk) * k */
+/* keys selected per chunk for a top-k draw: k and room for DS_TIES tokens tied with the k-th
+ * value (at most DS_KMAX in all); greedy takes exactly k */
+static int64_t sel_count(int64_t k, int greedy) {
+    if (greedy || k >= DS_KMAX) return k;
+    return k + DS_TIES < DS_KMAX ? k + DS_TIES : DS_KMAX;
+}
+
+/* the two selection launches over src and the walk; cand has room for cand_bytes(vocab, sel_count(k, greedy)) a row */
 static int launch_draw(const void *src, int dt, float inv_t, int64_t vocab, int64_t k, int greedy, float top_p,
                        float min_p, unsigned long long *cand, FinArgs fin, int64_t rows = 1, int64_t ld = 0) {
-    const int chunk = chunk_for(k);
+    const int64_t ks = sel_count(k, greedy);
+    const int chunk = chunk_for(ks);
     const int64_t g = toc_cdiv(vocab, chunk);
-    SelArgs s = {src, dt, inv_t, vocab, (int)k, chunk, cand, ld};
+    SelArgs s = {src, dt, inv_t, vocab, (int)ks, chunk, cand, ld};
     select_chunk_kernel<<<dim3((unsigned)g, (unsigned)rows), SEL_THREADS, 0, toc_stream()>>>(s);
     TOC_LAUNCHED("select_chunk_kernel");
     fin.cand = cand;
-    fin.n_cand = g * k;
+    fin.n_cand = g * ks;
     fin.k = (int)k;
+    fin.ks = (int)ks;
     fin.greedy = greedy;
     fin.top_p = top_p;
     fin.min_p = min_p;
@@ -552,7 +575,8 @@ static int launch_draw(const void *src, int dt, float inv_t, int64_t vocab, int6
     return TO_OK;
 }
 
-static size_t cand_bytes(int64_t vocab, int64_t k) { return align256((size_t)toc_cdiv(vocab, chunk_for(k)) * k * 8); }
+/* the candidates of one row of a draw with sel_count ks */
+static size_t cand_bytes(int64_t vocab, int64_t ks) { return align256((size_t)toc_cdiv(vocab, chunk_for(ks)) * ks * 8); }
 
 TOC_EXPORT int toc_sample(const void *logits, int dtype, int64_t vocab, const int32_t *history_ids,
                           const int32_t *history_counts, int64_t n_history, float temperature, int64_t top_k,
@@ -588,7 +612,7 @@ TOC_EXPORT int toc_sample(const void *logits, int dtype, int64_t vocab, const in
     /* layout: candidates | rng, token | values (penalised) | history ids | history counts, then
      * for the whole distribution: block maxima | block sums | weights | nucleus keys */
     const int64_t nb = toc_cdiv(vocab, FD_BLOCK);
-    const size_t o_state = full ? 0 : cand_bytes(vocab, k);
+    const size_t o_state = full ? 0 : cand_bytes(vocab, sel_count(k, greedy));
     const size_t o_v = o_state + 256;
     const size_t o_ids = o_v + (penalised ? align256((size_t)vocab * 4) : 0);
     const size_t o_counts = o_ids + (penalised ? align256((size_t)n_history * 4) : 0);
@@ -736,7 +760,7 @@ TOC_EXPORT int toc_decode_sample(const void *logits, int dtype, int64_t vocab, i
     TOC_READY();
     std::lock_guard<std::mutex> guard(g_sample_lock);
     char *ws = nullptr;
-    int rc = workspace(cand_bytes(vocab, top_k), &ws);
+    int rc = workspace(cand_bytes(vocab, sel_count(top_k, 0)), &ws);
     if (rc) return rc;
     FinArgs fin = {};
     fin.rng = rng_state;
