@@ -20,9 +20,9 @@
 #include "../common/internal.h"
 
 /* Tokens tied with the k-th value that a top-k draw keeps beyond k: at most TO_TOPK_TIES_EXTRA,
- * and TO_TOPK_TIES_MAX candidates in all (the CUDA sampler selects k + 64, up to 1024, per chunk;
+ * and TO_TOPK_TIES_MAX candidates in all (the CUDA sampler selects k + 16, up to 1024, per chunk;
  * the same rule on both, so their draws stay equal). */
-#define TO_TOPK_TIES_EXTRA 64
+#define TO_TOPK_TIES_EXTRA 16
 #define TO_TOPK_TIES_MAX 1024
 
 /* ---- RNG: splitmix64 (state advances by a constant; output is a strong mix) ---------------- */

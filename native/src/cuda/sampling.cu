@@ -26,7 +26,7 @@
 #define SEL_CHUNK_MAX 4096
 #define FIN_THREADS 1024
 #define DS_KMAX 1024
-#define DS_TIES 64 /* tokens tied with the k-th value kept beyond k at most (the host's TO_TOPK_TIES_EXTRA) */
+#define DS_TIES 16 /* tokens tied with the k-th value kept beyond k at most (the host's TO_TOPK_TIES_EXTRA) */
 
 /* the host's sample_value: NaN -> -inf, +inf (or an overflow of the scaling) -> FLT_MAX */
 __device__ __forceinline__ float ds_sample_value(float x) {
