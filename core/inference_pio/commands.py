@@ -61,6 +61,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="CPU threads (default: the physical cores this process may use)",
     )
     p.add_argument(
+        "--model-name",
+        default=None,
+        metavar="NAME",
+        help="the registered model (see `inference-pio models`) to load the checkpoint as, when "
+        "several installed plugins list its architecture (default: the plugin that claims it, "
+        "else the first)",
+    )
+    p.add_argument(
         "--gpu-layers",
         "-ngl",
         default=None,
@@ -111,6 +119,7 @@ def _load(args: argparse.Namespace, host: PluginHost) -> Any:
         dtype=args.dtype,
         threads=args.threads,
         gpu_layers=args.gpu_layers,
+        name=args.model_name,
         host=host,
         progress=not getattr(args, "json", False) or sys.stderr.isatty(),
     )

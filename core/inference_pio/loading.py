@@ -76,6 +76,14 @@ def load_model(
     checkpoint = Checkpoint.open(path)
     wanted = name or implied
     spec = host.registry.get(wanted) if wanted else host.resolve_checkpoint(path, checkpoint.config)
+    if name:  # chosen by hand: it must take this kind of checkpoint
+        config = checkpoint.config
+        keys = [*(config.get("architectures") or []), config.get("model_type")]
+        if not any(k in spec.architectures or k in spec.model_types for k in keys if k):
+            raise ModelNotFoundError(
+                f"model {spec.name!r} takes {', '.join(spec.architectures) or 'other'} "
+                f"checkpoints; {path} is {', '.join(str(k) for k in keys if k) or 'unlabelled'}"
+            )
     placed: Any = device
     if gpu_layers is not None:
         placed = _placement(checkpoint, device, gpu_layers)

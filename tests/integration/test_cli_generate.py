@@ -270,3 +270,19 @@ def test_generate_says_when_the_context_filled_up(checkpoint: tuple[Path, object
         assert f"stopped after {len(data['token_ids'])} of 100 tokens" in out.stderr
     else:
         assert "context is full" not in out.stderr
+
+
+def test_model_name_picks_among_plugins_of_one_architecture(
+    checkpoint: tuple[Path, object],
+) -> None:
+    """--model-name loads the checkpoint as a given registered model (two plugins list
+    Qwen3ForCausalLM); one that takes another architecture is a clear error."""
+    import inference_pio
+
+    pytest.importorskip("inference_pio_qwen3_4b_instruct_2507")
+    path = checkpoint[0]
+    as_4b = inference_pio.load_model(path, name="qwen3-4b-instruct-2507", progress=False)
+    assert as_4b.name == "qwen3-4b-instruct-2507"
+    out = _cli("generate", "-m", str(path), "-p", "x", "-n", "2", "--model-name", "glm-4.7-flash")
+    assert out.returncode == 1
+    assert "takes Glm4MoeLiteForCausalLM checkpoints" in out.stderr
