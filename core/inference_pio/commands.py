@@ -255,9 +255,15 @@ def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
             extra["images"] = images  # every turn's prompt holds the first turn's placeholders
         history.append({"role": "user", "content": line})
         reply: list[str] = []
+        results: list[Any] = []
         try:
             prompt = model.apply_chat_template(history, enable_thinking=not args.no_think)
-            for piece in model.stream_text(prompt, **sampling, **extra):
+            pieces = (
+                model.stream(prompt, on_finish=results.append, **sampling, **extra)
+                if hasattr(model, "stream")
+                else model.stream_text(prompt, **sampling, **extra)
+            )
+            for piece in pieces:
                 reply.append(piece)
                 sys.stdout.write(replace_lone_surrogates(piece))
                 sys.stdout.flush()
@@ -277,6 +283,7 @@ def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
             continue
         else:
             sys.stdout.write("\n")
+            _note_context_full(results, args.max_new_tokens)
         sys.stdout.flush()
         history.append({"role": "assistant", "content": "".join(reply)})
 

@@ -17,11 +17,15 @@ class Device:
         """Parses ``"cpu"``, ``"cuda"`` (= ``"cuda:0"``) or ``"cuda:N"``."""
         if isinstance(value, Device):
             return value
-        if not isinstance(value, str):
-            # e.g. a hybrid Placement handed to a model builder that places everything at once
+        if hasattr(value, "layer_device"):
+            # a hybrid Placement handed to a model builder that places everything at once
             raise ValueError(
-                f"expected a device ('cpu', 'cuda' or 'cuda:N'), got {type(value).__name__}: this "
-                "model cannot be split between the CPU and a GPU (--gpu-layers)"
+                "this model cannot be split between the CPU and a GPU (--gpu-layers): its "
+                "plugin puts every layer on one device"
+            )
+        if not isinstance(value, str):
+            raise ValueError(
+                f"expected a device ('cpu', 'cuda' or 'cuda:N'), got {type(value).__name__}"
             )
         text = str(value).strip().lower()
         kind, _, index = text.partition(":")

@@ -87,12 +87,12 @@ def load_model(
     placed: Any = device
     if gpu_layers is not None:
         placed = _placement(checkpoint, device, gpu_layers)
-        if progress:
-            print(f"{spec.name}: {placed.describe()}", file=sys.stderr)
     opts = dict(options, device=placed, dtype=dtype, name=spec.name, progress=progress)
     loaded: TextModelPluginInterface = host.pm.hook.pio_load_model(
         spec=spec, path=path, options=opts
     )
+    if gpu_layers is not None and progress:  # once the plugin took the split
+        print(f"{spec.name}: {placed.describe()}", file=sys.stderr)
     return loaded
 
 
@@ -103,6 +103,10 @@ def _placement(checkpoint: Checkpoint, device: str, gpu_layers: int | str) -> An
 
     if Device.parse(device).type != "cuda":
         raise ValueError("gpu_layers needs a CUDA device (--device cuda)")
+    from inference_pio import cuda
+
+    if not cuda.is_available():
+        raise ValueError(f"CUDA is not available: {cuda.unavailable_reason()}")
     if isinstance(gpu_layers, str) and gpu_layers.strip().lower() != "auto":
         try:
             gpu_layers = int(gpu_layers)

@@ -286,3 +286,11 @@ def test_model_name_picks_among_plugins_of_one_architecture(
     out = _cli("generate", "-m", str(path), "-p", "x", "-n", "2", "--model-name", "glm-4.7-flash")
     assert out.returncode == 1
     assert "takes Glm4MoeLiteForCausalLM checkpoints" in out.stderr
+
+
+def test_chat_says_when_the_context_filled_up(checkpoint: tuple[Path, object]) -> None:
+    out = _chat(checkpoint[0], "y" * 200 + "\n/bye\n", "-n", "100")
+    assert out.returncode == 0, out.stderr
+    if "context is full" in out.stderr:  # else an eos ended the reply first
+        assert "of 100 tokens" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -117,3 +117,17 @@ def test_load_model_refuses_gpu_layers_without_a_gpu(tmp_path) -> None:  # type:
 def test_a_builder_that_cannot_split_says_so() -> None:
     with pytest.raises(ValueError, match="cannot be split between the CPU and a GPU"):
         Device.parse(Placement(GPU, 1, 2))  # type: ignore[arg-type]
+
+
+def test_gpu_layers_on_cuda_without_a_gpu_says_cuda_is_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from inference_pio import cuda, load_model
+    from inference_pio.testing.tiny import save_tiny_causal_lm
+
+    if cuda.is_available():
+        pytest.skip("CUDA is available here")
+    save_tiny_causal_lm(tmp_path, transformers.Qwen3ForCausalLM,
+                        transformers.Qwen3Config(**tiny_qwen3_config()))  # fmt: skip
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        load_model(tmp_path, device="cuda", gpu_layers=1, progress=False)
