@@ -16,7 +16,11 @@ transformers = pytest.importorskip("transformers")
 
 from inference_pio import cuda  # noqa: E402
 from inference_pio.nn.cuda_graph import fused_unsupported_reason, unsupported_reason  # noqa: E402
-from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
+from inference_pio.testing.tiny import (  # noqa: E402
+    randomize_norms,
+    tiny_qwen3_config,
+    write_byte_tokenizer,
+)
 
 if not cuda.is_available():
     pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
@@ -24,15 +28,12 @@ if not cuda.is_available():
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "_template"))
 from inference_pio_my_model.model import load  # noqa: E402
 
-TINY = dict(
-    vocab_size=512,
+# the fused step wants head_dim a multiple of 32: 64 here
+TINY = tiny_qwen3_config(
     hidden_size=128,
     intermediate_size=256,
     num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
     head_dim=64,
-    rope_theta=10000.0,
     tie_word_embeddings=False,
     max_position_embeddings=2048,
     rms_norm_eps=1e-5,

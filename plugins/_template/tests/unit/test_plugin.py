@@ -10,19 +10,14 @@ import pytest
 from inference_pio import CheckpointError, TextModelPluginInterface
 from inference_pio.plugins import PluginHost
 from inference_pio.registry import import_reference
+from inference_pio.testing.tiny import tiny_qwen3_config
 from inference_pio_my_model import MODEL_NAME, plugin
 from inference_pio_my_model.config import real_config
 
 #: A tiny random checkpoint of the same layout (the tests build it with transformers).
-TINY = dict(
-    vocab_size=512,
-    hidden_size=64,
+# (the core test helper's sizes suit any Llama-style decoder)
+TINY = tiny_qwen3_config(
     intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    rope_theta=10000.0,
     tie_word_embeddings=False,
     max_position_embeddings=1024,
     rms_norm_eps=1e-5,
