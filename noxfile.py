@@ -186,7 +186,8 @@ def lint(session: nox.Session) -> None:
     session.install(f"{ROOT}[lint]", env=build_env(session))
     session.run("ruff", "check", str(ROOT))
     session.run("ruff", "format", "--check", str(ROOT))
-    session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"), cwd=str(ROOT))
+    session.chdir(ROOT)  # mypy's files are relative to the root's pyproject.toml
+    session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"))
 
 
 @nox.session
@@ -198,16 +199,18 @@ def docs(session: nox.Session) -> None:
     session.log(f"open {out / 'index.html'}")
 
 
+#: The CPU micro-benchmarks ``nox -s benchmarks`` runs (each prints its own table); the model
+#: benchmarks are ``nox -s bench``, the GPU ones ``nox -s gpu``.
+CPU_BENCHMARKS = ("benchmark_tokenizer.py", "benchmark_kernels.py")
+
+
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """Runs benchmarks/*.py and plugins/*/benchmarks/*.py (each script prints its own report)."""
-    session.install(f"{ROOT}[bench]", *plugin_paths(), env=build_env(session))
-    scripts = sorted(ROOT.glob("benchmarks/*.py")) + sorted(ROOT.glob("plugins/*/benchmarks/*.py"))
-    scripts = [s for s in scripts if "_template" not in s.parts and s.name != "llm_bench.py"]
-    if not scripts:
-        session.skip("no benchmark scripts yet")
-    for script in scripts:
-        session.run("python", str(script), *session.posargs)
+    """The CPU micro-benchmarks: the tokenizer against Hugging Face tokenizers and the kernels
+    against torch (benchmarks/benchmark_tokenizer.py, benchmark_kernels.py)."""
+    session.install(f"{ROOT}[bench]", env=build_env(session))
+    for name in CPU_BENCHMARKS:
+        session.run("python", str(ROOT / "benchmarks" / name), *session.posargs)
 
 
 #: Reference engines for ``nox -s bench`` only, never run-time dependencies. llama-cpp-python

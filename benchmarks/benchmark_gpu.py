@@ -11,7 +11,8 @@ uses. Bytes per decoded token:
 every weight matrix read once (embedding row excluded, LM head included) + the KV cache read.
 
     PYTHONPATH=core:plugins/qwen3_0_6b:plugins/qwen3_4b_instruct_2507 \
-      python benchmarks/benchmark_gpu.py [--models 0.6b,4b] [--no-compile]
+      python benchmarks/benchmark_gpu.py [--models 0.6b,4b] [--no-compile] [--no-hf] [--json F]
+          [--prompt 32] [--new 128] [--prefill 2048] [--short 128]
 """
 
 from __future__ import annotations
@@ -286,11 +287,13 @@ def bench_hf(
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="0.6b,4b")
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--json", default=None)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--models", default="0.6b,4b", help="comma-separated: 0.6b, 4b (default both)")
+    ap.add_argument(
+        "--no-compile", action="store_true", help="leave out transformers' static+compile decode"
+    )
+    ap.add_argument("--no-hf", action="store_true", help="leave out transformers altogether")
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens before the decode")
     ap.add_argument("--new", type=int, default=128, help="greedy tokens decoded")
     ap.add_argument("--prefill", type=int, default=2048, help="tokens of the prefill row")

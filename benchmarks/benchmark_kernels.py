@@ -293,11 +293,15 @@ def bench_sampling(rounds: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads of both (default 2)")
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick: 3)"
+    )
     ap.add_argument("--quick", action="store_true", help="fewer shapes, 3 rounds")
     args = ap.parse_args()
-    rounds = 3 if args.quick else args.rounds
+    rounds = args.rounds if args.rounds is not None else 3 if args.quick else 5
+    if rounds < 1 or args.threads < 1:
+        ap.error("--rounds and --threads must be at least 1")
     threads = args.threads
     ops.set_num_threads(threads)
     torch.set_num_threads(threads)

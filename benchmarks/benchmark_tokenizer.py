@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=4.0, help="megabytes of text (default 4)")
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
     args = parser.parse_args()
+    if args.mb <= 0 or args.repeat < 1:
+        parser.error("--mb must be positive and --repeat at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         d = tokenizer_fixtures.write_qwen3(Path(tmp))
         ours = Tokenizer.from_pretrained(d)
