@@ -232,24 +232,17 @@ TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t
         /* top-k: the k best, sorted, then every other token tied with the k-th value (as
          * transformers and vLLM keep them), in id order, at most TO_TOPK_TIES_EXTRA of them and
          * TO_TOPK_TIES_MAX candidates in all; the normaliser over them */
-        cand *c = malloc((size_t)top_k * sizeof *c);
+        const int64_t room = top_k >= TO_TOPK_TIES_MAX ? 0
+                             : top_k + TO_TOPK_TIES_EXTRA <= TO_TOPK_TIES_MAX ? TO_TOPK_TIES_EXTRA
+                                                                               : TO_TOPK_TIES_MAX - top_k;
+        cand *c = malloc((size_t)(top_k + room) * sizeof *c);
         if (!c) { free(v); return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_sample: out of memory"); }
         top_k_select(v, vocab, top_k, c);
         int64_t n = top_k;
         const float kth = c[top_k - 1].v;
-        if (kth != -INFINITY && top_k < TO_TOPK_TIES_MAX) {
-            int64_t ties = 0;
-            for (int64_t i = c[top_k - 1].id + 1; i < vocab; i++) ties += v[i] == kth;
-            if (ties > TO_TOPK_TIES_EXTRA) ties = TO_TOPK_TIES_EXTRA;
-            if (ties > TO_TOPK_TIES_MAX - top_k) ties = TO_TOPK_TIES_MAX - top_k;
-            if (ties > 0) {
-                cand *grown = realloc(c, (size_t)(top_k + ties) * sizeof *c);
-                if (!grown) { free(c); free(v); return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_sample: out of memory"); }
-                c = grown;
-                for (int64_t i = c[top_k - 1].id + 1; i < vocab && n < top_k + ties; i++)
-                    if (v[i] == kth) c[n++] = (cand){v[i], (int32_t)i};
-            }
-        }
+        if (kth != -INFINITY) /* lower ids win ties in top_k_select: the rest come after c[k-1] */
+            for (int64_t i = c[top_k - 1].id + 1; i < vocab && n < top_k + room; i++)
+                if (v[i] == kth) c[n++] = (cand){v[i], (int32_t)i};
         double z = 0.0;
         for (int64_t i = 0; i < n; i++) z += exp((double)(c[i].v - vmax));
         pick = draw_sorted(c, n, 0, vmax, z, top_p, min_p, rng_state);
