@@ -16,7 +16,7 @@
 //   mma_kernel     the register ring with the products on tensor cores (mma.sync; units of 8 rows
 //                  x 32 columns, or contiguous units when tiled, timing only)
 //   dyn_kernel     rows handed out at run time from a counter per stage instead of a static split
-// Modes (argv[2]; none: the table of kernels): l2pf, curve, balance, steal, thr (chain_kernel's
+// Modes (argv[2]; none: the table of kernels): l2pf, curve, balance, steal, steal16, tail, thr (chain_kernel's
 // run-ahead allowed only once all but thr blocks reached the barrier), slots (chain_kernel's copy
 // size at the same ring bytes).
 //   nvcc -O3 -arch=sm_90a -o /tmp/gss benchmarks/gpu_stage_stream.cu && /tmp/gss
@@ -529,7 +529,10 @@ __global__ void __launch_bounds__(32 * NW, 1) dyn_kernel(const Params P) {
 // claim is issued one row ahead and its result read only when the loader reaches that row, so the
 // atomic's round trip overlaps the loads (dyn_kernel reads its claim at once and stalls on it).
 // Each ring slot carries its unit's row and column, so the products need no queue of segments.
-template <int NW, int U, int PCT>
+// SPLIT: one counter per stage and warp index (each on its own 128-byte line, ctr sized
+// nst x NW x 32); warp w of every block claims the tail rows ns + d NW + w, so 132 claimants share
+// an address instead of 2112 (the sixteenth session's one counter serialized them).
+template <int NW, int U, int PCT, bool SPLIT = false>
 __global__ void __launch_bounds__(32 * NW, 1) steal_kernel(const Params P) {
     extern __shared__ __align__(1024) unsigned char sm[];
     uint16_t *xs = (uint16_t *)sm;
@@ -544,32 +547,36 @@ __global__ void __launch_bounds__(32 * NW, 1) steal_kernel(const Params P) {
         const int nr = r1 - r0, ng = nr * ku;
         const int g0 = (int)((long long)ng * warp / NW), g1 = (int)((long long)ng * (warp + 1) / NW);
         int lrow = r0 + g0 / ku, lcu = g0 % ku, lrem = g1 - g0; // loader position, units left in segment
+        unsigned *const cp = SPLIT ? P.ctr + ((size_t)s * NW + warp) * 32 : P.ctr + s;
         int claim_raw = 0;
-        if (lane == 0 && nd > 0) claim_raw = (int)atomicAdd(P.ctr + s, 1u);
+        if (lane == 0 && nd > 0) claim_raw = (int)atomicAdd(cp, 1u);
         bool done = false;
         auto next = [&](uint4 &v, int &tag) {
             if (lrem == 0 && !done) {
                 const int d = __shfl_sync(0xffffffffu, claim_raw, 0);
-                if (d >= nd) {
+                const long long tr = SPLIT ? (long long)d * NW + warp : d; // tail row index
+                if (tr >= nd) {
                     done = true;
                 } else {
-                    lrow = ns + d;
+                    lrow = ns + (int)tr;
                     lcu = 0;
                     lrem = ku;
-                    if (lane == 0) claim_raw = (int)atomicAdd(P.ctr + s, 1u);
+                    if (lane == 0) claim_raw = (int)atomicAdd(cp, 1u);
                 }
             }
-            if (done) {
-                v = make_uint4(0, 0, 0, 0);
-                tag = -1;
-                return;
-            }
-            v = ldnc((const char *)(S.w + (size_t)lrow * k) + lcu * 512 + lane * 16);
-            tag = (lrow << 6) | lcu;
-            lrem--;
-            if (++lcu == ku) {
-                lcu = 0;
-                lrow++;
+            // the load always issues (a past-the-end slot reads the stage's first unit again) and
+            // writes its register directly: a zero on a separate path made the register a merge,
+            // and the move at the merge waited for the load (the first form of this kernel read
+            // 244 tok/s with no dynamic tail at all, against 436 for direct_kernel)
+            const size_t off = done ? 0 : (size_t)lrow * k * 2 + lcu * 512;
+            v = ldnc((const char *)S.w + off + lane * 16);
+            tag = done ? -1 : (lrow << 6) | lcu;
+            if (!done) {
+                lrem--;
+                if (++lcu == ku) {
+                    lcu = 0;
+                    lrow++;
+                }
             }
         };
         uint4 ring[U];
@@ -610,6 +617,107 @@ __global__ void __launch_bounds__(32 * NW, 1) steal_kernel(const Params P) {
             }
         }
         flush();
+        if (pr) pr[3] = now_ns();
+        __syncthreads();
+        for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
+        __syncthreads();
+        if (pr) pr[4] = now_ns();
+        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+    }
+}
+
+// The dynamic tail with direct_kernel's loop: a warp's work is a run of segments of contiguous
+// units (its static share, then claimed rows), the loader walks them through the register ring
+// with one pointer and a count and the consumer follows with a row and a unit-in-row, so the hot
+// path costs what direct_kernel's does. Tail rows ns + d NW + w come from the counter of warp
+// index w (ctr: a 128-byte line per stage and warp index); a claim is issued when the loader
+// enters a segment and read (shuffled) when it leaves it. steal_kernel's per-unit tags, branches
+// and merges cost ~45% of the rate with no tail at all (its PCT 0 read 222-244 tok/s against 436).
+template <int NW, int U, int PCT>
+__global__ void __launch_bounds__(32 * NW, 1) tail_kernel(const Params P) {
+    extern __shared__ __align__(1024) unsigned char sm[];
+    uint16_t *xs = (uint16_t *)sm;
+    float *racc = (float *)(xs + P.maxk);
+    const int G = gridDim.x, b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int s = 0; s < P.nst; s++) {
+        const Stage S = P.st[s];
+        const int k = S.k, ku = k / 256;
+        const int nd = PCT ? (int)((long long)S.n * PCT / 100) : 0, ns = S.n - nd;
+        int r0, r1;
+        rows_of(ns, b, G, r0, r1);
+        const int nr = r1 - r0, ng = nr * ku;
+        const int g0 = (int)((long long)ng * warp / NW), g1 = (int)((long long)ng * (warp + 1) / NW);
+        const char *wl = (const char *)S.w + lane * 16;
+        unsigned *const cp = P.ctr + ((size_t)s * NW + warp) * 32;
+        int claim = 0;
+        if (PCT && lane == 0) claim = (int)atomicAdd(cp, 1u);
+        int le = r0 * ku + g0, lend = r0 * ku + g1; // loader: next unit, end of its segment
+        int qrow = -1;                              // first row of the segment the loader entered last
+        bool ldone = PCT == 0;
+        auto next = [&](uint4 &v) {
+            if (le == lend && !ldone) { // warp-uniform
+                const int d = __shfl_sync(0xffffffffu, claim, 0);
+                const int tr = d * NW + warp;
+                if (tr < nd) {
+                    qrow = ns + tr;
+                    le = qrow * ku;
+                    lend = le + ku;
+                    if (lane == 0) claim = (int)atomicAdd(cp, 1u);
+                } else {
+                    ldone = true;
+                }
+            }
+            v = le < lend ? ldnc(wl + (size_t)le * 512) : make_uint4(0, 0, 0, 0);
+            le += le < lend;
+        };
+        uint4 ring[U];
+        int ce = r0 * ku + g0, cend = r0 * ku + g1; // consumer: unit, end of its segment
+        int row = r0 + g0 / ku, cc = g0 % ku;     // its row and unit in the row
+        bool cstatic = true, cdone = false;
+        if (ce == cend) { // no static share: the first claimed row (taken below, after the loads)
+            cdone = true;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) next(ring[u]);
+        if (cdone && qrow >= 0) {
+            row = qrow, cc = 0, ce = row * ku, cend = ce + ku, cstatic = false, cdone = false;
+            qrow = -1;
+        }
+        unsigned long long *pr = stage_open(P, S, s, b, xs, racc, nr, 32 * NW);
+        __syncthreads();
+        if (pr) pr[2] = now_ns();
+        float acc = 0.0f;
+        while (!cdone) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (!cdone) {
+                    acc += dot8(ring[u], *(const uint4 *)(xs + cc * 256 + lane * 8));
+                    next(ring[u]);
+                    ++ce;
+                    if (++cc == ku || ce == cend) {
+#pragma unroll
+                        for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                        if (lane == 0) {
+                            if (cstatic) atomicAdd(&racc[row - r0], acc);
+                            else __stcg(S.out + row, acc);
+                        }
+                        acc = 0.0f;
+                        if (cc == ku) {
+                            cc = 0;
+                            row++;
+                        }
+                        if (ce == cend) {
+                            if (qrow >= 0) {
+                                row = qrow, cc = 0, ce = row * ku, cend = ce + ku, cstatic = false;
+                                qrow = -1;
+                            } else {
+                                cdone = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if (pr) pr[3] = now_ns();
         __syncthreads();
         for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
@@ -741,7 +849,8 @@ int main(int argc, char **argv) {
     unsigned *sink;
     CK(cudaMalloc(&sink, 4));
     unsigned *ctr;
-    CK(cudaMalloc(&ctr, 4 * st.size()));
+    const size_t nctr = st.size() * 16 * 32; // steal_kernel<.., SPLIT>: a line per stage and warp
+    CK(cudaMalloc(&ctr, 4 * nctr));
     CK(cudaDeviceSynchronize());
     const double gb = total * 2.0 / 1e9;
     printf("weights per token %.3f GB, %zu stages\n", gb, st.size());
@@ -940,6 +1049,19 @@ int main(int argc, char **argv) {
     };
     // argv[2] == "steal": the register ring against the static split with a dynamic tail
     // (ncw -4: steal_kernel<16, 8, PCT = gate>), alternating
+    // argv[2] == "steal16": the dynamic tail claimed from a counter per warp index (ncw -5:
+    // steal_kernel<16, 8, PCT = gate, true>), alternating
+    if (argc > 2 && strcmp(argv[2], "steal16") == 0) {
+        vars.clear();
+        for (int r = 0; r < 3; r++)
+            for (int g : {0, 1, 3, 10}) vars.push_back(g ? Var{-5, 0, 0, g} : Var{0, 0, 0, 8});
+    }
+    // argv[2] == "tail": tail_kernel<16, 8, PCT = gate> (ncw -6; PCT 0 must read as direct_kernel)
+    if (argc > 2 && strcmp(argv[2], "tail") == 0) {
+        vars.clear();
+        for (int r = 0; r < 3; r++)
+            for (int g : {-1, 0, 3, 6, 10, 20}) vars.push_back(g < 0 ? Var{0, 0, 0, 8} : Var{-6, 0, 0, g});
+    }
     if (argc > 2 && strcmp(argv[2], "steal") == 0)
         vars = {{0, 0, 0, 8}, {-4, 0, 0, 5}, {-4, 0, 0, 10}, {-4, 0, 0, 20}, {-4, 0, 0, 100},
                 {0, 0, 0, 8}, {-4, 0, 0, 5}, {-4, 0, 0, 10}, {-4, 0, 0, 20}, {-4, 0, 0, 100}};
@@ -999,6 +1121,20 @@ int main(int argc, char **argv) {
         } else if (v.ncw == -4) {
             kern = v.gate == 5 ? steal_kernel<16, 8, 5> : v.gate == 10 ? steal_kernel<16, 8, 10> : v.gate == 20 ? steal_kernel<16, 8, 20> : steal_kernel<16, 8, 100>;
             nthreads = 512;
+        } else if (v.ncw == -6) {
+            kern = v.gate == 0    ? tail_kernel<16, 8, 0>
+                   : v.gate == 3  ? tail_kernel<16, 8, 3>
+                   : v.gate == 6  ? tail_kernel<16, 8, 6>
+                   : v.gate == 10 ? tail_kernel<16, 8, 10>
+                                  : tail_kernel<16, 8, 20>;
+            nthreads = 512;
+        } else if (v.ncw == -5) {
+            kern = v.gate == 3    ? steal_kernel<16, 8, 3, true>
+                   : v.gate == 1  ? steal_kernel<16, 8, 0, true>
+                   : v.gate == 6  ? steal_kernel<16, 8, 6, true>
+                   : v.gate == 10 ? steal_kernel<16, 8, 10, true>
+                                  : steal_kernel<16, 8, 20, true>;
+            nthreads = 512;
         } else if (v.ncw == -2) {
             kern = v.gate == 6 ? mma_kernel<16, 6, true> : v.gate == 12 ? mma_kernel<16, 12, true> : v.gate == 16 ? mma_kernel<16, 16, true> : mma_kernel<16, 8, true>;
             nthreads = 512;
@@ -1009,7 +1145,7 @@ int main(int argc, char **argv) {
         double chk = 0;
         for (int r = 0; r < 6; r++) {
             CK(cudaMemset(bar, 0, 8));
-            CK(cudaMemset(ctr, 0, 4 * st.size()));
+            CK(cudaMemset(ctr, 0, 4 * nctr));
             CK(cudaEventRecord(e0));
             CK(cudaLaunchCooperativeKernel((void *)kern, dim3(sms), dim3(nthreads), args, smem, 0));
             CK(cudaEventRecord(e1));
@@ -1030,8 +1166,11 @@ int main(int argc, char **argv) {
                100.0 * bw / probe_bw, 1e3 / best, chk);
     }
     if (argc > 2 && (strcmp(argv[2], "thr") == 0 || strcmp(argv[2], "slots") == 0)) return 0;
+    const bool s16 = argc > 2 && strcmp(argv[2], "steal16") == 0;
+    const bool tailm = argc > 2 && strcmp(argv[2], "tail") == 0;
     for (int sk = 0; sk < 2; sk++) { // stamps of the register ring (sk 0) and steal_kernel<16, 8, 10> (sk 1), layer 1 (thread 0 of every block)
-        void (*kern)(const Params) = sk ? steal_kernel<16, 8, 10> : direct_kernel<16, 8>;
+        void (*kern)(const Params) =
+            sk ? (tailm ? tail_kernel<16, 8, 10> : s16 ? steal_kernel<16, 8, 10, true> : steal_kernel<16, 8, 10>) : direct_kernel<16, 8>;
         unsigned long long *prof;
         CK(cudaMalloc(&prof, sizeof(unsigned long long) * sms * 20));
         Params P;
@@ -1044,7 +1183,7 @@ int main(int argc, char **argv) {
         void *args[] = {(void *)&P};
         for (int r = 0; r < 3; r++) {
             CK(cudaMemset(bar, 0, 8));
-            CK(cudaMemset(ctr, 0, 4 * st.size()));
+            CK(cudaMemset(ctr, 0, 4 * nctr));
             CK(cudaLaunchCooperativeKernel((void *)kern, dim3(sms), dim3(512), args, smem, 0));
         }
         CK(cudaDeviceSynchronize());
