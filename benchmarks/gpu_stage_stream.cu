@@ -16,7 +16,7 @@
 //   mma_kernel     the register ring with the products on tensor cores (mma.sync; units of 8 rows
 //                  x 32 columns, or contiguous units when tiled, timing only)
 //   dyn_kernel     rows handed out at run time from a counter per stage instead of a static split
-// Modes (argv[2]; none: the table of kernels): l2pf, curve, balance, steal, steal16, tail, thr (chain_kernel's
+// Modes (argv[2]; none: the table of kernels): l2pf, curve, balance, steal, steal16, tail, btail, thr (chain_kernel's
 // run-ahead allowed only once all but thr blocks reached the barrier), slots (chain_kernel's copy
 // size at the same ring bytes).
 //   nvcc -O3 -arch=sm_90a -o /tmp/gss benchmarks/gpu_stage_stream.cu && /tmp/gss
@@ -727,6 +727,140 @@ __global__ void __launch_bounds__(32 * NW, 1) tail_kernel(const Params P) {
     }
 }
 
+// Dynamic tails claimed per block: the tail (the last nd rows, nd a multiple of 16, so its units
+// are whole chunks of CU) is cut into chunks of CU units; warp w of a block takes units
+// [w SU, (w + 1) SU) of each chunk the block claims (SU = CU / NW, within one row: ku is even),
+// and adds its slice's sum to the output row with a global atomic (the tail rows start at zero:
+// each stage writes its own buffer, zeroed before the launch). Warp 0's lane 0 claims (blocks use
+// counter b % NCTR, which hands out chunks d NCTR + b % NCTR), keeps four claims in flight and
+// publishes one chunk id in shared memory (tagged with the stage and the block's chunk number)
+// each time its loader enters a chunk, four chunks ahead; the other warps read the ids there.
+template <int NW, int U, int PCT, int CU>
+__global__ void __launch_bounds__(32 * NW, 1) btail_kernel(const Params P) {
+    constexpr int SU = CU / NW, QN = 64, NCTR = 8;
+    extern __shared__ __align__(1024) unsigned char sm[];
+    uint16_t *xs = (uint16_t *)sm;
+    float *racc = (float *)(xs + P.maxk);
+    volatile unsigned long long *cq = (volatile unsigned long long *)(racc + P.maxrows); // [QN]
+    const int G = gridDim.x, b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int s = 0; s < P.nst; s++) {
+        const Stage S = P.st[s];
+        const int k = S.k, ku = k / 256;
+        const int nd = PCT ? (int)((long long)S.n * PCT / 100) / 16 * 16 : 0, ns = S.n - nd;
+        const int T0 = ns * ku, nch = nd * ku / CU;
+        const float inv_ku = 1.0f / (float)ku;
+        int r0, r1;
+        rows_of(ns, b, G, r0, r1);
+        const int nr = r1 - r0, ng = nr * ku;
+        const int g0 = (int)((long long)ng * warp / NW), g1 = (int)((long long)ng * (warp + 1) / NW);
+        const char *wl = (const char *)S.w + lane * 16;
+        unsigned *const cp = P.ctr + ((size_t)s * NCTR + b % NCTR) * 32;
+        const bool claimer = PCT && warp == 0 && lane == 0;
+        const unsigned long long tag0 = (unsigned long long)(s + 1) << 40;
+        unsigned c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0, c6 = 0, c7 = 0;
+        if (claimer) {
+            c0 = atomicAdd(cp, 1u), c1 = atomicAdd(cp, 1u), c2 = atomicAdd(cp, 1u), c3 = atomicAdd(cp, 1u);
+            c4 = atomicAdd(cp, 1u), c5 = atomicAdd(cp, 1u), c6 = atomicAdd(cp, 1u), c7 = atomicAdd(cp, 1u);
+        }
+        int pub = 0; // claimer: the block's next chunk number to publish
+        auto publish = [&]() {
+            const unsigned d = c0;
+            const unsigned long long id = (unsigned long long)d * NCTR + b % NCTR;
+            cq[pub % QN] = tag0 | ((unsigned long long)pub << 24) | (id < (unsigned long long)nch ? id : 0xffffffull);
+            pub++;
+            c0 = c1, c1 = c2, c2 = c3, c3 = c4, c4 = c5, c5 = c6, c6 = c7;
+            c7 = atomicAdd(cp, 1u);
+        };
+        // the id of the block's chunk number i (waits until it is published); nch: none left
+        auto chunk_id = [&](int i) -> int {
+            const unsigned long long want = tag0 | ((unsigned long long)i << 24);
+            unsigned long long v;
+            do {
+                v = cq[i % QN];
+            } while ((v & ~0xffffffull) != want);
+            const int id = (int)(v & 0xffffff);
+            return id == 0xffffff ? nch : id;
+        };
+        int le = r0 * ku + g0, lend = r0 * ku + g1, lci = 0; // loader: unit, segment end, next chunk number
+        bool ldone = PCT == 0;
+        auto next = [&](uint4 &v) {
+            if (le == lend && !ldone) { // warp-uniform
+                if (warp == 0 && lane == 0) publish();
+                const int id = chunk_id(lci++);
+                if (id < nch) {
+                    le = T0 + id * CU + warp * SU;
+                    lend = le + SU;
+                } else {
+                    ldone = true;
+                }
+            }
+            v = le < lend ? ldnc(wl + (size_t)le * 512) : make_uint4(0, 0, 0, 0);
+            le += le < lend;
+        };
+        uint4 ring[U];
+        int ce = r0 * ku + g0, cend = r0 * ku + g1, cci = 0; // consumer: unit, segment end, next chunk number
+        int row = r0 + g0 / ku, cc = g0 % ku;
+        bool cstatic = true, cdone = PCT == 0 && ce == cend;
+        auto enter_chunk = [&]() { // the consumer moves to its next chunk's slice (or ends)
+            const int id = chunk_id(cci++);
+            if (id < nch) {
+                ce = T0 + id * CU + warp * SU;
+                cend = ce + SU;
+                row = (int)((float)ce * inv_ku);
+                if (row * ku > ce) row--;
+                if ((row + 1) * ku <= ce) row++;
+                cc = ce - row * ku;
+                cstatic = false;
+            } else {
+                cdone = true;
+            }
+        };
+#pragma unroll
+        for (int u = 0; u < U; u++) next(ring[u]);
+        unsigned long long *pr = stage_open(P, S, s, b, xs, racc, nr, 32 * NW);
+        if (claimer) { // the first four chunk ids (claimed before the barrier)
+            publish(), publish(), publish(), publish();
+        }
+        __syncthreads();
+        if (ce == cend && !cdone) enter_chunk();
+        if (pr) pr[2] = now_ns();
+        float acc = 0.0f;
+        while (!cdone) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (!cdone) {
+                    acc += dot8(ring[u], *(const uint4 *)(xs + cc * 256 + lane * 8));
+                    next(ring[u]);
+                    ++ce;
+                    if (++cc == ku || ce == cend) {
+#pragma unroll
+                        for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                        if (lane == 0) {
+                            if (cstatic) atomicAdd(&racc[row - r0], acc);
+                            else atomicAdd(S.out + row, acc);
+                        }
+                        acc = 0.0f;
+                        if (cc == ku) {
+                            cc = 0;
+                            row++;
+                        }
+                        if (ce == cend) {
+                            if (PCT) enter_chunk();
+                            else cdone = true;
+                        }
+                    }
+                }
+            }
+        }
+        if (pr) pr[3] = now_ns();
+        __syncthreads();
+        for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
+        __syncthreads();
+        if (pr) pr[4] = now_ns();
+        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+    }
+}
+
 // plain read probe: every 16-byte chunk once, 8 loads in flight per thread
 __global__ void read_probe(const uint4 *a, size_t n, unsigned *sink) {
     unsigned x = 0;
@@ -1037,6 +1171,72 @@ int main(int argc, char **argv) {
             CK(cudaMemcpy(out.data(), L.out, 4 * (size_t)L.n, cudaMemcpyDeviceToHost));
             printf("weighted split LM head check %.1e\n", check_stage(L, in_prev, out, L.w));
         }
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[2], "btail") == 0) {
+        // btail_kernel (dynamic tails claimed per block) against direct_kernel, both on a chain
+        // whose stages write their own buffers (zeroed before every launch), alternating
+        const int nst = (int)st.size();
+        float *acts;
+        CK(cudaMalloc(&acts, sizeof(float) * (size_t)maxn * (nst + 1)));
+        std::vector<Stage> sb = st;
+        for (int i = 0; i < nst; i++) {
+            sb[i].in = acts + (size_t)i * maxn;
+            sb[i].out = acts + (size_t)(i + 1) * maxn;
+        }
+        CK(cudaMemcpy(acts, h0.data(), sizeof(float) * maxn, cudaMemcpyHostToDevice));
+        Stage *sb_d;
+        CK(cudaMalloc(&sb_d, sizeof(Stage) * nst));
+        CK(cudaMemcpy(sb_d, sb.data(), sizeof(Stage) * nst, cudaMemcpyHostToDevice));
+        struct BV { const char *name; void (*k)(const Params); };
+        const BV bvs[] = {{"direct_kernel", direct_kernel<16, 8>},
+                          {"btail 0%", btail_kernel<16, 8, 0, 32>},
+                          {"btail 10%, 32-unit chunks", btail_kernel<16, 8, 10, 32>},
+                          {"btail 20%, 32-unit chunks", btail_kernel<16, 8, 20, 32>},
+                          {"btail 30%, 32-unit chunks", btail_kernel<16, 8, 30, 32>},
+                          {"btail 20%, 64-unit chunks", btail_kernel<16, 8, 20, 64>}};
+        const int nb = sizeof(bvs) / sizeof(bvs[0]);
+        Params P;
+        P.st = sb_d; P.nst = nst; P.slot = 0; P.nslot = 0; P.gate = 8; P.bar = bar; P.maxk = I;
+        P.maxrows = ((V + sms - 1) / sms + 4) / 4 * 4; P.prof = nullptr; P.ctr = ctr;
+        P.pre = nullptr; P.rank_of_sm = nullptr; P.tl = nullptr; P.smid = nullptr;
+        const size_t smem = 2 * (size_t)P.maxk + 4 * (size_t)P.maxrows + 8 * 64 + 64;
+        for (int i = 0; i < nb; i++) CK(cudaFuncSetAttribute(bvs[i].k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        std::vector<float> best(nb, 1e30f);
+        std::vector<double> chk(nb, 0);
+        for (int r = 0; r < 3; r++)
+            for (int i = 0; i < nb; i++)
+                for (int q = 0; q < 4; q++) {
+                    CK(cudaMemset(acts + maxn, 0, sizeof(float) * (size_t)maxn * nst));
+                    CK(cudaMemset(bar, 0, 8));
+                    CK(cudaMemset(ctr, 0, 4 * nctr));
+                    void *args[] = {(void *)&P};
+                    CK(cudaEventRecord(e0));
+                    CK(cudaLaunchCooperativeKernel((void *)bvs[i].k, dim3(sms), dim3(512), args, smem, 0));
+                    CK(cudaEventRecord(e1));
+                    CK(cudaEventSynchronize(e1));
+                    float ms;
+                    CK(cudaEventElapsedTime(&ms, e0, e1));
+                    if (q > 0) best[i] = std::min(best[i], ms);
+                    if (r == 0 && q == 0) { // check two stages: a layer's down and the LM head
+                        for (int si : {nst - 3, nst - 1}) {
+                            const Stage &L = sb[si];
+                            std::vector<float> in_prev(L.k), out(L.n);
+                            CK(cudaMemcpy(in_prev.data(), L.in, 4 * (size_t)L.k, cudaMemcpyDeviceToHost));
+                            CK(cudaMemcpy(out.data(), L.out, 4 * (size_t)L.n, cudaMemcpyDeviceToHost));
+                            chk[i] = std::max(chk[i], check_stage(L, in_prev, out, L.w));
+                            // and the whole last 30% of the LM head's rows (the tail) against direct's rows: every row present
+                            if (si == nst - 1) {
+                                int zeros = 0;
+                                for (int rr = 0; rr < L.n; rr++) zeros += out[rr] == 0.0f;
+                                if (zeros > 16) printf("%s: %d zero rows in the LM head\n", bvs[i].name, zeros);
+                            }
+                        }
+                    }
+                }
+        printf("\n| kernel | ms/token | tok/s | of probe | check |\n|---|---|---|---|---|\n");
+        for (int i = 0; i < nb; i++)
+            printf("| %s | %.3f | %.1f | %.1f%% | %.1e |\n", bvs[i].name, best[i], 1e3 / best[i], 100.0 * (gb / (best[i] / 1e3)) / probe_bw, chk[i]);
         return 0;
     }
     // ncw 0: direct_kernel<16, U = gate>; -1 / -2: mma_kernel<16, U = gate, tiled>; -3:
