@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import operator
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -77,6 +78,16 @@ class _NativeBlock:
             self.ptr = 0
 
 
+def _index(v: Any, what: str) -> int:
+    """``v`` as an int: ints (and integer-like objects) only, as torch takes sizes and indices."""
+    if isinstance(v, bool):
+        return int(v)
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {type(v).__name__} {v!r}") from None
+
+
 def _contiguous_strides(shape: Sequence[int]) -> Shape:
     strides = [1] * len(shape)
     for i in range(len(shape) - 2, -1, -1):
@@ -85,7 +96,7 @@ def _contiguous_strides(shape: Sequence[int]) -> Shape:
 
 
 def _check_shape(shape: Iterable[int]) -> Shape:
-    out = tuple(int(s) for s in shape)
+    out = tuple(_index(s, "size") for s in shape)
     for s in out:
         if s < 0:
             raise ValueError(f"negative dimension in shape {out}")
@@ -244,6 +255,8 @@ class Tensor:
         return self.storage.readonly
 
     def is_contiguous(self) -> bool:
+        if self.numel == 0:
+            return True  # nothing to address (torch calls every empty tensor contiguous)
         expected = 1
         for n, s in zip(reversed(self.shape), reversed(self.strides), strict=False):
             if n != 1 and s != expected:
@@ -261,6 +274,7 @@ class Tensor:
 
     # ---- views -----------------------------------------------------------------------------
     def _dim(self, dim: int) -> int:
+        dim = _index(dim, "dim")
         if not -self.ndim <= dim < max(self.ndim, 1):
             raise IndexError(f"dimension {dim} out of range for a {self.ndim}-d tensor")
         return dim % max(self.ndim, 1)
@@ -269,9 +283,9 @@ class Tensor:
         """Same data, new shape (one dimension may be -1); copies only if not contiguous."""
         first = shape[0] if len(shape) == 1 else None
         dims: list[int] = (
-            [int(s) for s in first]
+            [_index(s, "size") for s in first]
             if first is not None and not isinstance(first, int)
-            else [int(s) for s in shape]  # type: ignore[arg-type]
+            else [_index(s, "size") for s in shape]
         )
         if dims.count(-1) > 1:
             raise ValueError("only one dimension can be -1")
@@ -287,11 +301,19 @@ class Tensor:
         src = self if self.is_contiguous() else self.contiguous()
         return Tensor(src.storage, dims, src.dtype, None, src.offset)
 
-    view = reshape
+    def view(self, *shape: int | Sequence[int]) -> Tensor:
+        """Same data, new shape, never a copy: ``t`` must be contiguous (else use ``reshape``)."""
+        if not self.is_contiguous():
+            raise ValueError(
+                f"view of a non-contiguous tensor (shape {self.shape}, strides {self.strides}) "
+                "would copy; use .reshape() or .contiguous().view()"
+            )
+        return self.reshape(*shape)
 
     def narrow(self, dim: int, start: int, length: int) -> Tensor:
         """View of ``length`` entries of dimension ``dim`` starting at ``start``."""
         d = self._dim(dim)
+        start, length = _index(start, "start"), _index(length, "length")
         if start < 0:
             start += self.shape[d]
         if not (start >= 0 and length >= 0 and start + length <= self.shape[d]):
@@ -309,6 +331,7 @@ class Tensor:
         if self.ndim == 0:
             raise IndexError("select() cannot be applied to a 0-d tensor")
         d = self._dim(dim)
+        index = _index(index, "index")
         if index < 0:
             index += self.shape[d]
         if not 0 <= index < self.shape[d]:

@@ -280,3 +280,29 @@ def test_gemv_fused_one_row_against_torch(
     if amax is not None:
         key = int(theirs(amax).reshape(-1)[0]) & 0xFFFFFFFF
         assert 0xFFFFFFFF - key == int(torch.argmax(got.reshape(-1)))  # the first maximum
+
+
+def test_attention_offsets_on_another_device_than_q() -> None:
+    """cu_seqlens on the GPU with q/k/v on the host (and the reverse) is copied where the
+    kernel reads it (it used to hand a device pointer to the CPU kernel: a segfault)."""
+    g = torch.Generator().manual_seed(3)
+    q = tb.to_pio(torch.randn(7, 2, 16, generator=g))
+    k = tb.to_pio(torch.randn(7, 2, 16, generator=g))
+    v = tb.to_pio(torch.randn(7, 2, 16, generator=g))
+    offsets = Tensor.from_list([0, 3, 7], DType.int32)
+    ref = ops.attention(q, k, v, causal=False, kv_layout="tokens", cu_seqlens=offsets).tolist()
+    got = ops.attention(
+        q, k, v, causal=False, kv_layout="tokens", cu_seqlens=offsets.to("cuda")
+    ).tolist()
+    assert got == ref
+    qd, kd, vd = q.to("cuda"), k.to("cuda"), v.to("cuda")
+    dev = ops.attention(qd, kd, vd, causal=True, kv_layout="tokens", cu_seqlens=offsets).tolist()
+    host = ops.attention(q, k, v, causal=True, kv_layout="tokens", cu_seqlens=offsets).tolist()
+    torch.testing.assert_close(torch.tensor(dev), torch.tensor(host), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_int64_casts_round_once_on_the_device(dtype: str) -> None:
+    vals = [2**60 + 2**36 + 1, 2**53 + 2**29 + 1, -(2**60 + 2**36 + 1), 2**24 + 1, 65519, -7]
+    host = Tensor.from_list(vals, "int64")
+    assert host.to("cuda").to(dtype).to("cpu").tolist() == host.to(dtype).tolist()

@@ -137,7 +137,7 @@ def test_select_bad_inputs_raise() -> None:
         ops.topk(x, 9)
     with pytest.raises(TypeError):
         ops.argmax(x, "float32")
-    with pytest.raises(ValueError, match="x\\ must\\ be\\ contiguous"):
+    with pytest.raises(ValueError, match="x is empty"):
         ops.argmax(to_pio(torch.randn(3, 0)))
     nan = torch.randn(2, 5)
     nan[1, 2] = float("nan")

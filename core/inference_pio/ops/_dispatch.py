@@ -82,3 +82,45 @@ def out_or_new(
     if out.device != device:
         raise ValueError(f"{name} is on {out.device}, expected {device}")
     return out
+
+
+def _element_span(t: Tensor) -> tuple[int, int]:
+    """First and one-past-last element (of t's storage) that ``t`` can address."""
+    lo = hi = t.offset
+    for n, s in zip(t.shape, t.strides, strict=True):
+        lo += min(0, (n - 1) * s)
+        hi += max(0, (n - 1) * s)
+    return lo, hi + 1
+
+
+def _disjoint_columns(a: Tensor, b: Tensor) -> bool:
+    """Both rows of one row stride (slices of one fused buffer) in columns that do not meet."""
+    from inference_pio.ops._layout import row_grid
+
+    try:
+        (_,), (lda,) = row_grid("a", a, levels=1)
+        (_,), (ldb,) = row_grid("b", b, levels=1)
+    except ValueError:
+        return False
+    if lda != ldb or lda <= 0:
+        return False
+    ca, cb, wa, wb = a.offset % lda, b.offset % lda, a.shape[-1], b.shape[-1]
+    return ca + wa <= lda and cb + wb <= lda and (ca + wa <= cb or cb + wb <= ca)
+
+
+def require_disjoint(op: str, out: Tensor, **inputs: Tensor | None) -> None:
+    """Raises ValueError when ``out`` shares memory with one of ``inputs`` (the kernels write
+    ``out`` while they still read their inputs; torch refuses such aliasing too)."""
+    for name, t in inputs.items():
+        if t is None or t.storage is not out.storage or not t.numel or not out.numel:
+            continue
+        if t.dtype.itemsize != out.dtype.itemsize:
+            a0, a1 = (v * out.dtype.itemsize for v in _element_span(out))
+            b0, b1 = (v * t.dtype.itemsize for v in _element_span(t))
+            if a0 < b1 and b0 < a1:
+                raise ValueError(f"{op}: out overlaps {name}; pass a separate out tensor")
+            continue
+        a0, a1 = _element_span(out)
+        b0, b1 = _element_span(t)
+        if a0 < b1 and b0 < a1 and not _disjoint_columns(out, t):
+            raise ValueError(f"{op}: out overlaps {name}; pass a separate out tensor")

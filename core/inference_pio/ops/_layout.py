@@ -37,3 +37,21 @@ def row_grid(name: str, t: Tensor, levels: int = 2) -> tuple[list[int], list[int
             raise ValueError(f"{name}: negative strides are not supported")
     merged = [(1, 0)] * (levels - len(merged)) + merged
     return [n for n, _ in merged], [s for _, s in merged]
+
+
+def row_layout(name: str, t: Tensor, *, output: bool = False) -> tuple[Tensor, int, int]:
+    """``t`` as ``rows`` rows of its last dim ``ld`` elements apart: ``(t, rows, ld)``.
+
+    Rows that overlap (a row stride below the row length, e.g. a stride-0 broadcast) are copied
+    for an input (the result is the same as torch's) and refused for an output.
+    """
+    width = t.shape[-1] if t.ndim else 1
+    (rows,), (ld,) = row_grid(name, t, levels=1)
+    if rows <= 1:
+        return t, rows, width
+    if ld < width:
+        if output:
+            raise ValueError(f"{name}: rows overlap (row stride {ld} < {width}); use a fresh out")
+        t = t.contiguous()
+        (rows,), (ld,) = row_grid(name, t, levels=1)
+    return t, rows, ld

@@ -113,8 +113,8 @@ def attention(
     per_segment = (
         seg_keep is not None and device.type == "cuda" and not causal and kv_layout == "tokens"
     )
-    if seg_keep is not None and device.type != "cpu" and not per_segment:
-        seg_keep = seg_keep.to(device)  # the kernel reads the offsets on the device
+    if seg_keep is not None and seg_keep.device != device and not per_segment:
+        seg_keep = seg_keep.to(device)  # the kernel reads the offsets where q/k/v are
         seg_ptr = seg_keep.data_ptr
     result = out_or_new(out, (tq, nh, hd_v), q.dtype, device)
     if kv_layout == "cache":

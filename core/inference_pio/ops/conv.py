@@ -5,7 +5,13 @@ from __future__ import annotations
 import ctypes
 
 from inference_pio.dtypes import DType
-from inference_pio.ops._dispatch import native_call, out_or_new, require, same_device
+from inference_pio.ops._dispatch import (
+    native_call,
+    out_or_new,
+    require,
+    require_disjoint,
+    same_device,
+)
 from inference_pio.tensor import Tensor
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
@@ -42,6 +48,8 @@ def causal_conv1d(
             raise ValueError(f"state has shape {state.shape}, expected {(k - 1, c)}")
     device = same_device(x=x, weight=weight, state=state, out=out)
     result = out_or_new(out, (t, c), x.dtype, device)
+    if out is not None:
+        require_disjoint("causal_conv1d", result, x=x, weight=weight, state=state)
     native_call(
         device,
         "causal_conv1d",

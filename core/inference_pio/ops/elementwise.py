@@ -7,7 +7,7 @@ from typing import Literal
 
 from inference_pio.dtypes import DType
 from inference_pio.ops._dispatch import native_call, out_or_new, require, same_device
-from inference_pio.ops._layout import row_grid
+from inference_pio.ops._layout import row_layout
 from inference_pio.tensor import Tensor
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
@@ -103,8 +103,8 @@ def swiglu(gate: Tensor, up: Tensor | None = None, out: Tensor | None = None) ->
     inter = g.shape[-1]
     device = same_device(gate=gate, up=up, out=out)
     result = out_or_new(out, g.shape, g.dtype, device)
-    (rows,), (ldg,) = row_grid("gate", g, levels=1)
-    _, (ldu,) = row_grid("up", u, levels=1)
+    g, rows, ldg = row_layout("gate", g)
+    u, _, ldu = row_layout("up", u)
     native_call(
         device,
         "swiglu",
@@ -113,8 +113,8 @@ def swiglu(gate: Tensor, up: Tensor | None = None, out: Tensor | None = None) ->
         result.data_ptr,
         rows,
         inter,
-        max(ldg, inter),
-        max(ldu, inter),
+        ldg,
+        ldu,
         inter,
         g.dtype,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
-from inference_pio.ops._dispatch import native_call, require, same_device
+from inference_pio.ops._dispatch import native_call, require, require_disjoint, same_device
 from inference_pio.ops._layout import row_grid
 from inference_pio.tensor import Tensor
 
@@ -60,6 +60,7 @@ def linear(
         require("out", out, dtypes=(dtype,), contiguous=False, writable=True)
         if out.shape != shape:
             raise ValueError(f"linear: out has shape {out.shape}, expected {shape}")
+        require_disjoint("linear", out, x=x, weight=weight, bias=bias)
     m = x.numel // k if k else _rows(x.shape[:-1])
     if m == 0 or n == 0:
         return out

@@ -7,7 +7,7 @@ from typing import Literal
 
 from inference_pio.dtypes import DType
 from inference_pio.ops._dispatch import native_call, require, same_device
-from inference_pio.ops._layout import row_grid
+from inference_pio.ops._layout import row_grid, row_layout
 from inference_pio.tensor import Tensor
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
@@ -146,8 +146,8 @@ def layer_norm(
         raise ValueError(f"layer_norm: eps must be >= 0, got {eps}")
     device = same_device(x=x, weight=weight, bias=bias, out=out)
     result = _output("layer_norm", x, out, out_dtype)
-    (rows,), (ldx,) = row_grid("x", x, levels=1)
-    _, (ldo,) = row_grid("out", result, levels=1)
+    _, _, ldo = row_layout("out", result, output=True)
+    x, rows, ldx = row_layout("x", x)
     native_call(
         device,
         "layer_norm",
@@ -157,8 +157,8 @@ def layer_norm(
         result.data_ptr,
         rows,
         dim,
-        max(ldx, dim),
-        max(ldo, dim),
+        ldx,
+        ldo,
         c_float(eps),
         x.dtype,
         wdtype,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from inference_pio.dtypes import DType
 from inference_pio.ops._dispatch import native_call, out_or_new, require, same_device
-from inference_pio.ops._layout import row_grid
+from inference_pio.ops._layout import row_layout
 from inference_pio.tensor import Tensor
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
@@ -28,8 +28,8 @@ def _softmax(x: Tensor, log: bool, out: Tensor | None, out_dtype: DType | str | 
     if result.readonly:
         raise ValueError("out is read-only")
     dim = x.shape[-1]
-    (rows,), (ldx,) = row_grid("x", x, levels=1)
-    _, (ldo,) = row_grid("out", result, levels=1)
+    _, _, ldo = row_layout("out", result, output=True)
+    x, rows, ldx = row_layout("x", x)
     native_call(
         device,
         "softmax",
@@ -37,8 +37,8 @@ def _softmax(x: Tensor, log: bool, out: Tensor | None, out_dtype: DType | str | 
         result.data_ptr,
         rows,
         dim,
-        max(ldx, dim),
-        max(ldo, dim),
+        ldx,
+        ldo,
         1 if log else 0,
         x.dtype,
         dt,

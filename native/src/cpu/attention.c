@@ -73,9 +73,9 @@ T2 static inline float hsum256(__m256 v) {
     a = _mm_add_ss(a, _mm_movehdup_ps(a));
     return _mm_cvtss_f32(a);
 }
-/* exp for x <= 0 (clamped at -87): 2^n * p(r), degree-6 polynomial on |r| <= ln2/2 */
+/* exp for x <= 0 (clamped at -87; NaN stays NaN, as in torch): 2^n * p(r), degree-6 polynomial on |r| <= ln2/2 */
 T2 static inline __m256 exp256(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x); /* this operand order keeps a NaN */
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -188,7 +188,7 @@ static const attn_kernels k_avx2 = {"avx2-fma", scores_avx2, expsum_avx2, pv_avx
 /* ---- AVX-512F ---- */
 #define T5 __attribute__((target("avx512f")))
 T5 static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x); /* this operand order keeps a NaN */
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -621,7 +621,7 @@ done:
     }
     for (int64_t r = 0; r < rows; r++) {
         int64_t i = b->q0 + r / g, h = hk * g + r % g;
-        float inv = lrow[r] > 0.f ? 1.f / lrow[r] : 0.f;
+        float inv = lrow[r] > 0.f ? 1.f / lrow[r] : lrow[r] == lrow[r] ? 0.f : NAN; /* NaN stays */
         const float *a = acc + r * hdv;
         if (c->q_dtype == TO_F32) {
             float *o = (float *)c->out + i * c->ldo + h * hdv;
@@ -687,7 +687,7 @@ static void merge_partials(attn_ctx *c) {
                 L += pr[1] * w;
                 for (int64_t x = 0; x < hdv; x++) a[x] += pr[2 + x] * w;
             }
-            float inv = L > 0.f ? 1.f / L : 0.f;
+            float inv = L > 0.f ? 1.f / L : L == L ? 0.f : NAN;
             for (int64_t x = 0; x < hdv; x++) {
                 if (o32) o32[x] = a[x] * inv;
                 else o16[x] = to_f32_to_bf16(a[x] * inv);

@@ -93,6 +93,17 @@ TO_API int to_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int
         for (int64_t i = 0; i < n; i++) d[i] = to_bf16_to_f32(s[i]);
         return TO_OK;
     }
+    if (src_dtype == TO_I64 && (dst_dtype == TO_F32 || dst_dtype == TO_F16 || dst_dtype == TO_BF16)) {
+        /* int64 -> float rounds once (as torch); through double it could round twice */
+        const int64_t *s = src;
+        for (int64_t i = 0; i < n; i++) {
+            const float f = (float)s[i];
+            if (dst_dtype == TO_F32) ((float *)dst)[i] = f;
+            else if (dst_dtype == TO_F16) ((uint16_t *)dst)[i] = to_f32_to_f16(f);
+            else ((uint16_t *)dst)[i] = to_f32_to_bf16(f);
+        }
+        return TO_OK;
+    }
     for (int64_t i = 0; i < n; i++) store_from_double(dst, dst_dtype, i, load_as_double(src, src_dtype, i));
     return TO_OK;
 }

@@ -217,8 +217,9 @@ TO_API int to_rope_apply(void *x, const void *cos, const void *sin, int64_t T, i
     TO_CHECK(rot_dim >= 2 && rot_dim % 2 == 0 && rot_dim <= head_dim, TO_ERR_SHAPE,
              "to_rope_apply: rot_dim %lld must be even, >= 2 and <= head_dim %lld",
              (long long)rot_dim, (long long)head_dim);
-    TO_CHECK(rot_dim <= ROPE_HF_MAX_ROT, TO_ERR_UNSUPPORTED, "to_rope_apply: rot_dim %lld > %d",
-             (long long)rot_dim, ROPE_HF_MAX_ROT);
+    TO_CHECK(mode != TO_ROPE_INTERLEAVED_HF || rot_dim <= ROPE_HF_MAX_ROT, TO_ERR_UNSUPPORTED,
+             "to_rope_apply: rot_dim %lld > %d in the interleaved_hf mode", (long long)rot_dim,
+             ROPE_HF_MAX_ROT);
     TO_CHECK(stride_t >= 0 && stride_h >= 0, TO_ERR_INVALID_ARGUMENT,
              "to_rope_apply: strides must be >= 0");
     TO_CHECK(x_dtype == TO_F32 || x_dtype == TO_BF16, TO_ERR_DTYPE,

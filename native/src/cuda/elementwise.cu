@@ -223,6 +223,13 @@ __global__ void cast_kernel(const void *src, int sdt, void *dst, int ddt, int64_
             ((int64_t *)dst)[i] = ((const int32_t *)src)[i];
             continue;
         }
+        if (sdt == TO_I64 && (ddt == TO_F32 || ddt == TO_F16 || ddt == TO_BF16)) { /* one rounding, as torch */
+            const float f = (float)((const int64_t *)src)[i];
+            if (ddt == TO_F32) ((float *)dst)[i] = f;
+            else if (ddt == TO_F16) ((uint16_t *)dst)[i] = __half_as_ushort(__float2half_rn(f));
+            else ((uint16_t *)dst)[i] = f2bf(f);
+            continue;
+        }
         double v = ld_any(src, sdt, i);
         switch (ddt) {
         case TO_F32: ((float *)dst)[i] = (float)v; break;

@@ -427,7 +427,8 @@ TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t
     TOC_CHECK(rot_dim >= 2 && rot_dim % 2 == 0 && rot_dim <= head_dim, TO_ERR_INVALID_ARGUMENT,
               "toc_rope_apply: rot_dim %lld must be even, >= 2 and <= head_dim %lld",
               (long long)rot_dim, (long long)head_dim);
-    TOC_CHECK(rot_dim <= 8192, TO_ERR_UNSUPPORTED, "toc_rope_apply: rot_dim > 8192");
+    TOC_CHECK(mode != TO_ROPE_INTERLEAVED_HF || rot_dim <= 8192, TO_ERR_UNSUPPORTED,
+              "toc_rope_apply: rot_dim > 8192 in the interleaved_hf mode");
     TOC_CHECK(stride_t >= 0 && stride_h >= 0, TO_ERR_INVALID_ARGUMENT, "toc_rope_apply: strides");
     TOC_CHECK(toc_is_act(x_dtype) && toc_is_act(table_dtype), TO_ERR_DTYPE, "toc_rope_apply: dtypes");
     if (T * heads == 0) return TO_OK;
