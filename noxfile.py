@@ -167,8 +167,20 @@ def check_dist(dist: Path) -> list[str]:
                 problems.append(f"{core.name}: libtensor_ops.so missing")
     for sdist in dist.glob("inference_pio-*.tar.gz"):
         with tarfile.open(sdist) as tf:
-            if not any(n.endswith("native/include/tensor_ops.h") for n in tf.getnames()):
+            names = [n.split("/", 1)[1] for n in tf.getnames() if "/" in n]
+            if "native/include/tensor_ops.h" not in names:
                 problems.append(f"{sdist.name}: native sources missing")
+            top = {
+                "pyproject.toml",
+                "README.md",
+                "LICENSE",
+                "CHANGELOG.md",
+                "PKG-INFO",
+                ".gitignore",
+            }
+            stray = [n for n in names if n not in top and not n.startswith(("core/", "native/"))]
+            if stray:
+                problems.append(f"{sdist.name}: files outside the engine: {stray[:5]}")
     for wheel in plugin_wheels:
         with zipfile.ZipFile(wheel) as zf:
             parser = configparser.ConfigParser(delimiters=("=",))

@@ -15,7 +15,8 @@ from inference_pio.plugins import PluginHost, get_plugin_host
 DESCRIPTION = """\
 Run large language models with Inference-PIO's own C/CUDA backend.
 
-Each model family is a separately installed plugin (pip install inference-pio-qwen3-0-6b, ...).
+Each model family is a separately installed plugin (from a checkout:
+pip install ./plugins/qwen3_0_6b, ...).
 Use `inference-pio plugins` to see what is installed and whether it loaded, and
 `inference-pio models` for the model names that --model accepts.
 """
@@ -37,6 +38,9 @@ environment:
   INFERENCE_PIO_CUDA_CAPTURE     0 = models no hand-written CUDA graph takes (GLM-4.7-Flash,
                                  Qwen3-Coder-Next) decode op by op instead of replaying
                                  their captured step
+  INFERENCE_PIO_CUDA_BATCH_GRAPH 0 = batched CUDA decode call by call (no captured graphs)
+  INFERENCE_PIO_CUDA_MOE_STEP    0 = the MoE MLP as five kernels instead of one launch
+  INFERENCE_PIO_CUDA_PDL         0 = no programmatic dependent launch between CUDA kernels
 """
 
 
@@ -61,11 +65,13 @@ def cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
         print(f"No plugins installed. Install one, e.g.: {INSTALL_HINT}")
         return 0
     rows = [
-        [r.distribution or r.name, r.version, r.status, ", ".join(r.models) or "-"] for r in records
+        [r.name, r.distribution or "-", r.version, r.status, ", ".join(r.models) or "-"]
+        for r in records
     ]
-    _print_table(rows, ["distribution", "version", "status", "models"])
+    _print_table(rows, ["plugin", "distribution", "version", "status", "models"])
     for r in host.failures:
-        print(f"\nerror in {r.distribution or r.name}: {r.error}", file=sys.stderr)
+        where = f"{r.name} ({r.distribution})" if r.distribution else r.name
+        print(f"\nerror in {where}: {r.error}", file=sys.stderr)
     return 0
 
 
@@ -147,7 +153,7 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     add_commands(sub)
 
     if host is not None:
-        host.pm.hook.pio_add_commands(subparsers=sub)
+        host.call_isolated("pio_add_commands", subparsers=sub)
     return parser
 
 

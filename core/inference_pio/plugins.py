@@ -120,7 +120,7 @@ class PluginHost:
             self.records[ep.name] = record
             try:
                 self._load_one(record, ep.load)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() at import too
                 self._fail(record, exc)
         unknown = sorted((allow or set()) - seen)
         if unknown:  # a typo would otherwise disable plugins without a word
@@ -183,6 +183,43 @@ class PluginHost:
                 f"{record.error}\n{''.join(traceback.format_exception(exc))}"
             ) from exc
 
+    def call_isolated(self, hook: str, *, firstresult: bool = False, **kwargs: Any) -> Any:
+        """Calls ``hook``'s implementations one at a time, in pluggy's order (all results, or
+        the first that is not None). A plugin whose implementation raises is marked failed,
+        unregistered and warned about; the others still run (strict mode raises instead)."""
+        caller = getattr(self.pm.hook, hook)
+        impls = caller.get_hookimpls()
+        if any(i.hookwrapper or getattr(i, "wrapper", False) for i in impls):
+            result = caller(**kwargs)  # wrappers need pluggy's own call
+            return result if firstresult else list(result)
+        results: list[Any] = []
+        for impl in reversed(impls):
+            try:
+                value = impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception as exc:
+                self._fail_at_run_time(impl.plugin_name, hook, exc)
+                continue
+            if value is not None:
+                if firstresult:
+                    return value
+                results.append(value)
+        return None if firstresult else results
+
+    def _fail_at_run_time(self, plugin_name: str, hook: str, exc: Exception) -> None:
+        record = self.records.get(plugin_name)
+        if record is None:  # the core's own implementation: a bug to report as is
+            raise exc
+        self._fail(record, exc)  # raises in strict mode
+        record.error = f"{hook}: {record.error}"
+        if self.pm.get_plugin(plugin_name) is not None:
+            self.pm.unregister(name=plugin_name)
+        self.registry.remove_plugin(record.distribution or record.name)
+        warnings.warn(
+            f"plugin {record.name!r} ({record.distribution or 'no distribution'}) failed in "
+            f"{hook} and is disabled: {type(exc).__name__}: {exc} (see `inference-pio plugins`)",
+            stacklevel=3,
+        )
+
     # ---- queries ---------------------------------------------------------------------------
     @property
     def failures(self) -> list[PluginRecord]:
@@ -190,7 +227,9 @@ class PluginHost:
 
     def resolve_checkpoint(self, path: Path, config: dict[str, Any]) -> ModelSpec:
         """Chooses the model spec for a checkpoint directory and its parsed config.json."""
-        claimed = self.pm.hook.pio_claim_checkpoint(path=path, config=config)
+        claimed = self.call_isolated(
+            "pio_claim_checkpoint", firstresult=True, path=path, config=config
+        )
         if claimed:
             return self.registry.get(claimed)
         keys = [*(config.get("architectures") or []), config.get("model_type", "")]

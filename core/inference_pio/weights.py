@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from inference_pio._native.loader import last_error
 from inference_pio.device import CPU
 from inference_pio.dtypes import DType
 from inference_pio.errors import CheckpointError
+from inference_pio.progress import byte_bar
 from inference_pio.tensor import Storage, Tensor
 
 __all__ = [
@@ -221,8 +221,8 @@ class SafetensorsFile:
     def prefetch(self, progress: bool | None = None, *, bar: Any = None) -> None:
         """Reads every page of the data region into the page cache (``madvise`` + touch).
 
-        ``progress``: True always shows a tqdm bar, False never, None only for files larger than
-        :data:`PROGRESS_THRESHOLD_BYTES` when stderr is a terminal. ``bar``: an existing tqdm bar
+        ``progress``: True always shows a progress bar, False never, None only for files larger than
+        :data:`PROGRESS_THRESHOLD_BYTES` when stderr is a terminal. ``bar``: an existing bar
         to advance instead (used by :meth:`WeightIndex.prefetch`).
         """
         with self._lock:
@@ -262,10 +262,7 @@ def _want_progress(progress: bool | None, total: int) -> bool:
 
 
 def _make_bar(total: int, desc: str) -> Any:
-    tqdm = importlib.import_module("tqdm.auto").tqdm
-    return tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr
-    )
+    return byte_bar(total, desc, divisor=1024)
 
 
 class WeightIndex(Mapping[str, Tensor]):

@@ -23,6 +23,13 @@ try:  # the Unicode version of Hugging Face tokenizers (0.2x: 16.0), pinned as a
 except ImportError:  # then this Python's own (3.11: Unicode 14.0; newer characters are "other")
     import unicodedata
 
+    print(
+        f"gen_unicode_tables: warning: unicodedata2 is not installed (a build requirement); the "
+        f"tables use this Python's Unicode {unicodedata.unidata_version}, so characters newer "
+        "than that do not split as in Hugging Face tokenizers (pip install unicodedata2==16.0.0)",
+        file=sys.stderr,
+    )
+
 L, N, S = 1, 2, 4
 CONTRACTION_LETTERS = "strevmld"
 

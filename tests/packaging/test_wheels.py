@@ -80,6 +80,11 @@ def test_sdist_is_self_contained(wheelhouse: Wheelhouse) -> None:
         assert needed in names, needed
     assert any(n.startswith("native/src/") and n.endswith(".c") for n in names)
     assert not [n for n in names if n.endswith(".so") or n.startswith("build/")]
+    top = {"pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "PKG-INFO", ".gitignore"}
+    stray = [
+        n for n in names if n not in top and not n.startswith(("core/inference_pio/", "native/"))
+    ]
+    assert not stray, stray  # only the engine, its C sources and the top-level files
 
 
 @pytest.mark.parametrize("plugin_dir", [p.name for p in PLUGIN_DIRS])

@@ -295,3 +295,82 @@ def test_import_is_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", "import inference_pio imported " + out.stdout
+
+
+def _broken_at_run_time(hook: str, exc: Exception) -> object:
+    class Broken:
+        @staticmethod
+        @hookimpl
+        def pio_register_models(register: RegisterModel) -> None:
+            register(ModelSpec(name="broken-model", factory="x:y", architectures=("B",)))
+
+    def raise_(*_: Any, **__: Any) -> None:
+        raise exc
+
+    if hook == "pio_add_commands":
+
+        def pio_add_commands(subparsers: Any) -> None:
+            raise_()
+
+        Broken.pio_add_commands = staticmethod(hookimpl(pio_add_commands))  # type: ignore[attr-defined]
+    else:
+
+        def pio_claim_checkpoint(path: Path, config: dict[str, Any]) -> str | None:
+            raise_()
+            return None
+
+        Broken.pio_claim_checkpoint = staticmethod(hookimpl(pio_claim_checkpoint))  # type: ignore[attr-defined]
+    return Broken()
+
+
+@pytest.mark.parametrize("exc", [ValueError("boom"), RuntimeError("boom")])
+def test_a_plugin_failing_to_add_commands_leaves_the_cli_working(
+    exc: Exception, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference_pio.cli import main
+
+    host = PluginHost(strict=False)
+    host.register_plugin(_broken_at_run_time("pio_add_commands", exc), name="broken")
+    with pytest.warns(UserWarning, match="'broken' .* pio_add_commands"):
+        assert main(["plugins", "--json"], host=host) == 0
+    rows = json.loads(capsys.readouterr().out)
+    row = next(r for r in rows if r["name"] == "broken")
+    assert row["status"] == "failed"
+    assert "pio_add_commands" in row["error"]
+
+
+def test_a_command_name_clash_fails_only_that_plugin() -> None:
+    from inference_pio.cli import main
+
+    class Clash:
+        @staticmethod
+        @hookimpl
+        def pio_add_commands(subparsers: Any) -> None:
+            subparsers.add_parser("generate")  # the core's command: argparse raises
+
+    host = PluginHost(strict=False)
+    host.register_plugin(Clash(), name="clash")
+    with pytest.warns(UserWarning, match="clash"):
+        assert main(["models", "--json"], host=host) == 0
+    assert host.records["clash"].status == "failed"
+
+
+def test_a_plugin_failing_to_claim_does_not_block_the_others(tmp_path: Path) -> None:
+    class Good:
+        @staticmethod
+        @hookimpl
+        def pio_register_models(register: RegisterModel) -> None:
+            register(ModelSpec(name="good-model", factory="x:y", architectures=("GoodLM",)))
+
+    host = PluginHost(strict=False)
+    host.register_plugin(Good(), name="good")
+    host.register_plugin(_broken_at_run_time("pio_claim_checkpoint", ValueError("boom")), "broken")
+    with pytest.warns(UserWarning, match="pio_claim_checkpoint"):
+        spec = host.resolve_checkpoint(tmp_path, {"architectures": ["GoodLM"]})
+    assert spec.name == "good-model"
+    assert host.records["broken"].status == "failed"
+    assert "broken-model" not in [s.name for s in host.registry]
+    strict = PluginHost(strict=True)
+    strict.register_plugin(_broken_at_run_time("pio_claim_checkpoint", ValueError("x")), "broken")
+    with pytest.raises(PluginError, match="broken"):
+        strict.resolve_checkpoint(tmp_path, {"architectures": ["B"]})

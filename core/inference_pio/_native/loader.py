@@ -40,7 +40,9 @@ def candidate_paths(name: str = LIBRARY_NAME) -> list[Path]:
     here = Path(__file__).resolve().parent / "lib" / name
     paths = [here]
     for entry in sys.path:
-        p = Path(entry or ".") / "inference_pio" / "_native" / "lib" / name
+        if not entry:  # the working directory: never load a library from wherever one stands
+            continue
+        p = Path(entry) / "inference_pio" / "_native" / "lib" / name
         if p not in paths:
             paths.append(p)
     return paths

