@@ -861,6 +861,150 @@ __global__ void __launch_bounds__(32 * NW, 1) btail_kernel(const Params P) {
     }
 }
 
+// btail_kernel with the claiming moved to a 17th warp: its lane 0 keeps eight claims in flight
+// and publishes chunk ids LEAD chunks ahead of warp 0's loader (which writes the chunk number it
+// entered to shared memory), so the workers' ring body only reads ids (btail_kernel's claim and
+// publish paths were inlined in each of the 8 unrolled slots: 68 KB of code against 39).
+template <int NW, int U, int PCT, int CU>
+__global__ void __launch_bounds__(32 * (NW + 1), 1) btail2_kernel(const Params P) {
+    constexpr int SU = CU / NW, QN = 128, NCTR = 8, LEAD = 6;
+    extern __shared__ __align__(1024) unsigned char sm[];
+    uint16_t *xs = (uint16_t *)sm;
+    float *racc = (float *)(xs + P.maxk);
+    volatile unsigned long long *cq = (volatile unsigned long long *)(racc + P.maxrows); // [QN]
+    volatile int *prog = (volatile int *)(cq + QN);                                      // warp 0's chunk
+    const int G = gridDim.x, b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int NT = 32 * NW; // worker threads
+    for (int s = 0; s < P.nst; s++) {
+        const Stage S = P.st[s];
+        const int k = S.k, ku = k / 256;
+        // nd: whole chunks of CU units (CU = 2 NW; ku is even)
+        const int nd = PCT ? (int)((long long)S.n * PCT / 100) / (8 * NW) * (8 * NW) : 0, ns = S.n - nd;
+        const int T0 = ns * ku, nch = nd * ku / CU;
+        const unsigned long long tag0 = (unsigned long long)(s + 1) << 40;
+        int r0, r1;
+        rows_of(ns, b, G, r0, r1);
+        const int nr = r1 - r0;
+        if (warp == NW) { // the claimer
+            unsigned *const cp = P.ctr + ((size_t)s * NCTR + b % NCTR) * 32;
+            unsigned c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (PCT && lane == 0)
+#pragma unroll
+                for (int j = 0; j < 8; j++) c[j] = atomicAdd(cp, 1u);
+            if (s > 0) __syncthreads(); // grid_wait's
+            __syncthreads();            // input staged
+            if (PCT && lane == 0) {
+                for (int pub = 0;; pub++) {
+                    if (pub >= LEAD)
+                        while (*prog < pub - LEAD) {
+                        }
+                    const unsigned long long id = (unsigned long long)c[0] * NCTR + b % NCTR;
+                    const bool none = id >= (unsigned long long)nch;
+                    cq[pub % QN] = tag0 | ((unsigned long long)pub << 24) | (none ? 0xffffffull : id);
+                    if (none) break; // the counter only grows: every later claim is past the end too
+#pragma unroll
+                    for (int j = 0; j < 7; j++) c[j] = c[j + 1];
+                    c[7] = atomicAdd(cp, 1u);
+                }
+            }
+            __syncthreads(); // products done
+            __syncthreads(); // outputs stored
+            if (threadIdx.x == NT) *prog = -1000000;
+            continue;
+        }
+        const int ng = nr * ku;
+        const int g0 = (int)((long long)ng * warp / NW), g1 = (int)((long long)ng * (warp + 1) / NW);
+        const char *wl = (const char *)S.w + lane * 16;
+        auto chunk_id = [&](int i) -> int {
+            const unsigned long long want = tag0 | ((unsigned long long)i << 24);
+            unsigned long long v;
+            do {
+                v = cq[i % QN];
+            } while ((v & ~0xffffffull) != want);
+            const int id = (int)(v & 0xffffff);
+            return id == 0xffffff ? nch : id;
+        };
+        int le = r0 * ku + g0, lend = r0 * ku + g1, lci = 0;
+        bool ldone = PCT == 0;
+        auto next = [&](uint4 &v) {
+            if (le == lend && !ldone) {
+                if (warp == 0 && lane == 0) *prog = lci;
+                const int id = chunk_id(lci++);
+                if (id < nch) {
+                    le = T0 + id * CU + warp * SU;
+                    lend = le + SU;
+                } else {
+                    ldone = true;
+                }
+            }
+            v = le < lend ? ldnc(wl + (size_t)le * 512) : make_uint4(0, 0, 0, 0);
+            le += le < lend;
+        };
+        uint4 ring[U];
+        int ce = r0 * ku + g0, cend = r0 * ku + g1, cci = 0;
+        int row = r0 + g0 / ku, cc = g0 % ku;
+        bool cstatic = true, cdone = PCT == 0 && ce == cend;
+        auto enter_chunk = [&]() {
+            const int id = chunk_id(cci++);
+            if (id < nch) {
+                ce = T0 + id * CU + warp * SU;
+                cend = ce + SU;
+                row = ce / ku;
+                cc = ce - row * ku;
+                cstatic = false;
+            } else {
+                cdone = true;
+            }
+        };
+        // the first U loads may need the first chunk ids: those are published after the staging,
+        // so a warp whose static share is shorter than U issues only its static loads here
+        const int pre = min(U, g1 - g0);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (u < pre) next(ring[u]);
+        grid_wait(P, s);
+        stage_x(S.in, xs, S.k, threadIdx.x, NT);
+        for (int i = threadIdx.x; i < nr; i += NT) racc[i] = 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (u >= pre) next(ring[u]);
+        if (ce == cend && !cdone) enter_chunk();
+        float acc = 0.0f;
+        while (!cdone) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (!cdone) {
+                    acc += dot8(ring[u], *(const uint4 *)(xs + cc * 256 + lane * 8));
+                    next(ring[u]);
+                    ++ce;
+                    if (++cc == ku || ce == cend) {
+#pragma unroll
+                        for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                        if (lane == 0) {
+                            if (cstatic) atomicAdd(&racc[row - r0], acc);
+                            else atomicAdd(S.out + row, acc);
+                        }
+                        acc = 0.0f;
+                        if (cc == ku) {
+                            cc = 0;
+                            row++;
+                        }
+                        if (ce == cend) {
+                            if (PCT) enter_chunk();
+                            else cdone = true;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < nr; i += NT) __stcg(S.out + r0 + i, racc[i]);
+        __syncthreads();
+        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+    }
+}
+
 // plain read probe: every 16-byte chunk once, 8 loads in flight per thread
 __global__ void read_probe(const uint4 *a, size_t n, unsigned *sink) {
     unsigned x = 0;
@@ -1188,19 +1332,20 @@ int main(int argc, char **argv) {
         Stage *sb_d;
         CK(cudaMalloc(&sb_d, sizeof(Stage) * nst));
         CK(cudaMemcpy(sb_d, sb.data(), sizeof(Stage) * nst, cudaMemcpyHostToDevice));
-        struct BV { const char *name; void (*k)(const Params); };
-        const BV bvs[] = {{"direct_kernel", direct_kernel<16, 8>},
-                          {"btail 0%", btail_kernel<16, 8, 0, 32>},
-                          {"btail 10%, 32-unit chunks", btail_kernel<16, 8, 10, 32>},
-                          {"btail 20%, 32-unit chunks", btail_kernel<16, 8, 20, 32>},
-                          {"btail 30%, 32-unit chunks", btail_kernel<16, 8, 30, 32>},
-                          {"btail 20%, 64-unit chunks", btail_kernel<16, 8, 20, 64>}};
+        struct BV { const char *name; void (*k)(const Params); int threads; };
+        const BV bvs[] = {{"direct_kernel", direct_kernel<16, 8>, 512},
+                          {"direct_kernel, 15 warps", direct_kernel<15, 8>, 480},
+                          {"btail2 (15 workers + claimer) 0%", btail2_kernel<15, 8, 0, 30>, 512},
+                          {"btail2 5%, 30-unit chunks", btail2_kernel<15, 8, 5, 30>, 512},
+                          {"btail2 10%, 30-unit chunks", btail2_kernel<15, 8, 10, 30>, 512},
+                          {"btail2 20%, 30-unit chunks", btail2_kernel<15, 8, 20, 30>, 512},
+                          {"btail2 10%, 60-unit chunks", btail2_kernel<15, 8, 10, 60>, 512}};
         const int nb = sizeof(bvs) / sizeof(bvs[0]);
         Params P;
         P.st = sb_d; P.nst = nst; P.slot = 0; P.nslot = 0; P.gate = 8; P.bar = bar; P.maxk = I;
         P.maxrows = ((V + sms - 1) / sms + 4) / 4 * 4; P.prof = nullptr; P.ctr = ctr;
         P.pre = nullptr; P.rank_of_sm = nullptr; P.tl = nullptr; P.smid = nullptr;
-        const size_t smem = 2 * (size_t)P.maxk + 4 * (size_t)P.maxrows + 8 * 64 + 64;
+        const size_t smem = 2 * (size_t)P.maxk + 4 * (size_t)P.maxrows + 8 * 128 + 64;
         for (int i = 0; i < nb; i++) CK(cudaFuncSetAttribute(bvs[i].k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         std::vector<float> best(nb, 1e30f);
         std::vector<double> chk(nb, 0);
@@ -1212,7 +1357,7 @@ int main(int argc, char **argv) {
                     CK(cudaMemset(ctr, 0, 4 * nctr));
                     void *args[] = {(void *)&P};
                     CK(cudaEventRecord(e0));
-                    CK(cudaLaunchCooperativeKernel((void *)bvs[i].k, dim3(sms), dim3(512), args, smem, 0));
+                    CK(cudaLaunchCooperativeKernel((void *)bvs[i].k, dim3(sms), dim3(bvs[i].threads), args, smem, 0));
                     CK(cudaEventRecord(e1));
                     CK(cudaEventSynchronize(e1));
                     float ms;
