@@ -264,3 +264,50 @@ def test_added_token_flags_match_tokenizers(seed: int, tmp_path: Path) -> None:
         assert ours.encode(text, add_special_tokens=False) == want, repr(text)
         compared += 1
     assert compared > 300
+
+
+def test_post_processor_sequence_with_a_template_matches_tokenizers(tmp_path: Path) -> None:
+    """Sequence[ByteLevel, TemplateProcessing] (Llama-3 style) adds the template's tokens.
+    (tokenizers 0.23 panics on two templates in one Sequence; ours wraps twice.)"""
+    import json
+
+    d = fx.write_glm4(tmp_path)
+    data = json.loads((d / "tokenizer.json").read_text())
+
+    def template(first: str, last: str) -> dict[str, Any]:
+        return {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": first, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": last, "type_id": 0}},
+            ],
+            "pair": [
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {
+                n: {"id": n, "ids": [data["added_tokens"][k]["id"]], "tokens": [n]}
+                for k, n in ((1, first), (2, last))
+            },
+        }
+
+    data["post_processor"] = {
+        "type": "Sequence",
+        "processors": [
+            {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": False,
+                "use_regex": False,
+            },
+            template("[MASK]", "[gMASK]"),
+        ],
+    }
+    for k, n in ((1, "[MASK]"), (2, "[gMASK]")):
+        assert data["added_tokens"][k]["content"] == n
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    ref = hf.Tokenizer.from_file(str(d / "tokenizer.json"))
+    ours = Tokenizer.from_pretrained(d)
+    for text in ["hello world", "", "你好 123"]:
+        assert ours.encode(text) == ref.encode(text).ids

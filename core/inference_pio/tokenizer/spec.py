@@ -158,12 +158,11 @@ def _template(r: _Reader, node: Any) -> tuple[int | None, ...]:
     kind = r.get(node, "type", str, "post_processor")
     if kind == "ByteLevel":
         return (None,)
-    if kind == "Sequence":
+    if kind == "Sequence":  # each step wraps what the steps before it produced
         found: tuple[int | None, ...] = (None,)
         for step in r.get(node, "processors", list, "post_processor"):
-            t = _template(r, step)
-            if t != (None,):
-                found = t
+            outer = _template(r, step)
+            found = tuple(i for o in outer for i in (found if o is None else (o,)))
         return found
     if kind != "TemplateProcessing":
         raise r.fail(f"unsupported post_processor type {kind!r}")
