@@ -7,6 +7,7 @@ sampling, streaming and batching then come from the core.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -70,7 +71,7 @@ class CausalLM(TextModelPluginInterface):
         return SamplingParams.from_generation_config(self.checkpoint.generation_config, **sampling)
 
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [_token_id(i) for i in prompt]
         if not ids:
             raise ValueError("the prompt is empty")
         return ids
@@ -153,3 +154,17 @@ class CausalLM(TextModelPluginInterface):
                     pass
             return results
         return manager.run()
+
+
+def _token_id(value: Any) -> int:
+    """A prompt token id: an integer (1.9, "7" or True are not silently made ids)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)  # numpy integers and the like
+    except TypeError:
+        raise TypeError(
+            f"prompt token ids must be integers, got {type(value).__name__} {value!r}"
+        ) from None

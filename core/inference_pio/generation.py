@@ -82,50 +82,61 @@ class IncrementalText:
 
 
 class StopStrings:
-    """Finds stop strings in streamed text; holds back text that may start one."""
+    """Finds stop strings in streamed text; holds back text that may start one.
+
+    Linear in the text: a stop can only start in the part not shown yet (text that could start
+    one is held back), so only that tail is searched, and shown text is kept in pieces.
+    """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
-        self.text = ""
-        self.emitted = 0
+        self._shown: list[str] = []
+        self._tail = ""  # not shown yet: it may start a stop string
         self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """Everything pushed so far, cut at the stop string once one was found."""
+        return "".join(self._shown) + self._tail
+
+    def _show(self, out: str) -> str:
+        if out:
+            self._shown.append(out)
+        return out
 
     def push(self, piece: str) -> str:
         """Adds text; returns what may be shown now."""
         if self.stopped:
             return ""
-        self.text += piece
+        tail = self._tail + piece
         if not self.stops:
-            out = self.text[self.emitted :]
-            self.emitted = len(self.text)
-            return out
-        longest = max(len(s) for s in self.stops)
-        start = max(0, self.emitted - longest + 1)
+            self._tail = ""
+            return self._show(tail)
         # the stop that completes first (then the one that starts first), whatever the pieces:
         # streaming character by character would meet that one first
-        hits = [(i + len(s), i) for s in self.stops if (i := self.text.find(s, start)) >= 0]
+        hits = [(i + len(s), i) for s in self.stops if (i := tail.find(s)) >= 0]
         if hits:
-            end = min(hits)[1]
-            out = self.text[self.emitted : end]
-            self.text = self.text[:end]
-            self.emitted = end
+            self._tail = ""
             self.stopped = True
-            return out
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        safe = len(self.text) - hold
-        out = self.text[self.emitted : safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
-        return out
+            return self._show(tail[: min(hits)[1]])
+        keep = max(_prefix_at_end(tail, s) for s in self.stops)
+        self._tail = tail[len(tail) - keep :]
+        return self._show(tail[: len(tail) - keep])
 
     def flush(self) -> str:
-        out = self.text[self.emitted :]
-        self.emitted = len(self.text)
-        return out
+        out, self._tail = self._tail, ""
+        return self._show(out)
+
+
+def _prefix_at_end(text: str, stop: str) -> int:
+    """Length of the longest end of ``text`` that starts ``stop`` (shorter than ``stop``)."""
+    n = len(text)
+    p = text.find(stop[0], max(0, n - len(stop) + 1))
+    while p != -1:
+        if stop.startswith(text[p:]):
+            return n - p
+        p = text.find(stop[0], p + 1)
+    return 0
 
 
 @dataclass

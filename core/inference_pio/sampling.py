@@ -24,9 +24,14 @@ def _f32(x: float) -> float:
         return math.copysign(math.inf, x)
 
 
+#: Temperatures below this decode greedily (vLLM's threshold).
+GREEDY_BELOW = 1e-5
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens and when to stop. ``temperature == 0`` means greedy decoding."""
+    """How to pick tokens and when to stop. ``temperature == 0`` means greedy decoding, and so
+    does any temperature below :data:`GREEDY_BELOW` (as vLLM: dividing by it overflows float32)."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -64,6 +69,8 @@ class SamplingParams:
             raise bad(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise bad(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.temperature < GREEDY_BELOW:  # logits / 1e-40 are all +inf: the limit is argmax
+            object.__setattr__(self, "temperature", 0.0)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < _f32(self.top_p) <= 1.0:  # as the sampler reads it (float32)

@@ -201,7 +201,8 @@ TO_API const char *to_tok_unicode_version(void);     /* Unicode version of the c
 
 /* ---- sampling and random fills (src/cpu/sampling.c) ---------------------------------------- */
 /* Draws one token id from a logits row (f32 or bf16, length vocab). Penalties use the history
- * (distinct ids and their counts). temperature 0 = greedy (first maximum); top_k 0 = off;
+ * (distinct ids and their counts). temperature 0 = greedy (first maximum; the Python API also
+ * decodes greedily below 1e-5, where 1/temperature overflows); top_k 0 = off;
  * top_p in (0, 1]; min_p in [0, 1). rng_state is advanced (keep it per sequence for reproducible
  * sampling). */
 TO_API int to_sample(const void *logits, int dtype, int64_t vocab, const int32_t *history_ids,

@@ -378,3 +378,51 @@ def test_text_with_a_lone_surrogate_is_valid_json() -> None:
     ):
         text = json.dumps(body, ensure_ascii=False).encode("utf-8").decode()
         assert "\ufffd" in text
+
+
+def test_chat_without_max_tokens_runs_to_the_context(served: tuple[Any, str]) -> None:
+    """OpenAI's chat completions default to the rest of the context, not a fixed count."""
+    from inference_pio.server import protocol
+
+    req = protocol.chat_request({"messages": [{"role": "user", "content": "x"}]}, str, None)
+    assert req.sampling["max_new_tokens"] >= 2**31 - 1  # capped by the context when it runs
+    model, url = served
+    out = client(url).chat.completions.create(
+        model=NAME,
+        messages=[{"role": "user", "content": "count"}],
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert out.choices[0].finish_reason == "length"
+    # the last token is sampled from the logits at the last position: it needs no cache slot
+    assert out.usage.prompt_tokens + out.usage.completion_tokens == model.model.max_context + 1
+
+
+def test_tokenizing_does_not_block_other_clients(
+    served: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt is tokenized off the event loop: while one request's tokenization is held up,
+    /health still answers (it used to wait for it: a huge prompt stalled every client)."""
+    model, url = served
+    entered, release = threading.Event(), threading.Event()
+    real = model.tokenize
+
+    def held(text: str) -> list[int]:
+        entered.set()
+        release.wait(60)
+        return list(real(text))
+
+    monkeypatch.setattr(model, "tokenize", held)
+    body = json.dumps({"model": NAME, "prompt": "hello", "max_tokens": 1}).encode()
+    req = urllib.request.Request(
+        url + "/v1/completions", body, {"Content-Type": "application/json"}
+    )
+    post = threading.Thread(target=lambda: urllib.request.urlopen(req, timeout=120), daemon=True)
+    post.start()
+    try:
+        assert entered.wait(30)
+        with urllib.request.urlopen(url + "/health", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        release.set()
+        post.join(60)

@@ -105,6 +105,7 @@ def test_config_errors_name_the_field() -> None:
         ({"rms_norm_eps": -1e-6}, "rms_norm_eps"),
         ({"rope_theta": float("inf")}, "rope_theta"),
         ({"rope_theta": 1e-300}, "rope_theta"),
+        ({"rope_theta": 3.5e38}, "rope_theta"),  # beyond float32: the first forward used to fail
         ({"rope_parameters": "default"}, "rope_parameters"),
     ],
 )

@@ -455,3 +455,47 @@ def test_top_k_keeps_every_token_tied_with_the_kth_value() -> None:
         got = {Sampler(SamplingParams(seed=s, top_k=8)).sample(row) for s in range(600)}
         assert got == want
     assert tied_rows > 0
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-45, 1e-6])
+def test_a_vanishing_temperature_decodes_greedily(temperature: float) -> None:
+    """1/T overflows float32 below ~3e-39: every positive logit became +inf and tied (vLLM and
+    the T -> 0 limit: argmax)."""
+    params = SamplingParams(temperature=temperature, top_k=1, seed=3)
+    assert params.greedy
+    logits = Tensor.from_list([4.0, 5.0, 10.0, -1.0, 0.0, 3.9], "float32")
+    sampler = Sampler(params, [])
+    assert {sampler.sample(logits) for _ in range(50)} == {2}
+
+
+def test_stop_strings_match_a_brute_force_reference() -> None:
+    """Random texts, stops and piece sizes: the text shown is cut where streaming character by
+    character would first complete a stop (the linear search keeps these semantics)."""
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+        stops = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 5))) for _ in range(3)]
+        want = text
+        for end in range(1, len(text) + 1):
+            done = [s for s in stops if text[:end].endswith(s)]
+            if done:
+                want = text[: end - max(len(s) for s in done)]
+                break
+        st, out, i = StopStrings(stops), "", 0
+        while i < len(text) and not st.stopped:
+            k = rng.randint(1, 4)
+            out += st.push(text[i : i + k])
+            i += k
+        if not st.stopped:
+            out += st.flush()
+        assert out == want
+        assert st.text == out
+
+
+def test_prompt_token_ids_must_be_integers() -> None:
+    from inference_pio.causal_lm import _token_id
+
+    assert _token_id(7) == 7
+    for bad in (1.9, "7", True, None):
+        with pytest.raises(TypeError, match="integers"):
+            _token_id(bad)

@@ -43,9 +43,11 @@ def rope_parameters(config: Mapping[str, Any]) -> tuple[float, str]:
         not isinstance(theta, (int, float))
         or isinstance(theta, bool)
         or not math.isfinite(theta)
-        or theta < 1e-30  # positive in float32 too
+        or not 1e-30 <= theta <= 3.4028234e38  # positive and finite in float32 too
     ):
-        raise CheckpointError(f"config.json: rope_theta must be a positive number, got {theta!r}")
+        raise CheckpointError(
+            f"config.json: rope_theta must be a positive number within float32, got {theta!r}"
+        )
     return float(theta), str(rope_type)
 
 

@@ -144,6 +144,7 @@ def create_app(model: Any, name: str | None = None) -> Any:
     requests naming another model get a 404."""
     try:
         from starlette.applications import Starlette
+        from starlette.concurrency import run_in_threadpool
         from starlette.exceptions import HTTPException
         from starlette.requests import Request as HttpRequest
         from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -172,8 +173,8 @@ def create_app(model: Any, name: str | None = None) -> Any:
             if size > MAX_BODY_BYTES:
                 raise too_big
             chunks.append(chunk)
-        try:
-            body = json.loads(b"".join(chunks))
+        try:  # a large body parses off the event loop (the other clients keep being served)
+            body = await run_in_threadpool(json.loads, b"".join(chunks))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RequestError("the request body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -195,8 +196,8 @@ def create_app(model: Any, name: str | None = None) -> Any:
             results.append(result)
             loop.call_soon_threadsafe(queue.put_nowait, _END)
 
-        try:
-            cancel = service.start(req, on_piece, on_finish, cancelled)
+        try:  # tokenizing a long prompt must not hold up the event loop
+            cancel = await run_in_threadpool(service.start, req, on_piece, on_finish, cancelled)
         except RequestError as exc:
             return error(exc)
 
@@ -253,7 +254,7 @@ def create_app(model: Any, name: str | None = None) -> Any:
 
     async def completions(request: HttpRequest) -> Any:
         try:
-            req = protocol.completion_request(await body_of(request))
+            req = await run_in_threadpool(protocol.completion_request, await body_of(request))
         except RequestError as exc:
             return error(exc)
         return await respond(request, req, chat=False)
@@ -264,7 +265,9 @@ def create_app(model: Any, name: str | None = None) -> Any:
             placeholder = (
                 model.image_placeholder() if getattr(model, "accepts_images", False) else None
             )
-            req = protocol.chat_request(body, model.apply_chat_template, placeholder)
+            req = await run_in_threadpool(
+                protocol.chat_request, body, model.apply_chat_template, placeholder
+            )
         except RequestError as exc:
             return error(exc)
         except ValueError as exc:  # the chat template refused the messages

@@ -17,6 +17,8 @@ from inference_pio.tokenizer.utf8 import replace_lone_surrogates
 
 #: OpenAI's default ``max_tokens`` for /v1/completions; chat completions default to the context.
 COMPLETIONS_MAX_TOKENS = 16
+#: Chat completions without ``max_tokens``: as many as the context holds (the engine caps it).
+CHAT_MAX_TOKENS = 2**31 - 1
 #: Request fields mapped onto the sampling keywords of ``CausalLM.generate``.
 _SAMPLING = {
     "temperature": "temperature",
@@ -219,7 +221,7 @@ def chat_request(body: Mapping[str, Any], render: Any, image_placeholder: str | 
     if not isinstance(extra, Mapping):
         raise RequestError("'chat_template_kwargs' must be an object", "chat_template_kwargs")
     prompt = str(render(messages, **dict(extra)))
-    sampling, stream, usage = _common(body, None)
+    sampling, stream, usage = _common(body, CHAT_MAX_TOKENS)
     return Request(prompt, sampling, stream, usage, images)
 
 

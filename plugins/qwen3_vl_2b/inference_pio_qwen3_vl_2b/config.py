@@ -166,7 +166,11 @@ class VisionConfig:
             )
         rope = config.get("rope_parameters") or {}
         theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+        if (
+            not isinstance(theta, (int, float))
+            or isinstance(theta, bool)
+            or not 1e-30 <= theta <= 3.4028234e38  # positive and finite in float32
+        ):
             raise CheckpointError(f"vision_config: rope_theta must be positive, got {theta!r}")
         return cls(
             depth=depth,
