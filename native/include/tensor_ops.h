@@ -85,7 +85,9 @@ TO_API int to_set_isa_mask(uint32_t mask);
 
 /* ---- threads ------------------------------------------------------------------------------- */
 /* n <= 0: the default, INFERENCE_PIO_NUM_THREADS if set, else the physical cores (distinct
- * package/core pairs in sysfs) among the CPUs of the process affinity mask. */
+ * package/core pairs in sysfs) among the CPUs of the process affinity mask. fork() is safe while
+ * other threads run ops (pthread_atfork: the region in flight finishes first); the child starts
+ * its own workers, as many as the parent had, on its first parallel op. */
 TO_API int to_set_num_threads(int n);
 TO_API int to_get_num_threads(void);
 

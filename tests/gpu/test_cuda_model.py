@@ -616,3 +616,33 @@ def test_fused_step_falls_back_when_it_cannot_be_created(
     assert runner.greedy(5, 0, 6) == want
     with pytest.raises(NativeError, match="cannot allocate"):
         CudaGraphDecoder(m, 64, fused=True)
+
+
+def test_threads_generating_on_one_model_get_their_own_tokens(ckpt: Any) -> None:
+    """Two threads streaming from one CUDA model: each generation gets the graph decoder and its
+    cache in turn (they shared and reset one KV cache), so each equals its run alone."""
+    import threading
+
+    _, d, _ = ckpt
+    gpu = load(d, device="cuda")
+    g = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(0, 500, (n,), generator=g).tolist() for n in (9, 23)]
+    alone = [
+        gpu.generate(p, max_new_tokens=30, temperature=0.0, ignore_eos=True).token_ids
+        for p in prompts
+    ]
+    got: dict[int, list[int]] = {}
+    start = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        start.wait()
+        got[i] = gpu.generate(
+            prompts[i], max_new_tokens=30, temperature=0.0, ignore_eos=True
+        ).token_ids
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [got[0], got[1]] == alone

@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -928,6 +929,26 @@ def device_sampling_supported(params: SamplingParams, vocab: int) -> bool:
     )
 
 
+_LOCKS_GUARD = threading.Lock()
+
+
+def graph_lock(model: Any) -> threading.Lock:
+    """The lock of ``model``'s graph decoder and its cache: one generation uses them at a time
+    (two threads generating on one CUDA model used to share and reset one KV cache)."""
+    with _LOCKS_GUARD:
+        lock: threading.Lock | None = vars(model).get("_cuda_graph_lock")
+        if lock is None:
+            lock = vars(model)["_cuda_graph_lock"] = threading.Lock()
+    return lock
+
+
+def _holding(lock: threading.Lock, steps: Iterator[str]) -> Iterator[str]:
+    try:
+        yield from steps
+    finally:
+        lock.release()
+
+
 def _runner(model: DecoderModel, capacity: int) -> GraphStepRunner | None:
     """The model's graph decoder with at least ``capacity`` cache slots: a
     :class:`CudaGraphDecoder` where it takes the model, else the model's own step captured
@@ -978,6 +999,18 @@ def cuda_stream_generate(
     prompt = list(prompt_ids)
     capacity = check_context(model, len(prompt), params)
     state = SequenceState(prompt, params, frozenset(eos_ids), IncrementalText(detokenizer))
+    with graph_lock(model):  # held until this generation ends (or its generator is closed)
+        yield from _generate(model, state, capacity, prefill, on_finish)
+
+
+def _generate(
+    model: Any,
+    state: SequenceState,
+    capacity: int,
+    prefill: Callable[[Any], Tensor] | None,
+    on_finish: Callable[[GenerationResult], None] | None,
+) -> Iterator[str]:
+    prompt = state.prompt_ids
     runner = _runner(model, capacity)
     if runner is not None:
         state.cache = runner.cache
@@ -1017,12 +1050,20 @@ def continue_alone(
     graph decoder's, and :func:`move_cache` takes it back (a server's batch resuming)."""
     if state.finished:
         return None
-    runner = _runner(model, capacity)
-    if runner is None or not state.cache.copyable_to(runner.cache):
+    lock = graph_lock(model)
+    if not lock.acquire(blocking=False):  # another thread's generation holds the graph decoder
         return None
-    move_cache(state, runner.cache)
-    runner.set_position_offset(state.cache.position_offset)
-    return _decode(model, runner, state, capacity, None, interrupt, max_chunk)
+    try:
+        runner = _runner(model, capacity)
+        if runner is None or not state.cache.copyable_to(runner.cache):
+            lock.release()
+            return None
+        move_cache(state, runner.cache)
+        runner.set_position_offset(state.cache.position_offset)
+    except BaseException:
+        lock.release()
+        raise
+    return _holding(lock, _decode(model, runner, state, capacity, None, interrupt, max_chunk))
 
 
 def move_cache(state: SequenceState, dst: LayerCache) -> None:

@@ -20,6 +20,7 @@ import os
 import shutil
 import struct
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,21 @@ def refresh_tokenizer(directory: Path) -> None:
         write_tokenizer_for(directory, json.loads((directory / "config.json").read_text()))
 
 
+def _remove_abandoned_builds(directory: Path) -> None:
+    """Staging folders of ``directory`` left by processes that no longer run (killed mid-build:
+    each holds gigabytes)."""
+    for stale in directory.parent.glob(f"{directory.name}.partial-*"):
+        pid = stale.name[len(directory.name) + len(".partial-") :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except OSError:  # alive, another user's: not ours to remove
+            continue
+
+
 def checkpoint_path(
     name: str, host: Any = None, dtype: DType = DType.bfloat16, progress: bool = True
 ) -> Path:
@@ -211,8 +227,13 @@ def checkpoint_path(
     if (directory / "model.safetensors").is_file():
         refresh_tokenizer(directory)
         return directory
-    partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    # a staging folder of this build alone (threads of one process too), renamed when complete
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(directory)
+    partial = Path(
+        tempfile.mkdtemp(prefix=f"{directory.name}.partial-{os.getpid()}-", dir=directory.parent)
+    )
+    partial.chmod(0o755)
     if progress:
         print(
             f"building synthetic checkpoint for {spec.name} in {directory} "

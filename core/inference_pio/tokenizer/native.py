@@ -67,6 +67,10 @@ class NativeBPE:
         )
         self._handle: int | None = handle.value
         self._local = threading.local()
+        # close() while other threads encode frees the object when the last of them is done
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
 
     def _buffer(self, n: int) -> ctypes.Array[ctypes.c_int32]:
         buf: ctypes.Array[ctypes.c_int32] | None = getattr(self._local, "buf", None)
@@ -79,25 +83,49 @@ class NativeBPE:
         """Token ids of UTF-8 ``data`` (pre-tokenized, then BPE per pre-token)."""
         if not data:
             return []
-        if self._handle is None:
-            raise ValueError("tokenizer is closed")
-        n = len(data)
-        big = n > 1 << 20
-        out = (ctypes.c_int32 * n)() if big else self._buffer(n)
-        count = ctypes.c_int64()
-        check(
-            self._lib.to_tok_encode(self._handle, data, n, out, n, ctypes.byref(count)),
-            "to_tok_encode",
-        )
+        with self._lock:
+            if self._handle is None or self._closing:
+                raise ValueError("tokenizer is closed")
+            handle = self._handle
+            self._users += 1
+        try:
+            n = len(data)
+            big = n > 1 << 20
+            out = (ctypes.c_int32 * n)() if big else self._buffer(n)
+            count = ctypes.c_int64()
+            check(
+                self._lib.to_tok_encode(handle, data, n, out, n, ctypes.byref(count)),
+                "to_tok_encode",
+            )
+        finally:
+            with self._lock:
+                self._users -= 1
+                last = self._closing and self._users == 0
+            if last:
+                self._free()
         ids = array("i")
         ids.frombytes(memoryview(out).cast("B")[: 4 * count.value])
         return ids.tolist()
 
     def close(self) -> None:
-        """Frees the native object (also done on garbage collection)."""
-        if self._handle is not None:
-            self._lib.to_tok_free(self._handle)
-            self._handle = None
+        """Frees the native object (also done on garbage collection); an encode still running
+        in another thread finishes first, and later ones raise ValueError."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the object existed
+            return
+        with lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self._free()
+
+    def _free(self) -> None:
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            self._lib.to_tok_free(handle)
 
     def __del__(self) -> None:
         # no contextlib here: at interpreter shutdown modules may be gone already

@@ -48,6 +48,10 @@ uint32_t to_isa(void); /* detected features & user mask */
  * calls have finished. */
 typedef void (*to_task_fn)(void *ctx, int ith, int nth);
 void to_parallel_run(to_task_fn fn, void *ctx, int nth);
+/* fork(): the allocator's lock, taken before the fork and released after it in both processes
+ * (called by the thread pool's pthread_atfork handlers, which order it after the pool's locks) */
+void to_mem_fork_lock(void);
+void to_mem_fork_unlock(void);
 /* Rows [*begin, *end) of n for worker ith of nth: contiguous blocks of ceil(n/nth). */
 static inline void to_split_rows(int64_t n, int ith, int nth, int64_t *begin, int64_t *end) {
     int64_t per = (n + nth - 1) / nth;

@@ -37,6 +37,9 @@ typedef struct block_header {
 } block_header;
 
 static pthread_mutex_t g_mem_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void to_mem_fork_lock(void) { pthread_mutex_lock(&g_mem_lock); }
+void to_mem_fork_unlock(void) { pthread_mutex_unlock(&g_mem_lock); }
 static void *g_free_lists[NUM_CLASSES][MAX_CACHED_PER_CLASS];
 static int g_free_count[NUM_CLASSES];
 static int64_t g_in_use, g_peak, g_cached, g_reserved, g_allocs, g_hits;

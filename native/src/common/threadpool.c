@@ -196,9 +196,50 @@ TO_API int to_set_num_threads(int n) {
     return rc;
 }
 
+/* Thread count to restore in a forked child (its workers did not survive the fork). */
+static int g_threads_before_fork;
+
 TO_API int to_get_num_threads(void) {
-    if (g_nthreads == 0) to_set_num_threads(0);
+    if (g_nthreads == 0) to_set_num_threads(g_threads_before_fork);
     return g_nthreads;
+}
+
+/* fork() while another thread runs a parallel region or allocates: the child would inherit
+ * locks held by threads it does not have and block forever on its first op. The handlers hold
+ * every lock across the fork (the region in flight finishes first), release them in the
+ * parent, and in the child (whose only thread is the one that forked) release them and forget
+ * the workers, which the next region restarts. */
+static void fork_prepare(void) {
+    pthread_mutex_lock(&g_run_lock);
+    pthread_mutex_lock(&g_lock);
+    to_mem_fork_lock();
+    pthread_mutex_lock(&g_wake_lock);
+}
+
+static void fork_parent(void) {
+    pthread_mutex_unlock(&g_wake_lock);
+    to_mem_fork_unlock();
+    pthread_mutex_unlock(&g_lock);
+    pthread_mutex_unlock(&g_run_lock);
+}
+
+static void fork_child(void) {
+    pthread_mutex_unlock(&g_wake_lock);
+    pthread_cond_init(&g_wake, NULL); /* no worker waits on it here */
+    to_mem_fork_unlock();
+    g_threads_before_fork = g_nthreads;
+    g_nthreads = 0;
+    g_nworkers = 0;
+    atomic_store(&g_ticket, 0);
+    atomic_store(&g_done, 0);
+    atomic_store(&g_sleepers, 0);
+    atomic_store(&g_stop, 0);
+    pthread_mutex_unlock(&g_lock);
+    pthread_mutex_unlock(&g_run_lock);
+}
+
+__attribute__((constructor)) static void register_fork_handlers(void) {
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 void to_parallel_run(to_task_fn fn, void *ctx, int nth) {

@@ -279,18 +279,20 @@ static int64_t encode_word(to_tokenizer *t, scratch *sc, const uint8_t *w, size_
     if (n <= TOK_CACHE_WORD) {
         hash = hash_bytes(w, n);
         slot = &t->cache[mix64(hash) & (TOK_CACHE_SLOTS - 1)];
-        pthread_mutex_lock(&t->cache_lock);
-        if (slot->hash == hash && slot->wlen == n && memcmp(slot->word, w, n) == 0) {
-            int64_t cnt = slot->nids;
-            memcpy(out, slot->ids, (size_t)cnt * sizeof(int32_t));
+        /* trylock: a word whose slot is busy is encoded without the cache (same ids), and a
+         * child forked while another thread held the lock never waits for it */
+        if (pthread_mutex_trylock(&t->cache_lock) == 0) {
+            if (slot->hash == hash && slot->wlen == n && memcmp(slot->word, w, n) == 0) {
+                int64_t cnt = slot->nids;
+                memcpy(out, slot->ids, (size_t)cnt * sizeof(int32_t));
+                pthread_mutex_unlock(&t->cache_lock);
+                return cnt;
+            }
             pthread_mutex_unlock(&t->cache_lock);
-            return cnt;
         }
-        pthread_mutex_unlock(&t->cache_lock);
     }
     int64_t cnt = bpe_word(t, sc, w, n, out);
-    if (slot && cnt >= 0 && cnt <= TOK_CACHE_IDS) {
-        pthread_mutex_lock(&t->cache_lock);
+    if (slot && cnt >= 0 && cnt <= TOK_CACHE_IDS && pthread_mutex_trylock(&t->cache_lock) == 0) {
         slot->hash = hash;
         slot->wlen = (uint8_t)n;
         slot->nids = (uint8_t)cnt;
