@@ -626,6 +626,44 @@ __global__ void __launch_bounds__(32 * NW, 1) steal_kernel(const Params P) {
     }
 }
 
+// The products of the dynamic-tail kernels: the ring's units in order, each row's sum reduced
+// at the row's end or its segment's end (static rows into racc; claimed rows into out, stored
+// where one warp owns the row, added where warps share it); enter() moves the cursor on.
+struct Cursor {
+    int ce, cend, row, cc; // unit, end of its segment, its row and unit in the row
+    bool cstatic, cdone;
+};
+template <int U, bool ADD_TAIL, class Next, class Enter>
+__device__ __forceinline__ void consume(uint4 (&ring)[U], Cursor &c, const uint16_t *xs, float *racc, int r0,
+                                        float *out, int ku, int lane, Next &next, Enter &enter) {
+    float acc = 0.0f;
+    while (!c.cdone) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (!c.cdone) {
+                acc += dot8(ring[u], *(const uint4 *)(xs + c.cc * 256 + lane * 8));
+                next(ring[u]);
+                ++c.ce;
+                if (++c.cc == ku || c.ce == c.cend) {
+#pragma unroll
+                    for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                    if (lane == 0) {
+                        if (c.cstatic) atomicAdd(&racc[c.row - r0], acc);
+                        else if (ADD_TAIL) atomicAdd(out + c.row, acc);
+                        else __stcg(out + c.row, acc);
+                    }
+                    acc = 0.0f;
+                    if (c.cc == ku) {
+                        c.cc = 0;
+                        c.row++;
+                    }
+                    if (c.ce == c.cend) enter(c);
+                }
+            }
+        }
+    }
+}
+
 // The dynamic tail with direct_kernel's loop: a warp's work is a run of segments of contiguous
 // units (its static share, then claimed rows), the loader walks them through the register ring
 // with one pointer and a count and the consumer follows with a row and a unit-in-row, so the hot
@@ -671,53 +709,23 @@ __global__ void __launch_bounds__(32 * NW, 1) tail_kernel(const Params P) {
             le += le < lend;
         };
         uint4 ring[U];
-        int ce = r0 * ku + g0, cend = r0 * ku + g1; // consumer: unit, end of its segment
-        int row = r0 + g0 / ku, cc = g0 % ku;     // its row and unit in the row
-        bool cstatic = true, cdone = false;
-        if (ce == cend) { // no static share: the first claimed row (taken below, after the loads)
-            cdone = true;
-        }
+        Cursor c = {r0 * ku + g0, r0 * ku + g1, r0 + g0 / ku, g0 % ku, true, false};
+        c.cdone = c.ce == c.cend; // no static share: the first claimed row (taken below, after the loads)
 #pragma unroll
         for (int u = 0; u < U; u++) next(ring[u]);
-        if (cdone && qrow >= 0) {
-            row = qrow, cc = 0, ce = row * ku, cend = ce + ku, cstatic = false, cdone = false;
-            qrow = -1;
-        }
+        auto enter = [&](Cursor &c) { // the row the loader claimed next, or the end
+            if (qrow >= 0) {
+                c = {qrow * ku, qrow * ku + ku, qrow, 0, false, false};
+                qrow = -1;
+            } else {
+                c.cdone = true;
+            }
+        };
+        if (c.cdone) enter(c);
         unsigned long long *pr = stage_open(P, S, s, b, xs, racc, nr, 32 * NW);
         __syncthreads();
         if (pr) pr[2] = now_ns();
-        float acc = 0.0f;
-        while (!cdone) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                if (!cdone) {
-                    acc += dot8(ring[u], *(const uint4 *)(xs + cc * 256 + lane * 8));
-                    next(ring[u]);
-                    ++ce;
-                    if (++cc == ku || ce == cend) {
-#pragma unroll
-                        for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
-                        if (lane == 0) {
-                            if (cstatic) atomicAdd(&racc[row - r0], acc);
-                            else __stcg(S.out + row, acc);
-                        }
-                        acc = 0.0f;
-                        if (cc == ku) {
-                            cc = 0;
-                            row++;
-                        }
-                        if (ce == cend) {
-                            if (qrow >= 0) {
-                                row = qrow, cc = 0, ce = row * ku, cend = ce + ku, cstatic = false;
-                                qrow = -1;
-                            } else {
-                                cdone = true;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        consume<U, false>(ring, c, xs, racc, r0, S.out, ku, lane, next, enter);
         if (pr) pr[3] = now_ns();
         __syncthreads();
         for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
@@ -798,21 +806,21 @@ __global__ void __launch_bounds__(32 * NW, 1) btail_kernel(const Params P) {
             le += le < lend;
         };
         uint4 ring[U];
-        int ce = r0 * ku + g0, cend = r0 * ku + g1, cci = 0; // consumer: unit, segment end, next chunk number
-        int row = r0 + g0 / ku, cc = g0 % ku;
-        bool cstatic = true, cdone = PCT == 0 && ce == cend;
-        auto enter_chunk = [&]() { // the consumer moves to its next chunk's slice (or ends)
-            const int id = chunk_id(cci++);
+        Cursor c = {r0 * ku + g0, r0 * ku + g1, r0 + g0 / ku, g0 % ku, true, false};
+        c.cdone = PCT == 0 && c.ce == c.cend;
+        int cci = 0; // the consumer's next chunk number
+        auto enter = [&](Cursor &c) { // the consumer moves to its next chunk's slice (or ends)
+            const int id = PCT ? chunk_id(cci++) : nch;
             if (id < nch) {
-                ce = T0 + id * CU + warp * SU;
-                cend = ce + SU;
-                row = (int)((float)ce * inv_ku);
-                if (row * ku > ce) row--;
-                if ((row + 1) * ku <= ce) row++;
-                cc = ce - row * ku;
-                cstatic = false;
+                c.ce = T0 + id * CU + warp * SU;
+                c.cend = c.ce + SU;
+                c.row = (int)((float)c.ce * inv_ku);
+                if (c.row * ku > c.ce) c.row--;
+                if ((c.row + 1) * ku <= c.ce) c.row++;
+                c.cc = c.ce - c.row * ku;
+                c.cstatic = false;
             } else {
-                cdone = true;
+                c.cdone = true;
             }
         };
 #pragma unroll
@@ -822,36 +830,9 @@ __global__ void __launch_bounds__(32 * NW, 1) btail_kernel(const Params P) {
             publish(), publish(), publish(), publish();
         }
         __syncthreads();
-        if (ce == cend && !cdone) enter_chunk();
+        if (c.ce == c.cend && !c.cdone) enter(c);
         if (pr) pr[2] = now_ns();
-        float acc = 0.0f;
-        while (!cdone) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                if (!cdone) {
-                    acc += dot8(ring[u], *(const uint4 *)(xs + cc * 256 + lane * 8));
-                    next(ring[u]);
-                    ++ce;
-                    if (++cc == ku || ce == cend) {
-#pragma unroll
-                        for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
-                        if (lane == 0) {
-                            if (cstatic) atomicAdd(&racc[row - r0], acc);
-                            else atomicAdd(S.out + row, acc);
-                        }
-                        acc = 0.0f;
-                        if (cc == ku) {
-                            cc = 0;
-                            row++;
-                        }
-                        if (ce == cend) {
-                            if (PCT) enter_chunk();
-                            else cdone = true;
-                        }
-                    }
-                }
-            }
-        }
+        consume<U, true>(ring, c, xs, racc, r0, S.out, ku, lane, next, enter);
         if (pr) pr[3] = now_ns();
         __syncthreads();
         for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
@@ -941,19 +922,19 @@ __global__ void __launch_bounds__(32 * (NW + 1), 1) btail2_kernel(const Params P
             le += le < lend;
         };
         uint4 ring[U];
-        int ce = r0 * ku + g0, cend = r0 * ku + g1, cci = 0;
-        int row = r0 + g0 / ku, cc = g0 % ku;
-        bool cstatic = true, cdone = PCT == 0 && ce == cend;
-        auto enter_chunk = [&]() {
-            const int id = chunk_id(cci++);
+        Cursor c = {r0 * ku + g0, r0 * ku + g1, r0 + g0 / ku, g0 % ku, true, false};
+        c.cdone = PCT == 0 && c.ce == c.cend;
+        int cci = 0;
+        auto enter = [&](Cursor &c) {
+            const int id = PCT ? chunk_id(cci++) : nch;
             if (id < nch) {
-                ce = T0 + id * CU + warp * SU;
-                cend = ce + SU;
-                row = ce / ku;
-                cc = ce - row * ku;
-                cstatic = false;
+                c.ce = T0 + id * CU + warp * SU;
+                c.cend = c.ce + SU;
+                c.row = c.ce / ku;
+                c.cc = c.ce - c.row * ku;
+                c.cstatic = false;
             } else {
-                cdone = true;
+                c.cdone = true;
             }
         };
         // the first U loads may need the first chunk ids: those are published after the staging,
@@ -969,35 +950,8 @@ __global__ void __launch_bounds__(32 * (NW + 1), 1) btail2_kernel(const Params P
 #pragma unroll
         for (int u = 0; u < U; u++)
             if (u >= pre) next(ring[u]);
-        if (ce == cend && !cdone) enter_chunk();
-        float acc = 0.0f;
-        while (!cdone) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                if (!cdone) {
-                    acc += dot8(ring[u], *(const uint4 *)(xs + cc * 256 + lane * 8));
-                    next(ring[u]);
-                    ++ce;
-                    if (++cc == ku || ce == cend) {
-#pragma unroll
-                        for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
-                        if (lane == 0) {
-                            if (cstatic) atomicAdd(&racc[row - r0], acc);
-                            else atomicAdd(S.out + row, acc);
-                        }
-                        acc = 0.0f;
-                        if (cc == ku) {
-                            cc = 0;
-                            row++;
-                        }
-                        if (ce == cend) {
-                            if (PCT) enter_chunk();
-                            else cdone = true;
-                        }
-                    }
-                }
-            }
-        }
+        if (c.ce == c.cend && !c.cdone) enter(c);
+        consume<U, true>(ring, c, xs, racc, r0, S.out, ku, lane, next, enter);
         __syncthreads();
         for (int i = threadIdx.x; i < nr; i += NT) __stcg(S.out + r0 + i, racc[i]);
         __syncthreads();
