@@ -184,6 +184,17 @@ __device__ __forceinline__ unsigned long long *stage_open(const Params &P, const
     return pr;
 }
 
+// The end of stage s in the register-ring kernels: stamps, the block's row sums stored, arrival.
+__device__ __forceinline__ void stage_close(const Params &P, const Stage &S, unsigned long long *pr,
+                                            const float *racc, int r0, int nr, int nt) {
+    if (pr) pr[3] = now_ns();
+    __syncthreads();
+    for (int i = threadIdx.x; i < nr; i += nt) __stcg(S.out + r0 + i, racc[i]);
+    __syncthreads();
+    if (pr) pr[4] = now_ns();
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+}
+
 template <int NCW>
 __global__ void __launch_bounds__(32 * (NCW + 1), 1) chain_kernel(const Params P) {
     extern __shared__ __align__(1024) unsigned char sm[];
@@ -726,126 +737,20 @@ __global__ void __launch_bounds__(32 * NW, 1) tail_kernel(const Params P) {
         __syncthreads();
         if (pr) pr[2] = now_ns();
         consume<U, false>(ring, c, xs, racc, r0, S.out, ku, lane, next, enter);
-        if (pr) pr[3] = now_ns();
-        __syncthreads();
-        for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
-        __syncthreads();
-        if (pr) pr[4] = now_ns();
-        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
+        stage_close(P, S, pr, racc, r0, nr, 32 * NW);
     }
 }
 
-// Dynamic tails claimed per block: the tail (the last nd rows, nd a multiple of 16, so its units
-// are whole chunks of CU) is cut into chunks of CU units; warp w of a block takes units
-// [w SU, (w + 1) SU) of each chunk the block claims (SU = CU / NW, within one row: ku is even),
-// and adds its slice's sum to the output row with a global atomic (the tail rows start at zero:
-// each stage writes its own buffer, zeroed before the launch). Warp 0's lane 0 claims (blocks use
-// counter b % NCTR, which hands out chunks d NCTR + b % NCTR), keeps four claims in flight and
-// publishes one chunk id in shared memory (tagged with the stage and the block's chunk number)
-// each time its loader enters a chunk, four chunks ahead; the other warps read the ids there.
-template <int NW, int U, int PCT, int CU>
-__global__ void __launch_bounds__(32 * NW, 1) btail_kernel(const Params P) {
-    constexpr int SU = CU / NW, QN = 64, NCTR = 8;
-    extern __shared__ __align__(1024) unsigned char sm[];
-    uint16_t *xs = (uint16_t *)sm;
-    float *racc = (float *)(xs + P.maxk);
-    volatile unsigned long long *cq = (volatile unsigned long long *)(racc + P.maxrows); // [QN]
-    const int G = gridDim.x, b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int s = 0; s < P.nst; s++) {
-        const Stage S = P.st[s];
-        const int k = S.k, ku = k / 256;
-        const int nd = PCT ? (int)((long long)S.n * PCT / 100) / 16 * 16 : 0, ns = S.n - nd;
-        const int T0 = ns * ku, nch = nd * ku / CU;
-        const float inv_ku = 1.0f / (float)ku;
-        int r0, r1;
-        rows_of(ns, b, G, r0, r1);
-        const int nr = r1 - r0, ng = nr * ku;
-        const int g0 = (int)((long long)ng * warp / NW), g1 = (int)((long long)ng * (warp + 1) / NW);
-        const char *wl = (const char *)S.w + lane * 16;
-        unsigned *const cp = P.ctr + ((size_t)s * NCTR + b % NCTR) * 32;
-        const bool claimer = PCT && warp == 0 && lane == 0;
-        const unsigned long long tag0 = (unsigned long long)(s + 1) << 40;
-        unsigned c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0, c6 = 0, c7 = 0;
-        if (claimer) {
-            c0 = atomicAdd(cp, 1u), c1 = atomicAdd(cp, 1u), c2 = atomicAdd(cp, 1u), c3 = atomicAdd(cp, 1u);
-            c4 = atomicAdd(cp, 1u), c5 = atomicAdd(cp, 1u), c6 = atomicAdd(cp, 1u), c7 = atomicAdd(cp, 1u);
-        }
-        int pub = 0; // claimer: the block's next chunk number to publish
-        auto publish = [&]() {
-            const unsigned d = c0;
-            const unsigned long long id = (unsigned long long)d * NCTR + b % NCTR;
-            cq[pub % QN] = tag0 | ((unsigned long long)pub << 24) | (id < (unsigned long long)nch ? id : 0xffffffull);
-            pub++;
-            c0 = c1, c1 = c2, c2 = c3, c3 = c4, c4 = c5, c5 = c6, c6 = c7;
-            c7 = atomicAdd(cp, 1u);
-        };
-        // the id of the block's chunk number i (waits until it is published); nch: none left
-        auto chunk_id = [&](int i) -> int {
-            const unsigned long long want = tag0 | ((unsigned long long)i << 24);
-            unsigned long long v;
-            do {
-                v = cq[i % QN];
-            } while ((v & ~0xffffffull) != want);
-            const int id = (int)(v & 0xffffff);
-            return id == 0xffffff ? nch : id;
-        };
-        int le = r0 * ku + g0, lend = r0 * ku + g1, lci = 0; // loader: unit, segment end, next chunk number
-        bool ldone = PCT == 0;
-        auto next = [&](uint4 &v) {
-            if (le == lend && !ldone) { // warp-uniform
-                if (warp == 0 && lane == 0) publish();
-                const int id = chunk_id(lci++);
-                if (id < nch) {
-                    le = T0 + id * CU + warp * SU;
-                    lend = le + SU;
-                } else {
-                    ldone = true;
-                }
-            }
-            v = le < lend ? ldnc(wl + (size_t)le * 512) : make_uint4(0, 0, 0, 0);
-            le += le < lend;
-        };
-        uint4 ring[U];
-        Cursor c = {r0 * ku + g0, r0 * ku + g1, r0 + g0 / ku, g0 % ku, true, false};
-        c.cdone = PCT == 0 && c.ce == c.cend;
-        int cci = 0; // the consumer's next chunk number
-        auto enter = [&](Cursor &c) { // the consumer moves to its next chunk's slice (or ends)
-            const int id = PCT ? chunk_id(cci++) : nch;
-            if (id < nch) {
-                c.ce = T0 + id * CU + warp * SU;
-                c.cend = c.ce + SU;
-                c.row = (int)((float)c.ce * inv_ku);
-                if (c.row * ku > c.ce) c.row--;
-                if ((c.row + 1) * ku <= c.ce) c.row++;
-                c.cc = c.ce - c.row * ku;
-                c.cstatic = false;
-            } else {
-                c.cdone = true;
-            }
-        };
-#pragma unroll
-        for (int u = 0; u < U; u++) next(ring[u]);
-        unsigned long long *pr = stage_open(P, S, s, b, xs, racc, nr, 32 * NW);
-        if (claimer) { // the first four chunk ids (claimed before the barrier)
-            publish(), publish(), publish(), publish();
-        }
-        __syncthreads();
-        if (c.ce == c.cend && !c.cdone) enter(c);
-        if (pr) pr[2] = now_ns();
-        consume<U, true>(ring, c, xs, racc, r0, S.out, ku, lane, next, enter);
-        if (pr) pr[3] = now_ns();
-        __syncthreads();
-        for (int i = threadIdx.x; i < nr; i += 32 * NW) __stcg(S.out + r0 + i, racc[i]);
-        __syncthreads();
-        if (pr) pr[4] = now_ns();
-        if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(P.bar) : "memory");
-    }
-}
-
-// btail_kernel with the claiming moved to a 17th warp: its lane 0 keeps eight claims in flight
-// and publishes chunk ids LEAD chunks ahead of warp 0's loader (which writes the chunk number it
-// entered to shared memory), so the workers' ring body only reads ids (btail_kernel's claim and
-// publish paths were inlined in each of the 8 unrolled slots: 68 KB of code against 39).
+// Dynamic tails claimed per block: the tail (the last nd rows, whole chunks of CU units) is cut
+// into chunks; warp w of a block takes units [w SU, (w + 1) SU) of each chunk the block claims
+// (SU = CU / NW; a slice that crosses a row adds to both) and adds its slices' sums to the rows
+// with global atomics (the tail rows start at zero: each stage writes its own buffer, zeroed
+// before the launch). An extra warp claims: its lane 0 keeps eight claims in flight (blocks use
+// counter b % NCTR, which hands out chunks d NCTR + b % NCTR) and publishes chunk ids in shared
+// memory, tagged with the stage and the block's chunk number, LEAD chunks ahead of warp 0's
+// loader (which writes the chunk number it entered there). The first version, `btail_kernel`
+// (warp 0's lane 0 claiming and publishing inside the ring's loop: 68 KB of code against 39),
+// is in the history at commit 94057d7 (the `btail` mode of 6b0acc2 times both).
 template <int NW, int U, int PCT, int CU>
 __global__ void __launch_bounds__(32 * (NW + 1), 1) btail2_kernel(const Params P) {
     constexpr int SU = CU / NW, QN = 128, NCTR = 8, LEAD = 6;
@@ -1272,7 +1177,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc > 2 && strcmp(argv[2], "btail") == 0) {
-        // btail_kernel (dynamic tails claimed per block) against direct_kernel, both on a chain
+        // btail2_kernel (dynamic tails claimed per block) against direct_kernel, both on a chain
         // whose stages write their own buffers (zeroed before every launch), alternating
         const int nst = (int)st.size();
         float *acts;
