@@ -675,6 +675,22 @@ __device__ __forceinline__ void consume(uint4 (&ring)[U], Cursor &c, const uint1
     }
 }
 
+// The loader of the dynamic-tail kernels: the next unit of the warp's current segment (zeros
+// once done); at a segment's end, enter(l) sets the next one or l.ldone. The load always writes
+// its register directly (a zero on a separate path made the register a merge, and the move at
+// the merge waited for the load).
+struct Segment {
+    int le, lend; // next unit, end of the segment
+    bool ldone;
+};
+template <class Enter>
+__device__ __forceinline__ uint4 load_unit(Segment &l, const char *wl, Enter &enter) {
+    if (l.le == l.lend && !l.ldone) enter(l); // warp-uniform
+    const uint4 v = l.le < l.lend ? ldnc(wl + (size_t)l.le * 512) : make_uint4(0, 0, 0, 0);
+    l.le += l.le < l.lend;
+    return v;
+}
+
 // The dynamic tail with direct_kernel's loop: a warp's work is a run of segments of contiguous
 // units (its static share, then claimed rows), the loader walks them through the register ring
 // with one pointer and a count and the consumer follows with a row and a unit-in-row, so the hot
@@ -700,25 +716,21 @@ __global__ void __launch_bounds__(32 * NW, 1) tail_kernel(const Params P) {
         unsigned *const cp = P.ctr + ((size_t)s * NW + warp) * 32;
         int claim = 0;
         if (PCT && lane == 0) claim = (int)atomicAdd(cp, 1u);
-        int le = r0 * ku + g0, lend = r0 * ku + g1; // loader: next unit, end of its segment
-        int qrow = -1;                              // first row of the segment the loader entered last
-        bool ldone = PCT == 0;
-        auto next = [&](uint4 &v) {
-            if (le == lend && !ldone) { // warp-uniform
-                const int d = __shfl_sync(0xffffffffu, claim, 0);
-                const int tr = d * NW + warp;
-                if (tr < nd) {
-                    qrow = ns + tr;
-                    le = qrow * ku;
-                    lend = le + ku;
-                    if (lane == 0) claim = (int)atomicAdd(cp, 1u);
-                } else {
-                    ldone = true;
-                }
+        Segment seg = {r0 * ku + g0, r0 * ku + g1, PCT == 0};
+        int qrow = -1; // first row of the segment the loader entered last
+        auto claim_row = [&](Segment &l) {
+            const int d = __shfl_sync(0xffffffffu, claim, 0);
+            const int tr = d * NW + warp;
+            if (tr < nd) {
+                qrow = ns + tr;
+                l.le = qrow * ku;
+                l.lend = l.le + ku;
+                if (lane == 0) claim = (int)atomicAdd(cp, 1u);
+            } else {
+                l.ldone = true;
             }
-            v = le < lend ? ldnc(wl + (size_t)le * 512) : make_uint4(0, 0, 0, 0);
-            le += le < lend;
         };
+        auto next = [&](uint4 &v) { v = load_unit(seg, wl, claim_row); };
         uint4 ring[U];
         Cursor c = {r0 * ku + g0, r0 * ku + g1, r0 + g0 / ku, g0 % ku, true, false};
         c.cdone = c.ce == c.cend; // no static share: the first claimed row (taken below, after the loads)
@@ -810,22 +822,19 @@ __global__ void __launch_bounds__(32 * (NW + 1), 1) btail2_kernel(const Params P
             const int id = (int)(v & 0xffffff);
             return id == 0xffffff ? nch : id;
         };
-        int le = r0 * ku + g0, lend = r0 * ku + g1, lci = 0;
-        bool ldone = PCT == 0;
-        auto next = [&](uint4 &v) {
-            if (le == lend && !ldone) {
-                if (warp == 0 && lane == 0) *prog = lci;
-                const int id = chunk_id(lci++);
-                if (id < nch) {
-                    le = T0 + id * CU + warp * SU;
-                    lend = le + SU;
-                } else {
-                    ldone = true;
-                }
+        Segment seg = {r0 * ku + g0, r0 * ku + g1, PCT == 0};
+        int lci = 0; // the loader's next chunk number
+        auto next_chunk = [&](Segment &l) {
+            if (warp == 0 && lane == 0) *prog = lci;
+            const int id = chunk_id(lci++);
+            if (id < nch) {
+                l.le = T0 + id * CU + warp * SU;
+                l.lend = l.le + SU;
+            } else {
+                l.ldone = true;
             }
-            v = le < lend ? ldnc(wl + (size_t)le * 512) : make_uint4(0, 0, 0, 0);
-            le += le < lend;
         };
+        auto next = [&](uint4 &v) { v = load_unit(seg, wl, next_chunk); };
         uint4 ring[U];
         Cursor c = {r0 * ku + g0, r0 * ku + g1, r0 + g0 / ku, g0 % ku, true, false};
         c.cdone = PCT == 0 && c.ce == c.cend;
