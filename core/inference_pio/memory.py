@@ -10,8 +10,9 @@ from __future__ import annotations
 import ctypes
 
 from inference_pio._native import check, lib
+from inference_pio.tensor import Tensor
 
-__all__ = ["memory_stats", "set_cache_limit", "trim"]
+__all__ = ["advise_sparse", "memory_stats", "set_cache_limit", "trim"]
 
 
 def memory_stats() -> dict[str, int]:
@@ -33,7 +34,8 @@ def memory_stats() -> dict[str, int]:
 
 
 def trim() -> None:
-    """Returns every cached block to the system and resets ``peak`` to ``in_use``."""
+    """Returns every cached block to the system (and malloc's free memory, with glibc) and
+    resets ``peak`` to ``in_use``."""
     check(lib().to_memory_trim(), "to_memory_trim")
 
 
@@ -47,3 +49,11 @@ def set_cache_limit(nbytes: int) -> int:
     old = memory_stats()["cache_limit"]
     check(lib().to_memory_set_cache_limit(nbytes), "to_memory_set_cache_limit")
     return old
+
+
+def advise_sparse(t: Tensor) -> None:
+    """Marks a CPU tensor's memory as written sparsely (a KV cache sized for a whole context):
+    no transparent huge pages, so only the pages written become resident (with 2 MiB pages one
+    token's keys made a huge page per head resident). Other devices: nothing to do."""
+    if t.device.type == "cpu" and t.numel:
+        check(lib().to_memory_advise_sparse(t.data_ptr, t.nbytes), "to_memory_advise_sparse")

@@ -115,6 +115,9 @@ TO_API int to_memory_counters(int64_t *reserved, int64_t *cache_limit, int64_t *
                               int64_t *cache_hits);
 /* At most `bytes` of freed blocks stay cached (excess is released now and on later frees). */
 TO_API int to_memory_set_cache_limit(int64_t bytes);
+/* Advice for a block written sparsely (a KV cache sized for a whole context): no transparent
+ * huge pages, so only the 4 KiB pages written become resident. */
+TO_API int to_memory_advise_sparse(void *ptr, size_t nbytes);
 #define TO_MEMORY_DEFAULT_CACHE_LIMIT ((int64_t)512 << 20)
 
 /* ---- copy (src/cpu/copy.c) ----------------------------------------------------------------- */

@@ -380,12 +380,14 @@ def test_text_with_a_lone_surrogate_is_valid_json() -> None:
         assert "\ufffd" in text
 
 
-def test_chat_without_max_tokens_runs_to_the_context(served: tuple[Any, str]) -> None:
-    """OpenAI's chat completions default to the rest of the context, not a fixed count."""
+def test_chat_without_max_tokens_is_bounded_not_256(served: tuple[Any, str]) -> None:
+    """Chat completions without max_tokens get up to 4096 tokens (llama.cpp's and ollama's
+    bound), capped by the context: not the 256 they stopped at, not the whole context (caches
+    are sized for it up front)."""
     from inference_pio.server import protocol
 
     req = protocol.chat_request({"messages": [{"role": "user", "content": "x"}]}, str, None)
-    assert req.sampling["max_new_tokens"] >= 2**31 - 1  # capped by the context when it runs
+    assert req.sampling["max_new_tokens"] == protocol.CHAT_MAX_TOKENS == 4096
     model, url = served
     out = client(url).chat.completions.create(
         model=NAME,
@@ -394,7 +396,7 @@ def test_chat_without_max_tokens_runs_to_the_context(served: tuple[Any, str]) ->
         extra_body={"ignore_eos": True},
     )
     assert out.choices[0].finish_reason == "length"
-    # the last token is sampled from the logits at the last position: it needs no cache slot
+    # the tiny model's context (256) is the bound here; the last token needs no cache slot
     assert out.usage.prompt_tokens + out.usage.completion_tokens == model.model.max_context + 1
 
 

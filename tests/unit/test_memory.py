@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import pytest
 
 from inference_pio import NativeError
 from inference_pio._native import check, lib
+from inference_pio.dtypes import DType
 from inference_pio.memory import memory_stats, set_cache_limit, trim
 from inference_pio.tensor import Tensor
 from inference_pio.tensor import memory_stats as tensor_memory_stats
@@ -164,3 +166,29 @@ def test_sizes_that_overflow_size_t_are_refused(shape: tuple[int, ...]) -> None:
     huge tensor): refused before the call."""
     with pytest.raises(ValueError, match="cannot allocate"):
         Tensor.empty(shape, "float32")
+
+
+def _vm_flags_of(ptr: int) -> list[str]:
+    import re
+
+    with open("/proc/self/smaps") as f:
+        smaps = f.read()
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps):
+        lo, hi = (int(x, 16) for x in block.split()[0].split("-"))
+        if lo <= ptr < hi:
+            line = next(x for x in block.splitlines() if x.startswith("VmFlags:"))
+            return line.split()[1:]
+    return []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_kv_caches_ask_for_no_huge_pages() -> None:
+    """A KV cache sized for a whole context is written a position at a time: with 2 MiB pages a
+    single token made one huge page per head and layer resident (784 MB for Qwen3-0.6B at a
+    40960-token capacity); the cache's memory is advised MADV_NOHUGEPAGE ("nh")."""
+    from inference_pio.device import CPU
+    from inference_pio.nn.attention import KVCache
+
+    cache = KVCache(8, 8192, 128, DType.bfloat16, CPU)  # 16 MiB a tensor
+    assert "nh" in _vm_flags_of(cache.k.data_ptr + (4 << 20))
+    assert "nh" in _vm_flags_of(cache.v.data_ptr + (4 << 20))

@@ -67,6 +67,8 @@ PROTOTYPES: dict[str, Prototype] = {
     "to_memory_counters": (c_int, [POINTER(c_int64)] * 4),
     # int to_memory_set_cache_limit(int64_t bytes);
     "to_memory_set_cache_limit": (c_int, [c_int64]),
+    # int to_memory_advise_sparse(void *ptr, size_t nbytes);
+    "to_memory_advise_sparse": (c_int, [c_void_p, c_size_t]),
     # ---- copy ----
     # int to_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape,
     #                     const int64_t *src_strides, int dtype);

@@ -10,6 +10,7 @@ from typing import Any
 from inference_pio.backend import Backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
+from inference_pio.memory import advise_sparse
 from inference_pio.nn.layers import RMS_GATED, Linear, LinearGroup, RMSNorm, Rotary
 from inference_pio.tensor import Tensor
 
@@ -26,6 +27,8 @@ class KVCache:
         self.nkv, self.capacity, self.head_dim = nkv, capacity, head_dim
         self.k = Tensor.empty((nkv, capacity, head_dim), dtype, device)
         self.v = Tensor.empty((nkv, capacity, head_dim), dtype, device)
+        advise_sparse(self.k)  # filled a position at a time: resident as it fills
+        advise_sparse(self.v)
 
     def copy_to(self, dst: object, length: int) -> None:
         """Copies the first ``length`` positions into ``dst``, a KVCache of the same heads,

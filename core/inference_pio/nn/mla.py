@@ -21,6 +21,7 @@ from __future__ import annotations
 from inference_pio.backend import Backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
+from inference_pio.memory import advise_sparse
 from inference_pio.nn.attention import KVTable, Segment, attend_captured, copy_positions
 from inference_pio.nn.layers import Linear, RMSNorm, Rotary
 from inference_pio.tensor import Tensor
@@ -40,6 +41,7 @@ class LatentCache:
     def __init__(self, capacity: int, width: int, dtype: DType, device: Device) -> None:
         self.nkv, self.capacity, self.head_dim = 1, capacity, width
         self.k = Tensor.empty((1, capacity, width), dtype, device)
+        advise_sparse(self.k)  # filled a position at a time: resident as it fills
         self.v = self.k
 
     def copy_to(self, dst: object, length: int) -> None:

@@ -15,10 +15,13 @@ from typing import Any
 from inference_pio.generation import GenerationResult
 from inference_pio.tokenizer.utf8 import replace_lone_surrogates
 
-#: OpenAI's default ``max_tokens`` for /v1/completions; chat completions default to the context.
+#: OpenAI's default ``max_tokens`` for /v1/completions.
 COMPLETIONS_MAX_TOKENS = 16
-#: Chat completions without ``max_tokens``: as many as the context holds (the engine caps it).
-CHAT_MAX_TOKENS = 2**31 - 1
+#: Chat completions without ``max_tokens``: up to 4096 tokens (capped by the context), as
+#: llama.cpp's and ollama's servers bound an answer by their 4096-token default context. Not the
+#: whole context: caches are sized for prompt + max_tokens up front (8 batch slots of a 262k-token
+#: context would take hundreds of GB on a GPU).
+CHAT_MAX_TOKENS = 4096
 #: Request fields mapped onto the sampling keywords of ``CausalLM.generate``.
 _SAMPLING = {
     "temperature": "temperature",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -43,7 +44,6 @@ class Tokenizer:
     """
 
     def __init__(self, spec: TokenizerSpec, source: str = TOKENIZER_FILE) -> None:
-        self.spec = spec
         self._nfc = spec.nfc
         raw_vocab = []
         for token, idx in spec.vocab.items():
@@ -53,6 +53,8 @@ class Tokenizer:
         self._bpe = NativeBPE(
             spec.pretokenizer, raw_vocab, _merge_triples(spec, source), spec.ignore_merges
         )
+        # the merges live in the native tables now: the strings (39 MB for Qwen's) are dropped
+        self.spec = dataclasses.replace(spec, merges=[])
         self._token_to_id: dict[str, int] = dict(spec.vocab)
         id_to_token: dict[int, str] = {i: t for t, i in spec.vocab.items()}
         for added in spec.added_tokens:

@@ -16,6 +16,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "internal.h"
 
@@ -60,13 +63,31 @@ static size_t class_bytes(int c) {
 
 static void advise_huge_pages(void *p, size_t n) {
 #ifdef MADV_HUGEPAGE
-    uintptr_t a = ((uintptr_t)p + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    /* from the first huge page past the block's header: writing the header must not make a
+     * 2 MiB page resident in a block that will be written sparsely (to_memory_advise_sparse) */
+    uintptr_t a = ((uintptr_t)p + HEADER + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
     uintptr_t e = ((uintptr_t)p + n) & ~(HUGE_PAGE - 1);
     if (e > a) (void)madvise((void *)a, e - a, MADV_HUGEPAGE); /* advisory */
 #else
     (void)p;
     (void)n;
 #endif
+}
+
+/* Blocks of at least this size are mapped from the system directly and unmapped when released:
+ * through malloc they would come from its heap once its mmap threshold has risen (it grows with
+ * every large block freed), and freed heap blocks under a cached one stay resident. */
+#define MMAP_MIN_BLOCK ((size_t)1 << 20)
+
+static void *sys_alloc(size_t cb) {
+    if (cb < MMAP_MIN_BLOCK) return aligned_alloc(ALIGN, cb);
+    void *p = mmap(NULL, cb, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p; /* page-aligned, so ALIGN-aligned */
+}
+
+static void sys_free(void *p, size_t cb) {
+    if (cb < MMAP_MIN_BLOCK) free(p);
+    else munmap(p, cb);
 }
 
 /* Smallest class holding nbytes plus the header, or -1 when none does. */
@@ -94,7 +115,7 @@ TO_API int to_alloc(size_t nbytes, void **out) {
     }
     pthread_mutex_unlock(&g_mem_lock);
     if (raw == NULL) {
-        raw = aligned_alloc(ALIGN, cb);
+        raw = sys_alloc(cb);
         if (raw == NULL)
             return to_set_error(TO_ERR_OUT_OF_MEMORY, "to_alloc: out of memory allocating %zu bytes",
                                 nbytes);
@@ -140,7 +161,7 @@ TO_API int to_free(void *ptr) {
         g_reserved -= (int64_t)cb;
     }
     pthread_mutex_unlock(&g_mem_lock);
-    if (!cached) free(h);
+    if (!cached) sys_free(h, cb);
     return TO_OK;
 }
 
@@ -149,7 +170,7 @@ TO_API int to_free(void *ptr) {
 static void shrink_cache_locked(int64_t keep) {
     for (int c = NUM_CLASSES - 1; c >= 0 && g_cached > keep; c--) {
         while (g_free_count[c] > 0 && g_cached > keep) {
-            free(g_free_lists[c][--g_free_count[c]]);
+            sys_free(g_free_lists[c][--g_free_count[c]], class_bytes(c));
             g_cached -= (int64_t)class_bytes(c);
             g_reserved -= (int64_t)class_bytes(c);
         }
@@ -190,5 +211,22 @@ TO_API int to_memory_trim(void) {
     shrink_cache_locked(0);
     g_peak = g_in_use;
     pthread_mutex_unlock(&g_mem_lock);
+#ifdef __GLIBC__
+    malloc_trim(0); /* and what malloc keeps of the small blocks (and Python's frees) */
+#endif
+    return TO_OK;
+}
+
+TO_API int to_memory_advise_sparse(void *ptr, size_t nbytes) {
+    TO_CHECK_PTR(ptr);
+#ifdef MADV_NOHUGEPAGE
+    /* a cache written a position at a time: with 2 MiB pages, one token's keys would make a
+     * huge page per head resident */
+    uintptr_t a = ((uintptr_t)ptr + 4095) & ~(uintptr_t)4095;
+    uintptr_t e = ((uintptr_t)ptr + nbytes) & ~(uintptr_t)4095;
+    if (e > a) (void)madvise((void *)a, e - a, MADV_NOHUGEPAGE); /* advisory */
+#else
+    (void)nbytes;
+#endif
     return TO_OK;
 }
