@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,8 @@ def load_model(
     placed: Any = device
     if gpu_layers is not None:
         placed = _placement(checkpoint, device, gpu_layers)
+    elif str(device).startswith("cpu"):
+        warn_if_larger_than_memory(path)
     opts = dict(options, device=placed, dtype=dtype, name=spec.name, progress=progress)
     loaded: TextModelPluginInterface = host.pm.hook.pio_load_model(
         spec=spec, path=path, options=opts
@@ -117,3 +120,30 @@ def _placement(checkpoint: Checkpoint, device: str, gpu_layers: int | str) -> An
     count = None if isinstance(gpu_layers, str) else int(gpu_layers)
     sizes = {name: t.nbytes for name, t in checkpoint.weights.items()}
     return plan_for_checkpoint(checkpoint.config, sizes, device, count)
+
+
+def memory_total_bytes() -> int | None:
+    """The machine's memory (``MemTotal`` of /proc/meminfo), or None where it is unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def warn_if_larger_than_memory(path: Path) -> None:
+    """Warns when a checkpoint's weights exceed the machine's memory: the loader maps them
+    without copying, so it succeeds, but every decode step then reads them from disk."""
+    total = memory_total_bytes()
+    weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    if total and weights > total:
+        warnings.warn(
+            f"{path}: the weights ({weights / 2**30:.1f} GiB) exceed this machine's memory "
+            f"({total / 2**30:.1f} GiB): every token will read them from disk (very slow); "
+            "use a GPU (--device cuda, --gpu-layers) or a smaller model",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -6,6 +6,7 @@ import ctypes
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -192,3 +193,20 @@ def test_kv_caches_ask_for_no_huge_pages() -> None:
     cache = KVCache(8, 8192, 128, DType.bfloat16, CPU)  # 16 MiB a tensor
     assert "nh" in _vm_flags_of(cache.k.data_ptr + (4 << 20))
     assert "nh" in _vm_flags_of(cache.v.data_ptr + (4 << 20))
+
+
+def test_a_checkpoint_larger_than_memory_warns(tmp_path: Any, monkeypatch: Any) -> None:
+    """The loader maps weights without copying, so a checkpoint larger than the machine's
+    memory loads fine and then reads the disk every token: load_model says so."""
+    from inference_pio import loading
+
+    (tmp_path / "model-00001.safetensors").write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(loading, "memory_total_bytes", lambda: 1024)
+    with pytest.warns(RuntimeWarning, match="exceed this machine's memory"):
+        loading.warn_if_larger_than_memory(tmp_path)
+    monkeypatch.setattr(loading, "memory_total_bytes", lambda: 1 << 40)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loading.warn_if_larger_than_memory(tmp_path)
