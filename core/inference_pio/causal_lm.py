@@ -157,13 +157,11 @@ class CausalLM(TextModelPluginInterface):
 
 
 def _token_id(value: Any) -> int:
-    """A prompt token id: an integer (1.9, "7" or True are not silently made ids)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    """A prompt token id: an integer (numpy integers too); 1.9, "7" or True are refused."""
     try:
         if isinstance(value, bool):
             raise TypeError
-        return operator.index(value)  # numpy integers and the like
+        return operator.index(value)
     except TypeError:
         raise TypeError(
             f"prompt token ids must be integers, got {type(value).__name__} {value!r}"

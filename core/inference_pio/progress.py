@@ -62,6 +62,14 @@ class SimpleBar:
             self.closed = True
 
 
+def stderr_is_tty() -> bool:
+    """Whether stderr is a terminal (where bars are drawn by default)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
 def byte_bar(total: int, desc: str, *, divisor: int = 1000, disable: bool = False) -> ByteBar:
     """A bar of ``total`` bytes on stderr (tqdm's if installed); ``disable``: one that draws
     nothing."""
@@ -85,4 +93,4 @@ class _NullBar:
         pass
 
 
-__all__ = ["ByteBar", "SimpleBar", "byte_bar"]
+__all__ = ["ByteBar", "SimpleBar", "byte_bar", "stderr_is_tty"]

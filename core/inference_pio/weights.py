@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from inference_pio._native.loader import last_error
 from inference_pio.device import CPU
 from inference_pio.dtypes import DType
 from inference_pio.errors import CheckpointError
-from inference_pio.progress import byte_bar
+from inference_pio.progress import byte_bar, stderr_is_tty
 from inference_pio.tensor import Storage, Tensor
 
 __all__ = [
@@ -254,11 +253,7 @@ def _native(rc: int) -> None:
 def _want_progress(progress: bool | None, total: int) -> bool:
     if progress is not None:
         return progress
-    try:
-        tty = sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    return tty and total > PROGRESS_THRESHOLD_BYTES
+    return stderr_is_tty() and total > PROGRESS_THRESHOLD_BYTES
 
 
 def _make_bar(total: int, desc: str) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 from inference_pio.backend import backend
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
+from inference_pio.ops._layout import row_grid
 from inference_pio.tensor import Tensor
 
 
@@ -95,8 +96,6 @@ def _element_span(t: Tensor) -> tuple[int, int]:
 
 def _disjoint_columns(a: Tensor, b: Tensor) -> bool:
     """Both rows of one row stride (slices of one fused buffer) in columns that do not meet."""
-    from inference_pio.ops._layout import row_grid
-
     try:
         (_,), (lda,) = row_grid("a", a, levels=1)
         (_,), (ldb,) = row_grid("b", b, levels=1)
@@ -114,13 +113,8 @@ def require_disjoint(op: str, out: Tensor, **inputs: Tensor | None) -> None:
     for name, t in inputs.items():
         if t is None or t.storage is not out.storage or not t.numel or not out.numel:
             continue
-        if t.dtype.itemsize != out.dtype.itemsize:
-            a0, a1 = (v * out.dtype.itemsize for v in _element_span(out))
-            b0, b1 = (v * t.dtype.itemsize for v in _element_span(t))
-            if a0 < b1 and b0 < a1:
-                raise ValueError(f"{op}: out overlaps {name}; pass a separate out tensor")
-            continue
-        a0, a1 = _element_span(out)
-        b0, b1 = _element_span(t)
-        if a0 < b1 and b0 < a1 and not _disjoint_columns(out, t):
+        a0, a1 = (v * out.dtype.itemsize for v in _element_span(out))
+        b0, b1 = (v * t.dtype.itemsize for v in _element_span(t))
+        same_grid = t.dtype.itemsize == out.dtype.itemsize and _disjoint_columns(out, t)
+        if a0 < b1 and b0 < a1 and not same_grid:
             raise ValueError(f"{op}: out overlaps {name}; pass a separate out tensor")

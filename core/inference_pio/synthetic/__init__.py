@@ -28,7 +28,7 @@ from typing import Any
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.errors import CheckpointError
-from inference_pio.progress import byte_bar
+from inference_pio.progress import byte_bar, stderr_is_tty
 from inference_pio.registry import ModelSpec, import_reference
 from inference_pio.synthetic.qwen_vocab import (
     QWEN3_ADDED_TOKENS,
@@ -122,11 +122,7 @@ def drop_from_page_cache(fd: int) -> None:
 
 
 def _progress(total: int, desc: str) -> Any:
-    try:
-        tty = sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    return byte_bar(total, desc, disable=not tty)
+    return byte_bar(total, desc, disable=not stderr_is_tty())
 
 
 def build(
