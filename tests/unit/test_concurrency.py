@@ -71,6 +71,45 @@ def test_fork_while_another_thread_runs_parallel_ops() -> None:
     assert hung == 0, f"{hung} forked children blocked in their first op"
 
 
+def test_kernel_report_while_threads_run_ops() -> None:
+    """Every op records its kernel choice in one native table: threads running different ops
+    and a thread reading the report at once leave each op listed once."""
+    from inference_pio import native_info
+
+    x, w = _matrix(4, 256, 3), _matrix(256, 256, 4)
+    work = [
+        lambda: ops.linear(x, w),
+        lambda: ops.softmax(x.to("float32")),
+        lambda: ops.rms_norm(x, Tensor.from_list([1.0] * 256, "bfloat16"), 1e-6),
+        lambda: ops.argmax(x.to("float32")),
+    ]
+    errors: list[BaseException] = []
+
+    def run(fn: object) -> None:
+        try:
+            for _ in range(200):
+                fn()  # type: ignore[operator]
+        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            for _ in range(200):
+                native_info.kernel_report()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in work]
+    threads.append(threading.Thread(target=read))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    names = [line.split(":")[0] for line in native_info.kernel_report().splitlines()[2:]]
+    assert len(names) == len(set(names)), names
+
+
 def test_tokenizer_closed_while_other_threads_encode() -> None:
     """close() while threads encode: they finish or raise "closed", never touch freed memory;
     two threads closing at once free the object once (a separate process: a crash is a fail)."""

@@ -1,4 +1,5 @@
 /* CPU feature detection (once, at first use) and the kernel-choice report. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -67,19 +68,24 @@ TO_API int to_set_isa_mask(uint32_t mask) {
 #define MAX_REPORTS 64
 static struct { char op[32]; char kernel[48]; } g_reports[MAX_REPORTS];
 static int g_nreports;
+/* ops run from several host threads at once; the fork handlers (threadpool.c) hold it across fork */
+static pthread_mutex_t g_report_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void to_report_fork_lock(void) { pthread_mutex_lock(&g_report_lock); }
+void to_report_fork_unlock(void) { pthread_mutex_unlock(&g_report_lock); }
 
 void to_report_kernel(const char *op, const char *kernel) {
-    for (int i = 0; i < g_nreports; i++) {
-        if (strcmp(g_reports[i].op, op) == 0) {
-            snprintf(g_reports[i].kernel, sizeof g_reports[i].kernel, "%s", kernel);
-            return;
+    pthread_mutex_lock(&g_report_lock);
+    int i = 0;
+    while (i < g_nreports && strcmp(g_reports[i].op, op) != 0) i++;
+    if (i < MAX_REPORTS) {
+        if (i == g_nreports) {
+            snprintf(g_reports[i].op, sizeof g_reports[0].op, "%s", op);
+            g_nreports++;
         }
+        snprintf(g_reports[i].kernel, sizeof g_reports[0].kernel, "%s", kernel);
     }
-    if (g_nreports < MAX_REPORTS) {
-        snprintf(g_reports[g_nreports].op, sizeof g_reports[0].op, "%s", op);
-        snprintf(g_reports[g_nreports].kernel, sizeof g_reports[0].kernel, "%s", kernel);
-        g_nreports++;
-    }
+    pthread_mutex_unlock(&g_report_lock);
 }
 
 TO_API int to_kernel_report(char *buf, size_t cap) {
@@ -95,7 +101,9 @@ TO_API int to_kernel_report(char *buf, size_t cap) {
     for (size_t i = 0; i < sizeof names / sizeof names[0] && off < cap; i++)
         if (f & names[i].bit) off += (size_t)snprintf(buf + off, cap - off, " %s", names[i].name);
     if (off < cap) off += (size_t)snprintf(buf + off, cap - off, "\nthreads: %d", to_get_num_threads());
+    pthread_mutex_lock(&g_report_lock);
     for (int i = 0; i < g_nreports && off < cap; i++)
         off += (size_t)snprintf(buf + off, cap - off, "\n%s: %s", g_reports[i].op, g_reports[i].kernel);
+    pthread_mutex_unlock(&g_report_lock);
     return TO_OK;
 }

@@ -62,5 +62,8 @@ static inline void to_split_rows(int64_t n, int ith, int nth, int64_t *begin, in
 
 /* Kernel registry for to_kernel_report(): each dispatch point records its choice. */
 void to_report_kernel(const char *op, const char *kernel);
+/* the report table's lock, held across fork by the thread pool's handlers */
+void to_report_fork_lock(void);
+void to_report_fork_unlock(void);
 
 #endif

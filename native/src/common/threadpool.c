@@ -213,11 +213,13 @@ static void fork_prepare(void) {
     pthread_mutex_lock(&g_run_lock);
     pthread_mutex_lock(&g_lock);
     to_mem_fork_lock();
+    to_report_fork_lock();
     pthread_mutex_lock(&g_wake_lock);
 }
 
 static void fork_parent(void) {
     pthread_mutex_unlock(&g_wake_lock);
+    to_report_fork_unlock();
     to_mem_fork_unlock();
     pthread_mutex_unlock(&g_lock);
     pthread_mutex_unlock(&g_run_lock);
@@ -226,6 +228,7 @@ static void fork_parent(void) {
 static void fork_child(void) {
     pthread_mutex_unlock(&g_wake_lock);
     pthread_cond_init(&g_wake, NULL); /* no worker waits on it here */
+    to_report_fork_unlock();
     to_mem_fork_unlock();
     g_threads_before_fork = g_nthreads;
     g_nthreads = 0;
