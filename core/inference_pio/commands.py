@@ -16,7 +16,8 @@ from typing import Any
 from inference_pio.plugins import PluginHost
 
 MODEL_HELP = (
-    "checkpoint directory (config.json, *.safetensors, tokenizer.json), "
+    "checkpoint directory (config.json, *.safetensors, tokenizer.json), a Hugging Face repo id "
+    "(e.g. Qwen/Qwen3-0.6B, downloaded into the Hub cache; needs inference-pio[hub]), "
     "or synthetic:NAME for random weights of the real size (e.g. synthetic:qwen3-0.6b)"
 )
 

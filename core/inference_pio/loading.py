@@ -28,13 +28,17 @@ def resolve_path(
     path = Path(text).expanduser()
     if path.exists():
         return path, None
+    from inference_pio import hub
+
+    if hub.looks_like_repo_id(text):
+        return hub.snapshot_path(text, progress=progress), None
     if text in host.registry:
         spec = host.registry.get(text)
         raise ModelNotFoundError(
-            f"{text!r} is a registered model but no local checkpoint was given. Download it (for "
-            f"example `huggingface-cli download {spec.hf_repo} --local-dir ./{spec.name}`) and "
-            f"pass "
-            f"the directory, or use `synthetic:{spec.name}` for random weights of the real size."
+            f"{text!r} is a registered model but no local checkpoint was given. Pass its Hugging "
+            f"Face repo id ({spec.hf_repo}; downloads it with `inference-pio[hub]`) or a "
+            f"checkpoint directory, or use `synthetic:{spec.name}` for random weights of the "
+            f"real size."
         )
     raise ModelNotFoundError(
         f"{text!r} is neither a checkpoint directory nor a registered model; "
@@ -56,8 +60,10 @@ def load_model(
 ) -> TextModelPluginInterface:
     """Loads a model.
 
-    ``model`` is a Hugging Face checkpoint directory, ``synthetic:NAME`` (random weights with the
-    real configuration) or, for a helpful error, a registered name. The plugin is chosen from
+    ``model`` is a Hugging Face checkpoint directory, a Hub repo id (``owner/name[@revision]``:
+    the local Hub cache, downloading what is missing; needs ``inference-pio[hub]``),
+    ``synthetic:NAME`` (random weights with the real configuration) or, for a helpful error, a
+    registered name. The plugin is chosen from
     ``config.json`` (``architectures``; ``name`` picks one when several models share it).
     ``device`` is ``"cpu"`` or ``"cuda[:N]"``; ``dtype`` the compute dtype (default: bf16 for
     bf16 checkpoints, f32 for f32 ones); ``threads`` the CPU thread count. ``gpu_layers`` (with a

@@ -36,10 +36,47 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     return d, save_reference(d, "Qwen3ForCausalLM", TINY, "float32", seed=9)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "inference_pio", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "inference_pio", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
+
+
+def _hub_cache(root: Path, repo_id: str, files: Path, commit: str = "0" * 40) -> None:
+    """The Hugging Face Hub cache's layout for one snapshot of repo_id holding files' contents."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in files.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+
+
+def test_generate_from_a_hub_repo_id_in_the_cache(
+    checkpoint: tuple[Path, object], tmp_path: Path
+) -> None:
+    """`--model owner/name` reads the Hub cache's snapshot (offline here: no download), like
+    transformers and vLLM; a repo missing from the cache is one clear error."""
+    pytest.importorskip("huggingface_hub")
+    import os
+
+    path, _ = checkpoint
+    _hub_cache(tmp_path / "hub", "tiny-org/tiny-qwen3", path)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    args = ["--prompt", "hello world", "--max-new-tokens", "6", "--temperature", "0", "--json"]
+    from_dir = _cli("generate", "--model", str(path), *args)
+    from_hub = _cli("generate", "--model", "tiny-org/tiny-qwen3", *args, env=env)
+    assert from_hub.returncode == 0, from_hub.stderr
+    assert json.loads(from_hub.stdout)["token_ids"] == json.loads(from_dir.stdout)["token_ids"]
+    missing = _cli("generate", "--model", "tiny-org/absent", "--prompt", "x", env=env)
+    assert missing.returncode == 1
+    assert "not in the local Hub cache" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_generate_json_contract_and_greedy_tokens(checkpoint: tuple[Path, object]) -> None:
@@ -121,6 +158,7 @@ def test_bench_json(checkpoint: tuple[Path, object]) -> None:
     [
         ("/nonexistent/dir", [], "neither a checkpoint directory"),
         ("qwen3-0.6b", [], "synthetic:qwen3-0.6b"),
+        ("qwen3-0.6b", [], "Qwen/Qwen3-0.6B"),
         (None, ["--temperature", "-1"], "temperature"),
         (None, ["--top-p", "2"], "top_p"),
     ],

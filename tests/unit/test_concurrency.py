@@ -89,14 +89,14 @@ def test_kernel_report_while_threads_run_ops() -> None:
         try:
             for _ in range(200):
                 fn()  # type: ignore[operator]
-        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+        except BaseException as exc:
             errors.append(exc)
 
     def read() -> None:
         try:
             for _ in range(200):
                 native_info.kernel_report()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(fn,)) for fn in work]
