@@ -306,3 +306,62 @@ def test_int64_casts_round_once_on_the_device(dtype: str) -> None:
     vals = [2**60 + 2**36 + 1, 2**53 + 2**29 + 1, -(2**60 + 2**36 + 1), 2**24 + 1, 65519, -7]
     host = Tensor.from_list(vals, "int64")
     assert host.to("cuda").to(dtype).to("cpu").tolist() == host.to(dtype).tolist()
+
+
+def test_attention_with_more_queries_than_a_grid_dimension() -> None:
+    """Past 65535 queries the split kernels (head dims other than 64 / 128) run in chunks: the
+    queries sat in gridDim.z, whose limit made such a prefill fail."""
+    t, hd = 66_000, 96
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(t, 1, hd, generator=g).to(torch.bfloat16) for _ in range(3))
+    got = ops.attention(ours(q, DEV), ours(k, DEV), ours(v, DEV), kv_layout="tokens")
+    out = theirs(got).float()
+    qf, kf, vf = q.float()[:, 0], k.float()[:, 0], v.float()[:, 0]
+    for i in (0, 1, 65_534, 65_535, 65_536, t - 1):  # rows on both sides of the chunk edge
+        p = torch.softmax(qf[i] @ kf[: i + 1].T / hd**0.5, dim=-1)
+        want = p @ vf[: i + 1]
+        assert rel(out[i, 0], want) < 2e-2, i
+
+
+def test_embedding_of_a_table_view_at_an_odd_offset() -> None:
+    """A bf16 table view 2 bytes past a 16-byte boundary takes the element-wise path (the
+    vector path faulted on the misaligned address)."""
+    vocab, dim = 16, 64
+    g = torch.Generator().manual_seed(6)
+    flat = torch.randn(vocab * dim + 1, generator=g).to(torch.bfloat16)
+    table = ours(flat, DEV).narrow(0, 1, vocab * dim).view(vocab, dim)
+    ids = Tensor.from_list([1, 2, 15], DType.int32).to(DEV)
+    got = theirs(ops.embedding(ids, table))
+    want = flat[1:].view(vocab, dim)[[1, 2, 15]]
+    assert torch.equal(got, want)
+
+
+def test_threads_sharing_the_gemm_and_attention_workspaces() -> None:
+    """Host threads on one device: the GEMM epilogue's and the split attention's scratch
+    buffers are reserved and read by one call at a time."""
+    import threading
+
+    g = torch.Generator().manual_seed(7)
+    x = ours(torch.randn(64, 256, generator=g).to(torch.bfloat16), DEV)
+    w = ours(torch.randn(512, 256, generator=g).to(torch.bfloat16), DEV)
+    b = ours(torch.randn(512, generator=g), DEV)
+    q = ours(torch.randn(1, 8, 96, generator=g), DEV)
+    kc = ours(torch.randn(2, 4096, 96, generator=g), DEV)
+    ref_l = theirs(ops.linear(x, w, b))
+    ref_a = theirs(ops.attention(q, kc, kc, kv_len=4096, q_pos=4095))
+    bad: list[str] = []
+
+    def run() -> None:
+        cuda.set_device(DEV)
+        for _ in range(100):
+            if not torch.equal(theirs(ops.linear(x, w, b)), ref_l):
+                bad.append("linear")
+            if not torch.equal(theirs(ops.attention(q, kc, kc, kv_len=4096, q_pos=4095)), ref_a):
+                bad.append("attention")
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not bad, bad[:5]

@@ -95,6 +95,42 @@ def test_outputs_that_alias_inputs_are_refused() -> None:
         ops.causal_conv1d(xc, wc, out=xc)
 
 
+def test_attention_out_over_its_inputs_is_refused() -> None:
+    """The kernels write out while later query blocks still read k and v."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (from_torch(torch.randn(64, 2, 16, generator=g)) for _ in range(3))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        with pytest.raises(ValueError, match=f"overlaps {name}"):
+            ops.attention(q, k, v, causal=False, kv_layout="tokens", out=t)
+
+
+def test_elementwise_in_place_is_allowed_but_partial_overlap_refused() -> None:
+    g = torch.Generator().manual_seed(3)
+    n = 300
+    buf = from_torch(torch.randn(n + 1, generator=g))
+    a, b = buf.narrow(0, 0, n), from_torch(torch.randn(n, generator=g))
+    want = torch.tensor(a.tolist()) + torch.tensor(b.tolist())
+    with pytest.raises(ValueError, match="overlaps a"):
+        ops.add(a, b, out=buf.narrow(0, 1, n))  # shifted by one: read after written
+    with pytest.raises(ValueError, match="overlaps x"):
+        ops.silu(a, out=buf.narrow(0, 1, n))
+    ops.add(a, b, out=a)  # exactly in place
+    torch.testing.assert_close(torch.tensor(a.tolist()), want)
+    rows = from_torch(torch.randn(6, 32, generator=g))
+    w = Tensor.from_list([1.0] * 32, "float32")
+    want_n = torch.nn.functional.rms_norm(torch.tensor(rows.tolist()), (32,), eps=1e-6)
+    ops.rms_norm(rows, w, 1e-6, out=rows)
+    torch.testing.assert_close(torch.tensor(rows.tolist()), want_n, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="overlaps x"):
+        ops.rms_norm(rows.narrow(0, 0, 5), w, 1e-6, out=rows.narrow(0, 1, 5))
+    gate, up = (from_torch(torch.randn(4, 8, generator=g)) for _ in range(2))
+    want_s = torch.nn.functional.silu(torch.tensor(gate.tolist())) * torch.tensor(up.tolist())
+    ops.swiglu(gate, up, out=gate)  # in place over the gate
+    torch.testing.assert_close(torch.tensor(gate.tolist()), want_s)
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.add_row(rows.narrow(0, 0, 5), w, out=rows.narrow(0, 1, 5))
+
+
 def test_slices_of_one_fused_buffer_are_not_aliases() -> None:
     """out and x in different columns of one buffer (a fused q/k/v-style layout) are fine."""
     g = torch.Generator().manual_seed(1)

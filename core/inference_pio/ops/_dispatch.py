@@ -118,3 +118,23 @@ def require_disjoint(op: str, out: Tensor, **inputs: Tensor | None) -> None:
         same_grid = t.dtype.itemsize == out.dtype.itemsize and _disjoint_columns(out, t)
         if a0 < b1 and b0 < a1 and not same_grid:
             raise ValueError(f"{op}: out overlaps {name}; pass a separate out tensor")
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    return (
+        a.storage is b.storage
+        and a.data_ptr == b.data_ptr
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.strides == b.strides
+    )
+
+
+def require_inplace_or_disjoint(op: str, out: Tensor | None, **inputs: Tensor | None) -> None:
+    """For element- and row-wise ops: ``out`` may be exactly an input (the same view: in place)
+    but must not partially overlap one, whose elements the kernels would read after writing
+    them (torch refuses partial overlap too)."""
+    if out is None:
+        return
+    partial = {n: t for n, t in inputs.items() if t is not None and not _same_view(t, out)}
+    require_disjoint(op, out, **partial)

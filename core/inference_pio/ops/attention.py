@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 from inference_pio.dtypes import DType
-from inference_pio.ops._dispatch import native_call, out_or_new, require, same_device
+from inference_pio.ops._dispatch import (
+    native_call,
+    out_or_new,
+    require,
+    require_disjoint,
+    same_device,
+)
 from inference_pio.tensor import Tensor
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
@@ -117,6 +123,8 @@ def attention(
         seg_keep = seg_keep.to(device)  # the kernel reads the offsets where q/k/v are
         seg_ptr = seg_keep.data_ptr
     result = out_or_new(out, (tq, nh, hd_v), q.dtype, device)
+    if out is not None:  # the kernels write out while later query blocks still read q, k and v
+        require_disjoint("attention", result, q=q, k=k, v=v)
     if kv_layout == "cache":
         khs, kps, vhs, vps = max_len * hd, hd, max_len * vdim, vdim
     else:

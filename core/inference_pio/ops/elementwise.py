@@ -6,7 +6,13 @@ from ctypes import c_float
 from typing import Literal
 
 from inference_pio.dtypes import DType
-from inference_pio.ops._dispatch import native_call, out_or_new, require, same_device
+from inference_pio.ops._dispatch import (
+    native_call,
+    out_or_new,
+    require,
+    require_inplace_or_disjoint,
+    same_device,
+)
 from inference_pio.ops._layout import row_layout
 from inference_pio.tensor import Tensor
 
@@ -20,6 +26,7 @@ def _binary(op: str, a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
         raise ValueError(f"{op}: shapes {a.shape} and {b.shape} differ")
     device = same_device(a=a, b=b, out=out)
     result = out_or_new(out, a.shape, a.dtype, device)
+    require_inplace_or_disjoint(op, out, a=a, b=b)
     native_call(device, op, a.data_ptr, b.data_ptr, result.data_ptr, a.numel, a.dtype)
     return result
 
@@ -38,6 +45,7 @@ def _unary(op: str, x: Tensor, out: Tensor | None, *extra: object) -> Tensor:
     require("x", x, dtypes=FLOAT_ACT)
     device = same_device(x=x, out=out)
     result = out_or_new(out, x.shape, x.dtype, device)
+    require_inplace_or_disjoint(op, out, x=x)
     args = (x.data_ptr, result.data_ptr, x.numel)
     if op == "scale":
         native_call(device, op, *args, c_float(float(extra[0])), x.dtype)  # type: ignore[arg-type]
@@ -103,6 +111,7 @@ def swiglu(gate: Tensor, up: Tensor | None = None, out: Tensor | None = None) ->
     inter = g.shape[-1]
     device = same_device(gate=gate, up=up, out=out)
     result = out_or_new(out, g.shape, g.dtype, device)
+    require_inplace_or_disjoint("swiglu", out, gate=g, up=u)
     g, rows, ldg = row_layout("gate", g)
     u, _, ldu = row_layout("up", u)
     native_call(
@@ -131,6 +140,7 @@ def add_row(x: Tensor, bias: Tensor, out: Tensor | None = None) -> Tensor:
         raise ValueError(f"add_row: bias has shape {bias.shape}, expected ({dim},)")
     device = same_device(x=x, bias=bias, out=out)
     result = out_or_new(out, x.shape, x.dtype, device)
+    require_inplace_or_disjoint("add_row", out, x=x, bias=bias)
     rows = x.numel // max(dim, 1)
     native_call(
         device,
@@ -155,6 +165,7 @@ def mul_rows(x: Tensor, s: Tensor, out: Tensor | None = None) -> Tensor:
         raise ValueError(f"mul_rows: s has shape {s.shape}, expected {x.shape[:-1]}")
     device = same_device(x=x, s=s, out=out)
     result = out_or_new(out, x.shape, x.dtype, device)
+    require_inplace_or_disjoint("mul_rows", out, x=x, s=s)
     dim = x.shape[-1]
     native_call(
         device, "mul_rows", x.data_ptr, s.data_ptr, result.data_ptr, s.numel, dim, x.dtype, s.dtype

@@ -6,7 +6,12 @@ from ctypes import c_float
 from typing import Literal
 
 from inference_pio.dtypes import DType
-from inference_pio.ops._dispatch import native_call, require, same_device
+from inference_pio.ops._dispatch import (
+    native_call,
+    require,
+    require_inplace_or_disjoint,
+    same_device,
+)
 from inference_pio.ops._layout import row_grid, row_layout
 from inference_pio.tensor import Tensor
 
@@ -71,6 +76,7 @@ def rms_norm(
         raise ValueError(f"rms_norm: gate is only used by variant 'gated', not {variant!r}")
     device = same_device(x=x, weight=weight, gate=gate, out=out)
     result = _output("rms_norm", x, out, out_dtype)
+    require_inplace_or_disjoint("rms_norm", out, x=x, weight=weight, gate=gate)
     (n_o, n_i), (x_so, x_si) = row_grid("x", x)
     (_, _), (o_so, o_si) = _matching_grid("out", result, n_o, n_i)
     z_so = z_si = 0

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from inference_pio.dtypes import DType
 from inference_pio.errors import NativeError
-from inference_pio.ops._dispatch import native_call, out_or_new, require, same_device
+from inference_pio.ops._dispatch import (
+    native_call,
+    out_or_new,
+    require,
+    require_inplace_or_disjoint,
+    same_device,
+)
 from inference_pio.tensor import Tensor
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
@@ -78,6 +84,7 @@ def where(mask: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tens
         raise ValueError(f"where: shapes differ (mask {mask.shape}, a {a.shape}, b {b.shape})")
     device = same_device(mask=mask, a=a, b=b, out=out)
     result = out_or_new(out, a.shape, a.dtype, device)
+    require_inplace_or_disjoint("where", out, mask=mask, a=a, b=b)
     native_call(
         device, "where", mask.data_ptr, a.data_ptr, b.data_ptr, result.data_ptr, a.numel, a.dtype
     )

@@ -13,6 +13,8 @@
  *    attention whose kv length is read from device memory. */
 #include <stdlib.h>
 
+#include <mutex>
+
 #include "common.cuh"
 
 #define AT_GMAX 8   /* query heads per block */
@@ -1428,6 +1430,9 @@ static int launch_flash(AttnArgs &a) {
 
 /* attention workspace for split-K (grown outside graph capture) */
 static TocBuffer g_ws;
+/* one caller at a time: the split partials / tables written into g_ws by one launch must not be
+ * overwritten by another host thread's launches before the merge reads them (as in sampling.cu) */
+static std::mutex g_ws_lock;
 static int workspace(size_t floats, float **out) {
     return toc_buffer_reserve(&g_ws, floats * 4, (void **)out, "attention workspace");
 }
@@ -1486,8 +1491,24 @@ TOC_EXPORT int toc_attention(const void *q, const void *k, const void *v, void *
         if (rc || done) return rc;
     }
     if (flash) return hd_qk == 128 ? launch_flash<128>(a) : launch_flash<64>(a);
+    if (tq > 65535) { /* the split kernels put the query in gridDim.z (at most 65535) */
+        TOC_CHECK(!cu_seqlens, TO_ERR_UNSUPPORTED,
+                  "toc_attention: %lld packed queries in one call (at most 65535 on this path)", (long long)tq);
+        const int64_t qes = q_dtype == TO_F32 ? 4 : 2;
+        for (int64_t i0 = 0; i0 < tq; i0 += 65535) {
+            const int64_t nq = tq - i0 < 65535 ? tq - i0 : 65535;
+            const int rc = toc_attention((const char *)q + i0 * ldq * qes, k, v, (char *)out + i0 * ldo * qes, nq, nh,
+                                         nkv, hd_qk, hd_v, ldq, ldo, kv_len, k_head_stride, k_pos_stride,
+                                         v_head_stride, v_pos_stride, q_pos + i0, causal, nullptr, 0, scale, q_dtype,
+                                         kv_dtype);
+            if (rc) return rc;
+        }
+        return TO_OK;
+    }
     a.nsplit = choose_splits(tq, nkv, nh / nkv, cu_seqlens ? tq : kv_len, heads_per_block(a));
+    std::unique_lock<std::mutex> guard(g_ws_lock, std::defer_lock);
     if (a.nsplit > 1) {
+        guard.lock();
         float *ws;
         size_t slots = (size_t)tq * nh * a.nsplit;
         int rc = workspace(slots * (hd_v + 2), &ws);
@@ -1608,6 +1629,7 @@ TOC_EXPORT int toc_attention_decode_batch(const void *q, const void *k_new, cons
     /* split partials, then the tables (8-byte aligned) */
     const size_t part = nsplit > 1 ? (size_t)n * nh * nsplit * (hd + 2) : 0;
     const size_t table_floats = (size_t)n * 8; /* 4 x 8 bytes per sequence */
+    std::lock_guard<std::mutex> guard(g_ws_lock);
     float *ws = nullptr;
     int rc = workspace(((part + 1) & ~(size_t)1) + table_floats, &ws);
     if (rc) return rc;

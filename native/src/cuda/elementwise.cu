@@ -337,7 +337,7 @@ __global__ void embedding_kernel(const void *ids, int idt, int64_t n, const void
     if (r >= n) return;
     int64_t id = idt == TO_I32 ? ((const int32_t *)ids)[r] : ((const int64_t *)ids)[r];
     bool ok = id >= 0 && id < vocab;
-    if (tdt == TO_BF16 && odt == TO_BF16 && ok && (dim % 8) == 0) {
+    if (tdt == TO_BF16 && odt == TO_BF16 && ok && (dim % 8) == 0 && (((uintptr_t)table | (uintptr_t)out) & 15) == 0) {
         const uint4 *src = (const uint4 *)((const uint16_t *)table + id * dim);
         uint4 *dst = (uint4 *)((uint16_t *)out + r * dim);
         for (int64_t j = threadIdx.x; j < dim / 8; j += blockDim.x) dst[j] = src[j];

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 
 #include "blas.cuh"
+#include <mutex>
+
 #include "common.cuh"
 
 using namespace nvcuda;
@@ -793,6 +795,9 @@ __global__ void linear_generic_kernel(const void *x, const void *w, const void *
 
 /* fp32 scratch for GEMM epilogues; grown outside graph capture only */
 static TocBuffer g_scratch;
+/* held from scratch() until the kernel reading it is queued: another host thread's GEMM must not
+ * land in the buffer between this call's GEMM and its epilogue (one stream per device) */
+static std::mutex g_scratch_lock;
 static int scratch(size_t bytes, float **out) {
     return toc_buffer_reserve(&g_scratch, bytes, (void **)out, "linear scratch");
 }
@@ -836,6 +841,7 @@ TOC_EXPORT int toc_linear(const void *x, const void *w, const void *bias, void *
         a.yd = y_dtype;
         return launch_gemv(a);
     }
+    std::lock_guard<std::mutex> scratch_guard(g_scratch_lock); /* the paths below use g_scratch */
     if (k == 0) {
         /* y = bias or 0 */
         float *t;
