@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from inference_pio.plugins import PluginHost
+from inference_pio.toolcalls import PARSERS
 
 MODEL_HELP = (
     "checkpoint directory (config.json, *.safetensors, tokenizer.json), a Hugging Face repo id "
@@ -385,7 +386,8 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
         f"serving {model.name} on http://{args.host}:{args.port}/v1 (OpenAI API; Ctrl-C stops)",
         file=sys.stderr,
     )
-    serve(model, args.host, args.port, args.served_name)
+    tool_format = None if args.tool_call_parser == "none" else args.tool_call_parser
+    serve(model, args.host, args.port, args.served_name, tool_format)
     return 0
 
 
@@ -471,6 +473,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
     p.add_argument(
         "--served-name", default=None, help="model name clients use (default: the model's name)"
+    )
+    p.add_argument(
+        "--tool-call-parser",
+        choices=["model", "none", *sorted(PARSERS)],
+        default="model",
+        help="how chat replies to requests with 'tools' are parsed for tool calls (default "
+        "'model': the format the model's plugin declares; 'none': replies stay text)",
     )
     p.set_defaults(handler=cmd_serve)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inference_pio.errors import ModelNotFoundError, PluginError
+from inference_pio.toolcalls import PARSERS
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class ModelSpec:
     #: ``"pkg.module:function"`` mapping a config dict to ``{weight name: (shape, kind)}``, used to
     #: build ``synthetic:`` checkpoints (kind: "normal", "norm" or "zeros").
     weights_factory: str | None = None
+    #: How the model writes tool calls: ``"hermes"``, ``"qwen3_coder"`` or ``"glm47"`` (the
+    #: parsers of :mod:`inference_pio.toolcalls`), or None (tool calls stay text).
+    tool_call_format: str | None = None
     #: Filled in by the registry: the distribution that registered the spec.
     plugin: str = field(default="", compare=False)
 
@@ -41,6 +45,11 @@ class ModelSpec:
                 raise ValueError(
                     f"{self.name}: {ref!r} is not a 'package.module:attribute' reference"
                 )
+        if self.tool_call_format is not None and self.tool_call_format not in PARSERS:
+            raise ValueError(
+                f"{self.name}: unknown tool_call_format {self.tool_call_format!r} "
+                f"(known: {', '.join(sorted(PARSERS))})"
+            )
         # Accept lists from plugin authors; store tuples so specs stay hashable.
         for attr in ("architectures", "model_types", "aliases"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
@@ -55,6 +64,7 @@ class ModelSpec:
             "hf_repo": self.hf_repo,
             "plugin": self.plugin,
             "description": self.description,
+            "tool_call_format": self.tool_call_format,
         }
 
 

@@ -343,8 +343,9 @@ def test_a_body_over_the_limit_is_refused_unread(served: tuple[Any, str]) -> Non
 
 
 def test_tool_calls_and_reasoning_stay_in_the_history() -> None:
-    """An assistant turn's tool_calls and reasoning_content, and a tool message's id, reach the
-    chat template as in transformers (the server keeps them); a None content is dropped."""
+    """An assistant turn's tool_calls (arguments decoded from JSON text, as vLLM does) and
+    reasoning_content, and a tool message's id, reach the chat template as in transformers
+    (the server keeps them); a None content is dropped."""
     from inference_pio.server import protocol
 
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
@@ -357,9 +358,10 @@ def test_tool_calls_and_reasoning_stay_in_the_history() -> None:
     }
     seen: list[Any] = []
     protocol.chat_request(body, lambda messages, **kw: seen.append(messages) or "x", None)
+    decoded = {**call, "function": {"name": "f", "arguments": {}}}  # JSON text to a dict
     assert seen[0] == [
         {"role": "user", "content": "go"},
-        {"role": "assistant", "reasoning_content": "r", "tool_calls": [call]},
+        {"role": "assistant", "reasoning_content": "r", "tool_calls": [decoded]},
         {"role": "tool", "content": "42", "tool_call_id": "c1"},
     ]
 

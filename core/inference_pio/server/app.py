@@ -23,6 +23,13 @@ from typing import Any
 from inference_pio.generation import GenerationResult
 from inference_pio.server import protocol
 from inference_pio.server.protocol import Request, RequestError
+from inference_pio.toolcalls import (
+    ToolCall,
+    ToolCallStream,
+    check_format,
+    format_for,
+    parse_tool_calls,
+)
 
 _END = object()
 #: The largest request body read (a prompt, or images as data: URLs); larger ones get a 413.
@@ -139,9 +146,20 @@ class ModelService:
         return None
 
 
-def create_app(model: Any, name: str | None = None) -> Any:
+#: ``tool_call_format`` of :func:`create_app`: the format the model's spec declares.
+FROM_MODEL = "model"
+
+
+def create_app(
+    model: Any, name: str | None = None, tool_call_format: str | None = FROM_MODEL
+) -> Any:
     """The Starlette application serving ``model`` under ``name`` (default: the model's name);
-    requests naming another model get a 404."""
+    requests naming another model get a 404. ``tool_call_format``: how chat replies are parsed
+    for tool calls when a request has ``tools`` (``"model"``: the model's declared format,
+    :func:`inference_pio.toolcalls.format_for`; None: never, replies stay text; or a format
+    name, ``"hermes"``, ``"qwen3_coder"``, ``"glm47"``)."""
+    tool_format = format_for(model) if tool_call_format == FROM_MODEL else tool_call_format
+    check_format(tool_format)
     try:
         from starlette.applications import Starlette
         from starlette.concurrency import run_in_threadpool
@@ -226,10 +244,25 @@ def create_app(model: Any, name: str | None = None) -> Any:
                 raise
             finally:
                 watcher.cancel()
-            body = (protocol.chat_body if chat else protocol.completion_body)(
-                rid, served, results[0]
-            )
-            return JSONResponse(body)
+            result = results[0]
+            if not chat:
+                return JSONResponse(protocol.completion_body(rid, served, result))
+            parsed = None
+            if req.tool_format is not None:
+                parsed = parse_tool_calls(result.text, req.tool_format, req.tools)
+            return JSONResponse(protocol.chat_body(rid, served, result, parsed))
+
+        calls = ToolCallStream(req.tool_format, req.tools) if req.tool_format else None
+        sent_calls: list[ToolCall] = []
+
+        def pieces(parts: list[str | ToolCall]) -> Iterator[str]:
+            for part in parts:
+                if isinstance(part, str):
+                    yield _sse(protocol.chunk(rid, served, chat, part))
+                else:
+                    index = len(sent_calls)
+                    sent_calls.append(part)
+                    yield _sse(protocol.chunk(rid, served, chat, None, tool_call=(index, part)))
 
         async def events() -> AsyncIterator[str]:
             finished = False
@@ -239,10 +272,20 @@ def create_app(model: Any, name: str | None = None) -> Any:
                     if isinstance(item, RequestError):
                         yield _sse(item.body())
                         return
-                    yield _sse(protocol.chunk(rid, served, chat, item))
+                    if calls is None:
+                        yield _sse(protocol.chunk(rid, served, chat, item))
+                    else:
+                        for event in pieces(calls.feed(item)):
+                            yield event
                 finished = True
                 result = results[0]
-                yield _sse(protocol.chunk(rid, served, chat, None, result.finish_reason))
+                finish = result.finish_reason
+                if calls is not None:
+                    for event in pieces(calls.finish()):
+                        yield event
+                    if calls.calls:
+                        finish = "tool_calls"
+                yield _sse(protocol.chunk(rid, served, chat, None, finish))
                 if req.include_usage:
                     yield _sse(protocol.usage_chunk(rid, served, chat, result))
                 yield "data: [DONE]\n\n"
@@ -266,7 +309,7 @@ def create_app(model: Any, name: str | None = None) -> Any:
                 model.image_placeholder() if getattr(model, "accepts_images", False) else None
             )
             req = await run_in_threadpool(
-                protocol.chat_request, body, model.apply_chat_template, placeholder
+                protocol.chat_request, body, model.apply_chat_template, placeholder, tool_format
             )
         except RequestError as exc:
             return error(exc)
@@ -336,9 +379,16 @@ def _sse(obj: dict[str, Any]) -> str:
 SHUTDOWN_GRACE_S = 3
 
 
-def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, name: str | None = None) -> None:
+def serve(
+    model: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str | None = None,
+    tool_call_format: str | None = FROM_MODEL,
+) -> None:
     """Serves ``model`` until interrupted (uvicorn). On Ctrl-C / SIGTERM, requests still running
-    after ``SHUTDOWN_GRACE_S`` are cancelled (they stop at their next token)."""
+    after ``SHUTDOWN_GRACE_S`` are cancelled (they stop at their next token).
+    ``tool_call_format`` as in :func:`create_app`."""
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -346,7 +396,7 @@ def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, name: str | Non
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from exc
     uvicorn.run(
-        create_app(model, name),
+        create_app(model, name, tool_call_format),
         host=host,
         port=port,
         log_level="info",

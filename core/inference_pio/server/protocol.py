@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 
 from inference_pio.generation import GenerationResult
 from inference_pio.tokenizer.utf8 import replace_lone_surrogates
+from inference_pio.toolcalls import ParsedReply, ToolCall
 
 #: OpenAI's default ``max_tokens`` for /v1/completions.
 COMPLETIONS_MAX_TOKENS = 16
@@ -61,6 +63,10 @@ class Request:
     stream: bool
     include_usage: bool
     images: list[bytes] = field(default_factory=list)
+    #: The request's ``tools`` (None without), given to the chat template and the parser.
+    tools: list[dict[str, Any]] | None = None
+    #: The tool-call format the reply is parsed with; None: the reply is text only.
+    tool_format: str | None = None
 
 
 def _number(body: Mapping[str, Any], key: str) -> float | None:
@@ -72,12 +78,15 @@ def _number(body: Mapping[str, Any], key: str) -> float | None:
     return value
 
 
-def _common(body: Mapping[str, Any], default_max: int | None) -> tuple[dict[str, Any], bool, bool]:
+def _common(
+    body: Mapping[str, Any], default_max: int | None, chat: bool = False
+) -> tuple[dict[str, Any], bool, bool]:
     """Sampling keywords, ``stream`` and ``stream_options.include_usage`` of a request."""
     n = body.get("n", 1)
     if n != 1:
         raise RequestError("only n = 1 is supported", "n")
-    for key in ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions"):
+    refused = ("logprobs", "top_logprobs", "echo", "suffix", "functions", "function_call")
+    for key in refused if chat else (*refused, "tools", "tool_choice"):
         if body.get(key):
             raise RequestError(f"{key!r} is not supported", key)
     if body.get("best_of") not in (None, 1):
@@ -90,8 +99,6 @@ def _common(body: Mapping[str, Any], default_max: int | None) -> tuple[dict[str,
         )
     if body.get("logit_bias"):
         raise RequestError("'logit_bias' is not supported", "logit_bias")
-    if body.get("tool_choice") not in (None, "none"):
-        raise RequestError("tools are not supported", "tool_choice")
     sampling: dict[str, Any] = {}
     for key, name in _SAMPLING.items():
         value = _number(body, key)
@@ -212,20 +219,108 @@ def chat_messages(
         for key in _PASSED_THROUGH:  # earlier tool calls and reasoning stay in the history
             if m.get(key) is not None:
                 message[key] = m[key]
+        if "tool_calls" in message:
+            message["tool_calls"] = _history_calls(message["tool_calls"])
         out.append(message)
     return out, images
 
 
-def chat_request(body: Mapping[str, Any], render: Any, image_placeholder: str | None) -> Request:
+def _history_calls(calls: Any) -> list[dict[str, Any]]:
+    """An assistant message's earlier ``tool_calls`` for the chat template: each function's
+    ``arguments`` (JSON text, as OpenAI sends it) decoded to a dict, as vLLM does; chat
+    templates iterate over them."""
+    if not isinstance(calls, list):
+        raise RequestError("an assistant message's 'tool_calls' must be a list", "messages")
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise RequestError(
+                "each tool call needs a 'function' with a 'name' and 'arguments'", "messages"
+            )
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                raise RequestError(
+                    f"the arguments of tool call {fn['name']!r} are not valid JSON", "messages"
+                ) from None
+        if not isinstance(args, Mapping):
+            raise RequestError(
+                f"the arguments of tool call {fn['name']!r} must be a JSON object", "messages"
+            )
+        out.append({**call, "function": {**fn, "arguments": dict(args)}})
+    return out
+
+
+def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The request's ``tools``, checked: ``{"type": "function", "function": {"name",
+    "description", "parameters"}}`` each (None when absent or empty)."""
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise RequestError("'tools' must be a list of {'type': 'function', ...} objects", "tools")
+    for k, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(tool, Mapping) or tool.get("type") != "function":
+            raise RequestError(f"tools[{k}]: 'type' must be 'function'", "tools")
+        if not isinstance(fn, Mapping):
+            raise RequestError(f"tools[{k}]: 'function' must be an object", "tools")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise RequestError(f"tools[{k}]: the function needs a non-empty 'name'", "tools")
+        if not isinstance(fn.get("description", ""), (str, type(None))):
+            raise RequestError(f"tools[{k}]: 'description' must be a string", "tools")
+        if not isinstance(fn.get("parameters", {}), (Mapping, type(None))):
+            raise RequestError(f"tools[{k}]: 'parameters' must be a JSON-schema object", "tools")
+    return [dict(t) for t in tools] or None
+
+
+def _tool_choice(body: Mapping[str, Any], tools: list[dict[str, Any]] | None) -> str:
+    """``tool_choice``: "auto" (the default with tools) or "none"; "required" and a named
+    function need constrained decoding, which this server does not do."""
+    choice = body.get("tool_choice")
+    if choice is None:
+        return "auto" if tools else "none"
+    if choice == "required" or isinstance(choice, Mapping):
+        what = "'required'" if choice == "required" else "a named function"
+        raise RequestError(
+            f"tool_choice {what} is not supported (it needs constrained decoding); "
+            "use 'auto' or 'none'",
+            "tool_choice",
+        )
+    if choice not in ("auto", "none"):
+        raise RequestError(f"tool_choice must be 'auto' or 'none', got {choice!r}", "tool_choice")
+    if choice == "auto" and not tools:
+        raise RequestError("tool_choice 'auto' is only allowed with 'tools'", "tool_choice")
+    return str(choice)
+
+
+def chat_request(
+    body: Mapping[str, Any],
+    render: Any,
+    image_placeholder: str | None,
+    tool_format: str | None = None,
+) -> Request:
     """``/v1/chat/completions``; ``render(messages, **kwargs)`` applies the chat template
-    (``chat_template_kwargs``, e.g. ``{"enable_thinking": false}``, are passed to it)."""
+    (``chat_template_kwargs``, e.g. ``{"enable_thinking": false}``, are passed to it, and the
+    request's ``tools``). ``tool_format`` is the model's tool-call format: with tools and
+    ``tool_choice`` "auto" the reply is parsed for calls in it."""
     messages, images = chat_messages(body.get("messages"), image_placeholder)
+    tools = _tools(body)
+    choice = _tool_choice(body, tools)
     extra = body.get("chat_template_kwargs") or {}
     if not isinstance(extra, Mapping):
         raise RequestError("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-    prompt = str(render(messages, **dict(extra)))
-    sampling, stream, usage = _common(body, CHAT_MAX_TOKENS)
-    return Request(prompt, sampling, stream, usage, images)
+    kwargs = dict(extra)
+    if tools is not None:
+        kwargs["tools"] = tools
+    prompt = str(render(messages, **kwargs))
+    sampling, stream, usage = _common(body, CHAT_MAX_TOKENS, chat=True)
+    parse_with = tool_format if tools is not None and choice == "auto" else None
+    return Request(prompt, sampling, stream, usage, images, tools, parse_with)
 
 
 def json_text(text: str) -> str:
@@ -263,7 +358,18 @@ def completion_body(rid: str, model: str, result: GenerationResult) -> dict[str,
     }
 
 
-def chat_body(rid: str, model: str, result: GenerationResult) -> dict[str, Any]:
+def chat_body(
+    rid: str, model: str, result: GenerationResult, parsed: ParsedReply | None = None
+) -> dict[str, Any]:
+    """The chat completion of ``result``; ``parsed``: its text split into content and tool
+    calls (``finish_reason`` "tool_calls" when there are calls)."""
+    message: dict[str, Any] = {"role": "assistant", "content": json_text(result.text)}
+    finish = result.finish_reason
+    if parsed is not None and parsed.tool_calls:
+        content = parsed.content
+        message["content"] = None if content is None else json_text(content)
+        message["tool_calls"] = [_call_json(c) for c in parsed.tool_calls]
+        finish = "tool_calls"
     return {
         "id": rid,
         "object": "chat.completion",
@@ -272,13 +378,19 @@ def chat_body(rid: str, model: str, result: GenerationResult) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": json_text(result.text)},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": result.finish_reason,
+                "finish_reason": finish,
             }
         ],
         "usage": usage(result),
     }
+
+
+def _call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    out = call.to_openai()
+    out["function"]["arguments"] = json_text(out["function"]["arguments"])
+    return out if index is None else {"index": index, **out}
 
 
 def chunk(
@@ -288,14 +400,18 @@ def chunk(
     text: str | None,
     finish: str | None = None,
     first: bool = False,
+    tool_call: tuple[int, ToolCall] | None = None,
 ) -> dict[str, Any]:
-    """One streamed chunk: a piece of text, or the last one with ``finish``."""
+    """One streamed chunk: a piece of text, one whole tool call (its index in the reply and
+    the call), or the last one with ``finish``."""
     if chat:
         delta: dict[str, Any] = {}
         if first:
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = json_text(text)
+        if tool_call is not None:
+            delta["tool_calls"] = [_call_json(tool_call[1], tool_call[0])]
         choice: dict[str, Any] = {
             "index": 0,
             "delta": delta,

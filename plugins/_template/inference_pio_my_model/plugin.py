@@ -24,6 +24,9 @@ SPEC = ModelSpec(
     hf_repo=HF_REPO,
     aliases=("my-model-1b",),
     description="Template model (replace me)",
+    # How the model writes tool calls ("hermes", "qwen3_coder", "glm47"; see
+    # inference_pio.toolcalls), or None: the server then returns them as plain text.
+    tool_call_format=None,
 )
 
 

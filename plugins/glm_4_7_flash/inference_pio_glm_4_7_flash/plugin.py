@@ -20,6 +20,7 @@ SPEC = ModelSpec(
     hf_repo=HF_REPO,
     aliases=("glm4.7-flash", "glm-4.7:flash"),
     description="GLM-4.7-Flash: MLA attention, sigmoid-routed 64-expert MoE",
+    tool_call_format="glm47",
 )
 
 

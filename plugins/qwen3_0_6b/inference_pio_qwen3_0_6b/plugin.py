@@ -27,6 +27,7 @@ SPEC = ModelSpec(
     hf_repo=HF_REPO,
     aliases=("qwen3-0.6B", "qwen3:0.6b"),
     description="Qwen3 0.6B dense decoder (hybrid thinking)",
+    tool_call_format="hermes",
 )
 
 

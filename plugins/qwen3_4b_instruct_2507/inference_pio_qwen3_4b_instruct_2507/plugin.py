@@ -32,6 +32,7 @@ SPEC = ModelSpec(
     hf_repo=HF_REPO,
     aliases=("qwen3-4b-instruct", "qwen3:4b-instruct-2507"),
     description="Qwen3 4B instruct (2507), non-thinking dense decoder",
+    tool_call_format="hermes",
 )
 
 

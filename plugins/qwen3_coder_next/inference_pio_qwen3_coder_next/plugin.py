@@ -20,6 +20,7 @@ SPEC = ModelSpec(
     hf_repo=HF_REPO,
     aliases=("qwen3-coder-next-80b",),
     description="Qwen3-Coder-Next: Gated DeltaNet + gated attention hybrid, 512-expert MoE",
+    tool_call_format="qwen3_coder",
 )
 
 

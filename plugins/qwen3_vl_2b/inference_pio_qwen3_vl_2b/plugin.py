@@ -20,6 +20,7 @@ SPEC = ModelSpec(
     hf_repo=HF_REPO,
     aliases=("qwen3-vl-2b", "qwen3-vl:2b"),
     description="Qwen3-VL 2B instruct: vision tower with DeepStack + Qwen3 text decoder with MRoPE",
+    tool_call_format="hermes",
 )
 
 

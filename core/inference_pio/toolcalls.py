@@ -1,0 +1,443 @@
+"""Tool calls in model output: one parser per format, whole-text and streaming.
+
+Formats (the names vLLM gives its ``--tool-call-parser``):
+
+- ``hermes``: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` (Qwen3,
+  Qwen3-4B-Instruct-2507, Qwen3-VL).
+- ``qwen3_coder``: ``<tool_call>\\n<function=NAME>\\n<parameter=ARG>\\nVALUE\\n</parameter>\\n
+  </function>\\n</tool_call>``; values are converted by the tool's JSON-schema type (Qwen3-Coder).
+- ``glm47``: ``<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value>...</tool_call>``;
+  values are JSON-decoded where they parse, unless the schema says string (GLM-4.7).
+
+A reply is text with ``<tool_call>...</tool_call>`` blocks. Each closed block that parses is a
+call; a block that does not parse, or one never closed, stays text. ``content`` is the text
+outside the calls; once a reply has calls, whitespace-only stretches of text (between calls,
+say) are dropped and an empty content is None. :func:`parse_tool_calls` reads a whole reply;
+:class:`ToolCallStream` reads it in pieces and gives the same content and calls.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+START = "<tool_call>"
+END = "</tool_call>"
+
+#: A tool as OpenAI's API gives it: ``{"type": "function", "function": {"name", "parameters"}}``.
+Tool = Mapping[str, Any]
+
+
+def new_call_id() -> str:
+    """A tool-call id as OpenAI makes them: ``call_`` and 24 random hex digits."""
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call: the function's name and its arguments as a JSON object text."""
+
+    name: str
+    arguments: str
+    id: str = field(default_factory=new_call_id, compare=False)
+
+    def to_openai(self) -> dict[str, Any]:
+        """The call as OpenAI's ``message.tool_calls`` item."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass
+class ParsedReply:
+    """A reply split into its text ``content`` (None when empty) and its ``tool_calls``."""
+
+    content: str | None
+    tool_calls: list[ToolCall]
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _properties(tools: Sequence[Tool] | None, name: str) -> dict[str, Any]:
+    """The JSON-schema ``properties`` of the tool called ``name`` ({} when unknown)."""
+    for tool in tools or ():
+        fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
+        if isinstance(fn, Mapping) and fn.get("name") == name:
+            params = fn.get("parameters")
+            props = params.get("properties") if isinstance(params, Mapping) else None
+            return dict(props) if isinstance(props, Mapping) else {}
+    return {}
+
+
+def _schema_type(schema: Any) -> tuple[str, bool]:
+    """The primary type of a property schema (lower-case; "string" when unsaid) and whether it
+    admits null (``"type": [..., "null"]`` or an ``anyOf`` with a null option)."""
+    if not isinstance(schema, Mapping):
+        return "string", False
+    declared = schema.get("type")
+    if declared is None and isinstance(schema.get("anyOf"), list):
+        declared = [o.get("type") for o in schema["anyOf"] if isinstance(o, Mapping)]
+    if isinstance(declared, list):
+        names = [str(t).strip().lower() for t in declared if t is not None]
+        rest = [t for t in names if t != "null"]
+        return (rest[0] if rest else "null"), "null" in names
+    if declared is None:
+        return "string", False
+    kind = str(declared).strip().lower()
+    return kind, kind == "null"
+
+
+def _is_json(value: Any) -> bool:
+    """True when ``value`` is made of JSON types only (finite numbers, string keys)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
+def _loads(text: str) -> tuple[bool, Any]:
+    """``(True, value)`` when ``text`` is one JSON value (finite numbers); else ``(False,
+    None)``."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return False, None
+    return (True, value) if _is_json(value) else (False, None)
+
+
+def _literal(text: str) -> tuple[bool, Any]:
+    """``text`` as a Python literal made of JSON types (``{'a': 1}``, ``True``)."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False, None
+    return (True, value) if _is_json(value) else (False, None)
+
+
+_STRING_TYPES = ("string", "str", "text", "varchar", "char", "enum")
+_INT_PREFIXES = ("int", "uint", "long", "short", "unsigned")
+
+
+def convert_value(value: str, schema: Any) -> Any:
+    """A Qwen3-Coder parameter's text converted by its property ``schema``, as vLLM's
+    ``qwen3_coder`` parser does: strings stay as written; integers and numbers parse (an
+    integral number becomes an int); booleans are ``true``/``false``; objects and arrays are
+    JSON (or a Python literal); ``null`` is None for non-string or nullable types. A value that
+    does not convert stays a string (a boolean that is neither word is false)."""
+    if schema is None:  # a parameter the tool does not declare
+        return value
+    kind, nullable = _schema_type(schema)
+    if value.lower() in ("null", "none") and (nullable or kind not in _STRING_TYPES):
+        return None
+    if kind in _STRING_TYPES:
+        return value
+    if kind.startswith(_INT_PREFIXES):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return value
+    if kind.startswith(("num", "float", "double")):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+        if not math.isfinite(number):
+            return value
+        return int(number) if number.is_integer() else number
+    if kind in ("boolean", "bool", "binary"):
+        return value.strip().lower() == "true"
+    ok, parsed = _loads(value)
+    if not ok:
+        ok, parsed = _literal(value)
+    return parsed if ok else value
+
+
+def _valid_name(name: str) -> bool:
+    """A function name: non-empty, without whitespace, quotes, braces or angle brackets."""
+    return bool(name) and not any(c in "{}<>\"' \t\r\n" for c in name)
+
+
+def _dumps(arguments: Mapping[str, Any]) -> str:
+    return json.dumps(dict(arguments), ensure_ascii=False)
+
+
+# ---- one block per format -----------------------------------------------------------------------
+
+
+def parse_hermes(body: str, tools: Sequence[Tool] | None = None) -> ToolCall | None:
+    """``{"name": ..., "arguments": {...}}`` (``arguments`` may be absent, or JSON text)."""
+    ok, obj = _loads(body.strip())
+    if not ok or not isinstance(obj, dict):
+        return None
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):  # the arguments as JSON text, as OpenAI sends them
+        ok, args = _loads(args)
+        if not ok:
+            return None
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return None
+    return ToolCall(name, _dumps(args))
+
+
+_FUNCTION = "<function="
+_FUNCTION_END = "</function>"
+_PARAMETER = "<parameter="
+_PARAMETER_END = "</parameter>"
+
+
+def _parameter_end(text: str, start: int) -> int:
+    """Where the ``</parameter>`` closing a value that starts at ``start`` is: the first one
+    followed (after whitespace) by another parameter, ``</function>`` or the end, so that a value
+    may hold the tag itself (code, say). -1 when there is none."""
+    at = text.find(_PARAMETER_END, start)
+    while at != -1:
+        after = text[at + len(_PARAMETER_END) :].lstrip()
+        if not after or after.startswith((_PARAMETER, _FUNCTION_END)):
+            return at
+        at = text.find(_PARAMETER_END, at + 1)
+    return -1
+
+
+def parse_qwen3_coder(body: str, tools: Sequence[Tool] | None = None) -> ToolCall | None:
+    """``<function=NAME>`` then ``<parameter=ARG>\\nVALUE\\n</parameter>`` blocks then
+    ``</function>``; values converted by the tool's schema (:func:`convert_value`)."""
+    text = body.strip()
+    if not text.startswith(_FUNCTION) or not text.endswith(_FUNCTION_END):
+        return None
+    close = text.find(">", len(_FUNCTION))
+    if close == -1:
+        return None
+    name = text[len(_FUNCTION) : close]
+    if not _valid_name(name):
+        return None
+    props = _properties(tools, name)
+    inner = text[close + 1 : len(text) - len(_FUNCTION_END)]
+    args: dict[str, Any] = {}
+    pos = 0
+    while True:
+        while pos < len(inner) and inner[pos].isspace():
+            pos += 1
+        if pos == len(inner):
+            break
+        if not inner.startswith(_PARAMETER, pos):
+            return None  # stray text between the parameters
+        name_end = inner.find(">", pos + len(_PARAMETER))
+        if name_end == -1:
+            return None
+        key = inner[pos + len(_PARAMETER) : name_end].strip()
+        end = _parameter_end(inner, name_end + 1)
+        if not key or end == -1:
+            return None
+        value = inner[name_end + 1 : end]
+        if value.startswith("\n"):
+            value = value[1:]
+        if value.endswith("\n"):
+            value = value[:-1]
+        args[key] = convert_value(value, props.get(key))
+        pos = end + len(_PARAMETER_END)
+    return ToolCall(name, _dumps(args))
+
+
+_ARG_KEY, _ARG_KEY_END = "<arg_key>", "</arg_key>"
+_ARG_VALUE, _ARG_VALUE_END = "<arg_value>", "</arg_value>"
+
+
+def parse_glm47(body: str, tools: Sequence[Tool] | None = None) -> ToolCall | None:
+    """``NAME`` then ``<arg_key>K</arg_key><arg_value>V</arg_value>`` pairs. A value is
+    JSON-decoded where it parses (a Python literal too), unless the tool's schema types it as
+    a string; otherwise it stays the string written."""
+    first = body.find(_ARG_KEY)
+    name = (body if first == -1 else body[:first]).strip()
+    if not _valid_name(name):
+        return None
+    props = _properties(tools, name)
+    args: dict[str, Any] = {}
+    pos = len(body) if first == -1 else first
+    while True:
+        while pos < len(body) and body[pos].isspace():
+            pos += 1
+        if pos == len(body):
+            break
+        if not body.startswith(_ARG_KEY, pos):
+            return None
+        key_end = body.find(_ARG_KEY_END, pos)
+        if key_end == -1:
+            return None
+        key = body[pos + len(_ARG_KEY) : key_end].strip()
+        pos = key_end + len(_ARG_KEY_END)
+        while pos < len(body) and body[pos].isspace():
+            pos += 1
+        if not key or not body.startswith(_ARG_VALUE, pos):
+            return None
+        value_end = body.find(_ARG_VALUE_END, pos)
+        if value_end == -1:
+            return None
+        value = body[pos + len(_ARG_VALUE) : value_end]
+        pos = value_end + len(_ARG_VALUE_END)
+        kind, _ = _schema_type(props.get(key)) if key in props else ("", False)
+        if kind in _STRING_TYPES:
+            args[key] = value
+            continue
+        ok, parsed = _loads(value.strip())
+        if not ok:
+            ok, parsed = _literal(value.strip())
+        args[key] = parsed if ok else value
+    return ToolCall(name, _dumps(args))
+
+
+BlockParser = Callable[[str, Sequence[Tool] | None], ToolCall | None]
+
+#: The known formats and their block parsers (the text between ``<tool_call>`` and its end).
+PARSERS: dict[str, BlockParser] = {
+    "hermes": parse_hermes,
+    "qwen3_coder": parse_qwen3_coder,
+    "glm47": parse_glm47,
+}
+
+
+def check_format(name: str | None) -> str | None:
+    """``name`` when it is None or a known format; raises ValueError otherwise."""
+    if name is not None and name not in PARSERS:
+        raise ValueError(
+            f"unknown tool-call format {name!r}; known formats: {', '.join(sorted(PARSERS))}"
+        )
+    return name
+
+
+def _parser(fmt: str) -> BlockParser:
+    check_format(fmt)
+    return PARSERS[fmt]
+
+
+def _content(segments: list[str], called: bool) -> str | None:
+    if not called:
+        return "".join(segments)
+    text = "".join(s for s in segments if s.strip())
+    return text or None
+
+
+def parse_tool_calls(text: str, fmt: str, tools: Sequence[Tool] | None = None) -> ParsedReply:
+    """Splits a whole reply into content and tool calls in format ``fmt`` (see the module
+    docstring). Never raises on model output: what does not parse stays content."""
+    parse = _parser(fmt)
+    segments: list[str] = []
+    calls: list[ToolCall] = []
+    segment_start = pos = 0
+    while (start := text.find(START, pos)) != -1:
+        end = text.find(END, start + len(START))
+        if end == -1:
+            break  # never closed: text
+        call = parse(text[start + len(START) : end], tools)
+        pos = end + len(END)
+        if call is not None:
+            segments.append(text[segment_start:start])
+            calls.append(call)
+            segment_start = pos
+    segments.append(text[segment_start:])
+    return ParsedReply(_content(segments, bool(calls)), calls)
+
+
+def _partial_start(text: str) -> int:
+    """The length of the longest end of ``text`` that is a proper start of ``<tool_call>``."""
+    for n in range(min(len(START) - 1, len(text)), 0, -1):
+        if text.endswith(START[:n]):
+            return n
+    return 0
+
+
+class ToolCallStream:
+    """Reads a reply piece by piece: :meth:`feed` and :meth:`finish` return what may be sent
+    now, text pieces (``str``) and complete :class:`ToolCall` objects, in order. Text that could
+    start a call (``<tool_c``...) is held back until it is known, as is a call until its
+    ``</tool_call>``; the texts and calls joined equal :func:`parse_tool_calls` of the whole."""
+
+    def __init__(self, fmt: str, tools: Sequence[Tool] | None = None) -> None:
+        self._parse = _parser(fmt)
+        self._tools = tools
+        self._buffer = ""  # not yet decided: a partial start tag, or an open block
+        self._in_call = False
+        self._held = ""  # whitespace at the start of a stretch of text (dropped before a call)
+        self._has_text = False  # the current stretch of text has more than whitespace
+        self.calls: list[ToolCall] = []
+
+    def _text(self, text: str, out: list[str | ToolCall]) -> None:
+        if not text:
+            return
+        if self._has_text:
+            out.append(text)
+            return
+        self._held += text
+        if self._held.strip():
+            out.append(self._held)
+            self._held, self._has_text = "", True
+
+    def feed(self, piece: str) -> list[str | ToolCall]:
+        """Takes the next piece of the reply; returns what is decided."""
+        out: list[str | ToolCall] = []
+        self._buffer += piece
+        while True:
+            if not self._in_call:
+                start = self._buffer.find(START)
+                if start == -1:
+                    keep = _partial_start(self._buffer)
+                    self._text(self._buffer[: len(self._buffer) - keep], out)
+                    self._buffer = self._buffer[len(self._buffer) - keep :]
+                    return out
+                self._text(self._buffer[:start], out)
+                self._buffer = self._buffer[start:]
+                self._in_call = True
+            end = self._buffer.find(END, len(START))
+            if end == -1:
+                return out
+            block, self._buffer = self._buffer[: end + len(END)], self._buffer[end + len(END) :]
+            self._in_call = False
+            call = self._parse(block[len(START) : end], self._tools)
+            if call is None:
+                self._text(block, out)
+            else:
+                self._held, self._has_text = "", False
+                self.calls.append(call)
+                out.append(call)
+
+    def finish(self) -> list[str | ToolCall]:
+        """The end of the reply: what was held back (an unclosed call is text)."""
+        out: list[str | ToolCall] = []
+        self._text(self._buffer, out)
+        self._buffer, self._in_call = "", False
+        if self._held and not self.calls:
+            out.append(self._held)
+        self._held = ""
+        return out
+
+
+def format_for(model: Any) -> str | None:
+    """The tool-call format of a loaded model: its ``tool_call_format`` attribute, else the
+    ``tool_call_format`` of the registered :class:`~inference_pio.ModelSpec` of its name."""
+    fmt = getattr(model, "tool_call_format", None)
+    if fmt is not None:
+        return check_format(fmt)
+    name = getattr(model, "name", None)
+    if not isinstance(name, str) or not name:
+        return None
+    from inference_pio.plugins import get_plugin_host
+
+    registry = get_plugin_host().registry
+    return registry.get(name).tool_call_format if name in registry else None
