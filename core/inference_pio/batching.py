@@ -216,6 +216,7 @@ class BatchManager:
 
     def _admit(self, active_count: int, graphs: Any) -> list[tuple[_Request, SequenceState]]:
         admitted: list[tuple[_Request, SequenceState]] = []
+        refused: list[tuple[_Request, Exception]] = []
         budget = self.max_prefill_tokens
         with self._lock:
             while self._queue and active_count + len(admitted) < self.max_batch_size:
@@ -230,13 +231,25 @@ class BatchManager:
                 if graphs is not None and req.capacity > graphs.capacity:
                     break  # waits for the running batch to end and the slots to grow
                 self._queue.popleft()
+                slot = None
+                try:  # its own failure (a cache it cannot get) fails this request alone
+                    state = SequenceState(
+                        req.prompt_ids, req.params, self.eos_ids, IncrementalText(self.detokenizer)
+                    )
+                    slot = graphs.acquire() if graphs is not None else None
+                    state.cache = slot if slot is not None else self.model.new_cache(req.capacity)
+                except Exception as exc:
+                    if slot is not None:
+                        graphs.release(slot)
+                    if req.on_error is None:  # run(): the caller sees the exception
+                        raise
+                    refused.append((req, exc))
+                    continue
                 budget -= len(req.prompt_ids)
-                state = SequenceState(
-                    req.prompt_ids, req.params, self.eos_ids, IncrementalText(self.detokenizer)
-                )
-                slot = graphs.acquire() if graphs is not None else None
-                state.cache = slot if slot is not None else self.model.new_cache(req.capacity)
                 admitted.append((req, state))
+        for bad, why in refused:  # outside the lock: the callbacks are the caller's code
+            _report_error(bad, why)
+            self._forget(bad.index)
         return admitted
 
     def _step(
@@ -257,7 +270,7 @@ class BatchManager:
             now = time.perf_counter()
             for (req, state), row in zip(admitted, logits, strict=False):
                 state.prefill_done_at = now
-                self._emit(req, state.accept(row))
+                self._accept(req, state.accept, row)
         active = self._retire(active, graphs)
         if not active:
             return active
@@ -274,9 +287,9 @@ class BatchManager:
             logits = self.model.forward([([s.generated[-1]], s.cache) for _, s in active])
         for i, ((req, state), row) in enumerate(zip(active, logits, strict=False)):
             if greedy is not None and state.sampler.plain_greedy:
-                self._emit(req, state.accept_token(greedy[i]))
+                self._accept(req, state.accept_token, greedy[i])
             else:
-                self._emit(req, state.accept(row))
+                self._accept(req, state.accept, row)
         active = self._retire(active, graphs)
         on_cuda = graphs is not None or self._device_type() == "cuda"
         single = alone and on_cuda and len(active) == 1 and not self._queue
@@ -334,6 +347,25 @@ class BatchManager:
             self._cancelled.discard(index)
             self._live.discard(index)
 
+    def _accept(self, req: _Request, take: Callable[[Any], str], arg: Any) -> None:
+        """Streams the text of ``take(arg)`` (the request's next token); a failure of its own
+        (its sampler refusing its settings, say) fails that request alone, as in :meth:`_emit`."""
+        try:
+            piece = take(arg)
+        except Exception as exc:
+            if req.on_error is None:  # run(): the caller sees the exception
+                raise
+            self._fail(req, exc)
+            return
+        self._emit(req, piece)
+
+    def _fail(self, req: _Request, exc: Exception) -> None:
+        """``req`` gets ``exc`` and is dropped at the next retire (its cache goes back first)."""
+        req.failed = True
+        _report_error(req, exc)
+        with self._lock:
+            self._cancelled.add(req.index)
+
     def _emit(self, req: _Request, piece: str) -> None:
         """Streams ``piece`` to ``req``; a callback that raises fails that request alone (its
         on_error, then it is dropped at the next retire), not the others of the step."""
@@ -342,10 +374,7 @@ class BatchManager:
         try:
             req.on_piece(req.index, piece)
         except Exception as exc:
-            req.failed = True
-            _report_error(req, exc)
-            with self._lock:
-                self._cancelled.add(req.index)
+            self._fail(req, exc)
 
     def _finish(self, req: _Request, result: GenerationResult) -> None:
         self._forget(req.index)

@@ -93,7 +93,7 @@ def load_model(
             )
     placed: Any = device
     if gpu_layers is not None:
-        placed = _placement(checkpoint, device, gpu_layers)
+        placed = _placement(checkpoint, device, gpu_layers, dtype)
     elif str(device).startswith("cpu"):
         warn_if_larger_than_memory(path)
     opts = dict(options, device=placed, dtype=dtype, name=spec.name, progress=progress)
@@ -105,8 +105,12 @@ def load_model(
     return loaded
 
 
-def _placement(checkpoint: Checkpoint, device: str, gpu_layers: int | str) -> Any:
-    """The hybrid placement ``gpu_layers`` asks for (an int, or ``"auto"``)."""
+def _placement(
+    checkpoint: Checkpoint, device: str, gpu_layers: int | str, dtype: str | None = None
+) -> Any:
+    """The hybrid placement ``gpu_layers`` asks for (an int, or ``"auto"``); the KV cache is
+    planned at the compute dtype's size (``dtype``, else f32 for a checkpoint mostly of f32
+    weights, as the builders choose, else bf16)."""
     from inference_pio.device import Device
     from inference_pio.scheduler import plan_for_checkpoint
 
@@ -125,7 +129,20 @@ def _placement(checkpoint: Checkpoint, device: str, gpu_layers: int | str) -> An
             ) from None
     count = None if isinstance(gpu_layers, str) else int(gpu_layers)
     sizes = {name: t.nbytes for name, t in checkpoint.weights.items()}
-    return plan_for_checkpoint(checkpoint.config, sizes, device, count)
+    itemsize = cache_itemsize(checkpoint, dtype)
+    return plan_for_checkpoint(checkpoint.config, sizes, device, count, cache_itemsize=itemsize)
+
+
+def cache_itemsize(checkpoint: Checkpoint, dtype: str | None) -> int:
+    """Bytes per KV-cache value: the compute dtype's, ``dtype`` where given, else f32 for a
+    checkpoint mostly of f32 weights (as the builders choose) and bf16 otherwise."""
+    from inference_pio.dtypes import DType
+
+    if dtype is not None:
+        return DType.parse(dtype).itemsize
+    weights = checkpoint.weights.values()
+    f32 = sum(t.nbytes for t in weights if t.dtype == DType.float32)
+    return 4 if 2 * f32 > sum(t.nbytes for t in weights) else 2
 
 
 def memory_total_bytes() -> int | None:

@@ -73,6 +73,8 @@ class SamplingParams:
             object.__setattr__(self, "temperature", 0.0)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.top_k >= 1 << 31:  # any k past the vocabulary keeps every token (the C int64
+            object.__setattr__(self, "top_k", 0)  # would wrap 2**63 negative, 2**64+5 to 5)
         if not 0.0 < _f32(self.top_p) <= 1.0:  # as the sampler reads it (float32)
             raise bad(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p < 1.0:

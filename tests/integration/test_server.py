@@ -273,6 +273,20 @@ def test_unsupported_fields_and_unknown_routes_get_openai_errors(served: tuple[A
         model=NAME, messages=msgs, max_tokens=2, response_format={"type": "text"}
     )
     assert text.choices[0].message.content is not None
+    # OpenAI's nullable fields: null is the default (some clients send every unset field)
+    for route, body in (
+        ("/v1/chat/completions", {"messages": msgs}),
+        ("/v1/completions", {"prompt": "x"}),
+    ):
+        req = urllib.request.Request(
+            url + route,
+            data=json.dumps(
+                {"model": NAME, "max_tokens": 2, "n": None, "stream": None, **body}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req) as answer:
+            assert json.loads(answer.read())["usage"]["completion_tokens"] <= 2
     assert c.models.retrieve(NAME).id == NAME
     with pytest.raises(openai.NotFoundError, match="not served here"):
         c.models.retrieve("gpt-4")

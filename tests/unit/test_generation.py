@@ -390,6 +390,63 @@ def test_a_request_whose_callback_raises_fails_alone() -> None:
         thread.join(5)
 
 
+def test_a_request_whose_cache_cannot_be_made_fails_alone() -> None:
+    """A cache allocation failing at admission (cudaMalloc for a large max_tokens) answers
+    that request with its error; the request running beside it and one admitted in the same
+    step finish, and nothing stays live."""
+
+    class Limited(_CountingModel):
+        def new_cache(self, capacity: int) -> Any:
+            if capacity > 40:
+                raise MemoryError(f"no cache of {capacity} tokens")
+            return super().new_cache(capacity)
+
+    manager = BatchManager(Limited(), _Letters(), eos_ids=[], max_batch_size=4)
+    events: list[tuple[str, int, str]] = []
+    done = threading.Event()
+
+    def finish(i: int, result: Any) -> None:
+        events.append(("finish", i, result.finish_reason))
+
+    def error(i: int, exc: Exception) -> None:
+        events.append(("error", i, str(exc)))
+
+    def check() -> None:
+        if len(events) == 3:
+            done.set()
+
+    stop, thread = _serve(manager)
+    try:
+        kw: dict[str, Any] = {
+            "on_finish": lambda i, r: (finish(i, r), check()),
+            "on_error": lambda i, e: (error(i, e), check()),
+        }
+        manager.submit([0], SamplingParams(temperature=0.0, max_new_tokens=30), **kw)
+        manager.submit([1], SamplingParams(temperature=0.0, max_new_tokens=50), **kw)
+        manager.submit([2], SamplingParams(temperature=0.0, max_new_tokens=3), **kw)
+        assert done.wait(10), events
+        assert sorted(events) == [
+            ("error", 1, "no cache of 51 tokens"),
+            ("finish", 0, "length"),
+            ("finish", 2, "length"),
+        ]
+        assert not manager._live
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_top_k_past_a_c_integer_keeps_every_token() -> None:
+    """A top_k of 2**31 or more keeps every token (it reached the sampler wrapped: 2**64 + 5
+    as 5, 2**63 as a negative value it refused)."""
+    logits = Tensor.from_list([1.0] * 5 + [0.0] * 59)  # a top-5 cut keeps only ids 0..4
+    for k in (2**31, 2**63, 2**64 + 5):
+        params = SamplingParams(temperature=1.0, top_k=k, seed=1)
+        assert params.top_k == 0
+        sampler = Sampler(params, [])
+        assert any(sampler.sample(logits) >= 5 for _ in range(40))
+
+
 def test_ignore_eos_keeps_explicit_stop_token_ids() -> None:
     """vLLM's ignore_eos ignores the model's eos ids; stop_token_ids still stop."""
     model = _CountingModel()

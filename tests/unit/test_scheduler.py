@@ -131,3 +131,22 @@ def test_gpu_layers_on_cuda_without_a_gpu_says_cuda_is_missing(tmp_path) -> None
                         transformers.Qwen3Config(**tiny_qwen3_config()))  # fmt: skip
     with pytest.raises(ValueError, match="CUDA is not available"):
         load_model(tmp_path, device="cuda", gpu_layers=1, progress=False)
+
+
+def test_the_kv_cache_is_planned_at_the_compute_dtype(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An f32 checkpoint (or --dtype f32) caches f32 values: the automatic plan counted 2
+    bytes a value whatever the dtype."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from inference_pio.checkpoint import Checkpoint
+    from inference_pio.loading import cache_itemsize
+    from inference_pio.testing.tiny import save_tiny_causal_lm
+
+    cfg = transformers.Qwen3Config(**tiny_qwen3_config())
+    for dtype, want in ((torch.float32, 4), (torch.bfloat16, 2), (torch.float16, 2)):
+        d = tmp_path / str(dtype)
+        save_tiny_causal_lm(d, transformers.Qwen3ForCausalLM, cfg, dtype=dtype)
+        ckpt = Checkpoint.open(d)
+        assert cache_itemsize(ckpt, None) == want
+        assert cache_itemsize(ckpt, "f32") == 4
+        assert cache_itemsize(ckpt, "bf16") == 2

@@ -82,8 +82,8 @@ def _common(
     body: Mapping[str, Any], default_max: int | None, chat: bool = False
 ) -> tuple[dict[str, Any], bool, bool]:
     """Sampling keywords, ``stream`` and ``stream_options.include_usage`` of a request."""
-    n = body.get("n", 1)
-    if n != 1:
+    n = body.get("n")
+    if n is not None and n != 1:  # OpenAI's nullable fields: null means the default
         raise RequestError("only n = 1 is supported", "n")
     refused = ("logprobs", "top_logprobs", "echo", "suffix", "functions", "function_call")
     for key in refused if chat else (*refused, "tools", "tool_choice"):
@@ -132,7 +132,9 @@ def _common(
         if len(stops) > 16:
             raise RequestError("at most 16 stop strings", "stop")
         sampling["stop"] = stops
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise RequestError("'stream' must be a boolean", "stream")
     options = body.get("stream_options") or {}
