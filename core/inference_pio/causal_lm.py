@@ -10,7 +10,8 @@ from __future__ import annotations
 import operator
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from inference_pio.batching import BatchManager
 from inference_pio.checkpoint import Checkpoint
@@ -19,30 +20,73 @@ from inference_pio.generation import ForwardModel, GenerationResult, stream_gene
 from inference_pio.interface import BatchRequest, TextModelPluginInterface
 from inference_pio.sampling import SamplingParams
 
+if TYPE_CHECKING:
+    from inference_pio.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class TextSetup:
+    """What a text model takes from its checkpoint besides the weights."""
+
+    tokenizer: Tokenizer
+    eos_ids: tuple[int, ...]
+
+
+def text_setup(checkpoint: Checkpoint) -> TextSetup:
+    """The tokenizer, the stop ids and a check of the generation defaults of ``checkpoint``.
+    Plugins call it before building the model: its errors (no tokenizer.json, a bad
+    generation_config.json) then come before the weights are read, not after."""
+    from inference_pio.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(checkpoint.path)
+    gc = checkpoint.generation_config
+    # as transformers: generation_config.json, else config.json (a multimodal model keeps it
+    # in text_config); else the tokenizer's eos_token, which vLLM and llama.cpp stop at too
+    text_cfg = checkpoint.config.get("text_config")
+    eos: Any = next(
+        (
+            v
+            for v in (
+                gc.get("eos_token_id"),
+                checkpoint.config.get("eos_token_id"),
+                text_cfg.get("eos_token_id") if isinstance(text_cfg, Mapping) else None,
+                tokenizer.eos_token_id,
+            )
+            if v is not None and v != []
+        ),
+        None,
+    )
+    ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise CheckpointError(f"eos_token_id must be an integer or a list of them, got {eos!r}")
+    try:  # a bad default is the checkpoint's fault: found at load, not in every request
+        SamplingParams.from_generation_config({**gc, "do_sample": True})  # every value
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"generation_config.json: {exc}") from None
+    return TextSetup(tokenizer, tuple(ids))
+
 
 class CausalLM(TextModelPluginInterface):
     """A loaded text model: forward pass + tokenizer + generation defaults."""
 
     def __init__(
-        self, name: str, checkpoint: Checkpoint, model: ForwardModel, max_batch_size: int = 8
+        self,
+        name: str,
+        checkpoint: Checkpoint,
+        model: ForwardModel,
+        max_batch_size: int = 8,
+        setup: TextSetup | None = None,
     ) -> None:
-        from inference_pio.tokenizer import Tokenizer
-
+        """``setup``: :func:`text_setup` of the checkpoint, made before the model was built (so
+        that a missing tokenizer or a bad generation config is reported before the weights are
+        read); made here when not given."""
+        setup = setup if setup is not None else text_setup(checkpoint)
         self.name = name
         self.checkpoint = checkpoint
         self.model = model
-        self.tokenizer = Tokenizer.from_pretrained(checkpoint.path)
+        self.tokenizer = setup.tokenizer
         self.max_batch_size = max_batch_size
-        gc = checkpoint.generation_config
-        eos: Any = gc.get("eos_token_id", checkpoint.config.get("eos_token_id"))
-        ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise CheckpointError(f"eos_token_id must be an integer or a list of them, got {eos!r}")
-        self.eos_ids: tuple[int, ...] = tuple(ids)
-        try:  # a bad default is the checkpoint's fault: found at load, not in every request
-            SamplingParams.from_generation_config({**gc, "do_sample": True})  # every value
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"generation_config.json: {exc}") from None
+        self.eos_ids: tuple[int, ...] = setup.eos_ids
 
     # ---- tokens --------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

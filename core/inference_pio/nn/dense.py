@@ -174,6 +174,7 @@ def refuse_unsupported(config: Mapping[str, Any], attention_bias: bool = False) 
     implement (rather than running them wrongly): an activation other than SiLU, biases on the
     projections (``attention_bias``: the model implements those of the attention), sliding-window
     attention on any layer."""
+    refuse_quantized(config)
     act = config.get("hidden_act", config.get("hidden_activation")) or "silu"
     if act not in ("silu", "swish"):
         raise CheckpointError(
@@ -193,6 +194,18 @@ def refuse_unsupported(config: Mapping[str, Any], attention_bias: bool = False) 
         layers = config.get("num_hidden_layers", 0)
         if not isinstance(window_from, int) or not isinstance(layers, int) or layers > window_from:
             raise CheckpointError("config.json: sliding-window attention is not supported")
+
+
+def refuse_quantized(config: Mapping[str, Any]) -> None:
+    """CheckpointError for a quantized checkpoint (Qwen's -FP8, -AWQ, -GPTQ repos): its
+    ``quantization_config`` names the method, which the weight errors otherwise would not."""
+    quant = config.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "unknown") if isinstance(quant, Mapping) else quant
+        raise CheckpointError(
+            f"config.json: quantized checkpoints are not supported (quantization_config: "
+            f"quant_method {method!r}); use the unquantized (bf16) checkpoint"
+        )
 
 
 WeightPlan = dict[str, tuple[tuple[int, ...], str]]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inference_pio.causal_lm import CausalLM
+from inference_pio.causal_lm import CausalLM, text_setup
 from inference_pio.checkpoint import Checkpoint
 from inference_pio.nn import dense
 from inference_pio_my_model import MODEL_NAME
@@ -37,5 +37,6 @@ def load(path: Path, **options: Any) -> CausalLM:
     """
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
     cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=QK_NORM)
+    setup = text_setup(checkpoint)  # its errors before the weights are read
     model = dense.build(checkpoint.weights, cfg, options.get("device", "cpu"), options.get("dtype"))
-    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model)
+    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model, setup=setup)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inference_pio.causal_lm import CausalLM
+from inference_pio.causal_lm import CausalLM, text_setup
 from inference_pio.checkpoint import Checkpoint
 from inference_pio.nn import dense
 from inference_pio_qwen3_4b_instruct_2507 import MODEL_NAME
@@ -21,5 +21,6 @@ def load(path: Path, **options: Any) -> CausalLM:
     """Loads a Qwen3ForCausalLM checkpoint directory (options: device, dtype)."""
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
     cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True, default_head_dim=128)
+    setup = text_setup(checkpoint)  # its errors before the weights are read
     model = dense.build(checkpoint.weights, cfg, options.get("device", "cpu"), options.get("dtype"))
-    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model)
+    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model, setup=setup)

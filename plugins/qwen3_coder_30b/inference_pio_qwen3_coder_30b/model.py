@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference_pio.causal_lm import CausalLM
+from inference_pio.causal_lm import CausalLM, text_setup
 from inference_pio.checkpoint import Checkpoint
 from inference_pio.errors import CheckpointError
 from inference_pio.nn import dense
@@ -125,6 +125,7 @@ def load(path: Path, **options: Any) -> CausalLM:
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
     cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True)
     moe = MoeConfig.from_hf(checkpoint.config)
+    setup = text_setup(checkpoint)  # its errors before the weights are read
     model = dense.build(
         checkpoint.weights,
         cfg,
@@ -133,4 +134,4 @@ def load(path: Path, **options: Any) -> CausalLM:
         mlp_plan=mlp_plan(cfg, moe),
         mlp=mlp_factory(moe),
     )
-    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model)
+    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model, setup=setup)

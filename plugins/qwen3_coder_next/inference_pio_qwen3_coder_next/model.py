@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference_pio.causal_lm import CausalLM
+from inference_pio.causal_lm import CausalLM, text_setup
 from inference_pio.checkpoint import Checkpoint
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
@@ -324,5 +324,6 @@ def load(path: Path, **options: Any) -> CausalLM:
     device = Device.parse(options.get("device", "cpu"))
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
     cfg = NextConfig.from_hf(checkpoint.config)
+    setup = text_setup(checkpoint)  # its errors before the weights are read
     model = build(checkpoint.weights, cfg, device, options.get("dtype"))
-    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model)
+    return CausalLM(options.get("name", MODEL_NAME), checkpoint, model, setup=setup)

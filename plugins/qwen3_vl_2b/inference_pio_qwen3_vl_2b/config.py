@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference_pio.errors import CheckpointError
-from inference_pio.nn.dense import DenseConfig, config_int
+from inference_pio.nn.dense import DenseConfig, config_int, refuse_quantized
 
 HF_REPO = "Qwen/Qwen3-VL-2B-Instruct"
 ARCHITECTURE = "Qwen3VLForConditionalGeneration"
@@ -208,10 +208,16 @@ class VLConfig:
         vision_cfg = config.get("vision_config")
         if not isinstance(text_cfg, Mapping) or not isinstance(vision_cfg, Mapping):
             raise CheckpointError("config.json: 'text_config' and 'vision_config' are required")
+        refuse_quantized(config)
         text_cfg = dict(text_cfg)
         # the word embeddings are tied at the top level of a qwen3_vl config
         if "tie_word_embeddings" in config:
             text_cfg["tie_word_embeddings"] = config["tie_word_embeddings"]
+        params = text_cfg.get("rope_parameters")
+        if text_cfg.get("rope_theta") is None and not (
+            isinstance(params, Mapping) and params.get("rope_theta") is not None
+        ):
+            text_cfg["rope_theta"] = 500000.0  # transformers' Qwen3VLTextConfig default
         text = DenseConfig.from_hf(text_cfg, default_head_dim=128)  # transformers' default
         vision = VisionConfig.from_hf(vision_cfg)
         if vision.out_hidden_size != text.hidden_size:

@@ -27,7 +27,7 @@ from typing import Any
 
 from inference_pio import ops
 from inference_pio.backend import Backend
-from inference_pio.causal_lm import CausalLM
+from inference_pio.causal_lm import CausalLM, TextSetup, text_setup
 from inference_pio.checkpoint import Checkpoint
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
@@ -110,9 +110,14 @@ class Qwen3VL(CausalLM):
     accepts_images = True
 
     def __init__(
-        self, name: str, checkpoint: Checkpoint, model: Qwen3VLModel, processor: ProcessorConfig
+        self,
+        name: str,
+        checkpoint: Checkpoint,
+        model: Qwen3VLModel,
+        processor: ProcessorConfig,
+        setup: TextSetup | None = None,
     ) -> None:
-        super().__init__(name, checkpoint, model.text)
+        super().__init__(name, checkpoint, model.text, setup=setup)
         self.vl = model
         self.processor = processor
 
@@ -326,6 +331,7 @@ def load(path: Path, **options: Any) -> Qwen3VL:
     device = Device.parse(options.get("device", "cpu"))
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
     cfg = VLConfig.from_hf(checkpoint.config)
-    model = build(checkpoint.weights, cfg, device, options.get("dtype"))
+    setup = text_setup(checkpoint)  # its errors before the weights are read
     processor = ProcessorConfig.from_file(Path(path) / "preprocessor_config.json")
-    return Qwen3VL(options.get("name", MODEL_NAME), checkpoint, model, processor)
+    model = build(checkpoint.weights, cfg, device, options.get("dtype"))
+    return Qwen3VL(options.get("name", MODEL_NAME), checkpoint, model, processor, setup)

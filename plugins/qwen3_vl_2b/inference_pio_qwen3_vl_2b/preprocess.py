@@ -11,7 +11,6 @@ path: the same sizes, the same patch order, values within fp32 rounding.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_pio import ops
+from inference_pio.checkpoint import read_json
 from inference_pio.dtypes import DType
 from inference_pio.tensor import Tensor
 
@@ -46,7 +46,7 @@ class ProcessorConfig:
         """Reads ``preprocessor_config.json`` when it exists (Qwen3-VL's defaults otherwise)."""
         if not path.is_file():
             return cls()
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)  # CheckpointError naming the file: bad JSON, not an object
         size = data.get("size") or {}
         if not isinstance(size, dict) or (
             size and not {"shortest_edge", "longest_edge"} <= set(size)

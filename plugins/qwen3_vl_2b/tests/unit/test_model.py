@@ -315,3 +315,16 @@ def test_cli_chat_with_an_image(
     second = ours.generate(ours.apply_chat_template(history), images=[path], max_new_tokens=4,
                            temperature=0).text  # fmt: skip
     assert out == first + "\n" + second + "\n"
+
+
+def test_config_defaults_and_refusals_as_transformers() -> None:
+    """A text_config without rope_theta takes Qwen3VLTextConfig's 500000 (not the dense
+    default of 10000); a quantized checkpoint is refused by name."""
+    cfg = tiny_config()
+    cfg["text_config"].pop("rope_theta", None)
+    cfg["text_config"]["rope_parameters"].pop("rope_theta")
+    assert VLConfig.from_hf(cfg).text.rope_theta == 500000.0
+    transformers = pytest.importorskip("transformers")
+    assert transformers.Qwen3VLTextConfig().rope_parameters["rope_theta"] == 500000.0
+    with pytest.raises(CheckpointError, match=r"quantized.*'fp8'"):
+        VLConfig.from_hf(tiny_config(quantization_config={"quant_method": "fp8"}))

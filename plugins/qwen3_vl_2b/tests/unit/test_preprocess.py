@@ -115,6 +115,11 @@ def test_processor_config_file(tmp_path: Path) -> None:
     path.write_text(json.dumps({"patch_size": 0}))
     with pytest.raises(ValueError, match="patch_size"):
         ProcessorConfig.from_file(path)
+    for text, message in (("{bad", "not valid JSON"), ("[1, 2]", "JSON object")):
+        path.write_text(text)  # an error naming the file, not a traceback
+        with pytest.raises(ValueError, match=message) as info:
+            ProcessorConfig.from_file(path)
+        assert "preprocessor_config.json" in str(info.value)
 
 
 def test_bad_pixel_tensors_are_rejected() -> None:
