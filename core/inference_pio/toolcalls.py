@@ -203,6 +203,13 @@ _PARAMETER = "<parameter="
 _PARAMETER_END = "</parameter>"
 
 
+def _skip_space(text: str, pos: int) -> int:
+    """The first index at or after ``pos`` that is not whitespace (``len(text)`` if none)."""
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
 def _parameter_end(text: str, start: int) -> int:
     """Where the ``</parameter>`` closing a value that starts at ``start`` is: the first one
     followed (after whitespace) by another parameter, ``</function>`` or the end, so that a value
@@ -232,11 +239,7 @@ def parse_qwen3_coder(body: str, tools: Sequence[Tool] | None = None) -> ToolCal
     inner = text[close + 1 : len(text) - len(_FUNCTION_END)]
     args: dict[str, Any] = {}
     pos = 0
-    while True:
-        while pos < len(inner) and inner[pos].isspace():
-            pos += 1
-        if pos == len(inner):
-            break
+    while (pos := _skip_space(inner, pos)) < len(inner):
         if not inner.startswith(_PARAMETER, pos):
             return None  # stray text between the parameters
         name_end = inner.find(">", pos + len(_PARAMETER))
@@ -271,20 +274,14 @@ def parse_glm47(body: str, tools: Sequence[Tool] | None = None) -> ToolCall | No
     props = _properties(tools, name)
     args: dict[str, Any] = {}
     pos = len(body) if first == -1 else first
-    while True:
-        while pos < len(body) and body[pos].isspace():
-            pos += 1
-        if pos == len(body):
-            break
+    while (pos := _skip_space(body, pos)) < len(body):
         if not body.startswith(_ARG_KEY, pos):
             return None
         key_end = body.find(_ARG_KEY_END, pos)
         if key_end == -1:
             return None
         key = body[pos + len(_ARG_KEY) : key_end].strip()
-        pos = key_end + len(_ARG_KEY_END)
-        while pos < len(body) and body[pos].isspace():
-            pos += 1
+        pos = _skip_space(body, key_end + len(_ARG_KEY_END))
         if not key or not body.startswith(_ARG_VALUE, pos):
             return None
         value_end = body.find(_ARG_VALUE_END, pos)

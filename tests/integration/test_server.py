@@ -22,6 +22,7 @@ openai = pytest.importorskip("openai")
 transformers = pytest.importorskip("transformers")
 
 from inference_pio.server import create_app  # noqa: E402
+from inference_pio.testing.serving import running  # noqa: E402
 from inference_pio.testing.tiny import save_tiny_causal_lm, tiny_qwen3_config  # noqa: E402
 
 NAME = "tiny-qwen3"
@@ -35,24 +36,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]
     cfg = transformers.Qwen3Config(**tiny_qwen3_config(num_hidden_layers=2))
     save_tiny_causal_lm(d, transformers.Qwen3ForCausalLM, cfg, eos_id=511)
     model = load(d)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     global served_app
     served_app = create_app(model, NAME)
-    server = uvicorn.Server(
-        uvicorn.Config(served_app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    yield model, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(served_app) as url:
+        yield model, url
 
 
 def client(url: str) -> Any:

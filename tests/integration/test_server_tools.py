@@ -8,9 +8,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from inference_pio.synthetic.qwen_vocab import (  # noqa: E402
     write_qwen3_tokenizer,
 )
 from inference_pio.synthetic.templates import QWEN3_CHAT_TEMPLATE  # noqa: E402
+from inference_pio.testing.serving import running  # noqa: E402
 from inference_pio.testing.tiny import save_tiny_causal_lm, tiny_qwen3_config  # noqa: E402
 from inference_pio.tokenizer import Tokenizer  # noqa: E402
 
@@ -145,24 +143,8 @@ def test_template_with_tools_matches_transformers_token_for_token(
 
 
 def start(model: Any, **kwargs: Any) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(model, NAME, **kwargs), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(create_app(model, NAME, **kwargs)) as url:
+        yield url
 
 
 def client(url: str) -> Any:
