@@ -7,6 +7,7 @@ sampling, streaming and batching then come from the core.
 
 from __future__ import annotations
 
+import functools
 import operator
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from inference_pio.batching import BatchManager
 from inference_pio.checkpoint import Checkpoint
 from inference_pio.errors import CheckpointError
-from inference_pio.generation import ForwardModel, GenerationResult, stream_generate
+from inference_pio.generation import ForwardModel, GenerationResult, PrefixCache, stream_generate
 from inference_pio.interface import BatchRequest, TextModelPluginInterface
 from inference_pio.sampling import SamplingParams
 
@@ -86,6 +87,9 @@ class CausalLM(TextModelPluginInterface):
         self.model = model
         self.tokenizer = setup.tokenizer
         self.max_batch_size = max_batch_size
+        #: the last generation's cache, for a next prompt that starts the same way (CPU; off
+        #: unless :meth:`reuse_prefixes` turns it on)
+        self.prefix_cache: PrefixCache | None = None
         self.eos_ids: tuple[int, ...] = setup.eos_ids
 
     # ---- tokens --------------------------------------------------------------------------------
@@ -164,7 +168,18 @@ class CausalLM(TextModelPluginInterface):
             from inference_pio.nn.cuda_graph import cuda_stream_generate
 
             return cuda_stream_generate
-        return stream_generate
+        if self.prefix_cache is None or getattr(self.model, "hybrid", False):
+            return stream_generate
+        return functools.partial(stream_generate, prefix_cache=self.prefix_cache)
+
+    def reuse_prefixes(self, on: bool = True) -> None:
+        """Keeps each generation's KV cache for the next one (CPU models): a prompt that starts
+        with the last prompt and reply, as a chat's next turn does, prefills only its new
+        tokens (llama.cpp's ``cache_prompt``, one entry). The reused part was computed in
+        other chunks than a full prefill would use, so the logits can differ in the last bits
+        (bf16) from those of a fresh model: off by default, on in ``inference-pio chat``.
+        ``on=False`` drops the kept cache."""
+        self.prefix_cache = PrefixCache() if on else None
 
     def infer_batch(self, requests: Sequence[BatchRequest]) -> list[str]:
         return [r.text for r in self.generate_batch(requests)]

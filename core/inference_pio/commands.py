@@ -212,6 +212,8 @@ def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
     model = _load(args, host)
+    if hasattr(model, "reuse_prefixes"):  # each turn prefills only what is new (CPU)
+        model.reuse_prefixes()
     history: list[dict[str, str]] = []
     if args.system:
         history.append({"role": "system", "content": args.system})

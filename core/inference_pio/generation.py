@@ -8,6 +8,7 @@ decode are all the same call, so batching needs nothing model-specific.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -239,6 +240,56 @@ def check_context(model: ForwardModel, prompt_len: int, params: SamplingParams) 
     return min(model.max_context, prompt_len + params.max_new_tokens)
 
 
+class PrefixCache:
+    """The last request's cache and the token ids it holds, kept for a next request whose prompt
+    starts the same way (a chat's next turn, an agent's growing conversation): only the new part
+    of that prompt is prefilled (llama.cpp's cache_prompt, vLLM's prefix caching, one entry)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[int] = []
+        self._cache: Any = None
+
+    @staticmethod
+    def _rewindable(cache: Any) -> bool:
+        """Whether the cache can be cut back to fewer tokens (every layer indexed by position:
+        a recurrent state cannot be rewound)."""
+        from inference_pio.nn.attention import KVCache
+        from inference_pio.nn.mla import LatentCache
+
+        layers = getattr(cache, "layers", None)
+        return layers is not None and all(isinstance(c, (KVCache, LatentCache)) for c in layers)
+
+    def take(self, model: ForwardModel, prompt: list[int], capacity: int) -> tuple[Any, int]:
+        """A cache for ``prompt`` and how many of its first tokens it already holds."""
+        with self._lock:
+            cache, ids = self._cache, self._ids
+            self._cache, self._ids = None, []
+        if cache is None or not hasattr(cache, "layers") or cache.position_offset:
+            return model.new_cache(capacity), 0  # nothing kept, or positions of a VL prompt
+        held = min(cache.length, len(ids))
+        n = 0
+        limit = min(held, len(prompt) - 1)  # the last prompt token always runs (its logits)
+        while n < limit and ids[n] == prompt[n]:
+            n += 1
+        if n < cache.length and not self._rewindable(cache):
+            n = 0
+        if n == 0:
+            return model.new_cache(capacity), 0
+        cache.length = n
+        if cache.capacity < capacity:
+            fresh = model.new_cache(capacity)
+            if not cache.copyable_to(fresh):
+                return fresh, 0
+            cache.copy_into(fresh)
+            cache = fresh
+        return cache, n
+
+    def put(self, ids: list[int], cache: Any) -> None:
+        with self._lock:
+            self._ids, self._cache = ids, cache
+
+
 def stream_generate(
     model: ForwardModel,
     detokenizer: Detokenizer,
@@ -247,6 +298,7 @@ def stream_generate(
     eos_ids: Sequence[int] = (),
     on_finish: Callable[[GenerationResult], None] | None = None,
     prefill: Callable[[Any], Tensor] | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[str]:
     """Generates for one prompt, yielding text pieces as they become final. ``prefill(cache)``,
     when given, runs the prompt into the new cache instead of ``model.forward`` and returns the
@@ -254,11 +306,15 @@ def stream_generate(
     prompt = list(prompt_ids)
     capacity = check_context(model, len(prompt), params)
     state = SequenceState(prompt, params, frozenset(eos_ids), IncrementalText(detokenizer))
-    state.cache = model.new_cache(capacity)
+    reused = 0
+    if prefix_cache is not None and prefill is None:
+        state.cache, reused = prefix_cache.take(model, prompt, capacity)
+    else:
+        state.cache = model.new_cache(capacity)
     if prefill is not None:
         logits = prefill(state.cache)
     else:
-        (logits,) = model.forward([(prompt, state.cache)])
+        (logits,) = model.forward([(prompt[reused:], state.cache)])
     state.prefill_done_at = time.perf_counter()
     while True:
         piece = state.accept(logits)
@@ -272,5 +328,8 @@ def stream_generate(
                     yield tail
             break
         (logits,) = model.forward([([state.generated[-1]], state.cache)])
+    if prefix_cache is not None and prefill is None:
+        held = prompt + state.generated
+        prefix_cache.put(held[: state.cache.length], state.cache)
     if on_finish is not None:
         on_finish(state.result(time.perf_counter()))
