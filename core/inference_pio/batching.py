@@ -278,7 +278,7 @@ class BatchManager:
         greedy: list[int] | None = None
         if graphs is not None:
             logits = graphs.step([(s.generated[-1], s.cache) for _, s in active])
-            if any(s.sampler.plain_greedy for _, s in active):
+            if any(_argmax_only(s) for _, s in active):
                 # every row's argmax in one call instead of one draw (and copy) per row
                 by_slot = greedy_rows(graphs.last_logits)
                 if by_slot is not None:
@@ -286,7 +286,7 @@ class BatchManager:
         else:
             logits = self.model.forward([([s.generated[-1]], s.cache) for _, s in active])
         for i, ((req, state), row) in enumerate(zip(active, logits, strict=False)):
-            if greedy is not None and state.sampler.plain_greedy:
+            if greedy is not None and _argmax_only(state):
                 self._accept(req, state.accept_token, greedy[i])
             else:
                 self._accept(req, state.accept, row)
@@ -400,7 +400,8 @@ class BatchManager:
                 state.finish_reason = "length"
             if state.finished:
                 if state.finish_reason == "length":
-                    self._emit(req, state.stops.push(state.detok.flush()) + state.stops.flush())
+                    tail = state.stops.push(state.detok.flush()) + state.stops.flush()
+                    self._emit(req, state.with_logprobs(tail))
                 result = state.result(now)
                 self._results[req.index] = result
                 self._finish(req, result)
@@ -409,6 +410,14 @@ class BatchManager:
             else:
                 keep.append((req, state))
         return keep
+
+
+def _argmax_only(state: SequenceState) -> bool:
+    """Whether a step may give ``state`` its token from the batch's device argmax alone
+    (:func:`~inference_pio.sampling.greedy_rows`): greedy without penalties, and no logprobs
+    (a request with logprobs takes its logits row, ``graphs.last_logits[slot]``, through
+    :meth:`SequenceState.accept`)."""
+    return state.sampler.plain_greedy and not state.wants_logits
 
 
 def _report_error(req: _Request, exc: Exception) -> None:
