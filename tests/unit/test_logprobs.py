@@ -29,8 +29,7 @@ from inference_pio.logprobs import MAX_LOGPROBS, TokenLogprob, token_logprobs  #
 from inference_pio.nn import cuda_graph  # noqa: E402
 from inference_pio.sampling import Sampler, SamplingParams  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
-from inference_pio.testing.conformance import save_reference  # noqa: E402
-from inference_pio.testing.tiny import tiny_qwen3_config  # noqa: E402
+from inference_pio.testing.tiny import save_tiny_causal_lm, tiny_qwen3_config  # noqa: E402
 
 load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
 
@@ -192,12 +191,11 @@ def test_a_path_without_logits_cannot_take_a_logprobs_request() -> None:
 # ---- a tiny model -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
-    """A tiny random f32 Qwen3 (logits scaled up so that tokens vary) and its transformers
-    reference."""
+    """A tiny random f32 Qwen3 of byte tokens (untied embeddings: its greedy tokens vary) and its
+    transformers reference."""
     d: Path = tmp_path_factory.mktemp("logprobs")
-    ref = save_reference(
-        d, "Qwen3ForCausalLM", tiny_qwen3_config(), "float32", seed=4, logit_scale=6.0
-    )
+    cfg = transformers.Qwen3Config(**tiny_qwen3_config(vocab_size=258, tie_word_embeddings=False))
+    ref = save_tiny_causal_lm(d, transformers.Qwen3ForCausalLM, cfg, seed=2, eos_id=257)
     return load(d), ref
 
 
