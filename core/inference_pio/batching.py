@@ -14,6 +14,11 @@ graphs (GLM-4.7-Flash, Qwen3-Coder-Next) moves there too, to its own decode step
 graph (nn.cuda_capture), instead of decoding op by op. In :meth:`BatchManager.serve`
 it goes back into the batch as soon as another request arrives (it is checked every
 :data:`ALONE_CHUNK` tokens).
+
+Requests with logprobs (``SamplingParams.logprobs``) need each step's logits row: in a batch
+graph step they take their row of ``last_logits`` (not the batch's device argmax that plain
+greedy requests take), and alone on the batch-1 path the captured step is replayed one token at a
+time and its logits row read (see :func:`~inference_pio.nn.cuda_graph.continue_alone`).
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ the residual add, a fused RMSNorm+gate/up GEMV with SwiGLU and the down GEMV wit
 finally RMSNorm+LM head with a fused greedy argmax and a one-thread kernel that feeds the argmax
 back as the next token and advances the position. The position and kv length are read from device
 memory, so the same graph replays for every token; greedy decoding replays it N times back to back
-and copies N token ids back at the end. Sampled decoding replays it once per token and copies the
-logits to the host for the CPU sampler.
+and copies N token ids back at the end. Sampled decoding replays it once per token and draws on
+the device where it can (else the logits row goes to the host sampler). A request with logprobs
+replays it once per token and takes the logits row the step wrote (``logits_after``; the fused
+step writes it too): the greedy chunks and device draws give token ids only.
 
 :func:`cuda_stream_generate` is the generation loop :class:`~inference_pio.causal_lm.CausalLM` uses
 on a CUDA device (prefill through the op-by-op path, decode through the graph).

@@ -384,8 +384,6 @@ class TokenStrings:
     def __init__(self, tokenizer: Any = None, detokenize: Any = None) -> None:
         self._raw = getattr(tokenizer, "token_bytes", None)
         self._detokenize = detokenize
-        if self._raw is None and detokenize is None:
-            raise ValueError("TokenStrings needs a tokenizer with token_bytes or a detokenize")
         self._seen: dict[int, tuple[str, list[int]]] = {}
 
     def __call__(self, token_id: int) -> tuple[str, list[int]]:
@@ -393,8 +391,10 @@ class TokenStrings:
         if hit is None:
             if self._raw is not None:
                 raw = bytes(self._raw(token_id))
-            else:
+            elif self._detokenize is not None:
                 raw = encode_utf8(str(self._detokenize([token_id])))
+            else:
+                raise RuntimeError("the model has neither tokenizer.token_bytes nor detokenize")
             hit = (json_text(decode_utf8(raw)), list(raw))
             if len(self._seen) < 1 << 17:
                 self._seen[token_id] = hit
