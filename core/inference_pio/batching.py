@@ -14,6 +14,11 @@ graphs (GLM-4.7-Flash, Qwen3-Coder-Next) moves there too, to its own decode step
 graph (nn.cuda_capture), instead of decoding op by op. In :meth:`BatchManager.serve`
 it goes back into the batch as soon as another request arrives (it is checked every
 :data:`ALONE_CHUNK` tokens).
+
+Requests with logprobs (``SamplingParams.logprobs``) need each step's logits row: in a batch
+graph step they take their row of ``last_logits`` (not the batch's device argmax that plain
+greedy requests take), and alone on the batch-1 path the captured step is replayed one token at a
+time and its logits row read (see :func:`~inference_pio.nn.cuda_graph.continue_alone`).
 """
 
 from __future__ import annotations
@@ -278,7 +283,7 @@ class BatchManager:
         greedy: list[int] | None = None
         if graphs is not None:
             logits = graphs.step([(s.generated[-1], s.cache) for _, s in active])
-            if any(s.sampler.plain_greedy for _, s in active):
+            if any(_argmax_only(s) for _, s in active):
                 # every row's argmax in one call instead of one draw (and copy) per row
                 by_slot = greedy_rows(graphs.last_logits)
                 if by_slot is not None:
@@ -286,7 +291,7 @@ class BatchManager:
         else:
             logits = self.model.forward([([s.generated[-1]], s.cache) for _, s in active])
         for i, ((req, state), row) in enumerate(zip(active, logits, strict=False)):
-            if greedy is not None and state.sampler.plain_greedy:
+            if greedy is not None and _argmax_only(state):
                 self._accept(req, state.accept_token, greedy[i])
             else:
                 self._accept(req, state.accept, row)
@@ -400,7 +405,8 @@ class BatchManager:
                 state.finish_reason = "length"
             if state.finished:
                 if state.finish_reason == "length":
-                    self._emit(req, state.stops.push(state.detok.flush()) + state.stops.flush())
+                    tail = state.stops.push(state.detok.flush()) + state.stops.flush()
+                    self._emit(req, state.with_logprobs(tail))
                 result = state.result(now)
                 self._results[req.index] = result
                 self._finish(req, result)
@@ -409,6 +415,14 @@ class BatchManager:
             else:
                 keep.append((req, state))
         return keep
+
+
+def _argmax_only(state: SequenceState) -> bool:
+    """Whether a step may give ``state`` its token from the batch's device argmax alone
+    (:func:`~inference_pio.sampling.greedy_rows`): greedy without penalties, and no logprobs
+    (a request with logprobs takes its logits row, ``graphs.last_logits[slot]``, through
+    :meth:`SequenceState.accept`)."""
+    return state.sampler.plain_greedy and not state.wants_logits
 
 
 def _report_error(req: _Request, exc: Exception) -> None:

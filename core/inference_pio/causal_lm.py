@@ -125,7 +125,8 @@ class CausalLM(TextModelPluginInterface):
         return ids
 
     def generate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
-        """Full result (text, token ids, timings) for one prompt."""
+        """Full result (text, token ids, timings) for one prompt; ``logprobs=k`` (0..20) adds
+        each token's log probability and the k most likely tokens (``result.logprobs``)."""
         params = self.sampling_params(**sampling)
         ids = self._prompt_ids(prompt)
         results: list[GenerationResult] = []

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from inference_pio.logprobs import TokenLogprob, token_logprobs
 from inference_pio.sampling import Sampler, SamplingParams
 from inference_pio.tensor import Tensor
 
@@ -140,9 +141,24 @@ def _prefix_at_end(text: str, stop: str) -> int:
     return 0
 
 
+class TextPiece(str):
+    """A streamed text piece of a request with ``logprobs``: the text, and in ``logprobs`` the
+    entries of the tokens whose text it is the first to carry (tokens whose text was held back,
+    an unfinished UTF-8 character or a possible stop string, come with a later piece; what no
+    piece carried is in the result's :attr:`GenerationResult.logprobs` after them)."""
+
+    logprobs: tuple[TokenLogprob, ...]
+
+    def __new__(cls, text: str, logprobs: Sequence[TokenLogprob] = ()) -> TextPiece:
+        piece = super().__new__(cls, text)
+        piece.logprobs = tuple(logprobs)
+        return piece
+
+
 @dataclass
 class GenerationResult:
-    """The outcome of one generation request."""
+    """The outcome of one generation request. ``logprobs``: one :class:`TokenLogprob` per token
+    of ``token_ids`` when the request asked for them (``SamplingParams.logprobs``), else None."""
 
     text: str
     token_ids: list[int]
@@ -151,6 +167,7 @@ class GenerationResult:
     time_to_first_token_s: float = 0.0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -178,6 +195,9 @@ class SequenceState:
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
     prefill_done_at: float = 0.0
+    #: One entry per generated token when ``params.logprobs`` is set (see :meth:`accept`).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    _logprobs_shown: int = 0  # entries already handed out with a TextPiece
 
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.params, self.prompt_ids)
@@ -187,13 +207,31 @@ class SequenceState:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def accept(self, logits: Tensor) -> str:
-        """Samples the next token from ``logits``; returns the text that may be shown now."""
-        return self.accept_token(self.sampler.sample(logits))
+    @property
+    def wants_logits(self) -> bool:
+        """Whether each token needs its logits row (the request asked for logprobs): such a
+        sequence must go through :meth:`accept`, never a path that only gives token ids."""
+        return self.params.logprobs is not None
 
-    def accept_token(self, token: int) -> str:
+    def accept(self, logits: Tensor) -> str:
+        """Samples the next token from ``logits``; returns the text that may be shown now (a
+        :class:`TextPiece` with the tokens' logprobs when the request asked for them, computed
+        from ``logits`` on its device)."""
+        token = self.sampler.sample(logits)
+        entry = None
+        if self.params.logprobs is not None:
+            entry = token_logprobs(logits, token, self.params.logprobs)
+        return self.accept_token(token, entry)
+
+    def accept_token(self, token: int, logprob: TokenLogprob | None = None) -> str:
         """Takes ``token`` (sampled by the caller with this sequence's sampler settings) as the
-        next one; returns the text that may be shown now."""
+        next one; returns the text that may be shown now. ``logprob``: its entry, required when
+        the request asked for logprobs (a path that has no logits row must not take it)."""
+        if self.params.logprobs is not None and logprob is None:
+            raise RuntimeError(
+                "a request with logprobs needs each token's logits row; this generation path "
+                "gave only the token id"
+            )
         now = time.perf_counter()
         if not self.generated:
             self.first_token_at = now
@@ -204,7 +242,9 @@ class SequenceState:
         if eos or token in self.params.stop_token_ids:
             self.finish_reason = "stop"
             self.generated.pop()  # the eos token is not part of the output
-            return self.stops.push(self.detok.flush()) + self.stops.flush()
+            return self.with_logprobs(self.stops.push(self.detok.flush()) + self.stops.flush())
+        if logprob is not None:
+            self.logprobs.append(logprob)
         piece = self.stops.push(self.detok.push(token))
         if self.stops.stopped:
             self.finish_reason = "stop"
@@ -213,7 +253,16 @@ class SequenceState:
             piece += self.stops.push(self.detok.flush())
             if not self.stops.stopped:
                 piece += self.stops.flush()
-        return piece
+        return self.with_logprobs(piece)
+
+    def with_logprobs(self, text: str) -> str:
+        """``text`` as a :class:`TextPiece` with the logprobs not handed out yet (unchanged for
+        a request without logprobs, or empty text)."""
+        if not text or self.params.logprobs is None:
+            return text
+        entries = self.logprobs[self._logprobs_shown :]
+        self._logprobs_shown = len(self.logprobs)
+        return TextPiece(text, entries)
 
     def result(self, end: float) -> GenerationResult:
         return GenerationResult(
@@ -226,6 +275,7 @@ class SequenceState:
             else 0.0,
             prefill_s=(self.prefill_done_at - self.started) if self.prefill_done_at else 0.0,
             decode_s=(end - self.first_token_at) if self.first_token_at else 0.0,
+            logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
         )
 
 
@@ -325,7 +375,7 @@ def stream_generate(
                 state.finish_reason = "length"
                 tail = state.stops.push(state.detok.flush()) + state.stops.flush()
                 if tail:
-                    yield tail
+                    yield state.with_logprobs(tail)
             break
         (logits,) = model.forward([([state.generated[-1]], state.cache)])
     if prefix_cache is not None and prefill is None:

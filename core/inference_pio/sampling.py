@@ -13,6 +13,7 @@ from typing import Any
 
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
+from inference_pio.logprobs import MAX_LOGPROBS
 from inference_pio.tensor import Tensor
 
 
@@ -31,7 +32,13 @@ GREEDY_BELOW = 1e-5
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens and when to stop. ``temperature == 0`` means greedy decoding, and so
-    does any temperature below :data:`GREEDY_BELOW` (as vLLM: dividing by it overflows float32)."""
+    does any temperature below :data:`GREEDY_BELOW` (as vLLM: dividing by it overflows float32).
+
+    ``logprobs``: None (off), 0 (the log probability of each generated token) or k up to
+    :data:`~inference_pio.logprobs.MAX_LOGPROBS` (also the k most likely tokens of each step):
+    the log-softmax of the raw logits, before temperature, top-k/p, min-p and penalties
+    (vLLM's default), in :attr:`GenerationResult.logprobs
+    <inference_pio.generation.GenerationResult.logprobs>`."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -45,6 +52,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ValueError:
@@ -89,6 +97,15 @@ class SamplingParams:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise bad(f"seed must be an integer, got {self.seed!r}")
+        if self.logprobs is not None and (
+            isinstance(self.logprobs, bool)
+            or not isinstance(self.logprobs, int)
+            or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise bad(
+                f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}] (0: the chosen "
+                f"token only; k: also the k most likely tokens), got {self.logprobs!r}"
+            )
         stops = (self.stop,) if isinstance(self.stop, str) else self.stop  # one string, not chars
         object.__setattr__(self, "stop", tuple(stops))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))

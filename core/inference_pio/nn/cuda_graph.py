@@ -12,8 +12,10 @@ the residual add, a fused RMSNorm+gate/up GEMV with SwiGLU and the down GEMV wit
 finally RMSNorm+LM head with a fused greedy argmax and a one-thread kernel that feeds the argmax
 back as the next token and advances the position. The position and kv length are read from device
 memory, so the same graph replays for every token; greedy decoding replays it N times back to back
-and copies N token ids back at the end. Sampled decoding replays it once per token and copies the
-logits to the host for the CPU sampler.
+and copies N token ids back at the end. Sampled decoding replays it once per token and draws on
+the device where it can (else the logits row goes to the host sampler). A request with logprobs
+replays it once per token and takes the logits row the step wrote (``logits_after``; the fused
+step writes it too): the greedy chunks and device draws give token ids only.
 
 :func:`cuda_stream_generate` is the generation loop :class:`~inference_pio.causal_lm.CausalLM` uses
 on a CUDA device (prefill through the op-by-op path, decode through the graph).
@@ -900,20 +902,6 @@ class CudaGraphDecoder(GraphStepRunner):
                 self.cuda.lib().toc_decoder_destroy(h)
 
 
-class _GivenToken:
-    """Stands in for a Sampler when the device already chose the token (greedy argmax)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.token = 0
-
-    def sample(self, logits: Any) -> int:
-        return self.token
-
-    def observe(self, token: int) -> None:
-        self.inner.observe(token)
-
-
 def device_sampling_supported(params: SamplingParams, vocab: int) -> bool:
     """Whether the graph decoder draws tokens on the device for ``params``: temperature > 0,
     1 <= top_k <= 1024 (and below the vocabulary), no penalties (their history stays on the
@@ -1088,8 +1076,12 @@ def _decode(
     token is accepted already and the next step runs first). A round trip decodes at most
     ``max_chunk`` tokens (default: the graph decoder's chunk)."""
     params = state.params
+    # a request with logprobs needs every step's logits row: it replays the step one token at a
+    # time and reads the row the step wrote (logits_after), never the chunks below that only
+    # bring token ids back
     device_greedy = (
         runner is not None
+        and not state.wants_logits
         and params.greedy
         and params.repetition_penalty == 1.0
         and params.presence_penalty == 0.0
@@ -1097,24 +1089,21 @@ def _decode(
     )
     device_sampled = (
         runner is not None
+        and not state.wants_logits
         and not device_greedy
         and device_sampling_supported(params, model.vocab_size)
         and hasattr(state.sampler, "_rng")
     )
     pending: list[int] = []
-    given = _GivenToken(state.sampler)
     chunk = runner.chunk if runner is not None else 1
     if max_chunk is not None:
         chunk = max(1, min(chunk, max_chunk))
     while True:
         if logits is not None or pending:
-            if pending:
-                given.token = pending.pop(0)
-                state.sampler = given  # type: ignore[assignment]
-                piece = state.accept(logits)  # type: ignore[arg-type]
-                state.sampler = given.inner
-            else:
-                piece = state.accept(logits)  # type: ignore[arg-type]
+            # a token drawn on the device has no logits row (never a request with logprobs)
+            piece = (
+                state.accept_token(pending.pop(0)) if pending else state.accept(logits)  # type: ignore[arg-type]
+            )
             if piece:
                 yield piece
         if state.finished or state.cache.length >= capacity:
@@ -1122,7 +1111,7 @@ def _decode(
                 state.finish_reason = "length"
                 tail = state.stops.push(state.detok.flush()) + state.stops.flush()
                 if tail:
-                    yield tail
+                    yield state.with_logprobs(tail)
             break
         if interrupt is not None and not pending and interrupt():
             return

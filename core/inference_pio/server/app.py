@@ -2,12 +2,12 @@
 extra: ``pip install 'inference-pio[server]'``).
 
 Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
-``stream`` as server-sent events, ``stream_options.include_usage``), ``GET /health``. Text
-requests are batched continuously (``BatchManager.serve``: requests join and leave the running
-batch at every step); a request with images runs alone between two steps. A request whose client
-goes away stops at its next token, streamed or not. Errors, unknown routes included, are
-OpenAI-style JSON. Vision-language models take ``image_url`` parts with
-``data:`` URLs.
+``stream`` as server-sent events, ``stream_options.include_usage``, ``logprobs``),
+``GET /health``. Text requests are batched continuously (``BatchManager.serve``: requests join
+and leave the running batch at every step); a request with images runs alone between two steps.
+A request whose client goes away stops at its next token, streamed or not. Errors, unknown routes
+included, are OpenAI-style JSON. Vision-language models take ``image_url`` parts with ``data:``
+URLs.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from inference_pio.generation import GenerationResult
+from inference_pio.logprobs import TokenLogprob
 from inference_pio.server import protocol
 from inference_pio.server.protocol import Request, RequestError
 from inference_pio.toolcalls import (
@@ -174,6 +175,9 @@ def create_app(
 
     served = name or getattr(model, "name", "") or "model"
     service = ModelService(model, [served])
+    strings = protocol.TokenStrings(
+        getattr(model, "tokenizer", None), getattr(model, "detokenize", None)
+    )
 
     def error(exc: RequestError) -> Any:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -202,6 +206,18 @@ def create_app(
 
     async def respond(http: HttpRequest, req: Request, chat: bool) -> Any:
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
+        wants_logprobs = req.sampling.get("logprobs") is not None
+        offset = 0  # a streamed completion's text_offset so far
+
+        def logprobs_of(entries: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+            nonlocal offset
+            if not wants_logprobs:
+                return None
+            if chat:
+                return protocol.chat_logprobs(entries, strings)
+            body, offset = protocol.completion_logprobs(entries, strings, offset)
+            return body
+
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
@@ -245,24 +261,41 @@ def create_app(
             finally:
                 watcher.cancel()
             result = results[0]
+            logprobs = logprobs_of(result.logprobs or [])
             if not chat:
-                return JSONResponse(protocol.completion_body(rid, served, result))
+                return JSONResponse(protocol.completion_body(rid, served, result, logprobs))
             parsed = None
             if req.tool_format is not None:
                 parsed = parse_tool_calls(result.text, req.tool_format, req.tools)
-            return JSONResponse(protocol.chat_body(rid, served, result, parsed))
+            return JSONResponse(protocol.chat_body(rid, served, result, parsed, logprobs))
 
         calls = ToolCallStream(req.tool_format, req.tools) if req.tool_format else None
         sent_calls: list[ToolCall] = []
+        # logprobs of tokens whose text came but is not sent yet (held by the tool-call parser),
+        # and how many entries went out: a chunk carries those of the tokens of its text
+        held: list[TokenLogprob] = []
+        sent = 0
+
+        def take() -> dict[str, Any] | None:
+            nonlocal sent
+            entries = held[:]
+            held.clear()
+            sent += len(entries)
+            return logprobs_of(entries)
 
         def pieces(parts: list[str | ToolCall]) -> Iterator[str]:
             for part in parts:
                 if isinstance(part, str):
-                    yield _sse(protocol.chunk(rid, served, chat, part))
+                    yield _sse(protocol.chunk(rid, served, chat, part, logprobs=take()))
                 else:
                     index = len(sent_calls)
                     sent_calls.append(part)
-                    yield _sse(protocol.chunk(rid, served, chat, None, tool_call=(index, part)))
+                    lp = take()
+                    yield _sse(
+                        protocol.chunk(
+                            rid, served, chat, None, tool_call=(index, part), logprobs=lp
+                        )
+                    )
 
         async def events() -> AsyncIterator[str]:
             finished = False
@@ -272,8 +305,9 @@ def create_app(
                     if isinstance(item, RequestError):
                         yield _sse(item.body())
                         return
+                    held.extend(getattr(item, "logprobs", ()))
                     if calls is None:
-                        yield _sse(protocol.chunk(rid, served, chat, item))
+                        yield _sse(protocol.chunk(rid, served, chat, item, logprobs=take()))
                     else:
                         for event in pieces(calls.feed(item)):
                             yield event
@@ -285,7 +319,8 @@ def create_app(
                         yield event
                     if calls.calls:
                         finish = "tool_calls"
-                yield _sse(protocol.chunk(rid, served, chat, None, finish))
+                held.extend((result.logprobs or [])[sent + len(held) :])  # what no text carried
+                yield _sse(protocol.chunk(rid, served, chat, None, finish, logprobs=take()))
                 if req.include_usage:
                     yield _sse(protocol.usage_chunk(rid, served, chat, result))
                 yield "data: [DONE]\n\n"

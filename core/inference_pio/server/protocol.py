@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference_pio.generation import GenerationResult
-from inference_pio.tokenizer.utf8 import replace_lone_surrogates
+from inference_pio.logprobs import TokenLogprob
+from inference_pio.tokenizer.utf8 import decode_utf8, encode_utf8, replace_lone_surrogates
 from inference_pio.toolcalls import ParsedReply, ToolCall
 
 #: OpenAI's default ``max_tokens`` for /v1/completions.
@@ -24,6 +25,13 @@ COMPLETIONS_MAX_TOKENS = 16
 #: whole context: caches are sized for prompt + max_tokens up front (8 batch slots of a 262k-token
 #: context would take hundreds of GB on a GPU).
 CHAT_MAX_TOKENS = 4096
+#: The most ``top_logprobs`` a chat completion takes (OpenAI's and vLLM's limit).
+MAX_TOP_LOGPROBS = 20
+#: The most ``logprobs`` a legacy completion takes (OpenAI's limit).
+MAX_COMPLETION_LOGPROBS = 5
+#: What a log probability of -inf (a token the model rules out) is sent as: JSON has no
+#: infinity, and OpenAI and vLLM send this.
+LOGPROB_FLOOR = -9999.0
 #: Request fields mapped onto the sampling keywords of ``CausalLM.generate``.
 _SAMPLING = {
     "temperature": "temperature",
@@ -85,7 +93,7 @@ def _common(
     n = body.get("n")
     if n is not None and n != 1:  # OpenAI's nullable fields: null means the default
         raise RequestError("only n = 1 is supported", "n")
-    refused = ("logprobs", "top_logprobs", "echo", "suffix", "functions", "function_call")
+    refused = ("echo", "suffix", "functions", "function_call")
     for key in refused if chat else (*refused, "tools", "tool_choice"):
         if body.get(key):
             raise RequestError(f"{key!r} is not supported", key)
@@ -100,6 +108,9 @@ def _common(
     if body.get("logit_bias"):
         raise RequestError("'logit_bias' is not supported", "logit_bias")
     sampling: dict[str, Any] = {}
+    logprobs = _chat_logprobs(body) if chat else _completion_logprobs(body)
+    if logprobs is not None:
+        sampling["logprobs"] = logprobs
     for key, name in _SAMPLING.items():
         value = _number(body, key)
         if value is None:
@@ -141,6 +152,40 @@ def _common(
     if not isinstance(options, Mapping):
         raise RequestError("'stream_options' must be an object", "stream_options")
     return sampling, stream, bool(options.get("include_usage", False))
+
+
+def _count(body: Mapping[str, Any], key: str, most: int) -> int | None:
+    """An optional integer field in [0, most] (None when absent or null)."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise RequestError(f"{key!r} must be an integer in [0, {most}], got {value!r}", key)
+    return value
+
+
+def _chat_logprobs(body: Mapping[str, Any]) -> int | None:
+    """Chat completions: ``logprobs`` (a boolean) and ``top_logprobs`` (0..20, needs
+    ``logprobs: true``) as ``SamplingParams.logprobs`` (None: off)."""
+    flag = body.get("logprobs")
+    if flag is not None and not isinstance(flag, bool):
+        raise RequestError(f"'logprobs' must be a boolean, got {flag!r}", "logprobs")
+    top = _count(body, "top_logprobs", MAX_TOP_LOGPROBS)
+    if top and not flag:  # as vLLM: 0 without logprobs is harmless
+        raise RequestError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs")
+    return (top or 0) if flag else None
+
+
+def _completion_logprobs(body: Mapping[str, Any]) -> int | None:
+    """Legacy completions: ``logprobs`` 0..5 (the chosen token and that many alternatives)."""
+    if body.get("top_logprobs") is not None:
+        raise RequestError(
+            "'top_logprobs' is a chat completions field; completions take 'logprobs' (0..5)",
+            "top_logprobs",
+        )
+    return _count(body, "logprobs", MAX_COMPLETION_LOGPROBS)
 
 
 def completion_request(body: Mapping[str, Any]) -> Request:
@@ -330,6 +375,85 @@ def json_text(text: str) -> str:
     return replace_lone_surrogates(text)
 
 
+class TokenStrings:
+    """``token`` and ``bytes`` of a token id in logprobs: the id decoded alone (an incomplete
+    UTF-8 piece shows U+FFFD, as vLLM) and its raw bytes (as OpenAI: the bytes of consecutive
+    tokens join to the text's UTF-8). ``tokenizer.token_bytes(id)`` where the tokenizer has it,
+    else the UTF-8 of ``detokenize([id])``."""
+
+    def __init__(self, tokenizer: Any = None, detokenize: Any = None) -> None:
+        self._raw = getattr(tokenizer, "token_bytes", None)
+        self._detokenize = detokenize
+        self._seen: dict[int, tuple[str, list[int]]] = {}
+
+    def __call__(self, token_id: int) -> tuple[str, list[int]]:
+        hit = self._seen.get(token_id)
+        if hit is None:
+            if self._raw is not None:
+                raw = bytes(self._raw(token_id))
+            elif self._detokenize is not None:
+                raw = encode_utf8(str(self._detokenize([token_id])))
+            else:
+                raise RuntimeError("the model has neither tokenizer.token_bytes nor detokenize")
+            hit = (json_text(decode_utf8(raw)), list(raw))
+            if len(self._seen) < 1 << 17:
+                self._seen[token_id] = hit
+        return hit
+
+
+def _logprob(value: float) -> float:
+    return max(value, LOGPROB_FLOOR)
+
+
+def chat_logprobs(entries: Sequence[TokenLogprob], strings: TokenStrings) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs``: ``{"content": [{"token", "logprob", "bytes",
+    "top_logprobs": [...]}]}`` (None for no entries)."""
+    if not entries:
+        return None
+
+    def item(token_id: int, value: float) -> dict[str, Any]:
+        text, raw = strings(token_id)
+        return {"token": text, "logprob": _logprob(value), "bytes": raw}
+
+    content = [
+        {**item(e.token_id, e.logprob), "top_logprobs": [item(i, v) for i, v in e.top]}
+        for e in entries
+    ]
+    return {"content": content}
+
+
+def completion_logprobs(
+    entries: Sequence[TokenLogprob], strings: TokenStrings, offset: int = 0
+) -> tuple[dict[str, Any] | None, int]:
+    """A legacy completion choice's ``logprobs`` (``tokens``, ``token_logprobs``,
+    ``top_logprobs``: per token a dict token -> logprob of the chosen token and the k most
+    likely, ``text_offset``: where each token's string starts, counting from ``offset``), and
+    the offset after the last token (None for no entries)."""
+    if not entries:
+        return None, offset
+    tokens: list[str] = []
+    values: list[float] = []
+    tops: list[dict[str, float]] = []
+    offsets: list[int] = []
+    for e in entries:
+        text, _ = strings(e.token_id)
+        tokens.append(text)
+        values.append(_logprob(e.logprob))
+        top = {text: _logprob(e.logprob)}  # OpenAI: the chosen token is always there
+        for i, v in e.top:
+            top.setdefault(strings(i)[0], _logprob(v))
+        tops.append(top)
+        offsets.append(offset)
+        offset += len(text)
+    body = {
+        "tokens": tokens,
+        "token_logprobs": values,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+    return body, offset
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
@@ -342,7 +466,10 @@ def usage(result: GenerationResult) -> dict[str, int]:
     }
 
 
-def completion_body(rid: str, model: str, result: GenerationResult) -> dict[str, Any]:
+def completion_body(
+    rid: str, model: str, result: GenerationResult, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The completion of ``result``; ``logprobs``: its :func:`completion_logprobs`."""
     return {
         "id": rid,
         "object": "text_completion",
@@ -352,7 +479,7 @@ def completion_body(rid: str, model: str, result: GenerationResult) -> dict[str,
             {
                 "index": 0,
                 "text": json_text(result.text),
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": result.finish_reason,
             }
         ],
@@ -361,10 +488,15 @@ def completion_body(rid: str, model: str, result: GenerationResult) -> dict[str,
 
 
 def chat_body(
-    rid: str, model: str, result: GenerationResult, parsed: ParsedReply | None = None
+    rid: str,
+    model: str,
+    result: GenerationResult,
+    parsed: ParsedReply | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The chat completion of ``result``; ``parsed``: its text split into content and tool
-    calls (``finish_reason`` "tool_calls" when there are calls)."""
+    calls (``finish_reason`` "tool_calls" when there are calls); ``logprobs``: its
+    :func:`chat_logprobs`."""
     message: dict[str, Any] = {"role": "assistant", "content": json_text(result.text)}
     finish = result.finish_reason
     if parsed is not None and parsed.tool_calls:
@@ -381,7 +513,7 @@ def chat_body(
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }
         ],
@@ -403,9 +535,10 @@ def chunk(
     finish: str | None = None,
     first: bool = False,
     tool_call: tuple[int, ToolCall] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One streamed chunk: a piece of text, one whole tool call (its index in the reply and
-    the call), or the last one with ``finish``."""
+    the call), or the last one with ``finish``; ``logprobs``: those of the tokens it carries."""
     if chat:
         delta: dict[str, Any] = {}
         if first:
@@ -417,7 +550,7 @@ def chunk(
         choice: dict[str, Any] = {
             "index": 0,
             "delta": delta,
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish,
         }
         obj = "chat.completion.chunk"
@@ -425,7 +558,7 @@ def chunk(
         choice = {
             "index": 0,
             "text": json_text(text or ""),
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish,
         }
         obj = "text_completion"
