@@ -152,15 +152,20 @@ def test_rms_norm_simd_matches_generic(
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1), (4, 33), (3, 1024), (2, 4096), (7, 100)])
 def test_layer_norm_matches_torch(dt: torch.dtype, shape: tuple[int, int], isa: object) -> None:
-    x = (torch.randn(shape) * 2 + 0.5).to(dt)
-    w = torch.randn(shape[-1]).to(dt)
-    b = torch.randn(shape[-1]).to(dt)
+    g = torch.Generator().manual_seed(shape[0] * 10_000 + shape[1])
+    x = (torch.randn(shape, generator=g) * 2 + 0.5).to(dt)
+    w = torch.randn(shape[-1], generator=g).to(dt)
+    b = torch.randn(shape[-1], generator=g).to(dt)
     ref = torch.nn.functional.layer_norm(x, (shape[-1],), w, b, 1e-6)
     got = to_torch(ops.layer_norm(to_pio(x), to_pio(w), to_pio(b), 1e-6))
     if dt == torch.float32:
         assert rel(got, ref) < 5e-6
     else:
-        assert ulp_bf16_diff(got, ref) <= 1
+        # one bf16 ulp, except where w * x_hat + b cancels to almost nothing: there both sides
+        # are the float error of that sum (~1e-7 of operands near 1), not a bf16 rounding
+        tiny = ref.float().abs() < 1e-4
+        assert ulp_bf16_diff(got[~tiny], ref[~tiny]) <= 1
+        assert (got.float() - ref.float())[tiny].abs().max().item() <= 1e-6 if tiny.any() else True
     none = to_torch(ops.layer_norm(to_pio(x), None, None, 1e-6))
     assert rel(none, torch.nn.functional.layer_norm(x.float(), (shape[-1],), eps=1e-6)) < 1e-2
 
