@@ -384,13 +384,27 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
         except OSError as exc:
             raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     model = _load(args, host)
+    if args.max_batch_size is not None:
+        model.max_batch_size = args.max_batch_size
     print(
-        f"serving {model.name} on http://{args.host}:{args.port}/v1 (OpenAI API; Ctrl-C stops)",
+        f"serving {model.name} on http://{args.host}:{args.port}/v1 (OpenAI API; batches of up "
+        f"to {getattr(model, 'max_batch_size', 1)} sequences; Ctrl-C stops)",
         file=sys.stderr,
     )
     tool_format = None if args.tool_call_parser == "none" else args.tool_call_parser
     serve(model, args.host, args.port, args.served_name, tool_format)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -482,6 +496,13 @@ def add_commands(sub: Any) -> None:
         default="model",
         help="how chat replies to requests with 'tools' are parsed for tool calls (default "
         "'model': the format the model's plugin declares; 'none': replies stay text)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        default=None,
+        help="sequences decoded together at most; more requests wait their turn (default: the "
+        "model's, 8; each running sequence holds a KV cache)",
     )
     p.set_defaults(handler=cmd_serve)
 

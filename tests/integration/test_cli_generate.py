@@ -266,6 +266,60 @@ def test_serve_refuses_a_bad_or_taken_port_before_loading(checkpoint: tuple[Path
     assert "Traceback" not in out.stderr
 
 
+def test_serve_takes_a_batch_size(checkpoint: tuple[Path, object]) -> None:
+    """`serve --max-batch-size N` bounds the sequences decoded together (vLLM's
+    --max-num-seqs, llama.cpp's --parallel); it answers requests beyond it in turn."""
+    pytest.importorskip("uvicorn")
+    openai = pytest.importorskip("openai")
+    import socket
+    import threading
+    import time
+
+    bad = _cli("serve", "-m", str(checkpoint[0]), "--max-batch-size", "0")
+    assert bad.returncode == 2
+    assert "at least 1" in bad.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["serve", "-m", str(checkpoint[0]), "--port", str(port), "--max-batch-size", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference_pio", *args], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "batches of up to 1 sequences" in line
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60
+        )
+        deadline = time.time() + 60
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert time.time() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        texts: list[str] = []
+
+        def ask() -> None:
+            r = client.completions.create(
+                model=client.models.list().data[0].id, prompt="hi", max_tokens=4, temperature=0
+            )
+            texts.append(r.choices[0].text)
+
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(texts) == 3
+        assert len(set(texts)) == 1  # one at a time, the same greedy text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def test_a_closed_stdout_ends_quietly() -> None:
     """`inference-pio models | head -1`: no BrokenPipeError traceback."""
     out = subprocess.run(
