@@ -81,4 +81,28 @@ def snapshot_path(text: str, progress: bool = True) -> Path:
     finally:
         if quiet:
             enable_progress_bars()
-    return Path(path)
+    snapshot = Path(path)
+    missing = _missing_weights(snapshot)
+    if missing:
+        raise ModelNotFoundError(
+            f"the Hugging Face cache's copy of {text!r} ({snapshot}) is incomplete ({missing}): "
+            f"offline only what was cached is used; download the rest where there is network "
+            f"(`huggingface-cli download {repo_id}`)"
+        )
+    return snapshot
+
+
+def _missing_weights(snapshot: Path) -> str:
+    """What a snapshot lacks of its weights ("" when complete): no safetensors at all, or shards
+    its index names (a cache left by AutoTokenizer / AutoConfig holds only json files)."""
+    import json
+
+    index = snapshot / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return ""  # the checkpoint loader reports a malformed index itself
+        absent = sorted(name for name in shards if not (snapshot / name).exists())
+        return f"no {', '.join(absent)}" if absent else ""
+    return "" if any(snapshot.glob("*.safetensors")) else "no *.safetensors file"

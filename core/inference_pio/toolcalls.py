@@ -246,16 +246,21 @@ def parse_qwen3_coder(body: str, tools: Sequence[Tool] | None = None) -> ToolCal
         if name_end == -1:
             return None
         key = inner[pos + len(_PARAMETER) : name_end].strip()
-        end = _parameter_end(inner, name_end + 1)
-        if not key or end == -1:
+        if not key:
             return None
+        end, step = _parameter_end(inner, name_end + 1), len(_PARAMETER_END)
+        following = inner.find(_PARAMETER, name_end + 1)
+        if end == -1 or -1 < following < end:
+            # no </parameter> (Qwen3-Coder drops it at times): the value runs to the next
+            # parameter or to </function>, as vLLM's qwen3_coder parser reads it
+            end, step = (len(inner) if following == -1 else following), 0
         value = inner[name_end + 1 : end]
         if value.startswith("\n"):
             value = value[1:]
         if value.endswith("\n"):
             value = value[:-1]
         args[key] = convert_value(value, props.get(key))
-        pos = end + len(_PARAMETER_END)
+        pos = end + step
     return ToolCall(name, _dumps(args))
 
 

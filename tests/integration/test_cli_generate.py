@@ -77,6 +77,15 @@ def test_generate_from_a_hub_repo_id_in_the_cache(
     assert missing.returncode == 1
     assert "not in the local Hub cache" in missing.stderr
     assert "Traceback" not in missing.stderr
+    # what AutoTokenizer / AutoConfig leave behind: the json files without the weights
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in path.glob("*.json"):
+        (partial / f.name).write_bytes(f.read_bytes())
+    _hub_cache(tmp_path / "hub", "tiny-org/json-only", partial)
+    out = _cli("generate", "--model", "tiny-org/json-only", "--prompt", "x", env=env)
+    assert out.returncode == 1
+    assert "is incomplete (no *.safetensors file)" in out.stderr
 
 
 def test_generate_json_contract_and_greedy_tokens(checkpoint: tuple[Path, object]) -> None:

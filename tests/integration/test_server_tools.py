@@ -267,9 +267,9 @@ ANSWER = (
 EOS = 500
 
 
-def save_bigram_qwen3(d: Path) -> None:
+def save_bigram_qwen3(d: Path, answer: tuple[str, ...] = ANSWER) -> None:
     """A one-layer Qwen3 whose attention and MLP add nothing (zero output projections): the
-    logits depend on the last token only, and the head maps "\\n" → ANSWER[0] → ... → EOS."""
+    logits depend on the last token only, and the head maps "\\n" → answer[0] → ... → EOS."""
     cfg = transformers.Qwen3Config(
         **tiny_qwen3_config(
             num_hidden_layers=1, tie_word_embeddings=False, max_position_embeddings=2048
@@ -277,7 +277,7 @@ def save_bigram_qwen3(d: Path) -> None:
     )
     torch.manual_seed(0)
     model = transformers.Qwen3ForCausalLM(cfg).eval()
-    chain = [10, *range(EOS + 1, EOS + 1 + len(ANSWER)), EOS]  # 10 is the byte "\n"
+    chain = [10, *range(EOS + 1, EOS + 1 + len(answer)), EOS]  # 10 is the byte "\n"
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -291,7 +291,7 @@ def save_bigram_qwen3(d: Path) -> None:
             emb[token, k] = 10.0
             head[successor, k] = 10.0
     model.save_pretrained(d)
-    added = [("<|im_end|>", True), *((piece, False) for piece in ANSWER)]
+    added = [("<|im_end|>", True), *((piece, False) for piece in answer)]
     write_byte_tokenizer(d, added, EOS, QWEN3_CHAT_TEMPLATE)
     gc = {"eos_token_id": [EOS], "do_sample": False}
     (d / "generation_config.json").write_text(json.dumps(gc), encoding="utf-8")
@@ -408,3 +408,42 @@ def test_a_server_without_a_tool_call_format_returns_text(caller: tuple[Any, str
         assert got.choices[0].finish_reason == "stop"
     with pytest.raises(ValueError, match="unknown tool-call format"):
         create_app(model, NAME, tool_call_format="mistral")
+
+
+#: A reply with two calls (the second one a single token holding its whole block as text)
+TWO_CALLS = (
+    *ANSWER,
+    "\n<tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Bern", "days": 1}}'
+    "\n</tool_call>",
+)
+
+
+@pytest.fixture(scope="module")
+def two_calls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
+    d: Path = tmp_path_factory.mktemp("tools-two-calls")
+    save_bigram_qwen3(d, TWO_CALLS)
+    yield from start(load(d))
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(two_calls: str) -> None:
+    """OpenAI's ``parallel_tool_calls: false`` promises one call at most: the model cannot be
+    constrained to it, so the reply's later calls are dropped (not shown as text)."""
+    c = client(two_calls)
+    messages = [{"role": "user", "content": "Weather?"}]
+    kw: dict[str, Any] = {"model": NAME, "messages": messages, "tools": TOOLS, "max_tokens": 10}
+    cities = []
+    for parallel in (None, True, False):
+        extra = {} if parallel is None else {"parallel_tool_calls": parallel}
+        reply = c.chat.completions.create(**kw, **extra, temperature=0)
+        calls = reply.choices[0].message.tool_calls
+        chunks = list(c.chat.completions.create(**kw, **extra, temperature=0, stream=True))
+        deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+        streamed = [tc for d in deltas for tc in d.tool_calls or []]
+        assert [s.function.arguments for s in streamed] == [x.function.arguments for x in calls]
+        assert "tool_call" not in "".join(d.content or "" for d in deltas)
+        cities.append([json.loads(x.function.arguments)["city"] for x in calls])
+    assert cities == [["Zürich", "Bern"], ["Zürich", "Bern"], ["Zürich"]]
+    with pytest.raises(openai.BadRequestError, match="parallel_tool_calls"):
+        c.chat.completions.create(**kw, extra_body={"parallel_tool_calls": "no"})

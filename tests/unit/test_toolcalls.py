@@ -206,7 +206,6 @@ def test_convert_value(value: str, schema: Any, want: Any) -> None:
     [
         "<function=f>\n<parameter=a>\n1\n</parameter>\n",  # no </function>
         "<function=f>\nstray<parameter=a>\n1\n</parameter>\n</function>",
-        "<function=f>\n<parameter=a>\n1\n</function>",  # no </parameter>
         "<function=>\n</function>",
         "<function=two words>\n</function>",
         '{"name": "f", "arguments": {}}',
@@ -216,6 +215,24 @@ def test_convert_value(value: str, schema: Any, want: Any) -> None:
 def test_qwen3_coder_malformed_calls_stay_text(body: str) -> None:
     text = f"<tool_call>\n{body}\n</tool_call>"
     assert parse_tool_calls(text, "qwen3_coder", TOOLS) == ParsedReply(text, [])
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        "<parameter=n>\n5\n</parameter>\n<parameter=s>\nhello\n</function>",
+        "<parameter=n>\n5\n<parameter=s>\nhello\n</parameter>\n</function>",
+        "<parameter=n>\n5\n<parameter=s>\nhello\n</function>",
+    ],
+)
+def test_qwen3_coder_reads_a_parameter_without_its_closing_tag(inner: str) -> None:
+    """Qwen3-Coder drops a </parameter> at times; the value then runs to the next parameter or
+    to </function>, as vLLM's qwen3_coder parser reads it."""
+    text = f"<tool_call>\n<function=f>\n{inner}\n</tool_call>"
+    reply = parse_tool_calls(text, "qwen3_coder")  # no tools: values stay strings
+    assert [(c.name, json.loads(c.arguments)) for c in reply.tool_calls] == [
+        ("f", {"n": "5", "s": "hello"})
+    ]
 
 
 # ---- glm47 --------------------------------------------------------------------------------------

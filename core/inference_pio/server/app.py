@@ -25,6 +25,7 @@ from inference_pio.logprobs import TokenLogprob
 from inference_pio.server import protocol
 from inference_pio.server.protocol import Request, RequestError
 from inference_pio.toolcalls import (
+    ParsedReply,
     ToolCall,
     ToolCallStream,
     check_format,
@@ -267,6 +268,8 @@ def create_app(
             parsed = None
             if req.tool_format is not None:
                 parsed = parse_tool_calls(result.text, req.tool_format, req.tools)
+                if not req.parallel_tool_calls:
+                    parsed = ParsedReply(parsed.content, parsed.tool_calls[:1])
             return JSONResponse(protocol.chat_body(rid, served, result, parsed, logprobs))
 
         calls = ToolCallStream(req.tool_format, req.tools) if req.tool_format else None
@@ -287,7 +290,7 @@ def create_app(
             for part in parts:
                 if isinstance(part, str):
                     yield _sse(protocol.chunk(rid, served, chat, part, logprobs=take()))
-                else:
+                elif req.parallel_tool_calls or not sent_calls:
                     index = len(sent_calls)
                     sent_calls.append(part)
                     lp = take()

@@ -75,6 +75,9 @@ class Request:
     tools: list[dict[str, Any]] | None = None
     #: The tool-call format the reply is parsed with; None: the reply is text only.
     tool_format: str | None = None
+    #: ``parallel_tool_calls``: False keeps the reply's first call only (the model is not
+    #: constrained to make one; later calls are dropped, not shown as text)
+    parallel_tool_calls: bool = True
 
 
 def _number(body: Mapping[str, Any], key: str) -> float | None:
@@ -367,7 +370,12 @@ def chat_request(
     prompt = str(render(messages, **kwargs))
     sampling, stream, usage = _common(body, CHAT_MAX_TOKENS, chat=True)
     parse_with = tool_format if tools is not None and choice == "auto" else None
-    return Request(prompt, sampling, stream, usage, images, tools, parse_with)
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise RequestError("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
+    return Request(
+        prompt, sampling, stream, usage, images, tools, parse_with, parallel is not False
+    )
 
 
 def json_text(text: str) -> str:
