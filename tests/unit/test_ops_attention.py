@@ -395,3 +395,88 @@ def test_attention_bad_inputs() -> None:
             5,
             0,
         )
+
+
+# masks for to_set_isa_mask (as in test_matmul): each selects one attention kernel family on an
+# AVX512-BF16 machine: vdpbf16ps decode, AVX-512BW fp32 decode, AVX2 tiles, generic C
+ISA_MASKS = {
+    "best": 0xFFFFFFFF,
+    "avx512": 0b111 | (1 << 3) | (1 << 4) | (1 << 5),
+    "avx2": 0b111,
+    "generic": 0,
+}
+
+
+@pytest.fixture(params=list(ISA_MASKS))
+def isa_mask(request: pytest.FixtureRequest) -> object:
+    lib().to_set_isa_mask(ISA_MASKS[request.param])
+    yield request.param
+    lib().to_set_isa_mask(0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_attention_decode_bf16_cache_random(seed: int, isa_mask: object) -> None:
+    """Decode (one query token, and non-causal small blocks) over a bf16 cache: GQA groups of 1..20
+    query heads, head widths off every vector size, contexts crossing the 8/16-key tiles and the
+    threads' key splits, bf16 and fp32 queries."""
+    g = torch.Generator().manual_seed(1000 + seed)
+
+    def pick(options: list[int]) -> int:
+        return options[int(torch.randint(len(options), (1,), generator=g))]
+
+    nkv, grp = pick([1, 2, 3, 8]), pick([1, 2, 3, 5, 8, 16, 20])
+    nh, hd = nkv * grp, pick([8, 13, 32, 40, 64, 100, 128, 576])
+    hdv = pick([hd, 24, 72]) if hd < 576 else 512
+    kv_len = pick([1, 7, 8, 15, 16, 17, 31, 33, 63, 65, 257, 1000, 1500])
+    causal = bool(pick([1, 1, 0]))
+    tq = 1 if causal else pick([1, 2, 5])
+    q_tdt = pick([0, 1])
+    q = torch.randn(tq, nh, hd, generator=g).to(torch.bfloat16 if q_tdt else torch.float32)
+    k = (torch.randn(kv_len, nkv, hd, generator=g) * 1.5).bfloat16()
+    v = torch.randn(kv_len, nkv, hdv, generator=g).bfloat16()
+    kc, vc = make_cache(k, kv_len + 5), make_cache(v, kv_len + 5)
+    scale = hd**-0.5
+    out = ops.attention(
+        to_pio(q), to_pio(kc), to_pio(vc), kv_len=kv_len, causal=causal, scale=scale,
+        q_pos=kv_len - tq if causal else 0,
+    )
+    ref = ref_attention(q.float(), k.float(), v.float(), kv_len - tq, causal, scale)
+    tol = TOL[DType.bfloat16] if q_tdt else 1e-5
+    assert rel(to_torch(out).float(), ref) < tol, (nh, nkv, hd, hdv, kv_len, tq, causal, q_tdt)
+
+
+def test_attention_decode_bf16_cache_mla_long(isa_mask: object) -> None:
+    """GLM-style absorbed MLA decode (20 heads on one 576-wide latent, v = its first 512) over a
+    long bf16 cache: the key range is split over threads and merged."""
+    g = torch.Generator().manual_seed(7)
+    kv_len, nh = 2061, 20
+    lat = torch.randn(kv_len, 1, 576, generator=g).bfloat16()
+    q = torch.randn(1, nh, 576, generator=g).bfloat16()
+    cache = to_pio(make_cache(lat, kv_len + 3))
+    out = ops.attention(to_pio(q), cache, cache, kv_len=kv_len, head_dim_v=512, scale=0.07)
+    ref = ref_attention(q.float(), lat.float(), lat[:, :, :512].float(), kv_len - 1, True, 0.07)
+    assert rel(to_torch(out).float(), ref) < TOL[DType.bfloat16]
+
+
+@pytest.mark.parametrize("where", ["q", "k", "v", "none"])
+@pytest.mark.parametrize("q_dtype", [torch.bfloat16, torch.float32])
+def test_attention_decode_bf16_cache_nan(where: str, q_dtype: torch.dtype, isa_mask: object) -> None:
+    """A NaN in the query, in a key or in a value gives NaN rows as in torch (those that see it);
+    -inf in an unused cache slot past kv_len changes nothing."""
+    kv_len, nh, nkv, hd = 45, 4, 2, 40
+    q = torch.randn(1, nh, hd).to(q_dtype)
+    k, v = torch.randn(kv_len, nkv, hd).bfloat16(), torch.randn(kv_len, nkv, hd).bfloat16()
+    if where == "q":
+        q[0, 1, 3] = float("nan")
+    elif where == "k":
+        k[20, 0, 5] = float("nan")
+    elif where == "v":
+        v[33, 1, 7] = float("nan")
+    kc, vc = make_cache(k, kv_len + 4), make_cache(v, kv_len + 4)
+    kc[:, kv_len:] = float("-inf")
+    vc[:, kv_len:] = float("nan")
+    out = to_torch(ops.attention(to_pio(q), to_pio(kc), to_pio(vc), kv_len=kv_len)).float()
+    ref = ref_attention(q.float(), k.float(), v.float(), kv_len - 1, True, hd**-0.5)
+    assert torch.equal(out.isnan(), ref.isnan()), (where, out.isnan().any(-1))
+    if where == "none":
+        assert rel(out, ref) < TOL[DType.bfloat16]

@@ -30,6 +30,13 @@ typedef struct {
     /* acc[0:d] = acc * c + sum_j p[j] * v[j*ldv : +d] */
     void (*pv)(float *acc, float c, const float *p, const float *v, int64_t ldv, int n, int64_t d);
     void (*cvt)(const uint16_t *src, float *dst, int64_t n);
+    /* decode over a bf16 cache (NULL where the ISA lacks them): s[r * 16 + j] = scale * <q_r, k_j>
+     * for r < rows, j < n <= 16, straight from the cache, with bf16 queries (dscores_bq: rows of
+     * ldq bf16) or fp32 queries (dscores_fq: rows of ldq floats in run_decode's order) */
+    void (*dscores_bq)(const void *q, int64_t ldq, int64_t rows, const uint16_t *k, int64_t kps,
+                       int n, int64_t hd, float scale, float *s);
+    void (*dscores_fq)(const void *q, int64_t ldq, int64_t rows, const uint16_t *k, int64_t kps,
+                       int n, int64_t hd, float scale, float *s);
 } attn_kernels;
 
 static void scores_c(const float *q, const float *k, int64_t ldk, int n, int64_t d, float scale,
@@ -62,7 +69,7 @@ static void pv_c(float *acc, float c, const float *p, const float *v, int64_t ld
 static void cvt_c(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = to_bf16_to_f32(src[i]);
 }
-static const attn_kernels k_generic = {"generic-c", scores_c, expsum_c, pv_c, cvt_c};
+static const attn_kernels k_generic = {"generic-c", scores_c, expsum_c, pv_c, cvt_c, NULL, NULL};
 
 #ifdef TO_X86
 /* ---- AVX2 + FMA ---- */
@@ -183,7 +190,7 @@ T2 static void cvt_avx2(const uint16_t *src, float *dst, int64_t n) {
     }
     for (; i < n; i++) dst[i] = to_bf16_to_f32(src[i]);
 }
-static const attn_kernels k_avx2 = {"avx2-fma", scores_avx2, expsum_avx2, pv_avx2, cvt_avx2};
+static const attn_kernels k_avx2 = {"avx2-fma", scores_avx2, expsum_avx2, pv_avx2, cvt_avx2, NULL, NULL};
 
 /* ---- AVX-512F ---- */
 #define T5 __attribute__((target("avx512f")))
@@ -290,8 +297,185 @@ T5 static void cvt_avx512(const uint16_t *src, float *dst, int64_t n) {
     }
     for (; i < n; i++) dst[i] = to_bf16_to_f32(src[i]);
 }
-static const attn_kernels k_avx512 = {"avx512f", scores_avx512, expsum_avx512, pv_avx512,
-                                      cvt_avx512};
+static const attn_kernels k_avx512 = {"avx512f",  scores_avx512, expsum_avx512, pv_avx512,
+                                      cvt_avx512, NULL,          NULL};
+
+/* ---- decode over a bf16 cache (AVX-512BW, with or without AVX512_BF16) ----------------------
+ * One pass over the keys of a work item in tiles of DTK keys, straight from the cache (no fp32
+ * copies): every row's scores for 8 keys at a time (two rows share each loaded key chunk; the 8
+ * per-key partial vectors are transposed-and-summed into one vector of scores), an online softmax
+ * per row over the tile, then P.V with up to 8 rows sharing each loaded value chunk. bf16 values
+ * become fp32 with one unpack (a zero low half): a 32-value chunk gives the fp32 vectors
+ * lo = x[0:4,8:12,16:20,24:28] and hi = x[4:8,12:16,20:24,28:32]; the accumulators and (for the
+ * fp32 score kernel) the queries are kept in that order and put back in natural order once.
+ * Scores: vdpbf16ps on bf16 queries (exact products, fp32 sums) or fp32 FMA on fp32 queries.
+ * Used for blocks whose rows all see the same keys (one query token, or no causal mask). */
+#define DTK 16
+#define TD __attribute__((target("avx512f,avx512bw,avx512vl")))
+#define TB __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+/* position of x[i] of a 32-value chunk in the unpacked (lo | hi) order */
+static inline int64_t dperm(int64_t i) {
+    int64_t c = i & ~(int64_t)31, w = i & 31, lane = w >> 3, k = w & 7;
+    return c + (k < 4 ? lane * 4 + k : 16 + lane * 4 + (k - 4));
+}
+static inline __mmask32 dmask32(int64_t left) {
+    return left >= 32 ? (__mmask32)0xffffffffu : left <= 0 ? (__mmask32)0 : (__mmask32)((1u << left) - 1u);
+}
+
+/* lane u of the result: the sum of a[u]'s 16 lanes (u < 8) */
+TD static inline __m256 dreduce8(const __m512 a[8]) {
+    __m512 b[4], cc[2];
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        cc[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 f = _mm512_add_ps(_mm512_shuffle_f32x4(cc[0], cc[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(cc[0], cc[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    f = _mm512_shuffle_f32x4(f, f, _MM_SHUFFLE(3, 1, 2, 0));
+    return _mm256_add_ps(_mm512_castps512_ps256(f),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+}
+
+/* s[r * DTK + j] = scale * <q_r, k_j> for r < rows, j < n; q: rows of ldq (>= hd rounded up to
+ * 32) bf16 values, zero past hd; k: bf16 rows of stride kps */
+TB static void dscores_bf16(const void *qv, int64_t ldq, int64_t rows, const uint16_t *k,
+                            int64_t kps, int n, int64_t hd, float scale, float *s) {
+    const uint16_t *q = qv;
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int64_t r = 0; r < rows; r += 2) {
+        const int64_t r1 = r + 1 < rows ? r + 1 : r;
+        const uint16_t *q0 = q + r * ldq, *q1 = q + r1 * ldq;
+        for (int j0 = 0; j0 < n; j0 += 8) {
+            const uint16_t *kp[8];
+            for (int u = 0; u < 8; u++) kp[u] = k + (int64_t)(j0 + u < n ? j0 + u : n - 1) * kps;
+            __m512 a[8], b[8];
+            for (int u = 0; u < 8; u++) a[u] = b[u] = _mm512_setzero_ps();
+            for (int64_t i = 0; i < hd; i += 32) {
+                const __mmask32 m = dmask32(hd - i);
+                const __m512bh x0 = (__m512bh)_mm512_loadu_si512(q0 + i);
+                const __m512bh x1 = (__m512bh)_mm512_loadu_si512(q1 + i);
+                for (int u = 0; u < 8; u++) {
+                    const __m512bh kv = (__m512bh)_mm512_maskz_loadu_epi16(m, kp[u] + i);
+                    a[u] = _mm512_dpbf16_ps(a[u], x0, kv);
+                    b[u] = _mm512_dpbf16_ps(b[u], x1, kv);
+                }
+            }
+            const __m256 ra = _mm256_mul_ps(dreduce8(a), sc), rb = _mm256_mul_ps(dreduce8(b), sc);
+            const __mmask8 keep = n - j0 >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j0)) - 1u);
+            _mm256_mask_storeu_ps(s + r1 * DTK + j0, keep, rb);
+            _mm256_mask_storeu_ps(s + r * DTK + j0, keep, ra);
+        }
+    }
+}
+
+/* as dscores_bf16 with fp32 queries stored in the unpacked order (rows of ldq floats, zero past
+ * hd) and fp32 FMA */
+TD static void dscores_f32(const void *qv, int64_t ldq, int64_t rows, const uint16_t *k,
+                           int64_t kps, int n, int64_t hd, float scale, float *s) {
+    const float *q = qv;
+    const __m256 sc = _mm256_set1_ps(scale);
+    const __m512i z = _mm512_setzero_si512();
+    for (int64_t r = 0; r < rows; r += 2) {
+        const int64_t r1 = r + 1 < rows ? r + 1 : r;
+        const float *q0 = q + r * ldq, *q1 = q + r1 * ldq;
+        for (int j0 = 0; j0 < n; j0 += 8) {
+            const uint16_t *kp[8];
+            for (int u = 0; u < 8; u++) kp[u] = k + (int64_t)(j0 + u < n ? j0 + u : n - 1) * kps;
+            __m512 a[8], b[8];
+            for (int u = 0; u < 8; u++) a[u] = b[u] = _mm512_setzero_ps();
+            for (int64_t i = 0; i < hd; i += 32) {
+                const __mmask32 m = dmask32(hd - i);
+                const __m512 x0l = _mm512_loadu_ps(q0 + i), x0h = _mm512_loadu_ps(q0 + i + 16);
+                const __m512 x1l = _mm512_loadu_ps(q1 + i), x1h = _mm512_loadu_ps(q1 + i + 16);
+                for (int u = 0; u < 8; u++) {
+                    const __m512i kv = _mm512_maskz_loadu_epi16(m, kp[u] + i);
+                    const __m512 kl = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, kv));
+                    const __m512 kh = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, kv));
+                    a[u] = _mm512_fmadd_ps(x0l, kl, _mm512_fmadd_ps(x0h, kh, a[u]));
+                    b[u] = _mm512_fmadd_ps(x1l, kl, _mm512_fmadd_ps(x1h, kh, b[u]));
+                }
+            }
+            const __m256 ra = _mm256_mul_ps(dreduce8(a), sc), rb = _mm256_mul_ps(dreduce8(b), sc);
+            const __mmask8 keep = n - j0 >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j0)) - 1u);
+            _mm256_mask_storeu_ps(s + r1 * DTK + j0, keep, rb);
+            _mm256_mask_storeu_ps(s + r * DTK + j0, keep, ra);
+        }
+    }
+}
+
+/* acc[r] = acc[r] * corr[r] + sum_{j < n} p[r * DTK + j] v_j for R rows (acc rows of lda floats
+ * in the unpacked order, v bf16 rows of stride vps and hdv values) */
+TD static inline __attribute__((always_inline)) void dpv_rows(float *acc, int64_t lda,
+                                                               const float *p, const float *corr,
+                                                               const uint16_t *v, int64_t vps,
+                                                               int n, int64_t hdv, const int R) {
+    const __m512i z = _mm512_setzero_si512();
+    for (int64_t i = 0; i < hdv; i += 32) {
+        const __mmask32 m = dmask32(hdv - i);
+        __m512 lo[8], hi[8];
+        for (int r = 0; r < R; r++) {
+            const __m512 cr = _mm512_set1_ps(corr[r]);
+            lo[r] = _mm512_mul_ps(_mm512_loadu_ps(acc + r * lda + i), cr);
+            hi[r] = _mm512_mul_ps(_mm512_loadu_ps(acc + r * lda + i + 16), cr);
+        }
+        const uint16_t *vp = v + i;
+        for (int j = 0; j < n; j++, vp += vps) {
+            const __m512i x = _mm512_maskz_loadu_epi16(m, vp);
+            const __m512 vl = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, x));
+            const __m512 vh = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, x));
+            for (int r = 0; r < R; r++) {
+                const __m512 pr = _mm512_set1_ps(p[r * DTK + j]);
+                lo[r] = _mm512_fmadd_ps(pr, vl, lo[r]);
+                hi[r] = _mm512_fmadd_ps(pr, vh, hi[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            _mm512_storeu_ps(acc + r * lda + i, lo[r]);
+            _mm512_storeu_ps(acc + r * lda + i + 16, hi[r]);
+        }
+    }
+}
+TD static void dpv(float *acc, int64_t lda, int64_t rows, const float *p, const float *corr,
+                   const uint16_t *v, int64_t vps, int n, int64_t hdv) {
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8)
+        dpv_rows(acc + r * lda, lda, p + r * DTK, corr + r, v, vps, n, hdv, 8);
+    if (r + 4 <= rows) {
+        dpv_rows(acc + r * lda, lda, p + r * DTK, corr + r, v, vps, n, hdv, 4);
+        r += 4;
+    }
+    if (r + 2 <= rows) {
+        dpv_rows(acc + r * lda, lda, p + r * DTK, corr + r, v, vps, n, hdv, 2);
+        r += 2;
+    }
+    if (r < rows) dpv_rows(acc + r * lda, lda, p + r * DTK, corr + r, v, vps, n, hdv, 1);
+}
+
+/* online softmax of one tile (n keys, all visible): p = exp(s - m) (0 past n), corr = the
+ * accumulators' rescale factor; m, l updated. NaN scores stay NaN in p, hence in l and acc. */
+TD static void dsoftmax(float *s, int64_t rows, int n, float *m, float *l, float *corr) {
+    const __mmask16 vm = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+    for (int64_t r = 0; r < rows; r++) {
+        const __m512 sv = _mm512_maskz_loadu_ps(vm, s + r * DTK);
+        const float mx = _mm512_mask_reduce_max_ps(vm, sv);
+        float cr = 1.f;
+        if (mx > m[r]) {
+            cr = expf(m[r] - mx);
+            m[r] = mx;
+        }
+        const __m512 e = _mm512_maskz_mov_ps(vm, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(m[r]))));
+        _mm512_storeu_ps(s + r * DTK, e);
+        l[r] = l[r] * cr + _mm512_reduce_add_ps(e);
+        corr[r] = cr;
+    }
+}
+static const attn_kernels k_avx512bw = {"avx512bw",    scores_avx512, expsum_avx512, pv_avx512,
+                                        cvt_avx512,    NULL,          dscores_f32};
+static const attn_kernels k_avx512bf16 = {"avx512-bf16", scores_avx512, expsum_avx512, pv_avx512,
+                                          cvt_avx512,    dscores_bf16,  dscores_f32};
 
 /* A block's tiles with its rows as the vector dimension (prefill: 16 or more rows). Scores are a
  * small GEMM, S^T[j][r] = sum_d K[j][d] Q^T[d][r] (broadcast key values times 16 rows of the
@@ -422,6 +606,8 @@ T5 static void pv_blocked(float *acc, int64_t rows, int64_t hdv, const float *pt
 static const attn_kernels *pick_kernels(void) {
 #ifdef TO_X86
     uint32_t isa = to_isa();
+    if ((isa & TO_ISA_AVX512F) && (isa & TO_ISA_AVX512BW) && (isa & TO_ISA_AVX512VL))
+        return (isa & TO_ISA_AVX512_BF16) ? &k_avx512bf16 : &k_avx512bw;
     if (isa & TO_ISA_AVX512F) return &k_avx512;
     if ((isa & TO_ISA_AVX2) && (isa & TO_ISA_FMA)) return &k_avx2;
 #endif
@@ -522,7 +708,66 @@ T5 static void run_blocked(attn_ctx *c, const qblock *b, int64_t hk, int64_t row
         lrow[r] = lv[r];
     }
 }
+
+/* run_decode's scratch: queries (rows of hd rounded up to 32), accumulators (rows of hdv rounded
+ * up to 32, unpacked order), probabilities (rows of DTK) and rescale factors */
+static inline int64_t dec_floats(const attn_ctx *c) {
+    return c->max_rows * (((c->hd + 31) & ~(int64_t)31) + ((c->hdv + 31) & ~(int64_t)31) + DTK + 1);
+}
+
+/* A work item's key range [k_beg, k_end) over a bf16 cache for rows that all see every key of the
+ * range (see the decode kernels above); leaves the same running max, sum and accumulators (natural
+ * order) as the row path. */
+TD static void run_decode(attn_ctx *c, const qblock *b, int64_t hk, int64_t rows, int64_t k_beg,
+                          int64_t k_end, float *acc, float *mrow, float *lrow, float *area) {
+    const int64_t g = c->g, hd = c->hd, hdv = c->hdv;
+    const int64_t hd32 = (hd + 31) & ~(int64_t)31, hdv32 = (hdv + 31) & ~(int64_t)31;
+    const int bq = c->q_dtype == TO_BF16 && c->kern->dscores_bq;
+    float *qbuf = area, *accp = qbuf + c->max_rows * hd32, *ps = accp + c->max_rows * hdv32;
+    float *corr = ps + c->max_rows * DTK;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t i = b->q0 + r / g, h = hk * g + r % g;
+        if (bq) {
+            uint16_t *d = (uint16_t *)qbuf + r * hd32;
+            memcpy(d, (const uint16_t *)c->q + i * c->ldq + h * hd, (size_t)hd * 2);
+            memset(d + hd, 0, (size_t)(hd32 - hd) * 2);
+        } else {
+            float *d = qbuf + r * hd32;
+            memset(d, 0, (size_t)hd32 * 4);
+            if (c->q_dtype == TO_F32) {
+                const float *qp = (const float *)c->q + i * c->ldq + h * hd;
+                for (int64_t x = 0; x < hd; x++) d[dperm(x)] = qp[x];
+            } else {
+                const uint16_t *qp = (const uint16_t *)c->q + i * c->ldq + h * hd;
+                for (int64_t x = 0; x < hd; x++) d[dperm(x)] = to_bf16_to_f32(qp[x]);
+            }
+        }
+        memset(accp + r * hdv32, 0, (size_t)hdv32 * 4);
+        mrow[r] = -INFINITY;
+        lrow[r] = 0.f;
+    }
+    const uint16_t *kbase = (const uint16_t *)c->k + hk * c->khs;
+    const uint16_t *vbase = (const uint16_t *)c->v + hk * c->vhs;
+    for (int64_t t0 = k_beg; t0 < k_end; t0 += DTK) {
+        const int n = (int)(k_end - t0 < DTK ? k_end - t0 : DTK);
+        if (bq) c->kern->dscores_bq(qbuf, hd32, rows, kbase + t0 * c->kps, c->kps, n, hd, c->scale, ps);
+        else c->kern->dscores_fq(qbuf, hd32, rows, kbase + t0 * c->kps, c->kps, n, hd, c->scale, ps);
+        dsoftmax(ps, rows, n, mrow, lrow, corr);
+        dpv(accp, hdv32, rows, ps, corr, vbase + t0 * c->vps, c->vps, n, hdv);
+    }
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t x = 0; x < hdv; x++) acc[r * hdv + x] = accp[r * hdv32 + dperm(x)];
+}
 #endif
+
+static size_t base_floats(const attn_ctx *c) {
+    size_t n = (size_t)(c->max_rows * (c->hd + c->hdv + 2) + c->bk * (c->hd + c->hdv + 1) + 16);
+#ifdef TO_X86
+    if (c->blocked) /* kt padded to bk4 rows, then run_blocked's area after s */
+        n += (size_t)(4 * c->hd + (c->hd + blk_keys(c) + 5) * blk_rows(c));
+#endif
+    return n;
+}
 
 static void run_item(attn_ctx *c, int64_t item, float *scratch) {
     int64_t per_block = c->nkv * c->nsplit;
@@ -551,6 +796,12 @@ static void run_item(attn_ctx *c, int64_t item, float *scratch) {
     if (k_beg > hi_blk) k_beg = hi_blk;
 
 #ifdef TO_X86
+    /* one query token (decode), or rows that all see the whole key range: straight from a bf16
+     * cache */
+    if (c->kern->dscores_fq && c->kv_dtype == TO_BF16 && (ntok == 1 || (!c->causal && rows < 16))) {
+        run_decode(c, b, hk, rows, k_beg, k_end, acc, mrow, lrow, scratch + base_floats(c));
+        goto done;
+    }
     if (c->blocked && rows >= 16) {
         run_blocked(c, b, hk, rows, k_beg, k_end, acc, mrow, lrow, kt, vt, s + bk);
         goto done;
@@ -634,10 +885,9 @@ done:
 }
 
 static size_t scratch_floats(const attn_ctx *c) {
-    size_t n = (size_t)(c->max_rows * (c->hd + c->hdv + 2) + c->bk * (c->hd + c->hdv + 1) + 16);
+    size_t n = base_floats(c);
 #ifdef TO_X86
-    if (c->blocked) /* kt padded to bk4 rows, then run_blocked's area after s */
-        n += (size_t)(4 * c->hd + (c->hd + blk_keys(c) + 5) * blk_rows(c));
+    if (c->kern->dscores_fq) n += (size_t)dec_floats(c); /* run_decode's area after the rest */
 #endif
     return n;
 }
@@ -749,7 +999,7 @@ TO_API int to_attention(const void *q, const void *k, const void *v, void *out, 
     memset(&c, 0, sizeof c);
     c.kern = pick_kernels();
 #ifdef TO_X86
-    c.blocked = c.kern == &k_avx512;
+    c.blocked = c.kern == &k_avx512 || c.kern == &k_avx512bw || c.kern == &k_avx512bf16;
 #endif
     to_report_kernel("attention", c.kern->name);
     c.q = q, c.k = k, c.v = v, c.out = out;
