@@ -24,30 +24,8 @@ if not cuda.is_available():
     pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
 
 load = pytest.importorskip("inference_pio_qwen3_coder_next.model").load
+TINY = pytest.importorskip("inference_pio_qwen3_coder_next.testing").TINY
 DEV = "cuda:0"
-
-TINY = dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=96,
-    moe_intermediate_size=32,
-    shared_expert_intermediate_size=48,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-    linear_num_key_heads=2,
-    linear_num_value_heads=4,
-    linear_key_head_dim=16,
-    linear_value_head_dim=24,
-    linear_conv_kernel_dim=4,
-    num_experts=8,
-    num_experts_per_tok=3,
-    mlp_only_layers=[2],
-    rope_theta=1e4,
-    max_position_embeddings=1024,
-    rms_norm_eps=1e-6,
-)
 
 
 @pytest.fixture(scope="module", params=["bf16", "fp32"])

@@ -437,7 +437,12 @@ def test_attention_decode_bf16_cache_random(seed: int, isa_mask: object) -> None
     kc, vc = make_cache(k, kv_len + 5), make_cache(v, kv_len + 5)
     scale = hd**-0.5
     out = ops.attention(
-        to_pio(q), to_pio(kc), to_pio(vc), kv_len=kv_len, causal=causal, scale=scale,
+        to_pio(q),
+        to_pio(kc),
+        to_pio(vc),
+        kv_len=kv_len,
+        causal=causal,
+        scale=scale,
         q_pos=kv_len - tq if causal else 0,
     )
     ref = ref_attention(q.float(), k.float(), v.float(), kv_len - tq, causal, scale)
@@ -460,7 +465,9 @@ def test_attention_decode_bf16_cache_mla_long(isa_mask: object) -> None:
 
 @pytest.mark.parametrize("where", ["q", "k", "v", "none"])
 @pytest.mark.parametrize("q_dtype", [torch.bfloat16, torch.float32])
-def test_attention_decode_bf16_cache_nan(where: str, q_dtype: torch.dtype, isa_mask: object) -> None:
+def test_attention_decode_bf16_cache_nan(
+    where: str, q_dtype: torch.dtype, isa_mask: object
+) -> None:
     """A NaN in the query, in a key or in a value gives NaN rows as in torch (those that see it);
     -inf in an unused cache slot past kv_len changes nothing."""
     kv_len, nh, nkv, hd = 45, 4, 2, 40

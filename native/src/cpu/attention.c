@@ -339,6 +339,15 @@ TD static inline __m256 dreduce8(const __m512 a[8]) {
                          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
 }
 
+/* the 8 key rows of keys j0.. (the last one repeated past n) and zeroed sums for two rows */
+TD static inline void dkeys8(const uint16_t *k, int64_t kps, int j0, int n, const uint16_t **kp,
+                          __m512 *a, __m512 *b) {
+    for (int u = 0; u < 8; u++) {
+        kp[u] = k + (int64_t)(j0 + u < n ? j0 + u : n - 1) * kps;
+        a[u] = b[u] = _mm512_setzero_ps();
+    }
+}
+
 /* s[r * DTK + j] = scale * <q_r, k_j> for r < rows, j < n; q: rows of ldq (>= hd rounded up to
  * 32) bf16 values, zero past hd; k: bf16 rows of stride kps */
 TB static void dscores_bf16(const void *qv, int64_t ldq, int64_t rows, const uint16_t *k,
@@ -350,9 +359,8 @@ TB static void dscores_bf16(const void *qv, int64_t ldq, int64_t rows, const uin
         const uint16_t *q0 = q + r * ldq, *q1 = q + r1 * ldq;
         for (int j0 = 0; j0 < n; j0 += 8) {
             const uint16_t *kp[8];
-            for (int u = 0; u < 8; u++) kp[u] = k + (int64_t)(j0 + u < n ? j0 + u : n - 1) * kps;
             __m512 a[8], b[8];
-            for (int u = 0; u < 8; u++) a[u] = b[u] = _mm512_setzero_ps();
+            dkeys8(k, kps, j0, n, kp, a, b);
             for (int64_t i = 0; i < hd; i += 32) {
                 const __mmask32 m = dmask32(hd - i);
                 const __m512bh x0 = (__m512bh)_mm512_loadu_si512(q0 + i);
@@ -383,9 +391,8 @@ TD static void dscores_f32(const void *qv, int64_t ldq, int64_t rows, const uint
         const float *q0 = q + r * ldq, *q1 = q + r1 * ldq;
         for (int j0 = 0; j0 < n; j0 += 8) {
             const uint16_t *kp[8];
-            for (int u = 0; u < 8; u++) kp[u] = k + (int64_t)(j0 + u < n ? j0 + u : n - 1) * kps;
             __m512 a[8], b[8];
-            for (int u = 0; u < 8; u++) a[u] = b[u] = _mm512_setzero_ps();
+            dkeys8(k, kps, j0, n, kp, a, b);
             for (int64_t i = 0; i < hd; i += 32) {
                 const __mmask32 m = dmask32(hd - i);
                 const __m512 x0l = _mm512_loadu_ps(q0 + i), x0h = _mm512_loadu_ps(q0 + i + 16);
