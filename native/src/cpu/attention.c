@@ -348,6 +348,15 @@ TD static inline void dkeys8(const uint16_t *k, int64_t kps, int j0, int n, cons
     }
 }
 
+/* the scaled sums of keys j0.. (those below n) into rows r and r1 of s (r1 last: it may be r) */
+TD static inline void dstore8(float *s, int64_t r, int64_t r1, int j0, int n, const __m512 *a,
+                              const __m512 *b, __m256 sc) {
+    const __m256 ra = _mm256_mul_ps(dreduce8(a), sc), rb = _mm256_mul_ps(dreduce8(b), sc);
+    const __mmask8 keep = n - j0 >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j0)) - 1u);
+    _mm256_mask_storeu_ps(s + r1 * DTK + j0, keep, rb);
+    _mm256_mask_storeu_ps(s + r * DTK + j0, keep, ra);
+}
+
 /* s[r * DTK + j] = scale * <q_r, k_j> for r < rows, j < n; q: rows of ldq (>= hd rounded up to
  * 32) bf16 values, zero past hd; k: bf16 rows of stride kps */
 TB static void dscores_bf16(const void *qv, int64_t ldq, int64_t rows, const uint16_t *k,
@@ -371,10 +380,7 @@ TB static void dscores_bf16(const void *qv, int64_t ldq, int64_t rows, const uin
                     b[u] = _mm512_dpbf16_ps(b[u], x1, kv);
                 }
             }
-            const __m256 ra = _mm256_mul_ps(dreduce8(a), sc), rb = _mm256_mul_ps(dreduce8(b), sc);
-            const __mmask8 keep = n - j0 >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j0)) - 1u);
-            _mm256_mask_storeu_ps(s + r1 * DTK + j0, keep, rb);
-            _mm256_mask_storeu_ps(s + r * DTK + j0, keep, ra);
+            dstore8(s, r, r1, j0, n, a, b, sc);
         }
     }
 }
@@ -405,10 +411,7 @@ TD static void dscores_f32(const void *qv, int64_t ldq, int64_t rows, const uint
                     b[u] = _mm512_fmadd_ps(x1l, kl, _mm512_fmadd_ps(x1h, kh, b[u]));
                 }
             }
-            const __m256 ra = _mm256_mul_ps(dreduce8(a), sc), rb = _mm256_mul_ps(dreduce8(b), sc);
-            const __mmask8 keep = n - j0 >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j0)) - 1u);
-            _mm256_mask_storeu_ps(s + r1 * DTK + j0, keep, rb);
-            _mm256_mask_storeu_ps(s + r * DTK + j0, keep, ra);
+            dstore8(s, r, r1, j0, n, a, b, sc);
         }
     }
 }
