@@ -68,3 +68,51 @@ def test_tokenizer_and_generation_config_are_checked_before_the_weights(tmp_path
     (d / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match=r"tokenizer\.json"):
         load_model(d, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "arch", "dropped"),
+    [
+        ("qwen3_0_6b", "Qwen3ForCausalLM", ["max_position_embeddings"]),
+        (
+            "qwen3_coder_30b",
+            "Qwen3MoeForCausalLM",
+            ["max_position_embeddings", "num_experts_per_tok", "intermediate_size"],
+        ),
+        ("qwen3_coder_next", "Qwen3NextForCausalLM", ["max_position_embeddings"]),
+        ("glm_4_7_flash", "Glm4MoeLiteForCausalLM", ["max_position_embeddings"]),
+    ],
+)
+def test_fields_transformers_fills_in_may_be_left_out(
+    tmp_path: Path, plugin: str, arch: str, dropped: list[str]
+) -> None:
+    """config.json keys that transformers' config classes default (the context length, the
+    experts per token, an unused dense width) load with the same values here: logits equal
+    transformers' on the same directory."""
+    import importlib
+
+    import torch
+
+    from inference_pio.testing.conformance import rel_error, save_reference
+
+    pkg = f"inference_pio_{plugin}"
+    mod = pytest.importorskip(f"{pkg}.model")
+    if plugin == "qwen3_0_6b":
+        tiny: dict[str, object] = tiny_qwen3_config()
+    else:
+        tiny = dict(importlib.import_module(f"{pkg}.testing").TINY)
+    if plugin == "qwen3_coder_30b":
+        tiny["num_experts"] = 8  # the default k (8) must fit
+    save_reference(tmp_path, arch, tiny, "float32", seed=3)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in dropped:
+        config.pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ours = mod.load(tmp_path)
+    assert ours.model.max_context == ref.config.max_position_embeddings
+    ids = [5, 17, 300, 42, 7, 99, 256, 1]
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0, -1]
+    (got,) = ours.model.forward([(ids, ours.model.new_cache(len(ids)))])
+    assert rel_error(torch.tensor(got.to("float32").tolist()), want) < 1e-4

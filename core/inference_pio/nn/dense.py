@@ -109,13 +109,22 @@ class DenseConfig:
 
     @classmethod
     def from_hf(
-        cls, config: Mapping[str, Any], qk_norm: bool = True, default_head_dim: int | None = None
+        cls,
+        config: Mapping[str, Any],
+        qk_norm: bool = True,
+        default_head_dim: int | None = None,
+        defaults: Mapping[str, int] | None = None,
     ) -> DenseConfig:
         """Reads and validates the fields; errors name the missing or bad field.
         ``default_head_dim``: the head size when config.json gives none (transformers' default
-        for the architecture: 128 for Qwen3; None: hidden_size / num_attention_heads)."""
+        for the architecture: 128 for Qwen3; None: hidden_size / num_attention_heads).
+        ``defaults``: transformers' values for fields its config class fills in when config.json
+        leaves them out (``max_position_embeddings``, an unused ``intermediate_size``); the
+        others are required."""
 
         def need(key: str, kind: type = int) -> Any:
+            if (key not in config or config[key] is None) and defaults and key in defaults:
+                return defaults[key]
             if key not in config or config[key] is None:
                 raise CheckpointError(f"config.json: required field {key!r} is missing")
             value = config[key]
@@ -207,6 +216,9 @@ def refuse_quantized(config: Mapping[str, Any]) -> None:
             f"quant_method {method!r}); use the unquantized (bf16) checkpoint"
         )
 
+
+#: transformers' Qwen3Config values for fields config.json may leave out
+QWEN3_DEFAULTS: Mapping[str, int] = {"max_position_embeddings": 32768}
 
 WeightPlan = dict[str, tuple[tuple[int, ...], str]]
 #: ``(layer index, layer prefix) -> {tensor name: (shape, init kind)}`` of a layer's MLP

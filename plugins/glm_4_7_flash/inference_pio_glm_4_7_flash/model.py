@@ -115,7 +115,7 @@ class GlmConfig:
         if rope_type != "default":
             raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported yet")
         experts = count("n_routed_experts")
-        k = count("num_experts_per_tok")
+        k = count("num_experts_per_tok", default=4)  # transformers' Glm4MoeLiteConfig
         n_group, topk_group = count("n_group", default=1), count("topk_group", default=1)
         if experts % n_group or topk_group > n_group:
             raise CheckpointError(
@@ -152,7 +152,7 @@ class GlmConfig:
             rope_theta=theta,
             rope_interleave=bool(config.get("rope_interleave", True)),
             attention_bias=bool(config.get("attention_bias", False)),
-            max_position_embeddings=count("max_position_embeddings"),
+            max_position_embeddings=count("max_position_embeddings", default=202752),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             mlp_layer_types=tuple(types),
         )

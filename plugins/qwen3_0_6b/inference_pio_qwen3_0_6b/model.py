@@ -13,13 +13,18 @@ from inference_pio_qwen3_0_6b import MODEL_NAME
 
 def weight_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
     """Tensor names, shapes and init kinds of a checkpoint with this config."""
-    return dense.weight_plan(dense.DenseConfig.from_hf(config, qk_norm=True, default_head_dim=128))
+    cfg = dense.DenseConfig.from_hf(
+        config, qk_norm=True, default_head_dim=128, defaults=dense.QWEN3_DEFAULTS
+    )
+    return dense.weight_plan(cfg)
 
 
 def load(path: Path, **options: Any) -> CausalLM:
     """Loads a Qwen3ForCausalLM checkpoint directory (options: device, dtype)."""
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
-    cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True, default_head_dim=128)
+    cfg = dense.DenseConfig.from_hf(
+        checkpoint.config, qk_norm=True, default_head_dim=128, defaults=dense.QWEN3_DEFAULTS
+    )
     setup = text_setup(checkpoint)  # its errors before the weights are read
     model = dense.build(checkpoint.weights, cfg, options.get("device", "cpu"), options.get("dtype"))
     return CausalLM(options.get("name", MODEL_NAME), checkpoint, model, setup=setup)

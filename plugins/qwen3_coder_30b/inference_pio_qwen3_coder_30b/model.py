@@ -24,6 +24,10 @@ from inference_pio.nn.moe import SoftmaxTopKMoE
 from inference_pio.tensor import Tensor
 from inference_pio_qwen3_coder_30b import MODEL_NAME
 
+#: transformers' Qwen3MoeConfig values for fields config.json may leave out (the dense
+#: intermediate size is used only by layers listed in mlp_only_layers)
+QWEN3_MOE_DEFAULTS = {"max_position_embeddings": 32768, "intermediate_size": 6144}
+
 
 @dataclass(frozen=True)
 class MoeConfig:
@@ -50,7 +54,7 @@ class MoeConfig:
 
         key = "num_experts" if config.get("num_experts") is not None else "num_local_experts"
         experts = count(key, config.get(key), 0)
-        k = count("num_experts_per_tok", config.get("num_experts_per_tok"), 1)
+        k = count("num_experts_per_tok", config.get("num_experts_per_tok", 8), 1)  # Qwen3MoeConfig
         step = count("decoder_sparse_step", config.get("decoder_sparse_step", 1), 1)
         only = config.get("mlp_only_layers") or []
         if not isinstance(only, list) or not all(
@@ -114,7 +118,7 @@ def mlp_factory(moe: MoeConfig) -> dense.MlpFactory:
 
 def weight_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
     """Tensor names, shapes and init kinds of a checkpoint with this config."""
-    cfg = dense.DenseConfig.from_hf(config, qk_norm=True)
+    cfg = dense.DenseConfig.from_hf(config, qk_norm=True, defaults=QWEN3_MOE_DEFAULTS)
     return dense.weight_plan(cfg, mlp_plan=mlp_plan(cfg, MoeConfig.from_hf(config)))
 
 
@@ -123,7 +127,7 @@ def load(path: Path, **options: Any) -> CausalLM:
     be a hybrid :class:`~inference_pio.scheduler.Placement`)."""
     device = options.get("device", "cpu")
     checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
-    cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True)
+    cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True, defaults=QWEN3_MOE_DEFAULTS)
     moe = MoeConfig.from_hf(checkpoint.config)
     setup = text_setup(checkpoint)  # its errors before the weights are read
     model = dense.build(

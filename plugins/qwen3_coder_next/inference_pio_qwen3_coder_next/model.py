@@ -123,7 +123,7 @@ class NextConfig:
                 f"linear_num_key_heads {nk}"
             )
         experts = count("num_experts", minimum=0)
-        k = count("num_experts_per_tok")
+        k = count("num_experts_per_tok", default=10)  # transformers' Qwen3NextConfig
         if experts and k > experts:
             raise CheckpointError(
                 f"config.json: num_experts_per_tok {k} exceeds the {experts} experts"
@@ -159,7 +159,7 @@ class NextConfig:
             vocab_size=count("vocab_size"),
             rms_norm_eps=float(eps),
             rope_theta=theta,
-            max_position_embeddings=count("max_position_embeddings"),
+            max_position_embeddings=count("max_position_embeddings", default=32768),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             layer_types=tuple(types),
         )

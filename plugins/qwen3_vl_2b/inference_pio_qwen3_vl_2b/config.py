@@ -218,7 +218,9 @@ class VLConfig:
             isinstance(params, Mapping) and params.get("rope_theta") is not None
         ):
             text_cfg["rope_theta"] = 500000.0  # transformers' Qwen3VLTextConfig default
-        text = DenseConfig.from_hf(text_cfg, default_head_dim=128)  # transformers' default
+        text = DenseConfig.from_hf(  # transformers' Qwen3VLTextConfig defaults
+            text_cfg, default_head_dim=128, defaults={"max_position_embeddings": 128000}
+        )
         vision = VisionConfig.from_hf(vision_cfg)
         if vision.out_hidden_size != text.hidden_size:
             raise CheckpointError(

@@ -318,13 +318,17 @@ def test_cli_chat_with_an_image(
 
 
 def test_config_defaults_and_refusals_as_transformers() -> None:
-    """A text_config without rope_theta takes Qwen3VLTextConfig's 500000 (not the dense
-    default of 10000); a quantized checkpoint is refused by name."""
+    """A text_config without rope_theta or max_position_embeddings takes Qwen3VLTextConfig's
+    500000 and 128000 (not the dense default of 10000, not an error); a quantized checkpoint is
+    refused by name."""
     cfg = tiny_config()
     cfg["text_config"].pop("rope_theta", None)
     cfg["text_config"]["rope_parameters"].pop("rope_theta")
-    assert VLConfig.from_hf(cfg).text.rope_theta == 500000.0
+    cfg["text_config"].pop("max_position_embeddings")
+    text = VLConfig.from_hf(cfg).text
+    assert (text.rope_theta, text.max_position_embeddings) == (500000.0, 128000)
     transformers = pytest.importorskip("transformers")
-    assert transformers.Qwen3VLTextConfig().rope_parameters["rope_theta"] == 500000.0
+    hf = transformers.Qwen3VLTextConfig()
+    assert (hf.rope_parameters["rope_theta"], hf.max_position_embeddings) == (500000.0, 128000)
     with pytest.raises(CheckpointError, match=r"quantized.*'fp8'"):
         VLConfig.from_hf(tiny_config(quantization_config={"quant_method": "fp8"}))
