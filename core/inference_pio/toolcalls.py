@@ -430,12 +430,33 @@ class ToolCallStream:
         return out
 
 
+def format_of_template(template: str | None) -> str | None:
+    """The tool-call format a chat template teaches the model, from the markup it shows: Qwen3-
+    Coder's ``<function=...>`` / ``<parameter=...>`` XML, GLM's ``<arg_key>`` pairs, else the hermes
+    JSON of a template that mentions ``<tool_call>``; None for a template without tool calls."""
+    if not template:
+        return None
+    if "<function=" in template and "<parameter=" in template:
+        return "qwen3_coder"
+    if "<arg_key>" in template:
+        return "glm47"
+    if "<tool_call>" in template:
+        return "hermes"
+    return None
+
+
 def format_for(model: Any) -> str | None:
-    """The tool-call format of a loaded model: its ``tool_call_format`` attribute, else the
-    ``tool_call_format`` of the registered :class:`~inference_pio.ModelSpec` of its name."""
+    """The tool-call format of a loaded model: its ``tool_call_format`` attribute; else the one
+    its checkpoint's chat template teaches (:func:`format_of_template`: a Qwen3-30B-A3B-Instruct
+    checkpoint loaded by the Coder plugin writes hermes calls); else the ``tool_call_format`` of
+    the registered :class:`~inference_pio.ModelSpec` of its name."""
     fmt = getattr(model, "tool_call_format", None)
     if fmt is not None:
         return check_format(fmt)
+    template = getattr(getattr(model, "tokenizer", None), "chat_template", None)
+    fmt = format_of_template(template if isinstance(template, str) else None)
+    if fmt is not None:
+        return fmt
     name = getattr(model, "name", None)
     if not isinstance(name, str) or not name:
         return None

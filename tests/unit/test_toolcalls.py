@@ -327,6 +327,30 @@ def test_every_plugin_declares_its_format() -> None:
     assert format_for(object()) is None
 
 
+def test_the_checkpoints_template_says_which_calls_it_teaches() -> None:
+    """A checkpoint's chat template shows the call markup it trains: Qwen3-30B-A3B-Instruct
+    (hermes) loads into the Coder plugin (qwen3_coder) and still gets its own format."""
+    from inference_pio.synthetic.templates import QWEN3_CHAT_TEMPLATE
+    from inference_pio.toolcalls import format_of_template
+
+    coder = "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>"
+    glm = "<tool_call>{{ tc.name }}<arg_key>{{ k }}</arg_key><arg_value>{{ v }}</arg_value>"
+    assert format_of_template(QWEN3_CHAT_TEMPLATE) == "hermes"
+    assert format_of_template(coder) == "qwen3_coder"
+    assert format_of_template(glm) == "glm47"
+    assert format_of_template("{{ messages }}") is None
+    assert format_of_template(None) is None
+
+    class Tok:
+        chat_template = QWEN3_CHAT_TEMPLATE
+
+    class InstructInCoderPlugin:
+        name = "qwen3-coder-30b-a3b-instruct"
+        tokenizer = Tok()
+
+    assert format_for(InstructInCoderPlugin()) == "hermes"
+
+
 # ---- streaming ----------------------------------------------------------------------------------
 
 SAMPLES: dict[str, list[str]] = {
