@@ -386,8 +386,13 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
     model = _load(args, host)
     if args.max_batch_size is not None:
         model.max_batch_size = args.max_batch_size
+    where = (
+        f"http://{args.host}:{args.port}/v1"
+        if args.port
+        else f"{args.host}, a free port (uvicorn's line below names it)"
+    )
     print(
-        f"serving {model.name} on http://{args.host}:{args.port}/v1 (OpenAI API; batches of up "
+        f"serving {model.name} on {where} (OpenAI API; batches of up "
         f"to {getattr(model, 'max_batch_size', 1)} sequences; Ctrl-C stops)",
         file=sys.stderr,
     )
@@ -495,7 +500,8 @@ def add_commands(sub: Any) -> None:
         choices=["model", "none", *sorted(PARSERS)],
         default="model",
         help="how chat replies to requests with 'tools' are parsed for tool calls (default "
-        "'model': the format the model's plugin declares; 'none': replies stay text)",
+        "'model': the format the checkpoint's chat template shows, else the one the model's "
+        "plugin declares; 'none': replies stay text)",
     )
     p.add_argument(
         "--max-batch-size",

@@ -447,3 +447,18 @@ def test_parallel_tool_calls_false_keeps_the_first_call(two_calls: str) -> None:
     assert cities == [["Zürich", "Bern"], ["Zürich", "Bern"], ["Zürich"]]
     with pytest.raises(openai.BadRequestError, match="parallel_tool_calls"):
         c.chat.completions.create(**kw, extra_body={"parallel_tool_calls": "no"})
+
+
+def test_logprobs_of_a_reply_without_tokens_are_empty_not_null(caller: tuple[Any, str]) -> None:
+    """The bigram model answers the last token of its reply with EOS at once: no output token,
+    so the logprobs object is empty (as vLLM returns it), not null."""
+    _, url = caller
+    last = EOS + len(ANSWER)  # the id of ANSWER[-1]; its successor is EOS
+    got = client(url).completions.create(
+        model=NAME, prompt=[last], max_tokens=5, temperature=0, logprobs=2
+    )
+    assert got.choices[0].text == ""
+    assert got.choices[0].finish_reason == "stop"
+    lp = got.choices[0].logprobs
+    assert lp is not None
+    assert (lp.tokens, lp.token_logprobs, lp.top_logprobs, lp.text_offset) == ([], [], [], [])

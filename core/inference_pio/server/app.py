@@ -263,6 +263,12 @@ def create_app(
                 watcher.cancel()
             result = results[0]
             logprobs = logprobs_of(result.logprobs or [])
+            if logprobs is None and wants_logprobs:  # no output tokens: empty, not null (vLLM)
+                logprobs = (
+                    {"content": []}
+                    if chat
+                    else {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                )
             if not chat:
                 return JSONResponse(protocol.completion_body(rid, served, result, logprobs))
             parsed = None
