@@ -201,6 +201,7 @@ CHAT_HELP = """\
 /reset          clear the conversation (the system prompt stays)
 /bye, /exit     quit (so does Ctrl-D)
 /help           this list
+//text          send a message that starts with '/'
 Ctrl-C stops a reply; what was generated stays in the conversation."""
 
 
@@ -244,6 +245,13 @@ def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
             return 0
         if command == "/help":
             print(CHAT_HELP, file=sys.stderr)
+            continue
+        word = command.split()[0]
+        if word.startswith("//"):  # a message that starts with '/'
+            line = line.replace("//", "/", 1)
+        elif word.startswith("/") and word != "/reset":
+            # not sent to the model as a message (ollama's behaviour)
+            print(f"unknown command {word!r}; /help lists them", file=sys.stderr)
             continue
         if command == "/reset":
             history = history[:1] if args.system else []

@@ -212,13 +212,17 @@ def test_chat_survives_a_message_too_long_and_knows_its_commands(
     piped input prints no prompts."""
     path = checkpoint[0]
     out = _chat(
-        path, "\n".join(["hi", "z" * 400, "", "/help", "/reset", "hi", "/bye", "x"]), "-n", "3"
+        path,
+        "\n".join(["hi", "z" * 400, "", "/help", "/nope", "/reset", "hi", "/bye", "x"]),
+        "-n",
+        "3",
     )
     assert out.returncode == 0, out.stderr
     assert "context" in out.stderr
     assert "dropped" in out.stderr
     assert "/reset" in out.stderr
     assert "(conversation cleared)" in out.stderr
+    assert "unknown command '/nope'" in out.stderr  # not sent to the model
     assert "Traceback" not in out.stderr
     half = len(out.stdout) // 2  # two replies to "hi" in a fresh conversation, each + "\n"
     assert out.stdout.endswith("\n")
