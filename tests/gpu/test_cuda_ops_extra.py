@@ -365,3 +365,47 @@ def test_threads_sharing_the_gemm_and_attention_workspaces() -> None:
     for th in threads:
         th.join()
     assert not bad, bad[:5]
+
+
+def _vocab_rows(rows: int, dim: int, dt: DType, seed: int) -> Any:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, dim, generator=g) * 3).to(TDT[dt])
+    x[:, ::97] = x[:, 5:6]  # ties with a value, across chunks
+    x[:, 1000:1400] = float("-inf")  # -inf runs, a whole chunk of them where dim allows
+    if dim > 20000:
+        x[:, 16384:20480] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize("k", [1, 5, 20, 64, 65])
+@pytest.mark.parametrize(("rows", "dim"), [(1, 151936), (3, 40001), (2, 16384), (65, 20000)])
+@pytest.mark.parametrize("dt", FLOATS)
+def test_topk_of_long_rows_equals_the_cpu(dt: DType, rows: int, dim: int, k: int) -> None:
+    """Long rows take the chunked top-k (chunks' candidates, then a merge): the same values and
+    ids, in the same order (ties: lower id first), as the CPU backend; k 65 and 65 rows take the
+    one-block kernel."""
+    x = _vocab_rows(rows, dim, dt, seed=rows * dim + k)
+    vals, idx = ops.topk(ours(x, DEV), k)
+    cvals, cidx = ops.topk(ours(x), k)
+    assert torch.equal(theirs(idx), theirs(cidx))
+    assert torch.equal(theirs(vals).float(), theirs(cvals).float())
+
+
+@pytest.mark.parametrize("log_", [False, True])
+@pytest.mark.parametrize(("rows", "dim"), [(1, 151936), (4, 32768), (2, 40001), (65, 32768)])
+@pytest.mark.parametrize("dt", FLOATS)
+def test_softmax_of_long_rows(dt: DType, rows: int, dim: int, log_: bool) -> None:
+    """Long rows take the chunked softmax (per-chunk max and sum, combined): against float64
+    torch, with a whole chunk of -inf (exp(-inf) terms) in the row; an all -inf row is NaN as
+    torch's."""
+    x = _vocab_rows(rows, dim, dt, seed=dim + rows)
+    x[-1] = float("-inf")
+    fn = ops.log_softmax if log_ else ops.softmax
+    got = theirs(fn(ours(x, DEV), out_dtype=DType.float32)).double()
+    ref = (torch.log_softmax if log_ else torch.softmax)(x.double(), -1)
+    assert torch.isnan(ref[-1]).all()
+    assert torch.isnan(got[-1]).all()
+    a, b = got[:-1], ref[:-1]
+    finite = torch.isfinite(b)
+    assert torch.equal(finite, torch.isfinite(a))
+    assert rel(a[finite], b[finite]) < 1e-5

@@ -1,5 +1,7 @@
 /* Norms, rotary embeddings, softmax and the select ops on the device (semantics of
  * src/cpu/norm.c, rope.c, softmax.c, select.c). */
+#include <mutex>
+
 #include "common.cuh"
 
 /* ---- rms_norm: one warp per row ---- */
@@ -447,7 +449,7 @@ TOC_EXPORT int toc_rope_apply(void *x, const void *cos, const void *sin, int64_t
     return TO_OK;
 }
 
-/* ---- softmax: one block per row ---- */
+/* ---- softmax: one block per row; a few long rows (logits over a vocabulary) split in chunks ---- */
 __global__ void softmax_kernel(const void *x, void *out, int64_t dim, int64_t ldx, int64_t ldo,
                                int log_, int xd, int od) {
     __shared__ float red[33];
@@ -465,6 +467,53 @@ __global__ void softmax_kernel(const void *x, void *out, int64_t dim, int64_t ld
         stf(out, od, r * ldo + j, log_ ? v - ls : expf(v) * inv);
     }
 }
+
+/* Rows at least this long, at most SM_SPLIT_ROWS of them, run on many blocks a row: block
+ * (c, r) reduces chunk c of row r to (max, sum of exp(x - max)), then each block combines its
+ * row's partials and writes its chunk (one block a row reads 150k logits ~20x slower). */
+#define SM_SPLIT_MIN_DIM 32768
+#define SM_SPLIT_ROWS 64
+#define SM_CHUNK 4096
+__global__ void softmax_partial_kernel(const void *x, float2 *part, int64_t dim, int64_t ldx,
+                                       int xd) {
+    __shared__ float red[33];
+    const int64_t r = blockIdx.y, lo = (int64_t)blockIdx.x * SM_CHUNK;
+    const int64_t hi = lo + SM_CHUNK < dim ? lo + SM_CHUNK : dim;
+    float m = -INFINITY;
+    for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) m = fmaxf(m, ldf(x, xd, r * ldx + j));
+    m = block_max(m, red);
+    float s = 0.0f;
+    if (m != -INFINITY) /* an all -inf chunk adds nothing (exp(-inf - -inf) would be NaN) */
+        for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) s += expf(ldf(x, xd, r * ldx + j) - m);
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) part[r * gridDim.x + blockIdx.x] = make_float2(m, s);
+}
+__global__ void softmax_finish_kernel(const void *x, void *out, const float2 *part, int64_t dim,
+                                      int64_t ldx, int64_t ldo, int log_, int xd, int od) {
+    __shared__ float red[33];
+    const int64_t r = blockIdx.y, lo = (int64_t)blockIdx.x * SM_CHUNK;
+    const int64_t hi = lo + SM_CHUNK < dim ? lo + SM_CHUNK : dim;
+    const int nc = (int)gridDim.x;
+    float m = -INFINITY;
+    for (int c = threadIdx.x; c < nc; c += blockDim.x) m = fmaxf(m, part[r * nc + c].x);
+    m = block_max(m, red);
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < nc; c += blockDim.x) {
+        float2 p = part[r * nc + c];
+        if (p.x != -INFINITY || p.y != p.y) s += p.y * expf(p.x - m);
+    }
+    s = block_sum(s, red);
+    float ls = logf(s), inv = 1.0f / s;
+    for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+        float v = ldf(x, xd, r * ldx + j) - m;
+        stf(out, od, r * ldo + j, log_ ? v - ls : expf(v) * inv);
+    }
+}
+static TocBuffer g_select_ws;
+/* one caller at a time: the partials of one call must not be overwritten by another host
+ * thread's launches before its second kernel has read them (as in attention.cu) */
+static std::mutex g_select_lock;
+
 TOC_EXPORT int toc_softmax(const void *x, void *out, int64_t rows, int64_t dim, int64_t ldx,
                            int64_t ldo, int log_, int x_dtype, int out_dtype) {
     TOC_CHECK(rows >= 0 && dim >= 1 && ldx >= dim && ldo >= dim, TO_ERR_INVALID_ARGUMENT,
@@ -473,6 +522,22 @@ TOC_EXPORT int toc_softmax(const void *x, void *out, int64_t rows, int64_t dim, 
     if (rows == 0) return TO_OK;
     TOC_CHECK(x && out, TO_ERR_INVALID_ARGUMENT, "toc_softmax: NULL pointer");
     TOC_READY();
+    if (dim >= SM_SPLIT_MIN_DIM && rows <= SM_SPLIT_ROWS) {
+        const int64_t nc = toc_cdiv(dim, SM_CHUNK);
+        std::lock_guard<std::mutex> hold(g_select_lock);
+        void *ws = nullptr;
+        if (toc_buffer_reserve(&g_select_ws, (size_t)(rows * nc) * sizeof(float2), &ws, "softmax workspace") ==
+            TO_OK) {
+            dim3 grid((unsigned)nc, (unsigned)rows);
+            softmax_partial_kernel<<<grid, 256, 0, toc_stream()>>>(x, (float2 *)ws, dim, ldx, x_dtype);
+            TOC_LAUNCHED("softmax_partial_kernel");
+            softmax_finish_kernel<<<grid, 256, 0, toc_stream()>>>(x, out, (const float2 *)ws, dim, ldx, ldo,
+                                                                  log_, x_dtype, out_dtype);
+            TOC_LAUNCHED("softmax_finish_kernel");
+            return TO_OK;
+        }
+        /* no workspace (growing it inside a capture): the one-block path below */
+    }
     softmax_kernel<<<(unsigned)rows, 256, 0, toc_stream()>>>(x, out, dim, ldx, ldo, log_, x_dtype,
                                                              out_dtype);
     TOC_LAUNCHED("softmax_kernel");
@@ -540,27 +605,35 @@ TOC_EXPORT int toc_argmax(const void *x, void *idx, int64_t rows, int64_t dim, i
     return TO_OK;
 }
 
-/* topk by k successive block-wide selections of the best key strictly after the previous one. */
-__global__ void topk_kernel(const void *x, void *vals, void *idx, int64_t dim, int64_t k, int xd,
-                            int idt) {
+/* The k best keys among n by k successive block-wide selections of the best key strictly after
+ * the previous one. load(j, v, id) gives key j (id < 0: no key); store(s, v, id) is called by
+ * thread 0 for s = 0..k-1, with id -1 once the keys run out. */
+template <class Load, class Store>
+__device__ void block_select_k(int64_t n, int64_t k, Load load, Store store) {
     __shared__ float sv[32];
     __shared__ int64_t si[32];
     __shared__ float pv;
     __shared__ int64_t pi;
-    int64_t r = blockIdx.x;
     if (threadIdx.x == 0) pi = -1;
     __syncthreads();
     for (int64_t s = 0; s < k; s++) {
-        float prev_v = pv;
-        int64_t prev_i = pi;
+        const float prev_v = pv;
+        const int64_t prev_i = pi;
+        if (prev_i == -2) { /* exhausted (uniform: read after a block barrier) */
+            if (threadIdx.x == 0) store(s, -INFINITY, -1);
+            continue;
+        }
         float bv = -INFINITY;
         int64_t bi = -1;
-        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-            float v = ldf(x, xd, r * dim + j);
-            if (prev_i >= 0 && !key_gt(prev_v, prev_i, v, j)) continue;
-            if (bi < 0 || key_gt(v, j, bv, bi)) {
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+            float v;
+            int64_t id;
+            load(j, v, id);
+            if (id < 0) continue;
+            if (prev_i >= 0 && !key_gt(prev_v, prev_i, v, id)) continue;
+            if (bi < 0 || key_gt(v, id, bv, bi)) {
                 bv = v;
-                bi = j;
+                bi = id;
             }
         }
         for (int o = 16; o > 0; o >>= 1) {
@@ -583,14 +656,56 @@ __global__ void topk_kernel(const void *x, void *vals, void *idx, int64_t dim, i
                     bv = sv[q];
                     bi = si[q];
                 }
-            stf(vals, xd, r * k + s, bv);
-            if (idt == TO_I32) ((int32_t *)idx)[r * k + s] = (int32_t)bi;
-            else ((int64_t *)idx)[r * k + s] = bi;
+            store(s, bv, bi);
             pv = bv;
-            pi = bi;
+            pi = bi < 0 ? -2 : bi;
         }
         __syncthreads();
     }
+}
+__device__ __forceinline__ void store_index(void *idx, int idt, int64_t at, int64_t v) {
+    if (idt == TO_I32) ((int32_t *)idx)[at] = (int32_t)v;
+    else ((int64_t *)idx)[at] = v;
+}
+/* one block a row */
+__global__ void topk_kernel(const void *x, void *vals, void *idx, int64_t dim, int64_t k, int xd,
+                            int idt) {
+    const int64_t r = blockIdx.x;
+    block_select_k(
+        dim, k, [&](int64_t j, float &v, int64_t &id) { v = ldf(x, xd, r * dim + j), id = j; },
+        [&](int64_t s, float v, int64_t id) {
+            stf(vals, xd, r * k + s, v);
+            store_index(idx, idt, r * k + s, id);
+        });
+}
+/* Long rows (a vocabulary's logits), few of them, k small: block (c, r) selects the k best keys
+ * of chunk c of row r, then one block a row selects among the chunks' candidates. The union of
+ * the chunks' k best holds the row's k best, so the keys and their order are the one-block
+ * kernel's. */
+#define TOPK_SPLIT_MIN_DIM 16384
+#define TOPK_SPLIT_MAX_K 64
+#define TOPK_SPLIT_ROWS 64
+#define TOPK_CHUNK 2048
+__global__ void topk_chunk_kernel(const void *x, float *cv, int64_t *ci, int64_t dim, int64_t k, int xd) {
+    const int64_t r = blockIdx.y, c = blockIdx.x, lo = c * TOPK_CHUNK;
+    const int64_t n = lo + TOPK_CHUNK < dim ? TOPK_CHUNK : dim - lo;
+    const int64_t base = (r * gridDim.x + c) * k;
+    block_select_k(
+        n, k, [&](int64_t j, float &v, int64_t &id) { v = ldf(x, xd, r * dim + lo + j), id = lo + j; },
+        [&](int64_t s, float v, int64_t id) {
+            cv[base + s] = v;
+            ci[base + s] = id;
+        });
+}
+__global__ void topk_merge_kernel(const float *cv, const int64_t *ci, int64_t nc, void *vals, void *idx,
+                                  int64_t k, int xd, int idt) {
+    const int64_t r = blockIdx.x, base = r * nc * k;
+    block_select_k(
+        nc * k, k, [&](int64_t j, float &v, int64_t &id) { v = cv[base + j], id = ci[base + j]; },
+        [&](int64_t s, float v, int64_t id) {
+            stf(vals, xd, r * k + s, v);
+            store_index(idx, idt, r * k + s, id);
+        });
 }
 TOC_EXPORT int toc_topk(const void *x, void *values, void *idx, int64_t rows, int64_t dim, int64_t k,
                         int x_dtype, int idx_dtype) {
@@ -601,6 +716,25 @@ TOC_EXPORT int toc_topk(const void *x, void *values, void *idx, int64_t rows, in
     if (rows == 0) return TO_OK;
     TOC_CHECK(x && values && idx, TO_ERR_INVALID_ARGUMENT, "toc_topk: NULL pointer");
     TOC_READY();
+    if (dim >= TOPK_SPLIT_MIN_DIM && k <= TOPK_SPLIT_MAX_K && rows <= TOPK_SPLIT_ROWS) {
+        const int64_t nc = toc_cdiv(dim, TOPK_CHUNK);
+        const size_t keys = (size_t)(rows * nc * k);
+        std::lock_guard<std::mutex> hold(g_select_lock);
+        void *ws = nullptr;
+        if (toc_buffer_reserve(&g_select_ws, keys * (sizeof(float) + sizeof(int64_t)), &ws, "topk workspace") ==
+            TO_OK) {
+            int64_t *ci = (int64_t *)ws; /* 8-byte ids first: aligned */
+            float *cv = (float *)(ci + keys);
+            topk_chunk_kernel<<<dim3((unsigned)nc, (unsigned)rows), 256, 0, toc_stream()>>>(x, cv, ci, dim, k,
+                                                                                          x_dtype);
+            TOC_LAUNCHED("topk_chunk_kernel");
+            topk_merge_kernel<<<(unsigned)rows, 256, 0, toc_stream()>>>(cv, ci, nc, values, idx, k, x_dtype,
+                                                                       idx_dtype);
+            TOC_LAUNCHED("topk_merge_kernel");
+            return TO_OK;
+        }
+        /* no workspace (growing it inside a capture): the one-block path below */
+    }
     topk_kernel<<<(unsigned)rows, 256, 0, toc_stream()>>>(x, values, idx, dim, k, x_dtype, idx_dtype);
     TOC_LAUNCHED("topk_kernel");
     return TO_OK;
