@@ -26,10 +26,11 @@ def _function(tool: Any) -> Mapping[str, Any]:
 
 
 def _call_schema(fn: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"name": <this function>, "arguments": <its parameters>}``, name first."""
+    """``{"name": <this function>, "arguments": <its parameters>}``, name first; a function
+    without parameters (none, or ``{}``) takes none: its arguments are ``{}``."""
     params = fn.get("parameters")
     if not isinstance(params, Mapping) or not params:
-        params = {"type": "object"}
+        params = {"type": "object", "properties": {}, "additionalProperties": False}
     return {
         "type": "object",
         "properties": {"name": {"const": fn["name"]}, "arguments": dict(params)},
