@@ -220,6 +220,7 @@ WEATHER = {
                 "days": {"type": "integer", "minimum": 1, "maximum": 9},
             },
             "required": ["city", "days"],
+            "additionalProperties": False,
         },
     },
 }
