@@ -2,48 +2,37 @@
  * disallowed tokens to -inf. The mask is a bitmask of uint32 words as llguidance fills it: bit
  * (i % 32) of word i / 32 set = token i allowed. Generic C: one pass over the row, a whole word
  * at a time where its 32 tokens are all allowed or all disallowed (most words of a JSON-grammar
- * mask are), so a 151936-token row costs about a row copy. */
+ * mask are) and one disallowed token at a time elsewhere. */
 #include "../common/internal.h"
 
-static void mask_row_f32(const float *x, float *out, const uint32_t *mask, int64_t vocab,
-                         int64_t words) {
-    const float ninf = -INFINITY;
-    int64_t covered = words * 32 < vocab ? words * 32 : vocab;
-    int64_t i = 0;
-    for (int64_t w = 0; i < covered; w++) {
-        uint32_t bits = mask[w];
-        int64_t end = i + 32 < covered ? i + 32 : covered;
-        if (bits == 0xffffffffu) {
-            if (out != x) memcpy(out + i, x + i, (size_t)(end - i) * sizeof *out);
-        } else if (bits == 0u) {
-            for (int64_t j = i; j < end; j++) out[j] = ninf;
-        } else {
-            for (int64_t j = i; j < end; j++, bits >>= 1) out[j] = (bits & 1u) ? x[j] : ninf;
-        }
-        i = end;
+/* Row r: copied (unless in place), then -inf written over its disallowed tokens: a whole word
+ * of 32 at a time where none is allowed, else one per clear bit (count-trailing-zeros), so the
+ * cost follows the disallowed tokens, not the row. */
+#define MASK_ROW(name, T, NINF)                                                                    \
+    static void name(const T *x, T *out, const uint32_t *mask, int64_t vocab, int64_t words) {     \
+        const T ninf = (NINF);                                                                     \
+        if (out != x) memcpy(out, x, (size_t)vocab * sizeof *out);                                 \
+        int64_t covered = words * 32 < vocab ? words * 32 : vocab;                                 \
+        for (int64_t w = 0, i = 0; i < covered; w++, i += 32) {                                    \
+            uint32_t bits = mask[w];                                                               \
+            int64_t n = covered - i < 32 ? covered - i : 32;                                       \
+            if (bits == 0xffffffffu) continue;                                                     \
+            if (bits == 0u) {                                                                      \
+                for (int64_t j = 0; j < n; j++) out[i + j] = ninf;                                 \
+                continue;                                                                          \
+            }                                                                                      \
+            uint32_t clear = ~bits;                                                                \
+            if (n < 32) clear &= (1u << n) - 1u;                                                   \
+            while (clear) {                                                                        \
+                out[i + __builtin_ctz(clear)] = ninf;                                              \
+                clear &= clear - 1u;                                                               \
+            }                                                                                      \
+        }                                                                                          \
+        for (int64_t j = covered; j < vocab; j++) out[j] = ninf; /* past the mask: disallowed */ \
     }
-    for (; i < vocab; i++) out[i] = ninf; /* tokens past the mask are not allowed */
-}
 
-static void mask_row_bf16(const uint16_t *x, uint16_t *out, const uint32_t *mask, int64_t vocab,
-                          int64_t words) {
-    const uint16_t ninf = 0xff80u; /* bf16 -inf */
-    int64_t covered = words * 32 < vocab ? words * 32 : vocab;
-    int64_t i = 0;
-    for (int64_t w = 0; i < covered; w++) {
-        uint32_t bits = mask[w];
-        int64_t end = i + 32 < covered ? i + 32 : covered;
-        if (bits == 0xffffffffu) {
-            if (out != x) memcpy(out + i, x + i, (size_t)(end - i) * sizeof *out);
-        } else if (bits == 0u) {
-            for (int64_t j = i; j < end; j++) out[j] = ninf;
-        } else {
-            for (int64_t j = i; j < end; j++, bits >>= 1) out[j] = (bits & 1u) ? x[j] : ninf;
-        }
-        i = end;
-    }
-    for (; i < vocab; i++) out[i] = ninf;
-}
+MASK_ROW(mask_row_f32, float, -INFINITY)
+MASK_ROW(mask_row_bf16, uint16_t, 0xff80u) /* bf16 -inf */
 
 TO_API int to_mask_logits(const void *x, void *out, const uint32_t *mask, int64_t rows,
                           int64_t vocab, int64_t mask_words, int dtype) {
