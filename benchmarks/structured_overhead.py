@@ -33,7 +33,8 @@ SCHEMA = {
 
 
 def us(seconds: list[float]) -> str:
-    return f"median {statistics.median(seconds) * 1e6:8.1f} us, p90 {sorted(seconds)[int(len(seconds) * 0.9)] * 1e6:8.1f} us"
+    p90 = sorted(seconds)[int(len(seconds) * 0.9)]
+    return f"median {statistics.median(seconds) * 1e6:8.1f} us, p90 {p90 * 1e6:8.1f} us"
 
 
 def main() -> None:
@@ -59,7 +60,9 @@ def main() -> None:
         }
         # a realistic token sequence: the masks along a sampled constrained generation
         results = [
-            model.generate("JSON:", max_new_tokens=200, temperature=1.0, seed=s, constraint=constraint)
+            model.generate(
+                "JSON:", max_new_tokens=200, temperature=1.0, seed=s, constraint=constraint
+            )
             for s in range(8)
         ]
         fill, advance = [], []
@@ -79,7 +82,9 @@ def main() -> None:
                 advance.append(time.perf_counter() - t0)
         n = len(fill)
         done = sum(r.finish_reason == "stop" for r in results)
-        print(f"{n} tokens of {len(results)} outputs ({done} complete), e.g. {results[0].text[:90]!r}")
+        print(
+            f"{n} tokens of {len(results)} outputs ({done} complete), e.g. {results[0].text[:90]!r}"
+        )
         print(f"mask fill (llguidance):      {us(fill)}")
         for dt, times in apply_t.items():
             print(f"mask apply {dt:9s} row:   {us(times)}")
@@ -94,8 +99,8 @@ def main() -> None:
 
         free, constrained = per_token(), per_token(constraint=constraint)
         print(
-            f"whole token, tiny model: free {free * 1e3:.3f} ms, constrained {constrained * 1e3:.3f} ms "
-            f"(+{(constrained - free) * 1e3:.3f} ms)"
+            f"whole token, tiny model: free {free * 1e3:.3f} ms, "
+            f"constrained {constrained * 1e3:.3f} ms (+{(constrained - free) * 1e3:.3f} ms)"
         )
 
 

@@ -42,7 +42,9 @@ SCHEMA = {
 
 
 @pytest.mark.parametrize("dtype", [DType.float32, DType.bfloat16])
-@pytest.mark.parametrize(("rows", "vocab", "words"), [(1, 1, 1), (1, 33, 2), (3, 100, 2), (1, 151936, 4740)])
+@pytest.mark.parametrize(
+    ("rows", "vocab", "words"), [(1, 1, 1), (1, 33, 2), (3, 100, 2), (1, 151936, 4740)]
+)
 @pytest.mark.parametrize("in_place", [False, True])
 def test_device_mask_equals_host_mask(
     dtype: DType, rows: int, vocab: int, words: int, in_place: bool
@@ -103,4 +105,5 @@ def test_constrained_rows_in_a_cuda_batch(models: tuple[Any, Any]) -> None:
     for r in (results[0], results[2]):
         assert r.finish_reason == "stop"
         value = json.loads(r.text)
-        assert value["k"] in ("x", "y") and type(value["ok"]) is bool
+        assert value["k"] in ("x", "y")
+        assert type(value["ok"]) is bool

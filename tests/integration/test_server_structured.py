@@ -55,8 +55,10 @@ MESSAGES = [{"role": "user", "content": "Weather in Zürich?"}]
 
 def check(value: Any) -> None:
     assert set(value) == {"city", "temperature", "sky"}
-    assert isinstance(value["city"], str) and len(value["city"]) <= 10
-    assert type(value["temperature"]) is int and -50 <= value["temperature"] <= 50
+    assert isinstance(value["city"], str)
+    assert len(value["city"]) <= 10
+    assert type(value["temperature"]) is int
+    assert -50 <= value["temperature"] <= 50
     assert value["sky"] in ("sunny", "cloudy", "rain")
 
 
@@ -126,7 +128,8 @@ def test_chat_json_object_streamed(served: tuple[Any, Any]) -> None:
     if finish == "stop":
         assert isinstance(json.loads(text), dict)
     else:  # an object of random keys may outlast max_tokens
-        assert finish == "length" and text.startswith("{")
+        assert finish == "length"
+        assert text.startswith("{")
     assert chunks[-1].usage.completion_tokens >= 1
 
 
@@ -187,9 +190,11 @@ def test_forced_tool_calls(served: tuple[Any, Any], choice: Any, stream: bool) -
     if isinstance(choice, dict):
         assert call.function.name == "get_weather"
     if call.function.name == "get_weather":
-        assert isinstance(args["city"], str) and 1 <= args["days"] <= 9
+        assert isinstance(args["city"], str)
+        assert 1 <= args["days"] <= 9
     else:
-        assert call.function.name == "now" and args == {}
+        assert call.function.name == "now"
+        assert args == {}
 
 
 @pytest.mark.parametrize(

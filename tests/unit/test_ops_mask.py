@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from inference_pio import ops
-from inference_pio._native import lib
+from inference_pio._native import check, lib
 from inference_pio.errors import NativeError
 from inference_pio.testing.torch_bridge import to_pio, to_torch
 
@@ -105,8 +105,8 @@ def test_mask_logits_bad_inputs() -> None:
         ops.mask_logits(x, ok, out=to_pio(torch.randn(2, 41)))
     with pytest.raises(TypeError, match="dtype"):
         ops.mask_logits(x, ok, out=to_pio(torch.randn(2, 40).bfloat16()))
+    big = to_pio(torch.randn(3, 40))
     with pytest.raises(ValueError, match="overlaps"):
-        big = to_pio(torch.randn(3, 40))
         ops.mask_logits(big[0:2], ok, out=big[1:3])
 
 
@@ -120,7 +120,6 @@ def test_mask_logits_c_errors_are_codes_not_aborts() -> None:
     assert f(buf, buf, mask, 1, 8, -1, 0) == 1
     assert f(buf, buf, mask, 1, 8, 1, 7) == 3  # an int dtype
     assert f(buf, buf, mask, 0, 8, 1, 0) == 0  # no rows: nothing to do
+    code = f(buf, buf, mask, 1, 8, 1, 7)
     with pytest.raises(NativeError, match="f32 or bf16"):
-        from inference_pio._native import check
-
-        check(f(buf, buf, mask, 1, 8, 1, 7), "to_mask_logits")
+        check(code, "to_mask_logits")

@@ -183,8 +183,7 @@ def _response_format(fmt: Any) -> Constraint | None:
     except ValueError as exc:  # StructuredOutputsUnavailable too (no llguidance here)
         raise RequestError(str(exc), "response_format") from None
     raise RequestError(
-        "response_format 'type' must be 'text', 'json_object' or 'json_schema', "
-        f"got {kind!r}",
+        f"response_format 'type' must be 'text', 'json_object' or 'json_schema', got {kind!r}",
         "response_format",
     )
 
@@ -360,7 +359,9 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return [dict(t) for t in tools] or None
 
 
-def _tool_choice(body: Mapping[str, Any], tools: list[dict[str, Any]] | None) -> str | dict[str, str]:
+def _tool_choice(
+    body: Mapping[str, Any], tools: list[dict[str, Any]] | None
+) -> str | dict[str, str]:
     """``tool_choice``: "auto" (the default with tools), "none", "required" or a named function
     ``{"type": "function", "function": {"name": ...}}`` (returned as ``{"name": ...}``); the last
     two force a call through constrained decoding (:func:`_forced_calls`)."""

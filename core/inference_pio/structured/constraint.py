@@ -59,7 +59,9 @@ class Constraint:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"constraint kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise ValueError(
+                f"constraint kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
+            )
         if not isinstance(self.source, str):
             raise TypeError(f"constraint source must be a str, got {type(self.source).__name__}")
         if self.kind in ("regex", "lark") and not self.source:

@@ -61,9 +61,7 @@ def ll_tokenizer(tokenizer: Any, eos_ids: Sequence[int]) -> Any:
             bad = [i for i in eos if not 0 <= i < len(source.tokens)]
             if bad:
                 raise ValueError(f"EOS id {bad[0]} is outside the tokenizer's vocabulary")
-            found = per[eos] = llg.LLTokenizer(
-                llg.TokenizerWrapper(source), eos_token=list(eos)
-            )
+            found = per[eos] = llg.LLTokenizer(llg.TokenizerWrapper(source), eos_token=list(eos))
     return found
 
 
