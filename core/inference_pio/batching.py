@@ -15,10 +15,11 @@ graph (nn.cuda_capture), instead of decoding op by op. In :meth:`BatchManager.se
 it goes back into the batch as soon as another request arrives (it is checked every
 :data:`ALONE_CHUNK` tokens).
 
-Requests with logprobs (``SamplingParams.logprobs``) need each step's logits row: in a batch
-graph step they take their row of ``last_logits`` (not the batch's device argmax that plain
-greedy requests take), and alone on the batch-1 path the captured step is replayed one token at a
-time and its logits row read (see :func:`~inference_pio.nn.cuda_graph.continue_alone`).
+Requests with logprobs (``SamplingParams.logprobs``) or a constraint (structured outputs,
+``SamplingParams.constraint``: the row is masked before the draw) need each step's logits row: in
+a batch graph step they take their row of ``last_logits`` (not the batch's device argmax that
+plain greedy requests take), and alone on the batch-1 path the captured step is replayed one
+token at a time and its logits row read (see :func:`~inference_pio.nn.cuda_graph.continue_alone`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from inference_pio.generation import (
     IncrementalText,
     SequenceState,
     check_context,
+    new_grammar,
 )
 from inference_pio.sampling import SamplingParams, greedy_rows
 
@@ -68,6 +70,7 @@ class _Request:
     on_finish: FinishCallback | None = None
     on_error: ErrorCallback | None = None
     failed: bool = False  # a callback of its own raised: it got on_error and is being dropped
+    grammar: Any = None  # the matcher of a constrained request (made at submit)
 
 
 #: Decode batch sizes serve() keeps (the older half goes past this many).
@@ -125,10 +128,14 @@ class BatchManager:
         bad = next((t for t in prompt if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"token id {bad} outside the vocabulary [0, {vocab})")
+        grammar = None
+        if params.constraint is not None:  # a grammar it cannot use fails here, not later
+            grammar = new_grammar(params, self.detokenizer, self.eos_ids)
         with self._lock:
             index = self._next
             self._next += 1
             request = _Request(index, prompt, params, capacity, on_piece, on_finish, on_error)
+            request.grammar = grammar
             self._queue.append(request)
             self._live.add(index)
             self._lock.notify()
@@ -239,7 +246,11 @@ class BatchManager:
                 slot = None
                 try:  # its own failure (a cache it cannot get) fails this request alone
                     state = SequenceState(
-                        req.prompt_ids, req.params, self.eos_ids, IncrementalText(self.detokenizer)
+                        req.prompt_ids,
+                        req.params,
+                        self.eos_ids,
+                        IncrementalText(self.detokenizer),
+                        grammar=req.grammar,
                     )
                     slot = graphs.acquire() if graphs is not None else None
                     state.cache = slot if slot is not None else self.model.new_cache(req.capacity)
@@ -419,8 +430,8 @@ class BatchManager:
 
 def _argmax_only(state: SequenceState) -> bool:
     """Whether a step may give ``state`` its token from the batch's device argmax alone
-    (:func:`~inference_pio.sampling.greedy_rows`): greedy without penalties, and no logprobs
-    (a request with logprobs takes its logits row, ``graphs.last_logits[slot]``, through
+    (:func:`~inference_pio.sampling.greedy_rows`): greedy without penalties, no logprobs and no
+    constraint (such a request takes its logits row, ``graphs.last_logits[slot]``, through
     :meth:`SequenceState.accept`)."""
     return state.sampler.plain_greedy and not state.wants_logits
 

@@ -144,9 +144,12 @@ def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
 
     if args.no_think and not args.chat:
         raise ValueError("--no-think applies to the chat template: add --chat")
+    constraint = _json_schema(args.json_schema) if args.json_schema is not None else None
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     model = _load(args, host)
     prompt, extra = _with_images(model, text, args.image or [])
+    if constraint is not None:
+        extra["constraint"] = constraint
     if args.chat:
         prompt = model.apply_chat_template(
             [{"role": "user", "content": prompt}], enable_thinking=not args.no_think
@@ -182,6 +185,22 @@ def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
     sys.stdout.write("\n")
     _note_context_full(results, args.max_new_tokens)
     return 0
+
+
+def _json_schema(value: str) -> Any:
+    """``--json-schema``: a JSON schema inline (``{...}``) or in a file, as a constraint
+    (ValueError for a bad schema; StructuredOutputsUnavailable without llguidance)."""
+    from pathlib import Path
+
+    from inference_pio.structured import Constraint
+
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--json-schema: cannot read {value}: {exc.strerror}") from None
+    return Constraint.json_schema(text)
 
 
 def _note_context_full(results: list[Any], max_new_tokens: int) -> None:
@@ -465,6 +484,13 @@ def add_commands(sub: Any) -> None:
         "--json",
         action="store_true",
         help="print one JSON object: text, token_ids, prompt_tokens, speeds, peak_rss_bytes",
+    )
+    p.add_argument(
+        "--json-schema",
+        default=None,
+        metavar="SCHEMA|FILE",
+        help="constrain the output to JSON matching this JSON schema (inline, or a file); "
+        "needs inference-pio[structured]",
     )
     _add_sampling_args(p)
     p.set_defaults(handler=cmd_generate)

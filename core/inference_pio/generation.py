@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from inference_pio.logprobs import TokenLogprob, token_logprobs
 from inference_pio.sampling import Sampler, SamplingParams
 from inference_pio.tensor import Tensor
+
+if TYPE_CHECKING:
+    from inference_pio.structured import GrammarState
 
 
 class TokenCache(Protocol):
@@ -199,9 +202,15 @@ class SequenceState:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     _logprobs_shown: int = 0  # entries already handed out with a TextPiece
 
+    #: The matcher of a request with ``params.constraint`` (made here unless given: a
+    #: BatchManager makes it when the request is submitted, so that its errors come first).
+    grammar: GrammarState | None = None
+
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.params, self.prompt_ids)
         self.stops = StopStrings(self.params.stop)
+        if self.params.constraint is not None and self.grammar is None:
+            self.grammar = new_grammar(self.params, self.detok.tokenizer, self.eos_ids)
 
     @property
     def finished(self) -> bool:
@@ -209,15 +218,21 @@ class SequenceState:
 
     @property
     def wants_logits(self) -> bool:
-        """Whether each token needs its logits row (the request asked for logprobs): such a
-        sequence must go through :meth:`accept`, never a path that only gives token ids."""
-        return self.params.logprobs is not None
+        """Whether each token needs its logits row (the request asked for logprobs, or its
+        output is constrained: the row is masked before the draw): such a sequence must go
+        through :meth:`accept`, never a path that only gives token ids."""
+        return self.params.logprobs is not None or self.grammar is not None
 
     def accept(self, logits: Tensor) -> str:
         """Samples the next token from ``logits``; returns the text that may be shown now (a
         :class:`TextPiece` with the tokens' logprobs when the request asked for them, computed
-        from ``logits`` on its device)."""
-        token = self.sampler.sample(logits)
+        from ``logits`` on its device). A constrained request draws from the row masked to the
+        tokens its grammar allows (in place, unless logprobs need the raw row: they are those
+        of the model's logits, as vLLM's)."""
+        row = logits
+        if self.grammar is not None:
+            row = self.grammar.mask(logits, in_place=self.params.logprobs is None)
+        token = self.sampler.sample(row)
         entry = None
         if self.params.logprobs is not None:
             entry = token_logprobs(logits, token, self.params.logprobs)
@@ -233,12 +248,15 @@ class SequenceState:
                 "gave only the token id"
             )
         now = time.perf_counter()
+        if self.grammar is not None:
+            self.grammar.advance(token)  # a token its grammar refuses raises: nothing changed
         if not self.generated:
             self.first_token_at = now
         self.generated.append(token)
         self.sampler.observe(token)
-        # ignore_eos (vLLM's) ignores the model's eos ids, not the request's stop_token_ids
-        eos = token in self.eos_ids and not self.params.ignore_eos
+        # ignore_eos (vLLM's) ignores the model's eos ids, not the request's stop_token_ids;
+        # a grammar allows eos only where the output is complete
+        eos = token in self.eos_ids and (not self.params.ignore_eos or self.grammar is not None)
         if eos or token in self.params.stop_token_ids:
             self.finish_reason = "stop"
             self.generated.pop()  # the eos token is not part of the output
@@ -248,6 +266,12 @@ class SequenceState:
         piece = self.stops.push(self.detok.push(token))
         if self.stops.stopped:
             self.finish_reason = "stop"
+        elif self.grammar is not None and self.grammar.done:
+            # complete: only eos could follow (vLLM would draw it next)
+            self.finish_reason = "stop"
+            piece += self.stops.push(self.detok.flush())
+            if not self.stops.stopped:
+                piece += self.stops.flush()
         elif len(self.generated) >= self.params.max_new_tokens:
             self.finish_reason = "length"
             piece += self.stops.push(self.detok.flush())
@@ -277,6 +301,17 @@ class SequenceState:
             decode_s=(end - self.first_token_at) if self.first_token_at else 0.0,
             logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
         )
+
+
+def new_grammar(params: SamplingParams, tokenizer: Any, eos_ids: Iterable[int]) -> GrammarState:
+    """The matcher of a request with ``params.constraint`` over ``tokenizer``'s vocabulary
+    (ValueError: a tokenizer without token bytes, no EOS id, a grammar llguidance refuses;
+    :class:`~inference_pio.structured.StructuredOutputsUnavailable` without llguidance)."""
+    from inference_pio.structured import GrammarState
+
+    if params.constraint is None:
+        raise ValueError("the request has no constraint")
+    return GrammarState(params.constraint, tokenizer, sorted(eos_ids))
 
 
 def check_context(model: ForwardModel, prompt_len: int, params: SamplingParams) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.logprobs import MAX_LOGPROBS
+from inference_pio.structured.constraint import Constraint
 from inference_pio.tensor import Tensor
 
 
@@ -38,7 +39,13 @@ class SamplingParams:
     :data:`~inference_pio.logprobs.MAX_LOGPROBS` (also the k most likely tokens of each step):
     the log-softmax of the raw logits, before temperature, top-k/p, min-p and penalties
     (vLLM's default), in :attr:`GenerationResult.logprobs
-    <inference_pio.generation.GenerationResult.logprobs>`."""
+    <inference_pio.generation.GenerationResult.logprobs>`.
+
+    ``constraint``: a :class:`~inference_pio.structured.Constraint` the output must match (a
+    JSON schema, any JSON object, a regex or a Lark grammar): each step's logits are masked to
+    the tokens it allows before the penalties, temperature, top-k/p and the draw (greedy too),
+    and the generation stops (``"stop"``) once the output is complete. Needs the
+    ``structured`` extra (llguidance)."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -53,6 +60,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ValueError:
@@ -105,6 +113,11 @@ class SamplingParams:
             raise bad(
                 f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}] (0: the chosen "
                 f"token only; k: also the k most likely tokens), got {self.logprobs!r}"
+            )
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise bad(
+                "constraint must be an inference_pio.structured.Constraint (e.g. "
+                f"Constraint.json_schema(schema)), got {type(self.constraint).__name__}"
             )
         stops = (self.stop,) if isinstance(self.stop, str) else self.stop  # one string, not chars
         object.__setattr__(self, "stop", tuple(stops))

@@ -463,6 +463,15 @@ TO_API int to_image_resize(const void *src, void *dst, int64_t h, int64_t w, int
 TO_API int to_image_normalize(const uint8_t *src, void *dst, int64_t h, int64_t w, int64_t c,
                               const float *mean, const float *std, double rescale, int out_dtype);
 
+/* ---- structured outputs: token masks (src/cpu/mask.c) ----------------------------------------- */
+/* out[r, i] = x[r, i] where token i is allowed in row r, else -inf: bit (i % 32) of
+ * mask[r * mask_words + i / 32] set (llguidance's bitmask layout); tokens at or past
+ * 32 * mask_words are not allowed, mask words past the vocabulary are ignored. x and out are
+ * [rows, vocab] contiguous, both f32 or both bf16; out may be x (in place), else the two must not
+ * overlap. mask is host memory (toc_mask_logits copies it to the device). */
+TO_API int to_mask_logits(const void *x, void *out, const uint32_t *mask, int64_t rows,
+                          int64_t vocab, int64_t mask_words, int dtype);
+
 /* ---- safetensors (src/common/safetensors.c) ---- */
 /* A safetensors file mapped read-only (mmap MAP_PRIVATE) with its header fully validated at open:
  * strict JSON (UTF-8, escapes, no duplicate keys, no trailing garbage, bounded nesting), known

@@ -399,3 +399,29 @@ def test_chat_says_when_the_context_filled_up(checkpoint: tuple[Path, object]) -
     if "context is full" in out.stderr:  # else an eos ended the reply first
         assert "of 100 tokens" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_generate_json_schema(checkpoint: tuple[Path, object]) -> None:
+    """--json-schema (inline or a file) constrains the output; a bad schema is one clear error
+    before the model loads."""
+    pytest.importorskip("llguidance")
+    d, _ = checkpoint
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}, "b": {"enum": ["x"]}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    }
+    (d.parent / "schema.json").write_text(json.dumps(schema))
+    for given in (json.dumps(schema), str(d.parent / "schema.json")):
+        out = _cli("generate", "--model", str(d), "--prompt", "hi", "-n", "40", "-t", "0.8",
+                   "--seed", "1", "--json", "--json-schema", given)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        value = json.loads(result["text"])
+        assert result["finish_reason"] == "stop"
+        assert 0 <= value["a"] <= 99
+        assert value["b"] == "x"
+    bad = _cli("generate", "--model", str(d), "--prompt", "hi", "--json-schema", '{"type": "x"}')
+    assert bad.returncode != 0
+    assert "invalid json_schema constraint" in bad.stderr

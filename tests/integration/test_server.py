@@ -244,7 +244,7 @@ def test_unsupported_fields_and_unknown_routes_get_openai_errors(served: tuple[A
     msgs = [{"role": "user", "content": "x"}]
     with pytest.raises(openai.BadRequestError, match="response_format"):
         c.chat.completions.create(
-            model=NAME, messages=msgs, max_tokens=2, response_format={"type": "json_object"}
+            model=NAME, messages=msgs, max_tokens=2, response_format={"type": "yaml"}
         )
     with pytest.raises(openai.BadRequestError, match="logit_bias"):
         c.completions.create(model=NAME, prompt="x", max_tokens=2, logit_bias={"5": 10})

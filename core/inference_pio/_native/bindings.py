@@ -560,6 +560,10 @@ PROTOTYPES: dict[str, Prototype] = {
         c_int,
         [c_void_p, c_int, c_int64, c_void_p, c_int, c_int64, c_int64, c_void_p, c_int],
     ),
+    # ---- structured outputs: token masks ----
+    # int to_mask_logits(const void *x, void *out, const uint32_t *mask, int64_t rows,
+    #                    int64_t vocab, int64_t mask_words, int dtype);
+    "to_mask_logits": (c_int, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int]),
 }
 
 

@@ -14,8 +14,9 @@ back as the next token and advances the position. The position and kv length are
 memory, so the same graph replays for every token; greedy decoding replays it N times back to back
 and copies N token ids back at the end. Sampled decoding replays it once per token and draws on
 the device where it can (else the logits row goes to the host sampler). A request with logprobs
-replays it once per token and takes the logits row the step wrote (``logits_after``; the fused
-step writes it too): the greedy chunks and device draws give token ids only.
+or a constraint (structured outputs: its row is masked on the device before the draw) replays it
+once per token and takes the logits row the step wrote (``logits_after``; the fused step writes
+it too): the greedy chunks and device draws give token ids only.
 
 :func:`cuda_stream_generate` is the generation loop :class:`~inference_pio.causal_lm.CausalLM` uses
 on a CUDA device (prefill through the op-by-op path, decode through the graph).
@@ -1076,9 +1077,9 @@ def _decode(
     token is accepted already and the next step runs first). A round trip decodes at most
     ``max_chunk`` tokens (default: the graph decoder's chunk)."""
     params = state.params
-    # a request with logprobs needs every step's logits row: it replays the step one token at a
-    # time and reads the row the step wrote (logits_after), never the chunks below that only
-    # bring token ids back
+    # a request with logprobs or a constraint needs every step's logits row: it replays the step
+    # one token at a time and reads the row the step wrote (logits_after), never the chunks below
+    # that only bring token ids back
     device_greedy = (
         runner is not None
         and not state.wants_logits

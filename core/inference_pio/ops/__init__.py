@@ -18,6 +18,7 @@ from inference_pio.ops.elementwise import (
     swiglu,
 )
 from inference_pio.ops.image import image_normalize, image_resize
+from inference_pio.ops.mask import mask_logits
 from inference_pio.ops.matmul import get_num_threads, linear, set_num_threads
 from inference_pio.ops.moe import (
     gather_rows,
@@ -51,6 +52,7 @@ __all__ = [
     "layer_norm",
     "linear",
     "log_softmax",
+    "mask_logits",
     "mrope_cache",
     "mul",
     "mul_rows",

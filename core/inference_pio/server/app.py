@@ -3,8 +3,11 @@ extra: ``pip install 'inference-pio[server]'``).
 
 Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
 ``stream`` as server-sent events, ``stream_options.include_usage``, ``logprobs``),
-``GET /health``. Text requests are batched continuously (``BatchManager.serve``: requests join
-and leave the running batch at every step); a request with images runs alone between two steps.
+``GET /health``. Structured outputs (the ``structured`` extra): ``response_format``
+``json_object`` / ``json_schema`` and ``tool_choice`` "required" or a named function (the
+model's tool-call markup, hermes format) constrain decoding. Text requests are batched
+continuously (``BatchManager.serve``: requests join and leave the running batch at every step);
+a request with images runs alone between two steps.
 A request whose client goes away stops at its next token, streamed or not. Errors, unknown routes
 included, are OpenAI-style JSON. Vision-language models take ``image_url`` parts with ``data:``
 URLs.

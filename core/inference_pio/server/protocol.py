@@ -15,6 +15,7 @@ from typing import Any
 
 from inference_pio.generation import GenerationResult
 from inference_pio.logprobs import TokenLogprob
+from inference_pio.structured.constraint import Constraint
 from inference_pio.tokenizer.utf8 import decode_utf8, encode_utf8, replace_lone_surrogates
 from inference_pio.toolcalls import ParsedReply, ToolCall
 
@@ -75,8 +76,9 @@ class Request:
     tools: list[dict[str, Any]] | None = None
     #: The tool-call format the reply is parsed with; None: the reply is text only.
     tool_format: str | None = None
-    #: ``parallel_tool_calls``: False keeps the reply's first call only (the model is not
-    #: constrained to make one; later calls are dropped, not shown as text)
+    #: ``parallel_tool_calls``: False keeps the reply's first call only (later calls are
+    #: dropped, not shown as text; with tool_choice "required" or a named function the model
+    #: is constrained to make exactly one)
     parallel_tool_calls: bool = True
 
 
@@ -102,15 +104,12 @@ def _common(
             raise RequestError(f"{key!r} is not supported", key)
     if body.get("best_of") not in (None, 1):
         raise RequestError("only best_of = 1 is supported", "best_of")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, Mapping) and fmt.get("type") == "text"):
-        raise RequestError(
-            "only response_format {'type': 'text'} is supported (no constrained decoding)",
-            "response_format",
-        )
+    constraint = _response_format(body.get("response_format"))
     if body.get("logit_bias"):
         raise RequestError("'logit_bias' is not supported", "logit_bias")
     sampling: dict[str, Any] = {}
+    if constraint is not None:
+        sampling["constraint"] = constraint
     logprobs = _chat_logprobs(body) if chat else _completion_logprobs(body)
     if logprobs is not None:
         sampling["logprobs"] = logprobs
@@ -155,6 +154,38 @@ def _common(
     if not isinstance(options, Mapping):
         raise RequestError("'stream_options' must be an object", "stream_options")
     return sampling, stream, bool(options.get("include_usage", False))
+
+
+def _response_format(fmt: Any) -> Constraint | None:
+    """``response_format`` as a constraint: None for ``{"type": "text"}`` (or absent);
+    ``{"type": "json_object"}``; ``{"type": "json_schema", "json_schema": {"name", "schema",
+    "strict"}}``. A bad schema, or a server without llguidance, is a 400 naming the field."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+    if kind == "text":
+        return None
+    try:
+        if kind == "json_object":
+            return Constraint.json_object()
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, Mapping):
+                raise ValueError("response_format json_schema needs a 'json_schema' object")
+            if not isinstance(spec.get("name", ""), str):
+                raise ValueError("response_format json_schema: 'name' must be a string")
+            if not isinstance(spec.get("strict", False), (bool, type(None))):
+                raise ValueError("response_format json_schema: 'strict' must be a boolean")
+            schema = spec.get("schema")
+            if schema is None:
+                raise ValueError("response_format json_schema needs json_schema.schema")
+            return Constraint.json_schema(schema)
+    except ValueError as exc:  # StructuredOutputsUnavailable too (no llguidance here)
+        raise RequestError(str(exc), "response_format") from None
+    raise RequestError(
+        f"response_format 'type' must be 'text', 'json_object' or 'json_schema', got {kind!r}",
+        "response_format",
+    )
 
 
 def _count(body: Mapping[str, Any], key: str, most: int) -> int | None:
@@ -328,24 +359,58 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return [dict(t) for t in tools] or None
 
 
-def _tool_choice(body: Mapping[str, Any], tools: list[dict[str, Any]] | None) -> str:
-    """``tool_choice``: "auto" (the default with tools) or "none"; "required" and a named
-    function need constrained decoding, which this server does not do."""
+def _tool_choice(
+    body: Mapping[str, Any], tools: list[dict[str, Any]] | None
+) -> str | dict[str, str]:
+    """``tool_choice``: "auto" (the default with tools), "none", "required" or a named function
+    ``{"type": "function", "function": {"name": ...}}`` (returned as ``{"name": ...}``); the last
+    two force a call through constrained decoding (:func:`_forced_calls`)."""
     choice = body.get("tool_choice")
     if choice is None:
         return "auto" if tools else "none"
-    if choice == "required" or isinstance(choice, Mapping):
-        what = "'required'" if choice == "required" else "a named function"
+    if isinstance(choice, Mapping):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, Mapping) else None
+        if choice.get("type") != "function" or not isinstance(name, str) or not name:
+            raise RequestError(
+                "a named tool_choice must be {'type': 'function', 'function': {'name': ...}}",
+                "tool_choice",
+            )
+        choice_out: str | dict[str, str] = {"name": name}
+    elif choice in ("auto", "none", "required"):
+        choice_out = str(choice)
+    else:
         raise RequestError(
-            f"tool_choice {what} is not supported (it needs constrained decoding); "
-            "use 'auto' or 'none'",
+            f"tool_choice must be 'auto', 'none', 'required' or a named function, got {choice!r}",
             "tool_choice",
         )
-    if choice not in ("auto", "none"):
-        raise RequestError(f"tool_choice must be 'auto' or 'none', got {choice!r}", "tool_choice")
-    if choice == "auto" and not tools:
-        raise RequestError("tool_choice 'auto' is only allowed with 'tools'", "tool_choice")
-    return str(choice)
+    if choice_out != "none" and not tools:
+        what = f"{choice!r}" if isinstance(choice, str) else "a named function"
+        raise RequestError(f"tool_choice {what} is only allowed with 'tools'", "tool_choice")
+    return choice_out
+
+
+def _forced_calls(
+    choice: str | dict[str, str],
+    tools: list[dict[str, Any]],
+    tool_format: str | None,
+    parallel: bool,
+) -> Constraint:
+    """The constraint of ``tool_choice`` "required" or a named function: the reply is the
+    model's tool-call markup (the hermes format only; others are a 400 saying so)."""
+    from inference_pio.structured import tool_call_constraint
+
+    if tool_format is None:
+        raise RequestError(
+            "tool_choice 'required' or a named function needs the server to parse tool calls "
+            "(it was started without a tool-call format)",
+            "tool_choice",
+        )
+    name = choice.get("name") if isinstance(choice, dict) else None
+    try:
+        return tool_call_constraint(tool_format, tools, name, parallel)
+    except ValueError as exc:  # StructuredOutputsUnavailable too (no llguidance here)
+        raise RequestError(str(exc), "tool_choice") from None
 
 
 def chat_request(
@@ -369,10 +434,18 @@ def chat_request(
         kwargs["tools"] = tools
     prompt = str(render(messages, **kwargs))
     sampling, stream, usage = _common(body, CHAT_MAX_TOKENS, chat=True)
-    parse_with = tool_format if tools is not None and choice == "auto" else None
+    parse_with = tool_format if tools is not None and choice != "none" else None
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise RequestError("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
+    if tools is not None and choice not in ("auto", "none"):
+        if "constraint" in sampling:
+            raise RequestError(
+                "response_format cannot be combined with tool_choice 'required' or a named "
+                "function (the reply is the tool calls)",
+                "response_format",
+            )
+        sampling["constraint"] = _forced_calls(choice, tools, tool_format, parallel is not False)
     return Request(
         prompt, sampling, stream, usage, images, tools, parse_with, parallel is not False
     )

