@@ -144,7 +144,8 @@ def test_qwen_model_card_yarn_example() -> None:
         },
     }
     rope = rope_frequencies(config, 128, partial_rotary=False)
-    assert rope.scaled and rope.rot_dim == 128
+    assert rope.scaled
+    assert rope.rot_dim == 128
     assert rope.attention_factor == 0.1 * math.log(4.0) + 1.0
     assert context_length(rope, 40960) == 131072
     ref = hf_rope({**config, "hidden_size": 256, "num_attention_heads": 2})
@@ -206,7 +207,7 @@ TABLE_CONFIGS = {
         "original_max_position_embeddings": 64,
         "mscale": 1.2,
         "mscale_all_dim": 0.6,
-    },  # fmt: skip
+    },
     "linear": {"rope_type": "linear", "factor": 3.0},
     "llama3": {
         "rope_type": "llama3",
@@ -214,7 +215,7 @@ TABLE_CONFIGS = {
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64,
-    },  # fmt: skip
+    },
 }
 
 
@@ -242,7 +243,8 @@ def test_tables_match_transformers_rotary_embedding(name: str, dt: torch.dtype) 
         for pdt in (torch.int32, torch.int64):
             c, s = ops.rope_cache_freqs(to_pio(pos.to(pdt)), freqs, factor, PDT[dt])
             tc, ts = to_torch(c), to_torch(s)
-            assert tc.dtype == dt and tc.shape == (len(pos), hd)
+            assert tc.dtype == dt
+            assert tc.shape == (len(pos), hd)
             assert bool(((tc.double() - ref_c.double()).abs() <= bound).all())
             assert bool(((ts.double() - ref_s.double()).abs() <= bound).all())
     if factor != 1.0:  # the factor is applied: the tables' largest entries reach it
@@ -298,10 +300,12 @@ def test_standard_parameters_follow_transformers() -> None:
         "rope_scaling": {"type": "yarn", "rope_type": "linear", "factor": 2.0},
     }
     params = standard_parameters(cfg)
-    assert params["rope_type"] == "linear" and params["rope_theta"] == 1e5
+    assert params["rope_type"] == "linear"
+    assert params["rope_theta"] == 1e5
     old = {"max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": 2.0}}
     yarn = standard_parameters(old)
-    assert yarn["original_max_position_embeddings"] == 64 and yarn["rope_theta"] == 10000.0
+    assert yarn["original_max_position_embeddings"] == 64
+    assert yarn["rope_theta"] == 10000.0
     for config in (cfg, old):
         hf = Qwen3Config(**{k: dict(v) if isinstance(v, dict) else v for k, v in config.items()})
         want = {k: v for k, v in hf.rope_parameters.items()}

@@ -25,7 +25,7 @@ def legacy_rope_config(directory: Path) -> dict[str, Any]:
     as older checkpoints spell it: ``rope_theta`` at the top level and ``rope_scaling`` with the
     type under ``type``. Returns the new config."""
     path = directory / "config.json"
-    cfg = json.loads(path.read_text())
+    cfg: dict[str, Any] = json.loads(path.read_text())
     params = dict(cfg.pop("rope_parameters"))
     cfg["rope_theta"] = params.pop("rope_theta")
     params["type"] = params.pop("rope_type")
@@ -45,12 +45,14 @@ def check_scaled_rope(
     prompt_len: int = 48,
     new_tokens: int = 16,
     qk_scale: float = 1.0,
+    qk_weights: tuple[str, ...] = ("q_proj.weight", "k_proj.weight"),
 ) -> None:
     """``config`` (with a scaled rope) against transformers; ``legacy``: the checkpoint's
     config.json in the ``rope_scaling`` form. In fp32 also checks that the scaling matters: the
     same weights with plain RoPE give logits far (> 1e-2) from the reference's. ``qk_scale``
-    multiplies the q and k projections (a layout without q/k norms attends almost uniformly at
-    random init, where positions hardly matter)."""
+    multiplies the weights whose names end with one of ``qk_weights`` (the q and k projections:
+    a layout without q/k norms attends almost uniformly at random init, where positions hardly
+    matter)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     bf16 = dtype == "bfloat16"
@@ -58,7 +60,7 @@ def check_scaled_rope(
     if qk_scale != 1.0:
         with torch.no_grad():
             for name, p in ref.named_parameters():
-                if name.endswith(("q_proj.weight", "k_proj.weight")):
+                if name.endswith(qk_weights):
                     p.mul_(qk_scale)
         ref.save_pretrained(directory)
     if legacy:
@@ -75,6 +77,12 @@ def check_scaled_rope(
         # rounding noise is of the same order in tiny models, so fp32 checks it)
         plain_cfg = {
             k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling")
+        }
+        scaled = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+        plain_cfg["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": scaled.get("rope_theta", config.get("rope_theta", 10000.0)),
+            **{k: v for k, v in scaled.items() if k == "partial_rotary_factor"},
         }
         cls = getattr(transformers, hf_class_name)
         plain_config = cls.config_class(**plain_cfg)
