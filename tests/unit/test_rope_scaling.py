@@ -152,6 +152,39 @@ def test_qwen_model_card_yarn_example() -> None:
     assert torch.allclose(torch.tensor(rope.inv_freq), ref.inv_freq, rtol=5e-7, atol=0)
 
 
+def test_llama31_real_rope_matches_llama_rotary_embedding() -> None:
+    """Llama-3.1-8B's rope block (old rope_scaling form) against LlamaRotaryEmbedding, bit for
+    bit given torch's pow."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    scaling = {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    }
+    config = dict(
+        hidden_size=4096,
+        num_attention_heads=32,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=scaling,
+    )
+    ref = LlamaRotaryEmbedding(LlamaConfig(**{**config, "rope_scaling": dict(scaling)}))
+    saved = rope_scaling._pow_freqs
+    rope_scaling._pow_freqs = torch_pow_freqs
+    try:
+        ours = rope_frequencies(config, 128, partial_rotary=False)
+    finally:
+        rope_scaling._pow_freqs = saved
+    assert ours.rope_type == "llama3"
+    assert ours.attention_factor == ref.attention_scaling == 1.0
+    assert list(ours.inv_freq) == ref.inv_freq.tolist()
+    assert context_length(ours, 131072) == 131072
+
+
 def test_partial_rotary_yarn_matches_qwen3_next() -> None:
     from transformers.models.qwen3_next.configuration_qwen3_next import Qwen3NextConfig
     from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextRotaryEmbedding
