@@ -296,6 +296,17 @@ TO_API int to_qk_norm_rope(void *q, void *k, const void *q_w, const void *k_w, c
                            int64_t rot_dim, int64_t q_st, int64_t k_st, float eps, int variant,
                            int mode, int x_dtype, int w_dtype, int table_dtype);
 
+/* Rope tables from explicit frequencies (scaled rope: linear, YaRN, llama3, computed in Python
+ * like transformers): cos/sin [T, rot_dim] in the duplicated layout above with
+ * angle[t, i] = float32(position) * inv_freq[i] (fp32), then cos(angle) * scale and
+ * sin(angle) * scale in fp32 (YaRN's attention factor; 1.0 otherwise), rounded once to out_dtype.
+ * inv_freq: rot_dim/2 finite fp32 values; scale > 0 and finite; rot_dim even, <= 32768.
+ * toc_rope_cache_freqs takes the same arguments with positions, inv_freq and the tables in device
+ * memory. to_rope_cache is this builder with inv_freq[i] = 1 / theta^(2i/rot_dim) and scale 1. */
+TO_API int to_rope_cache_freqs(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+                               const float *inv_freq, float scale, void *cos, void *sin,
+                               int out_dtype);
+
 /* ---- elementwise, extended (src/cpu/elementwise.c) ------------------------------------------ */
 /* Unary ops on n contiguous elements, dtype f32 or bf16 for x and out (same dtype), computed in
  * fp32 and rounded once; out may alias x. */

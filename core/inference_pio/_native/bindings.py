@@ -509,6 +509,13 @@ PROTOTYPES: dict[str, Prototype] = {
             c_int,
         ],
     ),
+    # int to_rope_cache_freqs(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+    #                         const float *inv_freq, float scale, void *cos, void *sin,
+    #                         int out_dtype);
+    "to_rope_cache_freqs": (
+        c_int,
+        [c_void_p, c_int, c_int64, c_int64, c_void_p, c_float, c_void_p, c_void_p, c_int],
+    ),
     # ---- elementwise (extended) ----
     # int to_scale(const void *x, void *out, int64_t n, float s, int dtype);
     "to_scale": (c_int, [c_void_p, c_void_p, c_int64, c_float, c_int]),

@@ -23,32 +23,24 @@ from inference_pio.nn.attention import Attention
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, Mlp
 from inference_pio.nn.layers import ROPE_NEOX, Embedding, Linear, RMSNorm, Rotary, check_weight
 from inference_pio.nn.mlp import SwiGLU
+from inference_pio.nn.rope_scaling import (
+    RopeFrequencies,
+    context_length,
+    rope_frequencies,
+    rope_theta,
+    rope_type_of,
+    standard_parameters,
+)
 from inference_pio.scheduler import Placement
 from inference_pio.tensor import Tensor
 
 
 def rope_parameters(config: Mapping[str, Any]) -> tuple[float, str]:
     """(theta, rope type) from a config: transformers 5 writes ``rope_parameters``, older files
-    (and the released checkpoints) ``rope_theta`` + ``rope_scaling``."""
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or {}
-    for key, value in (("rope_parameters", params), ("rope_scaling", scaling)):
-        if not isinstance(value, Mapping):
-            raise CheckpointError(f"config.json: {key!r} must be an object, got {value!r}")
-    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
-    rope_type = (
-        params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    )
-    if (
-        not isinstance(theta, (int, float))
-        or isinstance(theta, bool)
-        or not math.isfinite(theta)
-        or not 1e-30 <= theta <= 3.4028234e38  # positive and finite in float32 too
-    ):
-        raise CheckpointError(
-            f"config.json: rope_theta must be a positive number within float32, got {theta!r}"
-        )
-    return float(theta), str(rope_type)
+    (and the released checkpoints) ``rope_theta`` + ``rope_scaling``
+    (:func:`inference_pio.nn.rope_scaling.standard_parameters`)."""
+    params = standard_parameters(config)
+    return rope_theta(params), rope_type_of(params)
 
 
 def config_number(
@@ -106,6 +98,22 @@ class DenseConfig:
     max_position_embeddings: int
     tie_word_embeddings: bool
     qk_norm: bool = True
+    #: the rope's frequencies (None: plain RoPE with rope_theta over head_dim)
+    rope: RopeFrequencies | None = None
+
+    @property
+    def max_context(self) -> int:
+        """The usable context: max_position_embeddings, extended by a linear or YaRN rope
+        scaling as vLLM derives it (:func:`inference_pio.nn.rope_scaling.context_length`)."""
+        if self.rope is None:
+            return self.max_position_embeddings
+        return context_length(self.rope, self.max_position_embeddings)
+
+    def rotary(self) -> Rotary:
+        """The rotary embedding of the attention (half rotation over the whole head)."""
+        if self.rope is None:
+            return Rotary(self.head_dim, self.rope_theta, ROPE_NEOX)
+        return Rotary.from_frequencies(self.rope, ROPE_NEOX)
 
     @classmethod
     def from_hf(
@@ -158,9 +166,11 @@ class DenseConfig:
                 f"config.json: num_attention_heads {heads} is not a multiple of "
                 f"num_key_value_heads {kv}"
             )
-        theta, rope_type = rope_parameters(config)
-        if rope_type != "default":
-            raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported yet")
+        mpe = need("max_position_embeddings")
+        # transformers' rope functions read the max_position_embeddings the config class filled in
+        rope = rope_frequencies(
+            {**config, "max_position_embeddings": mpe}, int(head_dim), partial_rotary=False
+        )
         refuse_unsupported(config)
         return cls(
             hidden_size=hidden,
@@ -171,10 +181,11 @@ class DenseConfig:
             intermediate_size=need("intermediate_size"),
             vocab_size=need("vocab_size"),
             rms_norm_eps=config_number(config, "rms_norm_eps", 1e-6),
-            rope_theta=theta,
-            max_position_embeddings=need("max_position_embeddings"),
+            rope_theta=rope.theta,
+            max_position_embeddings=mpe,
             tie_word_embeddings=config_bool(config, "tie_word_embeddings", False),
             qk_norm=qk_norm,
+            rope=rope,
         )
 
 
@@ -379,7 +390,7 @@ def build(
     ]
 
     act = activation_dtype(weights, f"{prefix}embed_tokens.weight", dtype)
-    rotary = Rotary(cfg.head_dim, cfg.rope_theta, ROPE_NEOX)
+    rotary = cfg.rotary()
     eps = cfg.rms_norm_eps
     layers = []
     for layer in range(cfg.num_layers):
@@ -426,7 +437,7 @@ def build(
         Linear("lm_head", head_w),
         rotary,
         act,
-        cfg.max_position_embeddings,
+        cfg.max_context,
         dev,
         layer_devices=layer_devices,
         embed_device=embed_dev,

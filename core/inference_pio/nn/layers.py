@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from inference_pio.backend import Backend
+from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.errors import CheckpointError
 from inference_pio.tensor import Tensor
+
+if TYPE_CHECKING:
+    from inference_pio.nn.rope_scaling import RopeFrequencies
 
 WEIGHT_DTYPES = (DType.float32, DType.bfloat16, DType.float16)
 ACT_DTYPES = (DType.float32, DType.bfloat16)
@@ -214,14 +220,64 @@ class RMSNorm:
 
 
 class Rotary:
-    """Rotary position embedding: builds cos/sin tables for positions and rotates q/k in place."""
+    """Rotary position embedding: builds cos/sin tables for positions and rotates q/k in place.
 
-    def __init__(self, rot_dim: int, theta: float, mode: int = ROPE_NEOX) -> None:
+    Plain RoPE takes ``theta``; scaled RoPE (linear, YaRN, llama3: :func:`from_frequencies`)
+    takes explicit ``inv_freq`` (``rot_dim / 2`` fp32 values) and an ``attention_factor`` that
+    multiplies cos and sin."""
+
+    def __init__(
+        self,
+        rot_dim: int,
+        theta: float,
+        mode: int = ROPE_NEOX,
+        inv_freq: Sequence[float] | None = None,
+        attention_factor: float = 1.0,
+    ) -> None:
         if rot_dim <= 0 or rot_dim % 2:
             raise ValueError(f"rotary dimension must be positive and even, got {rot_dim}")
+        if inv_freq is not None and len(inv_freq) != rot_dim // 2:
+            raise ValueError(
+                f"inv_freq has {len(inv_freq)} values, rotary dimension {rot_dim} needs "
+                f"{rot_dim // 2}"
+            )
+        if inv_freq is not None and not all(math.isfinite(v) for v in inv_freq):
+            raise ValueError("inv_freq must hold finite values")
+        if not (math.isfinite(attention_factor) and attention_factor > 0):
+            raise ValueError(f"attention_factor must be positive, got {attention_factor!r}")
+        if inv_freq is None and attention_factor != 1.0:
+            raise ValueError("attention_factor needs explicit inv_freq")
         self.rot_dim = rot_dim
         self.theta = float(theta)
         self.mode = mode
+        self.inv_freq = tuple(float(v) for v in inv_freq) if inv_freq is not None else None
+        self.attention_factor = float(attention_factor)
+        self._freqs: dict[Device, Tensor] = {}  # inv_freq on each device that built tables
+
+    @classmethod
+    def from_frequencies(cls, freqs: RopeFrequencies, mode: int = ROPE_NEOX) -> Rotary:
+        """The rotary embedding of a config's rope (:mod:`inference_pio.nn.rope_scaling`): the
+        theta tables for plain RoPE, explicit frequencies for a scaled one."""
+        if not freqs.scaled:
+            return cls(freqs.rot_dim, freqs.theta, mode)
+        return cls(freqs.rot_dim, freqs.theta, mode, freqs.inv_freq, freqs.attention_factor)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the tables come from explicit (scaled) frequencies."""
+        return self.inv_freq is not None
+
+    def _device_freqs(self, device: Device) -> Tensor:
+        """inv_freq on ``device``, uploaded on the first call there (an eager step runs before
+        any CUDA graph capture, so the upload never happens inside one)."""
+        t = self._freqs.get(device)
+        if t is None:
+            assert self.inv_freq is not None
+            t = Tensor.from_list(list(self.inv_freq), DType.float32)
+            if device.type != "cpu":
+                t = t.to(device)
+            self._freqs[device] = t
+        return t
 
     def tables(
         self,
@@ -238,6 +294,20 @@ class Rotary:
             sin = Tensor.empty((t, self.rot_dim), dtype, be.device)
         else:
             cos, sin = out
+        if self.inv_freq is not None:
+            be.call(
+                "rope_cache_freqs",
+                positions.data_ptr,
+                positions.dtype,
+                t,
+                self.rot_dim,
+                self._device_freqs(be.device).data_ptr,
+                self.attention_factor,
+                cos.data_ptr,
+                sin.data_ptr,
+                dtype,
+            )
+            return cos, sin
         be.call(
             "rope_cache",
             positions.data_ptr,

@@ -81,6 +81,7 @@ class MLAttention:
         q_a_proj: Linear | None = None,
         q_a_norm: RMSNorm | None = None,
         q_b_proj: Linear | None = None,
+        scale: float | None = None,
     ) -> None:
         nh, dn, dr, dv = num_heads, nope_dim, rope_dim, v_dim
         if min(nh, dn, dr, dv) < 1:
@@ -125,7 +126,8 @@ class MLAttention:
         #: one shared kv head of a cache row's width (the attention's view of the cache)
         self.nkv, self.hd = 1, lora + dr
         self.rotary = rotary
-        self.scale = qk**-0.5
+        #: softmax scale: (nope + rope)^-0.5 unless given (YaRN's mscale_all_dim changes it)
+        self.scale = qk**-0.5 if scale is None else scale
         kvb = kv_b_proj.weight.reshape(nh, dn + dv, lora)
         # W_UK_hᵀ [lora, nope] of every head, one contiguous copy [nh, lora, nope]; W_UV_h, the
         # q_pe rows and (expanded form) W_UK_h are read in place, every head at a fixed stride

@@ -28,7 +28,13 @@ from inference_pio.ops.moe import (
     scatter_add,
 )
 from inference_pio.ops.norm import layer_norm, rms_norm
-from inference_pio.ops.rope import mrope_cache, rope_apply, rope_cache, rope_cache_2d
+from inference_pio.ops.rope import (
+    mrope_cache,
+    rope_apply,
+    rope_cache,
+    rope_cache_2d,
+    rope_cache_freqs,
+)
 from inference_pio.ops.select import argmax, cumsum, embedding, topk, where
 from inference_pio.ops.softmax import log_softmax, softmax
 
@@ -61,6 +67,7 @@ __all__ = [
     "rope_apply",
     "rope_cache",
     "rope_cache_2d",
+    "rope_cache_freqs",
     "route_sigmoid",
     "route_softmax",
     "scale",

@@ -1,11 +1,13 @@
 """Rotary position embeddings (C: native/src/cpu/rope.c), models.md §1.3, §6.3, §6.5.
 
-Build a cos/sin table once per forward (``rope_cache``, ``mrope_cache`` or ``rope_cache_2d``),
-then rotate q and k in place with ``rope_apply``.
+Build a cos/sin table once per forward (``rope_cache``, ``mrope_cache`` or ``rope_cache_2d``;
+``rope_cache_freqs`` for scaled rope from explicit frequencies), then rotate q and k in place
+with ``rope_apply``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from ctypes import c_float
 from typing import Literal
@@ -56,6 +58,56 @@ def rope_cache(
         T,
         rot_dim,
         c_float(theta),
+        cos.data_ptr,
+        sin.data_ptr,
+        dt,
+    )
+    return cos, sin
+
+
+def rope_cache_freqs(
+    positions: Tensor,
+    inv_freq: Tensor | Sequence[float],
+    scale: float = 1.0,
+    dtype: DType | str = DType.float32,
+) -> tuple[Tensor, Tensor]:
+    """cos/sin tables ``[T, 2 * len(inv_freq)]`` from explicit inverse frequencies (scaled rope,
+    :func:`inference_pio.nn.rope_scaling.rope_frequencies`): fp32 angles ``position * inv_freq``,
+    ``cos * scale`` and ``sin * scale`` in fp32 (YaRN's attention factor), rounded once to
+    ``dtype``, as transformers' rotary embeddings. ``inv_freq``: a float32 tensor ``[rot_dim/2]``
+    on the positions' device, or a sequence of floats."""
+    require("positions", positions, dtypes=POS_DTYPES, ndim=1)
+    if not isinstance(inv_freq, Tensor):
+        values = [float(v) for v in inv_freq]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("inv_freq must hold finite values")
+        inv_freq = Tensor.from_list(values, DType.float32)
+        if positions.device.type != "cpu":
+            inv_freq = inv_freq.to(positions.device)
+    require("inv_freq", inv_freq, dtypes=(DType.float32,), ndim=1, nonempty=True)
+    if inv_freq.device != positions.device:
+        raise ValueError(
+            f"inv_freq is on {inv_freq.device}, positions on {positions.device}: same device needed"
+        )
+    rot_dim = 2 * inv_freq.shape[0]
+    _check_rot(rot_dim, 2)
+    if isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    if not math.isfinite(float(c_float(scale).value)):
+        raise ValueError(f"scale {scale!r} overflows float32")
+    dt = _table_dtype(dtype)
+    T = positions.shape[0]
+    cos = Tensor.empty((T, rot_dim), dt, positions.device)
+    sin = Tensor.empty((T, rot_dim), dt, positions.device)
+    native_call(
+        positions.device,
+        "rope_cache_freqs",
+        positions.data_ptr,
+        positions.dtype,
+        T,
+        rot_dim,
+        inv_freq.data_ptr,
+        c_float(scale),
         cos.data_ptr,
         sin.data_ptr,
         dt,
@@ -192,4 +244,4 @@ def rope_apply(x: Tensor, cos: Tensor, sin: Tensor, mode: RopeMode = "neox") -> 
     return x
 
 
-__all__ = ["mrope_cache", "rope_apply", "rope_cache", "rope_cache_2d"]
+__all__ = ["mrope_cache", "rope_apply", "rope_cache", "rope_cache_2d", "rope_cache_freqs"]

@@ -36,6 +36,7 @@ typedef struct {
     int pos_dtype, out_dtype, kind; /* kind: 0 = 1-D, 1 = MRoPE, 2 = 2-D axial */
     int64_t T, rot, sec_h, sec_w;
     const float *inv; /* rot/2 (kind 0/1) or rot/4 (kind 2) frequencies */
+    float scale;      /* attention factor: multiplies cos and sin in fp32 before rounding */
     void *cos, *sin;
 } cache_args;
 
@@ -57,7 +58,7 @@ static void cache_task(void *ctx, int ith, int nth) {
                 int axis = i < q ? 0 : 1;
                 ang = (float)ld_pos(a->pos, a->pos_dtype, axis * a->T + t) * a->inv[i % q];
             }
-            float c = cosf(ang), s = sinf(ang);
+            float c = cosf(ang) * a->scale, s = sinf(ang) * a->scale;
             st_act(a->cos, a->out_dtype, t * a->rot + i, c);
             st_act(a->cos, a->out_dtype, t * a->rot + i + half, c);
             st_act(a->sin, a->out_dtype, t * a->rot + i, s);
@@ -66,9 +67,8 @@ static void cache_task(void *ctx, int ith, int nth) {
     }
 }
 
-static int build_cache(const char *fn, const void *positions, int pos_dtype, int64_t T,
-                       int64_t rot_dim, float theta, int kind, int64_t sec_h, int64_t sec_w,
-                       void *cos, void *sin, int out_dtype) {
+static int check_cache(const char *fn, const void *positions, int pos_dtype, int64_t T,
+                       int64_t rot_dim, int64_t mult, void *cos, void *sin, int out_dtype) {
     TO_CHECK(positions != NULL || T == 0, TO_ERR_INVALID_ARGUMENT, "%s: positions is NULL", fn);
     TO_CHECK(cos != NULL && sin != NULL, TO_ERR_INVALID_ARGUMENT, "%s: cos/sin is NULL", fn);
     TO_CHECK(T >= 0, TO_ERR_INVALID_ARGUMENT, "%s: T is negative (%lld)", fn, (long long)T);
@@ -76,27 +76,61 @@ static int build_cache(const char *fn, const void *positions, int pos_dtype, int
              "%s: positions dtype %d (int32 or int64 expected)", fn, pos_dtype);
     TO_CHECK(out_dtype == TO_F32 || out_dtype == TO_BF16, TO_ERR_DTYPE,
              "%s: table dtype %d (f32 or bf16 expected)", fn, out_dtype);
-    int64_t mult = kind == 2 ? 4 : 2;
     TO_CHECK(rot_dim >= mult && rot_dim % mult == 0 && rot_dim <= 32768, TO_ERR_SHAPE,
              "%s: rot_dim %lld must be a positive multiple of %lld", fn, (long long)rot_dim,
              (long long)mult);
+    return TO_OK;
+}
+
+/* The one table builder: every entry point ends here with its frequencies. */
+static int run_cache(const char *kernel, const void *positions, int pos_dtype, int64_t T,
+                     int64_t rot_dim, const float *inv, float scale, int kind, int64_t sec_h,
+                     int64_t sec_w, void *cos, void *sin, int out_dtype) {
+    if (T == 0) return TO_OK;
+    cache_args a = {positions, pos_dtype, out_dtype, kind,  T,   rot_dim,
+                    sec_h,     sec_w,     inv,       scale, cos, sin};
+    to_report_kernel(kernel, "generic");
+    if (T > 1 && T * rot_dim >= 16384 && to_get_num_threads() > 1) to_parallel_run(cache_task, &a, 0);
+    else cache_task(&a, 0, 1);
+    return TO_OK;
+}
+
+static int build_cache(const char *fn, const void *positions, int pos_dtype, int64_t T,
+                       int64_t rot_dim, float theta, int kind, int64_t sec_h, int64_t sec_w,
+                       void *cos, void *sin, int out_dtype) {
+    int rc = check_cache(fn, positions, pos_dtype, T, rot_dim, kind == 2 ? 4 : 2, cos, sin,
+                         out_dtype);
+    if (rc != TO_OK) return rc;
     TO_CHECK(theta > 0.0f && isfinite(theta), TO_ERR_INVALID_ARGUMENT, "%s: theta must be > 0", fn);
     if (T == 0) return TO_OK;
     int64_t nf = kind == 2 ? rot_dim / 4 : rot_dim / 2;
     float inv[16384];
     for (int64_t i = 0; i < nf; i++) inv[i] = inv_freq(theta, i, kind == 2 ? rot_dim / 2 : rot_dim);
-    cache_args a = {positions, pos_dtype, out_dtype, kind, T, rot_dim, sec_h, sec_w, inv, cos, sin};
-    to_report_kernel(kind == 0 ? "rope_cache" : kind == 1 ? "rope_cache_mrope" : "rope_cache_2d",
-                     "generic");
-    if (T > 1 && T * rot_dim >= 16384 && to_get_num_threads() > 1) to_parallel_run(cache_task, &a, 0);
-    else cache_task(&a, 0, 1);
-    return TO_OK;
+    return run_cache(kind == 0 ? "rope_cache" : kind == 1 ? "rope_cache_mrope" : "rope_cache_2d",
+                     positions, pos_dtype, T, rot_dim, inv, 1.0f, kind, sec_h, sec_w, cos, sin,
+                     out_dtype);
 }
 
 TO_API int to_rope_cache(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
                          float theta, void *cos, void *sin, int out_dtype) {
     return build_cache("to_rope_cache", positions, pos_dtype, T, rot_dim, theta, 0, 0, 0, cos, sin,
                        out_dtype);
+}
+
+TO_API int to_rope_cache_freqs(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
+                               const float *inv_freq, float scale, void *cos, void *sin,
+                               int out_dtype) {
+    const char *fn = "to_rope_cache_freqs";
+    int rc = check_cache(fn, positions, pos_dtype, T, rot_dim, 2, cos, sin, out_dtype);
+    if (rc != TO_OK) return rc;
+    TO_CHECK(inv_freq != NULL, TO_ERR_INVALID_ARGUMENT, "%s: inv_freq is NULL", fn);
+    TO_CHECK(isfinite(scale) && scale > 0.0f, TO_ERR_INVALID_ARGUMENT,
+             "%s: scale must be a positive finite number", fn);
+    for (int64_t i = 0; i < rot_dim / 2; i++)
+        TO_CHECK(isfinite(inv_freq[i]), TO_ERR_INVALID_ARGUMENT,
+                 "%s: inv_freq[%lld] is not finite", fn, (long long)i);
+    return run_cache("rope_cache_freqs", positions, pos_dtype, T, rot_dim, inv_freq, scale, 0, 0, 0,
+                     cos, sin, out_dtype);
 }
 
 TO_API int to_rope_cache_mrope(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,

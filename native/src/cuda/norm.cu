@@ -274,16 +274,18 @@ TOC_EXPORT int toc_layer_norm(const void *x, const void *w, const void *b, void 
 __device__ __forceinline__ int64_t ld_pos(const void *p, int dt, int64_t i) {
     return dt == TO_I32 ? ((const int32_t *)p)[i] : ((const int64_t *)p)[i];
 }
+/* inv_freq (kind 0 only): explicit frequencies in device memory, else 1 / theta^(2i/rot);
+ * scale multiplies cos and sin in fp32 before the one rounding to od. */
 __global__ void rope_cache_kernel(const void *pos, int pdt, int64_t T, int64_t rot, float theta,
-                                  int kind, int64_t sec_h, int64_t sec_w, void *cosb, void *sinb,
-                                  int od) {
+                                  const float *inv_freq, float scale, int kind, int64_t sec_h,
+                                  int64_t sec_w, void *cosb, void *sinb, int od) {
     int64_t half = rot / 2, q = rot / 4;
     for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < T * half;
          idx += (int64_t)gridDim.x * blockDim.x) {
         int64_t t = idx / half, i = idx - t * half;
         float ang;
         if (kind == 0) {
-            float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
+            float inv = inv_freq ? inv_freq[i] : 1.0f / powf(theta, (float)(2 * i) / (float)rot);
             ang = (float)ld_pos(pos, pdt, t) * inv;
         } else if (kind == 1) {
             int axis = 0;
@@ -297,7 +299,7 @@ __global__ void rope_cache_kernel(const void *pos, int pdt, int64_t T, int64_t r
             float inv = 1.0f / powf(theta, (float)(2 * ii) / (float)(rot / 2));
             ang = (float)ld_pos(pos, pdt, axis * T + t) * inv;
         }
-        float c = cosf(ang), s = sinf(ang);
+        float c = __fmul_rn(cosf(ang), scale), s = __fmul_rn(sinf(ang), scale);
         stf(cosb, od, t * rot + i, c);
         stf(cosb, od, t * rot + i + half, c);
         stf(sinb, od, t * rot + i, s);
@@ -305,11 +307,16 @@ __global__ void rope_cache_kernel(const void *pos, int pdt, int64_t T, int64_t r
     }
 }
 static int rope_cache_any(const char *name, const void *positions, int pos_dtype, int64_t T,
-                          int64_t rot_dim, float theta, int kind, int64_t sec_h, int64_t sec_w,
-                          void *cos, void *sin, int out_dtype) {
-    TOC_CHECK(T >= 0 && rot_dim >= 2 && rot_dim % (kind == 2 ? 4 : 2) == 0, TO_ERR_INVALID_ARGUMENT,
-              "%s: T=%lld rot_dim=%lld", name, (long long)T, (long long)rot_dim);
-    TOC_CHECK(theta > 0.0f, TO_ERR_INVALID_ARGUMENT, "%s: theta must be > 0", name);
+                          int64_t rot_dim, float theta, const float *inv_freq, float scale,
+                          int kind, int64_t sec_h, int64_t sec_w, void *cos, void *sin,
+                          int out_dtype) {
+    TOC_CHECK(T >= 0 && rot_dim >= 2 && rot_dim % (kind == 2 ? 4 : 2) == 0 && rot_dim <= 32768,
+              TO_ERR_INVALID_ARGUMENT, "%s: T=%lld rot_dim=%lld", name, (long long)T,
+              (long long)rot_dim);
+    TOC_CHECK(inv_freq || (theta > 0.0f && isfinite(theta)), TO_ERR_INVALID_ARGUMENT,
+              "%s: theta must be > 0", name);
+    TOC_CHECK(isfinite(scale) && scale > 0.0f, TO_ERR_INVALID_ARGUMENT,
+              "%s: scale must be a positive finite number", name);
     TOC_CHECK(pos_dtype == TO_I32 || pos_dtype == TO_I64, TO_ERR_DTYPE, "%s: positions dtype %d",
               name, pos_dtype);
     TOC_CHECK(toc_is_act(out_dtype), TO_ERR_DTYPE, "%s: out dtype %d", name, out_dtype);
@@ -317,27 +324,35 @@ static int rope_cache_any(const char *name, const void *positions, int pos_dtype
     TOC_CHECK(positions && cos && sin, TO_ERR_INVALID_ARGUMENT, "%s: NULL pointer", name);
     TOC_READY();
     rope_cache_kernel<<<toc_grid(T * rot_dim / 2, 256), 256, 0, toc_stream()>>>(
-        positions, pos_dtype, T, rot_dim, theta, kind, sec_h, sec_w, cos, sin, out_dtype);
+        positions, pos_dtype, T, rot_dim, theta, inv_freq, scale, kind, sec_h, sec_w, cos, sin,
+        out_dtype);
     TOC_LAUNCHED(name);
     return TO_OK;
 }
 TOC_EXPORT int toc_rope_cache(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
                               float theta, void *cos, void *sin, int out_dtype) {
-    return rope_cache_any("toc_rope_cache", positions, pos_dtype, T, rot_dim, theta, 0, 0, 0, cos,
-                          sin, out_dtype);
+    return rope_cache_any("toc_rope_cache", positions, pos_dtype, T, rot_dim, theta, nullptr, 1.0f,
+                          0, 0, 0, cos, sin, out_dtype);
 }
 TOC_EXPORT int toc_rope_cache_mrope(const void *positions, int pos_dtype, int64_t T,
                                     int64_t rot_dim, float theta, int64_t sec_t, int64_t sec_h,
                                     int64_t sec_w, void *cos, void *sin, int out_dtype) {
     TOC_CHECK(sec_t >= 0 && sec_h >= 0 && sec_w >= 0 && sec_t + sec_h + sec_w == rot_dim / 2,
               TO_ERR_INVALID_ARGUMENT, "toc_rope_cache_mrope: sections must sum to rot_dim/2");
-    return rope_cache_any("toc_rope_cache_mrope", positions, pos_dtype, T, rot_dim, theta, 1, sec_h,
-                          sec_w, cos, sin, out_dtype);
+    return rope_cache_any("toc_rope_cache_mrope", positions, pos_dtype, T, rot_dim, theta, nullptr,
+                          1.0f, 1, sec_h, sec_w, cos, sin, out_dtype);
 }
 TOC_EXPORT int toc_rope_cache_2d(const void *positions, int pos_dtype, int64_t T, int64_t rot_dim,
                                  float theta, void *cos, void *sin, int out_dtype) {
-    return rope_cache_any("toc_rope_cache_2d", positions, pos_dtype, T, rot_dim, theta, 2, 0, 0, cos,
-                          sin, out_dtype);
+    return rope_cache_any("toc_rope_cache_2d", positions, pos_dtype, T, rot_dim, theta, nullptr, 1.0f,
+                          2, 0, 0, cos, sin, out_dtype);
+}
+TOC_EXPORT int toc_rope_cache_freqs(const void *positions, int pos_dtype, int64_t T,
+                                    int64_t rot_dim, const float *inv_freq, float scale, void *cos,
+                                    void *sin, int out_dtype) {
+    TOC_CHECK(inv_freq, TO_ERR_INVALID_ARGUMENT, "toc_rope_cache_freqs: inv_freq is NULL");
+    return rope_cache_any("toc_rope_cache_freqs", positions, pos_dtype, T, rot_dim, 0.0f, inv_freq,
+                          scale, 0, 0, 0, cos, sin, out_dtype);
 }
 
 /* ---- rope_apply: one block per (token, head) row ---- */

@@ -37,6 +37,12 @@ from inference_pio.nn.layers import (
 )
 from inference_pio.nn.mla import MLAttention
 from inference_pio.nn.moe import SigmoidTopKMoE
+from inference_pio.nn.rope_scaling import (
+    RopeFrequencies,
+    context_length,
+    mla_softmax_scale,
+    rope_frequencies,
+)
 from inference_pio.tensor import Tensor
 from inference_pio_glm_4_7_flash import MODEL_NAME
 
@@ -73,6 +79,22 @@ class GlmConfig:
     max_position_embeddings: int
     tie_word_embeddings: bool
     mlp_layer_types: tuple[str, ...]
+    #: the rope's frequencies (None: plain RoPE with rope_theta)
+    rope: RopeFrequencies | None = None
+
+    @property
+    def max_context(self) -> int:
+        """max_position_embeddings, extended by a linear or YaRN rope scaling (vLLM's rule)."""
+        if self.rope is None:
+            return self.max_position_embeddings
+        return context_length(self.rope, self.max_position_embeddings)
+
+    @property
+    def softmax_scale(self) -> float:
+        """(nope + rope)^-0.5, times YaRN's mscale² when the rope sets ``mscale_all_dim``
+        (transformers' ``yarn_apply_mscale``)."""
+        scale: float = (self.qk_nope_head_dim + self.qk_rope_head_dim) ** (-0.5)
+        return scale if self.rope is None else mla_softmax_scale(self.rope.params, scale)
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any]) -> GlmConfig:
@@ -111,9 +133,15 @@ class GlmConfig:
                 f"config.json: 'mlp_layer_types' must list 'dense' or 'sparse' for each of the "
                 f"{layers} layers"
             )
-        theta, rope_type = dense.rope_parameters(config)
-        if rope_type != "default":
-            raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported yet")
+        rope_dim = count("qk_rope_head_dim")
+        mpe = count("max_position_embeddings", default=202752)
+        # transformers reads qk_rope_head_dim as the rope's head_dim
+        rope = rope_frequencies({**config, "max_position_embeddings": mpe}, rope_dim)
+        if rope.rot_dim != rope_dim:
+            raise CheckpointError(
+                f"config.json: partial_rotary_factor gives {rope.rot_dim} rotary dims; the MLA "
+                f"rotates all {rope_dim} qk_rope_head_dim channels"
+            )
         experts = count("n_routed_experts")
         k = count("num_experts_per_tok", default=4)  # transformers' Glm4MoeLiteConfig
         n_group, topk_group = count("n_group", default=1), count("topk_group", default=1)
@@ -136,7 +164,7 @@ class GlmConfig:
             q_lora_rank=q_lora,
             kv_lora_rank=count("kv_lora_rank"),
             qk_nope_head_dim=count("qk_nope_head_dim"),
-            qk_rope_head_dim=count("qk_rope_head_dim"),
+            qk_rope_head_dim=rope_dim,
             v_head_dim=count("v_head_dim"),
             intermediate_size=count("intermediate_size"),
             moe_intermediate_size=count("moe_intermediate_size"),
@@ -149,12 +177,13 @@ class GlmConfig:
             routed_scaling_factor=number("routed_scaling_factor", 1.8),  # transformers' default
             vocab_size=count("vocab_size"),
             rms_norm_eps=number("rms_norm_eps", 1e-5),
-            rope_theta=theta,
+            rope_theta=rope.theta,
             rope_interleave=bool(config.get("rope_interleave", True)),
             attention_bias=bool(config.get("attention_bias", False)),
-            max_position_embeddings=count("max_position_embeddings", default=202752),
+            max_position_embeddings=mpe,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             mlp_layer_types=tuple(types),
+            rope=rope,
         )
 
 
@@ -232,6 +261,7 @@ def _attention(cfg: GlmConfig, a: str, w: Callable[[str], Tensor], rotary: Rotar
         cfg.v_head_dim,
         rotary,
         **low_rank,
+        scale=cfg.softmax_scale,
     )
 
 
@@ -272,7 +302,11 @@ def build(
 
     act = dense.activation_dtype(weights, f"{prefix}embed_tokens.weight", dtype)
     mode = ROPE_INTERLEAVED_HF if cfg.rope_interleave else ROPE_NEOX
-    rotary = Rotary(cfg.qk_rope_head_dim, cfg.rope_theta, mode)
+    rotary = (
+        Rotary(cfg.qk_rope_head_dim, cfg.rope_theta, mode)
+        if cfg.rope is None
+        else Rotary.from_frequencies(cfg.rope, mode)
+    )
     eps = cfg.rms_norm_eps
     layers = []
     for layer in range(cfg.num_layers):
@@ -301,7 +335,7 @@ def build(
         Linear("lm_head", head_w),
         rotary,
         act,
-        cfg.max_position_embeddings,
+        cfg.max_context,
         dev,
     )
 

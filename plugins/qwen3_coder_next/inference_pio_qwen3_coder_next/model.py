@@ -39,6 +39,7 @@ from inference_pio.nn.layers import (
     Rotary,
 )
 from inference_pio.nn.moe import SoftmaxTopKMoE
+from inference_pio.nn.rope_scaling import RopeFrequencies, context_length, rope_frequencies
 from inference_pio.tensor import Tensor
 from inference_pio_qwen3_coder_next import MODEL_NAME
 
@@ -72,6 +73,15 @@ class NextConfig:
     max_position_embeddings: int
     tie_word_embeddings: bool
     layer_types: tuple[str, ...]
+    #: the rope's frequencies (None: plain RoPE with rope_theta over rot_dim)
+    rope: RopeFrequencies | None = None
+
+    @property
+    def max_context(self) -> int:
+        """max_position_embeddings, extended by a linear or YaRN rope scaling (vLLM's rule)."""
+        if self.rope is None:
+            return self.max_position_embeddings
+        return context_length(self.rope, self.max_position_embeddings)
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any]) -> NextConfig:
@@ -90,16 +100,13 @@ class NextConfig:
             )
         hidden = count("hidden_size")
         head_dim = count("head_dim", default=256)  # likewise
-        params = config.get("rope_parameters") or {}
-        partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 0.25))
-        if not isinstance(partial, (int, float)) or not 0 < partial <= 1:
-            raise CheckpointError(f"config.json: partial_rotary_factor {partial!r} not in (0, 1]")
-        rot = int(head_dim * partial)
-        if rot < 2 or rot % 2:
-            raise CheckpointError(f"config.json: rotary dimension {rot} must be even and >= 2")
-        theta, rope_type = dense.rope_parameters(config)
-        if rope_type != "default":
-            raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported yet")
+        mpe = count("max_position_embeddings", default=32768)
+        # partial rotary (transformers' Qwen3NextConfig default 0.25), scaled or not
+        rope = rope_frequencies(
+            {**config, "max_position_embeddings": mpe},
+            head_dim,
+            default_partial_rotary_factor=0.25,
+        )
         types = config.get("layer_types")
         if types is None:
             interval = count("full_attention_interval", default=4)
@@ -142,7 +149,7 @@ class NextConfig:
             num_heads=heads,
             num_kv_heads=kv,
             head_dim=head_dim,
-            rot_dim=rot,
+            rot_dim=rope.rot_dim,
             linear_k_heads=nk,
             linear_v_heads=nv,
             linear_k_dim=count("linear_key_head_dim"),
@@ -158,10 +165,11 @@ class NextConfig:
             mlp_only_layers=frozenset(only),
             vocab_size=count("vocab_size"),
             rms_norm_eps=float(eps),
-            rope_theta=theta,
-            max_position_embeddings=count("max_position_embeddings", default=32768),
+            rope_theta=rope.theta,
+            max_position_embeddings=mpe,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             layer_types=tuple(types),
+            rope=rope,
         )
 
     def sparse(self, layer: int) -> bool:
@@ -285,7 +293,11 @@ def build(
     w = dense.checked_weights(weights, weight_plan(cfg, prefix), dev)
 
     act = dense.activation_dtype(weights, f"{prefix}embed_tokens.weight", dtype)
-    rotary = Rotary(cfg.rot_dim, cfg.rope_theta, ROPE_NEOX)
+    rotary = (
+        Rotary(cfg.rot_dim, cfg.rope_theta, ROPE_NEOX)
+        if cfg.rope is None
+        else Rotary.from_frequencies(cfg.rope, ROPE_NEOX)
+    )
     eps = cfg.rms_norm_eps
     layers = []
     for layer in range(cfg.num_layers):
@@ -314,7 +326,7 @@ def build(
         Linear("lm_head", head_w),
         rotary,
         act,
-        cfg.max_position_embeddings,
+        cfg.max_context,
         dev,
     )
 

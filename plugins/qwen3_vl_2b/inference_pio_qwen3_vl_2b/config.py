@@ -221,6 +221,11 @@ class VLConfig:
         text = DenseConfig.from_hf(  # transformers' Qwen3VLTextConfig defaults
             text_cfg, default_head_dim=128, defaults={"max_position_embeddings": 128000}
         )
+        if text.rope is not None and text.rope.scaled:
+            raise CheckpointError(
+                f"text_config: rope type {text.rope.rope_type!r} is not supported with MRoPE "
+                f"(Qwen3-VL runs unscaled rope only)"
+            )
         vision = VisionConfig.from_hf(vision_cfg)
         if vision.out_hidden_size != text.hidden_size:
             raise CheckpointError(

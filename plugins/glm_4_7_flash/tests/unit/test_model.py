@@ -117,7 +117,9 @@ def test_real_config_plan_has_the_published_parameter_count() -> None:
         ("mlp_layer_types", ["dense"], "mlp_layer_types"),
         ("kv_lora_rank", None, "kv_lora_rank"),
         ("topk_method", "greedy", "topk_method"),
-        ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "rope type"),
+        ("rope_scaling", {"rope_type": "dynamic", "factor": 4.0}, "rope type 'dynamic'"),
+        ("rope_scaling", {"rope_type": "yarn", "factor": -4.0}, "factor"),
+        ("partial_rotary_factor", 0.5, "partial_rotary_factor"),
         ("hidden_act", "relu", "hidden_act"),
     ],
 )
