@@ -400,9 +400,14 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
         if args.port
         else f"{args.host}, a free port (uvicorn's line below names it)"
     )
+    caching = (
+        f"prefix caching up to {args.prefix_cache_mib} MiB"
+        if args.enable_prefix_caching
+        else "prefix caching off"
+    )
     print(
         f"serving {model.name} on {where} (OpenAI API; batches of up "
-        f"to {getattr(model, 'max_batch_size', 1)} sequences; Ctrl-C stops)",
+        f"to {getattr(model, 'max_batch_size', 1)} sequences; {caching}; Ctrl-C stops)",
         file=sys.stderr,
     )
     tool_format = None if args.tool_call_parser == "none" else args.tool_call_parser
