@@ -48,7 +48,7 @@ from inference_pio.generation import (
     SequenceState,
     check_context,
 )
-from inference_pio.prefix_pool import Match, PrefixPool, copy_prefix, rewindable
+from inference_pio.prefix_pool import Match, PrefixPool, copy_prefix, find_live, rewindable
 from inference_pio.sampling import SamplingParams, greedy_rows
 
 #: Tokens a last remaining sequence must have left for the BatchManager to move it to the
@@ -244,7 +244,10 @@ class BatchManager:
         for req, _ in active:  # stopped mid-run: these get no result
             self._forget(req.index)
 
-    def _admit(self, active_count: int, graphs: Any) -> list[tuple[_Request, SequenceState]]:
+    def _admit(
+        self, running: list[tuple[_Request, SequenceState]], graphs: Any
+    ) -> list[tuple[_Request, SequenceState]]:
+        active_count = len(running)
         admitted: list[tuple[_Request, SequenceState]] = []
         refused: list[tuple[_Request, Exception]] = []
         budget = self.max_prefill_tokens
@@ -257,7 +260,7 @@ class BatchManager:
                     self._live.discard(req.index)
                     continue
                 fits = graphs is None or req.capacity <= graphs.capacity
-                match = self._match(req.prompt_ids, graphs) if fits else None
+                match = self._match(req.prompt_ids, graphs, running, admitted) if fits else None
                 todo = len(req.prompt_ids) - (match.tokens if match is not None else 0)
                 if admitted and todo > budget:
                     break
@@ -286,19 +289,33 @@ class BatchManager:
             self._forget(bad.index)
         return admitted
 
-    def _match(self, prompt: list[int], graphs: Any) -> Match | None:
-        """The kept cache sharing the longest usable prefix with ``prompt`` (nothing taken yet):
-        an owned one, or with batch graphs a free slot still holding what it was kept with."""
+    def _match(
+        self,
+        prompt: list[int],
+        graphs: Any,
+        running: list[tuple[_Request, SequenceState]],
+        admitted: list[tuple[_Request, SequenceState]],
+    ) -> Match | None:
+        """The cache sharing the longest usable prefix with ``prompt`` (nothing taken yet): a
+        kept one (owned, or with batch graphs a free slot still holding what it was kept with),
+        else that of a sequence running or admitted in this step (copied from)."""
         pool = self.prefix_pool
         if pool is None:
             return None
         if graphs is None:
-            return pool.find(prompt)
+            kept = pool.find(prompt)
+        else:
 
-        def valid(cache: Any, owned: bool, tag: Any) -> bool:
-            return owned or (graphs.is_free(cache) and graphs.slot_uses(cache) == tag)
+            def valid(cache: Any, owned: bool, tag: Any) -> bool:
+                return owned or (graphs.is_free(cache) and graphs.slot_uses(cache) == tag)
 
-        return pool.find(prompt, valid)
+            kept = pool.find(prompt, valid)
+        live = find_live(
+            prompt, ((r.prompt_ids + s.generated, s.cache) for r, s in (*running, *admitted))
+        )
+        if live is not None and (kept is None or live.tokens > kept.tokens):
+            return live
+        return kept
 
     def _slot_for(self, match: Match | None, graphs: Any) -> Any:
         """The free slot a request should take: the one holding its prefix when the prompt
@@ -332,6 +349,10 @@ class BatchManager:
             return slot, match.tokens
         if match is None or pool is None:
             return self._new_cache(req.capacity), 0
+        if match.live:
+            cache = self._new_cache(req.capacity)
+            copy_prefix(match.cache, cache, match.tokens)
+            return cache, match.tokens
         return pool.take(match, req.capacity, self._new_cache), match.tokens
 
     def _new_cache(self, capacity: int) -> Any:
@@ -369,7 +390,7 @@ class BatchManager:
         ``active`` itself first (a caller keeping that list knows every request of the step).
         ``alone``: whether a last sequence moves to the batch-1 path (True: to its end; a
         function of the request: until the interrupt it returns says so)."""
-        admitted = self._admit(len(active), graphs)
+        admitted = self._admit(active, graphs)
         active.extend(admitted)
         if admitted:
             logits = self.model.forward(

@@ -136,12 +136,41 @@ class _Entry:
 @dataclass(frozen=True)
 class Match:
     """A prompt's best entry: ``tokens`` of the prompt come from ``cache``; ``covered``: the
-    prompt starts with every token the cache holds (the sequence may take the cache itself)."""
+    prompt starts with every token the cache holds (the sequence may take the cache itself);
+    ``live``: the cache of a running sequence (:func:`find_live`), to copy from, never take."""
 
     cache: Any
     tokens: int
     covered: bool
     owned: bool
+    live: bool = False
+
+
+def _usable(ids: Sequence[int], back: bool, prompt: Sequence[int]) -> tuple[int, bool]:
+    """How many of ``prompt``'s tokens a cache holding ``ids`` gives (0: none), and whether the
+    prompt covers all of ``ids``. ``back``: the cache can be cut back."""
+    common = common_prefix(ids, prompt)
+    covered = common == len(ids)
+    n = min(common, len(prompt) - 1)  # the last prompt token always runs (its logits)
+    if not back and (not covered or n < len(ids)):
+        return 0, covered  # a recurrent state is used only when the prompt extends it
+    return max(n, 0), covered
+
+
+def find_live(prompt: Sequence[int], running: Iterable[tuple[Sequence[int], Any]]) -> Match | None:
+    """The running sequence whose cache shares the longest usable prefix with ``prompt``:
+    ``running`` gives each one's token ids (prompt and generated) and cache, which holds the
+    first ``cache.length`` of them (positions a running sequence never writes again). For
+    requests admitted together or while others run (a shared system prompt): the prefix is
+    copied before the next step."""
+    best: Match | None = None
+    for ids, cache in running:
+        if not poolable(cache) or cache.length <= 0 or len(ids) < cache.length:
+            continue
+        n, _ = _usable(ids[: cache.length], rewindable(cache), prompt)
+        if n > 0 and (best is None or n > best.tokens):
+            best = Match(cache, n, False, False, live=True)
+    return best
 
 
 class PrefixPool:
@@ -234,7 +263,6 @@ class PrefixPool:
         among equals), or None. Nothing changes. ``valid(cache, owned, tag)`` says whether an
         entry may be used now (default: owned entries only)."""
         best: Match | None = None
-        limit = len(prompt) - 1  # the last prompt token always runs (its logits)
         with self._lock:
             for key, e in list(self._entries.items()):
                 cache = e.ref()
@@ -243,11 +271,7 @@ class PrefixPool:
                     continue
                 if not (valid(cache, e.owned, e.tag) if valid is not None else e.owned):
                     continue
-                common = common_prefix(e.ids, prompt)
-                covered = common == len(e.ids)
-                n = min(common, limit)
-                if not e.rewindable and (not covered or n < len(e.ids)):
-                    continue  # a recurrent state is used only when the prompt extends it
+                n, covered = _usable(e.ids, e.rewindable, prompt)
                 if n > 0 and (best is None or n >= best.tokens):
                     best = Match(cache, n, covered, e.owned)
         return best
@@ -290,6 +314,7 @@ __all__ = [
     "cache_nbytes",
     "common_prefix",
     "copy_prefix",
+    "find_live",
     "poolable",
     "rewindable",
 ]

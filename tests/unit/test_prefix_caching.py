@@ -70,6 +70,19 @@ def test_a_shared_prefix_is_prefilled_once(model: Any) -> None:
     assert [r.token_ids for r in (a, b, c, d)] == _fresh(model, [first, second, turn2, turn2])
 
 
+def test_requests_admitted_together_share_a_prefix(model: Any) -> None:
+    """The first request of a step takes the kept cache it extends; the others, admitted in the
+    same step, copy the shared part from that request's cache (or from one that is running)."""
+    manager = _manager(model, PrefixPool())
+    system = list(range(300, 360))
+    first = [*system, 1, 2]
+    (a,) = _run(manager, [first])
+    wave = [[*first, *a.token_ids, 3], [*system, 7, 8], [*system, 9]]
+    got = _run(manager, wave)
+    assert [r.cached_tokens for r in got] == [len(first) + 7, len(system), len(system)]
+    assert [r.token_ids for r in got] == _fresh(model, wave)
+
+
 def test_prompts_that_branch_keep_both_histories(model: Any) -> None:
     """A prompt leaving a kept history early gets the common part copied: the long history
     stays kept for its own next turn."""
