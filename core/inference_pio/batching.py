@@ -349,7 +349,7 @@ class BatchManager:
             return slot, match.tokens
         if match is None or pool is None:
             return self._new_cache(req.capacity), 0
-        if match.live:
+        if match.live or not match.owned:  # a running sequence's cache, or a graph slot
             cache = self._new_cache(req.capacity)
             copy_prefix(match.cache, cache, match.tokens)
             return cache, match.tokens
