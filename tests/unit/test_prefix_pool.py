@@ -18,6 +18,7 @@ from inference_pio.prefix_pool import (
     cache_nbytes,
     common_prefix,
     copy_prefix,
+    find_live,
     poolable,
     rewindable,
 )
@@ -212,3 +213,19 @@ def test_what_is_not_kept() -> None:
 
     assert not pool.put([1, 2, 3], Plain())
     assert len(pool) == 0
+
+
+def test_running_sequences_give_what_their_caches_hold() -> None:
+    """A running sequence's ids go past its cache (its last token is not fed yet): only the
+    positions its cache holds count; its recurrent state only for a prompt extending them."""
+    ids = list(range(30))
+    running = _kv(64, ids[:20])  # 20 of its 30 ids are in its cache
+    match = find_live([*ids[:25], 99], [(ids, running)])
+    assert match is not None
+    assert (match.tokens, match.live, match.covered) == (20, True, False)
+    state = _recurrent(10)
+    assert find_live([*ids[:5], 99], [(ids, state)]) is None
+    best = find_live([*ids[:12], 99], [(ids, state), (ids[:8], _kv(16, ids[:8]))])
+    assert best is not None
+    assert (best.cache, best.tokens) == (state, 10)
+    assert find_live([1, 2], [([1, 2, 3], _kv(8))]) is None  # nothing in its cache yet
