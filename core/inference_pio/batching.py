@@ -273,7 +273,8 @@ class BatchManager:
                         req.prompt_ids, req.params, self.eos_ids, IncrementalText(self.detokenizer)
                     )
                     if graphs is not None:
-                        slot = graphs.acquire(self._slot_for(match, graphs))
+                        prefer = self._slot_for(match, graphs)
+                        slot = graphs.acquire(prefer) if prefer is not None else graphs.acquire()
                     state.cache, state.cached_tokens = self._cache_for(req, match, slot)
                 except Exception as exc:
                     if slot is not None:

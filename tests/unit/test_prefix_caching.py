@@ -17,6 +17,7 @@ qwen3 = pytest.importorskip("inference_pio_qwen3_0_6b.model")
 
 from inference_pio.batching import BatchManager  # noqa: E402
 from inference_pio.generation import GenerationResult  # noqa: E402
+from inference_pio.nn.cuda_batch_graph import BatchGraphDecoder  # noqa: E402
 from inference_pio.prefix_pool import PrefixPool  # noqa: E402
 from inference_pio.sampling import SamplingParams  # noqa: E402
 from inference_pio.testing.tiny import save_tiny_causal_lm, tiny_qwen3_config  # noqa: E402
@@ -260,3 +261,49 @@ def test_a_recurrent_state_is_reused_only_when_extended(tmp_path: Path) -> None:
     (c,) = _run(manager, [branch])
     assert c.cached_tokens == 0
     assert [r.token_ids for r in (a, b, c)] == _fresh(m, [first, nxt, branch])
+
+
+class CpuSlots(BatchGraphDecoder):
+    """The batch graph decoder's slot bookkeeping (acquire, release, reuse counts: the real
+    methods) over CPU caches, its step run through ``model.forward``: the CUDA slot path of
+    prefix caching, on this machine."""
+
+    def __init__(self, model: Any, slots: int, capacity: int) -> None:  # no CUDA graphs
+        self.model, self.slots, self.capacity = model, slots, capacity
+        self.caches = [model.new_cache(capacity) for _ in range(slots)]
+        self._slot_of = {id(c): i for i, c in enumerate(self.caches)}
+        self._free = list(range(slots))
+        self.uses = [0] * slots
+
+    def step(self, batch: Any) -> list[Any]:
+        rows = self.model.forward([([t], c) for t, c in batch])
+        self.last_logits, self.last_slots = rows[0], [self._slot(c) for _, c in batch]
+        return rows
+
+
+def test_graph_slots_are_the_kept_caches(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With batch graph slots, finished sequences stay in their free slots (no memory counted):
+    a prompt extending one takes that slot, one branching from it gets the prefix copied into
+    another; a slot taken by another request no longer offers what it held."""
+    system = list(range(100, 150))
+    first = [*system, 1, 2]
+    others = [[300 + i, 301, 302] for i in range(3)]
+    reply = _fresh(model, [first])[0]
+    wave = [[*first, *reply, 9], [*system, 3, 4], [400, 401]]
+    fresh = _fresh(model, [first, *wave, [*system, 5], [*system, 6]])
+    slots = CpuSlots(model.model, 3, 128)
+    monkeypatch.setattr(BatchManager, "_graph_decoder", lambda self: slots)
+    pool = PrefixPool(max_bytes=0)  # nothing owned: only the slots
+    manager = _manager(model, pool, batch=3)
+    (a,) = _run(manager, [first])
+    assert len(pool) == 1
+    assert pool.nbytes == 0
+    got = _run(manager, wave)
+    assert [r.cached_tokens for r in got] == [len(first) + 7, 50, 0]
+    (b,) = _run(manager, [[*system, 5]])  # copied from a free slot into another
+    assert b.cached_tokens == 50
+    assert sum(slots.uses) == 5  # one slot per request
+    _run(manager, others)  # every slot filled with other tokens
+    (c,) = _run(manager, [[*system, 6]])
+    assert c.cached_tokens == 0  # what the slots held was overwritten
+    assert [r.token_ids for r in [a, *got, b, c]] == fresh
