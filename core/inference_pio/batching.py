@@ -20,6 +20,14 @@ Requests with logprobs (``SamplingParams.logprobs``) or a constraint (structured
 a batch graph step they take their row of ``last_logits`` (not the batch's device argmax that
 plain greedy requests take), and alone on the batch-1 path the captured step is replayed one
 token at a time and its logits row read (see :func:`~inference_pio.nn.cuda_graph.continue_alone`).
+
+With a :class:`~inference_pio.prefix_pool.PrefixPool` (``prefix_pool``; on in ``inference-pio
+serve``), finished and cancelled sequences' caches are kept with the token ids they hold, and an
+admitted prompt starts from the kept cache sharing its longest prefix: only the rest is
+prefilled (:attr:`GenerationResult.cached_tokens`). On CUDA with batch graphs the kept caches are
+the free slots themselves (a prompt takes the slot holding its prefix, or the prefix is copied
+into another free slot); a sequence that finished on the batch-1 path has its cache copied back
+into its slot first. A failed step empties the pool.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from inference_pio.generation import (
     check_context,
     new_grammar,
 )
+from inference_pio.prefix_pool import Match, PrefixPool, copy_prefix, find_live, rewindable
 from inference_pio.sampling import SamplingParams, greedy_rows
 
 #: Tokens a last remaining sequence must have left for the BatchManager to move it to the
@@ -87,7 +96,11 @@ class BatchManager:
         eos_ids: Sequence[int] = (),
         max_batch_size: int = 8,
         max_prefill_tokens: int = 4096,
+        prefix_pool: PrefixPool | None = None,
     ) -> None:
+        """``prefix_pool``: where finished sequences' caches are kept for prompts that start
+        the same way (None: every prompt is prefilled whole). Models split across devices
+        (``model.hybrid``) never reuse caches."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.model = model
@@ -109,6 +122,11 @@ class BatchManager:
         #: Times a lone sequence left the batch-1 path for the batch again (serve; tests).
         self.rejoined = 0
         self._no_alone = False  # the model has no batch-1 graph decoder
+        #: Kept caches of finished sequences (prefix caching), or None.
+        self.prefix_pool = prefix_pool if not getattr(model, "hybrid", False) else None
+        #: Prompt tokens prefilled, and taken from kept caches instead, so far (observability).
+        self.prefill_tokens = 0
+        self.cached_tokens = 0
 
     def submit(
         self,
@@ -168,8 +186,13 @@ class BatchManager:
         """Processes every queued request; returns all results ordered by request index."""
         active: list[tuple[_Request, SequenceState]] = []
         graphs = self._graph_decoder()
-        while self._queue or active:
-            active = self._step(active, graphs, alone=True)
+        try:
+            while self._queue or active:
+                active = self._step(active, graphs, alone=True)
+        except Exception:
+            if self.prefix_pool is not None:  # what the failed step wrote is not trusted
+                self.prefix_pool.clear()
+            raise
         results = [self._results[i] for i in sorted(self._results)]
         self._results.clear()
         return results
@@ -219,6 +242,8 @@ class BatchManager:
                 active = []
                 if graphs is not None:
                     graphs.reset()
+                if self.prefix_pool is not None:  # what the failed step wrote is not trusted
+                    self.prefix_pool.clear()
             running = []  # finished sequences' caches go now, not when the next request comes
             self._results.clear()
             if len(self.decode_batch_sizes) > _KEEP_SIZES:  # a server runs for days
@@ -226,7 +251,10 @@ class BatchManager:
         for req, _ in active:  # stopped mid-run: these get no result
             self._forget(req.index)
 
-    def _admit(self, active_count: int, graphs: Any) -> list[tuple[_Request, SequenceState]]:
+    def _admit(
+        self, running: list[tuple[_Request, SequenceState]], graphs: Any
+    ) -> list[tuple[_Request, SequenceState]]:
+        active_count = len(running)
         admitted: list[tuple[_Request, SequenceState]] = []
         refused: list[tuple[_Request, Exception]] = []
         budget = self.max_prefill_tokens
@@ -238,9 +266,12 @@ class BatchManager:
                     self._cancelled.discard(req.index)
                     self._live.discard(req.index)
                     continue
-                if admitted and len(req.prompt_ids) > budget:
+                fits = graphs is None or req.capacity <= graphs.capacity
+                match = self._match(req.prompt_ids, graphs, running, admitted) if fits else None
+                todo = len(req.prompt_ids) - (match.tokens if match is not None else 0)
+                if admitted and todo > budget:
                     break
-                if graphs is not None and req.capacity > graphs.capacity:
+                if not fits:
                     break  # waits for the running batch to end and the slots to grow
                 self._queue.popleft()
                 slot = None
@@ -252,8 +283,10 @@ class BatchManager:
                         IncrementalText(self.detokenizer),
                         grammar=req.grammar,
                     )
-                    slot = graphs.acquire() if graphs is not None else None
-                    state.cache = slot if slot is not None else self.model.new_cache(req.capacity)
+                    if graphs is not None:
+                        prefer = self._slot_for(match, graphs)
+                        slot = graphs.acquire(prefer) if prefer is not None else graphs.acquire()
+                    state.cache, state.cached_tokens = self._cache_for(req, match, slot)
                 except Exception as exc:
                     if slot is not None:
                         graphs.release(slot)
@@ -261,12 +294,102 @@ class BatchManager:
                         raise
                     refused.append((req, exc))
                     continue
-                budget -= len(req.prompt_ids)
+                budget -= todo
                 admitted.append((req, state))
         for bad, why in refused:  # outside the lock: the callbacks are the caller's code
             _report_error(bad, why)
             self._forget(bad.index)
         return admitted
+
+    def _match(
+        self,
+        prompt: list[int],
+        graphs: Any,
+        running: list[tuple[_Request, SequenceState]],
+        admitted: list[tuple[_Request, SequenceState]],
+    ) -> Match | None:
+        """The cache sharing the longest usable prefix with ``prompt`` (nothing taken yet): a
+        kept one (owned, or with batch graphs a free slot still holding what it was kept with),
+        else that of a sequence running or admitted in this step (copied from)."""
+        pool = self.prefix_pool
+        if pool is None:
+            return None
+        if graphs is None:
+            kept = pool.find(prompt)
+        else:
+
+            def valid(cache: Any, owned: bool, tag: Any) -> bool:
+                return owned or (graphs.is_free(cache) and graphs.slot_uses(cache) == tag)
+
+            kept = pool.find(prompt, valid)
+        live = find_live(
+            prompt, ((r.prompt_ids + s.generated, s.cache) for r, s in (*running, *admitted))
+        )
+        if live is not None and (kept is None or live.tokens > kept.tokens):
+            return live
+        return kept
+
+    def _slot_for(self, match: Match | None, graphs: Any) -> Any:
+        """The free slot a request should take: the one holding its prefix when the prompt
+        covers all of it, else the free slot whose kept tokens matter least (never the one the
+        prefix is copied from while another is free)."""
+        pool = self.prefix_pool
+        if pool is None:
+            return None
+        if match is not None and match.covered and not match.owned:
+            return match.cache
+        free = graphs.free_caches()
+        others = [c for c in free if match is None or c is not match.cache]
+        return pool.victim(others or free)
+
+    def _cache_for(self, req: _Request, match: Match | None, slot: Any) -> tuple[Any, int]:
+        """The cache of an admitted request and how many prompt tokens it holds already: its
+        graph slot (``slot``; the kept prefix copied in unless it is that slot's own) or its own
+        cache (a kept one taken, a new one with the prefix copied in, or a new empty one)."""
+        pool = self.prefix_pool
+        if slot is not None:
+            if pool is not None:
+                pool.discard(slot)  # what it held is being overwritten
+            if match is None:
+                return slot, 0
+            if match.cache is slot:
+                slot.length = match.tokens  # acquire() emptied it; its tokens are still there
+            else:
+                copy_prefix(match.cache, slot, match.tokens)
+                if match.owned and match.covered and pool is not None:
+                    pool.discard(match.cache)  # the slot holds all of it now
+            return slot, match.tokens
+        if match is None or pool is None:
+            return self._new_cache(req.capacity), 0
+        if match.live or not match.owned:  # a running sequence's cache, or a graph slot
+            cache = self._new_cache(req.capacity)
+            copy_prefix(match.cache, cache, match.tokens)
+            return cache, match.tokens
+        return pool.take(match, req.capacity, self._new_cache), match.tokens
+
+    def _new_cache(self, capacity: int) -> Any:
+        """A new cache; where none can be made (device memory), the kept caches are let go
+        and it is tried once more."""
+        try:
+            return self.model.new_cache(capacity)
+        except Exception:
+            pool = self.prefix_pool
+            if pool is None or not len(pool):
+                raise
+            pool.clear()
+            return self.model.new_cache(capacity)
+
+    def _keep(self, req: _Request, state: SequenceState, cache: Any, graphs: Any) -> None:
+        """Keeps the cache of a finished or cancelled sequence with the ids it holds (not one
+        that failed): a free graph slot as borrowed, its own cache as owned."""
+        pool = self.prefix_pool
+        if pool is None or req.failed:
+            return
+        ids = req.prompt_ids + state.generated
+        if graphs is not None and graphs.is_free(cache):
+            pool.put(ids, cache, owned=False, tag=graphs.slot_uses(cache))
+        else:
+            pool.put(ids, cache)
 
     def _step(
         self,
@@ -279,10 +402,15 @@ class BatchManager:
         ``active`` itself first (a caller keeping that list knows every request of the step).
         ``alone``: whether a last sequence moves to the batch-1 path (True: to its end; a
         function of the request: until the interrupt it returns says so)."""
-        admitted = self._admit(len(active), graphs)
+        admitted = self._admit(active, graphs)
         active.extend(admitted)
         if admitted:
-            logits = self.model.forward([(r.prompt_ids, s.cache) for r, s in admitted])
+            logits = self.model.forward(
+                [(r.prompt_ids[s.cached_tokens :], s.cache) for r, s in admitted]
+            )
+            for req, state in admitted:
+                self.prefill_tokens += len(req.prompt_ids) - state.cached_tokens
+                self.cached_tokens += state.cached_tokens
             now = time.perf_counter()
             for (req, state), row in zip(admitted, logits, strict=False):
                 state.prefill_done_at = now
@@ -350,12 +478,17 @@ class BatchManager:
             move_cache(state, slot)
             self.rejoined += 1
             return False
+        if self.prefix_pool is not None and not req.failed and rewindable(state.cache):
+            # kept with what it decoded alone (a recurrent state may have run past its last
+            # token there: that one keeps what it held when it left)
+            move_cache(state, slot)
         if graphs is not None:
             graphs.release(slot)
         result = state.result(time.perf_counter())
         self._results[req.index] = result
         self._finish(req, result)
         self.finished_alone += 1
+        self._keep(req, state, slot, graphs)
         return True
 
     def _forget(self, index: int) -> None:
@@ -411,6 +544,7 @@ class BatchManager:
                 self._forget(req.index)
                 if graphs is not None:
                     graphs.release(state.cache)
+                self._keep(req, state, state.cache, graphs)  # a client gone: its prefix stays
                 continue
             if not state.finished and state.cache.length >= req.capacity:
                 state.finish_reason = "length"
@@ -423,6 +557,7 @@ class BatchManager:
                 self._finish(req, result)
                 if graphs is not None:
                     graphs.release(state.cache)
+                self._keep(req, state, state.cache, graphs)
             else:
                 keep.append((req, state))
         return keep

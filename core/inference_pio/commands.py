@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from inference_pio.plugins import PluginHost
+from inference_pio.prefix_pool import DEFAULT_MAX_BYTES
 from inference_pio.toolcalls import PARSERS
 
 MODEL_HELP = (
@@ -418,13 +419,26 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
         if args.port
         else f"{args.host}, a free port (uvicorn's line below names it)"
     )
+    caching = (
+        f"prefix caching up to {args.prefix_cache_mib} MiB"
+        if args.enable_prefix_caching
+        else "prefix caching off"
+    )
     print(
         f"serving {model.name} on {where} (OpenAI API; batches of up "
-        f"to {getattr(model, 'max_batch_size', 1)} sequences; Ctrl-C stops)",
+        f"to {getattr(model, 'max_batch_size', 1)} sequences; {caching}; Ctrl-C stops)",
         file=sys.stderr,
     )
     tool_format = None if args.tool_call_parser == "none" else args.tool_call_parser
-    serve(model, args.host, args.port, args.served_name, tool_format)
+    serve(
+        model,
+        args.host,
+        args.port,
+        args.served_name,
+        tool_format,
+        prefix_caching=args.enable_prefix_caching,
+        prefix_cache_bytes=args.prefix_cache_mib << 20,
+    )
     return 0
 
 
@@ -543,6 +557,21 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="sequences decoded together at most; more requests wait their turn (default: the "
         "model's, 8; each running sequence holds a KV cache)",
+    )
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep finished requests' KV caches so that a prompt starting the same way (a "
+        "chat's next turn, a shared system prompt) prefills only the rest (default: on)",
+    )
+    p.add_argument(
+        "--prefix-cache-mib",
+        type=_positive_int,
+        default=DEFAULT_MAX_BYTES >> 20,
+        help="memory the kept caches may hold, in MiB; least recently used go first (default: "
+        f"{DEFAULT_MAX_BYTES >> 20}; host memory on CPU, device memory on CUDA, where the free "
+        "batch slots are kept besides at no cost)",
     )
     p.set_defaults(handler=cmd_serve)
 

@@ -171,6 +171,8 @@ class GenerationResult:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     logprobs: list[TokenLogprob] | None = None
+    #: Prompt tokens taken from a kept cache instead of prefilled (prefix caching).
+    cached_tokens: int = 0
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -201,6 +203,8 @@ class SequenceState:
     #: One entry per generated token when ``params.logprobs`` is set (see :meth:`accept`).
     logprobs: list[TokenLogprob] = field(default_factory=list)
     _logprobs_shown: int = 0  # entries already handed out with a TextPiece
+    #: Prompt tokens its cache held when it was admitted (prefix caching): not prefilled.
+    cached_tokens: int = 0
 
     #: The matcher of a request with ``params.constraint`` (made here unless given: a
     #: BatchManager makes it when the request is submitted, so that its errors come first).
@@ -300,6 +304,7 @@ class SequenceState:
             prefill_s=(self.prefill_done_at - self.started) if self.prefill_done_at else 0.0,
             decode_s=(end - self.first_token_at) if self.first_token_at else 0.0,
             logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -394,6 +399,7 @@ def stream_generate(
     reused = 0
     if prefix_cache is not None and prefill is None:
         state.cache, reused = prefix_cache.take(model, prompt, capacity)
+        state.cached_tokens = reused
     else:
         state.cache = model.new_cache(capacity)
     if prefill is not None:

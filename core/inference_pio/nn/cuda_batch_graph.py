@@ -89,6 +89,8 @@ class BatchGraphDecoder:
         self.caches: list[LayerCache] = [model.new_cache(capacity) for _ in range(slots)]
         self._slot_of = {id(c): i for i, c in enumerate(self.caches)}
         self._free = list(range(slots))
+        #: times each slot was acquired (a kept slot's tokens are its own while this is unchanged)
+        self.uses = [0] * slots
         # token ids (int32 x slots), then lengths (int32 x slots); the host side in pinned memory
         self.io = Tensor.zeros((2 * slots,), DType.int32, dev)
         self._pinned = cuda.PinnedBuffer(8 * slots, dev)
@@ -132,13 +134,32 @@ class BatchGraphDecoder:
         self.captures_failed = False
 
     # ---- slots -------------------------------------------------------------------------------
-    def acquire(self) -> LayerCache | None:
-        """A free slot's cache, emptied (None when every slot is taken)."""
+    def acquire(self, prefer: LayerCache | None = None) -> LayerCache | None:
+        """A free slot's cache, emptied (None when every slot is taken): ``prefer``'s when it is
+        a free slot (a prefix cache picks the slot), else the lowest free one."""
         if not self._free:
             return None
-        cache = self.caches[self._free.pop(0)]
+        slot = self._free[0]
+        if prefer is not None and self.is_free(prefer):
+            slot = self._slot(prefer)
+        self._free.remove(slot)
+        self.uses[slot] += 1
+        cache = self.caches[slot]
         cache.length = 0
         return cache
+
+    def free_caches(self) -> list[LayerCache]:
+        """The caches of the free slots, lowest slot first."""
+        return [self.caches[i] for i in self._free]
+
+    def is_free(self, cache: LayerCache) -> bool:
+        """Whether ``cache`` is one of this decoder's slots and free."""
+        slot = self._slot_of.get(id(cache))
+        return slot is not None and self.caches[slot] is cache and slot in self._free
+
+    def slot_uses(self, cache: LayerCache) -> int:
+        """How many times ``cache``'s slot was acquired (see :attr:`uses`)."""
+        return self.uses[self._slot(cache)]
 
     def reset(self) -> None:
         """Frees every slot (a new BatchManager run owns all of them)."""

@@ -6,8 +6,10 @@ Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completion
 ``GET /health``. Structured outputs (the ``structured`` extra): ``response_format``
 ``json_object`` / ``json_schema`` and ``tool_choice`` "required" or a named function (the
 model's tool-call markup, hermes format) constrain decoding. Text requests are batched
-continuously (``BatchManager.serve``: requests join and leave the running batch at every step);
-a request with images runs alone between two steps.
+continuously (``BatchManager.serve``: requests join and leave the running batch at every step)
+with automatic prefix caching (a prompt that starts like an earlier one, a chat's next turn,
+prefills only the rest; ``usage.prompt_tokens_details.cached_tokens`` says how many tokens it
+took from the cache); a request with images runs alone between two steps.
 A request whose client goes away stops at its next token, streamed or not. Errors, unknown routes
 included, are OpenAI-style JSON. Vision-language models take ``image_url`` parts with ``data:``
 URLs.
@@ -25,6 +27,7 @@ from typing import Any
 
 from inference_pio.generation import GenerationResult
 from inference_pio.logprobs import TokenLogprob
+from inference_pio.prefix_pool import DEFAULT_MAX_BYTES, PrefixPool
 from inference_pio.server import protocol
 from inference_pio.server.protocol import Request, RequestError
 from inference_pio.toolcalls import (
@@ -47,7 +50,13 @@ class ModelService:
     clients share each step's weight reads); requests with images, and models without a batch
     path, run alone between its steps."""
 
-    def __init__(self, model: Any, names: list[str]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        names: list[str],
+        prefix_caching: bool = True,
+        prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.model = model
         self.names = names
         self.model_lock = threading.RLock()
@@ -59,7 +68,11 @@ class ModelService:
             from inference_pio.batching import BatchManager
 
             self.manager = BatchManager(
-                model.model, model.tokenizer, model.eos_ids, getattr(model, "max_batch_size", 8)
+                model.model,
+                model.tokenizer,
+                model.eos_ids,
+                getattr(model, "max_batch_size", 8),
+                prefix_pool=PrefixPool(prefix_cache_bytes) if prefix_caching else None,
             )
             self.engine = threading.Thread(
                 target=self.manager.serve,
@@ -156,13 +169,19 @@ FROM_MODEL = "model"
 
 
 def create_app(
-    model: Any, name: str | None = None, tool_call_format: str | None = FROM_MODEL
+    model: Any,
+    name: str | None = None,
+    tool_call_format: str | None = FROM_MODEL,
+    prefix_caching: bool = True,
+    prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Any:
     """The Starlette application serving ``model`` under ``name`` (default: the model's name);
     requests naming another model get a 404. ``tool_call_format``: how chat replies are parsed
     for tool calls when a request has ``tools`` (``"model"``: the model's declared format,
     :func:`inference_pio.toolcalls.format_for`; None: never, replies stay text; or a format
-    name, ``"hermes"``, ``"qwen3_coder"``, ``"glm47"``)."""
+    name, ``"hermes"``, ``"qwen3_coder"``, ``"glm47"``). ``prefix_caching``: finished requests'
+    caches are kept (at most ``prefix_cache_bytes`` of them, least recently used dropped first)
+    for prompts that start the same way (:class:`~inference_pio.prefix_pool.PrefixPool`)."""
     tool_format = format_for(model) if tool_call_format == FROM_MODEL else tool_call_format
     check_format(tool_format)
     try:
@@ -178,7 +197,7 @@ def create_app(
         ) from exc
 
     served = name or getattr(model, "name", "") or "model"
-    service = ModelService(model, [served])
+    service = ModelService(model, [served], prefix_caching, prefix_cache_bytes)
     strings = protocol.TokenStrings(
         getattr(model, "tokenizer", None), getattr(model, "detokenize", None)
     )
@@ -432,10 +451,13 @@ def serve(
     port: int = 8000,
     name: str | None = None,
     tool_call_format: str | None = FROM_MODEL,
+    prefix_caching: bool = True,
+    prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
 ) -> None:
     """Serves ``model`` until interrupted (uvicorn). On Ctrl-C / SIGTERM, requests still running
     after ``SHUTDOWN_GRACE_S`` are cancelled (they stop at their next token).
-    ``tool_call_format`` as in :func:`create_app`."""
+    ``tool_call_format``, ``prefix_caching`` and ``prefix_cache_bytes`` as in
+    :func:`create_app`."""
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -443,7 +465,7 @@ def serve(
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from exc
     uvicorn.run(
-        create_app(model, name, tool_call_format),
+        create_app(model, name, tool_call_format, prefix_caching, prefix_cache_bytes),
         host=host,
         port=port,
         log_level="info",

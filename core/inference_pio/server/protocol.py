@@ -539,11 +539,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(result: GenerationResult) -> dict[str, int]:
+def usage(result: GenerationResult) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens``: prompt tokens taken from
+    a kept cache (prefix caching) instead of prefilled."""
     return {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": len(result.token_ids),
         "total_tokens": result.prompt_tokens + len(result.token_ids),
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
     }
 
 
