@@ -35,6 +35,8 @@ DEFAULT_MAX_BYTES = 2 << 30
 #: Entries a pool keeps at most, whatever their size (each admission compares the prompt with
 #: every entry).
 MAX_ENTRIES = 256
+#: Host page size: a CPU cache's filled positions are resident in whole pages per head.
+_PAGE = 4096
 
 
 def poolable(cache: Any) -> bool:
@@ -63,8 +65,9 @@ def rewindable(cache: Any) -> bool:
 
 
 def cache_nbytes(cache: Any) -> int:
-    """Memory ``cache`` holds: on the host, the positions it has filled (a KV cache's pages are
-    resident only once written, see :func:`~inference_pio.memory.advise_sparse`), on a device
+    """Memory ``cache`` holds: on the host, the pages its filled positions touch, head by head
+    (a KV cache's pages are resident only once written, see
+    :func:`~inference_pio.memory.advise_sparse`), on a device
     its whole allocation; recurrent states in full."""
     from inference_pio.nn.deltanet import RecurrentState
 
@@ -73,10 +76,16 @@ def cache_nbytes(cache: Any) -> int:
         if isinstance(layer, RecurrentState):
             total += layer.conv.nbytes + layer.ssm.nbytes
             continue
-        size = layer.k.nbytes + (0 if layer.v is layer.k else layer.v.nbytes)
-        if layer.k.device.type == "cpu" and layer.capacity:
-            size = size * cache.length // layer.capacity
-        total += size
+        tensors = (layer.k,) if layer.v is layer.k else (layer.k, layer.v)
+        for t in tensors:
+            if t.device.type != "cpu" or not layer.capacity:
+                total += t.nbytes
+                continue
+            # [heads, capacity, width]: each head's filled rows are resident in whole pages
+            heads = t.shape[0]
+            row = t.nbytes // (heads * layer.capacity)
+            pages = -(-cache.length * row // _PAGE)
+            total += heads * min(pages * _PAGE, row * layer.capacity)
     return total
 
 

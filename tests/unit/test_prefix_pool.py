@@ -25,8 +25,6 @@ from inference_pio.prefix_pool import (
 
 CPU = Device.parse("cpu")
 LAYERS, NKV, HD = 2, 2, 8
-#: bytes one token takes in a cache of :func:`_kv` (keys and values, f32)
-PER_TOKEN = LAYERS * 2 * NKV * HD * 4
 
 
 def _kv(capacity: int, ids: list[int] | None = None, seed: int = 0) -> LayerCache:
@@ -147,13 +145,24 @@ def test_a_recurrent_state_is_used_only_when_the_prompt_extends_it() -> None:
         copy_prefix(cache, _recurrent(0), 5)
 
 
+def _resident(positions: int, capacity: int) -> int:
+    """Host bytes a :func:`_kv` cache holds with ``positions`` filled: each head's rows in whole
+    4 KiB pages (the pages of a sparse KV cache are resident once written), at most all of them."""
+    row = HD * 4
+    pages = -(-positions * row // 4096)
+    return LAYERS * 2 * NKV * min(pages * 4096, row * capacity)
+
+
 def test_the_memory_bound_evicts_the_least_recently_used() -> None:
-    assert cache_nbytes(_kv(1000, list(range(10)))) == 10 * PER_TOKEN  # host: filled positions
-    pool = PrefixPool(max_bytes=50 * PER_TOKEN)
+    assert cache_nbytes(_kv(1000, list(range(10)))) == _resident(10, 1000)  # one page a head
+    assert cache_nbytes(_kv(1000, list(range(200)))) == _resident(200, 1000)  # two pages a head
+    assert _resident(200, 1000) == 2 * _resident(10, 1000)
+    per = _resident(20, 64)
+    pool = PrefixPool(max_bytes=per * 5 // 2)
     a, b, c = ([k * 100 + i for i in range(20)] for k in range(1, 4))
     pool.put(a, _kv(64, a))
     pool.put(b, _kv(64, b))
-    assert pool.nbytes == 40 * PER_TOKEN
+    assert pool.nbytes == 2 * per
     used = pool.find([*a[:5], 0])  # `a` used (its prefix copied): `b` is now the oldest
     assert used is not None
     pool.take(used, 64, lambda cap: _kv(cap))
@@ -161,7 +170,9 @@ def test_the_memory_bound_evicts_the_least_recently_used() -> None:
     assert pool.token_ids() == [a, c]
     assert pool.evictions == 1
     assert pool.nbytes <= pool.max_bytes
-    assert not pool.put(list(range(60)), _kv(64, list(range(60))))  # larger than the bound
+    big = list(range(200))
+    assert _resident(200, 512) > pool.max_bytes
+    assert not pool.put(big, _kv(512, big))  # larger than the bound
     small = PrefixPool(max_entries=2)
     for k in range(3):
         small.put([k] * 5, _kv(8, [k] * 5))

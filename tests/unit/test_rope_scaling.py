@@ -152,6 +152,45 @@ def test_qwen_model_card_yarn_example() -> None:
     assert torch.allclose(torch.tensor(rope.inv_freq), ref.inv_freq, rtol=5e-7, atol=0)
 
 
+@pytest.mark.parametrize("inner", [None, 131072])
+def test_a_top_level_original_length_wins_as_in_transformers(inner: int | None) -> None:
+    """Phi-3-style configs keep ``original_max_position_embeddings`` at the top level:
+    transformers' ``standardize_rope_params`` takes it over the rope block's own value and over
+    ``max_position_embeddings``."""
+    scaling: dict[str, Any] = {"rope_type": "yarn", "factor": 4.0}
+    if inner is not None:
+        scaling["original_max_position_embeddings"] = inner
+    config = {
+        "head_dim": 128,
+        "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 32768,
+        "rope_theta": 1000000,
+        "rope_scaling": scaling,
+    }
+    rope = rope_frequencies(config, 128, partial_rotary=False)
+    assert rope.params["original_max_position_embeddings"] == 32768
+    assert context_length(rope, 131072) == 131072
+    ref = hf_rope({**config, "hidden_size": 256, "num_attention_heads": 2})
+    assert torch.allclose(torch.tensor(rope.inv_freq), ref.inv_freq, rtol=5e-7, atol=0)
+
+
+def test_a_scaling_block_without_theta_over_rope_parameters_warns() -> None:
+    """transformers 5 writes rope_theta inside rope_parameters only; a rope_scaling block added
+    next to it wins and brings theta 10000 (as in transformers): said, not silent."""
+    config = {
+        "head_dim": 128,
+        "max_position_embeddings": 40960,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0},
+    }
+    with pytest.warns(UserWarning, match="rope_theta"):
+        params = rope_scaling.standard_parameters(config)
+    assert params["rope_theta"] == 10000.0
+    ref = hf_rope({**config, "hidden_size": 256, "num_attention_heads": 2})
+    rope = rope_frequencies(config, 128, partial_rotary=False)
+    assert torch.allclose(torch.tensor(rope.inv_freq), ref.inv_freq, rtol=5e-7, atol=0)
+
+
 def test_llama31_real_rope_matches_llama_rotary_embedding() -> None:
     """Llama-3.1-8B's rope block (old rope_scaling form) against LlamaRotaryEmbedding, bit for
     bit given torch's pow."""

@@ -19,6 +19,7 @@ used here differ by one ulp on a few entries.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from ctypes import c_float
 from dataclasses import dataclass, field
@@ -68,12 +69,33 @@ def standard_parameters(config: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None and not isinstance(value, Mapping):
             raise CheckpointError(f"config.json: {key!r} must be an object, got {value!r}")
     out = dict(scaling or params or {})
+    if (
+        scaling
+        and "rope_theta" not in scaling
+        and "rope_theta" not in config
+        and isinstance(params, Mapping)
+        and "rope_theta" in params
+        and params["rope_theta"] != 10000.0
+    ):
+        # transformers does the same, silently: a rope_scaling block added to a transformers-5
+        # config (whose theta lives in rope_parameters only) runs with theta 10000
+        warnings.warn(
+            "config.json: 'rope_scaling' wins over 'rope_parameters' and has no 'rope_theta', so "
+            f"the rope base is 10000, not rope_parameters' {params['rope_theta']!r} (as in "
+            "transformers); put 'rope_theta' in the 'rope_scaling' block, or edit "
+            "'rope_parameters' instead",
+            stacklevel=2,
+        )
     out.setdefault("rope_theta", config.get("rope_theta", 10000.0))
     if config.get("partial_rotary_factor") is not None:
         out.setdefault("partial_rotary_factor", config["partial_rotary_factor"])
     out.setdefault("rope_type", out.get("type", "default"))
-    if out["rope_type"] in _WITH_ORIGINAL and config.get("max_position_embeddings") is not None:
-        out.setdefault("original_max_position_embeddings", config["max_position_embeddings"])
+    if out["rope_type"] in _WITH_ORIGINAL:
+        if config.get("original_max_position_embeddings") is not None:
+            # a top-level value (Phi-3 style) wins, as in transformers' standardize_rope_params
+            out["original_max_position_embeddings"] = config["original_max_position_embeddings"]
+        elif config.get("max_position_embeddings") is not None:
+            out.setdefault("original_max_position_embeddings", config["max_position_embeddings"])
     return out
 
 
