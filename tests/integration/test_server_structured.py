@@ -254,3 +254,68 @@ def test_formats_without_a_grammar_refuse_forced_calls(
             c.chat.completions.create(
                 model=NAME, messages=MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=2
             )
+
+
+ITEMS = {
+    "type": "function",
+    "function": {
+        "name": "add_item",
+        "parameters": {  # pydantic's shape: a definition referenced from the root
+            "$defs": {
+                "Item": {
+                    "type": "object",
+                    "properties": {
+                        "sku": {"type": "string", "maxLength": 6},
+                        "qty": {"type": "integer", "minimum": 1, "maximum": 9},
+                    },
+                    "required": ["sku", "qty"],
+                }
+            },
+            "type": "object",
+            "properties": {"item": {"$ref": "#/$defs/Item"}},
+            "required": ["item"],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "add_item"}}]
+)
+def test_forced_calls_of_tools_with_refs(served: tuple[Any, Any], choice: Any) -> None:
+    """A tool's parameters stay a root schema of their own: ``#/$defs/...`` resolves (it was
+    nested under the call's wrapper schema, a 400); other keys are not invented."""
+    _, c = served
+    for seed in range(2):
+        r = c.chat.completions.create(
+            model=NAME,
+            messages=[{"role": "user", "content": "Add one."}],
+            tools=[ITEMS, CLOCK],
+            tool_choice=choice,
+            max_tokens=60,
+            seed=seed,
+            temperature=1.0,
+        )
+        calls = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls"
+        assert calls
+        assert calls[0].function.name == "add_item" or choice == "required"
+        if calls[0].function.name == "add_item":
+            item = json.loads(calls[0].function.arguments)["item"]
+            assert set(item) == {"sku", "qty"}
+            assert 1 <= item["qty"] <= 9
+
+
+def test_a_grammar_past_the_lexer_limits_is_a_400_not_a_500(served: tuple[Any, Any]) -> None:
+    """The pattern compiles, and only the first mask finds it too large: the client's schema is
+    at fault, so a 400 (it was a 500 from the batch)."""
+    _, c = served
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "huge",
+            "schema": {"type": "string", "pattern": "(.{0,1000}){0,1000}"},
+        },
+    }
+    with pytest.raises(openai.BadRequestError, match="constrained decoding failed"):
+        c.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=4, response_format=fmt)

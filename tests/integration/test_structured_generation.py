@@ -310,3 +310,32 @@ def test_core_imports_without_llguidance_and_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'inference-pio[structured]'" in out.stdout
+
+
+def test_objects_without_additional_properties_get_only_their_named_keys(
+    qwen: tuple[Any, Any],
+) -> None:
+    """A schema silent on other keys: as vLLM's default backend, only the named properties are
+    written (a random model otherwise invents keys until max_tokens); ``closed_objects=False``
+    is JSON Schema's literal reading, where other keys may appear."""
+    model, _ = qwen
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "n": {"type": "integer", "minimum": 0, "maximum": 99},
+            "inner": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
+        },
+        "required": ["name", "n", "inner"],
+    }
+    constraint = Constraint.json_schema(schema)
+    for seed in range(6):
+        got = model.generate(
+            f"Record {seed}:", max_new_tokens=80, seed=seed, temperature=1.2, constraint=constraint
+        )
+        assert got.finish_reason == "stop", got.text
+        value = json.loads(got.text)
+        assert set(value) == {"name", "n", "inner"}
+        assert set(value["inner"]) <= {"ok"}
+    assert '"additionalProperties": false' in Constraint.json_schema(schema).source
+    assert "additionalProperties" not in Constraint.json_schema(schema, closed_objects=False).source

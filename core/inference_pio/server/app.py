@@ -131,7 +131,10 @@ class ModelService:
                     params,
                     on_piece=lambda _, piece: on_piece(piece),
                     on_finish=lambda _, result: on_finish(result),
-                    on_error=lambda _, exc: on_piece(RequestError(str(exc), status=500)),
+                    on_error=lambda _, exc: on_piece(
+                        # as a request run alone: its own bad input (a ValueError) is a 400
+                        RequestError(str(exc), status=400 if isinstance(exc, ValueError) else 500)
+                    ),
                 )
             except (TypeError, ValueError) as exc:
                 raise RequestError(str(exc)) from None

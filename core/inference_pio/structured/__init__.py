@@ -7,7 +7,9 @@ Built on `llguidance <https://github.com/guidance-ai/llguidance>`_, an optional 
 and a request that needs it raises :class:`StructuredOutputsUnavailable` naming the extra.
 
 - :class:`Constraint` (:mod:`.constraint`): what a request's output must match; validated when
-  made (a bad schema raises ValueError). ``SamplingParams(constraint=...)`` carries it.
+  made (a bad schema raises ValueError). ``SamplingParams(constraint=...)`` carries it. Object
+  schemas that name their properties allow no others unless they say so
+  (:func:`close_objects`, :mod:`.closed`), as vLLM's default backend generates them.
 - :func:`ll_tokenizer` (:mod:`.vocab`): llguidance's view of a tokenizer, built once per
   tokenizer and cached.
 - :class:`GrammarState` (:mod:`.matcher`): one sequence's matcher; masks each logits row
@@ -16,6 +18,7 @@ and a request that needs it raises :class:`StructuredOutputsUnavailable` naming 
   (``tool_choice`` "required" or a named function).
 """
 
+from inference_pio.structured.closed import close_objects
 from inference_pio.structured.constraint import (
     EXTRA,
     Constraint,
@@ -31,6 +34,7 @@ __all__ = [
     "Constraint",
     "GrammarState",
     "StructuredOutputsUnavailable",
+    "close_objects",
     "ll_tokenizer",
     "require_llguidance",
     "tool_call_constraint",

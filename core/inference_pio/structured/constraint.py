@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference_pio.errors import InferencePioError
+from inference_pio.structured.closed import close_objects
 
 #: How to install what structured outputs need.
 EXTRA = "pip install 'inference-pio[structured]'"
@@ -87,17 +88,28 @@ class Constraint:
         object.__setattr__(self, "grammar", grammar)
 
     @classmethod
-    def json_schema(cls, schema: Mapping[str, Any] | bool | str) -> Constraint:
-        """JSON matching ``schema`` (a dict, a boolean schema, or its JSON text)."""
+    def json_schema(
+        cls, schema: Mapping[str, Any] | bool | str, closed_objects: bool = True
+    ) -> Constraint:
+        """JSON matching ``schema`` (a dict, a boolean schema, or its JSON text). With
+        ``closed_objects`` (the default, as vLLM's default backend and OpenAI's strict schemas)
+        an object schema naming ``properties`` allows no other key unless it says so itself
+        (:func:`~inference_pio.structured.closed.close_objects`)."""
         if isinstance(schema, str):
             try:
                 schema = json.loads(schema)
             except ValueError as exc:
                 raise ValueError(f"the JSON schema is not valid JSON: {exc}") from None
+        if schema is True:  # any JSON value (the "x-guidance" defaults need an object schema)
+            schema = {}
+        elif schema is False:
+            raise ValueError("the JSON schema false allows no value")
         if not isinstance(schema, (Mapping, bool)):
             raise ValueError(
                 f"a JSON schema must be an object or a boolean, got {type(schema).__name__}"
             )
+        if closed_objects and isinstance(schema, Mapping):
+            schema = close_objects(schema)
         try:
             text = json.dumps(schema, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:

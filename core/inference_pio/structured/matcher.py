@@ -41,8 +41,8 @@ class GrammarState:
     def fill(self) -> None:
         """Fills :attr:`bitmask` with the tokens allowed next."""
         self._matcher.unsafe_compute_mask_ptr(self._address, self._bytes)
-        if self._matcher.is_error():
-            raise RuntimeError(
+        if self._matcher.is_error():  # the grammar outgrew llguidance's limits: the request's
+            raise ValueError(  # constraint is at fault (a 400 in the server), not the engine
                 f"constrained decoding failed: {_first_line(self._matcher.get_error())}"
             )
 

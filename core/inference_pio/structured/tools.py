@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from inference_pio.structured.closed import close_objects
 from inference_pio.structured.constraint import JSON_OPTIONS, Constraint
 
 #: Formats whose markup :func:`tool_call_constraint` can force.
@@ -25,18 +26,21 @@ def _function(tool: Any) -> Mapping[str, Any]:
     return fn
 
 
-def _call_schema(fn: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"name": <this function>, "arguments": <its parameters>}``, name first; a function
-    without parameters (none, or ``{}``) takes none: its arguments are ``{}``."""
+def _arguments_schema(fn: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The schema of ``fn``'s arguments, kept as a root schema of its own (its ``$ref``s to
+    ``#/$defs/...`` resolve against it); a function without parameters (none, or ``{}``) takes
+    none: its arguments are ``{}``."""
     params = fn.get("parameters")
     if not isinstance(params, Mapping) or not params:
         params = {"type": "object", "properties": {}, "additionalProperties": False}
-    return {
-        "type": "object",
-        "properties": {"name": {"const": fn["name"]}, "arguments": dict(params)},
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }
+    own = params.get("x-guidance")
+    params = close_objects(params)  # the named parameters only, as vLLM's forced calls
+    return {**params, "x-guidance": {**options, **(own if isinstance(own, Mapping) else {})}}
+
+
+def _lark_string(text: str) -> str:
+    """``text`` as a Lark string literal."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def tool_call_constraint(
@@ -62,14 +66,20 @@ def tool_call_constraint(
     if not functions:
         raise ValueError("forcing a tool call needs at least one tool")
     options = {**JSON_OPTIONS, "lenient": True}  # tool schemas in the wild use any keyword
-    schemas = [_call_schema(f) for f in functions]
-    body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-    schema = {**body, "x-guidance": options}
+    # {"name": <the function>, "arguments": <its parameters>}, name first, written as the
+    # markup's text around each function's parameters as a JSON schema of its own
+    sep, key = JSON_OPTIONS["item_separator"], JSON_OPTIONS["key_separator"]
+    rules = []
+    for i, fn in enumerate(functions):
+        head = "{" + f'"name"{key}{json.dumps(fn["name"], ensure_ascii=False)}{sep}"arguments"{key}'
+        rules.append(f'fn{i}: {_lark_string(head)} args{i} "}}"\n')
+        schema = _arguments_schema(fn, options)
+        rules.append(f"args{i}: %json {json.dumps(schema, ensure_ascii=False)}\n")
     calls = 'call ("\\n" call)*' if parallel else "call"
     grammar = (
         f"start: {calls}\n"
-        'call: "<tool_call>\\n" args "\\n</tool_call>"\n'
-        f"args: %json {json.dumps(schema, ensure_ascii=False)}\n"
+        'call: "<tool_call>\\n" body "\\n</tool_call>"\n'
+        f"body: {' | '.join(f'fn{i}' for i in range(len(functions)))}\n" + "".join(rules)
     )
     return Constraint.lark(grammar)
 
