@@ -5,7 +5,8 @@ Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completion
 ``stream`` as server-sent events, ``stream_options.include_usage``, ``logprobs``),
 ``GET /health``. Structured outputs (the ``structured`` extra): ``response_format``
 ``json_object`` / ``json_schema`` and ``tool_choice`` "required" or a named function (the
-model's tool-call markup, hermes format) constrain decoding. Text requests are batched
+model's tool-call markup) constrain decoding. Streamed tool calls go out as vLLM's: the call's
+name first, then its arguments in pieces as they grow. Text requests are batched
 continuously (``BatchManager.serve``: requests join and leave the running batch at every step)
 with automatic prefix caching (a prompt that starts like an earlier one, a chat's next turn,
 prefills only the rest; ``usage.prompt_tokens_details.cached_tokens`` says how many tokens it
