@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,26 +49,51 @@ class IncrementalText:
 
     Uses the tokenizer's byte-exact :class:`~inference_pio.tokenizer.stream.StreamDecoder` when it
     has one; otherwise re-decodes a short window of recent tokens and holds back a trailing U+FFFD.
+    ``skip_special_tokens`` drops special tokens except those in ``keep`` (the markup of a
+    tool-call format whose tokens a tokenizer marks special).
     """
 
-    def __init__(self, tokenizer: Detokenizer, skip_special_tokens: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: Detokenizer,
+        skip_special_tokens: bool = True,
+        keep: Collection[int] = (),
+    ) -> None:
         self.tokenizer = tokenizer
         self.skip = skip_special_tokens
         self.ids: list[int] = []
         self._prefix = 0  # start of the re-decode window
         self._read = 0  # tokens already turned into emitted text
         self._stream: Any = None
-        if hasattr(tokenizer, "decode_bytes"):
+        self.keep_special(keep)
+
+    def keep_special(self, keep: Collection[int]) -> None:
+        """Keeps the special tokens ``keep`` in the text (before the first token only)."""
+        if self.ids:
+            raise RuntimeError("the special tokens to keep are set before the first token")
+        self.keep: frozenset[int] = frozenset(int(i) for i in keep)
+        if hasattr(self.tokenizer, "decode_bytes"):
             from inference_pio.tokenizer.stream import StreamDecoder
 
-            self._stream = StreamDecoder(tokenizer, skip_special_tokens)  # type: ignore[arg-type]
+            self._stream = StreamDecoder(self.tokenizer, self.skip, self.keep)  # type: ignore[arg-type]
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        """``ids`` decoded by a tokenizer without ``decode_bytes`` (special ones in
+        :attr:`keep` kept, where the tokenizer says which ids are special)."""
+        special = getattr(self.tokenizer, "special_ids", None)
+        if special is None:
+            special = getattr(self.tokenizer, "all_special_ids", None)
+        if self.keep and self.skip and special is not None:
+            dropped = set(special) - self.keep
+            return self.tokenizer.decode([i for i in ids if i not in dropped], False)
+        return self.tokenizer.decode(ids, self.skip)
 
     def push(self, token: int) -> str:
         self.ids.append(token)
         if self._stream is not None:
             return str(self._stream.add(token))
-        prefix_text = self.tokenizer.decode(self.ids[self._prefix : self._read], self.skip)
-        full_text = self.tokenizer.decode(self.ids[self._prefix :], self.skip)
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        full_text = self._decode(self.ids[self._prefix :])
         if full_text.endswith("\ufffd") or len(full_text) <= len(prefix_text):
             return ""
         piece = full_text[len(prefix_text) :]
@@ -80,8 +105,8 @@ class IncrementalText:
         """Whatever remains (an incomplete character at the very end decodes to U+FFFD)."""
         if self._stream is not None:
             return str(self._stream.flush())
-        prefix_text = self.tokenizer.decode(self.ids[self._prefix : self._read], self.skip)
-        full_text = self.tokenizer.decode(self.ids[self._prefix :], self.skip)
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        full_text = self._decode(self.ids[self._prefix :])
         self._prefix = self._read = len(self.ids)
         return full_text[len(prefix_text) :]
 
@@ -213,6 +238,8 @@ class SequenceState:
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.params, self.prompt_ids)
         self.stops = StopStrings(self.params.stop)
+        if self.params.keep_special_ids:
+            self.detok.keep_special(self.params.keep_special_ids)
         if self.params.constraint is not None and self.grammar is None:
             self.grammar = new_grammar(self.params, self.detok.tokenizer, self.eos_ids)
 

@@ -45,7 +45,11 @@ class SamplingParams:
     JSON schema, any JSON object, a regex or a Lark grammar): each step's logits are masked to
     the tokens it allows before the penalties, temperature, top-k/p and the draw (greedy too),
     and the generation stops (``"stop"``) once the output is complete. Needs the
-    ``structured`` extra (llguidance)."""
+    ``structured`` extra (llguidance).
+
+    ``keep_special_ids``: special tokens whose text stays in the output (the others are
+    dropped from it, as ``skip_special_tokens`` drops them): a tool-call format's markup
+    (``<tool_call>``, ``<arg_key>``, ...) where the tokenizer marks those tokens special."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -61,6 +65,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     constraint: Constraint | None = None
+    keep_special_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ValueError:
@@ -122,6 +127,12 @@ class SamplingParams:
         stops = (self.stop,) if isinstance(self.stop, str) else self.stop  # one string, not chars
         object.__setattr__(self, "stop", tuple(stops))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        keep = self.keep_special_ids
+        if not isinstance(keep, (tuple, list, set, frozenset)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in keep
+        ):
+            raise bad(f"keep_special_ids must be token ids (integers >= 0), got {keep!r}")
+        object.__setattr__(self, "keep_special_ids", tuple(sorted(set(keep))))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop strings must be non-empty strings")
 

@@ -13,7 +13,13 @@ A reply is text with ``<tool_call>...</tool_call>`` blocks. Each closed block th
 call; a block that does not parse, or one never closed, stays text. ``content`` is the text
 outside the calls; once a reply has calls, whitespace-only stretches of text (between calls,
 say) are dropped and an empty content is None. :func:`parse_tool_calls` reads a whole reply;
-:class:`ToolCallStream` reads it in pieces and gives the same content and calls.
+:class:`inference_pio.toolstream.ToolCallStream` reads it in pieces, the arguments of each call
+streamed as they grow, and gives the same content and calls.
+
+A call's ``arguments`` is JSON object text: for ``hermes`` the ``arguments`` object as the model
+wrote it (when the call is written ``{"name": ..., "arguments": {...}}``, in that order; else
+re-serialized), for the XML formats ``json.dumps`` of the converted parameters in the order
+written. A key written twice counts once, with its first value (what a stream has already sent).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +35,14 @@ from typing import Any
 
 START = "<tool_call>"
 END = "</tool_call>"
+
+#: The markup strings of each format's calls: what a tokenizer may hold as (special) added
+#: tokens, which a reply's decoding must keep and a forced call's grammar must write as tokens.
+MARKUP: dict[str, tuple[str, ...]] = {
+    "hermes": (START, END),
+    "qwen3_coder": (START, END, "<function=", "</function>", "<parameter=", "</parameter>"),
+    "glm47": (START, END, "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"),
+}
 
 #: A tool as OpenAI's API gives it: ``{"type": "function", "function": {"name", "parameters"}}``.
 Tool = Mapping[str, Any]
@@ -177,10 +192,127 @@ def _dumps(arguments: Mapping[str, Any]) -> str:
 # ---- one block per format -----------------------------------------------------------------------
 
 
+def _top_level(text: str) -> dict[str, Any] | None:
+    """``text`` as one JSON object (finite numbers) whose keys keep their first value (a key
+    written twice counts once); None when it is not one."""
+    objects: list[list[tuple[str, Any]]] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        objects.append(pairs)
+        return dict(pairs)
+
+    try:
+        value = json.loads(text, object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or not _is_json(value):
+        return None
+    first: dict[str, Any] = {}
+    for key, item in objects[-1]:  # the outermost object is built last
+        first.setdefault(key, item)
+    return first
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*"')
+_JSON_STRING_OPEN = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*\\?')
+#: What a hermes call starts with, in order (None: the name, a JSON string), any whitespace
+#: between: ``{"name": "NAME", "arguments": {``.
+_HERMES_HEAD: tuple[str | None, ...] = ("{", '"name"', ":", None, ",", '"arguments"', ":", "{")
+
+
+def hermes_head(body: str) -> tuple[str, int] | bool:
+    """How a hermes call body starts: ``(name, where its arguments' "{" is)`` once ``body``
+    starts ``{"name": "NAME", "arguments": {``; True while it may still (``body`` is a prefix
+    of such a start); False once it cannot."""
+    pos, name = 0, ""
+    for want in _HERMES_HEAD:
+        pos = _skip_space(body, pos)
+        if pos == len(body):
+            return True
+        if want is None:
+            found = _JSON_STRING.match(body, pos)
+            if found is None:
+                return _JSON_STRING_OPEN.fullmatch(body, pos) is not None
+            ok, name = _loads(found.group())
+            if not ok or not isinstance(name, str) or not name:
+                return False
+            pos = found.end()
+            continue
+        piece = body[pos : pos + len(want)]
+        if piece != want:
+            return len(piece) < len(want) and want.startswith(piece)
+        pos += len(want)
+    return name, pos - 1
+
+
+_JSON_SYNTAX = re.compile(r'[{}\[\]"]')
+_JSON_IN_STRING = re.compile(r'["\\]')
+
+
+class JsonValueEnd:
+    """Finds where a JSON object or array that starts at ``start`` ends, reading text as it
+    grows (:meth:`scan` again with a longer text resumes where it stopped)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self._pos = start  # scanned up to here
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        #: the index just past the value once found, else -1
+        self.end = -1
+
+    def scan(self, text: str) -> int:
+        """The end of the value in ``text`` (a longer version of the last text), or -1."""
+        pos = self._pos
+        while self.end == -1 and pos < len(text):
+            if self._escape:
+                self._escape, pos = False, pos + 1
+                continue
+            if self._in_string:
+                found = _JSON_IN_STRING.search(text, pos)
+                if found is None:
+                    pos = len(text)
+                    break
+                pos = found.end()
+                if found.group() == "\\":
+                    self._escape = True
+                else:
+                    self._in_string = False
+                continue
+            found = _JSON_SYNTAX.search(text, pos)
+            if found is None:
+                pos = len(text)
+                break
+            pos, char = found.end(), found.group()
+            if char == '"':
+                self._in_string = True
+            elif char in "{[":
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth <= 0:
+                    self.end = pos
+        self._pos = pos
+        return self.end
+
+
+def _hermes_arguments(body: str, name: str) -> str | None:
+    """The arguments object text as written, for a body that starts
+    ``{"name": NAME, "arguments": {``; else None."""
+    head = hermes_head(body)
+    if not isinstance(head, tuple) or head[0] != name:
+        return None
+    end = JsonValueEnd(head[1]).scan(body)
+    return body[head[1] : end] if end != -1 else None
+
+
 def parse_hermes(body: str, tools: Sequence[Tool] | None = None) -> ToolCall | None:
-    """``{"name": ..., "arguments": {...}}`` (``arguments`` may be absent, or JSON text)."""
-    ok, obj = _loads(body.strip())
-    if not ok or not isinstance(obj, dict):
+    """``{"name": ..., "arguments": {...}}`` (``arguments`` may be absent, or JSON text). The
+    call's arguments are the object's text as written when ``name`` comes first and
+    ``arguments`` second (what a stream sends as it grows), else the object re-serialized."""
+    obj = _top_level(body.strip())
+    if obj is None:
         return None
     name = obj.get("name")
     if not isinstance(name, str) or not name:
@@ -194,6 +326,10 @@ def parse_hermes(body: str, tools: Sequence[Tool] | None = None) -> ToolCall | N
         args = {}
     if not isinstance(args, dict):
         return None
+    if "arguments" in obj:
+        raw = _hermes_arguments(body, name)
+        if raw is not None:
+            return ToolCall(name, raw)
     return ToolCall(name, _dumps(args))
 
 
@@ -210,7 +346,7 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-def _parameter_end(text: str, start: int) -> int:
+def parameter_end(text: str, start: int) -> int:
     """Where the ``</parameter>`` closing a value that starts at ``start`` is: the first one
     followed (after whitespace) by another parameter, ``</function>`` or the end, so that a value
     may hold the tag itself (code, say). -1 when there is none."""
@@ -248,7 +384,7 @@ def parse_qwen3_coder(body: str, tools: Sequence[Tool] | None = None) -> ToolCal
         key = inner[pos + len(_PARAMETER) : name_end].strip()
         if not key:
             return None
-        end, step = _parameter_end(inner, name_end + 1), len(_PARAMETER_END)
+        end, step = parameter_end(inner, name_end + 1), len(_PARAMETER_END)
         following = inner.find(_PARAMETER, name_end + 1)
         if end == -1 or -1 < following < end:
             # no </parameter> (Qwen3-Coder drops it at times): the value runs to the next
@@ -259,7 +395,7 @@ def parse_qwen3_coder(body: str, tools: Sequence[Tool] | None = None) -> ToolCal
             value = value[1:]
         if value.endswith("\n"):
             value = value[:-1]
-        args[key] = convert_value(value, props.get(key))
+        args.setdefault(key, convert_value(value, props.get(key)))
         pos = end + step
     return ToolCall(name, _dumps(args))
 
@@ -294,15 +430,20 @@ def parse_glm47(body: str, tools: Sequence[Tool] | None = None) -> ToolCall | No
             return None
         value = body[pos + len(_ARG_VALUE) : value_end]
         pos = value_end + len(_ARG_VALUE_END)
-        kind, _ = _schema_type(props.get(key)) if key in props else ("", False)
-        if kind in _STRING_TYPES:
-            args[key] = value
-            continue
-        ok, parsed = _loads(value.strip())
-        if not ok:
-            ok, parsed = _literal(value.strip())
-        args[key] = parsed if ok else value
+        args.setdefault(key, glm_value(value, props, key))
     return ToolCall(name, _dumps(args))
+
+
+def glm_value(value: str, props: Mapping[str, Any], key: str) -> Any:
+    """A GLM ``<arg_value>``: the string written when the tool's schema types ``key`` as a
+    string, else its JSON (or Python literal) value where it parses, else the string."""
+    kind, _ = _schema_type(props.get(key)) if key in props else ("", False)
+    if kind in _STRING_TYPES:
+        return value
+    ok, parsed = _loads(value.strip())
+    if not ok:
+        ok, parsed = _literal(value.strip())
+    return parsed if ok else value
 
 
 BlockParser = Callable[[str, Sequence[Tool] | None], ToolCall | None]
@@ -357,77 +498,18 @@ def parse_tool_calls(text: str, fmt: str, tools: Sequence[Tool] | None = None) -
     return ParsedReply(_content(segments, bool(calls)), calls)
 
 
-def _partial_start(text: str) -> int:
-    """The length of the longest end of ``text`` that is a proper start of ``<tool_call>``."""
-    for n in range(min(len(START) - 1, len(text)), 0, -1):
-        if text.endswith(START[:n]):
-            return n
-    return 0
-
-
-class ToolCallStream:
-    """Reads a reply piece by piece: :meth:`feed` and :meth:`finish` return what may be sent
-    now, text pieces (``str``) and complete :class:`ToolCall` objects, in order. Text that could
-    start a call (``<tool_c``...) is held back until it is known, as is a call until its
-    ``</tool_call>``; the texts and calls joined equal :func:`parse_tool_calls` of the whole."""
-
-    def __init__(self, fmt: str, tools: Sequence[Tool] | None = None) -> None:
-        self._parse = _parser(fmt)
-        self._tools = tools
-        self._buffer = ""  # not yet decided: a partial start tag, or an open block
-        self._in_call = False
-        self._held = ""  # whitespace at the start of a stretch of text (dropped before a call)
-        self._has_text = False  # the current stretch of text has more than whitespace
-        self.calls: list[ToolCall] = []
-
-    def _text(self, text: str, out: list[str | ToolCall]) -> None:
-        if not text:
-            return
-        if self._has_text:
-            out.append(text)
-            return
-        self._held += text
-        if self._held.strip():
-            out.append(self._held)
-            self._held, self._has_text = "", True
-
-    def feed(self, piece: str) -> list[str | ToolCall]:
-        """Takes the next piece of the reply; returns what is decided."""
-        out: list[str | ToolCall] = []
-        self._buffer += piece
-        while True:
-            if not self._in_call:
-                start = self._buffer.find(START)
-                if start == -1:
-                    keep = _partial_start(self._buffer)
-                    self._text(self._buffer[: len(self._buffer) - keep], out)
-                    self._buffer = self._buffer[len(self._buffer) - keep :]
-                    return out
-                self._text(self._buffer[:start], out)
-                self._buffer = self._buffer[start:]
-                self._in_call = True
-            end = self._buffer.find(END, len(START))
-            if end == -1:
-                return out
-            block, self._buffer = self._buffer[: end + len(END)], self._buffer[end + len(END) :]
-            self._in_call = False
-            call = self._parse(block[len(START) : end], self._tools)
-            if call is None:
-                self._text(block, out)
-            else:
-                self._held, self._has_text = "", False
-                self.calls.append(call)
-                out.append(call)
-
-    def finish(self) -> list[str | ToolCall]:
-        """The end of the reply: what was held back (an unclosed call is text)."""
-        out: list[str | ToolCall] = []
-        self._text(self._buffer, out)
-        self._buffer, self._in_call = "", False
-        if self._held and not self.calls:
-            out.append(self._held)
-        self._held = ""
-        return out
+def markup_tokens(tokenizer: Any, fmt: str | None) -> dict[str, int]:
+    """The markup strings of format ``fmt`` (:data:`MARKUP`) that ``tokenizer`` holds as
+    special tokens, with their ids ({} for none, no format, or a tokenizer that does not say):
+    GLM-4.7's ``<tool_call>``, ``<arg_key>``, ... may be. A reply's decoding must keep them
+    (skipping special tokens would drop the calls' markup) and a forced call's grammar must
+    write them as those tokens (text never matches a special token)."""
+    to_id = getattr(tokenizer, "token_to_id", None)
+    special = getattr(tokenizer, "special_ids", None)
+    if fmt is None or to_id is None or special is None:
+        return {}
+    found = {text: to_id(text) for text in MARKUP[check_format(fmt) or fmt]}
+    return {text: int(i) for text, i in found.items() if i is not None and i in special}
 
 
 def format_of_template(template: str | None) -> str | None:

@@ -1,7 +1,8 @@
 """Structured outputs through the server with the real ``openai`` client: ``response_format``
 (json_object, json_schema) on chat and completions, streamed and not; ``tool_choice``
-"required" and a named function forcing hermes tool calls; clear 400s. A tiny random Qwen3 with
-Qwen3's real vocabulary: the constraint alone makes its output valid."""
+"required" and a named function forcing tool calls (hermes, Qwen3-Coder's XML, GLM's
+``<arg_key>`` pairs); clear 400s. A tiny random Qwen3 with Qwen3's real vocabulary (and a tiny
+random GLM-4.7-Flash): the constraint alone makes its output valid."""
 
 from __future__ import annotations
 
@@ -19,8 +20,14 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("transformers")
 
 from inference_pio.server import create_app  # noqa: E402
+from inference_pio.synthetic.qwen_vocab import write_byte_tokenizer  # noqa: E402
+from inference_pio.synthetic.templates import QWEN3_CHAT_TEMPLATE  # noqa: E402
 from inference_pio.testing.serving import running  # noqa: E402
-from inference_pio.testing.tiny import save_tiny_qwen3_real_vocab  # noqa: E402
+from inference_pio.testing.tiny import (  # noqa: E402
+    save_tiny_causal_lm,
+    save_tiny_qwen3_real_vocab,
+)
+from inference_pio.toolcalls import MARKUP  # noqa: E402
 
 NAME = "tiny-qwen3"
 SCHEMA = {
@@ -174,26 +181,23 @@ def test_forced_tool_calls(served: tuple[Any, Any], choice: Any, stream: bool) -
         seed=5,
     )
     if stream:
-        chunks = list(c.chat.completions.create(stream=True, **kwargs))
-        deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
-        calls = [tc for d in deltas for tc in (d.tool_calls or [])]
-        assert not "".join(d.content or "" for d in deltas).strip()
-        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1]
+        content, calls, finish = accumulate(list(c.chat.completions.create(stream=True, **kwargs)))
+        assert not content.strip()
     else:
         got = c.chat.completions.create(**kwargs)
-        calls = got.choices[0].message.tool_calls or []
+        calls = [(t.function.name, t.function.arguments) for t in got.choices[0].message.tool_calls]
         assert got.choices[0].message.content is None
         finish = got.choices[0].finish_reason
     assert finish == "tool_calls"
-    (call,) = calls
-    args = json.loads(call.function.arguments)
+    ((name, arguments),) = calls
+    args = json.loads(arguments)
     if isinstance(choice, dict):
-        assert call.function.name == "get_weather"
-    if call.function.name == "get_weather":
+        assert name == "get_weather"
+    if name == "get_weather":
         assert isinstance(args["city"], str)
         assert 1 <= args["days"] <= 9
     else:
-        assert call.function.name == "now"
+        assert name == "now"
         assert args == {}
 
 
@@ -243,17 +247,101 @@ def test_bad_structured_requests_are_a_clear_400(
     assert info.value.body["param"] == param
 
 
-def test_formats_without_a_grammar_refuse_forced_calls(
-    served: tuple[Any, Any], tmp_path: Path
-) -> None:
-    """A server parsing Qwen3-Coder's XML calls keeps the 400 for a forced call, saying why."""
+#: GLM-4.7's tool-call markup as special added tokens (as GLM-4.7-Flash's tokenizer.json may
+#: mark them), after the 256 bytes of a byte-level tokenizer; 256 is the end of text.
+GLM_ADDED = [
+    ("<|endoftext|>", True),
+    *((t, True) for t in MARKUP["glm47"]),
+]
+
+
+@pytest.fixture(scope="module")
+def glm_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An openai client of a tiny random GLM-4.7-Flash (the GLM plugin's tests' byte-level
+    tokenizer and chat template) whose tool-call markup tokens are special."""
+    transformers = pytest.importorskip("transformers")
+    load = pytest.importorskip("inference_pio_glm_4_7_flash.model").load
+    from inference_pio_glm_4_7_flash.testing import TINY
+
+    d: Path = tmp_path_factory.mktemp("structured-glm")
+    cfg = transformers.Glm4MoeLiteConfig(**TINY)
+    save_tiny_causal_lm(d, transformers.Glm4MoeLiteForCausalLM, cfg, eos_id=256)
+    write_byte_tokenizer(d, GLM_ADDED, 256, QWEN3_CHAT_TEMPLATE)
+    model = load(d)
+    assert model.tokenizer.special_ids >= {model.tokenizer.token_to_id(t) for t in MARKUP["glm47"]}
+    with running(create_app(model, NAME, tool_call_format="glm47")) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def coder_client(served: tuple[Any, Any]) -> Iterator[Any]:
+    """The real-vocabulary Qwen3 served with Qwen3-Coder's XML tool calls."""
     model, _ = served
     with running(create_app(model, NAME, tool_call_format="qwen3_coder")) as url:
-        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-        with pytest.raises(openai.BadRequestError, match="hermes format only"):
-            c.chat.completions.create(
-                model=NAME, messages=MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=2
-            )
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def accumulate(chunks: list[Any]) -> tuple[str, list[tuple[str, str]], str | None]:
+    """A stream's content, its calls (name, arguments: the deltas joined per index, as client
+    libraries join them) and its finish reason."""
+    content, calls, finish = "", {}, None
+    for chunk in chunks:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+            for tc in choice.delta.tool_calls or []:
+                name, args = calls.get(tc.index, ("", ""))
+                fn = tc.function
+                calls[tc.index] = (name + (fn.name or ""), args + (fn.arguments or ""))
+    return content, [calls[i] for i in sorted(calls)], finish
+
+
+@pytest.mark.parametrize("fmt", ["qwen3_coder", "glm47"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_forced_tool_calls_in_xml_formats(
+    request: pytest.FixtureRequest, fmt: str, choice: Any
+) -> None:
+    """Qwen3-Coder's ``<function=...>`` calls (Qwen's real vocabulary) and GLM's
+    ``<arg_key>`` pairs (special markup tokens: the grammar writes them as those tokens, the
+    reply keeps them) are forced like hermes calls: a call of the right function, its required
+    parameters present and typed; streamed, the same call."""
+    c = request.getfixturevalue("coder_client" if fmt == "qwen3_coder" else "glm_client")
+    for seed in (1, 2):
+        kwargs: dict[str, Any] = dict(
+            model=NAME,
+            messages=MESSAGES,
+            tools=TOOLS,
+            tool_choice=choice,
+            parallel_tool_calls=False,
+            max_tokens=60,
+            temperature=1.0,
+            seed=seed,
+        )
+        got = c.chat.completions.create(**kwargs, logprobs=True)
+        assert got.choices[0].finish_reason == "tool_calls"
+        assert got.choices[0].message.content is None
+        tokens = [t.token for t in got.choices[0].logprobs.content]
+        if fmt == "glm47":  # the markup came as the special tokens, not spelled in bytes
+            assert tokens[0] == "<tool_call>"
+            assert tokens[-1] == "</tool_call>"
+        (call,) = got.choices[0].message.tool_calls
+        args = json.loads(call.function.arguments)
+        if isinstance(choice, dict):
+            assert call.function.name == "get_weather"
+        if call.function.name == "get_weather":
+            assert set(args) == {"city", "days"}
+            assert isinstance(args["city"], str)
+            assert len(args["city"]) <= 10
+            assert type(args["days"]) is int
+            assert 1 <= args["days"] <= 9
+        else:
+            assert (call.function.name, args) == ("now", {})
+        content, calls, finish = accumulate(list(c.chat.completions.create(stream=True, **kwargs)))
+        assert not content.strip()
+        assert calls == [(call.function.name, call.function.arguments)]
+        assert finish == "tool_calls"
 
 
 ITEMS = {

@@ -151,6 +151,20 @@ def client(url: str) -> Any:
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
+def accumulate(deltas: list[Any]) -> list[dict[str, Any]]:
+    """Streamed tool-call deltas joined per index, as client libraries join them: the id and
+    name of a call's first delta, its arguments pieces concatenated."""
+    calls: dict[int, dict[str, Any]] = {}
+    for delta in deltas:
+        for tc in delta.tool_calls or []:
+            call = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = call["id"] or tc.id
+            if tc.function is not None:
+                call["name"] += tc.function.name or ""
+                call["arguments"] += tc.function.arguments or ""
+    return [calls[i] for i in sorted(calls)]
+
+
 @pytest.fixture(scope="module")
 def random_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, str]]:
     """A tiny random Qwen3 (byte-level tokenizer, Qwen3 template), its HF tokenizer, its URL."""
@@ -266,9 +280,10 @@ ANSWER = (
 EOS = 500
 
 
-def save_bigram_qwen3(d: Path, answer: tuple[str, ...] = ANSWER) -> None:
+def save_bigram_qwen3(d: Path, answer: tuple[str | tuple[str, bool], ...] = ANSWER) -> None:
     """A one-layer Qwen3 whose attention and MLP add nothing (zero output projections): the
-    logits depend on the last token only, and the head maps "\\n" → answer[0] → ... → EOS."""
+    logits depend on the last token only, and the head maps "\\n" → answer[0] → ... → EOS.
+    Each piece of the answer is an added token (``(piece, True)``: a special one)."""
     cfg = transformers.Qwen3Config(
         **tiny_qwen3_config(
             num_hidden_layers=1, tie_word_embeddings=False, max_position_embeddings=2048
@@ -290,7 +305,8 @@ def save_bigram_qwen3(d: Path, answer: tuple[str, ...] = ANSWER) -> None:
             emb[token, k] = 10.0
             head[successor, k] = 10.0
     model.save_pretrained(d)
-    added = [("<|im_end|>", True), *((piece, False) for piece in answer)]
+    pieces = [(p, False) if isinstance(p, str) else p for p in answer]
+    added = [("<|im_end|>", True), *pieces]
     write_byte_tokenizer(d, added, EOS, QWEN3_CHAT_TEMPLATE)
     gc = {"eos_token_id": [EOS], "do_sample": False}
     (d / "generation_config.json").write_text(json.dumps(gc), encoding="utf-8")
@@ -343,12 +359,10 @@ def test_server_returns_the_calls_of_the_reply(caller: tuple[Any, str]) -> None:
     )
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
     assert "".join(d.content or "" for d in deltas) == ANSWER[0]
-    streamed = [tc for d in deltas for tc in d.tool_calls or []]
-    assert len(streamed) == 1
-    assert streamed[0].index == 0
-    assert streamed[0].id.startswith("call_")
-    assert streamed[0].function.name == "get_weather"
-    assert json.loads(streamed[0].function.arguments) == {"city": "Zürich", "days": 2}
+    (streamed,) = accumulate(deltas)
+    assert streamed["id"].startswith("call_")
+    assert streamed["name"] == "get_weather"
+    assert streamed["arguments"] == call.function.arguments
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"
     assert chunks[-1].usage.completion_tokens == len(ANSWER)  # EOS not counted
 
@@ -439,8 +453,8 @@ def test_parallel_tool_calls_false_keeps_the_first_call(two_calls: str) -> None:
         calls = reply.choices[0].message.tool_calls
         chunks = list(c.chat.completions.create(**kw, **extra, temperature=0, stream=True))
         deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
-        streamed = [tc for d in deltas for tc in d.tool_calls or []]
-        assert [s.function.arguments for s in streamed] == [x.function.arguments for x in calls]
+        streamed = accumulate(deltas)
+        assert [s["arguments"] for s in streamed] == [x.function.arguments for x in calls]
         assert "tool_call" not in "".join(d.content or "" for d in deltas)
         cities.append([json.loads(x.function.arguments)["city"] for x in calls])
     assert cities == [["Zürich", "Bern"], ["Zürich", "Bern"], ["Zürich"]]
@@ -461,3 +475,93 @@ def test_logprobs_of_a_reply_without_tokens_are_empty_not_null(caller: tuple[Any
     lp = got.choices[0].logprobs
     assert lp is not None
     assert (lp.tokens, lp.token_logprobs, lp.top_logprobs, lp.text_offset) == ([], [], [], [])
+
+
+# ---- arguments streamed as they grow; special markup tokens ------------------------------------
+
+#: Bigram answers writing a call in several tokens, per format (GLM's markup tokens special, as
+#: GLM-4.7-Flash's tokenizer may mark them; ``<|begin_of_box|>``, special too, is not markup).
+PIECEWISE: dict[str, tuple[str | tuple[str, bool], ...]] = {
+    "hermes": (
+        "I will check.\n", "<tool_call>", '\n{"name": "get_weather", ', '"arguments": {"city": ',
+        '"Zürich", ', '"days": 2}', "}\n", "</tool_call>",
+    ),
+    "qwen3_coder": (
+        "I will check.\n", "<tool_call>", "\n<function=get_weather>\n",
+        "<parameter=city>\nZürich\n", "</parameter>\n", "<parameter=days>\n2\n",
+        "</parameter>\n</function>\n", "</tool_call>",
+    ),
+    "glm47": (
+        "I will check.\n", ("<|begin_of_box|>", True), ("<tool_call>", True), "get_weather",
+        ("<arg_key>", True), "city", ("</arg_key>", True), ("<arg_value>", True), "São Paulo",
+        ("</arg_value>", True), ("</tool_call>", True),
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=sorted(PIECEWISE))
+def piecewise(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(format, URL) of a bigram model writing PIECEWISE[format], served with that format."""
+    load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
+    fmt = request.param
+    d: Path = tmp_path_factory.mktemp(f"tools-{fmt}")
+    save_bigram_qwen3(d, PIECEWISE[fmt])
+    for url in start(load(d), tool_call_format=fmt):
+        yield fmt, url
+
+
+def test_arguments_stream_as_they_grow_and_join_to_the_reply(piecewise: tuple[str, str]) -> None:
+    """vLLM's way: a first delta with the call's index, id and name, then argument pieces as the
+    model writes them; the ``openai`` client's stream helper joins them into exactly the
+    non-streamed reply's calls."""
+    fmt, url = piecewise
+    c = client(url)
+    strict = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    kw: dict[str, Any] = {"model": NAME, "messages": [{"role": "user", "content": "Weather?"}]}
+    kw.update(tools=strict, max_tokens=20, temperature=0)
+    reply = c.chat.completions.create(**kw)
+    (want,) = reply.choices[0].message.tool_calls
+    assert reply.choices[0].message.content == "I will check.\n"
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert want.function.name == "get_weather"
+    want_args = {"city": "São Paulo"} if fmt == "glm47" else {"city": "Zürich", "days": 2}
+    assert json.loads(want.function.arguments) == want_args
+    with c.chat.completions.stream(**kw) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    pieces = [e.arguments_delta for e in events if e.type == "tool_calls.function.arguments.delta"]
+    assert len(pieces) >= 3, pieces  # not one chunk at the end
+    done = [e for e in events if e.type == "tool_calls.function.arguments.done"]
+    assert [(e.name, e.arguments) for e in done] == [("get_weather", want.function.arguments)]
+    assert done[0].parsed_arguments == json.loads(want.function.arguments)
+    (got,) = final.choices[0].message.tool_calls
+    assert (got.function.name, got.function.arguments) == ("get_weather", want.function.arguments)
+    assert got.id.startswith("call_")
+    assert final.choices[0].message.content == "I will check.\n"
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("piecewise", ["glm47"], indirect=True)
+def test_special_markup_tokens_are_kept_only_while_tools_are_parsed(
+    piecewise: tuple[str, str],
+) -> None:
+    """GLM's markup tokens are special here: a reply decoded with special tokens skipped
+    would lose ``<tool_call>`` and ``<arg_key>``. With tools they are kept (other special tokens
+    stay skipped); without tools, or with tool_choice "none", they are skipped as before."""
+    _, url = piecewise
+    c = client(url)
+    kw: dict[str, Any] = {"model": NAME, "messages": [{"role": "user", "content": "Weather?"}]}
+    kw.update(max_tokens=20, temperature=0)
+    reply = c.chat.completions.create(**kw, tools=TOOLS)
+    (call,) = reply.choices[0].message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "São Paulo"}')
+    assert reply.choices[0].message.content == "I will check.\n"  # <|begin_of_box|> skipped
+    chunks = list(c.chat.completions.create(**kw, tools=TOOLS, stream=True))
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    assert accumulate(deltas)[0]["arguments"] == '{"city": "São Paulo"}'
+    for extra in ({}, {"tools": TOOLS, "tool_choice": "none"}):
+        plain = c.chat.completions.create(**kw, extra_body=extra).choices[0].message
+        assert plain.content == "I will check.\nget_weathercitySão Paulo"
+        assert not plain.tool_calls

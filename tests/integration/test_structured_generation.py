@@ -240,12 +240,13 @@ WEATHER = {
 CLOCK = {"type": "function", "function": {"name": "now", "parameters": {}}}
 
 
+@pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder", "glm47"])
 @pytest.mark.parametrize("name", [None, "get_weather", "now"])
 def test_forced_tool_calls_parse_as_calls_of_the_tools(
-    qwen: tuple[Any, Any], name: str | None
+    qwen: tuple[Any, Any], name: str | None, fmt: str
 ) -> None:
     model, _ = qwen
-    constraint = tool_call_constraint("hermes", [WEATHER, CLOCK], name, parallel=False)
+    constraint = tool_call_constraint(fmt, [WEATHER, CLOCK], name, parallel=False)
     prompt = model.apply_chat_template(
         [{"role": "user", "content": "Weather?"}], tools=[WEATHER, CLOCK]
     )
@@ -254,7 +255,7 @@ def test_forced_tool_calls_parse_as_calls_of_the_tools(
             prompt, max_new_tokens=100, temperature=1.0, seed=seed, constraint=constraint
         )
         assert got.finish_reason == "stop", got.text
-        parsed = parse_tool_calls(got.text, "hermes", [WEATHER, CLOCK])
+        parsed = parse_tool_calls(got.text, fmt, [WEATHER, CLOCK])
         assert parsed.content is None
         (call,) = parsed.tool_calls
         if name is not None:
@@ -289,8 +290,10 @@ def test_bad_constraints_are_clear_errors(qwen: tuple[Any, Any]) -> None:
         Constraint.lark("start: undefined_rule")
     with pytest.raises(ValueError, match=r"must be an inference_pio\.structured\.Constraint"):
         model.generate("x", constraint={"type": "object"})
-    with pytest.raises(ValueError, match="hermes format only"):
-        tool_call_constraint("qwen3_coder", [WEATHER])
+    with pytest.raises(ValueError, match="available for the hermes, qwen3_coder, glm47"):
+        tool_call_constraint(None, [WEATHER])
+    with pytest.raises(ValueError, match="cannot be written in qwen3_coder markup"):
+        tool_call_constraint("qwen3_coder", [{"function": {"name": "two words"}}])
     with pytest.raises(ValueError, match="not in 'tools'"):
         tool_call_constraint("hermes", [WEATHER], "missing")
 
@@ -339,3 +342,113 @@ def test_objects_without_additional_properties_get_only_their_named_keys(
         assert set(value["inner"]) <= {"ok"}
     assert '"additionalProperties": false' in Constraint.json_schema(schema).source
     assert "additionalProperties" not in Constraint.json_schema(schema, closed_objects=False).source
+
+
+#: Every kind of parameter value the XML grammars write: bounded text, enums, JSON.
+ALL_KINDS = {
+    "type": "function",
+    "function": {
+        "name": "book",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "minLength": 2, "maxLength": 12},
+                "nights": {"type": "integer", "minimum": 1, "maximum": 30},
+                "price": {"type": "number"},
+                "unit": {"enum": ["C", "F"]},
+                "pets": {"type": "boolean"},
+                "note": {"type": ["string", "null"], "maxLength": 20},
+                "rooms": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1, "maximum": 4},
+                    "maxItems": 3,
+                },
+                "guest": {
+                    "type": "object",
+                    "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 99}},
+                    "required": ["age"],
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["city", "nights", "guest"],
+        },
+    },
+}
+
+
+def random_walk(tokenizer: Any, constraint: Any, eos: int, seed: int) -> list[int] | None:
+    """Tokens drawn uniformly from those the grammar allows, until it is done (None if it
+    runs past 200 tokens)."""
+    import random
+
+    rng = random.Random(seed)
+    state = GrammarState(constraint, tokenizer, [eos])
+    ids: list[int] = []
+    while not state.done and len(ids) < 200:
+        state.fill()
+        allowed = [
+            32 * w + b for w, bits in enumerate(state.bitmask) if bits for b in range(32)
+            if bits >> b & 1
+        ]  # fmt: skip
+        token = eos if eos in allowed else rng.choice(allowed)
+        if token == eos:
+            return ids
+        state.advance(token)
+        ids.append(token)
+    return ids if state.done else None
+
+
+@pytest.mark.parametrize("fmt", ["qwen3_coder", "glm47"])
+@pytest.mark.parametrize("special", [False, True])
+def test_any_path_through_an_xml_grammar_parses_into_valid_arguments(
+    qwen: tuple[Any, Any], tmp_path: Path, fmt: str, special: bool
+) -> None:
+    """Random walks through the forced-call grammar (Qwen's real vocabulary; or a byte-level
+    vocabulary whose markup tokens are special, written as those tokens and kept by the
+    decoding): each reply parses into calls whose arguments match the schema."""
+    from inference_pio.synthetic.qwen_vocab import write_byte_tokenizer
+    from inference_pio.tokenizer import Tokenizer
+    from inference_pio.toolcalls import MARKUP, markup_tokens
+
+    tokenizer, eos = qwen[0].tokenizer, QWEN3_EOS[0]
+    if special:
+        write_byte_tokenizer(
+            tmp_path, [("<eos>", True), *((t, True) for t in MARKUP[fmt])], 256, None
+        )
+        tokenizer, eos = Tokenizer.from_pretrained(tmp_path), 256
+    markup = markup_tokens(tokenizer, fmt)
+    assert bool(markup) == special
+    tools = [ALL_KINDS, CLOCK]
+    constraint = tool_call_constraint(fmt, tools, special=markup)
+    done = 0
+    for seed in range(12):
+        ids = random_walk(tokenizer, constraint, eos, seed)
+        if ids is None:
+            continue
+        done += 1
+        text = tokenizer.decode(ids, skip_special_tokens=True, keep=markup.values())
+        parsed = parse_tool_calls(text, fmt, tools)
+        assert parsed.content is None, text
+        assert parsed.tool_calls, text
+        for call in parsed.tool_calls:
+            args = json.loads(call.arguments)
+            if call.name == "now":
+                assert args == {}
+                continue
+            assert call.name == "book"
+            assert (
+                {"city", "nights", "guest"}
+                <= set(args)
+                <= set(ALL_KINDS["function"]["parameters"]["properties"])
+            )
+            assert 2 <= len(args["city"]) <= 12
+            assert type(args["nights"]) is int
+            assert 1 <= args["nights"] <= 30
+            assert isinstance(args.get("price", 0), (int, float))
+            assert args.get("unit", "C") in ("C", "F")
+            assert type(args.get("pets", True)) is bool
+            assert args.get("note") is None or len(args["note"]) <= 20
+            assert all(1 <= r <= 4 for r in args.get("rooms", []))
+            assert set(args["guest"]) == {"age"}
+            assert 0 <= args["guest"]["age"] <= 99
+    assert done >= 6

@@ -114,3 +114,51 @@ def test_missing_and_malformed_files(tmp_path: Path, glm_dir: Path) -> None:
         Tokenizer.from_pretrained(d)
     (d / "tokenizer_config.json").unlink()
     assert Tokenizer.from_pretrained(d).eos_token_id is None  # the config file is optional
+
+
+def test_skipping_special_tokens_keeps_those_asked_for(tmp_path: Path) -> None:
+    """A tool-call format's markup may be special tokens (GLM-4.7-Flash): decoding that skips
+    special tokens keeps the ones in ``keep``, in whole decodes, streams and the generation
+    loop's IncrementalText (also for a tokenizer without decode_bytes), and drops the rest."""
+    from inference_pio.generation import IncrementalText, SequenceState
+    from inference_pio.sampling import SamplingParams
+    from inference_pio.synthetic.qwen_vocab import write_byte_tokenizer
+    from inference_pio.toolcalls import markup_tokens
+
+    added = [("<eos>", True), ("<tool_call>", True), ("<arg_key>", True), ("<box>", True)]
+    write_byte_tokenizer(tmp_path, added, 256, None)
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert markup_tokens(tok, "glm47") == {"<tool_call>": 257, "<arg_key>": 258}
+    assert markup_tokens(tok, "hermes") == {"<tool_call>": 257}
+    assert markup_tokens(tok, None) == {}
+    ids = tok.encode("a<box><tool_call>f<arg_key>k<eos>é")
+    keep = [257, 258]
+    want = "a<tool_call>f<arg_key>ké"
+    assert tok.decode(ids, skip_special_tokens=True) == "afké"
+    assert tok.decode(ids, skip_special_tokens=True, keep=keep) == want
+    assert (
+        tok.decode(ids, skip_special_tokens=False, keep=keep)
+        == "a<box><tool_call>f<arg_key>k<eos>é"
+    )
+    dec = tok.stream_decoder(skip_special_tokens=True, keep=keep)
+    assert "".join(dec.add(i) for i in ids) + dec.flush() == want
+
+    class NoBytes:  # decodes as transformers' tokenizers do: no decode_bytes
+        all_special_ids = sorted(tok.special_ids)
+
+        def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+            return tok.decode(ids, skip_special_tokens)
+
+    for detok in (tok, NoBytes()):
+        text = IncrementalText(detok, keep=keep)
+        assert "".join(text.push(i) for i in ids) + text.flush() == want
+        state = SequenceState(
+            [1], SamplingParams(keep_special_ids=keep), frozenset(), IncrementalText(detok)
+        )
+        assert "".join(state.detok.push(i) for i in ids) + state.detok.flush() == want
+    with pytest.raises(RuntimeError, match="before the first token"):
+        state.detok.keep_special([1])
+    with pytest.raises(ValueError, match="keep_special_ids must be token ids"):
+        SamplingParams(keep_special_ids=(-1,))
+    with pytest.raises(ValueError, match="keep_special_ids must be token ids"):
+        SamplingParams(keep_special_ids="<tool_call>")  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,12 +16,11 @@ from inference_pio import ModelSpec
 from inference_pio.toolcalls import (
     PARSERS,
     ParsedReply,
-    ToolCall,
-    ToolCallStream,
     convert_value,
     format_for,
     parse_tool_calls,
 )
+from inference_pio.toolstream import ToolCallDelta, ToolCallStream
 
 WEATHER = {
     "type": "function",
@@ -384,31 +384,62 @@ SAMPLES: dict[str, list[str]] = {
 CASES = [(fmt, text) for fmt, texts in SAMPLES.items() for text in texts]
 
 
-def streamed(text: str, fmt: str, cuts: list[int]) -> tuple[str, list[ToolCall], list[str]]:
-    """``text`` fed to a ToolCallStream in pieces cut at ``cuts``: the joined text, the calls
-    and the text pieces."""
+@dataclass
+class Streamed:
+    """What a client accumulates from a stream (as the ``openai`` library does): the content,
+    and per call index its id, name and arguments joined."""
+
+    content: str
+    calls: dict[int, dict[str, Any]]
+    texts: list[str]
+    stream: ToolCallStream
+
+    def outcome(self) -> tuple[str, list[tuple[str, str]]]:
+        return self.content, [(c["name"], c["arguments"]) for _, c in sorted(self.calls.items())]
+
+
+def streamed(text: str, fmt: str, cuts: list[int]) -> Streamed:
+    """``text`` fed to a ToolCallStream in pieces cut at ``cuts``, accumulated."""
     stream = ToolCallStream(fmt, TOOLS)
     bounds = [0, *sorted(c for c in cuts if 0 < c < len(text)), len(text)]
-    out: list[str | ToolCall] = []
+    out: list[str | ToolCallDelta] = []
     for a, b in itertools.pairwise(bounds):
         out += stream.feed(text[a:b])
     out += stream.finish()
     texts = [p for p in out if isinstance(p, str)]
-    found = [p for p in out if isinstance(p, ToolCall)]
-    assert found == stream.calls
-    return "".join(texts), found, texts
+    calls: dict[int, dict[str, Any]] = {}
+    for delta in (p for p in out if isinstance(p, ToolCallDelta)):
+        if delta.name is not None:
+            assert delta.index not in calls, "a call starts once"
+            assert delta.index == len(calls), "calls start in index order"
+            assert delta.arguments == ""
+            calls[delta.index] = {"id": delta.id, "name": delta.name, "arguments": ""}
+        else:
+            assert delta.arguments, "no empty argument pieces"
+            calls[delta.index]["arguments"] += delta.arguments
+    assert stream.announced == len(calls)
+    return Streamed("".join(texts), calls, texts, stream)
 
 
-def same_as_whole(fmt: str, text: str, cuts: list[int]) -> None:
+def same_as_whole(fmt: str, text: str, cuts: list[int]) -> Streamed:
+    """Streamed in pieces, ``text`` gives what it gives in one piece, and the calls of the
+    whole-text parse (the same ids in ``stream.calls`` as streamed); unless a call announced
+    broke off (``broken``), the same content and calls as the whole-text parse."""
     whole = parse_tool_calls(text, fmt, TOOLS)
-    joined, found, texts = streamed(text, fmt, cuts)
-    assert [(c.name, c.arguments) for c in found] == [
-        (c.name, c.arguments) for c in whole.tool_calls
-    ]
-    assert joined == (whole.content or "")
-    assert all(texts), "no empty text pieces"
-    if not whole.tool_calls:
+    got = streamed(text, fmt, cuts)
+    assert got.outcome() == streamed(text, fmt, []).outcome()
+    want_calls = [(c.name, c.arguments) for c in whole.tool_calls]
+    stream = got.stream
+    assert [(c.name, c.arguments) for c in stream.calls] == want_calls
+    assert stream.announced == len(whole.tool_calls) + stream.broken
+    by_id = {c["id"]: (c["name"], c["arguments"]) for c in got.calls.values()}
+    assert [by_id[c.id] for c in stream.calls] == want_calls
+    if not stream.broken:
+        assert got.outcome() == (whole.content or "", want_calls)
+    assert all(got.texts), "no empty text pieces"
+    if not whole.tool_calls and not stream.broken:
         assert whole.content == text
+    return got
 
 
 @pytest.mark.parametrize(("fmt", "text"), CASES)
@@ -433,14 +464,102 @@ def test_stream_in_random_token_sized_pieces_equals_the_whole(
 def test_text_before_a_call_streams_before_the_call_closes() -> None:
     stream = ToolCallStream("hermes")
     assert stream.feed("Sure, <tool") == ["Sure, "]  # the partial tag is held back
-    assert stream.feed('_call>\n{"name": "f", "arguments": {}}') == []
-    (call,) = stream.feed("\n</tool_call>")
-    assert isinstance(call, ToolCall)
-    assert call.name == "f"
+    assert stream.feed('_call>\n{"name": "f", "arguments": ') == []
+    start, brace = stream.feed("{")
+    assert brace == ToolCallDelta(0, "{")
+    assert isinstance(start, ToolCallDelta)
+    assert (start.index, start.name, start.arguments) == (0, "f", "")
+    assert start.id is not None
+    assert start.id.startswith("call_")
+    assert stream.feed('"a": 1') == [ToolCallDelta(0, '"a": 1')]
+    assert stream.feed("}}\n</tool") == [ToolCallDelta(0, "}")]  # not the wrapper's brace
+    assert stream.feed("_call>") == []
     assert stream.finish() == []
+    (call,) = stream.calls
+    assert (call.name, call.arguments, call.id) == ("f", '{"a": 1}', start.id)
     held = ToolCallStream("hermes")
     assert held.feed("\n\n") == []  # whitespace waits: it is dropped if a call follows
     assert held.finish() == ["\n\n"]  # no call came: it is the answer
+
+
+def deltas(fmt: str, pieces: list[str]) -> list[list[str | ToolCallDelta]]:
+    stream = ToolCallStream(fmt, TOOLS)
+    out = [stream.feed(p) for p in pieces]
+    return [*out, stream.finish()]
+
+
+def arguments(events: list[str | ToolCallDelta]) -> list[str]:
+    return [e.arguments for e in events if isinstance(e, ToolCallDelta) and e.name is None]
+
+
+def test_hermes_arguments_stream_as_written() -> None:
+    """The arguments go out as the model writes them (spacing, escapes and all), in the
+    non-streamed reply too; the wrapper's closing brace is not theirs."""
+    raw = '{"city":"Z\\u00fcrich",  "days": [1,\n2], "s": "}{\\"x"}'
+    text = f'<tool_call>\n{{"name": "get_weather", "arguments": {raw}}}\n</tool_call>'
+    whole = parse_tool_calls(text, "hermes")
+    assert whole.tool_calls[0].arguments == raw
+    assert json.loads(raw)["s"] == '}{"x'
+    steps = deltas("hermes", [text[k : k + 3] for k in range(0, len(text), 3)])
+    pieces = [a for step in steps for a in arguments(step)]
+    assert len(pieces) > 5
+    assert "".join(pieces) == raw
+    # written another way, the call is re-serialized and goes out whole at its end
+    other = '<tool_call>{"arguments": {"a":1}, "name": "f"}</tool_call>'
+    assert parse_tool_calls(other, "hermes").tool_calls[0].arguments == '{"a": 1}'
+    steps = deltas("hermes", list(other))
+    assert [arguments(s) for s in steps if arguments(s)] == [['{"a": 1}']]
+
+
+def test_xml_formats_stream_one_parameter_at_a_time() -> None:
+    text = coder("get_weather", {"city": "Bern", "days": "3", "hours": "[1, 2]"})
+    steps = deltas("qwen3_coder", list(text))
+    pieces = [a for step in steps for a in arguments(step)]
+    assert pieces == ["{", '"city": "Bern"', ', "days": 3', ', "hours": [1, 2]', "}"]
+    text = glm("get_weather", {"city": "Bern", "days": "3"})
+    steps = deltas("glm47", list(text))
+    pieces = [a for step in steps for a in arguments(step)]
+    assert pieces == ["{", '"city": "Bern"', ', "days": 3', "}"]
+    assert "".join(pieces) == parse_tool_calls(text, "glm47", TOOLS).tool_calls[0].arguments
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "want"),
+    [
+        ("hermes", '<tool_call>{"name": "f", "arguments": {"a": 1}, "name": "g"}</tool_call>', "f"),
+        ("qwen3_coder", coder("f", {"a": "1"})[:-24] + "<parameter=a>\n2\n</parameter>\n"
+         "</function>\n</tool_call>", {"a": "1"}),
+        ("glm47", "<tool_call>f<arg_key>a</arg_key><arg_value>1</arg_value>"
+         "<arg_key>a</arg_key><arg_value>2</arg_value></tool_call>", {"a": 1}),
+    ],
+)  # fmt: skip
+def test_a_key_written_twice_keeps_its_first_value(fmt: str, text: str, want: Any) -> None:
+    (call,) = parse_tool_calls(text, fmt).tool_calls
+    if fmt == "hermes":
+        assert call.name == want
+    else:
+        assert json.loads(call.arguments) == want
+    assert not same_as_whole(fmt, text, list(range(len(text)))).stream.broken
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        ("hermes", '<tool_call>\n{"name": "f", "arguments": {"a": 1'),  # the reply ends
+        ("hermes", '<tool_call>\n{"name": "f", "arguments": {"a": 1}} junk</tool_call>'),
+        ("qwen3_coder", "<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n"),
+        ("glm47", "<tool_call>f<arg_key>a</arg_key><arg_value>1</arg_value>junk</tool_call>"),
+    ],
+)
+def test_a_call_announced_that_breaks_off_stays_as_sent(fmt: str, text: str) -> None:
+    """The whole-text parse makes such a block text; a stream has announced it already: it
+    stays a call (broken), its arguments as far as they went, and its text is not content."""
+    assert parse_tool_calls(text, fmt).tool_calls == []
+    got = same_as_whole(fmt, text, [5, 17])
+    assert got.stream.broken == 1
+    assert got.content == ""
+    assert got.calls[0]["name"] == "f"
+    assert got.calls[0]["arguments"].startswith("{")
 
 
 FRAGMENTS = [
@@ -477,3 +596,76 @@ def test_any_mix_of_fragments_never_raises_and_streams_like_the_whole(
     text = "".join(parts)
     cuts = data.draw(st.lists(st.integers(0, max(len(text), 1)), max_size=12))
     same_as_whole(fmt, text, cuts)
+
+
+#: Pieces of each format's markup, cut where a model's tokens may cut them.
+MARKUP_FRAGMENTS = {
+    "hermes": [
+        "<tool_call>", "</tool_call>", "</tool_", "\n", " ", '{"name": "f", "arguments": ',
+        '{"name": ', '"get_weather"', ', "arguments": ', "{", "}", "[", "]", '"a"', ": ", "1",
+        ", ", '"}\\"{"', '"x', "\\", "NaN", '"name"',
+    ],
+    "qwen3_coder": [
+        "<tool_call>", "</tool_call>", "\n", " ", "x", "<function=f>", "<function=get_weather>",
+        "<function=", "<parameter=days>", "<parameter=city>", "<parameter=", "2", "</parameter>",
+        "</param", "</function>", "</func", ">",
+    ],
+    "glm47": [
+        "<tool_call>", "</tool_call>", "\n", " ", "f", "get_weather", "<arg_key>", "</arg_key>",
+        "<arg_", "days", "city", "<arg_value>", "</arg_value>", "</arg_val", "3", '"q"', "[1,",
+    ],
+}  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), fmt=st.sampled_from(sorted(MARKUP_FRAGMENTS)))
+def test_any_mix_of_markup_pieces_streams_like_the_whole(fmt: str, data: st.DataObject) -> None:
+    """Pieces of one format's markup in any order: a call that parses in the whole text is
+    streamed exactly (never broken), whatever the cuts."""
+    parts = data.draw(st.lists(st.sampled_from(MARKUP_FRAGMENTS[fmt]), max_size=24))
+    text = "".join(parts)
+    cuts = data.draw(st.lists(st.integers(0, max(len(text), 1)), max_size=16))
+    same_as_whole(fmt, text, cuts)
+
+
+#: Parameter values that look like markup, JSON or nothing at all.
+VALUES = st.sampled_from(
+    ["x", "", "3", "-2.5", "true", "null", "[1, 2]", '{"u": "C"}', "a\nb", "</parameter>",
+     "<parameter=x>", "</function>", "}", '"', "東京 🌧", "  spaced  ", "\n"]
+)  # fmt: skip
+KEYS = st.sampled_from(["city", "days", "ratio", "metric", "options", "hours", "note", "zip", "k"])
+
+
+def call_text(fmt: str, name: str, params: list[tuple[str, str]]) -> str:
+    if fmt == "qwen3_coder":
+        body = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in params)
+        return f"<tool_call>\n<function={name}>\n{body}</function>\n</tool_call>"
+    if fmt == "glm47":
+        return glm(name, dict(params), sep="\n")
+    args: dict[str, Any] = {}
+    for k, v in params:
+        args.setdefault(k, v)
+    return hermes(name, args)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    fmt=st.sampled_from(sorted(PARSERS)),
+    calls=st.lists(
+        st.tuples(st.sampled_from(["get_weather", "f"]), st.lists(st.tuples(KEYS, VALUES))),
+        min_size=1,
+        max_size=3,
+    ),
+    glue=st.sampled_from(["", "\n", " then "]),
+)
+def test_well_formed_calls_stream_exactly(
+    fmt: str, calls: list[tuple[str, list[tuple[str, str]]]], glue: str, data: st.DataObject
+) -> None:
+    text = glue.join(call_text(fmt, name, params) for name, params in calls)
+    whole = parse_tool_calls(text, fmt, TOOLS)
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=40))
+    got = same_as_whole(fmt, text, cuts)
+    if fmt != "qwen3_coder" or not any("<parameter=" in v for _, p in calls for _, v in p):
+        assert len(whole.tool_calls) == len(calls)  # (a value holding "<parameter=" ends early)
+    assert got.stream.broken == 0

@@ -5,7 +5,8 @@ Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completion
 ``stream`` as server-sent events, ``stream_options.include_usage``, ``logprobs``),
 ``GET /health``. Structured outputs (the ``structured`` extra): ``response_format``
 ``json_object`` / ``json_schema`` and ``tool_choice`` "required" or a named function (the
-model's tool-call markup, hermes format) constrain decoding. Text requests are batched
+model's tool-call markup) constrain decoding. Streamed tool calls go out as vLLM's: the call's
+name first, then its arguments in pieces as they grow. Text requests are batched
 continuously (``BatchManager.serve``: requests join and leave the running batch at every step)
 with automatic prefix caching (a prompt that starts like an earlier one, a chat's next turn,
 prefills only the rest; ``usage.prompt_tokens_details.cached_tokens`` says how many tokens it
@@ -32,12 +33,12 @@ from inference_pio.server import protocol
 from inference_pio.server.protocol import Request, RequestError
 from inference_pio.toolcalls import (
     ParsedReply,
-    ToolCall,
-    ToolCallStream,
     check_format,
     format_for,
+    markup_tokens,
     parse_tool_calls,
 )
+from inference_pio.toolstream import Event, ToolCallDelta, ToolCallStream
 
 _END = object()
 #: The largest request body read (a prompt, or images as data: URLs); larger ones get a 413.
@@ -199,6 +200,7 @@ def create_app(
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from exc
 
+    markup = markup_tokens(getattr(model, "tokenizer", None), tool_format)
     served = name or getattr(model, "name", "") or "model"
     service = ModelService(model, [served], prefix_caching, prefix_cache_bytes)
     strings = protocol.TokenStrings(
@@ -304,7 +306,6 @@ def create_app(
             return JSONResponse(protocol.chat_body(rid, served, result, parsed, logprobs))
 
         calls = ToolCallStream(req.tool_format, req.tools) if req.tool_format else None
-        sent_calls: list[ToolCall] = []
         # logprobs of tokens whose text came but is not sent yet (held by the tool-call parser),
         # and how many entries went out: a chunk carries those of the tokens of its text
         held: list[TokenLogprob] = []
@@ -317,19 +318,15 @@ def create_app(
             sent += len(entries)
             return logprobs_of(entries)
 
-        def pieces(parts: list[str | ToolCall]) -> Iterator[str]:
+        def pieces(parts: list[Event]) -> Iterator[str]:
             for part in parts:
                 if isinstance(part, str):
                     yield _sse(protocol.chunk(rid, served, chat, part, logprobs=take()))
-                elif req.parallel_tool_calls or not sent_calls:
-                    index = len(sent_calls)
-                    sent_calls.append(part)
+                elif isinstance(part, ToolCallDelta) and (
+                    req.parallel_tool_calls or part.index == 0
+                ):  # parallel_tool_calls false: the first call only
                     lp = take()
-                    yield _sse(
-                        protocol.chunk(
-                            rid, served, chat, None, tool_call=(index, part), logprobs=lp
-                        )
-                    )
+                    yield _sse(protocol.chunk(rid, served, chat, None, tool_call=part, logprobs=lp))
 
         async def events() -> AsyncIterator[str]:
             finished = False
@@ -351,7 +348,7 @@ def create_app(
                 if calls is not None:
                     for event in pieces(calls.finish()):
                         yield event
-                    if calls.calls:
+                    if calls.announced:
                         finish = "tool_calls"
                 held.extend((result.logprobs or [])[sent + len(held) :])  # what no text carried
                 yield _sse(protocol.chunk(rid, served, chat, None, finish, logprobs=take()))
@@ -378,7 +375,12 @@ def create_app(
                 model.image_placeholder() if getattr(model, "accepts_images", False) else None
             )
             req = await run_in_threadpool(
-                protocol.chat_request, body, model.apply_chat_template, placeholder, tool_format
+                protocol.chat_request,
+                body,
+                model.apply_chat_template,
+                placeholder,
+                tool_format,
+                markup,
             )
         except RequestError as exc:
             return error(exc)

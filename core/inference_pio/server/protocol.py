@@ -18,6 +18,7 @@ from inference_pio.logprobs import TokenLogprob
 from inference_pio.structured.constraint import Constraint
 from inference_pio.tokenizer.utf8 import decode_utf8, encode_utf8, replace_lone_surrogates
 from inference_pio.toolcalls import ParsedReply, ToolCall
+from inference_pio.toolstream import ToolCallDelta
 
 #: OpenAI's default ``max_tokens`` for /v1/completions.
 COMPLETIONS_MAX_TOKENS = 16
@@ -395,9 +396,10 @@ def _forced_calls(
     tools: list[dict[str, Any]],
     tool_format: str | None,
     parallel: bool,
+    markup_tokens: Mapping[str, int] | None = None,
 ) -> Constraint:
     """The constraint of ``tool_choice`` "required" or a named function: the reply is the
-    model's tool-call markup (the hermes format only; others are a 400 saying so)."""
+    model's tool-call markup (``markup_tokens``: its strings that are special tokens)."""
     from inference_pio.structured import tool_call_constraint
 
     if tool_format is None:
@@ -408,7 +410,7 @@ def _forced_calls(
         )
     name = choice.get("name") if isinstance(choice, dict) else None
     try:
-        return tool_call_constraint(tool_format, tools, name, parallel)
+        return tool_call_constraint(tool_format, tools, name, parallel, markup_tokens)
     except ValueError as exc:  # StructuredOutputsUnavailable too (no llguidance here)
         raise RequestError(str(exc), "tool_choice") from None
 
@@ -418,11 +420,14 @@ def chat_request(
     render: Any,
     image_placeholder: str | None,
     tool_format: str | None = None,
+    markup_tokens: Mapping[str, int] | None = None,
 ) -> Request:
     """``/v1/chat/completions``; ``render(messages, **kwargs)`` applies the chat template
     (``chat_template_kwargs``, e.g. ``{"enable_thinking": false}``, are passed to it, and the
     request's ``tools``). ``tool_format`` is the model's tool-call format: with tools and
-    ``tool_choice`` "auto" the reply is parsed for calls in it."""
+    ``tool_choice`` "auto" the reply is parsed for calls in it. ``markup_tokens``: the
+    format's markup strings that the tokenizer holds as special tokens, with their ids
+    (:func:`inference_pio.toolcalls.markup_tokens`): a reply parsed for calls keeps them."""
     messages, images = chat_messages(body.get("messages"), image_placeholder)
     tools = _tools(body)
     choice = _tool_choice(body, tools)
@@ -445,7 +450,11 @@ def chat_request(
                 "function (the reply is the tool calls)",
                 "response_format",
             )
-        sampling["constraint"] = _forced_calls(choice, tools, tool_format, parallel is not False)
+        sampling["constraint"] = _forced_calls(
+            choice, tools, tool_format, parallel is not False, markup_tokens
+        )
+    if parse_with is not None and markup_tokens:  # decoding would drop the calls' markup
+        sampling["keep_special_ids"] = tuple(sorted(set(markup_tokens.values())))
     return Request(
         prompt, sampling, stream, usage, images, tools, parse_with, parallel is not False
     )
@@ -605,10 +614,10 @@ def chat_body(
     }
 
 
-def _call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+def _call_json(call: ToolCall) -> dict[str, Any]:
     out = call.to_openai()
     out["function"]["arguments"] = json_text(out["function"]["arguments"])
-    return out if index is None else {"index": index, **out}
+    return out
 
 
 def chunk(
@@ -618,11 +627,12 @@ def chunk(
     text: str | None,
     finish: str | None = None,
     first: bool = False,
-    tool_call: tuple[int, ToolCall] | None = None,
+    tool_call: ToolCallDelta | None = None,
     logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One streamed chunk: a piece of text, one whole tool call (its index in the reply and
-    the call), or the last one with ``finish``; ``logprobs``: those of the tokens it carries."""
+    """One streamed chunk: a piece of text, a piece of a tool call (its start: index, id and
+    name; or a piece of its arguments), or the last one with ``finish``; ``logprobs``: those
+    of the tokens it carries."""
     if chat:
         delta: dict[str, Any] = {}
         if first:
@@ -630,7 +640,9 @@ def chunk(
         if text is not None:
             delta["content"] = json_text(text)
         if tool_call is not None:
-            delta["tool_calls"] = [_call_json(tool_call[1], tool_call[0])]
+            item = tool_call.to_openai()
+            item["function"]["arguments"] = json_text(item["function"]["arguments"])
+            delta["tool_calls"] = [item]
         choice: dict[str, Any] = {
             "index": 0,
             "delta": delta,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from inference_pio.tokenizer.utf8 import decode_utf8, incomplete_tail
 
 
 class _Decodes(Protocol):
-    def decode_bytes(self, ids: Iterable[int], skip_special_tokens: bool = False) -> bytes: ...
+    def decode_bytes(
+        self, ids: Iterable[int], skip_special_tokens: bool = False, keep: Collection[int] = ()
+    ) -> bytes: ...
 
 
 class StreamDecoder:
@@ -18,17 +20,26 @@ class StreamDecoder:
     ``add`` returns the text that is final so far; an unfinished UTF-8 sequence at the end is held
     back until the next ids complete it (or ``flush`` ends the stream, turning it into U+FFFD).
     The concatenation of every returned string equals ``tokenizer.decode(all_ids)``.
+    ``keep``: special tokens that ``skip_special_tokens`` keeps.
     """
 
-    def __init__(self, tokenizer: _Decodes, skip_special_tokens: bool = False) -> None:
+    def __init__(
+        self, tokenizer: _Decodes, skip_special_tokens: bool = False, keep: Collection[int] = ()
+    ) -> None:
         self._tokenizer = tokenizer
         self._skip = skip_special_tokens
+        self._keep = frozenset(keep)
         self._pending = b""
 
     def add(self, ids: int | Iterable[int]) -> str:
         """Feeds ids and returns the newly completed text (possibly "")."""
         batch = [ids] if isinstance(ids, int) else ids
-        data = self._pending + self._tokenizer.decode_bytes(batch, self._skip)
+        raw = (
+            self._tokenizer.decode_bytes(batch, self._skip, self._keep)
+            if self._keep
+            else self._tokenizer.decode_bytes(batch, self._skip)
+        )
+        data = self._pending + raw
         hold = incomplete_tail(data)
         self._pending = data[len(data) - hold :] if hold else b""
         return decode_utf8(data[: len(data) - hold])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,21 +198,32 @@ class Tokenizer:
             raise ValueError(f"token ids must be non-negative, got {min(checked)}")
         return checked
 
-    def decode_bytes(self, ids: Iterable[int], skip_special_tokens: bool = False) -> bytes:
-        """The raw bytes of ``ids`` (unknown ids are skipped, as tokenizers does)."""
+    def decode_bytes(
+        self, ids: Iterable[int], skip_special_tokens: bool = False, keep: Collection[int] = ()
+    ) -> bytes:
+        """The raw bytes of ``ids`` (unknown ids are skipped, as tokenizers does);
+        ``skip_special_tokens`` drops the special tokens except those in ``keep`` (a tool-call
+        format's markup, say)."""
         checked = self._check_ids(ids)
         table = self._bytes
         n = len(table)
         skip = self._special_ids if skip_special_tokens else frozenset()
+        if keep and skip:
+            skip = skip.difference(keep)
         return b"".join(table[i] or b"" for i in checked if i < n and i not in skip)
 
-    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        """Text of ``ids``; ill-formed UTF-8 becomes U+FFFD exactly as in tokenizers."""
-        return decode_utf8(self.decode_bytes(ids, skip_special_tokens))
+    def decode(
+        self, ids: Iterable[int], skip_special_tokens: bool = False, keep: Collection[int] = ()
+    ) -> str:
+        """Text of ``ids``; ill-formed UTF-8 becomes U+FFFD exactly as in tokenizers.
+        ``keep``: special tokens ``skip_special_tokens`` keeps."""
+        return decode_utf8(self.decode_bytes(ids, skip_special_tokens, keep))
 
-    def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
+    def stream_decoder(
+        self, skip_special_tokens: bool = False, keep: Collection[int] = ()
+    ) -> StreamDecoder:
         """An incremental decoder for streaming output (see StreamDecoder)."""
-        return StreamDecoder(self, skip_special_tokens)
+        return StreamDecoder(self, skip_special_tokens, keep)
 
     # ---- chat ---------------------------------------------------------------------------
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
