@@ -407,3 +407,18 @@ def test_a_grammar_past_the_lexer_limits_is_a_400_not_a_500(served: tuple[Any, A
     }
     with pytest.raises(openai.BadRequestError, match="constrained decoding failed"):
         c.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=4, response_format=fmt)
+
+
+def test_a_bad_tool_schema_under_a_forced_call_names_the_tool(served: tuple[Any, Any]) -> None:
+    """The 400 says which tool's parameters are at fault (it showed the internal call grammar)."""
+    _, c = served
+    bad = {"type": "function", "function": {"name": "broken", "parameters": {"type": "nope"}}}
+    with pytest.raises(openai.BadRequestError, match="tool 'broken': its parameters") as info:
+        c.chat.completions.create(
+            model=NAME,
+            messages=MESSAGES,
+            tools=[WEATHER, bad],
+            tool_choice="required",
+            max_tokens=4,
+        )
+    assert "start:" not in str(info.value)

@@ -211,6 +211,15 @@ def tool_call_constraint(
             raise ValueError(f"tool_choice names the function {name!r}, which is not in 'tools'")
     if not functions:
         raise ValueError("forcing a tool call needs at least one tool")
+    for fn in functions:  # each tool's own error, not one about the whole call grammar
+        try:
+            Constraint.json_schema(_arguments_schema(fn, _OPTIONS), closed_objects=False)
+        except ValueError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(
+                f"tool {fn['name']!r}: its parameters are not a JSON schema constrained decoding "
+                f"can follow ({first})"
+            ) from None
     lit = _Markup(special)
     calls = 'call ("\\n" call)*' if parallel else "call"
     if fmt == "hermes":
