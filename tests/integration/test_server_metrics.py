@@ -145,7 +145,9 @@ def test_counters_and_histograms_equal_what_the_clients_got(served: tuple[Any, s
     assert m.value("request_prompt_tokens_sum") == prompt
     assert m.value("request_generation_tokens_sum") == generated
     lengths = m.buckets("request_generation_tokens")
-    assert lengths[8.0] == 2 and lengths[16.0] == n and lengths[float("inf")] == n
+    assert lengths[8.0] == 2
+    assert lengths[16.0] == n
+    assert lengths[float("inf")] == n
     # a decode step gives each of its sequences one token: the batch sizes add up to the gaps
     sizes = manager.decode_batch_sizes
     assert m.count("decode_batch_size") == len(sizes)
@@ -153,7 +155,8 @@ def test_counters_and_histograms_equal_what_the_clients_got(served: tuple[Any, s
     steps = m.buckets("decode_batch_size")
     assert steps[1.0] == sizes.count(1) < len(sizes)  # the concurrent ones shared steps
     assert all(steps[float(b)] == sum(s <= b for s in sizes) for b in range(1, 9))
-    assert m.value("num_requests_running") == 0 and m.value("num_requests_waiting") == 0
+    assert m.value("num_requests_running") == 0
+    assert m.value("num_requests_waiting") == 0
     pool_ = manager.prefix_pool
     assert m.value("prefix_cache_entries") == len(pool_) > 0
     assert m.value("prefix_cache_bytes") == pool_.nbytes > 0
@@ -246,12 +249,14 @@ def test_waiting_running_and_an_abandoned_stream(checkpoint: Path) -> None:
             assert m.value("num_requests_running") == 1
             assert m.value("num_requests_waiting") == 1
         second.join(timeout=30)  # the stream's slot went to it
-        assert answers and answers[0].usage.completion_tokens == 4
+        assert answers
+        assert answers[0].usage.completion_tokens == 4
         m = Scrape(url)
         manager.model.forward = real
     assert m.value("request_cancelled_total") == 1
     assert m.value("request_success_total", finished_reason="length") == 1
-    assert m.value("num_requests_running") == 0 and m.value("num_requests_waiting") == 0
+    assert m.value("num_requests_running") == 0
+    assert m.value("num_requests_waiting") == 0
     # the abandoned stream's tokens: a first one, then one per gap, all counted as generated
     drawn = m.value("generation_tokens_total") - 4
     assert 4 <= drawn < 500

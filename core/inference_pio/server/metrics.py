@@ -168,7 +168,7 @@ class RequestTrack:
     """One generation request's timing and outcome (see the module's docstring); with
     ``metrics`` None (metrics off) it records nothing."""
 
-    __slots__ = ("_m", "_lock", "arrived", "last", "tokens", "counted", "done", "batched")
+    __slots__ = ("_lock", "_m", "arrived", "batched", "counted", "done", "last", "tokens")
 
     def __init__(self, metrics: ServerMetrics | None) -> None:
         self._m = metrics
@@ -308,4 +308,4 @@ class _Scraped:
             yield metric
 
 
-__all__ = ["ServerMetrics", "RequestTrack", "length_buckets", "batch_buckets"]
+__all__ = ["RequestTrack", "ServerMetrics", "batch_buckets", "length_buckets"]
