@@ -276,3 +276,35 @@ def test_metrics_off_and_max_model_len(checkpoint: Path) -> None:
         got = client(url).completions.create(prompt="abc", max_tokens=2, **_no_eos())
         assert got.usage.completion_tokens == 2
     assert app.state.metrics is None
+
+
+class _NoBatchPath:
+    """A model without the batch path (as a plugin's model that only streams): its requests run
+    alone, between the batch engine's steps."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.name = NAME
+        self.tool_call_format = None
+        self.max_context = CONTEXT
+
+    def stream(self, prompt: Any, **kw: Any) -> Any:
+        return self._model.stream(prompt, **kw)
+
+
+def test_requests_run_alone_are_counted(checkpoint: Path) -> None:
+    load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
+    app = create_app(_NoBatchPath(load(checkpoint)), NAME, metrics=True)
+    assert app.state.service.manager is None
+    with running(app) as url:
+        got = client(url).completions.create(prompt="abc", max_tokens=5, **_no_eos())
+        m = Scrape(url)
+    assert m.value("request_success_total", finished_reason="length") == 1
+    assert m.value("prompt_tokens_total") == got.usage.prompt_tokens
+    assert m.value("prompt_tokens_cached_total") == 0
+    assert m.value("generation_tokens_total") == got.usage.completion_tokens == 5
+    assert m.count("time_to_first_token_seconds") == 1
+    assert m.count("e2e_request_latency_seconds") == 1
+    assert m.value("num_requests_running") == 0
+    assert m.count("decode_batch_size") == 0  # no engine steps
+    assert P + "prefix_cache_entries" not in {name for name, _ in m.samples}
