@@ -57,7 +57,9 @@ class Scrape:
     """One parsed /metrics page: ``value(name, **labels)`` (model_name is always NAME)."""
 
     def __init__(self, url: str) -> None:
-        answer = httpx.get(url + "/metrics")
+        # what Prometheus asks for: the text format comes back, with the names' colons intact
+        accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"
+        answer = httpx.get(url + "/metrics", headers={"Accept": accept})
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("text/plain")
         self.families = {f.name: f for f in parser.text_string_to_metric_families(answer.text)}

@@ -462,7 +462,7 @@ def create_app(
 
     async def metrics_page(request: HttpRequest) -> Any:
         assert recorder is not None
-        body, content_type = recorder.render(request.headers.get("accept"))
+        body, content_type = recorder.render()
         return Response(body, headers={"Content-Type": content_type})
 
     @contextlib.asynccontextmanager

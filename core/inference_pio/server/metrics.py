@@ -24,6 +24,8 @@ from typing import Any
 from inference_pio.generation import GenerationResult
 
 PREFIX = "inference_pio:"
+#: The content type of ``GET /metrics``.
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Histogram buckets, in seconds: time to first token (queueing and prefill included).
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -155,13 +157,13 @@ class ServerMetrics:
         """One decode step of ``batch_size`` sequences (``BatchManager(on_step=...)``)."""
         self._batch.observe(batch_size)
 
-    def render(self, accept: str | None = None) -> tuple[bytes, str]:
-        """The exposition (text format 0.0.4, or OpenMetrics when ``accept`` asks for it) and
-        its content type."""
-        from prometheus_client.exposition import choose_encoder
+    def render(self) -> tuple[bytes, str]:
+        """The exposition in the Prometheus text format 0.0.4, and its content type. Always that
+        format, whatever a scraper prefers: prometheus_client's OpenMetrics writer (0.26) turns
+        the colons of sample names into underscores but not those of their ``# TYPE`` lines."""
+        from prometheus_client import generate_latest
 
-        encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        return generate_latest(self.registry), TEXT_CONTENT_TYPE
 
 
 class RequestTrack:
