@@ -67,6 +67,9 @@ PieceCallback = Callable[[int, str], None]
 FinishCallback = Callable[[int, GenerationResult], None]
 #: ``on_error(index, exc)``: a request that failed while running (``serve`` keeps going).
 ErrorCallback = Callable[[int, Exception], None]
+#: ``on_token(index, n)``: a request drew ``n`` tokens (1, or a chunk alone on the batch-1
+#: path; an EOS that ends it included), for timing (metrics).
+TokenCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -78,6 +81,7 @@ class _Request:
     on_piece: PieceCallback | None = None
     on_finish: FinishCallback | None = None
     on_error: ErrorCallback | None = None
+    on_token: TokenCallback | None = None
     failed: bool = False  # a callback of its own raised: it got on_error and is being dropped
     grammar: Any = None  # the matcher of a constrained request (made at submit)
 
@@ -97,10 +101,12 @@ class BatchManager:
         max_batch_size: int = 8,
         max_prefill_tokens: int = 4096,
         prefix_pool: PrefixPool | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
         """``prefix_pool``: where finished sequences' caches are kept for prompts that start
         the same way (None: every prompt is prefilled whole). Models split across devices
-        (``model.hybrid``) never reuse caches."""
+        (``model.hybrid``) never reuse caches. ``on_step(batch_size)``: called at every decode
+        step (a batch-1 step of a sequence alone too), for metrics."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.model = model
@@ -127,6 +133,7 @@ class BatchManager:
         #: Prompt tokens prefilled, and taken from kept caches instead, so far (observability).
         self.prefill_tokens = 0
         self.cached_tokens = 0
+        self.on_step = on_step
 
     def submit(
         self,
@@ -135,11 +142,12 @@ class BatchManager:
         on_piece: PieceCallback | None = None,
         on_finish: FinishCallback | None = None,
         on_error: ErrorCallback | None = None,
+        on_token: TokenCallback | None = None,
     ) -> int:
         """Queues a request (validated now: token ids, context); returns its index.
         ``on_piece`` receives its text as it is produced, ``on_finish`` its result, ``on_error``
-        a failure while it runs (all called from the thread that runs the batches). Safe to call
-        from any thread while :meth:`serve` runs."""
+        a failure while it runs, ``on_token`` each token it draws (all called from the thread
+        that runs the batches). Safe to call from any thread while :meth:`serve` runs."""
         prompt = list(prompt_ids)
         capacity = check_context(self.model, len(prompt), params)
         vocab = self.model.vocab_size
@@ -152,7 +160,9 @@ class BatchManager:
         with self._lock:
             index = self._next
             self._next += 1
-            request = _Request(index, prompt, params, capacity, on_piece, on_finish, on_error)
+            request = _Request(
+                index, prompt, params, capacity, on_piece, on_finish, on_error, on_token
+            )
             request.grammar = grammar
             self._queue.append(request)
             self._live.add(index)
@@ -165,6 +175,12 @@ class BatchManager:
         with self._lock:
             if index in self._live:
                 self._cancelled.add(index)
+
+    def counts(self) -> tuple[int, int]:
+        """Requests running (admitted, not done yet) and waiting (queued) now (metrics)."""
+        with self._lock:
+            waiting = len(self._queue)
+            return len(self._live) - waiting, waiting
 
     def _device_type(self) -> str:
         return str(getattr(getattr(self.model, "device", None), "type", "cpu"))
@@ -419,6 +435,8 @@ class BatchManager:
         if not active:
             return active
         self.decode_batch_sizes.append(len(active))
+        if self.on_step is not None:
+            self.on_step(len(active))
         greedy: list[int] | None = None
         if graphs is not None:
             logits = graphs.step([(s.generated[-1], s.cache) for _, s in active])
@@ -470,10 +488,13 @@ class BatchManager:
         if rest is None:
             self._no_alone = not state.finished
             return False
+        drawn = len(state.generated)
         for piece in rest:
+            drawn = self._drew_alone(req, state, drawn)
             self._emit(req, piece)
             if req.failed:  # dropped at the next retire (its cache goes back first)
                 break
+        self._drew_alone(req, state, drawn)  # those whose text came with no piece
         if not state.finished:  # interrupted (a full cache finishes with "length")
             move_cache(state, slot)
             self.rejoined += 1
@@ -491,6 +512,28 @@ class BatchManager:
         self._keep(req, state, slot, graphs)
         return True
 
+    def _drew_alone(self, req: _Request, state: SequenceState, drawn: int) -> int:
+        """Tells ``on_step`` and ``on_token`` of the tokens ``state`` drew on the batch-1 path
+        since it had ``drawn`` (tokens come in device chunks there: their times are those of
+        the chunks' text)."""
+        n = len(state.generated) - drawn
+        if n <= 0:
+            return drawn
+        if self.on_step is not None:
+            for _ in range(n):
+                self.on_step(1)
+        self._drew(req, n)
+        return len(state.generated)
+
+    def _drew(self, req: _Request, n: int = 1) -> None:
+        """``req``'s ``on_token``; one that raises fails that request alone (as in _emit)."""
+        if req.on_token is None or req.failed:
+            return
+        try:
+            req.on_token(req.index, n)
+        except Exception as exc:
+            self._fail(req, exc)
+
     def _forget(self, index: int) -> None:
         with self._lock:
             self._cancelled.discard(index)
@@ -506,6 +549,7 @@ class BatchManager:
                 raise
             self._fail(req, exc)
             return
+        self._drew(req)
         self._emit(req, piece)
 
     def _fail(self, req: _Request, exc: Exception) -> None:

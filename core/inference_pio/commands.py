@@ -401,10 +401,17 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
         import uvicorn  # noqa: F401
 
         from inference_pio.server import serve
+        from inference_pio.server.app import metrics_available
     except ImportError:
         raise ValueError(
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from None
+    if args.metrics and not metrics_available():
+        raise ValueError(
+            "--metrics needs prometheus_client (part of the server extra): "
+            "pip install 'inference-pio[server]'"
+        )
+    metrics = metrics_available() if args.metrics is None else args.metrics
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:  # a taken port is found before the model loads, not after
@@ -426,7 +433,8 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
     )
     print(
         f"serving {model.name} on {where} (OpenAI API; batches of up "
-        f"to {getattr(model, 'max_batch_size', 1)} sequences; {caching}; Ctrl-C stops)",
+        f"to {getattr(model, 'max_batch_size', 1)} sequences; {caching}; "
+        f"{'metrics at /metrics' if metrics else 'no /metrics'}; Ctrl-C stops)",
         file=sys.stderr,
     )
     tool_format = None if args.tool_call_parser == "none" else args.tool_call_parser
@@ -438,6 +446,7 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
         tool_format,
         prefix_caching=args.enable_prefix_caching,
         prefix_cache_bytes=args.prefix_cache_mib << 20,
+        metrics=metrics,
     )
     return 0
 
@@ -533,7 +542,8 @@ def add_commands(sub: Any) -> None:
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API (needs inference-pio[server])",
         description="Serve one model: GET /v1/models, POST /v1/completions and "
-        "/v1/chat/completions (streaming with server-sent events), GET /health. Concurrent "
+        "/v1/chat/completions (streaming with server-sent events), GET /health, GET /metrics "
+        "(Prometheus). Concurrent "
         "text requests are batched continuously (they share each decode step); images go in "
         "chat messages as data: URLs.",
     )
@@ -572,6 +582,14 @@ def add_commands(sub: Any) -> None:
         help="memory the kept caches may hold, in MiB; least recently used go first (default: "
         f"{DEFAULT_MAX_BYTES >> 20}; host memory on CPU, device memory on CUDA, where the free "
         "batch slots are kept besides at no cost)",
+    )
+    p.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve Prometheus metrics at GET /metrics (requests, tokens, latencies, batch "
+        "sizes, prefix cache; default: on when prometheus_client, part of the server extra, "
+        "is installed)",
     )
     p.set_defaults(handler=cmd_serve)
 

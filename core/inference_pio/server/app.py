@@ -3,7 +3,8 @@ extra: ``pip install 'inference-pio[server]'``).
 
 Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
 ``stream`` as server-sent events, ``stream_options.include_usage``, ``logprobs``),
-``GET /health``. Structured outputs (the ``structured`` extra): ``response_format``
+``GET /health``, ``GET /metrics`` (Prometheus, :mod:`inference_pio.server.metrics`). Structured
+outputs (the ``structured`` extra): ``response_format``
 ``json_object`` / ``json_schema`` and ``tool_choice`` "required" or a named function (the
 model's tool-call markup) constrain decoding. Streamed tool calls go out as vLLM's: the call's
 name first, then its arguments in pieces as they grow. Text requests are batched
@@ -30,6 +31,7 @@ from inference_pio.generation import GenerationResult
 from inference_pio.logprobs import TokenLogprob
 from inference_pio.prefix_pool import DEFAULT_MAX_BYTES, PrefixPool
 from inference_pio.server import protocol
+from inference_pio.server.metrics import RequestTrack, ServerMetrics
 from inference_pio.server.protocol import Request, RequestError
 from inference_pio.toolcalls import (
     ParsedReply,
@@ -57,12 +59,15 @@ class ModelService:
         names: list[str],
         prefix_caching: bool = True,
         prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_step``: the batch size of every decode step goes there (metrics)."""
         self.model = model
         self.names = names
         self.model_lock = threading.RLock()
         self.stop = threading.Event()
         self._waiting = 0  # requests run alone that wait for model_lock
+        self._alone = 0  # requests run alone that hold it
         self._waiting_lock = threading.Lock()
         self.manager: Any = None
         if all(hasattr(model, a) for a in ("model", "tokenizer", "eos_ids", "sampling_params")):
@@ -74,6 +79,7 @@ class ModelService:
                 model.eos_ids,
                 getattr(model, "max_batch_size", 8),
                 prefix_pool=PrefixPool(prefix_cache_bytes) if prefix_caching else None,
+                on_step=on_step,
             )
             self.engine = threading.Thread(
                 target=self.manager.serve,
@@ -85,6 +91,12 @@ class ModelService:
 
     def close(self) -> None:
         self.stop.set()
+
+    def counts(self) -> tuple[int, int]:
+        """Requests running and waiting now (batched, and run alone)."""
+        running, waiting = self.manager.counts() if self.manager is not None else (0, 0)
+        with self._waiting_lock:
+            return running + self._alone, waiting + self._waiting
 
     def check_model(self, requested: Any) -> None:
         if requested is not None and requested not in self.names:
@@ -100,11 +112,13 @@ class ModelService:
         on_piece: Callable[[str | RequestError], None],
         on_finish: Callable[[GenerationResult], None],
         cancelled: threading.Event,
+        track: RequestTrack | None = None,
     ) -> Callable[[], None] | None:
         """Validates ``req`` (RequestError) and starts it: pieces and the result go to the
         callbacks (from another thread; an error found while generating comes as a
-        RequestError piece). Returns the cancel function of a batched request, or
-        None for one run alone (``cancelled`` stops it)."""
+        RequestError piece), its tokens to ``track``. Returns the cancel function of a
+        batched request, or None for one run alone (``cancelled`` stops it)."""
+        track = track if track is not None else RequestTrack(None)
         kwargs = dict(req.sampling)
         if req.images and not getattr(self.model, "accepts_images", False):
             raise RequestError("this model does not take images", "messages")
@@ -127,6 +141,7 @@ class ModelService:
                 )
                 if not ids:
                     raise ValueError("the prompt is empty")
+                track.batched = True
                 index = self.manager.submit(
                     ids,
                     params,
@@ -136,6 +151,7 @@ class ModelService:
                         # as a request run alone: its own bad input (a ValueError) is a 400
                         RequestError(str(exc), status=400 if isinstance(exc, ValueError) else 500)
                     ),
+                    on_token=lambda _, n: track.token(n),
                 )
             except (TypeError, ValueError) as exc:
                 raise RequestError(str(exc)) from None
@@ -154,15 +170,20 @@ class ModelService:
             with self.model_lock:  # between two of the batch loop's steps
                 with self._waiting_lock:
                     self._waiting -= 1
+                    self._alone += 1
                 try:
                     for piece in pieces:
                         if cancelled.is_set():
                             return
+                        track.token()  # about a token a piece
                         on_piece(piece)
                 except ValueError as exc:  # found while generating (context too long, ...)
                     on_piece(RequestError(str(exc)))
                 except Exception as exc:  # a device error, say: this request fails, not the server
                     on_piece(RequestError(str(exc), status=500))
+                finally:
+                    with self._waiting_lock:
+                        self._alone -= 1
 
         threading.Thread(target=alone, name="inference-pio-request", daemon=True).start()
         return None
@@ -178,6 +199,7 @@ def create_app(
     tool_call_format: str | None = FROM_MODEL,
     prefix_caching: bool = True,
     prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+    metrics: bool | None = None,
 ) -> Any:
     """The Starlette application serving ``model`` under ``name`` (default: the model's name);
     requests naming another model get a 404. ``tool_call_format``: how chat replies are parsed
@@ -185,7 +207,9 @@ def create_app(
     :func:`inference_pio.toolcalls.format_for`; None: never, replies stay text; or a format
     name, ``"hermes"``, ``"qwen3_coder"``, ``"glm47"``). ``prefix_caching``: finished requests'
     caches are kept (at most ``prefix_cache_bytes`` of them, least recently used dropped first)
-    for prompts that start the same way (:class:`~inference_pio.prefix_pool.PrefixPool`)."""
+    for prompts that start the same way (:class:`~inference_pio.prefix_pool.PrefixPool`).
+    ``metrics``: serve Prometheus metrics at ``GET /metrics`` (None: when prometheus_client, part
+    of the server extra, is installed; True: ImportError without it)."""
     tool_format = format_for(model) if tool_call_format == FROM_MODEL else tool_call_format
     check_format(tool_format)
     try:
@@ -202,13 +226,35 @@ def create_app(
 
     markup = markup_tokens(getattr(model, "tokenizer", None), tool_format)
     served = name or getattr(model, "name", "") or "model"
-    service = ModelService(model, [served], prefix_caching, prefix_cache_bytes)
+    max_model_len = _max_model_len(model)
+    recorder = None
+    if metrics or (metrics is None and metrics_available()):
+        recorder = ServerMetrics(
+            served,
+            live=lambda: service.counts(),
+            engine=lambda: service.manager,
+            max_model_len=max_model_len,
+            max_batch_size=getattr(model, "max_batch_size", 8),
+        )
+    service = ModelService(
+        model,
+        [served],
+        prefix_caching,
+        prefix_cache_bytes,
+        on_step=recorder.decode_step if recorder is not None else None,
+    )
     strings = protocol.TokenStrings(
         getattr(model, "tokenizer", None), getattr(model, "detokenize", None)
     )
 
     def error(exc: RequestError) -> Any:
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    def refused(exc: RequestError) -> Any:
+        """The error response of a generation request refused before it started."""
+        if recorder is not None:
+            recorder.rejected(exc.status)
+        return error(exc)
 
     async def body_of(request: HttpRequest) -> dict[str, Any]:
         too_big = RequestError(
@@ -250,20 +296,28 @@ def create_app(
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
         results: list[GenerationResult] = []
+        track = recorder.request() if recorder is not None else RequestTrack(None)
 
         def on_piece(piece: Any) -> None:
+            if isinstance(piece, RequestError):
+                track.failed(piece.status)
             loop.call_soon_threadsafe(queue.put_nowait, piece)
 
         def on_finish(result: GenerationResult) -> None:
+            track.finished(result)  # before the client can see the response
             results.append(result)
             loop.call_soon_threadsafe(queue.put_nowait, _END)
 
         try:  # tokenizing a long prompt must not hold up the event loop
-            cancel = await run_in_threadpool(service.start, req, on_piece, on_finish, cancelled)
+            cancel = await run_in_threadpool(
+                service.start, req, on_piece, on_finish, cancelled, track
+            )
         except RequestError as exc:
+            track.failed(exc.status)
             return error(exc)
 
         def stop() -> None:
+            track.cancelled()  # not counted when it had finished or failed
             cancelled.set()
             if cancel is not None:
                 cancel()
@@ -365,7 +419,7 @@ def create_app(
         try:
             req = await run_in_threadpool(protocol.completion_request, await body_of(request))
         except RequestError as exc:
-            return error(exc)
+            return refused(exc)
         return await respond(request, req, chat=False)
 
     async def chat_completions(request: HttpRequest) -> Any:
@@ -383,13 +437,13 @@ def create_app(
                 markup,
             )
         except RequestError as exc:
-            return error(exc)
+            return refused(exc)
         except ValueError as exc:  # the chat template refused the messages
-            return error(RequestError(str(exc), "messages"))
+            return refused(RequestError(str(exc), "messages"))
         return await respond(request, req, chat=True)
 
     async def models(request: HttpRequest) -> Any:
-        return JSONResponse(protocol.model_list(service.names))
+        return JSONResponse(protocol.model_list(service.names, max_model_len))
 
     async def model_card(request: HttpRequest) -> Any:
         name = request.path_params["name"]
@@ -397,7 +451,7 @@ def create_app(
             service.check_model(name)
         except RequestError as exc:
             return error(exc)
-        return JSONResponse(protocol.model_card(name))
+        return JSONResponse(protocol.model_card(name, max_model_len))
 
     async def http_error(request: HttpRequest, exc: Exception) -> Any:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -407,6 +461,11 @@ def create_app(
 
     async def health(request: HttpRequest) -> Any:
         return JSONResponse({"status": "ok", "model": served})
+
+    async def metrics_page(request: HttpRequest) -> Any:
+        assert recorder is not None
+        body, content_type = recorder.render()
+        return Response(body, headers={"Content-Type": content_type})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -422,10 +481,30 @@ def create_app(
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            *([Route("/metrics", metrics_page, methods=["GET"])] if recorder is not None else []),
         ],
     )
     app.state.service = service
+    app.state.metrics = recorder
     return app
+
+
+def metrics_available() -> bool:
+    """Whether prometheus_client (for ``GET /metrics``) can be imported."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _max_model_len(model: Any) -> int | None:
+    """The model's context in tokens (prompt and output), where it says."""
+    for owner in (model, getattr(model, "model", None)):
+        value = getattr(owner, "max_context", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _sampling_param(message: str) -> str | None:
@@ -458,10 +537,11 @@ def serve(
     tool_call_format: str | None = FROM_MODEL,
     prefix_caching: bool = True,
     prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+    metrics: bool | None = None,
 ) -> None:
     """Serves ``model`` until interrupted (uvicorn). On Ctrl-C / SIGTERM, requests still running
     after ``SHUTDOWN_GRACE_S`` are cancelled (they stop at their next token).
-    ``tool_call_format``, ``prefix_caching`` and ``prefix_cache_bytes`` as in
+    ``tool_call_format``, ``prefix_caching``, ``prefix_cache_bytes`` and ``metrics`` as in
     :func:`create_app`."""
     try:
         import uvicorn
@@ -470,7 +550,7 @@ def serve(
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from exc
     uvicorn.run(
-        create_app(model, name, tool_call_format, prefix_caching, prefix_cache_bytes),
+        create_app(model, name, tool_call_format, prefix_caching, prefix_cache_bytes, metrics),
         host=host,
         port=port,
         log_level="info",

@@ -680,13 +680,17 @@ def usage_chunk(rid: str, model: str, chat: bool, result: GenerationResult) -> d
     }
 
 
-def model_card(name: str) -> dict[str, Any]:
-    """``GET /v1/models/{name}``: one model object."""
-    return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "inference-pio"}
+def model_card(name: str, max_model_len: int | None = None) -> dict[str, Any]:
+    """``GET /v1/models/{name}``: one model object; ``max_model_len`` (as vLLM's): the model's
+    context in tokens, prompt and output together, where known."""
+    card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "inference-pio"}
+    if max_model_len is not None:
+        card["max_model_len"] = max_model_len
+    return card
 
 
-def model_list(names: Sequence[str]) -> dict[str, Any]:
-    return {"object": "list", "data": [model_card(n) for n in names]}
+def model_list(names: Sequence[str], max_model_len: int | None = None) -> dict[str, Any]:
+    return {"object": "list", "data": [model_card(n, max_model_len) for n in names]}
 
 
 def http_error(status: int, message: str) -> dict[str, Any]:
