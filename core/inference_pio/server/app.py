@@ -56,6 +56,7 @@ class ModelService:
         names: list[str],
         prefix_caching: bool = True,
         prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+        max_num_batched_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.names = names
@@ -73,6 +74,7 @@ class ModelService:
                 model.eos_ids,
                 getattr(model, "max_batch_size", 8),
                 prefix_pool=PrefixPool(prefix_cache_bytes) if prefix_caching else None,
+                max_num_batched_tokens=max_num_batched_tokens,
             )
             self.engine = threading.Thread(
                 target=self.manager.serve,
@@ -174,6 +176,7 @@ def create_app(
     tool_call_format: str | None = FROM_MODEL,
     prefix_caching: bool = True,
     prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+    max_num_batched_tokens: int | None = None,
 ) -> Any:
     """The Starlette application serving ``model`` under ``name`` (default: the model's name);
     requests naming another model get a 404. ``tool_call_format``: how chat replies are parsed
@@ -181,7 +184,9 @@ def create_app(
     :func:`inference_pio.toolcalls.format_for`; None: never, replies stay text; or a format
     name, ``"hermes"``, ``"qwen3_coder"``, ``"glm47"``). ``prefix_caching``: finished requests'
     caches are kept (at most ``prefix_cache_bytes`` of them, least recently used dropped first)
-    for prompts that start the same way (:class:`~inference_pio.prefix_pool.PrefixPool`)."""
+    for prompts that start the same way (:class:`~inference_pio.prefix_pool.PrefixPool`).
+    ``max_num_batched_tokens``: the tokens a batch step runs at most (chunked prefill, see
+    :mod:`inference_pio.prefill_chunks`; None: the device's default, 0: off)."""
     tool_format = format_for(model) if tool_call_format == FROM_MODEL else tool_call_format
     check_format(tool_format)
     try:
@@ -197,7 +202,9 @@ def create_app(
         ) from exc
 
     served = name or getattr(model, "name", "") or "model"
-    service = ModelService(model, [served], prefix_caching, prefix_cache_bytes)
+    service = ModelService(
+        model, [served], prefix_caching, prefix_cache_bytes, max_num_batched_tokens
+    )
     strings = protocol.TokenStrings(
         getattr(model, "tokenizer", None), getattr(model, "detokenize", None)
     )
@@ -453,11 +460,12 @@ def serve(
     tool_call_format: str | None = FROM_MODEL,
     prefix_caching: bool = True,
     prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+    max_num_batched_tokens: int | None = None,
 ) -> None:
     """Serves ``model`` until interrupted (uvicorn). On Ctrl-C / SIGTERM, requests still running
     after ``SHUTDOWN_GRACE_S`` are cancelled (they stop at their next token).
-    ``tool_call_format``, ``prefix_caching`` and ``prefix_cache_bytes`` as in
-    :func:`create_app`."""
+    ``tool_call_format``, ``prefix_caching``, ``prefix_cache_bytes`` and
+    ``max_num_batched_tokens`` as in :func:`create_app`."""
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -465,7 +473,14 @@ def serve(
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from exc
     uvicorn.run(
-        create_app(model, name, tool_call_format, prefix_caching, prefix_cache_bytes),
+        create_app(
+            model,
+            name,
+            tool_call_format,
+            prefix_caching,
+            prefix_cache_bytes,
+            max_num_batched_tokens,
+        ),
         host=host,
         port=port,
         log_level="info",
