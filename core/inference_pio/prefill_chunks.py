@@ -20,6 +20,10 @@ batch-1 decode plans, the batched decode attention), and a chunk that fails cann
 running sequence's cache (:func:`run_chunks` fails only the requests whose chunks fail). The
 price is one more read of the weights a step while a prompt is being prefilled, small next to a
 chunk of hundreds of tokens.
+
+Each chunk's attention reads the whole past of its prompt, so chunks cost somewhat more than one
+whole prefill (more so for small budgets). GLM's MLA maps every cached latent to per-head keys
+and values for each chunk of 32 tokens or more: its scratch grows with the past, not the chunk.
 """
 
 from __future__ import annotations
