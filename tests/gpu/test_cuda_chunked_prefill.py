@@ -74,11 +74,16 @@ def test_greedy_tokens_equal_a_whole_prefill(lm: Any, budget: int) -> None:
 
 def test_a_stream_decodes_between_a_long_prompts_chunks(lm: Any) -> None:
     """serve(): a request decoding alone on the batch-1 path goes back into the batch when a
-    300-token prompt arrives, and decodes a step between each of its 31-token chunks; its
-    tokens are those it decodes without the other request."""
+    300-token prompt arrives after its 5th token, and decodes a step between each of the
+    prompt's 31-token chunks; its tokens are those it decodes without the other request."""
     long_prompt = _prompt(300, 5)
-    alone = _run(_manager(lm, 0), lm, [_prompt(6, 1)], 120)[0].token_ids
-    manager = _manager(lm, 32)
+    alone = _run(_manager(lm, 0), lm, [_prompt(6, 1)], 400)[0].token_ids
+
+    class OneCharPerToken:  # every token is a streamed piece
+        def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+            return "x" * len(ids)
+
+    manager = BatchManager(lm.model, OneCharPerToken(), lm.eos_ids, 4, max_num_batched_tokens=32)
     stop = threading.Event()
     done = threading.Event()
     results: dict[int, GenerationResult] = {}
@@ -109,7 +114,7 @@ def test_a_stream_decodes_between_a_long_prompts_chunks(lm: Any) -> None:
     try:
         manager.submit(
             _prompt(6, 1),
-            lm.sampling_params(max_new_tokens=120, temperature=0, ignore_eos=True),
+            lm.sampling_params(max_new_tokens=400, temperature=0, ignore_eos=True),
             on_piece=on_piece,
             on_finish=on_finish,
         )
