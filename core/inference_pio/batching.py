@@ -1,9 +1,17 @@
 """BatchManager: first-come-first-served continuous batching over a :class:`ForwardModel`.
 
-Requests wait in a FIFO queue. Each step admits waiting requests into free slots (their prompts
-are prefilled together in one forward call), then runs one decode step for every active sequence
-in one forward call: the weights are read once per step for the whole batch, each sequence keeps
-its own cache and length. Finished sequences leave at once and free their slot.
+Requests wait in a FIFO queue. Each step admits waiting requests into free slots, runs one decode
+step for every running sequence in one forward call (the weights are read once per step for the
+whole batch, each sequence keeps its own cache and length) and prefills prompts. Finished
+sequences leave at once and free their slot.
+
+Prompts are prefilled in chunks (:mod:`inference_pio.prefill_chunks`; vLLM's chunked prefill):
+a step runs at most ``max_num_batched_tokens`` tokens, the decode rows first, then chunks of
+the prompts being prefilled, oldest first, in one more forward call; a request is admitted only
+while the step has room for some of its prompt, and samples its first token from its last
+chunk's logits. A long prompt thus holds the running streams back by one chunk per step, not
+its whole prefill. With ``max_num_batched_tokens=0`` the admitted prompts are prefilled whole,
+together in one call (at most ``max_prefill_tokens`` of them a step), before the decode step.
 
 On a CUDA device the decode steps replay captured CUDA graphs where the model allows it
 (nn.cuda_batch_graph: each sequence decodes in one of a fixed set of device caches), so a step
@@ -49,6 +57,14 @@ from inference_pio.generation import (
     SequenceState,
     check_context,
     new_grammar,
+)
+from inference_pio.prefill_chunks import (
+    plan,
+    prefill_room,
+    prefilling,
+    remaining,
+    resolve_budget,
+    run_chunks,
 )
 from inference_pio.prefix_pool import Match, PrefixPool, copy_prefix, find_live, rewindable
 from inference_pio.sampling import SamplingParams, greedy_rows
@@ -101,15 +117,21 @@ class BatchManager:
         max_batch_size: int = 8,
         max_prefill_tokens: int = 4096,
         prefix_pool: PrefixPool | None = None,
+        max_num_batched_tokens: int | None = None,
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         """``prefix_pool``: where finished sequences' caches are kept for prompts that start
         the same way (None: every prompt is prefilled whole). Models split across devices
-        (``model.hybrid``) never reuse caches. ``on_step(batch_size)``: called at every decode
-        step (a batch-1 step of a sequence alone too), for metrics."""
+        (``model.hybrid``) never reuse caches. ``max_num_batched_tokens``: the tokens a step
+        runs at most, decode rows and prefill chunks (None: the device's default,
+        :data:`~inference_pio.prefill_chunks.DEFAULT_MAX_NUM_BATCHED_TOKENS`; 0: prompts are
+        prefilled whole, ``max_prefill_tokens`` of them at most a step). ``on_step(batch_size)``:
+        called at every decode step (a batch-1 step of a sequence alone too), for metrics."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.model = model
+        #: Tokens a step runs at most (0: chunked prefill off).
+        self.max_num_batched_tokens = resolve_budget(max_num_batched_tokens, self._device_type())
         self.detokenizer = detokenizer
         self.eos_ids = frozenset(eos_ids)
         self.max_batch_size = max_batch_size
@@ -133,6 +155,8 @@ class BatchManager:
         #: Prompt tokens prefilled, and taken from kept caches instead, so far (observability).
         self.prefill_tokens = 0
         self.cached_tokens = 0
+        #: Tokens of each chunked prefill call so far (observability and tests).
+        self.prefill_chunk_sizes: list[int] = []
         self.on_step = on_step
 
     def submit(
@@ -262,8 +286,9 @@ class BatchManager:
                     self.prefix_pool.clear()
             running = []  # finished sequences' caches go now, not when the next request comes
             self._results.clear()
-            if len(self.decode_batch_sizes) > _KEEP_SIZES:  # a server runs for days
-                del self.decode_batch_sizes[: _KEEP_SIZES // 2]
+            for sizes in (self.decode_batch_sizes, self.prefill_chunk_sizes):
+                if len(sizes) > _KEEP_SIZES:  # a server runs for days
+                    del sizes[: _KEEP_SIZES // 2]
         for req, _ in active:  # stopped mid-run: these get no result
             self._forget(req.index)
 
@@ -273,7 +298,8 @@ class BatchManager:
         active_count = len(running)
         admitted: list[tuple[_Request, SequenceState]] = []
         refused: list[tuple[_Request, Exception]] = []
-        budget = self.max_prefill_tokens
+        chunked = self.max_num_batched_tokens > 0
+        budget = self._room_left(running) if chunked else self.max_prefill_tokens
         with self._lock:
             while self._queue and active_count + len(admitted) < self.max_batch_size:
                 req = self._queue[0]
@@ -285,7 +311,7 @@ class BatchManager:
                 fits = graphs is None or req.capacity <= graphs.capacity
                 match = self._match(req.prompt_ids, graphs, running, admitted) if fits else None
                 todo = len(req.prompt_ids) - (match.tokens if match is not None else 0)
-                if admitted and todo > budget:
+                if (budget <= 0) if chunked else (admitted and todo > budget):
                     break
                 if not fits:
                     break  # waits for the running batch to end and the slots to grow
@@ -316,6 +342,13 @@ class BatchManager:
             _report_error(bad, why)
             self._forget(bad.index)
         return admitted
+
+    def _room_left(self, running: list[tuple[_Request, SequenceState]]) -> int:
+        """Prefill tokens this step has left for newly admitted prompts: its budget less the
+        running sequences' decode rows and the prompts still being prefilled."""
+        rows = sum(1 for _, s in running if not prefilling(s))
+        todo = sum(remaining(s) for _, s in running if prefilling(s))
+        return prefill_room(self.max_num_batched_tokens, rows) - todo
 
     def _match(
         self,
@@ -413,27 +446,77 @@ class BatchManager:
         graphs: Any,
         alone: bool | Callable[[_Request], Callable[[], bool]],
     ) -> list[tuple[_Request, SequenceState]]:
-        """Admits what fits (one prefill call), then one decode step for every active
-        sequence; returns the sequences still running. The admitted requests are appended to
-        ``active`` itself first (a caller keeping that list knows every request of the step).
-        ``alone``: whether a last sequence moves to the batch-1 path (True: to its end; a
-        function of the request: until the interrupt it returns says so)."""
+        """Admits what fits, runs one decode step for every running sequence and prefills
+        (chunks of the prompts being prefilled after the decode step, or with chunking off the
+        admitted prompts whole before it); returns the sequences still running. The admitted
+        requests are appended to ``active`` itself first (a caller keeping that list knows
+        every request of the step). ``alone``: whether a last sequence moves to the batch-1
+        path (True: to its end; a function of the request: until the interrupt it returns
+        says so)."""
         admitted = self._admit(active, graphs)
         active.extend(admitted)
-        if admitted:
-            logits = self.model.forward(
-                [(r.prompt_ids[s.cached_tokens :], s.cache) for r, s in admitted]
-            )
-            for req, state in admitted:
-                self.prefill_tokens += len(req.prompt_ids) - state.cached_tokens
-                self.cached_tokens += state.cached_tokens
-            now = time.perf_counter()
-            for (req, state), row in zip(admitted, logits, strict=False):
-                state.prefill_done_at = now
-                self._accept(req, state.accept, row)
+        if self.max_num_batched_tokens > 0:
+            active = self._retire(active, graphs)  # cancelled since the last step
+            decoding = [(r, s) for r, s in active if not prefilling(s)]
+            room = prefill_room(self.max_num_batched_tokens, len(decoding))
+            self._decode(decoding, graphs)
+            self._prefill_chunks(active, room)
+        else:
+            if admitted:
+                self._prefill_whole(admitted)
+            active = self._retire(active, graphs)
+            self._decode(active, graphs)
         active = self._retire(active, graphs)
+        on_cuda = graphs is not None or self._device_type() == "cuda"
+        single = alone and on_cuda and len(active) == 1 and not self._queue
+        if single and not self._no_alone and not prefilling(active[0][1]):
+            interrupt = alone(active[0][0]) if callable(alone) else None
+            if self._go_alone(*active[0], graphs, interrupt):
+                return []
+        return active
+
+    def _prefill_whole(self, admitted: list[tuple[_Request, SequenceState]]) -> None:
+        """Prefills the admitted prompts (what their caches do not hold) in one forward call
+        and samples their first tokens (chunking off)."""
+        logits = self.model.forward(
+            [(r.prompt_ids[s.cached_tokens :], s.cache) for r, s in admitted]
+        )
+        for req, state in admitted:
+            self.prefill_tokens += len(req.prompt_ids) - state.cached_tokens
+            self.cached_tokens += state.cached_tokens
+        now = time.perf_counter()
+        for (req, state), row in zip(admitted, logits, strict=False):
+            state.prefill_done_at = now
+            self._accept(req, state.accept, row)
+
+    def _prefill_chunks(self, active: list[tuple[_Request, SequenceState]], room: int) -> None:
+        """Runs the next chunks of the prompts being prefilled (oldest first, ``room`` tokens
+        at most) in one forward call; a prompt whose last chunk ran samples its first token.
+        A chunk that fails fails its request alone (see :func:`run_chunks`)."""
+        chunks = plan(active, room)
+        if not chunks:
+            return
+        self.prefill_chunk_sizes.append(sum(len(c.tokens) for c in chunks))
+        results = run_chunks(self.model, chunks)
+        now = time.perf_counter()
+        for chunk, out in zip(chunks, results, strict=True):
+            req, state = chunk.owner, chunk.state
+            if isinstance(out, Exception):
+                if req.on_error is None:  # run(): the caller sees the exception
+                    raise out
+                self._fail(req, out)
+                continue
+            self.prefill_tokens += len(chunk.tokens)
+            if chunk.last:
+                self.cached_tokens += state.cached_tokens
+                state.prefill_done_at = now
+                self._accept(req, state.accept, out)
+
+    def _decode(self, active: list[tuple[_Request, SequenceState]], graphs: Any) -> None:
+        """One decode step for the sequences ``active`` (each has sampled a token): a batch
+        graph step where there are graphs, else one forward call; each samples its next."""
         if not active:
-            return active
+            return
         self.decode_batch_sizes.append(len(active))
         if self.on_step is not None:
             self.on_step(len(active))
@@ -452,14 +535,6 @@ class BatchManager:
                 self._accept(req, state.accept_token, greedy[i])
             else:
                 self._accept(req, state.accept, row)
-        active = self._retire(active, graphs)
-        on_cuda = graphs is not None or self._device_type() == "cuda"
-        single = alone and on_cuda and len(active) == 1 and not self._queue
-        if single and not self._no_alone:
-            interrupt = alone(active[0][0]) if callable(alone) else None
-            if self._go_alone(*active[0], graphs, interrupt):
-                return []
-        return active
 
     def _go_alone(
         self,

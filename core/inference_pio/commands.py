@@ -431,9 +431,16 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
         if args.enable_prefix_caching
         else "prefix caching off"
     )
+    budget = args.max_num_batched_tokens
+    chunking = (
+        "prompts prefilled whole"
+        if budget == 0
+        else "chunked prefill, "
+        + (f"{budget} tokens a step" if budget is not None else "the device's step budget")
+    )
     print(
         f"serving {model.name} on {where} (OpenAI API; batches of up "
-        f"to {getattr(model, 'max_batch_size', 1)} sequences; {caching}; "
+        f"to {getattr(model, 'max_batch_size', 1)} sequences; {caching}; {chunking}; "
         f"{'metrics at /metrics' if metrics else 'no /metrics'}; Ctrl-C stops)",
         file=sys.stderr,
     )
@@ -447,6 +454,7 @@ def cmd_serve(args: argparse.Namespace, host: PluginHost) -> int:
         prefix_caching=args.enable_prefix_caching,
         prefix_cache_bytes=args.prefix_cache_mib << 20,
         metrics=metrics,
+        max_num_batched_tokens=budget,
     )
     return 0
 
@@ -459,6 +467,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -567,6 +586,16 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="sequences decoded together at most; more requests wait their turn (default: the "
         "model's, 8; each running sequence holds a KV cache)",
+    )
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="tokens a step runs at most: the running requests' decode rows, then chunks of "
+        "the prompts being prefilled, so that a long prompt holds the others back by one "
+        "chunk a step (chunked prefill; default: 512 on CPU, 8192 on CUDA; 0: prompts are "
+        "prefilled whole before the next decode step)",
     )
     p.add_argument(
         "--enable-prefix-caching",

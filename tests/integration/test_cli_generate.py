@@ -294,11 +294,14 @@ def test_serve_takes_a_batch_size(checkpoint: tuple[Path, object]) -> None:
     bad = _cli("serve", "-m", str(checkpoint[0]), "--prefix-cache-mib", "0")
     assert bad.returncode == 2
     assert "at least 1" in bad.stderr
+    bad = _cli("serve", "-m", str(checkpoint[0]), "--max-num-batched-tokens", "-1")
+    assert bad.returncode == 2
+    assert "at least 0" in bad.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = ["serve", "-m", str(checkpoint[0]), "--port", str(port), "--max-batch-size", "1"]
-    args.append("--no-enable-prefix-caching")
+    args += ["--no-enable-prefix-caching", "--max-num-batched-tokens", "16"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "inference_pio", *args], stderr=subprocess.PIPE, text=True
     )
@@ -306,6 +309,7 @@ def test_serve_takes_a_batch_size(checkpoint: tuple[Path, object]) -> None:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         assert "batches of up to 1 sequences; prefix caching off" in line
+        assert "chunked prefill, 16 tokens a step" in line
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60
         )

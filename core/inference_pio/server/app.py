@@ -60,6 +60,7 @@ class ModelService:
         prefix_caching: bool = True,
         prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
         on_step: Callable[[int], None] | None = None,
+        max_num_batched_tokens: int | None = None,
     ) -> None:
         """``on_step``: the batch size of every decode step goes there (metrics)."""
         self.model = model
@@ -80,6 +81,7 @@ class ModelService:
                 getattr(model, "max_batch_size", 8),
                 prefix_pool=PrefixPool(prefix_cache_bytes) if prefix_caching else None,
                 on_step=on_step,
+                max_num_batched_tokens=max_num_batched_tokens,
             )
             self.engine = threading.Thread(
                 target=self.manager.serve,
@@ -200,6 +202,7 @@ def create_app(
     prefix_caching: bool = True,
     prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
     metrics: bool | None = None,
+    max_num_batched_tokens: int | None = None,
 ) -> Any:
     """The Starlette application serving ``model`` under ``name`` (default: the model's name);
     requests naming another model get a 404. ``tool_call_format``: how chat replies are parsed
@@ -209,7 +212,9 @@ def create_app(
     caches are kept (at most ``prefix_cache_bytes`` of them, least recently used dropped first)
     for prompts that start the same way (:class:`~inference_pio.prefix_pool.PrefixPool`).
     ``metrics``: serve Prometheus metrics at ``GET /metrics`` (None: when prometheus_client, part
-    of the server extra, is installed; True: ImportError without it)."""
+    of the server extra, is installed; True: ImportError without it).
+    ``max_num_batched_tokens``: the tokens a batch step runs at most (chunked prefill, see
+    :mod:`inference_pio.prefill_chunks`; None: the device's default, 0: off)."""
     tool_format = format_for(model) if tool_call_format == FROM_MODEL else tool_call_format
     check_format(tool_format)
     try:
@@ -241,6 +246,7 @@ def create_app(
         [served],
         prefix_caching,
         prefix_cache_bytes,
+        max_num_batched_tokens=max_num_batched_tokens,
         on_step=recorder.decode_step if recorder is not None else None,
     )
     strings = protocol.TokenStrings(
@@ -538,11 +544,12 @@ def serve(
     prefix_caching: bool = True,
     prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
     metrics: bool | None = None,
+    max_num_batched_tokens: int | None = None,
 ) -> None:
     """Serves ``model`` until interrupted (uvicorn). On Ctrl-C / SIGTERM, requests still running
     after ``SHUTDOWN_GRACE_S`` are cancelled (they stop at their next token).
-    ``tool_call_format``, ``prefix_caching``, ``prefix_cache_bytes`` and ``metrics`` as in
-    :func:`create_app`."""
+    ``tool_call_format``, ``prefix_caching``, ``prefix_cache_bytes``, ``metrics`` and
+    ``max_num_batched_tokens`` as in :func:`create_app`."""
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -550,7 +557,15 @@ def serve(
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from exc
     uvicorn.run(
-        create_app(model, name, tool_call_format, prefix_caching, prefix_cache_bytes, metrics),
+        create_app(
+            model,
+            name,
+            tool_call_format,
+            prefix_caching,
+            prefix_cache_bytes,
+            metrics,
+            max_num_batched_tokens,
+        ),
         host=host,
         port=port,
         log_level="info",
