@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import operator
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,13 @@ class CausalLM(TextModelPluginInterface):
         if getattr(device, "type", "cpu") == "cuda":
             from inference_pio.nn.cuda_graph import cuda_stream_generate
 
+            if speculative is not None:
+                warnings.warn(
+                    "speculative decoding runs on the CPU only (CUDA decodes with its captured "
+                    "graph); decoding without it",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return cuda_stream_generate
         options: dict[str, Any] = {}
         if speculative is not None:
