@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import operator
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from inference_pio.errors import CheckpointError
 from inference_pio.generation import ForwardModel, GenerationResult, PrefixCache, stream_generate
 from inference_pio.interface import BatchRequest, TextModelPluginInterface
 from inference_pio.sampling import SamplingParams
+from inference_pio.speculative import SpeculativeConfig, pop_options
 
 if TYPE_CHECKING:
     from inference_pio.tokenizer import Tokenizer
@@ -126,12 +128,17 @@ class CausalLM(TextModelPluginInterface):
 
     def generate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
         """Full result (text, token ids, timings) for one prompt; ``logprobs=k`` (0..20) adds
-        each token's log probability and the k most likely tokens (``result.logprobs``)."""
+        each token's log probability and the k most likely tokens (``result.logprobs``).
+        ``speculative="ngram"`` (with ``num_speculative_tokens``, ``prompt_lookup_max``,
+        ``prompt_lookup_min``, or a :class:`~inference_pio.speculative.SpeculativeConfig`)
+        decodes with prompt-lookup speculation on the CPU: the same output, faster where the
+        output repeats the prompt (:mod:`inference_pio.speculative`)."""
+        spec = pop_options(sampling)
         params = self.sampling_params(**sampling)
         ids = self._prompt_ids(prompt)
         results: list[GenerationResult] = []
         start = time.perf_counter()
-        for _ in self._stream_fn()(
+        for _ in self._stream_fn(spec)(
             self.model, self.tokenizer, ids, params, self.eos_ids, on_finish=results.append
         ):
             pass
@@ -155,23 +162,35 @@ class CausalLM(TextModelPluginInterface):
         """Text pieces as :meth:`stream_text` yields them; when the generation ends,
         ``on_finish`` receives its :class:`GenerationResult` (token counts, finish reason).
         Invalid arguments raise before the iterator is returned."""
+        spec = pop_options(sampling)
         params = self.sampling_params(**sampling)
         ids = self._prompt_ids(prompt)
-        stream: Iterator[str] = self._stream_fn()(
+        stream: Iterator[str] = self._stream_fn(spec)(
             self.model, self.tokenizer, ids, params, self.eos_ids, on_finish
         )
         return stream
 
-    def _stream_fn(self) -> Any:
-        """The generation loop for this model's device (CUDA: graph-captured batch-1 decode)."""
+    def _stream_fn(self, speculative: SpeculativeConfig | None = None) -> Any:
+        """The generation loop for this model's device (CUDA: graph-captured batch-1 decode,
+        which ``speculative`` leaves alone: it runs on the CPU)."""
         device = getattr(self.model, "device", None)
         if getattr(device, "type", "cpu") == "cuda":
             from inference_pio.nn.cuda_graph import cuda_stream_generate
 
+            if speculative is not None:
+                warnings.warn(
+                    "speculative decoding runs on the CPU only (CUDA decodes with its captured "
+                    "graph); decoding without it",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return cuda_stream_generate
-        if self.prefix_cache is None or getattr(self.model, "hybrid", False):
-            return stream_generate
-        return functools.partial(stream_generate, prefix_cache=self.prefix_cache)
+        options: dict[str, Any] = {}
+        if speculative is not None:
+            options["speculative"] = speculative
+        if self.prefix_cache is not None and not getattr(self.model, "hybrid", False):
+            options["prefix_cache"] = self.prefix_cache
+        return functools.partial(stream_generate, **options) if options else stream_generate
 
     def reuse_prefixes(self, on: bool = True) -> None:
         """Keeps each generation's KV cache for the next one (CPU models): a prompt that starts

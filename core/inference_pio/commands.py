@@ -96,10 +96,51 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frequency-penalty", type=float, default=None)
     g.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g = p.add_argument_group(
+        "speculative decoding (CPU; the output is the same, only the speed changes)"
+    )
+    g.add_argument(
+        "--speculative-ngram",
+        type=int,
+        default=None,
+        metavar="K",
+        help="prompt-lookup speculation: draft up to K tokens (1-15) by copying what followed "
+        "the last n tokens where they occurred before in the prompt or output, and verify them "
+        "in one forward call; pays off when the output repeats the prompt (code edits, quotes)",
+    )
+    g.add_argument(
+        "--prompt-lookup-max",
+        type=int,
+        default=None,
+        metavar="N",
+        help="longest n-gram looked up (default 4)",
+    )
+    g.add_argument(
+        "--prompt-lookup-min",
+        type=int,
+        default=None,
+        metavar="N",
+        help="shortest n-gram looked up (default 2)",
+    )
+
+
+def _speculative(args: argparse.Namespace) -> dict[str, Any]:
+    """The speculative decoding keywords of ``generate`` from the CLI flags."""
+    if args.speculative_ngram is None:
+        if args.prompt_lookup_max is not None or args.prompt_lookup_min is not None:
+            raise ValueError("--prompt-lookup-max/--prompt-lookup-min need --speculative-ngram K")
+        return {}
+    return {
+        "speculative": "ngram",
+        "num_speculative_tokens": args.speculative_ngram,
+        "prompt_lookup_max": args.prompt_lookup_max,
+        "prompt_lookup_min": args.prompt_lookup_min,
+    }
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return {
+        **_speculative(args),
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "top_k": args.top_k,
@@ -169,6 +210,14 @@ def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
                     "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
                     "time_to_first_token_s": round(result.time_to_first_token_s, 6),
                     "peak_rss_bytes": peak_rss_bytes(),
+                    **(
+                        {
+                            "draft_tokens": result.draft_tokens,
+                            "accepted_draft_tokens": result.accepted_draft_tokens,
+                        }
+                        if args.speculative_ngram is not None
+                        else {}
+                    ),
                 },
                 ensure_ascii=False,
             )

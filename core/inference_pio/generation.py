@@ -19,6 +19,7 @@ from inference_pio.sampling import Sampler, SamplingParams
 from inference_pio.tensor import Tensor
 
 if TYPE_CHECKING:
+    from inference_pio.speculative import SpeculativeConfig
     from inference_pio.structured import GrammarState
 
 
@@ -198,6 +199,9 @@ class GenerationResult:
     logprobs: list[TokenLogprob] | None = None
     #: Prompt tokens taken from a kept cache instead of prefilled (prefix caching).
     cached_tokens: int = 0
+    #: Speculative decoding: draft tokens verified, and how many of them were accepted.
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -416,10 +420,13 @@ def stream_generate(
     on_finish: Callable[[GenerationResult], None] | None = None,
     prefill: Callable[[Any], Tensor] | None = None,
     prefix_cache: PrefixCache | None = None,
+    speculative: SpeculativeConfig | None = None,
 ) -> Iterator[str]:
     """Generates for one prompt, yielding text pieces as they become final. ``prefill(cache)``,
     when given, runs the prompt into the new cache instead of ``model.forward`` and returns the
-    last logits (a multimodal prefill: the model embeds more than the token ids)."""
+    last logits (a multimodal prefill: the model embeds more than the token ids).
+    ``speculative``: decode with prompt-lookup speculation where the model and its cache allow
+    it (:mod:`inference_pio.speculative`; the output is the same)."""
     prompt = list(prompt_ids)
     capacity = check_context(model, len(prompt), params)
     state = SequenceState(prompt, params, frozenset(eos_ids), IncrementalText(detokenizer))
@@ -434,7 +441,16 @@ def stream_generate(
     else:
         (logits,) = model.forward([(prompt[reused:], state.cache)])
     state.prefill_done_at = time.perf_counter()
-    while True:
+    spec_stats = None
+    if speculative is not None:
+        from inference_pio import speculative as spec
+
+        if spec.can_speculate(model, state.cache):
+            spec_stats = spec.SpeculationStats()
+            yield from spec.speculative_decode(
+                model, state, capacity, logits, speculative, spec_stats
+            )
+    while spec_stats is None:
         piece = state.accept(logits)
         if piece:
             yield piece
@@ -450,4 +466,8 @@ def stream_generate(
         held = prompt + state.generated
         prefix_cache.put(held[: state.cache.length], state.cache)
     if on_finish is not None:
-        on_finish(state.result(time.perf_counter()))
+        result = state.result(time.perf_counter())
+        if spec_stats is not None:
+            result.draft_tokens = spec_stats.drafted
+            result.accepted_draft_tokens = spec_stats.accepted
+        on_finish(result)

@@ -64,6 +64,10 @@ class DecodePlan:
         if self.refused:
             return
         if len(self.recordings) < RECORDED_STEPS - 1:
+            if self.recordings and length != self.recordings[-1][0] + 1:
+                # the cache moved by other calls in between (a speculative verification step,
+                # a rollback): the two recordings must be of consecutive lengths, start again
+                self.recordings.clear()
             self.recordings.append((length, calls))
             if len(self.recordings) == RECORDED_STEPS - 1:
                 self._build()

@@ -217,6 +217,36 @@ class DecoderModel:
             return [self._decode_one(batch[0][0][0], batch[0][1])]
         return self._forward(batch)
 
+    def forward_all(self, tokens: Sequence[int], cache: LayerCache) -> list[Tensor]:
+        """Appends ``tokens`` to one sequence's ``cache``; returns the logits of every one of
+        them, not only the last (the rows a verification step of speculative decoding needs).
+
+        On the CPU each row is bitwise what a batch-1 decode step of that token gives: the
+        projections and MLPs run over all rows at once (the kernels compute each row of a small
+        call as they compute it alone), and attention runs row by row, each row as the decode
+        step at its position would (a multi-row attention call splits its keys otherwise). On
+        other devices the tokens run as one prefill-like segment (equal up to rounding)."""
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward_all: no tokens")
+        if self.device.type != "cpu" or self.hybrid:
+            return self._forward([(tokens, cache)], every_row=True)
+        if cache.length + n > cache.capacity:
+            raise ValueError(
+                f"forward: {cache.length} + {n} tokens exceed the cache capacity {cache.capacity}"
+            )
+        ids = [int(t) for t in tokens]
+        for tok in ids:
+            if not 0 <= tok < self.embed.vocab:
+                raise ValueError(f"token id {tok} outside the vocabulary [0, {self.embed.vocab})")
+        # one single-row segment per token, all over the same cache, each at its own length
+        segments = [Segment(i, 1, cache.length + i) for i in range(n)]
+        first = cache.length + cache.position_offset
+        with self.be.scratch_scope():
+            return self._run(
+                [([t], cache) for t in ids], segments, ids, list(range(first, first + n))
+            )
+
     def _decode_one(self, token: int, cache: LayerCache) -> Tensor:
         """One batch-1 CPU decode step: replayed from the cache's plan once it is recorded."""
         plan = cache.plan
@@ -358,7 +388,9 @@ class DecoderModel:
         (row,) = self._logits(segments, x, small=False)
         return row.reshape(1, self.vocab_size)
 
-    def _forward(self, batch: Sequence[tuple[Sequence[int], LayerCache]]) -> list[Tensor]:
+    def _forward(
+        self, batch: Sequence[tuple[Sequence[int], LayerCache]], every_row: bool = False
+    ) -> list[Tensor]:
         be = self.be
         segments: list[Segment] = []
         ids: list[int] = []
@@ -380,11 +412,11 @@ class DecoderModel:
             if not 0 <= tok < self.embed.vocab:
                 raise ValueError(f"token id {tok} outside the vocabulary [0, {self.embed.vocab})")
         if self.hybrid:
-            return self._run_hybrid(batch, segments, ids, positions)
+            return self._run_hybrid(batch, segments, ids, positions, every_row)
         # one set of activation buffers for the whole call, whatever its length (a prefill's
         # layers reuse them instead of allocating and freeing ~8 per layer)
         with be.scratch_scope():
-            return self._run(batch, segments, ids, positions)
+            return self._run(batch, segments, ids, positions, every_row)
 
     def _run_hybrid(
         self,
@@ -392,6 +424,7 @@ class DecoderModel:
         segments: list[Segment],
         ids: list[int],
         positions: list[int],
+        every_row: bool = False,
     ) -> list[Tensor]:
         """``_forward`` over layers on several devices: each run of layers on one device gets
         the residual stream copied to it (once a step at a CPU/GPU boundary) and its own rotary
@@ -420,7 +453,7 @@ class DecoderModel:
         for seg, (_, cache) in zip(segments, batch, strict=False):
             cache.length += seg.count
         with self.be.scratch_scope():
-            return self._logits(segments, x, small=False)
+            return self._logits(segments, x, small=False, every_row=every_row)
 
     def _run_range(
         self,
@@ -447,6 +480,7 @@ class DecoderModel:
         segments: list[Segment],
         ids: list[int],
         positions: list[int],
+        every_row: bool = False,
     ) -> list[Tensor]:
         """``_forward`` once the batch is checked: every buffer but the logits is scratch."""
         be = self.be
@@ -465,17 +499,24 @@ class DecoderModel:
         self.run_layers(be, x, h, segments, caches, cos, sin)
         for seg, (_, cache) in zip(segments, batch, strict=False):
             cache.length += seg.count
-        return self._logits(segments, x, small)
+        return self._logits(segments, x, small, every_row)
 
-    def _logits(self, segments: list[Segment], x: Tensor, small: bool) -> list[Tensor]:
-        """The final norm and LM head over each segment's last row of ``x``; ``small`` puts the
-        logits in scratch and returns copies (CPU decode plans replay the calls)."""
+    def _logits(
+        self, segments: list[Segment], x: Tensor, small: bool, every_row: bool = False
+    ) -> list[Tensor]:
+        """The final norm and LM head over each segment's last row of ``x`` (``every_row``:
+        over every row); ``small`` puts the logits in scratch and returns copies (CPU decode
+        plans replay the calls)."""
         be = self.be
-        b = len(segments)
+        if every_row:
+            rows = [r for seg in segments for r in range(seg.start, seg.start + seg.count)]
+        else:
+            rows = [seg.start + seg.count - 1 for seg in segments]
+        b = len(rows)
         es = self.act_dtype.itemsize
         last = be.scratch("model.last", (b, self.hidden), self.act_dtype)
-        for i, seg in enumerate(segments):
-            row = (seg.start + seg.count - 1) * self.hidden * es
+        for i, r in enumerate(rows):
+            row = r * self.hidden * es
             be.call(
                 "rms_norm",
                 x.data_ptr + row,

@@ -36,6 +36,7 @@ from inference_pio.interface import BatchRequest
 from inference_pio.nn import dense
 from inference_pio.nn.decoder import DecoderModel, LayerCache, LayerHook
 from inference_pio.sampling import SamplingParams
+from inference_pio.speculative import SpeculativeConfig, pop_options
 from inference_pio.tensor import Tensor
 from inference_pio_qwen3_vl_2b import MODEL_NAME
 from inference_pio_qwen3_vl_2b.config import VLConfig
@@ -149,6 +150,7 @@ class Qwen3VL(CausalLM):
         images: Sequence[ImageSource | Tensor],
         params: SamplingParams,
         on_finish: Callable[[GenerationResult], None] | None = None,
+        speculative: SpeculativeConfig | None = None,
     ) -> Iterator[str]:
         """The generation loop of this device with the image prefill in front (on CUDA the
         decode then replays the text decoder's graph, shifted by the rope delta)."""
@@ -160,7 +162,7 @@ class Qwen3VL(CausalLM):
         def prefill(cache: LayerCache) -> Tensor:
             return self.vl.prefill(ids, prepared, cache)
 
-        stream: Iterator[str] = self._stream_fn()(
+        stream: Iterator[str] = self._stream_fn(speculative)(
             self.model, self.tokenizer, ids, params, self.eos_ids, on_finish, prefill=prefill
         )
         return stream
@@ -187,10 +189,11 @@ class Qwen3VL(CausalLM):
         if not images:
             self.refuse_stray_image_pads(prompt)
             return super().generate(prompt, **sampling)
+        spec = pop_options(sampling)
         params = self.sampling_params(**sampling)
         start = time.perf_counter()
         results: list[GenerationResult] = []
-        for _ in self._image_stream(prompt, images, params, on_finish=results.append):
+        for _ in self._image_stream(prompt, images, params, results.append, spec):
             pass
         result = results[0]
         if result.prefill_s == 0.0:
@@ -218,7 +221,8 @@ class Qwen3VL(CausalLM):
         if not images:
             self.refuse_stray_image_pads(prompt)
             return super().stream(prompt, on_finish, **sampling)
-        return self._image_stream(prompt, images, self.sampling_params(**sampling), on_finish)
+        spec = pop_options(sampling)
+        return self._image_stream(prompt, images, self.sampling_params(**sampling), on_finish, spec)
 
     def generate_batch(self, requests: Sequence[BatchRequest]) -> list[GenerationResult]:
         """Requests without images run as batches; a request mapping with ``"images"`` runs on
