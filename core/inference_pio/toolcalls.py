@@ -19,7 +19,9 @@ streamed as they grow, and gives the same content and calls.
 A call's ``arguments`` is JSON object text: for ``hermes`` the ``arguments`` object as the model
 wrote it (when the call is written ``{"name": ..., "arguments": {...}}``, in that order; else
 re-serialized), for the XML formats ``json.dumps`` of the converted parameters in the order
-written. A key written twice counts once, with its first value (what a stream has already sent).
+written. In the XML formats (and the call's own ``name``) a key written twice counts once, with
+its first value (what a stream has already sent); hermes ``arguments`` stay the text the model
+wrote, so a key written twice inside them reads as JSON parsers read it (the last value).
 """
 
 from __future__ import annotations
@@ -81,14 +83,40 @@ class ParsedReply:
 # ---- helpers ------------------------------------------------------------------------------------
 
 
+def _local_ref(schema: Any, root: Mapping[str, Any]) -> Any:
+    """``schema`` with a local ``$ref`` (``#/$defs/X``, ``#/definitions/X``) into ``root``
+    inlined, one level (its other keywords kept); else ``schema`` as it is."""
+    ref = schema.get("$ref") if isinstance(schema, Mapping) else None
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return schema
+    target: Any = root
+    for part in ref[2:].split("/"):
+        target = target.get(part) if isinstance(target, Mapping) else None
+    if not isinstance(target, Mapping):
+        return schema
+    return {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
+def resolve_property(schema: Any, root: Mapping[str, Any]) -> Any:
+    """A property schema typed as its ``$ref`` says (pydantic writes nested models and
+    ``Optional`` ones as ``{"$ref": ...}`` and ``{"anyOf": [{"$ref": ...}, {"type": "null"}]}``)."""
+    schema = _local_ref(schema, root)
+    if isinstance(schema, Mapping) and isinstance(schema.get("anyOf"), list):
+        return {**schema, "anyOf": [_local_ref(o, root) for o in schema["anyOf"]]}
+    return schema
+
+
 def _properties(tools: Sequence[Tool] | None, name: str) -> dict[str, Any]:
-    """The JSON-schema ``properties`` of the tool called ``name`` ({} when unknown)."""
+    """The JSON-schema ``properties`` of the tool called ``name`` ({} when unknown), local
+    ``$ref``s of each resolved (:func:`resolve_property`)."""
     for tool in tools or ():
         fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
         if isinstance(fn, Mapping) and fn.get("name") == name:
             params = fn.get("parameters")
             props = params.get("properties") if isinstance(params, Mapping) else None
-            return dict(props) if isinstance(props, Mapping) else {}
+            if not isinstance(props, Mapping):
+                return {}
+            return {k: resolve_property(v, params) for k, v in props.items()}  # type: ignore[arg-type]
     return {}
 
 

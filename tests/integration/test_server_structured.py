@@ -380,6 +380,7 @@ def test_forced_calls_of_tools_with_refs(served: tuple[Any, Any], choice: Any) -
             messages=[{"role": "user", "content": "Add one."}],
             tools=[ITEMS, CLOCK],
             tool_choice=choice,
+            parallel_tool_calls=False,  # else a random model goes on calling until max_tokens
             max_tokens=60,
             seed=seed,
             temperature=1.0,
@@ -422,3 +423,29 @@ def test_a_bad_tool_schema_under_a_forced_call_names_the_tool(served: tuple[Any,
             max_tokens=4,
         )
     assert "start:" not in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["qwen3_coder", "glm47"])
+def test_forced_xml_calls_of_tools_with_refs(request: pytest.FixtureRequest, fmt: str) -> None:
+    """A parameter that is a local ``$ref`` (pydantic's ``$defs``) is resolved for the grammar
+    and the parsers alike: written as JSON of the referenced object schema, read back as an
+    object (it was an internal grammar error, and the parsers took it for a string)."""
+    c = request.getfixturevalue("coder_client" if fmt == "qwen3_coder" else "glm_client")
+    model = NAME
+    for seed in range(2):
+        r = c.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Add one."}],
+            tools=[ITEMS],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=80,
+            seed=seed,
+            temperature=1.0,
+        )
+        assert r.choices[0].finish_reason == "tool_calls"
+        (call,) = r.choices[0].message.tool_calls
+        item = json.loads(call.function.arguments)["item"]
+        assert isinstance(item, dict)
+        assert set(item) == {"sku", "qty"}
+        assert 1 <= item["qty"] <= 9

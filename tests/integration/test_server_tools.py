@@ -543,6 +543,22 @@ def test_arguments_stream_as_they_grow_and_join_to_the_reply(piecewise: tuple[st
     assert final.choices[0].finish_reason == "tool_calls"
 
 
+def test_a_call_cut_by_max_tokens_finishes_with_length(piecewise: tuple[str, str]) -> None:
+    """A reply cut inside its call says "length", streamed or not (as OpenAI reports it): the
+    cut call's arguments are not whole JSON, so "tool_calls" would have clients run them."""
+    _, url = piecewise
+    c = client(url)
+    kw: dict[str, Any] = {"model": NAME, "messages": [{"role": "user", "content": "Weather?"}]}
+    kw.update(tools=TOOLS, temperature=0)
+    for max_tokens in (4, 5, 6):
+        reply = c.chat.completions.create(**kw, max_tokens=max_tokens)
+        assert reply.choices[0].finish_reason == "length"
+        chunks = list(c.chat.completions.create(**kw, max_tokens=max_tokens, stream=True))
+        finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices]
+        assert finishes[-1] == "length"
+        assert "tool_calls" not in finishes
+
+
 @pytest.mark.parametrize("piecewise", ["glm47"], indirect=True)
 def test_special_markup_tokens_are_kept_only_while_tools_are_parsed(
     piecewise: tuple[str, str],

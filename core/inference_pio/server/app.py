@@ -408,7 +408,7 @@ def create_app(
                 if calls is not None:
                     for event in pieces(calls.finish()):
                         yield event
-                    if calls.announced:
+                    if calls.announced and finish == "stop":  # "length" says the call was cut
                         finish = "tool_calls"
                 held.extend((result.logprobs or [])[sent + len(held) :])  # what no text carried
                 yield _sse(protocol.chunk(rid, served, chat, None, finish, logprobs=take()))

@@ -596,7 +596,8 @@ def chat_body(
         content = parsed.content
         message["content"] = None if content is None else json_text(content)
         message["tool_calls"] = [_call_json(c) for c in parsed.tool_calls]
-        finish = "tool_calls"
+        if finish == "stop":  # a reply cut by max_tokens stays "length" (as OpenAI says)
+            finish = "tool_calls"
     return {
         "id": rid,
         "object": "chat.completion",

@@ -25,7 +25,7 @@ from typing import Any
 
 from inference_pio.structured.closed import close_objects
 from inference_pio.structured.constraint import JSON_OPTIONS, Constraint
-from inference_pio.toolcalls import _STRING_TYPES, _schema_type, _valid_name
+from inference_pio.toolcalls import _STRING_TYPES, _schema_type, _valid_name, resolve_property
 
 #: Formats whose markup :func:`tool_call_constraint` can force.
 CONSTRAINABLE_FORMATS = ("hermes", "qwen3_coder", "glm47")
@@ -124,7 +124,7 @@ def _parameters(fn: Mapping[str, Any]) -> list[tuple[str, Any, bool]]:
     props = props if isinstance(props, Mapping) else {}
     required = params.get("required")
     needed = [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
-    out = [(str(k), v, k in needed) for k, v in props.items()]
+    out = [(str(k), resolve_property(v, params), k in needed) for k, v in props.items()]
     return out + [(r, {"type": "string"}, True) for r in dict.fromkeys(needed) if r not in props]
 
 
@@ -134,6 +134,7 @@ class _XmlGrammar:
     def __init__(self, fmt: str, markup: _Markup) -> None:
         self.fmt, self.lit = fmt, markup
         self.rules: list[str] = []
+        self.defs: dict[str, Any] = {}  # the current function's $defs / definitions
         self.forbidden: tuple[str, ...]
         if fmt == "qwen3_coder":
             self.key_open, self.key_close = "<parameter=", ">\n"
@@ -153,6 +154,9 @@ class _XmlGrammar:
         else:
             head, tail = f"<tool_call>{name}", "</tool_call>"
         parts = [self.lit(head)]
+        params = fn.get("parameters")
+        params = params if isinstance(params, Mapping) else {}
+        self.defs = {k: close_objects(params[k]) for k in ("$defs", "definitions") if k in params}
         for j, (key, schema, required) in enumerate(_parameters(fn)):
             rule = f"p{k}_{j}"
             self.parameter(rule, key, schema)
@@ -168,6 +172,7 @@ class _XmlGrammar:
         if kind not in _STRING_TYPES:  # JSON, as the parsers read these values
             body = {
                 **close_objects(schema if isinstance(schema, Mapping) else {}),
+                **self.defs,  # what its $refs point to
                 "x-guidance": _OPTIONS,
             }
             self.rules.append(f"{rule}_value: %json {json.dumps(body, ensure_ascii=False)}")
