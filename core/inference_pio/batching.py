@@ -197,8 +197,14 @@ class BatchManager:
         """Stops a request at the next step (its client went away); it gets no result. An index
         that is not queued or running (finished, failed, unknown) is ignored."""
         with self._lock:
-            if index in self._live:
-                self._cancelled.add(index)
+            if index not in self._live:
+                return
+            for req in self._queue:  # still waiting: it leaves the queue now (not a waiting one)
+                if req.index == index:
+                    self._queue.remove(req)
+                    self._live.discard(index)
+                    return
+            self._cancelled.add(index)
 
     def counts(self) -> tuple[int, int]:
         """Requests running (admitted, not done yet) and waiting (queued) now (metrics)."""
@@ -497,9 +503,10 @@ class BatchManager:
         if not chunks:
             return
         self.prefill_chunk_sizes.append(sum(len(c.tokens) for c in chunks))
+        starts = [c.state.cache.length for c in chunks]
         results = run_chunks(self.model, chunks)
         now = time.perf_counter()
-        for chunk, out in zip(chunks, results, strict=True):
+        for chunk, out, start in zip(chunks, results, starts, strict=True):
             req, state = chunk.owner, chunk.state
             if isinstance(out, Exception):
                 if req.on_error is None:  # run(): the caller sees the exception
@@ -507,8 +514,9 @@ class BatchManager:
                 self._fail(req, out)
                 continue
             self.prefill_tokens += len(chunk.tokens)
-            if chunk.last:
+            if start == state.cached_tokens:  # its first chunk (counted if cancelled later)
                 self.cached_tokens += state.cached_tokens
+            if chunk.last:
                 state.prefill_done_at = now
                 self._accept(req, state.accept, out)
 

@@ -401,3 +401,40 @@ def test_plan_takes_the_oldest_first() -> None:
         (0, list(range(4, 10)), True),
         (2, list(range(14)), False),
     ]
+
+
+def test_a_cancelled_prefill_counts_its_cache_hit_and_queued_cancels_leave_at_once(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that took a kept prefix and is cancelled mid-prefill still counts the cached
+    tokens (counted at its first chunk, as its prefilled ones are per chunk; they came only at
+    the last chunk, so never for it); a queued request that is cancelled leaves the queue at
+    once (``counts()`` said it was waiting until a slot freed)."""
+    pool = PrefixPool()
+    manager = _manager(model, 8, pool)
+    shared = _prompt(100, seed=3)
+    _run(manager, [shared], 1)
+    prefilled, cached = manager.prefill_tokens, manager.cached_tokens
+    calls = 0
+    real = manager.model.forward
+    index = -1
+
+    def forward(batch: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            manager.cancel(index)
+        return real(batch)
+
+    monkeypatch.setattr(manager.model, "forward", forward)
+    index = manager.submit([*shared, *_prompt(200, seed=4)], _params(4))
+    assert manager.run() == []
+    assert manager.cached_tokens - cached == len(shared)  # all of it: at least one token is new
+    assert 0 < manager.prefill_tokens - prefilled < 200
+    queued = _manager(model, 8, None, batch=1)
+    queued.submit(_prompt(5), _params(2))
+    gone = queued.submit(_prompt(6), _params(2))
+    assert queued.counts() == (0, 2)
+    queued.cancel(gone)
+    assert queued.counts() == (0, 1)
+    assert len(queued.run()) == 1
