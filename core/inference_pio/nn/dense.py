@@ -105,8 +105,6 @@ class DenseConfig:
     def max_context(self) -> int:
         """The usable context: max_position_embeddings, extended by a linear or YaRN rope
         scaling as vLLM derives it (:func:`inference_pio.nn.rope_scaling.context_length`)."""
-        if self.rope is None:
-            return self.max_position_embeddings
         return context_length(self.rope, self.max_position_embeddings)
 
     def rotary(self) -> Rotary:

@@ -324,11 +324,13 @@ def mla_softmax_scale(params: Mapping[str, Any], scale: float) -> float:
     return scale
 
 
-def context_length(rope: RopeFrequencies, max_position_embeddings: int) -> int:
+def context_length(rope: RopeFrequencies | None, max_position_embeddings: int) -> int:
     """The context a model may use: ``max_position_embeddings``, extended as vLLM derives it
     for a scaled rope (``original_max_position_embeddings * factor`` for yarn,
     ``max_position_embeddings * factor`` for linear) when that is longer. llama3 configs already
-    state the extended length in ``max_position_embeddings``."""
+    state the extended length in ``max_position_embeddings``; ``rope`` None: plain RoPE."""
+    if rope is None:
+        return max_position_embeddings
     params = rope.params
     if rope.rope_type == "yarn" and params.get("factor") is not None:
         extended = _original_max(params) * _number(params, "factor")

@@ -37,6 +37,16 @@ def _check_rot(rot_dim: int, multiple: int) -> None:
         )
 
 
+def _empty_tables(
+    positions: Tensor, T: int, rot_dim: int, dtype: DType | str
+) -> tuple[DType, int, Tensor, Tensor]:
+    """(table dtype, T, cos, sin): two empty ``[T, rot_dim]`` tables on the positions' device."""
+    dt = _table_dtype(dtype)
+    cos = Tensor.empty((T, rot_dim), dt, positions.device)
+    sin = Tensor.empty((T, rot_dim), dt, positions.device)
+    return dt, T, cos, sin
+
+
 def rope_cache(
     positions: Tensor, rot_dim: int, theta: float, dtype: DType | str = DType.float32
 ) -> tuple[Tensor, Tensor]:
@@ -46,10 +56,7 @@ def rope_cache(
     _check_rot(rot_dim, 2)
     if not theta > 0:
         raise ValueError(f"theta must be > 0, got {theta}")
-    dt = _table_dtype(dtype)
-    T = positions.shape[0]
-    cos = Tensor.empty((T, rot_dim), dt, positions.device)
-    sin = Tensor.empty((T, rot_dim), dt, positions.device)
+    dt, T, cos, sin = _empty_tables(positions, positions.shape[0], rot_dim, dtype)
     native_call(
         positions.device,
         "rope_cache",
@@ -95,10 +102,7 @@ def rope_cache_freqs(
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     if not math.isfinite(float(c_float(scale).value)):
         raise ValueError(f"scale {scale!r} overflows float32")
-    dt = _table_dtype(dtype)
-    T = positions.shape[0]
-    cos = Tensor.empty((T, rot_dim), dt, positions.device)
-    sin = Tensor.empty((T, rot_dim), dt, positions.device)
+    dt, T, cos, sin = _empty_tables(positions, positions.shape[0], rot_dim, dtype)
     native_call(
         positions.device,
         "rope_cache_freqs",
@@ -135,10 +139,7 @@ def mrope_cache(
         )
     if not theta > 0:
         raise ValueError(f"theta must be > 0, got {theta}")
-    dt = _table_dtype(dtype)
-    T = positions.shape[1]
-    cos = Tensor.empty((T, rot_dim), dt, positions.device)
-    sin = Tensor.empty((T, rot_dim), dt, positions.device)
+    dt, T, cos, sin = _empty_tables(positions, positions.shape[1], rot_dim, dtype)
     native_call(
         positions.device,
         "rope_cache_mrope",
@@ -166,10 +167,7 @@ def rope_cache_2d(
     _check_rot(rot_dim, 4)
     if not theta > 0:
         raise ValueError(f"theta must be > 0, got {theta}")
-    dt = _table_dtype(dtype)
-    T = positions.shape[1]
-    cos = Tensor.empty((T, rot_dim), dt, positions.device)
-    sin = Tensor.empty((T, rot_dim), dt, positions.device)
+    dt, T, cos, sin = _empty_tables(positions, positions.shape[1], rot_dim, dtype)
     native_call(
         positions.device,
         "rope_cache_2d",

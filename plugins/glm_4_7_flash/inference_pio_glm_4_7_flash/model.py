@@ -85,8 +85,6 @@ class GlmConfig:
     @property
     def max_context(self) -> int:
         """max_position_embeddings, extended by a linear or YaRN rope scaling (vLLM's rule)."""
-        if self.rope is None:
-            return self.max_position_embeddings
         return context_length(self.rope, self.max_position_embeddings)
 
     @property
