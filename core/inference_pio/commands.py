@@ -611,9 +611,11 @@ def add_commands(sub: Any) -> None:
         help="serve a model over an OpenAI-compatible HTTP API (needs inference-pio[server])",
         description="Serve one model: GET /v1/models, POST /v1/completions and "
         "/v1/chat/completions (streaming with server-sent events), GET /health, GET /metrics "
-        "(Prometheus). Concurrent "
-        "text requests are batched continuously (they share each decode step); images go in "
-        "chat messages as data: URLs.",
+        "(Prometheus). Concurrent text requests are batched continuously (they share each "
+        "decode step; long prompts are prefilled in chunks between steps) and reuse the KV "
+        "caches of earlier requests that started the same way (prefix caching); tools, "
+        "response_format (structured outputs, needs inference-pio[structured]) and logprobs as "
+        "in OpenAI's API; images go in chat messages as data: URLs.",
     )
     _add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
