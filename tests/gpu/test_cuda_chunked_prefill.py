@@ -6,6 +6,7 @@ fixture scales the LM head up, as the prefix-cache tests do, so that near-ties d
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,27 +20,19 @@ from inference_pio import cuda
 from inference_pio.batching import BatchManager
 from inference_pio.generation import GenerationResult
 from inference_pio.prefix_pool import PrefixPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
+from tiny_qwen3 import load_tiny_qwen3
+
 from inference_pio.testing.conformance import save_reference
 
 if not cuda.is_available():
     pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
 
-load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
-
-TINY = dict(
-    vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=64, rope_theta=1e6,
-    tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-6,
-)  # fmt: skip
-
 
 @pytest.fixture(scope="module", params=["bf16", "fp32"])
 def lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    d: Path = tmp_path_factory.mktemp(f"chunked-cuda-{request.param}")
-    bf16 = request.param == "bf16"
-    dtype = "bfloat16" if bf16 else "float32"
-    save_reference(d, "Qwen3ForCausalLM", TINY, dtype, seed=3, logit_scale=8.0 if bf16 else 1.0)
-    return load(d, device="cuda:0")
+    return load_tiny_qwen3(tmp_path_factory, request.param, "chunked-cuda")
 
 
 def _manager(lm: Any, budget: int, pool: PrefixPool | None = None) -> BatchManager:
