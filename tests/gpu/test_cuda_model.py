@@ -30,10 +30,10 @@ from inference_pio.nn.cuda_graph import (  # noqa: E402
 )
 from inference_pio.tensor import Tensor  # noqa: E402
 from inference_pio.testing import torch_bridge as tb  # noqa: E402
-from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
 from lone_sequence import run_requests  # noqa: E402
+from tiny_qwen3 import make_qwen3  # noqa: E402
 
 load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
 
@@ -53,18 +53,7 @@ TINY = dict(
 
 
 def _make(d: Path, dtype: Any, seed: int, **overrides: Any) -> Any:
-    torch.manual_seed(seed)
-    cfg = transformers.Qwen3Config(**{**TINY, **overrides})
-    cfg._attn_implementation = "eager"
-    ref = transformers.Qwen3ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        ref.model.embed_tokens.weight.mul_(8.0)
-    randomize_norms(ref, seed=seed)
-    ref = ref.to(dtype)
-    ref.save_pretrained(d)
-    write_byte_tokenizer(d, 512, 511)
-    (d / "generation_config.json").write_text('{"eos_token_id": [511]}')
-    return ref
+    return make_qwen3(d, {**TINY, **overrides}, dtype, seed)
 
 
 @pytest.fixture(scope="module", params=["bf16", "fp32"])

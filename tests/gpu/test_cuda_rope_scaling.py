@@ -6,6 +6,7 @@ logits are well separated."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from inference_pio.nn.cuda_graph import fused_unsupported_reason, unsupported_re
 from inference_pio.nn.rope_scaling import rope_frequencies  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
 from inference_pio.testing import torch_bridge as tb  # noqa: E402
-from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
+from tiny_qwen3 import make_qwen3  # noqa: E402
 
 if not cuda.is_available():
     pytest.skip(f"CUDA unavailable: {cuda.unavailable_reason()}", allow_module_level=True)
@@ -66,18 +69,7 @@ def test_rope_cache_freqs_matches_the_cpu(dt: str) -> None:
 
 
 def _make(d: Path, dtype: Any, seed: int) -> Any:
-    torch.manual_seed(seed)
-    cfg = transformers.Qwen3Config(**{**TINY, "rope_parameters": dict(YARN)})
-    cfg._attn_implementation = "eager"
-    ref = transformers.Qwen3ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        ref.model.embed_tokens.weight.mul_(8.0)
-    randomize_norms(ref, seed=seed)
-    ref = ref.to(dtype)
-    ref.save_pretrained(d)
-    write_byte_tokenizer(d, 512, 511)
-    (d / "generation_config.json").write_text('{"eos_token_id": [511]}')
-    return ref
+    return make_qwen3(d, {**TINY, "rope_parameters": dict(YARN)}, dtype, seed)
 
 
 @pytest.fixture(scope="module", params=["bf16", "fp32"])

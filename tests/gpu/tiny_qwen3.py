@@ -26,3 +26,26 @@ def load_tiny_qwen3(tmp_path_factory: pytest.TempPathFactory, kind: str, tag: st
     dtype = "bfloat16" if bf16 else "float32"
     save_reference(d, "Qwen3ForCausalLM", TINY, dtype, seed=3, logit_scale=8.0 if bf16 else 1.0)
     return load(d, device="cuda:0")
+
+
+def make_qwen3(d: Path, config: dict[str, Any], dtype: Any, seed: int) -> Any:
+    """transformers' Qwen3 of ``config`` (random, seeded; embeddings x8 so that greedy tokens do
+    not sit on near-ties, norms randomised), saved in ``dtype`` with a byte tokenizer whose EOS is
+    511; returns the reference model (eager attention)."""
+    import torch
+    import transformers
+
+    from inference_pio.testing.tiny import randomize_norms, write_byte_tokenizer
+
+    torch.manual_seed(seed)
+    cfg = transformers.Qwen3Config(**config)
+    cfg._attn_implementation = "eager"
+    ref = transformers.Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        ref.model.embed_tokens.weight.mul_(8.0)
+    randomize_norms(ref, seed=seed)
+    ref = ref.to(dtype)
+    ref.save_pretrained(d)
+    write_byte_tokenizer(d, 512, 511)
+    (d / "generation_config.json").write_text('{"eos_token_id": [511]}')
+    return ref
