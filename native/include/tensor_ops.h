@@ -178,6 +178,20 @@ TO_API int to_bench_read_bandwidth(int64_t bytes, int threads, double *gbps);
  * instruction) to *gflops. TO_ERR_UNSUPPORTED when the CPU lacks AVX512-BF16. */
 TO_API int to_bench_bf16_peak(int threads, double *gflops);
 
+/* ---- fp8 block-scaled weights (src/cpu/fp8.c) ---------------------------------------------- */
+/* The "-FP8" checkpoint format of Qwen / DeepSeek: a weight W [n, k] stored as float8 e4m3fn
+ * bytes w (TO_F8_E4M3: 1 sign, 4 exponent bits with bias 7, 3 mantissa bits, subnormals, no
+ * infinities, 0x7f / 0xff are NaN, max 448) plus fp32 scales `scale`
+ * [ceil(n/block_n), ceil(k/block_k)] row-major (the checkpoint's weight_scale_inv; edge blocks
+ * may be partial): W[i][j] = e4m3(w[i][j]) * scale[i/block_n][j/block_k].
+ *
+ * Dequantizes W into out [n, k] contiguous of out_dtype (f32, bf16 or f16): the fp32 product
+ * e4m3(w) * scale, rounded once (RNE) to out_dtype, so f32 out is bitwise torch's
+ * w.to(float32) * scale. NaN bytes decode to torch's NaN (sign | 0x7ff00000) and give NaN.
+ * block_n, block_k >= 1. Threads split the rows. n == 0 or k == 0 is a no-op. */
+TO_API int to_fp8_dequant(const uint8_t *w, const float *scale, int64_t n, int64_t k,
+                          int64_t block_n, int64_t block_k, void *out, int out_dtype);
+
 /* ---- tokenizer (src/text/) ------------------------------------------------------------- */
 /* Byte-level BPE with the pre-tokenizers of Qwen2/Qwen3 and GLM-4 (hand-written matchers of their
  * split regexes over Unicode classes generated at build time). Python handles normalization,

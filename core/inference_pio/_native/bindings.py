@@ -567,6 +567,13 @@ PROTOTYPES: dict[str, Prototype] = {
         c_int,
         [c_void_p, c_int, c_int64, c_void_p, c_int, c_int64, c_int64, c_void_p, c_int],
     ),
+    # ---- fp8 block-scaled weights ----
+    # int to_fp8_dequant(const uint8_t *w, const float *scale, int64_t n, int64_t k,
+    #                    int64_t block_n, int64_t block_k, void *out, int out_dtype);
+    "to_fp8_dequant": (
+        c_int,
+        [c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_void_p, c_int],
+    ),
     # ---- structured outputs: token masks ----
     # int to_mask_logits(const void *x, void *out, const uint32_t *mask, int64_t rows,
     #                    int64_t vocab, int64_t mask_words, int dtype);

@@ -28,6 +28,7 @@ from inference_pio.ops.moe import (
     scatter_add,
 )
 from inference_pio.ops.norm import layer_norm, rms_norm
+from inference_pio.ops.quant import dequantize_fp8
 from inference_pio.ops.rope import (
     mrope_cache,
     rope_apply,
@@ -45,6 +46,7 @@ __all__ = [
     "attention",
     "causal_conv1d",
     "cumsum",
+    "dequantize_fp8",
     "embedding",
     "exp",
     "gated_delta_rule",

@@ -22,6 +22,7 @@ TDT: dict[DType, Any] = {
     DType.int8: torch.int8,
     DType.uint8: torch.uint8,
     DType.bool: torch.bool,
+    DType.float8_e4m3: torch.float8_e4m3fn,
 }
 PDT: dict[Any, DType] = {v: k for k, v in TDT.items()}
 
