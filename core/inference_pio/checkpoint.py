@@ -55,11 +55,15 @@ class Checkpoint:
 
     @property
     def weights(self) -> Mapping[str, Tensor]:
-        """Name → zero-copy tensor over the mmapped safetensors files."""
+        """Name → zero-copy tensor over the mmapped safetensors files (an FP8 checkpoint's
+        quantized weights dequantized on first access: :mod:`inference_pio.quantization`)."""
         if self._weights is None:
+            from inference_pio.quantization import open_quantized, parse_quantization
             from inference_pio.weights import load_checkpoint_weights
 
-            self._weights = load_checkpoint_weights(self.path, prefetch=self.progress)
+            parse_quantization(self.config)  # an unsupported scheme fails before any file opens
+            index = load_checkpoint_weights(self.path, prefetch=self.progress)
+            self._weights = open_quantized(index, self.config)
         return self._weights
 
     def require(self, name: str, shape: tuple[int, ...]) -> Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.errors import CheckpointError
+from inference_pio.quantization import parse_quantization
 from inference_pio.nn.attention import Attention
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, Mlp
 from inference_pio.nn.layers import ROPE_NEOX, Embedding, Linear, RMSNorm, Rotary, check_weight
@@ -215,15 +216,11 @@ def refuse_unsupported(config: Mapping[str, Any], attention_bias: bool = False) 
 
 
 def refuse_quantized(config: Mapping[str, Any]) -> None:
-    """CheckpointError for a quantized checkpoint (Qwen's -FP8, -AWQ, -GPTQ repos): its
-    ``quantization_config`` names the method, which the weight errors otherwise would not."""
-    quant = config.get("quantization_config")
-    if quant:
-        method = quant.get("quant_method", "unknown") if isinstance(quant, Mapping) else quant
-        raise CheckpointError(
-            f"config.json: quantized checkpoints are not supported (quantization_config: "
-            f"quant_method {method!r}); use the unquantized (bf16) checkpoint"
-        )
+    """CheckpointError for a quantized checkpoint of a kind the loader does not read (AWQ, GPTQ,
+    compressed-tensors, ...): its ``quantization_config`` names the method, which the weight
+    errors otherwise would not. Block-scaled FP8 (Qwen's -FP8 repos) passes: the checkpoint's
+    weights are dequantized as they are read (:mod:`inference_pio.quantization`)."""
+    parse_quantization(config)
 
 
 #: transformers' Qwen3Config values for fields config.json may leave out

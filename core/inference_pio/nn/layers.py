@@ -32,6 +32,11 @@ def check_weight(name: str, t: Tensor, shape: Sequence[int]) -> Tensor:
     if tuple(t.shape) != tuple(shape):
         raise CheckpointError(f"weight {name!r} has shape {t.shape}, expected {tuple(shape)}")
     if t.dtype not in WEIGHT_DTYPES:
+        if t.dtype == DType.float8_e4m3:
+            raise CheckpointError(
+                f"weight {name!r} is float8 (e4m3) but config.json declares no FP8 "
+                "quantization_config (quant_method 'fp8', weight_block_size)"
+            )
         raise CheckpointError(f"weight {name!r} has unsupported dtype {t.dtype.name}")
     if not t.is_contiguous():
         raise CheckpointError(f"weight {name!r} is not contiguous")

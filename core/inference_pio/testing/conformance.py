@@ -125,6 +125,9 @@ class CausalLMConformance:
     #: a config.json field that sets weight shapes: doubled, loading must fail on a shape
     #: (a mixture of experts whose layers are all sparse has no use for intermediate_size)
     shape_field: ClassVar[str] = "intermediate_size"
+    #: transformers can load an FP8 copy of the tiny checkpoint (else the FP8 test compares
+    #: against an unquantized checkpoint of the dequantized weights)
+    hf_reads_fp8: ClassVar[bool] = True
 
     # ---- fixtures ----------------------------------------------------------------------------
     # class-scoped fixtures as class methods (pytest deprecates them as instance methods)
@@ -205,6 +208,41 @@ class CausalLMConformance:
         assert rel_error(logits, want) <= 2e-2
         got = model.generate(ids, max_new_tokens=32, temperature=0.0, ignore_eos=True).token_ids
         assert got == hf_greedy(ref, ids, 32)
+
+    def test_fp8_checkpoint_matches_transformers(
+        self, fp32: tuple[Path, Any], tmp_path: Path
+    ) -> None:
+        """A block-scaled FP8 copy of the checkpoint (as Qwen's -FP8 repos: every projection in
+        e4m3 with 16 x 16 block scales here, so the tiny shapes have several blocks and partial
+        ones) against transformers loading the same checkpoint (it dequantizes FP8 weights on the
+        CPU; on an unquantized copy of the dequantized weights where ``hf_reads_fp8`` is False):
+        fp32 logits <= 1e-4, identical greedy tokens."""
+        torch, transformers = _torch(), _transformers()
+        from inference_pio.testing.fp8 import write_fp8_checkpoint
+
+        fp8, deq = tmp_path / "fp8", tmp_path / "dequantized"
+        assert write_fp8_checkpoint(fp32[0], fp8, deq, block=(16, 16))
+        cls = getattr(transformers, self.hf_class_name)
+        # transformers reads the FP8 checkpoint itself (dequantizing on the CPU) where it can
+        src = fp8 if self.hf_reads_fp8 else deq
+        cfg = cls.config_class.from_pretrained(src)
+        cfg._attn_implementation = "eager"
+        cfg._experts_implementation = "eager"
+        ref = cls.from_pretrained(src, config=cfg, dtype=torch.float32).eval()
+        ids = prompt(24, 13)
+        with torch.no_grad():
+            want = ref(torch.tensor([ids])).logits[0]
+        model = type(self).load(fp8)
+        fm = model.model
+        cache = fm.new_cache(len(ids))
+        (logits,) = fm.forward([(ids[:20], cache)])
+        errors = [rel_error(logits, want[19])]
+        for i in range(20, len(ids)):
+            (logits,) = fm.forward([([ids[i]], cache)])
+            errors.append(rel_error(logits, want[i]))
+        assert max(errors) <= 1e-4, f"relative errors per position: {errors}"
+        got = model.generate(ids, max_new_tokens=16, temperature=0.0, ignore_eos=True).token_ids
+        assert got == hf_greedy(ref, ids, 16)
 
     # ---- text, streaming, sampling -----------------------------------------------------------
     def test_text_round_trip_and_streaming(self, fp32: tuple[Path, Any]) -> None:

@@ -29,6 +29,8 @@ class TestGlm47FlashConformance(CausalLMConformance):
     real_config = staticmethod(real_config)
     tiny_config = TINY
     shape_field = "moe_intermediate_size"
+    # transformers 5.24 reports conversion errors loading an FP8 copy of this checkpoint
+    hf_reads_fp8 = False
 
 
 @pytest.mark.parametrize(
