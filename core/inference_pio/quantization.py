@@ -104,9 +104,8 @@ class Fp8Weights(Mapping[str, Tensor]):
         self._cache: dict[str, Tensor] = {}
         hidden: set[str] = set()
         for name in base:
-            if name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in base:
-                hidden.add(name)
-            elif name.endswith(_IGNORED_SUFFIXES):
+            scale_of = name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in base
+            if scale_of or name.endswith(_IGNORED_SUFFIXES):
                 hidden.add(name)
         self._hidden = hidden
 

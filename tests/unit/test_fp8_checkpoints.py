@@ -85,7 +85,8 @@ def test_weights_view_dequantizes_and_hides_the_scales(source: Path, tmp_path: P
     ck = Checkpoint.open(fp8)
     weights = ck.weights
     assert isinstance(weights, Fp8Weights)
-    assert Q + "_scale_inv" not in weights and Q + "_scale_inv" not in set(weights)
+    assert Q + "_scale_inv" not in weights
+    assert Q + "_scale_inv" not in set(weights)
     assert len(weights) == len(list(weights)) == len(load_file(str(source / "model.safetensors")))
     w = weights[Q]
     assert w.dtype == DType.float32  # the checkpoint's dtype (config.json "dtype": float32)
@@ -95,7 +96,8 @@ def test_weights_view_dequantizes_and_hides_the_scales(source: Path, tmp_path: P
     assert torch.equal(to_torch(w), want)
     assert weights.quantized("model.norm.weight") is None
     pair = weights.quantized(Q)
-    assert pair is not None and pair[0].dtype == DType.float8_e4m3
+    assert pair is not None
+    assert pair[0].dtype == DType.float8_e4m3
 
 
 def test_bf16_scales_and_the_default_bf16_dequantization(source: Path, tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from typing import Any
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.errors import CheckpointError
-from inference_pio.quantization import parse_quantization
 from inference_pio.nn.attention import Attention
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, Mlp
 from inference_pio.nn.layers import ROPE_NEOX, Embedding, Linear, RMSNorm, Rotary, check_weight
@@ -32,6 +31,7 @@ from inference_pio.nn.rope_scaling import (
     rope_type_of,
     standard_parameters,
 )
+from inference_pio.quantization import parse_quantization
 from inference_pio.scheduler import Placement
 from inference_pio.tensor import Tensor
 
