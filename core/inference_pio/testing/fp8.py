@@ -59,7 +59,7 @@ def write_fp8_checkpoint(
     an unquantized checkpoint, the reference the FP8 one must compute like. Other files are
     copied. Returns the names of the quantized weights."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save_file  # type: ignore[import-not-found]
 
     files = sorted(src.glob("*.safetensors"))
     if not files:
