@@ -188,7 +188,8 @@ def test_forced_tool_calls(served: tuple[Any, Any], choice: Any, stream: bool) -
         calls = [(t.function.name, t.function.arguments) for t in got.choices[0].message.tool_calls]
         assert got.choices[0].message.content is None
         finish = got.choices[0].finish_reason
-    assert finish == "tool_calls"
+    # OpenAI's (and vLLM's) finish reasons: a named function's forced call "stop"s
+    assert finish == ("stop" if isinstance(choice, dict) else "tool_calls")
     ((name, arguments),) = calls
     args = json.loads(arguments)
     if isinstance(choice, dict):
@@ -199,6 +200,27 @@ def test_forced_tool_calls(served: tuple[Any, Any], choice: Any, stream: bool) -
     else:
         assert name == "now"
         assert args == {}
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder", "glm47"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_a_forced_call_cut_by_max_tokens_finishes_with_length(
+    request: pytest.FixtureRequest, fmt: str, choice: Any
+) -> None:
+    """A forced call that max_tokens cuts says "length" (its arguments are not whole), named
+    or not, streamed or not."""
+    name = {"hermes": "served", "qwen3_coder": "coder_client", "glm47": "glm_client"}[fmt]
+    c = request.getfixturevalue(name)
+    c = c[1] if fmt == "hermes" else c
+    kwargs: dict[str, Any] = dict(
+        model=NAME, messages=MESSAGES, tools=TOOLS, tool_choice=choice, max_tokens=5, seed=0
+    )
+    got = c.chat.completions.create(**kwargs)
+    assert got.choices[0].finish_reason == "length"
+    *_, finish = accumulate(list(c.chat.completions.create(stream=True, **kwargs)))
+    assert finish == "length"
 
 
 @pytest.mark.parametrize(
@@ -320,7 +342,8 @@ def test_forced_tool_calls_in_xml_formats(
             seed=seed,
         )
         got = c.chat.completions.create(**kwargs, logprobs=True)
-        assert got.choices[0].finish_reason == "tool_calls"
+        want_finish = "stop" if isinstance(choice, dict) else "tool_calls"
+        assert got.choices[0].finish_reason == want_finish
         assert got.choices[0].message.content is None
         tokens = [t.token for t in got.choices[0].logprobs.content]
         if fmt == "glm47":  # the markup came as the special tokens, not spelled in bytes
@@ -341,7 +364,7 @@ def test_forced_tool_calls_in_xml_formats(
         content, calls, finish = accumulate(list(c.chat.completions.create(stream=True, **kwargs)))
         assert not content.strip()
         assert calls == [(call.function.name, call.function.arguments)]
-        assert finish == "tool_calls"
+        assert finish == want_finish
 
 
 ITEMS = {
@@ -386,7 +409,7 @@ def test_forced_calls_of_tools_with_refs(served: tuple[Any, Any], choice: Any) -
             temperature=1.0,
         )
         calls = r.choices[0].message.tool_calls
-        assert r.choices[0].finish_reason == "tool_calls"
+        assert r.choices[0].finish_reason == ("stop" if isinstance(choice, dict) else "tool_calls")
         assert calls
         assert calls[0].function.name == "add_item" or choice == "required"
         if calls[0].function.name == "add_item":
