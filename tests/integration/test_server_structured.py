@@ -7,6 +7,7 @@ random GLM-4.7-Flash): the constraint alone makes its output valid."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -472,3 +473,63 @@ def test_forced_xml_calls_of_tools_with_refs(request: pytest.FixtureRequest, fmt
         assert isinstance(item, dict)
         assert set(item) == {"sku", "qty"}
         assert 1 <= item["qty"] <= 9
+
+
+PARCEL = {
+    "type": "function",
+    "function": {
+        "name": "send",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+                "note": {"type": "string", "pattern": "[0-9]{2}", "maxLength": 6},
+            },
+            "required": ["code", "note"],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder", "glm47"])
+def test_forced_calls_keep_string_patterns(request: pytest.FixtureRequest, fmt: str) -> None:
+    """A string parameter's ``pattern`` holds in the calls of every format, streamed or not
+    (the XML formats wrote any text there): anchored, the whole value; unanchored, a search."""
+    name = {"hermes": "served", "qwen3_coder": "coder_client", "glm47": "glm_client"}[fmt]
+    c = request.getfixturevalue(name)
+    c = c[1] if fmt == "hermes" else c
+    for seed in range(4):
+        kwargs: dict[str, Any] = dict(
+            model=NAME,
+            messages=[{"role": "user", "content": "Send it."}],
+            tools=[PARCEL],
+            tool_choice={"type": "function", "function": {"name": "send"}},
+            parallel_tool_calls=False,
+            max_tokens=60,
+            temperature=1.2,
+            seed=seed,
+        )
+        got = c.chat.completions.create(**kwargs)
+        assert got.choices[0].finish_reason == "stop"
+        (call,) = got.choices[0].message.tool_calls
+        args = json.loads(call.function.arguments)
+        assert re.fullmatch("[A-Z]{2}-[0-9]{3}", args["code"]), args
+        assert re.search("[0-9]{2}", args["note"]), args
+        assert len(args["note"]) <= 6, args
+        if seed == 0:
+            _, calls, _ = accumulate(list(c.chat.completions.create(stream=True, **kwargs)))
+            assert calls == [("send", call.function.arguments)]
+
+
+@pytest.mark.parametrize("fmt", ["qwen3_coder", "glm47"])
+def test_a_pattern_the_markup_cannot_enforce_is_a_400(
+    request: pytest.FixtureRequest, fmt: str
+) -> None:
+    c = request.getfixturevalue("coder_client" if fmt == "qwen3_coder" else "glm_client")
+    tool = json.loads(json.dumps(PARCEL))
+    tool["function"]["parameters"]["properties"]["code"]["pattern"] = "(^a|b)c"
+    with pytest.raises(openai.BadRequestError, match="parameter 'code': the pattern") as info:
+        c.chat.completions.create(
+            model=NAME, messages=MESSAGES, tools=[tool], tool_choice="required", max_tokens=4
+        )
+    assert info.value.body["param"] == "tool_choice"
