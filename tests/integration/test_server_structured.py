@@ -7,6 +7,7 @@ random GLM-4.7-Flash): the constraint alone makes its output valid."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,8 @@ def test_forced_tool_calls(served: tuple[Any, Any], choice: Any, stream: bool) -
         calls = [(t.function.name, t.function.arguments) for t in got.choices[0].message.tool_calls]
         assert got.choices[0].message.content is None
         finish = got.choices[0].finish_reason
-    assert finish == "tool_calls"
+    # OpenAI's (and vLLM's) finish reasons: a named function's forced call "stop"s
+    assert finish == ("stop" if isinstance(choice, dict) else "tool_calls")
     ((name, arguments),) = calls
     args = json.loads(arguments)
     if isinstance(choice, dict):
@@ -199,6 +201,27 @@ def test_forced_tool_calls(served: tuple[Any, Any], choice: Any, stream: bool) -
     else:
         assert name == "now"
         assert args == {}
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder", "glm47"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_a_forced_call_cut_by_max_tokens_finishes_with_length(
+    request: pytest.FixtureRequest, fmt: str, choice: Any
+) -> None:
+    """A forced call that max_tokens cuts says "length" (its arguments are not whole), named
+    or not, streamed or not."""
+    name = {"hermes": "served", "qwen3_coder": "coder_client", "glm47": "glm_client"}[fmt]
+    c = request.getfixturevalue(name)
+    c = c[1] if fmt == "hermes" else c
+    kwargs: dict[str, Any] = dict(
+        model=NAME, messages=MESSAGES, tools=TOOLS, tool_choice=choice, max_tokens=5, seed=0
+    )
+    got = c.chat.completions.create(**kwargs)
+    assert got.choices[0].finish_reason == "length"
+    *_, finish = accumulate(list(c.chat.completions.create(stream=True, **kwargs)))
+    assert finish == "length"
 
 
 @pytest.mark.parametrize(
@@ -320,7 +343,8 @@ def test_forced_tool_calls_in_xml_formats(
             seed=seed,
         )
         got = c.chat.completions.create(**kwargs, logprobs=True)
-        assert got.choices[0].finish_reason == "tool_calls"
+        want_finish = "stop" if isinstance(choice, dict) else "tool_calls"
+        assert got.choices[0].finish_reason == want_finish
         assert got.choices[0].message.content is None
         tokens = [t.token for t in got.choices[0].logprobs.content]
         if fmt == "glm47":  # the markup came as the special tokens, not spelled in bytes
@@ -341,7 +365,7 @@ def test_forced_tool_calls_in_xml_formats(
         content, calls, finish = accumulate(list(c.chat.completions.create(stream=True, **kwargs)))
         assert not content.strip()
         assert calls == [(call.function.name, call.function.arguments)]
-        assert finish == "tool_calls"
+        assert finish == want_finish
 
 
 ITEMS = {
@@ -386,7 +410,7 @@ def test_forced_calls_of_tools_with_refs(served: tuple[Any, Any], choice: Any) -
             temperature=1.0,
         )
         calls = r.choices[0].message.tool_calls
-        assert r.choices[0].finish_reason == "tool_calls"
+        assert r.choices[0].finish_reason == ("stop" if isinstance(choice, dict) else "tool_calls")
         assert calls
         assert calls[0].function.name == "add_item" or choice == "required"
         if calls[0].function.name == "add_item":
@@ -449,3 +473,63 @@ def test_forced_xml_calls_of_tools_with_refs(request: pytest.FixtureRequest, fmt
         assert isinstance(item, dict)
         assert set(item) == {"sku", "qty"}
         assert 1 <= item["qty"] <= 9
+
+
+PARCEL = {
+    "type": "function",
+    "function": {
+        "name": "send",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+                "note": {"type": "string", "pattern": "[0-9]{2}", "maxLength": 6},
+            },
+            "required": ["code", "note"],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder", "glm47"])
+def test_forced_calls_keep_string_patterns(request: pytest.FixtureRequest, fmt: str) -> None:
+    """A string parameter's ``pattern`` holds in the calls of every format, streamed or not
+    (the XML formats wrote any text there): anchored, the whole value; unanchored, a search."""
+    name = {"hermes": "served", "qwen3_coder": "coder_client", "glm47": "glm_client"}[fmt]
+    c = request.getfixturevalue(name)
+    c = c[1] if fmt == "hermes" else c
+    for seed in range(4):
+        kwargs: dict[str, Any] = dict(
+            model=NAME,
+            messages=[{"role": "user", "content": "Send it."}],
+            tools=[PARCEL],
+            tool_choice={"type": "function", "function": {"name": "send"}},
+            parallel_tool_calls=False,
+            max_tokens=60,
+            temperature=1.2,
+            seed=seed,
+        )
+        got = c.chat.completions.create(**kwargs)
+        assert got.choices[0].finish_reason == "stop"
+        (call,) = got.choices[0].message.tool_calls
+        args = json.loads(call.function.arguments)
+        assert re.fullmatch("[A-Z]{2}-[0-9]{3}", args["code"]), args
+        assert re.search("[0-9]{2}", args["note"]), args
+        assert len(args["note"]) <= 6, args
+        if seed == 0:
+            _, calls, _ = accumulate(list(c.chat.completions.create(stream=True, **kwargs)))
+            assert calls == [("send", call.function.arguments)]
+
+
+@pytest.mark.parametrize("fmt", ["qwen3_coder", "glm47"])
+def test_a_pattern_the_markup_cannot_enforce_is_a_400(
+    request: pytest.FixtureRequest, fmt: str
+) -> None:
+    c = request.getfixturevalue("coder_client" if fmt == "qwen3_coder" else "glm_client")
+    tool = json.loads(json.dumps(PARCEL))
+    tool["function"]["parameters"]["properties"]["code"]["pattern"] = "(^a|b)c"
+    with pytest.raises(openai.BadRequestError, match="parameter 'code': the pattern") as info:
+        c.chat.completions.create(
+            model=NAME, messages=MESSAGES, tools=[tool], tool_choice="required", max_tokens=4
+        )
+    assert info.value.body["param"] == "tool_choice"

@@ -269,6 +269,56 @@ def test_forced_tool_calls_parse_as_calls_of_the_tools(
             assert isinstance(args, dict)
 
 
+SHIPMENT = {
+    "type": "function",
+    "function": {
+        "name": "ship",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+                "note": {"type": "string", "pattern": "[0-9]{2}", "maxLength": 8},
+                "ref": {
+                    "type": "string",
+                    "pattern": "^(ab|cd)[a-z]*$",
+                    "minLength": 3,
+                    "maxLength": 6,
+                },
+                "tag": {
+                    "anyOf": [
+                        {"type": "string", "pattern": "^#[a-z]+$", "maxLength": 5},
+                        {"type": "null"},
+                    ]
+                },
+            },
+            "required": ["code", "note", "ref", "tag"],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder", "glm47"])
+def test_forced_string_values_match_their_patterns(qwen: tuple[Any, Any], fmt: str) -> None:
+    """A string parameter's ``pattern`` holds in every format, sampled over many seeds: as
+    JSON Schema reads it (a search: "[0-9]{2}" somewhere in the note; ^...$ the whole code),
+    with the lengths; a nullable one may be null. The XML formats left them free text before."""
+    model, _ = qwen
+    constraint = tool_call_constraint(fmt, [SHIPMENT], "ship", parallel=False)
+    prompt = model.apply_chat_template([{"role": "user", "content": "Ship it."}], tools=[SHIPMENT])
+    for seed in range(12):
+        got = model.generate(
+            prompt, max_new_tokens=120, temperature=1.2, seed=seed, constraint=constraint
+        )
+        assert got.finish_reason == "stop", got.text
+        (call,) = parse_tool_calls(got.text, fmt, [SHIPMENT]).tool_calls
+        args = json.loads(call.arguments)
+        assert re.fullmatch("[A-Z]{2}-[0-9]{3}", args["code"]), args
+        assert re.search("[0-9]{2}", args["note"]), args
+        assert len(args["note"]) <= 8, args
+        assert re.fullmatch("(ab|cd)[a-z]{1,4}", args["ref"]), args
+        assert args["tag"] is None or re.fullmatch("#[a-z]{1,4}", args["tag"]), args
+
+
 def test_too_few_tokens_end_with_length(qwen: tuple[Any, Any]) -> None:
     model, _ = qwen
     got = model.generate(

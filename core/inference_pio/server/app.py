@@ -363,7 +363,10 @@ def create_app(
                 parsed = parse_tool_calls(result.text, req.tool_format, req.tools)
                 if not req.parallel_tool_calls:
                     parsed = ParsedReply(parsed.content, parsed.tool_calls[:1])
-            return JSONResponse(protocol.chat_body(rid, served, result, parsed, logprobs))
+            body = protocol.chat_body(
+                rid, served, result, parsed, logprobs, named=req.named_tool_choice
+            )
+            return JSONResponse(body)
 
         calls = ToolCallStream(req.tool_format, req.tools) if req.tool_format else None
         # logprobs of tokens whose text came but is not sent yet (held by the tool-call parser),
@@ -408,8 +411,10 @@ def create_app(
                 if calls is not None:
                     for event in pieces(calls.finish()):
                         yield event
-                    if calls.announced and finish == "stop":  # "length" says the call was cut
-                        finish = "tool_calls"
+                    # "length" says the call was cut; a named function's calls "stop"
+                    finish = protocol.finish_reason(
+                        finish, bool(calls.announced), req.named_tool_choice
+                    )
                 held.extend((result.logprobs or [])[sent + len(held) :])  # what no text carried
                 yield _sse(protocol.chunk(rid, served, chat, None, finish, logprobs=take()))
                 if req.include_usage:

@@ -81,6 +81,9 @@ class Request:
     #: dropped, not shown as text; with tool_choice "required" or a named function the model
     #: is constrained to make exactly one)
     parallel_tool_calls: bool = True
+    #: ``tool_choice`` names a function: its forced calls finish with "stop", not "tool_calls"
+    #: (:func:`finish_reason`)
+    named_tool_choice: bool = False
 
 
 def _number(body: Mapping[str, Any], key: str) -> float | None:
@@ -456,7 +459,15 @@ def chat_request(
     if parse_with is not None and markup_tokens:  # decoding would drop the calls' markup
         sampling["keep_special_ids"] = tuple(sorted(set(markup_tokens.values())))
     return Request(
-        prompt, sampling, stream, usage, images, tools, parse_with, parallel is not False
+        prompt,
+        sampling,
+        stream,
+        usage,
+        images,
+        tools,
+        parse_with,
+        parallel is not False,
+        named_tool_choice=isinstance(choice, dict),
     )
 
 
@@ -580,24 +591,32 @@ def completion_body(
     }
 
 
+def finish_reason(finish: str, called: bool, named: bool = False) -> str:
+    """A chat reply's ``finish_reason`` as OpenAI reports it: "tool_calls" when the reply
+    made calls and stopped by itself, unless ``tool_choice`` ``named`` a function (its forced
+    calls finish with "stop", as OpenAI's and vLLM's); ``finish`` otherwise (a reply cut by
+    max_tokens stays "length")."""
+    return "tool_calls" if called and not named and finish == "stop" else finish
+
+
 def chat_body(
     rid: str,
     model: str,
     result: GenerationResult,
     parsed: ParsedReply | None = None,
     logprobs: dict[str, Any] | None = None,
+    named: bool = False,
 ) -> dict[str, Any]:
     """The chat completion of ``result``; ``parsed``: its text split into content and tool
-    calls (``finish_reason`` "tool_calls" when there are calls); ``logprobs``: its
-    :func:`chat_logprobs`."""
+    calls (``finish_reason`` "tool_calls" when there are calls, "stop" for those of a
+    ``named`` function: :func:`finish_reason`); ``logprobs``: its :func:`chat_logprobs`."""
     message: dict[str, Any] = {"role": "assistant", "content": json_text(result.text)}
     finish = result.finish_reason
     if parsed is not None and parsed.tool_calls:
         content = parsed.content
         message["content"] = None if content is None else json_text(content)
         message["tool_calls"] = [_call_json(c) for c in parsed.tool_calls]
-        if finish == "stop":  # a reply cut by max_tokens stays "length" (as OpenAI says)
-            finish = "tool_calls"
+        finish = finish_reason(finish, True, named)
     return {
         "id": rid,
         "object": "chat.completion",

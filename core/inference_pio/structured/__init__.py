@@ -15,7 +15,8 @@ and a request that needs it raises :class:`StructuredOutputsUnavailable` naming 
 - :class:`GrammarState` (:mod:`.matcher`): one sequence's matcher; masks each logits row
   (:func:`inference_pio.ops.mask_logits`) and advances with each chosen token.
 - :func:`tool_call_constraint` (:mod:`.tools`): the tool-call markup of a model's format
-  (``tool_choice`` "required" or a named function).
+  (``tool_choice`` "required" or a named function); string ``pattern``s of the XML formats
+  through :func:`~inference_pio.structured.pattern.search_regex` (:mod:`.pattern`).
 """
 
 from inference_pio.structured.closed import close_objects

@@ -10,10 +10,12 @@ model's tool-call markup with a call (or several) whose arguments match the tool
 
 In the XML formats the parameters are the tool's schema ``properties``, in the schema's order,
 each at most once and the ``required`` ones always; a value whose property the parsers read as
-a string (:func:`inference_pio.toolcalls.convert_value`) is free text (its ``enum``/``const``, or
-``minLength``/``maxLength``, kept; never the markup that would end it early), any other is JSON
-matching the property's schema. Markup strings that the model's tokenizer holds as special
-tokens (``special``: GLM-4.7's ``<tool_call>``, ``<arg_key>``, ...) are written as those tokens.
+a string (:func:`inference_pio.toolcalls.convert_value`) is free text (its ``enum``/``const``,
+``minLength``/``maxLength`` and ``pattern`` kept, the pattern a search as in JSON Schema and
+hermes's JSON: :mod:`~inference_pio.structured.pattern`; never the markup that would end it
+early), any other is JSON matching the property's schema. Markup strings that the model's
+tokenizer holds as special tokens (``special``: GLM-4.7's ``<tool_call>``, ``<arg_key>``, ...)
+are written as those tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from inference_pio.structured.closed import close_objects
 from inference_pio.structured.constraint import JSON_OPTIONS, Constraint
+from inference_pio.structured.pattern import error_reason, search_regex
 from inference_pio.toolcalls import _STRING_TYPES, _schema_type, _valid_name, resolve_property
 
 #: Formats whose markup :func:`tool_call_constraint` can force.
@@ -98,21 +101,53 @@ def _regex(text: str) -> str:
     return f"/{_literal_regex(text)}/"
 
 
-def _free_text(schema: Any, forbidden: Sequence[str], limit: str | None) -> str:
-    """A Lark terminal of a string value written as it is: its ``enum`` or ``const`` when it
-    has one, else any text (within ``minLength``/``maxLength``) that holds none of
-    ``forbidden``; followed by ``limit`` (a literal ending the value) when not None."""
+def _string_spec(schema: Any) -> tuple[Mapping[str, Any], bool]:
+    """The keywords of a string parameter's schema (its one string option's merged in, for an
+    ``anyOf`` of a string and null: pydantic's ``Optional[str]``) and whether it admits null."""
+    spec: Mapping[str, Any] = schema if isinstance(schema, Mapping) else {}
+    _, nullable = _schema_type(spec)
+    options = spec.get("anyOf")
+    if isinstance(options, list):
+        strings = [o for o in options if isinstance(o, Mapping) and o.get("type") == "string"]
+        nulls = [o for o in options if isinstance(o, Mapping) and o.get("type") == "null"]
+        if len(strings) == 1 and len(strings) + len(nulls) == len(options):
+            spec = {**{k: v for k, v in spec.items() if k != "anyOf"}, **strings[0]}
+    return spec, nullable
+
+
+def _free_text(schema: Any, forbidden: Sequence[str], limit: str | None, null: bool = False) -> str:
+    """A Lark terminal of a string value written as it is: one of its ``enum`` (or its
+    ``const``) when it has one, else any text that holds none of ``forbidden``; within its
+    ``minLength``/``maxLength`` and, where it has a ``pattern``, text in which the pattern is
+    found (:func:`~inference_pio.structured.pattern.search_regex`: a search, as JSON Schema
+    and llguidance's JSON schemas read it); ``null`` too for a nullable one so constrained
+    when the format's parser reads ``null`` as null (``null``); followed by ``limit`` (a
+    literal ending the value) when not None."""
     tail = f" {_regex(limit)}" if limit is not None else ""
-    spec = schema if isinstance(schema, Mapping) else {}
-    options = [spec["const"]] if "const" in spec else spec.get("enum")
-    if isinstance(options, list) and options and all(isinstance(o, str) for o in options):
-        return "(" + " | ".join(_regex(o) for o in options) + ")" + tail
+    spec, nullable = _string_spec(schema)
+    given = [spec["const"]] if "const" in spec else spec.get("enum")
+    given = given if isinstance(given, list) else []
+    options = [o for o in given if isinstance(o, str)]
+    listed = bool(options) and len(options) == len(given)  # strings only: written as they are
     low, high = spec.get("minLength"), spec.get("maxLength")
     low = low if isinstance(low, int) and not isinstance(low, bool) and low > 0 else 0
     high = high if isinstance(high, int) and not isinstance(high, bool) and high >= low else None
     size = "*" if low == 0 and high is None else f"{{{low},{'' if high is None else high}}}"
-    banned = "|".join(_literal_regex(f) for f in forbidden)
-    return f"(/(?s:.{size})/ & ~/(?s:.*)({banned})(?s:.*)/){tail}"
+    pattern = spec.get("pattern")
+    terms = []
+    if listed:
+        terms.append("(" + " | ".join(_regex(o) for o in options) + ")")
+    if not listed or size != "*":
+        terms.append(f"/(?s:.{size})/")
+    if pattern is not None:
+        terms.append(f"/{search_regex(pattern)}/")
+    if not listed:
+        banned = "|".join(_literal_regex(f) for f in forbidden)
+        terms.append(f"~/(?s:.*)({banned})(?s:.*)/")
+    value = "(" + " & ".join(terms) + ")"
+    if null and nullable and (listed or size != "*" or pattern is not None):
+        value = f"({value} | /null/)"
+    return value + tail
 
 
 def _parameters(fn: Mapping[str, Any]) -> list[tuple[str, Any, bool]]:
@@ -159,7 +194,10 @@ class _XmlGrammar:
         self.defs = {k: close_objects(params[k]) for k in ("$defs", "definitions") if k in params}
         for j, (key, schema, required) in enumerate(_parameters(fn)):
             rule = f"p{k}_{j}"
-            self.parameter(rule, key, schema)
+            try:
+                self.parameter(rule, key, schema)
+            except ValueError as exc:
+                raise ValueError(f"tool {name!r}: {exc}") from None
             parts.append(rule if required else f"{rule}?")
         self.rules.append(f"call{k}: {' '.join(parts)} {self.lit(tail)}")
         return f"call{k}"
@@ -179,15 +217,17 @@ class _XmlGrammar:
             self.rules.append(f"{rule}: {opening} {rule}_value {self.lit(self.value_close)}")
             return
         close_text = self.value_close.strip("\n")
-        if self.lit.is_token(close_text):  # the value ends at a special token
-            value = _free_text(schema, self.forbidden, None)
-            self.rules.append(f"{rule.upper()}_TEXT: {value}")
-            ending = self.lit(self.value_close)
-            self.rules.append(f"{rule}: {opening} {rule.upper()}_TEXT {ending}")
-        else:  # the value and its closing tag are one lexeme (where the value ends is clear)
-            value = _free_text(schema, self.forbidden, self.value_close)
-            self.rules.append(f"{rule.upper()}_TEXT: {value}")
-            self.rules.append(f"{rule}: {opening} {rule.upper()}_TEXT")
+        ends_at_token = self.lit.is_token(close_text)  # the value ends at a special token
+        try:
+            # else the value and its closing tag are one lexeme (where the value ends is clear)
+            limit = None if ends_at_token else self.value_close
+            # Qwen3-Coder's parser reads null as null for a nullable string; GLM's as "null"
+            value = _free_text(schema, self.forbidden, limit, self.fmt == "qwen3_coder")
+        except ValueError as exc:
+            raise ValueError(f"parameter {key!r}: {exc}") from None
+        self.rules.append(f"{rule.upper()}_TEXT: {value}")
+        ending = f" {self.lit(self.value_close)}" if ends_at_token else ""
+        self.rules.append(f"{rule}: {opening} {rule.upper()}_TEXT{ending}")
 
 
 def tool_call_constraint(
@@ -220,7 +260,7 @@ def tool_call_constraint(
         try:
             Constraint.json_schema(_arguments_schema(fn, _OPTIONS), closed_objects=False)
         except ValueError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = error_reason(exc) or type(exc).__name__
             raise ValueError(
                 f"tool {fn['name']!r}: its parameters are not a JSON schema constrained decoding "
                 f"can follow ({first})"
