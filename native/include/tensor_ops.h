@@ -225,6 +225,15 @@ TO_API int to_linear_fp8(const void *x, const uint8_t *w, const float *scale, co
  * gives 0x7f | sign. scale_inv [ceil(n/block_n), ceil(k/block_k)]. Threads split the block rows. */
 TO_API int to_fp8_quant(const void *w, int w_dtype, int64_t n, int64_t k, int64_t block_n,
                         int64_t block_k, uint8_t *out, float *scale_inv);
+/* CUDA twins (src/cuda/fp8.cu): toc_fp8_dequant gives the CPU's bits (NaN included) for every
+ * out dtype. toc_linear_fp8, m <= 16 with k % 16 == 0, block_k % 16 == 0 and w 16-byte aligned:
+ * a GEMV (one warp per output, the weight bytes read once; e4m3 converted by
+ * cvt.rn.f16x2.e4m3x2 on sm_89+, the f16 bit trick on sm_80) whose scale is applied per 16-byte
+ * chunk: each lane's 16-product fp32 sum times the scale is added to its fp32 total, then the
+ * lanes are summed -- the same value as the CPU up to summation order. Otherwise (prefill) the
+ * weight is dequantized to bf16 (e4m3 * scale rounded once: one extra rounding per weight) into a
+ * scratch buffer that grows on demand (not while a graph is being captured: TO_ERR_UNSUPPORTED)
+ * and toc_linear runs on it. No toc_fp8_quant: quantize on the host. */
 
 /* ---- tokenizer (src/text/) ------------------------------------------------------------- */
 /* Byte-level BPE with the pre-tokenizers of Qwen2/Qwen3 and GLM-4 (hand-written matchers of their
@@ -573,7 +582,7 @@ TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, i
  * toc_sigmoid, toc_exp, toc_softplus, toc_gelu, toc_swiglu, toc_add_row, toc_mul_rows,
  * toc_softmax, toc_argmax, toc_topk, toc_cumsum, toc_where, toc_embedding, toc_attention,
  * toc_kv_cache_append, toc_add_rms_norm, toc_qk_norm_rope, toc_linear_group,
- * toc_linear_strided_batched, toc_causal_conv1d,
+ * toc_linear_strided_batched, toc_causal_conv1d, toc_fp8_dequant, toc_linear_fp8,
  * toc_patchify, toc_image_normalize (mean and std stay host arrays), toc_moe_route_softmax,
  * toc_moe_route_sigmoid (at most 4096 experts), toc_moe_gather_rows, toc_moe_scatter_add and
  * toc_moe_group_by_expert (indices are checked on the device; an out-of-range one is skipped and
