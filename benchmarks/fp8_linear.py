@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import time
 from collections.abc import Callable
 
@@ -66,10 +67,8 @@ def main() -> None:
         for m in ms_list:
             x = random((m, k), DType.bfloat16, seed=m)
             y = Tensor.empty((m, n), DType.bfloat16)
-            t_bf = best_ms(lambda x=x, y=y, w=w: ops.linear(x, w, out=y), args.reps)
-            t_f8 = best_ms(
-                lambda x=x, y=y, w8=w8, s=scale: ops.linear_fp8(x, w8, s, out=y), args.reps
-            )
+            t_bf = best_ms(functools.partial(ops.linear, x, w, out=y), args.reps)
+            t_f8 = best_ms(functools.partial(ops.linear_fp8, x, w8, scale, out=y), args.reps)
             print(
                 f"{n:>5} {k:>5} {m:>4} | {t_bf:8.3f} {n * k * 2 / t_bf / 1e6:6.1f} | "
                 f"{t_f8:8.3f} {fp8_bytes / t_f8 / 1e6:6.1f} | {t_bf / t_f8:8.2f}"
