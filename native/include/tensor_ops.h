@@ -192,6 +192,49 @@ TO_API int to_bench_bf16_peak(int threads, double *gflops);
 TO_API int to_fp8_dequant(const uint8_t *w, const float *scale, int64_t n, int64_t k,
                           int64_t block_n, int64_t block_k, void *out, int out_dtype);
 
+/* Linear layer on an fp8 weight: y[i, j] = sum_k x[i, k] * W[j, k] (+ bias[j]) with W as above
+ * (w [n, k] e4m3 bytes, scale [ceil(n/block_n), ceil(k/block_k)] fp32). The contract of
+ * to_linear otherwise: x f32/bf16 with rows ldx apart (ldx >= k), bias NULL or n values of
+ * f32/bf16/f16, y f32/bf16 with rows ldy apart (ldy >= n), not overlapping x, w, scale or bias;
+ * w and scale are read only (may be mmapped). Numerics, per output: for each k-block b in order,
+ * its partial dot product sum_{k in b} x * e4m3(w) in fp32 (in SIMD lanes, order unspecified) is
+ * multiplied by the block's scale and added to the fp32 total with one fused multiply-add (per
+ * lane; the lanes are summed at the end; plain multiply and add in the generic C kernel), then
+ * bias in fp32 and one rounding to y_dtype. The kernels decode w as e4m3(w) * 2^-8 (exact) and
+ * use scale * 256 (exact for |scale| < 2^120, which every scale of to_fp8_quant satisfies). A NaN
+ * weight byte gives NaN outputs in its row on every kernel. bf16 x on AVX512-BF16 CPUs multiplies
+ * with vdpbf16ps (denormal products and sums flushed to zero, as to_linear). Each output is summed
+ * in the same order whatever the thread count. Kernels: every task decodes a panel of W rows
+ * once (f32, or bf16 for bf16 x on AVX512-BF16) and runs every group of 4 x rows over it, so
+ * decode (m = 1) reads the weight bytes once and prefill reuses each decoded panel for all rows.
+ * Uses the thread pool: do not call from inside a to_parallel_run task. m == 0 or n == 0 is a
+ * no-op; k == 0 gives y = bias (or 0). */
+TO_API int to_linear_fp8(const void *x, const uint8_t *w, const float *scale, const void *bias,
+                         void *y, int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy,
+                         int64_t block_n, int64_t block_k, int x_dtype, int bias_dtype,
+                         int y_dtype);
+
+/* Quantizes w [n, k] contiguous (w_dtype f32, bf16 or f16) to the format above, as transformers'
+ * Fp8Quantize (integrations/finegrained_fp8.py) computes the scales: per block, amax = max |w|
+ * (NaN if the block holds one), scale_inv = 1 / ((1 / amax) * 448) in fp32, three roundings, as
+ * torch evaluates transformers' 1.0 / (448 / amax) (a scalar over a tensor is reciprocal times
+ * the scalar); 1 for a block whose amax is not > 0 (all zeros, or NaN). out [n, k] =
+ * e4m3 RNE of clamp(w / scale_inv, -448, 448) in fp32 -- bitwise torch's
+ * (w.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn) (transformers multiplies by
+ * 448 / amax instead, which can differ by one step where the quotient is a rounding tie); NaN
+ * gives 0x7f | sign. scale_inv [ceil(n/block_n), ceil(k/block_k)]. Threads split the block rows. */
+TO_API int to_fp8_quant(const void *w, int w_dtype, int64_t n, int64_t k, int64_t block_n,
+                        int64_t block_k, uint8_t *out, float *scale_inv);
+/* CUDA twins (src/cuda/fp8.cu): toc_fp8_dequant gives the CPU's bits (NaN included) for every
+ * out dtype. toc_linear_fp8, m <= 16 with k % 16 == 0, block_k % 16 == 0 and w 16-byte aligned:
+ * a GEMV (one warp per output, the weight bytes read once; e4m3 converted by
+ * cvt.rn.f16x2.e4m3x2 on sm_89+, the f16 bit trick on sm_80) whose scale is applied per 16-byte
+ * chunk: each lane's 16-product fp32 sum times the scale is added to its fp32 total, then the
+ * lanes are summed -- the same value as the CPU up to summation order. Otherwise (prefill) the
+ * weight is dequantized to bf16 (e4m3 * scale rounded once: one extra rounding per weight) into a
+ * scratch buffer that grows on demand (not while a graph is being captured: TO_ERR_UNSUPPORTED)
+ * and toc_linear runs on it. No toc_fp8_quant: quantize on the host. */
+
 /* ---- tokenizer (src/text/) ------------------------------------------------------------- */
 /* Byte-level BPE with the pre-tokenizers of Qwen2/Qwen3 and GLM-4 (hand-written matchers of their
  * split regexes over Unicode classes generated at build time). Python handles normalization,
@@ -539,7 +582,7 @@ TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, i
  * toc_sigmoid, toc_exp, toc_softplus, toc_gelu, toc_swiglu, toc_add_row, toc_mul_rows,
  * toc_softmax, toc_argmax, toc_topk, toc_cumsum, toc_where, toc_embedding, toc_attention,
  * toc_kv_cache_append, toc_add_rms_norm, toc_qk_norm_rope, toc_linear_group,
- * toc_linear_strided_batched, toc_causal_conv1d,
+ * toc_linear_strided_batched, toc_causal_conv1d, toc_fp8_dequant, toc_linear_fp8,
  * toc_patchify, toc_image_normalize (mean and std stay host arrays), toc_moe_route_softmax,
  * toc_moe_route_sigmoid (at most 4096 experts), toc_moe_gather_rows, toc_moe_scatter_add and
  * toc_moe_group_by_expert (indices are checked on the device; an out-of-range one is skipped and

@@ -161,3 +161,233 @@ def test_dequant_c_errors() -> None:
     rc = f(p, p, 2, 2, 0, 1, p, 0)
     with pytest.raises(NativeError, match="block sizes"):
         check(rc, "to_fp8_dequant")
+
+
+# ---- linear_fp8 ---------------------------------------------------------------------------------
+FULL = 0xFFFFFFFF
+AVX2 = (1 << 0) | (1 << 1) | (1 << 2)
+AVX512 = AVX2 | (1 << 3) | (1 << 4) | (1 << 5)
+ISAS = {"generic": 0, "avx2": AVX2, "avx512": AVX512, "best": FULL}
+
+
+@pytest.fixture
+def restore() -> object:
+    saved = lib().to_get_num_threads()
+    yield
+    lib().to_set_isa_mask(FULL)
+    lib().to_set_num_threads(saved)
+
+
+def quantized(
+    n: int, k: int, block: tuple[int, int], seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A checkpoint-like fp8 weight: random normal weights quantized per block (no NaN)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    sn, sk = -(-n // block[0]), -(-k // block[1])
+    scale = torch.rand(sn, sk, generator=g) * 1e-3 + 1e-4
+    w8 = (w / expand(scale, n, k, block)).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return w8, scale
+
+
+SHAPES = [
+    (1, 5, 7, (128, 128)),
+    (1, 130, 257, (128, 128)),  # partial blocks
+    (3, 67, 300, (16, 32)),
+    (1, 33, 70, (3, 5)),  # odd block_n: the two rows of a kernel's pair have different scales
+    (2, 9, 40, (1, 8)),
+    (4, 256, 512, (128, 128)),
+    (5, 33, 129, (3, 5)),
+    (16, 64, 1000, (128, 128)),
+    (33, 130, 257, (64, 128)),
+    (100, 9, 70, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("isa", ["best", "avx512", "avx2", "generic"])
+@pytest.mark.parametrize(
+    ("xd", "yd"),
+    [
+        (torch.bfloat16, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.float32),
+    ],
+)
+def test_linear_fp8_vs_torch(restore: object, isa: str, xd: torch.dtype, yd: torch.dtype) -> None:
+    lib().to_set_isa_mask(ISAS[isa])
+    for i, (m, n, k, block) in enumerate(SHAPES):
+        w8, scale = quantized(n, k, block, seed=i)
+        g = torch.Generator().manual_seed(100 + i)
+        x = torch.randn(m, k, generator=g).to(xd)
+        bias = torch.randn(n, generator=g).to(torch.bfloat16) if i % 2 else None
+        ref = torch.nn.functional.linear(
+            x.double(),
+            reference(w8, scale, block).double(),
+            None if bias is None else bias.double(),
+        )
+        y = ops.linear_fp8(
+            to_pio(x),
+            to_pio(w8),
+            to_pio(scale),
+            None if bias is None else to_pio(bias),
+            block=block,
+            out_dtype=DType.float32 if yd == torch.float32 else DType.bfloat16,
+        )
+        out = to_torch(y)
+        assert out.dtype == yd
+        err = float((out.double() - ref).norm() / ref.norm())
+        assert err < (1e-5 if yd == torch.float32 else 1e-2), (isa, m, n, k, block, err)
+
+
+def test_linear_fp8_matches_dequant_then_linear(restore: object) -> None:
+    """Against the existing f32 linear on the dequantized weight (a different summation order)."""
+    w8, scale = quantized(300, 700, (128, 128), seed=7)
+    x = torch.randn(20, 700).to(torch.bfloat16)
+    wf = ops.dequantize_fp8(to_pio(w8), to_pio(scale), dtype=DType.float32)
+    ref = to_torch(ops.linear(to_pio(x), wf, out_dtype=DType.float32))
+    out = to_torch(ops.linear_fp8(to_pio(x), to_pio(w8), to_pio(scale), out_dtype=DType.float32))
+    assert float((out - ref).norm() / ref.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("m", [1, 4, 16, 130])
+def test_linear_fp8_bits_do_not_depend_on_threads(restore: object, m: int) -> None:
+    w8, scale = quantized(301, 520, (128, 128), seed=m)
+    x = to_pio(torch.randn(m, 520).to(torch.bfloat16))
+    w, s = to_pio(w8), to_pio(scale)
+    outs = []
+    for t in (1, 2, 3):
+        lib().to_set_num_threads(t)
+        outs.append(to_torch(ops.linear_fp8(x, w, s, out_dtype=DType.float32)))
+    assert same_bits(outs[0], outs[1])
+    assert same_bits(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("isa", ["best", "avx512", "avx2", "generic"])
+def test_linear_fp8_nan_weight_gives_nan_on_every_kernel(restore: object, isa: str) -> None:
+    lib().to_set_isa_mask(ISAS[isa])
+    w8, scale = quantized(8, 200, (128, 128), seed=1)
+    raw = w8.view(torch.uint8).clone()
+    raw[3, 150] = 0x7F
+    raw[5, 7] = 0xFF
+    for m in (1, 6):
+        x = torch.randn(m, 200).to(torch.bfloat16)
+        out = to_torch(
+            ops.linear_fp8(to_pio(x), to_pio(raw.view(torch.float8_e4m3fn)), to_pio(scale))
+        )
+        nan_cols = torch.isnan(out).all(0)
+        assert nan_cols.tolist() == [j in (3, 5) for j in range(8)]
+        assert not torch.isnan(out[:, [0, 1, 2, 4, 6, 7]]).any()
+
+
+def test_linear_fp8_strided_rows_and_out() -> None:
+    w8, scale = quantized(40, 64, (32, 32), seed=2)
+    base = torch.randn(6, 100).to(torch.bfloat16)
+    x = to_pio(base).narrow(1, 10, 64)  # rows 100 apart
+    buf = Tensor.zeros((6, 50), DType.float32)
+    out = buf.narrow(1, 5, 40)
+    ops.linear_fp8(x, to_pio(w8), to_pio(scale), block=(32, 32), out=out)
+    ref = base[:, 10:74].double() @ reference(w8, scale, (32, 32)).double().T
+    got = to_torch(buf)
+    assert float((got[:, 5:45].double() - ref).norm() / ref.norm()) < 1e-5
+    assert not got[:, :5].any()
+    assert not got[:, 45:].any()
+
+
+def test_linear_fp8_validation() -> None:
+    w8, scale = quantized(40, 64, (128, 128), seed=3)
+    w, s = to_pio(w8), to_pio(scale)
+    x = to_pio(torch.randn(2, 64))
+    with pytest.raises(ValueError, match="features"):
+        ops.linear_fp8(to_pio(torch.randn(2, 63)), w, s)
+    with pytest.raises(ValueError, match=r"expected \(2, 1\)"):
+        ops.linear_fp8(x, w, s, block=(32, 128))
+    with pytest.raises(TypeError, match="float8_e4m3"):
+        ops.linear_fp8(x, to_pio(torch.randn(40, 64)), s)
+    with pytest.raises(ValueError, match="bias has shape"):
+        ops.linear_fp8(x, w, s, bias=to_pio(torch.randn(41)))
+    with pytest.raises(TypeError, match="out dtype"):
+        ops.linear_fp8(x, w, s, out_dtype=DType.float16)
+    with pytest.raises(ValueError, match="out has shape"):
+        ops.linear_fp8(x, w, s, out=Tensor.empty((2, 41), DType.float32))
+    buf = Tensor.empty((2, 64), DType.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.linear_fp8(buf, w, s, out=buf.narrow(1, 0, 40))
+    assert ops.linear_fp8(Tensor.empty((0, 64), DType.float32), w, s).shape == (0, 40)
+
+
+def test_linear_fp8_c_errors() -> None:
+    f = lib().to_linear_fp8
+    buf = Tensor.empty((64,), DType.float32)
+    p = buf.data_ptr
+    args = [p, p, p, None, p, 1, 2, 2, 2, 2, 128, 128, 0, 0, 0]
+    assert f(*args) == 0
+    for i, bad in [(10, 0), (5, -1), (8, 1), (12, 1), (14, 1), (13, 7), (1, None), (2, None)]:
+        a = list(args)
+        a[i] = bad
+        if i == 13:
+            a[3] = p
+        assert f(*a) != 0, (i, bad)
+
+
+# ---- quantize_fp8 -------------------------------------------------------------------------------
+def transformers_scale_inv(w: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """transformers' Fp8Quantize scales (finegrained_fp8.py), on padded edge blocks."""
+    n, k = w.shape
+    bn, bk = block
+    sn, sk = -(-n // bn), -(-k // bk)
+    padded = torch.zeros(sn * bn, sk * bk)
+    padded[:n, :k] = w.float()
+    max_abs = padded.reshape(sn, bn, sk, bk).abs().amax(dim=(-3, -1))
+    safe = torch.where(max_abs > 0, max_abs, torch.ones_like(max_abs))
+    scales = torch.where(max_abs > 0, 448.0 / safe, torch.ones_like(safe))
+    return (1.0 / scales).to(torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "block"),
+    [(256, 384, (128, 128)), (130, 257, (128, 128)), (31, 29, (3, 5)), (7, 9, (1, 1))],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_quant_vs_torch(n: int, k: int, block: tuple[int, int], dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(n + k)
+    w = (
+        torch.randn(n, k, generator=g) * torch.exp2(torch.randint(-12, 4, (n, 1), generator=g))
+    ).to(dtype)
+    w[0, :] = 0  # all-zero blocks where a block row is one row
+    w8, s = ops.quantize_fp8(to_pio(w), block)
+    scale = to_torch(s)
+    assert same_bits(scale, transformers_scale_inv(w, block))
+    ref = (w.float() / expand(scale, n, k, block)).clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(to_torch(w8).view(torch.uint8), ref.view(torch.uint8))
+    # round trip: within half an e4m3 step (2^-4 relative) of each block's values, or of the
+    # subnormal step (2^-10 * scale) near zero
+    back = reference(to_torch(w8), scale, block)
+    bound = torch.maximum(w.float().abs() * 2.0**-4, expand(scale, n, k, block) * 2.0**-10)
+    assert ((back - w.float()).abs() <= bound * 1.0001).all()
+
+
+def test_quant_rounding_ties_subnormals_and_specials() -> None:
+    # one block with amax 448: scale 1, values hit exactly as written
+    vals = [448.0, 0.0, -0.0, 2.0**-9, 2.0**-10, 3 * 2.0**-10, 1.0625, 1.1875, 17.0, 300.0, -440.0]
+    w = torch.tensor([vals + [0.0] * (16 - len(vals))])
+    w8, s = ops.quantize_fp8(to_pio(w), (1, 16))
+    assert to_torch(s).item() == 1.0
+    ref = w.clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(to_torch(w8).view(torch.uint8), ref.view(torch.uint8))
+    # NaN: its block gets scale 1 (transformers: amax is not > 0) and the byte 0x7f | sign
+    w = torch.tensor([[1.0, float("nan"), 2.0, -float("nan")]])
+    w8, s = ops.quantize_fp8(to_pio(w), (1, 4))
+    assert to_torch(s).item() == 1.0
+    assert to_torch(w8).view(torch.uint8).tolist() == [[0x38, 0x7F, 0x40, 0xFF]]
+
+
+def test_quant_validation() -> None:
+    with pytest.raises(TypeError, match="dtype"):
+        ops.quantize_fp8(to_pio(torch.zeros(4, 4, dtype=torch.int32)))
+    with pytest.raises(ValueError, match="dims"):
+        ops.quantize_fp8(to_pio(torch.zeros(4)))
+    with pytest.raises(ValueError, match="block sizes"):
+        ops.quantize_fp8(to_pio(torch.zeros(4, 4)), (4, 0))
+    w8, s = ops.quantize_fp8(Tensor.empty((0, 3), DType.float32))
+    assert w8.shape == (0, 3)
+    assert s.shape == (0, 1)

@@ -574,6 +574,20 @@ PROTOTYPES: dict[str, Prototype] = {
         c_int,
         [c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_void_p, c_int],
     ),
+    # int to_linear_fp8(const void *x, const uint8_t *w, const float *scale, const void *bias,
+    #                   void *y, int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy,
+    #                   int64_t block_n, int64_t block_k, int x_dtype, int bias_dtype,
+    #                   int y_dtype);
+    "to_linear_fp8": (
+        c_int,
+        [c_void_p] * 5 + [c_int64] * 7 + [c_int] * 3,
+    ),
+    # int to_fp8_quant(const void *w, int w_dtype, int64_t n, int64_t k, int64_t block_n,
+    #                  int64_t block_k, uint8_t *out, float *scale_inv);
+    "to_fp8_quant": (
+        c_int,
+        [c_void_p, c_int, c_int64, c_int64, c_int64, c_int64, c_void_p, c_void_p],
+    ),
     # ---- structured outputs: token masks ----
     # int to_mask_logits(const void *x, void *out, const uint32_t *mask, int64_t rows,
     #                    int64_t vocab, int64_t mask_words, int dtype);

@@ -28,7 +28,7 @@ from inference_pio.ops.moe import (
     scatter_add,
 )
 from inference_pio.ops.norm import layer_norm, rms_norm
-from inference_pio.ops.quant import dequantize_fp8
+from inference_pio.ops.quant import dequantize_fp8, linear_fp8, quantize_fp8
 from inference_pio.ops.rope import (
     mrope_cache,
     rope_apply,
@@ -59,12 +59,14 @@ __all__ = [
     "kv_cache_append",
     "layer_norm",
     "linear",
+    "linear_fp8",
     "log_softmax",
     "mask_logits",
     "mrope_cache",
     "mul",
     "mul_rows",
     "patchify",
+    "quantize_fp8",
     "rms_norm",
     "rope_apply",
     "rope_cache",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
-from inference_pio.ops._dispatch import native_call, require, same_device
+from inference_pio.ops._dispatch import native_call, require, require_disjoint, same_device
+from inference_pio.ops.matmul import FLOAT_ACT, WEIGHT_DTYPES, _row_stride, _rows
 from inference_pio.tensor import Tensor
 
 #: Output dtypes of :func:`dequantize_fp8`.
@@ -83,5 +84,111 @@ def dequantize_fp8(
         bk,
         out.data_ptr,
         out_dtype,
+    )
+    return out
+
+
+def quantize_fp8(weight: Tensor, block: tuple[int, int] = (128, 128)) -> tuple[Tensor, Tensor]:
+    """Block-scaled fp8 version of ``weight [n, k]`` (float32, bfloat16 or float16, contiguous):
+    ``(w8 [n, k] float8_e4m3, scale [ceil(n/bn), ceil(k/bk)] float32)``.
+
+    Scales as transformers' ``Fp8Quantize``: ``1 / (448 / amax)`` per block (1 for an all-zero
+    block); ``w8 = e4m3(clamp(weight / scale, -448, 448))`` rounded to nearest even.
+    """
+    require("weight", weight, dtypes=DEQUANT_DTYPES, ndim=2)
+    bn, bk = _block("quantize_fp8", block)
+    n, k = weight.shape
+    device = weight.device
+    w8 = Tensor.empty((n, k), DType.float8_e4m3, device)
+    scale = Tensor.empty(scale_shape(n, k, (bn, bk)), DType.float32, device)
+    if n == 0 or k == 0:
+        return w8, scale
+    native_call(
+        device,
+        "fp8_quant",
+        weight.data_ptr,
+        weight.dtype,
+        n,
+        k,
+        bn,
+        bk,
+        w8.data_ptr,
+        scale.data_ptr,
+    )
+    return w8, scale
+
+
+def linear_fp8(
+    x: Tensor,
+    weight: Tensor,
+    scale: Tensor,
+    bias: Tensor | None = None,
+    block: tuple[int, int] = (128, 128),
+    out: Tensor | None = None,
+    out_dtype: DType | str | None = None,
+) -> Tensor:
+    """``y = x · Wᵀ (+ bias)`` with ``W = dequantize_fp8(weight, scale, block)``, never expanded.
+
+    ``x [..., K]`` float32 or bfloat16 (rows may be strided, last dim contiguous); ``weight
+    [N, K]`` float8_e4m3 and ``scale [ceil(N/bn), ceil(K/bk)]`` float32, contiguous (may be
+    read-only); ``bias [N]`` float32/bfloat16/float16 or None. Per output, each k-block's partial
+    dot product (fp32) is multiplied by its scale and added to an fp32 total; the result is
+    rounded once to ``out_dtype`` (else ``out``'s dtype, else ``x``'s). ``out`` may be a
+    row-strided view but must not overlap the inputs. Same checks as :func:`ops.linear`.
+    """
+    require("x", x, dtypes=FLOAT_ACT, contiguous=False)
+    bn, bk, _ = _check_fp8("linear_fp8", weight, scale, block)
+    if x.ndim < 1:
+        raise ValueError("linear_fp8: x must have at least 1 dim, got a 0-d tensor")
+    n, k = weight.shape
+    if x.shape[-1] != k:
+        raise ValueError(
+            f"linear_fp8: x has {x.shape[-1]} features (shape {x.shape}), "
+            f"weight {weight.shape} expects {k}"
+        )
+    if bias is not None:
+        require("bias", bias, dtypes=WEIGHT_DTYPES, ndim=1, contiguous=False)
+        if n > 1 and bias.strides[0] != 1:
+            raise ValueError("linear_fp8: bias must be contiguous")
+        if bias.shape != (n,):
+            raise ValueError(f"linear_fp8: bias has shape {bias.shape}, expected ({n},)")
+    device = same_device(x=x, weight=weight, scale=scale, bias=bias, out=out)
+    if out_dtype is not None:
+        dtype = DType.parse(out_dtype)
+    else:
+        dtype = out.dtype if out is not None else x.dtype
+    if dtype not in FLOAT_ACT:
+        raise TypeError(f"linear_fp8: out dtype {dtype.name} not supported (float32 or bfloat16)")
+    shape = (*x.shape[:-1], n)
+    if out is None:
+        out = Tensor.empty(shape, dtype, device)
+    else:
+        require("out", out, dtypes=(dtype,), contiguous=False, writable=True)
+        if out.shape != shape:
+            raise ValueError(f"linear_fp8: out has shape {out.shape}, expected {shape}")
+        require_disjoint("linear_fp8", out, x=x, weight=weight, scale=scale, bias=bias)
+    m = x.numel // k if k else _rows(x.shape[:-1])
+    if m == 0 or n == 0:
+        return out
+    ldx = _row_stride("x", x, m, k)
+    ldy = _row_stride("out", out, m, n)
+    native_call(
+        device,
+        "linear_fp8",
+        x.data_ptr,
+        weight.data_ptr,
+        scale.data_ptr,
+        bias.data_ptr if bias is not None else None,
+        out.data_ptr,
+        m,
+        n,
+        k,
+        ldx,
+        ldy,
+        bn,
+        bk,
+        x.dtype,
+        bias.dtype if bias is not None else 0,
+        out.dtype,
     )
     return out
