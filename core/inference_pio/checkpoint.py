@@ -39,10 +39,15 @@ class Checkpoint:
     #: Fault the weight pages in when first opened, with a progress bar for large checkpoints
     #: on a terminal (like llama.cpp's load bar); False maps lazily.
     progress: bool = False
+    #: ``"fp8"``: quantize the projections of an unquantized checkpoint to block-scaled FP8 as
+    #: the model is built (:class:`~inference_pio.quantization.QuantizeOnLoad`); None: as stored
+    quantization: str | None = None
     _weights: Mapping[str, Tensor] | None = None
 
     @classmethod
-    def open(cls, path: str | Path, progress: bool = False) -> Checkpoint:
+    def open(
+        cls, path: str | Path, progress: bool = False, quantization: str | None = None
+    ) -> Checkpoint:
         """Reads config.json (required) and generation_config.json (optional)."""
         root = Path(path).expanduser()
         if not root.exists():
@@ -51,7 +56,7 @@ class Checkpoint:
             raise CheckpointError(f"{root}: not a directory (pass the checkpoint directory)")
         config = read_json(root / "config.json")
         generation = read_json(root / "generation_config.json", required=False)
-        return cls(root, config, generation, progress)
+        return cls(root, config, generation, progress, quantization)
 
     @property
     def weights(self) -> Mapping[str, Tensor]:
@@ -63,7 +68,7 @@ class Checkpoint:
 
             parse_quantization(self.config)  # an unsupported scheme fails before any file opens
             index = load_checkpoint_weights(self.path, prefetch=self.progress)
-            self._weights = open_quantized(index, self.config)
+            self._weights = open_quantized(index, self.config, self.quantization)
         return self._weights
 
     def require(self, name: str, shape: tuple[int, ...]) -> Tensor:

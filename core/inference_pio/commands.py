@@ -58,6 +58,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="compute dtype (default: bf16 for bf16 checkpoints, f32 for f32 ones)",
     )
     p.add_argument(
+        "--quantization",
+        "-q",
+        choices=["fp8"],
+        default=None,
+        help="quantize the weights of an unquantized checkpoint as they load: fp8 = float8 e4m3 "
+        "with a scale per 128x128 block (half the bytes of bf16; Qwen3 dense models). FP8 "
+        "checkpoints (Qwen's -FP8 repos) need no flag",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -163,6 +172,7 @@ def _load(args: argparse.Namespace, host: PluginHost) -> Any:
         dtype=args.dtype,
         threads=args.threads,
         gpu_layers=args.gpu_layers,
+        quantization=args.quantization,
         name=args.model_name,
         host=host,
         progress=not getattr(args, "json", False) or sys.stderr.isatty(),

@@ -56,6 +56,7 @@ def load_model(
     progress: bool = True,
     host: PluginHost | None = None,
     gpu_layers: int | str | None = None,
+    quantization: str | None = None,
     **options: Any,
 ) -> TextModelPluginInterface:
     """Loads a model.
@@ -70,7 +71,10 @@ def load_model(
     CUDA ``device``) splits the model: that many of its last layers, the final norm and the LM
     head on the GPU, the rest on the CPU; ``"auto"`` takes as many as the GPU's memory holds
     (:class:`~inference_pio.scheduler.HybridScheduler`). Models whose plugin builds through
-    ``nn.dense.build`` take it; others say they cannot be split.
+    ``nn.dense.build`` take it; others say they cannot be split. ``quantization="fp8"``
+    quantizes the projections of an unquantized checkpoint to block-scaled FP8 as they are built
+    (half the weight bytes; models whose spec lists it in ``quantizations``); an FP8 checkpoint
+    loads as FP8 without it.
     """
     host = host or get_plugin_host()
     if threads is not None:
@@ -91,6 +95,26 @@ def load_model(
                 f"model {spec.name!r} takes {', '.join(spec.architectures) or 'other'} "
                 f"checkpoints; {path} is {', '.join(str(k) for k in keys if k) or 'unlabelled'}"
             )
+    if quantization is not None:
+        from inference_pio.quantization import QUANTIZATION_CHOICES
+
+        if quantization not in QUANTIZATION_CHOICES:
+            raise ValueError(
+                f"quantization must be one of {', '.join(QUANTIZATION_CHOICES)}, "
+                f"got {quantization!r}"
+            )
+        if quantization not in spec.quantizations:
+            able = [s.name for s in host.registry if quantization in s.quantizations]
+            raise ValueError(
+                f"model {spec.name!r} cannot be quantized to {quantization} at load "
+                f"(models that can: {', '.join(able) or 'none'}); its FP8 checkpoints load as is"
+            )
+        if not str(device).startswith("cpu") and gpu_layers is None:
+            raise ValueError(
+                f"quantization={quantization!r} applies to layers on the CPU (the CUDA decode "
+                "steps take bf16 weights); use it with --device cpu or --gpu-layers"
+            )
+        options["quantization"] = quantization
     placed: Any = device
     if gpu_layers is not None:
         placed = _placement(checkpoint, device, gpu_layers, dtype)

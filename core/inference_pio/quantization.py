@@ -174,12 +174,55 @@ class Fp8Weights(Mapping[str, Tensor]):
         return t
 
 
+class QuantizeOnLoad(Fp8Weights):
+    """An unquantized checkpoint whose projections are quantized to block-scaled FP8 as they
+    are built (vLLM's ``--quantization fp8`` on a bf16 checkpoint): :meth:`quantized` of a 2-d
+    ``*_proj.weight`` quantizes it (per 128 x 128 block, as transformers' ``Fp8Quantize``); every
+    other lookup returns the checkpoint's tensor unchanged."""
+
+    def __init__(self, base: Mapping[str, Tensor], block: tuple[int, int] = (128, 128)) -> None:
+        super().__init__(base, Fp8Scheme(block), DType.bfloat16)
+        self._pairs: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.base[name]
+
+    def quantized(self, name: str) -> tuple[Tensor, Tensor] | None:
+        if name not in self:
+            raise KeyError(f"no tensor named {name!r} in the checkpoint")
+        pair = self._pairs.get(name)
+        if pair is not None:
+            return pair
+        w = self.base[name]
+        if w.dtype == DType.float8_e4m3:
+            return super().quantized(name)
+        if not name.endswith("_proj.weight") or w.ndim != 2 or not w.dtype.is_floating:
+            return None
+        from inference_pio.ops.quant import quantize_fp8
+
+        pair = quantize_fp8(w, self.scheme.block)
+        self._pairs[name] = pair
+        return pair
+
+
+#: values of the ``quantization`` load option
+QUANTIZATION_CHOICES = ("fp8",)
+
+
 def open_quantized(
-    weights: Mapping[str, Tensor], config: Mapping[str, Any]
+    weights: Mapping[str, Tensor], config: Mapping[str, Any], quantization: str | None = None
 ) -> Mapping[str, Tensor]:
     """``weights`` as the model builders should see them: wrapped in :class:`Fp8Weights` for an
-    FP8 checkpoint, unchanged for an unquantized one (CheckpointError for other schemes)."""
+    FP8 checkpoint, in :class:`QuantizeOnLoad` for ``quantization="fp8"`` on an unquantized one,
+    else unchanged (CheckpointError for other schemes, ValueError for another ``quantization``)."""
+    if quantization is not None and quantization not in QUANTIZATION_CHOICES:
+        raise ValueError(
+            f"quantization must be one of {', '.join(QUANTIZATION_CHOICES)} or None, "
+            f"got {quantization!r}"
+        )
     scheme = parse_quantization(config)
-    if scheme is None:
-        return weights
-    return Fp8Weights(weights, scheme, dequantize_dtype(config))
+    if scheme is not None:
+        return Fp8Weights(weights, scheme, dequantize_dtype(config))
+    if quantization == "fp8":
+        return QuantizeOnLoad(weights)
+    return weights

@@ -34,6 +34,10 @@ class ModelSpec:
     #: How the model writes tool calls: ``"hermes"``, ``"qwen3_coder"`` or ``"glm47"`` (the
     #: parsers of :mod:`inference_pio.toolcalls`), or None (tool calls stay text).
     tool_call_format: str | None = None
+    #: Quantizations the factory applies at load when asked (``load_model(quantization=...)``):
+    #: ``"fp8"`` for models whose projections are built by ``nn.dense.build`` from a checkpoint
+    #: opened with ``Checkpoint.open(..., quantization=options.get("quantization"))``.
+    quantizations: tuple[str, ...] = ()
     #: Filled in by the registry: the distribution that registered the spec.
     plugin: str = field(default="", compare=False)
 
@@ -51,7 +55,7 @@ class ModelSpec:
                 f"(known: {', '.join(sorted(PARSERS))})"
             )
         # Accept lists from plugin authors; store tuples so specs stay hashable.
-        for attr in ("architectures", "model_types", "aliases"):
+        for attr in ("architectures", "model_types", "aliases", "quantizations"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
 
     def to_dict(self) -> dict[str, Any]:

@@ -188,3 +188,52 @@ def test_quantizer_of_the_fixtures_matches_transformers() -> None:
     deq = dequantize_block_fp8(q, s, (32, 32))
     assert torch.equal(fp8.Fp8Dequantize(None)._dequantize_one(q, s, torch.float32), deq)
     assert float((deq - w).abs().max()) <= float(w.abs().max()) / 16  # 3 mantissa bits
+
+
+def _projections(model: Any) -> list[Any]:
+    out = []
+    for layer in model.model.layers:
+        at, mlp = layer.attention, layer.mlp
+        out += [at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate, mlp.up, mlp.down]
+    return out
+
+
+def test_fp8_checkpoint_projections_stay_fp8_on_the_cpu(source: Path, tmp_path: Path) -> None:
+    fp8 = tmp_path / "fp8"
+    write_fp8_checkpoint(source, fp8, block=(16, 16))
+    model = load_model(fp8, progress=False)
+    projections = _projections(model)
+    assert all(p.quantized and p.weight.dtype == DType.float8_e4m3 for p in projections)
+    assert model.model.lm_head.weight.dtype == DType.float32  # not quantized in the checkpoint
+
+
+def test_quantize_at_load_matches_transformers_on_the_same_quantization(
+    source: Path, tmp_path: Path
+) -> None:
+    """``quantization="fp8"`` on an unquantized checkpoint: the projections quantized per 128 x
+    128 block as transformers' ``Fp8Quantize`` does (one partial block each here), against
+    transformers running those dequantized weights."""
+    fp8, deq = tmp_path / "fp8", tmp_path / "deq"
+    write_fp8_checkpoint(source, fp8, deq, block=(128, 128))
+    ref = transformers.Qwen3ForCausalLM.from_pretrained(deq, dtype=torch.float32).eval()
+    model = load_model(source, progress=False, quantization="fp8")
+    assert all(p.quantized for p in _projections(model))
+    raw = load_file(str(fp8 / "model.safetensors"))
+    q = model.model.layers[0].attention.q_proj
+    assert torch.equal(to_torch(q.weight).view(torch.uint8), raw[Q].view(torch.uint8))
+    assert torch.equal(to_torch(q.scale), raw[Q + "_scale_inv"])
+    ids = prompt(30, 8)
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0, -1]
+    fm = model.model
+    (logits,) = fm.forward([(ids, fm.new_cache(len(ids)))])
+    assert rel_error(logits, want) <= 1e-4
+    got = model.generate(ids, max_new_tokens=12, temperature=0.0, ignore_eos=True).token_ids
+    assert got == hf_greedy(ref, ids, 12)
+
+
+def test_quantization_option_is_checked(source: Path) -> None:
+    with pytest.raises(ValueError, match="quantization must be one of fp8"):
+        load_model(source, progress=False, quantization="int4")
+    with pytest.raises(ValueError, match="CPU"):
+        load_model(source, progress=False, quantization="fp8", device="cuda")

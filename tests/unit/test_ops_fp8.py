@@ -167,7 +167,8 @@ def test_dequant_c_errors() -> None:
 FULL = 0xFFFFFFFF
 AVX2 = (1 << 0) | (1 << 1) | (1 << 2)
 AVX512 = AVX2 | (1 << 3) | (1 << 4) | (1 << 5)
-ISAS = {"generic": 0, "avx2": AVX2, "avx512": AVX512, "best": FULL}
+AVX512_BF16 = AVX512 | (1 << 6)  # without VBMI: the bf16 gemv that decodes in registers
+ISAS = {"generic": 0, "avx2": AVX2, "avx512": AVX512, "avx512bf16": AVX512_BF16, "best": FULL}
 
 
 @pytest.fixture
@@ -201,10 +202,12 @@ SHAPES = [
     (16, 64, 1000, (128, 128)),
     (33, 130, 257, (64, 128)),
     (100, 9, 70, (1, 1)),
+    (2, 70, 200, (32, 64)),  # the table gemv (block_k % 64 == 0) with a partial last chunk
+    (1, 5, 4096, (128, 128)),
 ]
 
 
-@pytest.mark.parametrize("isa", ["best", "avx512", "avx2", "generic"])
+@pytest.mark.parametrize("isa", ["best", "avx512bf16", "avx512", "avx2", "generic"])
 @pytest.mark.parametrize(
     ("xd", "yd"),
     [
@@ -262,7 +265,7 @@ def test_linear_fp8_bits_do_not_depend_on_threads(restore: object, m: int) -> No
     assert same_bits(outs[0], outs[2])
 
 
-@pytest.mark.parametrize("isa", ["best", "avx512", "avx2", "generic"])
+@pytest.mark.parametrize("isa", ["best", "avx512bf16", "avx512", "avx2", "generic"])
 def test_linear_fp8_nan_weight_gives_nan_on_every_kernel(restore: object, isa: str) -> None:
     lib().to_set_isa_mask(ISAS[isa])
     w8, scale = quantized(8, 200, (128, 128), seed=1)
@@ -391,3 +394,27 @@ def test_quant_validation() -> None:
     w8, s = ops.quantize_fp8(Tensor.empty((0, 3), DType.float32))
     assert w8.shape == (0, 3)
     assert s.shape == (0, 1)
+
+
+@pytest.mark.parametrize("isa", ["best", "avx512bf16", "avx512", "avx2", "generic"])
+def test_linear_fp8_reads_every_byte_value_exactly(restore: object, isa: str) -> None:
+    """One-hot x picks single weights: every e4m3 value (subnormals, ±448, both zeros) must come
+    out exactly (times a power-of-two scale), for each decode kernel's conversion."""
+    lib().to_set_isa_mask(ISAS[isa])
+    values = torch.arange(256, dtype=torch.uint8)
+    values[values & 0x7F == 0x7F] = 0  # NaN bytes: tested above
+    k = 256
+    rows = torch.stack([values.roll(3 * j) for j in range(6)])  # 6 W rows, shifted
+    w8 = rows.view(torch.float8_e4m3fn)
+    scale = torch.full((1, 2), 0.5)
+    want = reference(w8, scale, (128, 128))
+    for m in (1, 3):
+        for t0 in range(0, k, m):
+            ts = [min(t0 + i, k - 1) for i in range(m)]
+            x = torch.zeros(m, k, dtype=torch.bfloat16)
+            for i, t in enumerate(ts):
+                x[i, t] = 1.0
+            out = to_torch(
+                ops.linear_fp8(to_pio(x), to_pio(w8), to_pio(scale), out_dtype=DType.float32)
+            )
+            assert torch.equal(out, want[:, ts].T), (isa, m, ts)

@@ -31,7 +31,7 @@ from inference_pio.nn.rope_scaling import (
     rope_type_of,
     standard_parameters,
 )
-from inference_pio.quantization import parse_quantization
+from inference_pio.quantization import Fp8Weights, parse_quantization
 from inference_pio.scheduler import Placement
 from inference_pio.tensor import Tensor
 
@@ -252,6 +252,21 @@ def swiglu_block(q: str, w: Callable[[str], Tensor]) -> SwiGLU:
     )
 
 
+def projection(
+    weights: Mapping[str, Tensor], name: str, w: Callable[[str], Tensor], device: Device
+) -> Linear:
+    """The bias-free projection ``name`` (tensor ``name.weight``) on ``device``: on the CPU kept
+    in block-scaled FP8 where the checkpoint stores it so or ``quantization="fp8"`` asks for it
+    (:class:`Fp8Weights`), else the tensor from the getter ``w`` (dequantized from FP8 on a GPU,
+    whose CUDA-graph decode steps take bf16 weights)."""
+    fp8 = isinstance(weights, Fp8Weights) and device.type == "cpu"
+    pair = weights.quantized(name + ".weight") if fp8 else None  # type: ignore[attr-defined]
+    if pair is None:
+        return Linear(name, w(name + ".weight"))
+    assert isinstance(weights, Fp8Weights)
+    return Linear(name, pair[0], scale=pair[1], block=weights.scheme.block)
+
+
 def swiglu_plan(cfg: DenseConfig) -> MlpPlan:
     """The dense layers' MLP tensors: ``mlp.{gate,up,down}_proj.weight``."""
     return lambda layer, p: swiglu_shapes(p + "mlp.", cfg.hidden_size, cfg.intermediate_size)
@@ -302,7 +317,13 @@ def checked_weights(
     for name, (shape, _) in plan.items():
         if name not in weights:
             raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
-        check_weight(name, weights[name], shape)
+        pair = weights.quantized(name) if isinstance(weights, Fp8Weights) else None
+        if pair is None:
+            check_weight(name, weights[name], shape)
+        elif tuple(pair[0].shape) != tuple(shape):  # checked without dequantizing it
+            raise CheckpointError(
+                f"weight {name!r} has shape {tuple(pair[0].shape)}, expected {tuple(shape)}"
+            )
 
     def w(name: str) -> Tensor:
         t = weights[name]
@@ -339,7 +360,7 @@ def build(
     :class:`~inference_pio.scheduler.Placement` (layers split between the CPU and a GPU)."""
     if (mlp_plan is None) != (mlp is None):
         raise ValueError("dense.build: pass mlp_plan and mlp together")
-    make_mlp = mlp if mlp is not None else swiglu_mlp
+    make_mlp = mlp if mlp is not None else swiglu_mlp  # (the dense SwiGLU is built below)
     placement: Placement | None = None
     if isinstance(device, Placement):
         placement = device
@@ -391,11 +412,20 @@ def build(
     for layer in range(cfg.num_layers):
         p = f"{prefix}layers.{layer}."
         w = on(layer_devices[layer])
+
+        def project(
+            name: str,
+            w: Callable[[str], Tensor] = w,
+            d: Device = layer_devices[layer],
+            p: str = p,
+        ) -> Linear:
+            return projection(weights, p + name, w, d)
+
         attn = Attention(
-            Linear(p + "self_attn.q_proj", w(p + "self_attn.q_proj.weight")),
-            Linear(p + "self_attn.k_proj", w(p + "self_attn.k_proj.weight")),
-            Linear(p + "self_attn.v_proj", w(p + "self_attn.v_proj.weight")),
-            Linear(p + "self_attn.o_proj", w(p + "self_attn.o_proj.weight")),
+            project("self_attn.q_proj"),
+            project("self_attn.k_proj"),
+            project("self_attn.v_proj"),
+            project("self_attn.o_proj"),
             cfg.num_heads,
             cfg.num_kv_heads,
             cfg.head_dim,
@@ -407,7 +437,12 @@ def build(
             if cfg.qk_norm
             else None,
         )
-        block = make_mlp(layer, p, w)
+        if mlp is None:  # the dense SwiGLU, FP8 projections kept quantized
+            block: Mlp = SwiGLU(
+                project("mlp.gate_proj"), project("mlp.up_proj"), project("mlp.down_proj")
+            )
+        else:
+            block = make_mlp(layer, p, w)
         layers.append(
             DecoderLayer(
                 RMSNorm(p + "input_layernorm", w(p + "input_layernorm.weight"), eps),

@@ -44,16 +44,47 @@ def check_weight(name: str, t: Tensor, shape: Sequence[int]) -> Tensor:
 
 
 class Linear:
-    """``y = x · Wᵀ (+ b)`` with W in the safetensors layout [out, in]."""
+    """``y = x · Wᵀ (+ b)`` with W in the safetensors layout [out, in].
 
-    def __init__(self, name: str, weight: Tensor, bias: Tensor | None = None) -> None:
+    W may be block-scaled FP8 (an FP8 checkpoint's projection kept quantized): float8 e4m3 with
+    ``scale`` float32 [ceil(out / bn), ceil(in / bk)] for ``block`` (bn, bk); the product is then
+    ``to_linear_fp8`` (half the bytes of bf16 per token), the same fp32 accumulation."""
+
+    def __init__(
+        self,
+        name: str,
+        weight: Tensor,
+        bias: Tensor | None = None,
+        scale: Tensor | None = None,
+        block: tuple[int, int] | None = None,
+    ) -> None:
         if weight.ndim != 2:
             raise CheckpointError(f"weight {name!r} must be 2-d, got shape {weight.shape}")
         self.out_features, self.in_features = weight.shape
-        self.weight = check_weight(name, weight, weight.shape)
+        self.scale: Tensor | None = None
+        self.block: tuple[int, int] = (0, 0)
+        if weight.dtype == DType.float8_e4m3 and scale is not None and block is not None:
+            bn, bk = block
+            grid = (-(-self.out_features // bn), -(-self.in_features // bk))
+            if tuple(scale.shape) != grid or scale.dtype != DType.float32:
+                raise CheckpointError(
+                    f"weight {name!r}: scale {scale.dtype.name} {tuple(scale.shape)}, expected "
+                    f"float32 {grid} for blocks of {bn} x {bk}"
+                )
+            if not (weight.is_contiguous() and scale.is_contiguous()):
+                raise CheckpointError(f"weight {name!r} or its scale is not contiguous")
+            self.weight = weight
+            self.scale, self.block = scale, (bn, bk)
+        else:
+            self.weight = check_weight(name, weight, weight.shape)
         self.bias = (
             check_weight(name + ".bias", bias, (self.out_features,)) if bias is not None else None
         )
+
+    @property
+    def quantized(self) -> bool:
+        """Whether W is block-scaled FP8."""
+        return self.scale is not None
 
     def __call__(
         self,
@@ -67,6 +98,26 @@ class Linear:
         """Writes ``rows`` rows of x·Wᵀ into ``out`` (row strides default to contiguous)."""
         m = x.shape[0] if rows is None else rows
         b = self.bias
+        if self.scale is not None:
+            be.call(
+                "linear_fp8",
+                x.data_ptr,
+                self.weight.data_ptr,
+                self.scale.data_ptr,
+                b.data_ptr if b is not None else None,
+                out.data_ptr,
+                m,
+                self.out_features,
+                self.in_features,
+                self.in_features if ldx is None else ldx,
+                self.out_features if ldy is None else ldy,
+                self.block[0],
+                self.block[1],
+                x.dtype,
+                b.dtype if b is not None else 0,
+                out.dtype,
+            )
+            return out
         be.call(
             "linear",
             x.data_ptr,
@@ -101,7 +152,9 @@ class LinearGroup:
         self._ws = (ctypes.c_void_p * n)(*(lin.weight.data_ptr for lin in linears))
         self._ns = (ctypes.c_int64 * n)(*(lin.out_features for lin in linears))
         self._wdtype = linears[0].weight.dtype
-        self._same_dtype = all(lin.weight.dtype == self._wdtype for lin in linears)
+        self._same_dtype = all(
+            lin.weight.dtype == self._wdtype and not lin.quantized for lin in linears
+        )
 
     def __call__(self, be: Backend, x: Tensor, outs: Sequence[Tensor]) -> None:
         """Writes ``x · Wᵢᵀ`` into ``outs[i]`` (contiguous [rows, out_featuresᵢ])."""

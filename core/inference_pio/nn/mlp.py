@@ -21,7 +21,10 @@ class SwiGLU:
         self.gate, self.up, self.down = gate, up, down
         self.inter = gate.out_features
         self._gate_up = LinearGroup([gate, up])
-        self._same_dtype = gate.weight.dtype == up.weight.dtype
+        # the fused gate/up kernel reads plain weights (an FP8 pair runs as two linears)
+        self._same_dtype = gate.weight.dtype == up.weight.dtype and not (
+            gate.quantized or up.quantized
+        )
 
     def __call__(self, be: Backend, x: Tensor, out: Tensor) -> Tensor:
         rows = x.shape[0]

@@ -29,6 +29,7 @@ static uint32_t detect(void) {
             if ((b >> 30) & 1) f |= TO_ISA_AVX512BW;
             if ((b >> 31) & 1) f |= TO_ISA_AVX512VL;
             if ((c >> 11) & 1) f |= TO_ISA_AVX512_VNNI;
+            if ((c >> 1) & 1) f |= TO_ISA_AVX512_VBMI;
             __cpuid_count(7, 1, a, b, c, d);
             if ((a >> 5) & 1) f |= TO_ISA_AVX512_BF16;
         }
@@ -95,7 +96,8 @@ TO_API int to_kernel_report(char *buf, size_t cap) {
     static const struct { uint32_t bit; const char *name; } names[] = {
         {TO_ISA_AVX2, "avx2"}, {TO_ISA_FMA, "fma"}, {TO_ISA_F16C, "f16c"},
         {TO_ISA_AVX512F, "avx512f"}, {TO_ISA_AVX512BW, "avx512bw"}, {TO_ISA_AVX512VL, "avx512vl"},
-        {TO_ISA_AVX512_BF16, "avx512_bf16"}, {TO_ISA_AVX512_VNNI, "avx512_vnni"}};
+        {TO_ISA_AVX512_BF16, "avx512_bf16"}, {TO_ISA_AVX512_VNNI, "avx512_vnni"},
+        {TO_ISA_AVX512_VBMI, "avx512_vbmi"}};
     size_t off = 0;
     off += (size_t)snprintf(buf + off, cap - off, "isa:");
     for (size_t i = 0; i < sizeof names / sizeof names[0] && off < cap; i++)

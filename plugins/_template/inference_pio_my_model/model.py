@@ -31,11 +31,16 @@ def load(path: Path, **options: Any) -> CausalLM:
     """The factory named by the plugin's ModelSpec: the model of a checkpoint directory.
 
     The core passes ``device`` (``"cpu"``, ``"cuda:0"`` or a CPU/GPU ``Placement``), ``dtype``
-    (``None``: the checkpoint's), ``name`` (the name the model was asked for) and ``progress``
-    (show a progress bar while mapping the weights); accept ``**options`` so that options added
-    later do not break the plugin. Raises CheckpointError for a missing or malformed checkpoint.
+    (``None``: the checkpoint's), ``name`` (the name the model was asked for), ``progress``
+    (show a progress bar while mapping the weights) and ``quantization`` (``"fp8"`` or None, one
+    of the spec's ``quantizations``); accept ``**options`` so that options added later do not
+    break the plugin. Raises CheckpointError for a missing or malformed checkpoint.
     """
-    checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
+    checkpoint = Checkpoint.open(
+        path,
+        progress=bool(options.get("progress", False)),
+        quantization=options.get("quantization"),
+    )
     cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=QK_NORM)
     setup = text_setup(checkpoint)  # its errors before the weights are read
     model = dense.build(checkpoint.weights, cfg, options.get("device", "cpu"), options.get("dtype"))

@@ -27,6 +27,9 @@ SPEC = ModelSpec(
     # How the model writes tool calls ("hermes", "qwen3_coder", "glm47"; see
     # inference_pio.toolcalls), or None: the server then returns them as plain text.
     tool_call_format=None,
+    # Quantizations load_model(quantization=...) may ask for: "fp8" quantizes the projections
+    # nn.dense.build makes (model.py passes the option to Checkpoint.open).
+    quantizations=("fp8",),
 )
 
 

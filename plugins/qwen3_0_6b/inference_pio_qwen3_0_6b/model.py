@@ -20,8 +20,12 @@ def weight_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], st
 
 
 def load(path: Path, **options: Any) -> CausalLM:
-    """Loads a Qwen3ForCausalLM checkpoint directory (options: device, dtype)."""
-    checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
+    """Loads a Qwen3ForCausalLM checkpoint directory (options: device, dtype, quantization)."""
+    checkpoint = Checkpoint.open(
+        path,
+        progress=bool(options.get("progress", False)),
+        quantization=options.get("quantization"),
+    )
     cfg = dense.DenseConfig.from_hf(
         checkpoint.config, qk_norm=True, default_head_dim=128, defaults=dense.QWEN3_DEFAULTS
     )

@@ -28,6 +28,7 @@ SPEC = ModelSpec(
     aliases=("qwen3-0.6B", "qwen3:0.6b"),
     description="Qwen3 0.6B dense decoder (hybrid thinking)",
     tool_call_format="hermes",
+    quantizations=("fp8",),
 )
 
 

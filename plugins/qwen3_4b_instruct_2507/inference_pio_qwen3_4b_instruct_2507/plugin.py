@@ -33,6 +33,7 @@ SPEC = ModelSpec(
     aliases=("qwen3-4b-instruct", "qwen3:4b-instruct-2507"),
     description="Qwen3 4B instruct (2507), non-thinking dense decoder",
     tool_call_format="hermes",
+    quantizations=("fp8",),
 )
 
 
