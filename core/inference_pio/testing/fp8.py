@@ -55,8 +55,8 @@ def write_fp8_checkpoint(
     src: Path, fp8_dir: Path, dequant_dir: Path | None = None, block: tuple[int, int] = (16, 16)
 ) -> list[str]:
     """Writes ``fp8_dir``: the checkpoint ``src`` with every :func:`quantizable` weight in
-    block-scaled FP8, and (if given) ``dequant_dir``: the same weights dequantized to float32 in
-    an unquantized checkpoint, the reference the FP8 one must compute like. Other files are
+    block-scaled FP8, and (if given) ``dequant_dir``: the same weights dequantized (to the source
+    tensor's dtype) in an unquantized checkpoint, the reference the FP8 one must compute like. Other files are
     copied. Returns the names of the quantized weights."""
     import torch
     from safetensors.torch import load_file, save_file  # type: ignore[import-not-found]
@@ -84,7 +84,8 @@ def write_fp8_checkpoint(
                 quant[name] = q
                 quant[name + "_scale_inv"] = s
                 index[name + "_scale_inv"] = f.name
-                deq[name] = dequantize_block_fp8(q, s, block).to(torch.float32)
+                # in the source's dtype: what the loader's dequantization gives (one rounding)
+                deq[name] = dequantize_block_fp8(q, s, block).to(t.dtype)
                 names.append(name)
             else:
                 quant[name] = t
