@@ -30,9 +30,14 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _load(path: Path, **kw: Any) -> Any:
+    """load_model with the Qwen3 plugin registered by hand (the GPU machine installs none)."""
     from inference_pio import load_model
+    from inference_pio.plugins import PluginHost
 
-    return load_model(path, progress=False, **kw)
+    plugin = pytest.importorskip("inference_pio_qwen3_0_6b.plugin")
+    host = PluginHost(strict=True)
+    host.register_plugin(plugin, name="qwen3_0_6b", distribution="inference-pio-qwen3-0-6b")
+    return load_model(path, progress=False, host=host, **kw)
 
 
 def test_fp8_checkpoint_on_cuda_decodes_as_its_dequantized_copy(
@@ -41,6 +46,9 @@ def test_fp8_checkpoint_on_cuda_decodes_as_its_dequantized_copy(
     fp8, deq = checkpoints
     a, b = _load(fp8, device="cuda:0"), _load(deq, device="cuda:0")
     assert a.model.layers[0].attention.q_proj.weight.dtype == DType.bfloat16
+    from inference_pio.nn.cuda_graph import unsupported_reason
+
+    assert unsupported_reason(a.model) is None  # the CUDA-graph (fused) decode takes it
     for n in (1, 9, 40):
         ids = prompt(n, 50 + n)
         ra = a.generate(ids, max_new_tokens=24, temperature=0.0, ignore_eos=True)

@@ -50,7 +50,11 @@ __global__ void fp8_dequant_kernel(const uint8_t *__restrict__ w, const float *_
     for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
         const float *sr = scale + (i / bn) * sk;
         for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < k; j += (int64_t)gridDim.x * blockDim.x) {
-            float v = __fmul_rn(fp8_exact(w[i * k + j]), sr[j / bk]);
+            const uint32_t b = w[i * k + j];
+            /* a NaN byte keeps the CPU's NaN bits (x86 multiplies keep the NaN operand's payload;
+             * the GPU's would give its canonical NaN) */
+            const float e = fp8_exact(b);
+            float v = (b & 0x7fu) == 0x7fu ? e : __fmul_rn(e, sr[j / bk]);
             int64_t o = i * k + j;
             if (dt == TO_F32) ((float *)out)[o] = v;
             else if (dt == TO_BF16) ((uint16_t *)out)[o] = f2bf(v);
