@@ -237,3 +237,30 @@ def test_quantization_option_is_checked(source: Path) -> None:
         load_model(source, progress=False, quantization="int4")
     with pytest.raises(ValueError, match="CPU"):
         load_model(source, progress=False, quantization="fp8", device="cuda")
+
+
+def test_quantize_at_load_keeps_moe_experts_in_fp8(tmp_path: Path) -> None:
+    """Qwen3-Coder-30B-A3B's layout: attention and every expert quantized at load (the router
+    stays), against transformers on the same quantization dequantized."""
+    moe = pytest.importorskip("inference_pio_qwen3_coder_30b.testing")
+    from inference_pio.testing.conformance import (
+        count_fp8_linears,
+        hf_greedy_with_logits,
+        save_reference,
+    )
+
+    src, fp8, deq = tmp_path / "src", tmp_path / "fp8", tmp_path / "deq"
+    save_reference(src, "Qwen3MoeForCausalLM", moe.TINY, "float32", seed=4)
+    names = write_fp8_checkpoint(src, fp8, deq, block=(128, 128))
+    cfg = transformers.Qwen3MoeConfig.from_pretrained(deq)
+    cfg._experts_implementation = "eager"
+    ref = transformers.Qwen3MoeForCausalLM.from_pretrained(deq, config=cfg, dtype=torch.float32)
+    model = load_model(src, progress=False, quantization="fp8")
+    assert count_fp8_linears(model.model) == len(names)  # the same weights quantized
+    ids = prompt(20, 3)
+    want, scores = hf_greedy_with_logits(ref.eval(), ids, 10)
+    fm = model.model
+    (logits,) = fm.forward([(ids, fm.new_cache(len(ids)))])
+    assert rel_error(logits, scores[0]) <= 1e-4
+    got = model.generate(ids, max_new_tokens=10, temperature=0.0, ignore_eos=True).token_ids
+    assert got == want

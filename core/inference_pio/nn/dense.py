@@ -243,12 +243,35 @@ def swiglu_shapes(q: str, hidden: int, inter: int) -> WeightPlan:
     }
 
 
+class WeightGetter:
+    """The tensor getter :func:`build` hands a layer's MLP factory: ``w(name)`` is the tensor
+    on the layer's device; ``w.linear(name)`` the bias-free projection ``name`` (tensor
+    ``name.weight``), kept in FP8 where :func:`projection` keeps it."""
+
+    def __init__(
+        self, weights: Mapping[str, Tensor], get: Callable[[str], Tensor], device: Device
+    ) -> None:
+        self.weights, self.get, self.device = weights, get, device
+
+    def __call__(self, name: str) -> Tensor:
+        return self.get(name)
+
+    def linear(self, name: str) -> Linear:
+        return projection(self.weights, name, self.get, self.device)
+
+
+def _linear(w: Callable[[str], Tensor], name: str) -> Linear:
+    """``w.linear(name)`` for a :class:`WeightGetter`, else a Linear of ``w(name.weight)``."""
+    if isinstance(w, WeightGetter):
+        return w.linear(name)
+    return Linear(name, w(name + ".weight"))
+
+
 def swiglu_block(q: str, w: Callable[[str], Tensor]) -> SwiGLU:
-    """The SwiGLU of the tensors :func:`swiglu_shapes` names, from the getter ``w``."""
+    """The SwiGLU of the tensors :func:`swiglu_shapes` names, from the getter ``w`` (FP8
+    projections stay FP8 where ``w`` is a :class:`WeightGetter` that keeps them)."""
     return SwiGLU(
-        Linear(q + "gate_proj", w(q + "gate_proj.weight")),
-        Linear(q + "up_proj", w(q + "up_proj.weight")),
-        Linear(q + "down_proj", w(q + "down_proj.weight")),
+        _linear(w, q + "gate_proj"), _linear(w, q + "up_proj"), _linear(w, q + "down_proj")
     )
 
 
@@ -311,9 +334,10 @@ def weight_plan(
 
 def checked_weights(
     weights: Mapping[str, Tensor], plan: WeightPlan, device: Device
-) -> Callable[[str], Tensor]:
+) -> WeightGetter:
     """Checks that every tensor of ``plan`` is in ``weights`` with its shape (CheckpointError
-    naming the first that is not) and returns a getter that places a tensor on ``device``."""
+    naming the first that is not) and returns a getter that places a tensor on ``device`` (a
+    :class:`WeightGetter`: its ``linear`` keeps FP8 projections FP8 on the CPU)."""
     for name, (shape, _) in plan.items():
         if name not in weights:
             raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
@@ -329,7 +353,7 @@ def checked_weights(
         t = weights[name]
         return t if device.type == "cpu" else t.to(device)
 
-    return w
+    return WeightGetter(weights, w, device)
 
 
 def activation_dtype(
@@ -360,7 +384,7 @@ def build(
     :class:`~inference_pio.scheduler.Placement` (layers split between the CPU and a GPU)."""
     if (mlp_plan is None) != (mlp is None):
         raise ValueError("dense.build: pass mlp_plan and mlp together")
-    make_mlp = mlp if mlp is not None else swiglu_mlp  # (the dense SwiGLU is built below)
+    make_mlp = mlp if mlp is not None else swiglu_mlp
     placement: Placement | None = None
     if isinstance(device, Placement):
         placement = device
@@ -394,7 +418,7 @@ def build(
                 raise CheckpointError(
                     f"weight {p}{proj}_proj.bias: projection biases are not supported"
                 )
-    getters = {dev: w_head}
+    getters: dict[Device, Callable[[str], Tensor]] = {dev: w_head}
 
     def on(target: Device) -> Callable[[str], Tensor]:
         if target not in getters:
@@ -411,21 +435,13 @@ def build(
     layers = []
     for layer in range(cfg.num_layers):
         p = f"{prefix}layers.{layer}."
-        w = on(layer_devices[layer])
-
-        def project(
-            name: str,
-            w: Callable[[str], Tensor] = w,
-            d: Device = layer_devices[layer],
-            p: str = p,
-        ) -> Linear:
-            return projection(weights, p + name, w, d)
+        w = WeightGetter(weights, on(layer_devices[layer]), layer_devices[layer])
 
         attn = Attention(
-            project("self_attn.q_proj"),
-            project("self_attn.k_proj"),
-            project("self_attn.v_proj"),
-            project("self_attn.o_proj"),
+            w.linear(p + "self_attn.q_proj"),
+            w.linear(p + "self_attn.k_proj"),
+            w.linear(p + "self_attn.v_proj"),
+            w.linear(p + "self_attn.o_proj"),
             cfg.num_heads,
             cfg.num_kv_heads,
             cfg.head_dim,
@@ -437,12 +453,7 @@ def build(
             if cfg.qk_norm
             else None,
         )
-        if mlp is None:  # the dense SwiGLU, FP8 projections kept quantized
-            block: Mlp = SwiGLU(
-                project("mlp.gate_proj"), project("mlp.up_proj"), project("mlp.down_proj")
-            )
-        else:
-            block = make_mlp(layer, p, w)
+        block = make_mlp(layer, p, w)
         layers.append(
             DecoderLayer(
                 RMSNorm(p + "input_layernorm", w(p + "input_layernorm.weight"), eps),

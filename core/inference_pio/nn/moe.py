@@ -69,9 +69,10 @@ class RoutedExperts:
         self.experts, self.k = list(experts), k
         first = self.experts[0]
         #: Whether the CPU may run all experts in batched calls (one width, one weight dtype,
-        #: no biases; see _batched_experts).
+        #: no biases, not FP8; see _batched_experts).
         self._batchable = all(
             lin.bias is None
+            and not lin.quantized  # FP8 experts run one by one (linear_fp8)
             and lin.weight.dtype == first.gate.weight.dtype
             and lin.weight.shape == ref.weight.shape
             for ex in self.experts

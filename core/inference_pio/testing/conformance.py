@@ -75,6 +75,23 @@ def save_reference(
     return model
 
 
+def count_fp8_linears(obj: Any, seen: set[int] | None = None) -> int:
+    """Linear layers kept in FP8 (``Linear.quantized``) reachable from ``obj``'s attributes."""
+    from inference_pio.nn.layers import Linear
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, Linear):
+        return int(obj.quantized)
+    if isinstance(obj, list | tuple):
+        return sum(count_fp8_linears(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and type(obj).__module__.startswith("inference_pio"):
+        return sum(count_fp8_linears(v, seen) for v in vars(obj).values())
+    return 0
+
+
 def prompt(n: int, seed: int) -> list[int]:
     torch = _torch()
     g = torch.Generator().manual_seed(seed)
@@ -234,6 +251,7 @@ class CausalLMConformance:
             want = ref(torch.tensor([ids])).logits[0]
         model = type(self).load(fp8)
         fm = model.model
+        assert count_fp8_linears(fm) > 0  # on the CPU some projections compute in FP8
         cache = fm.new_cache(len(ids))
         (logits,) = fm.forward([(ids[:20], cache)])
         errors = [rel_error(logits, want[19])]

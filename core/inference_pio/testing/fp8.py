@@ -56,9 +56,8 @@ def write_fp8_checkpoint(
 ) -> list[str]:
     """Writes ``fp8_dir``: the checkpoint ``src`` with every :func:`quantizable` weight in
     block-scaled FP8, and (if given) ``dequant_dir``: the same weights dequantized (to the source
-    tensor's dtype) in an unquantized checkpoint, the reference the FP8 one must compute like. Other files are
-    copied. Returns the names of the quantized weights."""
-    import torch
+    tensor's dtype) in an unquantized checkpoint, the reference the FP8 one must compute like.
+    Other files are copied. Returns the names of the quantized weights."""
     from safetensors.torch import load_file, save_file  # type: ignore[import-not-found]
 
     files = sorted(src.glob("*.safetensors"))

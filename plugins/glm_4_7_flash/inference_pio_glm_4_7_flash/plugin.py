@@ -21,6 +21,7 @@ SPEC = ModelSpec(
     aliases=("glm4.7-flash", "glm-4.7:flash"),
     description="GLM-4.7-Flash: MLA attention, sigmoid-routed 64-expert MoE",
     tool_call_format="glm47",
+    quantizations=("fp8",),
 )
 
 

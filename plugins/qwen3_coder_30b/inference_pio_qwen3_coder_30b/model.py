@@ -126,7 +126,11 @@ def load(path: Path, **options: Any) -> CausalLM:
     """Loads a Qwen3MoeForCausalLM checkpoint directory (options: device, dtype; the device may
     be a hybrid :class:`~inference_pio.scheduler.Placement`)."""
     device = options.get("device", "cpu")
-    checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
+    checkpoint = Checkpoint.open(
+        path,
+        progress=bool(options.get("progress", False)),
+        quantization=options.get("quantization"),
+    )
     cfg = dense.DenseConfig.from_hf(checkpoint.config, qk_norm=True, defaults=QWEN3_MOE_DEFAULTS)
     moe = MoeConfig.from_hf(checkpoint.config)
     setup = text_setup(checkpoint)  # its errors before the weights are read

@@ -21,6 +21,7 @@ SPEC = ModelSpec(
     aliases=("qwen3-coder-30b", "qwen3-coder:30b"),
     description="Qwen3-Coder 30B-A3B mixture-of-experts (128 experts, top-8)",
     tool_call_format="qwen3_coder",
+    quantizations=("fp8",),
 )
 
 

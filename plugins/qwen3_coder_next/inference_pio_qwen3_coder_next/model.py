@@ -332,7 +332,11 @@ def build(
 def load(path: Path, **options: Any) -> CausalLM:
     """Loads a Qwen3NextForCausalLM checkpoint directory (options: device, dtype)."""
     device = Device.parse(options.get("device", "cpu"))
-    checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
+    checkpoint = Checkpoint.open(
+        path,
+        progress=bool(options.get("progress", False)),
+        quantization=options.get("quantization"),
+    )
     cfg = NextConfig.from_hf(checkpoint.config)
     setup = text_setup(checkpoint)  # its errors before the weights are read
     model = build(checkpoint.weights, cfg, device, options.get("dtype"))

@@ -21,6 +21,7 @@ SPEC = ModelSpec(
     aliases=("qwen3-coder-next-80b",),
     description="Qwen3-Coder-Next: Gated DeltaNet + gated attention hybrid, 512-expert MoE",
     tool_call_format="qwen3_coder",
+    quantizations=("fp8",),
 )
 
 
