@@ -124,23 +124,27 @@ def test_concurrent_requests_with_shared_and_unshared_prefixes(model: Any) -> No
 
     stop = threading.Event()
     engine = threading.Thread(target=manager.serve, args=(stop,), daemon=True)
+    index: dict[int, int] = {}
+
+    def submit(k: int) -> None:
+        i = manager.submit(prompts[k], _params(lengths[k]), on_finish=finish)
+        with lock:
+            index[i] = k
+
+    # the first wave queued before the engine starts, so that it decodes as one batch of 3 (with
+    # the engine already running, a thread scheduled late made batches of 2 at most now and then)
+    for k in range(0, 4):
+        submit(k)
     engine.start()
     try:
-        index: dict[int, int] = {}
-
-        def submit(k: int) -> None:
-            i = manager.submit(prompts[k], _params(lengths[k]), on_finish=finish)
-            with lock:
-                index[i] = k
-
-        for wave in (range(0, 4), range(4, 10)):  # the second wave finds the first's caches
-            threads = [threading.Thread(target=submit, args=(k,)) for k in wave]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            while len(results) < len(index) and not done.wait(0.05):
-                pass
+        while len(results) < len(index) and not done.wait(0.05):
+            pass
+        # the second wave, from threads, finds the first's caches
+        threads = [threading.Thread(target=submit, args=(k,)) for k in range(4, 10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         assert done.wait(60)
     finally:
         stop.set()
