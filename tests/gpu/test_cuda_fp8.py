@@ -126,16 +126,19 @@ def test_linear_fp8_nan_weight_gives_nan() -> None:
     assert torch.isnan(y).all(0).tolist() == [j in (3, 40) for j in range(64)]
 
 
-def test_linear_fp8_strided_rows() -> None:
+@pytest.mark.parametrize(("width", "offset"), [(96, 16), (99, 3), (97, 16)])
+def test_linear_fp8_strided_rows(width: int, offset: int) -> None:
+    """Rows of x 16-byte aligned (read 16 bytes a load) or not (99 / 97 wide, offset 3)."""
     w8, scale = quantized(40, 64, (32, 32), seed=2)
-    base = torch.randn(6, 96).to(torch.bfloat16)
-    x = tb.to_device(base, DEV).narrow(1, 16, 64)
+    base = torch.randn(6, width).to(torch.bfloat16)
+    x = tb.to_device(base, DEV).narrow(1, offset, 64)
     buf = Tensor.zeros((6, 48), DType.float32, DEV)
     ops.linear_fp8(
         x, tb.to_device(w8, DEV), tb.to_device(scale, DEV), block=(32, 32), out=buf.narrow(1, 8, 40)
     )
     got = tb.from_device(buf)
-    ref = base[:, 16:80].double() @ (w8.float() * expand(scale, 40, 64, (32, 32))).double().t()
+    xs = base[:, offset : offset + 64].double()
+    ref = xs @ (w8.float() * expand(scale, 40, 64, (32, 32))).double().t()
     assert rel(got[:, 8:], ref) < 1e-5
     assert not got[:, :8].any()
 

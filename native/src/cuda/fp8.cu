@@ -88,11 +88,63 @@ TOC_EXPORT int toc_fp8_dequant(const uint8_t *w, const float *scale, int64_t n, 
 
 /* ==== GEMV (m <= 16) ============================================================================= */
 /* One warp per output column j, all m rows of x: each lane takes 16 weight bytes at a time (one
- * 16-byte load) and, per x row, sums their 16 products in fp32, multiplies that chunk sum by the
- * chunk's block scale and adds it to the row's fp32 total (the weight bytes are read once; every
- * chunk lies in one k-block because block_k % 16 == 0). Lanes are then summed (shuffles), bias
- * added, one rounding. Needs k % 16 == 0, block_k % 16 == 0 and w 16-byte aligned. */
-template <int MT, int XT>
+ * 16-byte load; four in flight) and, per x row, sums their 16 products in fp32, multiplies that
+ * chunk sum by the chunk's block scale and adds it to the row's fp32 total (the weight bytes are
+ * read once; every chunk lies in one k-block because block_k % 16 == 0). Lanes are then summed
+ * (shuffles), bias added, one rounding. Needs k % 16 == 0, block_k % 16 == 0, w 16-byte aligned;
+ * VX: x rows 16-byte aligned too (read 8 bf16 / 4 floats a load). */
+template <int MT, int XT, bool VX>
+__device__ __forceinline__ void fp8_chunk(const uint4 q, int64_t t, const void *__restrict__ x, int64_t ldx, int m,
+                                          float s, float (&tot)[MT]) {
+    float wf[16];
+    const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        float2 a = fp8x2_to_float2(words[e] & 0xffffu), b = fp8x2_to_float2(words[e] >> 16);
+        wf[4 * e] = a.x, wf[4 * e + 1] = a.y, wf[4 * e + 2] = b.x, wf[4 * e + 3] = b.y;
+    }
+#pragma unroll
+    for (int r = 0; r < MT; r++) {
+        if (r >= m) break;
+        float xv[16];
+        if (XT == TO_F32) {
+            const float *xr = (const float *)x + r * ldx + t;
+            if (VX) {
+#pragma unroll
+                for (int v = 0; v < 4; v++) {
+                    const float4 f = *reinterpret_cast<const float4 *>(xr + 4 * v);
+                    xv[4 * v] = f.x, xv[4 * v + 1] = f.y, xv[4 * v + 2] = f.z, xv[4 * v + 3] = f.w;
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < 16; e++) xv[e] = xr[e];
+            }
+        } else {
+            const uint16_t *xr = (const uint16_t *)x + r * ldx + t;
+            if (VX) {
+#pragma unroll
+                for (int v = 0; v < 2; v++) {
+                    const uint4 h = *reinterpret_cast<const uint4 *>(xr + 8 * v);
+                    const uint32_t hw[4] = {h.x, h.y, h.z, h.w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        xv[8 * v + 2 * e] = __uint_as_float(hw[e] << 16);
+                        xv[8 * v + 2 * e + 1] = __uint_as_float(hw[e] & 0xffff0000u);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < 16; e++) xv[e] = bf2f(xr[e]);
+            }
+        }
+        float part = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 16; e++) part = fmaf(xv[e], wf[e], part);
+        tot[r] = fmaf(part, s, tot[r]);
+    }
+}
+
+template <int MT, int XT, bool VX>
 __global__ void __launch_bounds__(256) fp8_gemv_kernel(const void *__restrict__ x, int64_t ldx, int m,
                                                        const uint8_t *__restrict__ w, const float *__restrict__ scale,
                                                        int64_t n, int64_t k, int64_t bn, int64_t bk, int64_t sk,
@@ -102,35 +154,25 @@ __global__ void __launch_bounds__(256) fp8_gemv_kernel(const void *__restrict__ 
     if (j >= n) return;
     const uint8_t *wr = w + j * k;
     const float *sr = scale + (j / bn) * sk;
+    const uint32_t bk32 = (uint32_t)bk; /* k < 2^31 (checked by the caller) */
     float tot[MT];
 #pragma unroll
     for (int r = 0; r < MT; r++) tot[r] = 0.0f;
-    for (int64_t t = (int64_t)lane * 16; t < k; t += 32 * 16) {
-        const uint4 q = __ldg(reinterpret_cast<const uint4 *>(wr + t));
-        float wf[16];
-        const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+    constexpr int64_t STEP = 32 * 16;
+    int64_t t = (int64_t)lane * 16;
+    for (; t + 3 * STEP < k; t += 4 * STEP) {
+        uint4 q[4];
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float2 a = fp8x2_to_float2(words[e] & 0xffffu), b = fp8x2_to_float2(words[e] >> 16);
-            wf[4 * e] = a.x, wf[4 * e + 1] = a.y, wf[4 * e + 2] = b.x, wf[4 * e + 3] = b.y;
-        }
-        const float s = sr[t / bk] * FP8_FOLD;
+        for (int u = 0; u < 4; u++) q[u] = __ldg(reinterpret_cast<const uint4 *>(wr + t + u * STEP));
 #pragma unroll
-        for (int r = 0; r < MT; r++) {
-            if (r >= m) break;
-            float part = 0.0f;
-            if (XT == TO_F32) {
-                const float *xr = (const float *)x + r * ldx + t;
-#pragma unroll
-                for (int e = 0; e < 16; e++) part = fmaf(xr[e], wf[e], part);
-            } else {
-                const uint16_t *xr = (const uint16_t *)x + r * ldx + t;
-#pragma unroll
-                for (int e = 0; e < 16; e++) part = fmaf(bf2f(xr[e]), wf[e], part);
-            }
-            tot[r] = fmaf(part, s, tot[r]);
+        for (int u = 0; u < 4; u++) {
+            const int64_t tu = t + u * STEP;
+            fp8_chunk<MT, XT, VX>(q[u], tu, x, ldx, m, sr[(uint32_t)tu / bk32] * FP8_FOLD, tot);
         }
     }
+    for (; t < k; t += STEP)
+        fp8_chunk<MT, XT, VX>(__ldg(reinterpret_cast<const uint4 *>(wr + t)), t, x, ldx, m,
+                              sr[(uint32_t)t / bk32] * FP8_FOLD, tot);
 #pragma unroll
     for (int r = 0; r < MT; r++) {
         if (r >= m) break;
@@ -144,18 +186,28 @@ __global__ void __launch_bounds__(256) fp8_gemv_kernel(const void *__restrict__ 
     }
 }
 
-template <int MT>
-static void launch_gemv_mt(const void *x, int64_t ldx, int m, const uint8_t *w, const float *scale, int64_t n,
+template <int MT, bool VX>
+static void launch_gemv_vx(const void *x, int64_t ldx, int m, const uint8_t *w, const float *scale, int64_t n,
                            int64_t k, int64_t bn, int64_t bk, const void *bias, int bd, void *y, int64_t ldy,
                            int xd, int yd) {
     const unsigned grid = (unsigned)toc_cdiv(n, 8);
     const int64_t sk = toc_cdiv(k, bk);
     if (xd == TO_F32)
-        fp8_gemv_kernel<MT, TO_F32><<<grid, 256, 0, toc_stream()>>>(x, ldx, m, w, scale, n, k, bn, bk, sk, bias, bd,
-                                                                     y, ldy, yd);
+        fp8_gemv_kernel<MT, TO_F32, VX><<<grid, 256, 0, toc_stream()>>>(x, ldx, m, w, scale, n, k, bn, bk, sk, bias,
+                                                                         bd, y, ldy, yd);
     else
-        fp8_gemv_kernel<MT, TO_BF16><<<grid, 256, 0, toc_stream()>>>(x, ldx, m, w, scale, n, k, bn, bk, sk, bias, bd,
-                                                                      y, ldy, yd);
+        fp8_gemv_kernel<MT, TO_BF16, VX><<<grid, 256, 0, toc_stream()>>>(x, ldx, m, w, scale, n, k, bn, bk, sk,
+                                                                          bias, bd, y, ldy, yd);
+}
+
+template <int MT>
+static void launch_gemv_mt(const void *x, int64_t ldx, int m, const uint8_t *w, const float *scale, int64_t n,
+                           int64_t k, int64_t bn, int64_t bk, const void *bias, int bd, void *y, int64_t ldy,
+                           int xd, int yd) {
+    /* x read 16 bytes at a time where every row start is 16-byte aligned */
+    const bool vx = aligned16(x) && (ldx * (xd == TO_F32 ? 4 : 2)) % 16 == 0;
+    if (vx) launch_gemv_vx<MT, true>(x, ldx, m, w, scale, n, k, bn, bk, bias, bd, y, ldy, xd, yd);
+    else launch_gemv_vx<MT, false>(x, ldx, m, w, scale, n, k, bn, bk, bias, bd, y, ldy, xd, yd);
 }
 
 /* the bf16 linear of src/cuda/linear.cu (the prefill path below) */
@@ -180,7 +232,8 @@ TOC_EXPORT int toc_linear_fp8(const void *x, const uint8_t *w, const float *scal
     if (m == 0 || n == 0) return TO_OK;
     TOC_CHECK(y && (k == 0 || (x && w && scale)), TO_ERR_INVALID_ARGUMENT, "toc_linear_fp8: NULL pointer");
     TOC_READY();
-    const bool gemv = m <= 16 && k > 0 && k % 16 == 0 && block_k % 16 == 0 && aligned16(w) && n <= 0x7fffffffLL * 8;
+    const bool gemv = m <= 16 && k > 0 && k % 16 == 0 && block_k % 16 == 0 && aligned16(w) && n <= 0x7fffffffLL * 8 &&
+                      k < (1LL << 31) && block_k < (1LL << 31);
     if (gemv) {
         const int mi = (int)m;
         if (m <= 1) launch_gemv_mt<1>(x, ldx, mi, w, scale, n, k, block_n, block_k, bias, bias_dtype, y, ldy, x_dtype, y_dtype);
