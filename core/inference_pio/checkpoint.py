@@ -67,7 +67,10 @@ class Checkpoint:
             from inference_pio.weights import load_checkpoint_weights
 
             parse_quantization(self.config)  # an unsupported scheme fails before any file opens
-            index = load_checkpoint_weights(self.path, prefetch=self.progress)
+            # quantizing at load reads each tensor once and drops its pages: faulting the whole
+            # file in first would hold every source byte at once (the peak memory of bf16)
+            prefetch = self.progress and self.quantization is None
+            index = load_checkpoint_weights(self.path, prefetch=prefetch)
             self._weights = open_quantized(index, self.config, self.quantization)
         return self._weights
 

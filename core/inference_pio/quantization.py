@@ -171,6 +171,7 @@ class Fp8Weights(Mapping[str, Tensor]):
 
         t = dequantize_fp8(pair[0], pair[1], self.scheme.block, self.dtype)
         self._cache[name] = t
+        _release(self.base, name)  # the float8 bytes are not read again
         return t
 
 
@@ -202,7 +203,17 @@ class QuantizeOnLoad(Fp8Weights):
 
         pair = quantize_fp8(w, self.scheme.block)
         self._pairs[name] = pair
+        _release(self.base, name)  # the bf16 bytes are not read again (unless asked for)
         return pair
+
+
+def _release(weights: Mapping[str, Tensor], name: str) -> None:
+    """Drops the resident pages of a checkpoint tensor converted at load, where the mapping can
+    (:meth:`~inference_pio.weights.WeightIndex.release`): peak memory is then about the
+    converted weights, not those plus every source byte read."""
+    release = getattr(weights, "release", None)
+    if release is not None:
+        release(name)
 
 
 #: values of the ``quantization`` load option

@@ -217,6 +217,16 @@ class SafetensorsFile:
             return t.clone()
         return t
 
+    def release(self, name: str) -> None:
+        """Drops this process's resident pages of ``name`` (``madvise(MADV_DONTNEED)``), for a
+        weight converted at load whose file bytes are no longer read; a later read of the
+        tensor maps the file again. No-op on a closed file."""
+        _, info, ptr = self._entry(name)
+        with self._lock:
+            if self._ref is None:
+                return
+            _native(lib().to_st_release(self._ref.ptr, ptr, info.nbytes))
+
     def prefetch(self, progress: bool | None = None, *, bar: Any = None) -> None:
         """Reads every page of the data region into the page cache (``madvise`` + touch).
 
@@ -299,6 +309,13 @@ class WeightIndex(Mapping[str, Tensor]):
         if f is None:
             raise KeyError(f"no tensor named {name!r} in the checkpoint")
         return f.info(name)
+
+    def release(self, name: str) -> None:
+        """:meth:`SafetensorsFile.release` of the file holding ``name``."""
+        f = self._owner.get(name)
+        if f is None:
+            raise KeyError(f"no tensor named {name!r} in the checkpoint")
+        f.release(name)
 
     @property
     def total_bytes(self) -> int:

@@ -579,6 +579,11 @@ TO_API int to_st_file_info(const to_st_file *f, int64_t *file_size, int64_t *hea
 /* Prefetches bytes [offset, offset + length) of the data region (mode TO_ST_WILLNEED or
  * TO_ST_TOUCH); call it chunk by chunk to report load progress. */
 TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, int mode);
+/* Drops this process's pages of [ptr, ptr + nbytes) (a tensor's data, inside the data region)
+ * with madvise(MADV_DONTNEED): a weight copied or converted at load (FP8 quantized or
+ * dequantized) stops counting towards the resident memory; the mapping reads the file again
+ * if it is touched later. Whole pages only; advisory (no error when the kernel declines). */
+TO_API int to_st_release(const to_st_file *f, const void *ptr, int64_t nbytes);
 
 /* ---- CUDA runtime (src/cuda/) ---- */
 /* libtensor_ops_cuda is a separate library (loaded on first CUDA use, RPATH $ORIGIN, cuBLAS

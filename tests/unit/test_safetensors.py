@@ -122,6 +122,45 @@ def test_zero_copy_and_read_only(sample: tuple[Path, dict[str, Any]]) -> None:
             t.copy_(t2)
 
 
+def resident_kib(ptr: int, nbytes: int) -> int:
+    """Resident KiB of the mapping pages in [ptr, ptr + nbytes) (/proc/self/smaps of its VMA)."""
+    text = Path("/proc/self/smaps").read_text()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            if lo <= ptr < hi:
+                for rest in lines[i + 1 :]:
+                    if rest.startswith("Rss:"):
+                        return int(rest.split()[1])
+    raise AssertionError("mapping not found")
+
+
+def test_release_drops_pages_and_the_data_reads_back(
+    sample: tuple[Path, dict[str, Any]],
+) -> None:
+    """release() (a weight converted at load) gives the pages back; the tensor still reads the
+    file's bytes afterwards, through the file or the index."""
+    path, tensors = sample
+    want = raw_bytes(tensors["big"])
+    with SafetensorsFile(path) as f:
+        t = f.get("big")
+        assert t.tobytes() == want  # faults its pages in
+        before = resident_kib(t.data_ptr, t.nbytes)
+        f.release("big")
+        after = resident_kib(t.data_ptr, t.nbytes)
+        assert after < before or t.nbytes < 2 * os.sysconf("SC_PAGE_SIZE")
+        assert t.tobytes() == want
+        with pytest.raises(KeyError):
+            f.release("nope")
+    index = load_checkpoint_weights(path)
+    index.release("big")
+    assert index["big"].tobytes() == want
+    index.close()
+    f.release("big")  # closed: a no-op
+
+
 def test_tensors_outlive_close(sample: tuple[Path, dict[str, Any]]) -> None:
     path, tensors = sample
     f = SafetensorsFile(path)

@@ -394,6 +394,8 @@ PROTOTYPES: dict[str, Prototype] = {
     "to_st_file_info": (c_int, [c_void_p, POINTER(c_int64), POINTER(c_int64), POINTER(c_int64)]),
     # int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, int mode);
     "to_st_prefetch": (c_int, [c_void_p, c_int64, c_int64, c_int]),
+    # int to_st_release(const to_st_file *f, const void *ptr, int64_t nbytes);
+    "to_st_release": (c_int, [c_void_p, c_void_p, c_int64]),
     # ---- norm ----
     # int to_rms_norm(const void *x, const void *w, const void *z, void *out, int64_t outer,
     #                 int64_t inner, int64_t dim, int64_t x_so, int64_t x_si, int64_t z_so,

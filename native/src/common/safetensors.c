@@ -820,6 +820,26 @@ TO_API int to_st_file_info(const to_st_file *f, int64_t *file_size, int64_t *hea
     return TO_OK;
 }
 
+TO_API int to_st_release(const to_st_file *f, const void *ptr, int64_t nbytes) {
+    TO_CHECK_PTR(f);
+    TO_CHECK(nbytes >= 0, TO_ERR_INVALID_ARGUMENT, "to_st_release: negative length %lld",
+             (long long)nbytes);
+    const uint8_t *p = ptr;
+    TO_CHECK(nbytes == 0 || (p >= f->data && p - f->data <= f->data_size &&
+                             nbytes <= f->data_size - (p - f->data)),
+             TO_ERR_INVALID_ARGUMENT, "to_st_release: %s: range outside the data region",
+             f->path);
+    if (nbytes == 0) return TO_OK;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) page = 4096;
+    /* whole pages only: a page shared with a neighbouring tensor stays (either way the mapping
+     * reads the file again on the next access: private and read-only) */
+    uintptr_t lo = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t hi = ((uintptr_t)p + (uintptr_t)nbytes) & ~((uintptr_t)page - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advisory */
+    return TO_OK;
+}
+
 TO_API int to_st_prefetch(const to_st_file *f, int64_t offset, int64_t length, int mode) {
     TO_CHECK_PTR(f);
     TO_CHECK(offset >= 0 && length >= 0 && offset <= f->data_size &&
