@@ -62,8 +62,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "-q",
         choices=["fp8"],
         default=None,
-        help="quantize the weights of an unquantized checkpoint as they load: fp8 = float8 e4m3 "
-        "with a scale per 128x128 block (half the bytes of bf16; Qwen3 dense models). FP8 "
+        help="quantize the projections of an unquantized checkpoint as they load: fp8 = float8 "
+        "e4m3 with a scale per 128x128 block, half the bytes of bf16 (attention and MLP of the "
+        "Qwen3 models, experts of the mixture-of-experts ones; layers on the CPU). FP8 "
         "checkpoints (Qwen's -FP8 repos) need no flag",
     )
     p.add_argument(

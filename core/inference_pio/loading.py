@@ -129,6 +129,25 @@ def load_model(
     return loaded
 
 
+def _tensor_info(weights: Any) -> dict[str, tuple[Any, int]]:
+    """Dtype and bytes of each weight as the model holds it, from the headers: an FP8
+    checkpoint's float8 weights at their dequantized dtype and size (a GPU layer holds them so)
+    without dequantizing them (``weights.items()`` would, every one, on the host)."""
+    from inference_pio.dtypes import DType
+    from inference_pio.quantization import Fp8Weights
+
+    if not isinstance(weights, Fp8Weights):
+        return {name: (t.dtype, t.nbytes) for name, t in weights.items()}
+    info = {}
+    for name in weights:
+        t = weights.base[name]
+        if t.dtype == DType.float8_e4m3:
+            info[name] = (weights.dtype, t.numel * weights.dtype.itemsize)
+        else:
+            info[name] = (t.dtype, t.nbytes)
+    return info
+
+
 def _placement(
     checkpoint: Checkpoint, device: str, gpu_layers: int | str, dtype: str | None = None
 ) -> Any:
@@ -152,7 +171,7 @@ def _placement(
                 f"gpu_layers must be a layer count or 'auto', got {gpu_layers!r}"
             ) from None
     count = None if isinstance(gpu_layers, str) else int(gpu_layers)
-    sizes = {name: t.nbytes for name, t in checkpoint.weights.items()}
+    sizes = {name: nbytes for name, (_, nbytes) in _tensor_info(checkpoint.weights).items()}
     itemsize = cache_itemsize(checkpoint, dtype)
     return plan_for_checkpoint(checkpoint.config, sizes, device, count, cache_itemsize=itemsize)
 
@@ -164,9 +183,9 @@ def cache_itemsize(checkpoint: Checkpoint, dtype: str | None) -> int:
 
     if dtype is not None:
         return DType.parse(dtype).itemsize
-    weights = checkpoint.weights.values()
-    f32 = sum(t.nbytes for t in weights if t.dtype == DType.float32)
-    return 4 if 2 * f32 > sum(t.nbytes for t in weights) else 2
+    info = _tensor_info(checkpoint.weights).values()
+    f32 = sum(nbytes for dt, nbytes in info if dt == DType.float32)
+    return 4 if 2 * f32 > sum(nbytes for _, nbytes in info) else 2
 
 
 def memory_total_bytes() -> int | None:

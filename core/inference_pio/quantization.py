@@ -11,6 +11,7 @@ partial); transformers does on grids that divide the shape.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,10 @@ class Fp8Weights(Mapping[str, Tensor]):
         self.base = base
         self.scheme = scheme
         self.dtype = dtype
-        self._cache: dict[str, Tensor] = {}
+        # name -> the dequantized tensor's storage, weakly: a later lookup while the model holds
+        # it returns a view of the same memory; the cache never keeps a copy alive itself (a GPU
+        # layer's host copy, or a projection a builder rearranged, would stay for good)
+        self._cache: dict[str, tuple[weakref.ref[Any], tuple[int, ...], DType]] = {}
         hidden: set[str] = set()
         for name in base:
             scale_of = name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in base
@@ -161,7 +165,9 @@ class Fp8Weights(Mapping[str, Tensor]):
     def __getitem__(self, name: str) -> Tensor:
         cached = self._cache.get(name)
         if cached is not None:
-            return cached
+            storage = cached[0]()
+            if storage is not None:
+                return Tensor(storage, cached[1], cached[2])
         if name in self._hidden:
             raise KeyError(f"{name!r} is a scale of a quantized weight, not a model weight")
         pair = self.quantized(name)
@@ -170,7 +176,7 @@ class Fp8Weights(Mapping[str, Tensor]):
         from inference_pio.ops.quant import dequantize_fp8
 
         t = dequantize_fp8(pair[0], pair[1], self.scheme.block, self.dtype)
-        self._cache[name] = t
+        self._cache[name] = (weakref.ref(t.storage), tuple(t.shape), t.dtype)
         _release(self.base, name)  # the float8 bytes are not read again
         return t
 
@@ -183,7 +189,6 @@ class QuantizeOnLoad(Fp8Weights):
 
     def __init__(self, base: Mapping[str, Tensor], block: tuple[int, int] = (128, 128)) -> None:
         super().__init__(base, Fp8Scheme(block), DType.bfloat16)
-        self._pairs: dict[str, tuple[Tensor, Tensor]] = {}
 
     def __getitem__(self, name: str) -> Tensor:
         return self.base[name]
@@ -191,9 +196,6 @@ class QuantizeOnLoad(Fp8Weights):
     def quantized(self, name: str) -> tuple[Tensor, Tensor] | None:
         if name not in self:
             raise KeyError(f"no tensor named {name!r} in the checkpoint")
-        pair = self._pairs.get(name)
-        if pair is not None:
-            return pair
         w = self.base[name]
         if w.dtype == DType.float8_e4m3:
             return super().quantized(name)
@@ -201,8 +203,7 @@ class QuantizeOnLoad(Fp8Weights):
             return None
         from inference_pio.ops.quant import quantize_fp8
 
-        pair = quantize_fp8(w, self.scheme.block)
-        self._pairs[name] = pair
+        pair = quantize_fp8(w, self.scheme.block)  # the caller keeps it (not cached here)
         _release(self.base, name)  # the bf16 bytes are not read again (unless asked for)
         return pair
 

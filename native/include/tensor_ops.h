@@ -201,16 +201,17 @@ TO_API int to_fp8_dequant(const uint8_t *w, const float *scale, int64_t n, int64
  * its partial dot product sum_{k in b} x * e4m3(w) in fp32 (in SIMD lanes, order unspecified) is
  * multiplied by the block's scale and added to the fp32 total with one fused multiply-add (per
  * lane; the lanes are summed at the end; plain multiply and add in the generic C kernel), then
- * bias in fp32 and one rounding to y_dtype. The kernels decode w as e4m3(w) * 2^-8 (exact) and
- * use scale * 256 (exact for |scale| < 2^120, which every scale of to_fp8_quant satisfies). A NaN
+ * bias in fp32 and one rounding to y_dtype. The kernels that decode w as e4m3(w) * 2^-8 (exact)
+ * multiply each partial sum by 256 (exact) before its scale, so any finite scale works. A NaN
  * weight byte gives NaN outputs in its row on every kernel. bf16 x on AVX512-BF16 CPUs multiplies
  * with vdpbf16ps (denormal products and sums flushed to zero, as to_linear). Each output is summed
- * in the same order whatever the thread count. Kernels: decode (m <= 4, AVX-512) decodes the
+ * in the same order whatever the thread count. Kernels: decode (m <= 16, AVX-512: 4 x rows a
+ * pass, each row computed as in a one-row call, so a row's bits do not depend on m) decodes the
  * weight stream in registers: with bf16 x on AVX512-BF16 + VBMI CPUs (Zen 4, Sapphire Rapids)
  * through two 128-entry byte tables (vpermi2b, exact bf16 of every e4m3 value, NaN included; x is
  * copied once into the unpacked weights' order), each task streaming its W rows one after
  * another with prefetch, at the bf16 kernel's bytes per second (half its time per row); else
- * the f16 trick (f32 x) or a shift-and-table bf16 decode. Prefill (m > 4) decodes a panel of W
+ * the f16 trick (f32 x) or a shift-and-table bf16 decode. Prefill (m > 16) decodes a panel of W
  * rows once per task (f32, or bf16 for bf16 x on AVX512-BF16) and runs every group of 4 x rows
  * over it.
  * Uses the thread pool: do not call from inside a to_parallel_run task. m == 0 or n == 0 is a

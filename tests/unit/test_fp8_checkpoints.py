@@ -90,7 +90,7 @@ def test_weights_view_dequantizes_and_hides_the_scales(source: Path, tmp_path: P
     assert len(weights) == len(list(weights)) == len(load_file(str(source / "model.safetensors")))
     w = weights[Q]
     assert w.dtype == DType.float32  # the checkpoint's dtype (config.json "dtype": float32)
-    assert weights[Q] is w  # dequantized once
+    assert weights[Q].data_ptr == w.data_ptr  # dequantized once (while in use)
     raw = load_file(str(fp8 / "model.safetensors"))
     want = dequantize_block_fp8(raw[Q], raw[Q + "_scale_inv"], (16, 16))
     assert torch.equal(to_torch(w), want)
@@ -264,3 +264,18 @@ def test_quantize_at_load_keeps_moe_experts_in_fp8(tmp_path: Path) -> None:
     assert rel_error(logits, scores[0]) <= 1e-4
     got = model.generate(ids, max_new_tokens=10, temperature=0.0, ignore_eos=True).token_ids
     assert got == want
+
+
+def test_placement_sizes_do_not_dequantize(source: Path, tmp_path: Path) -> None:
+    """Sizing a CPU/GPU split reads the headers: no weight is dequantized on the host for it."""
+    from inference_pio.loading import _tensor_info, cache_itemsize
+
+    fp8 = tmp_path / "fp8"
+    write_fp8_checkpoint(source, fp8, block=(16, 16))
+    ck = Checkpoint.open(fp8)
+    weights = ck.weights
+    assert isinstance(weights, Fp8Weights)
+    info = _tensor_info(weights)
+    assert info[Q] == (DType.float32, 64 * 64 * 4)  # as the model would hold it dequantized
+    assert cache_itemsize(ck, None) == 4
+    assert not weights._cache  # nothing was dequantized

@@ -418,3 +418,35 @@ def test_linear_fp8_reads_every_byte_value_exactly(restore: object, isa: str) ->
                 ops.linear_fp8(to_pio(x), to_pio(w8), to_pio(scale), out_dtype=DType.float32)
             )
             assert torch.equal(out, want[:, ts].T), (isa, m, ts)
+
+
+@pytest.mark.parametrize("isa", ["best", "avx512bf16", "avx512"])
+@pytest.mark.parametrize("xd", [torch.bfloat16, torch.float32])
+def test_linear_fp8_rows_do_not_depend_on_m(restore: object, isa: str, xd: torch.dtype) -> None:
+    """Up to 16 rows (speculative verification, small batches) each row is computed as in a
+    one-row call: batched and speculative outputs equal single decode steps bit for bit."""
+    lib().to_set_isa_mask(ISAS[isa])
+    w8, scale = quantized(37, 300, (128, 128), seed=9)
+    w, s = to_pio(w8), to_pio(scale)
+    x = torch.randn(16, 300).to(xd)
+    single = [
+        to_torch(ops.linear_fp8(to_pio(x[i : i + 1]), w, s, out_dtype=DType.float32))
+        for i in range(16)
+    ]
+    for m in (2, 4, 5, 8, 13, 16):
+        out = to_torch(ops.linear_fp8(to_pio(x[:m]), w, s, out_dtype=DType.float32))
+        for i in range(m):
+            assert same_bits(out[i : i + 1], single[i]), (isa, m, i)
+
+
+@pytest.mark.parametrize("isa", ["best", "avx512bf16", "avx512", "avx2", "generic"])
+def test_linear_fp8_huge_finite_scales_stay_finite(restore: object, isa: str) -> None:
+    lib().to_set_isa_mask(ISAS[isa])
+    w8 = torch.full((3, 256), 1.0).to(torch.float8_e4m3fn)
+    scale = torch.full((1, 2), 2.0**125)
+    x = torch.full((20, 256), 2.0**-20).to(torch.bfloat16)
+    for m in (1, 20):  # the decode kernels and the panel tiles
+        y = ops.linear_fp8(to_pio(x[:m]), to_pio(w8), to_pio(scale), out_dtype=DType.float32)
+        out = to_torch(y)
+        assert torch.isfinite(out).all(), (isa, m)
+        assert torch.allclose(out, torch.full_like(out, 256 * 2.0**-20 * 2.0**125), rtol=1e-6)

@@ -341,7 +341,12 @@ def checked_weights(
     for name, (shape, _) in plan.items():
         if name not in weights:
             raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
-        pair = weights.quantized(name) if isinstance(weights, Fp8Weights) else None
+        # a float8 tensor's shape and scale, checked without dequantizing it (an unquantized
+        # one is not quantized here: quantization="fp8" quantizes the projections that stay FP8
+        # when they are built, and only those)
+        pair = None
+        if isinstance(weights, Fp8Weights) and weights.base[name].dtype == DType.float8_e4m3:
+            pair = weights.quantized(name)
         if pair is None:
             check_weight(name, weights[name], shape)
         elif tuple(pair[0].shape) != tuple(shape):  # checked without dequantizing it

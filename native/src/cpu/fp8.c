@@ -117,10 +117,10 @@ TO_API int to_fp8_dequant(const uint8_t *w, const float *scale, int64_t n, int64
  * NaN bytes give NaN -- then every group of up to 4 x rows runs over the panel, two W rows at a
  * time. The SIMD decoder is the f16 trick: ((b & 0x7f) << 7 | (b & 0x80) << 8) is the f16 of
  * e4m3(b) * 2^-8 for normals and subnormals alike (vcvtph2ps converts it exactly); the NaN bytes,
- * which it would turn into 1.875, are patched. Block scales are used as scale * 256 (exact for
- * |scale| < 2^120, i.e. every scale to_fp8_quant makes: amax / 448 <= FLT_MAX / 448).
+ * which it would turn into 1.875, are patched. A block's partial sum is multiplied by 256 (exact)
+ * before its scale, so any finite scale works.
  *
- * For large m each weight is decoded once per task and reused by every row of x. Decode (m <= 4,
+ * For large m each weight is decoded once per task and reused by every row of x. Decode (m <= 16,
  * AVX-512) skips the panel: the gemv kernels decode the weight stream in registers (bf16 x on
  * AVX512-BF16: to exact bf16 e4m3 values and vdpbf16ps, scale used as is). */
 typedef struct {
@@ -176,7 +176,7 @@ static void tile_generic(const fl_t *a, const void *panel, int64_t jb, int64_t j
                 else
                     for (int64_t t = t0; t < t1; t++)
                         acc += to_bf16_to_f32(((const uint16_t *)xr)[t]) * wf[t];
-                tot += acc * (sr[b] * 256.0f);
+                tot += (acc * 256.0f) * sr[b]; /* acc * 256 is exact; a scale near FLT_MAX stays finite */
             }
             fl_store(a, i, j + c, tot);
         }
@@ -251,8 +251,9 @@ INLINE T256 void tile256_impl(const fl_t *a, const float *wf, int64_t j, int64_t
                 acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), wv, acc[r]);
             }
         }
-        __m256 sv = _mm256_set1_ps(sr[b] * 256.0f);
-        for (int r = 0; r < rx; r++) tot[r] = _mm256_fmadd_ps(acc[r], sv, tot[r]);
+        __m256 sv = _mm256_set1_ps(sr[b]);
+        for (int r = 0; r < rx; r++)
+            tot[r] = _mm256_fmadd_ps(_mm256_mul_ps(acc[r], _mm256_set1_ps(256.0f)), sv, tot[r]);
     }
     for (int r = 0; r < rx; r++) fl_store(a, i0 + r, j, hsum256(tot[r]));
 }
@@ -335,10 +336,11 @@ INLINE T512 void tile512_impl(const fl_t *a, const float *w0, const float *w1, i
                 acc[r][1] = _mm512_fmadd_ps(xv, wb, acc[r][1]);
             }
         }
-        __m512 s0 = _mm512_set1_ps(sr0[b] * 256.0f), s1 = _mm512_set1_ps(sr1[b] * 256.0f);
+        const __m512 k256 = _mm512_set1_ps(256.0f); /* acc * 256 is exact; scale * 256 could overflow */
+        __m512 s0 = _mm512_set1_ps(sr0[b]), s1 = _mm512_set1_ps(sr1[b]);
         for (int r = 0; r < rx; r++) {
-            tot[r][0] = _mm512_fmadd_ps(acc[r][0], s0, tot[r][0]);
-            tot[r][1] = _mm512_fmadd_ps(acc[r][1], s1, tot[r][1]);
+            tot[r][0] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][0], k256), s0, tot[r][0]);
+            tot[r][1] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][1], k256), s1, tot[r][1]);
         }
     }
     for (int r = 0; r < rx; r++) {
@@ -358,7 +360,7 @@ static T512 void tile_avx512(const fl_t *a, const void *panel, int64_t jb, int64
     }
 }
 
-/* Decode (m <= 4): the weight bytes are decoded in registers, 32 at a time, straight from the
+/* Decode (m <= 16, 4 x rows a call): the weight bytes are decoded in registers, 32 at a time, straight from the
  * stream (no panel): two W rows against rx x rows. The NaN test covers 32 bytes at once and
  * patches only when one is present. */
 INLINE T512 void cvt32_512(const uint8_t *p, __mmask32 m, __m512 *lo, __m512 *hi) {
@@ -390,7 +392,7 @@ INLINE T512 __m256i nan_track512(__m256i acc, __m256i b) {
 }
 
 /* Up to 4 W rows against rx x rows (f32), the weight stream decoded in registers: per k-block
- * fp32 FMAs into one register per (x row, W row), then tot += acc * (scale * 256). */
+ * fp32 FMAs into one register per (x row, W row), then tot += (acc * 256) * scale. */
 INLINE T512 void gemv512_impl(const fl_t *a, int64_t j, int nc, int rx) {
     nc = nc < 4 ? nc : 4; /* (tells the compiler every tot[r][c] read was set) */
     const float *xr[4];
@@ -444,8 +446,9 @@ INLINE T512 void gemv512_impl(const fl_t *a, int64_t j, int nc, int rx) {
             }
         }
         for (int c = 0; c < 4; c++) {
-            __m512 sc = _mm512_set1_ps(sr[c][b] * 256.0f);
-            for (int r = 0; r < rx; r++) tot[r][c] = _mm512_fmadd_ps(acc[r][c], sc, tot[r][c]);
+            __m512 sc = _mm512_set1_ps(sr[c][b]);
+            for (int r = 0; r < rx; r++)
+                tot[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][c], _mm512_set1_ps(256.0f)), sc, tot[r][c]);
         }
     }
     for (int c = 0; c < nc; c++) {
@@ -713,10 +716,11 @@ INLINE T512BF void tile512bf_impl(const fl_t *a, const uint16_t *w0, const uint1
                 acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)xv, (__m512bh)wb);
             }
         }
-        __m512 s0 = _mm512_set1_ps(sr0[b] * 256.0f), s1 = _mm512_set1_ps(sr1[b] * 256.0f);
+        const __m512 k256 = _mm512_set1_ps(256.0f); /* acc * 256 is exact; scale * 256 could overflow */
+        __m512 s0 = _mm512_set1_ps(sr0[b]), s1 = _mm512_set1_ps(sr1[b]);
         for (int r = 0; r < rx; r++) {
-            tot[r][0] = _mm512_fmadd_ps(acc[r][0], s0, tot[r][0]);
-            tot[r][1] = _mm512_fmadd_ps(acc[r][1], s1, tot[r][1]);
+            tot[r][0] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][0], k256), s0, tot[r][0]);
+            tot[r][1] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][1], k256), s1, tot[r][1]);
         }
     }
     for (int r = 0; r < rx; r++) {
@@ -748,7 +752,7 @@ typedef struct {
     const fl_t *a;
     fl_decode_fn decode;
     fl_tile_fn tile;
-    fl_gemv_fn gemv; /* m <= 4 without a panel, or NULL */
+    fl_gemv_fn gemv; /* m <= FP8_GEMV_M without a panel, or NULL */
     int64_t gemv_rows; /* W rows per gemv call (2, or 4 for the bf16 one) */
     int64_t pairs;  /* ceil(n / 2) */
     size_t panel_bytes;
@@ -764,7 +768,19 @@ static void fl_task(void *vctx, int ith, int nth) {
     if (ctx->gemv) {
         int64_t j1 = p1 * 2 < a->n ? p1 * 2 : a->n;
         const int64_t step = ctx->gemv_rows;
-        for (int64_t j = p0 * 2; j < j1; j += step) ctx->gemv(a, j, (int)(j1 - j >= step ? step : j1 - j), (int)a->m);
+        const size_t xsz = a->xt == TO_F32 ? 4 : 2, ysz = a->yt == TO_F32 ? 4 : 2;
+        for (int64_t j = p0 * 2; j < j1; j += step) {
+            const int nc = (int)(j1 - j >= step ? step : j1 - j);
+            /* groups of up to 4 x rows, each computed as it is alone (m <= FP8_GEMV_M: a
+             * verification row is bitwise the decode step's) */
+            for (int64_t i0 = 0; i0 < a->m; i0 += 4) {
+                fl_t g = *a;
+                g.m = a->m - i0 < 4 ? a->m - i0 : 4;
+                g.x = (const char *)a->x + (size_t)(i0 * a->ldx) * xsz;
+                g.y = (char *)a->y + (size_t)(i0 * a->ldy) * ysz;
+                ctx->gemv(&g, j, nc, (int)g.m);
+            }
+        }
         return;
     }
     void *panel = NULL;
@@ -786,6 +802,11 @@ static void fl_task(void *vctx, int ith, int nth) {
     }
     to_free(panel);
 }
+
+/* Rows of x up to which the decode kernels (gemv) run, 4 at a time: every row is then computed
+ * as in a one-row call, as to_linear's small-call kernels (speculative verification: at most
+ * 16 rows). */
+#define FP8_GEMV_M 16
 
 static int fl_tasks(int64_t pairs) {
     int64_t nth = to_get_num_threads();
@@ -848,8 +869,8 @@ TO_API int to_linear_fp8(const void *x, const uint8_t *w, const float *scale, co
             ctx.decode = decode_avx512;
             ctx.tile = tile_avx512;
         }
-        if (m <= 4) ctx.gemv = a.level == 3 ? gemv_avx512_bf16 : gemv_avx512;
-        if (m <= 4 && a.level == 3 && (isa & TO_ISA_AVX512_VBMI) && block_k % 64 == 0)
+        if (m <= FP8_GEMV_M) ctx.gemv = a.level == 3 ? gemv_avx512_bf16 : gemv_avx512;
+        if (m <= FP8_GEMV_M && a.level == 3 && (isa & TO_ISA_AVX512_VBMI) && block_k % 64 == 0)
             ctx.gemv = gemv_lut; /* the table decode: ~1.5-2x the bf16 one's rate */
         if (ctx.gemv) ctx.gemv_rows = 4;
     } else if ((isa & need256) == need256) {
@@ -864,13 +885,14 @@ TO_API int to_linear_fp8(const void *x, const uint8_t *w, const float *scale, co
     if (ctx.gemv == gemv_lut) kernel = 6;
 #endif
     const char *name = FL_NAMES[kernel];
-    if (last[m > 4] != name) {
-        to_report_kernel(m > 4 ? "linear_fp8 (m > 4)" : "linear_fp8 (m <= 4)", name);
-        last[m > 4] = name;
+    const int big = m > FP8_GEMV_M;
+    if (last[big] != name) {
+        to_report_kernel(big ? "linear_fp8 (m > 16)" : "linear_fp8 (m <= 16)", name);
+        last[big] = name;
     }
     /* Panel of ~256 KiB (L2) for large m; 2 rows for decode (L1) */
     const int64_t esz = a.level == 3 ? 2 : 4;
-    int64_t rows = m <= 4 ? 2 : (256 * 1024) / (a.kp * esz);
+    int64_t rows = m <= FP8_GEMV_M ? 2 : (256 * 1024) / (a.kp * esz);
     rows &= ~(int64_t)1;
     a.nb = rows < 2 ? 2 : rows;
     ctx.panel_bytes = (size_t)(a.nb * a.kp * esz);
