@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,17 @@ def dequantize_block_fp8(q: Any, scale: Any, block: tuple[int, int]) -> Any:
 
 
 def write_fp8_checkpoint(
-    src: Path, fp8_dir: Path, dequant_dir: Path | None = None, block: tuple[int, int] = (16, 16)
+    src: Path,
+    fp8_dir: Path,
+    dequant_dir: Path | None = None,
+    block: tuple[int, int] = (16, 16),
+    select: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """Writes ``fp8_dir``: the checkpoint ``src`` with every :func:`quantizable` weight in
     block-scaled FP8, and (if given) ``dequant_dir``: the same weights dequantized (to the source
     tensor's dtype) in an unquantized checkpoint, the reference the FP8 one must compute like.
-    Other files are copied. Returns the names of the quantized weights."""
+    Other files are copied; ``select`` (a name predicate) narrows the weights quantized. Returns
+    the names of the quantized weights."""
     from safetensors.torch import load_file, save_file  # type: ignore[import-not-found]
 
     files = sorted(src.glob("*.safetensors"))
@@ -78,7 +84,7 @@ def write_fp8_checkpoint(
         deq: dict[str, Any] = {}
         for name, t in tensors.items():
             index[name] = f.name
-            if quantizable(name, t):
+            if quantizable(name, t) and (select is None or select(name)):
                 q, s = quantize_block_fp8(t, block)
                 quant[name] = q
                 quant[name + "_scale_inv"] = s

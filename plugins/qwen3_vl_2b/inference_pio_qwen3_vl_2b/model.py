@@ -331,9 +331,14 @@ def build(
 
 
 def load(path: Path, **options: Any) -> Qwen3VL:
-    """Loads a Qwen3VLForConditionalGeneration checkpoint directory (options: device, dtype)."""
+    """Loads a Qwen3VLForConditionalGeneration checkpoint directory (options: device, dtype,
+    quantization: ``"fp8"`` quantizes the text model's projections at load)."""
     device = Device.parse(options.get("device", "cpu"))
-    checkpoint = Checkpoint.open(path, progress=bool(options.get("progress", False)))
+    checkpoint = Checkpoint.open(
+        path,
+        progress=bool(options.get("progress", False)),
+        quantization=options.get("quantization"),
+    )
     cfg = VLConfig.from_hf(checkpoint.config)
     setup = text_setup(checkpoint)  # its errors before the weights are read
     processor = ProcessorConfig.from_file(Path(path) / "preprocessor_config.json")

@@ -21,6 +21,7 @@ SPEC = ModelSpec(
     aliases=("qwen3-vl-2b", "qwen3-vl:2b"),
     description="Qwen3-VL 2B instruct: vision tower with DeepStack + Qwen3 text decoder with MRoPE",
     tool_call_format="hermes",
+    quantizations=("fp8",),
 )
 
 

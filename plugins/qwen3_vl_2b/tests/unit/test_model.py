@@ -333,3 +333,36 @@ def test_config_defaults_and_refusals_as_transformers() -> None:
     with pytest.raises(CheckpointError, match=r"quantized.*'gptq'"):
         VLConfig.from_hf(tiny_config(quantization_config={"quant_method": "gptq"}))
     VLConfig.from_hf(tiny_config(quantization_config={"quant_method": "fp8"}))  # FP8 loads
+
+
+def test_fp8_quantized_at_load_matches_transformers(tmp_path: Path) -> None:
+    """``quantization="fp8"``: the text model's projections quantized per 128 x 128 block (the
+    vision tower stays), against transformers on the same weights dequantized, image prompt."""
+    from inference_pio.testing.conformance import count_fp8_linears
+    from inference_pio.testing.fp8 import write_fp8_checkpoint
+
+    src, fp8, deq = tmp_path / "src", tmp_path / "fp8", tmp_path / "deq"
+    save_vl_reference(src, tiny_config(), "float32", seed=3)
+
+    def text_projection(name: str) -> bool:
+        return name.startswith("model.language_model.") and name.endswith("_proj.weight")
+
+    names = write_fp8_checkpoint(src, fp8, deq, block=(128, 128), select=text_projection)
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
+        deq, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    ours = load(src, quantization="fp8")
+    ours.processor = SMALL_IMAGES
+    assert names
+    assert count_fp8_linears(ours.vl.text) == len(names)
+    source = random_image(40, 56, 1)
+    image = prepare_image(source, SMALL_IMAGES)
+    ids = [5, START, IMAGE, END, 7, 8]
+    full = expand_image_pads(ids, IMAGE, [image.tokens])
+    want, rows = hf_greedy_with_logits(ref, full, [image], 6)
+    cache = ours.vl.text.new_cache(len(full) + 6)
+    logits = ours.vl.prefill(full, [image], cache)
+    assert rel_error(logits, rows[0]) < TOL["float32"]
+    result = ours.generate(ids, images=[source], max_new_tokens=6, temperature=0, ignore_eos=True)
+    assert result.token_ids == want
