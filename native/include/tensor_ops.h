@@ -211,7 +211,7 @@ TO_API int to_fp8_dequant(const uint8_t *w, const float *scale, int64_t n, int64
  * through two 128-entry byte tables (vpermi2b, exact bf16 of every e4m3 value, NaN included; x is
  * copied once into the unpacked weights' order), each task streaming its W rows one after
  * another with prefetch, at the bf16 kernel's bytes per second (half its time per row); else
- * the f16 trick (f32 x) or a shift-and-table bf16 decode. Prefill (m > 16) decodes a panel of W
+ * the f16 trick on x widened to f32. Prefill (m > 16) decodes a panel of W
  * rows once per task (f32, or bf16 for bf16 x on AVX512-BF16) and runs every group of 4 x rows
  * over it.
  * Uses the thread pool: do not call from inside a to_parallel_run task. m == 0 or n == 0 is a

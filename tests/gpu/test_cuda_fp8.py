@@ -16,24 +16,10 @@ from inference_pio import ops  # noqa: E402
 from inference_pio.dtypes import DType  # noqa: E402
 from inference_pio.tensor import Tensor  # noqa: E402
 from inference_pio.testing import torch_bridge as tb  # noqa: E402
+from inference_pio.testing.fp8 import expand_scales, random_fp8_weight  # noqa: E402
 
 DEV = "cuda:0"
 rel = tb.rel
-
-
-def expand(scale: torch.Tensor, n: int, k: int, block: tuple[int, int]) -> torch.Tensor:
-    return scale.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:n, :k]
-
-
-def quantized(
-    n: int, k: int, block: tuple[int, int], seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) * 0.05
-    sn, sk = -(-n // block[0]), -(-k // block[1])
-    scale = torch.rand(sn, sk, generator=g) * 1e-3 + 1e-4
-    w8 = (w / expand(scale, n, k, block)).clamp(-448, 448).to(torch.float8_e4m3fn)
-    return w8, scale
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -85,7 +71,7 @@ CASES = [
 def test_linear_fp8_vs_cpu_and_torch(
     m: int, n: int, k: int, block: tuple[int, int], xd: DType, yd: DType
 ) -> None:
-    w8, scale = quantized(n, k, block, seed=m + n)
+    w8, scale = random_fp8_weight(n, k, block, seed=m + n)
     x = torch.randn(m, k).to(tb.TDT[xd])
     bias = torch.randn(n).to(torch.bfloat16) if m % 2 else None
     args = (tb.to_pio(w8), tb.to_pio(scale))
@@ -103,7 +89,7 @@ def test_linear_fp8_vs_cpu_and_torch(
     gemv = m <= 16 and k % 16 == 0 and block[1] % 16 == 0
     tol = 1e-5 if gemv and yd == DType.float32 else 1e-2
     assert rel(gpu, cpu.double()) < tol, (m, n, k, block, xd, yd)
-    wf = (w8.float() * expand(scale, n, k, block)).double().cuda()
+    wf = (w8.float() * expand_scales(scale, n, k, block)).double().cuda()
     ref = x.double().cuda() @ wf.t()
     if bias is not None:
         ref = ref + bias.double().cuda()
@@ -111,7 +97,7 @@ def test_linear_fp8_vs_cpu_and_torch(
 
 
 def test_linear_fp8_nan_weight_gives_nan() -> None:
-    w8, scale = quantized(64, 256, (128, 128), seed=1)
+    w8, scale = random_fp8_weight(64, 256, (128, 128), seed=1)
     raw = w8.view(torch.uint8).clone()
     raw[3, 100] = 0x7F
     raw[40, 7] = 0xFF
@@ -129,7 +115,7 @@ def test_linear_fp8_nan_weight_gives_nan() -> None:
 @pytest.mark.parametrize(("width", "offset"), [(96, 16), (99, 3), (97, 16)])
 def test_linear_fp8_strided_rows(width: int, offset: int) -> None:
     """Rows of x 16-byte aligned (read 16 bytes a load) or not (99 / 97 wide, offset 3)."""
-    w8, scale = quantized(40, 64, (32, 32), seed=2)
+    w8, scale = random_fp8_weight(40, 64, (32, 32), seed=2)
     base = torch.randn(6, width).to(torch.bfloat16)
     x = tb.to_device(base, DEV).narrow(1, offset, 64)
     buf = Tensor.zeros((6, 48), DType.float32, DEV)
@@ -138,7 +124,7 @@ def test_linear_fp8_strided_rows(width: int, offset: int) -> None:
     )
     got = tb.from_device(buf)
     xs = base[:, offset : offset + 64].double()
-    ref = xs @ (w8.float() * expand(scale, 40, 64, (32, 32))).double().t()
+    ref = xs @ (w8.float() * expand_scales(scale, 40, 64, (32, 32))).double().t()
     assert rel(got[:, 8:], ref) < 1e-5
     assert not got[:, :8].any()
 

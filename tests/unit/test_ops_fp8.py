@@ -13,17 +13,13 @@ from inference_pio import NativeError, ops
 from inference_pio._native import check, lib
 from inference_pio.dtypes import DType
 from inference_pio.tensor import Tensor
+from inference_pio.testing.fp8 import expand_scales, random_fp8_weight
 from inference_pio.testing.torch_bridge import TDT, to_pio, to_torch
-
-
-def expand(scale: torch.Tensor, n: int, k: int, block: tuple[int, int]) -> torch.Tensor:
-    bn, bk = block
-    return scale.repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:n, :k]
 
 
 def reference(w8: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     n, k = w8.shape
-    return w8.to(torch.float32) * expand(scale, n, k, block)
+    return w8.to(torch.float32) * expand_scales(scale, n, k, block)
 
 
 def random_fp8(
@@ -167,7 +163,7 @@ def test_dequant_c_errors() -> None:
 FULL = 0xFFFFFFFF
 AVX2 = (1 << 0) | (1 << 1) | (1 << 2)
 AVX512 = AVX2 | (1 << 3) | (1 << 4) | (1 << 5)
-AVX512_BF16 = AVX512 | (1 << 6)  # without VBMI: the bf16 gemv that decodes in registers
+AVX512_BF16 = AVX512 | (1 << 6)  # without VBMI: bf16 panels, the f32 gemv on widened x
 ISAS = {"generic": 0, "avx2": AVX2, "avx512": AVX512, "avx512bf16": AVX512_BF16, "best": FULL}
 
 
@@ -177,18 +173,6 @@ def restore() -> object:
     yield
     lib().to_set_isa_mask(FULL)
     lib().to_set_num_threads(saved)
-
-
-def quantized(
-    n: int, k: int, block: tuple[int, int], seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A checkpoint-like fp8 weight: random normal weights quantized per block (no NaN)."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) * 0.05
-    sn, sk = -(-n // block[0]), -(-k // block[1])
-    scale = torch.rand(sn, sk, generator=g) * 1e-3 + 1e-4
-    w8 = (w / expand(scale, n, k, block)).clamp(-448, 448).to(torch.float8_e4m3fn)
-    return w8, scale
 
 
 SHAPES = [
@@ -219,7 +203,7 @@ SHAPES = [
 def test_linear_fp8_vs_torch(restore: object, isa: str, xd: torch.dtype, yd: torch.dtype) -> None:
     lib().to_set_isa_mask(ISAS[isa])
     for i, (m, n, k, block) in enumerate(SHAPES):
-        w8, scale = quantized(n, k, block, seed=i)
+        w8, scale = random_fp8_weight(n, k, block, seed=i)
         g = torch.Generator().manual_seed(100 + i)
         x = torch.randn(m, k, generator=g).to(xd)
         bias = torch.randn(n, generator=g).to(torch.bfloat16) if i % 2 else None
@@ -244,7 +228,7 @@ def test_linear_fp8_vs_torch(restore: object, isa: str, xd: torch.dtype, yd: tor
 
 def test_linear_fp8_matches_dequant_then_linear(restore: object) -> None:
     """Against the existing f32 linear on the dequantized weight (a different summation order)."""
-    w8, scale = quantized(300, 700, (128, 128), seed=7)
+    w8, scale = random_fp8_weight(300, 700, (128, 128), seed=7)
     x = torch.randn(20, 700).to(torch.bfloat16)
     wf = ops.dequantize_fp8(to_pio(w8), to_pio(scale), dtype=DType.float32)
     ref = to_torch(ops.linear(to_pio(x), wf, out_dtype=DType.float32))
@@ -254,7 +238,7 @@ def test_linear_fp8_matches_dequant_then_linear(restore: object) -> None:
 
 @pytest.mark.parametrize("m", [1, 4, 16, 130])
 def test_linear_fp8_bits_do_not_depend_on_threads(restore: object, m: int) -> None:
-    w8, scale = quantized(301, 520, (128, 128), seed=m)
+    w8, scale = random_fp8_weight(301, 520, (128, 128), seed=m)
     x = to_pio(torch.randn(m, 520).to(torch.bfloat16))
     w, s = to_pio(w8), to_pio(scale)
     outs = []
@@ -268,7 +252,7 @@ def test_linear_fp8_bits_do_not_depend_on_threads(restore: object, m: int) -> No
 @pytest.mark.parametrize("isa", ["best", "avx512bf16", "avx512", "avx2", "generic"])
 def test_linear_fp8_nan_weight_gives_nan_on_every_kernel(restore: object, isa: str) -> None:
     lib().to_set_isa_mask(ISAS[isa])
-    w8, scale = quantized(8, 200, (128, 128), seed=1)
+    w8, scale = random_fp8_weight(8, 200, (128, 128), seed=1)
     raw = w8.view(torch.uint8).clone()
     raw[3, 150] = 0x7F
     raw[5, 7] = 0xFF
@@ -283,7 +267,7 @@ def test_linear_fp8_nan_weight_gives_nan_on_every_kernel(restore: object, isa: s
 
 
 def test_linear_fp8_strided_rows_and_out() -> None:
-    w8, scale = quantized(40, 64, (32, 32), seed=2)
+    w8, scale = random_fp8_weight(40, 64, (32, 32), seed=2)
     base = torch.randn(6, 100).to(torch.bfloat16)
     x = to_pio(base).narrow(1, 10, 64)  # rows 100 apart
     buf = Tensor.zeros((6, 50), DType.float32)
@@ -297,7 +281,7 @@ def test_linear_fp8_strided_rows_and_out() -> None:
 
 
 def test_linear_fp8_validation() -> None:
-    w8, scale = quantized(40, 64, (128, 128), seed=3)
+    w8, scale = random_fp8_weight(40, 64, (128, 128), seed=3)
     w, s = to_pio(w8), to_pio(scale)
     x = to_pio(torch.randn(2, 64))
     with pytest.raises(ValueError, match="features"):
@@ -360,12 +344,12 @@ def test_quant_vs_torch(n: int, k: int, block: tuple[int, int], dtype: torch.dty
     w8, s = ops.quantize_fp8(to_pio(w), block)
     scale = to_torch(s)
     assert same_bits(scale, transformers_scale_inv(w, block))
-    ref = (w.float() / expand(scale, n, k, block)).clamp(-448, 448).to(torch.float8_e4m3fn)
+    ref = (w.float() / expand_scales(scale, n, k, block)).clamp(-448, 448).to(torch.float8_e4m3fn)
     assert torch.equal(to_torch(w8).view(torch.uint8), ref.view(torch.uint8))
     # round trip: within half an e4m3 step (2^-4 relative) of each block's values, or of the
     # subnormal step (2^-10 * scale) near zero
     back = reference(to_torch(w8), scale, block)
-    bound = torch.maximum(w.float().abs() * 2.0**-4, expand(scale, n, k, block) * 2.0**-10)
+    bound = torch.maximum(w.float().abs() * 2.0**-4, expand_scales(scale, n, k, block) * 2.0**-10)
     assert ((back - w.float()).abs() <= bound * 1.0001).all()
 
 
@@ -426,7 +410,7 @@ def test_linear_fp8_rows_do_not_depend_on_m(restore: object, isa: str, xd: torch
     """Up to 16 rows (speculative verification, small batches) each row is computed as in a
     one-row call: batched and speculative outputs equal single decode steps bit for bit."""
     lib().to_set_isa_mask(ISAS[isa])
-    w8, scale = quantized(37, 300, (128, 128), seed=9)
+    w8, scale = random_fp8_weight(37, 300, (128, 128), seed=9)
     w, s = to_pio(w8), to_pio(scale)
     x = torch.randn(16, 300).to(xd)
     single = [

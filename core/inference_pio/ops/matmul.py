@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from inference_pio._native import check, lib
+from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.ops._dispatch import native_call, require, require_disjoint, same_device
 from inference_pio.ops._layout import row_grid
@@ -47,20 +48,7 @@ def linear(
         if bias.shape != (n,):
             raise ValueError(f"linear: bias has shape {bias.shape}, expected ({n},)")
     device = same_device(x=x, weight=weight, bias=bias, out=out)
-    if out_dtype is not None:
-        dtype = DType.parse(out_dtype)
-    else:
-        dtype = out.dtype if out is not None else x.dtype
-    if dtype not in FLOAT_ACT:
-        raise TypeError(f"linear: out dtype {dtype.name} not supported (float32 or bfloat16)")
-    shape = (*x.shape[:-1], n)
-    if out is None:
-        out = Tensor.empty(shape, dtype, device)
-    else:
-        require("out", out, dtypes=(dtype,), contiguous=False, writable=True)
-        if out.shape != shape:
-            raise ValueError(f"linear: out has shape {out.shape}, expected {shape}")
-        require_disjoint("linear", out, x=x, weight=weight, bias=bias)
+    out = linear_output("linear", x, n, out, out_dtype, device, weight=weight, bias=bias)
     m = x.numel // k if k else _rows(x.shape[:-1])
     if m == 0 or n == 0:
         return out
@@ -83,6 +71,34 @@ def linear(
         bias.dtype if bias is not None else 0,
         out.dtype,
     )
+    return out
+
+
+def linear_output(
+    op: str,
+    x: Tensor,
+    n: int,
+    out: Tensor | None,
+    out_dtype: DType | str | None,
+    device: Device,
+    **inputs: Tensor | None,
+) -> Tensor:
+    """The output of a linear op ``op`` with ``n`` features: ``out`` checked (dtype, shape
+    ``[..., n]``, writable, disjoint from ``x`` and ``inputs``), else a new tensor of
+    ``out_dtype``, else ``x``'s dtype (float32 or bfloat16)."""
+    if out_dtype is not None:
+        dtype = DType.parse(out_dtype)
+    else:
+        dtype = out.dtype if out is not None else x.dtype
+    if dtype not in FLOAT_ACT:
+        raise TypeError(f"{op}: out dtype {dtype.name} not supported (float32 or bfloat16)")
+    shape = (*x.shape[:-1], n)
+    if out is None:
+        return Tensor.empty(shape, dtype, device)
+    require("out", out, dtypes=(dtype,), contiguous=False, writable=True)
+    if out.shape != shape:
+        raise ValueError(f"{op}: out has shape {out.shape}, expected {shape}")
+    require_disjoint(op, out, x=x, **inputs)
     return out
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
-from inference_pio.ops._dispatch import native_call, require, require_disjoint, same_device
-from inference_pio.ops.matmul import FLOAT_ACT, WEIGHT_DTYPES, _row_stride, _rows
+from inference_pio.ops._dispatch import native_call, require, same_device
+from inference_pio.ops.matmul import FLOAT_ACT, WEIGHT_DTYPES, _row_stride, _rows, linear_output
 from inference_pio.tensor import Tensor
 
 #: Output dtypes of :func:`dequantize_fp8`.
@@ -153,20 +153,9 @@ def linear_fp8(
         if bias.shape != (n,):
             raise ValueError(f"linear_fp8: bias has shape {bias.shape}, expected ({n},)")
     device = same_device(x=x, weight=weight, scale=scale, bias=bias, out=out)
-    if out_dtype is not None:
-        dtype = DType.parse(out_dtype)
-    else:
-        dtype = out.dtype if out is not None else x.dtype
-    if dtype not in FLOAT_ACT:
-        raise TypeError(f"linear_fp8: out dtype {dtype.name} not supported (float32 or bfloat16)")
-    shape = (*x.shape[:-1], n)
-    if out is None:
-        out = Tensor.empty(shape, dtype, device)
-    else:
-        require("out", out, dtypes=(dtype,), contiguous=False, writable=True)
-        if out.shape != shape:
-            raise ValueError(f"linear_fp8: out has shape {out.shape}, expected {shape}")
-        require_disjoint("linear_fp8", out, x=x, weight=weight, scale=scale, bias=bias)
+    out = linear_output(
+        "linear_fp8", x, n, out, out_dtype, device, weight=weight, scale=scale, bias=bias
+    )
     m = x.numel // k if k else _rows(x.shape[:-1])
     if m == 0 or n == 0:
         return out

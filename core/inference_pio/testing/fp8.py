@@ -114,3 +114,21 @@ def write_fp8_checkpoint(
         json.dumps({**config, "quantization_config": quantization}, indent=2)
     )
     return names
+
+
+def expand_scales(scale: Any, n: int, k: int, block: tuple[int, int]) -> Any:
+    """The ``[ceil(n/bn), ceil(k/bk)]`` block scales spread over every element of ``[n, k]``."""
+    return scale.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:n, :k]
+
+
+def random_fp8_weight(n: int, k: int, block: tuple[int, int], seed: int) -> tuple[Any, Any]:
+    """A checkpoint-like ``(e4m3 weight, float32 scales)``: normal weights (std 0.05) over random
+    block scales in [1e-4, 1.1e-3), clamped to ±448 (no NaN)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    sn, sk = -(-n // block[0]), -(-k // block[1])
+    scale = torch.rand(sn, sk, generator=g) * 1e-3 + 1e-4
+    w8 = (w / expand_scales(scale, n, k, block)).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return w8, scale

@@ -313,6 +313,23 @@ INLINE T512 __m512 ldx16_512(const void *x, int xt, int64_t t, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/* The panel tiles' block epilogue: tot += (acc * 256) * scale per (x row, W row) (acc * 256 is
+ * exact; scale * 256 could overflow), and their stores (lanes summed, bias, one rounding). */
+INLINE T512 void tiles_scale_add(__m512 tot[4][2], __m512 acc[4][2], float s0, float s1, int rx) {
+    const __m512 k256 = _mm512_set1_ps(256.0f), v0 = _mm512_set1_ps(s0), v1 = _mm512_set1_ps(s1);
+    for (int r = 0; r < rx; r++) {
+        tot[r][0] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][0], k256), v0, tot[r][0]);
+        tot[r][1] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][1], k256), v1, tot[r][1]);
+    }
+}
+
+INLINE T512 void tiles_store(const fl_t *a, int64_t i0, int64_t j, int nc, int rx, __m512 tot[4][2]) {
+    for (int r = 0; r < rx; r++) {
+        fl_store(a, i0 + r, j, _mm512_reduce_add_ps(tot[r][0]));
+        if (nc > 1) fl_store(a, i0 + r, j + 1, _mm512_reduce_add_ps(tot[r][1]));
+    }
+}
+
 /* rx x rows against nc (1 or 2) W rows of an f32 panel. */
 INLINE T512 void tile512_impl(const fl_t *a, const float *w0, const float *w1, int64_t j, int nc,
                               int64_t i0, int rx) {
@@ -336,17 +353,9 @@ INLINE T512 void tile512_impl(const fl_t *a, const float *w0, const float *w1, i
                 acc[r][1] = _mm512_fmadd_ps(xv, wb, acc[r][1]);
             }
         }
-        const __m512 k256 = _mm512_set1_ps(256.0f); /* acc * 256 is exact; scale * 256 could overflow */
-        __m512 s0 = _mm512_set1_ps(sr0[b]), s1 = _mm512_set1_ps(sr1[b]);
-        for (int r = 0; r < rx; r++) {
-            tot[r][0] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][0], k256), s0, tot[r][0]);
-            tot[r][1] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][1], k256), s1, tot[r][1]);
-        }
+        tiles_scale_add(tot, acc, sr0[b], sr1[b], rx);
     }
-    for (int r = 0; r < rx; r++) {
-        fl_store(a, i0 + r, j, _mm512_reduce_add_ps(tot[r][0]));
-        if (nc > 1) fl_store(a, i0 + r, j + 1, _mm512_reduce_add_ps(tot[r][1]));
-    }
+    tiles_store(a, i0, j, nc, rx, tot);
 }
 
 static T512 void tile_avx512(const fl_t *a, const void *panel, int64_t jb, int64_t j, int nc,
@@ -357,24 +366,6 @@ static T512 void tile_avx512(const fl_t *a, const void *panel, int64_t jb, int64
     case 2: tile512_impl(a, w0, w1, j, nc, i0, 2); break;
     case 3: tile512_impl(a, w0, w1, j, nc, i0, 3); break;
     default: tile512_impl(a, w0, w1, j, nc, i0, 4); break;
-    }
-}
-
-/* Decode (m <= 16, 4 x rows a call): the weight bytes are decoded in registers, 32 at a time, straight from the
- * stream (no panel): two W rows against rx x rows. The NaN test covers 32 bytes at once and
- * patches only when one is present. */
-INLINE T512 void cvt32_512(const uint8_t *p, __mmask32 m, __m512 *lo, __m512 *hi) {
-    __m256i b = _mm256_maskz_loadu_epi8(m, p);
-    /* sign-extended: bits 0..6 -> 7..13, the sign fills 14 and 15; clear 14 */
-    __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7),
-                                 _mm512_set1_epi16((short)0xbf80));
-    *lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-    *hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
-    __mmask32 nan = _mm256_cmpeq_epi8_mask(_mm256_and_si256(b, _mm256_set1_epi8(0x7f)),
-                                           _mm256_set1_epi8(0x7f));
-    if (__builtin_expect(nan != 0, 0)) {
-        *lo = _mm512_mask_mov_ps(*lo, (__mmask16)nan, _mm512_set1_ps(NAN));
-        *hi = _mm512_mask_mov_ps(*hi, (__mmask16)(nan >> 16), _mm512_set1_ps(NAN));
     }
 }
 
@@ -463,107 +454,6 @@ static T512 void gemv_avx512(const fl_t *a, int64_t j, int nc, int rx) {
     case 2: gemv512_impl(a, j, nc, 2); break;
     case 3: gemv512_impl(a, j, nc, 3); break;
     default: gemv512_impl(a, j, nc, 4); break;
-    }
-}
-
-/* Decode on bf16 x with AVX512-BF16: 32 weight bytes -> 32 bf16 of the exact e4m3 value (4
- * significant bits fit bf16's 8): normals are sign | ((b & 0x7f) << 4) + (120 << 7) from the
- * sign-extended byte, the 16 subnormal bytes come from a table, NaN bytes are patched. */
-INLINE T512BF __m512i cvt32_bf16(const uint8_t *p, __mmask32 m) {
-    const __m512i sub = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                         0, 0, 0, 0, 0x3c60, 0x3c40, 0x3c20, 0x3c00, 0x3bc0,
-                                         0x3b80, 0x3b00, 0);
-    __m256i b = _mm256_maskz_loadu_epi8(m, p);
-    __m512i v = _mm512_cvtepi8_epi16(b);
-    __m512i h = _mm512_add_epi16(_mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16((short)0x87f0)),
-                                 _mm512_set1_epi16(0x3c00));
-    __mmask32 is_sub = _mm512_testn_epi16_mask(v, _mm512_set1_epi16(0x78));
-    h = _mm512_mask_permutexvar_epi16(h, is_sub, v, sub); /* index: the low 5 bits (0..7) */
-    h = _mm512_ternarylogic_epi32(h, v, _mm512_set1_epi16((short)0x8000), 0xf8); /* h | (v & c) */
-    __mmask32 nan = _mm256_cmpeq_epi8_mask(_mm256_and_si256(b, _mm256_set1_epi8(0x7f)),
-                                           _mm256_set1_epi8(0x7f));
-    if (__builtin_expect(nan != 0, 0)) h = _mm512_mask_mov_epi16(h, nan, _mm512_set1_epi16(0x7fc0));
-    return h;
-}
-
-/* 32 e4m3 bytes -> 32 bf16 of their exact values, NaN bytes not patched (the gemv tracks them
- * per W row with nan_track and writes NaN for a row that has one). */
-INLINE T512BF __m512i cvt32_bf16_nonan(__m256i b) {
-    const __m512i sub = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                         0, 0, 0, 0, 0x3c60, 0x3c40, 0x3c20, 0x3c00, 0x3bc0,
-                                         0x3b80, 0x3b00, 0);
-    __m512i v = _mm512_cvtepi8_epi16(b);
-    __m512i h = _mm512_add_epi16(_mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16((short)0x87f0)),
-                                 _mm512_set1_epi16(0x3c00));
-    __mmask32 is_sub = _mm512_testn_epi16_mask(v, _mm512_set1_epi16(0x78));
-    h = _mm512_mask_permutexvar_epi16(h, is_sub, v, sub);
-    return _mm512_ternarylogic_epi32(h, v, _mm512_set1_epi16((short)0x8000), 0xf8);
-}
-
-/* a NaN byte (0x7f / 0xff) is the only one whose b | 0x80 is 0xff: the running unsigned max of
- * b | 0x80 reaches 0xff exactly when the row has one (two cheap 256-bit ops, no branch) */
-INLINE T512BF __m256i nan_track(__m256i acc, __m256i b) {
-    return _mm256_max_epu8(acc, _mm256_or_si256(b, _mm256_set1_epi8((char)0x80)));
-}
-
-INLINE T512BF int has_nan(__m256i acc) {
-    return _mm256_cmpeq_epi8_mask(acc, _mm256_set1_epi8((char)0xff)) != 0;
-}
-
-/* Up to 4 W rows against rx x rows (bf16), the weight stream decoded in registers. Per W row and
- * x row: each k-block's 32-wide chunks accumulate with vdpbf16ps into one register, then
- * tot += acc * scale; the lanes of tot are summed at the end. */
-INLINE T512BF void gemvbf_impl(const fl_t *a, int64_t j, int nc, int rx) {
-    nc = nc < 4 ? nc : 4; /* (tells the compiler every tot[r][c] read was set) */
-    const uint16_t *xr[4];
-    for (int r = 0; r < 4; r++) xr[r] = (const uint16_t *)a->x + (r < rx ? r : 0) * a->ldx;
-    const uint8_t *w[4];
-    const float *sr[4];
-    for (int c = 0; c < 4; c++) {
-        int64_t jc = j + (c < nc ? c : 0);
-        w[c] = a->w + jc * a->k;
-        sr[c] = fl_srow(a, jc);
-    }
-    __m512 tot[4][4];
-    __m256i nan[4];
-    for (int c = 0; c < 4; c++) {
-        nan[c] = _mm256_setzero_si256();
-        for (int r = 0; r < 4; r++) tot[r][c] = _mm512_setzero_ps();
-    }
-    for (int64_t b = 0, t0 = 0; t0 < a->k; b++, t0 += a->bk) {
-        const int64_t t1 = t0 + a->bk < a->k ? t0 + a->bk : a->k;
-        const int64_t full = t0 + ((t1 - t0) & ~(int64_t)31);
-        __m512 acc[4][4];
-        for (int r = 0; r < 4; r++)
-            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-        for (int64_t t = t0; t < t1; t += 32) {
-            __m256i wb[4];
-            __mmask32 m = 0xffffffffu;
-            if (t < full) {
-                for (int c = 0; c < 4; c++) wb[c] = _mm256_loadu_si256((const __m256i *)(w[c] + t));
-            } else {
-                m = (__mmask32)((1u << (t1 - t)) - 1u);
-                for (int c = 0; c < 4; c++) wb[c] = _mm256_maskz_loadu_epi8(m, w[c] + t);
-            }
-            __m512i wh[4];
-            for (int c = 0; c < 4; c++) {
-                nan[c] = nan_track(nan[c], wb[c]);
-                wh[c] = cvt32_bf16_nonan(wb[c]);
-            }
-            for (int r = 0; r < rx; r++) {
-                __m512i xv = t < full ? _mm512_loadu_si512(xr[r] + t) : _mm512_maskz_loadu_epi16(m, xr[r] + t);
-                for (int c = 0; c < 4; c++)
-                    acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)xv, (__m512bh)wh[c]);
-            }
-        }
-        for (int c = 0; c < 4; c++) {
-            __m512 sc = _mm512_set1_ps(sr[c][b]);
-            for (int r = 0; r < rx; r++) tot[r][c] = _mm512_fmadd_ps(acc[r][c], sc, tot[r][c]);
-        }
-    }
-    for (int c = 0; c < nc; c++) {
-        const int bad = has_nan(nan[c]);
-        for (int r = 0; r < rx; r++) fl_store(a, r, j + c, bad ? NAN : _mm512_reduce_add_ps(tot[r][c]));
     }
 }
 
@@ -675,15 +565,6 @@ static T512VB void gemv_lut(const fl_t *a, int64_t j, int nc, int rx) {
     }
 }
 
-static T512BF void gemv_avx512_bf16(const fl_t *a, int64_t j, int nc, int rx) {
-    switch (rx) {
-    case 1: gemvbf_impl(a, j, nc, 1); break;
-    case 2: gemvbf_impl(a, j, nc, 2); break;
-    case 3: gemvbf_impl(a, j, nc, 3); break;
-    default: gemvbf_impl(a, j, nc, 4); break;
-    }
-}
-
 /* bf16 x against a bf16 panel with vdpbf16ps (32 k per instruction; exact products, fp32 sums,
  * denormal products and sums flushed to zero as the instruction does). */
 INLINE T512BF void tile512bf_impl(const fl_t *a, const uint16_t *w0, const uint16_t *w1, int64_t j,
@@ -716,17 +597,9 @@ INLINE T512BF void tile512bf_impl(const fl_t *a, const uint16_t *w0, const uint1
                 acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)xv, (__m512bh)wb);
             }
         }
-        const __m512 k256 = _mm512_set1_ps(256.0f); /* acc * 256 is exact; scale * 256 could overflow */
-        __m512 s0 = _mm512_set1_ps(sr0[b]), s1 = _mm512_set1_ps(sr1[b]);
-        for (int r = 0; r < rx; r++) {
-            tot[r][0] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][0], k256), s0, tot[r][0]);
-            tot[r][1] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][1], k256), s1, tot[r][1]);
-        }
+        tiles_scale_add(tot, acc, sr0[b], sr1[b], rx);
     }
-    for (int r = 0; r < rx; r++) {
-        fl_store(a, i0 + r, j, _mm512_reduce_add_ps(tot[r][0]));
-        if (nc > 1) fl_store(a, i0 + r, j + 1, _mm512_reduce_add_ps(tot[r][1]));
-    }
+    tiles_store(a, i0, j, nc, rx, tot);
 }
 
 static T512BF void tile_avx512_bf16(const fl_t *a, const void *panel, int64_t jb, int64_t j, int nc,
@@ -817,9 +690,9 @@ static int fl_tasks(int64_t pairs) {
     return (int)(want < 1 ? 1 : want);
 }
 
-static const char *const FL_NAMES[7] = {"generic c", "avx2 f32 panel tiles",
+static const char *const FL_NAMES[6] = {"generic c", "avx2 f32 panel tiles",
                                         "avx512 f32 panel tiles", "avx512-bf16 panel tiles",
-                                        "avx512 f32 gemv", "avx512-bf16 gemv", "avx512-vbmi-bf16 table gemv"};
+                                        "avx512 f32 gemv", "avx512-vbmi-bf16 table gemv"};
 
 TO_API int to_linear_fp8(const void *x, const uint8_t *w, const float *scale, const void *bias,
                          void *y, int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy,
@@ -869,7 +742,8 @@ TO_API int to_linear_fp8(const void *x, const uint8_t *w, const float *scale, co
             ctx.decode = decode_avx512;
             ctx.tile = tile_avx512;
         }
-        if (m <= FP8_GEMV_M) ctx.gemv = a.level == 3 ? gemv_avx512_bf16 : gemv_avx512;
+        /* decode: the table gemv (bf16 x, VBMI), else the f16-trick gemv on x widened to f32 */
+        if (m <= FP8_GEMV_M) ctx.gemv = gemv_avx512;
         if (m <= FP8_GEMV_M && a.level == 3 && (isa & TO_ISA_AVX512_VBMI) && block_k % 64 == 0)
             ctx.gemv = gemv_lut; /* the table decode: ~1.5-2x the bf16 one's rate */
         if (ctx.gemv) ctx.gemv_rows = 4;
@@ -880,9 +754,9 @@ TO_API int to_linear_fp8(const void *x, const uint8_t *w, const float *scale, co
     }
 #endif
     static const char *last[2];
-    int kernel = ctx.gemv ? (a.level == 3 ? 5 : 4) : a.level;
+    int kernel = ctx.gemv ? 4 : a.level;
 #ifdef FP8_X86
-    if (ctx.gemv == gemv_lut) kernel = 6;
+    if (ctx.gemv == gemv_lut) kernel = 5;
 #endif
     const char *name = FL_NAMES[kernel];
     const int big = m > FP8_GEMV_M;
