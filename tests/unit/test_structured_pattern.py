@@ -217,3 +217,26 @@ def test_a_pattern_hermes_takes_but_markup_cannot_is_a_clear_error(fmt: str) -> 
     tool_call_constraint("hermes", [nested], "f")
     with pytest.raises(ValueError, match="tool 'f': parameter 'p': the pattern '\\(\\^a\\|b\\)c'"):
         tool_call_constraint(fmt, [nested], "f")
+
+
+@pytest.mark.parametrize("fmt", ["qwen3_coder", "glm47"])
+def test_enums_the_xml_formats_write_as_hermes_takes_them(fmt: str) -> None:
+    """An empty string in an enum, an OpenAI-style optional enum (null listed) and a string
+    enum with a non-string member: the listed strings only, as hermes's JSON."""
+    cases = [
+        ({"type": "string", "enum": ["", "asc"]}, ["", "asc"], ["x"]),
+        ({"type": ["string", "null"], "enum": ["asc", None]}, ["asc"], ["x", "desc"]),
+        ({"type": "string", "enum": ["asc", 0]}, ["asc"], ["0", "x"]),
+    ]
+    for prop, good, bad in cases:
+        c = tool_call_constraint(fmt, [tool(prop)], "f")
+        assert all(accepts(c, call(fmt, v)) for v in good), (prop, fmt)
+        assert not any(accepts(c, call(fmt, v)) for v in bad), (prop, fmt)
+
+
+@pytest.mark.parametrize("pattern", ["(?x)a#c", "(?ix) ^a $ ", "(?x:a b)"])
+def test_verbose_patterns_are_refused_by_name(pattern: str) -> None:
+    """(?x) patterns: their comments and spaces would swallow what is added around them (the
+    error blamed anchors that were not there)."""
+    with pytest.raises(ValueError, match=r"verbose flag \(\?x\)"):
+        search_regex(pattern)

@@ -131,7 +131,17 @@ def search_regex(pattern: str) -> str:
     groups, lookarounds, bad syntax)."""
     if not isinstance(pattern, str):
         raise ValueError(f"a pattern must be a string, got {type(pattern).__name__}")
+    if _VERBOSE.search(pattern):
+        # its whitespace and # comments would swallow the anchors and groups added around it
+        raise ValueError(
+            f"the pattern {pattern!r} cannot be enforced here: the verbose flag (?x) is not "
+            "supported in tool-call markup (write the pattern without it)"
+        )
     return _search_regex(pattern)
+
+
+#: an inline flag group that turns on verbose mode: (?x), (?ix), (?x:...)
+_VERBOSE = re.compile(r"\(\?[a-zA-Z]*x[a-zA-Z]*[:)]")
 
 
 @functools.lru_cache(maxsize=512)

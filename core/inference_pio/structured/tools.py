@@ -98,7 +98,7 @@ def _literal_regex(text: str) -> str:
 
 def _regex(text: str) -> str:
     """``text`` as a Lark regex matching it literally."""
-    return f"/{_literal_regex(text)}/"
+    return f"/{_literal_regex(text) or '(?:)'}/"  # an empty Lark regex // does not parse
 
 
 def _string_spec(schema: Any) -> tuple[Mapping[str, Any], bool]:
@@ -125,10 +125,17 @@ def _free_text(schema: Any, forbidden: Sequence[str], limit: str | None, null: b
     literal ending the value) when not None."""
     tail = f" {_regex(limit)}" if limit is not None else ""
     spec, nullable = _string_spec(schema)
-    given = [spec["const"]] if "const" in spec else spec.get("enum")
-    given = given if isinstance(given, list) else []
+    raw = [spec["const"]] if "const" in spec else spec.get("enum")
+    listed = isinstance(raw, list)  # its strings are written as they are, the rest cannot be
+    given: list[Any] = raw if isinstance(raw, list) else []
     options = [o for o in given if isinstance(o, str)]
-    listed = bool(options) and len(options) == len(given)  # strings only: written as they are
+    # an enum beside "type": [..., "null"] takes null only when it lists it (JSON Schema)
+    top = schema if isinstance(schema, Mapping) else {}
+    if "const" in top or "enum" in top:
+        nullable = nullable and None in given
+    null_ok = null and nullable
+    if listed and not options and not null_ok:
+        raise ValueError(f"its enum/const {given!r} has no value this format can write")
     low, high = spec.get("minLength"), spec.get("maxLength")
     low = low if isinstance(low, int) and not isinstance(low, bool) and low > 0 else 0
     high = high if isinstance(high, int) and not isinstance(high, bool) and high >= low else None
@@ -136,7 +143,7 @@ def _free_text(schema: Any, forbidden: Sequence[str], limit: str | None, null: b
     pattern = spec.get("pattern")
     terms = []
     if listed:
-        terms.append("(" + " | ".join(_regex(o) for o in options) + ")")
+        terms.append("(" + " | ".join(_regex(o) for o in options or ["null"]) + ")")
     if not listed or size != "*":
         terms.append(f"/(?s:.{size})/")
     if pattern is not None:
@@ -145,7 +152,7 @@ def _free_text(schema: Any, forbidden: Sequence[str], limit: str | None, null: b
         banned = "|".join(_literal_regex(f) for f in forbidden)
         terms.append(f"~/(?s:.*)({banned})(?s:.*)/")
     value = "(" + " & ".join(terms) + ")"
-    if null and nullable and (listed or size != "*" or pattern is not None):
+    if null_ok and (listed or size != "*" or pattern is not None):
         value = f"({value} | /null/)"
     return value + tail
 
