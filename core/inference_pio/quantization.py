@@ -134,9 +134,14 @@ class Fp8Weights(Mapping[str, Tensor]):
         if name not in self:
             raise KeyError(f"no tensor named {name!r} in the checkpoint")
         w = self.base[name]
-        if w.dtype != DType.float8_e4m3:
-            return None
         scale_name = name + SCALE_SUFFIX
+        if w.dtype != DType.float8_e4m3:
+            if scale_name in self.base:  # a scale for a weight that is not quantized: broken
+                raise CheckpointError(
+                    f"weight {name!r} is {w.dtype.name}, not float8 (e4m3), but the checkpoint "
+                    f"has a {scale_name!r} for it"
+                )
+            return None
         if scale_name not in self.base:
             raise CheckpointError(
                 f"weight {name!r} is float8 (e4m3) but the checkpoint has no {scale_name!r}"

@@ -151,8 +151,12 @@ def test_broken_fp8_checkpoints_are_refused_clearly(source: Path, tmp_path: Path
     def int_scale(t: dict[str, Any]) -> None:
         t[Q + "_scale_inv"] = torch.ones(4, 4, dtype=torch.int32)
 
+    def scale_for_a_bf16_weight(t: dict[str, Any]) -> None:
+        t["model.norm.weight_scale_inv"] = torch.ones(1, 1)
+
     for change, match in (
         (drop_scale, r"q_proj.weight.*float8.*no .*q_proj.weight_scale_inv"),
+        (scale_for_a_bf16_weight, r"model.norm.weight.*not float8.*model.norm.weight_scale_inv"),
         (bad_grid, r"weight_scale_inv.*shape \(2, 2\), expected \(4, 4\)"),
         (int_scale, r"weight_scale_inv.*dtype int32"),
     ):
