@@ -191,6 +191,10 @@ static void tile_generic(const fl_t *a, const void *panel, int64_t jb, int64_t j
 #define T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
+/* Weight bytes prefetched this far ahead of the stream (matmul.c's bf16 row stream found 4 KiB
+ * best on Zen 4; the rows of a task are contiguous, so this runs into the next rows). */
+#define FP8_PREFETCH_BYTES 4096
+
 /* ---- AVX2 + F16C --------------------------------------------------------------------------------- */
 /* 8 bytes -> 8 floats of e4m3 * 2^-8 (NaN bytes -> NaN). */
 INLINE T256 __m256 cvt8_256(__m128i b8) {
@@ -382,69 +386,46 @@ INLINE T512 __m256i nan_track512(__m256i acc, __m256i b) {
     return _mm256_max_epu8(acc, _mm256_or_si256(b, _mm256_set1_epi8((char)0x80)));
 }
 
-/* Up to 4 W rows against rx x rows (f32), the weight stream decoded in registers: per k-block
- * fp32 FMAs into one register per (x row, W row), then tot += (acc * 256) * scale. */
+/* Up to 4 W rows against rx x rows (f32), the weight stream decoded in registers (the f16
+ * trick), each W row streamed after the other with prefetch (one sequential stream per task, as
+ * the table gemv): per k-block fp32 FMAs into two registers per x row, then
+ * tot += (acc * 256) * scale. A row with a NaN byte gives NaN. */
 INLINE T512 void gemv512_impl(const fl_t *a, int64_t j, int nc, int rx) {
-    nc = nc < 4 ? nc : 4; /* (tells the compiler every tot[r][c] read was set) */
+    nc = nc < 4 ? nc : 4;
     const float *xr[4];
     for (int r = 0; r < 4; r++) xr[r] = (const float *)a->x + (r < rx ? r : 0) * a->ldx;
-    const uint8_t *w[4];
-    const float *sr[4];
-    for (int c = 0; c < 4; c++) {
-        int64_t jc = j + (c < nc ? c : 0);
-        w[c] = a->w + jc * a->k;
-        sr[c] = fl_srow(a, jc);
-    }
-    __m512 tot[4][4];
-    __m256i nan[4];
-    for (int c = 0; c < 4; c++) {
-        nan[c] = _mm256_setzero_si256();
-        for (int r = 0; r < 4; r++) tot[r][c] = _mm512_setzero_ps();
-    }
-    for (int64_t b = 0, t0 = 0; t0 < a->k; b++, t0 += a->bk) {
-        const int64_t t1 = t0 + a->bk < a->k ? t0 + a->bk : a->k;
-        const int64_t full = t0 + ((t1 - t0) & ~(int64_t)31);
-        __m512 acc[4][4];
-        for (int r = 0; r < 4; r++)
-            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-        for (int64_t t = t0; t < t1; t += 32) {
-            __m256i wb[4];
-            __mmask32 m = 0xffffffffu;
-            if (t < full) {
-                for (int c = 0; c < 4; c++) wb[c] = _mm256_loadu_si256((const __m256i *)(w[c] + t));
-            } else {
-                m = (__mmask32)((1u << (t1 - t)) - 1u);
-                for (int c = 0; c < 4; c++) wb[c] = _mm256_maskz_loadu_epi8(m, w[c] + t);
-            }
-            __m512 lo[4], hi[4];
-            for (int c = 0; c < 4; c++) {
-                nan[c] = nan_track512(nan[c], wb[c]);
-                cvt32_f32_nonan(wb[c], &lo[c], &hi[c]);
-            }
-            for (int r = 0; r < rx; r++) {
-                __m512 x0, x1;
-                if (t < full) {
-                    x0 = _mm512_loadu_ps(xr[r] + t);
-                    x1 = _mm512_loadu_ps(xr[r] + t + 16);
-                } else {
-                    x0 = _mm512_maskz_loadu_ps((__mmask16)m, xr[r] + t);
-                    x1 = _mm512_maskz_loadu_ps((__mmask16)(m >> 16), xr[r] + t + 16);
-                }
-                for (int c = 0; c < 4; c++) {
-                    acc[r][c] = _mm512_fmadd_ps(x0, lo[c], acc[r][c]);
-                    acc[r][c] = _mm512_fmadd_ps(x1, hi[c], acc[r][c]);
-                }
-            }
-        }
-        for (int c = 0; c < 4; c++) {
-            __m512 sc = _mm512_set1_ps(sr[c][b]);
-            for (int r = 0; r < rx; r++)
-                tot[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(acc[r][c], _mm512_set1_ps(256.0f)), sc, tot[r][c]);
-        }
-    }
+    const __m512 k256 = _mm512_set1_ps(256.0f);
     for (int c = 0; c < nc; c++) {
-        const int bad = _mm256_cmpeq_epi8_mask(nan[c], _mm256_set1_epi8((char)0xff)) != 0;
-        for (int r = 0; r < rx; r++) fl_store(a, r, j + c, bad ? NAN : _mm512_reduce_add_ps(tot[r][c]));
+        const uint8_t *w = a->w + (j + c) * a->k;
+        const float *sr = fl_srow(a, j + c);
+        __m512 tot[4];
+        for (int r = 0; r < 4; r++) tot[r] = _mm512_setzero_ps();
+        __m256i nan = _mm256_setzero_si256();
+        for (int64_t b = 0, t0 = 0; t0 < a->k; b++, t0 += a->bk) {
+            const int64_t t1 = t0 + a->bk < a->k ? t0 + a->bk : a->k;
+            __m512 acc0[4], acc1[4];
+            for (int r = 0; r < 4; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+            for (int64_t t = t0; t < t1; t += 32) {
+                _mm_prefetch((const char *)w + t + FP8_PREFETCH_BYTES, _MM_HINT_T0);
+                const int64_t left = t1 - t;
+                const __mmask32 m = left >= 32 ? 0xffffffffu : (__mmask32)((1u << left) - 1u);
+                const __m256i wb = _mm256_maskz_loadu_epi8(m, w + t);
+                nan = nan_track512(nan, wb);
+                __m512 lo, hi;
+                cvt32_f32_nonan(wb, &lo, &hi);
+                for (int r = 0; r < rx; r++) {
+                    const __m512 x0 = _mm512_maskz_loadu_ps((__mmask16)m, xr[r] + t);
+                    const __m512 x1 = _mm512_maskz_loadu_ps((__mmask16)(m >> 16), xr[r] + t + 16);
+                    acc0[r] = _mm512_fmadd_ps(x0, lo, acc0[r]);
+                    acc1[r] = _mm512_fmadd_ps(x1, hi, acc1[r]);
+                }
+            }
+            const __m512 sc = _mm512_set1_ps(sr[b]);
+            for (int r = 0; r < rx; r++)
+                tot[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_add_ps(acc0[r], acc1[r]), k256), sc, tot[r]);
+        }
+        const int bad = _mm256_cmpeq_epi8_mask(nan, _mm256_set1_epi8((char)0xff)) != 0;
+        for (int r = 0; r < rx; r++) fl_store(a, r, j + c, bad ? NAN : _mm512_reduce_add_ps(tot[r]));
     }
 }
 
@@ -513,9 +494,6 @@ INLINE T512VB void lut64(__m512i b, __m512i thi0, __m512i thi1, __m512i tlo0, __
     *whi = _mm512_unpackhi_epi8(lo, hi);
 }
 
-/* Weight bytes prefetched this far ahead of the stream (matmul.c's bf16 row stream found 4 KiB
- * best on Zen 4; the rows of a task are contiguous, so this runs into the next rows). */
-#define FP8_PREFETCH_BYTES 4096
 
 /* Up to 4 W rows against rx permuted x rows (a->x, rows a->ldx apart), 64 weights a step. The W
  * rows are streamed one after another (one sequential stream per task, as matmul.c's row512_dp),
