@@ -93,8 +93,9 @@ def dequantize_dtype(config: Mapping[str, Any]) -> DType:
 class Fp8Weights(Mapping[str, Tensor]):
     """The tensors of an FP8 checkpoint with every quantized weight dequantized on first access.
 
-    ``weights[name]`` of a float8 tensor returns it dequantized to ``dtype`` (once; later
-    lookups return the same tensor); the scale tensors are consumed and not listed. Other
+    ``weights[name]`` of a float8 tensor returns it dequantized to ``dtype`` (lookups while the
+    first result is alive see the same memory; its float8 pages are given back); the scale
+    tensors are consumed and not listed. Other
     tensors pass through unchanged (zero-copy). :meth:`quantized` returns the raw pair for
     layers that compute on FP8 weights directly."""
 
