@@ -282,12 +282,11 @@ def projection(
     in block-scaled FP8 where the checkpoint stores it so or ``quantization="fp8"`` asks for it
     (:class:`Fp8Weights`), else the tensor from the getter ``w`` (dequantized from FP8 on a GPU,
     whose CUDA-graph decode steps take bf16 weights)."""
-    fp8 = isinstance(weights, Fp8Weights) and device.type == "cpu"
-    pair = weights.quantized(name + ".weight") if fp8 else None  # type: ignore[attr-defined]
-    if pair is None:
-        return Linear(name, w(name + ".weight"))
-    assert isinstance(weights, Fp8Weights)
-    return Linear(name, pair[0], scale=pair[1], block=weights.scheme.block)
+    if isinstance(weights, Fp8Weights) and device.type == "cpu":
+        pair = weights.quantized(name + ".weight")
+        if pair is not None:
+            return Linear(name, pair[0], scale=pair[1], block=weights.scheme.block)
+    return Linear(name, w(name + ".weight"))
 
 
 def swiglu_plan(cfg: DenseConfig) -> MlpPlan:
