@@ -60,6 +60,10 @@ def test_unary_matches_torch(name: str, dt: torch.dtype, n: int, isa: object) ->
     if n >= 33:
         x[:6] = torch.tensor([0.0, -0.0, 30.0, -30.0, 85.0, -100.0]).to(dt)
     ref = ref_fn(x)
+    if name == "gelu_erf" and dt == torch.float32:
+        # torch's f32 0.5x(1 + erf(x/sqrt 2)) cancels for x < -3 (1e-3 relative at x = -3.49,
+        # seen with some seeds); ours is within the tolerance of the float64 value there
+        ref = ref_fn(x.double()).float()
     got = to_torch(ours(to_pio(x)))
     if dt == torch.float32:
         # exp-based kernels are within ~2 ulp of libm / Sleef. torch's gelu-tanh cancels in

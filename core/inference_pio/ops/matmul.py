@@ -31,22 +31,10 @@ def linear(
     """
     require("x", x, dtypes=FLOAT_ACT, contiguous=False)
     require("weight", weight, dtypes=WEIGHT_DTYPES, ndim=2, contiguous=False)
-    if x.ndim < 1:
-        raise ValueError("linear: x must have at least 1 dim, got a 0-d tensor")
     n, k = weight.shape
-    if x.shape[-1] != k:
-        raise ValueError(
-            f"linear: x has {x.shape[-1]} features (shape {x.shape}), "
-            f"weight {weight.shape} expects {k}"
-        )
     if weight.numel and not weight.is_contiguous():
         raise ValueError("linear: weight must be contiguous ([out, in] row-major)")
-    if bias is not None:
-        require("bias", bias, dtypes=WEIGHT_DTYPES, ndim=1, contiguous=False)
-        if n > 1 and bias.strides[0] != 1:
-            raise ValueError("linear: bias must be contiguous")
-        if bias.shape != (n,):
-            raise ValueError(f"linear: bias has shape {bias.shape}, expected ({n},)")
+    check_x_and_bias("linear", x, bias, n, k, weight.shape)
     device = same_device(x=x, weight=weight, bias=bias, out=out)
     out = linear_output("linear", x, n, out, out_dtype, device, weight=weight, bias=bias)
     m = x.numel // k if k else _rows(x.shape[:-1])
@@ -72,6 +60,25 @@ def linear(
         out.dtype,
     )
     return out
+
+
+def check_x_and_bias(
+    op: str, x: Tensor, bias: Tensor | None, n: int, k: int, wshape: tuple[int, ...]
+) -> None:
+    """The input checks of a linear op ``op`` on a weight of shape ``wshape`` ([n, k]): ``x``
+    has at least one dim and ``k`` features; ``bias`` is None or ``n`` contiguous values."""
+    if x.ndim < 1:
+        raise ValueError(f"{op}: x must have at least 1 dim, got a 0-d tensor")
+    if x.shape[-1] != k:
+        raise ValueError(
+            f"{op}: x has {x.shape[-1]} features (shape {x.shape}), weight {wshape} expects {k}"
+        )
+    if bias is not None:
+        require("bias", bias, dtypes=WEIGHT_DTYPES, ndim=1, contiguous=False)
+        if n > 1 and bias.strides[0] != 1:
+            raise ValueError(f"{op}: bias must be contiguous")
+        if bias.shape != (n,):
+            raise ValueError(f"{op}: bias has shape {bias.shape}, expected ({n},)")
 
 
 def linear_output(

@@ -10,7 +10,13 @@ from __future__ import annotations
 from inference_pio.device import Device
 from inference_pio.dtypes import DType
 from inference_pio.ops._dispatch import native_call, require, same_device
-from inference_pio.ops.matmul import FLOAT_ACT, WEIGHT_DTYPES, _row_stride, _rows, linear_output
+from inference_pio.ops.matmul import (
+    FLOAT_ACT,
+    _row_stride,
+    _rows,
+    check_x_and_bias,
+    linear_output,
+)
 from inference_pio.tensor import Tensor
 
 #: Output dtypes of :func:`dequantize_fp8`.
@@ -138,20 +144,8 @@ def linear_fp8(
     """
     require("x", x, dtypes=FLOAT_ACT, contiguous=False)
     bn, bk, _ = _check_fp8("linear_fp8", weight, scale, block)
-    if x.ndim < 1:
-        raise ValueError("linear_fp8: x must have at least 1 dim, got a 0-d tensor")
     n, k = weight.shape
-    if x.shape[-1] != k:
-        raise ValueError(
-            f"linear_fp8: x has {x.shape[-1]} features (shape {x.shape}), "
-            f"weight {weight.shape} expects {k}"
-        )
-    if bias is not None:
-        require("bias", bias, dtypes=WEIGHT_DTYPES, ndim=1, contiguous=False)
-        if n > 1 and bias.strides[0] != 1:
-            raise ValueError("linear_fp8: bias must be contiguous")
-        if bias.shape != (n,):
-            raise ValueError(f"linear_fp8: bias has shape {bias.shape}, expected ({n},)")
+    check_x_and_bias("linear_fp8", x, bias, n, k, weight.shape)
     device = same_device(x=x, weight=weight, scale=scale, bias=bias, out=out)
     out = linear_output(
         "linear_fp8", x, n, out, out_dtype, device, weight=weight, scale=scale, bias=bias
