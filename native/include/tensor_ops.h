@@ -28,7 +28,7 @@ extern "C" {
 #define TO_API __attribute__((visibility("default")))
 #endif
 
-#define TO_ABI_VERSION 1
+#define TO_ABI_VERSION 2
 
 /* ---- error codes ------------------------------------------------------------------------ */
 typedef enum to_status {
@@ -788,7 +788,8 @@ TO_API int toc_decode_sample(const void *logits, int dtype, int64_t vocab, int32
 /* Fused batch-1 decode step (src/cuda/decoder.cu): one cooperative kernel runs a whole token of a
  * dense pre-norm decoder in the Qwen3 layout (RMSNorm, q/k per-head RMSNorm or none, NeoX RoPE over
  * the full head, GQA attention over a static KV cache, SwiGLU MLP, final RMSNorm, LM head with a
- * greedy argmax). Weights bf16 [out, in], 16-byte aligned; hidden and intermediate multiples of 8;
+ * greedy argmax). Weights bf16 [out, in] (or the layers' projections block-scaled FP8, see
+ * weight_dtype), 16-byte aligned; hidden and intermediate multiples of 8;
  * head_dim a multiple of 32 up to 256; at most 8 query heads per kv head. Per step it reads the
  * token and position from counters[0..1] (int32 on the device), appends k/v at that position,
  * writes the logits (act dtype), then sets counters[0] = argmax, tokens[counters[2]] = argmax (when
@@ -800,6 +801,9 @@ typedef struct to_decoder_layer {
     const void *q_norm, *k_norm;        /* per-head RMSNorm weights, or NULL for none */
     void *k_cache, *v_cache;            /* [n_kv_heads, capacity, head_dim] of cache_dtype */
     float input_eps, post_eps, qk_eps, reserved;
+    /* weight_dtype TO_F8_E4M3: the fp32 block scales [ceil(out / 128), ceil(in / 128)] of the seven
+     * projections above (e4m3 bytes then); NULL for bf16 weights */
+    const float *q_scale, *k_scale, *v_scale, *o_scale, *gate_scale, *up_scale, *down_scale;
 } to_decoder_layer;
 
 typedef struct to_decoder_desc {
@@ -821,11 +825,15 @@ typedef struct to_decoder_desc {
     int32_t threads;      /* 0: threads per block chosen by the library (384 where a block's share
                              of a layer's weights is at most 512 KB, else 512); or 384 or 512 */
     float attn_scale, final_eps;
+    int32_t weight_dtype; /* of the layers' projections: 0 or TO_BF16, or TO_F8_E4M3 (block-scaled
+                             FP8, 128 x 128 blocks, hidden % 16 == 0; the LM head stays bf16) */
+    int32_t reserved2;
 } to_decoder_desc;
 
 /* Validates the description, allocates the decoder's device state (activations, attention
  * workspace, barrier counters, a device copy of layers, and a transposed copy of every down_proj:
- * n_layers * intermediate * hidden bf16 values) and returns it in *out. */
+ * n_layers * intermediate * hidden values of the weight dtype, with transposed scales for FP8; FP8
+ * layers also get a bf16 copy of each o_proj, which the step reads in bf16) and returns it in *out. */
 TO_API int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_layer *layers, void **out);
 /* Launches one step on the current stream (capturable in a CUDA graph). */
 TO_API int toc_decoder_step(void *decoder);

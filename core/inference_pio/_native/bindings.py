@@ -22,7 +22,7 @@ from ctypes import (
 from typing import Any
 
 #: Must equal TO_ABI_VERSION in native/include/tensor_ops.h.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 Prototype = tuple[Any, list[Any]]
 

@@ -35,24 +35,32 @@ from inference_pio.backend import Backend
 from inference_pio.dtypes import DType
 from inference_pio.errors import NativeError
 from inference_pio.nn.attention import Attention, KVTable, Segment
+from inference_pio.nn.cuda_graph import has_fp8
 from inference_pio.nn.cuda_graph import unsupported_reason as graph_unsupported_reason
 from inference_pio.nn.decoder import DecoderLayer, DecoderModel, LayerCache
 from inference_pio.nn.mlp import SwiGLU
 from inference_pio.nn.moe import SoftmaxTopKMoE
 from inference_pio.tensor import Tensor, tensor
 
+#: Rows of the FP8 GEMV (toc_linear_fp8 reads the weight once for up to 16 rows).
+FP8_MAX_ROWS = 16
+
 
 def unsupported_reason(model: Any, slots: int) -> str | None:
     """Why ``model`` cannot decode ``slots`` sequences through captured graphs (None when it
     can): the dense layouts the batch-1 graph decoder takes, whose blocks keep the library's own
     step (a subclass overriding it might do host work a graph cannot replay)."""
-    reason = graph_unsupported_reason(model)
+    reason = graph_unsupported_reason(model, fp8_ok=True)
     if reason is not None:
         return reason
     if os.environ.get("INFERENCE_PIO_CUDA_BATCH_GRAPH") == "0":
         return "turned off by INFERENCE_PIO_CUDA_BATCH_GRAPH=0"
     if not 1 <= slots <= Backend.SCRATCH_MAX_ROWS:
         return f"{slots} sequences per step (at most {Backend.SCRATCH_MAX_ROWS})"
+    if slots > FP8_MAX_ROWS and has_fp8(model):
+        # above 16 rows linear_fp8 dequantizes into a shared scratch buffer that a later, larger
+        # call may reallocate under a captured graph
+        return f"FP8 weights with {slots} sequences per step (at most {FP8_MAX_ROWS})"
     for layer in model.layers:
         if type(layer).step is not DecoderLayer.step:
             return "a decoder layer with its own step"

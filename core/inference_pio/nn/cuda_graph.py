@@ -67,8 +67,22 @@ def graph_basics_reason(model: Any) -> str | None:
     return None
 
 
-def unsupported_reason(model: Any) -> str | None:
-    """Why ``model`` cannot use the graph decoder (None when it can)."""
+def has_fp8(model: Any) -> bool:
+    """Whether a layer of ``model`` holds a block-scaled FP8 attention or MLP projection."""
+    for layer in model.layers:
+        attn, mlp = layer.attention, layer.mlp
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            if getattr(getattr(attn, name, None), "quantized", False):
+                return True
+        for name in ("gate", "up", "down"):
+            if getattr(getattr(mlp, name, None), "quantized", False):
+                return True
+    return False
+
+
+def unsupported_reason(model: Any, fp8_ok: bool = False) -> str | None:
+    """Why ``model`` cannot use the graph decoder (None when it can). FP8 projections only
+    with ``fp8_ok`` (the fused step reads them, the multi-kernel step does not)."""
     basics = graph_basics_reason(model)
     if basics is not None:
         return basics
@@ -103,7 +117,14 @@ def unsupported_reason(model: Any) -> str | None:
             if any(lin.weight.data_ptr % 16 for lin in linears):
                 return "expert weights must be 16-byte aligned"
         for lin in linears:
-            if lin.weight.dtype != DType.bfloat16 or lin.bias is not None or lin.in_features % 8:
+            if lin.quantized:
+                if not fp8_ok:
+                    return "FP8 weights (only the fused step reads them)"
+                if lin.block != (128, 128) or lin.bias is not None or lin.in_features % 16:
+                    return "FP8 weights need 128 x 128 blocks, no bias, in_features % 16 == 0"
+                if lin.weight.data_ptr % 16 or lin.scale is None or lin.scale.data_ptr % 4:
+                    return "FP8 weights must be 16-byte aligned"
+            elif lin.weight.dtype != DType.bfloat16 or lin.bias is not None or lin.in_features % 8:
                 return "weights must be bf16 without bias, in_features % 8 == 0"
     lm = model.lm_head
     if lm.weight.dtype != DType.bfloat16 or lm.bias is not None or lm.in_features % 8:
@@ -114,24 +135,39 @@ def unsupported_reason(model: Any) -> str | None:
 class DecoderLayerDesc(ctypes.Structure):
     """``to_decoder_layer`` of tensor_ops.h."""
 
-    _fields_ = [
-        (name, ctypes.c_void_p)
-        for name in (
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-            "input_norm",
-            "post_norm",
-            "q_norm",
-            "k_norm",
-            "k_cache",
-            "v_cache",
-        )
-    ] + [(name, ctypes.c_float) for name in ("input_eps", "post_eps", "qk_eps", "reserved")]
+    _fields_ = (
+        [
+            (name, ctypes.c_void_p)
+            for name in (
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+                "input_norm",
+                "post_norm",
+                "q_norm",
+                "k_norm",
+                "k_cache",
+                "v_cache",
+            )
+        ]
+        + [(name, ctypes.c_float) for name in ("input_eps", "post_eps", "qk_eps", "reserved")]
+        + [
+            (name, ctypes.c_void_p)
+            for name in (
+                "q_scale",
+                "k_scale",
+                "v_scale",
+                "o_scale",
+                "gate_scale",
+                "up_scale",
+                "down_scale",
+            )
+        ]
+    )
 
 
 class DecoderDesc(ctypes.Structure):
@@ -174,17 +210,25 @@ class DecoderDesc(ctypes.Structure):
             )
         ]
         + [("attn_scale", ctypes.c_float), ("final_eps", ctypes.c_float)]
+        + [("weight_dtype", ctypes.c_int32), ("reserved2", ctypes.c_int32)]
     )
 
 
 def fused_unsupported_reason(model: Any) -> str | None:
     """Why the fused one-kernel step cannot run ``model`` (None when it can); the graph decoder
-    then captures the multi-kernel step."""
-    reason = unsupported_reason(model)
+    then captures the multi-kernel step (bf16 weights), or the model's own step is captured
+    (FP8 weights)."""
+    reason = unsupported_reason(model, fp8_ok=True)
     if reason is not None:
         return reason
     if any(isinstance(layer.mlp, SoftmaxTopKMoE) for layer in model.layers):
         return "a mixture-of-experts MLP"
+    if has_fp8(model):
+        for layer in model.layers:
+            at, mlp = layer.attention, layer.mlp
+            projs = [at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate, mlp.up, mlp.down]
+            if not all(p.quantized for p in projs):
+                return "FP8 and bf16 projections mixed (every projection must be FP8)"
     a0 = model.layers[0].attention
     if a0.nh // a0.nkv > 8:
         return "more than 8 query heads per kv head"
@@ -415,9 +459,16 @@ class CudaGraphDecoder(GraphStepRunner):
             raise ValueError(f"cannot skip {sorted(unknown)}; choose from {self.KERNELS[:-1]}")
         self.skip = frozenset(skip)
 
-        reason = unsupported_reason(model)
+        reason = unsupported_reason(model, fp8_ok=True)
         if reason is not None:
             raise ValueError(f"CUDA graph decode is not supported for this model: {reason}")
+        fp8 = has_fp8(model)
+        if fp8 and fused is not False:
+            why = fused_unsupported_reason(model)
+            if why is not None:
+                raise ValueError(f"CUDA graph decode of FP8 weights needs the fused step: {why}")
+        elif fp8:
+            raise ValueError("CUDA graph decode of FP8 weights needs the fused step (fused=False)")
         self.model = model
         self.cuda = cuda
         self.capacity = capacity
@@ -462,11 +513,16 @@ class CudaGraphDecoder(GraphStepRunner):
             if why is not None:
                 raise ValueError(f"the fused decode step does not support this model: {why}")
         self.fused = bool(fused)
+        if fp8 and not self.fused:
+            raise ValueError(
+                "CUDA graph decode of FP8 weights needs the fused step "
+                "(INFERENCE_PIO_CUDA_FUSED_DECODE=0)"
+            )
         if self.fused:
             try:
                 self._create_fused()
             except NativeError as exc:
-                if not auto:
+                if not auto or fp8:
                     raise
                 # e.g. no room for the fused step's transposed down_proj copy: the multi-kernel
                 # step needs none
@@ -568,6 +624,7 @@ class CudaGraphDecoder(GraphStepRunner):
             at, mlp = layer.attention, layer.mlp
             assert isinstance(mlp, SwiGLU)
             qn, kn = at.q_norm, at.k_norm
+            projs = (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate, mlp.up, mlp.down)
             layers[i] = DecoderLayerDesc(
                 at.q_proj.weight.data_ptr,
                 at.k_proj.weight.data_ptr,
@@ -586,6 +643,7 @@ class CudaGraphDecoder(GraphStepRunner):
                 layer.post_norm.eps,
                 qn.eps if qn is not None else 0.0,
                 0.0,
+                *[lin.scale.data_ptr if lin.scale is not None else None for lin in projs],
             )
         a0 = m.layers[0].attention
         desc = DecoderDesc(
@@ -616,6 +674,8 @@ class CudaGraphDecoder(GraphStepRunner):
             self.threads,
             a0.scale,
             m.norm.eps,
+            int(DType.float8_e4m3) if has_fp8(m) else 0,
+            0,
         )
         handle = ctypes.c_void_p()
         self.cuda.check(
@@ -945,7 +1005,9 @@ def _runner(model: DecoderModel, capacity: int) -> GraphStepRunner | None:
     steps then run op by op; a failed capture warns once)."""
     from inference_pio.nn import cuda_capture
 
-    known = unsupported_reason(model) is None
+    known = unsupported_reason(model) is None or (
+        has_fp8(model) and _fused_enabled() and fused_unsupported_reason(model) is None
+    )
     if not known and (
         cuda_capture.unsupported_reason(model) is not None or "_cuda_capture_failed" in vars(model)
     ):
@@ -954,9 +1016,22 @@ def _runner(model: DecoderModel, capacity: int) -> GraphStepRunner | None:
     if r is None or r.capacity < capacity:
         cap = min(model.max_context, max(capacity, 1 << max(0, (capacity - 1).bit_length()), 1024))
         vars(model)["_cuda_graph_decoder"] = None  # frees the old graph and cache first
-        if known:
+        if known and has_fp8(model) and "_cuda_fused_failed" not in vars(model):
+            try:
+                r = CudaGraphDecoder(model, cap)
+            except (NativeError, ValueError) as exc:  # the fused FP8 step could not be set up
+                vars(model)["_cuda_fused_failed"] = str(exc)
+                warnings.warn(
+                    f"fused FP8 CUDA decode step unavailable ({exc}); capturing the model's step",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                known = False
+        elif known and not has_fp8(model):
             r = CudaGraphDecoder(model, cap)
         else:
+            known = False
+        if not known:
             try:
                 r = cuda_capture.CapturedStepDecoder(model, cap)
             except (NativeError, NotImplementedError, ValueError) as exc:

@@ -246,18 +246,23 @@ def swiglu_shapes(q: str, hidden: int, inter: int) -> WeightPlan:
 class WeightGetter:
     """The tensor getter :func:`build` hands a layer's MLP factory: ``w(name)`` is the tensor
     on the layer's device; ``w.linear(name)`` the bias-free projection ``name`` (tensor
-    ``name.weight``), kept in FP8 where :func:`projection` keeps it."""
+    ``name.weight``), kept in FP8 where :func:`projection` keeps it (``gpu_fp8``: on a GPU
+    too)."""
 
     def __init__(
-        self, weights: Mapping[str, Tensor], get: Callable[[str], Tensor], device: Device
+        self,
+        weights: Mapping[str, Tensor],
+        get: Callable[[str], Tensor],
+        device: Device,
+        gpu_fp8: bool = False,
     ) -> None:
-        self.weights, self.get, self.device = weights, get, device
+        self.weights, self.get, self.device, self.gpu_fp8 = weights, get, device, gpu_fp8
 
     def __call__(self, name: str) -> Tensor:
         return self.get(name)
 
     def linear(self, name: str) -> Linear:
-        return projection(self.weights, name, self.get, self.device)
+        return projection(self.weights, name, self.get, self.device, self.gpu_fp8)
 
 
 def _linear(w: Callable[[str], Tensor], name: str) -> Linear:
@@ -276,16 +281,22 @@ def swiglu_block(q: str, w: Callable[[str], Tensor]) -> SwiGLU:
 
 
 def projection(
-    weights: Mapping[str, Tensor], name: str, w: Callable[[str], Tensor], device: Device
+    weights: Mapping[str, Tensor],
+    name: str,
+    w: Callable[[str], Tensor],
+    device: Device,
+    gpu_fp8: bool = False,
 ) -> Linear:
-    """The bias-free projection ``name`` (tensor ``name.weight``) on ``device``: on the CPU kept
-    in block-scaled FP8 where the checkpoint stores it so or ``quantization="fp8"`` asks for it
-    (:class:`Fp8Weights`), else the tensor from the getter ``w`` (dequantized from FP8 on a GPU,
-    whose CUDA-graph decode steps take bf16 weights)."""
-    if isinstance(weights, Fp8Weights) and device.type == "cpu":
+    """The bias-free projection ``name`` (tensor ``name.weight``) on ``device``: kept in
+    block-scaled FP8 where the checkpoint stores it so or ``quantization="fp8"`` asks for it
+    (:class:`Fp8Weights`) on the CPU, and on a GPU where ``gpu_fp8`` says so (the dense Qwen3
+    layout, whose fused CUDA decode step reads FP8); else the tensor from the getter ``w``
+    (dequantized from FP8, for the CUDA steps that take bf16 weights)."""
+    if isinstance(weights, Fp8Weights) and (device.type == "cpu" or gpu_fp8):
         pair = weights.quantized(name + ".weight")
         if pair is not None:
-            return Linear(name, pair[0], scale=pair[1], block=weights.scheme.block)
+            w8, scale = pair if device.type == "cpu" else (pair[0].to(device), pair[1].to(device))
+            return Linear(name, w8, scale=scale, block=weights.scheme.block)
     return Linear(name, w(name + ".weight"))
 
 
@@ -439,7 +450,9 @@ def build(
     layers = []
     for layer in range(cfg.num_layers):
         p = f"{prefix}layers.{layer}."
-        w = WeightGetter(weights, on(layer_devices[layer]), layer_devices[layer])
+        # FP8 projections stay FP8 on a GPU in the dense layout only (the fused CUDA step
+        # reads them; the MoE steps take bf16 experts)
+        w = WeightGetter(weights, on(layer_devices[layer]), layer_devices[layer], mlp is None)
 
         attn = Attention(
             w.linear(p + "self_attn.q_proj"),

@@ -46,9 +46,11 @@
  * (removing 256 B of it gave +9% for Qwen3-0.6B), the 512-thread one spills 48 B (72 B folded). Each stage
  * function has one call site in the step loop and is inlined: no calling-convention saves around
  * it (+6% for both models on an H200 against out-of-line stages). */
+#include <memory>
 #include <new>
 
 #include "common.cuh"
+#include "fp8.cuh"
 
 /* Threads per block: the template parameter NT (384 or 512, chosen per model when the decoder is
  * created) of every device function that needs it; these macros name it there. 384 threads get
@@ -126,7 +128,8 @@ struct DkState {
     void *xres;                     /* fold: x, the layer's input before its norm (bf16) */
     float *dacc;                    /* [2][hidden] down_proj sums of even / odd layers (fp32) */
     float *oacc;                    /* [2][hidden] o_proj sums of even / odd layers (fp32, fold) */
-    const uint16_t *wdt;            /* down_proj transposed: [layer][intermediate][hidden] */
+    const uint16_t *wdt;            /* down_proj transposed: [layer][intermediate][hidden] (F8: bytes) */
+    const float *wdts;              /* F8: its scales, [layer][ceil(intermediate / 128)][ceil(hidden / 128)] */
     float *ws;                      /* attention slices: [nh][nsplit][hd] then [nh][nsplit][2] */
     unsigned long long *bar;        /* [0] arrivals, [1] count at the end of the last launch */
     unsigned *att_cnt;              /* [nkv] finished slices */
@@ -147,6 +150,7 @@ struct DkState {
 
 struct DkGemv {
     const uint16_t *w0, *w1, *w2; /* row segments (q, k, v) or gate/up */
+    const float *c0, *c1, *c2;    /* F8: their block scales (128 x 128 blocks) */
     int64_t s0, s1;               /* rows of w0, of w1 */
     int64_t n;                    /* output rows */
     int64_t k;
@@ -306,6 +310,7 @@ __device__ __noinline__ DkSeek dk_seek(int mode, const uint16_t *w0, const uint1
 }
 
 
+
 /* Per-warp split of a block's row batch: units [lu, lend) of rb0.. (a unit is 32 16-byte chunks
  * of one row). Every warp loads, the barrier warp too: its loads in flight when its thread
  * passes a barrier cost less than a sixteenth fewer loads (+1.8% / +0.7% tok/s for Qwen3-4B /
@@ -327,6 +332,7 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
                   nkvd = (int64_t)d.n_kv_heads * d.head_dim;
     DkGemv g;
     g.w1 = g.w2 = nullptr;
+    g.c0 = g.c1 = g.c2 = nullptr;
     g.s1 = 0;
     g.norm = nullptr;
     g.eps = 0.0f;
@@ -350,6 +356,7 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
         g.w0 = (const uint16_t *)ly.q_proj;
         g.w1 = (const uint16_t *)ly.k_proj;
         g.w2 = (const uint16_t *)ly.v_proj;
+        g.c0 = ly.q_scale, g.c1 = ly.k_scale, g.c2 = ly.v_scale;
         g.s0 = nq;
         g.s1 = nkvd;
         g.n = nq + 2 * nkvd;
@@ -370,6 +377,7 @@ __device__ __forceinline__ DkGemv dk_make(const DkState &st, int li, int which, 
     } else { /* DK_GU: gate/up, SwiGLU, then this block's share of down (dk_gu_down) */
         g.w0 = (const uint16_t *)ly.gate_proj;
         g.w1 = (const uint16_t *)ly.up_proj;
+        g.c0 = ly.gate_scale, g.c1 = ly.up_scale;
         g.s0 = g.s1 = g.n = d.intermediate;
         g.k = hid;
         g.mode = DK_SWIGLU;
@@ -436,14 +444,19 @@ __device__ __forceinline__ void dk_swiglu_rows(const float *part, float *hs, int
  * flight; the phases are summed in shared memory (part is free by then) and the block adds its
  * sums to dacc with vector atomics. The first loads are issued before the last SwiGLU, so their
  * latency overlaps it. Skip bit 16 (profiling) leaves the down share out. */
-template <int NT>
+template <int NT, bool F8>
 __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, float *hs, int64_t r0, int nr,
                                         int lb0, int lnb, int G) {
+    constexpr int CW = F8 ? 16 : 8; /* columns of a 16-byte chunk */
     const int tid = threadIdx.x;
     const int64_t hid = st.d.hidden;
-    const int nc = (int)(hid / 8), NL = DK_LWARPS * 32;
+    const int nc = (int)(hid / CW), NL = DK_LWARPS * 32;
     const bool down = !(st.d.profile_skip & 16);
-    const uint4 *wt = (const uint4 *)(st.wdt + ((size_t)li * st.d.intermediate + r0) * hid);
+    const uint4 *wt = F8 ? (const uint4 *)((const uint8_t *)st.wdt + ((size_t)li * st.d.intermediate + r0) * hid)
+                         : (const uint4 *)(st.wdt + ((size_t)li * st.d.intermediate + r0) * hid);
+    /* F8: the transposed scales of this layer, [intermediate / 128][hidden / 128] (rounded up) */
+    const int64_t hb = (hid + 127) >> 7;
+    const float *sct = F8 ? st.wdts + (size_t)li * ((st.d.intermediate + 127) >> 7) * hb : nullptr;
     float *dsum = st.dacc + (size_t)(li & 1) * hid;
     for (int c0 = 0; c0 < nc; c0 += NL) {
         const int ncw = nc - c0 < NL ? nc - c0 : NL, R = NL / ncw;
@@ -453,44 +466,62 @@ __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, 
         const uint4 *wp = wt + (int64_t)ph * nc + c0 + cc;
         const int64_t step = (int64_t)R * nc;
         uint4 cur[DK_U];
+        float csc[DK_U]; /* F8: the scale of each loaded chunk (row block, column block) */
+        auto scale_of = [&](int j) {
+            return __ldg(sct + ((r0 + ph + (int64_t)j * R) >> 7) * hb + ((c0 + cc) >> 3)) * FP8_FOLD;
+        };
 #pragma unroll
-        for (int u = 0; u < DK_U; u++) cur[u] = u < nrow ? ld_stream(wp + u * step) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < DK_U; u++) {
+            cur[u] = u < nrow ? ld_stream(wp + u * step) : make_uint4(0, 0, 0, 0);
+            if constexpr (F8) csc[u] = u < nrow ? scale_of(u) : 0.0f;
+        }
         if (c0 == 0) {
             dk_swiglu_rows<NT>(part, hs + lb0, lnb, G);
             __syncthreads(); /* hs is complete; part is free */
         }
         if (!down) return;
-        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        float acc[CW] = {};
 #pragma unroll 1
         for (int j = 0; j < nrow; j += DK_U) {
 #pragma unroll
             for (int u = 0; u < DK_U; u++) {
                 if (j + u < nrow) {
-                    float f[8];
-                    bf8(cur[u], f);
-                    const float hv = hs[ph + (j + u) * R];
+                    if constexpr (F8) {
+                        float f[16];
+                        fp8x16_to_float(cur[u], f);
+                        const float hv = hs[ph + (j + u) * R] * csc[u];
 #pragma unroll
-                    for (int e = 0; e < 8; e++) acc[e] += hv * f[e];
+                        for (int e = 0; e < 16; e++) acc[e] += hv * f[e];
+                    } else {
+                        float f[8];
+                        bf8(cur[u], f);
+                        const float hv = hs[ph + (j + u) * R];
+#pragma unroll
+                        for (int e = 0; e < 8; e++) acc[e] += hv * f[e];
+                    }
                 }
                 const int nx = j + u + DK_U;
                 cur[u] = nx < nrow ? ld_stream(wp + nx * step) : make_uint4(0, 0, 0, 0);
+                if constexpr (F8) csc[u] = nx < nrow ? scale_of(nx) : 0.0f;
             }
         }
+        constexpr int Q = CW / 4; /* float4 per chunk */
         float4 *p4 = (float4 *)part;
         if (act) {
-            p4[2 * tid] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-            p4[2 * tid + 1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+#pragma unroll
+            for (int q = 0; q < Q; q++)
+                p4[Q * tid + q] = make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]);
         }
         __syncthreads();
 #pragma unroll 1
-        for (int i = tid; i < 2 * ncw; i += DK_THREADS) { /* i: a float4 of the pass's columns */
+        for (int i = tid; i < Q * ncw; i += DK_THREADS) { /* i: a float4 of the pass's columns */
             float4 t = p4[i];
 #pragma unroll 1
             for (int r = 1; r < R; r++) {
-                const float4 o = p4[r * 2 * ncw + i];
+                const float4 o = p4[r * Q * ncw + i];
                 t.x += o.x, t.y += o.y, t.z += o.z, t.w += o.w;
             }
-            dk_red4(dsum + (int64_t)c0 * 8 + 4 * i, t);
+            dk_red4(dsum + (int64_t)c0 * CW + 4 * i, t);
         }
         __syncthreads(); /* part is reused by the next pass */
     }
@@ -528,7 +559,7 @@ __device__ __forceinline__ float dk_resid(const DkState &st, int li, const void 
  * kernel); the stage is g = dk_make(st, li, which, erow). Each warp takes a
  * contiguous range of units, so its loads walk each row in order, the unit indices advance without
  * divisions, and a lane can sum a whole row run before one warp reduction. */
-template <int NT, bool FOLD>
+template <int NT, bool FOLD, bool F8>
 __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, const void *erow, float *smem,
                                         bool sync) {
     if (sync) dk_arrive<NT>(st); /* first: nothing below is written by this stage */
@@ -536,7 +567,8 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int pb = 16 + 4 * (which == DK_QKV ? 0 : which + 1); /* profiling stamps */
     const int64_t k = g.k;
-    const int nv = (int)(k / 8), G = (nv + 31) / 32;
+    /* nv: 16-byte chunks of the input (bf16), nwc: of a weight row (bf16, or FP8: 16 weights) */
+    const int nv = (int)(k / 8), nwc = F8 ? (int)(k / 16) : nv, G = (nwc + 31) / 32;
     const int64_t nb = gridDim.x, b = blockIdx.x;
     const int64_t r0 = g.n * b / nb, r1 = g.n * (b + 1) / nb, nr = r1 - r0;
     const int mult = g.mode == DK_SWIGLU ? 2 : 1;
@@ -556,14 +588,33 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
     /* loader state of this warp: next unit (lu < lend), its row and 32-chunk group */
     int lu = 0, lend = 0, lvr = 0, lgi = 0, lbound = 0;
     const uint16_t *lrow = nullptr;
+    /* F8: the row's bytes, the scales of its 128-row block and its row in its segment */
+    const uint8_t *lrow8 = nullptr;
+    const float *lsrow = nullptr;
+    int lrs = 0;
+    const int64_t kb = (k + 127) >> 7; /* F8: scales per row block */
+    /* F8: dk_seek in units of two bytes (k % 16 == 0), then the row's scales */
+    auto seek8 = [&]() {
+        const DkSeek sk = dk_seek(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.n, g.k / 2, rb0, nrb, lvr);
+        lrow8 = (const uint8_t *)sk.row;
+        lbound = sk.bound;
+        const int64_t r = rb0 + lvr;
+        const int seg = g.mode == DK_SWIGLU ? (lvr < nrb ? 0 : 1) : r < g.s0 ? 0 : r < g.s0 + g.s1 ? 1 : 2;
+        lrs = (int)(g.mode == DK_SWIGLU ? r - (seg ? nrb : 0) : r - (seg >= 1 ? g.s0 : 0) - (seg == 2 ? g.s1 : 0));
+        lsrow = (seg == 0 ? g.c0 : seg == 1 ? g.c1 : g.c2) + (int64_t)(lrs >> 7) * kb;
+    };
     auto start_batch = [&]() {
         dk_warp_units<NT>(nrb, mult, G, warp, &lu, &lend);
         lvr = lu / G;
         lgi = lu - lvr * G;
         if (lu < lend) {
-            const DkSeek sk = dk_seek(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.n, g.k, rb0, nrb, lvr);
-            lrow = sk.row;
-            lbound = sk.bound;
+            if constexpr (F8) {
+                seek8();
+            } else {
+                const DkSeek sk = dk_seek(g.mode, g.w0, g.w1, g.w2, g.s0, g.s1, g.n, g.k, rb0, nrb, lvr);
+                lrow = sk.row;
+                lbound = sk.bound;
+            }
         } else {
             lrow = nullptr;
         }
@@ -588,9 +639,34 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
         ++lu;
         return v;
     };
+    /* F8: load_next with the chunk's block scale (0 past the range, like the weights) */
+    auto load_next8 = [&](float &sc) {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        sc = 0.0f;
+        if (lu < lend) {
+            const int c = lgi * 32 + lane;
+            if (c < nwc) {
+                v = ld_stream((const uint4 *)lrow8 + c);
+                sc = __ldg(lsrow + (c >> 3)) * FP8_FOLD; /* 8 chunks of 16 per 128-column block */
+            }
+            if (++lgi == G) {
+                lgi = 0;
+                ++lvr;
+                lrow8 += k;
+                if ((++lrs & 127) == 0) lsrow += kb;
+                if (lvr == lbound && lu + 1 < lend) seek8();
+            }
+        }
+        ++lu;
+        return v;
+    };
+    float csc[DK_U]; /* F8: the scales of cur's chunks */
     auto load = [&](uint4 *v) {
 #pragma unroll
-        for (int q = 0; q < DK_U; q++) v[q] = load_next();
+        for (int q = 0; q < DK_U; q++) {
+            if constexpr (F8) v[q] = load_next8(csc[q]);
+            else v[q] = load_next();
+        }
     };
     /* resident in registers from before the barrier: the residual of this thread's output row
      * (written two barriers ago) and the norm weights of its first input chunk (one variable,
@@ -716,7 +792,37 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
             for (int q = 0; q < DK_U; q++) {
                 /* no branch around a unit: past the range end or the row's last chunk the loaded
                  * weights are zeros, so the products add nothing (x is read at a valid index) */
-                const int u = cu0 + q, c = cgi * 32 + lane, cx = c < nv ? c : 0;
+                const int u = cu0 + q, c = cgi * 32 + lane;
+                if constexpr (F8) {
+                    /* 16 weights: input chunks 2c and 2c + 1, a half at a time (fewer live
+                     * registers); the chunk's dot times its block scale */
+                    const int cx = c < nwc ? 2 * c : 0;
+                    const uint32_t wd[4] = {cur[q].x, cur[q].y, cur[q].z, cur[q].w};
+                    float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        float xf[8];
+                        if (DK_XBF) {
+                            bf8(xs16[cx + h], xf);
+                        } else {
+                            const float4 lo = xlo[cx + h], hi = xhi[cx + h];
+                            xf[0] = lo.x, xf[1] = lo.y, xf[2] = lo.z, xf[3] = lo.w;
+                            xf[4] = hi.x, xf[5] = hi.y, xf[6] = hi.z, xf[7] = hi.w;
+                        }
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const uint32_t w = wd[2 * h + e];
+                            const float2 a = fp8x2_to_float2(w & 0xffffu), b = fp8x2_to_float2(w >> 16);
+                            d0 = fmaf(a.x, xf[4 * e], d0);
+                            d1 = fmaf(a.y, xf[4 * e + 1], d1);
+                            d0 = fmaf(b.x, xf[4 * e + 2], d0);
+                            d1 = fmaf(b.y, xf[4 * e + 3], d1);
+                        }
+                    }
+                    acc = fmaf(d0 + d1, csc[q], acc);
+                    cur[q] = load_next8(csc[q]);
+                } else {
+                const int cx = c < nv ? c : 0;
                 float f[8];
                 bf8(cur[q], f);
                 float4 xa, xb;
@@ -732,6 +838,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 acc += f[0] * xa.x + f[1] * xa.y + f[2] * xa.z + f[3] * xa.w + f[4] * xb.x + f[5] * xb.y +
                        f[6] * xb.z + f[7] * xb.w;
                 cur[q] = load_next(); /* refill before the row end: the loader runs DK_U units ahead */
+                }
                 /* one warp reduction per row run; the other units of the run hold 0 (warp-uniform:
                  * u and cgi are the same in every lane) */
                 float a = 0.0f;
@@ -774,7 +881,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
         nrb = (int)(r1 - rb0 < per ? r1 - rb0 : per);
         if (nrb <= 0) break;
     }
-    if (g.mode == DK_SWIGLU) dk_gu_down<NT>(st, li, part, hs, r0, (int)nr, (int)(rb0 - r0), nrb, G);
+    if (g.mode == DK_SWIGLU) dk_gu_down<NT, F8>(st, li, part, hs, r0, (int)nr, (int)(rb0 - r0), nrb, G);
     if (g.mode == DK_ARGMAX) {
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
@@ -1557,7 +1664,7 @@ __device__ __forceinline__ void dk_att_o(const DkState &st, const to_decoder_lay
  * into o_proj, dk_att_o) and returns at once for longer ones; without, it computes the others
  * (and every step where nothing folds). Both run in every step, the folded one first: each is
  * compiled on its own, so the folded stage costs the other no registers. */
-template <int NT, bool FOLD>
+template <int NT, bool FOLD, bool F8>
 __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __grid_constant__ DkState st) {
     extern __shared__ __align__(16) float smem[];
     const to_decoder_desc &d = st.d;
@@ -1608,7 +1715,10 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __gri
         if (skip & bit) {
             if (s > 0) dk_sync<NT>(st);
         } else {
-            dk_gemv<NT, FOLD>(st, lm ? 0 : li, which, erow, smem, s > 0);
+            if (F8 && (which == DK_QKV || which == DK_GU)) /* FP8 projections; o_proj and the LM head bf16 */
+                dk_gemv<NT, FOLD, true>(st, li, which, erow, smem, s > 0);
+            else
+                dk_gemv<NT, FOLD, false>(st, lm ? 0 : li, which, erow, smem, s > 0);
         }
     }
     dk_sync<NT>(st);
@@ -1639,6 +1749,10 @@ __global__ void __launch_bounds__(DK_THREADS, 1) decoder_step_kernel(const __gri
  * Host side */
 typedef void (*DkKernel)(const DkState);
 
+/* src/cuda/fp8.cu: FP8 o_proj dequantized to bf16 at creation */
+extern "C" int toc_fp8_dequant(const uint8_t *w, const float *scale, int64_t n, int64_t k, int64_t block_n,
+                               int64_t block_k, void *out, int out_dtype);
+
 struct TocDecoder {
     DkState st;
     DkKernel kernel;
@@ -1647,12 +1761,14 @@ struct TocDecoder {
     int dev;
     unsigned grid;
     size_t smem;
-    void *allocs[5];
+    void *allocs[7]; /* activations, workspace, control, layers, down_proj transposed, F8: its
+                      * scales transposed, bf16 o_proj copies */
 };
 
-/* out[c][r] = in[r][c] for a rows x cols bf16 matrix (32 x 32 tiles through shared memory). */
-__global__ void dk_transpose_kernel(const uint16_t *in, uint16_t *out, int64_t rows, int64_t cols) {
-    __shared__ uint16_t t[32][33];
+/* out[c][r] = in[r][c] for a rows x cols matrix (32 x 32 tiles through shared memory). */
+template <typename T>
+__global__ void dk_transpose_kernel(const T *in, T *out, int64_t rows, int64_t cols) {
+    __shared__ T t[32][33];
     const int64_t r0 = (int64_t)blockIdx.y * 32, c0 = (int64_t)blockIdx.x * 32;
     for (int i = threadIdx.y; i < 32; i += blockDim.y) {
         const int64_t r = r0 + i, c = c0 + threadIdx.x;
@@ -1699,12 +1815,23 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
               TO_ERR_INVALID_ARGUMENT,
               "toc_decoder_create: NULL or misaligned model pointer (the embedding, LM head, final "
               "norm and RoPE tables must be 16-byte aligned)");
+    TOC_CHECK(d.weight_dtype == 0 || d.weight_dtype == TO_BF16 || d.weight_dtype == TO_F8_E4M3, TO_ERR_DTYPE,
+              "toc_decoder_create: weight_dtype must be 0, bf16 or f8_e4m3, not %d", d.weight_dtype);
+    const bool f8 = d.weight_dtype == TO_F8_E4M3;
+    TOC_CHECK(!f8 || d.hidden % 16 == 0, TO_ERR_UNSUPPORTED,
+              "toc_decoder_create: FP8 weights need hidden %% 16 == 0, got %d", d.hidden);
     for (int i = 0; i < d.n_layers; i++) {
         const to_decoder_layer &l = layers[i];
         const void *w[7] = {l.q_proj, l.k_proj, l.v_proj, l.o_proj, l.gate_proj, l.up_proj, l.down_proj};
         for (const void *p : w)
             TOC_CHECK(p && ((uintptr_t)p & 15) == 0, TO_ERR_INVALID_ARGUMENT,
                       "toc_decoder_create: layer %d: weights must be non-NULL and 16-byte aligned", i);
+        const float *sc[7] = {l.q_scale, l.k_scale, l.v_scale, l.o_scale, l.gate_scale, l.up_scale, l.down_scale};
+        for (const float *p : sc)
+            TOC_CHECK(f8 ? p && ((uintptr_t)p & 3) == 0 : !p, TO_ERR_INVALID_ARGUMENT,
+                      "toc_decoder_create: layer %d: %s", i,
+                      f8 ? "FP8 weights need every projection's scales (non-NULL, 4-byte aligned)"
+                         : "scales given for bf16 weights (weight_dtype is not f8_e4m3)");
         TOC_CHECK(l.input_norm && l.post_norm && l.k_cache && l.v_cache &&
                       ((uintptr_t)l.input_norm & 15) == 0 && ((uintptr_t)l.post_norm & 15) == 0 &&
                       ((uintptr_t)l.k_cache & 15) == 0 && ((uintptr_t)l.v_cache & 15) == 0 &&
@@ -1744,8 +1871,11 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
      * stages gain from fewer warps and no register spills), else 512 (more loads in flight) */
     TOC_CHECK(d.threads == 0 || d.threads == 384 || d.threads == 512, TO_ERR_INVALID_ARGUMENT,
               "toc_decoder_create: threads must be 0 (chosen here), 384 or 512, not %d", d.threads);
-    const int64_t layer_bytes = ((int64_t)d.hidden * (2 * nq + 2 * nkvd) + 3 * (int64_t)d.hidden * d.intermediate) * 2;
-    int nt = d.threads ? d.threads : layer_bytes / grid_sms <= DK_SMALL_LAYER ? 384 : 512;
+    const int64_t wsz = f8 ? 1 : 2; /* bytes per weight (o_proj is read in bf16 either way) */
+    const int64_t layer_bytes = (int64_t)d.hidden * (nq + 2 * nkvd) * wsz + (int64_t)d.hidden * nq * 2 +
+                                3 * (int64_t)d.hidden * d.intermediate * wsz;
+    /* FP8 weights: 384 (the 512-thread FP8 kernels spill their larger ring state) */
+    int nt = d.threads ? d.threads : f8 || layer_bytes / grid_sms <= DK_SMALL_LAYER ? 384 : 512;
     if ((G / qsplit) * d.head_dim / 2 > 2 * nt) { /* P.V: two (head, dim pair) per thread */
         TOC_CHECK(d.threads == 0, TO_ERR_UNSUPPORTED,
                   "toc_decoder_create: %d threads are too few for %lld query heads of dim %d per block",
@@ -1772,8 +1902,10 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     /* attention folded into o_proj (see dk_att_o) for contexts of one key tile, when every query
      * head has a block and the stage's shared memory holds the tile and 16 weight rows at least */
     const int grid_n = toc_sm_count(), frep = grid_n / d.n_heads;
-    const DkKernel kernel = nt == 384 ? decoder_step_kernel<384, false> : decoder_step_kernel<512, false>;
-    const DkKernel kernel_fold = nt == 384 ? decoder_step_kernel<384, true> : decoder_step_kernel<512, true>;
+    const DkKernel kernel = f8 ? (nt == 384 ? decoder_step_kernel<384, false, true> : decoder_step_kernel<512, false, true>)
+                               : (nt == 384 ? decoder_step_kernel<384, false, false> : decoder_step_kernel<512, false, false>);
+    const DkKernel kernel_fold = f8 ? (nt == 384 ? decoder_step_kernel<384, true, true> : decoder_step_kernel<512, true, true>)
+                                    : (nt == 384 ? decoder_step_kernel<384, true, false> : decoder_step_kernel<512, true, false>);
     int fold_keys = 0, fsmem = 0;
     {
         cudaFuncAttributes fa;
@@ -1844,12 +1976,17 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     const size_t cnt_bytes = ((size_t)d.n_kv_heads * 4 + 15) / 16 * 16;
     const size_t ctl_bytes = 256 + cnt_bytes + 4 * (size_t)d.hidden * 4; /* + dacc, oacc */
     const size_t lay_bytes = (size_t)d.n_layers * sizeof(to_decoder_layer);
-    const size_t wdt_bytes = (size_t)d.n_layers * d.intermediate * d.hidden * 2;
+    const size_t wdt_bytes = (size_t)d.n_layers * d.intermediate * d.hidden * wsz;
+    const int64_t hb = (d.hidden + 127) / 128, ib = (d.intermediate + 127) / 128;
+    const size_t wdts_bytes = f8 ? (size_t)d.n_layers * ib * hb * 4 : 0;
+    const size_t obf_bytes = f8 ? (size_t)d.n_layers * d.hidden * nq * 2 : 0;
     int rc = toc_malloc(act_bytes + 256, &dec->allocs[0]);
     if (!rc) rc = toc_malloc(ws_bytes, &dec->allocs[1]);
     if (!rc) rc = toc_malloc(ctl_bytes, &dec->allocs[2]);
     if (!rc) rc = toc_malloc(lay_bytes, &dec->allocs[3]);
     if (!rc) rc = toc_malloc(wdt_bytes, &dec->allocs[4]);
+    if (!rc && f8) rc = toc_malloc(wdts_bytes, &dec->allocs[5]);
+    if (!rc && f8) rc = toc_malloc(obf_bytes, &dec->allocs[6]);
     if (rc) {
         dk_free_all(dec);
         delete dec;
@@ -1875,17 +2012,48 @@ TOC_EXPORT int toc_decoder_create(const to_decoder_desc *desc, const to_decoder_
     st.oacc = st.dacc + 2 * d.hidden;
     st.layers = (const to_decoder_layer *)dec->allocs[3];
     st.wdt = (const uint16_t *)dec->allocs[4];
+    st.wdts = (const float *)dec->allocs[5];
     cudaStream_t s = toc_stream();
+    /* the device copy of the layers; FP8 layers point o_proj at its bf16 copy (the step reads
+     * o_proj in bf16: dk_att_o and the o_proj stage) */
+    std::unique_ptr<to_decoder_layer[]> host(new (std::nothrow) to_decoder_layer[d.n_layers]);
+    if (!host) {
+        dk_free_all(dec);
+        delete dec;
+        return toc_set_error(TO_ERR_OUT_OF_MEMORY, "toc_decoder_create: out of host memory");
+    }
+    for (int i = 0; i < d.n_layers; i++) {
+        host[i] = layers[i];
+        if (f8) {
+            host[i].o_proj = (const uint16_t *)dec->allocs[6] + (size_t)i * d.hidden * nq;
+            host[i].o_scale = nullptr;
+        }
+    }
     cudaError_t e = cudaMemsetAsync(dec->allocs[2], 0, ctl_bytes, s);
-    if (e == cudaSuccess) e = cudaMemcpyAsync(dec->allocs[3], layers, lay_bytes, cudaMemcpyHostToDevice, s);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(dec->allocs[3], host.get(), lay_bytes, cudaMemcpyHostToDevice, s);
     /* the transposed copy of each down_proj ([hidden][intermediate] -> [intermediate][hidden]):
-     * a block's share of down is then a contiguous run of rows (dk_gu_down) */
+     * a block's share of down is then a contiguous run of rows (dk_gu_down); FP8: its scales
+     * transposed too, and o_proj dequantized to bf16 */
     for (int i = 0; i < d.n_layers && e == cudaSuccess; i++) {
         const dim3 grid((unsigned)toc_cdiv(d.intermediate, 32), (unsigned)toc_cdiv(d.hidden, 32));
-        dk_transpose_kernel<<<grid, dim3(32, 8), 0, s>>>((const uint16_t *)layers[i].down_proj,
-                                                        (uint16_t *)dec->allocs[4] + (size_t)i * d.intermediate * d.hidden,
-                                                        d.hidden, d.intermediate);
-        e = cudaGetLastError();
+        if (f8) {
+            dk_transpose_kernel<uint8_t><<<grid, dim3(32, 8), 0, s>>>(
+                (const uint8_t *)layers[i].down_proj, (uint8_t *)dec->allocs[4] + (size_t)i * d.intermediate * d.hidden,
+                d.hidden, d.intermediate);
+            const dim3 sgrid((unsigned)toc_cdiv(ib, 32), (unsigned)toc_cdiv(hb, 32));
+            dk_transpose_kernel<float><<<sgrid, dim3(32, 8), 0, s>>>(layers[i].down_scale,
+                                                                    (float *)dec->allocs[5] + (size_t)i * ib * hb, hb, ib);
+            e = cudaGetLastError();
+            if (e == cudaSuccess &&
+                toc_fp8_dequant((const uint8_t *)layers[i].o_proj, layers[i].o_scale, d.hidden, nq, 128, 128,
+                                (void *)host[i].o_proj, TO_BF16) != TO_OK)
+                e = cudaErrorUnknown;
+        } else {
+            dk_transpose_kernel<uint16_t><<<grid, dim3(32, 8), 0, s>>>(
+                (const uint16_t *)layers[i].down_proj, (uint16_t *)dec->allocs[4] + (size_t)i * d.intermediate * d.hidden,
+                d.hidden, d.intermediate);
+        }
+        if (e == cudaSuccess) e = cudaGetLastError();
     }
     if (e == cudaSuccess) e = cudaStreamSynchronize(s);
     if (e != cudaSuccess) {
