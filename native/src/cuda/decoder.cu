@@ -74,6 +74,14 @@
 #define DK_U512 8
 #endif
 #define DK_U (NT == 384 ? DK_U384 : DK_U512)
+/* the same for FP8 weights (16 weights a load); deeper rings were slower (H200, Qwen3-4B FP8 at
+ * 384 threads: 6 / 8 / 10 in flight 416.1 / 404.8 / 375.8 tok/s) */
+#ifndef DK_UF384
+#define DK_UF384 6
+#endif
+#ifndef DK_UF512
+#define DK_UF512 8
+#endif
 /* attention slices merged per batch of loads (see the merge in dk_attention): H200 after 4096
  * tokens, 16 against 8: Qwen3-0.6B (384 threads) 932.7 against 913.0 tok/s; Qwen3-4B (512, where
  * 16 spill) 313.5 against 314.3 */
@@ -115,6 +123,11 @@
 #define DK_XBF_THREADS 512
 #endif
 #define DK_XBF (NT >= DK_XBF_THREADS)
+/* FP8 stages stage their input as bf16 at every thread count (H200, FP8 weights, 384 threads:
+ * Qwen3-0.6B 1236.6 against 1184.0 tok/s with floats, Qwen3-4B 421.9 against 414.6) */
+#ifndef DK_F8_XBF
+#define DK_F8_XBF 1
+#endif
 #ifndef DK_FOLD_FIRST
 #define DK_FOLD_FIRST (64 * 1024) /* o_proj bytes a folding block requests before its scores */
 #endif
@@ -448,6 +461,7 @@ template <int NT, bool F8>
 __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, float *hs, int64_t r0, int nr,
                                         int lb0, int lnb, int G) {
     constexpr int CW = F8 ? 16 : 8; /* columns of a 16-byte chunk */
+    constexpr int U = F8 ? (NT == 384 ? DK_UF384 : DK_UF512) : DK_U; /* loads in flight per lane */
     const int tid = threadIdx.x;
     const int64_t hid = st.d.hidden;
     const int nc = (int)(hid / CW), NL = DK_LWARPS * 32;
@@ -465,13 +479,13 @@ __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, 
         const int nrow = act && ph < nr ? (nr - ph + R - 1) / R : 0;
         const uint4 *wp = wt + (int64_t)ph * nc + c0 + cc;
         const int64_t step = (int64_t)R * nc;
-        uint4 cur[DK_U];
-        float csc[DK_U]; /* F8: the scale of each loaded chunk (row block, column block) */
+        uint4 cur[U];
+        float csc[U]; /* F8: the scale of each loaded chunk (row block, column block) */
         auto scale_of = [&](int j) {
             return __ldg(sct + ((r0 + ph + (int64_t)j * R) >> 7) * hb + ((c0 + cc) >> 3)) * FP8_FOLD;
         };
 #pragma unroll
-        for (int u = 0; u < DK_U; u++) {
+        for (int u = 0; u < U; u++) {
             cur[u] = u < nrow ? ld_stream(wp + u * step) : make_uint4(0, 0, 0, 0);
             if constexpr (F8) csc[u] = u < nrow ? scale_of(u) : 0.0f;
         }
@@ -482,9 +496,9 @@ __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, 
         if (!down) return;
         float acc[CW] = {};
 #pragma unroll 1
-        for (int j = 0; j < nrow; j += DK_U) {
+        for (int j = 0; j < nrow; j += U) {
 #pragma unroll
-            for (int u = 0; u < DK_U; u++) {
+            for (int u = 0; u < U; u++) {
                 if (j + u < nrow) {
                     if constexpr (F8) {
                         float f[16];
@@ -500,7 +514,7 @@ __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, 
                         for (int e = 0; e < 8; e++) acc[e] += hv * f[e];
                     }
                 }
-                const int nx = j + u + DK_U;
+                const int nx = j + u + U;
                 cur[u] = nx < nrow ? ld_stream(wp + nx * step) : make_uint4(0, 0, 0, 0);
                 if constexpr (F8) csc[u] = nx < nrow ? scale_of(nx) : 0.0f;
             }
@@ -530,13 +544,13 @@ __device__ __noinline__ void dk_gu_down(const DkState &st, int li, float *part, 
 /* Chunk c of a staged GEMV input, f (8 values), RMSNorm'd with scale rr and the weights wv (8 bf16)
  * like the separate ops (w * bf16(x * rr)), stored in the staging layout (bf16, or floats of bf16
  * values in two halves). */
-template <int NT>
+template <int NT, bool XB>
 __device__ __forceinline__ void dk_norm_store(float *f, uint4 wv, float rr, uint4 *xs16, float4 *xlo, float4 *xhi, int c) {
     float w[8];
     bf8(wv, w);
 #pragma unroll
     for (int e = 0; e < 8; e++) f[e] = w[e] * rbf(f[e] * rr);
-    if (DK_XBF) {
+    if (XB) {
         xs16[c] = pack_bf8(f);
     } else {
         xlo[c] = make_float4(rbf(f[0]), rbf(f[1]), rbf(f[2]), rbf(f[3]));
@@ -562,6 +576,8 @@ __device__ __forceinline__ float dk_resid(const DkState &st, int li, const void 
 template <int NT, bool FOLD, bool F8>
 __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, const void *erow, float *smem,
                                         bool sync) {
+    constexpr int U = F8 ? (NT == 384 ? DK_UF384 : DK_UF512) : DK_U; /* loads in flight per lane */
+    constexpr bool XB = DK_XBF || (F8 && DK_F8_XBF);                  /* input staged as bf16 */
     if (sync) dk_arrive<NT>(st); /* first: nothing below is written by this stage */
     const DkGemv g = dk_make(st, li, which, erow, FOLD);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -576,7 +592,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
     if (per < 1) per = 1;
     /* the staged input (values of bf16), read by the products without bank conflicts */
     float4 *xlo = (float4 *)smem, *xhi = xlo + nv;
-    uint4 *xs16 = (uint4 *)smem; /* DK_XBF: the staged input as bf16, chunk c in xs16[c];
+    uint4 *xs16 = (uint4 *)smem; /* XB: the staged input as bf16, chunk c in xs16[c];
                                   * otherwise as floats, chunk c's first four in xlo[c], the rest in xhi[c] */
     float *part = smem + st.kmax;
     float *red = part + DK_PART;
@@ -660,10 +676,10 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
         ++lu;
         return v;
     };
-    float csc[DK_U]; /* F8: the scales of cur's chunks */
+    float csc[U]; /* F8: the scales of cur's chunks */
     auto load = [&](uint4 *v) {
 #pragma unroll
-        for (int q = 0; q < DK_U; q++) {
+        for (int q = 0; q < U; q++) {
             if constexpr (F8) v[q] = load_next8(csc[q]);
             else v[q] = load_next();
         }
@@ -675,9 +691,9 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
     const bool res_pre = g.mode == DK_RES && nr <= per && tid < nr && tid < DK_BAR_T;
     float resv = 0.0f;
     const uint4 *src = (const uint4 *)g.src, *nw = (const uint4 *)g.norm;
-    uint4 cur[DK_U];
+    uint4 cur[U];
     unsigned long long best = 0;
-    /* each row batch: the warp's first DK_U units are loaded, then (first batch only) the
+    /* each row batch: the warp's first U units are loaded, then (first batch only) the
      * barrier is passed and the input staged, then the ring runs */
     for (bool first = true;; first = false) {
         start_batch();
@@ -719,7 +735,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 if (s2) v = dk_add_res(v, d0, d1);
                 if (fast) {
                     vk = v;
-                } else if (DK_XBF) {
+                } else if (XB) {
                     xs16[c] = v;
                 } else {
                     float f[8];
@@ -742,7 +758,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                     if (c >= xc0) {
                         if (fast) {
                             ((uint4 *)g.xout)[c] = vk; /* c == tid */
-                        } else if (DK_XBF) {
+                        } else if (XB) {
                             ((uint4 *)g.xout)[c] = xs16[c];
                         } else {
                             const float4 lo = xlo[c], hi = xhi[c];
@@ -762,7 +778,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 if (tid < nv) {
                     float f[8];
                     bf8(vk, f);
-                    dk_norm_store<NT>(f, tid < DK_BAR_T ? nw0 : __ldg(nw + tid), rr, xs16, xlo, xhi, tid);
+                    dk_norm_store<NT, XB>(f, tid < DK_BAR_T ? nw0 : __ldg(nw + tid), rr, xs16, xlo, xhi, tid);
                 }
             } else if (nw) {
                 ss = block_sum(ss, red);
@@ -770,13 +786,13 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
 #pragma unroll 1
                 for (int c = tid; c < nv; c += DK_THREADS) {
                     float f[8];
-                    if (DK_XBF) {
+                    if (XB) {
                         bf8(xs16[c], f);
                     } else {
                         const float4 lo = xlo[c], hi = xhi[c];
                         f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w, f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
                     }
-                    dk_norm_store<NT>(f, c == tid && tid < DK_BAR_T ? nw0 : __ldg(nw + c), rr, xs16, xlo, xhi, c);
+                    dk_norm_store<NT, XB>(f, c == tid && tid < DK_BAR_T ? nw0 : __ldg(nw + c), rr, xs16, xlo, xhi, c);
                 }
             }
             __syncthreads();
@@ -785,11 +801,11 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
 
         int cgi = cu0 < lend ? cu0 % G : 0; /* group of cur's first unit */
         float acc = 0.0f;                   /* this lane's sum over the current row run */
-        /* a ring of DK_U loads per lane: each slot is refilled with the unit DK_U ahead as soon
-         * as it has been used, so DK_U loads stay in flight */
+        /* a ring of U loads per lane: each slot is refilled with the unit U ahead as soon
+         * as it has been used, so U loads stay in flight */
         while (cu0 < lend) {
 #pragma unroll
-            for (int q = 0; q < DK_U; q++) {
+            for (int q = 0; q < U; q++) {
                 /* no branch around a unit: past the range end or the row's last chunk the loaded
                  * weights are zeros, so the products add nothing (x is read at a valid index) */
                 const int u = cu0 + q, c = cgi * 32 + lane;
@@ -802,7 +818,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
                         float xf[8];
-                        if (DK_XBF) {
+                        if (XB) {
                             bf8(xs16[cx + h], xf);
                         } else {
                             const float4 lo = xlo[cx + h], hi = xhi[cx + h];
@@ -826,7 +842,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 float f[8];
                 bf8(cur[q], f);
                 float4 xa, xb;
-                if (DK_XBF) {
+                if (XB) {
                     float xf[8];
                     bf8(xs16[cx], xf);
                     xa = make_float4(xf[0], xf[1], xf[2], xf[3]);
@@ -837,7 +853,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 }
                 acc += f[0] * xa.x + f[1] * xa.y + f[2] * xa.z + f[3] * xa.w + f[4] * xb.x + f[5] * xb.y +
                        f[6] * xb.z + f[7] * xb.w;
-                cur[q] = load_next(); /* refill before the row end: the loader runs DK_U units ahead */
+                cur[q] = load_next(); /* refill before the row end: the loader runs U units ahead */
                 }
                 /* one warp reduction per row run; the other units of the run hold 0 (warp-uniform:
                  * u and cgi are the same in every lane) */
@@ -849,7 +865,7 @@ __device__ __forceinline__ void dk_gemv(const DkState &st, int li, int which, co
                 if (lane == 0 && u < lend) part[u] = a;
                 if (++cgi == G) cgi = 0;
             }
-            cu0 += DK_U;
+            cu0 += U;
         }
         __syncthreads();
         if (rb0 == r0) dk_stamp(st.prof, li, pb + 2);
