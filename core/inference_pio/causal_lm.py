@@ -99,12 +99,14 @@ class CausalLM(TextModelPluginInterface):
         if not isinstance(text, str):
             raise TypeError(f"tokenize expects str, got {type(text).__name__}")
         ids = list(self.tokenizer.encode(text))
-        template = getattr(getattr(self.tokenizer, "spec", None), "template", (None,))
-        first = template[0] if template else None
-        if first is not None and len(ids) >= 2 and ids[0] == ids[1] == first:
-            # the text starts with the BOS the post-processor adds (a rendered chat template
+        template = tuple(getattr(getattr(self.tokenizer, "spec", None), "template", (None,)))
+        # the ids the post-processor puts before the text (BOS; GLM-4's [gMASK] <sop>)
+        lead = template[: template.index(None)] if None in template else ()
+        n = len(lead)
+        if n and len(ids) >= 2 * n and tuple(ids[n : 2 * n]) == lead == tuple(ids[:n]):
+            # the text starts with what the post-processor adds (a rendered chat template
             # writes it): once, as transformers' apply_chat_template(tokenize=True) gives
-            del ids[0]
+            del ids[:n]
         return ids
 
     def detokenize(self, ids: Sequence[int]) -> str:

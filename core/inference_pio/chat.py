@@ -188,6 +188,10 @@ def _alias_reasoning(message: dict[str, Any]) -> dict[str, Any]:
     return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
 def render_chat(
     template: str,
     messages: Sequence[Mapping[str, Any]],
@@ -227,24 +231,43 @@ def render_chat(
         field_name = (
             continue_final_message if isinstance(continue_final_message, str) else "content"
         )
-        if not chat or not isinstance(chat[-1].get(field_name), str):
+        value = chat[-1].get(field_name) if chat else None
+        # a list of content parts (OpenAI / VL style): the last text part, as transformers
+        block = (
+            next(
+                (
+                    b
+                    for b in reversed(value)
+                    if isinstance(b, dict) and isinstance(b.get("text"), str)
+                ),
+                None,
+            )
+            if isinstance(value, (list, tuple))
+            else None
+        )
+        if not isinstance(value, str) and block is None:
             raise ChatTemplateError(
                 f"continue_final_message: the final message has no {field_name!r} text to continue"
             )
-        final = chat[-1][field_name]
+        final = value if isinstance(value, str) else block["text"]  # type: ignore[index]
         fields = [field_name]
         if field_name in _REASONING_FIELDS:  # copied under several names: tag every copy
-            fields = [f for f in _REASONING_FIELDS if chat[-1].get(f) == final]
+            fields = [f for f in _REASONING_FIELDS if chat[-1].get(f) == value]
         if not any(f in template for f in fields):
             raise ChatTemplateError(
                 f"continue_final_message: the chat template does not read {field_name!r}"
             )
-        for f in fields:
-            chat[-1][f] = chat[-1][f] + _CONTINUE_TAG
-    if tools is not None and not all(isinstance(t, Mapping) for t in tools):
-        raise ChatTemplateError("tools must be JSON-schema dicts")
-    if documents is not None and not all(isinstance(d, Mapping) for d in documents):
-        raise ChatTemplateError("documents must be dicts with 'title' and 'text'")
+        if block is not None:
+            block["text"] = final + _CONTINUE_TAG
+        else:
+            for f in fields:
+                chat[-1][f] = chat[-1][f] + _CONTINUE_TAG
+    if tools is not None and not (_is_list(tools) and all(isinstance(t, Mapping) for t in tools)):
+        raise ChatTemplateError("tools must be a list of JSON-schema dicts")
+    if documents is not None and not (
+        _is_list(documents) and all(isinstance(d, Mapping) for d in documents)
+    ):
+        raise ChatTemplateError("documents must be a list of dicts with 'title' and 'text'")
     extra = {k: v for k, v in (special_tokens or {}).items() if v is not None}
     extra.update(kwargs)
     compiled = compile_template(template)

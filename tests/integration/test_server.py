@@ -153,6 +153,45 @@ def test_stop_strings_and_sampling_options(served: tuple[Any, str]) -> None:
     )
 
 
+def test_vllm_sampling_extensions(served: tuple[Any, str]) -> None:
+    """vLLM's request extensions: stop_token_ids end the output (as in the Python API),
+    top_k -1 means all tokens (vLLM's "off"), the unimplemented ones are refused, and
+    stream_options needs stream (OpenAI and vLLM answer 400)."""
+    model, url = served
+    c = client(url)
+    ids = model.generate("hello", max_new_tokens=8, temperature=0, ignore_eos=True).token_ids
+    got = c.completions.create(
+        model=NAME,
+        prompt="hello",
+        max_tokens=8,
+        temperature=0,
+        extra_body={"ignore_eos": True, "stop_token_ids": [ids[2]]},
+    )
+    want = model.generate(
+        "hello", max_new_tokens=8, temperature=0, ignore_eos=True, stop_token_ids=[ids[2]]
+    )
+    assert got.choices[0].finish_reason == want.finish_reason == "stop"
+    assert got.usage.completion_tokens == len(want.token_ids) == ids.index(ids[2])
+    assert got.choices[0].text == want.text
+    all_tokens = c.completions.create(
+        model=NAME, prompt="hi", max_tokens=4, temperature=0.9, seed=3, extra_body={"top_k": -1}
+    )
+    off = c.completions.create(
+        model=NAME, prompt="hi", max_tokens=4, temperature=0.9, seed=3, extra_body={"top_k": 0}
+    )
+    assert all_tokens.choices[0].text == off.choices[0].text
+    for extra in ({"min_tokens": 2}, {"include_stop_str_in_output": True}, {"stop_token_ids": 3}):
+        with pytest.raises(openai.BadRequestError, match=next(iter(extra))):
+            c.completions.create(model=NAME, prompt="x", max_tokens=2, extra_body=extra)
+    with pytest.raises(openai.BadRequestError, match="stream_options"):
+        c.chat.completions.create(
+            model=NAME,
+            messages=[{"role": "user", "content": "x"}],
+            max_tokens=2,
+            stream_options={"include_usage": True},
+        )
+
+
 def test_bad_requests_get_openai_errors(served: tuple[Any, str]) -> None:
     _, url = served
     c = client(url)
@@ -431,3 +470,24 @@ def test_tokenizing_does_not_block_other_clients(
     finally:
         release.set()
         post.join(60)
+
+
+def test_reasoning_history_and_text_parts_reach_the_template_as_in_vllm() -> None:
+    """An assistant turn's ``reasoning`` (vLLM's field name) is kept like ``reasoning_content``,
+    and several text parts of a message are joined by newlines (vLLM's string content)."""
+    from inference_pio.server import protocol
+
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            },
+            {"role": "assistant", "content": "4", "reasoning": "r"},
+            {"role": "user", "content": "more"},
+        ]
+    }
+    seen: list[Any] = []
+    protocol.chat_request(body, lambda messages, **kw: seen.append(messages) or "x", None)
+    assert seen[0][0]["content"] == "a\nb"
+    assert seen[0][1]["reasoning"] == "r"

@@ -334,3 +334,65 @@ def test_a_rendered_prompt_that_starts_with_bos_gets_it_once(tmp_path: Path) -> 
     plain = CausalLM.tokenize(model, "Hi")  # type: ignore[arg-type]
     assert plain[0] == bos["id"]
     assert CausalLM.tokenize(model, bos["content"] + "Hi") == plain  # type: ignore[arg-type]
+
+
+def test_chat_template_kwargs_that_clash_are_request_errors() -> None:
+    """chat_template_kwargs naming 'messages', or tools / documents that are not lists, are
+    400s naming the field, not TypeErrors (a 500)."""
+    from inference_pio.server import protocol
+
+    def render(messages: Any, **kwargs: Any) -> str:
+        return render_chat(QWEN3_STYLE, messages, **kwargs)
+
+    msgs = [{"role": "user", "content": "hi"}]
+    for extra in ({"messages": msgs}, {"documents": 5}, {"tools": 3}):
+        with pytest.raises(ValueError, match=r"messages|documents|tools"):
+            protocol.chat_request({"messages": msgs, "chat_template_kwargs": extra}, render, None)
+
+
+def test_continue_final_message_with_content_parts_matches_transformers(reference: Any) -> None:
+    """A final message whose content is a list of parts continues its last text part."""
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}"
+        "{{ m.content }}{% else %}{% for c in m.content %}{% if c.type == 'image' %}<img>"
+        "{% elif c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+        "{% endfor %}"
+    )
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "It shows"}]},
+    ]
+    expect = reference.apply_chat_template(
+        messages, chat_template=template, tokenize=False, continue_final_message=True
+    )
+    assert render_chat(template, messages, continue_final_message=True) == expect
+
+
+def test_a_rendered_prompt_that_starts_with_a_two_token_prefix_gets_it_once(tmp_path: Path) -> None:
+    """GLM-4 tokenizers add [gMASK] <sop> and their chat templates write them too: the prompt
+    ids hold them once, as transformers' apply_chat_template(tokenize=True)."""
+    import json
+    from types import SimpleNamespace
+
+    from inference_pio.causal_lm import CausalLM
+
+    d = fx.write_glm4(tmp_path)
+    data = json.loads((d / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in data["added_tokens"]}
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [
+            {"SpecialToken": {"id": "[gMASK]", "type_id": 0}},
+            {"SpecialToken": {"id": "<sop>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+        ],
+        "pair": [],
+        "special_tokens": {
+            k: {"id": k, "ids": [ids[k]], "tokens": [k]} for k in ("[gMASK]", "<sop>")
+        },
+    }
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    model = SimpleNamespace(tokenizer=Tokenizer.from_pretrained(d))
+    plain = CausalLM.tokenize(model, "Hi")  # type: ignore[arg-type]
+    assert plain[:2] == [ids["[gMASK]"], ids["<sop>"]]
+    assert CausalLM.tokenize(model, "[gMASK]<sop>Hi") == plain  # type: ignore[arg-type]

@@ -96,6 +96,8 @@ def test_config_errors_name_the_field() -> None:
         ({"attention_bias": True}, "attention_bias"),
         ({"mlp_bias": True}, "mlp_bias"),
         ({"use_sliding_window": True, "sliding_window": 64}, "sliding-window"),
+        # transformers' Qwen3Config: a window of 4096 when config.json leaves the key out
+        ({"use_sliding_window": True}, "sliding-window"),
         ({"tie_word_embeddings": "false"}, "tie_word_embeddings"),
         ({"head_dim": 16.7}, "head_dim"),
         ({"head_dim": 0}, "head_dim"),

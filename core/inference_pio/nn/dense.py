@@ -207,7 +207,8 @@ def refuse_unsupported(config: Mapping[str, Any], attention_bias: bool = False) 
     types = config.get("layer_types")
     if isinstance(types, list) and "sliding_attention" in types:
         raise CheckpointError("config.json: sliding-window attention is not supported")
-    if config.get("use_sliding_window") and config.get("sliding_window"):
+    # transformers' Qwen3Config: sliding_window defaults to 4096 when config.json leaves it out
+    if config.get("use_sliding_window") and config.get("sliding_window", 4096):
         # as transformers' Qwen3: layers from max_window_layers on slide
         window_from = config.get("max_window_layers", 0)
         layers = config.get("num_hidden_layers", 0)

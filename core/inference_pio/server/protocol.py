@@ -46,7 +46,7 @@ _SAMPLING = {
     "repetition_penalty": "repetition_penalty",
 }
 #: Message fields given to the chat template besides role and content (as JSON came in).
-_PASSED_THROUGH = ("tool_calls", "reasoning_content", "tool_call_id", "name")
+_PASSED_THROUGH = ("tool_calls", "reasoning_content", "reasoning", "tool_call_id", "name")
 #: Message roles (``developer`` is read as ``system``).
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -125,8 +125,24 @@ def _common(
             if isinstance(value, float) and not value.is_integer():
                 raise RequestError(f"{key!r} must be an integer, got {value!r}", key)
             sampling[name] = int(value)
+            if key == "top_k" and value == -1:  # vLLM's (and its clients') "all tokens"
+                sampling[name] = 0
         else:
             sampling[name] = float(value)
+    stop_ids = body.get("stop_token_ids")  # vLLM's extension: ids that end the output
+    if stop_ids is not None:
+        if not isinstance(stop_ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stop_ids
+        ):
+            raise RequestError("'stop_token_ids' must be a list of token ids", "stop_token_ids")
+        sampling["stop_token_ids"] = tuple(stop_ids)
+    # vLLM's extensions that are not implemented: refused rather than silently ignored
+    if body.get("min_tokens"):
+        raise RequestError("'min_tokens' is not supported", "min_tokens")
+    if body.get("include_stop_str_in_output"):
+        raise RequestError(
+            "'include_stop_str_in_output' is not supported", "include_stop_str_in_output"
+        )
     ignore_eos = body.get("ignore_eos")  # vLLM's extension (benchmarks on synthetic weights)
     if ignore_eos is not None:
         if not isinstance(ignore_eos, bool):
@@ -157,6 +173,10 @@ def _common(
     options = body.get("stream_options") or {}
     if not isinstance(options, Mapping):
         raise RequestError("'stream_options' must be an object", "stream_options")
+    if body.get("stream_options") is not None and not stream:  # as OpenAI and vLLM
+        raise RequestError(
+            "'stream_options' is only allowed when 'stream' is true", "stream_options"
+        )
     return sampling, stream, bool(options.get("include_usage", False))
 
 
@@ -280,11 +300,12 @@ def chat_messages(
         elif isinstance(content, str):
             text = content
         elif isinstance(content, list):
-            pieces = []
+            pieces, texts = [], []
             for part in content:
                 kind = part.get("type") if isinstance(part, Mapping) else None
                 if kind == "text" and isinstance(part.get("text"), str):
                     pieces.append(part["text"])
+                    texts.append(part["text"])
                 elif kind == "image_url":
                     if image_placeholder is None:
                         raise RequestError("this model does not take images", "messages")
@@ -292,7 +313,8 @@ def chat_messages(
                     pieces.append(image_placeholder)
                 else:
                     raise RequestError(f"unsupported content part {kind!r}", "messages")
-            text = "".join(pieces)
+            # text parts alone are joined by newlines, as vLLM gives them to a string template
+            text = "".join(pieces) if len(pieces) != len(texts) else "\n".join(pieces)
         else:
             raise RequestError(
                 "a message's content must be a string or a list of parts", "messages"
@@ -437,6 +459,11 @@ def chat_request(
     extra = body.get("chat_template_kwargs") or {}
     if not isinstance(extra, Mapping):
         raise RequestError("'chat_template_kwargs' must be an object", "chat_template_kwargs")
+    if "messages" in extra:
+        raise RequestError(
+            "'chat_template_kwargs' cannot set 'messages' (give them as the request's 'messages')",
+            "chat_template_kwargs",
+        )
     kwargs = dict(extra)
     if tools is not None:
         kwargs["tools"] = tools

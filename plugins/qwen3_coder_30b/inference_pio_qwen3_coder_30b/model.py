@@ -62,6 +62,12 @@ class MoeConfig:
         ):
             raise CheckpointError("config.json: 'mlp_only_layers' must be a list of layer indices")
         inter = count("moe_intermediate_size", config.get("moe_intermediate_size"), 1)
+        # transformers' Qwen3MoeConfig has no max_window_layers: use_sliding_window makes every
+        # layer slide (window default 4096), which this model does not implement
+        if config.get("use_sliding_window") and config.get("sliding_window", 4096) is not None:
+            raise CheckpointError(
+                "config.json: sliding-window attention (use_sliding_window) is not supported"
+            )
         if experts and k > experts:
             raise CheckpointError(
                 f"config.json: num_experts_per_tok {k} exceeds the {experts} experts"
@@ -70,7 +76,7 @@ class MoeConfig:
             num_experts=experts,
             experts_per_token=k,
             moe_intermediate_size=inter,
-            norm_topk_prob=bool(config.get("norm_topk_prob", False)),
+            norm_topk_prob=dense.config_bool(config, "norm_topk_prob", False),
             decoder_sparse_step=step,
             mlp_only_layers=frozenset(only),
         )

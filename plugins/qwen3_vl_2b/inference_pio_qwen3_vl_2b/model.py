@@ -20,6 +20,7 @@ three equal position axes is plain RoPE), CUDA graph decode included. A prompt w
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -332,7 +333,8 @@ def build(
 
 def load(path: Path, **options: Any) -> Qwen3VL:
     """Loads a Qwen3VLForConditionalGeneration checkpoint directory (options: device, dtype,
-    quantization: ``"fp8"`` quantizes the text model's projections at load)."""
+    quantization: ``"fp8"`` quantizes the text model's projections at load; ``min_pixels`` /
+    ``max_pixels`` override ``preprocessor_config.json``'s image size bounds)."""
     device = Device.parse(options.get("device", "cpu"))
     checkpoint = Checkpoint.open(
         path,
@@ -342,5 +344,15 @@ def load(path: Path, **options: Any) -> Qwen3VL:
     cfg = VLConfig.from_hf(checkpoint.config)
     setup = text_setup(checkpoint)  # its errors before the weights are read
     processor = ProcessorConfig.from_file(Path(path) / "preprocessor_config.json")
+    bounds = {k: options[k] for k in ("min_pixels", "max_pixels") if options.get(k) is not None}
+    for key, value in bounds.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a positive pixel count, got {value!r}")
+    if bounds:  # as transformers' processor kwargs / vLLM's --mm-processor-kwargs
+        processor = dataclasses.replace(processor, **bounds)
+        if processor.min_pixels > processor.max_pixels:
+            raise ValueError(
+                f"min_pixels {processor.min_pixels} is above max_pixels {processor.max_pixels}"
+            )
     model = build(checkpoint.weights, cfg, device, options.get("dtype"))
     return Qwen3VL(options.get("name", MODEL_NAME), checkpoint, model, processor, setup)

@@ -156,11 +156,7 @@ def open_image(source: ImageSource | Tensor) -> Any:
         h, w, _ = source.shape
         return Image.frombytes("RGB", (w, h), source.to("cpu").tobytes())
     if isinstance(source, Image.Image):
-        # transformers' convert_to_rgb for images given as objects: transparency onto white
-        if "A" in source.getbands() or source.info.get("transparency") is not None:
-            white = Image.new("RGBA", source.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, source.convert("RGBA")).convert("RGB")
-        return source.convert("RGB")
+        return _convert_to_rgb(source)
     else:
         try:
             if isinstance(source, (bytes, bytearray)):
@@ -180,6 +176,19 @@ def open_image(source: ImageSource | Tensor) -> Any:
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             name = str(source) if isinstance(source, (str, Path)) else f"{len(source)} bytes"
             raise ValueError(f"cannot decode image {name}: {exc}") from None
+    # load_image's RGB conversion keeps a transparent colour key (palette, RGB or grayscale
+    # PNG/GIF with tRNS) in ``info``: the processor's convert_to_rgb then paints it white
+    return _convert_to_rgb(image.convert("RGB"))
+
+
+def _convert_to_rgb(image: Any) -> Any:
+    """transformers' ``convert_to_rgb``: transparency (an alpha band or a transparent colour)
+    composited onto white."""
+    from PIL import Image
+
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
 
 

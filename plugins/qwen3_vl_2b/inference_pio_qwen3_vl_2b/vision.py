@@ -177,15 +177,17 @@ class VisionTower:
             linear(p + "merger.linear_fc2"),
             post_shuffle=False,
         )
-        self.deepstack = {
-            block: _Merger(
-                norm(f"{p}deepstack_merger_list.{j}.norm"),
-                linear(f"{p}deepstack_merger_list.{j}.linear_fc1"),
-                linear(f"{p}deepstack_merger_list.{j}.linear_fc2"),
-                post_shuffle=True,
-            )
-            for j, block in enumerate(cfg.deepstack_visual_indexes)
-        }
+        # a block listed twice taps once, through the merger of its first listing
+        # (transformers: ``deepstack_visual_indexes.index(block)``)
+        self.deepstack: dict[int, _Merger] = {}
+        for j, block in enumerate(cfg.deepstack_visual_indexes):
+            if block not in self.deepstack:
+                self.deepstack[block] = _Merger(
+                    norm(f"{p}deepstack_merger_list.{j}.norm"),
+                    linear(f"{p}deepstack_merger_list.{j}.linear_fc1"),
+                    linear(f"{p}deepstack_merger_list.{j}.linear_fc2"),
+                    post_shuffle=True,
+                )
 
     def __call__(self, images: Sequence[PreparedImage]) -> VisionOutput:
         """Encodes ``images``; the rows of each image follow the merge-block patch order."""

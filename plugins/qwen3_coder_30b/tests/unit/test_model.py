@@ -122,3 +122,17 @@ def test_decode_bytes_count_the_experts_a_token_reads(tmp_path: Path) -> None:
     per_layer_moe = (e * h + k * 3 * i * h) * 4
     head = 512 * h * 4 + h * 4 + h * 4  # LM head, final norm, one embedding row
     assert m.decode_bytes_per_token(0) == 2 * (per_layer_attn + per_layer_moe) + head
+
+
+@pytest.mark.parametrize("window", [{"sliding_window": 4096}, {}])
+def test_sliding_window_is_refused_whatever_max_window_layers_says(
+    window: dict[str, int],
+) -> None:
+    """transformers' Qwen3MoeConfig has no max_window_layers: use_sliding_window makes every
+    layer slide (window 4096 when config.json gives none), so the real config (max_window_layers
+    48 = num_hidden_layers) with the flag on must not load as full attention."""
+    cfg = {k: v for k, v in real_config().items() if k != "sliding_window"}
+    cfg.update(use_sliding_window=True, **window)
+    assert cfg["max_window_layers"] == cfg["num_hidden_layers"]
+    with pytest.raises(CheckpointError, match="sliding-window"):
+        weight_shapes(cfg)

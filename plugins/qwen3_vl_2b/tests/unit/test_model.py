@@ -366,3 +366,20 @@ def test_fp8_quantized_at_load_matches_transformers(tmp_path: Path) -> None:
     assert rel_error(logits, rows[0]) < TOL["float32"]
     result = ours.generate(ids, images=[source], max_new_tokens=6, temperature=0, ignore_eos=True)
     assert result.token_ids == want
+
+
+def test_a_deepstack_block_listed_twice_taps_once_as_in_transformers(tmp_path: Path) -> None:
+    """deepstack_visual_indexes [0, 2, 2]: transformers taps block 2 once, through the merger
+    of its first listing (``list.index``)."""
+    from inference_pio.testing.torch_bridge import to_torch
+    from inference_pio_qwen3_vl_2b.testing import hf_images
+
+    ref, ours = loaded(tmp_path, vision={"deepstack_visual_indexes": [0, 2, 2]})
+    images = [prepare_image(random_image(70, 100, 1), SMALL_IMAGES)]
+    inputs = hf_images(ref, images)
+    with torch.no_grad():
+        want = ref.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    got = ours.vl.vision(images)
+    assert len(got.deepstack) == len(want.deepstack_features) == 2
+    for a, b in zip(got.deepstack, want.deepstack_features, strict=True):
+        assert rel_error(to_torch(a).float(), b) < TOL["float32"]

@@ -183,3 +183,35 @@ def test_a_decompression_bomb_is_a_clear_error(tmp_path: Path) -> None:
             load_image(path)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+@pytest.mark.parametrize("mode", ["P", "RGB", "L"])
+def test_a_transparent_colour_in_a_file_is_white_as_in_transformers(
+    mode: str, tmp_path: Path
+) -> None:
+    """A PNG with a transparent colour (tRNS): transformers' processor given the file
+    (load_image, then convert_to_rgb) paints that colour white."""
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (0, 0, 0))
+    image.paste((200, 40, 10), (16, 16, 48, 48))
+    key: object = (0, 0, 0)
+    if mode == "P":
+        image = image.quantize(2)
+        key = image.getpixel((0, 0))
+    elif mode == "L":
+        image, key = image.convert("L"), 0
+    path = tmp_path / "key.png"
+    image.save(path, transparency=key)
+    proc = transformers.Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256},
+        patch_size=16, temporal_patch_size=2, merge_size=2,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+    want = proc(images=[str(path)], return_tensors="pt")["pixel_values"]
+    config = ProcessorConfig(min_pixels=32 * 32, max_pixels=256 * 256)
+    for source in (path, path.read_bytes()):
+        got = to_torch(prepare_image(source, config).patches)
+        assert float((got - want.float()).abs().max()) < 1e-6
+        assert to_torch(load_image(source))[0, 0].tolist() == [255, 255, 255]
