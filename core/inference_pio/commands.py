@@ -64,8 +64,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="quantize the projections of an unquantized checkpoint as they load: fp8 = float8 "
         "e4m3 with a scale per 128x128 block, half the bytes of bf16 (attention and MLP of the "
-        "Qwen3 models, experts of the mixture-of-experts ones; layers on the CPU). FP8 "
-        "checkpoints (Qwen's -FP8 repos) need no flag",
+        "Qwen3 models, experts of the mixture-of-experts ones; on a GPU the dense Qwen3 models "
+        "only, whose fused CUDA step reads FP8). FP8 checkpoints (Qwen's -FP8 repos) need no flag",
     )
     p.add_argument(
         "--threads",

@@ -351,14 +351,16 @@ def new_grammar(params: SamplingParams, tokenizer: Any, eos_ids: Iterable[int]) 
 
 
 def check_context(model: ForwardModel, prompt_len: int, params: SamplingParams) -> int:
-    """Cache capacity for a request; raises ValueError when the prompt does not fit."""
+    """Cache capacity for a request; raises ValueError when the prompt does not fit. A request
+    stops at prompt + output = the model's context (vLLM's max_model_len rule): the last token
+    needs no cache slot, so the cache holds at most context - 1 tokens."""
     if prompt_len == 0:
         raise ValueError("the prompt is empty (no tokens)")
     if prompt_len >= model.max_context:
         raise ValueError(
             f"prompt has {prompt_len} tokens; the model's context is {model.max_context} tokens"
         )
-    return min(model.max_context, prompt_len + params.max_new_tokens)
+    return min(model.max_context - 1, prompt_len + params.max_new_tokens)
 
 
 class PrefixCache:

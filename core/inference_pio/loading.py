@@ -109,10 +109,14 @@ def load_model(
                 f"model {spec.name!r} cannot be quantized to {quantization} at load "
                 f"(models that can: {', '.join(able) or 'none'}); its FP8 checkpoints load as is"
             )
-        if not str(device).startswith("cpu") and gpu_layers is None:
+        on_gpu = not str(device).startswith("cpu") and gpu_layers is None
+        if on_gpu and quantization not in spec.gpu_quantizations:
+            able = [s.name for s in host.registry if quantization in s.gpu_quantizations]
             raise ValueError(
-                f"quantization={quantization!r} applies to layers on the CPU (the CUDA decode "
-                "steps take bf16 weights); use it with --device cpu or --gpu-layers"
+                f"model {spec.name!r} keeps bf16 weights on a GPU (its CUDA decode steps take "
+                f"them), so quantization={quantization!r} applies to its layers on the CPU only: "
+                "use it with --device cpu or --gpu-layers; models that keep "
+                f"{quantization} on a GPU: {', '.join(able) or 'none'}"
             )
         options["quantization"] = quantization
     placed: Any = device
@@ -131,8 +135,9 @@ def load_model(
 
 def _tensor_info(weights: Any) -> dict[str, tuple[Any, int]]:
     """Dtype and bytes of each weight as the model holds it, from the headers: an FP8
-    checkpoint's float8 weights at their dequantized dtype and size (a GPU layer holds them so)
-    without dequantizing them (``weights.items()`` would, every one, on the host)."""
+    checkpoint's float8 weights at their dequantized dtype and size (a GPU layer of a layout
+    other than the dense one holds them so; the dense one keeps FP8, so the split is then
+    conservative) without dequantizing them (``weights.items()`` would, every one, on the host)."""
     from inference_pio.dtypes import DType
     from inference_pio.quantization import Fp8Weights
 

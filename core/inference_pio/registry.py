@@ -38,6 +38,10 @@ class ModelSpec:
     #: ``"fp8"`` for models whose projections are built by ``nn.dense.build`` from a checkpoint
     #: opened with ``Checkpoint.open(..., quantization=options.get("quantization"))``.
     quantizations: tuple[str, ...] = ()
+    #: Those of ``quantizations`` the model keeps on a CUDA device (quantizing for layers that a
+    #: GPU would hold dequantized is refused): ``"fp8"`` for the dense layout of
+    #: ``nn.dense.build`` without an ``mlp`` factory, whose fused CUDA decode step reads FP8.
+    gpu_quantizations: tuple[str, ...] = ()
     #: Filled in by the registry: the distribution that registered the spec.
     plugin: str = field(default="", compare=False)
 
@@ -55,8 +59,17 @@ class ModelSpec:
                 f"(known: {', '.join(sorted(PARSERS))})"
             )
         # Accept lists from plugin authors; store tuples so specs stay hashable.
-        for attr in ("architectures", "model_types", "aliases", "quantizations"):
+        for attr in (
+            "architectures",
+            "model_types",
+            "aliases",
+            "quantizations",
+            "gpu_quantizations",
+        ):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
+        extra = set(self.gpu_quantizations) - set(self.quantizations)
+        if extra:
+            raise ValueError(f"{self.name}: gpu_quantizations {sorted(extra)} not in quantizations")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (used by ``inference-pio models --json``)."""

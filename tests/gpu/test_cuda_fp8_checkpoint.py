@@ -117,3 +117,15 @@ def test_fp8_checkpoint_split_between_cpu_and_gpu(fp8_64: Path) -> None:
     want = cpu.generate(ids, max_new_tokens=12, temperature=0.0, ignore_eos=True).token_ids
     got = split.generate(ids, max_new_tokens=12, temperature=0.0, ignore_eos=True).token_ids
     assert got == want
+
+
+def test_quantize_at_load_on_cuda(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """-q fp8 on a GPU (a dense model lists it in gpu_quantizations): the projections are
+    quantized on the host as they load and decode through the fused step as FP8, with the
+    tokens of the same quantization on the CPU."""
+    src = tmp_path_factory.mktemp("bf16_q")
+    save_reference(src, "Qwen3ForCausalLM", TINY, "bfloat16", seed=6, logit_scale=8.0)
+    gpu, cpu = _load(src, device="cuda:0", quantization="fp8"), _load(src, quantization="fp8")
+    assert gpu.model.layers[0].mlp.gate.quantized
+    _same_tokens_as_cpu(gpu, cpu)
+    assert vars(gpu.model)["_cuda_graph_decoder"].fused

@@ -30,6 +30,7 @@ SPEC = ModelSpec(
     # Quantizations load_model(quantization=...) may ask for: "fp8" quantizes the projections
     # nn.dense.build makes (model.py passes the option to Checkpoint.open).
     quantizations=("fp8",),
+    gpu_quantizations=("fp8",),
 )
 
 

@@ -29,6 +29,7 @@ SPEC = ModelSpec(
     description="Qwen3 0.6B dense decoder (hybrid thinking)",
     tool_call_format="hermes",
     quantizations=("fp8",),
+    gpu_quantizations=("fp8",),
 )
 
 

@@ -34,6 +34,7 @@ SPEC = ModelSpec(
     description="Qwen3 4B instruct (2507), non-thinking dense decoder",
     tool_call_format="hermes",
     quantizations=("fp8",),
+    gpu_quantizations=("fp8",),
 )
 
 

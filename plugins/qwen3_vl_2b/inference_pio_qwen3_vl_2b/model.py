@@ -218,6 +218,11 @@ class Qwen3VL(CausalLM):
         images: Sequence[ImageSource | Tensor] | None = None,
         **sampling: Any,
     ) -> Iterator[str]:
+        if on_finish is not None and not callable(on_finish):  # stream(prompt, [image]): a slip
+            raise TypeError(
+                "stream(prompt, on_finish=None, images=None, ...): on_finish must be callable; "
+                "pass the images as images=[...]"
+            )
         images = image_list(images)
         if not images:
             self.refuse_stray_image_pads(prompt)

@@ -22,6 +22,7 @@ SPEC = ModelSpec(
     description="Qwen3-VL 2B instruct: vision tower with DeepStack + Qwen3 text decoder with MRoPE",
     tool_call_format="hermes",
     quantizations=("fp8",),
+    gpu_quantizations=("fp8",),
 )
 
 

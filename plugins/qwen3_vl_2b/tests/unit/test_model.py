@@ -121,6 +121,8 @@ def test_stream_and_batch_with_images_agree(pair: tuple[Any, Qwen3VL, str]) -> N
     )
     assert batch[1].text == text
     assert batch[0].token_ids == ours.generate([7, 8, 9], **options).token_ids
+    with pytest.raises(TypeError, match="images="):  # stream's second argument is on_finish
+        ours.stream(prompt, [image], **options)  # type: ignore[arg-type]
 
 
 def test_tied_embeddings_and_single_tap(tmp_path: Path) -> None:
