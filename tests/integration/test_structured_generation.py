@@ -502,3 +502,31 @@ def test_any_path_through_an_xml_grammar_parses_into_valid_arguments(
             assert set(args["guest"]) == {"age"}
             assert 0 <= args["guest"]["age"] <= 99
     assert done >= 6
+
+
+def test_an_llguidance_without_several_eos_ids_ends_on_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llguidance before 1.7 takes one EOS id (a list is a TypeError): the tokenizer is then
+    built with the first, and a grammar still ends on it."""
+    import llguidance as llg
+
+    from inference_pio.structured import vocab
+    from inference_pio.synthetic.qwen_vocab import write_byte_tokenizer
+    from inference_pio.tokenizer import Tokenizer
+
+    real = llg.LLTokenizer
+    seen: list[Any] = []
+
+    def old_style(wrapper: Any, eos_token: Any = None, **kw: Any) -> Any:
+        seen.append(eos_token)
+        if isinstance(eos_token, list):
+            raise TypeError("'list' object cannot be interpreted as an integer")
+        return real(wrapper, eos_token=eos_token, **kw)
+
+    monkeypatch.setattr(llg, "LLTokenizer", old_style)
+    write_byte_tokenizer(tmp_path, [("<eos>", True), ("<end>", True)], 256, None)
+    tokenizer = Tokenizer.from_pretrained(tmp_path)
+    ll = vocab.ll_tokenizer(tokenizer, [257, 256])
+    assert seen == [[257, 256], 257]
+    assert ll.eos_token == 257

@@ -61,7 +61,12 @@ def ll_tokenizer(tokenizer: Any, eos_ids: Sequence[int]) -> Any:
             bad = [i for i in eos if not 0 <= i < len(source.tokens)]
             if bad:
                 raise ValueError(f"EOS id {bad[0]} is outside the tokenizer's vocabulary")
-            found = per[eos] = llg.LLTokenizer(llg.TokenizerWrapper(source), eos_token=list(eos))
+            wrapper = llg.TokenizerWrapper(source)
+            try:
+                found = llg.LLTokenizer(wrapper, eos_token=list(eos))
+            except TypeError:  # llguidance before 1.7 takes one EOS id: the grammar ends on it
+                found = llg.LLTokenizer(wrapper, eos_token=eos[0])
+            per[eos] = found
     return found
 
 
