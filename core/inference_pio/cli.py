@@ -31,7 +31,7 @@ environment:
   INFERENCE_PIO_LIB              path to a different build of libtensor_ops.so
   INFERENCE_PIO_NUM_THREADS      default CPU thread count (else the physical cores)
   INFERENCE_PIO_CACHE            where synthetic:NAME checkpoints are built (else
-                                 ~/.cache/inference-pio)
+                                 $XDG_CACHE_HOME/inference-pio or ~/.cache/inference-pio)
   INFERENCE_PIO_DECODE_PLAN      0 = no recorded batch-1 CPU decode steps (debugging)
   INFERENCE_PIO_CUDA_FUSED_DECODE  0 = batch-1 CUDA decode as the multi-kernel CUDA graph
                                  (default: one fused kernel per token where the model allows it)
@@ -41,6 +41,14 @@ environment:
   INFERENCE_PIO_CUDA_BATCH_GRAPH 0 = batched CUDA decode call by call (no captured graphs)
   INFERENCE_PIO_CUDA_MOE_STEP    0 = the MoE MLP as five kernels instead of one launch
   INFERENCE_PIO_CUDA_PDL         0 = no programmatic dependent launch between CUDA kernels
+  INFERENCE_PIO_CUDA_DEVICE_SAMPLING  0 = CUDA logits rows are sampled on the host
+  INFERENCE_PIO_CUDA_BATCH_ATTENTION  0 = batched CUDA decode attention as two calls per sequence
+  INFERENCE_PIO_CUDA_GEMV_MMA1   0 = single-row bf16 GEMVs on the scalar kernel, not tensor cores
+  INFERENCE_PIO_CUDA_GEMV_MMA_NORM  0 = normalised q/k/v GEMV rows on the scalar kernel
+  INFERENCE_PIO_CUDA_FLASH_WGMMA 0 = Hopper prefill attention on the mma.sync kernel, not wgmma
+  INFERENCE_PIO_CUBLAS           path or name of the cuBLAS library to load; 0 = no cuBLAS
+                                 (bf16 GEMMs on the library's own WMMA kernel)
+  INFERENCE_PIO_CUBLASLT         0 = cublasGemmEx on every call instead of cached cuBLASLt plans
 """
 
 

@@ -438,33 +438,45 @@ def stream_generate(
         state.cached_tokens = reused
     else:
         state.cache = model.new_cache(capacity)
-    if prefill is not None:
-        logits = prefill(state.cache)
-    else:
-        (logits,) = model.forward([(prompt[reused:], state.cache)])
-    state.prefill_done_at = time.perf_counter()
-    spec_stats = None
-    if speculative is not None:
-        from inference_pio import speculative as spec
+    keep = prefix_cache is not None and prefill is None
+    try:
+        if prefill is not None:
+            logits = prefill(state.cache)
+        else:
+            (logits,) = model.forward([(prompt[reused:], state.cache)])
+        state.prefill_done_at = time.perf_counter()
+        spec_stats = None
+        if speculative is not None:
+            from inference_pio import speculative as spec
 
-        if spec.can_speculate(model, state.cache):
-            spec_stats = spec.SpeculationStats()
-            yield from spec.speculative_decode(
-                model, state, capacity, logits, speculative, spec_stats
-            )
-    while spec_stats is None:
-        piece = state.accept(logits)
-        if piece:
-            yield piece
-        if state.finished or state.cache.length >= capacity:
-            if not state.finished:
-                state.finish_reason = "length"
-                tail = state.stops.push(state.detok.flush()) + state.stops.flush()
-                if tail:
-                    yield state.with_logprobs(tail)
-            break
-        (logits,) = model.forward([([state.generated[-1]], state.cache)])
-    if prefix_cache is not None and prefill is None:
+            if spec.can_speculate(model, state.cache):
+                spec_stats = spec.SpeculationStats()
+                yield from spec.speculative_decode(
+                    model, state, capacity, logits, speculative, spec_stats
+                )
+        while spec_stats is None:
+            piece = state.accept(logits)
+            if piece:
+                yield piece
+            if state.finished or state.cache.length >= capacity:
+                if not state.finished:
+                    state.finish_reason = "length"
+                    tail = state.stops.push(state.detok.flush()) + state.stops.flush()
+                    if tail:
+                        yield state.with_logprobs(tail)
+                break
+            (logits,) = model.forward([([state.generated[-1]], state.cache)])
+    except BaseException as exc:
+        # a stream closed early (a client gone, Ctrl-C in chat) stopped at a yield: its cache
+        # holds exactly its first cache.length tokens. So does a cache indexed by position
+        # after a forward call that raised (the length moves once a call is done); a recurrent
+        # state such a call may have advanced is not kept.
+        if keep and (isinstance(exc, GeneratorExit) or PrefixCache._rewindable(state.cache)):
+            assert prefix_cache is not None
+            prefix_cache.put((prompt + state.generated)[: state.cache.length], state.cache)
+        raise
+    if keep:
+        assert prefix_cache is not None
         held = prompt + state.generated
         prefix_cache.put(held[: state.cache.length], state.cache)
     if on_finish is not None:

@@ -91,7 +91,7 @@ class SpeculativeConfig:
         elif isinstance(value, str):
             base = {"method": value}
         elif isinstance(value, Mapping):
-            base = dict(value)
+            base = {k: v for k, v in value.items() if v is not None}  # None: the default
             unknown = set(base) - {"method", *OPTION_NAMES[1:]}
             if unknown:
                 raise ValueError(

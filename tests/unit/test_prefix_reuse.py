@@ -82,3 +82,25 @@ def test_a_recurrent_state_is_reused_only_when_extended(tmp_path: Path) -> None:
     reply = _greedy(reusing, first, 4)
     extended = first + reply + [3, 4]
     assert _greedy(reusing, extended) == _greedy(fresh, extended)
+
+
+@pytest.mark.parametrize("speculative", [None, "ngram"])
+def test_a_stream_stopped_early_keeps_its_prefix(checkpoint: Path, speculative: Any) -> None:
+    """A reply the reader stops (Ctrl-C in ``inference-pio chat``, a client gone) leaves its
+    cache for the next turn, which then prefills only its new tokens."""
+    fresh, reusing = qwen3.load(checkpoint), qwen3.load(checkpoint)
+    reusing.reuse_prefixes()
+    first = list(range(40, 90)) * 2
+    spec = {} if speculative is None else {"speculative": speculative}
+    opts = {"max_new_tokens": 30, "temperature": 0, "ignore_eos": True, **spec}
+    results: list[Any] = []
+    stream = reusing.stream(first, on_finish=results.append, **opts)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()  # type: ignore[attr-defined]
+    assert not results  # it did not finish
+    nxt = [*first, 5, 6, 7]
+    got = reusing.generate(nxt, max_new_tokens=8, temperature=0, ignore_eos=True)
+    assert got.cached_tokens >= len(first)
+    assert got.token_ids == _greedy(fresh, nxt)

@@ -107,6 +107,11 @@ def test_options_come_out_of_generate_keywords() -> None:
     vllm_style = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4}
     assert pop_options({"speculative": vllm_style}) == SpeculativeConfig(num_speculative_tokens=5)
     assert pop_options({}) is None
+    # vLLM leaves unset fields None: they take the defaults, as None keywords do
+    with_none = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": None}
+    assert pop_options({"speculative": with_none}) == SpeculativeConfig(num_speculative_tokens=3)
+    with_none = {"method": "ngram", "prompt_lookup_max": None, "prompt_lookup_min": 3}
+    assert pop_options({"speculative": with_none}) == SpeculativeConfig(prompt_lookup_min=3)
     given = SpeculativeConfig(num_speculative_tokens=7)
     assert pop_options({"speculative": given}) is given
 

@@ -12,7 +12,7 @@ from inference_pio.plugins import PluginHost
 from inference_pio.registry import import_reference
 from inference_pio.testing.tiny import tiny_qwen3_config
 from inference_pio_my_model import MODEL_NAME, plugin
-from inference_pio_my_model.config import real_config
+from inference_pio_my_model.config import HF_REPO, real_config
 
 #: A tiny random checkpoint of the same layout (the tests build it with transformers).
 # (the core test helper's sizes suit any Llama-style decoder)
@@ -33,7 +33,7 @@ def make_host() -> PluginHost:
 
 def test_registers_its_model() -> None:
     spec = make_host().registry.get(MODEL_NAME)
-    assert spec.hf_repo == "example-org/My-Model"
+    assert spec.hf_repo == HF_REPO
     assert spec.plugin == "inference-pio-my-model"
 
 
