@@ -196,11 +196,15 @@ class Tensor:
         if dt in _STRUCT_CODE:
             try:
                 raw = struct.pack(f"<{len(flat)}{_STRUCT_CODE[dt]}", *flat)
-            except struct.error as exc:
+            except (struct.error, OverflowError) as exc:  # 1e39 into float32, 10**400
                 raise ValueError(f"value out of range for {dt.name}: {exc}") from exc
             ctypes.memmove(t.data_ptr, raw, len(raw))
         elif dt in (DType.bfloat16, DType.float16):
-            src = cls.from_list([float(v) for v in flat], DType.float32)
+            try:
+                values = [float(v) for v in flat]
+            except OverflowError as exc:  # an int past float's range
+                raise ValueError(f"value out of range for {dt.name}: {exc}") from exc
+            src = cls.from_list(values, DType.float32)
             check(lib().to_cast(src.data_ptr, DType.float32, t.data_ptr, dt, len(flat)), "to_cast")
         else:
             raise TypeError(f"Tensor.from_list does not support {dt.name}")
@@ -371,6 +375,8 @@ class Tensor:
         """View with two dimensions swapped."""
         order = list(range(self.ndim))
         a, b = self._dim(dim0), self._dim(dim1)
+        if self.ndim == 0:  # dims 0 / -1 of a scalar: itself (torch)
+            return self
         order[a], order[b] = order[b], order[a]
         return self.permute(*order)
 

@@ -68,3 +68,30 @@ def test_key_slices_per_row(rows: int, capacity: int, want: int) -> None:
     little = ws.narrow(0, 0, rows * 32 * 130)  # room for one slice per row
     small = KVTable(0, 0, 0, 0, capacity, DType.bfloat16, little, True, sms=132)
     assert small.splits(rows, 32, 8, 128) == 1
+
+
+def test_fp8_blocks_other_than_128_take_the_batch_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """linear_fp8's GEMV (up to 16 rows) reads any block with block_k % 16 == 0, so the batch
+    graphs take such FP8 models (docs/quantization.md); only the fused batch-1 step needs 128 x
+    128 blocks."""
+    from inference_pio.nn import cuda_graph
+    from inference_pio.testing.fp8 import write_fp8_checkpoint
+
+    load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
+
+    save_reference(tmp_path / "bf16", "Qwen3ForCausalLM", CONFIG, "bfloat16", seed=2)
+    for block in ((64, 64), (128, 128)):
+        out = tmp_path / f"fp8_{block[0]}"
+        write_fp8_checkpoint(tmp_path / "bf16", out, block=block)
+        m = load(out, device="cpu").model  # FP8 projections kept (aligned copies)
+        assert m.layers[0].mlp.down.block == block
+        for layer in m.layers:  # fresh (aligned) copies, as on a GPU; the CPU maps the file
+            at, mlp = layer.attention, layer.mlp
+            for lin in (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate, mlp.up, mlp.down):
+                lin.weight, lin.scale = lin.weight.clone(), lin.scale.clone()
+        monkeypatch.setattr(m, "device", type(m.device).parse("cuda:0"))
+        assert cuda_batch_graph.unsupported_reason(m, 8) is None
+        fused = cuda_graph.fused_unsupported_reason(m)
+        assert (fused is not None and "128 x 128" in fused) == (block != (128, 128))

@@ -83,3 +83,45 @@ def test_private_scratch_swaps_and_restores_the_threads_buffers() -> None:
     assert set(own.values()) == {inside, big}
     assert be.scratch("capture.test", (2, 3), DType.float32) is before
     assert be.scratch("capture.big", (64, 3), DType.float32) is not big  # no scope outside
+
+
+def test_a_failed_capture_after_a_failed_fused_fp8_step_is_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An FP8 model whose fused step could not be created falls back to the captured step; when
+    that fails too, later requests decode op by op at once (as for any model), not after another
+    capture attempt each (a new cache, a warm-up step and a capture)."""
+    import warnings
+
+    from inference_pio.errors import NativeError
+    from inference_pio.nn import cuda_graph
+
+    calls = {"fused": 0, "capture": 0}
+
+    def fused_fails(model: Any, cap: int) -> None:
+        calls["fused"] += 1
+        raise NativeError(3, "toc_decoder_create: out of memory")
+
+    def capture_fails(model: Any, cap: int) -> None:
+        calls["capture"] += 1
+        raise NativeError(1, "capture failed")
+
+    monkeypatch.setattr(
+        cuda_graph, "unsupported_reason", lambda m, fp8_ok=False: None if fp8_ok else "FP8"
+    )
+    monkeypatch.setattr(cuda_graph, "has_fp8", lambda m: True)
+    monkeypatch.setattr(cuda_graph, "fused_unsupported_reason", lambda m: None)
+    monkeypatch.setattr(cuda_graph, "_fused_enabled", lambda: True)
+    monkeypatch.setattr(cuda_graph, "CudaGraphDecoder", fused_fails)
+    monkeypatch.setattr(cuda_capture, "unsupported_reason", lambda m: None)
+    monkeypatch.setattr(cuda_capture, "CapturedStepDecoder", capture_fails)
+
+    class Model:
+        max_context = 4096
+
+    m = Model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            assert cuda_graph._runner(m, 100) is None  # type: ignore[arg-type]
+    assert calls == {"fused": 1, "capture": 1}

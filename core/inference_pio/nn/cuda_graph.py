@@ -120,8 +120,10 @@ def unsupported_reason(model: Any, fp8_ok: bool = False) -> str | None:
             if lin.quantized:
                 if not fp8_ok:
                     return "FP8 weights (only the fused step reads them)"
-                if lin.block != (128, 128) or lin.bias is not None or lin.in_features % 16:
-                    return "FP8 weights need 128 x 128 blocks, no bias, in_features % 16 == 0"
+                # what linear_fp8's GEMV reads without its scratch (the batch graphs); the
+                # fused step needs 128 x 128 blocks too (fused_unsupported_reason)
+                if lin.block[1] % 16 or lin.bias is not None or lin.in_features % 16:
+                    return "FP8 weights need no bias, in_features and block_k % 16 == 0"
                 if lin.weight.data_ptr % 16 or lin.scale is None or lin.scale.data_ptr % 4:
                     return "FP8 weights must be 16-byte aligned"
             elif lin.weight.dtype != DType.bfloat16 or lin.bias is not None or lin.in_features % 8:
@@ -229,6 +231,8 @@ def fused_unsupported_reason(model: Any) -> str | None:
             projs = [at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate, mlp.up, mlp.down]
             if not all(p.quantized for p in projs):
                 return "FP8 and bf16 projections mixed (every projection must be FP8)"
+            if any(p.block != (128, 128) for p in projs):
+                return "FP8 weights need 128 x 128 blocks"
     a0 = model.layers[0].attention
     if a0.nh // a0.nkv > 8:
         return "more than 8 query heads per kv head"
@@ -1005,8 +1009,14 @@ def _runner(model: DecoderModel, capacity: int) -> GraphStepRunner | None:
     steps then run op by op; a failed capture warns once)."""
     from inference_pio.nn import cuda_capture
 
+    fp8 = has_fp8(model)
+    # an FP8 model whose fused step failed once is captured like an unknown model (and a failed
+    # capture is then remembered for it too)
     known = unsupported_reason(model) is None or (
-        has_fp8(model) and _fused_enabled() and fused_unsupported_reason(model) is None
+        fp8
+        and _fused_enabled()
+        and "_cuda_fused_failed" not in vars(model)
+        and fused_unsupported_reason(model) is None
     )
     if not known and (
         cuda_capture.unsupported_reason(model) is not None or "_cuda_capture_failed" in vars(model)
@@ -1016,7 +1026,7 @@ def _runner(model: DecoderModel, capacity: int) -> GraphStepRunner | None:
     if r is None or r.capacity < capacity:
         cap = min(model.max_context, max(capacity, 1 << max(0, (capacity - 1).bit_length()), 1024))
         vars(model)["_cuda_graph_decoder"] = None  # frees the old graph and cache first
-        if known and has_fp8(model) and "_cuda_fused_failed" not in vars(model):
+        if known and fp8:
             try:
                 r = CudaGraphDecoder(model, cap)
             except (NativeError, ValueError) as exc:  # the fused FP8 step could not be set up
@@ -1027,10 +1037,8 @@ def _runner(model: DecoderModel, capacity: int) -> GraphStepRunner | None:
                     stacklevel=2,
                 )
                 known = False
-        elif known and not has_fp8(model):
+        elif known:
             r = CudaGraphDecoder(model, cap)
-        else:
-            known = False
         if not known:
             try:
                 r = cuda_capture.CapturedStepDecoder(model, cap)

@@ -42,7 +42,7 @@ def gated_delta_rule(
     if v.shape[0] != t:
         raise ValueError(f"v has {v.shape[0]} tokens, q has {t}")
     nv, dv = v.shape[1], v.shape[2]
-    if nv % nk:
+    if nk < 1 or nv % nk:
         raise ValueError(f"value heads {nv} must be a multiple of key heads {nk}")
     _shaped("a", a, (q.dtype,), (t, nv))
     _shaped("b", b, (q.dtype,), (t, nv))

@@ -152,6 +152,7 @@ def layer_norm(
         raise ValueError(f"layer_norm: eps must be >= 0, got {eps}")
     device = same_device(x=x, weight=weight, bias=bias, out=out)
     result = _output("layer_norm", x, out, out_dtype)
+    require_inplace_or_disjoint("layer_norm", out, x=x, weight=weight, bias=bias)
     _, _, ldo = row_layout("out", result, output=True)
     x, rows, ldx = row_layout("x", x)
     native_call(

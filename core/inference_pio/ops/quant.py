@@ -31,8 +31,8 @@ def _block(op: str, block: object) -> tuple[int, int]:
     ):
         raise TypeError(f"{op}: block must be a tuple of two ints, got {block!r}")
     bn, bk = block
-    if bn < 1 or bk < 1:
-        raise ValueError(f"{op}: block sizes must be >= 1, got {block}")
+    if not (1 <= bn < 1 << 31 and 1 <= bk < 1 << 31):  # C reads int64: 2**64 + 1 would be 1
+        raise ValueError(f"{op}: block sizes must be in 1..2**31-1, got {block}")
     return bn, bk
 
 

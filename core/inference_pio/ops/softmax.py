@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from inference_pio.dtypes import DType
-from inference_pio.ops._dispatch import native_call, out_or_new, require, same_device
+from inference_pio.ops._dispatch import (
+    native_call,
+    out_or_new,
+    require,
+    require_inplace_or_disjoint,
+    same_device,
+)
 from inference_pio.ops._layout import row_layout
 from inference_pio.tensor import Tensor
 
@@ -27,6 +33,8 @@ def _softmax(x: Tensor, log: bool, out: Tensor | None, out_dtype: DType | str | 
         raise TypeError("softmax in place needs out_dtype == x.dtype")
     if result.readonly:
         raise ValueError("out is read-only")
+    if out is not None and out is not x:
+        require_inplace_or_disjoint("softmax", out, x=x)
     dim = x.shape[-1]
     _, _, ldo = row_layout("out", result, output=True)
     x, rows, ldx = row_layout("x", x)
