@@ -73,3 +73,25 @@ def test_tensor_edge_cases_give_clear_errors() -> None:
             Tensor.from_list(values, dtype)
     scalar = Tensor.from_list([1.0]).reshape(())
     assert scalar.transpose(0, 0).tolist() == scalar.tolist()
+
+
+def test_rope_apply_refuses_rows_that_share_memory() -> None:
+    cos = Tensor.from_list([[1.0, 1.0]] * 2)
+    sin = Tensor.from_list([[0.0, 0.0]] * 2)
+    base = Tensor.zeros((2, 4))
+    shared_heads = Tensor(base.storage, (2, 4, 4), base.dtype, (4, 0, 1), 0)
+    with pytest.raises(ValueError, match="overlap"):
+        ops.rope_apply(shared_heads, cos, sin)
+    shared_tokens = Tensor(base.storage, (2, 1, 4), base.dtype, (0, 4, 1), 0)
+    with pytest.raises(ValueError, match="overlap"):
+        ops.rope_apply(shared_tokens, cos, sin)
+    packed = Tensor(base.storage, (2, 1, 4), base.dtype, (4, 4, 1), 0)
+    assert ops.rope_apply(packed, cos, sin) is packed
+
+
+def test_an_odd_partial_rotary_dimension_is_a_checkpoint_error() -> None:
+    from inference_pio.errors import CheckpointError
+    from inference_pio.nn.rope_scaling import rope_frequencies
+
+    with pytest.raises(CheckpointError, match=r"partial_rotary_factor 0\.3"):
+        rope_frequencies({"rope_theta": 1e6, "partial_rotary_factor": 0.3}, 32)

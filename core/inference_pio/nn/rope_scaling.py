@@ -291,8 +291,12 @@ def rope_frequencies(
             f"config.json: partial_rotary_factor {partial} with rope type {rope_type!r} is not "
             f"supported by this model (it rotates the whole head)"
         )
-    if dim < 2 or (dim % 2 and rope_type != "default"):  # (the Rotary block checks default's)
-        raise CheckpointError(f"config.json: rotary dimension {dim} must be even and >= 2")
+    # (an odd whole head under the default rope is the Rotary block's to refuse)
+    if dim < 2 or (dim % 2 and (rope_type != "default" or dim != head_dim)):
+        raise CheckpointError(
+            f"config.json: rotary dimension {dim} (head_dim {head_dim} x partial_rotary_factor "
+            f"{partial}) must be even and >= 2"
+        )
     mpe = config.get("max_position_embeddings")
     attention_factor = 1.0
     if rope_type == "default":

@@ -220,6 +220,16 @@ def rope_apply(x: Tensor, cos: Tensor, sin: Tensor, mode: RopeMode = "neox") -> 
         raise ValueError("x: the last dim must be contiguous")
     if view.strides[0] < 0 or view.strides[1] < 0:
         raise ValueError("x: negative strides are not supported")
+    # written in place: no two (token, head) rows may share memory (a stride-0 head dim would be
+    # rotated once per head)
+    extent = hd
+    dims = [(view.strides[0], view.shape[0]), (view.strides[1], view.shape[1])]
+    for stride, n in sorted(d for d in dims if d[1] > 1):
+        if stride < extent:
+            raise ValueError(
+                "x: its tokens or heads overlap in memory (rope_apply writes in place)"
+            )
+        extent += stride * (n - 1)
     devices = {x.device, cos.device, sin.device}
     if len(devices) > 1:
         raise ValueError(f"x, cos and sin are on different devices: {sorted(map(str, devices))}")
