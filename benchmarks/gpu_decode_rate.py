@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmark_gpu import build_ours, real_config, replay_rate
@@ -43,15 +44,18 @@ def rate(name: str, threads: int, prompt: int) -> float:
     return statistics.median(rates)
 
 
-def check(model: Any, threads: int, prompt: int) -> tuple[float, bool]:
-    """Worst relative logits error of the fused step against the multi-kernel step, and whether
-    every argmax agrees, after prompts of 40, 160 and (if longer) `prompt` tokens."""
+def compare_steps(
+    model: Any, make: Callable[[bool, int], Any], lengths: Sequence[int]
+) -> tuple[float, bool]:
+    """Worst relative logits error of the step ``make(True, capacity)`` against the step
+    ``make(False, capacity)`` (graph runners over ``model``), and whether every argmax agrees,
+    after prompts of each of ``lengths`` tokens."""
     worst, same = 0.0, True
-    for plen in (40, 160, *((prompt,) if prompt > 160 else ())):
+    for plen in lengths:
         prompt = [(7 * i + 11) % 100000 for i in range(plen)]
         got = []
-        for fused in (True, False):
-            runner = CudaGraphDecoder(model, plen + 8, fused=fused, threads=threads if fused else 0)
+        for first in (True, False):
+            runner = make(first, plen + 8)
             runner.cache.length = 0
             model.forward([(prompt, runner.cache)])
             got.append(runner.logits_after(7, plen).to("cpu").to("f32").tolist())
@@ -61,6 +65,18 @@ def check(model: Any, threads: int, prompt: int) -> tuple[float, bool]:
         worst = max(worst, num / math.sqrt(sum(y * y for y in b)))
         same = same and a.index(max(a)) == b.index(max(b))
     return worst, same
+
+
+def check(model: Any, threads: int, prompt: int) -> tuple[float, bool]:
+    """:func:`compare_steps` of the fused step against the multi-kernel step after prompts of
+    40, 160 and (if longer) `prompt` tokens."""
+    return compare_steps(
+        model,
+        lambda fused, cap: CudaGraphDecoder(
+            model, cap, fused=fused, threads=threads if fused else 0
+        ),
+        (40, 160, *((prompt,) if prompt > 160 else ())),
+    )
 
 
 def main() -> int:

@@ -15,11 +15,11 @@ A CHECK line compares the FP8 fused step's logits with the model's own op-by-op 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from typing import Any
 
 from benchmark_gpu import DEV, build_ours, random_weights, real_config, replay_rate
+from gpu_decode_rate import compare_steps
 
 from inference_pio import cuda
 from inference_pio.nn import dense
@@ -52,25 +52,13 @@ def step_bytes(cfg: Any, fp8: bool) -> int:
 
 def check(model: Any) -> tuple[float, bool]:
     """Worst relative logits error of the FP8 fused step against the captured op-by-op step."""
-    worst, same = 0.0, True
-    for plen in (40, 160):
-        prompt = [(7 * i + 11) % 100000 for i in range(plen)]
-        got = []
-        for fused in (True, False):
-            runner: Any = (
-                CudaGraphDecoder(model, plen + 8, fused=True)
-                if fused
-                else CapturedStepDecoder(model, plen + 8)
-            )
-            runner.cache.length = 0
-            model.forward([(prompt, runner.cache)])
-            got.append(runner.logits_after(7, plen).to("cpu").to("f32").tolist())
-            del runner
-        a, b = got
-        num = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
-        worst = max(worst, num / math.sqrt(sum(y * y for y in b)))
-        same = same and a.index(max(a)) == b.index(max(b))
-    return worst, same
+    return compare_steps(
+        model,
+        lambda fused, cap: (
+            CudaGraphDecoder(model, cap, fused=True) if fused else CapturedStepDecoder(model, cap)
+        ),
+        (40, 160),
+    )
 
 
 def main() -> int:
