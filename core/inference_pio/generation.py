@@ -314,6 +314,12 @@ class SequenceState:
                 piece += self.stops.flush()
         return self.with_logprobs(piece)
 
+    def end_at_capacity(self) -> str:
+        """Ends the sequence with ``finish_reason`` "length" when its cache is full (the
+        context's limit, not max_new_tokens) and returns the text held back until then."""
+        self.finish_reason = "length"
+        return self.with_logprobs(self.stops.push(self.detok.flush()) + self.stops.flush())
+
     def with_logprobs(self, text: str) -> str:
         """``text`` as a :class:`TextPiece` with the logprobs not handed out yet (unchanged for
         a request without logprobs, or empty text)."""
@@ -460,10 +466,9 @@ def stream_generate(
                 yield piece
             if state.finished or state.cache.length >= capacity:
                 if not state.finished:
-                    state.finish_reason = "length"
-                    tail = state.stops.push(state.detok.flush()) + state.stops.flush()
+                    tail = state.end_at_capacity()
                     if tail:
-                        yield state.with_logprobs(tail)
+                        yield tail
                 break
             (logits,) = model.forward([([state.generated[-1]], state.cache)])
     except BaseException as exc:

@@ -206,10 +206,9 @@ def speculative_decode(
                 yield piece
             if state.finished or cache.length >= capacity:
                 if not state.finished:
-                    state.finish_reason = "length"
-                    tail = state.stops.push(state.detok.flush()) + state.stops.flush()
+                    tail = state.end_at_capacity()
                     if tail:
-                        yield state.with_logprobs(tail)
+                        yield tail
                 return
             if i + 1 == len(rows) or state.generated[-1] != fed[i + 1]:
                 break  # the bonus token, or a drawn token that differs from the draft

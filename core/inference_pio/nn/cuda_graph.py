@@ -1192,10 +1192,9 @@ def _decode(
                 yield piece
         if state.finished or state.cache.length >= capacity:
             if not state.finished:
-                state.finish_reason = "length"
-                tail = state.stops.push(state.detok.flush()) + state.stops.flush()
+                tail = state.end_at_capacity()
                 if tail:
-                    yield state.with_logprobs(tail)
+                    yield tail
             break
         if interrupt is not None and not pending and interrupt():
             return
