@@ -95,3 +95,12 @@ def test_an_odd_partial_rotary_dimension_is_a_checkpoint_error() -> None:
 
     with pytest.raises(CheckpointError, match=r"partial_rotary_factor 0\.3"):
         rope_frequencies({"rope_theta": 1e6, "partial_rotary_factor": 0.3}, 32)
+
+
+def test_attention_positions_must_be_integers() -> None:
+    q = Tensor.zeros((1, 2, 8))
+    cache = Tensor.zeros((2, 4, 8))
+    with pytest.raises(TypeError, match="kv_len must be an integer"):
+        ops.attention(q, cache, cache, kv_len=2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pos must be an integer"):
+        ops.kv_cache_append(Tensor.zeros((1, 2, 8)), None, cache, None, 1.0)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from inference_pio.ops._dispatch import (
     require_disjoint,
     same_device,
 )
-from inference_pio.tensor import Tensor
+from inference_pio.tensor import Tensor, _index
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
 
@@ -86,6 +86,8 @@ def attention(
     hd_v = vdim if head_dim_v is None else int(head_dim_v)
     if not 1 <= hd_v <= vdim:
         raise ValueError(f"head_dim_v {hd_v} out of range 1..{vdim}")
+    kv_len = None if kv_len is None else _index(kv_len, "kv_len")
+    q_pos = None if q_pos is None else _index(q_pos, "q_pos")
     if kv_len is None:
         if kv_layout == "tokens" or cu_seqlens is not None:
             kv_len = max_len
@@ -196,6 +198,7 @@ def kv_cache_append(
         hd_v = v_new.shape[2]
         if v_new.shape[:2] != (t, nkv) or v_cache.shape != (nkv, max_len, hd_v):
             raise ValueError(f"v_new {v_new.shape} / v_cache {v_cache.shape} do not match k")
+    pos = _index(pos, "pos")
     if pos < 0 or pos + t > max_len:
         raise ValueError(f"writing {t} tokens at {pos} overflows the cache of {max_len} positions")
     device = same_device(k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache)
