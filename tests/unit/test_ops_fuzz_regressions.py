@@ -82,6 +82,10 @@ def test_rope_apply_refuses_rows_that_share_memory() -> None:
     shared_heads = Tensor(base.storage, (2, 4, 4), base.dtype, (4, 0, 1), 0)
     with pytest.raises(ValueError, match="overlap"):
         ops.rope_apply(shared_heads, cos, sin)
+    rows = Tensor.from_list([[1.0, 2.0], [3.0, 5.0], [7.0, 1.0]])
+    one_row = Tensor(base.storage, (3, 2), base.dtype, (0, 1), 0)
+    with pytest.raises(ValueError, match="overlap"):
+        ops.rms_norm(rows, Tensor.from_list([1.0, 1.0]), out=one_row)
     shared_tokens = Tensor(base.storage, (2, 1, 4), base.dtype, (0, 4, 1), 0)
     with pytest.raises(ValueError, match="overlap"):
         ops.rope_apply(shared_tokens, cos, sin)

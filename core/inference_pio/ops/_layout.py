@@ -3,6 +3,8 @@ contiguous seen as a grid of rows with at most two levels of row strides."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from inference_pio.tensor import Tensor
 
 
@@ -55,3 +57,16 @@ def row_layout(name: str, t: Tensor, *, output: bool = False) -> tuple[Tensor, i
         t = t.contiguous()
         (rows,), (ld,) = row_grid(name, t, levels=1)
     return t, rows, ld
+
+
+def require_disjoint_rows(
+    name: str, counts: Sequence[int], strides: Sequence[int], width: int
+) -> None:
+    """ValueError unless the rows of an output (``width`` contiguous elements each, on a grid of
+    ``counts`` rows at ``strides``) are disjoint in memory: written in place, rows that share
+    memory (a stride-0 dim) would keep only the last row's values."""
+    extent = width
+    for stride, n in sorted((st, n) for st, n in zip(strides, counts, strict=True) if n > 1):
+        if stride < extent:
+            raise ValueError(f"{name}: its rows overlap in memory (strides {tuple(strides)})")
+        extent += stride * (n - 1)

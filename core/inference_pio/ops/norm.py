@@ -12,7 +12,7 @@ from inference_pio.ops._dispatch import (
     require_inplace_or_disjoint,
     same_device,
 )
-from inference_pio.ops._layout import row_grid, row_layout
+from inference_pio.ops._layout import require_disjoint_rows, row_grid, row_layout
 from inference_pio.tensor import Tensor
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
@@ -79,6 +79,7 @@ def rms_norm(
     require_inplace_or_disjoint("rms_norm", out, x=x, weight=weight, gate=gate)
     (n_o, n_i), (x_so, x_si) = row_grid("x", x)
     (_, _), (o_so, o_si) = _matching_grid("out", result, n_o, n_i)
+    require_disjoint_rows("out", (n_o, n_i), (o_so, o_si), dim)
     z_so = z_si = 0
     if gate is not None:
         (_, _), (z_so, z_si) = _matching_grid("gate", gate, n_o, n_i)

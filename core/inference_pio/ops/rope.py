@@ -14,6 +14,7 @@ from typing import Literal
 
 from inference_pio.dtypes import DType
 from inference_pio.ops._dispatch import native_call, require
+from inference_pio.ops._layout import require_disjoint_rows
 from inference_pio.tensor import Tensor
 
 FLOAT_ACT = (DType.float32, DType.bfloat16)
@@ -222,14 +223,7 @@ def rope_apply(x: Tensor, cos: Tensor, sin: Tensor, mode: RopeMode = "neox") -> 
         raise ValueError("x: negative strides are not supported")
     # written in place: no two (token, head) rows may share memory (a stride-0 head dim would be
     # rotated once per head)
-    extent = hd
-    dims = [(view.strides[0], view.shape[0]), (view.strides[1], view.shape[1])]
-    for stride, n in sorted(d for d in dims if d[1] > 1):
-        if stride < extent:
-            raise ValueError(
-                "x: its tokens or heads overlap in memory (rope_apply writes in place)"
-            )
-        extent += stride * (n - 1)
+    require_disjoint_rows("x", view.shape[:2], view.strides[:2], hd)
     devices = {x.device, cos.device, sin.device}
     if len(devices) > 1:
         raise ValueError(f"x, cos and sin are on different devices: {sorted(map(str, devices))}")
