@@ -164,6 +164,21 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _check_sampling(args: argparse.Namespace) -> None:
+    """Refuses bad sampling / speculative flags before the model loads (which can take minutes,
+    or build a synthetic checkpoint), as llama.cpp does: ValueError, one line from the CLI."""
+    from inference_pio.sampling import SamplingParams
+    from inference_pio.speculative import OPTION_NAMES, SpeculativeConfig
+
+    given = {k: v for k, v in _sampling(args).items() if v is not None}
+    spec = {k: given.pop(k) for k in OPTION_NAMES if k in given}
+    if spec:
+        SpeculativeConfig.parse(spec.pop("speculative"), **spec)
+    if "stop" in given:
+        given["stop"] = tuple(given["stop"])
+    SamplingParams(**given)
+
+
 def _load(args: argparse.Namespace, host: PluginHost) -> Any:
     from inference_pio.loading import load_model
 
@@ -198,7 +213,10 @@ def cmd_generate(args: argparse.Namespace, host: PluginHost) -> int:
     if args.no_think and not args.chat:
         raise ValueError("--no-think applies to the chat template: add --chat")
     constraint = _json_schema(args.json_schema) if args.json_schema is not None else None
+    _check_sampling(args)
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not text and not args.image:
+        raise ValueError("the prompt is empty" + (" (stdin was empty)" * (args.prompt == "-")))
     model = _load(args, host)
     prompt, extra = _with_images(model, text, args.image or [])
     if constraint is not None:
@@ -288,6 +306,7 @@ Ctrl-C stops a reply; what was generated stays in the conversation."""
 def cmd_chat(args: argparse.Namespace, host: PluginHost) -> int:
     from inference_pio.tokenizer.utf8 import replace_lone_surrogates  # text a terminal can take
 
+    _check_sampling(args)
     interactive = sys.stdin.isatty()
     if interactive:
         with contextlib.suppress(ImportError):

@@ -433,3 +433,17 @@ def test_generate_json_schema(checkpoint: tuple[Path, object]) -> None:
     bad = _cli("generate", "--model", str(d), "--prompt", "hi", "--json-schema", '{"type": "x"}')
     assert bad.returncode != 0
     assert "invalid json_schema constraint" in bad.stderr
+
+
+@pytest.mark.parametrize("extra", [["-n", "0"], ["-t", "-1"], ["--speculative-ngram", "99"]])
+def test_bad_sampling_flags_are_refused_before_the_model_loads(
+    checkpoint: tuple[Path, object], extra: list[str]
+) -> None:
+    """A bad sampling flag is the error even where loading would fail (or take minutes), and
+    `chat` with piped input exits 1 on it instead of dropping every message and exiting 0."""
+    out = _cli("generate", "--model", "/nonexistent/dir", "--prompt", "x", *extra)
+    assert out.returncode == 1
+    assert "neither a checkpoint directory" not in out.stderr
+    chat = _chat(checkpoint[0], "hello\nagain\n", *extra)
+    assert chat.returncode == 1, chat.stderr
+    assert "Traceback" not in chat.stderr

@@ -491,3 +491,26 @@ def test_reasoning_history_and_text_parts_reach_the_template_as_in_vllm() -> Non
     protocol.chat_request(body, lambda messages, **kw: seen.append(messages) or "x", None)
     assert seen[0][0]["content"] == "a\nb"
     assert seen[0][1]["reasoning"] == "r"
+
+
+def test_shutdown_cancellations_are_not_logged_as_errors() -> None:
+    """A stream cancelled when the graceful shutdown times out (Ctrl-C during a long request)
+    is not logged as "Exception in ASGI application" with a traceback; other errors are."""
+    import asyncio
+    import logging
+    import sys
+
+    from inference_pio.server.app import _ShutdownCancelFilter
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            info = sys.exc_info()
+        return logging.LogRecord("uvicorn.error", logging.ERROR, "", 0, "boom", None, info)
+
+    keep = _ShutdownCancelFilter()
+    assert not keep.filter(record(asyncio.CancelledError("timeout graceful shutdown exceeded")))
+    assert keep.filter(record(RuntimeError("a real error")))
+    plain = logging.LogRecord("uvicorn.error", logging.INFO, "", 0, "Started", None, None)
+    assert keep.filter(plain)

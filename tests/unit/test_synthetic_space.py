@@ -57,3 +57,18 @@ def test_byte_tokenizer_fallback_warns_and_is_replaced_later(
     assert not (tmp_path / syn.FALLBACK_MARKER).exists()
     vocab = json.loads((tmp_path / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocab) == 151643 > byte_vocab
+
+
+def test_an_unusable_cache_directory_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INFERENCE_PIO_CACHE that cannot hold the build (a file here; read-only elsewhere) is a
+    CheckpointError naming the variable, which the CLI prints as one line, not a traceback."""
+    pytest.importorskip("inference_pio_qwen3_0_6b")
+    from inference_pio.synthetic import checkpoint_path
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("INFERENCE_PIO_CACHE", str(blocker))
+    with pytest.raises(CheckpointError, match="INFERENCE_PIO_CACHE"):
+        checkpoint_path("qwen3-0.6b", progress=False)

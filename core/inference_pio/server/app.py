@@ -540,6 +540,14 @@ def _sse(obj: dict[str, Any]) -> str:
 SHUTDOWN_GRACE_S = 3
 
 
+class _ShutdownCancelFilter:
+    """Drops the log records of requests cancelled by a graceful shutdown's timeout."""
+
+    def filter(self, record: Any) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
 def serve(
     model: Any,
     host: str = "127.0.0.1",
@@ -561,6 +569,11 @@ def serve(
         raise ImportError(
             "the HTTP server needs the 'server' extra: pip install 'inference-pio[server]'"
         ) from exc
+    import logging
+
+    # a stream still running when the grace period ends is cancelled by uvicorn, which logs the
+    # CancelledError as "Exception in ASGI application" with a traceback: expected at shutdown
+    logging.getLogger("uvicorn.error").addFilter(_ShutdownCancelFilter())
     uvicorn.run(
         create_app(
             model,

@@ -200,6 +200,16 @@ def _remove_abandoned_builds(directory: Path) -> None:
             continue
 
 
+def _cache_error(directory: Path, exc: OSError) -> CheckpointError:
+    """One clear error for a synthetic checkpoint that cannot be written (read-only or missing
+    cache folder, disk full): what failed and how to choose another place."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return CheckpointError(
+        f"cannot build the synthetic checkpoint in {directory}: {exc.strerror or exc}{where}; "
+        "set INFERENCE_PIO_CACHE to a writable directory with room for the checkpoint"
+    )
+
+
 def checkpoint_path(
     name: str, host: Any = None, dtype: DType = DType.bfloat16, progress: bool = True
 ) -> Path:
@@ -224,12 +234,17 @@ def checkpoint_path(
         refresh_tokenizer(directory)
         return directory
     # a staging folder of this build alone (threads of one process too), renamed when complete
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_builds(directory)
-    partial = Path(
-        tempfile.mkdtemp(prefix=f"{directory.name}.partial-{os.getpid()}-", dir=directory.parent)
-    )
-    partial.chmod(0o755)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_builds(directory)
+        partial = Path(
+            tempfile.mkdtemp(
+                prefix=f"{directory.name}.partial-{os.getpid()}-", dir=directory.parent
+            )
+        )
+        partial.chmod(0o755)
+    except OSError as exc:
+        raise _cache_error(directory, exc) from None
     if progress:
         print(
             f"building synthetic checkpoint for {spec.name} in {directory} "
@@ -238,8 +253,10 @@ def checkpoint_path(
         )
     try:
         build(spec, partial, dtype, progress=progress)
-    except BaseException:  # no half-written checkpoint is left behind (disk full, Ctrl-C)
+    except BaseException as exc:  # no half-written checkpoint is left behind (disk full, Ctrl-C)
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _cache_error(directory, exc) from None
         raise
     try:
         partial.rename(directory)
