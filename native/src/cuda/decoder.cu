@@ -30,6 +30,12 @@
  * store is rounded to the activation dtype at the same point. The down sums are the one place where
  * the order of float additions varies from run to run (atomics), so the last bits of d can too.
  *
+ * FP8 weights (desc.weight_dtype TO_F8_E4M3, the F8 instantiations): the qkv and gate/up stages
+ * and the down share read e4m3 bytes with 128 x 128 block scales (a unit's 16-byte chunk is 16
+ * weights; its fp32 dot times its block scale, loaded with the weights), the transposed down copy
+ * is FP8 with transposed scales, o_proj is dequantized to a bf16 copy at creation (the folded
+ * attention reads it in bf16), the LM head stays bf16. Their inputs are staged as bf16.
+ *
  * GEMV work split: a block owns a contiguous range of output rows; a "unit" is 32 consecutive
  * 16-byte chunks of one row (one per lane). Each warp takes a contiguous range of units
  * and keeps DK_U of them in flight in a register ring; a lane sums a whole row run before one warp
