@@ -514,3 +514,60 @@ def test_shutdown_cancellations_are_not_logged_as_errors() -> None:
     assert keep.filter(record(RuntimeError("a real error")))
     plain = logging.LogRecord("uvicorn.error", logging.INFO, "", 0, "Started", None, None)
     assert keep.filter(plain)
+
+
+def test_shutdown_ends_running_requests_with_an_error_not_a_cut(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """When serve starts shutting down (Ctrl-C / SIGTERM: begin_shutdown), a running stream
+    stops and ends with an error event and [DONE] (the openai client raises it as an APIError),
+    and a running plain request gets a 503, rather than both being cut off at the grace period."""
+    load = pytest.importorskip("inference_pio_qwen3_0_6b.model").load
+    d: Path = tmp_path_factory.mktemp("long")
+    cfg = transformers.Qwen3Config(**tiny_qwen3_config(max_position_embeddings=65536))
+    save_tiny_causal_lm(d, transformers.Qwen3ForCausalLM, cfg, eos_id=511)
+    app = create_app(load(d), NAME)
+    service = app.state.service
+
+    def wait_running(want: bool) -> None:
+        deadline = time.perf_counter() + 30
+        while bool(service.counts()[0]) != want and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        assert bool(service.counts()[0]) == want
+
+    with running(app) as url:
+        body = dict(model=NAME, prompt="hello", max_tokens=60000, ignore_eos=True)
+        stream = iter(
+            client(url).completions.create(
+                model=NAME, prompt="hello", max_tokens=60000, stream=True,
+                extra_body={"ignore_eos": True},
+            )
+        )  # fmt: skip
+        next(stream), next(stream)  # the first chunk and a token: the request is running
+        app.state.begin_shutdown()
+        t0 = time.perf_counter()
+        with pytest.raises(openai.APIError, match="shutting down"):
+            for _ in stream:
+                pass
+        assert time.perf_counter() - t0 < 30  # ended at once, not after 60000 tokens
+        wait_running(False)  # the stopped stream's request is gone
+        box: list[int] = []
+        post = threading.Thread(target=lambda: box.append(_status_of(url, body)), daemon=True)
+        post.start()
+        wait_running(True)
+        app.state.begin_shutdown()
+        post.join(30)
+        assert box == [503]
+
+
+def _status_of(url: str, body: dict[str, Any]) -> int:
+    req = urllib.request.Request(
+        url + "/v1/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)

@@ -43,6 +43,8 @@ from inference_pio.toolcalls import (
 from inference_pio.toolstream import Event, ToolCallDelta, ToolCallStream
 
 _END = object()
+#: Put in a running request's queue when the server starts shutting down.
+_SHUTDOWN = object()
 #: The largest request body read (a prompt, or images as data: URLs); larger ones get a 413.
 MAX_BODY_BYTES = 32 << 20
 
@@ -256,6 +258,19 @@ def create_app(
     def error(exc: RequestError) -> Any:
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    # the queues of running requests, told when the server starts shutting down (serve's Ctrl-C /
+    # SIGTERM): each stops its request and ends its response, a stream with an error event and
+    # [DONE], instead of being cut off when the grace period ends
+    running: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = set()
+    running_lock = threading.Lock()
+
+    def begin_shutdown() -> None:
+        with running_lock:
+            for loop_, queue_ in running:
+                loop_.call_soon_threadsafe(queue_.put_nowait, _SHUTDOWN)
+
+    shutting_down = RequestError("the server is shutting down", status=503)
+
     def refused(exc: RequestError) -> Any:
         """The error response of a generation request refused before it started."""
         if recorder is not None:
@@ -300,6 +315,14 @@ def create_app(
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        entry = (loop, queue)
+        with running_lock:
+            running.add(entry)
+
+        def done() -> None:
+            with running_lock:
+                running.discard(entry)
+
         cancelled = threading.Event()
         results: list[GenerationResult] = []
         track = recorder.request() if recorder is not None else RequestTrack(None)
@@ -320,6 +343,7 @@ def create_app(
             )
         except RequestError as exc:
             track.failed(exc.status)
+            done()
             return error(exc)
 
         def stop() -> None:
@@ -341,6 +365,9 @@ def create_app(
                     item = getter.result()
                     if item is _END:
                         break
+                    if item is _SHUTDOWN:
+                        stop()
+                        return error(shutting_down)
                     if isinstance(item, RequestError):
                         return error(item)
             except asyncio.CancelledError:
@@ -348,6 +375,7 @@ def create_app(
                 raise
             finally:
                 watcher.cancel()
+                done()
             result = results[0]
             logprobs = logprobs_of(result.logprobs or [])
             if logprobs is None and wants_logprobs:  # no output tokens: empty, not null (vLLM)
@@ -396,6 +424,10 @@ def create_app(
             try:
                 yield _sse(protocol.chunk(rid, served, chat, "" if chat else None, first=True))
                 while (item := await queue.get()) is not _END:
+                    if item is _SHUTDOWN:
+                        yield _sse(shutting_down.body())
+                        yield "data: [DONE]\n\n"
+                        return  # stopped below, as a client gone
                     if isinstance(item, RequestError):
                         yield _sse(item.body())
                         return
@@ -421,6 +453,7 @@ def create_app(
                     yield _sse(protocol.usage_chunk(rid, served, chat, result))
                 yield "data: [DONE]\n\n"
             finally:
+                done()
                 if not finished:
                     stop()  # the client went away: the request stops at its next token
 
@@ -497,6 +530,7 @@ def create_app(
     )
     app.state.service = service
     app.state.metrics = recorder
+    app.state.begin_shutdown = begin_shutdown
     return app
 
 
@@ -559,8 +593,9 @@ def serve(
     metrics: bool | None = None,
     max_num_batched_tokens: int | None = None,
 ) -> None:
-    """Serves ``model`` until interrupted (uvicorn). On Ctrl-C / SIGTERM, requests still running
-    after ``SHUTDOWN_GRACE_S`` are cancelled (they stop at their next token).
+    """Serves ``model`` until interrupted (uvicorn). On Ctrl-C / SIGTERM, running requests stop
+    at their next token and end their responses (a stream with an error event and ``[DONE]``, a
+    plain request with a 503); anything still open after ``SHUTDOWN_GRACE_S`` is cancelled.
     ``tool_call_format``, ``prefix_caching``, ``prefix_cache_bytes``, ``metrics`` and
     ``max_num_batched_tokens`` as in :func:`create_app`."""
     try:
@@ -574,18 +609,23 @@ def serve(
     # a stream still running when the grace period ends is cancelled by uvicorn, which logs the
     # CancelledError as "Exception in ASGI application" with a traceback: expected at shutdown
     logging.getLogger("uvicorn.error").addFilter(_ShutdownCancelFilter())
-    uvicorn.run(
-        create_app(
-            model,
-            name,
-            tool_call_format,
-            prefix_caching,
-            prefix_cache_bytes,
-            metrics,
-            max_num_batched_tokens,
-        ),
-        host=host,
-        port=port,
-        log_level="info",
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    app = create_app(
+        model,
+        name,
+        tool_call_format,
+        prefix_caching,
+        prefix_cache_bytes,
+        metrics,
+        max_num_batched_tokens,
     )
+
+    class Server(uvicorn.Server):  # type: ignore[misc]
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.begin_shutdown()  # running requests end their responses now
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+        Server(config).run()
