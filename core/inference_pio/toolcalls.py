@@ -101,6 +101,11 @@ def resolve_property(schema: Any, root: Mapping[str, Any]) -> Any:
     """A property schema typed as its ``$ref`` says (pydantic writes nested models and
     ``Optional`` ones as ``{"$ref": ...}`` and ``{"anyOf": [{"$ref": ...}, {"type": "null"}]}``)."""
     schema = _local_ref(schema, root)
+    every = schema.get("allOf") if isinstance(schema, Mapping) else None
+    if isinstance(every, list) and len(every) == 1 and "type" not in schema:
+        # pydantic v1's nested model: {"allOf": [{"$ref": ...}], "description": ...}
+        rest = {k: v for k, v in schema.items() if k != "allOf"}
+        schema = {**_local_ref(every[0], root), **rest}
     if isinstance(schema, Mapping) and isinstance(schema.get("anyOf"), list):
         return {**schema, "anyOf": [_local_ref(o, root) for o in schema["anyOf"]]}
     return schema
@@ -126,8 +131,9 @@ def _schema_type(schema: Any) -> tuple[str, bool]:
     if not isinstance(schema, Mapping):
         return "string", False
     declared = schema.get("type")
-    if declared is None and isinstance(schema.get("anyOf"), list):
-        declared = [o.get("type") for o in schema["anyOf"] if isinstance(o, Mapping)]
+    options = schema.get("anyOf", schema.get("oneOf"))  # oneOf: the same types
+    if declared is None and isinstance(options, list):
+        declared = [o.get("type") for o in options if isinstance(o, Mapping)]
     if isinstance(declared, list):
         names = [str(t).strip().lower() for t in declared if t is not None]
         rest = [t for t in names if t != "null"]
@@ -171,6 +177,39 @@ def _literal(text: str) -> tuple[bool, Any]:
 
 
 _STRING_TYPES = ("string", "str", "text", "varchar", "char", "enum")
+
+
+def _declared_types(schema: Any) -> list[str]:
+    """The non-null types a property schema declares (``type`` or its ``anyOf`` options')."""
+    if not isinstance(schema, Mapping):
+        return []
+    declared = schema.get("type")
+    options = schema.get("anyOf", schema.get("oneOf"))  # oneOf: the same types
+    if declared is None and isinstance(options, list):
+        declared = [o.get("type") for o in options if isinstance(o, Mapping)]
+    if not isinstance(declared, list):
+        declared = [declared]
+    names = [str(t).strip().lower() for t in declared if t is not None]
+    return [t for t in dict.fromkeys(names) if t != "null"]
+
+
+def _json_is(value: Any, kind: str) -> bool:
+    """Whether a decoded JSON ``value`` is of JSON-schema type ``kind``."""
+    if kind in _STRING_TYPES:
+        return isinstance(value, str)
+    if kind in ("boolean", "bool", "binary"):
+        return isinstance(value, bool)
+    if kind.startswith(("int", "uint", "long", "short", "unsigned")):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind.startswith(("num", "float", "double")):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in ("object", "dict"):
+        return isinstance(value, dict)
+    if kind in ("array", "list"):
+        return isinstance(value, list)
+    return False
+
+
 _INT_PREFIXES = ("int", "uint", "long", "short", "unsigned")
 
 
@@ -187,6 +226,19 @@ def convert_value(value: str, schema: Any) -> Any:
         return None
     if kind in _STRING_TYPES:
         return value
+    kinds = _declared_types(schema)
+    if len(kinds) > 1:
+        # a union (["integer", "string"], anyOf ...): a forced call writes these values as JSON
+        # (a string in quotes); a JSON value of one of the types is that value
+        ok, parsed = _loads(value.strip())
+        if ok and any(_json_is(parsed, k) for k in kinds):
+            return parsed
+        if (
+            kind in ("boolean", "bool", "binary")
+            and any(k in _STRING_TYPES for k in kinds)
+            and value.strip().lower() not in ("true", "false")
+        ):
+            return value  # not a boolean: the string it may be
     if kind.startswith(_INT_PREFIXES):
         try:
             return int(value.strip())
@@ -484,6 +536,12 @@ PARSERS: dict[str, BlockParser] = {
 }
 
 
+#: Formats whose call is whole without its ``</tool_call>`` (a ``</function>``, a JSON object):
+#: at the end of a reply, such a call counts (the model stopped before the closing tag), as
+#: vLLM's ``hermes`` and ``qwen3_coder`` parsers read it.
+UNCLOSED = ("hermes", "qwen3_coder")
+
+
 def check_format(name: str | None) -> str | None:
     """``name`` when it is None or a known format; raises ValueError otherwise."""
     if name is not None and name not in PARSERS:
@@ -514,8 +572,13 @@ def parse_tool_calls(text: str, fmt: str, tools: Sequence[Tool] | None = None) -
     segment_start = pos = 0
     while (start := text.find(START, pos)) != -1:
         end = text.find(END, start + len(START))
-        if end == -1:
-            break  # never closed: text
+        if end == -1:  # never closed: text, unless the reply ended after a whole call
+            call = parse(text[start + len(START) :], tools) if fmt in UNCLOSED else None
+            if call is not None:
+                segments.append(text[segment_start:start])
+                calls.append(call)
+                segment_start = len(text)
+            break
         call = parse(text[start + len(START) : end], tools)
         pos = end + len(END)
         if call is not None:

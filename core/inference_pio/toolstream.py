@@ -38,6 +38,7 @@ from inference_pio.toolcalls import (
     END,
     PARSERS,
     START,
+    UNCLOSED,
     JsonValueEnd,
     Tool,
     ToolCall,
@@ -282,6 +283,7 @@ class ToolCallStream:
     def __init__(self, fmt: str, tools: Sequence[Tool] | None = None) -> None:
         check_format(fmt)
         self._parse = PARSERS[fmt]
+        self._unclosed_ok = fmt in UNCLOSED
         self._scanner_type = _SCANNERS[fmt]
         self._tools = tools
         self._buffer = ""  # not yet decided: a partial start tag, or an open block's body
@@ -381,7 +383,9 @@ class ToolCallStream:
         """The end of the reply: what was held back (a call never closed is text, unless it
         was announced: then it stays as sent, and is :attr:`broken`)."""
         out: list[Event] = []
-        if self._in_call:
+        if self._in_call and self._unclosed_ok and self._parse(self._buffer, self._tools):
+            self._close(self._buffer, out)  # a whole call the reply ended after
+        elif self._in_call:
             self._advance(self._buffer, out)
             if self._open is None:
                 self._text(START + self._buffer, out)

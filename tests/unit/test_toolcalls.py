@@ -669,3 +669,68 @@ def test_well_formed_calls_stream_exactly(
     if fmt != "qwen3_coder" or not any("<parameter=" in v for _, p in calls for _, v in p):
         assert len(whole.tool_calls) == len(calls)  # (a value holding "<parameter=" ends early)
     assert got.stream.broken == 0
+
+
+@pytest.mark.parametrize(
+    ("schema", "text", "want"),
+    [
+        ({"type": ["integer", "string"]}, '"abc"', "abc"),
+        ({"type": ["integer", "string"]}, "7", 7),
+        ({"type": ["integer", "string"]}, "abc", "abc"),
+        ({"anyOf": [{"type": "integer"}, {"type": "string"}]}, '"abc"', "abc"),
+        ({"type": ["boolean", "string"]}, '"maybe"', "maybe"),
+        ({"type": ["boolean", "string"]}, "maybe", "maybe"),
+        ({"type": ["boolean", "string"]}, "true", True),
+        ({"type": ["number", "null"]}, "1.5", 1.5),
+    ],
+)
+def test_union_types_take_the_json_value_a_forced_call_writes(
+    schema: Any, text: str, want: Any
+) -> None:
+    """A forced call writes a union-typed parameter as JSON (a string in quotes): the
+    client gets the string, not its quotes."""
+    got = convert_value(text, schema)
+    assert got == want
+    assert type(got) is type(want)
+
+
+def test_oneof_and_single_allof_parameters_are_typed_by_their_options() -> None:
+    """pydantic v1 writes a nested model as ``{"allOf": [{"$ref": ...}]}``; JSON Schema's
+    ``oneOf`` lists types as ``anyOf`` does: neither is a string parameter."""
+    params = {
+        "type": "object",
+        "$defs": {"Item": {"type": "object", "properties": {"sku": {"type": "string"}}}},
+        "properties": {
+            "item": {"allOf": [{"$ref": "#/$defs/Item"}], "description": "the item"},
+            "n": {"oneOf": [{"type": "integer"}, {"type": "boolean"}]},
+        },
+    }
+    tools = [{"type": "function", "function": {"name": "f", "parameters": params}}]
+    text = (
+        '<tool_call>\n<function=f>\n<parameter=item>\n{"sku": "A1"}\n</parameter>\n'
+        "<parameter=n>\ntrue\n</parameter>\n</function>\n</tool_call>"
+    )
+    (call,) = parse_tool_calls(text, "qwen3_coder", tools).tool_calls
+    assert json.loads(call.arguments) == {"item": {"sku": "A1"}, "n": True}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        (
+            "qwen3_coder",
+            "ok\n<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n</function>\n",
+        ),
+        ("hermes", 'ok\n<tool_call>\n{"name": "f", "arguments": {"a": "1"}}\n'),
+    ],
+)
+def test_a_whole_call_the_reply_ended_in_counts(fmt: str, text: str) -> None:
+    """Qwen3-Coder may stop after ``</function>`` without ``</tool_call>`` (vLLM's parsers
+    read such a call): the call counts, whole and streamed alike."""
+    (call,) = parse_tool_calls(text, fmt).tool_calls
+    assert (call.name, json.loads(call.arguments)) == ("f", {"a": "1"})
+    stream = ToolCallStream(fmt)
+    events = [e for piece in text for e in stream.feed(piece)] + stream.finish()
+    assert stream.broken == 0
+    assert [(c.name, c.arguments) for c in stream.calls] == [(call.name, call.arguments)]
+    assert "".join(e for e in events if isinstance(e, str)) == "ok\n"
