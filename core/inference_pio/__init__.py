@@ -7,7 +7,7 @@ Both happen on first use.
 from __future__ import annotations
 
 from importlib import metadata as _metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference_pio.errors import (
     CheckpointError,
@@ -20,6 +20,10 @@ from inference_pio.errors import (
 from inference_pio.hookspecs import hookimpl
 from inference_pio.interface import TextModelPluginInterface
 from inference_pio.registry import ModelSpec
+
+if TYPE_CHECKING:  # lazy at run time (see __getattr__); typed for type checkers
+    from inference_pio.loading import load_model
+    from inference_pio.plugins import get_plugin_host
 
 try:
     __version__ = _metadata.version("inference-pio")

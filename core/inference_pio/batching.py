@@ -173,6 +173,11 @@ class BatchManager:
         a failure while it runs, ``on_token`` each token it draws (all called from the thread
         that runs the batches). Safe to call from any thread while :meth:`serve` runs."""
         prompt = list(prompt_ids)
+        bad_type = next((t for t in prompt if isinstance(t, bool) or not isinstance(t, int)), None)
+        if bad_type is not None:  # 1.5 or True would fail a later step, in the engine's thread
+            raise TypeError(
+                f"prompt token ids must be integers, got {type(bad_type).__name__} {bad_type!r}"
+            )
         capacity = check_context(self.model, len(prompt), params)
         vocab = self.model.vocab_size
         bad = next((t for t in prompt if not 0 <= t < vocab), None)

@@ -110,6 +110,13 @@ class CausalLM(TextModelPluginInterface):
         return ids
 
     def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; ValueError for ids outside the model's vocabulary (ids past the
+        tokenizer's tokens but inside the embedding rows decode to nothing, as in tokenizers)."""
+        ids = [_token_id(i) for i in ids]
+        vocab = getattr(self.model, "vocab_size", None)
+        bad = next((i for i in ids if i < 0 or (vocab is not None and i >= vocab)), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} outside the vocabulary [0, {vocab})")
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
@@ -210,6 +217,11 @@ class CausalLM(TextModelPluginInterface):
         """Runs requests through a BatchManager (real batches); results in request order. On a
         CUDA device, requests that would decode alone (one request, or a batch size of 1) take
         the batch-1 path instead, whose fused decode step is faster than a batched step of one."""
+        if isinstance(requests, (str, bytes, Mapping)):  # not a list: each char would be a request
+            raise TypeError(
+                f"generate_batch takes a list of requests, got one {type(requests).__name__} "
+                "(use generate() for a single prompt, or wrap it in a list)"
+            )
         manager = BatchManager(self.model, self.tokenizer, self.eos_ids, self.max_batch_size)
         parsed: list[tuple[list[int], SamplingParams]] = []
         for req in requests:

@@ -57,6 +57,7 @@ def load_model(
     host: PluginHost | None = None,
     gpu_layers: int | str | None = None,
     quantization: str | None = None,
+    max_batch_size: int | None = None,
     **options: Any,
 ) -> TextModelPluginInterface:
     """Loads a model.
@@ -74,8 +75,16 @@ def load_model(
     ``nn.dense.build`` take it; others say they cannot be split. ``quantization="fp8"``
     quantizes the projections of an unquantized checkpoint to block-scaled FP8 as they are built
     (half the weight bytes; models whose spec lists it in ``quantizations``); an FP8 checkpoint
-    loads as FP8 without it.
+    loads as FP8 without it. ``max_batch_size``: the most sequences ``generate_batch`` runs
+    together (default 8). ``options``: those the model's spec lists in ``load_options`` (Qwen3-VL:
+    ``min_pixels`` / ``max_pixels``); any other keyword is a TypeError naming it.
     """
+    if max_batch_size is not None and (
+        isinstance(max_batch_size, bool)
+        or not isinstance(max_batch_size, int)
+        or max_batch_size < 1
+    ):
+        raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
     host = host or get_plugin_host()
     if threads is not None:
         from inference_pio._native import check, lib
@@ -95,6 +104,13 @@ def load_model(
                 f"model {spec.name!r} takes {', '.join(spec.architectures) or 'other'} "
                 f"checkpoints; {path} is {', '.join(str(k) for k in keys if k) or 'unlabelled'}"
             )
+    unknown = sorted(set(options) - set(spec.load_options))
+    if unknown:
+        takes = ", ".join(spec.load_options) or "none"
+        raise TypeError(
+            f"load_model() got unexpected option(s) {', '.join(unknown)} (model {spec.name!r} "
+            f"takes these of its own: {takes})"
+        )
     if quantization is not None:
         from inference_pio.quantization import QUANTIZATION_CHOICES
 
@@ -128,6 +144,8 @@ def load_model(
     loaded: TextModelPluginInterface = host.pm.hook.pio_load_model(
         spec=spec, path=path, options=opts
     )
+    if max_batch_size is not None:
+        loaded.max_batch_size = max_batch_size  # type: ignore[attr-defined]
     if gpu_layers is not None and progress:  # once the plugin took the split
         print(f"{spec.name}: {placed.describe()}", file=sys.stderr)
     return loaded

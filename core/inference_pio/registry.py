@@ -42,6 +42,10 @@ class ModelSpec:
     #: GPU would hold dequantized is refused): ``"fp8"`` for the dense layout of
     #: ``nn.dense.build`` without an ``mlp`` factory, whose fused CUDA decode step reads FP8.
     gpu_quantizations: tuple[str, ...] = ()
+    #: Keyword options of ``load_model`` the factory takes besides the core's (device, dtype,
+    #: name, progress, quantization): any other keyword is refused by name (a typo is not
+    #: ignored). Qwen3-VL: ``("min_pixels", "max_pixels")``.
+    load_options: tuple[str, ...] = ()
     #: Filled in by the registry: the distribution that registered the spec.
     plugin: str = field(default="", compare=False)
 
@@ -65,6 +69,7 @@ class ModelSpec:
             "aliases",
             "quantizations",
             "gpu_quantizations",
+            "load_options",
         ):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
         extra = set(self.gpu_quantizations) - set(self.quantizations)

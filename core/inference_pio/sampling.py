@@ -125,8 +125,17 @@ class SamplingParams:
                 f"Constraint.json_schema(schema)), got {type(self.constraint).__name__}"
             )
         stops = (self.stop,) if isinstance(self.stop, str) else self.stop  # one string, not chars
+        if not isinstance(stops, (tuple, list, set, frozenset)):
+            raise bad(f"stop must be a string or a list of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(stops))
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        ids = self.stop_token_ids
+        if not isinstance(ids, (tuple, list, set, frozenset)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+        ):  # int() would read "151645" as six ids and 1.7 as 1
+            raise bad(f"stop_token_ids must be a list of token ids (integers >= 0), got {ids!r}")
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in ids))
+        if not isinstance(self.ignore_eos, bool):
+            raise bad(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
         keep = self.keep_special_ids
         if not isinstance(keep, (tuple, list, set, frozenset)) or not all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in keep

@@ -23,6 +23,7 @@ SPEC = ModelSpec(
     tool_call_format="hermes",
     quantizations=("fp8",),
     gpu_quantizations=("fp8",),
+    load_options=("min_pixels", "max_pixels"),
 )
 
 
