@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from inference_pio.batching import BatchManager
 from inference_pio.checkpoint import Checkpoint
@@ -119,10 +119,27 @@ class CausalLM(TextModelPluginInterface):
             raise ValueError(f"token id {bad} outside the vocabulary [0, {vocab})")
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
-        """Renders ``messages`` with the checkpoint's chat template (generation prompt added)."""
+    @overload
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], *, tokenize: Literal[True], **kwargs: Any
+    ) -> list[int]: ...
+    @overload
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tokenize: Literal[False] = ...,
+        **kwargs: Any,
+    ) -> str: ...
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], *, tokenize: bool = False, **kwargs: Any
+    ) -> str | list[int]:
+        """Renders ``messages`` with the checkpoint's chat template (generation prompt added);
+        ``tokenize=True`` returns the prompt's token ids instead (as transformers' does, whose
+        default it is; here the default is the text)."""
         kwargs.setdefault("add_generation_prompt", True)
-        return str(self.tokenizer.apply_chat_template(list(messages), **kwargs))
+        text = str(self.tokenizer.apply_chat_template(list(messages), **kwargs))
+        return self.tokenize(text) if tokenize else text
 
     # ---- generation ----------------------------------------------------------------------------
     def sampling_params(self, **sampling: Any) -> SamplingParams:

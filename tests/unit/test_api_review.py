@@ -74,3 +74,13 @@ def test_load_model_refuses_unknown_options_and_takes_max_batch_size(model: Any)
     with pytest.raises(TypeError, match="dtyp"):
         load_model(path, progress=False, dtyp="float32")
     assert load_model(path, progress=False, max_batch_size=2).max_batch_size == 2
+
+
+def test_apply_chat_template_tokenize_gives_the_prompt_ids(model: Any) -> None:
+    """tokenize=True returns ids, as transformers' does (it used to reach the template as a
+    variable and the text came back)."""
+    messages = [{"role": "user", "content": "hi"}]
+    text = model.apply_chat_template(messages)
+    assert isinstance(text, str)
+    assert model.apply_chat_template(messages, tokenize=False) == text
+    assert model.apply_chat_template(messages, tokenize=True) == model.tokenize(text)
